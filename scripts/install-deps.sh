@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages moat needs to build, test and run. Idempotent:
+# packages already present are not touched, and apt is only called when something is missing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config git ca-certificates curl
+  protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
+  nanopb libnanopb-dev python3-protobuf
+  libcurl4-openssl-dev uuid-dev libcmocka-dev libuv1-dev libjansson-dev
+  libmicrohttpd-dev libsqlite3-dev
+  clang libclang-rt-14-dev valgrind
+  docker.io busybox-static bash-static iproute2 procps
+)
+if [ "${MOAT_SKIP_DOCKER:-0}" = 1 ]; then
+  packages=("${packages[@]/docker.io/}")
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  [ -n "$p" ] || continue
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+if ! $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
+  $SUDO apt-get update
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,159 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "moat/common.h"
+
+#define CANON "123e4567-e89b-12d3-a456-426614174000"
+
+static void assert_canonical(const char *in, const char *want)
+{
+    char out[MOAT_UUID_STR_LEN];
+    assert_int_equal(moat_uuid_canonicalize(in, out), MOAT_OK);
+    assert_string_equal(out, want);
+}
+
+static void assert_rejected(const char *in)
+{
+    char out[MOAT_UUID_STR_LEN];
+    assert_int_equal(moat_uuid_canonicalize(in, out), MOAT_E_INVAL);
+}
+
+static void test_uuid_spellings(void **state)
+{
+    (void)state;
+    assert_canonical(CANON, CANON);
+    assert_canonical("123E4567E89B12D3A456426614174000", CANON);
+    assert_canonical("{123e4567-e89b-12d3-a456-426614174000}", CANON);
+    assert_canonical("urn:uuid:123e4567-e89b-12d3-a456-426614174000", CANON);
+    assert_canonical("123E4567-E89B-12D3-A456-426614174000", CANON);
+    assert_canonical("{{123e4567e89b12d3a456426614174000}}", CANON);
+    assert_canonical("1-23e4567e89b12d3a456426614174000-", CANON);
+    /* int(x, 16) leniency: 0x prefix, underscores between digits, spaces. */
+    assert_canonical("0x3e4567e89b12d3a456426614174000", "003e4567-e89b-12d3-a456-426614174000");
+    assert_canonical("123e_4567e89b12d3a45642661417400", "0123e456-7e89-b12d-3a45-642661417400");
+    assert_canonical(" 23e4567e89b12d3a456426614174000", "023e4567-e89b-12d3-a456-426614174000");
+    assert_canonical("+23e4567e89b12d3a456426614174000", "023e4567-e89b-12d3-a456-426614174000");
+    assert_canonical("0x_3e4567e89b12d3a45642661417400", "0003e456-7e89-b12d-3a45-642661417400");
+}
+
+static void test_uuid_rejects(void **state)
+{
+    (void)state;
+    assert_rejected("");
+    assert_rejected("not-a-uuid");
+    assert_rejected("123e4567-e89b-12d3-a456-42661417400");
+    assert_rejected("123e4567-e89b-12d3-a456-4266141740000");
+    assert_rejected("g23e4567-e89b-12d3-a456-426614174000");
+    assert_rejected("123e__4567e89b12d3a4564266141740");
+    assert_rejected("_123e4567e89b12d3a45642661417400");
+    assert_rejected("123e4567e89b12d3a45642661417400_");
+    assert_rejected("urn:uuid:");
+    assert_rejected("123e4567-e89b-12d3-a456-42661417400\xc3\xa9");
+    assert_rejected(NULL);
+    char long_input[2048];
+    memset(long_input, 'a', sizeof(long_input) - 1);
+    long_input[sizeof(long_input) - 1] = '\0';
+    assert_rejected(long_input);
+}
+
+static void test_uuid_generate(void **state)
+{
+    (void)state;
+    char a[MOAT_UUID_STR_LEN], b[MOAT_UUID_STR_LEN], c[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(a);
+    moat_uuid_generate(b);
+    assert_string_not_equal(a, b);
+    assert_int_equal(moat_uuid_canonicalize(a, c), MOAT_OK);
+    assert_string_equal(a, c);
+}
+
+static void test_time_roundtrip(void **state)
+{
+    (void)state;
+    char out[MOAT_TIME_ISO_MAX];
+    int64_t ms = 0;
+    /* 2026-04-02T12:05:00Z */
+    assert_int_equal(moat_time_parse_iso8601("2026-04-02T12:05:00+00:00", &ms), MOAT_OK);
+    assert_int_equal(ms, 1775131500000LL);
+    moat_time_format_iso8601(ms, out);
+    assert_string_equal(out, "2026-04-02T12:05:00+00:00");
+    moat_time_format_iso8601(ms + 123, out);
+    assert_string_equal(out, "2026-04-02T12:05:00.123000+00:00");
+    assert_int_equal(moat_time_parse_iso8601(out, &ms), MOAT_OK);
+    assert_int_equal(ms, 1775131500123LL);
+    assert_int_equal(moat_time_parse_iso8601("2026-04-02T12:00:00Z", &ms), MOAT_OK);
+    assert_int_equal(ms, 1775131200000LL);
+    assert_int_equal(moat_time_parse_iso8601("2026-04-02T14:00:00.987654321+02:00", &ms), MOAT_OK);
+    assert_int_equal(ms, 1775131200987LL);
+    assert_int_equal(moat_time_parse_iso8601("2026-04-02T12:00:00", &ms), MOAT_OK);
+    assert_int_equal(ms, 1775131200000LL);
+}
+
+static void test_time_rejects(void **state)
+{
+    (void)state;
+    int64_t ms;
+    const char *bad[] = {"", "2026", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
+                         "2026-04-02T25:00:00Z", "2026-04-02T12:00:00+0", "2026-04-02T12:00:00Zx",
+                         "2026-04-02T12:00:00.Z", "garbage", "2026-04-02X12:00:00Z"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(moat_time_parse_iso8601(bad[i], &ms), MOAT_E_INVAL);
+    assert_int_equal(moat_time_parse_iso8601(NULL, &ms), MOAT_E_INVAL);
+}
+
+static void test_buf_limits(void **state)
+{
+    (void)state;
+    moat_buf buf;
+    moat_buf_init(&buf, 1000);
+    uint8_t chunk[300] = {0};
+    assert_int_equal(moat_buf_append(&buf, chunk, sizeof(chunk)), MOAT_OK);
+    assert_int_equal(moat_buf_append(&buf, chunk, sizeof(chunk)), MOAT_OK);
+    assert_int_equal(moat_buf_append(&buf, chunk, sizeof(chunk)), MOAT_OK);
+    assert_int_equal(moat_buf_append(&buf, chunk, sizeof(chunk)), MOAT_E_TOO_BIG);
+    assert_int_equal(buf.len, 900);
+    assert_true(buf.cap <= 1000);
+    moat_buf_consume(&buf, 850);
+    assert_int_equal(buf.len, 50);
+    assert_int_equal(moat_buf_reserve(&buf, SIZE_MAX), MOAT_E_TOO_BIG);
+    moat_buf_free(&buf);
+}
+
+static void test_status(void **state)
+{
+    (void)state;
+    moat_status st;
+    moat_status_set(&st, MOAT_CODE_UNAVAILABLE, "sandbox_start_failed", "docker said %d", 500);
+    moat_status_add_detail(&st, "chat_id", CANON);
+    assert_int_equal(st.code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.message, "docker said 500");
+    assert_string_equal(moat_status_detail_get(&st, "chat_id"), CANON);
+    assert_null(moat_status_detail_get(&st, "missing"));
+    for (int i = 0; i < 10; i++)
+        moat_status_add_detail(&st, "k", "v");
+    assert_int_equal(st.detail_count, MOAT_STATUS_DETAILS_MAX);
+    moat_code code;
+    for (int i = 0; i < MOAT_CODE_COUNT; i++) {
+        assert_int_equal(moat_code_from_name(moat_code_name((moat_code)i), &code), MOAT_OK);
+        assert_int_equal(code, i);
+    }
+    assert_int_equal(moat_code_from_name("NOPE", &code), MOAT_E_INVAL);
+    assert_string_equal(moat_code_name((moat_code)99), "UNKNOWN");
+    assert_string_equal(moat_strerror((moat_err)999), "unknown error");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_uuid_spellings), cmocka_unit_test(test_uuid_rejects),
+        cmocka_unit_test(test_uuid_generate),  cmocka_unit_test(test_time_roundtrip),
+        cmocka_unit_test(test_time_rejects),   cmocka_unit_test(test_buf_limits),
+        cmocka_unit_test(test_status),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
