@@ -32,3 +32,26 @@ function(moat_valgrind_test name target)
   set_tests_properties(${name} PROPERTIES LABELS "valgrind" TIMEOUT 900
     ENVIRONMENT "MOAT_BUILD_DIR=${PROJECT_BINARY_DIR};MOAT_SOURCE_DIR=${PROJECT_SOURCE_DIR};MOAT_UNDER_VALGRIND=1")
 endfunction()
+
+# moat_fuzz_test(<name> SOURCES <files…> LIBS <targets…> SEEDS <dir> [SECONDS <n>])
+# A libFuzzer target (only with MOAT_FUZZ, which needs clang), run by ctest for
+# a bounded time with SEEDS as its read-only seed corpus; new inputs go to a
+# scratch corpus in the build tree. Leaks and crashes fail the test.
+function(moat_fuzz_test name)
+  if(NOT MOAT_FUZZ)
+    return()
+  endif()
+  cmake_parse_arguments(F "" "SEEDS;SECONDS" "SOURCES;LIBS" ${ARGN})
+  if(NOT F_SECONDS)
+    set(F_SECONDS 30)
+  endif()
+  add_executable(${name} ${F_SOURCES})
+  target_compile_options(${name} PRIVATE -fsanitize=fuzzer)
+  target_link_libraries(${name} PRIVATE ${F_LIBS})
+  target_link_options(${name} PRIVATE -fsanitize=fuzzer)
+  set(scratch ${CMAKE_CURRENT_BINARY_DIR}/${name}-corpus)
+  file(MAKE_DIRECTORY ${scratch})
+  add_test(NAME ${name} COMMAND ${name} -max_total_time=${F_SECONDS} -rss_limit_mb=2048
+    -timeout=10 -print_final_stats=1 ${scratch} ${F_SEEDS})
+  set_tests_properties(${name} PROPERTIES LABELS "fuzz" TIMEOUT 600)
+endfunction()
