@@ -1,0 +1,220 @@
+/* bench_execd: moat-execd against `docker exec`, both in one container of the local image
+ * (moat-sandbox:latest with the bundle of <build-dir>), measured in the same run.
+ *  1. `echo hi` round trip p50: execd over its Unix socket vs `docker exec` (target <= 0.05x)
+ *  2. throughput of `yes | head -c SIZE`: execd binary-safe mode vs `docker exec` streaming
+ *     the same bytes (target >= 4x). SIZE defaults to 1 GiB (argv[2] in MiB overrides).
+ * usage: bench_execd [build-dir] [size-MiB] */
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ROUNDS 50
+
+static char sock[256];
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+typedef struct sink {
+    uint64_t bytes;
+    char tail[256];
+} sink;
+
+static size_t sink_write(char *p, size_t size, size_t n, void *ud)
+{
+    sink *s = ud;
+    size_t len = size * n;
+    s->bytes += len;
+    size_t keep = len < sizeof(s->tail) - 1 ? len : sizeof(s->tail) - 1;
+    memcpy(s->tail, p + len - keep, keep);
+    s->tail[keep] = '\0';
+    return len;
+}
+
+/* One POST /command; returns false unless the stream ended with execution_complete. */
+static bool execd_run(CURL *c, const char *cmd, bool binary, sink *s)
+{
+    char body[512];
+    snprintf(body, sizeof(body), "{\"command\":\"%s\"}", cmd);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    if (binary)
+        h = curl_slist_append(h, "X-Moat-Output: binary");
+    curl_easy_setopt(c, CURLOPT_URL, "http://localhost/command");
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, sock);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+    CURLcode rc = curl_easy_perform(c);
+    curl_slist_free_all(h);
+    return rc == CURLE_OK && strstr(s->tail, "execution_complete") != NULL;
+}
+
+/* `docker exec name bash -c cmd`, reading and counting its stdout. */
+static bool docker_exec(const char *name, const char *cmd, uint64_t *bytes)
+{
+    int p[2];
+    if (pipe(p) != 0)
+        return false;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(p[1], 1);
+        close(p[0]);
+        close(p[1]);
+        execl("/usr/bin/docker", "docker", "exec", name, "bash", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    static char buf[1 << 16];
+    ssize_t n;
+    uint64_t total = 0;
+    while ((n = read(p[0], buf, sizeof(buf))) > 0)
+        total += (uint64_t)n;
+    close(p[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    if (bytes)
+        *bytes = total;
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static void verdict(const char *what, double value, double baseline, const char *unit, double ratio,
+                    const char *target, bool pass)
+{
+    printf("%-34s value %10.3f %-5s baseline %10.3f %-5s ratio %7.4fx  target %s  %s\n", what,
+           value, unit, baseline, unit, ratio, target, pass ? "PASS" : "FAIL");
+}
+
+int main(int argc, char **argv)
+{
+    const char *bdir = argc > 1 ? argv[1] : MOAT_BENCH_BUILD_DIR;
+    long mib = argc > 2 ? strtol(argv[2], NULL, 10) : 1024;
+    if (mib <= 0)
+        mib = 1024;
+    char name[64], dir[] = "/tmp/moat-execd-bench-XXXXXX", cmd[2048];
+    snprintf(name, sizeof(name), "moat-execd-bench-%d", (int)getpid());
+    if (mkdtemp(dir) == NULL)
+        return 1;
+    snprintf(cmd, sizeof(cmd), "%s/scripts/build-sandbox-image.sh %s >/dev/null",
+             MOAT_BENCH_SOURCE_DIR, bdir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "bench_execd: building the sandbox image failed\n");
+        return 1;
+    }
+    snprintf(cmd, sizeof(cmd),
+             "/usr/bin/docker run -d --name %s --network none -v %s/execd-bundle:/opt/moat:ro "
+             "-v %s:/run/moat moat-sandbox:latest >/dev/null",
+             name, bdir, dir);
+    if (system(cmd) != 0)
+        return 1;
+    snprintf(sock, sizeof(sock), "%s/execd.sock", dir);
+    curl_global_init(CURL_GLOBAL_ALL);
+    CURL *c = curl_easy_init();
+    int rc = 1;
+    bool up = false;
+    for (int i = 0; i < 100 && !up; i++) {
+        sink s = {0};
+        up = execd_run(c, "true", false, &s);
+        if (!up)
+            usleep(100000);
+    }
+    if (!up) {
+        fprintf(stderr, "bench_execd: execd did not answer in the container\n");
+        goto out;
+    }
+    printf("bench_execd: container %s (moat-sandbox:latest, --network none), 2-core host\n", name);
+
+    /* 1. round trip */
+    double ex[ROUNDS], ex_fresh[ROUNDS], dk[ROUNDS];
+    for (int i = 0; i < ROUNDS; i++) {
+        sink s = {0};
+        double t0 = now_s();
+        if (!execd_run(c, "echo hi", false, &s))
+            goto out;
+        ex[i] = now_s() - t0;
+    }
+    for (int i = 0; i < ROUNDS; i++) {
+        CURL *f = curl_easy_init();
+        sink s = {0};
+        double t0 = now_s();
+        bool ok = execd_run(f, "echo hi", false, &s);
+        ex_fresh[i] = now_s() - t0;
+        curl_easy_cleanup(f);
+        if (!ok)
+            goto out;
+    }
+    for (int i = 0; i < ROUNDS; i++) {
+        double t0 = now_s();
+        if (!docker_exec(name, "echo hi", NULL))
+            goto out;
+        dk[i] = now_s() - t0;
+    }
+    double p_ex = median(ex, ROUNDS) * 1e3, p_fresh = median(ex_fresh, ROUNDS) * 1e3,
+           p_dk = median(dk, ROUNDS) * 1e3;
+    printf("echo hi round trip, %d rounds each: execd p50 %.3f ms (keep-alive), %.3f ms (new "
+           "connection each); docker exec p50 %.3f ms\n",
+           ROUNDS, p_ex, p_fresh, p_dk);
+    verdict("echo hi p50 (new connection)", p_fresh, p_dk, "ms", p_fresh / p_dk, "<= 0.05x",
+            p_fresh / p_dk <= 0.05);
+    verdict("echo hi p50 (keep-alive)", p_ex, p_dk, "ms", p_ex / p_dk, "<= 0.05x",
+            p_ex / p_dk <= 0.05);
+
+    /* 2. throughput */
+    char ycmd[128];
+    snprintf(ycmd, sizeof(ycmd), "yes | head -c %ld", mib * 1024 * 1024);
+    sink s = {0};
+    double t0 = now_s();
+    if (!execd_run(c, ycmd, true, &s))
+        goto out;
+    double t_ex = now_s() - t0;
+    uint64_t dbytes = 0;
+    t0 = now_s();
+    if (!docker_exec(name, ycmd, &dbytes))
+        goto out;
+    double t_dk = now_s() - t0;
+    double payload = (double)mib * 1024 * 1024;
+    if (dbytes != (uint64_t)payload) {
+        fprintf(stderr, "bench_execd: docker exec delivered %llu bytes\n",
+                (unsigned long long)dbytes);
+        goto out;
+    }
+    double mb_ex = payload / t_ex / 1e6, mb_dk = payload / t_dk / 1e6;
+    printf("yes | head -c %ld MiB: execd binary mode %.2f s (%llu bytes on the wire incl. "
+           "framing), docker exec %.2f s\n",
+           mib, t_ex, (unsigned long long)s.bytes, t_dk);
+    verdict("throughput (binary-safe mode)", mb_ex, mb_dk, "MB/s", mb_ex / mb_dk, ">= 4x",
+            mb_ex / mb_dk >= 4);
+    rc = 0;
+out:
+    if (rc != 0)
+        fprintf(stderr, "bench_execd: a run failed\n");
+    curl_easy_cleanup(c);
+    curl_global_cleanup();
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker rm -f %s >/dev/null 2>&1; rm -rf %s", name, dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench_execd: cleanup failed\n");
+    return rc;
+}

@@ -1,0 +1,153 @@
+/* moat rpc: the method table of the v1 services (the .proto files in proto/moat/v1) and the
+ * life of one call: open -> request message -> handler -> response messages ->
+ * exactly one End. Status codes, deadlines and cancel live here too.
+ *
+ * No I/O and no blocking: a call hands its response messages and its End to a
+ * sink the server provides (which frames and writes them), and deadlines are
+ * checked when the server's timer asks. Single-threaded: use a call only on the
+ * thread that runs the server's loop. */
+#ifndef MOAT_RPC_H
+#define MOAT_RPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "moat/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Every method of every v1 service, in schema order. */
+typedef enum moat_rpc_method_id {
+    MOAT_RPC_SANDBOXES_CREATE_SESSION = 0,
+    MOAT_RPC_SANDBOXES_GET_SESSION,
+    MOAT_RPC_SANDBOXES_LIST_SESSIONS,
+    MOAT_RPC_SANDBOXES_RENEW_SESSION,
+    MOAT_RPC_SANDBOXES_STOP_SESSION,
+    MOAT_RPC_EXEC_RUN_COMMAND,
+    MOAT_RPC_EXEC_RUN_IN_SHELL,
+    MOAT_RPC_EXEC_CREATE_SHELL,
+    MOAT_RPC_EXEC_DELETE_SHELL,
+    MOAT_RPC_EXEC_INTERRUPT,
+    MOAT_RPC_EXEC_GET_COMMAND_STATUS,
+    MOAT_RPC_EXEC_GET_COMMAND_LOGS,
+    MOAT_RPC_EXEC_ATTACH,
+    MOAT_RPC_FILES_STAT,
+    MOAT_RPC_FILES_LIST,
+    MOAT_RPC_FILES_READ,
+    MOAT_RPC_FILES_WRITE,
+    MOAT_RPC_FILES_REMOVE,
+    MOAT_RPC_FILES_MOVE,
+    MOAT_RPC_FILES_MKDIR,
+    MOAT_RPC_FILES_CHMOD,
+    MOAT_RPC_HEALTH_CHECK,
+    MOAT_RPC_METHOD_COUNT
+} moat_rpc_method_id;
+
+typedef struct moat_rpc_method {
+    moat_rpc_method_id id;
+    /* gRPC-style full name, e.g. "/moat.v1.Exec/RunCommand". */
+    const char *name;
+    /* The protobuf-c service this method belongs to and its index there. */
+    const ProtobufCServiceDescriptor *service;
+    unsigned service_index;
+    const ProtobufCMessageDescriptor *request;
+    const ProtobufCMessageDescriptor *response;
+    /* True for `returns (stream …)`: zero or more responses; otherwise exactly one. */
+    bool server_streaming;
+} moat_rpc_method;
+
+/* The method called `name` (not NUL-terminated), or NULL. Static storage. */
+const moat_rpc_method *moat_rpc_method_lookup(const char *name, size_t len);
+/* The method with that id, or NULL when out of range. Static storage. */
+const moat_rpc_method *moat_rpc_method_get(moat_rpc_method_id id);
+
+typedef enum moat_rpc_state {
+    MOAT_RPC_AWAIT_REQUEST = 0, /* opened, its request message has not arrived */
+    MOAT_RPC_RUNNING = 1,       /* the handler owns it */
+    MOAT_RPC_ENDED = 2,         /* its End was emitted; nothing more goes out */
+} moat_rpc_state;
+
+typedef struct moat_rpc_call moat_rpc_call;
+
+/* Where a call's output goes. Both run synchronously inside the call function
+ * that produced them. `data` is valid only during the callback. */
+typedef struct moat_rpc_sink {
+    /* One encoded response message. A non-OK return makes the send fail. */
+    moat_err (*message)(moat_rpc_call *call, const uint8_t *data, size_t len, void *user);
+    /* The call's final status; called exactly once per call. */
+    void (*end)(moat_rpc_call *call, const moat_status *status, void *user);
+} moat_rpc_sink;
+
+/* Called once when a call is cancelled by the client or by its deadline,
+ * before the End goes out, so the handler can stop its work (interrupt a
+ * command, abandon a request). `code` is CANCELLED or DEADLINE_EXCEEDED. */
+typedef void (*moat_rpc_cancel_fn)(moat_rpc_call *call, moat_code code, void *arg);
+
+/* Opens a call of `method` on stream_id. deadline_ms is the Call frame's
+ * relative deadline (0 = none), counted from now_ms (a monotonic clock in ms).
+ * sink and sink_user must outlive the call's End. The call starts with one
+ * reference, owned by the caller. NULL on allocation failure. */
+moat_rpc_call *moat_rpc_call_new(const moat_rpc_method *method, uint32_t stream_id,
+                                 uint64_t deadline_ms, uint64_t now_ms,
+                                 const moat_rpc_sink *sink, void *sink_user);
+/* References: whoever keeps a pointer across loop iterations (e.g. an
+ * asynchronous handler) holds one. The last unref frees the call (and, if it
+ * had not ended, ends it first with CANCELLED, so every call gets its End). */
+void moat_rpc_call_ref(moat_rpc_call *call);
+void moat_rpc_call_unref(moat_rpc_call *call);
+
+const moat_rpc_method *moat_rpc_call_method(const moat_rpc_call *call);
+uint32_t moat_rpc_call_stream_id(const moat_rpc_call *call);
+moat_rpc_state moat_rpc_call_state(const moat_rpc_call *call);
+/* Absolute monotonic ms at which the deadline passes; 0 when none. */
+uint64_t moat_rpc_call_deadline(const moat_rpc_call *call);
+/* Opaque pointer for the handler; the call never touches it. */
+void moat_rpc_call_set_data(moat_rpc_call *call, void *data);
+void *moat_rpc_call_get_data(const moat_rpc_call *call);
+
+/* The request message arrived: decodes it with the method's request
+ * descriptor and moves the call to RUNNING. *out is owned by the call and
+ * freed with it (valid until the last unref). MOAT_E_STATE for a second
+ * request or an ended call; MOAT_E_PROTO when it does not decode (the call is
+ * then ended INVALID_ARGUMENT). */
+moat_err moat_rpc_call_request(moat_rpc_call *call, const uint8_t *payload, size_t len,
+                               const ProtobufCMessage **out);
+
+/* Packs msg (must be of the method's response type) and hands it to the sink.
+ * MOAT_E_STATE once the call has ended, when it is not RUNNING, or for a second
+ * response of a unary method; MOAT_E_INVAL for a message of another type. The
+ * caller keeps ownership of msg. */
+moat_err moat_rpc_call_send(moat_rpc_call *call, const ProtobufCMessage *msg);
+/* Unary convenience: send msg then end OK. */
+moat_err moat_rpc_call_reply(moat_rpc_call *call, const ProtobufCMessage *msg);
+
+/* Ends the call with st (copied). Returns false, doing nothing, if it had
+ * already ended (a cancel or deadline got there first). An OK End for a unary
+ * call that sent no response becomes INTERNAL "handler sent no response". */
+bool moat_rpc_call_end(moat_rpc_call *call, const moat_status *st);
+/* Shorthand for moat_rpc_call_end with a code, reason and message. */
+bool moat_rpc_call_fail(moat_rpc_call *call, moat_code code, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Registers the handler's cancel hook (replacing any earlier one). */
+void moat_rpc_call_on_cancel(moat_rpc_call *call, moat_rpc_cancel_fn fn, void *arg);
+/* Cancels: runs the cancel hook once, then ends the call with `code`
+ * (CANCELLED or DEADLINE_EXCEEDED) and `why` as its message. No effect on an
+ * ended call; returns whether it did anything. */
+bool moat_rpc_call_cancel(moat_rpc_call *call, moat_code code, const char *why);
+/* Cancels with DEADLINE_EXCEEDED if now_ms is at or past the deadline.
+ * Returns true when it did. */
+bool moat_rpc_call_check_deadline(moat_rpc_call *call, uint64_t now_ms);
+
+/* Number of response messages sent so far. */
+uint64_t moat_rpc_call_sent(const moat_rpc_call *call);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

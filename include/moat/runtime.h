@@ -1,0 +1,273 @@
+/* moat runtime: sandbox sessions on a real Docker engine.
+ *
+ * One container per chat session, created through the Docker Engine API (libcurl over the
+ * engine's Unix socket, or tcp:// with TLS), with moat's mount and hardening policy, a TTL
+ * reaper, a durable SQLite store for renewed expiries, and start-up reconciliation.
+ *
+ * Threading: every function here is blocking and thread-safe; moatd calls them from a thread
+ * pool (never from its loop thread). Each call uses its own curl easy handle; the store is
+ * one SQLite connection behind a mutex.
+ *
+ * Errors: functions return a moat_code and fill a caller-owned moat_status (never NULL) with
+ * the code, a reason (e.g. "sandbox_start_failed") and details (chat_id, docker_status, …). */
+#ifndef MOAT_RUNTIME_H
+#define MOAT_RUNTIME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moat/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- hooks (no-op when the function pointers are NULL) ---------------------------------- */
+
+/* Metrics. Called on the calling thread; must be thread-safe and must not call back into the
+ * runtime. Strings are valid only during the call. */
+typedef struct moat_runtime_metrics {
+    void *ctx;
+    /* One Docker Engine API call: op ("create", "start", "stop", "remove", "inspect", "list",
+     * "version", "image_inspect", "kill"), HTTP status (0 when no answer), outcome, duration. */
+    void (*docker_call)(void *ctx, const char *op, long http_status, moat_code code,
+                        uint64_t duration_ns);
+    /* A session changed: event is "created", "stopped", "expired", "renewed", "adopted",
+     * "gone" or "create_failed". */
+    void (*session_event)(void *ctx, const char *event, const char *session_id, moat_code code,
+                          uint64_t duration_ns);
+} moat_runtime_metrics;
+
+/* Tracing. span_start returns an opaque span (may be NULL) that is passed to span_end once. */
+typedef struct moat_runtime_tracer {
+    void *ctx;
+    void *(*span_start)(void *ctx, const char *name, const char *session_id);
+    void (*span_end)(void *ctx, void *span, const moat_status *st);
+} moat_runtime_tracer;
+
+/* ---- configuration ----------------------------------------------------------------------- */
+
+/* The caller owns every string; moat_runtime_open copies the whole config (strings and
+ * the allow-list), so it may be freed once open returns. */
+typedef struct moat_runtime_config {
+    /* Seed fields. */
+    const char *image;                   /* default sandbox image, e.g. "moat-sandbox:latest" */
+    int64_t ttl_seconds;                 /* default session lifetime */
+    int64_t cleanup_interval_seconds;    /* reaper period */
+    const char *chats_root;              /* host dir; chats_root/<chat_id> is the workspace */
+    const char *dependencies_host_path;  /* host dir, mounted read-only */
+    const char *lambda_tools_host_path;  /* host dir, mounted read-only */
+    const char *chat_mount_path;         /* e.g. "/workspace/chat" */
+    const char *dependencies_mount_path; /* e.g. "/workspace/dependencies" */
+    const char *lambda_tools_mount_path; /* e.g. "/workspace/lambda-tools" */
+
+    /* Docker endpoint: "/var/run/docker.sock", "unix:///path", or "tcp://host:port". With
+     * tcp:// and tls_cert/tls_key set, HTTPS with a client certificate (tls_ca verifies). */
+    const char *docker_host;
+    const char *docker_tls_cert;
+    const char *docker_tls_key;
+    const char *docker_tls_ca;
+    long docker_timeout_ms; /* per Engine API call */
+
+    /* Images a request may choose; the default image is always allowed. */
+    const char *const *allowed_images;
+    size_t allowed_image_count;
+
+    const char *state_dir;        /* sessions/<session_id>/ (execd socket dirs) live here */
+    const char *execd_bundle_dir; /* host dir mounted read-only at /opt/moat */
+    const char *store_path;       /* SQLite file (WAL) */
+    const char *container_name_prefix; /* container name = prefix + session_id */
+    /* Optional scope when several runtimes share one engine: when set ([A-Za-z0-9_.-], at most
+     * 63 bytes), containers also get the label moat.instance=<instance> and every list, sweep,
+     * reconcile and event filter requires it, so one runtime never adopts or reaps another's
+     * sandboxes. NULL: no scoping (the seed's exact three-label list filter). */
+    const char *instance;
+
+    int64_t default_memory_bytes, max_memory_bytes;
+    int64_t default_nano_cpus, max_nano_cpus;
+    int64_t default_pids_limit, max_pids_limit;
+    bool read_only_rootfs;        /* with a tmpfs /tmp of tmpfs_size_bytes */
+    int64_t tmpfs_size_bytes;
+    long readiness_timeout_ms;    /* create waits this long for execd's GET /ping */
+    int stop_timeout_seconds;     /* grace period of Docker's stop before SIGKILL */
+
+    moat_runtime_metrics metrics;
+    moat_runtime_tracer tracer;
+} moat_runtime_config;
+
+/* Fills every field with moat's defaults (state under /var/lib/moat, the Docker socket at
+ * /var/run/docker.sock, image moat-sandbox:latest, ttl 300 s, cleanup every 60 s, 512 MiB /
+ * 1 CPU / 256 pids by default, 4 GiB / 2 CPUs / 1024 pids max, readiness 10 s). */
+void moat_runtime_config_defaults(moat_runtime_config *cfg);
+
+/* Checks the config without touching Docker: every path setting absolute; dependencies,
+ * lambda-tools and execd bundle dirs exist; chats_root, state_dir and the store's parent
+ * exist or can be created; limits positive and defaults <= maxima. On failure returns
+ * INVALID_ARGUMENT (reason "invalid_config", detail setting=<name>) with a message naming
+ * the setting. */
+moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_status *st);
+
+/* ---- sessions ----------------------------------------------------------------------------- */
+
+typedef enum moat_session_state {
+    MOAT_SESSION_RUNNING = 0,
+    MOAT_SESSION_STOPPED = 1, /* stopped by a caller */
+    MOAT_SESSION_EXPIRED = 2, /* reaped after its TTL */
+    MOAT_SESSION_GONE = 3,    /* the container vanished outside moat */
+    MOAT_SESSION_FAILED = 4,  /* create failed */
+} moat_session_state;
+
+/* "running", "stopped", "expired", "gone", "failed". Static. */
+const char *moat_session_state_name(moat_session_state state);
+
+#define MOAT_CONTAINER_ID_MAX 72
+#define MOAT_IMAGE_NAME_MAX 256
+#define MOAT_RUNTIME_PATH_MAX 4096
+#define MOAT_RUNTIME_REASON_MAX 64
+
+/* A session, by value; no pointers inside. */
+typedef struct moat_session {
+    char session_id[MOAT_UUID_STR_LEN];
+    char chat_id[MOAT_UUID_STR_LEN]; /* canonical */
+    char container_id[MOAT_CONTAINER_ID_MAX];
+    char image[MOAT_IMAGE_NAME_MAX];
+    moat_session_state state;
+    int64_t created_at_ms;
+    int64_t expires_at_ms;  /* authoritative: the store's when renewed, else the label's */
+    bool renewed;
+    char end_reason[MOAT_RUNTIME_REASON_MAX]; /* why it ended ("ttl", "stopped", …), or "" */
+    int64_t ended_at_ms;
+    char execd_socket[MOAT_RUNTIME_PATH_MAX]; /* <state_dir>/sessions/<id>/execd.sock */
+} moat_session;
+
+/* Per-request choices. Zero / NULL means the config default. A limit above the config's
+ * maximum, or an image outside the allow-list, is INVALID_ARGUMENT naming the field. */
+typedef struct moat_session_options {
+    const char *image;
+    int64_t memory_bytes;
+    int64_t nano_cpus;
+    int64_t pids_limit;
+} moat_session_options;
+
+typedef struct moat_runtime moat_runtime;
+
+/* Validates cfg, copies it, opens (creates) the SQLite store in WAL mode, creates chats_root
+ * and state_dir/sessions. Does not contact Docker and does not start the reaper. Returns NULL
+ * with st set on failure. Free with moat_runtime_close. */
+moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st);
+
+/* Stops the reaper and watcher threads if running, closes the store, frees rt. Containers keep
+ * running. */
+void moat_runtime_close(moat_runtime *rt);
+
+/* Creates and starts a sandbox and waits until execd answers GET /ping on its socket.
+ * session_id and chat_id are any UUID spelling (INVALID_ARGUMENT naming the field otherwise);
+ * chats_root/<chat_id> is created. opts may be NULL. On success fills *out (RUNNING). On
+ * failure the container (if any) is removed, st->reason is "sandbox_start_failed" with detail
+ * chat_id (or "invalid_argument"/"image_not_allowed" for bad input), and the Docker status in
+ * detail docker_status when Docker answered. */
+moat_code moat_runtime_create(moat_runtime *rt, const char *session_id, const char *chat_id,
+                              int64_t created_at_ms, int64_t expires_at_ms,
+                              const moat_session_options *opts, moat_session *out,
+                              moat_status *st);
+
+/* The session with this id: from Docker when its container exists (state RUNNING if the
+ * container runs), else from the store (STOPPED/EXPIRED/GONE/FAILED). NOT_FOUND if neither. */
+moat_code moat_runtime_get(moat_runtime *rt, const char *session_id, moat_session *out,
+                           moat_status *st);
+
+/* Running sessions: containers carrying all three labels session_id, chat_id, expires_at;
+ * containers with missing or malformed labels are skipped. created_at comes from Docker;
+ * expires_at from the store when renewed. *out is malloc'd (free() it; NULL when empty). */
+moat_code moat_runtime_list_active(moat_runtime *rt, moat_session **out, size_t *count,
+                                   moat_status *st);
+
+/* Moves the expiry to new_expires_at_ms (must be in the future) and writes it durably to the
+ * store before returning OK. NOT_FOUND when the session has no running container;
+ * FAILED_PRECONDITION when the reaper has already claimed it. out may be NULL. */
+moat_code moat_runtime_renew(moat_runtime *rt, const char *session_id, int64_t new_expires_at_ms,
+                             moat_session *out, moat_status *st);
+
+/* Stops and removes the session's container and records state STOPPED with reason "stopped".
+ * A container Docker no longer has is success. Other Docker failures: reason
+ * "sandbox_stop_failed". The chat workspace is never deleted. */
+moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id, moat_status *st);
+
+/* The seed's stop by container id: stop then remove; 404 is success; any other failure is
+ * reason "sandbox_stop_failed" with detail container_id. */
+moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id,
+                                      moat_status *st);
+
+/* ---- TTL and recovery --------------------------------------------------------------------- */
+
+/* One reaper sweep at now_ms: every moat-managed container (moat.managed=true plus the three
+ * labels, well-formed) whose authoritative expiry is <= now_ms is stopped and removed and its
+ * store row set to EXPIRED with reason "ttl". *reaped (may be NULL) gets the count. Containers
+ * without moat's labels or with malformed ones are never touched. */
+moat_code moat_runtime_reap(moat_runtime *rt, int64_t now_ms, size_t *reaped, moat_status *st);
+
+/* Starts a runtime-owned thread running moat_runtime_reap every cleanup_interval_seconds.
+ * FAILED_PRECONDITION if already started. */
+moat_code moat_runtime_start_reaper(moat_runtime *rt, moat_status *st);
+/* Stops and joins it; no-op when not running. */
+void moat_runtime_stop_reaper(moat_runtime *rt);
+
+typedef struct moat_reconcile_report {
+    size_t adopted;  /* live containers now tracked (store row created or refreshed) */
+    size_t reaped;   /* expired ones stopped and removed */
+    size_t gone;     /* store rows RUNNING with no container, now GONE */
+    size_t skipped;  /* containers with missing/malformed moat labels, left alone */
+} moat_reconcile_report;
+
+/* Start-up recovery: adopt moat containers found in Docker (expiry = the store's if renewed,
+ * else the label's), reap expired ones, mark RUNNING store rows without a container GONE.
+ * report may be NULL. */
+moat_code moat_runtime_reconcile(moat_runtime *rt, int64_t now_ms, moat_reconcile_report *report,
+                                 moat_status *st);
+
+/* ---- list cache ------------------------------------------------------------------------------ */
+
+/* Starts a runtime-owned thread that follows Docker's event stream (GET /events, filtered on
+ * the three session labels). While that stream is connected, moat_runtime_list_active answers
+ * from a snapshot of its last Docker listing, which any event for a labelled container, and
+ * any create/renew/stop through this runtime, invalidates; so repeated lists of an unchanged
+ * set cost no Docker call. Without the watcher (or while its stream is down) every list asks
+ * Docker. The thread reconnects by itself. FAILED_PRECONDITION if already started. */
+moat_code moat_runtime_start_watcher(moat_runtime *rt, moat_status *st);
+/* Stops and joins it (promptly: the transfer is woken, not polled); no-op when not running. */
+void moat_runtime_stop_watcher(moat_runtime *rt);
+
+/* ---- raw Docker Engine API access (used by the runtime, its tests and benchmarks) --------- */
+
+/* A Docker response: HTTP status and the parsed JSON body (NULL when empty or not JSON). The
+ * body is a jansson json_t*, typed void* here so this header needs no jansson. */
+typedef struct moat_docker_response {
+    long http_status;
+    void *json;
+} moat_docker_response;
+
+/* Performs one Engine API call: method ("GET", "POST", "DELETE"), path without the version
+ * prefix ("/containers/json?all=1"), optional JSON body text. The runtime negotiates the API
+ * version on first use (GET /version) and prefixes /v<api>. An HTTP status >= 400 is an
+ * error: the code maps 404 → NOT_FOUND, 409 → FAILED_PRECONDITION (ALREADY_EXISTS for name
+ * conflicts on create), 400 → INVALID_ARGUMENT, 5xx → INTERNAL / UNAVAILABLE (503), with
+ * Docker's "message" in st->message and detail docker_status. No connection → UNAVAILABLE;
+ * timeout → DEADLINE_EXCEEDED; malformed JSON where JSON is expected → INTERNAL reason
+ * "docker_protocol". resp (may be NULL) is filled even on HTTP errors; release its json with
+ * moat_runtime_docker_response_free. op names the call for metrics. */
+moat_code moat_runtime_docker_call(moat_runtime *rt, const char *op, const char *method,
+                                   const char *path, const char *body,
+                                   moat_docker_response *resp, moat_status *st);
+void moat_runtime_docker_response_free(moat_docker_response *resp);
+
+/* The negotiated API version ("1.41"), negotiating if needed. Copied into out. */
+moat_code moat_runtime_docker_version(moat_runtime *rt, char out[16], moat_status *st);
+
+/* GET /images/{name}/json. NOT_FOUND when the engine lacks the image. */
+moat_code moat_runtime_image_inspect(moat_runtime *rt, const char *image, moat_status *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Builds, idempotently and without any registry:
+#  1. <build-dir>/execd-bundle/: moat-execd, lib/ (its shared libraries and glibc's loader)
+#     and `run`, a POSIX-sh launcher, so the bundle runs from a read-only bind mount in any
+#     image that has /bin/sh;
+#  2. the image moat-sandbox:latest, by `docker import` of a root file system made from
+#     Debian's busybox-static and bash-static plus the bundle at /opt/moat.
+# usage: scripts/build-sandbox-image.sh <build-dir>    (env: MOAT_SANDBOX_IMAGE, DOCKER)
+set -euo pipefail
+
+build_dir="${1:?usage: $0 <build-dir>}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+mkdir -p "$build_dir"
+build_dir="$(cd "$build_dir" && pwd)"
+image="${MOAT_SANDBOX_IMAGE:-moat-sandbox:latest}"
+DOCKER="${DOCKER:-/usr/bin/docker}"
+[ -x "$DOCKER" ] || DOCKER=docker
+
+# --- the binary ---
+if [ ! -f "$build_dir/CMakeCache.txt" ]; then
+  cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+fi
+cmake --build "$build_dir" --target moat-execd -j 2 >/dev/null
+bin="$build_dir/src/execd/moat-execd"
+[ -x "$bin" ] || { echo "build-sandbox-image: $bin was not built" >&2; exit 1; }
+
+# --- the bundle (rebuilt in a scratch dir, then swapped in) ---
+bundle="$build_dir/execd-bundle"
+stage="$build_dir/execd-bundle.new"
+rm -rf "$stage"
+mkdir -p "$stage/lib"
+# Sanitizer builds cannot run under the bundled loader's library path alone.
+if ldd "$bin" | grep -q 'libasan\|libubsan'; then
+  echo "build-sandbox-image: $bin is a sanitizer build; use a normal build dir" >&2
+  exit 1
+fi
+strip -o "$stage/moat-execd" "$bin" 2>/dev/null || cp "$bin" "$stage/moat-execd"
+chmod 0755 "$stage/moat-execd"
+loader=""
+while read -r line; do
+  case "$line" in
+    *"=> not found"*) echo "build-sandbox-image: missing library: $line" >&2; exit 1 ;;
+    *"=>"*/*) lib="$(echo "$line" | sed -E 's/.*=> ([^ ]+) .*/\1/')" ;;
+    /*) lib="$(echo "$line" | awk '{print $1}')"; loader="$lib" ;;
+    *) continue ;;
+  esac
+  cp -L "$lib" "$stage/lib/$(basename "$lib")"
+done < <(ldd "$bin")
+[ -n "$loader" ] || { echo "build-sandbox-image: no ELF loader found by ldd" >&2; exit 1; }
+if [ "$(basename "$loader")" != ld-linux-x86-64.so.2 ]; then
+  cp -L "$loader" "$stage/lib/ld-linux-x86-64.so.2"
+fi
+chmod 0755 "$stage/lib/"*
+cat >"$stage/run" <<'EOF'
+#!/bin/sh
+# Starts moat-execd with the libraries of this bundle, whatever the image's libc.
+case "$0" in
+  */*) dir="${0%/*}" ;;
+  *) dir=. ;;
+esac
+exec "$dir/lib/ld-linux-x86-64.so.2" --library-path "$dir/lib" "$dir/moat-execd" "$@"
+EOF
+chmod 0755 "$stage/run"
+"$stage/run" --version >/dev/null
+rm -rf "$bundle"
+mv "$stage" "$bundle"
+echo "build-sandbox-image: bundle $bundle ($(du -sh "$bundle" | cut -f1))"
+
+# --- the image ---
+if ! "$DOCKER" version >/dev/null 2>&1; then
+  echo "build-sandbox-image: no Docker engine answers; bundle built, image skipped" >&2
+  exit 1
+fi
+# Debian's busybox-static and bash-static install static binaries at these paths.
+busybox=/bin/busybox
+bash_static=/bin/bash-static
+for f in "$busybox" "$bash_static"; do
+  if [ ! -x "$f" ] || ldd "$f" >/dev/null 2>&1; then
+    echo "build-sandbox-image: need a static $f: apt-get install busybox-static bash-static" >&2
+    exit 1
+  fi
+done
+
+rootfs="$build_dir/sandbox-rootfs"
+rm -rf "$rootfs"
+mkdir -p "$rootfs"/{bin,sbin,usr/bin,usr/sbin,etc,tmp,workspace,run/moat,opt/moat,root,proc,sys,dev}
+chmod 1777 "$rootfs/tmp"
+cp "$busybox" "$rootfs/bin/busybox"
+"$busybox" --list-full | while read -r applet; do
+  case "$applet" in */*) ;; *) continue ;; esac # skip "linuxrc" at the root
+  [ -e "$rootfs/$applet" ] || ln -s /bin/busybox "$rootfs/$applet"
+done
+rm -f "$rootfs/bin/bash"
+cp "$bash_static" "$rootfs/bin/bash"
+cp -a "$bundle/." "$rootfs/opt/moat/"
+cat >"$rootfs/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/bash
+nobody:x:65534:65534:nobody:/nonexistent:/bin/sh
+EOF
+cat >"$rootfs/etc/group" <<'EOF'
+root:x:0:
+nogroup:x:65534:
+EOF
+
+tarball="$build_dir/sandbox-rootfs.tar"
+tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$tarball" .
+sum="$(sha256sum "$tarball" | cut -d' ' -f1)"
+stamp="$build_dir/sandbox-image.stamp"
+current="$("$DOCKER" image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
+if [ -n "$current" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum $current" ]; then
+  echo "build-sandbox-image: $image is up to date ($current)"
+else
+  new="$("$DOCKER" import \
+    -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'WORKDIR /workspace' \
+    -c 'CMD ["/opt/moat/run", "--listen", "unix:/run/moat/execd.sock"]' \
+    "$tarball" "$image")"
+  echo "$sum $new" >"$stamp"
+  if [ -n "$current" ] && [ "$current" != "$new" ]; then
+    "$DOCKER" rmi "$current" >/dev/null 2>&1 || true
+  fi
+  echo "build-sandbox-image: imported $image ($new)"
+fi
+rm -rf "$rootfs" "$tarball"
+
+# The image must start execd on its own, with no network, from the bundle.
+"$DOCKER" run --rm --network none "$image" /opt/moat/run --version

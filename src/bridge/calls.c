@@ -1,0 +1,618 @@
+/* execd's one-answer calls (sessions, interrupt, status, logs, file metadata)
+ * and the streamed file transfers. */
+#include "internal.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum call_kind { CALL_DONE, CALL_SESSION, CALL_STATUS, CALL_LOGS, CALL_STAT, CALL_LIST };
+
+typedef void (*any_fn)(void);
+
+typedef struct call {
+    enum call_kind kind;
+    any_fn cb;
+    void *ud;
+    uint64_t cursor;
+} call;
+
+static bool blank(const char *s)
+{
+    if (s == NULL)
+        return true;
+    for (; *s; s++)
+        if (*s != ' ' && *s != '\t' && *s != '\r' && *s != '\n')
+            return false;
+    return true;
+}
+
+static moat_err need(const char *what, const char *v, moat_status *st)
+{
+    if (!blank(v))
+        return MOAT_OK;
+    moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "missing_argument", "%s must not be blank",
+                    what);
+    return MOAT_E_INVAL;
+}
+
+/* "/prefix" + escaped a + mid + escaped b + suffix; any of them may be NULL. */
+static char *build_path(const char *prefix, const char *a, const char *mid, const char *b,
+                        const char *suffix)
+{
+    char *ea = a != NULL ? moat__escape(a) : NULL;
+    char *eb = b != NULL ? moat__escape(b) : NULL;
+    size_t n = strlen(prefix) + (ea ? strlen(ea) : 0) + (mid ? strlen(mid) : 0) +
+               (eb ? strlen(eb) : 0) + (suffix ? strlen(suffix) : 0) + 1;
+    char *p = malloc(n);
+    if (p != NULL)
+        snprintf(p, n, "%s%s%s%s%s", prefix, ea ? ea : "", mid ? mid : "", eb ? eb : "",
+                 suffix ? suffix : "");
+    curl_free(ea);
+    curl_free(eb);
+    return p;
+}
+
+static json_t *parse_body(bridge_req *r)
+{
+    return json_loadb((const char *)r->body.data, r->body.len, 0, NULL);
+}
+
+static void bad_answer(moat_status *st, const char *what)
+{
+    moat_status_set(st, MOAT_CODE_INTERNAL, "execd_bad_answer", "execd's answer to %s is not %s",
+                    "the call", what);
+}
+
+static const char *sget(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_string(v) ? json_string_value(v) : "";
+}
+
+static int64_t time_ms(json_t *o, const char *k)
+{
+    int64_t ms = 0;
+    const char *s = sget(o, k);
+    if (*s && moat_time_parse_iso8601(s, &ms) == MOAT_OK)
+        return ms;
+    return 0;
+}
+
+/* execd writes permission bits as octal digits read as decimal: 755 → 0755. */
+static uint32_t octal_digits(json_int_t v)
+{
+    uint32_t out = 0, shift = 0;
+    if (v < 0)
+        return 0;
+    while (v > 0 && shift < 12) {
+        int d = (int)(v % 10);
+        if (d > 7)
+            return 0;
+        out |= (uint32_t)d << shift;
+        shift += 3;
+        v /= 10;
+    }
+    return out;
+}
+
+static bool file_info(json_t *o, moat_bridge_file_info *fi)
+{
+    if (!json_is_object(o))
+        return false;
+    memset(fi, 0, sizeof(*fi));
+    fi->path = sget(o, "path");
+    const char *t = sget(o, "type");
+    fi->type = strcmp(t, "file") == 0        ? MOAT_BRIDGE_FILE_REGULAR
+               : strcmp(t, "directory") == 0 ? MOAT_BRIDGE_FILE_DIRECTORY
+               : strcmp(t, "symlink") == 0   ? MOAT_BRIDGE_FILE_SYMLINK
+               : *t                          ? MOAT_BRIDGE_FILE_OTHER
+                                             : MOAT_BRIDGE_FILE_UNSPECIFIED;
+    json_t *size = json_object_get(o, "size");
+    fi->size = json_is_integer(size) && json_integer_value(size) > 0
+                   ? (uint64_t)json_integer_value(size)
+                   : 0;
+    json_t *mode = json_object_get(o, "mode");
+    fi->mode = json_is_integer(mode) ? octal_digits(json_integer_value(mode)) : 0;
+    fi->owner = sget(o, "owner");
+    fi->group = sget(o, "group");
+    fi->modified_at_ms = time_ms(o, "modified_at");
+    return true;
+}
+
+static void call_done(bridge_req *r, CURLcode rc)
+{
+    call *c = r->owner;
+    moat_status st;
+    moat__req_fail_status(r, rc, &st);
+    if (c->kind == CALL_LOGS && rc == CURLE_WRITE_ERROR && r->body_full && r->http_status == 200) {
+        moat_status_clear(&st); /* capped read: the caller continues from next_cursor */
+    }
+    json_t *j = NULL;
+    bool ok = st.code == MOAT_CODE_OK;
+    if (ok && (c->kind == CALL_SESSION || c->kind == CALL_STATUS || c->kind == CALL_STAT ||
+               c->kind == CALL_LIST)) {
+        j = parse_body(r);
+        if (j == NULL) {
+            bad_answer(&st, "JSON");
+            ok = false;
+        }
+    }
+    switch (c->kind) {
+    case CALL_DONE:
+        ((moat_bridge_done_fn)c->cb)(c->ud, &st);
+        break;
+    case CALL_SESSION: {
+        const char *id = ok ? sget(j, "session_id") : "";
+        if (ok && !*id) {
+            bad_answer(&st, "a session id");
+            ok = false;
+        }
+        ((moat_bridge_session_fn)c->cb)(c->ud, &st, ok ? id : NULL);
+        break;
+    }
+    case CALL_STATUS: {
+        moat_bridge_cmd_status cs = {0};
+        if (ok) {
+            cs.execution_id = sget(j, "id");
+            cs.content = sget(j, "content");
+            cs.running = json_is_true(json_object_get(j, "running"));
+            json_t *code = json_object_get(j, "exit_code");
+            cs.exit_known = json_is_integer(code);
+            cs.exit_code = cs.exit_known ? (int32_t)json_integer_value(code) : 0;
+            cs.error = sget(j, "error");
+            cs.started_at_ms = time_ms(j, "started_at");
+            cs.finished_at_ms = time_ms(j, "finished_at");
+        }
+        ((moat_bridge_status_fn)c->cb)(c->ud, &st, ok ? &cs : NULL);
+        break;
+    }
+    case CALL_LOGS: {
+        uint64_t next = c->cursor + r->body.len;
+        if (r->has_tail_cursor && !r->body_full)
+            next = r->tail_cursor;
+        ((moat_bridge_logs_fn)c->cb)(c->ud, &st, ok ? r->body.data : NULL, ok ? r->body.len : 0,
+                                     ok ? next : c->cursor);
+        break;
+    }
+    case CALL_STAT: {
+        /* {"<path>": FileInfo} */
+        moat_bridge_file_info fi;
+        json_t *v = NULL;
+        if (ok && json_is_object(j) && json_object_size(j) > 0)
+            v = json_object_iter_value(json_object_iter(j));
+        if (ok && !file_info(v, &fi)) {
+            bad_answer(&st, "file info");
+            ok = false;
+        }
+        ((moat_bridge_stat_fn)c->cb)(c->ud, &st, ok ? &fi : NULL);
+        break;
+    }
+    case CALL_LIST: {
+        size_t n = ok && json_is_array(j) ? json_array_size(j) : 0;
+        moat_bridge_file_info *fis = n ? calloc(n, sizeof(*fis)) : NULL;
+        size_t k = 0;
+        if (ok && !json_is_array(j)) {
+            bad_answer(&st, "a list");
+            ok = false;
+        } else if (n > 0 && fis == NULL) {
+            moat_status_set(&st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+            ok = false;
+        }
+        for (size_t i = 0; ok && i < n; i++)
+            if (file_info(json_array_get(j, i), &fis[k]))
+                k++;
+        ((moat_bridge_list_fn)c->cb)(c->ud, &st, ok ? fis : NULL, ok ? k : 0);
+        free(fis);
+        break;
+    }
+    }
+    json_decref(j);
+    free(c);
+}
+
+static moat_err start_call(moat_bridge *b, const moat_bridge_endpoint *ep, const char *method,
+                           char *path, const char *body, enum call_kind kind, any_fn cb, void *ud,
+                           uint64_t cursor, moat_status *st)
+{
+    if (cb == NULL) {
+        free(path);
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_callback", "a callback is required");
+        return MOAT_E_INVAL;
+    }
+    call *c = calloc(1, sizeof(*c));
+    if (path == NULL || c == NULL) {
+        free(path);
+        free(c);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return MOAT_E_NOMEM;
+    }
+    c->kind = kind;
+    c->cb = cb;
+    c->ud = ud;
+    c->cursor = cursor;
+    bridge_req *r = moat__req_new(b, ep, method, path, body, st);
+    free(path);
+    if (r == NULL) {
+        free(c);
+        return MOAT_E_INVAL;
+    }
+    r->hdrs = curl_slist_append(r->hdrs, "Accept: application/json");
+    r->owner = c;
+    r->done = call_done;
+    if (moat__req_start(r, st) != MOAT_OK) {
+        free(c);
+        return MOAT_E_IO;
+    }
+    return MOAT_OK;
+}
+
+static char *dump(json_t *j)
+{
+    char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    return s;
+}
+
+static moat_err start_json_call(moat_bridge *b, const moat_bridge_endpoint *ep, const char *method,
+                                char *path, json_t *body, moat_bridge_done_fn cb, void *ud,
+                                moat_status *st)
+{
+    char *s = dump(body);
+    if (s == NULL) {
+        free(path);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return MOAT_E_NOMEM;
+    }
+    moat_err err = start_call(b, ep, method, path, s, CALL_DONE, (any_fn)cb, ud, 0, st);
+    free(s);
+    return err;
+}
+
+moat_err moat_bridge_create_session(moat_bridge *b, const moat_bridge_endpoint *ep, const char *cwd,
+                                    moat_bridge_session_fn cb, void *ud, moat_status *st)
+{
+    char *body = NULL;
+    if (cwd != NULL && *cwd) {
+        json_t *j = json_pack("{s:s}", "cwd", cwd);
+        body = dump(j);
+        if (body == NULL) {
+            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+            return MOAT_E_NOMEM;
+        }
+    }
+    moat_err err =
+        start_call(b, ep, "POST", strdup("/session"), body, CALL_SESSION, (any_fn)cb, ud, 0, st);
+    free(body);
+    return err;
+}
+
+moat_err moat_bridge_delete_session(moat_bridge *b, const moat_bridge_endpoint *ep,
+                                    const char *session_id, moat_bridge_done_fn cb, void *ud,
+                                    moat_status *st)
+{
+    if (need("session_id", session_id, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    return start_call(b, ep, "DELETE", build_path("/session/", session_id, NULL, NULL, NULL), NULL,
+                      CALL_DONE, (any_fn)cb, ud, 0, st);
+}
+
+moat_err moat_bridge_interrupt(moat_bridge *b, const moat_bridge_endpoint *ep,
+                               const char *execution_id, moat_bridge_done_fn cb, void *ud,
+                               moat_status *st)
+{
+    if (need("execution_id", execution_id, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    return start_call(b, ep, "DELETE", build_path("/command?id=", execution_id, NULL, NULL, NULL),
+                      NULL, CALL_DONE, (any_fn)cb, ud, 0, st);
+}
+
+moat_err moat_bridge_command_status(moat_bridge *b, const moat_bridge_endpoint *ep,
+                                    const char *execution_id, moat_bridge_status_fn cb, void *ud,
+                                    moat_status *st)
+{
+    if (need("execution_id", execution_id, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    return start_call(b, ep, "GET", build_path("/command/status/", execution_id, NULL, NULL, NULL),
+                      NULL, CALL_STATUS, (any_fn)cb, ud, 0, st);
+}
+
+moat_err moat_bridge_command_logs(moat_bridge *b, const moat_bridge_endpoint *ep,
+                                  const char *execution_id, uint64_t cursor, moat_bridge_logs_fn cb,
+                                  void *ud, moat_status *st)
+{
+    if (need("execution_id", execution_id, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    char num[32];
+    snprintf(num, sizeof(num), "/logs?cursor=%llu", (unsigned long long)cursor);
+    return start_call(b, ep, "GET", build_path("/command/", execution_id, num, NULL, NULL), NULL,
+                      CALL_LOGS, (any_fn)cb, ud, cursor, st);
+}
+
+moat_err moat_bridge_stat(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
+                          moat_bridge_stat_fn cb, void *ud, moat_status *st)
+{
+    if (need("path", path, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    return start_call(b, ep, "GET", build_path("/files/info?path=", path, NULL, NULL, NULL), NULL,
+                      CALL_STAT, (any_fn)cb, ud, 0, st);
+}
+
+moat_err moat_bridge_list(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
+                          uint32_t depth, moat_bridge_list_fn cb, void *ud, moat_status *st)
+{
+    if (need("path", path, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    char num[32];
+    snprintf(num, sizeof(num), "&depth=%u", depth ? depth : 1u);
+    return start_call(b, ep, "GET", build_path("/directories/list?path=", path, num, NULL, NULL),
+                      NULL, CALL_LIST, (any_fn)cb, ud, 0, st);
+}
+
+moat_err moat_bridge_remove(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
+                            bool recursive, moat_bridge_done_fn cb, void *ud, moat_status *st)
+{
+    if (need("path", path, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    return start_call(
+        b, ep, "DELETE",
+        build_path(recursive ? "/directories?path=" : "/files?path=", path, NULL, NULL, NULL), NULL,
+        CALL_DONE, (any_fn)cb, ud, 0, st);
+}
+
+moat_err moat_bridge_move(moat_bridge *b, const moat_bridge_endpoint *ep, const char *src,
+                          const char *dest, moat_bridge_done_fn cb, void *ud, moat_status *st)
+{
+    if (need("src", src, st) != MOAT_OK || need("dest", dest, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    return start_json_call(b, ep, "POST", strdup("/files/mv"),
+                           json_pack("[{s:s,s:s}]", "src", src, "dest", dest), cb, ud, st);
+}
+
+static json_t *perm(uint32_t mode, const char *owner, const char *group)
+{
+    /* execd takes permission bits as octal digits read as decimal: 0755 → 755 */
+    json_int_t digits = (json_int_t)((mode >> 6) & 7) * 100 + ((mode >> 3) & 7) * 10 + (mode & 7);
+    json_t *p = json_pack("{s:I}", "mode", digits);
+    if (p != NULL && owner != NULL && *owner)
+        json_object_set_new(p, "owner", json_string(owner));
+    if (p != NULL && group != NULL && *group)
+        json_object_set_new(p, "group", json_string(group));
+    return p;
+}
+
+moat_err moat_bridge_mkdir(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
+                           uint32_t mode, moat_bridge_done_fn cb, void *ud, moat_status *st)
+{
+    if (need("path", path, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    json_t *j = json_object();
+    if (j != NULL)
+        json_object_set_new(j, path, perm(mode ? mode : 0755, NULL, NULL));
+    return start_json_call(b, ep, "POST", strdup("/directories"), j, cb, ud, st);
+}
+
+moat_err moat_bridge_chmod(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
+                           uint32_t mode, const char *owner, const char *group,
+                           moat_bridge_done_fn cb, void *ud, moat_status *st)
+{
+    if (need("path", path, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    json_t *j = json_object();
+    if (j != NULL)
+        json_object_set_new(j, path, perm(mode, owner, group));
+    return start_json_call(b, ep, "POST", strdup("/files/permissions"), j, cb, ud, st);
+}
+
+/* ------------------------------------------------------------ transfers */
+
+struct moat_bridge_xfer {
+    bridge_req *r;
+    bool upload;
+    moat_bridge_download_cbs dl;
+    moat_bridge_upload_cbs ul;
+    uint64_t offset; /* file offset of the next byte delivered */
+    uint64_t skip;   /* bytes to drop first (a 200 answer to a Range request) */
+    uint64_t left;   /* bytes still wanted; UINT64_MAX = to the end */
+    bool paused;
+    bool done;
+    uint64_t written;
+};
+
+static size_t dl_write(bridge_req *r, const char *p, size_t n)
+{
+    moat_bridge_xfer *x = r->owner;
+    if (x == NULL)
+        return 0;
+    size_t s = 0;
+    if (r->http_status == 200 && x->skip > 0) {
+        s = x->skip < n ? (size_t)x->skip : n;
+        if (s == n) {
+            x->skip -= s;
+            return n;
+        }
+    }
+    size_t give = n - s;
+    if (x->left != UINT64_MAX && give > x->left)
+        give = (size_t)x->left;
+    if (give > 0 && !x->dl.on_chunk(x->dl.ud, x, x->offset, (const uint8_t *)p + s, give)) {
+        x->paused = true; /* curl hands the same bytes again, skipped part included */
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    x->skip -= s;
+    if (r->cancelled)
+        return 0;
+    x->offset += give;
+    if (x->left != UINT64_MAX) {
+        x->left -= give;
+        if (x->left == 0) {
+            r->stop_ok = true; /* all that was asked for: stop reading */
+            return 0;
+        }
+    }
+    return n;
+}
+
+static void xfer_done(bridge_req *r, CURLcode rc)
+{
+    moat_bridge_xfer *x = r->owner;
+    if (x == NULL)
+        return;
+    moat_status st;
+    if (r->stop_ok && rc == CURLE_WRITE_ERROR)
+        moat_status_clear(&st);
+    else
+        moat__req_fail_status(r, rc, &st);
+    x->done = true;
+    if (x->upload)
+        x->ul.on_done(x->ul.ud, x, &st, x->written);
+    else
+        x->dl.on_done(x->dl.ud, x, &st);
+    free(x);
+}
+
+moat_err moat_bridge_download(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
+                              uint64_t offset, uint64_t length, const moat_bridge_download_cbs *cbs,
+                              moat_bridge_xfer **out, moat_status *st)
+{
+    if (need("path", path, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    if (cbs == NULL || cbs->on_chunk == NULL || cbs->on_done == NULL) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_callback", "callbacks are required");
+        return MOAT_E_INVAL;
+    }
+    char *p = build_path("/files/download?path=", path, NULL, NULL, NULL);
+    moat_bridge_xfer *x = calloc(1, sizeof(*x));
+    if (p == NULL || x == NULL) {
+        free(p);
+        free(x);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return MOAT_E_NOMEM;
+    }
+    bridge_req *r = moat__req_new(b, ep, "GET", p, NULL, st);
+    free(p);
+    if (r == NULL) {
+        free(x);
+        return MOAT_E_INVAL;
+    }
+    x->dl = *cbs;
+    x->r = r;
+    x->offset = offset;
+    x->skip = offset;
+    x->left = length ? length : UINT64_MAX;
+    if (offset > 0 || length > 0) {
+        char range[80];
+        if (length > 0)
+            snprintf(range, sizeof(range), "Range: bytes=%llu-%llu", (unsigned long long)offset,
+                     (unsigned long long)(offset + length - 1));
+        else
+            snprintf(range, sizeof(range), "Range: bytes=%llu-", (unsigned long long)offset);
+        r->hdrs = curl_slist_append(r->hdrs, range);
+    }
+    long idle_s = (long)((b->cfg.idle_timeout_ms + 999) / 1000);
+    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_TIME, idle_s);
+    r->owner = x;
+    r->write = dl_write;
+    r->done = xfer_done;
+    if (moat__req_start(r, st) != MOAT_OK) {
+        free(x);
+        return MOAT_E_IO;
+    }
+    *out = x;
+    return MOAT_OK;
+}
+
+static size_t ul_read(char *buf, size_t size, size_t nitems, void *arg)
+{
+    moat_bridge_xfer *x = arg;
+    size_t n = x->ul.on_read(x->ul.ud, x, (uint8_t *)buf, size * nitems);
+    if (n == MOAT_BRIDGE_READ_PAUSE) {
+        x->paused = true;
+        return CURL_READFUNC_PAUSE;
+    }
+    if (n == MOAT_BRIDGE_READ_ABORT || n > size * nitems) {
+        x->r->cancelled = true;
+        return CURL_READFUNC_ABORT;
+    }
+    x->written += n;
+    return n;
+}
+
+moat_err moat_bridge_upload(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
+                            uint32_t mode, const char *owner, const char *group,
+                            const moat_bridge_upload_cbs *cbs, moat_bridge_xfer **out,
+                            moat_status *st)
+{
+    if (need("path", path, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    if (cbs == NULL || cbs->on_read == NULL || cbs->on_done == NULL) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_callback", "callbacks are required");
+        return MOAT_E_INVAL;
+    }
+    json_t *meta = perm(mode ? mode : 0644, owner, group);
+    if (meta != NULL)
+        json_object_set_new(meta, "path", json_string(path));
+    char *meta_s = dump(meta);
+    moat_bridge_xfer *x = calloc(1, sizeof(*x));
+    if (meta_s == NULL || x == NULL) {
+        free(meta_s);
+        free(x);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return MOAT_E_NOMEM;
+    }
+    bridge_req *r = moat__req_new(b, ep, "POST", "/files/upload", NULL, st);
+    if (r == NULL) {
+        free(meta_s);
+        free(x);
+        return MOAT_E_INVAL;
+    }
+    x->upload = true;
+    x->ul = *cbs;
+    x->r = r;
+    r->mime = curl_mime_init(r->easy);
+    curl_mimepart *m = curl_mime_addpart(r->mime);
+    curl_mime_name(m, "metadata");
+    curl_mime_filename(m, "metadata");
+    curl_mime_type(m, "application/json");
+    curl_mime_data(m, meta_s, CURL_ZERO_TERMINATED);
+    free(meta_s);
+    curl_mimepart *f = curl_mime_addpart(r->mime);
+    const char *base = strrchr(path, '/');
+    curl_mime_name(f, "file");
+    curl_mime_filename(f, base != NULL && base[1] ? base + 1 : path);
+    curl_mime_type(f, "application/octet-stream");
+    curl_mime_data_cb(f, -1, ul_read, NULL, NULL, x);
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_MIMEPOST, r->mime);
+    long idle_s = (long)((b->cfg.idle_timeout_ms + 999) / 1000);
+    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_TIME, idle_s);
+    r->owner = x;
+    r->done = xfer_done;
+    if (moat__req_start(r, st) != MOAT_OK) {
+        free(x);
+        return MOAT_E_IO;
+    }
+    *out = x;
+    return MOAT_OK;
+}
+
+void moat_bridge_xfer_resume(moat_bridge_xfer *x)
+{
+    if (!x->paused || x->done)
+        return;
+    x->paused = false;
+    moat__req_unpause(x->r);
+}
+
+void moat_bridge_xfer_cancel(moat_bridge_xfer *x)
+{
+    if (x->done)
+        return;
+    moat__req_cancel(x->r);
+}

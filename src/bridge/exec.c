@@ -1,0 +1,614 @@
+/* Executions: a run's SSE stream decoded into a bounded replay ring, delivered
+ * to one consumer under byte credit (pausing the transfer when the consumer
+ * falls behind), and kept attachable after the consumer left. */
+#include "internal.h"
+
+#include <jansson.h>
+#include <stdalign.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One event in the ring; ev's pointers point into data[]. */
+typedef struct rec {
+    struct rec *next;
+    size_t size; /* bytes this record holds, for the ring's bound */
+    size_t cost;
+    moat_bridge_event ev;
+    alignas(max_align_t) uint8_t data[];
+} rec;
+
+struct moat_bridge_exec {
+    moat_bridge *b;
+    bridge_req *r; /* NULL once the stream from execd ended */
+    char *scope;
+    char *id;
+    bool attachable;
+    moat_bridge_decoder *dec;
+    bool binary_requested;
+    bool background;
+    bool timeout_set;
+
+    rec *head, *tail;
+    size_t ring_bytes;
+    uint64_t last_seq;
+
+    bool has_consumer;
+    moat_bridge_consumer c;
+    uint64_t credit;
+    uint64_t delivered;
+    rec *cursor;          /* next record to deliver, or NULL */
+    size_t pending_bytes; /* bytes of records not yet delivered */
+    bool delivering;
+    bool paused;
+
+    bool failed; /* the decoder ended the stream */
+    moat_status fail_status;
+    bool finished;
+    moat_status end_status;
+    uint64_t retain_from_ns;
+
+    struct moat_bridge_exec *next, *prev;
+};
+
+static size_t pause_mark(const moat_bridge_exec *ex)
+{
+    return ex->b->cfg.replay_bytes / 2;
+}
+
+static moat_bridge_str put(uint8_t **w, moat_bridge_str s)
+{
+    char *dst = (char *)*w;
+    if (s.len > 0)
+        memcpy(dst, s.data, s.len);
+    dst[s.len] = '\0';
+    *w += s.len + 1;
+    return (moat_bridge_str){dst, s.len};
+}
+
+static rec *make_rec(const moat_bridge_event *ev)
+{
+    size_t need = 0;
+    switch (ev->kind) {
+    case MOAT_BRIDGE_EV_INIT:
+        need = ev->u.init.execution_id.len + 1;
+        break;
+    case MOAT_BRIDGE_EV_OUTPUT:
+        need = ev->u.output.len;
+        break;
+    case MOAT_BRIDGE_EV_RESULT:
+        need = ev->u.result.text.len + 1;
+        break;
+    case MOAT_BRIDGE_EV_ERROR:
+        need = ev->u.error.traceback_count * sizeof(moat_bridge_str) + ev->u.error.name.len +
+               ev->u.error.value.len + 2;
+        for (size_t i = 0; i < ev->u.error.traceback_count; i++)
+            need += ev->u.error.traceback[i].len + 1;
+        break;
+    case MOAT_BRIDGE_EV_EXIT:
+        need = ev->u.exit.unknown_reason.len + 1;
+        break;
+    default:
+        break;
+    }
+    rec *r = malloc(sizeof(*r) + need);
+    if (r == NULL)
+        return NULL;
+    r->next = NULL;
+    r->size = sizeof(*r) + need;
+    r->cost = moat_bridge_event_cost(ev);
+    r->ev = *ev;
+    uint8_t *w = r->data;
+    switch (ev->kind) {
+    case MOAT_BRIDGE_EV_INIT:
+        r->ev.u.init.execution_id = put(&w, ev->u.init.execution_id);
+        break;
+    case MOAT_BRIDGE_EV_OUTPUT:
+        if (ev->u.output.len > 0)
+            memcpy(w, ev->u.output.data, ev->u.output.len);
+        r->ev.u.output.data = w;
+        break;
+    case MOAT_BRIDGE_EV_RESULT:
+        r->ev.u.result.text = put(&w, ev->u.result.text);
+        break;
+    case MOAT_BRIDGE_EV_ERROR: {
+        moat_bridge_str *tb = (moat_bridge_str *)(void *)w;
+        w += ev->u.error.traceback_count * sizeof(moat_bridge_str);
+        for (size_t i = 0; i < ev->u.error.traceback_count; i++)
+            tb[i] = put(&w, ev->u.error.traceback[i]);
+        r->ev.u.error.traceback = ev->u.error.traceback_count ? tb : NULL;
+        r->ev.u.error.name = put(&w, ev->u.error.name);
+        r->ev.u.error.value = put(&w, ev->u.error.value);
+        break;
+    }
+    case MOAT_BRIDGE_EV_EXIT:
+        r->ev.u.exit.unknown_reason = put(&w, ev->u.exit.unknown_reason);
+        break;
+    default:
+        break;
+    }
+    return r;
+}
+
+static void evict(moat_bridge_exec *ex)
+{
+    while (ex->ring_bytes > ex->b->cfg.replay_bytes && ex->head != ex->tail) {
+        rec *h = ex->head;
+        if (ex->has_consumer && h == ex->cursor)
+            break; /* never drop what the consumer has not had */
+        ex->head = h->next;
+        ex->ring_bytes -= h->size;
+        if (ex->cursor == h)
+            ex->cursor = h->next;
+        free(h);
+    }
+}
+
+static void set_id(moat_bridge_exec *ex, moat_bridge_str id)
+{
+    if (ex->id != NULL || id.len == 0 || memchr(id.data, '\0', id.len) != NULL)
+        return;
+    ex->id = strndup(id.data, id.len);
+    if (ex->id == NULL)
+        return;
+    /* A bash session reuses its id for every run: the newest run is the one
+     * Attach finds. */
+    for (moat_bridge_exec *o = ex->b->execs; o != NULL; o = o->next) {
+        if (o != ex && o->attachable && strcmp(o->id, ex->id) == 0 &&
+            strcmp(o->scope, ex->scope) == 0)
+            o->attachable = false;
+    }
+    ex->attachable = true;
+}
+
+static bool ring_emit(void *ud, const moat_bridge_event *ev)
+{
+    moat_bridge_exec *ex = ud;
+    rec *r = make_rec(ev);
+    if (r == NULL)
+        return false;
+    if (ex->tail != NULL)
+        ex->tail->next = r;
+    else
+        ex->head = r;
+    ex->tail = r;
+    ex->ring_bytes += r->size;
+    ex->last_seq = ev->sequence;
+    if (ex->has_consumer) {
+        ex->pending_bytes += r->size;
+        if (ex->cursor == NULL)
+            ex->cursor = r;
+    }
+    if (ev->kind == MOAT_BRIDGE_EV_INIT)
+        set_id(ex, ev->u.init.execution_id);
+    evict(ex);
+    return true;
+}
+
+static void maybe_unpause(moat_bridge_exec *ex)
+{
+    if (!ex->paused || ex->r == NULL || ex->delivering)
+        return;
+    if (ex->has_consumer && ex->pending_bytes >= pause_mark(ex))
+        return;
+    ex->paused = false;
+    moat__req_unpause(ex->r);
+}
+
+static void deliver(moat_bridge_exec *ex)
+{
+    if (ex->delivering)
+        return;
+    ex->delivering = true;
+    while (ex->has_consumer && ex->cursor != NULL) {
+        rec *c = ex->cursor;
+        if (c->cost > ex->credit)
+            break;
+        ex->credit -= c->cost;
+        ex->delivered = c->ev.sequence;
+        ex->cursor = c->next;
+        ex->pending_bytes -= c->size;
+        ex->c.on_event(ex->c.ud, ex, &c->ev);
+    }
+    if (ex->has_consumer && ex->finished && ex->cursor == NULL) {
+        moat_bridge_consumer c = ex->c;
+        ex->has_consumer = false;
+        ex->pending_bytes = 0;
+        ex->retain_from_ns = moat_time_mono_ns();
+        c.on_end(c.ud, ex, &ex->end_status);
+    }
+    ex->delivering = false;
+    maybe_unpause(ex);
+}
+
+static moat_err ensure_decoder(moat_bridge_exec *ex)
+{
+    if (ex->dec != NULL)
+        return MOAT_OK;
+    moat_bridge_decoder_opts o = {
+        .max_line = ex->b->cfg.max_line,
+        .oversize = ex->b->cfg.oversize,
+        .binary = ex->binary_requested && ex->r != NULL && ex->r->moat_binary,
+        .background = ex->background,
+        .timeout_set = ex->timeout_set,
+    };
+    return moat_bridge_decoder_new(&o, &ex->dec);
+}
+
+static size_t exec_write(bridge_req *r, const char *p, size_t n)
+{
+    moat_bridge_exec *ex = r->owner;
+    if (ex == NULL || ex->failed)
+        return 0;
+    if (ex->has_consumer && ex->pending_bytes >= pause_mark(ex)) {
+        ex->paused = true;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    if (ensure_decoder(ex) != MOAT_OK)
+        return 0;
+    moat_status st;
+    moat_status_clear(&st);
+    moat_err err = moat_bridge_decoder_feed(ex->dec, (const uint8_t *)p, n, ring_emit, ex, &st);
+    if (err != MOAT_OK) {
+        if (err == MOAT_E_CLOSED || err == MOAT_E_NOMEM)
+            moat_status_set(&st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory",
+                            "out of memory while decoding execd's stream");
+        ex->failed = true;
+        ex->fail_status = st;
+        moat_bridge_decoder_abort(ex->dec, st.message, ring_emit, ex);
+        return 0;
+    }
+    deliver(ex);
+    return r->cancelled ? 0 : n;
+}
+
+static void finish_exec(moat_bridge_exec *ex, const moat_status *st)
+{
+    ex->finished = true;
+    ex->end_status = *st;
+    ex->retain_from_ns = moat_time_mono_ns();
+    deliver(ex);
+}
+
+static void exec_done(bridge_req *r, CURLcode rc)
+{
+    moat_bridge_exec *ex = r->owner;
+    if (ex == NULL)
+        return;
+    moat_status st;
+    moat_status_clear(&st);
+    if (r->http_status == 0)
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->http_status);
+    bool answered = r->http_status >= 200 && r->http_status < 300;
+    if (ex->failed) {
+        st = ex->fail_status;
+    } else if (rc == CURLE_OK && answered) {
+        if (ensure_decoder(ex) == MOAT_OK) {
+            moat_bridge_decoder_finish(ex->dec, ring_emit, ex, &st);
+        } else {
+            moat_status_set(&st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        }
+    } else {
+        moat__req_fail_status(r, rc, &st);
+        if (answered && ex->dec != NULL &&
+            moat_bridge_decoder_abort(ex->dec, st.message, ring_emit, ex) &&
+            st.code != MOAT_CODE_CANCELLED) {
+            /* execd (issue #1277) can end its chunked body badly after the
+             * final event: nothing was lost. */
+            moat_status_clear(&st);
+        } else if (answered && ex->dec == NULL && ensure_decoder(ex) == MOAT_OK) {
+            moat_bridge_decoder_abort(ex->dec, st.message, ring_emit, ex);
+        }
+    }
+    ex->r = NULL;
+    ex->paused = false;
+    finish_exec(ex, &st);
+}
+
+static bool blank(const char *s)
+{
+    for (; s != NULL && *s; s++)
+        if (*s != ' ' && *s != '\t' && *s != '\r' && *s != '\n' && *s != '\v' && *s != '\f')
+            return false;
+    return true;
+}
+
+static void link_exec(moat_bridge *b, moat_bridge_exec *ex)
+{
+    ex->next = b->execs;
+    if (b->execs != NULL)
+        b->execs->prev = ex;
+    b->execs = ex;
+}
+
+static void unlink_free(moat_bridge_exec *ex)
+{
+    moat_bridge *b = ex->b;
+    if (ex->prev != NULL)
+        ex->prev->next = ex->next;
+    else if (b->execs == ex)
+        b->execs = ex->next;
+    if (ex->next != NULL)
+        ex->next->prev = ex->prev;
+    if (ex->r != NULL) {
+        ex->r->owner = NULL;
+        moat__req_cancel(ex->r);
+    }
+    rec *h = ex->head;
+    while (h != NULL) {
+        rec *n = h->next;
+        free(h);
+        h = n;
+    }
+    moat_bridge_decoder_free(ex->dec);
+    free(ex->scope);
+    free(ex->id);
+    free(ex);
+}
+
+static char *run_body(const moat_bridge_run_opts *o)
+{
+    json_t *j = json_object();
+    if (j == NULL)
+        return NULL;
+    json_object_set_new(j, "command", json_string(o->command));
+    if (o->cwd != NULL && *o->cwd)
+        json_object_set_new(j, "cwd", json_string(o->cwd));
+    if (o->timeout_ms > 0)
+        json_object_set_new(j, "timeout", json_integer((json_int_t)o->timeout_ms));
+    if (o->background)
+        json_object_set_new(j, "background", json_true());
+    if (o->env_count > 0) {
+        json_t *env = json_object();
+        for (size_t i = 0; env != NULL && i < o->env_count; i++)
+            json_object_set_new(env, o->env_keys[i], json_string(o->env_values[i]));
+        json_object_set_new(j, "envs", env);
+    }
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return s;
+}
+
+moat_err moat_bridge_run(moat_bridge *b, const moat_bridge_endpoint *ep,
+                         const moat_bridge_run_opts *opts, const moat_bridge_consumer *c,
+                         uint64_t initial_credit, moat_bridge_exec **out, moat_status *st)
+{
+    if (opts == NULL || opts->command == NULL || blank(opts->command)) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "blank_command",
+                        "the command must not be blank");
+        return MOAT_E_INVAL;
+    }
+    if (opts->session_id != NULL && (opts->env_count > 0 || opts->background)) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "bad_session_run",
+                        "a run in a bash session takes no env and no background");
+        return MOAT_E_INVAL;
+    }
+    if (opts->session_id != NULL && blank(opts->session_id)) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "blank_session_id",
+                        "the session id must not be blank");
+        return MOAT_E_INVAL;
+    }
+    for (size_t i = 0; i < opts->env_count; i++) {
+        if (opts->env_keys[i] == NULL || opts->env_values[i] == NULL || !*opts->env_keys[i]) {
+            moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "bad_env", "an env entry is empty");
+            return MOAT_E_INVAL;
+        }
+    }
+    if (c == NULL || c->on_event == NULL || c->on_end == NULL) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_consumer", "a consumer is required");
+        return MOAT_E_INVAL;
+    }
+    char *path = NULL;
+    if (opts->session_id != NULL) {
+        char *id = moat__escape(opts->session_id);
+        size_t n = (id != NULL ? strlen(id) : 0) + 16;
+        path = malloc(n);
+        if (path != NULL && id != NULL)
+            snprintf(path, n, "/session/%s/run", id);
+        curl_free(id);
+        if (id == NULL) {
+            free(path);
+            path = NULL;
+        }
+    } else {
+        path = strdup("/command");
+    }
+    char *body = run_body(opts);
+    moat_bridge_exec *ex = calloc(1, sizeof(*ex));
+    const char *scope = ep != NULL && ep->scope != NULL ? ep->scope : "";
+    if (ex != NULL)
+        ex->scope = strdup(scope);
+    if (path == NULL || body == NULL || ex == NULL || ex->scope == NULL) {
+        free(path);
+        free(body);
+        if (ex != NULL)
+            free(ex->scope);
+        free(ex);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return MOAT_E_NOMEM;
+    }
+    bridge_req *r = moat__req_new(b, ep, "POST", path, body, st);
+    free(path);
+    free(body);
+    if (r == NULL) {
+        free(ex->scope);
+        free(ex);
+        return MOAT_E_INVAL;
+    }
+    r->hdrs = curl_slist_append(r->hdrs, "Accept: text/event-stream");
+    r->hdrs = curl_slist_append(r->hdrs, "Cache-Control: no-cache");
+    if (b->cfg.binary_output)
+        r->hdrs = curl_slist_append(r->hdrs, "X-Moat-Output: binary");
+    long idle_s = (long)((b->cfg.idle_timeout_ms + 999) / 1000);
+    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_TIME, idle_s);
+    r->write = exec_write;
+    r->done = exec_done;
+    r->owner = ex;
+    ex->b = b;
+    ex->r = r;
+    ex->binary_requested = b->cfg.binary_output;
+    ex->background = opts->background;
+    ex->timeout_set = opts->timeout_ms > 0;
+    ex->has_consumer = true;
+    ex->c = *c;
+    ex->credit = initial_credit;
+    if (moat__req_start(r, st) != MOAT_OK) {
+        free(ex->scope);
+        free(ex);
+        return MOAT_E_IO;
+    }
+    link_exec(b, ex);
+    *out = ex;
+    return MOAT_OK;
+}
+
+void moat_bridge_exec_credit(moat_bridge_exec *ex, uint64_t bytes)
+{
+    ex->credit = ex->credit + bytes < ex->credit ? UINT64_MAX : ex->credit + bytes;
+    deliver(ex);
+}
+
+void moat_bridge_exec_detach(moat_bridge_exec *ex)
+{
+    if (!ex->has_consumer)
+        return;
+    ex->has_consumer = false;
+    ex->cursor = NULL;
+    ex->pending_bytes = 0;
+    ex->retain_from_ns = moat_time_mono_ns();
+    evict(ex);
+    maybe_unpause(ex);
+}
+
+void moat_bridge_exec_cancel(moat_bridge_exec *ex)
+{
+    moat_status st;
+    moat_status_set(&st, MOAT_CODE_CANCELLED, "cancelled", "the stream was cancelled");
+    if (ex->r != NULL) {
+        bridge_req *r = ex->r;
+        ex->r = NULL;
+        r->owner = NULL;
+        moat__req_cancel(r);
+        if (ex->dec != NULL || ensure_decoder(ex) == MOAT_OK)
+            moat_bridge_decoder_abort(ex->dec, "the stream was cancelled", ring_emit, ex);
+        ex->finished = true;
+        ex->end_status = st;
+    }
+    ex->retain_from_ns = moat_time_mono_ns();
+    if (ex->has_consumer) {
+        moat_bridge_consumer c = ex->c;
+        ex->has_consumer = false;
+        ex->cursor = NULL;
+        ex->pending_bytes = 0;
+        c.on_end(c.ud, ex, &st);
+    }
+}
+
+const char *moat_bridge_exec_id(const moat_bridge_exec *ex)
+{
+    return ex->id != NULL ? ex->id : "";
+}
+
+void moat_bridge_exec_get_stats(const moat_bridge_exec *ex, moat_bridge_exec_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->last_sequence = ex->last_seq;
+    out->delivered_sequence = ex->delivered;
+    out->oldest_sequence = ex->head != NULL ? ex->head->ev.sequence : 0;
+    out->ring_bytes = ex->ring_bytes;
+    out->credit = ex->credit;
+    out->paused = ex->paused;
+    out->finished = ex->finished;
+    if (ex->dec != NULL)
+        moat_bridge_decoder_get_stats(ex->dec, &out->decoder);
+}
+
+moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execution_id,
+                            uint64_t after_sequence, const moat_bridge_consumer *c,
+                            uint64_t initial_credit, moat_bridge_exec **out, moat_status *st)
+{
+    if (scope == NULL)
+        scope = "";
+    if (execution_id == NULL || c == NULL || c->on_event == NULL || c->on_end == NULL) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "bad_attach",
+                        "attach needs an execution id and a consumer");
+        return MOAT_E_INVAL;
+    }
+    moat_bridge_exec *ex = b->execs;
+    for (; ex != NULL; ex = ex->next)
+        if (ex->attachable && strcmp(ex->id, execution_id) == 0 && strcmp(ex->scope, scope) == 0)
+            break;
+    if (ex == NULL) {
+        moat_status_set(st, MOAT_CODE_NOT_FOUND, "execution_not_found",
+                        "no execution %s is retained", execution_id);
+        return MOAT_E_NOT_FOUND;
+    }
+    if (after_sequence > ex->last_seq) {
+        moat_status_set(st, MOAT_CODE_OUT_OF_RANGE, "sequence_beyond_last",
+                        "after_sequence %llu is beyond the last event %llu",
+                        (unsigned long long)after_sequence, (unsigned long long)ex->last_seq);
+        return MOAT_E_INVAL;
+    }
+    if (after_sequence < ex->last_seq &&
+        (ex->head == NULL || ex->head->ev.sequence > after_sequence + 1)) {
+        moat_status_set(st, MOAT_CODE_DATA_LOSS, "replay_ring_overrun",
+                        "events %llu.. have left the replay ring (oldest kept: %llu)",
+                        (unsigned long long)after_sequence + 1,
+                        (unsigned long long)(ex->head != NULL ? ex->head->ev.sequence : 0));
+        return MOAT_E_NOT_FOUND;
+    }
+    if (ex->has_consumer) {
+        moat_bridge_consumer old = ex->c;
+        moat_status sup;
+        moat_status_set(&sup, MOAT_CODE_ABORTED, "superseded_by_attach",
+                        "another consumer attached to this execution");
+        ex->has_consumer = false;
+        old.on_end(old.ud, ex, &sup);
+    }
+    ex->c = *c;
+    ex->has_consumer = true;
+    ex->credit = initial_credit;
+    ex->delivered = after_sequence;
+    ex->cursor = ex->head;
+    while (ex->cursor != NULL && ex->cursor->ev.sequence <= after_sequence)
+        ex->cursor = ex->cursor->next;
+    ex->pending_bytes = 0;
+    for (rec *r = ex->cursor; r != NULL; r = r->next)
+        ex->pending_bytes += r->size;
+    *out = ex;
+    deliver(ex);
+    return MOAT_OK;
+}
+
+void moat__exec_sweep(moat_bridge *b, bool force)
+{
+    uint64_t now = moat_time_mono_ns();
+    if (!force && now - b->last_sweep_ns < 1000000000ull)
+        return;
+    b->last_sweep_ns = now;
+    uint64_t keep = (uint64_t)b->cfg.retention_ms * 1000000ull;
+    moat_bridge_exec *ex = b->execs;
+    while (ex != NULL) {
+        moat_bridge_exec *n = ex->next;
+        if (!ex->has_consumer && ex->finished && ex->r == NULL && !ex->delivering &&
+            (!ex->attachable || now - ex->retain_from_ns >= keep))
+            unlink_free(ex);
+        ex = n;
+    }
+}
+
+void moat__exec_free_all(moat_bridge *b)
+{
+    while (b->execs != NULL) {
+        moat_bridge_exec *ex = b->execs;
+        if (ex->has_consumer) {
+            moat_status st;
+            moat_status_set(&st, MOAT_CODE_CANCELLED, "bridge_closed", "the bridge was closed");
+            ex->has_consumer = false;
+            ex->c.on_end(ex->c.ud, ex, &st);
+        }
+        unlink_free(ex);
+    }
+}

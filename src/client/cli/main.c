@@ -1,0 +1,649 @@
+/* moat: the command-line client for moatd, on libmoat. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "moat/client.h"
+#include "moat/v1/exec.pb.h"
+#include "moat/v1/files.pb.h"
+#include "moat/v1/health.pb.h"
+#include "moat/v1/sandbox.pb.h"
+#include "wire_pb.h"
+
+#define MAX_LABELS 32
+#define MAX_ENV    64
+
+static const char *usage_text =
+    "usage: moat [--addr HOST:PORT|unix:PATH] COMMAND ...\n"
+    "  create --chat UUID [--ttl SECONDS] [--new] [--json]\n"
+    "  ls [--chat UUID] [--json]\n"
+    "  get SESSION [--json]\n"
+    "  renew SESSION --ttl SECONDS\n"
+    "  stop SESSION\n"
+    "  exec SESSION [--cwd DIR] [--timeout MS] [--env K=V]... -- COMMAND...\n"
+    "       (one word runs as a bash command line; several are quoted as separate arguments)\n"
+    "  cp LOCAL SESSION:PATH | cp SESSION:PATH LOCAL\n"
+    "  health [--json]\n"
+    "Address from --addr or MOAT_ADDR (default " MOAT_CLIENT_DEFAULT_ADDR
+    "), token from MOAT_TOKEN.\n";
+
+static int usage(void)
+{
+    fputs(usage_text, stderr);
+    return 2;
+}
+
+static int report(const moat_status *st)
+{
+    fprintf(stderr, "moat: %s: %s", moat_code_name(st->code),
+            st->message[0] ? st->message : "(no message)");
+    if (st->reason[0])
+        fprintf(stderr, " (reason=%s", st->reason);
+    for (size_t i = 0; i < st->detail_count; i++)
+        fprintf(stderr, "%s%s=%s", st->reason[0] || i ? ", " : " (", st->details[i].key,
+                st->details[i].value);
+    fprintf(stderr, "%s\n", st->reason[0] || st->detail_count ? ")" : "");
+    return 1;
+}
+
+static int fail(moat_code code, const char *reason, const char *msg)
+{
+    moat_status st;
+    moat_status_set(&st, code, reason, "%s", msg);
+    return report(&st);
+}
+
+typedef struct cli {
+    moat_client *client;
+    bool json;
+    uint8_t *req;
+    uint8_t *resp;
+    size_t cap;
+} cli;
+
+static moat_err encode(cli *c, const pb_msgdesc_t *fields, const void *msg, moat_slice *out)
+{
+    pb_ostream_t os = pb_ostream_from_buffer(c->req, c->cap);
+    if (!pb_encode(&os, fields, msg))
+        return MOAT_E_TOO_BIG;
+    out->data = c->req;
+    out->len = os.bytes_written;
+    return MOAT_OK;
+}
+
+static int unary(cli *c, const char *method, const pb_msgdesc_t *req_fields, const void *req,
+                 moat_slice *resp)
+{
+    moat_slice body;
+    if (encode(c, req_fields, req, &body) != MOAT_OK)
+        return fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
+                    "the request does not fit in a frame");
+    moat_status st;
+    size_t n;
+    if (moat_client_unary(c->client, method, 60000, body, c->resp, c->cap, &n, &st) != MOAT_OK)
+        return report(&st);
+    resp->data = c->resp;
+    resp->len = n;
+    return 0;
+}
+
+static json_t *jslice(moat_slice s)
+{
+    return json_stringn((const char *)(s.data ? s.data : (const uint8_t *)""), s.len);
+}
+
+static const char *status_name(moat_v1_SessionStatus s)
+{
+    switch (s) {
+    case moat_v1_SessionStatus_RUNNING:
+        return "RUNNING";
+    case moat_v1_SessionStatus_STOPPED:
+        return "STOPPED";
+    case moat_v1_SessionStatus_EXPIRED:
+        return "EXPIRED";
+    case moat_v1_SessionStatus_GONE:
+        return "GONE";
+    default:
+        return "UNSPECIFIED";
+    }
+}
+
+typedef struct session_view {
+    moat_v1_SandboxSession msg;
+    moat_slice session_id, chat_id, container_id, image;
+    moat_kv labels[MAX_LABELS];
+    moat__pb_kvs kvs;
+} session_view;
+
+static void session_prepare(session_view *v)
+{
+    memset(v, 0, sizeof *v);
+    moat__pb_decode_slice(&v->msg.session_id, &v->session_id);
+    moat__pb_decode_slice(&v->msg.chat_id, &v->chat_id);
+    moat__pb_decode_slice(&v->msg.container_id, &v->container_id);
+    moat__pb_decode_slice(&v->msg.image, &v->image);
+    v->kvs.items = v->labels;
+    v->kvs.max = MAX_LABELS;
+    v->kvs.entry_fields = moat_v1_SandboxSession_LabelsEntry_fields;
+    moat__pb_decode_kvs(&v->msg.labels, &v->kvs);
+}
+
+static void session_print(const session_view *v, bool json)
+{
+    char created[MOAT_TIME_ISO_MAX], expires[MOAT_TIME_ISO_MAX];
+    moat_time_format_iso8601(v->msg.created_at_ms, created);
+    moat_time_format_iso8601(v->msg.expires_at_ms, expires);
+    if (!json) {
+        printf("%.*s\t%.*s\t%s\t%s\n", (int)v->session_id.len, (const char *)v->session_id.data,
+               (int)v->chat_id.len, (const char *)v->chat_id.data, status_name(v->msg.status),
+               expires);
+        return;
+    }
+    json_t *labels = json_object();
+    for (size_t i = 0; i < v->kvs.count; i++) {
+        char key[256];
+        size_t n = v->labels[i].key.len < sizeof key - 1 ? v->labels[i].key.len : sizeof key - 1;
+        memcpy(key, v->labels[i].key.data, n);
+        key[n] = '\0';
+        json_object_set_new(labels, key, jslice(v->labels[i].value));
+    }
+    json_t *o = json_pack(
+        "{s:o, s:o, s:o, s:s, s:s, s:s, s:I, s:I, s:o, s:o}", "session_id", jslice(v->session_id),
+        "chat_id", jslice(v->chat_id), "container_id", jslice(v->container_id), "status",
+        status_name(v->msg.status), "created_at", created, "expires_at", expires, "created_at_ms",
+        (json_int_t)v->msg.created_at_ms, "expires_at_ms", (json_int_t)v->msg.expires_at_ms,
+        "image", jslice(v->image), "labels", labels);
+    char *text = json_dumps(o, JSON_COMPACT);
+    puts(text);
+    free(text);
+    json_decref(o);
+}
+
+static int print_session_reply(moat_slice resp, bool json)
+{
+    session_view v;
+    session_prepare(&v);
+    pb_istream_t is = moat__pb_istream(resp);
+    if (!pb_decode_ex(&is, moat_v1_SandboxSession_fields, &v.msg, PB_DECODE_NOINIT))
+        return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode SandboxSession");
+    session_print(&v, json);
+    return 0;
+}
+
+static bool list_entry_cb(pb_istream_t *stream, const pb_field_t *field, void **arg)
+{
+    (void)field;
+    session_view v;
+    session_prepare(&v);
+    if (!pb_decode_ex(stream, moat_v1_SandboxSession_fields, &v.msg, PB_DECODE_NOINIT))
+        return false;
+    session_print(&v, *(bool *)*arg);
+    return true;
+}
+
+static int cmd_create(cli *c, const char *chat, uint32_t ttl, bool force_new)
+{
+    moat_v1_CreateSessionRequest r = moat_v1_CreateSessionRequest_init_zero;
+    moat_slice chat_s = moat_slice_str(chat);
+    moat__pb_encode_slice(&r.chat_id, &chat_s);
+    r.ttl_seconds = ttl;
+    r.force_new = force_new;
+    moat_slice resp;
+    int rc = unary(c, "/moat.v1.Sandboxes/CreateSession", moat_v1_CreateSessionRequest_fields, &r,
+                   &resp);
+    return rc ? rc : print_session_reply(resp, c->json);
+}
+
+static int cmd_get(cli *c, const char *session)
+{
+    moat_v1_GetSessionRequest r = moat_v1_GetSessionRequest_init_zero;
+    moat_slice s = moat_slice_str(session);
+    moat__pb_encode_slice(&r.session_id, &s);
+    moat_slice resp;
+    int rc = unary(c, "/moat.v1.Sandboxes/GetSession", moat_v1_GetSessionRequest_fields, &r, &resp);
+    return rc ? rc : print_session_reply(resp, c->json);
+}
+
+static int cmd_renew(cli *c, const char *session, uint32_t ttl)
+{
+    moat_v1_RenewSessionRequest r = moat_v1_RenewSessionRequest_init_zero;
+    moat_slice s = moat_slice_str(session);
+    moat__pb_encode_slice(&r.session_id, &s);
+    r.ttl_seconds = ttl;
+    moat_slice resp;
+    int rc =
+        unary(c, "/moat.v1.Sandboxes/RenewSession", moat_v1_RenewSessionRequest_fields, &r, &resp);
+    return rc ? rc : print_session_reply(resp, c->json);
+}
+
+static int cmd_ls(cli *c, const char *chat)
+{
+    moat_v1_ListSessionsRequest r = moat_v1_ListSessionsRequest_init_zero;
+    moat_slice s = moat_slice_str(chat);
+    moat__pb_encode_slice(&r.chat_id, &s);
+    moat_slice resp;
+    int rc =
+        unary(c, "/moat.v1.Sandboxes/ListSessions", moat_v1_ListSessionsRequest_fields, &r, &resp);
+    if (rc)
+        return rc;
+    moat_v1_ListSessionsResponse l = moat_v1_ListSessionsResponse_init_zero;
+    l.sessions.funcs.decode = list_entry_cb;
+    l.sessions.arg = &c->json;
+    pb_istream_t is = moat__pb_istream(resp);
+    if (!pb_decode_ex(&is, moat_v1_ListSessionsResponse_fields, &l, PB_DECODE_NOINIT))
+        return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode ListSessionsResponse");
+    return 0;
+}
+
+static int cmd_stop(cli *c, const char *session)
+{
+    moat_v1_StopSessionRequest r = moat_v1_StopSessionRequest_init_zero;
+    moat_slice s = moat_slice_str(session);
+    moat__pb_encode_slice(&r.session_id, &s);
+    moat_slice resp;
+    int rc =
+        unary(c, "/moat.v1.Sandboxes/StopSession", moat_v1_StopSessionRequest_fields, &r, &resp);
+    if (rc)
+        return rc;
+    moat_v1_StopSessionResponse out = moat_v1_StopSessionResponse_init_zero;
+    pb_istream_t is = moat__pb_istream(resp);
+    if (!pb_decode(&is, moat_v1_StopSessionResponse_fields, &out))
+        return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode StopSessionResponse");
+    if (c->json)
+        printf("{\"session_id\":\"%s\",\"stopped\":%s}\n", session, out.stopped ? "true" : "false");
+    else
+        printf("%s\t%s\n", session, out.stopped ? "stopped" : "not running");
+    return 0;
+}
+
+static int cmd_health(cli *c)
+{
+    moat_v1_HealthCheckRequest r = moat_v1_HealthCheckRequest_init_zero;
+    moat_slice resp;
+    int rc = unary(c, "/moat.v1.Health/Check", moat_v1_HealthCheckRequest_fields, &r, &resp);
+    if (rc)
+        return rc;
+    moat_v1_HealthCheckResponse h = moat_v1_HealthCheckResponse_init_zero;
+    moat_slice version;
+    moat__pb_decode_slice(&h.server_version, &version);
+    pb_istream_t is = moat__pb_istream(resp);
+    if (!pb_decode_ex(&is, moat_v1_HealthCheckResponse_fields, &h, PB_DECODE_NOINIT))
+        return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode HealthCheckResponse");
+    const char *status = h.status == moat_v1_HealthCheckResponse_ServingStatus_SERVING ? "SERVING"
+                         : h.status == moat_v1_HealthCheckResponse_ServingStatus_NOT_SERVING
+                             ? "NOT_SERVING"
+                             : "UNKNOWN";
+    if (c->json) {
+        json_t *o = json_pack("{s:s, s:o, s:b, s:i}", "status", status, "server_version",
+                              jslice(version), "docker_reachable", h.docker_reachable,
+                              "live_sessions", (int)h.live_sessions);
+        char *text = json_dumps(o, JSON_COMPACT);
+        puts(text);
+        free(text);
+        json_decref(o);
+    } else {
+        printf("%s %.*s docker_reachable=%s live_sessions=%u\n", status, (int)version.len,
+               (const char *)version.data, h.docker_reachable ? "true" : "false", h.live_sessions);
+    }
+    return h.status == moat_v1_HealthCheckResponse_ServingStatus_SERVING ? 0 : 1;
+}
+
+static bool write_fd(int fd, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+/* Appends word to buf as one shell word, in single quotes. */
+static bool shell_quote(char *buf, size_t cap, size_t *len, const char *word)
+{
+    size_t n = *len;
+    if (n + 1 >= cap)
+        return false;
+    buf[n++] = '\'';
+    for (const char *p = word; *p; p++) {
+        const char *piece = *p == '\'' ? "'\\''" : NULL;
+        size_t plen = piece ? 4 : 1;
+        if (n + plen + 2 >= cap)
+            return false;
+        if (piece)
+            memcpy(buf + n, piece, plen);
+        else
+            buf[n] = *p;
+        n += plen;
+    }
+    buf[n++] = '\'';
+    buf[n] = '\0';
+    *len = n;
+    return true;
+}
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeout_ms,
+                    const moat_kv *env, size_t env_count, int argc, char **argv)
+{
+    /* One word is a shell command as written ('ls | wc'); several are an
+     * argument vector, quoted so bash -c sees the same words. */
+    char *command = malloc(c->cap);
+    if (command == NULL)
+        return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+    size_t len = 0;
+    command[0] = '\0';
+    bool fits = true;
+    if (argc == 1) {
+        fits = strlen(argv[0]) < c->cap;
+        if (fits)
+            memcpy(command, argv[0], strlen(argv[0]) + 1);
+    }
+    for (int i = 0; argc > 1 && i < argc && fits; i++) {
+        if (i)
+            command[len++] = ' ';
+        fits = shell_quote(command, c->cap, &len, argv[i]);
+    }
+    moat_run_command_req r = {session, command, cwd, timeout_ms, env, env_count, false};
+    size_t n;
+    moat_err err = fits ? moat_run_command_req_encode(&r, c->req, c->cap, &n) : MOAT_E_TOO_BIG;
+    free(command);
+    if (err != MOAT_OK)
+        return fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
+                    "the command does not fit in a frame");
+    moat_call *call;
+    if (moat_call_start(c->client, "/moat.v1.Exec/RunCommand", 0, NULL, 0, (moat_slice){c->req, n},
+                        &call) != MOAT_OK)
+        return fail(MOAT_CODE_UNAVAILABLE, "call_failed", "cannot start the call");
+    /* Ctrl-C cancels the remote command instead of abandoning it. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    static moat_exec_event ev;
+    moat_slice msg;
+    int exit_status = -1;
+    bool cancelled = false;
+    char unknown[512] = "";
+    for (;;) {
+        err = moat_call_recv(call, 200, &msg);
+        if (err == MOAT_E_TIMEOUT) {
+            if (interrupted && !cancelled) {
+                moat_call_cancel(call, "interrupted");
+                cancelled = true;
+            }
+            continue;
+        }
+        if (err != MOAT_OK)
+            break;
+        if (moat_exec_event_decode(msg, &ev) != MOAT_OK)
+            continue;
+        if (ev.kind == MOAT_EXEC_OUTPUT) {
+            write_fd(ev.stream == MOAT_EXEC_STDERR ? STDERR_FILENO : STDOUT_FILENO, ev.data.data,
+                     ev.data.len);
+        } else if (ev.kind == MOAT_EXEC_EXIT) {
+            if (ev.timed_out)
+                exit_status = 124;
+            else if (ev.exit_known)
+                exit_status = ev.exit_code >= 0 && ev.exit_code <= 255 ? ev.exit_code : 255;
+            else
+                snprintf(unknown, sizeof unknown, "%.*s", (int)ev.exit_unknown_reason.len,
+                         ev.exit_unknown_reason.len ? (const char *)ev.exit_unknown_reason.data
+                                                    : "no reason given");
+        }
+    }
+    moat_status st = *moat_call_status(call);
+    moat_call_free(call);
+    if (st.code == MOAT_CODE_CANCELLED && cancelled)
+        return 130;
+    if (st.code != MOAT_CODE_OK)
+        return report(&st);
+    if (exit_status >= 0)
+        return exit_status;
+    fprintf(stderr, "moat: exit code unknown: %s\n",
+            unknown[0] ? unknown : "the command ended without an exit event");
+    return 255;
+}
+
+static int cp_to_sandbox(cli *c, const char *local, const char *session, const char *path)
+{
+    int fd = open(local, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return fail(MOAT_CODE_NOT_FOUND, "local_file", strerror(errno));
+    }
+    /* One Write carries the whole file: it must fit a frame with its envelope. */
+    size_t limit = moat_client_get_limits(c->client)->max_frame_size;
+    limit = limit > 4096 ? limit - 4096 : 0;
+    if ((uint64_t)sb.st_size > limit) {
+        close(fd);
+        return fail(MOAT_CODE_OUT_OF_RANGE, "file_too_big",
+                    "file is larger than one frame of the server allows");
+    }
+    uint8_t *data = malloc(sb.st_size ? (size_t)sb.st_size : 1);
+    ssize_t got = data ? read(fd, data, (size_t)sb.st_size) : -1;
+    close(fd);
+    if (got != sb.st_size) {
+        free(data);
+        return fail(MOAT_CODE_DATA_LOSS, "local_file", "short read of the local file");
+    }
+    moat_v1_WriteRequest r = moat_v1_WriteRequest_init_zero;
+    moat_slice s = moat_slice_str(session), p = moat_slice_str(path), d = {data, (size_t)got};
+    moat__pb_encode_slice(&r.session_id, &s);
+    moat__pb_encode_slice(&r.path, &p);
+    moat__pb_encode_slice(&r.data, &d);
+    r.mode = sb.st_mode & 07777;
+    moat_slice resp;
+    int rc = unary(c, "/moat.v1.Files/Write", moat_v1_WriteRequest_fields, &r, &resp);
+    free(data);
+    return rc;
+}
+
+static int cp_from_sandbox(cli *c, const char *session, const char *path, const char *local)
+{
+    moat_v1_ReadRequest r = moat_v1_ReadRequest_init_zero;
+    moat_slice s = moat_slice_str(session), p = moat_slice_str(path), body;
+    moat__pb_encode_slice(&r.session_id, &s);
+    moat__pb_encode_slice(&r.path, &p);
+    if (encode(c, moat_v1_ReadRequest_fields, &r, &body) != MOAT_OK)
+        return fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big", "path too long");
+    moat_call *call;
+    if (moat_call_start(c->client, "/moat.v1.Files/Read", 0, NULL, 0, body, &call) != MOAT_OK)
+        return fail(MOAT_CODE_UNAVAILABLE, "call_failed", "cannot start the call");
+    int fd = open(local, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        moat_call_free(call);
+        return fail(MOAT_CODE_PERMISSION_DENIED, "local_file", strerror(errno));
+    }
+    moat_slice msg;
+    bool ok = true;
+    while (moat_call_recv(call, -1, &msg) == MOAT_OK) {
+        moat_v1_FileChunk chunk = moat_v1_FileChunk_init_zero;
+        moat_slice data;
+        moat__pb_decode_slice(&chunk.data, &data);
+        pb_istream_t is = moat__pb_istream(msg);
+        if (!pb_decode_ex(&is, moat_v1_FileChunk_fields, &chunk, PB_DECODE_NOINIT) ||
+            (data.len &&
+             pwrite(fd, data.data, data.len, (off_t)chunk.offset) != (ssize_t)data.len)) {
+            ok = false;
+            moat_call_cancel(call, "local write failed");
+        }
+    }
+    moat_status st = *moat_call_status(call);
+    moat_call_free(call);
+    close(fd);
+    if (st.code != MOAT_CODE_OK)
+        return report(&st);
+    return ok ? 0 : fail(MOAT_CODE_DATA_LOSS, "local_file", "cannot write the local file");
+}
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-')
+        return false;
+    *out = v;
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    const char *addr = getenv("MOAT_ADDR");
+    int i = 1;
+    if (i + 1 < argc && strcmp(argv[i], "--addr") == 0) {
+        addr = argv[i + 1];
+        i += 2;
+    }
+    if (i >= argc)
+        return usage();
+    const char *cmd = argv[i];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    /* Options may come anywhere after the command; "--" ends them (exec's command follows). */
+    static const struct option opts[] = {
+        {"chat", required_argument, NULL, 'c'},
+        {"ttl", required_argument, NULL, 't'},
+        {"new", no_argument, NULL, 'n'},
+        {"json", no_argument, NULL, 'j'},
+        {"cwd", required_argument, NULL, 'd'},
+        {"timeout", required_argument, NULL, 'T'},
+        {"env", required_argument, NULL, 'e'},
+        {"addr", required_argument, NULL, 'a'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *chat = NULL, *cwd = NULL;
+    uint64_t ttl = 0, timeout_ms = 0;
+    bool force_new = false, json = false, have_ttl = false;
+    moat_kv env[MAX_ENV];
+    size_t env_count = 0;
+    int sub_argc = argc - i;
+    char **sub_argv = argv + i;
+    optind = 1;
+    int o;
+    while ((o = getopt_long(sub_argc, sub_argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c':
+            chat = optarg;
+            break;
+        case 't':
+            if (!parse_u64(optarg, &ttl) || ttl > UINT32_MAX)
+                return fail(MOAT_CODE_INVALID_ARGUMENT, "bad_ttl", "--ttl takes seconds");
+            have_ttl = true;
+            break;
+        case 'n':
+            force_new = true;
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'd':
+            cwd = optarg;
+            break;
+        case 'T':
+            if (!parse_u64(optarg, &timeout_ms))
+                return fail(MOAT_CODE_INVALID_ARGUMENT, "bad_timeout",
+                            "--timeout takes milliseconds");
+            break;
+        case 'e': {
+            const char *eq = strchr(optarg, '=');
+            if (eq == NULL || eq == optarg || env_count == MAX_ENV)
+                return fail(MOAT_CODE_INVALID_ARGUMENT, "bad_env", "--env takes K=V");
+            env[env_count].key = (moat_slice){(const uint8_t *)optarg, (size_t)(eq - optarg)};
+            env[env_count].value = moat_slice_str(eq + 1);
+            env_count++;
+            break;
+        }
+        case 'a':
+            addr = optarg;
+            break;
+        default:
+            return usage();
+        }
+    }
+    char **rest = sub_argv + optind;
+    int nrest = sub_argc - optind;
+
+    bool known = strcmp(cmd, "create") == 0 || strcmp(cmd, "ls") == 0 || strcmp(cmd, "get") == 0 ||
+                 strcmp(cmd, "renew") == 0 || strcmp(cmd, "stop") == 0 ||
+                 strcmp(cmd, "exec") == 0 || strcmp(cmd, "cp") == 0 || strcmp(cmd, "health") == 0;
+    if (!known)
+        return usage();
+    if ((strcmp(cmd, "create") == 0 && !chat) ||
+        (strcmp(cmd, "renew") == 0 && (!have_ttl || nrest != 1)) ||
+        ((strcmp(cmd, "get") == 0 || strcmp(cmd, "stop") == 0) && nrest != 1) ||
+        (strcmp(cmd, "exec") == 0 && nrest < 2) || (strcmp(cmd, "cp") == 0 && nrest != 2))
+        return usage();
+
+    moat_client_options copts = {.token = getenv("MOAT_TOKEN"),
+                                 .client_name = "moat-cli/" MOAT_VERSION};
+    cli c = {.json = json};
+    moat_status st;
+    if (moat_client_connect(addr && addr[0] ? addr : MOAT_CLIENT_DEFAULT_ADDR, &copts, &c.client,
+                            &st) != MOAT_OK)
+        return report(&st);
+    c.cap = moat_client_get_limits(c.client)->max_frame_size;
+    c.req = malloc(c.cap);
+    c.resp = malloc(c.cap);
+    int rc;
+    if (c.req == NULL || c.resp == NULL)
+        rc = fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+    else if (strcmp(cmd, "create") == 0)
+        rc = cmd_create(&c, chat, (uint32_t)ttl, force_new);
+    else if (strcmp(cmd, "ls") == 0)
+        rc = cmd_ls(&c, chat);
+    else if (strcmp(cmd, "get") == 0)
+        rc = cmd_get(&c, rest[0]);
+    else if (strcmp(cmd, "renew") == 0)
+        rc = cmd_renew(&c, rest[0], (uint32_t)ttl);
+    else if (strcmp(cmd, "stop") == 0)
+        rc = cmd_stop(&c, rest[0]);
+    else if (strcmp(cmd, "exec") == 0)
+        rc = cmd_exec(&c, rest[0], cwd, timeout_ms, env, env_count, nrest - 1, rest + 1);
+    else if (strcmp(cmd, "health") == 0)
+        rc = cmd_health(&c);
+    else {
+        /* cp: whichever side has SESSION:PATH (the local side must not). */
+        const char *colon0 = strchr(rest[0], ':'), *colon1 = strchr(rest[1], ':');
+        char session[128];
+        if (colon1 && !colon0 && (size_t)(colon1 - rest[1]) < sizeof session) {
+            memcpy(session, rest[1], (size_t)(colon1 - rest[1]));
+            session[colon1 - rest[1]] = '\0';
+            rc = cp_to_sandbox(&c, rest[0], session, colon1 + 1);
+        } else if (colon0 && !colon1 && (size_t)(colon0 - rest[0]) < sizeof session) {
+            memcpy(session, rest[0], (size_t)(colon0 - rest[0]));
+            session[colon0 - rest[0]] = '\0';
+            rc = cp_from_sandbox(&c, session, colon0 + 1, rest[1]);
+        } else {
+            rc = usage();
+        }
+    }
+    free(c.req);
+    free(c.resp);
+    moat_client_close(c.client);
+    return rc;
+}

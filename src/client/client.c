@@ -1,0 +1,785 @@
+/* libmoat connection and calls: blocking, poll-based, fixed buffers. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "moat/client.h"
+
+/* Bytes read from the socket at once; frames larger than this are gathered by
+ * the wire decoder in its own (bounded, reused) buffer. */
+#define READ_CHUNK (256u * 1024u)
+/* A queued message costs its payload plus this length prefix. */
+#define QUEUE_PREFIX 4u
+
+struct moat_call {
+    moat_client *client;
+    uint32_t id;
+    moat_window recv_window;
+    uint32_t unreleased; /* size of the last delivered message, released on the next recv */
+    moat_buf queue; /* [u32 len][payload]… messages that arrived while reading another call */
+    size_t queue_head;
+    bool ended;
+    bool end_reported;
+    int64_t deadline_at_ms; /* 0: none */
+    moat_status status;
+    moat_call *next; /* all calls of the client */
+};
+
+struct moat_client {
+    int fd;
+    bool broken;
+    bool go_away;
+    uint32_t go_away_last;
+    moat_status broken_status;
+    moat_client_limits limits;
+    moat_wire_decoder decoder;
+    moat_stream_table *streams;
+    uint32_t next_id;
+    uint8_t *rbuf;
+    size_t rpos, rlen;
+    uint8_t *wbuf; /* one frame: max_frame_size + prefix */
+    size_t wcap;
+    uint8_t *mbuf; /* a queued message copied out for delivery */
+    moat_call *calls;
+    uint64_t ping_seq;
+    bool pong_seen;
+    int64_t last_send_ms;
+};
+
+static int64_t mono_ms(void)
+{
+    return (int64_t)(moat_time_mono_ns() / 1000000u);
+}
+
+static int remaining_ms(int64_t until, int timeout_ms)
+{
+    if (timeout_ms < 0)
+        return -1;
+    int64_t left = until - mono_ms();
+    return left < 0 ? 0 : (int)left;
+}
+
+static void fail_all(moat_client *c, moat_code code, const char *reason, const char *msg);
+
+static moat_err write_all(moat_client *c, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pfd = {c->fd, POLLOUT, 0};
+            if (poll(&pfd, 1, 30000) <= 0) {
+                fail_all(c, MOAT_CODE_UNAVAILABLE, "write_timeout", "cannot write to the server");
+                return MOAT_E_IO;
+            }
+            continue;
+        }
+        fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost", strerror(errno));
+        return MOAT_E_IO;
+    }
+    c->last_send_ms = mono_ms();
+    return MOAT_OK;
+}
+
+static moat_err send_frame(moat_client *c, const moat_frame *f)
+{
+    if (c->broken)
+        return MOAT_E_CLOSED;
+    size_t n;
+    moat_err err = moat_wire_encode(f, c->wbuf, c->wcap, &n);
+    if (err != MOAT_OK)
+        return err;
+    return write_all(c, c->wbuf, n);
+}
+
+static moat_err send_small(moat_client *c, moat_frame_kind kind, uint32_t stream, uint64_t value)
+{
+    moat_frame f;
+    memset(&f, 0, sizeof f);
+    f.kind = kind;
+    f.stream_id = stream;
+    if (kind == MOAT_FRAME_WINDOW_UPDATE)
+        f.u.window_update.increment = (uint32_t)value;
+    else
+        f.u.ping.payload = value;
+    uint8_t buf[32];
+    size_t n;
+    if (c->broken)
+        return MOAT_E_CLOSED;
+    moat_err err = moat_wire_encode(&f, buf, sizeof buf, &n);
+    return err != MOAT_OK ? err : write_all(c, buf, n);
+}
+
+static void end_call(moat_call *call, moat_code code, const char *reason, const char *msg)
+{
+    if (call->ended)
+        return;
+    moat_status_set(&call->status, code, reason, "%s", msg);
+    call->ended = true;
+    moat_stream_table_close(call->client->streams, call->id);
+}
+
+/* The connection is unusable: every open call ends with the given status. */
+static void fail_all(moat_client *c, moat_code code, const char *reason, const char *msg)
+{
+    if (!c->broken) {
+        c->broken = true;
+        moat_status_set(&c->broken_status, code, reason, "%s", msg);
+    }
+    for (moat_call *call = c->calls; call; call = call->next)
+        end_call(call, code, reason, msg);
+}
+
+static void copy_slice(char *dst, size_t cap, moat_slice s)
+{
+    size_t n = s.len < cap - 1 ? s.len : cap - 1;
+    if (n)
+        memcpy(dst, s.data, n);
+    dst[n] = '\0';
+}
+
+static void status_from_frame(moat_status *st, moat_code code, moat_slice message,
+                              moat_slice reason, const moat_kv *details, size_t count)
+{
+    char text[MOAT_STATUS_MESSAGE_MAX], why[MOAT_STATUS_REASON_MAX];
+    copy_slice(text, sizeof text, message);
+    copy_slice(why, sizeof why, reason);
+    moat_status_set(st, code, why[0] ? why : NULL, "%s", text);
+    for (size_t i = 0; i < count; i++) {
+        char k[MOAT_STATUS_KEY_MAX], v[MOAT_STATUS_VALUE_MAX];
+        copy_slice(k, sizeof k, details[i].key);
+        copy_slice(v, sizeof v, details[i].value);
+        moat_status_add_detail(st, k, v);
+    }
+}
+
+static moat_err queue_message(moat_call *call, moat_slice payload)
+{
+    moat_buf *q = &call->queue;
+    if (call->queue_head > 0 && call->queue_head == q->len) {
+        q->len = 0;
+        call->queue_head = 0;
+    } else if (call->queue_head > q->cap / 2) {
+        moat_buf_consume(q, call->queue_head);
+        call->queue_head = 0;
+    }
+    uint8_t hdr[QUEUE_PREFIX] = {(uint8_t)(payload.len >> 24), (uint8_t)(payload.len >> 16),
+                                 (uint8_t)(payload.len >> 8), (uint8_t)payload.len};
+    moat_err err = moat_buf_append(q, hdr, sizeof hdr);
+    if (err == MOAT_OK)
+        err = moat_buf_append(q, payload.data, payload.len);
+    return err;
+}
+
+/* Handles one frame. If it is a message for `want` with nothing queued ahead
+ * of it, it is handed out in *deliver (zero copy) and true is returned. */
+static bool dispatch(moat_client *c, const moat_frame *f, moat_call *want, moat_slice *deliver)
+{
+    switch (f->kind) {
+    case MOAT_FRAME_PING:
+        send_small(c, MOAT_FRAME_PONG, 0, f->u.ping.payload);
+        return false;
+    case MOAT_FRAME_PONG:
+        if (f->u.pong.payload == c->ping_seq)
+            c->pong_seen = true;
+        return false;
+    case MOAT_FRAME_WINDOW_UPDATE:
+        /* The client sends only one request message per call; its credit is
+         * checked at start, so grants need no bookkeeping here. */
+        return false;
+    case MOAT_FRAME_GO_AWAY: {
+        c->go_away = true;
+        c->go_away_last = f->u.go_away.last_stream_id;
+        char text[MOAT_STATUS_MESSAGE_MAX];
+        copy_slice(text, sizeof text, f->u.go_away.message);
+        for (moat_call *call = c->calls; call; call = call->next)
+            if (call->id > c->go_away_last)
+                end_call(call, MOAT_CODE_UNAVAILABLE, "go_away",
+                         text[0] ? text : "server is going away");
+        return false;
+    }
+    case MOAT_FRAME_MESSAGE:
+    case MOAT_FRAME_END:
+        break;
+    default:
+        fail_all(c, MOAT_CODE_INTERNAL, "protocol_error", "unexpected frame from the server");
+        return false;
+    }
+    moat_call *call = moat_stream_table_get(c->streams, f->stream_id);
+    if (call == NULL)
+        return false; /* a call we freed or cancelled: late frames are dropped */
+    if (f->kind == MOAT_FRAME_END) {
+        status_from_frame(&call->status, f->u.end.code, f->u.end.message, f->u.end.reason,
+                          f->u.end.details, f->u.end.detail_count);
+        call->ended = true;
+        moat_stream_table_close(c->streams, call->id);
+        return false;
+    }
+    moat_slice payload = f->u.message.payload;
+    if (payload.len > UINT32_MAX ||
+        moat_window_consume(&call->recv_window, (uint32_t)payload.len) != MOAT_OK) {
+        fail_all(c, MOAT_CODE_INTERNAL, "flow_control_error",
+                 "server exceeded the stream's window");
+        return false;
+    }
+    if (call == want && call->queue_head == call->queue.len) {
+        *deliver = payload;
+        return true;
+    }
+    if (queue_message(call, payload) != MOAT_OK)
+        fail_all(c, MOAT_CODE_RESOURCE_EXHAUSTED, "queue_full", "too much unread data for a call");
+    return false;
+}
+
+/* Reads and dispatches frames until `done` says stop, a message for want is
+ * delivered, or the timeout passes. */
+static moat_err pump(moat_client *c, moat_call *want, moat_slice *deliver, int timeout_ms,
+                     bool (*done)(moat_client *c, moat_call *want))
+{
+    int64_t until = timeout_ms < 0 ? 0 : mono_ms() + timeout_ms;
+    for (;;) {
+        if (done(c, want))
+            return MOAT_OK;
+        if (c->broken)
+            return MOAT_E_CLOSED;
+        while (c->rpos < c->rlen) {
+            size_t used;
+            moat_slice body;
+            moat_err err = moat_wire_decoder_feed(&c->decoder, c->rbuf + c->rpos, c->rlen - c->rpos,
+                                                  &used, &body);
+            c->rpos += used;
+            if (err == MOAT_E_AGAIN)
+                break;
+            if (err != MOAT_OK) {
+                fail_all(c, MOAT_CODE_INTERNAL, "bad_frame", moat_wire_decoder_reason(&c->decoder));
+                return MOAT_E_CLOSED;
+            }
+            moat_frame f;
+            err = moat_wire_frame_decode(body, &f);
+            if (err != MOAT_OK) {
+                fail_all(c, MOAT_CODE_INTERNAL, "bad_frame", moat_strerror(err));
+                return MOAT_E_CLOSED;
+            }
+            if (dispatch(c, &f, want, deliver))
+                return MOAT_E_AGAIN; /* "delivered" to the caller */
+            if (done(c, want))
+                return MOAT_OK;
+            if (c->broken)
+                return MOAT_E_CLOSED;
+        }
+        c->rpos = c->rlen = 0;
+        int wait = remaining_ms(until, timeout_ms);
+        /* Keepalive: ping at half the server's idle limit while we wait. */
+        if (c->limits.idle_timeout_seconds > 0) {
+            int64_t ping_at = c->last_send_ms + (int64_t)c->limits.idle_timeout_seconds * 500;
+            int64_t now = mono_ms();
+            if (now >= ping_at) {
+                send_small(c, MOAT_FRAME_PING, 0, ++c->ping_seq);
+                ping_at = now + (int64_t)c->limits.idle_timeout_seconds * 500;
+            }
+            if (wait < 0 || ping_at - now < wait)
+                wait = (int)(ping_at - now);
+        }
+        struct pollfd pfd = {c->fd, POLLIN, 0};
+        int r = poll(&pfd, 1, wait);
+        if (r < 0 && errno != EINTR) {
+            fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost", strerror(errno));
+            return MOAT_E_CLOSED;
+        }
+        if (r <= 0) {
+            if (timeout_ms >= 0 && mono_ms() >= until)
+                return MOAT_E_TIMEOUT;
+            continue;
+        }
+        ssize_t n = recv(c->fd, c->rbuf, READ_CHUNK, 0);
+        if (n == 0) {
+            fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_closed",
+                     "the server closed the connection");
+            return MOAT_E_CLOSED;
+        }
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                continue;
+            fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost", strerror(errno));
+            return MOAT_E_CLOSED;
+        }
+        c->rlen = (size_t)n;
+    }
+}
+
+static moat_err parse_and_connect(const char *addr, int timeout_ms, int *fd_out, moat_status *st)
+{
+    int fd = -1;
+    if (strncmp(addr, "unix:", 5) == 0) {
+        struct sockaddr_un sun;
+        memset(&sun, 0, sizeof sun);
+        sun.sun_family = AF_UNIX;
+        if (strlen(addr + 5) >= sizeof sun.sun_path || addr[5] == '\0') {
+            moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "bad_address",
+                            "bad unix socket path: %s", addr);
+            return MOAT_E_INVAL;
+        }
+        memcpy(sun.sun_path, addr + 5, strlen(addr + 5));
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof sun) != 0) {
+            moat_status_set(st, MOAT_CODE_UNAVAILABLE, "connect_failed", "%s: %s", addr,
+                            strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            return MOAT_E_IO;
+        }
+    } else {
+        char host[256], port[16];
+        const char *colon = strrchr(addr, ':');
+        const char *h = addr;
+        size_t hlen = colon ? (size_t)(colon - addr) : 0;
+        if (colon && addr[0] == '[' && hlen >= 2 && addr[hlen - 1] == ']') {
+            h = addr + 1;
+            hlen -= 2;
+        }
+        if (!colon || hlen == 0 || hlen >= sizeof host || strlen(colon + 1) == 0 ||
+            strlen(colon + 1) >= sizeof port) {
+            moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "bad_address",
+                            "address must be host:port or unix:/path: %s", addr);
+            return MOAT_E_INVAL;
+        }
+        memcpy(host, h, hlen);
+        host[hlen] = '\0';
+        snprintf(port, sizeof port, "%s", colon + 1);
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_socktype = SOCK_STREAM;
+        int gai = getaddrinfo(host, port, &hints, &res);
+        if (gai != 0) {
+            moat_status_set(st, MOAT_CODE_UNAVAILABLE, "resolve_failed", "%s: %s", addr,
+                            gai_strerror(gai));
+            return MOAT_E_IO;
+        }
+        int last_errno = 0;
+        for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+            fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                        ai->ai_protocol);
+            if (fd < 0)
+                continue;
+            int r = connect(fd, ai->ai_addr, ai->ai_addrlen);
+            if (r != 0 && errno == EINPROGRESS) {
+                struct pollfd pfd = {fd, POLLOUT, 0};
+                int soerr = 0;
+                socklen_t len = sizeof soerr;
+                if (poll(&pfd, 1, timeout_ms) == 1 &&
+                    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) == 0 && soerr == 0)
+                    r = 0;
+                else
+                    errno = soerr ? soerr : ETIMEDOUT;
+            }
+            if (r != 0) {
+                last_errno = errno;
+                close(fd);
+                fd = -1;
+            }
+        }
+        freeaddrinfo(res);
+        if (fd < 0) {
+            moat_status_set(st, MOAT_CODE_UNAVAILABLE, "connect_failed", "%s: %s", addr,
+                            strerror(last_errno));
+            return MOAT_E_IO;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    *fd_out = fd;
+    return MOAT_OK;
+}
+
+static moat_err alloc_buffers(moat_client *c)
+{
+    free(c->wbuf);
+    free(c->mbuf);
+    c->wcap = (size_t)c->limits.max_frame_size + MOAT_WIRE_HEADER_SIZE;
+    c->wbuf = malloc(c->wcap);
+    c->mbuf = malloc(c->limits.max_frame_size);
+    return c->wbuf && c->mbuf ? MOAT_OK : MOAT_E_NOMEM;
+}
+
+static moat_err read_hello_ack(moat_client *c, int timeout_ms, moat_status *st)
+{
+    int64_t until = mono_ms() + timeout_ms;
+    for (;;) {
+        if (c->rpos < c->rlen) {
+            size_t used;
+            moat_slice body;
+            moat_err err = moat_wire_decoder_feed(&c->decoder, c->rbuf + c->rpos, c->rlen - c->rpos,
+                                                  &used, &body);
+            c->rpos += used;
+            if (err == MOAT_OK) {
+                moat_frame f;
+                err = moat_wire_frame_decode(body, &f);
+                if (err == MOAT_OK && f.kind == MOAT_FRAME_HELLO_ACK) {
+                    moat_client_limits *l = &c->limits;
+                    l->protocol_version = f.u.hello_ack.protocol_version;
+                    l->max_frame_size = f.u.hello_ack.max_frame_size;
+                    l->initial_window = f.u.hello_ack.initial_window;
+                    l->max_concurrent_streams = f.u.hello_ack.max_concurrent_streams;
+                    l->idle_timeout_seconds = f.u.hello_ack.idle_timeout_seconds;
+                    copy_slice(l->server_version, sizeof l->server_version,
+                               f.u.hello_ack.server_version);
+                    if (l->max_frame_size < MOAT_WIRE_PREHELLO_MAX_FRAME ||
+                        l->max_frame_size > MOAT_WIRE_MAX_FRAME_LIMIT ||
+                        l->max_concurrent_streams == 0 ||
+                        l->initial_window > MOAT_WIRE_MAX_WINDOW) {
+                        moat_status_set(st, MOAT_CODE_INTERNAL, "bad_hello_ack",
+                                        "server announced invalid limits");
+                        return MOAT_E_PROTO;
+                    }
+                    return MOAT_OK;
+                }
+                if (err == MOAT_OK && f.kind == MOAT_FRAME_GO_AWAY) {
+                    status_from_frame(st, f.u.go_away.code, f.u.go_away.message, (moat_slice){0},
+                                      NULL, 0);
+                    return MOAT_E_REMOTE;
+                }
+                if (err == MOAT_OK && f.kind == MOAT_FRAME_END) {
+                    status_from_frame(st, f.u.end.code, f.u.end.message, f.u.end.reason,
+                                      f.u.end.details, f.u.end.detail_count);
+                    return MOAT_E_REMOTE;
+                }
+                moat_status_set(st, MOAT_CODE_INTERNAL, "bad_hello_ack",
+                                "expected HelloAck, got %s",
+                                err == MOAT_OK ? moat_frame_kind_name(f.kind) : moat_strerror(err));
+                return MOAT_E_PROTO;
+            }
+            if (err != MOAT_E_AGAIN) {
+                moat_status_set(st, MOAT_CODE_INTERNAL, "bad_frame", "%s",
+                                moat_wire_decoder_reason(&c->decoder));
+                return MOAT_E_PROTO;
+            }
+        }
+        c->rpos = c->rlen = 0;
+        struct pollfd pfd = {c->fd, POLLIN, 0};
+        int r = poll(&pfd, 1, remaining_ms(until, timeout_ms));
+        if (r == 0) {
+            moat_status_set(st, MOAT_CODE_DEADLINE_EXCEEDED, "hello_timeout",
+                            "no HelloAck from the server");
+            return MOAT_E_TIMEOUT;
+        }
+        ssize_t n = r > 0 ? recv(c->fd, c->rbuf, READ_CHUNK, 0) : -1;
+        if (n == 0) {
+            moat_status_set(st, MOAT_CODE_UNAVAILABLE, "connection_closed",
+                            "server closed the connection during hello");
+            return MOAT_E_CLOSED;
+        }
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            moat_status_set(st, MOAT_CODE_UNAVAILABLE, "connection_lost", "%s", strerror(errno));
+            return MOAT_E_IO;
+        }
+        c->rlen = (size_t)n;
+    }
+}
+
+moat_err moat_client_connect(const char *addr, const moat_client_options *opts, moat_client **out,
+                             moat_status *st)
+{
+    moat_status scratch;
+    if (st == NULL)
+        st = &scratch;
+    moat_status_clear(st);
+    int timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : 10000;
+    moat_client *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return MOAT_E_NOMEM;
+    }
+    c->fd = -1;
+    c->next_id = 1;
+    moat_wire_decoder_init(&c->decoder, MOAT_WIRE_MAX_FRAME_LIMIT);
+    c->rbuf = malloc(READ_CHUNK);
+    c->limits.max_frame_size = MOAT_WIRE_PREHELLO_MAX_FRAME;
+    moat_err err = c->rbuf ? alloc_buffers(c) : MOAT_E_NOMEM;
+    if (err != MOAT_OK)
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+    if (err == MOAT_OK)
+        err = parse_and_connect(addr, timeout_ms, &c->fd, st);
+    if (err == MOAT_OK) {
+        moat_frame f;
+        memset(&f, 0, sizeof f);
+        f.kind = MOAT_FRAME_HELLO;
+        f.u.hello.protocol_version = MOAT_WIRE_PROTOCOL_VERSION;
+        f.u.hello.client_name =
+            moat_slice_str(opts && opts->client_name ? opts->client_name : "libmoat/" MOAT_VERSION);
+        f.u.hello.token = moat_slice_str(opts && opts->token ? opts->token : "");
+        err = send_frame(c, &f);
+        if (err != MOAT_OK)
+            moat_status_set(st, MOAT_CODE_UNAVAILABLE, "hello_failed", "cannot send Hello (%s)",
+                            moat_strerror(err));
+    }
+    if (err == MOAT_OK)
+        err = read_hello_ack(c, timeout_ms, st);
+    if (err == MOAT_OK) {
+        moat_wire_decoder_set_max(&c->decoder, c->limits.max_frame_size);
+        c->streams = moat_stream_table_new(c->limits.max_concurrent_streams);
+        err = c->streams ? alloc_buffers(c) : MOAT_E_NOMEM;
+        if (err != MOAT_OK)
+            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+    }
+    if (err != MOAT_OK) {
+        moat_client_close(c);
+        return err;
+    }
+    *out = c;
+    return MOAT_OK;
+}
+
+void moat_client_close(moat_client *c)
+{
+    if (c == NULL)
+        return;
+    if (c->fd >= 0)
+        close(c->fd);
+    while (c->calls) {
+        moat_call *next = c->calls->next;
+        moat_buf_free(&c->calls->queue);
+        free(c->calls);
+        c->calls = next;
+    }
+    moat_stream_table_free(c->streams);
+    moat_wire_decoder_free(&c->decoder);
+    free(c->rbuf);
+    free(c->wbuf);
+    free(c->mbuf);
+    free(c);
+}
+
+const moat_client_limits *moat_client_get_limits(const moat_client *c)
+{
+    return &c->limits;
+}
+
+static bool pong_done(moat_client *c, moat_call *want)
+{
+    (void)want;
+    return c->pong_seen;
+}
+
+moat_err moat_client_ping(moat_client *c, int timeout_ms)
+{
+    c->pong_seen = false;
+    moat_err err = send_small(c, MOAT_FRAME_PING, 0, ++c->ping_seq);
+    if (err != MOAT_OK)
+        return err;
+    moat_slice unused;
+    return pump(c, NULL, &unused, timeout_ms, pong_done);
+}
+
+moat_err moat_call_start(moat_client *c, const char *method, uint64_t deadline_ms,
+                         const moat_kv *metadata, size_t metadata_count, moat_slice request,
+                         moat_call **out)
+{
+    if (c->broken || c->go_away)
+        return MOAT_E_CLOSED;
+    if (metadata_count > MOAT_WIRE_MAX_KV || request.len > c->limits.initial_window)
+        return MOAT_E_TOO_BIG;
+    /* Refuse before anything is sent: a Call without its request would hang. */
+    moat_frame probe;
+    memset(&probe, 0, sizeof probe);
+    probe.kind = MOAT_FRAME_MESSAGE;
+    probe.stream_id = c->next_id;
+    probe.u.message.payload = request;
+    size_t need = moat_wire_encoded_size(&probe);
+    if (need == 0 || need > c->wcap)
+        return MOAT_E_TOO_BIG;
+    moat_call *call = calloc(1, sizeof *call);
+    if (call == NULL)
+        return MOAT_E_NOMEM;
+    call->client = c;
+    call->id = c->next_id;
+    moat_window_init(&call->recv_window, c->limits.initial_window);
+    /* Room for a full window of queued messages with their prefixes. */
+    moat_buf_init(&call->queue, (size_t)c->limits.initial_window * 2 + 64 * 1024);
+    moat_status_clear(&call->status);
+    moat_err err = moat_stream_table_open(c->streams, call->id, call);
+    if (err != MOAT_OK) {
+        free(call);
+        return err == MOAT_E_TOO_BIG ? MOAT_E_TOO_BIG : MOAT_E_STATE;
+    }
+    c->next_id += 2;
+    call->next = c->calls;
+    c->calls = call;
+    if (deadline_ms > 0)
+        call->deadline_at_ms = mono_ms() + (int64_t)deadline_ms;
+
+    moat_frame f;
+    memset(&f, 0, sizeof f);
+    f.stream_id = call->id;
+    f.kind = MOAT_FRAME_CALL;
+    f.u.call.method = moat_slice_str(method);
+    f.u.call.deadline_ms = deadline_ms;
+    f.u.call.metadata_count = metadata_count;
+    for (size_t i = 0; i < metadata_count; i++)
+        f.u.call.metadata[i] = metadata[i];
+    err = send_frame(c, &f);
+    if (err == MOAT_OK) {
+        f.kind = MOAT_FRAME_MESSAGE;
+        f.u.message.payload = request;
+        err = send_frame(c, &f);
+    }
+    if (err != MOAT_OK) {
+        moat_call_free(call);
+        return MOAT_E_CLOSED;
+    }
+    *out = call;
+    return MOAT_OK;
+}
+
+static bool call_done(moat_client *c, moat_call *want)
+{
+    (void)c;
+    return want->queue_head < want->queue.len || want->ended;
+}
+
+moat_err moat_call_recv(moat_call *call, int timeout_ms, moat_slice *msg)
+{
+    moat_client *c = call->client;
+    if (call->unreleased > 0) {
+        uint32_t inc = moat_window_release(&call->recv_window, call->unreleased);
+        call->unreleased = 0;
+        if (inc > 0 && !call->ended)
+            send_small(c, MOAT_FRAME_WINDOW_UPDATE, call->id, inc);
+    }
+    for (;;) {
+        if (call->queue_head < call->queue.len) {
+            const uint8_t *p = call->queue.data + call->queue_head;
+            size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+            /* Copied out so later queueing (which may move the buffer) cannot
+             * invalidate what the caller holds. */
+            if (len)
+                memcpy(c->mbuf, p + QUEUE_PREFIX, len);
+            call->queue_head += QUEUE_PREFIX + len;
+            msg->data = c->mbuf;
+            msg->len = len;
+            call->unreleased = (uint32_t)len;
+            return MOAT_OK;
+        }
+        if (call->ended) {
+            call->end_reported = true;
+            return MOAT_E_CLOSED;
+        }
+        int wait = timeout_ms;
+        if (call->deadline_at_ms) {
+            /* The server ends the call at its deadline; give it a second more
+             * before deciding locally, in case the End was lost with the link. */
+            int64_t left = call->deadline_at_ms + 1000 - mono_ms();
+            if (left <= 0) {
+                moat_frame f;
+                memset(&f, 0, sizeof f);
+                f.kind = MOAT_FRAME_CANCEL;
+                f.stream_id = call->id;
+                f.u.cancel.reason = moat_slice_str("deadline exceeded");
+                send_frame(c, &f);
+                end_call(call, MOAT_CODE_DEADLINE_EXCEEDED, "deadline_exceeded",
+                         "the call's deadline passed");
+                continue;
+            }
+            if (wait < 0 || left < wait)
+                wait = (int)left;
+        }
+        moat_slice got;
+        moat_err err = pump(c, call, &got, wait, call_done);
+        if (err == MOAT_E_AGAIN) {
+            *msg = got;
+            call->unreleased = (uint32_t)got.len;
+            return MOAT_OK;
+        }
+        if (err == MOAT_E_TIMEOUT && wait == timeout_ms)
+            return MOAT_E_TIMEOUT;
+    }
+}
+
+const moat_status *moat_call_status(const moat_call *call)
+{
+    return &call->status;
+}
+
+moat_err moat_call_cancel(moat_call *call, const char *reason)
+{
+    if (call->ended)
+        return MOAT_OK;
+    moat_frame f;
+    memset(&f, 0, sizeof f);
+    f.kind = MOAT_FRAME_CANCEL;
+    f.stream_id = call->id;
+    f.u.cancel.reason = moat_slice_str(reason ? reason : "");
+    return send_frame(call->client, &f);
+}
+
+void moat_call_free(moat_call *call)
+{
+    if (call == NULL)
+        return;
+    moat_client *c = call->client;
+    if (!call->ended) {
+        moat_call_cancel(call, "client freed the call");
+        moat_stream_table_close(c->streams, call->id);
+    }
+    for (moat_call **p = &c->calls; *p; p = &(*p)->next) {
+        if (*p == call) {
+            *p = call->next;
+            break;
+        }
+    }
+    moat_buf_free(&call->queue);
+    free(call);
+}
+
+moat_err moat_client_unary(moat_client *c, const char *method, uint64_t deadline_ms,
+                           moat_slice request, uint8_t *resp, size_t cap, size_t *resp_len,
+                           moat_status *st)
+{
+    moat_call *call;
+    *resp_len = 0;
+    moat_err err = moat_call_start(c, method, deadline_ms, NULL, 0, request, &call);
+    if (err != MOAT_OK) {
+        if (c->broken)
+            *st = c->broken_status;
+        else
+            moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "call_failed", "cannot start %s: %s",
+                            method, moat_strerror(err));
+        return err;
+    }
+    bool got = false;
+    moat_slice msg;
+    while ((err = moat_call_recv(call, -1, &msg)) == MOAT_OK) {
+        if (got || msg.len > cap) {
+            moat_status_set(st, MOAT_CODE_INTERNAL, "unexpected_response", "%s sent %s", method,
+                            got ? "more than one message" : "a message larger than the buffer");
+            moat_call_free(call);
+            return MOAT_E_TOO_BIG;
+        }
+        if (msg.len)
+            memcpy(resp, msg.data, msg.len);
+        *resp_len = msg.len;
+        got = true;
+    }
+    *st = call->status;
+    moat_call_free(call);
+    if (st->code != MOAT_CODE_OK)
+        return MOAT_E_REMOTE;
+    return MOAT_OK;
+}

@@ -1,0 +1,855 @@
+/* /command, /code, /session: running commands and streaming their output. */
+#include "stream.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DUMP_MAX (8u << 20)
+
+void xd_format_time(int64_t sec, long nsec, char out[64])
+{
+    time_t t = (time_t)sec;
+    struct tm tm;
+    localtime_r(&t, &tm);
+    size_t n = strftime(out, 64, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (nsec > 0) {
+        char frac[24];
+        snprintf(frac, sizeof(frac), ".%09ld", nsec);
+        size_t fl = strlen(frac);
+        while (fl > 1 && frac[fl - 1] == '0')
+            frac[--fl] = '\0';
+        n += (size_t)snprintf(out + n, 64 - n, "%s", frac);
+    }
+    long off = tm.tm_gmtoff;
+    if (off == 0)
+        snprintf(out + n, 64 - n, "Z");
+    else
+        snprintf(out + n, 64 - n, "%c%02ld:%02ld", off < 0 ? '-' : '+', labs(off) / 3600,
+                 (labs(off) % 3600) / 60);
+}
+
+static void format_ms(int64_t ms, char out[64])
+{
+    xd_format_time(ms / 1000, (long)(ms % 1000) * 1000000L, out);
+}
+
+static bool want_binary(struct MHD_Connection *conn)
+{
+    const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Moat-Output");
+    return v != NULL && strcasecmp(v, "binary") == 0;
+}
+
+/* Parses the request body as a JSON object; answers 400 and returns NULL otherwise. */
+static json_t *parse_body(struct MHD_Connection *conn, xd_req *r, bool allow_empty,
+                          enum MHD_Result *ret)
+{
+    if (r->body_too_big) {
+        *ret = xd_respond_error(conn, 413, "INVALID_REQUEST_BODY", "request body too large");
+        return NULL;
+    }
+    if (r->body.len == 0 && allow_empty)
+        return json_object();
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)r->body.data, r->body.len, 0, &jerr);
+    if (root == NULL) {
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid JSON: %s (line %d)",
+                                jerr.text, jerr.line);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                "request body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+/* Optional field of a given JSON type; null counts as absent. Answers 400 on a type
+ * mismatch. */
+static bool field(struct MHD_Connection *conn, json_t *obj, const char *key, json_type type,
+                  json_t **out, enum MHD_Result *ret)
+{
+    json_t *v = json_object_get(obj, key);
+    *out = NULL;
+    if (v == NULL || json_is_null(v))
+        return true;
+    bool ok = json_typeof(v) == type || (type == JSON_TRUE && json_is_boolean(v));
+    if (!ok) {
+        static const char *const names[] = {"object", "array",   "string",  "integer",
+                                            "number", "boolean", "boolean", "null"};
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "field %s must be a JSON %s",
+                                key, names[type]);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* Expands and checks a cwd; answers 400 when it is not an existing directory. */
+static char *check_cwd(struct MHD_Connection *conn, const char *cwd, enum MHD_Result *ret)
+{
+    char err[256];
+    char *path = xd_expand(cwd, err, sizeof(err));
+    if (path == NULL) {
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid cwd: %s", err);
+        return NULL;
+    }
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                "cwd %s does not exist or is not a directory", path);
+        free(path);
+        return NULL;
+    }
+    return path;
+}
+
+static void emit_init(xd_stream *st, const char *id)
+{
+    moat_execd_event ev = {
+        .type = "init", .text = id, .text_len = strlen(id), .timestamp = moat_time_now_ms()};
+    xd_stream_emit(st, &ev);
+}
+
+static void emit_error(xd_stream *st, const char *evalue, const char *traceback)
+{
+    moat_execd_event ev = {.type = "error",
+                           .error_ename = "CommandExecError",
+                           .error_evalue = evalue,
+                           .error_traceback = traceback,
+                           .timestamp = moat_time_now_ms()};
+    xd_stream_emit(st, &ev);
+}
+
+/* The final event of a run: execution_complete on exit 0, else error with the code. */
+static void emit_outcome(xd_stream *st, xd_cmd *c, bool session)
+{
+    pthread_mutex_lock(&xd.lock);
+    int code = c->exit_code, sig = c->term_sig;
+    bool failed = c->start_failed;
+    char error[256];
+    snprintf(error, sizeof(error), "%s", c->error);
+    uint64_t elapsed_ms = (moat_time_mono_ns() - c->start_ns) / 1000000ull;
+    pthread_mutex_unlock(&xd.lock);
+    if (failed) {
+        emit_error(st, error, error);
+    } else if (code == 0 && sig == 0) {
+        moat_execd_event ev = {.type = "execution_complete",
+                               .execution_time = (int64_t)elapsed_ms,
+                               .timestamp = moat_time_now_ms()};
+        xd_stream_emit(st, &ev);
+    } else {
+        char evalue[32], tb[300];
+        snprintf(evalue, sizeof(evalue), "%d", sig ? -1 : code);
+        if (session && sig == 0)
+            snprintf(tb, sizeof(tb), "command exited with code %d", code);
+        else
+            snprintf(tb, sizeof(tb), "%s", error);
+        emit_error(st, evalue, tb);
+    }
+}
+
+static void command_finish(xd_stream *st, xd_cmd *c, void *ud)
+{
+    (void)ud;
+    if (c != NULL)
+        emit_outcome(st, c, false);
+}
+
+/* uid/gid → the ids and groups the child takes. Answers 400 on bad input. */
+static bool resolve_ids(struct MHD_Connection *conn, json_t *juid, json_t *jgid, xd_spawn *sp,
+                        enum MHD_Result *ret)
+{
+    if (jgid != NULL && juid == NULL) {
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                "uid is required when gid is provided");
+        return false;
+    }
+    if (juid == NULL)
+        return true;
+    json_int_t uid = json_integer_value(juid);
+    json_int_t gid = jgid ? json_integer_value(jgid) : -1;
+    if (uid < 0 || uid > UINT32_MAX || (jgid && (gid < 0 || gid > UINT32_MAX))) {
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "uid/gid out of range");
+        return false;
+    }
+    sp->set_ids = true;
+    sp->uid = (uid_t)uid;
+    sp->gid = (gid_t)uid;
+    struct passwd pw, *pwp = NULL;
+    char buf[4096];
+    if (getpwuid_r((uid_t)uid, &pw, buf, sizeof(buf), &pwp) == 0 && pwp != NULL) {
+        sp->gid = pw.pw_gid;
+        int ng = 64;
+        sp->groups = calloc((size_t)ng, sizeof(gid_t));
+        if (sp->groups != NULL && getgrouplist(pw.pw_name, pw.pw_gid, sp->groups, &ng) >= 0)
+            sp->ngroups = ng;
+    }
+    if (jgid != NULL)
+        sp->gid = (gid_t)gid;
+    if (sp->ngroups == 0) {
+        free(sp->groups);
+        sp->groups = calloc(1, sizeof(gid_t));
+        if (sp->groups != NULL) {
+            sp->groups[0] = sp->gid;
+            sp->ngroups = 1;
+        }
+    }
+    return true;
+}
+
+static bool make_pipes(int out[2], int err[2])
+{
+    if (pipe2(out, O_CLOEXEC) != 0)
+        return false;
+    if (pipe2(err, O_CLOEXEC) != 0) {
+        close(out[0]);
+        close(out[1]);
+        return false;
+    }
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    fcntl(err[0], F_SETFL, O_NONBLOCK);
+    return true;
+}
+
+static enum MHD_Result run_command(struct MHD_Connection *conn, json_t *root, const char *command)
+{
+    enum MHD_Result ret = MHD_NO;
+    json_t *jcwd, *jbg, *jtimeout, *juid, *jgid, *jenvs;
+    if (!field(conn, root, "cwd", JSON_STRING, &jcwd, &ret) ||
+        !field(conn, root, "background", JSON_TRUE, &jbg, &ret) ||
+        !field(conn, root, "timeout", JSON_INTEGER, &jtimeout, &ret) ||
+        !field(conn, root, "uid", JSON_INTEGER, &juid, &ret) ||
+        !field(conn, root, "gid", JSON_INTEGER, &jgid, &ret) ||
+        !field(conn, root, "envs", JSON_OBJECT, &jenvs, &ret))
+        return ret;
+    const char *k;
+    json_t *v;
+    json_object_foreach(jenvs, k, v)
+    {
+        if (!json_is_string(v))
+            return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "envs.%s must be a string",
+                                    k);
+    }
+    json_int_t timeout = jtimeout ? json_integer_value(jtimeout) : 0;
+    if (timeout < 0)
+        return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                "timeout must be at least 1 (milliseconds)");
+    xd_spawn sp = {.out_fd = -1, .err_fd = -1};
+    if (!resolve_ids(conn, juid, jgid, &sp, &ret))
+        return ret;
+    char *cwd = NULL;
+    if (jcwd != NULL && json_string_length(jcwd) > 0) {
+        cwd = check_cwd(conn, json_string_value(jcwd), &ret);
+        if (cwd == NULL) {
+            free(sp.groups);
+            return ret;
+        }
+    }
+    bool background = jbg != NULL && json_is_true(jbg);
+    bool binary = want_binary(conn);
+    char **env = xd_env_build(NULL, jenvs);
+    char *argv[] = {(char *)xd.cfg.shell, "-c", (char *)command, NULL};
+    sp.argv = argv;
+    sp.envp = env;
+    sp.cwd = cwd;
+    char err[512];
+    xd_cmd *c = xd_cmd_new(command, background, NULL);
+    if (c == NULL) {
+        ret = xd_respond_error(conn, 500, "RUNTIME_ERROR",
+                               "too many commands are running or retained");
+        goto out;
+    }
+    if (background) {
+        size_t plen = strlen(xd.cfg.state_dir) + 64;
+        c->log_path = malloc(plen);
+        snprintf(c->log_path, plen, "%s/%s.output", xd.cfg.state_dir, c->id);
+        int fd = open(c->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+        xd_stream *st = xd_stream_new(NULL, -1, -1, binary, MOAT_EXECD_LINES_COMMAND);
+        emit_init(st, c->id);
+        if (fd < 0) {
+            snprintf(err, sizeof(err), "open %s: %s", c->log_path, strerror(errno));
+            xd_cmd_fail(c, err);
+            emit_error(st, err, err);
+        } else {
+            sp.out_fd = sp.err_fd = fd;
+            if (xd_cmd_start(c, &sp, (uint64_t)timeout, err, sizeof(err)) != 0)
+                emit_error(st, err, err);
+            else {
+                moat_execd_event ev = {.type = "execution_complete",
+                                       .timestamp = moat_time_now_ms()};
+                xd_stream_emit(st, &ev);
+            }
+            close(fd);
+        }
+        xd_cmd_unref(c);
+        ret = xd_stream_respond(conn, st);
+        goto out;
+    }
+    int po[2], pe[2];
+    if (!make_pipes(po, pe)) {
+        xd_cmd_unref(c);
+        ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "pipe: %s", strerror(errno));
+        goto out;
+    }
+    sp.out_fd = po[1];
+    sp.err_fd = pe[1];
+    int rc = xd_cmd_start(c, &sp, (uint64_t)timeout, err, sizeof(err));
+    close(po[1]);
+    close(pe[1]);
+    xd_stream *st = xd_stream_new(c, po[0], pe[0], binary, MOAT_EXECD_LINES_COMMAND);
+    emit_init(st, c->id);
+    if (rc != 0) {
+        emit_error(st, err, err);
+        xd_stream_end(st);
+    } else {
+        xd_stream_on_finish(st, command_finish, NULL);
+    }
+    ret = xd_stream_respond(conn, st);
+out:
+    xd_env_free(env);
+    free(cwd);
+    free(sp.groups);
+    return ret;
+}
+
+static enum MHD_Result post_command(struct MHD_Connection *conn, xd_req *r)
+{
+    enum MHD_Result ret = MHD_NO;
+    json_t *root = parse_body(conn, r, false, &ret);
+    if (root == NULL)
+        return ret;
+    json_t *jcmd;
+    if (!field(conn, root, "command", JSON_STRING, &jcmd, &ret)) {
+        json_decref(root);
+        return ret;
+    }
+    if (jcmd == NULL || json_string_length(jcmd) == 0) {
+        json_decref(root);
+        return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                "field command is required and must not be empty");
+    }
+    ret = run_command(conn, root, json_string_value(jcmd));
+    json_decref(root);
+    return ret;
+}
+
+static enum MHD_Result post_code(struct MHD_Connection *conn, xd_req *r)
+{
+    enum MHD_Result ret = MHD_NO;
+    json_t *root = parse_body(conn, r, false, &ret);
+    if (root == NULL)
+        return ret;
+    json_t *jcode, *jctx, *jlang = NULL;
+    if (!field(conn, root, "code", JSON_STRING, &jcode, &ret) ||
+        !field(conn, root, "context", JSON_OBJECT, &jctx, &ret) ||
+        (jctx != NULL && !field(conn, jctx, "language", JSON_STRING, &jlang, &ret))) {
+        json_decref(root);
+        return ret;
+    }
+    if (jlang != NULL && json_string_length(jlang) > 0) {
+        ret = xd_respond_error(conn, 501, "NOT_SUPPORTED",
+                               "language %s is not supported: moat-execd has no code "
+                               "interpreter; omit context.language to run code as a shell command",
+                               json_string_value(jlang));
+    } else if (jcode == NULL || json_string_length(jcode) == 0) {
+        ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                               "field code is required and must not be empty");
+    } else {
+        ret = run_command(conn, root, json_string_value(jcode));
+    }
+    json_decref(root);
+    return ret;
+}
+
+/* ---- sessions ---- */
+
+static xd_session *session_find(const char *id)
+{
+    for (xd_session *s = xd.sessions; s != NULL; s = s->next)
+        if (strcmp(s->id, id) == 0)
+            return s;
+    return NULL;
+}
+
+static void session_free(xd_session *s)
+{
+    xd_env_free(s->env);
+    free(s->cwd);
+    free(s);
+}
+
+/* Unlinks a session; frees it now, or marks it for the running stream to free. Lock held. */
+static void session_remove(xd_session *s)
+{
+    for (xd_session **pp = &xd.sessions; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    }
+    if (s->busy && s->current != NULL) {
+        s->deleted = true;
+        if (s->current->running && s->current->pid > 0)
+            kill(-s->current->pid, SIGKILL);
+    } else {
+        session_free(s);
+    }
+}
+
+static enum MHD_Result post_session(struct MHD_Connection *conn, xd_req *r)
+{
+    enum MHD_Result ret = MHD_NO;
+    json_t *root = parse_body(conn, r, true, &ret);
+    if (root == NULL)
+        return ret;
+    json_t *jcwd;
+    if (!field(conn, root, "cwd", JSON_STRING, &jcwd, &ret)) {
+        json_decref(root);
+        return ret;
+    }
+    char *cwd = NULL;
+    char err[256];
+    if (jcwd != NULL && json_string_length(jcwd) > 0) {
+        cwd = xd_expand(json_string_value(jcwd), err, sizeof(err));
+        if (cwd == NULL) {
+            json_decref(root);
+            return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid cwd: %s", err);
+        }
+        /* mkdir -p */
+        for (char *p = cwd + 1;; p++) {
+            if (*p == '/' || *p == '\0') {
+                char c = *p;
+                *p = '\0';
+                mkdir(cwd, 0755);
+                *p = c;
+                if (c == '\0')
+                    break;
+            }
+        }
+    } else {
+        cwd = getcwd(NULL, 0);
+    }
+    json_decref(root);
+    xd_session *s = calloc(1, sizeof(*s));
+    if (s == NULL || cwd == NULL) {
+        free(s);
+        free(cwd);
+        return xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+    }
+    moat_uuid_generate(s->id);
+    s->cwd = cwd;
+    s->env = xd_env_build(NULL, NULL);
+    pthread_mutex_lock(&xd.lock);
+    s->next = xd.sessions;
+    xd.sessions = s;
+    pthread_mutex_unlock(&xd.lock);
+    json_t *body = json_pack("{s:s}", "session_id", s->id);
+    return xd_respond_json(conn, 200, body);
+}
+
+typedef struct session_run {
+    xd_session *session;
+    char *script_path, *dump_path;
+    bool keep_cwd; /* the run had a cwd override: it holds for this run only */
+} session_run;
+
+typedef struct dump_ctx {
+    char **env;
+    char *cwd;
+} dump_ctx;
+
+static void dump_env(void *ud, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    dump_ctx *d = ud;
+    d->env = xd_env_set(d->env, name, nlen, value, vlen);
+}
+
+static void dump_pwd(void *ud, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    (void)name;
+    (void)nlen;
+    dump_ctx *d = ud;
+    free(d->cwd);
+    d->cwd = strndup(value, vlen);
+}
+
+/* Reads the env/pwd dump the run's exit trap wrote; on success replaces the session's
+ * exported environment and cwd. Lock held. */
+static void session_absorb(xd_session *s, const char *dump_path, bool keep_cwd)
+{
+    int fd = open(dump_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    moat_buf b;
+    moat_buf_init(&b, DUMP_MAX);
+    char tmp[16384];
+    ssize_t n;
+    while ((n = read(fd, tmp, sizeof(tmp))) > 0)
+        if (moat_buf_append(&b, tmp, (size_t)n) != MOAT_OK)
+            break;
+    close(fd);
+    dump_ctx d = {calloc(1, sizeof(char *)), NULL};
+    if (b.len > 0 && d.env != NULL) {
+        moat_execd_parse_env_dump((const char *)b.data, b.len, dump_env, dump_pwd, &d);
+        xd_env_free(s->env);
+        s->env = d.env;
+        d.env = NULL;
+        if (d.cwd != NULL && !keep_cwd) {
+            free(s->cwd);
+            s->cwd = d.cwd;
+            d.cwd = NULL;
+        }
+    }
+    xd_env_free(d.env);
+    free(d.cwd);
+    moat_buf_free(&b);
+}
+
+static void session_finish(xd_stream *st, xd_cmd *c, void *ud)
+{
+    session_run *run = ud;
+    pthread_mutex_lock(&xd.lock);
+    xd_session *s = run->session;
+    if (c != NULL && !s->deleted)
+        session_absorb(s, run->dump_path, run->keep_cwd);
+    s->busy = false;
+    s->current = NULL;
+    if (s->deleted)
+        session_free(s);
+    pthread_mutex_unlock(&xd.lock);
+    if (c != NULL)
+        emit_outcome(st, c, true);
+    unlink(run->script_path);
+    unlink(run->dump_path);
+    free(run->script_path);
+    free(run->dump_path);
+    free(run);
+}
+
+/* Single-quotes s for the shell. */
+static void sh_quote(FILE *f, const char *s)
+{
+    fputc('\'', f);
+    for (; *s; s++) {
+        if (*s == '\'')
+            fputs("'\\''", f);
+        else
+            fputc(*s, f);
+    }
+    fputc('\'', f);
+}
+
+static bool write_script(const char *path, const char *dump, const char *command)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return false;
+    FILE *f = fdopen(fd, "w");
+    if (f == NULL) {
+        close(fd);
+        return false;
+    }
+    fputs("__moat_dump=", f);
+    sh_quote(f, dump);
+    fputc('\n', f);
+    /* The EXIT trap saves the exported environment and cwd even after `exit N`. */
+    if (xd.cfg.shell_is_bash)
+        fputs("__moat_save() { __moat_ec=$?; { printf '\\001PWD=%s\\0' \"$PWD\"; "
+              "for __moat_n in $(compgen -e); do printf '%s=%s\\0' \"$__moat_n\" "
+              "\"${!__moat_n}\"; done; } >\"$__moat_dump\" 2>/dev/null; exit $__moat_ec; }\n",
+              f);
+    else
+        fputs("__moat_save() { __moat_ec=$?; printf '\\001PWD=%s\\0' \"$PWD\" "
+              ">\"$__moat_dump\" 2>/dev/null; exit $__moat_ec; }\n",
+              f);
+    fputs("trap __moat_save EXIT\n", f);
+    fputs(command, f);
+    fputc('\n', f);
+    return fclose(f) == 0;
+}
+
+static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, const char *sid)
+{
+    enum MHD_Result ret = MHD_NO;
+    json_t *root = parse_body(conn, r, false, &ret);
+    if (root == NULL)
+        return ret;
+    json_t *jcmd, *jcwd, *jtimeout;
+    if (!field(conn, root, "command", JSON_STRING, &jcmd, &ret) ||
+        !field(conn, root, "cwd", JSON_STRING, &jcwd, &ret) ||
+        !field(conn, root, "timeout", JSON_INTEGER, &jtimeout, &ret)) {
+        json_decref(root);
+        return ret;
+    }
+    if (jcmd == NULL || json_string_length(jcmd) == 0) {
+        json_decref(root);
+        return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                "field command is required and must not be empty");
+    }
+    json_int_t timeout = jtimeout ? json_integer_value(jtimeout) : 0;
+    if (timeout < 0) {
+        json_decref(root);
+        return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "timeout must be >= 0");
+    }
+    if (timeout == 0)
+        timeout = 24LL * 3600 * 1000;
+    char *cwd_override = NULL;
+    if (jcwd != NULL && json_string_length(jcwd) > 0) {
+        cwd_override = check_cwd(conn, json_string_value(jcwd), &ret);
+        if (cwd_override == NULL) {
+            json_decref(root);
+            return ret;
+        }
+    }
+    pthread_mutex_lock(&xd.lock);
+    xd_session *s = session_find(sid);
+    if (s == NULL || s->busy) {
+        pthread_mutex_unlock(&xd.lock);
+        json_decref(root);
+        free(cwd_override);
+        if (s == NULL)
+            return xd_respond_error(conn, 500, "RUNTIME_ERROR", "session %s not found", sid);
+        return xd_respond_error(conn, 500, "RUNTIME_ERROR", "session %s is busy", sid);
+    }
+    s->busy = true;
+    char **env = xd_env_dup(s->env);
+    char *cwd = cwd_override ? cwd_override : strdup(s->cwd);
+    pthread_mutex_unlock(&xd.lock);
+
+    const char *command = json_string_value(jcmd);
+    session_run *run = calloc(1, sizeof(*run));
+    xd_cmd *c = xd_cmd_new(command, false, NULL);
+    int po[2], pe[2];
+    bool pipes = c != NULL && run != NULL && make_pipes(po, pe);
+    if (!pipes) {
+        pthread_mutex_lock(&xd.lock);
+        s->busy = false;
+        pthread_mutex_unlock(&xd.lock);
+        xd_cmd_unref(c);
+        free(run);
+        ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "cannot start a run");
+        goto out;
+    }
+    run->session = s;
+    run->keep_cwd = cwd_override != NULL;
+    size_t plen = strlen(xd.cfg.state_dir) + 64;
+    run->script_path = malloc(plen);
+    run->dump_path = malloc(plen);
+    snprintf(run->script_path, plen, "%s/%s.sh", xd.cfg.state_dir, c->id);
+    snprintf(run->dump_path, plen, "%s/%s.env", xd.cfg.state_dir, c->id);
+    pthread_mutex_lock(&xd.lock);
+    s->current = c;
+    c->session = s;
+    pthread_mutex_unlock(&xd.lock);
+    char err[512] = "";
+    int rc = -1;
+    if (!write_script(run->script_path, run->dump_path, command)) {
+        snprintf(err, sizeof(err), "cannot write run script: %s", strerror(errno));
+        xd_cmd_fail(c, err);
+    } else {
+        char *argv_bash[] = {(char *)xd.cfg.shell, "--noprofile", "--norc", run->script_path, NULL};
+        char *argv_sh[] = {(char *)xd.cfg.shell, run->script_path, NULL};
+        xd_spawn sp = {.argv = xd.cfg.shell_is_bash ? argv_bash : argv_sh,
+                       .envp = env,
+                       .cwd = cwd,
+                       .out_fd = po[1],
+                       .err_fd = pe[1]};
+        rc = xd_cmd_start(c, &sp, (uint64_t)timeout, err, sizeof(err));
+    }
+    close(po[1]);
+    close(pe[1]);
+    xd_stream *st = xd_stream_new(c, po[0], pe[0], want_binary(conn), MOAT_EXECD_LINES_SESSION);
+    /* The reference's init carries the session id, not a per-run id. */
+    emit_init(st, sid);
+    xd_stream_on_finish(st, session_finish, run);
+    if (rc != 0) {
+        emit_error(st, err, err);
+        session_finish(st, NULL, run);
+        xd_stream_on_finish(st, NULL, NULL);
+        xd_stream_end(st);
+    }
+    ret = xd_stream_respond(conn, st);
+out:
+    json_decref(root);
+    xd_env_free(env);
+    free(cwd);
+    return ret;
+}
+
+static enum MHD_Result session_delete(struct MHD_Connection *conn, const char *sid)
+{
+    pthread_mutex_lock(&xd.lock);
+    xd_session *s = session_find(sid);
+    if (s != NULL)
+        session_remove(s);
+    pthread_mutex_unlock(&xd.lock);
+    if (s == NULL)
+        return xd_respond_error(conn, 404, "CONTEXT_NOT_FOUND", "session %s not found", sid);
+    return xd_respond_empty(conn, 200);
+}
+
+/* ---- status, logs, interrupt ---- */
+
+static enum MHD_Result command_status(struct MHD_Connection *conn, const char *id)
+{
+    xd_cmd *c = xd_cmd_find(id);
+    if (c == NULL)
+        return xd_respond_error(conn, 404, "INVALID_REQUEST_BODY", "command not found: %s", id);
+    json_t *o = json_object();
+    char ts[64];
+    pthread_mutex_lock(&xd.lock);
+    json_object_set_new(o, "id", json_string(c->id));
+    json_object_set_new(o, "content", xd_json_str(c->command));
+    json_object_set_new(o, "running", json_boolean(c->running));
+    if (!c->running)
+        json_object_set_new(o, "exit_code", json_integer(c->exit_code));
+    if (c->error[0] != '\0')
+        json_object_set_new(o, "error", xd_json_str(c->error));
+    format_ms(c->started_ms, ts);
+    json_object_set_new(o, "started_at", json_string(ts));
+    if (!c->running && c->finished_ms != 0) {
+        format_ms(c->finished_ms, ts);
+        json_object_set_new(o, "finished_at", json_string(ts));
+    }
+    pthread_mutex_unlock(&xd.lock);
+    xd_cmd_unref(c);
+    return xd_respond_json(conn, 200, o);
+}
+
+static enum MHD_Result command_logs(struct MHD_Connection *conn, const char *id)
+{
+    xd_cmd *c = xd_cmd_find(id);
+    if (c == NULL || !c->background || c->log_path == NULL) {
+        xd_cmd_unref(c);
+        return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                "command %s not found or not a background command", id);
+    }
+    int fd = open(c->log_path, O_RDONLY | O_CLOEXEC);
+    xd_cmd_unref(c);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return xd_respond_error(conn, 500, "RUNTIME_ERROR", "cannot read logs of %s", id);
+    }
+    uint64_t size = (uint64_t)sb.st_size, cursor = 0;
+    const char *cs = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "cursor");
+    if (cs != NULL) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(cs, &end, 10);
+        if (errno == 0 && *end == '\0' && cs[0] != '-' && cs[0] != '\0')
+            cursor = v;
+    }
+    if (cursor > size)
+        cursor = size;
+    struct MHD_Response *resp =
+        MHD_create_response_from_fd_at_offset64(size - cursor, fd, (int64_t)cursor);
+    if (resp == NULL) {
+        close(fd);
+        return MHD_NO;
+    }
+    char cur[32];
+    snprintf(cur, sizeof(cur), "%" PRIu64, size);
+    MHD_add_response_header(resp, "Content-Type", "text/plain; charset=utf-8");
+    MHD_add_response_header(resp, "EXECD-COMMANDS-TAIL-CURSOR", cur);
+    enum MHD_Result ret = MHD_queue_response(conn, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result command_delete(struct MHD_Connection *conn)
+{
+    const char *id = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "id");
+    if (id == NULL || id[0] == '\0')
+        return xd_respond_error(conn, 400, "MISSING_QUERY", "missing query parameter id");
+    xd_cmd *c = xd_cmd_find(id);
+    if (c != NULL) {
+        pthread_mutex_lock(&xd.lock);
+        bool running = c->running;
+        pthread_mutex_unlock(&xd.lock);
+        if (!running) {
+            xd_cmd_unref(c);
+            return xd_respond_error(conn, 500, "RUNTIME_ERROR",
+                                    "error interruptting code context. command session %s is "
+                                    "not running",
+                                    id);
+        }
+        xd_cmd_interrupt(c);
+        xd_cmd_unref(c);
+        return xd_respond_empty(conn, 200);
+    }
+    pthread_mutex_lock(&xd.lock);
+    xd_session *s = session_find(id);
+    if (s != NULL)
+        session_remove(s);
+    pthread_mutex_unlock(&xd.lock);
+    if (s != NULL)
+        return xd_respond_empty(conn, 200);
+    return xd_respond_error(conn, 500, "RUNTIME_ERROR",
+                            "error interruptting code context. no such session %s", id);
+}
+
+/* Copies the path segment after prefix up to the next '/' into out. */
+static bool segment(const char *url, const char *prefix, char *out, size_t outlen,
+                    const char **rest)
+{
+    size_t pl = strlen(prefix);
+    if (strncmp(url, prefix, pl) != 0)
+        return false;
+    const char *s = url + pl;
+    size_t n = strcspn(s, "/");
+    if (n == 0 || n >= outlen)
+        return false;
+    memcpy(out, s, n);
+    out[n] = '\0';
+    *rest = s + n;
+    return true;
+}
+
+enum MHD_Result xd_command_route(struct MHD_Connection *conn, xd_req *r, const char *url,
+                                 const char *method, bool *matched)
+{
+    bool post = strcmp(method, "POST") == 0, get = strcmp(method, "GET") == 0,
+         del = strcmp(method, "DELETE") == 0;
+    char id[256];
+    const char *rest;
+    *matched = true;
+    if (strcmp(url, "/command") == 0 && post)
+        return post_command(conn, r);
+    if ((strcmp(url, "/command") == 0 || strcmp(url, "/code") == 0) && del)
+        return command_delete(conn);
+    if (strcmp(url, "/code") == 0 && post)
+        return post_code(conn, r);
+    if (strncmp(url, "/code/context", 13) == 0)
+        return xd_respond_error(conn, 501, "NOT_SUPPORTED",
+                                "code contexts need a code interpreter, which moat-execd does "
+                                "not have; POST /code without context.language runs a command");
+    if (get && segment(url, "/command/status/", id, sizeof(id), &rest) && *rest == '\0')
+        return command_status(conn, id);
+    if (get && segment(url, "/command/", id, sizeof(id), &rest) && strcmp(rest, "/logs") == 0)
+        return command_logs(conn, id);
+    if (strcmp(url, "/session") == 0 && post)
+        return post_session(conn, r);
+    if (segment(url, "/session/", id, sizeof(id), &rest)) {
+        if (post && strcmp(rest, "/run") == 0)
+            return session_run_post(conn, r, id);
+        if (del && *rest == '\0')
+            return session_delete(conn, id);
+    }
+    *matched = false;
+    return MHD_NO;
+}

@@ -1,0 +1,853 @@
+/* /files and /directories endpoints. */
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <ftw.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define META_MAX     (64u * 1024)
+#define UPLOAD_PARTS 1024
+#define REPLACE_MAX  (256u << 20)
+#define SEARCH_MAX   100000
+#define LIST_MAX     100000
+
+/* ---- helpers ---- */
+
+typedef struct qvals {
+    const char *key;
+    const char *vals[256];
+    size_t n;
+} qvals;
+
+static enum MHD_Result collect(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *value)
+{
+    (void)kind;
+    qvals *q = cls;
+    if (strcmp(key, q->key) == 0 && value != NULL && q->n < 256)
+        q->vals[q->n++] = value;
+    return MHD_YES;
+}
+
+static void query_all(struct MHD_Connection *conn, const char *key, qvals *q)
+{
+    q->key = key;
+    q->n = 0;
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect, q);
+}
+
+/* Expands a client path and makes it absolute. Answers 400 and returns NULL on failure. */
+static char *client_path(struct MHD_Connection *conn, const char *in, enum MHD_Result *ret)
+{
+    char err[256];
+    char *p = xd_expand(in, err, sizeof(err));
+    if (p == NULL) {
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid path %s: %s", in, err);
+        return NULL;
+    }
+    if (p[0] != '/') {
+        char *cwd = getcwd(NULL, 0);
+        char *abs = NULL;
+        if (cwd != NULL && asprintf(&abs, "%s/%s", strcmp(cwd, "/") ? cwd : "", p) < 0)
+            abs = NULL;
+        free(cwd);
+        free(p);
+        p = abs;
+        if (p == NULL)
+            *ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+    }
+    return p;
+}
+
+static enum MHD_Result errno_error(struct MHD_Connection *conn, int e, const char *what,
+                                   const char *path)
+{
+    if (e == ENOENT || e == ENOTDIR)
+        return xd_respond_error(conn, 404, "FILE_NOT_FOUND", "file not found: %s", path);
+    return xd_respond_error(conn, 500, "RUNTIME_ERROR", "%s %s: %s", what, path, strerror(e));
+}
+
+static json_t *file_info(const char *path, const struct stat *sb)
+{
+    json_t *o = json_object();
+    const char *type = S_ISREG(sb->st_mode)   ? "file"
+                       : S_ISDIR(sb->st_mode) ? "directory"
+                       : S_ISLNK(sb->st_mode) ? "symlink"
+                                              : "other";
+    char ts[64], name[64];
+    json_object_set_new(o, "path", xd_json_str(path));
+    json_object_set_new(o, "type", json_string(type));
+    json_object_set_new(o, "size", json_integer((json_int_t)sb->st_size));
+    xd_format_time(sb->st_mtim.tv_sec, sb->st_mtim.tv_nsec, ts);
+    json_object_set_new(o, "modified_at", json_string(ts));
+    xd_format_time(sb->st_ctim.tv_sec, sb->st_ctim.tv_nsec, ts);
+    json_object_set_new(o, "created_at", json_string(ts));
+    struct passwd pw, *pwp = NULL;
+    struct group gr, *grp = NULL;
+    char buf[4096];
+    if (getpwuid_r(sb->st_uid, &pw, buf, sizeof(buf), &pwp) == 0 && pwp != NULL)
+        json_object_set_new(o, "owner", xd_json_str(pw.pw_name));
+    else {
+        snprintf(name, sizeof(name), "%u", (unsigned)sb->st_uid);
+        json_object_set_new(o, "owner", json_string(name));
+    }
+    if (getgrgid_r(sb->st_gid, &gr, buf, sizeof(buf), &grp) == 0 && grp != NULL)
+        json_object_set_new(o, "group", xd_json_str(gr.gr_name));
+    else {
+        snprintf(name, sizeof(name), "%u", (unsigned)sb->st_gid);
+        json_object_set_new(o, "group", json_string(name));
+    }
+    json_object_set_new(o, "mode", json_integer(moat_execd_mode_to_decimal(sb->st_mode & 0777)));
+    return o;
+}
+
+static json_t *parse_json(struct MHD_Connection *conn, xd_req *r, json_type want,
+                          enum MHD_Result *ret)
+{
+    if (r->body_too_big) {
+        *ret = xd_respond_error(conn, 413, "INVALID_REQUEST_BODY", "request body too large");
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)r->body.data, r->body.len, 0, &jerr);
+    if (root == NULL) {
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid JSON: %s", jerr.text);
+        return NULL;
+    }
+    if (json_typeof(root) != want) {
+        json_decref(root);
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "request body must be a JSON %s",
+                                want == JSON_ARRAY ? "array" : "object");
+        return NULL;
+    }
+    return root;
+}
+
+static void mkdir_parents(char *path, mode_t mode)
+{
+    for (char *p = path + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(path, mode);
+            *p = '/';
+        }
+    }
+}
+
+/* Permission object → chmod/chown. Unknown user or group names are ignored. */
+static int apply_perm(const char *path, const char *owner, const char *group, uint32_t mode)
+{
+    if (mode != 0 && chmod(path, mode) != 0)
+        return errno;
+    uid_t uid = (uid_t)-1;
+    gid_t gid = (gid_t)-1;
+    char buf[4096];
+    struct passwd pw, *pwp = NULL;
+    struct group gr, *grp = NULL;
+    if (owner != NULL && owner[0] && getpwnam_r(owner, &pw, buf, sizeof(buf), &pwp) == 0 && pwp)
+        uid = pw.pw_uid;
+    if (group != NULL && group[0] && getgrnam_r(group, &gr, buf, sizeof(buf), &grp) == 0 && grp)
+        gid = gr.gr_gid;
+    if ((uid != (uid_t)-1 || gid != (gid_t)-1) && lchown(path, uid, gid) != 0)
+        return errno;
+    return 0;
+}
+
+/* Reads {"owner"?, "group"?, "mode"?} into out params; false on a type error. */
+static bool perm_fields(json_t *perm, const char **owner, const char **group, uint32_t *mode)
+{
+    *owner = *group = NULL;
+    *mode = 0;
+    if (!json_is_object(perm))
+        return false;
+    json_t *o = json_object_get(perm, "owner"), *g = json_object_get(perm, "group"),
+           *m = json_object_get(perm, "mode");
+    if (o && !json_is_null(o)) {
+        if (!json_is_string(o))
+            return false;
+        *owner = json_string_value(o);
+    }
+    if (g && !json_is_null(g)) {
+        if (!json_is_string(g))
+            return false;
+        *group = json_string_value(g);
+    }
+    if (m && !json_is_null(m)) {
+        if (!json_is_integer(m) || moat_execd_mode_from_decimal(json_integer_value(m), mode))
+            return false;
+    }
+    return true;
+}
+
+/* ---- endpoints ---- */
+
+static enum MHD_Result files_info(struct MHD_Connection *conn)
+{
+    qvals q;
+    query_all(conn, "path", &q);
+    json_t *out = json_object();
+    enum MHD_Result ret = MHD_NO;
+    for (size_t i = 0; i < q.n; i++) {
+        char *p = client_path(conn, q.vals[i], &ret);
+        if (p == NULL) {
+            json_decref(out);
+            return ret;
+        }
+        struct stat sb;
+        if (lstat(p, &sb) != 0) {
+            ret = errno_error(conn, errno, "stat", p);
+            free(p);
+            json_decref(out);
+            return ret;
+        }
+        json_object_set_new(out, q.vals[i], file_info(p, &sb));
+        free(p);
+    }
+    return xd_respond_json(conn, 200, out);
+}
+
+static enum MHD_Result files_delete(struct MHD_Connection *conn)
+{
+    qvals q;
+    query_all(conn, "path", &q);
+    enum MHD_Result ret = MHD_NO;
+    for (size_t i = 0; i < q.n; i++) {
+        char *p = client_path(conn, q.vals[i], &ret);
+        if (p == NULL)
+            return ret;
+        struct stat sb;
+        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            ret = xd_respond_error(conn, 500, "RUNTIME_ERROR",
+                                   "%s is a directory; use DELETE /directories", p);
+            free(p);
+            return ret;
+        }
+        if (unlink(p) != 0 && errno != ENOENT) {
+            ret = errno_error(conn, errno, "remove", p);
+            free(p);
+            return ret;
+        }
+        free(p);
+    }
+    return xd_respond_empty(conn, 200);
+}
+
+static enum MHD_Result files_mv(struct MHD_Connection *conn, xd_req *r)
+{
+    enum MHD_Result ret = MHD_NO;
+    json_t *root = parse_json(conn, r, JSON_ARRAY, &ret);
+    if (root == NULL)
+        return ret;
+    size_t i;
+    json_t *item;
+    json_array_foreach(root, i, item)
+    {
+        json_t *js = json_object_get(item, "src"), *jd = json_object_get(item, "dest");
+        if (!json_is_string(js) || !json_is_string(jd)) {
+            json_decref(root);
+            return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                    "each item needs string src and dest");
+        }
+    }
+    json_array_foreach(root, i, item)
+    {
+        char *src = client_path(conn, json_string_value(json_object_get(item, "src")), &ret);
+        char *dst =
+            src ? client_path(conn, json_string_value(json_object_get(item, "dest")), &ret) : NULL;
+        if (dst == NULL) {
+            free(src);
+            json_decref(root);
+            return ret;
+        }
+        struct stat sb;
+        bool ok = false;
+        if (lstat(src, &sb) != 0) {
+            ret = errno_error(conn, errno, "stat", src);
+        } else if (lstat(dst, &sb) == 0) {
+            ret =
+                xd_respond_error(conn, 500, "RUNTIME_ERROR", "destination %s already exists", dst);
+        } else {
+            mkdir_parents(dst, 0755);
+            ok = rename(src, dst) == 0;
+            if (!ok)
+                ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "rename %s to %s: %s", src, dst,
+                                       strerror(errno));
+        }
+        free(src);
+        free(dst);
+        if (!ok) {
+            json_decref(root);
+            return ret;
+        }
+    }
+    json_decref(root);
+    return xd_respond_empty(conn, 200);
+}
+
+static enum MHD_Result files_permissions(struct MHD_Connection *conn, xd_req *r)
+{
+    enum MHD_Result ret = MHD_NO;
+    json_t *root = parse_json(conn, r, JSON_OBJECT, &ret);
+    if (root == NULL)
+        return ret;
+    const char *key;
+    json_t *perm;
+    json_object_foreach(root, key, perm)
+    {
+        const char *owner, *group;
+        uint32_t mode;
+        if (!perm_fields(perm, &owner, &group, &mode)) {
+            json_decref(root);
+            return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                    "permission for %s: owner/group strings, mode octal digits",
+                                    key);
+        }
+        char *p = client_path(conn, key, &ret);
+        if (p == NULL) {
+            json_decref(root);
+            return ret;
+        }
+        struct stat sb;
+        int e = lstat(p, &sb) != 0 ? errno : apply_perm(p, owner, group, mode);
+        if (e != 0) {
+            ret = errno_error(conn, e, "chmod", p);
+            free(p);
+            json_decref(root);
+            return ret;
+        }
+        free(p);
+    }
+    json_decref(root);
+    return xd_respond_empty(conn, 200);
+}
+
+/* nftw has no user pointer; searches run one per thread at a time. */
+static _Thread_local json_t *walk_out;
+static _Thread_local const char *walk_pattern;
+
+static int search_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)flag;
+    if (S_ISREG(sb->st_mode) && fnmatch(walk_pattern, path + ftw->base, 0) == 0) {
+        json_array_append_new(walk_out, file_info(path, sb));
+        if (json_array_size(walk_out) >= SEARCH_MAX)
+            return 1;
+    }
+    return 0;
+}
+
+static enum MHD_Result files_search(struct MHD_Connection *conn)
+{
+    const char *path = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "path");
+    const char *pattern = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "pattern");
+    if (path == NULL || path[0] == '\0')
+        return xd_respond_error(conn, 400, "MISSING_QUERY", "missing query parameter path");
+    enum MHD_Result ret = MHD_NO;
+    char *p = client_path(conn, path, &ret);
+    if (p == NULL)
+        return ret;
+    struct stat sb;
+    if (stat(p, &sb) != 0) {
+        ret = errno_error(conn, errno, "stat", p);
+        free(p);
+        return ret;
+    }
+    walk_out = json_array();
+    walk_pattern = pattern && pattern[0] ? pattern : "**";
+    nftw(p, search_cb, 32, FTW_PHYS);
+    free(p);
+    json_t *out = walk_out;
+    walk_out = NULL;
+    return xd_respond_json(conn, 200, out);
+}
+
+static int list_dir(json_t *out, const char *dir, int depth)
+{
+    struct dirent **names = NULL;
+    int n = scandir(dir, &names, NULL, alphasort);
+    if (n < 0)
+        return errno;
+    for (int i = 0; i < n; i++) {
+        const char *nm = names[i]->d_name;
+        if (strcmp(nm, ".") != 0 && strcmp(nm, "..") != 0 && json_array_size(out) < LIST_MAX) {
+            char *child = NULL;
+            struct stat sb;
+            if (asprintf(&child, "%s/%s", strcmp(dir, "/") ? dir : "", nm) >= 0 &&
+                lstat(child, &sb) == 0) {
+                json_array_append_new(out, file_info(child, &sb));
+                if (S_ISDIR(sb.st_mode) && depth > 1)
+                    list_dir(out, child, depth - 1);
+            }
+            free(child);
+        }
+        free(names[i]);
+    }
+    free(names);
+    return 0;
+}
+
+static enum MHD_Result directories_list(struct MHD_Connection *conn)
+{
+    const char *path = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "path");
+    const char *ds = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "depth");
+    if (path == NULL || path[0] == '\0')
+        return xd_respond_error(conn, 400, "MISSING_QUERY", "missing query parameter path");
+    long depth = 1;
+    if (ds != NULL && ds[0] != '\0') {
+        char *end;
+        depth = strtol(ds, &end, 10);
+        if (*end != '\0' || depth < 0)
+            return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                    "depth must be a non-negative integer");
+        if (depth > 64)
+            depth = 64;
+    }
+    enum MHD_Result ret = MHD_NO;
+    char *p = client_path(conn, path, &ret);
+    if (p == NULL)
+        return ret;
+    struct stat sb;
+    if (lstat(p, &sb) != 0) {
+        ret = errno_error(conn, errno, "stat", p);
+    } else if (S_ISLNK(sb.st_mode)) {
+        ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "%s is a symlink", p);
+    } else if (!S_ISDIR(sb.st_mode)) {
+        ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "%s is not a directory", p);
+    } else {
+        json_t *out = json_array();
+        int e = depth > 0 ? list_dir(out, p, (int)depth) : 0;
+        if (e != 0) {
+            json_decref(out);
+            ret = errno_error(conn, e, "list", p);
+        } else {
+            ret = xd_respond_json(conn, 200, out);
+        }
+    }
+    free(p);
+    return ret;
+}
+
+static enum MHD_Result directories_make(struct MHD_Connection *conn, xd_req *r)
+{
+    enum MHD_Result ret = MHD_NO;
+    json_t *root = parse_json(conn, r, JSON_OBJECT, &ret);
+    if (root == NULL)
+        return ret;
+    const char *key;
+    json_t *perm;
+    json_object_foreach(root, key, perm)
+    {
+        const char *owner, *group;
+        uint32_t mode;
+        if (!json_is_null(perm) && !perm_fields(perm, &owner, &group, &mode)) {
+            json_decref(root);
+            return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                    "permission for %s: owner/group strings, mode octal digits",
+                                    key);
+        }
+        if (json_is_null(perm)) {
+            owner = group = NULL;
+            mode = 0;
+        }
+        char *p = client_path(conn, key, &ret);
+        if (p == NULL) {
+            json_decref(root);
+            return ret;
+        }
+        mkdir_parents(p, 0755);
+        int e = 0;
+        if (mkdir(p, mode ? mode : 0755) != 0 && errno != EEXIST)
+            e = errno;
+        struct stat sb;
+        if (e == 0 && (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)))
+            e = ENOTDIR;
+        if (e == 0)
+            e = apply_perm(p, owner, group, mode);
+        if (e != 0) {
+            ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "mkdir %s: %s", p, strerror(e));
+            free(p);
+            json_decref(root);
+            return ret;
+        }
+        free(p);
+    }
+    json_decref(root);
+    return xd_respond_empty(conn, 200);
+}
+
+static int rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)ftw;
+    return (flag == FTW_DP ? rmdir(path) : unlink(path)) != 0 && errno != ENOENT ? -1 : 0;
+}
+
+static enum MHD_Result directories_delete(struct MHD_Connection *conn)
+{
+    qvals q;
+    query_all(conn, "path", &q);
+    enum MHD_Result ret = MHD_NO;
+    for (size_t i = 0; i < q.n; i++) {
+        char *p = client_path(conn, q.vals[i], &ret);
+        if (p == NULL)
+            return ret;
+        struct stat sb;
+        if (lstat(p, &sb) == 0 && nftw(p, rm_cb, 32, FTW_DEPTH | FTW_PHYS) != 0) {
+            ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "remove %s: %s", p, strerror(errno));
+            free(p);
+            return ret;
+        }
+        free(p);
+    }
+    return xd_respond_empty(conn, 200);
+}
+
+static enum MHD_Result files_replace(struct MHD_Connection *conn, xd_req *r)
+{
+    enum MHD_Result ret = MHD_NO;
+    json_t *root = parse_json(conn, r, JSON_OBJECT, &ret);
+    if (root == NULL)
+        return ret;
+    const char *vq = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "verbose");
+    bool verbose = vq != NULL && strcmp(vq, "true") == 0;
+    json_t *counts = json_object();
+    const char *key;
+    json_t *spec;
+    json_object_foreach(root, key, spec)
+    {
+        json_t *jo = json_object_get(spec, "old"), *jn = json_object_get(spec, "new");
+        if (!json_is_string(jo) || json_string_length(jo) == 0 ||
+            (jn != NULL && !json_is_null(jn) && !json_is_string(jn))) {
+            ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                   "%s: old must be a non-empty string, new a string", key);
+            goto out;
+        }
+    }
+    json_object_foreach(root, key, spec)
+    {
+        json_t *jo = json_object_get(spec, "old"), *jn = json_object_get(spec, "new");
+        const char *old = json_string_value(jo);
+        size_t olen = json_string_length(jo);
+        const char *nw = json_is_string(jn) ? json_string_value(jn) : "";
+        size_t nlen = json_is_string(jn) ? json_string_length(jn) : 0;
+        char *p = client_path(conn, key, &ret);
+        if (p == NULL)
+            goto out;
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        struct stat sb;
+        if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
+            (uint64_t)sb.st_size > REPLACE_MAX) {
+            int e = fd < 0 ? errno : EINVAL;
+            if (fd >= 0)
+                close(fd);
+            ret = e == EINVAL ? xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                                 "%s is not a regular file under 256 MiB", p)
+                              : errno_error(conn, e, "open", p);
+            free(p);
+            goto out;
+        }
+        moat_buf in, outb;
+        moat_buf_init(&in, REPLACE_MAX);
+        moat_buf_init(&outb, (size_t)-1 / 2);
+        char tmp[65536];
+        ssize_t n;
+        while ((n = read(fd, tmp, sizeof(tmp))) > 0)
+            moat_buf_append(&in, tmp, (size_t)n);
+        close(fd);
+        size_t count = 0, i = 0;
+        while (i < in.len) {
+            const char *hit =
+                i + olen <= in.len ? memmem(in.data + i, in.len - i, old, olen) : NULL;
+            size_t upto = hit ? (size_t)((const uint8_t *)hit - in.data) : in.len;
+            moat_buf_append(&outb, in.data + i, upto - i);
+            if (hit == NULL)
+                break;
+            moat_buf_append(&outb, nw, nlen);
+            count++;
+            i = upto + olen;
+        }
+        int e = 0;
+        if (count > 0) {
+            fd = open(p, O_WRONLY | O_TRUNC | O_CLOEXEC);
+            if (fd < 0 || (outb.len > 0 && write(fd, outb.data, outb.len) != (ssize_t)outb.len))
+                e = errno ? errno : EIO;
+            if (fd >= 0)
+                close(fd);
+        }
+        moat_buf_free(&in);
+        moat_buf_free(&outb);
+        if (e != 0) {
+            ret = errno_error(conn, e, "write", p);
+            free(p);
+            goto out;
+        }
+        json_object_set_new(counts, key, json_pack("{s:I}", "replacedCount", (json_int_t)count));
+        free(p);
+    }
+    json_decref(root);
+    if (verbose)
+        return xd_respond_json(conn, 200, counts);
+    json_decref(counts);
+    return xd_respond_empty(conn, 200);
+out:
+    json_decref(root);
+    json_decref(counts);
+    return ret;
+}
+
+/* ---- download ---- */
+
+static enum MHD_Result files_download(struct MHD_Connection *conn)
+{
+    const char *path = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "path");
+    if (path == NULL || path[0] == '\0')
+        return xd_respond_error(conn, 400, "MISSING_QUERY", "missing query parameter path");
+    enum MHD_Result ret = MHD_NO;
+    char *p = client_path(conn, path, &ret);
+    if (p == NULL)
+        return ret;
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        ret = errno_error(conn, errno, "open", p);
+        if (fd >= 0)
+            close(fd);
+        free(p);
+        return ret;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "%s is not a regular file", p);
+        free(p);
+        return ret;
+    }
+    uint64_t size = (uint64_t)sb.st_size, start = 0, end = size ? size - 1 : 0;
+    const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Range");
+    unsigned status = 200;
+    if (range != NULL) {
+        if (moat_execd_parse_range(range, size, &start, &end) != MOAT_OK) {
+            close(fd);
+            free(p);
+            return xd_respond_json(conn, 416, json_pack("{s:s}", "code", "UNKNOWN"));
+        }
+        status = 206;
+    }
+    uint64_t len = size == 0 ? 0 : end - start + 1;
+    struct MHD_Response *resp = MHD_create_response_from_fd_at_offset64(len, fd, (int64_t)start);
+    if (resp == NULL) {
+        close(fd);
+        free(p);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+    MHD_add_response_header(resp, "Accept-Ranges", "bytes");
+    const char *base = strrchr(p, '/');
+    base = base ? base + 1 : p;
+    moat_buf cd;
+    moat_buf_init(&cd, 16384);
+    const char *lead = "attachment; filename=\"";
+    moat_buf_append(&cd, lead, strlen(lead));
+    bool ascii = true;
+    for (const char *s = base; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch >= 0x80 || ch < 0x20)
+            ascii = false;
+        if (ch == '"' || ch == '\\')
+            moat_buf_append(&cd, "\\", 1);
+        moat_buf_append(&cd, ch < 0x20 ? "_" : s, 1);
+    }
+    moat_buf_append(&cd, "\"", 1);
+    if (!ascii) {
+        const char *star = "; filename*=UTF-8''";
+        moat_buf_append(&cd, star, strlen(star));
+        for (const unsigned char *s = (const unsigned char *)base; *s; s++) {
+            char enc[4];
+            if ((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+                strchr("-._~", *s))
+                moat_buf_append(&cd, s, 1);
+            else {
+                snprintf(enc, sizeof(enc), "%%%02X", *s);
+                moat_buf_append(&cd, enc, 3);
+            }
+        }
+    }
+    moat_buf_append(&cd, "", 1);
+    MHD_add_response_header(resp, "Content-Disposition", (const char *)cd.data);
+    moat_buf_free(&cd);
+    char lm[64];
+    struct tm tm;
+    gmtime_r(&sb.st_mtim.tv_sec, &tm);
+    strftime(lm, sizeof(lm), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    MHD_add_response_header(resp, "Last-Modified", lm);
+    if (status == 206) {
+        char cr[96];
+        snprintf(cr, sizeof(cr), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, start, end, size);
+        MHD_add_response_header(resp, "Content-Range", cr);
+    }
+    ret = MHD_queue_response(conn, status, resp);
+    MHD_destroy_response(resp);
+    free(p);
+    return ret;
+}
+
+/* ---- upload ---- */
+
+bool xd_files_is_upload(const char *url, const char *method)
+{
+    return strcmp(url, "/files/upload") == 0 && strcmp(method, "POST") == 0;
+}
+
+static enum MHD_Result upload_iter(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *filename, const char *content_type,
+                                   const char *transfer_encoding, const char *data, uint64_t off,
+                                   size_t size)
+{
+    (void)kind;
+    (void)content_type;
+    (void)transfer_encoding;
+    xd_req *r = cls;
+    moat_execd_upload_part(r->upload, key, filename, off, data, size);
+    return MHD_YES;
+}
+
+enum MHD_Result xd_files_upload_data(struct MHD_Connection *conn, xd_req *r, const char *data,
+                                     size_t len)
+{
+    if (r->upload == NULL && !r->body_too_big) {
+        r->upload = moat_execd_upload_new(xd.cfg.state_dir, META_MAX, UPLOAD_PARTS);
+        r->pp = MHD_create_post_processor(conn, 64 * 1024, upload_iter, r);
+        if (r->pp == NULL)
+            r->body_too_big = true; /* reused as "not multipart" */
+    }
+    if (r->pp != NULL && MHD_post_process(r->pp, data, len) != MHD_YES) {
+        MHD_destroy_post_processor(r->pp);
+        r->pp = NULL;
+        r->body_too_big = true;
+    }
+    return MHD_YES;
+}
+
+static int copy_into(const char *src, const char *dst)
+{
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return errno;
+    int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0) {
+        int e = errno;
+        close(in);
+        return e;
+    }
+    char buf[65536];
+    ssize_t n;
+    int e = 0;
+    while ((n = read(in, buf, sizeof(buf))) > 0) {
+        if (write(out, buf, (size_t)n) != n) {
+            e = errno ? errno : EIO;
+            break;
+        }
+    }
+    if (n < 0)
+        e = errno;
+    if (e == 0 && fsync(out) != 0)
+        e = errno;
+    close(in);
+    close(out);
+    return e;
+}
+
+static enum MHD_Result files_upload_done(struct MHD_Connection *conn, xd_req *r)
+{
+    if (r->upload == NULL || r->body_too_big)
+        return xd_respond_error(conn, 400, "INVALID_FILE",
+                                "expected a multipart/form-data body of metadata and file parts");
+    if (r->pp != NULL) {
+        enum MHD_Result ok = MHD_destroy_post_processor(r->pp);
+        r->pp = NULL;
+        if (ok != MHD_YES)
+            return xd_respond_error(conn, 400, "INVALID_FILE",
+                                    "malformed or truncated multipart body");
+    }
+    const char *msg = NULL;
+    moat_execd_upload_error ue = moat_execd_upload_finish(r->upload, &msg);
+    static const char *const codes[] = {"", "INVALID_FILE", "INVALID_FILE_METADATA",
+                                        "INVALID_FILE_CONTENT", "RUNTIME_ERROR"};
+    if (ue != MOAT_EXECD_UPLOAD_OK)
+        return xd_respond_error(conn, ue == MOAT_EXECD_UPLOAD_RUNTIME_ERROR ? 500 : 400, codes[ue],
+                                "%s", msg);
+    size_t n = moat_execd_upload_count(r->upload);
+    for (size_t i = 0; i < n; i++) {
+        moat_execd_upload_pair *pr = moat_execd_upload_get(r->upload, i);
+        char err[256];
+        char *target = xd_expand(pr->path, err, sizeof(err));
+        if (target == NULL)
+            return xd_respond_error(conn, 400, "INVALID_FILE_METADATA", "path %s: %s", pr->path,
+                                    err);
+        mkdir_parents(target, 0755);
+        struct stat sb;
+        int e = 0;
+        if (lstat(target, &sb) == 0) {
+            e = copy_into(pr->tmp_path, target); /* keep the existing file's inode and mode */
+        } else if (rename(pr->tmp_path, target) == 0) {
+            free(pr->tmp_path);
+            pr->tmp_path = NULL;
+            if (chmod(target, 0644) != 0)
+                e = errno;
+        } else {
+            e = errno == EXDEV ? copy_into(pr->tmp_path, target) : errno;
+        }
+        if (e == 0)
+            e = apply_perm(target, pr->owner, pr->group, pr->mode);
+        if (e != 0) {
+            enum MHD_Result ret =
+                xd_respond_error(conn, 500, "RUNTIME_ERROR", "write %s: %s", target, strerror(e));
+            free(target);
+            return ret;
+        }
+        free(target);
+    }
+    return xd_respond_empty(conn, 200);
+}
+
+enum MHD_Result xd_files_route(struct MHD_Connection *conn, xd_req *r, const char *url,
+                               const char *method, bool *matched)
+{
+    bool post = strcmp(method, "POST") == 0, get = strcmp(method, "GET") == 0,
+         del = strcmp(method, "DELETE") == 0;
+    *matched = true;
+    if (get && strcmp(url, "/files/info") == 0)
+        return files_info(conn);
+    if (del && strcmp(url, "/files") == 0)
+        return files_delete(conn);
+    if (post && strcmp(url, "/files/mv") == 0)
+        return files_mv(conn, r);
+    if (post && strcmp(url, "/files/permissions") == 0)
+        return files_permissions(conn, r);
+    if (get && strcmp(url, "/files/search") == 0)
+        return files_search(conn);
+    if (post && strcmp(url, "/files/replace") == 0)
+        return files_replace(conn, r);
+    if (post && strcmp(url, "/files/upload") == 0)
+        return files_upload_done(conn, r);
+    if (get && strcmp(url, "/files/download") == 0)
+        return files_download(conn);
+    if (get && strcmp(url, "/directories/list") == 0)
+        return directories_list(conn);
+    if (post && strcmp(url, "/directories") == 0)
+        return directories_make(conn, r);
+    if (del && strcmp(url, "/directories") == 0)
+        return directories_delete(conn);
+    *matched = false;
+    return MHD_NO;
+}

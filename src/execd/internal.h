@@ -1,0 +1,154 @@
+/* moat-execd internals shared by the daemon's files (not a public API). */
+#ifndef MOAT_EXECD_INTERNAL_H
+#define MOAT_EXECD_INTERNAL_H
+
+#include "moat/execd.h"
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+#define XD_ID_MAX 40
+
+typedef struct xd_session xd_session;
+
+/* A command (foreground, background or a session run). Lives in the table; streams and
+ * handlers hold references. Fields below `lock` are guarded by xd.lock. */
+typedef struct xd_cmd {
+    char id[XD_ID_MAX];
+    char *command;
+    bool background;
+    pid_t pid;
+    bool running;
+    bool start_failed;
+    int exit_code;   /* valid once !running */
+    int term_sig;    /* non-zero when killed by a signal */
+    char error[256]; /* Go-style error text: "exit status 3", "signal: killed", … */
+    int64_t started_ms, finished_ms;
+    uint64_t start_ns;
+    uint64_t deadline_ns;   /* timeout (monotonic); 0 = none */
+    uint64_t kill_at_ns;    /* SIGTERM escalation to SIGKILL; 0 = none */
+    uint64_t expire_ns;     /* removal from the table after retention */
+    int notify_r, notify_w; /* a byte is written to notify_w when the process ends */
+    char *log_path;         /* background: merged output file */
+    int refs;
+    xd_session *session;
+    struct xd_cmd *next;
+} xd_cmd;
+
+struct xd_session {
+    char id[MOAT_UUID_STR_LEN];
+    char **env; /* NULL-terminated "K=V" strings */
+    char *cwd;
+    bool busy;
+    bool deleted; /* removed from the list while a run was streaming; the run frees it */
+    xd_cmd *current;
+    xd_session *next;
+};
+
+typedef struct xd_config {
+    const char *token;
+    char state_dir[512];
+    const char *shell; /* "bash" path or "sh" */
+    bool shell_is_bash;
+    uint64_t retention_ns;
+    size_t max_commands;
+    uint64_t ping_ns;
+} xd_config;
+
+typedef struct xd_globals {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    xd_cmd *cmds;
+    size_t ncmds;
+    xd_session *sessions;
+    xd_config cfg;
+    volatile int shutting_down;
+} xd_globals;
+
+extern xd_globals xd;
+
+/* ---- proc.c ---- */
+typedef struct xd_spawn {
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;    /* NULL: inherit */
+    int out_fd, err_fd; /* child's stdout/stderr; -1 → /dev/null */
+    bool set_ids;
+    uid_t uid;
+    gid_t gid;
+    gid_t *groups;
+    int ngroups;
+} xd_spawn;
+
+void xd_proc_init(void);
+/* Makes a command with a fresh id, in the table with refs = 2 (table + caller). NULL when
+ * the table is full of running commands. */
+xd_cmd *xd_cmd_new(const char *command, bool background, const char *id_or_null);
+/* Starts the process in its own group. On failure returns -1 with err filled and the
+ * command marked as finished with a failed start (exit code 255). */
+int xd_cmd_start(xd_cmd *c, const xd_spawn *sp, uint64_t timeout_ms, char *err, size_t errlen);
+/* Marks a command that could not be started (exit code 255, error text err). */
+void xd_cmd_fail(xd_cmd *c, const char *err);
+void xd_cmd_unref(xd_cmd *c);
+xd_cmd *xd_cmd_find(const char *id); /* with a reference, or NULL */
+/* SIGTERM to the group, SIGKILL after grace_ms if it still runs (asynchronously). */
+void xd_cmd_terminate(xd_cmd *c, uint64_t grace_ms);
+/* Interrupt as the reference: SIGTERM, wait up to 3 s, SIGKILL. Blocks. */
+void xd_cmd_interrupt(xd_cmd *c);
+void xd_signal_thread_start(int shutdown_fd);
+void xd_housekeeping_start(void);
+/* SIGTERM to every running group, then SIGKILL to what is left after grace_ms. */
+void xd_terminate_all(uint64_t grace_ms);
+/* Builds the command environment: execd's, EXECD_ENVS file, then overrides (may be NULL).
+ * NULL-terminated malloc'd array of malloc'd strings; free with xd_env_free. */
+char **xd_env_build(char *const *base, json_t *overrides);
+void xd_env_free(char **env);
+const char *xd_env_get(char *const *env, const char *name);
+char **xd_env_set(char **env, const char *name, size_t nlen, const char *value, size_t vlen);
+char **xd_env_dup(char *const *env);
+
+/* ---- http.c ---- */
+typedef struct xd_req {
+    moat_buf body;
+    bool body_too_big;
+    struct MHD_PostProcessor *pp;
+    moat_execd_upload *upload;
+    bool handled;
+} xd_req;
+
+enum MHD_Result xd_respond_error(struct MHD_Connection *conn, unsigned status, const char *code,
+                                 const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+enum MHD_Result xd_respond_json(struct MHD_Connection *conn, unsigned status, json_t *body);
+enum MHD_Result xd_respond_empty(struct MHD_Connection *conn, unsigned status);
+/* Expands a path with execd's environment; on failure answers 400/404 and returns NULL. */
+char *xd_expand(const char *in, char *err, size_t errlen);
+/* JSON string of possibly non-UTF-8 bytes (bad bytes become U+FFFD). */
+json_t *xd_json_str(const char *s);
+
+/* ---- command.c ---- */
+enum MHD_Result xd_command_route(struct MHD_Connection *conn, xd_req *r, const char *url,
+                                 const char *method, bool *matched);
+/* RFC 3339 with nanoseconds, trailing zeros trimmed, local offset ("Z" for UTC). */
+void xd_format_time(int64_t sec, long nsec, char out[64]);
+
+/* ---- files.c ---- */
+enum MHD_Result xd_files_route(struct MHD_Connection *conn, xd_req *r, const char *url,
+                               const char *method, bool *matched);
+bool xd_files_is_upload(const char *url, const char *method);
+enum MHD_Result xd_files_upload_data(struct MHD_Connection *conn, xd_req *r, const char *data,
+                                     size_t len);
+
+/* ---- metrics.c ---- */
+enum MHD_Result xd_metrics(struct MHD_Connection *conn, bool watch);
+
+/* ---- main.c ---- */
+enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *url,
+                          const char *method, const char *version, const char *upload_data,
+                          size_t *upload_data_size, void **con_cls);
+void xd_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+                     enum MHD_RequestTerminationCode toe);
+
+#endif

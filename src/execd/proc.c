@@ -1,0 +1,561 @@
+/* Process table, spawning, reaping (execd may be PID 1), timeouts and retention. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+xd_globals xd = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static uint64_t now_ns(void)
+{
+    return moat_time_mono_ns();
+}
+
+void xd_proc_init(void)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_destroy(&xd.cond);
+    pthread_cond_init(&xd.cond, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+static void cmd_free(xd_cmd *c)
+{
+    if (c->log_path != NULL) {
+        unlink(c->log_path);
+        free(c->log_path);
+    }
+    if (c->notify_r >= 0)
+        close(c->notify_r);
+    if (c->notify_w >= 0)
+        close(c->notify_w);
+    free(c->command);
+    free(c);
+}
+
+/* Drops the oldest finished commands past their retention, or (when the table is full)
+ * the oldest finished one regardless. Called with the lock held. */
+static void table_prune(bool force_one)
+{
+    uint64_t now = now_ns();
+    xd_cmd **pp = &xd.cmds;
+    xd_cmd *oldest = NULL, **oldest_pp = NULL;
+    while (*pp != NULL) {
+        xd_cmd *c = *pp;
+        if (!c->running && c->pid != 0 && c->refs == 1 && c->expire_ns != 0) {
+            if (now >= c->expire_ns) {
+                *pp = c->next;
+                xd.ncmds--;
+                cmd_free(c);
+                continue;
+            }
+            if (oldest == NULL || c->expire_ns < oldest->expire_ns) {
+                oldest = c;
+                oldest_pp = pp;
+            }
+        }
+        pp = &c->next;
+    }
+    if (force_one && oldest != NULL) {
+        *oldest_pp = oldest->next;
+        xd.ncmds--;
+        cmd_free(oldest);
+    }
+}
+
+xd_cmd *xd_cmd_new(const char *command, bool background, const char *id_or_null)
+{
+    xd_cmd *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->command = strdup(command ? command : "");
+    c->background = background;
+    c->notify_r = c->notify_w = -1;
+    int p[2];
+    if (c->command == NULL || pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) {
+        free(c->command);
+        free(c);
+        return NULL;
+    }
+    c->notify_r = p[0];
+    c->notify_w = p[1];
+    if (id_or_null != NULL) {
+        snprintf(c->id, sizeof(c->id), "%s", id_or_null);
+    } else {
+        char u[MOAT_UUID_STR_LEN];
+        moat_uuid_generate(u);
+        size_t k = 0;
+        for (size_t i = 0; u[i] && k < 32; i++)
+            if (u[i] != '-')
+                c->id[k++] = u[i];
+        c->id[k] = '\0';
+    }
+    c->started_ms = moat_time_now_ms();
+    c->start_ns = now_ns();
+    c->refs = 2;
+    pthread_mutex_lock(&xd.lock);
+    if (xd.ncmds >= xd.cfg.max_commands)
+        table_prune(true);
+    if (xd.ncmds >= xd.cfg.max_commands) {
+        pthread_mutex_unlock(&xd.lock);
+        c->refs = 0;
+        cmd_free(c);
+        return NULL;
+    }
+    c->next = xd.cmds;
+    xd.cmds = c;
+    xd.ncmds++;
+    pthread_mutex_unlock(&xd.lock);
+    return c;
+}
+
+void xd_cmd_unref(xd_cmd *c)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&xd.lock);
+    c->refs--;
+    pthread_mutex_unlock(&xd.lock);
+}
+
+xd_cmd *xd_cmd_find(const char *id)
+{
+    pthread_mutex_lock(&xd.lock);
+    xd_cmd *c = xd.cmds;
+    while (c != NULL && strcmp(c->id, id) != 0)
+        c = c->next;
+    if (c != NULL)
+        c->refs++;
+    pthread_mutex_unlock(&xd.lock);
+    return c;
+}
+
+/* Records how the process ended. Lock held. */
+static void record_exit(xd_cmd *c, int status)
+{
+    c->running = false;
+    c->finished_ms = moat_time_now_ms();
+    c->expire_ns = now_ns() + xd.cfg.retention_ns;
+    if (WIFEXITED(status)) {
+        c->exit_code = WEXITSTATUS(status);
+        c->term_sig = 0;
+        if (c->exit_code != 0)
+            snprintf(c->error, sizeof(c->error), "exit status %d", c->exit_code);
+    } else if (WIFSIGNALED(status)) {
+        c->exit_code = -1;
+        c->term_sig = WTERMSIG(status);
+        /* Go's ExitError text: "signal: killed", lower case. */
+        const char *name = strsignal(c->term_sig);
+        snprintf(c->error, sizeof(c->error), "signal: %s", name ? name : "unknown");
+        for (char *p = c->error + 8; *p; p++)
+            if (*p >= 'A' && *p <= 'Z')
+                *p = (char)(*p - 'A' + 'a');
+    }
+    if (c->start_failed)
+        c->exit_code = 255;
+    ssize_t w = write(c->notify_w, "x", 1);
+    (void)w;
+}
+
+static void reap_all(void)
+{
+    pthread_mutex_lock(&xd.lock);
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0)
+            break;
+        for (xd_cmd *c = xd.cmds; c != NULL; c = c->next) {
+            if (c->pid == pid && c->running) {
+                record_exit(c, status);
+                break;
+            }
+        }
+    }
+    pthread_cond_broadcast(&xd.cond);
+    pthread_mutex_unlock(&xd.lock);
+}
+
+/* Runs in the child between fork and exec: async-signal-safe calls only. */
+static void child_exec(const xd_spawn *sp, int errfd)
+{
+    int err = 0;
+    sigset_t none;
+    sigemptyset(&none);
+    for (int s = 1; s < NSIG; s++)
+        signal(s, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setpgid(0, 0);
+    int devnull = open("/dev/null", O_RDWR);
+    if (devnull < 0) {
+        err = errno;
+        goto fail;
+    }
+    if (dup2(devnull, 0) < 0 || dup2(sp->out_fd >= 0 ? sp->out_fd : devnull, 1) < 0 ||
+        dup2(sp->err_fd >= 0 ? sp->err_fd : devnull, 2) < 0) {
+        err = errno;
+        goto fail;
+    }
+    if (sp->cwd != NULL && chdir(sp->cwd) != 0) {
+        err = errno;
+        goto fail;
+    }
+    if (sp->set_ids) {
+        if (setgroups((size_t)sp->ngroups, sp->groups) != 0 || setgid(sp->gid) != 0 ||
+            setuid(sp->uid) != 0) {
+            err = errno;
+            goto fail;
+        }
+    }
+    execve(sp->argv[0], sp->argv, sp->envp);
+    err = errno;
+fail:;
+    ssize_t w = write(errfd, &err, sizeof(err));
+    (void)w;
+    _exit(127);
+}
+
+int xd_cmd_start(xd_cmd *c, const xd_spawn *sp, uint64_t timeout_ms, char *err, size_t errlen)
+{
+    int ep[2];
+    if (pipe2(ep, O_CLOEXEC) != 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        goto failed;
+    }
+    pthread_mutex_lock(&xd.lock);
+    /* Fork with the table locked so the reaper cannot collect the pid before it is known. */
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(ep[0]);
+        child_exec(sp, ep[1]);
+    }
+    if (pid < 0) {
+        int e = errno;
+        pthread_mutex_unlock(&xd.lock);
+        close(ep[0]);
+        close(ep[1]);
+        snprintf(err, errlen, "fork: %s", strerror(e));
+        goto failed;
+    }
+    c->pid = pid;
+    c->running = true;
+    c->started_ms = moat_time_now_ms();
+    c->start_ns = now_ns();
+    if (timeout_ms > 0)
+        c->deadline_ns = c->start_ns + timeout_ms * 1000000ull;
+    pthread_cond_broadcast(&xd.cond);
+    pthread_mutex_unlock(&xd.lock);
+    close(ep[1]);
+    int child_err = 0;
+    ssize_t n;
+    do
+        n = read(ep[0], &child_err, sizeof(child_err));
+    while (n < 0 && errno == EINTR);
+    close(ep[0]);
+    if (n == (ssize_t)sizeof(child_err)) {
+        snprintf(err, errlen, "fork/exec %s: %s", sp->argv[0], strerror(child_err));
+        pthread_mutex_lock(&xd.lock);
+        c->start_failed = true;
+        if (!c->running)
+            c->exit_code = 255;
+        snprintf(c->error, sizeof(c->error), "%s", err);
+        pthread_mutex_unlock(&xd.lock);
+        return -1;
+    }
+    return 0;
+failed:
+    xd_cmd_fail(c, err);
+    return -1;
+}
+
+void xd_cmd_fail(xd_cmd *c, const char *err)
+{
+    pthread_mutex_lock(&xd.lock);
+    c->start_failed = true;
+    c->running = false;
+    c->pid = -1;
+    c->exit_code = 255;
+    c->finished_ms = moat_time_now_ms();
+    c->expire_ns = now_ns() + xd.cfg.retention_ns;
+    snprintf(c->error, sizeof(c->error), "%s", err);
+    ssize_t w = write(c->notify_w, "x", 1);
+    (void)w;
+    pthread_mutex_unlock(&xd.lock);
+}
+
+void xd_cmd_terminate(xd_cmd *c, uint64_t grace_ms)
+{
+    pthread_mutex_lock(&xd.lock);
+    if (c->running && c->pid > 0) {
+        kill(-c->pid, SIGTERM);
+        uint64_t at = now_ns() + grace_ms * 1000000ull;
+        if (c->kill_at_ns == 0 || at < c->kill_at_ns)
+            c->kill_at_ns = at;
+        pthread_cond_broadcast(&xd.cond);
+    }
+    pthread_mutex_unlock(&xd.lock);
+}
+
+void xd_cmd_interrupt(xd_cmd *c)
+{
+    pthread_mutex_lock(&xd.lock);
+    pid_t pgid = c->pid;
+    pthread_mutex_unlock(&xd.lock);
+    if (pgid <= 0)
+        return;
+    kill(-pgid, SIGTERM);
+    /* The group may outlive its leader (children that ignore the leader's end). */
+    for (int i = 0; i < 60; i++) {
+        if (kill(-pgid, 0) != 0 && errno == ESRCH)
+            return;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    kill(-pgid, SIGKILL);
+}
+
+void xd_terminate_all(uint64_t grace_ms)
+{
+    pthread_mutex_lock(&xd.lock);
+    for (xd_cmd *c = xd.cmds; c != NULL; c = c->next)
+        if (c->running && c->pid > 0)
+            kill(-c->pid, SIGTERM);
+    uint64_t deadline = now_ns() + grace_ms * 1000000ull;
+    for (;;) {
+        bool any = false;
+        for (xd_cmd *c = xd.cmds; c != NULL; c = c->next)
+            any = any || (c->running && c->pid > 0);
+        if (!any || now_ns() >= deadline)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&xd.cond, &xd.lock, &ts);
+    }
+    for (xd_cmd *c = xd.cmds; c != NULL; c = c->next)
+        if (c->running && c->pid > 0)
+            kill(-c->pid, SIGKILL);
+    pthread_mutex_unlock(&xd.lock);
+}
+
+/* ---- signal thread: reaping and SIGTERM ---- */
+
+static int shutdown_fd = -1;
+
+static void *signal_main(void *arg)
+{
+    (void)arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGCHLD);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGQUIT);
+    for (;;) {
+        struct timespec ts = {1, 0};
+        int sig = sigtimedwait(&set, NULL, &ts);
+        /* Reap on every wake-up too: a SIGCHLD may be merged or arrive before the mask. */
+        reap_all();
+        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT) {
+            if (!xd.shutting_down) {
+                xd.shutting_down = 1;
+                ssize_t w = write(shutdown_fd, "x", 1);
+                (void)w;
+            }
+        }
+    }
+    return NULL;
+}
+
+void xd_signal_thread_start(int fd)
+{
+    shutdown_fd = fd;
+    pthread_t t;
+    pthread_create(&t, NULL, signal_main, NULL);
+    pthread_detach(t);
+}
+
+static void *housekeeping_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&xd.lock);
+    for (;;) {
+        uint64_t now = now_ns();
+        uint64_t next = now + 1000000000ull;
+        for (xd_cmd *c = xd.cmds; c != NULL; c = c->next) {
+            if (!c->running || c->pid <= 0)
+                continue;
+            if (c->deadline_ns != 0) {
+                if (now >= c->deadline_ns) {
+                    kill(-c->pid, SIGKILL);
+                    c->deadline_ns = 0;
+                } else if (c->deadline_ns < next) {
+                    next = c->deadline_ns;
+                }
+            }
+            if (c->kill_at_ns != 0) {
+                if (now >= c->kill_at_ns) {
+                    kill(-c->pid, SIGKILL);
+                    c->kill_at_ns = 0;
+                } else if (c->kill_at_ns < next) {
+                    next = c->kill_at_ns;
+                }
+            }
+        }
+        table_prune(false);
+        struct timespec ts = {(time_t)(next / 1000000000ull), (long)(next % 1000000000ull)};
+        pthread_cond_timedwait(&xd.cond, &xd.lock, &ts);
+    }
+    return NULL;
+}
+
+void xd_housekeeping_start(void)
+{
+    pthread_t t;
+    pthread_create(&t, NULL, housekeeping_main, NULL);
+    pthread_detach(t);
+}
+
+/* ---- environment ---- */
+
+static size_t env_len(char *const *env)
+{
+    size_t n = 0;
+    while (env != NULL && env[n] != NULL)
+        n++;
+    return n;
+}
+
+void xd_env_free(char **env)
+{
+    for (size_t i = 0; env != NULL && env[i] != NULL; i++)
+        free(env[i]);
+    free(env);
+}
+
+char **xd_env_dup(char *const *env)
+{
+    size_t n = env_len(env);
+    char **out = calloc(n + 1, sizeof(*out));
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = strdup(env[i]);
+        if (out[i] == NULL) {
+            xd_env_free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+const char *xd_env_get(char *const *env, const char *name)
+{
+    size_t nlen = strlen(name);
+    for (size_t i = 0; env != NULL && env[i] != NULL; i++)
+        if (strncmp(env[i], name, nlen) == 0 && env[i][nlen] == '=')
+            return env[i] + nlen + 1;
+    return NULL;
+}
+
+char **xd_env_set(char **env, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    char *kv = malloc(nlen + vlen + 2);
+    if (kv == NULL)
+        return env;
+    memcpy(kv, name, nlen);
+    kv[nlen] = '=';
+    memcpy(kv + nlen + 1, value, vlen);
+    kv[nlen + 1 + vlen] = '\0';
+    size_t n = env_len(env);
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(env[i], name, nlen) == 0 && env[i][nlen] == '=') {
+            free(env[i]);
+            env[i] = kv;
+            return env;
+        }
+    }
+    char **grown = realloc(env, (n + 2) * sizeof(*env));
+    if (grown == NULL) {
+        free(kv);
+        return env;
+    }
+    grown[n] = kv;
+    grown[n + 1] = NULL;
+    return grown;
+}
+
+static const char *getenv_lookup(void *ud, const char *name)
+{
+    (void)ud;
+    return getenv(name);
+}
+
+/* EXECD_ENVS: KEY=VALUE lines, '#' comments, values expanded (undefined → empty). */
+static char **apply_envs_file(char **env)
+{
+    const char *path = getenv("EXECD_ENVS");
+    if (path == NULL || path[0] == '\0')
+        return env;
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return env;
+    char line[8192];
+    while (fgets(line, sizeof(line), f) != NULL) {
+        size_t len = strcspn(line, "\r\n");
+        line[len] = '\0';
+        char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\0' || *p == '#')
+            continue;
+        char *eq = strchr(p, '=');
+        if (eq == NULL || eq == p)
+            continue;
+        *eq = '\0';
+        char *val = NULL, errbuf[128];
+        if (moat_execd_expand_path(eq + 1, NULL, getenv_lookup, NULL, &val, errbuf,
+                                   sizeof(errbuf)) != MOAT_OK)
+            val = strdup(eq + 1);
+        if (val != NULL)
+            env = xd_env_set(env, p, strlen(p), val, strlen(val));
+        free(val);
+    }
+    fclose(f);
+    return env;
+}
+
+char **xd_env_build(char *const *base, json_t *overrides)
+{
+    char **env = xd_env_dup(base != NULL ? base : environ);
+    if (env == NULL)
+        return NULL;
+    if (base == NULL)
+        env = apply_envs_file(env);
+    const char *k;
+    json_t *v;
+    json_object_foreach(overrides, k, v)
+    {
+        if (json_is_string(v))
+            env = xd_env_set(env, k, strlen(k), json_string_value(v), json_string_length(v));
+    }
+    return env;
+}

@@ -1,0 +1,264 @@
+/* The streaming response of a running command: pipes + poll, pushed to MHD as the child
+ * writes. MHD (thread per connection) calls stream_read only when the socket can take
+ * more, so a reader that stops reading stops the pipe reads and the child blocks. */
+#include "stream.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define LINE_READ 16384
+#define BIN_READ  MOAT_EXECD_BINARY_CHUNK_MAX
+#define QUEUE_MAX (8u << 20)
+/* After the process ended, at most this much more is read from pipes kept open by its
+ * children, so a background writer cannot hold the response open forever. */
+#define DRAIN_BUDGET (4u << 20)
+#define MAX_LINE     65536
+
+enum { ST_RUN, ST_DRAIN, ST_END };
+
+struct xd_stream {
+    xd_cmd *cmd;
+    int fds[2]; /* stdout, stderr read ends; -1 once closed */
+    bool binary;
+    moat_execd_lines lines[2];
+    moat_buf q;
+    size_t qoff;
+    uint64_t next_ping;
+    int state;
+    uint64_t drained;
+    unsigned char *rbuf;
+    xd_stream_finish_cb finish;
+    void *finish_ud;
+    bool terminate_on_close;
+};
+
+static const char *const stream_names[2] = {"stdout", "stderr"};
+
+typedef struct line_ctx {
+    xd_stream *st;
+    const char *name;
+} line_ctx;
+
+static moat_err on_line(void *ud, const char *line, size_t len)
+{
+    line_ctx *lc = ud;
+    moat_execd_event ev = {
+        .type = lc->name, .text = line, .text_len = len, .timestamp = moat_time_now_ms()};
+    return moat_execd_sse_event(&lc->st->q, &ev);
+}
+
+void xd_stream_emit(xd_stream *st, const moat_execd_event *ev)
+{
+    moat_execd_sse_event(&st->q, ev);
+}
+
+xd_stream *xd_stream_new(xd_cmd *cmd, int out_fd, int err_fd, bool binary,
+                         moat_execd_line_mode mode)
+{
+    xd_stream *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return NULL;
+    st->rbuf = malloc(BIN_READ);
+    if (st->rbuf == NULL) {
+        free(st);
+        return NULL;
+    }
+    st->cmd = cmd;
+    st->fds[0] = out_fd;
+    st->fds[1] = err_fd;
+    st->binary = binary;
+    st->terminate_on_close = true;
+    for (int i = 0; i < 2; i++)
+        moat_execd_lines_init(&st->lines[i], mode, MAX_LINE);
+    moat_buf_init(&st->q, QUEUE_MAX);
+    st->next_ping = moat_time_mono_ns();
+    st->state = cmd != NULL ? ST_RUN : ST_END;
+    return st;
+}
+
+void xd_stream_on_finish(xd_stream *st, xd_stream_finish_cb cb, void *ud)
+{
+    st->finish = cb;
+    st->finish_ud = ud;
+}
+
+void xd_stream_set_terminate_on_close(xd_stream *st, bool on)
+{
+    st->terminate_on_close = on;
+}
+
+/* Encodes n bytes just read from stream i. */
+static void consume_output(xd_stream *st, int i, size_t n)
+{
+    if (st->binary) {
+        moat_execd_sse_binary(&st->q, stream_names[i], moat_time_now_ms(), st->rbuf, n);
+    } else {
+        line_ctx lc = {st, stream_names[i]};
+        moat_execd_lines_feed(&st->lines[i], st->rbuf, n, on_line, &lc);
+    }
+}
+
+/* Reads once from fd i. Returns bytes read, 0 on EOF (fd closed), -1 on EAGAIN. */
+static ssize_t read_one(xd_stream *st, int i)
+{
+    size_t cap = st->binary ? BIN_READ : LINE_READ;
+    ssize_t n;
+    do
+        n = read(st->fds[i], st->rbuf, cap);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) {
+        consume_output(st, i, (size_t)n);
+        return n;
+    }
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+        close(st->fds[i]);
+        st->fds[i] = -1;
+        return 0;
+    }
+    return -1;
+}
+
+static void emit_final(xd_stream *st)
+{
+    if (!st->binary) {
+        for (int i = 0; i < 2; i++) {
+            line_ctx lc = {st, stream_names[i]};
+            moat_execd_lines_finish(&st->lines[i], on_line, &lc);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        if (st->fds[i] >= 0) {
+            close(st->fds[i]);
+            st->fds[i] = -1;
+        }
+    }
+    if (st->finish != NULL)
+        st->finish(st, st->cmd, st->finish_ud);
+    st->state = ST_END;
+}
+
+static void produce(xd_stream *st)
+{
+    if (st->state == ST_DRAIN) {
+        bool any = false;
+        for (int i = 0; i < 2 && st->q.len == 0; i++) {
+            if (st->fds[i] < 0)
+                continue;
+            ssize_t n = read_one(st, i);
+            if (n > 0) {
+                any = true;
+                st->drained += (uint64_t)n;
+            }
+        }
+        if (!any || st->drained >= DRAIN_BUDGET)
+            emit_final(st);
+        return;
+    }
+    uint64_t now = moat_time_mono_ns();
+    if (now >= st->next_ping) {
+        moat_execd_event ev = {
+            .type = "ping", .text = "pong", .text_len = 4, .timestamp = moat_time_now_ms()};
+        moat_execd_sse_event(&st->q, &ev);
+        st->next_ping = now + xd.cfg.ping_ns;
+        return;
+    }
+    struct pollfd pfd[3];
+    int map[3], n = 0;
+    for (int i = 0; i < 2; i++) {
+        if (st->fds[i] >= 0) {
+            pfd[n].fd = st->fds[i];
+            pfd[n].events = POLLIN;
+            map[n++] = i;
+        }
+    }
+    pfd[n].fd = st->cmd->notify_r;
+    pfd[n].events = POLLIN;
+    map[n++] = 2;
+    int timeout_ms = (int)((st->next_ping - now) / 1000000ull) + 1;
+    int r = poll(pfd, (nfds_t)n, timeout_ms);
+    if (r <= 0)
+        return;
+    for (int k = 0; k < n; k++) {
+        if (pfd[k].revents == 0)
+            continue;
+        if (map[k] == 2) {
+            st->state = ST_DRAIN;
+            continue;
+        }
+        read_one(st, map[k]);
+    }
+}
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    xd_stream *st = cls;
+    for (;;) {
+        if (st->q.len > st->qoff) {
+            size_t n = st->q.len - st->qoff;
+            if (n > max)
+                n = max;
+            memcpy(buf, st->q.data + st->qoff, n);
+            st->qoff += n;
+            if (st->qoff == st->q.len) {
+                moat_buf_reset(&st->q);
+                st->qoff = 0;
+            }
+            return (ssize_t)n;
+        }
+        if (st->state == ST_END)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        produce(st);
+    }
+}
+
+static void stream_free(void *cls)
+{
+    xd_stream *st = cls;
+    if (st->state != ST_END) {
+        /* The reader went away before the end: stop the command rather than leave it
+         * blocked on a pipe nobody reads. */
+        if (st->cmd != NULL && st->terminate_on_close)
+            xd_cmd_terminate(st->cmd, 3000);
+        for (int i = 0; i < 2; i++) {
+            if (st->fds[i] >= 0)
+                close(st->fds[i]);
+            st->fds[i] = -1;
+        }
+        if (st->finish != NULL)
+            st->finish(st, NULL, st->finish_ud);
+    }
+    for (int i = 0; i < 2; i++)
+        moat_execd_lines_free(&st->lines[i]);
+    moat_buf_free(&st->q);
+    free(st->rbuf);
+    xd_cmd_unref(st->cmd);
+    free(st);
+}
+
+enum MHD_Result xd_stream_respond(struct MHD_Connection *conn, xd_stream *st)
+{
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 128 * 1024,
+                                                                  stream_read, st, stream_free);
+    if (resp == NULL) {
+        stream_free(st);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+    MHD_add_response_header(resp, "Cache-Control", "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    if (st->binary)
+        MHD_add_response_header(resp, "X-Moat-Output", "binary");
+    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+void xd_stream_end(xd_stream *st)
+{
+    st->state = ST_END;
+}

@@ -1,0 +1,294 @@
+#include "moat/rpc.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/v1/exec.pb-c.h"
+#include "moat/v1/files.pb-c.h"
+#include "moat/v1/health.pb-c.h"
+#include "moat/v1/sandbox.pb-c.h"
+
+#define M(ID, SVC, SVCDESC, IDX, METHOD, REQ, RESP, STREAM)                                        \
+    [ID] = {ID, "/moat.v1." SVC "/" METHOD, &SVCDESC, IDX, &REQ, &RESP, STREAM}
+
+static const moat_rpc_method methods[MOAT_RPC_METHOD_COUNT] = {
+    M(MOAT_RPC_SANDBOXES_CREATE_SESSION, "Sandboxes", moat__v1__sandboxes__descriptor, 0,
+      "CreateSession", moat__v1__create_session_request__descriptor,
+      moat__v1__sandbox_session__descriptor, false),
+    M(MOAT_RPC_SANDBOXES_GET_SESSION, "Sandboxes", moat__v1__sandboxes__descriptor, 1, "GetSession",
+      moat__v1__get_session_request__descriptor, moat__v1__sandbox_session__descriptor, false),
+    M(MOAT_RPC_SANDBOXES_LIST_SESSIONS, "Sandboxes", moat__v1__sandboxes__descriptor, 2,
+      "ListSessions", moat__v1__list_sessions_request__descriptor,
+      moat__v1__list_sessions_response__descriptor, false),
+    M(MOAT_RPC_SANDBOXES_RENEW_SESSION, "Sandboxes", moat__v1__sandboxes__descriptor, 3,
+      "RenewSession", moat__v1__renew_session_request__descriptor,
+      moat__v1__sandbox_session__descriptor, false),
+    M(MOAT_RPC_SANDBOXES_STOP_SESSION, "Sandboxes", moat__v1__sandboxes__descriptor, 4,
+      "StopSession", moat__v1__stop_session_request__descriptor,
+      moat__v1__stop_session_response__descriptor, false),
+    M(MOAT_RPC_EXEC_RUN_COMMAND, "Exec", moat__v1__exec__descriptor, 0, "RunCommand",
+      moat__v1__run_command_request__descriptor, moat__v1__exec_event__descriptor, true),
+    M(MOAT_RPC_EXEC_RUN_IN_SHELL, "Exec", moat__v1__exec__descriptor, 1, "RunInShell",
+      moat__v1__run_in_shell_request__descriptor, moat__v1__exec_event__descriptor, true),
+    M(MOAT_RPC_EXEC_CREATE_SHELL, "Exec", moat__v1__exec__descriptor, 2, "CreateShell",
+      moat__v1__create_shell_request__descriptor, moat__v1__create_shell_response__descriptor,
+      false),
+    M(MOAT_RPC_EXEC_DELETE_SHELL, "Exec", moat__v1__exec__descriptor, 3, "DeleteShell",
+      moat__v1__delete_shell_request__descriptor, moat__v1__delete_shell_response__descriptor,
+      false),
+    M(MOAT_RPC_EXEC_INTERRUPT, "Exec", moat__v1__exec__descriptor, 4, "Interrupt",
+      moat__v1__interrupt_request__descriptor, moat__v1__interrupt_response__descriptor, false),
+    M(MOAT_RPC_EXEC_GET_COMMAND_STATUS, "Exec", moat__v1__exec__descriptor, 5, "GetCommandStatus",
+      moat__v1__get_command_status_request__descriptor, moat__v1__command_status__descriptor,
+      false),
+    M(MOAT_RPC_EXEC_GET_COMMAND_LOGS, "Exec", moat__v1__exec__descriptor, 6, "GetCommandLogs",
+      moat__v1__get_command_logs_request__descriptor, moat__v1__command_logs__descriptor, false),
+    M(MOAT_RPC_EXEC_ATTACH, "Exec", moat__v1__exec__descriptor, 7, "Attach",
+      moat__v1__attach_request__descriptor, moat__v1__exec_event__descriptor, true),
+    M(MOAT_RPC_FILES_STAT, "Files", moat__v1__files__descriptor, 0, "Stat",
+      moat__v1__stat_request__descriptor, moat__v1__file_info__descriptor, false),
+    M(MOAT_RPC_FILES_LIST, "Files", moat__v1__files__descriptor, 1, "List",
+      moat__v1__list_request__descriptor, moat__v1__list_response__descriptor, false),
+    M(MOAT_RPC_FILES_READ, "Files", moat__v1__files__descriptor, 2, "Read",
+      moat__v1__read_request__descriptor, moat__v1__file_chunk__descriptor, true),
+    M(MOAT_RPC_FILES_WRITE, "Files", moat__v1__files__descriptor, 3, "Write",
+      moat__v1__write_request__descriptor, moat__v1__write_response__descriptor, false),
+    M(MOAT_RPC_FILES_REMOVE, "Files", moat__v1__files__descriptor, 4, "Remove",
+      moat__v1__remove_request__descriptor, moat__v1__files_empty__descriptor, false),
+    M(MOAT_RPC_FILES_MOVE, "Files", moat__v1__files__descriptor, 5, "Move",
+      moat__v1__move_request__descriptor, moat__v1__files_empty__descriptor, false),
+    M(MOAT_RPC_FILES_MKDIR, "Files", moat__v1__files__descriptor, 6, "Mkdir",
+      moat__v1__mkdir_request__descriptor, moat__v1__files_empty__descriptor, false),
+    M(MOAT_RPC_FILES_CHMOD, "Files", moat__v1__files__descriptor, 7, "Chmod",
+      moat__v1__chmod_request__descriptor, moat__v1__files_empty__descriptor, false),
+    M(MOAT_RPC_HEALTH_CHECK, "Health", moat__v1__health__descriptor, 0, "Check",
+      moat__v1__health_check_request__descriptor, moat__v1__health_check_response__descriptor,
+      false),
+};
+
+const moat_rpc_method *moat_rpc_method_lookup(const char *name, size_t len)
+{
+    if (name == NULL)
+        return NULL;
+    for (size_t i = 0; i < MOAT_RPC_METHOD_COUNT; i++) {
+        const char *n = methods[i].name;
+        if (strlen(n) == len && memcmp(n, name, len) == 0)
+            return &methods[i];
+    }
+    return NULL;
+}
+
+const moat_rpc_method *moat_rpc_method_get(moat_rpc_method_id id)
+{
+    if ((int)id < 0 || id >= MOAT_RPC_METHOD_COUNT)
+        return NULL;
+    return &methods[id];
+}
+
+struct moat_rpc_call {
+    const moat_rpc_method *method;
+    uint32_t stream_id;
+    unsigned refs;
+    moat_rpc_state state;
+    uint64_t deadline_at;
+    uint64_t sent;
+    const moat_rpc_sink *sink;
+    void *sink_user;
+    ProtobufCMessage *request;
+    moat_rpc_cancel_fn cancel_fn;
+    void *cancel_arg;
+    void *data;
+    bool cancelling;
+};
+
+moat_rpc_call *moat_rpc_call_new(const moat_rpc_method *method, uint32_t stream_id,
+                                 uint64_t deadline_ms, uint64_t now_ms,
+                                 const moat_rpc_sink *sink, void *sink_user)
+{
+    if (method == NULL || sink == NULL)
+        return NULL;
+    moat_rpc_call *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->method = method;
+    c->stream_id = stream_id;
+    c->refs = 1;
+    c->state = MOAT_RPC_AWAIT_REQUEST;
+    /* A deadline so far away that it would overflow is no deadline at all. */
+    c->deadline_at = (deadline_ms != 0 && deadline_ms < UINT64_MAX - now_ms) ? now_ms + deadline_ms : 0;
+    c->sink = sink;
+    c->sink_user = sink_user;
+    return c;
+}
+
+void moat_rpc_call_ref(moat_rpc_call *call)
+{
+    call->refs++;
+}
+
+void moat_rpc_call_unref(moat_rpc_call *call)
+{
+    if (call == NULL)
+        return;
+    if (call->refs > 1) {
+        call->refs--;
+        return;
+    }
+    if (call->state != MOAT_RPC_ENDED)
+        moat_rpc_call_cancel(call, MOAT_CODE_CANCELLED, "call abandoned");
+    if (call->request != NULL)
+        protobuf_c_message_free_unpacked(call->request, NULL);
+    free(call);
+}
+
+const moat_rpc_method *moat_rpc_call_method(const moat_rpc_call *call)
+{
+    return call->method;
+}
+
+uint32_t moat_rpc_call_stream_id(const moat_rpc_call *call)
+{
+    return call->stream_id;
+}
+
+moat_rpc_state moat_rpc_call_state(const moat_rpc_call *call)
+{
+    return call->state;
+}
+
+uint64_t moat_rpc_call_deadline(const moat_rpc_call *call)
+{
+    return call->deadline_at;
+}
+
+void moat_rpc_call_set_data(moat_rpc_call *call, void *data)
+{
+    call->data = data;
+}
+
+void *moat_rpc_call_get_data(const moat_rpc_call *call)
+{
+    return call->data;
+}
+
+uint64_t moat_rpc_call_sent(const moat_rpc_call *call)
+{
+    return call->sent;
+}
+
+moat_err moat_rpc_call_request(moat_rpc_call *call, const uint8_t *payload, size_t len,
+                               const ProtobufCMessage **out)
+{
+    if (call->state != MOAT_RPC_AWAIT_REQUEST)
+        return MOAT_E_STATE;
+    ProtobufCMessage *m = protobuf_c_message_unpack(call->method->request, NULL, len, payload);
+    if (m == NULL) {
+        moat_rpc_call_fail(call, MOAT_CODE_INVALID_ARGUMENT, "bad_request",
+                           "request is not a valid %s", call->method->request->name);
+        return MOAT_E_PROTO;
+    }
+    call->request = m;
+    call->state = MOAT_RPC_RUNNING;
+    if (out != NULL)
+        *out = m;
+    return MOAT_OK;
+}
+
+moat_err moat_rpc_call_send(moat_rpc_call *call, const ProtobufCMessage *msg)
+{
+    if (call->state != MOAT_RPC_RUNNING)
+        return MOAT_E_STATE;
+    if (msg == NULL || msg->descriptor != call->method->response)
+        return MOAT_E_INVAL;
+    if (!call->method->server_streaming && call->sent > 0)
+        return MOAT_E_STATE;
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t small[256];
+    uint8_t *buf = n <= sizeof(small) ? small : malloc(n);
+    if (buf == NULL)
+        return MOAT_E_NOMEM;
+    protobuf_c_message_pack(msg, buf);
+    moat_err err = call->sink->message(call, buf, n, call->sink_user);
+    if (buf != small)
+        free(buf);
+    if (err == MOAT_OK)
+        call->sent++;
+    return err;
+}
+
+moat_err moat_rpc_call_reply(moat_rpc_call *call, const ProtobufCMessage *msg)
+{
+    moat_err err = moat_rpc_call_send(call, msg);
+    if (err != MOAT_OK)
+        return err;
+    moat_status ok;
+    moat_status_clear(&ok);
+    moat_rpc_call_end(call, &ok);
+    return MOAT_OK;
+}
+
+bool moat_rpc_call_end(moat_rpc_call *call, const moat_status *st)
+{
+    if (call->state == MOAT_RPC_ENDED)
+        return false;
+    call->state = MOAT_RPC_ENDED;
+    moat_status fixed;
+    if (st->code == MOAT_CODE_OK && !call->method->server_streaming && call->sent == 0) {
+        moat_status_set(&fixed, MOAT_CODE_INTERNAL, "no_response", "handler sent no response");
+        st = &fixed;
+    }
+    call->sink->end(call, st, call->sink_user);
+    return true;
+}
+
+bool moat_rpc_call_fail(moat_rpc_call *call, moat_code code, const char *reason, const char *fmt, ...)
+{
+    if (call->state == MOAT_RPC_ENDED)
+        return false;
+    moat_status st;
+    moat_status_clear(&st);
+    st.code = code;
+    if (reason != NULL)
+        snprintf(st.reason, sizeof(st.reason), "%s", reason);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st.message, sizeof(st.message), fmt, ap);
+    va_end(ap);
+    return moat_rpc_call_end(call, &st);
+}
+
+void moat_rpc_call_on_cancel(moat_rpc_call *call, moat_rpc_cancel_fn fn, void *arg)
+{
+    call->cancel_fn = fn;
+    call->cancel_arg = arg;
+}
+
+bool moat_rpc_call_cancel(moat_rpc_call *call, moat_code code, const char *why)
+{
+    if (call->state == MOAT_RPC_ENDED || call->cancelling)
+        return false;
+    /* The hook may itself end the call; guard against re-entry meanwhile. */
+    call->cancelling = true;
+    moat_rpc_cancel_fn fn = call->cancel_fn;
+    call->cancel_fn = NULL;
+    if (fn != NULL)
+        fn(call, code, call->cancel_arg);
+    call->cancelling = false;
+    if (call->state == MOAT_RPC_ENDED)
+        return true;
+    moat_status st;
+    moat_status_set(&st, code, code == MOAT_CODE_DEADLINE_EXCEEDED ? "deadline_exceeded" : "cancelled",
+                    "%s", why != NULL ? why : moat_code_name(code));
+    call->state = MOAT_RPC_ENDED;
+    call->sink->end(call, &st, call->sink_user);
+    return true;
+}
+
+bool moat_rpc_call_check_deadline(moat_rpc_call *call, uint64_t now_ms)
+{
+    if (call->deadline_at == 0 || now_ms < call->deadline_at)
+        return false;
+    return moat_rpc_call_cancel(call, MOAT_CODE_DEADLINE_EXCEEDED, "deadline exceeded");
+}

@@ -1,0 +1,314 @@
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <curl/curl.h>
+
+#include "internal.h"
+
+void moat_runtime_config_defaults(moat_runtime_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->image = "moat-sandbox:latest";
+    cfg->ttl_seconds = 300;
+    cfg->cleanup_interval_seconds = 60;
+    cfg->chats_root = "/var/lib/moat/chats";
+    cfg->dependencies_host_path = "/var/lib/moat/dependencies";
+    cfg->lambda_tools_host_path = "/var/lib/moat/lambda-tools";
+    cfg->chat_mount_path = "/workspace/chat";
+    cfg->dependencies_mount_path = "/workspace/dependencies";
+    cfg->lambda_tools_mount_path = "/workspace/lambda-tools";
+    cfg->docker_host = "/var/run/docker.sock";
+    cfg->docker_timeout_ms = 30000;
+    cfg->state_dir = "/var/lib/moat";
+    cfg->execd_bundle_dir = "/var/lib/moat/execd-bundle";
+    cfg->store_path = "/var/lib/moat/state.db";
+    cfg->container_name_prefix = "moat-";
+    cfg->default_memory_bytes = 512ll * 1024 * 1024;
+    cfg->max_memory_bytes = 4096ll * 1024 * 1024;
+    cfg->default_nano_cpus = 1000000000ll;
+    cfg->max_nano_cpus = 2000000000ll;
+    cfg->default_pids_limit = 256;
+    cfg->max_pids_limit = 1024;
+    cfg->read_only_rootfs = false;
+    cfg->tmpfs_size_bytes = 64ll * 1024 * 1024;
+    cfg->readiness_timeout_ms = 10000;
+    cfg->stop_timeout_seconds = 2;
+}
+
+const char *moat_session_state_name(moat_session_state state)
+{
+    switch (state) {
+    case MOAT_SESSION_RUNNING:
+        return "running";
+    case MOAT_SESSION_STOPPED:
+        return "stopped";
+    case MOAT_SESSION_EXPIRED:
+        return "expired";
+    case MOAT_SESSION_GONE:
+        return "gone";
+    case MOAT_SESSION_FAILED:
+        return "failed";
+    }
+    return "unknown";
+}
+
+static moat_code bad(moat_status *st, const char *setting, const char *fmt, const char *value)
+{
+    char msg[MOAT_STATUS_MESSAGE_MAX];
+    snprintf(msg, sizeof(msg), fmt, value ? value : "(unset)");
+    moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_config", "config %s: %s", setting,
+                    msg);
+    moat_status_add_detail(st, "setting", setting);
+    return st->code;
+}
+
+static bool is_abs(const char *p)
+{
+    return p != NULL && p[0] == '/';
+}
+
+static moat_code need_dir(moat_status *st, const char *setting, const char *path)
+{
+    struct stat sb;
+    if (!is_abs(path))
+        return bad(st, setting, "must be an absolute path, got '%s'", path);
+    if (stat(path, &sb) != 0)
+        return bad(st, setting, "directory '%s' does not exist", path);
+    if (!S_ISDIR(sb.st_mode))
+        return bad(st, setting, "'%s' is not a directory", path);
+    return MOAT_CODE_OK;
+}
+
+/* A directory that moat creates when missing: absolute, and either a directory or absent
+ * with an existing ancestor chain we can create. */
+static moat_code creatable_dir(moat_status *st, const char *setting, const char *path)
+{
+    struct stat sb;
+    if (!is_abs(path))
+        return bad(st, setting, "must be an absolute path, got '%s'", path);
+    if (stat(path, &sb) == 0 && !S_ISDIR(sb.st_mode))
+        return bad(st, setting, "'%s' exists and is not a directory", path);
+    return MOAT_CODE_OK;
+}
+
+static moat_code mount_target(moat_status *st, const char *setting, const char *path)
+{
+    if (!is_abs(path))
+        return bad(st, setting, "must be an absolute path in the container, got '%s'", path);
+    if (strcmp(path, "/opt/moat") == 0 || strcmp(path, "/run/moat") == 0 || strcmp(path, "/") == 0)
+        return bad(st, setting, "'%s' is reserved", path);
+    return MOAT_CODE_OK;
+}
+
+moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_status *st)
+{
+    moat_status_clear(st);
+    if (cfg->image == NULL || cfg->image[0] == '\0')
+        return bad(st, "image", "must be set%s", "");
+    if (cfg->ttl_seconds <= 0)
+        return bad(st, "ttl_seconds", "must be positive%s", "");
+    if (cfg->cleanup_interval_seconds <= 0)
+        return bad(st, "cleanup_interval_seconds", "must be positive%s", "");
+    if (creatable_dir(st, "chats_root", cfg->chats_root) ||
+        need_dir(st, "dependencies_host_path", cfg->dependencies_host_path) ||
+        need_dir(st, "lambda_tools_host_path", cfg->lambda_tools_host_path) ||
+        mount_target(st, "chat_mount_path", cfg->chat_mount_path) ||
+        mount_target(st, "dependencies_mount_path", cfg->dependencies_mount_path) ||
+        mount_target(st, "lambda_tools_mount_path", cfg->lambda_tools_mount_path) ||
+        creatable_dir(st, "state_dir", cfg->state_dir) ||
+        need_dir(st, "execd_bundle_dir", cfg->execd_bundle_dir))
+        return st->code;
+    if (!is_abs(cfg->store_path))
+        return bad(st, "store_path", "must be an absolute path, got '%s'", cfg->store_path);
+    if (cfg->docker_host == NULL || cfg->docker_host[0] == '\0')
+        return bad(st, "docker_host", "must be set%s", "");
+    if (strncmp(cfg->docker_host, "tcp://", 6) != 0) {
+        const char *sock = cfg->docker_host;
+        if (strncmp(sock, "unix://", 7) == 0)
+            sock += 7;
+        if (!is_abs(sock))
+            return bad(st, "docker_host",
+                       "must be an absolute socket path, unix:///path or tcp://host:port, got '%s'",
+                       cfg->docker_host);
+    } else {
+        const char *files[] = {cfg->docker_tls_cert, cfg->docker_tls_key, cfg->docker_tls_ca};
+        const char *names[] = {"docker_tls_cert", "docker_tls_key", "docker_tls_ca"};
+        for (int i = 0; i < 3; i++) {
+            struct stat sb;
+            if (files[i] == NULL)
+                continue;
+            if (!is_abs(files[i]))
+                return bad(st, names[i], "must be an absolute path, got '%s'", files[i]);
+            if (stat(files[i], &sb) != 0 || !S_ISREG(sb.st_mode))
+                return bad(st, names[i], "file '%s' does not exist", files[i]);
+        }
+        if ((cfg->docker_tls_cert == NULL) != (cfg->docker_tls_key == NULL))
+            return bad(st, "docker_tls_key", "client certificate and key go together%s", "");
+    }
+    if (cfg->docker_timeout_ms <= 0)
+        return bad(st, "docker_timeout_ms", "must be positive%s", "");
+    if (cfg->readiness_timeout_ms <= 0)
+        return bad(st, "readiness_timeout_ms", "must be positive%s", "");
+    if (cfg->stop_timeout_seconds < 0)
+        return bad(st, "stop_timeout_seconds", "must not be negative%s", "");
+    if (cfg->container_name_prefix == NULL || strlen(cfg->container_name_prefix) > 64)
+        return bad(st, "container_name_prefix", "must be set and at most 64 bytes%s", "");
+    if (cfg->instance != NULL &&
+        (cfg->instance[0] == '\0' || strlen(cfg->instance) > 63 ||
+         strspn(cfg->instance, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+             strlen(cfg->instance)))
+        return bad(st, "instance", "must be 1..63 characters of [A-Za-z0-9_.-], got '%s'",
+                   cfg->instance);
+    if (cfg->max_memory_bytes <= 0 || cfg->default_memory_bytes <= 0 ||
+        cfg->default_memory_bytes > cfg->max_memory_bytes)
+        return bad(st, "default_memory_bytes", "must be positive and <= max_memory_bytes%s", "");
+    if (cfg->max_nano_cpus <= 0 || cfg->default_nano_cpus <= 0 ||
+        cfg->default_nano_cpus > cfg->max_nano_cpus)
+        return bad(st, "default_nano_cpus", "must be positive and <= max_nano_cpus%s", "");
+    if (cfg->max_pids_limit <= 0 || cfg->default_pids_limit <= 0 ||
+        cfg->default_pids_limit > cfg->max_pids_limit)
+        return bad(st, "default_pids_limit", "must be positive and <= max_pids_limit%s", "");
+    if (cfg->read_only_rootfs && cfg->tmpfs_size_bytes <= 0)
+        return bad(st, "tmpfs_size_bytes", "must be positive with read_only_rootfs%s", "");
+    for (size_t i = 0; i < cfg->allowed_image_count; i++)
+        if (cfg->allowed_images[i] == NULL || cfg->allowed_images[i][0] == '\0')
+            return bad(st, "allowed_images", "entries must be non-empty%s", "");
+    return MOAT_CODE_OK;
+}
+
+/* mkdir -p with mode 0755. */
+static int mkdirs(const char *path)
+{
+    char buf[MOAT_RUNTIME_PATH_MAX];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(buf))
+        return -1;
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static const char *own(moat_runtime *rt, const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    char *copy = strdup(s);
+    if (copy == NULL)
+        return NULL;
+    rt->owned[rt->owned_count++] = copy;
+    return copy;
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static void curl_init_once(void)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+}
+
+moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
+{
+    if (moat_runtime_config_validate(cfg, st) != MOAT_CODE_OK)
+        return NULL;
+    pthread_once(&curl_once, curl_init_once);
+    moat_runtime *rt = calloc(1, sizeof(*rt));
+    size_t slots = 24 + cfg->allowed_image_count;
+    if (rt != NULL)
+        rt->owned = calloc(slots, sizeof(char *));
+    if (rt == NULL || rt->owned == NULL) {
+        free(rt);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return NULL;
+    }
+    rt->cfg = *cfg;
+    moat_runtime_config *c = &rt->cfg;
+    c->image = own(rt, cfg->image);
+    c->chats_root = own(rt, cfg->chats_root);
+    c->dependencies_host_path = own(rt, cfg->dependencies_host_path);
+    c->lambda_tools_host_path = own(rt, cfg->lambda_tools_host_path);
+    c->chat_mount_path = own(rt, cfg->chat_mount_path);
+    c->dependencies_mount_path = own(rt, cfg->dependencies_mount_path);
+    c->lambda_tools_mount_path = own(rt, cfg->lambda_tools_mount_path);
+    c->docker_host = own(rt, cfg->docker_host);
+    c->docker_tls_cert = own(rt, cfg->docker_tls_cert);
+    c->docker_tls_key = own(rt, cfg->docker_tls_key);
+    c->docker_tls_ca = own(rt, cfg->docker_tls_ca);
+    c->state_dir = own(rt, cfg->state_dir);
+    c->execd_bundle_dir = own(rt, cfg->execd_bundle_dir);
+    c->store_path = own(rt, cfg->store_path);
+    c->container_name_prefix = own(rt, cfg->container_name_prefix);
+    c->instance = own(rt, cfg->instance);
+    if (c->instance != NULL) {
+        snprintf(rt->instance_filter, sizeof(rt->instance_filter), "moat.instance=%s",
+                 c->instance);
+    }
+    const char **images = NULL;
+    if (cfg->allowed_image_count > 0) {
+        images = calloc(cfg->allowed_image_count, sizeof(char *));
+        if (images != NULL) {
+            rt->owned[rt->owned_count++] = (char *)images;
+            for (size_t i = 0; i < cfg->allowed_image_count; i++)
+                images[i] = own(rt, cfg->allowed_images[i]);
+        }
+    }
+    c->allowed_images = images;
+    pthread_mutex_init(&rt->version_mu, NULL);
+    pthread_mutex_init(&rt->reaper_mu, NULL);
+    pthread_cond_init(&rt->reaper_cv, NULL);
+    moat__cache_init(rt);
+
+    char sessions[MOAT_RUNTIME_PATH_MAX];
+    snprintf(sessions, sizeof(sessions), "%s/sessions", c->state_dir);
+    if (mkdirs(c->chats_root) != 0 || mkdirs(sessions) != 0) {
+        moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "invalid_config",
+                        "cannot create chats_root '%s' or state_dir '%s': %s", c->chats_root,
+                        c->state_dir, strerror(errno));
+        moat_runtime_close(rt);
+        return NULL;
+    }
+    char err[256] = "";
+    if (moat__store_open(c->store_path, &rt->store, err, sizeof(err)) != MOAT_OK) {
+        moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "store_open_failed",
+                        "config store_path '%s': %s", c->store_path, err);
+        moat_status_add_detail(st, "setting", "store_path");
+        moat_runtime_close(rt);
+        return NULL;
+    }
+    if (moat__docker_init(rt, st) != MOAT_OK) {
+        moat_runtime_close(rt);
+        return NULL;
+    }
+    moat_status_clear(st);
+    return rt;
+}
+
+void moat_runtime_close(moat_runtime *rt)
+{
+    if (rt == NULL)
+        return;
+    moat_runtime_stop_reaper(rt);
+    moat_runtime_stop_watcher(rt);
+    moat__store_close(rt->store);
+    moat__cache_destroy(rt);
+    pthread_mutex_destroy(&rt->version_mu);
+    pthread_mutex_destroy(&rt->reaper_mu);
+    pthread_cond_destroy(&rt->reaper_cv);
+    for (size_t i = 0; i < rt->owned_count; i++)
+        free(rt->owned[i]);
+    free(rt->owned);
+    free(rt->docker_socket);
+    free(rt->docker_base_url);
+    free(rt);
+}

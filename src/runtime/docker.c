@@ -1,0 +1,327 @@
+/* Docker Engine API client: one libcurl easy handle per call (thread-safe), jansson bodies. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "internal.h"
+
+moat_err moat__docker_init(moat_runtime *rt, moat_status *st)
+{
+    const char *host = rt->cfg.docker_host;
+    if (strncmp(host, "tcp://", 6) == 0) {
+        const char *scheme = rt->cfg.docker_tls_cert || rt->cfg.docker_tls_ca ? "https" : "http";
+        size_t n = strlen(host) + 16;
+        rt->docker_base_url = malloc(n);
+        if (rt->docker_base_url == NULL)
+            goto nomem;
+        snprintf(rt->docker_base_url, n, "%s://%s", scheme, host + 6);
+        size_t len = strlen(rt->docker_base_url);
+        if (len > 0 && rt->docker_base_url[len - 1] == '/')
+            rt->docker_base_url[len - 1] = '\0';
+        return MOAT_OK;
+    }
+    if (strncmp(host, "unix://", 7) == 0)
+        host += 7;
+    rt->docker_socket = strdup(host);
+    /* The host part is ignored by Docker over a Unix socket. */
+    rt->docker_base_url = strdup("http://docker");
+    if (rt->docker_socket == NULL || rt->docker_base_url == NULL)
+        goto nomem;
+    return MOAT_OK;
+nomem:
+    moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+    return MOAT_E_NOMEM;
+}
+
+moat_code moat__docker_code(long http_status)
+{
+    if (http_status < 400)
+        return MOAT_CODE_OK;
+    switch (http_status) {
+    case 400:
+        return MOAT_CODE_INVALID_ARGUMENT;
+    case 401:
+        return MOAT_CODE_UNAUTHENTICATED;
+    case 403:
+        return MOAT_CODE_PERMISSION_DENIED;
+    case 404:
+        return MOAT_CODE_NOT_FOUND;
+    case 409:
+        return MOAT_CODE_FAILED_PRECONDITION;
+    case 429:
+        return MOAT_CODE_RESOURCE_EXHAUSTED;
+    case 502:
+    case 503:
+    case 504:
+        return MOAT_CODE_UNAVAILABLE;
+    default:
+        return http_status >= 500 ? MOAT_CODE_INTERNAL : MOAT_CODE_UNKNOWN;
+    }
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *user)
+{
+    moat_buf *buf = user;
+    size_t n = size * nmemb;
+    if (moat_buf_append(buf, data, n) != MOAT_OK)
+        return 0; /* over the limit: curl fails with CURLE_WRITE_ERROR */
+    return n;
+}
+
+static void setup_endpoint(moat_runtime *rt, CURL *h)
+{
+    if (rt->docker_socket != NULL)
+        curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, rt->docker_socket);
+    if (rt->cfg.docker_tls_cert != NULL)
+        curl_easy_setopt(h, CURLOPT_SSLCERT, rt->cfg.docker_tls_cert);
+    if (rt->cfg.docker_tls_key != NULL)
+        curl_easy_setopt(h, CURLOPT_SSLKEY, rt->cfg.docker_tls_key);
+    if (rt->cfg.docker_tls_ca != NULL)
+        curl_easy_setopt(h, CURLOPT_CAINFO, rt->cfg.docker_tls_ca);
+}
+
+static moat_code transport_error(moat_runtime *rt, CURLcode rc, const char *errbuf,
+                                 moat_status *st)
+{
+    const char *what = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+    const char *where = rt->docker_socket ? rt->docker_socket : rt->cfg.docker_host;
+    if (rc == CURLE_OPERATION_TIMEDOUT) {
+        moat_status_set(st, MOAT_CODE_DEADLINE_EXCEEDED, "docker_timeout",
+                        "docker engine at %s did not answer within %ld ms: %s", where,
+                        rt->cfg.docker_timeout_ms, what);
+    } else if (rc == CURLE_WRITE_ERROR) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "docker_protocol",
+                        "docker engine answer over %u bytes", MOAT__DOCKER_BODY_MAX);
+    } else {
+        moat_status_set(st, MOAT_CODE_UNAVAILABLE, "docker_unavailable",
+                        "docker engine at %s unreachable: %s", where, what);
+    }
+    return st->code;
+}
+
+/* One HTTP exchange with the engine at a full path (already versioned). */
+static moat_code perform(moat_runtime *rt, const char *op, const char *method, const char *path,
+                         const char *body, moat_docker_response *resp, moat_status *st)
+{
+    uint64_t t0 = moat_time_mono_ns();
+    resp->http_status = 0;
+    resp->json = NULL;
+    CURL *h = curl_easy_init();
+    if (h == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "curl_easy_init");
+        return st->code;
+    }
+    size_t url_len = strlen(rt->docker_base_url) + strlen(path) + 1;
+    char *url = malloc(url_len);
+    moat_buf buf;
+    moat_buf_init(&buf, MOAT__DOCKER_BODY_MAX);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    struct curl_slist *headers = NULL;
+    moat_code code = MOAT_CODE_OK;
+    if (url == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        code = st->code;
+        goto out;
+    }
+    snprintf(url, url_len, "%s%s", rt->docker_base_url, path);
+    setup_endpoint(rt, h);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, rt->cfg.docker_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &buf);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    if (body != NULL) {
+        headers = curl_slist_append(headers, "Content-Type: application/json");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    } else if (strcmp(method, "POST") == 0) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, 0L);
+    }
+    headers = curl_slist_append(headers, "Expect:");
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+
+    CURLcode rc = curl_easy_perform(h);
+    if (rc != CURLE_OK) {
+        code = transport_error(rt, rc, errbuf, st);
+        goto out;
+    }
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->http_status);
+    if (buf.len > 0) {
+        json_error_t jerr;
+        resp->json = json_loadb((const char *)buf.data, buf.len, JSON_DECODE_ANY, &jerr);
+    }
+    if (resp->http_status >= 400) {
+        const char *msg = NULL;
+        json_t *doc = resp->json;
+        if (json_is_object(doc))
+            msg = json_string_value(json_object_get(doc, "message"));
+        char fallback[256] = "";
+        if (msg == NULL) {
+            size_t n = buf.len < sizeof(fallback) - 1 ? buf.len : sizeof(fallback) - 1;
+            memcpy(fallback, buf.data, n);
+            fallback[n] = '\0';
+            msg = fallback;
+        }
+        code = moat__docker_code(resp->http_status);
+        moat_status_set(st, code, "docker_error", "docker %s %s: HTTP %ld: %s", method, path,
+                        resp->http_status, msg);
+        char status_text[16];
+        snprintf(status_text, sizeof(status_text), "%ld", resp->http_status);
+        moat_status_add_detail(st, "docker_status", status_text);
+        goto out;
+    }
+    if (buf.len > 0 && resp->json == NULL) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "docker_protocol",
+                        "docker %s %s: HTTP %ld with a body that is not JSON", method, path,
+                        resp->http_status);
+        code = st->code;
+        goto out;
+    }
+out:
+    if (rt->cfg.metrics.docker_call != NULL)
+        rt->cfg.metrics.docker_call(rt->cfg.metrics.ctx, op, resp->http_status, code,
+                                    moat_time_mono_ns() - t0);
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(h);
+    moat_buf_free(&buf);
+    free(url);
+    return code;
+}
+
+/* "1.41" < "1.44"? Compares major.minor numerically. */
+static int version_cmp(const char *a, const char *b)
+{
+    unsigned amaj = 0, amin = 0, bmaj = 0, bmin = 0;
+    sscanf(a, "%u.%u", &amaj, &amin);
+    sscanf(b, "%u.%u", &bmaj, &bmin);
+    if (amaj != bmaj)
+        return amaj < bmaj ? -1 : 1;
+    if (amin != bmin)
+        return amin < bmin ? -1 : 1;
+    return 0;
+}
+
+moat_code moat_runtime_docker_version(moat_runtime *rt, char out[16], moat_status *st)
+{
+    pthread_mutex_lock(&rt->version_mu);
+    if (rt->api_version[0] != '\0') {
+        memcpy(out, rt->api_version, 16);
+        pthread_mutex_unlock(&rt->version_mu);
+        return MOAT_CODE_OK;
+    }
+    pthread_mutex_unlock(&rt->version_mu);
+
+    moat_docker_response resp;
+    moat_code code = perform(rt, "version", "GET", "/version", NULL, &resp, st);
+    if (code != MOAT_CODE_OK) {
+        moat_runtime_docker_response_free(&resp);
+        return code;
+    }
+    const char *api = json_string_value(json_object_get(resp.json, "ApiVersion"));
+    unsigned maj, min;
+    if (api == NULL || sscanf(api, "%u.%u", &maj, &min) != 2 || strlen(api) >= 16) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "docker_protocol",
+                        "docker GET /version: no usable ApiVersion");
+        moat_runtime_docker_response_free(&resp);
+        return st->code;
+    }
+    char chosen[16];
+    if (version_cmp(api, MOAT__DOCKER_API_MAX) > 0)
+        snprintf(chosen, sizeof(chosen), "%s", MOAT__DOCKER_API_MAX);
+    else
+        snprintf(chosen, sizeof(chosen), "%u.%u", maj, min);
+    moat_runtime_docker_response_free(&resp);
+    if (version_cmp(chosen, MOAT__DOCKER_API_MIN) < 0) {
+        moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "docker_too_old",
+                        "docker engine API %s is older than the %s moat needs", chosen,
+                        MOAT__DOCKER_API_MIN);
+        return st->code;
+    }
+    pthread_mutex_lock(&rt->version_mu);
+    memcpy(rt->api_version, chosen, sizeof(chosen));
+    pthread_mutex_unlock(&rt->version_mu);
+    memcpy(out, chosen, 16);
+    return MOAT_CODE_OK;
+}
+
+moat_code moat_runtime_docker_call(moat_runtime *rt, const char *op, const char *method,
+                                   const char *path, const char *body,
+                                   moat_docker_response *resp, moat_status *st)
+{
+    moat_docker_response local;
+    if (resp == NULL)
+        resp = &local;
+    resp->http_status = 0;
+    resp->json = NULL;
+    moat_status_clear(st);
+    char version[16];
+    moat_code code = moat_runtime_docker_version(rt, version, st);
+    if (code != MOAT_CODE_OK)
+        return code;
+    size_t n = strlen(path) + 24;
+    char *full = malloc(n);
+    if (full == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return st->code;
+    }
+    snprintf(full, n, "/v%s%s", version, path);
+    code = perform(rt, op, method, full, body, resp, st);
+    free(full);
+    if (resp == &local)
+        moat_runtime_docker_response_free(&local);
+    return code;
+}
+
+void moat_runtime_docker_response_free(moat_docker_response *resp)
+{
+    if (resp == NULL)
+        return;
+    json_decref(resp->json);
+    resp->json = NULL;
+}
+
+moat_code moat_runtime_image_inspect(moat_runtime *rt, const char *image, moat_status *st)
+{
+    CURL *h = curl_easy_init();
+    char *escaped = h ? curl_easy_escape(h, image, 0) : NULL;
+    if (escaped == NULL) {
+        if (h)
+            curl_easy_cleanup(h);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return st->code;
+    }
+    char path[1024];
+    snprintf(path, sizeof(path), "/images/%s/json", escaped);
+    curl_free(escaped);
+    curl_easy_cleanup(h);
+    return moat_runtime_docker_call(rt, "image_inspect", "GET", path, NULL, NULL, st);
+}
+
+static size_t discard(char *data, size_t size, size_t nmemb, void *user)
+{
+    (void)data;
+    (void)user;
+    return size * nmemb;
+}
+
+bool moat__execd_ping(const char *socket_path, long timeout_ms)
+{
+    CURL *h = curl_easy_init();
+    if (h == NULL)
+        return false;
+    curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, socket_path);
+    curl_easy_setopt(h, CURLOPT_URL, "http://localhost/ping");
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+    long status = 0;
+    bool ok = curl_easy_perform(h) == CURLE_OK &&
+              curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200;
+    curl_easy_cleanup(h);
+    return ok;
+}

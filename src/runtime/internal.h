@@ -1,0 +1,143 @@
+/* Internals of the runtime module, shared by its .c files only. */
+#ifndef MOAT_RUNTIME_INTERNAL_H
+#define MOAT_RUNTIME_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+
+#include <jansson.h>
+
+#include "moat/runtime.h"
+
+/* Largest Docker answer we accept (a list of many containers is the big one). */
+#define MOAT__DOCKER_BODY_MAX (32u * 1024u * 1024u)
+/* Newest Engine API version this code speaks; an older engine's own version is used. */
+#define MOAT__DOCKER_API_MAX "1.44"
+#define MOAT__DOCKER_API_MIN "1.25"
+
+typedef struct moat__store moat__store;
+
+struct moat_runtime {
+    moat_runtime_config cfg; /* every string points into owned copies below */
+    char **owned;
+    size_t owned_count;
+
+    /* Docker endpoint: a Unix socket path, or a base URL for tcp://. */
+    char *docker_socket;
+    char *docker_base_url;
+
+    char instance_filter[96]; /* "moat.instance=<instance>", or "" */
+
+    pthread_mutex_t version_mu;
+    char api_version[16];
+
+    moat__store *store;
+
+    /* List cache (watch.c): valid while the event stream is connected and no event or
+     * mutation has bumped the generation since the snapshot was taken. */
+    pthread_mutex_t cache_mu;
+    uint64_t cache_gen;      /* bumped by every event and every mutation */
+    bool watch_connected;    /* the event stream answered 200 and is open */
+    bool cache_valid;
+    uint64_t cache_snapshot_gen;
+    moat_session *cache;
+    size_t cache_count;
+    pthread_t watch_thread;
+    bool watch_running;
+    bool watch_stop;
+    void *watch_multi;       /* CURLM*, for curl_multi_wakeup */
+
+    pthread_mutex_t reaper_mu;
+    pthread_cond_t reaper_cv;
+    pthread_t reaper_thread;
+    bool reaper_running;
+    bool reaper_stop;
+};
+
+/* A store row; fixed-size strings so rows can be copied. */
+typedef struct moat__row {
+    char session_id[MOAT_UUID_STR_LEN];
+    char chat_id[MOAT_UUID_STR_LEN];
+    char container_id[MOAT_CONTAINER_ID_MAX];
+    char image[MOAT_IMAGE_NAME_MAX];
+    int64_t created_at_ms;
+    int64_t label_expires_at_ms;
+    int64_t expires_at_ms;
+    bool renewed;
+    moat_session_state state;
+    bool claimed; /* the reaper is removing it */
+    char reason[MOAT_RUNTIME_REASON_MAX];
+    int64_t ended_at_ms;
+} moat__row;
+
+/* store.c. Every function is serialised by the store's mutex. Errors: MOAT_E_IO with a
+ * message in errbuf (may be NULL) of at least 256 bytes. */
+moat_err moat__store_open(const char *path, moat__store **out, char *errbuf, size_t errlen);
+void moat__store_close(moat__store *store);
+/* Inserts or replaces the row. */
+moat_err moat__store_put(moat__store *store, const moat__row *row);
+/* Inserts only when no row exists; *inserted tells which. */
+moat_err moat__store_insert_new(moat__store *store, const moat__row *row, bool *inserted);
+moat_err moat__store_get(moat__store *store, const char *session_id, moat__row *row);
+/* Sets the expiry and renewed=1 for a RUNNING unclaimed row. MOAT_E_NOT_FOUND without a row,
+ * MOAT_E_STATE when the row is not running or is claimed by the reaper. */
+moat_err moat__store_renew(moat__store *store, const char *session_id, int64_t expires_at_ms);
+/* Atomically marks a RUNNING row whose expiry <= now_ms as claimed; *claimed tells. */
+moat_err moat__store_claim_expired(moat__store *store, const char *session_id, int64_t now_ms,
+                                   bool *claimed);
+/* Releases a claim without ending the session (the removal failed; the next sweep retries). */
+moat_err moat__store_unclaim(moat__store *store, const char *session_id);
+/* Ends a session: state, reason, time; clears any claim. */
+moat_err moat__store_finish(moat__store *store, const char *session_id, moat_session_state state,
+                            const char *reason, int64_t now_ms);
+/* All RUNNING rows, malloc'd (free()). */
+moat_err moat__store_list_running(moat__store *store, moat__row **rows, size_t *count);
+
+/* docker.c */
+moat_err moat__docker_init(moat_runtime *rt, moat_status *st);
+/* Maps an HTTP status from Docker to a code. */
+moat_code moat__docker_code(long http_status);
+/* GET on execd's socket; true on HTTP 200. */
+bool moat__execd_ping(const char *socket_path, long timeout_ms);
+
+/* A container as listed, with moat's labels checked. */
+typedef struct moat__listed {
+    char container_id[MOAT_CONTAINER_ID_MAX];
+    char session_id[MOAT_UUID_STR_LEN];
+    char chat_id[MOAT_UUID_STR_LEN];
+    char image[MOAT_IMAGE_NAME_MAX];
+    int64_t created_at_ms;
+    int64_t label_expires_at_ms;
+    bool running;
+    bool managed; /* moat.managed=true */
+    char instance[64]; /* moat.instance, or "" */
+} moat__listed;
+
+/* session.c */
+/* Reads one entry of GET /containers/json or /containers/{id}/json. false when any of the
+ * three labels is missing or malformed (the entry must then be skipped). */
+bool moat__parse_listed(const json_t *entry, moat__listed *out);
+/* Lists containers whose labels match every filter (e.g. "session_id", "moat.managed=true").
+ * all: include stopped containers. Skipped (malformed) entries are counted in *skipped. */
+moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_count, bool all,
+                     moat__listed **out, size_t *count, size_t *skipped, moat_status *st);
+/* Stop + remove, tolerant of a container already gone. Reason sandbox_stop_failed. */
+moat_code moat__stop_remove(moat_runtime *rt, const char *container_id, moat_status *st);
+/* Removes <state_dir>/sessions/<id>/ (execd's socket dir), best effort. */
+void moat__session_dir_remove(moat_runtime *rt, const char *session_id);
+
+/* watch.c */
+void moat__cache_init(moat_runtime *rt);
+void moat__cache_destroy(moat_runtime *rt);
+/* Any change to sessions: the next list asks Docker. */
+void moat__cache_invalidate(moat_runtime *rt);
+/* Copies the snapshot into *out when it is usable; false otherwise, with *gen set to the
+ * generation a new snapshot must be taken at (0: do not cache). */
+bool moat__cache_get(moat_runtime *rt, moat_session **out, size_t *count, uint64_t *gen);
+/* Stores a snapshot taken at gen (copied), if nothing changed meanwhile. */
+void moat__cache_put(moat_runtime *rt, uint64_t gen, const moat_session *sessions, size_t count);
+
+void moat__metric_session(moat_runtime *rt, const char *event, const char *session_id,
+                          moat_code code, uint64_t started_ns);
+
+#endif

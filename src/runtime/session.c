@@ -1,0 +1,767 @@
+/* Sandbox sessions: create (mount + hardening policy, readiness), get, list, renew, stop. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "internal.h"
+
+#define LABEL_SESSION "session_id"
+#define LABEL_CHAT    "chat_id"
+#define LABEL_EXPIRES "expires_at"
+#define LABEL_MANAGED "moat.managed"
+#define LABEL_VERSION "moat.version"
+
+void moat__metric_session(moat_runtime *rt, const char *event, const char *session_id,
+                          moat_code code, uint64_t started_ns)
+{
+    if (rt->cfg.metrics.session_event != NULL)
+        rt->cfg.metrics.session_event(rt->cfg.metrics.ctx, event, session_id, code,
+                                      moat_time_mono_ns() - started_ns);
+}
+
+static void *span_start(moat_runtime *rt, const char *name, const char *session_id)
+{
+    if (rt->cfg.tracer.span_start == NULL)
+        return NULL;
+    return rt->cfg.tracer.span_start(rt->cfg.tracer.ctx, name, session_id);
+}
+
+static moat_code span_end(moat_runtime *rt, void *span, moat_status *st)
+{
+    if (rt->cfg.tracer.span_end != NULL)
+        rt->cfg.tracer.span_end(rt->cfg.tracer.ctx, span, st);
+    return st->code;
+}
+
+static moat_code bad_uuid(moat_status *st, const char *field, const char *value)
+{
+    moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_argument", "%s is not a UUID: '%.64s'",
+                    field, value ? value : "(null)");
+    moat_status_add_detail(st, "field", field);
+    return st->code;
+}
+
+/* ---- listing -------------------------------------------------------------------------------- */
+
+static int64_t created_ms(const json_t *created)
+{
+    int64_t ms = 0;
+    if (json_is_integer(created))
+        return (int64_t)json_integer_value(created) * 1000;
+    if (json_is_string(created) &&
+        moat_time_parse_iso8601(json_string_value(created), &ms) == MOAT_OK)
+        return ms;
+    return -1;
+}
+
+bool moat__parse_listed(const json_t *entry, moat__listed *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!json_is_object(entry))
+        return false;
+    const char *id = json_string_value(json_object_get(entry, "Id"));
+    const json_t *labels = json_object_get(entry, "Labels");
+    const json_t *state = json_object_get(entry, "State");
+    if (labels == NULL) { /* inspect shape: Config.Labels */
+        labels = json_object_get(json_object_get(entry, "Config"), "Labels");
+    }
+    if (id == NULL || id[0] == '\0' || strlen(id) >= sizeof(out->container_id) ||
+        !json_is_object(labels))
+        return false;
+    const char *sid = json_string_value(json_object_get(labels, LABEL_SESSION));
+    const char *cid = json_string_value(json_object_get(labels, LABEL_CHAT));
+    const char *exp = json_string_value(json_object_get(labels, LABEL_EXPIRES));
+    if (sid == NULL || cid == NULL || exp == NULL)
+        return false;
+    if (moat_uuid_canonicalize(sid, out->session_id) != MOAT_OK ||
+        moat_uuid_canonicalize(cid, out->chat_id) != MOAT_OK ||
+        moat_time_parse_iso8601(exp, &out->label_expires_at_ms) != MOAT_OK)
+        return false;
+    out->created_at_ms = created_ms(json_object_get(entry, "Created"));
+    if (out->created_at_ms < 0)
+        return false;
+    snprintf(out->container_id, sizeof(out->container_id), "%s", id);
+    const char *image = json_string_value(json_object_get(entry, "Image"));
+    if (image == NULL)
+        image = json_string_value(json_object_get(json_object_get(entry, "Config"), "Image"));
+    snprintf(out->image, sizeof(out->image), "%s", image ? image : "");
+    if (json_is_string(state))
+        out->running = strcmp(json_string_value(state), "running") == 0;
+    else if (json_is_object(state)) /* inspect shape */
+        out->running = json_is_true(json_object_get(state, "Running"));
+    const char *managed = json_string_value(json_object_get(labels, LABEL_MANAGED));
+    out->managed = managed != NULL && strcmp(managed, "true") == 0;
+    const char *instance = json_string_value(json_object_get(labels, "moat.instance"));
+    snprintf(out->instance, sizeof(out->instance), "%s", instance ? instance : "");
+    return true;
+}
+
+moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_count, bool all,
+                     moat__listed **out, size_t *count, size_t *skipped, moat_status *st)
+{
+    *out = NULL;
+    *count = 0;
+    if (skipped)
+        *skipped = 0;
+    json_t *filters = json_object();
+    json_t *label_arr = json_array();
+    for (size_t i = 0; i < label_count; i++)
+        json_array_append_new(label_arr, json_string(labels[i]));
+    if (rt->instance_filter[0] != '\0')
+        json_array_append_new(label_arr, json_string(rt->instance_filter));
+    json_object_set_new(filters, "label", label_arr);
+    char *text = json_dumps(filters, JSON_COMPACT);
+    json_decref(filters);
+    CURL *h = curl_easy_init();
+    char *escaped = (h && text) ? curl_easy_escape(h, text, 0) : NULL;
+    free(text);
+    if (h)
+        curl_easy_cleanup(h);
+    if (escaped == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return st->code;
+    }
+    size_t plen = strlen(escaped) + 64;
+    char *path = malloc(plen);
+    if (path == NULL) {
+        curl_free(escaped);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return st->code;
+    }
+    snprintf(path, plen, "/containers/json?%sfilters=%s", all ? "all=1&" : "", escaped);
+    curl_free(escaped);
+    moat_docker_response resp;
+    moat_code code = moat_runtime_docker_call(rt, "list", "GET", path, NULL, &resp, st);
+    free(path);
+    if (code != MOAT_CODE_OK) {
+        moat_runtime_docker_response_free(&resp);
+        return code;
+    }
+    json_t *doc = resp.json;
+    if (!json_is_array(doc)) {
+        moat_runtime_docker_response_free(&resp);
+        moat_status_set(st, MOAT_CODE_INTERNAL, "docker_protocol",
+                        "docker container list: answer is not a JSON array");
+        return st->code;
+    }
+    size_t n = json_array_size(doc);
+    moat__listed *items = n ? calloc(n, sizeof(*items)) : NULL;
+    if (n && items == NULL) {
+        moat_runtime_docker_response_free(&resp);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return st->code;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (moat__parse_listed(json_array_get(doc, i), &items[kept]))
+            kept++;
+        else if (skipped)
+            (*skipped)++;
+    }
+    moat_runtime_docker_response_free(&resp);
+    if (kept == 0) {
+        free(items);
+        items = NULL;
+    }
+    *out = items;
+    *count = kept;
+    return MOAT_CODE_OK;
+}
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+static void session_socket(moat_runtime *rt, const char *session_id, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/sessions/%s/execd.sock", rt->cfg.state_dir, session_id);
+}
+
+void moat__session_dir_remove(moat_runtime *rt, const char *session_id)
+{
+    char path[MOAT_RUNTIME_PATH_MAX];
+    session_socket(rt, session_id, path, sizeof(path));
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/sessions/%s", rt->cfg.state_dir, session_id);
+    rmdir(path);
+}
+
+static void fill_from_row(moat_runtime *rt, const moat__row *row, moat_session *out)
+{
+    memset(out, 0, sizeof(*out));
+    memcpy(out->session_id, row->session_id, sizeof(out->session_id));
+    memcpy(out->chat_id, row->chat_id, sizeof(out->chat_id));
+    memcpy(out->container_id, row->container_id, sizeof(out->container_id));
+    memcpy(out->image, row->image, sizeof(out->image));
+    out->state = row->state;
+    out->created_at_ms = row->created_at_ms;
+    out->expires_at_ms = row->expires_at_ms;
+    out->renewed = row->renewed;
+    memcpy(out->end_reason, row->reason, sizeof(out->end_reason));
+    out->ended_at_ms = row->ended_at_ms;
+    session_socket(rt, row->session_id, out->execd_socket, sizeof(out->execd_socket));
+}
+
+static void fill_from_listed(moat_runtime *rt, const moat__listed *c, const moat__row *row,
+                             moat_session *out)
+{
+    memset(out, 0, sizeof(*out));
+    memcpy(out->session_id, c->session_id, sizeof(out->session_id));
+    memcpy(out->chat_id, c->chat_id, sizeof(out->chat_id));
+    memcpy(out->container_id, c->container_id, sizeof(out->container_id));
+    memcpy(out->image, c->image, sizeof(out->image));
+    out->state = c->running ? MOAT_SESSION_RUNNING : MOAT_SESSION_STOPPED;
+    out->created_at_ms = c->created_at_ms;
+    out->expires_at_ms = c->label_expires_at_ms;
+    if (row != NULL && row->renewed) {
+        out->expires_at_ms = row->expires_at_ms;
+        out->renewed = true;
+    }
+    if (!c->running)
+        snprintf(out->end_reason, sizeof(out->end_reason), "exited");
+    session_socket(rt, c->session_id, out->execd_socket, sizeof(out->execd_socket));
+}
+
+static void row_from_listed(const moat__listed *c, moat__row *row)
+{
+    memset(row, 0, sizeof(*row));
+    memcpy(row->session_id, c->session_id, sizeof(row->session_id));
+    memcpy(row->chat_id, c->chat_id, sizeof(row->chat_id));
+    memcpy(row->container_id, c->container_id, sizeof(row->container_id));
+    memcpy(row->image, c->image, sizeof(row->image));
+    row->created_at_ms = c->created_at_ms;
+    row->label_expires_at_ms = c->label_expires_at_ms;
+    row->expires_at_ms = c->label_expires_at_ms;
+    row->state = MOAT_SESSION_RUNNING;
+}
+
+static bool image_allowed(moat_runtime *rt, const char *image)
+{
+    if (strcmp(image, rt->cfg.image) == 0)
+        return true;
+    for (size_t i = 0; i < rt->cfg.allowed_image_count; i++)
+        if (strcmp(image, rt->cfg.allowed_images[i]) == 0)
+            return true;
+    return false;
+}
+
+static moat_code pick_limit(moat_status *st, const char *field, int64_t asked, int64_t dflt,
+                            int64_t max, int64_t *out)
+{
+    if (asked < 0 || asked > max) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_argument",
+                        "%s %lld is outside 1..%lld", field, (long long)asked, (long long)max);
+        moat_status_add_detail(st, "field", field);
+        return st->code;
+    }
+    *out = asked ? asked : dflt;
+    return MOAT_CODE_OK;
+}
+
+static int mkdir_p(const char *path, mode_t mode)
+{
+    char buf[MOAT_RUNTIME_PATH_MAX];
+    size_t n = strlen(path);
+    if (n >= sizeof(buf))
+        return -1;
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, mode) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+static json_t *bind_mount(const char *source, const char *target, bool read_only)
+{
+    return json_pack("{s:s, s:s, s:s, s:b}", "Target", target, "Source", source, "Type", "bind",
+                     "ReadOnly", read_only);
+}
+
+/* The container spec. Every host path comes from the config or from canonical UUIDs, never
+ * from a request. */
+static json_t *container_spec(moat_runtime *rt, const char *session_id, const char *chat_id,
+                              const char *image, int64_t expires_at_ms, int64_t memory,
+                              int64_t nano_cpus, int64_t pids, const char *paths[5])
+{
+    char expires[MOAT_TIME_ISO_MAX];
+    moat_time_format_iso8601(expires_at_ms, expires);
+    json_t *labels = json_pack("{s:s, s:s, s:s, s:s, s:s}", LABEL_SESSION, session_id, LABEL_CHAT,
+                               chat_id, LABEL_EXPIRES, expires, LABEL_MANAGED, "true",
+                               LABEL_VERSION, MOAT_VERSION);
+    if (rt->cfg.instance != NULL)
+        json_object_set_new(labels, "moat.instance", json_string(rt->cfg.instance));
+    json_t *mounts = json_array();
+    json_array_append_new(mounts, bind_mount(paths[0], rt->cfg.chat_mount_path, false));
+    json_array_append_new(mounts, bind_mount(paths[1], rt->cfg.dependencies_mount_path, true));
+    json_array_append_new(mounts, bind_mount(paths[2], rt->cfg.lambda_tools_mount_path, true));
+    json_array_append_new(mounts, bind_mount(paths[3], "/opt/moat", true));
+    json_array_append_new(mounts, bind_mount(paths[4], "/run/moat", false));
+    json_t *host = json_pack("{s:s, s:o, s:[s], s:[s], s:I, s:I, s:I, s:I, s:b}", "NetworkMode",
+                             "none", "Mounts", mounts, "CapDrop", "ALL", "SecurityOpt",
+                             "no-new-privileges", "PidsLimit", (json_int_t)pids, "Memory",
+                             (json_int_t)memory, "MemorySwap", (json_int_t)memory, "NanoCpus",
+                             (json_int_t)nano_cpus, "ReadonlyRootfs", rt->cfg.read_only_rootfs);
+    if (rt->cfg.read_only_rootfs) {
+        char opts[96];
+        snprintf(opts, sizeof(opts), "rw,nosuid,nodev,size=%lld",
+                 (long long)rt->cfg.tmpfs_size_bytes);
+        json_object_set_new(host, "Tmpfs", json_pack("{s:s}", "/tmp", opts));
+    }
+    return json_pack("{s:s, s:[s,s,s], s:o, s:o, s:b, s:b, s:b}", "Image", image, "Entrypoint",
+                     "/opt/moat/run", "--listen", "unix:/run/moat/execd.sock", "Labels", labels,
+                     "HostConfig", host, "NetworkDisabled", true, "AttachStdout", false,
+                     "AttachStderr", false);
+}
+
+static void remove_quietly(moat_runtime *rt, const char *container_id)
+{
+    char path[160];
+    moat_status ignored;
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", container_id);
+    moat_runtime_docker_call(rt, "remove", "DELETE", path, NULL, NULL, &ignored);
+}
+
+static void start_failed(moat_status *st, const char *chat_id)
+{
+    /* Keep Docker's code, message and status; name the outcome as the seed does. */
+    snprintf(st->reason, sizeof(st->reason), "sandbox_start_failed");
+    moat_status_add_detail(st, "chat_id", chat_id);
+}
+
+/* Polls execd's /ping with backoff; between polls checks (now and then) that the container
+ * still runs, so a crashed entrypoint fails fast instead of waiting out the timeout. */
+static moat_code wait_ready(moat_runtime *rt, const char *container_id, const char *socket_path,
+                            moat_status *st)
+{
+    uint64_t start = moat_time_mono_ns();
+    uint64_t deadline = start + (uint64_t)rt->cfg.readiness_timeout_ms * 1000000u;
+    long sleep_us = 2000;
+    uint64_t next_inspect = start + 200000000u;
+    for (;;) {
+        if (access(socket_path, F_OK) == 0 && moat__execd_ping(socket_path, 1000))
+            return MOAT_CODE_OK;
+        uint64_t now = moat_time_mono_ns();
+        if (now >= deadline)
+            break;
+        if (now >= next_inspect) {
+            next_inspect = now + 250000000u;
+            char path[160];
+            moat_docker_response resp;
+            moat_status inspect_st;
+            snprintf(path, sizeof(path), "/containers/%s/json", container_id);
+            if (moat_runtime_docker_call(rt, "inspect", "GET", path, NULL, &resp, &inspect_st) ==
+                MOAT_CODE_OK) {
+                json_t *state = json_object_get(resp.json, "State");
+                if (json_is_object(state) && !json_is_true(json_object_get(state, "Running"))) {
+                    long long exit_code = json_integer_value(json_object_get(state, "ExitCode"));
+                    moat_runtime_docker_response_free(&resp);
+                    moat_status_set(st, MOAT_CODE_UNAVAILABLE, "sandbox_start_failed",
+                                    "sandbox container %.12s exited (code %lld) before execd "
+                                    "answered /ping",
+                                    container_id, exit_code);
+                    return st->code;
+                }
+            }
+            moat_runtime_docker_response_free(&resp);
+        }
+        struct timespec ts = {0, sleep_us * 1000};
+        nanosleep(&ts, NULL);
+        if (sleep_us < 50000)
+            sleep_us *= 2;
+    }
+    moat_status_set(st, MOAT_CODE_DEADLINE_EXCEEDED, "sandbox_start_failed",
+                    "execd did not answer /ping on %s within %ld ms", socket_path,
+                    rt->cfg.readiness_timeout_ms);
+    return st->code;
+}
+
+moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const char *chat_id_in,
+                              int64_t created_at_ms, int64_t expires_at_ms,
+                              const moat_session_options *opts, moat_session *out,
+                              moat_status *st)
+{
+    uint64_t t0 = moat_time_mono_ns();
+    moat_status_clear(st);
+    char session_id[MOAT_UUID_STR_LEN], chat_id[MOAT_UUID_STR_LEN];
+    if (session_id_in == NULL || moat_uuid_canonicalize(session_id_in, session_id) != MOAT_OK)
+        return bad_uuid(st, "session_id", session_id_in);
+    if (chat_id_in == NULL || moat_uuid_canonicalize(chat_id_in, chat_id) != MOAT_OK)
+        return bad_uuid(st, "chat_id", chat_id_in);
+    void *span = span_start(rt, "runtime.create", session_id);
+    if (expires_at_ms <= created_at_ms) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_argument",
+                        "expires_at must be after created_at");
+        moat_status_add_detail(st, "field", "expires_at");
+        return span_end(rt, span, st);
+    }
+    moat_session_options none = {0};
+    if (opts == NULL)
+        opts = &none;
+    const char *image = opts->image && opts->image[0] ? opts->image : rt->cfg.image;
+    if (!image_allowed(rt, image)) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "image_not_allowed",
+                        "image '%.200s' is not in the allow-list", image);
+        moat_status_add_detail(st, "field", "image");
+        return span_end(rt, span, st);
+    }
+    int64_t memory = 0, cpus = 0, pids = 0;
+    if (pick_limit(st, "memory_bytes", opts->memory_bytes, rt->cfg.default_memory_bytes,
+                   rt->cfg.max_memory_bytes, &memory) ||
+        pick_limit(st, "nano_cpus", opts->nano_cpus, rt->cfg.default_nano_cpus,
+                   rt->cfg.max_nano_cpus, &cpus) ||
+        pick_limit(st, "pids_limit", opts->pids_limit, rt->cfg.default_pids_limit,
+                   rt->cfg.max_pids_limit, &pids))
+        return span_end(rt, span, st);
+
+    /* Host paths: chat workspace (created), the two read-only trees, execd's bundle, and the
+     * per-session socket dir; all resolved to absolute real paths. */
+    char chat_dir[MOAT_RUNTIME_PATH_MAX], session_dir[MOAT_RUNTIME_PATH_MAX];
+    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", rt->cfg.chats_root, chat_id);
+    snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", rt->cfg.state_dir, session_id);
+    if (mkdir_p(chat_dir, 0755) != 0 || mkdir_p(session_dir, 0755) != 0) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
+                        "cannot create chat or session directory: %s", strerror(errno));
+        moat_status_add_detail(st, "chat_id", chat_id);
+        return span_end(rt, span, st);
+    }
+    char resolved[5][PATH_MAX];
+    const char *sources[5] = {chat_dir, rt->cfg.dependencies_host_path,
+                              rt->cfg.lambda_tools_host_path, rt->cfg.execd_bundle_dir,
+                              session_dir};
+    const char *paths[5];
+    for (int i = 0; i < 5; i++) {
+        if (realpath(sources[i], resolved[i]) == NULL) {
+            moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "sandbox_start_failed",
+                            "mount source '%.200s': %s", sources[i], strerror(errno));
+            moat_status_add_detail(st, "chat_id", chat_id);
+            moat__session_dir_remove(rt, session_id);
+            return span_end(rt, span, st);
+        }
+        paths[i] = resolved[i];
+    }
+    char socket_path[MOAT_RUNTIME_PATH_MAX];
+    session_socket(rt, session_id, socket_path, sizeof(socket_path));
+    unlink(socket_path); /* a stale socket would answer nothing and look like a live one */
+
+    json_t *spec = container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus,
+                                  pids, paths);
+    char *body = spec ? json_dumps(spec, JSON_COMPACT) : NULL;
+    json_decref(spec);
+    if (body == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        moat__session_dir_remove(rt, session_id);
+        return span_end(rt, span, st);
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/create?name=%s%s", rt->cfg.container_name_prefix,
+             session_id);
+    moat_docker_response resp;
+    moat_code code = moat_runtime_docker_call(rt, "create", "POST", path, body, &resp, st);
+    free(body);
+    char container_id[MOAT_CONTAINER_ID_MAX] = "";
+    if (code == MOAT_CODE_OK) {
+        const char *id = json_string_value(json_object_get(resp.json, "Id"));
+        if (id != NULL && strlen(id) < sizeof(container_id))
+            snprintf(container_id, sizeof(container_id), "%s", id);
+    } else if (resp.http_status == 409) {
+        st->code = MOAT_CODE_ALREADY_EXISTS;
+    }
+    moat_runtime_docker_response_free(&resp);
+    if (code == MOAT_CODE_OK && container_id[0] == '\0') {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
+                        "docker created no container id for chat %s", chat_id);
+    }
+    if (st->code != MOAT_CODE_OK)
+        goto fail;
+
+    snprintf(path, sizeof(path), "/containers/%s/start", container_id);
+    if (moat_runtime_docker_call(rt, "start", "POST", path, NULL, NULL, st) != MOAT_CODE_OK)
+        goto fail;
+    if (wait_ready(rt, container_id, socket_path, st) != MOAT_CODE_OK)
+        goto fail;
+
+    moat__row row;
+    memset(&row, 0, sizeof(row));
+    memcpy(row.session_id, session_id, sizeof(row.session_id));
+    memcpy(row.chat_id, chat_id, sizeof(row.chat_id));
+    memcpy(row.container_id, container_id, sizeof(row.container_id));
+    snprintf(row.image, sizeof(row.image), "%s", image);
+    row.created_at_ms = created_at_ms;
+    row.label_expires_at_ms = expires_at_ms;
+    row.expires_at_ms = expires_at_ms;
+    row.state = MOAT_SESSION_RUNNING;
+    if (moat__store_put(rt->store, &row) != MOAT_OK) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
+                        "session store write failed");
+        goto fail;
+    }
+    fill_from_row(rt, &row, out);
+    moat__cache_invalidate(rt);
+    moat__metric_session(rt, "created", session_id, MOAT_CODE_OK, t0);
+    return span_end(rt, span, st);
+
+fail:
+    start_failed(st, chat_id);
+    if (container_id[0] != '\0')
+        remove_quietly(rt, container_id);
+    moat__session_dir_remove(rt, session_id);
+    moat_log(MOAT_LOG_WARN, "sandbox_start_failed", "session_id=%s chat_id=%s code=%s msg=\"%s\"",
+             session_id, chat_id, moat_code_name(st->code), st->message);
+    moat__metric_session(rt, "create_failed", session_id, st->code, t0);
+    return span_end(rt, span, st);
+}
+
+/* The session's container (any state), or NOT_FOUND. */
+static moat_code find_container(moat_runtime *rt, const char *session_id, moat__listed *out,
+                                moat_status *st)
+{
+    char filter[64];
+    snprintf(filter, sizeof(filter), LABEL_SESSION "=%s", session_id);
+    const char *labels[] = {filter, LABEL_CHAT, LABEL_EXPIRES};
+    moat__listed *items;
+    size_t n;
+    moat_code code = moat__list(rt, labels, 3, true, &items, &n, NULL, st);
+    if (code != MOAT_CODE_OK)
+        return code;
+    if (n == 0) {
+        moat_status_set(st, MOAT_CODE_NOT_FOUND, "session_not_found", "no sandbox for session %s",
+                        session_id);
+        moat_status_add_detail(st, "session_id", session_id);
+        return st->code;
+    }
+    /* Prefer a running one if several carry the id. */
+    size_t pick = 0;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].running)
+            pick = i;
+    *out = items[pick];
+    free(items);
+    return MOAT_CODE_OK;
+}
+
+moat_code moat_runtime_get(moat_runtime *rt, const char *session_id_in, moat_session *out,
+                           moat_status *st)
+{
+    moat_status_clear(st);
+    char session_id[MOAT_UUID_STR_LEN];
+    if (session_id_in == NULL || moat_uuid_canonicalize(session_id_in, session_id) != MOAT_OK)
+        return bad_uuid(st, "session_id", session_id_in);
+    moat__listed c;
+    moat__row row;
+    bool have_row = moat__store_get(rt->store, session_id, &row) == MOAT_OK;
+    moat_code code = find_container(rt, session_id, &c, st);
+    if (code == MOAT_CODE_OK) {
+        fill_from_listed(rt, &c, have_row ? &row : NULL, out);
+        return MOAT_CODE_OK;
+    }
+    if (code != MOAT_CODE_NOT_FOUND)
+        return code;
+    if (!have_row)
+        return code;
+    moat_status_clear(st);
+    fill_from_row(rt, &row, out);
+    if (out->state == MOAT_SESSION_RUNNING) {
+        /* The store says running but Docker has no container: it vanished. */
+        out->state = MOAT_SESSION_GONE;
+    }
+    return MOAT_CODE_OK;
+}
+
+static int find_row(const moat__row *rows, size_t n, const char *session_id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(rows[i].session_id, session_id) == 0)
+            return (int)i;
+    return -1;
+}
+
+moat_code moat_runtime_list_active(moat_runtime *rt, moat_session **out, size_t *count,
+                                   moat_status *st)
+{
+    moat_status_clear(st);
+    *out = NULL;
+    *count = 0;
+    uint64_t gen;
+    if (moat__cache_get(rt, out, count, &gen))
+        return MOAT_CODE_OK;
+    const char *labels[] = {LABEL_SESSION, LABEL_CHAT, LABEL_EXPIRES};
+    moat__listed *items;
+    size_t n;
+    moat_code code = moat__list(rt, labels, 3, false, &items, &n, NULL, st);
+    if (code == MOAT_CODE_OK && n == 0)
+        moat__cache_put(rt, gen, NULL, 0);
+    if (code != MOAT_CODE_OK || n == 0)
+        return code;
+    moat__row *rows = NULL;
+    size_t row_count = 0;
+    /* One query for all renewed expiries instead of one per container. */
+    if (moat__store_list_running(rt->store, &rows, &row_count) != MOAT_OK)
+        row_count = 0;
+    moat_session *sessions = calloc(n, sizeof(*sessions));
+    if (sessions == NULL) {
+        free(items);
+        free(rows);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return st->code;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int r = row_count ? find_row(rows, row_count, items[i].session_id) : -1;
+        fill_from_listed(rt, &items[i], r >= 0 ? &rows[r] : NULL, &sessions[i]);
+    }
+    free(items);
+    free(rows);
+    moat__cache_put(rt, gen, sessions, n);
+    *out = sessions;
+    *count = n;
+    return MOAT_CODE_OK;
+}
+
+moat_code moat_runtime_renew(moat_runtime *rt, const char *session_id_in, int64_t new_expires_at_ms,
+                             moat_session *out, moat_status *st)
+{
+    uint64_t t0 = moat_time_mono_ns();
+    moat_status_clear(st);
+    char session_id[MOAT_UUID_STR_LEN];
+    if (session_id_in == NULL || moat_uuid_canonicalize(session_id_in, session_id) != MOAT_OK)
+        return bad_uuid(st, "session_id", session_id_in);
+    void *span = span_start(rt, "runtime.renew", session_id);
+    if (new_expires_at_ms <= moat_time_now_ms()) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_argument",
+                        "expires_at must be in the future");
+        moat_status_add_detail(st, "field", "expires_at");
+        return span_end(rt, span, st);
+    }
+    moat__listed c;
+    if (find_container(rt, session_id, &c, st) != MOAT_CODE_OK)
+        return span_end(rt, span, st);
+    if (!c.running) {
+        moat_status_set(st, MOAT_CODE_NOT_FOUND, "session_not_found",
+                        "session %s has no running sandbox", session_id);
+        moat_status_add_detail(st, "session_id", session_id);
+        return span_end(rt, span, st);
+    }
+    /* A container created before this store existed (or by an older moatd) is adopted first. */
+    moat__row row;
+    bool inserted;
+    row_from_listed(&c, &row);
+    moat__store_insert_new(rt->store, &row, &inserted);
+    moat_err err = moat__store_renew(rt->store, session_id, new_expires_at_ms);
+    moat__cache_invalidate(rt);
+    if (err == MOAT_E_STATE) {
+        moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "session_ending",
+                        "session %s is being stopped or has ended", session_id);
+        moat_status_add_detail(st, "session_id", session_id);
+        return span_end(rt, span, st);
+    }
+    if (err != MOAT_OK) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "store_error", "session store write failed: %s",
+                        moat_strerror(err));
+        return span_end(rt, span, st);
+    }
+    if (out != NULL) {
+        if (moat__store_get(rt->store, session_id, &row) == MOAT_OK)
+            fill_from_listed(rt, &c, &row, out);
+        else
+            fill_from_listed(rt, &c, NULL, out);
+        out->expires_at_ms = new_expires_at_ms;
+        out->renewed = true;
+    }
+    moat__metric_session(rt, "renewed", session_id, MOAT_CODE_OK, t0);
+    return span_end(rt, span, st);
+}
+
+moat_code moat__stop_remove(moat_runtime *rt, const char *container_id, moat_status *st)
+{
+    char path[200];
+    moat_docker_response resp;
+    snprintf(path, sizeof(path), "/containers/%s/stop?t=%d", container_id,
+             rt->cfg.stop_timeout_seconds);
+    moat_code code = moat_runtime_docker_call(rt, "stop", "POST", path, NULL, &resp, st);
+    long http = resp.http_status;
+    moat_runtime_docker_response_free(&resp);
+    if (code == MOAT_CODE_NOT_FOUND)
+        goto gone;
+    if (code != MOAT_CODE_OK)
+        goto failed;
+    snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", container_id);
+    code = moat_runtime_docker_call(rt, "remove", "DELETE", path, NULL, &resp, st);
+    http = resp.http_status;
+    moat_runtime_docker_response_free(&resp);
+    /* 404: already gone; 409: Docker is already removing it. */
+    if (code == MOAT_CODE_OK || code == MOAT_CODE_NOT_FOUND || http == 409)
+        goto gone;
+failed:
+    snprintf(st->reason, sizeof(st->reason), "sandbox_stop_failed");
+    moat_status_add_detail(st, "container_id", container_id);
+    return st->code;
+gone:
+    moat__cache_invalidate(rt);
+    moat_status_clear(st);
+    return MOAT_CODE_OK;
+}
+
+moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id,
+                                      moat_status *st)
+{
+    moat_status_clear(st);
+    if (container_id == NULL || container_id[0] == '\0' ||
+        strlen(container_id) >= MOAT_CONTAINER_ID_MAX ||
+        strspn(container_id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+            strlen(container_id)) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_argument",
+                        "container_id is malformed");
+        moat_status_add_detail(st, "field", "container_id");
+        return st->code;
+    }
+    return moat__stop_remove(rt, container_id, st);
+}
+
+moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id_in, moat_status *st)
+{
+    uint64_t t0 = moat_time_mono_ns();
+    moat_status_clear(st);
+    char session_id[MOAT_UUID_STR_LEN];
+    if (session_id_in == NULL || moat_uuid_canonicalize(session_id_in, session_id) != MOAT_OK)
+        return bad_uuid(st, "session_id", session_id_in);
+    void *span = span_start(rt, "runtime.stop", session_id);
+    moat__listed c;
+    moat__row row;
+    moat_code code;
+    /* The store knows the container of a session this runtime created or adopted, which saves
+     * a list call; otherwise ask Docker by label. */
+    if (moat__store_get(rt->store, session_id, &row) == MOAT_OK &&
+        row.state == MOAT_SESSION_RUNNING && row.container_id[0] != '\0') {
+        memset(&c, 0, sizeof(c));
+        memcpy(c.container_id, row.container_id, sizeof(c.container_id));
+        code = MOAT_CODE_OK;
+    } else {
+        code = find_container(rt, session_id, &c, st);
+    }
+    if (code == MOAT_CODE_OK)
+        code = moat__stop_remove(rt, c.container_id, st);
+    else if (code == MOAT_CODE_NOT_FOUND) {
+        moat_status_clear(st);
+        code = MOAT_CODE_OK;
+    } else
+        snprintf(st->reason, sizeof(st->reason), "sandbox_stop_failed");
+    if (code != MOAT_CODE_OK)
+        return span_end(rt, span, st);
+    if (moat__store_get(rt->store, session_id, &row) == MOAT_OK &&
+        row.state == MOAT_SESSION_RUNNING)
+        moat__store_finish(rt->store, session_id, MOAT_SESSION_STOPPED, "stopped",
+                           moat_time_now_ms());
+    moat__session_dir_remove(rt, session_id);
+    moat__cache_invalidate(rt);
+    moat__metric_session(rt, "stopped", session_id, MOAT_CODE_OK, t0);
+    return span_end(rt, span, st);
+}

@@ -1,0 +1,256 @@
+/* Docker event watcher and the list cache it keeps coherent. Docker's own container list costs
+ * tens of milliseconds for a few hundred containers; the event stream tells us exactly when a
+ * snapshot can no longer be trusted. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "internal.h"
+
+void moat__cache_init(moat_runtime *rt)
+{
+    pthread_mutex_init(&rt->cache_mu, NULL);
+    rt->cache_gen = 1;
+}
+
+void moat__cache_destroy(moat_runtime *rt)
+{
+    free(rt->cache);
+    rt->cache = NULL;
+    pthread_mutex_destroy(&rt->cache_mu);
+}
+
+void moat__cache_invalidate(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->cache_mu);
+    rt->cache_gen++;
+    rt->cache_valid = false;
+    pthread_mutex_unlock(&rt->cache_mu);
+}
+
+bool moat__cache_get(moat_runtime *rt, moat_session **out, size_t *count, uint64_t *gen)
+{
+    bool hit = false;
+    pthread_mutex_lock(&rt->cache_mu);
+    *gen = rt->watch_connected ? rt->cache_gen : 0;
+    if (rt->watch_connected && rt->cache_valid && rt->cache_snapshot_gen == rt->cache_gen) {
+        *count = rt->cache_count;
+        *out = NULL;
+        hit = true;
+        if (rt->cache_count > 0) {
+            *out = malloc(rt->cache_count * sizeof(moat_session));
+            if (*out != NULL)
+                memcpy(*out, rt->cache, rt->cache_count * sizeof(moat_session));
+            else
+                hit = false;
+        }
+    }
+    pthread_mutex_unlock(&rt->cache_mu);
+    return hit;
+}
+
+void moat__cache_put(moat_runtime *rt, uint64_t gen, const moat_session *sessions, size_t count)
+{
+    if (gen == 0)
+        return;
+    moat_session *copy = NULL;
+    if (count > 0) {
+        copy = malloc(count * sizeof(moat_session));
+        if (copy == NULL)
+            return;
+        memcpy(copy, sessions, count * sizeof(moat_session));
+    }
+    pthread_mutex_lock(&rt->cache_mu);
+    if (rt->watch_connected && rt->cache_gen == gen) {
+        free(rt->cache);
+        rt->cache = copy;
+        rt->cache_count = count;
+        rt->cache_snapshot_gen = gen;
+        rt->cache_valid = true;
+        copy = NULL;
+    }
+    pthread_mutex_unlock(&rt->cache_mu);
+    free(copy);
+}
+
+static void set_connected(moat_runtime *rt, bool connected)
+{
+    pthread_mutex_lock(&rt->cache_mu);
+    rt->watch_connected = connected;
+    rt->cache_gen++;
+    rt->cache_valid = false;
+    pthread_mutex_unlock(&rt->cache_mu);
+}
+
+typedef struct watch_conn {
+    moat_runtime *rt;
+    long status;
+} watch_conn;
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *user)
+{
+    watch_conn *wc = user;
+    size_t n = size * nmemb;
+    if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        const char *sp = memchr(data, ' ', n);
+        wc->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+    } else if ((n == 2 && data[0] == '\r') || (n == 1 && data[0] == '\n')) {
+        /* End of headers: Docker has subscribed us before it sends them. */
+        if (wc->status == 200)
+            set_connected(wc->rt, true);
+    }
+    return n;
+}
+
+static size_t on_event(char *data, size_t size, size_t nmemb, void *user)
+{
+    (void)data;
+    watch_conn *wc = user;
+    if (wc->status != 200)
+        return size * nmemb;
+    /* Any event for a labelled container (create, start, die, destroy, …) invalidates. */
+    moat__cache_invalidate(wc->rt);
+    return size * nmemb;
+}
+
+static bool should_stop(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->reaper_mu);
+    bool stop = rt->watch_stop;
+    pthread_mutex_unlock(&rt->reaper_mu);
+    return stop;
+}
+
+/* One event-stream connection, until it ends or we are told to stop. */
+static void follow_events(moat_runtime *rt, CURLM *multi, const char *url)
+{
+    watch_conn wc = {rt, 0};
+    CURL *h = curl_easy_init();
+    if (h == NULL)
+        return;
+    if (rt->docker_socket != NULL)
+        curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, rt->docker_socket);
+    if (rt->cfg.docker_tls_cert != NULL)
+        curl_easy_setopt(h, CURLOPT_SSLCERT, rt->cfg.docker_tls_cert);
+    if (rt->cfg.docker_tls_key != NULL)
+        curl_easy_setopt(h, CURLOPT_SSLKEY, rt->cfg.docker_tls_key);
+    if (rt->cfg.docker_tls_ca != NULL)
+        curl_easy_setopt(h, CURLOPT_CAINFO, rt->cfg.docker_tls_ca);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, rt->cfg.docker_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &wc);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_event);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &wc);
+    curl_multi_add_handle(multi, h);
+    int running = 1;
+    while (running && !should_stop(rt)) {
+        if (curl_multi_perform(multi, &running) != CURLM_OK)
+            break;
+        if (running)
+            curl_multi_poll(multi, NULL, 0, 1000, NULL);
+    }
+    curl_multi_remove_handle(multi, h);
+    curl_easy_cleanup(h);
+    set_connected(rt, false);
+}
+
+static void *watch_main(void *arg)
+{
+    moat_runtime *rt = arg;
+    CURLM *multi = rt->watch_multi;
+    char version[16];
+    long backoff_ms = 100;
+    while (!should_stop(rt)) {
+        moat_status st;
+        if (moat_runtime_docker_version(rt, version, &st) == MOAT_CODE_OK) {
+            char filters[256];
+            snprintf(filters, sizeof(filters),
+                     "{\"type\":[\"container\"],\"label\":[\"session_id\",\"chat_id\","
+                     "\"expires_at\"%s%s%s]}",
+                     rt->instance_filter[0] ? ",\"" : "", rt->instance_filter,
+                     rt->instance_filter[0] ? "\"" : "");
+            CURL *esc = curl_easy_init();
+            char *enc = esc ? curl_easy_escape(esc, filters, 0) : NULL;
+            if (enc != NULL) {
+                char url[1024];
+                snprintf(url, sizeof(url), "%s/v%s/events?filters=%s", rt->docker_base_url,
+                         version, enc);
+                curl_free(enc);
+                uint64_t t0 = moat_time_mono_ns();
+                follow_events(rt, multi, url);
+                if (moat_time_mono_ns() - t0 > 5000000000u)
+                    backoff_ms = 100; /* it was a healthy connection */
+            }
+            if (esc != NULL)
+                curl_easy_cleanup(esc);
+        }
+        /* Reconnect with backoff; wake early when asked to stop. */
+        pthread_mutex_lock(&rt->reaper_mu);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += backoff_ms / 1000;
+        until.tv_nsec += (backoff_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (!rt->watch_stop)
+            pthread_cond_timedwait(&rt->reaper_cv, &rt->reaper_mu, &until);
+        pthread_mutex_unlock(&rt->reaper_mu);
+        if (backoff_ms < 5000)
+            backoff_ms *= 2;
+    }
+    return NULL;
+}
+
+moat_code moat_runtime_start_watcher(moat_runtime *rt, moat_status *st)
+{
+    moat_status_clear(st);
+    pthread_mutex_lock(&rt->reaper_mu);
+    if (rt->watch_running) {
+        pthread_mutex_unlock(&rt->reaper_mu);
+        moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "watcher_running",
+                        "the event watcher is already running");
+        return st->code;
+    }
+    rt->watch_multi = curl_multi_init();
+    rt->watch_stop = false;
+    int err = rt->watch_multi ? pthread_create(&rt->watch_thread, NULL, watch_main, rt) : -1;
+    rt->watch_running = err == 0;
+    if (err != 0 && rt->watch_multi != NULL) {
+        curl_multi_cleanup(rt->watch_multi);
+        rt->watch_multi = NULL;
+    }
+    pthread_mutex_unlock(&rt->reaper_mu);
+    if (err != 0) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "thread_failed",
+                        "cannot start the event watcher");
+        return st->code;
+    }
+    return MOAT_CODE_OK;
+}
+
+void moat_runtime_stop_watcher(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->reaper_mu);
+    if (!rt->watch_running) {
+        pthread_mutex_unlock(&rt->reaper_mu);
+        return;
+    }
+    rt->watch_stop = true;
+    pthread_cond_broadcast(&rt->reaper_cv);
+    curl_multi_wakeup(rt->watch_multi);
+    pthread_mutex_unlock(&rt->reaper_mu);
+    pthread_join(rt->watch_thread, NULL);
+    curl_multi_cleanup(rt->watch_multi);
+    pthread_mutex_lock(&rt->reaper_mu);
+    rt->watch_multi = NULL;
+    rt->watch_running = false;
+    pthread_mutex_unlock(&rt->reaper_mu);
+    set_connected(rt, false);
+}

@@ -1,0 +1,515 @@
+/* moatd configuration: one table of keys drives defaults, file parsing,
+ * environment overrides, flags and --help. */
+#include "moat/server.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+
+typedef enum key_type { K_STR, K_U32, K_LEVEL } key_type;
+
+typedef struct key_def {
+    const char *name;
+    key_type type;
+    size_t offset;
+    const char *def;
+    uint32_t min, max; /* K_U32 range */
+    const char *doc;
+} key_def;
+
+#define OFF(f) offsetof(moat_server_config, f)
+
+static const key_def keys[] = {
+    {"listen", K_STR, OFF(listen), "127.0.0.1:7070", 0, 0, "TCP listener host:port; empty disables"},
+    {"unix_socket", K_STR, OFF(unix_socket), "", 0, 0, "Unix socket listener path; empty disables"},
+    {"token", K_STR, OFF(token), "", 0, 0,
+     "shared secret every client must present; required unless listening on loopback only"},
+    {"metrics_listen", K_STR, OFF(metrics_listen), "127.0.0.1:7071", 0, 0,
+     "loopback host:port serving Prometheus /metrics; empty disables"},
+    {"log_level", K_LEVEL, OFF(log_level), "info", 0, 0, "debug, info, warn, error or off"},
+    {"max_connections", K_U32, OFF(max_connections), "1024", 1, 1000000,
+     "open client connections; more are closed with RESOURCE_EXHAUSTED"},
+    {"max_streams_per_connection", K_U32, OFF(max_streams_per_connection), "100", 1, 100000,
+     "concurrent calls per connection; more end RESOURCE_EXHAUSTED"},
+    {"max_frame_size", K_U32, OFF(max_frame_size), "1048576", 4096, 16777216,
+     "largest frame after the hello, in bytes"},
+    {"initial_window", K_U32, OFF(initial_window), "1048576", 65536, 0x7fffffff,
+     "per-stream flow-control window, in bytes"},
+    {"idle_timeout_seconds", K_U32, OFF(idle_timeout_seconds), "300", 0, 86400,
+     "close a connection silent this long with no open call; 0 = never"},
+    {"hello_timeout_seconds", K_U32, OFF(hello_timeout_seconds), "10", 1, 3600,
+     "time a new connection has to complete its hello"},
+    {"drain_grace_seconds", K_U32, OFF(drain_grace_seconds), "30", 0, 86400,
+     "after SIGTERM, running calls get this long before they are cancelled"},
+    {"max_pending_bytes", K_U32, OFF(max_pending_bytes), "8388608", 65536, 0x7fffffff,
+     "unsent bytes per connection above which moatd stops reading from it"},
+    {"docker_host", K_STR, OFF(docker_host), "/var/run/docker.sock", 0, 0,
+     "Docker engine: socket path, unix:///path or tcp://host:port"},
+    {"image", K_STR, OFF(image), "moat-sandbox:latest", 0, 0, "default sandbox image"},
+    {"allowed_images", K_STR, OFF(allowed_images), "", 0, 0,
+     "comma-separated images a request may ask for, besides image"},
+    {"ttl_seconds", K_U32, OFF(ttl_seconds), "300", 1, 31536000, "default session lifetime"},
+    {"cleanup_interval_seconds", K_U32, OFF(cleanup_interval_seconds), "60", 1, 86400,
+     "TTL reaper period"},
+    {"state_dir", K_STR, OFF(state_dir), "/var/lib/moat", 0, 0,
+     "state directory: state.db, sessions/, chats/, dependencies/, lambda-tools/"},
+    {"chats_root", K_STR, OFF(chats_root), "", 0, 0, "chat workspaces; default <state_dir>/chats"},
+    {"dependencies_host_path", K_STR, OFF(dependencies_host_path), "", 0, 0,
+     "read-only dependencies dir; default <state_dir>/dependencies"},
+    {"lambda_tools_host_path", K_STR, OFF(lambda_tools_host_path), "", 0, 0,
+     "read-only lambda tools dir; default <state_dir>/lambda-tools"},
+    {"chat_mount_path", K_STR, OFF(chat_mount_path), "/workspace/chat", 0, 0,
+     "where the chat workspace appears in the sandbox"},
+    {"dependencies_mount_path", K_STR, OFF(dependencies_mount_path), "/workspace/dependencies", 0,
+     0, "where dependencies appear in the sandbox"},
+    {"lambda_tools_mount_path", K_STR, OFF(lambda_tools_mount_path), "/workspace/lambda-tools", 0,
+     0, "where lambda tools appear in the sandbox"},
+    {"execd_bundle", K_STR, OFF(execd_bundle), "", 0, 0,
+     "moat-execd bundle dir; default <bindir>/execd-bundle or the nearest parent's"},
+    {"store_path", K_STR, OFF(store_path), "", 0, 0, "SQLite store; default <state_dir>/state.db"},
+    {"container_name_prefix", K_STR, OFF(container_name_prefix), "moat-", 0, 0,
+     "container name = prefix + session id"},
+    {"readiness_timeout_ms", K_U32, OFF(readiness_timeout_ms), "10000", 100, 600000,
+     "CreateSession waits this long for execd to answer"},
+    {"docker_timeout_ms", K_U32, OFF(docker_timeout_ms), "30000", 100, 600000,
+     "timeout of one Docker API call"},
+    {"threadpool_size", K_U32, OFF(threadpool_size), "16", 1, 128,
+     "worker threads for Docker calls (UV_THREADPOOL_SIZE)"},
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static const key_def *find_key(const char *name, size_t len)
+{
+    char norm[64];
+    if (len >= sizeof(norm))
+        return NULL;
+    for (size_t i = 0; i < len; i++)
+        norm[i] = name[i] == '-' ? '_' : (char)tolower((unsigned char)name[i]);
+    norm[len] = '\0';
+    for (size_t i = 0; i < NKEYS; i++) {
+        if (strcmp(keys[i].name, norm) == 0)
+            return &keys[i];
+    }
+    return NULL;
+}
+
+static moat_err apply(moat_server_config *cfg, const key_def *k, const char *value, char *err,
+                      size_t errlen)
+{
+    char *base = (char *)cfg;
+    switch (k->type) {
+    case K_STR: {
+        char *copy = strdup(value);
+        if (copy == NULL)
+            return MOAT_E_NOMEM;
+        char **slot = (char **)(base + k->offset);
+        free(*slot);
+        *slot = copy;
+        return MOAT_OK;
+    }
+    case K_U32: {
+        if (value[0] == '\0' || value[0] == '-' || value[0] == '+') {
+            errf(err, errlen, "%s: expected a number, got \"%s\"", k->name, value);
+            return MOAT_E_INVAL;
+        }
+        errno = 0;
+        char *end = NULL;
+        unsigned long long v = strtoull(value, &end, 10);
+        if (errno != 0 || end == value || *end != '\0' || v < k->min || v > k->max) {
+            errf(err, errlen, "%s: expected a number from %u to %u, got \"%s\"", k->name, k->min,
+                 k->max, value);
+            return MOAT_E_INVAL;
+        }
+        *(uint32_t *)(base + k->offset) = (uint32_t)v;
+        return MOAT_OK;
+    }
+    case K_LEVEL: {
+        moat_log_level lvl;
+        if (moat_log_level_parse(value, &lvl) != MOAT_OK) {
+            errf(err, errlen, "%s: expected debug, info, warn, error or off, got \"%s\"", k->name,
+                 value);
+            return MOAT_E_INVAL;
+        }
+        *(moat_log_level *)(base + k->offset) = lvl;
+        return MOAT_OK;
+    }
+    }
+    return MOAT_E_INVAL;
+}
+
+void moat_server_config_defaults(moat_server_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NKEYS; i++)
+        apply(cfg, &keys[i], keys[i].def, NULL, 0);
+    cfg->config_file = strdup("");
+}
+
+void moat_server_config_free(moat_server_config *cfg)
+{
+    char *base = (char *)cfg;
+    for (size_t i = 0; i < NKEYS; i++) {
+        if (keys[i].type == K_STR) {
+            char **slot = (char **)(base + keys[i].offset);
+            free(*slot);
+            *slot = NULL;
+        }
+    }
+    free(cfg->config_file);
+    cfg->config_file = NULL;
+}
+
+moat_err moat_server_config_set(moat_server_config *cfg, const char *key, const char *value,
+                                char *err, size_t errlen)
+{
+    const key_def *k = find_key(key, strlen(key));
+    if (k == NULL) {
+        errf(err, errlen, "unknown key \"%s\"", key);
+        return MOAT_E_NOT_FOUND;
+    }
+    return apply(cfg, k, value, err, errlen);
+}
+
+/* Config text is small; a line longer than this is a mistake, not a value. */
+#define LINE_MAX_LEN 4096
+
+moat_err moat_server_config_parse(moat_server_config *cfg, const char *text, char *err,
+                                  size_t errlen)
+{
+    size_t lineno = 0;
+    const char *p = text;
+    while (*p != '\0') {
+        lineno++;
+        const char *eol = strchr(p, '\n');
+        size_t len = eol != NULL ? (size_t)(eol - p) : strlen(p);
+        if (len >= LINE_MAX_LEN) {
+            errf(err, errlen, "line %zu: longer than %d bytes", lineno, LINE_MAX_LEN);
+            return MOAT_E_INVAL;
+        }
+        char line[LINE_MAX_LEN];
+        memcpy(line, p, len);
+        line[len] = '\0';
+        p = eol != NULL ? eol + 1 : p + len;
+
+        char *s = line;
+        while (isspace((unsigned char)*s))
+            s++;
+        if (*s == '\0' || *s == '#')
+            continue;
+        char *eq = strchr(s, '=');
+        if (eq == NULL) {
+            errf(err, errlen, "line %zu: expected key = value", lineno);
+            return MOAT_E_INVAL;
+        }
+        char *kend = eq;
+        while (kend > s && isspace((unsigned char)kend[-1]))
+            kend--;
+        if (kend == s) {
+            errf(err, errlen, "line %zu: missing key before '='", lineno);
+            return MOAT_E_INVAL;
+        }
+        char *v = eq + 1;
+        while (isspace((unsigned char)*v))
+            v++;
+        char *vend = v + strlen(v);
+        if (*v == '"') {
+            char *close = strchr(v + 1, '"');
+            if (close == NULL) {
+                errf(err, errlen, "line %zu: unterminated quoted value", lineno);
+                return MOAT_E_INVAL;
+            }
+            char *rest = close + 1;
+            while (isspace((unsigned char)*rest))
+                rest++;
+            if (*rest != '\0' && *rest != '#') {
+                errf(err, errlen, "line %zu: text after the quoted value", lineno);
+                return MOAT_E_INVAL;
+            }
+            v++;
+            vend = close;
+        } else {
+            char *hash = strchr(v, '#');
+            if (hash != NULL)
+                vend = hash;
+            while (vend > v && isspace((unsigned char)vend[-1]))
+                vend--;
+        }
+        *vend = '\0';
+        const key_def *k = find_key(s, (size_t)(kend - s));
+        if (k == NULL) {
+            *kend = '\0';
+            errf(err, errlen, "line %zu: unknown key \"%s\"", lineno, s);
+            return MOAT_E_INVAL;
+        }
+        char why[256];
+        moat_err e = apply(cfg, k, v, why, sizeof(why));
+        if (e != MOAT_OK) {
+            errf(err, errlen, "line %zu: %s", lineno, why);
+            return e;
+        }
+    }
+    return MOAT_OK;
+}
+
+/* Config files are small; refuse anything that is not. */
+#define CONFIG_FILE_MAX (1u << 20)
+
+moat_err moat_server_config_load_file(moat_server_config *cfg, const char *path, char *err,
+                                      size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        errf(err, errlen, "%s: %s", path, strerror(errno));
+        return MOAT_E_IO;
+    }
+    char *text = malloc(CONFIG_FILE_MAX + 1);
+    if (text == NULL) {
+        fclose(f);
+        return MOAT_E_NOMEM;
+    }
+    size_t n = fread(text, 1, CONFIG_FILE_MAX + 1, f);
+    bool bad = ferror(f) != 0;
+    fclose(f);
+    if (bad || n > CONFIG_FILE_MAX) {
+        errf(err, errlen, "%s: %s", path, bad ? "read error" : "larger than 1 MiB");
+        free(text);
+        return bad ? MOAT_E_IO : MOAT_E_TOO_BIG;
+    }
+    text[n] = '\0';
+    if (strlen(text) != n) {
+        errf(err, errlen, "%s: contains a NUL byte", path);
+        free(text);
+        return MOAT_E_INVAL;
+    }
+    char why[512];
+    moat_err e = moat_server_config_parse(cfg, text, why, sizeof(why));
+    free(text);
+    if (e != MOAT_OK) {
+        errf(err, errlen, "%s: %s", path, why);
+        return e;
+    }
+    free(cfg->config_file);
+    cfg->config_file = strdup(path);
+    return cfg->config_file != NULL ? MOAT_OK : MOAT_E_NOMEM;
+}
+
+moat_err moat_server_config_apply_env(moat_server_config *cfg, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        char name[80] = "MOAT_";
+        size_t n = strlen(keys[i].name);
+        for (size_t j = 0; j < n; j++)
+            name[5 + j] = (char)toupper((unsigned char)keys[i].name[j]);
+        name[5 + n] = '\0';
+        const char *v = getenv(name);
+        if (v == NULL)
+            continue;
+        char why[256];
+        moat_err e = apply(cfg, &keys[i], v, why, sizeof(why));
+        if (e != MOAT_OK) {
+            errf(err, errlen, "%s: %s", name, why);
+            return e;
+        }
+    }
+    return MOAT_OK;
+}
+
+moat_err moat_server_split_hostport(const char *hostport, char *host, size_t hostlen,
+                                    uint16_t *port)
+{
+    const char *colon;
+    const char *hstart = hostport;
+    size_t hlen;
+    if (hostport[0] == '[') {
+        const char *close = strchr(hostport, ']');
+        if (close == NULL || close[1] != ':')
+            return MOAT_E_INVAL;
+        hstart = hostport + 1;
+        hlen = (size_t)(close - hstart);
+        colon = close + 1;
+    } else {
+        colon = strrchr(hostport, ':');
+        if (colon == NULL || strchr(hostport, ':') != colon)
+            return MOAT_E_INVAL;
+        hlen = (size_t)(colon - hostport);
+    }
+    if (hlen == 0 || hlen >= hostlen)
+        return MOAT_E_INVAL;
+    const char *ps = colon + 1;
+    if (*ps == '\0' || strlen(ps) > 5)
+        return MOAT_E_INVAL;
+    unsigned long p = 0;
+    for (const char *c = ps; *c; c++) {
+        if (!isdigit((unsigned char)*c))
+            return MOAT_E_INVAL;
+        p = p * 10 + (unsigned long)(*c - '0');
+    }
+    if (p > 65535)
+        return MOAT_E_INVAL;
+    memcpy(host, hstart, hlen);
+    host[hlen] = '\0';
+    *port = (uint16_t)p;
+    return MOAT_OK;
+}
+
+bool moat_server_is_loopback(const char *hostport)
+{
+    char host[256];
+    uint16_t port;
+    const char *h = hostport;
+    if (moat_server_split_hostport(hostport, host, sizeof(host), &port) == MOAT_OK)
+        h = host;
+    if (strcmp(h, "localhost") == 0)
+        return true;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, h, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, h, &a6) == 1)
+        return memcmp(&a6, &in6addr_loopback, sizeof(a6)) == 0;
+    return false;
+}
+
+bool moat_server_token_equal(const uint8_t *given, size_t given_len, const char *want)
+{
+    size_t want_len = strlen(want);
+    /* Walk the configured token's length whatever was given, so timing tells
+     * nothing about where the first difference is. */
+    unsigned diff = (unsigned)(given_len != want_len);
+    for (size_t i = 0; i < want_len; i++) {
+        uint8_t g = i < given_len ? given[i] : 0;
+        diff |= (unsigned)(g ^ (uint8_t)want[i]);
+    }
+    return diff == 0 && want_len > 0;
+}
+
+static moat_err set_derived(char **slot, const char *dir, const char *leaf)
+{
+    if ((*slot)[0] != '\0')
+        return MOAT_OK;
+    size_t n = strlen(dir) + strlen(leaf) + 2;
+    char *v = malloc(n);
+    if (v == NULL)
+        return MOAT_E_NOMEM;
+    snprintf(v, n, "%s/%s", dir, leaf);
+    free(*slot);
+    *slot = v;
+    return MOAT_OK;
+}
+
+static bool is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The bundle next to the binary, or in the nearest parent that has one (a
+ * build tree keeps moatd in <build>/src/server and the bundle in <build>). */
+static moat_err find_bundle(moat_server_config *cfg, const char *bindir)
+{
+    if (cfg->execd_bundle[0] != '\0' || bindir == NULL)
+        return MOAT_OK;
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s", bindir);
+    for (int depth = 0; depth < 4; depth++) {
+        char cand[4200];
+        snprintf(cand, sizeof(cand), "%s/execd-bundle", dir);
+        if (is_dir(cand)) {
+            char *v = realpath(cand, NULL);
+            if (v == NULL)
+                return MOAT_E_NOMEM;
+            free(cfg->execd_bundle);
+            cfg->execd_bundle = v;
+            return MOAT_OK;
+        }
+        char *slash = strrchr(dir, '/');
+        if (slash == NULL || slash == dir)
+            break;
+        *slash = '\0';
+    }
+    return set_derived(&cfg->execd_bundle, bindir, "execd-bundle");
+}
+
+moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, char *err,
+                                   size_t errlen)
+{
+    if (cfg->state_dir[0] != '/') {
+        errf(err, errlen, "state_dir: must be an absolute path, got \"%s\"", cfg->state_dir);
+        return MOAT_E_INVAL;
+    }
+    if (set_derived(&cfg->chats_root, cfg->state_dir, "chats") != MOAT_OK ||
+        set_derived(&cfg->dependencies_host_path, cfg->state_dir, "dependencies") != MOAT_OK ||
+        set_derived(&cfg->lambda_tools_host_path, cfg->state_dir, "lambda-tools") != MOAT_OK ||
+        set_derived(&cfg->store_path, cfg->state_dir, "state.db") != MOAT_OK ||
+        find_bundle(cfg, bindir) != MOAT_OK)
+        return MOAT_E_NOMEM;
+    if (cfg->listen[0] == '\0' && cfg->unix_socket[0] == '\0') {
+        errf(err, errlen, "listen and unix_socket are both empty: nothing to listen on");
+        return MOAT_E_INVAL;
+    }
+    char host[256];
+    uint16_t port;
+    if (cfg->listen[0] != '\0' &&
+        moat_server_split_hostport(cfg->listen, host, sizeof(host), &port) != MOAT_OK) {
+        errf(err, errlen, "listen: expected host:port, got \"%s\"", cfg->listen);
+        return MOAT_E_INVAL;
+    }
+    if (cfg->listen[0] != '\0' && !moat_server_is_loopback(cfg->listen) && cfg->token[0] == '\0') {
+        errf(err, errlen,
+             "listen: %s is not loopback and no token is set (set token or MOAT_TOKEN)",
+             cfg->listen);
+        return MOAT_E_INVAL;
+    }
+    if (cfg->metrics_listen[0] != '\0') {
+        if (moat_server_split_hostport(cfg->metrics_listen, host, sizeof(host), &port) != MOAT_OK) {
+            errf(err, errlen, "metrics_listen: expected host:port, got \"%s\"", cfg->metrics_listen);
+            return MOAT_E_INVAL;
+        }
+        if (!moat_server_is_loopback(cfg->metrics_listen)) {
+            errf(err, errlen, "metrics_listen: must be a loopback address, got \"%s\"",
+                 cfg->metrics_listen);
+            return MOAT_E_INVAL;
+        }
+    }
+    if (cfg->unix_socket[0] != '\0' && strlen(cfg->unix_socket) >= 104) {
+        errf(err, errlen, "unix_socket: path longer than 103 bytes");
+        return MOAT_E_INVAL;
+    }
+    if (cfg->image[0] == '\0') {
+        errf(err, errlen, "image: must not be empty");
+        return MOAT_E_INVAL;
+    }
+    return MOAT_OK;
+}
+
+void moat_server_config_print_keys(void *file)
+{
+    FILE *f = file;
+    for (size_t i = 0; i < NKEYS; i++) {
+        char env[80] = "MOAT_";
+        size_t n = strlen(keys[i].name);
+        for (size_t j = 0; j < n; j++)
+            env[5 + j] = (char)toupper((unsigned char)keys[i].name[j]);
+        env[5 + n] = '\0';
+        fprintf(f, "  --%-28s %s\n  %-30s env %s, default \"%s\"\n", keys[i].name, keys[i].doc,
+                "", env, keys[i].def);
+    }
+}

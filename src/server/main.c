@@ -1,0 +1,6 @@
+#include "moat/server.h"
+
+int main(int argc, char **argv)
+{
+    return moat_server_main(argc, argv);
+}

@@ -1,0 +1,203 @@
+/* Prometheus text metrics on a loopback port, served by libmicrohttpd on its
+ * own thread. Counters are C11 atomics updated from the loop and from the
+ * runtime's threads. */
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server_internal.h"
+
+static const double create_buckets[] = {0.1, 0.25, 0.5, 1, 2, 5, 10, 30};
+#define NBUCKETS (sizeof(create_buckets) / sizeof(create_buckets[0]))
+
+static atomic_int_fast64_t connections;
+static atomic_int_fast64_t active_streams;
+static atomic_uint_fast64_t bytes_streamed;
+static atomic_uint_fast64_t status_count[MOAT_CODE_COUNT];
+static atomic_int_fast64_t live_sessions;
+static atomic_uint_fast64_t create_bucket[NBUCKETS + 1];
+static atomic_uint_fast64_t create_sum_us;
+static atomic_uint_fast64_t create_count;
+static atomic_uint_fast64_t reaper_expired, reaper_gone, reaper_adopted;
+static struct MHD_Daemon *daemon_handle;
+
+void moat__metrics_init(void)
+{
+    atomic_store(&connections, 0);
+    atomic_store(&active_streams, 0);
+}
+
+void moat__metrics_conn(int delta)
+{
+    atomic_fetch_add(&connections, delta);
+}
+
+void moat__metrics_stream(int delta)
+{
+    atomic_fetch_add(&active_streams, delta);
+}
+
+void moat__metrics_status(moat_code code)
+{
+    if ((unsigned)code < MOAT_CODE_COUNT)
+        atomic_fetch_add(&status_count[code], 1);
+}
+
+void moat__metrics_bytes(uint64_t n)
+{
+    atomic_fetch_add(&bytes_streamed, n);
+}
+
+void moat__metrics_sessions_set(int64_t n)
+{
+    atomic_store(&live_sessions, n);
+}
+
+void moat__metrics_session_delta(int delta)
+{
+    if (atomic_fetch_add(&live_sessions, delta) + delta < 0)
+        atomic_store(&live_sessions, 0);
+}
+
+int64_t moat__metrics_sessions(void)
+{
+    return atomic_load(&live_sessions);
+}
+
+void moat__metrics_create_latency(uint64_t ns)
+{
+    double s = (double)ns / 1e9;
+    size_t i = 0;
+    while (i < NBUCKETS && s > create_buckets[i])
+        i++;
+    atomic_fetch_add(&create_bucket[i], 1);
+    atomic_fetch_add(&create_sum_us, ns / 1000u);
+    atomic_fetch_add(&create_count, 1);
+}
+
+void moat__metrics_reaper(const char *action)
+{
+    if (strcmp(action, "expired") == 0)
+        atomic_fetch_add(&reaper_expired, 1);
+    else if (strcmp(action, "gone") == 0)
+        atomic_fetch_add(&reaper_gone, 1);
+    else if (strcmp(action, "adopted") == 0)
+        atomic_fetch_add(&reaper_adopted, 1);
+}
+
+/* Writes the page to f (an open_memstream per scrape). */
+static void render(FILE *f)
+{
+    fprintf(f,
+            "# HELP moat_live_sessions Sandbox sessions with a running container.\n"
+            "# TYPE moat_live_sessions gauge\nmoat_live_sessions %lld\n",
+            (long long)atomic_load(&live_sessions));
+    fprintf(f,
+            "# HELP moat_connections Open client connections.\n"
+            "# TYPE moat_connections gauge\nmoat_connections %lld\n",
+            (long long)atomic_load(&connections));
+    fprintf(f,
+            "# HELP moat_active_streams Calls in progress.\n"
+            "# TYPE moat_active_streams gauge\nmoat_active_streams %lld\n",
+            (long long)atomic_load(&active_streams));
+    fprintf(f,
+            "# HELP moat_streamed_bytes_total Response message bytes sent to clients.\n"
+            "# TYPE moat_streamed_bytes_total counter\nmoat_streamed_bytes_total %llu\n",
+            (unsigned long long)atomic_load(&bytes_streamed));
+    fprintf(f, "# HELP moat_calls_total Calls ended, by status code.\n"
+               "# TYPE moat_calls_total counter\n");
+    for (int i = 0; i < MOAT_CODE_COUNT; i++)
+        fprintf(f, "moat_calls_total{code=\"%s\"} %llu\n", moat_code_name((moat_code)i),
+                (unsigned long long)atomic_load(&status_count[i]));
+    fprintf(f, "# HELP moat_create_session_seconds Time CreateSession took to get a ready sandbox.\n"
+               "# TYPE moat_create_session_seconds histogram\n");
+    unsigned long long cum = 0;
+    for (size_t i = 0; i < NBUCKETS; i++) {
+        cum += atomic_load(&create_bucket[i]);
+        fprintf(f, "moat_create_session_seconds_bucket{le=\"%g\"} %llu\n", create_buckets[i], cum);
+    }
+    cum += atomic_load(&create_bucket[NBUCKETS]);
+    fprintf(f, "moat_create_session_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
+    fprintf(f, "moat_create_session_seconds_sum %.6f\n",
+            (double)atomic_load(&create_sum_us) / 1e6);
+    fprintf(f, "moat_create_session_seconds_count %llu\n",
+            (unsigned long long)atomic_load(&create_count));
+    fprintf(f,
+            "# HELP moat_reaper_actions_total Sessions the reaper and reconciliation acted on.\n"
+            "# TYPE moat_reaper_actions_total counter\n"
+            "moat_reaper_actions_total{action=\"expired\"} %llu\n"
+            "moat_reaper_actions_total{action=\"gone\"} %llu\n"
+            "moat_reaper_actions_total{action=\"adopted\"} %llu\n",
+            (unsigned long long)atomic_load(&reaper_expired),
+            (unsigned long long)atomic_load(&reaper_gone),
+            (unsigned long long)atomic_load(&reaper_adopted));
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **req_cls)
+{
+    (void)cls;
+    (void)version;
+    (void)upload;
+    (void)upload_size;
+    (void)req_cls;
+    struct MHD_Response *resp;
+    unsigned code = MHD_HTTP_OK;
+    if (strcmp(method, "GET") != 0 || strcmp(url, "/metrics") != 0) {
+        static const char nf[] = "not found: GET /metrics\n";
+        code = MHD_HTTP_NOT_FOUND;
+        resp = MHD_create_response_from_buffer(sizeof(nf) - 1, (void *)nf, MHD_RESPMEM_PERSISTENT);
+    } else {
+        char *page = NULL;
+        size_t n = 0;
+        FILE *f = open_memstream(&page, &n);
+        if (f == NULL)
+            return MHD_NO;
+        render(f);
+        fclose(f);
+        resp = MHD_create_response_from_buffer(n, page, MHD_RESPMEM_MUST_FREE);
+        MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
+    }
+    if (resp == NULL)
+        return MHD_NO;
+    enum MHD_Result r = MHD_queue_response(conn, code, resp);
+    MHD_destroy_response(resp);
+    return r;
+}
+
+moat_err moat__metrics_start(const char *hostport)
+{
+    char host[256];
+    uint16_t port;
+    if (moat_server_split_hostport(hostport, host, sizeof(host), &port) != MOAT_OK)
+        return MOAT_E_INVAL;
+    struct sockaddr_in a4 = {0};
+    struct sockaddr_in6 a6 = {0};
+    const struct sockaddr *sa;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    if (uv_ip4_addr(strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, port, &a4) == 0) {
+        sa = (const struct sockaddr *)&a4;
+    } else if (uv_ip6_addr(host, port, &a6) == 0) {
+        sa = (const struct sockaddr *)&a6;
+        flags |= MHD_USE_IPv6;
+    } else {
+        return MOAT_E_INVAL;
+    }
+    daemon_handle = MHD_start_daemon(flags, port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
+                                     sa, MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
+                                     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    if (daemon_handle == NULL)
+        return MOAT_E_IO;
+    moat_log(MOAT_LOG_INFO, "metrics_listening", "addr=%s", hostport);
+    return MOAT_OK;
+}
+
+void moat__metrics_stop(void)
+{
+    if (daemon_handle != NULL)
+        MHD_stop_daemon(daemon_handle);
+    daemon_handle = NULL;
+}

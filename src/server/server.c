@@ -1,0 +1,1086 @@
+/* moatd's core: listeners, connections, frames, streams, flow control,
+ * keepalive, limits, signals and the graceful drain. Business logic lives in
+ * handlers.c. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "server_internal.h"
+
+#define READ_BUF_SIZE (64 * 1024)
+
+/* One loop thread: a single read buffer serves every connection, since the
+ * decoder copies what it has to keep. */
+static char read_buf[READ_BUF_SIZE];
+static bool read_buf_busy;
+
+static void conn_close(conn *c, moat_code code, const char *why);
+static void conn_pump(conn *c);
+static void stream_finish(stream *st);
+
+static uint64_t now_ms(void)
+{
+    return moat_time_mono_ns() / 1000000u;
+}
+
+/* ------------------------------------------------------------ writing */
+
+typedef struct wreq {
+    uv_write_t req;
+    conn *c;
+    size_t len;
+    uint8_t data[];
+} wreq;
+
+static void on_write(uv_write_t *req, int status)
+{
+    wreq *w = (wreq *)req;
+    conn *c = w->c;
+    c->pending_write -= w->len;
+    free(w);
+    if (status < 0) {
+        if (c->state != CONN_CLOSING)
+            conn_close(c, MOAT_CODE_UNAVAILABLE, uv_strerror(status));
+        return;
+    }
+    /* Reading was paused while the client left our answers unread. */
+    if (!c->reading && c->state != CONN_CLOSING &&
+        c->pending_write <= c->s->cfg.max_pending_bytes / 2)
+        conn_pump(c);
+}
+
+static moat_err conn_write_raw(conn *c, const uint8_t *data, size_t len)
+{
+    if (c->state == CONN_CLOSING && c->h.handle.type == UV_UNKNOWN_HANDLE)
+        return MOAT_E_CLOSED;
+    if (uv_is_closing(&c->h.handle))
+        return MOAT_E_CLOSED;
+    wreq *w = malloc(sizeof(*w) + len);
+    if (w == NULL)
+        return MOAT_E_NOMEM;
+    w->c = c;
+    w->len = len;
+    memcpy(w->data, data, len);
+    uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)len);
+    int rc = uv_write(&w->req, &c->h.stream, &b, 1, on_write);
+    if (rc < 0) {
+        free(w);
+        return MOAT_E_IO;
+    }
+    c->pending_write += len;
+    if (c->reading && c->pending_write > c->s->cfg.max_pending_bytes) {
+        uv_read_stop(&c->h.stream);
+        c->reading = false;
+    }
+    return MOAT_OK;
+}
+
+/* Encodes a frame into a malloc'd block (for the queue) or writes it. */
+static moat_err conn_send(conn *c, const moat_frame *f)
+{
+    size_t n = moat_wire_encoded_size(f);
+    if (n == 0)
+        return MOAT_E_INVAL;
+    uint8_t small[512];
+    uint8_t *buf = n <= sizeof(small) ? small : malloc(n);
+    if (buf == NULL)
+        return MOAT_E_NOMEM;
+    size_t written = 0;
+    moat_err err = moat_wire_encode(f, buf, n, &written);
+    if (err == MOAT_OK)
+        err = conn_write_raw(c, buf, written);
+    if (buf != small)
+        free(buf);
+    return err;
+}
+
+static void send_go_away(conn *c, moat_code code, const char *msg)
+{
+    moat_frame f = {0};
+    f.kind = MOAT_FRAME_GO_AWAY;
+    f.u.go_away.last_stream_id = c->table != NULL ? moat_stream_table_last_id(c->table) : 0;
+    f.u.go_away.code = code;
+    f.u.go_away.message = moat_slice_str(msg);
+    conn_send(c, &f);
+}
+
+static void send_end_raw(conn *c, uint32_t id, const moat_status *st)
+{
+    moat_frame f = {0};
+    f.stream_id = id;
+    f.kind = MOAT_FRAME_END;
+    f.u.end.code = st->code;
+    f.u.end.message = moat_slice_str(st->message);
+    f.u.end.reason = moat_slice_str(st->reason);
+    for (size_t i = 0; i < st->detail_count && i < MOAT_WIRE_MAX_KV; i++) {
+        f.u.end.details[i].key = moat_slice_str(st->details[i].key);
+        f.u.end.details[i].value = moat_slice_str(st->details[i].value);
+    }
+    f.u.end.detail_count = st->detail_count;
+    conn_send(c, &f);
+    moat__metrics_status(st->code);
+}
+
+/* ------------------------------------------------------------ streams */
+
+void moat__stream_ref(stream *st)
+{
+    st->refs++;
+}
+
+static void free_timer(uv_handle_t *h)
+{
+    free(h);
+}
+
+void moat__stream_unref(stream *st)
+{
+    if (--st->refs > 0)
+        return;
+    moat_rpc_call_unref(st->call);
+    out_frame *f = st->qhead;
+    while (f != NULL) {
+        out_frame *n = f->next;
+        free(f);
+        f = n;
+    }
+    if (st->deadline != NULL)
+        uv_close((uv_handle_t *)st->deadline, free_timer);
+    free(st);
+}
+
+uint32_t moat__stream_credit(const stream *st)
+{
+    if (st->c == NULL || st->qhead != NULL)
+        return 0;
+    return st->window.available;
+}
+
+/* Writes queued frames while the window allows; closes the stream once its
+ * End has gone out. */
+static void stream_flush(stream *st)
+{
+    conn *c = st->c;
+    while (st->qhead != NULL && c != NULL) {
+        out_frame *f = st->qhead;
+        if (f->payload > 0 && moat_window_consume(&st->window, f->payload) != MOAT_OK)
+            return;
+        st->qhead = f->next;
+        if (st->qhead == NULL)
+            st->qtail = NULL;
+        st->queued -= f->len;
+        conn_write_raw(c, f->data, f->len);
+        if (f->payload > 0)
+            moat__metrics_bytes(f->payload);
+        free(f);
+    }
+    if (st->qhead == NULL && st->end_queued)
+        stream_finish(st);
+}
+
+static moat_err stream_enqueue(stream *st, const moat_frame *f, uint32_t payload)
+{
+    size_t n = moat_wire_encoded_size(f);
+    if (n == 0)
+        return MOAT_E_INVAL;
+    out_frame *q = malloc(sizeof(*q) + n);
+    if (q == NULL)
+        return MOAT_E_NOMEM;
+    size_t w = 0;
+    moat_err err = moat_wire_encode(f, q->data, n, &w);
+    if (err != MOAT_OK) {
+        free(q);
+        return err;
+    }
+    q->next = NULL;
+    q->payload = payload;
+    q->len = w;
+    if (st->qtail != NULL)
+        st->qtail->next = q;
+    else
+        st->qhead = q;
+    st->qtail = q;
+    st->queued += w;
+    return MOAT_OK;
+}
+
+static moat_err sink_message(moat_rpc_call *call, const uint8_t *data, size_t len, void *user)
+{
+    (void)call;
+    stream *st = user;
+    if (st->c == NULL)
+        return MOAT_E_CLOSED;
+    if (len > st->c->s->cfg.max_frame_size - 64)
+        return MOAT_E_TOO_BIG;
+    moat_frame f = {0};
+    f.stream_id = st->id;
+    f.kind = MOAT_FRAME_MESSAGE;
+    f.u.message.payload = (moat_slice){data, len};
+    if (st->qhead == NULL && moat_window_consume(&st->window, (uint32_t)len) == MOAT_OK) {
+        moat__metrics_bytes(len);
+        return conn_send(st->c, &f);
+    }
+    /* Past the window: held until the client grants more. Handlers only
+     * produce within the credit they are given, so this stays bounded. */
+    return stream_enqueue(st, &f, (uint32_t)len);
+}
+
+static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
+{
+    stream *st = user;
+    const moat_rpc_method *m = moat_rpc_call_method(call);
+    uint64_t ms = (moat_time_mono_ns() - st->started_ns) / 1000000u;
+    moat_log(status->code == MOAT_CODE_OK ? MOAT_LOG_DEBUG : MOAT_LOG_INFO, "call_end",
+             "peer=%s stream=%u method=%s code=%s reason=%s duration_ms=%llu msg=\"%s\"",
+             st->c != NULL ? st->c->peer : "-", st->id, m->name, moat_code_name(status->code),
+             status->reason[0] ? status->reason : "-", (unsigned long long)ms, status->message);
+    if (st->c == NULL)
+        return;
+    /* A cancelled or expired call's unread messages are of no use to anyone. */
+    if (status->code == MOAT_CODE_CANCELLED || status->code == MOAT_CODE_DEADLINE_EXCEEDED) {
+        out_frame *f = st->qhead;
+        while (f != NULL) {
+            out_frame *n = f->next;
+            free(f);
+            f = n;
+        }
+        st->qhead = st->qtail = NULL;
+        st->queued = 0;
+    }
+    moat_frame f = {0};
+    f.stream_id = st->id;
+    f.kind = MOAT_FRAME_END;
+    f.u.end.code = status->code;
+    f.u.end.message = moat_slice_str(status->message);
+    f.u.end.reason = moat_slice_str(status->reason);
+    for (size_t i = 0; i < status->detail_count; i++) {
+        f.u.end.details[i].key = moat_slice_str(status->details[i].key);
+        f.u.end.details[i].value = moat_slice_str(status->details[i].value);
+    }
+    f.u.end.detail_count = status->detail_count;
+    moat__metrics_status(status->code);
+    if (st->qhead == NULL) {
+        conn_send(st->c, &f);
+        st->end_queued = true;
+        stream_finish(st);
+        return;
+    }
+    stream_enqueue(st, &f, 0);
+    st->end_queued = true;
+}
+
+static const moat_rpc_sink sink = {sink_message, sink_end};
+
+/* The stream leaves its connection (End written or connection gone). */
+static void stream_detach(stream *st)
+{
+    conn *c = st->c;
+    if (c == NULL)
+        return;
+    moat_stream_table_close(c->table, st->id);
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        c->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    st->next = st->prev = NULL;
+    st->c = NULL;
+    moat__metrics_stream(-1);
+    if (st->deadline != NULL)
+        uv_timer_stop(st->deadline);
+    moat__stream_unref(st);
+}
+
+static void stream_finish(stream *st)
+{
+    conn *c = st->c;
+    stream_detach(st);
+    if (c != NULL && c->s->draining && c->streams == NULL && c->state != CONN_CLOSING)
+        conn_close(c, MOAT_CODE_UNAVAILABLE, "drained");
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    stream *st = t->data;
+    moat_rpc_call_check_deadline(st->call, now_ms() + 1);
+}
+
+/* ------------------------------------------------------------ connections */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    conn *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    moat_wire_decoder_free(&c->dec);
+    moat_stream_table_free(c->table);
+    free(c);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    conn *c = req->data;
+    free(req);
+    uv_close(&c->h.handle, on_handle_closed);
+}
+
+static void conn_close(conn *c, moat_code code, const char *why)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    srv *s = c->s;
+    moat_log(code == MOAT_CODE_OK || code == MOAT_CODE_UNAVAILABLE ? MOAT_LOG_INFO : MOAT_LOG_WARN,
+             "conn_close", "peer=%s code=%s reason=\"%s\"", c->peer, moat_code_name(code), why);
+    c->state = CONN_CLOSING;
+    /* Every call still open is cancelled: a client that went away no longer
+     * wants its command running. */
+    while (c->streams != NULL) {
+        stream *st = c->streams;
+        moat__stream_ref(st);
+        moat_rpc_call_cancel(st->call, MOAT_CODE_CANCELLED, "connection closed");
+        stream_detach(st);
+        moat__stream_unref(st);
+    }
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    s->nconns--;
+    moat__metrics_conn(-1);
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    if (c->reading)
+        uv_read_stop(&c->h.stream);
+    c->reading = false;
+    /* Let queued frames (the GoAway) reach the client before closing. */
+    uv_shutdown_t *req = malloc(sizeof(*req));
+    if (req != NULL) {
+        req->data = c;
+        if (uv_shutdown(req, &c->h.stream, on_shutdown) == 0)
+            return;
+        free(req);
+    }
+    uv_close(&c->h.handle, on_handle_closed);
+}
+
+static void conn_fail(conn *c, moat_code code, const char *why)
+{
+    send_go_away(c, code, why);
+    conn_close(c, code, why);
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    conn *c = t->data;
+    if (c->state == CONN_PREHELLO) {
+        conn_fail(c, MOAT_CODE_DEADLINE_EXCEEDED, "hello not completed in time");
+        return;
+    }
+    uint32_t idle = c->s->cfg.idle_timeout_seconds;
+    if (idle == 0)
+        return;
+    uint64_t quiet = now_ms() - c->last_active_ms;
+    if (c->streams == NULL && quiet >= (uint64_t)idle * 1000u) {
+        conn_fail(c, MOAT_CODE_UNAVAILABLE, "idle timeout");
+        return;
+    }
+    uint64_t next = (uint64_t)idle * 1000u;
+    if (c->streams == NULL && quiet < next)
+        next -= quiet;
+    uv_timer_start(&c->timer, on_conn_timer, next, 0);
+}
+
+static void handle_hello(conn *c, const moat_frame *f)
+{
+    srv *s = c->s;
+    if (f->kind != MOAT_FRAME_HELLO || f->stream_id != 0) {
+        conn_fail(c, MOAT_CODE_INVALID_ARGUMENT, "the first frame must be a Hello on stream 0");
+        return;
+    }
+    if (f->u.hello.protocol_version != MOAT_WIRE_PROTOCOL_VERSION) {
+        conn_fail(c, MOAT_CODE_FAILED_PRECONDITION, "unsupported protocol version (want 1)");
+        return;
+    }
+    if (s->cfg.token[0] != '\0') {
+        if (f->u.hello.token.len == 0) {
+            moat__metrics_status(MOAT_CODE_UNAUTHENTICATED);
+            conn_fail(c, MOAT_CODE_UNAUTHENTICATED, "missing token");
+            return;
+        }
+        if (!moat_server_token_equal(f->u.hello.token.data, f->u.hello.token.len, s->cfg.token)) {
+            moat__metrics_status(MOAT_CODE_UNAUTHENTICATED);
+            conn_fail(c, MOAT_CODE_UNAUTHENTICATED, "invalid token");
+            return;
+        }
+    }
+    c->table = moat_stream_table_new(s->cfg.max_streams_per_connection);
+    if (c->table == NULL) {
+        conn_fail(c, MOAT_CODE_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    c->max_streams = s->cfg.max_streams_per_connection;
+    moat_frame ack = {0};
+    ack.kind = MOAT_FRAME_HELLO_ACK;
+    ack.u.hello_ack.protocol_version = MOAT_WIRE_PROTOCOL_VERSION;
+    ack.u.hello_ack.server_version = moat_slice_str("moatd/" MOAT_VERSION);
+    ack.u.hello_ack.max_frame_size = s->cfg.max_frame_size;
+    ack.u.hello_ack.initial_window = s->cfg.initial_window;
+    ack.u.hello_ack.max_concurrent_streams = s->cfg.max_streams_per_connection;
+    ack.u.hello_ack.idle_timeout_seconds = s->cfg.idle_timeout_seconds;
+    conn_send(c, &ack);
+    moat_wire_decoder_set_max(&c->dec, s->cfg.max_frame_size);
+    c->state = CONN_READY;
+    int nlen = (int)(f->u.hello.client_name.len > 64 ? 64 : f->u.hello.client_name.len);
+    moat_log(MOAT_LOG_DEBUG, "hello", "peer=%s client=\"%.*s\"", c->peer, nlen,
+             (const char *)f->u.hello.client_name.data);
+    if (s->draining) {
+        send_go_away(c, MOAT_CODE_UNAVAILABLE, "server is shutting down");
+        c->draining_notified = true;
+    }
+    uv_timer_stop(&c->timer);
+    if (s->cfg.idle_timeout_seconds > 0)
+        uv_timer_start(&c->timer, on_conn_timer, (uint64_t)s->cfg.idle_timeout_seconds * 1000u, 0);
+}
+
+static void refuse_call(conn *c, uint32_t id, moat_code code, const char *reason, const char *msg)
+{
+    moat_status st;
+    moat_status_set(&st, code, reason, "%s", msg);
+    send_end_raw(c, id, &st);
+}
+
+static void handle_call(conn *c, const moat_frame *f)
+{
+    srv *s = c->s;
+    uint32_t id = f->stream_id;
+    stream *st = calloc(1, sizeof(*st));
+    if (st == NULL) {
+        conn_fail(c, MOAT_CODE_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    moat_err err = moat_stream_table_open(c->table, id, st);
+    if (err != MOAT_OK) {
+        free(st);
+        if (err == MOAT_E_TOO_BIG)
+            refuse_call(c, id, MOAT_CODE_RESOURCE_EXHAUSTED, "too_many_streams",
+                        "too many concurrent calls on this connection");
+        else
+            conn_fail(c, MOAT_CODE_INVALID_ARGUMENT, "invalid or reused stream id");
+        return;
+    }
+    const moat_rpc_method *m =
+        moat_rpc_method_lookup((const char *)f->u.call.method.data, f->u.call.method.len);
+    if (s->draining || m == NULL) {
+        /* The id stays used; the call never starts. */
+        moat_stream_table_close(c->table, id);
+        free(st);
+        if (s->draining) {
+            refuse_call(c, id, MOAT_CODE_UNAVAILABLE, "shutting_down", "server is shutting down");
+            return;
+        }
+        int n = (int)(f->u.call.method.len > 128 ? 128 : f->u.call.method.len);
+        char msg[200];
+        snprintf(msg, sizeof(msg), "unknown method \"%.*s\"", n,
+                 (const char *)f->u.call.method.data);
+        refuse_call(c, id, MOAT_CODE_UNIMPLEMENTED, "unknown_method", msg);
+        return;
+    }
+    st->c = c;
+    st->s = s;
+    st->id = id;
+    st->refs = 1;
+    st->started_ns = moat_time_mono_ns();
+    moat_window_init(&st->window, s->cfg.initial_window);
+    st->call = moat_rpc_call_new(m, id, f->u.call.deadline_ms, now_ms(), &sink, st);
+    if (st->call == NULL) {
+        moat_stream_table_close(c->table, id);
+        free(st);
+        refuse_call(c, id, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return;
+    }
+    st->next = c->streams;
+    if (c->streams != NULL)
+        c->streams->prev = st;
+    c->streams = st;
+    moat__metrics_stream(1);
+    if (f->u.call.deadline_ms > 0) {
+        st->deadline = malloc(sizeof(uv_timer_t));
+        if (st->deadline != NULL) {
+            uv_timer_init(s->loop, st->deadline);
+            st->deadline->data = st;
+            uv_timer_start(st->deadline, on_deadline, f->u.call.deadline_ms, 0);
+        }
+    }
+    moat_log(MOAT_LOG_DEBUG, "call_start", "peer=%s stream=%u method=%s deadline_ms=%llu", c->peer,
+             id, m->name, (unsigned long long)f->u.call.deadline_ms);
+}
+
+static void handle_frame(conn *c, const moat_frame *f)
+{
+    if (c->state == CONN_PREHELLO) {
+        handle_hello(c, f);
+        return;
+    }
+    stream *st;
+    switch (f->kind) {
+    case MOAT_FRAME_CALL:
+        handle_call(c, f);
+        return;
+    case MOAT_FRAME_MESSAGE: {
+        st = moat_stream_table_get(c->table, f->stream_id);
+        if (st == NULL)
+            return; /* a late message for a call that already ended */
+        const ProtobufCMessage *req = NULL;
+        moat_err err = moat_rpc_call_request(st->call, f->u.message.payload.data,
+                                             f->u.message.payload.len, &req);
+        if (err == MOAT_E_STATE) {
+            moat_rpc_call_cancel(st->call, MOAT_CODE_INVALID_ARGUMENT,
+                                 "a call takes exactly one request message");
+            return;
+        }
+        if (err != MOAT_OK)
+            return; /* the call has ended INVALID_ARGUMENT */
+        moat__dispatch(st, req);
+        return;
+    }
+    case MOAT_FRAME_CANCEL:
+        st = moat_stream_table_get(c->table, f->stream_id);
+        if (st != NULL)
+            moat_rpc_call_cancel(st->call, MOAT_CODE_CANCELLED, "cancelled by the client");
+        return;
+    case MOAT_FRAME_WINDOW_UPDATE:
+        if (f->stream_id == 0)
+            return; /* no connection-level window in protocol version 1 */
+        st = moat_stream_table_get(c->table, f->stream_id);
+        if (st == NULL)
+            return;
+        if (moat_window_grant(&st->window, f->u.window_update.increment) != MOAT_OK) {
+            conn_fail(c, MOAT_CODE_INVALID_ARGUMENT, "window update of 0 or past 2^31-1");
+            return;
+        }
+        moat__stream_ref(st);
+        stream_flush(st);
+        if (st->c != NULL && st->on_credit != NULL)
+            st->on_credit(st, f->u.window_update.increment);
+        moat__stream_unref(st);
+        return;
+    case MOAT_FRAME_PING: {
+        moat_frame pong = {0};
+        pong.kind = MOAT_FRAME_PONG;
+        pong.u.pong.payload = f->u.ping.payload;
+        conn_send(c, &pong);
+        return;
+    }
+    case MOAT_FRAME_PONG:
+        return;
+    default:
+        conn_fail(c, MOAT_CODE_INVALID_ARGUMENT, "frame kind not allowed from a client");
+        return;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)h;
+    (void)suggested;
+    if (read_buf_busy) {
+        *buf = uv_buf_init(NULL, 0);
+        return;
+    }
+    read_buf_busy = true;
+    *buf = uv_buf_init(read_buf, sizeof(read_buf));
+}
+
+static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
+{
+    conn *c = h->data;
+    if (buf->base == read_buf)
+        read_buf_busy = false;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        conn_close(c, nread == UV_EOF ? MOAT_CODE_OK : MOAT_CODE_UNAVAILABLE,
+                   nread == UV_EOF ? "client closed" : uv_strerror((int)nread));
+        return;
+    }
+    c->last_active_ms = now_ms();
+    const uint8_t *p = (const uint8_t *)buf->base;
+    size_t left = (size_t)nread;
+    while (left > 0 && c->state != CONN_CLOSING) {
+        size_t used = 0;
+        moat_slice body;
+        moat_err err = moat_wire_decoder_feed(&c->dec, p, left, &used, &body);
+        p += used;
+        left -= used;
+        if (err == MOAT_E_AGAIN)
+            break;
+        if (err != MOAT_OK) {
+            char why[160];
+            snprintf(why, sizeof(why), "bad frame: %s", moat_wire_decoder_reason(&c->dec));
+            conn_fail(c, err == MOAT_E_TOO_BIG ? MOAT_CODE_RESOURCE_EXHAUSTED
+                                                : MOAT_CODE_INVALID_ARGUMENT,
+                      why);
+            return;
+        }
+        moat_frame f;
+        err = moat_wire_frame_decode(body, &f);
+        if (err != MOAT_OK) {
+            conn_fail(c, MOAT_CODE_INVALID_ARGUMENT,
+                      err == MOAT_E_UNKNOWN_KIND ? "unknown frame kind" : "malformed frame");
+            return;
+        }
+        handle_frame(c, &f);
+    }
+}
+
+/* Starts or resumes reading. */
+static void conn_pump(conn *c)
+{
+    if (c->reading || c->state == CONN_CLOSING)
+        return;
+    if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
+        c->reading = true;
+}
+
+static void peer_name(conn *c, bool is_tcp)
+{
+    snprintf(c->peer, sizeof(c->peer), "unix");
+    if (!is_tcp)
+        return;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    char ip[48] = "?";
+    int port = 0;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        uv_ip4_name(a, ip, sizeof(ip));
+        port = ntohs(a->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        uv_ip6_name(a, ip, sizeof(ip));
+        port = ntohs(a->sin6_port);
+    }
+    snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    srv *s = server->data;
+    if (status < 0) {
+        moat_log(MOAT_LOG_WARN, "accept_failed", "error=\"%s\"", uv_strerror(status));
+        return;
+    }
+    conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return;
+    c->s = s;
+    bool is_tcp = server->type == UV_TCP;
+    if (is_tcp)
+        uv_tcp_init(s->loop, &c->h.tcp);
+    else
+        uv_pipe_init(s->loop, &c->h.pipe, 0);
+    c->h.handle.data = c;
+    c->open_handles = 1;
+    if (uv_accept(server, &c->h.stream) != 0) {
+        uv_close(&c->h.handle, on_handle_closed);
+        return;
+    }
+    uv_timer_init(s->loop, &c->timer);
+    c->timer.data = c;
+    c->open_handles = 2;
+    if (is_tcp)
+        uv_tcp_nodelay(&c->h.tcp, 1);
+    peer_name(c, is_tcp);
+    moat_wire_decoder_init(&c->dec, MOAT_WIRE_PREHELLO_MAX_FRAME);
+    c->state = CONN_PREHELLO;
+    c->last_active_ms = now_ms();
+    c->next = s->conns;
+    if (s->conns != NULL)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    moat__metrics_conn(1);
+    if (s->nconns > s->cfg.max_connections) {
+        conn_fail(c, MOAT_CODE_RESOURCE_EXHAUSTED, "too many connections");
+        return;
+    }
+    if (s->draining) {
+        conn_fail(c, MOAT_CODE_UNAVAILABLE, "server is shutting down");
+        return;
+    }
+    moat_log(MOAT_LOG_DEBUG, "conn_open", "peer=%s", c->peer);
+    uv_timer_start(&c->timer, on_conn_timer, (uint64_t)s->cfg.hello_timeout_seconds * 1000u, 0);
+    conn_pump(c);
+}
+
+/* ------------------------------------------------------------ drain, signals */
+
+void moat__srv_job(srv *s, int delta)
+{
+    s->inflight = (uint32_t)((int)s->inflight + delta);
+}
+
+static void close_listeners(srv *s)
+{
+    if (s->tcp_on && !uv_is_closing((uv_handle_t *)&s->tcp))
+        uv_close((uv_handle_t *)&s->tcp, NULL);
+    if (s->pipe_on && !uv_is_closing((uv_handle_t *)&s->pipe)) {
+        uv_close((uv_handle_t *)&s->pipe, NULL);
+        unlink(s->cfg.unix_socket);
+    }
+}
+
+static void finish_shutdown(srv *s)
+{
+    if (s->finished)
+        return;
+    s->finished = true;
+    uv_timer_stop(&s->grace);
+    uv_close((uv_handle_t *)&s->grace, NULL);
+    uv_close((uv_handle_t *)&s->sig_term, NULL);
+    uv_close((uv_handle_t *)&s->sig_int, NULL);
+    uv_close((uv_handle_t *)&s->sig_hup, NULL);
+    moat__handlers_close(s);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    srv *s = t->data;
+    moat_log(MOAT_LOG_INFO, "drain_grace_over", "connections=%u", s->nconns);
+    while (s->conns != NULL)
+        conn_fail(s->conns, MOAT_CODE_UNAVAILABLE, "server shut down");
+}
+
+static void start_drain(srv *s, const char *why)
+{
+    if (s->draining)
+        return;
+    s->draining = true;
+    moat_log(MOAT_LOG_INFO, "drain_start", "signal=%s grace_seconds=%u connections=%u", why,
+             s->cfg.drain_grace_seconds, s->nconns);
+    close_listeners(s);
+    conn *c = s->conns;
+    while (c != NULL) {
+        conn *next = c->next;
+        if (c->state == CONN_READY && c->streams == NULL)
+            conn_fail(c, MOAT_CODE_UNAVAILABLE, "server is shutting down");
+        else if (c->state == CONN_READY) {
+            send_go_away(c, MOAT_CODE_UNAVAILABLE, "server is shutting down");
+            c->draining_notified = true;
+        } else
+            conn_close(c, MOAT_CODE_UNAVAILABLE, "server is shutting down");
+        c = next;
+    }
+    uv_timer_start(&s->grace, on_grace, (uint64_t)s->cfg.drain_grace_seconds * 1000u, 0);
+}
+
+static void on_drain_check(srv *s)
+{
+    /* Thread-pool jobs still use the runtime: wait for them before closing it. */
+    if (s->draining && s->conns == NULL && s->inflight == 0)
+        finish_shutdown(s);
+}
+
+static int load_config(moat_server_config *cfg, int argc, char **argv, bool *check_only,
+                       bool quiet);
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    srv *s = h->data;
+    if (signum == SIGHUP) {
+        moat_server_config next;
+        if (load_config(&next, s->argc, s->argv, NULL, true) != 0) {
+            moat_log(MOAT_LOG_ERROR, "reload_failed", "keeping=current");
+            return;
+        }
+        /* Only what can change under a running server: listeners, Docker and
+         * paths stay as they were at start-up. */
+        s->cfg.log_level = next.log_level;
+        moat_log_set_level(next.log_level);
+        free(s->cfg.token);
+        s->cfg.token = next.token;
+        next.token = NULL;
+        s->cfg.max_connections = next.max_connections;
+        s->cfg.max_streams_per_connection = next.max_streams_per_connection;
+        s->cfg.max_frame_size = next.max_frame_size;
+        s->cfg.initial_window = next.initial_window;
+        s->cfg.idle_timeout_seconds = next.idle_timeout_seconds;
+        s->cfg.hello_timeout_seconds = next.hello_timeout_seconds;
+        s->cfg.drain_grace_seconds = next.drain_grace_seconds;
+        s->cfg.max_pending_bytes = next.max_pending_bytes;
+        moat_server_config_free(&next);
+        moat_log(MOAT_LOG_INFO, "reloaded",
+                 "log_level=%d max_connections=%u max_streams_per_connection=%u "
+                 "max_frame_size=%u token_set=%d",
+                 (int)s->cfg.log_level, s->cfg.max_connections, s->cfg.max_streams_per_connection,
+                 s->cfg.max_frame_size, s->cfg.token[0] != '\0');
+        return;
+    }
+    start_drain(s, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void on_idle_check(uv_check_t *h)
+{
+    on_drain_check(h->data);
+}
+
+/* ------------------------------------------------------------ start-up */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: moatd [-c FILE] [--KEY=VALUE]... [--check-config] [--help] [--version]\n"
+            "\n"
+            "moatd serves moat's framed protobuf protocol: sandbox sessions on Docker and\n"
+            "commands streamed from their moat-execd.\n"
+            "\n"
+            "  -c, --config FILE   read FILE (also MOAT_CONFIG); see docs/CONFIG.md\n"
+            "  --check-config      validate the configuration and exit (0 when valid)\n"
+            "  --help              this text\n"
+            "  --version           print the version\n"
+            "\n"
+            "Every key below may be set in the file as `key = value`, in the environment\n"
+            "as MOAT_<KEY>, or as a flag; flags win over the environment, which wins over\n"
+            "the file.\n\n");
+    moat_server_config_print_keys(f);
+}
+
+static char bindir_buf[4096];
+
+static const char *find_bindir(void)
+{
+    ssize_t n = readlink("/proc/self/exe", bindir_buf, sizeof(bindir_buf) - 1);
+    if (n <= 0)
+        return NULL;
+    bindir_buf[n] = '\0';
+    char *slash = strrchr(bindir_buf, '/');
+    if (slash == NULL)
+        return NULL;
+    *slash = '\0';
+    return bindir_buf;
+}
+
+/* Defaults, then the file, the environment and the flags. Returns 0, or 2
+ * after printing why. check_only (may be NULL) reports --check-config. */
+static int load_config(moat_server_config *cfg, int argc, char **argv, bool *check_only,
+                       bool quiet)
+{
+    moat_server_config_defaults(cfg);
+    char err[600];
+    const char *file = getenv("MOAT_CONFIG");
+    for (int i = 1; i < argc; i++) {
+        if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
+            file = argv[++i];
+        else if (strncmp(argv[i], "--config=", 9) == 0)
+            file = argv[i] + 9;
+    }
+    if (file != NULL && file[0] != '\0' &&
+        moat_server_config_load_file(cfg, file, err, sizeof(err)) != MOAT_OK)
+        goto fail;
+    if (moat_server_config_apply_env(cfg, err, sizeof(err)) != MOAT_OK)
+        goto fail;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (strncmp(a, "--config=", 9) == 0)
+            continue;
+        if (strcmp(a, "--check-config") == 0) {
+            if (check_only != NULL)
+                *check_only = true;
+            continue;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, sizeof(err), "unexpected argument \"%s\" (see --help)", a);
+            goto fail;
+        }
+        char key[80];
+        const char *value;
+        const char *eq = strchr(a + 2, '=');
+        if (eq != NULL) {
+            size_t kl = (size_t)(eq - (a + 2));
+            if (kl >= sizeof(key))
+                kl = sizeof(key) - 1;
+            memcpy(key, a + 2, kl);
+            key[kl] = '\0';
+            value = eq + 1;
+        } else {
+            snprintf(key, sizeof(key), "%s", a + 2);
+            if (i + 1 >= argc) {
+                snprintf(err, sizeof(err), "--%s needs a value", key);
+                goto fail;
+            }
+            value = argv[++i];
+        }
+        char why[400];
+        moat_err e = moat_server_config_set(cfg, key, value, why, sizeof(why));
+        if (e != MOAT_OK) {
+            snprintf(err, sizeof(err), "--%s: %s", key, why);
+            goto fail;
+        }
+    }
+    if (moat_server_config_finish(cfg, find_bindir(), err, sizeof(err)) != MOAT_OK)
+        goto fail;
+    return 0;
+fail:
+    if (!quiet)
+        fprintf(stderr, "moatd: %s\n", err);
+    else
+        moat_log(MOAT_LOG_ERROR, "config_invalid", "error=\"%s\"", err);
+    moat_server_config_free(cfg);
+    return 2;
+}
+
+static int listen_all(srv *s)
+{
+    int rc;
+    if (s->cfg.listen[0] != '\0') {
+        char host[256];
+        uint16_t port;
+        moat_server_split_hostport(s->cfg.listen, host, sizeof(host), &port);
+        struct sockaddr_storage addr;
+        if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) != 0 &&
+            uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr) != 0) {
+            if (strcmp(host, "localhost") != 0) {
+                moat_log(MOAT_LOG_ERROR, "listen_failed", "addr=%s error=\"not an IP address\"",
+                         s->cfg.listen);
+                return -1;
+            }
+            uv_ip4_addr("127.0.0.1", port, (struct sockaddr_in *)&addr);
+        }
+        uv_tcp_init(s->loop, &s->tcp);
+        s->tcp.data = s;
+        s->tcp_on = true;
+        if ((rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&addr, 0)) != 0 ||
+            (rc = uv_listen((uv_stream_t *)&s->tcp, 1024, on_connection)) != 0) {
+            moat_log(MOAT_LOG_ERROR, "listen_failed", "addr=%s error=\"%s\"", s->cfg.listen,
+                     uv_strerror(rc));
+            return -1;
+        }
+        moat_log(MOAT_LOG_INFO, "listening", "addr=%s token_required=%d", s->cfg.listen,
+                 s->cfg.token[0] != '\0');
+    }
+    if (s->cfg.unix_socket[0] != '\0') {
+        uv_pipe_init(s->loop, &s->pipe, 0);
+        s->pipe.data = s;
+        s->pipe_on = true;
+        unlink(s->cfg.unix_socket);
+        if ((rc = uv_pipe_bind(&s->pipe, s->cfg.unix_socket)) != 0 ||
+            (rc = uv_listen((uv_stream_t *)&s->pipe, 1024, on_connection)) != 0) {
+            moat_log(MOAT_LOG_ERROR, "listen_failed", "path=%s error=\"%s\"", s->cfg.unix_socket,
+                     uv_strerror(rc));
+            return -1;
+        }
+        chmod(s->cfg.unix_socket, 0660);
+        moat_log(MOAT_LOG_INFO, "listening", "path=%s token_required=%d", s->cfg.unix_socket,
+                 s->cfg.token[0] != '\0');
+    }
+    return 0;
+}
+
+int moat_server_main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("moatd %s\n", MOAT_VERSION);
+            return 0;
+        }
+    }
+    static srv s;
+    bool check_only = false;
+    if (load_config(&s.cfg, argc, argv, &check_only, false) != 0)
+        return 2;
+    if (check_only) {
+        printf("moatd: configuration is valid (file: %s)\n",
+               s.cfg.config_file[0] ? s.cfg.config_file : "none");
+        moat_server_config_free(&s.cfg);
+        return 0;
+    }
+    s.argc = argc;
+    s.argv = argv;
+    moat_log_set_level(s.cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    /* One descriptor per connection: allow as many as the hard limit does. */
+    struct rlimit nofile;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    char pool[16];
+    snprintf(pool, sizeof(pool), "%u", s.cfg.threadpool_size);
+    setenv("UV_THREADPOOL_SIZE", pool, 1);
+
+    /* moatd reaches Docker and execd over Unix sockets: skip loading the TLS
+     * library's tables up front (OpenSSL initialises itself if a tcp:// Docker
+     * host with TLS ever needs it). The first global init decides; later
+     * ones by the runtime and the bridge only count references. */
+    curl_global_init(CURL_GLOBAL_NOTHING);
+    s.loop = uv_default_loop();
+    moat__metrics_init();
+    if (moat__handlers_init(&s) != MOAT_OK) {
+        moat_server_config_free(&s.cfg);
+        curl_global_cleanup();
+        return 1;
+    }
+    int rc = 0;
+    if (listen_all(&s) != 0) {
+        rc = 1;
+        close_listeners(&s);
+        moat__handlers_close(&s);
+        uv_run(s.loop, UV_RUN_DEFAULT);
+        uv_loop_close(s.loop);
+        moat_server_config_free(&s.cfg);
+        curl_global_cleanup();
+        return rc;
+    }
+    if (s.cfg.metrics_listen[0] != '\0' && moat__metrics_start(s.cfg.metrics_listen) != MOAT_OK)
+        moat_log(MOAT_LOG_WARN, "metrics_unavailable", "addr=%s", s.cfg.metrics_listen);
+    uv_signal_init(s.loop, &s.sig_term);
+    uv_signal_init(s.loop, &s.sig_int);
+    uv_signal_init(s.loop, &s.sig_hup);
+    s.sig_term.data = s.sig_int.data = s.sig_hup.data = &s;
+    uv_signal_start(&s.sig_term, on_signal, SIGTERM);
+    uv_signal_start(&s.sig_int, on_signal, SIGINT);
+    uv_signal_start(&s.sig_hup, on_signal, SIGHUP);
+    uv_timer_init(s.loop, &s.grace);
+    s.grace.data = &s;
+    uv_unref((uv_handle_t *)&s.grace);
+    static uv_check_t check;
+    uv_check_init(s.loop, &check);
+    check.data = &s;
+    uv_check_start(&check, on_idle_check);
+    uv_unref((uv_handle_t *)&check);
+    moat_log(MOAT_LOG_INFO, "started", "version=%s pid=%d state_dir=%s image=%s", MOAT_VERSION,
+             (int)getpid(), s.cfg.state_dir, s.cfg.image);
+    uv_run(s.loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&check, NULL);
+    uv_run(s.loop, UV_RUN_DEFAULT);
+    moat__metrics_stop();
+    if (uv_loop_close(s.loop) != 0)
+        moat_log(MOAT_LOG_WARN, "loop_not_empty", "at=exit");
+    moat_log(MOAT_LOG_INFO, "stopped", "pid=%d", (int)getpid());
+    moat_server_config_free(&s.cfg);
+    curl_global_cleanup();
+    return rc;
+}

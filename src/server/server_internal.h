@@ -1,0 +1,125 @@
+/* moatd internals shared by its source files. */
+#ifndef MOAT_SERVER_INTERNAL_H
+#define MOAT_SERVER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "moat/bridge.h"
+#include "moat/rpc.h"
+#include "moat/runtime.h"
+#include "moat/server.h"
+#include "moat/wire.h"
+
+typedef struct srv srv;
+typedef struct conn conn;
+typedef struct stream stream;
+
+/* A frame waiting for the client's flow-control credit (or, for an End, for
+ * the messages before it). */
+typedef struct out_frame {
+    struct out_frame *next;
+    uint32_t payload; /* Message payload bytes it needs from the window; 0 for an End */
+    size_t len;
+    uint8_t data[];
+} out_frame;
+
+/* One call on one connection. Lives while the connection lists it or its
+ * handler holds it (refs). */
+struct stream {
+    conn *c; /* NULL once the connection is gone */
+    srv *s;
+    uint32_t id;
+    unsigned refs;
+    moat_rpc_call *call;
+    moat_window window; /* the client's credit for our Message payloads */
+    out_frame *qhead, *qtail;
+    size_t queued; /* bytes of frames in the queue */
+    bool end_queued;
+    uv_timer_t *deadline;
+    uint64_t started_ns;
+    /* Handler hooks. on_credit runs when the client granted more window. */
+    void *hctx;
+    void (*on_credit)(stream *st, uint32_t increment);
+    stream *next, *prev; /* in the connection's list */
+};
+
+typedef enum conn_state { CONN_PREHELLO, CONN_READY, CONN_CLOSING } conn_state;
+
+struct conn {
+    srv *s;
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    uv_timer_t timer; /* hello deadline, then idle checks */
+    conn_state state;
+    int open_handles;
+    bool reading;
+    bool draining_notified;
+    moat_wire_decoder dec;
+    moat_stream_table *table;
+    stream *streams;
+    size_t pending_write;
+    uint64_t last_active_ms;
+    uint32_t max_streams;
+    char peer[64];
+    conn *next, *prev;
+};
+
+/* Process-wide counters for /metrics; updated with atomics from any thread. */
+void moat__metrics_init(void);
+moat_err moat__metrics_start(const char *hostport);
+void moat__metrics_stop(void);
+void moat__metrics_conn(int delta);
+void moat__metrics_stream(int delta);
+void moat__metrics_status(moat_code code);
+void moat__metrics_bytes(uint64_t n);
+void moat__metrics_sessions_set(int64_t n);
+void moat__metrics_session_delta(int delta);
+void moat__metrics_create_latency(uint64_t ns);
+void moat__metrics_reaper(const char *action);
+int64_t moat__metrics_sessions(void);
+
+struct srv {
+    uv_loop_t *loop;
+    moat_server_config cfg;
+    int argc;
+    char **argv;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+    bool tcp_on, pipe_on;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t grace;
+    bool draining;
+    bool finished;
+    conn *conns;
+    uint32_t nconns;
+    uint32_t inflight; /* thread-pool jobs not yet completed */
+    moat_runtime *rt;
+    moat_bridge *bridge;
+    bool docker_ok;
+    uv_async_t gone_async; /* the reaper removed sessions: refresh the cache */
+    void *sessions;        /* session cache, see handlers.c */
+    void *create_waiters;
+};
+
+/* Server core used by handlers. */
+void moat__stream_ref(stream *st);
+void moat__stream_unref(stream *st);
+/* Credit the client still grants this stream, minus what is already queued. */
+uint32_t moat__stream_credit(const stream *st);
+/* A thread-pool job starts / ends (keeps the drain waiting for it). */
+void moat__srv_job(srv *s, int delta);
+
+/* Handlers (handlers.c). */
+moat_err moat__handlers_init(srv *s);
+void moat__handlers_close(srv *s);
+/* The request has been decoded; the handler owns the call from here. */
+void moat__dispatch(stream *st, const ProtobufCMessage *req);
+
+#endif

@@ -1,0 +1,409 @@
+/* The moat CLI (the real binary, run as a child process) against the fake
+ * server, whose handlers answer with protobuf-c: the server side's library. */
+#include <fcntl.h>
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "fake_server.h"
+#include "moat/v1/exec.pb-c.h"
+#include "moat/v1/files.pb-c.h"
+#include "moat/v1/health.pb-c.h"
+#include "moat/v1/sandbox.pb-c.h"
+
+#define CHAT "123e4567-e89b-12d3-a456-426614174000"
+
+static uint8_t stored[4096];
+static size_t stored_len;
+static uint32_t stored_mode;
+
+static void reply(fake *s, uint32_t id, const ProtobufCMessage *m)
+{
+    static uint8_t buf[8192];
+    size_t n = protobuf_c_message_pack(m, buf);
+    fake_send_message(s, id, buf, n);
+    fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
+}
+
+static void reply_session(fake *s, uint32_t id, const char *session_id, const char *chat,
+                          int64_t expires)
+{
+    Moat__V1__SandboxSession sess = MOAT__V1__SANDBOX_SESSION__INIT;
+    Moat__V1__SandboxSession__LabelsEntry label = MOAT__V1__SANDBOX_SESSION__LABELS_ENTRY__INIT;
+    Moat__V1__SandboxSession__LabelsEntry *labels[] = {&label};
+    label.key = "chat_id";
+    label.value = (char *)chat;
+    sess.session_id = (char *)session_id;
+    sess.chat_id = (char *)chat;
+    sess.container_id = "c0ffee";
+    sess.status = MOAT__V1__SESSION_STATUS__RUNNING;
+    sess.created_at_ms = 1718000000000;
+    sess.expires_at_ms = expires;
+    sess.image = "moat-sandbox:latest";
+    sess.n_labels = 1;
+    sess.labels = labels;
+    reply(s, id, &sess.base);
+}
+
+static void send_event(fake *s, uint32_t id, Moat__V1__ExecEvent *ev)
+{
+    static uint8_t buf[4096];
+    size_t n = moat__v1__exec_event__pack(ev, buf);
+    fake_send_message(s, id, buf, n);
+}
+
+static void run_command(fake *s, uint32_t id, Moat__V1__RunCommandRequest *r)
+{
+    Moat__V1__ExecEvent ev = MOAT__V1__EXEC_EVENT__INIT;
+    Moat__V1__ExecEvent__Output out = MOAT__V1__EXEC_EVENT__OUTPUT__INIT;
+    char text[512];
+    snprintf(text, sizeof text, "out:%s cwd=%s env=%s=%s\n", r->command, r->cwd,
+             r->n_env ? r->env[0]->key : "", r->n_env ? r->env[0]->value : "");
+    ev.sequence = 1;
+    ev.kind_case = MOAT__V1__EXEC_EVENT__KIND_OUTPUT;
+    ev.output = &out;
+    out.stream = MOAT__V1__OUTPUT_STREAM__STDOUT;
+    out.data.data = (uint8_t *)text;
+    out.data.len = strlen(text);
+    send_event(s, id, &ev);
+    static uint8_t err_bytes[] = {'e', 'r', 'r', 0xff, '\n'};
+    ev.sequence = 2;
+    out.stream = MOAT__V1__OUTPUT_STREAM__STDERR;
+    out.data.data = err_bytes;
+    out.data.len = sizeof err_bytes;
+    send_event(s, id, &ev);
+    Moat__V1__ExecEvent__Exit exit_ev = MOAT__V1__EXEC_EVENT__EXIT__INIT;
+    Moat__V1__ExitCode code = MOAT__V1__EXIT_CODE__INIT;
+    exit_ev.exit_code = &code;
+    if (strstr(r->command, "sleep")) {
+        code.value_case = MOAT__V1__EXIT_CODE__VALUE_CODE;
+        code.code = -1;
+        exit_ev.timed_out = true;
+    } else if (strstr(r->command, "lost")) {
+        code.value_case = MOAT__V1__EXIT_CODE__VALUE_UNKNOWN_REASON;
+        code.unknown_reason = "execd went away";
+    } else {
+        code.value_case = MOAT__V1__EXIT_CODE__VALUE_CODE;
+        code.code = 7;
+    }
+    ev.sequence = 3;
+    ev.kind_case = MOAT__V1__EXEC_EVENT__KIND_EXIT;
+    ev.exit = &exit_ev;
+    send_event(s, id, &ev);
+    fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
+}
+
+static void handler(fake *s, uint32_t id, const char *method, moat_slice req)
+{
+    if (strcmp(method, "/moat.v1.Sandboxes/CreateSession") == 0) {
+        Moat__V1__CreateSessionRequest *r =
+            moat__v1__create_session_request__unpack(NULL, req.len, req.data);
+        if (r == NULL || strcmp(r->chat_id, CHAT) != 0)
+            fake_send_end(s, id, MOAT_CODE_INVALID_ARGUMENT, "chat id is not a UUID",
+                          "invalid_chat_id", NULL);
+        else
+            reply_session(s, id, r->force_new ? "sess-new" : "sess-1", r->chat_id,
+                          1718000000000 + (int64_t)r->ttl_seconds * 1000);
+        moat__v1__create_session_request__free_unpacked(r, NULL);
+    } else if (strcmp(method, "/moat.v1.Sandboxes/GetSession") == 0) {
+        Moat__V1__GetSessionRequest *r =
+            moat__v1__get_session_request__unpack(NULL, req.len, req.data);
+        if (strcmp(r->session_id, "sess-1") == 0)
+            reply_session(s, id, "sess-1", CHAT, 1718000060000);
+        else
+            fake_send_end(s, id, MOAT_CODE_NOT_FOUND, "no such session", "session_not_found", NULL);
+        moat__v1__get_session_request__free_unpacked(r, NULL);
+    } else if (strcmp(method, "/moat.v1.Sandboxes/RenewSession") == 0) {
+        Moat__V1__RenewSessionRequest *r =
+            moat__v1__renew_session_request__unpack(NULL, req.len, req.data);
+        reply_session(s, id, r->session_id, CHAT, 1718000000000 + (int64_t)r->ttl_seconds * 1000);
+        moat__v1__renew_session_request__free_unpacked(r, NULL);
+    } else if (strcmp(method, "/moat.v1.Sandboxes/ListSessions") == 0) {
+        Moat__V1__SandboxSession a = MOAT__V1__SANDBOX_SESSION__INIT,
+                                 b = MOAT__V1__SANDBOX_SESSION__INIT;
+        Moat__V1__SandboxSession *list[] = {&a, &b};
+        a.session_id = "sess-1";
+        a.chat_id = CHAT;
+        a.status = MOAT__V1__SESSION_STATUS__RUNNING;
+        b.session_id = "sess-2";
+        b.chat_id = CHAT;
+        b.status = MOAT__V1__SESSION_STATUS__EXPIRED;
+        Moat__V1__ListSessionsResponse resp = MOAT__V1__LIST_SESSIONS_RESPONSE__INIT;
+        resp.n_sessions = 2;
+        resp.sessions = list;
+        reply(s, id, &resp.base);
+    } else if (strcmp(method, "/moat.v1.Sandboxes/StopSession") == 0) {
+        Moat__V1__StopSessionResponse resp = MOAT__V1__STOP_SESSION_RESPONSE__INIT;
+        resp.stopped = true;
+        reply(s, id, &resp.base);
+    } else if (strcmp(method, "/moat.v1.Exec/RunCommand") == 0) {
+        Moat__V1__RunCommandRequest *r =
+            moat__v1__run_command_request__unpack(NULL, req.len, req.data);
+        run_command(s, id, r);
+        moat__v1__run_command_request__free_unpacked(r, NULL);
+    } else if (strcmp(method, "/moat.v1.Files/Write") == 0) {
+        Moat__V1__WriteRequest *r = moat__v1__write_request__unpack(NULL, req.len, req.data);
+        if (r->data.len <= sizeof stored && strcmp(r->path, "/workspace/f.bin") == 0) {
+            memcpy(stored, r->data.data, r->data.len);
+            stored_len = r->data.len;
+            stored_mode = r->mode;
+        }
+        Moat__V1__WriteResponse resp = MOAT__V1__WRITE_RESPONSE__INIT;
+        resp.written = r->data.len;
+        moat__v1__write_request__free_unpacked(r, NULL);
+        reply(s, id, &resp.base);
+    } else if (strcmp(method, "/moat.v1.Files/Read") == 0) {
+        /* Two chunks, to exercise offsets. */
+        size_t half = stored_len / 2;
+        Moat__V1__FileChunk c = MOAT__V1__FILE_CHUNK__INIT;
+        static uint8_t buf[8192];
+        c.offset = 0;
+        c.data.data = stored;
+        c.data.len = half;
+        fake_send_message(s, id, buf, moat__v1__file_chunk__pack(&c, buf));
+        c.offset = half;
+        c.data.data = stored + half;
+        c.data.len = stored_len - half;
+        fake_send_message(s, id, buf, moat__v1__file_chunk__pack(&c, buf));
+        fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
+    } else if (strcmp(method, "/moat.v1.Health/Check") == 0) {
+        Moat__V1__HealthCheckResponse resp = MOAT__V1__HEALTH_CHECK_RESPONSE__INIT;
+        resp.status = MOAT__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+        resp.server_version = "fake/1";
+        resp.docker_reachable = true;
+        resp.live_sessions = 2;
+        reply(s, id, &resp.base);
+    } else {
+        fake_send_end(s, id, MOAT_CODE_UNIMPLEMENTED, "no such method", "", NULL);
+    }
+}
+
+static fake server;
+static char addr[160];
+
+typedef struct run {
+    int status;
+    char out[8192];
+    size_t out_len;
+    char err[8192];
+    size_t err_len;
+} run;
+
+static void slurp(int fd, char *buf, size_t cap, size_t *len)
+{
+    *len = 0;
+    ssize_t n;
+    while (*len < cap - 1 && (n = read(fd, buf + *len, cap - 1 - *len)) > 0)
+        *len += (size_t)n;
+    buf[*len] = '\0';
+}
+
+/* Runs moat with args (NULL-terminated) against the fake; stdout and stderr
+ * go to temp files so large outputs cannot block the child. */
+static void moat(run *r, const char *a0, ...)
+{
+    const char *argv[32] = {MOAT_CLI_PATH, a0};
+    int argc = 2;
+    va_list ap;
+    va_start(ap, a0);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && argc < 31)
+        argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    FILE *out = tmpfile(), *err = tmpfile();
+    assert_non_null(out);
+    assert_non_null(err);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fileno(out), 1);
+        dup2(fileno(err), 2);
+        setenv("MOAT_ADDR", addr, 1);
+        setenv("MOAT_TOKEN", "tok", 1);
+        execv(MOAT_CLI_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    r->status = WEXITSTATUS(st);
+    lseek(fileno(out), 0, SEEK_SET);
+    lseek(fileno(err), 0, SEEK_SET);
+    slurp(fileno(out), r->out, sizeof r->out, &r->out_len);
+    slurp(fileno(err), r->err, sizeof r->err, &r->err_len);
+    fclose(out);
+    fclose(err);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    fake_start_unix(&server, handler, NULL);
+    snprintf(addr, sizeof addr, "unix:%s", server.path);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return fake_stop(&server) ? 0 : -1;
+}
+
+static void test_create_json(void **state)
+{
+    (void)state;
+    static run r;
+    moat(&r, "create", "--chat", CHAT, "--ttl", "60", "--json", NULL);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(r.err_len, 0);
+    /* One JSON document on one line. */
+    assert_non_null(strchr(r.out, '\n'));
+    assert_null(strchr(r.out, '\n') + 1 < r.out + r.out_len ? strchr(strchr(r.out, '\n') + 1, '\n')
+                                                            : NULL);
+    json_error_t jerr;
+    json_t *o = json_loads(r.out, 0, &jerr);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "session_id")), "sess-1");
+    assert_string_equal(json_string_value(json_object_get(o, "chat_id")), CHAT);
+    assert_string_equal(json_string_value(json_object_get(o, "status")), "RUNNING");
+    assert_string_equal(json_string_value(json_object_get(o, "expires_at")),
+                        "2024-06-10T06:14:20+00:00");
+    assert_int_equal(json_integer_value(json_object_get(o, "expires_at_ms")), 1718000060000);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "labels"), "chat_id")),
+                        CHAT);
+    json_decref(o);
+
+    moat(&r, "create", "--chat", CHAT, "--new", NULL);
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "sess-new\t" CHAT "\tRUNNING"));
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    static run r;
+    moat(&r, "create", "--chat", "not-a-uuid", NULL);
+    assert_int_equal(r.status, 1);
+    assert_string_equal(r.err,
+                        "moat: INVALID_ARGUMENT: chat id is not a UUID (reason=invalid_chat_id)\n");
+    moat(&r, "get", "nope", NULL);
+    assert_int_equal(r.status, 1);
+    assert_string_equal(r.err, "moat: NOT_FOUND: no such session (reason=session_not_found)\n");
+    moat(&r, "frobnicate", NULL);
+    assert_int_equal(r.status, 2);
+    moat(&r, "renew", "sess-1", NULL); /* --ttl missing */
+    assert_int_equal(r.status, 2);
+    moat(&r, "--addr", "unix:/nonexistent/moat.sock", "health", NULL);
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "moat: UNAVAILABLE: "));
+    assert_non_null(strstr(r.err, "(reason=connect_failed)"));
+}
+
+static void test_ls_get_renew_stop(void **state)
+{
+    (void)state;
+    static run r;
+    moat(&r, "ls", "--json", NULL);
+    assert_int_equal(r.status, 0);
+    char *second = strchr(r.out, '\n');
+    assert_non_null(second);
+    *second++ = '\0';
+    json_t *a = json_loads(r.out, 0, NULL), *b = json_loads(second, 0, NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_string_equal(json_string_value(json_object_get(a, "session_id")), "sess-1");
+    assert_string_equal(json_string_value(json_object_get(b, "status")), "EXPIRED");
+    json_decref(a);
+    json_decref(b);
+    moat(&r, "get", "sess-1", NULL);
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "sess-1\t" CHAT "\tRUNNING\t2024-06-10T06:14:20+00:00"));
+    moat(&r, "renew", "sess-1", "--ttl", "120", "--json", NULL);
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "\"expires_at_ms\":1718000120000"));
+    moat(&r, "stop", "sess-1", NULL);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, "sess-1\tstopped\n");
+}
+
+static void test_exec(void **state)
+{
+    (void)state;
+    static run r;
+    moat(&r, "exec", "sess-1", "--cwd", "/w", "--env", "A=1", "--", "echo", "hi", NULL);
+    assert_int_equal(r.status, 7);
+    assert_string_equal(r.out, "out:'echo' 'hi' cwd=/w env=A=1\n");
+    assert_int_equal(r.err_len, 5);
+    assert_memory_equal(r.err, "err\xff\n", 5);
+    moat(&r, "exec", "sess-1", "--timeout", "100", "--", "sleep", "5", NULL);
+    assert_int_equal(r.status, 124);
+    moat(&r, "exec", "sess-1", "--", "echo 'it''s' | wc -c", NULL); /* one word: as written */
+    assert_int_equal(r.status, 7);
+    assert_string_equal(r.out, "out:echo 'it''s' | wc -c cwd= env==\n");
+    moat(&r, "exec", "sess-1", "--", "printf", "%s", "it's", NULL); /* quoted words */
+    assert_string_equal(r.out, "out:'printf' '%s' 'it'\\''s' cwd= env==\n");
+    moat(&r, "exec", "sess-1", "--", "lost", NULL);
+    assert_int_equal(r.status, 255);
+    assert_non_null(strstr(r.err, "moat: exit code unknown: execd went away"));
+}
+
+static void test_cp_and_health(void **state)
+{
+    (void)state;
+    static run r;
+    char local[] = "/tmp/moat-cli-test-XXXXXX";
+    int fd = mkstemp(local);
+    assert_true(fd >= 0);
+    uint8_t data[3000];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)(i * 13);
+    assert_int_equal(write(fd, data, sizeof data), (ssize_t)sizeof data);
+    fchmod(fd, 0640);
+    close(fd);
+    moat(&r, "cp", local, "sess-1:/workspace/f.bin", NULL);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(stored_len, sizeof data);
+    assert_memory_equal(stored, data, sizeof data);
+    assert_int_equal(stored_mode, 0640);
+    char back[64];
+    snprintf(back, sizeof back, "%s.back", local);
+    moat(&r, "cp", "sess-1:/workspace/f.bin", back, NULL);
+    assert_int_equal(r.status, 0);
+    fd = open(back, O_RDONLY);
+    assert_true(fd >= 0);
+    uint8_t got[4000];
+    assert_int_equal(read(fd, got, sizeof got), (ssize_t)sizeof data);
+    assert_memory_equal(got, data, sizeof data);
+    close(fd);
+    unlink(local);
+    unlink(back);
+
+    moat(&r, "health", NULL);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, "SERVING fake/1 docker_reachable=true live_sessions=2\n");
+    moat(&r, "health", "--json", NULL);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, "{\"status\":\"SERVING\",\"server_version\":\"fake/"
+                               "1\",\"docker_reachable\":true,\"live_sessions\":2}\n");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_create_json),       cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_ls_get_renew_stop), cmocka_unit_test(test_exec),
+        cmocka_unit_test(test_cp_and_health),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,398 @@
+/* libmoat against a fake moatd: a real Unix/TCP socket served by a thread in
+ * this process, speaking frames through moat_wire. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "moat/client.h"
+#include "moat/wire.h"
+
+#include "fake_server.h"
+
+#define WINDOW     FAKE_WINDOW
+#define OUT_CHUNKS 12u /* 12 × 16 KiB = 3 windows: the server needs updates */
+#define CHUNK      (16u * 1024u)
+
+static void send_event(fake *s, uint32_t stream, moat_exec_event *ev)
+{
+    static uint8_t buf[CHUNK + 256];
+    size_t n;
+    if (moat_exec_event_encode(ev, buf, sizeof buf, &n) != MOAT_OK)
+        s->failed = true;
+    else
+        fake_send_message(s, stream, buf, n);
+}
+
+static void run_command(fake *s, uint32_t stream)
+{
+    static moat_exec_event ev;
+    static uint8_t data[CHUNK];
+    memset(&ev, 0, sizeof ev);
+    ev.sequence = 1;
+    ev.kind = MOAT_EXEC_INIT;
+    ev.execution_id = moat_slice_str("exec-1");
+    send_event(s, stream, &ev);
+    for (uint32_t i = 0; i < OUT_CHUNKS; i++) {
+        for (size_t j = 0; j < CHUNK; j++)
+            data[j] = (uint8_t)(i * 7 + j);
+        memset(&ev, 0, sizeof ev);
+        ev.sequence = 2 + i;
+        ev.kind = MOAT_EXEC_OUTPUT;
+        ev.stream = i % 2 ? MOAT_EXEC_STDERR : MOAT_EXEC_STDOUT;
+        ev.data = (moat_slice){data, CHUNK};
+        send_event(s, stream, &ev);
+    }
+    memset(&ev, 0, sizeof ev);
+    ev.sequence = 2 + OUT_CHUNKS;
+    ev.kind = MOAT_EXEC_EXIT;
+    ev.exit_known = true;
+    ev.exit_code = 3;
+    send_event(s, stream, &ev);
+    fake_send_end(s, stream, MOAT_CODE_OK, "", "", NULL);
+}
+
+static void handler(fake *s, uint32_t id, const char *method, moat_slice request)
+{
+    if (strcmp(method, "/test/Echo") == 0) {
+        fake_send_message(s, id, request.data, request.len);
+        fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
+    } else if (strcmp(method, "/moat.v1.Exec/RunCommand") == 0) {
+        run_command(s, id);
+    } else if (strcmp(method, "/test/Fail") == 0) {
+        fake_send_end(s, id, MOAT_CODE_UNAVAILABLE, "sandbox container did not start",
+                      "sandbox_start_failed", "123e4567-e89b-12d3-a456-426614174000");
+    } else if (strcmp(method, "/test/Drop") == 0) {
+        s->drop = true;
+    } else if (strcmp(method, "/test/PingMe") == 0) {
+        /* A server ping mid-call: the client must answer it while reading. */
+        moat_frame p = {.kind = MOAT_FRAME_PING};
+        p.u.ping.payload = 77;
+        uint8_t buf[32];
+        size_t n;
+        if (moat_wire_encode(&p, buf, sizeof buf, &n) == MOAT_OK)
+            fake_send_raw(s, buf, n);
+        fake_send_message(s, id, request.data, request.len);
+        fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
+    } else if (strcmp(method, "/test/GoAway") == 0) {
+        moat_frame g = {.kind = MOAT_FRAME_GO_AWAY};
+        g.u.go_away.last_stream_id = id - 2;
+        g.u.go_away.code = MOAT_CODE_UNAVAILABLE;
+        g.u.go_away.message = moat_slice_str("shutting down");
+        uint8_t buf[64];
+        size_t n;
+        if (moat_wire_encode(&g, buf, sizeof buf, &n) == MOAT_OK)
+            fake_send_raw(s, buf, n);
+    } else if (strcmp(method, "/test/Garbage") == 0) {
+        static const uint8_t zero[4] = {0, 0, 0, 0};
+        fake_send_raw(s, zero, sizeof zero);
+    }
+}
+
+static void start_unix(fake *s)
+{
+    fake_start_unix(s, handler, NULL);
+}
+
+static void start_tcp(fake *s)
+{
+    fake_start_tcp(s, handler, NULL);
+}
+
+static void stop(fake *s)
+{
+    assert_true(fake_stop(s));
+}
+
+static moat_client *connect_unix(fake *s)
+{
+    char addr[128];
+    snprintf(addr, sizeof addr, "unix:%s", s->path);
+    moat_client_options o = {.token = "tok", .client_name = "test"};
+    moat_client *c = NULL;
+    moat_status st;
+    assert_int_equal(moat_client_connect(addr, &o, &c, &st), MOAT_OK);
+    return c;
+}
+
+static void test_hello_and_unary(void **state)
+{
+    (void)state;
+    fake s;
+    start_tcp(&s);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", s.port);
+    moat_client_options o = {.token = "tok"};
+    moat_client *c = NULL;
+    moat_status st;
+    assert_int_equal(moat_client_connect(addr, &o, &c, &st), MOAT_OK);
+    const moat_client_limits *l = moat_client_get_limits(c);
+    assert_int_equal(l->max_frame_size, 2 * WINDOW);
+    assert_int_equal(l->initial_window, WINDOW);
+    assert_int_equal(l->max_concurrent_streams, 8);
+    assert_string_equal(l->server_version, "fake/1");
+    assert_int_equal(moat_client_ping(c, 5000), MOAT_OK);
+    /* A request over the window or a frame is refused before anything is sent. */
+    static uint8_t big[2 * WINDOW];
+    moat_call *too_big;
+    assert_int_equal(
+        moat_call_start(c, "/test/Echo", 0, NULL, 0, (moat_slice){big, WINDOW + 1}, &too_big),
+        MOAT_E_TOO_BIG);
+    moat_kv many[MOAT_WIRE_MAX_KV + 1];
+    memset(many, 0, sizeof many);
+    assert_int_equal(moat_call_start(c, "/test/Echo", 0, many, MOAT_WIRE_MAX_KV + 1,
+                                     moat_slice_str("x"), &too_big),
+                     MOAT_E_TOO_BIG);
+    uint8_t resp[64];
+    size_t n;
+    assert_int_equal(
+        moat_client_unary(c, "/test/Echo", 0, moat_slice_str("abc"), resp, sizeof resp, &n, &st),
+        MOAT_OK);
+    assert_int_equal(n, 3);
+    assert_memory_equal(resp, "abc", 3);
+    assert_int_equal(
+        moat_client_unary(c, "/test/Fail", 0, moat_slice_str("x"), resp, sizeof resp, &n, &st),
+        MOAT_E_REMOTE);
+    assert_int_equal(st.code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_string_equal(st.message, "sandbox container did not start");
+    assert_string_equal(moat_status_detail_get(&st, "chat_id"),
+                        "123e4567-e89b-12d3-a456-426614174000");
+    moat_client_close(c);
+    stop(&s);
+}
+
+static void test_bad_token(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    char addr[128];
+    snprintf(addr, sizeof addr, "unix:%s", s.path);
+    moat_client_options o = {.token = "wrong"};
+    moat_client *c = NULL;
+    moat_status st;
+    assert_int_equal(moat_client_connect(addr, &o, &c, &st), MOAT_E_REMOTE);
+    assert_null(c);
+    assert_int_equal(st.code, MOAT_CODE_UNAUTHENTICATED);
+    assert_string_equal(st.reason, "bad_token");
+    stop(&s);
+    assert_int_equal(moat_client_connect("unix:/nonexistent/moat.sock", &o, &c, &st), MOAT_E_IO);
+    assert_int_equal(st.code, MOAT_CODE_UNAVAILABLE);
+    assert_int_equal(moat_client_connect("no-port", &o, &c, &st), MOAT_E_INVAL);
+}
+
+static void test_streaming_with_windows(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    uint8_t req[256];
+    size_t n;
+    moat_run_command_req r = {.session_id = "s1", .command = "yes"};
+    assert_int_equal(moat_run_command_req_encode(&r, req, sizeof req, &n), MOAT_OK);
+    moat_call *call;
+    assert_int_equal(
+        moat_call_start(c, "/moat.v1.Exec/RunCommand", 10000, NULL, 0, (moat_slice){req, n}, &call),
+        MOAT_OK);
+    moat_slice msg;
+    static moat_exec_event ev;
+    uint64_t seq = 0;
+    size_t out_bytes = 0;
+    bool exited = false;
+    moat_err err;
+    while ((err = moat_call_recv(call, 10000, &msg)) == MOAT_OK) {
+        assert_int_equal(moat_exec_event_decode(msg, &ev), MOAT_OK);
+        assert_int_equal(ev.sequence, ++seq);
+        if (ev.kind == MOAT_EXEC_OUTPUT) {
+            uint32_t i = (uint32_t)ev.sequence - 2;
+            assert_int_equal(ev.stream, i % 2 ? MOAT_EXEC_STDERR : MOAT_EXEC_STDOUT);
+            assert_int_equal(ev.data.len, CHUNK);
+            for (size_t j = 0; j < CHUNK; j++)
+                assert_int_equal(ev.data.data[j], (uint8_t)(i * 7 + j));
+            out_bytes += ev.data.len;
+        } else if (ev.kind == MOAT_EXEC_EXIT) {
+            exited = true;
+            assert_true(ev.exit_known);
+            assert_int_equal(ev.exit_code, 3);
+        }
+    }
+    assert_int_equal(err, MOAT_E_CLOSED);
+    assert_true(exited);
+    assert_int_equal(out_bytes, OUT_CHUNKS * CHUNK);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    moat_call_free(call);
+    moat_client_close(c);
+    stop(&s);
+    /* Three windows of data could only flow because updates were sent. */
+    assert_true(s.updates_seen >= 2);
+}
+
+static void test_multiplexed_and_cancel(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_call *a, *b, *h;
+    assert_int_equal(moat_call_start(c, "/test/Echo", 0, NULL, 0, moat_slice_str("first"), &a),
+                     MOAT_OK);
+    assert_int_equal(moat_call_start(c, "/test/Echo", 0, NULL, 0, moat_slice_str("second"), &b),
+                     MOAT_OK);
+    moat_slice msg;
+    /* Read b first: a's message and End arrive meanwhile and are kept. */
+    assert_int_equal(moat_call_recv(b, 5000, &msg), MOAT_OK);
+    assert_int_equal(msg.len, 6);
+    assert_memory_equal(msg.data, "second", 6);
+    assert_int_equal(moat_call_recv(b, 5000, &msg), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_recv(a, 5000, &msg), MOAT_OK);
+    assert_int_equal(msg.len, 5);
+    assert_memory_equal(msg.data, "first", 5);
+    assert_int_equal(moat_call_recv(a, 5000, &msg), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(a)->code, MOAT_CODE_OK);
+    moat_call_free(a);
+    moat_call_free(b);
+
+    moat_kv md[] = {{moat_slice_str("request_id"), moat_slice_str("r1")}};
+    assert_int_equal(moat_call_start(c, "/test/Hang", 0, md, 1, moat_slice_str("x"), &h), MOAT_OK);
+    assert_int_equal(moat_call_recv(h, 50, &msg), MOAT_E_TIMEOUT);
+    assert_int_equal(moat_call_cancel(h, "bored"), MOAT_OK);
+    assert_int_equal(moat_call_recv(h, 5000, &msg), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(h)->code, MOAT_CODE_CANCELLED);
+    moat_call_free(h);
+    moat_client_close(c);
+    stop(&s);
+}
+
+static void test_eof_is_unavailable(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_call *a, *d;
+    assert_int_equal(moat_call_start(c, "/test/Hang", 0, NULL, 0, moat_slice_str("x"), &a),
+                     MOAT_OK);
+    assert_int_equal(moat_call_start(c, "/test/Drop", 0, NULL, 0, moat_slice_str("x"), &d),
+                     MOAT_OK);
+    moat_slice msg;
+    assert_int_equal(moat_call_recv(d, 5000, &msg), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(d)->code, MOAT_CODE_UNAVAILABLE);
+    assert_int_equal(moat_call_recv(a, 5000, &msg), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(a)->code, MOAT_CODE_UNAVAILABLE);
+    moat_call *e;
+    assert_int_equal(moat_call_start(c, "/test/Echo", 0, NULL, 0, moat_slice_str("x"), &e),
+                     MOAT_E_CLOSED);
+    moat_call_free(a);
+    moat_call_free(d);
+    moat_client_close(c);
+    stop(&s);
+}
+
+static void test_garbage_from_server(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_call *g;
+    assert_int_equal(moat_call_start(c, "/test/Garbage", 0, NULL, 0, moat_slice_str("x"), &g),
+                     MOAT_OK);
+    moat_slice msg;
+    assert_int_equal(moat_call_recv(g, 5000, &msg), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(g)->code, MOAT_CODE_INTERNAL);
+    assert_string_equal(moat_call_status(g)->reason, "bad_frame");
+    moat_call_free(g);
+    moat_client_close(c); /* closing makes the fake's read see EOF */
+    stop(&s);
+}
+
+static void test_deadline(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_call *h;
+    /* The fake ignores deadlines: the client ends the call itself. */
+    assert_int_equal(moat_call_start(c, "/test/Hang", 1, NULL, 0, moat_slice_str("x"), &h),
+                     MOAT_OK);
+    moat_slice msg;
+    moat_err err;
+    while ((err = moat_call_recv(h, 5000, &msg)) == MOAT_OK)
+        ;
+    assert_int_equal(err, MOAT_E_CLOSED);
+    /* Either the fake's End CANCELLED (answering our Cancel) or our local verdict. */
+    moat_code code = moat_call_status(h)->code;
+    assert_true(code == MOAT_CODE_DEADLINE_EXCEEDED || code == MOAT_CODE_CANCELLED);
+    moat_call_free(h);
+    moat_client_close(c);
+    stop(&s);
+}
+
+static void test_limits_ping_goaway(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    /* max_concurrent_streams (8) is enforced locally. */
+    moat_call *calls[9];
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(
+            moat_call_start(c, "/test/Hang", 0, NULL, 0, moat_slice_str("x"), &calls[i]), MOAT_OK);
+    assert_int_equal(moat_call_start(c, "/test/Hang", 0, NULL, 0, moat_slice_str("x"), &calls[8]),
+                     MOAT_E_TOO_BIG);
+    for (int i = 0; i < 8; i++)
+        moat_call_free(calls[i]);
+    /* The server pings: the Pong goes out and the call completes. */
+    moat_call *p;
+    assert_int_equal(moat_call_start(c, "/test/PingMe", 0, NULL, 0, moat_slice_str("pp"), &p),
+                     MOAT_OK);
+    moat_slice msg;
+    assert_int_equal(moat_call_recv(p, 5000, &msg), MOAT_OK);
+    assert_int_equal(msg.len, 2);
+    assert_int_equal(moat_call_recv(p, 5000, &msg), MOAT_E_CLOSED);
+    moat_call_free(p);
+    /* GoAway: an open call above last_stream_id ends UNAVAILABLE; no new calls. */
+    moat_call *h, *g;
+    assert_int_equal(moat_call_start(c, "/test/Hang", 0, NULL, 0, moat_slice_str("x"), &h),
+                     MOAT_OK);
+    assert_int_equal(moat_call_start(c, "/test/GoAway", 0, NULL, 0, moat_slice_str("x"), &g),
+                     MOAT_OK);
+    assert_int_equal(moat_call_recv(g, 5000, &msg), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(g)->code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(moat_call_status(g)->reason, "go_away");
+    assert_string_equal(moat_call_status(g)->message, "shutting down");
+    assert_int_equal(moat_call_recv(h, 50, &msg),
+                     MOAT_E_TIMEOUT); /* at or below last_stream_id: still open */
+    moat_call *n;
+    assert_int_equal(moat_call_start(c, "/test/Echo", 0, NULL, 0, moat_slice_str("x"), &n),
+                     MOAT_E_CLOSED);
+    moat_call_free(h);
+    moat_call_free(g);
+    moat_client_close(c);
+    stop(&s);
+    assert_int_equal(s.pongs_seen, 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hello_and_unary),
+        cmocka_unit_test(test_bad_token),
+        cmocka_unit_test(test_streaming_with_windows),
+        cmocka_unit_test(test_multiplexed_and_cancel),
+        cmocka_unit_test(test_eof_is_unavailable),
+        cmocka_unit_test(test_garbage_from_server),
+        cmocka_unit_test(test_deadline),
+        cmocka_unit_test(test_limits_ping_goaway),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

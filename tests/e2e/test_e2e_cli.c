@@ -1,0 +1,266 @@
+/* End to end through the `moat` CLI and libmoat: real dockerd, moatd (with a
+ * token) and moat-execd. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "harness.h"
+#include "moat/client.h"
+
+#define PREFIX "moat-e2ecli-"
+#define TOKEN "e2e-secret-token"
+
+static moatd_proc P;
+static char moat_bin[512];
+static char session[64];
+static char out_path[300], err_path[300];
+
+static void cleanup_containers(void)
+{
+    int rc = system("ids=$(/usr/bin/docker ps -aq --filter name=" PREFIX "); "
+                    "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1");
+    (void)rc;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    cleanup_containers();
+    const char *build = getenv("MOAT_BUILD_DIR");
+    snprintf(moat_bin, sizeof(moat_bin), "%s/src/client/moat", build != NULL ? build : ".");
+    const char *extra[] = {"--container_name_prefix=" PREFIX, "--token=" TOKEN, NULL};
+    if (!moatd_start(&P, true, extra))
+        return -1;
+    snprintf(out_path, sizeof(out_path), "%s/cli.out", P.state_dir);
+    snprintf(err_path, sizeof(err_path), "%s/cli.err", P.state_dir);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    int rc = moatd_stop(&P);
+    if (rc != 0)
+        moatd_dump_log(&P);
+    cleanup_containers();
+    moatd_remove_dir(P.state_dir);
+    return rc == 0 ? 0 : -1;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return strdup("");
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strdup(buf);
+}
+
+/* Runs `moat ARGS` with MOAT_ADDR and the given token (NULL: unset); stdout
+ * and stderr go to files. Returns the exit status. */
+static int cli(const char *token, const char *args)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd), "MOAT_ADDR=127.0.0.1:%d %s%s%s %s %s >%s 2>%s", P.port,
+             token != NULL ? "MOAT_TOKEN='" : "env -u MOAT_TOKEN", token != NULL ? token : "",
+             token != NULL ? "'" : "", moat_bin, args, out_path, err_path);
+    int rc = system(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static json_t *json_out(void)
+{
+    char *text = slurp(out_path);
+    json_error_t e;
+    json_t *j = json_loads(text, JSON_DISABLE_EOF_CHECK, &e);
+    if (j == NULL)
+        fail_msg("not JSON: %s", text);
+    free(text);
+    return j;
+}
+
+static void test_health(void **state)
+{
+    (void)state;
+    assert_int_equal(cli(TOKEN, "health --json"), 0);
+    json_t *j = json_out();
+    assert_true(json_is_true(json_object_get(j, "docker_reachable")));
+    json_decref(j);
+}
+
+static void test_tokens_refused(void **state)
+{
+    (void)state;
+    assert_int_not_equal(cli("wrong-token", "health"), 0);
+    char *err = slurp(err_path);
+    assert_non_null(strstr(err, "UNAUTHENTICATED"));
+    free(err);
+    assert_int_not_equal(cli(NULL, "health"), 0);
+    err = slurp(err_path);
+    assert_non_null(strstr(err, "UNAUTHENTICATED"));
+    free(err);
+}
+
+static void test_create_reuse_and_new(void **state)
+{
+    (void)state;
+    const char *chat = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+    char args[256];
+    snprintf(args, sizeof(args), "create --chat %s --ttl 600 --json", chat);
+    assert_int_equal(cli(TOKEN, args), 0);
+    json_t *j = json_out();
+    snprintf(session, sizeof(session), "%s", json_string_value(json_object_get(j, "session_id")));
+    assert_int_equal(strlen(session), 36);
+    json_decref(j);
+    assert_int_equal(cli(TOKEN, args), 0);
+    j = json_out();
+    assert_string_equal(json_string_value(json_object_get(j, "session_id")), session);
+    json_decref(j);
+    snprintf(args, sizeof(args), "create --chat %s --new --json", chat);
+    assert_int_equal(cli(TOKEN, args), 0);
+    j = json_out();
+    char other[64];
+    snprintf(other, sizeof(other), "%s", json_string_value(json_object_get(j, "session_id")));
+    assert_string_not_equal(other, session);
+    json_decref(j);
+    snprintf(args, sizeof(args), "ls --chat %s --json", chat);
+    assert_int_equal(cli(TOKEN, args), 0);
+    char *text = slurp(out_path);
+    assert_non_null(strstr(text, session));
+    assert_non_null(strstr(text, other));
+    free(text);
+    snprintf(args, sizeof(args), "stop %s", other);
+    assert_int_equal(cli(TOKEN, args), 0);
+}
+
+static void test_exec_streams_and_exit_codes(void **state)
+{
+    (void)state;
+    char args[512];
+    snprintf(args, sizeof(args),
+             "exec %s -- 'echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 7'", session);
+    assert_int_equal(cli(TOKEN, args), 7);
+    char *out = slurp(out_path), *err = slurp(err_path);
+    assert_string_equal(out, "out1\nout2\n");
+    assert_string_equal(err, "err1\nerr2\n");
+    free(out);
+    free(err);
+    snprintf(args, sizeof(args), "exec %s --env GREETING=hello -- 'echo $GREETING'", session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    out = slurp(out_path);
+    assert_string_equal(out, "hello\n");
+    free(out);
+    snprintf(args, sizeof(args), "exec %s --timeout 300 -- sleep 10", session);
+    assert_int_equal(cli(TOKEN, args), 124);
+    /* Unknown session: an error with its status name. */
+    assert_int_not_equal(cli(TOKEN, "exec 00000000-0000-4000-8000-000000000000 -- true"), 0);
+    err = slurp(err_path);
+    assert_true(strstr(err, "NOT_FOUND") != NULL || strstr(err, "FAILED_PRECONDITION") != NULL);
+    free(err);
+}
+
+static void test_renew_get_cp(void **state)
+{
+    (void)state;
+    char args[1024];
+    snprintf(args, sizeof(args), "renew %s --ttl 900", session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    snprintf(args, sizeof(args), "get %s --json", session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    json_t *j = json_out();
+    assert_non_null(json_object_get(j, "expires_at_ms"));
+    json_decref(j);
+    char local[300], back[300];
+    snprintf(local, sizeof(local), "%s/cp-src.bin", P.state_dir);
+    snprintf(back, sizeof(back), "%s/cp-back.bin", P.state_dir);
+    FILE *f = fopen(local, "wb");
+    for (int i = 0; i < 300000; i++)
+        fputc((i * 31) & 0xff, f);
+    fclose(f);
+    snprintf(args, sizeof(args), "cp %s %s:/tmp/cp.bin", local, session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    snprintf(args, sizeof(args), "cp %s:/tmp/cp.bin %s", session, back);
+    assert_int_equal(cli(TOKEN, args), 0);
+    char cmp[700];
+    snprintf(cmp, sizeof(cmp), "cmp -s %s %s", local, back);
+    assert_int_equal(system(cmp), 0);
+}
+
+static void test_libmoat_run_command(void **state)
+{
+    (void)state;
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", P.port);
+    moat_client_options o = {.token = TOKEN};
+    moat_client *c = NULL;
+    moat_status st;
+    assert_int_equal(moat_client_connect(addr, &o, &c, &st), MOAT_OK);
+    for (int round = 0; round < 3; round++) {
+        moat_run_command_req req = {.session_id = session, .command = "echo lib; exit 5"};
+        uint8_t buf[512];
+        size_t len = 0;
+        assert_int_equal(moat_run_command_req_encode(&req, buf, sizeof(buf), &len), MOAT_OK);
+        moat_call *call = NULL;
+        assert_int_equal(moat_call_start(c, "/moat.v1.Exec/RunCommand", 0, NULL, 0,
+                                         (moat_slice){buf, len}, &call),
+                         MOAT_OK);
+        moat_slice msg;
+        char out[64] = "";
+        size_t outn = 0;
+        int code = -1;
+        uint64_t seq = 0;
+        while (moat_call_recv(call, 30000, &msg) == MOAT_OK) {
+            moat_exec_event ev;
+            assert_int_equal(moat_exec_event_decode(msg, &ev), MOAT_OK);
+            assert_true(ev.sequence == seq + 1);
+            seq = ev.sequence;
+            if (ev.kind == MOAT_EXEC_OUTPUT && outn + ev.data.len < sizeof(out)) {
+                memcpy(out + outn, ev.data.data, ev.data.len);
+                outn += ev.data.len;
+            }
+            if (ev.kind == MOAT_EXEC_EXIT && ev.exit_known)
+                code = ev.exit_code;
+        }
+        assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+        assert_int_equal(code, 5);
+        assert_string_equal(out, "lib\n");
+        moat_call_free(call);
+    }
+    moat_client_close(c);
+}
+
+static void test_stop(void **state)
+{
+    (void)state;
+    char args[128];
+    snprintf(args, sizeof(args), "stop %s", session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    snprintf(args, sizeof(args), "exec %s -- true", session);
+    assert_int_not_equal(cli(TOKEN, args), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_health),
+        cmocka_unit_test(test_tokens_refused),
+        cmocka_unit_test(test_create_reuse_and_new),
+        cmocka_unit_test(test_exec_streams_and_exit_codes),
+        cmocka_unit_test(test_renew_get_cp),
+        cmocka_unit_test(test_libmoat_run_command),
+        cmocka_unit_test(test_stop),
+    };
+    return cmocka_run_group_tests_name("moat_cli_e2e", tests, setup, teardown);
+}

@@ -1,0 +1,616 @@
+/* End to end over raw frames: the real moatd, the real dockerd, the real
+ * moat-execd in moat-sandbox:latest. Sessions, commands, files, flow control,
+ * cancel, TTL expiry and a SIGKILLed moatd coming back. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "moat/v1/exec.pb-c.h"
+#include "moat/v1/files.pb-c.h"
+#include "moat/v1/health.pb-c.h"
+#include "moat/v1/sandbox.pb-c.h"
+
+#define PREFIX "moat-e2e-"
+
+static moatd_proc P;
+static const char *extra_args[] = {"--container_name_prefix=" PREFIX,
+                                   "--cleanup_interval_seconds=1", "--log_level=info", NULL};
+static char chat_a[] = "6f1c2b0e-8a51-4c1e-9d7b-1f2e3d4c5b6a";
+static char session_a[MOAT_UUID_STR_LEN];
+static char first_state_dir[256];
+
+static void cleanup_containers(void)
+{
+    int rc = system("ids=$(/usr/bin/docker ps -aq --filter name=" PREFIX "); "
+                    "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1");
+    (void)rc;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    cleanup_containers();
+    return moatd_start(&P, true, extra_args) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    int rc = moatd_stop(&P);
+    if (rc != 0)
+        moatd_dump_log(&P);
+    cleanup_containers();
+    moatd_remove_dir(P.state_dir);
+    if (first_state_dir[0] != '\0')
+        moatd_remove_dir(first_state_dir);
+    return rc == 0 ? 0 : -1;
+}
+
+static raw_conn *conn(void)
+{
+    raw_conn *c = raw_connect(P.port);
+    assert_non_null(c);
+    moat_frame ack;
+    assert_int_equal(raw_hello(c, NULL, &ack), 1);
+    assert_int_equal(ack.kind, MOAT_FRAME_HELLO_ACK);
+    return c;
+}
+
+static Moat__V1__SandboxSession *create(raw_conn *c, const char *chat, uint32_t ttl,
+                                        bool force_new)
+{
+    Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
+    req.chat_id = (char *)chat;
+    req.ttl_seconds = ttl;
+    req.force_new = force_new;
+    ProtobufCMessage *resp = NULL;
+    char reason[64] = "";
+    int code = raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
+                         &moat__v1__sandbox_session__descriptor, &resp, reason, sizeof(reason));
+    if (code != MOAT_CODE_OK) {
+        moatd_dump_log(&P);
+        fail_msg("CreateSession: code %d reason %s", code, reason);
+    }
+    return (Moat__V1__SandboxSession *)resp;
+}
+
+/* What one execution produced. */
+typedef struct run_result {
+    int end_code;
+    char end_reason[64];
+    uint64_t events;
+    uint64_t last_seq;
+    bool seq_ok;
+    bool has_exit;
+    bool exit_known;
+    int exit_code;
+    bool timed_out;
+    char execution_id[128];
+    uint8_t *out;
+    size_t out_len, out_cap;
+    char order[64]; /* first output streams in order: 'o' or 'e' */
+    size_t norder;
+} run_result;
+
+static void result_free(run_result *r)
+{
+    free(r->out);
+}
+
+static void on_event(run_result *r, const Moat__V1__ExecEvent *ev, bool keep)
+{
+    r->events++;
+    if (ev->sequence != r->last_seq + 1)
+        r->seq_ok = false;
+    r->last_seq = ev->sequence;
+    switch (ev->kind_case) {
+    case MOAT__V1__EXEC_EVENT__KIND_INIT:
+        snprintf(r->execution_id, sizeof(r->execution_id), "%s", ev->init->execution_id);
+        break;
+    case MOAT__V1__EXEC_EVENT__KIND_OUTPUT:
+        if (r->norder < sizeof(r->order) - 1)
+            r->order[r->norder++] =
+                ev->output->stream == MOAT__V1__OUTPUT_STREAM__STDERR ? 'e' : 'o';
+        if (keep) {
+            if (r->out_len + ev->output->data.len > r->out_cap) {
+                r->out_cap = (r->out_len + ev->output->data.len) * 2;
+                r->out = realloc(r->out, r->out_cap);
+            }
+            memcpy(r->out + r->out_len, ev->output->data.data, ev->output->data.len);
+        }
+        r->out_len += ev->output->data.len;
+        break;
+    case MOAT__V1__EXEC_EVENT__KIND_EXIT:
+        r->has_exit = true;
+        r->timed_out = ev->exit->timed_out;
+        if (ev->exit->exit_code != NULL &&
+            ev->exit->exit_code->value_case == MOAT__V1__EXIT_CODE__VALUE_CODE) {
+            r->exit_known = true;
+            r->exit_code = ev->exit->exit_code->code;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void grant(raw_conn *c, uint32_t id, uint32_t n)
+{
+    moat_frame w = {0};
+    w.stream_id = id;
+    w.kind = MOAT_FRAME_WINDOW_UPDATE;
+    w.u.window_update.increment = n;
+    raw_send(c, &w);
+}
+
+/* Reads one stream to its End, granting window as messages are consumed. */
+static void collect(raw_conn *c, uint32_t id, run_result *r, bool keep, int pause_ms_at_start)
+{
+    memset(r, 0, sizeof(*r));
+    r->seq_ok = true;
+    r->end_code = -1;
+    if (pause_ms_at_start > 0)
+        usleep((useconds_t)pause_ms_at_start * 1000);
+    for (;;) {
+        moat_frame f;
+        if (raw_recv_stream(c, id, &f, 60000) != 1)
+            return;
+        if (f.kind == MOAT_FRAME_MESSAGE) {
+            Moat__V1__ExecEvent *ev = moat__v1__exec_event__unpack(NULL, f.u.message.payload.len,
+                                                                   f.u.message.payload.data);
+            assert_non_null(ev);
+            grant(c, id, (uint32_t)f.u.message.payload.len);
+            on_event(r, ev, keep);
+            moat__v1__exec_event__free_unpacked(ev, NULL);
+        } else if (f.kind == MOAT_FRAME_END) {
+            r->end_code = (int)f.u.end.code;
+            size_t n = f.u.end.reason.len < 63 ? f.u.end.reason.len : 63;
+            if (n > 0)
+                memcpy(r->end_reason, f.u.end.reason.data, n);
+            r->end_reason[n] = '\0';
+            return;
+        }
+    }
+}
+
+static uint32_t start_run(raw_conn *c, const char *sid, const char *cmd, uint64_t timeout_ms)
+{
+    Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+    req.session_id = (char *)sid;
+    req.command = (char *)cmd;
+    req.timeout_ms = timeout_ms;
+    return raw_call(c, "/moat.v1.Exec/RunCommand", 0, &req.base);
+}
+
+static void run(raw_conn *c, const char *sid, const char *cmd, run_result *r)
+{
+    collect(c, start_run(c, sid, cmd, 0), r, true, 0);
+}
+
+static void test_health_sees_docker(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    Moat__V1__HealthCheckRequest req = MOAT__V1__HEALTH_CHECK_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    assert_int_equal(raw_unary(c, "/moat.v1.Health/Check", &req.base,
+                               &moat__v1__health_check_response__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    Moat__V1__HealthCheckResponse *h = (Moat__V1__HealthCheckResponse *)resp;
+    assert_true(h->docker_reachable);
+    assert_int_equal(h->status, MOAT__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    raw_close(c);
+}
+
+static void test_create_is_idempotent_per_chat(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    Moat__V1__SandboxSession *s1 = create(c, chat_a, 600, false);
+    assert_int_equal(s1->status, MOAT__V1__SESSION_STATUS__RUNNING);
+    assert_string_equal(s1->chat_id, chat_a);
+    assert_int_equal(strlen(s1->container_id), 64);
+    snprintf(session_a, sizeof(session_a), "%s", s1->session_id);
+    /* Another spelling of the same chat gets the same session. */
+    Moat__V1__SandboxSession *s2 = create(c, "6F1C2B0E8A514C1E9D7B1F2E3D4C5B6A", 600, false);
+    assert_string_equal(s2->session_id, s1->session_id);
+    /* force_new makes another one. */
+    Moat__V1__SandboxSession *s3 = create(c, chat_a, 600, true);
+    assert_string_not_equal(s3->session_id, s1->session_id);
+    /* Listing the chat shows both. */
+    Moat__V1__ListSessionsRequest lr = MOAT__V1__LIST_SESSIONS_REQUEST__INIT;
+    lr.chat_id = chat_a;
+    ProtobufCMessage *resp = NULL;
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/ListSessions", &lr.base,
+                               &moat__v1__list_sessions_response__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    assert_int_equal(((Moat__V1__ListSessionsResponse *)resp)->n_sessions, 2);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    /* Stop the extra one: stopped, then idempotent. */
+    Moat__V1__StopSessionRequest sr = MOAT__V1__STOP_SESSION_REQUEST__INIT;
+    sr.session_id = s3->session_id;
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/StopSession", &sr.base,
+                               &moat__v1__stop_session_response__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    assert_true(((Moat__V1__StopSessionResponse *)resp)->stopped);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/StopSession", &sr.base,
+                               &moat__v1__stop_session_response__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    assert_false(((Moat__V1__StopSessionResponse *)resp)->stopped);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    /* A command in a stopped session is refused with a status. */
+    run_result r;
+    run(c, s3->session_id, "echo hi", &r);
+    assert_true(r.end_code == MOAT_CODE_FAILED_PRECONDITION || r.end_code == MOAT_CODE_NOT_FOUND);
+    result_free(&r);
+    protobuf_c_message_free_unpacked(&s1->base, NULL);
+    protobuf_c_message_free_unpacked(&s2->base, NULL);
+    protobuf_c_message_free_unpacked(&s3->base, NULL);
+    raw_close(c);
+}
+
+static void test_exec_output_and_exit_codes(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    run_result r;
+    run(c, session_a, "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3", &r);
+    assert_int_equal(r.end_code, MOAT_CODE_OK);
+    assert_true(r.seq_ok);
+    assert_true(r.has_exit);
+    assert_true(r.exit_known);
+    assert_int_equal(r.exit_code, 3);
+    assert_true(r.execution_id[0] != '\0');
+    assert_int_equal(r.out_len, strlen("out1\nerr1\nout2\n"));
+    assert_memory_equal(r.out, "out1\nerr1\nout2\n", r.out_len);
+    assert_string_equal(r.order, "oeo");
+    result_free(&r);
+    run(c, session_a, "true", &r);
+    assert_int_equal(r.exit_code, 0);
+    result_free(&r);
+    /* Binary-safe output. */
+    run(c, session_a, "printf 'a\\000b\\377c'", &r);
+    assert_int_equal(r.out_len, 5);
+    assert_memory_equal(r.out, "a\0b\377c", 5);
+    result_free(&r);
+    /* The command's own timeout. */
+    collect(c, start_run(c, session_a, "sleep 20", 300), &r, true, 0);
+    assert_int_equal(r.end_code, MOAT_CODE_OK);
+    assert_true(r.timed_out);
+    result_free(&r);
+    raw_close(c);
+}
+
+static void test_cancel_interrupts_command(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    uint32_t id = start_run(c, session_a, "echo started; sleep 30; echo never", 0);
+    moat_frame f;
+    /* Wait for output, so the command is surely running. */
+    bool saw_output = false;
+    char eid[128] = "";
+    while (!saw_output) {
+        assert_int_equal(raw_recv_stream(c, id, &f, 30000), 1);
+        assert_int_equal(f.kind, MOAT_FRAME_MESSAGE);
+        Moat__V1__ExecEvent *ev = moat__v1__exec_event__unpack(NULL, f.u.message.payload.len,
+                                                               f.u.message.payload.data);
+        if (ev->kind_case == MOAT__V1__EXEC_EVENT__KIND_INIT)
+            snprintf(eid, sizeof(eid), "%s", ev->init->execution_id);
+        saw_output = ev->kind_case == MOAT__V1__EXEC_EVENT__KIND_OUTPUT;
+        moat__v1__exec_event__free_unpacked(ev, NULL);
+    }
+    moat_frame cancel = {0};
+    cancel.stream_id = id;
+    cancel.kind = MOAT_FRAME_CANCEL;
+    raw_send(c, &cancel);
+    do {
+        assert_int_equal(raw_recv_stream(c, id, &f, 30000), 1);
+    } while (f.kind != MOAT_FRAME_END);
+    assert_int_equal(f.u.end.code, MOAT_CODE_CANCELLED);
+    /* The command itself stops: its status turns to not running. */
+    bool stopped = false;
+    for (int i = 0; i < 100 && !stopped; i++) {
+        Moat__V1__GetCommandStatusRequest sr = MOAT__V1__GET_COMMAND_STATUS_REQUEST__INIT;
+        sr.session_id = session_a;
+        sr.execution_id = eid;
+        ProtobufCMessage *resp = NULL;
+        int code = raw_unary(c, "/moat.v1.Exec/GetCommandStatus", &sr.base,
+                             &moat__v1__command_status__descriptor, &resp, NULL, 0);
+        assert_int_equal(code, MOAT_CODE_OK);
+        stopped = !((Moat__V1__CommandStatus *)resp)->running;
+        protobuf_c_message_free_unpacked(resp, NULL);
+        if (!stopped)
+            usleep(100000);
+    }
+    assert_true(stopped);
+    raw_close(c);
+}
+
+static void test_fifty_concurrent_streams(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    enum { N = 50 };
+    uint32_t ids[N];
+    char cmd[128];
+    for (int i = 0; i < N; i++) {
+        snprintf(cmd, sizeof(cmd), "for j in 1 2 3; do echo s%d-$j; sleep 0.05; done; exit %d", i,
+                 i % 7);
+        ids[i] = start_run(c, session_a, cmd, 0);
+        assert_true(ids[i] != 0);
+    }
+    /* Frames of all streams interleave; sort them out per stream. */
+    run_result r[N];
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < N; i++) {
+        r[i].seq_ok = true;
+        r[i].end_code = -1;
+    }
+    int ended = 0;
+    while (ended < N) {
+        moat_frame f;
+        assert_int_equal(raw_recv(c, &f, 60000), 1);
+        int k = -1;
+        for (int i = 0; i < N; i++)
+            if (ids[i] == f.stream_id)
+                k = i;
+        if (k < 0)
+            continue;
+        if (f.kind == MOAT_FRAME_MESSAGE) {
+            Moat__V1__ExecEvent *ev = moat__v1__exec_event__unpack(NULL, f.u.message.payload.len,
+                                                                   f.u.message.payload.data);
+            grant(c, f.stream_id, (uint32_t)f.u.message.payload.len);
+            on_event(&r[k], ev, true);
+            moat__v1__exec_event__free_unpacked(ev, NULL);
+        } else if (f.kind == MOAT_FRAME_END) {
+            r[k].end_code = (int)f.u.end.code;
+            ended++;
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(r[i].end_code, MOAT_CODE_OK);
+        assert_true(r[i].seq_ok);
+        assert_int_equal(r[i].exit_code, i % 7);
+        snprintf(cmd, sizeof(cmd), "s%d-1\ns%d-2\ns%d-3\n", i, i, i);
+        assert_int_equal(r[i].out_len, strlen(cmd));
+        assert_memory_equal(r[i].out, cmd, r[i].out_len);
+        result_free(&r[i]);
+    }
+    raw_close(c);
+}
+
+static long rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = atol(line + 6);
+    }
+    if (f != NULL)
+        fclose(f);
+    return kb;
+}
+
+static void test_slow_reader_gets_every_byte_in_order(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    /* 64 MiB of numbered lines; the client reads nothing for 3 s first. */
+    uint32_t id = start_run(c, session_a, "seq 1 8000000", 0);
+    sleep(3);
+    long rss_paused = rss_kb(P.pid);
+    run_result r;
+    collect(c, id, &r, true, 0);
+    assert_int_equal(r.end_code, MOAT_CODE_OK);
+    assert_int_equal(r.exit_code, 0);
+    assert_true(r.seq_ok);
+    /* Check every line is there once and in order. */
+    uint64_t expect = 1;
+    size_t pos = 0;
+    while (pos < r.out_len) {
+        char *nl = memchr(r.out + pos, '\n', r.out_len - pos);
+        assert_non_null(nl);
+        assert_true(strtoull((char *)r.out + pos, NULL, 10) == expect);
+        expect++;
+        pos = (size_t)((uint8_t *)nl - r.out) + 1;
+    }
+    assert_true(expect == 8000001);
+    /* The stalled stream is held by back-pressure, not buffered in moatd:
+     * far less than the 64 MiB the command wrote. */
+    assert_true(rss_paused > 0 && rss_paused < 48 * 1024);
+    result_free(&r);
+    raw_close(c);
+}
+
+static void test_files(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    ProtobufCMessage *resp = NULL;
+    Moat__V1__MkdirRequest mk = MOAT__V1__MKDIR_REQUEST__INIT;
+    mk.session_id = session_a;
+    mk.path = (char *)"/tmp/e2e/dir";
+    assert_int_equal(raw_unary(c, "/moat.v1.Files/Mkdir", &mk.base, NULL, NULL, NULL, 0),
+                     MOAT_CODE_OK);
+    Moat__V1__WriteRequest wr = MOAT__V1__WRITE_REQUEST__INIT;
+    wr.session_id = session_a;
+    wr.path = (char *)"/tmp/e2e/dir/a.bin";
+    uint8_t data[200000];
+    for (size_t i = 0; i < sizeof(data); i++)
+        data[i] = (uint8_t)(i * 7 + 3);
+    wr.data.data = data;
+    wr.data.len = sizeof(data);
+    assert_int_equal(raw_unary(c, "/moat.v1.Files/Write", &wr.base,
+                               &moat__v1__write_response__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    assert_int_equal(((Moat__V1__WriteResponse *)resp)->written, sizeof(data));
+    protobuf_c_message_free_unpacked(resp, NULL);
+    Moat__V1__StatRequest sr = MOAT__V1__STAT_REQUEST__INIT;
+    sr.session_id = session_a;
+    sr.path = (char *)"/tmp/e2e/dir/a.bin";
+    assert_int_equal(raw_unary(c, "/moat.v1.Files/Stat", &sr.base, &moat__v1__file_info__descriptor,
+                               &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    assert_int_equal(((Moat__V1__FileInfo *)resp)->size, sizeof(data));
+    assert_int_equal(((Moat__V1__FileInfo *)resp)->type, MOAT__V1__FILE_TYPE__FILE);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    /* Read streams chunks in order. */
+    Moat__V1__ReadRequest rr = MOAT__V1__READ_REQUEST__INIT;
+    rr.session_id = session_a;
+    rr.path = (char *)"/tmp/e2e/dir/a.bin";
+    uint32_t id = raw_call(c, "/moat.v1.Files/Read", 0, &rr.base);
+    size_t got = 0;
+    bool same = true;
+    for (;;) {
+        moat_frame f;
+        assert_int_equal(raw_recv_stream(c, id, &f, 30000), 1);
+        if (f.kind == MOAT_FRAME_END) {
+            assert_int_equal(f.u.end.code, MOAT_CODE_OK);
+            break;
+        }
+        Moat__V1__FileChunk *ch = moat__v1__file_chunk__unpack(NULL, f.u.message.payload.len,
+                                                               f.u.message.payload.data);
+        grant(c, id, (uint32_t)f.u.message.payload.len);
+        assert_true(ch->offset == got);
+        if (got + ch->data.len > sizeof(data) || memcmp(data + got, ch->data.data, ch->data.len))
+            same = false;
+        got += ch->data.len;
+        moat__v1__file_chunk__free_unpacked(ch, NULL);
+    }
+    assert_int_equal(got, sizeof(data));
+    assert_true(same);
+    Moat__V1__MoveRequest mv = MOAT__V1__MOVE_REQUEST__INIT;
+    mv.session_id = session_a;
+    mv.src = (char *)"/tmp/e2e/dir/a.bin";
+    mv.dest = (char *)"/tmp/e2e/dir/b.bin";
+    assert_int_equal(raw_unary(c, "/moat.v1.Files/Move", &mv.base, NULL, NULL, NULL, 0),
+                     MOAT_CODE_OK);
+    Moat__V1__ChmodRequest ch = MOAT__V1__CHMOD_REQUEST__INIT;
+    ch.session_id = session_a;
+    ch.path = (char *)"/tmp/e2e/dir/b.bin";
+    ch.mode = 0600;
+    assert_int_equal(raw_unary(c, "/moat.v1.Files/Chmod", &ch.base, NULL, NULL, NULL, 0),
+                     MOAT_CODE_OK);
+    Moat__V1__ListRequest lr = MOAT__V1__LIST_REQUEST__INIT;
+    lr.session_id = session_a;
+    lr.path = (char *)"/tmp/e2e/dir";
+    assert_int_equal(raw_unary(c, "/moat.v1.Files/List", &lr.base,
+                               &moat__v1__list_response__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    Moat__V1__ListResponse *l = (Moat__V1__ListResponse *)resp;
+    bool found = false;
+    for (size_t i = 0; i < l->n_entries; i++)
+        if (strstr(l->entries[i]->path, "b.bin") != NULL) {
+            found = true;
+            assert_int_equal(l->entries[i]->mode, 0600);
+        }
+    assert_true(found);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    Moat__V1__RemoveRequest rm = MOAT__V1__REMOVE_REQUEST__INIT;
+    rm.session_id = session_a;
+    rm.path = (char *)"/tmp/e2e";
+    rm.recursive = true;
+    assert_int_equal(raw_unary(c, "/moat.v1.Files/Remove", &rm.base, NULL, NULL, NULL, 0),
+                     MOAT_CODE_OK);
+    assert_int_equal(raw_unary(c, "/moat.v1.Files/Stat", &sr.base, NULL, NULL, NULL, 0),
+                     MOAT_CODE_NOT_FOUND);
+    raw_close(c);
+}
+
+static void test_renew_and_ttl_expiry(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    Moat__V1__SandboxSession *s = create(c, "0b3e6a2c-7d4f-4e8a-9c1b-2d3e4f5a6b7c", 600, false);
+    Moat__V1__RenewSessionRequest rn = MOAT__V1__RENEW_SESSION_REQUEST__INIT;
+    rn.session_id = s->session_id;
+    rn.ttl_seconds = 2;
+    ProtobufCMessage *resp = NULL;
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/RenewSession", &rn.base,
+                               &moat__v1__sandbox_session__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    Moat__V1__SandboxSession *r = (Moat__V1__SandboxSession *)resp;
+    assert_true(r->expires_at_ms < s->expires_at_ms);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    /* The reaper (every second here) ends it after its TTL. */
+    Moat__V1__GetSessionRequest gr = MOAT__V1__GET_SESSION_REQUEST__INIT;
+    gr.session_id = s->session_id;
+    int status = 0;
+    for (int i = 0; i < 200 && status != MOAT__V1__SESSION_STATUS__EXPIRED; i++) {
+        assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/GetSession", &gr.base,
+                                   &moat__v1__sandbox_session__descriptor, &resp, NULL, 0),
+                         MOAT_CODE_OK);
+        status = ((Moat__V1__SandboxSession *)resp)->status;
+        protobuf_c_message_free_unpacked(resp, NULL);
+        if (status != MOAT__V1__SESSION_STATUS__EXPIRED)
+            usleep(100000);
+    }
+    assert_int_equal(status, MOAT__V1__SESSION_STATUS__EXPIRED);
+    protobuf_c_message_free_unpacked(&s->base, NULL);
+    raw_close(c);
+}
+
+static void test_sigkill_and_restart(void **state)
+{
+    (void)state;
+    kill(P.pid, SIGKILL);
+    moatd_wait(&P, 10000);
+    /* Same state dir and port: sessions are found again. */
+    char a_state[300];
+    snprintf(a_state, sizeof(a_state), "--state_dir=%s", P.state_dir);
+    snprintf(first_state_dir, sizeof(first_state_dir), "%s", P.state_dir);
+    const char *extra[] = {"--container_name_prefix=" PREFIX, "--cleanup_interval_seconds=1",
+                           a_state, NULL};
+    assert_true(moatd_start(&P, true, extra));
+    raw_conn *c = conn();
+    Moat__V1__ListSessionsRequest lr = MOAT__V1__LIST_SESSIONS_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/ListSessions", &lr.base,
+                               &moat__v1__list_sessions_response__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    Moat__V1__ListSessionsResponse *l = (Moat__V1__ListSessionsResponse *)resp;
+    bool found = false;
+    for (size_t i = 0; i < l->n_sessions; i++)
+        found |= strcmp(l->sessions[i]->session_id, session_a) == 0;
+    assert_true(found);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    run_result r;
+    run(c, session_a, "echo back", &r);
+    assert_int_equal(r.end_code, MOAT_CODE_OK);
+    assert_int_equal(r.out_len, 5);
+    assert_memory_equal(r.out, "back\n", 5);
+    result_free(&r);
+    raw_close(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_health_sees_docker),
+        cmocka_unit_test(test_create_is_idempotent_per_chat),
+        cmocka_unit_test(test_exec_output_and_exit_codes),
+        cmocka_unit_test(test_cancel_interrupts_command),
+        cmocka_unit_test(test_fifty_concurrent_streams),
+        cmocka_unit_test(test_slow_reader_gets_every_byte_in_order),
+        cmocka_unit_test(test_files),
+        cmocka_unit_test(test_renew_and_ttl_expiry),
+        cmocka_unit_test(test_sigkill_and_restart),
+    };
+    return cmocka_run_group_tests_name("moatd_e2e", tests, setup, teardown);
+}

@@ -1,0 +1,1096 @@
+/* Integration tests: the real moat-execd on a Unix socket and on 127.0.0.1, driven with
+ * libcurl over every endpoint. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "xd_client.h"
+
+#include <curl/curl.h>
+#include <dirent.h>
+#include <pthread.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static xd_proc xp;
+
+static void nap_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static const xd_target *both[2];
+
+static void check_command_basics(const xd_target *t)
+{
+    xd_run r;
+    xd_stream(t, "/command", "{\"command\":\"echo hi\"}", false, &r);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(strlen(r.id), 32);
+    assert_true(r.complete);
+    assert_false(r.error);
+    assert_int_equal(xd_exit_code(&r), 0);
+    assert_string_equal(r.out, "hi");
+    assert_true(r.pings >= 1);
+    assert_int_equal(strncmp(r.types, "init,ping,", 10), 0);
+
+    xd_stream(t, "/command", "{\"command\":\"echo out; echo err >&2; exit 7\"}", false, &r);
+    assert_true(r.error);
+    assert_false(r.complete);
+    assert_int_equal(xd_exit_code(&r), 7);
+    assert_string_equal(r.traceback, "exit status 7");
+    assert_string_equal(r.out, "out");
+    assert_string_equal(r.err, "err");
+
+    xd_stream(t, "/command", "{\"command\":\"kill -9 $$\"}", false, &r);
+    assert_int_equal(xd_exit_code(&r), -1);
+    assert_string_equal(r.traceback, "signal: killed");
+}
+
+static void test_exit_codes(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 2; i++)
+        check_command_basics(both[i]);
+}
+
+static void test_ping_and_unknown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 2; i++) {
+        xd_resp r = xd_http(both[i], "GET", "/ping", NULL, NULL);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(r.len, 0);
+        xd_resp_free(&r);
+        r = xd_http(both[i], "GET", "/nope", NULL, NULL);
+        assert_int_equal(r.status, 404);
+        xd_resp_free(&r);
+    }
+}
+
+static void test_lines_and_last_line(void **state)
+{
+    (void)state;
+    xd_run r;
+    xd_stream(&xp.unix_t, "/command", "{\"command\":\"printf 'a\\\\n\\\\nb\\\\r\\\\nlast'\"}",
+              false, &r);
+    assert_true(r.complete);
+    assert_int_equal(r.nlines, 4);
+    assert_string_equal(r.out_lines[0], "a");
+    assert_string_equal(r.out_lines[1], "\n");
+    assert_string_equal(r.out_lines[2], "b");
+    assert_string_equal(r.out_lines[3], "last");
+}
+
+static void test_cwd_env(void **state)
+{
+    (void)state;
+    xd_run r;
+    char body[512];
+    snprintf(
+        body, sizeof(body),
+        "{\"command\":\"pwd; echo $FOO\",\"cwd\":\"${MOAT_XD_DIR}\",\"envs\":{\"FOO\":\"b r\"}}");
+    xd_stream(&xp.tcp_t, "/command", body, false, &r);
+    assert_true(r.complete);
+    assert_int_equal(r.nlines, 2);
+    assert_string_equal(r.out_lines[0], xp.dir);
+    assert_string_equal(r.out_lines[1], "b r");
+}
+
+static void test_timeout(void **state)
+{
+    (void)state;
+    xd_run r;
+    /* a child that ignores nothing but keeps the pipe: the whole group must die */
+    xd_stream(&xp.unix_t, "/command", "{\"command\":\"sleep 60 & sleep 60\",\"timeout\":300}",
+              false, &r);
+    assert_true(r.error);
+    assert_int_equal(xd_exit_code(&r), -1);
+    assert_string_equal(r.traceback, "signal: killed");
+}
+
+static json_t *status_of(const char *id)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/command/status/%s", id);
+    xd_resp r = xd_http(&xp.unix_t, "GET", path, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    xd_resp_free(&r);
+    assert_non_null(j);
+    return j;
+}
+
+/* Polls the status until the command has finished (bounded). */
+static json_t *wait_done(const char *id)
+{
+    for (int i = 0; i < 400; i++) {
+        json_t *j = status_of(id);
+        if (!json_is_true(json_object_get(j, "running")))
+            return j;
+        json_decref(j);
+        nap_ms(25);
+    }
+    fail_msg("command %s did not finish", id);
+    return NULL;
+}
+
+static void test_background_logs(void **state)
+{
+    (void)state;
+    xd_run r;
+    xd_stream(&xp.unix_t, "/command",
+              "{\"command\":\"echo one; echo two >&2; sleep 0.3; echo three; exit 3\","
+              "\"background\":true}",
+              false, &r);
+    assert_int_equal(r.status, 200);
+    assert_true(r.complete);
+    assert_string_equal(r.types, "init,execution_complete");
+    json_t *st = wait_done(r.id);
+    assert_int_equal(json_integer_value(json_object_get(st, "exit_code")), 3);
+    assert_string_equal(json_string_value(json_object_get(st, "error")), "exit status 3");
+    assert_non_null(json_object_get(st, "finished_at"));
+    json_decref(st);
+    char path[160];
+    snprintf(path, sizeof(path), "/command/%s/logs", r.id);
+    xd_resp lr = xd_http(&xp.unix_t, "GET", path, NULL, NULL);
+    assert_int_equal(lr.status, 200);
+    assert_string_equal(lr.body, "one\ntwo\nthree\n");
+    char *cur = xd_header(&lr, "EXECD-COMMANDS-TAIL-CURSOR");
+    assert_string_equal(cur, "14");
+    free(cur);
+    xd_resp_free(&lr);
+    snprintf(path, sizeof(path), "/command/%s/logs?cursor=8", r.id);
+    lr = xd_http(&xp.unix_t, "GET", path, NULL, NULL);
+    assert_string_equal(lr.body, "three\n");
+    xd_resp_free(&lr);
+    snprintf(path, sizeof(path), "/command/%s/logs?cursor=junk", r.id);
+    lr = xd_http(&xp.unix_t, "GET", path, NULL, NULL);
+    assert_int_equal(lr.len, 14);
+    xd_resp_free(&lr);
+    /* foreground ids have no logs; unknown ids are 404 on status */
+    xd_run f;
+    xd_stream(&xp.unix_t, "/command", "{\"command\":\"true\"}", false, &f);
+    snprintf(path, sizeof(path), "/command/%s/logs", f.id);
+    lr = xd_http(&xp.unix_t, "GET", path, NULL, NULL);
+    assert_int_equal(lr.status, 400);
+    assert_string_equal(xd_error_code(&lr), "INVALID_REQUEST_BODY");
+    xd_resp_free(&lr);
+    st = status_of(f.id);
+    assert_int_equal(json_integer_value(json_object_get(st, "exit_code")), 0);
+    json_decref(st);
+    lr = xd_http(&xp.unix_t, "GET", "/command/status/nope", NULL, NULL);
+    assert_int_equal(lr.status, 404);
+    assert_string_equal(xd_error_code(&lr), "INVALID_REQUEST_BODY");
+    xd_resp_free(&lr);
+}
+
+static void test_interrupt(void **state)
+{
+    (void)state;
+    xd_run r;
+    /* the leader ignores SIGTERM, so the interrupt must escalate to SIGKILL on the group */
+    xd_stream(&xp.unix_t, "/command",
+              "{\"command\":\"trap '' TERM; sleep 60 & wait\",\"background\":true}", false, &r);
+    json_t *st = status_of(r.id);
+    assert_true(json_is_true(json_object_get(st, "running")));
+    json_decref(st);
+    char path[128];
+    snprintf(path, sizeof(path), "/command?id=%s", r.id);
+    xd_resp d = xd_http(&xp.unix_t, "DELETE", path, NULL, NULL);
+    assert_int_equal(d.status, 200);
+    xd_resp_free(&d);
+    st = wait_done(r.id);
+    assert_int_equal(json_integer_value(json_object_get(st, "exit_code")), -1);
+    json_decref(st);
+    /* not running any more → 500; missing id → 400; unknown → 500 */
+    d = xd_http(&xp.unix_t, "DELETE", path, NULL, NULL);
+    assert_int_equal(d.status, 500);
+    assert_string_equal(xd_error_code(&d), "RUNTIME_ERROR");
+    xd_resp_free(&d);
+    d = xd_http(&xp.unix_t, "DELETE", "/command", NULL, NULL);
+    assert_int_equal(d.status, 400);
+    assert_string_equal(xd_error_code(&d), "MISSING_QUERY");
+    xd_resp_free(&d);
+    d = xd_http(&xp.unix_t, "DELETE", "/command?id=unknown", NULL, NULL);
+    assert_int_equal(d.status, 500);
+    xd_resp_free(&d);
+}
+
+static char *new_session(const char *body)
+{
+    xd_resp r = xd_http(&xp.unix_t, "POST", "/session", body, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    char *id = strdup(json_string_value(json_object_get(j, "session_id")));
+    json_decref(j);
+    xd_resp_free(&r);
+    assert_int_equal(strlen(id), 36);
+    return id;
+}
+
+static void test_sessions(void **state)
+{
+    (void)state;
+    char *sid = new_session(NULL);
+    char path[128], body[512];
+    snprintf(path, sizeof(path), "/session/%s/run", sid);
+    xd_run r;
+    snprintf(body, sizeof(body),
+             "{\"command\":\"export GREETING='hello world'; LOCAL=x; mkdir -p %s/s1; cd %s/s1; "
+             "echo set\"}",
+             xp.dir, xp.dir);
+    xd_stream(&xp.unix_t, path, body, false, &r);
+    assert_true(r.complete);
+    assert_string_equal(r.id, sid);
+    assert_string_equal(r.out, "set");
+    xd_stream(&xp.unix_t, path,
+              "{\"command\":\"echo \\\"$GREETING\\\"; echo \\\"[$LOCAL]\\\"; pwd; echo; exit 5\"}",
+              false, &r);
+    assert_true(r.error);
+    assert_int_equal(xd_exit_code(&r), 5);
+    assert_string_equal(r.traceback, "command exited with code 5");
+    assert_int_equal(r.nlines, 3); /* the blank line is not emitted in sessions */
+    assert_string_equal(r.out_lines[0], "hello world");
+    assert_string_equal(r.out_lines[1], "[]");
+    char want[256];
+    snprintf(want, sizeof(want), "%s/s1", xp.dir);
+    assert_string_equal(r.out_lines[2], want);
+    /* `exit` still saved the state; a cwd override holds for one run only */
+    snprintf(body, sizeof(body), "{\"command\":\"pwd\",\"cwd\":\"%s\"}", xp.dir);
+    xd_stream(&xp.unix_t, path, body, false, &r);
+    assert_string_equal(r.out, xp.dir);
+    xd_stream(&xp.unix_t, path, "{\"command\":\"pwd; echo e >&2\"}", false, &r);
+    assert_string_equal(r.out, want);
+    assert_string_equal(r.err, "e");
+    /* a missing cwd is a 400 */
+    xd_resp e =
+        xd_http(&xp.unix_t, "POST", path, "{\"command\":\"pwd\",\"cwd\":\"/no/such\"}", NULL);
+    assert_int_equal(e.status, 400);
+    assert_string_equal(xd_error_code(&e), "INVALID_REQUEST_BODY");
+    xd_resp_free(&e);
+    /* delete, then it is gone */
+    snprintf(path, sizeof(path), "/session/%s", sid);
+    e = xd_http(&xp.unix_t, "DELETE", path, NULL, NULL);
+    assert_int_equal(e.status, 200);
+    xd_resp_free(&e);
+    e = xd_http(&xp.unix_t, "DELETE", path, NULL, NULL);
+    assert_int_equal(e.status, 404);
+    assert_string_equal(xd_error_code(&e), "CONTEXT_NOT_FOUND");
+    xd_resp_free(&e);
+    snprintf(path, sizeof(path), "/session/%s/run", sid);
+    e = xd_http(&xp.unix_t, "POST", path, "{\"command\":\"true\"}", NULL);
+    assert_int_equal(e.status, 500);
+    assert_string_equal(xd_error_code(&e), "RUNTIME_ERROR");
+    xd_resp_free(&e);
+    free(sid);
+    /* a session created with a cwd makes it and starts there */
+    snprintf(body, sizeof(body), "{\"cwd\":\"%s/made/here\"}", xp.dir);
+    sid = new_session(body);
+    snprintf(path, sizeof(path), "/session/%s/run", sid);
+    xd_stream(&xp.unix_t, path, "{\"command\":\"pwd\"}", false, &r);
+    snprintf(want, sizeof(want), "%s/made/here", xp.dir);
+    assert_string_equal(r.out, want);
+    free(sid);
+}
+
+static void test_binary_mode(void **state)
+{
+    (void)state;
+    xd_run r;
+    xd_stream(&xp.unix_t, "/command",
+              "{\"command\":\"printf 'a\\\\000b\\\\377\\\\n'; printf 'raw' >&2\"}", true, &r);
+    assert_true(r.binary_confirmed);
+    assert_true(r.complete);
+    assert_int_equal(r.out_len, 5);
+    assert_memory_equal(r.out, "a\0b\377\n", 5);
+    assert_string_equal(r.err, "raw");
+    /* without the header: line mode, no confirmation */
+    xd_stream(&xp.unix_t, "/command", "{\"command\":\"echo x\"}", false, &r);
+    assert_false(r.binary_confirmed);
+}
+
+static void test_bad_input(void **state)
+{
+    (void)state;
+    struct {
+        const char *body;
+        const char *path;
+        long status;
+        const char *code;
+    } cases[] = {
+        {"{not json", "/command", 400, "INVALID_REQUEST_BODY"},
+        {"[1,2]", "/command", 400, "INVALID_REQUEST_BODY"},
+        {"{\"command\":\"true\",\"timeout\":\"30000\"}", "/command", 400, "INVALID_REQUEST_BODY"},
+        {"{\"command\":5}", "/command", 400, "INVALID_REQUEST_BODY"},
+        {"{\"cwd\":\"/\"}", "/command", 400, "INVALID_REQUEST_BODY"},
+        {"{\"command\":\"\"}", "/command", 400, "INVALID_REQUEST_BODY"},
+        {"{\"command\":\"true\",\"cwd\":\"/does/not/exist\"}", "/command", 400,
+         "INVALID_REQUEST_BODY"},
+        {"{\"command\":\"true\",\"cwd\":\"$UNDEFINED_MOAT_VAR/x\"}", "/command", 400,
+         "INVALID_REQUEST_BODY"},
+        {"{\"command\":\"true\",\"gid\":5}", "/command", 400, "INVALID_REQUEST_BODY"},
+        {"{\"command\":\"true\",\"envs\":{\"A\":1}}", "/command", 400, "INVALID_REQUEST_BODY"},
+        {"{\"command\":\"true\",\"timeout\":-5}", "/command", 400, "INVALID_REQUEST_BODY"},
+        {"{\"code\":\"print(1)\",\"context\":{\"language\":\"python\"}}", "/code", 501,
+         "NOT_SUPPORTED"},
+        {"{\"cwd\":5}", "/session", 400, "INVALID_REQUEST_BODY"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        xd_resp r = xd_http(&xp.unix_t, "POST", cases[i].path, cases[i].body, NULL);
+        assert_int_equal(r.status, cases[i].status);
+        assert_string_equal(xd_error_code(&r), cases[i].code);
+        char *ct = xd_header(&r, "Content-Type");
+        assert_string_equal(ct, "application/json; charset=utf-8");
+        free(ct);
+        xd_resp_free(&r);
+    }
+    /* /code without a language runs a command */
+    xd_run run;
+    xd_stream(&xp.unix_t, "/code", "{\"code\":\"echo via-code\",\"context\":{}}", false, &run);
+    assert_true(run.complete);
+    assert_string_equal(run.out, "via-code");
+    /* after all of that, execd keeps serving */
+    check_command_basics(&xp.tcp_t);
+}
+
+/* ---- files ---- */
+
+static void upload(const char *const *paths, const char *const *contents, size_t n, long want)
+{
+    CURL *c = curl_easy_init();
+    curl_mime *mime = curl_mime_init(c);
+    for (size_t i = 0; i < n; i++) {
+        if (paths[i] != NULL) {
+            char meta[512];
+            snprintf(meta, sizeof(meta), "{\"path\":\"%s\",\"mode\":640,\"owner\":null}", paths[i]);
+            curl_mimepart *m = curl_mime_addpart(mime);
+            curl_mime_name(m, "metadata");
+            curl_mime_filename(m, "metadata");
+            curl_mime_type(m, "application/json");
+            curl_mime_data(m, meta, CURL_ZERO_TERMINATED);
+        }
+        if (contents[i] != NULL) {
+            curl_mimepart *f = curl_mime_addpart(mime);
+            curl_mime_name(f, "file");
+            curl_mime_filename(f, "blob");
+            curl_mime_data(f, contents[i], CURL_ZERO_TERMINATED);
+        }
+    }
+    curl_easy_setopt(c, CURLOPT_URL, "http://localhost/files/upload");
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, xp.unix_t.unix_path);
+    curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
+    FILE *devnull = fopen("/dev/null", "w");
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, devnull);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    assert_int_equal(status, want);
+    fclose(devnull);
+    curl_mime_free(mime);
+    curl_easy_cleanup(c);
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *b = calloc(1, 1 << 16);
+    size_t n = fread(b, 1, (1 << 16) - 1, f);
+    b[n] = '\0';
+    fclose(f);
+    return b;
+}
+
+static void test_files(void **state)
+{
+    (void)state;
+    char p1[256], p2[256], q[1024], body[1024];
+    snprintf(p1, sizeof(p1), "%s/up/a.txt", xp.dir);
+    snprintf(p2, sizeof(p2), "%s/up/deep/b.bin", xp.dir);
+    const char *paths[] = {p1, p2};
+    const char *contents[] = {"0123456789abcdef", "second file"};
+    upload(paths, contents, 2, 200);
+    char *got = read_file(p1);
+    assert_string_equal(got, "0123456789abcdef");
+    free(got);
+    struct stat sb;
+    assert_int_equal(stat(p2, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0640);
+
+    /* info */
+    snprintf(q, sizeof(q), "/files/info?path=%s&path=%s", p1, p2);
+    xd_resp r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    json_t *fi = json_object_get(j, p1);
+    assert_string_equal(json_string_value(json_object_get(fi, "type")), "file");
+    assert_int_equal(json_integer_value(json_object_get(fi, "size")), 16);
+    assert_int_equal(json_integer_value(json_object_get(fi, "mode")), 640);
+    assert_string_equal(json_string_value(json_object_get(fi, "owner")), "root");
+    assert_non_null(json_object_get(fi, "modified_at"));
+    json_decref(j);
+    xd_resp_free(&r);
+    snprintf(q, sizeof(q), "/files/info?path=%s/missing", xp.dir);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    assert_int_equal(r.status, 404);
+    assert_string_equal(xd_error_code(&r), "FILE_NOT_FOUND");
+    xd_resp_free(&r);
+
+    /* download, whole and ranges */
+    snprintf(q, sizeof(q), "/files/download?path=%s", p1);
+    r = xd_http(&xp.tcp_t, "GET", q, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "0123456789abcdef");
+    char *cd = xd_header(&r, "Content-Disposition");
+    assert_string_equal(cd, "attachment; filename=\"a.txt\"");
+    free(cd);
+    xd_resp_free(&r);
+    r = xd_http(&xp.tcp_t, "GET", q, NULL, "Range: bytes=2-5");
+    assert_int_equal(r.status, 206);
+    assert_string_equal(r.body, "2345");
+    char *cr = xd_header(&r, "Content-Range");
+    assert_string_equal(cr, "bytes 2-5/16");
+    free(cr);
+    xd_resp_free(&r);
+    r = xd_http(&xp.tcp_t, "GET", q, NULL, "Range: bytes=-3");
+    assert_string_equal(r.body, "def");
+    xd_resp_free(&r);
+    r = xd_http(&xp.tcp_t, "GET", q, NULL, "Range: bytes=99-");
+    assert_int_equal(r.status, 416);
+    assert_string_equal(r.body, "{\"code\":\"UNKNOWN\"}");
+    xd_resp_free(&r);
+    r = xd_http(&xp.tcp_t, "GET", "/files/download?path=/no/such/file", NULL, NULL);
+    assert_int_equal(r.status, 404);
+    assert_string_equal(xd_error_code(&r), "FILE_NOT_FOUND");
+    xd_resp_free(&r);
+    r = xd_http(&xp.tcp_t, "GET", "/files/download", NULL, NULL);
+    assert_int_equal(r.status, 400);
+    assert_string_equal(xd_error_code(&r), "MISSING_QUERY");
+    xd_resp_free(&r);
+
+    /* search: base name glob, files only */
+    snprintf(q, sizeof(q), "/files/search?path=%s/up&pattern=*.bin", xp.dir);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    j = json_loadb(r.body, r.len, 0, NULL);
+    assert_int_equal(json_array_size(j), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(j, 0), "path")), p2);
+    json_decref(j);
+    xd_resp_free(&r);
+    snprintf(q, sizeof(q), "/files/search?path=%s/up", xp.dir);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    j = json_loadb(r.body, r.len, 0, NULL);
+    assert_int_equal(json_array_size(j), 2);
+    json_decref(j);
+    xd_resp_free(&r);
+
+    /* replace */
+    snprintf(body, sizeof(body), "{\"%s\":{\"old\":\"abc\",\"new\":\"XY\"}}", p1);
+    r = xd_http(&xp.unix_t, "POST", "/files/replace?verbose=true", body, NULL);
+    assert_int_equal(r.status, 200);
+    j = json_loadb(r.body, r.len, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, p1), "replacedCount")),
+                     1);
+    json_decref(j);
+    xd_resp_free(&r);
+    got = read_file(p1);
+    assert_string_equal(got, "0123456789XYdef");
+    free(got);
+    snprintf(body, sizeof(body), "{\"%s\":{\"old\":\"\",\"new\":\"x\"}}", p1);
+    r = xd_http(&xp.unix_t, "POST", "/files/replace", body, NULL);
+    assert_int_equal(r.status, 400);
+    xd_resp_free(&r);
+
+    /* permissions */
+    snprintf(body, sizeof(body), "{\"%s\":{\"mode\":600,\"owner\":\"root\"}}", p1);
+    r = xd_http(&xp.unix_t, "POST", "/files/permissions", body, NULL);
+    assert_int_equal(r.status, 200);
+    xd_resp_free(&r);
+    assert_int_equal(stat(p1, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+
+    /* mv: dest must not exist, parents are made */
+    char p3[256];
+    snprintf(p3, sizeof(p3), "%s/moved/to/c.txt", xp.dir);
+    snprintf(body, sizeof(body), "[{\"src\":\"%s\",\"dest\":\"%s\"}]", p1, p3);
+    r = xd_http(&xp.unix_t, "POST", "/files/mv", body, NULL);
+    assert_int_equal(r.status, 200);
+    xd_resp_free(&r);
+    assert_int_equal(access(p3, F_OK), 0);
+    assert_int_not_equal(access(p1, F_OK), 0);
+    snprintf(body, sizeof(body), "[{\"src\":\"%s\",\"dest\":\"%s\"}]", p3, p2);
+    r = xd_http(&xp.unix_t, "POST", "/files/mv", body, NULL);
+    assert_int_equal(r.status, 500);
+    xd_resp_free(&r);
+
+    /* directories: make, list with depth, delete */
+    snprintf(body, sizeof(body), "{\"%s/d1/d2\":{\"mode\":750}}", xp.dir);
+    r = xd_http(&xp.unix_t, "POST", "/directories", body, NULL);
+    assert_int_equal(r.status, 200);
+    xd_resp_free(&r);
+    snprintf(q, sizeof(q), "%s/d1/d2", xp.dir);
+    assert_int_equal(stat(q, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0750);
+    snprintf(q, sizeof(q), "/directories/list?path=%s/d1", xp.dir);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    j = json_loadb(r.body, r.len, 0, NULL);
+    assert_int_equal(json_array_size(j), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(j, 0), "type")),
+                        "directory");
+    json_decref(j);
+    xd_resp_free(&r);
+    snprintf(q, sizeof(q), "/directories/list?path=%s/up&depth=2", xp.dir);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    j = json_loadb(r.body, r.len, 0, NULL);
+    assert_int_equal(json_array_size(j), 2); /* deep/ and deep/b.bin */
+    json_decref(j);
+    xd_resp_free(&r);
+    snprintf(q, sizeof(q), "/directories/list?path=%s/up&depth=0", xp.dir);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    assert_string_equal(r.body, "[]");
+    xd_resp_free(&r);
+    char link[256];
+    snprintf(link, sizeof(link), "%s/lnk", xp.dir);
+    assert_int_equal(symlink("/tmp", link), 0);
+    snprintf(q, sizeof(q), "/directories/list?path=%s", link);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    assert_int_equal(r.status, 400);
+    xd_resp_free(&r);
+
+    /* delete files: a missing one is ignored; a directory is an error */
+    snprintf(q, sizeof(q), "/files?path=%s&path=%s/nothing", p3, xp.dir);
+    r = xd_http(&xp.unix_t, "DELETE", q, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    xd_resp_free(&r);
+    assert_int_not_equal(access(p3, F_OK), 0);
+    snprintf(q, sizeof(q), "/files?path=%s/d1", xp.dir);
+    r = xd_http(&xp.unix_t, "DELETE", q, NULL, NULL);
+    assert_int_equal(r.status, 500);
+    xd_resp_free(&r);
+    snprintf(q, sizeof(q), "/directories?path=%s/d1", xp.dir);
+    r = xd_http(&xp.unix_t, "DELETE", q, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    xd_resp_free(&r);
+    snprintf(q, sizeof(q), "%s/d1", xp.dir);
+    assert_int_not_equal(access(q, F_OK), 0);
+}
+
+static int connect_unix(void)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(xp.unix_t.unix_path);
+    assert_true(len < sizeof(sa.sun_path));
+    memcpy(sa.sun_path, xp.unix_t.unix_path, len + 1);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    return fd;
+}
+
+/* Sends raw bytes over the Unix socket, n bytes per write; returns the status line code. */
+static long raw_request(const char *req, size_t len, size_t step, char *resp, size_t resplen)
+{
+    int fd = connect_unix();
+    for (size_t i = 0; i < len; i += step) {
+        size_t n = len - i < step ? len - i : step;
+        assert_int_equal(write(fd, req + i, n), (ssize_t)n);
+        if (step < 8)
+            nap_ms(1);
+    }
+    shutdown(fd, SHUT_WR);
+    size_t got = 0;
+    ssize_t n;
+    while (got + 1 < resplen && (n = read(fd, resp + got, resplen - 1 - got)) > 0)
+        got += (size_t)n;
+    resp[got] = '\0';
+    close(fd);
+    long status = 0;
+    sscanf(resp, "HTTP/1.1 %ld", &status);
+    return status;
+}
+
+static size_t multipart(char *out, size_t cap, const char *parts, bool chunk_lie)
+{
+    size_t blen = strlen(parts);
+    return (size_t)snprintf(out, cap,
+                            "POST /files/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                            "Content-Type: multipart/form-data; boundary=BOUND\r\n"
+                            "Content-Length: %zu\r\n\r\n%s",
+                            chunk_lie ? blen + 40 : blen, parts);
+}
+
+static void test_upload_raw(void **state)
+{
+    (void)state;
+    char req[8192], resp[4096], parts[4096];
+    /* a valid pair sent one byte at a time: MHD's parser sees every split point */
+    snprintf(parts, sizeof(parts),
+             "--BOUND\r\nContent-Disposition: form-data; name=\"metadata\"; filename=\"m\"\r\n"
+             "Content-Type: application/json\r\n\r\n{\"path\":\"%s/raw/one.txt\"}\r\n"
+             "--BOUND\r\nContent-Disposition: form-data; name=\"file\"; filename=\"one.txt\"\r\n"
+             "Content-Type: application/octet-stream\r\n\r\nline1\r\n-BOUND-lookalike\r\n"
+             "--BOUND--\r\n",
+             xp.dir);
+    size_t n = multipart(req, sizeof(req), parts, false);
+    assert_int_equal(raw_request(req, n, 1, resp, sizeof(resp)), 200);
+    char path[256];
+    snprintf(path, sizeof(path), "%s/raw/one.txt", xp.dir);
+    char *got = read_file(path);
+    assert_string_equal(got, "line1\r\n-BOUND-lookalike");
+    free(got);
+    /* metadata without its file */
+    snprintf(parts, sizeof(parts),
+             "--BOUND\r\nContent-Disposition: form-data; name=\"metadata\"; filename=\"m\"\r\n"
+             "\r\n{\"path\":\"/tmp/x\"}\r\n--BOUND\r\nContent-Disposition: form-data; "
+             "name=\"metadata\"; filename=\"m\"\r\n\r\n{\"path\":\"/tmp/y\"}\r\n--BOUND\r\n"
+             "Content-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\nzz\r\n"
+             "--BOUND--\r\n");
+    n = multipart(req, sizeof(req), parts, false);
+    assert_int_equal(raw_request(req, n, 7, resp, sizeof(resp)), 400);
+    assert_non_null(strstr(resp, "\"INVALID_FILE\""));
+    /* a file without metadata */
+    snprintf(parts, sizeof(parts),
+             "--BOUND\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n"
+             "zz\r\n--BOUND--\r\n");
+    n = multipart(req, sizeof(req), parts, false);
+    assert_int_equal(raw_request(req, n, 4096, resp, sizeof(resp)), 400);
+    assert_non_null(strstr(resp, "\"INVALID_FILE\""));
+    /* bad metadata JSON */
+    snprintf(parts, sizeof(parts),
+             "--BOUND\r\nContent-Disposition: form-data; name=\"metadata\"; filename=\"m\"\r\n"
+             "\r\n{\"path\":12}\r\n--BOUND\r\nContent-Disposition: form-data; name=\"file\"; "
+             "filename=\"f\"\r\n\r\nzz\r\n--BOUND--\r\n");
+    n = multipart(req, sizeof(req), parts, false);
+    assert_int_equal(raw_request(req, n, 4096, resp, sizeof(resp)), 400);
+    assert_non_null(strstr(resp, "\"INVALID_FILE_METADATA\""));
+    /* no closing boundary: the body ends inside a part */
+    snprintf(parts, sizeof(parts),
+             "--BOUND\r\nContent-Disposition: form-data; name=\"metadata\"; filename=\"m\"\r\n"
+             "\r\n{\"path\":\"/tmp/moat-never\"}\r\n--BOUND\r\nContent-Disposition: form-data; "
+             "name=\"file\"; filename=\"f\"\r\n\r\ntruncated");
+    n = multipart(req, sizeof(req), parts, false);
+    assert_int_equal(raw_request(req, n, 4096, resp, sizeof(resp)), 400);
+    assert_int_not_equal(access("/tmp/moat-never", F_OK), 0);
+    /* Content-Length larger than what is sent: the connection ends early, no file written */
+    n = multipart(req, sizeof(req), parts, true);
+    raw_request(req, n, 4096, resp, sizeof(resp));
+    assert_int_not_equal(access("/tmp/moat-never", F_OK), 0);
+    /* not multipart at all */
+    const char plain[] = "POST /files/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+    assert_int_equal(raw_request(plain, sizeof(plain) - 1, 4096, resp, sizeof(resp)), 400);
+    /* and execd still serves; no temporary upload files are left behind */
+    check_command_basics(&xp.unix_t);
+    char state_dir[256];
+    snprintf(state_dir, sizeof(state_dir), "%s/state", xp.dir);
+    DIR *d = opendir(state_dir);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        assert_null(strstr(e->d_name, "upload-"));
+    closedir(d);
+}
+
+static void test_token(void **state)
+{
+    (void)state;
+    xd_proc tp;
+    const char *args[] = {"--access-token", "s3cret", NULL};
+    assert_true(xd_start(&tp, args));
+    xd_resp r = xd_http(&tp.unix_t, "GET", "/ping", NULL, NULL);
+    assert_int_equal(r.status, 401);
+    assert_string_equal(
+        r.body, "{\"error\":\"Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN\"}");
+    xd_resp_free(&r);
+    r = xd_http(&tp.tcp_t, "POST", "/command", "{\"command\":\"true\"}",
+                "X-EXECD-ACCESS-TOKEN: wrong");
+    assert_int_equal(r.status, 401);
+    xd_resp_free(&r);
+    tp.tcp_t.token = "s3cret";
+    xd_run run;
+    xd_stream(&tp.tcp_t, "/command", "{\"command\":\"echo ok\"}", false, &run);
+    assert_true(run.complete);
+    assert_string_equal(run.out, "ok");
+    int st = xd_stop(&tp);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* ---- memory bound ---- */
+
+static size_t count_write(char *ptr, size_t size, size_t n, void *ud)
+{
+    (void)ptr;
+    *(size_t *)ud += size * n;
+    return size * n;
+}
+
+static size_t stream_bytes(const char *cmd, bool binary)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = NULL;
+    if (binary)
+        h = curl_slist_append(h, "X-Moat-Output: binary");
+    h = curl_slist_append(h, "Content-Type: application/json");
+    size_t total = 0;
+    curl_easy_setopt(c, CURLOPT_URL, "http://localhost/command");
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, xp.unix_t.unix_path);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, cmd);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, count_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &total);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 240L);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return total;
+}
+
+static void test_big_output_memory(void **state)
+{
+    (void)state;
+    long before = xd_rss_kb(xp.pid);
+    assert_true(before > 0);
+    /* 100 MB in lines of 100 bytes (line mode), then 100 MB in binary mode */
+    size_t n =
+        stream_bytes("{\"command\":\"yes aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa | head -c 100000000\"}",
+                     false);
+    assert_true(n > 100000000);
+    n = stream_bytes("{\"command\":\"head -c 100000000 /dev/zero\"}", true);
+    assert_true(n > 100000000);
+    /* one long line without any newline: split into bounded pieces */
+    n = stream_bytes("{\"command\":\"head -c 20000000 /dev/zero | tr '\\\\0' x\"}", false);
+    assert_true(n > 20000000);
+    long after = xd_rss_kb(xp.pid);
+    print_message("execd VmRSS before %ld kB, after %ld kB\n", before, after);
+    assert_true(after - before < 64 * 1024);
+}
+
+/* A reader that stops reading: execd must not buffer, and closing ends the command. */
+static void test_stalled_reader(void **state)
+{
+    (void)state;
+    int fd = connect_unix();
+    const char body[] = "{\"command\":\"yes\"}";
+    char req[512];
+    int n = snprintf(req, sizeof(req),
+                     "POST /command HTTP/1.1\r\nHost: x\r\nX-Moat-Output: binary\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     sizeof(body) - 1, body);
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    char buf[4096];
+    ssize_t got = read(fd, buf, sizeof(buf) - 1);
+    assert_true(got > 0);
+    buf[got] = '\0';
+    char *init = strstr(buf, "\"init\",\"text\":\"");
+    assert_non_null(init);
+    char id[33];
+    memcpy(id, init + 15, 32);
+    id[32] = '\0';
+    long before = xd_rss_kb(xp.pid);
+    nap_ms(1500); /* yes writes as fast as it can while nobody reads */
+    long after = xd_rss_kb(xp.pid);
+    print_message("stalled reader: execd VmRSS %ld → %ld kB\n", before, after);
+    assert_true(after - before < 16 * 1024);
+    json_t *st = status_of(id);
+    assert_true(json_is_true(json_object_get(st, "running")));
+    json_decref(st);
+    close(fd);
+    st = wait_done(id);
+    assert_int_equal(json_integer_value(json_object_get(st, "exit_code")), -1);
+    json_decref(st);
+}
+
+static void test_metrics(void **state)
+{
+    (void)state;
+    xd_resp r = xd_http(&xp.unix_t, "GET", "/metrics", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *j = json_loadb(r.body, r.len, 0, NULL);
+    assert_true(json_number_value(json_object_get(j, "cpu_count")) > 0);
+    assert_true(json_number_value(json_object_get(j, "mem_total_mib")) > 0);
+    assert_true(json_number_value(json_object_get(j, "mem_used_mib")) > 0);
+    assert_true(json_is_number(json_object_get(j, "cpu_used_pct")));
+    assert_true(json_integer_value(json_object_get(j, "timestamp")) > 0);
+    json_decref(j);
+    xd_resp_free(&r);
+}
+
+typedef struct first_line {
+    char buf[1024];
+    size_t len;
+} first_line;
+
+static size_t until_newline(char *ptr, size_t size, size_t n, void *ud)
+{
+    first_line *f = ud;
+    size_t add = size * n;
+    if (f->len + add >= sizeof(f->buf))
+        return 0;
+    memcpy(f->buf + f->len, ptr, add);
+    f->len += add;
+    f->buf[f->len] = '\0';
+    return strchr(f->buf, '\n') ? 0 : add; /* abort once a line is in */
+}
+
+static void test_metrics_watch(void **state)
+{
+    (void)state;
+    CURL *c = curl_easy_init();
+    first_line f = {.len = 0};
+    curl_easy_setopt(c, CURLOPT_URL, "http://localhost/metrics/watch");
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, xp.unix_t.unix_path);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, until_newline);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &f);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+    curl_easy_perform(c);
+    curl_easy_cleanup(c);
+    char *nl = strchr(f.buf, '\n');
+    assert_non_null(nl);
+    json_t *j = json_loadb(f.buf, (size_t)(nl - f.buf), 0, NULL);
+    assert_non_null(j);
+    assert_true(json_number_value(json_object_get(j, "cpu_count")) > 0);
+    json_decref(j);
+}
+
+/* Orphans of commands are adopted (subreaper) and reaped: no zombies pile up. */
+static void test_reaping(void **state)
+{
+    (void)state;
+    xd_run r;
+    xd_stream(&xp.unix_t, "/command", "{\"command\":\"(sleep 0.2 &) ; (true &) ; echo done\"}",
+              false, &r);
+    assert_true(r.complete);
+    int zombies = -1;
+    for (int attempt = 0; attempt < 100 && zombies != 0; attempt++) {
+        nap_ms(50);
+        zombies = 0;
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            char path[300], line[512];
+            snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+            FILE *f = fopen(path, "r");
+            if (f == NULL)
+                continue;
+            if (fgets(line, sizeof(line), f) != NULL) {
+                char *rp = strrchr(line, ')');
+                char st = 0;
+                int ppid = 0;
+                if (rp && sscanf(rp + 2, "%c %d", &st, &ppid) == 2 && ppid == xp.pid && st == 'Z')
+                    zombies++;
+            }
+            fclose(f);
+        }
+        closedir(d);
+    }
+    assert_int_equal(zombies, 0);
+}
+
+/* SIGTERM reaches running commands and execd exits 0, removing its socket. */
+static void test_sigterm(void **state)
+{
+    (void)state;
+    xd_proc tp;
+    assert_true(xd_start(&tp, NULL));
+    xd_run r;
+    xd_stream(&tp.unix_t, "/command", "{\"command\":\"sleep 120\",\"background\":true}", false, &r);
+    char sock[300];
+    snprintf(sock, sizeof(sock), "%s", tp.unix_t.unix_path);
+    int st = xd_stop(&tp);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_int_not_equal(access(sock, F_OK), 0);
+}
+
+typedef struct bg_stream {
+    const char *path;
+    const char *body;
+    xd_run run;
+} bg_stream;
+
+static void *stream_thread(void *arg)
+{
+    bg_stream *b = arg;
+    xd_stream(&xp.unix_t, b->path, b->body, false, &b->run);
+    return NULL;
+}
+
+/* Interrupt of a foreground command: DELETE with the id from the stream's init event ends
+ * the stream with error -1 even though the leader ignores SIGTERM. */
+static void test_foreground_interrupt(void **state)
+{
+    (void)state;
+    int fd = connect_unix();
+    const char body[] = "{\"command\":\"trap '' TERM; sleep 60 & wait; echo never\"}";
+    char req[512];
+    int n = snprintf(req, sizeof(req),
+                     "POST /command HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     sizeof(body) - 1, body);
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    static char resp[65536];
+    size_t got = 0;
+    char *init = NULL;
+    while (init == NULL && got + 1 < sizeof(resp)) {
+        ssize_t r = read(fd, resp + got, sizeof(resp) - 1 - got);
+        assert_true(r > 0);
+        got += (size_t)r;
+        resp[got] = '\0';
+        init = strstr(resp, "\"init\",\"text\":\"");
+        if (init != NULL && strlen(init) < 15 + 32)
+            init = NULL;
+    }
+    assert_non_null(init);
+    char path[128];
+    snprintf(path, sizeof(path), "/command?id=%.32s", init + 15);
+    xd_resp d = xd_http(&xp.tcp_t, "DELETE", path, NULL, NULL);
+    assert_int_equal(d.status, 200);
+    xd_resp_free(&d);
+    ssize_t r;
+    while (got + 1 < sizeof(resp) && (r = read(fd, resp + got, sizeof(resp) - 1 - got)) > 0)
+        got += (size_t)r;
+    resp[got] = '\0';
+    close(fd);
+    assert_non_null(strstr(resp, "\"evalue\":\"-1\""));
+    assert_null(strstr(resp, "never"));
+    assert_null(strstr(resp, "execution_complete"));
+    /* the chunked body ends cleanly */
+    assert_non_null(strstr(resp, "\r\n0\r\n\r\n"));
+}
+
+static void test_session_busy(void **state)
+{
+    (void)state;
+    char *sid = new_session(NULL);
+    char path[128], marker[256], body[512];
+    snprintf(path, sizeof(path), "/session/%s/run", sid);
+    snprintf(marker, sizeof(marker), "%s/busy-started", xp.dir);
+    snprintf(body, sizeof(body), "{\"command\":\"touch %s; sleep 1; echo slow\"}", marker);
+    bg_stream b = {.path = path, .body = body};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, stream_thread, &b), 0);
+    for (int i = 0; i < 400 && access(marker, F_OK) != 0; i++)
+        nap_ms(25);
+    xd_resp r = xd_http(&xp.unix_t, "POST", path, "{\"command\":\"echo fast\"}", NULL);
+    assert_int_equal(r.status, 500);
+    assert_string_equal(xd_error_code(&r), "RUNTIME_ERROR");
+    assert_non_null(strstr(r.body, "busy"));
+    xd_resp_free(&r);
+    pthread_join(th, NULL);
+    assert_true(b.run.complete);
+    assert_string_equal(b.run.out, "slow");
+    xd_run again;
+    xd_stream(&xp.unix_t, path, "{\"command\":\"echo fast\"}", false, &again);
+    assert_string_equal(again.out, "fast");
+    free(sid);
+}
+
+/* Finished commands go after the retention; the table is bounded. */
+static void test_retention_and_bound(void **state)
+{
+    (void)state;
+    xd_proc tp;
+    const char *args[] = {"--retention-seconds", "1", "--max-commands", "3", NULL};
+    assert_true(xd_start(&tp, args));
+    xd_run r;
+    xd_stream(&tp.unix_t, "/command", "{\"command\":\"echo kept\",\"background\":true}", false, &r);
+    char path[128], logfile[300];
+    snprintf(path, sizeof(path), "/command/status/%s", r.id);
+    snprintf(logfile, sizeof(logfile), "%s/state/%s.output", tp.dir, r.id);
+    assert_int_equal(access(logfile, F_OK), 0);
+    long st = 200;
+    for (int i = 0; i < 200 && st == 200; i++) {
+        nap_ms(50);
+        xd_resp s = xd_http(&tp.unix_t, "GET", path, NULL, NULL);
+        st = s.status;
+        xd_resp_free(&s);
+    }
+    assert_int_equal(st, 404);
+    assert_int_not_equal(access(logfile, F_OK), 0);
+    /* three running commands fill the table; a fourth is refused, execd keeps serving */
+    for (int i = 0; i < 3; i++) {
+        xd_stream(&tp.unix_t, "/command", "{\"command\":\"sleep 30\",\"background\":true}", false,
+                  &r);
+        assert_true(r.complete);
+    }
+    xd_resp full = xd_http(&tp.unix_t, "POST", "/command", "{\"command\":\"true\"}", NULL);
+    assert_int_equal(full.status, 500);
+    assert_string_equal(xd_error_code(&full), "RUNTIME_ERROR");
+    xd_resp_free(&full);
+    int status = xd_stop(&tp);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_uid(void **state)
+{
+    (void)state;
+    if (getuid() != 0)
+        skip();
+    xd_run r;
+    xd_stream(&xp.unix_t, "/command", "{\"command\":\"id -u; id -g\",\"uid\":65534,\"gid\":65533}",
+              false, &r);
+    assert_true(r.complete);
+    assert_int_equal(r.nlines, 2);
+    assert_string_equal(r.out_lines[0], "65534");
+    assert_string_equal(r.out_lines[1], "65533");
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    curl_global_init(CURL_GLOBAL_ALL);
+    if (!xd_start(&xp, (const char *const[]){"--retention-seconds", "60", NULL}))
+        return -1;
+    both[0] = &xp.unix_t;
+    both[1] = &xp.tcp_t;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    int st = xd_stop(&xp);
+    curl_global_cleanup();
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ping_and_unknown),
+        cmocka_unit_test(test_exit_codes),
+        cmocka_unit_test(test_lines_and_last_line),
+        cmocka_unit_test(test_cwd_env),
+        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_background_logs),
+        cmocka_unit_test(test_interrupt),
+        cmocka_unit_test(test_sessions),
+        cmocka_unit_test(test_binary_mode),
+        cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_files),
+        cmocka_unit_test(test_upload_raw),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_big_output_memory),
+        cmocka_unit_test(test_stalled_reader),
+        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_metrics_watch),
+        cmocka_unit_test(test_reaping),
+        cmocka_unit_test(test_sigterm),
+        cmocka_unit_test(test_foreground_interrupt),
+        cmocka_unit_test(test_session_busy),
+        cmocka_unit_test(test_retention_and_bound),
+        cmocka_unit_test(test_uid),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

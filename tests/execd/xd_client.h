@@ -1,0 +1,68 @@
+/* Test helpers: start moat-execd, talk to it with libcurl, decode its event streams. */
+#ifndef MOAT_TEST_XD_CLIENT_H
+#define MOAT_TEST_XD_CLIENT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct xd_target {
+    char unix_path[256]; /* non-empty: talk over this socket */
+    char base[128];      /* "http://127.0.0.1:port" or "http://localhost" */
+    const char *token;   /* sent as X-EXECD-ACCESS-TOKEN when non-NULL */
+} xd_target;
+
+typedef struct xd_resp {
+    long status;
+    char *body;
+    size_t len;
+    char *headers;
+} xd_resp;
+
+/* One request. body may be NULL; extra_header may be NULL ("Name: value"). */
+xd_resp xd_http(const xd_target *t, const char *method, const char *path, const char *body,
+                const char *extra_header);
+void xd_resp_free(xd_resp *r);
+/* Value of a response header (case-insensitive), malloc'd, or NULL. */
+char *xd_header(const xd_resp *r, const char *name);
+/* The "code" of a JSON error body, static buffer. */
+const char *xd_error_code(const xd_resp *r);
+
+/* A decoded command stream. */
+typedef struct xd_run {
+    long status;
+    char id[64];
+    char out[1 << 16];
+    size_t out_len;
+    char err[1 << 16];
+    size_t err_len;
+    char out_lines[64][256]; /* line-mode stdout texts, in order */
+    size_t nlines;
+    bool complete;
+    bool error;
+    char evalue[256];
+    char traceback[256];
+    int pings;
+    bool binary_confirmed;
+    char types[2048]; /* event types joined with ',' */
+} xd_run;
+
+/* POST path with a JSON body and decode the stream (line or binary mode). */
+void xd_stream(const xd_target *t, const char *path, const char *json, bool binary, xd_run *out);
+/* Exit code per the SDK rule: evalue if error, 0 if complete, else -1000. */
+int xd_exit_code(const xd_run *r);
+
+/* Starts moat-execd with the given extra args (NULL-terminated), listening on
+ * unix:<dir>/execd.sock and 127.0.0.1:<free port>; waits until /ping answers. */
+typedef struct xd_proc {
+    pid_t pid;
+    char dir[128];
+    xd_target unix_t, tcp_t;
+} xd_proc;
+bool xd_start(xd_proc *p, const char *const *extra_args);
+/* SIGTERM and wait; returns the exit status (waitpid form) or -1. */
+int xd_stop(xd_proc *p);
+long xd_rss_kb(pid_t pid);
+
+#endif

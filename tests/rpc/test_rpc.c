@@ -1,0 +1,368 @@
+/* Unit tests of the rpc module: method table, call lifecycle, deadlines, cancel. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "moat/rpc.h"
+#include "moat/v1/exec.pb-c.h"
+#include "moat/v1/files.pb-c.h"
+#include "moat/v1/health.pb-c.h"
+#include "moat/v1/sandbox.pb-c.h"
+
+/* A sink that records what a call emitted. */
+typedef struct rec {
+    int messages;
+    size_t last_len;
+    uint8_t last[256];
+    int ends;
+    moat_status end;
+    moat_err fail_with;
+} rec;
+
+static moat_err rec_message(moat_rpc_call *call, const uint8_t *data, size_t len, void *user)
+{
+    (void)call;
+    rec *r = user;
+    if (r->fail_with != MOAT_OK)
+        return r->fail_with;
+    r->messages++;
+    r->last_len = len;
+    memcpy(r->last, data, len < sizeof(r->last) ? len : sizeof(r->last));
+    return MOAT_OK;
+}
+
+static void rec_end(moat_rpc_call *call, const moat_status *st, void *user)
+{
+    (void)call;
+    rec *r = user;
+    r->ends++;
+    r->end = *st;
+}
+
+static const moat_rpc_sink sink = {rec_message, rec_end};
+
+static void test_every_schema_method_is_in_the_table(void **state)
+{
+    (void)state;
+    const ProtobufCServiceDescriptor *svcs[] = {
+        &moat__v1__sandboxes__descriptor, &moat__v1__exec__descriptor,
+        &moat__v1__files__descriptor, &moat__v1__health__descriptor};
+    size_t total = 0;
+    for (size_t s = 0; s < 4; s++) {
+        for (unsigned i = 0; i < svcs[s]->n_methods; i++) {
+            char name[128];
+            snprintf(name, sizeof(name), "/%s/%s", svcs[s]->name, svcs[s]->methods[i].name);
+            const moat_rpc_method *m = moat_rpc_method_lookup(name, strlen(name));
+            assert_non_null(m);
+            assert_string_equal(m->name, name);
+            assert_ptr_equal(m->service, svcs[s]);
+            assert_int_equal(m->service_index, i);
+            assert_ptr_equal(m->request, svcs[s]->methods[i].input);
+            assert_ptr_equal(m->response, svcs[s]->methods[i].output);
+            assert_ptr_equal(moat_rpc_method_get(m->id), m);
+            total++;
+        }
+    }
+    assert_int_equal(total, MOAT_RPC_METHOD_COUNT);
+}
+
+static void test_streaming_methods(void **state)
+{
+    (void)state;
+    size_t streaming = 0;
+    for (int i = 0; i < MOAT_RPC_METHOD_COUNT; i++) {
+        const moat_rpc_method *m = moat_rpc_method_get((moat_rpc_method_id)i);
+        if (m->server_streaming)
+            streaming++;
+    }
+    assert_int_equal(streaming, 4);
+    assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND)->server_streaming);
+    assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_IN_SHELL)->server_streaming);
+    assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_ATTACH)->server_streaming);
+    assert_true(moat_rpc_method_get(MOAT_RPC_FILES_READ)->server_streaming);
+    assert_false(moat_rpc_method_get(MOAT_RPC_SANDBOXES_CREATE_SESSION)->server_streaming);
+}
+
+static void test_lookup_rejects_near_misses(void **state)
+{
+    (void)state;
+    const char *bad[] = {"", "/", "/moat.v1.Exec/", "/moat.v1.Exec/RunCommandX",
+                         "/moat.v1.Exec/runcommand", "moat.v1.Exec/RunCommand",
+                         "/moat.v2.Exec/RunCommand", "/moat.v1.Exec/RunCommand/"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_null(moat_rpc_method_lookup(bad[i], strlen(bad[i])));
+    /* Length is honoured: a prefix of a real name is not that name. */
+    const char *full = "/moat.v1.Health/Check";
+    assert_null(moat_rpc_method_lookup(full, strlen(full) - 1));
+    assert_non_null(moat_rpc_method_lookup(full, strlen(full)));
+    assert_null(moat_rpc_method_lookup(NULL, 0));
+    assert_null(moat_rpc_method_get(MOAT_RPC_METHOD_COUNT));
+}
+
+static size_t pack_get_session(uint8_t *buf, const char *id)
+{
+    Moat__V1__GetSessionRequest r = MOAT__V1__GET_SESSION_REQUEST__INIT;
+    r.session_id = (char *)id;
+    return protobuf_c_message_pack(&r.base, buf);
+}
+
+static void test_unary_lifecycle(void **state)
+{
+    (void)state;
+    rec r = {0};
+    const moat_rpc_method *m = moat_rpc_method_get(MOAT_RPC_SANDBOXES_GET_SESSION);
+    moat_rpc_call *c = moat_rpc_call_new(m, 1, 0, 1000, &sink, &r);
+    assert_non_null(c);
+    assert_int_equal(moat_rpc_call_state(c), MOAT_RPC_AWAIT_REQUEST);
+    assert_int_equal(moat_rpc_call_stream_id(c), 1);
+    assert_int_equal(moat_rpc_call_deadline(c), 0);
+
+    Moat__V1__SandboxSession resp = MOAT__V1__SANDBOX_SESSION__INIT;
+    resp.session_id = (char *)"abc";
+    /* No response before the request. */
+    assert_int_equal(moat_rpc_call_send(c, &resp.base), MOAT_E_STATE);
+
+    uint8_t buf[128];
+    size_t n = pack_get_session(buf, "s-1");
+    const ProtobufCMessage *req = NULL;
+    assert_int_equal(moat_rpc_call_request(c, buf, n, &req), MOAT_OK);
+    assert_int_equal(moat_rpc_call_state(c), MOAT_RPC_RUNNING);
+    assert_string_equal(((const Moat__V1__GetSessionRequest *)req)->session_id, "s-1");
+    /* A second request message is refused. */
+    assert_int_equal(moat_rpc_call_request(c, buf, n, NULL), MOAT_E_STATE);
+
+    /* A message of the wrong type is refused. */
+    Moat__V1__HealthCheckResponse wrong = MOAT__V1__HEALTH_CHECK_RESPONSE__INIT;
+    assert_int_equal(moat_rpc_call_send(c, &wrong.base), MOAT_E_INVAL);
+
+    assert_int_equal(moat_rpc_call_send(c, &resp.base), MOAT_OK);
+    assert_int_equal(r.messages, 1);
+    Moat__V1__SandboxSession *back =
+        moat__v1__sandbox_session__unpack(NULL, r.last_len, r.last);
+    assert_non_null(back);
+    assert_string_equal(back->session_id, "abc");
+    moat__v1__sandbox_session__free_unpacked(back, NULL);
+
+    /* Unary: only one response. */
+    assert_int_equal(moat_rpc_call_send(c, &resp.base), MOAT_E_STATE);
+    assert_int_equal(moat_rpc_call_sent(c), 1);
+
+    moat_status ok;
+    moat_status_clear(&ok);
+    assert_true(moat_rpc_call_end(c, &ok));
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(r.end.code, MOAT_CODE_OK);
+    /* Exactly one End. */
+    assert_false(moat_rpc_call_end(c, &ok));
+    assert_false(moat_rpc_call_fail(c, MOAT_CODE_INTERNAL, "x", "late"));
+    assert_false(moat_rpc_call_cancel(c, MOAT_CODE_CANCELLED, "late"));
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(moat_rpc_call_send(c, &resp.base), MOAT_E_STATE);
+    moat_rpc_call_unref(c);
+    assert_int_equal(r.ends, 1);
+}
+
+static void test_unary_ok_without_response_is_internal(void **state)
+{
+    (void)state;
+    rec r = {0};
+    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 3, 0, 0,
+                                         &sink, &r);
+    assert_int_equal(moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL), MOAT_OK);
+    moat_status ok;
+    moat_status_clear(&ok);
+    moat_rpc_call_end(c, &ok);
+    assert_int_equal(r.end.code, MOAT_CODE_INTERNAL);
+    assert_string_equal(r.end.reason, "no_response");
+    moat_rpc_call_unref(c);
+}
+
+static void test_bad_request_ends_invalid_argument(void **state)
+{
+    (void)state;
+    rec r = {0};
+    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 5, 0, 0,
+                                         &sink, &r);
+    /* Field 2 declared as a 100-byte string with 1 byte present. */
+    const uint8_t garbage[] = {0x12, 0x64, 0x41};
+    assert_int_equal(moat_rpc_call_request(c, garbage, sizeof(garbage), NULL), MOAT_E_PROTO);
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(r.end.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(r.end.reason, "bad_request");
+    assert_int_equal(moat_rpc_call_state(c), MOAT_RPC_ENDED);
+    moat_rpc_call_unref(c);
+}
+
+static void test_streaming_sends_many(void **state)
+{
+    (void)state;
+    rec r = {0};
+    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 7, 0, 0,
+                                         &sink, &r);
+    assert_int_equal(moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL), MOAT_OK);
+    Moat__V1__ExecEvent ev = MOAT__V1__EXEC_EVENT__INIT;
+    for (uint64_t i = 1; i <= 5; i++) {
+        ev.sequence = i;
+        assert_int_equal(moat_rpc_call_send(c, &ev.base), MOAT_OK);
+    }
+    assert_int_equal(r.messages, 5);
+    /* A sink failure is reported and not counted. */
+    r.fail_with = MOAT_E_CLOSED;
+    assert_int_equal(moat_rpc_call_send(c, &ev.base), MOAT_E_CLOSED);
+    assert_int_equal(moat_rpc_call_sent(c), 5);
+    r.fail_with = MOAT_OK;
+    /* A streaming call may end OK having sent nothing more. */
+    moat_status ok;
+    moat_status_clear(&ok);
+    moat_rpc_call_end(c, &ok);
+    assert_int_equal(r.end.code, MOAT_CODE_OK);
+    moat_rpc_call_unref(c);
+}
+
+typedef struct hook {
+    int calls;
+    moat_code code;
+    bool end_itself;
+} hook;
+
+static void on_cancel(moat_rpc_call *call, moat_code code, void *arg)
+{
+    hook *h = arg;
+    h->calls++;
+    h->code = code;
+    /* Re-entering cancel from the hook has no effect. */
+    assert_false(moat_rpc_call_cancel(call, MOAT_CODE_CANCELLED, "again"));
+    if (h->end_itself)
+        moat_rpc_call_fail(call, MOAT_CODE_ABORTED, "hook", "ended by the hook");
+}
+
+static void test_deadline(void **state)
+{
+    (void)state;
+    rec r = {0};
+    hook h = {0};
+    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 9, 250,
+                                         10000, &sink, &r);
+    assert_int_equal(moat_rpc_call_deadline(c), 10250);
+    moat_rpc_call_on_cancel(c, on_cancel, &h);
+    assert_false(moat_rpc_call_check_deadline(c, 10000));
+    assert_false(moat_rpc_call_check_deadline(c, 10249));
+    assert_int_equal(h.calls, 0);
+    assert_true(moat_rpc_call_check_deadline(c, 10250));
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h.code, MOAT_CODE_DEADLINE_EXCEEDED);
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(r.end.code, MOAT_CODE_DEADLINE_EXCEEDED);
+    assert_false(moat_rpc_call_check_deadline(c, 20000));
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(r.ends, 1);
+    moat_rpc_call_unref(c);
+}
+
+static void test_no_deadline_and_overflow(void **state)
+{
+    (void)state;
+    rec r = {0};
+    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 1, 0, 5,
+                                         &sink, &r);
+    assert_false(moat_rpc_call_check_deadline(c, UINT64_MAX));
+    moat_rpc_call_unref(c);
+    moat_rpc_call *d = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 1,
+                                         UINT64_MAX, 5, &sink, &r);
+    assert_int_equal(moat_rpc_call_deadline(d), 0);
+    moat_rpc_call_unref(d);
+}
+
+static void test_cancel(void **state)
+{
+    (void)state;
+    rec r = {0};
+    hook h = {0};
+    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 11, 0, 0,
+                                         &sink, &r);
+    moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL);
+    moat_rpc_call_on_cancel(c, on_cancel, &h);
+    moat_rpc_call_ref(c); /* a handler's reference */
+    assert_true(moat_rpc_call_cancel(c, MOAT_CODE_CANCELLED, "client said so"));
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h.code, MOAT_CODE_CANCELLED);
+    assert_int_equal(r.end.code, MOAT_CODE_CANCELLED);
+    assert_string_equal(r.end.message, "client said so");
+    /* The handler finishing later changes nothing. */
+    Moat__V1__ExecEvent ev = MOAT__V1__EXEC_EVENT__INIT;
+    assert_int_equal(moat_rpc_call_send(c, &ev.base), MOAT_E_STATE);
+    moat_status ok;
+    moat_status_clear(&ok);
+    assert_false(moat_rpc_call_end(c, &ok));
+    moat_rpc_call_unref(c);
+    moat_rpc_call_unref(c);
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(h.calls, 1);
+}
+
+static void test_cancel_hook_may_end_the_call(void **state)
+{
+    (void)state;
+    rec r = {0};
+    hook h = {.end_itself = true};
+    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 13, 0, 0,
+                                         &sink, &r);
+    moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL);
+    moat_rpc_call_on_cancel(c, on_cancel, &h);
+    assert_true(moat_rpc_call_cancel(c, MOAT_CODE_CANCELLED, NULL));
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(r.end.code, MOAT_CODE_ABORTED);
+    moat_rpc_call_unref(c);
+}
+
+static void test_abandoned_call_still_gets_an_end(void **state)
+{
+    (void)state;
+    rec r = {0};
+    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_FILES_READ), 15, 0, 0,
+                                         &sink, &r);
+    moat_rpc_call_unref(c);
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(r.end.code, MOAT_CODE_CANCELLED);
+}
+
+static void test_data_pointer(void **state)
+{
+    (void)state;
+    rec r = {0};
+    int x = 0;
+    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_FILES_READ), 17, 0, 0,
+                                         &sink, &r);
+    assert_null(moat_rpc_call_get_data(c));
+    moat_rpc_call_set_data(c, &x);
+    assert_ptr_equal(moat_rpc_call_get_data(c), &x);
+    assert_ptr_equal(moat_rpc_call_method(c), moat_rpc_method_get(MOAT_RPC_FILES_READ));
+    assert_null(moat_rpc_call_new(NULL, 1, 0, 0, &sink, &r));
+    assert_null(moat_rpc_call_new(moat_rpc_call_method(c), 1, 0, 0, NULL, &r));
+    moat_rpc_call_unref(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_schema_method_is_in_the_table),
+        cmocka_unit_test(test_streaming_methods),
+        cmocka_unit_test(test_lookup_rejects_near_misses),
+        cmocka_unit_test(test_unary_lifecycle),
+        cmocka_unit_test(test_unary_ok_without_response_is_internal),
+        cmocka_unit_test(test_bad_request_ends_invalid_argument),
+        cmocka_unit_test(test_streaming_sends_many),
+        cmocka_unit_test(test_deadline),
+        cmocka_unit_test(test_no_deadline_and_overflow),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_cancel_hook_may_end_the_call),
+        cmocka_unit_test(test_abandoned_call_still_gets_an_end),
+        cmocka_unit_test(test_data_pointer),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,391 @@
+#include "fake_docker.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <microhttpd.h>
+
+static int listen_unix(const char *path)
+{
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(addr.sun_path))
+        return -1;
+    strcpy(addr.sun_path, path);
+    unlink(path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(fd, 64) != 0) {
+        close(fd);
+        return -1;
+    }
+    chmod(path, 0666);
+    return fd;
+}
+
+static struct MHD_Daemon *serve_unix(const char *path, MHD_AccessHandlerCallback cb, void *ctx)
+{
+    int fd = listen_unix(path);
+    if (fd < 0)
+        return NULL;
+    struct MHD_Daemon *d =
+        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0, NULL,
+                         NULL, cb, ctx, MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_END);
+    if (d == NULL)
+        close(fd);
+    return d;
+}
+
+/* ---- fake execd: GET /ping → 200 ------------------------------------------------------------ */
+
+static enum MHD_Result execd_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                     const char *method, const char *version,
+                                     const char *upload_data, size_t *upload_size, void **con_cls)
+{
+    (void)cls;
+    (void)method;
+    (void)version;
+    (void)upload_data;
+    (void)con_cls;
+    *upload_size = 0;
+    int status = strcmp(url, "/ping") == 0 ? 200 : 404;
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned)status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* The host source of the /run/moat mount in the last create body. */
+static bool socket_dir_of(const char *create_body, char *out, size_t cap)
+{
+    json_t *spec = json_loads(create_body, 0, NULL);
+    json_t *mounts = json_object_get(json_object_get(spec, "HostConfig"), "Mounts");
+    bool found = false;
+    size_t i;
+    json_t *m;
+    json_array_foreach(mounts, i, m)
+    {
+        const char *target = json_string_value(json_object_get(m, "Target"));
+        const char *source = json_string_value(json_object_get(m, "Source"));
+        if (target && source && strcmp(target, "/run/moat") == 0) {
+            snprintf(out, cap, "%s", source);
+            found = true;
+        }
+    }
+    json_decref(spec);
+    return found;
+}
+
+/* ---- fake engine ------------------------------------------------------------------------------ */
+
+typedef struct upload {
+    char uri[2048]; /* raw request target, query included */
+    bool headers_seen;
+    char *data;
+    size_t len;
+} upload;
+
+static void *uri_logger(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)cls;
+    (void)conn;
+    upload *up = calloc(1, sizeof(*up));
+    if (up != NULL)
+        snprintf(up->uri, sizeof(up->uri), "%s", uri);
+    return up;
+}
+
+static void request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    upload *up = *con_cls;
+    if (up != NULL) {
+        free(up->data);
+        free(up);
+        *con_cls = NULL;
+    }
+}
+
+typedef struct cut_state {
+    char *body;
+    size_t len;
+} cut_state;
+
+static ssize_t cut_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    cut_state *c = cls;
+    size_t half = c->len / 2;
+    if (pos >= half)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t n = half - (size_t)pos;
+    if (n > max)
+        n = max;
+    memcpy(buf, c->body + pos, n);
+    return (ssize_t)n;
+}
+
+static void cut_free(void *cls)
+{
+    cut_state *c = cls;
+    free(c->body);
+    free(c);
+}
+
+static const char *default_answer(fake_docker *fd, const char *method, const char *url,
+                                  int *status, char *scratch, size_t cap)
+{
+    *status = 200;
+    if (strcmp(method, "GET") == 0 && strcmp(url, "/version") == 0) {
+        snprintf(scratch, cap, "{\"ApiVersion\":\"%s\",\"Version\":\"fake\"}", fd->api_version);
+        return scratch;
+    }
+    if (strcmp(method, "POST") == 0 && strstr(url, "/containers/create")) {
+        *status = 201;
+        return "{\"Id\":\"container-123\",\"Warnings\":[]}";
+    }
+    if (strcmp(method, "POST") == 0 &&
+        (strstr(url, "/start") || strstr(url, "/stop") || strstr(url, "/kill"))) {
+        *status = 204;
+        return "";
+    }
+    if (strcmp(method, "DELETE") == 0) {
+        *status = 204;
+        return "";
+    }
+    if (strcmp(method, "GET") == 0 && strstr(url, "/containers/json"))
+        return "[]";
+    if (strcmp(method, "GET") == 0 && strstr(url, "/containers/"))
+        return "{\"Id\":\"container-123\",\"State\":{\"Running\":true,\"ExitCode\":0}}";
+    if (strcmp(method, "GET") == 0 && strstr(url, "/images/"))
+        return "{\"Id\":\"sha256:abc\"}";
+    *status = 404;
+    return "{\"message\":\"page not found\"}";
+}
+
+static void launch_execd(fake_docker *fd)
+{
+    char dir[1024];
+    if (!socket_dir_of(fd->last_create_body, dir, sizeof(dir)))
+        return;
+    char path[1100];
+    snprintf(path, sizeof(path), "%s/execd.sock", dir);
+    struct MHD_Daemon *d = serve_unix(path, execd_handler, NULL);
+    if (d != NULL && fd->execd_count < sizeof(fd->execds) / sizeof(fd->execds[0]))
+        fd->execds[fd->execd_count++] = d;
+    else if (d != NULL)
+        MHD_stop_daemon(d);
+}
+
+static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                      const char *method, const char *version,
+                                      const char *upload_data, size_t *upload_size,
+                                      void **con_cls)
+{
+    (void)version;
+    (void)url;
+    fake_docker *fd = cls;
+    upload *up = *con_cls;
+    if (up == NULL)
+        return MHD_NO;
+    if (!up->headers_seen) { /* MHD's first call carries headers only */
+        up->headers_seen = true;
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        char *n = realloc(up->data, up->len + *upload_size + 1);
+        if (n == NULL)
+            return MHD_NO;
+        up->data = n;
+        memcpy(up->data + up->len, upload_data, *upload_size);
+        up->len += *upload_size;
+        up->data[up->len] = '\0';
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    const char *body_in = up->data ? up->data : "";
+    /* Strip the /vX.Y prefix so routes and defaults see engine paths. */
+    const char *path = up->uri;
+    if (strncmp(path, "/v1.", 4) == 0) {
+        const char *slash = strchr(path + 1, '/');
+        if (slash != NULL)
+            path = slash;
+    }
+
+    pthread_mutex_lock(&fd->mu);
+    if (fd->request_count < FAKE_MAX_REQUESTS) {
+        fake_request *rq = &fd->requests[fd->request_count++];
+        snprintf(rq->method, sizeof(rq->method), "%s", method);
+        snprintf(rq->url, sizeof(rq->url), "%s", up->uri);
+        rq->body = strdup(body_in);
+    }
+    if (strcmp(method, "POST") == 0 && strstr(path, "/containers/create"))
+        snprintf(fd->last_create_body, sizeof(fd->last_create_body), "%s", body_in);
+    fake_route route = {0};
+    bool routed = false;
+    /* The newest route wins, so a test can override an earlier one. */
+    for (size_t i = fd->route_count; i > 0 && !routed; i--) {
+        fake_route *r = &fd->routes[i - 1];
+        if (r->remaining == 0 || strcmp(r->method, method) != 0 ||
+            strstr(up->uri, r->url_contains) == NULL)
+            continue;
+        if (r->remaining > 0)
+            r->remaining--;
+        route = *r;
+        route.body = strdup(r->body ? r->body : "");
+        routed = true;
+    }
+    char scratch[128];
+    int status = 0;
+    const char *answer;
+    if (routed && route.status > 0) {
+        status = route.status;
+        answer = route.body;
+    } else {
+        answer = default_answer(fd, method, path, &status, scratch, sizeof(scratch));
+    }
+    bool is_start = strcmp(method, "POST") == 0 && strstr(path, "/start") && status < 300;
+    if (is_start && fd->start_execd)
+        launch_execd(fd);
+    pthread_mutex_unlock(&fd->mu);
+
+    if (routed && route.delay_ms > 0) {
+        struct timespec ts = {route.delay_ms / 1000, (long)(route.delay_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    struct MHD_Response *resp;
+    if (routed && route.cut_short) {
+        cut_state *c = calloc(1, sizeof(*c));
+        c->body = strdup("[{\"Id\":\"abcdef\",\"Labels\":{\"session_id\":\"x\"}}]");
+        c->len = strlen(c->body);
+        resp = MHD_create_response_from_callback(c->len, 64, cut_reader, c, cut_free);
+    } else {
+        resp = MHD_create_response_from_buffer(strlen(answer), (void *)answer,
+                                               MHD_RESPMEM_MUST_COPY);
+        if (answer[0] != '\0')
+            MHD_add_response_header(resp, "Content-Type", "application/json");
+    }
+    enum MHD_Result ret = MHD_queue_response(conn, (unsigned)(status ? status : 200), resp);
+    MHD_destroy_response(resp);
+    free(route.body);
+    return ret;
+}
+
+int fake_docker_start(fake_docker *fd, const char *socket_path)
+{
+    memset(fd, 0, sizeof(*fd));
+    pthread_mutex_init(&fd->mu, NULL);
+    snprintf(fd->socket_path, sizeof(fd->socket_path), "%s", socket_path);
+    snprintf(fd->api_version, sizeof(fd->api_version), "1.41");
+    fd->start_execd = true;
+    int sock = listen_unix(socket_path);
+    if (sock < 0)
+        return -1;
+    fd->daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0, NULL, NULL,
+        engine_handler, fd, MHD_OPTION_LISTEN_SOCKET, sock, MHD_OPTION_URI_LOG_CALLBACK,
+        uri_logger, NULL, MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_END);
+    if (fd->daemon == NULL) {
+        close(sock);
+        return -1;
+    }
+    return 0;
+}
+
+void fake_docker_stop(fake_docker *fd)
+{
+    if (fd->daemon != NULL)
+        MHD_stop_daemon(fd->daemon);
+    fd->daemon = NULL;
+    for (size_t i = 0; i < fd->execd_count; i++)
+        MHD_stop_daemon(fd->execds[i]);
+    fd->execd_count = 0;
+    for (size_t i = 0; i < fd->request_count; i++)
+        free(fd->requests[i].body);
+    fd->request_count = 0;
+    for (size_t i = 0; i < fd->route_count; i++)
+        free(fd->routes[i].body);
+    fd->route_count = 0;
+    unlink(fd->socket_path);
+    pthread_mutex_destroy(&fd->mu);
+}
+
+static fake_route *add_route(fake_docker *fd, const char *method, const char *url_contains)
+{
+    pthread_mutex_lock(&fd->mu);
+    fake_route *r = NULL;
+    if (fd->route_count < FAKE_MAX_ROUTES) {
+        r = &fd->routes[fd->route_count++];
+        memset(r, 0, sizeof(*r));
+        snprintf(r->method, sizeof(r->method), "%s", method);
+        snprintf(r->url_contains, sizeof(r->url_contains), "%s", url_contains);
+        r->remaining = -1;
+    }
+    pthread_mutex_unlock(&fd->mu);
+    return r;
+}
+
+void fake_docker_route(fake_docker *fd, const char *method, const char *url_contains, int status,
+                       const char *body, int times)
+{
+    fake_route *r = add_route(fd, method, url_contains);
+    if (r == NULL)
+        return;
+    r->status = status;
+    r->body = strdup(body ? body : "");
+    r->remaining = times;
+}
+
+void fake_docker_route_delay(fake_docker *fd, const char *method, const char *url_contains,
+                             int delay_ms)
+{
+    fake_route *r = add_route(fd, method, url_contains);
+    if (r != NULL)
+        r->delay_ms = delay_ms;
+}
+
+void fake_docker_route_cut(fake_docker *fd, const char *method, const char *url_contains)
+{
+    fake_route *r = add_route(fd, method, url_contains);
+    if (r != NULL) {
+        r->status = 200;
+        r->cut_short = true;
+    }
+}
+
+size_t fake_docker_count(fake_docker *fd, const char *method, const char *url_contains)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&fd->mu);
+    for (size_t i = 0; i < fd->request_count; i++)
+        if (strcmp(fd->requests[i].method, method) == 0 &&
+            strstr(fd->requests[i].url, url_contains) != NULL)
+            n++;
+    pthread_mutex_unlock(&fd->mu);
+    return n;
+}
+
+const fake_request *fake_docker_find(fake_docker *fd, const char *method,
+                                     const char *url_contains)
+{
+    const fake_request *found = NULL;
+    pthread_mutex_lock(&fd->mu);
+    for (size_t i = 0; i < fd->request_count && found == NULL; i++)
+        if (strcmp(fd->requests[i].method, method) == 0 &&
+            strstr(fd->requests[i].url, url_contains) != NULL)
+            found = &fd->requests[i];
+    pthread_mutex_unlock(&fd->mu);
+    return found;
+}

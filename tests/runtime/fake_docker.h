@@ -1,0 +1,63 @@
+/* A fake Docker engine for unit tests: a real HTTP server (libmicrohttpd) on a Unix socket that
+ * records every request and answers from scripted routes, falling back to engine-like
+ * defaults. On container start it can launch a fake execd (answering GET /ping) on the socket
+ * dir the container spec bind-mounts at /run/moat, as the real sandbox would. */
+#ifndef MOAT_TEST_FAKE_DOCKER_H
+#define MOAT_TEST_FAKE_DOCKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#define FAKE_MAX_REQUESTS 256
+#define FAKE_MAX_ROUTES   16
+
+typedef struct fake_request {
+    char method[8];
+    char url[2048]; /* path and query, as sent (percent-encoded) */
+    char *body;     /* NUL-terminated, may be "" */
+} fake_request;
+
+typedef struct fake_route {
+    char method[8];
+    char url_contains[256];
+    int status;
+    char *body;     /* answer body, owned */
+    int delay_ms;   /* sleep before answering (to provoke client timeouts) */
+    bool cut_short; /* send part of the body and drop the connection */
+    int remaining;  /* answers left; -1 forever */
+} fake_route;
+
+typedef struct fake_docker {
+    struct MHD_Daemon *daemon;
+    char socket_path[108];
+    char api_version[16];
+    pthread_mutex_t mu;
+    fake_request requests[FAKE_MAX_REQUESTS];
+    size_t request_count;
+    fake_route routes[FAKE_MAX_ROUTES];
+    size_t route_count;
+    bool start_execd; /* default true */
+    struct MHD_Daemon *execds[8];
+    size_t execd_count;
+    char last_create_body[16384];
+} fake_docker;
+
+/* Starts the server on socket_path (removed first). Returns 0 on success. */
+int fake_docker_start(fake_docker *fd, const char *socket_path);
+void fake_docker_stop(fake_docker *fd);
+/* Adds a scripted answer for requests whose method matches and whose URL contains
+ * url_contains (the newest matching route wins); times: how many requests it answers
+ * (-1 forever). */
+void fake_docker_route(fake_docker *fd, const char *method, const char *url_contains, int status,
+                       const char *body, int times);
+void fake_docker_route_delay(fake_docker *fd, const char *method, const char *url_contains,
+                             int delay_ms);
+void fake_docker_route_cut(fake_docker *fd, const char *method, const char *url_contains);
+/* Number of recorded requests matching method and URL substring. */
+size_t fake_docker_count(fake_docker *fd, const char *method, const char *url_contains);
+/* The first matching request (or NULL). Valid until fake_docker_stop. */
+const fake_request *fake_docker_find(fake_docker *fd, const char *method,
+                                     const char *url_contains);
+
+#endif

@@ -1,0 +1,1081 @@
+/* Unit tests of the runtime against a fake Docker engine (a real HTTP server on a Unix socket).
+ * Covers every case of seed 000 and the failure modes around it. */
+#define _XOPEN_SOURCE 700
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <ftw.h>
+#include <limits.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "fake_docker.h"
+#include "moat/runtime.h"
+
+#define CHAT_ID               "123e4567-e89b-12d3-a456-426614174000"
+#define NON_CANONICAL_CHAT_ID "123E4567E89B12D3A456426614174000"
+#define SESSION_ID            "00000000-0000-0000-0000-000000000010"
+#define SESSION_ID2           "00000000-0000-0000-0000-000000000011"
+#define SESSION_ID3           "00000000-0000-0000-0000-000000000012"
+
+typedef struct fx {
+    char dir[64];
+    char deps[128], lambda[128], bundle[128], chats[128], state[128], store[160], sock[128];
+    fake_docker fd;
+    moat_runtime_config cfg;
+    moat_runtime *rt;
+} fx;
+
+static int64_t iso(const char *text)
+{
+    int64_t ms = 0;
+    assert_int_equal(moat_time_parse_iso8601(text, &ms), MOAT_OK);
+    return ms;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void open_runtime(fx *f)
+{
+    moat_status st;
+    f->rt = moat_runtime_open(&f->cfg, &st);
+    if (f->rt == NULL)
+        fail_msg("open: %s", st.message);
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    snprintf(f->dir, sizeof(f->dir), "/tmp/moat-rt-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->deps, sizeof(f->deps), "%s/dependencies", f->dir);
+    snprintf(f->lambda, sizeof(f->lambda), "%s/lambda-tools", f->dir);
+    snprintf(f->bundle, sizeof(f->bundle), "%s/bundle", f->dir);
+    snprintf(f->chats, sizeof(f->chats), "%s/chats", f->dir);
+    snprintf(f->state, sizeof(f->state), "%s/state", f->dir);
+    snprintf(f->store, sizeof(f->store), "%s/state/state.db", f->dir);
+    snprintf(f->sock, sizeof(f->sock), "%s/docker.sock", f->dir);
+    mkdir(f->deps, 0755);
+    mkdir(f->lambda, 0755);
+    mkdir(f->bundle, 0755);
+    mkdir(f->state, 0755);
+    assert_int_equal(fake_docker_start(&f->fd, f->sock), 0);
+    moat_runtime_config_defaults(&f->cfg);
+    f->cfg.image = "sandbox:latest";
+    f->cfg.ttl_seconds = 300;
+    f->cfg.cleanup_interval_seconds = 60;
+    f->cfg.chats_root = f->chats;
+    f->cfg.dependencies_host_path = f->deps;
+    f->cfg.lambda_tools_host_path = f->lambda;
+    f->cfg.execd_bundle_dir = f->bundle;
+    f->cfg.state_dir = f->state;
+    f->cfg.store_path = f->store;
+    f->cfg.docker_host = f->sock;
+    f->cfg.docker_timeout_ms = 2000;
+    f->cfg.readiness_timeout_ms = 2000;
+    f->cfg.container_name_prefix = "moat-unit-";
+    open_runtime(f);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    fake_docker_stop(&f->fd);
+    nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+static json_t *body_of(const fake_request *rq)
+{
+    assert_non_null(rq);
+    json_t *j = json_loads(rq->body, 0, NULL);
+    assert_non_null(j);
+    return j;
+}
+
+static char *resolved(const char *path)
+{
+    static char buf[8][PATH_MAX];
+    static int next;
+    char *out = buf[next++ % 8];
+    assert_non_null(realpath(path, out));
+    return out;
+}
+
+static void assert_mount(json_t *m, const char *target, const char *source, bool ro)
+{
+    assert_int_equal(json_object_size(m), 4);
+    assert_string_equal(json_string_value(json_object_get(m, "Target")), target);
+    assert_string_equal(json_string_value(json_object_get(m, "Source")), source);
+    assert_string_equal(json_string_value(json_object_get(m, "Type")), "bind");
+    assert_true(json_is_boolean(json_object_get(m, "ReadOnly")));
+    assert_int_equal(json_is_true(json_object_get(m, "ReadOnly")), ro);
+}
+
+static moat_code create_default(fx *f, const char *chat, moat_session *s, moat_status *st)
+{
+    int64_t created = iso("2026-04-02T12:00:00+00:00");
+    return moat_runtime_create(f->rt, SESSION_ID, chat, created, created + 5 * 60 * 1000, NULL, s,
+                               st);
+}
+
+/* seed: test_runtime_create_applies_mount_policy_and_labels_with_canonical_chat_id */
+static void test_create_mount_policy_and_labels(void **state)
+{
+    fx *f = *state;
+    moat_session s;
+    moat_status st;
+    int64_t created = iso("2026-04-02T12:00:00+00:00");
+    int64_t expires = created + 5 * 60 * 1000;
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, NON_CANONICAL_CHAT_ID, created, expires,
+                                         NULL, &s, &st),
+                     MOAT_CODE_OK);
+    assert_string_equal(s.session_id, SESSION_ID);
+    assert_string_equal(s.chat_id, CHAT_ID);
+    assert_string_equal(s.container_id, "container-123");
+    assert_int_equal(s.state, MOAT_SESSION_RUNNING);
+    assert_int_equal(s.created_at_ms, created);
+    assert_int_equal(s.expires_at_ms, expires);
+
+    char chat_dir[256];
+    struct stat sb;
+    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, CHAT_ID);
+    assert_int_equal(stat(chat_dir, &sb), 0);
+    assert_true(S_ISDIR(sb.st_mode));
+
+    /* Request sequence: version negotiation, create (named), start. */
+    assert_int_equal(f->fd.request_count >= 3, 1);
+    assert_string_equal(f->fd.requests[0].url, "/version");
+    assert_string_equal(f->fd.requests[1].method, "POST");
+    assert_string_equal(f->fd.requests[1].url,
+                        "/v1.41/containers/create?name=moat-unit-" SESSION_ID);
+    assert_string_equal(f->fd.requests[2].url, "/v1.41/containers/container-123/start");
+
+    json_t *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
+    assert_string_equal(json_string_value(json_object_get(spec, "Image")), "sandbox:latest");
+    json_t *labels = json_object_get(spec, "Labels");
+    assert_int_equal(json_object_size(labels), 5);
+    assert_string_equal(json_string_value(json_object_get(labels, "session_id")), SESSION_ID);
+    assert_string_equal(json_string_value(json_object_get(labels, "chat_id")), CHAT_ID);
+    assert_string_equal(json_string_value(json_object_get(labels, "expires_at")),
+                        "2026-04-02T12:05:00+00:00");
+    assert_string_equal(json_string_value(json_object_get(labels, "moat.managed")), "true");
+    assert_non_null(json_string_value(json_object_get(labels, "moat.version")));
+
+    json_t *ep = json_object_get(spec, "Entrypoint");
+    assert_int_equal(json_array_size(ep), 3);
+    assert_string_equal(json_string_value(json_array_get(ep, 0)), "/opt/moat/run");
+    assert_string_equal(json_string_value(json_array_get(ep, 1)), "--listen");
+    assert_string_equal(json_string_value(json_array_get(ep, 2)), "unix:/run/moat/execd.sock");
+
+    json_t *host = json_object_get(spec, "HostConfig");
+    json_t *mounts = json_object_get(host, "Mounts");
+    assert_int_equal(json_array_size(mounts), 5);
+    char session_dir[256];
+    snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", f->state, SESSION_ID);
+    assert_mount(json_array_get(mounts, 0), "/workspace/chat", resolved(chat_dir), false);
+    assert_mount(json_array_get(mounts, 1), "/workspace/dependencies", resolved(f->deps), true);
+    assert_mount(json_array_get(mounts, 2), "/workspace/lambda-tools", resolved(f->lambda), true);
+    assert_mount(json_array_get(mounts, 3), "/opt/moat", resolved(f->bundle), true);
+    assert_mount(json_array_get(mounts, 4), "/run/moat", resolved(session_dir), false);
+
+    assert_string_equal(json_string_value(json_object_get(host, "NetworkMode")), "none");
+    json_t *caps = json_object_get(host, "CapDrop");
+    assert_int_equal(json_array_size(caps), 1);
+    assert_string_equal(json_string_value(json_array_get(caps, 0)), "ALL");
+    json_t *sec = json_object_get(host, "SecurityOpt");
+    assert_string_equal(json_string_value(json_array_get(sec, 0)), "no-new-privileges");
+    assert_int_equal(json_integer_value(json_object_get(host, "PidsLimit")), 256);
+    assert_int_equal(json_integer_value(json_object_get(host, "Memory")), 512ll * 1024 * 1024);
+    assert_int_equal(json_integer_value(json_object_get(host, "NanoCpus")), 1000000000ll);
+    assert_true(json_is_false(json_object_get(host, "ReadonlyRootfs")));
+    assert_null(json_object_get(host, "Tmpfs"));
+    json_decref(spec);
+    assert_string_equal(s.execd_socket + strlen(s.execd_socket) - strlen("execd.sock"),
+                        "execd.sock");
+}
+
+/* seed: test_runtime_create_raises_start_error_when_container_id_is_missing */
+static void test_create_empty_container_id(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "POST", "/containers/create", 201, "{\"Id\":\"\"}", -1);
+    moat_session s;
+    moat_status st;
+    assert_int_not_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_string_equal(moat_status_detail_get(&st, "chat_id"), CHAT_ID);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/start"), 0);
+}
+
+/* seed: test_runtime_stop_ignores_missing_container */
+static void test_stop_ignores_missing_container(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "POST", "/containers/container-123/stop", 404,
+                      "{\"message\":\"No such container: container-123\"}", -1);
+    moat_status st;
+    assert_int_equal(moat_runtime_stop_container(f->rt, "container-123", &st), MOAT_CODE_OK);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/containers/container-123/stop"), 1);
+    /* A container gone between stop and remove is also fine. */
+    fake_docker_route(&f->fd, "DELETE", "/containers/container-456", 404,
+                      "{\"message\":\"No such container\"}", -1);
+    assert_int_equal(moat_runtime_stop_container(f->rt, "container-456", &st), MOAT_CODE_OK);
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/container-456?force=1"), 1);
+}
+
+/* seed: test_runtime_stop_wraps_docker_errors */
+static void test_stop_wraps_docker_errors(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "POST", "/stop", 500, "{\"message\":\"boom\"}", -1);
+    moat_status st;
+    assert_int_equal(moat_runtime_stop_container(f->rt, "container-123", &st),
+                     MOAT_CODE_INTERNAL);
+    assert_string_equal(st.reason, "sandbox_stop_failed");
+    assert_non_null(strstr(st.message, "boom"));
+    assert_string_equal(moat_status_detail_get(&st, "docker_status"), "500");
+    assert_string_equal(moat_status_detail_get(&st, "container_id"), "container-123");
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/"), 0);
+}
+
+static char *container_json(const char *id, const char *sid, const char *cid, const char *exp,
+                            const char *created_iso, bool managed, const char *state)
+{
+    json_t *labels = json_object();
+    if (sid)
+        json_object_set_new(labels, "session_id", json_string(sid));
+    if (cid)
+        json_object_set_new(labels, "chat_id", json_string(cid));
+    if (exp)
+        json_object_set_new(labels, "expires_at", json_string(exp));
+    if (managed)
+        json_object_set_new(labels, "moat.managed", json_string("true"));
+    json_t *c = json_pack("{s:s, s:o, s:s, s:s}", "Id", id, "Labels", labels, "State", state,
+                          "Image", "sandbox:latest");
+    if (created_iso)
+        json_object_set_new(c, "Created", json_string(created_iso));
+    else
+        json_object_set_new(c, "Created", json_integer(1775131200)); /* 2026-04-02T12:00:00Z */
+    char *text = json_dumps(c, JSON_COMPACT);
+    json_decref(c);
+    return text;
+}
+
+static void route_list(fx *f, const char *url_part, char **items, size_t n)
+{
+    size_t total = 3;
+    for (size_t i = 0; i < n; i++)
+        total += strlen(items[i]) + 1;
+    char *body = calloc(1, total);
+    strcat(body, "[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            strcat(body, ",");
+        strcat(body, items[i]);
+        free(items[i]);
+    }
+    strcat(body, "]");
+    fake_docker_route(&f->fd, "GET", url_part, 200, body, -1);
+    free(body);
+}
+
+static char *decoded_filters(const char *url)
+{
+    const char *q = strstr(url, "filters=");
+    assert_non_null(q);
+    q += strlen("filters=");
+    size_t len = strcspn(q, "&");
+    int outlen = 0;
+    char *raw = curl_easy_unescape(NULL, q, (int)len, &outlen);
+    char *copy = strdup(raw);
+    curl_free(raw);
+    return copy;
+}
+
+/* seed: test_runtime_list_active_sessions_reads_valid_labeled_containers */
+static void test_list_active_skips_bad_labels(void **state)
+{
+    fx *f = *state;
+    char *items[] = {
+        container_json("container-123", SESSION_ID, CHAT_ID, "2026-04-02T12:05:00+00:00",
+                       "2026-04-02T12:00:00Z", false, "running"),
+        container_json("container-bad", NULL, CHAT_ID, "2026-04-02T12:05:00+00:00",
+                       "2026-04-02T12:01:00Z", false, "running"),
+        container_json("container-bad-uuid", "not-a-uuid", CHAT_ID, "2026-04-02T12:05:00+00:00",
+                       "2026-04-02T12:01:00Z", false, "running"),
+        container_json("container-bad-time", SESSION_ID2, CHAT_ID, "tomorrow",
+                       "2026-04-02T12:01:00Z", false, "running"),
+        container_json("container-int-created", SESSION_ID3, NON_CANONICAL_CHAT_ID,
+                       "2026-04-02T12:06:00.250000+00:00", NULL, true, "running"),
+    };
+    route_list(f, "/containers/json", items, 5);
+    moat_session *sessions = NULL;
+    size_t n = 0;
+    moat_status st;
+    assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st), MOAT_CODE_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(sessions[0].session_id, SESSION_ID);
+    assert_string_equal(sessions[0].chat_id, CHAT_ID);
+    assert_string_equal(sessions[0].container_id, "container-123");
+    assert_int_equal(sessions[0].state, MOAT_SESSION_RUNNING);
+    assert_int_equal(sessions[0].created_at_ms, iso("2026-04-02T12:00:00Z"));
+    assert_int_equal(sessions[0].expires_at_ms, iso("2026-04-02T12:05:00+00:00"));
+    assert_string_equal(sessions[1].chat_id, CHAT_ID);
+    assert_int_equal(sessions[1].created_at_ms, iso("2026-04-02T12:00:00Z"));
+    assert_int_equal(sessions[1].expires_at_ms, iso("2026-04-02T12:06:00.25Z"));
+    free(sessions);
+
+    /* Exactly one list call, filtered on the three labels, running containers only. */
+    assert_int_equal(fake_docker_count(&f->fd, "GET", "/containers/json"), 1);
+    const fake_request *rq = fake_docker_find(&f->fd, "GET", "/containers/json");
+    assert_null(strstr(rq->url, "all=1"));
+    char *filters = decoded_filters(rq->url);
+    assert_string_equal(filters, "{\"label\":[\"session_id\",\"chat_id\",\"expires_at\"]}");
+    free(filters);
+}
+
+static void test_list_empty(void **state)
+{
+    fx *f = *state;
+    moat_session *sessions = (moat_session *)1;
+    size_t n = 9;
+    moat_status st;
+    assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st), MOAT_CODE_OK);
+    assert_int_equal(n, 0);
+    assert_null(sessions);
+}
+
+static void test_docker_500_on_create(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "POST", "/containers/create", 500,
+                      "{\"message\":\"driver failed programming\"}", -1);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_INTERNAL);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_non_null(strstr(st.message, "driver failed programming"));
+    assert_string_equal(moat_status_detail_get(&st, "docker_status"), "500");
+    assert_string_equal(moat_status_detail_get(&st, "chat_id"), CHAT_ID);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/start"), 0);
+    /* The socket dir was cleaned up; the chat workspace stays. */
+    char path[256];
+    snprintf(path, sizeof(path), "%s/sessions/%s", f->state, SESSION_ID);
+    assert_int_not_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof(path), "%s/%s", f->chats, CHAT_ID);
+    assert_int_equal(access(path, F_OK), 0);
+}
+
+static void test_create_image_missing_is_not_found(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "POST", "/containers/create", 404,
+                      "{\"message\":\"No such image: sandbox:latest\"}", -1);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_NOT_FOUND);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_non_null(strstr(st.message, "No such image"));
+}
+
+static void test_create_name_conflict(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "POST", "/containers/create", 409,
+                      "{\"message\":\"Conflict. The container name is already in use\"}", -1);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_ALREADY_EXISTS);
+    assert_string_equal(moat_status_detail_get(&st, "docker_status"), "409");
+}
+
+static void test_start_failure_removes_container(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "POST", "/start", 500, "{\"message\":\"oci runtime error\"}", -1);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_INTERNAL);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_non_null(strstr(st.message, "oci runtime error"));
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/container-123?force=1"), 1);
+}
+
+static void test_readiness_timeout_removes_container(void **state)
+{
+    fx *f = *state;
+    f->fd.start_execd = false;
+    moat_runtime_close(f->rt);
+    f->cfg.readiness_timeout_ms = 300;
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_DEADLINE_EXCEEDED);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_non_null(strstr(st.message, "/ping"));
+    assert_string_equal(moat_status_detail_get(&st, "chat_id"), CHAT_ID);
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/container-123?force=1"), 1);
+}
+
+static void test_readiness_container_exited(void **state)
+{
+    fx *f = *state;
+    f->fd.start_execd = false;
+    fake_docker_route(&f->fd, "GET", "/containers/container-123/json", 200,
+                      "{\"Id\":\"container-123\",\"State\":{\"Running\":false,\"ExitCode\":127}}",
+                      -1);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_non_null(strstr(st.message, "127"));
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/container-123?force=1"), 1);
+}
+
+static void test_docker_timeout(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    f->cfg.docker_timeout_ms = 200;
+    open_runtime(f);
+    fake_docker_route_delay(&f->fd, "GET", "/containers/json", 800);
+    moat_session *sessions = NULL;
+    size_t n = 0;
+    moat_status st;
+    assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st),
+                     MOAT_CODE_DEADLINE_EXCEEDED);
+    assert_string_equal(st.reason, "docker_timeout");
+    assert_null(sessions);
+}
+
+static void test_malformed_json(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "GET", "/containers/json", 200, "[{\"Id\": \"abc\", ", -1);
+    moat_session *sessions = NULL;
+    size_t n = 0;
+    moat_status st;
+    assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st), MOAT_CODE_INTERNAL);
+    assert_string_equal(st.reason, "docker_protocol");
+    /* Valid JSON of the wrong shape is also a protocol error, not a crash. */
+    fake_docker_route(&f->fd, "POST", "/containers/create", 201, "[1,2,3]", -1);
+    moat_session s;
+    assert_int_not_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+}
+
+static void test_list_not_array(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "GET", "/containers/json", 200, "{\"oops\":true}", -1);
+    moat_session *sessions = NULL;
+    size_t n = 0;
+    moat_status st;
+    assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st), MOAT_CODE_INTERNAL);
+    assert_string_equal(st.reason, "docker_protocol");
+}
+
+static void test_connection_cut_mid_response(void **state)
+{
+    fx *f = *state;
+    fake_docker_route_cut(&f->fd, "GET", "/containers/json");
+    moat_session *sessions = NULL;
+    size_t n = 0;
+    moat_status st;
+    assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st), MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.reason, "docker_unavailable");
+}
+
+static void test_dead_socket_unavailable(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    char dead[160];
+    snprintf(dead, sizeof(dead), "%s/nobody-here.sock", f->dir);
+    f->cfg.docker_host = dead;
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_non_null(strstr(st.message, "nobody-here.sock"));
+    assert_int_equal(moat_runtime_stop_container(f->rt, "container-123", &st),
+                     MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.reason, "sandbox_stop_failed");
+    size_t reaped = 7;
+    assert_int_equal(moat_runtime_reap(f->rt, moat_time_now_ms(), &reaped, &st),
+                     MOAT_CODE_UNAVAILABLE);
+    assert_int_equal(reaped, 0);
+}
+
+static void test_version_negotiation(void **state)
+{
+    fx *f = *state;
+    char v[16];
+    moat_status st;
+    snprintf(f->fd.api_version, sizeof(f->fd.api_version), "1.47");
+    assert_int_equal(moat_runtime_docker_version(f->rt, v, &st), MOAT_CODE_OK);
+    assert_string_equal(v, "1.44");
+    assert_int_equal(moat_runtime_image_inspect(f->rt, "sandbox:latest", &st), MOAT_CODE_OK);
+    assert_non_null(fake_docker_find(&f->fd, "GET", "/v1.44/images/sandbox%3Alatest/json"));
+    /* Negotiated once. */
+    assert_int_equal(fake_docker_count(&f->fd, "GET", "/version"), 1);
+
+    moat_runtime_close(f->rt);
+    open_runtime(f);
+    snprintf(f->fd.api_version, sizeof(f->fd.api_version), "1.12");
+    assert_int_equal(moat_runtime_docker_version(f->rt, v, &st), MOAT_CODE_FAILED_PRECONDITION);
+    assert_string_equal(st.reason, "docker_too_old");
+}
+
+static void test_image_inspect_not_found(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "GET", "/images/", 404, "{\"message\":\"No such image: nope\"}", -1);
+    moat_status st;
+    assert_int_equal(moat_runtime_image_inspect(f->rt, "nope", &st), MOAT_CODE_NOT_FOUND);
+    assert_non_null(strstr(st.message, "No such image"));
+}
+
+static void test_invalid_ids(void **state)
+{
+    fx *f = *state;
+    moat_session s;
+    moat_status st;
+    const char *bad[] = {"", "not-a-uuid", "123e4567-e89b-12d3-a456-42661417400",
+                         "../../etc", "123e4567-e89b-12d3-a456-426614174000/../x"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(create_default(f, bad[i], &s, &st), MOAT_CODE_INVALID_ARGUMENT);
+        assert_string_equal(moat_status_detail_get(&st, "field"), "chat_id");
+        assert_non_null(strstr(st.message, "chat_id"));
+    }
+    assert_int_equal(create_default(f, NULL, &s, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_int_equal(moat_runtime_create(f->rt, "nope", CHAT_ID, 1, 2, NULL, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "field"), "session_id");
+    assert_int_equal(f->fd.request_count, 0);
+
+    /* Every spelling Python's uuid.UUID accepts lands on the canonical directory. */
+    const char *spellings[] = {"{123e4567-e89b-12d3-a456-426614174000}",
+                               "urn:uuid:123E4567-E89B-12D3-A456-426614174000",
+                               "123e4567e89b12d3a456426614174000"};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(create_default(f, spellings[i], &s, &st), MOAT_CODE_OK);
+        assert_string_equal(s.chat_id, CHAT_ID);
+    }
+}
+
+static void test_image_allow_list_and_limits(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    const char *allowed[] = {"python:3.12-slim"};
+    f->cfg.allowed_images = allowed;
+    f->cfg.allowed_image_count = 1;
+    f->cfg.read_only_rootfs = true;
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    int64_t now = moat_time_now_ms();
+    moat_session_options o = {.image = "evil:latest"};
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(st.reason, "image_not_allowed");
+    assert_string_equal(moat_status_detail_get(&st, "field"), "image");
+
+    o = (moat_session_options){.memory_bytes = 5ll * 1024 * 1024 * 1024};
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "field"), "memory_bytes");
+    o = (moat_session_options){.nano_cpus = 3000000000ll};
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    o = (moat_session_options){.pids_limit = 100000};
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_int_equal(f->fd.request_count, 0);
+
+    o = (moat_session_options){.image = "python:3.12-slim",
+                               .memory_bytes = 64ll * 1024 * 1024,
+                               .nano_cpus = 500000000,
+                               .pids_limit = 64};
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_OK);
+    assert_string_equal(s.image, "python:3.12-slim");
+    json_t *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
+    json_t *host = json_object_get(spec, "HostConfig");
+    assert_string_equal(json_string_value(json_object_get(spec, "Image")), "python:3.12-slim");
+    assert_int_equal(json_integer_value(json_object_get(host, "Memory")), 64ll * 1024 * 1024);
+    assert_int_equal(json_integer_value(json_object_get(host, "NanoCpus")), 500000000);
+    assert_int_equal(json_integer_value(json_object_get(host, "PidsLimit")), 64);
+    assert_true(json_is_true(json_object_get(host, "ReadonlyRootfs")));
+    const char *tmpfs = json_string_value(json_object_get(json_object_get(host, "Tmpfs"), "/tmp"));
+    assert_non_null(tmpfs);
+    assert_non_null(strstr(tmpfs, "size=67108864"));
+    json_decref(spec);
+}
+
+static int64_t store_expiry(const char *store, const char *session_id, int *renewed, int *state)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open_v2(store, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *s;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT expires_at_ms, renewed, state FROM sessions "
+                                        "WHERE session_id = ?",
+                                        -1, &s, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(s, 1, session_id, -1, SQLITE_STATIC);
+    int64_t v = -1;
+    if (sqlite3_step(s) == SQLITE_ROW) {
+        v = sqlite3_column_int64(s, 0);
+        if (renewed)
+            *renewed = sqlite3_column_int(s, 1);
+        if (state)
+            *state = sqlite3_column_int(s, 2);
+    }
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return v;
+}
+
+static void test_renew_is_durable(void **state)
+{
+    fx *f = *state;
+    int64_t now = moat_time_now_ms();
+    int64_t label_exp = now + 60000;
+    moat_session s;
+    moat_status st;
+    assert_int_equal(
+        moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, label_exp, NULL, &s, &st),
+        MOAT_CODE_OK);
+    char exp_text[MOAT_TIME_ISO_MAX];
+    moat_time_format_iso8601(label_exp, exp_text);
+    char *items[] = {container_json("container-123", SESSION_ID, CHAT_ID, exp_text, NULL, true,
+                                    "running")};
+    route_list(f, "/containers/json", items, 1);
+
+    int64_t renewed_exp = now + 3600000;
+    assert_int_equal(moat_runtime_renew(f->rt, SESSION_ID, renewed_exp, &s, &st), MOAT_CODE_OK);
+    assert_int_equal(s.expires_at_ms, renewed_exp);
+    assert_true(s.renewed);
+    /* On disk (another connection sees it) as soon as renew returned. */
+    int renewed = 0;
+    assert_int_equal(store_expiry(f->store, SESSION_ID, &renewed, NULL), renewed_exp);
+    assert_int_equal(renewed, 1);
+
+    /* A restarted runtime still uses the renewed expiry over the label. */
+    moat_runtime_close(f->rt);
+    open_runtime(f);
+    assert_int_equal(moat_runtime_get(f->rt, SESSION_ID, &s, &st), MOAT_CODE_OK);
+    assert_int_equal(s.expires_at_ms, renewed_exp);
+    moat_session *list = NULL;
+    size_t n = 0;
+    assert_int_equal(moat_runtime_list_active(f->rt, &list, &n, &st), MOAT_CODE_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(list[0].expires_at_ms, renewed_exp);
+    free(list);
+    /* Past the label's expiry but before the renewed one: the reaper leaves it alone. */
+    size_t reaped = 9;
+    assert_int_equal(moat_runtime_reap(f->rt, label_exp + 1000, &reaped, &st), MOAT_CODE_OK);
+    assert_int_equal(reaped, 0);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/stop"), 0);
+    assert_int_equal(moat_runtime_reap(f->rt, renewed_exp + 1, &reaped, &st), MOAT_CODE_OK);
+    assert_int_equal(reaped, 1);
+
+    /* Bad renewals. */
+    assert_int_equal(moat_runtime_renew(f->rt, SESSION_ID, now - 1, NULL, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_int_equal(moat_runtime_renew(f->rt, "zzz", now + 1000, NULL, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+}
+
+static void test_renew_unknown_session(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_renew(f->rt, SESSION_ID, moat_time_now_ms() + 10000, NULL, &st),
+                     MOAT_CODE_NOT_FOUND);
+    const fake_request *rq = fake_docker_find(&f->fd, "GET", "/containers/json");
+    char *filters = decoded_filters(rq->url);
+    assert_string_equal(filters, "{\"label\":[\"session_id=" SESSION_ID
+                                 "\",\"chat_id\",\"expires_at\"]}");
+    free(filters);
+}
+
+static void test_reaper_removes_only_expired_managed(void **state)
+{
+    fx *f = *state;
+    int64_t now = iso("2026-04-02T13:00:00Z");
+    char *items[] = {
+        container_json("c-expired", SESSION_ID, CHAT_ID, "2026-04-02T12:05:00+00:00", NULL, true,
+                       "running"),
+        container_json("c-live", SESSION_ID2, CHAT_ID, "2026-04-02T14:00:00+00:00", NULL, true,
+                       "running"),
+        container_json("c-badlabels", "nope", CHAT_ID, "2026-04-02T12:05:00+00:00", NULL, true,
+                       "running"),
+        container_json("c-notmoat", SESSION_ID3, CHAT_ID, "2026-04-02T12:05:00+00:00", NULL,
+                       false, "running"),
+        /* Another (scoped) runtime's sandbox: an unscoped runtime owns only unscoped ones. */
+        "{\"Id\":\"c-other-instance\",\"Created\":1775131200,\"State\":\"running\","
+        "\"Labels\":{\"session_id\":\"" SESSION_ID3 "\",\"chat_id\":\"" CHAT_ID "\","
+        "\"expires_at\":\"2026-04-02T12:05:00+00:00\",\"moat.managed\":\"true\","
+        "\"moat.instance\":\"blue\"}}",
+    };
+    items[4] = strdup(items[4]);
+    route_list(f, "/containers/json", items, 5);
+    size_t reaped = 0;
+    moat_status st;
+    assert_int_equal(moat_runtime_reap(f->rt, now, &reaped, &st), MOAT_CODE_OK);
+    assert_int_equal(reaped, 1);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/containers/c-expired/stop"), 1);
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/c-expired"), 1);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/stop"), 1);
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/"), 1);
+
+    const fake_request *rq = fake_docker_find(&f->fd, "GET", "/containers/json");
+    assert_non_null(strstr(rq->url, "all=1"));
+    char *filters = decoded_filters(rq->url);
+    assert_string_equal(filters, "{\"label\":[\"session_id\",\"chat_id\",\"expires_at\","
+                                 "\"moat.managed=true\"]}");
+    free(filters);
+
+    moat_session s;
+    fake_docker_route(&f->fd, "GET", "session_id%3D" SESSION_ID, 200, "[]", -1);
+    assert_int_equal(moat_runtime_get(f->rt, SESSION_ID, &s, &st), MOAT_CODE_OK);
+    assert_int_equal(s.state, MOAT_SESSION_EXPIRED);
+    assert_string_equal(s.end_reason, "ttl");
+    assert_true(s.ended_at_ms > 0);
+    /* The chat workspace is never removed by expiry. */
+    char chat_dir[256];
+    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, CHAT_ID);
+    mkdir(chat_dir, 0755);
+    assert_int_equal(access(chat_dir, F_OK), 0);
+}
+
+static void test_reaper_failure_retries(void **state)
+{
+    fx *f = *state;
+    char *items[] = {container_json("c-expired", SESSION_ID, CHAT_ID, "2026-04-02T12:05:00+00:00",
+                                    NULL, true, "running")};
+    route_list(f, "/containers/json", items, 1);
+    fake_docker_route(&f->fd, "POST", "/stop", 500, "{\"message\":\"device busy\"}", 1);
+    size_t reaped = 0;
+    moat_status st;
+    int64_t now = iso("2026-04-02T13:00:00Z");
+    assert_int_equal(moat_runtime_reap(f->rt, now, &reaped, &st), MOAT_CODE_INTERNAL);
+    assert_string_equal(st.reason, "sandbox_stop_failed");
+    assert_int_equal(reaped, 0);
+    /* The claim was released, so the next sweep retries and succeeds. */
+    assert_int_equal(moat_runtime_reap(f->rt, now, &reaped, &st), MOAT_CODE_OK);
+    assert_int_equal(reaped, 1);
+}
+
+static void test_reconcile(void **state)
+{
+    fx *f = *state;
+    int64_t now = iso("2026-04-02T13:00:00Z");
+    /* Session 1 renewed in a previous life: label expired, store expiry in the future. */
+    moat_session s;
+    moat_status st;
+    int64_t created = iso("2026-04-02T12:00:00Z");
+    char *adopt_items[] = {container_json("container-123", SESSION_ID, CHAT_ID,
+                                          "2026-04-02T12:05:00+00:00", NULL, true, "running")};
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, created,
+                                         iso("2026-04-02T12:05:00Z"), NULL, &s, &st),
+                     MOAT_CODE_OK);
+    route_list(f, "session_id%3D" SESSION_ID, adopt_items, 1);
+    assert_int_equal(moat_runtime_renew(f->rt, SESSION_ID, moat_time_now_ms() + 3600000, NULL, &st),
+                     MOAT_CODE_OK);
+    int64_t renewed_exp = store_expiry(f->store, SESSION_ID, NULL, NULL);
+    /* Session 2: in the store, but its container vanished. */
+    fake_docker_route(&f->fd, "POST", "/containers/create", 201, "{\"Id\":\"container-222\"}", 1);
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID2, CHAT_ID, created,
+                                         iso("2026-04-02T14:00:00Z"), NULL, &s, &st),
+                     MOAT_CODE_OK);
+    moat_runtime_close(f->rt);
+    open_runtime(f);
+
+    char *items[] = {
+        container_json("container-123", SESSION_ID, CHAT_ID, "2026-04-02T12:05:00+00:00", NULL,
+                       true, "running"),
+        container_json("container-333", SESSION_ID3, CHAT_ID, "2026-04-02T12:30:00+00:00", NULL,
+                       true, "running"),
+        container_json("container-bad", "x", CHAT_ID, "2026-04-02T12:30:00+00:00", NULL, true,
+                       "running"),
+    };
+    route_list(f, "all=1&filters", items, 3);
+    moat_reconcile_report rep;
+    assert_int_equal(moat_runtime_reconcile(f->rt, now, &rep, &st), MOAT_CODE_OK);
+    assert_int_equal(rep.adopted, 1);
+    assert_int_equal(rep.reaped, 1);
+    assert_int_equal(rep.gone, 1);
+    assert_int_equal(rep.skipped, 1);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/containers/container-333/stop"), 1);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/containers/container-123/stop"), 0);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/containers/container-bad"), 0);
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/container-bad"), 0);
+    int state2 = -1, state3 = -1;
+    store_expiry(f->store, SESSION_ID2, NULL, &state2);
+    assert_int_equal(state2, MOAT_SESSION_GONE);
+    assert_int_equal(store_expiry(f->store, SESSION_ID3, NULL, &state3),
+                     iso("2026-04-02T12:30:00Z"));
+    assert_int_equal(state3, MOAT_SESSION_EXPIRED);
+    int renewed = 0, state1 = -1;
+    assert_int_equal(store_expiry(f->store, SESSION_ID, &renewed, &state1), renewed_exp);
+    assert_int_equal(renewed, 1);
+    assert_int_equal(state1, MOAT_SESSION_RUNNING);
+}
+
+static void test_stop_session_keeps_workspace(void **state)
+{
+    fx *f = *state;
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    char file[256];
+    snprintf(file, sizeof(file), "%s/%s/notes.txt", f->chats, CHAT_ID);
+    FILE *fp = fopen(file, "w");
+    assert_non_null(fp);
+    fputs("keep me", fp);
+    fclose(fp);
+    char *items[] = {container_json("container-123", SESSION_ID, CHAT_ID,
+                                    "2026-04-02T12:05:00+00:00", NULL, true, "running")};
+    route_list(f, "session_id%3D" SESSION_ID, items, 1);
+    assert_int_equal(moat_runtime_stop(f->rt, SESSION_ID, &st), MOAT_CODE_OK);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/containers/container-123/stop?t=2"), 1);
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/container-123?force=1"), 1);
+    assert_int_equal(access(file, F_OK), 0);
+    int st_state = -1;
+    store_expiry(f->store, SESSION_ID, NULL, &st_state);
+    assert_int_equal(st_state, MOAT_SESSION_STOPPED);
+    /* Stop is idempotent: the container is gone now. */
+    fake_docker_route(&f->fd, "GET", "session_id%3D" SESSION_ID2, 200, "[]", -1);
+    assert_int_equal(moat_runtime_stop(f->rt, SESSION_ID2, &st), MOAT_CODE_OK);
+}
+
+static void test_get_not_found(void **state)
+{
+    fx *f = *state;
+    moat_session s;
+    moat_status st;
+    assert_int_equal(moat_runtime_get(f->rt, SESSION_ID, &s, &st), MOAT_CODE_NOT_FOUND);
+    assert_string_equal(moat_status_detail_get(&st, "session_id"), SESSION_ID);
+}
+
+static void test_config_validation(void **state)
+{
+    fx *f = *state;
+    moat_runtime_config c = f->cfg;
+    moat_status st;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
+    c.chats_root = "relative/chats";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "chats_root");
+    assert_non_null(strstr(st.message, "chats_root"));
+    c = f->cfg;
+    c.dependencies_host_path = "/nonexistent/moat/deps";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "dependencies_host_path");
+    assert_null(moat_runtime_open(&c, &st));
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "dependencies_host_path");
+    c = f->cfg;
+    c.execd_bundle_dir = "bundle";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "execd_bundle_dir");
+    c = f->cfg;
+    c.docker_host = "docker.sock";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "docker_host");
+    c = f->cfg;
+    c.docker_host = "tcp://127.0.0.1:2376";
+    c.docker_tls_cert = "/nonexistent/cert.pem";
+    c.docker_tls_key = "/nonexistent/key.pem";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "docker_tls_cert");
+    c = f->cfg;
+    c.default_memory_bytes = c.max_memory_bytes + 1;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    c = f->cfg;
+    c.chat_mount_path = "/run/moat";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "chat_mount_path");
+    c = f->cfg;
+    c.store_path = "state.db";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "store_path");
+}
+
+typedef struct hook_counts {
+    int docker_calls;
+    int created;
+    int spans_started;
+    int spans_ended;
+} hook_counts;
+
+static void on_docker(void *ctx, const char *op, long http, moat_code code, uint64_t ns)
+{
+    (void)op;
+    (void)http;
+    (void)code;
+    (void)ns;
+    ((hook_counts *)ctx)->docker_calls++;
+}
+
+static void on_session(void *ctx, const char *event, const char *sid, moat_code code, uint64_t ns)
+{
+    (void)sid;
+    (void)ns;
+    if (strcmp(event, "created") == 0 && code == MOAT_CODE_OK)
+        ((hook_counts *)ctx)->created++;
+}
+
+static void *on_span_start(void *ctx, const char *name, const char *sid)
+{
+    (void)name;
+    (void)sid;
+    ((hook_counts *)ctx)->spans_started++;
+    return ctx;
+}
+
+static void on_span_end(void *ctx, void *span, const moat_status *st)
+{
+    (void)st;
+    assert_ptr_equal(ctx, span);
+    ((hook_counts *)ctx)->spans_ended++;
+}
+
+static void test_hooks(void **state)
+{
+    fx *f = *state;
+    hook_counts h = {0};
+    moat_runtime_close(f->rt);
+    f->cfg.metrics = (moat_runtime_metrics){.ctx = &h, .docker_call = on_docker,
+                                            .session_event = on_session};
+    f->cfg.tracer = (moat_runtime_tracer){.ctx = &h, .span_start = on_span_start,
+                                          .span_end = on_span_end};
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    assert_int_equal(h.created, 1);
+    assert_true(h.docker_calls >= 3);
+    assert_int_equal(h.spans_started, 1);
+    assert_int_equal(h.spans_ended, 1);
+}
+
+static void test_reaper_thread_runs(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    f->cfg.cleanup_interval_seconds = 1;
+    open_runtime(f);
+    char *items[] = {container_json("c-expired", SESSION_ID, CHAT_ID, "2026-04-02T12:05:00+00:00",
+                                    NULL, true, "running")};
+    route_list(f, "/containers/json", items, 1);
+    moat_status st;
+    assert_int_equal(moat_runtime_start_reaper(f->rt, &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_start_reaper(f->rt, &st), MOAT_CODE_FAILED_PRECONDITION);
+    /* Wait (bounded) for one sweep to have removed the container. */
+    for (int i = 0; i < 50 && fake_docker_count(&f->fd, "DELETE", "/containers/c-expired") == 0;
+         i++)
+        usleep(100000);
+    moat_runtime_stop_reaper(f->rt);
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/c-expired"), 1);
+}
+
+static void test_instance_scoping(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    f->cfg.instance = "blue";
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    json_t *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(spec, "Labels"), "moat.instance")),
+        "blue");
+    json_decref(spec);
+
+    /* A container of another instance that Docker returns anyway is never reaped. */
+    char *green = container_json("c-green", SESSION_ID2, CHAT_ID, "2026-04-02T12:05:00+00:00",
+                                 NULL, true, "running");
+    route_list(f, "/containers/json", &green, 1);
+    size_t reaped = 9;
+    assert_int_equal(moat_runtime_reap(f->rt, iso("2026-04-02T13:00:00Z"), &reaped, &st),
+                     MOAT_CODE_OK);
+    assert_int_equal(reaped, 0);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/stop"), 0);
+    char *filters = decoded_filters(fake_docker_find(&f->fd, "GET", "/containers/json")->url);
+    assert_string_equal(filters, "{\"label\":[\"session_id\",\"chat_id\",\"expires_at\","
+                                 "\"moat.managed=true\",\"moat.instance=blue\"]}");
+    free(filters);
+
+    moat_runtime_config c = f->cfg;
+    c.instance = "bad instance!";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "instance");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_create_mount_policy_and_labels, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_empty_container_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_ignores_missing_container, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_wraps_docker_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_active_skips_bad_labels, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_empty, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_docker_500_on_create, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_image_missing_is_not_found, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_name_conflict, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_start_failure_removes_container, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readiness_timeout_removes_container, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_readiness_container_exited, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_docker_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_not_array, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connection_cut_mid_response, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dead_socket_unavailable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_version_negotiation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_image_inspect_not_found, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_invalid_ids, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_image_allow_list_and_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_renew_is_durable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_renew_unknown_session, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reaper_removes_only_expired_managed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reaper_failure_retries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_session_keeps_workspace, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_get_not_found, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_config_validation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hooks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reaper_thread_runs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_instance_scoping, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,375 @@
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, (struct sockaddr *)&a, sizeof(a));
+    socklen_t len = sizeof(a);
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static int tcp_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close(fd);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return fd;
+}
+
+void moatd_dump_log(const moatd_proc *p)
+{
+    FILE *f = fopen(p->log_path, "r");
+    if (f == NULL)
+        return;
+    char line[1024];
+    fprintf(stderr, "---- moatd log %s\n", p->log_path);
+    while (fgets(line, sizeof(line), f) != NULL)
+        fputs(line, stderr);
+    fclose(f);
+}
+
+bool moatd_start(moatd_proc *p, bool docker, const char *const *extra)
+{
+    memset(p, 0, sizeof(*p));
+    const char *build = getenv("MOAT_BUILD_DIR");
+    if (build == NULL)
+        build = ".";
+    char bin[512];
+    snprintf(bin, sizeof(bin), "%s/src/server/moatd", build);
+    snprintf(p->state_dir, sizeof(p->state_dir), "/tmp/moat-srvtest-XXXXXX");
+    if (mkdtemp(p->state_dir) == NULL)
+        return false;
+    snprintf(p->log_path, sizeof(p->log_path), "%s/moatd.log", p->state_dir);
+    p->port = free_port();
+    p->metrics_port = free_port();
+    char bundle[320];
+    snprintf(bundle, sizeof(bundle), "%s/bundle", p->state_dir);
+    mkdir(bundle, 0755);
+
+    char a_listen[64], a_metrics[64], a_state[300], a_docker[320], a_bundle[340];
+    snprintf(a_listen, sizeof(a_listen), "--listen=127.0.0.1:%d", p->port);
+    snprintf(a_metrics, sizeof(a_metrics), "--metrics_listen=127.0.0.1:%d", p->metrics_port);
+    snprintf(a_state, sizeof(a_state), "--state_dir=%s", p->state_dir);
+    snprintf(a_docker, sizeof(a_docker), "--docker_host=%s/no-docker.sock", p->state_dir);
+    snprintf(a_bundle, sizeof(a_bundle), "--execd_bundle=%s", bundle);
+    const char *argv[64];
+    int n = 0;
+    argv[n++] = bin;
+    argv[n++] = a_listen;
+    argv[n++] = a_metrics;
+    argv[n++] = a_state;
+    if (!docker) {
+        argv[n++] = a_docker;
+        argv[n++] = a_bundle;
+    }
+    for (int i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+
+    pid_t pid = fork();
+    if (pid < 0)
+        return false;
+    if (pid == 0) {
+        int fd = open(p->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    p->pid = pid;
+    for (int i = 0; i < 200; i++) {
+        int fd = tcp_connect(p->port);
+        if (fd >= 0) {
+            close(fd);
+            return true;
+        }
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            p->pid = 0;
+            moatd_dump_log(p);
+            return false;
+        }
+        sleep_ms(50);
+    }
+    moatd_dump_log(p);
+    moatd_stop(p);
+    return false;
+}
+
+int moatd_wait(moatd_proc *p, int timeout_ms)
+{
+    if (p->pid <= 0)
+        return -1;
+    for (int waited = 0; waited <= timeout_ms; waited += 20) {
+        int st;
+        pid_t r = waitpid(p->pid, &st, WNOHANG);
+        if (r == p->pid) {
+            p->pid = 0;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        sleep_ms(20);
+    }
+    return -1;
+}
+
+int moatd_stop(moatd_proc *p)
+{
+    if (p->pid <= 0)
+        return -1;
+    kill(p->pid, SIGTERM);
+    int rc = moatd_wait(p, 20000);
+    if (rc < 0) {
+        kill(p->pid, SIGKILL);
+        rc = moatd_wait(p, 5000);
+    }
+    return rc;
+}
+
+void moatd_remove_dir(const char *dir)
+{
+    if (strncmp(dir, "/tmp/moat-srvtest-", 18) != 0)
+        return;
+    char cmd[400];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    int rc = system(cmd);
+    (void)rc;
+}
+
+raw_conn *raw_connect(int port)
+{
+    raw_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->fd = tcp_connect(port);
+    if (c->fd < 0) {
+        free(c);
+        return NULL;
+    }
+    moat_wire_decoder_init(&c->dec, MOAT_WIRE_MAX_FRAME_LIMIT);
+    c->next_stream = 1;
+    return c;
+}
+
+void raw_close(raw_conn *c)
+{
+    if (c == NULL)
+        return;
+    close(c->fd);
+    moat_wire_decoder_free(&c->dec);
+    free(c->body);
+    free(c);
+}
+
+bool raw_send_bytes(raw_conn *c, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    while (len > 0) {
+        ssize_t w = send(c->fd, p, len, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return false;
+        p += w;
+        len -= (size_t)w;
+    }
+    return true;
+}
+
+bool raw_send(raw_conn *c, const moat_frame *f)
+{
+    size_t n = moat_wire_encoded_size(f);
+    uint8_t *buf = malloc(n);
+    size_t w = 0;
+    bool ok = buf != NULL && moat_wire_encode(f, buf, n, &w) == MOAT_OK &&
+              raw_send_bytes(c, buf, w);
+    free(buf);
+    return ok;
+}
+
+int raw_recv(raw_conn *c, moat_frame *f, int timeout_ms)
+{
+    for (;;) {
+        while (c->in_off < c->in_len) {
+            size_t used = 0;
+            moat_slice body;
+            moat_err err = moat_wire_decoder_feed(&c->dec, c->inbuf + c->in_off,
+                                                  c->in_len - c->in_off, &used, &body);
+            c->in_off += used;
+            if (err == MOAT_E_AGAIN)
+                break;
+            if (err != MOAT_OK)
+                return -1;
+            if (body.len > c->body_cap) {
+                uint8_t *nb = realloc(c->body, body.len);
+                if (nb == NULL)
+                    return -1;
+                c->body = nb;
+                c->body_cap = body.len;
+            }
+            memcpy(c->body, body.data, body.len);
+            c->body_len = body.len;
+            if (moat_wire_frame_decode((moat_slice){c->body, c->body_len}, f) != MOAT_OK)
+                return -1;
+            return 1;
+        }
+        struct pollfd pfd = {c->fd, POLLIN, 0};
+        int r = poll(&pfd, 1, timeout_ms);
+        if (r <= 0)
+            return -1;
+        ssize_t n = recv(c->fd, c->inbuf, sizeof(c->inbuf), 0);
+        if (n == 0)
+            return 0;
+        if (n < 0)
+            return errno == ECONNRESET ? 0 : -1;
+        c->in_len = (size_t)n;
+        c->in_off = 0;
+    }
+}
+
+int raw_recv_stream(raw_conn *c, uint32_t stream_id, moat_frame *f, int timeout_ms)
+{
+    for (;;) {
+        int r = raw_recv(c, f, timeout_ms);
+        if (r != 1)
+            return r;
+        if (f->stream_id == stream_id && f->kind != MOAT_FRAME_PONG)
+            return 1;
+    }
+}
+
+int raw_hello(raw_conn *c, const char *token, moat_frame *ack)
+{
+    moat_frame f = {0};
+    f.kind = MOAT_FRAME_HELLO;
+    f.u.hello.protocol_version = MOAT_WIRE_PROTOCOL_VERSION;
+    f.u.hello.client_name = moat_slice_str("moat-test/1");
+    if (token != NULL)
+        f.u.hello.token = moat_slice_str(token);
+    if (!raw_send(c, &f))
+        return -1;
+    return raw_recv(c, ack, 10000);
+}
+
+uint32_t raw_call(raw_conn *c, const char *method, uint64_t deadline_ms,
+                  const ProtobufCMessage *req)
+{
+    uint32_t id = c->next_stream;
+    c->next_stream += 2;
+    moat_frame f = {0};
+    f.stream_id = id;
+    f.kind = MOAT_FRAME_CALL;
+    f.u.call.method = moat_slice_str(method);
+    f.u.call.deadline_ms = deadline_ms;
+    if (!raw_send(c, &f))
+        return 0;
+    if (req != NULL) {
+        size_t n = protobuf_c_message_get_packed_size(req);
+        uint8_t *buf = malloc(n + 1);
+        protobuf_c_message_pack(req, buf);
+        moat_frame m = {0};
+        m.stream_id = id;
+        m.kind = MOAT_FRAME_MESSAGE;
+        m.u.message.payload = (moat_slice){buf, n};
+        bool ok = raw_send(c, &m);
+        free(buf);
+        if (!ok)
+            return 0;
+    }
+    return id;
+}
+
+int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
+              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+              char *reason, size_t reason_len)
+{
+    if (resp != NULL)
+        *resp = NULL;
+    uint32_t id = raw_call(c, method, 0, req);
+    if (id == 0)
+        return -1;
+    for (;;) {
+        moat_frame f;
+        if (raw_recv_stream(c, id, &f, 60000) != 1)
+            return -1;
+        if (f.kind == MOAT_FRAME_MESSAGE && resp != NULL && resp_desc != NULL) {
+            *resp = protobuf_c_message_unpack(resp_desc, NULL, f.u.message.payload.len,
+                                              f.u.message.payload.data);
+        } else if (f.kind == MOAT_FRAME_END) {
+            if (reason != NULL && reason_len > 0) {
+                size_t n = f.u.end.reason.len < reason_len - 1 ? f.u.end.reason.len
+                                                                : reason_len - 1;
+                if (n > 0)
+                    memcpy(reason, f.u.end.reason.data, n);
+                reason[n] = '\0';
+            }
+            return (int)f.u.end.code;
+        }
+    }
+}
+
+bool http_get(int port, const char *path, char *out, size_t cap)
+{
+    int fd = tcp_connect(port);
+    if (fd < 0)
+        return false;
+    char req[256];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        close(fd);
+        return false;
+    }
+    size_t used = 0;
+    for (;;) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        if (poll(&pfd, 1, 10000) <= 0)
+            break;
+        ssize_t r = recv(fd, out + used, cap - 1 - used, 0);
+        if (r <= 0)
+            break;
+        used += (size_t)r;
+        if (used >= cap - 1)
+            break;
+    }
+    out[used] = '\0';
+    close(fd);
+    return used > 0;
+}

@@ -1,0 +1,242 @@
+/* Unit tests of moatd's configuration, address helpers and token comparison. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "moat/server.h"
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    assert_string_equal(c.listen, "127.0.0.1:7070");
+    assert_string_equal(c.docker_host, "/var/run/docker.sock");
+    assert_string_equal(c.image, "moat-sandbox:latest");
+    assert_string_equal(c.state_dir, "/var/lib/moat");
+    assert_string_equal(c.metrics_listen, "127.0.0.1:7071");
+    assert_string_equal(c.token, "");
+    assert_int_equal(c.max_frame_size, 1048576);
+    assert_int_equal(c.initial_window, 1048576);
+    assert_int_equal(c.log_level, MOAT_LOG_INFO);
+    char err[256] = "";
+    assert_int_equal(moat_server_config_finish(&c, "/nonexistent/bin", err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.chats_root, "/var/lib/moat/chats");
+    assert_string_equal(c.store_path, "/var/lib/moat/state.db");
+    assert_string_equal(c.dependencies_host_path, "/var/lib/moat/dependencies");
+    assert_string_equal(c.lambda_tools_host_path, "/var/lib/moat/lambda-tools");
+    assert_string_equal(c.execd_bundle, "/nonexistent/bin/execd-bundle");
+    moat_server_config_free(&c);
+}
+
+static void test_parse_file_text(void **state)
+{
+    (void)state;
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    const char *text = "# a comment\n"
+                       "\n"
+                       "  listen = 127.0.0.1:9000   # trailing comment\n"
+                       "token = \"s3cret # not a comment\"\n"
+                       "max-streams-per-connection=7\n"
+                       "LOG_LEVEL = debug\n"
+                       "state_dir=/tmp/moat-test-state";
+    char err[256] = "";
+    assert_int_equal(moat_server_config_parse(&c, text, err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.listen, "127.0.0.1:9000");
+    assert_string_equal(c.token, "s3cret # not a comment");
+    assert_int_equal(c.max_streams_per_connection, 7);
+    assert_int_equal(c.log_level, MOAT_LOG_DEBUG);
+    assert_string_equal(c.state_dir, "/tmp/moat-test-state");
+    assert_int_equal(moat_server_config_finish(&c, NULL, err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.chats_root, "/tmp/moat-test-state/chats");
+    moat_server_config_free(&c);
+}
+
+static void expect_bad(const char *text, const char *want_in_err)
+{
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    char err[512] = "";
+    assert_int_equal(moat_server_config_parse(&c, text, err, sizeof(err)), MOAT_E_INVAL);
+    if (strstr(err, want_in_err) == NULL)
+        fail_msg("error \"%s\" does not mention \"%s\"", err, want_in_err);
+    moat_server_config_free(&c);
+}
+
+static void test_parse_bad_input(void **state)
+{
+    (void)state;
+    expect_bad("listen = 1.2.3.4:1\nbogus = 1\n", "line 2: unknown key \"bogus\"");
+    expect_bad("just words\n", "line 1: expected key = value");
+    expect_bad("= 5\n", "missing key");
+    expect_bad("max_connections = many\n", "max_connections: expected a number");
+    expect_bad("max_connections = -1\n", "expected a number");
+    expect_bad("max_connections = 0\n", "from 1 to");
+    expect_bad("max_frame_size = 99999999999999999999\n", "max_frame_size");
+    expect_bad("max_frame_size = 100\n", "from 4096");
+    expect_bad("max_connections = 12abc\n", "expected a number");
+    expect_bad("token = \"unterminated\n", "unterminated");
+    expect_bad("token = \"a\" b\n", "after the quoted value");
+    expect_bad("log_level = loud\n", "log_level");
+    expect_bad("max_connections =\n", "expected a number");
+    char *longline = malloc(10000);
+    memset(longline, 'a', 9999);
+    longline[9999] = '\0';
+    expect_bad(longline, "longer than");
+    free(longline);
+}
+
+static void test_set_and_env(void **state)
+{
+    (void)state;
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    char err[256] = "";
+    assert_int_equal(moat_server_config_set(&c, "idle-timeout-seconds", "5", err, sizeof(err)),
+                     MOAT_OK);
+    assert_int_equal(c.idle_timeout_seconds, 5);
+    assert_int_equal(moat_server_config_set(&c, "nope", "5", err, sizeof(err)), MOAT_E_NOT_FOUND);
+    assert_int_equal(moat_server_config_set(&c, "ttl_seconds", "0", err, sizeof(err)),
+                     MOAT_E_INVAL);
+    setenv("MOAT_TOKEN", "from-env", 1);
+    setenv("MOAT_MAX_CONNECTIONS", "33", 1);
+    assert_int_equal(moat_server_config_apply_env(&c, err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.token, "from-env");
+    assert_int_equal(c.max_connections, 33);
+    setenv("MOAT_MAX_CONNECTIONS", "x", 1);
+    assert_int_equal(moat_server_config_apply_env(&c, err, sizeof(err)), MOAT_E_INVAL);
+    assert_non_null(strstr(err, "MOAT_MAX_CONNECTIONS"));
+    unsetenv("MOAT_TOKEN");
+    unsetenv("MOAT_MAX_CONNECTIONS");
+    moat_server_config_free(&c);
+}
+
+static void test_load_file(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/moat-config-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *text = "listen = 127.0.0.1:7171\nimage = other:1\n";
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    char err[256] = "";
+    assert_int_equal(moat_server_config_load_file(&c, path, err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.image, "other:1");
+    assert_string_equal(c.config_file, path);
+    unlink(path);
+    assert_int_equal(moat_server_config_load_file(&c, path, err, sizeof(err)), MOAT_E_IO);
+    moat_server_config_free(&c);
+}
+
+static moat_err finish_with(const char *key, const char *value, const char *key2,
+                            const char *value2, char *err, size_t errlen)
+{
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    moat_server_config_set(&c, key, value, err, errlen);
+    if (key2 != NULL)
+        moat_server_config_set(&c, key2, value2, err, errlen);
+    moat_err e = moat_server_config_finish(&c, NULL, err, errlen);
+    moat_server_config_free(&c);
+    return e;
+}
+
+static void test_finish_rules(void **state)
+{
+    (void)state;
+    char err[512];
+    /* Not loopback without a token: refused. */
+    assert_int_equal(finish_with("listen", "0.0.0.0:7070", NULL, NULL, err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_non_null(strstr(err, "token"));
+    assert_int_equal(finish_with("listen", "0.0.0.0:7070", "token", "t", err, sizeof(err)),
+                     MOAT_OK);
+    assert_int_equal(finish_with("listen", "[::]:7070", NULL, NULL, err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_int_equal(finish_with("listen", "[::1]:7070", NULL, NULL, err, sizeof(err)), MOAT_OK);
+    assert_int_equal(finish_with("listen", "localhost:7070", NULL, NULL, err, sizeof(err)),
+                     MOAT_OK);
+    assert_int_equal(finish_with("listen", "127.0.0.1", NULL, NULL, err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_int_equal(finish_with("listen", "127.0.0.1:70000", NULL, NULL, err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_int_equal(finish_with("metrics_listen", "0.0.0.0:7071", NULL, NULL, err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_non_null(strstr(err, "loopback"));
+    assert_int_equal(finish_with("metrics_listen", "", NULL, NULL, err, sizeof(err)), MOAT_OK);
+    assert_int_equal(finish_with("state_dir", "relative/dir", NULL, NULL, err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_int_equal(finish_with("listen", "", "unix_socket", "", err, sizeof(err)), MOAT_E_INVAL);
+    assert_int_equal(finish_with("listen", "", "unix_socket", "/tmp/m.sock", err, sizeof(err)),
+                     MOAT_OK);
+    assert_int_equal(finish_with("image", "", NULL, NULL, err, sizeof(err)), MOAT_E_INVAL);
+}
+
+static void test_loopback_and_hostport(void **state)
+{
+    (void)state;
+    assert_true(moat_server_is_loopback("127.0.0.1:1"));
+    assert_true(moat_server_is_loopback("127.9.8.7:1"));
+    assert_true(moat_server_is_loopback("[::1]:1"));
+    assert_true(moat_server_is_loopback("localhost:80"));
+    assert_false(moat_server_is_loopback("0.0.0.0:1"));
+    assert_false(moat_server_is_loopback("10.0.0.1:1"));
+    assert_false(moat_server_is_loopback("[::]:1"));
+    assert_false(moat_server_is_loopback("example.com:1"));
+    assert_false(moat_server_is_loopback("128.0.0.1:1"));
+    char host[64];
+    uint16_t port = 0;
+    assert_int_equal(moat_server_split_hostport("1.2.3.4:80", host, sizeof(host), &port), MOAT_OK);
+    assert_string_equal(host, "1.2.3.4");
+    assert_int_equal(port, 80);
+    assert_int_equal(moat_server_split_hostport("[fe80::1]:443", host, sizeof(host), &port),
+                     MOAT_OK);
+    assert_string_equal(host, "fe80::1");
+    assert_int_equal(port, 443);
+    const char *bad[] = {"", ":80", "host:", "host:x", "a:b:c", "[::1]", "[::1]80", "h:123456"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(moat_server_split_hostport(bad[i], host, sizeof(host), &port),
+                         MOAT_E_INVAL);
+    assert_int_equal(moat_server_split_hostport("averylonghostname:1", host, 4, &port),
+                     MOAT_E_INVAL);
+}
+
+static void test_token_equal(void **state)
+{
+    (void)state;
+    const char *want = "correct horse";
+    assert_true(moat_server_token_equal((const uint8_t *)"correct horse", 13, want));
+    assert_false(moat_server_token_equal((const uint8_t *)"correct hors", 12, want));
+    assert_false(moat_server_token_equal((const uint8_t *)"correct horse!", 14, want));
+    assert_false(moat_server_token_equal((const uint8_t *)"Correct horse", 13, want));
+    assert_false(moat_server_token_equal((const uint8_t *)"", 0, want));
+    assert_false(moat_server_token_equal((const uint8_t *)"", 0, ""));
+    /* Bytes after an embedded NUL count. */
+    assert_false(moat_server_token_equal((const uint8_t *)"correct horse\0x", 15, want));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_parse_file_text),
+        cmocka_unit_test(test_parse_bad_input),
+        cmocka_unit_test(test_set_and_env),
+        cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_finish_rules),
+        cmocka_unit_test(test_loopback_and_hostport),
+        cmocka_unit_test(test_token_equal),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
