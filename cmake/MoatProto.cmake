@@ -24,7 +24,7 @@ add_custom_command(
 add_custom_command(
   OUTPUT ${nanopb_sources}
   COMMAND ${PROTOC} --plugin=protoc-gen-nanopb=${PROTOC_GEN_NANOPB} -I${MOAT_PROTO_DIR}
-          "--nanopb_opt=-I${MOAT_PROTO_DIR}/moat/v1" --nanopb_out=${MOAT_GEN_DIR}/nanopb ${proto_files}
+          "--nanopb_opt=-I${MOAT_PROTO_DIR}" --nanopb_out=${MOAT_GEN_DIR}/nanopb ${proto_files}
   DEPENDS ${proto_files} ${nanopb_options}
   COMMENT "nanopb: generating client-side protobuf code"
   VERBATIM)

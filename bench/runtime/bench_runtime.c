@@ -67,22 +67,23 @@ static int raw_create_start(moat_runtime *rt, const moat_runtime_config *cfg, in
     snprintf(chat_dir, sizeof(chat_dir), "%s/raw-chat-%d", scratch_dir, i);
     mkdir(sock_dir, 0755);
     mkdir(chat_dir, 0755);
-    json_t *mounts = json_pack(
-        "[{s:s,s:s,s:s,s:b},{s:s,s:s,s:s,s:b},{s:s,s:s,s:s,s:b},{s:s,s:s,s:s,s:b},"
-        "{s:s,s:s,s:s,s:b}]",
-        "Target", cfg->chat_mount_path, "Source", chat_dir, "Type", "bind", "ReadOnly", 0,
-        "Target", cfg->dependencies_mount_path, "Source", cfg->dependencies_host_path, "Type",
-        "bind", "ReadOnly", 1, "Target", cfg->lambda_tools_mount_path, "Source",
-        cfg->lambda_tools_host_path, "Type", "bind", "ReadOnly", 1, "Target", "/opt/moat",
-        "Source", cfg->execd_bundle_dir, "Type", "bind", "ReadOnly", 1, "Target", "/run/moat",
-        "Source", sock_dir, "Type", "bind", "ReadOnly", 0);
+    json_t *mounts =
+        json_pack("[{s:s,s:s,s:s,s:b},{s:s,s:s,s:s,s:b},{s:s,s:s,s:s,s:b},{s:s,s:s,s:s,s:b},"
+                  "{s:s,s:s,s:s,s:b}]",
+                  "Target", cfg->chat_mount_path, "Source", chat_dir, "Type", "bind", "ReadOnly", 0,
+                  "Target", cfg->dependencies_mount_path, "Source", cfg->dependencies_host_path,
+                  "Type", "bind", "ReadOnly", 1, "Target", cfg->lambda_tools_mount_path, "Source",
+                  cfg->lambda_tools_host_path, "Type", "bind", "ReadOnly", 1, "Target", "/opt/moat",
+                  "Source", cfg->execd_bundle_dir, "Type", "bind", "ReadOnly", 1, "Target",
+                  "/run/moat", "Source", sock_dir, "Type", "bind", "ReadOnly", 0);
     json_t *spec = json_pack(
-        "{s:s, s:[s,s,s], s:{s:s}, s:b, s:{s:s, s:o, s:[s], s:[s], s:I, s:I, s:I, s:I}}",
-        "Image", IMAGE, "Entrypoint", "/opt/moat/run", "--listen", "unix:/run/moat/execd.sock",
-        "Labels", "bench", "raw", "NetworkDisabled", 1, "HostConfig", "NetworkMode", "none", "Mounts", mounts, "CapDrop", "ALL",
-        "SecurityOpt", "no-new-privileges", "PidsLimit", (json_int_t)cfg->default_pids_limit,
-        "Memory", (json_int_t)cfg->default_memory_bytes, "MemorySwap",
-        (json_int_t)cfg->default_memory_bytes, "NanoCpus", (json_int_t)cfg->default_nano_cpus);
+        "{s:s, s:[s,s,s], s:{s:s}, s:b, s:{s:s, s:o, s:[s], s:[s], s:I, s:I, s:I, s:I}}", "Image",
+        IMAGE, "Entrypoint", "/opt/moat/run", "--listen", "unix:/run/moat/execd.sock", "Labels",
+        "bench", "raw", "NetworkDisabled", 1, "HostConfig", "NetworkMode", "none", "Mounts", mounts,
+        "CapDrop", "ALL", "SecurityOpt", "no-new-privileges", "PidsLimit",
+        (json_int_t)cfg->default_pids_limit, "Memory", (json_int_t)cfg->default_memory_bytes,
+        "MemorySwap", (json_int_t)cfg->default_memory_bytes, "NanoCpus",
+        (json_int_t)cfg->default_nano_cpus);
     char *body = json_dumps(spec, JSON_COMPACT);
     json_decref(spec);
     char path[128];
@@ -114,8 +115,7 @@ static int raw_stop_remove(moat_runtime *rt, const char *id, int stop_timeout)
     if (moat_runtime_docker_call(rt, "stop", "POST", path, NULL, NULL, &st) != MOAT_CODE_OK)
         return -1;
     snprintf(path, sizeof(path), "/containers/%s?force=1&v=1", id);
-    return moat_runtime_docker_call(rt, "remove", "DELETE", path, NULL, NULL, &st) ==
-                   MOAT_CODE_OK
+    return moat_runtime_docker_call(rt, "remove", "DELETE", path, NULL, NULL, &st) == MOAT_CODE_OK
                ? 0
                : -1;
 }
@@ -161,8 +161,9 @@ int main(int argc, char **argv)
     moat_status st;
     moat_runtime *rt = moat_runtime_open(&cfg, &st);
     if (rt == NULL) {
-        fprintf(stderr, "bench: %s\n(build the image and bundle with "
-                        "scripts/build-sandbox-image.sh <build-dir>)\n",
+        fprintf(stderr,
+                "bench: %s\n(build the image and bundle with "
+                "scripts/build-sandbox-image.sh <build-dir>)\n",
                 st.message);
         return 1;
     }
@@ -280,8 +281,8 @@ int main(int argc, char **argv)
     int list_pass = list_p50 < 20.0 && listed == (size_t)made;
     printf("%-34s value=%.2f ms baseline(raw docker list)=%.2f ms ratio=%.3f "
            "(%zu of %d listed) target<20 ms %s\n",
-           "list live sessions p50", list_p50, raw_list_p50, list_p50 / raw_list_p50, listed,
-           made, list_pass ? "PASS" : "FAIL");
+           "list live sessions p50", list_p50, raw_list_p50, list_p50 / raw_list_p50, listed, made,
+           list_pass ? "PASS" : "FAIL");
     /* Uncached (no watcher), for the record. */
     moat_runtime_stop_watcher(rt);
     for (int r = 0; r < LIST_RUNS; r++) {

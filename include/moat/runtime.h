@@ -74,9 +74,9 @@ typedef struct moat_runtime_config {
     const char *const *allowed_images;
     size_t allowed_image_count;
 
-    const char *state_dir;        /* sessions/<session_id>/ (execd socket dirs) live here */
-    const char *execd_bundle_dir; /* host dir mounted read-only at /opt/moat */
-    const char *store_path;       /* SQLite file (WAL) */
+    const char *state_dir;             /* sessions/<session_id>/ (execd socket dirs) live here */
+    const char *execd_bundle_dir;      /* host dir mounted read-only at /opt/moat */
+    const char *store_path;            /* SQLite file (WAL) */
     const char *container_name_prefix; /* container name = prefix + session_id */
     /* Optional scope when several runtimes share one engine: when set ([A-Za-z0-9_.-], at most
      * 63 bytes), containers also get the label moat.instance=<instance> and every list, sweep,
@@ -87,10 +87,10 @@ typedef struct moat_runtime_config {
     int64_t default_memory_bytes, max_memory_bytes;
     int64_t default_nano_cpus, max_nano_cpus;
     int64_t default_pids_limit, max_pids_limit;
-    bool read_only_rootfs;        /* with a tmpfs /tmp of tmpfs_size_bytes */
+    bool read_only_rootfs; /* with a tmpfs /tmp of tmpfs_size_bytes */
     int64_t tmpfs_size_bytes;
-    long readiness_timeout_ms;    /* create waits this long for execd's GET /ping */
-    int stop_timeout_seconds;     /* grace period of Docker's stop before SIGKILL */
+    long readiness_timeout_ms; /* create waits this long for execd's GET /ping */
+    int stop_timeout_seconds;  /* grace period of Docker's stop before SIGKILL */
 
     moat_runtime_metrics metrics;
     moat_runtime_tracer tracer;
@@ -121,9 +121,9 @@ typedef enum moat_session_state {
 /* "running", "stopped", "expired", "gone", "failed". Static. */
 const char *moat_session_state_name(moat_session_state state);
 
-#define MOAT_CONTAINER_ID_MAX 72
-#define MOAT_IMAGE_NAME_MAX 256
-#define MOAT_RUNTIME_PATH_MAX 4096
+#define MOAT_CONTAINER_ID_MAX   72
+#define MOAT_IMAGE_NAME_MAX     256
+#define MOAT_RUNTIME_PATH_MAX   4096
 #define MOAT_RUNTIME_REASON_MAX 64
 
 /* A session, by value; no pointers inside. */
@@ -134,7 +134,7 @@ typedef struct moat_session {
     char image[MOAT_IMAGE_NAME_MAX];
     moat_session_state state;
     int64_t created_at_ms;
-    int64_t expires_at_ms;  /* authoritative: the store's when renewed, else the label's */
+    int64_t expires_at_ms; /* authoritative: the store's when renewed, else the label's */
     bool renewed;
     char end_reason[MOAT_RUNTIME_REASON_MAX]; /* why it ended ("ttl", "stopped", …), or "" */
     int64_t ended_at_ms;
@@ -169,8 +169,7 @@ void moat_runtime_close(moat_runtime *rt);
  * detail docker_status when Docker answered. */
 moat_code moat_runtime_create(moat_runtime *rt, const char *session_id, const char *chat_id,
                               int64_t created_at_ms, int64_t expires_at_ms,
-                              const moat_session_options *opts, moat_session *out,
-                              moat_status *st);
+                              const moat_session_options *opts, moat_session *out, moat_status *st);
 
 /* The session with this id: from Docker when its container exists (state RUNNING if the
  * container runs), else from the store (STOPPED/EXPIRED/GONE/FAILED). NOT_FOUND if neither. */
@@ -196,8 +195,7 @@ moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id, moat_statu
 
 /* The seed's stop by container id: stop then remove; 404 is success; any other failure is
  * reason "sandbox_stop_failed" with detail container_id. */
-moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id,
-                                      moat_status *st);
+moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id, moat_status *st);
 
 /* ---- TTL and recovery --------------------------------------------------------------------- */
 
@@ -214,10 +212,10 @@ moat_code moat_runtime_start_reaper(moat_runtime *rt, moat_status *st);
 void moat_runtime_stop_reaper(moat_runtime *rt);
 
 typedef struct moat_reconcile_report {
-    size_t adopted;  /* live containers now tracked (store row created or refreshed) */
-    size_t reaped;   /* expired ones stopped and removed */
-    size_t gone;     /* store rows RUNNING with no container, now GONE */
-    size_t skipped;  /* containers with missing/malformed moat labels, left alone */
+    size_t adopted; /* live containers now tracked (store row created or refreshed) */
+    size_t reaped;  /* expired ones stopped and removed */
+    size_t gone;    /* store rows RUNNING with no container, now GONE */
+    size_t skipped; /* containers with missing/malformed moat labels, left alone */
 } moat_reconcile_report;
 
 /* Start-up recovery: adopt moat containers found in Docker (expiry = the store's if renewed,
@@ -257,8 +255,8 @@ typedef struct moat_docker_response {
  * "docker_protocol". resp (may be NULL) is filled even on HTTP errors; release its json with
  * moat_runtime_docker_response_free. op names the call for metrics. */
 moat_code moat_runtime_docker_call(moat_runtime *rt, const char *op, const char *method,
-                                   const char *path, const char *body,
-                                   moat_docker_response *resp, moat_status *st);
+                                   const char *path, const char *body, moat_docker_response *resp,
+                                   moat_status *st);
 void moat_runtime_docker_response_free(moat_docker_response *resp);
 
 /* The negotiated API version ("1.41"), negotiating if needed. Copied into out. */

@@ -275,9 +275,16 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, json_t *root, co
     if (background) {
         size_t plen = strlen(xd.cfg.state_dir) + 64;
         c->log_path = malloc(plen);
+        xd_stream *st = xd_stream_new(NULL, -1, -1, binary, MOAT_EXECD_LINES_COMMAND);
+        if (c->log_path == NULL || st == NULL) {
+            xd_cmd_fail(c, "out of memory");
+            xd_cmd_unref(c);
+            xd_stream_free(st);
+            ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+            goto out;
+        }
         snprintf(c->log_path, plen, "%s/%s.output", xd.cfg.state_dir, c->id);
         int fd = open(c->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-        xd_stream *st = xd_stream_new(NULL, -1, -1, binary, MOAT_EXECD_LINES_COMMAND);
         emit_init(st, c->id);
         if (fd < 0) {
             snprintf(err, sizeof(err), "open %s: %s", c->log_path, strerror(errno));
@@ -310,6 +317,14 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, json_t *root, co
     close(po[1]);
     close(pe[1]);
     xd_stream *st = xd_stream_new(c, po[0], pe[0], binary, MOAT_EXECD_LINES_COMMAND);
+    if (st == NULL) {
+        xd_cmd_terminate(c, 0);
+        xd_cmd_unref(c);
+        close(po[0]);
+        close(pe[0]);
+        ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+        goto out;
+    }
     emit_init(st, c->id);
     if (rc != 0) {
         emit_error(st, err, err);
@@ -400,9 +415,10 @@ static void session_remove(xd_session *s)
             break;
         }
     }
-    if (s->busy && s->current != NULL) {
+    if (s->busy) {
+        /* A run is starting or streaming; it frees the session when it ends. */
         s->deleted = true;
-        if (s->current->running && s->current->pid > 0)
+        if (s->current != NULL && s->current->running && s->current->pid > 0)
             kill(-s->current->pid, SIGKILL);
     } else {
         session_free(s);
@@ -672,6 +688,15 @@ static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, 
     close(po[1]);
     close(pe[1]);
     xd_stream *st = xd_stream_new(c, po[0], pe[0], want_binary(conn), MOAT_EXECD_LINES_SESSION);
+    if (st == NULL) {
+        xd_cmd_terminate(c, 0);
+        xd_cmd_unref(c);
+        close(po[0]);
+        close(pe[0]);
+        session_finish(NULL, NULL, run);
+        ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+        goto out;
+    }
     /* The reference's init carries the session id, not a per-run id. */
     emit_init(st, sid);
     xd_stream_on_finish(st, session_finish, run);

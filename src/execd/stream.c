@@ -219,6 +219,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 static void stream_free(void *cls)
 {
     xd_stream *st = cls;
+    if (st == NULL)
+        return;
     if (st->state != ST_END) {
         /* The reader went away before the end: stop the command rather than leave it
          * blocked on a pipe nobody reads. */
@@ -238,6 +240,11 @@ static void stream_free(void *cls)
     free(st->rbuf);
     xd_cmd_unref(st->cmd);
     free(st);
+}
+
+void xd_stream_free(xd_stream *st)
+{
+    stream_free(st);
 }
 
 enum MHD_Result xd_stream_respond(struct MHD_Connection *conn, xd_stream *st)

@@ -10,7 +10,8 @@ typedef struct xd_stream xd_stream;
  * the final events with xd_stream_emit), or when the reader went away first (cmd NULL). */
 typedef void (*xd_stream_finish_cb)(xd_stream *st, xd_cmd *cmd, void *ud);
 
-/* Takes over cmd's reference and the two read ends (non-blocking; -1 allowed). With cmd
+/* On success takes over cmd's reference and the two read ends (non-blocking; -1 allowed);
+ * on failure (NULL) the caller keeps them. With cmd
  * NULL the stream only sends what was emitted before xd_stream_respond. */
 xd_stream *xd_stream_new(xd_cmd *cmd, int out_fd, int err_fd, bool binary,
                          moat_execd_line_mode mode);
@@ -21,6 +22,8 @@ void xd_stream_set_terminate_on_close(xd_stream *st, bool on);
 void xd_stream_emit(xd_stream *st, const moat_execd_event *ev);
 /* Marks the stream as complete after what is queued. */
 void xd_stream_end(xd_stream *st);
+/* Frees a stream that was never handed to xd_stream_respond (NULL is fine). */
+void xd_stream_free(xd_stream *st);
 /* Queues the 200 text/event-stream response; the response owns st from here. */
 enum MHD_Result xd_stream_respond(struct MHD_Connection *conn, xd_stream *st);
 

@@ -159,7 +159,8 @@ moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_stat
         return bad(st, "container_name_prefix", "must be set and at most 64 bytes%s", "");
     if (cfg->instance != NULL &&
         (cfg->instance[0] == '\0' || strlen(cfg->instance) > 63 ||
-         strspn(cfg->instance, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+         strspn(cfg->instance,
+                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
              strlen(cfg->instance)))
         return bad(st, "instance", "must be 1..63 characters of [A-Za-z0-9_.-], got '%s'",
                    cfg->instance);
@@ -201,13 +202,16 @@ static int mkdirs(const char *path)
     return 0;
 }
 
-static const char *own(moat_runtime *rt, const char *s)
+/* Copies s into rt's owned strings; a failed copy is remembered in own_failed. */
+static const char *own(moat_runtime *rt, const char *s, bool *own_failed)
 {
     if (s == NULL)
         return NULL;
     char *copy = strdup(s);
-    if (copy == NULL)
+    if (copy == NULL) {
+        *own_failed = true;
         return NULL;
+    }
     rt->owned[rt->owned_count++] = copy;
     return copy;
 }
@@ -232,42 +236,47 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
         return NULL;
     }
+    /* Initialised first: moat_runtime_close relies on them on every failure path. */
+    pthread_mutex_init(&rt->version_mu, NULL);
+    pthread_mutex_init(&rt->reaper_mu, NULL);
+    pthread_cond_init(&rt->reaper_cv, NULL);
+    moat__cache_init(rt);
     rt->cfg = *cfg;
     moat_runtime_config *c = &rt->cfg;
-    c->image = own(rt, cfg->image);
-    c->chats_root = own(rt, cfg->chats_root);
-    c->dependencies_host_path = own(rt, cfg->dependencies_host_path);
-    c->lambda_tools_host_path = own(rt, cfg->lambda_tools_host_path);
-    c->chat_mount_path = own(rt, cfg->chat_mount_path);
-    c->dependencies_mount_path = own(rt, cfg->dependencies_mount_path);
-    c->lambda_tools_mount_path = own(rt, cfg->lambda_tools_mount_path);
-    c->docker_host = own(rt, cfg->docker_host);
-    c->docker_tls_cert = own(rt, cfg->docker_tls_cert);
-    c->docker_tls_key = own(rt, cfg->docker_tls_key);
-    c->docker_tls_ca = own(rt, cfg->docker_tls_ca);
-    c->state_dir = own(rt, cfg->state_dir);
-    c->execd_bundle_dir = own(rt, cfg->execd_bundle_dir);
-    c->store_path = own(rt, cfg->store_path);
-    c->container_name_prefix = own(rt, cfg->container_name_prefix);
-    c->instance = own(rt, cfg->instance);
-    if (c->instance != NULL) {
-        snprintf(rt->instance_filter, sizeof(rt->instance_filter), "moat.instance=%s",
-                 c->instance);
-    }
+    bool own_failed = false;
+    c->image = own(rt, cfg->image, &own_failed);
+    c->chats_root = own(rt, cfg->chats_root, &own_failed);
+    c->dependencies_host_path = own(rt, cfg->dependencies_host_path, &own_failed);
+    c->lambda_tools_host_path = own(rt, cfg->lambda_tools_host_path, &own_failed);
+    c->chat_mount_path = own(rt, cfg->chat_mount_path, &own_failed);
+    c->dependencies_mount_path = own(rt, cfg->dependencies_mount_path, &own_failed);
+    c->lambda_tools_mount_path = own(rt, cfg->lambda_tools_mount_path, &own_failed);
+    c->docker_host = own(rt, cfg->docker_host, &own_failed);
+    c->docker_tls_cert = own(rt, cfg->docker_tls_cert, &own_failed);
+    c->docker_tls_key = own(rt, cfg->docker_tls_key, &own_failed);
+    c->docker_tls_ca = own(rt, cfg->docker_tls_ca, &own_failed);
+    c->state_dir = own(rt, cfg->state_dir, &own_failed);
+    c->execd_bundle_dir = own(rt, cfg->execd_bundle_dir, &own_failed);
+    c->store_path = own(rt, cfg->store_path, &own_failed);
+    c->container_name_prefix = own(rt, cfg->container_name_prefix, &own_failed);
+    c->instance = own(rt, cfg->instance, &own_failed);
+    if (c->instance != NULL)
+        snprintf(rt->instance_filter, sizeof(rt->instance_filter), "moat.instance=%s", c->instance);
     const char **images = NULL;
     if (cfg->allowed_image_count > 0) {
         images = calloc(cfg->allowed_image_count, sizeof(char *));
         if (images != NULL) {
             rt->owned[rt->owned_count++] = (char *)images;
             for (size_t i = 0; i < cfg->allowed_image_count; i++)
-                images[i] = own(rt, cfg->allowed_images[i]);
+                images[i] = own(rt, cfg->allowed_images[i], &own_failed);
         }
     }
     c->allowed_images = images;
-    pthread_mutex_init(&rt->version_mu, NULL);
-    pthread_mutex_init(&rt->reaper_mu, NULL);
-    pthread_cond_init(&rt->reaper_cv, NULL);
-    moat__cache_init(rt);
+    if (own_failed || (cfg->allowed_image_count > 0 && images == NULL)) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        moat_runtime_close(rt);
+        return NULL;
+    }
 
     char sessions[MOAT_RUNTIME_PATH_MAX];
     snprintf(sessions, sizeof(sessions), "%s/sessions", c->state_dir);

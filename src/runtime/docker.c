@@ -82,8 +82,7 @@ static void setup_endpoint(moat_runtime *rt, CURL *h)
         curl_easy_setopt(h, CURLOPT_CAINFO, rt->cfg.docker_tls_ca);
 }
 
-static moat_code transport_error(moat_runtime *rt, CURLcode rc, const char *errbuf,
-                                 moat_status *st)
+static moat_code transport_error(moat_runtime *rt, CURLcode rc, const char *errbuf, moat_status *st)
 {
     const char *what = errbuf[0] ? errbuf : curl_easy_strerror(rc);
     const char *where = rt->docker_socket ? rt->docker_socket : rt->cfg.docker_host;
@@ -250,8 +249,8 @@ moat_code moat_runtime_docker_version(moat_runtime *rt, char out[16], moat_statu
 }
 
 moat_code moat_runtime_docker_call(moat_runtime *rt, const char *op, const char *method,
-                                   const char *path, const char *body,
-                                   moat_docker_response *resp, moat_status *st)
+                                   const char *path, const char *body, moat_docker_response *resp,
+                                   moat_status *st)
 {
     moat_docker_response local;
     if (resp == NULL)

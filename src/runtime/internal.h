@@ -36,8 +36,8 @@ struct moat_runtime {
     /* List cache (watch.c): valid while the event stream is connected and no event or
      * mutation has bumped the generation since the snapshot was taken. */
     pthread_mutex_t cache_mu;
-    uint64_t cache_gen;      /* bumped by every event and every mutation */
-    bool watch_connected;    /* the event stream answered 200 and is open */
+    uint64_t cache_gen;   /* bumped by every event and every mutation */
+    bool watch_connected; /* the event stream answered 200 and is open */
     bool cache_valid;
     uint64_t cache_snapshot_gen;
     moat_session *cache;
@@ -45,7 +45,7 @@ struct moat_runtime {
     pthread_t watch_thread;
     bool watch_running;
     bool watch_stop;
-    void *watch_multi;       /* CURLM*, for curl_multi_wakeup */
+    void *watch_multi; /* CURLM*, for curl_multi_wakeup */
 
     pthread_mutex_t reaper_mu;
     pthread_cond_t reaper_cv;
@@ -109,7 +109,7 @@ typedef struct moat__listed {
     int64_t created_at_ms;
     int64_t label_expires_at_ms;
     bool running;
-    bool managed; /* moat.managed=true */
+    bool managed;      /* moat.managed=true */
     char instance[64]; /* moat.instance, or "" */
 } moat__listed;
 

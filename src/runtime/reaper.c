@@ -22,8 +22,9 @@ static bool reap_one(moat_runtime *rt, const moat__listed *c, int64_t now_ms, mo
     moat_status stop_st;
     if (moat__stop_remove(rt, c->container_id, &stop_st) != MOAT_CODE_OK) {
         moat__store_unclaim(rt->store, c->session_id);
-        moat_log(MOAT_LOG_WARN, "sandbox_reap_failed", "session_id=%s container_id=%.12s msg=\"%s\"",
-                 c->session_id, c->container_id, stop_st.message);
+        moat_log(MOAT_LOG_WARN, "sandbox_reap_failed",
+                 "session_id=%s container_id=%.12s msg=\"%s\"", c->session_id, c->container_id,
+                 stop_st.message);
         *st = stop_st;
         return false;
     }
@@ -51,8 +52,8 @@ static void row_from(const moat__listed *c, moat__row *row)
 
 /* One pass over moat's containers. With reconcile, also refreshes rows from Docker, restarts
  * live sessions whose container stopped (e.g. dockerd restarted) and marks missing ones gone. */
-static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile,
-                       moat_reconcile_report *rep, moat_status *st)
+static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_reconcile_report *rep,
+                       moat_status *st)
 {
     moat__listed *items;
     size_t n, skipped = 0;
@@ -161,8 +162,9 @@ moat_code moat_runtime_reconcile(moat_runtime *rt, int64_t now_ms, moat_reconcil
     moat_code code = sweep(rt, now_ms, true, &rep, st);
     if (report != NULL)
         *report = rep;
-    moat_log(MOAT_LOG_INFO, "runtime_reconciled", "adopted=%zu reaped=%zu gone=%zu skipped=%zu code=%s",
-             rep.adopted, rep.reaped, rep.gone, rep.skipped, moat_code_name(code));
+    moat_log(MOAT_LOG_INFO, "runtime_reconciled",
+             "adopted=%zu reaped=%zu gone=%zu skipped=%zu code=%s", rep.adopted, rep.reaped,
+             rep.gone, rep.skipped, moat_code_name(code));
     return code;
 }
 

@@ -295,9 +295,9 @@ static json_t *container_spec(moat_runtime *rt, const char *session_id, const ch
 {
     char expires[MOAT_TIME_ISO_MAX];
     moat_time_format_iso8601(expires_at_ms, expires);
-    json_t *labels = json_pack("{s:s, s:s, s:s, s:s, s:s}", LABEL_SESSION, session_id, LABEL_CHAT,
-                               chat_id, LABEL_EXPIRES, expires, LABEL_MANAGED, "true",
-                               LABEL_VERSION, MOAT_VERSION);
+    json_t *labels =
+        json_pack("{s:s, s:s, s:s, s:s, s:s}", LABEL_SESSION, session_id, LABEL_CHAT, chat_id,
+                  LABEL_EXPIRES, expires, LABEL_MANAGED, "true", LABEL_VERSION, MOAT_VERSION);
     if (rt->cfg.instance != NULL)
         json_object_set_new(labels, "moat.instance", json_string(rt->cfg.instance));
     json_t *mounts = json_array();
@@ -387,8 +387,7 @@ static moat_code wait_ready(moat_runtime *rt, const char *container_id, const ch
 
 moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const char *chat_id_in,
                               int64_t created_at_ms, int64_t expires_at_ms,
-                              const moat_session_options *opts, moat_session *out,
-                              moat_status *st)
+                              const moat_session_options *opts, moat_session *out, moat_status *st)
 {
     uint64_t t0 = moat_time_mono_ns();
     moat_status_clear(st);
@@ -453,8 +452,8 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     session_socket(rt, session_id, socket_path, sizeof(socket_path));
     unlink(socket_path); /* a stale socket would answer nothing and look like a live one */
 
-    json_t *spec = container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus,
-                                  pids, paths);
+    json_t *spec =
+        container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus, pids, paths);
     char *body = spec ? json_dumps(spec, JSON_COMPACT) : NULL;
     json_decref(spec);
     if (body == NULL) {
@@ -710,8 +709,7 @@ gone:
     return MOAT_CODE_OK;
 }
 
-moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id,
-                                      moat_status *st)
+moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id, moat_status *st)
 {
     moat_status_clear(st);
     if (container_id == NULL || container_id[0] == '\0' ||

@@ -13,20 +13,19 @@ struct moat__store {
     pthread_mutex_t mu;
 };
 
-static const char *const SCHEMA =
-    "CREATE TABLE IF NOT EXISTS sessions ("
-    " session_id TEXT PRIMARY KEY,"
-    " chat_id TEXT NOT NULL,"
-    " container_id TEXT NOT NULL,"
-    " image TEXT NOT NULL DEFAULT '',"
-    " created_at_ms INTEGER NOT NULL,"
-    " label_expires_at_ms INTEGER NOT NULL,"
-    " expires_at_ms INTEGER NOT NULL,"
-    " renewed INTEGER NOT NULL DEFAULT 0,"
-    " state INTEGER NOT NULL,"
-    " claimed INTEGER NOT NULL DEFAULT 0,"
-    " reason TEXT NOT NULL DEFAULT '',"
-    " ended_at_ms INTEGER NOT NULL DEFAULT 0);";
+static const char *const SCHEMA = "CREATE TABLE IF NOT EXISTS sessions ("
+                                  " session_id TEXT PRIMARY KEY,"
+                                  " chat_id TEXT NOT NULL,"
+                                  " container_id TEXT NOT NULL,"
+                                  " image TEXT NOT NULL DEFAULT '',"
+                                  " created_at_ms INTEGER NOT NULL,"
+                                  " label_expires_at_ms INTEGER NOT NULL,"
+                                  " expires_at_ms INTEGER NOT NULL,"
+                                  " renewed INTEGER NOT NULL DEFAULT 0,"
+                                  " state INTEGER NOT NULL,"
+                                  " claimed INTEGER NOT NULL DEFAULT 0,"
+                                  " reason TEXT NOT NULL DEFAULT '',"
+                                  " ended_at_ms INTEGER NOT NULL DEFAULT 0);";
 
 static const char *const COLUMNS =
     "session_id, chat_id, container_id, image, created_at_ms, label_expires_at_ms, "
@@ -77,14 +76,13 @@ moat_err moat__store_open(const char *path, moat__store **out, char *errbuf, siz
         snprintf(errbuf, errlen, "out of memory");
         return MOAT_E_NOMEM;
     }
-    int rc = sqlite3_open_v2(path, &store->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                             NULL);
+    int rc = sqlite3_open_v2(
+        path, &store->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
     char *err = NULL;
     if (rc == SQLITE_OK) {
         sqlite3_busy_timeout(store->db, 5000);
-        rc = sqlite3_exec(store->db,
-                          "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL, &err);
+        rc = sqlite3_exec(store->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL,
+                          NULL, &err);
     }
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(store->db, SCHEMA, NULL, NULL, &err);

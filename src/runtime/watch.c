@@ -178,8 +178,8 @@ static void *watch_main(void *arg)
             char *enc = esc ? curl_easy_escape(esc, filters, 0) : NULL;
             if (enc != NULL) {
                 char url[1024];
-                snprintf(url, sizeof(url), "%s/v%s/events?filters=%s", rt->docker_base_url,
-                         version, enc);
+                snprintf(url, sizeof(url), "%s/v%s/events?filters=%s", rt->docker_base_url, version,
+                         enc);
                 curl_free(enc);
                 uint64_t t0 = moat_time_mono_ns();
                 follow_events(rt, multi, url);

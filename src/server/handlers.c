@@ -1476,22 +1476,11 @@ static void reconcile_done(job *j)
              (long long)j->when_ms, (long long)j->ttl_ms);
 }
 
-moat_err moat__handlers_init(srv *s)
+/* The runtime's view of moatd's configuration. Strings point into c and into
+ * the returned buffer (free it), which holds the split allowed_images. */
+static char *runtime_config(const moat_server_config *c, moat_runtime_config *out,
+                            const char *list[64])
 {
-    S = s;
-    s->sessions = calloc(1, sizeof(cache));
-    if (s->sessions == NULL)
-        return MOAT_E_NOMEM;
-    const moat_server_config *c = &s->cfg;
-    /* The default layout under state_dir is ours to create; the runtime
-     * insists the read-only mount sources exist. */
-    const char *dirs[] = {c->state_dir, c->chats_root, c->dependencies_host_path,
-                          c->lambda_tools_host_path};
-    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-        if (mkdir_p(dirs[i]) != 0)
-            moat_log(MOAT_LOG_WARN, "mkdir_failed", "path=%s error=\"%s\"", dirs[i],
-                     strerror(errno));
-    }
     moat_runtime_config rc;
     moat_runtime_config_defaults(&rc);
     rc.image = c->image;
@@ -1513,7 +1502,6 @@ moat_err moat__handlers_init(srv *s)
     rc.metrics.session_event = rt_session_event;
     /* allowed_images: a comma-separated list, split into a local copy. */
     char *imgs = strdup(c->allowed_images);
-    const char *list[64];
     size_t n = 0;
     if (imgs != NULL) {
         char *save = NULL;
@@ -1523,6 +1511,46 @@ moat_err moat__handlers_init(srv *s)
     }
     rc.allowed_images = list;
     rc.allowed_image_count = n;
+    *out = rc;
+    return imgs;
+}
+
+moat_code moat__check_runtime(const moat_server_config *c, moat_status *st)
+{
+    moat_runtime_config rc;
+    const char *list[64];
+    char *imgs = runtime_config(c, &rc, list);
+    /* moatd creates these at start; their absence is not an error yet. */
+    struct stat sb;
+    if (stat(rc.dependencies_host_path, &sb) != 0)
+        rc.dependencies_host_path = "/";
+    if (stat(rc.lambda_tools_host_path, &sb) != 0)
+        rc.lambda_tools_host_path = "/";
+    moat_status_clear(st);
+    moat_code code = moat_runtime_config_validate(&rc, st);
+    free(imgs);
+    return code;
+}
+
+moat_err moat__handlers_init(srv *s)
+{
+    S = s;
+    s->sessions = calloc(1, sizeof(cache));
+    if (s->sessions == NULL)
+        return MOAT_E_NOMEM;
+    const moat_server_config *c = &s->cfg;
+    /* The default layout under state_dir is ours to create; the runtime
+     * insists the read-only mount sources exist. */
+    const char *dirs[] = {c->state_dir, c->chats_root, c->dependencies_host_path,
+                          c->lambda_tools_host_path};
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        if (mkdir_p(dirs[i]) != 0)
+            moat_log(MOAT_LOG_WARN, "mkdir_failed", "path=%s error=\"%s\"", dirs[i],
+                     strerror(errno));
+    }
+    moat_runtime_config rc;
+    const char *list[64];
+    char *imgs = runtime_config(c, &rc, list);
     moat_status st;
     moat_status_clear(&st);
     s->rt = moat_runtime_open(&rc, &st);

@@ -34,19 +34,27 @@ static uint64_t now_ms(void)
 
 /* ------------------------------------------------------------ writing */
 
-typedef struct wreq {
+/* Frames produced during one loop iteration are written together: each
+ * frame is its own block, and a batch hands up to BATCH_MAX of them to one
+ * uv_write (one writev), submitted from the loop's check phase. */
+#define BATCH_MAX 64
+
+typedef struct wbatch {
     uv_write_t req;
     conn *c;
-    size_t len;
-    uint8_t data[];
-} wreq;
+    size_t total;
+    unsigned n;
+    uv_buf_t bufs[BATCH_MAX];
+} wbatch;
 
 static void on_write(uv_write_t *req, int status)
 {
-    wreq *w = (wreq *)req;
-    conn *c = w->c;
-    c->pending_write -= w->len;
-    free(w);
+    wbatch *b = (wbatch *)req;
+    conn *c = b->c;
+    c->pending_write -= b->total;
+    for (unsigned i = 0; i < b->n; i++)
+        free(b->bufs[i].base);
+    free(b);
     if (status < 0) {
         if (c->state != CONN_CLOSING)
             conn_close(c, MOAT_CODE_UNAVAILABLE, uv_strerror(status));
@@ -58,25 +66,68 @@ static void on_write(uv_write_t *req, int status)
         conn_pump(c);
 }
 
-static moat_err conn_write_raw(conn *c, const uint8_t *data, size_t len)
+static void dirty_unlink(conn *c)
 {
-    if (c->state == CONN_CLOSING && c->h.handle.type == UV_UNKNOWN_HANDLE)
-        return MOAT_E_CLOSED;
-    if (uv_is_closing(&c->h.handle))
-        return MOAT_E_CLOSED;
-    wreq *w = malloc(sizeof(*w) + len);
-    if (w == NULL)
-        return MOAT_E_NOMEM;
-    w->c = c;
-    w->len = len;
-    memcpy(w->data, data, len);
-    uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)len);
-    int rc = uv_write(&w->req, &c->h.stream, &b, 1, on_write);
-    if (rc < 0) {
-        free(w);
-        return MOAT_E_IO;
+    if (!c->dirty)
+        return;
+    if (c->dirty_prev != NULL)
+        c->dirty_prev->dirty_next = c->dirty_next;
+    else
+        c->s->dirty = c->dirty_next;
+    if (c->dirty_next != NULL)
+        c->dirty_next->dirty_prev = c->dirty_prev;
+    c->dirty_next = c->dirty_prev = NULL;
+    c->dirty = false;
+}
+
+/* Hands the connection's current batch to libuv. */
+static void conn_flush(conn *c)
+{
+    dirty_unlink(c);
+    wbatch *b = c->batch;
+    if (b == NULL)
+        return;
+    c->batch = NULL;
+    if (uv_write(&b->req, &c->h.stream, b->bufs, b->n, on_write) < 0) {
+        c->pending_write -= b->total;
+        for (unsigned i = 0; i < b->n; i++)
+            free(b->bufs[i].base);
+        free(b);
+        if (c->state != CONN_CLOSING)
+            conn_close(c, MOAT_CODE_UNAVAILABLE, "write failed");
     }
+}
+
+/* Takes ownership of block (len bytes, from malloc). */
+static moat_err conn_queue_block(conn *c, uint8_t *block, size_t len)
+{
+    if (c->state == CONN_CLOSING) {
+        free(block);
+        return MOAT_E_CLOSED;
+    }
+    if (c->batch == NULL) {
+        c->batch = malloc(sizeof(wbatch));
+        if (c->batch == NULL) {
+            free(block);
+            return MOAT_E_NOMEM;
+        }
+        c->batch->c = c;
+        c->batch->n = 0;
+        c->batch->total = 0;
+        srv *s = c->s;
+        c->dirty = true;
+        c->dirty_prev = NULL;
+        c->dirty_next = s->dirty;
+        if (s->dirty != NULL)
+            s->dirty->dirty_prev = c;
+        s->dirty = c;
+    }
+    wbatch *b = c->batch;
+    b->bufs[b->n++] = uv_buf_init((char *)block, (unsigned)len);
+    b->total += len;
     c->pending_write += len;
+    if (b->n == BATCH_MAX)
+        conn_flush(c);
     if (c->reading && c->pending_write > c->s->cfg.max_pending_bytes) {
         uv_read_stop(&c->h.stream);
         c->reading = false;
@@ -84,23 +135,31 @@ static moat_err conn_write_raw(conn *c, const uint8_t *data, size_t len)
     return MOAT_OK;
 }
 
-/* Encodes a frame into a malloc'd block (for the queue) or writes it. */
+static moat_err conn_write_raw(conn *c, const uint8_t *data, size_t len)
+{
+    uint8_t *block = malloc(len);
+    if (block == NULL)
+        return MOAT_E_NOMEM;
+    memcpy(block, data, len);
+    return conn_queue_block(c, block, len);
+}
+
+/* Encodes a frame straight into its block: one allocation, one copy. */
 static moat_err conn_send(conn *c, const moat_frame *f)
 {
     size_t n = moat_wire_encoded_size(f);
     if (n == 0)
         return MOAT_E_INVAL;
-    uint8_t small[512];
-    uint8_t *buf = n <= sizeof(small) ? small : malloc(n);
-    if (buf == NULL)
+    uint8_t *block = malloc(n);
+    if (block == NULL)
         return MOAT_E_NOMEM;
-    size_t written = 0;
-    moat_err err = moat_wire_encode(f, buf, n, &written);
-    if (err == MOAT_OK)
-        err = conn_write_raw(c, buf, written);
-    if (buf != small)
-        free(buf);
-    return err;
+    size_t w = 0;
+    moat_err err = moat_wire_encode(f, block, n, &w);
+    if (err != MOAT_OK) {
+        free(block);
+        return err;
+    }
+    return conn_queue_block(c, block, w);
 }
 
 static void send_go_away(conn *c, moat_code code, const char *msg)
@@ -305,7 +364,7 @@ static void stream_finish(stream *st)
 {
     conn *c = st->c;
     stream_detach(st);
-    if (c != NULL && c->s->draining && c->streams == NULL && c->state != CONN_CLOSING)
+    if (c != NULL && c->s->draining && c->streams == NULL && !c->closing)
         conn_close(c, MOAT_CODE_UNAVAILABLE, "drained");
 }
 
@@ -337,14 +396,15 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 static void conn_close(conn *c, moat_code code, const char *why)
 {
-    if (c->state == CONN_CLOSING)
+    if (c->closing)
         return;
+    c->closing = true;
     srv *s = c->s;
     moat_log(code == MOAT_CODE_OK || code == MOAT_CODE_UNAVAILABLE ? MOAT_LOG_INFO : MOAT_LOG_WARN,
              "conn_close", "peer=%s code=%s reason=\"%s\"", c->peer, moat_code_name(code), why);
-    c->state = CONN_CLOSING;
-    /* Every call still open is cancelled: a client that went away no longer
-     * wants its command running. */
+    /* Every call still open is cancelled (a client that went away no longer
+     * wants its command running); their Ends still go out if the socket
+     * takes them. */
     while (c->streams != NULL) {
         stream *st = c->streams;
         moat__stream_ref(st);
@@ -352,6 +412,8 @@ static void conn_close(conn *c, moat_code code, const char *why)
         stream_detach(st);
         moat__stream_unref(st);
     }
+    conn_flush(c);
+    c->state = CONN_CLOSING;
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -836,7 +898,10 @@ static void on_signal(uv_signal_t *h, int signum)
 
 static void on_idle_check(uv_check_t *h)
 {
-    on_drain_check(h->data);
+    srv *s = h->data;
+    while (s->dirty != NULL)
+        conn_flush(s->dirty);
+    on_drain_check(s);
 }
 
 /* ------------------------------------------------------------ start-up */
@@ -1012,6 +1077,12 @@ int moat_server_main(int argc, char **argv)
     if (load_config(&s.cfg, argc, argv, &check_only, false) != 0)
         return 2;
     if (check_only) {
+        moat_status rst;
+        if (moat__check_runtime(&s.cfg, &rst) != MOAT_CODE_OK) {
+            fprintf(stderr, "moatd: %s\n", rst.message);
+            moat_server_config_free(&s.cfg);
+            return 2;
+        }
         printf("moatd: configuration is valid (file: %s)\n",
                s.cfg.config_file[0] ? s.cfg.config_file : "none");
         moat_server_config_free(&s.cfg);

@@ -58,13 +58,17 @@ struct conn {
     } h;
     uv_timer_t timer; /* hello deadline, then idle checks */
     conn_state state;
+    bool closing; /* conn_close has begun */
     int open_handles;
     bool reading;
     bool draining_notified;
     moat_wire_decoder dec;
     moat_stream_table *table;
     stream *streams;
-    size_t pending_write;
+    size_t pending_write; /* bytes produced and not yet written by libuv */
+    struct wbatch *batch; /* frames of this loop iteration, not yet submitted */
+    bool dirty;           /* on the server's list of connections to flush */
+    conn *dirty_next, *dirty_prev;
     uint64_t last_active_ms;
     uint32_t max_streams;
     char peer[64];
@@ -99,6 +103,7 @@ struct srv {
     bool finished;
     conn *conns;
     uint32_t nconns;
+    conn *dirty; /* connections with frames to flush at the end of this iteration */
     uint32_t inflight; /* thread-pool jobs not yet completed */
     moat_runtime *rt;
     moat_bridge *bridge;
@@ -119,6 +124,8 @@ void moat__srv_job(srv *s, int delta);
 /* Handlers (handlers.c). */
 moat_err moat__handlers_init(srv *s);
 void moat__handlers_close(srv *s);
+/* Validates the runtime part of cfg without touching Docker. */
+moat_code moat__check_runtime(const moat_server_config *cfg, moat_status *st);
 /* The request has been decoded; the handler owns the call from here. */
 void moat__dispatch(stream *st, const ProtobufCMessage *req);
 

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -86,7 +88,8 @@ static bool socket_dir_of(const char *create_body, char *out, size_t cap)
     return found;
 }
 
-/* ---- fake engine ------------------------------------------------------------------------------ */
+/* ---- fake engine ------------------------------------------------------------------------------
+ */
 
 typedef struct upload {
     char uri[2048]; /* raw request target, query included */
@@ -144,8 +147,8 @@ static void cut_free(void *cls)
     free(c);
 }
 
-static const char *default_answer(fake_docker *fd, const char *method, const char *url,
-                                  int *status, char *scratch, size_t cap)
+static const char *default_answer(fake_docker *fd, const char *method, const char *url, int *status,
+                                  char *scratch, size_t cap)
 {
     *status = 200;
     if (strcmp(method, "GET") == 0 && strcmp(url, "/version") == 0) {
@@ -191,8 +194,7 @@ static void launch_execd(fake_docker *fd)
 
 static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version,
-                                      const char *upload_data, size_t *upload_size,
-                                      void **con_cls)
+                                      const char *upload_data, size_t *upload_size, void **con_cls)
 {
     (void)version;
     (void)url;
@@ -272,8 +274,8 @@ static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, co
         c->len = strlen(c->body);
         resp = MHD_create_response_from_callback(c->len, 64, cut_reader, c, cut_free);
     } else {
-        resp = MHD_create_response_from_buffer(strlen(answer), (void *)answer,
-                                               MHD_RESPMEM_MUST_COPY);
+        resp =
+            MHD_create_response_from_buffer(strlen(answer), (void *)answer, MHD_RESPMEM_MUST_COPY);
         if (answer[0] != '\0')
             MHD_add_response_header(resp, "Content-Type", "application/json");
     }
@@ -283,6 +285,27 @@ static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, co
     return ret;
 }
 
+static int listen_tcp(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(fd, 64) != 0 ||
+        getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
+        close(fd);
+        return -1;
+    }
+    *port = ntohs(addr.sin_port);
+    return fd;
+}
+
+static int start_engine(fake_docker *fd, int sock);
+
 int fake_docker_start(fake_docker *fd, const char *socket_path)
 {
     memset(fd, 0, sizeof(*fd));
@@ -290,13 +313,26 @@ int fake_docker_start(fake_docker *fd, const char *socket_path)
     snprintf(fd->socket_path, sizeof(fd->socket_path), "%s", socket_path);
     snprintf(fd->api_version, sizeof(fd->api_version), "1.41");
     fd->start_execd = true;
-    int sock = listen_unix(socket_path);
+    return start_engine(fd, listen_unix(socket_path));
+}
+
+int fake_docker_start_tcp(fake_docker *fd, int *port)
+{
+    memset(fd, 0, sizeof(*fd));
+    pthread_mutex_init(&fd->mu, NULL);
+    snprintf(fd->api_version, sizeof(fd->api_version), "1.41");
+    fd->start_execd = true;
+    return start_engine(fd, listen_tcp(port));
+}
+
+static int start_engine(fake_docker *fd, int sock)
+{
     if (sock < 0)
         return -1;
-    fd->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0, NULL, NULL,
-        engine_handler, fd, MHD_OPTION_LISTEN_SOCKET, sock, MHD_OPTION_URI_LOG_CALLBACK,
-        uri_logger, NULL, MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_END);
+    fd->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION,
+                                  0, NULL, NULL, engine_handler, fd, MHD_OPTION_LISTEN_SOCKET, sock,
+                                  MHD_OPTION_URI_LOG_CALLBACK, uri_logger, NULL,
+                                  MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_END);
     if (fd->daemon == NULL) {
         close(sock);
         return -1;
@@ -318,7 +354,8 @@ void fake_docker_stop(fake_docker *fd)
     for (size_t i = 0; i < fd->route_count; i++)
         free(fd->routes[i].body);
     fd->route_count = 0;
-    unlink(fd->socket_path);
+    if (fd->socket_path[0] != '\0')
+        unlink(fd->socket_path);
     pthread_mutex_destroy(&fd->mu);
 }
 
@@ -377,8 +414,7 @@ size_t fake_docker_count(fake_docker *fd, const char *method, const char *url_co
     return n;
 }
 
-const fake_request *fake_docker_find(fake_docker *fd, const char *method,
-                                     const char *url_contains)
+const fake_request *fake_docker_find(fake_docker *fd, const char *method, const char *url_contains)
 {
     const fake_request *found = NULL;
     pthread_mutex_lock(&fd->mu);

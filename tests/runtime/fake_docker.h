@@ -45,6 +45,8 @@ typedef struct fake_docker {
 
 /* Starts the server on socket_path (removed first). Returns 0 on success. */
 int fake_docker_start(fake_docker *fd, const char *socket_path);
+/* The same engine on 127.0.0.1 at an ephemeral port (for tcp:// endpoints). */
+int fake_docker_start_tcp(fake_docker *fd, int *port);
 void fake_docker_stop(fake_docker *fd);
 /* Adds a scripted answer for requests whose method matches and whose URL contains
  * url_contains (the newest matching route wins); times: how many requests it answers
@@ -57,7 +59,6 @@ void fake_docker_route_cut(fake_docker *fd, const char *method, const char *url_
 /* Number of recorded requests matching method and URL substring. */
 size_t fake_docker_count(fake_docker *fd, const char *method, const char *url_contains);
 /* The first matching request (or NULL). Valid until fake_docker_stop. */
-const fake_request *fake_docker_find(fake_docker *fd, const char *method,
-                                     const char *url_contains);
+const fake_request *fake_docker_find(fake_docker *fd, const char *method, const char *url_contains);
 
 #endif

@@ -20,9 +20,9 @@
 
 #include "moat/runtime.h"
 
-#define PREFIX "moat-rttest-"
-#define IMAGE  "moat-sandbox:latest"
-#define CHAT_A "{7D444840-9DC0-11D1-B245-5FFDCE74FAD2}"
+#define PREFIX       "moat-rttest-"
+#define IMAGE        "moat-sandbox:latest"
+#define CHAT_A       "{7D444840-9DC0-11D1-B245-5FFDCE74FAD2}"
 #define CHAT_A_CANON "7d444840-9dc0-11d1-b245-5ffdce74fad2"
 
 typedef struct fx {
@@ -79,8 +79,9 @@ static int group_setup(void **state)
     char cmd[2048];
     const char *bundle = getenv("MOAT_EXECD_BUNDLE");
     if (bundle != NULL) { /* e.g. a sanitizer build borrowing a normal build's bundle */
-        snprintf(cmd, sizeof(cmd), "test -x %s/run && /usr/bin/docker image inspect " IMAGE
-                 " >/dev/null 2>&1", bundle);
+        snprintf(cmd, sizeof(cmd),
+                 "test -x %s/run && /usr/bin/docker image inspect " IMAGE " >/dev/null 2>&1",
+                 bundle);
         if (run(cmd) != 0) {
             fprintf(stderr, "MOAT_EXECD_BUNDLE=%s has no run launcher or the image is missing\n",
                     bundle);
@@ -89,8 +90,10 @@ static int group_setup(void **state)
         remove_test_containers();
         return 0;
     }
-    snprintf(cmd, sizeof(cmd), "test -x %s/execd-bundle/run && /usr/bin/docker image inspect "
-             IMAGE " >/dev/null 2>&1", build);
+    snprintf(cmd, sizeof(cmd),
+             "test -x %s/execd-bundle/run && /usr/bin/docker image inspect " IMAGE
+             " >/dev/null 2>&1",
+             build);
     if (run(cmd) != 0) {
         snprintf(cmd, sizeof(cmd), "%s/scripts/build-sandbox-image.sh %s", src, build);
         if (run(cmd) != 0) {
@@ -244,9 +247,8 @@ static void test_labels_mounts_limits_and_isolation(void **state)
     assert_string_equal(json_string_value(json_object_get(host, "NetworkMode")), "none");
     assert_string_equal(json_string_value(json_array_get(json_object_get(host, "CapDrop"), 0)),
                         "ALL");
-    assert_string_equal(
-        json_string_value(json_array_get(json_object_get(host, "SecurityOpt"), 0)),
-        "no-new-privileges");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(host, "SecurityOpt"), 0)),
+                        "no-new-privileges");
     assert_int_equal(json_integer_value(json_object_get(host, "PidsLimit")), 64);
     assert_int_equal(json_integer_value(json_object_get(host, "Memory")), 64ll * 1024 * 1024);
     assert_int_equal(json_integer_value(json_object_get(host, "NanoCpus")), 500000000);
@@ -275,8 +277,8 @@ static void test_labels_mounts_limits_and_isolation(void **state)
     char *dep = capture(cmd);
     assert_string_equal(dep, "dependency\n");
     free(dep);
-    snprintf(cmd, sizeof(cmd),
-             "/usr/bin/docker exec %s sh -c 'echo hi > /workspace/chat/out.txt'", s.container_id);
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker exec %s sh -c 'echo hi > /workspace/chat/out.txt'",
+             s.container_id);
     assert_int_equal(run(cmd), 0);
 
     /* Listed as active. */
@@ -326,13 +328,12 @@ static void test_read_only_rootfs(void **state)
 static void test_bad_labels_left_alone(void **state)
 {
     fx *f = *state;
-    assert_int_equal(
-        run("/usr/bin/docker run -d --name " PREFIX "badlabels --network none "
-            "--label session_id=not-a-uuid --label chat_id=" CHAT_A_CANON
-            " --label expires_at=2000-01-01T00:00:00+00:00 --label moat.managed=true "
-            "--label moat.instance=rttest "
-            "--entrypoint /bin/sleep " IMAGE " 300 >/dev/null"),
-        0);
+    assert_int_equal(run("/usr/bin/docker run -d --name " PREFIX "badlabels --network none "
+                         "--label session_id=not-a-uuid --label chat_id=" CHAT_A_CANON
+                         " --label expires_at=2000-01-01T00:00:00+00:00 --label moat.managed=true "
+                         "--label moat.instance=rttest "
+                         "--entrypoint /bin/sleep " IMAGE " 300 >/dev/null"),
+                     0);
     assert_int_equal(
         run("/usr/bin/docker run -d --name " PREFIX "nolabels --network none "
             "--label chat_id=" CHAT_A_CANON " --label expires_at=2000-01-01T00:00:00+00:00 "
@@ -452,9 +453,9 @@ static void test_fork_bomb_contained(void **state)
     moat_status st;
     moat_session_options o = {.pids_limit = 32};
     assert_int_equal(create(f, bomb_sid, CHAT_A, 300000, &o, &bomb, &st), MOAT_CODE_OK);
-    assert_int_equal(create(f, calm_sid, "11111111-2222-3333-4444-555555555555", 300000, NULL,
-                            &calm, &st),
-                     MOAT_CODE_OK);
+    assert_int_equal(
+        create(f, calm_sid, "11111111-2222-3333-4444-555555555555", 300000, NULL, &calm, &st),
+        MOAT_CODE_OK);
     char cmd[512];
     snprintf(cmd, sizeof(cmd),
              "/usr/bin/docker exec -d %s /bin/bash -c 'b(){ b | b & }; b' >/dev/null 2>&1",

@@ -249,8 +249,7 @@ static void test_stop_wraps_docker_errors(void **state)
     fx *f = *state;
     fake_docker_route(&f->fd, "POST", "/stop", 500, "{\"message\":\"boom\"}", -1);
     moat_status st;
-    assert_int_equal(moat_runtime_stop_container(f->rt, "container-123", &st),
-                     MOAT_CODE_INTERNAL);
+    assert_int_equal(moat_runtime_stop_container(f->rt, "container-123", &st), MOAT_CODE_INTERNAL);
     assert_string_equal(st.reason, "sandbox_stop_failed");
     assert_non_null(strstr(st.message, "boom"));
     assert_string_equal(moat_status_detail_get(&st, "docker_status"), "500");
@@ -562,8 +561,8 @@ static void test_invalid_ids(void **state)
     fx *f = *state;
     moat_session s;
     moat_status st;
-    const char *bad[] = {"", "not-a-uuid", "123e4567-e89b-12d3-a456-42661417400",
-                         "../../etc", "123e4567-e89b-12d3-a456-426614174000/../x"};
+    const char *bad[] = {"", "not-a-uuid", "123e4567-e89b-12d3-a456-42661417400", "../../etc",
+                         "123e4567-e89b-12d3-a456-426614174000/../x"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(create_default(f, bad[i], &s, &st), MOAT_CODE_INVALID_ARGUMENT);
         assert_string_equal(moat_status_detail_get(&st, "field"), "chat_id");
@@ -666,13 +665,12 @@ static void test_renew_is_durable(void **state)
     int64_t label_exp = now + 60000;
     moat_session s;
     moat_status st;
-    assert_int_equal(
-        moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, label_exp, NULL, &s, &st),
-        MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, label_exp, NULL, &s, &st),
+                     MOAT_CODE_OK);
     char exp_text[MOAT_TIME_ISO_MAX];
     moat_time_format_iso8601(label_exp, exp_text);
-    char *items[] = {container_json("container-123", SESSION_ID, CHAT_ID, exp_text, NULL, true,
-                                    "running")};
+    char *items[] = {
+        container_json("container-123", SESSION_ID, CHAT_ID, exp_text, NULL, true, "running")};
     route_list(f, "/containers/json", items, 1);
 
     int64_t renewed_exp = now + 3600000;
@@ -718,8 +716,8 @@ static void test_renew_unknown_session(void **state)
                      MOAT_CODE_NOT_FOUND);
     const fake_request *rq = fake_docker_find(&f->fd, "GET", "/containers/json");
     char *filters = decoded_filters(rq->url);
-    assert_string_equal(filters, "{\"label\":[\"session_id=" SESSION_ID
-                                 "\",\"chat_id\",\"expires_at\"]}");
+    assert_string_equal(filters,
+                        "{\"label\":[\"session_id=" SESSION_ID "\",\"chat_id\",\"expires_at\"]}");
     free(filters);
 }
 
@@ -734,8 +732,8 @@ static void test_reaper_removes_only_expired_managed(void **state)
                        "running"),
         container_json("c-badlabels", "nope", CHAT_ID, "2026-04-02T12:05:00+00:00", NULL, true,
                        "running"),
-        container_json("c-notmoat", SESSION_ID3, CHAT_ID, "2026-04-02T12:05:00+00:00", NULL,
-                       false, "running"),
+        container_json("c-notmoat", SESSION_ID3, CHAT_ID, "2026-04-02T12:05:00+00:00", NULL, false,
+                       "running"),
         /* Another (scoped) runtime's sandbox: an unscoped runtime owns only unscoped ones. */
         "{\"Id\":\"c-other-instance\",\"Created\":1775131200,\"State\":\"running\","
         "\"Labels\":{\"session_id\":\"" SESSION_ID3 "\",\"chat_id\":\"" CHAT_ID "\","
@@ -970,10 +968,10 @@ static void test_hooks(void **state)
     fx *f = *state;
     hook_counts h = {0};
     moat_runtime_close(f->rt);
-    f->cfg.metrics = (moat_runtime_metrics){.ctx = &h, .docker_call = on_docker,
-                                            .session_event = on_session};
-    f->cfg.tracer = (moat_runtime_tracer){.ctx = &h, .span_start = on_span_start,
-                                          .span_end = on_span_end};
+    f->cfg.metrics =
+        (moat_runtime_metrics){.ctx = &h, .docker_call = on_docker, .session_event = on_session};
+    f->cfg.tracer =
+        (moat_runtime_tracer){.ctx = &h, .span_start = on_span_start, .span_end = on_span_end};
     open_runtime(f);
     moat_session s;
     moat_status st;
@@ -1020,8 +1018,8 @@ static void test_instance_scoping(void **state)
     json_decref(spec);
 
     /* A container of another instance that Docker returns anyway is never reaped. */
-    char *green = container_json("c-green", SESSION_ID2, CHAT_ID, "2026-04-02T12:05:00+00:00",
-                                 NULL, true, "running");
+    char *green = container_json("c-green", SESSION_ID2, CHAT_ID, "2026-04-02T12:05:00+00:00", NULL,
+                                 true, "running");
     route_list(f, "/containers/json", &green, 1);
     size_t reaped = 9;
     assert_int_equal(moat_runtime_reap(f->rt, iso("2026-04-02T13:00:00Z"), &reaped, &st),
@@ -1039,6 +1037,56 @@ static void test_instance_scoping(void **state)
     assert_string_equal(moat_status_detail_get(&st, "setting"), "instance");
 }
 
+static void test_tcp_endpoint(void **state)
+{
+    fx *f = *state;
+    fake_docker tcp;
+    int port = 0;
+    assert_int_equal(fake_docker_start_tcp(&tcp, &port), 0);
+    moat_runtime_close(f->rt);
+    char host[64];
+    snprintf(host, sizeof(host), "tcp://127.0.0.1:%d", port);
+    f->cfg.docker_host = host;
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    assert_int_equal(fake_docker_count(&tcp, "POST", "/v1.41/containers/create"), 1);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/containers/create"), 0);
+    moat_runtime_close(f->rt);
+    f->rt = NULL;
+    fake_docker_stop(&tcp);
+    open_runtime(f);
+    /* The engine went away: UNAVAILABLE, not a hang or a crash. */
+    assert_int_equal(moat_runtime_image_inspect(f->rt, "sandbox:latest", &st),
+                     MOAT_CODE_UNAVAILABLE);
+}
+
+/* The engine goes away and comes back on the same socket: UNAVAILABLE meanwhile, and the same
+ * runtime object works again afterwards without being reopened. */
+static void test_engine_restart_recovers(void **state)
+{
+    fx *f = *state;
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    fake_docker_stop(&f->fd);
+    moat_session *list = NULL;
+    size_t n = 0;
+    assert_int_equal(moat_runtime_list_active(f->rt, &list, &n, &st), MOAT_CODE_UNAVAILABLE);
+    assert_int_equal(moat_runtime_stop(f->rt, SESSION_ID, &st), MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.reason, "sandbox_stop_failed");
+    assert_int_equal(fake_docker_start(&f->fd, f->sock), 0);
+    char *items[] = {container_json("container-123", SESSION_ID, CHAT_ID,
+                                    "2026-04-02T12:05:00+00:00", NULL, true, "running")};
+    route_list(f, "/containers/json", items, 1);
+    assert_int_equal(moat_runtime_list_active(f->rt, &list, &n, &st), MOAT_CODE_OK);
+    assert_int_equal(n, 1);
+    free(list);
+    assert_int_equal(moat_runtime_stop(f->rt, SESSION_ID, &st), MOAT_CODE_OK);
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/container-123"), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1052,8 +1100,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_create_image_missing_is_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_name_conflict, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_failure_removes_container, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_readiness_timeout_removes_container, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_readiness_timeout_removes_container, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readiness_container_exited, setup, teardown),
         cmocka_unit_test_setup_teardown(test_docker_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_json, setup, teardown),
@@ -1066,8 +1113,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_image_allow_list_and_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_renew_is_durable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_renew_unknown_session, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reaper_removes_only_expired_managed, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reaper_removes_only_expired_managed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reaper_failure_retries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_session_keeps_workspace, setup, teardown),
@@ -1076,6 +1122,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hooks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reaper_thread_runs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_instance_scoping, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tcp_endpoint, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_engine_restart_recovers, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -184,6 +185,28 @@ raw_conn *raw_connect(int port)
         free(c);
         return NULL;
     }
+    moat_wire_decoder_init(&c->dec, MOAT_WIRE_MAX_FRAME_LIMIT);
+    c->next_stream = 1;
+    return c;
+}
+
+raw_conn *raw_connect_unix(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un a = {0};
+    a.sun_family = AF_UNIX;
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    raw_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return NULL;
+    }
+    c->fd = fd;
     moat_wire_decoder_init(&c->dec, MOAT_WIRE_MAX_FRAME_LIMIT);
     c->next_stream = 1;
     return c;

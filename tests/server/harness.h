@@ -45,6 +45,8 @@ typedef struct raw_conn {
 } raw_conn;
 
 raw_conn *raw_connect(int port);
+/* Same over a Unix socket. */
+raw_conn *raw_connect_unix(const char *path);
 void raw_close(raw_conn *c);
 bool raw_send_bytes(raw_conn *c, const void *data, size_t len);
 bool raw_send(raw_conn *c, const moat_frame *f);

@@ -452,6 +452,35 @@ static void test_sighup_reloads_token(void **state)
     moatd_remove_dir(p.state_dir);
 }
 
+static void test_unix_socket_listener(void **state)
+{
+    (void)state;
+    moatd_proc p;
+    char path[128], arg[160];
+    snprintf(path, sizeof(path), "/tmp/moat-srvtest-unix-%d.sock", (int)getpid());
+    snprintf(arg, sizeof(arg), "--unix_socket=%s", path);
+    const char *extra[] = {arg, "--token=unix-token", NULL};
+    assert_true(moatd_start(&p, false, extra));
+    raw_conn *c = raw_connect_unix(path);
+    assert_non_null(c);
+    moat_frame f;
+    assert_int_equal(raw_hello(c, "unix-token", &f), 1);
+    assert_int_equal(f.kind, MOAT_FRAME_HELLO_ACK);
+    Moat__V1__HealthCheckRequest req = MOAT__V1__HEALTH_CHECK_REQUEST__INIT;
+    assert_int_equal(raw_unary(c, "/moat.v1.Health/Check", &req.base, NULL, NULL, NULL, 0),
+                     MOAT_CODE_OK);
+    raw_close(c);
+    /* The token applies on the Unix socket too. */
+    c = raw_connect_unix(path);
+    assert_int_equal(raw_hello(c, NULL, &f), 1);
+    assert_true(frame_is_go_away(&f, MOAT_CODE_UNAUTHENTICATED));
+    raw_close(c);
+    assert_int_equal(moatd_stop(&p), 0);
+    /* The socket file is removed on shutdown. */
+    assert_int_not_equal(access(path, F_OK), 0);
+    moatd_remove_dir(p.state_dir);
+}
+
 static void test_refuses_public_listener_without_token(void **state)
 {
     (void)state;
@@ -489,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_timeouts_and_connection_limit),
         cmocka_unit_test(test_sigterm_drains),
         cmocka_unit_test(test_sighup_reloads_token),
+        cmocka_unit_test(test_unix_socket_listener),
         cmocka_unit_test(test_refuses_public_listener_without_token),
     };
     int failed = cmocka_run_group_tests_name("moatd_shared", shared, setup_server, teardown_server);

@@ -6,7 +6,9 @@ Run by hand only when a vector is added: /usr/bin/python3 make_vectors.py OUTDIR
 Each file is the full bytes of one frame on the wire (4-byte big-endian length,
 then the encoded moat.v1.Frame), as hex text; '#' starts a comment, whitespace
 is ignored. check_vectors.py and test_vectors.c decode them back."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +21,7 @@ SESSION = "9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f"
 
 def stubs():
     out = tempfile.mkdtemp(prefix="moat-vec-")
+    atexit.register(shutil.rmtree, out, True)
     files = [os.path.join(PROTO, "moat/v1", n + ".proto") for n in ("frame", "sandbox", "exec")]
     subprocess.run(["protoc", "-I" + PROTO, "--python_out=" + out] + files, check=True)
     sys.path.insert(0, out)
