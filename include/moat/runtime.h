@@ -197,6 +197,13 @@ moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id, moat_statu
  * reason "sandbox_stop_failed" with detail container_id. */
 moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id, moat_status *st);
 
+/* Sends a signal ("KILL", "TERM", "INT", …: letters and digits only) to the session's container
+ * without removing it (e.g. to end a runaway sandbox at once; the reaper or stop removes it).
+ * NOT_FOUND when the session has no container; a container that is not running is
+ * FAILED_PRECONDITION (Docker's 409), with Docker's message. */
+moat_code moat_runtime_kill(moat_runtime *rt, const char *session_id, const char *signal_name,
+                            moat_status *st);
+
 /* ---- TTL and recovery --------------------------------------------------------------------- */
 
 /* One reaper sweep at now_ms: every moat-managed container (moat.managed=true plus the three

@@ -348,9 +348,12 @@ static moat_code wait_ready(moat_runtime *rt, const char *container_id, const ch
     long sleep_us = 2000;
     uint64_t next_inspect = start + 200000000u;
     for (;;) {
-        if (access(socket_path, F_OK) == 0 && moat__execd_ping(socket_path, 1000))
-            return MOAT_CODE_OK;
         uint64_t now = moat_time_mono_ns();
+        long left_ms = now < deadline ? (long)((deadline - now) / 1000000u) + 1 : 1;
+        if (access(socket_path, F_OK) == 0 &&
+            moat__execd_ping(socket_path, left_ms < 1000 ? left_ms : 1000))
+            return MOAT_CODE_OK;
+        now = moat_time_mono_ns();
         if (now >= deadline)
             break;
         if (now >= next_inspect) {
@@ -421,6 +424,17 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
         pick_limit(st, "pids_limit", opts->pids_limit, rt->cfg.default_pids_limit,
                    rt->cfg.max_pids_limit, &pids))
         return span_end(rt, span, st);
+
+    /* A session id is used once: never disturb the socket dir of a live one. */
+    moat__row existing;
+    if (moat__store_get(rt->store, session_id, &existing) == MOAT_OK &&
+        existing.state == MOAT_SESSION_RUNNING) {
+        moat_status_set(st, MOAT_CODE_ALREADY_EXISTS, "sandbox_start_failed",
+                        "session %s already has a sandbox", session_id);
+        moat_status_add_detail(st, "chat_id", chat_id);
+        moat_status_add_detail(st, "session_id", session_id);
+        return span_end(rt, span, st);
+    }
 
     /* Host paths: chat workspace (created), the two read-only trees, execd's bundle, and the
      * per-session socket dir; all resolved to absolute real paths. */
@@ -513,7 +527,9 @@ fail:
     start_failed(st, chat_id);
     if (container_id[0] != '\0')
         remove_quietly(rt, container_id);
-    moat__session_dir_remove(rt, session_id);
+    /* On a name conflict the container (and socket dir) belong to someone else's create. */
+    if (st->code != MOAT_CODE_ALREADY_EXISTS)
+        moat__session_dir_remove(rt, session_id);
     moat_log(MOAT_LOG_WARN, "sandbox_start_failed", "session_id=%s chat_id=%s code=%s msg=\"%s\"",
              session_id, chat_id, moat_code_name(st->code), st->message);
     moat__metric_session(rt, "create_failed", session_id, st->code, t0);
@@ -762,4 +778,30 @@ moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id_in, moat_st
     moat__cache_invalidate(rt);
     moat__metric_session(rt, "stopped", session_id, MOAT_CODE_OK, t0);
     return span_end(rt, span, st);
+}
+
+moat_code moat_runtime_kill(moat_runtime *rt, const char *session_id_in, const char *signal_name,
+                            moat_status *st)
+{
+    moat_status_clear(st);
+    char session_id[MOAT_UUID_STR_LEN];
+    if (session_id_in == NULL || moat_uuid_canonicalize(session_id_in, session_id) != MOAT_OK)
+        return bad_uuid(st, "session_id", session_id_in);
+    const char *alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    if (signal_name == NULL || signal_name[0] == '\0' || strlen(signal_name) > 16 ||
+        strspn(signal_name, alnum) != strlen(signal_name)) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_argument",
+                        "signal must be a signal name or number");
+        moat_status_add_detail(st, "field", "signal");
+        return st->code;
+    }
+    moat__listed c;
+    if (find_container(rt, session_id, &c, st) != MOAT_CODE_OK)
+        return st->code;
+    char path[200];
+    snprintf(path, sizeof(path), "/containers/%s/kill?signal=%s", c.container_id, signal_name);
+    if (moat_runtime_docker_call(rt, "kill", "POST", path, NULL, NULL, st) != MOAT_CODE_OK)
+        moat_status_add_detail(st, "session_id", session_id);
+    moat__cache_invalidate(rt);
+    return st->code;
 }

@@ -2,7 +2,8 @@
  * moat-sandbox:latest and the execd bundle at $MOAT_BUILD_DIR/execd-bundle (both made by
  * scripts/build-sandbox-image.sh, which this test runs when they are missing). Every container
  * it makes is named moat-rttest-*, labelled moat.instance=rttest, and removed at teardown.
- * MOAT_EXECD_BUNDLE overrides the bundle dir (sanitizer builds cannot build their own). */
+ * MOAT_EXECD_BUNDLE overrides the bundle dir (sanitizer builds cannot build their own);
+ * MOAT_DOCKER_HOST the engine the runtime uses (the docker CLI follows DOCKER_HOST). */
 #define _XOPEN_SOURCE 700
 #include <setjmp.h>
 #include <stdarg.h>
@@ -136,6 +137,8 @@ static int setup(void **state)
     fclose(fp);
     moat_runtime_config_defaults(&f->cfg);
     f->cfg.image = IMAGE;
+    if (getenv("MOAT_DOCKER_HOST") != NULL)
+        f->cfg.docker_host = getenv("MOAT_DOCKER_HOST");
     f->cfg.chats_root = f->chats;
     f->cfg.dependencies_host_path = f->deps;
     f->cfg.lambda_tools_host_path = f->lambda;
@@ -437,7 +440,8 @@ static void test_docker_unreachable_then_recovers(void **state)
     assert_int_equal(moat_runtime_list_active(f->rt, &list, &n, &st), MOAT_CODE_UNAVAILABLE);
     /* Back on the live engine, the same store and ids work. */
     moat_runtime_close(f->rt);
-    f->cfg.docker_host = "unix:///var/run/docker.sock";
+    f->cfg.docker_host =
+        getenv("MOAT_DOCKER_HOST") ? getenv("MOAT_DOCKER_HOST") : "unix:///var/run/docker.sock";
     open_runtime(f);
     assert_int_equal(create(f, sid, CHAT_A, 60000, NULL, &s, &st), MOAT_CODE_OK);
     assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);

@@ -408,6 +408,22 @@ static void test_create_name_conflict(void **state)
     assert_string_equal(moat_status_detail_get(&st, "docker_status"), "409");
 }
 
+static void test_create_twice_keeps_the_live_session(void **state)
+{
+    fx *f = *state;
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    size_t before = f->fd.request_count;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_ALREADY_EXISTS);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_int_equal(f->fd.request_count, before);
+    /* The live session's execd socket is untouched. */
+    char sock[300];
+    snprintf(sock, sizeof(sock), "%s/sessions/%s/execd.sock", f->state, SESSION_ID);
+    assert_int_equal(access(sock, F_OK), 0);
+}
+
 static void test_start_failure_removes_container(void **state)
 {
     fx *f = *state;
@@ -578,8 +594,11 @@ static void test_invalid_ids(void **state)
     const char *spellings[] = {"{123e4567-e89b-12d3-a456-426614174000}",
                                "urn:uuid:123E4567-E89B-12D3-A456-426614174000",
                                "123e4567e89b12d3a456426614174000"};
+    const char *sessions[] = {SESSION_ID, SESSION_ID2, SESSION_ID3};
     for (size_t i = 0; i < 3; i++) {
-        assert_int_equal(create_default(f, spellings[i], &s, &st), MOAT_CODE_OK);
+        assert_int_equal(
+            moat_runtime_create(f->rt, sessions[i], spellings[i], 1000, 2000, NULL, &s, &st),
+            MOAT_CODE_OK);
         assert_string_equal(s.chat_id, CHAT_ID);
     }
 }
@@ -1087,6 +1106,28 @@ static void test_engine_restart_recovers(void **state)
     assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/container-123"), 1);
 }
 
+static void test_kill(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    char *items[] = {container_json("container-123", SESSION_ID, CHAT_ID,
+                                    "2026-04-02T12:05:00+00:00", NULL, true, "running")};
+    route_list(f, "session_id%3D" SESSION_ID, items, 1);
+    assert_int_equal(moat_runtime_kill(f->rt, SESSION_ID, "KILL", &st), MOAT_CODE_OK);
+    assert_int_equal(
+        fake_docker_count(&f->fd, "POST", "/v1.41/containers/container-123/kill?signal=KILL"), 1);
+    assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/"), 0);
+    fake_docker_route(&f->fd, "POST", "/kill", 409,
+                      "{\"message\":\"Container container-123 is not running\"}", -1);
+    assert_int_equal(moat_runtime_kill(f->rt, SESSION_ID, "TERM", &st),
+                     MOAT_CODE_FAILED_PRECONDITION);
+    assert_non_null(strstr(st.message, "is not running"));
+    assert_int_equal(moat_runtime_kill(f->rt, SESSION_ID, "KILL&x=1", &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    fake_docker_route(&f->fd, "GET", "session_id%3D" SESSION_ID2, 200, "[]", -1);
+    assert_int_equal(moat_runtime_kill(f->rt, SESSION_ID2, "KILL", &st), MOAT_CODE_NOT_FOUND);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1099,6 +1140,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_docker_500_on_create, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_image_missing_is_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_name_conflict, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_twice_keeps_the_live_session, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_failure_removes_container, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readiness_timeout_removes_container, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readiness_container_exited, setup, teardown),
@@ -1124,6 +1166,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_instance_scoping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp_endpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_engine_restart_recovers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
