@@ -84,7 +84,15 @@ static void setup_endpoint(moat_runtime *rt, CURL *h)
 
 static moat_code transport_error(moat_runtime *rt, CURLcode rc, const char *errbuf, moat_status *st)
 {
-    const char *what = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+    /* libcurl's error buffer keeps the FIRST message of a transfer, which can be a non-fatal
+     * step (a TLS engine that drops a client without a certificate leaves "getpeername()
+     * failed"), so the result that failed the call always comes first. */
+    const char *result = curl_easy_strerror(rc);
+    char what[CURL_ERROR_SIZE + 128];
+    if (errbuf[0] == '\0' || strcmp(errbuf, result) == 0)
+        snprintf(what, sizeof(what), "%s", result);
+    else
+        snprintf(what, sizeof(what), "%s (%s)", result, errbuf);
     const char *where = rt->docker_socket ? rt->docker_socket : rt->cfg.docker_host;
     if (rc == CURLE_OPERATION_TIMEDOUT) {
         moat_status_set(st, MOAT_CODE_DEADLINE_EXCEEDED, "docker_timeout",

@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <jansson.h>
 #include <microhttpd.h>
 
@@ -192,6 +194,45 @@ static void launch_execd(fake_docker *fd)
         MHD_stop_daemon(d);
 }
 
+/* The subject DN of the client certificate the TLS handshake verified, or "". */
+static void peer_dn(struct MHD_Connection *conn, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (ci == NULL || ci->tls_session == NULL)
+        return;
+    unsigned n = 0;
+    const gnutls_datum_t *certs = gnutls_certificate_get_peers(ci->tls_session, &n);
+    gnutls_x509_crt_t crt;
+    if (certs == NULL || n == 0 || gnutls_x509_crt_init(&crt) < 0)
+        return;
+    size_t len = cap;
+    if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) < 0 ||
+        gnutls_x509_crt_get_dn(crt, out, &len) < 0)
+        out[0] = '\0';
+    gnutls_x509_crt_deinit(crt);
+}
+
+/* libmicrohttpd only asks for a client certificate (GNUTLS_CERT_REQUEST) and never checks it.
+ * Before the handshake starts, make this session require one and verify its chain against the
+ * trusted CA during the handshake, so a bad or missing certificate fails the handshake as it
+ * does with dockerd --tlsverify. */
+static void require_client_cert(void *cls, struct MHD_Connection *conn, void **socket_context,
+                                enum MHD_ConnectionNotificationCode code)
+{
+    (void)cls;
+    (void)socket_context;
+    if (code != MHD_CONNECTION_NOTIFY_STARTED)
+        return;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (ci == NULL || ci->tls_session == NULL)
+        return;
+    gnutls_certificate_server_set_request(ci->tls_session, GNUTLS_CERT_REQUIRE);
+    gnutls_session_set_verify_cert(ci->tls_session, NULL, 0);
+}
+
 static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version,
                                       const char *upload_data, size_t *upload_size, void **con_cls)
@@ -218,6 +259,9 @@ static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, co
         return MHD_YES;
     }
     const char *body_in = up->data ? up->data : "";
+    char tls_peer[128] = "";
+    if (fd->tls)
+        peer_dn(conn, tls_peer, sizeof(tls_peer));
     /* Strip the /vX.Y prefix so routes and defaults see engine paths. */
     const char *path = up->uri;
     if (strncmp(path, "/v1.", 4) == 0) {
@@ -232,6 +276,7 @@ static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, co
         snprintf(rq->method, sizeof(rq->method), "%s", method);
         snprintf(rq->url, sizeof(rq->url), "%s", up->uri);
         rq->body = strdup(body_in);
+        snprintf(rq->tls_peer, sizeof(rq->tls_peer), "%s", tls_peer);
     }
     if (strcmp(method, "POST") == 0 && strstr(path, "/containers/create"))
         snprintf(fd->last_create_body, sizeof(fd->last_create_body), "%s", body_in);
@@ -325,14 +370,41 @@ int fake_docker_start_tcp(fake_docker *fd, int *port)
     return start_engine(fd, listen_tcp(port));
 }
 
+int fake_docker_start_tls(fake_docker *fd, int *port, const char *cert_pem, const char *key_pem,
+                          const char *client_ca_pem)
+{
+    memset(fd, 0, sizeof(*fd));
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
+        return -2;
+    pthread_mutex_init(&fd->mu, NULL);
+    snprintf(fd->api_version, sizeof(fd->api_version), "1.41");
+    fd->start_execd = true;
+    fd->tls = true;
+    fd->tls_pem[0] = strdup(cert_pem);
+    fd->tls_pem[1] = strdup(key_pem);
+    fd->tls_pem[2] = strdup(client_ca_pem);
+    if (fd->tls_pem[0] == NULL || fd->tls_pem[1] == NULL || fd->tls_pem[2] == NULL)
+        return -1;
+    return start_engine(fd, listen_tcp(port));
+}
+
 static int start_engine(fake_docker *fd, int sock)
 {
     if (sock < 0)
         return -1;
-    fd->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION,
-                                  0, NULL, NULL, engine_handler, fd, MHD_OPTION_LISTEN_SOCKET, sock,
-                                  MHD_OPTION_URI_LOG_CALLBACK, uri_logger, NULL,
-                                  MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_END);
+    const unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION;
+    if (fd->tls)
+        fd->daemon = MHD_start_daemon(
+            flags | MHD_USE_TLS, 0, NULL, NULL, engine_handler, fd, MHD_OPTION_LISTEN_SOCKET, sock,
+            MHD_OPTION_URI_LOG_CALLBACK, uri_logger, NULL, MHD_OPTION_NOTIFY_COMPLETED,
+            request_done, NULL, MHD_OPTION_HTTPS_MEM_CERT, fd->tls_pem[0], MHD_OPTION_HTTPS_MEM_KEY,
+            fd->tls_pem[1], MHD_OPTION_HTTPS_MEM_TRUST, fd->tls_pem[2],
+            MHD_OPTION_NOTIFY_CONNECTION, require_client_cert, NULL, MHD_OPTION_END);
+    else
+        fd->daemon =
+            MHD_start_daemon(flags, 0, NULL, NULL, engine_handler, fd, MHD_OPTION_LISTEN_SOCKET,
+                             sock, MHD_OPTION_URI_LOG_CALLBACK, uri_logger, NULL,
+                             MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL, MHD_OPTION_END);
     if (fd->daemon == NULL) {
         close(sock);
         return -1;
@@ -356,6 +428,10 @@ void fake_docker_stop(fake_docker *fd)
     fd->route_count = 0;
     if (fd->socket_path[0] != '\0')
         unlink(fd->socket_path);
+    for (size_t i = 0; i < 3; i++) {
+        free(fd->tls_pem[i]);
+        fd->tls_pem[i] = NULL;
+    }
     pthread_mutex_destroy(&fd->mu);
 }
 

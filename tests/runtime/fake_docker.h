@@ -1,4 +1,5 @@
-/* A fake Docker engine for unit tests: a real HTTP server (libmicrohttpd) on a Unix socket that
+/* A fake Docker engine for unit tests: a real HTTP server (libmicrohttpd) on a Unix socket, on
+ * loopback TCP, or over HTTPS with client-certificate verification on loopback, that
  * records every request and answers from scripted routes, falling back to engine-like
  * defaults. On container start it can launch a fake execd (answering GET /ping) on the socket
  * dir the container spec bind-mounts at /run/moat, as the real sandbox would. */
@@ -14,8 +15,9 @@
 
 typedef struct fake_request {
     char method[8];
-    char url[2048]; /* path and query, as sent (percent-encoded) */
-    char *body;     /* NUL-terminated, may be "" */
+    char url[2048];     /* path and query, as sent (percent-encoded) */
+    char *body;         /* NUL-terminated, may be "" */
+    char tls_peer[128]; /* over TLS: the client certificate's subject DN, else "" */
 } fake_request;
 
 typedef struct fake_route {
@@ -41,12 +43,21 @@ typedef struct fake_docker {
     struct MHD_Daemon *execds[8];
     size_t execd_count;
     char last_create_body[16384];
+    bool tls;
+    char *tls_pem[3]; /* server cert, server key, client CA: kept while the daemon runs */
 } fake_docker;
 
 /* Starts the server on socket_path (removed first). Returns 0 on success. */
 int fake_docker_start(fake_docker *fd, const char *socket_path);
 /* The same engine on 127.0.0.1 at an ephemeral port (for tcp:// endpoints). */
 int fake_docker_start_tcp(fake_docker *fd, int *port);
+/* The same engine over HTTPS on 127.0.0.1, like dockerd --tlsverify: it presents cert_pem with
+ * key_pem, and the TLS handshake fails unless the client presents a certificate that chains to
+ * client_ca_pem (no certificate, or one from another CA, never reaches the HTTP layer). The PEM
+ * texts are copied. Returns -1 when the server cannot start, -2 when libmicrohttpd was built
+ * without TLS. */
+int fake_docker_start_tls(fake_docker *fd, int *port, const char *cert_pem, const char *key_pem,
+                          const char *client_ca_pem);
 void fake_docker_stop(fake_docker *fd);
 /* Adds a scripted answer for requests whose method matches and whose URL contains
  * url_contains (the newest matching route wins); times: how many requests it answers
