@@ -93,8 +93,8 @@ typedef void (*moat_rpc_cancel_fn)(moat_rpc_call *call, moat_code code, void *ar
  * sink and sink_user must outlive the call's End. The call starts with one
  * reference, owned by the caller. NULL on allocation failure. */
 moat_rpc_call *moat_rpc_call_new(const moat_rpc_method *method, uint32_t stream_id,
-                                 uint64_t deadline_ms, uint64_t now_ms,
-                                 const moat_rpc_sink *sink, void *sink_user);
+                                 uint64_t deadline_ms, uint64_t now_ms, const moat_rpc_sink *sink,
+                                 void *sink_user);
 /* References: whoever keeps a pointer across loop iterations (e.g. an
  * asynchronous handler) holds one. The last unref frees the call (and, if it
  * had not ended, ends it first with CANCELLED, so every call gets its End). */
@@ -123,7 +123,9 @@ moat_err moat_rpc_call_request(moat_rpc_call *call, const uint8_t *payload, size
  * response of a unary method; MOAT_E_INVAL for a message of another type. The
  * caller keeps ownership of msg. */
 moat_err moat_rpc_call_send(moat_rpc_call *call, const ProtobufCMessage *msg);
-/* Unary convenience: send msg then end OK. */
+/* Unary convenience: send msg then end OK. If the send fails the call still
+ * ends: RESOURCE_EXHAUSTED "response_too_large" for MOAT_E_TOO_BIG, INTERNAL
+ * otherwise (nothing happens on an already ended call). Returns the send's error. */
 moat_err moat_rpc_call_reply(moat_rpc_call *call, const ProtobufCMessage *msg);
 
 /* Ends the call with st (copied). Returns false, doing nothing, if it had
@@ -131,8 +133,8 @@ moat_err moat_rpc_call_reply(moat_rpc_call *call, const ProtobufCMessage *msg);
  * call that sent no response becomes INTERNAL "handler sent no response". */
 bool moat_rpc_call_end(moat_rpc_call *call, const moat_status *st);
 /* Shorthand for moat_rpc_call_end with a code, reason and message. */
-bool moat_rpc_call_fail(moat_rpc_call *call, moat_code code, const char *reason, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+bool moat_rpc_call_fail(moat_rpc_call *call, moat_code code, const char *reason, const char *fmt,
+                        ...) __attribute__((format(printf, 4, 5)));
 
 /* Registers the handler's cancel hook (replacing any earlier one). */
 void moat_rpc_call_on_cancel(moat_rpc_call *call, moat_rpc_cancel_fn fn, void *arg);

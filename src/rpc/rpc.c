@@ -104,8 +104,8 @@ struct moat_rpc_call {
 };
 
 moat_rpc_call *moat_rpc_call_new(const moat_rpc_method *method, uint32_t stream_id,
-                                 uint64_t deadline_ms, uint64_t now_ms,
-                                 const moat_rpc_sink *sink, void *sink_user)
+                                 uint64_t deadline_ms, uint64_t now_ms, const moat_rpc_sink *sink,
+                                 void *sink_user)
 {
     if (method == NULL || sink == NULL)
         return NULL;
@@ -117,7 +117,8 @@ moat_rpc_call *moat_rpc_call_new(const moat_rpc_method *method, uint32_t stream_
     c->refs = 1;
     c->state = MOAT_RPC_AWAIT_REQUEST;
     /* A deadline so far away that it would overflow is no deadline at all. */
-    c->deadline_at = (deadline_ms != 0 && deadline_ms < UINT64_MAX - now_ms) ? now_ms + deadline_ms : 0;
+    c->deadline_at =
+        (deadline_ms != 0 && deadline_ms < UINT64_MAX - now_ms) ? now_ms + deadline_ms : 0;
     c->sink = sink;
     c->sink_user = sink_user;
     return c;
@@ -221,8 +222,16 @@ moat_err moat_rpc_call_send(moat_rpc_call *call, const ProtobufCMessage *msg)
 moat_err moat_rpc_call_reply(moat_rpc_call *call, const ProtobufCMessage *msg)
 {
     moat_err err = moat_rpc_call_send(call, msg);
-    if (err != MOAT_OK)
+    if (err == MOAT_E_TOO_BIG) {
+        moat_rpc_call_fail(call, MOAT_CODE_RESOURCE_EXHAUSTED, "response_too_large",
+                           "the response does not fit in one frame");
         return err;
+    }
+    if (err != MOAT_OK) {
+        moat_rpc_call_fail(call, MOAT_CODE_INTERNAL, "send_failed", "cannot send the response: %s",
+                           moat_strerror(err));
+        return err;
+    }
     moat_status ok;
     moat_status_clear(&ok);
     moat_rpc_call_end(call, &ok);
@@ -243,7 +252,8 @@ bool moat_rpc_call_end(moat_rpc_call *call, const moat_status *st)
     return true;
 }
 
-bool moat_rpc_call_fail(moat_rpc_call *call, moat_code code, const char *reason, const char *fmt, ...)
+bool moat_rpc_call_fail(moat_rpc_call *call, moat_code code, const char *reason, const char *fmt,
+                        ...)
 {
     if (call->state == MOAT_RPC_ENDED)
         return false;
@@ -279,8 +289,9 @@ bool moat_rpc_call_cancel(moat_rpc_call *call, moat_code code, const char *why)
     if (call->state == MOAT_RPC_ENDED)
         return true;
     moat_status st;
-    moat_status_set(&st, code, code == MOAT_CODE_DEADLINE_EXCEEDED ? "deadline_exceeded" : "cancelled",
-                    "%s", why != NULL ? why : moat_code_name(code));
+    moat_status_set(&st, code,
+                    code == MOAT_CODE_DEADLINE_EXCEEDED ? "deadline_exceeded" : "cancelled", "%s",
+                    why != NULL ? why : moat_code_name(code));
     call->state = MOAT_RPC_ENDED;
     call->sink->end(call, &st, call->sink_user);
     return true;

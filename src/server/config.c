@@ -11,7 +11,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-
 typedef enum key_type { K_STR, K_U32, K_LEVEL } key_type;
 
 typedef struct key_def {
@@ -26,7 +25,8 @@ typedef struct key_def {
 #define OFF(f) offsetof(moat_server_config, f)
 
 static const key_def keys[] = {
-    {"listen", K_STR, OFF(listen), "127.0.0.1:7070", 0, 0, "TCP listener host:port; empty disables"},
+    {"listen", K_STR, OFF(listen), "127.0.0.1:7070", 0, 0,
+     "TCP listener host:port; empty disables"},
     {"unix_socket", K_STR, OFF(unix_socket), "", 0, 0, "Unix socket listener path; empty disables"},
     {"token", K_STR, OFF(token), "", 0, 0,
      "shared secret every client must present; required unless listening on loopback only"},
@@ -85,7 +85,8 @@ static const key_def keys[] = {
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void errf(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err == NULL || errlen == 0)
@@ -480,7 +481,8 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
     }
     if (cfg->metrics_listen[0] != '\0') {
         if (moat_server_split_hostport(cfg->metrics_listen, host, sizeof(host), &port) != MOAT_OK) {
-            errf(err, errlen, "metrics_listen: expected host:port, got \"%s\"", cfg->metrics_listen);
+            errf(err, errlen, "metrics_listen: expected host:port, got \"%s\"",
+                 cfg->metrics_listen);
             return MOAT_E_INVAL;
         }
         if (!moat_server_is_loopback(cfg->metrics_listen)) {
@@ -509,7 +511,7 @@ void moat_server_config_print_keys(void *file)
         for (size_t j = 0; j < n; j++)
             env[5 + j] = (char)toupper((unsigned char)keys[i].name[j]);
         env[5 + n] = '\0';
-        fprintf(f, "  --%-28s %s\n  %-30s env %s, default \"%s\"\n", keys[i].name, keys[i].doc,
-                "", env, keys[i].def);
+        fprintf(f, "  --%-28s %s\n  %-30s env %s, default \"%s\"\n", keys[i].name, keys[i].doc, "",
+                env, keys[i].def);
     }
 }

@@ -283,9 +283,9 @@ static bool canon(stream *st, const char *in, const char *field, char out[MOAT_U
     if (moat_uuid_canonicalize(in, out) == MOAT_OK)
         return true;
     moat_status status;
-    moat_status_set(&status, MOAT_CODE_INVALID_ARGUMENT, field[0] == 'c' ? "invalid_chat_id"
-                                                                         : "invalid_session_id",
-                    "%s is not a UUID", field);
+    moat_status_set(&status, MOAT_CODE_INVALID_ARGUMENT,
+                    field[0] == 'c' ? "invalid_chat_id" : "invalid_session_id", "%s is not a UUID",
+                    field);
     moat_status_add_detail(&status, field, in);
     fail_status(st, &status);
     return false;
@@ -616,10 +616,11 @@ typedef struct exec_ctx {
     moat_bridge *bridge;
     char session_id[MOAT_UUID_STR_LEN];
     char *sock;
-    /* Encoded events can be a few bytes larger than the bridge's cost for
-     * them; the difference is taken from the next grants so the queue stays
-     * within the window. */
-    uint64_t debt;
+    /* Credit given to the bridge and not yet used by delivered events. It
+     * is kept at most min(the client's window left, initial_window), so
+     * however large a window a client grants, one stream never has more
+     * than initial_window in flight inside moatd. */
+    uint64_t outstanding;
     bool cancelled;
 } exec_ctx;
 
@@ -638,6 +639,10 @@ static void interrupt_done(void *ud, const moat_status *st)
     moat_log(st->code == MOAT_CODE_OK ? MOAT_LOG_DEBUG : MOAT_LOG_WARN, "interrupt",
              "execution_id=%s code=%s msg=\"%s\"", id, moat_code_name(st->code), st->message);
     free(id);
+    /* A drain waits for interrupts in flight, so a cancelled command is
+     * really stopped before moatd exits. */
+    if (S != NULL)
+        moat__srv_job(S, -1);
 }
 
 /* Interrupts the command and lets go of its stream (it stays attachable). */
@@ -647,9 +652,12 @@ static void exec_abandon(exec_ctx *x)
     moat_bridge_endpoint ep = endpoint(x->session_id, x->sock);
     char *copy = strdup(eid);
     moat_status st;
-    if (copy != NULL &&
-        moat_bridge_interrupt(x->bridge, &ep, eid, interrupt_done, copy, &st) != MOAT_OK)
-        free(copy);
+    if (copy != NULL) {
+        if (moat_bridge_interrupt(x->bridge, &ep, eid, interrupt_done, copy, &st) == MOAT_OK)
+            moat__srv_job(x->st->s, 1);
+        else
+            free(copy);
+    }
     moat_bridge_exec_detach(x->ex);
     exec_ctx_free(x);
 }
@@ -684,7 +692,7 @@ static void exec_on_event(void *ud, moat_bridge_exec *ex, const moat_bridge_even
         break;
     case MOAT_BRIDGE_EV_OUTPUT:
         out.stream = ev->u.output.stream == MOAT_BRIDGE_STDERR ? MOAT__V1__OUTPUT_STREAM__STDERR
-                                                                : MOAT__V1__OUTPUT_STREAM__STDOUT;
+                                                               : MOAT__V1__OUTPUT_STREAM__STDOUT;
         out.data.data = (uint8_t *)ev->u.output.data;
         out.data.len = ev->u.output.len;
         e.kind_case = MOAT__V1__EXEC_EVENT__KIND_OUTPUT;
@@ -721,9 +729,9 @@ static void exec_on_event(void *ud, moat_bridge_exec *ex, const moat_bridge_even
             code.code = ev->u.exit.code;
         } else {
             code.value_case = MOAT__V1__EXIT_CODE__VALUE_UNKNOWN_REASON;
-            code.unknown_reason = (char *)(ev->u.exit.unknown_reason.data != NULL
-                                               ? ev->u.exit.unknown_reason.data
-                                               : "");
+            code.unknown_reason =
+                (char *)(ev->u.exit.unknown_reason.data != NULL ? ev->u.exit.unknown_reason.data
+                                                                : "");
         }
         exit_.exit_code = &code;
         exit_.timed_out = ev->u.exit.timed_out;
@@ -732,9 +740,13 @@ static void exec_on_event(void *ud, moat_bridge_exec *ex, const moat_bridge_even
         break;
     }
     size_t cost = moat_bridge_event_cost(ev);
-    size_t size = protobuf_c_message_get_packed_size(&e.base);
-    if (size > cost)
-        x->debt += size - cost;
+    x->outstanding -= cost < x->outstanding ? cost : x->outstanding;
+    /* Running low: top up once this event has been written (not from inside
+     * the bridge's callback). */
+    if (x->outstanding < x->st->s->cfg.initial_window / 2 && x->st->c != NULL) {
+        x->st->wants_credit = true;
+        x->st->c->credit_wanted = true;
+    }
     moat_err rc = moat_rpc_call_send(x->st->call, &e.base);
     free(tb);
     if (rc != MOAT_OK && running(x->st))
@@ -751,17 +763,30 @@ static void exec_on_end(void *ud, moat_bridge_exec *ex, const moat_status *statu
     exec_ctx_free(x);
 }
 
+/* How much credit the bridge may hold for this stream now. Nothing while the
+ * connection's socket is backed up; the server asks again as writes drain. */
+static uint64_t exec_credit_target(const stream *st)
+{
+    if (st->c == NULL || st->c->pending_write > st->s->cfg.max_pending_bytes)
+        return 0;
+    uint64_t want = moat__stream_credit(st);
+    return want < st->s->cfg.initial_window ? want : st->s->cfg.initial_window;
+}
+
+/* Runs on WindowUpdates (inc > 0) and when the connection's writes drain
+ * (inc == 0); never from inside a bridge callback. */
 static void exec_on_credit(stream *st, uint32_t inc)
 {
+    (void)inc;
     exec_ctx *x = st->hctx;
-    if (x == NULL || x->cancelled)
+    if (x == NULL || x->cancelled || x->ex == NULL)
         return;
-    uint64_t give = inc;
-    uint64_t pay = x->debt < give ? x->debt : give;
-    x->debt -= pay;
-    give -= pay;
-    if (give > 0)
+    uint64_t want = exec_credit_target(st);
+    if (want > x->outstanding) {
+        uint64_t give = want - x->outstanding;
+        x->outstanding = want;
         moat_bridge_exec_credit(x->ex, give);
+    }
 }
 
 static void exec_on_cancel(moat_rpc_call *call, moat_code code, void *arg)
@@ -816,17 +841,19 @@ static void exec_start(stream *st, const char *session_id, const char *sock,
     st->hctx = x;
     st->on_credit = exec_on_credit;
     moat_rpc_call_on_cancel(st->call, exec_on_cancel, x);
-    moat_err err =
-        moat_bridge_run(st->s->bridge, &ep, opts, &c, moat__stream_credit(st), &ex, &status);
+    x->outstanding = exec_credit_target(st);
+    /* Callbacks may run before the bridge returns and end the call: keep the
+     * stream alive until we have looked. */
+    moat__stream_ref(st);
+    moat_err err = moat_bridge_run(st->s->bridge, &ep, opts, &c, x->outstanding, &ex, &status);
     if (err != MOAT_OK) {
         moat_rpc_call_on_cancel(st->call, NULL, NULL);
         exec_ctx_free(x);
         fail_status(st, &status);
-        return;
-    }
-    /* Callbacks may already have run and ended it. */
-    if (st->hctx == x)
+    } else if (st->hctx == x) {
         x->ex = ex;
+    }
+    moat__stream_unref(st);
 }
 
 static void run_command_go(stream *st, const char *session_id, const char *sock)
@@ -882,17 +909,19 @@ static void attach_go(stream *st, const char *session_id, const char *sock)
     st->hctx = x;
     st->on_credit = exec_on_credit;
     moat_rpc_call_on_cancel(st->call, exec_on_cancel, x);
+    x->outstanding = exec_credit_target(st);
+    /* Replayed events, and the end, may be delivered before attach returns. */
+    moat__stream_ref(st);
     moat_err err = moat_bridge_attach(st->s->bridge, session_id, req->execution_id,
-                                      req->after_sequence, &c, moat__stream_credit(st), &ex,
-                                      &status);
+                                      req->after_sequence, &c, x->outstanding, &ex, &status);
     if (err != MOAT_OK) {
         moat_rpc_call_on_cancel(st->call, NULL, NULL);
         exec_ctx_free(x);
         fail_status(st, &status);
-        return;
-    }
-    if (st->hctx == x)
+    } else if (st->hctx == x) {
         x->ex = ex;
+    }
+    moat__stream_unref(st);
 }
 
 /* ------------------------------------------------------------ one-answer bridge calls */
@@ -974,8 +1003,8 @@ static void interrupt_go(stream *st, const char *sid, const char *sock)
     const Moat__V1__InterruptRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
     moat_status status;
-    if (moat_bridge_interrupt(st->s->bridge, &ep, req->execution_id, empty_cb, hold(st),
-                              &status) != MOAT_OK)
+    if (moat_bridge_interrupt(st->s->bridge, &ep, req->execution_id, empty_cb, hold(st), &status) !=
+        MOAT_OK)
         bridge_refused(st, &status);
 }
 
@@ -1148,8 +1177,8 @@ static void mkdir_go(stream *st, const char *sid, const char *sock)
     const Moat__V1__MkdirRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
     moat_status status;
-    if (moat_bridge_mkdir(st->s->bridge, &ep, req->path, req->mode, empty_cb, hold(st),
-                          &status) != MOAT_OK)
+    if (moat_bridge_mkdir(st->s->bridge, &ep, req->path, req->mode, empty_cb, hold(st), &status) !=
+        MOAT_OK)
         bridge_refused(st, &status);
 }
 
@@ -1259,15 +1288,16 @@ static void read_go(stream *st, const char *sid, const char *sock)
     moat_bridge_download_cbs cbs = {read_chunk, read_done, x};
     moat_bridge_xfer *bx = NULL;
     moat_status status;
+    moat__stream_ref(st);
     if (moat_bridge_download(st->s->bridge, &ep, req->path, req->offset, req->length, &cbs, &bx,
                              &status) != MOAT_OK) {
         moat_rpc_call_on_cancel(st->call, NULL, NULL);
         xfer_free(x);
         fail_status(st, &status);
-        return;
-    }
-    if (st->hctx == x)
+    } else if (st->hctx == x) {
         x->x = bx;
+    }
+    moat__stream_unref(st);
 }
 
 static size_t write_read(void *ud, moat_bridge_xfer *bx, uint8_t *buf, size_t cap)
@@ -1308,15 +1338,16 @@ static void write_go(stream *st, const char *sid, const char *sock)
     moat_bridge_upload_cbs cbs = {write_read, write_done, x};
     moat_bridge_xfer *bx = NULL;
     moat_status status;
+    moat__stream_ref(st);
     if (moat_bridge_upload(st->s->bridge, &ep, req->path, req->mode, NULL, NULL, &cbs, &bx,
                            &status) != MOAT_OK) {
         moat_rpc_call_on_cancel(st->call, NULL, NULL);
         xfer_free(x);
         fail_status(st, &status);
-        return;
-    }
-    if (st->hctx == x)
+    } else if (st->hctx == x) {
         x->x = bx;
+    }
+    moat__stream_unref(st);
 }
 
 /* ------------------------------------------------------------ dispatch */

@@ -111,8 +111,9 @@ static void render(FILE *f)
     for (int i = 0; i < MOAT_CODE_COUNT; i++)
         fprintf(f, "moat_calls_total{code=\"%s\"} %llu\n", moat_code_name((moat_code)i),
                 (unsigned long long)atomic_load(&status_count[i]));
-    fprintf(f, "# HELP moat_create_session_seconds Time CreateSession took to get a ready sandbox.\n"
-               "# TYPE moat_create_session_seconds histogram\n");
+    fprintf(f,
+            "# HELP moat_create_session_seconds Time CreateSession took to get a ready sandbox.\n"
+            "# TYPE moat_create_session_seconds histogram\n");
     unsigned long long cum = 0;
     for (size_t i = 0; i < NBUCKETS; i++) {
         cum += atomic_load(&create_bucket[i]);
@@ -120,8 +121,7 @@ static void render(FILE *f)
     }
     cum += atomic_load(&create_bucket[NBUCKETS]);
     fprintf(f, "moat_create_session_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
-    fprintf(f, "moat_create_session_seconds_sum %.6f\n",
-            (double)atomic_load(&create_sum_us) / 1e6);
+    fprintf(f, "moat_create_session_seconds_sum %.6f\n", (double)atomic_load(&create_sum_us) / 1e6);
     fprintf(f, "moat_create_session_seconds_count %llu\n",
             (unsigned long long)atomic_load(&create_count));
     fprintf(f,
@@ -186,9 +186,10 @@ moat_err moat__metrics_start(const char *hostport)
     } else {
         return MOAT_E_INVAL;
     }
-    daemon_handle = MHD_start_daemon(flags, port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR,
-                                     sa, MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
-                                     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    daemon_handle =
+        MHD_start_daemon(flags, port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, sa,
+                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)16, MHD_OPTION_CONNECTION_TIMEOUT,
+                         (unsigned)10, MHD_OPTION_END);
     if (daemon_handle == NULL)
         return MOAT_E_IO;
     moat_log(MOAT_LOG_INFO, "metrics_listening", "addr=%s", hostport);

@@ -60,10 +60,29 @@ static void on_write(uv_write_t *req, int status)
             conn_close(c, MOAT_CODE_UNAVAILABLE, uv_strerror(status));
         return;
     }
+    if (c->closing || c->pending_write > c->s->cfg.max_pending_bytes / 2)
+        return;
     /* Reading was paused while the client left our answers unread. */
-    if (!c->reading && c->state != CONN_CLOSING &&
-        c->pending_write <= c->s->cfg.max_pending_bytes / 2)
+    if (!c->reading)
         conn_pump(c);
+    /* Producers held back while the socket was full, or running low on
+     * credit while the client's window still has room, may go on. */
+    if (c->throttled || c->credit_wanted) {
+        bool all = c->throttled;
+        c->throttled = false;
+        c->credit_wanted = false;
+        stream *st = c->streams;
+        while (st != NULL && !c->closing) {
+            moat__stream_ref(st);
+            if (st->on_credit != NULL && (all || st->wants_credit)) {
+                st->wants_credit = false;
+                st->on_credit(st, 0);
+            }
+            stream *next = st->c == c ? st->next : NULL;
+            moat__stream_unref(st);
+            st = next;
+        }
+    }
 }
 
 static void dirty_unlink(conn *c)
@@ -128,9 +147,12 @@ static moat_err conn_queue_block(conn *c, uint8_t *block, size_t len)
     c->pending_write += len;
     if (b->n == BATCH_MAX)
         conn_flush(c);
-    if (c->reading && c->pending_write > c->s->cfg.max_pending_bytes) {
-        uv_read_stop(&c->h.stream);
-        c->reading = false;
+    if (c->pending_write > c->s->cfg.max_pending_bytes) {
+        c->throttled = true;
+        if (c->reading) {
+            uv_read_stop(&c->h.stream);
+            c->reading = false;
+        }
     }
     return MOAT_OK;
 }
@@ -671,7 +693,7 @@ static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
     conn *c = h->data;
     if (buf->base == read_buf)
         read_buf_busy = false;
-    if (nread == 0)
+    if (nread == 0 || nread == UV_ENOBUFS)
         return;
     if (nread < 0) {
         conn_close(c, nread == UV_EOF ? MOAT_CODE_OK : MOAT_CODE_UNAVAILABLE,
@@ -692,8 +714,9 @@ static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
         if (err != MOAT_OK) {
             char why[160];
             snprintf(why, sizeof(why), "bad frame: %s", moat_wire_decoder_reason(&c->dec));
-            conn_fail(c, err == MOAT_E_TOO_BIG ? MOAT_CODE_RESOURCE_EXHAUSTED
-                                                : MOAT_CODE_INVALID_ARGUMENT,
+            conn_fail(c,
+                      err == MOAT_E_TOO_BIG ? MOAT_CODE_RESOURCE_EXHAUSTED
+                                            : MOAT_CODE_INVALID_ARGUMENT,
                       why);
             return;
         }
@@ -908,20 +931,19 @@ static void on_idle_check(uv_check_t *h)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: moatd [-c FILE] [--KEY=VALUE]... [--check-config] [--help] [--version]\n"
-            "\n"
-            "moatd serves moat's framed protobuf protocol: sandbox sessions on Docker and\n"
-            "commands streamed from their moat-execd.\n"
-            "\n"
-            "  -c, --config FILE   read FILE (also MOAT_CONFIG); see docs/CONFIG.md\n"
-            "  --check-config      validate the configuration and exit (0 when valid)\n"
-            "  --help              this text\n"
-            "  --version           print the version\n"
-            "\n"
-            "Every key below may be set in the file as `key = value`, in the environment\n"
-            "as MOAT_<KEY>, or as a flag; flags win over the environment, which wins over\n"
-            "the file.\n\n");
+    fprintf(f, "usage: moatd [-c FILE] [--KEY=VALUE]... [--check-config] [--help] [--version]\n"
+               "\n"
+               "moatd serves moat's framed protobuf protocol: sandbox sessions on Docker and\n"
+               "commands streamed from their moat-execd.\n"
+               "\n"
+               "  -c, --config FILE   read FILE (also MOAT_CONFIG); see docs/CONFIG.md\n"
+               "  --check-config      validate the configuration and exit (0 when valid)\n"
+               "  --help              this text\n"
+               "  --version           print the version\n"
+               "\n"
+               "Every key below may be set in the file as `key = value`, in the environment\n"
+               "as MOAT_<KEY>, or as a flag; flags win over the environment, which wins over\n"
+               "the file.\n\n");
     moat_server_config_print_keys(f);
 }
 
@@ -942,8 +964,7 @@ static const char *find_bindir(void)
 
 /* Defaults, then the file, the environment and the flags. Returns 0, or 2
  * after printing why. check_only (may be NULL) reports --check-config. */
-static int load_config(moat_server_config *cfg, int argc, char **argv, bool *check_only,
-                       bool quiet)
+static int load_config(moat_server_config *cfg, int argc, char **argv, bool *check_only, bool quiet)
 {
     moat_server_config_defaults(cfg);
     char err[600];

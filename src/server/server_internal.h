@@ -43,6 +43,7 @@ struct stream {
     /* Handler hooks. on_credit runs when the client granted more window. */
     void *hctx;
     void (*on_credit)(stream *st, uint32_t increment);
+    bool wants_credit;   /* call on_credit(st, 0) after the next write completes */
     stream *next, *prev; /* in the connection's list */
 };
 
@@ -68,6 +69,8 @@ struct conn {
     size_t pending_write; /* bytes produced and not yet written by libuv */
     struct wbatch *batch; /* frames of this loop iteration, not yet submitted */
     bool dirty;           /* on the server's list of connections to flush */
+    bool throttled;       /* pending_write went over max_pending_bytes */
+    bool credit_wanted;   /* some stream asked for credit once writes complete */
     conn *dirty_next, *dirty_prev;
     uint64_t last_active_ms;
     uint32_t max_streams;
@@ -103,7 +106,7 @@ struct srv {
     bool finished;
     conn *conns;
     uint32_t nconns;
-    conn *dirty; /* connections with frames to flush at the end of this iteration */
+    conn *dirty;       /* connections with frames to flush at the end of this iteration */
     uint32_t inflight; /* thread-pool jobs not yet completed */
     moat_runtime *rt;
     moat_bridge *bridge;

@@ -17,7 +17,7 @@
 #include "moat/client.h"
 
 #define PREFIX "moat-e2ecli-"
-#define TOKEN "e2e-secret-token"
+#define TOKEN  "e2e-secret-token"
 
 static moatd_proc P;
 static char moat_bin[512];

@@ -50,8 +50,8 @@ static void test_every_schema_method_is_in_the_table(void **state)
 {
     (void)state;
     const ProtobufCServiceDescriptor *svcs[] = {
-        &moat__v1__sandboxes__descriptor, &moat__v1__exec__descriptor,
-        &moat__v1__files__descriptor, &moat__v1__health__descriptor};
+        &moat__v1__sandboxes__descriptor, &moat__v1__exec__descriptor, &moat__v1__files__descriptor,
+        &moat__v1__health__descriptor};
     size_t total = 0;
     for (size_t s = 0; s < 4; s++) {
         for (unsigned i = 0; i < svcs[s]->n_methods; i++) {
@@ -91,9 +91,14 @@ static void test_streaming_methods(void **state)
 static void test_lookup_rejects_near_misses(void **state)
 {
     (void)state;
-    const char *bad[] = {"", "/", "/moat.v1.Exec/", "/moat.v1.Exec/RunCommandX",
-                         "/moat.v1.Exec/runcommand", "moat.v1.Exec/RunCommand",
-                         "/moat.v2.Exec/RunCommand", "/moat.v1.Exec/RunCommand/"};
+    const char *bad[] = {"",
+                         "/",
+                         "/moat.v1.Exec/",
+                         "/moat.v1.Exec/RunCommandX",
+                         "/moat.v1.Exec/runcommand",
+                         "moat.v1.Exec/RunCommand",
+                         "/moat.v2.Exec/RunCommand",
+                         "/moat.v1.Exec/RunCommand/"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_null(moat_rpc_method_lookup(bad[i], strlen(bad[i])));
     /* Length is honoured: a prefix of a real name is not that name. */
@@ -142,8 +147,7 @@ static void test_unary_lifecycle(void **state)
 
     assert_int_equal(moat_rpc_call_send(c, &resp.base), MOAT_OK);
     assert_int_equal(r.messages, 1);
-    Moat__V1__SandboxSession *back =
-        moat__v1__sandbox_session__unpack(NULL, r.last_len, r.last);
+    Moat__V1__SandboxSession *back = moat__v1__sandbox_session__unpack(NULL, r.last_len, r.last);
     assert_non_null(back);
     assert_string_equal(back->session_id, "abc");
     moat__v1__sandbox_session__free_unpacked(back, NULL);
@@ -171,8 +175,8 @@ static void test_unary_ok_without_response_is_internal(void **state)
 {
     (void)state;
     rec r = {0};
-    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 3, 0, 0,
-                                         &sink, &r);
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 3, 0, 0, &sink, &r);
     assert_int_equal(moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL), MOAT_OK);
     moat_status ok;
     moat_status_clear(&ok);
@@ -186,8 +190,8 @@ static void test_bad_request_ends_invalid_argument(void **state)
 {
     (void)state;
     rec r = {0};
-    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 5, 0, 0,
-                                         &sink, &r);
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 5, 0, 0, &sink, &r);
     /* Field 2 declared as a 100-byte string with 1 byte present. */
     const uint8_t garbage[] = {0x12, 0x64, 0x41};
     assert_int_equal(moat_rpc_call_request(c, garbage, sizeof(garbage), NULL), MOAT_E_PROTO);
@@ -202,8 +206,8 @@ static void test_streaming_sends_many(void **state)
 {
     (void)state;
     rec r = {0};
-    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 7, 0, 0,
-                                         &sink, &r);
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 7, 0, 0, &sink, &r);
     assert_int_equal(moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL), MOAT_OK);
     Moat__V1__ExecEvent ev = MOAT__V1__EXEC_EVENT__INIT;
     for (uint64_t i = 1; i <= 5; i++) {
@@ -246,8 +250,8 @@ static void test_deadline(void **state)
     (void)state;
     rec r = {0};
     hook h = {0};
-    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 9, 250,
-                                         10000, &sink, &r);
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 9, 250, 10000, &sink, &r);
     assert_int_equal(moat_rpc_call_deadline(c), 10250);
     moat_rpc_call_on_cancel(c, on_cancel, &h);
     assert_false(moat_rpc_call_check_deadline(c, 10000));
@@ -268,12 +272,12 @@ static void test_no_deadline_and_overflow(void **state)
 {
     (void)state;
     rec r = {0};
-    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 1, 0, 5,
-                                         &sink, &r);
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 1, 0, 5, &sink, &r);
     assert_false(moat_rpc_call_check_deadline(c, UINT64_MAX));
     moat_rpc_call_unref(c);
-    moat_rpc_call *d = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 1,
-                                         UINT64_MAX, 5, &sink, &r);
+    moat_rpc_call *d =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 1, UINT64_MAX, 5, &sink, &r);
     assert_int_equal(moat_rpc_call_deadline(d), 0);
     moat_rpc_call_unref(d);
 }
@@ -283,8 +287,8 @@ static void test_cancel(void **state)
     (void)state;
     rec r = {0};
     hook h = {0};
-    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 11, 0, 0,
-                                         &sink, &r);
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 11, 0, 0, &sink, &r);
     moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL);
     moat_rpc_call_on_cancel(c, on_cancel, &h);
     moat_rpc_call_ref(c); /* a handler's reference */
@@ -310,8 +314,8 @@ static void test_cancel_hook_may_end_the_call(void **state)
     (void)state;
     rec r = {0};
     hook h = {.end_itself = true};
-    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 13, 0, 0,
-                                         &sink, &r);
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 13, 0, 0, &sink, &r);
     moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL);
     moat_rpc_call_on_cancel(c, on_cancel, &h);
     assert_true(moat_rpc_call_cancel(c, MOAT_CODE_CANCELLED, NULL));
@@ -324,11 +328,36 @@ static void test_abandoned_call_still_gets_an_end(void **state)
 {
     (void)state;
     rec r = {0};
-    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_FILES_READ), 15, 0, 0,
-                                         &sink, &r);
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_FILES_READ), 15, 0, 0, &sink, &r);
     moat_rpc_call_unref(c);
     assert_int_equal(r.ends, 1);
     assert_int_equal(r.end.code, MOAT_CODE_CANCELLED);
+}
+
+static void test_reply_that_cannot_be_sent_still_ends(void **state)
+{
+    (void)state;
+    rec r = {0};
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 19, 0, 0, &sink, &r);
+    moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL);
+    Moat__V1__HealthCheckResponse resp = MOAT__V1__HEALTH_CHECK_RESPONSE__INIT;
+    r.fail_with = MOAT_E_TOO_BIG;
+    assert_int_equal(moat_rpc_call_reply(c, &resp.base), MOAT_E_TOO_BIG);
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(r.end.code, MOAT_CODE_RESOURCE_EXHAUSTED);
+    assert_string_equal(r.end.reason, "response_too_large");
+    moat_rpc_call_unref(c);
+
+    rec r2 = {0};
+    c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_HEALTH_CHECK), 21, 0, 0, &sink, &r2);
+    moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL);
+    r2.fail_with = MOAT_E_CLOSED;
+    assert_int_equal(moat_rpc_call_reply(c, &resp.base), MOAT_E_CLOSED);
+    assert_int_equal(r2.ends, 1);
+    assert_int_equal(r2.end.code, MOAT_CODE_INTERNAL);
+    moat_rpc_call_unref(c);
 }
 
 static void test_data_pointer(void **state)
@@ -336,8 +365,8 @@ static void test_data_pointer(void **state)
     (void)state;
     rec r = {0};
     int x = 0;
-    moat_rpc_call *c = moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_FILES_READ), 17, 0, 0,
-                                         &sink, &r);
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_FILES_READ), 17, 0, 0, &sink, &r);
     assert_null(moat_rpc_call_get_data(c));
     moat_rpc_call_set_data(c, &x);
     assert_ptr_equal(moat_rpc_call_get_data(c), &x);
@@ -362,6 +391,7 @@ int main(void)
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_cancel_hook_may_end_the_call),
         cmocka_unit_test(test_abandoned_call_still_gets_an_end),
+        cmocka_unit_test(test_reply_that_cannot_be_sent_still_ends),
         cmocka_unit_test(test_data_pointer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

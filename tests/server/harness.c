@@ -167,7 +167,8 @@ int moatd_stop(moatd_proc *p)
 
 void moatd_remove_dir(const char *dir)
 {
-    if (strncmp(dir, "/tmp/moat-srvtest-", 18) != 0)
+    /* MOAT_KEEP_TEST_DIRS=1 keeps state dirs and moatd logs for debugging. */
+    if (strncmp(dir, "/tmp/moat-srvtest-", 18) != 0 || getenv("MOAT_KEEP_TEST_DIRS") != NULL)
         return;
     char cmd[400];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
@@ -242,8 +243,8 @@ bool raw_send(raw_conn *c, const moat_frame *f)
     size_t n = moat_wire_encoded_size(f);
     uint8_t *buf = malloc(n);
     size_t w = 0;
-    bool ok = buf != NULL && moat_wire_encode(f, buf, n, &w) == MOAT_OK &&
-              raw_send_bytes(c, buf, w);
+    bool ok =
+        buf != NULL && moat_wire_encode(f, buf, n, &w) == MOAT_OK && raw_send_bytes(c, buf, w);
     free(buf);
     return ok;
 }
@@ -341,8 +342,8 @@ uint32_t raw_call(raw_conn *c, const char *method, uint64_t deadline_ms,
 }
 
 int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
-              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
-              char *reason, size_t reason_len)
+              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, char *reason,
+              size_t reason_len)
 {
     if (resp != NULL)
         *resp = NULL;
@@ -358,8 +359,8 @@ int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
                                               f.u.message.payload.data);
         } else if (f.kind == MOAT_FRAME_END) {
             if (reason != NULL && reason_len > 0) {
-                size_t n = f.u.end.reason.len < reason_len - 1 ? f.u.end.reason.len
-                                                                : reason_len - 1;
+                size_t n =
+                    f.u.end.reason.len < reason_len - 1 ? f.u.end.reason.len : reason_len - 1;
                 if (n > 0)
                     memcpy(reason, f.u.end.reason.data, n);
                 reason[n] = '\0';

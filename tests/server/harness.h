@@ -65,8 +65,8 @@ uint32_t raw_call(raw_conn *c, const char *method, uint64_t deadline_ms,
  * `resp_desc` into *resp (free with protobuf_c_message_free_unpacked).
  * Returns the End's code, or -1 on a transport failure; reason copied out. */
 int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
-              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
-              char *reason, size_t reason_len);
+              const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, char *reason,
+              size_t reason_len);
 
 /* A free loopback TCP port. */
 int free_port(void);

@@ -41,8 +41,8 @@ static moatd_proc P; /* the shared server for most tests */
 static int setup_server(void **state)
 {
     (void)state;
-    const char *extra[] = {"--token=sesame", "--max_streams_per_connection=3",
-                           "--log_level=debug", NULL};
+    const char *extra[] = {"--token=sesame", "--max_streams_per_connection=3", "--log_level=debug",
+                           NULL};
     return moatd_start(&P, false, extra) ? 0 : -1;
 }
 
@@ -159,9 +159,9 @@ static void test_unknown_method_keeps_connection(void **state)
     (void)state;
     raw_conn *c = authed();
     char reason[64];
-    assert_int_equal(raw_unary(c, "/moat.v1.Nope/Nothing", NULL, NULL, NULL, reason,
-                               sizeof(reason)),
-                     MOAT_CODE_UNIMPLEMENTED);
+    assert_int_equal(
+        raw_unary(c, "/moat.v1.Nope/Nothing", NULL, NULL, NULL, reason, sizeof(reason)),
+        MOAT_CODE_UNIMPLEMENTED);
     assert_string_equal(reason, "unknown_method");
     Moat__V1__HealthCheckRequest req = MOAT__V1__HEALTH_CHECK_REQUEST__INIT;
     assert_int_equal(raw_unary(c, "/moat.v1.Health/Check", &req.base, NULL, NULL, NULL, 0),
@@ -313,6 +313,57 @@ static void test_garbage_and_oversized_frames(void **state)
     assert_int_equal(raw_unary(bystander, "/moat.v1.Health/Check", &req.base, NULL, NULL, NULL, 0),
                      MOAT_CODE_OK);
     raw_close(bystander);
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rng(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* Seeded random input, before and after the hello, with random and with
+ * plausible length prefixes: each connection ends or waits, moatd lives on. */
+static void test_random_input_never_hurts_the_server(void **state)
+{
+    (void)state;
+    uint8_t buf[3000];
+    for (int round = 0; round < 300; round++) {
+        raw_conn *c = raw_connect(P.port);
+        assert_non_null(c);
+        moat_frame f;
+        if (round % 2 == 0)
+            assert_int_equal(raw_hello(c, "sesame", &f), 1);
+        size_t n = 1 + rng() % (sizeof(buf) - 4);
+        for (size_t i = 0; i < n; i++)
+            buf[i] = (uint8_t)rng();
+        if (round % 3 == 0) {
+            /* A length that matches what follows, so the body gets decoded. */
+            uint32_t len = (uint32_t)(n - 4);
+            buf[0] = (uint8_t)(len >> 24);
+            buf[1] = (uint8_t)(len >> 16);
+            buf[2] = (uint8_t)(len >> 8);
+            buf[3] = (uint8_t)len;
+        }
+        raw_send_bytes(c, buf, n);
+        /* Read what the server says, without waiting long for frames it
+         * legitimately still expects. */
+        for (int k = 0; k < 20; k++) {
+            int r = raw_recv(c, &f, 100);
+            if (r != 1)
+                break;
+        }
+        raw_close(c);
+    }
+    assert_int_equal(kill(P.pid, 0), 0);
+    raw_conn *c = authed();
+    Moat__V1__HealthCheckRequest req = MOAT__V1__HEALTH_CHECK_REQUEST__INIT;
+    assert_int_equal(raw_unary(c, "/moat.v1.Health/Check", &req.base, NULL, NULL, NULL, 0),
+                     MOAT_CODE_OK);
+    raw_close(c);
 }
 
 static void test_metrics_endpoint(void **state)
@@ -512,6 +563,7 @@ int main(void)
         cmocka_unit_test(test_deadline_exceeded),
         cmocka_unit_test(test_reused_stream_id_closes),
         cmocka_unit_test(test_garbage_and_oversized_frames),
+        cmocka_unit_test(test_random_input_never_hurts_the_server),
         cmocka_unit_test(test_metrics_endpoint),
     };
     const struct CMUnitTest own[] = {
