@@ -4,7 +4,9 @@
  *     ring that a live stream adds;
  *  2. line mode, 80-byte output events (target: >= 1 000 000 events/s).
  * The input is fed in 64 KiB pieces, as curl's write callback hands it over.
- * Usage: bench_bridge [seconds per measurement, default 1]. */
+ * The machine may be shared: each figure and its baseline are measured in
+ * alternating short rounds and the best round of each is kept.
+ * Usage: bench_bridge [seconds per figure, default 2]. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,9 +84,11 @@ static double run_memcpy(const uint8_t *src, size_t len, uint8_t *dst, double se
 
 int main(int argc, char **argv)
 {
-    double secs = argc > 1 ? atof(argv[1]) : 1.0;
+    double secs = argc > 1 ? atof(argv[1]) : 2.0;
     if (secs <= 0)
-        secs = 1.0;
+        secs = 2.0;
+    enum { ROUNDS = 10 };
+    double round = secs / ROUNDS;
     int fails = 0;
 
     /* 1. binary-safe mode: 256 events of 64 KiB (16 MiB of output) */
@@ -105,16 +109,20 @@ int main(int argc, char **argv)
         bin[len++] = '\n';
         bin[len++] = '\n';
     }
-    double base = run_memcpy(raw, (size_t)NBIN * EV, dst, secs);
-    double bps, eps;
-    run_decoder(bin, len, true, NULL, secs, &bps, &eps);
+    double base = 0, bps = 0, eps = 0, cps = 0, b, e;
+    for (int r = 0; r < ROUNDS; r++) {
+        b = run_memcpy(raw, (size_t)NBIN * EV, dst, round);
+        base = b > base ? b : base;
+        run_decoder(bin, len, true, NULL, round, &b, &e);
+        bps = b > bps ? b : bps;
+        run_decoder(bin, len, true, dst, round, &b, &e);
+        cps = b > cps ? b : cps;
+    }
     double ratio = bps / base;
     printf("binary 64KiB events, parse+convert: %.0f MiB/s; memcpy baseline: %.0f MiB/s; "
            "ratio %.2f (target >= 0.50) %s\n",
            bps / 1048576.0, base / 1048576.0, ratio, ratio >= 0.5 ? "PASS" : "FAIL");
     fails += ratio < 0.5;
-    double cps;
-    run_decoder(bin, len, true, dst, secs, &cps, &eps);
     printf("binary 64KiB events, parse+convert+copy (as into the replay ring): %.0f MiB/s; "
            "ratio %.2f (informational)\n",
            cps / 1048576.0, cps / base);
@@ -128,21 +136,27 @@ int main(int argc, char **argv)
     uint8_t *lines = malloc((size_t)NLINE * (size_t)ll);
     for (int i = 0; i < NLINE; i++)
         memcpy(lines + (size_t)i * (size_t)ll, line, (size_t)ll);
-    run_decoder(lines, (size_t)NLINE * (size_t)ll, false, NULL, secs, &bps, &eps);
+    double jps = 0;
+    eps = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        run_decoder(lines, (size_t)NLINE * (size_t)ll, false, NULL, round, &b, &e);
+        eps = e > eps ? e : eps;
+        /* the JSON library alone on the same line: the ceiling of this design */
+        uint64_t loads = 0;
+        double t0 = now_s(), t = t0;
+        while (t - t0 < round) {
+            for (int i = 0; i < 10000; i++) {
+                json_t *j = json_loadb(line, (size_t)ll - 2, 0, NULL);
+                json_decref(j);
+            }
+            loads += 10000;
+            t = now_s();
+        }
+        double jr = (double)loads / (t - t0);
+        jps = jr > jps ? jr : jps;
+    }
     printf("line mode %d-byte events: %.0f events/s; target 1000000; ratio %.2f %s\n", ll, eps,
            eps / 1e6, eps >= 1e6 ? "PASS" : "FAIL");
-    /* the JSON library alone on the same line: the ceiling of this design */
-    uint64_t loads = 0;
-    double t0 = now_s(), t = t0;
-    while (t - t0 < secs) {
-        for (int i = 0; i < 10000; i++) {
-            json_t *j = json_loadb(line, (size_t)ll - 2, 0, NULL);
-            json_decref(j);
-        }
-        loads += 10000;
-        t = now_s();
-    }
-    double jps = (double)loads / (t - t0);
     printf("baseline: jansson json_loadb alone on the same line: %.0f parses/s; "
            "decoder/jansson ratio %.2f\n",
            jps, eps / jps);

@@ -49,9 +49,9 @@ typedef struct moat_bridge_config {
     /* Longest SSE line (bytes, without its LF) the parser holds. Default 1 MiB. */
     size_t max_line;
     moat_bridge_oversize oversize;
-    /* Replay ring per execution, in event cost bytes (moat_bridge_event_cost).
-     * Also the most undelivered data held per execution. Default 4 MiB;
-     * minimum 256 KiB. */
+    /* Replay ring per execution, in bytes held (event payloads plus about
+     * 100 bytes each). The transfer pauses when undelivered events fill half
+     * of it. Default 4 MiB; minimum 256 KiB. */
     size_t replay_bytes;
     /* A stream with no byte from execd for this long ends with UNAVAILABLE,
      * reason "execd_silent". Rounded up to whole seconds. Default 30000

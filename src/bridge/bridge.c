@@ -130,6 +130,10 @@ static void process_reap(moat_bridge *b)
         b->reap = r->reap_next;
         finish_req(r, CURLE_ABORTED_BY_CALLBACK);
     }
+    if (b->in_curl == 0 && b->unpause_pending) {
+        b->unpause_pending = false;
+        moat__exec_unpause_all(b);
+    }
 }
 
 static void check_done(moat_bridge *b)

@@ -191,8 +191,19 @@ static void maybe_unpause(moat_bridge_exec *ex)
         return;
     if (ex->has_consumer && ex->pending_bytes >= pause_mark(ex))
         return;
+    if (ex->b->in_curl > 0) {
+        /* inside another transfer's callback: resume once curl returns */
+        ex->b->unpause_pending = true;
+        return;
+    }
     ex->paused = false;
     moat__req_unpause(ex->r);
+}
+
+void moat__exec_unpause_all(moat_bridge *b)
+{
+    for (moat_bridge_exec *ex = b->execs; ex != NULL; ex = ex->next)
+        maybe_unpause(ex);
 }
 
 static void deliver(moat_bridge_exec *ex)

@@ -58,6 +58,7 @@ struct moat_bridge {
     struct moat_bridge_exec *execs;
     uint64_t last_sweep_ns;
     bool freeing;
+    bool unpause_pending; /* a credit came while inside curl: resume after it */
 };
 
 /* A request to endpoint ep for `method` and `path` (already escaped, with its
@@ -80,6 +81,8 @@ char *moat__escape(const char *s);
 
 void moat__exec_free_all(moat_bridge *b);
 void moat__exec_sweep(moat_bridge *b, bool force);
+/* Resumes the paused executions that may go on now. */
+void moat__exec_unpause_all(moat_bridge *b);
 
 moat_err moat__uv_set(moat_bridge *b, struct uv_loop_s *loop);
 void moat__uv_release(moat_bridge *b);

@@ -685,6 +685,70 @@ static void test_backpressure(void **state)
     env_down(&e);
 }
 
+typedef struct cross {
+    collect c;
+    moat_bridge_exec *other;
+    bool granted;
+} cross;
+
+static void cross_event(void *ud, moat_bridge_exec *ex, const moat_bridge_event *ev)
+{
+    cross *x = ud;
+    col_on_event(&x->c, ex, ev);
+    if (!x->granted) {
+        /* credit for another, paused, transfer from inside this one's callback */
+        x->granted = true;
+        moat_bridge_exec_credit(x->other, 4 * MOAT_BRIDGE_MAX_EVENT_COST);
+    }
+}
+
+static void cross_end(void *ud, moat_bridge_exec *ex, const moat_status *st)
+{
+    col_on_end(&((cross *)ud)->c, ex, st);
+}
+
+static void test_credit_from_other_callback(void **state)
+{
+    (void)state;
+    moat_bridge_config cfg;
+    moat_bridge_config_default(&cfg);
+    cfg.replay_bytes = 256u << 10;
+    env e;
+    env_up(&e, false, &cfg);
+    collect b;
+    col_init(&b);
+    b.keep_events = false;
+    b.out_max = 8u << 20;
+    b.regrant = MOAT_BRIDGE_MAX_EVENT_COST;
+    moat_bridge_run_opts ob = {.command = "big 4194304"};
+    moat_bridge_exec *exb = run_cmd(&e, &ob, &b, 0);
+    moat_bridge_exec_stats s;
+    do {
+        uv_run(&e.loop, UV_RUN_ONCE);
+        moat_bridge_exec_get_stats(exb, &s);
+    } while (!s.paused);
+    cross a;
+    memset(&a, 0, sizeof(a));
+    col_init(&a.c);
+    a.other = exb;
+    moat_bridge_consumer k = {cross_event, cross_end, &a};
+    moat_bridge_run_opts oa = {.command = "count 10"};
+    moat_bridge_exec *exa = NULL;
+    moat_status st;
+    assert_int_equal(moat_bridge_run(e.b, &e.ep, &oa, &k, UINT64_MAX, &exa, &st), MOAT_OK);
+    run_until(&e, &a.c.ended);
+    run_until(&e, &b.ended);
+    assert_int_equal(b.end.code, MOAT_CODE_OK);
+    assert_int_equal(b.out_total[1], 4194304);
+    assert_false(b.seq_gap);
+    for (size_t i = 0; i < b.out_len[1]; i++)
+        if (b.out[1][i] != (uint8_t)(i * 31 >> 3))
+            fail_msg("byte %zu differs", i);
+    col_free(&a.c);
+    col_free(&b);
+    env_down(&e);
+}
+
 static void test_many_concurrent(void **state)
 {
     (void)state;
@@ -1275,6 +1339,7 @@ int main(void)
         cmocka_unit_test(test_hostile_bytes),
         cmocka_unit_test(test_binary_mode),
         cmocka_unit_test(test_backpressure),
+        cmocka_unit_test(test_credit_from_other_callback),
         cmocka_unit_test(test_many_concurrent),
         cmocka_unit_test(test_attach),
         cmocka_unit_test(test_retention),
