@@ -20,7 +20,11 @@ DOCKER="${DOCKER:-/usr/bin/docker}"
 if [ ! -f "$build_dir/CMakeCache.txt" ]; then
   cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
-cmake --build "$build_dir" --target moat-execd -j 2 >/dev/null
+if ! log="$(cmake --build "$build_dir" --target moat-execd -j 2 2>&1)"; then
+  echo "$log" >&2
+  echo "build-sandbox-image: building moat-execd failed" >&2
+  exit 1
+fi
 bin="$build_dir/src/execd/moat-execd"
 [ -x "$bin" ] || { echo "build-sandbox-image: $bin was not built" >&2; exit 1; }
 
@@ -123,5 +127,7 @@ else
 fi
 rm -rf "$rootfs" "$tarball"
 
-# The image must start execd on its own, with no network, from the bundle.
-"$DOCKER" run --rm --network none "$image" /opt/moat/run --version
+# The bundle must run from a read-only bind mount with nothing but busybox in the image
+# (bash removed first), with no network.
+"$DOCKER" run --rm --network none -v "$bundle:/opt/moat:ro" "$image" \
+  /bin/busybox sh -c 'rm /bin/bash && exec /opt/moat/run --version'

@@ -43,8 +43,15 @@ moat_err moat_execd_sse_event(moat_buf *out, const moat_execd_event *ev);
 /* Binary-safe output event (contract): `{"type":"<stream>","timestamp":T,"len":N}\n` +
  * N raw bytes + "\n\n". N must be 1..MOAT_EXECD_BINARY_CHUNK_MAX, else MOAT_E_INVAL. */
 #define MOAT_EXECD_BINARY_CHUNK_MAX 65536
+/* Longest header line moat_execd_sse_binary_header writes. */
+#define MOAT_EXECD_BINARY_HEADER_MAX 128
 moat_err moat_execd_sse_binary(moat_buf *out, const char *stream, int64_t timestamp,
                                const void *data, size_t len);
+
+/* Just the header line of a binary output event (for callers that place the bytes
+ * themselves). Returns its length, or 0 if len or stream is invalid. */
+size_t moat_execd_sse_binary_header(char out[MOAT_EXECD_BINARY_HEADER_MAX], const char *stream,
+                                    int64_t timestamp, size_t len);
 
 /* ---- Line splitter ---------------------------------------------------------------------- */
 

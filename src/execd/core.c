@@ -161,21 +161,28 @@ moat_err moat_execd_sse_event(moat_buf *out, const moat_execd_event *ev)
     return err;
 }
 
+size_t moat_execd_sse_binary_header(char out[MOAT_EXECD_BINARY_HEADER_MAX], const char *stream,
+                                    int64_t timestamp, size_t len)
+{
+    if (len < 1 || len > MOAT_EXECD_BINARY_CHUNK_MAX || stream == NULL || strlen(stream) > 16)
+        return 0;
+    int n = snprintf(out, MOAT_EXECD_BINARY_HEADER_MAX,
+                     "{\"type\":\"%s\",\"timestamp\":%" PRId64 ",\"len\":%zu}\n", stream, timestamp,
+                     len);
+    return n > 0 && n < MOAT_EXECD_BINARY_HEADER_MAX ? (size_t)n : 0;
+}
+
 moat_err moat_execd_sse_binary(moat_buf *out, const char *stream, int64_t timestamp,
                                const void *data, size_t len)
 {
-    if (len < 1 || len > MOAT_EXECD_BINARY_CHUNK_MAX || stream == NULL)
+    char head[MOAT_EXECD_BINARY_HEADER_MAX];
+    size_t n = moat_execd_sse_binary_header(head, stream, timestamp, len);
+    if (n == 0)
         return MOAT_E_INVAL;
-    char head[160];
-    int n =
-        snprintf(head, sizeof(head), "{\"type\":\"%s\",\"timestamp\":%" PRId64 ",\"len\":%zu}\n",
-                 stream, timestamp, len);
-    if (n < 0 || (size_t)n >= sizeof(head))
-        return MOAT_E_INVAL;
-    moat_err err = moat_buf_reserve(out, (size_t)n + len + 2);
+    moat_err err = moat_buf_reserve(out, n + len + 2);
     if (err != MOAT_OK)
         return err;
-    moat_buf_append(out, head, (size_t)n);
+    moat_buf_append(out, head, n);
     moat_buf_append(out, data, len);
     moat_buf_append(out, "\n\n", 2);
     return MOAT_OK;

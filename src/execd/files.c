@@ -724,16 +724,16 @@ static enum MHD_Result upload_iter(void *cls, enum MHD_ValueKind kind, const cha
 enum MHD_Result xd_files_upload_data(struct MHD_Connection *conn, xd_req *r, const char *data,
                                      size_t len)
 {
-    if (r->upload == NULL && !r->body_too_big) {
+    if (r->upload == NULL && !r->upload_bad) {
         r->upload = moat_execd_upload_new(xd.cfg.state_dir, META_MAX, UPLOAD_PARTS);
-        r->pp = MHD_create_post_processor(conn, 64 * 1024, upload_iter, r);
+        r->pp = r->upload ? MHD_create_post_processor(conn, 64 * 1024, upload_iter, r) : NULL;
         if (r->pp == NULL)
-            r->body_too_big = true; /* reused as "not multipart" */
+            r->upload_bad = true;
     }
     if (r->pp != NULL && MHD_post_process(r->pp, data, len) != MHD_YES) {
         MHD_destroy_post_processor(r->pp);
         r->pp = NULL;
-        r->body_too_big = true;
+        r->upload_bad = true;
     }
     return MHD_YES;
 }
@@ -769,7 +769,7 @@ static int copy_into(const char *src, const char *dst)
 
 static enum MHD_Result files_upload_done(struct MHD_Connection *conn, xd_req *r)
 {
-    if (r->upload == NULL || r->body_too_big)
+    if (r->upload == NULL || r->upload_bad)
         return xd_respond_error(conn, 400, "INVALID_FILE",
                                 "expected a multipart/form-data body of metadata and file parts");
     if (r->pp != NULL) {

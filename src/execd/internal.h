@@ -116,6 +116,7 @@ typedef struct xd_req {
     bool body_too_big;
     struct MHD_PostProcessor *pp;
     moat_execd_upload *upload;
+    bool upload_bad; /* not multipart/form-data, or MHD's parser rejected the body */
     bool handled;
 } xd_req;
 

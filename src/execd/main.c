@@ -449,13 +449,16 @@ int main(int argc, char **argv)
     while (poll(&pfd, 1, -1) < 0 && errno == EINTR)
         ;
     moat_log(MOAT_LOG_INFO, "shutdown", "reason=signal");
+    /* Stop accepting; the listening sockets come back to us. */
+    MHD_socket returned[MAX_LISTENERS];
     for (int i = 0; i < nlisten; i++)
-        MHD_quiesce_daemon(ls[i].daemon);
+        returned[i] = MHD_quiesce_daemon(ls[i].daemon);
     /* Commands get SIGTERM and 3 s, then SIGKILL; their streams then end normally. */
     xd_terminate_all(3000);
     for (int i = 0; i < nlisten; i++) {
         MHD_stop_daemon(ls[i].daemon);
-        close(ls[i].fd);
+        if (returned[i] != MHD_INVALID_SOCKET)
+            close(returned[i]);
         if (ls[i].unix_path[0] != '\0')
             unlink(ls[i].unix_path);
     }

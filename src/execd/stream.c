@@ -102,24 +102,69 @@ static void consume_output(xd_stream *st, int i, size_t n)
     }
 }
 
-/* Reads once from fd i. Returns bytes read, 0 on EOF (fd closed), -1 on EAGAIN. */
-static ssize_t read_one(xd_stream *st, int i)
+/* Reads from fd i what is there, up to one chunk: reads again after a short read, so data
+ * that piled up while the last event was being sent goes out as one event and one send
+ * (never waits for more). Sets *closed on EOF or error. Returns the bytes read. */
+static size_t read_avail(int fd, uint8_t *dst, size_t cap, bool *closed)
 {
-    size_t cap = st->binary ? BIN_READ : LINE_READ;
-    ssize_t n;
-    do
-        n = read(st->fds[i], st->rbuf, cap);
-    while (n < 0 && errno == EINTR);
-    if (n > 0) {
-        consume_output(st, i, (size_t)n);
-        return n;
+    size_t total = 0;
+    *closed = false;
+    while (total < cap) {
+        ssize_t n = read(fd, dst + total, cap - total);
+        if (n > 0) {
+            total += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        *closed = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+        break;
     }
-    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
-        close(st->fds[i]);
-        st->fds[i] = -1;
+    return total;
+}
+
+/* Binary mode with an empty queue: the bytes are read straight into the queue behind room
+ * for the header, which is then written in front of them (no extra copy). */
+static size_t read_binary_direct(xd_stream *st, int i, bool *closed)
+{
+    moat_buf *q = &st->q;
+    const size_t room = MOAT_EXECD_BINARY_HEADER_MAX;
+    if (moat_buf_reserve(q, room + BIN_READ + 2) != MOAT_OK) {
+        *closed = false;
         return 0;
     }
-    return -1;
+    uint8_t *dst = q->data + room;
+    size_t total = read_avail(st->fds[i], dst, BIN_READ, closed);
+    if (total == 0)
+        return 0;
+    char head[MOAT_EXECD_BINARY_HEADER_MAX];
+    size_t h = moat_execd_sse_binary_header(head, stream_names[i], moat_time_now_ms(), total);
+    memcpy(q->data + room - h, head, h);
+    memcpy(dst + total, "\n\n", 2);
+    q->len = room + total + 2;
+    st->qoff = room - h;
+    return total;
+}
+
+/* Reads once from fd i. Returns bytes read, 0 on EOF (fd closed), -1 if nothing was there. */
+static ssize_t read_one(xd_stream *st, int i)
+{
+    bool closed;
+    size_t total;
+    if (st->binary && st->q.len == 0) {
+        total = read_binary_direct(st, i, &closed);
+    } else {
+        total = read_avail(st->fds[i], st->rbuf, st->binary ? BIN_READ : LINE_READ, &closed);
+        if (total > 0)
+            consume_output(st, i, total);
+    }
+    if (closed) {
+        close(st->fds[i]);
+        st->fds[i] = -1;
+    }
+    if (total > 0)
+        return (ssize_t)total;
+    return closed ? 0 : -1;
 }
 
 static void emit_final(xd_stream *st)

@@ -135,7 +135,7 @@ static json_t *status_of(const char *id)
 /* Polls the status until the command has finished (bounded). */
 static json_t *wait_done(const char *id)
 {
-    for (int i = 0; i < 400; i++) {
+    for (int i = 0; i < 2400; i++) {
         json_t *j = status_of(id);
         if (!json_is_true(json_object_get(j, "running")))
             return j;
@@ -879,7 +879,7 @@ static void test_reaping(void **state)
               false, &r);
     assert_true(r.complete);
     int zombies = -1;
-    for (int attempt = 0; attempt < 100 && zombies != 0; attempt++) {
+    for (int attempt = 0; attempt < 600 && zombies != 0; attempt++) {
         nap_ms(50);
         zombies = 0;
         DIR *d = opendir("/proc");
@@ -980,20 +980,29 @@ static void test_session_busy(void **state)
 {
     (void)state;
     char *sid = new_session(NULL);
-    char path[128], marker[256], body[512];
+    char path[128], marker[256], body[1024];
     snprintf(path, sizeof(path), "/session/%s/run", sid);
+    char release[256];
     snprintf(marker, sizeof(marker), "%s/busy-started", xp.dir);
-    snprintf(body, sizeof(body), "{\"command\":\"touch %s; sleep 1; echo slow\"}", marker);
+    snprintf(release, sizeof(release), "%s/busy-release", xp.dir);
+    /* the first run holds the session until the test lets it go (bounded: 60 s) */
+    snprintf(body, sizeof(body),
+             "{\"command\":\"touch %s; i=0; while [ ! -e %s ] && [ $i -lt 600 ]; do sleep 0.1; "
+             "i=$((i+1)); done; echo slow\"}",
+             marker, release);
     bg_stream b = {.path = path, .body = body};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, stream_thread, &b), 0);
-    for (int i = 0; i < 400 && access(marker, F_OK) != 0; i++)
+    for (int i = 0; i < 1200 && access(marker, F_OK) != 0; i++)
         nap_ms(25);
     xd_resp r = xd_http(&xp.unix_t, "POST", path, "{\"command\":\"echo fast\"}", NULL);
     assert_int_equal(r.status, 500);
     assert_string_equal(xd_error_code(&r), "RUNTIME_ERROR");
     assert_non_null(strstr(r.body, "busy"));
     xd_resp_free(&r);
+    FILE *rel = fopen(release, "w");
+    assert_non_null(rel);
+    fclose(rel);
     pthread_join(th, NULL);
     assert_true(b.run.complete);
     assert_string_equal(b.run.out, "slow");
@@ -1009,15 +1018,30 @@ static void test_retention_and_bound(void **state)
     (void)state;
     xd_proc tp;
     const char *args[] = {"--retention-seconds", "1", "--max-commands", "3", NULL};
-    assert_true(xd_start(&tp, args));
+    /* this instance also reads an EXECD_ENVS file */
+    char envs[] = "/tmp/moat-execd-envs-XXXXXX";
+    int efd = mkstemp(envs);
+    const char text[] = "# comment\n\nFROM_FILE=v-$MOAT_ENVS_BASE\n";
+    assert_int_equal(write(efd, text, sizeof(text) - 1), (ssize_t)sizeof(text) - 1);
+    close(efd);
+    setenv("EXECD_ENVS", envs, 1);
+    setenv("MOAT_ENVS_BASE", "base", 1);
+    bool started = xd_start(&tp, args);
+    unsetenv("EXECD_ENVS");
+    unsetenv("MOAT_ENVS_BASE");
+    assert_true(started);
     xd_run r;
+    /* the file is read for every command, so edits apply without a restart */
+    xd_stream(&tp.unix_t, "/command", "{\"command\":\"echo $FROM_FILE\"}", false, &r);
+    unlink(envs);
+    assert_string_equal(r.out, "v-base");
     xd_stream(&tp.unix_t, "/command", "{\"command\":\"echo kept\",\"background\":true}", false, &r);
     char path[128], logfile[300];
     snprintf(path, sizeof(path), "/command/status/%s", r.id);
     snprintf(logfile, sizeof(logfile), "%s/state/%s.output", tp.dir, r.id);
     assert_int_equal(access(logfile, F_OK), 0);
     long st = 200;
-    for (int i = 0; i < 200 && st == 200; i++) {
+    for (int i = 0; i < 1200 && st == 200; i++) {
         nap_ms(50);
         xd_resp s = xd_http(&tp.unix_t, "GET", path, NULL, NULL);
         st = s.status;

@@ -106,6 +106,11 @@ static void test_sse_binary(void **state)
     assert_memory_equal(b.data, want, strlen(want));
     assert_memory_equal(b.data + strlen(want), data, 4);
     assert_memory_equal(b.data + strlen(want) + 4, "\n\n", 2);
+    char head[MOAT_EXECD_BINARY_HEADER_MAX];
+    assert_int_equal(moat_execd_sse_binary_header(head, "stdout", 42, 4), strlen(want));
+    assert_memory_equal(head, want, strlen(want));
+    assert_int_equal(moat_execd_sse_binary_header(head, "stdout", 42, 0), 0);
+    assert_int_equal(moat_execd_sse_binary_header(head, "stdout", 42, 65537), 0);
     assert_int_equal(moat_execd_sse_binary(&b, "stdout", 1, data, 0), MOAT_E_INVAL);
     char *big = calloc(1, MOAT_EXECD_BINARY_CHUNK_MAX + 1);
     assert_int_equal(moat_execd_sse_binary(&b, "stderr", 1, big, MOAT_EXECD_BINARY_CHUNK_MAX),

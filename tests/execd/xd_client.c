@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -254,6 +255,8 @@ bool xd_start(xd_proc *p, const char *const *extra_args)
     argv[n] = NULL;
     p->pid = fork();
     if (p->pid == 0) {
+        /* a failed assertion must not leave execd running (and holding ctest's pipes) */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         setenv("MOAT_XD_DIR", p->dir, 1);
         execv(bin, (char *const *)argv);
         _exit(127);
@@ -261,7 +264,7 @@ bool xd_start(xd_proc *p, const char *const *extra_args)
     snprintf(p->unix_t.unix_path, sizeof(p->unix_t.unix_path), "%s/execd.sock", p->dir);
     snprintf(p->unix_t.base, sizeof(p->unix_t.base), "http://localhost");
     snprintf(p->tcp_t.base, sizeof(p->tcp_t.base), "http://127.0.0.1:%d", port);
-    for (int i = 0; i < 200; i++) {
+    for (int i = 0; i < 600; i++) {
         xd_resp r = xd_http(&p->unix_t, "GET", "/ping", NULL, NULL);
         long st = r.status;
         xd_resp_free(&r);
