@@ -4,7 +4,8 @@
 #     and `run`, a POSIX-sh launcher, so the bundle runs from a read-only bind mount in any
 #     image that has /bin/sh;
 #  2. the image moat-sandbox:latest, by `docker import` of a root file system made from
-#     Debian's busybox-static and bash-static plus the bundle at /opt/moat.
+#     Debian's busybox-static and bash-static plus the bundle at /opt/moat (and GNU yes
+#     and head, see below).
 # usage: scripts/build-sandbox-image.sh <build-dir>    (env: MOAT_SANDBOX_IMAGE, DOCKER)
 set -euo pipefail
 
@@ -97,6 +98,18 @@ done
 rm -f "$rootfs/bin/bash"
 cp "$bash_static" "$rootfs/bin/bash"
 cp -a "$bundle/." "$rootfs/opt/moat/"
+# GNU yes and head (coreutils) in /usr/local/bin, ahead of busybox's on PATH: busybox's
+# write and read in tiny blocks (about 64 and 120 MB/s here), so any streaming figure taken
+# with them would measure them rather than the transport. They need glibc at its usual path.
+for tool in yes head; do
+  gnu="$(command -v -p "$tool")"
+  mkdir -p "$rootfs/usr/local/bin"
+  cp -L "$gnu" "$rootfs/usr/local/bin/$tool"
+  ldd "$gnu" | awk '/=> \//{print $3} /^\t\/.*ld-linux/{print $1}' | while read -r lib; do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    [ -e "$rootfs$lib" ] || cp -L "$lib" "$rootfs$lib"
+  done
+done
 cat >"$rootfs/etc/passwd" <<'EOF'
 root:x:0:0:root:/root:/bin/bash
 nobody:x:65534:65534:nobody:/nonexistent:/bin/sh

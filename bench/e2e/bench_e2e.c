@@ -202,7 +202,7 @@ static void bench_stream(moatd_proc *p, const char *sid, const char *cid, long l
     double tm = now_s() - t0;
     moat_client_close(c);
     char dcmd[700];
-    snprintf(dcmd, sizeof(dcmd), "/usr/bin/docker exec %s sh -c '%s' | wc -c >/dev/null", cid, cmd);
+    snprintf(dcmd, sizeof(dcmd), "/usr/bin/docker exec %s bash -c '%s' | wc -c >/dev/null", cid, cmd);
     double td = timed_system(dcmd);
     double mm = (double)got / tm / 1048576.0, dm = (double)bytes / td / 1048576.0;
     char what[80];
