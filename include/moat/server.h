@@ -35,6 +35,9 @@ typedef struct moat_server_config {
     uint32_t max_pending_bytes; /* unsent bytes per connection before it stops reading */
     /* Runtime. */
     char *docker_host;
+    char *docker_tls_cert; /* "" unless the engine is tcp:// with TLS */
+    char *docker_tls_key;
+    char *docker_tls_ca;
     char *image;
     char *allowed_images; /* comma-separated, besides image */
     uint32_t ttl_seconds;
