@@ -758,6 +758,9 @@ static size_t stream_bytes(const char *cmd, bool binary)
 static void test_big_output_memory(void **state)
 {
     (void)state;
+    /* Under a wrapper (valgrind) VmRSS is the tool's, and 220 MB take minutes. */
+    if (xd_wrapped())
+        skip();
     long before = xd_rss_kb(xp.pid);
     assert_true(before > 0);
     /* 100 MB in lines of 100 bytes (line mode), then 100 MB in binary mode */
@@ -808,7 +811,9 @@ static void test_stalled_reader(void **state)
     nap_ms(1500); /* yes writes as fast as it can while nobody reads */
     long after = xd_rss_kb(xp.pid);
     print_message("stalled reader: execd VmRSS %ld → %ld kB\n", before, after);
-    assert_true(after - before < 16 * 1024);
+    /* Under a wrapper (valgrind) VmRSS is the tool's, which grows on its own. */
+    if (!xd_wrapped())
+        assert_true(after - before < 16 * 1024);
     json_t *st = status_of(id);
     assert_true(json_is_true(json_object_get(st, "running")));
     json_decref(st);

@@ -234,6 +234,17 @@ static int free_port(void)
     return port;
 }
 
+bool xd_wrapped(void)
+{
+    const char *w = getenv("MOAT_DAEMON_WRAPPER");
+    return w != NULL && w[0] != '\0';
+}
+
+int xd_slowdown(void)
+{
+    return xd_wrapped() ? 10 : 1;
+}
+
 bool xd_start(xd_proc *p, const char *const *extra_args)
 {
     memset(p, 0, sizeof(*p));
@@ -247,8 +258,13 @@ bool xd_start(xd_proc *p, const char *const *extra_args)
     snprintf(lsock, sizeof(lsock), "unix:%s/execd.sock", p->dir);
     snprintf(ltcp, sizeof(ltcp), "127.0.0.1:%d", port);
     snprintf(state, sizeof(state), "%s/state", p->dir);
-    const char *argv[32] = {bin,           "--listen", lsock,         "--listen", ltcp,
-                            "--state-dir", state,      "--log-level", "warn"};
+    /* The first four slots are for the wrapper's /bin/sh prefix. */
+    const char *argv_buf[36] = {"/bin/sh",     "-c",       "exec $MOAT_DAEMON_WRAPPER \"$@\"",
+                                "moat-execd",  bin,        "--listen",
+                                lsock,         "--listen", ltcp,
+                                "--state-dir", state,      "--log-level",
+                                "warn"};
+    const char **argv = argv_buf + 4;
     int n = 9;
     for (size_t i = 0; extra_args != NULL && extra_args[i] != NULL && n < 30; i++)
         argv[n++] = extra_args[i];
@@ -258,13 +274,16 @@ bool xd_start(xd_proc *p, const char *const *extra_args)
         /* a failed assertion must not leave execd running (and holding ctest's pipes) */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         setenv("MOAT_XD_DIR", p->dir, 1);
-        execv(bin, (char *const *)argv);
+        if (xd_wrapped())
+            execv(argv_buf[0], (char *const *)argv_buf);
+        else
+            execv(bin, (char *const *)argv);
         _exit(127);
     }
     snprintf(p->unix_t.unix_path, sizeof(p->unix_t.unix_path), "%s/execd.sock", p->dir);
     snprintf(p->unix_t.base, sizeof(p->unix_t.base), "http://localhost");
     snprintf(p->tcp_t.base, sizeof(p->tcp_t.base), "http://127.0.0.1:%d", port);
-    for (int i = 0; i < 600; i++) {
+    for (int i = 0; i < 600 * xd_slowdown(); i++) {
         xd_resp r = xd_http(&p->unix_t, "GET", "/ping", NULL, NULL);
         long st = r.status;
         xd_resp_free(&r);
@@ -282,7 +301,7 @@ int xd_stop(xd_proc *p)
         return -1;
     kill(p->pid, SIGTERM);
     int status = -1;
-    for (int i = 0; i < 400; i++) {
+    for (int i = 0; i < 400 * xd_slowdown(); i++) {
         if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
             p->pid = 0;
             char cmd[300];

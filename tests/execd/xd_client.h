@@ -53,6 +53,16 @@ void xd_stream(const xd_target *t, const char *path, const char *json, bool bina
 /* Exit code per the SDK rule: evalue if error, 0 if complete, else -1000. */
 int xd_exit_code(const xd_run *r);
 
+/* Opt-in wrapper: with MOAT_DAEMON_WRAPPER set (e.g. "valgrind --error-exitcode=99
+ * --leak-check=full --errors-for-leak-kinds=definite,indirect --quiet"), moat-execd is
+ * started as `$MOAT_DAEMON_WRAPPER moat-execd args…` through /bin/sh, which word-splits
+ * the prefix and execs it, so the pid is still the daemon's and the wrapper's report
+ * goes to the test's stderr. xd_start and xd_stop then wait xd_slowdown() times longer.
+ * Returns true when wrapped. */
+bool xd_wrapped(void);
+/* 1 normally, 10 when wrapped. */
+int xd_slowdown(void);
+
 /* Starts moat-execd with the given extra args (NULL-terminated), listening on
  * unix:<dir>/execd.sock and 127.0.0.1:<free port>; waits until /ping answers. */
 typedef struct xd_proc {

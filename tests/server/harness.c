@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/stat.h>
@@ -54,6 +55,17 @@ static int tcp_connect(int port)
     return fd;
 }
 
+const char *moatd_wrapper(void)
+{
+    const char *w = getenv("MOAT_DAEMON_WRAPPER");
+    return w != NULL ? w : "";
+}
+
+int moatd_slowdown(void)
+{
+    return moatd_wrapper()[0] != '\0' ? 10 : 1;
+}
+
 void moatd_dump_log(const moatd_proc *p)
 {
     FILE *f = fopen(p->log_path, "r");
@@ -90,7 +102,9 @@ bool moatd_start(moatd_proc *p, bool docker, const char *const *extra)
     snprintf(a_state, sizeof(a_state), "--state_dir=%s", p->state_dir);
     snprintf(a_docker, sizeof(a_docker), "--docker_host=%s/no-docker.sock", p->state_dir);
     snprintf(a_bundle, sizeof(a_bundle), "--execd_bundle=%s", bundle);
-    const char *argv[64];
+    /* The first four slots stay free for the wrapper's /bin/sh prefix. */
+    const char *argv_buf[68];
+    const char **argv = argv_buf + 4;
     int n = 0;
     argv[n++] = bin;
     argv[n++] = a_listen;
@@ -108,16 +122,26 @@ bool moatd_start(moatd_proc *p, bool docker, const char *const *extra)
     if (pid < 0)
         return false;
     if (pid == 0) {
+        /* A failed assertion must not leave moatd (or its wrapper) running. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(p->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
             dup2(fd, 2);
             dup2(fd, 1);
         }
-        execv(bin, (char *const *)argv);
+        if (moatd_wrapper()[0] != '\0') {
+            argv_buf[0] = "/bin/sh";
+            argv_buf[1] = "-c";
+            argv_buf[2] = "exec $MOAT_DAEMON_WRAPPER \"$@\"";
+            argv_buf[3] = "moatd";
+            execv(argv_buf[0], (char *const *)argv_buf);
+        } else {
+            execv(bin, (char *const *)argv);
+        }
         _exit(127);
     }
     p->pid = pid;
-    for (int i = 0; i < 200; i++) {
+    for (int i = 0; i < 200 * moatd_slowdown(); i++) {
         int fd = tcp_connect(p->port);
         if (fd >= 0) {
             close(fd);
@@ -140,12 +164,15 @@ int moatd_wait(moatd_proc *p, int timeout_ms)
 {
     if (p->pid <= 0)
         return -1;
-    for (int waited = 0; waited <= timeout_ms; waited += 20) {
+    for (int waited = 0; waited <= timeout_ms * moatd_slowdown(); waited += 20) {
         int st;
         pid_t r = waitpid(p->pid, &st, WNOHANG);
         if (r == p->pid) {
             p->pid = 0;
-            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            if (rc != 0 && moatd_wrapper()[0] != '\0')
+                moatd_dump_log(p);
+            return rc;
         }
         sleep_ms(20);
     }

@@ -20,6 +20,16 @@ typedef struct moatd_proc {
     char log_path[300];
 } moatd_proc;
 
+/* Opt-in wrapper: with MOAT_DAEMON_WRAPPER set (e.g. "valgrind --error-exitcode=99
+ * --leak-check=full --errors-for-leak-kinds=definite,indirect --quiet"), moatd is
+ * started as `$MOAT_DAEMON_WRAPPER moatd args…` through /bin/sh, which word-splits the
+ * prefix and execs it, so the pid is still the daemon's. The harness then waits longer
+ * (moatd_slowdown()), and an exit status other than 0 (valgrind's --error-exitcode)
+ * dumps the log, where the wrapper's report went. Returns the prefix or "". */
+const char *moatd_wrapper(void);
+/* 1 normally, 10 when wrapped: multiplies the harness's waits. */
+int moatd_slowdown(void);
+
 /* Starts moatd from $MOAT_BUILD_DIR/src/server/moatd with extra "--key=value"
  * arguments (NULL-terminated), on a free loopback port, and waits until it
  * accepts connections. With docker false it points at a dead Docker socket and
@@ -29,7 +39,8 @@ bool moatd_start(moatd_proc *p, bool docker, const char *const *extra);
 int moatd_stop(moatd_proc *p);
 /* Removes a state dir the harness made (only those under /tmp/moat-srvtest-). */
 void moatd_remove_dir(const char *dir);
-/* Waits (bounded) for it to exit by itself; -1 on timeout. */
+/* Waits (bounded, timeout_ms times moatd_slowdown()) for it to exit by itself;
+ * its exit status, 128 + signal, or -1 on timeout. */
 int moatd_wait(moatd_proc *p, int timeout_ms);
 void moatd_dump_log(const moatd_proc *p);
 
