@@ -452,6 +452,7 @@ moat_err moat_bridge_run(moat_bridge *b, const moat_bridge_endpoint *ep,
         r->hdrs = curl_slist_append(r->hdrs, "X-Moat-Output: binary");
     long idle_s = (long)((b->cfg.idle_timeout_ms + 999) / 1000);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    curl_easy_setopt(r->easy, CURLOPT_BUFFERSIZE, (long)MOAT_BRIDGE_EXEC_CHUNK);
     curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_TIME, idle_s);
     r->write = exec_write;

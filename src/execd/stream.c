@@ -4,10 +4,13 @@
 #include "stream.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LINE_READ 16384
@@ -17,6 +20,18 @@
  * children, so a background writer cannot hold the response open forever. */
 #define DRAIN_BUDGET (4u << 20)
 #define MAX_LINE     65536
+/* Binary mode: a fill stops when less than this much payload room is left in MHD's buffer. */
+#define FILL_MIN 4096
+/* Bulk output (binary mode): once a read brings BULK_MIN bytes, the pipe is grown to
+ * BULK_PIPE and, while reads stay that large, a read that would find less than a chunk waits
+ * BULK_WAIT_NS first. A fast writer (about 1 GB/s) then fills whole 64 KiB events into the
+ * bigger pipe instead of waking us for every few KiB it writes: fewer wakeups, reads and sends
+ * for the child, execd and the reader alike. Output read in pieces under BULK_MIN never
+ * waits; the pipe growth is best effort and counts against the user's pipe page limits, so it
+ * happens only for streams that actually produce bulk output. */
+#define BULK_MIN     (16u * 1024u)
+#define BULK_PIPE    (256 * 1024)
+#define BULK_WAIT_NS 50000L
 
 enum { ST_RUN, ST_DRAIN, ST_END };
 
@@ -34,6 +49,10 @@ struct xd_stream {
     xd_stream_finish_cb finish;
     void *finish_ud;
     bool terminate_on_close;
+    int first; /* binary mode: the pipe read first on the next fill */
+    bool tried_grow[2];
+    bool grown[2]; /* the pipe holds BULK_PIPE */
+    bool bulk[2];  /* the pipe is grown and the last read was at least BULK_MIN */
 };
 
 static const char *const stream_names[2] = {"stdout", "stderr"};
@@ -186,7 +205,9 @@ static void emit_final(xd_stream *st)
     st->state = ST_END;
 }
 
-static void produce(xd_stream *st)
+/* Waits for output, the process's end or the next ping; unless poll_only, also reads (through
+ * the queue) what is ready. */
+static void produce(xd_stream *st, bool poll_only)
 {
     if (st->state == ST_DRAIN) {
         bool any = false;
@@ -234,8 +255,100 @@ static void produce(xd_stream *st)
             st->state = ST_DRAIN;
             continue;
         }
-        read_one(st, map[k]);
+        if (!poll_only)
+            read_one(st, map[k]);
     }
+}
+
+/* Updates pipe i's bulk state after a read of n bytes. */
+static void note_bulk(xd_stream *st, int i, size_t n, bool closed)
+{
+    bool big = !closed && n >= BULK_MIN;
+    if (big && !st->tried_grow[i]) {
+        st->tried_grow[i] = true;
+        /* Refused (pipe-max-size, the user's pipe page limits): never bulk, a wait would only
+         * stall a writer blocked on a full 64 KiB pipe. */
+        st->grown[i] = fcntl(st->fds[i], F_SETPIPE_SZ, BULK_PIPE) >= BULK_PIPE;
+    }
+    st->bulk[i] = big && st->grown[i];
+}
+
+/* Binary mode: reads what the pipes hold straight into MHD's send buffer, one event per read
+ * of at most one chunk, as many events as fit (fewer sends, wakeups and copies than one event
+ * per call through the queue). The payload is read behind room for a header whose length is
+ * guessed for a full chunk and moved only when the real header is shorter. The starting pipe
+ * alternates so a busy stdout cannot starve stderr. */
+static size_t fill_binary(xd_stream *st, uint8_t *buf, size_t max)
+{
+    size_t used = 0;
+    bool progress = true, waited = false;
+    while (progress) {
+        progress = false;
+        for (int k = 0; k < 2; k++) {
+            int i = (st->first + k) & 1;
+            if (st->fds[i] < 0)
+                continue;
+            char head[MOAT_EXECD_BINARY_HEADER_MAX];
+            int64_t ts = moat_time_now_ms();
+            size_t guess = moat_execd_sse_binary_header(head, stream_names[i], ts, BIN_READ);
+            if (used + guess + 2 + FILL_MIN > max)
+                break;
+            size_t cap = max - used - guess - 2;
+            if (cap > BIN_READ)
+                cap = BIN_READ;
+            if (st->bulk[i] && !waited) {
+                int avail = 0;
+                if (ioctl(st->fds[i], FIONREAD, &avail) == 0 && (size_t)avail < cap) {
+                    struct timespec w = {0, BULK_WAIT_NS};
+                    nanosleep(&w, NULL);
+                }
+                waited = true;
+            }
+            bool closed;
+            size_t n = read_avail(st->fds[i], buf + used + guess, cap, &closed);
+            note_bulk(st, i, n, closed);
+            if (closed) {
+                close(st->fds[i]);
+                st->fds[i] = -1;
+            }
+            if (n == 0)
+                continue;
+            size_t h = moat_execd_sse_binary_header(head, stream_names[i], ts, n);
+            if (h != guess)
+                memmove(buf + used + h, buf + used + guess, n);
+            memcpy(buf + used, head, h);
+            memcpy(buf + used + h + n, "\n\n", 2);
+            used += h + n + 2;
+            st->drained += st->state == ST_DRAIN ? n : 0;
+            if (n == cap && !closed)
+                progress = true; /* the pipe may hold more */
+        }
+    }
+    st->first ^= 1;
+    return used;
+}
+
+/* Binary mode with nothing queued: waits (poll) for output, the process's end or the next
+ * ping, then fills buf. Returns the bytes written to buf (0: look at the queue and state). */
+static size_t produce_binary(xd_stream *st, uint8_t *buf, size_t max)
+{
+    if (max < FILL_MIN + 2 * MOAT_EXECD_BINARY_HEADER_MAX) {
+        produce(st, false);
+        return 0;
+    }
+    if (st->state == ST_DRAIN) {
+        size_t n = st->drained < DRAIN_BUDGET ? fill_binary(st, buf, max) : 0;
+        if (n == 0)
+            emit_final(st);
+        return n;
+    }
+    if (moat_time_mono_ns() < st->next_ping) {
+        size_t n = fill_binary(st, buf, max);
+        if (n > 0)
+            return n;
+    }
+    produce(st, true);
+    return 0;
 }
 
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
@@ -257,7 +370,13 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         }
         if (st->state == ST_END)
             return MHD_CONTENT_READER_END_OF_STREAM;
-        produce(st);
+        if (st->binary) {
+            size_t n = produce_binary(st, (uint8_t *)buf, max);
+            if (n > 0)
+                return (ssize_t)n;
+            continue;
+        }
+        produce(st, false);
     }
 }
 

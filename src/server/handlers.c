@@ -1524,6 +1524,9 @@ static char *runtime_config(const moat_server_config *c, moat_runtime_config *ou
     rc.dependencies_mount_path = c->dependencies_mount_path;
     rc.lambda_tools_mount_path = c->lambda_tools_mount_path;
     rc.docker_host = c->docker_host;
+    rc.docker_tls_cert = c->docker_tls_cert[0] ? c->docker_tls_cert : NULL;
+    rc.docker_tls_key = c->docker_tls_key[0] ? c->docker_tls_key : NULL;
+    rc.docker_tls_ca = c->docker_tls_ca[0] ? c->docker_tls_ca : NULL;
     rc.docker_timeout_ms = (long)c->docker_timeout_ms;
     rc.state_dir = c->state_dir;
     rc.execd_bundle_dir = c->execd_bundle;
