@@ -488,7 +488,9 @@ moat_err moat_bridge_decoder_finish(moat_bridge_decoder *d, moat_bridge_emit_fn 
         moat_err err = process_line(d, d->line.data, d->line.len, emit, ud, st);
         moat_buf_reset(&d->line);
         if (err != MOAT_OK) {
+            /* A malformed last line still ends the execution with its EXIT. */
             d->state = DEC_DONE;
+            emit_exit(d, st->message, emit, ud);
             return err;
         }
         truncated = d->stats.events == before;

@@ -481,6 +481,28 @@ static bool stop_after_one(void *ud, const moat_bridge_event *ev)
     return ++*n < 1;
 }
 
+/* Found by the fuzzer: a bad binary header as the last, unterminated line
+ * fails at finish, and the execution must still end with exactly one EXIT. */
+static void test_binary_bad_header_at_finish(void **state)
+{
+    (void)state;
+    moat_bridge_decoder_opts o = {.binary = true};
+    static const char body[] = "{\"t1111111\n{\"type\":\"stderr\",\"len\":11179999.00}";
+    collect c;
+    col_init(&c);
+    run_result rr = decode(body, sizeof(body) - 1, &o, SIZE_MAX, &c);
+    assert_int_equal(rr.feed_err, MOAT_OK);
+    assert_int_equal(rr.finish_err, MOAT_E_PROTO);
+    assert_int_equal(rr.st.code, MOAT_CODE_UNAVAILABLE);
+    size_t exits = 0;
+    for (size_t i = 0; i < c.n; i++)
+        exits += c.ev[i].kind == MOAT_BRIDGE_EV_EXIT;
+    assert_int_equal(exits, 1);
+    assert_int_equal(c.ev[c.n - 1].kind, MOAT_BRIDGE_EV_EXIT);
+    assert_false(c.ev[c.n - 1].known);
+    col_free(&c);
+}
+
 static void test_emit_stop_and_state(void **state)
 {
     (void)state;
@@ -533,6 +555,7 @@ int main(void)
         cmocka_unit_test(test_64mib_line),
         cmocka_unit_test(test_binary_frames),
         cmocka_unit_test(test_binary_bad_frames),
+        cmocka_unit_test(test_binary_bad_header_at_finish),
         cmocka_unit_test(test_emit_stop_and_state),
         cmocka_unit_test(test_event_cost),
     };
