@@ -9,7 +9,7 @@ packages=(
   nanopb libnanopb-dev python3-protobuf
   libcurl4-openssl-dev uuid-dev libcmocka-dev libuv1-dev libjansson-dev
   libmicrohttpd-dev libsqlite3-dev
-  clang libclang-rt-14-dev valgrind
+  clang libclang-rt-14-dev valgrind openssl libgnutls28-dev
   docker.io busybox-static bash-static iproute2 procps
 )
 if [ "${MOAT_SKIP_DOCKER:-0}" = 1 ]; then
