@@ -14,22 +14,22 @@ extern "C" {
 /* Errors are values. Append only: never renumber. */
 typedef enum moat_err {
     MOAT_OK = 0,
-    MOAT_E_NOMEM = 1,      /* an allocation failed */
-    MOAT_E_INVAL = 2,      /* an argument or input is malformed */
-    MOAT_E_TOO_BIG = 3,    /* a size is over its configured maximum */
-    MOAT_E_AGAIN = 4,      /* need more input; not an error for incremental parsers */
-    MOAT_E_IO = 5,         /* a system call failed; see errno where relevant */
-    MOAT_E_PROTO = 6,      /* the peer broke the protocol */
-    MOAT_E_CLOSED = 7,     /* the peer or handle is closed */
-    MOAT_E_NOT_FOUND = 8,  /* no such item */
-    MOAT_E_TIMEOUT = 9,    /* a deadline passed */
-    MOAT_E_STATE = 10,     /* the call is not valid in the object's current state */
+    MOAT_E_NOMEM = 1,     /* an allocation failed */
+    MOAT_E_INVAL = 2,     /* an argument or input is malformed */
+    MOAT_E_TOO_BIG = 3,   /* a size is over its configured maximum */
+    MOAT_E_AGAIN = 4,     /* need more input; not an error for incremental parsers */
+    MOAT_E_IO = 5,        /* a system call failed; see errno where relevant */
+    MOAT_E_PROTO = 6,     /* the peer broke the protocol */
+    MOAT_E_CLOSED = 7,    /* the peer or handle is closed */
+    MOAT_E_NOT_FOUND = 8, /* no such item */
+    MOAT_E_TIMEOUT = 9,   /* a deadline passed */
+    MOAT_E_STATE = 10,    /* the call is not valid in the object's current state */
     MOAT_E_UNSUPPORTED = 11,
-    MOAT_E_REMOTE = 12,    /* a remote service answered with an error status */
-    MOAT_E_ZERO_LENGTH = 13, /* a frame declared length 0 */
+    MOAT_E_REMOTE = 12,       /* a remote service answered with an error status */
+    MOAT_E_ZERO_LENGTH = 13,  /* a frame declared length 0 */
     MOAT_E_UNKNOWN_KIND = 14, /* a frame of a kind this build does not know */
-    MOAT_E_WINDOW = 15,    /* flow-control credit exceeded or overflowed */
-    MOAT_E_STREAM = 16,    /* a stream id is invalid, reused or unknown */
+    MOAT_E_WINDOW = 15,       /* flow-control credit exceeded or overflowed */
+    MOAT_E_STREAM = 16,       /* a stream id is invalid, reused or unknown */
 } moat_err;
 
 /* Static, never NULL. */

@@ -17,18 +17,18 @@
 extern "C" {
 #endif
 
-#define MOAT_WIRE_PROTOCOL_VERSION   1u
-#define MOAT_WIRE_HEADER_SIZE        4u
+#define MOAT_WIRE_PROTOCOL_VERSION 1u
+#define MOAT_WIRE_HEADER_SIZE      4u
 /* Largest frame before the Hello is accepted. */
 #define MOAT_WIRE_PREHELLO_MAX_FRAME 4096u
 /* Default and hard ceiling of max_frame_size. */
-#define MOAT_WIRE_DEFAULT_MAX_FRAME  (1u << 20)
-#define MOAT_WIRE_MAX_FRAME_LIMIT    (16u << 20)
+#define MOAT_WIRE_DEFAULT_MAX_FRAME (1u << 20)
+#define MOAT_WIRE_MAX_FRAME_LIMIT   (16u << 20)
 /* Default initial per-stream window, in Message payload bytes. */
-#define MOAT_WIRE_DEFAULT_WINDOW     (1u << 20)
-#define MOAT_WIRE_MAX_WINDOW         0x7fffffffu
+#define MOAT_WIRE_DEFAULT_WINDOW (1u << 20)
+#define MOAT_WIRE_MAX_WINDOW     0x7fffffffu
 /* Most metadata entries in a Call and details in an End that a frame may carry. */
-#define MOAT_WIRE_MAX_KV             16u
+#define MOAT_WIRE_MAX_KV 16u
 
 /* Frame kinds, numbered as the `kind` oneof's field numbers in frame.proto. */
 typedef enum moat_frame_kind {
@@ -201,8 +201,8 @@ moat_err moat_stream_table_close(moat_stream_table *t, uint32_t id);
 uint32_t moat_stream_table_count(const moat_stream_table *t);
 uint32_t moat_stream_table_last_id(const moat_stream_table *t);
 /* Calls fn for each open stream (fn must not open or close streams). */
-void moat_stream_table_each(const moat_stream_table *t, void (*fn)(uint32_t id, void *user, void *arg),
-                            void *arg);
+void moat_stream_table_each(const moat_stream_table *t,
+                            void (*fn)(uint32_t id, void *user, void *arg), void *arg);
 
 #ifdef __cplusplus
 }

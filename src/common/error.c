@@ -6,23 +6,40 @@
 const char *moat_strerror(moat_err err)
 {
     switch (err) {
-    case MOAT_OK: return "ok";
-    case MOAT_E_NOMEM: return "out of memory";
-    case MOAT_E_INVAL: return "invalid argument or input";
-    case MOAT_E_TOO_BIG: return "size over its maximum";
-    case MOAT_E_AGAIN: return "need more input";
-    case MOAT_E_IO: return "i/o error";
-    case MOAT_E_PROTO: return "protocol violation";
-    case MOAT_E_CLOSED: return "closed";
-    case MOAT_E_NOT_FOUND: return "not found";
-    case MOAT_E_TIMEOUT: return "timed out";
-    case MOAT_E_STATE: return "invalid in the current state";
-    case MOAT_E_UNSUPPORTED: return "unsupported";
-    case MOAT_E_REMOTE: return "remote error";
-    case MOAT_E_ZERO_LENGTH: return "zero frame length";
-    case MOAT_E_UNKNOWN_KIND: return "unknown frame kind";
-    case MOAT_E_WINDOW: return "flow-control window violated";
-    case MOAT_E_STREAM: return "invalid stream id";
+    case MOAT_OK:
+        return "ok";
+    case MOAT_E_NOMEM:
+        return "out of memory";
+    case MOAT_E_INVAL:
+        return "invalid argument or input";
+    case MOAT_E_TOO_BIG:
+        return "size over its maximum";
+    case MOAT_E_AGAIN:
+        return "need more input";
+    case MOAT_E_IO:
+        return "i/o error";
+    case MOAT_E_PROTO:
+        return "protocol violation";
+    case MOAT_E_CLOSED:
+        return "closed";
+    case MOAT_E_NOT_FOUND:
+        return "not found";
+    case MOAT_E_TIMEOUT:
+        return "timed out";
+    case MOAT_E_STATE:
+        return "invalid in the current state";
+    case MOAT_E_UNSUPPORTED:
+        return "unsupported";
+    case MOAT_E_REMOTE:
+        return "remote error";
+    case MOAT_E_ZERO_LENGTH:
+        return "zero frame length";
+    case MOAT_E_UNKNOWN_KIND:
+        return "unknown frame kind";
+    case MOAT_E_WINDOW:
+        return "flow-control window violated";
+    case MOAT_E_STREAM:
+        return "invalid stream id";
     }
     return "unknown error";
 }

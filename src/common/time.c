@@ -33,8 +33,8 @@ size_t moat_time_format_iso8601(int64_t unix_ms, char out[MOAT_TIME_ISO_MAX])
     int n;
     if (ms != 0)
         n = snprintf(out, MOAT_TIME_ISO_MAX, "%04d-%02d-%02dT%02d:%02d:%02d.%03d000+00:00",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)ms);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (int)ms);
     else
         n = snprintf(out, MOAT_TIME_ISO_MAX, "%04d-%02d-%02dT%02d:%02d:%02d+00:00",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
@@ -89,8 +89,8 @@ moat_err moat_time_parse_iso8601(const char *text, int64_t *unix_ms)
     if (!read_digits(&p, 2, &hour) || *p++ != ':' || !read_digits(&p, 2, &min) || *p++ != ':' ||
         !read_digits(&p, 2, &sec))
         return MOAT_E_INVAL;
-    if (mon < 1 || mon > 12 || day < 1 || day > days_in_month(year, mon) || hour > 23 ||
-        min > 59 || sec > 60)
+    if (mon < 1 || mon > 12 || day < 1 || day > days_in_month(year, mon) || hour > 23 || min > 59 ||
+        sec > 60)
         return MOAT_E_INVAL;
     int ms = 0;
     if (*p == '.' || *p == ',') {

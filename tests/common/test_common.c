@@ -98,9 +98,16 @@ static void test_time_rejects(void **state)
 {
     (void)state;
     int64_t ms;
-    const char *bad[] = {"", "2026", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
-                         "2026-04-02T25:00:00Z", "2026-04-02T12:00:00+0", "2026-04-02T12:00:00Zx",
-                         "2026-04-02T12:00:00.Z", "garbage", "2026-04-02X12:00:00Z"};
+    const char *bad[] = {"",
+                         "2026",
+                         "2026-13-01T00:00:00Z",
+                         "2026-02-30T00:00:00Z",
+                         "2026-04-02T25:00:00Z",
+                         "2026-04-02T12:00:00+0",
+                         "2026-04-02T12:00:00Zx",
+                         "2026-04-02T12:00:00.Z",
+                         "garbage",
+                         "2026-04-02X12:00:00Z"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(moat_time_parse_iso8601(bad[i], &ms), MOAT_E_INVAL);
     assert_int_equal(moat_time_parse_iso8601(NULL, &ms), MOAT_E_INVAL);
