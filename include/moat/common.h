@@ -62,6 +62,11 @@ typedef enum moat_code {
 const char *moat_code_name(moat_code code);
 /* Parses a name as moat_code_name prints it; MOAT_E_INVAL if it is none. */
 moat_err moat_code_from_name(const char *name, moat_code *out);
+/* The status code for an HTTP answer from a service moat calls (Docker, execd):
+ * 2xx OK, 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED,
+ * 404 NOT_FOUND, 409 ALREADY_EXISTS, 416 OUT_OF_RANGE, 429 RESOURCE_EXHAUSTED,
+ * 501 UNIMPLEMENTED, 502-504 UNAVAILABLE, other 5xx INTERNAL, else UNKNOWN. */
+moat_code moat_code_from_http(long http_status);
 
 /* A call's outcome: code, message and a machine-readable reason with a few
  * key/values (e.g. reason "sandbox_start_failed", chat_id=…). Fixed size, no

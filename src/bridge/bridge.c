@@ -393,34 +393,6 @@ void moat__req_unpause(bridge_req *r)
         process_reap(b);
 }
 
-static moat_code code_for_http(long status)
-{
-    switch (status) {
-    case 400:
-        return MOAT_CODE_INVALID_ARGUMENT;
-    case 401:
-        return MOAT_CODE_UNAUTHENTICATED;
-    case 403:
-        return MOAT_CODE_PERMISSION_DENIED;
-    case 404:
-        return MOAT_CODE_NOT_FOUND;
-    case 409:
-        return MOAT_CODE_ALREADY_EXISTS;
-    case 416:
-        return MOAT_CODE_OUT_OF_RANGE;
-    case 429:
-        return MOAT_CODE_RESOURCE_EXHAUSTED;
-    case 501:
-        return MOAT_CODE_UNIMPLEMENTED;
-    case 502:
-    case 503:
-    case 504:
-        return MOAT_CODE_UNAVAILABLE;
-    default:
-        return status >= 500 ? MOAT_CODE_INTERNAL : MOAT_CODE_UNKNOWN;
-    }
-}
-
 /* Copies the body as printable text, bounded. */
 static void body_text(const moat_buf *body, char *out, size_t cap)
 {
@@ -486,7 +458,7 @@ void moat__req_fail_status(bridge_req *r, CURLcode rc, moat_status *st)
         char code[64], msg[256], text[MOAT_BRIDGE_ERROR_BODY_MAX], num[16];
         execd_error_fields(&r->body, code, sizeof(code), msg, sizeof(msg));
         body_text(&r->body, text, sizeof(text));
-        moat_status_set(st, code_for_http(r->http_status), "execd_api_error",
+        moat_status_set(st, moat_code_from_http(r->http_status), "execd_api_error",
                         "execd answered HTTP %ld%s%s%s%s", r->http_status, code[0] ? " " : "", code,
                         msg[0] ? ": " : "", msg[0] ? msg : text);
         snprintf(num, sizeof(num), "%ld", r->http_status);

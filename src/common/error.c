@@ -82,6 +82,36 @@ moat_err moat_code_from_name(const char *name, moat_code *out)
     return MOAT_E_INVAL;
 }
 
+moat_code moat_code_from_http(long http_status)
+{
+    if (http_status >= 200 && http_status < 300)
+        return MOAT_CODE_OK;
+    switch (http_status) {
+    case 400:
+        return MOAT_CODE_INVALID_ARGUMENT;
+    case 401:
+        return MOAT_CODE_UNAUTHENTICATED;
+    case 403:
+        return MOAT_CODE_PERMISSION_DENIED;
+    case 404:
+        return MOAT_CODE_NOT_FOUND;
+    case 409:
+        return MOAT_CODE_ALREADY_EXISTS;
+    case 416:
+        return MOAT_CODE_OUT_OF_RANGE;
+    case 429:
+        return MOAT_CODE_RESOURCE_EXHAUSTED;
+    case 501:
+        return MOAT_CODE_UNIMPLEMENTED;
+    case 502:
+    case 503:
+    case 504:
+        return MOAT_CODE_UNAVAILABLE;
+    default:
+        return http_status >= 500 ? MOAT_CODE_INTERNAL : MOAT_CODE_UNKNOWN;
+    }
+}
+
 static void copy_truncated(char *dst, size_t cap, const char *src)
 {
     if (src == NULL)

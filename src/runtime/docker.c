@@ -35,32 +35,6 @@ nomem:
     return MOAT_E_NOMEM;
 }
 
-moat_code moat__docker_code(long http_status)
-{
-    if (http_status < 400)
-        return MOAT_CODE_OK;
-    switch (http_status) {
-    case 400:
-        return MOAT_CODE_INVALID_ARGUMENT;
-    case 401:
-        return MOAT_CODE_UNAUTHENTICATED;
-    case 403:
-        return MOAT_CODE_PERMISSION_DENIED;
-    case 404:
-        return MOAT_CODE_NOT_FOUND;
-    case 409:
-        return MOAT_CODE_FAILED_PRECONDITION;
-    case 429:
-        return MOAT_CODE_RESOURCE_EXHAUSTED;
-    case 502:
-    case 503:
-    case 504:
-        return MOAT_CODE_UNAVAILABLE;
-    default:
-        return http_status >= 500 ? MOAT_CODE_INTERNAL : MOAT_CODE_UNKNOWN;
-    }
-}
-
 static size_t on_body(char *data, size_t size, size_t nmemb, void *user)
 {
     moat_buf *buf = user;
@@ -70,7 +44,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *user)
     return n;
 }
 
-static void setup_endpoint(moat_runtime *rt, CURL *h)
+void moat__docker_setup_endpoint(moat_runtime *rt, CURL *h)
 {
     if (rt->docker_socket != NULL)
         curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, rt->docker_socket);
@@ -133,7 +107,7 @@ static moat_code perform(moat_runtime *rt, const char *op, const char *method, c
         goto out;
     }
     snprintf(url, url_len, "%s%s", rt->docker_base_url, path);
-    setup_endpoint(rt, h);
+    moat__docker_setup_endpoint(rt, h);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -174,7 +148,9 @@ static moat_code perform(moat_runtime *rt, const char *op, const char *method, c
             fallback[n] = '\0';
             msg = fallback;
         }
-        code = moat__docker_code(resp->http_status);
+        /* Docker's 409 is a conflict with the container's state. */
+        code = resp->http_status == 409 ? MOAT_CODE_FAILED_PRECONDITION
+                                        : moat_code_from_http(resp->http_status);
         moat_status_set(st, code, "docker_error", "docker %s %s: HTTP %ld: %s", method, path,
                         resp->http_status, msg);
         char status_text[16];

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 
 #include "moat/runtime.h"
@@ -95,8 +96,8 @@ moat_err moat__store_list_running(moat__store *store, moat__row **rows, size_t *
 
 /* docker.c */
 moat_err moat__docker_init(moat_runtime *rt, moat_status *st);
-/* Maps an HTTP status from Docker to a code. */
-moat_code moat__docker_code(long http_status);
+/* Points an easy handle at the engine: its Unix socket, or TLS client settings for tcp://. */
+void moat__docker_setup_endpoint(moat_runtime *rt, CURL *h);
 /* GET on execd's socket; true on HTTP 200. */
 bool moat__execd_ping(const char *socket_path, long timeout_ms);
 
@@ -117,6 +118,8 @@ typedef struct moat__listed {
 /* Reads one entry of GET /containers/json or /containers/{id}/json. false when any of the
  * three labels is missing or malformed (the entry must then be skipped). */
 bool moat__parse_listed(const json_t *entry, moat__listed *out);
+/* A fresh RUNNING store row for a listed container, expiry from its label. */
+void moat__row_from_listed(const moat__listed *c, moat__row *row);
 /* Lists containers whose labels match every filter (e.g. "session_id", "moat.managed=true").
  * all: include stopped containers. Skipped (malformed) entries are counted in *skipped. */
 moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_count, bool all,

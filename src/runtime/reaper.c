@@ -37,19 +37,6 @@ static bool reap_one(moat_runtime *rt, const moat__listed *c, int64_t now_ms, mo
     return true;
 }
 
-static void row_from(const moat__listed *c, moat__row *row)
-{
-    memset(row, 0, sizeof(*row));
-    memcpy(row->session_id, c->session_id, sizeof(row->session_id));
-    memcpy(row->chat_id, c->chat_id, sizeof(row->chat_id));
-    memcpy(row->container_id, c->container_id, sizeof(row->container_id));
-    memcpy(row->image, c->image, sizeof(row->image));
-    row->created_at_ms = c->created_at_ms;
-    row->label_expires_at_ms = c->label_expires_at_ms;
-    row->expires_at_ms = c->label_expires_at_ms;
-    row->state = MOAT_SESSION_RUNNING;
-}
-
 /* One pass over moat's containers. With reconcile, also refreshes rows from Docker, restarts
  * live sessions whose container stopped (e.g. dockerd restarted) and marks missing ones gone. */
 static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_reconcile_report *rep,
@@ -73,7 +60,7 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
             continue;
         }
         moat__row row, fresh;
-        row_from(c, &fresh);
+        moat__row_from_listed(c, &fresh);
         bool inserted = false;
         moat__store_insert_new(rt->store, &fresh, &inserted);
         if (moat__store_get(rt->store, c->session_id, &row) != MOAT_OK)

@@ -227,7 +227,7 @@ static void fill_from_listed(moat_runtime *rt, const moat__listed *c, const moat
     session_socket(rt, c->session_id, out->execd_socket, sizeof(out->execd_socket));
 }
 
-static void row_from_listed(const moat__listed *c, moat__row *row)
+void moat__row_from_listed(const moat__listed *c, moat__row *row)
 {
     memset(row, 0, sizeof(*row));
     memcpy(row->session_id, c->session_id, sizeof(row->session_id));
@@ -668,7 +668,7 @@ moat_code moat_runtime_renew(moat_runtime *rt, const char *session_id_in, int64_
     /* A container created before this store existed (or by an older moatd) is adopted first. */
     moat__row row;
     bool inserted;
-    row_from_listed(&c, &row);
+    moat__row_from_listed(&c, &row);
     moat__store_insert_new(rt->store, &row, &inserted);
     moat_err err = moat__store_renew(rt->store, session_id, new_expires_at_ms);
     moat__cache_invalidate(rt);

@@ -131,14 +131,7 @@ static void follow_events(moat_runtime *rt, CURLM *multi, const char *url)
     CURL *h = curl_easy_init();
     if (h == NULL)
         return;
-    if (rt->docker_socket != NULL)
-        curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, rt->docker_socket);
-    if (rt->cfg.docker_tls_cert != NULL)
-        curl_easy_setopt(h, CURLOPT_SSLCERT, rt->cfg.docker_tls_cert);
-    if (rt->cfg.docker_tls_key != NULL)
-        curl_easy_setopt(h, CURLOPT_SSLKEY, rt->cfg.docker_tls_key);
-    if (rt->cfg.docker_tls_ca != NULL)
-        curl_easy_setopt(h, CURLOPT_CAINFO, rt->cfg.docker_tls_ca);
+    moat__docker_setup_endpoint(rt, h);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, rt->cfg.docker_timeout_ms);

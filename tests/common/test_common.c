@@ -152,6 +152,12 @@ static void test_status(void **state)
     assert_int_equal(moat_code_from_name("NOPE", &code), MOAT_E_INVAL);
     assert_string_equal(moat_code_name((moat_code)99), "UNKNOWN");
     assert_string_equal(moat_strerror((moat_err)999), "unknown error");
+    assert_int_equal(moat_code_from_http(200), MOAT_CODE_OK);
+    assert_int_equal(moat_code_from_http(404), MOAT_CODE_NOT_FOUND);
+    assert_int_equal(moat_code_from_http(409), MOAT_CODE_ALREADY_EXISTS);
+    assert_int_equal(moat_code_from_http(503), MOAT_CODE_UNAVAILABLE);
+    assert_int_equal(moat_code_from_http(500), MOAT_CODE_INTERNAL);
+    assert_int_equal(moat_code_from_http(302), MOAT_CODE_UNKNOWN);
 }
 
 int main(void)
