@@ -26,6 +26,7 @@ moat_pkg(UUID uuid uuid-dev)
 moat_pkg(CMOCKA cmocka libcmocka-dev)
 moat_pkg(LIBUV libuv libuv1-dev)
 moat_pkg(JANSSON jansson libjansson-dev)
+moat_pkg(CJSON libcjson libcjson-dev)
 moat_pkg(MHD libmicrohttpd libmicrohttpd-dev)
 moat_pkg(SQLITE sqlite3 libsqlite3-dev)
 

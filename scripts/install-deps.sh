@@ -7,7 +7,7 @@ packages=(
   build-essential cmake pkg-config git ca-certificates curl
   protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
   nanopb libnanopb-dev python3-protobuf
-  libcurl4-openssl-dev uuid-dev libcmocka-dev libuv1-dev libjansson-dev
+  libcurl4-openssl-dev uuid-dev libcmocka-dev libuv1-dev libjansson-dev libcjson-dev
   libmicrohttpd-dev libsqlite3-dev
   clang libclang-rt-14-dev valgrind openssl libgnutls28-dev
   docker.io busybox-static bash-static iproute2 procps

@@ -4,8 +4,11 @@
 #define MOAT_COMMON_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <cjson/cJSON.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -162,6 +165,28 @@ moat_err moat_log_level_parse(const char *name, moat_log_level *out);
  * Control characters in the formatted line are replaced so a line stays a line. */
 void moat_log(moat_log_level level, const char *event, const char *kv_fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* JSON, on cJSON. cJSON strings end at their first NUL, so a text whose
+ * strings hold U+0000 could not be represented exactly; moat_json_parse says
+ * what to do with one instead of letting a string be cut short silently. */
+typedef enum moat_json_nul {
+    MOAT_JSON_NUL_REJECT,  /* such a text is refused (requests, engine answers) */
+    MOAT_JSON_NUL_REPLACE, /* each \u0000 is read as U+FFFD (line-mode output text) */
+} moat_json_nul;
+
+/* Parses exactly len bytes (no NUL terminator needed) holding one JSON value
+ * and nothing but whitespace after it. NULL when the text is malformed, holds a
+ * raw NUL byte, or holds \u0000 under MOAT_JSON_NUL_REJECT. The caller owns
+ * the tree and frees it with cJSON_Delete. */
+cJSON *moat_json_parse(const char *text, size_t len, moat_json_nul nul);
+/* obj[key] (case-sensitive) when it is a string, else NULL; *len (may be
+ * NULL) gets its length. The pointer lives as long as obj. obj may be NULL. */
+const char *moat_json_str(const cJSON *obj, const char *key, size_t *len);
+/* obj[key] when it is a number with an integral value that fits int64_t:
+ * true and *out set; false otherwise (missing, another type, 1.5, 1e300). */
+bool moat_json_int(const cJSON *obj, const char *key, int64_t *out);
+/* The same test for a value that is already at hand. */
+bool moat_json_int_value(const cJSON *item, int64_t *out);
 
 #ifdef __cplusplus
 }

@@ -160,13 +160,83 @@ static void test_status(void **state)
     assert_int_equal(moat_code_from_http(302), MOAT_CODE_UNKNOWN);
 }
 
+static cJSON *parse_lit(const char *text, moat_json_nul nul)
+{
+    return moat_json_parse(text, strlen(text), nul);
+}
+
+static void test_json_parse(void **state)
+{
+    (void)state;
+    cJSON *j = parse_lit(" {\"a\":\"x\",\"n\":42} \r\n", MOAT_JSON_NUL_REJECT);
+    assert_non_null(j);
+    size_t len = 0;
+    assert_string_equal(moat_json_str(j, "a", &len), "x");
+    assert_int_equal(len, 1);
+    assert_null(moat_json_str(j, "n", NULL));
+    assert_null(moat_json_str(j, "A", NULL));
+    assert_null(moat_json_str(NULL, "a", NULL));
+    cJSON_Delete(j);
+    /* the length bounds the parse: no terminator is read */
+    j = moat_json_parse("[1]garbage", 3, MOAT_JSON_NUL_REJECT);
+    assert_non_null(j);
+    cJSON_Delete(j);
+    assert_null(parse_lit("{\"a\":1} x", MOAT_JSON_NUL_REJECT));
+    assert_null(parse_lit("{\"a\":", MOAT_JSON_NUL_REJECT));
+    assert_null(parse_lit("", MOAT_JSON_NUL_REJECT));
+    assert_null(moat_json_parse(NULL, 0, MOAT_JSON_NUL_REJECT));
+    static const char raw_nul[] = "{\"a\":\"x\0y\"}";
+    assert_null(moat_json_parse(raw_nul, sizeof(raw_nul) - 1, MOAT_JSON_NUL_REPLACE));
+}
+
+static void test_json_nul_escapes(void **state)
+{
+    (void)state;
+    assert_null(parse_lit("{\"a\":\"x\\u0000y\"}", MOAT_JSON_NUL_REJECT));
+    cJSON *j = parse_lit("{\"a\":\"x\\u0000y\\u0000\"}", MOAT_JSON_NUL_REPLACE);
+    assert_non_null(j);
+    assert_string_equal(moat_json_str(j, "a", NULL), "x\xef\xbf\xbdy\xef\xbf\xbd");
+    cJSON_Delete(j);
+    /* an escaped backslash followed by the text u0000 is not an escape */
+    j = parse_lit("{\"a\":\"\\\\u0000\"}", MOAT_JSON_NUL_REJECT);
+    assert_non_null(j);
+    assert_string_equal(moat_json_str(j, "a", NULL), "\\u0000");
+    cJSON_Delete(j);
+    /* a backslash as the last byte, and a truncated escape, are malformed */
+    assert_null(parse_lit("\"\\", MOAT_JSON_NUL_REPLACE));
+    assert_null(parse_lit("\"\\u000", MOAT_JSON_NUL_REPLACE));
+}
+
+static void test_json_int(void **state)
+{
+    (void)state;
+    cJSON *j = parse_lit("{\"i\":-7,\"big\":1718000000105,\"f\":1.5,\"huge\":1e300,"
+                         "\"edge\":9223372036854775808,\"s\":\"1\",\"t\":true}",
+                         MOAT_JSON_NUL_REJECT);
+    assert_non_null(j);
+    int64_t v = 0;
+    assert_true(moat_json_int(j, "i", &v));
+    assert_int_equal(v, -7);
+    assert_true(moat_json_int(j, "big", &v));
+    assert_int_equal(v, 1718000000105);
+    assert_false(moat_json_int(j, "f", &v));
+    assert_false(moat_json_int(j, "huge", &v));
+    assert_false(moat_json_int(j, "edge", &v));
+    assert_false(moat_json_int(j, "s", &v));
+    assert_false(moat_json_int(j, "t", &v));
+    assert_false(moat_json_int(j, "missing", &v));
+    assert_false(moat_json_int_value(NULL, &v));
+    cJSON_Delete(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_uuid_spellings), cmocka_unit_test(test_uuid_rejects),
-        cmocka_unit_test(test_uuid_generate),  cmocka_unit_test(test_time_roundtrip),
-        cmocka_unit_test(test_time_rejects),   cmocka_unit_test(test_buf_limits),
-        cmocka_unit_test(test_status),
+        cmocka_unit_test(test_uuid_spellings),   cmocka_unit_test(test_uuid_rejects),
+        cmocka_unit_test(test_uuid_generate),    cmocka_unit_test(test_time_roundtrip),
+        cmocka_unit_test(test_time_rejects),     cmocka_unit_test(test_buf_limits),
+        cmocka_unit_test(test_status),           cmocka_unit_test(test_json_parse),
+        cmocka_unit_test(test_json_nul_escapes), cmocka_unit_test(test_json_int),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
