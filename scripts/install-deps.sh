@@ -7,13 +7,31 @@ packages=(
   build-essential cmake pkg-config git ca-certificates curl
   protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
   nanopb libnanopb-dev python3-protobuf
-  libcurl4-openssl-dev uuid-dev libcmocka-dev libuv1-dev libjansson-dev libcjson-dev
-  libmicrohttpd-dev libsqlite3-dev
+  uuid-dev libcmocka-dev libuv1-dev libcjson-dev
+  libmicrohttpd-dev libsqlite3-dev dpkg-dev nettle-dev
   clang libclang-rt-14-dev valgrind openssl libgnutls28-dev
   docker.io busybox-static bash-static iproute2 procps
 )
 if [ "${MOAT_SKIP_DOCKER:-0}" = 1 ]; then
   packages=("${packages[@]/docker.io/}")
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+
+# scripts/build-curl.sh builds moat's libcurl from Debian's curl source package,
+# so Debian's source index must be enabled.
+if ! apt-cache showsrc curl 2>/dev/null | grep -q '^Package: curl'; then
+  echo "install-deps: enabling Debian source packages (for scripts/build-curl.sh)"
+  $SUDO tee /etc/apt/sources.list.d/moat-debian-src.sources >/dev/null <<'SOURCES'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+  $SUDO apt-get update
 fi
 
 missing=()
@@ -30,9 +48,6 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 
 echo "install-deps: installing ${missing[*]}"
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
 if ! $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
   $SUDO apt-get update
   $SUDO apt-get install -y --no-install-recommends "${missing[@]}"

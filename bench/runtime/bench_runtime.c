@@ -14,8 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
 #include "moat/runtime.h"
 
 #define PREFIX "moat-rtbench-"
@@ -57,6 +55,29 @@ static int report(const char *what, double value, double baseline, double target
     return pass;
 }
 
+/* Adds a string array as key; false (nothing leaked) when out of memory. */
+static bool add_strings(cJSON *obj, const char *key, const char *const *items, int n)
+{
+    cJSON *arr = cJSON_CreateStringArray(items, n);
+    if (cJSON_AddItemToObject(obj, key, arr))
+        return true;
+    cJSON_Delete(arr);
+    return false;
+}
+
+static bool add_mount(cJSON *mounts, const char *source, const char *target, bool read_only)
+{
+    cJSON *m = cJSON_CreateObject();
+    if (!cJSON_AddItemToArray(mounts, m)) {
+        cJSON_Delete(m);
+        return false;
+    }
+    return cJSON_AddStringToObject(m, "Target", target) &&
+           cJSON_AddStringToObject(m, "Source", source) &&
+           cJSON_AddStringToObject(m, "Type", "bind") &&
+           cJSON_AddBoolToObject(m, "ReadOnly", read_only);
+}
+
 /* Raw create + start of the same image with the same container spec as a session (mounts,
  * limits, hardening, entrypoint), one Engine API call each, no readiness wait. */
 static int raw_create_start(moat_runtime *rt, const moat_runtime_config *cfg, int i,
@@ -67,37 +88,53 @@ static int raw_create_start(moat_runtime *rt, const moat_runtime_config *cfg, in
     snprintf(chat_dir, sizeof(chat_dir), "%s/raw-chat-%d", scratch_dir, i);
     mkdir(sock_dir, 0755);
     mkdir(chat_dir, 0755);
-    json_t *mounts =
-        json_pack("[{s:s,s:s,s:s,s:b},{s:s,s:s,s:s,s:b},{s:s,s:s,s:s,s:b},{s:s,s:s,s:s,s:b},"
-                  "{s:s,s:s,s:s,s:b}]",
-                  "Target", cfg->chat_mount_path, "Source", chat_dir, "Type", "bind", "ReadOnly", 0,
-                  "Target", cfg->dependencies_mount_path, "Source", cfg->dependencies_host_path,
-                  "Type", "bind", "ReadOnly", 1, "Target", cfg->lambda_tools_mount_path, "Source",
-                  cfg->lambda_tools_host_path, "Type", "bind", "ReadOnly", 1, "Target", "/opt/moat",
-                  "Source", cfg->execd_bundle_dir, "Type", "bind", "ReadOnly", 1, "Target",
-                  "/run/moat", "Source", sock_dir, "Type", "bind", "ReadOnly", 0);
-    json_t *spec = json_pack(
-        "{s:s, s:[s,s,s], s:{s:s}, s:b, s:{s:s, s:o, s:[s], s:[s], s:I, s:I, s:I, s:I}}", "Image",
-        IMAGE, "Entrypoint", "/opt/moat/run", "--listen", "unix:/run/moat/execd.sock", "Labels",
-        "bench", "raw", "NetworkDisabled", 1, "HostConfig", "NetworkMode", "none", "Mounts", mounts,
-        "CapDrop", "ALL", "SecurityOpt", "no-new-privileges", "PidsLimit",
-        (json_int_t)cfg->default_pids_limit, "Memory", (json_int_t)cfg->default_memory_bytes,
-        "MemorySwap", (json_int_t)cfg->default_memory_bytes, "NanoCpus",
-        (json_int_t)cfg->default_nano_cpus);
-    char *body = json_dumps(spec, JSON_COMPACT);
-    json_decref(spec);
+    /* Integers go in as raw text so they print exactly, as in the runtime's own spec. */
+    char pids[24], memory[24], cpus[24];
+    snprintf(pids, sizeof(pids), "%lld", (long long)cfg->default_pids_limit);
+    snprintf(memory, sizeof(memory), "%lld", (long long)cfg->default_memory_bytes);
+    snprintf(cpus, sizeof(cpus), "%lld", (long long)cfg->default_nano_cpus);
+    const char *entrypoint[] = {"/opt/moat/run", "--listen", "unix:/run/moat/execd.sock"};
+    const char *cap_drop[] = {"ALL"}, *security[] = {"no-new-privileges"};
+    /* cJSON_Add* fail on a NULL parent, so the one check of ok covers every allocation. */
+    cJSON *spec = cJSON_CreateObject();
+    bool ok = cJSON_AddStringToObject(spec, "Image", IMAGE) &&
+              add_strings(spec, "Entrypoint", entrypoint, 3);
+    cJSON *labels = ok ? cJSON_AddObjectToObject(spec, "Labels") : NULL;
+    ok = cJSON_AddStringToObject(labels, "bench", "raw") &&
+         cJSON_AddTrueToObject(spec, "NetworkDisabled");
+    cJSON *host = ok ? cJSON_AddObjectToObject(spec, "HostConfig") : NULL;
+    ok = cJSON_AddStringToObject(host, "NetworkMode", "none");
+    cJSON *mounts = ok ? cJSON_AddArrayToObject(host, "Mounts") : NULL;
+    ok = add_mount(mounts, chat_dir, cfg->chat_mount_path, false) &&
+         add_mount(mounts, cfg->dependencies_host_path, cfg->dependencies_mount_path, true) &&
+         add_mount(mounts, cfg->lambda_tools_host_path, cfg->lambda_tools_mount_path, true) &&
+         add_mount(mounts, cfg->execd_bundle_dir, "/opt/moat", true) &&
+         add_mount(mounts, sock_dir, "/run/moat", false) &&
+         add_strings(host, "CapDrop", cap_drop, 1) &&
+         add_strings(host, "SecurityOpt", security, 1) &&
+         cJSON_AddRawToObject(host, "PidsLimit", pids) &&
+         cJSON_AddRawToObject(host, "Memory", memory) &&
+         cJSON_AddRawToObject(host, "MemorySwap", memory) &&
+         cJSON_AddRawToObject(host, "NanoCpus", cpus);
+    char *body = ok ? cJSON_PrintUnformatted(spec) : NULL;
+    cJSON_Delete(spec);
+    if (body == NULL) {
+        fprintf(stderr, "raw create: out of memory\n");
+        return -1;
+    }
     char path[128];
     snprintf(path, sizeof(path), "/containers/create?name=" PREFIX "raw-%d", i);
     moat_docker_response resp;
     moat_status st;
     moat_code code = moat_runtime_docker_call(rt, "create", "POST", path, body, &resp, &st);
-    free(body);
+    cJSON_free(body);
     if (code != MOAT_CODE_OK) {
         fprintf(stderr, "raw create: %s\n", st.message);
         moat_runtime_docker_response_free(&resp);
         return -1;
     }
-    snprintf(id_out, 80, "%s", json_string_value(json_object_get(resp.json, "Id")));
+    const char *id = moat_json_str(resp.json, "Id", NULL);
+    snprintf(id_out, 80, "%s", id ? id : "");
     moat_runtime_docker_response_free(&resp);
     snprintf(path, sizeof(path), "/containers/%s/start", id_out);
     if (moat_runtime_docker_call(rt, "start", "POST", path, NULL, NULL, &st) != MOAT_CODE_OK) {

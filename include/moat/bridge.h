@@ -106,7 +106,8 @@ typedef enum moat_bridge_stream {
 } moat_bridge_stream;
 
 /* Text owned by someone else: `len` bytes at `data`, followed by a NUL that
- * is not counted (text may itself contain NULs). */
+ * is not counted. Text parsed from execd's JSON holds no NUL: a \u0000 there
+ * arrives as U+FFFD (docs/bridge.md). */
 typedef struct moat_bridge_str {
     const char *data;
     size_t len;
@@ -124,7 +125,9 @@ typedef struct moat_bridge_event {
         } init;
         struct {
             moat_bridge_stream stream;
-            const uint8_t *data; /* exactly the bytes; binary safe */
+            /* binary-safe mode: exactly the bytes; line mode: the UTF-8
+             * text, a \u0000 in it read as U+FFFD */
+            const uint8_t *data;
             size_t len;
         } output;
         struct {

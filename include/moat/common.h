@@ -166,6 +166,11 @@ moat_err moat_log_level_parse(const char *name, moat_log_level *out);
 void moat_log(moat_log_level level, const char *event, const char *kv_fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Length (1..4) of the well-formed UTF-8 sequence at s (len > 0 bytes there),
+ * or 0 when they are not one (overlong, surrogate, past U+10FFFF, cut short);
+ * *cp (may be NULL) gets its code point. */
+size_t moat_utf8_seq(const unsigned char *s, size_t len, uint32_t *cp);
+
 /* JSON, on cJSON. cJSON strings end at their first NUL, so a text whose
  * strings hold U+0000 could not be represented exactly; moat_json_parse says
  * what to do with one instead of letting a string be cut short silently. */
@@ -175,8 +180,10 @@ typedef enum moat_json_nul {
 } moat_json_nul;
 
 /* Parses exactly len bytes (no NUL terminator needed) holding one JSON value
- * and nothing but whitespace after it. NULL when the text is malformed, holds a
- * raw NUL byte, or holds \u0000 under MOAT_JSON_NUL_REJECT. The caller owns
+ * and nothing but whitespace after it, as strictly as RFC 8259 asks of text
+ * (cJSON alone is laxer): NULL when the text is malformed, is not UTF-8, holds
+ * a raw control character inside a string or one other than tab, LF and CR
+ * between tokens, or holds \u0000 under MOAT_JSON_NUL_REJECT. The caller owns
  * the tree and frees it with cJSON_Delete. */
 cJSON *moat_json_parse(const char *text, size_t len, moat_json_nul nul);
 /* obj[key] (case-sensitive) when it is a string, else NULL; *len (may be

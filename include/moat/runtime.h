@@ -245,11 +245,12 @@ void moat_runtime_stop_watcher(moat_runtime *rt);
 
 /* ---- raw Docker Engine API access (used by the runtime, its tests and benchmarks) --------- */
 
-/* A Docker response: HTTP status and the parsed JSON body (NULL when empty or not JSON). The
- * body is a jansson json_t*, typed void* here so this header needs no jansson. */
+/* A Docker response: HTTP status and the parsed JSON body (NULL when empty or not JSON: not
+ * UTF-8, a raw control character, or \u0000 anywhere makes it not JSON). The caller owns the
+ * tree until moat_runtime_docker_response_free. */
 typedef struct moat_docker_response {
     long http_status;
-    void *json;
+    cJSON *json;
 } moat_docker_response;
 
 /* Performs one Engine API call: method ("GET", "POST", "DELETE"), path without the version

@@ -2,7 +2,6 @@
  * and the streamed file transfers. */
 #include "internal.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,9 +53,10 @@ static char *build_path(const char *prefix, const char *a, const char *mid, cons
     return p;
 }
 
-static json_t *parse_body(bridge_req *r)
+/* These answers carry no output text: a \u0000 in them is refused. */
+static cJSON *parse_body(bridge_req *r)
 {
-    return json_loadb((const char *)r->body.data, r->body.len, 0, NULL);
+    return moat_json_parse((const char *)r->body.data, r->body.len, MOAT_JSON_NUL_REJECT);
 }
 
 static void bad_answer(moat_status *st, const char *what)
@@ -65,13 +65,13 @@ static void bad_answer(moat_status *st, const char *what)
                     "the call", what);
 }
 
-static const char *sget(json_t *o, const char *k)
+static const char *sget(const cJSON *o, const char *k)
 {
-    json_t *v = json_object_get(o, k);
-    return json_is_string(v) ? json_string_value(v) : "";
+    const char *v = moat_json_str(o, k, NULL);
+    return v != NULL ? v : "";
 }
 
-static int64_t time_ms(json_t *o, const char *k)
+static int64_t time_ms(const cJSON *o, const char *k)
 {
     int64_t ms = 0;
     const char *s = sget(o, k);
@@ -81,7 +81,7 @@ static int64_t time_ms(json_t *o, const char *k)
 }
 
 /* execd writes permission bits as octal digits read as decimal: 755 → 0755. */
-static uint32_t octal_digits(json_int_t v)
+static uint32_t octal_digits(int64_t v)
 {
     uint32_t out = 0, shift = 0;
     if (v < 0)
@@ -97,9 +97,9 @@ static uint32_t octal_digits(json_int_t v)
     return out;
 }
 
-static bool file_info(json_t *o, moat_bridge_file_info *fi)
+static bool file_info(const cJSON *o, moat_bridge_file_info *fi)
 {
-    if (!json_is_object(o))
+    if (!cJSON_IsObject(o))
         return false;
     memset(fi, 0, sizeof(*fi));
     fi->path = sget(o, "path");
@@ -109,12 +109,10 @@ static bool file_info(json_t *o, moat_bridge_file_info *fi)
                : strcmp(t, "symlink") == 0   ? MOAT_BRIDGE_FILE_SYMLINK
                : *t                          ? MOAT_BRIDGE_FILE_OTHER
                                              : MOAT_BRIDGE_FILE_UNSPECIFIED;
-    json_t *size = json_object_get(o, "size");
-    fi->size = json_is_integer(size) && json_integer_value(size) > 0
-                   ? (uint64_t)json_integer_value(size)
-                   : 0;
-    json_t *mode = json_object_get(o, "mode");
-    fi->mode = json_is_integer(mode) ? octal_digits(json_integer_value(mode)) : 0;
+    /* cJSON numbers are doubles: sizes are exact up to 2^53 bytes (8 PiB). */
+    int64_t size = 0, mode = 0;
+    fi->size = moat_json_int(o, "size", &size) && size > 0 ? (uint64_t)size : 0;
+    fi->mode = moat_json_int(o, "mode", &mode) ? octal_digits(mode) : 0;
     fi->owner = sget(o, "owner");
     fi->group = sget(o, "group");
     fi->modified_at_ms = time_ms(o, "modified_at");
@@ -129,7 +127,7 @@ static void call_done(bridge_req *r, CURLcode rc)
     if (c->kind == CALL_LOGS && rc == CURLE_WRITE_ERROR && r->body_full && r->http_status == 200) {
         moat_status_clear(&st); /* capped read: the caller continues from next_cursor */
     }
-    json_t *j = NULL;
+    cJSON *j = NULL;
     bool ok = st.code == MOAT_CODE_OK;
     if (ok && (c->kind == CALL_SESSION || c->kind == CALL_STATUS || c->kind == CALL_STAT ||
                c->kind == CALL_LIST)) {
@@ -157,10 +155,10 @@ static void call_done(bridge_req *r, CURLcode rc)
         if (ok) {
             cs.execution_id = sget(j, "id");
             cs.content = sget(j, "content");
-            cs.running = json_is_true(json_object_get(j, "running"));
-            json_t *code = json_object_get(j, "exit_code");
-            cs.exit_known = json_is_integer(code);
-            cs.exit_code = cs.exit_known ? (int32_t)json_integer_value(code) : 0;
+            cs.running = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "running"));
+            int64_t code = 0;
+            cs.exit_known = moat_json_int(j, "exit_code", &code);
+            cs.exit_code = (int32_t)code;
             cs.error = sget(j, "error");
             cs.started_at_ms = time_ms(j, "started_at");
             cs.finished_at_ms = time_ms(j, "finished_at");
@@ -179,9 +177,7 @@ static void call_done(bridge_req *r, CURLcode rc)
     case CALL_STAT: {
         /* {"<path>": FileInfo} */
         moat_bridge_file_info fi;
-        json_t *v = NULL;
-        if (ok && json_is_object(j) && json_object_size(j) > 0)
-            v = json_object_iter_value(json_object_iter(j));
+        const cJSON *v = cJSON_IsObject(j) ? j->child : NULL;
         if (ok && !file_info(v, &fi)) {
             bad_answer(&st, "file info");
             ok = false;
@@ -190,25 +186,26 @@ static void call_done(bridge_req *r, CURLcode rc)
         break;
     }
     case CALL_LIST: {
-        size_t n = ok && json_is_array(j) ? json_array_size(j) : 0;
+        size_t n = ok && cJSON_IsArray(j) ? (size_t)cJSON_GetArraySize(j) : 0;
         moat_bridge_file_info *fis = n ? calloc(n, sizeof(*fis)) : NULL;
         size_t k = 0;
-        if (ok && !json_is_array(j)) {
+        if (ok && !cJSON_IsArray(j)) {
             bad_answer(&st, "a list");
             ok = false;
         } else if (n > 0 && fis == NULL) {
             moat_status_set(&st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
             ok = false;
         }
-        for (size_t i = 0; ok && i < n; i++)
-            if (file_info(json_array_get(j, i), &fis[k]))
+        const cJSON *it = ok ? j->child : NULL;
+        for (; it != NULL && k < n; it = it->next)
+            if (file_info(it, &fis[k]))
                 k++;
         ((moat_bridge_list_fn)c->cb)(c->ud, &st, ok ? fis : NULL, ok ? k : 0);
         free(fis);
         break;
     }
     }
-    json_decref(j);
+    cJSON_Delete(j);
     free(c);
 }
 
@@ -248,15 +245,39 @@ static moat_err start_call(moat_bridge *b, const moat_bridge_endpoint *ep, const
     return MOAT_OK;
 }
 
-static char *dump(json_t *j)
+/* Prints and deletes j: the body text, or NULL when j is NULL or memory ran
+ * out. Free with cJSON_free. */
+static char *dump(cJSON *j)
 {
-    char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    json_decref(j);
+    char *s = j != NULL ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
     return s;
 }
 
+/* Adds a string member; on failure deletes obj and returns NULL, so that
+ * calls chain to a NULL that dump() turns into "out of memory". */
+static cJSON *with_string(cJSON *obj, const char *key, const char *value)
+{
+    if (obj != NULL && cJSON_AddStringToObject(obj, key, value) == NULL) {
+        cJSON_Delete(obj);
+        return NULL;
+    }
+    return obj;
+}
+
+/* Adds item under key (taking it); on failure deletes both and returns NULL. */
+static cJSON *with_item(cJSON *obj, const char *key, cJSON *item)
+{
+    if (obj == NULL || item == NULL || !cJSON_AddItemToObject(obj, key, item)) {
+        cJSON_Delete(obj);
+        cJSON_Delete(item);
+        return NULL;
+    }
+    return obj;
+}
+
 static moat_err start_json_call(moat_bridge *b, const moat_bridge_endpoint *ep, const char *method,
-                                char *path, json_t *body, moat_bridge_done_fn cb, void *ud,
+                                char *path, cJSON *body, moat_bridge_done_fn cb, void *ud,
                                 moat_status *st)
 {
     char *s = dump(body);
@@ -266,7 +287,7 @@ static moat_err start_json_call(moat_bridge *b, const moat_bridge_endpoint *ep, 
         return MOAT_E_NOMEM;
     }
     moat_err err = start_call(b, ep, method, path, s, CALL_DONE, (any_fn)cb, ud, 0, st);
-    free(s);
+    cJSON_free(s);
     return err;
 }
 
@@ -275,8 +296,7 @@ moat_err moat_bridge_create_session(moat_bridge *b, const moat_bridge_endpoint *
 {
     char *body = NULL;
     if (cwd != NULL && *cwd) {
-        json_t *j = json_pack("{s:s}", "cwd", cwd);
-        body = dump(j);
+        body = dump(with_string(cJSON_CreateObject(), "cwd", cwd));
         if (body == NULL) {
             moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
             return MOAT_E_NOMEM;
@@ -284,7 +304,7 @@ moat_err moat_bridge_create_session(moat_bridge *b, const moat_bridge_endpoint *
     }
     moat_err err =
         start_call(b, ep, "POST", strdup("/session"), body, CALL_SESSION, (any_fn)cb, ud, 0, st);
-    free(body);
+    cJSON_free(body);
     return err;
 }
 
@@ -366,19 +386,30 @@ moat_err moat_bridge_move(moat_bridge *b, const moat_bridge_endpoint *ep, const 
 {
     if (need("src", src, st) != MOAT_OK || need("dest", dest, st) != MOAT_OK)
         return MOAT_E_INVAL;
-    return start_json_call(b, ep, "POST", strdup("/files/mv"),
-                           json_pack("[{s:s,s:s}]", "src", src, "dest", dest), cb, ud, st);
+    cJSON *pair = with_string(with_string(cJSON_CreateObject(), "src", src), "dest", dest);
+    cJSON *list = cJSON_CreateArray();
+    if (list == NULL || pair == NULL || !cJSON_AddItemToArray(list, pair)) {
+        cJSON_Delete(list);
+        cJSON_Delete(pair);
+        list = NULL;
+    }
+    return start_json_call(b, ep, "POST", strdup("/files/mv"), list, cb, ud, st);
 }
 
-static json_t *perm(uint32_t mode, const char *owner, const char *group)
+/* {"mode", "owner"?, "group"?}, or NULL when out of memory. */
+static cJSON *perm(uint32_t mode, const char *owner, const char *group)
 {
     /* execd takes permission bits as octal digits read as decimal: 0755 → 755 */
-    json_int_t digits = (json_int_t)((mode >> 6) & 7) * 100 + ((mode >> 3) & 7) * 10 + (mode & 7);
-    json_t *p = json_pack("{s:I}", "mode", digits);
-    if (p != NULL && owner != NULL && *owner)
-        json_object_set_new(p, "owner", json_string(owner));
-    if (p != NULL && group != NULL && *group)
-        json_object_set_new(p, "group", json_string(group));
+    double digits = ((mode >> 6) & 7) * 100 + ((mode >> 3) & 7) * 10 + (mode & 7);
+    cJSON *p = cJSON_CreateObject();
+    if (p != NULL && cJSON_AddNumberToObject(p, "mode", digits) == NULL) {
+        cJSON_Delete(p);
+        return NULL;
+    }
+    if (owner != NULL && *owner)
+        p = with_string(p, "owner", owner);
+    if (group != NULL && *group)
+        p = with_string(p, "group", group);
     return p;
 }
 
@@ -387,9 +418,7 @@ moat_err moat_bridge_mkdir(moat_bridge *b, const moat_bridge_endpoint *ep, const
 {
     if (need("path", path, st) != MOAT_OK)
         return MOAT_E_INVAL;
-    json_t *j = json_object();
-    if (j != NULL)
-        json_object_set_new(j, path, perm(mode ? mode : 0755, NULL, NULL));
+    cJSON *j = with_item(cJSON_CreateObject(), path, perm(mode ? mode : 0755, NULL, NULL));
     return start_json_call(b, ep, "POST", strdup("/directories"), j, cb, ud, st);
 }
 
@@ -399,9 +428,7 @@ moat_err moat_bridge_chmod(moat_bridge *b, const moat_bridge_endpoint *ep, const
 {
     if (need("path", path, st) != MOAT_OK)
         return MOAT_E_INVAL;
-    json_t *j = json_object();
-    if (j != NULL)
-        json_object_set_new(j, path, perm(mode, owner, group));
+    cJSON *j = with_item(cJSON_CreateObject(), path, perm(mode, owner, group));
     return start_json_call(b, ep, "POST", strdup("/files/permissions"), j, cb, ud, st);
 }
 
@@ -552,20 +579,17 @@ moat_err moat_bridge_upload(moat_bridge *b, const moat_bridge_endpoint *ep, cons
         moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_callback", "callbacks are required");
         return MOAT_E_INVAL;
     }
-    json_t *meta = perm(mode ? mode : 0644, owner, group);
-    if (meta != NULL)
-        json_object_set_new(meta, "path", json_string(path));
-    char *meta_s = dump(meta);
+    char *meta_s = dump(with_string(perm(mode ? mode : 0644, owner, group), "path", path));
     moat_bridge_xfer *x = calloc(1, sizeof(*x));
     if (meta_s == NULL || x == NULL) {
-        free(meta_s);
+        cJSON_free(meta_s);
         free(x);
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
         return MOAT_E_NOMEM;
     }
     bridge_req *r = moat__req_new(b, ep, "POST", "/files/upload", NULL, st);
     if (r == NULL) {
-        free(meta_s);
+        cJSON_free(meta_s);
         free(x);
         return MOAT_E_INVAL;
     }
@@ -578,7 +602,7 @@ moat_err moat_bridge_upload(moat_bridge *b, const moat_bridge_endpoint *ep, cons
     curl_mime_filename(m, "metadata");
     curl_mime_type(m, "application/json");
     curl_mime_data(m, meta_s, CURL_ZERO_TERMINATED);
-    free(meta_s);
+    cJSON_free(meta_s);
     curl_mimepart *f = curl_mime_addpart(r->mime);
     const char *base = strrchr(path, '/');
     curl_mime_name(f, "file");

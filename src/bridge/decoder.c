@@ -4,9 +4,6 @@
  * seed's exit-code rule. No I/O. */
 #include "internal.h"
 
-#include <ctype.h>
-#include <errno.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,27 +98,24 @@ static bool has_prefix(const uint8_t *p, size_t n, const char *pre)
     return n >= k && memcmp(p, pre, k) == 0;
 }
 
-static moat_bridge_str jstr(json_t *obj, const char *key)
+static moat_bridge_str jstr(const cJSON *v)
 {
-    json_t *v = obj != NULL ? json_object_get(obj, key) : NULL;
-    if (v != NULL && json_is_string(v))
-        return (moat_bridge_str){json_string_value(v), json_string_length(v)};
+    if (cJSON_IsString(v) && v->valuestring != NULL)
+        return (moat_bridge_str){v->valuestring, strlen(v->valuestring)};
     return (moat_bridge_str){"", 0};
 }
 
-static int64_t jint(json_t *obj, const char *key)
+/* A peer's number as int64, 0 when absent. Doubles are truncated and clamped
+ * first (out of range is UB). cJSON holds numbers as doubles: timestamps and
+ * durations in ms stay far below 2^53, where every integer is exact. */
+static int64_t jint(const cJSON *v)
 {
-    json_t *v = json_object_get(obj, key);
-    if (v != NULL && json_is_integer(v))
-        return (int64_t)json_integer_value(v);
-    if (v != NULL && json_is_real(v)) {
-        double d = json_real_value(v);
-        /* a peer's number: clamp before converting (out of range is UB) */
-        if (!(d > -9.2e18 && d < 9.2e18))
-            return 0;
-        return (int64_t)d;
-    }
-    return 0;
+    if (!cJSON_IsNumber(v))
+        return 0;
+    double d = v->valuedouble;
+    if (!(d > -9.2e18 && d < 9.2e18))
+        return 0;
+    return (int64_t)d;
 }
 
 /* Python's int(): optional whitespace and sign, decimal digits; must fit int32. */
@@ -178,36 +172,48 @@ static void note_error(moat_bridge_decoder *d, moat_bridge_str name, moat_bridge
     }
 }
 
-/* Traceback items: null → none, strings as they are, other scalars as JSON. */
-static moat_err emit_error(moat_bridge_decoder *d, json_t *root, int64_t ts,
+/* The last member named key (a repeated key keeps its last value, as the
+ * decoder always read them), or NULL. */
+static const cJSON *member(const cJSON *obj, const char *key)
+{
+    const cJSON *found = NULL;
+    if (cJSON_IsObject(obj))
+        for (const cJSON *it = obj->child; it != NULL; it = it->next)
+            if (it->string != NULL && strcmp(it->string, key) == 0)
+                found = it;
+    return found;
+}
+
+/* Traceback items: null → none, strings as they are, other values as JSON. */
+static moat_err emit_error(moat_bridge_decoder *d, const cJSON *err, int64_t ts,
                            moat_bridge_emit_fn emit, void *ud)
 {
-    json_t *err = json_object_get(root, "error");
-    if (err != NULL && !json_is_object(err))
+    if (!cJSON_IsObject(err))
         err = NULL;
     moat_bridge_event ev = {.timestamp_ms = ts, .kind = MOAT_BRIDGE_EV_ERROR};
-    ev.u.error.name = jstr(err, "ename");
-    ev.u.error.value = jstr(err, "evalue");
-    json_t *tb = err != NULL ? json_object_get(err, "traceback") : NULL;
+    ev.u.error.name = jstr(member(err, "ename"));
+    ev.u.error.value = jstr(member(err, "evalue"));
+    const cJSON *tb = member(err, "traceback");
     moat_bridge_str one;
     moat_bridge_str *items = NULL;
     char **owned = NULL;
     size_t count = 0, n_owned = 0;
-    if (tb != NULL && json_is_array(tb) && json_array_size(tb) > 0) {
-        size_t n = json_array_size(tb);
-        items = calloc(n, sizeof(*items));
-        owned = calloc(n, sizeof(*owned));
+    int n = cJSON_IsArray(tb) ? cJSON_GetArraySize(tb) : 0;
+    if (n > 0) {
+        items = calloc((size_t)n, sizeof(*items));
+        owned = calloc((size_t)n, sizeof(*owned));
         if (items == NULL || owned == NULL) {
             free(items);
             free(owned);
             return MOAT_E_NOMEM;
         }
-        for (size_t i = 0; i < n; i++) {
-            json_t *it = json_array_get(tb, i);
-            if (json_is_string(it)) {
-                items[count++] = (moat_bridge_str){json_string_value(it), json_string_length(it)};
+        const cJSON *it;
+        cJSON_ArrayForEach(it, tb)
+        {
+            if (cJSON_IsString(it)) {
+                items[count++] = jstr(it);
             } else {
-                char *s = json_dumps(it, JSON_ENCODE_ANY | JSON_COMPACT);
+                char *s = cJSON_PrintUnformatted(it);
                 if (s != NULL) {
                     owned[n_owned++] = s;
                     items[count++] = (moat_bridge_str){s, strlen(s)};
@@ -215,8 +221,8 @@ static moat_err emit_error(moat_bridge_decoder *d, json_t *root, int64_t ts,
             }
         }
         ev.u.error.traceback = items;
-    } else if (tb != NULL && json_is_string(tb)) {
-        one = (moat_bridge_str){json_string_value(tb), json_string_length(tb)};
+    } else if (cJSON_IsString(tb)) {
+        one = jstr(tb);
         ev.u.error.traceback = &one;
         count = 1;
     }
@@ -224,17 +230,17 @@ static moat_err emit_error(moat_bridge_decoder *d, json_t *root, int64_t ts,
     note_error(d, ev.u.error.name, ev.u.error.value);
     emit_event(d, &ev, emit, ud);
     for (size_t i = 0; i < n_owned; i++)
-        free(owned[i]);
+        cJSON_free(owned[i]);
     free(owned);
     free(items);
     return MOAT_OK;
 }
 
 static moat_err start_binary(moat_bridge_decoder *d, moat_bridge_stream stream, int64_t ts,
-                             json_t *len, moat_status *st)
+                             const cJSON *len, moat_status *st)
 {
-    if (!json_is_integer(len) || json_integer_value(len) < 1 ||
-        json_integer_value(len) > (json_int_t)MOAT_BRIDGE_MAX_BINARY) {
+    int64_t n = 0;
+    if (!moat_json_int_value(len, &n) || n < 1 || n > (int64_t)MOAT_BRIDGE_MAX_BINARY) {
         set_st(st, MOAT_CODE_UNAVAILABLE, "execd_protocol_error",
                "binary output frame with a len outside 1..65536");
         d->state = DEC_DONE;
@@ -242,10 +248,60 @@ static moat_err start_binary(moat_bridge_decoder *d, moat_bridge_stream stream, 
     }
     d->bin_stream = stream;
     d->bin_ts = ts;
-    d->bin_need = (size_t)json_integer_value(len);
+    d->bin_need = (size_t)n;
     d->bin_have = 0;
     d->state = DEC_PAYLOAD;
     return MOAT_OK;
+}
+
+/* The top-level members the mapping reads, found in one walk over the event
+ * object instead of one lookup each. */
+typedef struct members {
+    const cJSON *type, *timestamp, *text, *len, *results, *error, *execution_time, *code, *message;
+} members;
+
+static void find_members(const cJSON *root, members *m)
+{
+    memset(m, 0, sizeof(*m));
+    for (const cJSON *it = root->child; it != NULL; it = it->next) {
+        const char *k = it->string;
+        if (k == NULL)
+            continue;
+        switch (k[0]) {
+        case 't':
+            if (strcmp(k, "type") == 0)
+                m->type = it;
+            else if (strcmp(k, "text") == 0)
+                m->text = it;
+            else if (strcmp(k, "timestamp") == 0)
+                m->timestamp = it;
+            break;
+        case 'l':
+            if (strcmp(k, "len") == 0)
+                m->len = it;
+            break;
+        case 'r':
+            if (strcmp(k, "results") == 0)
+                m->results = it;
+            break;
+        case 'e':
+            if (strcmp(k, "error") == 0)
+                m->error = it;
+            else if (strcmp(k, "execution_time") == 0)
+                m->execution_time = it;
+            break;
+        case 'c':
+            if (strcmp(k, "code") == 0)
+                m->code = it;
+            break;
+        case 'm':
+            if (strcmp(k, "message") == 0)
+                m->message = it;
+            break;
+        default:
+            break;
+        }
+    }
 }
 
 /* One complete line (without its LF). */
@@ -275,44 +331,41 @@ static moat_err process_line(moat_bridge_decoder *d, const uint8_t *p, size_t n,
         if (n == 0)
             return MOAT_OK;
     }
-    if (p[0] != '{') {
+    /* Line mode is UTF-8 text: a \u0000 arrives as U+FFFD (exact bytes are
+     * binary-safe mode's job). */
+    cJSON *root = p[0] == '{' ? moat_json_parse((const char *)p, n, MOAT_JSON_NUL_REPLACE) : NULL;
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
         d->stats.skipped_lines++;
         return MOAT_OK;
     }
-    json_t *root = json_loadb((const char *)p, n, JSON_ALLOW_NUL, NULL);
-    if (root == NULL || !json_is_object(root)) {
-        json_decref(root);
-        d->stats.skipped_lines++;
-        return MOAT_OK;
-    }
+    members m;
+    find_members(root, &m);
     moat_err err = MOAT_OK;
-    json_t *jt = json_object_get(root, "type");
-    int64_t ts = jint(root, "timestamp");
-    if (jt == NULL || !json_is_string(jt)) {
-        json_t *code = json_object_get(root, "code");
-        if (code != NULL && json_is_string(code)) {
+    int64_t ts = jint(m.timestamp);
+    if (!cJSON_IsString(m.type) || m.type->valuestring == NULL) {
+        if (cJSON_IsString(m.code)) {
             /* execd appended its {"code","message"} error body to the stream. */
             d->stats.api_errors++;
             moat_bridge_event ev = {.timestamp_ms = ts, .kind = MOAT_BRIDGE_EV_ERROR};
-            ev.u.error.name = jstr(root, "code");
-            ev.u.error.value = jstr(root, "message");
+            ev.u.error.name = jstr(m.code);
+            ev.u.error.value = jstr(m.message);
             note_error(d, ev.u.error.name, ev.u.error.value);
             emit_event(d, &ev, emit, ud);
         } else {
             d->stats.skipped_lines++;
         }
-        json_decref(root);
+        cJSON_Delete(root);
         return MOAT_OK;
     }
-    const char *type = json_string_value(jt);
+    const char *type = m.type->valuestring;
     moat_bridge_event ev = {.timestamp_ms = ts};
     if (strcmp(type, "stdout") == 0 || strcmp(type, "stderr") == 0) {
         moat_bridge_stream stream = type[3] == 'o' ? MOAT_BRIDGE_STDOUT : MOAT_BRIDGE_STDERR;
-        json_t *len = json_object_get(root, "len");
-        if (d->o.binary && len != NULL) {
-            err = start_binary(d, stream, ts, len, st);
+        if (d->o.binary && m.len != NULL) {
+            err = start_binary(d, stream, ts, m.len, st);
         } else {
-            moat_bridge_str text = jstr(root, "text");
+            moat_bridge_str text = jstr(m.text);
             if (text.len == 0) {
                 d->stats.skipped_lines++;
             } else {
@@ -325,26 +378,25 @@ static moat_err process_line(moat_bridge_decoder *d, const uint8_t *p, size_t n,
         }
     } else if (strcmp(type, "init") == 0) {
         ev.kind = MOAT_BRIDGE_EV_INIT;
-        ev.u.init.execution_id = jstr(root, "text");
+        ev.u.init.execution_id = jstr(m.text);
         emit_event(d, &ev, emit, ud);
     } else if (strcmp(type, "result") == 0) {
         ev.kind = MOAT_BRIDGE_EV_RESULT;
-        json_t *results = json_object_get(root, "results");
-        ev.u.result.text = jstr(json_is_object(results) ? results : NULL, "text");
+        ev.u.result.text = jstr(member(m.results, "text"));
         emit_event(d, &ev, emit, ud);
     } else if (strcmp(type, "error") == 0) {
-        err = emit_error(d, root, ts, emit, ud);
+        err = emit_error(d, m.error, ts, emit, ud);
     } else if (strcmp(type, "execution_complete") == 0) {
         d->saw_complete = true;
         ev.kind = MOAT_BRIDGE_EV_COMPLETE;
-        int64_t t = jint(root, "execution_time");
+        int64_t t = jint(m.execution_time);
         ev.u.complete.execution_time_ms = t > 0 ? (uint64_t)t : 0;
         emit_event(d, &ev, emit, ud);
     } else {
         /* ping, status, execution_count and types this build does not know */
         d->stats.skipped_lines++;
     }
-    json_decref(root);
+    cJSON_Delete(root);
     return err;
 }
 

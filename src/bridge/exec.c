@@ -3,7 +3,7 @@
  * falls behind), and kept attachable after the consumer left. */
 #include "internal.h"
 
-#include <jansson.h>
+#include <inttypes.h>
 #include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -357,26 +357,44 @@ static void unlink_free(moat_bridge_exec *ex)
     free(ex);
 }
 
+/* Sets key to a new string: a repeated env key keeps its last value. */
+static bool set_string(cJSON *obj, const char *key, const char *value)
+{
+    cJSON *v = cJSON_CreateString(value);
+    if (v == NULL)
+        return false;
+    if (cJSON_GetObjectItemCaseSensitive(obj, key) != NULL)
+        return cJSON_ReplaceItemInObjectCaseSensitive(obj, key, v);
+    if (!cJSON_AddItemToObject(obj, key, v)) {
+        cJSON_Delete(v);
+        return false;
+    }
+    return true;
+}
+
+/* The request body, or NULL when out of memory; free with cJSON_free. */
 static char *run_body(const moat_bridge_run_opts *o)
 {
-    json_t *j = json_object();
-    if (j == NULL)
-        return NULL;
-    json_object_set_new(j, "command", json_string(o->command));
-    if (o->cwd != NULL && *o->cwd)
-        json_object_set_new(j, "cwd", json_string(o->cwd));
-    if (o->timeout_ms > 0)
-        json_object_set_new(j, "timeout", json_integer((json_int_t)o->timeout_ms));
-    if (o->background)
-        json_object_set_new(j, "background", json_true());
-    if (o->env_count > 0) {
-        json_t *env = json_object();
-        for (size_t i = 0; env != NULL && i < o->env_count; i++)
-            json_object_set_new(env, o->env_keys[i], json_string(o->env_values[i]));
-        json_object_set_new(j, "envs", env);
+    cJSON *j = cJSON_CreateObject();
+    bool ok = j != NULL && set_string(j, "command", o->command);
+    if (ok && o->cwd != NULL && *o->cwd)
+        ok = set_string(j, "cwd", o->cwd);
+    if (ok && o->timeout_ms > 0) {
+        /* written as an exact integer: cJSON prints doubles past 2^53 approximately */
+        char num[24];
+        snprintf(num, sizeof(num), "%" PRIu64, o->timeout_ms);
+        ok = cJSON_AddRawToObject(j, "timeout", num) != NULL;
     }
-    char *s = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
+    if (ok && o->background)
+        ok = cJSON_AddTrueToObject(j, "background") != NULL;
+    if (ok && o->env_count > 0) {
+        cJSON *env = cJSON_AddObjectToObject(j, "envs");
+        ok = env != NULL;
+        for (size_t i = 0; ok && i < o->env_count; i++)
+            ok = set_string(env, o->env_keys[i], o->env_values[i]);
+    }
+    char *s = ok ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
     return s;
 }
 
@@ -431,7 +449,7 @@ moat_err moat_bridge_run(moat_bridge *b, const moat_bridge_endpoint *ep,
         ex->scope = strdup(scope);
     if (path == NULL || body == NULL || ex == NULL || ex->scope == NULL) {
         free(path);
-        free(body);
+        cJSON_free(body);
         if (ex != NULL)
             free(ex->scope);
         free(ex);
@@ -440,7 +458,7 @@ moat_err moat_bridge_run(moat_bridge *b, const moat_bridge_endpoint *ep,
     }
     bridge_req *r = moat__req_new(b, ep, "POST", path, body, st);
     free(path);
-    free(body);
+    cJSON_free(body);
     if (r == NULL) {
         free(ex->scope);
         free(ex);

@@ -51,24 +51,29 @@ static bool want_binary(struct MHD_Connection *conn)
 }
 
 /* Parses the request body as a JSON object; answers 400 and returns NULL otherwise. */
-static json_t *parse_body(struct MHD_Connection *conn, xd_req *r, bool allow_empty,
-                          enum MHD_Result *ret)
+static cJSON *parse_body(struct MHD_Connection *conn, xd_req *r, bool allow_empty,
+                         enum MHD_Result *ret)
 {
     if (r->body_too_big) {
         *ret = xd_respond_error(conn, 413, "INVALID_REQUEST_BODY", "request body too large");
         return NULL;
     }
-    if (r->body.len == 0 && allow_empty)
-        return json_object();
-    json_error_t jerr;
-    json_t *root = json_loadb((const char *)r->body.data, r->body.len, 0, &jerr);
+    if (r->body.len == 0 && allow_empty) {
+        cJSON *empty = cJSON_CreateObject();
+        if (empty == NULL)
+            *ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+        return empty;
+    }
+    const char *why = "empty body";
+    cJSON *root = r->body.len == 0 ? NULL
+                                   : moat__execd_json_parse((const char *)r->body.data, r->body.len,
+                                                            false, &why);
     if (root == NULL) {
-        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid JSON: %s (line %d)",
-                                jerr.text, jerr.line);
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid JSON: %s", why);
         return NULL;
     }
-    if (!json_is_object(root)) {
-        json_decref(root);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
         *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                 "request body must be a JSON object");
         return NULL;
@@ -76,25 +81,45 @@ static json_t *parse_body(struct MHD_Connection *conn, xd_req *r, bool allow_emp
     return root;
 }
 
+typedef enum field_type { F_OBJECT, F_STRING, F_INTEGER, F_BOOLEAN } field_type;
+
 /* Optional field of a given JSON type; null counts as absent. Answers 400 on a type
  * mismatch. */
-static bool field(struct MHD_Connection *conn, json_t *obj, const char *key, json_type type,
-                  json_t **out, enum MHD_Result *ret)
+static bool field(struct MHD_Connection *conn, const cJSON *obj, const char *key, field_type type,
+                  const cJSON **out, enum MHD_Result *ret)
 {
-    json_t *v = json_object_get(obj, key);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    int64_t i;
     *out = NULL;
-    if (v == NULL || json_is_null(v))
+    if (v == NULL || cJSON_IsNull(v))
         return true;
-    bool ok = json_typeof(v) == type || (type == JSON_TRUE && json_is_boolean(v));
+    bool ok = type == F_OBJECT    ? cJSON_IsObject(v)
+              : type == F_STRING  ? cJSON_IsString(v)
+              : type == F_INTEGER ? moat_json_int_value(v, &i)
+                                  : cJSON_IsBool(v);
     if (!ok) {
-        static const char *const names[] = {"object", "array",   "string",  "integer",
-                                            "number", "boolean", "boolean", "null"};
+        static const char *const names[] = {"object", "string", "integer", "boolean"};
         *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "field %s must be a JSON %s",
                                 key, names[type]);
         return false;
     }
     *out = v;
     return true;
+}
+
+/* The value of an integer field that field() accepted (0 when absent). */
+static int64_t int_of(const cJSON *v)
+{
+    int64_t i = 0;
+    if (v != NULL)
+        moat_json_int_value(v, &i);
+    return i;
+}
+
+/* A string field that field() accepted, or NULL when absent or empty. */
+static const char *nonempty(const cJSON *v)
+{
+    return v != NULL && v->valuestring[0] != '\0' ? v->valuestring : NULL;
 }
 
 /* Expands and checks a cwd; answers 400 when it is not an existing directory. */
@@ -169,8 +194,8 @@ static void command_finish(xd_stream *st, xd_cmd *c, void *ud)
 }
 
 /* uid/gid → the ids and groups the child takes. Answers 400 on bad input. */
-static bool resolve_ids(struct MHD_Connection *conn, json_t *juid, json_t *jgid, xd_spawn *sp,
-                        enum MHD_Result *ret)
+static bool resolve_ids(struct MHD_Connection *conn, const cJSON *juid, const cJSON *jgid,
+                        xd_spawn *sp, enum MHD_Result *ret)
 {
     if (jgid != NULL && juid == NULL) {
         *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
@@ -179,8 +204,8 @@ static bool resolve_ids(struct MHD_Connection *conn, json_t *juid, json_t *jgid,
     }
     if (juid == NULL)
         return true;
-    json_int_t uid = json_integer_value(juid);
-    json_int_t gid = jgid ? json_integer_value(jgid) : -1;
+    int64_t uid = int_of(juid);
+    int64_t gid = jgid ? int_of(jgid) : -1;
     if (uid < 0 || uid > UINT32_MAX || (jgid && (gid < 0 || gid > UINT32_MAX))) {
         *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "uid/gid out of range");
         return false;
@@ -228,26 +253,26 @@ static bool make_pipes(int out[2], int err[2])
     return true;
 }
 
-static enum MHD_Result run_command(struct MHD_Connection *conn, json_t *root, const char *command)
+static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *root,
+                                   const char *command)
 {
     enum MHD_Result ret = MHD_NO;
-    json_t *jcwd, *jbg, *jtimeout, *juid, *jgid, *jenvs;
-    if (!field(conn, root, "cwd", JSON_STRING, &jcwd, &ret) ||
-        !field(conn, root, "background", JSON_TRUE, &jbg, &ret) ||
-        !field(conn, root, "timeout", JSON_INTEGER, &jtimeout, &ret) ||
-        !field(conn, root, "uid", JSON_INTEGER, &juid, &ret) ||
-        !field(conn, root, "gid", JSON_INTEGER, &jgid, &ret) ||
-        !field(conn, root, "envs", JSON_OBJECT, &jenvs, &ret))
+    const cJSON *jcwd, *jbg, *jtimeout, *juid, *jgid, *jenvs;
+    if (!field(conn, root, "cwd", F_STRING, &jcwd, &ret) ||
+        !field(conn, root, "background", F_BOOLEAN, &jbg, &ret) ||
+        !field(conn, root, "timeout", F_INTEGER, &jtimeout, &ret) ||
+        !field(conn, root, "uid", F_INTEGER, &juid, &ret) ||
+        !field(conn, root, "gid", F_INTEGER, &jgid, &ret) ||
+        !field(conn, root, "envs", F_OBJECT, &jenvs, &ret))
         return ret;
-    const char *k;
-    json_t *v;
-    json_object_foreach(jenvs, k, v)
+    const cJSON *v;
+    cJSON_ArrayForEach(v, jenvs)
     {
-        if (!json_is_string(v))
+        if (!cJSON_IsString(v))
             return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "envs.%s must be a string",
-                                    k);
+                                    v->string);
     }
-    json_int_t timeout = jtimeout ? json_integer_value(jtimeout) : 0;
+    int64_t timeout = int_of(jtimeout);
     if (timeout < 0)
         return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                 "timeout must be at least 1 (milliseconds)");
@@ -255,14 +280,14 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, json_t *root, co
     if (!resolve_ids(conn, juid, jgid, &sp, &ret))
         return ret;
     char *cwd = NULL;
-    if (jcwd != NULL && json_string_length(jcwd) > 0) {
-        cwd = check_cwd(conn, json_string_value(jcwd), &ret);
+    if (nonempty(jcwd) != NULL) {
+        cwd = check_cwd(conn, nonempty(jcwd), &ret);
         if (cwd == NULL) {
             free(sp.groups);
             return ret;
         }
     }
-    bool background = jbg != NULL && json_is_true(jbg);
+    bool background = cJSON_IsTrue(jbg);
     bool binary = want_binary(conn);
     char **env = xd_env_build(NULL, jenvs);
     char *argv[] = {(char *)xd.cfg.shell, "-c", (char *)command, NULL};
@@ -347,49 +372,49 @@ out:
 static enum MHD_Result post_command(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    json_t *root = parse_body(conn, r, false, &ret);
+    cJSON *root = parse_body(conn, r, false, &ret);
     if (root == NULL)
         return ret;
-    json_t *jcmd;
-    if (!field(conn, root, "command", JSON_STRING, &jcmd, &ret)) {
-        json_decref(root);
+    const cJSON *jcmd;
+    if (!field(conn, root, "command", F_STRING, &jcmd, &ret)) {
+        cJSON_Delete(root);
         return ret;
     }
-    if (jcmd == NULL || json_string_length(jcmd) == 0) {
-        json_decref(root);
+    if (nonempty(jcmd) == NULL) {
+        cJSON_Delete(root);
         return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                 "field command is required and must not be empty");
     }
-    ret = run_command(conn, root, json_string_value(jcmd));
-    json_decref(root);
+    ret = run_command(conn, root, nonempty(jcmd));
+    cJSON_Delete(root);
     return ret;
 }
 
 static enum MHD_Result post_code(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    json_t *root = parse_body(conn, r, false, &ret);
+    cJSON *root = parse_body(conn, r, false, &ret);
     if (root == NULL)
         return ret;
-    json_t *jcode, *jctx, *jlang = NULL;
-    if (!field(conn, root, "code", JSON_STRING, &jcode, &ret) ||
-        !field(conn, root, "context", JSON_OBJECT, &jctx, &ret) ||
-        (jctx != NULL && !field(conn, jctx, "language", JSON_STRING, &jlang, &ret))) {
-        json_decref(root);
+    const cJSON *jcode, *jctx, *jlang = NULL;
+    if (!field(conn, root, "code", F_STRING, &jcode, &ret) ||
+        !field(conn, root, "context", F_OBJECT, &jctx, &ret) ||
+        (jctx != NULL && !field(conn, jctx, "language", F_STRING, &jlang, &ret))) {
+        cJSON_Delete(root);
         return ret;
     }
-    if (jlang != NULL && json_string_length(jlang) > 0) {
+    if (nonempty(jlang) != NULL) {
         ret = xd_respond_error(conn, 501, "NOT_SUPPORTED",
                                "language %s is not supported: moat-execd has no code "
                                "interpreter; omit context.language to run code as a shell command",
-                               json_string_value(jlang));
-    } else if (jcode == NULL || json_string_length(jcode) == 0) {
+                               nonempty(jlang));
+    } else if (nonempty(jcode) == NULL) {
         ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                "field code is required and must not be empty");
     } else {
-        ret = run_command(conn, root, json_string_value(jcode));
+        ret = run_command(conn, root, nonempty(jcode));
     }
-    json_decref(root);
+    cJSON_Delete(root);
     return ret;
 }
 
@@ -432,20 +457,20 @@ static void session_remove(xd_session *s)
 static enum MHD_Result post_session(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    json_t *root = parse_body(conn, r, true, &ret);
+    cJSON *root = parse_body(conn, r, true, &ret);
     if (root == NULL)
         return ret;
-    json_t *jcwd;
-    if (!field(conn, root, "cwd", JSON_STRING, &jcwd, &ret)) {
-        json_decref(root);
+    const cJSON *jcwd;
+    if (!field(conn, root, "cwd", F_STRING, &jcwd, &ret)) {
+        cJSON_Delete(root);
         return ret;
     }
     char *cwd = NULL;
     char err[256];
-    if (jcwd != NULL && json_string_length(jcwd) > 0) {
-        cwd = xd_expand(json_string_value(jcwd), err, sizeof(err));
+    if (nonempty(jcwd) != NULL) {
+        cwd = xd_expand(nonempty(jcwd), err, sizeof(err));
         if (cwd == NULL) {
-            json_decref(root);
+            cJSON_Delete(root);
             return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid cwd: %s", err);
         }
         /* mkdir -p */
@@ -462,7 +487,7 @@ static enum MHD_Result post_session(struct MHD_Connection *conn, xd_req *r)
     } else {
         cwd = getcwd(NULL, 0);
     }
-    json_decref(root);
+    cJSON_Delete(root);
     xd_session *s = calloc(1, sizeof(*s));
     if (s == NULL || cwd == NULL) {
         free(s);
@@ -476,7 +501,11 @@ static enum MHD_Result post_session(struct MHD_Connection *conn, xd_req *r)
     s->next = xd.sessions;
     xd.sessions = s;
     pthread_mutex_unlock(&xd.lock);
-    json_t *body = json_pack("{s:s}", "session_id", s->id);
+    cJSON *body = cJSON_CreateObject();
+    if (body != NULL && cJSON_AddStringToObject(body, "session_id", s->id) == NULL) {
+        cJSON_Delete(body);
+        body = NULL;
+    }
     return xd_respond_json(conn, 200, body);
 }
 
@@ -604,33 +633,33 @@ static bool write_script(const char *path, const char *dump, const char *command
 static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, const char *sid)
 {
     enum MHD_Result ret = MHD_NO;
-    json_t *root = parse_body(conn, r, false, &ret);
+    cJSON *root = parse_body(conn, r, false, &ret);
     if (root == NULL)
         return ret;
-    json_t *jcmd, *jcwd, *jtimeout;
-    if (!field(conn, root, "command", JSON_STRING, &jcmd, &ret) ||
-        !field(conn, root, "cwd", JSON_STRING, &jcwd, &ret) ||
-        !field(conn, root, "timeout", JSON_INTEGER, &jtimeout, &ret)) {
-        json_decref(root);
+    const cJSON *jcmd, *jcwd, *jtimeout;
+    if (!field(conn, root, "command", F_STRING, &jcmd, &ret) ||
+        !field(conn, root, "cwd", F_STRING, &jcwd, &ret) ||
+        !field(conn, root, "timeout", F_INTEGER, &jtimeout, &ret)) {
+        cJSON_Delete(root);
         return ret;
     }
-    if (jcmd == NULL || json_string_length(jcmd) == 0) {
-        json_decref(root);
+    if (nonempty(jcmd) == NULL) {
+        cJSON_Delete(root);
         return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                 "field command is required and must not be empty");
     }
-    json_int_t timeout = jtimeout ? json_integer_value(jtimeout) : 0;
+    int64_t timeout = int_of(jtimeout);
     if (timeout < 0) {
-        json_decref(root);
+        cJSON_Delete(root);
         return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "timeout must be >= 0");
     }
     if (timeout == 0)
         timeout = 24LL * 3600 * 1000;
     char *cwd_override = NULL;
-    if (jcwd != NULL && json_string_length(jcwd) > 0) {
-        cwd_override = check_cwd(conn, json_string_value(jcwd), &ret);
+    if (nonempty(jcwd) != NULL) {
+        cwd_override = check_cwd(conn, nonempty(jcwd), &ret);
         if (cwd_override == NULL) {
-            json_decref(root);
+            cJSON_Delete(root);
             return ret;
         }
     }
@@ -638,7 +667,7 @@ static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, 
     xd_session *s = session_find(sid);
     if (s == NULL || s->busy) {
         pthread_mutex_unlock(&xd.lock);
-        json_decref(root);
+        cJSON_Delete(root);
         free(cwd_override);
         if (s == NULL)
             return xd_respond_error(conn, 500, "RUNTIME_ERROR", "session %s not found", sid);
@@ -649,7 +678,7 @@ static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, 
     char *cwd = cwd_override ? cwd_override : strdup(s->cwd);
     pthread_mutex_unlock(&xd.lock);
 
-    const char *command = json_string_value(jcmd);
+    const char *command = nonempty(jcmd);
     session_run *run = calloc(1, sizeof(*run));
     xd_cmd *c = xd_cmd_new(command, false, NULL);
     int po[2], pe[2];
@@ -712,7 +741,7 @@ static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, 
     }
     ret = xd_stream_respond(conn, st);
 out:
-    json_decref(root);
+    cJSON_Delete(root);
     xd_env_free(env);
     free(cwd);
     return ret;
@@ -737,24 +766,27 @@ static enum MHD_Result command_status(struct MHD_Connection *conn, const char *i
     xd_cmd *c = xd_cmd_find(id);
     if (c == NULL)
         return xd_respond_error(conn, 404, "INVALID_REQUEST_BODY", "command not found: %s", id);
-    json_t *o = json_object();
+    cJSON *o = cJSON_CreateObject();
     char ts[64];
     pthread_mutex_lock(&xd.lock);
-    json_object_set_new(o, "id", json_string(c->id));
-    json_object_set_new(o, "content", xd_json_str(c->command));
-    json_object_set_new(o, "running", json_boolean(c->running));
-    if (!c->running)
-        json_object_set_new(o, "exit_code", json_integer(c->exit_code));
-    if (c->error[0] != '\0')
-        json_object_set_new(o, "error", xd_json_str(c->error));
+    bool ok =
+        o != NULL && cJSON_AddStringToObject(o, "id", c->id) != NULL &&
+        moat__execd_json_set(o, "content", moat__execd_json_str(c->command)) &&
+        cJSON_AddBoolToObject(o, "running", c->running) != NULL &&
+        (c->running || cJSON_AddNumberToObject(o, "exit_code", c->exit_code) != NULL) &&
+        (c->error[0] == '\0' || moat__execd_json_set(o, "error", moat__execd_json_str(c->error)));
     format_ms(c->started_ms, ts);
-    json_object_set_new(o, "started_at", json_string(ts));
+    ok = ok && cJSON_AddStringToObject(o, "started_at", ts) != NULL;
     if (!c->running && c->finished_ms != 0) {
         format_ms(c->finished_ms, ts);
-        json_object_set_new(o, "finished_at", json_string(ts));
+        ok = ok && cJSON_AddStringToObject(o, "finished_at", ts) != NULL;
     }
     pthread_mutex_unlock(&xd.lock);
     xd_cmd_unref(c);
+    if (!ok) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
     return xd_respond_json(conn, 200, o);
 }
 

@@ -2,50 +2,17 @@
  * parsing, mode conversion, session environment dump parsing. */
 #include "moat/execd.h"
 
+#include "execd_json.h"
+
 #include <ctype.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if the bytes there are not one. */
-static size_t utf8_seq(const unsigned char *s, size_t len, uint32_t *cp)
-{
-    unsigned char c = s[0];
-    size_t n;
-    uint32_t v;
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    } else if (c >= 0xC2 && c <= 0xDF) {
-        n = 2;
-        v = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        n = 3;
-        v = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        n = 4;
-        v = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (len < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        v = (v << 6) | (s[i] & 0x3F);
-    }
-    if ((n == 3 && v < 0x800) || (n == 4 && (v < 0x10000 || v > 0x10FFFF)) ||
-        (v >= 0xD800 && v <= 0xDFFF))
-        return 0;
-    *cp = v;
-    return n;
-}
-
-/* jansson writes U+2028/U+2029 and '<' raw and refuses invalid UTF-8; Go's encoder escapes
- * them and replaces bad bytes, and the Python SDK's line reader splits on U+2028, so the
- * stream's strings are escaped here. */
+/* cJSON writes U+2028/U+2029 and '<' raw, copies invalid UTF-8 and cuts strings at NUL;
+ * Go's encoder escapes the first, replaces bad bytes and writes NUL as \u0000, and the
+ * Python SDK's line reader splits on U+2028, so the stream's strings are escaped here. */
 moat_err moat_execd_json_string(moat_buf *out, const char *s, size_t len)
 {
     static const char hex[] = "0123456789abcdef";
@@ -82,7 +49,7 @@ moat_err moat_execd_json_string(moat_buf *out, const char *s, size_t len)
             i++;
         } else {
             uint32_t cp = 0;
-            size_t n = utf8_seq(p + i, len - i, &cp);
+            size_t n = moat_utf8_seq(p + i, len - i, &cp);
             if (n == 0) {
                 err = moat_buf_append(out, "\\ufffd", 6);
                 i++;

@@ -78,57 +78,63 @@ static enum MHD_Result errno_error(struct MHD_Connection *conn, int e, const cha
     return xd_respond_error(conn, 500, "RUNTIME_ERROR", "%s %s: %s", what, path, strerror(e));
 }
 
-static json_t *file_info(const char *path, const struct stat *sb)
+/* A file's JSON description; NULL when out of memory. Sizes are exact as doubles up to
+ * 2^53 bytes. */
+static cJSON *file_info(const char *path, const struct stat *sb)
 {
-    json_t *o = json_object();
     const char *type = S_ISREG(sb->st_mode)   ? "file"
                        : S_ISDIR(sb->st_mode) ? "directory"
                        : S_ISLNK(sb->st_mode) ? "symlink"
                                               : "other";
-    char ts[64], name[64];
-    json_object_set_new(o, "path", xd_json_str(path));
-    json_object_set_new(o, "type", json_string(type));
-    json_object_set_new(o, "size", json_integer((json_int_t)sb->st_size));
-    xd_format_time(sb->st_mtim.tv_sec, sb->st_mtim.tv_nsec, ts);
-    json_object_set_new(o, "modified_at", json_string(ts));
-    xd_format_time(sb->st_ctim.tv_sec, sb->st_ctim.tv_nsec, ts);
-    json_object_set_new(o, "created_at", json_string(ts));
+    char mtime[64], ctime[64], uid[16], gid[16];
+    xd_format_time(sb->st_mtim.tv_sec, sb->st_mtim.tv_nsec, mtime);
+    xd_format_time(sb->st_ctim.tv_sec, sb->st_ctim.tv_nsec, ctime);
     struct passwd pw, *pwp = NULL;
     struct group gr, *grp = NULL;
-    char buf[4096];
-    if (getpwuid_r(sb->st_uid, &pw, buf, sizeof(buf), &pwp) == 0 && pwp != NULL)
-        json_object_set_new(o, "owner", xd_json_str(pw.pw_name));
-    else {
-        snprintf(name, sizeof(name), "%u", (unsigned)sb->st_uid);
-        json_object_set_new(o, "owner", json_string(name));
+    char pbuf[4096], gbuf[4096];
+    snprintf(uid, sizeof(uid), "%u", (unsigned)sb->st_uid);
+    snprintf(gid, sizeof(gid), "%u", (unsigned)sb->st_gid);
+    const char *owner = uid, *group = gid;
+    if (getpwuid_r(sb->st_uid, &pw, pbuf, sizeof(pbuf), &pwp) == 0 && pwp != NULL)
+        owner = pw.pw_name;
+    if (getgrgid_r(sb->st_gid, &gr, gbuf, sizeof(gbuf), &grp) == 0 && grp != NULL)
+        group = gr.gr_name;
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o != NULL && moat__execd_json_set(o, "path", moat__execd_json_str(path)) &&
+              cJSON_AddStringToObject(o, "type", type) != NULL &&
+              cJSON_AddNumberToObject(o, "size", (double)sb->st_size) != NULL &&
+              cJSON_AddStringToObject(o, "modified_at", mtime) != NULL &&
+              cJSON_AddStringToObject(o, "created_at", ctime) != NULL &&
+              moat__execd_json_set(o, "owner", moat__execd_json_str(owner)) &&
+              moat__execd_json_set(o, "group", moat__execd_json_str(group)) &&
+              cJSON_AddNumberToObject(
+                  o, "mode", (double)moat_execd_mode_to_decimal(sb->st_mode & 0777)) != NULL;
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
     }
-    if (getgrgid_r(sb->st_gid, &gr, buf, sizeof(buf), &grp) == 0 && grp != NULL)
-        json_object_set_new(o, "group", xd_json_str(gr.gr_name));
-    else {
-        snprintf(name, sizeof(name), "%u", (unsigned)sb->st_gid);
-        json_object_set_new(o, "group", json_string(name));
-    }
-    json_object_set_new(o, "mode", json_integer(moat_execd_mode_to_decimal(sb->st_mode & 0777)));
     return o;
 }
 
-static json_t *parse_json(struct MHD_Connection *conn, xd_req *r, json_type want,
-                          enum MHD_Result *ret)
+static cJSON *parse_json(struct MHD_Connection *conn, xd_req *r, bool want_array,
+                         enum MHD_Result *ret)
 {
     if (r->body_too_big) {
         *ret = xd_respond_error(conn, 413, "INVALID_REQUEST_BODY", "request body too large");
         return NULL;
     }
-    json_error_t jerr;
-    json_t *root = json_loadb((const char *)r->body.data, r->body.len, 0, &jerr);
+    const char *why = "empty body";
+    cJSON *root = r->body.len == 0 ? NULL
+                                   : moat__execd_json_parse((const char *)r->body.data, r->body.len,
+                                                            false, &why);
     if (root == NULL) {
-        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid JSON: %s", jerr.text);
+        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid JSON: %s", why);
         return NULL;
     }
-    if (json_typeof(root) != want) {
-        json_decref(root);
+    if (want_array ? !cJSON_IsArray(root) : !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
         *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "request body must be a JSON %s",
-                                want == JSON_ARRAY ? "array" : "object");
+                                want_array ? "array" : "object");
         return NULL;
     }
     return root;
@@ -165,26 +171,28 @@ static int apply_perm(const char *path, const char *owner, const char *group, ui
 }
 
 /* Reads {"owner"?, "group"?, "mode"?} into out params; false on a type error. */
-static bool perm_fields(json_t *perm, const char **owner, const char **group, uint32_t *mode)
+static bool perm_fields(const cJSON *perm, const char **owner, const char **group, uint32_t *mode)
 {
     *owner = *group = NULL;
     *mode = 0;
-    if (!json_is_object(perm))
+    if (!cJSON_IsObject(perm))
         return false;
-    json_t *o = json_object_get(perm, "owner"), *g = json_object_get(perm, "group"),
-           *m = json_object_get(perm, "mode");
-    if (o && !json_is_null(o)) {
-        if (!json_is_string(o))
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(perm, "owner"),
+                *g = cJSON_GetObjectItemCaseSensitive(perm, "group"),
+                *m = cJSON_GetObjectItemCaseSensitive(perm, "mode");
+    if (o && !cJSON_IsNull(o)) {
+        if (!cJSON_IsString(o))
             return false;
-        *owner = json_string_value(o);
+        *owner = o->valuestring;
     }
-    if (g && !json_is_null(g)) {
-        if (!json_is_string(g))
+    if (g && !cJSON_IsNull(g)) {
+        if (!cJSON_IsString(g))
             return false;
-        *group = json_string_value(g);
+        *group = g->valuestring;
     }
-    if (m && !json_is_null(m)) {
-        if (!json_is_integer(m) || moat_execd_mode_from_decimal(json_integer_value(m), mode))
+    int64_t dec;
+    if (m && !cJSON_IsNull(m)) {
+        if (!moat_json_int_value(m, &dec) || moat_execd_mode_from_decimal(dec, mode))
             return false;
     }
     return true;
@@ -196,22 +204,28 @@ static enum MHD_Result files_info(struct MHD_Connection *conn)
 {
     qvals q;
     query_all(conn, "path", &q);
-    json_t *out = json_object();
+    cJSON *out = cJSON_CreateObject();
     enum MHD_Result ret = MHD_NO;
-    for (size_t i = 0; i < q.n; i++) {
+    for (size_t i = 0; out != NULL && i < q.n; i++) {
         char *p = client_path(conn, q.vals[i], &ret);
         if (p == NULL) {
-            json_decref(out);
+            cJSON_Delete(out);
             return ret;
         }
         struct stat sb;
         if (lstat(p, &sb) != 0) {
             ret = errno_error(conn, errno, "stat", p);
             free(p);
-            json_decref(out);
+            cJSON_Delete(out);
             return ret;
         }
-        json_object_set_new(out, q.vals[i], file_info(p, &sb));
+        /* Keys are written as UTF-8 like every other string; a repeated path is one key. */
+        char *key = moat__execd_utf8_clean(q.vals[i]);
+        if (key == NULL || !moat__execd_json_set(out, key, file_info(p, &sb))) {
+            cJSON_Delete(out);
+            out = NULL;
+        }
+        free(key);
         free(p);
     }
     return xd_respond_json(conn, 200, out);
@@ -246,28 +260,25 @@ static enum MHD_Result files_delete(struct MHD_Connection *conn)
 static enum MHD_Result files_mv(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    json_t *root = parse_json(conn, r, JSON_ARRAY, &ret);
+    cJSON *root = parse_json(conn, r, true, &ret);
     if (root == NULL)
         return ret;
-    size_t i;
-    json_t *item;
-    json_array_foreach(root, i, item)
+    const cJSON *item;
+    cJSON_ArrayForEach(item, root)
     {
-        json_t *js = json_object_get(item, "src"), *jd = json_object_get(item, "dest");
-        if (!json_is_string(js) || !json_is_string(jd)) {
-            json_decref(root);
+        if (moat_json_str(item, "src", NULL) == NULL || moat_json_str(item, "dest", NULL) == NULL) {
+            cJSON_Delete(root);
             return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                     "each item needs string src and dest");
         }
     }
-    json_array_foreach(root, i, item)
+    cJSON_ArrayForEach(item, root)
     {
-        char *src = client_path(conn, json_string_value(json_object_get(item, "src")), &ret);
-        char *dst =
-            src ? client_path(conn, json_string_value(json_object_get(item, "dest")), &ret) : NULL;
+        char *src = client_path(conn, moat_json_str(item, "src", NULL), &ret);
+        char *dst = src ? client_path(conn, moat_json_str(item, "dest", NULL), &ret) : NULL;
         if (dst == NULL) {
             free(src);
-            json_decref(root);
+            cJSON_Delete(root);
             return ret;
         }
         struct stat sb;
@@ -287,35 +298,37 @@ static enum MHD_Result files_mv(struct MHD_Connection *conn, xd_req *r)
         free(src);
         free(dst);
         if (!ok) {
-            json_decref(root);
+            cJSON_Delete(root);
             return ret;
         }
     }
-    json_decref(root);
+    cJSON_Delete(root);
     return xd_respond_empty(conn, 200);
 }
 
 static enum MHD_Result files_permissions(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    json_t *root = parse_json(conn, r, JSON_OBJECT, &ret);
+    cJSON *root = parse_json(conn, r, false, &ret);
     if (root == NULL)
         return ret;
-    const char *key;
-    json_t *perm;
-    json_object_foreach(root, key, perm)
+    const cJSON *perm;
+    cJSON_ArrayForEach(perm, root)
     {
+        const char *key = perm->string;
         const char *owner, *group;
         uint32_t mode;
         if (!perm_fields(perm, &owner, &group, &mode)) {
-            json_decref(root);
-            return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
-                                    "permission for %s: owner/group strings, mode octal digits",
-                                    key);
+            /* key lives in root */
+            ret =
+                xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                 "permission for %s: owner/group strings, mode octal digits", key);
+            cJSON_Delete(root);
+            return ret;
         }
         char *p = client_path(conn, key, &ret);
         if (p == NULL) {
-            json_decref(root);
+            cJSON_Delete(root);
             return ret;
         }
         struct stat sb;
@@ -323,25 +336,32 @@ static enum MHD_Result files_permissions(struct MHD_Connection *conn, xd_req *r)
         if (e != 0) {
             ret = errno_error(conn, e, "chmod", p);
             free(p);
-            json_decref(root);
+            cJSON_Delete(root);
             return ret;
         }
         free(p);
     }
-    json_decref(root);
+    cJSON_Delete(root);
     return xd_respond_empty(conn, 200);
 }
 
 /* nftw has no user pointer; searches run one per thread at a time. */
-static _Thread_local json_t *walk_out;
+static _Thread_local cJSON *walk_out;
+static _Thread_local size_t walk_count;
 static _Thread_local const char *walk_pattern;
 
 static int search_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)flag;
     if (S_ISREG(sb->st_mode) && fnmatch(walk_pattern, path + ftw->base, 0) == 0) {
-        json_array_append_new(walk_out, file_info(path, sb));
-        if (json_array_size(walk_out) >= SEARCH_MAX)
+        cJSON *info = file_info(path, sb);
+        if (info == NULL || !cJSON_AddItemToArray(walk_out, info)) {
+            cJSON_Delete(info);
+            cJSON_Delete(walk_out);
+            walk_out = NULL;
+            return 1;
+        }
+        if (++walk_count >= SEARCH_MAX)
             return 1;
     }
     return 0;
@@ -363,38 +383,50 @@ static enum MHD_Result files_search(struct MHD_Connection *conn)
         free(p);
         return ret;
     }
-    walk_out = json_array();
+    walk_out = cJSON_CreateArray();
+    walk_count = 0;
     walk_pattern = pattern && pattern[0] ? pattern : "**";
-    nftw(p, search_cb, 32, FTW_PHYS);
+    if (walk_out != NULL)
+        nftw(p, search_cb, 32, FTW_PHYS);
     free(p);
-    json_t *out = walk_out;
+    cJSON *out = walk_out;
     walk_out = NULL;
     return xd_respond_json(conn, 200, out);
 }
 
-static int list_dir(json_t *out, const char *dir, int depth)
+/* Appends the entries under dir (depth levels) to out; returns an errno value (ENOMEM
+ * when an entry could not be added). *count bounds the listing at LIST_MAX. */
+static int list_dir(cJSON *out, size_t *count, const char *dir, int depth)
 {
     struct dirent **names = NULL;
     int n = scandir(dir, &names, NULL, alphasort);
     if (n < 0)
         return errno;
+    int e = 0;
     for (int i = 0; i < n; i++) {
         const char *nm = names[i]->d_name;
-        if (strcmp(nm, ".") != 0 && strcmp(nm, "..") != 0 && json_array_size(out) < LIST_MAX) {
+        if (e == 0 && strcmp(nm, ".") != 0 && strcmp(nm, "..") != 0 && *count < LIST_MAX) {
             char *child = NULL;
             struct stat sb;
             if (asprintf(&child, "%s/%s", strcmp(dir, "/") ? dir : "", nm) >= 0 &&
                 lstat(child, &sb) == 0) {
-                json_array_append_new(out, file_info(child, &sb));
-                if (S_ISDIR(sb.st_mode) && depth > 1)
-                    list_dir(out, child, depth - 1);
+                cJSON *info = file_info(child, &sb);
+                if (info == NULL || !cJSON_AddItemToArray(out, info)) {
+                    cJSON_Delete(info);
+                    e = ENOMEM;
+                } else {
+                    ++*count;
+                    if (S_ISDIR(sb.st_mode) && depth > 1 &&
+                        list_dir(out, count, child, depth - 1) == ENOMEM)
+                        e = ENOMEM;
+                }
             }
             free(child);
         }
         free(names[i]);
     }
     free(names);
-    return 0;
+    return e;
 }
 
 static enum MHD_Result directories_list(struct MHD_Connection *conn)
@@ -425,10 +457,11 @@ static enum MHD_Result directories_list(struct MHD_Connection *conn)
     } else if (!S_ISDIR(sb.st_mode)) {
         ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "%s is not a directory", p);
     } else {
-        json_t *out = json_array();
-        int e = depth > 0 ? list_dir(out, p, (int)depth) : 0;
+        cJSON *out = cJSON_CreateArray();
+        size_t count = 0;
+        int e = out == NULL ? ENOMEM : depth > 0 ? list_dir(out, &count, p, (int)depth) : 0;
         if (e != 0) {
-            json_decref(out);
+            cJSON_Delete(out);
             ret = errno_error(conn, e, "list", p);
         } else {
             ret = xd_respond_json(conn, 200, out);
@@ -441,28 +474,30 @@ static enum MHD_Result directories_list(struct MHD_Connection *conn)
 static enum MHD_Result directories_make(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    json_t *root = parse_json(conn, r, JSON_OBJECT, &ret);
+    cJSON *root = parse_json(conn, r, false, &ret);
     if (root == NULL)
         return ret;
-    const char *key;
-    json_t *perm;
-    json_object_foreach(root, key, perm)
+    const cJSON *perm;
+    cJSON_ArrayForEach(perm, root)
     {
+        const char *key = perm->string;
         const char *owner, *group;
         uint32_t mode;
-        if (!json_is_null(perm) && !perm_fields(perm, &owner, &group, &mode)) {
-            json_decref(root);
-            return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
-                                    "permission for %s: owner/group strings, mode octal digits",
-                                    key);
+        if (!cJSON_IsNull(perm) && !perm_fields(perm, &owner, &group, &mode)) {
+            /* key lives in root */
+            ret =
+                xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                 "permission for %s: owner/group strings, mode octal digits", key);
+            cJSON_Delete(root);
+            return ret;
         }
-        if (json_is_null(perm)) {
+        if (cJSON_IsNull(perm)) {
             owner = group = NULL;
             mode = 0;
         }
         char *p = client_path(conn, key, &ret);
         if (p == NULL) {
-            json_decref(root);
+            cJSON_Delete(root);
             return ret;
         }
         mkdir_parents(p, 0755);
@@ -477,12 +512,12 @@ static enum MHD_Result directories_make(struct MHD_Connection *conn, xd_req *r)
         if (e != 0) {
             ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "mkdir %s: %s", p, strerror(e));
             free(p);
-            json_decref(root);
+            cJSON_Delete(root);
             return ret;
         }
         free(p);
     }
-    json_decref(root);
+    cJSON_Delete(root);
     return xd_respond_empty(conn, 200);
 }
 
@@ -516,31 +551,37 @@ static enum MHD_Result directories_delete(struct MHD_Connection *conn)
 static enum MHD_Result files_replace(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    json_t *root = parse_json(conn, r, JSON_OBJECT, &ret);
+    cJSON *root = parse_json(conn, r, false, &ret);
     if (root == NULL)
         return ret;
     const char *vq = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "verbose");
     bool verbose = vq != NULL && strcmp(vq, "true") == 0;
-    json_t *counts = json_object();
-    const char *key;
-    json_t *spec;
-    json_object_foreach(root, key, spec)
+    cJSON *counts = cJSON_CreateObject();
+    if (counts == NULL) {
+        ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+        goto out;
+    }
+    const cJSON *spec;
+    cJSON_ArrayForEach(spec, root)
     {
-        json_t *jo = json_object_get(spec, "old"), *jn = json_object_get(spec, "new");
-        if (!json_is_string(jo) || json_string_length(jo) == 0 ||
-            (jn != NULL && !json_is_null(jn) && !json_is_string(jn))) {
-            ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
-                                   "%s: old must be a non-empty string, new a string", key);
+        const cJSON *jn = cJSON_GetObjectItemCaseSensitive(spec, "new");
+        size_t olen = 0;
+        if (moat_json_str(spec, "old", &olen) == NULL || olen == 0 ||
+            (jn != NULL && !cJSON_IsNull(jn) && !cJSON_IsString(jn))) {
+            ret =
+                xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
+                                 "%s: old must be a non-empty string, new a string", spec->string);
             goto out;
         }
     }
-    json_object_foreach(root, key, spec)
+    cJSON_ArrayForEach(spec, root)
     {
-        json_t *jo = json_object_get(spec, "old"), *jn = json_object_get(spec, "new");
-        const char *old = json_string_value(jo);
-        size_t olen = json_string_length(jo);
-        const char *nw = json_is_string(jn) ? json_string_value(jn) : "";
-        size_t nlen = json_is_string(jn) ? json_string_length(jn) : 0;
+        const char *key = spec->string;
+        size_t olen = 0, nlen = 0;
+        const char *old = moat_json_str(spec, "old", &olen);
+        const char *nw = moat_json_str(spec, "new", &nlen);
+        if (nw == NULL)
+            nw = "";
         char *p = client_path(conn, key, &ret);
         if (p == NULL)
             goto out;
@@ -592,17 +633,25 @@ static enum MHD_Result files_replace(struct MHD_Connection *conn, xd_req *r)
             free(p);
             goto out;
         }
-        json_object_set_new(counts, key, json_pack("{s:I}", "replacedCount", (json_int_t)count));
         free(p);
+        cJSON *rc = cJSON_CreateObject();
+        if (rc != NULL && cJSON_AddNumberToObject(rc, "replacedCount", (double)count) == NULL) {
+            cJSON_Delete(rc);
+            rc = NULL;
+        }
+        if (!moat__execd_json_set(counts, key, rc)) {
+            ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+            goto out;
+        }
     }
-    json_decref(root);
+    cJSON_Delete(root);
     if (verbose)
         return xd_respond_json(conn, 200, counts);
-    json_decref(counts);
+    cJSON_Delete(counts);
     return xd_respond_empty(conn, 200);
 out:
-    json_decref(root);
-    json_decref(counts);
+    cJSON_Delete(root);
+    cJSON_Delete(counts);
     return ret;
 }
 
@@ -639,7 +688,12 @@ static enum MHD_Result files_download(struct MHD_Connection *conn)
         if (moat_execd_parse_range(range, size, &start, &end) != MOAT_OK) {
             close(fd);
             free(p);
-            return xd_respond_json(conn, 416, json_pack("{s:s}", "code", "UNKNOWN"));
+            cJSON *body = cJSON_CreateObject();
+            if (body != NULL && cJSON_AddStringToObject(body, "code", "UNKNOWN") == NULL) {
+                cJSON_Delete(body);
+                body = NULL;
+            }
+            return xd_respond_json(conn, 416, body);
         }
         status = 206;
     }

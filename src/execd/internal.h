@@ -4,7 +4,8 @@
 
 #include "moat/execd.h"
 
-#include <jansson.h>
+#include "execd_json.h"
+
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -104,7 +105,7 @@ void xd_housekeeping_start(void);
 void xd_terminate_all(uint64_t grace_ms);
 /* Builds the command environment: execd's, EXECD_ENVS file, then overrides (may be NULL).
  * NULL-terminated malloc'd array of malloc'd strings; free with xd_env_free. */
-char **xd_env_build(char *const *base, json_t *overrides);
+char **xd_env_build(char *const *base, const cJSON *overrides);
 void xd_env_free(char **env);
 const char *xd_env_get(char *const *env, const char *name);
 char **xd_env_set(char **env, const char *name, size_t nlen, const char *value, size_t vlen);
@@ -122,12 +123,11 @@ typedef struct xd_req {
 
 enum MHD_Result xd_respond_error(struct MHD_Connection *conn, unsigned status, const char *code,
                                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-enum MHD_Result xd_respond_json(struct MHD_Connection *conn, unsigned status, json_t *body);
+/* Sends body (taken over and freed) compact; a NULL body (a failed build) is a 500. */
+enum MHD_Result xd_respond_json(struct MHD_Connection *conn, unsigned status, cJSON *body);
 enum MHD_Result xd_respond_empty(struct MHD_Connection *conn, unsigned status);
 /* Expands a path with execd's environment; on failure answers 400/404 and returns NULL. */
 char *xd_expand(const char *in, char *err, size_t errlen);
-/* JSON string of possibly non-UTF-8 bytes (bad bytes become U+FFFD). */
-json_t *xd_json_str(const char *s);
 
 /* ---- command.c ---- */
 enum MHD_Result xd_command_route(struct MHD_Connection *conn, xd_req *r, const char *url,

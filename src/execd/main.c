@@ -38,16 +38,16 @@ static enum MHD_Result respond_bytes(struct MHD_Connection *conn, unsigned statu
     return ret;
 }
 
-enum MHD_Result xd_respond_json(struct MHD_Connection *conn, unsigned status, json_t *body)
+enum MHD_Result xd_respond_json(struct MHD_Connection *conn, unsigned status, cJSON *body)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    json_decref(body);
+    char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+    cJSON_Delete(body);
     if (text == NULL)
         return respond_bytes(conn, 500, "application/json; charset=utf-8",
                              "{\"code\":\"RUNTIME_ERROR\",\"message\":\"encoding failed\"}", 51);
     enum MHD_Result ret =
         respond_bytes(conn, status, "application/json; charset=utf-8", text, strlen(text));
-    free(text);
+    cJSON_free(text);
     return ret;
 }
 
@@ -59,31 +59,19 @@ enum MHD_Result xd_respond_error(struct MHD_Connection *conn, unsigned status, c
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    json_t *o = json_object();
-    json_object_set_new(o, "code", json_string(code));
-    if (msg[0] != '\0')
-        json_object_set_new(o, "message", xd_json_str(msg));
+    cJSON *o = cJSON_CreateObject();
+    if (o != NULL &&
+        (cJSON_AddStringToObject(o, "code", code) == NULL ||
+         (msg[0] != '\0' && !moat__execd_json_set(o, "message", moat__execd_json_str(msg))))) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
     return xd_respond_json(conn, status, o);
 }
 
 enum MHD_Result xd_respond_empty(struct MHD_Connection *conn, unsigned status)
 {
     return respond_bytes(conn, status, NULL, "", 0);
-}
-
-json_t *xd_json_str(const char *s)
-{
-    json_t *j = json_string(s);
-    if (j != NULL)
-        return j;
-    /* Not UTF-8: the escaper replaces bad bytes, jansson reads the result back. */
-    moat_buf b;
-    moat_buf_init(&b, 8 * strlen(s) + 16);
-    if (moat_execd_json_string(&b, s, strlen(s)) == MOAT_OK) {
-        j = json_loadb((const char *)b.data, b.len, JSON_DECODE_ANY, NULL);
-    }
-    moat_buf_free(&b);
-    return j ? j : json_string("");
 }
 
 static const char *env_lookup(void *ud, const char *name)

@@ -185,7 +185,8 @@ static void take_sample(sample *s)
     s->mem_total = (double)total;
 }
 
-static json_t *measure(void)
+/* One sample as JSON; NULL when out of memory. */
+static cJSON *measure(void)
 {
     sample a, b;
     take_sample(&a);
@@ -197,9 +198,16 @@ static json_t *measure(void)
     double pct = 0;
     if (b.cpu_ns >= a.cpu_ns && wall > 0 && b.cpu_count > 0)
         pct = (double)(b.cpu_ns - a.cpu_ns) / wall / b.cpu_count * 100.0;
-    return json_pack("{s:f,s:f,s:f,s:f,s:I}", "cpu_count", b.cpu_count, "cpu_used_pct", pct,
-                     "mem_total_mib", b.mem_total / 1048576.0, "mem_used_mib",
-                     b.mem_used / 1048576.0, "timestamp", (json_int_t)moat_time_now_ms());
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL || cJSON_AddNumberToObject(o, "cpu_count", b.cpu_count) == NULL ||
+        cJSON_AddNumberToObject(o, "cpu_used_pct", pct) == NULL ||
+        cJSON_AddNumberToObject(o, "mem_total_mib", b.mem_total / 1048576.0) == NULL ||
+        cJSON_AddNumberToObject(o, "mem_used_mib", b.mem_used / 1048576.0) == NULL ||
+        cJSON_AddNumberToObject(o, "timestamp", (double)moat_time_now_ms()) == NULL) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
 }
 
 static ssize_t watch_read(void *cls, uint64_t pos, char *buf, size_t max)
@@ -208,20 +216,20 @@ static ssize_t watch_read(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     if (xd.shutting_down)
         return MHD_CONTENT_READER_END_OF_STREAM;
-    json_t *m = measure();
-    char *text = m ? json_dumps(m, JSON_COMPACT) : NULL;
-    json_decref(m);
-    if (text == NULL)
-        text = strdup("{\"error\":\"metrics unavailable\"}");
-    size_t n = text ? strlen(text) : 0;
-    if (text == NULL || n + 1 > max) {
-        free(text);
-        return MHD_CONTENT_READER_END_WITH_ERROR;
+    cJSON *m = measure();
+    char *text = m ? cJSON_PrintUnformatted(m) : NULL;
+    cJSON_Delete(m);
+    static const char unavailable[] = "{\"error\":\"metrics unavailable\"}";
+    const char *line = text != NULL ? text : unavailable;
+    size_t n = strlen(line);
+    ssize_t ret = MHD_CONTENT_READER_END_WITH_ERROR;
+    if (n + 1 <= max) {
+        memcpy(buf, line, n);
+        buf[n] = '\n';
+        ret = (ssize_t)(n + 1);
     }
-    memcpy(buf, text, n);
-    buf[n] = '\n';
-    free(text);
-    return (ssize_t)(n + 1);
+    cJSON_free(text);
+    return ret;
 }
 
 enum MHD_Result xd_metrics(struct MHD_Connection *conn, bool watch)

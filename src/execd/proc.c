@@ -543,19 +543,19 @@ static char **apply_envs_file(char **env)
     return env;
 }
 
-char **xd_env_build(char *const *base, json_t *overrides)
+char **xd_env_build(char *const *base, const cJSON *overrides)
 {
     char **env = xd_env_dup(base != NULL ? base : environ);
     if (env == NULL)
         return NULL;
     if (base == NULL)
         env = apply_envs_file(env);
-    const char *k;
-    json_t *v;
-    json_object_foreach(overrides, k, v)
+    const cJSON *v;
+    cJSON_ArrayForEach(v, overrides)
     {
-        if (json_is_string(v))
-            env = xd_env_set(env, k, strlen(k), json_string_value(v), json_string_length(v));
+        if (cJSON_IsString(v))
+            env = xd_env_set(env, v->string, strlen(v->string), v->valuestring,
+                             strlen(v->valuestring));
     }
     return env;
 }

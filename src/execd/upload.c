@@ -1,9 +1,10 @@
 /* Upload assembler: turns multipart parts into metadata/file pairs with bounded memory. */
 #include "moat/execd.h"
 
+#include "execd_json.h"
+
 #include <errno.h>
 #include <fcntl.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,16 +167,19 @@ moat_execd_upload_error moat_execd_upload_part(moat_execd_upload *u, const char 
     return MOAT_EXECD_UPLOAD_OK;
 }
 
-static char *opt_string(json_t *obj, const char *key, bool *bad)
+static char *opt_string(const cJSON *obj, const char *key, bool *bad)
 {
-    json_t *v = json_object_get(obj, key);
-    if (v == NULL || json_is_null(v))
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (v == NULL || cJSON_IsNull(v))
         return NULL;
-    if (!json_is_string(v)) {
+    if (!cJSON_IsString(v)) {
         *bad = true;
         return NULL;
     }
-    return strdup(json_string_value(v));
+    char *copy = strdup(v->valuestring);
+    if (copy == NULL)
+        *bad = true;
+    return copy;
 }
 
 moat_execd_upload_error moat_execd_upload_finish(moat_execd_upload *u, const char **message)
@@ -205,27 +209,29 @@ moat_execd_upload_error moat_execd_upload_finish(moat_execd_upload *u, const cha
         u->files[i].tmp_path = NULL;
         p->size = u->files[i].size;
         u->n_pairs = i + 1;
-        json_error_t jerr;
-        json_t *meta = json_loadb((const char *)u->metas[i].data, u->metas[i].len,
-                                  JSON_REJECT_DUPLICATES, &jerr);
-        if (meta == NULL || !json_is_object(meta)) {
-            json_decref(meta);
+        const char *why;
+        cJSON *meta =
+            moat__execd_json_parse((const char *)u->metas[i].data, u->metas[i].len, true, &why);
+        if (meta == NULL || !cJSON_IsObject(meta)) {
+            cJSON_Delete(meta);
             snprintf(u->message, sizeof(u->message), "metadata %zu is not a JSON object", i);
             u->failed = MOAT_EXECD_UPLOAD_INVALID_FILE_METADATA;
             return u->failed;
         }
         bool bad = false;
-        json_t *path = json_object_get(meta, "path");
-        if (json_is_string(path) && json_string_length(path) > 0)
-            p->path = strdup(json_string_value(path));
+        size_t plen = 0;
+        const char *path = moat_json_str(meta, "path", &plen);
+        if (path != NULL && plen > 0)
+            p->path = strdup(path);
         p->owner = opt_string(meta, "owner", &bad);
         p->group = opt_string(meta, "group", &bad);
-        json_t *mode = json_object_get(meta, "mode");
-        if (mode != NULL && !json_is_null(mode) &&
-            (!json_is_integer(mode) ||
-             moat_execd_mode_from_decimal(json_integer_value(mode), &p->mode) != MOAT_OK))
+        const cJSON *mode = cJSON_GetObjectItemCaseSensitive(meta, "mode");
+        int64_t m = 0;
+        if (mode != NULL && !cJSON_IsNull(mode) &&
+            (!moat_json_int_value(mode, &m) ||
+             moat_execd_mode_from_decimal(m, &p->mode) != MOAT_OK))
             bad = true;
-        json_decref(meta);
+        cJSON_Delete(meta);
         if (p->path == NULL || bad) {
             snprintf(u->message, sizeof(u->message),
                      "metadata %zu: \"path\" is required (string); owner/group strings, mode "

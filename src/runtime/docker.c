@@ -1,4 +1,5 @@
-/* Docker Engine API client: one libcurl easy handle per call (thread-safe), jansson bodies. */
+/* Docker Engine API client: one libcurl easy handle per call (thread-safe), cJSON bodies. */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,23 @@ static moat_code transport_error(moat_runtime *rt, CURLcode rc, const char *errb
     return st->code;
 }
 
+const cJSON *moat__json_get(const cJSON *obj, const char *key)
+{
+    return cJSON_IsObject(obj) ? cJSON_GetObjectItemCaseSensitive(obj, key) : NULL;
+}
+
+const char *moat__json_str(const cJSON *obj, const char *key)
+{
+    return cJSON_IsObject(obj) ? moat_json_str(obj, key, NULL) : NULL;
+}
+
+bool moat__json_add_int(cJSON *obj, const char *key, int64_t value)
+{
+    char text[24];
+    snprintf(text, sizeof(text), "%" PRId64, value);
+    return cJSON_AddRawToObject(obj, key, text) != NULL;
+}
+
 /* One HTTP exchange with the engine at a full path (already versioned). */
 static moat_code perform(moat_runtime *rt, const char *op, const char *method, const char *path,
                          const char *body, moat_docker_response *resp, moat_status *st)
@@ -132,15 +150,10 @@ static moat_code perform(moat_runtime *rt, const char *op, const char *method, c
         goto out;
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->http_status);
-    if (buf.len > 0) {
-        json_error_t jerr;
-        resp->json = json_loadb((const char *)buf.data, buf.len, JSON_DECODE_ANY, &jerr);
-    }
+    if (buf.len > 0)
+        resp->json = moat_json_parse((const char *)buf.data, buf.len, MOAT_JSON_NUL_REJECT);
     if (resp->http_status >= 400) {
-        const char *msg = NULL;
-        json_t *doc = resp->json;
-        if (json_is_object(doc))
-            msg = json_string_value(json_object_get(doc, "message"));
+        const char *msg = moat__json_str(resp->json, "message");
         char fallback[256] = "";
         if (msg == NULL) {
             size_t n = buf.len < sizeof(fallback) - 1 ? buf.len : sizeof(fallback) - 1;
@@ -205,7 +218,7 @@ moat_code moat_runtime_docker_version(moat_runtime *rt, char out[16], moat_statu
         moat_runtime_docker_response_free(&resp);
         return code;
     }
-    const char *api = json_string_value(json_object_get(resp.json, "ApiVersion"));
+    const char *api = moat__json_str(resp.json, "ApiVersion");
     unsigned maj, min;
     if (api == NULL || sscanf(api, "%u.%u", &maj, &min) != 2 || strlen(api) >= 16) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "docker_protocol",
@@ -264,7 +277,7 @@ void moat_runtime_docker_response_free(moat_docker_response *resp)
 {
     if (resp == NULL)
         return;
-    json_decref(resp->json);
+    cJSON_Delete(resp->json);
     resp->json = NULL;
 }
 

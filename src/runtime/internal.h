@@ -6,7 +6,6 @@
 #include <stdbool.h>
 
 #include <curl/curl.h>
-#include <jansson.h>
 
 #include "moat/runtime.h"
 
@@ -100,6 +99,13 @@ moat_err moat__docker_init(moat_runtime *rt, moat_status *st);
 void moat__docker_setup_endpoint(moat_runtime *rt, CURL *h);
 /* GET on execd's socket; true on HTTP 200. */
 bool moat__execd_ping(const char *socket_path, long timeout_ms);
+/* obj[key] (case-sensitive) when obj is an object, else NULL. Lives as long as obj. */
+const cJSON *moat__json_get(const cJSON *obj, const char *key);
+/* obj[key] when obj is an object and the value a string, else NULL. Lives as long as obj. */
+const char *moat__json_str(const cJSON *obj, const char *key);
+/* Adds key: value printed as an exact decimal integer. cJSON keeps numbers as doubles and
+ * prints 1e+16 for large ones, which Docker refuses for an int64 field. false on NOMEM. */
+bool moat__json_add_int(cJSON *obj, const char *key, int64_t value);
 
 /* A container as listed, with moat's labels checked. */
 typedef struct moat__listed {
@@ -117,7 +123,7 @@ typedef struct moat__listed {
 /* session.c */
 /* Reads one entry of GET /containers/json or /containers/{id}/json. false when any of the
  * three labels is missing or malformed (the entry must then be skipped). */
-bool moat__parse_listed(const json_t *entry, moat__listed *out);
+bool moat__parse_listed(const cJSON *entry, moat__listed *out);
 /* A fresh RUNNING store row for a listed container, expiry from its label. */
 void moat__row_from_listed(const moat__listed *c, moat__row *row);
 /* Lists containers whose labels match every filter (e.g. "session_id", "moat.managed=true").

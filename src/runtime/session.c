@@ -48,57 +48,68 @@ static moat_code bad_uuid(moat_status *st, const char *field, const char *value)
     return st->code;
 }
 
+/* Appends item to arr; frees item when that fails (item NULL: an allocation already failed). */
+static bool append(cJSON *arr, cJSON *item)
+{
+    if (cJSON_AddItemToArray(arr, item))
+        return true;
+    cJSON_Delete(item);
+    return false;
+}
+
 /* ---- listing -------------------------------------------------------------------------------- */
 
-static int64_t created_ms(const json_t *created)
+/* Created: Unix seconds (list shape) or RFC 3339 text (inspect shape). Seconds must be an
+ * integral number whose milliseconds fit int64_t; -1 otherwise. */
+static int64_t created_ms(const cJSON *created)
 {
     int64_t ms = 0;
-    if (json_is_integer(created))
-        return (int64_t)json_integer_value(created) * 1000;
-    if (json_is_string(created) &&
-        moat_time_parse_iso8601(json_string_value(created), &ms) == MOAT_OK)
+    if (cJSON_IsNumber(created))
+        return moat_json_int_value(created, &ms) && ms >= 0 && ms <= INT64_MAX / 1000 ? ms * 1000
+                                                                                      : -1;
+    if (cJSON_IsString(created) && moat_time_parse_iso8601(created->valuestring, &ms) == MOAT_OK)
         return ms;
     return -1;
 }
 
-bool moat__parse_listed(const json_t *entry, moat__listed *out)
+bool moat__parse_listed(const cJSON *entry, moat__listed *out)
 {
     memset(out, 0, sizeof(*out));
-    if (!json_is_object(entry))
+    if (!cJSON_IsObject(entry))
         return false;
-    const char *id = json_string_value(json_object_get(entry, "Id"));
-    const json_t *labels = json_object_get(entry, "Labels");
-    const json_t *state = json_object_get(entry, "State");
+    const char *id = moat__json_str(entry, "Id");
+    const cJSON *labels = moat__json_get(entry, "Labels");
+    const cJSON *state = moat__json_get(entry, "State");
     if (labels == NULL) { /* inspect shape: Config.Labels */
-        labels = json_object_get(json_object_get(entry, "Config"), "Labels");
+        labels = moat__json_get(moat__json_get(entry, "Config"), "Labels");
     }
     if (id == NULL || id[0] == '\0' || strlen(id) >= sizeof(out->container_id) ||
-        !json_is_object(labels))
+        !cJSON_IsObject(labels))
         return false;
-    const char *sid = json_string_value(json_object_get(labels, LABEL_SESSION));
-    const char *cid = json_string_value(json_object_get(labels, LABEL_CHAT));
-    const char *exp = json_string_value(json_object_get(labels, LABEL_EXPIRES));
+    const char *sid = moat__json_str(labels, LABEL_SESSION);
+    const char *cid = moat__json_str(labels, LABEL_CHAT);
+    const char *exp = moat__json_str(labels, LABEL_EXPIRES);
     if (sid == NULL || cid == NULL || exp == NULL)
         return false;
     if (moat_uuid_canonicalize(sid, out->session_id) != MOAT_OK ||
         moat_uuid_canonicalize(cid, out->chat_id) != MOAT_OK ||
         moat_time_parse_iso8601(exp, &out->label_expires_at_ms) != MOAT_OK)
         return false;
-    out->created_at_ms = created_ms(json_object_get(entry, "Created"));
+    out->created_at_ms = created_ms(moat__json_get(entry, "Created"));
     if (out->created_at_ms < 0)
         return false;
     snprintf(out->container_id, sizeof(out->container_id), "%s", id);
-    const char *image = json_string_value(json_object_get(entry, "Image"));
+    const char *image = moat__json_str(entry, "Image");
     if (image == NULL)
-        image = json_string_value(json_object_get(json_object_get(entry, "Config"), "Image"));
+        image = moat__json_str(moat__json_get(entry, "Config"), "Image");
     snprintf(out->image, sizeof(out->image), "%s", image ? image : "");
-    if (json_is_string(state))
-        out->running = strcmp(json_string_value(state), "running") == 0;
-    else if (json_is_object(state)) /* inspect shape */
-        out->running = json_is_true(json_object_get(state, "Running"));
-    const char *managed = json_string_value(json_object_get(labels, LABEL_MANAGED));
+    if (cJSON_IsString(state))
+        out->running = strcmp(state->valuestring, "running") == 0;
+    else if (cJSON_IsObject(state)) /* inspect shape */
+        out->running = cJSON_IsTrue(moat__json_get(state, "Running"));
+    const char *managed = moat__json_str(labels, LABEL_MANAGED);
     out->managed = managed != NULL && strcmp(managed, "true") == 0;
-    const char *instance = json_string_value(json_object_get(labels, "moat.instance"));
+    const char *instance = moat__json_str(labels, "moat.instance");
     snprintf(out->instance, sizeof(out->instance), "%s", instance ? instance : "");
     return true;
 }
@@ -110,18 +121,18 @@ moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_c
     *count = 0;
     if (skipped)
         *skipped = 0;
-    json_t *filters = json_object();
-    json_t *label_arr = json_array();
-    for (size_t i = 0; i < label_count; i++)
-        json_array_append_new(label_arr, json_string(labels[i]));
-    if (rt->instance_filter[0] != '\0')
-        json_array_append_new(label_arr, json_string(rt->instance_filter));
-    json_object_set_new(filters, "label", label_arr);
-    char *text = json_dumps(filters, JSON_COMPACT);
-    json_decref(filters);
+    cJSON *filters = cJSON_CreateObject();
+    cJSON *label_arr = cJSON_AddArrayToObject(filters, "label");
+    bool ok = label_arr != NULL;
+    for (size_t i = 0; ok && i < label_count; i++)
+        ok = append(label_arr, cJSON_CreateString(labels[i]));
+    if (ok && rt->instance_filter[0] != '\0')
+        ok = append(label_arr, cJSON_CreateString(rt->instance_filter));
+    char *text = ok ? cJSON_PrintUnformatted(filters) : NULL;
+    cJSON_Delete(filters);
     CURL *h = curl_easy_init();
     char *escaped = (h && text) ? curl_easy_escape(h, text, 0) : NULL;
-    free(text);
+    cJSON_free(text);
     if (h)
         curl_easy_cleanup(h);
     if (escaped == NULL) {
@@ -144,14 +155,14 @@ moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_c
         moat_runtime_docker_response_free(&resp);
         return code;
     }
-    json_t *doc = resp.json;
-    if (!json_is_array(doc)) {
+    const cJSON *doc = resp.json;
+    if (!cJSON_IsArray(doc)) {
         moat_runtime_docker_response_free(&resp);
         moat_status_set(st, MOAT_CODE_INTERNAL, "docker_protocol",
                         "docker container list: answer is not a JSON array");
         return st->code;
     }
-    size_t n = json_array_size(doc);
+    size_t n = (size_t)cJSON_GetArraySize(doc);
     moat__listed *items = n ? calloc(n, sizeof(*items)) : NULL;
     if (n && items == NULL) {
         moat_runtime_docker_response_free(&resp);
@@ -159,8 +170,10 @@ moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_c
         return st->code;
     }
     size_t kept = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (moat__parse_listed(json_array_get(doc, i), &items[kept]))
+    const cJSON *entry;
+    cJSON_ArrayForEach(entry, doc)
+    {
+        if (moat__parse_listed(entry, &items[kept]))
             kept++;
         else if (skipped)
             (*skipped)++;
@@ -281,46 +294,81 @@ static int mkdir_p(const char *path, mode_t mode)
     return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-static json_t *bind_mount(const char *source, const char *target, bool read_only)
+static bool add_bind_mount(cJSON *mounts, const char *source, const char *target, bool read_only)
 {
-    return json_pack("{s:s, s:s, s:s, s:b}", "Target", target, "Source", source, "Type", "bind",
-                     "ReadOnly", read_only);
+    cJSON *m = cJSON_CreateObject();
+    if (!append(mounts, m))
+        return false;
+    return cJSON_AddStringToObject(m, "Target", target) &&
+           cJSON_AddStringToObject(m, "Source", source) &&
+           cJSON_AddStringToObject(m, "Type", "bind") &&
+           cJSON_AddBoolToObject(m, "ReadOnly", read_only);
 }
 
-/* The container spec. Every host path comes from the config or from canonical UUIDs, never
- * from a request. */
-static json_t *container_spec(moat_runtime *rt, const char *session_id, const char *chat_id,
-                              const char *image, int64_t expires_at_ms, int64_t memory,
-                              int64_t nano_cpus, int64_t pids, const char *paths[5])
+static bool add_string_array(cJSON *obj, const char *key, const char *const *items, size_t n)
+{
+    cJSON *arr = cJSON_AddArrayToObject(obj, key);
+    bool ok = arr != NULL;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = append(arr, cJSON_CreateString(items[i]));
+    return ok;
+}
+
+/* The container spec, or NULL when out of memory. Every host path comes from the config or
+ * from canonical UUIDs, never from a request. */
+static cJSON *container_spec(moat_runtime *rt, const char *session_id, const char *chat_id,
+                             const char *image, int64_t expires_at_ms, int64_t memory,
+                             int64_t nano_cpus, int64_t pids, const char *paths[5])
 {
     char expires[MOAT_TIME_ISO_MAX];
     moat_time_format_iso8601(expires_at_ms, expires);
-    json_t *labels =
-        json_pack("{s:s, s:s, s:s, s:s, s:s}", LABEL_SESSION, session_id, LABEL_CHAT, chat_id,
-                  LABEL_EXPIRES, expires, LABEL_MANAGED, "true", LABEL_VERSION, MOAT_VERSION);
-    if (rt->cfg.instance != NULL)
-        json_object_set_new(labels, "moat.instance", json_string(rt->cfg.instance));
-    json_t *mounts = json_array();
-    json_array_append_new(mounts, bind_mount(paths[0], rt->cfg.chat_mount_path, false));
-    json_array_append_new(mounts, bind_mount(paths[1], rt->cfg.dependencies_mount_path, true));
-    json_array_append_new(mounts, bind_mount(paths[2], rt->cfg.lambda_tools_mount_path, true));
-    json_array_append_new(mounts, bind_mount(paths[3], "/opt/moat", true));
-    json_array_append_new(mounts, bind_mount(paths[4], "/run/moat", false));
-    json_t *host = json_pack("{s:s, s:o, s:[s], s:[s], s:I, s:I, s:I, s:I, s:b}", "NetworkMode",
-                             "none", "Mounts", mounts, "CapDrop", "ALL", "SecurityOpt",
-                             "no-new-privileges", "PidsLimit", (json_int_t)pids, "Memory",
-                             (json_int_t)memory, "MemorySwap", (json_int_t)memory, "NanoCpus",
-                             (json_int_t)nano_cpus, "ReadonlyRootfs", rt->cfg.read_only_rootfs);
-    if (rt->cfg.read_only_rootfs) {
+    static const char *const entrypoint[] = {"/opt/moat/run", "--listen",
+                                             "unix:/run/moat/execd.sock"};
+    static const char *const cap_drop[] = {"ALL"};
+    static const char *const security[] = {"no-new-privileges"};
+    /* Every cJSON_Add* takes a NULL parent and then fails, so one check at the end covers
+     * every allocation; whatever was attached goes with spec. */
+    cJSON *spec = cJSON_CreateObject();
+    bool ok = cJSON_AddStringToObject(spec, "Image", image) &&
+              add_string_array(spec, "Entrypoint", entrypoint, 3);
+    cJSON *labels = ok ? cJSON_AddObjectToObject(spec, "Labels") : NULL;
+    cJSON *host = ok ? cJSON_AddObjectToObject(spec, "HostConfig") : NULL;
+    ok = cJSON_AddTrueToObject(spec, "NetworkDisabled") &&
+         cJSON_AddFalseToObject(spec, "AttachStdout") &&
+         cJSON_AddFalseToObject(spec, "AttachStderr") &&
+         cJSON_AddStringToObject(labels, LABEL_SESSION, session_id) &&
+         cJSON_AddStringToObject(labels, LABEL_CHAT, chat_id) &&
+         cJSON_AddStringToObject(labels, LABEL_EXPIRES, expires) &&
+         cJSON_AddStringToObject(labels, LABEL_MANAGED, "true") &&
+         cJSON_AddStringToObject(labels, LABEL_VERSION, MOAT_VERSION) &&
+         (rt->cfg.instance == NULL ||
+          cJSON_AddStringToObject(labels, "moat.instance", rt->cfg.instance)) &&
+         cJSON_AddStringToObject(host, "NetworkMode", "none");
+    cJSON *mounts = ok ? cJSON_AddArrayToObject(host, "Mounts") : NULL;
+    ok = mounts != NULL && add_bind_mount(mounts, paths[0], rt->cfg.chat_mount_path, false) &&
+         add_bind_mount(mounts, paths[1], rt->cfg.dependencies_mount_path, true) &&
+         add_bind_mount(mounts, paths[2], rt->cfg.lambda_tools_mount_path, true) &&
+         add_bind_mount(mounts, paths[3], "/opt/moat", true) &&
+         add_bind_mount(mounts, paths[4], "/run/moat", false) &&
+         add_string_array(host, "CapDrop", cap_drop, 1) &&
+         add_string_array(host, "SecurityOpt", security, 1) &&
+         moat__json_add_int(host, "PidsLimit", pids) &&
+         moat__json_add_int(host, "Memory", memory) &&
+         moat__json_add_int(host, "MemorySwap", memory) &&
+         moat__json_add_int(host, "NanoCpus", nano_cpus) &&
+         cJSON_AddBoolToObject(host, "ReadonlyRootfs", rt->cfg.read_only_rootfs);
+    if (ok && rt->cfg.read_only_rootfs) {
         char opts[96];
         snprintf(opts, sizeof(opts), "rw,nosuid,nodev,size=%lld",
                  (long long)rt->cfg.tmpfs_size_bytes);
-        json_object_set_new(host, "Tmpfs", json_pack("{s:s}", "/tmp", opts));
+        cJSON *tmpfs = cJSON_AddObjectToObject(host, "Tmpfs");
+        ok = tmpfs != NULL && cJSON_AddStringToObject(tmpfs, "/tmp", opts);
     }
-    return json_pack("{s:s, s:[s,s,s], s:o, s:o, s:b, s:b, s:b}", "Image", image, "Entrypoint",
-                     "/opt/moat/run", "--listen", "unix:/run/moat/execd.sock", "Labels", labels,
-                     "HostConfig", host, "NetworkDisabled", true, "AttachStdout", false,
-                     "AttachStderr", false);
+    if (!ok) {
+        cJSON_Delete(spec);
+        return NULL;
+    }
+    return spec;
 }
 
 static void remove_quietly(moat_runtime *rt, const char *container_id)
@@ -364,14 +412,15 @@ static moat_code wait_ready(moat_runtime *rt, const char *container_id, const ch
             snprintf(path, sizeof(path), "/containers/%s/json", container_id);
             if (moat_runtime_docker_call(rt, "inspect", "GET", path, NULL, &resp, &inspect_st) ==
                 MOAT_CODE_OK) {
-                json_t *state = json_object_get(resp.json, "State");
-                if (json_is_object(state) && !json_is_true(json_object_get(state, "Running"))) {
-                    long long exit_code = json_integer_value(json_object_get(state, "ExitCode"));
+                const cJSON *state = moat__json_get(resp.json, "State");
+                if (cJSON_IsObject(state) && !cJSON_IsTrue(moat__json_get(state, "Running"))) {
+                    int64_t exit_code = 0; /* stays 0 when ExitCode is missing or not integral */
+                    moat_json_int(state, "ExitCode", &exit_code);
                     moat_runtime_docker_response_free(&resp);
                     moat_status_set(st, MOAT_CODE_UNAVAILABLE, "sandbox_start_failed",
                                     "sandbox container %.12s exited (code %lld) before execd "
                                     "answered /ping",
-                                    container_id, exit_code);
+                                    container_id, (long long)exit_code);
                     return st->code;
                 }
             }
@@ -466,10 +515,10 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     session_socket(rt, session_id, socket_path, sizeof(socket_path));
     unlink(socket_path); /* a stale socket would answer nothing and look like a live one */
 
-    json_t *spec =
+    cJSON *spec =
         container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus, pids, paths);
-    char *body = spec ? json_dumps(spec, JSON_COMPACT) : NULL;
-    json_decref(spec);
+    char *body = spec ? cJSON_PrintUnformatted(spec) : NULL;
+    cJSON_Delete(spec);
     if (body == NULL) {
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
         moat__session_dir_remove(rt, session_id);
@@ -480,10 +529,10 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
              session_id);
     moat_docker_response resp;
     moat_code code = moat_runtime_docker_call(rt, "create", "POST", path, body, &resp, st);
-    free(body);
+    cJSON_free(body);
     char container_id[MOAT_CONTAINER_ID_MAX] = "";
     if (code == MOAT_CODE_OK) {
-        const char *id = json_string_value(json_object_get(resp.json, "Id"));
+        const char *id = moat__json_str(resp.json, "Id");
         if (id != NULL && strlen(id) < sizeof(container_id))
             snprintf(container_id, sizeof(container_id), "%s", id);
     } else if (resp.http_status == 409) {

@@ -111,7 +111,9 @@ static size_t on_event(char *data, size_t size, size_t nmemb, void *user)
     watch_conn *wc = user;
     if (wc->status != 200)
         return size * nmemb;
-    /* Any event for a labelled container (create, start, die, destroy, …) invalidates. */
+    /* Any event for a labelled container (create, start, die, destroy, …) invalidates, so the
+     * events are not parsed: no field of theirs is read, timeNano (past 2^53, not exact as a
+     * cJSON double) included. */
     moat__cache_invalidate(wc->rt);
     return size * nmemb;
 }

@@ -9,7 +9,6 @@
 #include <stdio.h>
 
 #include <cmocka.h>
-#include <jansson.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -178,6 +177,10 @@ static void serve_files(fake_execd *f, int fd, const fake_req *req)
             "\"error\":\"exit status 3\",\"started_at\":\"2026-01-02T03:04:05.5+00:00\","
             "\"finished_at\":\"2026-01-02T03:04:06Z\"}";
         fake_reply(fd, 200, NULL, b, sizeof(b) - 1);
+    } else if (strcmp(p, "/command/status/nul") == 0) {
+        static const char b[] = "{\"id\":\"nul\",\"content\":\"rm -rf /tmp/x\\u0000/y\","
+                                "\"running\":true}";
+        fake_reply(fd, 200, NULL, b, sizeof(b) - 1);
     } else if (strcmp(p, "/command/e1/logs?cursor=5") == 0) {
         fake_reply(fd, 200, "EXECD-COMMANDS-TAIL-CURSOR: 10\r\n", "hello", 5);
     } else if (strcmp(p, "/files/info?path=%2Ftmp%2Fa%20b") == 0) {
@@ -221,13 +224,13 @@ static void serve_files(fake_execd *f, int fd, const fake_req *req)
 
 static void handler(fake_execd *f, int fd, const fake_req *req)
 {
-    json_t *j = json_loadb(req->body, req->body_len, 0, NULL);
-    json_t *cmd = json_object_get(j, "command");
-    if (json_is_string(cmd) && strcmp(req->method, "POST") == 0)
-        serve_run(f, fd, req, json_string_value(cmd));
+    cJSON *j = moat_json_parse(req->body, req->body_len, MOAT_JSON_NUL_REJECT);
+    const char *cmd = moat_json_str(j, "command", NULL);
+    if (cmd != NULL && strcmp(req->method, "POST") == 0)
+        serve_run(f, fd, req, cmd);
     else
         serve_files(f, fd, req);
-    json_decref(j);
+    cJSON_Delete(j);
 }
 
 /* ------------------------------------------------------------ harness */
@@ -301,6 +304,20 @@ static void run_to_end(env *e, const char *cmd, collect *c)
     col_init(c);
     run_cmd(e, &o, c, UINT64_MAX);
     run_until(e, &c->ended);
+}
+
+/* The last request's body is the same JSON as want (member order aside). */
+static void assert_last_body(env *e, const char *want)
+{
+    pthread_mutex_lock(&e->f.mu);
+    cJSON *got = moat_json_parse(e->f.last.body, e->f.last.body_len, MOAT_JSON_NUL_REJECT);
+    pthread_mutex_unlock(&e->f.mu);
+    cJSON *w = moat_json_parse(want, strlen(want), MOAT_JSON_NUL_REJECT);
+    assert_non_null(got);
+    assert_non_null(w);
+    assert_true(cJSON_Compare(got, w, true));
+    cJSON_Delete(got);
+    cJSON_Delete(w);
 }
 
 /* ------------------------------------------------------------ seed 001 */
@@ -390,12 +407,8 @@ static void seed_cases(bool tcp)
     assert_true(col_find(&c, MOAT_BRIDGE_EV_EXIT)->known);
     pthread_mutex_lock(&e.f.mu);
     assert_string_equal(e.f.last.path, "/session/sess-1/run");
-    json_t *got = json_loads(e.f.last.body, 0, NULL);
     pthread_mutex_unlock(&e.f.mu);
-    json_t *want = json_pack("{s:s,s:s,s:i}", "command", "pwd", "cwd", "/var", "timeout", 5000);
-    assert_true(json_equal(got, want));
-    json_decref(got);
-    json_decref(want);
+    assert_last_body(&e, "{\"command\":\"pwd\",\"cwd\":\"/var\",\"timeout\":5000}");
     col_free(&c);
 
     /* test_run_in_session_non_zero_exit_updates_exit_code */
@@ -455,6 +468,35 @@ static void test_access_token_and_text_mode(void **state)
     fake_last_header(&e.f, "X-Moat-Output", h, sizeof(h));
     assert_string_equal(h, "");
     assert_string_equal(col_find(&c, MOAT_BRIDGE_EV_OUTPUT)->text, "lines");
+    col_free(&c);
+    env_down(&e);
+}
+
+/* The run's JSON body: env (a repeated key keeps its last value), background,
+ * and a timeout past 2^53 written as an exact integer. */
+static void test_run_body(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, false, NULL);
+    const char *keys[] = {"A", "B", "A"}, *values[] = {"1", "x\"y", "3"};
+    moat_bridge_run_opts o = {.command = "echo hi",
+                              .cwd = "/w",
+                              .timeout_ms = 9007199254740993u,
+                              .env_keys = keys,
+                              .env_values = values,
+                              .env_count = 3,
+                              .background = true};
+    collect c;
+    col_init(&c);
+    run_cmd(&e, &o, &c, UINT64_MAX);
+    run_until(&e, &c.ended);
+    assert_int_equal(c.end.code, MOAT_CODE_OK);
+    assert_last_body(&e, "{\"command\":\"echo hi\",\"cwd\":\"/w\",\"timeout\":9007199254740993,"
+                         "\"background\":true,\"envs\":{\"A\":\"3\",\"B\":\"x\\\"y\"}}");
+    pthread_mutex_lock(&e.f.mu);
+    assert_non_null(strstr(e.f.last.body, "\"timeout\":9007199254740993,"));
+    pthread_mutex_unlock(&e.f.mu);
     col_free(&c);
     env_down(&e);
 }
@@ -591,8 +633,9 @@ static void test_hostile_bytes(void **state)
     run_to_end(&e, "hostile bytes", &c);
     assert_int_equal(c.end.code, MOAT_CODE_OK);
     assert_int_equal(c.n, 4);
-    assert_int_equal(c.ev[1].len, 3);
-    assert_memory_equal(c.ev[1].text, "n\0l", 3);
+    /* line mode is UTF-8 text: the escaped NUL arrives as U+FFFD */
+    assert_int_equal(c.ev[1].len, 5);
+    assert_memory_equal(c.ev[1].text, "n\xef\xbf\xbdl", 5);
     assert_int_equal(c.ev[3].code, 0);
     col_free(&c);
     env_down(&e);
@@ -1015,14 +1058,6 @@ static void on_list(void *ud, const moat_status *st, const moat_bridge_file_info
     on_done(ud, st);
 }
 
-static json_t *last_body(env *e)
-{
-    pthread_mutex_lock(&e->f.mu);
-    json_t *j = json_loadb(e->f.last.body, e->f.last.body_len, 0, NULL);
-    pthread_mutex_unlock(&e->f.mu);
-    return j;
-}
-
 static void last_line(env *e, char *out, size_t cap)
 {
     pthread_mutex_lock(&e->f.mu);
@@ -1044,9 +1079,7 @@ static void test_calls(void **state)
     run_until(&e, &r.done);
     assert_int_equal(r.st.code, MOAT_CODE_OK);
     assert_string_equal(r.text, "s-123");
-    json_t *j = last_body(&e);
-    assert_string_equal(json_string_value(json_object_get(j, "cwd")), "/w");
-    json_decref(j);
+    assert_last_body(&e, "{\"cwd\":\"/w\"}");
 
     memset(&r, 0, sizeof(r));
     assert_int_equal(moat_bridge_delete_session(e.b, &e.ep, "s-123", on_done, &r, &st), MOAT_OK);
@@ -1082,6 +1115,13 @@ static void test_calls(void **state)
     moat_time_parse_iso8601("2026-01-02T03:04:05.5+00:00", &want);
     assert_int_equal(r.cs.started_at_ms, want);
     assert_int_equal(r.cs.finished_at_ms, want + 500);
+
+    /* answers other than line-mode output refuse an escaped NUL */
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(moat_bridge_command_status(e.b, &e.ep, "nul", on_status, &r, &st), MOAT_OK);
+    run_until(&e, &r.done);
+    assert_int_equal(r.st.code, MOAT_CODE_INTERNAL);
+    assert_string_equal(r.st.reason, "execd_bad_answer");
 
     memset(&r, 0, sizeof(r));
     assert_int_equal(moat_bridge_command_logs(e.b, &e.ep, "e1", 5, on_logs, &r, &st), MOAT_OK);
@@ -1126,30 +1166,18 @@ static void test_calls(void **state)
     assert_int_equal(moat_bridge_move(e.b, &e.ep, "/a", "/b", on_done, &r, &st), MOAT_OK);
     run_until(&e, &r.done);
     assert_int_equal(r.st.code, MOAT_CODE_OK);
-    j = last_body(&e);
-    json_t *w = json_pack("[{s:s,s:s}]", "src", "/a", "dest", "/b");
-    assert_true(json_equal(j, w));
-    json_decref(j);
-    json_decref(w);
+    assert_last_body(&e, "[{\"src\":\"/a\",\"dest\":\"/b\"}]");
 
     memset(&r, 0, sizeof(r));
     assert_int_equal(moat_bridge_mkdir(e.b, &e.ep, "/d/e", 0, on_done, &r, &st), MOAT_OK);
     run_until(&e, &r.done);
-    j = last_body(&e);
-    w = json_pack("{s:{s:i}}", "/d/e", "mode", 755);
-    assert_true(json_equal(j, w));
-    json_decref(j);
-    json_decref(w);
+    assert_last_body(&e, "{\"/d/e\":{\"mode\":755}}");
 
     memset(&r, 0, sizeof(r));
     assert_int_equal(moat_bridge_chmod(e.b, &e.ep, "/f", 0600, "bob", NULL, on_done, &r, &st),
                      MOAT_OK);
     run_until(&e, &r.done);
-    j = last_body(&e);
-    w = json_pack("{s:{s:i,s:s}}", "/f", "mode", 600, "owner", "bob");
-    assert_true(json_equal(j, w));
-    json_decref(j);
-    json_decref(w);
+    assert_last_body(&e, "{\"/f\":{\"mode\":600,\"owner\":\"bob\"}}");
 
     /* an answer that is not JSON, and an unknown route */
     memset(&r, 0, sizeof(r));
@@ -1332,6 +1360,7 @@ int main(void)
         cmocka_unit_test(test_seed_cases_small_writes),
         cmocka_unit_test(test_seed_cases_tcp),
         cmocka_unit_test(test_access_token_and_text_mode),
+        cmocka_unit_test(test_run_body),
         cmocka_unit_test(test_real_execd_quirks),
         cmocka_unit_test(test_cut_and_reset),
         cmocka_unit_test(test_liveness),

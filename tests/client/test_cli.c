@@ -1,7 +1,6 @@
 /* The moat CLI (the real binary, run as a child process) against the fake
  * server, whose handlers answer with protobuf-c: the server side's library. */
 #include <fcntl.h>
-#include <jansson.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +15,7 @@
 #include <cmocka.h>
 
 #include "fake_server.h"
+#include "moat/common.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
 #include "moat/v1/health.pb-c.h"
@@ -118,10 +118,19 @@ static void handler(fake *s, uint32_t id, const char *method, moat_slice req)
     } else if (strcmp(method, "/moat.v1.Sandboxes/GetSession") == 0) {
         Moat__V1__GetSessionRequest *r =
             moat__v1__get_session_request__unpack(NULL, req.len, req.data);
-        if (strcmp(r->session_id, "sess-1") == 0)
+        if (strcmp(r->session_id, "sess-1") == 0) {
             reply_session(s, id, "sess-1", CHAT, 1718000060000);
-        else
+        } else if (strcmp(r->session_id, "sess-odd") == 0) {
+            /* SandboxSession written by hand: strings holding a NUL, bytes
+             * that are not UTF-8, a quote in a label key, a cut sequence */
+            static const uint8_t m[] = {0x0a, 3,   'a',  0,    'b',  0x12, 2,    'c', 0xff,
+                                        0x20, 1,   0x3a, 8,    0x0a, 2,    'k',  '"', 0x12,
+                                        2,    'v', 0,    0x42, 3,    'i',  0xe2, 0x82};
+            fake_send_message(s, id, m, sizeof m);
+            fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
+        } else {
             fake_send_end(s, id, MOAT_CODE_NOT_FOUND, "no such session", "session_not_found", NULL);
+        }
         moat__v1__get_session_request__free_unpacked(r, NULL);
     } else if (strcmp(method, "/moat.v1.Sandboxes/RenewSession") == 0) {
         Moat__V1__RenewSessionRequest *r =
@@ -271,22 +280,49 @@ static void test_create_json(void **state)
     assert_non_null(strchr(r.out, '\n'));
     assert_null(strchr(r.out, '\n') + 1 < r.out + r.out_len ? strchr(strchr(r.out, '\n') + 1, '\n')
                                                             : NULL);
-    json_error_t jerr;
-    json_t *o = json_loads(r.out, 0, &jerr);
+    cJSON *o = moat_json_parse(r.out, r.out_len, MOAT_JSON_NUL_REJECT);
     assert_non_null(o);
-    assert_string_equal(json_string_value(json_object_get(o, "session_id")), "sess-1");
-    assert_string_equal(json_string_value(json_object_get(o, "chat_id")), CHAT);
-    assert_string_equal(json_string_value(json_object_get(o, "status")), "RUNNING");
-    assert_string_equal(json_string_value(json_object_get(o, "expires_at")),
-                        "2024-06-10T06:14:20+00:00");
-    assert_int_equal(json_integer_value(json_object_get(o, "expires_at_ms")), 1718000060000);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "labels"), "chat_id")),
-                        CHAT);
-    json_decref(o);
+    assert_string_equal(moat_json_str(o, "session_id", NULL), "sess-1");
+    assert_string_equal(moat_json_str(o, "chat_id", NULL), CHAT);
+    assert_string_equal(moat_json_str(o, "status", NULL), "RUNNING");
+    assert_string_equal(moat_json_str(o, "expires_at", NULL), "2024-06-10T06:14:20+00:00");
+    int64_t ms = 0;
+    assert_true(moat_json_int(o, "expires_at_ms", &ms));
+    assert_int_equal(ms, 1718000060000);
+    assert_string_equal(
+        moat_json_str(cJSON_GetObjectItemCaseSensitive(o, "labels"), "chat_id", NULL), CHAT);
+    cJSON_Delete(o);
 
     moat(&r, "create", "--chat", CHAT, "--new", NULL);
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.out, "sess-new\t" CHAT "\tRUNNING"));
+}
+
+/* cJSON strings end at a NUL: the CLI writes each NUL, and each byte that is
+ * not UTF-8, as U+FFFD, so --json output stays one valid JSON document. */
+static void test_json_odd_strings(void **state)
+{
+    (void)state;
+    static run r;
+    moat(&r, "get", "sess-odd", "--json", NULL);
+    assert_int_equal(r.status, 0);
+    assert_ptr_equal(strchr(r.out, '\n'), r.out + r.out_len - 1);
+    cJSON *o = moat_json_parse(r.out, r.out_len, MOAT_JSON_NUL_REJECT);
+    assert_non_null(o);
+    assert_string_equal(moat_json_str(o, "session_id", NULL), "a\xef\xbf\xbd"
+                                                              "b");
+    assert_string_equal(moat_json_str(o, "chat_id", NULL), "c\xef\xbf\xbd");
+    assert_string_equal(moat_json_str(o, "image", NULL), "i\xef\xbf\xbd\xef\xbf\xbd");
+    assert_string_equal(moat_json_str(cJSON_GetObjectItemCaseSensitive(o, "labels"), "k\"", NULL),
+                        "v\xef\xbf\xbd");
+    int64_t ms = -1;
+    assert_true(moat_json_int(o, "expires_at_ms", &ms));
+    assert_int_equal(ms, 0);
+    cJSON_Delete(o);
+
+    moat(&r, "stop", "sess-\"1", "--json", NULL);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, "{\"session_id\":\"sess-\\\"1\",\"stopped\":true}\n");
 }
 
 static void test_errors(void **state)
@@ -319,13 +355,14 @@ static void test_ls_get_renew_stop(void **state)
     char *second = strchr(r.out, '\n');
     assert_non_null(second);
     *second++ = '\0';
-    json_t *a = json_loads(r.out, 0, NULL), *b = json_loads(second, 0, NULL);
+    cJSON *a = moat_json_parse(r.out, strlen(r.out), MOAT_JSON_NUL_REJECT);
+    cJSON *b = moat_json_parse(second, strlen(second), MOAT_JSON_NUL_REJECT);
     assert_non_null(a);
     assert_non_null(b);
-    assert_string_equal(json_string_value(json_object_get(a, "session_id")), "sess-1");
-    assert_string_equal(json_string_value(json_object_get(b, "status")), "EXPIRED");
-    json_decref(a);
-    json_decref(b);
+    assert_string_equal(moat_json_str(a, "session_id", NULL), "sess-1");
+    assert_string_equal(moat_json_str(b, "status", NULL), "EXPIRED");
+    cJSON_Delete(a);
+    cJSON_Delete(b);
     moat(&r, "get", "sess-1", NULL);
     assert_int_equal(r.status, 0);
     assert_non_null(strstr(r.out, "sess-1\t" CHAT "\tRUNNING\t2024-06-10T06:14:20+00:00"));
@@ -401,9 +438,9 @@ static void test_cp_and_health(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_create_json),       cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_ls_get_renew_stop), cmocka_unit_test(test_exec),
-        cmocka_unit_test(test_cp_and_health),
+        cmocka_unit_test(test_create_json), cmocka_unit_test(test_json_odd_strings),
+        cmocka_unit_test(test_errors),      cmocka_unit_test(test_ls_get_renew_stop),
+        cmocka_unit_test(test_exec),        cmocka_unit_test(test_cp_and_health),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -229,6 +229,41 @@ static void test_json_int(void **state)
     cJSON_Delete(j);
 }
 
+static void test_json_strict_text(void **state)
+{
+    (void)state;
+    /* RFC 8259 text cJSON alone would take */
+    assert_null(parse_lit("{\"a\":\"x\x01y\"}", MOAT_JSON_NUL_REPLACE));
+    assert_null(parse_lit("{\"a\":\"x\ty\"}", MOAT_JSON_NUL_REPLACE));
+    assert_null(parse_lit("{\"a\":\"x\xffy\"}", MOAT_JSON_NUL_REPLACE));
+    assert_null(parse_lit("{\"a\":\"\xc0\xaf\"}", MOAT_JSON_NUL_REPLACE));     /* overlong */
+    assert_null(parse_lit("{\"a\":\"\xed\xa0\x80\"}", MOAT_JSON_NUL_REPLACE)); /* surrogate */
+    assert_null(parse_lit("{\"a\":\"\xe2\x82\"}", MOAT_JSON_NUL_REPLACE));     /* cut short */
+    assert_null(parse_lit("{\"a\":\x01 1}", MOAT_JSON_NUL_REPLACE));
+    /* whitespace between tokens, escaped quotes and multi-byte text are fine */
+    cJSON *j = parse_lit("{\t\"a\" :\r\n\"\\\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\\\\\"}",
+                         MOAT_JSON_NUL_REJECT);
+    assert_non_null(j);
+    assert_string_equal(moat_json_str(j, "a", NULL), "\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\\");
+    cJSON_Delete(j);
+}
+
+static void test_utf8_seq(void **state)
+{
+    (void)state;
+    uint32_t cp = 0;
+    assert_int_equal(moat_utf8_seq((const unsigned char *)"A", 1, &cp), 1);
+    assert_int_equal(cp, 'A');
+    assert_int_equal(moat_utf8_seq((const unsigned char *)"\xc3\xa9", 2, &cp), 2);
+    assert_int_equal(cp, 0xe9);
+    assert_int_equal(moat_utf8_seq((const unsigned char *)"\xf4\x8f\xbf\xbf", 4, &cp), 4);
+    assert_int_equal(cp, 0x10ffff);
+    assert_int_equal(moat_utf8_seq((const unsigned char *)"\xf4\x90\x80\x80", 4, NULL), 0);
+    assert_int_equal(moat_utf8_seq((const unsigned char *)"\xe0\x80\x80", 3, NULL), 0);
+    assert_int_equal(moat_utf8_seq((const unsigned char *)"\xc3\xa9", 1, NULL), 0);
+    assert_int_equal(moat_utf8_seq((const unsigned char *)"\x80", 1, NULL), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -237,6 +272,7 @@ int main(void)
         cmocka_unit_test(test_time_rejects),     cmocka_unit_test(test_buf_limits),
         cmocka_unit_test(test_status),           cmocka_unit_test(test_json_parse),
         cmocka_unit_test(test_json_nul_escapes), cmocka_unit_test(test_json_int),
+        cmocka_unit_test(test_json_strict_text), cmocka_unit_test(test_utf8_seq),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <jansson.h>
 
 #include "harness.h"
 #include "moat/client.h"
@@ -80,11 +79,14 @@ static int cli(const char *token, const char *args)
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
-static json_t *json_out(void)
+/* The output: exactly one JSON document on one line. */
+static cJSON *json_out(void)
 {
     char *text = slurp(out_path);
-    json_error_t e;
-    json_t *j = json_loads(text, JSON_DISABLE_EOF_CHECK, &e);
+    char *nl = strchr(text, '\n');
+    if (nl == NULL || nl[1] != '\0')
+        fail_msg("not one line: %s", text);
+    cJSON *j = moat_json_parse(text, strlen(text), MOAT_JSON_NUL_REJECT);
     if (j == NULL)
         fail_msg("not JSON: %s", text);
     free(text);
@@ -95,9 +97,9 @@ static void test_health(void **state)
 {
     (void)state;
     assert_int_equal(cli(TOKEN, "health --json"), 0);
-    json_t *j = json_out();
-    assert_true(json_is_true(json_object_get(j, "docker_reachable")));
-    json_decref(j);
+    cJSON *j = json_out();
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "docker_reachable")));
+    cJSON_Delete(j);
 }
 
 static void test_tokens_refused(void **state)
@@ -120,26 +122,39 @@ static void test_create_reuse_and_new(void **state)
     char args[256];
     snprintf(args, sizeof(args), "create --chat %s --ttl 600 --json", chat);
     assert_int_equal(cli(TOKEN, args), 0);
-    json_t *j = json_out();
-    snprintf(session, sizeof(session), "%s", json_string_value(json_object_get(j, "session_id")));
+    cJSON *j = json_out();
+    assert_non_null(moat_json_str(j, "session_id", NULL));
+    snprintf(session, sizeof(session), "%s", moat_json_str(j, "session_id", NULL));
     assert_int_equal(strlen(session), 36);
-    json_decref(j);
+    cJSON_Delete(j);
     assert_int_equal(cli(TOKEN, args), 0);
     j = json_out();
-    assert_string_equal(json_string_value(json_object_get(j, "session_id")), session);
-    json_decref(j);
+    assert_string_equal(moat_json_str(j, "session_id", NULL), session);
+    cJSON_Delete(j);
     snprintf(args, sizeof(args), "create --chat %s --new --json", chat);
     assert_int_equal(cli(TOKEN, args), 0);
     j = json_out();
     char other[64];
-    snprintf(other, sizeof(other), "%s", json_string_value(json_object_get(j, "session_id")));
+    assert_non_null(moat_json_str(j, "session_id", NULL));
+    snprintf(other, sizeof(other), "%s", moat_json_str(j, "session_id", NULL));
     assert_string_not_equal(other, session);
-    json_decref(j);
+    cJSON_Delete(j);
     snprintf(args, sizeof(args), "ls --chat %s --json", chat);
     assert_int_equal(cli(TOKEN, args), 0);
     char *text = slurp(out_path);
-    assert_non_null(strstr(text, session));
-    assert_non_null(strstr(text, other));
+    /* one JSON document per line, one line per session */
+    int found = 0, lines = 0;
+    for (char *line = text, *nl; (nl = strchr(line, '\n')) != NULL; line = nl + 1) {
+        cJSON *row = moat_json_parse(line, (size_t)(nl - line), MOAT_JSON_NUL_REJECT);
+        assert_non_null(row);
+        const char *id = moat_json_str(row, "session_id", NULL);
+        assert_non_null(id);
+        found += strcmp(id, session) == 0 || strcmp(id, other) == 0;
+        lines++;
+        cJSON_Delete(row);
+    }
+    assert_int_equal(found, 2);
+    assert_int_equal(lines, 2);
     free(text);
     snprintf(args, sizeof(args), "stop %s", other);
     assert_int_equal(cli(TOKEN, args), 0);
@@ -179,9 +194,10 @@ static void test_renew_get_cp(void **state)
     assert_int_equal(cli(TOKEN, args), 0);
     snprintf(args, sizeof(args), "get %s --json", session);
     assert_int_equal(cli(TOKEN, args), 0);
-    json_t *j = json_out();
-    assert_non_null(json_object_get(j, "expires_at_ms"));
-    json_decref(j);
+    cJSON *j = json_out();
+    int64_t ms = 0;
+    assert_true(moat_json_int(j, "expires_at_ms", &ms));
+    cJSON_Delete(j);
     char local[300], back[300];
     snprintf(local, sizeof(local), "%s/cp-src.bin", P.state_dir);
     snprintf(back, sizeof(back), "%s/cp-back.bin", P.state_dir);

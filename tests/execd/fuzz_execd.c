@@ -1,9 +1,11 @@
 /* libFuzzer target over moat-execd's pure parsers: line splitter (both modes, fed in
- * input-chosen pieces), JSON escaper (output must parse and round-trip valid UTF-8), path
- * expansion, Range parsing, env-dump parsing and the upload assembler. */
+ * input-chosen pieces), JSON escaper (output must parse and round-trip valid UTF-8), the
+ * strict request JSON parser, path expansion, Range parsing, env-dump parsing and the
+ * upload assembler. */
 #include "moat/execd.h"
 
-#include <jansson.h>
+#include "execd_json.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -34,6 +36,101 @@ static void env_cb(void *ud, const char *name, size_t nlen, const char *value, s
         abort();
 }
 
+/* Well-formed UTF-8 per the Unicode standard's table of byte ranges, written apart from
+ * execd's decoder so that the escaper is checked against an independent reading. */
+static bool utf8_ok(const uint8_t *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        size_t k;
+        uint8_t lo = 0x80, hi = 0xBF;
+        if (c <= 0x7F) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            k = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            k = 2;
+            lo = c == 0xE0 ? 0xA0 : 0x80;
+            hi = c == 0xED ? 0x9F : 0xBF;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            k = 3;
+            lo = c == 0xF0 ? 0x90 : 0x80;
+            hi = c == 0xF4 ? 0x8F : 0xBF;
+        } else {
+            return false;
+        }
+        if (i + k >= n)
+            return false;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return false;
+        for (size_t j = 2; j <= k; j++)
+            if (s[i + j] < 0x80 || s[i + j] > 0xBF)
+                return false;
+        i += k + 1;
+    }
+    return true;
+}
+
+/* The escaper's output for data must be one JSON string. cJSON strings end at NUL, so it
+ * is read twice: with MOAT_JSON_NUL_REJECT it must parse exactly when data holds no NUL
+ * (so a NUL is written as the escape \u0000, not dropped or replaced), and with
+ * MOAT_JSON_NUL_REPLACE it must give back valid UTF-8 input byte for byte with each NUL
+ * as U+FFFD, and valid UTF-8 in every case. */
+static void check_escaper(const uint8_t *data, size_t size)
+{
+    moat_buf b;
+    moat_buf_init(&b, 6 * size + 16);
+    if (moat_execd_json_string(&b, (const char *)data, size) != MOAT_OK)
+        abort();
+    bool has_nul = memchr(data, 0, size) != NULL;
+    cJSON *strict = moat_json_parse((const char *)b.data, b.len, MOAT_JSON_NUL_REJECT);
+    if ((strict != NULL) == has_nul || (strict != NULL && !cJSON_IsString(strict)))
+        abort();
+    cJSON_Delete(strict);
+    cJSON *j = moat_json_parse((const char *)b.data, b.len, MOAT_JSON_NUL_REPLACE);
+    if (j == NULL || !cJSON_IsString(j))
+        abort();
+    const char *got = j->valuestring;
+    size_t got_len = strlen(got);
+    if (!utf8_ok((const uint8_t *)got, got_len))
+        abort();
+    if (utf8_ok(data, size)) {
+        size_t at = 0;
+        for (size_t i = 0; i < size; i++) {
+            const char *want = data[i] == 0 ? "\xef\xbf\xbd" : (const char *)data + i;
+            size_t wl = data[i] == 0 ? 3 : 1;
+            if (at + wl > got_len || memcmp(got + at, want, wl) != 0)
+                abort();
+            at += wl;
+        }
+        if (at != got_len)
+            abort();
+    }
+    cJSON_Delete(j);
+    moat_buf_free(&b);
+}
+
+/* The strict parser accepts a subset of what moat_json_parse does, always says why it
+ * refuses, and keeps one member per key. */
+static void check_strict_parser(const uint8_t *data, size_t size)
+{
+    for (int reject = 0; reject < 2; reject++) {
+        const char *why = NULL;
+        cJSON *t = moat__execd_json_parse((const char *)data, size, reject, &why);
+        cJSON *loose = moat_json_parse((const char *)data, size, MOAT_JSON_NUL_REJECT);
+        if ((t == NULL && why == NULL) || (t != NULL && loose == NULL))
+            abort();
+        if (cJSON_IsObject(t))
+            for (const cJSON *a = t->child; a != NULL; a = a->next)
+                for (const cJSON *c = a->next; c != NULL; c = c->next)
+                    if (strcmp(a->string, c->string) == 0)
+                        abort();
+        cJSON_Delete(t);
+        cJSON_Delete(loose);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     for (int mode = 0; mode < 2; mode++) {
@@ -49,22 +146,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         moat_execd_lines_free(&ls);
     }
 
-    moat_buf b;
-    moat_buf_init(&b, 6 * size + 16);
-    if (moat_execd_json_string(&b, (const char *)data, size) != MOAT_OK)
-        abort();
-    json_error_t err;
-    json_t *j = json_loadb((const char *)b.data, b.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
-    if (j == NULL || !json_is_string(j))
-        abort();
-    /* valid UTF-8 comes back byte for byte */
-    json_t *direct = json_stringn((const char *)data, size);
-    if (direct != NULL &&
-        (json_string_length(j) != size || memcmp(json_string_value(j), data, size) != 0))
-        abort();
-    json_decref(direct);
-    json_decref(j);
-    moat_buf_free(&b);
+    check_escaper(data, size);
+    check_strict_parser(data, size);
 
     char *text = malloc(size + 1);
     memcpy(text, data, size);

@@ -76,11 +76,10 @@ static void test_session(void **state)
     (void)state;
     xd_resp c = xd_http(&t, "POST", "/session", "{\"cwd\":\"/workspace/s\"}", NULL);
     assert_int_equal(c.status, 200);
-    json_t *j = json_loadb(c.body, c.len, 0, NULL);
+    cJSON *j = xd_json(&c);
     char path[128];
-    snprintf(path, sizeof(path), "/session/%s/run",
-             json_string_value(json_object_get(j, "session_id")));
-    json_decref(j);
+    snprintf(path, sizeof(path), "/session/%s/run", moat_json_str(j, "session_id", NULL));
+    cJSON_Delete(j);
     xd_resp_free(&c);
     xd_run r;
     xd_stream(&t, path, "{\"command\":\"export K=v; cd /opt\"}", false, &r);
@@ -119,11 +118,11 @@ static void test_files(void **state)
     assert_string_equal(r.body, "container");
     xd_resp_free(&r);
     r = xd_http(&t, "GET", "/files/info?path=/workspace/f/data.txt", NULL, NULL);
-    json_t *j = json_loadb(r.body, r.len, 0, NULL);
-    json_t *fi = json_object_get(j, "/workspace/f/data.txt");
-    assert_int_equal(json_integer_value(json_object_get(fi, "mode")), 644);
-    assert_string_equal(json_string_value(json_object_get(fi, "owner")), "root");
-    json_decref(j);
+    cJSON *j = xd_json(&r);
+    cJSON *fi = cJSON_GetObjectItemCaseSensitive(j, "/workspace/f/data.txt");
+    assert_int_equal(xd_json_i64(fi, "mode"), 644);
+    assert_string_equal(moat_json_str(fi, "owner", NULL), "root");
+    cJSON_Delete(j);
     xd_resp_free(&r);
 }
 
@@ -133,13 +132,13 @@ static void test_metrics(void **state)
     (void)state;
     xd_resp r = xd_http(&t, "GET", "/metrics", NULL, NULL);
     assert_int_equal(r.status, 200);
-    json_t *j = json_loadb(r.body, r.len, 0, NULL);
-    double total = json_number_value(json_object_get(j, "mem_total_mib"));
-    double cpus = json_number_value(json_object_get(j, "cpu_count"));
+    cJSON *j = xd_json(&r);
+    double total = xd_json_num(j, "mem_total_mib");
+    double cpus = xd_json_num(j, "cpu_count");
     print_message("container metrics: %s\n", r.body);
     assert_true(total > 0 && total <= 256.0);
     assert_true(cpus > 0 && cpus <= 1.0);
-    json_decref(j);
+    cJSON_Delete(j);
     xd_resp_free(&r);
 }
 

@@ -1,11 +1,13 @@
 /* Unit tests of moat-execd's pure pieces: SSE writer, line splitter, path expansion, Range
- * parsing, mode conversion, session env dump, upload assembler. */
+ * parsing, mode conversion, session env dump, upload assembler, request JSON. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
 #include "moat/execd.h"
+
+#include "execd_json.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -451,9 +453,17 @@ static void test_upload_hostile(void **state)
                      MOAT_EXECD_UPLOAD_INVALID_FILE);
     moat_execd_upload_free(u);
     /* metadata that is not JSON, not an object, lacks path or has a bad mode */
-    const char *bad[] = {"not json",       "[1]",
-                         "{\"mode\":755}", "{\"path\":\"/a\",\"mode\":999}",
-                         "{\"path\":5}",   "{\"path\":\"/a\",\"owner\":7}"};
+    const char *bad[] = {"not json",
+                         "[1]",
+                         "{\"mode\":755}",
+                         "{\"path\":\"/a\",\"mode\":999}",
+                         "{\"path\":5}",
+                         "{\"path\":\"/a\",\"owner\":7}",
+                         "{\"path\":\"/a\\u0000b\"}",
+                         "{\"path\":\"/a\",\"path\":\"/b\"}",
+                         "{\"path\":\"/a\",\"mode\":644.5}",
+                         "{\"path\":\"/a\tb\"}",
+                         "{\"path\":\"/a\xff\x62\"}"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         u = moat_execd_upload_new(tmpdir, 1024, 8);
         moat_execd_upload_part(u, "metadata", "m", 0, bad[i], strlen(bad[i]));
@@ -472,6 +482,111 @@ static void test_upload_hostile(void **state)
     assert_int_equal(count_tmp_files(), 0);
 }
 
+/* Request JSON stays as strict as Go's encoding/json after the move to cJSON: what cJSON
+ * alone would take is refused; duplicate keys keep the last value; reals are not
+ * integers. */
+static void test_request_json(void **state)
+{
+    (void)state;
+    const char *why = NULL;
+    static const char *const refused[] = {
+        "{\"command\":\"rm -rf /tmp/x\\u0000/y\"}", /* cJSON would cut the string */
+        "{\"command\":\"a\nb\"}",                   /* raw control character in a string */
+        "{\"command\":\"a\x01\"}",
+        "{\x01\"command\":\"a\"}", /* cJSON takes any byte up to 0x20 as whitespace */
+        "{\"command\":\"\xc3\"}",  /* not UTF-8 */
+        "{\"command\":\"\xed\xa0\x80\"}",
+        "{\"command\":\"a\"} x",
+        "{\"command\":",
+        "",
+        "[-]",
+        "[1e]",
+        "[1e+]",
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        why = NULL;
+        assert_null(moat__execd_json_parse(refused[i], strlen(refused[i]), false, &why));
+        assert_non_null(why);
+    }
+    const char *nul = "{\"command\":\"x\\u0000\"}";
+    assert_null(moat__execd_json_parse(nul, strlen(nul), false, &why));
+    assert_string_equal(why, "\\u0000 is not allowed in strings");
+    /* an escaped backslash before u0000 is text, and \n, \t, UTF-8 are fine */
+    const char *ok =
+        " {\"a\":\"\\\\u0000\",\"b\":\"\\n\\t\xc3\xa9\",\r\n\"c\":[1,2.5,-3e2,{\"d\":4}]}\t";
+    cJSON *t = moat__execd_json_parse(ok, strlen(ok), true, &why);
+    assert_non_null(t);
+    assert_string_equal(moat_json_str(t, "a", NULL), "\\u0000");
+    assert_string_equal(moat_json_str(t, "b", NULL), "\n\t\xc3\xa9");
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(t, "c");
+    int64_t v = 0;
+    assert_true(moat_json_int_value(cJSON_GetArrayItem(c, 0), &v));
+    assert_int_equal(v, 1);
+    assert_false(moat_json_int_value(cJSON_GetArrayItem(c, 1), &v)); /* 2.5 */
+    assert_true(moat_json_int_value(cJSON_GetArrayItem(c, 2), &v));  /* -3e2 */
+    assert_int_equal(v, -300);
+    assert_true(
+        moat_json_int_value(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(c, 3), "d"), &v));
+    assert_int_equal(v, 4);
+    cJSON_Delete(t);
+    const char *good = "[0,-0,0.5,-1.5e-3,1E+5,10e2,\"01\",9007199254740993]";
+    t = moat__execd_json_parse(good, strlen(good), false, &why);
+    assert_non_null(t);
+    assert_int_equal(cJSON_GetArraySize(t), 8);
+    cJSON_Delete(t);
+    /* strings, fractions and numbers past int64 are not integers; integral reals are */
+    const char *nums = "[\"30000\",30000.5,1e300,9223372036854775807000,30000.0,3e4,-0,30000]";
+    t = moat__execd_json_parse(nums, strlen(nums), false, &why);
+    assert_non_null(t);
+    for (int i = 0; i < 4; i++)
+        assert_false(moat_json_int_value(cJSON_GetArrayItem(t, i), &v));
+    for (int i = 4; i < 8; i++) {
+        assert_true(moat_json_int_value(cJSON_GetArrayItem(t, i), &v));
+        assert_int_equal(v, i == 6 ? 0 : 30000);
+    }
+    cJSON_Delete(t);
+    /* duplicate keys: the last one wins (as in Go), at any depth; or refused */
+    const char *dup = "{\"command\":\"echo first\",\"x\":{\"k\":1,\"k\":2,\"k\":3},"
+                      "\"command\":\"echo last\",\"n\":5.5,\"m\":7}";
+    t = moat__execd_json_parse(dup, strlen(dup), false, &why);
+    assert_non_null(t);
+    assert_string_equal(moat_json_str(t, "command", NULL), "echo last");
+    assert_int_equal(cJSON_GetArraySize(t), 4);
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(t, "x");
+    assert_int_equal(cJSON_GetArraySize(x), 1);
+    assert_true(moat_json_int(x, "k", &v));
+    assert_int_equal(v, 3);
+    assert_false(moat_json_int_value(cJSON_GetObjectItemCaseSensitive(t, "n"), &v)); /* 5.5 */
+    assert_true(moat_json_int_value(cJSON_GetObjectItemCaseSensitive(t, "m"), &v));
+    assert_int_equal(v, 7);
+    cJSON_Delete(t);
+    assert_null(moat__execd_json_parse(dup, strlen(dup), true, &why));
+    assert_string_equal(why, "duplicate object key");
+}
+
+/* Strings written by execd are valid UTF-8 whatever the bytes were. */
+static void test_json_out(void **state)
+{
+    (void)state;
+    char *clean = moat__execd_utf8_clean("a\xff\xc3\xa9\xe2\x82");
+    assert_string_equal(clean, "a\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd\xef\xbf\xbd");
+    free(clean);
+    cJSON *o = cJSON_CreateObject();
+    assert_non_null(o);
+    assert_true(moat__execd_json_set(o, "p", moat__execd_json_str("/tmp/\xfe<x>")));
+    assert_true(moat__execd_json_set(o, "p", moat__execd_json_str("/tmp/y")));
+    assert_false(moat__execd_json_set(o, "q", NULL));
+    char *text = cJSON_PrintUnformatted(o);
+    assert_string_equal(text, "{\"p\":\"/tmp/y\"}");
+    cJSON_free(text);
+    cJSON_Delete(o);
+    cJSON *s = moat__execd_json_str("/tmp/\xfe<x>");
+    text = cJSON_PrintUnformatted(s);
+    assert_string_equal(text, "\"/tmp/\xef\xbf\xbd<x>\"");
+    cJSON_free(text);
+    cJSON_Delete(s);
+}
+
 int main(void)
 {
     assert_non_null(mkdtemp(tmpdir));
@@ -482,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_expand),        cmocka_unit_test(test_range),
         cmocka_unit_test(test_mode),          cmocka_unit_test(test_env_dump),
         cmocka_unit_test(test_upload_pairs),  cmocka_unit_test(test_upload_hostile),
+        cmocka_unit_test(test_request_json),  cmocka_unit_test(test_json_out),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     rmdir(tmpdir);

@@ -109,16 +109,44 @@ char *xd_header(const xd_resp *r, const char *name)
     return NULL;
 }
 
+cJSON *xd_json(const xd_resp *r)
+{
+    return moat_json_parse(r->body, r->len, MOAT_JSON_NUL_REJECT);
+}
+
+int64_t xd_json_i64(const cJSON *obj, const char *key)
+{
+    int64_t v;
+    return moat_json_int(obj, key, &v) ? v : -1000000;
+}
+
+double xd_json_num(const cJSON *obj, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : -1;
+}
+
+static const char *error_field(const xd_resp *r, const char *key, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    cJSON *j = xd_json(r);
+    const char *c = moat_json_str(j, key, NULL);
+    if (c != NULL)
+        snprintf(out, outlen, "%s", c);
+    cJSON_Delete(j);
+    return out;
+}
+
 const char *xd_error_code(const xd_resp *r)
 {
     static char code[64];
-    code[0] = '\0';
-    json_t *j = json_loadb(r->body, r->len, 0, NULL);
-    const char *c = json_string_value(json_object_get(j, "code"));
-    if (c != NULL)
-        snprintf(code, sizeof(code), "%s", c);
-    json_decref(j);
-    return code;
+    return error_field(r, "code", code, sizeof(code));
+}
+
+const char *xd_error_message(const xd_resp *r)
+{
+    static char message[1024];
+    return error_field(r, "message", message, sizeof(message));
 }
 
 static void append(char *dst, size_t *len, size_t cap, const char *src, size_t n)
@@ -130,9 +158,14 @@ static void append(char *dst, size_t *len, size_t cap, const char *src, size_t n
     dst[*len] = '\0';
 }
 
-static void on_event(xd_run *out, json_t *ev, const char *raw, size_t rawlen)
+static const char *or_empty(const char *s)
 {
-    const char *type = json_string_value(json_object_get(ev, "type"));
+    return s != NULL ? s : "";
+}
+
+static void on_event(xd_run *out, const cJSON *ev, const char *raw, size_t rawlen)
+{
+    const char *type = moat_json_str(ev, "type", NULL);
     if (type == NULL)
         return;
     if (strlen(out->types) + strlen(type) + 2 < sizeof(out->types)) {
@@ -142,27 +175,27 @@ static void on_event(xd_run *out, json_t *ev, const char *raw, size_t rawlen)
     }
     bool is_out = strcmp(type, "stdout") == 0, is_err = strcmp(type, "stderr") == 0;
     if (strcmp(type, "init") == 0)
-        snprintf(out->id, sizeof(out->id), "%s", json_string_value(json_object_get(ev, "text")));
+        snprintf(out->id, sizeof(out->id), "%s", or_empty(moat_json_str(ev, "text", NULL)));
     else if (strcmp(type, "ping") == 0)
         out->pings++;
     else if (strcmp(type, "execution_complete") == 0)
         out->complete = true;
     else if (strcmp(type, "error") == 0) {
-        json_t *e = json_object_get(ev, "error");
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(ev, "error");
         out->error = true;
         snprintf(out->evalue, sizeof(out->evalue), "%s",
-                 json_string_value(json_object_get(e, "evalue")));
-        json_t *tb = json_array_get(json_object_get(e, "traceback"), 0);
+                 or_empty(moat_json_str(e, "evalue", NULL)));
+        const cJSON *tb = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(e, "traceback"), 0);
         snprintf(out->traceback, sizeof(out->traceback), "%s",
-                 tb ? json_string_value(tb) : "(null)");
+                 cJSON_IsString(tb) ? tb->valuestring : "(null)");
     } else if (is_out || is_err) {
         const char *text = raw;
         size_t tl = rawlen;
         if (raw == NULL) {
-            text = json_string_value(json_object_get(ev, "text"));
-            tl = text ? strlen(text) : 0;
+            tl = 0;
+            text = or_empty(moat_json_str(ev, "text", &tl));
             if (is_out && out->nlines < 64)
-                snprintf(out->out_lines[out->nlines++], 256, "%s", text ? text : "");
+                snprintf(out->out_lines[out->nlines++], 256, "%s", text);
         }
         if (is_out)
             append(out->out, &out->out_len, sizeof(out->out), text, tl);
@@ -171,7 +204,8 @@ static void on_event(xd_run *out, json_t *ev, const char *raw, size_t rawlen)
     }
 }
 
-/* Decodes `{json}\n\n` events; in binary mode output events carry "len" raw bytes. */
+/* Decodes `{json}\n\n` events; in binary mode output events carry "len" raw bytes. Line-mode
+ * output text is read as moat's bridge reads it: \u0000 becomes U+FFFD. */
 static void decode(xd_run *out, const char *data, size_t len, bool binary)
 {
     size_t i = 0;
@@ -182,20 +216,19 @@ static void decode(xd_run *out, const char *data, size_t len, bool binary)
             break;
         const char *nl = memchr(data + i, '\n', len - i);
         size_t hl = nl ? (size_t)(nl - (data + i)) : len - i;
-        json_t *ev = json_loadb(data + i, hl, 0, NULL);
+        cJSON *ev = moat_json_parse(data + i, hl, MOAT_JSON_NUL_REPLACE);
         i += hl + 1;
         if (ev == NULL)
             continue;
-        json_t *jl = json_object_get(ev, "len");
-        if (binary && json_is_integer(jl)) {
-            size_t n = (size_t)json_integer_value(jl);
-            if (i + n <= len)
-                on_event(out, ev, data + i, n);
-            i += n;
+        int64_t n;
+        if (binary && moat_json_int(ev, "len", &n) && n >= 0) {
+            if (i + (size_t)n <= len)
+                on_event(out, ev, data + i, (size_t)n);
+            i += (size_t)n;
         } else {
             on_event(out, ev, NULL, 0);
         }
-        json_decref(ev);
+        cJSON_Delete(ev);
     }
 }
 

@@ -2,7 +2,8 @@
 #ifndef MOAT_TEST_XD_CLIENT_H
 #define MOAT_TEST_XD_CLIENT_H
 
-#include <jansson.h>
+#include "moat/common.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -28,6 +29,14 @@ void xd_resp_free(xd_resp *r);
 char *xd_header(const xd_resp *r, const char *name);
 /* The "code" of a JSON error body, static buffer. */
 const char *xd_error_code(const xd_resp *r);
+/* The "message" of a JSON error body, static buffer. */
+const char *xd_error_message(const xd_resp *r);
+/* The body parsed as JSON (MOAT_JSON_NUL_REJECT), NULL if it is not; free with cJSON_Delete. */
+cJSON *xd_json(const xd_resp *r);
+/* Integer member key of obj, or -1000000 when missing or not an integer. */
+int64_t xd_json_i64(const cJSON *obj, const char *key);
+/* Number member key of obj, or -1 when missing or not a number. */
+double xd_json_num(const cJSON *obj, const char *key);
 
 /* A decoded command stream. */
 typedef struct xd_run {

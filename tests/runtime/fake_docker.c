@@ -14,8 +14,9 @@
 
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
-#include <jansson.h>
 #include <microhttpd.h>
+
+#include "moat/common.h"
 
 static int listen_unix(const char *path)
 {
@@ -72,21 +73,21 @@ static enum MHD_Result execd_handler(void *cls, struct MHD_Connection *conn, con
 /* The host source of the /run/moat mount in the last create body. */
 static bool socket_dir_of(const char *create_body, char *out, size_t cap)
 {
-    json_t *spec = json_loads(create_body, 0, NULL);
-    json_t *mounts = json_object_get(json_object_get(spec, "HostConfig"), "Mounts");
+    cJSON *spec = moat_json_parse(create_body, strlen(create_body), MOAT_JSON_NUL_REJECT);
+    const cJSON *host = cJSON_GetObjectItemCaseSensitive(spec, "HostConfig");
+    const cJSON *mounts = cJSON_GetObjectItemCaseSensitive(host, "Mounts");
     bool found = false;
-    size_t i;
-    json_t *m;
-    json_array_foreach(mounts, i, m)
+    const cJSON *m;
+    cJSON_ArrayForEach(m, mounts)
     {
-        const char *target = json_string_value(json_object_get(m, "Target"));
-        const char *source = json_string_value(json_object_get(m, "Source"));
+        const char *target = moat_json_str(m, "Target", NULL);
+        const char *source = moat_json_str(m, "Source", NULL);
         if (target && source && strcmp(target, "/run/moat") == 0) {
             snprintf(out, cap, "%s", source);
             found = true;
         }
     }
-    json_decref(spec);
+    cJSON_Delete(spec);
     return found;
 }
 

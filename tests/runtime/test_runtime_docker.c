@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <jansson.h>
 
+#include "json_readers.h"
 #include "moat/runtime.h"
 
 #define PREFIX       "moat-rttest-"
@@ -172,7 +172,7 @@ static void new_session_id(char out[MOAT_UUID_STR_LEN])
     moat_uuid_generate(out);
 }
 
-static json_t *inspect(fx *f, const char *container_id, long *http)
+static cJSON *inspect(fx *f, const char *container_id, long *http)
 {
     char path[200];
     snprintf(path, sizeof(path), "/containers/%s/json", container_id);
@@ -203,59 +203,55 @@ static void test_labels_mounts_limits_and_isolation(void **state)
     assert_int_equal(access(s.execd_socket, F_OK), 0);
 
     long http;
-    json_t *c = inspect(f, s.container_id, &http);
+    cJSON *c = inspect(f, s.container_id, &http);
     assert_int_equal(http, 200);
-    json_t *labels = json_object_get(json_object_get(c, "Config"), "Labels");
-    assert_string_equal(json_string_value(json_object_get(labels, "session_id")), sid);
-    assert_string_equal(json_string_value(json_object_get(labels, "chat_id")), CHAT_A_CANON);
+    cJSON *labels = jget(jget(c, "Config"), "Labels");
+    assert_string_equal(jsv(jget(labels, "session_id")), sid);
+    assert_string_equal(jsv(jget(labels, "chat_id")), CHAT_A_CANON);
     char exp[MOAT_TIME_ISO_MAX];
     moat_time_format_iso8601(s.expires_at_ms, exp);
-    assert_string_equal(json_string_value(json_object_get(labels, "expires_at")), exp);
-    assert_string_equal(json_string_value(json_object_get(labels, "moat.managed")), "true");
-    assert_non_null(json_object_get(labels, "moat.version"));
+    assert_string_equal(jsv(jget(labels, "expires_at")), exp);
+    assert_string_equal(jsv(jget(labels, "moat.managed")), "true");
+    assert_non_null(jget(labels, "moat.version"));
 
     /* Mounts as requested, in order, with their modes. */
-    json_t *host = json_object_get(c, "HostConfig");
-    json_t *mounts = json_object_get(host, "Mounts");
+    cJSON *host = jget(c, "HostConfig");
+    cJSON *mounts = jget(host, "Mounts");
     const char *targets[] = {"/workspace/chat", "/workspace/dependencies",
                              "/workspace/lambda-tools", "/opt/moat", "/run/moat"};
     const bool ro[] = {false, true, true, true, false};
-    assert_int_equal(json_array_size(mounts), 5);
+    assert_int_equal(cJSON_GetArraySize(mounts), 5);
     for (size_t i = 0; i < 5; i++) {
-        json_t *m = json_array_get(mounts, i);
-        assert_string_equal(json_string_value(json_object_get(m, "Target")), targets[i]);
-        assert_string_equal(json_string_value(json_object_get(m, "Type")), "bind");
-        assert_int_equal(json_is_true(json_object_get(m, "ReadOnly")), ro[i]);
+        cJSON *m = cJSON_GetArrayItem(mounts, i);
+        assert_string_equal(jsv(jget(m, "Target")), targets[i]);
+        assert_string_equal(jsv(jget(m, "Type")), "bind");
+        assert_int_equal(cJSON_IsTrue(jget(m, "ReadOnly")), ro[i]);
     }
     char chat_dir[256];
     snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, CHAT_A_CANON);
-    assert_string_equal(json_string_value(json_object_get(json_array_get(mounts, 0), "Source")),
-                        chat_dir);
+    assert_string_equal(jsv(jget(cJSON_GetArrayItem(mounts, 0), "Source")), chat_dir);
     /* And as the engine applied them. */
-    json_t *applied = json_object_get(c, "Mounts");
-    size_t i;
-    json_t *m;
+    cJSON *applied = jget(c, "Mounts");
+    const cJSON *m;
     size_t seen = 0;
-    json_array_foreach(applied, i, m)
+    cJSON_ArrayForEach(m, applied)
     {
-        const char *dst = json_string_value(json_object_get(m, "Destination"));
+        const char *dst = jsv(jget(m, "Destination"));
         for (size_t k = 0; k < 5; k++)
             if (strcmp(dst, targets[k]) == 0) {
-                assert_int_equal(json_is_true(json_object_get(m, "RW")), !ro[k]);
+                assert_int_equal(cJSON_IsTrue(jget(m, "RW")), !ro[k]);
                 seen++;
             }
     }
     assert_int_equal(seen, 5);
 
-    assert_string_equal(json_string_value(json_object_get(host, "NetworkMode")), "none");
-    assert_string_equal(json_string_value(json_array_get(json_object_get(host, "CapDrop"), 0)),
-                        "ALL");
-    assert_string_equal(json_string_value(json_array_get(json_object_get(host, "SecurityOpt"), 0)),
-                        "no-new-privileges");
-    assert_int_equal(json_integer_value(json_object_get(host, "PidsLimit")), 64);
-    assert_int_equal(json_integer_value(json_object_get(host, "Memory")), 64ll * 1024 * 1024);
-    assert_int_equal(json_integer_value(json_object_get(host, "NanoCpus")), 500000000);
-    json_decref(c);
+    assert_string_equal(jsv(jget(host, "NetworkMode")), "none");
+    assert_string_equal(jsv(cJSON_GetArrayItem(jget(host, "CapDrop"), 0)), "ALL");
+    assert_string_equal(jsv(cJSON_GetArrayItem(jget(host, "SecurityOpt"), 0)), "no-new-privileges");
+    assert_int_equal(jiv(jget(host, "PidsLimit")), 64);
+    assert_int_equal(jiv(jget(host, "Memory")), 64ll * 1024 * 1024);
+    assert_int_equal(jiv(jget(host, "NanoCpus")), 500000000);
+    cJSON_Delete(c);
 
     /* From inside: no capabilities, no-new-privileges, only loopback, read-only mounts. */
     char cmd[512];
@@ -299,7 +295,7 @@ static void test_labels_mounts_limits_and_isolation(void **state)
     assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);
     assert_int_equal(moat_runtime_stop_container(f->rt, s.container_id, &st), MOAT_CODE_OK);
     c = inspect(f, s.container_id, &http);
-    json_decref(c);
+    cJSON_Delete(c);
     assert_int_equal(http, 404);
     char out[300];
     snprintf(out, sizeof(out), "%s/out.txt", chat_dir);
@@ -376,7 +372,7 @@ static void test_short_ttl_reaped_within_interval(void **state)
     /* Bounded wait: expiry (1.5 s) + one interval (1 s) + removal, with slack for a busy host. */
     for (int i = 0; i < 100 && http != 404; i++) {
         usleep(100000);
-        json_decref(inspect(f, s.container_id, &http));
+        cJSON_Delete(inspect(f, s.container_id, &http));
     }
     moat_runtime_stop_reaper(f->rt);
     assert_int_equal(http, 404);
@@ -414,10 +410,10 @@ static void test_renew_survives_restart(void **state)
     assert_int_equal(s.state, MOAT_SESSION_RUNNING);
     assert_int_equal(s.expires_at_ms, renewed);
     long http;
-    json_t *c = inspect(f, s.container_id, &http);
+    cJSON *c = inspect(f, s.container_id, &http);
     assert_int_equal(http, 200);
-    assert_true(json_is_true(json_object_get(json_object_get(c, "State"), "Running")));
-    json_decref(c);
+    assert_true(cJSON_IsTrue(jget(jget(c, "State"), "Running")));
+    cJSON_Delete(c);
     assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);
 }
 

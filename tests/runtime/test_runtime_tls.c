@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-#include <jansson.h>
 
 #include "fake_docker.h"
 #include "moat/runtime.h"
@@ -254,12 +253,12 @@ static void test_tls_create_list_stop(void **state)
     assert_int_equal(fake_docker_count(&f->fd, "POST", "/v1.41/containers/create"), 1);
     assert_int_equal(fake_docker_count(&f->fd, "POST", "/v1.41/containers/container-123/start"), 1);
     const fake_request *rq = fake_docker_find(&f->fd, "POST", "/containers/create");
-    json_t *spec = json_loads(rq->body, 0, NULL);
+    cJSON *spec = moat_json_parse(rq->body, strlen(rq->body), MOAT_JSON_NUL_REJECT);
     assert_non_null(spec);
-    json_t *labels = json_object_get(spec, "Labels");
-    assert_string_equal(json_string_value(json_object_get(labels, "session_id")), SESSION_ID);
-    assert_string_equal(json_string_value(json_object_get(labels, "chat_id")), CHAT_ID);
-    json_decref(spec);
+    const cJSON *labels = cJSON_GetObjectItemCaseSensitive(spec, "Labels");
+    assert_string_equal(moat_json_str(labels, "session_id", NULL), SESSION_ID);
+    assert_string_equal(moat_json_str(labels, "chat_id", NULL), CHAT_ID);
+    cJSON_Delete(spec);
 
     fake_docker_route(&f->fd, "GET", "/containers/json", 200,
                       "[{\"Id\":\"container-123\",\"State\":\"running\","

@@ -15,10 +15,10 @@
 
 #include <cmocka.h>
 #include <curl/curl.h>
-#include <jansson.h>
 #include <sqlite3.h>
 
 #include "fake_docker.h"
+#include "json_readers.h"
 #include "moat/runtime.h"
 
 #define CHAT_ID               "123e4567-e89b-12d3-a456-426614174000"
@@ -104,10 +104,10 @@ static int teardown(void **state)
     return 0;
 }
 
-static json_t *body_of(const fake_request *rq)
+static cJSON *body_of(const fake_request *rq)
 {
     assert_non_null(rq);
-    json_t *j = json_loads(rq->body, 0, NULL);
+    cJSON *j = moat_json_parse(rq->body, strlen(rq->body), MOAT_JSON_NUL_REJECT);
     assert_non_null(j);
     return j;
 }
@@ -121,14 +121,14 @@ static char *resolved(const char *path)
     return out;
 }
 
-static void assert_mount(json_t *m, const char *target, const char *source, bool ro)
+static void assert_mount(cJSON *m, const char *target, const char *source, bool ro)
 {
-    assert_int_equal(json_object_size(m), 4);
-    assert_string_equal(json_string_value(json_object_get(m, "Target")), target);
-    assert_string_equal(json_string_value(json_object_get(m, "Source")), source);
-    assert_string_equal(json_string_value(json_object_get(m, "Type")), "bind");
-    assert_true(json_is_boolean(json_object_get(m, "ReadOnly")));
-    assert_int_equal(json_is_true(json_object_get(m, "ReadOnly")), ro);
+    assert_int_equal(cJSON_GetArraySize(m), 4);
+    assert_string_equal(jsv(jget(m, "Target")), target);
+    assert_string_equal(jsv(jget(m, "Source")), source);
+    assert_string_equal(jsv(jget(m, "Type")), "bind");
+    assert_true(cJSON_IsBool(jget(m, "ReadOnly")));
+    assert_int_equal(cJSON_IsTrue(jget(m, "ReadOnly")), ro);
 }
 
 static moat_code create_default(fx *f, const char *chat, moat_session *s, moat_status *st)
@@ -170,46 +170,46 @@ static void test_create_mount_policy_and_labels(void **state)
                         "/v1.41/containers/create?name=moat-unit-" SESSION_ID);
     assert_string_equal(f->fd.requests[2].url, "/v1.41/containers/container-123/start");
 
-    json_t *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
-    assert_string_equal(json_string_value(json_object_get(spec, "Image")), "sandbox:latest");
-    json_t *labels = json_object_get(spec, "Labels");
-    assert_int_equal(json_object_size(labels), 5);
-    assert_string_equal(json_string_value(json_object_get(labels, "session_id")), SESSION_ID);
-    assert_string_equal(json_string_value(json_object_get(labels, "chat_id")), CHAT_ID);
-    assert_string_equal(json_string_value(json_object_get(labels, "expires_at")),
-                        "2026-04-02T12:05:00+00:00");
-    assert_string_equal(json_string_value(json_object_get(labels, "moat.managed")), "true");
-    assert_non_null(json_string_value(json_object_get(labels, "moat.version")));
+    cJSON *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
+    assert_string_equal(jsv(jget(spec, "Image")), "sandbox:latest");
+    cJSON *labels = jget(spec, "Labels");
+    assert_int_equal(cJSON_GetArraySize(labels), 5);
+    assert_string_equal(jsv(jget(labels, "session_id")), SESSION_ID);
+    assert_string_equal(jsv(jget(labels, "chat_id")), CHAT_ID);
+    assert_string_equal(jsv(jget(labels, "expires_at")), "2026-04-02T12:05:00+00:00");
+    assert_string_equal(jsv(jget(labels, "moat.managed")), "true");
+    assert_non_null(jsv(jget(labels, "moat.version")));
 
-    json_t *ep = json_object_get(spec, "Entrypoint");
-    assert_int_equal(json_array_size(ep), 3);
-    assert_string_equal(json_string_value(json_array_get(ep, 0)), "/opt/moat/run");
-    assert_string_equal(json_string_value(json_array_get(ep, 1)), "--listen");
-    assert_string_equal(json_string_value(json_array_get(ep, 2)), "unix:/run/moat/execd.sock");
+    cJSON *ep = jget(spec, "Entrypoint");
+    assert_int_equal(cJSON_GetArraySize(ep), 3);
+    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 0)), "/opt/moat/run");
+    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 1)), "--listen");
+    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 2)), "unix:/run/moat/execd.sock");
 
-    json_t *host = json_object_get(spec, "HostConfig");
-    json_t *mounts = json_object_get(host, "Mounts");
-    assert_int_equal(json_array_size(mounts), 5);
+    cJSON *host = jget(spec, "HostConfig");
+    cJSON *mounts = jget(host, "Mounts");
+    assert_int_equal(cJSON_GetArraySize(mounts), 5);
     char session_dir[256];
     snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", f->state, SESSION_ID);
-    assert_mount(json_array_get(mounts, 0), "/workspace/chat", resolved(chat_dir), false);
-    assert_mount(json_array_get(mounts, 1), "/workspace/dependencies", resolved(f->deps), true);
-    assert_mount(json_array_get(mounts, 2), "/workspace/lambda-tools", resolved(f->lambda), true);
-    assert_mount(json_array_get(mounts, 3), "/opt/moat", resolved(f->bundle), true);
-    assert_mount(json_array_get(mounts, 4), "/run/moat", resolved(session_dir), false);
+    assert_mount(cJSON_GetArrayItem(mounts, 0), "/workspace/chat", resolved(chat_dir), false);
+    assert_mount(cJSON_GetArrayItem(mounts, 1), "/workspace/dependencies", resolved(f->deps), true);
+    assert_mount(cJSON_GetArrayItem(mounts, 2), "/workspace/lambda-tools", resolved(f->lambda),
+                 true);
+    assert_mount(cJSON_GetArrayItem(mounts, 3), "/opt/moat", resolved(f->bundle), true);
+    assert_mount(cJSON_GetArrayItem(mounts, 4), "/run/moat", resolved(session_dir), false);
 
-    assert_string_equal(json_string_value(json_object_get(host, "NetworkMode")), "none");
-    json_t *caps = json_object_get(host, "CapDrop");
-    assert_int_equal(json_array_size(caps), 1);
-    assert_string_equal(json_string_value(json_array_get(caps, 0)), "ALL");
-    json_t *sec = json_object_get(host, "SecurityOpt");
-    assert_string_equal(json_string_value(json_array_get(sec, 0)), "no-new-privileges");
-    assert_int_equal(json_integer_value(json_object_get(host, "PidsLimit")), 256);
-    assert_int_equal(json_integer_value(json_object_get(host, "Memory")), 512ll * 1024 * 1024);
-    assert_int_equal(json_integer_value(json_object_get(host, "NanoCpus")), 1000000000ll);
-    assert_true(json_is_false(json_object_get(host, "ReadonlyRootfs")));
-    assert_null(json_object_get(host, "Tmpfs"));
-    json_decref(spec);
+    assert_string_equal(jsv(jget(host, "NetworkMode")), "none");
+    cJSON *caps = jget(host, "CapDrop");
+    assert_int_equal(cJSON_GetArraySize(caps), 1);
+    assert_string_equal(jsv(cJSON_GetArrayItem(caps, 0)), "ALL");
+    cJSON *sec = jget(host, "SecurityOpt");
+    assert_string_equal(jsv(cJSON_GetArrayItem(sec, 0)), "no-new-privileges");
+    assert_int_equal(jiv(jget(host, "PidsLimit")), 256);
+    assert_int_equal(jiv(jget(host, "Memory")), 512ll * 1024 * 1024);
+    assert_int_equal(jiv(jget(host, "NanoCpus")), 1000000000ll);
+    assert_true(cJSON_IsFalse(jget(host, "ReadonlyRootfs")));
+    assert_null(jget(host, "Tmpfs"));
+    cJSON_Delete(spec);
     assert_string_equal(s.execd_socket + strlen(s.execd_socket) - strlen("execd.sock"),
                         "execd.sock");
 }
@@ -260,23 +260,29 @@ static void test_stop_wraps_docker_errors(void **state)
 static char *container_json(const char *id, const char *sid, const char *cid, const char *exp,
                             const char *created_iso, bool managed, const char *state)
 {
-    json_t *labels = json_object();
+    cJSON *c = cJSON_CreateObject();
+    cJSON *labels = cJSON_CreateObject();
+    assert_true(cJSON_AddItemToObject(c, "Id", cJSON_CreateString(id)));
+    assert_true(cJSON_AddItemToObject(c, "Labels", labels));
     if (sid)
-        json_object_set_new(labels, "session_id", json_string(sid));
+        assert_non_null(cJSON_AddStringToObject(labels, "session_id", sid));
     if (cid)
-        json_object_set_new(labels, "chat_id", json_string(cid));
+        assert_non_null(cJSON_AddStringToObject(labels, "chat_id", cid));
     if (exp)
-        json_object_set_new(labels, "expires_at", json_string(exp));
+        assert_non_null(cJSON_AddStringToObject(labels, "expires_at", exp));
     if (managed)
-        json_object_set_new(labels, "moat.managed", json_string("true"));
-    json_t *c = json_pack("{s:s, s:o, s:s, s:s}", "Id", id, "Labels", labels, "State", state,
-                          "Image", "sandbox:latest");
+        assert_non_null(cJSON_AddStringToObject(labels, "moat.managed", "true"));
+    assert_non_null(cJSON_AddStringToObject(c, "State", state));
+    assert_non_null(cJSON_AddStringToObject(c, "Image", "sandbox:latest"));
     if (created_iso)
-        json_object_set_new(c, "Created", json_string(created_iso));
-    else
-        json_object_set_new(c, "Created", json_integer(1775131200)); /* 2026-04-02T12:00:00Z */
-    char *text = json_dumps(c, JSON_COMPACT);
-    json_decref(c);
+        assert_non_null(cJSON_AddStringToObject(c, "Created", created_iso));
+    else /* 2026-04-02T12:00:00Z */
+        assert_non_null(cJSON_AddNumberToObject(c, "Created", 1775131200));
+    char *printed = cJSON_PrintUnformatted(c);
+    cJSON_Delete(c);
+    assert_non_null(printed);
+    char *text = strdup(printed); /* route_list free()s it */
+    cJSON_free(printed);
     return text;
 }
 
@@ -499,6 +505,120 @@ static void test_malformed_json(void **state)
     assert_string_equal(st.reason, "sandbox_start_failed");
 }
 
+/* Engine answers are parsed strictly: \u0000, a raw control character or bytes that are not
+ * UTF-8 make a body "not JSON" (INTERNAL docker_protocol), as with any malformed answer. */
+static void test_answer_not_strict_json_is_protocol_error(void **state)
+{
+    fx *f = *state;
+    const char *bad[] = {
+        "[{\"Id\":\"abc\\u0000def\",\"Labels\":{}}]", /* would cut the id short */
+        "[{\"Id\":\"ab\x01"
+        "c\",\"Labels\":{}}]",                  /* raw control character in a string */
+        "[\x01{\"Id\":\"abc\",\"Labels\":{}}]", /* and between tokens */
+        "[{\"Id\":\"ab\xff"
+        "c\",\"Labels\":{}}]", /* not UTF-8 */
+        "[{\"Id\":\"ab\xc0\xaf"
+        "c\"}]", /* overlong encoding of '/' */
+        "[{\"Id\":\"ab\xed\xa0\x80"
+        "c\"}]", /* a UTF-16 surrogate */
+        "[{\"Id\":\"ab\xe2\x82"
+        "\"}]", /* cut short */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        fake_docker_route(&f->fd, "GET", "/containers/json", 200, bad[i], 1);
+        moat_session *sessions = NULL;
+        size_t n = 0;
+        moat_status st;
+        assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st), MOAT_CODE_INTERNAL);
+        assert_string_equal(st.reason, "docker_protocol");
+        assert_null(sessions);
+    }
+
+    /* Well-formed UTF-8 (2-, 3- and 4-byte sequences) and escapes other than \u0000 pass. */
+    fake_docker_route(&f->fd, "GET", "/containers/json", 200,
+                      "[{\"Id\":\"container-123\",\"State\":\"running\",\"Created\":1775131200,"
+                      "\"Image\":\"s\xc3\xa4nd\xe2\x82\xac\xf0\x9f\x90\xb3\\u00e9\\t\","
+                      "\"Labels\":{\"session_id\":\"" SESSION_ID "\",\"chat_id\":\"" CHAT_ID "\","
+                      "\"expires_at\":\"2026-04-02T12:05:00+00:00\"}}]",
+                      -1);
+    moat_session *sessions = NULL;
+    size_t n = 0;
+    moat_status st;
+    assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st), MOAT_CODE_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(sessions[0].image, "s\xc3\xa4nd\xe2\x82\xac\xf0\x9f\x90\xb3\xc3\xa9\t");
+    free(sessions);
+
+    /* A create answer whose id holds \u0000 starts nothing. */
+    fake_docker_route(&f->fd, "POST", "/containers/create", 201,
+                      "{\"Id\":\"container-123\\u0000; rm -rf /\"}", -1);
+    moat_session s;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_INTERNAL);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_non_null(strstr(st.message, "not JSON"));
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/start"), 0);
+
+    /* An HTTP error whose body is not strict JSON keeps its code; the raw body is the message. */
+    fake_docker_route(&f->fd, "GET", "/images/", 404, "{\"message\":\"no such image\\u0000x\"}",
+                      -1);
+    assert_int_equal(moat_runtime_image_inspect(f->rt, "sandbox:latest", &st), MOAT_CODE_NOT_FOUND);
+    assert_string_equal(st.reason, "docker_error");
+    assert_non_null(strstr(st.message, "no such image\\u0000x"));
+    assert_string_equal(moat_status_detail_get(&st, "docker_status"), "404");
+}
+
+/* cJSON numbers are doubles: Created must still be whole seconds whose milliseconds fit
+ * int64_t, else the entry is skipped like any malformed one. */
+static void test_created_must_be_whole_seconds(void **state)
+{
+    fx *f = *state;
+    /* 9300000000000000 fits int64_t, its milliseconds do not. */
+    const char *created[] = {
+        "1775131200.5",   "-5",   "1e300",     "9223372036854775807", "9300000000000000",
+        "\"1775131200\"", "true", "1775131200"};
+    for (size_t i = 0; i < sizeof(created) / sizeof(created[0]); i++) {
+        char body[512];
+        snprintf(body, sizeof(body),
+                 "[{\"Id\":\"container-123\",\"State\":\"running\",\"Created\":%s,"
+                 "\"Labels\":{\"session_id\":\"" SESSION_ID "\",\"chat_id\":\"" CHAT_ID "\","
+                 "\"expires_at\":\"2026-04-02T12:05:00+00:00\"}}]",
+                 created[i]);
+        fake_docker_route(&f->fd, "GET", "/containers/json", 200, body, 1);
+        moat_session *sessions = NULL;
+        size_t n = 9;
+        moat_status st;
+        assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st), MOAT_CODE_OK);
+        bool last = i + 1 == sizeof(created) / sizeof(created[0]);
+        assert_int_equal(n, last ? 1 : 0);
+        if (last)
+            assert_int_equal(sessions[0].created_at_ms, iso("2026-04-02T12:00:00Z"));
+        free(sessions);
+    }
+}
+
+/* Limits past 2^53 still reach Docker as exact integers, never as 9.007e+15. */
+static void test_large_limits_are_exact_integers(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    f->cfg.max_memory_bytes = INT64_MAX;
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    int64_t now = moat_time_now_ms();
+    moat_session_options o = {.memory_bytes = 9007199254740993ll}; /* 2^53 + 1 */
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_OK);
+    const fake_request *rq = fake_docker_find(&f->fd, "POST", "/containers/create");
+    assert_non_null(rq);
+    assert_non_null(strstr(rq->body, "\"Memory\":9007199254740993,"));
+    assert_non_null(strstr(rq->body, "\"MemorySwap\":9007199254740993,"));
+    assert_non_null(strstr(rq->body, "\"NanoCpus\":1000000000,"));
+    cJSON *spec = body_of(rq);
+    assert_true(cJSON_IsNumber(jget(jget(spec, "HostConfig"), "Memory")));
+    cJSON_Delete(spec);
+}
+
 static void test_list_not_array(void **state)
 {
     fx *f = *state;
@@ -640,17 +760,17 @@ static void test_image_allow_list_and_limits(void **state)
     assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, &o, &s, &st),
                      MOAT_CODE_OK);
     assert_string_equal(s.image, "python:3.12-slim");
-    json_t *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
-    json_t *host = json_object_get(spec, "HostConfig");
-    assert_string_equal(json_string_value(json_object_get(spec, "Image")), "python:3.12-slim");
-    assert_int_equal(json_integer_value(json_object_get(host, "Memory")), 64ll * 1024 * 1024);
-    assert_int_equal(json_integer_value(json_object_get(host, "NanoCpus")), 500000000);
-    assert_int_equal(json_integer_value(json_object_get(host, "PidsLimit")), 64);
-    assert_true(json_is_true(json_object_get(host, "ReadonlyRootfs")));
-    const char *tmpfs = json_string_value(json_object_get(json_object_get(host, "Tmpfs"), "/tmp"));
+    cJSON *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
+    cJSON *host = jget(spec, "HostConfig");
+    assert_string_equal(jsv(jget(spec, "Image")), "python:3.12-slim");
+    assert_int_equal(jiv(jget(host, "Memory")), 64ll * 1024 * 1024);
+    assert_int_equal(jiv(jget(host, "NanoCpus")), 500000000);
+    assert_int_equal(jiv(jget(host, "PidsLimit")), 64);
+    assert_true(cJSON_IsTrue(jget(host, "ReadonlyRootfs")));
+    const char *tmpfs = jsv(jget(jget(host, "Tmpfs"), "/tmp"));
     assert_non_null(tmpfs);
     assert_non_null(strstr(tmpfs, "size=67108864"));
-    json_decref(spec);
+    cJSON_Delete(spec);
 }
 
 static int64_t store_expiry(const char *store, const char *session_id, int *renewed, int *state)
@@ -1030,11 +1150,9 @@ static void test_instance_scoping(void **state)
     moat_session s;
     moat_status st;
     assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
-    json_t *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(spec, "Labels"), "moat.instance")),
-        "blue");
-    json_decref(spec);
+    cJSON *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
+    assert_string_equal(jsv(jget(jget(spec, "Labels"), "moat.instance")), "blue");
+    cJSON_Delete(spec);
 
     /* A container of another instance that Docker returns anyway is never reaped. */
     char *green = container_json("c-green", SESSION_ID2, CHAT_ID, "2026-04-02T12:05:00+00:00", NULL,
@@ -1147,6 +1265,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_docker_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_not_array, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_answer_not_strict_json_is_protocol_error, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_created_must_be_whole_seconds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_large_limits_are_exact_integers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_cut_mid_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_socket_unavailable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_version_negotiation, setup, teardown),

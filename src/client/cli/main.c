@@ -2,7 +2,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,9 +93,94 @@ static int unary(cli *c, const char *method, const pb_msgdesc_t *req_fields, con
     return 0;
 }
 
-static json_t *jslice(moat_slice s)
+/* Length of the UTF-8 sequence at p (at most n bytes), or 0 when it is not
+ * one (overlong, surrogate, past U+10FFFF, cut short). */
+static size_t utf8_len(const uint8_t *p, size_t n)
 {
-    return json_stringn((const char *)(s.data ? s.data : (const uint8_t *)""), s.len);
+    uint8_t lo = 0x80, hi = 0xbf;
+    size_t k;
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        k = 2;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        k = 3;
+        lo = p[0] == 0xe0 ? 0xa0 : 0x80;
+        hi = p[0] == 0xed ? 0x9f : 0xbf;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        k = 4;
+        lo = p[0] == 0xf0 ? 0x90 : 0x80;
+        hi = p[0] == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return 0;
+    }
+    if (n < k || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < k; i++)
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+    return k;
+}
+
+/* The slice as a C string for cJSON, which ends strings at their first NUL:
+ * each NUL, and each byte that is not UTF-8, becomes U+FFFD, so the output is
+ * always valid JSON text. NULL when out of memory; the caller frees it. */
+static char *text_of(moat_slice s)
+{
+    char *out = malloc(s.len * 3 + 1);
+    if (out == NULL)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < s.len;) {
+        size_t k = s.data[i] >= 0x80 ? utf8_len(s.data + i, s.len - i) : s.data[i] != 0;
+        if (k == 0) {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        } else {
+            memcpy(out + o, s.data + i, k);
+            o += k;
+            i += k;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* Sets obj[key] to the slice's text (a repeated key keeps its last value). */
+static bool add_text(cJSON *obj, moat_slice key, moat_slice value)
+{
+    char *k = text_of(key), *v = text_of(value);
+    cJSON *item = v != NULL ? cJSON_CreateString(v) : NULL;
+    bool ok = k != NULL && item != NULL;
+    if (ok && cJSON_GetObjectItemCaseSensitive(obj, k) != NULL)
+        ok = cJSON_ReplaceItemInObjectCaseSensitive(obj, k, item);
+    else if (ok)
+        ok = cJSON_AddItemToObject(obj, k, item);
+    if (!ok)
+        cJSON_Delete(item); /* cJSON attaches nothing when adding fails */
+    free(k);
+    free(v);
+    return ok;
+}
+
+/* An exact integer: cJSON prints doubles past 2^53 approximately. */
+static bool add_int(cJSON *obj, const char *key, int64_t v)
+{
+    char num[24];
+    snprintf(num, sizeof num, "%lld", (long long)v);
+    return cJSON_AddRawToObject(obj, key, num) != NULL;
+}
+
+/* Prints obj as one line of JSON and deletes it; ok false (a member could not
+ * be added) or a failed print is an out-of-memory error. */
+static int print_json(cJSON *obj, bool ok)
+{
+    char *text = ok && obj != NULL ? cJSON_PrintUnformatted(obj) : NULL;
+    cJSON_Delete(obj);
+    if (text == NULL)
+        return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+    puts(text);
+    cJSON_free(text);
+    return 0;
 }
 
 static const char *status_name(moat_v1_SessionStatus s)
@@ -135,7 +219,7 @@ static void session_prepare(session_view *v)
     moat__pb_decode_kvs(&v->msg.labels, &v->kvs);
 }
 
-static void session_print(const session_view *v, bool json)
+static int session_print(const session_view *v, bool json)
 {
     char created[MOAT_TIME_ISO_MAX], expires[MOAT_TIME_ISO_MAX];
     moat_time_format_iso8601(v->msg.created_at_ms, created);
@@ -144,26 +228,26 @@ static void session_print(const session_view *v, bool json)
         printf("%.*s\t%.*s\t%s\t%s\n", (int)v->session_id.len, (const char *)v->session_id.data,
                (int)v->chat_id.len, (const char *)v->chat_id.data, status_name(v->msg.status),
                expires);
-        return;
+        return 0;
     }
-    json_t *labels = json_object();
-    for (size_t i = 0; i < v->kvs.count; i++) {
-        char key[256];
-        size_t n = v->labels[i].key.len < sizeof key - 1 ? v->labels[i].key.len : sizeof key - 1;
-        memcpy(key, v->labels[i].key.data, n);
-        key[n] = '\0';
-        json_object_set_new(labels, key, jslice(v->labels[i].value));
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o != NULL && add_text(o, moat_slice_str("session_id"), v->session_id) &&
+              add_text(o, moat_slice_str("chat_id"), v->chat_id) &&
+              add_text(o, moat_slice_str("container_id"), v->container_id) &&
+              cJSON_AddStringToObject(o, "status", status_name(v->msg.status)) != NULL &&
+              cJSON_AddStringToObject(o, "created_at", created) != NULL &&
+              cJSON_AddStringToObject(o, "expires_at", expires) != NULL &&
+              add_int(o, "created_at_ms", v->msg.created_at_ms) &&
+              add_int(o, "expires_at_ms", v->msg.expires_at_ms) &&
+              add_text(o, moat_slice_str("image"), v->image);
+    cJSON *labels = ok ? cJSON_AddObjectToObject(o, "labels") : NULL;
+    ok = labels != NULL;
+    for (size_t i = 0; ok && i < v->kvs.count; i++) {
+        moat_slice key = v->labels[i].key;
+        key.len = key.len < 255 ? key.len : 255;
+        ok = add_text(labels, key, v->labels[i].value);
     }
-    json_t *o = json_pack(
-        "{s:o, s:o, s:o, s:s, s:s, s:s, s:I, s:I, s:o, s:o}", "session_id", jslice(v->session_id),
-        "chat_id", jslice(v->chat_id), "container_id", jslice(v->container_id), "status",
-        status_name(v->msg.status), "created_at", created, "expires_at", expires, "created_at_ms",
-        (json_int_t)v->msg.created_at_ms, "expires_at_ms", (json_int_t)v->msg.expires_at_ms,
-        "image", jslice(v->image), "labels", labels);
-    char *text = json_dumps(o, JSON_COMPACT);
-    puts(text);
-    free(text);
-    json_decref(o);
+    return print_json(o, ok);
 }
 
 static int print_session_reply(moat_slice resp, bool json)
@@ -173,19 +257,24 @@ static int print_session_reply(moat_slice resp, bool json)
     pb_istream_t is = moat__pb_istream(resp);
     if (!pb_decode_ex(&is, moat_v1_SandboxSession_fields, &v.msg, PB_DECODE_NOINIT))
         return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode SandboxSession");
-    session_print(&v, json);
-    return 0;
+    return session_print(&v, json);
 }
+
+typedef struct list_ctx {
+    bool json;
+    int rc; /* a printing failure, already reported */
+} list_ctx;
 
 static bool list_entry_cb(pb_istream_t *stream, const pb_field_t *field, void **arg)
 {
     (void)field;
+    list_ctx *ctx = *arg;
     session_view v;
     session_prepare(&v);
     if (!pb_decode_ex(stream, moat_v1_SandboxSession_fields, &v.msg, PB_DECODE_NOINIT))
         return false;
-    session_print(&v, *(bool *)*arg);
-    return true;
+    ctx->rc = session_print(&v, ctx->json);
+    return ctx->rc == 0;
 }
 
 static int cmd_create(cli *c, const char *chat, uint32_t ttl, bool force_new)
@@ -234,11 +323,14 @@ static int cmd_ls(cli *c, const char *chat)
     if (rc)
         return rc;
     moat_v1_ListSessionsResponse l = moat_v1_ListSessionsResponse_init_zero;
+    list_ctx ctx = {c->json, 0};
     l.sessions.funcs.decode = list_entry_cb;
-    l.sessions.arg = &c->json;
+    l.sessions.arg = &ctx;
     pb_istream_t is = moat__pb_istream(resp);
     if (!pb_decode_ex(&is, moat_v1_ListSessionsResponse_fields, &l, PB_DECODE_NOINIT))
-        return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode ListSessionsResponse");
+        return ctx.rc
+                   ? ctx.rc
+                   : fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode ListSessionsResponse");
     return 0;
 }
 
@@ -256,10 +348,13 @@ static int cmd_stop(cli *c, const char *session)
     pb_istream_t is = moat__pb_istream(resp);
     if (!pb_decode(&is, moat_v1_StopSessionResponse_fields, &out))
         return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode StopSessionResponse");
-    if (c->json)
-        printf("{\"session_id\":\"%s\",\"stopped\":%s}\n", session, out.stopped ? "true" : "false");
-    else
-        printf("%s\t%s\n", session, out.stopped ? "stopped" : "not running");
+    if (c->json) {
+        cJSON *o = cJSON_CreateObject();
+        return print_json(
+            o, o != NULL && add_text(o, moat_slice_str("session_id"), moat_slice_str(session)) &&
+                   cJSON_AddBoolToObject(o, "stopped", out.stopped) != NULL);
+    }
+    printf("%s\t%s\n", session, out.stopped ? "stopped" : "not running");
     return 0;
 }
 
@@ -281,13 +376,14 @@ static int cmd_health(cli *c)
                              ? "NOT_SERVING"
                              : "UNKNOWN";
     if (c->json) {
-        json_t *o = json_pack("{s:s, s:o, s:b, s:i}", "status", status, "server_version",
-                              jslice(version), "docker_reachable", h.docker_reachable,
-                              "live_sessions", (int)h.live_sessions);
-        char *text = json_dumps(o, JSON_COMPACT);
-        puts(text);
-        free(text);
-        json_decref(o);
+        cJSON *o = cJSON_CreateObject();
+        bool ok = o != NULL && cJSON_AddStringToObject(o, "status", status) != NULL &&
+                  add_text(o, moat_slice_str("server_version"), version) &&
+                  cJSON_AddBoolToObject(o, "docker_reachable", h.docker_reachable) != NULL &&
+                  cJSON_AddNumberToObject(o, "live_sessions", h.live_sessions) != NULL;
+        int rc = print_json(o, ok);
+        if (rc)
+            return rc;
     } else {
         printf("%s %.*s docker_reachable=%s live_sessions=%u\n", status, (int)version.len,
                (const char *)version.data, h.docker_reachable ? "true" : "false", h.live_sessions);
