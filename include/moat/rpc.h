@@ -77,8 +77,10 @@ typedef struct moat_rpc_call moat_rpc_call;
 /* Where a call's output goes. Both run synchronously inside the call function
  * that produced them. `data` is valid only during the callback. */
 typedef struct moat_rpc_sink {
-    /* One encoded response message. A non-OK return makes the send fail. */
-    moat_err (*message)(moat_rpc_call *call, const uint8_t *data, size_t len, void *user);
+    /* One response message, len bytes once packed: the sink packs it
+     * (protobuf_c_message_pack) where it sends it from, so its bytes are
+     * copied once. A non-OK return makes the send fail. */
+    moat_err (*message)(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len, void *user);
     /* The call's final status; called exactly once per call. */
     void (*end)(moat_rpc_call *call, const moat_status *status, void *user);
 } moat_rpc_sink;

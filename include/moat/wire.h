@@ -123,6 +123,16 @@ size_t moat_wire_encoded_size(const moat_frame *f);
  * success. MOAT_E_TOO_BIG if cap is short; MOAT_E_INVAL for a bad frame. */
 moat_err moat_wire_encode(const moat_frame *f, uint8_t *out, size_t cap, size_t *written);
 
+/* Most bytes moat_wire_encode_message_prefix writes. */
+#define MOAT_WIRE_MESSAGE_PREFIX_MAX 32u
+/* Writes the first bytes moat_wire_encode writes for a Message frame on
+ * stream_id whose payload is payload_len bytes long: everything before the
+ * payload itself. The payload placed right after them completes the frame, so
+ * a sender can encode a response in place instead of copying it in.
+ * MOAT_E_TOO_BIG when cap is short or the frame would pass 2^32-1 bytes. */
+moat_err moat_wire_encode_message_prefix(uint32_t stream_id, size_t payload_len, uint8_t *out,
+                                         size_t cap, size_t *written);
+
 /* Parses one frame body (the bytes after the length prefix). Slices in *out
  * point into body. MOAT_E_UNKNOWN_KIND for a kind this build does not know or
  * no kind at all; MOAT_E_PROTO for malformed protobuf; MOAT_E_TOO_BIG for more

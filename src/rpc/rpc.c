@@ -206,14 +206,7 @@ moat_err moat_rpc_call_send(moat_rpc_call *call, const ProtobufCMessage *msg)
     if (!call->method->server_streaming && call->sent > 0)
         return MOAT_E_STATE;
     size_t n = protobuf_c_message_get_packed_size(msg);
-    uint8_t small[256];
-    uint8_t *buf = n <= sizeof(small) ? small : malloc(n);
-    if (buf == NULL)
-        return MOAT_E_NOMEM;
-    protobuf_c_message_pack(msg, buf);
-    moat_err err = call->sink->message(call, buf, n, call->sink_user);
-    if (buf != small)
-        free(buf);
+    moat_err err = call->sink->message(call, msg, n, call->sink_user);
     if (err == MOAT_OK)
         call->sent++;
     return err;

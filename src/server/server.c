@@ -268,6 +268,17 @@ static void stream_flush(stream *st)
         stream_finish(st);
 }
 
+static void stream_append(stream *st, out_frame *q)
+{
+    q->next = NULL;
+    if (st->qtail != NULL)
+        st->qtail->next = q;
+    else
+        st->qhead = q;
+    st->qtail = q;
+    st->queued += q->len;
+}
+
 static moat_err stream_enqueue(stream *st, const moat_frame *f, uint32_t payload)
 {
     size_t n = moat_wire_encoded_size(f);
@@ -282,19 +293,16 @@ static moat_err stream_enqueue(stream *st, const moat_frame *f, uint32_t payload
         free(q);
         return err;
     }
-    q->next = NULL;
     q->payload = payload;
     q->len = w;
-    if (st->qtail != NULL)
-        st->qtail->next = q;
-    else
-        st->qhead = q;
-    st->qtail = q;
-    st->queued += w;
+    stream_append(st, q);
     return MOAT_OK;
 }
 
-static moat_err sink_message(moat_rpc_call *call, const uint8_t *data, size_t len, void *user)
+/* A response message is packed straight into its frame, after the envelope's
+ * prefix: one allocation and one copy of the payload on the way out. */
+static moat_err sink_message(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len,
+                             void *user)
 {
     (void)call;
     stream *st = user;
@@ -302,17 +310,30 @@ static moat_err sink_message(moat_rpc_call *call, const uint8_t *data, size_t le
         return MOAT_E_CLOSED;
     if (len > st->c->s->cfg.max_frame_size - 64)
         return MOAT_E_TOO_BIG;
-    moat_frame f = {0};
-    f.stream_id = st->id;
-    f.kind = MOAT_FRAME_MESSAGE;
-    f.u.message.payload = (moat_slice){data, len};
-    if (st->qhead == NULL && moat_window_consume(&st->window, (uint32_t)len) == MOAT_OK) {
-        moat__metrics_bytes(len);
-        return conn_send(st->c, &f);
+    uint8_t head[MOAT_WIRE_MESSAGE_PREFIX_MAX];
+    size_t hlen = 0;
+    moat_err err = moat_wire_encode_message_prefix(st->id, len, head, sizeof(head), &hlen);
+    if (err != MOAT_OK)
+        return err;
+    /* Past the window the frame waits in the stream's queue until the client
+     * grants more. Handlers only produce within the credit they are given, so
+     * this stays bounded. */
+    bool now = st->qhead == NULL && st->window.available >= len;
+    out_frame *q = now ? NULL : malloc(sizeof(*q) + hlen + len);
+    uint8_t *frame = now ? malloc(hlen + len) : q != NULL ? q->data : NULL;
+    if (frame == NULL)
+        return MOAT_E_NOMEM;
+    memcpy(frame, head, hlen);
+    protobuf_c_message_pack(msg, frame + hlen);
+    if (!now) {
+        q->payload = (uint32_t)len;
+        q->len = hlen + len;
+        stream_append(st, q);
+        return MOAT_OK;
     }
-    /* Past the window: held until the client grants more. Handlers only
-     * produce within the credit they are given, so this stays bounded. */
-    return stream_enqueue(st, &f, (uint32_t)len);
+    moat_window_consume(&st->window, (uint32_t)len);
+    moat__metrics_bytes(len);
+    return conn_queue_block(st->c, frame, hlen + len);
 }
 
 static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)

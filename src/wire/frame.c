@@ -404,3 +404,53 @@ moat_err moat_wire_encode(const moat_frame *f, uint8_t *out, size_t cap, size_t 
     *written = n + MOAT_WIRE_HEADER_SIZE;
     return MOAT_OK;
 }
+
+/* Keeps the bytes before `want` and counts the rest without reading them: the
+ * payload is written last and its bytes are not there. nanopb resets
+ * bytes_written in submessage streams, so the position is kept here. */
+typedef struct prefix_out {
+    uint8_t *out;
+    size_t pos;
+    size_t want;
+} prefix_out;
+
+static bool write_prefix(pb_ostream_t *stream, const pb_byte_t *buf, size_t count)
+{
+    prefix_out *p = stream->state;
+    if (p->pos < p->want) {
+        size_t n = count < p->want - p->pos ? count : p->want - p->pos;
+        memcpy(p->out + p->pos, buf, n);
+    }
+    p->pos += count;
+    return true;
+}
+
+moat_err moat_wire_encode_message_prefix(uint32_t stream_id, size_t payload_len, uint8_t *out,
+                                         size_t cap, size_t *written)
+{
+    if (payload_len > UINT32_MAX)
+        return MOAT_E_TOO_BIG;
+    moat_frame f = {0};
+    f.stream_id = stream_id;
+    f.kind = MOAT_FRAME_MESSAGE;
+    f.u.message.payload = (moat_slice){NULL, payload_len};
+    encode_ctx ctx;
+    if (!prepare_encode(&f, &ctx))
+        return MOAT_E_INVAL;
+    pb_ostream_t sizing = PB_OSTREAM_SIZING;
+    if (!encode_body(&sizing, &f, &ctx) || sizing.bytes_written > UINT32_MAX)
+        return MOAT_E_TOO_BIG;
+    size_t body = sizing.bytes_written, head = body - payload_len;
+    if (cap < MOAT_WIRE_HEADER_SIZE + head)
+        return MOAT_E_TOO_BIG;
+    prefix_out p = {out + MOAT_WIRE_HEADER_SIZE, 0, head};
+    pb_ostream_t stream = {.callback = write_prefix, .state = &p, .max_size = body};
+    if (!encode_body(&stream, &f, &ctx))
+        return MOAT_E_INVAL;
+    out[0] = (uint8_t)(body >> 24);
+    out[1] = (uint8_t)(body >> 16);
+    out[2] = (uint8_t)(body >> 8);
+    out[3] = (uint8_t)body;
+    *written = MOAT_WIRE_HEADER_SIZE + head;
+    return MOAT_OK;
+}

@@ -24,15 +24,17 @@ typedef struct rec {
     moat_err fail_with;
 } rec;
 
-static moat_err rec_message(moat_rpc_call *call, const uint8_t *data, size_t len, void *user)
+static moat_err rec_message(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len,
+                            void *user)
 {
     (void)call;
     rec *r = user;
     if (r->fail_with != MOAT_OK)
         return r->fail_with;
+    assert_true(len <= sizeof(r->last));
+    assert_int_equal(protobuf_c_message_pack(msg, r->last), len);
     r->messages++;
     r->last_len = len;
-    memcpy(r->last, data, len < sizeof(r->last) ? len : sizeof(r->last));
     return MOAT_OK;
 }
 

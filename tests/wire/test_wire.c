@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -424,6 +425,48 @@ static void test_slices(void **state)
     assert_true(moat_slice_eq_str(moat_slice_str(NULL), ""));
 }
 
+/* The prefix plus the payload is byte for byte what moat_wire_encode writes. */
+static void test_message_prefix(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {0, 1, 127, 128, 16383, 16384, 65536, 2097151, 2097152};
+    static const uint32_t ids[] = {0, 1, 127, 128, 0x7fffffffu};
+    size_t max = sizes[sizeof(sizes) / sizeof(sizes[0]) - 1];
+    uint8_t *payload = malloc(max);
+    uint8_t *whole = malloc(max + 64);
+    uint8_t *split = malloc(max + 64);
+    assert_non_null(payload);
+    assert_non_null(whole);
+    assert_non_null(split);
+    for (size_t i = 0; i < max; i++)
+        payload[i] = (uint8_t)(i * 131u + 7u);
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        for (size_t k = 0; k < sizeof(ids) / sizeof(ids[0]); k++) {
+            moat_frame f = {0};
+            f.stream_id = ids[k];
+            f.kind = MOAT_FRAME_MESSAGE;
+            f.u.message.payload = (moat_slice){payload, sizes[s]};
+            size_t n = 0, head = 0;
+            assert_int_equal(moat_wire_encode(&f, whole, max + 64, &n), MOAT_OK);
+            assert_int_equal(moat_wire_encode_message_prefix(ids[k], sizes[s], split,
+                                                             MOAT_WIRE_MESSAGE_PREFIX_MAX, &head),
+                             MOAT_OK);
+            assert_true(head <= MOAT_WIRE_MESSAGE_PREFIX_MAX);
+            assert_int_equal(head + sizes[s], n);
+            memcpy(split + head, payload, sizes[s]);
+            assert_memory_equal(split, whole, n);
+        }
+    }
+    size_t head = 0;
+    assert_int_equal(moat_wire_encode_message_prefix(1, 100, split, 5, &head), MOAT_E_TOO_BIG);
+    assert_int_equal(moat_wire_encode_message_prefix(1, (size_t)UINT32_MAX + 1, split,
+                                                     MOAT_WIRE_MESSAGE_PREFIX_MAX, &head),
+                     MOAT_E_TOO_BIG);
+    free(payload);
+    free(whole);
+    free(split);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -438,6 +481,7 @@ int main(void)
         cmocka_unit_test(test_windows),
         cmocka_unit_test(test_stream_table),
         cmocka_unit_test(test_slices),
+        cmocka_unit_test(test_message_prefix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
