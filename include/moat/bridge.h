@@ -446,6 +446,17 @@ moat_err moat_bridge_upload(moat_bridge *b, const moat_bridge_endpoint *ep, cons
                             const moat_bridge_upload_cbs *cbs, moat_bridge_xfer **out,
                             moat_status *st);
 
+/* POST /files/write?path=&offset= (moat-execd's extension): the content from
+ * on_read, sent raw and chunked (never the whole in memory), written into the
+ * file at offset. offset 0 creates or truncates the file (mode 0644 for a new
+ * one); offset > 0 needs an existing file (NOT_FOUND otherwise) and keeps
+ * what is outside the written range. An execd without the endpoint (a 404
+ * that is not FILE_NOT_FOUND, e.g. OpenSandbox's) ends it with UNIMPLEMENTED,
+ * reason "execd_no_offset_writes". Callbacks and *out as moat_bridge_upload. */
+moat_err moat_bridge_write_at(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
+                              uint64_t offset, const moat_bridge_upload_cbs *cbs,
+                              moat_bridge_xfer **out, moat_status *st);
+
 /* Continues a paused download or upload. */
 void moat_bridge_xfer_resume(moat_bridge_xfer *x);
 /* Stops it; on_done runs with CANCELLED before this returns, or, when

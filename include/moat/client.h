@@ -141,6 +141,35 @@ typedef struct moat_run_command_req {
 moat_err moat_run_command_req_encode(const moat_run_command_req *req, uint8_t *out, size_t cap,
                                      size_t *len);
 
+/* One Files/Write call: data written at offset. offset 0 creates or truncates
+ * the file and applies mode; offset > 0 needs the file to exist (NOT_FOUND
+ * otherwise), writes without truncating and ignores mode. A file larger than
+ * one request goes as several calls in order (offset 0, then where each piece
+ * ended), each carrying at most moat_client_write_max bytes. */
+typedef struct moat_write_req {
+    const char *session_id;
+    const char *path;
+    moat_slice data;
+    uint32_t mode; /* permission bits (0640), used at offset 0; 0: 0644 */
+    uint64_t offset;
+} moat_write_req;
+
+moat_err moat_write_req_encode(const moat_write_req *req, uint8_t *out, size_t cap, size_t *len);
+
+/* The most data bytes one Write for session_id and path may carry on c: the
+ * request must fit in a frame (less 4 KiB for the envelope) and in the
+ * stream's initial window. 0 when not even an empty one fits. */
+size_t moat_client_write_max(const moat_client *c, const char *session_id, const char *path);
+
+/* Files/Write as a unary call with deadline_ms (0: none). The request is
+ * encoded into buf[0..cap) (the caller's scratch space, used only during the
+ * call; max_frame_size bytes always suffice); req's strings and data are only
+ * read during the call. *written is WriteResponse.written. Returns and fills st
+ * as moat_client_unary; MOAT_E_TOO_BIG (INVALID_ARGUMENT) if the request does
+ * not fit buf, MOAT_E_PROTO (INTERNAL) if the response does not decode. */
+moat_err moat_client_write(moat_client *c, const moat_write_req *req, uint64_t deadline_ms,
+                           uint8_t *buf, size_t cap, uint64_t *written, moat_status *st);
+
 #ifdef __cplusplus
 }
 #endif

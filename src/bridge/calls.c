@@ -437,6 +437,7 @@ moat_err moat_bridge_chmod(moat_bridge *b, const moat_bridge_endpoint *ep, const
 struct moat_bridge_xfer {
     bridge_req *r;
     bool upload;
+    bool write_at; /* POST /files/write: a 404 from a foreign execd is UNIMPLEMENTED */
     moat_bridge_download_cbs dl;
     moat_bridge_upload_cbs ul;
     uint64_t offset; /* file offset of the next byte delivered */
@@ -491,6 +492,13 @@ static void xfer_done(bridge_req *r, CURLcode rc)
         moat_status_clear(&st);
     else
         moat__req_fail_status(r, rc, &st);
+    /* moat-execd answers a missing file with FILE_NOT_FOUND; any other 404 (OpenSandbox's
+     * execd: "404 page not found") means the endpoint itself is unknown there. */
+    const char *code = moat_status_detail_get(&st, "execd_code");
+    if (x->write_at && r->http_status == 404 && !r->cancelled &&
+        (code == NULL || strcmp(code, "FILE_NOT_FOUND") != 0))
+        moat_status_set(&st, MOAT_CODE_UNIMPLEMENTED, "execd_no_offset_writes",
+                        "execd has no offset writes (POST /files/write answered 404)");
     x->done = true;
     if (x->upload)
         x->ul.on_done(x->ul.ud, x, &st, x->written);
@@ -499,32 +507,68 @@ static void xfer_done(bridge_req *r, CURLcode rc)
     free(x);
 }
 
+/* The common start of a transfer: checks, then the request to target (a path
+ * the caller built; NULL means it could not be built) with its xfer. */
+static moat_bridge_xfer *xfer_open(moat_bridge *b, const moat_bridge_endpoint *ep,
+                                   const char *method, const char *target, moat_status *st)
+{
+    moat_bridge_xfer *x = target != NULL ? calloc(1, sizeof(*x)) : NULL;
+    if (x == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return NULL;
+    }
+    x->r = moat__req_new(b, ep, method, target, NULL, st);
+    if (x->r == NULL) {
+        free(x);
+        return NULL;
+    }
+    return x;
+}
+
+/* A transfer may take as long as it keeps moving: no overall timeout, but the
+ * bridge's idle time with no byte either way ends it. */
+static moat_err xfer_start(moat_bridge *b, moat_bridge_xfer *x, moat_bridge_xfer **out,
+                           moat_status *st)
+{
+    bridge_req *r = x->r;
+    long idle_s = (long)((b->cfg.idle_timeout_ms + 999) / 1000);
+    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_TIME, idle_s);
+    r->owner = x;
+    r->done = xfer_done;
+    if (moat__req_start(r, st) != MOAT_OK) {
+        free(x);
+        return MOAT_E_IO;
+    }
+    *out = x;
+    return MOAT_OK;
+}
+
+static bool xfer_args_ok(const char *path, bool have_cbs, moat_status *st)
+{
+    if (need("path", path, st) != MOAT_OK)
+        return false;
+    if (!have_cbs) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_callback", "callbacks are required");
+        return false;
+    }
+    return true;
+}
+
 moat_err moat_bridge_download(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
                               uint64_t offset, uint64_t length, const moat_bridge_download_cbs *cbs,
                               moat_bridge_xfer **out, moat_status *st)
 {
-    if (need("path", path, st) != MOAT_OK)
+    if (!xfer_args_ok(path, cbs != NULL && cbs->on_chunk != NULL && cbs->on_done != NULL, st))
         return MOAT_E_INVAL;
-    if (cbs == NULL || cbs->on_chunk == NULL || cbs->on_done == NULL) {
-        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_callback", "callbacks are required");
-        return MOAT_E_INVAL;
-    }
     char *p = build_path("/files/download?path=", path, NULL, NULL, NULL);
-    moat_bridge_xfer *x = calloc(1, sizeof(*x));
-    if (p == NULL || x == NULL) {
-        free(p);
-        free(x);
-        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
-        return MOAT_E_NOMEM;
-    }
-    bridge_req *r = moat__req_new(b, ep, "GET", p, NULL, st);
+    moat_bridge_xfer *x = xfer_open(b, ep, "GET", p, st);
     free(p);
-    if (r == NULL) {
-        free(x);
-        return MOAT_E_INVAL;
-    }
+    if (x == NULL)
+        return st->code == MOAT_CODE_RESOURCE_EXHAUSTED ? MOAT_E_NOMEM : MOAT_E_INVAL;
+    bridge_req *r = x->r;
     x->dl = *cbs;
-    x->r = r;
     x->offset = offset;
     x->skip = offset;
     x->left = length ? length : UINT64_MAX;
@@ -537,19 +581,8 @@ moat_err moat_bridge_download(moat_bridge *b, const moat_bridge_endpoint *ep, co
             snprintf(range, sizeof(range), "Range: bytes=%llu-", (unsigned long long)offset);
         r->hdrs = curl_slist_append(r->hdrs, range);
     }
-    long idle_s = (long)((b->cfg.idle_timeout_ms + 999) / 1000);
-    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
-    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_TIME, idle_s);
-    r->owner = x;
     r->write = dl_write;
-    r->done = xfer_done;
-    if (moat__req_start(r, st) != MOAT_OK) {
-        free(x);
-        return MOAT_E_IO;
-    }
-    *out = x;
-    return MOAT_OK;
+    return xfer_start(b, x, out, st);
 }
 
 static size_t ul_read(char *buf, size_t size, size_t nitems, void *arg)
@@ -573,29 +606,21 @@ moat_err moat_bridge_upload(moat_bridge *b, const moat_bridge_endpoint *ep, cons
                             const moat_bridge_upload_cbs *cbs, moat_bridge_xfer **out,
                             moat_status *st)
 {
-    if (need("path", path, st) != MOAT_OK)
+    if (!xfer_args_ok(path, cbs != NULL && cbs->on_read != NULL && cbs->on_done != NULL, st))
         return MOAT_E_INVAL;
-    if (cbs == NULL || cbs->on_read == NULL || cbs->on_done == NULL) {
-        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_callback", "callbacks are required");
-        return MOAT_E_INVAL;
-    }
     char *meta_s = dump(with_string(perm(mode ? mode : 0644, owner, group), "path", path));
-    moat_bridge_xfer *x = calloc(1, sizeof(*x));
-    if (meta_s == NULL || x == NULL) {
-        cJSON_free(meta_s);
-        free(x);
+    if (meta_s == NULL) {
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
         return MOAT_E_NOMEM;
     }
-    bridge_req *r = moat__req_new(b, ep, "POST", "/files/upload", NULL, st);
-    if (r == NULL) {
+    moat_bridge_xfer *x = xfer_open(b, ep, "POST", "/files/upload", st);
+    if (x == NULL) {
         cJSON_free(meta_s);
-        free(x);
-        return MOAT_E_INVAL;
+        return st->code == MOAT_CODE_RESOURCE_EXHAUSTED ? MOAT_E_NOMEM : MOAT_E_INVAL;
     }
+    bridge_req *r = x->r;
     x->upload = true;
     x->ul = *cbs;
-    x->r = r;
     r->mime = curl_mime_init(r->easy);
     curl_mimepart *m = curl_mime_addpart(r->mime);
     curl_mime_name(m, "metadata");
@@ -612,18 +637,36 @@ moat_err moat_bridge_upload(moat_bridge *b, const moat_bridge_endpoint *ep, cons
     curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, NULL);
     curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, NULL);
     curl_easy_setopt(r->easy, CURLOPT_MIMEPOST, r->mime);
-    long idle_s = (long)((b->cfg.idle_timeout_ms + 999) / 1000);
-    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
-    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(r->easy, CURLOPT_LOW_SPEED_TIME, idle_s);
-    r->owner = x;
-    r->done = xfer_done;
-    if (moat__req_start(r, st) != MOAT_OK) {
-        free(x);
-        return MOAT_E_IO;
-    }
-    *out = x;
-    return MOAT_OK;
+    return xfer_start(b, x, out, st);
+}
+
+moat_err moat_bridge_write_at(moat_bridge *b, const moat_bridge_endpoint *ep, const char *path,
+                              uint64_t offset, const moat_bridge_upload_cbs *cbs,
+                              moat_bridge_xfer **out, moat_status *st)
+{
+    if (!xfer_args_ok(path, cbs != NULL && cbs->on_read != NULL && cbs->on_done != NULL, st))
+        return MOAT_E_INVAL;
+    char off[32];
+    snprintf(off, sizeof(off), "&offset=%llu", (unsigned long long)offset);
+    char *p = build_path("/files/write?path=", path, off, NULL, NULL);
+    moat_bridge_xfer *x = xfer_open(b, ep, "POST", p, st);
+    free(p);
+    if (x == NULL)
+        return st->code == MOAT_CODE_RESOURCE_EXHAUSTED ? MOAT_E_NOMEM : MOAT_E_INVAL;
+    bridge_req *r = x->r;
+    x->upload = true;
+    x->write_at = true;
+    x->ul = *cbs;
+    /* The raw bytes, chunked: the length is whatever on_read gives until it returns 0. */
+    r->hdrs = curl_slist_append(r->hdrs, "Content-Type: application/octet-stream");
+    r->hdrs = curl_slist_append(r->hdrs, "Transfer-Encoding: chunked");
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+    curl_easy_setopt(r->easy, CURLOPT_READFUNCTION, ul_read);
+    curl_easy_setopt(r->easy, CURLOPT_READDATA, x);
+    return xfer_start(b, x, out, st);
 }
 
 void moat_bridge_xfer_resume(moat_bridge_xfer *x)

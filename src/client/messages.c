@@ -1,8 +1,10 @@
-/* nanopb codecs for ExecEvent and the requests libmoat's users build most. */
+/* nanopb codecs for ExecEvent and the requests libmoat's users build most, and the
+ * Files/Write call. */
 #include <string.h>
 
 #include "moat/client.h"
 #include "moat/v1/exec.pb.h"
+#include "moat/v1/files.pb.h"
 #include "wire_pb.h"
 
 /* Exit.exit_code is a oneof holding a string, which nanopb cannot give a
@@ -240,5 +242,63 @@ moat_err moat_run_command_req_encode(const moat_run_command_req *req, uint8_t *o
     if (!pb_encode(&stream, moat_v1_RunCommandRequest_fields, &msg))
         return MOAT_E_TOO_BIG;
     *len = stream.bytes_written;
+    return MOAT_OK;
+}
+
+moat_err moat_write_req_encode(const moat_write_req *req, uint8_t *out, size_t cap, size_t *len)
+{
+    moat_v1_WriteRequest msg = moat_v1_WriteRequest_init_zero;
+    moat_slice session = moat_slice_str(req->session_id), path = moat_slice_str(req->path);
+    moat__pb_encode_slice(&msg.session_id, &session);
+    moat__pb_encode_slice(&msg.path, &path);
+    moat__pb_encode_slice(&msg.data, &req->data);
+    msg.mode = req->mode;
+    msg.offset = req->offset;
+    pb_ostream_t stream = pb_ostream_from_buffer(out, cap);
+    if (!pb_encode(&stream, moat_v1_WriteRequest_fields, &msg))
+        return MOAT_E_TOO_BIG;
+    *len = stream.bytes_written;
+    return MOAT_OK;
+}
+
+/* Room for the envelope around a request in its frame. */
+#define WRITE_FRAME_SLACK 4096u
+/* Tags and varints of a WriteRequest besides its strings' bytes: five tags, three
+ * length prefixes, mode and offset at their longest. */
+#define WRITE_FIELDS_MAX 40u
+
+size_t moat_client_write_max(const moat_client *c, const char *session_id, const char *path)
+{
+    const moat_client_limits *l = moat_client_get_limits(c);
+    size_t room = l->max_frame_size > WRITE_FRAME_SLACK ? l->max_frame_size - WRITE_FRAME_SLACK : 0;
+    if (room > l->initial_window)
+        room = l->initial_window;
+    size_t fixed =
+        (session_id ? strlen(session_id) : 0) + (path ? strlen(path) : 0) + WRITE_FIELDS_MAX;
+    return room > fixed ? room - fixed : 0;
+}
+
+moat_err moat_client_write(moat_client *c, const moat_write_req *req, uint64_t deadline_ms,
+                           uint8_t *buf, size_t cap, uint64_t *written, moat_status *st)
+{
+    size_t len;
+    if (moat_write_req_encode(req, buf, cap, &len) != MOAT_OK) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
+                        "the Write request does not fit in %zu bytes", cap);
+        return MOAT_E_TOO_BIG;
+    }
+    uint8_t resp[32];
+    size_t n;
+    moat_err err = moat_client_unary(c, "/moat.v1.Files/Write", deadline_ms, (moat_slice){buf, len},
+                                     resp, sizeof resp, &n, st);
+    if (err != MOAT_OK)
+        return err;
+    moat_v1_WriteResponse out = moat_v1_WriteResponse_init_zero;
+    pb_istream_t is = pb_istream_from_buffer(resp, n);
+    if (!pb_decode(&is, moat_v1_WriteResponse_fields, &out)) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "bad_response", "cannot decode WriteResponse");
+        return MOAT_E_PROTO;
+    }
+    *written = out.written;
     return MOAT_OK;
 }

@@ -9,6 +9,7 @@
 #include <grp.h>
 #include <inttypes.h>
 #include <pwd.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,13 +48,15 @@ static void query_all(struct MHD_Connection *conn, const char *key, qvals *q)
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect, q);
 }
 
-/* Expands a client path and makes it absolute. Answers 400 and returns NULL on failure. */
-static char *client_path(struct MHD_Connection *conn, const char *in, enum MHD_Result *ret)
+/* Expands a client path and makes it absolute. NULL on failure, with the HTTP status
+ * (400 for a bad path, 500 when out of memory) and a message. */
+static char *resolve_path(const char *in, unsigned *status, char *msg, size_t msglen)
 {
     char err[256];
     char *p = xd_expand(in, err, sizeof(err));
     if (p == NULL) {
-        *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid path %s: %s", in, err);
+        *status = 400;
+        snprintf(msg, msglen, "invalid path %s: %s", in, err);
         return NULL;
     }
     if (p[0] != '/') {
@@ -64,9 +67,23 @@ static char *client_path(struct MHD_Connection *conn, const char *in, enum MHD_R
         free(cwd);
         free(p);
         p = abs;
-        if (p == NULL)
-            *ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+        if (p == NULL) {
+            *status = 500;
+            snprintf(msg, msglen, "out of memory");
+        }
     }
+    return p;
+}
+
+/* resolve_path that answers its failure (400 or 500) and returns NULL. */
+static char *client_path(struct MHD_Connection *conn, const char *in, enum MHD_Result *ret)
+{
+    unsigned status = 0;
+    char msg[1024];
+    char *p = resolve_path(in, &status, msg, sizeof(msg));
+    if (p == NULL)
+        *ret = xd_respond_error(
+            conn, status, status == 400 ? "INVALID_REQUEST_BODY" : "RUNTIME_ERROR", "%s", msg);
     return p;
 }
 
@@ -874,6 +891,164 @@ static enum MHD_Result files_upload_done(struct MHD_Connection *conn, xd_req *r)
     return xd_respond_empty(conn, 200);
 }
 
+/* ---- write at an offset (moat extension) ---- */
+
+bool xd_files_is_write(const char *url, const char *method)
+{
+    return strcmp(url, "/files/write") == 0 && strcmp(method, "POST") == 0;
+}
+
+static void write_fail(xd_write *w, unsigned status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Keeps the first error; the file is closed and the rest of the body is dropped. */
+static void write_fail(xd_write *w, unsigned status, const char *code, const char *fmt, ...)
+{
+    if (w->fd >= 0)
+        close(w->fd);
+    w->fd = -1;
+    if (w->status != 0)
+        return;
+    w->status = status;
+    snprintf(w->code, sizeof(w->code), "%s", code);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->message, sizeof(w->message), fmt, ap);
+    va_end(ap);
+}
+
+/* A query value of decimal digits only, at most max. */
+static bool query_u64(const char *s, uint64_t max, uint64_t *v)
+{
+    uint64_t x = 0;
+    if (s == NULL || *s == '\0')
+        return false;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || x > (max - (uint64_t)(*s - '0')) / 10)
+            return false;
+        x = x * 10 + (uint64_t)(*s - '0');
+    }
+    *v = x;
+    return true;
+}
+
+static void write_start(struct MHD_Connection *conn, xd_write *w)
+{
+    w->started = true;
+    w->fd = -1;
+    const char *path = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "path");
+    const char *os = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "offset");
+    const char *ms = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "mode");
+    if (path == NULL || path[0] == '\0') {
+        write_fail(w, 400, "MISSING_QUERY", "missing query parameter path");
+        return;
+    }
+    if (os != NULL && !query_u64(os, INT64_MAX, &w->offset)) {
+        write_fail(w, 400, "INVALID_REQUEST_BODY",
+                   "offset must be a decimal byte offset below 2^63, got %s", os);
+        return;
+    }
+    /* offset > 0 continues a file: its mode stays as the first write left it */
+    uint64_t dec = 0;
+    uint32_t mode = 0;
+    bool set_mode = w->offset == 0 && ms != NULL;
+    if (set_mode &&
+        (!query_u64(ms, 7777, &dec) || moat_execd_mode_from_decimal((int64_t)dec, &mode))) {
+        write_fail(w, 400, "INVALID_REQUEST_BODY", "mode must be octal digits, e.g. 644, got %s",
+                   ms);
+        return;
+    }
+    unsigned status = 0;
+    char msg[1024];
+    w->path = resolve_path(path, &status, msg, sizeof(msg));
+    if (w->path == NULL) {
+        write_fail(w, status, status == 400 ? "INVALID_REQUEST_BODY" : "RUNTIME_ERROR", "%s", msg);
+        return;
+    }
+    if (w->offset == 0)
+        mkdir_parents(w->path, 0755);
+    /* O_NONBLOCK: a FIFO without a reader must not hang the request (regular files
+     * ignore it); the file is truncated only once it is known to be a regular file. */
+    int fd =
+        open(w->path, O_WRONLY | O_CLOEXEC | O_NONBLOCK | (w->offset == 0 ? O_CREAT : 0), 0644);
+    struct stat sb;
+    int e = fd < 0 ? errno : fstat(fd, &sb) != 0 ? errno : 0;
+    if (fd >= 0)
+        w->fd = fd;
+    if (e == ENOENT || e == ENOTDIR)
+        write_fail(w, 404, "FILE_NOT_FOUND", "file not found: %s", w->path);
+    else if (e == EISDIR || (e == 0 && S_ISDIR(sb.st_mode)))
+        write_fail(w, 400, "INVALID_REQUEST_BODY", "%s is a directory", w->path);
+    else if (e == ENXIO || (e == 0 && !S_ISREG(sb.st_mode)))
+        write_fail(w, 400, "INVALID_REQUEST_BODY", "%s is not a regular file", w->path);
+    else if (e != 0)
+        write_fail(w, 500, "RUNTIME_ERROR", "open %s: %s", w->path, strerror(e));
+    else if (w->offset == 0 && ftruncate(fd, 0) != 0)
+        write_fail(w, 500, "RUNTIME_ERROR", "truncate %s: %s", w->path, strerror(errno));
+    else if (set_mode && fchmod(fd, mode) != 0)
+        write_fail(w, 500, "RUNTIME_ERROR", "chmod %s: %s", w->path, strerror(errno));
+}
+
+enum MHD_Result xd_files_write_data(struct MHD_Connection *conn, xd_req *r, const char *data,
+                                    size_t len)
+{
+    xd_write *w = &r->write;
+    if (!w->started)
+        write_start(conn, w);
+    while (w->status == 0 && len > 0) {
+        uint64_t at = w->offset + w->written;
+        if (len > (uint64_t)INT64_MAX - at) {
+            write_fail(w, 400, "INVALID_REQUEST_BODY", "write past the largest file offset");
+            break;
+        }
+        ssize_t n = pwrite(w->fd, data, len, (off_t)at);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            write_fail(w, e == EFBIG ? 400 : 500,
+                       e == EFBIG ? "INVALID_REQUEST_BODY" : "RUNTIME_ERROR",
+                       "write %s at offset %" PRIu64 ": %s", w->path, at, strerror(e));
+            break;
+        }
+        data += n;
+        len -= (size_t)n;
+        w->written += (uint64_t)n;
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result files_write_done(struct MHD_Connection *conn, xd_req *r)
+{
+    xd_write *w = &r->write;
+    if (!w->started)
+        write_start(conn, w);
+    if (w->status == 0) {
+        int rc = close(w->fd);
+        w->fd = -1;
+        if (rc != 0)
+            write_fail(w, 500, "RUNTIME_ERROR", "write %s: %s", w->path, strerror(errno));
+    }
+    if (w->status != 0)
+        return xd_respond_error(conn, w->status, w->code, "%s", w->message);
+    cJSON *o = cJSON_CreateObject();
+    if (o != NULL && (!moat__execd_json_set(o, "path", moat__execd_json_str(w->path)) ||
+                      cJSON_AddNumberToObject(o, "written", (double)w->written) == NULL)) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
+    return xd_respond_json(conn, 200, o);
+}
+
+void xd_files_write_end(xd_req *r)
+{
+    if (r->write.started && r->write.fd >= 0)
+        close(r->write.fd);
+    r->write.fd = -1;
+    free(r->write.path);
+    r->write.path = NULL;
+}
+
 enum MHD_Result xd_files_route(struct MHD_Connection *conn, xd_req *r, const char *url,
                                const char *method, bool *matched)
 {
@@ -894,6 +1069,8 @@ enum MHD_Result xd_files_route(struct MHD_Connection *conn, xd_req *r, const cha
         return files_replace(conn, r);
     if (post && strcmp(url, "/files/upload") == 0)
         return files_upload_done(conn, r);
+    if (post && strcmp(url, "/files/write") == 0)
+        return files_write_done(conn, r);
     if (get && strcmp(url, "/files/download") == 0)
         return files_download(conn);
     if (get && strcmp(url, "/directories/list") == 0)

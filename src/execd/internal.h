@@ -112,12 +112,25 @@ char **xd_env_set(char **env, const char *name, size_t nlen, const char *value, 
 char **xd_env_dup(char *const *env);
 
 /* ---- http.c ---- */
+/* POST /files/write: the target is opened at the first piece of the body (or at its end
+ * when it is empty); an error is kept and answered once the whole body has been read. */
+typedef struct xd_write {
+    bool started;
+    int fd; /* -1 when closed or never opened */
+    char *path;
+    uint64_t offset, written;
+    unsigned status; /* non-zero: the error to answer */
+    char code[32];
+    char message[1024];
+} xd_write;
+
 typedef struct xd_req {
     moat_buf body;
     bool body_too_big;
     struct MHD_PostProcessor *pp;
     moat_execd_upload *upload;
     bool upload_bad; /* not multipart/form-data, or MHD's parser rejected the body */
+    xd_write write;
     bool handled;
 } xd_req;
 
@@ -141,6 +154,12 @@ enum MHD_Result xd_files_route(struct MHD_Connection *conn, xd_req *r, const cha
 bool xd_files_is_upload(const char *url, const char *method);
 enum MHD_Result xd_files_upload_data(struct MHD_Connection *conn, xd_req *r, const char *data,
                                      size_t len);
+/* POST /files/write (moat extension): the raw body written at an offset as it arrives. */
+bool xd_files_is_write(const char *url, const char *method);
+enum MHD_Result xd_files_write_data(struct MHD_Connection *conn, xd_req *r, const char *data,
+                                    size_t len);
+/* Closes what a /files/write request left open (a body cut short). */
+void xd_files_write_end(xd_req *r);
 
 /* ---- metrics.c ---- */
 enum MHD_Result xd_metrics(struct MHD_Connection *conn, bool watch);

@@ -137,6 +137,8 @@ enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *ur
         *upload_data_size = 0;
         if (xd_files_is_upload(url, method))
             return xd_files_upload_data(conn, r, upload_data, len);
+        if (xd_files_is_write(url, method))
+            return xd_files_write_data(conn, r, upload_data, len);
         if (moat_buf_append(&r->body, upload_data, len) != MOAT_OK)
             r->body_too_big = true;
         return MHD_YES;
@@ -170,6 +172,7 @@ void xd_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->pp != NULL)
         MHD_destroy_post_processor(r->pp);
     moat_execd_upload_free(r->upload);
+    xd_files_write_end(r);
     moat_buf_free(&r->body);
     free(r);
     *con_cls = NULL;

@@ -1339,8 +1339,13 @@ static void write_go(stream *st, const char *sid, const char *sock)
     moat_bridge_xfer *bx = NULL;
     moat_status status;
     moat__stream_ref(st);
-    if (moat_bridge_upload(st->s->bridge, &ep, req->path, req->mode, NULL, NULL, &cbs, &bx,
-                           &status) != MOAT_OK) {
+    /* Offset 0 is the reference's multipart upload (any execd); later pieces of a large
+     * file need moat-execd's offset writes. */
+    moat_err err = req->offset > 0 ? moat_bridge_write_at(st->s->bridge, &ep, req->path,
+                                                          req->offset, &cbs, &bx, &status)
+                                   : moat_bridge_upload(st->s->bridge, &ep, req->path, req->mode,
+                                                        NULL, NULL, &cbs, &bx, &status);
+    if (err != MOAT_OK) {
         moat_rpc_call_on_cancel(st->call, NULL, NULL);
         xfer_free(x);
         fail_status(st, &status);

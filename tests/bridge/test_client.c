@@ -198,6 +198,17 @@ static void serve_files(fake_execd *f, int fd, const fake_req *req)
                strcmp(p, "/directories") == 0 || strcmp(p, "/files/permissions") == 0 ||
                strcmp(p, "/files/upload") == 0) {
         fake_reply(fd, 200, NULL, "", 0);
+    } else if (strcmp(p, "/files/write?path=%2Fw%2Fup.txt&offset=12345") == 0) {
+        char b[128];
+        int n = snprintf(b, sizeof(b), "{\"path\":\"/w/up.txt\",\"written\":%zu}", req->body_len);
+        fake_reply(fd, 200, "Content-Type: application/json\r\n", b, (size_t)n);
+    } else if (strcmp(p, "/files/write?path=%2Fw%2Fmissing&offset=7") == 0) {
+        static const char b[] = "{\"code\":\"FILE_NOT_FOUND\",\"message\":\"file not found: "
+                                "/w/missing\"}";
+        fake_reply(fd, 404, "Content-Type: application/json\r\n", b, sizeof(b) - 1);
+    } else if (strncmp(p, "/files/write?", 13) == 0) {
+        /* what OpenSandbox's execd (gin) answers for a path it does not know */
+        fake_reply(fd, 404, "Content-Type: text/plain\r\n", "404 page not found", 18);
     } else if (strncmp(p, "/files/download?path=", 21) == 0) {
         /* 300000 bytes of a pattern; honours "Range: bytes=a-b" and "a-" */
         size_t size = 300000, a = 0, b = size - 1;
@@ -1231,20 +1242,26 @@ static void on_dl_done(void *ud, moat_bridge_xfer *x, const moat_status *st)
     r->done = true;
 }
 
+/* Runs the loop until a transfer is done, resuming it whenever a callback paused it. */
+static void run_xfer(env *e, const bool *done, moat_bridge_xfer **paused)
+{
+    while (!*done) {
+        uv_run(&e->loop, UV_RUN_ONCE);
+        if (*paused != NULL) {
+            moat_bridge_xfer *p = *paused;
+            *paused = NULL;
+            moat_bridge_xfer_resume(p);
+        }
+    }
+}
+
 static void download(env *e, uint64_t off, uint64_t len, dl_res *r)
 {
     moat_bridge_download_cbs cbs = {on_chunk, on_dl_done, r};
     moat_bridge_xfer *x = NULL;
     moat_status st;
     assert_int_equal(moat_bridge_download(e->b, &e->ep, "/f", off, len, &cbs, &x, &st), MOAT_OK);
-    while (!r->done) {
-        uv_run(&e->loop, UV_RUN_ONCE);
-        if (r->paused != NULL) {
-            moat_bridge_xfer *p = r->paused;
-            r->paused = NULL;
-            moat_bridge_xfer_resume(p);
-        }
-    }
+    run_xfer(e, &r->done, &r->paused);
 }
 
 static void test_download(void **state)
@@ -1350,6 +1367,61 @@ static void test_upload(void **state)
     env_down(&e);
 }
 
+/* Runs one moat_bridge_write_at of r->total pattern bytes to the fake. */
+static void write_at(env *e, const char *path, uint64_t offset, ul_res *r)
+{
+    moat_bridge_upload_cbs cbs = {on_read, on_ul_done, r};
+    moat_bridge_xfer *x = NULL;
+    moat_status st;
+    assert_int_equal(moat_bridge_write_at(e->b, &e->ep, path, offset, &cbs, &x, &st), MOAT_OK);
+    run_xfer(e, &r->done, &r->paused);
+}
+
+static void test_write_at(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, false, NULL);
+    ul_res r = {.total = 100000, .pause_once = true};
+    write_at(&e, "/w/up.txt", 12345, &r);
+    assert_int_equal(r.st.code, MOAT_CODE_OK);
+    assert_int_equal(r.written, 100000);
+    pthread_mutex_lock(&e.f.mu);
+    assert_string_equal(e.f.last.method, "POST");
+    assert_non_null(strstr(e.f.last.headers, "Transfer-Encoding: chunked"));
+    assert_non_null(strstr(e.f.last.headers, "Content-Type: application/octet-stream"));
+    /* the raw bytes, no multipart around them */
+    assert_int_equal(e.f.last.body_len, 100000);
+    for (size_t i = 0; i < 100000; i++)
+        assert_int_equal((uint8_t)e.f.last.body[i], (uint8_t)('a' + i % 26));
+    pthread_mutex_unlock(&e.f.mu);
+
+    /* moat-execd's answer for a missing file stays NOT_FOUND */
+    memset(&r, 0, sizeof(r));
+    r.total = 10;
+    write_at(&e, "/w/missing", 7, &r);
+    assert_int_equal(r.st.code, MOAT_CODE_NOT_FOUND);
+    assert_string_equal(moat_status_detail_get(&r.st, "execd_code"), "FILE_NOT_FOUND");
+
+    /* an execd without the endpoint: UNIMPLEMENTED, not NOT_FOUND */
+    memset(&r, 0, sizeof(r));
+    r.total = 10;
+    write_at(&e, "/w/foreign", 7, &r);
+    assert_int_equal(r.st.code, MOAT_CODE_UNIMPLEMENTED);
+    assert_string_equal(r.st.reason, "execd_no_offset_writes");
+    assert_non_null(strstr(r.st.message, "execd has no offset writes"));
+
+    /* a blank path is refused before any request */
+    moat_bridge_upload_cbs cbs = {on_read, on_ul_done, &r};
+    moat_bridge_xfer *x = NULL;
+    moat_status st;
+    int before = fake_request_count(&e.f);
+    assert_int_equal(moat_bridge_write_at(e.b, &e.ep, " ", 1, &cbs, &x, &st), MOAT_E_INVAL);
+    assert_int_equal(st.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_int_equal(fake_request_count(&e.f), before);
+    env_down(&e);
+}
+
 int main(void)
 {
     moat_log_set_level(MOAT_LOG_ERROR);
@@ -1376,6 +1448,7 @@ int main(void)
         cmocka_unit_test(test_calls),
         cmocka_unit_test(test_download),
         cmocka_unit_test(test_upload),
+        cmocka_unit_test(test_write_at),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -580,6 +580,41 @@ static void test_files(void **state)
         assert_int_equal(d.data[i], (uint8_t)((i + 1000) * 7));
     free(d.data);
 
+    /* offset writes: the file grows past a hole, keeps its mode and its other bytes */
+    xfer_res w = {.total = 5000};
+    moat_bridge_upload_cbs wcb = {up_read, up_done, &w};
+    assert_int_equal(moat_bridge_write_at(e.b, &e.ep, file, 400000, &wcb, &x, &st), MOAT_OK);
+    run_until(&e, &w.done);
+    assert_int_equal(w.st.code, MOAT_CODE_OK);
+    assert_int_equal(w.written, 5000);
+    struct stat fsb;
+    assert_int_equal(stat(file, &fsb), 0);
+    assert_int_equal(fsb.st_size, 405000);
+    assert_int_equal(fsb.st_mode & 0777, 0640);
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(moat_bridge_download(e.b, &e.ep, file, 299990, 0, &dcb, &x, &st), MOAT_OK);
+    run_until(&e, &d.done);
+    assert_int_equal(d.st.code, MOAT_CODE_OK);
+    assert_int_equal(d.len, 105010);
+    for (size_t i = 0; i < d.len; i++) {
+        uint64_t at = 299990 + i;
+        uint8_t want = at < 300000   ? (uint8_t)(at * 7)
+                       : at < 400000 ? 0
+                                     : (uint8_t)((at - 400000) * 7);
+        assert_int_equal(d.data[i], want);
+    }
+    free(d.data);
+    /* a missing file at an offset is NOT_FOUND, and is not created */
+    char missing[200];
+    snprintf(missing, sizeof(missing), "%s/missing.bin", root);
+    memset(&w, 0, sizeof(w));
+    w.total = 10;
+    assert_int_equal(moat_bridge_write_at(e.b, &e.ep, missing, 3, &wcb, &x, &st), MOAT_OK);
+    run_until(&e, &w.done);
+    assert_int_equal(w.st.code, MOAT_CODE_NOT_FOUND);
+    assert_string_equal(moat_status_detail_get(&w.st, "execd_code"), "FILE_NOT_FOUND");
+    assert_int_not_equal(stat(missing, &fsb), 0);
+
     memset(&r, 0, sizeof(r));
     assert_int_equal(moat_bridge_move(e.b, &e.ep, file, moved, s_done, &r, &st), MOAT_OK);
     run_until(&e, &r.done);

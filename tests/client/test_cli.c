@@ -23,9 +23,14 @@
 
 #define CHAT "123e4567-e89b-12d3-a456-426614174000"
 
-static uint8_t stored[4096];
+static uint8_t stored[1 << 20];
 static size_t stored_len;
+static bool stored_exists;
 static uint32_t stored_mode;
+/* Offsets and sizes of the Writes seen, in order. */
+static uint64_t write_offsets[64];
+static size_t write_lens[64];
+static size_t nwrites;
 
 static void reply(fake *s, uint32_t id, const ProtobufCMessage *m)
 {
@@ -161,29 +166,40 @@ static void handler(fake *s, uint32_t id, const char *method, moat_slice req)
         run_command(s, id, r);
         moat__v1__run_command_request__free_unpacked(r, NULL);
     } else if (strcmp(method, "/moat.v1.Files/Write") == 0) {
+        /* One file, as moatd keeps it: offset 0 creates or truncates, a later offset
+         * needs the file; "short" paths answer one byte less than they got. */
         Moat__V1__WriteRequest *r = moat__v1__write_request__unpack(NULL, req.len, req.data);
-        if (r->data.len <= sizeof stored && strcmp(r->path, "/workspace/f.bin") == 0) {
-            memcpy(stored, r->data.data, r->data.len);
-            stored_len = r->data.len;
-            stored_mode = r->mode;
+        if (r->offset + r->data.len > sizeof stored || nwrites == 64) {
+            fake_send_end(s, id, MOAT_CODE_OUT_OF_RANGE, "too big for the fake", "", NULL);
+        } else if (r->offset > 0 && !stored_exists) {
+            fake_send_end(s, id, MOAT_CODE_NOT_FOUND, "file not found", "execd_api_error", NULL);
+        } else {
+            write_offsets[nwrites] = r->offset;
+            write_lens[nwrites++] = r->data.len;
+            if (r->offset == 0) {
+                stored_len = 0;
+                stored_mode = r->mode;
+                stored_exists = strstr(r->path, "gone") == NULL;
+            }
+            if (r->data.len > 0)
+                memcpy(stored + r->offset, r->data.data, r->data.len);
+            if (r->offset + r->data.len > stored_len)
+                stored_len = r->offset + r->data.len;
+            Moat__V1__WriteResponse resp = MOAT__V1__WRITE_RESPONSE__INIT;
+            resp.written = r->data.len - (strstr(r->path, "short") && r->data.len ? 1 : 0);
+            reply(s, id, &resp.base);
         }
-        Moat__V1__WriteResponse resp = MOAT__V1__WRITE_RESPONSE__INIT;
-        resp.written = r->data.len;
         moat__v1__write_request__free_unpacked(r, NULL);
-        reply(s, id, &resp.base);
     } else if (strcmp(method, "/moat.v1.Files/Read") == 0) {
-        /* Two chunks, to exercise offsets. */
-        size_t half = stored_len / 2;
+        /* 40000-byte chunks with their offsets. */
         Moat__V1__FileChunk c = MOAT__V1__FILE_CHUNK__INIT;
-        static uint8_t buf[8192];
-        c.offset = 0;
-        c.data.data = stored;
-        c.data.len = half;
-        fake_send_message(s, id, buf, moat__v1__file_chunk__pack(&c, buf));
-        c.offset = half;
-        c.data.data = stored + half;
-        c.data.len = stored_len - half;
-        fake_send_message(s, id, buf, moat__v1__file_chunk__pack(&c, buf));
+        static uint8_t buf[40100];
+        for (size_t off = 0; off < stored_len; off += 40000) {
+            c.offset = off;
+            c.data.data = stored + off;
+            c.data.len = stored_len - off < 40000 ? stored_len - off : 40000;
+            fake_send_message(s, id, buf, moat__v1__file_chunk__pack(&c, buf));
+        }
         fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
     } else if (strcmp(method, "/moat.v1.Health/Check") == 0) {
         Moat__V1__HealthCheckResponse resp = MOAT__V1__HEALTH_CHECK_RESPONSE__INIT;
@@ -395,36 +411,90 @@ static void test_exec(void **state)
     assert_non_null(strstr(r.err, "moat: exit code unknown: execd went away"));
 }
 
+static void make_local(char *path, const uint8_t *data, size_t len, mode_t mode)
+{
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, len), (ssize_t)len);
+    fchmod(fd, mode);
+    close(fd);
+}
+
 static void test_cp_and_health(void **state)
 {
     (void)state;
     static run r;
     char local[] = "/tmp/moat-cli-test-XXXXXX";
-    int fd = mkstemp(local);
-    assert_true(fd >= 0);
-    uint8_t data[3000];
+    /* 300000 bytes: five Writes on the fake's 64 KiB window, in order */
+    static uint8_t data[300000];
     for (size_t i = 0; i < sizeof data; i++)
-        data[i] = (uint8_t)(i * 13);
-    assert_int_equal(write(fd, data, sizeof data), (ssize_t)sizeof data);
-    fchmod(fd, 0640);
-    close(fd);
+        data[i] = (uint8_t)(i * 13 + i / 251);
+    make_local(local, data, sizeof data, 0640);
+    nwrites = 0;
     moat(&r, "cp", local, "sess-1:/workspace/f.bin", NULL);
     assert_int_equal(r.status, 0);
+    assert_int_equal(r.err_len, 0);
     assert_int_equal(stored_len, sizeof data);
     assert_memory_equal(stored, data, sizeof data);
     assert_int_equal(stored_mode, 0640);
+    assert_int_equal(nwrites, 5);
+    uint64_t next = 0;
+    for (size_t i = 0; i < nwrites; i++) {
+        assert_int_equal(write_offsets[i], next);
+        assert_true(write_lens[i] > 0 && write_lens[i] < FAKE_WINDOW);
+        next += write_lens[i];
+    }
     char back[64];
     snprintf(back, sizeof back, "%s.back", local);
     moat(&r, "cp", "sess-1:/workspace/f.bin", back, NULL);
     assert_int_equal(r.status, 0);
-    fd = open(back, O_RDONLY);
+    int fd = open(back, O_RDONLY);
     assert_true(fd >= 0);
-    uint8_t got[4000];
-    assert_int_equal(read(fd, got, sizeof got), (ssize_t)sizeof data);
+    static uint8_t got[sizeof data + 1];
+    size_t total = 0;
+    ssize_t n;
+    while ((n = read(fd, got + total, sizeof got - total)) > 0)
+        total += (size_t)n;
+    assert_int_equal(total, sizeof data);
     assert_memory_equal(got, data, sizeof data);
     close(fd);
     unlink(local);
     unlink(back);
+
+    /* an empty file: one Write at offset 0 with no data, which creates it */
+    char empty[] = "/tmp/moat-cli-test-XXXXXX";
+    make_local(empty, data, 0, 0600);
+    nwrites = 0;
+    stored_exists = false;
+    moat(&r, "cp", empty, "sess-1:/workspace/empty", NULL);
+    assert_int_equal(r.status, 0);
+    assert_int_equal(nwrites, 1);
+    assert_int_equal(write_offsets[0], 0);
+    assert_int_equal(write_lens[0], 0);
+    assert_true(stored_exists);
+    assert_int_equal(stored_len, 0);
+    assert_int_equal(stored_mode, 0600);
+    unlink(empty);
+
+    /* the server wrote less than it was sent: DATA_LOSS, non-zero */
+    char small[] = "/tmp/moat-cli-test-XXXXXX";
+    make_local(small, data, 1000, 0644);
+    moat(&r, "cp", small, "sess-1:/workspace/short.bin", NULL);
+    assert_int_equal(r.status, 1);
+    assert_non_null(
+        strstr(r.err, "moat: DATA_LOSS: the server wrote 999 of 1000 bytes at offset 0"));
+    unlink(small);
+    /* a later piece fails (the file vanished): its status name and reason */
+    char big[] = "/tmp/moat-cli-test-XXXXXX";
+    make_local(big, data, 100000, 0644);
+    moat(&r, "cp", big, "sess-1:/workspace/gone.bin", NULL);
+    assert_int_equal(r.status, 1);
+    assert_string_equal(r.err, "moat: NOT_FOUND: file not found (reason=execd_api_error)\n");
+    unlink(big);
+    /* a local file that is not there */
+    moat(&r, "cp", "/nonexistent/moat-cli", "sess-1:/workspace/x", NULL);
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "moat: NOT_FOUND: "));
 
     moat(&r, "health", NULL);
     assert_int_equal(r.status, 0);

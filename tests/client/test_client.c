@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "moat/client.h"
+#include "moat/v1/files.pb-c.h"
 #include "moat/wire.h"
 
 #include "fake_server.h"
@@ -57,9 +58,60 @@ static void run_command(fake *s, uint32_t stream)
     fake_send_end(s, stream, MOAT_CODE_OK, "", "", NULL);
 }
 
+/* What the fake's Files/Write saw, and the file it keeps (one, whatever the path). */
+#define WRITES_MAX 64
+typedef struct write_seen {
+    uint64_t offset;
+    size_t len;
+    uint32_t mode;
+    char path[64];
+    char session[64];
+} write_seen;
+static write_seen writes[WRITES_MAX];
+static size_t nwrites;
+static uint8_t wfile[1 << 20];
+static size_t wfile_len;
+static bool wfile_exists;
+
+static void files_write(fake *s, uint32_t id, moat_slice request)
+{
+    Moat__V1__WriteRequest *r = moat__v1__write_request__unpack(NULL, request.len, request.data);
+    if (r == NULL || nwrites == WRITES_MAX || r->offset + r->data.len > sizeof wfile) {
+        s->failed = true;
+        fake_send_end(s, id, MOAT_CODE_INVALID_ARGUMENT, "bad request", "", NULL);
+        moat__v1__write_request__free_unpacked(r, NULL);
+        return;
+    }
+    write_seen *w = &writes[nwrites++];
+    w->offset = r->offset;
+    w->len = r->data.len;
+    w->mode = r->mode;
+    snprintf(w->path, sizeof w->path, "%s", r->path);
+    snprintf(w->session, sizeof w->session, "%s", r->session_id);
+    if (r->offset > 0 && !wfile_exists) {
+        fake_send_end(s, id, MOAT_CODE_NOT_FOUND, "file not found", "execd_api_error", NULL);
+    } else {
+        if (r->offset == 0)
+            wfile_len = 0;
+        wfile_exists = true;
+        if (r->data.len > 0)
+            memcpy(wfile + r->offset, r->data.data, r->data.len);
+        if (r->offset + r->data.len > wfile_len)
+            wfile_len = r->offset + r->data.len;
+        Moat__V1__WriteResponse resp = MOAT__V1__WRITE_RESPONSE__INIT;
+        resp.written = r->data.len;
+        uint8_t buf[32];
+        fake_send_message(s, id, buf, moat__v1__write_response__pack(&resp, buf));
+        fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
+    }
+    moat__v1__write_request__free_unpacked(r, NULL);
+}
+
 static void handler(fake *s, uint32_t id, const char *method, moat_slice request)
 {
-    if (strcmp(method, "/test/Echo") == 0) {
+    if (strcmp(method, "/moat.v1.Files/Write") == 0) {
+        files_write(s, id, request);
+    } else if (strcmp(method, "/test/Echo") == 0) {
         fake_send_message(s, id, request.data, request.len);
         fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
     } else if (strcmp(method, "/moat.v1.Exec/RunCommand") == 0) {
@@ -382,6 +434,67 @@ static void test_limits_ping_goaway(void **state)
     assert_int_equal(s.pongs_seen, 1);
 }
 
+/* A file larger than a request goes in pieces at increasing offsets, each
+ * within moat_client_write_max, which is a bound that really fits. */
+static void test_write_pieces(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    nwrites = 0;
+    wfile_exists = false;
+    const char *sess = "sess-1", *path = "/workspace/big.bin";
+    size_t max = moat_client_write_max(c, sess, path);
+    /* the fake's window (64 KiB) is below its frame size less 4 KiB */
+    assert_int_equal(max, WINDOW - strlen(sess) - strlen(path) - 40);
+    static uint8_t data[200000];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (uint8_t)(i * 31 + 7);
+    static uint8_t buf[2 * WINDOW];
+    moat_status st;
+    uint64_t written = 0;
+    /* offset > 0 before the file exists: the server's NOT_FOUND comes back */
+    moat_write_req early = {sess, path, {data, 10}, 0, 5};
+    assert_int_equal(moat_client_write(c, &early, 5000, buf, sizeof buf, &written, &st),
+                     MOAT_E_REMOTE);
+    assert_int_equal(st.code, MOAT_CODE_NOT_FOUND);
+    nwrites = 0;
+    size_t off = 0, pieces = 0;
+    do {
+        size_t n = sizeof data - off < max ? sizeof data - off : max;
+        moat_write_req r = {sess, path, {data + off, n}, off == 0 ? 0640 : 0, off};
+        assert_int_equal(moat_client_write(c, &r, 5000, buf, sizeof buf, &written, &st), MOAT_OK);
+        assert_int_equal(written, n);
+        off += n;
+        pieces++;
+    } while (off < sizeof data);
+    assert_int_equal(pieces, (sizeof data + max - 1) / max);
+    assert_int_equal(nwrites, pieces);
+    for (size_t i = 0; i < nwrites; i++) {
+        assert_int_equal(writes[i].offset, i * max);
+        assert_int_equal(writes[i].len, i + 1 < nwrites ? max : sizeof data - i * max);
+        assert_int_equal(writes[i].mode, i == 0 ? 0640 : 0);
+        assert_string_equal(writes[i].path, path);
+        assert_string_equal(writes[i].session, sess);
+    }
+    assert_int_equal(wfile_len, sizeof data);
+    assert_memory_equal(wfile, data, sizeof data);
+    /* an empty write at offset 0 truncates (creates) the file */
+    moat_write_req empty = {sess, path, {NULL, 0}, 0, 0};
+    assert_int_equal(moat_client_write(c, &empty, 5000, buf, sizeof buf, &written, &st), MOAT_OK);
+    assert_int_equal(written, 0);
+    assert_int_equal(wfile_len, 0);
+    /* a scratch buffer too small for the request: refused locally */
+    uint64_t before = nwrites;
+    moat_write_req r = {sess, path, {data, 1000}, 0, 0};
+    assert_int_equal(moat_client_write(c, &r, 5000, buf, 100, &written, &st), MOAT_E_TOO_BIG);
+    assert_int_equal(st.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_int_equal(nwrites, before);
+    moat_client_close(c);
+    stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -393,6 +506,7 @@ int main(void)
         cmocka_unit_test(test_garbage_from_server),
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_limits_ping_goaway),
+        cmocka_unit_test(test_write_pieces),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

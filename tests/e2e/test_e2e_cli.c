@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,7 +37,12 @@ static int setup(void **state)
     cleanup_containers();
     const char *build = getenv("MOAT_BUILD_DIR");
     snprintf(moat_bin, sizeof(moat_bin), "%s/src/client/moat", build != NULL ? build : ".");
-    const char *extra[] = {"--container_name_prefix=" PREFIX, "--token=" TOKEN, NULL};
+    /* MOAT_SANDBOX_IMAGE: the image scripts/build-sandbox-image.sh built (default: moatd's) */
+    static char image[300];
+    const char *img = getenv("MOAT_SANDBOX_IMAGE");
+    snprintf(image, sizeof(image), "--image=%s", img != NULL ? img : "");
+    const char *extra[] = {"--container_name_prefix=" PREFIX, "--token=" TOKEN,
+                           img != NULL && img[0] ? image : NULL, NULL};
     if (!moatd_start(&P, true, extra))
         return -1;
     snprintf(out_path, sizeof(out_path), "%s/cli.out", P.state_dir);
@@ -214,6 +220,66 @@ static void test_renew_get_cp(void **state)
     assert_int_equal(system(cmp), 0);
 }
 
+/* Files larger than a frame go up in pieces (Write at offsets) and come back in
+ * chunks: 5 MiB of random bytes is more than four of moatd's default 1 MiB frames. */
+static void test_cp_large_and_empty(void **state)
+{
+    (void)state;
+    char local[300], back[300], args[1024], cmp[700];
+    snprintf(local, sizeof(local), "%s/cp-big.bin", P.state_dir);
+    snprintf(back, sizeof(back), "%s/cp-big.back", P.state_dir);
+    snprintf(cmp, sizeof(cmp), "head -c %d /dev/urandom >%s && chmod 0640 %s", 5 << 20, local,
+             local);
+    assert_int_equal(system(cmp), 0);
+    snprintf(args, sizeof(args), "cp %s %s:/tmp/big/cp-big.bin", local, session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    snprintf(args, sizeof(args), "exec %s -- 'stat -c \"%%s %%a\" /tmp/big/cp-big.bin'", session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    char *out = slurp(out_path);
+    assert_string_equal(out, "5242880 640\n");
+    free(out);
+    snprintf(args, sizeof(args), "cp %s:/tmp/big/cp-big.bin %s", session, back);
+    assert_int_equal(cli(TOKEN, args), 0);
+    snprintf(cmp, sizeof(cmp), "cmp -s %s %s", local, back);
+    assert_int_equal(system(cmp), 0);
+    /* a second upload over it, shorter: the file is truncated first */
+    snprintf(cmp, sizeof(cmp), "head -c 1500000 %s >%s", local, back);
+    assert_int_equal(system(cmp), 0);
+    snprintf(args, sizeof(args), "cp %s %s:/tmp/big/cp-big.bin", back, session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    snprintf(args, sizeof(args), "exec %s -- 'wc -c </tmp/big/cp-big.bin'", session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    out = slurp(out_path);
+    assert_int_equal(atoi(out), 1500000);
+    free(out);
+
+    /* an empty file is created, and comes back empty */
+    char empty[300], empty_back[300];
+    snprintf(empty, sizeof(empty), "%s/cp-empty", P.state_dir);
+    snprintf(empty_back, sizeof(empty_back), "%s/cp-empty.back", P.state_dir);
+    FILE *f = fopen(empty, "wb");
+    assert_non_null(f);
+    fclose(f);
+    snprintf(args, sizeof(args), "cp %s %s:/tmp/cp-empty", empty, session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    snprintf(args, sizeof(args), "exec %s -- 'test -f /tmp/cp-empty && wc -c </tmp/cp-empty'",
+             session);
+    assert_int_equal(cli(TOKEN, args), 0);
+    out = slurp(out_path);
+    assert_int_equal(atoi(out), 0);
+    assert_true(out[0] >= '0' && out[0] <= '9');
+    free(out);
+    snprintf(args, sizeof(args), "cp %s:/tmp/cp-empty %s", session, empty_back);
+    assert_int_equal(cli(TOKEN, args), 0);
+    struct stat sb;
+    assert_int_equal(stat(empty_back, &sb), 0);
+    assert_int_equal(sb.st_size, 0);
+    unlink(local);
+    unlink(back);
+    unlink(empty);
+    unlink(empty_back);
+}
+
 static void test_libmoat_run_command(void **state)
 {
     (void)state;
@@ -275,6 +341,7 @@ int main(void)
         cmocka_unit_test(test_create_reuse_and_new),
         cmocka_unit_test(test_exec_streams_and_exit_codes),
         cmocka_unit_test(test_renew_get_cp),
+        cmocka_unit_test(test_cp_large_and_empty),
         cmocka_unit_test(test_libmoat_run_command),
         cmocka_unit_test(test_stop),
     };

@@ -786,6 +786,242 @@ static void test_upload_raw(void **state)
     closedir(d);
 }
 
+/* ---- POST /files/write (moat extension) ---- */
+
+static xd_resp write_at(const char *query, const void *body, size_t len)
+{
+    char path[1100];
+    snprintf(path, sizeof(path), "/files/write?%s", query);
+    return xd_http_body(&xp.unix_t, "POST", path, body, len, NULL);
+}
+
+static void check_written(xd_resp *r, const char *path, int64_t written)
+{
+    assert_int_equal(r->status, 200);
+    cJSON *j = xd_json(r);
+    assert_non_null(j);
+    assert_string_equal(moat_json_str(j, "path", NULL), path);
+    assert_int_equal(xd_json_i64(j, "written"), written);
+    cJSON_Delete(j);
+    xd_resp_free(r);
+}
+
+static void check_error(xd_resp *r, long status, const char *code)
+{
+    assert_int_equal(r->status, status);
+    assert_string_equal(xd_error_code(r), code);
+    xd_resp_free(r);
+}
+
+/* The whole file, which must be exactly len bytes. */
+static void check_content(const char *path, const void *want, size_t len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    char *got = malloc(len + 1);
+    assert_int_equal(fread(got, 1, len + 1, f), len);
+    fclose(f);
+    assert_memory_equal(got, want, len);
+    free(got);
+}
+
+static void test_files_write(void **state)
+{
+    (void)state;
+    char p[256], q[1024];
+    snprintf(p, sizeof(p), "%s/w/deep/f.bin", xp.dir);
+    /* offset absent: create (parents too), binary bytes exactly, mode applied */
+    snprintf(q, sizeof(q), "path=%s&mode=600", p);
+    xd_resp r = write_at(q, "ab\0\xff\n", 5);
+    check_written(&r, p, 5);
+    check_content(p, "ab\0\xff\n", 5);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    /* offset 0 truncates; without mode= the file keeps its mode */
+    snprintf(q, sizeof(q), "path=%s&offset=0", p);
+    r = write_at(q, "abc", 3);
+    check_written(&r, p, 3);
+    check_content(p, "abc", 3);
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    /* extend at the end, then overwrite inside without truncating; mode= is ignored */
+    snprintf(q, sizeof(q), "path=%s&offset=3&mode=999", p);
+    r = write_at(q, "defg", 4);
+    check_written(&r, p, 4);
+    snprintf(q, sizeof(q), "path=%s&offset=1", p);
+    r = write_at(q, "X", 1);
+    check_written(&r, p, 1);
+    check_content(p, "aXcdefg", 7);
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    /* an empty body at an offset writes nothing and changes nothing */
+    snprintf(q, sizeof(q), "path=%s&offset=7", p);
+    r = write_at(q, NULL, 0);
+    check_written(&r, p, 0);
+    check_content(p, "aXcdefg", 7);
+    /* past the end: a hole of zeros */
+    snprintf(q, sizeof(q), "path=%s&offset=1048576", p);
+    r = write_at(q, "Z", 1);
+    check_written(&r, p, 1);
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_size, 1048577);
+    char *want = calloc(1, 1048577);
+    memcpy(want, "aXcdefg", 7);
+    want[1048576] = 'Z';
+    check_content(p, want, 1048577);
+    free(want);
+    /* an empty body at offset 0 creates an empty file */
+    char empty[256];
+    snprintf(empty, sizeof(empty), "%s/w/empty", xp.dir);
+    snprintf(q, sizeof(q), "path=%s", empty);
+    r = write_at(q, NULL, 0);
+    check_written(&r, empty, 0);
+    assert_int_equal(stat(empty, &sb), 0);
+    assert_int_equal(sb.st_size, 0);
+    /* paths are expanded like every file endpoint's: an undefined variable is a 400 */
+    snprintf(q, sizeof(q), "path=%s/w/$XD_UNDEFINED_VAR/x", xp.dir);
+    r = write_at(q, "x", 1);
+    check_error(&r, 400, "INVALID_REQUEST_BODY");
+
+    /* a missing file at an offset: 404 FILE_NOT_FOUND, and nothing is created */
+    char missing[256];
+    snprintf(missing, sizeof(missing), "%s/w/missing", xp.dir);
+    snprintf(q, sizeof(q), "path=%s&offset=5", missing);
+    r = write_at(q, "data", 4);
+    assert_int_equal(r.status, 404);
+    assert_string_equal(xd_error_code(&r), "FILE_NOT_FOUND");
+    assert_non_null(strstr(xd_error_message(&r), missing));
+    xd_resp_free(&r);
+    assert_int_not_equal(access(missing, F_OK), 0);
+    snprintf(q, sizeof(q), "path=%s/w/nodir/f&offset=1", xp.dir);
+    r = write_at(q, "d", 1);
+    check_error(&r, 404, "FILE_NOT_FOUND");
+    /* a directory, at offset 0 and beyond */
+    char dir[256];
+    snprintf(dir, sizeof(dir), "%s/w/deep", xp.dir);
+    snprintf(q, sizeof(q), "path=%s", dir);
+    r = write_at(q, "d", 1);
+    check_error(&r, 400, "INVALID_REQUEST_BODY");
+    snprintf(q, sizeof(q), "path=%s&offset=2", dir);
+    r = write_at(q, "d", 1);
+    check_error(&r, 400, "INVALID_REQUEST_BODY");
+    assert_int_equal(stat(dir, &sb), 0);
+    assert_true(S_ISDIR(sb.st_mode));
+    /* bad offsets and modes; the file is left alone */
+    const char *bad_offsets[] = {
+        "abc", "-1", "", "1x", "%2B3", "9223372036854775808", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof(bad_offsets) / sizeof(bad_offsets[0]); i++) {
+        snprintf(q, sizeof(q), "path=%s&offset=%s", p, bad_offsets[i]);
+        r = write_at(q, "bad", 3);
+        check_error(&r, 400, "INVALID_REQUEST_BODY");
+    }
+    const char *bad_modes[] = {"999", "8", "-644", "abc", "17777"};
+    for (size_t i = 0; i < sizeof(bad_modes) / sizeof(bad_modes[0]); i++) {
+        snprintf(q, sizeof(q), "path=%s&mode=%s", p, bad_modes[i]);
+        r = write_at(q, "bad", 3);
+        check_error(&r, 400, "INVALID_REQUEST_BODY");
+    }
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal(sb.st_size, 1048577);
+    /* no path */
+    r = write_at("offset=0", "x", 1);
+    check_error(&r, 400, "MISSING_QUERY");
+    /* only POST */
+    snprintf(q, sizeof(q), "/files/write?path=%s", p);
+    r = xd_http(&xp.unix_t, "PUT", q, "x", "Content-Type: application/octet-stream");
+    assert_int_equal(r.status, 404);
+    xd_resp_free(&r);
+    /* the same over TCP, and execd still serves */
+    snprintf(q, sizeof(q), "/files/write?path=%s&offset=1", p);
+    r = xd_http_body(&xp.tcp_t, "POST", q, "Y", 1, NULL);
+    check_written(&r, p, 1);
+    check_command_basics(&xp.unix_t);
+}
+
+typedef struct pattern_src {
+    uint64_t sent, total;
+} pattern_src;
+
+static uint8_t pattern_byte(uint64_t i)
+{
+    return (uint8_t)((i * 2654435761u) >> 13);
+}
+
+static size_t pattern_read(char *buf, size_t size, size_t n, void *ud)
+{
+    pattern_src *s = ud;
+    size_t k = size * n;
+    if (k > s->total - s->sent)
+        k = (size_t)(s->total - s->sent);
+    for (size_t i = 0; i < k; i++)
+        buf[i] = (char)pattern_byte(s->sent + i);
+    s->sent += k;
+    return k;
+}
+
+/* 64 MiB in one chunked body at an offset: written as it arrives (execd's RSS stays
+ * flat), every byte in its place. */
+static void test_files_write_streamed(void **state)
+{
+    (void)state;
+    /* smaller under valgrind, where every byte costs far more */
+    const uint64_t total = xd_wrapped() ? 8u << 20 : 64u << 20, at = 4096;
+    char p[256], q[512], url[1024];
+    snprintf(p, sizeof(p), "%s/w/big.bin", xp.dir);
+    snprintf(q, sizeof(q), "path=%s", p);
+    xd_resp r = write_at(q, NULL, 0);
+    check_written(&r, p, 0);
+    long before = xd_rss_kb(xp.pid);
+    CURL *c = curl_easy_init();
+    struct curl_slist *h = curl_slist_append(NULL, "Transfer-Encoding: chunked");
+    h = curl_slist_append(h, "Expect:");
+    pattern_src src = {0, total};
+    char *answer = NULL;
+    size_t answer_len = 0;
+    FILE *out = open_memstream(&answer, &answer_len);
+    snprintf(url, sizeof(url), "http://localhost/files/write?path=%s&offset=%llu", p,
+             (unsigned long long)at);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, xp.unix_t.unix_path);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_READFUNCTION, pattern_read);
+    curl_easy_setopt(c, CURLOPT_READDATA, &src);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 240L);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    fclose(out);
+    assert_int_equal(status, 200);
+    cJSON *j = moat_json_parse(answer, answer_len, MOAT_JSON_NUL_REJECT);
+    free(answer);
+    assert_int_equal(xd_json_i64(j, "written"), (int64_t)total);
+    cJSON_Delete(j);
+    long after = xd_rss_kb(xp.pid);
+    print_message("execd VmRSS before %ld kB, after %ld kB\n", before, after);
+    if (!xd_wrapped())
+        assert_true(after - before < 16 * 1024);
+    FILE *f = fopen(p, "rb");
+    assert_non_null(f);
+    static uint8_t buf[1 << 16];
+    uint64_t pos = 0;
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+        for (size_t i = 0; i < n; i++, pos++) {
+            uint8_t want = pos < at ? 0 : pattern_byte(pos - at);
+            if (buf[i] != want)
+                fail_msg("byte %llu is %u, not %u", (unsigned long long)pos, buf[i], want);
+        }
+    }
+    fclose(f);
+    assert_int_equal(pos, at + total);
+    unlink(p);
+}
+
 static void test_token(void **state)
 {
     (void)state;
@@ -801,6 +1037,23 @@ static void test_token(void **state)
                 "X-EXECD-ACCESS-TOKEN: wrong");
     assert_int_equal(r.status, 401);
     xd_resp_free(&r);
+    /* a write is refused before any byte reaches the file system */
+    char q[512], p[256];
+    snprintf(p, sizeof(p), "%s/tokened.bin", tp.dir);
+    snprintf(q, sizeof(q), "/files/write?path=%s", p);
+    r = xd_http_body(&tp.unix_t, "POST", q, "nope", 4, NULL);
+    assert_int_equal(r.status, 401);
+    xd_resp_free(&r);
+    assert_int_not_equal(access(p, F_OK), 0);
+    r = xd_http_body(&tp.unix_t, "POST", q, "nope", 4, "X-EXECD-ACCESS-TOKEN: wrong");
+    assert_int_equal(r.status, 401);
+    xd_resp_free(&r);
+    assert_int_not_equal(access(p, F_OK), 0);
+    tp.unix_t.token = "s3cret";
+    r = xd_http_body(&tp.unix_t, "POST", q, "yes", 3, NULL);
+    assert_int_equal(r.status, 200);
+    xd_resp_free(&r);
+    assert_int_equal(access(p, F_OK), 0);
     tp.tcp_t.token = "s3cret";
     xd_run run;
     xd_stream(&tp.tcp_t, "/command", "{\"command\":\"echo ok\"}", false, &run);
@@ -1202,6 +1455,8 @@ int main(void)
         cmocka_unit_test(test_request_json),
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_upload_raw),
+        cmocka_unit_test(test_files_write),
+        cmocka_unit_test(test_files_write_streamed),
         cmocka_unit_test(test_token),
         cmocka_unit_test(test_big_output_memory),
         cmocka_unit_test(test_stalled_reader),

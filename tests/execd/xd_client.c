@@ -58,16 +58,22 @@ static CURL *easy_for(const xd_target *t, const char *path, struct curl_slist **
 xd_resp xd_http(const xd_target *t, const char *method, const char *path, const char *body,
                 const char *extra_header)
 {
-    xd_resp r = {0};
-    struct curl_slist *hdrs = NULL;
     if (body != NULL && extra_header == NULL)
         extra_header = "Content-Type: application/json";
+    return xd_http_body(t, method, path, body, body != NULL ? strlen(body) : 0, extra_header);
+}
+
+xd_resp xd_http_body(const xd_target *t, const char *method, const char *path, const void *body,
+                     size_t len, const char *extra_header)
+{
+    xd_resp r = {0};
+    struct curl_slist *hdrs = NULL;
     CURL *c = easy_for(t, path, &hdrs, extra_header);
     grow b = {0}, h = {0};
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     if (body != NULL) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
     } else if (strcmp(method, "POST") == 0) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
     }

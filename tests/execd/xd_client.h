@@ -24,6 +24,10 @@ typedef struct xd_resp {
 /* One request. body may be NULL; extra_header may be NULL ("Name: value"). */
 xd_resp xd_http(const xd_target *t, const char *method, const char *path, const char *body,
                 const char *extra_header);
+/* One request with a body of len bytes (any bytes; sent as is, no Content-Type unless
+ * extra_header gives one). body may be NULL. */
+xd_resp xd_http_body(const xd_target *t, const char *method, const char *path, const void *body,
+                     size_t len, const char *extra_header);
 void xd_resp_free(xd_resp *r);
 /* Value of a response header (case-insensitive), malloc'd, or NULL. */
 char *xd_header(const xd_resp *r, const char *name);

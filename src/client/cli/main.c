@@ -520,39 +520,75 @@ static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeo
     return 255;
 }
 
+/* Fills buf with up to cap bytes of fd; *eof when the file ended. -1 on a read error. */
+static ssize_t read_full(int fd, uint8_t *buf, size_t cap, bool *eof)
+{
+    size_t n = 0;
+    *eof = false;
+    while (n < cap) {
+        ssize_t got = read(fd, buf + n, cap - n);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return -1;
+        if (got == 0) {
+            *eof = true;
+            break;
+        }
+        n += (size_t)got;
+    }
+    return (ssize_t)n;
+}
+
+/* The file goes in pieces that each fit one request: Write at offset 0 (which
+ * creates or truncates it, with the local mode), then at each following offset. Only
+ * one piece is in memory at a time. */
 static int cp_to_sandbox(cli *c, const char *local, const char *session, const char *path)
 {
     int fd = open(local, O_RDONLY | O_CLOEXEC);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0) {
+        int e = errno;
         if (fd >= 0)
             close(fd);
-        return fail(MOAT_CODE_NOT_FOUND, "local_file", strerror(errno));
+        return fail(MOAT_CODE_NOT_FOUND, "local_file", strerror(e));
     }
-    /* One Write carries the whole file: it must fit a frame with its envelope. */
-    size_t limit = moat_client_get_limits(c->client)->max_frame_size;
-    limit = limit > 4096 ? limit - 4096 : 0;
-    if ((uint64_t)sb.st_size > limit) {
+    size_t max = moat_client_write_max(c->client, session, path);
+    uint8_t *piece = max > 0 ? malloc(max) : NULL;
+    if (piece == NULL) {
         close(fd);
-        return fail(MOAT_CODE_OUT_OF_RANGE, "file_too_big",
-                    "file is larger than one frame of the server allows");
+        return max == 0 ? fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
+                               "the path does not fit in a request")
+                        : fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
     }
-    uint8_t *data = malloc(sb.st_size ? (size_t)sb.st_size : 1);
-    ssize_t got = data ? read(fd, data, (size_t)sb.st_size) : -1;
+    uint64_t offset = 0;
+    bool eof = false;
+    int rc = 0;
+    while (rc == 0 && !eof) {
+        ssize_t n = read_full(fd, piece, max, &eof);
+        if (n < 0) {
+            rc = fail(MOAT_CODE_DATA_LOSS, "local_file", strerror(errno));
+            break;
+        }
+        /* the first Write goes even for an empty file, so that it is created */
+        if (n == 0 && offset > 0)
+            break;
+        moat_write_req r = {
+            session, path, {piece, (size_t)n}, offset == 0 ? sb.st_mode & 07777 : 0, offset};
+        uint64_t written = 0;
+        moat_status st;
+        if (moat_client_write(c->client, &r, 60000, c->req, c->cap, &written, &st) != MOAT_OK) {
+            rc = report(&st);
+        } else if (written != (uint64_t)n) {
+            moat_status_set(&st, MOAT_CODE_DATA_LOSS, "short_write",
+                            "the server wrote %llu of %zd bytes at offset %llu",
+                            (unsigned long long)written, n, (unsigned long long)offset);
+            rc = report(&st);
+        }
+        offset += (uint64_t)n;
+    }
+    free(piece);
     close(fd);
-    if (got != sb.st_size) {
-        free(data);
-        return fail(MOAT_CODE_DATA_LOSS, "local_file", "short read of the local file");
-    }
-    moat_v1_WriteRequest r = moat_v1_WriteRequest_init_zero;
-    moat_slice s = moat_slice_str(session), p = moat_slice_str(path), d = {data, (size_t)got};
-    moat__pb_encode_slice(&r.session_id, &s);
-    moat__pb_encode_slice(&r.path, &p);
-    moat__pb_encode_slice(&r.data, &d);
-    r.mode = sb.st_mode & 07777;
-    moat_slice resp;
-    int rc = unary(c, "/moat.v1.Files/Write", moat_v1_WriteRequest_fields, &r, &resp);
-    free(data);
     return rc;
 }
 
