@@ -101,6 +101,8 @@ void xd_cmd_terminate(xd_cmd *c, uint64_t grace_ms);
 void xd_cmd_interrupt(xd_cmd *c);
 void xd_signal_thread_start(int shutdown_fd);
 void xd_housekeeping_start(void);
+/* Ends and joins the two threads above; the last step of shutdown. */
+void xd_threads_stop(void);
 /* SIGTERM to every running group, then SIGKILL to what is left after grace_ms. */
 void xd_terminate_all(uint64_t grace_ms);
 /* Builds the command environment: execd's, EXECD_ENVS file, then overrides (may be NULL).

@@ -453,5 +453,6 @@ int main(int argc, char **argv)
         if (ls[i].unix_path[0] != '\0')
             unlink(ls[i].unix_path);
     }
+    xd_threads_stop();
     return 0;
 }

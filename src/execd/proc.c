@@ -358,6 +358,17 @@ void xd_terminate_all(uint64_t grace_ms)
 /* ---- signal thread: reaping and SIGTERM ---- */
 
 static int shutdown_fd = -1;
+static pthread_t signal_thread, housekeeping_thread;
+/* Set (under xd.lock) when execd exits: both threads return and are joined. */
+static bool threads_stop;
+
+static bool stopping(void)
+{
+    pthread_mutex_lock(&xd.lock);
+    bool stop = threads_stop;
+    pthread_mutex_unlock(&xd.lock);
+    return stop;
+}
 
 static void *signal_main(void *arg)
 {
@@ -369,7 +380,7 @@ static void *signal_main(void *arg)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGQUIT);
-    for (;;) {
+    while (!stopping()) {
         struct timespec ts = {1, 0};
         int sig = sigtimedwait(&set, NULL, &ts);
         /* Reap on every wake-up too: a SIGCHLD may be merged or arrive before the mask. */
@@ -388,16 +399,14 @@ static void *signal_main(void *arg)
 void xd_signal_thread_start(int fd)
 {
     shutdown_fd = fd;
-    pthread_t t;
-    pthread_create(&t, NULL, signal_main, NULL);
-    pthread_detach(t);
+    pthread_create(&signal_thread, NULL, signal_main, NULL);
 }
 
 static void *housekeeping_main(void *arg)
 {
     (void)arg;
     pthread_mutex_lock(&xd.lock);
-    for (;;) {
+    while (!threads_stop) {
         uint64_t now = now_ns();
         uint64_t next = now + 1000000000ull;
         for (xd_cmd *c = xd.cmds; c != NULL; c = c->next) {
@@ -424,14 +433,26 @@ static void *housekeeping_main(void *arg)
         struct timespec ts = {(time_t)(next / 1000000000ull), (long)(next % 1000000000ull)};
         pthread_cond_timedwait(&xd.cond, &xd.lock, &ts);
     }
+    pthread_mutex_unlock(&xd.lock);
     return NULL;
 }
 
 void xd_housekeeping_start(void)
 {
-    pthread_t t;
-    pthread_create(&t, NULL, housekeeping_main, NULL);
-    pthread_detach(t);
+    pthread_create(&housekeeping_thread, NULL, housekeeping_main, NULL);
+}
+
+void xd_threads_stop(void)
+{
+    pthread_mutex_lock(&xd.lock);
+    threads_stop = true;
+    pthread_cond_broadcast(&xd.cond);
+    pthread_mutex_unlock(&xd.lock);
+    /* SIGCHLD is blocked everywhere and waited for by the signal thread alone:
+     * sent to it, it ends its wait at once. */
+    pthread_kill(signal_thread, SIGCHLD);
+    pthread_join(signal_thread, NULL);
+    pthread_join(housekeeping_thread, NULL);
 }
 
 /* ---- environment ---- */
