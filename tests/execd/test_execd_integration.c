@@ -1420,6 +1420,50 @@ static void test_uid(void **state)
     assert_string_equal(r.out_lines[1], "65533");
 }
 
+/* A command the kernel refuses to exec (one environment string past 128 KiB: E2BIG) ends
+ * with CommandExecError, on both ways of starting it: posix_spawn, and fork for a uid. */
+static void test_exec_failure(void **state)
+{
+    (void)state;
+    size_t big = 200000;
+    char *body = malloc(big + 128);
+    assert_non_null(body);
+    for (int with_uid = 0; with_uid < 2; with_uid++) {
+        if (with_uid && getuid() != 0)
+            continue;
+        int n = snprintf(body, big + 128, "{\"command\":\"echo never\",%s\"envs\":{\"BIG\":\"",
+                         with_uid ? "\"uid\":0," : "");
+        memset(body + n, 'x', big);
+        strcpy(body + n + big, "\"}}");
+        xd_run r;
+        xd_stream(&xp.unix_t, "/command", body, false, &r);
+        assert_int_equal(r.status, 200);
+        assert_true(r.error);
+        assert_false(r.complete);
+        assert_int_equal(r.out_len, 0);
+        assert_non_null(strstr(r.evalue, "Argument list too long"));
+        /* A forked child that failed before exec is finished once the reaper has it. */
+        char path[128];
+        snprintf(path, sizeof(path), "/command/status/%s", r.id);
+        bool finished = false;
+        for (int i = 0; i < 500 && !finished; i++) {
+            xd_resp st = xd_http(&xp.unix_t, "GET", path, NULL, NULL);
+            assert_int_equal(st.status, 200);
+            finished = strstr(st.body, "\"running\":false") != NULL;
+            xd_resp_free(&st);
+            if (!finished)
+                usleep(10000);
+        }
+        assert_true(finished);
+    }
+    free(body);
+    /* and execd goes on starting commands */
+    xd_run ok;
+    xd_stream(&xp.unix_t, "/command", "{\"command\":\"echo ok\"}", false, &ok);
+    assert_true(ok.complete);
+    assert_string_equal(ok.out_lines[0], "ok");
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -1468,6 +1512,7 @@ int main(void)
         cmocka_unit_test(test_session_busy),
         cmocka_unit_test(test_retention_and_bound),
         cmocka_unit_test(test_uid),
+        cmocka_unit_test(test_exec_failure),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
