@@ -104,6 +104,31 @@ moat_err moat_execd_expand_path(const char *in, const char *home, moat_execd_env
  * caller answers 416). */
 moat_err moat_execd_parse_range(const char *header, uint64_t size, uint64_t *start, uint64_t *end);
 
+/* ---- Line window (GET /files/download?offset=&limit=) ----------------------------------- */
+
+/* Newer execd (and its SDKs) read a file by lines: `offset` is the first line (1-based),
+ * `limit` the number of lines, both required together. Parses the two query values
+ * (either may be NULL, meaning absent). MOAT_E_NOT_FOUND when both are absent (a plain
+ * download); MOAT_E_INVAL, with the reason in errbuf, when only one is given or either is
+ * not a positive decimal integer. */
+moat_err moat_execd_parse_line_window(const char *offset, const char *limit, uint64_t *first,
+                                      uint64_t *count, char *errbuf, size_t errlen);
+
+/* Selects lines [first, first + count) of a byte stream fed in pieces of any size. A line
+ * ends after its '\n'; a last line without one is still a line. */
+typedef struct moat_execd_line_window {
+    uint64_t first, end; /* 1-based; end = first + count, saturated */
+    uint64_t line;       /* the line the next byte belongs to */
+} moat_execd_line_window;
+
+void moat_execd_line_window_init(moat_execd_line_window *w, uint64_t first, uint64_t count);
+
+/* Scans in[0..len): the bytes of it inside the window are in[*keep_off, *keep_off +
+ * *keep_len) (one run, since the window is one run of lines). Returns true once the window
+ * is complete: nothing after it is needed, and bytes past it were not scanned. */
+bool moat_execd_line_window_feed(moat_execd_line_window *w, const uint8_t *in, size_t len,
+                                 size_t *keep_off, size_t *keep_len);
+
 /* ---- Upload assembler ------------------------------------------------------------------- */
 
 /* Gathers the parts of a POST /files/upload body (as a multipart parser such as

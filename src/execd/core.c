@@ -428,6 +428,68 @@ moat_err moat_execd_parse_range(const char *header, uint64_t size, uint64_t *sta
     return MOAT_OK;
 }
 
+/* A query value that must be a positive decimal integer (at most 18 digits, so sums of
+ * two stay far from overflow). */
+static bool parse_positive(const char *v, uint64_t *out)
+{
+    size_t n = strlen(v);
+    return n <= 18 && parse_u64(v, v + n, out) && *out > 0;
+}
+
+moat_err moat_execd_parse_line_window(const char *offset, const char *limit, uint64_t *first,
+                                      uint64_t *count, char *errbuf, size_t errlen)
+{
+    bool has_offset = offset != NULL && offset[0] != '\0';
+    bool has_limit = limit != NULL && limit[0] != '\0';
+    if (!has_offset && !has_limit)
+        return MOAT_E_NOT_FOUND;
+    if (!has_offset || !has_limit) {
+        snprintf(errbuf, errlen,
+                 "both offset and limit must be provided together for "
+                 "line-based reading");
+        return MOAT_E_INVAL;
+    }
+    if (!parse_positive(offset, first)) {
+        snprintf(errbuf, errlen, "offset must be a positive integer (1-based)");
+        return MOAT_E_INVAL;
+    }
+    if (!parse_positive(limit, count)) {
+        snprintf(errbuf, errlen, "limit must be a positive integer");
+        return MOAT_E_INVAL;
+    }
+    return MOAT_OK;
+}
+
+void moat_execd_line_window_init(moat_execd_line_window *w, uint64_t first, uint64_t count)
+{
+    w->first = first;
+    w->end = count > UINT64_MAX - first ? UINT64_MAX : first + count;
+    w->line = 1;
+}
+
+/* Moves past whole lines of in[i..len) until the window's line count reaches `until` or the
+ * input ends; returns the new position. */
+static size_t pass_lines(moat_execd_line_window *w, const uint8_t *in, size_t len, size_t i,
+                         uint64_t until)
+{
+    while (i < len && w->line < until) {
+        const uint8_t *nl = memchr(in + i, '\n', len - i);
+        if (nl == NULL)
+            return len;
+        i = (size_t)(nl - in) + 1;
+        w->line++;
+    }
+    return i;
+}
+
+bool moat_execd_line_window_feed(moat_execd_line_window *w, const uint8_t *in, size_t len,
+                                 size_t *keep_off, size_t *keep_len)
+{
+    *keep_off = pass_lines(w, in, len, 0, w->first);
+    *keep_len = pass_lines(w, in, len, *keep_off, w->end) - *keep_off;
+    return w->line >= w->end;
+}
+
 moat_err moat_execd_mode_from_decimal(int64_t dec, uint32_t *mode)
 {
     if (dec < 0 || dec > 7777)

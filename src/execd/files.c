@@ -674,11 +674,86 @@ out:
 
 /* ---- download ---- */
 
+/* A download by lines: the file is read in blocks and only the window's bytes are sent, so
+ * memory stays at one block whatever the file's size. */
+typedef struct line_download {
+    int fd;
+    moat_execd_line_window window;
+    bool done;       /* the window is complete or the file ended */
+    size_t off, len; /* the window's bytes in buf not sent yet */
+    uint8_t buf[64 * 1024];
+} line_download;
+
+static ssize_t line_download_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+    (void)pos;
+    line_download *ld = cls;
+    while (ld->len == 0) {
+        if (ld->done)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        ssize_t n = read(ld->fd, ld->buf, sizeof(ld->buf));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (n == 0)
+            ld->done = true;
+        else
+            ld->done =
+                moat_execd_line_window_feed(&ld->window, ld->buf, (size_t)n, &ld->off, &ld->len);
+    }
+    size_t k = ld->len < max ? ld->len : max;
+    memcpy(out, ld->buf + ld->off, k);
+    ld->off += k;
+    ld->len -= k;
+    return (ssize_t)k;
+}
+
+static void line_download_free(void *cls)
+{
+    line_download *ld = cls;
+    close(ld->fd);
+    free(ld);
+}
+
+/* Takes fd. */
+static enum MHD_Result respond_lines(struct MHD_Connection *conn, int fd, uint64_t first,
+                                     uint64_t count)
+{
+    line_download *ld = malloc(sizeof(*ld));
+    if (ld == NULL) {
+        close(fd);
+        return xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
+    }
+    ld->fd = fd;
+    ld->done = false;
+    ld->off = ld->len = 0;
+    moat_execd_line_window_init(&ld->window, first, count);
+    struct MHD_Response *resp = MHD_create_response_from_callback(
+        MHD_SIZE_UNKNOWN, 64 * 1024, line_download_read, ld, line_download_free);
+    if (resp == NULL) {
+        line_download_free(ld);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "text/plain");
+    enum MHD_Result ret = MHD_queue_response(conn, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 static enum MHD_Result files_download(struct MHD_Connection *conn)
 {
     const char *path = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "path");
     if (path == NULL || path[0] == '\0')
         return xd_respond_error(conn, 400, "MISSING_QUERY", "missing query parameter path");
+    uint64_t first = 0, count = 0;
+    char why[128];
+    moat_err lines = moat_execd_parse_line_window(
+        MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "offset"),
+        MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "limit"), &first, &count, why,
+        sizeof(why));
+    if (lines == MOAT_E_INVAL)
+        return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "%s", why);
     enum MHD_Result ret = MHD_NO;
     char *p = client_path(conn, path, &ret);
     if (p == NULL)
@@ -697,6 +772,10 @@ static enum MHD_Result files_download(struct MHD_Connection *conn)
         ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "%s is not a regular file", p);
         free(p);
         return ret;
+    }
+    if (lines == MOAT_OK) {
+        free(p);
+        return respond_lines(conn, fd, first, count);
     }
     uint64_t size = (uint64_t)sb.st_size, start = 0, end = size ? size - 1 : 0;
     const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Range");

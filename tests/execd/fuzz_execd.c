@@ -1,7 +1,7 @@
 /* libFuzzer target over moat-execd's pure parsers: line splitter (both modes, fed in
  * input-chosen pieces), JSON escaper (output must parse and round-trip valid UTF-8), the
- * strict request JSON parser, path expansion, Range parsing, env-dump parsing and the
- * upload assembler. */
+ * strict request JSON parser, path expansion, Range parsing, the download line window (fed
+ * in pieces, against one whole feed), env-dump parsing and the upload assembler. */
 #include "moat/execd.h"
 
 #include "execd_json.h"
@@ -33,6 +33,38 @@ static void env_cb(void *ud, const char *name, size_t nlen, const char *value, s
     (void)value;
     (void)vlen;
     if (nlen == 0 || memchr(name, '=', nlen) != NULL)
+        abort();
+}
+
+/* The line window over data, its first two bytes choosing the window and the piece size:
+ * what it keeps must not depend on how the input is cut. */
+static void check_line_window(const uint8_t *data, size_t size)
+{
+    if (size < 2)
+        return;
+    uint64_t first = 1 + data[0] % 8, count = 1 + data[1] % 8;
+    size_t step = 1 + (data[0] >> 3) % 7;
+    data += 2;
+    size -= 2;
+    moat_execd_line_window whole, cut;
+    moat_execd_line_window_init(&whole, first, count);
+    moat_execd_line_window_init(&cut, first, count);
+    size_t off, len;
+    moat_execd_line_window_feed(&whole, data, size, &off, &len);
+    if (off + len > size)
+        abort();
+    size_t want_off = off, want_len = len, got = 0;
+    for (size_t i = 0; i < size; i += step) {
+        size_t n = size - i < step ? size - i : step, o, l;
+        bool done = moat_execd_line_window_feed(&cut, data + i, n, &o, &l);
+        if (o + l > n ||
+            (l > 0 && (i + o != want_off + got || memcmp(data + i + o, data + want_off + got, l))))
+            abort();
+        got += l;
+        if (done)
+            break;
+    }
+    if (got != want_len)
         abort();
 }
 
@@ -148,6 +180,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     check_escaper(data, size);
     check_strict_parser(data, size);
+    check_line_window(data, size);
 
     char *text = malloc(size + 1);
     memcpy(text, data, size);

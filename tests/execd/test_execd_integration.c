@@ -715,6 +715,68 @@ static size_t multipart(char *out, size_t cap, const char *parts, bool chunk_lie
                             chunk_lie ? blen + 40 : blen, parts);
 }
 
+/* GET /files/download?offset=&limit=: lines, as newer execd and its SDKs read them. */
+static void test_download_lines(void **state)
+{
+    (void)state;
+    char path[256], q[512];
+    snprintf(path, sizeof(path), "%s/lines.txt", xp.dir);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    /* 200,000 lines cross many of the server's 64 KiB read blocks; the last has no newline. */
+    for (int i = 1; i <= 200000; i++)
+        fprintf(f, i == 200000 ? "line %d" : "line %d\n", i);
+    fclose(f);
+
+    snprintf(q, sizeof(q), "/files/download?path=%s&offset=149999&limit=3", path);
+    xd_resp r = xd_http(&xp.tcp_t, "GET", q, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "line 149999\nline 150000\nline 150001\n");
+    char *ct = xd_header(&r, "Content-Type");
+    assert_string_equal(ct, "text/plain");
+    free(ct);
+    xd_resp_free(&r);
+    /* the last line, without its newline; a limit past the end */
+    snprintf(q, sizeof(q), "/files/download?path=%s&offset=199999&limit=10", path);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "line 199999\nline 200000");
+    xd_resp_free(&r);
+    /* an offset past the end is an empty 200; a Range header does not apply to lines */
+    snprintf(q, sizeof(q), "/files/download?path=%s&offset=300000&limit=1", path);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "");
+    xd_resp_free(&r);
+    snprintf(q, sizeof(q), "/files/download?path=%s&offset=1&limit=2", path);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, "Range: bytes=3-4");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "line 1\nline 2\n");
+    xd_resp_free(&r);
+
+    static const char *const bad[] = {"offset=5",          "limit=5",          "offset=0&limit=1",
+                                      "offset=1&limit=-1", "offset=x&limit=1", "offset=1&limit="};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        snprintf(q, sizeof(q), "/files/download?path=%s&%s", path, bad[i]);
+        r = xd_http(&xp.unix_t, "GET", q, NULL, NULL);
+        assert_int_equal(r.status, 400);
+        assert_string_equal(xd_error_code(&r), "INVALID_REQUEST_BODY");
+        xd_resp_free(&r);
+    }
+    r = xd_http(&xp.unix_t, "GET", "/files/download?path=/no/such/file&offset=1&limit=1", NULL,
+                NULL);
+    assert_int_equal(r.status, 404);
+    assert_string_equal(xd_error_code(&r), "FILE_NOT_FOUND");
+    xd_resp_free(&r);
+    /* execd still serves whole downloads afterwards */
+    snprintf(q, sizeof(q), "/files/download?path=%s", path);
+    r = xd_http(&xp.unix_t, "GET", q, NULL, "Range: bytes=0-5");
+    assert_int_equal(r.status, 206);
+    assert_string_equal(r.body, "line 1");
+    xd_resp_free(&r);
+    unlink(path);
+}
+
 static void test_upload_raw(void **state)
 {
     (void)state;
@@ -1501,6 +1563,7 @@ int main(void)
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_request_json),
         cmocka_unit_test(test_files),
+        cmocka_unit_test(test_download_lines),
         cmocka_unit_test(test_upload_raw),
         cmocka_unit_test(test_files_write),
         cmocka_unit_test(test_files_write_streamed),

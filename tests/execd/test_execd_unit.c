@@ -294,6 +294,114 @@ static void test_range(void **state)
                      MOAT_E_INVAL);
 }
 
+static void test_line_window_params(void **state)
+{
+    (void)state;
+    uint64_t first = 0, count = 0;
+    char why[128];
+    assert_int_equal(moat_execd_parse_line_window(NULL, NULL, &first, &count, why, sizeof(why)),
+                     MOAT_E_NOT_FOUND);
+    assert_int_equal(moat_execd_parse_line_window("", "", &first, &count, why, sizeof(why)),
+                     MOAT_E_NOT_FOUND);
+    assert_int_equal(moat_execd_parse_line_window("3", "20", &first, &count, why, sizeof(why)),
+                     MOAT_OK);
+    assert_true(first == 3 && count == 20);
+    assert_int_equal(moat_execd_parse_line_window("2", NULL, &first, &count, why, sizeof(why)),
+                     MOAT_E_INVAL);
+    assert_non_null(strstr(why, "together"));
+    assert_int_equal(moat_execd_parse_line_window("", "5", &first, &count, why, sizeof(why)),
+                     MOAT_E_INVAL);
+    assert_non_null(strstr(why, "together"));
+    static const char *const bad[] = {"0", "-1", "+1", "1x", " 1", "1.0", "1000000000000000000"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(
+            moat_execd_parse_line_window(bad[i], "1", &first, &count, why, sizeof(why)),
+            MOAT_E_INVAL);
+        assert_non_null(strstr(why, "offset"));
+        assert_int_equal(
+            moat_execd_parse_line_window("1", bad[i], &first, &count, why, sizeof(why)),
+            MOAT_E_INVAL);
+        assert_non_null(strstr(why, "limit"));
+    }
+    assert_int_equal(moat_execd_parse_line_window("999999999999999999", "999999999999999999",
+                                                  &first, &count, why, sizeof(why)),
+                     MOAT_OK);
+}
+
+/* The window's bytes of text, fed in pieces of `step` bytes (0: all at once). */
+static size_t window_of(const char *text, uint64_t first, uint64_t count, size_t step, char *out)
+{
+    moat_execd_line_window w;
+    moat_execd_line_window_init(&w, first, count);
+    size_t len = strlen(text), at = 0, n = 0;
+    while (at < len) {
+        size_t piece = step == 0 || len - at < step ? len - at : step, off, keep;
+        bool done = moat_execd_line_window_feed(&w, (const uint8_t *)text + at, piece, &off, &keep);
+        assert_true(off + keep <= piece);
+        memcpy(out + n, text + at + off, keep);
+        n += keep;
+        at += piece;
+        if (done)
+            break;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+/* The same selection made the obvious way: line by line. */
+static void window_naive(const char *text, uint64_t first, uint64_t count, char *out)
+{
+    size_t n = 0;
+    uint64_t line = 1;
+    for (const char *p = text; *p; p++) {
+        if (line >= first && line - first < count)
+            out[n++] = *p;
+        if (*p == '\n')
+            line++;
+    }
+    out[n] = '\0';
+}
+
+static void test_line_window(void **state)
+{
+    (void)state;
+    char got[256], want[256];
+    window_of("a\nbb\nccc\nd", 2, 2, 0, got);
+    assert_string_equal(got, "bb\nccc\n");
+    window_of("a\nbb\nccc\nd", 4, 1, 0, got);
+    assert_string_equal(got, "d");
+    window_of("a\nbb\n", 3, 5, 0, got);
+    assert_string_equal(got, "");
+    window_of("\n\n\nx\n", 2, 2, 0, got);
+    assert_string_equal(got, "\n\n");
+    window_of("a\r\nb\r\n", 2, 1, 0, got);
+    assert_string_equal(got, "b\r\n");
+    window_of("one\ntwo\n", 1, UINT64_MAX, 0, got);
+    assert_string_equal(got, "one\ntwo\n");
+    window_of("one\ntwo\n", UINT64_MAX, UINT64_MAX, 0, got);
+    assert_string_equal(got, "");
+
+    /* Every split size against the naive selection, on texts with blank lines, a missing
+     * last newline and NUL-free binary bytes. */
+    static const char *const texts[] = {"",
+                                        "x",
+                                        "\n",
+                                        "a\nb",
+                                        "a\nb\n",
+                                        "\n\nmid\n\n",
+                                        "l1\nl2\nl3\nl4\nl5\nl6\nl7",
+                                        "\xff\xfe\n\x01\x02\n\x80"};
+    for (size_t t = 0; t < sizeof(texts) / sizeof(texts[0]); t++)
+        for (uint64_t first = 1; first <= 9; first++)
+            for (uint64_t count = 1; count <= 9; count++) {
+                window_naive(texts[t], first, count, want);
+                for (size_t step = 0; step <= 4; step++) {
+                    window_of(texts[t], first, count, step, got);
+                    assert_string_equal(got, want);
+                }
+            }
+}
+
 static void test_mode(void **state)
 {
     (void)state;
@@ -591,13 +699,22 @@ int main(void)
 {
     assert_non_null(mkdtemp(tmpdir));
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sse_events),    cmocka_unit_test(test_sse_escaping),
-        cmocka_unit_test(test_sse_binary),    cmocka_unit_test(test_lines_command),
-        cmocka_unit_test(test_lines_session), cmocka_unit_test(test_lines_long),
-        cmocka_unit_test(test_expand),        cmocka_unit_test(test_range),
-        cmocka_unit_test(test_mode),          cmocka_unit_test(test_env_dump),
-        cmocka_unit_test(test_upload_pairs),  cmocka_unit_test(test_upload_hostile),
-        cmocka_unit_test(test_request_json),  cmocka_unit_test(test_json_out),
+        cmocka_unit_test(test_sse_events),
+        cmocka_unit_test(test_sse_escaping),
+        cmocka_unit_test(test_sse_binary),
+        cmocka_unit_test(test_lines_command),
+        cmocka_unit_test(test_lines_session),
+        cmocka_unit_test(test_lines_long),
+        cmocka_unit_test(test_expand),
+        cmocka_unit_test(test_range),
+        cmocka_unit_test(test_line_window_params),
+        cmocka_unit_test(test_line_window),
+        cmocka_unit_test(test_mode),
+        cmocka_unit_test(test_env_dump),
+        cmocka_unit_test(test_upload_pairs),
+        cmocka_unit_test(test_upload_hostile),
+        cmocka_unit_test(test_request_json),
+        cmocka_unit_test(test_json_out),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     rmdir(tmpdir);
