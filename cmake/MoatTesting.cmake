@@ -33,15 +33,21 @@ function(moat_valgrind_test name target)
     ENVIRONMENT "MOAT_BUILD_DIR=${PROJECT_BINARY_DIR};MOAT_SOURCE_DIR=${PROJECT_SOURCE_DIR};MOAT_UNDER_VALGRIND=1")
 endfunction()
 
-# moat_fuzz_test(<name> SOURCES <files…> LIBS <targets…> SEEDS <dir> [SECONDS <n>])
+# moat_fuzz_test(<name> SOURCES <files…> LIBS <targets…> SEEDS <dir> [SECONDS <n>]
+#                [INSTRUMENT <library targets…>])
 # A libFuzzer target (only with MOAT_FUZZ, which needs clang), run by ctest for
 # a bounded time with SEEDS as its read-only seed corpus; new inputs go to a
-# scratch corpus in the build tree. Leaks and crashes fail the test.
+# scratch corpus in the build tree. Leaks and crashes fail the test. libFuzzer
+# steers by coverage, so the INSTRUMENT libraries (the code under test that is
+# not among SOURCES) are compiled with coverage counters too.
 function(moat_fuzz_test name)
   if(NOT MOAT_FUZZ)
     return()
   endif()
-  cmake_parse_arguments(F "" "SEEDS;SECONDS" "SOURCES;LIBS" ${ARGN})
+  cmake_parse_arguments(F "" "SEEDS;SECONDS" "SOURCES;LIBS;INSTRUMENT" ${ARGN})
+  foreach(lib ${F_INSTRUMENT})
+    target_compile_options(${lib} PRIVATE -fsanitize=fuzzer-no-link)
+  endforeach()
   if(NOT F_SECONDS)
     set(F_SECONDS 30)
   endif()
