@@ -1,0 +1,141 @@
+#!/usr/bin/python3
+"""The Python client of docs/examples, written from docs/PROTOCOL.md alone, against a real moatd
+with real Docker: a second implementation of the protocol, so the spec and the server agree with
+something that shares no code with libmoat."""
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "docs", "examples"))
+import moat_client  # noqa: E402
+
+PREFIX = "moat-pytest-"
+CHAT = "0f0e0d0c-0b0a-4908-8706-050403020100"
+TOKEN = "python-client-token"
+DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expect_error(name, fn, *args):
+    try:
+        fn(*args)
+    except moat_client.MoatError as err:
+        assert err.name == name, "expected %s, got %s" % (name, err)
+        return err
+    raise AssertionError("expected %s, the call succeeded" % name)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--moatd", required=True)
+    ap.add_argument("--protoc", required=True)
+    ap.add_argument("--proto-dir", required=True)
+    args = ap.parse_args()
+    pb = moat_client.load_stubs(args.proto_dir, args.protoc)
+
+    state = tempfile.mkdtemp(prefix="moat-pytest-state-")
+    port = free_port()
+    log = open(os.path.join(state, "moatd.log"), "wb")
+    moatd = subprocess.Popen(
+        [args.moatd, "--listen=127.0.0.1:%d" % port, "--metrics_listen=127.0.0.1:%d" % free_port(),
+         "--state_dir=" + state, "--token=" + TOKEN, "--container_name_prefix=" + PREFIX,
+         "--log_level=warn"], stdout=log, stderr=log)
+    addr = "127.0.0.1:%d" % port
+    step = "start"
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+        step = "tokens"
+        expect_error("UNAUTHENTICATED", moat_client.Client, pb, addr, "wrong")
+        expect_error("UNAUTHENTICATED", moat_client.Client, pb, addr, "")
+        c = moat_client.Client(pb, addr, TOKEN)
+        # Whatever a client sees of a connection, frames stay under the limit it was given.
+        assert c.ack.max_frame_size >= 4096 and c.ack.initial_window > 0
+
+        step = "health"
+        h = c.health()
+        assert h.status == pb["health"].HealthCheckResponse.SERVING and h.docker_reachable, h
+
+        step = "create, idempotent per chat"
+        s = c.create_session(CHAT, ttl_seconds=600)
+        assert s.status == pb["sandbox"].RUNNING, s
+        again = c.create_session(CHAT)
+        assert again.session_id == s.session_id, (again.session_id, s.session_id)
+
+        step = "run: streams apart, in order, exit code"
+        got = {1: b"", 2: b""}
+
+        def collect(stream, data):
+            got[stream] += data
+
+        code, timed_out = c.run(s.session_id, "for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 3",
+                                collect)
+        assert (code, timed_out) == (3, False), (code, timed_out)
+        assert got == {1: b"out1\nout2\nout3\n", 2: b"err1\nerr2\nerr3\n"}, got
+
+        step = "run: 8 MiB, eight windows' worth, through flow control"
+        got = {1: b"", 2: b""}
+        c.sock.settimeout(60)  # a client that forgot its WindowUpdates would stall here, not hang
+        code, _ = c.run(s.session_id, "head -c 8388608 /dev/zero | tr '\\0' x", collect)
+        assert code == 0 and len(got[1]) == 8 << 20 and got[1].count(b"x") == 8 << 20, len(got[1])
+
+        step = "run: cwd, env, timeout"
+        got = {1: b"", 2: b""}
+        code, _ = c.run(s.session_id, 'pwd; echo "$GREETING"', collect, cwd="/tmp", env={"GREETING": "hi there"})
+        assert code == 0 and got[1] == b"/tmp\nhi there\n", got
+        t0 = time.monotonic()
+        code, timed_out = c.run(s.session_id, "sleep 20", timeout_ms=300)
+        assert timed_out and time.monotonic() - t0 < 15, (code, timed_out)
+
+        step = "errors are statuses, and the connection carries on"
+        expect_error("UNIMPLEMENTED", c.unary, "/moat.v1.Nope/Nothing", pb["health"].HealthCheckRequest(),
+                     pb["health"].HealthCheckResponse)
+        err = expect_error("NOT_FOUND", c.run, "00000000-0000-4000-8000-000000000000", "true")
+        assert err.reason, err
+        expect_error("INVALID_ARGUMENT", c.create_session, "not-a-uuid")
+        assert c.health().status == pb["health"].HealthCheckResponse.SERVING
+
+        step = "stop"
+        c.stop_session(s.session_id)
+        err = expect_error("FAILED_PRECONDITION", c.run, s.session_id, "true")
+        assert err.reason == "session_not_running", err
+        c.close()
+        print("test_python_client: the Python client drove moatd through every step")
+        return 0
+    except Exception as err:
+        print("test_python_client: failed at %r: %r" % (step, err), file=sys.stderr)
+        log.flush()
+        with open(os.path.join(state, "moatd.log"), "rb") as f:
+            sys.stderr.write(f.read().decode(errors="replace")[-4000:])
+        return 1
+    finally:
+        moatd.send_signal(signal.SIGTERM)
+        try:
+            moatd.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            moatd.kill()
+        ids = subprocess.run([DOCKER, "ps", "-aq", "--filter", "name=" + PREFIX],
+                             capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run([DOCKER, "rm", "-f"] + ids, capture_output=True)
+        subprocess.run(["rm", "-rf", state])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
