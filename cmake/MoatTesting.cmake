@@ -33,6 +33,28 @@ function(moat_valgrind_test name target)
     ENVIRONMENT "MOAT_BUILD_DIR=${PROJECT_BINARY_DIR};MOAT_SOURCE_DIR=${PROJECT_SOURCE_DIR};MOAT_UNDER_VALGRIND=1")
 endfunction()
 
+# moat_valgrind_daemon_test(<name> <target> [LABELS <labels…>] [TIMEOUT <s>]): runs an
+# existing integration test with the daemons it starts (moatd, moat-execd) under valgrind,
+# through MOAT_DAEMON_WRAPPER: each must exit 0 on SIGTERM, i.e. without memory errors or
+# definite/indirect leaks. Skipped in sanitizer builds, like moat_valgrind_test.
+function(moat_valgrind_daemon_test name target)
+  if(MOAT_SANITIZE)
+    return()
+  endif()
+  cmake_parse_arguments(V "" "TIMEOUT" "LABELS" ${ARGN})
+  if(NOT V_TIMEOUT)
+    set(V_TIMEOUT 300)
+  endif()
+  find_program(VALGRIND valgrind)
+  if(NOT VALGRIND)
+    message(FATAL_ERROR "valgrind not found: apt-get install valgrind")
+  endif()
+  set(labels valgrind ${V_LABELS})
+  add_test(NAME ${name} COMMAND ${target})
+  set_tests_properties(${name} PROPERTIES LABELS "${labels}" TIMEOUT ${V_TIMEOUT}
+    ENVIRONMENT "MOAT_BUILD_DIR=${PROJECT_BINARY_DIR};MOAT_SOURCE_DIR=${PROJECT_SOURCE_DIR};MOAT_DAEMON_WRAPPER=${VALGRIND} --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-fds=no --quiet")
+endfunction()
+
 # moat_fuzz_test(<name> SOURCES <files…> LIBS <targets…> SEEDS <dir> [SECONDS <n>]
 #                [INSTRUMENT <library targets…>])
 # A libFuzzer target (only with MOAT_FUZZ, which needs clang), run by ctest for
