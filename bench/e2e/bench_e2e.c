@@ -5,8 +5,11 @@
  *  3. 1 GiB of `yes` streamed to a libmoat client               vs docker exec (>= 4x)
  *  4. 1,000 concurrent streaming commands over 100 sessions     all complete, RSS <= 200 MB
  *  5. moatd idle RSS (<= 10 MB) and RSS per idle authenticated connection over 10,000 (<= 16 KiB)
+ *  6. time to interactive: CreateSession for a new chat, then its first command (`echo hi`) to
+ *     its exit, p50, vs `docker run -d` of the same image then `docker exec echo hi` (no target;
+ *     peers publish this figure)
  *
- * usage: bench_e2e [--quick] [idle|latency|stream|concurrent]...   (needs dockerd,
+ * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti]...   (needs dockerd,
  * moat-sandbox:latest and the execd bundle from scripts/build-sandbox-image.sh <build-dir>; env
  * MOAT_BUILD_DIR = that build dir)
  * --quick shrinks counts (the figures are then indicative only); naming phases runs only
@@ -295,6 +298,72 @@ static void bench_stream(moatd_proc *p, const char *sid, const char *cid, const 
            cm, cm / dm, 100.0 * mm / cm);
 }
 
+static bool stop_session(raw_conn *c, const char *sid)
+{
+    Moat__V1__StopSessionRequest req = MOAT__V1__STOP_SESSION_REQUEST__INIT;
+    req.session_id = (char *)sid;
+    ProtobufCMessage *resp = NULL;
+    int code = raw_unary(c, "/moat.v1.Sandboxes/StopSession", &req.base,
+                         &moat__v1__stop_session_response__descriptor, &resp, NULL, 0);
+    if (resp != NULL)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    return code == 0;
+}
+
+/* Time to interactive over n new sandboxes, each stopped afterwards (untimed). */
+static void bench_tti(moatd_proc *p, int n)
+{
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", p->port);
+    moat_client *c = NULL;
+    moat_status st;
+    raw_conn *rc = raw_connect(p->port);
+    moat_frame ack;
+    if (rc == NULL || raw_hello(rc, NULL, &ack) != 1 ||
+        moat_client_connect(addr, NULL, &c, &st) != MOAT_OK) {
+        failures++;
+        return;
+    }
+    double *mv = calloc((size_t)n, sizeof(double)), *dv = calloc((size_t)n, sizeof(double));
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        char chat[40], sid[64], cid[80], cmd[512];
+        snprintf(chat, sizeof(chat), "%08x-0000-4000-8000-%012x", (unsigned)getpid(), (unsigned)i);
+        int code = -1;
+        double t0 = now_s();
+        bool ok = create_session(rc, chat, 0, sid, cid) && lib_run(c, sid, "echo hi", &code) == 3 &&
+                  code == 0;
+        mv[i] = now_s() - t0;
+        if (!ok || !stop_session(rc, sid))
+            bad++;
+        snprintf(cmd, sizeof(cmd),
+                 "id=$(/usr/bin/docker run -d --network none --name " PREFIX "tti-%d-%d "
+                 "moat-sandbox:latest sleep 60) && /usr/bin/docker exec \"$id\" echo hi >/dev/null",
+                 (int)getpid(), i);
+        dv[i] = timed_system(cmd);
+        if (dv[i] < 0)
+            bad++;
+        snprintf(cmd, sizeof(cmd), "/usr/bin/docker rm -f " PREFIX "tti-%d-%d >/dev/null 2>&1",
+                 (int)getpid(), i);
+        if (system(cmd) != 0)
+            bad++;
+    }
+    if (bad > 0) {
+        printf("%-44s %d of %d rounds failed  FAIL\n", "time to interactive", bad, n);
+        failures++;
+    } else {
+        double m = p50(mv, n) * 1000, d = p50(dv, n) * 1000;
+        printf(
+            "%-44s value %10.3f ms   baseline %10.3f ms   ratio %7.3f  (no target; docker run -d "
+            "+ docker exec as baseline)\n",
+            "time to interactive p50 (create + echo hi)", m, d, m / d);
+    }
+    free(mv);
+    free(dv);
+    moat_client_close(c);
+    raw_close(rc);
+}
+
 /* Many streams at once: nconn libmoat connections, each running `per` commands
  * concurrently, spread over the sessions; RSS sampled while they run. */
 typedef struct conc_arg {
@@ -549,7 +618,7 @@ int main(int argc, char **argv)
 
     if (want("idle"))
         bench_idle(quick ? 1000 : 10000);
-    if (!want("latency") && !want("stream") && !want("concurrent"))
+    if (!want("latency") && !want("stream") && !want("concurrent") && !want("tti"))
         return failures == 0 ? 0 : 1;
 
     moatd_proc p;
@@ -587,6 +656,8 @@ int main(int argc, char **argv)
     }
     if (want("concurrent"))
         bench_concurrent(&p, quick ? 10 : 100, quick ? 100 : 1000);
+    if (want("tti"))
+        bench_tti(&p, quick ? 5 : 30);
     moatd_stop(&p);
     moatd_remove_dir(p.state_dir);
     int rc1 = system("ids=$(/usr/bin/docker ps -aq --filter name=" PREFIX "); "
