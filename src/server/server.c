@@ -223,9 +223,12 @@ static void free_timer(uv_handle_t *h)
     free(h);
 }
 
-void moat__stream_unref(stream *st)
+/* Drops n references at once: a caller holding two releases them in one step, so the stream
+ * is freed in one place (and gcc's -Wuse-after-free can see that). */
+static void stream_release(stream *st, int n)
 {
-    if (--st->refs > 0)
+    st->refs -= n;
+    if (st->refs > 0)
         return;
     moat_rpc_call_unref(st->call);
     out_frame *f = st->qhead;
@@ -237,6 +240,11 @@ void moat__stream_unref(stream *st)
     if (st->deadline != NULL)
         uv_close((uv_handle_t *)st->deadline, free_timer);
     free(st);
+}
+
+void moat__stream_unref(stream *st)
+{
+    stream_release(st, 1);
 }
 
 uint32_t moat__stream_credit(const stream *st)
@@ -382,12 +390,13 @@ static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
 
 static const moat_rpc_sink sink = {sink_message, sink_end};
 
-/* The stream leaves its connection (End written or connection gone). */
-static void stream_detach(stream *st)
+/* The stream leaves its connection, keeping the reference the connection held: returns
+ * whether it was attached (the caller then owns that reference). */
+static bool stream_unlink(stream *st)
 {
     conn *c = st->c;
     if (c == NULL)
-        return;
+        return false;
     moat_stream_table_close(c->table, st->id);
     if (st->prev != NULL)
         st->prev->next = st->next;
@@ -400,7 +409,14 @@ static void stream_detach(stream *st)
     moat__metrics_stream(-1);
     if (st->deadline != NULL)
         uv_timer_stop(st->deadline);
-    moat__stream_unref(st);
+    return true;
+}
+
+/* The stream leaves its connection (End written or connection gone). */
+static void stream_detach(stream *st)
+{
+    if (stream_unlink(st))
+        moat__stream_unref(st);
 }
 
 static void stream_finish(stream *st)
@@ -452,8 +468,7 @@ static void conn_close(conn *c, moat_code code, const char *why)
         stream *st = c->streams;
         moat__stream_ref(st);
         moat_rpc_call_cancel(st->call, MOAT_CODE_CANCELLED, "connection closed");
-        stream_detach(st);
-        moat__stream_unref(st);
+        stream_release(st, stream_unlink(st) ? 2 : 1);
     }
     conn_flush(c);
     c->state = CONN_CLOSING;

@@ -58,7 +58,7 @@ static void test_every_split_of_every_vector(void **state)
 {
     (void)state;
     for (size_t v = 0; v < MOAT_VECTOR_COUNT; v++) {
-        size_t len;
+        size_t len = 0;
         unsigned char *data = load(moat_vector_names[v], &len);
         for (size_t cut = 0; cut <= len; cut++)
             feed_split(data, len, cut ? cut : 1, len); /* two pieces, cut anywhere */
@@ -91,7 +91,7 @@ static void test_back_to_back_frames(void **state)
     unsigned char all[8192];
     size_t total = 0, counts[MOAT_VECTOR_COUNT];
     for (size_t v = 0; v < MOAT_VECTOR_COUNT; v++) {
-        size_t len;
+        size_t len = 0;
         unsigned char *data = load(moat_vector_names[v], &len);
         assert_true(total + len <= sizeof all);
         memcpy(all + total, data, len);
@@ -177,7 +177,7 @@ static void test_truncated_frames(void **state)
 {
     (void)state;
     for (size_t v = 0; v < MOAT_VECTOR_COUNT; v++) {
-        size_t len;
+        size_t len = 0;
         unsigned char *data = load(moat_vector_names[v], &len);
         for (size_t cut = 0; cut < len; cut++) {
             moat_wire_decoder d;
@@ -255,7 +255,7 @@ static void test_encode_roundtrip(void **state)
     (void)state;
     uint8_t out[8192];
     for (size_t v = 0; v < MOAT_VECTOR_COUNT; v++) {
-        size_t len, written;
+        size_t len = 0, written;
         unsigned char *data = load(moat_vector_names[v], &len);
         moat_frame f;
         assert_int_equal(moat_wire_frame_decode((moat_slice){data + 4, len - 4}, &f), MOAT_OK);
