@@ -16,6 +16,17 @@ function(moat_test name)
     ENVIRONMENT "MOAT_BUILD_DIR=${PROJECT_BINARY_DIR};MOAT_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
 endfunction()
 
+# The memcheck command both valgrind helpers use: leaks and errors are fatal.
+# Sets `valgrind_cmd` in the caller's scope.
+macro(moat_valgrind_command)
+  find_program(VALGRIND valgrind)
+  if(NOT VALGRIND)
+    message(FATAL_ERROR "valgrind not found: apt-get install valgrind")
+  endif()
+  set(valgrind_cmd ${VALGRIND} --error-exitcode=99 --leak-check=full
+    --errors-for-leak-kinds=definite,indirect --track-fds=no --quiet)
+endmacro()
+
 # moat_valgrind_test(<name> <target> [args…]): runs an existing test target under
 # valgrind (memcheck, leaks and errors fatal). Skipped in sanitizer builds,
 # where ASan already watches memory.
@@ -23,12 +34,8 @@ function(moat_valgrind_test name target)
   if(MOAT_SANITIZE)
     return()
   endif()
-  find_program(VALGRIND valgrind)
-  if(NOT VALGRIND)
-    message(FATAL_ERROR "valgrind not found: apt-get install valgrind")
-  endif()
-  add_test(NAME ${name} COMMAND ${VALGRIND} --error-exitcode=99 --leak-check=full
-    --errors-for-leak-kinds=definite,indirect --track-fds=no --quiet $<TARGET_FILE:${target}> ${ARGN})
+  moat_valgrind_command()
+  add_test(NAME ${name} COMMAND ${valgrind_cmd} $<TARGET_FILE:${target}> ${ARGN})
   set_tests_properties(${name} PROPERTIES LABELS "valgrind" TIMEOUT 900
     ENVIRONMENT "MOAT_BUILD_DIR=${PROJECT_BINARY_DIR};MOAT_SOURCE_DIR=${PROJECT_SOURCE_DIR};MOAT_UNDER_VALGRIND=1")
 endfunction()
@@ -45,14 +52,13 @@ function(moat_valgrind_daemon_test name target)
   if(NOT V_TIMEOUT)
     set(V_TIMEOUT 300)
   endif()
-  find_program(VALGRIND valgrind)
-  if(NOT VALGRIND)
-    message(FATAL_ERROR "valgrind not found: apt-get install valgrind")
-  endif()
+  moat_valgrind_command()
+  # The wrapper is a shell word list in the environment, not a CMake list.
+  string(REPLACE ";" " " wrapper "${valgrind_cmd}")
   set(labels valgrind ${V_LABELS})
   add_test(NAME ${name} COMMAND ${target})
   set_tests_properties(${name} PROPERTIES LABELS "${labels}" TIMEOUT ${V_TIMEOUT}
-    ENVIRONMENT "MOAT_BUILD_DIR=${PROJECT_BINARY_DIR};MOAT_SOURCE_DIR=${PROJECT_SOURCE_DIR};MOAT_DAEMON_WRAPPER=${VALGRIND} --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect --track-fds=no --quiet")
+    ENVIRONMENT "MOAT_BUILD_DIR=${PROJECT_BINARY_DIR};MOAT_SOURCE_DIR=${PROJECT_SOURCE_DIR};MOAT_DAEMON_WRAPPER=${wrapper}")
 endfunction()
 
 # moat_fuzz_test(<name> SOURCES <files…> LIBS <targets…> SEEDS <dir> [SECONDS <n>]

@@ -276,8 +276,8 @@ static void bench_stream(moatd_proc *p, const char *sid, const char *cid, const 
     snprintf(what, sizeof(what), "stream %lld MiB of yes, %s (MiB/s)", bytes >> 20, cpus);
     verdict(what, mm, dm, "MiB/s", mm / dm, got == bytes && td > 0 && mm / dm >= 4.0, ">= 4x");
 
-    /* The ceiling of any transport on this host: the same producer inside the sandbox into
-     * the cheapest consumer one pipe away, nothing leaving the sandbox. */
+    /* The producer's own rate on this host: the same command inside the sandbox into the
+     * simplest consumer one pipe away (`cat`), nothing leaving the sandbox. */
     char ccmd[560];
     snprintf(ccmd, sizeof(ccmd), "%s | cat >/dev/null", cmd);
     if (moat_client_connect(addr, NULL, &c, &st) != MOAT_OK) {

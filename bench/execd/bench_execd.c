@@ -4,8 +4,8 @@
  *  2. throughput of `yes | head -c SIZE`: execd binary-safe mode vs `docker exec` streaming
  *     the same bytes (target >= 4x), ROUNDS runs of each, interleaved, medians compared
  *     (the 2-core host is shared, so one run of each is at the mercy of its neighbours);
- *     each round also times the producer inside the sandbox alone and into `cat`, the ceiling
- *     that no transport can pass on this host.
+ *     each round also times the producer inside the sandbox alone and into `cat`, with no byte
+ *     leaving the sandbox: what the producer costs on this host without any transport.
  *     Defaults: 3 rounds of 256 MiB (1 GiB through `docker exec` takes about a minute
  *     here); `bench_execd <build-dir> 1024 1` is the issue's single 1 GiB run.
  * usage: bench_execd [build-dir] [size-MiB] [rounds] */
@@ -198,9 +198,9 @@ int main(int argc, char **argv)
     /* 2. throughput */
     char ycmd[128];
     snprintf(ycmd, sizeof(ycmd), "yes | head -c %ld", mib * 1024 * 1024);
-    /* The ceiling any transport could reach here: the producer alone, and the producer with
-     * the cheapest possible consumer one pipe away (`cat` into /dev/null), both run inside
-     * the sandbox with nothing leaving it. They share the two cores with nothing else. */
+    /* The producer's own rate here: alone, and into the simplest consumer one pipe away (`cat`
+     * into /dev/null), both inside the sandbox with nothing leaving it. A transport also has to
+     * move the bytes out, but may read in bigger pieces than `cat` does. */
     char alone_cmd[160], cat_cmd[160];
     snprintf(alone_cmd, sizeof(alone_cmd), "%s >/dev/null", ycmd);
     snprintf(cat_cmd, sizeof(cat_cmd), "%s | cat >/dev/null", ycmd);
