@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include <cjson/cJSON.h>
@@ -165,6 +166,21 @@ moat_err moat_log_level_parse(const char *name, moat_log_level *out);
  * Control characters in the formatted line are replaced so a line stays a line. */
 void moat_log(moat_log_level level, const char *event, const char *kv_fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* A budget of log lines for one kind of event that an attacker can repeat at will (a refused
+ * Hello, a planted socket): at most MOAT_LOG_LIMIT_PER_SECOND lines a second, and the first
+ * line let through after a drop says how many were dropped (suppressed=N). */
+#define MOAT_LOG_LIMIT_PER_SECOND 10
+typedef struct moat_log_limit {
+    pthread_mutex_t mu;
+    int64_t window_start_ms;
+    uint32_t lines;      /* written in the current one-second window */
+    uint64_t suppressed; /* dropped since the last line written */
+} moat_log_limit;
+#define MOAT_LOG_LIMIT_INIT {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0}
+/* moat_log within lim's budget. Thread-safe. */
+void moat_log_limited(moat_log_limit *lim, moat_log_level level, const char *event,
+                      const char *kv_fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Length (1..4) of the well-formed UTF-8 sequence at s (len > 0 bytes there),
  * or 0 when they are not one (overlong, surrogate, past U+10FFFF, cut short);

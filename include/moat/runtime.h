@@ -87,6 +87,11 @@ typedef struct moat_runtime_config {
     int64_t default_memory_bytes, max_memory_bytes;
     int64_t default_nano_cpus, max_nano_cpus;
     int64_t default_pids_limit, max_pids_limit;
+    /* Who sandbox commands (and the file API) run as: sandbox_uid:sandbox_gid, never 0, unless
+     * sandbox_user_root asks for root. execd itself stays root in the container, so commands
+     * cannot signal, trace or read it; the chat workspace belongs to this user. */
+    bool sandbox_user_root;
+    uint32_t sandbox_uid, sandbox_gid;
     bool read_only_rootfs; /* with a tmpfs /tmp of tmpfs_size_bytes */
     int64_t tmpfs_size_bytes;
     long readiness_timeout_ms; /* create waits this long for execd's GET /ping */
@@ -125,6 +130,7 @@ const char *moat_session_state_name(moat_session_state state);
 #define MOAT_IMAGE_NAME_MAX     256
 #define MOAT_RUNTIME_PATH_MAX   4096
 #define MOAT_RUNTIME_REASON_MAX 64
+#define MOAT_EXECD_TOKEN_MAX    65 /* 64 hex digits and a NUL */
 
 /* A session, by value; no pointers inside. */
 typedef struct moat_session {
@@ -139,6 +145,9 @@ typedef struct moat_session {
     char end_reason[MOAT_RUNTIME_REASON_MAX]; /* why it ended ("ttl", "stopped", …), or "" */
     int64_t ended_at_ms;
     char execd_socket[MOAT_RUNTIME_PATH_MAX]; /* <state_dir>/sessions/<id>/execd.sock */
+    /* The secret execd of this session requires (X-EXECD-ACCESS-TOKEN), so a call that reached
+     * another session's execd is refused; "" for sessions made before tokens existed. */
+    char execd_token[MOAT_EXECD_TOKEN_MAX];
 } moat_session;
 
 /* Per-request choices. Zero / NULL means the config default. A limit above the config's

@@ -55,6 +55,7 @@ typedef struct moat_server_config {
     uint32_t readiness_timeout_ms;
     uint32_t docker_timeout_ms;
     uint32_t threadpool_size;
+    char *sandbox_user; /* "UID:GID" or "root" */
     /* Path of the file that was read ("" when none); not a key. */
     char *config_file;
 } moat_server_config;
@@ -97,6 +98,14 @@ moat_err moat_server_split_hostport(const char *hostport, char *host, size_t hos
 
 /* Constant-time comparison of a presented token with the configured one: the
  * time taken depends only on the configured token's length. */
+/* sandbox_user, parsed. */
+typedef struct moat_sandbox_user {
+    bool root;
+    uint32_t uid, gid; /* both > 0 unless root */
+} moat_sandbox_user;
+/* "root", or "UID:GID" with both decimal, above 0 and below 2^32-1; MOAT_E_INVAL otherwise. */
+moat_err moat_server_parse_sandbox_user(const char *text, moat_sandbox_user *out);
+
 bool moat_server_token_equal(const uint8_t *given, size_t given_len, const char *want);
 
 /* Runs moatd until it has drained after SIGTERM/SIGINT. argv is kept for

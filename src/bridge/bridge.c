@@ -2,7 +2,10 @@
  * loop (multi_socket), and the request plumbing every call shares. */
 #include "internal.h"
 
+#include "common/unix_socket.h"
+
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,6 +267,25 @@ static size_t write_cb(char *p, size_t sz, size_t nm, void *ud)
     return n;
 }
 
+static moat_log_limit refused_socket_log = MOAT_LOG_LIMIT_INIT;
+
+/* Connects to execd's socket without following a link or talking to a non-socket that the
+ * sandbox planted in its socket directory (docs/SECURITY.md). */
+static int connect_unix(void *ud, curl_socket_t fd, curlsocktype purpose)
+{
+    bridge_req *r = ud;
+    if (purpose != CURLSOCKTYPE_IPCXN)
+        return CURL_SOCKOPT_OK;
+    if (moat_unix_connect_nofollow(fd, r->unix_socket, r->connect_why, sizeof(r->connect_why)) ==
+        0)
+        return CURL_SOCKOPT_ALREADY_CONNECTED;
+    r->connect_errno = errno;
+    if (errno == ELOOP || errno == ENOTSOCK)
+        moat_log_limited(&refused_socket_log, MOAT_LOG_WARN, "execd_socket_refused",
+                         "why=\"%s\"", r->connect_why);
+    return CURL_SOCKOPT_ERROR;
+}
+
 bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const char *method,
                           const char *path, const char *json_body, moat_status *st)
 {
@@ -296,8 +318,18 @@ bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const 
     CURL *e = r->easy;
     curl_easy_setopt(e, CURLOPT_URL, url);
     free(url);
-    if (ep->unix_socket != NULL)
+    if (ep->unix_socket != NULL) {
+        r->unix_socket = strdup(ep->unix_socket);
+        if (r->unix_socket == NULL) {
+            moat__req_discard(r);
+            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+            return NULL;
+        }
+        /* curl keys its connection cache on this path; connect_unix does the connecting. */
         curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, ep->unix_socket);
+        curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, connect_unix);
+        curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, r);
+    }
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
@@ -364,6 +396,7 @@ void moat__req_discard(bridge_req *r)
         curl_mime_free(r->mime);
     curl_slist_free_all(r->hdrs);
     free(r->post);
+    free(r->unix_socket);
     moat_buf_free(&r->body);
     free(r);
 }
@@ -444,6 +477,13 @@ static void execd_error_fields(const moat_buf *body, char *code, size_t ccap, ch
 
 void moat__req_fail_status(bridge_req *r, CURLcode rc, moat_status *st)
 {
+    if (r->connect_errno != 0) {
+        bool planted = r->connect_errno == ELOOP || r->connect_errno == ENOTSOCK;
+        moat_status_set(st, MOAT_CODE_UNAVAILABLE,
+                        planted ? "execd_socket_refused" : "execd_unreachable", "execd: %s",
+                        r->connect_why);
+        return;
+    }
     if (r->cancelled || rc == CURLE_ABORTED_BY_CALLBACK) {
         moat_status_set(st, MOAT_CODE_CANCELLED, "cancelled", "the call was cancelled");
         return;

@@ -31,6 +31,9 @@ struct bridge_req {
     char *post;
     curl_mime *mime;
     char errbuf[CURL_ERROR_SIZE];
+    char *unix_socket;       /* execd's socket path, or NULL for TCP */
+    int connect_errno;       /* why the socket callback refused to connect, or 0 */
+    char connect_why[256];   /* ... in words */
     long http_status;
     bool moat_binary;     /* response header X-Moat-Output: binary */
     bool has_tail_cursor; /* response header EXECD-COMMANDS-TAIL-CURSOR */

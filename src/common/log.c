@@ -1,5 +1,6 @@
 #include "moat/common.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -54,4 +55,38 @@ void moat_log(moat_log_level level, const char *event, const char *kv_fmt, ...)
     }
     line[used] = '\n';
     fwrite(line, 1, used + 1, stderr);
+}
+
+void moat_log_limited(moat_log_limit *lim, moat_log_level level, const char *event,
+                      const char *kv_fmt, ...)
+{
+    if (level < current_level || level >= MOAT_LOG_OFF)
+        return;
+    int64_t now = moat_time_now_ms();
+    pthread_mutex_lock(&lim->mu);
+    if (now - lim->window_start_ms >= 1000) {
+        lim->window_start_ms = now;
+        lim->lines = 0;
+    }
+    bool write = lim->lines < MOAT_LOG_LIMIT_PER_SECOND;
+    uint64_t dropped = 0;
+    if (write) {
+        lim->lines++;
+        dropped = lim->suppressed;
+        lim->suppressed = 0;
+    } else {
+        lim->suppressed++;
+    }
+    pthread_mutex_unlock(&lim->mu);
+    if (!write)
+        return;
+    char kv[1536];
+    va_list ap;
+    va_start(ap, kv_fmt);
+    vsnprintf(kv, sizeof(kv), kv_fmt, ap);
+    va_end(ap);
+    if (dropped > 0)
+        moat_log(level, event, "%s suppressed=%llu", kv, (unsigned long long)dropped);
+    else
+        moat_log(level, event, "%s", kv);
 }

@@ -302,7 +302,7 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
         goto out;
     }
     if (background) {
-        size_t plen = strlen(xd.cfg.state_dir) + 64;
+        size_t plen = strlen(xd.cfg.work_dir) + 64;
         c->log_path = malloc(plen);
         xd_stream *st = xd_stream_new(NULL, -1, -1, binary, MOAT_EXECD_LINES_COMMAND);
         if (c->log_path == NULL || st == NULL) {
@@ -312,7 +312,7 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
             ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
             goto out;
         }
-        snprintf(c->log_path, plen, "%s/%s.output", xd.cfg.state_dir, c->id);
+        snprintf(c->log_path, plen, "%s/%s.output", xd.cfg.work_dir, c->id);
         int fd = open(c->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
         emit_init(st, c->id);
         if (fd < 0) {
@@ -694,11 +694,11 @@ static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, 
     }
     run->session = s;
     run->keep_cwd = cwd_override != NULL;
-    size_t plen = strlen(xd.cfg.state_dir) + 64;
+    size_t plen = strlen(xd.cfg.work_dir) + 64;
     run->script_path = malloc(plen);
     run->dump_path = malloc(plen);
-    snprintf(run->script_path, plen, "%s/%s.sh", xd.cfg.state_dir, c->id);
-    snprintf(run->dump_path, plen, "%s/%s.env", xd.cfg.state_dir, c->id);
+    snprintf(run->script_path, plen, "%s/%s.sh", xd.cfg.work_dir, c->id);
+    snprintf(run->dump_path, plen, "%s/%s.env", xd.cfg.work_dir, c->id);
     pthread_mutex_lock(&xd.lock);
     s->current = c;
     c->session = s;

@@ -875,7 +875,7 @@ enum MHD_Result xd_files_upload_data(struct MHD_Connection *conn, xd_req *r, con
                                      size_t len)
 {
     if (r->upload == NULL && !r->upload_bad) {
-        r->upload = moat_execd_upload_new(xd.cfg.state_dir, META_MAX, UPLOAD_PARTS);
+        r->upload = moat_execd_upload_new(xd.cfg.work_dir, META_MAX, UPLOAD_PARTS);
         r->pp = r->upload ? MHD_create_post_processor(conn, 64 * 1024, upload_iter, r) : NULL;
         if (r->pp == NULL)
             r->upload_bad = true;

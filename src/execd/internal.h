@@ -52,6 +52,12 @@ struct xd_session {
 typedef struct xd_config {
     const char *token;
     char state_dir[512];
+    /* Where command logs, session scripts and upload temporaries go: state_dir, or with
+     * run_as its user/ subdirectory, owned by that user. */
+    char work_dir[600];
+    bool run_as; /* commands, sessions and file operations run as run_uid:run_gid */
+    uid_t run_uid;
+    gid_t run_gid;
     const char *shell; /* "bash" path or "sh" */
     bool shell_is_bash;
     uint64_t retention_ns;
@@ -85,6 +91,8 @@ typedef struct xd_spawn {
 } xd_spawn;
 
 void xd_proc_init(void);
+/* Sets the calling thread's file system ids to the run-as user (a no-op without run_as). */
+void xd_become_run_as_fs(void);
 /* Makes a command with a fresh id, in the table with refs = 2 (table + caller). NULL when
  * the table is full of running commands. */
 xd_cmd *xd_cmd_new(const char *command, bool background, const char *id_or_null);

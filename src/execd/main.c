@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pwd.h>
@@ -114,6 +115,10 @@ enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *ur
 {
     (void)cls;
     (void)version;
+    /* Every request thread touches files as the commands' user (the file system ids are
+     * per thread), so the file API can read and write no more than a command could. */
+    if (xd.cfg.run_as)
+        xd_become_run_as_fs();
     xd_req *r = *con_cls;
     if (r == NULL) {
         r = calloc(1, sizeof(*r));
@@ -199,13 +204,16 @@ static int listen_unix(listener *l, const char *path)
     if (fd < 0)
         return -1;
     unlink(path);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 128) != 0) {
+    /* Owner only from the moment it exists: whoever reaches this socket runs commands as
+     * execd's own user (with a uid in the request, as any user). moatd connects as root. */
+    mode_t old_umask = umask(0177);
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+    umask(old_umask);
+    if (rc != 0 || listen(fd, 128) != 0) {
         fprintf(stderr, "moat-execd: cannot listen on %s: %s\n", path, strerror(errno));
         close(fd);
         return -1;
     }
-    /* moatd connects from outside the container, possibly as another user. */
-    chmod(path, 0666);
     snprintf(l->unix_path, sizeof(l->unix_path), "%s", path);
     return fd;
 }
@@ -262,7 +270,11 @@ static void usage(FILE *f)
             "  --listen unix:/path | host:port  listen address (repeatable; default "
             "0.0.0.0:44772)\n"
             "  --access-token T                 require X-EXECD-ACCESS-TOKEN: T (or env "
-            "EXECD_ACCESS_TOKEN)\n"
+            "EXECD_ACCESS_TOKEN,\n"
+            "                                   which stays out of /proc/PID/cmdline and "
+            "commands' environment)\n"
+            "  --run-as UID:GID                 run commands, sessions and file operations as "
+            "this user\n"
             "  --log-level L                    debug|info|warn|error|off or 0-7 (default info)\n"
             "  --state-dir DIR                  logs and temporary files (default "
             "$TMPDIR/moat-execd)\n"
@@ -283,6 +295,79 @@ static void mkdir_p(char *path)
                 break;
         }
     }
+}
+
+static bool parse_run_as(const char *spec)
+{
+    char *end;
+    errno = 0;
+    unsigned long uid = strtoul(spec, &end, 10);
+    if (end == spec || *end != ':' || errno != 0 || uid >= UINT32_MAX || spec[0] == '-')
+        return false;
+    const char *g = end + 1;
+    unsigned long gid = strtoul(g, &end, 10);
+    if (end == g || *end != '\0' || errno != 0 || gid >= UINT32_MAX || g[0] == '-')
+        return false;
+    if (uid == 0 && gid == 0)
+        return false;
+    xd.cfg.run_as = true;
+    xd.cfg.run_uid = (uid_t)uid;
+    xd.cfg.run_gid = (gid_t)gid;
+    return true;
+}
+
+/* The state dir may sit in a directory commands can write (/tmp): it must be a real
+ * directory of execd's own, or anything execd keeps there could be redirected. */
+static bool own_private_dir(const char *path, uid_t owner, gid_t group)
+{
+    struct stat st;
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "moat-execd: cannot create %s: %s\n", path, strerror(errno));
+        return false;
+    }
+    if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid()) {
+        fprintf(stderr, "moat-execd: %s is not a directory owned by execd's user\n", path);
+        return false;
+    }
+    if (chmod(path, 0700) != 0 || (owner != geteuid() && chown(path, owner, group) != 0)) {
+        fprintf(stderr, "moat-execd: cannot secure %s: %s\n", path, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+/* state_dir, private to execd; with --run-as, its user/ subdirectory belongs to that user and
+ * holds what commands read or write (logs, session scripts, uploads): execd's request threads
+ * work there as that user, and the user cannot rename user/ itself away. */
+static bool prepare_state_dirs(void)
+{
+    char parent[sizeof(xd.cfg.state_dir)];
+    snprintf(parent, sizeof(parent), "%s", xd.cfg.state_dir);
+    char *slash = strrchr(parent, '/');
+    if (slash != NULL && slash != parent) {
+        *slash = '\0';
+        mkdir_p(parent);
+    }
+    if (!own_private_dir(xd.cfg.state_dir, geteuid(), getegid()))
+        return false;
+    if (!xd.cfg.run_as) {
+        snprintf(xd.cfg.work_dir, sizeof(xd.cfg.work_dir), "%s", xd.cfg.state_dir);
+        return true;
+    }
+    if (chmod(xd.cfg.state_dir, 0711) != 0)
+        return false;
+    snprintf(xd.cfg.work_dir, sizeof(xd.cfg.work_dir), "%s/user", xd.cfg.state_dir);
+    struct stat st;
+    if (mkdir(xd.cfg.work_dir, 0700) != 0 && errno != EEXIST)
+        return false;
+    if (lstat(xd.cfg.work_dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+        lchown(xd.cfg.work_dir, xd.cfg.run_uid, xd.cfg.run_gid) != 0 ||
+        chmod(xd.cfg.work_dir, 0700) != 0) {
+        fprintf(stderr, "moat-execd: cannot give %s to uid %u: %s\n", xd.cfg.work_dir,
+                (unsigned)xd.cfg.run_uid, strerror(errno));
+        return false;
+    }
+    return true;
 }
 
 static const char *find_shell(bool *is_bash)
@@ -314,6 +399,7 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"listen", required_argument, NULL, 'l'},
         {"access-token", required_argument, NULL, 't'},
+        {"run-as", required_argument, NULL, 'u'},
         {"log-level", required_argument, NULL, 'v'},
         {"state-dir", required_argument, NULL, 's'},
         {"retention-seconds", required_argument, NULL, 'r'},
@@ -324,7 +410,14 @@ int main(int argc, char **argv)
     };
     const char *listens[MAX_LISTENERS];
     int nlisten = 0;
-    xd.cfg.token = getenv("EXECD_ACCESS_TOKEN");
+    /* Commands inherit execd's environment: the token must not be in it. */
+    const char *env_token = getenv("EXECD_ACCESS_TOKEN");
+    if (env_token != NULL) {
+        xd.cfg.token = strdup(env_token);
+        unsetenv("EXECD_ACCESS_TOKEN");
+        if (xd.cfg.token == NULL)
+            return 1;
+    }
     xd.cfg.retention_ns = 600ull * 1000000000ull;
     xd.cfg.max_commands = 1024;
     xd.cfg.ping_ns = 3000000000ull;
@@ -343,6 +436,13 @@ int main(int argc, char **argv)
             break;
         case 't':
             xd.cfg.token = optarg;
+            break;
+        case 'u':
+            if (!parse_run_as(optarg)) {
+                fprintf(stderr, "moat-execd: --run-as wants UID:GID (decimal, not 0:0), got %s\n",
+                        optarg);
+                return 2;
+            }
             break;
         case 'v': {
             moat_log_level lvl;
@@ -390,7 +490,13 @@ int main(int argc, char **argv)
     if (nlisten == 0)
         listens[nlisten++] = "0.0.0.0:44772";
     xd.cfg.shell = find_shell(&xd.cfg.shell_is_bash);
-    mkdir_p(xd.cfg.state_dir);
+    if (!prepare_state_dirs())
+        return 1;
+    /* Root's supplementary groups would still count in the file checks of request threads. */
+    if (xd.cfg.run_as && setgroups(0, NULL) != 0) {
+        fprintf(stderr, "moat-execd: setgroups: %s\n", strerror(errno));
+        return 1;
+    }
 
     /* Every thread inherits this mask; the signal thread takes them with sigtimedwait. */
     sigset_t set;

@@ -4,12 +4,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/fsuid.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -190,48 +194,67 @@ static void reap_all(void)
     pthread_mutex_unlock(&xd.lock);
 }
 
-/* Runs in the child between fork and exec: async-signal-safe calls only. */
-static void child_exec(const xd_spawn *sp, int errfd)
+/* A child started with clone(CLONE_VM | CLONE_VFORK), as posix_spawn starts its own, shares
+ * execd's memory until it execs: only system calls here, no locks and no allocation. The ids
+ * change through syscall() because glibc's set*id wrappers would make every thread of execd
+ * (whose memory the child shares) change its ids too. */
+typedef struct spawn_as_user_args {
+    const xd_spawn *sp;
+    int err; /* set by the child when it fails before exec */
+} spawn_as_user_args;
+
+static int child_as_user(void *arg)
 {
-    int err = 0;
+    spawn_as_user_args *a = arg;
+    const xd_spawn *sp = a->sp;
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    for (int s = 1; s < NSIG; s++)
+        sigaction(s, &dfl, NULL);
+    setpgid(0, 0);
+    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull < 0 || dup2(devnull, 0) < 0 ||
+        dup2(sp->out_fd >= 0 ? sp->out_fd : devnull, 1) < 0 ||
+        dup2(sp->err_fd >= 0 ? sp->err_fd : devnull, 2) < 0 ||
+        (sp->cwd != NULL && chdir(sp->cwd) != 0) ||
+        syscall(SYS_setgroups, (size_t)sp->ngroups, sp->groups) != 0 ||
+        syscall(SYS_setresgid, sp->gid, sp->gid, sp->gid) != 0 ||
+        syscall(SYS_setresuid, sp->uid, sp->uid, sp->uid) != 0) {
+        a->err = errno;
+        _exit(127);
+    }
     sigset_t none;
     sigemptyset(&none);
-    for (int s = 1; s < NSIG; s++)
-        signal(s, SIG_DFL);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    setpgid(0, 0);
-    int devnull = open("/dev/null", O_RDWR);
-    if (devnull < 0) {
-        err = errno;
-        goto fail;
-    }
-    if (dup2(devnull, 0) < 0 || dup2(sp->out_fd >= 0 ? sp->out_fd : devnull, 1) < 0 ||
-        dup2(sp->err_fd >= 0 ? sp->err_fd : devnull, 2) < 0) {
-        err = errno;
-        goto fail;
-    }
-    if (sp->cwd != NULL && chdir(sp->cwd) != 0) {
-        err = errno;
-        goto fail;
-    }
-    if (sp->set_ids) {
-        if (setgroups((size_t)sp->ngroups, sp->groups) != 0 || setgid(sp->gid) != 0 ||
-            setuid(sp->uid) != 0) {
-            err = errno;
-            goto fail;
-        }
-    }
     execve(sp->argv[0], sp->argv, sp->envp);
-    err = errno;
-fail:;
-    ssize_t w = write(errfd, &err, sizeof(err));
-    (void)w;
+    a->err = errno;
     _exit(127);
 }
 
-/* posix_spawn does not copy execd's page tables as fork does (half a
- * millisecond of every command's start on a small VM), but it cannot change
- * the user or groups: only commands with a uid fork. Returns 0 or an errno. */
+/* Starts a command under other ids without copying execd's page tables (fork would, half a
+ * millisecond of every start on a small VM). *pid > 0 when a child exists, even on failure.
+ * Returns 0 or the errno of the step that failed. */
+static int spawn_as_user(const xd_spawn *sp, pid_t *pid)
+{
+    enum { CHILD_STACK = 64 * 1024 };
+    *pid = -1;
+    void *stack = mmap(NULL, CHILD_STACK, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED)
+        return errno;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    spawn_as_user_args a = {.sp = sp, .err = 0};
+    /* CLONE_VFORK: this thread resumes once the child has exec'd or exited. */
+    *pid = clone(child_as_user, (char *)stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    int err = *pid < 0 ? errno : a.err;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    munmap(stack, CHILD_STACK);
+    return err;
+}
+
+/* posix_spawn cannot change the user or groups: commands that keep execd's ids
+ * start here, the others in spawn_as_user. Returns 0 or an errno. */
 static int spawn_plain(const xd_spawn *sp, pid_t *pid)
 {
     posix_spawn_file_actions_t fa;
@@ -281,52 +304,35 @@ static void mark_started(xd_cmd *c, pid_t pid, uint64_t timeout_ms)
         c->deadline_ns = c->start_ns + timeout_ms * 1000000ull;
 }
 
-/* fork + child_exec, called and returning with the table lock held; the lock is
- * let go while the child's errno before exec comes back through a close-on-exec
- * pipe. Returns 0 or an errno (*pid > 0 when a child exists either way). */
-static int spawn_forked(xd_cmd *c, const xd_spawn *sp, uint64_t timeout_ms, pid_t *pid)
+void xd_become_run_as_fs(void)
 {
-    int ep[2];
-    if (pipe2(ep, O_CLOEXEC) != 0)
-        return errno;
-    *pid = fork();
-    if (*pid == 0) {
-        close(ep[0]);
-        child_exec(sp, ep[1]);
-    }
-    int e = *pid < 0 ? errno : 0;
-    close(ep[1]);
-    if (*pid < 0) {
-        close(ep[0]);
-        return e;
-    }
-    /* Recorded before the reaper can look for the pid. */
-    mark_started(c, *pid, timeout_ms);
-    pthread_cond_broadcast(&xd.cond);
-    pthread_mutex_unlock(&xd.lock);
-    int child_err = 0;
-    ssize_t n;
-    do
-        n = read(ep[0], &child_err, sizeof(child_err));
-    while (n < 0 && errno == EINTR);
-    close(ep[0]);
-    pthread_mutex_lock(&xd.lock);
-    return n == (ssize_t)sizeof(child_err) ? child_err : 0;
+    if (!xd.cfg.run_as)
+        return;
+    /* Per thread (glibc does not spread these to other threads), and clearing the file
+     * capabilities (CAP_CHOWN, CAP_DAC_OVERRIDE, ...) of this thread with them. */
+    setfsgid(xd.cfg.run_gid);
+    setfsuid(xd.cfg.run_uid);
 }
 
-int xd_cmd_start(xd_cmd *c, const xd_spawn *sp, uint64_t timeout_ms, char *err, size_t errlen)
+int xd_cmd_start(xd_cmd *c, const xd_spawn *sp_in, uint64_t timeout_ms, char *err, size_t errlen)
 {
+    xd_spawn sp_run_as = *sp_in;
+    gid_t run_groups[1] = {xd.cfg.run_gid};
+    if (!sp_in->set_ids && xd.cfg.run_as) {
+        sp_run_as.set_ids = true;
+        sp_run_as.uid = xd.cfg.run_uid;
+        sp_run_as.gid = xd.cfg.run_gid;
+        sp_run_as.groups = run_groups;
+        sp_run_as.ngroups = 1;
+    }
+    const xd_spawn *sp = &sp_run_as;
     /* Spawn with the table locked so the reaper cannot collect the pid before it is known. */
     pthread_mutex_lock(&xd.lock);
     pid_t pid = -1;
     int e;
-    if (sp->set_ids) {
-        e = spawn_forked(c, sp, timeout_ms, &pid);
-    } else {
-        e = spawn_plain(sp, &pid);
-        if (e == 0)
-            mark_started(c, pid, timeout_ms);
-    }
+    e = sp->set_ids ? spawn_as_user(sp, &pid) : spawn_plain(sp, &pid);
+    if (pid > 0)
+        mark_started(c, pid, timeout_ms);
     if (e == 0) {
         pthread_cond_broadcast(&xd.cond);
         pthread_mutex_unlock(&xd.lock);
@@ -338,7 +344,7 @@ int xd_cmd_start(xd_cmd *c, const xd_spawn *sp, uint64_t timeout_ms, char *err, 
         xd_cmd_fail(c, err);
         return -1;
     }
-    /* The forked child failed before exec: the reaper collects its 127. */
+    /* The child failed before exec: the reaper collects its 127. */
     c->start_failed = true;
     if (!c->running)
         c->exit_code = 255;

@@ -33,6 +33,9 @@ void moat_runtime_config_defaults(moat_runtime_config *cfg)
     cfg->max_nano_cpus = 2000000000ll;
     cfg->default_pids_limit = 256;
     cfg->max_pids_limit = 1024;
+    cfg->sandbox_user_root = false;
+    cfg->sandbox_uid = 1000;
+    cfg->sandbox_gid = 1000;
     cfg->read_only_rootfs = false;
     cfg->tmpfs_size_bytes = 64ll * 1024 * 1024;
     cfg->readiness_timeout_ms = 10000;
@@ -173,12 +176,29 @@ moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_stat
     if (cfg->max_pids_limit <= 0 || cfg->default_pids_limit <= 0 ||
         cfg->default_pids_limit > cfg->max_pids_limit)
         return bad(st, "default_pids_limit", "must be positive and <= max_pids_limit%s", "");
+    if (!cfg->sandbox_user_root && (cfg->sandbox_uid == 0 || cfg->sandbox_gid == 0))
+        return bad(st, "sandbox_user", "uid and gid must not be 0 (ask for root explicitly)%s",
+                   "");
     if (cfg->read_only_rootfs && cfg->tmpfs_size_bytes <= 0)
         return bad(st, "tmpfs_size_bytes", "must be positive with read_only_rootfs%s", "");
     for (size_t i = 0; i < cfg->allowed_image_count; i++)
         if (cfg->allowed_images[i] == NULL || cfg->allowed_images[i][0] == '\0')
             return bad(st, "allowed_images", "entries must be non-empty%s", "");
     return MOAT_CODE_OK;
+}
+
+/* The directories that hold workspaces, execd's sockets and the store: other local users must
+ * not traverse them (a sandbox can leave setuid files and sockets inside). */
+static int make_private(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return -1;
+    if ((sb.st_mode & 07777) == 0700)
+        return 0;
+    moat_log(MOAT_LOG_INFO, "runtime_dir_made_private", "path=\"%s\" mode_was=%04o", path,
+             (unsigned)(sb.st_mode & 07777));
+    return chmod(path, 0700);
 }
 
 /* mkdir -p with mode 0755. */
@@ -280,7 +300,8 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
 
     char sessions[MOAT_RUNTIME_PATH_MAX];
     snprintf(sessions, sizeof(sessions), "%s/sessions", c->state_dir);
-    if (mkdirs(c->chats_root) != 0 || mkdirs(sessions) != 0) {
+    if (mkdirs(c->chats_root) != 0 || mkdirs(sessions) != 0 || make_private(c->chats_root) != 0 ||
+        make_private(c->state_dir) != 0 || make_private(sessions) != 0) {
         moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "invalid_config",
                         "cannot create chats_root '%s' or state_dir '%s': %s", c->chats_root,
                         c->state_dir, strerror(errno));

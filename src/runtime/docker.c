@@ -8,6 +8,8 @@
 
 #include "internal.h"
 
+#include "common/unix_socket.h"
+
 moat_err moat__docker_init(moat_runtime *rt, moat_status *st)
 {
     const char *host = rt->cfg.docker_host;
@@ -305,12 +307,35 @@ static size_t discard(char *data, size_t size, size_t nmemb, void *user)
     return size * nmemb;
 }
 
-bool moat__execd_ping(const char *socket_path, long timeout_ms)
+static int connect_execd(void *socket_path, curl_socket_t fd, curlsocktype purpose)
+{
+    if (purpose != CURLSOCKTYPE_IPCXN)
+        return CURL_SOCKOPT_OK;
+    return moat_unix_connect_nofollow(fd, socket_path, NULL, 0) == 0
+               ? CURL_SOCKOPT_ALREADY_CONNECTED
+               : CURL_SOCKOPT_ERROR;
+}
+
+bool moat__execd_ping(const char *socket_path, const char *token, long timeout_ms)
 {
     CURL *h = curl_easy_init();
     if (h == NULL)
         return false;
+    struct curl_slist *hdrs = NULL;
+    char header[MOAT_EXECD_TOKEN_MAX + 32];
+    if (token != NULL && token[0] != '\0') {
+        snprintf(header, sizeof(header), "X-EXECD-ACCESS-TOKEN: %s", token);
+        hdrs = curl_slist_append(NULL, header);
+        if (hdrs == NULL) {
+            curl_easy_cleanup(h);
+            return false;
+        }
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    }
+    /* The sandbox can write the socket's directory: connect_execd follows no link. */
     curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, socket_path);
+    curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, connect_execd);
+    curl_easy_setopt(h, CURLOPT_SOCKOPTDATA, (void *)socket_path);
     curl_easy_setopt(h, CURLOPT_URL, "http://localhost/ping");
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
@@ -319,5 +344,6 @@ bool moat__execd_ping(const char *socket_path, long timeout_ms)
     bool ok = curl_easy_perform(h) == CURLE_OK &&
               curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200;
     curl_easy_cleanup(h);
+    curl_slist_free_all(hdrs);
     return ok;
 }

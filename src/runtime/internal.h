@@ -68,6 +68,7 @@ typedef struct moat__row {
     bool claimed; /* the reaper is removing it */
     char reason[MOAT_RUNTIME_REASON_MAX];
     int64_t ended_at_ms;
+    char execd_token[MOAT_EXECD_TOKEN_MAX]; /* "" for sessions made before tokens */
 } moat__row;
 
 /* store.c. Every function is serialised by the store's mutex. Errors: MOAT_E_IO with a
@@ -97,8 +98,9 @@ moat_err moat__store_list_running(moat__store *store, moat__row **rows, size_t *
 moat_err moat__docker_init(moat_runtime *rt, moat_status *st);
 /* Points an easy handle at the engine: its Unix socket, or TLS client settings for tcp://. */
 void moat__docker_setup_endpoint(moat_runtime *rt, CURL *h);
-/* GET on execd's socket; true on HTTP 200. */
-bool moat__execd_ping(const char *socket_path, long timeout_ms);
+/* GET /ping on execd's socket with its token (NULL or "": none), never following a link the
+ * sandbox planted there; true on HTTP 200. */
+bool moat__execd_ping(const char *socket_path, const char *token, long timeout_ms);
 /* obj[key] (case-sensitive) when obj is an object, else NULL. Lives as long as obj. */
 const cJSON *moat__json_get(const cJSON *obj, const char *key);
 /* obj[key] when obj is an object and the value a string, else NULL. Lives as long as obj. */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -217,6 +218,7 @@ static void fill_from_row(moat_runtime *rt, const moat__row *row, moat_session *
     out->renewed = row->renewed;
     memcpy(out->end_reason, row->reason, sizeof(out->end_reason));
     out->ended_at_ms = row->ended_at_ms;
+    memcpy(out->execd_token, row->execd_token, sizeof(out->execd_token));
     session_socket(rt, row->session_id, out->execd_socket, sizeof(out->execd_socket));
 }
 
@@ -235,6 +237,8 @@ static void fill_from_listed(moat_runtime *rt, const moat__listed *c, const moat
         out->expires_at_ms = row->expires_at_ms;
         out->renewed = true;
     }
+    if (row != NULL)
+        memcpy(out->execd_token, row->execd_token, sizeof(out->execd_token));
     if (!c->running)
         snprintf(out->end_reason, sizeof(out->end_reason), "exited");
     session_socket(rt, c->session_id, out->execd_socket, sizeof(out->execd_socket));
@@ -294,6 +298,45 @@ static int mkdir_p(const char *path, mode_t mode)
     return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
 }
 
+/* The chat workspace belongs to the user sandbox commands run as (root when so configured);
+ * files already inside keep their owners. */
+static int give_workspace(moat_runtime *rt, const char *chat_dir)
+{
+    uid_t uid = rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_uid;
+    gid_t gid = rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_gid;
+    struct stat sb;
+    if (lstat(chat_dir, &sb) != 0)
+        return -1;
+    if (!S_ISDIR(sb.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    if ((sb.st_uid != uid || sb.st_gid != gid) && lchown(chat_dir, uid, gid) != 0)
+        return -1;
+    return (sb.st_mode & 07777) == 0700 ? 0 : chmod(chat_dir, 0700);
+}
+
+/* 32 random bytes as 64 hex digits. */
+static int new_execd_token(char out[MOAT_EXECD_TOKEN_MAX])
+{
+    unsigned char bytes[32];
+    size_t got = 0;
+    while (got < sizeof(bytes)) {
+        ssize_t n = getrandom(bytes + got, sizeof(bytes) - got, 0);
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (n > 0)
+            got += (size_t)n;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof(bytes); i++) {
+        out[2 * i] = hex[bytes[i] >> 4];
+        out[2 * i + 1] = hex[bytes[i] & 15];
+    }
+    out[2 * sizeof(bytes)] = '\0';
+    return 0;
+}
+
 static bool add_bind_mount(cJSON *mounts, const char *source, const char *target, bool read_only)
 {
     cJSON *m = cJSON_CreateObject();
@@ -318,19 +361,33 @@ static bool add_string_array(cJSON *obj, const char *key, const char *const *ite
  * from canonical UUIDs, never from a request. */
 static cJSON *container_spec(moat_runtime *rt, const char *session_id, const char *chat_id,
                              const char *image, int64_t expires_at_ms, int64_t memory,
-                             int64_t nano_cpus, int64_t pids, const char *paths[5])
+                             int64_t nano_cpus, int64_t pids, const char *paths[5],
+                             const char *execd_token)
 {
     char expires[MOAT_TIME_ISO_MAX];
     moat_time_format_iso8601(expires_at_ms, expires);
-    static const char *const entrypoint[] = {"/opt/moat/run", "--listen",
-                                             "unix:/run/moat/execd.sock"};
+    char run_as[32], token_env[96], home_env[MOAT_RUNTIME_PATH_MAX + 8];
+    snprintf(run_as, sizeof(run_as), "%u:%u", rt->cfg.sandbox_uid, rt->cfg.sandbox_gid);
+    /* In the environment, not on the command line: /proc/1/cmdline is readable by every
+     * process in the sandbox, /proc/1/environ only by execd's own user. */
+    snprintf(token_env, sizeof(token_env), "EXECD_ACCESS_TOKEN=%s", execd_token);
+    snprintf(home_env, sizeof(home_env), "HOME=%s", rt->cfg.chat_mount_path);
+    const char *const entrypoint[] = {"/opt/moat/run", "--listen", "unix:/run/moat/execd.sock",
+                                      "--run-as", run_as};
+    const char *const env[] = {token_env, home_env};
     static const char *const cap_drop[] = {"ALL"};
+    /* What execd, root in the container, needs to start commands as the sandbox user, signal
+     * them and hand it its own directory; commands, started under that user, hold no
+     * capability (no-new-privileges keeps it so). */
+    static const char *const cap_add[] = {"SETUID", "SETGID", "KILL", "CHOWN"};
     static const char *const security[] = {"no-new-privileges"};
+    bool unprivileged = !rt->cfg.sandbox_user_root;
     /* Every cJSON_Add* takes a NULL parent and then fails, so one check at the end covers
      * every allocation; whatever was attached goes with spec. */
     cJSON *spec = cJSON_CreateObject();
     bool ok = cJSON_AddStringToObject(spec, "Image", image) &&
-              add_string_array(spec, "Entrypoint", entrypoint, 3);
+              add_string_array(spec, "Entrypoint", entrypoint, unprivileged ? 5 : 3) &&
+              add_string_array(spec, "Env", env, unprivileged ? 2 : 1);
     cJSON *labels = ok ? cJSON_AddObjectToObject(spec, "Labels") : NULL;
     cJSON *host = ok ? cJSON_AddObjectToObject(spec, "HostConfig") : NULL;
     ok = cJSON_AddTrueToObject(spec, "NetworkDisabled") &&
@@ -351,6 +408,7 @@ static cJSON *container_spec(moat_runtime *rt, const char *session_id, const cha
          add_bind_mount(mounts, paths[3], "/opt/moat", true) &&
          add_bind_mount(mounts, paths[4], "/run/moat", false) &&
          add_string_array(host, "CapDrop", cap_drop, 1) &&
+         (!unprivileged || add_string_array(host, "CapAdd", cap_add, 4)) &&
          add_string_array(host, "SecurityOpt", security, 1) &&
          moat__json_add_int(host, "PidsLimit", pids) &&
          moat__json_add_int(host, "Memory", memory) &&
@@ -389,7 +447,7 @@ static void start_failed(moat_status *st, const char *chat_id)
 /* Polls execd's /ping with backoff; between polls checks (now and then) that the container
  * still runs, so a crashed entrypoint fails fast instead of waiting out the timeout. */
 static moat_code wait_ready(moat_runtime *rt, const char *container_id, const char *socket_path,
-                            moat_status *st)
+                            const char *execd_token, moat_status *st)
 {
     uint64_t start = moat_time_mono_ns();
     uint64_t deadline = start + (uint64_t)rt->cfg.readiness_timeout_ms * 1000000u;
@@ -399,7 +457,7 @@ static moat_code wait_ready(moat_runtime *rt, const char *container_id, const ch
         uint64_t now = moat_time_mono_ns();
         long left_ms = now < deadline ? (long)((deadline - now) / 1000000u) + 1 : 1;
         if (access(socket_path, F_OK) == 0 &&
-            moat__execd_ping(socket_path, left_ms < 1000 ? left_ms : 1000))
+            moat__execd_ping(socket_path, execd_token, left_ms < 1000 ? left_ms : 1000))
             return MOAT_CODE_OK;
         now = moat_time_mono_ns();
         if (now >= deadline)
@@ -490,9 +548,17 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     char chat_dir[MOAT_RUNTIME_PATH_MAX], session_dir[MOAT_RUNTIME_PATH_MAX];
     snprintf(chat_dir, sizeof(chat_dir), "%s/%s", rt->cfg.chats_root, chat_id);
     snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", rt->cfg.state_dir, session_id);
-    if (mkdir_p(chat_dir, 0755) != 0 || mkdir_p(session_dir, 0755) != 0) {
+    if (mkdir_p(chat_dir, 0700) != 0 || mkdir_p(session_dir, 0700) != 0 ||
+        give_workspace(rt, chat_dir) != 0) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
                         "cannot create chat or session directory: %s", strerror(errno));
+        moat_status_add_detail(st, "chat_id", chat_id);
+        return span_end(rt, span, st);
+    }
+    char execd_token[MOAT_EXECD_TOKEN_MAX];
+    if (new_execd_token(execd_token) != 0) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
+                        "no random bytes for the execd token: %s", strerror(errno));
         moat_status_add_detail(st, "chat_id", chat_id);
         return span_end(rt, span, st);
     }
@@ -515,8 +581,8 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     session_socket(rt, session_id, socket_path, sizeof(socket_path));
     unlink(socket_path); /* a stale socket would answer nothing and look like a live one */
 
-    cJSON *spec =
-        container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus, pids, paths);
+    cJSON *spec = container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus,
+                                 pids, paths, execd_token);
     char *body = spec ? cJSON_PrintUnformatted(spec) : NULL;
     cJSON_Delete(spec);
     if (body == NULL) {
@@ -549,7 +615,7 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     snprintf(path, sizeof(path), "/containers/%s/start", container_id);
     if (moat_runtime_docker_call(rt, "start", "POST", path, NULL, NULL, st) != MOAT_CODE_OK)
         goto fail;
-    if (wait_ready(rt, container_id, socket_path, st) != MOAT_CODE_OK)
+    if (wait_ready(rt, container_id, socket_path, execd_token, st) != MOAT_CODE_OK)
         goto fail;
 
     moat__row row;
@@ -562,6 +628,7 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     row.label_expires_at_ms = expires_at_ms;
     row.expires_at_ms = expires_at_ms;
     row.state = MOAT_SESSION_RUNNING;
+    memcpy(row.execd_token, execd_token, sizeof(row.execd_token));
     if (moat__store_put(rt->store, &row) != MOAT_OK) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
                         "session store write failed");

@@ -25,11 +25,15 @@ static const char *const SCHEMA = "CREATE TABLE IF NOT EXISTS sessions ("
                                   " state INTEGER NOT NULL,"
                                   " claimed INTEGER NOT NULL DEFAULT 0,"
                                   " reason TEXT NOT NULL DEFAULT '',"
-                                  " ended_at_ms INTEGER NOT NULL DEFAULT 0);";
+                                  " ended_at_ms INTEGER NOT NULL DEFAULT 0,"
+                                  " execd_token TEXT NOT NULL DEFAULT '');";
+/* Stores made before the column existed get it; their sessions keep an empty token. */
+static const char *const ADD_TOKEN_COLUMN =
+    "ALTER TABLE sessions ADD COLUMN execd_token TEXT NOT NULL DEFAULT ''";
 
 static const char *const COLUMNS =
     "session_id, chat_id, container_id, image, created_at_ms, label_expires_at_ms, "
-    "expires_at_ms, renewed, state, claimed, reason, ended_at_ms";
+    "expires_at_ms, renewed, state, claimed, reason, ended_at_ms, execd_token";
 
 static void copy_text(char *dst, size_t cap, const unsigned char *src)
 {
@@ -51,6 +55,7 @@ static void read_row(sqlite3_stmt *s, moat__row *row)
     row->claimed = sqlite3_column_int(s, 9) != 0;
     copy_text(row->reason, sizeof(row->reason), sqlite3_column_text(s, 10));
     row->ended_at_ms = sqlite3_column_int64(s, 11);
+    copy_text(row->execd_token, sizeof(row->execd_token), sqlite3_column_text(s, 12));
 }
 
 static void bind_row(sqlite3_stmt *s, const moat__row *row)
@@ -67,6 +72,7 @@ static void bind_row(sqlite3_stmt *s, const moat__row *row)
     sqlite3_bind_int(s, 10, row->claimed ? 1 : 0);
     sqlite3_bind_text(s, 11, row->reason, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int64(s, 12, row->ended_at_ms);
+    sqlite3_bind_text(s, 13, row->execd_token, -1, SQLITE_TRANSIENT);
 }
 
 moat_err moat__store_open(const char *path, moat__store **out, char *errbuf, size_t errlen)
@@ -86,6 +92,10 @@ moat_err moat__store_open(const char *path, moat__store **out, char *errbuf, siz
     }
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(store->db, SCHEMA, NULL, NULL, &err);
+    if (rc == SQLITE_OK && sqlite3_exec(store->db, ADD_TOKEN_COLUMN, NULL, NULL, NULL) != SQLITE_OK &&
+        strstr(sqlite3_errmsg(store->db), "duplicate column") == NULL) {
+        rc = SQLITE_ERROR;
+    }
     if (rc != SQLITE_OK) {
         snprintf(errbuf, errlen, "%s", err ? err : sqlite3_errmsg(store->db));
         sqlite3_free(err);
@@ -140,7 +150,7 @@ moat_err moat__store_put(moat__store *store, const moat__row *row)
 {
     char sql[512];
     snprintf(sql, sizeof(sql),
-             "INSERT OR REPLACE INTO sessions (%s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", COLUMNS);
+             "INSERT OR REPLACE INTO sessions (%s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", COLUMNS);
     return exec_stmt(store, sql, row, NULL, NULL, NULL);
 }
 
@@ -148,7 +158,7 @@ moat_err moat__store_insert_new(moat__store *store, const moat__row *row, bool *
 {
     char sql[512];
     snprintf(sql, sizeof(sql),
-             "INSERT OR IGNORE INTO sessions (%s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", COLUMNS);
+             "INSERT OR IGNORE INTO sessions (%s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", COLUMNS);
     int changes = 0;
     moat_err err = exec_stmt(store, sql, row, NULL, NULL, &changes);
     *inserted = changes > 0;

@@ -86,6 +86,8 @@ static const key_def keys[] = {
      "timeout of one Docker API call"},
     {"threadpool_size", K_U32, OFF(threadpool_size), "16", 1, 128,
      "worker threads for Docker calls (UV_THREADPOOL_SIZE)"},
+    {"sandbox_user", K_STR, OFF(sandbox_user), "1000:1000", 0, 0,
+     "UID:GID that sandbox commands and the file API run as; \"root\" only when you must"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -504,6 +506,43 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
         errf(err, errlen, "image: must not be empty");
         return MOAT_E_INVAL;
     }
+    moat_sandbox_user user;
+    if (moat_server_parse_sandbox_user(cfg->sandbox_user, &user) != MOAT_OK) {
+        errf(err, errlen, "sandbox_user: expected UID:GID (decimal, neither 0) or root, got \"%s\"",
+             cfg->sandbox_user);
+        return MOAT_E_INVAL;
+    }
+    return MOAT_OK;
+}
+
+static bool parse_id(const char *text, size_t len, uint32_t *out)
+{
+    if (len == 0 || len > 10)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] < '0' || text[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(text[i] - '0');
+    }
+    /* (uid_t)-1 means "unchanged" to the kernel's set*id calls. */
+    if (v == 0 || v >= UINT32_MAX)
+        return false;
+    *out = (uint32_t)v;
+    return true;
+}
+
+moat_err moat_server_parse_sandbox_user(const char *text, moat_sandbox_user *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (strcmp(text, "root") == 0) {
+        out->root = true;
+        return MOAT_OK;
+    }
+    const char *colon = strchr(text, ':');
+    if (colon == NULL || !parse_id(text, (size_t)(colon - text), &out->uid) ||
+        !parse_id(colon + 1, strlen(colon + 1), &out->gid))
+        return MOAT_E_INVAL;
     return MOAT_OK;
 }
 

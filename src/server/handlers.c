@@ -23,9 +23,16 @@ static srv *S; /* the one server of this process (for the runtime's hooks) */
  * trip first. A miss asks the runtime; stop and the reaper remove entries. */
 #define CACHE_BUCKETS 1024
 
+/* Where a session's execd listens, and the token it requires; both borrowed. */
+typedef struct session_addr {
+    const char *sock;
+    const char *token;
+} session_addr;
+
 typedef struct cache_entry {
     struct cache_entry *next;
     char id[MOAT_UUID_STR_LEN];
+    char token[MOAT_EXECD_TOKEN_MAX];
     char sock[];
 } cache_entry;
 
@@ -51,16 +58,18 @@ static cache_entry *cache_find(srv *s, const char *id)
     return NULL;
 }
 
-static void cache_put(srv *s, const char *id, const char *sock)
+static void cache_put(srv *s, const moat_session *session)
 {
+    const char *id = session->session_id;
     if (cache_find(s, id) != NULL)
         return;
     cache *c = s->sessions;
-    cache_entry *e = malloc(sizeof(*e) + strlen(sock) + 1);
+    cache_entry *e = malloc(sizeof(*e) + strlen(session->execd_socket) + 1);
     if (e == NULL)
         return;
     snprintf(e->id, sizeof(e->id), "%s", id);
-    strcpy(e->sock, sock);
+    memcpy(e->token, session->execd_token, sizeof(e->token));
+    strcpy(e->sock, session->execd_socket);
     unsigned h = hash_id(id);
     e->next = c->b[h];
     c->b[h] = e;
@@ -167,7 +176,7 @@ struct job {
     size_t count;
     uint64_t t0;
     /* What to do on the loop once the job found a session (Exec and Files). */
-    void (*then)(stream *st, const char *session_id, const char *sock);
+    void (*then)(stream *st, const char *session_id, const session_addr *sock);
 };
 
 static void job_work(uv_work_t *r)
@@ -379,7 +388,7 @@ static void create_done(job *j)
 {
     srv *s = j->s;
     if (j->code == MOAT_CODE_OK) {
-        cache_put(s, j->one.session_id, j->one.execd_socket);
+        cache_put(s, &j->one);
         if (j->count == 0) {
             moat__metrics_create_latency(moat_time_mono_ns() - j->t0);
             moat__metrics_session_delta(1);
@@ -448,7 +457,7 @@ static void get_done(job *j)
         return;
     }
     if (j->one.state == MOAT_SESSION_RUNNING)
-        cache_put(j->s, j->one.session_id, j->one.execd_socket);
+        cache_put(j->s, &j->one);
     else
         cache_drop(j->s, j->one.session_id);
     if (running(j->st))
@@ -479,7 +488,7 @@ static void list_done(job *j)
         for (size_t i = 0; i < j->count; i++) {
             if (j->chat[0] != '\0' && strcmp(j->many[i].chat_id, j->chat) != 0)
                 continue;
-            cache_put(j->s, j->many[i].session_id, j->many[i].execd_socket);
+            cache_put(j->s, &j->many[i]);
             to_proto(&j->many[i], &items[n], lab[n], labp[n]);
             ptrs[n] = &items[n];
             n++;
@@ -576,20 +585,22 @@ static void lookup_done(job *j)
                            "session %s is %s", j->id, moat_session_state_name(j->one.state));
         return;
     }
-    cache_put(j->s, j->id, j->one.execd_socket);
-    j->then(j->st, j->id, j->one.execd_socket);
+    cache_put(j->s, &j->one);
+    session_addr addr = {j->one.execd_socket, j->one.execd_token};
+    j->then(j->st, j->id, &addr);
 }
 
 /* Runs `then` with the session's execd socket, from the cache or the runtime. */
 static void with_session(stream *st, const char *session_id,
-                         void (*then)(stream *st, const char *session_id, const char *sock))
+                         void (*then)(stream *st, const char *session_id, const session_addr *sock))
 {
     char id[MOAT_UUID_STR_LEN];
     if (!canon(st, session_id, "session_id", id))
         return;
     cache_entry *e = cache_find(st->s, id);
     if (e != NULL) {
-        then(st, id, e->sock);
+        session_addr addr = {e->sock, e->token};
+        then(st, id, &addr);
         return;
     }
     job *j = job_new(st);
@@ -600,10 +611,11 @@ static void with_session(stream *st, const char *session_id,
     job_start(j, lookup_run, lookup_done);
 }
 
-static moat_bridge_endpoint endpoint(const char *session_id, const char *sock)
+static moat_bridge_endpoint endpoint(const char *session_id, const session_addr *addr)
 {
     moat_bridge_endpoint ep = {0};
-    ep.unix_socket = sock;
+    ep.unix_socket = addr->sock;
+    ep.access_token = addr->token;
     ep.scope = session_id;
     return ep;
 }
@@ -616,6 +628,7 @@ typedef struct exec_ctx {
     moat_bridge *bridge;
     char session_id[MOAT_UUID_STR_LEN];
     char *sock;
+    char token[MOAT_EXECD_TOKEN_MAX];
     /* Credit given to the bridge and not yet used by delivered events. It
      * is kept at most min(the client's window left, initial_window), so
      * however large a window a client grants, one stream never has more
@@ -649,7 +662,8 @@ static void interrupt_done(void *ud, const moat_status *st)
 static void exec_abandon(exec_ctx *x)
 {
     const char *eid = moat_bridge_exec_id(x->ex);
-    moat_bridge_endpoint ep = endpoint(x->session_id, x->sock);
+    session_addr addr = {x->sock, x->token};
+    moat_bridge_endpoint ep = endpoint(x->session_id, &addr);
     char *copy = strdup(eid);
     moat_status st;
     if (copy != NULL) {
@@ -805,23 +819,24 @@ static void exec_on_cancel(moat_rpc_call *call, moat_code code, void *arg)
     moat_bridge_exec_credit(x->ex, MOAT_BRIDGE_MAX_EVENT_COST);
 }
 
-static exec_ctx *exec_ctx_new(stream *st, const char *session_id, const char *sock)
+static exec_ctx *exec_ctx_new(stream *st, const char *session_id, const session_addr *sock)
 {
     exec_ctx *x = calloc(1, sizeof(*x));
     if (x == NULL)
         return NULL;
-    x->sock = strdup(sock);
+    x->sock = strdup(sock->sock);
     if (x->sock == NULL) {
         free(x);
         return NULL;
     }
+    snprintf(x->token, sizeof(x->token), "%s", sock->token);
     x->st = st;
     x->bridge = st->s->bridge;
     snprintf(x->session_id, sizeof(x->session_id), "%s", session_id);
     return x;
 }
 
-static void exec_start(stream *st, const char *session_id, const char *sock,
+static void exec_start(stream *st, const char *session_id, const session_addr *sock,
                        const moat_bridge_run_opts *opts)
 {
     exec_ctx *x = exec_ctx_new(st, session_id, sock);
@@ -856,7 +871,7 @@ static void exec_start(stream *st, const char *session_id, const char *sock,
     moat__stream_unref(st);
 }
 
-static void run_command_go(stream *st, const char *session_id, const char *sock)
+static void run_command_go(stream *st, const char *session_id, const session_addr *sock)
 {
     const Moat__V1__RunCommandRequest *req = moat_rpc_call_get_data(st->call);
     const char *keys[64];
@@ -881,7 +896,7 @@ static void run_command_go(stream *st, const char *session_id, const char *sock)
     exec_start(st, session_id, sock, &o);
 }
 
-static void run_in_shell_go(stream *st, const char *session_id, const char *sock)
+static void run_in_shell_go(stream *st, const char *session_id, const session_addr *sock)
 {
     const Moat__V1__RunInShellRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_run_opts o = {0};
@@ -892,7 +907,7 @@ static void run_in_shell_go(stream *st, const char *session_id, const char *sock
     exec_start(st, session_id, sock, &o);
 }
 
-static void attach_go(stream *st, const char *session_id, const char *sock)
+static void attach_go(stream *st, const char *session_id, const session_addr *sock)
 {
     const Moat__V1__AttachRequest *req = moat_rpc_call_get_data(st->call);
     exec_ctx *x = exec_ctx_new(st, session_id, sock);
@@ -962,7 +977,7 @@ static void create_shell_cb(void *ud, const moat_status *status, const char *she
     moat__stream_unref(st);
 }
 
-static void create_shell_go(stream *st, const char *sid, const char *sock)
+static void create_shell_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__CreateShellRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -988,7 +1003,7 @@ static void empty_cb(void *ud, const moat_status *status)
     moat__stream_unref(st);
 }
 
-static void delete_shell_go(stream *st, const char *sid, const char *sock)
+static void delete_shell_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__DeleteShellRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -998,7 +1013,7 @@ static void delete_shell_go(stream *st, const char *sid, const char *sock)
         bridge_refused(st, &status);
 }
 
-static void interrupt_go(stream *st, const char *sid, const char *sock)
+static void interrupt_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__InterruptRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1035,7 +1050,7 @@ static void status_cb(void *ud, const moat_status *status, const moat_bridge_cmd
     moat__stream_unref(st);
 }
 
-static void command_status_go(stream *st, const char *sid, const char *sock)
+static void command_status_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__GetCommandStatusRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1067,7 +1082,7 @@ static void logs_cb(void *ud, const moat_status *status, const uint8_t *data, si
     moat__stream_unref(st);
 }
 
-static void command_logs_go(stream *st, const char *sid, const char *sock)
+static void command_logs_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__GetCommandLogsRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1102,7 +1117,7 @@ static void stat_cb(void *ud, const moat_status *status, const moat_bridge_file_
     moat__stream_unref(st);
 }
 
-static void stat_go(stream *st, const char *sid, const char *sock)
+static void stat_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__StatRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1142,7 +1157,7 @@ static void list_cb(void *ud, const moat_status *status, const moat_bridge_file_
     moat__stream_unref(st);
 }
 
-static void list_go(stream *st, const char *sid, const char *sock)
+static void list_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__ListRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1152,7 +1167,7 @@ static void list_go(stream *st, const char *sid, const char *sock)
         bridge_refused(st, &status);
 }
 
-static void remove_go(stream *st, const char *sid, const char *sock)
+static void remove_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__RemoveRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1162,7 +1177,7 @@ static void remove_go(stream *st, const char *sid, const char *sock)
         bridge_refused(st, &status);
 }
 
-static void move_go(stream *st, const char *sid, const char *sock)
+static void move_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__MoveRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1172,7 +1187,7 @@ static void move_go(stream *st, const char *sid, const char *sock)
         bridge_refused(st, &status);
 }
 
-static void mkdir_go(stream *st, const char *sid, const char *sock)
+static void mkdir_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__MkdirRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1182,7 +1197,7 @@ static void mkdir_go(stream *st, const char *sid, const char *sock)
         bridge_refused(st, &status);
 }
 
-static void chmod_go(stream *st, const char *sid, const char *sock)
+static void chmod_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__ChmodRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1278,7 +1293,7 @@ static xfer_ctx *xfer_new(stream *st)
     return x;
 }
 
-static void read_go(stream *st, const char *sid, const char *sock)
+static void read_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__ReadRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1325,7 +1340,7 @@ static void write_done(void *ud, moat_bridge_xfer *bx, const moat_status *status
     xfer_free(x);
 }
 
-static void write_go(stream *st, const char *sid, const char *sock)
+static void write_go(stream *st, const char *sid, const session_addr *sock)
 {
     const Moat__V1__WriteRequest *req = moat_rpc_call_get_data(st->call);
     moat_bridge_endpoint ep = endpoint(sid, sock);
@@ -1538,6 +1553,12 @@ static char *runtime_config(const moat_server_config *c, moat_runtime_config *ou
     rc.store_path = c->store_path;
     rc.container_name_prefix = c->container_name_prefix;
     rc.readiness_timeout_ms = (long)c->readiness_timeout_ms;
+    moat_sandbox_user user;
+    if (moat_server_parse_sandbox_user(c->sandbox_user, &user) == MOAT_OK) {
+        rc.sandbox_user_root = user.root;
+        rc.sandbox_uid = user.uid;
+        rc.sandbox_gid = user.gid;
+    }
     rc.metrics.session_event = rt_session_event;
     /* allowed_images: a comma-separated list, split into a local copy. */
     char *imgs = strdup(c->allowed_images);
