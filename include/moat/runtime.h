@@ -74,14 +74,17 @@ typedef struct moat_runtime_config {
     const char *const *allowed_images;
     size_t allowed_image_count;
 
-    const char *state_dir;             /* sessions/<session_id>/ (execd socket dirs) live here */
-    const char *execd_bundle_dir;      /* host dir mounted read-only at /opt/moat */
-    const char *store_path;            /* SQLite file (WAL) */
-    const char *container_name_prefix; /* container name = prefix + session_id */
-    /* Optional scope when several runtimes share one engine: when set ([A-Za-z0-9_.-], at most
-     * 63 bytes), containers also get the label moat.instance=<instance> and every list, sweep,
-     * reconcile and event filter requires it, so one runtime never adopts or reaps another's
-     * sandboxes. NULL: no scoping (the seed's exact three-label list filter). */
+    const char *state_dir;        /* sessions/<session_id>/ (execd socket dirs) live here */
+    const char *execd_bundle_dir; /* host dir mounted read-only at /opt/moat */
+    const char *store_path;       /* SQLite file (WAL) */
+    /* container name = prefix + session_id; at most 64 characters of [A-Za-z0-9_.-] */
+    const char *container_name_prefix;
+    /* Scope when several runtimes share one engine ([A-Za-z0-9_.-], at most 63 bytes): its
+     * containers get the label moat.instance=<instance>. NULL: they get no such label.
+     * Ownership rule: the runtime lists, returns, adopts, renews, stops, kills or removes only
+     * a container labelled moat.managed=true, labelled moat.instance=<instance> (with no
+     * moat.instance label at all when instance is NULL), and named container_name_prefix +
+     * its session_id label. Any other container is left alone, logged once per container id. */
     const char *instance;
 
     int64_t default_memory_bytes, max_memory_bytes;
@@ -180,13 +183,15 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id, const ch
                               int64_t created_at_ms, int64_t expires_at_ms,
                               const moat_session_options *opts, moat_session *out, moat_status *st);
 
-/* The session with this id: from Docker when its container exists (state RUNNING if the
- * container runs), else from the store (STOPPED/EXPIRED/GONE/FAILED). NOT_FOUND if neither. */
+/* The session with this id: from Docker when this runtime's container for it exists (state
+ * RUNNING if the container runs), else from the store (STOPPED/EXPIRED/GONE/FAILED). NOT_FOUND
+ * if neither (a container that is not this runtime's, see instance above, does not count). */
 moat_code moat_runtime_get(moat_runtime *rt, const char *session_id, moat_session *out,
                            moat_status *st);
 
-/* Running sessions: containers carrying all three labels session_id, chat_id, expires_at;
- * containers with missing or malformed labels are skipped. created_at comes from Docker;
+/* Running sessions: this runtime's containers carrying all three labels session_id, chat_id,
+ * expires_at; containers with missing or malformed labels, and containers that are not this
+ * runtime's (see instance above), are skipped. created_at comes from Docker;
  * expires_at from the store when renewed. *out is malloc'd (free() it; NULL when empty). */
 moat_code moat_runtime_list_active(moat_runtime *rt, moat_session **out, size_t *count,
                                    moat_status *st);
@@ -198,12 +203,15 @@ moat_code moat_runtime_renew(moat_runtime *rt, const char *session_id, int64_t n
                              moat_session *out, moat_status *st);
 
 /* Stops and removes the session's container and records state STOPPED with reason "stopped".
- * A container Docker no longer has is success. Other Docker failures: reason
- * "sandbox_stop_failed". The chat workspace is never deleted. */
+ * A container Docker no longer has is success, and so is a session with no container of this
+ * runtime's: a container that only carries the session's labels is never touched. Other
+ * Docker failures: reason "sandbox_stop_failed". The chat workspace is never deleted. */
 moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id, moat_status *st);
 
-/* The seed's stop by container id: stop then remove; 404 is success; any other failure is
- * reason "sandbox_stop_failed" with detail container_id. */
+/* The seed's stop by container id: stop then remove; 404 is success. A container that is not
+ * this runtime's (see instance above) is PERMISSION_DENIED, reason "container_not_owned", and
+ * left alone. Any other failure is reason "sandbox_stop_failed". Both carry detail
+ * container_id. */
 moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id, moat_status *st);
 
 /* Sends a signal ("KILL", "TERM", "INT", …: letters and digits only) to the session's container
@@ -215,10 +223,11 @@ moat_code moat_runtime_kill(moat_runtime *rt, const char *session_id, const char
 
 /* ---- TTL and recovery --------------------------------------------------------------------- */
 
-/* One reaper sweep at now_ms: every moat-managed container (moat.managed=true plus the three
- * labels, well-formed) whose authoritative expiry is <= now_ms is stopped and removed and its
- * store row set to EXPIRED with reason "ttl". *reaped (may be NULL) gets the count. Containers
- * without moat's labels or with malformed ones are never touched. */
+/* One reaper sweep at now_ms: every container of this runtime's (see instance above) with the
+ * three labels well-formed whose authoritative expiry is <= now_ms is stopped and removed and
+ * its store row set to EXPIRED with reason "ttl". *reaped (may be NULL) gets the count.
+ * Containers without moat's labels, with malformed ones, or that are not this runtime's are
+ * never touched. */
 moat_code moat_runtime_reap(moat_runtime *rt, int64_t now_ms, size_t *reaped, moat_status *st);
 
 /* Starts a runtime-owned thread running moat_runtime_reap every cleanup_interval_seconds.
@@ -231,10 +240,11 @@ typedef struct moat_reconcile_report {
     size_t adopted; /* live containers now tracked (store row created or refreshed) */
     size_t reaped;  /* expired ones stopped and removed */
     size_t gone;    /* store rows RUNNING with no container, now GONE */
-    size_t skipped; /* containers with missing/malformed moat labels, left alone */
+    size_t skipped; /* containers with missing/malformed labels or not ours, left alone */
 } moat_reconcile_report;
 
-/* Start-up recovery: adopt moat containers found in Docker (expiry = the store's if renewed,
+/* Start-up recovery: adopt this runtime's containers found in Docker (expiry = the store's if
+ * renewed,
  * else the label's), reap expired ones, mark RUNNING store rows without a container GONE.
  * report may be NULL. */
 moat_code moat_runtime_reconcile(moat_runtime *rt, int64_t now_ms, moat_reconcile_report *report,
@@ -243,11 +253,12 @@ moat_code moat_runtime_reconcile(moat_runtime *rt, int64_t now_ms, moat_reconcil
 /* ---- list cache ------------------------------------------------------------------------------ */
 
 /* Starts a runtime-owned thread that follows Docker's event stream (GET /events, filtered on
- * the three session labels). While that stream is connected, moat_runtime_list_active answers
- * from a snapshot of its last Docker listing, which any event for a labelled container, and
- * any create/renew/stop through this runtime, invalidates; so repeated lists of an unchanged
- * set cost no Docker call. Without the watcher (or while its stream is down) every list asks
- * Docker. The thread reconnects by itself. FAILED_PRECONDITION if already started. */
+ * the three session labels, moat.managed=true and the instance). While that stream is connected,
+ * moat_runtime_list_active answers from a snapshot of its last Docker listing, which any event for
+ * a labelled container, and any create/renew/stop through this runtime, invalidates; so repeated
+ * lists of an unchanged set cost no Docker call. Without the watcher (or while its stream is down)
+ * every list asks Docker. The thread reconnects by itself. FAILED_PRECONDITION if already started.
+ */
 moat_code moat_runtime_start_watcher(moat_runtime *rt, moat_status *st);
 /* Stops and joins it (promptly: the transfer is woken, not polled); no-op when not running. */
 void moat_runtime_stop_watcher(moat_runtime *rt);

@@ -52,6 +52,7 @@ typedef struct moat_server_config {
     char *execd_bundle;
     char *store_path;
     char *container_name_prefix;
+    char *instance; /* moat.instance label of this moatd's sandboxes; "" = none */
     uint32_t readiness_timeout_ms;
     uint32_t docker_timeout_ms;
     uint32_t threadpool_size;

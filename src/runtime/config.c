@@ -158,13 +158,16 @@ moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_stat
         return bad(st, "readiness_timeout_ms", "must be positive%s", "");
     if (cfg->stop_timeout_seconds < 0)
         return bad(st, "stop_timeout_seconds", "must not be negative%s", "");
-    if (cfg->container_name_prefix == NULL || strlen(cfg->container_name_prefix) > 64)
-        return bad(st, "container_name_prefix", "must be set and at most 64 bytes%s", "");
-    if (cfg->instance != NULL &&
-        (cfg->instance[0] == '\0' || strlen(cfg->instance) > 63 ||
-         strspn(cfg->instance,
-                "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
-             strlen(cfg->instance)))
+    /* Characters Docker allows in a container name: with no '/', the prefix cannot make a
+     * name that Docker shows as a link alias, so the ownership check compares names exactly. */
+    const char *name_chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-";
+    if (cfg->container_name_prefix == NULL || strlen(cfg->container_name_prefix) > 64 ||
+        strspn(cfg->container_name_prefix, name_chars) != strlen(cfg->container_name_prefix))
+        return bad(st, "container_name_prefix",
+                   "must be at most 64 characters of [A-Za-z0-9_.-], got '%s'",
+                   cfg->container_name_prefix);
+    if (cfg->instance != NULL && (cfg->instance[0] == '\0' || strlen(cfg->instance) > 63 ||
+                                  strspn(cfg->instance, name_chars) != strlen(cfg->instance)))
         return bad(st, "instance", "must be 1..63 characters of [A-Za-z0-9_.-], got '%s'",
                    cfg->instance);
     if (cfg->max_memory_bytes <= 0 || cfg->default_memory_bytes <= 0 ||
@@ -258,6 +261,7 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
     }
     /* Initialised first: moat_runtime_close relies on them on every failure path. */
     pthread_mutex_init(&rt->version_mu, NULL);
+    pthread_mutex_init(&rt->foreign_mu, NULL);
     pthread_mutex_init(&rt->reaper_mu, NULL);
     pthread_cond_init(&rt->reaper_cv, NULL);
     moat__cache_init(rt);
@@ -333,6 +337,7 @@ void moat_runtime_close(moat_runtime *rt)
     moat__store_close(rt->store);
     moat__cache_destroy(rt);
     pthread_mutex_destroy(&rt->version_mu);
+    pthread_mutex_destroy(&rt->foreign_mu);
     pthread_mutex_destroy(&rt->reaper_mu);
     pthread_cond_destroy(&rt->reaper_cv);
     for (size_t i = 0; i < rt->owned_count; i++)

@@ -15,6 +15,12 @@
 #define MOAT__DOCKER_API_MAX "1.44"
 #define MOAT__DOCKER_API_MIN "1.25"
 
+/* How many foreign container ids are remembered as logged; past that, one line says so and
+ * further foreign containers are left alone without a line each. */
+#define MOAT__FOREIGN_LOGGED_MAX 1024
+/* A container name moat makes: container_name_prefix (at most 64 bytes) + a session id. */
+#define MOAT__CONTAINER_NAME_MAX 128
+
 typedef struct moat__store moat__store;
 
 struct moat_runtime {
@@ -27,6 +33,13 @@ struct moat_runtime {
     char *docker_base_url;
 
     char instance_filter[96]; /* "moat.instance=<instance>", or "" */
+
+    /* Containers left alone because they are not this runtime's are logged once per container
+     * id (hashes of the ids already logged), not on every sweep that sees them again. */
+    pthread_mutex_t foreign_mu;
+    uint64_t foreign_logged[MOAT__FOREIGN_LOGGED_MAX];
+    size_t foreign_logged_count;
+    bool foreign_log_full; /* the table filled up and a line said so */
 
     pthread_mutex_t version_mu;
     char api_version[16];
@@ -115,21 +128,27 @@ typedef struct moat__listed {
     char session_id[MOAT_UUID_STR_LEN];
     char chat_id[MOAT_UUID_STR_LEN];
     char image[MOAT_IMAGE_NAME_MAX];
+    char name[MOAT__CONTAINER_NAME_MAX]; /* without Docker's leading '/'; "" when none fits */
     int64_t created_at_ms;
     int64_t label_expires_at_ms;
     bool running;
     bool managed;      /* moat.managed=true */
-    char instance[64]; /* moat.instance, or "" */
+    bool has_instance; /* a moat.instance label, whatever its value */
+    char instance[64]; /* its value when it is a string that fits, else "" */
 } moat__listed;
 
 /* session.c */
 /* Reads one entry of GET /containers/json or /containers/{id}/json. false when any of the
- * three labels is missing or malformed (the entry must then be skipped). */
+ * three labels is missing or malformed (the entry must then be skipped). Says nothing about
+ * whose container it is: moat__list and the stop paths check that. */
 bool moat__parse_listed(const cJSON *entry, moat__listed *out);
 /* A fresh RUNNING store row for a listed container, expiry from its label. */
 void moat__row_from_listed(const moat__listed *c, moat__row *row);
-/* Lists containers whose labels match every filter (e.g. "session_id", "moat.managed=true").
- * all: include stopped containers. Skipped (malformed) entries are counted in *skipped. */
+/* Lists this runtime's containers that also carry every label filter given (e.g. "session_id",
+ * "session_id=<id>"). Docker is asked for moat.managed=true (and moat.instance=<instance>) as
+ * well, and each entry must then pass the ownership rule (docs/runtime.md, "Sharing one
+ * engine"): the rest are logged once per container id and never returned. all: include stopped
+ * containers. Malformed and foreign entries are counted in *skipped (may be NULL). */
 moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_count, bool all,
                      moat__listed **out, size_t *count, size_t *skipped, moat_status *st);
 /* Stop + remove, tolerant of a container already gone. Reason sandbox_stop_failed. */

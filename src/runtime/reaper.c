@@ -1,5 +1,6 @@
-/* TTL reaper and start-up reconciliation. Only containers carrying moat.managed=true and all
- * three well-formed session labels are ever stopped; everything else is left alone. */
+/* TTL reaper and start-up reconciliation. Only this runtime's own containers (moat__list's
+ * ownership rule) with all three well-formed session labels are ever adopted or stopped;
+ * everything else is left alone. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,8 +9,7 @@
 
 #include "internal.h"
 
-static const char *const MANAGED_LABELS[] = {"session_id", "chat_id", "expires_at",
-                                             "moat.managed=true"};
+static const char *const SESSION_LABELS[] = {"session_id", "chat_id", "expires_at"};
 
 /* Stops an expired session that the store lets us claim. Returns true when it was reaped. */
 static bool reap_one(moat_runtime *rt, const moat__listed *c, int64_t now_ms, moat_status *st)
@@ -44,7 +44,7 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
 {
     moat__listed *items;
     size_t n, skipped = 0;
-    moat_code code = moat__list(rt, MANAGED_LABELS, 4, true, &items, &n, &skipped, st);
+    moat_code code = moat__list(rt, SESSION_LABELS, 3, true, &items, &n, &skipped, st);
     if (code != MOAT_CODE_OK)
         return code;
     rep->skipped += skipped;
@@ -52,13 +52,6 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
     moat_status_clear(&last_error);
     for (size_t i = 0; i < n; i++) {
         const moat__listed *c = &items[i];
-        const char *mine = rt->cfg.instance ? rt->cfg.instance : "";
-        if (!c->managed || strcmp(c->instance, mine) != 0) {
-            /* Not ours: unmanaged, or another instance's (an unscoped runtime owns only unscoped
-             * containers). Re-checked here before anything is removed. */
-            rep->skipped++;
-            continue;
-        }
         moat__row row, fresh;
         moat__row_from_listed(c, &fresh);
         bool inserted = false;

@@ -13,11 +13,12 @@
 
 #include "internal.h"
 
-#define LABEL_SESSION "session_id"
-#define LABEL_CHAT    "chat_id"
-#define LABEL_EXPIRES "expires_at"
-#define LABEL_MANAGED "moat.managed"
-#define LABEL_VERSION "moat.version"
+#define LABEL_SESSION  "session_id"
+#define LABEL_CHAT     "chat_id"
+#define LABEL_EXPIRES  "expires_at"
+#define LABEL_MANAGED  "moat.managed"
+#define LABEL_VERSION  "moat.version"
+#define LABEL_INSTANCE "moat.instance"
 
 void moat__metric_session(moat_runtime *rt, const char *event, const char *session_id,
                           moat_code code, uint64_t started_ns)
@@ -73,6 +74,29 @@ static int64_t created_ms(const cJSON *created)
     return -1;
 }
 
+/* The container's own name without the leading '/': inspect's Name, or the entry of the list's
+ * Names with no other '/' (the others are legacy link aliases, "/other/alias"). "" when there is
+ * none or it does not fit: no name moat makes comes near the size. */
+static void own_name(const cJSON *entry, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const cJSON *names = moat__json_get(entry, "Names");
+    const char *name = moat__json_str(entry, "Name");
+    const cJSON *item;
+    if (cJSON_IsArray(names)) {
+        cJSON_ArrayForEach(item, names)
+        {
+            if (cJSON_IsString(item) && item->valuestring[0] == '/' &&
+                strchr(item->valuestring + 1, '/') == NULL) {
+                name = item->valuestring;
+                break;
+            }
+        }
+    }
+    if (name != NULL && name[0] == '/' && strlen(name + 1) < cap)
+        memcpy(out, name + 1, strlen(name + 1) + 1);
+}
+
 bool moat__parse_listed(const cJSON *entry, moat__listed *out)
 {
     memset(out, 0, sizeof(*out));
@@ -110,9 +134,77 @@ bool moat__parse_listed(const cJSON *entry, moat__listed *out)
         out->running = cJSON_IsTrue(moat__json_get(state, "Running"));
     const char *managed = moat__json_str(labels, LABEL_MANAGED);
     out->managed = managed != NULL && strcmp(managed, "true") == 0;
-    const char *instance = moat__json_str(labels, "moat.instance");
-    snprintf(out->instance, sizeof(out->instance), "%s", instance ? instance : "");
+    out->has_instance = moat__json_get(labels, LABEL_INSTANCE) != NULL;
+    /* A value too long to copy whole stays "", which no valid instance equals. */
+    const char *instance = moat__json_str(labels, LABEL_INSTANCE);
+    if (instance != NULL && strlen(instance) < sizeof(out->instance))
+        memcpy(out->instance, instance, strlen(instance) + 1);
+    own_name(entry, out->name, sizeof(out->name));
     return true;
+}
+
+/* The ownership rule: why c is not this runtime's container, or NULL when it is. Labels alone
+ * prove nothing (anyone with the engine can set them), so the name Docker keeps unique must
+ * be the one this runtime gives its sessions as well. */
+static const char *foreign_reason(const moat_runtime *rt, const moat__listed *c)
+{
+    if (!c->managed)
+        return "not labelled moat.managed=true";
+    if (rt->cfg.instance == NULL && c->has_instance)
+        return "labelled moat.instance and this runtime has no instance";
+    if (rt->cfg.instance != NULL &&
+        (!c->has_instance || strcmp(c->instance, rt->cfg.instance) != 0))
+        return "not labelled with this runtime's moat.instance";
+    char want[MOAT__CONTAINER_NAME_MAX];
+    snprintf(want, sizeof(want), "%s%s", rt->cfg.container_name_prefix, c->session_id);
+    if (strcmp(c->name, want) != 0)
+        return "name is not container_name_prefix + session_id";
+    return NULL;
+}
+
+static uint64_t fnv1a(const char *text)
+{
+    uint64_t h = 14695981039346656037ull;
+    for (const unsigned char *p = (const unsigned char *)text; *p != '\0'; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    return h;
+}
+
+/* Logs a container left alone, once per container id: every sweep sees the same ones again. */
+static void note_foreign(moat_runtime *rt, const moat__listed *c, const char *why)
+{
+    uint64_t h = fnv1a(c->container_id);
+    pthread_mutex_lock(&rt->foreign_mu);
+    bool logged = false;
+    for (size_t i = 0; i < rt->foreign_logged_count && !logged; i++)
+        logged = rt->foreign_logged[i] == h;
+    bool first_overflow = false;
+    if (!logged && rt->foreign_logged_count < MOAT__FOREIGN_LOGGED_MAX) {
+        rt->foreign_logged[rt->foreign_logged_count++] = h;
+    } else if (!logged) {
+        first_overflow = !rt->foreign_log_full;
+        rt->foreign_log_full = true;
+        logged = true;
+    }
+    pthread_mutex_unlock(&rt->foreign_mu);
+    if (first_overflow)
+        moat_log(MOAT_LOG_WARN, "foreign_containers_not_logged",
+                 "count=%d msg=\"more containers that are not this runtime's are left alone "
+                 "without a line each\"",
+                 MOAT__FOREIGN_LOGGED_MAX);
+    if (!logged)
+        moat_log(MOAT_LOG_WARN, "foreign_container_ignored",
+                 "container_id=%.12s name=%s session_id=%s why=\"%s\"", c->container_id, c->name,
+                 c->session_id, why);
+}
+
+/* The ownership check every path runs before it returns or touches a container. */
+static bool owned(moat_runtime *rt, const moat__listed *c)
+{
+    const char *why = foreign_reason(rt, c);
+    if (why != NULL)
+        note_foreign(rt, c, why);
+    return why == NULL;
 }
 
 moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_count, bool all,
@@ -127,6 +219,7 @@ moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_c
     bool ok = label_arr != NULL;
     for (size_t i = 0; ok && i < label_count; i++)
         ok = append(label_arr, cJSON_CreateString(labels[i]));
+    ok = ok && append(label_arr, cJSON_CreateString(LABEL_MANAGED "=true"));
     if (ok && rt->instance_filter[0] != '\0')
         ok = append(label_arr, cJSON_CreateString(rt->instance_filter));
     char *text = ok ? cJSON_PrintUnformatted(filters) : NULL;
@@ -174,7 +267,7 @@ moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_c
     const cJSON *entry;
     cJSON_ArrayForEach(entry, doc)
     {
-        if (moat__parse_listed(entry, &items[kept]))
+        if (moat__parse_listed(entry, &items[kept]) && owned(rt, &items[kept]))
             kept++;
         else if (skipped)
             (*skipped)++;
@@ -841,6 +934,34 @@ gone:
     return MOAT_CODE_OK;
 }
 
+/* Inspects a container and checks it the way moat__list checks a listed one. OK with *out
+ * filled when it is this runtime's; NOT_FOUND (reason sandbox_not_found) when Docker has no
+ * such container; PERMISSION_DENIED (reason container_not_owned) when it is someone else's or
+ * has no well-formed session labels. Reason sandbox_stop_failed for any other failure. */
+static moat_code inspect_owned(moat_runtime *rt, const char *container_id, moat__listed *out,
+                               moat_status *st)
+{
+    char path[160];
+    snprintf(path, sizeof(path), "/containers/%s/json", container_id);
+    moat_docker_response resp;
+    moat_code code = moat_runtime_docker_call(rt, "inspect", "GET", path, NULL, &resp, st);
+    bool mine = code == MOAT_CODE_OK && moat__parse_listed(resp.json, out) && owned(rt, out);
+    moat_runtime_docker_response_free(&resp);
+    if (code == MOAT_CODE_NOT_FOUND) {
+        moat_status_set(st, MOAT_CODE_NOT_FOUND, "sandbox_not_found", "no container %.72s",
+                        container_id);
+    } else if (code != MOAT_CODE_OK) {
+        snprintf(st->reason, sizeof(st->reason), "sandbox_stop_failed");
+    } else if (!mine) {
+        moat_status_set(st, MOAT_CODE_PERMISSION_DENIED, "container_not_owned",
+                        "container %.72s is not a sandbox of this runtime", container_id);
+    } else {
+        return MOAT_CODE_OK;
+    }
+    moat_status_add_detail(st, "container_id", container_id);
+    return st->code;
+}
+
 moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id, moat_status *st)
 {
     moat_status_clear(st);
@@ -853,7 +974,14 @@ moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id
         moat_status_add_detail(st, "field", "container_id");
         return st->code;
     }
-    return moat__stop_remove(rt, container_id, st);
+    moat__listed c;
+    moat_code code = inspect_owned(rt, container_id, &c, st);
+    if (code == MOAT_CODE_NOT_FOUND) {
+        moat_status_clear(st);
+        return MOAT_CODE_OK;
+    }
+    /* By the id Docker resolved: the caller's text may be a name or an id prefix. */
+    return code == MOAT_CODE_OK ? moat__stop_remove(rt, c.container_id, st) : code;
 }
 
 moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id_in, moat_status *st)
@@ -866,17 +994,20 @@ moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id_in, moat_st
     void *span = span_start(rt, "runtime.stop", session_id);
     moat__listed c;
     moat__row row;
-    moat_code code;
+    moat_code code = MOAT_CODE_NOT_FOUND;
     /* The store knows the container of a session this runtime created or adopted, which saves
-     * a list call; otherwise ask Docker by label. */
+     * a list call. It is inspected and checked again before it is stopped: the row may be
+     * from a runtime configured otherwise (another instance or prefix) on the same store. */
     if (moat__store_get(rt->store, session_id, &row) == MOAT_OK &&
         row.state == MOAT_SESSION_RUNNING && row.container_id[0] != '\0') {
-        memset(&c, 0, sizeof(c));
-        memcpy(c.container_id, row.container_id, sizeof(c.container_id));
-        code = MOAT_CODE_OK;
-    } else {
-        code = find_container(rt, session_id, &c, st);
+        code = inspect_owned(rt, row.container_id, &c, st);
+        if (code == MOAT_CODE_OK && strcmp(c.session_id, session_id) != 0)
+            code = MOAT_CODE_NOT_FOUND;
+        if (code == MOAT_CODE_PERMISSION_DENIED)
+            code = MOAT_CODE_NOT_FOUND;
     }
+    if (code == MOAT_CODE_NOT_FOUND)
+        code = find_container(rt, session_id, &c, st);
     if (code == MOAT_CODE_OK)
         code = moat__stop_remove(rt, c.container_id, st);
     else if (code == MOAT_CODE_NOT_FOUND) {

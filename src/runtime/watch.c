@@ -166,7 +166,7 @@ static void *watch_main(void *arg)
             char filters[256];
             snprintf(filters, sizeof(filters),
                      "{\"type\":[\"container\"],\"label\":[\"session_id\",\"chat_id\","
-                     "\"expires_at\"%s%s%s]}",
+                     "\"expires_at\",\"moat.managed=true\"%s%s%s]}",
                      rt->instance_filter[0] ? ",\"" : "", rt->instance_filter,
                      rt->instance_filter[0] ? "\"" : "");
             CURL *esc = curl_easy_init();

@@ -80,6 +80,8 @@ static const key_def keys[] = {
     {"store_path", K_STR, OFF(store_path), "", 0, 0, "SQLite store; default <state_dir>/state.db"},
     {"container_name_prefix", K_STR, OFF(container_name_prefix), "moat-", 0, 0,
      "container name = prefix + session id"},
+    {"instance", K_STR, OFF(instance), "", 0, 0,
+     "scope on a shared engine: label moat.instance=<instance>; empty = containers without one"},
     {"readiness_timeout_ms", K_U32, OFF(readiness_timeout_ms), "10000", 100, 600000,
      "CreateSession waits this long for execd to answer"},
     {"docker_timeout_ms", K_U32, OFF(docker_timeout_ms), "30000", 100, 600000,

@@ -150,6 +150,29 @@ static void cut_free(void *cls)
     free(c);
 }
 
+/* GET /containers/{id}/json: running, named and labelled as the last create asked. */
+static const char *inspect_answer(fake_docker *fd, const char *url, char *scratch, size_t cap)
+{
+    const char *id = url + strlen("/containers/");
+    size_t id_len = strcspn(id, "/?");
+    cJSON *spec =
+        moat_json_parse(fd->last_create_body, strlen(fd->last_create_body), MOAT_JSON_NUL_REJECT);
+    const cJSON *labels = cJSON_GetObjectItemCaseSensitive(spec, "Labels");
+    char *labels_text = cJSON_IsObject(labels) ? cJSON_PrintUnformatted(labels) : NULL;
+    if (labels_text != NULL)
+        snprintf(scratch, cap,
+                 "{\"Id\":\"%.*s\",\"Name\":\"/%s\",\"Created\":\"2026-04-02T12:00:00Z\","
+                 "\"State\":{\"Running\":true,\"ExitCode\":0},"
+                 "\"Config\":{\"Image\":\"sandbox:latest\",\"Labels\":%s}}",
+                 (int)id_len, id, fd->last_create_name, labels_text);
+    else
+        snprintf(scratch, cap, "{\"Id\":\"%.*s\",\"State\":{\"Running\":true,\"ExitCode\":0}}",
+                 (int)id_len, id);
+    cJSON_free(labels_text);
+    cJSON_Delete(spec);
+    return scratch;
+}
+
 static const char *default_answer(fake_docker *fd, const char *method, const char *url, int *status,
                                   char *scratch, size_t cap)
 {
@@ -174,7 +197,7 @@ static const char *default_answer(fake_docker *fd, const char *method, const cha
     if (strcmp(method, "GET") == 0 && strstr(url, "/containers/json"))
         return "[]";
     if (strcmp(method, "GET") == 0 && strstr(url, "/containers/"))
-        return "{\"Id\":\"container-123\",\"State\":{\"Running\":true,\"ExitCode\":0}}";
+        return inspect_answer(fd, url, scratch, cap);
     if (strcmp(method, "GET") == 0 && strstr(url, "/images/"))
         return "{\"Id\":\"sha256:abc\"}";
     *status = 404;
@@ -279,8 +302,12 @@ static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, co
         rq->body = strdup(body_in);
         snprintf(rq->tls_peer, sizeof(rq->tls_peer), "%s", tls_peer);
     }
-    if (strcmp(method, "POST") == 0 && strstr(path, "/containers/create"))
+    if (strcmp(method, "POST") == 0 && strstr(path, "/containers/create")) {
         snprintf(fd->last_create_body, sizeof(fd->last_create_body), "%s", body_in);
+        const char *name = strstr(path, "name=");
+        snprintf(fd->last_create_name, sizeof(fd->last_create_name), "%.*s",
+                 name != NULL ? (int)strcspn(name + 5, "&") : 0, name != NULL ? name + 5 : "");
+    }
     fake_route route = {0};
     bool routed = false;
     /* The newest route wins, so a test can override an earlier one. */
@@ -295,7 +322,7 @@ static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, co
         route.body = strdup(r->body ? r->body : "");
         routed = true;
     }
-    char scratch[128];
+    char scratch[4096];
     int status = 0;
     const char *answer;
     if (routed && route.status > 0) {

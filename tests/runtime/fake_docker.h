@@ -1,8 +1,10 @@
 /* A fake Docker engine for unit tests: a real HTTP server (libmicrohttpd) on a Unix socket, on
  * loopback TCP, or over HTTPS with client-certificate verification on loopback, that
  * records every request and answers from scripted routes, falling back to engine-like
- * defaults. On container start it can launch a fake execd (answering GET /ping) on the socket
- * dir the container spec bind-mounts at /run/moat, as the real sandbox would. */
+ * defaults: a create makes "container-123"; an inspect of any container id answers running, with
+ * the name and labels of the last create (so the runtime sees its own container), or with no
+ * labels before any create. On container start it can launch a fake execd (answering GET /ping)
+ * on the socket dir the container spec bind-mounts at /run/moat, as the real sandbox would. */
 #ifndef MOAT_TEST_FAKE_DOCKER_H
 #define MOAT_TEST_FAKE_DOCKER_H
 
@@ -43,6 +45,7 @@ typedef struct fake_docker {
     struct MHD_Daemon *execds[8];
     size_t execd_count;
     char last_create_body[16384];
+    char last_create_name[128]; /* the name= of the last create, "" when it had none */
     bool tls;
     char *tls_pem[3]; /* server cert, server key, client CA: kept while the daemon runs */
 } fake_docker;

@@ -519,7 +519,8 @@ static bool listed(fx *f, const char *container_name_part, size_t *count)
 }
 
 /* With the event watcher, repeated lists come from a snapshot; a container change made behind
- * the runtime's back (docker CLI) still shows up in the next list. */
+ * the runtime's back (docker CLI, with the name and labels the runtime gives its own) still
+ * shows up in the next list. */
 static void test_watcher_keeps_list_coherent(void **state)
 {
     fx *f = *state;
@@ -538,26 +539,27 @@ static void test_watcher_keeps_list_coherent(void **state)
     char other[MOAT_UUID_STR_LEN], cmd[512];
     new_session_id(other);
     snprintf(cmd, sizeof(cmd),
-             "/usr/bin/docker run -d --name " PREFIX "byhand --network none --label session_id=%s "
+             "/usr/bin/docker run -d --name " PREFIX "%s --network none --label session_id=%s "
              "--label chat_id=" CHAT_A_CANON " --label expires_at=2099-01-01T00:00:00+00:00 "
-             "--label moat.instance=rttest "
+             "--label moat.managed=true --label moat.instance=rttest "
              "--entrypoint /bin/sleep " IMAGE " 300 >/dev/null",
-             other);
+             other, other);
     assert_int_equal(run(cmd), 0);
     /* The event reaches the watcher asynchronously; bounded wait for the list to show it. */
     bool seen = false;
     size_t after = 0;
     for (int i = 0; i < 50 && !seen; i++) {
-        seen = listed(f, "byhand", &after);
+        seen = listed(f, other, &after);
         if (!seen)
             usleep(100000);
     }
     assert_true(seen);
     assert_int_equal(after, before + 1);
-    assert_int_equal(run("/usr/bin/docker rm -f " PREFIX "byhand >/dev/null"), 0);
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker rm -f " PREFIX "%s >/dev/null", other);
+    assert_int_equal(run(cmd), 0);
     bool gone = false;
     for (int i = 0; i < 50 && !gone; i++) {
-        gone = !listed(f, "byhand", &after);
+        gone = !listed(f, other, &after);
         if (!gone)
             usleep(100000);
     }

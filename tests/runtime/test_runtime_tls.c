@@ -262,7 +262,8 @@ static void test_tls_create_list_stop(void **state)
 
     fake_docker_route(&f->fd, "GET", "/containers/json", 200,
                       "[{\"Id\":\"container-123\",\"State\":\"running\","
-                      "\"Image\":\"sandbox:latest\",\"Created\":1775131200,\"Labels\":{"
+                      "\"Image\":\"sandbox:latest\",\"Created\":1775131200,"
+                      "\"Names\":[\"/moat-unit-tls-" SESSION_ID "\"],\"Labels\":{"
                       "\"session_id\":\"" SESSION_ID "\",\"chat_id\":\"" CHAT_ID "\","
                       "\"expires_at\":\"2026-04-02T12:05:00+00:00\",\"moat.managed\":\"true\"}}]",
                       -1);

@@ -26,6 +26,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.max_frame_size, 1048576);
     assert_int_equal(c.initial_window, 1048576);
     assert_int_equal(c.log_level, MOAT_LOG_INFO);
+    assert_string_equal(c.instance, "");
     char err[256] = "";
     assert_int_equal(moat_server_config_finish(&c, "/nonexistent/bin", err, sizeof(err)), MOAT_OK);
     assert_string_equal(c.chats_root, "/var/lib/moat/chats");
@@ -116,6 +117,24 @@ static void test_set_and_env(void **state)
     assert_non_null(strstr(err, "MOAT_MAX_CONNECTIONS"));
     unsetenv("MOAT_TOKEN");
     unsetenv("MOAT_MAX_CONNECTIONS");
+    moat_server_config_free(&c);
+}
+
+/* instance, like every key, comes from the file, MOAT_INSTANCE and --instance. */
+static void test_instance_from_file_env_and_flag(void **state)
+{
+    (void)state;
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    char err[256] = "";
+    assert_int_equal(moat_server_config_parse(&c, "instance = blue\n", err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.instance, "blue");
+    setenv("MOAT_INSTANCE", "green", 1);
+    assert_int_equal(moat_server_config_apply_env(&c, err, sizeof(err)), MOAT_OK);
+    unsetenv("MOAT_INSTANCE");
+    assert_string_equal(c.instance, "green");
+    assert_int_equal(moat_server_config_set(&c, "instance", "red", err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.instance, "red");
     moat_server_config_free(&c);
 }
 
@@ -233,6 +252,7 @@ int main(void)
         cmocka_unit_test(test_parse_file_text),
         cmocka_unit_test(test_parse_bad_input),
         cmocka_unit_test(test_set_and_env),
+        cmocka_unit_test(test_instance_from_file_env_and_flag),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_finish_rules),
         cmocka_unit_test(test_loopback_and_hostport),

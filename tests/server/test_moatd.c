@@ -556,6 +556,29 @@ static void test_refuses_public_listener_without_token(void **state)
     assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
 }
 
+/* --instance reaches the runtime: --check-config validates it as the runtime's setting. */
+static void test_check_config_validates_instance(void **state)
+{
+    (void)state;
+    const char *build = getenv("MOAT_BUILD_DIR");
+    char dir[] = "/tmp/moat-srvtest-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    const char *wrap = moatd_wrapper();
+    const char *quiet = wrap[0] != '\0' ? ">/dev/null" : ">/dev/null 2>&1";
+    const char *instances[] = {"blue-1", "'bad instance!'"};
+    for (int i = 0; i < 2; i++) {
+        char cmd[1200];
+        snprintf(cmd, sizeof(cmd),
+                 "%s %s/src/server/moatd --state_dir=%s --execd_bundle=%s --instance=%s "
+                 "--check-config %s",
+                 wrap, build != NULL ? build : ".", dir, dir, instances[i], quiet);
+        int rc = system(cmd);
+        assert_true(WIFEXITED(rc));
+        assert_int_equal(WEXITSTATUS(rc), i == 0 ? 0 : 2);
+    }
+    moatd_remove_dir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest shared[] = {
@@ -580,6 +603,7 @@ int main(void)
         cmocka_unit_test(test_sighup_reloads_token),
         cmocka_unit_test(test_unix_socket_listener),
         cmocka_unit_test(test_refuses_public_listener_without_token),
+        cmocka_unit_test(test_check_config_validates_instance),
     };
     int failed = cmocka_run_group_tests_name("moatd_shared", shared, setup_server, teardown_server);
     failed += cmocka_run_group_tests_name("moatd_own", own, NULL, NULL);
