@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "moat/runtime.h"
+#include "../../tests/unmount_under.h"
 
 #define PREFIX "moat-rtbench-"
 #define IMAGE  "moat-sandbox:latest"
@@ -338,6 +339,7 @@ int main(int argc, char **argv)
 
     cleanup_containers();
     moat_runtime_close(rt);
+    moat_test_unmount_under(dir);
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(create_ns);
     free(raw_create_ns);

@@ -2,6 +2,8 @@
  * loop (multi_socket), and the request plumbing every call shares. */
 #include "internal.h"
 
+#include <unistd.h>
+
 #include "common/unix_socket.h"
 
 #include <ctype.h>
@@ -269,21 +271,54 @@ static size_t write_cb(char *p, size_t sz, size_t nm, void *ud)
 
 static moat_log_limit refused_socket_log = MOAT_LOG_LIMIT_INIT;
 
-/* Connects to execd's socket without following a link or talking to a non-socket that the
- * sandbox planted in its socket directory (docs/SECURITY.md). */
-static int connect_unix(void *ud, curl_socket_t fd, curlsocktype purpose)
+static void unpin_socket(bridge_req *r)
+{
+    if (r->socket_pin >= 0)
+        close(r->socket_pin);
+    r->socket_pin = -1;
+}
+
+/* curl connects to the address this leaves: the socket file itself, pinned, so neither a link
+ * nor a non-socket that the sandbox planted in its socket directory is ever connected to
+ * (docs/SECURITY.md). curl's own connection cache stays keyed on the real path. */
+static curl_socket_t open_unix_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *address)
 {
     bridge_req *r = ud;
-    if (purpose != CURLSOCKTYPE_IPCXN)
-        return CURL_SOCKOPT_OK;
-    if (moat_unix_connect_nofollow(fd, r->unix_socket, r->connect_why, sizeof(r->connect_why)) ==
-        0)
-        return CURL_SOCKOPT_ALREADY_CONNECTED;
-    r->connect_errno = errno;
-    if (errno == ELOOP || errno == ENOTSOCK)
-        moat_log_limited(&refused_socket_log, MOAT_LOG_WARN, "execd_socket_refused",
-                         "why=\"%s\"", r->connect_why);
-    return CURL_SOCKOPT_ERROR;
+    if (purpose != CURLSOCKTYPE_IPCXN || address->family != AF_UNIX)
+        return CURL_SOCKET_BAD;
+    unpin_socket(r);
+    struct sockaddr_un sa;
+    socklen_t len;
+    r->socket_pin = moat_unix_pin(r->unix_socket, &sa, &len, r->connect_why,
+                                  sizeof(r->connect_why));
+    if (r->socket_pin < 0) {
+        r->connect_errno = errno;
+        if (errno == ELOOP || errno == ENOTSOCK)
+            moat_log_limited(&refused_socket_log, MOAT_LOG_WARN, "execd_socket_refused",
+                             "why=\"%s\"", r->connect_why);
+        return CURL_SOCKET_BAD;
+    }
+    memcpy(&address->addr, &sa, len);
+    address->addrlen = len;
+    curl_socket_t fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        r->connect_errno = errno;
+        snprintf(r->connect_why, sizeof(r->connect_why), "socket: %s", strerror(errno));
+        unpin_socket(r);
+    }
+    return fd;
+}
+
+/* The connection is up (and the request not yet sent): the pin has done its work. */
+static int connected(void *ud, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+                     int conn_local_port)
+{
+    (void)conn_primary_ip;
+    (void)conn_local_ip;
+    (void)conn_primary_port;
+    (void)conn_local_port;
+    unpin_socket(ud);
+    return CURL_PREREQFUNC_OK;
 }
 
 bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const char *method,
@@ -300,6 +335,7 @@ bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const 
         return NULL;
     }
     r->b = b;
+    r->socket_pin = -1;
     moat_buf_init(&r->body, b->cfg.max_body);
     r->easy = curl_easy_init();
     const char *base = ep->unix_socket != NULL ? "http://localhost" : ep->base_url;
@@ -325,10 +361,11 @@ bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const 
             moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
             return NULL;
         }
-        /* curl keys its connection cache on this path; connect_unix does the connecting. */
         curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, ep->unix_socket);
-        curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, connect_unix);
-        curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, r);
+        curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_unix_socket);
+        curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, connected);
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, r);
     }
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -396,6 +433,7 @@ void moat__req_discard(bridge_req *r)
         curl_mime_free(r->mime);
     curl_slist_free_all(r->hdrs);
     free(r->post);
+    unpin_socket(r);
     free(r->unix_socket);
     moat_buf_free(&r->body);
     free(r);

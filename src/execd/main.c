@@ -360,9 +360,10 @@ static bool prepare_state_dirs(void)
     struct stat st;
     if (mkdir(xd.cfg.work_dir, 0700) != 0 && errno != EEXIST)
         return false;
+    /* chmod first: once the directory is the user's, root without CAP_FOWNER cannot. */
     if (lstat(xd.cfg.work_dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
-        lchown(xd.cfg.work_dir, xd.cfg.run_uid, xd.cfg.run_gid) != 0 ||
-        chmod(xd.cfg.work_dir, 0700) != 0) {
+        (st.st_uid != xd.cfg.run_uid && chmod(xd.cfg.work_dir, 0700) != 0) ||
+        lchown(xd.cfg.work_dir, xd.cfg.run_uid, xd.cfg.run_gid) != 0) {
         fprintf(stderr, "moat-execd: cannot give %s to uid %u: %s\n", xd.cfg.work_dir,
                 (unsigned)xd.cfg.run_uid, strerror(errno));
         return false;

@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <curl/curl.h>
 
@@ -204,6 +206,31 @@ static int make_private(const char *path)
     return chmod(path, 0700);
 }
 
+/* Files a sandbox leaves in its workspace or socket directory must be inert on the host: a
+ * setuid copy of a shell made by a root sandbox would be setuid root there. The directory
+ * becomes a bind mount of itself with nosuid and nodev, which every bind mount Docker makes of
+ * what is inside inherits. It stays after moatd exits, so the files stay inert while moatd is
+ * down; nothing is done when the directory already sits on such a mount. */
+static int make_inert(const char *path)
+{
+    struct statvfs vfs;
+    if (statvfs(path, &vfs) != 0)
+        return -1;
+    if ((vfs.f_flag & ST_NOSUID) && (vfs.f_flag & ST_NODEV))
+        return 0;
+    if (mount(path, path, NULL, MS_BIND, NULL) != 0)
+        return -1;
+    if (mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, NULL) != 0) {
+        int err = errno;
+        umount2(path, MNT_DETACH);
+        errno = err;
+        return -1;
+    }
+    moat_log(MOAT_LOG_INFO, "runtime_dir_made_inert", "path=\"%s\" mount=\"bind,nosuid,nodev\"",
+             path);
+    return 0;
+}
+
 /* mkdir -p with mode 0755. */
 static int mkdirs(const char *path)
 {
@@ -309,6 +336,14 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
         moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "invalid_config",
                         "cannot create chats_root '%s' or state_dir '%s': %s", c->chats_root,
                         c->state_dir, strerror(errno));
+        moat_runtime_close(rt);
+        return NULL;
+    }
+    if (make_inert(c->chats_root) != 0 || make_inert(sessions) != 0) {
+        moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "invalid_config",
+                        "cannot make chats_root '%s' and '%s' nosuid,nodev mounts: %s (run moatd "
+                        "as root, or mount them nosuid,nodev yourself)",
+                        c->chats_root, sessions, strerror(errno));
         moat_runtime_close(rt);
         return NULL;
     }

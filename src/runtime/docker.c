@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -307,13 +308,27 @@ static size_t discard(char *data, size_t size, size_t nmemb, void *user)
     return size * nmemb;
 }
 
-static int connect_execd(void *socket_path, curl_socket_t fd, curlsocktype purpose)
+typedef struct pinned_socket {
+    const char *path;
+    int pin; /* O_PATH descriptor of the socket file, or -1 */
+} pinned_socket;
+
+/* The address curl connects to names the socket file itself: never a link the sandbox planted
+ * in its socket directory, nor a non-socket. */
+static curl_socket_t open_execd_socket(void *ud, curlsocktype purpose,
+                                       struct curl_sockaddr *address)
 {
-    if (purpose != CURLSOCKTYPE_IPCXN)
-        return CURL_SOCKOPT_OK;
-    return moat_unix_connect_nofollow(fd, socket_path, NULL, 0) == 0
-               ? CURL_SOCKOPT_ALREADY_CONNECTED
-               : CURL_SOCKOPT_ERROR;
+    pinned_socket *ps = ud;
+    if (purpose != CURLSOCKTYPE_IPCXN || address->family != AF_UNIX || ps->pin >= 0)
+        return CURL_SOCKET_BAD;
+    struct sockaddr_un sa;
+    socklen_t len;
+    ps->pin = moat_unix_pin(ps->path, &sa, &len, NULL, 0);
+    if (ps->pin < 0)
+        return CURL_SOCKET_BAD;
+    memcpy(&address->addr, &sa, len);
+    address->addrlen = len;
+    return socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 }
 
 bool moat__execd_ping(const char *socket_path, const char *token, long timeout_ms)
@@ -332,10 +347,10 @@ bool moat__execd_ping(const char *socket_path, const char *token, long timeout_m
         }
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     }
-    /* The sandbox can write the socket's directory: connect_execd follows no link. */
+    pinned_socket ps = {socket_path, -1};
     curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, socket_path);
-    curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, connect_execd);
-    curl_easy_setopt(h, CURLOPT_SOCKOPTDATA, (void *)socket_path);
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, open_execd_socket);
+    curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, &ps);
     curl_easy_setopt(h, CURLOPT_URL, "http://localhost/ping");
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
@@ -345,5 +360,7 @@ bool moat__execd_ping(const char *socket_path, const char *token, long timeout_m
               curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200;
     curl_easy_cleanup(h);
     curl_slist_free_all(hdrs);
+    if (ps.pin >= 0)
+        close(ps.pin);
     return ok;
 }

@@ -1482,8 +1482,90 @@ static void test_uid(void **state)
     assert_string_equal(r.out_lines[1], "65533");
 }
 
+/* --run-as: commands, bash sessions and the file API act as that user; the access token from
+ * the environment reaches no command; files land owned by the user, and what the user cannot
+ * write, the file API cannot either. */
+static void test_run_as(void **state)
+{
+    (void)state;
+    if (getuid() != 0)
+        skip();
+    char open_dir[] = "/tmp/moat-runas-XXXXXX";
+    assert_non_null(mkdtemp(open_dir));
+    assert_int_equal(chmod(open_dir, 0777), 0);
+    setenv("EXECD_ACCESS_TOKEN", "runas-secret", 1);
+    xd_proc tp;
+    const char *args[] = {"--run-as", "65534:65533", NULL};
+    bool started = xd_start(&tp, args);
+    unsetenv("EXECD_ACCESS_TOKEN");
+    assert_true(started);
+    /* As inside a sandbox, where the state dir sits in /tmp: the user may pass through. */
+    assert_int_equal(chmod(tp.dir, 0711), 0);
+    tp.unix_t.token = "runas-secret";
+    xd_run r;
+    xd_stream(&tp.unix_t, "/command",
+              "{\"command\":\"id -u; id -g; id -G; env | grep -c EXECD_ACCESS_TOKEN; "
+              "grep -c runas-secret /proc/$$/environ; true\"}",
+              false, &r);
+    assert_true(r.complete);
+    assert_int_equal(r.nlines, 5);
+    assert_string_equal(r.out_lines[0], "65534");
+    assert_string_equal(r.out_lines[1], "65533");
+    assert_string_equal(r.out_lines[2], "65533");
+    assert_string_equal(r.out_lines[3], "0");
+    assert_string_equal(r.out_lines[4], "0");
+    /* execd itself, root, cannot be signalled by its commands. */
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "{\"command\":\"kill -0 %d\"}", (int)tp.pid);
+    xd_stream(&tp.unix_t, "/command", cmd, false, &r);
+    assert_true(r.error);
+    /* A bash session runs as the user too. */
+    xd_resp resp = xd_http(&tp.unix_t, "POST", "/session", "{}", NULL);
+    assert_int_equal(resp.status, 200);
+    cJSON *j = xd_json(&resp);
+    char path[128];
+    snprintf(path, sizeof(path), "/session/%s/run",
+             cJSON_GetStringValue(cJSON_GetObjectItem(j, "session_id")));
+    cJSON_Delete(j);
+    xd_resp_free(&resp);
+    xd_stream(&tp.unix_t, path, "{\"command\":\"id -u\"}", false, &r);
+    assert_true(r.complete);
+    assert_string_equal(r.out, "65534");
+    /* A background command's log (kept in execd's user/ directory) reads back. */
+    xd_stream(&tp.unix_t, "/command", "{\"command\":\"echo bg\",\"background\":true}", false,
+              &r);
+    assert_true(r.complete);
+    /* The file API writes as the user, and is refused where the user would be. */
+    char q[512], target[256];
+    snprintf(target, sizeof(target), "%s/owned.txt", open_dir);
+    snprintf(q, sizeof(q), "/files/write?path=%s", target);
+    resp = xd_http_body(&tp.unix_t, "POST", q, "mine", 4, NULL);
+    assert_int_equal(resp.status, 200);
+    xd_resp_free(&resp);
+    struct stat sb;
+    assert_int_equal(stat(target, &sb), 0);
+    assert_int_equal(sb.st_uid, 65534);
+    assert_int_equal(sb.st_gid, 65533);
+    snprintf(target, sizeof(target), "%s/root-only.txt", tp.dir); /* root's, 0711 */
+    snprintf(q, sizeof(q), "/files/write?path=%s", target);
+    resp = xd_http_body(&tp.unix_t, "POST", q, "nope", 4, NULL);
+    assert_int_not_equal(resp.status, 200);
+    xd_resp_free(&resp);
+    assert_int_not_equal(access(target, F_OK), 0);
+    snprintf(q, sizeof(q), "/files/download?path=/proc/%d/environ", (int)tp.pid);
+    resp = xd_http(&tp.unix_t, "GET", q, NULL, NULL);
+    assert_int_not_equal(resp.status, 200);
+    xd_resp_free(&resp);
+    int st = xd_stop(&tp);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    char rm[128];
+    snprintf(rm, sizeof(rm), "rm -rf %s", open_dir);
+    assert_int_equal(system(rm), 0);
+}
+
 /* A command the kernel refuses to exec (one environment string past 128 KiB: E2BIG) ends
- * with CommandExecError, on both ways of starting it: posix_spawn, and fork for a uid. */
+ * with CommandExecError, on both ways of starting it: posix_spawn, and the clone that changes
+ * the uid. */
 static void test_exec_failure(void **state)
 {
     (void)state;
@@ -1507,7 +1589,7 @@ static void test_exec_failure(void **state)
         assert_false(r.complete);
         assert_int_equal(r.out_len, 0);
         assert_non_null(strstr(r.evalue, "Argument list too long"));
-        /* A forked child that failed before exec is finished once the reaper has it. */
+        /* A child that failed before exec is finished once the reaper has it. */
         char path[128];
         snprintf(path, sizeof(path), "/command/status/%s", r.id);
         bool finished = false;
@@ -1578,6 +1660,7 @@ int main(void)
         cmocka_unit_test(test_session_busy),
         cmocka_unit_test(test_retention_and_bound),
         cmocka_unit_test(test_uid),
+        cmocka_unit_test(test_run_as),
         cmocka_unit_test(test_exec_failure),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -20,6 +20,7 @@
 
 #include "json_readers.h"
 #include "moat/runtime.h"
+#include "../unmount_under.h"
 
 #define PREFIX       "moat-rttest-"
 #define IMAGE        "moat-sandbox:latest"
@@ -162,6 +163,7 @@ static int teardown(void **state)
     fx *f = *state;
     moat_runtime_close(f->rt);
     remove_test_containers();
+    moat_test_unmount_under(f->dir);
     nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(f);
     return 0;
@@ -253,13 +255,20 @@ static void test_labels_mounts_limits_and_isolation(void **state)
     assert_int_equal(jiv(jget(host, "NanoCpus")), 500000000);
     cJSON_Delete(c);
 
-    /* From inside: no capabilities, no-new-privileges, only loopback, read-only mounts. */
+    const cJSON *cap_add = jget(host, "CapAdd");
+    assert_int_equal(cJSON_GetArraySize(cap_add), 4);
+    assert_string_equal(jsv(cJSON_GetArrayItem(cap_add, 0)), "SETUID");
+
+    /* From inside: the sandbox user holds no capability, and no process there can ever hold
+     * more than execd's four (CHOWN, KILL, SETGID, SETUID); no-new-privileges, only loopback,
+     * read-only mounts. */
     char cmd[512];
-    snprintf(cmd, sizeof(cmd), "/usr/bin/docker exec %s cat /proc/self/status", s.container_id);
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker exec --user 1000:1000 %s cat /proc/self/status",
+             s.container_id);
     char *status = capture(cmd);
     assert_non_null(strstr(status, "CapEff:\t0000000000000000"));
     assert_non_null(strstr(status, "CapPrm:\t0000000000000000"));
-    assert_non_null(strstr(status, "CapBnd:\t0000000000000000"));
+    assert_non_null(strstr(status, "CapBnd:\t00000000000000e1"));
     assert_non_null(strstr(status, "NoNewPrivs:\t1"));
     free(status);
     snprintf(cmd, sizeof(cmd), "/usr/bin/docker exec %s cat /proc/net/dev", s.container_id);
@@ -487,8 +496,9 @@ static void test_fork_bomb_contained(void **state)
     free(alive);
     char ping[4300];
     snprintf(ping, sizeof(ping),
-             "curl -s -o /dev/null -w '%%{http_code}' --unix-socket %s http://localhost/ping",
-             calm.execd_socket);
+             "curl -s -o /dev/null -w '%%{http_code}' -H 'X-EXECD-ACCESS-TOKEN: %s' "
+             "--unix-socket %s http://localhost/ping",
+             calm.execd_token, calm.execd_socket);
     char *code = capture(ping);
     assert_string_equal(code, "200");
     free(code);

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "moat/runtime.h"
+#include "../unmount_under.h"
 
 #define IMAGE "moat-sandbox:latest"
 
@@ -134,6 +135,7 @@ static int group_teardown(void **state)
     if (eng.pid > 0)
         run(cmd);
     engine_stop();
+    moat_test_unmount_under(eng.dir);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", eng.dir);
     run(cmd);
     return 0;
@@ -242,6 +244,7 @@ static void test_engine_down_then_back(void **state)
     assert_int_equal(moat_runtime_stop(rt, sid2, &st), MOAT_CODE_OK);
     moat_runtime_close(rt);
     char cmd[128];
+    moat_test_unmount_under(dir);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     run(cmd);
 }

@@ -18,6 +18,7 @@
 
 #include "fake_docker.h"
 #include "moat/runtime.h"
+#include "../unmount_under.h"
 
 #define CHAT_ID    "123e4567-e89b-12d3-a456-426614174000"
 #define SESSION_ID "00000000-0000-0000-0000-000000000010"
@@ -179,6 +180,7 @@ static int teardown(void **state)
     fx *f = *state;
     moat_runtime_close(f->rt);
     fake_docker_stop(&f->fd);
+    moat_test_unmount_under(f->dir);
     nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(f);
     return 0;

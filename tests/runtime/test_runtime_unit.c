@@ -20,6 +20,7 @@
 #include "fake_docker.h"
 #include "json_readers.h"
 #include "moat/runtime.h"
+#include "../unmount_under.h"
 
 #define CHAT_ID               "123e4567-e89b-12d3-a456-426614174000"
 #define NON_CANONICAL_CHAT_ID "123E4567E89B12D3A456426614174000"
@@ -100,6 +101,7 @@ static int teardown(void **state)
     fx *f = *state;
     moat_runtime_close(f->rt);
     fake_docker_stop(&f->fd);
+    moat_test_unmount_under(f->dir);
     nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(f);
     return 0;

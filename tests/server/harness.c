@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "../unmount_under.h"
 
 static void sleep_ms(int ms)
 {
@@ -197,6 +198,7 @@ void moatd_remove_dir(const char *dir)
     /* MOAT_KEEP_TEST_DIRS=1 keeps state dirs and moatd logs for debugging. */
     if (strncmp(dir, "/tmp/moat-srvtest-", 18) != 0 || getenv("MOAT_KEEP_TEST_DIRS") != NULL)
         return;
+    moat_test_unmount_under(dir);
     char cmd[400];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     int rc = system(cmd);
