@@ -152,6 +152,9 @@ static int setup(void **state)
     f->cfg.default_nano_cpus = 500000000;
     f->cfg.readiness_timeout_ms = 20000;
     f->cfg.stop_timeout_seconds = 1;
+    /* These tests read the chat directory from the host after a stop, when a quota'd workspace
+     * is no longer mounted there; test_workspace_docker runs sandboxes with quotas. */
+    f->cfg.workspace_quota = false;
     open_runtime(f);
     *state = f;
     return 0;

@@ -181,6 +181,7 @@ static void test_engine_down_then_back(void **state)
     cfg.cleanup_interval_seconds = 1;
     cfg.default_memory_bytes = 64ll * 1024 * 1024;
     cfg.stop_timeout_seconds = 1;
+    cfg.workspace_quota = false; /* about the engine's restart; test_workspace_docker has quotas */
     moat_status st;
     moat_runtime *rt = moat_runtime_open(&cfg, &st);
     assert_non_null(rt);

@@ -165,6 +165,7 @@ static int setup(void **state)
     f->cfg.docker_tls_cert = pki.client_cert;
     f->cfg.docker_tls_key = pki.client_key;
     f->cfg.docker_tls_ca = pki.ca;
+    f->cfg.workspace_quota = false; /* a fake engine: nothing mounted on the host */
     /* Generous: under valgrind the first TLS handshakes take seconds. No test waits for it. */
     f->cfg.docker_timeout_ms = 30000;
     f->cfg.readiness_timeout_ms = 30000;

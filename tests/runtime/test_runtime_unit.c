@@ -89,6 +89,9 @@ static int setup(void **state)
     f->cfg.docker_timeout_ms = 2000;
     f->cfg.readiness_timeout_ms = 2000;
     f->cfg.container_name_prefix = "moat-unit-";
+    /* A fake engine and no change to the host: no workspace images or mounts here
+     * (test_workspace_root covers them). */
+    f->cfg.workspace_quota = false;
     open_runtime(f);
     *state = f;
     return 0;
