@@ -87,7 +87,9 @@ typedef struct moat_runtime_config {
     int64_t default_memory_bytes, max_memory_bytes;
     int64_t default_nano_cpus, max_nano_cpus;
     int64_t default_pids_limit, max_pids_limit;
-    bool read_only_rootfs; /* with a tmpfs /tmp of tmpfs_size_bytes */
+    /* A read-only root file system, with writable tmpfs mounts of tmpfs_size_bytes each on /tmp,
+     * /var/tmp and /root, so the container's writable layer on the host disk stays empty. */
+    bool read_only_rootfs;
     int64_t tmpfs_size_bytes;
 
     /* Host-enforced bounds on what a sandbox writes (docs/runtime.md, "Workspaces"). With
@@ -114,8 +116,8 @@ typedef struct moat_runtime_config {
 
 /* Fills every field with moat's defaults (state under /var/lib/moat, the Docker socket at
  * /var/run/docker.sock, image moat-sandbox:latest, ttl 300 s, cleanup every 60 s, 512 MiB /
- * 1 CPU / 256 pids by default, 4 GiB / 2 CPUs / 1024 pids max, readiness 10 s, workspace
- * quotas on: 1 GiB and 65536 inodes, owned by root). */
+ * 1 CPU / 256 pids by default, 4 GiB / 2 CPUs / 1024 pids max, readiness 10 s, a read-only root
+ * with 64 MiB tmpfs mounts, workspace quotas on: 1 GiB and 65536 inodes, owned by root). */
 void moat_runtime_config_defaults(moat_runtime_config *cfg);
 
 /* Checks the config without touching Docker: every path setting absolute; dependencies,

@@ -34,7 +34,7 @@ void moat_runtime_config_defaults(moat_runtime_config *cfg)
     cfg->max_nano_cpus = 2000000000ll;
     cfg->default_pids_limit = 256;
     cfg->max_pids_limit = 1024;
-    cfg->read_only_rootfs = false;
+    cfg->read_only_rootfs = true;
     cfg->tmpfs_size_bytes = 64ll * 1024 * 1024;
     cfg->workspace_quota = true;
     cfg->workspace_size_bytes = 1024ll * 1024 * 1024;

@@ -340,11 +340,20 @@ static cJSON *container_spec(moat_runtime *rt, const char *session_id, const cha
          moat__json_add_int(host, "NanoCpus", nano_cpus) &&
          cJSON_AddBoolToObject(host, "ReadonlyRootfs", rt->cfg.read_only_rootfs);
     if (ok && rt->cfg.read_only_rootfs) {
-        char opts[96];
-        snprintf(opts, sizeof(opts), "rw,nosuid,nodev,size=%lld",
-                 (long long)rt->cfg.tmpfs_size_bytes);
+        /* What a shell and its tools write outside the workspace; each bounded in bytes and
+         * inodes, and charged to the container's memory limit. */
+        static const struct {
+            const char *path;
+            const char *mode;
+        } writable[] = {{"/tmp", "1777"}, {"/var/tmp", "1777"}, {"/root", "0700"}};
         cJSON *tmpfs = cJSON_AddObjectToObject(host, "Tmpfs");
-        ok = tmpfs != NULL && cJSON_AddStringToObject(tmpfs, "/tmp", opts);
+        ok = tmpfs != NULL;
+        for (size_t i = 0; ok && i < sizeof(writable) / sizeof(writable[0]); i++) {
+            char opts[128];
+            snprintf(opts, sizeof(opts), "rw,nosuid,nodev,size=%lld,nr_inodes=16384,mode=%s",
+                     (long long)rt->cfg.tmpfs_size_bytes, writable[i].mode);
+            ok = cJSON_AddStringToObject(tmpfs, writable[i].path, opts) != NULL;
+        }
     }
     if (!ok) {
         cJSON_Delete(spec);

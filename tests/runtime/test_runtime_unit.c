@@ -210,8 +210,17 @@ static void test_create_mount_policy_and_labels(void **state)
     assert_int_equal(jiv(jget(host, "PidsLimit")), 256);
     assert_int_equal(jiv(jget(host, "Memory")), 512ll * 1024 * 1024);
     assert_int_equal(jiv(jget(host, "NanoCpus")), 1000000000ll);
-    assert_true(cJSON_IsFalse(jget(host, "ReadonlyRootfs")));
-    assert_null(jget(host, "Tmpfs"));
+    /* By default the root file system is read-only, with bounded tmpfs mounts where a shell
+     * writes. */
+    assert_true(cJSON_IsTrue(jget(host, "ReadonlyRootfs")));
+    cJSON *tmpfs = jget(host, "Tmpfs");
+    assert_int_equal(cJSON_GetArraySize(tmpfs), 3);
+    assert_string_equal(jsv(jget(tmpfs, "/tmp")),
+                        "rw,nosuid,nodev,size=67108864,nr_inodes=16384,mode=1777");
+    assert_string_equal(jsv(jget(tmpfs, "/var/tmp")),
+                        "rw,nosuid,nodev,size=67108864,nr_inodes=16384,mode=1777");
+    assert_string_equal(jsv(jget(tmpfs, "/root")),
+                        "rw,nosuid,nodev,size=67108864,nr_inodes=16384,mode=0700");
     cJSON_Delete(spec);
     assert_string_equal(s.execd_socket + strlen(s.execd_socket) - strlen("execd.sock"),
                         "execd.sock");

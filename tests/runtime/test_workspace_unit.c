@@ -247,6 +247,7 @@ static void test_quota_settings_validated(void **state)
     moat_runtime_config c = f->cfg;
     moat_status st;
     assert_true(c.workspace_quota);
+    assert_true(c.read_only_rootfs);
     assert_int_equal(c.workspace_size_bytes, 1024ll * 1024 * 1024);
     assert_int_equal(c.workspace_inodes, 65536);
     assert_int_equal(c.workspace_owner_uid, 0);
