@@ -257,9 +257,11 @@ int main(int argc, char **argv)
     }
     /* The same, with plain workspace directories: what workspace quotas cost, end to end. */
     moat_runtime_config plain_cfg = cfg;
-    char plain_chats[160];
+    char plain_chats[160], plain_store[160];
     snprintf(plain_chats, sizeof(plain_chats), "%s/plain-chats", dir);
+    snprintf(plain_store, sizeof(plain_store), "%s/plain-state.db", dir);
     plain_cfg.chats_root = plain_chats;
+    plain_cfg.store_path = plain_store;
     plain_cfg.workspace_quota = false;
     moat_runtime *plain = moat_runtime_open(&plain_cfg, &st);
     if (plain == NULL) {
