@@ -185,8 +185,8 @@ static bool run_mkfs(const moat__workspace_config *cfg, const char *path, char *
     snprintf(extended, sizeof(extended), "root_owner=%u:%u,lazy_journal_init=1", cfg->owner_uid,
              cfg->owner_gid);
     /* -m 0: the whole quota is the sandbox's, whoever it runs as. */
-    char *const argv[] = {(char *)cfg->mkfs_path, "-q", "-F", "-m", "0", "-N", inodes, "-E",
-                          extended, (char *)path, NULL};
+    char *mkfs = (char *)cfg->mkfs_path, *image = (char *)path;
+    char *const argv[] = {mkfs, "-q", "-F", "-m", "0", "-N", inodes, "-E", extended, image, NULL};
     char *const envp[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL};
     int out[2];
     if (pipe2(out, O_CLOEXEC) != 0) {
@@ -315,8 +315,8 @@ static int bind_free_loop(const moat__workspace_config *cfg, const char *chat_id
 {
     int ctl = open(cfg->loop_control, O_RDWR | O_CLOEXEC);
     if (ctl < 0) {
-        fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "no_loop_device", "open %s: %s",
-             cfg->loop_control, strerror(errno));
+        fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "no_loop_device", "open %s: %s", cfg->loop_control,
+             strerror(errno));
         return -1;
     }
     int fd = -1;
@@ -438,8 +438,8 @@ static void set_owner(const moat__workspace_config *cfg, const char *chat_id, co
     struct stat sb;
     if (lstat(dir, &sb) == 0 && (sb.st_uid != cfg->owner_uid || sb.st_gid != cfg->owner_gid) &&
         lchown(dir, cfg->owner_uid, cfg->owner_gid) != 0)
-        moat_log(MOAT_LOG_WARN, "workspace_chown_failed", "chat_id=%s dir=%s error=\"%s\"",
-                 chat_id, dir, strerror(errno));
+        moat_log(MOAT_LOG_WARN, "workspace_chown_failed", "chat_id=%s dir=%s error=\"%s\"", chat_id,
+                 dir, strerror(errno));
 }
 
 moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *chat_id,
@@ -474,8 +474,8 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
         !moat__workspace_path(cfg->images_dir, chat_id, ".lock", lock_path, sizeof(lock_path)))
         return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "io_error", "images_dir is too long");
     if (mkdir_p(cfg->images_dir, 0700) != 0)
-        return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "io_error", "mkdir %s: %s",
-                    cfg->images_dir, strerror(errno));
+        return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "io_error", "mkdir %s: %s", cfg->images_dir,
+                    strerror(errno));
     int lock_fd = lock_chat(lock_path, true);
     if (lock_fd < 0)
         return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "io_error", "lock %s: %s", lock_path,
@@ -511,7 +511,8 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
             return st->code;
         }
         if (fresh) {
-            /* The sandbox sees an empty workspace; e2fsck makes lost+found again if it needs one. */
+            /* The sandbox sees an empty workspace (e2fsck makes lost+found again when it
+             * needs one). */
             char lost[MOAT_RUNTIME_PATH_MAX + 16];
             snprintf(lost, sizeof(lost), "%s/lost+found", ws->dir);
             rmdir(lost);
@@ -550,8 +551,8 @@ moat_code moat__workspace_detach(const moat__workspace_config *cfg, const char *
     if (lock_fd < 0 && errno == ENOENT)
         return MOAT_CODE_OK; /* never attached */
     if (lock_fd < 0) {
-        moat_status_set(st, MOAT_CODE_INTERNAL, "workspace_detach_failed", "lock %s: %s",
-                        lock_path, strerror(errno));
+        moat_status_set(st, MOAT_CODE_INTERNAL, "workspace_detach_failed", "lock %s: %s", lock_path,
+                        strerror(errno));
         return st->code;
     }
     if (workspace_state(dir, image) == MOUNTED_OURS && (in_use == NULL || !in_use(ctx, chat_id))) {
@@ -559,11 +560,11 @@ moat_code moat__workspace_detach(const moat__workspace_config *cfg, const char *
             moat_log(MOAT_LOG_DEBUG, "workspace_unmounted", "chat_id=%s dir=%s", chat_id, dir);
         } else if (errno == EBUSY) {
             moat_log(MOAT_LOG_WARN, "workspace_busy",
-                     "chat_id=%s dir=%s msg=\"a host process uses it; it stays mounted\"",
-                     chat_id, dir);
+                     "chat_id=%s dir=%s msg=\"a host process uses it; it stays mounted\"", chat_id,
+                     dir);
         } else {
-            moat_status_set(st, MOAT_CODE_INTERNAL, "workspace_detach_failed", "umount %s: %s",
-                            dir, strerror(errno));
+            moat_status_set(st, MOAT_CODE_INTERNAL, "workspace_detach_failed", "umount %s: %s", dir,
+                            strerror(errno));
         }
     }
     close(lock_fd);

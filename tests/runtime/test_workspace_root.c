@@ -317,8 +317,7 @@ static void test_survives_detach_and_reattach(void **state)
     assert_int_equal(host_loops_under(f->images), 1);
 
     moat_status st;
-    assert_int_equal(moat__workspace_detach(&f->cfg, chat, always_in_use, NULL, &st),
-                     MOAT_CODE_OK);
+    assert_int_equal(moat__workspace_detach(&f->cfg, chat, always_in_use, NULL, &st), MOAT_CODE_OK);
     assert_int_equal(host_mounts_at(ws.dir), 1);
     assert_int_equal(moat__workspace_detach(&f->cfg, chat, NULL, NULL, &st), MOAT_CODE_OK);
     assert_int_equal(host_mounts_at(ws.dir), 0);

@@ -140,11 +140,11 @@ static void test_mountinfo_malformed_lines(void **state)
         "x 27 0:21 / /proc rw - proc proc rw",
         "22 27 021 / /proc rw - proc proc rw",
         "22 27 0:x / /proc rw - proc proc rw",
-        "22 27 0:21 / /proc rw proc proc rw",          /* no separator */
-        "22 27 0:21 / /pr\\0oc rw - proc proc rw",     /* short escape */
-        "22 27 0:21 / /pr\\09x rw - proc proc rw",     /* not octal */
-        "22 27 0:21 / /pr\\000c rw - proc proc rw",    /* NUL */
-        "22 27 0:21 / /proc rw - proc proc",           /* no super options */
+        "22 27 0:21 / /proc rw proc proc rw",                               /* no separator */
+        "22 27 0:21 / /pr\\0oc rw - proc proc rw",                          /* short escape */
+        "22 27 0:21 / /pr\\09x rw - proc proc rw",                          /* not octal */
+        "22 27 0:21 / /pr\\000c rw - proc proc rw",                         /* NUL */
+        "22 27 0:21 / /proc rw - proc proc",                                /* no super options */
         "22 27 0:21 / /proc rw - procprocprocprocprocprocprocproc proc rw", /* fstype too long */
         "22 27 1234567890:21 / /proc rw - proc proc rw",
     };
@@ -173,8 +173,8 @@ static void test_workspace_paths(void **state)
     assert_true(moat__workspace_path("/i", CHAT_ID, ".ext4", out, sizeof(out)));
     assert_string_equal(out, "/i/" CHAT_ID ".ext4");
     /* Only canonical ids: nothing else can reach the file system. */
-    assert_false(moat__workspace_path("/i", "123E4567-E89B-12D3-A456-426614174000", "", out,
-                                      sizeof(out)));
+    assert_false(
+        moat__workspace_path("/i", "123E4567-E89B-12D3-A456-426614174000", "", out, sizeof(out)));
     assert_false(moat__workspace_path("/i", "{" CHAT_ID "}", "", out, sizeof(out)));
     assert_false(moat__workspace_path("/i", "../etc", "", out, sizeof(out)));
     assert_false(moat__workspace_path("/i", "", "", out, sizeof(out)));
