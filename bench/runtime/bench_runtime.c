@@ -1,21 +1,26 @@
 /* Runtime benchmark against the real dockerd and moat-sandbox:latest.
  *   1. session create (create + start + execd ready) p50 vs raw Engine API create + start of
- *      the same image (target <= 1.25x);
+ *      the same image (target <= 1.25x); each session is a new chat, so with the default
+ *      workspace_quota it includes making and mounting the chat's workspace image; the same
+ *      create with workspace_quota off runs interleaved, for the record;
  *   2. session stop + remove p50 vs raw stop + remove (target <= 1.15x);
- *   3. list of 200 live sessions p50 (target < 20 ms).
+ *   3. list of 200 live sessions p50 (target < 20 ms);
+ *   4. the workspace alone (info): attach of a new chat (mkfs + mount), of a known one (mount),
+ *      of a mounted one, and the session's tmpfs, p50.
  * usage: bench_runtime [iterations=15] [live_sessions=200]
  * env: MOAT_BUILD_DIR (for execd-bundle; default: the build dir this was built in).
- * Containers are named moat-rtbench-* and removed at the end. */
+ * Containers are named moat-rtbench-* and removed at the end, with the mounts and images made
+ * under /tmp/moat-rtbench-*. Needs root for the workspace mounts. */
 #define _XOPEN_SOURCE 700
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "host_mounts.h"
+#include "internal.h"
 #include "moat/runtime.h"
-#include "../../tests/unmount_under.h"
 
 #define PREFIX "moat-rtbench-"
 #define IMAGE  "moat-sandbox:latest"
@@ -30,14 +35,6 @@ static double p50_ms(uint64_t *ns, size_t n)
 {
     qsort(ns, n, sizeof(*ns), cmp_u64);
     return n % 2 ? ns[n / 2] / 1e6 : (ns[n / 2 - 1] + ns[n / 2]) / 2e6;
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
 }
 
 static void cleanup_containers(void)
@@ -80,7 +77,8 @@ static bool add_mount(cJSON *mounts, const char *source, const char *target, boo
 }
 
 /* Raw create + start of the same image with the same container spec as a session (mounts,
- * limits, hardening, entrypoint), one Engine API call each, no readiness wait. */
+ * read-only root and tmpfs mounts, limits, hardening, entrypoint), one Engine API call each, no
+ * readiness wait. Its chat and socket dirs are plain directories. */
 static int raw_create_start(moat_runtime *rt, const moat_runtime_config *cfg, int i,
                             const char *scratch_dir, char id_out[80])
 {
@@ -106,7 +104,17 @@ static int raw_create_start(moat_runtime *rt, const moat_runtime_config *cfg, in
     cJSON *host = ok ? cJSON_AddObjectToObject(spec, "HostConfig") : NULL;
     ok = cJSON_AddStringToObject(host, "NetworkMode", "none");
     cJSON *mounts = ok ? cJSON_AddArrayToObject(host, "Mounts") : NULL;
-    ok = add_mount(mounts, chat_dir, cfg->chat_mount_path, false) &&
+    cJSON *tmpfs = ok ? cJSON_AddObjectToObject(host, "Tmpfs") : NULL;
+    char tmp_opts[2][128];
+    for (int k = 0; k < 2; k++)
+        snprintf(tmp_opts[k], sizeof(tmp_opts[k]),
+                 "rw,nosuid,nodev,size=%lld,nr_inodes=16384,mode=%s",
+                 (long long)cfg->tmpfs_size_bytes, k == 0 ? "1777" : "0700");
+    ok = cJSON_AddBoolToObject(host, "ReadonlyRootfs", cfg->read_only_rootfs) &&
+         cJSON_AddStringToObject(tmpfs, "/tmp", tmp_opts[0]) &&
+         cJSON_AddStringToObject(tmpfs, "/var/tmp", tmp_opts[0]) &&
+         cJSON_AddStringToObject(tmpfs, "/root", tmp_opts[1]);
+    ok = ok && add_mount(mounts, chat_dir, cfg->chat_mount_path, false) &&
          add_mount(mounts, cfg->dependencies_host_path, cfg->dependencies_mount_path, true) &&
          add_mount(mounts, cfg->lambda_tools_host_path, cfg->lambda_tools_mount_path, true) &&
          add_mount(mounts, cfg->execd_bundle_dir, "/opt/moat", true) &&
@@ -158,6 +166,48 @@ static int raw_stop_remove(moat_runtime *rt, const char *id, int stop_timeout)
                : -1;
 }
 
+/* The workspace alone, per chat: attach of a new chat (mkfs + loop + mount), of a known chat
+ * whose image is not mounted (loop + mount), of a mounted one (a look at mountinfo); and the
+ * session's tmpfs (mount + unmount). Returns the number of failures. */
+static int bench_workspace(moat_runtime *rt, int iterations)
+{
+    uint64_t *ns[5];
+    for (int k = 0; k < 5; k++)
+        ns[k] = calloc((size_t)iterations, sizeof(uint64_t));
+    int failures = 0;
+    moat_status st;
+    char run_dir[MOAT_RUNTIME_PATH_MAX];
+    snprintf(run_dir, sizeof(run_dir), "%s/sessions/bench-run-dir", rt->cfg.state_dir);
+    for (int i = 0; i < iterations; i++) {
+        char chat[MOAT_UUID_STR_LEN];
+        moat_uuid_generate(chat);
+        moat__workspace ws;
+        for (int k = 0; k < 3; k++) {
+            uint64_t t0 = moat_time_mono_ns();
+            failures += moat__workspace_attach(&rt->ws, chat, &ws, &st) != MOAT_CODE_OK;
+            ns[k][i] = moat_time_mono_ns() - t0;
+            moat__workspace_release(&ws);
+            if (k == 0) /* the next attach finds the image but no mount */
+                failures += moat__workspace_detach(&rt->ws, chat, NULL, NULL, &st) != MOAT_CODE_OK;
+        }
+        uint64_t t0 = moat_time_mono_ns();
+        failures += moat__workspace_detach(&rt->ws, chat, NULL, NULL, &st) != MOAT_CODE_OK;
+        ns[3][i] = moat_time_mono_ns() - t0;
+        t0 = moat_time_mono_ns();
+        failures += moat__rundir_attach(&rt->ws, run_dir, &st) != MOAT_CODE_OK;
+        moat__rundir_detach(run_dir);
+        ns[4][i] = moat_time_mono_ns() - t0;
+    }
+    static const char *const what[] = {
+        "workspace attach, new chat p50", "workspace attach, known chat p50",
+        "workspace attach, mounted p50", "workspace detach p50", "session tmpfs mount+umount p50"};
+    for (int k = 0; k < 5; k++) {
+        printf("%-34s value=%.2f ms (info)\n", what[k], p50_ms(ns[k], (size_t)iterations));
+        free(ns[k]);
+    }
+    return failures;
+}
+
 int main(int argc, char **argv)
 {
     int iterations = argc > 1 ? atoi(argv[1]) : 15;
@@ -205,6 +255,19 @@ int main(int argc, char **argv)
                 st.message);
         return 1;
     }
+    /* The same, with plain workspace directories: what workspace quotas cost, end to end. */
+    moat_runtime_config plain_cfg = cfg;
+    char plain_chats[160], plain_store[160];
+    snprintf(plain_chats, sizeof(plain_chats), "%s/plain-chats", dir);
+    snprintf(plain_store, sizeof(plain_store), "%s/plain-state.db", dir);
+    plain_cfg.chats_root = plain_chats;
+    plain_cfg.store_path = plain_store;
+    plain_cfg.workspace_quota = false;
+    moat_runtime *plain = moat_runtime_open(&plain_cfg, &st);
+    if (plain == NULL) {
+        fprintf(stderr, "bench: %s\n", st.message);
+        return 1;
+    }
     cleanup_containers();
     if (moat_runtime_image_inspect(rt, IMAGE, &st) != MOAT_CODE_OK) {
         fprintf(stderr, "bench: %s (run scripts/build-sandbox-image.sh)\n", st.message);
@@ -215,7 +278,9 @@ int main(int argc, char **argv)
     uint64_t *raw_create_ns = calloc((size_t)iterations, sizeof(uint64_t));
     uint64_t *stop_ns = calloc((size_t)iterations, sizeof(uint64_t));
     uint64_t *raw_stop_ns = calloc((size_t)iterations, sizeof(uint64_t));
+    uint64_t *plain_create_ns = calloc((size_t)iterations, sizeof(uint64_t));
     char(*sids)[MOAT_UUID_STR_LEN] = calloc((size_t)iterations, MOAT_UUID_STR_LEN);
+    char(*plain_sids)[MOAT_UUID_STR_LEN] = calloc((size_t)iterations, MOAT_UUID_STR_LEN);
     char(*raw_ids)[80] = calloc((size_t)iterations, 80);
     int failures = 0;
 
@@ -249,6 +314,18 @@ int main(int argc, char **argv)
             }
             create_ns[i] = moat_time_mono_ns() - t0;
         }
+        moat_uuid_generate(plain_sids[i]);
+        char chat[MOAT_UUID_STR_LEN];
+        moat_uuid_generate(chat);
+        moat_session s;
+        int64_t now = moat_time_now_ms();
+        uint64_t t0 = moat_time_mono_ns();
+        if (moat_runtime_create(plain, plain_sids[i], chat, now, now + 600000, NULL, &s, &st) !=
+            MOAT_CODE_OK) {
+            fprintf(stderr, "create (workspace_quota off): %s\n", st.message);
+            failures++;
+        }
+        plain_create_ns[i] = moat_time_mono_ns() - t0;
     }
     for (int i = 0; i < iterations; i++) {
         for (int side = 0; side < 2; side++) {
@@ -274,6 +351,13 @@ int main(int argc, char **argv)
                    p50_ms(raw_create_ns, (size_t)iterations), 1.25);
     pass &= report("session stop+remove p50", p50_ms(stop_ns, (size_t)iterations),
                    p50_ms(raw_stop_ns, (size_t)iterations), 1.15);
+    printf("%-34s value=%.2f ms (info: plain workspace directories, same run)\n",
+           "session create, quota off, p50", p50_ms(plain_create_ns, (size_t)iterations));
+    for (int i = 0; i < iterations; i++)
+        if (moat_runtime_stop(plain, plain_sids[i], &st) != MOAT_CODE_OK)
+            failures++;
+    moat_runtime_close(plain);
+    failures += bench_workspace(rt, iterations);
 
     /* 200 live sessions, then list them. */
     int made = 0;
@@ -339,8 +423,9 @@ int main(int argc, char **argv)
 
     cleanup_containers();
     moat_runtime_close(rt);
-    moat_test_unmount_under(dir);
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    host_remove_tree(dir); /* the live sessions' workspace and socket dir mounts too */
+    free(plain_create_ns);
+    free(plain_sids);
     free(create_ns);
     free(raw_create_ns);
     free(stop_ns);

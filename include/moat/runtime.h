@@ -95,8 +95,22 @@ typedef struct moat_runtime_config {
      * cannot signal, trace or read it; the chat workspace belongs to this user. */
     bool sandbox_user_root;
     uint32_t sandbox_uid, sandbox_gid;
-    bool read_only_rootfs; /* with a tmpfs /tmp of tmpfs_size_bytes */
+    /* A read-only root file system, with writable tmpfs mounts of tmpfs_size_bytes each on /tmp,
+     * /var/tmp and /root, so the container's writable layer on the host disk stays empty. */
+    bool read_only_rootfs;
     int64_t tmpfs_size_bytes;
+
+    /* Host-enforced bounds on what a sandbox writes (docs/runtime.md, "Workspaces"). With
+     * workspace_quota, each chat's workspace is a sparse ext4 image,
+     * <workspace_images_dir>/<chat_id>.ext4, made on the chat's first session with
+     * workspace_size_bytes and about workspace_inodes inodes, and loop-mounted
+     * nosuid,nodev,noatime on chats_root/<chat_id>; each session's /run/moat is a tmpfs of
+     * 4 MiB. This needs CAP_SYS_ADMIN (root), /dev/loop-control, /sbin/mkfs.ext4, Linux >= 5.8,
+     * and moatd in the same mount namespace as dockerd. Without it: plain, unbounded directories. */
+    bool workspace_quota;
+    const char *workspace_images_dir; /* NULL: <chats_root>/.images */
+    int64_t workspace_size_bytes;     /* 16 MiB .. 16 TiB */
+    int64_t workspace_inodes;         /* 64 .. 2^32-1, at most one per KiB of the size */
     long readiness_timeout_ms; /* create waits this long for execd's GET /ping */
     int stop_timeout_seconds;  /* grace period of Docker's stop before SIGKILL */
 
@@ -106,12 +120,15 @@ typedef struct moat_runtime_config {
 
 /* Fills every field with moat's defaults (state under /var/lib/moat, the Docker socket at
  * /var/run/docker.sock, image moat-sandbox:latest, ttl 300 s, cleanup every 60 s, 512 MiB /
- * 1 CPU / 256 pids by default, 4 GiB / 2 CPUs / 1024 pids max, readiness 10 s). */
+ * 1 CPU / 256 pids by default, 4 GiB / 2 CPUs / 1024 pids max, readiness 10 s, a read-only root
+ * with 64 MiB tmpfs mounts, workspace quotas on: 1 GiB and 65536 inodes, owned by root). */
 void moat_runtime_config_defaults(moat_runtime_config *cfg);
 
 /* Checks the config without touching Docker: every path setting absolute; dependencies,
  * lambda-tools and execd bundle dirs exist; chats_root, state_dir and the store's parent
- * exist or can be created; limits positive and defaults <= maxima. On failure returns
+ * exist or can be created; limits positive and defaults <= maxima; with workspace_quota, the
+ * sizes in range and this process able to mount (CAP_SYS_ADMIN, the loop-control device and
+ * mkfs.ext4 present). On failure returns
  * INVALID_ARGUMENT (reason "invalid_config", detail setting=<name>) with a message naming
  * the setting. */
 moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_status *st);
@@ -175,10 +192,12 @@ void moat_runtime_close(moat_runtime *rt);
 
 /* Creates and starts a sandbox and waits until execd answers GET /ping on its socket.
  * session_id and chat_id are any UUID spelling (INVALID_ARGUMENT naming the field otherwise);
- * chats_root/<chat_id> is created. opts may be NULL. On success fills *out (RUNNING). On
- * failure the container (if any) is removed, st->reason is "sandbox_start_failed" with detail
- * chat_id (or "invalid_argument"/"image_not_allowed" for bad input), and the Docker status in
- * detail docker_status when Docker answered. */
+ * chats_root/<chat_id> is created (with workspace_quota, the chat's image is made on its first
+ * session and mounted there). opts may be NULL. On success fills *out (RUNNING). On failure the
+ * container (if any) is removed, st->reason is "sandbox_start_failed" with detail chat_id (or
+ * "invalid_argument"/"image_not_allowed" for bad input, "workspace_unavailable" with detail why
+ * when the workspace or the session's execd directory cannot be set up), and the Docker status
+ * in detail docker_status when Docker answered. */
 moat_code moat_runtime_create(moat_runtime *rt, const char *session_id, const char *chat_id,
                               int64_t created_at_ms, int64_t expires_at_ms,
                               const moat_session_options *opts, moat_session *out, moat_status *st);
@@ -205,7 +224,9 @@ moat_code moat_runtime_renew(moat_runtime *rt, const char *session_id, int64_t n
 /* Stops and removes the session's container and records state STOPPED with reason "stopped".
  * A container Docker no longer has is success, and so is a session with no container of this
  * runtime's: a container that only carries the session's labels is never touched. Other
- * Docker failures: reason "sandbox_stop_failed". The chat workspace is never deleted. */
+ * Docker failures: reason "sandbox_stop_failed". The chat workspace is never deleted;
+ * with workspace_quota it is unmounted from the host when no other running session of the chat
+ * uses it. */
 moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id, moat_status *st);
 
 /* The seed's stop by container id: stop then remove; 404 is success. A container that is not

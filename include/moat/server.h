@@ -57,6 +57,12 @@ typedef struct moat_server_config {
     uint32_t docker_timeout_ms;
     uint32_t threadpool_size;
     char *sandbox_user; /* "UID:GID" or "root" */
+    bool read_only_rootfs;
+    uint64_t tmpfs_size_bytes;
+    bool workspace_quota;
+    char *workspace_images_dir; /* "" = <chats_root>/.images */
+    uint64_t workspace_size_bytes;
+    uint32_t workspace_inodes;
     /* Path of the file that was read ("" when none); not a key. */
     char *config_file;
 } moat_server_config;

@@ -6,6 +6,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -38,8 +39,11 @@ void moat_runtime_config_defaults(moat_runtime_config *cfg)
     cfg->sandbox_user_root = false;
     cfg->sandbox_uid = 1000;
     cfg->sandbox_gid = 1000;
-    cfg->read_only_rootfs = false;
+    cfg->read_only_rootfs = true;
     cfg->tmpfs_size_bytes = 64ll * 1024 * 1024;
+    cfg->workspace_quota = true;
+    cfg->workspace_size_bytes = 1024ll * 1024 * 1024;
+    cfg->workspace_inodes = 65536;
     cfg->readiness_timeout_ms = 10000;
     cfg->stop_timeout_seconds = 2;
 }
@@ -106,6 +110,42 @@ static moat_code mount_target(moat_status *st, const char *setting, const char *
         return bad(st, setting, "must be an absolute path in the container, got '%s'", path);
     if (strcmp(path, "/opt/moat") == 0 || strcmp(path, "/run/moat") == 0 || strcmp(path, "/") == 0)
         return bad(st, setting, "'%s' is reserved", path);
+    return MOAT_CODE_OK;
+}
+
+/* ext4 needs a few MiB of its own; 16 TiB is its limit with 4 KiB blocks. */
+#define WORKSPACE_SIZE_MIN (16ll * 1024 * 1024)
+#define WORKSPACE_SIZE_MAX (16ll * 1024 * 1024 * 1024 * 1024)
+
+static moat_code validate_quota(const moat_runtime_config *cfg, moat_status *st)
+{
+    if (cfg->workspace_size_bytes < WORKSPACE_SIZE_MIN ||
+        cfg->workspace_size_bytes > WORKSPACE_SIZE_MAX)
+        return bad(st, "workspace_size_bytes", "must be from 16 MiB to 16 TiB%s", "");
+    /* mkfs.ext4 allows at most one inode per KiB. */
+    if (cfg->workspace_inodes < 64 || cfg->workspace_inodes > UINT32_MAX ||
+        cfg->workspace_inodes > cfg->workspace_size_bytes / 1024)
+        return bad(st, "workspace_inodes",
+                   "must be from 64 to 2^32-1 and at most one per KiB of workspace_size_bytes%s",
+                   "");
+    if (cfg->workspace_images_dir != NULL && !is_abs(cfg->workspace_images_dir))
+        return bad(st, "workspace_images_dir", "must be an absolute path, got '%s'",
+                   cfg->workspace_images_dir);
+    if (!moat__can_mount())
+        return bad(st, "workspace_quota",
+                   "mounting workspace images needs CAP_SYS_ADMIN (run moatd as root)%s; or set "
+                   "workspace_quota = false for plain, unbounded directories",
+                   "");
+    if (access(MOAT__LOOP_CONTROL, R_OK | W_OK) != 0)
+        return bad(st, "workspace_quota",
+                   "%s is missing (modprobe loop); or set workspace_quota = false for plain, "
+                   "unbounded directories",
+                   MOAT__LOOP_CONTROL);
+    if (access(MOAT__MKFS_EXT4, X_OK) != 0)
+        return bad(st, "workspace_quota",
+                   "%s is missing (apt-get install e2fsprogs); or set workspace_quota = false "
+                   "for plain, unbounded directories",
+                   MOAT__MKFS_EXT4);
     return MOAT_CODE_OK;
 }
 
@@ -189,7 +229,7 @@ moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_stat
     for (size_t i = 0; i < cfg->allowed_image_count; i++)
         if (cfg->allowed_images[i] == NULL || cfg->allowed_images[i][0] == '\0')
             return bad(st, "allowed_images", "entries must be non-empty%s", "");
-    return MOAT_CODE_OK;
+    return cfg->workspace_quota ? validate_quota(cfg, st) : MOAT_CODE_OK;
 }
 
 /* The directories that hold workspaces, execd's sockets and the store: other local users must
@@ -311,6 +351,7 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
     c->store_path = own(rt, cfg->store_path, &own_failed);
     c->container_name_prefix = own(rt, cfg->container_name_prefix, &own_failed);
     c->instance = own(rt, cfg->instance, &own_failed);
+    c->workspace_images_dir = own(rt, cfg->workspace_images_dir, &own_failed);
     if (c->instance != NULL)
         snprintf(rt->instance_filter, sizeof(rt->instance_filter), "moat.instance=%s", c->instance);
     const char **images = NULL;
@@ -324,6 +365,27 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
     }
     c->allowed_images = images;
     if (own_failed || (cfg->allowed_image_count > 0 && images == NULL)) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        moat_runtime_close(rt);
+        return NULL;
+    }
+
+    char images_dir[MOAT_RUNTIME_PATH_MAX];
+    snprintf(images_dir, sizeof(images_dir), "%s/.images", c->chats_root);
+    rt->ws = (moat__workspace_config){
+        .quota = c->workspace_quota,
+        .chats_root = c->chats_root,
+        .images_dir = c->workspace_images_dir ? c->workspace_images_dir
+                                              : own(rt, images_dir, &own_failed),
+        .mkfs_path = MOAT__MKFS_EXT4,
+        .loop_control = MOAT__LOOP_CONTROL,
+        .size_bytes = c->workspace_size_bytes,
+        .inodes = c->workspace_inodes,
+        /* The workspace's root belongs to the user sandbox commands run as. */
+        .owner_uid = c->sandbox_user_root ? 0 : c->sandbox_uid,
+        .owner_gid = c->sandbox_user_root ? 0 : c->sandbox_gid,
+    };
+    if (own_failed) {
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
         moat_runtime_close(rt);
         return NULL;

@@ -23,8 +23,27 @@
 
 typedef struct moat__store moat__store;
 
+/* workspace.c: the host-side mounts that bound what a sandbox writes (docs/runtime.md,
+ * "Workspaces"). The strings are borrowed: whoever fills this keeps them alive while it is used
+ * (the runtime points them at its own copies). */
+typedef struct moat__workspace_config {
+    bool quota;               /* false: plain directories, nothing is mounted */
+    const char *chats_root;   /* chats_root/<chat_id> is the workspace (the mount point) */
+    const char *images_dir;   /* holds <chat_id>.ext4 and its lock file <chat_id>.lock */
+    const char *mkfs_path;    /* mkfs.ext4, run as a child process */
+    const char *loop_control; /* the loop-control device */
+    int64_t size_bytes;       /* size of a new image */
+    int64_t inodes;           /* inodes of a new image (mkfs rounds to whole inode tables) */
+    uint32_t owner_uid;       /* owner of the workspace's root directory */
+    uint32_t owner_gid;
+} moat__workspace_config;
+
+#define MOAT__MKFS_EXT4    "/sbin/mkfs.ext4"
+#define MOAT__LOOP_CONTROL "/dev/loop-control"
+
 struct moat_runtime {
     moat_runtime_config cfg; /* every string points into owned copies below */
+    moat__workspace_config ws; /* from cfg; its strings are owned copies too */
     char **owned;
     size_t owned_count;
 
@@ -166,6 +185,80 @@ void moat__cache_invalidate(moat_runtime *rt);
 bool moat__cache_get(moat_runtime *rt, moat_session **out, size_t *count, uint64_t *gen);
 /* Stores a snapshot taken at gen (copied), if nothing changed meanwhile. */
 void moat__cache_put(moat_runtime *rt, uint64_t gen, const moat_session *sessions, size_t count);
+
+/* mountinfo.c: an incremental reader of /proc/<pid>/mountinfo. No I/O: feed it bytes. */
+typedef struct moat__mount_entry {
+    unsigned major, minor;                   /* st_dev of the mounted file system */
+    char mount_point[MOAT_RUNTIME_PATH_MAX]; /* unescaped */
+    char fstype[32];
+    char source[MOAT_RUNTIME_PATH_MAX]; /* unescaped, e.g. "/dev/loop3" */
+    bool read_only, nosuid, nodev, noexec, noatime; /* per-mount options */
+} moat__mount_entry;
+
+/* Longer lines (an overlay with many layers) are skipped whole; no workspace line comes close. */
+#define MOAT__MOUNTINFO_LINE_MAX 16384
+
+typedef struct moat__mountinfo_reader {
+    char line[MOAT__MOUNTINFO_LINE_MAX]; /* the current line so far */
+    size_t len;
+    bool overlong;  /* skipping the rest of a line longer than line[] */
+    size_t skipped; /* lines skipped: too long or malformed */
+} moat__mountinfo_reader;
+
+void moat__mountinfo_init(moat__mountinfo_reader *r);
+/* Parses one line without its newline. false when it is malformed. */
+bool moat__mountinfo_parse_line(const char *line, size_t len, moat__mount_entry *out);
+/* Feeds any number of bytes; on_entry gets each well-formed complete line (entry valid during the
+ * call only). A last line without its newline waits for more bytes. */
+void moat__mountinfo_feed(moat__mountinfo_reader *r, const char *data, size_t len,
+                          void (*on_entry)(void *ctx, const moat__mount_entry *entry), void *ctx);
+
+/* workspace.c */
+/* A chat's workspace between attach and release. */
+typedef struct moat__workspace {
+    char dir[MOAT_RUNTIME_PATH_MAX]; /* the real host path to bind-mount into the sandbox */
+    int lock_fd;                     /* the chat's lock while held, else -1 */
+} moat__workspace;
+
+/* "<dir>/<chat_id><suffix>" into out. false when chat_id is not a canonical UUID (so no path
+ * built from it can climb out of dir) or the result does not fit. */
+bool moat__workspace_path(const char *dir, const char *chat_id, const char *suffix, char *out,
+                          size_t cap);
+/* Makes chats_root/<chat_id> ready to bind-mount. With quota: creates the chat's image on its
+ * first use (mkfs), mounts it nosuid,nodev,noatime on the directory unless it already is, and
+ * returns holding the chat's lock, so that no detach unmounts it before the container holds its
+ * own reference: call moat__workspace_release once the container has started (or failed).
+ * Without quota: a plain directory, no lock. chat_id must be canonical. On failure nothing is
+ * left mounted or locked, st has reason "workspace_unavailable" with details chat_id and why
+ * (legacy_directory, foreign_mount, not_a_directory: FAILED_PRECONDITION; mkfs_failed,
+ * no_loop_device, mount_failed, io_error: UNAVAILABLE), and a log line says the same. */
+moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *chat_id,
+                                 moat__workspace *ws, moat_status *st);
+/* Releases the chat's lock taken by attach; a no-op when not held. */
+void moat__workspace_release(moat__workspace *ws);
+/* Answers whether a session still uses the chat's workspace. */
+typedef bool (*moat__chat_in_use_fn)(void *ctx, const char *chat_id);
+/* Under the chat's lock, unmounts chats_root/<chat_id> when it is the chat's image and in_use
+ * (may be NULL: always unmount) says no session uses it. Never lazy, so nothing is lost: a busy
+ * file system (EBUSY: a host process uses it) stays mounted, with a log line, and OK. Other
+ * failures: INTERNAL reason "workspace_detach_failed". A no-op without quota. */
+moat_code moat__workspace_detach(const moat__workspace_config *cfg, const char *chat_id,
+                                 moat__chat_in_use_fn in_use, void *ctx, moat_status *st);
+/* The runtime's detach: unless the store has a RUNNING session of the chat. Failures are logged. */
+void moat__workspace_detach_idle(moat_runtime *rt, const char *chat_id);
+/* Detaches every chat workspace mounted under chats_root that no RUNNING session uses (those a
+ * crash or a removal behind moat's back left mounted). */
+void moat__workspace_detach_orphans(moat_runtime *rt);
+/* Creates a session's execd directory (mode 0700) and, with quota, mounts on it a tmpfs of
+ * MOAT__RUNDIR_BYTES (nosuid,nodev,noexec) unless it already is a mount point. Failure:
+ * UNAVAILABLE reason "workspace_unavailable", detail why=run_dir; nothing is left mounted. */
+moat_code moat__rundir_attach(const moat__workspace_config *cfg, const char *dir, moat_status *st);
+/* Unmounts it when it is a mount point, and removes it (best effort: it must be empty). */
+void moat__rundir_detach(const char *dir);
+/* Whether this process holds CAP_SYS_ADMIN, which mount(2) and the loop devices need. */
+bool moat__can_mount(void);
+
+#define MOAT__RUNDIR_BYTES (4 * 1024 * 1024)
 
 void moat__metric_session(moat_runtime *rt, const char *event, const char *session_id,
                           moat_code code, uint64_t started_ns);

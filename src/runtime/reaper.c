@@ -31,6 +31,7 @@ static bool reap_one(moat_runtime *rt, const moat__listed *c, int64_t now_ms, mo
     moat__store_finish(rt->store, c->session_id, MOAT_SESSION_EXPIRED, "ttl", moat_time_now_ms());
     moat__cache_invalidate(rt);
     moat__session_dir_remove(rt, c->session_id);
+    moat__workspace_detach_idle(rt, c->chat_id);
     moat_log(MOAT_LOG_INFO, "sandbox_expired", "session_id=%s chat_id=%s container_id=%.12s",
              c->session_id, c->chat_id, c->container_id);
     moat__metric_session(rt, "expired", c->session_id, MOAT_CODE_OK, t0);
@@ -74,8 +75,10 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
             } else {
                 /* Ended in the store but a container remains (a stop interrupted by a crash). */
                 moat_status ignored;
-                if (moat__stop_remove(rt, c->container_id, &ignored) == MOAT_CODE_OK)
+                if (moat__stop_remove(rt, c->container_id, &ignored) == MOAT_CODE_OK) {
+                    moat__workspace_detach_idle(rt, c->chat_id);
                     rep->reaped++;
+                }
                 continue;
             }
         }
@@ -115,6 +118,9 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
             }
             free(rows);
         }
+        /* Workspaces of sessions that ended while moatd was away (or that a crash left
+         * mounted) are unmounted once no running session uses them. */
+        moat__workspace_detach_orphans(rt);
     }
     free(items);
     if (last_error.code != MOAT_CODE_OK) {

@@ -295,7 +295,7 @@ void moat__session_dir_remove(moat_runtime *rt, const char *session_id)
     session_socket(rt, session_id, path, sizeof(path));
     unlink(path);
     snprintf(path, sizeof(path), "%s/sessions/%s", rt->cfg.state_dir, session_id);
-    rmdir(path);
+    moat__rundir_detach(path);
 }
 
 static void fill_from_row(moat_runtime *rt, const moat__row *row, moat_session *out)
@@ -371,24 +371,6 @@ static moat_code pick_limit(moat_status *st, const char *field, int64_t asked, i
     }
     *out = asked ? asked : dflt;
     return MOAT_CODE_OK;
-}
-
-static int mkdir_p(const char *path, mode_t mode)
-{
-    char buf[MOAT_RUNTIME_PATH_MAX];
-    size_t n = strlen(path);
-    if (n >= sizeof(buf))
-        return -1;
-    memcpy(buf, path, n + 1);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, mode) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
 }
 
 /* The chat workspace belongs to the user sandbox commands run as (root when so configured);
@@ -509,17 +491,33 @@ static cJSON *container_spec(moat_runtime *rt, const char *session_id, const cha
          moat__json_add_int(host, "NanoCpus", nano_cpus) &&
          cJSON_AddBoolToObject(host, "ReadonlyRootfs", rt->cfg.read_only_rootfs);
     if (ok && rt->cfg.read_only_rootfs) {
-        char opts[96];
-        snprintf(opts, sizeof(opts), "rw,nosuid,nodev,size=%lld",
-                 (long long)rt->cfg.tmpfs_size_bytes);
+        /* What a shell and its tools write outside the workspace; each bounded in bytes and
+         * inodes, and charged to the container's memory limit. */
+        static const struct {
+            const char *path;
+            const char *mode;
+        } writable[] = {{"/tmp", "1777"}, {"/var/tmp", "1777"}, {"/root", "0700"}};
         cJSON *tmpfs = cJSON_AddObjectToObject(host, "Tmpfs");
-        ok = tmpfs != NULL && cJSON_AddStringToObject(tmpfs, "/tmp", opts);
+        ok = tmpfs != NULL;
+        for (size_t i = 0; ok && i < sizeof(writable) / sizeof(writable[0]); i++) {
+            char opts[128];
+            snprintf(opts, sizeof(opts), "rw,nosuid,nodev,size=%lld,nr_inodes=16384,mode=%s",
+                     (long long)rt->cfg.tmpfs_size_bytes, writable[i].mode);
+            ok = cJSON_AddStringToObject(tmpfs, writable[i].path, opts) != NULL;
+        }
     }
     if (!ok) {
         cJSON_Delete(spec);
         return NULL;
     }
     return spec;
+}
+
+/* A create that failed: lets go of the chat's workspace, and unmounts it when no session uses it. */
+static void release_workspace(moat_runtime *rt, moat__workspace *ws, const char *chat_id)
+{
+    moat__workspace_release(ws);
+    moat__workspace_detach_idle(rt, chat_id);
 }
 
 static void remove_quietly(moat_runtime *rt, const char *container_id)
@@ -636,16 +634,24 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
         return span_end(rt, span, st);
     }
 
-    /* Host paths: chat workspace (created), the two read-only trees, execd's bundle, and the
-     * per-session socket dir; all resolved to absolute real paths. */
-    char chat_dir[MOAT_RUNTIME_PATH_MAX], session_dir[MOAT_RUNTIME_PATH_MAX];
-    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", rt->cfg.chats_root, chat_id);
+    /* Host paths: chat workspace (workspace.c: an image mounted there, or a plain directory),
+     * the two read-only trees, execd's bundle, and the per-session socket dir; all resolved to
+     * absolute real paths. The workspace stays locked until the container holds it. */
+    char session_dir[MOAT_RUNTIME_PATH_MAX];
     snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", rt->cfg.state_dir, session_id);
-    if (mkdir_p(chat_dir, 0700) != 0 || mkdir_p(session_dir, 0700) != 0 ||
-        give_workspace(rt, chat_dir) != 0) {
-        moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
-                        "cannot create chat or session directory: %s", strerror(errno));
+    moat__workspace ws;
+    if (moat__workspace_attach(&rt->ws, chat_id, &ws, st) != MOAT_CODE_OK)
+        return span_end(rt, span, st);
+    if (give_workspace(rt, ws.dir) != 0) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "workspace_unavailable",
+                        "cannot give the workspace to the sandbox user: %s", strerror(errno));
         moat_status_add_detail(st, "chat_id", chat_id);
+        release_workspace(rt, &ws, chat_id);
+        return span_end(rt, span, st);
+    }
+    if (moat__rundir_attach(&rt->ws, session_dir, st) != MOAT_CODE_OK) {
+        moat_status_add_detail(st, "chat_id", chat_id);
+        release_workspace(rt, &ws, chat_id);
         return span_end(rt, span, st);
     }
     char execd_token[MOAT_EXECD_TOKEN_MAX];
@@ -653,10 +659,12 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
         moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
                         "no random bytes for the execd token: %s", strerror(errno));
         moat_status_add_detail(st, "chat_id", chat_id);
+        moat__session_dir_remove(rt, session_id);
+        release_workspace(rt, &ws, chat_id);
         return span_end(rt, span, st);
     }
     char resolved[5][PATH_MAX];
-    const char *sources[5] = {chat_dir, rt->cfg.dependencies_host_path,
+    const char *sources[5] = {ws.dir, rt->cfg.dependencies_host_path,
                               rt->cfg.lambda_tools_host_path, rt->cfg.execd_bundle_dir,
                               session_dir};
     const char *paths[5];
@@ -666,6 +674,7 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
                             "mount source '%.200s': %s", sources[i], strerror(errno));
             moat_status_add_detail(st, "chat_id", chat_id);
             moat__session_dir_remove(rt, session_id);
+            release_workspace(rt, &ws, chat_id);
             return span_end(rt, span, st);
         }
         paths[i] = resolved[i];
@@ -681,6 +690,7 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     if (body == NULL) {
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
         moat__session_dir_remove(rt, session_id);
+        release_workspace(rt, &ws, chat_id);
         return span_end(rt, span, st);
     }
     char path[256];
@@ -708,6 +718,7 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     snprintf(path, sizeof(path), "/containers/%s/start", container_id);
     if (moat_runtime_docker_call(rt, "start", "POST", path, NULL, NULL, st) != MOAT_CODE_OK)
         goto fail;
+    moat__workspace_release(&ws); /* the container's own mount of it holds it now */
     if (wait_ready(rt, container_id, socket_path, execd_token, st) != MOAT_CODE_OK)
         goto fail;
 
@@ -739,6 +750,7 @@ fail:
     /* On a name conflict the container (and socket dir) belong to someone else's create. */
     if (st->code != MOAT_CODE_ALREADY_EXISTS)
         moat__session_dir_remove(rt, session_id);
+    release_workspace(rt, &ws, chat_id);
     moat_log(MOAT_LOG_WARN, "sandbox_start_failed", "session_id=%s chat_id=%s code=%s msg=\"%s\"",
              session_id, chat_id, moat_code_name(st->code), st->message);
     moat__metric_session(rt, "create_failed", session_id, st->code, t0);
@@ -993,6 +1005,7 @@ moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id_in, moat_st
         return bad_uuid(st, "session_id", session_id_in);
     void *span = span_start(rt, "runtime.stop", session_id);
     moat__listed c;
+    memset(&c, 0, sizeof(c));
     moat__row row;
     moat_code code = MOAT_CODE_NOT_FOUND;
     /* The store knows the container of a session this runtime created or adopted, which saves
@@ -1017,11 +1030,14 @@ moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id_in, moat_st
         snprintf(st->reason, sizeof(st->reason), "sandbox_stop_failed");
     if (code != MOAT_CODE_OK)
         return span_end(rt, span, st);
-    if (moat__store_get(rt->store, session_id, &row) == MOAT_OK &&
-        row.state == MOAT_SESSION_RUNNING)
+    bool have_row = moat__store_get(rt->store, session_id, &row) == MOAT_OK;
+    if (have_row && row.state == MOAT_SESSION_RUNNING)
         moat__store_finish(rt->store, session_id, MOAT_SESSION_STOPPED, "stopped",
                            moat_time_now_ms());
     moat__session_dir_remove(rt, session_id);
+    const char *chat_id = have_row ? row.chat_id : c.chat_id; /* "" when neither knows it */
+    if (chat_id[0] != '\0')
+        moat__workspace_detach_idle(rt, chat_id);
     moat__cache_invalidate(rt);
     moat__metric_session(rt, "stopped", session_id, MOAT_CODE_OK, t0);
     return span_end(rt, span, st);

@@ -9,16 +9,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
-typedef enum key_type { K_STR, K_U32, K_LEVEL } key_type;
+typedef enum key_type { K_STR, K_U32, K_U64, K_BOOL, K_LEVEL } key_type;
 
 typedef struct key_def {
     const char *name;
     key_type type;
     size_t offset;
     const char *def;
-    uint32_t min, max; /* K_U32 range */
+    uint64_t min, max; /* K_U32 and K_U64 range */
     const char *doc;
 } key_def;
 
@@ -90,6 +91,19 @@ static const key_def keys[] = {
      "worker threads for Docker calls (UV_THREADPOOL_SIZE)"},
     {"sandbox_user", K_STR, OFF(sandbox_user), "1000:1000", 0, 0,
      "UID:GID that sandbox commands and the file API run as; \"root\" only when you must"},
+    {"read_only_rootfs", K_BOOL, OFF(read_only_rootfs), "true", 0, 0,
+     "sandbox root file system read-only, with tmpfs /tmp, /var/tmp and /root"},
+    {"tmpfs_size_bytes", K_U64, OFF(tmpfs_size_bytes), "67108864", 1048576, 17179869184ull,
+     "size of each of those tmpfs mounts"},
+    {"workspace_quota", K_BOOL, OFF(workspace_quota), "true", 0, 0,
+     "chat workspaces are loop-mounted ext4 images (nosuid,nodev) of a bounded size; false: "
+     "plain, unbounded directories"},
+    {"workspace_images_dir", K_STR, OFF(workspace_images_dir), "", 0, 0,
+     "where the workspace images live; default <chats_root>/.images"},
+    {"workspace_size_bytes", K_U64, OFF(workspace_size_bytes), "1073741824", 16777216,
+     17592186044416ull, "size of a new chat's workspace image"},
+    {"workspace_inodes", K_U32, OFF(workspace_inodes), "65536", 64, 4294967295u,
+     "files and directories a new chat's workspace can hold (about; at most one per KiB)"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -135,7 +149,8 @@ static moat_err apply(moat_server_config *cfg, const key_def *k, const char *val
         *slot = copy;
         return MOAT_OK;
     }
-    case K_U32: {
+    case K_U32:
+    case K_U64: {
         if (value[0] == '\0' || value[0] == '-' || value[0] == '+') {
             errf(err, errlen, "%s: expected a number, got \"%s\"", k->name, value);
             return MOAT_E_INVAL;
@@ -144,12 +159,27 @@ static moat_err apply(moat_server_config *cfg, const key_def *k, const char *val
         char *end = NULL;
         unsigned long long v = strtoull(value, &end, 10);
         if (errno != 0 || end == value || *end != '\0' || v < k->min || v > k->max) {
-            errf(err, errlen, "%s: expected a number from %u to %u, got \"%s\"", k->name, k->min,
-                 k->max, value);
+            errf(err, errlen, "%s: expected a number from %llu to %llu, got \"%s\"", k->name,
+                 (unsigned long long)k->min, (unsigned long long)k->max, value);
             return MOAT_E_INVAL;
         }
-        *(uint32_t *)(base + k->offset) = (uint32_t)v;
+        if (k->type == K_U32)
+            *(uint32_t *)(base + k->offset) = (uint32_t)v;
+        else
+            *(uint64_t *)(base + k->offset) = (uint64_t)v;
         return MOAT_OK;
+    }
+    case K_BOOL: {
+        static const char *const yes[] = {"true", "yes", "on", "1"};
+        static const char *const no[] = {"false", "no", "off", "0"};
+        for (size_t i = 0; i < 4; i++) {
+            if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
+                *(bool *)(base + k->offset) = strcasecmp(value, yes[i]) == 0;
+                return MOAT_OK;
+            }
+        }
+        errf(err, errlen, "%s: expected true or false, got \"%s\"", k->name, value);
+        return MOAT_E_INVAL;
     }
     case K_LEVEL: {
         moat_log_level lvl;

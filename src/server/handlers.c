@@ -1560,6 +1560,12 @@ static char *runtime_config(const moat_server_config *c, moat_runtime_config *ou
         rc.sandbox_uid = user.uid;
         rc.sandbox_gid = user.gid;
     }
+    rc.read_only_rootfs = c->read_only_rootfs;
+    rc.tmpfs_size_bytes = (int64_t)c->tmpfs_size_bytes;
+    rc.workspace_quota = c->workspace_quota;
+    rc.workspace_images_dir = c->workspace_images_dir[0] ? c->workspace_images_dir : NULL;
+    rc.workspace_size_bytes = (int64_t)c->workspace_size_bytes;
+    rc.workspace_inodes = c->workspace_inodes;
     rc.metrics.session_event = rt_session_event;
     /* allowed_images: a comma-separated list, split into a local copy. */
     char *imgs = strdup(c->allowed_images);

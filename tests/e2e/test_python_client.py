@@ -3,6 +3,7 @@
 with real Docker: a second implementation of the protocol, so the spec and the server agree with
 something that shares no code with libmoat."""
 import argparse
+import ctypes
 import os
 import signal
 import socket
@@ -34,6 +35,17 @@ def expect_error(name, fn, *args):
         assert err.name == name, "expected %s, got %s" % (name, err)
         return err
     raise AssertionError("expected %s, the call succeeded" % name)
+
+
+def unmount_under(path):
+    """Unmounts what moatd mounted under path (chat workspaces, execd dirs), newest first."""
+    path = os.path.realpath(path)
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in reversed(points):
+        if point == path or point.startswith(path + "/"):
+            libc.umount2(point.encode(), 0)
 
 
 def main():
@@ -134,7 +146,8 @@ def main():
                              capture_output=True, text=True).stdout.split()
         if ids:
             subprocess.run([DOCKER, "rm", "-f"] + ids, capture_output=True)
-        subprocess.run(["rm", "-rf", state])
+        unmount_under(state)
+        subprocess.run(["rm", "-rf", "--one-file-system", state])
 
 
 if __name__ == "__main__":

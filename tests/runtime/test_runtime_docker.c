@@ -20,7 +20,7 @@
 
 #include "json_readers.h"
 #include "moat/runtime.h"
-#include "../unmount_under.h"
+#include "host_mounts.h"
 
 #define PREFIX       "moat-rttest-"
 #define IMAGE        "moat-sandbox:latest"
@@ -153,6 +153,9 @@ static int setup(void **state)
     f->cfg.default_nano_cpus = 500000000;
     f->cfg.readiness_timeout_ms = 20000;
     f->cfg.stop_timeout_seconds = 1;
+    /* These tests read the chat directory from the host after a stop, when a quota'd workspace
+     * is no longer mounted there; test_workspace_docker runs sandboxes with quotas. */
+    f->cfg.workspace_quota = false;
     open_runtime(f);
     *state = f;
     return 0;
@@ -163,7 +166,7 @@ static int teardown(void **state)
     fx *f = *state;
     moat_runtime_close(f->rt);
     remove_test_containers();
-    moat_test_unmount_under(f->dir);
+    host_unmount_under(f->dir);
     nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(f);
     return 0;

@@ -18,7 +18,7 @@
 #include <cmocka.h>
 
 #include "moat/runtime.h"
-#include "../unmount_under.h"
+#include "host_mounts.h"
 
 #define IMAGE "moat-sandbox:latest"
 
@@ -135,19 +135,19 @@ static int group_teardown(void **state)
     if (eng.pid > 0)
         run(cmd);
     engine_stop();
-    moat_test_unmount_under(eng.dir);
+    host_unmount_under(eng.dir);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", eng.dir);
     run(cmd);
     return 0;
 }
 
-static bool ping(const char *socket_path)
+static bool ping(const moat_session *s)
 {
-    char cmd[4300];
+    char cmd[4400];
     snprintf(cmd, sizeof(cmd),
-             "curl -s -o /dev/null --max-time 1 -w '%%{http_code}' --unix-socket %s "
-             "http://localhost/ping | grep -q 200",
-             socket_path);
+             "curl -s -o /dev/null --max-time 1 -w '%%{http_code}' -H 'X-EXECD-ACCESS-TOKEN: %s' "
+             "--unix-socket %s http://localhost/ping | grep -q 200",
+             s->execd_token, s->execd_socket);
     return run(cmd) == 0;
 }
 
@@ -183,6 +183,7 @@ static void test_engine_down_then_back(void **state)
     cfg.cleanup_interval_seconds = 1;
     cfg.default_memory_bytes = 64ll * 1024 * 1024;
     cfg.stop_timeout_seconds = 1;
+    cfg.workspace_quota = false; /* about the engine's restart; test_workspace_docker has quotas */
     moat_status st;
     moat_runtime *rt = moat_runtime_open(&cfg, &st);
     assert_non_null(rt);
@@ -225,7 +226,7 @@ static void test_engine_down_then_back(void **state)
     assert_int_equal(rep.gone, 0);
     bool up = false;
     for (int i = 0; i < 100 && !up; i++) { /* bounded: 10 s */
-        up = ping(s.execd_socket);
+        up = ping(&s);
         if (!up)
             usleep(100000);
     }
@@ -244,7 +245,7 @@ static void test_engine_down_then_back(void **state)
     assert_int_equal(moat_runtime_stop(rt, sid2, &st), MOAT_CODE_OK);
     moat_runtime_close(rt);
     char cmd[128];
-    moat_test_unmount_under(dir);
+    host_unmount_under(dir);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     run(cmd);
 }

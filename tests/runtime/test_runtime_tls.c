@@ -18,7 +18,7 @@
 
 #include "fake_docker.h"
 #include "moat/runtime.h"
-#include "../unmount_under.h"
+#include "host_mounts.h"
 
 #define CHAT_ID    "123e4567-e89b-12d3-a456-426614174000"
 #define SESSION_ID "00000000-0000-0000-0000-000000000010"
@@ -166,6 +166,7 @@ static int setup(void **state)
     f->cfg.docker_tls_cert = pki.client_cert;
     f->cfg.docker_tls_key = pki.client_key;
     f->cfg.docker_tls_ca = pki.ca;
+    f->cfg.workspace_quota = false; /* a fake engine: nothing mounted on the host */
     /* Generous: under valgrind the first TLS handshakes take seconds. No test waits for it. */
     f->cfg.docker_timeout_ms = 30000;
     f->cfg.readiness_timeout_ms = 30000;
@@ -180,7 +181,7 @@ static int teardown(void **state)
     fx *f = *state;
     moat_runtime_close(f->rt);
     fake_docker_stop(&f->fd);
-    moat_test_unmount_under(f->dir);
+    host_unmount_under(f->dir);
     nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(f);
     return 0;

@@ -20,7 +20,7 @@
 #include "fake_docker.h"
 #include "json_readers.h"
 #include "moat/runtime.h"
-#include "../unmount_under.h"
+#include "host_mounts.h"
 
 #define CHAT_ID               "123e4567-e89b-12d3-a456-426614174000"
 #define NON_CANONICAL_CHAT_ID "123E4567E89B12D3A456426614174000"
@@ -91,6 +91,9 @@ static int setup(void **state)
     f->cfg.docker_timeout_ms = 2000;
     f->cfg.readiness_timeout_ms = 2000;
     f->cfg.container_name_prefix = PREFIX;
+    /* A fake engine and no change to the host: no workspace images or mounts here
+     * (test_workspace_root covers them). */
+    f->cfg.workspace_quota = false;
     open_runtime(f);
     *state = f;
     return 0;
@@ -101,7 +104,7 @@ static int teardown(void **state)
     fx *f = *state;
     moat_runtime_close(f->rt);
     fake_docker_stop(&f->fd);
-    moat_test_unmount_under(f->dir);
+    host_unmount_under(f->dir);
     nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(f);
     return 0;
@@ -210,8 +213,17 @@ static void test_create_mount_policy_and_labels(void **state)
     assert_int_equal(jiv(jget(host, "PidsLimit")), 256);
     assert_int_equal(jiv(jget(host, "Memory")), 512ll * 1024 * 1024);
     assert_int_equal(jiv(jget(host, "NanoCpus")), 1000000000ll);
-    assert_true(cJSON_IsFalse(jget(host, "ReadonlyRootfs")));
-    assert_null(jget(host, "Tmpfs"));
+    /* By default the root file system is read-only, with bounded tmpfs mounts where a shell
+     * writes. */
+    assert_true(cJSON_IsTrue(jget(host, "ReadonlyRootfs")));
+    cJSON *tmpfs = jget(host, "Tmpfs");
+    assert_int_equal(cJSON_GetArraySize(tmpfs), 3);
+    assert_string_equal(jsv(jget(tmpfs, "/tmp")),
+                        "rw,nosuid,nodev,size=67108864,nr_inodes=16384,mode=1777");
+    assert_string_equal(jsv(jget(tmpfs, "/var/tmp")),
+                        "rw,nosuid,nodev,size=67108864,nr_inodes=16384,mode=1777");
+    assert_string_equal(jsv(jget(tmpfs, "/root")),
+                        "rw,nosuid,nodev,size=67108864,nr_inodes=16384,mode=0700");
     cJSON_Delete(spec);
     assert_string_equal(s.execd_socket + strlen(s.execd_socket) - strlen("execd.sock"),
                         "execd.sock");

@@ -1,4 +1,5 @@
 #include "harness.h"
+#include "host_mounts.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -17,7 +18,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include "../unmount_under.h"
 
 static void sleep_ms(int ms)
 {
@@ -198,9 +198,10 @@ void moatd_remove_dir(const char *dir)
     /* MOAT_KEEP_TEST_DIRS=1 keeps state dirs and moatd logs for debugging. */
     if (strncmp(dir, "/tmp/moat-srvtest-", 18) != 0 || getenv("MOAT_KEEP_TEST_DIRS") != NULL)
         return;
-    moat_test_unmount_under(dir);
+    /* moatd mounts chat workspaces and execd dirs there; a killed moatd leaves them. */
+    host_unmount_under(dir);
     char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    snprintf(cmd, sizeof(cmd), "rm -rf --one-file-system '%s'", dir);
     int rc = system(cmd);
     (void)rc;
 }

@@ -138,6 +138,45 @@ static void test_instance_from_file_env_and_flag(void **state)
     moat_server_config_free(&c);
 }
 
+/* The sandbox-bounding keys: booleans in the usual spellings, 64-bit sizes with their range. */
+static void test_quota_keys(void **state)
+{
+    (void)state;
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    assert_true(c.workspace_quota);
+    assert_true(c.read_only_rootfs);
+    assert_int_equal(c.workspace_size_bytes, 1073741824ull);
+    assert_int_equal(c.workspace_inodes, 65536);
+    assert_int_equal(c.tmpfs_size_bytes, 67108864ull);
+    assert_string_equal(c.workspace_images_dir, "");
+    const char *text = "workspace_quota = off\n"
+                       "read_only_rootfs = False\n"
+                       "workspace_size_bytes = 17592186044416\n"
+                       "workspace_inodes = 4294967295\n"
+                       "workspace_images_dir = /srv/moat-images\n";
+    char err[256] = "";
+    assert_int_equal(moat_server_config_parse(&c, text, err, sizeof(err)), MOAT_OK);
+    assert_false(c.workspace_quota);
+    assert_false(c.read_only_rootfs);
+    assert_int_equal(c.workspace_size_bytes, 17592186044416ull);
+    assert_int_equal(c.workspace_inodes, 4294967295u);
+    assert_string_equal(c.workspace_images_dir, "/srv/moat-images");
+    assert_int_equal(moat_server_config_set(&c, "workspace-quota", "yes", err, sizeof(err)),
+                     MOAT_OK);
+    assert_true(c.workspace_quota);
+    assert_int_equal(moat_server_config_set(&c, "read_only_rootfs", "1", err, sizeof(err)),
+                     MOAT_OK);
+    assert_true(c.read_only_rootfs);
+    moat_server_config_free(&c);
+    expect_bad("workspace_quota = maybe\n", "workspace_quota: expected true or false");
+    expect_bad("workspace_quota =\n", "expected true or false");
+    expect_bad("workspace_size_bytes = 16777215\n", "from 16777216 to 17592186044416");
+    expect_bad("workspace_size_bytes = 17592186044417\n", "workspace_size_bytes");
+    expect_bad("workspace_inodes = 63\n", "from 64 to 4294967295");
+    expect_bad("tmpfs_size_bytes = 0\n", "tmpfs_size_bytes");
+}
+
 static void test_load_file(void **state)
 {
     (void)state;
@@ -249,6 +288,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_quota_keys),
         cmocka_unit_test(test_parse_file_text),
         cmocka_unit_test(test_parse_bad_input),
         cmocka_unit_test(test_set_and_env),
