@@ -177,7 +177,10 @@ typedef struct moat_log_limit {
     uint32_t lines;      /* written in the current one-second window */
     uint64_t suppressed; /* dropped since the last line written */
 } moat_log_limit;
-#define MOAT_LOG_LIMIT_INIT {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0}
+#define MOAT_LOG_LIMIT_INIT                                                                        \
+    {                                                                                              \
+        PTHREAD_MUTEX_INITIALIZER, 0, 0, 0                                                         \
+    }
 /* moat_log within lim's budget. Thread-safe. */
 void moat_log_limited(moat_log_limit *lim, moat_log_level level, const char *event,
                       const char *kv_fmt, ...) __attribute__((format(printf, 4, 5)));

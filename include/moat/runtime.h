@@ -106,13 +106,14 @@ typedef struct moat_runtime_config {
      * workspace_size_bytes and about workspace_inodes inodes, and loop-mounted
      * nosuid,nodev,noatime on chats_root/<chat_id>; each session's /run/moat is a tmpfs of
      * 4 MiB. This needs CAP_SYS_ADMIN (root), /dev/loop-control, /sbin/mkfs.ext4, Linux >= 5.8,
-     * and moatd in the same mount namespace as dockerd. Without it: plain, unbounded directories. */
+     * and moatd in the same mount namespace as dockerd. Without it: plain, unbounded directories.
+     */
     bool workspace_quota;
     const char *workspace_images_dir; /* NULL: <chats_root>/.images */
     int64_t workspace_size_bytes;     /* 16 MiB .. 16 TiB */
     int64_t workspace_inodes;         /* 64 .. 2^32-1, at most one per KiB of the size */
-    long readiness_timeout_ms; /* create waits this long for execd's GET /ping */
-    int stop_timeout_seconds;  /* grace period of Docker's stop before SIGKILL */
+    long readiness_timeout_ms;        /* create waits this long for execd's GET /ping */
+    int stop_timeout_seconds;         /* grace period of Docker's stop before SIGKILL */
 
     moat_runtime_metrics metrics;
     moat_runtime_tracer tracer;

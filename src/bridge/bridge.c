@@ -289,8 +289,8 @@ static curl_socket_t open_unix_socket(void *ud, curlsocktype purpose, struct cur
     unpin_socket(r);
     struct sockaddr_un sa;
     socklen_t len;
-    r->socket_pin = moat_unix_pin(r->unix_socket, &sa, &len, r->connect_why,
-                                  sizeof(r->connect_why));
+    r->socket_pin =
+        moat_unix_pin(r->unix_socket, &sa, &len, r->connect_why, sizeof(r->connect_why));
     if (r->socket_pin < 0) {
         r->connect_errno = errno;
         if (errno == ELOOP || errno == ENOTSOCK)

@@ -31,10 +31,10 @@ struct bridge_req {
     char *post;
     curl_mime *mime;
     char errbuf[CURL_ERROR_SIZE];
-    char *unix_socket;       /* execd's socket path, or NULL for TCP */
-    int socket_pin;          /* O_PATH descriptor of the socket file while connecting, or -1 */
-    int connect_errno;       /* why open_unix_socket refused to connect, or 0 */
-    char connect_why[256];   /* ... in words */
+    char *unix_socket;     /* execd's socket path, or NULL for TCP */
+    int socket_pin;        /* O_PATH descriptor of the socket file while connecting, or -1 */
+    int connect_errno;     /* why open_unix_socket refused to connect, or 0 */
+    char connect_why[256]; /* ... in words */
     long http_status;
     bool moat_binary;     /* response header X-Moat-Output: binary */
     bool has_tail_cursor; /* response header EXECD-COMMANDS-TAIL-CURSOR */

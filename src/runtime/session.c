@@ -513,7 +513,8 @@ static cJSON *container_spec(moat_runtime *rt, const char *session_id, const cha
     return spec;
 }
 
-/* A create that failed: lets go of the chat's workspace, and unmounts it when no session uses it. */
+/* A create that failed: lets go of the chat's workspace, and unmounts it when no session uses it.
+ */
 static void release_workspace(moat_runtime *rt, moat__workspace *ws, const char *chat_id)
 {
     moat__workspace_release(ws);
@@ -683,8 +684,8 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     session_socket(rt, session_id, socket_path, sizeof(socket_path));
     unlink(socket_path); /* a stale socket would answer nothing and look like a live one */
 
-    cJSON *spec = container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus,
-                                 pids, paths, execd_token);
+    cJSON *spec = container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus, pids,
+                                 paths, execd_token);
     char *body = spec ? cJSON_PrintUnformatted(spec) : NULL;
     cJSON_Delete(spec);
     if (body == NULL) {

@@ -92,7 +92,8 @@ moat_err moat__store_open(const char *path, moat__store **out, char *errbuf, siz
     }
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(store->db, SCHEMA, NULL, NULL, &err);
-    if (rc == SQLITE_OK && sqlite3_exec(store->db, ADD_TOKEN_COLUMN, NULL, NULL, NULL) != SQLITE_OK &&
+    if (rc == SQLITE_OK &&
+        sqlite3_exec(store->db, ADD_TOKEN_COLUMN, NULL, NULL, NULL) != SQLITE_OK &&
         strstr(sqlite3_errmsg(store->db), "duplicate column") == NULL) {
         rc = SQLITE_ERROR;
     }

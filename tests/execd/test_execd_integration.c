@@ -1532,8 +1532,7 @@ static void test_run_as(void **state)
     assert_true(r.complete);
     assert_string_equal(r.out, "65534");
     /* A background command's log (kept in execd's user/ directory) reads back. */
-    xd_stream(&tp.unix_t, "/command", "{\"command\":\"echo bg\",\"background\":true}", false,
-              &r);
+    xd_stream(&tp.unix_t, "/command", "{\"command\":\"echo bg\",\"background\":true}", false, &r);
     assert_true(r.complete);
     /* The file API writes as the user, and is refused where the user would be. */
     char q[512], target[256];

@@ -168,7 +168,7 @@ static void run_on(const moatd_proc *p, const char *sid, const char *cmd, run_ou
         } else if (f.kind == MOAT_FRAME_END) {
             r->end_code = (int)f.u.end.code;
             size_t n = f.u.end.reason.len < sizeof(r->end_reason) - 1 ? f.u.end.reason.len
-                                                                       : sizeof(r->end_reason) - 1;
+                                                                      : sizeof(r->end_reason) - 1;
             memcpy(r->end_reason, f.u.end.reason.data, n);
             break;
         }
@@ -216,32 +216,31 @@ static void test_commands_are_unprivileged_and_cannot_reach_execd(void **state)
     assert_true(contains(r.out, "CapPrm:\t0000000000000000"));
     assert_true(contains(r.out, "CapEff:\t0000000000000000"));
     assert_true(contains(r.out, "CapAmb:\t0000000000000000"));
-    /* execd is PID 1, root: not killable, traceable or readable. */
-    run_on(&unprivileged_moatd, sid, "kill -9 1", &r);
-    assert_int_equal(r.end_code, MOAT_CODE_OK);
-    assert_true(r.has_exit && r.exit_code != 0);
-    run_on(&unprivileged_moatd, sid, "kill -STOP 1", &r);
-    assert_true(r.has_exit && r.exit_code != 0);
-    run_on(&unprivileged_moatd, sid, "cat /proc/1/environ", &r);
-    assert_true(r.has_exit && r.exit_code != 0);
-    run_on(&unprivileged_moatd, sid, "head -c 16 /proc/1/mem", &r);
-    assert_true(r.has_exit && r.exit_code != 0);
+    /* Each of these must fail: execd is PID 1 and root (not killable, traceable or readable),
+     * its socket directory is closed to commands, and there are no device nodes (no
+     * CAP_MKNOD). */
+    static const char *const refused[] = {
+        "kill -9 1",
+        "kill -STOP 1",
+        "cat /proc/1/environ",
+        "head -c 16 /proc/1/mem",
+        "ls /run/moat",
+        "rm -f /run/moat/execd.sock",
+        "ln -sf /etc/passwd /run/moat/execd.sock",
+        "mknod /workspace/chat/null c 1 3",
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        run_on(&unprivileged_moatd, sid, refused[i], &r);
+        if (r.end_code != MOAT_CODE_OK || !r.has_exit || r.exit_code == 0)
+            fail_msg("`%s` was not refused: status %d, exit %d", refused[i], r.end_code,
+                     r.exit_code);
+    }
     /* The token is in no command's environment and not on execd's command line. */
     run_ok(&unprivileged_moatd, sid,
            "env | grep -c EXECD_ACCESS_TOKEN; tr '\\0' ' ' </proc/1/cmdline | grep -c -i token; "
            "true",
            &r);
     assert_string_equal(r.out, "0\n0\n");
-    /* execd's socket directory is closed to commands: no listing, no unlink, no connect. */
-    run_on(&unprivileged_moatd, sid, "ls /run/moat", &r);
-    assert_true(r.has_exit && r.exit_code != 0);
-    run_on(&unprivileged_moatd, sid, "rm -f /run/moat/execd.sock", &r);
-    assert_true(r.has_exit && r.exit_code != 0);
-    run_on(&unprivileged_moatd, sid, "ln -sf /etc/passwd /run/moat/execd.sock", &r);
-    assert_true(r.has_exit && r.exit_code != 0);
-    /* No device nodes (no CAP_MKNOD), no setuid escalation inside either. */
-    run_on(&unprivileged_moatd, sid, "mknod /workspace/chat/null c 1 3", &r);
-    assert_true(r.has_exit && r.exit_code != 0);
     /* The workspace is the sandbox user's. */
     run_ok(&unprivileged_moatd, sid,
            "echo data >/workspace/chat/mine && mkdir -p /workspace/chat/d && "
@@ -285,34 +284,29 @@ static long euid_of_setuid_file_run_by_nobody(const char *path)
     return strtol(buf, NULL, 10);
 }
 
-/* nobody's errno for open(path, O_RDONLY), or 0 when it opened. */
-static int nobody_open_errno(const char *path)
+static int try_open(const char *path)
 {
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (setgroups(0, NULL) != 0 || setgid(NOBODY_GID) != 0 || setuid(NOBODY_UID) != 0)
-            _exit(120);
-        int fd = open(path, O_RDONLY);
-        _exit(fd >= 0 ? 0 : errno);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return open(path, O_RDONLY) >= 0 ? 0 : errno;
 }
 
-/* nobody's errno for connect(path), or 0 when it connected. */
-static int nobody_connect_errno(const char *path)
+static int try_connect(const char *path)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sa.sun_path))
+        return ENAMETOOLONG;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    return connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : errno;
+}
+
+/* What attempt(path) gives when nobody, another local user, makes it: 0 or an errno. */
+static int as_nobody(int (*attempt)(const char *), const char *path)
 {
     pid_t pid = fork();
     if (pid == 0) {
         if (setgroups(0, NULL) != 0 || setgid(NOBODY_GID) != 0 || setuid(NOBODY_UID) != 0)
             _exit(120);
-        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        if (strlen(path) >= sizeof(sa.sun_path))
-            _exit(ENAMETOOLONG);
-        memcpy(sa.sun_path, path, strlen(path) + 1);
-        _exit(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : errno);
+        _exit(attempt(path));
     }
     int status = 0;
     waitpid(pid, &status, 0);
@@ -353,14 +347,14 @@ static void plant_setuid_shell(const moatd_proc *p)
     struct stat sb;
     assert_int_equal(stat(path, &sb), 0);
     assert_true((sb.st_mode & S_ISUID) != 0); /* the bit is there, and must do nothing */
-    assert_int_equal(nobody_open_errno(path), EACCES);
+    assert_int_equal(as_nobody(try_open, path), EACCES);
     /* nosuid: the bit is ignored, the file runs as whoever runs it. */
     long euid = euid_of_setuid_file_run_by_nobody(path);
     if (euid != NOBODY_UID)
         fail_msg("the sandbox's setuid file ran with euid %ld", euid);
     snprintf(path, sizeof(path), "%s/%s/notes", chats_root, chat);
-    assert_int_equal(nobody_open_errno(path), EACCES);
-    assert_int_equal(nobody_connect_errno(sock), EACCES);
+    assert_int_equal(as_nobody(try_open, path), EACCES);
+    assert_int_equal(as_nobody(try_connect, sock), EACCES);
     struct stat ss;
     assert_int_equal(lstat(sock, &ss), 0);
     assert_true(S_ISSOCK(ss.st_mode));
@@ -469,8 +463,9 @@ static void test_planted_socket_never_redirects_moatd(void **state)
         if (targets[i] != NULL)
             snprintf(cmd, sizeof(cmd), "ln -sfn %s /run/moat/execd.sock", targets[i]);
         else
-            snprintf(cmd, sizeof(cmd), "rm -f /run/moat/execd.sock && "
-                                       "echo 'GET / HTTP/1.0' >/run/moat/execd.sock");
+            snprintf(cmd, sizeof(cmd),
+                     "rm -f /run/moat/execd.sock && "
+                     "echo 'GET / HTTP/1.0' >/run/moat/execd.sock");
         run_ok(p, attacker, cmd, &r);
         /* A connection moatd opened before the swap still leads to the attacker's own execd
          * and may serve a call; every new one meets the planted file and is refused. */
@@ -482,8 +477,7 @@ static void test_planted_socket_never_redirects_moatd(void **state)
         /* Put the real socket back so the next variant can start. */
         char real[1024], link_path[1024];
         snprintf(real, sizeof(real), "%s/sessions/%s/real.sock", p->state_dir, attacker);
-        snprintf(link_path, sizeof(link_path), "%s/sessions/%s/execd.sock", p->state_dir,
-                 attacker);
+        snprintf(link_path, sizeof(link_path), "%s/sessions/%s/execd.sock", p->state_dir, attacker);
         /* The test (root on the host) plays the sandbox's own next move. */
         assert_int_equal(unlink(link_path), 0);
         assert_int_equal(link(real, link_path), 0);
