@@ -167,6 +167,10 @@ static void test_create_mount_policy_and_labels(void **state)
     snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, CHAT_ID);
     assert_int_equal(stat(chat_dir, &sb), 0);
     assert_true(S_ISDIR(sb.st_mode));
+    /* The sandbox user's, closed to everyone else. */
+    assert_int_equal(sb.st_uid, 1000);
+    assert_int_equal(sb.st_gid, 1000);
+    assert_int_equal(sb.st_mode & 07777, 0700);
 
     /* Request sequence: version negotiation, create (named), start. */
     assert_int_equal(f->fd.request_count >= 3, 1);
@@ -187,10 +191,20 @@ static void test_create_mount_policy_and_labels(void **state)
     assert_non_null(jsv(jget(labels, "moat.version")));
 
     cJSON *ep = jget(spec, "Entrypoint");
-    assert_int_equal(cJSON_GetArraySize(ep), 3);
+    assert_int_equal(cJSON_GetArraySize(ep), 5);
     assert_string_equal(jsv(cJSON_GetArrayItem(ep, 0)), "/opt/moat/run");
     assert_string_equal(jsv(cJSON_GetArrayItem(ep, 1)), "--listen");
     assert_string_equal(jsv(cJSON_GetArrayItem(ep, 2)), "unix:/run/moat/execd.sock");
+    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 3)), "--run-as");
+    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 4)), "1000:1000");
+    /* The session's own execd token, only in the environment; HOME is the workspace. */
+    cJSON *env = jget(spec, "Env");
+    assert_int_equal(cJSON_GetArraySize(env), 2);
+    const char *token_env = jsv(cJSON_GetArrayItem(env, 0));
+    assert_int_equal(strncmp(token_env, "EXECD_ACCESS_TOKEN=", 19), 0);
+    assert_int_equal(strlen(token_env + 19), 64);
+    assert_int_equal(strspn(token_env + 19, "0123456789abcdef"), 64);
+    assert_string_equal(jsv(cJSON_GetArrayItem(env, 1)), "HOME=/workspace/chat");
 
     cJSON *host = jget(spec, "HostConfig");
     cJSON *mounts = jget(host, "Mounts");
@@ -210,6 +224,17 @@ static void test_create_mount_policy_and_labels(void **state)
     assert_string_equal(jsv(cJSON_GetArrayItem(caps, 0)), "ALL");
     cJSON *sec = jget(host, "SecurityOpt");
     assert_string_equal(jsv(cJSON_GetArrayItem(sec, 0)), "no-new-privileges");
+    /* Only what execd needs to run commands as the sandbox user and signal them. */
+    cJSON *cap_add = jget(host, "CapAdd");
+    assert_int_equal(cJSON_GetArraySize(cap_add), 4);
+    const char *want_caps[] = {"SETUID", "SETGID", "KILL", "CHOWN"};
+    for (int i = 0; i < 4; i++)
+        assert_string_equal(jsv(cJSON_GetArrayItem(cap_add, i)), want_caps[i]);
+    /* The token handed to execd is the session's, and the store keeps it. */
+    assert_string_equal(token_env + 19, s.execd_token);
+    moat_session got;
+    assert_int_equal(moat_runtime_get(f->rt, SESSION_ID, &got, &st), MOAT_CODE_OK);
+    assert_string_equal(got.execd_token, s.execd_token);
     assert_int_equal(jiv(jget(host, "PidsLimit")), 256);
     assert_int_equal(jiv(jget(host, "Memory")), 512ll * 1024 * 1024);
     assert_int_equal(jiv(jget(host, "NanoCpus")), 1000000000ll);
@@ -509,6 +534,45 @@ static void test_start_failure_removes_container(void **state)
     assert_string_equal(st.reason, "sandbox_start_failed");
     assert_non_null(strstr(st.message, "oci runtime error"));
     assert_int_equal(fake_docker_count(&f->fd, "DELETE", "/containers/container-123?force=1"), 1);
+}
+
+/* sandbox_user = root: no --run-as, no capability added, a workspace of root's; the token stays. */
+static void test_create_as_root_when_asked(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    f->cfg.sandbox_user_root = true;
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    cJSON *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
+    assert_int_equal(cJSON_GetArraySize(jget(spec, "Entrypoint")), 3);
+    cJSON *env = jget(spec, "Env");
+    assert_int_equal(cJSON_GetArraySize(env), 1);
+    assert_int_equal(strncmp(jsv(cJSON_GetArrayItem(env, 0)), "EXECD_ACCESS_TOKEN=", 19), 0);
+    assert_null(jget(jget(spec, "HostConfig"), "CapAdd"));
+    cJSON_Delete(spec);
+    char chat_dir[256];
+    struct stat sb;
+    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, CHAT_ID);
+    assert_int_equal(stat(chat_dir, &sb), 0);
+    assert_int_equal(sb.st_uid, 0);
+    assert_int_equal(sb.st_mode & 07777, 0700);
+}
+
+/* Two sessions never share a token. */
+static void test_tokens_differ(void **state)
+{
+    fx *f = *state;
+    moat_session a, b;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &a, &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_create(f->rt, "0d3f6a0e-0000-4000-8000-000000000002", CHAT_ID, 0,
+                                         600000, NULL, &b, &st),
+                     MOAT_CODE_OK);
+    assert_int_equal(strlen(a.execd_token), 64);
+    assert_string_not_equal(a.execd_token, b.execd_token);
 }
 
 static void test_readiness_timeout_removes_container(void **state)
@@ -1097,6 +1161,12 @@ static void test_config_validation(void **state)
     moat_runtime_config c = f->cfg;
     moat_status st;
     assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
+    c.sandbox_uid = 0; /* root only when asked for by name */
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "sandbox_user");
+    c.sandbox_user_root = true;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
+    c = f->cfg;
     c.chats_root = "relative/chats";
     assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
     assert_string_equal(moat_status_detail_get(&st, "setting"), "chats_root");
@@ -1636,6 +1706,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_mount_policy_and_labels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_empty_container_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_as_root_when_asked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tokens_differ, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_ignores_missing_container, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_wraps_docker_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_active_skips_bad_labels, setup, teardown),

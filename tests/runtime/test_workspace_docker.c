@@ -162,12 +162,19 @@ static void create(fx *f, const char *chat, moat_session *s)
         fail_msg("create: %s (%s)", st.message, st.reason);
 }
 
-/* Runs sh -c script in the session's container; returns its output (malloc'd). */
-static char *in_sandbox(const moat_session *s, const char *script)
+/* Runs sh -c script in the session's container as user ("1000:1000", the sandbox user, as execd
+ * would, or "0:0" for what only execd's root may do); returns its output (malloc'd). */
+static char *in_sandbox_as(const moat_session *s, const char *user, const char *script)
 {
     char cmd[1536];
-    snprintf(cmd, sizeof(cmd), "/usr/bin/docker exec %s sh -c '%s'", s->container_id, script);
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker exec --user %s %s sh -c '%s'", user,
+             s->container_id, script);
     return capture(cmd);
+}
+
+static char *in_sandbox(const moat_session *s, const char *script)
+{
+    return in_sandbox_as(s, "1000:1000", script);
 }
 
 typedef struct found {
@@ -246,12 +253,14 @@ static void test_sandbox_mounts(void **state)
     expect_contains(out, "rc=1");
     free(out);
     out = in_sandbox(&s, "dd if=/dev/zero of=/tmp/fill bs=1M count=32; rm -f /tmp/fill; "
-                         "touch /var/tmp/ok /root/ok && echo writable");
+                         "touch /var/tmp/ok && echo writable; touch /root/ok || echo root-only");
     expect_contains(out, "No space left on device");
     expect_contains(out, "writable");
+    expect_contains(out, "root-only");
     free(out);
     /* The session's execd directory holds at most 4 MiB. */
-    out = in_sandbox(&s, "dd if=/dev/zero of=/run/moat/fill bs=1M count=8; rm -f /run/moat/fill");
+    out = in_sandbox_as(&s, "0:0",
+                        "dd if=/dev/zero of=/run/moat/fill bs=1M count=8; rm -f /run/moat/fill");
     expect_contains(out, "No space left on device");
     free(out);
     assert_true(moat__execd_ping(s.execd_socket, s.execd_token, 5000));

@@ -177,6 +177,35 @@ static void test_quota_keys(void **state)
     expect_bad("tmpfs_size_bytes = 0\n", "tmpfs_size_bytes");
 }
 
+/* sandbox_user: UID:GID with neither 0, or root by name; anything else is refused. */
+static void test_sandbox_user(void **state)
+{
+    (void)state;
+    moat_sandbox_user u;
+    assert_int_equal(moat_server_parse_sandbox_user("1000:1000", &u), MOAT_OK);
+    assert_false(u.root);
+    assert_int_equal(u.uid, 1000);
+    assert_int_equal(u.gid, 1000);
+    assert_int_equal(moat_server_parse_sandbox_user("65534:100", &u), MOAT_OK);
+    assert_int_equal(u.gid, 100);
+    assert_int_equal(moat_server_parse_sandbox_user("root", &u), MOAT_OK);
+    assert_true(u.root);
+    const char *bad[] = {"0:0",   "0:1000", "1000:0",       "1000",          ":1000",
+                         "1000:", "a:b",    "-1:1000",      "1000:1x",       "Root",
+                         "",      "1:2:3",  "4294967295:1", "99999999999:1", " 1000:1000"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (moat_server_parse_sandbox_user(bad[i], &u) != MOAT_E_INVAL)
+            fail_msg("sandbox_user \"%s\" was accepted", bad[i]);
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    assert_string_equal(c.sandbox_user, "1000:1000");
+    char err[256] = "";
+    assert_int_equal(moat_server_config_set(&c, "sandbox_user", "0:0", err, sizeof(err)), MOAT_OK);
+    assert_int_equal(moat_server_config_finish(&c, "/nonexistent", err, sizeof(err)), MOAT_E_INVAL);
+    assert_non_null(strstr(err, "sandbox_user"));
+    moat_server_config_free(&c);
+}
+
 static void test_load_file(void **state)
 {
     (void)state;
@@ -289,6 +318,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_quota_keys),
+        cmocka_unit_test(test_sandbox_user),
         cmocka_unit_test(test_parse_file_text),
         cmocka_unit_test(test_parse_bad_input),
         cmocka_unit_test(test_set_and_env),
