@@ -83,6 +83,11 @@ typedef struct moat_runtime_config {
      * reconcile and event filter requires it, so one runtime never adopts or reaps another's
      * sandboxes. NULL: no scoping (the seed's exact three-label list filter). */
     const char *instance;
+    /* OCI runtime of the sandboxes, as registered with dockerd (its "runtimes" in daemon.json or
+     * --add-runtime), sent as HostConfig.Runtime: "runsc" runs them under gVisor. NULL or "":
+     * the engine's default runtime (runc), and no HostConfig.Runtime at all. At most 63 bytes
+     * of [A-Za-z0-9_.-], starting with a letter or a digit. */
+    const char *runtime;
 
     int64_t default_memory_bytes, max_memory_bytes;
     int64_t default_nano_cpus, max_nano_cpus;

@@ -52,6 +52,7 @@ typedef struct moat_server_config {
     char *execd_bundle;
     char *store_path;
     char *container_name_prefix;
+    char *runtime; /* OCI runtime registered with dockerd ("runsc"); "" = the engine's default */
     uint32_t readiness_timeout_ms;
     uint32_t docker_timeout_ms;
     uint32_t threadpool_size;

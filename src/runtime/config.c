@@ -1,3 +1,4 @@
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -104,6 +105,14 @@ static moat_code mount_target(moat_status *st, const char *setting, const char *
     return MOAT_CODE_OK;
 }
 
+/* The name of a runtime registered with dockerd, as moat accepts it. */
+static bool runtime_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    return n <= 63 && isalnum((unsigned char)name[0]) &&
+           strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") == n;
+}
+
 moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_status *st)
 {
     moat_status_clear(st);
@@ -164,6 +173,11 @@ moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_stat
              strlen(cfg->instance)))
         return bad(st, "instance", "must be 1..63 characters of [A-Za-z0-9_.-], got '%s'",
                    cfg->instance);
+    if (cfg->runtime != NULL && cfg->runtime[0] != '\0' && !runtime_name_ok(cfg->runtime))
+        return bad(st, "runtime",
+                   "must be at most 63 characters of [A-Za-z0-9_.-], starting with a letter or "
+                   "a digit (a runtime registered with dockerd, such as runsc), got '%s'",
+                   cfg->runtime);
     if (cfg->max_memory_bytes <= 0 || cfg->default_memory_bytes <= 0 ||
         cfg->default_memory_bytes > cfg->max_memory_bytes)
         return bad(st, "default_memory_bytes", "must be positive and <= max_memory_bytes%s", "");
@@ -260,6 +274,9 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
     c->store_path = own(rt, cfg->store_path, &own_failed);
     c->container_name_prefix = own(rt, cfg->container_name_prefix, &own_failed);
     c->instance = own(rt, cfg->instance, &own_failed);
+    /* "" and NULL both mean the engine's default runtime; keep one spelling of it. */
+    c->runtime =
+        cfg->runtime != NULL && cfg->runtime[0] != '\0' ? own(rt, cfg->runtime, &own_failed) : NULL;
     if (c->instance != NULL)
         snprintf(rt->instance_filter, sizeof(rt->instance_filter), "moat.instance=%s", c->instance);
     const char **images = NULL;

@@ -356,7 +356,8 @@ static cJSON *container_spec(moat_runtime *rt, const char *session_id, const cha
          moat__json_add_int(host, "Memory", memory) &&
          moat__json_add_int(host, "MemorySwap", memory) &&
          moat__json_add_int(host, "NanoCpus", nano_cpus) &&
-         cJSON_AddBoolToObject(host, "ReadonlyRootfs", rt->cfg.read_only_rootfs);
+         cJSON_AddBoolToObject(host, "ReadonlyRootfs", rt->cfg.read_only_rootfs) &&
+         (rt->cfg.runtime == NULL || cJSON_AddStringToObject(host, "Runtime", rt->cfg.runtime));
     if (ok && rt->cfg.read_only_rootfs) {
         char opts[96];
         snprintf(opts, sizeof(opts), "rw,nosuid,nodev,size=%lld",

@@ -80,6 +80,9 @@ static const key_def keys[] = {
     {"store_path", K_STR, OFF(store_path), "", 0, 0, "SQLite store; default <state_dir>/state.db"},
     {"container_name_prefix", K_STR, OFF(container_name_prefix), "moat-", 0, 0,
      "container name = prefix + session id"},
+    {"runtime", K_STR, OFF(runtime), "", 0, 0,
+     "OCI runtime of the sandboxes, as registered with dockerd (runsc: gVisor); empty = the "
+     "engine's default (runc)"},
     {"readiness_timeout_ms", K_U32, OFF(readiness_timeout_ms), "10000", 100, 600000,
      "CreateSession waits this long for execd to answer"},
     {"docker_timeout_ms", K_U32, OFF(docker_timeout_ms), "30000", 100, 600000,

@@ -1537,6 +1537,7 @@ static char *runtime_config(const moat_server_config *c, moat_runtime_config *ou
     rc.execd_bundle_dir = c->execd_bundle;
     rc.store_path = c->store_path;
     rc.container_name_prefix = c->container_name_prefix;
+    rc.runtime = c->runtime;
     rc.readiness_timeout_ms = (long)c->readiness_timeout_ms;
     rc.metrics.session_event = rt_session_event;
     /* allowed_images: a comma-separated list, split into a local copy. */

@@ -209,6 +209,8 @@ static void test_create_mount_policy_and_labels(void **state)
     assert_int_equal(jiv(jget(host, "NanoCpus")), 1000000000ll);
     assert_true(cJSON_IsFalse(jget(host, "ReadonlyRootfs")));
     assert_null(jget(host, "Tmpfs"));
+    /* No runtime configured: the engine's default, so no Runtime key at all. */
+    assert_null(jget(host, "Runtime"));
     cJSON_Delete(spec);
     assert_string_equal(s.execd_socket + strlen(s.execd_socket) - strlen("execd.sock"),
                         "execd.sock");
@@ -1174,6 +1176,51 @@ static void test_instance_scoping(void **state)
     assert_string_equal(moat_status_detail_get(&st, "setting"), "instance");
 }
 
+static void test_runtime_setting(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    f->cfg.runtime = "runsc";
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    cJSON *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
+    assert_string_equal(jsv(jget(jget(spec, "HostConfig"), "Runtime")), "runsc");
+    cJSON_Delete(spec);
+
+    /* "" is the engine's default, as NULL is: no Runtime key. */
+    moat_runtime_close(f->rt);
+    f->cfg.runtime = "";
+    open_runtime(f);
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID2, CHAT_ID, iso("2026-04-02T12:00:00Z"),
+                                         iso("2026-04-02T12:05:00Z"), NULL, &s, &st),
+                     MOAT_CODE_OK);
+    spec = moat_json_parse(f->fd.last_create_body, strlen(f->fd.last_create_body),
+                           MOAT_JSON_NUL_REJECT);
+    assert_string_equal(jsv(jget(jget(spec, "Labels"), "session_id")), SESSION_ID2);
+    assert_null(jget(jget(spec, "HostConfig"), "Runtime"));
+    cJSON_Delete(spec);
+
+    moat_runtime_config c = f->cfg;
+    c.runtime = "runsc-kvm_2.x";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
+    char too_long[65];
+    memset(too_long, 'r', 64);
+    too_long[64] = '\0';
+    const char *refused[] = {"run sc",     "runsc;rm", "-runsc", ".runsc",
+                             "runsc/../x", "rünsc",    too_long};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        c.runtime = refused[i];
+        assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+        assert_string_equal(st.reason, "invalid_config");
+        assert_string_equal(moat_status_detail_get(&st, "setting"), "runtime");
+        assert_non_null(strstr(st.message, "config runtime:"));
+        assert_null(moat_runtime_open(&c, &st));
+        assert_string_equal(moat_status_detail_get(&st, "setting"), "runtime");
+    }
+}
+
 static void test_tcp_endpoint(void **state)
 {
     fx *f = *state;
@@ -1286,6 +1333,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hooks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reaper_thread_runs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_instance_scoping, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_runtime_setting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp_endpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_engine_restart_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill, setup, teardown),
