@@ -1221,6 +1221,76 @@ static void test_runtime_setting(void **state)
     }
 }
 
+static int64_t last_pids_limit(fx *f)
+{
+    cJSON *spec = moat_json_parse(f->fd.last_create_body, strlen(f->fd.last_create_body),
+                                  MOAT_JSON_NUL_REJECT);
+    assert_non_null(spec);
+    int64_t pids = jiv(jget(jget(spec, "HostConfig"), "PidsLimit"));
+    cJSON_Delete(spec);
+    return pids;
+}
+
+/* Under gVisor the pids limit counts gVisor's own threads: a larger default and maximum, and
+ * a floor, for requests and for the config. */
+static void test_gvisor_pids_limits(void **state)
+{
+    fx *f = *state;
+    assert_true(moat_runtime_is_gvisor("runsc"));
+    assert_true(moat_runtime_is_gvisor("runsc-kvm"));
+    assert_false(moat_runtime_is_gvisor("runsc2"));
+    assert_false(moat_runtime_is_gvisor("runc"));
+    assert_false(moat_runtime_is_gvisor(""));
+    assert_false(moat_runtime_is_gvisor(NULL));
+
+    moat_runtime_close(f->rt);
+    f->cfg.runtime = "runsc";
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    int64_t now = iso("2026-04-02T12:00:00Z");
+    assert_int_equal(
+        moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, NULL, &s, &st),
+        MOAT_CODE_OK);
+    assert_int_equal(last_pids_limit(f), MOAT_GVISOR_PIDS_LIMIT_DEFAULT);
+    moat_session_options o = {.pids_limit = MOAT_GVISOR_PIDS_LIMIT_MIN - 1};
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID2, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "field"), "pids_limit");
+    assert_non_null(strstr(st.message, "gVisor"));
+    o.pids_limit = MOAT_GVISOR_PIDS_LIMIT_MAX + 1;
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID2, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "field"), "pids_limit");
+    o.pids_limit = MOAT_GVISOR_PIDS_LIMIT_MIN;
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID2, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_OK);
+    assert_int_equal(last_pids_limit(f), MOAT_GVISOR_PIDS_LIMIT_MIN);
+    o.pids_limit = MOAT_GVISOR_PIDS_LIMIT_MAX;
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID3, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_OK);
+    assert_int_equal(last_pids_limit(f), MOAT_GVISOR_PIDS_LIMIT_MAX);
+
+    /* A configured default below the floor is refused at start, naming the setting. */
+    moat_runtime_config c = f->cfg;
+    c.default_pids_limit = 64;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(st.reason, "invalid_config");
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "default_pids_limit");
+    assert_non_null(strstr(st.message, "gVisor"));
+    c.default_pids_limit = 256;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
+    /* The same 64 is fine under runc, and runc's own maximum still applies there. */
+    c.runtime = NULL;
+    c.default_pids_limit = 64;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
+    c.default_pids_limit = MOAT_RUNC_PIDS_LIMIT_MAX + 1;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "default_pids_limit");
+    c.default_pids_limit = -1;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+}
+
 static void test_tcp_endpoint(void **state)
 {
     fx *f = *state;
@@ -1334,6 +1404,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reaper_thread_runs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_instance_scoping, setup, teardown),
         cmocka_unit_test_setup_teardown(test_runtime_setting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gvisor_pids_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp_endpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_engine_restart_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill, setup, teardown),
