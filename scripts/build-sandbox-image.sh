@@ -6,7 +6,8 @@
 #  2. the image moat-sandbox:latest, by `docker import` of a root file system made from
 #     Debian's busybox-static and bash-static plus the bundle at /opt/moat (and GNU yes
 #     and head, see below).
-# usage: scripts/build-sandbox-image.sh <build-dir>    (env: MOAT_SANDBOX_IMAGE, DOCKER)
+# usage: scripts/build-sandbox-image.sh <build-dir>
+# env: MOAT_SANDBOX_IMAGE, DOCKER, and DOCKER_HOST for an engine other than the default one
 set -euo pipefail
 
 build_dir="${1:?usage: $0 <build-dir>}"
@@ -122,7 +123,12 @@ EOF
 tarball="$build_dir/sandbox-rootfs.tar"
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$rootfs" -cf "$tarball" .
 sum="$(sha256sum "$tarball" | cut -d' ' -f1)"
+# One stamp per engine: an import into a second engine (DOCKER_HOST) must not make the first
+# one's image look stale.
 stamp="$build_dir/sandbox-image.stamp"
+if [ -n "${DOCKER_HOST:-}" ]; then
+  stamp="$build_dir/sandbox-image-$(printf '%s' "$DOCKER_HOST" | sha256sum | cut -c1-12).stamp"
+fi
 current="$("$DOCKER" image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
 if [ -n "$current" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum $current" ]; then
   echo "build-sandbox-image: $image is up to date ($current)"

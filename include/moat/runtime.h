@@ -86,9 +86,15 @@ typedef struct moat_runtime_config {
      * moat.instance label at all when instance is NULL), and named container_name_prefix +
      * its session_id label. Any other container is left alone, logged once per container id. */
     const char *instance;
+    /* OCI runtime of the sandboxes, as registered with dockerd (its "runtimes" in daemon.json or
+     * --add-runtime), sent as HostConfig.Runtime: "runsc" runs them under gVisor. NULL or "":
+     * the engine's default runtime (runc), and no HostConfig.Runtime at all. At most 63 bytes
+     * of [A-Za-z0-9_.-], starting with a letter or a digit. */
+    const char *runtime;
 
     int64_t default_memory_bytes, max_memory_bytes;
     int64_t default_nano_cpus, max_nano_cpus;
+    /* 0: the runtime's own pids limits (MOAT_*_PIDS_LIMIT_* below). */
     int64_t default_pids_limit, max_pids_limit;
     /* Who sandbox commands (and the file API) run as: sandbox_uid:sandbox_gid, never 0, unless
      * sandbox_user_root asks for root. execd itself stays root in the container, so commands
@@ -119,16 +125,34 @@ typedef struct moat_runtime_config {
     moat_runtime_tracer tracer;
 } moat_runtime_config;
 
+/* Pids limits by runtime. Under runc a limit counts the sandbox's processes and threads. Under
+ * gVisor (a runtime named "runsc" or "runsc-…", ptrace platform) it counts gVisor's own host
+ * threads instead: about 60 with execd idle, about 10 more for each process running at once, and
+ * more again after repeated bursts (idle stub threads are kept); reaching it ends the whole
+ * sandbox instead of failing one fork. So gVisor gets limits about ten times runc's default
+ * share of processes, and a floor below which execd cannot reliably run a command
+ * (docs/isolation-levels.md has the measurements). */
+#define MOAT_RUNC_PIDS_LIMIT_DEFAULT   256
+#define MOAT_RUNC_PIDS_LIMIT_MAX       1024
+#define MOAT_GVISOR_PIDS_LIMIT_DEFAULT 2048
+#define MOAT_GVISOR_PIDS_LIMIT_MAX     4096
+#define MOAT_GVISOR_PIDS_LIMIT_MIN     128
+
+/* True when runtime names gVisor: "runsc", or "runsc-" and a suffix ("runsc-kvm"). */
+bool moat_runtime_is_gvisor(const char *runtime);
+
 /* Fills every field with moat's defaults (state under /var/lib/moat, the Docker socket at
  * /var/run/docker.sock, image moat-sandbox:latest, ttl 300 s, cleanup every 60 s, 512 MiB /
- * 1 CPU / 256 pids by default, 4 GiB / 2 CPUs / 1024 pids max, readiness 10 s, a read-only root
- * with 64 MiB tmpfs mounts, workspace quotas on: 1 GiB and 65536 inodes, owned by root). */
+ * 1 CPU by default, 4 GiB / 2 CPUs max, the runtime's pids limits, readiness 10 s, a read-only
+ * root with 64 MiB tmpfs mounts, workspace quotas on: 1 GiB and 65536 inodes, owned by the
+ * sandbox user 1000:1000). */
 void moat_runtime_config_defaults(moat_runtime_config *cfg);
 
 /* Checks the config without touching Docker: every path setting absolute; dependencies,
  * lambda-tools and execd bundle dirs exist; chats_root, state_dir and the store's parent
- * exist or can be created; limits positive and defaults <= maxima; with workspace_quota, the
- * sizes in range and this process able to mount (CAP_SYS_ADMIN, the loop-control device and
+ * exist or can be created; limits positive (pids limits 0 or positive) and defaults <= maxima;
+ * under gVisor no pids limit below MOAT_GVISOR_PIDS_LIMIT_MIN; with workspace_quota, the sizes
+ * in range and this process able to mount (CAP_SYS_ADMIN, the loop-control device and
  * mkfs.ext4 present). On failure returns
  * INVALID_ARGUMENT (reason "invalid_config", detail setting=<name>) with a message naming
  * the setting. */
@@ -172,7 +196,8 @@ typedef struct moat_session {
 } moat_session;
 
 /* Per-request choices. Zero / NULL means the config default. A limit above the config's
- * maximum, or an image outside the allow-list, is INVALID_ARGUMENT naming the field. */
+ * maximum, a pids limit below MOAT_GVISOR_PIDS_LIMIT_MIN under gVisor, or an image outside the
+ * allow-list, is INVALID_ARGUMENT naming the field. */
 typedef struct moat_session_options {
     const char *image;
     int64_t memory_bytes;

@@ -1,3 +1,4 @@
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -34,8 +35,8 @@ void moat_runtime_config_defaults(moat_runtime_config *cfg)
     cfg->max_memory_bytes = 4096ll * 1024 * 1024;
     cfg->default_nano_cpus = 1000000000ll;
     cfg->max_nano_cpus = 2000000000ll;
-    cfg->default_pids_limit = 256;
-    cfg->max_pids_limit = 1024;
+    cfg->default_pids_limit = 0;
+    cfg->max_pids_limit = 0;
     cfg->sandbox_user_root = false;
     cfg->sandbox_uid = 1000;
     cfg->sandbox_gid = 1000;
@@ -149,6 +150,31 @@ static moat_code validate_quota(const moat_runtime_config *cfg, moat_status *st)
     return MOAT_CODE_OK;
 }
 
+bool moat_runtime_is_gvisor(const char *runtime)
+{
+    return runtime != NULL && (strcmp(runtime, "runsc") == 0 || strncmp(runtime, "runsc-", 6) == 0);
+}
+
+/* The pids limits in force: the configured ones, or the runtime's own where they are 0. */
+static void pids_limits(const moat_runtime_config *cfg, int64_t *dflt, int64_t *max)
+{
+    bool gvisor = moat_runtime_is_gvisor(cfg->runtime);
+    *dflt = cfg->default_pids_limit != 0 ? cfg->default_pids_limit
+            : gvisor                     ? MOAT_GVISOR_PIDS_LIMIT_DEFAULT
+                                         : MOAT_RUNC_PIDS_LIMIT_DEFAULT;
+    *max = cfg->max_pids_limit != 0 ? cfg->max_pids_limit
+           : gvisor                 ? MOAT_GVISOR_PIDS_LIMIT_MAX
+                                    : MOAT_RUNC_PIDS_LIMIT_MAX;
+}
+
+/* The name of a runtime registered with dockerd, as moat accepts it. */
+static bool runtime_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    return n <= 63 && isalnum((unsigned char)name[0]) &&
+           strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") == n;
+}
+
 moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_status *st)
 {
     moat_status_clear(st);
@@ -212,17 +238,32 @@ moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_stat
                                   strspn(cfg->instance, name_chars) != strlen(cfg->instance)))
         return bad(st, "instance", "must be 1..63 characters of [A-Za-z0-9_.-], got '%s'",
                    cfg->instance);
+    if (cfg->runtime != NULL && cfg->runtime[0] != '\0' && !runtime_name_ok(cfg->runtime))
+        return bad(st, "runtime",
+                   "must be at most 63 characters of [A-Za-z0-9_.-], starting with a letter or "
+                   "a digit (a runtime registered with dockerd, such as runsc), got '%s'",
+                   cfg->runtime);
     if (cfg->max_memory_bytes <= 0 || cfg->default_memory_bytes <= 0 ||
         cfg->default_memory_bytes > cfg->max_memory_bytes)
         return bad(st, "default_memory_bytes", "must be positive and <= max_memory_bytes%s", "");
     if (cfg->max_nano_cpus <= 0 || cfg->default_nano_cpus <= 0 ||
         cfg->default_nano_cpus > cfg->max_nano_cpus)
         return bad(st, "default_nano_cpus", "must be positive and <= max_nano_cpus%s", "");
-    if (cfg->max_pids_limit <= 0 || cfg->default_pids_limit <= 0 ||
-        cfg->default_pids_limit > cfg->max_pids_limit)
-        return bad(st, "default_pids_limit", "must be positive and <= max_pids_limit%s", "");
     if (!cfg->sandbox_user_root && (cfg->sandbox_uid == 0 || cfg->sandbox_gid == 0))
         return bad(st, "sandbox_user", "uid and gid must not be 0 (ask for root explicitly)%s", "");
+    int64_t pids_default, pids_max;
+    pids_limits(cfg, &pids_default, &pids_max);
+    if (cfg->max_pids_limit < 0 || cfg->default_pids_limit < 0 || pids_default > pids_max)
+        return bad(st, "default_pids_limit",
+                   "must be positive (0: the runtime's default) and <= max_pids_limit%s", "");
+    if (moat_runtime_is_gvisor(cfg->runtime) && pids_default < MOAT_GVISOR_PIDS_LIMIT_MIN) {
+        char why[200];
+        snprintf(why, sizeof(why),
+                 "must be at least %d under gVisor (runtime '%s'), whose own threads count "
+                 "against it",
+                 MOAT_GVISOR_PIDS_LIMIT_MIN, cfg->runtime);
+        return bad(st, "default_pids_limit", "%s", why);
+    }
     if (cfg->read_only_rootfs && cfg->tmpfs_size_bytes <= 0)
         return bad(st, "tmpfs_size_bytes", "must be positive with read_only_rootfs%s", "");
     for (size_t i = 0; i < cfg->allowed_image_count; i++)
@@ -352,6 +393,10 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
     c->container_name_prefix = own(rt, cfg->container_name_prefix, &own_failed);
     c->instance = own(rt, cfg->instance, &own_failed);
     c->workspace_images_dir = own(rt, cfg->workspace_images_dir, &own_failed);
+    /* "" and NULL both mean the engine's default runtime; keep one spelling of it. */
+    c->runtime =
+        cfg->runtime != NULL && cfg->runtime[0] != '\0' ? own(rt, cfg->runtime, &own_failed) : NULL;
+    pids_limits(cfg, &c->default_pids_limit, &c->max_pids_limit);
     if (c->instance != NULL)
         snprintf(rt->instance_filter, sizeof(rt->instance_filter), "moat.instance=%s", c->instance);
     const char **images = NULL;

@@ -489,7 +489,8 @@ static cJSON *container_spec(moat_runtime *rt, const char *session_id, const cha
          moat__json_add_int(host, "Memory", memory) &&
          moat__json_add_int(host, "MemorySwap", memory) &&
          moat__json_add_int(host, "NanoCpus", nano_cpus) &&
-         cJSON_AddBoolToObject(host, "ReadonlyRootfs", rt->cfg.read_only_rootfs);
+         cJSON_AddBoolToObject(host, "ReadonlyRootfs", rt->cfg.read_only_rootfs) &&
+         (rt->cfg.runtime == NULL || cJSON_AddStringToObject(host, "Runtime", rt->cfg.runtime));
     if (ok && rt->cfg.read_only_rootfs) {
         /* What a shell and its tools write outside the workspace; each bounded in bytes and
          * inodes, and charged to the container's memory limit. */
@@ -623,6 +624,16 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
         pick_limit(st, "pids_limit", opts->pids_limit, rt->cfg.default_pids_limit,
                    rt->cfg.max_pids_limit, &pids))
         return span_end(rt, span, st);
+    /* Below this gVisor's own threads leave execd too few to run a command: the sandbox would
+     * die at start or at its first command, with nothing but an exit code to say why. */
+    if (moat_runtime_is_gvisor(rt->cfg.runtime) && pids < MOAT_GVISOR_PIDS_LIMIT_MIN) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_argument",
+                        "pids_limit %lld is below %d, the least a sandbox under gVisor (runtime "
+                        "'%s') runs commands with",
+                        (long long)pids, MOAT_GVISOR_PIDS_LIMIT_MIN, rt->cfg.runtime);
+        moat_status_add_detail(st, "field", "pids_limit");
+        return span_end(rt, span, st);
+    }
 
     /* A session id is used once: never disturb the socket dir of a live one. */
     moat__row existing;

@@ -83,6 +83,9 @@ static const key_def keys[] = {
      "container name = prefix + session id"},
     {"instance", K_STR, OFF(instance), "", 0, 0,
      "scope on a shared engine: label moat.instance=<instance>; empty = containers without one"},
+    {"runtime", K_STR, OFF(runtime), "", 0, 0,
+     "OCI runtime of the sandboxes, as registered with dockerd (runsc: gVisor); empty = the "
+     "engine's default (runc)"},
     {"readiness_timeout_ms", K_U32, OFF(readiness_timeout_ms), "10000", 100, 600000,
      "CreateSession waits this long for execd to answer"},
     {"docker_timeout_ms", K_U32, OFF(docker_timeout_ms), "30000", 100, 600000,

@@ -1553,6 +1553,7 @@ static char *runtime_config(const moat_server_config *c, moat_runtime_config *ou
     rc.store_path = c->store_path;
     rc.container_name_prefix = c->container_name_prefix;
     rc.instance = c->instance[0] != '\0' ? c->instance : NULL;
+    rc.runtime = c->runtime;
     rc.readiness_timeout_ms = (long)c->readiness_timeout_ms;
     moat_sandbox_user user;
     if (moat_server_parse_sandbox_user(c->sandbox_user, &user) == MOAT_OK) {

@@ -1,6 +1,11 @@
 /* End to end over raw frames: the real moatd, the real dockerd, the real
  * moat-execd in moat-sandbox:latest. Sessions, commands, files, flow control,
- * cancel, TTL expiry and a SIGKILLed moatd coming back. */
+ * cancel, TTL expiry and a SIGKILLed moatd coming back.
+ *
+ * The engine and the OCI runtime are moatd's own settings from the environment:
+ * MOAT_DOCKER_HOST (with DOCKER_HOST for the docker CLI the test runs) and MOAT_RUNTIME.
+ * Every sandbox is checked to run under that runtime (tests/security/runsc_e2e.sh runs
+ * the suite under gVisor this way). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -75,6 +80,36 @@ static int teardown(void **state)
     return rc == 0 ? 0 : -1;
 }
 
+/* The runtime moatd was given, as Docker names it: "runc" when none was. */
+static const char *expected_runtime(void)
+{
+    const char *r = getenv("MOAT_RUNTIME");
+    return r != NULL && r[0] != '\0' ? r : "runc";
+}
+
+static bool under_gvisor(void)
+{
+    const char *r = expected_runtime();
+    return strcmp(r, "runsc") == 0 || strncmp(r, "runsc-", 6) == 0;
+}
+
+/* Fails unless Docker ran the container under the expected runtime. */
+static void assert_container_runtime(const char *container_id)
+{
+    char cmd[200], got[64] = "";
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker inspect -f '{{.HostConfig.Runtime}}' %s",
+             container_id);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    if (fgets(got, sizeof(got), p) == NULL)
+        got[0] = '\0';
+    pclose(p);
+    got[strcspn(got, "\n")] = '\0';
+    if (strcmp(got, expected_runtime()) != 0)
+        fail_msg("container %.12s runs under '%s', not '%s'", container_id, got,
+                 expected_runtime());
+}
+
 static raw_conn *conn(void)
 {
     raw_conn *c = raw_connect(P.port);
@@ -99,6 +134,7 @@ static Moat__V1__SandboxSession *create(raw_conn *c, const char *chat, uint32_t 
         moatd_dump_log(&P);
         fail_msg("CreateSession: code %d reason %s", code, reason);
     }
+    assert_container_runtime(((Moat__V1__SandboxSession *)resp)->container_id);
     return (Moat__V1__SandboxSession *)resp;
 }
 
@@ -310,6 +346,35 @@ static void test_exec_output_and_exit_codes(void **state)
     collect(c, start_run(c, session_a, "sleep 20", 300), &r, true, 0);
     assert_int_equal(r.end_code, MOAT_CODE_OK);
     assert_true(r.timed_out);
+    result_free(&r);
+    raw_close(c);
+}
+
+/* The kernel the sandbox sees: the host's own under runc, gVisor's under runsc (its /proc/version
+ * is made up, and its boot log starts "Starting gVisor..."). */
+static void test_sandbox_kernel(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    run_result r;
+    run(c, session_a, "cat /proc/version; dmesg 2>&1 | head -n 3", &r);
+    assert_int_equal(r.end_code, MOAT_CODE_OK);
+    assert_int_equal(r.exit_code, 0);
+    char host[512] = "";
+    FILE *f = fopen("/proc/version", "r");
+    assert_non_null(f);
+    assert_non_null(fgets(host, sizeof(host), f));
+    fclose(f);
+    bool same_kernel = r.out_len >= strlen(host) && memcmp(r.out, host, strlen(host)) == 0;
+    bool gvisor_boot = memmem(r.out, r.out_len, "Starting gVisor", 15) != NULL;
+    if (under_gvisor()) {
+        if (same_kernel || !gvisor_boot)
+            fail_msg("runtime %s, but the sandbox's kernel is not gVisor's: %.*s",
+                     expected_runtime(), (int)(r.out_len < 300 ? r.out_len : 300), r.out);
+    } else {
+        assert_true(same_kernel);
+        assert_false(gvisor_boot);
+    }
     result_free(&r);
     raw_close(c);
 }
@@ -834,6 +899,7 @@ int main(void)
         cmocka_unit_test(test_health_sees_docker),
         cmocka_unit_test(test_create_is_idempotent_per_chat),
         cmocka_unit_test(test_exec_output_and_exit_codes),
+        cmocka_unit_test(test_sandbox_kernel),
         cmocka_unit_test(test_cancel_interrupts_command),
         cmocka_unit_test(test_fifty_concurrent_streams),
         cmocka_unit_test(test_slow_reader_gets_every_byte_in_order),

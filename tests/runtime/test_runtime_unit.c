@@ -249,6 +249,8 @@ static void test_create_mount_policy_and_labels(void **state)
                         "rw,nosuid,nodev,size=67108864,nr_inodes=16384,mode=1777");
     assert_string_equal(jsv(jget(tmpfs, "/root")),
                         "rw,nosuid,nodev,size=67108864,nr_inodes=16384,mode=0700");
+    /* No runtime configured: the engine's default, so no Runtime key at all. */
+    assert_null(jget(host, "Runtime"));
     cJSON_Delete(spec);
     assert_string_equal(s.execd_socket + strlen(s.execd_socket) - strlen("execd.sock"),
                         "execd.sock");
@@ -1701,12 +1703,129 @@ static void test_kill(void **state)
     assert_int_equal(moat_runtime_kill(f->rt, SESSION_ID2, "KILL", &st), MOAT_CODE_NOT_FOUND);
 }
 
+static void test_runtime_setting(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    f->cfg.runtime = "runsc";
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
+    cJSON *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
+    assert_string_equal(jsv(jget(jget(spec, "HostConfig"), "Runtime")), "runsc");
+    cJSON_Delete(spec);
+
+    /* "" is the engine's default, as NULL is: no Runtime key. */
+    moat_runtime_close(f->rt);
+    f->cfg.runtime = "";
+    open_runtime(f);
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID2, CHAT_ID, iso("2026-04-02T12:00:00Z"),
+                                         iso("2026-04-02T12:05:00Z"), NULL, &s, &st),
+                     MOAT_CODE_OK);
+    spec = moat_json_parse(f->fd.last_create_body, strlen(f->fd.last_create_body),
+                           MOAT_JSON_NUL_REJECT);
+    assert_string_equal(jsv(jget(jget(spec, "Labels"), "session_id")), SESSION_ID2);
+    assert_null(jget(jget(spec, "HostConfig"), "Runtime"));
+    cJSON_Delete(spec);
+
+    moat_runtime_config c = f->cfg;
+    c.runtime = "runsc-kvm_2.x";
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
+    char too_long[65];
+    memset(too_long, 'r', 64);
+    too_long[64] = '\0';
+    const char *refused[] = {"run sc",     "runsc;rm", "-runsc", ".runsc",
+                             "runsc/../x", "rünsc",    too_long};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        c.runtime = refused[i];
+        assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+        assert_string_equal(st.reason, "invalid_config");
+        assert_string_equal(moat_status_detail_get(&st, "setting"), "runtime");
+        assert_non_null(strstr(st.message, "config runtime:"));
+        assert_null(moat_runtime_open(&c, &st));
+        assert_string_equal(moat_status_detail_get(&st, "setting"), "runtime");
+    }
+}
+
+static int64_t last_pids_limit(fx *f)
+{
+    cJSON *spec = moat_json_parse(f->fd.last_create_body, strlen(f->fd.last_create_body),
+                                  MOAT_JSON_NUL_REJECT);
+    assert_non_null(spec);
+    int64_t pids = jiv(jget(jget(spec, "HostConfig"), "PidsLimit"));
+    cJSON_Delete(spec);
+    return pids;
+}
+
+/* Under gVisor the pids limit counts gVisor's own threads: a larger default and maximum, and
+ * a floor, for requests and for the config. */
+static void test_gvisor_pids_limits(void **state)
+{
+    fx *f = *state;
+    assert_true(moat_runtime_is_gvisor("runsc"));
+    assert_true(moat_runtime_is_gvisor("runsc-kvm"));
+    assert_false(moat_runtime_is_gvisor("runsc2"));
+    assert_false(moat_runtime_is_gvisor("runc"));
+    assert_false(moat_runtime_is_gvisor(""));
+    assert_false(moat_runtime_is_gvisor(NULL));
+
+    moat_runtime_close(f->rt);
+    f->cfg.runtime = "runsc";
+    open_runtime(f);
+    moat_session s;
+    moat_status st;
+    int64_t now = iso("2026-04-02T12:00:00Z");
+    assert_int_equal(
+        moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, NULL, &s, &st),
+        MOAT_CODE_OK);
+    assert_int_equal(last_pids_limit(f), MOAT_GVISOR_PIDS_LIMIT_DEFAULT);
+    moat_session_options o = {.pids_limit = MOAT_GVISOR_PIDS_LIMIT_MIN - 1};
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID2, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "field"), "pids_limit");
+    assert_non_null(strstr(st.message, "gVisor"));
+    o.pids_limit = MOAT_GVISOR_PIDS_LIMIT_MAX + 1;
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID2, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "field"), "pids_limit");
+    o.pids_limit = MOAT_GVISOR_PIDS_LIMIT_MIN;
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID2, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_OK);
+    assert_int_equal(last_pids_limit(f), MOAT_GVISOR_PIDS_LIMIT_MIN);
+    o.pids_limit = MOAT_GVISOR_PIDS_LIMIT_MAX;
+    assert_int_equal(moat_runtime_create(f->rt, SESSION_ID3, CHAT_ID, now, now + 1000, &o, &s, &st),
+                     MOAT_CODE_OK);
+    assert_int_equal(last_pids_limit(f), MOAT_GVISOR_PIDS_LIMIT_MAX);
+
+    /* A configured default below the floor is refused at start, naming the setting. */
+    moat_runtime_config c = f->cfg;
+    c.default_pids_limit = 64;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(st.reason, "invalid_config");
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "default_pids_limit");
+    assert_non_null(strstr(st.message, "gVisor"));
+    c.default_pids_limit = 256;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
+    /* The same 64 is fine under runc, and runc's own maximum still applies there. */
+    c.runtime = NULL;
+    c.default_pids_limit = 64;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
+    c.default_pids_limit = MOAT_RUNC_PIDS_LIMIT_MAX + 1;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "default_pids_limit");
+    c.default_pids_limit = -1;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_mount_policy_and_labels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_empty_container_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_as_root_when_asked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_runtime_setting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gvisor_pids_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens_differ, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_ignores_missing_container, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_wraps_docker_errors, setup, teardown),

@@ -23,6 +23,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.state_dir, "/var/lib/moat");
     assert_string_equal(c.metrics_listen, "127.0.0.1:7071");
     assert_string_equal(c.token, "");
+    assert_string_equal(c.runtime, "");
     assert_int_equal(c.max_frame_size, 1048576);
     assert_int_equal(c.initial_window, 1048576);
     assert_int_equal(c.log_level, MOAT_LOG_INFO);
@@ -117,6 +118,16 @@ static void test_set_and_env(void **state)
     assert_non_null(strstr(err, "MOAT_MAX_CONNECTIONS"));
     unsetenv("MOAT_TOKEN");
     unsetenv("MOAT_MAX_CONNECTIONS");
+    /* The runtime from each source; its value is checked by the runtime library
+     * (tests/runtime) and by moatd --check-config (tests/server/test_moatd.c). */
+    assert_int_equal(moat_server_config_parse(&c, "runtime = runsc\n", err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.runtime, "runsc");
+    setenv("MOAT_RUNTIME", "runsc-kvm", 1);
+    assert_int_equal(moat_server_config_apply_env(&c, err, sizeof(err)), MOAT_OK);
+    unsetenv("MOAT_RUNTIME");
+    assert_string_equal(c.runtime, "runsc-kvm");
+    assert_int_equal(moat_server_config_set(&c, "runtime", "", err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.runtime, "");
     moat_server_config_free(&c);
 }
 

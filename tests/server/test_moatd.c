@@ -579,6 +579,49 @@ static void test_check_config_validates_instance(void **state)
     moatd_remove_dir(dir);
 }
 
+/* moatd --check-config with the runtime from the environment (env_value) or a flag
+ * (flag_value), either may be NULL; returns its exit status, with its stderr in err. */
+static int check_runtime_config(const char *dir, const char *env_value, const char *flag_value,
+                                char *err, size_t errlen)
+{
+    const char *build = getenv("MOAT_BUILD_DIR");
+    char env[128] = "", flag[128] = "", cmd[1400];
+    if (env_value != NULL)
+        snprintf(env, sizeof(env), "MOAT_RUNTIME='%s'", env_value);
+    if (flag_value != NULL)
+        snprintf(flag, sizeof(flag), "'--runtime=%s'", flag_value);
+    snprintf(cmd, sizeof(cmd),
+             "%s %s %s/src/server/moatd --state_dir=%s --execd_bundle=%s %s --check-config "
+             ">/dev/null 2>%s/stderr",
+             env, moatd_wrapper(), build != NULL ? build : ".", dir, dir, flag, dir);
+    int rc = system(cmd);
+    snprintf(cmd, sizeof(cmd), "%s/stderr", dir);
+    FILE *f = fopen(cmd, "r");
+    size_t n = f != NULL ? fread(err, 1, errlen - 1, f) : 0;
+    err[n] = '\0';
+    if (f != NULL)
+        fclose(f);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static void test_check_config_names_a_bad_runtime(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/moat-srvtest-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char err[1024];
+    assert_int_equal(check_runtime_config(dir, "runsc", NULL, err, sizeof(err)), 0);
+    assert_int_equal(check_runtime_config(dir, NULL, "runsc", err, sizeof(err)), 0);
+    /* From either source, a bad name is refused with a message naming the setting. */
+    assert_int_equal(check_runtime_config(dir, "run sc", NULL, err, sizeof(err)), 2);
+    if (strstr(err, "config runtime:") == NULL)
+        fail_msg("moatd's error \"%s\" does not name the runtime setting", err);
+    assert_int_equal(check_runtime_config(dir, NULL, "runsc;reboot", err, sizeof(err)), 2);
+    if (strstr(err, "config runtime:") == NULL)
+        fail_msg("moatd's error \"%s\" does not name the runtime setting", err);
+    moatd_remove_dir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest shared[] = {
@@ -603,6 +646,7 @@ int main(void)
         cmocka_unit_test(test_sighup_reloads_token),
         cmocka_unit_test(test_unix_socket_listener),
         cmocka_unit_test(test_refuses_public_listener_without_token),
+        cmocka_unit_test(test_check_config_names_a_bad_runtime),
         cmocka_unit_test(test_check_config_validates_instance),
     };
     int failed = cmocka_run_group_tests_name("moatd_shared", shared, setup_server, teardown_server);
