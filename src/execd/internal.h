@@ -91,7 +91,9 @@ typedef struct xd_spawn {
 } xd_spawn;
 
 void xd_proc_init(void);
-/* Sets the calling thread's file system ids to the run-as user (a no-op without run_as). */
+/* Makes the calling thread act as the run-as user for the file system: its effective ids (and so
+ * its file system ids) become the user's, its effective capabilities go (a no-op without
+ * run_as). Real and saved ids stay root's. */
 void xd_become_run_as_fs(void);
 /* Makes a command with a fresh id, in the table with refs = 2 (table + caller). NULL when
  * the table is full of running commands. */

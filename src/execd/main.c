@@ -115,8 +115,8 @@ enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *ur
 {
     (void)cls;
     (void)version;
-    /* Every request thread touches files as the commands' user (the file system ids are
-     * per thread), so the file API can read and write no more than a command could. */
+    /* Every request thread acts as the commands' user (its effective ids, set per thread),
+     * so the file API can read and write no more than a command could. */
     if (xd.cfg.run_as)
         xd_become_run_as_fs();
     xd_req *r = *con_cls;

@@ -12,7 +12,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/fsuid.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -212,7 +211,9 @@ static int child_as_user(void *arg)
         sigaction(s, &dfl, NULL);
     setpgid(0, 0);
     int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (devnull < 0 || dup2(devnull, 0) < 0 ||
+    /* A request thread runs with the user's effective id (xd_become_run_as_fs): take root's
+     * back first, which restores the capabilities the id changes below need. */
+    if (syscall(SYS_setresuid, -1, 0, -1) != 0 || devnull < 0 || dup2(devnull, 0) < 0 ||
         dup2(sp->out_fd >= 0 ? sp->out_fd : devnull, 1) < 0 ||
         dup2(sp->err_fd >= 0 ? sp->err_fd : devnull, 2) < 0 ||
         (sp->cwd != NULL && chdir(sp->cwd) != 0) ||
@@ -308,10 +309,12 @@ void xd_become_run_as_fs(void)
 {
     if (!xd.cfg.run_as)
         return;
-    /* Per thread (glibc does not spread these to other threads), and clearing the file
-     * capabilities (CAP_CHOWN, CAP_DAC_OVERRIDE, ...) of this thread with them. */
-    setfsgid(xd.cfg.run_gid);
-    setfsuid(xd.cfg.run_uid);
+    /* The effective ids of this thread only: a raw system call changes the calling thread's,
+     * where glibc's wrappers would change every thread's. The file system ids follow them and
+     * the thread's effective capabilities are cleared, while real and saved ids stay root's.
+     * setfsuid would be lighter, but gVisor does not implement it. */
+    syscall(SYS_setresgid, -1, xd.cfg.run_gid, -1);
+    syscall(SYS_setresuid, -1, xd.cfg.run_uid, -1);
 }
 
 int xd_cmd_start(xd_cmd *c, const xd_spawn *sp_in, uint64_t timeout_ms, char *err, size_t errlen)
