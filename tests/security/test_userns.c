@@ -41,7 +41,7 @@ static char arg_docker[160], arg_prefix_q[96], arg_prefix_p[96];
 static int setup(void **state)
 {
     (void)state;
-    if (userns_engine_start(&eng, IMAGE) != 0)
+    if (userns_engine_start(&eng, IMAGE, 1) != 0)
         return -1;
     snprintf(arg_docker, sizeof(arg_docker), "--docker_host=%s", eng.sock);
     snprintf(arg_prefix_q, sizeof(arg_prefix_q), "--container_name_prefix=moat-uns%d-q-",

@@ -111,15 +111,15 @@ static int engine_answers(const userns_engine *e)
     return run(cmd) == 0;
 }
 
-static int start_dockerd(userns_engine *e)
+static int start_dockerd(userns_engine *e, int remap)
 {
-    char log[160], data[128], exec_root[128], pidfile[128], host[160], remap[96];
+    char log[160], data[128], exec_root[128], pidfile[128], host[160], remap_flag[96];
     snprintf(log, sizeof(log), "%s/dockerd.log", e->dir);
     snprintf(data, sizeof(data), "--data-root=%s/data", e->dir);
     snprintf(exec_root, sizeof(exec_root), "--exec-root=%s/exec", e->dir);
     snprintf(pidfile, sizeof(pidfile), "--pidfile=%s/dockerd.pid", e->dir);
     snprintf(host, sizeof(host), "unix://%s", e->sock);
-    snprintf(remap, sizeof(remap), "--userns-remap=%s:%s", e->user, e->user);
+    snprintf(remap_flag, sizeof(remap_flag), "--userns-remap=%s:%s", e->user, e->user);
     pid_t pid = fork();
     if (pid < 0)
         return -1;
@@ -132,8 +132,9 @@ static int start_dockerd(userns_engine *e)
         /* Its own (empty) config file, so /etc/docker/daemon.json plays no part. */
         char config[160];
         snprintf(config, sizeof(config), "--config-file=%s/daemon.json", e->dir);
-        execlp("dockerd", "dockerd", config, data, exec_root, pidfile, "-H", host, remap,
-               "--bridge=none", "--iptables=false", "--ip6tables=false", (char *)NULL);
+        execlp("dockerd", "dockerd", config, data, exec_root, pidfile, "-H", host, "--bridge=none",
+               "--iptables=false", "--ip6tables=false", remap ? remap_flag : (char *)NULL,
+               (char *)NULL);
         _exit(127);
     }
     e->pid = pid;
@@ -146,13 +147,13 @@ static int start_dockerd(userns_engine *e)
         }
         usleep(100000);
     }
-    fprintf(stderr, "userns_engine: dockerd with --userns-remap did not answer; its log:\n");
+    fprintf(stderr, "userns_engine: the private dockerd did not answer; its log:\n");
     snprintf(log, sizeof(log), "tail -n 20 %s/dockerd.log >&2", e->dir);
     run(log);
     return -1;
 }
 
-int userns_engine_start(userns_engine *e, const char *image)
+int userns_engine_start(userns_engine *e, const char *image, int remap)
 {
     memset(e, 0, sizeof(*e));
     snprintf(e->dir, sizeof(e->dir), "/tmp/moat-uns-%d-XXXXXX", (int)getpid());
@@ -165,7 +166,7 @@ int userns_engine_start(userns_engine *e, const char *image)
     chmod(e->dir, 0711);
     char cmd[2048];
     snprintf(cmd, sizeof(cmd), "echo '{}' >%s/daemon.json", e->dir);
-    if (run(cmd) != 0 || add_user(e) != 0 || start_dockerd(e) != 0)
+    if (run(cmd) != 0 || (remap && add_user(e) != 0) || start_dockerd(e, remap) != 0)
         goto fail;
     const char *build = getenv("MOAT_BUILD_DIR"), *src = getenv("MOAT_SOURCE_DIR");
     snprintf(cmd, sizeof(cmd),

@@ -22,10 +22,11 @@ typedef struct userns_engine {
 /* Why this host cannot run a userns-remapped engine at all (no user namespaces, no dockerd), or
  * NULL when it can. A reason here is a skip, not a failure. */
 const char *userns_engine_unsupported(void);
-/* Starts it and loads image (building it first with scripts/build-sandbox-image.sh when the
- * shared engine lacks it; env MOAT_BUILD_DIR, MOAT_SOURCE_DIR). 0, or -1 after printing why and
- * cleaning up. */
-int userns_engine_start(userns_engine *e, const char *image);
+/* Starts it (with remap 0: the same private engine without userns-remap, no user, no ranges,
+ * the baseline of a comparison) and loads image (building it first with
+ * scripts/build-sandbox-image.sh when the shared engine lacks it; env MOAT_BUILD_DIR,
+ * MOAT_SOURCE_DIR). 0, or -1 after printing why and cleaning up. */
+int userns_engine_start(userns_engine *e, const char *image, int remap);
 /* Removes its containers, stops it and undoes everything start did; safe to call twice. */
 void userns_engine_stop(userns_engine *e);
 /* The Uid: line of /proc/<pid>/status, its four ids; -1 when unreadable. */
