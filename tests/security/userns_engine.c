@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -124,6 +125,8 @@ static int start_dockerd(userns_engine *e, int remap)
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        /* A test killed by its timeout must not leave the engine running. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
         if (fd >= 0) {
             dup2(fd, 1);
