@@ -184,7 +184,8 @@ static int bench_workspace(moat_runtime *rt, int iterations)
         moat__workspace ws;
         for (int k = 0; k < 3; k++) {
             uint64_t t0 = moat_time_mono_ns();
-            failures += moat__workspace_attach(&rt->ws, chat, &ws, &st) != MOAT_CODE_OK;
+            failures += moat__workspace_attach(&rt->ws, chat, rt->cfg.sandbox_uid,
+                                               rt->cfg.sandbox_gid, &ws, &st) != MOAT_CODE_OK;
             ns[k][i] = moat_time_mono_ns() - t0;
             moat__workspace_release(&ws);
             if (k == 0) /* the next attach finds the image but no mount */
@@ -194,7 +195,7 @@ static int bench_workspace(moat_runtime *rt, int iterations)
         failures += moat__workspace_detach(&rt->ws, chat, NULL, NULL, &st) != MOAT_CODE_OK;
         ns[3][i] = moat_time_mono_ns() - t0;
         t0 = moat_time_mono_ns();
-        failures += moat__rundir_attach(&rt->ws, run_dir, &st) != MOAT_CODE_OK;
+        failures += moat__rundir_attach(&rt->ws, run_dir, 0, 0, &st) != MOAT_CODE_OK;
         moat__rundir_detach(run_dir);
         ns[4][i] = moat_time_mono_ns() - t0;
     }

@@ -222,8 +222,11 @@ void moat_runtime_close(moat_runtime *rt);
  * session and mounted there). opts may be NULL. On success fills *out (RUNNING). On failure the
  * container (if any) is removed, st->reason is "sandbox_start_failed" with detail chat_id (or
  * "invalid_argument"/"image_not_allowed" for bad input, "workspace_unavailable" with detail why
- * when the workspace or the session's execd directory cannot be set up), and the Docker status
- * in detail docker_status when Docker answered. */
+ * when the workspace or the session's execd directory cannot be set up; detail
+ * why=userns_unmapped, FAILED_PRECONDITION, when the engine runs with userns-remap and its id
+ * mapping cannot be known or does not cover sandbox_user: docs/runtime.md), and the Docker
+ * status in detail docker_status when Docker answered. Under userns-remap the workspace and the
+ * execd directory belong to the host ids the sandbox user and the sandbox's root map to. */
 moat_code moat_runtime_create(moat_runtime *rt, const char *session_id, const char *chat_id,
                               int64_t created_at_ms, int64_t expires_at_ms,
                               const moat_session_options *opts, moat_session *out, moat_status *st);

@@ -426,9 +426,6 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
         .loop_control = MOAT__LOOP_CONTROL,
         .size_bytes = c->workspace_size_bytes,
         .inodes = c->workspace_inodes,
-        /* The workspace's root belongs to the user sandbox commands run as. */
-        .owner_uid = c->sandbox_user_root ? 0 : c->sandbox_uid,
-        .owner_gid = c->sandbox_user_root ? 0 : c->sandbox_gid,
     };
     if (own_failed) {
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");

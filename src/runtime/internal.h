@@ -34,15 +34,24 @@ typedef struct moat__workspace_config {
     const char *loop_control; /* the loop-control device */
     int64_t size_bytes;       /* size of a new image */
     int64_t inodes;           /* inodes of a new image (mkfs rounds to whole inode tables) */
-    uint32_t owner_uid;       /* owner of the workspace's root directory */
-    uint32_t owner_gid;
 } moat__workspace_config;
+
+/* How the engine maps ids (userns.c): with Docker's userns-remap, container id N is host id
+ * base + N (for N below the range's length, which moat__userns_map checks for the ids moat
+ * uses); without it, the identity. */
+typedef struct moat__idmap {
+    bool remapped;
+    uint32_t uid_base, gid_base; /* 0 when not remapped */
+} moat__idmap;
+
+#define MOAT__SUBUID "/etc/subuid"
+#define MOAT__SUBGID "/etc/subgid"
 
 #define MOAT__MKFS_EXT4    "/sbin/mkfs.ext4"
 #define MOAT__LOOP_CONTROL "/dev/loop-control"
 
 struct moat_runtime {
-    moat_runtime_config cfg; /* every string points into owned copies below */
+    moat_runtime_config cfg;   /* every string points into owned copies below */
     moat__workspace_config ws; /* from cfg; its strings are owned copies too */
     char **owned;
     size_t owned_count;
@@ -60,8 +69,11 @@ struct moat_runtime {
     size_t foreign_logged_count;
     bool foreign_log_full; /* the table filled up and a line said so */
 
+    /* Facts about the engine learned on first use: its API version, its id mapping. */
     pthread_mutex_t version_mu;
     char api_version[16];
+    bool idmap_known;
+    moat__idmap idmap;
 
     moat__store *store;
 
@@ -128,6 +140,19 @@ moat_err moat__store_list_running(moat__store *store, moat__row **rows, size_t *
 
 /* docker.c */
 moat_err moat__docker_init(moat_runtime *rt, moat_status *st);
+
+/* userns.c. The engine's id mapping, asked once (GET /info) and kept for the runtime's life: a
+ * changed userns-remap takes a moatd restart, as it takes a dockerd restart. Remapped when
+ * SecurityOptions has "name=userns"; the base is the "<uid>.<gid>" DockerRootDir ends in, and
+ * /etc/subuid and /etc/subgid must hold ranges starting there that cover the sandbox user.
+ * Failures: Docker's code for the call; FAILED_PRECONDITION reason "userns_unmapped" (logged)
+ * when the mapping cannot be known or does not cover the sandbox user. */
+moat_code moat__userns_map(moat_runtime *rt, moat__idmap *out, moat_status *st);
+/* The ids in a remapped engine's DockerRootDir ("/var/lib/docker/100000.100000"). */
+bool moat__userns_root_dir(const char *root_dir, uint32_t *uid, uint32_t *gid);
+/* The count of the first "name:start:count" line of text (/etc/subuid's format) whose start is
+ * start; false when there is none. */
+bool moat__subid_count(const char *text, uint32_t start, uint64_t *count);
 /* Points an easy handle at the engine: its Unix socket, or TLS client settings for tcp://. */
 void moat__docker_setup_endpoint(moat_runtime *rt, CURL *h);
 /* GET /ping on execd's socket with its token (NULL or "": none), never following a link the
@@ -191,7 +216,7 @@ typedef struct moat__mount_entry {
     unsigned major, minor;                   /* st_dev of the mounted file system */
     char mount_point[MOAT_RUNTIME_PATH_MAX]; /* unescaped */
     char fstype[32];
-    char source[MOAT_RUNTIME_PATH_MAX]; /* unescaped, e.g. "/dev/loop3" */
+    char source[MOAT_RUNTIME_PATH_MAX];             /* unescaped, e.g. "/dev/loop3" */
     bool read_only, nosuid, nodev, noexec, noatime; /* per-mount options */
 } moat__mount_entry;
 
@@ -224,8 +249,9 @@ typedef struct moat__workspace {
  * built from it can climb out of dir) or the result does not fit. */
 bool moat__workspace_path(const char *dir, const char *chat_id, const char *suffix, char *out,
                           size_t cap);
-/* Makes chats_root/<chat_id> ready to bind-mount. With quota: creates the chat's image on its
- * first use (mkfs), mounts it nosuid,nodev,noatime on the directory unless it already is, and
+/* Makes chats_root/<chat_id> ready to bind-mount, its root directory owned by
+ * owner_uid:owner_gid (host ids). With quota: creates the chat's image on its first use (mkfs),
+ * mounts it nosuid,nodev,noatime on the directory unless it already is, and
  * returns holding the chat's lock, so that no detach unmounts it before the container holds its
  * own reference: call moat__workspace_release once the container has started (or failed).
  * Without quota: a plain directory, no lock. chat_id must be canonical. On failure nothing is
@@ -233,7 +259,8 @@ bool moat__workspace_path(const char *dir, const char *chat_id, const char *suff
  * (legacy_directory, foreign_mount, not_a_directory: FAILED_PRECONDITION; mkfs_failed,
  * no_loop_device, mount_failed, io_error: UNAVAILABLE), and a log line says the same. */
 moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *chat_id,
-                                 moat__workspace *ws, moat_status *st);
+                                 uint32_t owner_uid, uint32_t owner_gid, moat__workspace *ws,
+                                 moat_status *st);
 /* Releases the chat's lock taken by attach; a no-op when not held. */
 void moat__workspace_release(moat__workspace *ws);
 /* Answers whether a session still uses the chat's workspace. */
@@ -249,10 +276,12 @@ void moat__workspace_detach_idle(moat_runtime *rt, const char *chat_id);
 /* Detaches every chat workspace mounted under chats_root that no RUNNING session uses (those a
  * crash or a removal behind moat's back left mounted). */
 void moat__workspace_detach_orphans(moat_runtime *rt);
-/* Creates a session's execd directory (mode 0700) and, with quota, mounts on it a tmpfs of
- * MOAT__RUNDIR_BYTES (nosuid,nodev,noexec) unless it already is a mount point. Failure:
- * UNAVAILABLE reason "workspace_unavailable", detail why=run_dir; nothing is left mounted. */
-moat_code moat__rundir_attach(const moat__workspace_config *cfg, const char *dir, moat_status *st);
+/* Creates a session's execd directory (mode 0700, owned by owner_uid:owner_gid: the host ids of
+ * the sandbox's root) and, with quota, mounts on it a tmpfs of MOAT__RUNDIR_BYTES
+ * (nosuid,nodev,noexec) unless it already is a mount point. Failure: UNAVAILABLE reason
+ * "workspace_unavailable", detail why=run_dir; nothing is left mounted. */
+moat_code moat__rundir_attach(const moat__workspace_config *cfg, const char *dir,
+                              uint32_t owner_uid, uint32_t owner_gid, moat_status *st);
 /* Unmounts it when it is a mount point, and removes it (best effort: it must be empty). */
 void moat__rundir_detach(const char *dir);
 /* Whether this process holds CAP_SYS_ADMIN, which mount(2) and the loop devices need. */

@@ -373,12 +373,10 @@ static moat_code pick_limit(moat_status *st, const char *field, int64_t asked, i
     return MOAT_CODE_OK;
 }
 
-/* The chat workspace belongs to the user sandbox commands run as (root when so configured);
- * files already inside keep their owners. */
-static int give_workspace(moat_runtime *rt, const char *chat_dir)
+/* The chat workspace belongs to the user sandbox commands run as (uid:gid on the host, where
+ * the engine's id mapping put it); files already inside keep their owners. */
+static int give_workspace(const char *chat_dir, uid_t uid, gid_t gid)
 {
-    uid_t uid = rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_uid;
-    gid_t gid = rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_gid;
     struct stat sb;
     if (lstat(chat_dir, &sb) != 0)
         return -1;
@@ -651,17 +649,27 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
      * absolute real paths. The workspace stays locked until the container holds it. */
     char session_dir[MOAT_RUNTIME_PATH_MAX];
     snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", rt->cfg.state_dir, session_id);
-    moat__workspace ws;
-    if (moat__workspace_attach(&rt->ws, chat_id, &ws, st) != MOAT_CODE_OK)
+    /* Host owners: the sandbox's root (execd) and the sandbox user, as the engine maps them. */
+    moat__idmap map;
+    if (moat__userns_map(rt, &map, st) != MOAT_CODE_OK) {
+        if (strcmp(st->reason, "userns_unmapped") == 0)
+            moat_status_add_detail(st, "why", "userns_unmapped");
+        start_failed(st, chat_id);
         return span_end(rt, span, st);
-    if (give_workspace(rt, ws.dir) != 0) {
+    }
+    uint32_t user_uid = map.uid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_uid);
+    uint32_t user_gid = map.gid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_gid);
+    moat__workspace ws;
+    if (moat__workspace_attach(&rt->ws, chat_id, user_uid, user_gid, &ws, st) != MOAT_CODE_OK)
+        return span_end(rt, span, st);
+    if (give_workspace(ws.dir, user_uid, user_gid) != 0) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "workspace_unavailable",
                         "cannot give the workspace to the sandbox user: %s", strerror(errno));
         moat_status_add_detail(st, "chat_id", chat_id);
         release_workspace(rt, &ws, chat_id);
         return span_end(rt, span, st);
     }
-    if (moat__rundir_attach(&rt->ws, session_dir, st) != MOAT_CODE_OK) {
+    if (moat__rundir_attach(&rt->ws, session_dir, map.uid_base, map.gid_base, st) != MOAT_CODE_OK) {
         moat_status_add_detail(st, "chat_id", chat_id);
         release_workspace(rt, &ws, chat_id);
         return span_end(rt, span, st);

@@ -176,14 +176,15 @@ static mount_state workspace_state(const char *dir, const char *image)
 
 /* Runs mkfs.ext4 on path. On failure returns false with the reason (its exit status and the
  * first line of what it printed) in why. */
-static bool run_mkfs(const moat__workspace_config *cfg, const char *path, char *why, size_t cap)
+static bool run_mkfs(const moat__workspace_config *cfg, const char *path, uint32_t owner_uid,
+                     uint32_t owner_gid, char *why, size_t cap)
 {
     char inodes[24], extended[96];
     snprintf(inodes, sizeof(inodes), "%lld", (long long)cfg->inodes);
     /* The image is a fresh sparse file whose holes read as zeros, so the journal need not be
      * written out: a new image costs the host well under 1 MiB instead of the journal's 32. */
-    snprintf(extended, sizeof(extended), "root_owner=%u:%u,lazy_journal_init=1", cfg->owner_uid,
-             cfg->owner_gid);
+    snprintf(extended, sizeof(extended), "root_owner=%u:%u,lazy_journal_init=1", owner_uid,
+             owner_gid);
     /* -m 0: the whole quota is the sandbox's, whoever it runs as. */
     char *mkfs = (char *)cfg->mkfs_path, *image = (char *)path;
     char *const argv[] = {mkfs, "-q", "-F", "-m", "0", "-N", inodes, "-E", extended, image, NULL};
@@ -249,7 +250,8 @@ static bool fsync_path(const char *path, int flags)
 /* Makes the chat's image: a sparse file formatted under a temporary name, then renamed, so an
  * image that exists is always a whole file system (a crash leaves only the temporary). */
 static moat_code make_image(const moat__workspace_config *cfg, const char *chat_id,
-                            const char *image, moat_status *st)
+                            uint32_t owner_uid, uint32_t owner_gid, const char *image,
+                            moat_status *st)
 {
     char tmp[MOAT_RUNTIME_PATH_MAX];
     if (!moat__workspace_path(cfg->images_dir, chat_id, ".ext4.tmp", tmp, sizeof(tmp)))
@@ -267,7 +269,7 @@ static moat_code make_image(const moat__workspace_config *cfg, const char *chat_
         return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "io_error", "size %s: %s", tmp,
                     strerror(err));
     }
-    if (!run_mkfs(cfg, tmp, why, sizeof(why))) {
+    if (!run_mkfs(cfg, tmp, owner_uid, owner_gid, why, sizeof(why))) {
         unlink(tmp);
         return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "mkfs_failed", "%s", why);
     }
@@ -431,19 +433,20 @@ static int lock_chat(const char *lock_path, bool create)
     return fd;
 }
 
-/* The workspace's root directory belongs to the configured owner, whatever owner it was made for
- * (the setting may have changed since). */
-static void set_owner(const moat__workspace_config *cfg, const char *chat_id, const char *dir)
+/* The workspace's root directory belongs to the owner asked for, whatever owner it was made for
+ * (the sandbox user, or the engine's id mapping, may have changed since). */
+static void set_owner(const char *chat_id, const char *dir, uint32_t uid, uint32_t gid)
 {
     struct stat sb;
-    if (lstat(dir, &sb) == 0 && (sb.st_uid != cfg->owner_uid || sb.st_gid != cfg->owner_gid) &&
-        lchown(dir, cfg->owner_uid, cfg->owner_gid) != 0)
+    if (lstat(dir, &sb) == 0 && (sb.st_uid != uid || sb.st_gid != gid) &&
+        lchown(dir, uid, gid) != 0)
         moat_log(MOAT_LOG_WARN, "workspace_chown_failed", "chat_id=%s dir=%s error=\"%s\"", chat_id,
                  dir, strerror(errno));
 }
 
 moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *chat_id,
-                                 moat__workspace *ws, moat_status *st)
+                                 uint32_t owner_uid, uint32_t owner_gid, moat__workspace *ws,
+                                 moat_status *st)
 {
     moat_status_clear(st);
     ws->lock_fd = -1;
@@ -465,7 +468,7 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
                     "%s is not a directory", ws->dir);
     if (!cfg->quota) {
         if (created)
-            set_owner(cfg, chat_id, ws->dir);
+            set_owner(chat_id, ws->dir, owner_uid, owner_gid);
         return MOAT_CODE_OK;
     }
 
@@ -500,7 +503,7 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
                             "workspace_quota = false",
                             ws->dir);
             }
-            if (make_image(cfg, chat_id, image, st) != MOAT_CODE_OK) {
+            if (make_image(cfg, chat_id, owner_uid, owner_gid, image, st) != MOAT_CODE_OK) {
                 close(lock_fd);
                 return st->code;
             }
@@ -519,7 +522,7 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
         }
         moat_log(MOAT_LOG_DEBUG, "workspace_mounted", "chat_id=%s dir=%s", chat_id, ws->dir);
     }
-    set_owner(cfg, chat_id, ws->dir);
+    set_owner(chat_id, ws->dir, owner_uid, owner_gid);
     ws->lock_fd = lock_fd;
     return MOAT_CODE_OK;
 }
@@ -642,7 +645,29 @@ static bool is_mount_point(const char *dir)
     return stat(dir, &d) == 0 && stat(parent, &p) == 0 && d.st_dev != p.st_dev;
 }
 
-moat_code moat__rundir_attach(const moat__workspace_config *cfg, const char *dir, moat_status *st)
+/* execd, root in the sandbox, makes its socket there: under an engine's userns-remap that root
+ * is an unprivileged host id, which the directory must belong to. */
+static moat_code rundir_owner(const char *dir, uint32_t uid, uint32_t gid, moat_status *st)
+{
+    struct stat sb;
+    const char *why = NULL;
+    if (lstat(dir, &sb) != 0)
+        why = strerror(errno);
+    else if (!S_ISDIR(sb.st_mode))
+        why = "not a directory";
+    else if ((sb.st_uid != uid || sb.st_gid != gid) && lchown(dir, uid, gid) != 0)
+        why = strerror(errno);
+    if (why == NULL)
+        return MOAT_CODE_OK;
+    moat_status_set(st, MOAT_CODE_UNAVAILABLE, "workspace_unavailable", "give %s to %u:%u: %s", dir,
+                    uid, gid, why);
+    moat_status_add_detail(st, "why", "run_dir");
+    moat_log(MOAT_LOG_WARN, "workspace_unavailable", "why=run_dir msg=\"%s\"", st->message);
+    return st->code;
+}
+
+moat_code moat__rundir_attach(const moat__workspace_config *cfg, const char *dir,
+                              uint32_t owner_uid, uint32_t owner_gid, moat_status *st)
 {
     moat_status_clear(st);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
@@ -652,10 +677,10 @@ moat_code moat__rundir_attach(const moat__workspace_config *cfg, const char *dir
         return st->code;
     }
     if (!cfg->quota || is_mount_point(dir))
-        return MOAT_CODE_OK;
-    char opts[96];
-    snprintf(opts, sizeof(opts), "size=%d,nr_inodes=%d,mode=0700", MOAT__RUNDIR_BYTES,
-             RUNDIR_INODES);
+        return rundir_owner(dir, owner_uid, owner_gid, st);
+    char opts[128];
+    snprintf(opts, sizeof(opts), "size=%d,nr_inodes=%d,mode=0700,uid=%u,gid=%u", MOAT__RUNDIR_BYTES,
+             RUNDIR_INODES, owner_uid, owner_gid);
     if (mount("moat-run", dir, "tmpfs", RUNDIR_MOUNT_FLAGS, opts) != 0) {
         moat_status_set(st, MOAT_CODE_UNAVAILABLE, "workspace_unavailable",
                         "mount a tmpfs on %s: %s", dir, strerror(errno));

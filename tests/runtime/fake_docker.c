@@ -181,6 +181,10 @@ static const char *default_answer(fake_docker *fd, const char *method, const cha
         snprintf(scratch, cap, "{\"ApiVersion\":\"%s\",\"Version\":\"fake\"}", fd->api_version);
         return scratch;
     }
+    if (strcmp(method, "GET") == 0 &&
+        strcmp(url, "/info") == 0) /* an engine without userns-remap */
+        return "{\"SecurityOptions\":[\"name=seccomp,profile=default\"],"
+               "\"DockerRootDir\":\"/var/lib/docker\"}";
     if (strcmp(method, "POST") == 0 && strstr(url, "/containers/create")) {
         *status = 201;
         return "{\"Id\":\"container-123\",\"Warnings\":[]}";

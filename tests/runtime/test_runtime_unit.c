@@ -172,13 +172,14 @@ static void test_create_mount_policy_and_labels(void **state)
     assert_int_equal(sb.st_gid, 1000);
     assert_int_equal(sb.st_mode & 07777, 0700);
 
-    /* Request sequence: version negotiation, create (named), start. */
-    assert_int_equal(f->fd.request_count >= 3, 1);
+    /* Request sequence: version negotiation, the engine's id mapping, create (named), start. */
+    assert_int_equal(f->fd.request_count >= 4, 1);
     assert_string_equal(f->fd.requests[0].url, "/version");
-    assert_string_equal(f->fd.requests[1].method, "POST");
-    assert_string_equal(f->fd.requests[1].url,
+    assert_string_equal(f->fd.requests[1].url, "/v1.41/info");
+    assert_string_equal(f->fd.requests[2].method, "POST");
+    assert_string_equal(f->fd.requests[2].url,
                         "/v1.41/containers/create?name=moat-unit-" SESSION_ID);
-    assert_string_equal(f->fd.requests[2].url, "/v1.41/containers/container-123/start");
+    assert_string_equal(f->fd.requests[3].url, "/v1.41/containers/container-123/start");
 
     cJSON *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
     assert_string_equal(jsv(jget(spec, "Image")), "sandbox:latest");
@@ -464,6 +465,35 @@ static void test_list_empty(void **state)
     assert_int_equal(moat_runtime_list_active(f->rt, &sessions, &n, &st), MOAT_CODE_OK);
     assert_int_equal(n, 0);
     assert_null(sessions);
+}
+
+/* An engine with userns-remap whose base no /etc/subuid range starts at: create refuses before
+ * touching anything, saying why, rather than start a sandbox that cannot use its directories. */
+static void test_userns_unmapped_refused(void **state)
+{
+    fx *f = *state;
+    fake_docker_route(&f->fd, "GET", "/info", 200,
+                      "{\"SecurityOptions\":[\"name=seccomp,profile=default\",\"name=userns\"],"
+                      "\"DockerRootDir\":\"/var/lib/docker/4294900000.4294900000\"}",
+                      -1);
+    moat_session s;
+    moat_status st;
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_FAILED_PRECONDITION);
+    assert_string_equal(st.reason, "sandbox_start_failed");
+    assert_string_equal(moat_status_detail_get(&st, "why"), "userns_unmapped");
+    assert_string_equal(moat_status_detail_get(&st, "chat_id"), CHAT_ID);
+    assert_non_null(strstr(st.message, "4294900000"));
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/containers/create"), 0);
+    char path[256];
+    snprintf(path, sizeof(path), "%s/sessions/%s", f->state, SESSION_ID);
+    assert_int_not_equal(access(path, F_OK), 0);
+
+    /* A DockerRootDir that names no ids: the same refusal. */
+    fake_docker_route(&f->fd, "GET", "/info", 200,
+                      "{\"SecurityOptions\":[\"name=userns\"],\"DockerRootDir\":\"/srv/docker\"}",
+                      -1);
+    assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_FAILED_PRECONDITION);
+    assert_non_null(strstr(st.message, "/srv/docker"));
 }
 
 static void test_docker_500_on_create(void **state)
@@ -1832,6 +1862,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_list_active_skips_bad_labels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_docker_500_on_create, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_userns_unmapped_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_image_missing_is_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_name_conflict, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_twice_keeps_the_live_session, setup, teardown),

@@ -31,6 +31,8 @@
 #define SIZE_BYTES (32ll * 1024 * 1024)
 #define INODES     2048
 #define OWNER      4242
+/* The host uid of a sandbox's root under an engine's userns-remap. */
+#define RUN_OWNER 1300000
 
 typedef struct fx {
     char dir[96], chats[128], images[128];
@@ -67,8 +69,6 @@ static int setup(void **state)
         .loop_control = MOAT__LOOP_CONTROL,
         .size_bytes = SIZE_BYTES,
         .inodes = INODES,
-        .owner_uid = OWNER,
-        .owner_gid = OWNER,
     };
     *state = f;
     return 0;
@@ -98,7 +98,7 @@ static void new_chat(char out[MOAT_UUID_STR_LEN])
 static void attach_ok(fx *f, const char *chat, moat__workspace *ws)
 {
     moat_status st;
-    if (moat__workspace_attach(&f->cfg, chat, ws, &st) != MOAT_CODE_OK)
+    if (moat__workspace_attach(&f->cfg, chat, OWNER, OWNER, ws, &st) != MOAT_CODE_OK)
         fail_msg("attach %s: %s (%s)", chat, st.message, moat_status_detail_get(&st, "why"));
     assert_true(ws->lock_fd >= 0);
 }
@@ -383,7 +383,7 @@ static void *race_attach(void *arg)
     racer *r = arg;
     moat__workspace ws;
     moat_status st;
-    r->code = moat__workspace_attach(&r->f->cfg, r->chat, &ws, &st);
+    r->code = moat__workspace_attach(&r->f->cfg, r->chat, OWNER, OWNER, &ws, &st);
     memcpy(r->dir, ws.dir, sizeof(r->dir));
     moat__workspace_release(&ws);
     return NULL;
@@ -416,7 +416,7 @@ static void expect_failure(fx *f, const moat__workspace_config *cfg, const char 
 {
     moat__workspace ws;
     moat_status st;
-    assert_int_equal(moat__workspace_attach(cfg, chat, &ws, &st), code);
+    assert_int_equal(moat__workspace_attach(cfg, chat, OWNER, OWNER, &ws, &st), code);
     assert_int_equal(ws.lock_fd, -1);
     assert_string_equal(st.reason, "workspace_unavailable");
     assert_string_equal(moat_status_detail_get(&st, "why"), why);
@@ -479,7 +479,7 @@ static void test_failures(void **state)
     mkdir(dir, 0755);
     assert_int_equal(mount("moat-test", dir, "tmpfs", 0, "size=1m"), 0);
     moat_status st;
-    assert_int_equal(moat__workspace_attach(&f->cfg, chat, &ws, &st),
+    assert_int_equal(moat__workspace_attach(&f->cfg, chat, OWNER, OWNER, &ws, &st),
                      MOAT_CODE_FAILED_PRECONDITION);
     assert_string_equal(moat_status_detail_get(&st, "why"), "foreign_mount");
     assert_int_equal(host_mounts_at(dir), 1);
@@ -517,7 +517,7 @@ static void test_quota_off_plain_directory(void **state)
     new_chat(chat);
     moat__workspace ws;
     moat_status st;
-    assert_int_equal(moat__workspace_attach(&c, chat, &ws, &st), MOAT_CODE_OK);
+    assert_int_equal(moat__workspace_attach(&c, chat, OWNER, OWNER, &ws, &st), MOAT_CODE_OK);
     assert_int_equal(ws.lock_fd, -1);
     assert_false(is_mount_point(ws.dir));
     struct stat sb;
@@ -527,16 +527,17 @@ static void test_quota_off_plain_directory(void **state)
     assert_int_equal(moat__workspace_detach(&c, chat, NULL, NULL, &st), MOAT_CODE_OK);
 }
 
-/* A session's execd directory: a small tmpfs (nosuid,nodev,noexec, 0700) whose socket is
- * reachable through the host path; full at its size; gone after detach. */
+/* A session's execd directory: a small tmpfs (nosuid,nodev,noexec, 0700, the given owner's) whose
+ * socket is reachable through the host path; full at its size; gone after detach. */
 static void test_run_dir(void **state)
 {
     fx *f = *state;
     char dir[160];
     snprintf(dir, sizeof(dir), "%s/session", f->dir);
     moat_status st;
-    assert_int_equal(moat__rundir_attach(&f->cfg, dir, &st), MOAT_CODE_OK);
-    assert_int_equal(moat__rundir_attach(&f->cfg, dir, &st), MOAT_CODE_OK); /* idempotent */
+    assert_int_equal(moat__rundir_attach(&f->cfg, dir, RUN_OWNER, RUN_OWNER, &st), MOAT_CODE_OK);
+    assert_int_equal(moat__rundir_attach(&f->cfg, dir, RUN_OWNER, RUN_OWNER, &st),
+                     MOAT_CODE_OK); /* idempotent */
     assert_int_equal(host_mounts_at(dir), 1);
     struct statvfs vfs;
     assert_int_equal(statvfs(dir, &vfs), 0);
@@ -545,6 +546,8 @@ static void test_run_dir(void **state)
     struct stat sb;
     assert_int_equal(stat(dir, &sb), 0);
     assert_int_equal(sb.st_mode & 07777, 0700);
+    assert_int_equal(sb.st_uid, RUN_OWNER);
+    assert_int_equal(sb.st_gid, RUN_OWNER);
 
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     assert_true(strlen(dir) + sizeof("/execd.sock") <= sizeof(addr.sun_path));
@@ -576,14 +579,17 @@ static void test_run_dir(void **state)
 
     moat__workspace_config c = f->cfg;
     c.quota = false;
-    assert_int_equal(moat__rundir_attach(&c, dir, &st), MOAT_CODE_OK);
+    assert_int_equal(moat__rundir_attach(&c, dir, RUN_OWNER, RUN_OWNER, &st), MOAT_CODE_OK);
     assert_int_equal(host_mounts_at(dir), 0);
+    assert_int_equal(stat(dir, &sb), 0);
+    assert_int_equal(sb.st_uid, RUN_OWNER);
+    assert_int_equal(sb.st_gid, RUN_OWNER);
     moat__rundir_detach(dir);
     assert_int_equal(access(dir, F_OK), -1);
 
     /* A path that cannot be made: a status, nothing mounted. */
     snprintf(path, sizeof(path), "%s/missing/session", f->dir);
-    assert_int_equal(moat__rundir_attach(&f->cfg, path, &st), MOAT_CODE_UNAVAILABLE);
+    assert_int_equal(moat__rundir_attach(&f->cfg, path, 0, 0, &st), MOAT_CODE_UNAVAILABLE);
     assert_string_equal(moat_status_detail_get(&st, "why"), "run_dir");
 }
 

@@ -1,6 +1,7 @@
 /* Unit tests of the pure parts of workspace quotas: the mountinfo reader (fed whole, one byte at a
- * time and split at every offset), workspace path building, and the quota settings' validation
- * (including a process without CAP_SYS_ADMIN). Changes nothing on the host. */
+ * time and split at every offset), workspace path building, the quota settings' validation
+ * (including a process without CAP_SYS_ADMIN), and the readers of a userns-remapped engine's id
+ * mapping. Changes nothing on the host. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -313,6 +314,54 @@ static void test_quota_needs_cap_sys_admin(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* A remapped engine's DockerRootDir names container root's host ids; nothing else does. */
+static void test_userns_root_dir(void **state)
+{
+    (void)state;
+    uint32_t uid = 0, gid = 0;
+    assert_true(moat__userns_root_dir("/var/lib/docker/100000.100000", &uid, &gid));
+    assert_int_equal(uid, 100000);
+    assert_int_equal(gid, 100000);
+    assert_true(moat__userns_root_dir("/d/1300000.1400000", &uid, &gid));
+    assert_int_equal(uid, 1300000);
+    assert_int_equal(gid, 1400000);
+    assert_true(moat__userns_root_dir("/d/4294967295.0", &uid, &gid));
+    assert_int_equal(uid, 4294967295u);
+    static const char *const bad[] = {
+        "/var/lib/docker",   "/d/100000",        "/d/100000.", "/d/.1",
+        "/d/100000.100000/", "/d/1.2.3",         "/d/-1.2",    "/d/1 .2",
+        "/d/4294967296.1",   "/d/00000000001.1", "",           "/d/a1.2"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (moat__userns_root_dir(bad[i], &uid, &gid))
+            fail_msg("'%s' was read as ids", bad[i]);
+    assert_false(moat__userns_root_dir(NULL, &uid, &gid));
+}
+
+/* /etc/subuid: the first well-formed line whose start is the base; odd lines are skipped. */
+static void test_subid_count(void **state)
+{
+    (void)state;
+    const char *text = "root:1:2:3\n" /* a name with a colon: the last two fields count */
+                       "bad line\n"
+                       "x:100000:\n"
+                       "dockremap:100000:65536\n"
+                       "other:100000:10\n"
+                       "crlf:300000:7\r\n"
+                       "last:400000:5"; /* no newline at the end */
+    uint64_t n = 0;
+    assert_true(moat__subid_count(text, 100000, &n));
+    assert_int_equal(n, 65536);
+    assert_true(moat__subid_count(text, 2, &n));
+    assert_int_equal(n, 3);
+    assert_true(moat__subid_count(text, 300000, &n));
+    assert_int_equal(n, 7);
+    assert_true(moat__subid_count(text, 400000, &n));
+    assert_int_equal(n, 5);
+    assert_false(moat__subid_count(text, 200000, &n));
+    assert_false(moat__subid_count("a:5:0\n", 5, &n)); /* an empty range maps nothing */
+    assert_false(moat__subid_count("", 5, &n));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -320,6 +369,8 @@ int main(void)
         cmocka_unit_test(test_mountinfo_overlong_line_skipped),
         cmocka_unit_test(test_mountinfo_malformed_lines),
         cmocka_unit_test(test_workspace_paths),
+        cmocka_unit_test(test_userns_root_dir),
+        cmocka_unit_test(test_subid_count),
         cmocka_unit_test_setup_teardown(test_quota_settings_validated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quota_needs_cap_sys_admin, setup, teardown),
     };
