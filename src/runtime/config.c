@@ -222,8 +222,7 @@ moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_stat
         cfg->default_pids_limit > cfg->max_pids_limit)
         return bad(st, "default_pids_limit", "must be positive and <= max_pids_limit%s", "");
     if (!cfg->sandbox_user_root && (cfg->sandbox_uid == 0 || cfg->sandbox_gid == 0))
-        return bad(st, "sandbox_user", "uid and gid must not be 0 (ask for root explicitly)%s",
-                   "");
+        return bad(st, "sandbox_user", "uid and gid must not be 0 (ask for root explicitly)%s", "");
     if (cfg->read_only_rootfs && cfg->tmpfs_size_bytes <= 0)
         return bad(st, "tmpfs_size_bytes", "must be positive with read_only_rootfs%s", "");
     for (size_t i = 0; i < cfg->allowed_image_count; i++)
@@ -331,6 +330,7 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
     pthread_mutex_init(&rt->foreign_mu, NULL);
     pthread_mutex_init(&rt->reaper_mu, NULL);
     pthread_cond_init(&rt->reaper_cv, NULL);
+    pthread_mutex_init(&rt->busy_mu, NULL);
     moat__cache_init(rt);
     rt->cfg = *cfg;
     moat_runtime_config *c = &rt->cfg;
@@ -375,8 +375,8 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
     rt->ws = (moat__workspace_config){
         .quota = c->workspace_quota,
         .chats_root = c->chats_root,
-        .images_dir = c->workspace_images_dir ? c->workspace_images_dir
-                                              : own(rt, images_dir, &own_failed),
+        .images_dir =
+            c->workspace_images_dir ? c->workspace_images_dir : own(rt, images_dir, &own_failed),
         .mkfs_path = MOAT__MKFS_EXT4,
         .loop_control = MOAT__LOOP_CONTROL,
         .size_bytes = c->workspace_size_bytes,
@@ -437,6 +437,8 @@ void moat_runtime_close(moat_runtime *rt)
     pthread_mutex_destroy(&rt->foreign_mu);
     pthread_mutex_destroy(&rt->reaper_mu);
     pthread_cond_destroy(&rt->reaper_cv);
+    pthread_mutex_destroy(&rt->busy_mu);
+    free(rt->busy);
     for (size_t i = 0; i < rt->owned_count; i++)
         free(rt->owned[i]);
     free(rt->owned);
