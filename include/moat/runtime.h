@@ -34,7 +34,7 @@ typedef struct moat_runtime_metrics {
     void (*docker_call)(void *ctx, const char *op, long http_status, moat_code code,
                         uint64_t duration_ns);
     /* A session changed: event is "created", "stopped", "expired", "renewed", "adopted",
-     * "gone" or "create_failed". */
+     * "gone", "restarted" or "create_failed". */
     void (*session_event)(void *ctx, const char *event, const char *session_id, moat_code code,
                           uint64_t duration_ns);
 } moat_runtime_metrics;
@@ -193,6 +193,9 @@ typedef struct moat_session {
     /* The secret execd of this session requires (X-EXECD-ACCESS-TOKEN), so a call that reached
      * another session's execd is refused; "" for sessions made before tokens existed. */
     char execd_token[MOAT_EXECD_TOKEN_MAX];
+    /* Created with force_new: one of several sessions of its chat on purpose, so reconciliation
+     * never stops it as a duplicate. */
+    bool force_new;
 } moat_session;
 
 /* Per-request choices. Zero / NULL means the config default. A limit above the config's
@@ -203,6 +206,10 @@ typedef struct moat_session_options {
     int64_t memory_bytes;
     int64_t nano_cpus;
     int64_t pids_limit;
+    /* The caller asked for a session beside the chat's live one (CreateSession's force_new).
+     * Recorded as the label moat.force_new=true; without it, the sweeps keep one live session
+     * per chat (docs/runtime.md, "TTL, store and recovery"). */
+    bool force_new;
 } moat_session_options;
 
 typedef struct moat_runtime moat_runtime;
@@ -277,26 +284,39 @@ moat_code moat_runtime_kill(moat_runtime *rt, const char *session_id, const char
  * three labels well-formed whose authoritative expiry is <= now_ms is stopped and removed and
  * its store row set to EXPIRED with reason "ttl". *reaped (may be NULL) gets the count.
  * Containers without moat's labels, with malformed ones, or that are not this runtime's are
- * never touched. */
+ * never touched. Also removes containers an interrupted create left in Created (their sessions
+ * FAILED "create_interrupted") and stops all but the newest live session of a chat (STOPPED
+ * "duplicate"), leaving alone sessions this runtime is creating or stopping right now. */
 moat_code moat_runtime_reap(moat_runtime *rt, int64_t now_ms, size_t *reaped, moat_status *st);
 
-/* Starts a runtime-owned thread running moat_runtime_reap every cleanup_interval_seconds.
- * FAILED_PRECONDITION if already started. */
+/* Starts a runtime-owned thread running moat_runtime_reap every cleanup_interval_seconds, or
+ * moat_runtime_reconcile instead once the engine answers again after a call found it unreachable,
+ * the event watcher's stream broke, or a reconcile failed; the watcher wakes it as soon as its
+ * stream is back. FAILED_PRECONDITION if already started. */
 moat_code moat_runtime_start_reaper(moat_runtime *rt, moat_status *st);
 /* Stops and joins it; no-op when not running. */
 void moat_runtime_stop_reaper(moat_runtime *rt);
 
 typedef struct moat_reconcile_report {
-    size_t adopted; /* live containers now tracked (store row created or refreshed) */
-    size_t reaped;  /* expired ones stopped and removed */
-    size_t gone;    /* store rows RUNNING with no container, now GONE */
-    size_t skipped; /* containers with missing/malformed labels or not ours, left alone */
+    size_t adopted;        /* live containers now tracked (store row created or refreshed) */
+    size_t reaped;         /* expired ones stopped and removed */
+    size_t gone;           /* store rows RUNNING with no container, now GONE */
+    size_t skipped;        /* containers with missing/malformed labels or not ours, left alone */
+    size_t restarted;      /* stopped by the engine, started again and execd answered */
+    size_t restart_failed; /* could not be started again: removed, GONE engine_restart_failed */
+    size_t duplicates;     /* a second live session of a chat: stopped, STOPPED duplicate */
+    size_t orphans;        /* left in Created by an interrupted create: removed, FAILED */
 } moat_reconcile_report;
 
-/* Start-up recovery: adopt this runtime's containers found in Docker (expiry = the store's if
- * renewed,
- * else the label's), reap expired ones, mark RUNNING store rows without a container GONE.
- * report may be NULL. */
+/* Recovery, at start-up and whenever the engine was unreachable and answers again (the reaper
+ * thread runs it then; see docs/runtime.md, "TTL, store and recovery"): adopt this runtime's
+ * containers found in Docker (expiry = the store's if renewed, else the label's), reap expired
+ * ones, start again the sessions whose container the engine stopped (workspace and execd
+ * directory mounted again, execd answering with the session's token) or record them GONE with
+ * reason "engine_restart_failed: <why>", stop every live session of a chat but its newest
+ * (STOPPED "duplicate"; force_new sessions excepted), remove containers an interrupted create
+ * left in Created (FAILED "create_interrupted"), mark RUNNING store rows without a container
+ * GONE. report may be NULL. A failed reconcile is retried by the reaper thread. */
 moat_code moat_runtime_reconcile(moat_runtime *rt, int64_t now_ms, moat_reconcile_report *report,
                                  moat_status *st);
 

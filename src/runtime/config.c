@@ -372,6 +372,7 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
     pthread_mutex_init(&rt->foreign_mu, NULL);
     pthread_mutex_init(&rt->reaper_mu, NULL);
     pthread_cond_init(&rt->reaper_cv, NULL);
+    pthread_mutex_init(&rt->busy_mu, NULL);
     moat__cache_init(rt);
     rt->cfg = *cfg;
     moat_runtime_config *c = &rt->cfg;
@@ -479,6 +480,8 @@ void moat_runtime_close(moat_runtime *rt)
     pthread_mutex_destroy(&rt->foreign_mu);
     pthread_mutex_destroy(&rt->reaper_mu);
     pthread_cond_destroy(&rt->reaper_cv);
+    pthread_mutex_destroy(&rt->busy_mu);
+    free(rt->busy);
     for (size_t i = 0; i < rt->owned_count; i++)
         free(rt->owned[i]);
     free(rt->owned);

@@ -60,6 +60,13 @@ void moat__docker_setup_endpoint(moat_runtime *rt, CURL *h)
         curl_easy_setopt(h, CURLOPT_CAINFO, rt->cfg.docker_tls_ca);
 }
 
+void moat__engine_lost(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->reaper_mu);
+    rt->reconcile_pending = true;
+    pthread_mutex_unlock(&rt->reaper_mu);
+}
+
 static moat_code transport_error(moat_runtime *rt, CURLcode rc, const char *errbuf, moat_status *st)
 {
     /* libcurl's error buffer keeps the FIRST message of a transfer, which can be a non-fatal
@@ -82,6 +89,8 @@ static moat_code transport_error(moat_runtime *rt, CURLcode rc, const char *errb
     } else {
         moat_status_set(st, MOAT_CODE_UNAVAILABLE, "docker_unavailable",
                         "docker engine at %s unreachable: %s", where, what);
+        /* A restarted engine has stopped every sandbox: once it answers, reconcile. */
+        moat__engine_lost(rt);
     }
     return st->code;
 }

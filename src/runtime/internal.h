@@ -96,6 +96,16 @@ struct moat_runtime {
     pthread_t reaper_thread;
     bool reaper_running;
     bool reaper_stop;
+    /* Under reaper_mu. The engine may have restarted (a call found it unreachable, the event
+     * stream broke) or a reconcile failed: the reaper's next pass reconciles instead of reaping. */
+    bool reconcile_pending;
+    bool reaper_kick; /* the watcher is connected again: run that pass now */
+
+    /* Sessions this runtime is creating or stopping right now: a sweep leaves them alone, so a
+     * container between its create and its start is not taken for an interrupted create. */
+    pthread_mutex_t busy_mu;
+    char (*busy)[MOAT_UUID_STR_LEN];
+    size_t busy_count, busy_cap;
 };
 
 /* A store row; fixed-size strings so rows can be copied. */
@@ -139,6 +149,8 @@ moat_err moat__store_finish(moat__store *store, const char *session_id, moat_ses
 moat_err moat__store_list_running(moat__store *store, moat__row **rows, size_t *count);
 
 /* docker.c */
+/* The engine did not answer: the reaper's next pass reconciles (it may be a restart). */
+void moat__engine_lost(moat_runtime *rt);
 moat_err moat__docker_init(moat_runtime *rt, moat_status *st);
 
 /* userns.c. The engine's id mapping, asked once (GET /info) and kept for the runtime's life: a
@@ -176,9 +188,11 @@ typedef struct moat__listed {
     int64_t created_at_ms;
     int64_t label_expires_at_ms;
     bool running;
-    bool managed;      /* moat.managed=true */
-    bool has_instance; /* a moat.instance label, whatever its value */
-    char instance[64]; /* its value when it is a string that fits, else "" */
+    bool never_started; /* Docker's state "created": its create was interrupted before start */
+    bool force_new;     /* moat.force_new=true */
+    bool managed;       /* moat.managed=true */
+    bool has_instance;  /* a moat.instance label, whatever its value */
+    char instance[64];  /* its value when it is a string that fits, else "" */
 } moat__listed;
 
 /* session.c */
@@ -199,6 +213,17 @@ moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_c
 moat_code moat__stop_remove(moat_runtime *rt, const char *container_id, moat_status *st);
 /* Removes <state_dir>/sessions/<id>/ (execd's socket dir), best effort. */
 void moat__session_dir_remove(moat_runtime *rt, const char *session_id);
+/* Starting again a session whose container the engine stopped (docs/runtime.md, "TTL, store and
+ * recovery"): begin mounts its workspace and execd directory again (the host may have lost
+ * them) and starts the container; finish waits until its execd answers /ping with the
+ * session's token. On failure st says why; the caller removes the container. */
+moat_code moat__session_restart_begin(moat_runtime *rt, const moat__listed *c, moat_status *st);
+moat_code moat__session_restart_finish(moat_runtime *rt, const moat__listed *c,
+                                       const moat__row *row, moat_status *st);
+/* The busy set (see struct moat_runtime). enter fails only when out of memory. */
+bool moat__busy_enter(moat_runtime *rt, const char *session_id);
+void moat__busy_leave(moat_runtime *rt, const char *session_id);
+bool moat__busy_has(moat_runtime *rt, const char *session_id);
 
 /* watch.c */
 void moat__cache_init(moat_runtime *rt);

@@ -38,8 +38,148 @@ static bool reap_one(moat_runtime *rt, const moat__listed *c, int64_t now_ms, mo
     return true;
 }
 
-/* One pass over moat's containers. With reconcile, also refreshes rows from Docker, restarts
- * live sessions whose container stopped (e.g. dockerd restarted) and marks missing ones gone. */
+/* What a sweep does with a listed container after its first look. */
+typedef enum disposition {
+    LEFT_ALONE, /* busy, ended, reaped or removed */
+    LIVE,       /* running */
+    TO_RESTART, /* reconcile: the engine stopped it */
+} disposition;
+
+/* A container an interrupted create left in Created (moatd or the engine died between create
+ * and start): nothing will ever start it, so it goes, and its session is recorded FAILED. */
+static void remove_orphan(moat_runtime *rt, const moat__listed *c, const moat__row *row,
+                          int64_t now_ms, moat_reconcile_report *rep)
+{
+    moat_status rm_st;
+    if (moat__stop_remove(rt, c->container_id, &rm_st) != MOAT_CODE_OK) {
+        moat_log(MOAT_LOG_WARN, "sandbox_orphan_remove_failed",
+                 "session_id=%s container_id=%.12s msg=\"%s\"", c->session_id, c->container_id,
+                 rm_st.message);
+        return;
+    }
+    if (row->state == MOAT_SESSION_RUNNING)
+        moat__store_finish(rt->store, c->session_id, MOAT_SESSION_FAILED, "create_interrupted",
+                           now_ms);
+    moat__session_dir_remove(rt, c->session_id);
+    moat__workspace_detach_idle(rt, c->chat_id);
+    moat_log(MOAT_LOG_WARN, "sandbox_orphan_removed",
+             "session_id=%s chat_id=%s container_id=%.12s reason=create_interrupted", c->session_id,
+             c->chat_id, c->container_id);
+    moat__metric_session(rt, "create_failed", c->session_id, MOAT_CODE_OK, moat_time_mono_ns());
+    rep->orphans++;
+}
+
+/* Whether a is a newer session than b: later created_at, then the larger id, so every sweep
+ * picks the same one. */
+static bool newer(const moat__listed *a, const moat__listed *b)
+{
+    if (a->created_at_ms != b->created_at_ms)
+        return a->created_at_ms > b->created_at_ms;
+    return strcmp(a->session_id, b->session_id) > 0;
+}
+
+/* One live session per chat: of the sessions of a chat not created with force_new, the newest
+ * stays (a client that asked for the chat's session last holds it) and the others are stopped
+ * and recorded STOPPED, reason duplicate. Two arise when a create ran while an older session
+ * of the chat was down (an engine or moatd restart) or from two moatds on one store. */
+static void stop_duplicates(moat_runtime *rt, const moat__listed *items, disposition *disp,
+                            size_t n, int64_t now_ms, moat_reconcile_report *rep)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (disp[i] == LEFT_ALONE || items[i].force_new)
+            continue;
+        const moat__listed *kept = &items[i];
+        for (size_t j = 0; j < n; j++) {
+            if (disp[j] != LEFT_ALONE && !items[j].force_new &&
+                strcmp(items[j].chat_id, items[i].chat_id) == 0 && newer(&items[j], kept))
+                kept = &items[j];
+        }
+        if (kept == &items[i])
+            continue;
+        const moat__listed *c = &items[i];
+        moat_status stop_st;
+        disp[i] = LEFT_ALONE; /* never restarted; a failed stop is retried by the next sweep */
+        if (moat__stop_remove(rt, c->container_id, &stop_st) != MOAT_CODE_OK) {
+            moat_log(MOAT_LOG_WARN, "sandbox_duplicate_stop_failed",
+                     "session_id=%s chat_id=%s container_id=%.12s msg=\"%s\"", c->session_id,
+                     c->chat_id, c->container_id, stop_st.message);
+            continue;
+        }
+        moat__store_finish(rt->store, c->session_id, MOAT_SESSION_STOPPED, "duplicate", now_ms);
+        moat__session_dir_remove(rt, c->session_id);
+        moat_log(MOAT_LOG_WARN, "sandbox_duplicate_stopped",
+                 "session_id=%s chat_id=%s container_id=%.12s kept_session_id=%s", c->session_id,
+                 c->chat_id, c->container_id, kept->session_id);
+        moat__metric_session(rt, "stopped", c->session_id, MOAT_CODE_OK, moat_time_mono_ns());
+        rep->duplicates++;
+    }
+}
+
+/* A session the engine stopped that cannot run again: its container goes (else a later
+ * reconcile would bring it back as a session that is not there) and it is recorded GONE with
+ * the reason, so GetSession says why instead of showing a dead session. */
+static void restart_failed(moat_runtime *rt, const moat__listed *c, const moat_status *why_st,
+                           int64_t now_ms, moat_reconcile_report *rep)
+{
+    moat_status ignored;
+    moat__stop_remove(rt, c->container_id, &ignored);
+    const char *why = moat_status_detail_get(why_st, "why");
+    char reason[MOAT_RUNTIME_REASON_MAX];
+    snprintf(reason, sizeof(reason), "engine_restart_failed: %.40s",
+             why != NULL ? why : why_st->reason);
+    moat__row row;
+    /* A stop that ran meanwhile has recorded its own end. */
+    if (moat__store_get(rt->store, c->session_id, &row) == MOAT_OK &&
+        row.state == MOAT_SESSION_RUNNING)
+        moat__store_finish(rt->store, c->session_id, MOAT_SESSION_GONE, reason, now_ms);
+    moat__session_dir_remove(rt, c->session_id);
+    moat__workspace_detach_idle(rt, c->chat_id);
+    moat__cache_invalidate(rt);
+    moat_log(MOAT_LOG_WARN, "sandbox_restart_failed",
+             "session_id=%s chat_id=%s container_id=%.12s reason=\"%s\" code=%s msg=\"%s\"",
+             c->session_id, c->chat_id, c->container_id, reason, moat_code_name(why_st->code),
+             why_st->message);
+    moat__metric_session(rt, "gone", c->session_id, why_st->code, moat_time_mono_ns());
+    rep->restart_failed++;
+}
+
+/* Starts every container the engine stopped, then waits for each execd, so the sandboxes boot
+ * side by side rather than one after another. */
+static void restart_stopped(moat_runtime *rt, const moat__listed *items, disposition *disp,
+                            size_t n, int64_t now_ms, moat_reconcile_report *rep)
+{
+    for (size_t i = 0; i < n; i++) {
+        moat_status st;
+        if (disp[i] == TO_RESTART &&
+            moat__session_restart_begin(rt, &items[i], &st) != MOAT_CODE_OK) {
+            restart_failed(rt, &items[i], &st, now_ms, rep);
+            disp[i] = LEFT_ALONE;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (disp[i] != TO_RESTART)
+            continue;
+        moat__row row;
+        moat_status st;
+        if (moat__store_get(rt->store, items[i].session_id, &row) != MOAT_OK)
+            memset(&row, 0, sizeof(row)); /* no token on record: execd needs none or is lost */
+        if (moat__session_restart_finish(rt, &items[i], &row, &st) != MOAT_CODE_OK) {
+            restart_failed(rt, &items[i], &st, now_ms, rep);
+            continue;
+        }
+        moat__cache_invalidate(rt);
+        moat_log(MOAT_LOG_INFO, "sandbox_restarted", "session_id=%s chat_id=%s container_id=%.12s",
+                 items[i].session_id, items[i].chat_id, items[i].container_id);
+        moat__metric_session(rt, "restarted", items[i].session_id, MOAT_CODE_OK,
+                             moat_time_mono_ns());
+        rep->restarted++;
+    }
+}
+
+/* One pass over moat's containers. Every pass reaps expired sessions, removes containers left
+ * in Created and stops duplicates of a chat's session. With reconcile, it also refreshes rows
+ * from Docker, starts again live sessions whose container stopped (e.g. dockerd restarted) and
+ * marks missing ones gone. Sessions this runtime is creating or stopping are left alone. */
 static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_reconcile_report *rep,
                        moat_status *st)
 {
@@ -49,16 +189,32 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
     if (code != MOAT_CODE_OK)
         return code;
     rep->skipped += skipped;
+    disposition *disp = n ? calloc(n, sizeof(*disp)) : NULL;
+    if (n && disp == NULL) {
+        free(items);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return st->code;
+    }
     moat_status last_error;
     moat_status_clear(&last_error);
     for (size_t i = 0; i < n; i++) {
         const moat__listed *c = &items[i];
+        disp[i] = LEFT_ALONE;
+        if (moat__busy_has(rt, c->session_id))
+            continue;
         moat__row row, fresh;
         moat__row_from_listed(c, &fresh);
         bool inserted = false;
         moat__store_insert_new(rt->store, &fresh, &inserted);
         if (moat__store_get(rt->store, c->session_id, &row) != MOAT_OK)
             continue;
+        /* Docker's Created has whole seconds; the store keeps the caller's milliseconds, which
+         * tell apart two sessions of a chat made within one second. */
+        items[i].created_at_ms = row.created_at_ms;
+        if (c->never_started) {
+            remove_orphan(rt, c, &row, now_ms, rep);
+            continue;
+        }
         if (reconcile && !inserted && strcmp(row.container_id, c->container_id) != 0 &&
             row.state == MOAT_SESSION_RUNNING) {
             /* The store knew another container for this session; Docker's is the live one. */
@@ -88,23 +244,23 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
             rep->reaped++;
             continue;
         }
+        if (c->running)
+            disp[i] = LIVE;
+        else if (reconcile)
+            disp[i] = TO_RESTART;
         if (!reconcile)
             continue;
-        if (!c->running) {
-            char path[160];
-            moat_status start_st;
-            snprintf(path, sizeof(path), "/containers/%s/start", c->container_id);
-            moat_runtime_docker_call(rt, "start", "POST", path, NULL, NULL, &start_st);
-        }
         rep->adopted++;
         moat__metric_session(rt, "adopted", c->session_id, MOAT_CODE_OK, moat_time_mono_ns());
     }
+    stop_duplicates(rt, items, disp, n, now_ms, rep);
     if (reconcile) {
+        restart_stopped(rt, items, disp, n, now_ms, rep);
         moat__row *rows;
         size_t row_count;
         if (moat__store_list_running(rt->store, &rows, &row_count) == MOAT_OK) {
             for (size_t r = 0; r < row_count; r++) {
-                bool found = false;
+                bool found = moat__busy_has(rt, rows[r].session_id);
                 for (size_t i = 0; i < n && !found; i++)
                     found = strcmp(items[i].session_id, rows[r].session_id) == 0;
                 if (found)
@@ -122,6 +278,7 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
          * mounted) are unmounted once no running session uses them. */
         moat__workspace_detach_orphans(rt);
     }
+    free(disp);
     free(items);
     if (last_error.code != MOAT_CODE_OK) {
         *st = last_error;
@@ -148,9 +305,17 @@ moat_code moat_runtime_reconcile(moat_runtime *rt, int64_t now_ms, moat_reconcil
     moat_code code = sweep(rt, now_ms, true, &rep, st);
     if (report != NULL)
         *report = rep;
+    if (code != MOAT_CODE_OK) {
+        /* The reaper thread tries again on its next pass. */
+        pthread_mutex_lock(&rt->reaper_mu);
+        rt->reconcile_pending = true;
+        pthread_mutex_unlock(&rt->reaper_mu);
+    }
     moat_log(MOAT_LOG_INFO, "runtime_reconciled",
-             "adopted=%zu reaped=%zu gone=%zu skipped=%zu code=%s", rep.adopted, rep.reaped,
-             rep.gone, rep.skipped, moat_code_name(code));
+             "adopted=%zu reaped=%zu gone=%zu skipped=%zu restarted=%zu restart_failed=%zu "
+             "duplicates=%zu orphans=%zu code=%s",
+             rep.adopted, rep.reaped, rep.gone, rep.skipped, rep.restarted, rep.restart_failed,
+             rep.duplicates, rep.orphans, moat_code_name(code));
     return code;
 }
 
@@ -162,17 +327,25 @@ static void *reaper_main(void *arg)
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += rt->cfg.cleanup_interval_seconds;
-        while (!rt->reaper_stop &&
+        while (!rt->reaper_stop && !rt->reaper_kick &&
                pthread_cond_timedwait(&rt->reaper_cv, &rt->reaper_mu, &until) != ETIMEDOUT) {
         }
         if (rt->reaper_stop)
             break;
+        /* The engine was unreachable (perhaps restarted, stopping every sandbox) or a reconcile
+         * failed: this pass reconciles, which also reaps. */
+        bool reconcile = rt->reconcile_pending;
+        rt->reconcile_pending = false;
+        rt->reaper_kick = false;
         pthread_mutex_unlock(&rt->reaper_mu);
         moat_status st;
         size_t reaped = 0;
-        if (moat_runtime_reap(rt, moat_time_now_ms(), &reaped, &st) != MOAT_CODE_OK)
+        if (reconcile) {
+            moat_runtime_reconcile(rt, moat_time_now_ms(), NULL, &st); /* it logs the outcome */
+        } else if (moat_runtime_reap(rt, moat_time_now_ms(), &reaped, &st) != MOAT_CODE_OK) {
             moat_log(MOAT_LOG_WARN, "runtime_reap_failed", "code=%s msg=\"%s\"",
                      moat_code_name(st.code), st.message);
+        }
         pthread_mutex_lock(&rt->reaper_mu);
     }
     pthread_mutex_unlock(&rt->reaper_mu);

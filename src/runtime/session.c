@@ -13,12 +13,13 @@
 
 #include "internal.h"
 
-#define LABEL_SESSION  "session_id"
-#define LABEL_CHAT     "chat_id"
-#define LABEL_EXPIRES  "expires_at"
-#define LABEL_MANAGED  "moat.managed"
-#define LABEL_VERSION  "moat.version"
-#define LABEL_INSTANCE "moat.instance"
+#define LABEL_SESSION   "session_id"
+#define LABEL_CHAT      "chat_id"
+#define LABEL_EXPIRES   "expires_at"
+#define LABEL_MANAGED   "moat.managed"
+#define LABEL_VERSION   "moat.version"
+#define LABEL_INSTANCE  "moat.instance"
+#define LABEL_FORCE_NEW "moat.force_new"
 
 void moat__metric_session(moat_runtime *rt, const char *event, const char *session_id,
                           moat_code code, uint64_t started_ns)
@@ -128,10 +129,17 @@ bool moat__parse_listed(const cJSON *entry, moat__listed *out)
     if (image == NULL)
         image = moat__json_str(moat__json_get(entry, "Config"), "Image");
     snprintf(out->image, sizeof(out->image), "%s", image ? image : "");
-    if (cJSON_IsString(state))
-        out->running = strcmp(state->valuestring, "running") == 0;
-    else if (cJSON_IsObject(state)) /* inspect shape */
+    const char *status = NULL;
+    if (cJSON_IsString(state)) {
+        status = state->valuestring;
+        out->running = strcmp(status, "running") == 0;
+    } else if (cJSON_IsObject(state)) { /* inspect shape */
+        status = moat__json_str(state, "Status");
         out->running = cJSON_IsTrue(moat__json_get(state, "Running"));
+    }
+    out->never_started = status != NULL && strcmp(status, "created") == 0;
+    const char *force_new = moat__json_str(labels, LABEL_FORCE_NEW);
+    out->force_new = force_new != NULL && strcmp(force_new, "true") == 0;
     const char *managed = moat__json_str(labels, LABEL_MANAGED);
     out->managed = managed != NULL && strcmp(managed, "true") == 0;
     out->has_instance = moat__json_get(labels, LABEL_INSTANCE) != NULL;
@@ -334,6 +342,7 @@ static void fill_from_listed(moat_runtime *rt, const moat__listed *c, const moat
         memcpy(out->execd_token, row->execd_token, sizeof(out->execd_token));
     if (!c->running)
         snprintf(out->end_reason, sizeof(out->end_reason), "exited");
+    out->force_new = c->force_new;
     session_socket(rt, c->session_id, out->execd_socket, sizeof(out->execd_socket));
 }
 
@@ -434,7 +443,7 @@ static bool add_string_array(cJSON *obj, const char *key, const char *const *ite
  * from canonical UUIDs, never from a request. */
 static cJSON *container_spec(moat_runtime *rt, const char *session_id, const char *chat_id,
                              const char *image, int64_t expires_at_ms, int64_t memory,
-                             int64_t nano_cpus, int64_t pids, const char *paths[5],
+                             int64_t nano_cpus, int64_t pids, bool force_new, const char *paths[5],
                              const char *execd_token)
 {
     char expires[MOAT_TIME_ISO_MAX];
@@ -473,6 +482,7 @@ static cJSON *container_spec(moat_runtime *rt, const char *session_id, const cha
          cJSON_AddStringToObject(labels, LABEL_VERSION, MOAT_VERSION) &&
          (rt->cfg.instance == NULL ||
           cJSON_AddStringToObject(labels, "moat.instance", rt->cfg.instance)) &&
+         (!force_new || cJSON_AddStringToObject(labels, LABEL_FORCE_NEW, "true")) &&
          cJSON_AddStringToObject(host, "NetworkMode", "none");
     cJSON *mounts = ok ? cJSON_AddArrayToObject(host, "Mounts") : NULL;
     ok = mounts != NULL && add_bind_mount(mounts, paths[0], rt->cfg.chat_mount_path, false) &&
@@ -586,9 +596,10 @@ static moat_code wait_ready(moat_runtime *rt, const char *container_id, const ch
     return st->code;
 }
 
-moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const char *chat_id_in,
-                              int64_t created_at_ms, int64_t expires_at_ms,
-                              const moat_session_options *opts, moat_session *out, moat_status *st)
+static moat_code create_session(moat_runtime *rt, const char *session_id_in, const char *chat_id_in,
+                                int64_t created_at_ms, int64_t expires_at_ms,
+                                const moat_session_options *opts, moat_session *out,
+                                moat_status *st)
 {
     uint64_t t0 = moat_time_mono_ns();
     moat_status_clear(st);
@@ -704,7 +715,7 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     unlink(socket_path); /* a stale socket would answer nothing and look like a live one */
 
     cJSON *spec = container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus, pids,
-                                 paths, execd_token);
+                                 opts->force_new, paths, execd_token);
     char *body = spec ? cJSON_PrintUnformatted(spec) : NULL;
     cJSON_Delete(spec);
     if (body == NULL) {
@@ -759,6 +770,7 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
         goto fail;
     }
     fill_from_row(rt, &row, out);
+    out->force_new = opts->force_new;
     moat__cache_invalidate(rt);
     moat__metric_session(rt, "created", session_id, MOAT_CODE_OK, t0);
     return span_end(rt, span, st);
@@ -775,6 +787,124 @@ fail:
              session_id, chat_id, moat_code_name(st->code), st->message);
     moat__metric_session(rt, "create_failed", session_id, st->code, t0);
     return span_end(rt, span, st);
+}
+
+moat_code moat__session_restart_begin(moat_runtime *rt, const moat__listed *c, moat_status *st)
+{
+    moat_status_clear(st);
+    /* A host reboot (or an unmount while the engine was away) takes the workspace's loop mount
+     * and the session's tmpfs with it; Docker binds whatever the paths hold when it starts the
+     * container, so both are made ready again first, as a create does. */
+    char session_dir[MOAT_RUNTIME_PATH_MAX];
+    snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", rt->cfg.state_dir, c->session_id);
+    moat__workspace ws;
+    if (moat__workspace_attach(&rt->ws, c->chat_id, &ws, st) != MOAT_CODE_OK)
+        return st->code;
+    if (give_workspace(rt, ws.dir) != 0) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "workspace_unavailable",
+                        "cannot give the workspace to the sandbox user: %s", strerror(errno));
+        moat_status_add_detail(st, "why", "workspace_owner");
+        moat__workspace_release(&ws);
+        return st->code;
+    }
+    if (moat__rundir_attach(&rt->ws, session_dir, st) != MOAT_CODE_OK) {
+        moat__workspace_release(&ws);
+        return st->code;
+    }
+    char socket_path[MOAT_RUNTIME_PATH_MAX];
+    session_socket(rt, c->session_id, socket_path, sizeof(socket_path));
+    unlink(socket_path); /* the old execd's socket answers nothing */
+    char path[160];
+    snprintf(path, sizeof(path), "/containers/%s/start", c->container_id);
+    if (moat_runtime_docker_call(rt, "start", "POST", path, NULL, NULL, st) != MOAT_CODE_OK)
+        moat_status_add_detail(st, "why", "start_failed");
+    moat__workspace_release(&ws); /* a started container holds its own mount of it */
+    return st->code;
+}
+
+moat_code moat__session_restart_finish(moat_runtime *rt, const moat__listed *c,
+                                       const moat__row *row, moat_status *st)
+{
+    moat_status_clear(st);
+    char socket_path[MOAT_RUNTIME_PATH_MAX];
+    session_socket(rt, c->session_id, socket_path, sizeof(socket_path));
+    /* The container keeps its environment, so execd comes back with the session's token. */
+    if (wait_ready(rt, c->container_id, socket_path, row->execd_token, st) != MOAT_CODE_OK)
+        moat_status_add_detail(
+            st, "why", st->code == MOAT_CODE_DEADLINE_EXCEEDED ? "execd_not_ready" : "exited");
+    return st->code;
+}
+
+bool moat__busy_enter(moat_runtime *rt, const char *session_id)
+{
+    pthread_mutex_lock(&rt->busy_mu);
+    bool ok = true;
+    if (rt->busy_count == rt->busy_cap) {
+        size_t cap = rt->busy_cap ? rt->busy_cap * 2 : 16;
+        char(*grown)[MOAT_UUID_STR_LEN] = realloc(rt->busy, cap * sizeof(*grown));
+        ok = grown != NULL;
+        if (ok) {
+            rt->busy = grown;
+            rt->busy_cap = cap;
+        }
+    }
+    if (ok)
+        snprintf(rt->busy[rt->busy_count++], MOAT_UUID_STR_LEN, "%s", session_id);
+    pthread_mutex_unlock(&rt->busy_mu);
+    return ok;
+}
+
+void moat__busy_leave(moat_runtime *rt, const char *session_id)
+{
+    pthread_mutex_lock(&rt->busy_mu);
+    for (size_t i = 0; i < rt->busy_count; i++) {
+        if (strcmp(rt->busy[i], session_id) == 0) {
+            memcpy(rt->busy[i], rt->busy[--rt->busy_count], MOAT_UUID_STR_LEN);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&rt->busy_mu);
+}
+
+bool moat__busy_has(moat_runtime *rt, const char *session_id)
+{
+    pthread_mutex_lock(&rt->busy_mu);
+    bool found = false;
+    for (size_t i = 0; i < rt->busy_count && !found; i++)
+        found = strcmp(rt->busy[i], session_id) == 0;
+    pthread_mutex_unlock(&rt->busy_mu);
+    return found;
+}
+
+/* Runs a create or a stop with its session in the busy set, so no sweep takes its container for
+ * an orphan or a duplicate meanwhile. A malformed id goes through unmarked: op refuses it. */
+static bool mark_busy(moat_runtime *rt, const char *session_id_in, char *session_id,
+                      moat_status *st)
+{
+    if (session_id_in == NULL || moat_uuid_canonicalize(session_id_in, session_id) != MOAT_OK) {
+        session_id[0] = '\0';
+        return true;
+    }
+    if (moat__busy_enter(rt, session_id))
+        return true;
+    moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+    moat_log(MOAT_LOG_WARN, "session_refused", "session_id=%s reason=out_of_memory", session_id);
+    return false;
+}
+
+moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const char *chat_id_in,
+                              int64_t created_at_ms, int64_t expires_at_ms,
+                              const moat_session_options *opts, moat_session *out, moat_status *st)
+{
+    char session_id[MOAT_UUID_STR_LEN];
+    moat_status_clear(st);
+    if (!mark_busy(rt, session_id_in, session_id, st))
+        return st->code;
+    moat_code code =
+        create_session(rt, session_id_in, chat_id_in, created_at_ms, expires_at_ms, opts, out, st);
+    if (session_id[0] != '\0')
+        moat__busy_leave(rt, session_id);
+    return code;
 }
 
 /* The session's container (any state), or NOT_FOUND. */
@@ -1016,7 +1146,7 @@ moat_code moat_runtime_stop_container(moat_runtime *rt, const char *container_id
     return code == MOAT_CODE_OK ? moat__stop_remove(rt, c.container_id, st) : code;
 }
 
-moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id_in, moat_status *st)
+static moat_code stop_session(moat_runtime *rt, const char *session_id_in, moat_status *st)
 {
     uint64_t t0 = moat_time_mono_ns();
     moat_status_clear(st);
@@ -1061,6 +1191,18 @@ moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id_in, moat_st
     moat__cache_invalidate(rt);
     moat__metric_session(rt, "stopped", session_id, MOAT_CODE_OK, t0);
     return span_end(rt, span, st);
+}
+
+moat_code moat_runtime_stop(moat_runtime *rt, const char *session_id_in, moat_status *st)
+{
+    char session_id[MOAT_UUID_STR_LEN];
+    moat_status_clear(st);
+    if (!mark_busy(rt, session_id_in, session_id, st))
+        return st->code;
+    moat_code code = stop_session(rt, session_id_in, st);
+    if (session_id[0] != '\0')
+        moat__busy_leave(rt, session_id);
+    return code;
 }
 
 moat_code moat_runtime_kill(moat_runtime *rt, const char *session_id_in, const char *signal_name,

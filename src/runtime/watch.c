@@ -85,6 +85,18 @@ static void set_connected(moat_runtime *rt, bool connected)
     pthread_mutex_unlock(&rt->cache_mu);
 }
 
+/* The engine answers again after it was lost: the reaper reconciles now, not a whole
+ * cleanup interval later, so the sessions a restarted engine stopped come back promptly. */
+static void wake_pending_reconcile(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->reaper_mu);
+    if (rt->reconcile_pending) {
+        rt->reaper_kick = true;
+        pthread_cond_broadcast(&rt->reaper_cv);
+    }
+    pthread_mutex_unlock(&rt->reaper_mu);
+}
+
 typedef struct watch_conn {
     moat_runtime *rt;
     long status;
@@ -99,8 +111,10 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *user)
         wc->status = sp ? strtol(sp + 1, NULL, 10) : 0;
     } else if ((n == 2 && data[0] == '\r') || (n == 1 && data[0] == '\n')) {
         /* End of headers: Docker has subscribed us before it sends them. */
-        if (wc->status == 200)
+        if (wc->status == 200) {
             set_connected(wc->rt, true);
+            wake_pending_reconcile(wc->rt);
+        }
     }
     return n;
 }
@@ -152,6 +166,10 @@ static void follow_events(moat_runtime *rt, CURLM *multi, const char *url)
     curl_multi_remove_handle(multi, h);
     curl_easy_cleanup(h);
     set_connected(rt, false);
+    /* Docker ends the stream only when it shuts down (or the connection breaks): either way
+     * its sandboxes may have stopped, so the reaper reconciles once it answers again. */
+    if (wc.status == 200 && !should_stop(rt))
+        moat__engine_lost(rt);
 }
 
 static void *watch_main(void *arg)

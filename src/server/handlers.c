@@ -329,6 +329,7 @@ static void create_start(stream *st, const Moat__V1__CreateSessionRequest *req, 
         return;
     snprintf(j->chat, sizeof(j->chat), "%s", chat);
     j->flag = req->force_new;
+    j->opts.force_new = req->force_new;
     j->ttl_ms = (int64_t)(req->ttl_seconds != 0 ? req->ttl_seconds : s->cfg.ttl_seconds) * 1000;
     if (req->image != NULL && req->image[0] != '\0') {
         snprintf(j->image, sizeof(j->image), "%s", req->image);
@@ -357,10 +358,15 @@ static void create_run(job *j)
         if (moat_runtime_list_active(s->rt, &all, &n, &j->status) == MOAT_CODE_OK) {
             int64_t now = moat_time_now_ms();
             const moat_session *best = NULL;
+            /* The chat's session is its newest one not made with force_new: the one the sweeps
+             * keep when they find two (docs/runtime.md); a force_new one only when it has no
+             * other. */
             for (size_t i = 0; i < n; i++) {
                 if (strcmp(all[i].chat_id, j->chat) == 0 && all[i].state == MOAT_SESSION_RUNNING &&
                     all[i].expires_at_ms > now &&
-                    (best == NULL || all[i].created_at_ms > best->created_at_ms))
+                    (best == NULL || (best->force_new && !all[i].force_new) ||
+                     (best->force_new == all[i].force_new &&
+                      all[i].created_at_ms > best->created_at_ms)))
                     best = &all[i];
             }
             if (best != NULL) {
@@ -1507,11 +1513,14 @@ static void reconcile_run(job *j)
     j->count = rep.adopted;
     j->when_ms = (int64_t)rep.reaped;
     j->ttl_ms = (int64_t)rep.gone;
-    if (j->code == MOAT_CODE_OK) {
-        moat_status st2;
-        if (moat_runtime_start_reaper(j->s->rt, &st2) != MOAT_CODE_OK)
-            moat_log(MOAT_LOG_WARN, "reaper_not_started", "msg=\"%s\"", st2.message);
-    }
+    /* Started even when reconcile failed (the engine is down): the reaper retries it once the
+     * engine answers, and the watcher's stream tells it when an engine restart stopped the
+     * sandboxes while moatd keeps running. */
+    moat_status st2;
+    if (moat_runtime_start_reaper(j->s->rt, &st2) != MOAT_CODE_OK)
+        moat_log(MOAT_LOG_WARN, "reaper_not_started", "msg=\"%s\"", st2.message);
+    if (moat_runtime_start_watcher(j->s->rt, &st2) != MOAT_CODE_OK)
+        moat_log(MOAT_LOG_WARN, "watcher_not_started", "msg=\"%s\"", st2.message);
 }
 
 static void reconcile_done(job *j)
