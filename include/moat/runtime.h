@@ -106,13 +106,14 @@ typedef struct moat_runtime_config {
      * workspace_size_bytes and about workspace_inodes inodes, and loop-mounted
      * nosuid,nodev,noatime on chats_root/<chat_id>; each session's /run/moat is a tmpfs of
      * 4 MiB. This needs CAP_SYS_ADMIN (root), /dev/loop-control, /sbin/mkfs.ext4, Linux >= 5.8,
-     * and moatd in the same mount namespace as dockerd. Without it: plain, unbounded directories. */
+     * and moatd in the same mount namespace as dockerd. Without it: plain, unbounded directories.
+     */
     bool workspace_quota;
     const char *workspace_images_dir; /* NULL: <chats_root>/.images */
     int64_t workspace_size_bytes;     /* 16 MiB .. 16 TiB */
     int64_t workspace_inodes;         /* 64 .. 2^32-1, at most one per KiB of the size */
-    long readiness_timeout_ms; /* create waits this long for execd's GET /ping */
-    int stop_timeout_seconds;  /* grace period of Docker's stop before SIGKILL */
+    long readiness_timeout_ms;        /* create waits this long for execd's GET /ping */
+    int stop_timeout_seconds;         /* grace period of Docker's stop before SIGKILL */
 
     moat_runtime_metrics metrics;
     moat_runtime_tracer tracer;
@@ -300,8 +301,8 @@ typedef struct moat_docker_response {
  * error: the code maps 404 → NOT_FOUND, 409 → FAILED_PRECONDITION (ALREADY_EXISTS for name
  * conflicts on create), 400 → INVALID_ARGUMENT, 5xx → INTERNAL / UNAVAILABLE (503), with
  * Docker's "message" in st->message and detail docker_status. No connection → UNAVAILABLE;
- * timeout → DEADLINE_EXCEEDED; malformed JSON where JSON is expected → INTERNAL reason
- * "docker_protocol". resp (may be NULL) is filled even on HTTP errors; release its json with
+ * timeout → UNAVAILABLE reason "docker_timeout"; malformed JSON where JSON is expected → INTERNAL
+ * reason "docker_protocol". resp (may be NULL) is filled even on HTTP errors; release its json with
  * moat_runtime_docker_response_free. op names the call for metrics. */
 moat_code moat_runtime_docker_call(moat_runtime *rt, const char *op, const char *method,
                                    const char *path, const char *body, moat_docker_response *resp,
@@ -310,6 +311,11 @@ void moat_runtime_docker_response_free(moat_docker_response *resp);
 
 /* The negotiated API version ("1.41"), negotiating if needed. Copied into out. */
 moat_code moat_runtime_docker_version(moat_runtime *rt, char out[16], moat_status *st);
+
+/* GET /_ping within timeout_ms, whatever docker_timeout_ms says: OK when the engine answers
+ * 200 now (nothing is cached); UNAVAILABLE (reason docker_unavailable or docker_timeout)
+ * otherwise. Thread-safe. */
+moat_code moat_runtime_docker_ping(moat_runtime *rt, long timeout_ms, moat_status *st);
 
 /* GET /images/{name}/json. NOT_FOUND when the engine lacks the image. */
 moat_code moat_runtime_image_inspect(moat_runtime *rt, const char *image, moat_status *st);
