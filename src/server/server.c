@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -476,6 +477,29 @@ static void pending_unlink(conn *c)
     moat__metrics_pending_hello(-1);
 }
 
+/* How far past the oldest hello the eviction looks for a silent connection. */
+#define EVICT_SCAN 16
+
+static bool bytes_waiting(conn *c)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+    return uv_fileno(&c->h.handle, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
+/* The oldest connection in its hello with nothing waiting to be read. One whose bytes have
+ * arrived (a client that sent its hello right after connecting) is about to be handled: the
+ * loop may accept a long backlog before it reads them, and that must not push it out. */
+static conn *pending_victim(srv *s)
+{
+    conn *c = s->pending_head;
+    for (int i = 0; c != NULL && i < EVICT_SCAN; i++, c = c->pending_next) {
+        if (!bytes_waiting(c))
+            return c;
+    }
+    return s->pending_head;
+}
+
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     (void)status;
@@ -902,13 +926,13 @@ static void on_connection(uv_stream_t *server, int status)
     s->conns = c;
     s->nconns++;
     moat__metrics_conn(1);
-    /* Over budget, the OLDEST hello goes: a client that sends its hello right after connecting
-     * (every real one) is gone from the queue within a round trip, so only a flood faster than
-     * max_pending_hellos per round trip could push it out; refusing the newest instead would
-     * let a few silent connections hold the door shut until their hello_timeout. */
+    /* Over budget, the oldest SILENT hello goes: a client that sends its hello right after
+     * connecting (every real one) leaves the queue as soon as it is read, so silent connections
+     * only push out each other; refusing the newest instead would let a few silent connections
+     * hold the door shut until their hello_timeout. */
     if (s->npending >= s->cfg.max_pending_hellos) {
         moat__metrics_hello_refused("evicted");
-        conn_fail(s->pending_head, MOAT_CODE_RESOURCE_EXHAUSTED,
+        conn_fail(pending_victim(s), MOAT_CODE_RESOURCE_EXHAUSTED,
                   "too_many_pending_hellos: closed to make room for a newer connection");
     }
     pending_push(c);
