@@ -14,6 +14,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "moat/wire.h"
@@ -36,7 +37,14 @@ static int connect_from(int port, const char *src)
     return fd;
 }
 
-static void silent_main(int port, int n, const char *src)
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void silent_main(int port, int n, int reconnect_ms, const char *src)
 {
     struct rlimit lim;
     if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < (rlim_t)n + 64) {
@@ -44,22 +52,27 @@ static void silent_main(int port, int n, const char *src)
         setrlimit(RLIMIT_NOFILE, &lim);
     }
     struct pollfd *p = calloc((size_t)n, sizeof(*p));
-    if (p == NULL)
+    long long *opened = calloc((size_t)n, sizeof(*opened));
+    if (p == NULL || opened == NULL)
         _exit(1);
     for (int i = 0; i < n; i++) {
         p[i].fd = connect_from(port, src);
         p[i].events = POLLIN;
+        opened[i] = mono_ms();
     }
     for (;;) {
-        poll(p, (nfds_t)n, 1000);
+        poll(p, (nfds_t)n, 100);
+        long long now = mono_ms();
         for (int i = 0; i < n; i++) {
-            if (p[i].fd >= 0 && p[i].revents == 0)
-                continue;
-            /* Closed by moatd (or never opened): come straight back. */
-            if (p[i].fd >= 0)
-                close(p[i].fd);
-            p[i].fd = connect_from(port, src);
+            if (p[i].fd >= 0 && p[i].revents != 0) {
+                close(p[i].fd); /* closed by moatd */
+                p[i].fd = -1;
+            }
             p[i].revents = 0;
+            if (p[i].fd < 0 && now - opened[i] >= reconnect_ms) {
+                p[i].fd = connect_from(port, src);
+                opened[i] = now;
+            }
         }
     }
 }
@@ -111,7 +124,7 @@ static pid_t spawn(void (*body)(attack *, int, int, const char *), attack *a, in
 static void run_silent(attack *a, int port, int n, const char *src)
 {
     (void)a;
-    silent_main(port, n, src);
+    silent_main(port, n, a->reconnect_ms, src);
 }
 
 static void run_hellos(attack *a, int port, int n, const char *src)
@@ -120,9 +133,11 @@ static void run_hellos(attack *a, int port, int n, const char *src)
     hellos_main(port, src, a->counts_fd);
 }
 
-int attack_start(attack *a, int port, int silent, const char *silent_src, const char *hello_src)
+int attack_start(attack *a, int port, int silent, int reconnect_ms, const char *silent_src,
+                 const char *hello_src)
 {
     memset(a, 0, sizeof(*a));
+    a->reconnect_ms = reconnect_ms;
     char path[] = "/tmp/moat-attack-XXXXXX";
     a->counts_fd = mkstemp(path);
     if (a->counts_fd < 0)
