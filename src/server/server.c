@@ -926,18 +926,19 @@ static void on_connection(uv_stream_t *server, int status)
     s->conns = c;
     s->nconns++;
     moat__metrics_conn(1);
+    uint64_t retry_ms =
+        c->has_addr ? moat_throttle_retry_ms(s->failed_hellos, &c->addr, now_ms()) : 0;
     /* Over budget, the oldest SILENT hello goes: a client that sends its hello right after
      * connecting (every real one) leaves the queue as soon as it is read, so silent connections
      * only push out each other; refusing the newest instead would let a few silent connections
-     * hold the door shut until their hello_timeout. */
-    if (s->npending >= s->cfg.max_pending_hellos) {
+     * hold the door shut until their hello_timeout. A throttled newcomer makes no room: it is
+     * closed at once. */
+    if (retry_ms == 0 && s->npending >= s->cfg.max_pending_hellos) {
         moat__metrics_hello_refused("evicted");
         conn_fail(pending_victim(s), MOAT_CODE_RESOURCE_EXHAUSTED,
                   "too_many_pending_hellos: closed to make room for a newer connection");
     }
     pending_push(c);
-    uint64_t retry_ms =
-        c->has_addr ? moat_throttle_retry_ms(s->failed_hellos, &c->addr, now_ms()) : 0;
     if (retry_ms > 0) {
         char why[160];
         snprintf(why, sizeof(why),
@@ -1281,6 +1282,7 @@ int moat_server_main(int argc, char **argv)
         seed = moat_time_mono_ns() ^ (uint64_t)getpid();
     s.failed_hellos = moat_throttle_new(seed);
     if (s.failed_hellos == NULL) {
+        moat_log(MOAT_LOG_ERROR, "start_failed", "error=\"out of memory\"");
         moat_server_config_free(&s.cfg);
         curl_global_cleanup();
         return 1;
