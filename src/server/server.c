@@ -889,6 +889,13 @@ static void peer_name(conn *c, bool is_tcp)
     snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
 }
 
+/* Connections accepted in one loop iteration at most: libuv accepts the whole backlog in one go
+ * otherwise, and a flood of connections would make every authenticated client's frames wait
+ * behind it. Leaving one unaccepted pauses the listener until the check phase takes it. */
+#define ACCEPT_BATCH 8
+
+static void accept_one(uv_stream_t *server);
+
 static void on_connection(uv_stream_t *server, int status)
 {
     srv *s = server->data;
@@ -896,6 +903,19 @@ static void on_connection(uv_stream_t *server, int status)
         moat_log(MOAT_LOG_WARN, "accept_failed", "error=\"%s\"", uv_strerror(status));
         return;
     }
+    if (++s->accepted_this_turn > ACCEPT_BATCH) {
+        if (server == (uv_stream_t *)&s->tcp)
+            s->tcp_deferred = true;
+        else
+            s->pipe_deferred = true;
+        return;
+    }
+    accept_one(server);
+}
+
+static void accept_one(uv_stream_t *server)
+{
+    srv *s = server->data;
     conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return;
@@ -1068,6 +1088,16 @@ static void on_signal(uv_signal_t *h, int signum)
 static void on_idle_check(uv_check_t *h)
 {
     srv *s = h->data;
+    s->accepted_this_turn = 0;
+    if (s->tcp_deferred && !uv_is_closing((uv_handle_t *)&s->tcp)) {
+        s->accepted_this_turn++;
+        accept_one((uv_stream_t *)&s->tcp);
+    }
+    if (s->pipe_deferred && !uv_is_closing((uv_handle_t *)&s->pipe)) {
+        s->accepted_this_turn++;
+        accept_one((uv_stream_t *)&s->pipe);
+    }
+    s->tcp_deferred = s->pipe_deferred = false;
     while (s->dirty != NULL)
         conn_flush(s->dirty);
     on_drain_check(s);

@@ -107,6 +107,9 @@ struct srv {
     uv_tcp_t tcp;
     uv_pipe_t pipe;
     bool tcp_on, pipe_on;
+    /* A listener whose connection waits for the check phase (ACCEPT_BATCH, server.c). */
+    bool tcp_deferred, pipe_deferred;
+    unsigned accepted_this_turn;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t grace;
     bool draining;

@@ -653,6 +653,45 @@ static void test_metrics_with_10000_connections(void **state)
     moatd_remove_dir(p.state_dir);
 }
 
+/* A burst far past what moatd accepts in one loop turn: the listener pauses between turns and
+ * always resumes, so every connection gets its HelloAck. */
+static void test_accept_burst(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    moatd_proc p;
+    const char *extra[] = {"--max_pending_hellos=1000", NULL};
+    assert_true(moatd_start(&p, false, extra));
+    moat_frame hello = {0};
+    hello.kind = MOAT_FRAME_HELLO;
+    hello.u.hello.protocol_version = MOAT_WIRE_PROTOCOL_VERSION;
+    uint8_t bytes[64];
+    size_t len = 0;
+    assert_int_equal(moat_wire_encode(&hello, bytes, sizeof(bytes), &len), MOAT_OK);
+    static int fds[N];
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)p.port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < N; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(fds[i] >= 0);
+        assert_int_equal(connect(fds[i], (struct sockaddr *)&a, sizeof(a)), 0);
+        assert_int_equal(write(fds[i], bytes, len), (ssize_t)len);
+    }
+    for (int i = 0; i < N; i++) {
+        struct pollfd pfd = {fds[i], POLLIN, 0};
+        assert_int_equal(poll(&pfd, 1, 10000), 1);
+        uint8_t ack[256];
+        ssize_t n = read(fds[i], ack, sizeof(ack));
+        assert_true(n > 5);
+        assert_int_equal(ack[4], 0x1a); /* field 3, hello_ack */
+        close(fds[i]);
+    }
+    assert_int_equal(moatd_stop(&p), 0);
+    moatd_remove_dir(p.state_dir);
+}
+
 static void test_sigterm_drains(void **state)
 {
     (void)state;
@@ -835,6 +874,7 @@ int main(void)
         cmocka_unit_test(test_pending_hello_budget),
         cmocka_unit_test(test_failed_hellos_throttled),
         cmocka_unit_test(test_metrics_with_10000_connections),
+        cmocka_unit_test(test_accept_burst),
         cmocka_unit_test(test_sigterm_drains),
         cmocka_unit_test(test_sighup_reloads_token),
         cmocka_unit_test(test_unix_socket_listener),
