@@ -349,8 +349,8 @@ typedef struct moat_docker_response {
  * error: the code maps 404 → NOT_FOUND, 409 → FAILED_PRECONDITION (ALREADY_EXISTS for name
  * conflicts on create), 400 → INVALID_ARGUMENT, 5xx → INTERNAL / UNAVAILABLE (503), with
  * Docker's "message" in st->message and detail docker_status. No connection → UNAVAILABLE;
- * timeout → DEADLINE_EXCEEDED; malformed JSON where JSON is expected → INTERNAL reason
- * "docker_protocol". resp (may be NULL) is filled even on HTTP errors; release its json with
+ * timeout → UNAVAILABLE reason "docker_timeout"; malformed JSON where JSON is expected → INTERNAL
+ * reason "docker_protocol". resp (may be NULL) is filled even on HTTP errors; release its json with
  * moat_runtime_docker_response_free. op names the call for metrics. */
 moat_code moat_runtime_docker_call(moat_runtime *rt, const char *op, const char *method,
                                    const char *path, const char *body, moat_docker_response *resp,
@@ -359,6 +359,11 @@ void moat_runtime_docker_response_free(moat_docker_response *resp);
 
 /* The negotiated API version ("1.41"), negotiating if needed. Copied into out. */
 moat_code moat_runtime_docker_version(moat_runtime *rt, char out[16], moat_status *st);
+
+/* GET /_ping within timeout_ms, whatever docker_timeout_ms says: OK when the engine answers
+ * 200 now (nothing is cached); UNAVAILABLE (reason docker_unavailable or docker_timeout)
+ * otherwise. Thread-safe. */
+moat_code moat_runtime_docker_ping(moat_runtime *rt, long timeout_ms, moat_status *st);
 
 /* GET /images/{name}/json. NOT_FOUND when the engine lacks the image. */
 moat_code moat_runtime_image_inspect(moat_runtime *rt, const char *image, moat_status *st);

@@ -25,7 +25,8 @@ typedef struct moat_server_config {
     char *metrics_listen; /* loopback host:port of the Prometheus endpoint; "" disables */
     moat_log_level log_level;
     /* Limits. */
-    uint32_t max_connections;
+    uint32_t max_connections;    /* authenticated ones */
+    uint32_t max_pending_hellos; /* accepted, hello not yet accepted */
     uint32_t max_streams_per_connection;
     uint32_t max_frame_size;
     uint32_t initial_window;
@@ -56,6 +57,7 @@ typedef struct moat_server_config {
     char *runtime; /* OCI runtime registered with dockerd ("runsc"); "" = the engine's default */
     uint32_t readiness_timeout_ms;
     uint32_t docker_timeout_ms;
+    uint32_t health_probe_interval_ms;
     uint32_t threadpool_size;
     char *sandbox_user; /* "UID:GID" or "root" */
     bool read_only_rootfs;

@@ -80,7 +80,9 @@ static moat_code transport_error(moat_runtime *rt, CURLcode rc, const char *errb
         snprintf(what, sizeof(what), "%s (%s)", result, errbuf);
     const char *where = rt->docker_socket ? rt->docker_socket : rt->cfg.docker_host;
     if (rc == CURLE_OPERATION_TIMEDOUT) {
-        moat_status_set(st, MOAT_CODE_DEADLINE_EXCEEDED, "docker_timeout",
+        /* UNAVAILABLE, not DEADLINE_EXCEEDED: that one says the CALLER's deadline passed, and
+         * a client should retry an engine that hung, as it would one that was down. */
+        moat_status_set(st, MOAT_CODE_UNAVAILABLE, "docker_timeout",
                         "docker engine at %s did not answer within %ld ms: %s", where,
                         rt->cfg.docker_timeout_ms, what);
     } else if (rc == CURLE_WRITE_ERROR) {
@@ -198,6 +200,46 @@ out:
     curl_easy_cleanup(h);
     moat_buf_free(&buf);
     free(url);
+    return code;
+}
+
+static size_t discard_body(char *data, size_t size, size_t nmemb, void *user)
+{
+    (void)data;
+    (void)user;
+    return size * nmemb;
+}
+
+moat_code moat_runtime_docker_ping(moat_runtime *rt, long timeout_ms, moat_status *st)
+{
+    CURL *h = curl_easy_init();
+    if (h == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "curl_easy_init");
+        return st->code;
+    }
+    char url[512];
+    snprintf(url, sizeof(url), "%s/_ping", rt->docker_base_url);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    moat__docker_setup_endpoint(rt, h);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard_body);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode rc = curl_easy_perform(h);
+    long status = 0;
+    moat_code code = MOAT_CODE_OK;
+    if (rc != CURLE_OK) {
+        code = transport_error(rt, rc, errbuf, st);
+        if (rc == CURLE_OPERATION_TIMEDOUT)
+            moat_status_set(st, MOAT_CODE_UNAVAILABLE, "docker_timeout",
+                            "docker engine did not answer GET /_ping within %ld ms", timeout_ms);
+    } else if (curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status), status != 200) {
+        moat_status_set(st, MOAT_CODE_UNAVAILABLE, "docker_unavailable",
+                        "docker GET /_ping: HTTP %ld", status);
+        code = st->code;
+    }
+    curl_easy_cleanup(h);
     return code;
 }
 

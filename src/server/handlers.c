@@ -177,6 +177,7 @@ struct job {
     uint64_t t0;
     /* What to do on the loop once the job found a session (Exec and Files). */
     void (*then)(stream *st, const char *session_id, const session_addr *sock);
+    job *eng_next, *eng_prev; /* in s->engine_jobs while a call waits on it */
 };
 
 static void job_work(uv_work_t *r)
@@ -186,10 +187,23 @@ static void job_work(uv_work_t *r)
     j->run(j);
 }
 
+static void engine_jobs_unlink(job *j)
+{
+    if (j->st == NULL)
+        return;
+    if (j->eng_prev != NULL)
+        j->eng_prev->eng_next = j->eng_next;
+    else
+        j->s->engine_jobs = j->eng_next;
+    if (j->eng_next != NULL)
+        j->eng_next->eng_prev = j->eng_prev;
+}
+
 static void job_after(uv_work_t *r, int status)
 {
     (void)status;
     job *j = r->data;
+    engine_jobs_unlink(j);
     j->done(j);
     if (j->st != NULL)
         moat__stream_unref(j->st);
@@ -198,8 +212,22 @@ static void job_after(uv_work_t *r, int status)
     free(j);
 }
 
+static void fail_engine_down(stream *st, uint64_t age_ms)
+{
+    moat_rpc_call_fail(st->call, MOAT_CODE_UNAVAILABLE, "docker_unreachable",
+                       "the docker engine did not answer its health probe %llu ms ago",
+                       (unsigned long long)age_ms);
+}
+
+/* A job for a call that needs the engine; NULL (the call ended) when it cannot run: with the
+ * engine down the call fails at once rather than hold a worker for docker_timeout_ms. */
 static job *job_new(stream *st)
 {
+    uint64_t age_ms;
+    if (moat__health_state(st->s->health, &age_ms) == MOAT_ENGINE_DOWN) {
+        fail_engine_down(st, age_ms);
+        return NULL;
+    }
     job *j = calloc(1, sizeof(*j));
     if (j == NULL) {
         moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
@@ -217,8 +245,14 @@ static void job_start(job *j, job_fn run, job_fn done)
     j->run = run;
     j->done = done;
     j->req.data = j;
-    if (j->st != NULL)
+    if (j->st != NULL) {
         moat__stream_ref(j->st);
+        j->eng_prev = NULL;
+        j->eng_next = j->s->engine_jobs;
+        if (j->eng_next != NULL)
+            j->eng_next->eng_prev = j;
+        j->s->engine_jobs = j;
+    }
     moat__srv_job(j->s, 1);
     uv_queue_work(j->s->loop, &j->req, job_work, job_after);
 }
@@ -231,6 +265,20 @@ static bool running(stream *st)
 static void fail_status(stream *st, const moat_status *status)
 {
     moat_rpc_call_end(st->call, status);
+}
+
+void moat__engine_changed(srv *s, int state)
+{
+    if (state != MOAT_ENGINE_DOWN)
+        return;
+    /* Their workers stay blocked until docker_timeout_ms; the calls need not. A job's after-work
+     * callback finds its call ended and drops the late result. */
+    uint64_t age_ms;
+    moat__health_state(s->health, &age_ms);
+    for (job *j = s->engine_jobs; j != NULL; j = j->eng_next) {
+        if (running(j->st))
+            fail_engine_down(j->st, age_ms);
+    }
 }
 
 /* ------------------------------------------------------------ Sandboxes */
@@ -550,25 +598,21 @@ static void stop_done(job *j)
 
 /* ------------------------------------------------------------ Health */
 
-static void health_run(job *j)
+/* Answered on the loop from the background probe, so it never waits on the engine. Without the
+ * engine no session can be made or found, hence NOT_SERVING, though commands in running
+ * sessions still work (they go to execd, not to Docker). */
+static void health_check(stream *st)
 {
-    char v[16];
-    j->flag = moat_runtime_docker_version(j->s->rt, v, &j->status) == MOAT_CODE_OK;
-}
-
-static void health_done(job *j)
-{
-    j->s->docker_ok = j->flag;
+    bool up = moat__health_state(st->s->health, NULL) == MOAT_ENGINE_UP;
     Moat__V1__HealthCheckResponse resp = MOAT__V1__HEALTH_CHECK_RESPONSE__INIT;
-    resp.status = j->flag && !j->s->draining
+    resp.status = up && !st->s->draining
                       ? MOAT__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
                       : MOAT__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
     resp.server_version = (char *)"moatd/" MOAT_VERSION;
-    resp.docker_reachable = j->flag;
+    resp.docker_reachable = up;
     int64_t live = moat__metrics_sessions();
     resp.live_sessions = live > 0 ? (uint32_t)live : 0;
-    if (running(j->st))
-        moat_rpc_call_reply(j->st->call, &resp.base);
+    moat_rpc_call_reply(st->call, &resp.base);
 }
 
 /* ------------------------------------------------------------ session lookup for Exec/Files */
@@ -1429,9 +1473,7 @@ void moat__dispatch(stream *st, const ProtobufCMessage *req)
         return;
     }
     case MOAT_RPC_HEALTH_CHECK:
-        if ((j = job_new(st)) == NULL)
-            return;
-        job_start(j, health_run, health_done);
+        health_check(st);
         return;
     case MOAT_RPC_EXEC_RUN_COMMAND:
         with_session(st, ((const Moat__V1__RunCommandRequest *)req)->session_id, run_command_go);
@@ -1530,7 +1572,6 @@ static void reconcile_done(job *j)
                  moat_code_name(j->status.code), j->status.message);
         return;
     }
-    j->s->docker_ok = true;
     moat__metrics_sessions_set((int64_t)j->count);
     moat_log(MOAT_LOG_INFO, "reconciled", "adopted=%zu reaped=%lld gone=%lld", j->count,
              (long long)j->when_ms, (long long)j->ttl_ms);
@@ -1652,6 +1693,7 @@ moat_err moat__handlers_init(srv *s)
     }
     uv_async_init(s->loop, &s->gone_async, on_gone_async);
     s->gone_async.data = s;
+    s->health = moat__health_start(s);
     job *j = calloc(1, sizeof(*j));
     if (j != NULL) {
         j->s = s;
@@ -1662,6 +1704,8 @@ moat_err moat__handlers_init(srv *s)
 
 void moat__handlers_close(srv *s)
 {
+    moat__health_stop(s->health);
+    s->health = NULL;
     if (s->bridge != NULL)
         moat_bridge_free(s->bridge);
     s->bridge = NULL;

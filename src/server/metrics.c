@@ -1,6 +1,7 @@
 /* Prometheus text metrics on a loopback port, served by libmicrohttpd on its
- * own thread. Counters are C11 atomics updated from the loop and from the
- * runtime's threads. */
+ * own thread with epoll or poll, never select: moatd holds thousands of descriptors, and
+ * select cannot watch one numbered past FD_SETSIZE (1024). Counters are C11 atomics updated from
+ * the loop and from the runtime's threads. */
 #include <microhttpd.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -13,6 +14,8 @@ static const double create_buckets[] = {0.1, 0.25, 0.5, 1, 2, 5, 10, 30};
 #define NBUCKETS (sizeof(create_buckets) / sizeof(create_buckets[0]))
 
 static atomic_int_fast64_t connections;
+static atomic_int_fast64_t pending_hellos;
+static atomic_uint_fast64_t hello_failed, hello_throttled, hello_evicted, hello_timeout;
 static atomic_int_fast64_t active_streams;
 static atomic_uint_fast64_t bytes_streamed;
 static atomic_uint_fast64_t status_count[MOAT_CODE_COUNT];
@@ -26,12 +29,30 @@ static struct MHD_Daemon *daemon_handle;
 void moat__metrics_init(void)
 {
     atomic_store(&connections, 0);
+    atomic_store(&pending_hellos, 0);
     atomic_store(&active_streams, 0);
 }
 
 void moat__metrics_conn(int delta)
 {
     atomic_fetch_add(&connections, delta);
+}
+
+void moat__metrics_pending_hello(int delta)
+{
+    atomic_fetch_add(&pending_hellos, delta);
+}
+
+void moat__metrics_hello_refused(const char *why)
+{
+    if (strcmp(why, "failed") == 0)
+        atomic_fetch_add(&hello_failed, 1);
+    else if (strcmp(why, "throttled") == 0)
+        atomic_fetch_add(&hello_throttled, 1);
+    else if (strcmp(why, "evicted") == 0)
+        atomic_fetch_add(&hello_evicted, 1);
+    else if (strcmp(why, "timeout") == 0)
+        atomic_fetch_add(&hello_timeout, 1);
 }
 
 void moat__metrics_stream(int delta)
@@ -98,6 +119,21 @@ static void render(FILE *f)
             "# HELP moat_connections Open client connections.\n"
             "# TYPE moat_connections gauge\nmoat_connections %lld\n",
             (long long)atomic_load(&connections));
+    fprintf(f,
+            "# HELP moat_pending_hellos Connections that have not completed their hello.\n"
+            "# TYPE moat_pending_hellos gauge\nmoat_pending_hellos %lld\n",
+            (long long)atomic_load(&pending_hellos));
+    fprintf(f,
+            "# HELP moat_hellos_refused_total Connections closed before their hello succeeded.\n"
+            "# TYPE moat_hellos_refused_total counter\n"
+            "moat_hellos_refused_total{reason=\"failed\"} %llu\n"
+            "moat_hellos_refused_total{reason=\"throttled\"} %llu\n"
+            "moat_hellos_refused_total{reason=\"evicted\"} %llu\n"
+            "moat_hellos_refused_total{reason=\"timeout\"} %llu\n",
+            (unsigned long long)atomic_load(&hello_failed),
+            (unsigned long long)atomic_load(&hello_throttled),
+            (unsigned long long)atomic_load(&hello_evicted),
+            (unsigned long long)atomic_load(&hello_timeout));
     fprintf(f,
             "# HELP moat_active_streams Calls in progress.\n"
             "# TYPE moat_active_streams gauge\nmoat_active_streams %lld\n",
@@ -177,7 +213,7 @@ moat_err moat__metrics_start(const char *hostport)
     struct sockaddr_in a4 = {0};
     struct sockaddr_in6 a6 = {0};
     const struct sockaddr *sa;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (uv_ip4_addr(strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, port, &a4) == 0) {
         sa = (const struct sockaddr *)&a4;
     } else if (uv_ip6_addr(host, port, &a6) == 0) {

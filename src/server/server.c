@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -445,6 +447,59 @@ static void on_handle_closed(uv_handle_t *h)
     free(c);
 }
 
+static void pending_push(conn *c)
+{
+    srv *s = c->s;
+    c->pending_next = NULL;
+    c->pending_prev = s->pending_tail;
+    if (s->pending_tail != NULL)
+        s->pending_tail->pending_next = c;
+    else
+        s->pending_head = c;
+    s->pending_tail = c;
+    s->npending++;
+    moat__metrics_pending_hello(1);
+}
+
+static void pending_unlink(conn *c)
+{
+    srv *s = c->s;
+    if (c->pending_prev != NULL)
+        c->pending_prev->pending_next = c->pending_next;
+    else
+        s->pending_head = c->pending_next;
+    if (c->pending_next != NULL)
+        c->pending_next->pending_prev = c->pending_prev;
+    else
+        s->pending_tail = c->pending_prev;
+    c->pending_next = c->pending_prev = NULL;
+    s->npending--;
+    moat__metrics_pending_hello(-1);
+}
+
+/* How far past the oldest hello the eviction looks for a silent connection. */
+#define EVICT_SCAN 16
+
+static bool bytes_waiting(conn *c)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+    return uv_fileno(&c->h.handle, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
+/* The oldest connection in its hello with nothing waiting to be read. One whose bytes have
+ * arrived (a client that sent its hello right after connecting) is about to be handled: the
+ * loop may accept a long backlog before it reads them, and that must not push it out. */
+static conn *pending_victim(srv *s)
+{
+    conn *c = s->pending_head;
+    for (int i = 0; c != NULL && i < EVICT_SCAN; i++, c = c->pending_next) {
+        if (!bytes_waiting(c))
+            return c;
+    }
+    return s->pending_head;
+}
+
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     (void)status;
@@ -459,8 +514,20 @@ static void conn_close(conn *c, moat_code code, const char *why)
         return;
     c->closing = true;
     srv *s = c->s;
-    moat_log(code == MOAT_CODE_OK || code == MOAT_CODE_UNAVAILABLE ? MOAT_LOG_INFO : MOAT_LOG_WARN,
-             "conn_close", "peer=%s code=%s reason=\"%s\"", c->peer, moat_code_name(code), why);
+    moat_log_level level =
+        code == MOAT_CODE_OK || code == MOAT_CODE_UNAVAILABLE ? MOAT_LOG_INFO : MOAT_LOG_WARN;
+    if (c->state == CONN_PREHELLO) {
+        /* Anyone who can connect can make these as fast as they like. */
+        moat_log_limited(&s->prehello_log, level, "conn_close",
+                         "peer=%s code=%s reason=\"%s\" authenticated=0", c->peer,
+                         moat_code_name(code), why);
+        pending_unlink(c);
+    } else {
+        moat_log(level, "conn_close", "peer=%s code=%s reason=\"%s\"", c->peer,
+                 moat_code_name(code), why);
+        if (c->state == CONN_READY)
+            s->nready--;
+    }
     /* Every call still open is cancelled (a client that went away no longer
      * wants its command running); their Ends still go out if the socket
      * takes them. */
@@ -506,6 +573,7 @@ static void on_conn_timer(uv_timer_t *t)
 {
     conn *c = t->data;
     if (c->state == CONN_PREHELLO) {
+        moat__metrics_hello_refused("timeout");
         conn_fail(c, MOAT_CODE_DEADLINE_EXCEEDED, "hello not completed in time");
         return;
     }
@@ -523,6 +591,18 @@ static void on_conn_timer(uv_timer_t *t)
     uv_timer_start(&c->timer, on_conn_timer, next, 0);
 }
 
+/* A hello without the right token: the peer's address pays for it, so one address cannot guess
+ * tokens, or make moatd refuse hellos, at the rate it can send them. Other broken hellos cost
+ * nothing here (a client with a bug is not an attacker): the pending budget bounds them. */
+static void auth_fail(conn *c, const char *why)
+{
+    if (c->has_addr)
+        moat_throttle_charge(c->s->failed_hellos, &c->addr, now_ms());
+    moat__metrics_status(MOAT_CODE_UNAUTHENTICATED);
+    moat__metrics_hello_refused("failed");
+    conn_fail(c, MOAT_CODE_UNAUTHENTICATED, why);
+}
+
 static void handle_hello(conn *c, const moat_frame *f)
 {
     srv *s = c->s;
@@ -536,15 +616,17 @@ static void handle_hello(conn *c, const moat_frame *f)
     }
     if (s->cfg.token[0] != '\0') {
         if (f->u.hello.token.len == 0) {
-            moat__metrics_status(MOAT_CODE_UNAUTHENTICATED);
-            conn_fail(c, MOAT_CODE_UNAUTHENTICATED, "missing token");
+            auth_fail(c, "missing token");
             return;
         }
         if (!moat_server_token_equal(f->u.hello.token.data, f->u.hello.token.len, s->cfg.token)) {
-            moat__metrics_status(MOAT_CODE_UNAUTHENTICATED);
-            conn_fail(c, MOAT_CODE_UNAUTHENTICATED, "invalid token");
+            auth_fail(c, "invalid token");
             return;
         }
+    }
+    if (s->nready >= s->cfg.max_connections) {
+        conn_fail(c, MOAT_CODE_RESOURCE_EXHAUSTED, "too many connections");
+        return;
     }
     c->table = moat_stream_table_new(s->cfg.max_streams_per_connection);
     if (c->table == NULL) {
@@ -562,7 +644,9 @@ static void handle_hello(conn *c, const moat_frame *f)
     ack.u.hello_ack.idle_timeout_seconds = s->cfg.idle_timeout_seconds;
     conn_send(c, &ack);
     moat_wire_decoder_set_max(&c->dec, s->cfg.max_frame_size);
+    pending_unlink(c);
     c->state = CONN_READY;
+    s->nready++;
     int nlen = (int)(f->u.hello.client_name.len > 64 ? 64 : f->u.hello.client_name.len);
     moat_log(MOAT_LOG_DEBUG, "hello", "peer=%s client=\"%.*s\"", c->peer, nlen,
              (const char *)f->u.hello.client_name.data);
@@ -791,13 +875,26 @@ static void peer_name(conn *c, bool is_tcp)
         struct sockaddr_in *a = (struct sockaddr_in *)&ss;
         uv_ip4_name(a, ip, sizeof(ip));
         port = ntohs(a->sin_port);
+        memset(c->addr.b, 0, 10);
+        c->addr.b[10] = c->addr.b[11] = 0xff;
+        memcpy(c->addr.b + 12, &a->sin_addr, 4);
+        c->has_addr = true;
     } else if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
         uv_ip6_name(a, ip, sizeof(ip));
         port = ntohs(a->sin6_port);
+        memcpy(c->addr.b, &a->sin6_addr, 16);
+        c->has_addr = true;
     }
     snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
 }
+
+/* Connections accepted in one loop iteration at most: libuv accepts the whole backlog in one go
+ * otherwise, and a flood of connections would make every authenticated client's frames wait
+ * behind it. Leaving one unaccepted pauses the listener until the check phase takes it. */
+#define ACCEPT_BATCH 8
+
+static void accept_one(uv_stream_t *server);
 
 static void on_connection(uv_stream_t *server, int status)
 {
@@ -806,6 +903,19 @@ static void on_connection(uv_stream_t *server, int status)
         moat_log(MOAT_LOG_WARN, "accept_failed", "error=\"%s\"", uv_strerror(status));
         return;
     }
+    if (++s->accepted_this_turn > ACCEPT_BATCH) {
+        if (server == (uv_stream_t *)&s->tcp)
+            s->tcp_deferred = true;
+        else
+            s->pipe_deferred = true;
+        return;
+    }
+    accept_one(server);
+}
+
+static void accept_one(uv_stream_t *server)
+{
+    srv *s = server->data;
     conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return;
@@ -836,8 +946,27 @@ static void on_connection(uv_stream_t *server, int status)
     s->conns = c;
     s->nconns++;
     moat__metrics_conn(1);
-    if (s->nconns > s->cfg.max_connections) {
-        conn_fail(c, MOAT_CODE_RESOURCE_EXHAUSTED, "too many connections");
+    uint64_t retry_ms =
+        c->has_addr ? moat_throttle_retry_ms(s->failed_hellos, &c->addr, now_ms()) : 0;
+    /* Over budget, the oldest SILENT hello goes: a client that sends its hello right after
+     * connecting (every real one) leaves the queue as soon as it is read, so silent connections
+     * only push out each other; refusing the newest instead would let a few silent connections
+     * hold the door shut until their hello_timeout. A throttled newcomer makes no room: it is
+     * closed at once. */
+    if (retry_ms == 0 && s->npending >= s->cfg.max_pending_hellos) {
+        moat__metrics_hello_refused("evicted");
+        conn_fail(pending_victim(s), MOAT_CODE_RESOURCE_EXHAUSTED,
+                  "too_many_pending_hellos: closed to make room for a newer connection");
+    }
+    pending_push(c);
+    if (retry_ms > 0) {
+        char why[160];
+        snprintf(why, sizeof(why),
+                 "too_many_failed_hellos: too many failed hellos from this address; retry in "
+                 "%llu ms",
+                 (unsigned long long)retry_ms);
+        moat__metrics_hello_refused("throttled");
+        conn_fail(c, MOAT_CODE_RESOURCE_EXHAUSTED, why);
         return;
     }
     if (s->draining) {
@@ -937,6 +1066,7 @@ static void on_signal(uv_signal_t *h, int signum)
         s->cfg.token = next.token;
         next.token = NULL;
         s->cfg.max_connections = next.max_connections;
+        s->cfg.max_pending_hellos = next.max_pending_hellos;
         s->cfg.max_streams_per_connection = next.max_streams_per_connection;
         s->cfg.max_frame_size = next.max_frame_size;
         s->cfg.initial_window = next.initial_window;
@@ -958,6 +1088,16 @@ static void on_signal(uv_signal_t *h, int signum)
 static void on_idle_check(uv_check_t *h)
 {
     srv *s = h->data;
+    s->accepted_this_turn = 0;
+    if (s->tcp_deferred && !uv_is_closing((uv_handle_t *)&s->tcp)) {
+        s->accepted_this_turn++;
+        accept_one((uv_stream_t *)&s->tcp);
+    }
+    if (s->pipe_deferred && !uv_is_closing((uv_handle_t *)&s->pipe)) {
+        s->accepted_this_turn++;
+        accept_one((uv_stream_t *)&s->pipe);
+    }
+    s->tcp_deferred = s->pipe_deferred = false;
     while (s->dirty != NULL)
         conn_flush(s->dirty);
     on_drain_check(s);
@@ -1166,7 +1306,19 @@ int moat_server_main(int argc, char **argv)
     curl_global_init(CURL_GLOBAL_NOTHING);
     s.loop = uv_default_loop();
     moat__metrics_init();
+    pthread_mutex_init(&s.prehello_log.mu, NULL);
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+        seed = moat_time_mono_ns() ^ (uint64_t)getpid();
+    s.failed_hellos = moat_throttle_new(seed);
+    if (s.failed_hellos == NULL) {
+        moat_log(MOAT_LOG_ERROR, "start_failed", "error=\"out of memory\"");
+        moat_server_config_free(&s.cfg);
+        curl_global_cleanup();
+        return 1;
+    }
     if (moat__handlers_init(&s) != MOAT_OK) {
+        moat_throttle_free(s.failed_hellos);
         moat_server_config_free(&s.cfg);
         curl_global_cleanup();
         return 1;
@@ -1178,6 +1330,7 @@ int moat_server_main(int argc, char **argv)
         moat__handlers_close(&s);
         uv_run(s.loop, UV_RUN_DEFAULT);
         uv_loop_close(s.loop);
+        moat_throttle_free(s.failed_hellos);
         moat_server_config_free(&s.cfg);
         curl_global_cleanup();
         return rc;
@@ -1208,6 +1361,7 @@ int moat_server_main(int argc, char **argv)
     if (uv_loop_close(s.loop) != 0)
         moat_log(MOAT_LOG_WARN, "loop_not_empty", "at=exit");
     moat_log(MOAT_LOG_INFO, "stopped", "pid=%d", (int)getpid());
+    moat_throttle_free(s.failed_hellos);
     moat_server_config_free(&s.cfg);
     curl_global_cleanup();
     return rc;

@@ -12,10 +12,12 @@
 #include "moat/runtime.h"
 #include "moat/server.h"
 #include "moat/wire.h"
+#include "throttle.h"
 
 typedef struct srv srv;
 typedef struct conn conn;
 typedef struct stream stream;
+typedef struct moat_health moat_health;
 
 /* A frame waiting for the client's flow-control credit (or, for an End, for
  * the messages before it). */
@@ -75,7 +77,10 @@ struct conn {
     uint64_t last_active_ms;
     uint32_t max_streams;
     char peer[64];
+    moat_throttle_addr addr; /* the peer's address, for TCP connections */
+    bool has_addr;
     conn *next, *prev;
+    conn *pending_next, *pending_prev; /* in the server's queue of hellos, oldest first */
 };
 
 /* Process-wide counters for /metrics; updated with atomics from any thread. */
@@ -83,6 +88,8 @@ void moat__metrics_init(void);
 moat_err moat__metrics_start(const char *hostport);
 void moat__metrics_stop(void);
 void moat__metrics_conn(int delta);
+void moat__metrics_pending_hello(int delta);
+void moat__metrics_hello_refused(const char *why);
 void moat__metrics_stream(int delta);
 void moat__metrics_status(moat_code code);
 void moat__metrics_bytes(uint64_t n);
@@ -100,21 +107,47 @@ struct srv {
     uv_tcp_t tcp;
     uv_pipe_t pipe;
     bool tcp_on, pipe_on;
+    /* A listener whose connection waits for the check phase (ACCEPT_BATCH, server.c). */
+    bool tcp_deferred, pipe_deferred;
+    unsigned accepted_this_turn;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t grace;
     bool draining;
     bool finished;
     conn *conns;
-    uint32_t nconns;
-    conn *dirty;       /* connections with frames to flush at the end of this iteration */
-    uint32_t inflight; /* thread-pool jobs not yet completed */
+    uint32_t nconns; /* every open connection */
+    uint32_t nready; /* authenticated ones, bounded by max_connections */
+    /* Connections still in their hello, oldest first: bounded by max_pending_hellos apart from
+     * the authenticated ones, so unauthenticated peers cannot crowd out token holders. */
+    conn *pending_head, *pending_tail;
+    uint32_t npending;
+    moat_throttle *failed_hellos;
+    moat_log_limit prehello_log; /* closes of connections an attacker can repeat at will */
+    conn *dirty;                 /* connections with frames to flush at the end of this iteration */
+    uint32_t inflight;           /* thread-pool jobs not yet completed */
     moat_runtime *rt;
     moat_bridge *bridge;
-    bool docker_ok;
+    moat_health *health;
+    void *engine_jobs;     /* thread-pool jobs of calls waiting on the engine, see handlers.c */
     uv_async_t gone_async; /* the reaper removed sessions: refresh the cache */
     void *sessions;        /* session cache, see handlers.c */
     void *create_waiters;
 };
+
+/* The engine as the background probe last saw it (health.c). */
+typedef enum moat_engine_state {
+    MOAT_ENGINE_UNKNOWN, /* no probe has finished yet */
+    MOAT_ENGINE_UP,
+    MOAT_ENGINE_DOWN,
+} moat_engine_state;
+/* Starts the probe thread (needs s->rt); NULL if it could not. */
+moat_health *moat__health_start(srv *s);
+/* Stops and joins the thread; h is freed once the loop has closed its handle. */
+void moat__health_stop(moat_health *h);
+/* The latest verdict; *age_ms (may be NULL) how long ago it was reached. h may be NULL. */
+moat_engine_state moat__health_state(moat_health *h, uint64_t *age_ms);
+/* Loop: the verdict changed (handlers.c ends calls stuck on an engine that went down). */
+void moat__engine_changed(srv *s, int state);
 
 /* Server core used by handlers. */
 void moat__stream_ref(stream *st);

@@ -221,6 +221,34 @@ raw_conn *raw_connect(int port)
     return c;
 }
 
+raw_conn *raw_connect_from(int port, const char *source_ip)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    struct sockaddr_in src = {0}, dst = {0};
+    src.sin_family = dst.sin_family = AF_INET;
+    dst.sin_port = htons((uint16_t)port);
+    dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (inet_pton(AF_INET, source_ip, &src.sin_addr) != 1 ||
+        bind(fd, (struct sockaddr *)&src, sizeof(src)) != 0 ||
+        connect(fd, (struct sockaddr *)&dst, sizeof(dst)) != 0) {
+        close(fd);
+        return NULL;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    raw_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return NULL;
+    }
+    c->fd = fd;
+    moat_wire_decoder_init(&c->dec, MOAT_WIRE_MAX_FRAME_LIMIT);
+    c->next_stream = 1;
+    return c;
+}
+
 raw_conn *raw_connect_unix(const char *path)
 {
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -56,6 +56,8 @@ typedef struct raw_conn {
 } raw_conn;
 
 raw_conn *raw_connect(int port);
+/* Same from another loopback address (127.0.0.2, …), as a second host would. */
+raw_conn *raw_connect_from(int port, const char *source_ip);
 /* Same over a Unix socket. */
 raw_conn *raw_connect_unix(const char *path);
 void raw_close(raw_conn *c);

@@ -9,7 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <netinet/in.h>
+#include <poll.h>
 
 #include <cmocka.h>
 
@@ -106,6 +112,51 @@ static void test_call_before_hello_is_refused(void **state)
     assert_int_equal(raw_recv(c, &f, 10000), 1);
     assert_true(frame_is_go_away(&f, MOAT_CODE_INVALID_ARGUMENT));
     assert_true(drains_to_eof(c));
+    raw_close(c);
+}
+
+static bool message_starts(const moat_frame *f, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return f->u.go_away.message.len >= n && memcmp(f->u.go_away.message.data, prefix, n) == 0;
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Once the background probe has found the engine missing, calls that need it end at once with
+ * UNAVAILABLE docker_unreachable instead of each trying the engine. */
+static void test_engine_calls_refused_while_docker_down(void **state)
+{
+    (void)state;
+    raw_conn *c = authed();
+    Moat__V1__GetSessionRequest gr = MOAT__V1__GET_SESSION_REQUEST__INIT;
+    gr.session_id = (char *)"123e4567-e89b-12d3-a456-426614174000";
+    char reason[64] = "";
+    int code = -1;
+    for (int i = 0; i < 200 && strcmp(reason, "docker_unreachable") != 0; i++) { /* <= 20 s */
+        code = raw_unary(c, "/moat.v1.Sandboxes/GetSession", &gr.base, NULL, NULL, reason,
+                         sizeof(reason));
+        if (strcmp(reason, "docker_unreachable") != 0)
+            sleep_ms(100);
+    }
+    assert_int_equal(code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(reason, "docker_unreachable");
+    Moat__V1__ListSessionsRequest lr = MOAT__V1__LIST_SESSIONS_REQUEST__INIT;
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/ListSessions", &lr.base, NULL, NULL, reason,
+                               sizeof(reason)),
+                     MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(reason, "docker_unreachable");
     raw_close(c);
 }
 
@@ -405,18 +456,238 @@ static void test_timeouts_and_connection_limit(void **state)
     assert_true(frame_is_go_away(&f, MOAT_CODE_UNAVAILABLE));
     assert_true(drains_to_eof(idle));
     raw_close(idle);
-    /* Connection limit. */
+    /* Connection limit: it counts authenticated connections, and refuses the hello past it. */
     raw_conn *cs[3];
     for (int i = 0; i < 3; i++) {
         cs[i] = raw_connect(p.port);
         assert_non_null(cs[i]);
+        assert_int_equal(raw_hello(cs[i], NULL, &f), 1);
+        assert_int_equal(f.kind, MOAT_FRAME_HELLO_ACK);
     }
     raw_conn *extra_conn = raw_connect(p.port);
-    assert_int_equal(raw_recv(extra_conn, &f, 10000), 1);
+    assert_int_equal(raw_hello(extra_conn, NULL, &f), 1);
     assert_true(frame_is_go_away(&f, MOAT_CODE_RESOURCE_EXHAUSTED));
     raw_close(extra_conn);
     for (int i = 0; i < 3; i++)
         raw_close(cs[i]);
+    assert_int_equal(moatd_stop(&p), 0);
+    moatd_remove_dir(p.state_dir);
+}
+
+/* Connections still in their hello have a budget of their own: past it the oldest goes, and
+ * silent connections never keep an authenticated client out. */
+static void test_pending_hello_budget(void **state)
+{
+    (void)state;
+    moatd_proc p;
+    const char *extra[] = {"--token=sesame", "--max_pending_hellos=4", "--max_connections=2",
+                           "--hello_timeout_seconds=60", NULL};
+    assert_true(moatd_start(&p, false, extra));
+    raw_conn *silent[10];
+    for (int i = 0; i < 10; i++) {
+        silent[i] = raw_connect(p.port);
+        assert_non_null(silent[i]);
+    }
+    moat_frame f;
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(raw_recv(silent[i], &f, 10000), 1);
+        assert_true(frame_is_go_away(&f, MOAT_CODE_RESOURCE_EXHAUSTED));
+        assert_true(message_starts(&f, "too_many_pending_hellos"));
+        assert_true(drains_to_eof(silent[i]));
+    }
+    /* The newest four are still waiting for their hello. */
+    assert_int_equal(raw_hello(silent[9], "sesame", &f), 1);
+    assert_int_equal(f.kind, MOAT_FRAME_HELLO_ACK);
+    /* A client that says hello at once gets in while the silent ones sit there. */
+    raw_conn *c = raw_connect(p.port);
+    assert_int_equal(raw_hello(c, "sesame", &f), 1);
+    assert_int_equal(f.kind, MOAT_FRAME_HELLO_ACK);
+    Moat__V1__HealthCheckRequest req = MOAT__V1__HEALTH_CHECK_REQUEST__INIT;
+    assert_int_equal(raw_unary(c, "/moat.v1.Health/Check", &req.base, NULL, NULL, NULL, 0),
+                     MOAT_CODE_OK);
+    /* max_connections counts only these two authenticated ones. */
+    assert_int_equal(raw_hello(silent[8], "sesame", &f), 1);
+    assert_true(frame_is_go_away(&f, MOAT_CODE_RESOURCE_EXHAUSTED));
+    char page[16384];
+    assert_true(http_get(p.metrics_port, "/metrics", page, sizeof(page)));
+    /* Six of ours, and maybe the harness's own probe if its close was not yet seen. */
+    const char *ev = strstr(page, "moat_hellos_refused_total{reason=\"evicted\"} ");
+    assert_non_null(ev);
+    long evicted = strtol(strchr(ev, '}') + 2, NULL, 10);
+    assert_true(evicted == 6 || evicted == 7);
+    assert_non_null(strstr(page, "moat_pending_hellos 2\n"));
+    for (int i = 0; i < 10; i++)
+        raw_close(silent[i]);
+    raw_close(c);
+    assert_int_equal(moatd_stop(&p), 0);
+    moatd_remove_dir(p.state_dir);
+}
+
+static int count_lines_with(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof(line), f) != NULL)
+        n += strstr(line, needle) != NULL;
+    fclose(f);
+    return n;
+}
+
+/* Wrong tokens cost their address: past the burst its connections are refused with
+ * RESOURCE_EXHAUSTED too_many_failed_hellos, other addresses are untouched, the address gets
+ * a try back as time passes, and the log keeps to its budget. */
+static void test_failed_hellos_throttled(void **state)
+{
+    (void)state;
+    moatd_proc p;
+    const char *extra[] = {"--token=sesame", NULL};
+    assert_true(moatd_start(&p, false, extra));
+    moat_frame f;
+    uint64_t t0 = mono_ms();
+    for (int i = 0; i < 10; i++) {
+        raw_conn *c = raw_connect_from(p.port, "127.0.0.2");
+        assert_non_null(c);
+        assert_int_equal(raw_hello(c, "guess", &f), 1);
+        assert_true(frame_is_go_away(&f, MOAT_CODE_UNAUTHENTICATED));
+        raw_close(c);
+    }
+    /* Refused before the hello is even read: guessing from here is over for now. */
+    int throttled = 0;
+    for (int i = 0; i < 50; i++) {
+        raw_conn *c = raw_connect_from(p.port, "127.0.0.2");
+        assert_non_null(c);
+        /* No answer yet: a token came back with time (a slow machine), so spend it. */
+        if (raw_recv(c, &f, 2000) != 1)
+            assert_int_equal(raw_hello(c, "guess", &f), 1);
+        if (frame_is_go_away(&f, MOAT_CODE_RESOURCE_EXHAUSTED)) {
+            assert_true(message_starts(&f, "too_many_failed_hellos"));
+            throttled++;
+        } else {
+            assert_true(frame_is_go_away(&f, MOAT_CODE_UNAUTHENTICATED));
+        }
+        raw_close(c);
+    }
+    assert_true(throttled >= 40);
+    uint64_t elapsed_s = (mono_ms() - t0) / 1000u;
+    /* The right token from another address is untouched. */
+    raw_conn *ok = raw_connect(p.port);
+    assert_int_equal(raw_hello(ok, "sesame", &f), 1);
+    assert_int_equal(f.kind, MOAT_FRAME_HELLO_ACK);
+    raw_close(ok);
+    /* Time gives the address a try back (bounded poll: the refill is one a second). */
+    bool again = false;
+    for (int i = 0; i < 100 && !again; i++) { /* <= 10 s */
+        raw_conn *c = raw_connect_from(p.port, "127.0.0.2");
+        assert_non_null(c);
+        if (raw_hello(c, "sesame", &f) == 1 && f.kind == MOAT_FRAME_HELLO_ACK)
+            again = true;
+        raw_close(c);
+        if (!again)
+            sleep_ms(100);
+    }
+    assert_true(again);
+    /* One more refusal, a second or more after the flood: its line counts what was dropped. */
+    raw_conn *late = raw_connect_from(p.port, "127.0.0.3");
+    assert_int_equal(raw_hello(late, "guess", &f), 1);
+    assert_true(frame_is_go_away(&f, MOAT_CODE_UNAUTHENTICATED));
+    raw_close(late);
+    /* 60 refusals, but the log stays within 10 lines a second for them. */
+    int lines = count_lines_with(p.log_path, "authenticated=0");
+    assert_true(lines > 0);
+    assert_true((uint64_t)lines <= 10u * (elapsed_s + 2u));
+    assert_true(count_lines_with(p.log_path, "suppressed=") > 0);
+    char page[16384];
+    assert_true(http_get(p.metrics_port, "/metrics", page, sizeof(page)));
+    assert_non_null(strstr(page, "moat_hellos_refused_total{reason=\"throttled\"}"));
+    assert_int_equal(moatd_stop(&p), 0);
+    moatd_remove_dir(p.state_dir);
+}
+
+/* /metrics answers with 10,000 client connections open in moatd: its descriptors are numbered
+ * far past select's FD_SETSIZE. */
+static void test_metrics_with_10000_connections(void **state)
+{
+    (void)state;
+    enum { N = 10000 };
+    struct rlimit lim;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &lim), 0);
+    if (lim.rlim_cur < N + 100) {
+        lim.rlim_cur = lim.rlim_max;
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
+    }
+    assert_true(lim.rlim_cur >= N + 100); /* root raises its own limit; say so if it cannot */
+    moatd_proc p;
+    const char *extra[] = {"--max_connections=20000", NULL};
+    assert_true(moatd_start(&p, false, extra));
+    moat_frame hello = {0};
+    hello.kind = MOAT_FRAME_HELLO;
+    hello.u.hello.protocol_version = MOAT_WIRE_PROTOCOL_VERSION;
+    uint8_t bytes[64];
+    size_t len = 0;
+    assert_int_equal(moat_wire_encode(&hello, bytes, sizeof(bytes), &len), MOAT_OK);
+    static int fds[N];
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)p.port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < N; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(fds[i] >= 0);
+        assert_int_equal(connect(fds[i], (struct sockaddr *)&a, sizeof(a)), 0);
+        assert_int_equal(write(fds[i], bytes, len), (ssize_t)len);
+        /* Read the HelloAck before the next, so the pending budget never comes into play. */
+        struct pollfd pfd = {fds[i], POLLIN, 0};
+        assert_int_equal(poll(&pfd, 1, 10000), 1);
+        uint8_t ack[256];
+        assert_true(read(fds[i], ack, sizeof(ack)) > 0);
+    }
+    char page[16384];
+    assert_true(http_get(p.metrics_port, "/metrics", page, sizeof(page)));
+    assert_non_null(strstr(page, "moat_connections 10000\n"));
+    for (int i = 0; i < N; i++)
+        close(fds[i]);
+    assert_int_equal(moatd_stop(&p), 0);
+    moatd_remove_dir(p.state_dir);
+}
+
+/* A burst far past what moatd accepts in one loop turn: the listener pauses between turns and
+ * always resumes, so every connection gets its HelloAck. */
+static void test_accept_burst(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    moatd_proc p;
+    const char *extra[] = {"--max_pending_hellos=1000", NULL};
+    assert_true(moatd_start(&p, false, extra));
+    moat_frame hello = {0};
+    hello.kind = MOAT_FRAME_HELLO;
+    hello.u.hello.protocol_version = MOAT_WIRE_PROTOCOL_VERSION;
+    uint8_t bytes[64];
+    size_t len = 0;
+    assert_int_equal(moat_wire_encode(&hello, bytes, sizeof(bytes), &len), MOAT_OK);
+    static int fds[N];
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)p.port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < N; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(fds[i] >= 0);
+        assert_int_equal(connect(fds[i], (struct sockaddr *)&a, sizeof(a)), 0);
+        assert_int_equal(write(fds[i], bytes, len), (ssize_t)len);
+    }
+    for (int i = 0; i < N; i++) {
+        struct pollfd pfd = {fds[i], POLLIN, 0};
+        assert_int_equal(poll(&pfd, 1, 10000), 1);
+        uint8_t ack[256];
+        ssize_t n = read(fds[i], ack, sizeof(ack));
+        assert_true(n > 5);
+        assert_int_equal(ack[4], 0x1a); /* field 3, hello_ack */
+        close(fds[i]);
+    }
     assert_int_equal(moatd_stop(&p), 0);
     moatd_remove_dir(p.state_dir);
 }
@@ -629,6 +900,7 @@ int main(void)
         cmocka_unit_test(test_wrong_and_missing_token),
         cmocka_unit_test(test_call_before_hello_is_refused),
         cmocka_unit_test(test_health_without_docker),
+        cmocka_unit_test(test_engine_calls_refused_while_docker_down),
         cmocka_unit_test(test_sandboxes_refusals_without_docker),
         cmocka_unit_test(test_unknown_method_keeps_connection),
         cmocka_unit_test(test_bad_request_payload),
@@ -642,6 +914,10 @@ int main(void)
     };
     const struct CMUnitTest own[] = {
         cmocka_unit_test(test_timeouts_and_connection_limit),
+        cmocka_unit_test(test_pending_hello_budget),
+        cmocka_unit_test(test_failed_hellos_throttled),
+        cmocka_unit_test(test_metrics_with_10000_connections),
+        cmocka_unit_test(test_accept_burst),
         cmocka_unit_test(test_sigterm_drains),
         cmocka_unit_test(test_sighup_reloads_token),
         cmocka_unit_test(test_unix_socket_listener),
