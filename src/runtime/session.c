@@ -531,20 +531,14 @@ static void release_workspace(moat_runtime *rt, moat__workspace *ws, const char 
 }
 
 /* Makes a session's host directories ready, owned as the engine maps the sandbox's root (execd)
- * and its user: the chat's workspace (locked in *ws until moat__workspace_release) and the
- * session's socket dir. On failure nothing is left attached or locked, and st says why (detail
- * why=userns_unmapped when the engine's id mapping cannot be read). */
+ * and its user (map, from moat__userns_map): the chat's workspace (locked in *ws until
+ * moat__workspace_release) and the session's socket dir. On failure nothing is left attached
+ * or locked, and st says why. */
 static moat_code prepare_host_dirs(moat_runtime *rt, const char *chat_id, const char *session_dir,
-                                   moat__workspace *ws, moat_status *st)
+                                   const moat__idmap *map, moat__workspace *ws, moat_status *st)
 {
-    moat__idmap map;
-    if (moat__userns_map(rt, &map, st) != MOAT_CODE_OK) {
-        if (strcmp(st->reason, "userns_unmapped") == 0)
-            moat_status_add_detail(st, "why", "userns_unmapped");
-        return st->code;
-    }
-    uint32_t user_uid = map.uid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_uid);
-    uint32_t user_gid = map.gid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_gid);
+    uint32_t user_uid = map->uid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_uid);
+    uint32_t user_gid = map->gid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_gid);
     if (moat__workspace_attach(&rt->ws, chat_id, user_uid, user_gid, ws, st) != MOAT_CODE_OK)
         return st->code;
     if (give_workspace(ws->dir, user_uid, user_gid) != 0) {
@@ -554,7 +548,8 @@ static moat_code prepare_host_dirs(moat_runtime *rt, const char *chat_id, const 
         release_workspace(rt, ws, chat_id);
         return st->code;
     }
-    if (moat__rundir_attach(&rt->ws, session_dir, map.uid_base, map.gid_base, st) != MOAT_CODE_OK) {
+    if (moat__rundir_attach(&rt->ws, session_dir, map->uid_base, map->gid_base, st) !=
+        MOAT_CODE_OK) {
         release_workspace(rt, ws, chat_id);
         return st->code;
     }
@@ -691,12 +686,17 @@ static moat_code create_session(moat_runtime *rt, const char *session_id_in, con
      * absolute real paths. The workspace stays locked until the container holds it. */
     char session_dir[MOAT_RUNTIME_PATH_MAX];
     snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", rt->cfg.state_dir, session_id);
-    moat__workspace ws;
-    if (prepare_host_dirs(rt, chat_id, session_dir, &ws, st) != MOAT_CODE_OK) {
+    /* Host owners: the sandbox's root (execd) and the sandbox user, as the engine maps them. */
+    moat__idmap map;
+    if (moat__userns_map(rt, &map, st) != MOAT_CODE_OK) {
         if (strcmp(st->reason, "userns_unmapped") == 0)
-            start_failed(st, chat_id);
-        else
-            moat_status_add_detail(st, "chat_id", chat_id);
+            moat_status_add_detail(st, "why", "userns_unmapped");
+        start_failed(st, chat_id);
+        return span_end(rt, span, st);
+    }
+    moat__workspace ws;
+    if (prepare_host_dirs(rt, chat_id, session_dir, &map, &ws, st) != MOAT_CODE_OK) {
+        moat_status_add_detail(st, "chat_id", chat_id);
         return span_end(rt, span, st);
     }
     char execd_token[MOAT_EXECD_TOKEN_MAX];
@@ -811,8 +811,14 @@ moat_code moat__session_restart_begin(moat_runtime *rt, const moat__listed *c, m
      * container, so both are made ready again first, as a create does. */
     char session_dir[MOAT_RUNTIME_PATH_MAX];
     snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", rt->cfg.state_dir, c->session_id);
+    moat__idmap map;
+    if (moat__userns_map(rt, &map, st) != MOAT_CODE_OK) {
+        if (strcmp(st->reason, "userns_unmapped") == 0)
+            moat_status_add_detail(st, "why", "userns_unmapped");
+        return st->code;
+    }
     moat__workspace ws;
-    if (prepare_host_dirs(rt, c->chat_id, session_dir, &ws, st) != MOAT_CODE_OK)
+    if (prepare_host_dirs(rt, c->chat_id, session_dir, &map, &ws, st) != MOAT_CODE_OK)
         return st->code;
     char socket_path[MOAT_RUNTIME_PATH_MAX];
     session_socket(rt, c->session_id, socket_path, sizeof(socket_path));
