@@ -316,7 +316,7 @@ static void test_paused_1gb_stream(void **state)
     col_init(&y.c);
     y.c.keep_events = false;
     y.c.out_max = 0;
-    moat_bridge_consumer k = {yes_event, yes_end, &y};
+    moat_bridge_consumer k = {yes_event, yes_end, &y, NULL};
     moat_bridge_run_opts o = {.command = "yes | head -c 1000000000"};
     moat_bridge_exec *ex = NULL;
     moat_status st;
