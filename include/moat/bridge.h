@@ -96,7 +96,9 @@ typedef struct moat_bridge_config {
      * cap, retained replay (delivered events, executions without consumer)
      * is dropped oldest first; when only undelivered events are left,
      * transfers pause and new runs and attaches are refused
-     * (RESOURCE_EXHAUSTED, reason "memory_budget_exhausted"). */
+     * (RESOURCE_EXHAUSTED, reason "memory_budget_exhausted", detail
+     * scope=server). Transfers held by the budget resume at the next socket
+     * action, timeout or sweep after bytes were released. */
     moat_bridge_budget *budget;
 } moat_bridge_config;
 
@@ -285,8 +287,7 @@ typedef struct moat_bridge_consumer {
     void (*on_end)(void *ud, moat_bridge_exec *ex, const moat_status *st);
     void *ud;
     /* The party whose share its undelivered events count against, or NULL.
-     * A consumer whose account is at its limit pauses its transfer, and a new
-     * run or attach naming it is refused (memory_budget_exhausted). */
+     * A consumer whose account is at its limit pauses its transfer. */
     moat_bridge_account *account;
 } moat_bridge_consumer;
 
@@ -362,8 +363,8 @@ moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execu
  * for the budget resume. A no-op without a budget. */
 void moat_bridge_budget_charge(moat_bridge *b, moat_bridge_account *account, int64_t delta);
 
-/* Whether a new stream for `account` (NULL: none) would be refused now: the
- * budget's pinned bytes, or the account's, are at their cap. */
+/* Whether the budget's pinned bytes (or, given an account, the account's) are
+ * at their cap. New runs and attaches are refused on the budget's alone. */
 bool moat_bridge_budget_exhausted(const moat_bridge *b, const moat_bridge_account *account);
 
 /* The sandbox `scope` is gone: drops its executions that have no consumer

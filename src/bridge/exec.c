@@ -285,16 +285,14 @@ void moat__exec_unpause_all(moat_bridge *b)
         maybe_unpause(ex);
 }
 
-/* Pinned bytes went down: transfers the budget held may go on. */
+/* Pinned bytes went down: transfers the budget held may go on. Not from here:
+ * resuming one can deliver to its consumer at once, and this runs from calls
+ * (detach, cancel, charges) that promise no callbacks; the next socket action,
+ * timeout or sweep resumes them. */
 static void budget_released(moat_bridge *b)
 {
-    if (!b->budget_waiters)
-        return;
-    if (b->in_curl > 0) {
+    if (b->budget_waiters)
         b->unpause_pending = true;
-        return;
-    }
-    moat__exec_unpause_all(b);
 }
 
 static void deliver(moat_bridge_exec *ex)
@@ -431,19 +429,18 @@ bool moat_bridge_budget_exhausted(const moat_bridge *b, const moat_bridge_accoun
     return account != NULL && account->limit > 0 && account->pinned >= account->limit;
 }
 
-static bool refuse_for_budget(moat_bridge *b, const moat_bridge_account *account, moat_status *st)
+/* Only the global cap refuses here: an account at its limit pauses its
+ * transfers, which bounds it whatever the number of its streams, and a party
+ * that reads is there only for moments. Its owner knows whether it reads. */
+static bool refuse_for_budget(moat_bridge *b, moat_status *st)
 {
-    if (!moat_bridge_budget_exhausted(b, account))
+    if (!moat_bridge_budget_exhausted(b, NULL))
         return false;
-    const moat_bridge_budget *bg = b->cfg.budget;
-    bool mine = bg == NULL || bg->cap == 0 || bg->pinned < bg->cap;
     moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "memory_budget_exhausted",
-                    "%s undelivered output is at its memory budget; read or cancel streams, "
-                    "then retry",
-                    mine ? "this connection's" : "the server's");
-    moat_status_add_detail(st, "scope", mine ? "connection" : "server");
-    if (bg != NULL)
-        b->cfg.budget->refused++;
+                    "the server's undelivered output is at its memory budget "
+                    "(memory_budget_bytes); retry when streams have been read");
+    moat_status_add_detail(st, "scope", "server");
+    b->cfg.budget->refused++;
     return true;
 }
 
@@ -570,7 +567,7 @@ moat_err moat_bridge_run(moat_bridge *b, const moat_bridge_endpoint *ep,
         moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_consumer", "a consumer is required");
         return MOAT_E_INVAL;
     }
-    if (refuse_for_budget(b, c->account, st))
+    if (refuse_for_budget(b, st))
         return MOAT_E_TOO_BIG;
     char *path = NULL;
     if (opts->session_id != NULL) {
@@ -725,7 +722,7 @@ moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execu
                         "attach needs an execution id and a consumer");
         return MOAT_E_INVAL;
     }
-    if (refuse_for_budget(b, c->account, st))
+    if (refuse_for_budget(b, st))
         return MOAT_E_TOO_BIG;
     moat_bridge_exec *ex = b->execs;
     for (; ex != NULL; ex = ex->next)
@@ -779,6 +776,10 @@ moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execu
 
 void moat__exec_sweep(moat_bridge *b, bool force)
 {
+    if (b->in_curl == 0 && b->unpause_pending) {
+        b->unpause_pending = false;
+        moat__exec_unpause_all(b);
+    }
     uint64_t now = moat_time_mono_ns();
     if (!force && now - b->last_sweep_ns < 1000000000ull)
         return;
