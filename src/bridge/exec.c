@@ -47,6 +47,7 @@ struct moat_bridge_exec {
     bool delivering;
     bool paused;
     bool budget_paused; /* paused by the budget or the account, not by its own ring */
+    size_t held;        /* bytes curl keeps for us while the transfer is paused */
 
     bool failed; /* the decoder ended the stream */
     moat_status fail_status;
@@ -71,6 +72,32 @@ static void set_pending(moat_bridge_exec *ex, size_t bytes)
     if (ex->account != NULL)
         ex->account->pinned = ex->account->pinned - ex->pending_bytes + bytes;
     ex->pending_bytes = bytes;
+}
+
+/* curl keeps the bytes a write callback refused with CURL_WRITEFUNC_PAUSE until
+ * the transfer resumes: they are held output too. */
+static void set_held(moat_bridge_exec *ex, size_t bytes)
+{
+    moat_bridge_budget *bg = ex->b->cfg.budget;
+    if (bg != NULL) {
+        bg->used = bg->used - ex->held + bytes;
+        bg->pinned = bg->pinned - ex->held + bytes;
+        if (bg->used > bg->peak)
+            bg->peak = bg->used;
+    }
+    if (ex->account != NULL)
+        ex->account->pinned = ex->account->pinned - ex->held + bytes;
+    ex->held = bytes;
+}
+
+/* Moves what the execution pins (undelivered and held bytes) to another account. */
+static void change_account(moat_bridge_exec *ex, moat_bridge_account *account)
+{
+    if (ex->account != NULL)
+        ex->account->pinned -= ex->pending_bytes + ex->held;
+    ex->account = account;
+    if (account != NULL)
+        account->pinned += ex->pending_bytes + ex->held;
 }
 
 static void ring_add(moat_bridge_exec *ex, rec *r)
@@ -275,6 +302,7 @@ static void maybe_unpause(moat_bridge_exec *ex)
     }
     ex->paused = false;
     ex->budget_paused = false;
+    set_held(ex, 0); /* curl hands them to exec_write again */
     moat__req_unpause(ex->r);
 }
 
@@ -314,7 +342,7 @@ static void deliver(moat_bridge_exec *ex)
         moat_bridge_consumer c = ex->c;
         set_pending(ex, 0);
         ex->has_consumer = false;
-        ex->account = NULL;
+        change_account(ex, NULL);
         ex->retain_from_ns = moat_time_mono_ns();
         c.on_end(c.ud, ex, &ex->end_status);
     }
@@ -344,14 +372,17 @@ static size_t exec_write(bridge_req *r, const char *p, size_t n)
         return 0;
     if (ex->has_consumer && ex->pending_bytes >= pause_mark(ex)) {
         ex->paused = true;
+        set_held(ex, n);
         return CURL_WRITEFUNC_PAUSE;
     }
     if (budget_blocks(ex)) {
         ex->paused = true;
         ex->budget_paused = true;
         ex->b->budget_waiters = true;
+        set_held(ex, n);
         return CURL_WRITEFUNC_PAUSE;
     }
+    set_held(ex, 0);
     if (ensure_decoder(ex) != MOAT_OK)
         return 0;
     moat_status st;
@@ -410,6 +441,7 @@ static void exec_done(bridge_req *r, CURLcode rc)
     }
     ex->r = NULL;
     ex->paused = false;
+    set_held(ex, 0);
     finish_exec(ex, &st);
 }
 
@@ -489,6 +521,8 @@ static void unlink_free(moat_bridge_exec *ex)
         moat__req_cancel(ex->r);
     }
     set_pending(ex, 0);
+    set_held(ex, 0);
+    change_account(ex, NULL);
     while (ex->head != NULL)
         ring_drop_head(ex);
     moat_bridge_decoder_free(ex->dec);
@@ -625,7 +659,7 @@ moat_err moat_bridge_run(moat_bridge *b, const moat_bridge_endpoint *ep,
     ex->timeout_set = opts->timeout_ms > 0;
     ex->has_consumer = true;
     ex->c = *c;
-    ex->account = c->account;
+    change_account(ex, c->account);
     ex->credit = initial_credit;
     if (moat__req_start(r, st) != MOAT_OK) {
         free(ex->scope);
@@ -649,7 +683,7 @@ void moat_bridge_exec_detach(moat_bridge_exec *ex)
         return;
     set_pending(ex, 0);
     ex->has_consumer = false;
-    ex->account = NULL;
+    change_account(ex, NULL);
     ex->cursor = NULL;
     ex->retain_from_ns = moat_time_mono_ns();
     evict(ex);
@@ -659,10 +693,7 @@ void moat_bridge_exec_detach(moat_bridge_exec *ex)
 
 void moat_bridge_exec_set_account(moat_bridge_exec *ex, moat_bridge_account *account)
 {
-    size_t pending = ex->pending_bytes;
-    set_pending(ex, 0);
-    ex->account = ex->has_consumer ? account : NULL;
-    set_pending(ex, pending);
+    change_account(ex, ex->has_consumer ? account : NULL);
     budget_released(ex->b);
 }
 
@@ -675,6 +706,7 @@ void moat_bridge_exec_cancel(moat_bridge_exec *ex)
         ex->r = NULL;
         r->owner = NULL;
         moat__req_cancel(r);
+        set_held(ex, 0);
         if (ex->dec != NULL || ensure_decoder(ex) == MOAT_OK)
             moat_bridge_decoder_abort(ex->dec, "the stream was cancelled", ring_emit, ex);
         ex->finished = true;
@@ -685,7 +717,7 @@ void moat_bridge_exec_cancel(moat_bridge_exec *ex)
         moat_bridge_consumer c = ex->c;
         set_pending(ex, 0);
         ex->has_consumer = false;
-        ex->account = NULL;
+        change_account(ex, NULL);
         ex->cursor = NULL;
         c.on_end(c.ud, ex, &st);
         budget_released(ex->b);
@@ -754,12 +786,12 @@ moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execu
                         "another consumer attached to this execution");
         set_pending(ex, 0);
         ex->has_consumer = false;
-        ex->account = NULL;
+        change_account(ex, NULL);
         old.on_end(old.ud, ex, &sup);
     }
     ex->c = *c;
     ex->has_consumer = true;
-    ex->account = c->account;
+    change_account(ex, c->account);
     ex->credit = initial_credit;
     ex->delivered = after_sequence;
     ex->cursor = ex->head;

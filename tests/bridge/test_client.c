@@ -1028,8 +1028,9 @@ static void test_memory_budget(void **state)
     assert_false(r.ended);
     /* the party's share frees up: the waiting stream resumes (at the next sweep) and ends */
     moat_bridge_exec_set_account(big, NULL);
-    assert_int_equal(acct.pinned, 0);
+    assert_true(acct.pinned < 4096); /* what the waiting stream's paused transfer holds */
     run_until(&e, &r.ended);
+    assert_int_equal(acct.pinned, 0);
     assert_int_equal(r.end.code, MOAT_CODE_OK);
     col_free(&r);
 
