@@ -279,8 +279,15 @@ static void test_calls_per_session(void **state)
     enum { N = 200 };
     for (int i = 0; i < N; i++)
         assert_true(raw_start_run(c, attack_sid, "sleep 2; echo done", 0) != 0);
+    /* Interrupt frees slots, so it is never refused: this one reaches execd, which knows no
+     * such execution. */
+    Moat__V1__InterruptRequest ir = MOAT__V1__INTERRUPT_REQUEST__INIT;
+    ir.session_id = attack_sid;
+    ir.execution_id = (char *)"no-such-execution";
+    uint32_t interrupt = raw_call(c, "/moat.v1.Exec/Interrupt", 0, &ir.base);
     int ok = 0, refused = 0, ended = 0;
-    while (ended < N) {
+    bool interrupt_ended = false;
+    while (ended < N || !interrupt_ended) {
         moat_frame f;
         assert_int_equal(raw_recv(c, &f, 120000), 1);
         if (f.kind == MOAT_FRAME_MESSAGE) {
@@ -289,6 +296,9 @@ static void test_calls_per_session(void **state)
             w.kind = MOAT_FRAME_WINDOW_UPDATE;
             w.u.window_update.increment = (uint32_t)f.u.message.payload.len;
             raw_send(c, &w);
+        } else if (f.kind == MOAT_FRAME_END && f.stream_id == interrupt) {
+            interrupt_ended = true;
+            assert_int_not_equal(f.u.end.code, MOAT_CODE_RESOURCE_EXHAUSTED);
         } else if (f.kind == MOAT_FRAME_END) {
             ended++;
             if (f.u.end.code == MOAT_CODE_OK) {
