@@ -8,8 +8,13 @@
  *  6. time to interactive: CreateSession for a new chat, then its first command (`echo hi`) to
  *     its exit, p50, vs `docker run -d` of the same image then `docker exec echo hi` (no target;
  *     peers publish this figure)
+ *  7. memory under attack (#12), its own moatd with the default memory budget: 251 finished runs
+ *     of 4 MB, then 100 streams on one connection that reads nothing: peak RSS <= budget + 32 MB
+ *     during each, and RSS within 2x the idle RSS (measured first, in the same run) 10 s after
+ *     the load ends (its connections closed, its sessions stopped); RSS 10 s after the runs with
+ *     their replay still retained is printed too
  *
- * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti]...   (needs dockerd,
+ * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|memory]...   (needs dockerd,
  * moat-sandbox:latest and the execd bundle from scripts/build-sandbox-image.sh <build-dir>; env
  * MOAT_BUILD_DIR = that build dir)
  * --quick shrinks counts (the figures are then indicative only); naming phases runs only
@@ -481,6 +486,102 @@ static void bench_concurrent(moatd_proc *p, int nsessions, int total)
     free(sids);
 }
 
+/* Samples moatd's RSS while an attack runs. */
+typedef struct rss_probe {
+    pid_t pid;
+    long peak_kb;
+    unsigned n;
+} rss_probe;
+
+static void rss_sample(void *ud)
+{
+    rss_probe *r = ud;
+    if (r->n++ % 16 != 0)
+        return;
+    long kb = rss_kb(r->pid);
+    if (kb > r->peak_kb)
+        r->peak_kb = kb;
+}
+
+static void bench_memory(bool quick)
+{
+    moatd_proc p;
+    const char *extra[] = {"--container_name_prefix=" PREFIX, "--log_level=warn",
+                           "--max_streams_per_connection=200", NULL};
+    if (!moatd_start(&p, true, extra)) {
+        failures++;
+        return;
+    }
+    sleep(2); /* start-up reconciliation */
+    char health[700];
+    snprintf(health, sizeof(health), "%s --addr 127.0.0.1:%d health >/dev/null 2>&1", moat_bin,
+             p.port);
+    if (timed_system(health) < 0)
+        failures++;
+    sleep(1);
+    long idle = rss_kb(p.pid);
+    long long cap = metric_value(p.metrics_port, "moat_memory_budget_bytes");
+    double cap_mb = (double)cap / 1048576.0, idle_mb = (double)idle / 1024.0;
+    printf("(memory: idle RSS %.1f MB, memory_budget_bytes %.0f MiB)\n", idle_mb, cap_mb);
+    raw_conn *rc = raw_connect(p.port);
+    moat_frame ack;
+    raw_hello(rc, NULL, &ack);
+    char sa[64], sb[64];
+    if (!create_session(rc, "11111111-2222-4333-8444-777777777771", 0, sa, NULL) ||
+        !create_session(rc, "11111111-2222-4333-8444-777777777772", 0, sb, NULL)) {
+        printf("create failed\n");
+        failures++;
+        raw_close(rc);
+        moatd_stop(&p);
+        moatd_remove_dir(p.state_dir);
+        return;
+    }
+    /* 1. finished runs of 4 MB, read in full, 16 at a time */
+    int runs = quick ? 60 : 251;
+    rss_probe probe = {p.pid, 0, 0};
+    double t0 = now_s();
+    int ok = raw_run_many(rc, sa, "head -c 4000000 /dev/zero", runs, 16, rss_sample, &probe);
+    double took = now_s() - t0;
+    long long peak_used = metric_value(p.metrics_port, "moat_memory_peak_bytes");
+    long long dropped = metric_value(p.metrics_port, "moat_memory_dropped_bytes_total");
+    printf("(%d of %d runs of 4 MB OK in %.1f s; budget peak %.1f MiB, %.0f MiB of replay "
+           "dropped)\n",
+           ok, runs, took, (double)peak_used / 1048576.0, (double)dropped / 1048576.0);
+    double peak1 = (double)probe.peak_kb / 1024.0;
+    verdict("251 runs of 4 MB: peak RSS (MB)", peak1, cap_mb + 32, "MB", peak1 / (cap_mb + 32),
+            ok == runs && peak1 <= cap_mb + 32, "<= budget + 32 MB");
+    sleep(10);
+    printf("(RSS 10 s after the runs, their replay retained: %.1f MB)\n",
+           (double)rss_kb(p.pid) / 1024.0);
+    /* 2. 100 streams on one connection that never reads */
+    raw_conn *a = raw_connect(p.port);
+    raw_hello(a, NULL, &ack);
+    for (int i = 0; i < 100; i++)
+        raw_start_run(a, i % 2 ? sa : sb, "yes", 0);
+    rss_probe probe2 = {p.pid, 0, 0};
+    for (int i = 0; i < 100; i++) {
+        probe2.n = 0;
+        rss_sample(&probe2);
+        usleep(100000);
+    }
+    long long pinned = metric_value(p.metrics_port, "moat_memory_pinned_bytes");
+    printf("(100 unread streams: %.1f MiB pinned)\n", (double)pinned / 1048576.0);
+    double peak2 = (double)probe2.peak_kb / 1024.0;
+    verdict("100 unread streams: peak RSS (MB)", peak2, cap_mb + 32, "MB", peak2 / (cap_mb + 32),
+            peak2 <= cap_mb + 32, "<= budget + 32 MB");
+    raw_close(a);
+    /* the load ends: its sessions stop, their replay goes */
+    if (!stop_session(rc, sa) || !stop_session(rc, sb))
+        failures++;
+    raw_close(rc);
+    sleep(10);
+    double after = (double)rss_kb(p.pid) / 1024.0;
+    verdict("RSS 10 s after the load ends (MB)", after, idle_mb, "MB", after / idle_mb,
+            after <= 2 * idle_mb, "<= 2x idle");
+    moatd_stop(&p);
+    moatd_remove_dir(p.state_dir);
+}
+
 /* Prints the largest contributors to pid's RSS, summed per mapped file
  * (anonymous mappings, heap and stacks under their own names). */
 static void print_rss_breakdown(pid_t pid)
@@ -618,6 +719,8 @@ int main(int argc, char **argv)
 
     if (want("idle"))
         bench_idle(quick ? 1000 : 10000);
+    if (want("memory"))
+        bench_memory(quick);
     if (!want("latency") && !want("stream") && !want("concurrent") && !want("tti"))
         return failures == 0 ? 0 : 1;
 

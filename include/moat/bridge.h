@@ -45,6 +45,28 @@ typedef enum moat_bridge_oversize {
     MOAT_BRIDGE_OVERSIZE_SKIP = 1,
 } moat_bridge_oversize;
 
+/* One cap over the output bytes a process holds (docs/bridge.md, "Memory
+ * budget"): every execution's replay ring plus what the owner charges for its
+ * own queues (moat_bridge_budget_charge). Owned by the caller, outlives the
+ * bridge, single-threaded like it. Counters are for metrics. */
+typedef struct moat_bridge_budget {
+    size_t cap;             /* bytes; 0 = no cap */
+    size_t used;            /* bytes held now: rings and charged bytes */
+    size_t pinned;          /* of them, those that cannot be dropped: events not yet
+                             * delivered to a consumer, and charged bytes */
+    size_t peak;            /* highest `used` seen */
+    uint64_t dropped_bytes; /* retained replay dropped to stay under cap */
+    uint64_t refused;       /* streams refused with memory_budget_exhausted */
+} moat_bridge_budget;
+
+/* One party's share of the budget (moatd: one client connection): the bytes
+ * its consumers pin. Owned by the caller; must outlive the executions whose
+ * consumer names it (moat_bridge_consumer.account) and its charges. */
+typedef struct moat_bridge_account {
+    size_t pinned;
+    size_t limit; /* 0 = only the global cap */
+} moat_bridge_account;
+
 typedef struct moat_bridge_config {
     /* Longest SSE line (bytes, without its LF) the parser holds. Default 1 MiB. */
     size_t max_line;
@@ -70,6 +92,14 @@ typedef struct moat_bridge_config {
     /* Send `X-Moat-Output: binary` on runs (decoded only when echoed).
      * Default true. */
     bool binary_output;
+    /* Shared cap over held output, or NULL for none (the default). Past the
+     * cap, retained replay (delivered events, executions without consumer)
+     * is dropped oldest first; when only undelivered events are left,
+     * transfers pause and new runs and attaches are refused
+     * (RESOURCE_EXHAUSTED, reason "memory_budget_exhausted", detail
+     * scope=server). Transfers held by the budget resume at the next socket
+     * action, timeout or sweep after bytes were released. */
+    moat_bridge_budget *budget;
 } moat_bridge_config;
 
 /* Fills every field with its default. */
@@ -256,6 +286,9 @@ typedef struct moat_bridge_consumer {
      * used after on_end returns. */
     void (*on_end)(void *ud, moat_bridge_exec *ex, const moat_status *st);
     void *ud;
+    /* The party whose share its undelivered events count against, or NULL.
+     * A consumer whose account is at its limit pauses its transfer. */
+    moat_bridge_account *account;
 } moat_bridge_consumer;
 
 typedef struct moat_bridge_run_opts {
@@ -289,6 +322,10 @@ void moat_bridge_exec_credit(moat_bridge_exec *ex, uint64_t bytes);
  * finished and retention_ms passed. `ex` must not be used afterwards. */
 void moat_bridge_exec_detach(moat_bridge_exec *ex);
 
+/* Moves the consumer's undelivered bytes to another account (NULL: none),
+ * e.g. before the party the account belongs to goes away. */
+void moat_bridge_exec_set_account(moat_bridge_exec *ex, moat_bridge_account *account);
+
 /* Stops reading the stream (the command itself goes on in execd; use
  * moat_bridge_interrupt to stop it). on_end runs with CANCELLED before this
  * returns, unless it already ran. */
@@ -319,6 +356,20 @@ void moat_bridge_exec_get_stats(const moat_bridge_exec *ex, moat_bridge_exec_sta
 moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execution_id,
                             uint64_t after_sequence, const moat_bridge_consumer *c,
                             uint64_t initial_credit, moat_bridge_exec **out, moat_status *st);
+
+/* The owner holds delta more (or, negative, fewer) output bytes for `account`
+ * (NULL: none) in queues of its own. They are pinned: over the cap, retained
+ * replay is dropped to make room; when bytes are released, transfers paused
+ * for the budget resume. A no-op without a budget. */
+void moat_bridge_budget_charge(moat_bridge *b, moat_bridge_account *account, int64_t delta);
+
+/* Whether the budget's pinned bytes (or, given an account, the account's) are
+ * at their cap. New runs and attaches are refused on the budget's alone. */
+bool moat_bridge_budget_exhausted(const moat_bridge *b, const moat_bridge_account *account);
+
+/* The sandbox `scope` is gone: drops its executions that have no consumer
+ * (their replay can no longer be wanted). */
+void moat_bridge_drop_scope(moat_bridge *b, const char *scope);
 
 /* ------------------------------------------------- simple calls (one answer) */
 

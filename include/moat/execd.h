@@ -34,6 +34,8 @@ typedef struct moat_execd_event {
     const char *error_ename; /* non-NULL: writes "error":{ename,evalue,traceback} */
     const char *error_evalue;
     const char *error_traceback; /* one traceback line; NULL writes "traceback":null */
+    const char *error_cause;     /* moat's extension: "timeout" when the run's timeout killed
+                                  * it; NULL = omitted */
     int64_t timestamp;           /* Unix ms */
 } moat_execd_event;
 

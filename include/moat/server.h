@@ -33,7 +33,11 @@ typedef struct moat_server_config {
     uint32_t idle_timeout_seconds;
     uint32_t hello_timeout_seconds;
     uint32_t drain_grace_seconds;
-    uint32_t max_pending_bytes; /* unsent bytes per connection before it stops reading */
+    uint32_t max_pending_bytes;     /* unsent bytes per connection before it stops reading */
+    uint64_t memory_budget_bytes;   /* output held over all calls (docs/CONFIG.md) */
+    uint32_t max_calls_per_session; /* concurrent Exec/Files calls to one session */
+    uint32_t max_sessions;          /* sessions at once */
+    uint32_t max_sessions_per_chat; /* sessions of one chat at once */
     /* Runtime. */
     char *docker_host;
     char *docker_tls_cert; /* "" unless the engine is tcp:// with TLS */
@@ -42,6 +46,7 @@ typedef struct moat_server_config {
     char *image;
     char *allowed_images; /* comma-separated, besides image */
     uint32_t ttl_seconds;
+    uint32_t max_ttl_seconds; /* longest ttl a create or renewal may ask for */
     uint32_t cleanup_interval_seconds;
     char *state_dir;
     char *chats_root;

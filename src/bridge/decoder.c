@@ -37,6 +37,7 @@ struct moat_bridge_decoder {
     bool saw_error;
     bool error_numeric;
     int32_t error_code;
+    bool error_timeout; /* moat-execd said the run's timeout killed it */
     char exit_reason[EXIT_REASON_MAX];
     moat_bridge_decoder_stats stats;
 };
@@ -159,10 +160,12 @@ static void copy_reason(char *dst, size_t cap, const char *prefix, const char *s
     dst[k] = '\0';
 }
 
-static void note_error(moat_bridge_decoder *d, moat_bridge_str name, moat_bridge_str value)
+static void note_error(moat_bridge_decoder *d, moat_bridge_str name, moat_bridge_str value,
+                       moat_bridge_str cause)
 {
     /* The last error wins, as in the SDK. */
     d->saw_error = true;
+    d->error_timeout = cause.len == 7 && memcmp(cause.data, "timeout", 7) == 0;
     d->error_numeric = parse_exit_value(value.data, value.len, &d->error_code);
     if (!d->error_numeric) {
         char prefix[96];
@@ -227,7 +230,7 @@ static moat_err emit_error(moat_bridge_decoder *d, const cJSON *err, int64_t ts,
         count = 1;
     }
     ev.u.error.traceback_count = count;
-    note_error(d, ev.u.error.name, ev.u.error.value);
+    note_error(d, ev.u.error.name, ev.u.error.value, jstr(member(err, "cause")));
     emit_event(d, &ev, emit, ud);
     for (size_t i = 0; i < n_owned; i++)
         cJSON_free(owned[i]);
@@ -350,7 +353,7 @@ static moat_err process_line(moat_bridge_decoder *d, const uint8_t *p, size_t n,
             moat_bridge_event ev = {.timestamp_ms = ts, .kind = MOAT_BRIDGE_EV_ERROR};
             ev.u.error.name = jstr(m.code);
             ev.u.error.value = jstr(m.message);
-            note_error(d, ev.u.error.name, ev.u.error.value);
+            note_error(d, ev.u.error.name, ev.u.error.value, (moat_bridge_str){"", 0});
             emit_event(d, &ev, emit, ud);
         } else {
             d->stats.skipped_lines++;
@@ -509,7 +512,9 @@ static void emit_exit(moat_bridge_decoder *d, const char *fallback, moat_bridge_
         if (d->error_numeric) {
             ev.u.exit.known = true;
             ev.u.exit.code = d->error_code;
-            ev.u.exit.timed_out = d->o.timeout_set && d->error_code == -1;
+            /* Only execd knows why a process died: a self-inflicted or OOM kill
+             * under a timeout is not a timeout. */
+            ev.u.exit.timed_out = d->o.timeout_set && d->error_code == -1 && d->error_timeout;
         } else {
             reason = d->exit_reason;
         }

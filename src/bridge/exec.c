@@ -4,6 +4,9 @@
 #include "internal.h"
 
 #include <inttypes.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +15,8 @@
 /* One event in the ring; ev's pointers point into data[]. */
 typedef struct rec {
     struct rec *next;
-    size_t size; /* bytes this record holds, for the ring's bound */
+    uint64_t stamp; /* arrival order over all executions: the budget drops oldest first */
+    size_t size;    /* bytes this record holds, for the ring's bound */
     size_t cost;
     moat_bridge_event ev;
     alignas(max_align_t) uint8_t data[];
@@ -35,12 +39,15 @@ struct moat_bridge_exec {
 
     bool has_consumer;
     moat_bridge_consumer c;
+    moat_bridge_account *account; /* the consumer's, while pending_bytes count in it */
     uint64_t credit;
     uint64_t delivered;
     rec *cursor;          /* next record to deliver, or NULL */
     size_t pending_bytes; /* bytes of records not yet delivered */
     bool delivering;
     bool paused;
+    bool budget_paused; /* paused by the budget or the account, not by its own ring */
+    size_t held;        /* bytes curl keeps for us while the transfer is paused */
 
     bool failed; /* the decoder ended the stream */
     moat_status fail_status;
@@ -54,6 +61,108 @@ struct moat_bridge_exec {
 static size_t pause_mark(const moat_bridge_exec *ex)
 {
     return ex->b->cfg.replay_bytes / 2;
+}
+
+/* Moves pinned bytes in the budget and the account along with pending_bytes. */
+static void set_pending(moat_bridge_exec *ex, size_t bytes)
+{
+    moat_bridge_budget *bg = ex->b->cfg.budget;
+    if (bg != NULL)
+        bg->pinned = bg->pinned - ex->pending_bytes + bytes;
+    if (ex->account != NULL)
+        ex->account->pinned = ex->account->pinned - ex->pending_bytes + bytes;
+    ex->pending_bytes = bytes;
+}
+
+/* curl keeps the bytes a write callback refused with CURL_WRITEFUNC_PAUSE until
+ * the transfer resumes: they are held output too. */
+static void set_held(moat_bridge_exec *ex, size_t bytes)
+{
+    moat_bridge_budget *bg = ex->b->cfg.budget;
+    if (bg != NULL) {
+        bg->used = bg->used - ex->held + bytes;
+        bg->pinned = bg->pinned - ex->held + bytes;
+        if (bg->used > bg->peak)
+            bg->peak = bg->used;
+    }
+    if (ex->account != NULL)
+        ex->account->pinned = ex->account->pinned - ex->held + bytes;
+    ex->held = bytes;
+}
+
+/* Moves what the execution pins (undelivered and held bytes) to another account. */
+static void change_account(moat_bridge_exec *ex, moat_bridge_account *account)
+{
+    if (ex->account != NULL)
+        ex->account->pinned -= ex->pending_bytes + ex->held;
+    ex->account = account;
+    if (account != NULL)
+        account->pinned += ex->pending_bytes + ex->held;
+}
+
+static void ring_add(moat_bridge_exec *ex, rec *r)
+{
+    r->stamp = ex->b->rec_stamp++;
+    if (ex->tail != NULL)
+        ex->tail->next = r;
+    else
+        ex->head = r;
+    ex->tail = r;
+    ex->ring_bytes += r->size;
+    moat_bridge_budget *bg = ex->b->cfg.budget;
+    if (bg != NULL) {
+        bg->used += r->size;
+        if (bg->used > bg->peak)
+            bg->peak = bg->used;
+    }
+}
+
+/* Frees the ring's oldest record. */
+static void ring_drop_head(moat_bridge_exec *ex)
+{
+    rec *h = ex->head;
+    ex->head = h->next;
+    if (ex->head == NULL)
+        ex->tail = NULL;
+    ex->ring_bytes -= h->size;
+    if (ex->cursor == h)
+        ex->cursor = h->next;
+    if (ex->b->cfg.budget != NULL)
+        ex->b->cfg.budget->used -= h->size;
+    ex->b->released_bytes += h->size;
+    free(h);
+}
+
+/* Over the budget's cap, records nobody waits for (delivered ones, those of
+ * executions without consumer) go, oldest first over all executions. */
+static void budget_evict(moat_bridge *b)
+{
+    moat_bridge_budget *bg = b->cfg.budget;
+    while (bg != NULL && bg->cap > 0 && bg->used > bg->cap) {
+        moat_bridge_exec *oldest = NULL;
+        for (moat_bridge_exec *ex = b->execs; ex != NULL; ex = ex->next) {
+            rec *h = ex->head;
+            if (h == NULL || ex->delivering || (ex->has_consumer && h == ex->cursor))
+                continue;
+            if (oldest == NULL || h->stamp < oldest->head->stamp)
+                oldest = ex;
+        }
+        if (oldest == NULL)
+            return; /* only undelivered events left: transfers pause instead */
+        bg->dropped_bytes += oldest->head->size;
+        ring_drop_head(oldest);
+    }
+}
+
+/* Whether this execution may not take more bytes for now because of the
+ * budget or its consumer's account. */
+static bool budget_blocks(const moat_bridge_exec *ex)
+{
+    const moat_bridge_budget *bg = ex->b->cfg.budget;
+    if (bg != NULL && bg->cap > 0 && bg->pinned >= bg->cap)
+        return true;
+    return ex->has_consumer && ex->account != NULL && ex->account->limit > 0 &&
+           ex->account->pinned >= ex->account->limit;
 }
 
 static moat_bridge_str put(uint8_t **w, moat_bridge_str s)
@@ -133,14 +242,9 @@ static rec *make_rec(const moat_bridge_event *ev)
 static void evict(moat_bridge_exec *ex)
 {
     while (ex->ring_bytes > ex->b->cfg.replay_bytes && ex->head != ex->tail) {
-        rec *h = ex->head;
-        if (ex->has_consumer && h == ex->cursor)
+        if (ex->has_consumer && ex->head == ex->cursor)
             break; /* never drop what the consumer has not had */
-        ex->head = h->next;
-        ex->ring_bytes -= h->size;
-        if (ex->cursor == h)
-            ex->cursor = h->next;
-        free(h);
+        ring_drop_head(ex);
     }
 }
 
@@ -167,21 +271,17 @@ static bool ring_emit(void *ud, const moat_bridge_event *ev)
     rec *r = make_rec(ev);
     if (r == NULL)
         return false;
-    if (ex->tail != NULL)
-        ex->tail->next = r;
-    else
-        ex->head = r;
-    ex->tail = r;
-    ex->ring_bytes += r->size;
+    ring_add(ex, r);
     ex->last_seq = ev->sequence;
     if (ex->has_consumer) {
-        ex->pending_bytes += r->size;
+        set_pending(ex, ex->pending_bytes + r->size);
         if (ex->cursor == NULL)
             ex->cursor = r;
     }
     if (ev->kind == MOAT_BRIDGE_EV_INIT)
         set_id(ex, ev->u.init.execution_id);
     evict(ex);
+    budget_evict(ex->b);
     return true;
 }
 
@@ -191,19 +291,36 @@ static void maybe_unpause(moat_bridge_exec *ex)
         return;
     if (ex->has_consumer && ex->pending_bytes >= pause_mark(ex))
         return;
+    if (budget_blocks(ex)) {
+        ex->b->budget_waiters = true;
+        return;
+    }
     if (ex->b->in_curl > 0) {
         /* inside another transfer's callback: resume once curl returns */
         ex->b->unpause_pending = true;
         return;
     }
     ex->paused = false;
+    ex->budget_paused = false;
+    set_held(ex, 0); /* curl hands them to exec_write again */
     moat__req_unpause(ex->r);
 }
 
 void moat__exec_unpause_all(moat_bridge *b)
 {
+    b->budget_waiters = false;
     for (moat_bridge_exec *ex = b->execs; ex != NULL; ex = ex->next)
         maybe_unpause(ex);
+}
+
+/* Pinned bytes went down: transfers the budget held may go on. Not from here:
+ * resuming one can deliver to its consumer at once, and this runs from calls
+ * (detach, cancel, charges) that promise no callbacks; the next socket action,
+ * timeout or sweep resumes them. */
+static void budget_released(moat_bridge *b)
+{
+    if (b->budget_waiters)
+        b->unpause_pending = true;
 }
 
 static void deliver(moat_bridge_exec *ex)
@@ -218,18 +335,20 @@ static void deliver(moat_bridge_exec *ex)
         ex->credit -= c->cost;
         ex->delivered = c->ev.sequence;
         ex->cursor = c->next;
-        ex->pending_bytes -= c->size;
+        set_pending(ex, ex->pending_bytes - c->size);
         ex->c.on_event(ex->c.ud, ex, &c->ev);
     }
     if (ex->has_consumer && ex->finished && ex->cursor == NULL) {
         moat_bridge_consumer c = ex->c;
+        set_pending(ex, 0);
         ex->has_consumer = false;
-        ex->pending_bytes = 0;
+        change_account(ex, NULL);
         ex->retain_from_ns = moat_time_mono_ns();
         c.on_end(c.ud, ex, &ex->end_status);
     }
     ex->delivering = false;
     maybe_unpause(ex);
+    budget_released(ex->b);
 }
 
 static moat_err ensure_decoder(moat_bridge_exec *ex)
@@ -253,8 +372,17 @@ static size_t exec_write(bridge_req *r, const char *p, size_t n)
         return 0;
     if (ex->has_consumer && ex->pending_bytes >= pause_mark(ex)) {
         ex->paused = true;
+        set_held(ex, n);
         return CURL_WRITEFUNC_PAUSE;
     }
+    if (budget_blocks(ex)) {
+        ex->paused = true;
+        ex->budget_paused = true;
+        ex->b->budget_waiters = true;
+        set_held(ex, n);
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    set_held(ex, 0);
     if (ensure_decoder(ex) != MOAT_OK)
         return 0;
     moat_status st;
@@ -313,6 +441,7 @@ static void exec_done(bridge_req *r, CURLcode rc)
     }
     ex->r = NULL;
     ex->paused = false;
+    set_held(ex, 0);
     finish_exec(ex, &st);
 }
 
@@ -322,6 +451,52 @@ static bool blank(const char *s)
         if (*s != ' ' && *s != '\t' && *s != '\r' && *s != '\n' && *s != '\v' && *s != '\f')
             return false;
     return true;
+}
+
+bool moat_bridge_budget_exhausted(const moat_bridge *b, const moat_bridge_account *account)
+{
+    const moat_bridge_budget *bg = b->cfg.budget;
+    if (bg != NULL && bg->cap > 0 && bg->pinned >= bg->cap)
+        return true;
+    return account != NULL && account->limit > 0 && account->pinned >= account->limit;
+}
+
+/* Only the global cap refuses here: an account at its limit pauses its
+ * transfers, which bounds it whatever the number of its streams, and a party
+ * that reads is there only for moments. Its owner knows whether it reads. */
+static bool refuse_for_budget(moat_bridge *b, moat_status *st)
+{
+    if (!moat_bridge_budget_exhausted(b, NULL))
+        return false;
+    moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "memory_budget_exhausted",
+                    "the server's undelivered output is at its memory budget "
+                    "(memory_budget_bytes); retry when streams have been read");
+    moat_status_add_detail(st, "scope", "server");
+    b->cfg.budget->refused++;
+    return true;
+}
+
+void moat_bridge_budget_charge(moat_bridge *b, moat_bridge_account *account, int64_t delta)
+{
+    moat_bridge_budget *bg = b->cfg.budget;
+    if (bg == NULL)
+        return;
+    size_t n = (size_t)(delta < 0 ? -delta : delta);
+    if (delta >= 0) {
+        bg->used += n;
+        bg->pinned += n;
+        if (bg->used > bg->peak)
+            bg->peak = bg->used;
+        if (account != NULL)
+            account->pinned += n;
+        budget_evict(b);
+        return;
+    }
+    bg->used -= n;
+    bg->pinned -= n;
+    if (account != NULL)
+        account->pinned -= n;
+    budget_released(b);
 }
 
 static void link_exec(moat_bridge *b, moat_bridge_exec *ex)
@@ -345,12 +520,11 @@ static void unlink_free(moat_bridge_exec *ex)
         ex->r->owner = NULL;
         moat__req_cancel(ex->r);
     }
-    rec *h = ex->head;
-    while (h != NULL) {
-        rec *n = h->next;
-        free(h);
-        h = n;
-    }
+    set_pending(ex, 0);
+    set_held(ex, 0);
+    change_account(ex, NULL);
+    while (ex->head != NULL)
+        ring_drop_head(ex);
     moat_bridge_decoder_free(ex->dec);
     free(ex->scope);
     free(ex->id);
@@ -427,6 +601,8 @@ moat_err moat_bridge_run(moat_bridge *b, const moat_bridge_endpoint *ep,
         moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "no_consumer", "a consumer is required");
         return MOAT_E_INVAL;
     }
+    if (refuse_for_budget(b, st))
+        return MOAT_E_TOO_BIG;
     char *path = NULL;
     if (opts->session_id != NULL) {
         char *id = moat__escape(opts->session_id);
@@ -483,6 +659,7 @@ moat_err moat_bridge_run(moat_bridge *b, const moat_bridge_endpoint *ep,
     ex->timeout_set = opts->timeout_ms > 0;
     ex->has_consumer = true;
     ex->c = *c;
+    change_account(ex, c->account);
     ex->credit = initial_credit;
     if (moat__req_start(r, st) != MOAT_OK) {
         free(ex->scope);
@@ -504,12 +681,20 @@ void moat_bridge_exec_detach(moat_bridge_exec *ex)
 {
     if (!ex->has_consumer)
         return;
+    set_pending(ex, 0);
     ex->has_consumer = false;
+    change_account(ex, NULL);
     ex->cursor = NULL;
-    ex->pending_bytes = 0;
     ex->retain_from_ns = moat_time_mono_ns();
     evict(ex);
     maybe_unpause(ex);
+    budget_released(ex->b);
+}
+
+void moat_bridge_exec_set_account(moat_bridge_exec *ex, moat_bridge_account *account)
+{
+    change_account(ex, ex->has_consumer ? account : NULL);
+    budget_released(ex->b);
 }
 
 void moat_bridge_exec_cancel(moat_bridge_exec *ex)
@@ -521,6 +706,7 @@ void moat_bridge_exec_cancel(moat_bridge_exec *ex)
         ex->r = NULL;
         r->owner = NULL;
         moat__req_cancel(r);
+        set_held(ex, 0);
         if (ex->dec != NULL || ensure_decoder(ex) == MOAT_OK)
             moat_bridge_decoder_abort(ex->dec, "the stream was cancelled", ring_emit, ex);
         ex->finished = true;
@@ -529,10 +715,12 @@ void moat_bridge_exec_cancel(moat_bridge_exec *ex)
     ex->retain_from_ns = moat_time_mono_ns();
     if (ex->has_consumer) {
         moat_bridge_consumer c = ex->c;
+        set_pending(ex, 0);
         ex->has_consumer = false;
+        change_account(ex, NULL);
         ex->cursor = NULL;
-        ex->pending_bytes = 0;
         c.on_end(c.ud, ex, &st);
+        budget_released(ex->b);
     }
 }
 
@@ -566,6 +754,8 @@ moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execu
                         "attach needs an execution id and a consumer");
         return MOAT_E_INVAL;
     }
+    if (refuse_for_budget(b, st))
+        return MOAT_E_TOO_BIG;
     moat_bridge_exec *ex = b->execs;
     for (; ex != NULL; ex = ex->next)
         if (ex->attachable && strcmp(ex->id, execution_id) == 0 && strcmp(ex->scope, scope) == 0)
@@ -594,19 +784,23 @@ moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execu
         moat_status sup;
         moat_status_set(&sup, MOAT_CODE_ABORTED, "superseded_by_attach",
                         "another consumer attached to this execution");
+        set_pending(ex, 0);
         ex->has_consumer = false;
+        change_account(ex, NULL);
         old.on_end(old.ud, ex, &sup);
     }
     ex->c = *c;
     ex->has_consumer = true;
+    change_account(ex, c->account);
     ex->credit = initial_credit;
     ex->delivered = after_sequence;
     ex->cursor = ex->head;
     while (ex->cursor != NULL && ex->cursor->ev.sequence <= after_sequence)
         ex->cursor = ex->cursor->next;
-    ex->pending_bytes = 0;
+    size_t pending = 0;
     for (rec *r = ex->cursor; r != NULL; r = r->next)
-        ex->pending_bytes += r->size;
+        pending += r->size;
+    set_pending(ex, pending);
     *out = ex;
     deliver(ex);
     return MOAT_OK;
@@ -614,6 +808,10 @@ moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execu
 
 void moat__exec_sweep(moat_bridge *b, bool force)
 {
+    if (b->in_curl == 0 && b->unpause_pending) {
+        b->unpause_pending = false;
+        moat__exec_unpause_all(b);
+    }
     uint64_t now = moat_time_mono_ns();
     if (!force && now - b->last_sweep_ns < 1000000000ull)
         return;
@@ -627,6 +825,36 @@ void moat__exec_sweep(moat_bridge *b, bool force)
             unlink_free(ex);
         ex = n;
     }
+    moat__exec_trim(b);
+}
+
+void moat__exec_trim(moat_bridge *b)
+{
+    /* glibc keeps freed heap pages (and raises its mmap threshold after big
+     * frees): hand them back once a lot was released, so RSS follows the load. */
+    if (b->released_bytes < MOAT_BRIDGE_TRIM_BYTES)
+        return;
+    b->released_bytes = 0;
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
+void moat_bridge_drop_scope(moat_bridge *b, const char *scope)
+{
+    moat_bridge_exec *ex = b->execs;
+    while (ex != NULL) {
+        moat_bridge_exec *n = ex->next;
+        if (!ex->has_consumer && !ex->delivering && strcmp(ex->scope, scope) == 0) {
+            if (ex->r == NULL)
+                unlink_free(ex);
+            else
+                while (ex->head != NULL)
+                    ring_drop_head(ex);
+        }
+        ex = n;
+    }
+    moat__exec_trim(b);
 }
 
 void moat__exec_free_all(moat_bridge *b)

@@ -65,7 +65,10 @@ struct moat_bridge {
     struct moat_bridge_exec *execs;
     uint64_t last_sweep_ns;
     bool freeing;
-    bool unpause_pending; /* a credit came while inside curl: resume after it */
+    bool unpause_pending;  /* a credit came while inside curl: resume after it */
+    bool budget_waiters;   /* some transfer waits for the budget to have room */
+    uint64_t rec_stamp;    /* next replay record's arrival number */
+    size_t released_bytes; /* replay freed since the last malloc_trim */
 };
 
 /* A request to endpoint ep for `method` and `path` (already escaped, with its
@@ -86,7 +89,12 @@ void moat__req_fail_status(bridge_req *r, CURLcode rc, moat_status *st);
 /* Escapes s for a URL path segment or query value; free with curl_free. */
 char *moat__escape(const char *s);
 
+/* Replay freed past which the sweep returns free heap pages to the system. */
+#define MOAT_BRIDGE_TRIM_BYTES (8u << 20)
+
 void moat__exec_free_all(moat_bridge *b);
+/* malloc_trim once MOAT_BRIDGE_TRIM_BYTES of replay were freed since the last one. */
+void moat__exec_trim(moat_bridge *b);
 void moat__exec_sweep(moat_bridge *b, bool force);
 /* Resumes the paused executions that may go on now. */
 void moat__exec_unpause_all(moat_bridge *b);

@@ -148,12 +148,13 @@ static void emit_init(xd_stream *st, const char *id)
     xd_stream_emit(st, &ev);
 }
 
-static void emit_error(xd_stream *st, const char *evalue, const char *traceback)
+static void emit_error(xd_stream *st, const char *evalue, const char *traceback, const char *cause)
 {
     moat_execd_event ev = {.type = "error",
                            .error_ename = "CommandExecError",
                            .error_evalue = evalue,
                            .error_traceback = traceback,
+                           .error_cause = cause,
                            .timestamp = moat_time_now_ms()};
     xd_stream_emit(st, &ev);
 }
@@ -163,13 +164,13 @@ static void emit_outcome(xd_stream *st, xd_cmd *c, bool session)
 {
     pthread_mutex_lock(&xd.lock);
     int code = c->exit_code, sig = c->term_sig;
-    bool failed = c->start_failed;
+    bool failed = c->start_failed, timed_out = c->timed_out;
     char error[256];
     snprintf(error, sizeof(error), "%s", c->error);
     uint64_t elapsed_ms = (moat_time_mono_ns() - c->start_ns) / 1000000ull;
     pthread_mutex_unlock(&xd.lock);
     if (failed) {
-        emit_error(st, error, error);
+        emit_error(st, error, error, NULL);
     } else if (code == 0 && sig == 0) {
         moat_execd_event ev = {.type = "execution_complete",
                                .execution_time = (int64_t)elapsed_ms,
@@ -182,7 +183,7 @@ static void emit_outcome(xd_stream *st, xd_cmd *c, bool session)
             snprintf(tb, sizeof(tb), "command exited with code %d", code);
         else
             snprintf(tb, sizeof(tb), "%s", error);
-        emit_error(st, evalue, tb);
+        emit_error(st, evalue, tb, sig != 0 && timed_out ? "timeout" : NULL);
     }
 }
 
@@ -318,11 +319,11 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
         if (fd < 0) {
             snprintf(err, sizeof(err), "open %s: %s", c->log_path, strerror(errno));
             xd_cmd_fail(c, err);
-            emit_error(st, err, err);
+            emit_error(st, err, err, NULL);
         } else {
             sp.out_fd = sp.err_fd = fd;
             if (xd_cmd_start(c, &sp, (uint64_t)timeout, err, sizeof(err)) != 0)
-                emit_error(st, err, err);
+                emit_error(st, err, err, NULL);
             else {
                 moat_execd_event ev = {.type = "execution_complete",
                                        .timestamp = moat_time_now_ms()};
@@ -356,7 +357,7 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
     }
     emit_init(st, c->id);
     if (rc != 0) {
-        emit_error(st, err, err);
+        emit_error(st, err, err, NULL);
         xd_stream_end(st);
     } else {
         xd_stream_on_finish(st, command_finish, NULL);
@@ -734,7 +735,7 @@ static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, 
     emit_init(st, sid);
     xd_stream_on_finish(st, session_finish, run);
     if (rc != 0) {
-        emit_error(st, err, err);
+        emit_error(st, err, err, NULL);
         session_finish(st, NULL, run);
         xd_stream_on_finish(st, NULL, NULL);
         xd_stream_end(st);

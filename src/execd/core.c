@@ -116,6 +116,11 @@ moat_err moat_execd_sse_event(moat_buf *out, const moat_execd_event *ev)
             if (err == MOAT_OK)
                 err = append_str(out, "]");
         }
+        if (err == MOAT_OK && ev->error_cause != NULL) {
+            err = append_str(out, ",\"cause\":");
+            if (err == MOAT_OK)
+                err = moat_execd_json_string(out, ev->error_cause, strlen(ev->error_cause));
+        }
         if (err == MOAT_OK)
             err = append_str(out, "}");
     }

@@ -29,7 +29,8 @@ typedef struct xd_cmd {
     char error[256]; /* Go-style error text: "exit status 3", "signal: killed", … */
     int64_t started_ms, finished_ms;
     uint64_t start_ns;
-    uint64_t deadline_ns;   /* timeout (monotonic); 0 = none */
+    uint64_t deadline_ns;   /* timeout (monotonic); 0 = none or already acted on */
+    bool timed_out;         /* the timeout killed it (reported as the error's cause) */
     uint64_t kill_at_ns;    /* SIGTERM escalation to SIGKILL; 0 = none */
     uint64_t expire_ns;     /* removal from the table after retention */
     int notify_r, notify_w; /* a byte is written to notify_w when the process ends */

@@ -21,6 +21,9 @@
 
 #define BODY_MAX      (1u << 20)
 #define MAX_LISTENERS 8
+/* Room for a burst of connects from moatd (max_calls_per_session per session, default 64,
+ * plus file calls) before any is refused; the kernel caps it at net.core.somaxconn. */
+#define XD_LISTEN_BACKLOG 4096
 
 static const char unauthorized_body[] =
     "{\"error\":\"Unauthorized: invalid or missing header X-EXECD-ACCESS-TOKEN\"}";
@@ -209,7 +212,7 @@ static int listen_unix(listener *l, const char *path)
     mode_t old_umask = umask(0177);
     int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
     umask(old_umask);
-    if (rc != 0 || listen(fd, 128) != 0) {
+    if (rc != 0 || listen(fd, XD_LISTEN_BACKLOG) != 0) {
         fprintf(stderr, "moat-execd: cannot listen on %s: %s\n", path, strerror(errno));
         close(fd);
         return -1;
@@ -252,7 +255,7 @@ static int listen_tcp(const char *spec)
             continue;
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, p->ai_addr, p->ai_addrlen) == 0 && listen(fd, 128) == 0)
+        if (bind(fd, p->ai_addr, p->ai_addrlen) == 0 && listen(fd, XD_LISTEN_BACKLOG) == 0)
             break;
         close(fd);
         fd = -1;

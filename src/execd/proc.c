@@ -477,6 +477,16 @@ void xd_signal_thread_start(int fd)
     pthread_create(&signal_thread, NULL, signal_main, NULL);
 }
 
+/* Lock held. Whether c's process group id now leads another running command: a
+ * finished command's pid is free for reuse once its group has no member left. */
+static bool group_reused(const xd_cmd *c)
+{
+    for (const xd_cmd *o = xd.cmds; o != NULL; o = o->next)
+        if (o != c && o->running && o->pid == c->pid)
+            return true;
+    return false;
+}
+
 static void *housekeeping_main(void *arg)
 {
     (void)arg;
@@ -485,16 +495,23 @@ static void *housekeeping_main(void *arg)
         uint64_t now = now_ns();
         uint64_t next = now + 1000000000ull;
         for (xd_cmd *c = xd.cmds; c != NULL; c = c->next) {
-            if (!c->running || c->pid <= 0)
+            if (c->pid <= 0)
                 continue;
+            /* The timeout bounds the command's whole process group: what it left
+             * behind (a fork bomb's children) is killed at the deadline even when
+             * the command itself ended first. */
             if (c->deadline_ns != 0) {
                 if (now >= c->deadline_ns) {
-                    kill(-c->pid, SIGKILL);
                     c->deadline_ns = 0;
+                    c->timed_out = c->running;
+                    if (c->running || !group_reused(c))
+                        kill(-c->pid, SIGKILL);
                 } else if (c->deadline_ns < next) {
                     next = c->deadline_ns;
                 }
             }
+            if (!c->running)
+                continue;
             if (c->kill_at_ns != 0) {
                 if (now >= c->kill_at_ns) {
                     kill(-c->pid, SIGKILL);

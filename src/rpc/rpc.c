@@ -179,6 +179,66 @@ uint64_t moat_rpc_call_sent(const moat_rpc_call *call)
     return call->sent;
 }
 
+static bool read_varint(const uint8_t *p, size_t len, size_t *off, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64 && *off < len; shift += 7) {
+        uint8_t b = p[(*off)++];
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if ((b & 0x80) == 0) {
+            *out = v;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The first string field (in messages nested up to `depth` deep) whose
+ * encoded bytes hold a NUL, or NULL. protobuf-c hands strings out
+ * NUL-terminated, so such a value would silently end at its first NUL. */
+static const char *find_nul_string(const ProtobufCMessageDescriptor *d, const uint8_t *p,
+                                   size_t len, int depth)
+{
+    size_t off = 0;
+    while (off < len) {
+        uint64_t key, n;
+        if (!read_varint(p, len, &off, &key))
+            return NULL;
+        switch (key & 7) {
+        case 0:
+            if (!read_varint(p, len, &off, &n))
+                return NULL;
+            break;
+        case 1:
+            off += 8;
+            break;
+        case 5:
+            off += 4;
+            break;
+        case 2: {
+            if (!read_varint(p, len, &off, &n) || n > len - off)
+                return NULL;
+            const ProtobufCFieldDescriptor *f =
+                key >> 3 <= UINT32_MAX
+                    ? protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3))
+                    : NULL;
+            if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING && memchr(p + off, 0, n) != NULL)
+                return f->name;
+            if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE && depth > 0) {
+                const char *in = find_nul_string(f->descriptor, p + off, n, depth - 1);
+                if (in != NULL)
+                    return in;
+            }
+            off += n;
+            break;
+        }
+        default:
+            return NULL; /* groups: unpack has already judged the message */
+        }
+    }
+    return NULL;
+}
+
 moat_err moat_rpc_call_request(moat_rpc_call *call, const uint8_t *payload, size_t len,
                                const ProtobufCMessage **out)
 {
@@ -189,6 +249,16 @@ moat_err moat_rpc_call_request(moat_rpc_call *call, const uint8_t *payload, size
         moat_rpc_call_fail(call, MOAT_CODE_INVALID_ARGUMENT, "bad_request",
                            "request is not a valid %s", call->method->request->name);
         return MOAT_E_PROTO;
+    }
+    const char *field = find_nul_string(call->method->request, payload, len, 8);
+    if (field != NULL) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        moat_status st;
+        moat_status_set(&st, MOAT_CODE_INVALID_ARGUMENT, "nul_in_argument",
+                        "%s holds a NUL byte, which no command, path or name can carry", field);
+        moat_status_add_detail(&st, "field", field);
+        moat_rpc_call_end(call, &st);
+        return MOAT_E_INVAL;
     }
     call->request = m;
     call->state = MOAT_RPC_RUNNING;

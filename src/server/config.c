@@ -52,6 +52,15 @@ static const key_def keys[] = {
      "after SIGTERM, running calls get this long before they are cancelled"},
     {"max_pending_bytes", K_U32, OFF(max_pending_bytes), "8388608", 65536, 0x7fffffff,
      "unsent bytes per connection above which moatd stops reading from it"},
+    {"memory_budget_bytes", K_U64, OFF(memory_budget_bytes), "268435456", 4194304, 1099511627776ull,
+     "output bytes moatd holds over all calls (replay rings, stream and connection queues); "
+     "past it retained replay is dropped and new streams are refused"},
+    {"max_calls_per_session", K_U32, OFF(max_calls_per_session), "64", 1, 4096,
+     "concurrent Exec and Files calls to one session; more end RESOURCE_EXHAUSTED"},
+    {"max_sessions", K_U32, OFF(max_sessions), "256", 1, 100000,
+     "sessions this moatd keeps at once; more creates end RESOURCE_EXHAUSTED"},
+    {"max_sessions_per_chat", K_U32, OFF(max_sessions_per_chat), "4", 1, 100000,
+     "sessions of one chat at once (force_new creates); more end RESOURCE_EXHAUSTED"},
     {"docker_host", K_STR, OFF(docker_host), "/var/run/docker.sock", 0, 0,
      "Docker engine: socket path, unix:///path or tcp://host:port"},
     {"docker_tls_cert", K_STR, OFF(docker_tls_cert), "", 0, 0,
@@ -63,6 +72,8 @@ static const key_def keys[] = {
     {"allowed_images", K_STR, OFF(allowed_images), "", 0, 0,
      "comma-separated images a request may ask for, besides image"},
     {"ttl_seconds", K_U32, OFF(ttl_seconds), "300", 1, 31536000, "default session lifetime"},
+    {"max_ttl_seconds", K_U32, OFF(max_ttl_seconds), "86400", 1, 31536000,
+     "longest ttl_seconds a create or renewal may ask for; longer is INVALID_ARGUMENT"},
     {"cleanup_interval_seconds", K_U32, OFF(cleanup_interval_seconds), "60", 1, 86400,
      "TTL reaper period"},
     {"state_dir", K_STR, OFF(state_dir), "/var/lib/moat", 0, 0,
@@ -543,6 +554,11 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
     }
     if (cfg->image[0] == '\0') {
         errf(err, errlen, "image: must not be empty");
+        return MOAT_E_INVAL;
+    }
+    if (cfg->ttl_seconds > cfg->max_ttl_seconds) {
+        errf(err, errlen, "ttl_seconds: %u is longer than max_ttl_seconds (%u)", cfg->ttl_seconds,
+             cfg->max_ttl_seconds);
         return MOAT_E_INVAL;
     }
     moat_sandbox_user user;

@@ -107,6 +107,99 @@ static void cache_free(srv *s)
     s->sessions = NULL;
 }
 
+/* ------------------------------------------------------------ calls per session */
+
+/* Exec and Files calls open to each session, bounded by max_calls_per_session
+ * so a burst cannot overrun the execd's accept queue (or its threads). An
+ * entry lives while its count is not 0; a stream holding one names it. */
+typedef struct call_count {
+    struct call_count *next;
+    char id[MOAT_UUID_STR_LEN];
+    uint32_t n;
+} call_count;
+
+typedef struct call_counts {
+    call_count *b[CACHE_BUCKETS];
+} call_counts;
+
+static moat_log_limit calls_refused_log = MOAT_LOG_LIMIT_INIT;
+
+/* Counts one more call to session id for st; false (the call ended
+ * RESOURCE_EXHAUSTED) at the limit. */
+static bool calls_acquire(stream *st, const char *id)
+{
+    call_counts *t = st->s->call_counts;
+    if (t == NULL)
+        return true; /* handlers not started: nothing reaches a session */
+    /* Interrupt is how a client frees its slots: never refused, never counted. */
+    if (moat_rpc_call_method(st->call)->id == MOAT_RPC_EXEC_INTERRUPT)
+        return true;
+    call_count *e = t->b[hash_id(id)];
+    while (e != NULL && strcmp(e->id, id) != 0)
+        e = e->next;
+    if (e != NULL && e->n >= st->s->cfg.max_calls_per_session) {
+        moat_log_limited(&calls_refused_log, MOAT_LOG_WARN, "calls_refused",
+                         "session_id=%s peer=%s limit=%u", id, st->c != NULL ? st->c->peer : "-",
+                         st->s->cfg.max_calls_per_session);
+        moat_status status;
+        moat_status_set(&status, MOAT_CODE_RESOURCE_EXHAUSTED, "too_many_calls",
+                        "session %s already has %u calls open (max_calls_per_session); retry when "
+                        "one ends",
+                        id, e->n);
+        moat_status_add_detail(&status, "session_id", id);
+        moat_rpc_call_end(st->call, &status);
+        return false;
+    }
+    if (e == NULL) {
+        e = calloc(1, sizeof(*e));
+        if (e == NULL) {
+            moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
+                               "out of memory");
+            return false;
+        }
+        snprintf(e->id, sizeof(e->id), "%s", id);
+        unsigned h = hash_id(id);
+        e->next = t->b[h];
+        t->b[h] = e;
+    }
+    e->n++;
+    st->session_calls = e;
+    return true;
+}
+
+static void calls_free(srv *s)
+{
+    call_counts *t = s->call_counts;
+    if (t == NULL)
+        return;
+    for (size_t i = 0; i < CACHE_BUCKETS; i++) {
+        call_count *e = t->b[i];
+        while (e != NULL) {
+            call_count *n = e->next;
+            free(e);
+            e = n;
+        }
+    }
+    free(t);
+    s->call_counts = NULL;
+}
+
+void moat__handlers_stream_gone(stream *st)
+{
+    call_count *e = st->session_calls;
+    if (e == NULL || st->s->call_counts == NULL)
+        return;
+    st->session_calls = NULL;
+    if (--e->n > 0)
+        return;
+    call_counts *t = st->s->call_counts;
+    call_count **pp = &t->b[hash_id(e->id)];
+    while (*pp != e)
+        pp = &(*pp)->next;
+    *pp = e->next;
+    free(e);
+}
+
 /* Sessions the reaper ended, handed from its thread to the loop. */
 static pthread_mutex_t gone_mu = PTHREAD_MUTEX_INITIALIZER;
 #define GONE_MAX 4096
@@ -122,8 +215,10 @@ static void on_gone_async(uv_async_t *a)
         cache_free(s);
         s->sessions = calloc(1, sizeof(cache));
     } else {
-        for (size_t i = 0; i < gone_count; i++)
+        for (size_t i = 0; i < gone_count; i++) {
             cache_drop(s, gone_ids[i]);
+            moat_bridge_drop_scope(s->bridge, gone_ids[i]);
+        }
     }
     gone_count = 0;
     gone_overflow = false;
@@ -175,6 +270,10 @@ struct job {
     moat_session *many;
     size_t count;
     uint64_t t0;
+    /* CreateSession: other creates in flight (all, and of this chat) and the
+     * limits, read on the loop for the job's thread. */
+    uint32_t others_total, others_chat;
+    uint32_t max_total, max_chat;
     /* What to do on the loop once the job found a session (Exec and Files). */
     void (*then)(stream *st, const char *session_id, const session_addr *sock);
     job *eng_next, *eng_prev; /* in s->engine_jobs while a call waits on it */
@@ -378,6 +477,12 @@ static void create_start(stream *st, const Moat__V1__CreateSessionRequest *req, 
     snprintf(j->chat, sizeof(j->chat), "%s", chat);
     j->flag = req->force_new;
     j->opts.force_new = req->force_new;
+    j->others_total = s->creates_inflight;
+    for (create_wait *w = s->create_waiters; w != NULL; w = w->next)
+        j->others_chat += strcmp(w->chat, chat) == 0;
+    j->max_total = s->cfg.max_sessions;
+    j->max_chat = s->cfg.max_sessions_per_chat;
+    s->creates_inflight++;
     j->ttl_ms = (int64_t)(req->ttl_seconds != 0 ? req->ttl_seconds : s->cfg.ttl_seconds) * 1000;
     if (req->image != NULL && req->image[0] != '\0') {
         snprintf(j->image, sizeof(j->image), "%s", req->image);
@@ -397,39 +502,66 @@ static void create_start(stream *st, const Moat__V1__CreateSessionRequest *req, 
     job_start(j, create_run, create_done);
 }
 
+/* Whether one more session fits max_sessions and max_sessions_per_chat, counting
+ * the sessions there are and the creates in flight; else sets j's refusal. */
+static bool create_fits(job *j, const moat_session *all, size_t n)
+{
+    size_t of_chat = 0;
+    for (size_t i = 0; i < n; i++)
+        of_chat += strcmp(all[i].chat_id, j->chat) == 0;
+    if (n + j->others_total >= j->max_total) {
+        j->code = MOAT_CODE_RESOURCE_EXHAUSTED;
+        moat_status_set(&j->status, j->code, "too_many_sessions",
+                        "%zu sessions exist or are being made (max_sessions %u); stop one first",
+                        n + j->others_total, j->max_total);
+        return false;
+    }
+    if (of_chat + j->others_chat >= j->max_chat) {
+        j->code = MOAT_CODE_RESOURCE_EXHAUSTED;
+        moat_status_set(&j->status, j->code, "too_many_sessions_for_chat",
+                        "chat %s has %zu sessions or creates in flight (max_sessions_per_chat %u); "
+                        "stop one or create without force_new",
+                        j->chat, of_chat + j->others_chat, j->max_chat);
+        moat_status_add_detail(&j->status, "chat_id", j->chat);
+        return false;
+    }
+    return true;
+}
+
 static void create_run(job *j)
 {
     srv *s = j->s;
+    moat_session *all = NULL;
+    size_t n = 0;
+    if (moat_runtime_list_active(s->rt, &all, &n, &j->status) != MOAT_CODE_OK) {
+        j->code = j->status.code;
+        return;
+    }
     if (!j->flag) {
-        moat_session *all = NULL;
-        size_t n = 0;
-        if (moat_runtime_list_active(s->rt, &all, &n, &j->status) == MOAT_CODE_OK) {
-            int64_t now = moat_time_now_ms();
-            const moat_session *best = NULL;
-            /* The chat's session is its newest one not made with force_new: the one the sweeps
-             * keep when they find two (docs/runtime.md); a force_new one only when it has no
-             * other. */
-            for (size_t i = 0; i < n; i++) {
-                if (strcmp(all[i].chat_id, j->chat) == 0 && all[i].state == MOAT_SESSION_RUNNING &&
-                    all[i].expires_at_ms > now &&
-                    (best == NULL || (best->force_new && !all[i].force_new) ||
-                     (best->force_new == all[i].force_new &&
-                      all[i].created_at_ms > best->created_at_ms)))
-                    best = &all[i];
-            }
-            if (best != NULL) {
-                j->one = *best;
-                j->code = MOAT_CODE_OK;
-                j->count = 1; /* found, not created */
-                free(all);
-                return;
-            }
+        int64_t now = moat_time_now_ms();
+        const moat_session *best = NULL;
+        /* The chat's session is its newest one not made with force_new: the one the sweeps keep
+         * when they find two (docs/runtime.md); a force_new one only when it has no other. */
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(all[i].chat_id, j->chat) == 0 && all[i].state == MOAT_SESSION_RUNNING &&
+                all[i].expires_at_ms > now &&
+                (best == NULL || (best->force_new && !all[i].force_new) ||
+                 (best->force_new == all[i].force_new &&
+                  all[i].created_at_ms > best->created_at_ms)))
+                best = &all[i];
+        }
+        if (best != NULL) {
+            j->one = *best;
+            j->code = MOAT_CODE_OK;
+            j->count = 1; /* found, not created */
             free(all);
-        } else {
-            j->code = j->status.code;
             return;
         }
     }
+    bool fits = create_fits(j, all, n);
+    free(all);
+    if (!fits)
+        return;
     char id[MOAT_UUID_STR_LEN];
     moat_uuid_generate(id);
     int64_t now = moat_time_now_ms();
@@ -438,9 +570,12 @@ static void create_run(job *j)
                                   &j->status);
 }
 
+static moat_log_limit create_failed_log = MOAT_LOG_LIMIT_INIT;
+
 static void create_done(job *j)
 {
     srv *s = j->s;
+    s->creates_inflight--;
     if (j->code == MOAT_CODE_OK) {
         cache_put(s, &j->one);
         if (j->count == 0) {
@@ -453,8 +588,9 @@ static void create_done(job *j)
         if (running(j->st))
             reply_session(j->st, &j->one);
     } else {
-        moat_log(MOAT_LOG_WARN, "session_create_failed", "chat_id=%s code=%s reason=%s msg=\"%s\"",
-                 j->chat, moat_code_name(j->status.code), j->status.reason, j->status.message);
+        moat_log_limited(&create_failed_log, MOAT_LOG_WARN, "session_create_failed",
+                         "chat_id=%s code=%s reason=%s msg=\"%s\"", j->chat,
+                         moat_code_name(j->status.code), j->status.reason, j->status.message);
         if (j->status.code == MOAT_CODE_OK)
             moat_status_set(&j->status, j->code, "sandbox_start_failed", "create failed");
         fail_status(j->st, &j->status);
@@ -478,10 +614,33 @@ static void create_done(job *j)
     free(w);
 }
 
+static moat_log_limit ttl_refused_log = MOAT_LOG_LIMIT_INIT;
+
+/* A ttl past max_ttl_seconds is refused rather than clamped: the client learns
+ * at once that its session would not live as long as it asked. */
+static bool ttl_ok(stream *st, uint32_t ttl_seconds)
+{
+    uint32_t max = st->s->cfg.max_ttl_seconds;
+    if (ttl_seconds <= max)
+        return true;
+    moat_log_limited(&ttl_refused_log, MOAT_LOG_INFO, "ttl_refused",
+                     "peer=%s ttl_seconds=%u max=%u", st->c != NULL ? st->c->peer : "-",
+                     ttl_seconds, max);
+    moat_status status;
+    moat_status_set(&status, MOAT_CODE_INVALID_ARGUMENT, "ttl_too_long",
+                    "ttl_seconds %u is longer than this server allows (max_ttl_seconds %u)",
+                    ttl_seconds, max);
+    char v[16];
+    snprintf(v, sizeof(v), "%u", max);
+    moat_status_add_detail(&status, "max_ttl_seconds", v);
+    moat_rpc_call_end(st->call, &status);
+    return false;
+}
+
 static void handle_create(stream *st, const Moat__V1__CreateSessionRequest *req)
 {
     char chat[MOAT_UUID_STR_LEN];
-    if (!canon(st, req->chat_id, "chat_id", chat))
+    if (!canon(st, req->chat_id, "chat_id", chat) || !ttl_ok(st, req->ttl_seconds))
         return;
     create_wait *w = wait_find(st->s, chat);
     if (w != NULL && !req->force_new) {
@@ -586,6 +745,8 @@ static void stop_done(job *j)
         return;
     }
     cache_drop(j->s, j->id);
+    /* Its retained replay can no longer be wanted: memory goes back now. */
+    moat_bridge_drop_scope(j->s->bridge, j->id);
     if (j->flag) {
         moat__metrics_session_delta(-1);
         moat_log(MOAT_LOG_INFO, "session_stopped", "session_id=%s", j->id);
@@ -645,7 +806,7 @@ static void with_session(stream *st, const char *session_id,
                          void (*then)(stream *st, const char *session_id, const session_addr *sock))
 {
     char id[MOAT_UUID_STR_LEN];
-    if (!canon(st, session_id, "session_id", id))
+    if (!canon(st, session_id, "session_id", id) || !calls_acquire(st, id))
         return;
     cache_entry *e = cache_find(st->s, id);
     if (e != NULL) {
@@ -860,6 +1021,8 @@ static void exec_on_cancel(moat_rpc_call *call, moat_code code, void *arg)
     exec_ctx *x = arg;
     x->cancelled = true;
     x->st->on_credit = NULL;
+    /* The connection (and its account) may go before the execution names itself. */
+    moat_bridge_exec_set_account(x->ex, NULL);
     if (moat_bridge_exec_id(x->ex)[0] != '\0') {
         exec_abandon(x);
         return;
@@ -867,6 +1030,41 @@ static void exec_on_cancel(moat_rpc_call *call, moat_code code, void *arg)
     /* No execution id yet: keep reading until init names it, with enough
      * credit to get there. */
     moat_bridge_exec_credit(x->ex, MOAT_BRIDGE_MAX_EVENT_COST);
+}
+
+static moat_log_limit budget_refused_log = MOAT_LOG_LIMIT_INIT;
+
+static void log_budget_refusal(stream *st, const moat_status *status)
+{
+    if (strcmp(status->reason, "memory_budget_exhausted") != 0)
+        return;
+    const moat_bridge_budget *bg = &st->s->budget;
+    moat_log_limited(&budget_refused_log, MOAT_LOG_WARN, "memory_budget_refused",
+                     "peer=%s used=%zu pinned=%zu cap=%zu conn_pinned=%zu conn_limit=%zu",
+                     st->c != NULL ? st->c->peer : "-", bg->used, bg->pinned, bg->cap,
+                     st->c != NULL ? st->c->account.pinned : 0,
+                     st->c != NULL ? st->c->account.limit : 0);
+}
+
+/* A connection whose undelivered output fills its share of the budget (a
+ * client that does not read) gets no new stream: it could only add to what
+ * already waits for it. Its streams are paused meanwhile, so the share bounds
+ * it whatever their number. */
+static bool refuse_unread_connection(stream *st)
+{
+    conn *c = st->c;
+    if (c == NULL || c->account.limit == 0 || c->account.pinned < c->account.limit)
+        return false;
+    moat_status status;
+    moat_status_set(&status, MOAT_CODE_RESOURCE_EXHAUSTED, "memory_budget_exhausted",
+                    "this connection has %zu bytes of output waiting to be read, its share of the "
+                    "memory budget; read or cancel its streams, then retry",
+                    c->account.pinned);
+    moat_status_add_detail(&status, "scope", "connection");
+    st->s->budget.refused++;
+    log_budget_refusal(st, &status);
+    moat_rpc_call_end(st->call, &status);
+    return true;
 }
 
 static exec_ctx *exec_ctx_new(stream *st, const char *session_id, const session_addr *sock)
@@ -889,6 +1087,8 @@ static exec_ctx *exec_ctx_new(stream *st, const char *session_id, const session_
 static void exec_start(stream *st, const char *session_id, const session_addr *sock,
                        const moat_bridge_run_opts *opts)
 {
+    if (refuse_unread_connection(st))
+        return;
     exec_ctx *x = exec_ctx_new(st, session_id, sock);
     if (x == NULL) {
         moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
@@ -896,7 +1096,7 @@ static void exec_start(stream *st, const char *session_id, const session_addr *s
         return;
     }
     moat_bridge_endpoint ep = endpoint(session_id, sock);
-    moat_bridge_consumer c = {exec_on_event, exec_on_end, x};
+    moat_bridge_consumer c = {exec_on_event, exec_on_end, x, &st->c->account};
     moat_bridge_exec *ex = NULL;
     moat_status status;
     moat_status_clear(&status);
@@ -912,6 +1112,7 @@ static void exec_start(stream *st, const char *session_id, const session_addr *s
     moat__stream_ref(st);
     moat_err err = moat_bridge_run(st->s->bridge, &ep, opts, &c, x->outstanding, &ex, &status);
     if (err != MOAT_OK) {
+        log_budget_refusal(st, &status);
         moat_rpc_call_on_cancel(st->call, NULL, NULL);
         exec_ctx_free(x);
         fail_status(st, &status);
@@ -960,13 +1161,15 @@ static void run_in_shell_go(stream *st, const char *session_id, const session_ad
 static void attach_go(stream *st, const char *session_id, const session_addr *sock)
 {
     const Moat__V1__AttachRequest *req = moat_rpc_call_get_data(st->call);
+    if (refuse_unread_connection(st))
+        return;
     exec_ctx *x = exec_ctx_new(st, session_id, sock);
     if (x == NULL) {
         moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
                            "out of memory");
         return;
     }
-    moat_bridge_consumer c = {exec_on_event, exec_on_end, x};
+    moat_bridge_consumer c = {exec_on_event, exec_on_end, x, &st->c->account};
     moat_bridge_exec *ex = NULL;
     moat_status status;
     moat_status_clear(&status);
@@ -980,6 +1183,7 @@ static void attach_go(stream *st, const char *session_id, const session_addr *so
     moat_err err = moat_bridge_attach(st->s->bridge, session_id, req->execution_id,
                                       req->after_sequence, &c, x->outstanding, &ex, &status);
     if (err != MOAT_OK) {
+        log_budget_refusal(st, &status);
         moat_rpc_call_on_cancel(st->call, NULL, NULL);
         exec_ctx_free(x);
         fail_status(st, &status);
@@ -1456,7 +1660,8 @@ void moat__dispatch(stream *st, const ProtobufCMessage *req)
     case MOAT_RPC_SANDBOXES_RENEW_SESSION: {
         const Moat__V1__RenewSessionRequest *r = (const void *)req;
         char id[MOAT_UUID_STR_LEN];
-        if (!canon(st, r->session_id, "session_id", id) || (j = job_new(st)) == NULL)
+        if (!canon(st, r->session_id, "session_id", id) || !ttl_ok(st, r->ttl_seconds) ||
+            (j = job_new(st)) == NULL)
             return;
         snprintf(j->id, sizeof(j->id), "%s", id);
         j->ttl_ms = (int64_t)(r->ttl_seconds != 0 ? r->ttl_seconds : s->cfg.ttl_seconds) * 1000;
@@ -1680,14 +1885,23 @@ moat_err moat__handlers_init(srv *s)
         cache_free(s);
         return MOAT_E_INVAL;
     }
+    s->call_counts = calloc(1, sizeof(call_counts));
+    if (s->call_counts == NULL) {
+        moat_runtime_close(s->rt);
+        cache_free(s);
+        return MOAT_E_NOMEM;
+    }
     moat_bridge_config bc;
     moat_bridge_config_default(&bc);
+    s->budget.cap = (size_t)c->memory_budget_bytes;
+    bc.budget = &s->budget;
     if (moat_bridge_new(&bc, &s->bridge) != MOAT_OK ||
         moat_bridge_attach_uv(s->bridge, s->loop) != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "bridge_init_failed", "%s", "");
         if (s->bridge != NULL)
             moat_bridge_free(s->bridge);
         moat_runtime_close(s->rt);
+        calls_free(s);
         cache_free(s);
         return MOAT_E_IO;
     }
@@ -1716,5 +1930,6 @@ void moat__handlers_close(srv *s)
     s->rt = NULL;
     S = NULL;
     uv_close((uv_handle_t *)&s->gone_async, NULL);
+    calls_free(s);
     cache_free(s);
 }

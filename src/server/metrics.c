@@ -24,6 +24,9 @@ static atomic_uint_fast64_t create_bucket[NBUCKETS + 1];
 static atomic_uint_fast64_t create_sum_us;
 static atomic_uint_fast64_t create_count;
 static atomic_uint_fast64_t reaper_expired, reaper_gone, reaper_adopted;
+/* The memory budget, copied from the loop (which alone touches the budget). */
+static atomic_uint_fast64_t budget_cap, budget_used, budget_pinned, budget_peak, budget_dropped,
+    budget_refused;
 static struct MHD_Daemon *daemon_handle;
 
 void moat__metrics_init(void)
@@ -108,6 +111,16 @@ void moat__metrics_reaper(const char *action)
         atomic_fetch_add(&reaper_adopted, 1);
 }
 
+void moat__metrics_budget(const moat_bridge_budget *b)
+{
+    atomic_store(&budget_cap, b->cap);
+    atomic_store(&budget_used, b->used);
+    atomic_store(&budget_pinned, b->pinned);
+    atomic_store(&budget_peak, b->peak);
+    atomic_store(&budget_dropped, b->dropped_bytes);
+    atomic_store(&budget_refused, b->refused);
+}
+
 /* Writes the page to f (an open_memstream per scrape). */
 static void render(FILE *f)
 {
@@ -169,6 +182,27 @@ static void render(FILE *f)
             (unsigned long long)atomic_load(&reaper_expired),
             (unsigned long long)atomic_load(&reaper_gone),
             (unsigned long long)atomic_load(&reaper_adopted));
+    fprintf(f,
+            "# HELP moat_memory_budget_bytes memory_budget_bytes: the cap on output held.\n"
+            "# TYPE moat_memory_budget_bytes gauge\nmoat_memory_budget_bytes %llu\n"
+            "# HELP moat_memory_used_bytes Output held: replay rings and queues.\n"
+            "# TYPE moat_memory_used_bytes gauge\nmoat_memory_used_bytes %llu\n"
+            "# HELP moat_memory_pinned_bytes Of it, not yet delivered (cannot be dropped).\n"
+            "# TYPE moat_memory_pinned_bytes gauge\nmoat_memory_pinned_bytes %llu\n"
+            "# HELP moat_memory_peak_bytes Highest moat_memory_used_bytes since start.\n"
+            "# TYPE moat_memory_peak_bytes gauge\nmoat_memory_peak_bytes %llu\n"
+            "# HELP moat_memory_dropped_bytes_total Retained replay dropped to stay under the "
+            "budget.\n"
+            "# TYPE moat_memory_dropped_bytes_total counter\nmoat_memory_dropped_bytes_total "
+            "%llu\n"
+            "# HELP moat_memory_refused_total Streams refused with memory_budget_exhausted.\n"
+            "# TYPE moat_memory_refused_total counter\nmoat_memory_refused_total %llu\n",
+            (unsigned long long)atomic_load(&budget_cap),
+            (unsigned long long)atomic_load(&budget_used),
+            (unsigned long long)atomic_load(&budget_pinned),
+            (unsigned long long)atomic_load(&budget_peak),
+            (unsigned long long)atomic_load(&budget_dropped),
+            (unsigned long long)atomic_load(&budget_refused));
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,

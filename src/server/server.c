@@ -49,11 +49,28 @@ typedef struct wbatch {
     uv_buf_t bufs[BATCH_MAX];
 } wbatch;
 
+/* Unsent bytes of a connection count in the memory budget, against its share. */
+static void conn_pending(conn *c, int64_t delta)
+{
+    c->pending_write = (size_t)((int64_t)c->pending_write + delta);
+    if (c->s->bridge != NULL)
+        moat_bridge_budget_charge(c->s->bridge, &c->account, delta);
+}
+
+/* A stream's queue counts in the budget too (not in the connection's share: a
+ * stream may outlive its connection). */
+static void stream_queued(stream *st, int64_t delta)
+{
+    st->queued = (size_t)((int64_t)st->queued + delta);
+    if (st->s->bridge != NULL)
+        moat_bridge_budget_charge(st->s->bridge, NULL, delta);
+}
+
 static void on_write(uv_write_t *req, int status)
 {
     wbatch *b = (wbatch *)req;
     conn *c = b->c;
-    c->pending_write -= b->total;
+    conn_pending(c, -(int64_t)b->total);
     for (unsigned i = 0; i < b->n; i++)
         free(b->bufs[i].base);
     free(b);
@@ -110,7 +127,7 @@ static void conn_flush(conn *c)
         return;
     c->batch = NULL;
     if (uv_write(&b->req, &c->h.stream, b->bufs, b->n, on_write) < 0) {
-        c->pending_write -= b->total;
+        conn_pending(c, -(int64_t)b->total);
         for (unsigned i = 0; i < b->n; i++)
             free(b->bufs[i].base);
         free(b);
@@ -146,7 +163,7 @@ static moat_err conn_queue_block(conn *c, uint8_t *block, size_t len)
     wbatch *b = c->batch;
     b->bufs[b->n++] = uv_buf_init((char *)block, (unsigned)len);
     b->total += len;
-    c->pending_write += len;
+    conn_pending(c, (int64_t)len);
     if (b->n == BATCH_MAX)
         conn_flush(c);
     if (c->pending_write > c->s->cfg.max_pending_bytes) {
@@ -239,6 +256,8 @@ static void stream_release(stream *st, int n)
         free(f);
         f = n;
     }
+    stream_queued(st, -(int64_t)st->queued);
+    moat__handlers_stream_gone(st);
     if (st->deadline != NULL)
         uv_close((uv_handle_t *)st->deadline, free_timer);
     free(st);
@@ -268,7 +287,7 @@ static void stream_flush(stream *st)
         st->qhead = f->next;
         if (st->qhead == NULL)
             st->qtail = NULL;
-        st->queued -= f->len;
+        stream_queued(st, -(int64_t)f->len);
         conn_write_raw(c, f->data, f->len);
         if (f->payload > 0)
             moat__metrics_bytes(f->payload);
@@ -286,7 +305,7 @@ static void stream_append(stream *st, out_frame *q)
     else
         st->qhead = q;
     st->qtail = q;
-    st->queued += q->len;
+    stream_queued(st, (int64_t)q->len);
 }
 
 static moat_err stream_enqueue(stream *st, const moat_frame *f, uint32_t payload)
@@ -366,7 +385,7 @@ static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
             f = n;
         }
         st->qhead = st->qtail = NULL;
-        st->queued = 0;
+        stream_queued(st, -(int64_t)st->queued);
     }
     moat_frame f = {0};
     f.stream_id = st->id;
@@ -920,6 +939,9 @@ static void accept_one(uv_stream_t *server)
     if (c == NULL)
         return;
     c->s = s;
+    /* One connection may pin at most a quarter of the budget, so a client
+     * that stops reading cannot lock everyone else out. */
+    c->account.limit = (size_t)(s->cfg.memory_budget_bytes / 4);
     bool is_tcp = server->type == UV_TCP;
     if (is_tcp)
         uv_tcp_init(s->loop, &c->h.tcp);
@@ -1074,6 +1096,12 @@ static void on_signal(uv_signal_t *h, int signum)
         s->cfg.hello_timeout_seconds = next.hello_timeout_seconds;
         s->cfg.drain_grace_seconds = next.drain_grace_seconds;
         s->cfg.max_pending_bytes = next.max_pending_bytes;
+        s->cfg.max_ttl_seconds = next.max_ttl_seconds;
+        s->cfg.max_sessions = next.max_sessions;
+        s->cfg.max_sessions_per_chat = next.max_sessions_per_chat;
+        s->cfg.max_calls_per_session = next.max_calls_per_session;
+        s->cfg.memory_budget_bytes = next.memory_budget_bytes;
+        s->budget.cap = (size_t)next.memory_budget_bytes;
         moat_server_config_free(&next);
         moat_log(MOAT_LOG_INFO, "reloaded",
                  "log_level=%d max_connections=%u max_streams_per_connection=%u "
@@ -1100,6 +1128,7 @@ static void on_idle_check(uv_check_t *h)
     s->tcp_deferred = s->pipe_deferred = false;
     while (s->dirty != NULL)
         conn_flush(s->dirty);
+    moat__metrics_budget(&s->budget);
     on_drain_check(s);
 }
 

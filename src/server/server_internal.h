@@ -46,6 +46,7 @@ struct stream {
     void *hctx;
     void (*on_credit)(stream *st, uint32_t increment);
     bool wants_credit;   /* call on_credit(st, 0) after the next write completes */
+    void *session_calls; /* the per-session call count it holds (handlers.c), or NULL */
     stream *next, *prev; /* in the connection's list */
 };
 
@@ -76,6 +77,7 @@ struct conn {
     conn *dirty_next, *dirty_prev;
     uint64_t last_active_ms;
     uint32_t max_streams;
+    moat_bridge_account account; /* its share of the memory budget */
     char peer[64];
     moat_throttle_addr addr; /* the peer's address, for TCP connections */
     bool has_addr;
@@ -98,6 +100,8 @@ void moat__metrics_session_delta(int delta);
 void moat__metrics_create_latency(uint64_t ns);
 void moat__metrics_reaper(const char *action);
 int64_t moat__metrics_sessions(void);
+/* Publishes the budget's figures (call on the loop). */
+void moat__metrics_budget(const moat_bridge_budget *b);
 
 struct srv {
     uv_loop_t *loop;
@@ -128,9 +132,12 @@ struct srv {
     moat_runtime *rt;
     moat_bridge *bridge;
     moat_health *health;
-    void *engine_jobs;     /* thread-pool jobs of calls waiting on the engine, see handlers.c */
-    uv_async_t gone_async; /* the reaper removed sessions: refresh the cache */
-    void *sessions;        /* session cache, see handlers.c */
+    void *engine_jobs;         /* thread-pool jobs of calls waiting on the engine, see handlers.c */
+    moat_bridge_budget budget; /* memory_budget_bytes over all output held */
+    uv_async_t gone_async;     /* the reaper removed sessions: refresh the cache */
+    void *sessions;            /* session cache, see handlers.c */
+    void *call_counts;         /* open calls per session, see handlers.c */
+    uint32_t creates_inflight; /* CreateSession jobs that may add a session */
     void *create_waiters;
 };
 
@@ -162,6 +169,8 @@ moat_err moat__handlers_init(srv *s);
 void moat__handlers_close(srv *s);
 /* Validates the runtime part of cfg without touching Docker. */
 moat_code moat__check_runtime(const moat_server_config *cfg, moat_status *st);
+/* The stream is being freed: releases what handlers counted for it. */
+void moat__handlers_stream_gone(stream *st);
 /* The request has been decoded; the handler owns the call from here. */
 void moat__dispatch(stream *st, const ProtobufCMessage *req);
 

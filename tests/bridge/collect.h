@@ -177,7 +177,7 @@ static inline void col_on_end(void *ud, moat_bridge_exec *ex, const moat_status 
 
 static inline moat_bridge_consumer col_consumer(collect *c)
 {
-    moat_bridge_consumer k = {col_on_event, col_on_end, c};
+    moat_bridge_consumer k = {col_on_event, col_on_end, c, NULL};
     return k;
 }
 

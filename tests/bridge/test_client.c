@@ -785,7 +785,7 @@ static void test_credit_from_other_callback(void **state)
     memset(&a, 0, sizeof(a));
     col_init(&a.c);
     a.other = exb;
-    moat_bridge_consumer k = {cross_event, cross_end, &a};
+    moat_bridge_consumer k = {cross_event, cross_end, &a, NULL};
     moat_bridge_run_opts oa = {.command = "count 10"};
     moat_bridge_exec *exa = NULL;
     moat_status st;
@@ -934,6 +934,134 @@ static void test_attach(void **state)
     assert_int_equal(b.ev[0].seq, 1);
     assert_int_equal(b.last_seq, 6);
     col_free(&a);
+    col_free(&b);
+    env_down(&e);
+}
+
+/* One budget over every ring: retained replay goes oldest first; undelivered
+ * events are never dropped, they pause their transfer at the account's share
+ * or the global cap, and new streams are refused while it holds. */
+/* What one write callback can add past a check: a 512 KiB receive buffer of
+ * events, and the one it completes. */
+#define ONE_WRITE ((512u + 64u) << 10)
+
+static void test_memory_budget(void **state)
+{
+    (void)state;
+    moat_bridge_budget bg = {.cap = 1u << 20};
+    moat_bridge_config cfg;
+    moat_bridge_config_default(&cfg);
+    cfg.replay_bytes = 1u << 20;
+    cfg.idle_timeout_ms = 5000;
+    cfg.budget = &bg;
+    env e;
+    env_up(&e, false, &cfg);
+    /* three finished runs of about 1 MiB of ring each: the budget keeps 1 MiB */
+    const char *cmds[] = {"count 20000", "count 20001", "count 20002"};
+    for (int i = 0; i < 3; i++) {
+        collect c;
+        col_init(&c);
+        c.keep_events = false;
+        moat_bridge_run_opts o = {.command = cmds[i]};
+        run_cmd(&e, &o, &c, UINT64_MAX);
+        run_until(&e, &c.ended);
+        assert_int_equal(c.end.code, MOAT_CODE_OK);
+        col_free(&c);
+        assert_true(bg.used <= bg.cap);
+        assert_int_equal(bg.pinned, 0);
+    }
+    assert_true(bg.dropped_bytes > 0);
+    assert_true(bg.peak <= bg.cap + MOAT_BRIDGE_MAX_EVENT_COST + 256);
+    /* the oldest run lost its replay first: DATA_LOSS; the newest still has its tail */
+    collect b;
+    col_init(&b);
+    moat_bridge_consumer k = col_consumer(&b);
+    moat_bridge_exec *ex2 = NULL;
+    moat_status st;
+    assert_int_equal(moat_bridge_attach(e.b, "sandbox-1", "20000", 0, &k, 0, &ex2, &st),
+                     MOAT_E_NOT_FOUND);
+    assert_int_equal(st.code, MOAT_CODE_DATA_LOSS);
+    assert_int_equal(
+        moat_bridge_attach(e.b, "sandbox-1", "20002", 20003, &k, UINT64_MAX, &ex2, &st), MOAT_OK);
+    assert_true(b.ended);
+    col_free(&b);
+
+    /* a consumer that grants nothing pins at most its account's share */
+    moat_bridge_account acct = {.limit = 256u << 10};
+    collect c;
+    col_init(&c);
+    c.keep_events = false;
+    k = col_consumer(&c);
+    k.account = &acct;
+    moat_bridge_run_opts ob = {.command = "big 50331648"};
+    moat_bridge_exec *big = NULL;
+    assert_int_equal(moat_bridge_run(e.b, &e.ep, &ob, &k, 0, &big, &st), MOAT_OK);
+    moat_bridge_exec_stats s;
+    for (int i = 0; i < 2000; i++) {
+        run_for_ms(&e, 5);
+        moat_bridge_exec_get_stats(big, &s);
+        if (s.paused)
+            break;
+    }
+    assert_true(s.paused);
+    assert_true(acct.pinned >= acct.limit);
+    assert_true(acct.pinned <= acct.limit + ONE_WRITE);
+    assert_int_equal(bg.pinned, acct.pinned);
+    assert_true(bg.used <= bg.cap + ONE_WRITE);
+    /* the bridge does not refuse the party (its owner knows whether it reads): its new
+     * stream waits too, and other parties' streams flow */
+    collect r;
+    col_init(&r);
+    moat_bridge_consumer kr = col_consumer(&r);
+    kr.account = &acct;
+    moat_bridge_run_opts o1 = {.command = "count 1"};
+    moat_bridge_exec *waits = NULL;
+    assert_int_equal(moat_bridge_run(e.b, &e.ep, &o1, &kr, UINT64_MAX, &waits, &st), MOAT_OK);
+    assert_true(moat_bridge_budget_exhausted(e.b, &acct));
+    assert_false(moat_bridge_budget_exhausted(e.b, NULL));
+    collect r2;
+    col_init(&r2);
+    run_cmd(&e, &o1, &r2, UINT64_MAX);
+    run_until(&e, &r2.ended);
+    assert_int_equal(r2.end.code, MOAT_CODE_OK);
+    col_free(&r2);
+    assert_false(r.ended);
+    /* the party's share frees up: the waiting stream resumes (at the next sweep) and ends */
+    moat_bridge_exec_set_account(big, NULL);
+    assert_true(acct.pinned < 4096); /* what the waiting stream's paused transfer holds */
+    run_until(&e, &r.ended);
+    assert_int_equal(acct.pinned, 0);
+    assert_int_equal(r.end.code, MOAT_CODE_OK);
+    col_free(&r);
+
+    /* bytes the owner charges are pinned: at the cap everyone is refused */
+    moat_bridge_budget_charge(e.b, NULL, (int64_t)bg.cap);
+    assert_true(moat_bridge_budget_exhausted(e.b, NULL));
+    col_init(&r);
+    kr = col_consumer(&r);
+    moat_bridge_exec *refused = NULL;
+    assert_int_equal(moat_bridge_run(e.b, &e.ep, &o1, &kr, UINT64_MAX, &refused, &st),
+                     MOAT_E_TOO_BIG);
+    assert_int_equal(st.code, MOAT_CODE_RESOURCE_EXHAUSTED);
+    assert_string_equal(st.reason, "memory_budget_exhausted");
+    assert_string_equal(st.details[0].value, "server");
+    assert_false(r.ended);
+    assert_int_equal(bg.refused, 1);
+    moat_bridge_budget_charge(e.b, NULL, -(int64_t)bg.cap);
+    assert_false(moat_bridge_budget_exhausted(e.b, NULL));
+    col_free(&r);
+
+    moat_bridge_exec_cancel(big);
+    assert_int_equal(bg.pinned, 0);
+    col_free(&c);
+
+    /* a sandbox gone: its retained executions go, and their memory */
+    moat_bridge_drop_scope(e.b, "sandbox-1");
+    assert_int_equal(bg.used, 0);
+    col_init(&b);
+    k = col_consumer(&b);
+    assert_int_equal(moat_bridge_attach(e.b, "sandbox-1", "20002", 0, &k, 0, &ex2, &st),
+                     MOAT_E_NOT_FOUND);
     col_free(&b);
     env_down(&e);
 }
@@ -1443,6 +1571,7 @@ int main(void)
         cmocka_unit_test(test_credit_from_other_callback),
         cmocka_unit_test(test_many_concurrent),
         cmocka_unit_test(test_attach),
+        cmocka_unit_test(test_memory_budget),
         cmocka_unit_test(test_retention),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_calls),

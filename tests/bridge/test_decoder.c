@@ -228,11 +228,26 @@ static void test_traceback_shapes(void **state)
     assert_int_equal(c.ev[1].tb_count, 2);
     assert_string_equal(c.ev[1].tb0, "1");
     assert_string_equal(c.ev[3].name, "");
-    /* the last error wins: -1 with a timeout set */
+    /* the last error wins: -1 with a timeout set, but execd did not say the
+     * timeout killed it (a self-inflicted or OOM kill) */
     assert_true(c.ev[5].known);
     assert_int_equal(c.ev[5].code, -1);
-    assert_true(c.ev[5].timed_out);
+    assert_false(c.ev[5].timed_out);
     col_free(&c);
+
+    /* timed out only when execd names the timeout as the cause, and the run had one */
+    static const char killed[] = "{\"type\":\"error\",\"error\":{\"ename\":\"E\",\"evalue\":\"-1\","
+                                 "\"traceback\":[],\"cause\":\"timeout\"}}\n";
+    for (int with_timeout = 0; with_timeout < 2; with_timeout++) {
+        col_init(&c);
+        moat_bridge_decoder_opts ot = {.timeout_set = with_timeout == 1};
+        rr = decode(killed, sizeof(killed) - 1, &ot, 10, &c);
+        assert_int_equal(rr.finish_err, MOAT_OK);
+        assert_int_equal(c.n, 2);
+        assert_int_equal(c.ev[1].code, -1);
+        assert_int_equal(c.ev[1].timed_out, with_timeout == 1);
+        col_free(&c);
+    }
 
     /* an out-of-range evalue is not a number */
     static const char big[] =

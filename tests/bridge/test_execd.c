@@ -221,6 +221,63 @@ static void test_interrupt(void **state)
     env_down(&e);
 }
 
+/* The exit event of a run with a timeout. */
+static const col_event *run_timed(env *e, const char *cmd, uint64_t timeout_ms, collect *c)
+{
+    col_init(c);
+    moat_bridge_run_opts o = {.command = cmd, .timeout_ms = timeout_ms};
+    start(e, &o, c, UINT64_MAX);
+    run_until(e, &c->ended);
+    assert_int_equal(c->end.code, MOAT_CODE_OK);
+    const col_event *x = &c->ev[c->n - 1];
+    assert_int_equal(x->kind, MOAT_BRIDGE_EV_EXIT);
+    return x;
+}
+
+/* timed_out says what execd saw: its timeout, not any signal under a timeout.
+ * The timeout bounds the whole process group, also what the command left
+ * behind when it ended first. */
+static void test_timeout_cause_and_leftovers(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL);
+    collect c;
+    const col_event *x = run_timed(&e, "sleep 20", 300, &c);
+    assert_true(x->known);
+    assert_int_equal(x->code, -1);
+    assert_true(x->timed_out);
+    col_free(&c);
+
+    x = run_timed(&e, "kill -KILL $$", 60000, &c);
+    assert_true(x->known);
+    assert_int_equal(x->code, -1);
+    assert_false(x->timed_out);
+    col_free(&c);
+
+    /* The leader ends at once (exit 0); its background child stays in its group. */
+    x = run_timed(&e, "sleep 1000 & echo $!", 500, &c);
+    assert_true(x->known);
+    assert_int_equal(x->code, 0);
+    assert_false(x->timed_out);
+    char pid[32];
+    assert_true(c.out_len[1] > 0 && c.out_len[1] < sizeof(pid));
+    memcpy(pid, c.out[1], c.out_len[1]);
+    pid[c.out_len[1]] = '\0';
+    col_free(&c);
+    int left = atoi(pid);
+    assert_true(left > 0);
+    /* Killed at the deadline and reaped by execd (its subreaper). */
+    bool gone = false;
+    for (int i = 0; i < 3000 && !gone; i++) {
+        gone = kill(left, 0) != 0;
+        if (!gone)
+            usleep(10000);
+    }
+    assert_true(gone);
+    env_down(&e);
+}
+
 /* Checks `yes` output incrementally: "y\n" repeated. */
 typedef struct yes_check {
     collect c;
@@ -259,7 +316,7 @@ static void test_paused_1gb_stream(void **state)
     col_init(&y.c);
     y.c.keep_events = false;
     y.c.out_max = 0;
-    moat_bridge_consumer k = {yes_event, yes_end, &y};
+    moat_bridge_consumer k = {yes_event, yes_end, &y, NULL};
     moat_bridge_run_opts o = {.command = "yes | head -c 1000000000"};
     moat_bridge_exec *ex = NULL;
     moat_status st;
@@ -674,6 +731,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_order_streams_and_exit, teardown),
         cmocka_unit_test_teardown(test_interrupt, teardown),
+        cmocka_unit_test_teardown(test_timeout_cause_and_leftovers, teardown),
         cmocka_unit_test_teardown(test_paused_1gb_stream, teardown),
         cmocka_unit_test_teardown(test_attach_after_drop, teardown),
         cmocka_unit_test_teardown(test_sessions_background, teardown),

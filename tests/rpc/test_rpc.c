@@ -204,6 +204,46 @@ static void test_bad_request_ends_invalid_argument(void **state)
     moat_rpc_call_unref(c);
 }
 
+/* protobuf strings may carry NUL; moatd's C strings would end there. Any string
+ * field, nested ones (map entries) too, with a NUL ends the call before it runs. */
+static void test_nul_in_string_is_invalid_argument(void **state)
+{
+    (void)state;
+    /* command (2) "ec\0ho"; cwd (3) "/t\0mp"; env (5) {"K\0": "v"}; env {"K": "v\0"} */
+    static const uint8_t command[] = {0x12, 5, 'e', 'c', 0, 'h', 'o'};
+    static const uint8_t cwd[] = {0x12, 2, 'l', 's', 0x1a, 5, '/', 't', 0, 'm', 'p'};
+    static const uint8_t env_key[] = {0x12, 2, 'l', 's', 0x2a, 7, 0x0a, 2, 'K', 0, 0x12, 1, 'v'};
+    static const uint8_t env_value[] = {0x12, 2, 'l', 's', 0x2a, 7, 0x0a, 1, 'K', 0x12, 2, 'v', 0};
+    struct {
+        const uint8_t *p;
+        size_t n;
+        const char *field;
+    } cases[] = {{command, sizeof(command), "command"},
+                 {cwd, sizeof(cwd), "cwd"},
+                 {env_key, sizeof(env_key), "key"},
+                 {env_value, sizeof(env_value), "value"}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        rec r = {0};
+        moat_rpc_call *c =
+            moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 5, 0, 0, &sink, &r);
+        assert_int_equal(moat_rpc_call_request(c, cases[i].p, cases[i].n, NULL), MOAT_E_INVAL);
+        assert_int_equal(r.ends, 1);
+        assert_int_equal(r.end.code, MOAT_CODE_INVALID_ARGUMENT);
+        assert_string_equal(r.end.reason, "nul_in_argument");
+        assert_int_equal(r.end.detail_count, 1);
+        assert_string_equal(r.end.details[0].value, cases[i].field);
+        moat_rpc_call_unref(c);
+    }
+    /* Without the NUL the same requests are accepted. */
+    static const uint8_t clean[] = {0x12, 2, 'l', 's', 0x2a, 6, 0x0a, 1, 'K', 0x12, 1, 'v'};
+    rec r = {0};
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 5, 0, 0, &sink, &r);
+    assert_int_equal(moat_rpc_call_request(c, clean, sizeof(clean), NULL), MOAT_OK);
+    assert_int_equal(r.ends, 0);
+    moat_rpc_call_unref(c);
+}
+
 static void test_streaming_sends_many(void **state)
 {
     (void)state;
@@ -387,6 +427,7 @@ int main(void)
         cmocka_unit_test(test_unary_lifecycle),
         cmocka_unit_test(test_unary_ok_without_response_is_internal),
         cmocka_unit_test(test_bad_request_ends_invalid_argument),
+        cmocka_unit_test(test_nul_in_string_is_invalid_argument),
         cmocka_unit_test(test_streaming_sends_many),
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_no_deadline_and_overflow),

@@ -1,5 +1,6 @@
 #include "harness.h"
 #include "host_mounts.h"
+#include "moat/v1/exec.pb-c.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -454,4 +455,72 @@ bool http_get(int port, const char *path, char *out, size_t cap)
     out[used] = '\0';
     close(fd);
     return used > 0;
+}
+
+long long metric_value(int metrics_port, const char *name)
+{
+    static char page[65536];
+    if (!http_get(metrics_port, "/metrics", page, sizeof(page)))
+        return -1;
+    size_t n = strlen(name);
+    for (const char *p = page; (p = strstr(p, name)) != NULL; p += n) {
+        bool line_start = p == page || p[-1] == '\n';
+        if (line_start && p[n] == ' ')
+            return atoll(p + n + 1);
+    }
+    return -1;
+}
+
+long proc_rss_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            kb = atol(line + 6);
+    if (f != NULL)
+        fclose(f);
+    return kb;
+}
+
+uint32_t raw_start_run(raw_conn *c, const char *sid, const char *cmd, uint64_t timeout_ms)
+{
+    Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+    req.session_id = (char *)sid;
+    req.command = (char *)cmd;
+    req.timeout_ms = timeout_ms;
+    return raw_call(c, "/moat.v1.Exec/RunCommand", 0, &req.base);
+}
+
+int raw_run_many(raw_conn *c, const char *sid, const char *cmd, int total, int parallel,
+                 void (*tick)(void *ud), void *ud)
+{
+    int started = 0, open = 0, ok = 0;
+    while (started < total || open > 0) {
+        while (started < total && open < parallel) {
+            if (raw_start_run(c, sid, cmd, 0) == 0)
+                return -1;
+            started++;
+            open++;
+        }
+        moat_frame f;
+        if (raw_recv(c, &f, 120000) != 1)
+            return -1;
+        if (f.kind == MOAT_FRAME_MESSAGE) {
+            moat_frame w = {0};
+            w.stream_id = f.stream_id;
+            w.kind = MOAT_FRAME_WINDOW_UPDATE;
+            w.u.window_update.increment = (uint32_t)f.u.message.payload.len;
+            if (w.u.window_update.increment > 0 && !raw_send(c, &w))
+                return -1;
+        } else if (f.kind == MOAT_FRAME_END) {
+            open--;
+            ok += f.u.end.code == MOAT_CODE_OK;
+        }
+        if (tick != NULL)
+            tick(ud);
+    }
+    return ok;
 }

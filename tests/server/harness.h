@@ -86,4 +86,16 @@ int free_port(void);
 /* GET path from 127.0.0.1:port; body copied into out (NUL-terminated). */
 bool http_get(int port, const char *path, char *out, size_t cap);
 
+/* The value of the metric line `name value` on moatd's /metrics, or -1. */
+long long metric_value(int metrics_port, const char *name);
+/* VmRSS of pid in KiB, or -1. */
+long proc_rss_kb(pid_t pid);
+/* Starts RunCommand(cmd) in session sid on a new stream; returns its id (0 on failure). */
+uint32_t raw_start_run(raw_conn *c, const char *sid, const char *cmd, uint64_t timeout_ms);
+/* Runs cmd `total` times in sid, at most `parallel` calls open at once, reading every
+ * stream to its End and granting window back for each message; tick(ud) (may be NULL)
+ * runs after every frame. Returns how many ended OK, or -1 on a transport failure. */
+int raw_run_many(raw_conn *c, const char *sid, const char *cmd, int total, int parallel,
+                 void (*tick)(void *ud), void *ud);
+
 #endif

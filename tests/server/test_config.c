@@ -28,6 +28,11 @@ static void test_defaults(void **state)
     assert_int_equal(c.initial_window, 1048576);
     assert_int_equal(c.log_level, MOAT_LOG_INFO);
     assert_string_equal(c.instance, "");
+    assert_int_equal(c.memory_budget_bytes, 256ull << 20);
+    assert_int_equal(c.max_ttl_seconds, 86400);
+    assert_int_equal(c.max_sessions, 256);
+    assert_int_equal(c.max_sessions_per_chat, 4);
+    assert_int_equal(c.max_calls_per_session, 64);
     char err[256] = "";
     assert_int_equal(moat_server_config_finish(&c, "/nonexistent/bin", err, sizeof(err)), MOAT_OK);
     assert_string_equal(c.chats_root, "/var/lib/moat/chats");
@@ -273,6 +278,19 @@ static void test_finish_rules(void **state)
                      MOAT_E_INVAL);
     assert_non_null(strstr(err, "loopback"));
     assert_int_equal(finish_with("metrics_listen", "", NULL, NULL, err, sizeof(err)), MOAT_OK);
+    /* the default lifetime may not exceed the longest one a client may ask for */
+    assert_int_equal(finish_with("max_ttl_seconds", "60", NULL, NULL, err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_non_null(strstr(err, "max_ttl_seconds"));
+    assert_int_equal(finish_with("max_ttl_seconds", "60", "ttl_seconds", "60", err, sizeof(err)),
+                     MOAT_OK);
+    moat_server_config r;
+    moat_server_config_defaults(&r);
+    assert_int_equal(moat_server_config_set(&r, "memory_budget_bytes", "1048576", err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_int_equal(moat_server_config_set(&r, "max_calls_per_session", "0", err, sizeof(err)),
+                     MOAT_E_INVAL);
+    moat_server_config_free(&r);
     assert_int_equal(finish_with("state_dir", "relative/dir", NULL, NULL, err, sizeof(err)),
                      MOAT_E_INVAL);
     assert_int_equal(finish_with("listen", "", "unix_socket", "", err, sizeof(err)), MOAT_E_INVAL);

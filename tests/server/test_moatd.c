@@ -238,6 +238,28 @@ static void test_bad_request_payload(void **state)
     raw_close(c);
 }
 
+/* A NUL inside a string (protobuf allows it) would cut a command short: refused before it
+ * reaches anything, with the field named. */
+static void test_nul_in_command_is_refused(void **state)
+{
+    (void)state;
+    raw_conn *c = authed();
+    uint32_t id = raw_call(c, "/moat.v1.Exec/RunCommand", 0, NULL);
+    moat_frame m = {0};
+    m.stream_id = id;
+    m.kind = MOAT_FRAME_MESSAGE;
+    const uint8_t req[] = {0x12, 9, 'r', 'm', ' ', '-', 'r', 'f', 0, ' ', '/'};
+    m.u.message.payload = (moat_slice){req, sizeof(req)};
+    raw_send(c, &m);
+    moat_frame f;
+    assert_int_equal(raw_recv_stream(c, id, &f, 10000), 1);
+    assert_int_equal(f.kind, MOAT_FRAME_END);
+    assert_int_equal(f.u.end.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_int_equal(f.u.end.reason.len, strlen("nul_in_argument"));
+    assert_memory_equal(f.u.end.reason.data, "nul_in_argument", f.u.end.reason.len);
+    raw_close(c);
+}
+
 static void test_ping_pong(void **state)
 {
     (void)state;
@@ -904,6 +926,7 @@ int main(void)
         cmocka_unit_test(test_sandboxes_refusals_without_docker),
         cmocka_unit_test(test_unknown_method_keeps_connection),
         cmocka_unit_test(test_bad_request_payload),
+        cmocka_unit_test(test_nul_in_command_is_refused),
         cmocka_unit_test(test_ping_pong),
         cmocka_unit_test(test_stream_limit),
         cmocka_unit_test(test_deadline_exceeded),
