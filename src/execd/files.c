@@ -565,6 +565,49 @@ static enum MHD_Result directories_delete(struct MHD_Connection *conn)
     return xd_respond_empty(conn, 200);
 }
 
+/* Puts data in place of the file at path (whose stat is sb): written to a temporary file in the
+ * same directory, synced, given the file's mode, then renamed over it, so the file is either
+ * whole as before or whole as new. Returns 0 or an errno; on failure path is untouched. */
+static int replace_contents(const char *path, const struct stat *sb, const uint8_t *data,
+                            size_t len)
+{
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 32);
+    if (tmp == NULL)
+        return ENOMEM;
+    const char *slash = strrchr(path, '/');
+    size_t dir_len = slash != NULL ? (size_t)(slash - path) + 1 : 0;
+    snprintf(tmp, plen + 32, "%.*s.moat-replace-XXXXXX", (int)dir_len, path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        int e = errno;
+        free(tmp);
+        return e;
+    }
+    int e = 0;
+    for (size_t off = 0; e == 0 && off < len;) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno != EINTR)
+            e = errno;
+        else if (w > 0)
+            off += (size_t)w;
+    }
+    /* Keeping another user's ownership takes privilege the caller may not have: best effort. */
+    if (e == 0 && (sb->st_uid != geteuid() || sb->st_gid != getegid()) &&
+        fchown(fd, sb->st_uid, sb->st_gid) != 0 && errno != EPERM)
+        e = errno;
+    if (e == 0 && (fchmod(fd, sb->st_mode & 07777) != 0 || fsync(fd) != 0))
+        e = errno;
+    if (close(fd) != 0 && e == 0)
+        e = errno;
+    if (e == 0 && rename(tmp, path) != 0)
+        e = errno;
+    if (e != 0)
+        unlink(tmp);
+    free(tmp);
+    return e;
+}
+
 static enum MHD_Result files_replace(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
@@ -615,38 +658,38 @@ static enum MHD_Result files_replace(struct MHD_Connection *conn, xd_req *r)
             free(p);
             goto out;
         }
+        /* The new content is built whole, and replaces the file only once it is on disk: a
+         * failed read, a failed allocation or a full disk leaves the user's file as it was. */
         moat_buf in, outb;
         moat_buf_init(&in, REPLACE_MAX);
         moat_buf_init(&outb, (size_t)-1 / 2);
         char tmp[65536];
         ssize_t n;
+        bool built = true;
         while ((n = read(fd, tmp, sizeof(tmp))) > 0)
-            moat_buf_append(&in, tmp, (size_t)n);
+            built = built && moat_buf_append(&in, tmp, (size_t)n) == MOAT_OK;
+        int e = n < 0 ? errno : 0;
         close(fd);
         size_t count = 0, i = 0;
-        while (i < in.len) {
+        while (e == 0 && built && i < in.len) {
             const char *hit =
                 i + olen <= in.len ? memmem(in.data + i, in.len - i, old, olen) : NULL;
             size_t upto = hit ? (size_t)((const uint8_t *)hit - in.data) : in.len;
-            moat_buf_append(&outb, in.data + i, upto - i);
-            if (hit == NULL)
+            built = moat_buf_append(&outb, in.data + i, upto - i) == MOAT_OK;
+            if (hit == NULL || !built)
                 break;
-            moat_buf_append(&outb, nw, nlen);
+            built = moat_buf_append(&outb, nw, nlen) == MOAT_OK;
             count++;
             i = upto + olen;
         }
-        int e = 0;
-        if (count > 0) {
-            fd = open(p, O_WRONLY | O_TRUNC | O_CLOEXEC);
-            if (fd < 0 || (outb.len > 0 && write(fd, outb.data, outb.len) != (ssize_t)outb.len))
-                e = errno ? errno : EIO;
-            if (fd >= 0)
-                close(fd);
-        }
+        if (e == 0 && !built)
+            e = ENOMEM;
+        if (e == 0 && count > 0)
+            e = replace_contents(p, &sb, outb.data, outb.len);
         moat_buf_free(&in);
         moat_buf_free(&outb);
         if (e != 0) {
-            ret = errno_error(conn, e, "write", p);
+            ret = errno_error(conn, e, "replace", p);
             free(p);
             goto out;
         }

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -1482,6 +1483,56 @@ static void test_uid(void **state)
     assert_string_equal(r.out_lines[1], "65533");
 }
 
+/* A replace that cannot be completed (here: the new content does not fit the file system)
+ * leaves the file exactly as it was, and a completed one keeps the file's mode. */
+static void test_replace_is_all_or_nothing(void **state)
+{
+    (void)state;
+    if (getuid() != 0)
+        skip();
+    char dir[] = "/tmp/moat-replace-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(mount("moat-test", dir, "tmpfs", 0, "size=64k"), 0);
+    char path[128], body[512];
+    snprintf(path, sizeof(path), "%s/f.txt", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 40 * 1024; i++)
+        fputc('a', f);
+    fclose(f);
+    assert_int_equal(chmod(path, 0640), 0);
+    /* Doubling every byte needs 80 KiB next to the 40 KiB file: ENOSPC. */
+    snprintf(body, sizeof(body), "{\"%s\":{\"old\":\"a\",\"new\":\"bb\"}}", path);
+    xd_resp r = xd_http(&xp.unix_t, "POST", "/files/replace", body, NULL);
+    assert_int_equal(r.status, 500);
+    assert_non_null(strstr(r.body, "No space left on device"));
+    xd_resp_free(&r);
+    struct stat sb;
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_size, 40 * 1024);
+    char *got = read_file(path);
+    assert_int_equal(strspn(got, "a"), 40 * 1024);
+    free(got);
+    /* Nothing left behind by the failed attempt: only the file itself. */
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int entries = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        entries += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    assert_int_equal(entries, 1);
+    /* One that fits replaces the whole file, mode kept. */
+    snprintf(body, sizeof(body), "{\"%s\":{\"old\":\"aaaa\",\"new\":\"b\"}}", path);
+    r = xd_http(&xp.unix_t, "POST", "/files/replace", body, NULL);
+    assert_int_equal(r.status, 200);
+    xd_resp_free(&r);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_size, 10 * 1024);
+    assert_int_equal(sb.st_mode & 0777, 0640);
+    assert_int_equal(umount(dir), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 /* --run-as: commands, bash sessions and the file API act as that user; the access token from
  * the environment reaches no command; files land owned by the user, and what the user cannot
  * write, the file API cannot either. */
@@ -1660,6 +1711,7 @@ int main(void)
         cmocka_unit_test(test_retention_and_bound),
         cmocka_unit_test(test_uid),
         cmocka_unit_test(test_run_as),
+        cmocka_unit_test(test_replace_is_all_or_nothing),
         cmocka_unit_test(test_exec_failure),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
