@@ -968,7 +968,7 @@ static void exec_on_event(void *ud, moat_bridge_exec *ex, const moat_bridge_even
     x->outstanding -= cost < x->outstanding ? cost : x->outstanding;
     /* Running low: top up once this event has been written (not from inside
      * the bridge's callback). */
-    if (x->outstanding < x->st->s->cfg.initial_window / 2 && x->st->c != NULL) {
+    if (x->outstanding < x->st->initial_window / 2 && x->st->c != NULL) {
         x->st->wants_credit = true;
         x->st->c->credit_wanted = true;
     }
@@ -995,7 +995,7 @@ static uint64_t exec_credit_target(const stream *st)
     if (st->c == NULL || st->c->pending_write > st->s->cfg.max_pending_bytes)
         return 0;
     uint64_t want = moat__stream_credit(st);
-    return want < st->s->cfg.initial_window ? want : st->s->cfg.initial_window;
+    return want < st->initial_window ? want : st->initial_window;
 }
 
 /* Runs on WindowUpdates (inc > 0) and when the connection's writes drain
@@ -1321,7 +1321,7 @@ static void logs_cb(void *ud, const moat_status *status, const uint8_t *data, si
     if (answer_ok(st, status)) {
         /* One response must fit in a frame: hand back less and move the
          * cursor only as far as what was sent. */
-        size_t cap = st->s->cfg.max_frame_size - 256;
+        size_t cap = st->max_frame_size - 256;
         Moat__V1__CommandLogs r = MOAT__V1__COMMAND_LOGS__INIT;
         const Moat__V1__GetCommandLogsRequest *req = moat_rpc_call_get_data(st->call);
         if (len > cap) {
@@ -1398,7 +1398,7 @@ static void list_cb(void *ud, const moat_status *status, const moat_bridge_file_
             Moat__V1__ListResponse r = MOAT__V1__LIST_RESPONSE__INIT;
             r.n_entries = count;
             r.entries = ptrs;
-            if (protobuf_c_message_get_packed_size(&r.base) > st->s->cfg.max_frame_size - 256)
+            if (protobuf_c_message_get_packed_size(&r.base) > st->max_frame_size - 256)
                 moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "listing_too_large",
                                    "%zu entries do not fit in one frame; list a smaller depth",
                                    count);

@@ -337,7 +337,7 @@ static moat_err sink_message(moat_rpc_call *call, const ProtobufCMessage *msg, s
     stream *st = user;
     if (st->c == NULL)
         return MOAT_E_CLOSED;
-    if (len > st->c->s->cfg.max_frame_size - 64)
+    if (len > st->max_frame_size - 64)
         return MOAT_E_TOO_BIG;
     uint8_t head[MOAT_WIRE_MESSAGE_PREFIX_MAX];
     size_t hlen = 0;
@@ -653,16 +653,18 @@ static void handle_hello(conn *c, const moat_frame *f)
         return;
     }
     c->max_streams = s->cfg.max_streams_per_connection;
+    c->max_frame_size = s->cfg.max_frame_size;
+    c->initial_window = s->cfg.initial_window;
     moat_frame ack = {0};
     ack.kind = MOAT_FRAME_HELLO_ACK;
     ack.u.hello_ack.protocol_version = MOAT_WIRE_PROTOCOL_VERSION;
     ack.u.hello_ack.server_version = moat_slice_str("moatd/" MOAT_VERSION);
-    ack.u.hello_ack.max_frame_size = s->cfg.max_frame_size;
-    ack.u.hello_ack.initial_window = s->cfg.initial_window;
+    ack.u.hello_ack.max_frame_size = c->max_frame_size;
+    ack.u.hello_ack.initial_window = c->initial_window;
     ack.u.hello_ack.max_concurrent_streams = s->cfg.max_streams_per_connection;
     ack.u.hello_ack.idle_timeout_seconds = s->cfg.idle_timeout_seconds;
     conn_send(c, &ack);
-    moat_wire_decoder_set_max(&c->dec, s->cfg.max_frame_size);
+    moat_wire_decoder_set_max(&c->dec, c->max_frame_size);
     pending_unlink(c);
     c->state = CONN_READY;
     s->nready++;
@@ -726,7 +728,9 @@ static void handle_call(conn *c, const moat_frame *f)
     st->id = id;
     st->refs = 1;
     st->started_ns = moat_time_mono_ns();
-    moat_window_init(&st->window, s->cfg.initial_window);
+    st->max_frame_size = c->max_frame_size;
+    st->initial_window = c->initial_window;
+    moat_window_init(&st->window, st->initial_window);
     st->call = moat_rpc_call_new(m, id, f->u.call.deadline_ms, now_ms(), &sink, st);
     if (st->call == NULL) {
         moat_stream_table_close(c->table, id);

@@ -32,6 +32,9 @@ typedef struct out_frame {
  * handler holds it (refs). */
 struct stream {
     conn *c; /* NULL once the connection is gone */
+    /* Its connection's limits, kept after the connection is gone. */
+    uint32_t max_frame_size;
+    uint32_t initial_window;
     srv *s;
     uint32_t id;
     unsigned refs;
@@ -77,6 +80,9 @@ struct conn {
     conn *dirty_next, *dirty_prev;
     uint64_t last_active_ms;
     uint32_t max_streams;
+    /* What its HelloAck announced; a SIGHUP's new values apply to new connections only. */
+    uint32_t max_frame_size;
+    uint32_t initial_window;
     moat_bridge_account account; /* its share of the memory budget */
     char peer[64];
     moat_throttle_addr addr; /* the peer's address, for TCP connections */
