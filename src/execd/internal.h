@@ -8,6 +8,7 @@
 
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/types.h>
 
@@ -73,7 +74,7 @@ typedef struct xd_globals {
     size_t ncmds;
     xd_session *sessions;
     xd_config cfg;
-    volatile int shutting_down;
+    atomic_bool shutting_down; /* set by the signal thread, read by request threads */
 } xd_globals;
 
 extern xd_globals xd;

@@ -214,7 +214,7 @@ static ssize_t watch_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)cls;
     (void)pos;
-    if (xd.shutting_down)
+    if (atomic_load(&xd.shutting_down))
         return MHD_CONTENT_READER_END_OF_STREAM;
     cJSON *m = measure();
     char *text = m ? cJSON_PrintUnformatted(m) : NULL;

@@ -461,8 +461,7 @@ static void *signal_main(void *arg)
         /* Reap on every wake-up too: a SIGCHLD may be merged or arrive before the mask. */
         reap_all();
         if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT) {
-            if (!xd.shutting_down) {
-                xd.shutting_down = 1;
+            if (!atomic_exchange(&xd.shutting_down, true)) {
                 ssize_t w = write(shutdown_fd, "x", 1);
                 (void)w;
             }
