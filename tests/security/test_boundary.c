@@ -21,11 +21,9 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "local_user.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
-
-#define NOBODY_UID 65534
-#define NOBODY_GID 65534
 
 static char prefix_default[64], prefix_root[64];
 static moatd_proc unprivileged_moatd; /* sandbox_user at its default */
@@ -250,69 +248,6 @@ static void test_commands_are_unprivileged_and_cannot_reach_execd(void **state)
     assert_still_serving(&unprivileged_moatd, sid, cid);
 }
 
-/* Runs `path -p -c 'id -u'` as nobody from an fd root opened, so the directories above path
- * (closed to nobody) do not stop it and only the file's own bits and mount count. Returns the
- * euid it printed, or -1. */
-static long euid_of_setuid_file_run_by_nobody(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int out[2];
-    if (pipe(out) != 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(out[1], 1);
-        if (setgroups(0, NULL) != 0 || setgid(NOBODY_GID) != 0 || setuid(NOBODY_UID) != 0)
-            _exit(120);
-        char *argv[] = {"sh", "-p", "-c", "id -u", NULL};
-        char *envp[] = {"PATH=/usr/bin:/bin", NULL};
-        fexecve(fd, argv, envp);
-        _exit(121);
-    }
-    close(out[1]);
-    close(fd);
-    char buf[64] = "";
-    ssize_t n = read(out[0], buf, sizeof(buf) - 1);
-    close(out[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
-    return strtol(buf, NULL, 10);
-}
-
-static int try_open(const char *path)
-{
-    return open(path, O_RDONLY) >= 0 ? 0 : errno;
-}
-
-static int try_connect(const char *path)
-{
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    if (strlen(path) >= sizeof(sa.sun_path))
-        return ENAMETOOLONG;
-    memcpy(sa.sun_path, path, strlen(path) + 1);
-    return connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : errno;
-}
-
-/* What attempt(path) gives when nobody, another local user, makes it: 0 or an errno. */
-static int as_nobody(int (*attempt)(const char *), const char *path)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (setgroups(0, NULL) != 0 || setgid(NOBODY_GID) != 0 || setuid(NOBODY_UID) != 0)
-            _exit(120);
-        _exit(attempt(path));
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static void assert_private_dir(const char *path)
 {
     struct stat sb;
@@ -347,14 +282,14 @@ static void plant_setuid_shell(const moatd_proc *p)
     struct stat sb;
     assert_int_equal(stat(path, &sb), 0);
     assert_true((sb.st_mode & S_ISUID) != 0); /* the bit is there, and must do nothing */
-    assert_int_equal(as_nobody(try_open, path), EACCES);
+    assert_int_equal(nobody_open_errno(path), EACCES);
     /* nosuid: the bit is ignored, the file runs as whoever runs it. */
     long euid = euid_of_setuid_file_run_by_nobody(path);
     if (euid != NOBODY_UID)
         fail_msg("the sandbox's setuid file ran with euid %ld", euid);
     snprintf(path, sizeof(path), "%s/%s/notes", chats_root, chat);
-    assert_int_equal(as_nobody(try_open, path), EACCES);
-    assert_int_equal(as_nobody(try_connect, sock), EACCES);
+    assert_int_equal(nobody_open_errno(path), EACCES);
+    assert_int_equal(nobody_connect_errno(sock), EACCES);
     struct stat ss;
     assert_int_equal(lstat(sock, &ss), 0);
     assert_true(S_ISSOCK(ss.st_mode));

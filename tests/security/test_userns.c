@@ -25,14 +25,13 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "local_user.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
 #include "userns_engine.h"
 
-#define IMAGE      "moat-sandbox:latest"
-#define NOBODY_UID 65534
-#define NOBODY_GID 65534
+#define IMAGE "moat-sandbox:latest"
 
 static userns_engine eng;
 static moatd_proc quota_moatd, plain_moatd;
@@ -212,33 +211,6 @@ static void assert_owner_mode(const char *path, uint32_t uid, unsigned mode)
     if (sb.st_uid != uid || sb.st_gid != uid || (sb.st_mode & 07777) != mode)
         fail_msg("%s: %u:%u %04o, want %u:%u %04o", path, (unsigned)sb.st_uid, (unsigned)sb.st_gid,
                  (unsigned)(sb.st_mode & 07777), uid, uid, mode);
-}
-
-/* Runs `path -p -c 'id -u'` as nobody from an fd root opened (so the 0700 parents do not stop
- * it and only the file's own bits and its mount count). The euid it printed, or -1. */
-static long euid_of_setuid_file_run_by_nobody(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    int out[2];
-    if (fd < 0 || pipe(out) != 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(out[1], 1);
-        if (setgroups(0, NULL) != 0 || setgid(NOBODY_GID) != 0 || setuid(NOBODY_UID) != 0)
-            _exit(120);
-        char *argv[] = {"sh", "-p", "-c", "id -u", NULL};
-        char *envp[] = {"PATH=/usr/bin:/bin", NULL};
-        fexecve(fd, argv, envp);
-        _exit(121);
-    }
-    close(out[1]);
-    close(fd);
-    char buf[64] = "";
-    ssize_t n = read(out[0], buf, sizeof(buf) - 1);
-    close(out[0]);
-    waitpid(pid, NULL, 0);
-    return n > 0 ? strtol(buf, NULL, 10) : -1;
 }
 
 static void write_file(const moatd_proc *p, const char *sid, const char *path, const char *data)
