@@ -1485,14 +1485,29 @@ static void test_uid(void **state)
 
 /* A replace that cannot be completed (here: the new content does not fit the file system)
  * leaves the file exactly as it was, and a completed one keeps the file's mode. */
+static char replace_dir[32];
+
+/* Runs even when the test failed: the small tmpfs goes, whatever the test left in it. */
+static int replace_teardown(void **state)
+{
+    (void)state;
+    if (replace_dir[0] != '\0') {
+        umount2(replace_dir, MNT_DETACH);
+        rmdir(replace_dir);
+        replace_dir[0] = '\0';
+    }
+    return 0;
+}
+
 static void test_replace_is_all_or_nothing(void **state)
 {
     (void)state;
     if (getuid() != 0)
         skip();
-    char dir[] = "/tmp/moat-replace-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    assert_int_equal(mount("moat-test", dir, "tmpfs", 0, "size=64k"), 0);
+    snprintf(replace_dir, sizeof(replace_dir), "/tmp/moat-replace-XXXXXX");
+    assert_non_null(mkdtemp(replace_dir));
+    assert_int_equal(mount("moat-test", replace_dir, "tmpfs", 0, "size=64k"), 0);
+    const char *dir = replace_dir;
     char path[128], body[512];
     snprintf(path, sizeof(path), "%s/f.txt", dir);
     FILE *f = fopen(path, "w");
@@ -1529,8 +1544,6 @@ static void test_replace_is_all_or_nothing(void **state)
     assert_int_equal(stat(path, &sb), 0);
     assert_int_equal(sb.st_size, 10 * 1024);
     assert_int_equal(sb.st_mode & 0777, 0640);
-    assert_int_equal(umount(dir), 0);
-    assert_int_equal(rmdir(dir), 0);
 }
 
 /* --run-as: commands, bash sessions and the file API act as that user; the access token from
@@ -1711,7 +1724,7 @@ int main(void)
         cmocka_unit_test(test_retention_and_bound),
         cmocka_unit_test(test_uid),
         cmocka_unit_test(test_run_as),
-        cmocka_unit_test(test_replace_is_all_or_nothing),
+        cmocka_unit_test_teardown(test_replace_is_all_or_nothing, replace_teardown),
         cmocka_unit_test(test_exec_failure),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -124,9 +124,25 @@ static int group_setup(void **state)
     return run(cmd) == 0 ? 0 : -1;
 }
 
+/* The runtime's own directories, removed by group_teardown too when a failed assertion left the
+ * test before its end (moatd's runtime leaves nosuid,nodev self-binds there). */
+static char runtime_dir[32];
+
+static void remove_runtime_dir(void)
+{
+    if (runtime_dir[0] == '\0')
+        return;
+    char cmd[128];
+    host_unmount_under(runtime_dir);
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", runtime_dir);
+    run(cmd);
+    runtime_dir[0] = '\0';
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
+    remove_runtime_dir();
     char cmd[512];
     snprintf(cmd, sizeof(cmd),
              "/usr/bin/docker -H unix://%s ps -aq | xargs -r /usr/bin/docker -H unix://%s rm -f "
@@ -154,8 +170,9 @@ static bool ping(const moat_session *s)
 static void test_engine_down_then_back(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/moat-rtddrt-XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    snprintf(runtime_dir, sizeof(runtime_dir), "/tmp/moat-rtddrt-XXXXXX");
+    assert_non_null(mkdtemp(runtime_dir));
+    const char *dir = runtime_dir;
     char deps[128], lambda[128], chats[128], st_dir[128], store[128], bundle[1024];
     snprintf(deps, sizeof(deps), "%s/deps", dir);
     snprintf(lambda, sizeof(lambda), "%s/lambda", dir);
@@ -244,10 +261,7 @@ static void test_engine_down_then_back(void **state)
     assert_int_equal(moat_runtime_stop(rt, sid, &st), MOAT_CODE_OK);
     assert_int_equal(moat_runtime_stop(rt, sid2, &st), MOAT_CODE_OK);
     moat_runtime_close(rt);
-    char cmd[128];
-    host_unmount_under(dir);
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    run(cmd);
+    remove_runtime_dir();
 }
 
 int main(void)
