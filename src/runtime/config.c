@@ -312,27 +312,6 @@ static int make_inert(const char *path)
     return 0;
 }
 
-/* mkdir -p with mode 0755. */
-static int mkdirs(const char *path)
-{
-    char buf[MOAT_RUNTIME_PATH_MAX];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof(buf))
-        return -1;
-    memcpy(buf, path, n + 1);
-    for (char *p = buf + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
 /* Copies s into rt's owned strings; a failed copy is remembered in own_failed. */
 static const char *own(moat_runtime *rt, const char *s, bool *own_failed)
 {
@@ -436,8 +415,9 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
 
     char sessions[MOAT_RUNTIME_PATH_MAX];
     snprintf(sessions, sizeof(sessions), "%s/sessions", c->state_dir);
-    if (mkdirs(c->chats_root) != 0 || mkdirs(sessions) != 0 || make_private(c->chats_root) != 0 ||
-        make_private(c->state_dir) != 0 || make_private(sessions) != 0) {
+    if (moat__mkdir_p(c->chats_root, 0755) != 0 || moat__mkdir_p(sessions, 0755) != 0 ||
+        make_private(c->chats_root) != 0 || make_private(c->state_dir) != 0 ||
+        make_private(sessions) != 0) {
         moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "invalid_config",
                         "cannot create chats_root '%s' or state_dir '%s': %s", c->chats_root,
                         c->state_dir, strerror(errno));

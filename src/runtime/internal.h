@@ -170,6 +170,8 @@ void moat__docker_setup_endpoint(moat_runtime *rt, CURL *h);
 /* GET /ping on execd's socket with its token (NULL or "": none), never following a link the
  * sandbox planted there; true on HTTP 200. */
 bool moat__execd_ping(const char *socket_path, const char *token, long timeout_ms);
+/* mkdir -p: path and every missing parent, new ones with mode; 0, or -1 with errno. */
+int moat__mkdir_p(const char *path, mode_t mode);
 /* obj[key] (case-sensitive) when obj is an object, else NULL. Lives as long as obj. */
 const cJSON *moat__json_get(const cJSON *obj, const char *key);
 /* obj[key] when obj is an object and the value a string, else NULL. Lives as long as obj. */

@@ -398,7 +398,7 @@ static bool is_empty_dir(const char *dir)
     return empty;
 }
 
-static int mkdir_p(const char *path, mode_t mode)
+int moat__mkdir_p(const char *path, mode_t mode)
 {
     char buf[MOAT_RUNTIME_PATH_MAX];
     size_t n = strlen(path);
@@ -476,7 +476,7 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
     if (!moat__workspace_path(cfg->images_dir, chat_id, ".ext4", image, sizeof(image)) ||
         !moat__workspace_path(cfg->images_dir, chat_id, ".lock", lock_path, sizeof(lock_path)))
         return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "io_error", "images_dir is too long");
-    if (mkdir_p(cfg->images_dir, 0700) != 0)
+    if (moat__mkdir_p(cfg->images_dir, 0700) != 0)
         return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "io_error", "mkdir %s: %s", cfg->images_dir,
                     strerror(errno));
     int lock_fd = lock_chat(lock_path, true);
