@@ -530,6 +530,7 @@ static void bench_memory(bool quick)
     if (!create_session(rc, "11111111-2222-4333-8444-777777777771", 0, sa, NULL) ||
         !create_session(rc, "11111111-2222-4333-8444-777777777772", 0, sb, NULL)) {
         printf("create failed\n");
+        moatd_dump_log(&p);
         failures++;
         raw_close(rc);
         moatd_stop(&p);

@@ -51,7 +51,8 @@ typedef enum moat_bridge_oversize {
  * bridge, single-threaded like it. Counters are for metrics. */
 typedef struct moat_bridge_budget {
     size_t cap;             /* bytes; 0 = no cap */
-    size_t used;            /* bytes held now: rings and charged bytes */
+    size_t used;            /* bytes held now: rings, charged bytes, and the
+                             * buffers of run transfers (curl's, the decoder's) */
     size_t pinned;          /* of them, those that cannot be dropped: events not yet
                              * delivered to a consumer, and charged bytes */
     size_t peak;            /* highest `used` seen */
@@ -238,6 +239,8 @@ typedef struct moat_bridge_decoder_stats {
     uint64_t api_errors; /* appended {"code","message"} objects */
 } moat_bridge_decoder_stats;
 void moat_bridge_decoder_get_stats(const moat_bridge_decoder *d, moat_bridge_decoder_stats *out);
+/* Bytes the decoder holds allocated for a line or binary event in progress. */
+size_t moat_bridge_decoder_buffer_bytes(const moat_bridge_decoder *d);
 
 /* ------------------------------------------------------- bridge and loop */
 
@@ -335,10 +338,13 @@ void moat_bridge_exec_cancel(moat_bridge_exec *ex);
 const char *moat_bridge_exec_id(const moat_bridge_exec *ex);
 
 typedef struct moat_bridge_exec_stats {
-    uint64_t last_sequence;      /* highest sequence produced */
-    uint64_t delivered_sequence; /* highest sequence given to the consumer */
-    uint64_t oldest_sequence;    /* oldest still in the ring (0 if empty) */
-    size_t ring_bytes;           /* cost bytes held in the ring */
+    uint64_t last_sequence;       /* highest sequence produced */
+    uint64_t delivered_sequence;  /* highest sequence given to the consumer */
+    uint64_t oldest_sequence;     /* oldest still in the ring (0 if empty) */
+    size_t ring_bytes;            /* cost bytes held in the ring */
+    size_t transfer_buffer_bytes; /* of curl's receive buffer what the largest write filled,
+                                   * plus the decoder's buffers (counted in the budget
+                                   * until the transfer ends) */
     uint64_t credit;
     bool paused;   /* the transfer is paused for back-pressure */
     bool finished; /* the stream from execd ended */

@@ -71,6 +71,11 @@ void moat_bridge_decoder_free(moat_bridge_decoder *d)
     free(d);
 }
 
+size_t moat_bridge_decoder_buffer_bytes(const moat_bridge_decoder *d)
+{
+    return d->line.cap + (d->bin_buf != NULL ? MOAT_BRIDGE_MAX_BINARY : 0);
+}
+
 void moat_bridge_decoder_get_stats(const moat_bridge_decoder *d, moat_bridge_decoder_stats *out)
 {
     *out = d->stats;

@@ -28,7 +28,8 @@ struct moat_bridge_exec {
     char *scope;
     char *id;
     bool attachable;
-    moat_bridge_decoder *dec;
+    moat_bridge_decoder *dec;            /* freed when the transfer ends */
+    moat_bridge_decoder_stats dec_stats; /* the decoder's, kept when it was freed */
     bool binary_requested;
     bool background;
     bool timeout_set;
@@ -46,8 +47,10 @@ struct moat_bridge_exec {
     size_t pending_bytes; /* bytes of records not yet delivered */
     bool delivering;
     bool paused;
-    bool budget_paused; /* paused by the budget or the account, not by its own ring */
-    size_t held;        /* bytes curl keeps for us while the transfer is paused */
+    bool budget_paused;    /* paused by the budget or the account, not by its own ring */
+    size_t held;           /* bytes curl keeps for us while the transfer is paused */
+    size_t rx_touched;     /* of the transfer's receive buffer, the most one write filled */
+    size_t transfer_bytes; /* rx_touched and the decoder's buffers, as the budget has them */
 
     bool failed; /* the decoder ended the stream */
     moat_status fail_status;
@@ -88,6 +91,35 @@ static void set_held(moat_bridge_exec *ex, size_t bytes)
     if (ex->account != NULL)
         ex->account->pinned = ex->account->pinned - ex->held + bytes;
     ex->held = bytes;
+}
+
+/* A run transfer's buffers are memory output takes too: of curl's receive buffer
+ * (MOAT_BRIDGE_EXEC_CHUNK) what the largest write so far filled, and the decoder's
+ * line and binary buffers. They count as used (not pinned: they are no undelivered
+ * output, and pinning them would pause the transfers they serve) until the transfer
+ * ends; the replay they displace is dropped oldest first. */
+static void set_transfer_bytes(moat_bridge_exec *ex, size_t bytes)
+{
+    moat_bridge_budget *bg = ex->b->cfg.budget;
+    if (bg != NULL) {
+        bg->used = bg->used - ex->transfer_bytes + bytes;
+        if (bg->used > bg->peak)
+            bg->peak = bg->used;
+    }
+    ex->transfer_bytes = bytes;
+}
+
+static void note_transfer_buffers(moat_bridge_exec *ex, size_t write_len)
+{
+    size_t page = 4096;
+    size_t touched = (write_len + page - 1) / page * page;
+    if (touched > MOAT_BRIDGE_EXEC_CHUNK)
+        touched = MOAT_BRIDGE_EXEC_CHUNK;
+    if (touched > ex->rx_touched)
+        ex->rx_touched = touched;
+    size_t decoder = ex->dec != NULL ? moat_bridge_decoder_buffer_bytes(ex->dec) : 0;
+    if (ex->rx_touched + decoder != ex->transfer_bytes)
+        set_transfer_bytes(ex, ex->rx_touched + decoder);
 }
 
 /* Moves what the execution pins (undelivered and held bytes) to another account. */
@@ -370,6 +402,7 @@ static size_t exec_write(bridge_req *r, const char *p, size_t n)
     moat_bridge_exec *ex = r->owner;
     if (ex == NULL || ex->failed)
         return 0;
+    note_transfer_buffers(ex, n);
     if (ex->has_consumer && ex->pending_bytes >= pause_mark(ex)) {
         ex->paused = true;
         set_held(ex, n);
@@ -388,6 +421,7 @@ static size_t exec_write(bridge_req *r, const char *p, size_t n)
     moat_status st;
     moat_status_clear(&st);
     moat_err err = moat_bridge_decoder_feed(ex->dec, (const uint8_t *)p, n, ring_emit, ex, &st);
+    note_transfer_buffers(ex, n);
     if (err != MOAT_OK) {
         if (err == MOAT_E_CLOSED || err == MOAT_E_NOMEM)
             moat_status_set(&st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory",
@@ -399,6 +433,23 @@ static size_t exec_write(bridge_req *r, const char *p, size_t n)
     }
     deliver(ex);
     return r->cancelled ? 0 : n;
+}
+
+/* The stream from execd is over: what served it goes (curl's buffers with the
+ * request; the decoder's line and binary buffers here), so a retained execution
+ * holds only its replay. */
+static void transfer_ended(moat_bridge_exec *ex)
+{
+    ex->r = NULL;
+    ex->paused = false;
+    set_held(ex, 0);
+    set_transfer_bytes(ex, 0);
+    ex->rx_touched = 0;
+    if (ex->dec != NULL) {
+        moat_bridge_decoder_get_stats(ex->dec, &ex->dec_stats);
+        moat_bridge_decoder_free(ex->dec);
+        ex->dec = NULL;
+    }
 }
 
 static void finish_exec(moat_bridge_exec *ex, const moat_status *st)
@@ -439,9 +490,7 @@ static void exec_done(bridge_req *r, CURLcode rc)
             moat_bridge_decoder_abort(ex->dec, st.message, ring_emit, ex);
         }
     }
-    ex->r = NULL;
-    ex->paused = false;
-    set_held(ex, 0);
+    transfer_ended(ex);
     finish_exec(ex, &st);
 }
 
@@ -522,6 +571,7 @@ static void unlink_free(moat_bridge_exec *ex)
     }
     set_pending(ex, 0);
     set_held(ex, 0);
+    set_transfer_bytes(ex, 0);
     change_account(ex, NULL);
     while (ex->head != NULL)
         ring_drop_head(ex);
@@ -706,9 +756,9 @@ void moat_bridge_exec_cancel(moat_bridge_exec *ex)
         ex->r = NULL;
         r->owner = NULL;
         moat__req_cancel(r);
-        set_held(ex, 0);
         if (ex->dec != NULL || ensure_decoder(ex) == MOAT_OK)
             moat_bridge_decoder_abort(ex->dec, "the stream was cancelled", ring_emit, ex);
+        transfer_ended(ex);
         ex->finished = true;
         ex->end_status = st;
     }
@@ -736,11 +786,14 @@ void moat_bridge_exec_get_stats(const moat_bridge_exec *ex, moat_bridge_exec_sta
     out->delivered_sequence = ex->delivered;
     out->oldest_sequence = ex->head != NULL ? ex->head->ev.sequence : 0;
     out->ring_bytes = ex->ring_bytes;
+    out->transfer_buffer_bytes = ex->transfer_bytes;
     out->credit = ex->credit;
     out->paused = ex->paused;
     out->finished = ex->finished;
     if (ex->dec != NULL)
         moat_bridge_decoder_get_stats(ex->dec, &out->decoder);
+    else
+        out->decoder = ex->dec_stats;
 }
 
 moat_err moat_bridge_attach(moat_bridge *b, const char *scope, const char *execution_id,

@@ -941,9 +941,9 @@ static void test_attach(void **state)
 /* One budget over every ring: retained replay goes oldest first; undelivered
  * events are never dropped, they pause their transfer at the account's share
  * or the global cap, and new streams are refused while it holds. */
-/* What one write callback can add past a check: a 512 KiB receive buffer of
+/* What one write callback can add past a check: a 128 KiB receive buffer of
  * events, and the one it completes. */
-#define ONE_WRITE ((512u + 64u) << 10)
+#define ONE_WRITE ((128u + 64u) << 10)
 
 static void test_memory_budget(void **state)
 {
@@ -1004,6 +1004,11 @@ static void test_memory_budget(void **state)
             break;
     }
     assert_true(s.paused);
+    /* curl's receive buffer as the writes so far filled it, and the decoder's buffers,
+     * count as used until the transfer ends */
+    assert_true(s.transfer_buffer_bytes > 0);
+    assert_true(s.transfer_buffer_bytes <= (128u << 10) + (1u << 20) + 65536u);
+    assert_true(bg.used >= s.ring_bytes + s.transfer_buffer_bytes);
     assert_true(acct.pinned >= acct.limit);
     assert_true(acct.pinned <= acct.limit + ONE_WRITE);
     assert_int_equal(bg.pinned, acct.pinned);
@@ -1051,8 +1056,12 @@ static void test_memory_budget(void **state)
     assert_false(moat_bridge_budget_exhausted(e.b, NULL));
     col_free(&r);
 
+    size_t used_before_cancel = bg.used;
     moat_bridge_exec_cancel(big);
     assert_int_equal(bg.pinned, 0);
+    moat_bridge_exec_get_stats(big, &s);
+    assert_int_equal(s.transfer_buffer_bytes, 0);
+    assert_true(bg.used < used_before_cancel);
     col_free(&c);
 
     /* a sandbox gone: its retained executions go, and their memory */

@@ -428,6 +428,9 @@ static void test_64mib_line(void **state)
     }
     assert_int_equal(err, MOAT_E_TOO_BIG);
     assert_true(fed <= o.max_line + piece);
+    /* what it holds for the line is what a budget must count, never past max_line */
+    assert_true(moat_bridge_decoder_buffer_bytes(d) > 0);
+    assert_true(moat_bridge_decoder_buffer_bytes(d) <= o.max_line);
     moat_bridge_decoder_free(d);
     col_free(&c);
 
@@ -472,6 +475,18 @@ static void test_binary_frames(void **state)
     n += (size_t)sprintf((char *)s + n,
                          "{\"type\":\"execution_complete\",\"execution_time\":1}\n\n");
     moat_bridge_decoder_opts o = {.binary = true};
+    /* a binary event cut short holds the binary buffer until it completes */
+    moat_bridge_decoder *d = NULL;
+    assert_int_equal(moat_bridge_decoder_new(&o, &d), MOAT_OK);
+    assert_int_equal(moat_bridge_decoder_buffer_bytes(d), 0);
+    collect part;
+    col_init(&part);
+    moat_status st;
+    size_t upto = (size_t)(strstr((char *)s, "\"len\":300}\n") - (char *)s) + 20;
+    assert_int_equal(moat_bridge_decoder_feed(d, s, upto, col_emit, &part, &st), MOAT_OK);
+    assert_true(moat_bridge_decoder_buffer_bytes(d) >= 65536);
+    moat_bridge_decoder_free(d);
+    col_free(&part);
     for (size_t cut = 0; cut <= n + 1; cut++) {
         collect c;
         col_init(&c);
