@@ -334,6 +334,12 @@ static void test_exec_output_and_exit_codes(void **state)
     assert_memory_equal(r.out, "out1\nerr1\nout2\n", r.out_len);
     assert_string_equal(r.order, "oeo");
     result_free(&r);
+    /* Writes to the two pipes a moment apart keep their order (execd reads stdout first). */
+    for (int i = 0; i < 10; i++) {
+        run(c, session_a, "echo out; echo err >&2", &r);
+        assert_string_equal(r.order, "oe");
+        result_free(&r);
+    }
     run(c, session_a, "true", &r);
     assert_int_equal(r.exit_code, 0);
     result_free(&r);
