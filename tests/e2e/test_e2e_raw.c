@@ -150,6 +150,7 @@ typedef struct run_result {
     int exit_code;
     bool timed_out;
     char execution_id[128];
+    int64_t init_ts, exit_ts;
     uint8_t *out;
     size_t out_len, out_cap;
     char order[64]; /* first output streams in order: 'o' or 'e' */
@@ -170,6 +171,7 @@ static void on_event(run_result *r, const Moat__V1__ExecEvent *ev, bool keep)
     switch (ev->kind_case) {
     case MOAT__V1__EXEC_EVENT__KIND_INIT:
         snprintf(r->execution_id, sizeof(r->execution_id), "%s", ev->init->execution_id);
+        r->init_ts = ev->timestamp_ms;
         break;
     case MOAT__V1__EXEC_EVENT__KIND_OUTPUT:
         if (r->norder < sizeof(r->order) - 1)
@@ -186,6 +188,7 @@ static void on_event(run_result *r, const Moat__V1__ExecEvent *ev, bool keep)
         break;
     case MOAT__V1__EXEC_EVENT__KIND_EXIT:
         r->has_exit = true;
+        r->exit_ts = ev->timestamp_ms;
         r->timed_out = ev->exit->timed_out;
         if (ev->exit->exit_code != NULL &&
             ev->exit->exit_code->value_case == MOAT__V1__EXIT_CODE__VALUE_CODE) {
@@ -330,6 +333,9 @@ static void test_exec_output_and_exit_codes(void **state)
     assert_true(r.exit_known);
     assert_int_equal(r.exit_code, 3);
     assert_true(r.execution_id[0] != '\0');
+    /* The exit is stamped too (it was 0), not before the init. */
+    assert_true(r.init_ts > 0);
+    assert_true(r.exit_ts >= r.init_ts);
     assert_int_equal(r.out_len, strlen("out1\nerr1\nout2\n"));
     assert_memory_equal(r.out, "out1\nerr1\nout2\n", r.out_len);
     assert_string_equal(r.order, "oeo");
