@@ -25,7 +25,10 @@
 #include "moat/v1/health.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
 
-#define PREFIX "moat-e2e-"
+/* Sandbox names start with a prefix of this run's own ("moat-e2e<pid>-"), so runs at the same
+ * time (another checkout's, valgrind_e2e_daemon) never remove each other's sandboxes: it does not
+ * contain "moat-e2e-" either, which docker's name filter would match anywhere in a name. */
+static char prefix_arg[64];
 
 /* Under AddressSanitizer moatd's RSS includes shadow memory and the
  * allocator's quarantine, and under valgrind (MOAT_DAEMON_WRAPPER) valgrind's
@@ -47,22 +50,27 @@ static bool rss_checked(void)
 }
 
 static moatd_proc P;
-static const char *extra_args[] = {"--container_name_prefix=" PREFIX,
-                                   "--cleanup_interval_seconds=1", "--log_level=info", NULL};
+static const char *extra_args[] = {prefix_arg, "--cleanup_interval_seconds=1", "--log_level=info",
+                                   NULL};
 static char chat_a[] = "6f1c2b0e-8a51-4c1e-9d7b-1f2e3d4c5b6a";
 static char session_a[MOAT_UUID_STR_LEN];
 static char first_state_dir[256];
 
 static void cleanup_containers(void)
 {
-    int rc = system("ids=$(/usr/bin/docker ps -aq --filter name=" PREFIX "); "
-                    "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1");
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd),
+             "ids=$(/usr/bin/docker ps -aq --filter name=moat-e2e%d-); "
+             "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1",
+             (int)getpid());
+    int rc = system(cmd);
     (void)rc;
 }
 
 static int setup(void **state)
 {
     (void)state;
+    snprintf(prefix_arg, sizeof(prefix_arg), "--container_name_prefix=moat-e2e%d-", (int)getpid());
     cleanup_containers();
     return moatd_start(&P, true, extra_args) ? 0 : -1;
 }
@@ -881,8 +889,7 @@ static void test_sigkill_and_restart(void **state)
     char a_state[300];
     snprintf(a_state, sizeof(a_state), "--state_dir=%s", P.state_dir);
     snprintf(first_state_dir, sizeof(first_state_dir), "%s", P.state_dir);
-    const char *extra[] = {"--container_name_prefix=" PREFIX, "--cleanup_interval_seconds=1",
-                           a_state, NULL};
+    const char *extra[] = {prefix_arg, "--cleanup_interval_seconds=1", a_state, NULL};
     assert_true(moatd_start(&P, true, extra));
     raw_conn *c = conn();
     Moat__V1__ListSessionsRequest lr = MOAT__V1__LIST_SESSIONS_REQUEST__INIT;
