@@ -752,6 +752,30 @@ static void test_deadline_interrupts_command(void **state)
     raw_close(c);
 }
 
+/* A call takes one request: a second Message ends it INVALID_ARGUMENT, and stops its command. */
+static void test_second_request_message_ends_the_call(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    uint32_t id = start_run(c, session_a, "sleep 30", 0);
+    Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+    req.session_id = session_a;
+    req.command = (char *)"echo twice";
+    uint8_t payload[256];
+    moat_frame m = {0};
+    m.stream_id = id;
+    m.kind = MOAT_FRAME_MESSAGE;
+    m.u.message.payload = (moat_slice){payload, moat__v1__run_command_request__pack(&req, payload)};
+    assert_true(raw_send(c, &m));
+    run_result r;
+    collect(c, id, &r, true, 0);
+    assert_int_equal(r.end_code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(r.end_reason, "extra_request_message");
+    assert_false(r.has_exit);
+    result_free(&r);
+    raw_close(c);
+}
+
 static void test_files(void **state)
 {
     (void)state;
@@ -926,6 +950,7 @@ int main(void)
         cmocka_unit_test(test_stalled_stream_does_not_block_others),
         cmocka_unit_test(test_shells_logs_attach_interrupt),
         cmocka_unit_test(test_deadline_interrupts_command),
+        cmocka_unit_test(test_second_request_message_ends_the_call),
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_renew_and_ttl_expiry),
         cmocka_unit_test(test_sigkill_and_restart),
