@@ -321,8 +321,24 @@ static void test_create_is_idempotent_per_chat(void **state)
     /* A command in a stopped session is refused with a status. */
     run_result r;
     run(c, s3->session_id, "echo hi", &r);
-    assert_true(r.end_code == MOAT_CODE_FAILED_PRECONDITION || r.end_code == MOAT_CODE_NOT_FOUND);
+    assert_int_equal(r.end_code, MOAT_CODE_FAILED_PRECONDITION);
+    assert_string_equal(r.end_reason, "session_not_running");
     result_free(&r);
+    /* GetSession still shows it, STOPPED; ListSessions leaves it out. */
+    Moat__V1__GetSessionRequest gr = MOAT__V1__GET_SESSION_REQUEST__INIT;
+    gr.session_id = s3->session_id;
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/GetSession", &gr.base,
+                               &moat__v1__sandbox_session__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    assert_int_equal(((Moat__V1__SandboxSession *)resp)->status, MOAT__V1__SESSION_STATUS__STOPPED);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/ListSessions", &lr.base,
+                               &moat__v1__list_sessions_response__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    Moat__V1__ListSessionsResponse *listed = (Moat__V1__ListSessionsResponse *)resp;
+    assert_int_equal(listed->n_sessions, 1);
+    assert_string_equal(listed->sessions[0]->session_id, s1->session_id);
+    protobuf_c_message_free_unpacked(resp, NULL);
     protobuf_c_message_free_unpacked(&s1->base, NULL);
     protobuf_c_message_free_unpacked(&s2->base, NULL);
     protobuf_c_message_free_unpacked(&s3->base, NULL);
