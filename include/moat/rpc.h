@@ -144,6 +144,9 @@ void moat_rpc_call_on_cancel(moat_rpc_call *call, moat_rpc_cancel_fn fn, void *a
  * (CANCELLED or DEADLINE_EXCEEDED) and `why` as its message. No effect on an
  * ended call; returns whether it did anything. */
 bool moat_rpc_call_cancel(moat_rpc_call *call, moat_code code, const char *why);
+/* The same with the End's whole status (any code, reason and details), for a call the server
+ * stops for a reason of its own (a broken request stream, a closed connection). */
+bool moat_rpc_call_cancel_with(moat_rpc_call *call, const moat_status *st);
 /* Cancels with DEADLINE_EXCEEDED if now_ms is at or past the deadline.
  * Returns true when it did. */
 bool moat_rpc_call_check_deadline(moat_rpc_call *call, uint64_t now_ms);

@@ -38,6 +38,7 @@ struct moat_bridge_decoder {
     bool error_numeric;
     int32_t error_code;
     bool error_timeout; /* moat-execd said the run's timeout killed it */
+    int64_t final_ts;   /* execd's timestamp of the last completion or error, 0 if none */
     char exit_reason[EXIT_REASON_MAX];
     moat_bridge_decoder_stats stats;
 };
@@ -166,10 +167,11 @@ static void copy_reason(char *dst, size_t cap, const char *prefix, const char *s
 }
 
 static void note_error(moat_bridge_decoder *d, moat_bridge_str name, moat_bridge_str value,
-                       moat_bridge_str cause)
+                       moat_bridge_str cause, int64_t ts)
 {
     /* The last error wins, as in the SDK. */
     d->saw_error = true;
+    d->final_ts = ts;
     d->error_timeout = cause.len == 7 && memcmp(cause.data, "timeout", 7) == 0;
     d->error_numeric = parse_exit_value(value.data, value.len, &d->error_code);
     if (!d->error_numeric) {
@@ -235,7 +237,7 @@ static moat_err emit_error(moat_bridge_decoder *d, const cJSON *err, int64_t ts,
         count = 1;
     }
     ev.u.error.traceback_count = count;
-    note_error(d, ev.u.error.name, ev.u.error.value, jstr(member(err, "cause")));
+    note_error(d, ev.u.error.name, ev.u.error.value, jstr(member(err, "cause")), ts);
     emit_event(d, &ev, emit, ud);
     for (size_t i = 0; i < n_owned; i++)
         cJSON_free(owned[i]);
@@ -358,7 +360,7 @@ static moat_err process_line(moat_bridge_decoder *d, const uint8_t *p, size_t n,
             moat_bridge_event ev = {.timestamp_ms = ts, .kind = MOAT_BRIDGE_EV_ERROR};
             ev.u.error.name = jstr(m.code);
             ev.u.error.value = jstr(m.message);
-            note_error(d, ev.u.error.name, ev.u.error.value, (moat_bridge_str){"", 0});
+            note_error(d, ev.u.error.name, ev.u.error.value, (moat_bridge_str){"", 0}, ts);
             emit_event(d, &ev, emit, ud);
         } else {
             d->stats.skipped_lines++;
@@ -396,6 +398,7 @@ static moat_err process_line(moat_bridge_decoder *d, const uint8_t *p, size_t n,
         err = emit_error(d, m.error, ts, emit, ud);
     } else if (strcmp(type, "execution_complete") == 0) {
         d->saw_complete = true;
+        d->final_ts = ts;
         ev.kind = MOAT_BRIDGE_EV_COMPLETE;
         int64_t t = jint(m.execution_time);
         ev.u.complete.execution_time_ms = t > 0 ? (uint64_t)t : 0;
@@ -510,7 +513,10 @@ moat_err moat_bridge_decoder_feed(moat_bridge_decoder *d, const uint8_t *data, s
 static void emit_exit(moat_bridge_decoder *d, const char *fallback, moat_bridge_emit_fn emit,
                       void *ud)
 {
-    moat_bridge_event ev = {.kind = MOAT_BRIDGE_EV_EXIT};
+    /* When the process ended, as execd saw it; else (an execd that stamps nothing, a stream cut
+     * short) when moatd learnt of the end. */
+    moat_bridge_event ev = {.kind = MOAT_BRIDGE_EV_EXIT,
+                            .timestamp_ms = d->final_ts != 0 ? d->final_ts : moat_time_now_ms()};
     const char *reason = NULL;
     d->exited = true;
     if (d->saw_error) {

@@ -49,7 +49,7 @@ struct xd_stream {
     xd_stream_finish_cb finish;
     void *finish_ud;
     bool terminate_on_close;
-    int first; /* binary mode: the pipe read first on the next fill */
+    int first; /* binary mode: the pipe read first on the next fill (fill_binary) */
     bool tried_grow[2];
     bool grown[2]; /* the pipe holds BULK_PIPE */
     bool bulk[2];  /* the pipe is grown and the last read was at least BULK_MIN */
@@ -276,13 +276,17 @@ static void note_bulk(xd_stream *st, int i, size_t n, bool closed)
 /* Binary mode: reads what the pipes hold straight into MHD's send buffer, one event per read
  * of at most one chunk, as many events as fit (fewer sends, wakeups and copies than one event
  * per call through the queue). The payload is read behind room for a header whose length is
- * guessed for a full chunk and moved only when the real header is shorter. The starting pipe
- * alternates so a busy stdout cannot starve stderr. */
+ * guessed for a full chunk and moved only when the real header is shorter.
+ *
+ * Two pipes keep no order between them: when both hold output, which was written first is
+ * lost. stdout is read first (as line mode does), so `echo out; echo err >&2` keeps its order
+ * and writes apart in time come out in write order. Only after a fill that ran out of room
+ * does the other pipe go first, so a busy stdout cannot starve stderr. */
 static size_t fill_binary(xd_stream *st, uint8_t *buf, size_t max)
 {
     size_t used = 0;
-    bool progress = true, waited = false;
-    while (progress) {
+    bool progress = true, waited = false, full = false;
+    while (progress && !full) {
         progress = false;
         for (int k = 0; k < 2; k++) {
             int i = (st->first + k) & 1;
@@ -291,8 +295,10 @@ static size_t fill_binary(xd_stream *st, uint8_t *buf, size_t max)
             char head[MOAT_EXECD_BINARY_HEADER_MAX];
             int64_t ts = moat_time_now_ms();
             size_t guess = moat_execd_sse_binary_header(head, stream_names[i], ts, BIN_READ);
-            if (used + guess + 2 + FILL_MIN > max)
+            if (used + guess + 2 + FILL_MIN > max) {
+                full = true;
                 break;
+            }
             size_t cap = max - used - guess - 2;
             if (cap > BIN_READ)
                 cap = BIN_READ;
@@ -324,7 +330,7 @@ static size_t fill_binary(xd_stream *st, uint8_t *buf, size_t max)
                 progress = true; /* the pipe may hold more */
         }
     }
-    st->first ^= 1;
+    st->first = full ? st->first ^ 1 : 0;
     return used;
 }
 

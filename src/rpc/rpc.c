@@ -338,7 +338,7 @@ void moat_rpc_call_on_cancel(moat_rpc_call *call, moat_rpc_cancel_fn fn, void *a
     call->cancel_arg = arg;
 }
 
-bool moat_rpc_call_cancel(moat_rpc_call *call, moat_code code, const char *why)
+bool moat_rpc_call_cancel_with(moat_rpc_call *call, const moat_status *st)
 {
     if (call->state == MOAT_RPC_ENDED || call->cancelling)
         return false;
@@ -347,17 +347,22 @@ bool moat_rpc_call_cancel(moat_rpc_call *call, moat_code code, const char *why)
     moat_rpc_cancel_fn fn = call->cancel_fn;
     call->cancel_fn = NULL;
     if (fn != NULL)
-        fn(call, code, call->cancel_arg);
+        fn(call, st->code, call->cancel_arg);
     call->cancelling = false;
     if (call->state == MOAT_RPC_ENDED)
         return true;
+    call->state = MOAT_RPC_ENDED;
+    call->sink->end(call, st, call->sink_user);
+    return true;
+}
+
+bool moat_rpc_call_cancel(moat_rpc_call *call, moat_code code, const char *why)
+{
     moat_status st;
     moat_status_set(&st, code,
                     code == MOAT_CODE_DEADLINE_EXCEEDED ? "deadline_exceeded" : "cancelled", "%s",
                     why != NULL ? why : moat_code_name(code));
-    call->state = MOAT_RPC_ENDED;
-    call->sink->end(call, &st, call->sink_user);
-    return true;
+    return moat_rpc_call_cancel_with(call, &st);
 }
 
 bool moat_rpc_call_check_deadline(moat_rpc_call *call, uint64_t now_ms)

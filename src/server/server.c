@@ -527,6 +527,21 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     uv_close(&c->h.handle, on_handle_closed);
 }
 
+/* Every call still open is cancelled (a client that went away, or whose frames can no longer
+ * be read, cannot pace, cancel or read them); their Ends go out if the socket takes them. */
+static void conn_cancel_calls(conn *c, const char *why)
+{
+    moat_status closed;
+    moat_status_set(&closed, MOAT_CODE_CANCELLED, "connection_closed", "connection closed: %s",
+                    why);
+    while (c->streams != NULL) {
+        stream *st = c->streams;
+        moat__stream_ref(st);
+        moat_rpc_call_cancel_with(st->call, &closed);
+        stream_release(st, stream_unlink(st) ? 2 : 1);
+    }
+}
+
 static void conn_close(conn *c, moat_code code, const char *why)
 {
     if (c->closing)
@@ -547,15 +562,7 @@ static void conn_close(conn *c, moat_code code, const char *why)
         if (c->state == CONN_READY)
             s->nready--;
     }
-    /* Every call still open is cancelled (a client that went away no longer
-     * wants its command running); their Ends still go out if the socket
-     * takes them. */
-    while (c->streams != NULL) {
-        stream *st = c->streams;
-        moat__stream_ref(st);
-        moat_rpc_call_cancel(st->call, MOAT_CODE_CANCELLED, "connection closed");
-        stream_release(st, stream_unlink(st) ? 2 : 1);
-    }
+    conn_cancel_calls(c, why);
     conn_flush(c);
     c->state = CONN_CLOSING;
     if (c->prev != NULL)
@@ -582,8 +589,11 @@ static void conn_close(conn *c, moat_code code, const char *why)
     uv_close(&c->h.handle, on_handle_closed);
 }
 
+/* The connection ends at once: the open calls' Ends go out before the GoAway, so a client
+ * reading it has had the End of every call up to its last_stream_id. */
 static void conn_fail(conn *c, moat_code code, const char *why)
 {
+    conn_cancel_calls(c, why);
     send_go_away(c, code, why);
     conn_close(c, code, why);
 }
@@ -774,8 +784,10 @@ static void handle_frame(conn *c, const moat_frame *f)
         moat_err err = moat_rpc_call_request(st->call, f->u.message.payload.data,
                                              f->u.message.payload.len, &req);
         if (err == MOAT_E_STATE) {
-            moat_rpc_call_cancel(st->call, MOAT_CODE_INVALID_ARGUMENT,
-                                 "a call takes exactly one request message");
+            moat_status extra;
+            moat_status_set(&extra, MOAT_CODE_INVALID_ARGUMENT, "extra_request_message",
+                            "a call takes exactly one request message");
+            moat_rpc_call_cancel_with(st->call, &extra);
             return;
         }
         if (err != MOAT_OK)

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -288,6 +289,44 @@ static void test_error_beats_complete_and_neither(void **state)
     assert_false(c.ev[2].known);
     assert_non_null(strstr(c.ev[2].text, "background"));
     col_free(&c);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The exit event is stamped with execd's time of the final event (completion or error), or,
+ * when execd gave none, with the decoder's clock: never 0. */
+static void test_exit_timestamp(void **state)
+{
+    (void)state;
+    static const char *finals[] = {
+        "{\"type\":\"execution_complete\",\"execution_time\":3,\"timestamp\":1718000000110}\n\n",
+        "{\"type\":\"error\",\"error\":{\"ename\":\"E\",\"evalue\":\"3\"},"
+        "\"timestamp\":1718000000110}\n\n"};
+    for (size_t i = 0; i < 2; i++) {
+        collect c;
+        col_init(&c);
+        decode(finals[i], strlen(finals[i]), NULL, SIZE_MAX, &c);
+        assert_int_equal(c.ev[c.n - 1].kind, MOAT_BRIDGE_EV_EXIT);
+        assert_int_equal(c.ev[c.n - 1].ts, 1718000000110);
+        col_free(&c);
+    }
+    static const char *unstamped[] = {"{\"type\":\"execution_complete\"}\n\n",
+                                      "{\"type\":\"init\",\"text\":\"x\",\"timestamp\":5}\n\n"};
+    for (size_t i = 0; i < 2; i++) {
+        int64_t before = now_ms();
+        collect c;
+        col_init(&c);
+        decode(unstamped[i], strlen(unstamped[i]), NULL, SIZE_MAX, &c);
+        assert_int_equal(c.ev[c.n - 1].kind, MOAT_BRIDGE_EV_EXIT);
+        assert_true(c.ev[c.n - 1].ts >= before);
+        assert_true(c.ev[c.n - 1].ts <= now_ms());
+        col_free(&c);
+    }
 }
 
 static void test_truncated_inside_event(void **state)
@@ -615,6 +654,7 @@ int main(void)
         cmocka_unit_test(test_seed_streams_every_split),
         cmocka_unit_test(test_real_execd_framing_every_split),
         cmocka_unit_test(test_skip_rules),
+        cmocka_unit_test(test_exit_timestamp),
         cmocka_unit_test(test_traceback_shapes),
         cmocka_unit_test(test_error_beats_complete_and_neither),
         cmocka_unit_test(test_truncated_inside_event),

@@ -25,7 +25,10 @@
 #include "moat/v1/health.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
 
-#define PREFIX "moat-e2e-"
+/* Sandbox names start with a prefix of this run's own ("moat-e2e<pid>-"), so runs at the same
+ * time (another checkout's, valgrind_e2e_daemon) never remove each other's sandboxes: it does not
+ * contain "moat-e2e-" either, which docker's name filter would match anywhere in a name. */
+static char prefix_arg[64];
 
 /* Under AddressSanitizer moatd's RSS includes shadow memory and the
  * allocator's quarantine, and under valgrind (MOAT_DAEMON_WRAPPER) valgrind's
@@ -47,22 +50,27 @@ static bool rss_checked(void)
 }
 
 static moatd_proc P;
-static const char *extra_args[] = {"--container_name_prefix=" PREFIX,
-                                   "--cleanup_interval_seconds=1", "--log_level=info", NULL};
+static const char *extra_args[] = {prefix_arg, "--cleanup_interval_seconds=1", "--log_level=info",
+                                   NULL};
 static char chat_a[] = "6f1c2b0e-8a51-4c1e-9d7b-1f2e3d4c5b6a";
 static char session_a[MOAT_UUID_STR_LEN];
 static char first_state_dir[256];
 
 static void cleanup_containers(void)
 {
-    int rc = system("ids=$(/usr/bin/docker ps -aq --filter name=" PREFIX "); "
-                    "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1");
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd),
+             "ids=$(/usr/bin/docker ps -aq --filter name=moat-e2e%d-); "
+             "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1",
+             (int)getpid());
+    int rc = system(cmd);
     (void)rc;
 }
 
 static int setup(void **state)
 {
     (void)state;
+    snprintf(prefix_arg, sizeof(prefix_arg), "--container_name_prefix=moat-e2e%d-", (int)getpid());
     cleanup_containers();
     return moatd_start(&P, true, extra_args) ? 0 : -1;
 }
@@ -150,6 +158,7 @@ typedef struct run_result {
     int exit_code;
     bool timed_out;
     char execution_id[128];
+    int64_t init_ts, exit_ts;
     uint8_t *out;
     size_t out_len, out_cap;
     char order[64]; /* first output streams in order: 'o' or 'e' */
@@ -170,6 +179,7 @@ static void on_event(run_result *r, const Moat__V1__ExecEvent *ev, bool keep)
     switch (ev->kind_case) {
     case MOAT__V1__EXEC_EVENT__KIND_INIT:
         snprintf(r->execution_id, sizeof(r->execution_id), "%s", ev->init->execution_id);
+        r->init_ts = ev->timestamp_ms;
         break;
     case MOAT__V1__EXEC_EVENT__KIND_OUTPUT:
         if (r->norder < sizeof(r->order) - 1)
@@ -186,6 +196,7 @@ static void on_event(run_result *r, const Moat__V1__ExecEvent *ev, bool keep)
         break;
     case MOAT__V1__EXEC_EVENT__KIND_EXIT:
         r->has_exit = true;
+        r->exit_ts = ev->timestamp_ms;
         r->timed_out = ev->exit->timed_out;
         if (ev->exit->exit_code != NULL &&
             ev->exit->exit_code->value_case == MOAT__V1__EXIT_CODE__VALUE_CODE) {
@@ -310,8 +321,24 @@ static void test_create_is_idempotent_per_chat(void **state)
     /* A command in a stopped session is refused with a status. */
     run_result r;
     run(c, s3->session_id, "echo hi", &r);
-    assert_true(r.end_code == MOAT_CODE_FAILED_PRECONDITION || r.end_code == MOAT_CODE_NOT_FOUND);
+    assert_int_equal(r.end_code, MOAT_CODE_FAILED_PRECONDITION);
+    assert_string_equal(r.end_reason, "session_not_running");
     result_free(&r);
+    /* GetSession still shows it, STOPPED; ListSessions leaves it out. */
+    Moat__V1__GetSessionRequest gr = MOAT__V1__GET_SESSION_REQUEST__INIT;
+    gr.session_id = s3->session_id;
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/GetSession", &gr.base,
+                               &moat__v1__sandbox_session__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    assert_int_equal(((Moat__V1__SandboxSession *)resp)->status, MOAT__V1__SESSION_STATUS__STOPPED);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/ListSessions", &lr.base,
+                               &moat__v1__list_sessions_response__descriptor, &resp, NULL, 0),
+                     MOAT_CODE_OK);
+    Moat__V1__ListSessionsResponse *listed = (Moat__V1__ListSessionsResponse *)resp;
+    assert_int_equal(listed->n_sessions, 1);
+    assert_string_equal(listed->sessions[0]->session_id, s1->session_id);
+    protobuf_c_message_free_unpacked(resp, NULL);
     protobuf_c_message_free_unpacked(&s1->base, NULL);
     protobuf_c_message_free_unpacked(&s2->base, NULL);
     protobuf_c_message_free_unpacked(&s3->base, NULL);
@@ -330,10 +357,19 @@ static void test_exec_output_and_exit_codes(void **state)
     assert_true(r.exit_known);
     assert_int_equal(r.exit_code, 3);
     assert_true(r.execution_id[0] != '\0');
+    /* The exit is stamped too (it was 0), not before the init. */
+    assert_true(r.init_ts > 0);
+    assert_true(r.exit_ts >= r.init_ts);
     assert_int_equal(r.out_len, strlen("out1\nerr1\nout2\n"));
     assert_memory_equal(r.out, "out1\nerr1\nout2\n", r.out_len);
     assert_string_equal(r.order, "oeo");
     result_free(&r);
+    /* Writes to the two pipes a moment apart keep their order (execd reads stdout first). */
+    for (int i = 0; i < 10; i++) {
+        run(c, session_a, "echo out; echo err >&2", &r);
+        assert_string_equal(r.order, "oe");
+        result_free(&r);
+    }
     run(c, session_a, "true", &r);
     assert_int_equal(r.exit_code, 0);
     result_free(&r);
@@ -732,6 +768,30 @@ static void test_deadline_interrupts_command(void **state)
     raw_close(c);
 }
 
+/* A call takes one request: a second Message ends it INVALID_ARGUMENT, and stops its command. */
+static void test_second_request_message_ends_the_call(void **state)
+{
+    (void)state;
+    raw_conn *c = conn();
+    uint32_t id = start_run(c, session_a, "sleep 30", 0);
+    Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+    req.session_id = session_a;
+    req.command = (char *)"echo twice";
+    uint8_t payload[256];
+    moat_frame m = {0};
+    m.stream_id = id;
+    m.kind = MOAT_FRAME_MESSAGE;
+    m.u.message.payload = (moat_slice){payload, moat__v1__run_command_request__pack(&req, payload)};
+    assert_true(raw_send(c, &m));
+    run_result r;
+    collect(c, id, &r, true, 0);
+    assert_int_equal(r.end_code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(r.end_reason, "extra_request_message");
+    assert_false(r.has_exit);
+    result_free(&r);
+    raw_close(c);
+}
+
 static void test_files(void **state)
 {
     (void)state;
@@ -869,8 +929,7 @@ static void test_sigkill_and_restart(void **state)
     char a_state[300];
     snprintf(a_state, sizeof(a_state), "--state_dir=%s", P.state_dir);
     snprintf(first_state_dir, sizeof(first_state_dir), "%s", P.state_dir);
-    const char *extra[] = {"--container_name_prefix=" PREFIX, "--cleanup_interval_seconds=1",
-                           a_state, NULL};
+    const char *extra[] = {prefix_arg, "--cleanup_interval_seconds=1", a_state, NULL};
     assert_true(moatd_start(&P, true, extra));
     raw_conn *c = conn();
     Moat__V1__ListSessionsRequest lr = MOAT__V1__LIST_SESSIONS_REQUEST__INIT;
@@ -907,6 +966,7 @@ int main(void)
         cmocka_unit_test(test_stalled_stream_does_not_block_others),
         cmocka_unit_test(test_shells_logs_attach_interrupt),
         cmocka_unit_test(test_deadline_interrupts_command),
+        cmocka_unit_test(test_second_request_message_ends_the_call),
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_renew_and_ttl_expiry),
         cmocka_unit_test(test_sigkill_and_restart),

@@ -322,6 +322,28 @@ static void test_binary_mode(void **state)
     assert_false(r.binary_confirmed);
 }
 
+/* Two pipes carry no order between them, but writes apart in time must come out in the order
+ * they were made, in both modes, whichever pipe was read first last time. */
+static void test_output_follows_write_order(void **state)
+{
+    (void)state;
+    const char *commands[] = {"{\"command\":\"echo out; echo err >&2\"}",
+                              "{\"command\":\"echo out; sleep 0.05; echo err >&2\"}"};
+    for (int binary = 0; binary < 2; binary++) {
+        for (size_t c = 0; c < sizeof(commands) / sizeof(commands[0]); c++) {
+            for (int i = 0; i < 30; i++) {
+                xd_run r;
+                xd_stream(&xp.unix_t, "/command", commands[c], binary, &r);
+                assert_true(r.complete);
+                const char *out = strstr(r.types, "stdout");
+                const char *err = strstr(r.types, "stderr");
+                if (out == NULL || err == NULL || err < out)
+                    fail_msg("%s (binary %d), run %d: events %s", commands[c], binary, i, r.types);
+            }
+        }
+    }
+}
+
 static void test_bad_input(void **state)
 {
     (void)state;
@@ -1705,6 +1727,7 @@ int main(void)
         cmocka_unit_test(test_interrupt),
         cmocka_unit_test(test_sessions),
         cmocka_unit_test(test_binary_mode),
+        cmocka_unit_test(test_output_follows_write_order),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_request_json),
         cmocka_unit_test(test_files),

@@ -287,6 +287,16 @@ static void on_cancel(moat_rpc_call *call, moat_code code, void *arg)
         moat_rpc_call_fail(call, MOAT_CODE_ABORTED, "hook", "ended by the hook");
 }
 
+/* A RunCommand call on stream id that has its request and on_cancel as its hook. */
+static moat_rpc_call *running_command(rec *r, hook *h, uint32_t id)
+{
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), id, 0, 0, &sink, r);
+    moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL);
+    moat_rpc_call_on_cancel(c, on_cancel, h);
+    return c;
+}
+
 static void test_deadline(void **state)
 {
     (void)state;
@@ -329,10 +339,7 @@ static void test_cancel(void **state)
     (void)state;
     rec r = {0};
     hook h = {0};
-    moat_rpc_call *c =
-        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 11, 0, 0, &sink, &r);
-    moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL);
-    moat_rpc_call_on_cancel(c, on_cancel, &h);
+    moat_rpc_call *c = running_command(&r, &h, 11);
     moat_rpc_call_ref(c); /* a handler's reference */
     assert_true(moat_rpc_call_cancel(c, MOAT_CODE_CANCELLED, "client said so"));
     assert_int_equal(h.calls, 1);
@@ -351,15 +358,35 @@ static void test_cancel(void **state)
     assert_int_equal(h.calls, 1);
 }
 
+/* The server's own reasons to stop a call keep their code, reason and details in the End. */
+static void test_cancel_with_status(void **state)
+{
+    (void)state;
+    rec r = {0};
+    hook h = {0};
+    moat_rpc_call *c = running_command(&r, &h, 17);
+    moat_status st;
+    moat_status_set(&st, MOAT_CODE_INVALID_ARGUMENT, "extra_request_message", "one is enough");
+    moat_status_add_detail(&st, "stream_id", "17");
+    assert_true(moat_rpc_call_cancel_with(c, &st));
+    assert_int_equal(h.calls, 1);
+    assert_int_equal(h.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(r.end.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(r.end.reason, "extra_request_message");
+    assert_string_equal(r.end.message, "one is enough");
+    assert_int_equal(r.end.detail_count, 1);
+    assert_false(moat_rpc_call_cancel_with(c, &st));
+    assert_int_equal(r.ends, 1);
+    moat_rpc_call_unref(c);
+}
+
 static void test_cancel_hook_may_end_the_call(void **state)
 {
     (void)state;
     rec r = {0};
     hook h = {.end_itself = true};
-    moat_rpc_call *c =
-        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 13, 0, 0, &sink, &r);
-    moat_rpc_call_request(c, (const uint8_t *)"", 0, NULL);
-    moat_rpc_call_on_cancel(c, on_cancel, &h);
+    moat_rpc_call *c = running_command(&r, &h, 13);
     assert_true(moat_rpc_call_cancel(c, MOAT_CODE_CANCELLED, NULL));
     assert_int_equal(r.ends, 1);
     assert_int_equal(r.end.code, MOAT_CODE_ABORTED);
@@ -432,6 +459,7 @@ int main(void)
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_no_deadline_and_overflow),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_cancel_with_status),
         cmocka_unit_test(test_cancel_hook_may_end_the_call),
         cmocka_unit_test(test_abandoned_call_still_gets_an_end),
         cmocka_unit_test(test_reply_that_cannot_be_sent_still_ends),

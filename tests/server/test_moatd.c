@@ -388,6 +388,35 @@ static void test_garbage_and_oversized_frames(void **state)
     raw_close(bystander);
 }
 
+/* A protocol error ends the connection at once: calls up to last_stream_id cannot finish (no
+ * more of the client's frames can be read), so each gets its End, CANCELLED
+ * connection_closed, before the GoAway, which is the last frame. */
+static void test_protocol_error_ends_calls_before_go_away(void **state)
+{
+    (void)state;
+    raw_conn *c = authed();
+    uint32_t open_id = raw_call(c, "/moat.v1.Health/Check", 0, NULL); /* stays open */
+    moat_frame ping = {0};
+    ping.kind = MOAT_FRAME_PING;
+    raw_send(c, &ping);
+    moat_frame f;
+    assert_int_equal(raw_recv(c, &f, 10000), 1);
+    assert_int_equal(f.kind, MOAT_FRAME_PONG);
+    const uint8_t junk[] = {0, 0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    raw_send_bytes(c, junk, sizeof(junk));
+    assert_int_equal(raw_recv(c, &f, 10000), 1);
+    assert_int_equal(f.kind, MOAT_FRAME_END);
+    assert_int_equal(f.stream_id, open_id);
+    assert_int_equal(f.u.end.code, MOAT_CODE_CANCELLED);
+    assert_int_equal(f.u.end.reason.len, strlen("connection_closed"));
+    assert_memory_equal(f.u.end.reason.data, "connection_closed", f.u.end.reason.len);
+    assert_int_equal(raw_recv(c, &f, 10000), 1);
+    assert_true(frame_is_go_away(&f, MOAT_CODE_INVALID_ARGUMENT));
+    assert_int_equal(f.u.go_away.last_stream_id, open_id);
+    assert_int_equal(raw_recv(c, &f, 10000), 0);
+    raw_close(c);
+}
+
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
 static uint64_t rng(void)
@@ -932,6 +961,7 @@ int main(void)
         cmocka_unit_test(test_deadline_exceeded),
         cmocka_unit_test(test_reused_stream_id_closes),
         cmocka_unit_test(test_garbage_and_oversized_frames),
+        cmocka_unit_test(test_protocol_error_ends_calls_before_go_away),
         cmocka_unit_test(test_random_input_never_hurts_the_server),
         cmocka_unit_test(test_metrics_endpoint),
     };
