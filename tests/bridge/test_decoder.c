@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "collect.h"
 #include "seed_streams.h"
@@ -613,5 +613,5 @@ int main(void)
         cmocka_unit_test(test_emit_stop_and_state),
         cmocka_unit_test(test_event_cost),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_decoder", tests, NULL, NULL);
 }

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -737,5 +737,5 @@ int main(void)
         cmocka_unit_test_teardown(test_sessions_background, teardown),
         cmocka_unit_test_teardown(test_files, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_execd", tests, NULL, NULL);
 }

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "moat/client.h"
 #include "moat/v1/files.pb-c.h"
@@ -508,5 +508,5 @@ int main(void)
         cmocka_unit_test(test_limits_ping_goaway),
         cmocka_unit_test(test_write_pieces),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_client", tests, NULL, NULL);
 }

@@ -11,7 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "harness.h"
 #include "moat/client.h"
@@ -50,15 +50,15 @@ static int setup(void **state)
     return 0;
 }
 
+/* The last test stops moatd and checks how it exited; here it runs only when a failure came
+ * first. */
 static int teardown(void **state)
 {
     (void)state;
-    int rc = moatd_stop(&P);
-    if (rc != 0)
-        moatd_dump_log(&P);
+    moatd_stop(&P);
     cleanup_containers();
     moatd_remove_dir(P.state_dir);
-    return rc == 0 ? 0 : -1;
+    return 0;
 }
 
 static char *slurp(const char *path)
@@ -344,6 +344,7 @@ int main(void)
         cmocka_unit_test(test_cp_large_and_empty),
         cmocka_unit_test(test_libmoat_run_command),
         cmocka_unit_test(test_stop),
+        cmocka_unit_test_prestate(test_moatd_exits_0_on_sigterm, &P),
     };
-    return cmocka_run_group_tests_name("moat_cli_e2e", tests, setup, teardown);
+    return moat_run_group_tests("moat_cli_e2e", tests, setup, teardown);
 }

@@ -17,7 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
@@ -67,17 +67,17 @@ static int setup(void **state)
     return moatd_start(&P, true, extra_args) ? 0 : -1;
 }
 
+/* The last test stops moatd and checks how it exited; here it runs only when a failure came
+ * first. */
 static int teardown(void **state)
 {
     (void)state;
-    int rc = moatd_stop(&P);
-    if (rc != 0)
-        moatd_dump_log(&P);
+    moatd_stop(&P);
     cleanup_containers();
     moatd_remove_dir(P.state_dir);
     if (first_state_dir[0] != '\0')
         moatd_remove_dir(first_state_dir);
-    return rc == 0 ? 0 : -1;
+    return 0;
 }
 
 /* The runtime moatd was given, as Docker names it: "runc" when none was. */
@@ -910,6 +910,7 @@ int main(void)
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_renew_and_ttl_expiry),
         cmocka_unit_test(test_sigkill_and_restart),
+        cmocka_unit_test_prestate(test_moatd_exits_0_on_sigterm, &P),
     };
-    return cmocka_run_group_tests_name("moatd_e2e", tests, setup, teardown);
+    return moat_run_group_tests("moatd_e2e", tests, setup, teardown);
 }

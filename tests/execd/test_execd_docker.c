@@ -4,7 +4,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "xd_client.h"
 
@@ -195,29 +195,40 @@ static int setup(void **state)
     return -1;
 }
 
-static int teardown(void **state)
+/* The last test: docker stop sends SIGTERM to PID 1 (execd), which must exit 0 by itself.
+ * MOAT_TEST_INJECT=daemon_exit kills it instead. */
+static void test_execd_as_pid1_exits_0_on_docker_stop(void **state)
 {
     (void)state;
-    /* docker stop sends SIGTERM to PID 1 (execd), which must exit 0 by itself */
-    int rc = sh("/usr/bin/docker stop -t 10 %s >/dev/null", name);
+    const char *verb = moat_test_injected("daemon_exit") ? "kill" : "stop -t 10";
+    assert_int_equal(sh("/usr/bin/docker %s %s >/dev/null", verb, name), 0);
     char cmd[256];
     snprintf(cmd, sizeof(cmd), "/usr/bin/docker inspect -f '{{.State.ExitCode}}' %s", name);
     char *code = sh_out(cmd);
-    print_message("container exit code after docker stop: %s\n", code);
-    bool ok = rc == 0 && strcmp(code, "0") == 0;
+    print_message("container exit code after docker %s: %s\n", verb, code);
+    bool exited_0 = strcmp(code, "0") == 0;
     free(code);
+    assert_true(exited_0);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
     sh("/usr/bin/docker rm -f %s >/dev/null 2>&1", name);
     sh("rm -rf %s", sockdir);
     curl_global_cleanup();
-    return ok ? 0 : -1;
+    return 0;
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_commands),   cmocka_unit_test(test_session),
-        cmocka_unit_test(test_files),      cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_commands),
+        cmocka_unit_test(test_session),
+        cmocka_unit_test(test_files),
+        cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_pid1_reaps),
+        cmocka_unit_test(test_execd_as_pid1_exits_0_on_docker_stop),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return moat_run_group_tests("test_execd_docker", tests, setup, teardown);
 }

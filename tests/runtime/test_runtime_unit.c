@@ -13,7 +13,7 @@
 #include <limits.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 #include <curl/curl.h>
 #include <sqlite3.h>
 
@@ -1901,5 +1901,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_engine_restart_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_runtime_unit", tests, NULL, NULL);
 }

@@ -18,7 +18,7 @@
 #include <grp.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "harness.h"
 #include "local_user.h"
@@ -66,10 +66,6 @@ static int teardown(void **state)
     (void)state;
     int rc1 = moatd_stop(&unprivileged_moatd);
     int rc2 = moatd_stop(&root_moatd);
-    if (rc1 != 0)
-        moatd_dump_log(&unprivileged_moatd);
-    if (rc2 != 0)
-        moatd_dump_log(&root_moatd);
     remove_containers(prefix_default);
     remove_containers(prefix_root);
     moatd_remove_dir(unprivileged_moatd.state_dir);
@@ -454,5 +450,5 @@ int main(void)
         cmocka_unit_test(test_setuid_file_from_root_sandbox_is_inert),
         cmocka_unit_test(test_planted_socket_never_redirects_moatd),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return moat_run_group_tests("test_boundary", tests, setup, teardown);
 }

@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "harness.h"
 #include "local_user.h"
@@ -63,10 +63,6 @@ static int teardown(void **state)
 {
     (void)state;
     int rc1 = moatd_stop(&quota_moatd), rc2 = moatd_stop(&plain_moatd);
-    if (rc1 != 0)
-        moatd_dump_log(&quota_moatd);
-    if (rc2 != 0)
-        moatd_dump_log(&plain_moatd);
     userns_engine_stop(&eng); /* its containers first: they hold the moatds' mounts */
     moatd_remove_dir(quota_moatd.state_dir);
     moatd_remove_dir(plain_moatd.state_dir);
@@ -371,5 +367,5 @@ int main(void)
         cmocka_unit_test(test_userns_quota_workspace),
         cmocka_unit_test(test_userns_plain_workspace),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return moat_run_group_tests("test_userns", tests, setup, teardown);
 }
