@@ -440,10 +440,8 @@ static void test_planted_socket_never_redirects_moatd(void **state)
 
 int main(void)
 {
-    if (geteuid() != 0) {
-        printf("# test_boundary needs root (it runs files as nobody)\n");
-        return 77;
-    }
+    if (geteuid() != 0)
+        return moat_skip_all("needs root (it runs files as nobody)", true);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_commands_are_unprivileged_and_cannot_reach_execd),
         cmocka_unit_test(test_setuid_file_from_unprivileged_sandbox_is_inert),

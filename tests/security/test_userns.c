@@ -354,15 +354,11 @@ static void test_userns_plain_workspace(void **state)
 
 int main(void)
 {
-    if (geteuid() != 0) {
-        printf("test_userns: skipped: needs root (users, ranges and a dockerd of its own)\n");
-        return 77;
-    }
+    if (geteuid() != 0)
+        return moat_skip_all("needs root (users, ranges and a dockerd of its own)", true);
     const char *why = userns_engine_unsupported();
-    if (why != NULL) {
-        printf("test_userns: skipped: %s\n", why);
-        return 77;
-    }
+    if (why != NULL)
+        return moat_skip_all(why, false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_userns_quota_workspace),
         cmocka_unit_test(test_userns_plain_workspace),

@@ -1,7 +1,7 @@
 /* What every cmocka test binary shares: a group runner whose exit status counts a failed group
- * setup or teardown (cmocka 1.1 leaves a failed group teardown out of it), and the failures
- * MOAT_TEST_INJECT injects so that tests/meta/meta_test.sh can show that each kind turns ctest red.
- */
+ * setup or teardown (cmocka 1.1 leaves a failed group teardown out of it), skips that say why,
+ * and the failures MOAT_TEST_INJECT injects so that tests/meta/meta_test.sh can show that each
+ * kind turns ctest red. */
 #ifndef MOAT_TEST_H
 #define MOAT_TEST_H
 
@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <cmocka.h>
 
@@ -26,5 +27,38 @@ int moat__run_group_tests(const char *name, const struct CMUnitTest *tests, size
 #define moat_run_group_tests(name, tests, group_setup, group_teardown)                             \
     moat__run_group_tests(name, tests, sizeof(tests) / sizeof((tests)[0]), group_setup,            \
                           group_teardown)
+
+/* A line "SKIP: <test>: <reason>" on stdout, which scripts/test.sh lists at the end of a run. */
+#define moat_skip_note(reason)                                                                     \
+    do {                                                                                           \
+        printf("SKIP: %s: %s\n", __func__, reason);                                                \
+        fflush(stdout);                                                                            \
+    } while (0)
+
+/* Skips the running test, saying why. */
+#define moat_skip(reason)                                                                          \
+    do {                                                                                           \
+        moat_skip_note(reason);                                                                    \
+        skip();                                                                                    \
+    } while (0)
+
+/* Skips the running test when `present` is false, except under CI=true, where the machine has
+ * everything the suite needs and a missing piece is a failure. */
+#define moat_require(present, reason)                                                              \
+    do {                                                                                           \
+        if (!(present)) {                                                                          \
+            if (moat_test_in_ci())                                                                 \
+                fail_msg("CI can run this test, but: %s", reason);                                 \
+            moat_skip(reason);                                                                     \
+        }                                                                                          \
+    } while (0)
+
+/* CI=true in the environment. */
+bool moat_test_in_ci(void);
+
+/* For a main that cannot run here: prints "SKIP: <reason>" and returns 77, which its ctest
+ * SKIP_RETURN_CODE counts as a skip; under CI=true, when CI's machine has what it needs
+ * (ci_has_it), a failure (1) instead. */
+int moat_skip_all(const char *reason, bool ci_has_it);
 
 #endif
