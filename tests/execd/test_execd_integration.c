@@ -1283,37 +1283,48 @@ static void test_metrics_watch(void **state)
 }
 
 /* Orphans of commands are adopted (subreaper) and reaped: no zombies pile up. */
+/* The parent of pid from /proc, or -1 once the pid is gone. */
+static int parent_of(pid_t pid)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    int ppid = -1;
+    if (fgets(line, sizeof(line), f) != NULL) {
+        char *rp = strrchr(line, ')');
+        char st;
+        if (rp == NULL || sscanf(rp + 2, "%c %d", &st, &ppid) != 2)
+            ppid = -1;
+    }
+    fclose(f);
+    return ppid;
+}
+
+/* A command's orphan (its shell gone) becomes execd's child, since execd is a subreaper, and
+ * execd reaps it when it ends: the pid disappears instead of staying a zombie. */
 static void test_reaping(void **state)
 {
     (void)state;
     xd_run r;
-    xd_stream(&xp.unix_t, "/command", "{\"command\":\"(sleep 0.2 &) ; (true &) ; echo done\"}",
-              false, &r);
+    xd_stream(&xp.unix_t, "/command",
+              "{\"command\":\"(sleep 300 </dev/null >/dev/null 2>&1 & echo $!)\"}", false, &r);
     assert_true(r.complete);
-    int zombies = -1;
-    for (int attempt = 0; attempt < 600 && zombies != 0; attempt++) {
-        nap_ms(50);
-        zombies = 0;
-        DIR *d = opendir("/proc");
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            char path[300], line[512];
-            snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
-            FILE *f = fopen(path, "r");
-            if (f == NULL)
-                continue;
-            if (fgets(line, sizeof(line), f) != NULL) {
-                char *rp = strrchr(line, ')');
-                char st = 0;
-                int ppid = 0;
-                if (rp && sscanf(rp + 2, "%c %d", &st, &ppid) == 2 && ppid == xp.pid && st == 'Z')
-                    zombies++;
-            }
-            fclose(f);
-        }
-        closedir(d);
+    pid_t orphan = atoi(r.out);
+    assert_true(orphan > 0);
+    int parent = parent_of(orphan);
+    for (int i = 0; i < 3000 && parent != xp.pid; i++) {
+        nap_ms(10);
+        parent = parent_of(orphan);
     }
-    assert_int_equal(zombies, 0);
+    assert_int_equal(parent, xp.pid);
+    assert_int_equal(kill(orphan, SIGKILL), 0);
+    for (int i = 0; i < 3000 && parent == xp.pid; i++) {
+        nap_ms(10);
+        parent = parent_of(orphan);
+    }
+    assert_int_not_equal(parent, xp.pid);
 }
 
 /* SIGTERM reaches running commands and execd exits 0, removing its socket. */
