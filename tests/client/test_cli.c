@@ -31,6 +31,8 @@ static uint32_t stored_mode;
 static uint64_t write_offsets[64];
 static size_t write_lens[64];
 static size_t nwrites;
+/* The timeout_ms of the last RunCommand. */
+static uint64_t run_timeout_ms;
 
 static void reply(fake *s, uint32_t id, const ProtobufCMessage *m)
 {
@@ -90,7 +92,9 @@ static void run_command(fake *s, uint32_t id, Moat__V1__RunCommandRequest *r)
     Moat__V1__ExecEvent__Exit exit_ev = MOAT__V1__EXEC_EVENT__EXIT__INIT;
     Moat__V1__ExitCode code = MOAT__V1__EXIT_CODE__INIT;
     exit_ev.exit_code = &code;
-    if (strstr(r->command, "sleep")) {
+    run_timeout_ms = r->timeout_ms;
+    /* A command with a timeout times out: the exit the CLI shows as 124. */
+    if (r->timeout_ms > 0) {
         code.value_case = MOAT__V1__EXIT_CODE__VALUE_CODE;
         code.code = -1;
         exit_ev.timed_out = true;
@@ -401,7 +405,9 @@ static void test_exec(void **state)
     assert_string_equal(r.out, "out:'echo' 'hi' cwd=/w env=A=1\n");
     assert_int_equal(r.err_len, 5);
     assert_memory_equal(r.err, "err\xff\n", 5);
+    assert_int_equal(run_timeout_ms, 0);
     moat(&r, "exec", "sess-1", "--timeout", "100", "--", "sleep", "5", NULL);
+    assert_int_equal(run_timeout_ms, 100);
     assert_int_equal(r.status, 124);
     moat(&r, "exec", "sess-1", "--", "echo 'it''s' | wc -c", NULL); /* one word: as written */
     assert_int_equal(r.status, 7);

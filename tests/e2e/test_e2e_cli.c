@@ -197,13 +197,17 @@ static void test_renew_get_cp(void **state)
     (void)state;
     char args[1024];
     snprintf(args, sizeof(args), "renew %s --ttl 900", session);
+    int64_t before_renew = moat_time_now_ms();
     assert_int_equal(cli(TOKEN, args), 0);
+    int64_t after_renew = moat_time_now_ms();
     snprintf(args, sizeof(args), "get %s --json", session);
     assert_int_equal(cli(TOKEN, args), 0);
     cJSON *j = json_out();
-    int64_t ms = 0;
-    assert_true(moat_json_int(j, "expires_at_ms", &ms));
+    int64_t expires_at_ms = 0;
+    assert_true(moat_json_int(j, "expires_at_ms", &expires_at_ms));
     cJSON_Delete(j);
+    /* 900 s from the moment moatd renewed it, which lies between the two readings. */
+    assert_in_range(expires_at_ms, before_renew + 900000, after_renew + 900000);
     char local[300], back[300];
     snprintf(local, sizeof(local), "%s/cp-src.bin", P.state_dir);
     snprintf(back, sizeof(back), "%s/cp-back.bin", P.state_dir);
