@@ -1368,10 +1368,22 @@ int moat_server_main(int argc, char **argv)
         curl_global_cleanup();
         return 1;
     }
+    /* Before the listeners: a SIGTERM sent as soon as a client can connect must drain moatd,
+     * not kill it. */
+    uv_signal_init(s.loop, &s.sig_term);
+    uv_signal_init(s.loop, &s.sig_int);
+    uv_signal_init(s.loop, &s.sig_hup);
+    s.sig_term.data = s.sig_int.data = s.sig_hup.data = &s;
+    uv_signal_start(&s.sig_term, on_signal, SIGTERM);
+    uv_signal_start(&s.sig_int, on_signal, SIGINT);
+    uv_signal_start(&s.sig_hup, on_signal, SIGHUP);
     int rc = 0;
     if (listen_all(&s) != 0) {
         rc = 1;
         close_listeners(&s);
+        uv_close((uv_handle_t *)&s.sig_term, NULL);
+        uv_close((uv_handle_t *)&s.sig_int, NULL);
+        uv_close((uv_handle_t *)&s.sig_hup, NULL);
         moat__handlers_close(&s);
         uv_run(s.loop, UV_RUN_DEFAULT);
         uv_loop_close(s.loop);
@@ -1382,13 +1394,6 @@ int moat_server_main(int argc, char **argv)
     }
     if (s.cfg.metrics_listen[0] != '\0' && moat__metrics_start(s.cfg.metrics_listen) != MOAT_OK)
         moat_log(MOAT_LOG_WARN, "metrics_unavailable", "addr=%s", s.cfg.metrics_listen);
-    uv_signal_init(s.loop, &s.sig_term);
-    uv_signal_init(s.loop, &s.sig_int);
-    uv_signal_init(s.loop, &s.sig_hup);
-    s.sig_term.data = s.sig_int.data = s.sig_hup.data = &s;
-    uv_signal_start(&s.sig_term, on_signal, SIGTERM);
-    uv_signal_start(&s.sig_int, on_signal, SIGINT);
-    uv_signal_start(&s.sig_hup, on_signal, SIGHUP);
     uv_timer_init(s.loop, &s.grace);
     s.grace.data = &s;
     uv_unref((uv_handle_t *)&s.grace);

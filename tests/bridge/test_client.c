@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -1588,5 +1588,5 @@ int main(void)
         cmocka_unit_test(test_upload),
         cmocka_unit_test(test_write_at),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_client", tests, NULL, NULL);
 }

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <time.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "collect.h"
 #include "seed_streams.h"
@@ -668,5 +668,5 @@ int main(void)
         cmocka_unit_test(test_emit_stop_and_state),
         cmocka_unit_test(test_event_cost),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_decoder", tests, NULL, NULL);
 }

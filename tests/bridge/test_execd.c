@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -342,6 +342,8 @@ static void test_paused_1gb_stream(void **state)
     assert_true(s.ring_bytes <= (4u << 20) + 2 * MOAT_BRIDGE_MAX_EVENT_COST);
     if (RSS_MEANINGFUL)
         assert_true(rss1 - rss0 < 16 * 1024);
+    else
+        moat_skip_note("RSS bounds not checked under ASan (its quarantine keeps freed memory)");
     /* credit flows back per event from here on */
     long rss_max = rss1;
     moat_bridge_exec_credit(ex, 4 * MOAT_BRIDGE_MAX_EVENT_COST);
@@ -737,5 +739,5 @@ int main(void)
         cmocka_unit_test_teardown(test_sessions_background, teardown),
         cmocka_unit_test_teardown(test_files, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_execd", tests, NULL, NULL);
 }

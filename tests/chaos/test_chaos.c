@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
@@ -67,8 +67,6 @@ static int teardown(void **state)
 {
     (void)state;
     int rc = moatd_stop(&P);
-    if (rc != 0)
-        moatd_dump_log(&P);
     cleanup_containers();
     moatd_remove_dir(P.state_dir);
     return rc == 0 ? 0 : -1;
@@ -428,5 +426,5 @@ int main(void)
         cmocka_unit_test(test_budget_finished_runs),   cmocka_unit_test(test_budget_unread_streams),
         cmocka_unit_test(test_timeouts_and_fork_bomb),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return moat_run_group_tests("test_chaos", tests, setup, teardown);
 }

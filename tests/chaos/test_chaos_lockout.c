@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "attack.h"
 #include "chaos_client.h"
@@ -50,8 +50,6 @@ static int teardown(void **state)
     (void)state;
     attack_stop(&A);
     int rc = moatd_stop(&P);
-    if (rc != 0)
-        moatd_dump_log(&P);
     remove_containers();
     moatd_remove_dir(P.state_dir);
     return rc == 0 ? 0 : -1;
@@ -122,5 +120,5 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_token_holder_gets_in_during_the_attack),
     };
-    return cmocka_run_group_tests_name("chaos_lockout", tests, setup, teardown);
+    return moat_run_group_tests("chaos_lockout", tests, setup, teardown);
 }

@@ -18,7 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "host_mounts.h"
 #include "moat/runtime.h"
@@ -467,5 +467,5 @@ int main(void)
         cmocka_unit_test(test_moatd_starts_after_engine_restart),
         cmocka_unit_test(test_engine_restart_under_running_runtime),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return moat_run_group_tests("test_chaos_restarts", tests, group_setup, group_teardown);
 }

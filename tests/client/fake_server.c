@@ -202,6 +202,8 @@ void fake_start_tcp(fake *s, fake_handler handler, void *user)
 
 bool fake_stop(fake *s)
 {
+    if (s->stopping)
+        return !s->failed;
     s->stopping = true;
     /* A last connection wakes the thread if it waits in accept(). */
     int fd;

@@ -39,7 +39,8 @@ struct fake {
 
 void fake_start_unix(fake *s, fake_handler handler, void *user);
 void fake_start_tcp(fake *s, fake_handler handler, void *user);
-/* Stops accepting, joins the thread; returns false if a server-side check failed. */
+/* Stops accepting, joins the thread; returns false if a server-side check failed. A second
+ * call only returns that again. */
 bool fake_stop(fake *s);
 
 /* Handler helpers. send_message waits for window credit like a real server. */

@@ -12,7 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "fake_server.h"
 #include "moat/common.h"
@@ -31,6 +31,8 @@ static uint32_t stored_mode;
 static uint64_t write_offsets[64];
 static size_t write_lens[64];
 static size_t nwrites;
+/* The timeout_ms of the last RunCommand. */
+static uint64_t run_timeout_ms;
 
 static void reply(fake *s, uint32_t id, const ProtobufCMessage *m)
 {
@@ -90,7 +92,9 @@ static void run_command(fake *s, uint32_t id, Moat__V1__RunCommandRequest *r)
     Moat__V1__ExecEvent__Exit exit_ev = MOAT__V1__EXEC_EVENT__EXIT__INIT;
     Moat__V1__ExitCode code = MOAT__V1__EXIT_CODE__INIT;
     exit_ev.exit_code = &code;
-    if (strstr(r->command, "sleep")) {
+    run_timeout_ms = r->timeout_ms;
+    /* A command with a timeout times out: the exit the CLI shows as 124. */
+    if (r->timeout_ms > 0) {
         code.value_case = MOAT__V1__EXIT_CODE__VALUE_CODE;
         code.code = -1;
         exit_ev.timed_out = true;
@@ -279,10 +283,12 @@ static int setup(void **state)
     return 0;
 }
 
+/* Stops the fake only when a failure came before the last test. */
 static int teardown(void **state)
 {
     (void)state;
-    return fake_stop(&server) ? 0 : -1;
+    fake_stop(&server);
+    return 0;
 }
 
 static void test_create_json(void **state)
@@ -399,7 +405,9 @@ static void test_exec(void **state)
     assert_string_equal(r.out, "out:'echo' 'hi' cwd=/w env=A=1\n");
     assert_int_equal(r.err_len, 5);
     assert_memory_equal(r.err, "err\xff\n", 5);
+    assert_int_equal(run_timeout_ms, 0);
     moat(&r, "exec", "sess-1", "--timeout", "100", "--", "sleep", "5", NULL);
+    assert_int_equal(run_timeout_ms, 100);
     assert_int_equal(r.status, 124);
     moat(&r, "exec", "sess-1", "--", "echo 'it''s' | wc -c", NULL); /* one word: as written */
     assert_int_equal(r.status, 7);
@@ -505,12 +513,23 @@ static void test_cp_and_health(void **state)
                                "1\",\"docker_reachable\":true,\"live_sessions\":2}\n");
 }
 
+/* The last test: no request the CLI sent broke a check on the fake server's thread. */
+static void test_server_saw_no_protocol_violation(void **state)
+{
+    (void)state;
+    assert_true(fake_stop(&server));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_create_json), cmocka_unit_test(test_json_odd_strings),
-        cmocka_unit_test(test_errors),      cmocka_unit_test(test_ls_get_renew_stop),
-        cmocka_unit_test(test_exec),        cmocka_unit_test(test_cp_and_health),
+        cmocka_unit_test(test_create_json),
+        cmocka_unit_test(test_json_odd_strings),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_ls_get_renew_stop),
+        cmocka_unit_test(test_exec),
+        cmocka_unit_test(test_cp_and_health),
+        cmocka_unit_test(test_server_saw_no_protocol_violation),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return moat_run_group_tests("test_cli", tests, setup, teardown);
 }

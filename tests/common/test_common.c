@@ -4,7 +4,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "moat/common.h"
 
@@ -274,5 +274,5 @@ int main(void)
         cmocka_unit_test(test_json_nul_escapes), cmocka_unit_test(test_json_int),
         cmocka_unit_test(test_json_strict_text), cmocka_unit_test(test_utf8_seq),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_common", tests, NULL, NULL);
 }

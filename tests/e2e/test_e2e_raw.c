@@ -17,7 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
@@ -43,6 +43,8 @@ static char prefix_arg[64];
 #ifndef RSS_CHECKED
 #define RSS_CHECKED 1
 #endif
+
+static const char rss_unchecked[] = "moatd's RSS bound not checked under ASan or valgrind";
 
 static bool rss_checked(void)
 {
@@ -75,17 +77,17 @@ static int setup(void **state)
     return moatd_start(&P, true, extra_args) ? 0 : -1;
 }
 
+/* The last test stops moatd and checks how it exited; here it runs only when a failure came
+ * first. */
 static int teardown(void **state)
 {
     (void)state;
-    int rc = moatd_stop(&P);
-    if (rc != 0)
-        moatd_dump_log(&P);
+    moatd_stop(&P);
     cleanup_containers();
     moatd_remove_dir(P.state_dir);
     if (first_state_dir[0] != '\0')
         moatd_remove_dir(first_state_dir);
-    return rc == 0 ? 0 : -1;
+    return 0;
 }
 
 /* The runtime moatd was given, as Docker names it: "runc" when none was. */
@@ -557,6 +559,8 @@ static void test_slow_reader_gets_every_byte_in_order(void **state)
      * far less than the 64 MiB the command wrote. */
     if (rss_checked())
         assert_true(rss_paused > 0 && rss_paused < 48 * 1024);
+    else
+        moat_skip_note(rss_unchecked);
     result_free(&r);
     raw_close(c);
 }
@@ -583,6 +587,8 @@ static void test_huge_window_stays_bounded(void **state)
     assert_int_equal(r.out_len, 62888896);
     if (rss_checked())
         assert_true(rss > 0 && rss < 48 * 1024);
+    else
+        moat_skip_note(rss_unchecked);
     result_free(&r);
     raw_close(c);
 }
@@ -970,6 +976,7 @@ int main(void)
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_renew_and_ttl_expiry),
         cmocka_unit_test(test_sigkill_and_restart),
+        cmocka_unit_test_prestate(test_moatd_exits_0_on_sigterm, &P),
     };
-    return cmocka_run_group_tests_name("moatd_e2e", tests, setup, teardown);
+    return moat_run_group_tests("moatd_e2e", tests, setup, teardown);
 }

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
@@ -49,8 +49,6 @@ static int teardown(void **state)
 {
     (void)state;
     int rc = moatd_stop(&P);
-    if (rc != 0)
-        moatd_dump_log(&P);
     char cmd[256];
     snprintf(cmd, sizeof(cmd),
              "ids=$(/usr/bin/docker ps -aq --filter name=moat-reload%d-); "
@@ -143,5 +141,5 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_connection_keeps_announced_limits),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return moat_run_group_tests("test_e2e_reload", tests, setup, teardown);
 }

@@ -4,7 +4,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "xd_client.h"
 
@@ -143,24 +143,47 @@ static void test_metrics(void **state)
 }
 
 /* execd is PID 1: orphans are reaped. */
+/* Runs a shell command in the container; its stdout. */
+static const char *in_container(const char *command, xd_run *r)
+{
+    char body[512];
+    snprintf(body, sizeof(body), "{\"command\":\"%s\"}", command);
+    xd_stream(&t, "/command", body, false, r);
+    assert_true(r->complete);
+    return r->out;
+}
+
+/* The parent of pid inside the container, or -1 once the pid is gone; polls are 50 ms apart. */
+static int parent_in_container(int pid)
+{
+    struct timespec pause = {0, 50 * 1000000L};
+    nanosleep(&pause, NULL);
+    char command[160];
+    /* Fields 3 and 4 of /proc/PID/stat: state and parent (sleep's name has no space). */
+    snprintf(command, sizeof(command), "cut -d' ' -f4 /proc/%d/stat 2>/dev/null || echo -1", pid);
+    xd_run r;
+    return atoi(in_container(command, &r));
+}
+
+/* execd as PID 1 adopts a command's orphan (its shell gone) and reaps it when it ends: the pid
+ * disappears instead of staying a zombie. */
 static void test_pid1_reaps(void **state)
 {
     (void)state;
     xd_run r;
-    xd_stream(&t, "/command", "{\"command\":\"echo $PPID; (sleep 0.1 &); true\"}", false, &r);
-    assert_string_equal(r.out, "1");
-    int zombies = -1;
-    for (int i = 0; i < 50 && zombies != 0; i++) {
-        struct timespec ts = {0, 100 * 1000000L};
-        nanosleep(&ts, NULL);
-        xd_stream(&t, "/command",
-                  "{\"command\":\"n=0; for f in /proc/[0-9]*/status; do "
-                  "while read -r k v _; do [ \\\"$k\\\" = State: ] && [ \\\"$v\\\" = Z ] && "
-                  "n=$((n+1)); done < $f; done; echo $n\"}",
-                  false, &r);
-        zombies = atoi(r.out);
-    }
-    assert_int_equal(zombies, 0);
+    assert_string_equal(in_container("echo $PPID", &r), "1");
+    int orphan = atoi(in_container("(sleep 300 </dev/null >/dev/null 2>&1 & echo $!)", &r));
+    assert_true(orphan > 1);
+    int parent = parent_in_container(orphan);
+    for (int i = 0; i < 600 && parent != 1; i++)
+        parent = parent_in_container(orphan);
+    assert_int_equal(parent, 1);
+    char kill_orphan[64];
+    snprintf(kill_orphan, sizeof(kill_orphan), "kill -KILL %d", orphan);
+    in_container(kill_orphan, &r);
+    for (int i = 0; i < 600 && parent == 1; i++)
+        parent = parent_in_container(orphan);
+    assert_int_not_equal(parent, 1);
 }
 
 static int setup(void **state)
@@ -195,29 +218,40 @@ static int setup(void **state)
     return -1;
 }
 
-static int teardown(void **state)
+/* The last test: docker stop sends SIGTERM to PID 1 (execd), which must exit 0 by itself.
+ * MOAT_TEST_INJECT=daemon_exit kills it instead. */
+static void test_execd_as_pid1_exits_0_on_docker_stop(void **state)
 {
     (void)state;
-    /* docker stop sends SIGTERM to PID 1 (execd), which must exit 0 by itself */
-    int rc = sh("/usr/bin/docker stop -t 10 %s >/dev/null", name);
+    const char *verb = moat_test_injected("daemon_exit") ? "kill" : "stop -t 10";
+    assert_int_equal(sh("/usr/bin/docker %s %s >/dev/null", verb, name), 0);
     char cmd[256];
     snprintf(cmd, sizeof(cmd), "/usr/bin/docker inspect -f '{{.State.ExitCode}}' %s", name);
     char *code = sh_out(cmd);
-    print_message("container exit code after docker stop: %s\n", code);
-    bool ok = rc == 0 && strcmp(code, "0") == 0;
+    print_message("container exit code after docker %s: %s\n", verb, code);
+    bool exited_0 = strcmp(code, "0") == 0;
     free(code);
+    assert_true(exited_0);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
     sh("/usr/bin/docker rm -f %s >/dev/null 2>&1", name);
     sh("rm -rf %s", sockdir);
     curl_global_cleanup();
-    return ok ? 0 : -1;
+    return 0;
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_commands),   cmocka_unit_test(test_session),
-        cmocka_unit_test(test_files),      cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_commands),
+        cmocka_unit_test(test_session),
+        cmocka_unit_test(test_files),
+        cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_pid1_reaps),
+        cmocka_unit_test(test_execd_as_pid1_exits_0_on_docker_stop),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return moat_run_group_tests("test_execd_docker", tests, setup, teardown);
 }

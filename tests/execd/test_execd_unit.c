@@ -3,7 +3,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "moat/execd.h"
 
@@ -716,7 +716,7 @@ int main(void)
         cmocka_unit_test(test_request_json),
         cmocka_unit_test(test_json_out),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    int rc = moat_run_group_tests("test_execd_unit", tests, NULL, NULL);
     rmdir(tmpdir);
     return rc;
 }

@@ -84,7 +84,8 @@ typedef struct xd_proc {
     xd_target unix_t, tcp_t;
 } xd_proc;
 bool xd_start(xd_proc *p, const char *const *extra_args);
-/* SIGTERM and wait; returns the exit status (waitpid form) or -1. */
+/* SIGTERM and wait; returns the exit status (waitpid form) or -1. MOAT_TEST_INJECT=daemon_exit
+ * sends SIGKILL instead. */
 int xd_stop(xd_proc *p);
 long xd_rss_kb(pid_t pid);
 

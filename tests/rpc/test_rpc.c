@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "moat/rpc.h"
 #include "moat/v1/exec.pb-c.h"
@@ -465,5 +465,5 @@ int main(void)
         cmocka_unit_test(test_reply_that_cannot_be_sent_still_ends),
         cmocka_unit_test(test_data_pointer),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_rpc", tests, NULL, NULL);
 }

@@ -340,9 +340,11 @@ static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, co
         launch_execd(fd);
     pthread_mutex_unlock(&fd->mu);
 
-    if (routed && route.delay_ms > 0) {
-        struct timespec ts = {route.delay_ms / 1000, (long)(route.delay_ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
+    if (routed && route.held) {
+        pthread_mutex_lock(&fd->mu);
+        while (!fd->released_all)
+            pthread_cond_wait(&fd->released, &fd->mu);
+        pthread_mutex_unlock(&fd->mu);
     }
     struct MHD_Response *resp;
     if (routed && route.cut_short) {
@@ -383,34 +385,34 @@ static int listen_tcp(int *port)
 
 static int start_engine(fake_docker *fd, int sock);
 
-int fake_docker_start(fake_docker *fd, const char *socket_path)
+static void init_state(fake_docker *fd)
 {
     memset(fd, 0, sizeof(*fd));
     pthread_mutex_init(&fd->mu, NULL);
-    snprintf(fd->socket_path, sizeof(fd->socket_path), "%s", socket_path);
+    pthread_cond_init(&fd->released, NULL);
     snprintf(fd->api_version, sizeof(fd->api_version), "1.41");
     fd->start_execd = true;
+}
+
+int fake_docker_start(fake_docker *fd, const char *socket_path)
+{
+    init_state(fd);
+    snprintf(fd->socket_path, sizeof(fd->socket_path), "%s", socket_path);
     return start_engine(fd, listen_unix(socket_path));
 }
 
 int fake_docker_start_tcp(fake_docker *fd, int *port)
 {
-    memset(fd, 0, sizeof(*fd));
-    pthread_mutex_init(&fd->mu, NULL);
-    snprintf(fd->api_version, sizeof(fd->api_version), "1.41");
-    fd->start_execd = true;
+    init_state(fd);
     return start_engine(fd, listen_tcp(port));
 }
 
 int fake_docker_start_tls(fake_docker *fd, int *port, const char *cert_pem, const char *key_pem,
                           const char *client_ca_pem)
 {
-    memset(fd, 0, sizeof(*fd));
+    init_state(fd);
     if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES)
         return -2;
-    pthread_mutex_init(&fd->mu, NULL);
-    snprintf(fd->api_version, sizeof(fd->api_version), "1.41");
-    fd->start_execd = true;
     fd->tls = true;
     fd->tls_pem[0] = strdup(cert_pem);
     fd->tls_pem[1] = strdup(key_pem);
@@ -446,6 +448,10 @@ static int start_engine(fake_docker *fd, int sock)
 
 void fake_docker_stop(fake_docker *fd)
 {
+    pthread_mutex_lock(&fd->mu);
+    fd->released_all = true;
+    pthread_cond_broadcast(&fd->released);
+    pthread_mutex_unlock(&fd->mu);
     if (fd->daemon != NULL)
         MHD_stop_daemon(fd->daemon);
     fd->daemon = NULL;
@@ -464,6 +470,7 @@ void fake_docker_stop(fake_docker *fd)
         free(fd->tls_pem[i]);
         fd->tls_pem[i] = NULL;
     }
+    pthread_cond_destroy(&fd->released);
     pthread_mutex_destroy(&fd->mu);
 }
 
@@ -493,12 +500,11 @@ void fake_docker_route(fake_docker *fd, const char *method, const char *url_cont
     r->remaining = times;
 }
 
-void fake_docker_route_delay(fake_docker *fd, const char *method, const char *url_contains,
-                             int delay_ms)
+void fake_docker_route_hold(fake_docker *fd, const char *method, const char *url_contains)
 {
     fake_route *r = add_route(fd, method, url_contains);
     if (r != NULL)
-        r->delay_ms = delay_ms;
+        r->held = true;
 }
 
 void fake_docker_route_cut(fake_docker *fd, const char *method, const char *url_contains)

@@ -27,7 +27,7 @@ typedef struct fake_route {
     char url_contains[256];
     int status;
     char *body;     /* answer body, owned */
-    int delay_ms;   /* sleep before answering (to provoke client timeouts) */
+    bool held;      /* answer only when fake_docker_stop releases it (client timeouts) */
     bool cut_short; /* send part of the body and drop the connection */
     int remaining;  /* answers left; -1 forever */
 } fake_route;
@@ -37,6 +37,8 @@ typedef struct fake_docker {
     char socket_path[108];
     char api_version[16];
     pthread_mutex_t mu;
+    pthread_cond_t released; /* with released_all: held answers go out */
+    bool released_all;
     fake_request requests[FAKE_MAX_REQUESTS];
     size_t request_count;
     fake_route routes[FAKE_MAX_ROUTES];
@@ -67,8 +69,9 @@ void fake_docker_stop(fake_docker *fd);
  * (-1 forever). */
 void fake_docker_route(fake_docker *fd, const char *method, const char *url_contains, int status,
                        const char *body, int times);
-void fake_docker_route_delay(fake_docker *fd, const char *method, const char *url_contains,
-                             int delay_ms);
+/* Requests that match are answered only when fake_docker_stop runs: the client must give up
+ * first, whatever the machine's speed. */
+void fake_docker_route_hold(fake_docker *fd, const char *method, const char *url_contains);
 void fake_docker_route_cut(fake_docker *fd, const char *method, const char *url_contains);
 /* Number of recorded requests matching method and URL substring. */
 size_t fake_docker_count(fake_docker *fd, const char *method, const char *url_contains);

@@ -17,7 +17,7 @@
 #include <ftw.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "json_readers.h"
 #include "moat/runtime.h"
@@ -609,5 +609,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fork_bomb_contained, setup, teardown),
         cmocka_unit_test_setup_teardown(test_watcher_keeps_list_coherent, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, NULL);
+    return moat_run_group_tests("test_runtime_docker", tests, group_setup, NULL);
 }

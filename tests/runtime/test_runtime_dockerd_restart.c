@@ -15,7 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "moat/runtime.h"
 #include "host_mounts.h"
@@ -269,5 +269,5 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_engine_down_then_back),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return moat_run_group_tests("test_runtime_dockerd_restart", tests, group_setup, group_teardown);
 }

@@ -14,7 +14,7 @@
 #include <ftw.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "fake_docker.h"
 #include "moat/runtime.h"
@@ -346,5 +346,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_wrong_ca_refuses_server, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tls_host_name_checked, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return moat_run_group_tests("test_runtime_tls", tests, group_setup, group_teardown);
 }

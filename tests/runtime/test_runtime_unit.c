@@ -13,7 +13,7 @@
 #include <limits.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 #include <curl/curl.h>
 #include <sqlite3.h>
 
@@ -644,7 +644,7 @@ static void test_docker_timeout(void **state)
     moat_runtime_close(f->rt);
     f->cfg.docker_timeout_ms = 200;
     open_runtime(f);
-    fake_docker_route_delay(&f->fd, "GET", "/containers/json", 800);
+    fake_docker_route_hold(&f->fd, "GET", "/containers/json");
     moat_session *sessions = NULL;
     size_t n = 0;
     moat_status st;
@@ -1047,6 +1047,14 @@ static void test_reaper_removes_only_expired_managed(void **state)
     };
     items[4] = strdup(items[4]);
     route_list(f, "/containers/json", items, 5);
+    /* The expired session's chat workspace, with a file in it, which the reap must leave. */
+    char chat_file[256];
+    snprintf(chat_file, sizeof(chat_file), "%s/%s", f->chats, CHAT_ID);
+    assert_int_equal(mkdir(chat_file, 0755), 0);
+    strcat(chat_file, "/kept");
+    FILE *kept = fopen(chat_file, "w");
+    assert_non_null(kept);
+    assert_int_equal(fclose(kept), 0);
     size_t reaped = 0;
     moat_status st;
     assert_int_equal(moat_runtime_reap(f->rt, now, &reaped, &st), MOAT_CODE_OK);
@@ -1070,10 +1078,7 @@ static void test_reaper_removes_only_expired_managed(void **state)
     assert_string_equal(s.end_reason, "ttl");
     assert_true(s.ended_at_ms > 0);
     /* The chat workspace is never removed by expiry. */
-    char chat_dir[256];
-    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, CHAT_ID);
-    mkdir(chat_dir, 0755);
-    assert_int_equal(access(chat_dir, F_OK), 0);
+    assert_int_equal(access(chat_file, F_OK), 0);
 }
 
 static void test_reaper_failure_retries(void **state)
@@ -1901,5 +1906,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_engine_restart_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_runtime_unit", tests, NULL, NULL);
 }

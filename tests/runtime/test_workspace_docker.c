@@ -17,7 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "host_mounts.h"
 #include "internal.h"
@@ -350,5 +350,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sandbox_mounts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quota_and_persistence, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, NULL);
+    return moat_run_group_tests("test_workspace_docker", tests, group_setup, NULL);
 }

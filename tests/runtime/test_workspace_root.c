@@ -23,7 +23,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "host_mounts.h"
 #include "internal.h"
@@ -605,5 +605,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quota_off_plain_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_run_dir, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, group_setup, NULL);
+    return moat_run_group_tests("test_workspace_root", tests, group_setup, NULL);
 }

@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "internal.h"
 
@@ -374,5 +374,5 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quota_settings_validated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quota_needs_cap_sys_admin, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_workspace_unit", tests, NULL, NULL);
 }

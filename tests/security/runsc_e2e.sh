@@ -3,8 +3,9 @@
 # dockerd with runsc registered (scripts/dockerd-runsc.sh, removed again on any exit), the sandbox
 # image imported into it, and moatd given MOAT_DOCKER_HOST and MOAT_RUNTIME=runsc. The suite checks
 # each sandbox's HostConfig.Runtime and that the kernel it sees is gVisor's.
-# Exits 77 (skipped), with the reason on stdout, only where runsc cannot run here: not installed,
-# or failing to run a container on an engine that otherwise works.
+# Exits 77 (skipped), with the reason on stdout, only where runsc cannot run here: not installed
+# (a failure under CI=true: scripts/install-deps.sh installs it), or failing to run a container on
+# an engine that otherwise works.
 # usage: runsc_e2e.sh <test_e2e_raw binary>   (env: MOAT_BUILD_DIR, MOAT_SOURCE_DIR, MOAT_RUNSC)
 set -euo pipefail
 
@@ -14,6 +15,10 @@ build="${MOAT_BUILD_DIR:?set MOAT_BUILD_DIR}"
 runsc="${MOAT_RUNSC:-/usr/bin/runsc}"
 
 if [ ! -x "$runsc" ]; then
+  if [ "${CI:-}" = true ]; then
+    echo "runsc_e2e: $runsc is not installed, and CI installs it (scripts/install-deps.sh)"
+    exit 1
+  fi
   echo "SKIP: $runsc is not installed (apt-get install runsc, or scripts/install-deps.sh)"
   exit 77
 fi

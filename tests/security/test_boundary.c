@@ -18,7 +18,7 @@
 #include <grp.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "harness.h"
 #include "local_user.h"
@@ -66,10 +66,6 @@ static int teardown(void **state)
     (void)state;
     int rc1 = moatd_stop(&unprivileged_moatd);
     int rc2 = moatd_stop(&root_moatd);
-    if (rc1 != 0)
-        moatd_dump_log(&unprivileged_moatd);
-    if (rc2 != 0)
-        moatd_dump_log(&root_moatd);
     remove_containers(prefix_default);
     remove_containers(prefix_root);
     moatd_remove_dir(unprivileged_moatd.state_dir);
@@ -444,15 +440,13 @@ static void test_planted_socket_never_redirects_moatd(void **state)
 
 int main(void)
 {
-    if (geteuid() != 0) {
-        printf("# test_boundary needs root (it runs files as nobody)\n");
-        return 77;
-    }
+    if (geteuid() != 0)
+        return moat_skip_all("needs root (it runs files as nobody)", true);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_commands_are_unprivileged_and_cannot_reach_execd),
         cmocka_unit_test(test_setuid_file_from_unprivileged_sandbox_is_inert),
         cmocka_unit_test(test_setuid_file_from_root_sandbox_is_inert),
         cmocka_unit_test(test_planted_socket_never_redirects_moatd),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return moat_run_group_tests("test_boundary", tests, setup, teardown);
 }

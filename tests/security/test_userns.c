@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "harness.h"
 #include "local_user.h"
@@ -63,10 +63,6 @@ static int teardown(void **state)
 {
     (void)state;
     int rc1 = moatd_stop(&quota_moatd), rc2 = moatd_stop(&plain_moatd);
-    if (rc1 != 0)
-        moatd_dump_log(&quota_moatd);
-    if (rc2 != 0)
-        moatd_dump_log(&plain_moatd);
     userns_engine_stop(&eng); /* its containers first: they hold the moatds' mounts */
     moatd_remove_dir(quota_moatd.state_dir);
     moatd_remove_dir(plain_moatd.state_dir);
@@ -358,18 +354,14 @@ static void test_userns_plain_workspace(void **state)
 
 int main(void)
 {
-    if (geteuid() != 0) {
-        printf("test_userns: skipped: needs root (users, ranges and a dockerd of its own)\n");
-        return 77;
-    }
+    if (geteuid() != 0)
+        return moat_skip_all("needs root (users, ranges and a dockerd of its own)", true);
     const char *why = userns_engine_unsupported();
-    if (why != NULL) {
-        printf("test_userns: skipped: %s\n", why);
-        return 77;
-    }
+    if (why != NULL)
+        return moat_skip_all(why, false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_userns_quota_workspace),
         cmocka_unit_test(test_userns_plain_workspace),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return moat_run_group_tests("test_userns", tests, setup, teardown);
 }

@@ -1,5 +1,6 @@
 #include "harness.h"
 #include "host_mounts.h"
+#include "moat_test.h"
 #include "moat/v1/exec.pb-c.h"
 
 #include <arpa/inet.h>
@@ -162,7 +163,8 @@ bool moatd_start(moatd_proc *p, bool docker, const char *const *extra)
     return false;
 }
 
-int moatd_wait(moatd_proc *p, int timeout_ms)
+/* Its exit status, 128 + signal, or -1 on timeout. */
+static int wait_for_exit(moatd_proc *p, int timeout_ms)
 {
     if (p->pid <= 0)
         return -1;
@@ -171,27 +173,40 @@ int moatd_wait(moatd_proc *p, int timeout_ms)
         pid_t r = waitpid(p->pid, &st, WNOHANG);
         if (r == p->pid) {
             p->pid = 0;
-            int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            if (rc != 0 && moatd_wrapper()[0] != '\0')
-                moatd_dump_log(p);
-            return rc;
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         }
         sleep_ms(20);
     }
     return -1;
 }
 
+int moatd_wait(moatd_proc *p, int timeout_ms)
+{
+    int rc = wait_for_exit(p, timeout_ms);
+    if (rc > 0 && moatd_wrapper()[0] != '\0')
+        moatd_dump_log(p);
+    return rc;
+}
+
 int moatd_stop(moatd_proc *p)
 {
     if (p->pid <= 0)
         return -1;
-    kill(p->pid, SIGTERM);
-    int rc = moatd_wait(p, 20000);
+    /* SIGKILL stands in for a moatd that crashes at shutdown. */
+    kill(p->pid, moat_test_injected("daemon_exit") ? SIGKILL : SIGTERM);
+    int rc = wait_for_exit(p, 20000);
     if (rc < 0) {
         kill(p->pid, SIGKILL);
-        rc = moatd_wait(p, 5000);
+        rc = wait_for_exit(p, 5000);
     }
+    if (rc != 0)
+        moatd_dump_log(p);
     return rc;
+}
+
+void test_moatd_exits_0_on_sigterm(void **state)
+{
+    assert_int_equal(moatd_stop(*state), 0);
 }
 
 void moatd_remove_dir(const char *dir)

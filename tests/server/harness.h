@@ -35,8 +35,14 @@ int moatd_slowdown(void);
  * accepts connections. With docker false it points at a dead Docker socket and
  * an empty bundle dir. Returns false (after printing its log) on failure. */
 bool moatd_start(moatd_proc *p, bool docker, const char *const *extra);
-/* SIGTERM, wait (bounded), SIGKILL if needed. Returns its exit status or -1. */
+/* SIGTERM, wait (bounded), SIGKILL if needed. Returns its exit status (128 + signal when
+ * killed) after dumping the log if that is not 0, or -1. MOAT_TEST_INJECT=daemon_exit sends
+ * SIGKILL at once. */
 int moatd_stop(moatd_proc *p);
+/* A group's last test, cmocka_unit_test_prestate(test_moatd_exits_0_on_sigterm, &proc): stops
+ * moatd, which must exit 0 (under valgrind, MOAT_DAEMON_WRAPPER: without a memory error or a
+ * leak). */
+void test_moatd_exits_0_on_sigterm(void **state);
 /* Removes a state dir the harness made (only those under /tmp/moat-srvtest-). */
 void moatd_remove_dir(const char *dir);
 /* Waits (bounded, timeout_ms times moatd_slowdown()) for it to exit by itself;

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "moat/server.h"
 
@@ -357,5 +357,5 @@ int main(void)
         cmocka_unit_test(test_loopback_and_hostport),
         cmocka_unit_test(test_token_equal),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_config", tests, NULL, NULL);
 }

@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "throttle.h"
 
@@ -83,5 +83,5 @@ int main(void)
         cmocka_unit_test(test_burst_then_refill),
         cmocka_unit_test(test_flood_of_addresses_keeps_throttled_one),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_throttle", tests, NULL, NULL);
 }

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "moat/client.h"
 #include "moat/v1/exec.pb-c.h"
@@ -364,5 +364,5 @@ int main(void)
         cmocka_unit_test(test_control),
         cmocka_unit_test(test_exec_event_bad_input),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_vectors", tests, NULL, NULL);
 }

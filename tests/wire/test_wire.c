@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cmocka.h>
+#include "moat_test.h"
 
 #include "../vectors/vectors.h"
 #include "moat/wire.h"
@@ -483,5 +483,5 @@ int main(void)
         cmocka_unit_test(test_slices),
         cmocka_unit_test(test_message_prefix),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return moat_run_group_tests("test_wire", tests, NULL, NULL);
 }

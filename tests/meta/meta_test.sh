@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The suite's own test: each kind of failure, injected on purpose, must turn ctest red, and the
+# same test without it must stay green (so red comes from the injection, not from the test).
+# Kinds (tests/support/moat_test.h): a failed test body, group setup and group teardown; a
+# daemon that does not exit 0 (MOAT_TEST_INJECT=daemon_exit); a leak in a program under
+# valgrind (libmoat_test_leak.so preloaded). Daemon checks run only each binary's last test
+# (MOAT_TEST_FILTER), which stops the daemon and checks its exit status.
+# usage: meta_test.sh <build-dir> plain|docker|valgrind
+set -euo pipefail
+build="${1:?usage: $0 <build-dir> plain|docker|valgrind}"
+mode="${2:?usage: $0 <build-dir> plain|docker|valgrind}"
+
+# ctest in a directory of its own, so that its Testing/ log is not the outer run's.
+scratch="$(mktemp -d /tmp/moat-meta-XXXXXX)"
+trap 'rm -rf "$scratch"' EXIT
+echo "subdirs(\"$build\")" >"$scratch/CTestTestfile.cmake"
+
+failures=0
+# expect green|<what red must show> <ctest test name> [VAR=value…]: runs that one test with the
+# variables set; red must come with that text in its output, so that it is the injection's.
+expect() {
+  local want="$1" name="$2"; shift 2
+  local got=green
+  if ! (cd "$scratch" && env "$@" ctest -R "^${name}\$" --no-tests=error --output-on-failure \
+        >"$scratch/last.log" 2>&1); then
+    got=red
+  fi
+  if [ "$want" = green ] && [ "$got" = green ]; then
+    echo "ok: $name with ${*:-nothing injected} is green"
+  elif [ "$want" != green ] && [ "$got" = red ] && grep -q -- "$want" "$scratch/last.log"; then
+    echo "ok: $name with $* is red, showing \"$want\""
+  else
+    echo "FAILED: $name with ${*:-nothing injected} is $got, expected: $want; its output:"
+    cat "$scratch/last.log"
+    failures=$((failures + 1))
+  fi
+}
+
+# expect_daemon_check <ctest test name> <its last test> <what red must show> <injection…>
+expect_daemon_check() {
+  local name="$1" last="$2" shows="$3"; shift 3
+  expect green "$name" "MOAT_TEST_FILTER=$last"
+  expect "$shows" "$name" "MOAT_TEST_FILTER=$last" "$@"
+}
+
+case "$mode" in
+plain)
+  expect green test_common
+  expect "MOAT_TEST_INJECT=body: this test fails" test_common MOAT_TEST_INJECT=body
+  expect "GROUP SETUP" test_common MOAT_TEST_INJECT=setup
+  expect "GROUP TEARDOWN" test_common MOAT_TEST_INJECT=teardown
+  # The binary's own exit status, outside ctest, counts a failed group teardown too.
+  if MOAT_TEST_INJECT=teardown "$build/tests/common/test_common" >"$scratch/last.log" 2>&1; then
+    echo "FAILED: test_common exits 0 after a failed group teardown"
+    failures=$((failures + 1))
+  else
+    echo "ok: test_common exits non-zero after a failed group teardown"
+  fi
+  expect_daemon_check test_moatd test_moatd_exits_0_on_sigterm "0x89 != 0" \
+    MOAT_TEST_INJECT=daemon_exit
+  expect_daemon_check test_execd_integration test_execd_exits_0_on_sigterm \
+    "FAILED  ] test_execd_exits_0_on_sigterm" MOAT_TEST_INJECT=daemon_exit
+  ;;
+docker)
+  expect_daemon_check test_e2e_raw test_moatd_exits_0_on_sigterm "0x89 != 0" \
+    MOAT_TEST_INJECT=daemon_exit
+  expect_daemon_check test_e2e_cli test_moatd_exits_0_on_sigterm "0x89 != 0" \
+    MOAT_TEST_INJECT=daemon_exit
+  expect_daemon_check test_execd_docker test_execd_as_pid1_exits_0_on_docker_stop \
+    "exit code after docker kill: 137" MOAT_TEST_INJECT=daemon_exit
+  ;;
+valgrind)
+  leak="LD_PRELOAD=$build/tests/support/libmoat_test_leak.so"
+  lost="64 bytes in 1 blocks are definitely lost"
+  expect green valgrind_test_rpc
+  expect "$lost" valgrind_test_rpc "$leak"
+  expect_daemon_check valgrind_moatd_daemon test_moatd_exits_0_on_sigterm "$lost" "$leak"
+  expect_daemon_check valgrind_execd_daemon test_execd_exits_0_on_sigterm "$lost" "$leak"
+  expect_daemon_check valgrind_e2e_daemon test_moatd_exits_0_on_sigterm "$lost" "$leak"
+  ;;
+*)
+  echo "meta_test.sh: unknown mode $mode" >&2
+  exit 2
+  ;;
+esac
+
+if [ "$failures" -ne 0 ]; then
+  echo "meta_test.sh: $failures check(s) failed"
+  exit 1
+fi
+echo "meta_test.sh: every injected failure turned ctest red"
