@@ -21,7 +21,7 @@
 #include <cmocka.h>
 
 #include "host_mounts.h"
-#include "moat/runtime.h"
+#include "runtime/runtime.h"
 
 #define IMAGE "moat-sandbox:latest"
 

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 #define FAKE_WINDOW (64u * 1024u)
 

@@ -15,7 +15,7 @@
 #include <cmocka.h>
 
 #include "fake_server.h"
-#include "moat/common.h"
+#include "common/json.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
 #include "moat/v1/health.pb-c.h"

@@ -10,9 +10,9 @@
 
 #include <cmocka.h>
 
-#include "moat/client.h"
+#include "client/client.h"
 #include "moat/v1/files.pb-c.h"
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 #include "fake_server.h"
 
@@ -435,7 +435,7 @@ static void test_limits_ping_goaway(void **state)
 }
 
 /* A file larger than a request goes in pieces at increasing offsets, each
- * within moat_client_write_max, which is a bound that really fits. */
+ * within moat_file_write_max, which is a bound that really fits. */
 static void test_write_pieces(void **state)
 {
     (void)state;
@@ -445,26 +445,24 @@ static void test_write_pieces(void **state)
     nwrites = 0;
     wfile_exists = false;
     const char *sess = "sess-1", *path = "/workspace/big.bin";
-    size_t max = moat_client_write_max(c, sess, path);
+    size_t max = moat_file_write_max(c, sess, path);
     /* the fake's window (64 KiB) is below its frame size less 4 KiB */
     assert_int_equal(max, WINDOW - strlen(sess) - strlen(path) - 40);
     static uint8_t data[200000];
     for (size_t i = 0; i < sizeof data; i++)
         data[i] = (uint8_t)(i * 31 + 7);
-    static uint8_t buf[2 * WINDOW];
     moat_status st;
     uint64_t written = 0;
     /* offset > 0 before the file exists: the server's NOT_FOUND comes back */
     moat_write_req early = {sess, path, {data, 10}, 0, 5};
-    assert_int_equal(moat_client_write(c, &early, 5000, buf, sizeof buf, &written, &st),
-                     MOAT_E_REMOTE);
+    assert_int_equal(moat_file_write(c, &early, 5000, &written, &st), MOAT_E_REMOTE);
     assert_int_equal(st.code, MOAT_CODE_NOT_FOUND);
     nwrites = 0;
     size_t off = 0, pieces = 0;
     do {
         size_t n = sizeof data - off < max ? sizeof data - off : max;
         moat_write_req r = {sess, path, {data + off, n}, off == 0 ? 0640 : 0, off};
-        assert_int_equal(moat_client_write(c, &r, 5000, buf, sizeof buf, &written, &st), MOAT_OK);
+        assert_int_equal(moat_file_write(c, &r, 5000, &written, &st), MOAT_OK);
         assert_int_equal(written, n);
         off += n;
         pieces++;
@@ -482,13 +480,18 @@ static void test_write_pieces(void **state)
     assert_memory_equal(wfile, data, sizeof data);
     /* an empty write at offset 0 truncates (creates) the file */
     moat_write_req empty = {sess, path, {NULL, 0}, 0, 0};
-    assert_int_equal(moat_client_write(c, &empty, 5000, buf, sizeof buf, &written, &st), MOAT_OK);
+    assert_int_equal(moat_file_write(c, &empty, 5000, &written, &st), MOAT_OK);
     assert_int_equal(written, 0);
     assert_int_equal(wfile_len, 0);
-    /* a scratch buffer too small for the request: refused locally */
+    /* a request larger than a frame: refused locally */
     uint64_t before = nwrites;
-    moat_write_req r = {sess, path, {data, 1000}, 0, 0};
-    assert_int_equal(moat_client_write(c, &r, 5000, buf, 100, &written, &st), MOAT_E_TOO_BIG);
+    size_t frame = moat_client_get_limits(c)->max_frame_size;
+    uint8_t *big = calloc(1, frame);
+    assert_non_null(big);
+    moat_write_req r = {sess, path, {big, frame}, 0, 0};
+    moat_err err = moat_file_write(c, &r, 5000, &written, &st);
+    free(big);
+    assert_int_equal(err, MOAT_E_TOO_BIG);
     assert_int_equal(st.code, MOAT_CODE_INVALID_ARGUMENT);
     assert_int_equal(nwrites, before);
     moat_client_close(c);

@@ -17,7 +17,7 @@
 
 #include <cmocka.h>
 
-#include "moat/runtime.h"
+#include "runtime/runtime.h"
 #include "host_mounts.h"
 
 #define IMAGE "moat-sandbox:latest"

@@ -10,7 +10,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 typedef struct moatd_proc {
     pid_t pid;

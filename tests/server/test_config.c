@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "moat/server.h"
+#include "server/server.h"
 
 static void test_defaults(void **state)
 {
