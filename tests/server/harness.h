@@ -35,6 +35,8 @@ int moatd_slowdown(void);
  * accepts connections. With docker false it points at a dead Docker socket and
  * an empty bundle dir. Returns false (after printing its log) on failure. */
 bool moatd_start(moatd_proc *p, bool docker, const char *const *extra);
+/* moatd_start with another moatd binary (an installed one) instead of the build's. */
+bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *const *extra);
 /* SIGTERM, wait (bounded), SIGKILL if needed. Returns its exit status or -1. */
 int moatd_stop(moatd_proc *p);
 /* Removes a state dir the harness made (only those under /tmp/moat-srvtest-). */
