@@ -11,7 +11,9 @@
 #include <cmocka.h>
 
 #include "client/client.h"
+#include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
+#include "moat/v1/sandbox.pb-c.h"
 #include "wire/wire.h"
 
 #include "fake_server.h"
@@ -107,9 +109,47 @@ static void files_write(fake *s, uint32_t id, moat_slice request)
     moat__v1__write_request__free_unpacked(r, NULL);
 }
 
+static void command_status(fake *s, uint32_t id)
+{
+    Moat__V1__ExitCode exit_code = MOAT__V1__EXIT_CODE__INIT;
+    exit_code.value_case = MOAT__V1__EXIT_CODE__VALUE_UNKNOWN_REASON;
+    exit_code.unknown_reason = "killed by a signal";
+    Moat__V1__CommandStatus cs = MOAT__V1__COMMAND_STATUS__INIT;
+    cs.execution_id = "ex-1";
+    cs.command = "sleep 9";
+    cs.exit_code = &exit_code;
+    cs.error = "signal: killed";
+    cs.started_at_ms = 1718000000000;
+    cs.finished_at_ms = 1718000001000;
+    fake_reply(s, id, &cs.base);
+}
+
+static void list_sessions(fake *s, uint32_t id)
+{
+    Moat__V1__SandboxSession sessions[3], *items[3];
+    static const char *ids[] = {"s-1", "s-2", "s-3"};
+    for (size_t i = 0; i < 3; i++) {
+        moat__v1__sandbox_session__init(&sessions[i]);
+        sessions[i].session_id = (char *)ids[i];
+        sessions[i].status = MOAT__V1__SESSION_STATUS__RUNNING;
+        sessions[i].expires_at_ms = 1718000000000 + (int64_t)i;
+        items[i] = &sessions[i];
+    }
+    Moat__V1__ListSessionsResponse l = MOAT__V1__LIST_SESSIONS_RESPONSE__INIT;
+    l.n_sessions = 3;
+    l.sessions = items;
+    fake_reply(s, id, &l.base);
+}
+
 static void handler(fake *s, uint32_t id, const char *method, moat_slice request)
 {
-    if (strcmp(method, "/moat.v1.Files/Write") == 0) {
+    if (strcmp(method, "/moat.v1.Exec/GetCommandStatus") == 0) {
+        command_status(s, id);
+    } else if (strcmp(method, "/moat.v1.Sandboxes/ListSessions") == 0) {
+        list_sessions(s, id);
+    } else if (strcmp(method, "/moat.v1.Exec/Interrupt") == 0) {
+        fake_send_end(s, id, MOAT_CODE_NOT_FOUND, "no such execution", "execution_not_found", NULL);
+    } else if (strcmp(method, "/moat.v1.Files/Write") == 0) {
         files_write(s, id, request);
     } else if (strcmp(method, "/test/Echo") == 0) {
         fake_send_message(s, id, request.data, request.len);
@@ -498,6 +538,57 @@ static void test_write_pieces(void **state)
     stop(&s);
 }
 
+/* Sessions seen by a listing's callback, which stops after `stop_after`. */
+typedef struct seen {
+    size_t count, stop_after;
+    char last[8];
+} seen;
+
+static bool count_session(const moat_session *session, void *arg)
+{
+    seen *v = arg;
+    v->count++;
+    moat_slice_copy(session->session_id, v->last, sizeof v->last);
+    return v->count < v->stop_after;
+}
+
+/* Typed calls decode into moat's structs; a listing stops when its callback says so and
+ * still succeeds; a server's error comes back with its reason. */
+static void test_typed_calls(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_status st;
+    moat_command_status cs;
+    assert_int_equal(moat_exec_status(c, "sess-1", "ex-1", 5000, &cs, &st), MOAT_OK);
+    assert_true(moat_slice_eq_str(cs.execution_id, "ex-1"));
+    assert_true(moat_slice_eq_str(cs.command, "sleep 9"));
+    assert_false(cs.running);
+    assert_true(cs.exited);
+    assert_false(cs.exit_known);
+    assert_true(moat_slice_eq_str(cs.exit_unknown_reason, "killed by a signal"));
+    assert_true(moat_slice_eq_str(cs.error, "signal: killed"));
+    assert_int_equal(cs.started_at_ms, 1718000000000);
+    assert_int_equal(cs.finished_at_ms, 1718000001000);
+
+    seen all = {0, 100, ""}, two = {0, 2, ""};
+    assert_int_equal(moat_session_list(c, NULL, 5000, count_session, &all, &st), MOAT_OK);
+    assert_int_equal(all.count, 3);
+    assert_string_equal(all.last, "s-3");
+    assert_int_equal(moat_session_list(c, NULL, 5000, count_session, &two, &st), MOAT_OK);
+    assert_int_equal(st.code, MOAT_CODE_OK);
+    assert_int_equal(two.count, 2);
+    assert_string_equal(two.last, "s-2");
+
+    assert_int_equal(moat_exec_interrupt(c, "sess-1", "ex-9", 5000, &st), MOAT_E_REMOTE);
+    assert_int_equal(st.code, MOAT_CODE_NOT_FOUND);
+    assert_string_equal(st.reason, "execution_not_found");
+    moat_client_close(c);
+    stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -510,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_limits_ping_goaway),
         cmocka_unit_test(test_write_pieces),
+        cmocka_unit_test(test_typed_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
