@@ -35,6 +35,7 @@ target_link_libraries(moat_proto_c PUBLIC PkgConfig::PROTOBUF_C)
 target_compile_options(moat_proto_c PRIVATE -w)
 
 add_library(moat_proto_nanopb STATIC ${nanopb_sources})
+set_target_properties(moat_proto_nanopb PROPERTIES POSITION_INDEPENDENT_CODE ON)
 target_include_directories(moat_proto_nanopb SYSTEM PUBLIC ${MOAT_GEN_DIR}/nanopb)
 target_link_libraries(moat_proto_nanopb PUBLIC nanopb::protobuf-nanopb-static)
 target_compile_options(moat_proto_nanopb PRIVATE -w)

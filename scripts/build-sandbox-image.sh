@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Builds, idempotently and without any registry:
-#  1. <build-dir>/execd-bundle/: moat-execd, lib/ (its shared libraries and glibc's loader)
-#     and `run`, a POSIX-sh launcher, so the bundle runs from a read-only bind mount in any
-#     image that has /bin/sh;
+#  1. <build-dir>/execd-bundle/, by scripts/build-execd-bundle.sh: moat-execd, its shared
+#     libraries and glibc's loader, and a launcher, so it runs from a read-only bind mount;
 #  2. the image moat-sandbox:latest, by `docker import` of a root file system made from
 #     Debian's busybox-static and bash-static plus the bundle at /opt/moat (and GNU yes
 #     and head, see below).
@@ -30,47 +29,9 @@ fi
 bin="$build_dir/src/execd/moat-execd"
 [ -x "$bin" ] || { echo "build-sandbox-image: $bin was not built" >&2; exit 1; }
 
-# --- the bundle (rebuilt in a scratch dir, then swapped in) ---
+# --- the bundle ---
 bundle="$build_dir/execd-bundle"
-stage="$build_dir/execd-bundle.new"
-rm -rf "$stage"
-mkdir -p "$stage/lib"
-# Sanitizer builds cannot run under the bundled loader's library path alone.
-if ldd "$bin" | grep -q 'libasan\|libubsan'; then
-  echo "build-sandbox-image: $bin is a sanitizer build; use a normal build dir" >&2
-  exit 1
-fi
-strip -o "$stage/moat-execd" "$bin" 2>/dev/null || cp "$bin" "$stage/moat-execd"
-chmod 0755 "$stage/moat-execd"
-loader=""
-while read -r line; do
-  case "$line" in
-    *"=> not found"*) echo "build-sandbox-image: missing library: $line" >&2; exit 1 ;;
-    *"=>"*/*) lib="$(echo "$line" | sed -E 's/.*=> ([^ ]+) .*/\1/')" ;;
-    /*) lib="$(echo "$line" | awk '{print $1}')"; loader="$lib" ;;
-    *) continue ;;
-  esac
-  cp -L "$lib" "$stage/lib/$(basename "$lib")"
-done < <(ldd "$bin")
-[ -n "$loader" ] || { echo "build-sandbox-image: no ELF loader found by ldd" >&2; exit 1; }
-if [ "$(basename "$loader")" != ld-linux-x86-64.so.2 ]; then
-  cp -L "$loader" "$stage/lib/ld-linux-x86-64.so.2"
-fi
-chmod 0755 "$stage/lib/"*
-cat >"$stage/run" <<'EOF'
-#!/bin/sh
-# Starts moat-execd with the libraries of this bundle, whatever the image's libc.
-case "$0" in
-  */*) dir="${0%/*}" ;;
-  *) dir=. ;;
-esac
-exec "$dir/lib/ld-linux-x86-64.so.2" --library-path "$dir/lib" "$dir/moat-execd" "$@"
-EOF
-chmod 0755 "$stage/run"
-"$stage/run" --version >/dev/null
-rm -rf "$bundle"
-mv "$stage" "$bundle"
-echo "build-sandbox-image: bundle $bundle ($(du -sh "$bundle" | cut -f1))"
+"$root/scripts/build-execd-bundle.sh" "$bin" "$bundle"
 
 # --- the image ---
 if ! "$DOCKER" version >/dev/null 2>&1; then

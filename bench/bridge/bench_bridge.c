@@ -13,7 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "moat/bridge.h"
+#include "bridge/bridge.h"
+#include "common/json.h"
 
 #define PIECE 65536u
 

@@ -20,7 +20,7 @@
 
 #include "host_mounts.h"
 #include "internal.h"
-#include "moat/runtime.h"
+#include "runtime/runtime.h"
 
 #define PREFIX "moat-rtbench-"
 #define IMAGE  "moat-sandbox:latest"

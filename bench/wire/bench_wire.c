@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "moat/client.h"
+#include "client/client.h"
 #include "moat/v1/frame.pb-c.h"
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 #define PAYLOAD  (64u * 1024u)
 #define FRAMES   64u /* 4 MiB per pass: larger than most L2 caches */

@@ -1,8 +1,16 @@
-/* libmoat: a blocking client for moatd's framed protocol (docs/PROTOCOL.md),
- * on nanopb and moat_wire. One connection carries many calls; each call has
- * its own flow-control window, and window updates go out as the application
- * consumes messages. Buffers are sized at connect from the server's limits;
- * nothing is allocated per message.
+/* libmoat: a blocking client for moatd's framed protocol (docs/PROTOCOL.md).
+ * One connection carries many calls; each call has its own flow-control
+ * window, and window updates go out as the application consumes messages.
+ * Buffers are sized at connect from the server's limits; nothing is allocated
+ * per message.
+ *
+ * Two levels: typed calls for every method of moat.v1's services (Sandboxes,
+ * Exec, Files, Health; below), and the raw calls they are made of (a method
+ * name and encoded protobuf bytes) for anything else.
+ *
+ * Link with `pkg-config --libs moat` or CMake's find_package(moat) and
+ * moat::moat (moat::moat_static for libmoat.a). libmoat needs nothing else:
+ * its protobuf runtime is inside it.
  *
  * A moat_client is not thread-safe: use one per thread, or lock around it. */
 #ifndef MOAT_CLIENT_H
@@ -13,7 +21,6 @@
 #include <stdint.h>
 
 #include "moat/common.h"
-#include "moat/wire.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -123,11 +130,9 @@ typedef struct moat_exec_event {
 /* Slices in *ev point into payload and live as long as it does. MOAT_E_PROTO
  * for malformed input, MOAT_E_UNKNOWN_KIND when no kind is set. */
 moat_err moat_exec_event_decode(moat_slice payload, moat_exec_event *ev);
-/* Encodes ev (as a server would) into out[0..cap); MOAT_E_TOO_BIG if short. */
-moat_err moat_exec_event_encode(const moat_exec_event *ev, uint8_t *out, size_t cap, size_t *len);
-
-/* Request encoders for the calls the CLI makes; strings are C strings (NULL
- * = empty), the output goes to out[0..cap), MOAT_E_TOO_BIG if short. */
+/* Request encoders for use with moat_call_start; strings are C strings (NULL
+ * = empty), the output goes to out[0..cap), MOAT_E_TOO_BIG if short. The
+ * typed calls below encode for themselves. */
 typedef struct moat_run_command_req {
     const char *session_id;
     const char *command;
@@ -145,7 +150,7 @@ moat_err moat_run_command_req_encode(const moat_run_command_req *req, uint8_t *o
  * the file and applies mode; offset > 0 needs the file to exist (NOT_FOUND
  * otherwise), writes without truncating and ignores mode. A file larger than
  * one request goes as several calls in order (offset 0, then where each piece
- * ended), each carrying at most moat_client_write_max bytes. */
+ * ended), each carrying at most moat_file_write_max bytes. */
 typedef struct moat_write_req {
     const char *session_id;
     const char *path;
@@ -156,19 +161,229 @@ typedef struct moat_write_req {
 
 moat_err moat_write_req_encode(const moat_write_req *req, uint8_t *out, size_t cap, size_t *len);
 
+/* Typed calls, one per method of moat.v1's services.
+ *
+ * Each takes deadline_ms (0: none) and st (may be NULL). They return MOAT_OK
+ * when the call ended OK; MOAT_E_REMOTE with st holding the server's status
+ * (code, message, reason, details) when it ended with another; MOAT_E_PROTO
+ * (st INTERNAL, reason bad_response) when the answer does not decode; other
+ * errors, with st filled too, when the request does not fit a frame
+ * (MOAT_E_TOO_BIG) or the connection fails.
+ *
+ * Request strings are C strings (NULL is empty), read only during the call.
+ * Slices in a unary call's result point into a buffer of the client: they stay
+ * valid until the next call started on the same client (typed or raw), or its
+ * close. Copy what must outlive that (moat_slice_copy). */
+
+/* moat.v1.Sandboxes */
+
+typedef enum moat_session_status {
+    MOAT_SESSION_STATUS_UNSPECIFIED = 0,
+    MOAT_SESSION_RUNNING = 1, /* its execd answers */
+    MOAT_SESSION_STOPPED = 2, /* stopped by a client or the TTL reaper */
+    MOAT_SESSION_EXPIRED = 3, /* past its expiry, awaiting the reaper */
+    MOAT_SESSION_GONE = 4,    /* Docker no longer has its container */
+} moat_session_status;
+
+/* "RUNNING", "STOPPED", "EXPIRED", "GONE"; "UNSPECIFIED" otherwise. Static. */
+const char *moat_session_status_name(moat_session_status status);
+
+#define MOAT_SESSION_MAX_LABELS 32u
+
+typedef struct moat_session {
+    moat_slice session_id; /* canonical UUID */
+    moat_slice chat_id;    /* canonical UUID */
+    moat_slice container_id;
+    moat_session_status status;
+    int64_t created_at_ms; /* Unix ms, UTC */
+    int64_t expires_at_ms;
+    moat_slice image;
+    size_t label_count; /* at most MOAT_SESSION_MAX_LABELS kept */
+    bool labels_truncated;
+    moat_kv labels[MOAT_SESSION_MAX_LABELS];
+} moat_session;
+
+typedef struct moat_session_create_req {
+    const char *chat_id;  /* any UUID spelling */
+    uint32_t ttl_seconds; /* 0: the server's default */
+    bool force_new;       /* a new session even if the chat has a live one */
+    const char *image;    /* NULL: the server's default; else one it allows */
+    /* Resource wishes, each capped by the server; 0: its default. */
+    uint64_t memory_bytes;
+    uint32_t cpu_millis; /* 1000 = one core */
+    uint32_t pids_limit;
+} moat_session_create_req;
+
+/* Returns once the sandbox's execd answers; idempotent per chat unless force_new. */
+moat_err moat_session_create(moat_client *c, const moat_session_create_req *req,
+                             uint64_t deadline_ms, moat_session *out, moat_status *st);
+moat_err moat_session_get(moat_client *c, const char *session_id, uint64_t deadline_ms,
+                          moat_session *out, moat_status *st);
+/* New lifetime counted from now; ttl_seconds 0: the server's default. */
+moat_err moat_session_renew(moat_client *c, const char *session_id, uint32_t ttl_seconds,
+                            uint64_t deadline_ms, moat_session *out, moat_status *st);
+/* *stopped (may be NULL) is false when it was already stopped. */
+moat_err moat_session_stop(moat_client *c, const char *session_id, uint64_t deadline_ms,
+                           bool *stopped, moat_status *st);
+
+/* Called once per session, in order; *session (and its slices) is valid only
+ * during the call. Returning false stops the listing, which still returns OK. */
+typedef bool (*moat_session_fn)(const moat_session *session, void *arg);
+/* Sessions of chat_id (NULL: of every chat). */
+moat_err moat_session_list(moat_client *c, const char *chat_id, uint64_t deadline_ms,
+                           moat_session_fn fn, void *arg, moat_status *st);
+
+/* moat.v1.Exec. RunCommand, RunInShell and Attach are streams: each starts a
+ * call (*out owned by the caller until moat_call_free or moat_client_close)
+ * whose events moat_exec_next reads. The call ends after the exit event
+ * (moat_call_status then says how it ended). */
+
+moat_err moat_exec_run(moat_client *c, const moat_run_command_req *req, uint64_t deadline_ms,
+                       moat_call **out, moat_status *st);
+
+typedef struct moat_run_in_shell_req {
+    const char *session_id;
+    const char *shell_id; /* from moat_shell_create */
+    const char *command;
+    const char *cwd; /* NULL: the shell's */
+    uint64_t timeout_ms;
+} moat_run_in_shell_req;
+
+moat_err moat_exec_run_in_shell(moat_client *c, const moat_run_in_shell_req *req,
+                                uint64_t deadline_ms, moat_call **out, moat_status *st);
+/* Replays the execution's events after sequence after_sequence, then the live
+ * ones. Events no longer kept end the call with DATA_LOSS. */
+moat_err moat_exec_attach(moat_client *c, const char *session_id, const char *execution_id,
+                          uint64_t after_sequence, uint64_t deadline_ms, moat_call **out,
+                          moat_status *st);
+/* The next event of an Exec stream: moat_call_recv, then moat_exec_event_decode
+ * into *ev (its slices valid as moat_call_recv's message). MOAT_E_CLOSED once
+ * the call has ended; MOAT_E_PROTO or MOAT_E_UNKNOWN_KIND for an event that
+ * does not decode, after which the stream may still be read. */
+moat_err moat_exec_next(moat_call *call, int timeout_ms, moat_exec_event *ev);
+
+/* *shell_id points into the client's buffer (see above). */
+moat_err moat_shell_create(moat_client *c, const char *session_id, const char *cwd,
+                           uint64_t deadline_ms, moat_slice *shell_id, moat_status *st);
+moat_err moat_shell_delete(moat_client *c, const char *session_id, const char *shell_id,
+                           uint64_t deadline_ms, moat_status *st);
+moat_err moat_exec_interrupt(moat_client *c, const char *session_id, const char *execution_id,
+                             uint64_t deadline_ms, moat_status *st);
+
+typedef struct moat_command_status {
+    moat_slice execution_id;
+    moat_slice command;
+    bool running;
+    bool exited;                    /* the fields below are set */
+    bool exit_known;                /* exit_code holds the status, else */
+    int32_t exit_code;              /* -1 when a signal killed it */
+    moat_slice exit_unknown_reason; /* why it is unknown */
+    moat_slice error;               /* e.g. "exit status 3"; empty on success */
+    int64_t started_at_ms;
+    int64_t finished_at_ms; /* 0 while running */
+} moat_command_status;
+
+moat_err moat_exec_status(moat_client *c, const char *session_id, const char *execution_id,
+                          uint64_t deadline_ms, moat_command_status *out, moat_status *st);
+
+/* The merged output of a background command from byte cursor on. */
+typedef struct moat_command_logs {
+    moat_slice data;
+    uint64_t next_cursor; /* the cursor for the next read */
+} moat_command_logs;
+
+moat_err moat_exec_logs(moat_client *c, const char *session_id, const char *execution_id,
+                        uint64_t cursor, uint64_t deadline_ms, moat_command_logs *out,
+                        moat_status *st);
+
+/* moat.v1.Files */
+
+typedef enum moat_file_type {
+    MOAT_FILE_TYPE_UNSPECIFIED = 0,
+    MOAT_FILE_REGULAR = 1,
+    MOAT_FILE_DIRECTORY = 2,
+    MOAT_FILE_SYMLINK = 3,
+    MOAT_FILE_OTHER = 4,
+} moat_file_type;
+
+typedef struct moat_file_info {
+    moat_slice path;
+    moat_file_type type;
+    uint64_t size;
+    uint32_t mode; /* permission bits, e.g. 0644 */
+    moat_slice owner;
+    moat_slice group;
+    int64_t modified_at_ms;
+} moat_file_info;
+
+moat_err moat_file_stat(moat_client *c, const char *session_id, const char *path,
+                        uint64_t deadline_ms, moat_file_info *out, moat_status *st);
+
+/* Called once per entry; *entry is valid only during the call. Returning false
+ * stops the listing, which still returns OK. */
+typedef bool (*moat_file_fn)(const moat_file_info *entry, void *arg);
+/* Entries under path, depth levels down (0: 1). */
+moat_err moat_file_list(moat_client *c, const char *session_id, const char *path, uint32_t depth,
+                        uint64_t deadline_ms, moat_file_fn fn, void *arg, moat_status *st);
+
+/* Files/Read: a stream of chunks in order, read with moat_file_next.
+ * length 0 reads to the end. *out as for moat_exec_run. */
+moat_err moat_file_read(moat_client *c, const char *session_id, const char *path, uint64_t offset,
+                        uint64_t length, uint64_t deadline_ms, moat_call **out, moat_status *st);
+
+typedef struct moat_file_chunk {
+    uint64_t offset;
+    moat_slice data; /* valid as moat_call_recv's message */
+} moat_file_chunk;
+
+/* The next chunk: MOAT_OK, MOAT_E_CLOSED once the call has ended (see
+ * moat_call_status), MOAT_E_TIMEOUT, or MOAT_E_PROTO for a chunk that does
+ * not decode. */
+moat_err moat_file_next(moat_call *call, int timeout_ms, moat_file_chunk *chunk);
+
 /* The most data bytes one Write for session_id and path may carry on c: the
  * request must fit in a frame (less 4 KiB for the envelope) and in the
- * stream's initial window. 0 when not even an empty one fits. */
-size_t moat_client_write_max(const moat_client *c, const char *session_id, const char *path);
+ * stream's initial window. 0 when not even an empty one fits. A larger file
+ * goes as several writes (see moat_write_req). */
+size_t moat_file_write_max(const moat_client *c, const char *session_id, const char *path);
+/* One Files/Write. *written (may be NULL) is the bytes the server wrote. */
+moat_err moat_file_write(moat_client *c, const moat_write_req *req, uint64_t deadline_ms,
+                         uint64_t *written, moat_status *st);
+moat_err moat_file_remove(moat_client *c, const char *session_id, const char *path, bool recursive,
+                          uint64_t deadline_ms, moat_status *st);
+moat_err moat_file_move(moat_client *c, const char *session_id, const char *src, const char *dest,
+                        uint64_t deadline_ms, moat_status *st);
+/* Parents are created too; mode 0: 0755. */
+moat_err moat_file_mkdir(moat_client *c, const char *session_id, const char *path, uint32_t mode,
+                         uint64_t deadline_ms, moat_status *st);
 
-/* Files/Write as a unary call with deadline_ms (0: none). The request is
- * encoded into buf[0..cap) (the caller's scratch space, used only during the
- * call; max_frame_size bytes always suffice); req's strings and data are only
- * read during the call. *written is WriteResponse.written. Returns and fills st
- * as moat_client_unary; MOAT_E_TOO_BIG (INVALID_ARGUMENT) if the request does
- * not fit buf, MOAT_E_PROTO (INTERNAL) if the response does not decode. */
-moat_err moat_client_write(moat_client *c, const moat_write_req *req, uint64_t deadline_ms,
-                           uint8_t *buf, size_t cap, uint64_t *written, moat_status *st);
+typedef struct moat_chmod_req {
+    const char *session_id;
+    const char *path;
+    uint32_t mode;
+    const char *owner; /* NULL: unchanged */
+    const char *group; /* NULL: unchanged */
+} moat_chmod_req;
+
+moat_err moat_file_chmod(moat_client *c, const moat_chmod_req *req, uint64_t deadline_ms,
+                         moat_status *st);
+
+/* moat.v1.Health */
+
+typedef enum moat_serving_status {
+    MOAT_SERVING_UNKNOWN = 0,
+    MOAT_SERVING = 1,
+    MOAT_NOT_SERVING = 2,
+} moat_serving_status;
+
+typedef struct moat_health {
+    moat_serving_status status;
+    moat_slice server_version;
+    bool docker_reachable; /* the engine answered its last probe */
+    uint32_t live_sessions;
+} moat_health;
+
+moat_err moat_health_check(moat_client *c, uint64_t deadline_ms, moat_health *out, moat_status *st);
 
 #ifdef __cplusplus
 }

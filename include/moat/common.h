@@ -1,15 +1,13 @@
-/* moat common: error values, gRPC status codes, bounded buffers, UUID and time
- * helpers, and key=value logging. Used by every other module. */
+/* moat common, the part libmoat's users see: error values, gRPC status codes,
+ * call statuses, byte slices and the time format moatd's messages use. Only C
+ * library headers: nothing of moat's dependencies. The rest of common (buffers,
+ * logging, JSON) is moatd's, in src/common/. */
 #ifndef MOAT_COMMON_H
 #define MOAT_COMMON_H
 
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
-#include <pthread.h>
 #include <stdint.h>
-
-#include <cjson/cJSON.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -66,12 +64,6 @@ typedef enum moat_code {
 const char *moat_code_name(moat_code code);
 /* Parses a name as moat_code_name prints it; MOAT_E_INVAL if it is none. */
 moat_err moat_code_from_name(const char *name, moat_code *out);
-/* The status code for an HTTP answer from a service moat calls (Docker, execd):
- * 2xx OK, 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED,
- * 404 NOT_FOUND, 409 ALREADY_EXISTS, 416 OUT_OF_RANGE, 429 RESOURCE_EXHAUSTED,
- * 501 UNIMPLEMENTED, 502-504 UNAVAILABLE, other 5xx INTERNAL, else UNKNOWN. */
-moat_code moat_code_from_http(long http_status);
-
 /* A call's outcome: code, message and a machine-readable reason with a few
  * key/values (e.g. reason "sandbox_start_failed", chat_id=…). Fixed size, no
  * allocation: strings longer than their field are truncated. */
@@ -104,38 +96,26 @@ void moat_status_add_detail(moat_status *st, const char *key, const char *value)
 /* The value of a detail, or NULL. Valid as long as st is. */
 const char *moat_status_detail_get(const moat_status *st, const char *key);
 
-/* A growable byte buffer with a hard maximum fixed when it is made. The buffer
- * owns data; moat_buf_free releases it. Reads happen at data[0..len). */
-typedef struct moat_buf {
-    uint8_t *data;
-    size_t len;
-    size_t cap;
-    size_t max;
-} moat_buf;
-
-void moat_buf_init(moat_buf *buf, size_t max);
-void moat_buf_free(moat_buf *buf);
-/* Ensures room for `extra` more bytes; MOAT_E_TOO_BIG past max, MOAT_E_NOMEM. */
-moat_err moat_buf_reserve(moat_buf *buf, size_t extra);
-moat_err moat_buf_append(moat_buf *buf, const void *data, size_t len);
-/* Drops the first n bytes (n <= len). */
-void moat_buf_consume(moat_buf *buf, size_t n);
-void moat_buf_reset(moat_buf *buf);
-
 /* Canonical UUID text: 36 characters, lowercase, hyphenated, plus NUL. */
 #define MOAT_UUID_STR_LEN 37
 
-/* Accepts every spelling Python's uuid.UUID(str) accepts (hyphens anywhere or
- * none, any case, braces, "urn:uuid:" prefix, and the rest of int(x, 16)'s
- * leniency) and writes the canonical form. MOAT_E_INVAL otherwise. */
-moat_err moat_uuid_canonicalize(const char *in, char out[MOAT_UUID_STR_LEN]);
-/* A new random (version 4) UUID in canonical form. */
-void moat_uuid_generate(char out[MOAT_UUID_STR_LEN]);
+/* Bytes owned by someone else; not NUL-terminated. */
+typedef struct moat_slice {
+    const uint8_t *data;
+    size_t len;
+} moat_slice;
 
-/* Wall clock, Unix milliseconds. */
-int64_t moat_time_now_ms(void);
-/* Monotonic clock, nanoseconds, for durations only. */
-uint64_t moat_time_mono_ns(void);
+typedef struct moat_kv {
+    moat_slice key;
+    moat_slice value;
+} moat_kv;
+
+/* Slice helpers: a C string (not copied; NULL is empty), and comparison with one. */
+moat_slice moat_slice_str(const char *s);
+bool moat_slice_eq_str(moat_slice s, const char *str);
+/* Copies s into out[0..cap) as a C string, cut to cap - 1 bytes (cap > 0).
+ * Returns s.len, so a result >= cap means the copy was cut. */
+size_t moat_slice_copy(moat_slice s, char *out, size_t cap);
 
 /* Longest text moat_time_format_iso8601 writes, with NUL. */
 #define MOAT_TIME_ISO_MAX 40
@@ -147,72 +127,6 @@ size_t moat_time_format_iso8601(int64_t unix_ms, char out[MOAT_TIME_ISO_MAX]);
  * optional fraction (any number of digits; kept to ms). Naive times are UTC.
  * MOAT_E_INVAL on anything else. */
 moat_err moat_time_parse_iso8601(const char *text, int64_t *unix_ms);
-
-typedef enum moat_log_level {
-    MOAT_LOG_DEBUG = 0,
-    MOAT_LOG_INFO = 1,
-    MOAT_LOG_WARN = 2,
-    MOAT_LOG_ERROR = 3,
-    MOAT_LOG_OFF = 4,
-} moat_log_level;
-
-/* Process-wide threshold; default INFO. */
-void moat_log_set_level(moat_log_level level);
-moat_log_level moat_log_get_level(void);
-/* "debug"/"info"/"warn"/"error"/"off"; MOAT_E_INVAL otherwise. */
-moat_err moat_log_level_parse(const char *name, moat_log_level *out);
-/* Writes one line to stderr: `ts=… level=… event=<event> <kv>`, where kv is a
- * printf-style list of key=value pairs (quote values that may hold spaces).
- * Control characters in the formatted line are replaced so a line stays a line. */
-void moat_log(moat_log_level level, const char *event, const char *kv_fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* A budget of log lines for one kind of event that an attacker can repeat at will (a refused
- * Hello, a planted socket): at most MOAT_LOG_LIMIT_PER_SECOND lines a second, and the first
- * line let through after a drop says how many were dropped (suppressed=N). */
-#define MOAT_LOG_LIMIT_PER_SECOND 10
-typedef struct moat_log_limit {
-    pthread_mutex_t mu;
-    int64_t window_start_ms;
-    uint32_t lines;      /* written in the current one-second window */
-    uint64_t suppressed; /* dropped since the last line written */
-} moat_log_limit;
-#define MOAT_LOG_LIMIT_INIT                                                                        \
-    {                                                                                              \
-        PTHREAD_MUTEX_INITIALIZER, 0, 0, 0                                                         \
-    }
-/* moat_log within lim's budget. Thread-safe. */
-void moat_log_limited(moat_log_limit *lim, moat_log_level level, const char *event,
-                      const char *kv_fmt, ...) __attribute__((format(printf, 4, 5)));
-
-/* Length (1..4) of the well-formed UTF-8 sequence at s (len > 0 bytes there),
- * or 0 when they are not one (overlong, surrogate, past U+10FFFF, cut short);
- * *cp (may be NULL) gets its code point. */
-size_t moat_utf8_seq(const unsigned char *s, size_t len, uint32_t *cp);
-
-/* JSON, on cJSON. cJSON strings end at their first NUL, so a text whose
- * strings hold U+0000 could not be represented exactly; moat_json_parse says
- * what to do with one instead of letting a string be cut short silently. */
-typedef enum moat_json_nul {
-    MOAT_JSON_NUL_REJECT,  /* such a text is refused (requests, engine answers) */
-    MOAT_JSON_NUL_REPLACE, /* each \u0000 is read as U+FFFD (line-mode output text) */
-} moat_json_nul;
-
-/* Parses exactly len bytes (no NUL terminator needed) holding one JSON value
- * and nothing but whitespace after it, as strictly as RFC 8259 asks of text
- * (cJSON alone is laxer): NULL when the text is malformed, is not UTF-8, holds
- * a raw control character inside a string or one other than tab, LF and CR
- * between tokens, or holds \u0000 under MOAT_JSON_NUL_REJECT. The caller owns
- * the tree and frees it with cJSON_Delete. */
-cJSON *moat_json_parse(const char *text, size_t len, moat_json_nul nul);
-/* obj[key] (case-sensitive) when it is a string, else NULL; *len (may be
- * NULL) gets its length. The pointer lives as long as obj. obj may be NULL. */
-const char *moat_json_str(const cJSON *obj, const char *key, size_t *len);
-/* obj[key] when it is a number with an integral value that fits int64_t:
- * true and *out set; false otherwise (missing, another type, 1.5, 1e300). */
-bool moat_json_int(const cJSON *obj, const char *key, int64_t *out);
-/* The same test for a value that is already at hand. */
-bool moat_json_int_value(const cJSON *item, int64_t *out);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,8 @@
 #ifndef MOAT_BRIDGE_INTERNAL_H
 #define MOAT_BRIDGE_INTERNAL_H
 
-#include "moat/bridge.h"
+#include "bridge/bridge.h"
+#include "common/json.h"
 
 #include <curl/curl.h>
 

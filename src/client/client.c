@@ -12,7 +12,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "moat/client.h"
+#include "client.h"
+#include "wire/wire.h"
 
 /* Bytes read from the socket at once; frames larger than this are gathered by
  * the wire decoder in its own (bounded, reused) buffer. */
@@ -48,7 +49,8 @@ struct moat_client {
     size_t rpos, rlen;
     uint8_t *wbuf; /* one frame: max_frame_size + prefix */
     size_t wcap;
-    uint8_t *mbuf; /* a queued message copied out for delivery */
+    uint8_t *mbuf;         /* a queued message copied out for delivery */
+    moat__scratch scratch; /* typed calls' buffers, made on the first one */
     moat_call *calls;
     uint64_t ping_seq;
     bool pong_seen;
@@ -145,25 +147,17 @@ static void fail_all(moat_client *c, moat_code code, const char *reason, const c
         end_call(call, code, reason, msg);
 }
 
-static void copy_slice(char *dst, size_t cap, moat_slice s)
-{
-    size_t n = s.len < cap - 1 ? s.len : cap - 1;
-    if (n)
-        memcpy(dst, s.data, n);
-    dst[n] = '\0';
-}
-
 static void status_from_frame(moat_status *st, moat_code code, moat_slice message,
                               moat_slice reason, const moat_kv *details, size_t count)
 {
     char text[MOAT_STATUS_MESSAGE_MAX], why[MOAT_STATUS_REASON_MAX];
-    copy_slice(text, sizeof text, message);
-    copy_slice(why, sizeof why, reason);
+    moat_slice_copy(message, text, sizeof text);
+    moat_slice_copy(reason, why, sizeof why);
     moat_status_set(st, code, why[0] ? why : NULL, "%s", text);
     for (size_t i = 0; i < count; i++) {
         char k[MOAT_STATUS_KEY_MAX], v[MOAT_STATUS_VALUE_MAX];
-        copy_slice(k, sizeof k, details[i].key);
-        copy_slice(v, sizeof v, details[i].value);
+        moat_slice_copy(details[i].key, k, sizeof k);
+        moat_slice_copy(details[i].value, v, sizeof v);
         moat_status_add_detail(st, k, v);
     }
 }
@@ -206,7 +200,7 @@ static bool dispatch(moat_client *c, const moat_frame *f, moat_call *want, moat_
         c->go_away = true;
         c->go_away_last = f->u.go_away.last_stream_id;
         char text[MOAT_STATUS_MESSAGE_MAX];
-        copy_slice(text, sizeof text, f->u.go_away.message);
+        moat_slice_copy(f->u.go_away.message, text, sizeof text);
         for (moat_call *call = c->calls; call; call = call->next)
             if (call->id > c->go_away_last)
                 end_call(call, MOAT_CODE_UNAVAILABLE, "go_away",
@@ -437,8 +431,8 @@ static moat_err read_hello_ack(moat_client *c, int timeout_ms, moat_status *st)
                     l->initial_window = f.u.hello_ack.initial_window;
                     l->max_concurrent_streams = f.u.hello_ack.max_concurrent_streams;
                     l->idle_timeout_seconds = f.u.hello_ack.idle_timeout_seconds;
-                    copy_slice(l->server_version, sizeof l->server_version,
-                               f.u.hello_ack.server_version);
+                    moat_slice_copy(f.u.hello_ack.server_version, l->server_version,
+                                    sizeof l->server_version);
                     if (l->max_frame_size < MOAT_WIRE_PREHELLO_MAX_FRAME ||
                         l->max_frame_size > MOAT_WIRE_MAX_FRAME_LIMIT ||
                         l->max_concurrent_streams == 0 ||
@@ -564,6 +558,8 @@ void moat_client_close(moat_client *c)
     free(c->rbuf);
     free(c->wbuf);
     free(c->mbuf);
+    free(c->scratch.request);
+    free(c->scratch.response);
     free(c);
 }
 
@@ -748,21 +744,44 @@ void moat_call_free(moat_call *call)
     free(call);
 }
 
+moat_err moat__call_start(moat_client *c, const char *method, uint64_t deadline_ms,
+                          moat_slice request, moat_call **out, moat_status *st)
+{
+    moat_err err = moat_call_start(c, method, deadline_ms, NULL, 0, request, out);
+    if (err != MOAT_OK && c->broken)
+        *st = c->broken_status;
+    else if (err != MOAT_OK)
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "call_failed", "cannot start %s: %s",
+                        method, moat_strerror(err));
+    return err;
+}
+
+moat__scratch moat__client_scratch(moat_client *c)
+{
+    if (c->scratch.request == NULL) {
+        size_t cap = c->limits.max_frame_size;
+        c->scratch.request = malloc(cap);
+        c->scratch.response = malloc(cap);
+        if (c->scratch.request == NULL || c->scratch.response == NULL) {
+            free(c->scratch.request);
+            free(c->scratch.response);
+            c->scratch.request = c->scratch.response = NULL;
+        } else {
+            c->scratch.cap = cap;
+        }
+    }
+    return c->scratch;
+}
+
 moat_err moat_client_unary(moat_client *c, const char *method, uint64_t deadline_ms,
                            moat_slice request, uint8_t *resp, size_t cap, size_t *resp_len,
                            moat_status *st)
 {
     moat_call *call;
     *resp_len = 0;
-    moat_err err = moat_call_start(c, method, deadline_ms, NULL, 0, request, &call);
-    if (err != MOAT_OK) {
-        if (c->broken)
-            *st = c->broken_status;
-        else
-            moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "call_failed", "cannot start %s: %s",
-                            method, moat_strerror(err));
+    moat_err err = moat__call_start(c, method, deadline_ms, request, &call, st);
+    if (err != MOAT_OK)
         return err;
-    }
     bool got = false;
     moat_slice msg;
     while ((err = moat_call_recv(call, -1, &msg)) == MOAT_OK) {

@@ -1,15 +1,34 @@
-/* nanopb codecs for ExecEvent and the requests libmoat's users build most, and the
- * Files/Write call. */
+/* nanopb codecs for ExecEvent, CommandStatus (both hold an ExitCode, whose
+ * string oneof member nanopb cannot give a callback) and the requests libmoat's
+ * users build most. */
 #include <string.h>
 
-#include "moat/client.h"
+#include "client.h"
 #include "moat/v1/exec.pb.h"
 #include "moat/v1/files.pb.h"
-#include "wire_pb.h"
+#include "wire/wire_pb.h"
 
-/* Exit.exit_code is a oneof holding a string, which nanopb cannot give a
- * callback; it is walked with nanopb's field primitives instead. */
-static bool decode_exit_code(pb_istream_t *stream, moat_exec_event *ev)
+/* A string field at the stream's position, as a slice of the input (a stream
+ * from moat__pb_istream, whose state is the read position). */
+static bool read_slice(pb_istream_t *stream, moat_slice *out)
+{
+    pb_istream_t sub;
+    if (!pb_make_string_substream(stream, &sub))
+        return false;
+    *out = (moat_slice){sub.state, sub.bytes_left};
+    return pb_read(&sub, NULL, sub.bytes_left) && pb_close_string_substream(stream, &sub);
+}
+
+/* An ExitCode, as moat_exec_event and moat_command_status both hold it. */
+typedef struct exit_fields {
+    bool *known;
+    int32_t *code;
+    moat_slice *unknown_reason;
+} exit_fields;
+
+/* ExitCode is a oneof holding a string, which nanopb cannot give a callback;
+ * it is walked with nanopb's field primitives instead. */
+static bool decode_exit_code(pb_istream_t *stream, exit_fields ex)
 {
     for (;;) {
         pb_wire_type_t wt;
@@ -21,17 +40,13 @@ static bool decode_exit_code(pb_istream_t *stream, moat_exec_event *ev)
             int64_t v;
             if (!pb_decode_svarint(stream, &v) || v < INT32_MIN || v > INT32_MAX)
                 return false;
-            ev->exit_known = true;
-            ev->exit_code = (int32_t)v;
-            ev->exit_unknown_reason = (moat_slice){NULL, 0};
+            *ex.known = true;
+            *ex.code = (int32_t)v;
+            *ex.unknown_reason = (moat_slice){NULL, 0};
         } else if (tag == moat_v1_ExitCode_unknown_reason_tag && wt == PB_WT_STRING) {
-            pb_istream_t sub;
-            if (!pb_make_string_substream(stream, &sub))
-                return false;
-            ev->exit_known = false;
-            ev->exit_code = 0;
-            ev->exit_unknown_reason = (moat_slice){sub.state, sub.bytes_left};
-            if (!pb_read(&sub, NULL, sub.bytes_left) || !pb_close_string_substream(stream, &sub))
+            *ex.known = false;
+            *ex.code = 0;
+            if (!read_slice(stream, ex.unknown_reason))
                 return false;
         } else if (tag == moat_v1_ExitCode_code_tag || tag == moat_v1_ExitCode_unknown_reason_tag ||
                    !pb_skip_field(stream, wt)) {
@@ -52,7 +67,8 @@ static bool decode_exit(pb_istream_t *stream, moat_exec_event *ev)
             pb_istream_t sub;
             if (!pb_make_string_substream(stream, &sub))
                 return false;
-            bool ok = decode_exit_code(&sub, ev);
+            exit_fields ex = {&ev->exit_known, &ev->exit_code, &ev->exit_unknown_reason};
+            bool ok = decode_exit_code(&sub, ex);
             if (!pb_close_string_substream(stream, &sub) || !ok)
                 return false;
         } else if (tag == moat_v1_ExecEvent_Exit_timed_out_tag && wt == PB_WT_VARINT) {
@@ -261,44 +277,51 @@ moat_err moat_write_req_encode(const moat_write_req *req, uint8_t *out, size_t c
     return MOAT_OK;
 }
 
-/* Room for the envelope around a request in its frame. */
-#define WRITE_FRAME_SLACK 4096u
-/* Tags and varints of a WriteRequest besides its strings' bytes: five tags, three
- * length prefixes, mode and offset at their longest. */
-#define WRITE_FIELDS_MAX 40u
-
-size_t moat_client_write_max(const moat_client *c, const char *session_id, const char *path)
+moat_err moat__command_status_decode(moat_slice payload, moat_command_status *out)
 {
-    const moat_client_limits *l = moat_client_get_limits(c);
-    size_t room = l->max_frame_size > WRITE_FRAME_SLACK ? l->max_frame_size - WRITE_FRAME_SLACK : 0;
-    if (room > l->initial_window)
-        room = l->initial_window;
-    size_t fixed =
-        (session_id ? strlen(session_id) : 0) + (path ? strlen(path) : 0) + WRITE_FIELDS_MAX;
-    return room > fixed ? room - fixed : 0;
-}
-
-moat_err moat_client_write(moat_client *c, const moat_write_req *req, uint64_t deadline_ms,
-                           uint8_t *buf, size_t cap, uint64_t *written, moat_status *st)
-{
-    size_t len;
-    if (moat_write_req_encode(req, buf, cap, &len) != MOAT_OK) {
-        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
-                        "the Write request does not fit in %zu bytes", cap);
-        return MOAT_E_TOO_BIG;
+    memset(out, 0, sizeof *out);
+    pb_istream_t stream = moat__pb_istream(payload);
+    for (;;) {
+        pb_wire_type_t wt;
+        uint32_t tag;
+        bool eof;
+        if (!pb_decode_tag(&stream, &wt, &tag, &eof))
+            return eof ? MOAT_OK : MOAT_E_PROTO;
+        bool string = wt == PB_WT_STRING, varint = wt == PB_WT_VARINT, ok;
+        uint64_t v = 0;
+        pb_istream_t sub;
+        exit_fields ex = {&out->exit_known, &out->exit_code, &out->exit_unknown_reason};
+        switch (tag) {
+        case moat_v1_CommandStatus_execution_id_tag:
+            ok = string && read_slice(&stream, &out->execution_id);
+            break;
+        case moat_v1_CommandStatus_command_tag:
+            ok = string && read_slice(&stream, &out->command);
+            break;
+        case moat_v1_CommandStatus_error_tag:
+            ok = string && read_slice(&stream, &out->error);
+            break;
+        case moat_v1_CommandStatus_exit_code_tag:
+            ok = string && pb_make_string_substream(&stream, &sub) && decode_exit_code(&sub, ex) &&
+                 pb_close_string_substream(&stream, &sub);
+            out->exited = true;
+            break;
+        case moat_v1_CommandStatus_running_tag:
+            ok = varint && pb_decode_varint(&stream, &v);
+            out->running = v != 0;
+            break;
+        case moat_v1_CommandStatus_started_at_ms_tag:
+            ok = varint && pb_decode_varint(&stream, &v);
+            out->started_at_ms = (int64_t)v;
+            break;
+        case moat_v1_CommandStatus_finished_at_ms_tag:
+            ok = varint && pb_decode_varint(&stream, &v);
+            out->finished_at_ms = (int64_t)v;
+            break;
+        default:
+            ok = pb_skip_field(&stream, wt);
+        }
+        if (!ok)
+            return MOAT_E_PROTO;
     }
-    uint8_t resp[32];
-    size_t n;
-    moat_err err = moat_client_unary(c, "/moat.v1.Files/Write", deadline_ms, (moat_slice){buf, len},
-                                     resp, sizeof resp, &n, st);
-    if (err != MOAT_OK)
-        return err;
-    moat_v1_WriteResponse out = moat_v1_WriteResponse_init_zero;
-    pb_istream_t is = pb_istream_from_buffer(resp, n);
-    if (!pb_decode(&is, moat_v1_WriteResponse_fields, &out)) {
-        moat_status_set(st, MOAT_CODE_INTERNAL, "bad_response", "cannot decode WriteResponse");
-        return MOAT_E_PROTO;
-    }
-    *written = out.written;
-    return MOAT_OK;
 }

@@ -1,4 +1,4 @@
-#include "moat/common.h"
+#include "common/common.h"
 
 #include <stdio.h>
 #include <string.h>

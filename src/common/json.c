@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "moat/common.h"
+#include "common/json.h"
 
 /* Finds the next "\u0000" escape at or after from. Escapes are walked two
  * bytes at a time so that an escaped backslash followed by "u0000" is text,

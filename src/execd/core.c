@@ -1,6 +1,6 @@
 /* Pure pieces of moat-execd: SSE event writer, line splitter, path expansion, Range
  * parsing, mode conversion, session environment dump parsing. */
-#include "moat/execd.h"
+#include "execd/execd.h"
 
 #include "execd_json.h"
 

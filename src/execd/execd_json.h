@@ -2,7 +2,7 @@
 #ifndef MOAT_EXECD_JSON_H
 #define MOAT_EXECD_JSON_H
 
-#include "moat/common.h"
+#include "common/json.h"
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -2,7 +2,7 @@
 #ifndef MOAT_EXECD_INTERNAL_H
 #define MOAT_EXECD_INTERNAL_H
 
-#include "moat/execd.h"
+#include "execd/execd.h"
 
 #include "execd_json.h"
 

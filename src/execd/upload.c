@@ -1,5 +1,5 @@
 /* Upload assembler: turns multipart parts into metadata/file pairs with bounded memory. */
-#include "moat/execd.h"
+#include "execd/execd.h"
 
 #include "execd_json.h"
 

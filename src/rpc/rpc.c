@@ -1,4 +1,4 @@
-#include "moat/rpc.h"
+#include "rpc/rpc.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -7,7 +7,7 @@
 
 #include <curl/curl.h>
 
-#include "moat/runtime.h"
+#include "runtime/runtime.h"
 
 /* Largest Docker answer we accept (a list of many containers is the big one). */
 #define MOAT__DOCKER_BODY_MAX (32u * 1024u * 1024u)

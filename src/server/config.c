@@ -1,6 +1,6 @@
 /* moatd configuration: one table of keys drives defaults, file parsing,
  * environment overrides, flags and --help. */
-#include "moat/server.h"
+#include "server/server.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

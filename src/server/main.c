@@ -1,4 +1,4 @@
-#include "moat/server.h"
+#include "server/server.h"
 
 int main(int argc, char **argv)
 {

@@ -7,11 +7,11 @@
 
 #include <uv.h>
 
-#include "moat/bridge.h"
-#include "moat/rpc.h"
-#include "moat/runtime.h"
-#include "moat/server.h"
-#include "moat/wire.h"
+#include "bridge/bridge.h"
+#include "rpc/rpc.h"
+#include "runtime/runtime.h"
+#include "server/server.h"
+#include "wire/wire.h"
 #include "throttle.h"
 
 typedef struct srv srv;

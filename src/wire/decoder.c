@@ -1,7 +1,7 @@
 /* Incremental splitter of a byte stream into frame bodies. */
 #include <string.h>
 
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 void moat_wire_decoder_init(moat_wire_decoder *d, uint32_t max_frame)
 {

@@ -3,8 +3,8 @@
 #include <string.h>
 
 #include "moat/v1/frame.pb.h"
-#include "moat/wire.h"
-#include "wire_pb.h"
+#include "wire/wire.h"
+#include "wire/wire_pb.h"
 
 _Static_assert(sizeof(moat_v1_Call_MetadataEntry) == 2 * sizeof(pb_callback_t), "map entry layout");
 _Static_assert(sizeof(moat_v1_ErrorDetails_MetadataEntry) == 2 * sizeof(pb_callback_t),
@@ -37,18 +37,6 @@ const char *moat_frame_kind_name(moat_frame_kind kind)
         break;
     }
     return "unknown";
-}
-
-moat_slice moat_slice_str(const char *s)
-{
-    moat_slice out = {(const uint8_t *)s, s ? strlen(s) : 0};
-    return out;
-}
-
-bool moat_slice_eq_str(moat_slice s, const char *str)
-{
-    size_t n = strlen(str);
-    return s.len == n && (n == 0 || memcmp(s.data, str, n) == 0);
 }
 
 static moat_code code_from_pb(moat_v1_StatusCode c)

@@ -1,5 +1,5 @@
 /* nanopb callbacks that map string/bytes fields to zero-copy slices. */
-#include "wire_pb.h"
+#include "wire/wire_pb.h"
 
 /* Map entries of string→string maps all have this layout (key = 1, value = 2). */
 typedef struct kv_entry {

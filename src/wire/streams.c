@@ -2,7 +2,7 @@
  * backward-shift deletion (no tombstones), keyed by the non-zero stream id. */
 #include <stdlib.h>
 
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 typedef struct slot {
     uint32_t id; /* 0 = empty */

@@ -1,5 +1,5 @@
 /* Per-stream flow-control credit. */
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 void moat_window_init(moat_window *w, uint32_t initial)
 {

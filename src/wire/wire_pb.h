@@ -7,7 +7,7 @@
 #include <pb_decode.h>
 #include <pb_encode.h>
 
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 /* A map<string,string> (or repeated key/value) field. Decoding appends to
  * items[count] up to max and sets overflow when there are more; encoding

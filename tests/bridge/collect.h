@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "moat/bridge.h"
+#include "bridge/bridge.h"
 
 typedef struct col_event {
     uint64_t seq;

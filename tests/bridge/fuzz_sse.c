@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "moat/bridge.h"
+#include "bridge/bridge.h"
 
 typedef struct fz {
     uint64_t last;

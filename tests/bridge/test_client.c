@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "collect.h"
+#include "common/json.h"
 #include "fake_execd.h"
 #include "seed_streams.h"
 

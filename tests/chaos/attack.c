@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 static int connect_from(int port, const char *src)
 {

@@ -6,7 +6,7 @@
 #include <stddef.h>
 
 #include "harness.h"
-#include "moat/common.h"
+#include "common/common.h"
 
 /* CreateSession for chat; the End's code (-1 on a transport failure). On OK the session id is
  * copied to sid; reason (may be NULL) gets the End's reason. */

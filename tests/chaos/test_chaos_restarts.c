@@ -21,7 +21,7 @@
 #include "moat_test.h"
 
 #include "host_mounts.h"
-#include "moat/runtime.h"
+#include "runtime/runtime.h"
 
 #define IMAGE "moat-sandbox:latest"
 

@@ -225,3 +225,14 @@ bool fake_stop(fake *s)
         unlink(s->path);
     return !s->failed;
 }
+
+void fake_reply(fake *s, uint32_t stream, const ProtobufCMessage *m)
+{
+    static uint8_t buf[8192];
+    if (protobuf_c_message_get_packed_size(m) > sizeof buf) {
+        s->failed = true;
+        return;
+    }
+    fake_send_message(s, stream, buf, protobuf_c_message_pack(m, buf));
+    fake_send_end(s, stream, MOAT_CODE_OK, "", "", NULL);
+}

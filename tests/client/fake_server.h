@@ -8,7 +8,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "moat/wire.h"
+#include <protobuf-c/protobuf-c.h>
+
+#include "wire/wire.h"
 
 #define FAKE_WINDOW (64u * 1024u)
 
@@ -48,5 +50,7 @@ void fake_send_message(fake *s, uint32_t stream, const uint8_t *p, size_t len);
 void fake_send_end(fake *s, uint32_t stream, moat_code code, const char *msg, const char *reason,
                    const char *chat);
 void fake_send_raw(fake *s, const uint8_t *p, size_t len);
+/* Answers a unary call: m packed as its one message (at most 8 KiB), then End OK. */
+void fake_reply(fake *s, uint32_t stream, const ProtobufCMessage *m);
 
 #endif

@@ -15,7 +15,7 @@
 #include "moat_test.h"
 
 #include "fake_server.h"
-#include "moat/common.h"
+#include "common/json.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
 #include "moat/v1/health.pb-c.h"
@@ -34,14 +34,6 @@ static size_t nwrites;
 /* The timeout_ms of the last RunCommand. */
 static uint64_t run_timeout_ms;
 
-static void reply(fake *s, uint32_t id, const ProtobufCMessage *m)
-{
-    static uint8_t buf[8192];
-    size_t n = protobuf_c_message_pack(m, buf);
-    fake_send_message(s, id, buf, n);
-    fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
-}
-
 static void reply_session(fake *s, uint32_t id, const char *session_id, const char *chat,
                           int64_t expires)
 {
@@ -59,7 +51,7 @@ static void reply_session(fake *s, uint32_t id, const char *session_id, const ch
     sess.image = "moat-sandbox:latest";
     sess.n_labels = 1;
     sess.labels = labels;
-    reply(s, id, &sess.base);
+    fake_reply(s, id, &sess.base);
 }
 
 static void send_event(fake *s, uint32_t id, Moat__V1__ExecEvent *ev)
@@ -159,11 +151,11 @@ static void handler(fake *s, uint32_t id, const char *method, moat_slice req)
         Moat__V1__ListSessionsResponse resp = MOAT__V1__LIST_SESSIONS_RESPONSE__INIT;
         resp.n_sessions = 2;
         resp.sessions = list;
-        reply(s, id, &resp.base);
+        fake_reply(s, id, &resp.base);
     } else if (strcmp(method, "/moat.v1.Sandboxes/StopSession") == 0) {
         Moat__V1__StopSessionResponse resp = MOAT__V1__STOP_SESSION_RESPONSE__INIT;
         resp.stopped = true;
-        reply(s, id, &resp.base);
+        fake_reply(s, id, &resp.base);
     } else if (strcmp(method, "/moat.v1.Exec/RunCommand") == 0) {
         Moat__V1__RunCommandRequest *r =
             moat__v1__run_command_request__unpack(NULL, req.len, req.data);
@@ -191,7 +183,7 @@ static void handler(fake *s, uint32_t id, const char *method, moat_slice req)
                 stored_len = r->offset + r->data.len;
             Moat__V1__WriteResponse resp = MOAT__V1__WRITE_RESPONSE__INIT;
             resp.written = r->data.len - (strstr(r->path, "short") && r->data.len ? 1 : 0);
-            reply(s, id, &resp.base);
+            fake_reply(s, id, &resp.base);
         }
         moat__v1__write_request__free_unpacked(r, NULL);
     } else if (strcmp(method, "/moat.v1.Files/Read") == 0) {
@@ -211,7 +203,7 @@ static void handler(fake *s, uint32_t id, const char *method, moat_slice req)
         resp.server_version = "fake/1";
         resp.docker_reachable = true;
         resp.live_sessions = 2;
-        reply(s, id, &resp.base);
+        fake_reply(s, id, &resp.base);
     } else {
         fake_send_end(s, id, MOAT_CODE_UNIMPLEMENTED, "no such method", "", NULL);
     }

@@ -10,9 +10,11 @@
 
 #include "moat_test.h"
 
-#include "moat/client.h"
+#include "client/client.h"
+#include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
-#include "moat/wire.h"
+#include "moat/v1/sandbox.pb-c.h"
+#include "wire/wire.h"
 
 #include "fake_server.h"
 
@@ -107,9 +109,47 @@ static void files_write(fake *s, uint32_t id, moat_slice request)
     moat__v1__write_request__free_unpacked(r, NULL);
 }
 
+static void command_status(fake *s, uint32_t id)
+{
+    Moat__V1__ExitCode exit_code = MOAT__V1__EXIT_CODE__INIT;
+    exit_code.value_case = MOAT__V1__EXIT_CODE__VALUE_UNKNOWN_REASON;
+    exit_code.unknown_reason = "killed by a signal";
+    Moat__V1__CommandStatus cs = MOAT__V1__COMMAND_STATUS__INIT;
+    cs.execution_id = "ex-1";
+    cs.command = "sleep 9";
+    cs.exit_code = &exit_code;
+    cs.error = "signal: killed";
+    cs.started_at_ms = 1718000000000;
+    cs.finished_at_ms = 1718000001000;
+    fake_reply(s, id, &cs.base);
+}
+
+static void list_sessions(fake *s, uint32_t id)
+{
+    Moat__V1__SandboxSession sessions[3], *items[3];
+    static const char *ids[] = {"s-1", "s-2", "s-3"};
+    for (size_t i = 0; i < 3; i++) {
+        moat__v1__sandbox_session__init(&sessions[i]);
+        sessions[i].session_id = (char *)ids[i];
+        sessions[i].status = MOAT__V1__SESSION_STATUS__RUNNING;
+        sessions[i].expires_at_ms = 1718000000000 + (int64_t)i;
+        items[i] = &sessions[i];
+    }
+    Moat__V1__ListSessionsResponse l = MOAT__V1__LIST_SESSIONS_RESPONSE__INIT;
+    l.n_sessions = 3;
+    l.sessions = items;
+    fake_reply(s, id, &l.base);
+}
+
 static void handler(fake *s, uint32_t id, const char *method, moat_slice request)
 {
-    if (strcmp(method, "/moat.v1.Files/Write") == 0) {
+    if (strcmp(method, "/moat.v1.Exec/GetCommandStatus") == 0) {
+        command_status(s, id);
+    } else if (strcmp(method, "/moat.v1.Sandboxes/ListSessions") == 0) {
+        list_sessions(s, id);
+    } else if (strcmp(method, "/moat.v1.Exec/Interrupt") == 0) {
+        fake_send_end(s, id, MOAT_CODE_NOT_FOUND, "no such execution", "execution_not_found", NULL);
+    } else if (strcmp(method, "/moat.v1.Files/Write") == 0) {
         files_write(s, id, request);
     } else if (strcmp(method, "/test/Echo") == 0) {
         fake_send_message(s, id, request.data, request.len);
@@ -434,7 +474,7 @@ static void test_limits_ping_goaway(void **state)
 }
 
 /* A file larger than a request goes in pieces at increasing offsets, each
- * within moat_client_write_max, which is a bound that really fits. */
+ * within moat_file_write_max, which is a bound that really fits. */
 static void test_write_pieces(void **state)
 {
     (void)state;
@@ -444,26 +484,24 @@ static void test_write_pieces(void **state)
     nwrites = 0;
     wfile_exists = false;
     const char *sess = "sess-1", *path = "/workspace/big.bin";
-    size_t max = moat_client_write_max(c, sess, path);
+    size_t max = moat_file_write_max(c, sess, path);
     /* the fake's window (64 KiB) is below its frame size less 4 KiB */
     assert_int_equal(max, WINDOW - strlen(sess) - strlen(path) - 40);
     static uint8_t data[200000];
     for (size_t i = 0; i < sizeof data; i++)
         data[i] = (uint8_t)(i * 31 + 7);
-    static uint8_t buf[2 * WINDOW];
     moat_status st;
     uint64_t written = 0;
     /* offset > 0 before the file exists: the server's NOT_FOUND comes back */
     moat_write_req early = {sess, path, {data, 10}, 0, 5};
-    assert_int_equal(moat_client_write(c, &early, 5000, buf, sizeof buf, &written, &st),
-                     MOAT_E_REMOTE);
+    assert_int_equal(moat_file_write(c, &early, 5000, &written, &st), MOAT_E_REMOTE);
     assert_int_equal(st.code, MOAT_CODE_NOT_FOUND);
     nwrites = 0;
     size_t off = 0, pieces = 0;
     do {
         size_t n = sizeof data - off < max ? sizeof data - off : max;
         moat_write_req r = {sess, path, {data + off, n}, off == 0 ? 0640 : 0, off};
-        assert_int_equal(moat_client_write(c, &r, 5000, buf, sizeof buf, &written, &st), MOAT_OK);
+        assert_int_equal(moat_file_write(c, &r, 5000, &written, &st), MOAT_OK);
         assert_int_equal(written, n);
         off += n;
         pieces++;
@@ -481,15 +519,71 @@ static void test_write_pieces(void **state)
     assert_memory_equal(wfile, data, sizeof data);
     /* an empty write at offset 0 truncates (creates) the file */
     moat_write_req empty = {sess, path, {NULL, 0}, 0, 0};
-    assert_int_equal(moat_client_write(c, &empty, 5000, buf, sizeof buf, &written, &st), MOAT_OK);
+    assert_int_equal(moat_file_write(c, &empty, 5000, &written, &st), MOAT_OK);
     assert_int_equal(written, 0);
     assert_int_equal(wfile_len, 0);
-    /* a scratch buffer too small for the request: refused locally */
+    /* a request larger than a frame: refused locally */
     uint64_t before = nwrites;
-    moat_write_req r = {sess, path, {data, 1000}, 0, 0};
-    assert_int_equal(moat_client_write(c, &r, 5000, buf, 100, &written, &st), MOAT_E_TOO_BIG);
+    size_t frame = moat_client_get_limits(c)->max_frame_size;
+    uint8_t *big = calloc(1, frame);
+    assert_non_null(big);
+    moat_write_req r = {sess, path, {big, frame}, 0, 0};
+    moat_err err = moat_file_write(c, &r, 5000, &written, &st);
+    free(big);
+    assert_int_equal(err, MOAT_E_TOO_BIG);
     assert_int_equal(st.code, MOAT_CODE_INVALID_ARGUMENT);
     assert_int_equal(nwrites, before);
+    moat_client_close(c);
+    stop(&s);
+}
+
+/* Sessions seen by a listing's callback, which stops after `stop_after`. */
+typedef struct seen {
+    size_t count, stop_after;
+    char last[8];
+} seen;
+
+static bool count_session(const moat_session *session, void *arg)
+{
+    seen *v = arg;
+    v->count++;
+    moat_slice_copy(session->session_id, v->last, sizeof v->last);
+    return v->count < v->stop_after;
+}
+
+/* Typed calls decode into moat's structs; a listing stops when its callback says so and
+ * still succeeds; a server's error comes back with its reason. */
+static void test_typed_calls(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_status st;
+    moat_command_status cs;
+    assert_int_equal(moat_exec_status(c, "sess-1", "ex-1", 5000, &cs, &st), MOAT_OK);
+    assert_true(moat_slice_eq_str(cs.execution_id, "ex-1"));
+    assert_true(moat_slice_eq_str(cs.command, "sleep 9"));
+    assert_false(cs.running);
+    assert_true(cs.exited);
+    assert_false(cs.exit_known);
+    assert_true(moat_slice_eq_str(cs.exit_unknown_reason, "killed by a signal"));
+    assert_true(moat_slice_eq_str(cs.error, "signal: killed"));
+    assert_int_equal(cs.started_at_ms, 1718000000000);
+    assert_int_equal(cs.finished_at_ms, 1718000001000);
+
+    seen all = {0, 100, ""}, two = {0, 2, ""};
+    assert_int_equal(moat_session_list(c, NULL, 5000, count_session, &all, &st), MOAT_OK);
+    assert_int_equal(all.count, 3);
+    assert_string_equal(all.last, "s-3");
+    assert_int_equal(moat_session_list(c, NULL, 5000, count_session, &two, &st), MOAT_OK);
+    assert_int_equal(st.code, MOAT_CODE_OK);
+    assert_int_equal(two.count, 2);
+    assert_string_equal(two.last, "s-2");
+
+    assert_int_equal(moat_exec_interrupt(c, "sess-1", "ex-9", 5000, &st), MOAT_E_REMOTE);
+    assert_int_equal(st.code, MOAT_CODE_NOT_FOUND);
+    assert_string_equal(st.reason, "execution_not_found");
     moat_client_close(c);
     stop(&s);
 }
@@ -506,6 +600,7 @@ int main(void)
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_limits_ping_goaway),
         cmocka_unit_test(test_write_pieces),
+        cmocka_unit_test(test_typed_calls),
     };
     return moat_run_group_tests("test_client", tests, NULL, NULL);
 }

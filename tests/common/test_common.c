@@ -6,7 +6,7 @@
 
 #include "moat_test.h"
 
-#include "moat/common.h"
+#include "common/json.h"
 
 #define CANON "123e4567-e89b-12d3-a456-426614174000"
 

@@ -13,6 +13,7 @@
 
 #include "moat_test.h"
 
+#include "common/json.h"
 #include "harness.h"
 #include "moat/client.h"
 

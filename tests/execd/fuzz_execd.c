@@ -2,7 +2,7 @@
  * input-chosen pieces), JSON escaper (output must parse and round-trip valid UTF-8), the
  * strict request JSON parser, path expansion, Range parsing, the download line window (fed
  * in pieces, against one whole feed), env-dump parsing and the upload assembler. */
-#include "moat/execd.h"
+#include "execd/execd.h"
 
 #include "execd_json.h"
 

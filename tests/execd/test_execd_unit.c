@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include "moat_test.h"
 
-#include "moat/execd.h"
+#include "execd/execd.h"
 
 #include "execd_json.h"
 

@@ -2,7 +2,7 @@
 #ifndef MOAT_TEST_XD_CLIENT_H
 #define MOAT_TEST_XD_CLIENT_H
 
-#include "moat/common.h"
+#include "common/json.h"
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "moat/client.h"
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -8,7 +8,7 @@
 
 #include "moat_test.h"
 
-#include "moat/rpc.h"
+#include "rpc/rpc.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
 #include "moat/v1/health.pb-c.h"

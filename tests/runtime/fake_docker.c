@@ -16,7 +16,7 @@
 #include <gnutls/x509.h>
 #include <microhttpd.h>
 
-#include "moat/common.h"
+#include "common/json.h"
 
 static int listen_unix(const char *path)
 {

@@ -3,7 +3,7 @@
 #ifndef MOAT_TESTS_RUNTIME_JSON_READERS_H
 #define MOAT_TESTS_RUNTIME_JSON_READERS_H
 
-#include "moat/common.h"
+#include "common/json.h"
 
 static inline cJSON *jget(const cJSON *obj, const char *key)
 {

@@ -17,7 +17,7 @@
 
 #include "moat_test.h"
 
-#include "moat/runtime.h"
+#include "runtime/runtime.h"
 #include "host_mounts.h"
 
 #define IMAGE "moat-sandbox:latest"

@@ -19,7 +19,7 @@
 
 #include "fake_docker.h"
 #include "json_readers.h"
-#include "moat/runtime.h"
+#include "runtime/runtime.h"
 #include "host_mounts.h"
 
 #define CHAT_ID               "123e4567-e89b-12d3-a456-426614174000"

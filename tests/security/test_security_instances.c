@@ -21,7 +21,7 @@
 #include <curl/curl.h>
 
 #include "harness.h"
-#include "moat/common.h"
+#include "common/json.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
 

@@ -83,12 +83,15 @@ void moatd_dump_log(const moatd_proc *p)
 
 bool moatd_start(moatd_proc *p, bool docker, const char *const *extra)
 {
-    memset(p, 0, sizeof(*p));
     const char *build = getenv("MOAT_BUILD_DIR");
-    if (build == NULL)
-        build = ".";
     char bin[512];
-    snprintf(bin, sizeof(bin), "%s/src/server/moatd", build);
+    snprintf(bin, sizeof(bin), "%s/src/server/moatd", build != NULL ? build : ".");
+    return moatd_start_bin(p, bin, docker, extra);
+}
+
+bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *const *extra)
+{
+    memset(p, 0, sizeof(*p));
     snprintf(p->state_dir, sizeof(p->state_dir), "/tmp/moat-srvtest-XXXXXX");
     if (mkdtemp(p->state_dir) == NULL)
         return false;

@@ -10,7 +10,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 typedef struct moatd_proc {
     pid_t pid;
@@ -35,6 +35,8 @@ int moatd_slowdown(void);
  * accepts connections. With docker false it points at a dead Docker socket and
  * an empty bundle dir. Returns false (after printing its log) on failure. */
 bool moatd_start(moatd_proc *p, bool docker, const char *const *extra);
+/* moatd_start with another moatd binary (an installed one) instead of the build's. */
+bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *const *extra);
 /* SIGTERM, wait (bounded), SIGKILL if needed. Returns its exit status (128 + signal when
  * killed) after dumping the log if that is not 0, or -1. MOAT_TEST_INJECT=daemon_exit sends
  * SIGKILL at once. */

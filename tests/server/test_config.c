@@ -10,7 +10,7 @@
 
 #include "moat_test.h"
 
-#include "moat/server.h"
+#include "server/server.h"
 
 static void test_defaults(void **state)
 {

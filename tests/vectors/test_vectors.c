@@ -9,15 +9,15 @@
 
 #include "moat_test.h"
 
-#include "moat/client.h"
+#include "client/client.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/exec.pb.h"
 #include "moat/v1/frame.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
 #include "moat/v1/sandbox.pb.h"
-#include "moat/wire.h"
+#include "wire/wire.h"
 #include "vectors.h"
-#include "wire_pb.h"
+#include "wire/wire_pb.h"
 
 #define CHAT    "123e4567-e89b-12d3-a456-426614174000"
 #define SESSION "9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f"

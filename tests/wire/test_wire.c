@@ -9,7 +9,7 @@
 #include "moat_test.h"
 
 #include "../vectors/vectors.h"
-#include "moat/wire.h"
+#include "wire/wire.h"
 
 static unsigned char *load(const char *name, size_t *len)
 {

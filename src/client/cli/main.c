@@ -1,4 +1,4 @@
-/* moat: the command-line client for moatd, on libmoat. */
+/* moat: the command-line client for moatd, on libmoat's public API alone. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -9,15 +9,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "moat/client.h"
-#include "moat/v1/exec.pb.h"
-#include "moat/v1/files.pb.h"
-#include "moat/v1/health.pb.h"
-#include "moat/v1/sandbox.pb.h"
-#include "wire_pb.h"
+#include <cjson/cJSON.h>
 
-#define MAX_LABELS 32
-#define MAX_ENV    64
+#include "moat/client.h"
+
+#define MAX_ENV 64
 
 static const char *usage_text =
     "usage: moat [--addr HOST:PORT|unix:PATH] COMMAND ...\n"
@@ -59,39 +55,14 @@ static int fail(moat_code code, const char *reason, const char *msg)
     return report(&st);
 }
 
+/* Unary calls' deadline. */
+#define CALL_DEADLINE_MS 60000
+
 typedef struct cli {
     moat_client *client;
     bool json;
-    uint8_t *req;
-    uint8_t *resp;
-    size_t cap;
+    size_t max_frame; /* the server's max_frame_size */
 } cli;
-
-static moat_err encode(cli *c, const pb_msgdesc_t *fields, const void *msg, moat_slice *out)
-{
-    pb_ostream_t os = pb_ostream_from_buffer(c->req, c->cap);
-    if (!pb_encode(&os, fields, msg))
-        return MOAT_E_TOO_BIG;
-    out->data = c->req;
-    out->len = os.bytes_written;
-    return MOAT_OK;
-}
-
-static int unary(cli *c, const char *method, const pb_msgdesc_t *req_fields, const void *req,
-                 moat_slice *resp)
-{
-    moat_slice body;
-    if (encode(c, req_fields, req, &body) != MOAT_OK)
-        return fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
-                    "the request does not fit in a frame");
-    moat_status st;
-    size_t n;
-    if (moat_client_unary(c->client, method, 60000, body, c->resp, c->cap, &n, &st) != MOAT_OK)
-        return report(&st);
-    resp->data = c->resp;
-    resp->len = n;
-    return 0;
-}
 
 /* Length of the UTF-8 sequence at p (at most n bytes), or 0 when it is not
  * one (overlong, surrogate, past U+10FFFF, cut short). */
@@ -183,81 +154,69 @@ static int print_json(cJSON *obj, bool ok)
     return 0;
 }
 
-static const char *status_name(moat_v1_SessionStatus s)
-{
-    switch (s) {
-    case moat_v1_SessionStatus_RUNNING:
-        return "RUNNING";
-    case moat_v1_SessionStatus_STOPPED:
-        return "STOPPED";
-    case moat_v1_SessionStatus_EXPIRED:
-        return "EXPIRED";
-    case moat_v1_SessionStatus_GONE:
-        return "GONE";
-    default:
-        return "UNSPECIFIED";
-    }
-}
+/* Label keys are cut to 255 bytes in --json output. */
+#define LABEL_KEY_MAX 255
 
-typedef struct session_view {
-    moat_v1_SandboxSession msg;
-    moat_slice session_id, chat_id, container_id, image;
-    moat_kv labels[MAX_LABELS];
-    moat__pb_kvs kvs;
-} session_view;
-
-static void session_prepare(session_view *v)
-{
-    memset(v, 0, sizeof *v);
-    moat__pb_decode_slice(&v->msg.session_id, &v->session_id);
-    moat__pb_decode_slice(&v->msg.chat_id, &v->chat_id);
-    moat__pb_decode_slice(&v->msg.container_id, &v->container_id);
-    moat__pb_decode_slice(&v->msg.image, &v->image);
-    v->kvs.items = v->labels;
-    v->kvs.max = MAX_LABELS;
-    v->kvs.entry_fields = moat_v1_SandboxSession_LabelsEntry_fields;
-    moat__pb_decode_kvs(&v->msg.labels, &v->kvs);
-}
-
-static int session_print(const session_view *v, bool json)
+static int session_print(const moat_session *s, bool json)
 {
     char created[MOAT_TIME_ISO_MAX], expires[MOAT_TIME_ISO_MAX];
-    moat_time_format_iso8601(v->msg.created_at_ms, created);
-    moat_time_format_iso8601(v->msg.expires_at_ms, expires);
+    moat_time_format_iso8601(s->created_at_ms, created);
+    moat_time_format_iso8601(s->expires_at_ms, expires);
+    const char *status = moat_session_status_name(s->status);
     if (!json) {
-        printf("%.*s\t%.*s\t%s\t%s\n", (int)v->session_id.len, (const char *)v->session_id.data,
-               (int)v->chat_id.len, (const char *)v->chat_id.data, status_name(v->msg.status),
-               expires);
+        printf("%.*s\t%.*s\t%s\t%s\n", (int)s->session_id.len, (const char *)s->session_id.data,
+               (int)s->chat_id.len, (const char *)s->chat_id.data, status, expires);
         return 0;
     }
     cJSON *o = cJSON_CreateObject();
-    bool ok = o != NULL && add_text(o, moat_slice_str("session_id"), v->session_id) &&
-              add_text(o, moat_slice_str("chat_id"), v->chat_id) &&
-              add_text(o, moat_slice_str("container_id"), v->container_id) &&
-              cJSON_AddStringToObject(o, "status", status_name(v->msg.status)) != NULL &&
+    bool ok = o != NULL && add_text(o, moat_slice_str("session_id"), s->session_id) &&
+              add_text(o, moat_slice_str("chat_id"), s->chat_id) &&
+              add_text(o, moat_slice_str("container_id"), s->container_id) &&
+              cJSON_AddStringToObject(o, "status", status) != NULL &&
               cJSON_AddStringToObject(o, "created_at", created) != NULL &&
               cJSON_AddStringToObject(o, "expires_at", expires) != NULL &&
-              add_int(o, "created_at_ms", v->msg.created_at_ms) &&
-              add_int(o, "expires_at_ms", v->msg.expires_at_ms) &&
-              add_text(o, moat_slice_str("image"), v->image);
+              add_int(o, "created_at_ms", s->created_at_ms) &&
+              add_int(o, "expires_at_ms", s->expires_at_ms) &&
+              add_text(o, moat_slice_str("image"), s->image);
     cJSON *labels = ok ? cJSON_AddObjectToObject(o, "labels") : NULL;
     ok = labels != NULL;
-    for (size_t i = 0; ok && i < v->kvs.count; i++) {
-        moat_slice key = v->labels[i].key;
-        key.len = key.len < 255 ? key.len : 255;
-        ok = add_text(labels, key, v->labels[i].value);
+    for (size_t i = 0; ok && i < s->label_count; i++) {
+        moat_slice key = s->labels[i].key;
+        key.len = key.len < LABEL_KEY_MAX ? key.len : LABEL_KEY_MAX;
+        ok = add_text(labels, key, s->labels[i].value);
     }
     return print_json(o, ok);
 }
 
-static int print_session_reply(moat_slice resp, bool json)
+/* Prints a unary Sandboxes answer, or reports its failure. */
+static int session_reply(moat_err err, const moat_session *s, const moat_status *st, bool json)
 {
-    session_view v;
-    session_prepare(&v);
-    pb_istream_t is = moat__pb_istream(resp);
-    if (!pb_decode_ex(&is, moat_v1_SandboxSession_fields, &v.msg, PB_DECODE_NOINIT))
-        return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode SandboxSession");
-    return session_print(&v, json);
+    return err == MOAT_OK ? session_print(s, json) : report(st);
+}
+
+static int cmd_create(cli *c, const char *chat, uint32_t ttl, bool force_new)
+{
+    moat_session_create_req r = {.chat_id = chat, .ttl_seconds = ttl, .force_new = force_new};
+    moat_session s;
+    moat_status st;
+    moat_err err = moat_session_create(c->client, &r, CALL_DEADLINE_MS, &s, &st);
+    return session_reply(err, &s, &st, c->json);
+}
+
+static int cmd_get(cli *c, const char *session)
+{
+    moat_session s;
+    moat_status st;
+    moat_err err = moat_session_get(c->client, session, CALL_DEADLINE_MS, &s, &st);
+    return session_reply(err, &s, &st, c->json);
+}
+
+static int cmd_renew(cli *c, const char *session, uint32_t ttl)
+{
+    moat_session s;
+    moat_status st;
+    moat_err err = moat_session_renew(c->client, session, ttl, CALL_DEADLINE_MS, &s, &st);
+    return session_reply(err, &s, &st, c->json);
 }
 
 typedef struct list_ctx {
@@ -265,116 +224,48 @@ typedef struct list_ctx {
     int rc; /* a printing failure, already reported */
 } list_ctx;
 
-static bool list_entry_cb(pb_istream_t *stream, const pb_field_t *field, void **arg)
+static bool list_entry(const moat_session *s, void *arg)
 {
-    (void)field;
-    list_ctx *ctx = *arg;
-    session_view v;
-    session_prepare(&v);
-    if (!pb_decode_ex(stream, moat_v1_SandboxSession_fields, &v.msg, PB_DECODE_NOINIT))
-        return false;
-    ctx->rc = session_print(&v, ctx->json);
+    list_ctx *ctx = arg;
+    ctx->rc = session_print(s, ctx->json);
     return ctx->rc == 0;
-}
-
-static int cmd_create(cli *c, const char *chat, uint32_t ttl, bool force_new)
-{
-    moat_v1_CreateSessionRequest r = moat_v1_CreateSessionRequest_init_zero;
-    moat_slice chat_s = moat_slice_str(chat);
-    moat__pb_encode_slice(&r.chat_id, &chat_s);
-    r.ttl_seconds = ttl;
-    r.force_new = force_new;
-    moat_slice resp;
-    int rc = unary(c, "/moat.v1.Sandboxes/CreateSession", moat_v1_CreateSessionRequest_fields, &r,
-                   &resp);
-    return rc ? rc : print_session_reply(resp, c->json);
-}
-
-static int cmd_get(cli *c, const char *session)
-{
-    moat_v1_GetSessionRequest r = moat_v1_GetSessionRequest_init_zero;
-    moat_slice s = moat_slice_str(session);
-    moat__pb_encode_slice(&r.session_id, &s);
-    moat_slice resp;
-    int rc = unary(c, "/moat.v1.Sandboxes/GetSession", moat_v1_GetSessionRequest_fields, &r, &resp);
-    return rc ? rc : print_session_reply(resp, c->json);
-}
-
-static int cmd_renew(cli *c, const char *session, uint32_t ttl)
-{
-    moat_v1_RenewSessionRequest r = moat_v1_RenewSessionRequest_init_zero;
-    moat_slice s = moat_slice_str(session);
-    moat__pb_encode_slice(&r.session_id, &s);
-    r.ttl_seconds = ttl;
-    moat_slice resp;
-    int rc =
-        unary(c, "/moat.v1.Sandboxes/RenewSession", moat_v1_RenewSessionRequest_fields, &r, &resp);
-    return rc ? rc : print_session_reply(resp, c->json);
 }
 
 static int cmd_ls(cli *c, const char *chat)
 {
-    moat_v1_ListSessionsRequest r = moat_v1_ListSessionsRequest_init_zero;
-    moat_slice s = moat_slice_str(chat);
-    moat__pb_encode_slice(&r.chat_id, &s);
-    moat_slice resp;
-    int rc =
-        unary(c, "/moat.v1.Sandboxes/ListSessions", moat_v1_ListSessionsRequest_fields, &r, &resp);
-    if (rc)
-        return rc;
-    moat_v1_ListSessionsResponse l = moat_v1_ListSessionsResponse_init_zero;
     list_ctx ctx = {c->json, 0};
-    l.sessions.funcs.decode = list_entry_cb;
-    l.sessions.arg = &ctx;
-    pb_istream_t is = moat__pb_istream(resp);
-    if (!pb_decode_ex(&is, moat_v1_ListSessionsResponse_fields, &l, PB_DECODE_NOINIT))
-        return ctx.rc
-                   ? ctx.rc
-                   : fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode ListSessionsResponse");
-    return 0;
+    moat_status st;
+    if (moat_session_list(c->client, chat, CALL_DEADLINE_MS, list_entry, &ctx, &st) != MOAT_OK)
+        return report(&st);
+    return ctx.rc;
 }
 
 static int cmd_stop(cli *c, const char *session)
 {
-    moat_v1_StopSessionRequest r = moat_v1_StopSessionRequest_init_zero;
-    moat_slice s = moat_slice_str(session);
-    moat__pb_encode_slice(&r.session_id, &s);
-    moat_slice resp;
-    int rc =
-        unary(c, "/moat.v1.Sandboxes/StopSession", moat_v1_StopSessionRequest_fields, &r, &resp);
-    if (rc)
-        return rc;
-    moat_v1_StopSessionResponse out = moat_v1_StopSessionResponse_init_zero;
-    pb_istream_t is = moat__pb_istream(resp);
-    if (!pb_decode(&is, moat_v1_StopSessionResponse_fields, &out))
-        return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode StopSessionResponse");
+    bool stopped;
+    moat_status st;
+    if (moat_session_stop(c->client, session, CALL_DEADLINE_MS, &stopped, &st) != MOAT_OK)
+        return report(&st);
     if (c->json) {
         cJSON *o = cJSON_CreateObject();
         return print_json(
             o, o != NULL && add_text(o, moat_slice_str("session_id"), moat_slice_str(session)) &&
-                   cJSON_AddBoolToObject(o, "stopped", out.stopped) != NULL);
+                   cJSON_AddBoolToObject(o, "stopped", stopped) != NULL);
     }
-    printf("%s\t%s\n", session, out.stopped ? "stopped" : "not running");
+    printf("%s\t%s\n", session, stopped ? "stopped" : "not running");
     return 0;
 }
 
 static int cmd_health(cli *c)
 {
-    moat_v1_HealthCheckRequest r = moat_v1_HealthCheckRequest_init_zero;
-    moat_slice resp;
-    int rc = unary(c, "/moat.v1.Health/Check", moat_v1_HealthCheckRequest_fields, &r, &resp);
-    if (rc)
-        return rc;
-    moat_v1_HealthCheckResponse h = moat_v1_HealthCheckResponse_init_zero;
-    moat_slice version;
-    moat__pb_decode_slice(&h.server_version, &version);
-    pb_istream_t is = moat__pb_istream(resp);
-    if (!pb_decode_ex(&is, moat_v1_HealthCheckResponse_fields, &h, PB_DECODE_NOINIT))
-        return fail(MOAT_CODE_INTERNAL, "bad_response", "cannot decode HealthCheckResponse");
-    const char *status = h.status == moat_v1_HealthCheckResponse_ServingStatus_SERVING ? "SERVING"
-                         : h.status == moat_v1_HealthCheckResponse_ServingStatus_NOT_SERVING
-                             ? "NOT_SERVING"
-                             : "UNKNOWN";
+    moat_health h;
+    moat_status st;
+    if (moat_health_check(c->client, CALL_DEADLINE_MS, &h, &st) != MOAT_OK)
+        return report(&st);
+    const char *status = h.status == MOAT_SERVING       ? "SERVING"
+                         : h.status == MOAT_NOT_SERVING ? "NOT_SERVING"
+                                                        : "UNKNOWN";
+    moat_slice version = h.server_version;
     if (c->json) {
         cJSON *o = cJSON_CreateObject();
         bool ok = o != NULL && cJSON_AddStringToObject(o, "status", status) != NULL &&
@@ -388,7 +279,7 @@ static int cmd_health(cli *c)
         printf("%s %.*s docker_reachable=%s live_sessions=%u\n", status, (int)version.len,
                (const char *)version.data, h.docker_reachable ? "true" : "false", h.live_sessions);
     }
-    return h.status == moat_v1_HealthCheckResponse_ServingStatus_SERVING ? 0 : 1;
+    return h.status == MOAT_SERVING ? 0 : 1;
 }
 
 static bool write_fd(int fd, const uint8_t *p, size_t n)
@@ -442,33 +333,32 @@ static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeo
 {
     /* One word is a shell command as written ('ls | wc'); several are an
      * argument vector, quoted so bash -c sees the same words. */
-    char *command = malloc(c->cap);
+    char *command = malloc(c->max_frame);
     if (command == NULL)
         return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
     size_t len = 0;
     command[0] = '\0';
     bool fits = true;
     if (argc == 1) {
-        fits = strlen(argv[0]) < c->cap;
+        fits = strlen(argv[0]) < c->max_frame;
         if (fits)
             memcpy(command, argv[0], strlen(argv[0]) + 1);
     }
     for (int i = 0; argc > 1 && i < argc && fits; i++) {
         if (i)
             command[len++] = ' ';
-        fits = shell_quote(command, c->cap, &len, argv[i]);
+        fits = shell_quote(command, c->max_frame, &len, argv[i]);
     }
     moat_run_command_req r = {session, command, cwd, timeout_ms, env, env_count, false};
-    size_t n;
-    moat_err err = fits ? moat_run_command_req_encode(&r, c->req, c->cap, &n) : MOAT_E_TOO_BIG;
+    moat_call *call;
+    moat_status st;
+    moat_err err = fits ? moat_exec_run(c->client, &r, 0, &call, &st) : MOAT_E_TOO_BIG;
     free(command);
-    if (err != MOAT_OK)
+    if (!fits)
         return fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
                     "the command does not fit in a frame");
-    moat_call *call;
-    if (moat_call_start(c->client, "/moat.v1.Exec/RunCommand", 0, NULL, 0, (moat_slice){c->req, n},
-                        &call) != MOAT_OK)
-        return fail(MOAT_CODE_UNAVAILABLE, "call_failed", "cannot start the call");
+    if (err != MOAT_OK)
+        return report(&st);
     /* Ctrl-C cancels the remote command instead of abandoning it. */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -476,12 +366,11 @@ static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeo
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     static moat_exec_event ev;
-    moat_slice msg;
     int exit_status = -1;
     bool cancelled = false;
     char unknown[512] = "";
     for (;;) {
-        err = moat_call_recv(call, 200, &msg);
+        err = moat_exec_next(call, 200, &ev);
         if (err == MOAT_E_TIMEOUT) {
             if (interrupted && !cancelled) {
                 moat_call_cancel(call, "interrupted");
@@ -489,10 +378,10 @@ static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeo
             }
             continue;
         }
-        if (err != MOAT_OK)
+        if (err == MOAT_E_CLOSED)
             break;
-        if (moat_exec_event_decode(msg, &ev) != MOAT_OK)
-            continue;
+        if (err != MOAT_OK)
+            continue; /* an event that does not decode */
         if (ev.kind == MOAT_EXEC_OUTPUT) {
             write_fd(ev.stream == MOAT_EXEC_STDERR ? STDERR_FILENO : STDOUT_FILENO, ev.data.data,
                      ev.data.len);
@@ -507,7 +396,7 @@ static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeo
                                                     : "no reason given");
         }
     }
-    moat_status st = *moat_call_status(call);
+    st = *moat_call_status(call);
     moat_call_free(call);
     if (st.code == MOAT_CODE_CANCELLED && cancelled)
         return 130;
@@ -553,7 +442,7 @@ static int cp_to_sandbox(cli *c, const char *local, const char *session, const c
             close(fd);
         return fail(MOAT_CODE_NOT_FOUND, "local_file", strerror(e));
     }
-    size_t max = moat_client_write_max(c->client, session, path);
+    size_t max = moat_file_write_max(c->client, session, path);
     uint8_t *piece = max > 0 ? malloc(max) : NULL;
     if (piece == NULL) {
         close(fd);
@@ -577,7 +466,7 @@ static int cp_to_sandbox(cli *c, const char *local, const char *session, const c
             session, path, {piece, (size_t)n}, offset == 0 ? sb.st_mode & 07777 : 0, offset};
         uint64_t written = 0;
         moat_status st;
-        if (moat_client_write(c->client, &r, 60000, c->req, c->cap, &written, &st) != MOAT_OK) {
+        if (moat_file_write(c->client, &r, CALL_DEADLINE_MS, &written, &st) != MOAT_OK) {
             rc = report(&st);
         } else if (written != (uint64_t)n) {
             moat_status_set(&st, MOAT_CODE_DATA_LOSS, "short_write",
@@ -594,35 +483,27 @@ static int cp_to_sandbox(cli *c, const char *local, const char *session, const c
 
 static int cp_from_sandbox(cli *c, const char *session, const char *path, const char *local)
 {
-    moat_v1_ReadRequest r = moat_v1_ReadRequest_init_zero;
-    moat_slice s = moat_slice_str(session), p = moat_slice_str(path), body;
-    moat__pb_encode_slice(&r.session_id, &s);
-    moat__pb_encode_slice(&r.path, &p);
-    if (encode(c, moat_v1_ReadRequest_fields, &r, &body) != MOAT_OK)
-        return fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big", "path too long");
     moat_call *call;
-    if (moat_call_start(c->client, "/moat.v1.Files/Read", 0, NULL, 0, body, &call) != MOAT_OK)
-        return fail(MOAT_CODE_UNAVAILABLE, "call_failed", "cannot start the call");
+    moat_status st;
+    if (moat_file_read(c->client, session, path, 0, 0, 0, &call, &st) != MOAT_OK)
+        return report(&st);
     int fd = open(local, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         moat_call_free(call);
         return fail(MOAT_CODE_PERMISSION_DENIED, "local_file", strerror(errno));
     }
-    moat_slice msg;
+    moat_file_chunk chunk;
+    moat_err err;
     bool ok = true;
-    while (moat_call_recv(call, -1, &msg) == MOAT_OK) {
-        moat_v1_FileChunk chunk = moat_v1_FileChunk_init_zero;
-        moat_slice data;
-        moat__pb_decode_slice(&chunk.data, &data);
-        pb_istream_t is = moat__pb_istream(msg);
-        if (!pb_decode_ex(&is, moat_v1_FileChunk_fields, &chunk, PB_DECODE_NOINIT) ||
-            (data.len &&
-             pwrite(fd, data.data, data.len, (off_t)chunk.offset) != (ssize_t)data.len)) {
+    while ((err = moat_file_next(call, -1, &chunk)) != MOAT_E_CLOSED) {
+        if (err != MOAT_OK ||
+            (chunk.data.len && pwrite(fd, chunk.data.data, chunk.data.len, (off_t)chunk.offset) !=
+                                   (ssize_t)chunk.data.len)) {
             ok = false;
             moat_call_cancel(call, "local write failed");
         }
     }
-    moat_status st = *moat_call_status(call);
+    st = *moat_call_status(call);
     moat_call_free(call);
     close(fd);
     if (st.code != MOAT_CODE_OK)
@@ -738,13 +619,9 @@ int main(int argc, char **argv)
     if (moat_client_connect(addr && addr[0] ? addr : MOAT_CLIENT_DEFAULT_ADDR, &copts, &c.client,
                             &st) != MOAT_OK)
         return report(&st);
-    c.cap = moat_client_get_limits(c.client)->max_frame_size;
-    c.req = malloc(c.cap);
-    c.resp = malloc(c.cap);
+    c.max_frame = moat_client_get_limits(c.client)->max_frame_size;
     int rc;
-    if (c.req == NULL || c.resp == NULL)
-        rc = fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
-    else if (strcmp(cmd, "create") == 0)
+    if (strcmp(cmd, "create") == 0)
         rc = cmd_create(&c, chat, (uint32_t)ttl, force_new);
     else if (strcmp(cmd, "ls") == 0)
         rc = cmd_ls(&c, chat);
@@ -774,8 +651,6 @@ int main(int argc, char **argv)
             rc = usage();
         }
     }
-    free(c.req);
-    free(c.resp);
     moat_client_close(c.client);
     return rc;
 }

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "moat/common.h"
+#include "common/common.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -47,17 +47,6 @@ typedef enum moat_frame_kind {
 
 /* "hello", "call", …; "unknown" otherwise. Static. */
 const char *moat_frame_kind_name(moat_frame_kind kind);
-
-/* Bytes owned by someone else; not NUL-terminated. */
-typedef struct moat_slice {
-    const uint8_t *data;
-    size_t len;
-} moat_slice;
-
-typedef struct moat_kv {
-    moat_slice key;
-    moat_slice value;
-} moat_kv;
 
 /* A decoded or to-be-encoded frame. When decoded, every slice points into the
  * frame body given to moat_wire_frame_decode and is valid as long as it is.
@@ -111,10 +100,6 @@ typedef struct moat_frame {
         } go_away;
     } u;
 } moat_frame;
-
-/* Slice helpers: a C string (not copied), and comparison with one. */
-moat_slice moat_slice_str(const char *s);
-bool moat_slice_eq_str(moat_slice s, const char *str);
 
 /* Bytes moat_wire_encode will write for f, length prefix included; 0 if f is
  * not encodable (unknown kind, too many key/values). */

@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "moat/common.h"
+#include "common/common.h"
 
 #ifdef __cplusplus
 extern "C" {

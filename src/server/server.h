@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "moat/common.h"
+#include "common/common.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -59,7 +59,7 @@ typedef struct moat_server_config {
     char *store_path;
     char *container_name_prefix;
     char *instance; /* moat.instance label of this moatd's sandboxes; "" = none */
-    char *runtime; /* OCI runtime registered with dockerd ("runsc"); "" = the engine's default */
+    char *runtime;  /* OCI runtime registered with dockerd ("runsc"); "" = the engine's default */
     uint32_t readiness_timeout_ms;
     uint32_t docker_timeout_ms;
     uint32_t health_probe_interval_ms;

@@ -4,7 +4,7 @@
 #ifndef MOAT_EXECD_H
 #define MOAT_EXECD_H
 
-#include "moat/common.h"
+#include "common/common.h"
 
 #include <stdbool.h>
 #include <stddef.h>

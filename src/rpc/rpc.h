@@ -15,7 +15,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
-#include "moat/common.h"
+#include "common/common.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "moat/common.h"
+#include "common/json.h"
 
 #ifdef __cplusplus
 extern "C" {
