@@ -187,6 +187,11 @@ typedef struct moat_bridge_event {
  * consumer that grants at least MOAT_BRIDGE_MAX_EVENT_COST never stalls on a
  * big event. */
 #define MOAT_BRIDGE_MAX_EVENT_COST (65536u + 1024u)
+/* The most one run transfer adds to a budget's `used` past its cap: a write taken past
+ * the check, curl's receive buffer as filled, what a pause makes curl keep (counted as
+ * twice the receive buffer) and the decoder's binary buffer. The budget bounds output
+ * held; these costs per transfer are bounded by how many transfers are open. */
+#define MOAT_BRIDGE_TRANSFER_OVERSHOOT_MAX ((128u + 128u + 256u + 64u) << 10)
 size_t moat_bridge_event_cost(const moat_bridge_event *ev);
 
 /* ------------------------------------------------- decoder (no I/O at all) */

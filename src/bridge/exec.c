@@ -397,24 +397,43 @@ static moat_err ensure_decoder(moat_bridge_exec *ex)
     return moat_bridge_decoder_new(&o, &ex->dec);
 }
 
+/* What a pause makes curl keep: the refused piece, and (without asking us) every
+ * further chunk of the same read, appended to a buffer that grows by doubling (curl
+ * 7.88, sendf.c pausewrite). The budget counts that bound, not the piece. */
+_Static_assert(MOAT_BRIDGE_TRANSFER_OVERSHOOT_MAX >=
+                   4 * MOAT_BRIDGE_EXEC_CHUNK + MOAT_BRIDGE_MAX_BINARY,
+               "the documented overshoot per transfer covers what it counts");
+
+static size_t paused_copy_bound(size_t refused)
+{
+    size_t read = refused > MOAT_BRIDGE_EXEC_CHUNK ? refused : MOAT_BRIDGE_EXEC_CHUNK;
+    return 2 * read;
+}
+
+/* Refuses this write: curl keeps it (counted, and the replay it displaces dropped at once,
+ * since a paused transfer adds no record that would drop it later). */
+static size_t pause_write(moat_bridge_exec *ex, size_t n, bool by_budget)
+{
+    ex->paused = true;
+    if (by_budget) {
+        ex->budget_paused = true;
+        ex->b->budget_waiters = true;
+    }
+    set_held(ex, paused_copy_bound(n));
+    budget_evict(ex->b);
+    return CURL_WRITEFUNC_PAUSE;
+}
+
 static size_t exec_write(bridge_req *r, const char *p, size_t n)
 {
     moat_bridge_exec *ex = r->owner;
     if (ex == NULL || ex->failed)
         return 0;
     note_transfer_buffers(ex, n);
-    if (ex->has_consumer && ex->pending_bytes >= pause_mark(ex)) {
-        ex->paused = true;
-        set_held(ex, n);
-        return CURL_WRITEFUNC_PAUSE;
-    }
-    if (budget_blocks(ex)) {
-        ex->paused = true;
-        ex->budget_paused = true;
-        ex->b->budget_waiters = true;
-        set_held(ex, n);
-        return CURL_WRITEFUNC_PAUSE;
-    }
+    if (ex->has_consumer && ex->pending_bytes >= pause_mark(ex))
+        return pause_write(ex, n, false);
+    if (budget_blocks(ex))
+        return pause_write(ex, n, true);
     set_held(ex, 0);
     if (ensure_decoder(ex) != MOAT_OK)
         return 0;
@@ -422,6 +441,7 @@ static size_t exec_write(bridge_req *r, const char *p, size_t n)
     moat_status_clear(&st);
     moat_err err = moat_bridge_decoder_feed(ex->dec, (const uint8_t *)p, n, ring_emit, ex, &st);
     note_transfer_buffers(ex, n);
+    budget_evict(ex->b);
     if (err != MOAT_OK) {
         if (err == MOAT_E_CLOSED || err == MOAT_E_NOMEM)
             moat_status_set(&st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory",
