@@ -238,6 +238,11 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id, const ch
                               int64_t created_at_ms, int64_t expires_at_ms,
                               const moat_session_options *opts, moat_session *out, moat_status *st);
 
+/* OK when image is the default image or in allowed_images; else INVALID_ARGUMENT, reason
+ * "image_not_allowed", detail field=image. Create checks it too; this lets a caller refuse an
+ * image before it looks for a session to reuse. */
+moat_code moat_runtime_check_image(const moat_runtime *rt, const char *image, moat_status *st);
+
 /* The session with this id: from Docker when this runtime's container for it exists (state
  * RUNNING if the container runs), else from the store (STOPPED/EXPIRED/GONE/FAILED). NOT_FOUND
  * if neither (a container that is not this runtime's, see instance above, does not count). */
