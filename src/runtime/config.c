@@ -16,7 +16,7 @@
 void moat_runtime_config_defaults(moat_runtime_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
-    cfg->image = "moat-sandbox:latest";
+    cfg->image = "moat-sandbox-debian:latest";
     cfg->ttl_seconds = 300;
     cfg->cleanup_interval_seconds = 60;
     cfg->chats_root = "/var/lib/moat/chats";

@@ -142,7 +142,7 @@ typedef struct moat_runtime_config {
 bool moat_runtime_is_gvisor(const char *runtime);
 
 /* Fills every field with moat's defaults (state under /var/lib/moat, the Docker socket at
- * /var/run/docker.sock, image moat-sandbox:latest, ttl 300 s, cleanup every 60 s, 512 MiB /
+ * /var/run/docker.sock, image moat-sandbox-debian:latest, ttl 300 s, cleanup every 60 s, 512 MiB /
  * 1 CPU by default, 4 GiB / 2 CPUs max, the runtime's pids limits, readiness 10 s, a read-only
  * root with 64 MiB tmpfs mounts, workspace quotas on: 1 GiB and 65536 inodes, owned by the
  * sandbox user 1000:1000). */

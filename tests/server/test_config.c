@@ -19,7 +19,7 @@ static void test_defaults(void **state)
     moat_server_config_defaults(&c);
     assert_string_equal(c.listen, "127.0.0.1:7070");
     assert_string_equal(c.docker_host, "/var/run/docker.sock");
-    assert_string_equal(c.image, "moat-sandbox:latest");
+    assert_string_equal(c.image, "moat-sandbox-debian:latest");
     assert_string_equal(c.allowed_images, "moat-sandbox-debian:latest,moat-sandbox:latest");
     assert_string_equal(c.state_dir, "/var/lib/moat");
     assert_string_equal(c.metrics_listen, "127.0.0.1:7071");
