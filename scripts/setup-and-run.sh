@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian 12 machine: installs what is missing, builds,
-# starts dockerd if it is not running, builds the sandbox image, starts moatd,
-# creates a demo session, runs a command in it and shows the output.
+# starts dockerd if it is not running, builds the sandbox images (the Debian one, moatd's
+# default, and the minimal one), starts moatd, creates a demo session, runs commands in it
+# and shows the output.
 # moatd keeps running afterwards (its pid and log are printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,8 @@ set +e
 status=$?
 set -e
 echo "setup-and-run: the command exited with $status (expected 3)"
+echo "setup-and-run: python3 in the sandbox:"
+"$moat" exec "$session" -- "python3 -c 'print(6*7)'"
 echo "setup-and-run: moatd is running (pid $(cat "$MOAT_STATE_DIR/moatd.pid" 2>/dev/null || echo '?'));"
 echo "  try: $moat exec $session -- uname -a"
 echo "  stop it: kill \$(cat $MOAT_STATE_DIR/moatd.pid)"

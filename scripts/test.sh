@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test moat has, the way CI does: installs what is missing, builds the
 # release and the sanitizer (ASan + UBSan, clang) trees and an -O3 one (built only),
-# starts dockerd, builds the sandbox image, then runs unit, integration, Docker,
-# valgrind and fuzz tests.
+# starts dockerd, builds both sandbox images (test_e2e_images uses the Debian one; its root file
+# system is cached), then runs unit, integration, Docker, valgrind and fuzz tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"

@@ -16,7 +16,7 @@
 void moat_runtime_config_defaults(moat_runtime_config *cfg)
 {
     memset(cfg, 0, sizeof(*cfg));
-    cfg->image = "moat-sandbox:latest";
+    cfg->image = "moat-sandbox-debian:latest";
     cfg->ttl_seconds = 300;
     cfg->cleanup_interval_seconds = 60;
     cfg->chats_root = "/var/lib/moat/chats";
@@ -175,11 +175,21 @@ static bool runtime_name_ok(const char *name)
            strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") == n;
 }
 
+/* An image reference as Docker spells one (name, :tag, @digest), short enough for the session
+ * records; a stray comma or space in a list shows here rather than as a missing image. */
+static bool image_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 0 && n < MOAT_IMAGE_NAME_MAX && isalnum((unsigned char)name[0]) &&
+           strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-:/@") ==
+               n;
+}
+
 moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_status *st)
 {
     moat_status_clear(st);
-    if (cfg->image == NULL || cfg->image[0] == '\0')
-        return bad(st, "image", "must be set%s", "");
+    if (cfg->image == NULL || !image_name_ok(cfg->image))
+        return bad(st, "image", "must be an image reference, got '%s'", cfg->image);
     if (cfg->ttl_seconds <= 0)
         return bad(st, "ttl_seconds", "must be positive%s", "");
     if (cfg->cleanup_interval_seconds <= 0)
@@ -267,8 +277,9 @@ moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_stat
     if (cfg->read_only_rootfs && cfg->tmpfs_size_bytes <= 0)
         return bad(st, "tmpfs_size_bytes", "must be positive with read_only_rootfs%s", "");
     for (size_t i = 0; i < cfg->allowed_image_count; i++)
-        if (cfg->allowed_images[i] == NULL || cfg->allowed_images[i][0] == '\0')
-            return bad(st, "allowed_images", "entries must be non-empty%s", "");
+        if (cfg->allowed_images[i] == NULL || !image_name_ok(cfg->allowed_images[i]))
+            return bad(st, "allowed_images", "entries must be image references, got '%s'",
+                       cfg->allowed_images[i]);
     return cfg->workspace_quota ? validate_quota(cfg, st) : MOAT_CODE_OK;
 }
 

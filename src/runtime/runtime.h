@@ -142,7 +142,7 @@ typedef struct moat_runtime_config {
 bool moat_runtime_is_gvisor(const char *runtime);
 
 /* Fills every field with moat's defaults (state under /var/lib/moat, the Docker socket at
- * /var/run/docker.sock, image moat-sandbox:latest, ttl 300 s, cleanup every 60 s, 512 MiB /
+ * /var/run/docker.sock, image moat-sandbox-debian:latest, ttl 300 s, cleanup every 60 s, 512 MiB /
  * 1 CPU by default, 4 GiB / 2 CPUs max, the runtime's pids limits, readiness 10 s, a read-only
  * root with 64 MiB tmpfs mounts, workspace quotas on: 1 GiB and 65536 inodes, owned by the
  * sandbox user 1000:1000). */
@@ -237,6 +237,11 @@ void moat_runtime_close(moat_runtime *rt);
 moat_code moat_runtime_create(moat_runtime *rt, const char *session_id, const char *chat_id,
                               int64_t created_at_ms, int64_t expires_at_ms,
                               const moat_session_options *opts, moat_session *out, moat_status *st);
+
+/* OK when image is the default image or in allowed_images; else INVALID_ARGUMENT, reason
+ * "image_not_allowed", detail field=image. Create checks it too; this lets a caller refuse an
+ * image before it looks for a session to reuse. */
+moat_code moat_runtime_check_image(const moat_runtime *rt, const char *image, moat_status *st);
 
 /* The session with this id: from Docker when this runtime's container for it exists (state
  * RUNNING if the container runs), else from the store (STOPPED/EXPIRED/GONE/FAILED). NOT_FOUND

@@ -359,14 +359,17 @@ void moat__row_from_listed(const moat__listed *c, moat__row *row)
     row->state = MOAT_SESSION_RUNNING;
 }
 
-static bool image_allowed(moat_runtime *rt, const char *image)
+moat_code moat_runtime_check_image(const moat_runtime *rt, const char *image, moat_status *st)
 {
     if (strcmp(image, rt->cfg.image) == 0)
-        return true;
+        return MOAT_CODE_OK;
     for (size_t i = 0; i < rt->cfg.allowed_image_count; i++)
         if (strcmp(image, rt->cfg.allowed_images[i]) == 0)
-            return true;
-    return false;
+            return MOAT_CODE_OK;
+    moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "image_not_allowed",
+                    "image '%.200s' is not in the allow-list", image);
+    moat_status_add_detail(st, "field", "image");
+    return st->code;
 }
 
 static moat_code pick_limit(moat_status *st, const char *field, int64_t asked, int64_t dflt,
@@ -645,12 +648,8 @@ static moat_code create_session(moat_runtime *rt, const char *session_id_in, con
     if (opts == NULL)
         opts = &none;
     const char *image = opts->image && opts->image[0] ? opts->image : rt->cfg.image;
-    if (!image_allowed(rt, image)) {
-        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "image_not_allowed",
-                        "image '%.200s' is not in the allow-list", image);
-        moat_status_add_detail(st, "field", "image");
+    if (moat_runtime_check_image(rt, image, st) != MOAT_CODE_OK)
         return span_end(rt, span, st);
-    }
     int64_t memory = 0, cpus = 0, pids = 0;
     if (pick_limit(st, "memory_bytes", opts->memory_bytes, rt->cfg.default_memory_bytes,
                    rt->cfg.max_memory_bytes, &memory) ||

@@ -68,9 +68,10 @@ static const key_def keys[] = {
     {"docker_tls_key", K_STR, OFF(docker_tls_key), "", 0, 0, "its private key (PEM)"},
     {"docker_tls_ca", K_STR, OFF(docker_tls_ca), "", 0, 0,
      "CA bundle (PEM) that verifies the engine; empty = the system's"},
-    {"image", K_STR, OFF(image), "moat-sandbox:latest", 0, 0, "default sandbox image"},
-    {"allowed_images", K_STR, OFF(allowed_images), "", 0, 0,
-     "comma-separated images a request may ask for, besides image"},
+    {"image", K_STR, OFF(image), "moat-sandbox-debian:latest", 0, 0,
+     "default sandbox image (scripts/build-sandbox-image.sh makes it)"},
+    {"allowed_images", K_STR, OFF(allowed_images), "moat-sandbox-debian:latest,moat-sandbox:latest",
+     0, 0, "comma-separated images a CreateSession may ask for (image is always allowed)"},
     {"ttl_seconds", K_U32, OFF(ttl_seconds), "300", 1, 31536000, "default session lifetime"},
     {"max_ttl_seconds", K_U32, OFF(max_ttl_seconds), "86400", 1, 31536000,
      "longest ttl_seconds a create or renewal may ask for; longer is INVALID_ARGUMENT"},
@@ -556,6 +557,17 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
         errf(err, errlen, "image: must not be empty");
         return MOAT_E_INVAL;
     }
+    const char *images[MOAT_SERVER_MAX_IMAGES];
+    size_t nimages;
+    char *buf;
+    moat_err e = moat_server_split_images(cfg->allowed_images, images, &nimages, &buf);
+    free(buf);
+    if (e == MOAT_E_TOO_BIG) {
+        errf(err, errlen, "allowed_images: more than %d images", MOAT_SERVER_MAX_IMAGES);
+        return MOAT_E_INVAL;
+    }
+    if (e != MOAT_OK)
+        return e;
     if (cfg->ttl_seconds > cfg->max_ttl_seconds) {
         errf(err, errlen, "ttl_seconds: %u is longer than max_ttl_seconds (%u)", cfg->ttl_seconds,
              cfg->max_ttl_seconds);
@@ -566,6 +578,22 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
         errf(err, errlen, "sandbox_user: expected UID:GID (decimal, neither 0) or root, got \"%s\"",
              cfg->sandbox_user);
         return MOAT_E_INVAL;
+    }
+    return MOAT_OK;
+}
+
+moat_err moat_server_split_images(const char *text, const char *list[MOAT_SERVER_MAX_IMAGES],
+                                  size_t *n, char **buf)
+{
+    *n = 0;
+    *buf = strdup(text);
+    if (*buf == NULL)
+        return MOAT_E_NOMEM;
+    char *save = NULL;
+    for (char *t = strtok_r(*buf, ", \t", &save); t != NULL; t = strtok_r(NULL, ", \t", &save)) {
+        if (*n == MOAT_SERVER_MAX_IMAGES)
+            return MOAT_E_TOO_BIG;
+        list[(*n)++] = t;
     }
     return MOAT_OK;
 }

@@ -485,6 +485,12 @@ static void create_start(stream *st, const Moat__V1__CreateSessionRequest *req, 
     s->creates_inflight++;
     j->ttl_ms = (int64_t)(req->ttl_seconds != 0 ? req->ttl_seconds : s->cfg.ttl_seconds) * 1000;
     if (req->image != NULL && req->image[0] != '\0') {
+        /* Longer than any image the config allows (they are checked against this size). */
+        if (strlen(req->image) >= sizeof(j->image)) {
+            moat_status_set(&j->status, MOAT_CODE_INVALID_ARGUMENT, "image_not_allowed",
+                            "image name longer than %zu bytes", sizeof(j->image) - 1);
+            moat_status_add_detail(&j->status, "field", "image");
+        }
         snprintf(j->image, sizeof(j->image), "%s", req->image);
         j->opts.image = j->image;
     }
@@ -531,6 +537,13 @@ static bool create_fits(job *j, const moat_session *all, size_t n)
 static void create_run(job *j)
 {
     srv *s = j->s;
+    /* A refused image is refused whether or not the chat has a session to reuse. */
+    if (j->status.code != MOAT_CODE_OK ||
+        (j->opts.image != NULL &&
+         moat_runtime_check_image(s->rt, j->opts.image, &j->status) != MOAT_CODE_OK)) {
+        j->code = j->status.code;
+        return;
+    }
     moat_session *all = NULL;
     size_t n = 0;
     if (moat_runtime_list_active(s->rt, &all, &n, &j->status) != MOAT_CODE_OK) {
@@ -549,6 +562,19 @@ static void create_run(job *j)
                  (best->force_new == all[i].force_new &&
                   all[i].created_at_ms > best->created_at_ms)))
                 best = &all[i];
+        }
+        /* A request that names an image gets the chat's session only if it runs that image;
+         * silently handing back another one would run its commands where they cannot work. */
+        if (best != NULL && j->opts.image != NULL && strcmp(best->image, j->opts.image) != 0) {
+            j->code = MOAT_CODE_FAILED_PRECONDITION;
+            moat_status_set(&j->status, j->code, "session_image_differs",
+                            "chat %s has session %s running image '%s'; stop it or create with "
+                            "force_new",
+                            j->chat, best->session_id, best->image);
+            moat_status_add_detail(&j->status, "session_id", best->session_id);
+            moat_status_add_detail(&j->status, "image", best->image);
+            free(all);
+            return;
         }
         if (best != NULL) {
             j->one = *best;
@@ -1785,7 +1811,7 @@ static void reconcile_done(job *j)
 /* The runtime's view of moatd's configuration. Strings point into c and into
  * the returned buffer (free it), which holds the split allowed_images. */
 static char *runtime_config(const moat_server_config *c, moat_runtime_config *out,
-                            const char *list[64])
+                            const char *list[MOAT_SERVER_MAX_IMAGES])
 {
     moat_runtime_config rc;
     moat_runtime_config_defaults(&rc);
@@ -1823,15 +1849,11 @@ static char *runtime_config(const moat_server_config *c, moat_runtime_config *ou
     rc.workspace_size_bytes = (int64_t)c->workspace_size_bytes;
     rc.workspace_inodes = c->workspace_inodes;
     rc.metrics.session_event = rt_session_event;
-    /* allowed_images: a comma-separated list, split into a local copy. */
-    char *imgs = strdup(c->allowed_images);
-    size_t n = 0;
-    if (imgs != NULL) {
-        char *save = NULL;
-        for (char *t = strtok_r(imgs, ", ", &save); t != NULL && n < 64;
-             t = strtok_r(NULL, ", ", &save))
-            list[n++] = t;
-    }
+    /* Its count was checked at config time; without memory, only image is allowed. */
+    char *imgs;
+    size_t n;
+    if (moat_server_split_images(c->allowed_images, list, &n, &imgs) != MOAT_OK)
+        n = 0;
     rc.allowed_images = list;
     rc.allowed_image_count = n;
     *out = rc;
@@ -1841,7 +1863,7 @@ static char *runtime_config(const moat_server_config *c, moat_runtime_config *ou
 moat_code moat__check_runtime(const moat_server_config *c, moat_status *st)
 {
     moat_runtime_config rc;
-    const char *list[64];
+    const char *list[MOAT_SERVER_MAX_IMAGES];
     char *imgs = runtime_config(c, &rc, list);
     /* moatd creates these at start; their absence is not an error yet. */
     struct stat sb;
@@ -1872,7 +1894,7 @@ moat_err moat__handlers_init(srv *s)
                      strerror(errno));
     }
     moat_runtime_config rc;
-    const char *list[64];
+    const char *list[MOAT_SERVER_MAX_IMAGES];
     char *imgs = runtime_config(c, &rc, list);
     moat_status st;
     moat_status_clear(&st);

@@ -44,7 +44,7 @@ typedef struct moat_server_config {
     char *docker_tls_key;
     char *docker_tls_ca;
     char *image;
-    char *allowed_images; /* comma-separated, besides image */
+    char *allowed_images; /* comma-separated; image is allowed besides */
     uint32_t ttl_seconds;
     uint32_t max_ttl_seconds; /* longest ttl a create or renewal may ask for */
     uint32_t cleanup_interval_seconds;
@@ -99,6 +99,14 @@ moat_err moat_server_config_apply_env(moat_server_config *cfg, char *err, size_t
  * listener is not loopback, metrics only on loopback, limits in range. */
 moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, char *err,
                                    size_t errlen);
+
+/* Splits allowed_images (entries separated by commas, spaces or tabs) into list[0..*n), which
+ * points into *buf: a copy the caller frees, also on failure. MOAT_E_TOO_BIG past
+ * MOAT_SERVER_MAX_IMAGES entries, MOAT_E_NOMEM. Whether each is an image reference is the
+ * runtime's check (moat_runtime_config_validate). */
+#define MOAT_SERVER_MAX_IMAGES 64
+moat_err moat_server_split_images(const char *text, const char *list[MOAT_SERVER_MAX_IMAGES],
+                                  size_t *n, char **buf);
 
 /* Writes the documented list of keys with their defaults (for --help). */
 void moat_server_config_print_keys(void *file);

@@ -62,18 +62,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return strdup("");
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    return strdup(buf);
-}
-
 /* Runs `moat ARGS` with MOAT_ADDR and the given token (NULL: unset); stdout
  * and stderr go to files. Returns the exit status. */
 static int cli(const char *token, const char *args)
@@ -89,7 +77,7 @@ static int cli(const char *token, const char *args)
 /* The output: exactly one JSON document on one line. */
 static cJSON *json_out(void)
 {
-    char *text = slurp(out_path);
+    char *text = slurp_file(out_path);
     char *nl = strchr(text, '\n');
     if (nl == NULL || nl[1] != '\0')
         fail_msg("not one line: %s", text);
@@ -113,11 +101,11 @@ static void test_tokens_refused(void **state)
 {
     (void)state;
     assert_int_not_equal(cli("wrong-token", "health"), 0);
-    char *err = slurp(err_path);
+    char *err = slurp_file(err_path);
     assert_non_null(strstr(err, "UNAUTHENTICATED"));
     free(err);
     assert_int_not_equal(cli(NULL, "health"), 0);
-    err = slurp(err_path);
+    err = slurp_file(err_path);
     assert_non_null(strstr(err, "UNAUTHENTICATED"));
     free(err);
 }
@@ -148,7 +136,7 @@ static void test_create_reuse_and_new(void **state)
     cJSON_Delete(j);
     snprintf(args, sizeof(args), "ls --chat %s --json", chat);
     assert_int_equal(cli(TOKEN, args), 0);
-    char *text = slurp(out_path);
+    char *text = slurp_file(out_path);
     /* one JSON document per line, one line per session */
     int found = 0, lines = 0;
     for (char *line = text, *nl; (nl = strchr(line, '\n')) != NULL; line = nl + 1) {
@@ -174,21 +162,21 @@ static void test_exec_streams_and_exit_codes(void **state)
     snprintf(args, sizeof(args),
              "exec %s -- 'echo out1; echo err1 >&2; echo out2; echo err2 >&2; exit 7'", session);
     assert_int_equal(cli(TOKEN, args), 7);
-    char *out = slurp(out_path), *err = slurp(err_path);
+    char *out = slurp_file(out_path), *err = slurp_file(err_path);
     assert_string_equal(out, "out1\nout2\n");
     assert_string_equal(err, "err1\nerr2\n");
     free(out);
     free(err);
     snprintf(args, sizeof(args), "exec %s --env GREETING=hello -- 'echo $GREETING'", session);
     assert_int_equal(cli(TOKEN, args), 0);
-    out = slurp(out_path);
+    out = slurp_file(out_path);
     assert_string_equal(out, "hello\n");
     free(out);
     snprintf(args, sizeof(args), "exec %s --timeout 300 -- sleep 10", session);
     assert_int_equal(cli(TOKEN, args), 124);
     /* Unknown session: an error with its status name. */
     assert_int_not_equal(cli(TOKEN, "exec 00000000-0000-4000-8000-000000000000 -- true"), 0);
-    err = slurp(err_path);
+    err = slurp_file(err_path);
     assert_true(strstr(err, "NOT_FOUND") != NULL || strstr(err, "FAILED_PRECONDITION") != NULL);
     free(err);
 }
@@ -240,7 +228,7 @@ static void test_cp_large_and_empty(void **state)
     assert_int_equal(cli(TOKEN, args), 0);
     snprintf(args, sizeof(args), "exec %s -- 'stat -c \"%%s %%a\" /tmp/big/cp-big.bin'", session);
     assert_int_equal(cli(TOKEN, args), 0);
-    char *out = slurp(out_path);
+    char *out = slurp_file(out_path);
     assert_string_equal(out, "5242880 640\n");
     free(out);
     snprintf(args, sizeof(args), "cp %s:/tmp/big/cp-big.bin %s", session, back);
@@ -254,7 +242,7 @@ static void test_cp_large_and_empty(void **state)
     assert_int_equal(cli(TOKEN, args), 0);
     snprintf(args, sizeof(args), "exec %s -- 'wc -c </tmp/big/cp-big.bin'", session);
     assert_int_equal(cli(TOKEN, args), 0);
-    out = slurp(out_path);
+    out = slurp_file(out_path);
     assert_int_equal(atoi(out), 1500000);
     free(out);
 
@@ -270,7 +258,7 @@ static void test_cp_large_and_empty(void **state)
     snprintf(args, sizeof(args), "exec %s -- 'test -f /tmp/cp-empty && wc -c </tmp/cp-empty'",
              session);
     assert_int_equal(cli(TOKEN, args), 0);
-    out = slurp(out_path);
+    out = slurp_file(out_path);
     assert_int_equal(atoi(out), 0);
     assert_true(out[0] >= '0' && out[0] <= '9');
     free(out);

@@ -62,7 +62,7 @@ def main():
     moatd = subprocess.Popen(
         [args.moatd, "--listen=127.0.0.1:%d" % port, "--metrics_listen=127.0.0.1:%d" % free_port(),
          "--state_dir=" + state, "--token=" + TOKEN, "--container_name_prefix=" + PREFIX,
-         "--log_level=warn"], stdout=log, stderr=log)
+         "--image=moat-sandbox:latest", "--log_level=warn"], stdout=log, stderr=log)
     addr = "127.0.0.1:%d" % port
     step = "start"
     try:

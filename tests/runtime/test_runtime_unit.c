@@ -906,6 +906,15 @@ static void test_image_allow_list_and_limits(void **state)
                      MOAT_CODE_INVALID_ARGUMENT);
     assert_string_equal(st.reason, "image_not_allowed");
     assert_string_equal(moat_status_detail_get(&st, "field"), "image");
+    /* The same check, for a caller that refuses before it looks for a session to reuse. */
+    assert_int_equal(moat_runtime_check_image(f->rt, "evil:latest", &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(st.reason, "image_not_allowed");
+    assert_int_equal(moat_runtime_check_image(f->rt, "python:3.12-slim", &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_check_image(f->rt, f->cfg.image, &st), MOAT_CODE_OK);
+    /* Names are compared whole: a prefix or another tag of an allowed image is not allowed. */
+    assert_int_equal(moat_runtime_check_image(f->rt, "python:3.12", &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
 
     o = (moat_session_options){.memory_bytes = 5ll * 1024 * 1024 * 1024};
     assert_int_equal(moat_runtime_create(f->rt, SESSION_ID, CHAT_ID, now, now + 1000, &o, &s, &st),
@@ -1246,6 +1255,30 @@ static void test_config_validation(void **state)
         assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
         assert_string_equal(moat_status_detail_get(&st, "setting"), "container_name_prefix");
     }
+    /* Images must be references Docker could name: a typo in the list is refused at start. */
+    const char *long_image = "a234567890123456789012345678901234567890123456789012345678901234"
+                             "a234567890123456789012345678901234567890123456789012345678901234"
+                             "a234567890123456789012345678901234567890123456789012345678901234"
+                             "a234567890123456789012345678901234567890123456789012345678901234";
+    const char *bad_images[] = {"", "moat sandbox", "a;b", "-x", long_image};
+    for (size_t i = 0; i < sizeof(bad_images) / sizeof(bad_images[0]); i++) {
+        c = f->cfg;
+        c.image = bad_images[i];
+        assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+        assert_string_equal(moat_status_detail_get(&st, "setting"), "image");
+        c = f->cfg;
+        const char *list[] = {"moat-sandbox:latest", bad_images[i]};
+        c.allowed_images = list;
+        c.allowed_image_count = 2;
+        assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
+        assert_string_equal(moat_status_detail_get(&st, "setting"), "allowed_images");
+    }
+    c = f->cfg;
+    const char *good[] = {"moat-sandbox:latest", "registry.local:5000/team/py:3.12",
+                          "debian@sha256:0123abcd"};
+    c.allowed_images = good;
+    c.allowed_image_count = 3;
+    assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_OK);
 }
 
 typedef struct hook_counts {

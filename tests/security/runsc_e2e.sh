@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Docker end-to-end suite (tests/e2e/test_e2e_raw.c) with every sandbox under gVisor: a private
 # dockerd with runsc registered (scripts/dockerd-runsc.sh, removed again on any exit), the sandbox
-# image imported into it, and moatd given MOAT_DOCKER_HOST and MOAT_RUNTIME=runsc. The suite checks
+# minimal image imported into it, and moatd given MOAT_DOCKER_HOST and MOAT_RUNTIME=runsc. The suite checks
 # each sandbox's HostConfig.Runtime and that the kernel it sees is gVisor's.
 # Exits 77 (skipped), with the reason on stdout, only where runsc cannot run here: not installed
 # (a failure under CI=true: scripts/install-deps.sh installs it), or failing to run a container on
@@ -37,7 +37,7 @@ trap finish EXIT
 
 "$src/scripts/dockerd-runsc.sh" start "$dir"
 export DOCKER_HOST="unix://$dir/docker.sock"
-"$src/scripts/build-sandbox-image.sh" "$build" >/dev/null
+"$src/scripts/build-sandbox-image.sh" "$build" minimal >/dev/null
 
 # runsc itself, on an engine that just ran the image under runc (build-sandbox-image.sh's check).
 if ! probe="$(docker run --rm --runtime=runsc --network none moat-sandbox:latest \

@@ -27,6 +27,18 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+char *slurp_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return strdup("");
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strdup(buf);
+}
+
 int free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -119,6 +131,10 @@ bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *co
     if (!docker) {
         argv[n++] = a_docker;
         argv[n++] = a_bundle;
+    } else {
+        /* The minimal image, which every Docker test builds; a test wanting another one
+         * passes --image (or --allowed_images) in extra, which comes later and wins. */
+        argv[n++] = "--image=moat-sandbox:latest";
     }
     for (int i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
         argv[n++] = extra[i];

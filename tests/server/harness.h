@@ -33,7 +33,8 @@ int moatd_slowdown(void);
 /* Starts moatd from $MOAT_BUILD_DIR/src/server/moatd with extra "--key=value"
  * arguments (NULL-terminated), on a free loopback port, and waits until it
  * accepts connections. With docker false it points at a dead Docker socket and
- * an empty bundle dir. Returns false (after printing its log) on failure. */
+ * an empty bundle dir; with docker true its image is the minimal moat-sandbox:latest
+ * unless extra says otherwise. Returns false (after printing its log) on failure. */
 bool moatd_start(moatd_proc *p, bool docker, const char *const *extra);
 /* moatd_start with another moatd binary (an installed one) instead of the build's. */
 bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *const *extra);
@@ -88,6 +89,9 @@ uint32_t raw_call(raw_conn *c, const char *method, uint64_t deadline_ms,
 int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
               const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, char *reason,
               size_t reason_len);
+
+/* The first MiB of a file as a NUL-terminated string (free it); "" when it cannot be read. */
+char *slurp_file(const char *path);
 
 /* A free loopback TCP port. */
 int free_port(void);

@@ -19,7 +19,8 @@ static void test_defaults(void **state)
     moat_server_config_defaults(&c);
     assert_string_equal(c.listen, "127.0.0.1:7070");
     assert_string_equal(c.docker_host, "/var/run/docker.sock");
-    assert_string_equal(c.image, "moat-sandbox:latest");
+    assert_string_equal(c.image, "moat-sandbox-debian:latest");
+    assert_string_equal(c.allowed_images, "moat-sandbox-debian:latest,moat-sandbox:latest");
     assert_string_equal(c.state_dir, "/var/lib/moat");
     assert_string_equal(c.metrics_listen, "127.0.0.1:7071");
     assert_string_equal(c.token, "");
@@ -299,6 +300,50 @@ static void test_finish_rules(void **state)
     assert_int_equal(finish_with("image", "", NULL, NULL, err, sizeof(err)), MOAT_E_INVAL);
 }
 
+static void test_allowed_images(void **state)
+{
+    (void)state;
+    const char *list[MOAT_SERVER_MAX_IMAGES];
+    size_t n = 99;
+    char *buf = NULL;
+    /* The default: both images scripts/build-sandbox-image.sh makes. */
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    assert_int_equal(moat_server_split_images(c.allowed_images, list, &n, &buf), MOAT_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(list[0], "moat-sandbox-debian:latest");
+    assert_string_equal(list[1], "moat-sandbox:latest");
+    free(buf);
+    /* From a file: commas, spaces and tabs separate; empty entries are none. */
+    char err[256] = "";
+    assert_int_equal(moat_server_config_parse(&c, "allowed_images = a:1, b:2\t,,c@sha256:00 ,\n",
+                                              err, sizeof(err)),
+                     MOAT_OK);
+    assert_int_equal(moat_server_split_images(c.allowed_images, list, &n, &buf), MOAT_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(list[0], "a:1");
+    assert_string_equal(list[1], "b:2");
+    assert_string_equal(list[2], "c@sha256:00");
+    free(buf);
+    /* Empty: only image. */
+    assert_int_equal(moat_server_config_set(&c, "allowed_images", "", err, sizeof(err)), MOAT_OK);
+    assert_int_equal(moat_server_split_images(c.allowed_images, list, &n, &buf), MOAT_OK);
+    assert_int_equal(n, 0);
+    free(buf);
+    moat_server_config_free(&c);
+    /* More than the list holds is refused at config, not cut short. */
+    char many[MOAT_SERVER_MAX_IMAGES * 8 + 16] = "";
+    for (int i = 0; i <= MOAT_SERVER_MAX_IMAGES; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "i%d:1,", i);
+    assert_int_equal(moat_server_split_images(many, list, &n, &buf), MOAT_E_TOO_BIG);
+    free(buf);
+    assert_int_equal(finish_with("allowed_images", many, NULL, NULL, err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_non_null(strstr(err, "allowed_images"));
+    many[strlen(many) - strlen("i64:1,")] = '\0';
+    assert_int_equal(finish_with("allowed_images", many, NULL, NULL, err, sizeof(err)), MOAT_OK);
+}
+
 static void test_loopback_and_hostport(void **state)
 {
     (void)state;
@@ -354,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_instance_from_file_env_and_flag),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_finish_rules),
+        cmocka_unit_test(test_allowed_images),
         cmocka_unit_test(test_loopback_and_hostport),
         cmocka_unit_test(test_token_equal),
     };

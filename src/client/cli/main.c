@@ -17,7 +17,7 @@
 
 static const char *usage_text =
     "usage: moat [--addr HOST:PORT|unix:PATH] COMMAND ...\n"
-    "  create --chat UUID [--ttl SECONDS] [--new] [--json]\n"
+    "  create --chat UUID [--ttl SECONDS] [--image IMAGE] [--new] [--json]\n"
     "  ls [--chat UUID] [--json]\n"
     "  get SESSION [--json]\n"
     "  renew SESSION --ttl SECONDS\n"
@@ -194,9 +194,10 @@ static int session_reply(moat_err err, const moat_session *s, const moat_status 
     return err == MOAT_OK ? session_print(s, json) : report(st);
 }
 
-static int cmd_create(cli *c, const char *chat, uint32_t ttl, bool force_new)
+static int cmd_create(cli *c, const char *chat, uint32_t ttl, const char *image, bool force_new)
 {
-    moat_session_create_req r = {.chat_id = chat, .ttl_seconds = ttl, .force_new = force_new};
+    moat_session_create_req r = {
+        .chat_id = chat, .ttl_seconds = ttl, .image = image, .force_new = force_new};
     moat_session s;
     moat_status st;
     moat_err err = moat_session_create(c->client, &r, CALL_DEADLINE_MS, &s, &st);
@@ -541,6 +542,7 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"chat", required_argument, NULL, 'c'},
         {"ttl", required_argument, NULL, 't'},
+        {"image", required_argument, NULL, 'i'}, /* create's; empty: the server's default */
         {"new", no_argument, NULL, 'n'},
         {"json", no_argument, NULL, 'j'},
         {"cwd", required_argument, NULL, 'd'},
@@ -549,7 +551,7 @@ int main(int argc, char **argv)
         {"addr", required_argument, NULL, 'a'},
         {NULL, 0, NULL, 0},
     };
-    const char *chat = NULL, *cwd = NULL;
+    const char *chat = NULL, *cwd = NULL, *image = NULL;
     uint64_t ttl = 0, timeout_ms = 0;
     bool force_new = false, json = false, have_ttl = false;
     moat_kv env[MAX_ENV];
@@ -570,6 +572,9 @@ int main(int argc, char **argv)
             break;
         case 'n':
             force_new = true;
+            break;
+        case 'i':
+            image = optarg;
             break;
         case 'j':
             json = true;
@@ -622,7 +627,7 @@ int main(int argc, char **argv)
     c.max_frame = moat_client_get_limits(c.client)->max_frame_size;
     int rc;
     if (strcmp(cmd, "create") == 0)
-        rc = cmd_create(&c, chat, (uint32_t)ttl, force_new);
+        rc = cmd_create(&c, chat, (uint32_t)ttl, image, force_new);
     else if (strcmp(cmd, "ls") == 0)
         rc = cmd_ls(&c, chat);
     else if (strcmp(cmd, "get") == 0)
