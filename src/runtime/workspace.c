@@ -138,7 +138,8 @@ static bool loop_backs(const char *path, const struct stat *image, int *fd_out)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return false;
-    struct loop_info64 info;
+    /* Zeroed first: valgrind does not know this ioctl writes the struct. */
+    struct loop_info64 info = {0};
     bool ours = ioctl(fd, LOOP_GET_STATUS64, &info) == 0 && backs(&info, image);
     if (ours && fd_out != NULL)
         *fd_out = fd;
