@@ -15,8 +15,6 @@
 #include "moat/v1/sandbox.pb-c.h"
 #include "server_internal.h"
 
-static srv *S; /* the one server of this process (for the runtime's hooks) */
-
 /* ------------------------------------------------------------ session cache */
 
 /* Sessions known to be running, so a command does not need a Docker round
@@ -122,8 +120,6 @@ typedef struct call_counts {
     call_count *b[CACHE_BUCKETS];
 } call_counts;
 
-static moat_log_limit calls_refused_log = MOAT_LOG_LIMIT_INIT;
-
 /* Counts one more call to session id for st; false (the call ended
  * RESOURCE_EXHAUSTED) at the limit. */
 static bool calls_acquire(stream *st, const char *id)
@@ -138,7 +134,7 @@ static bool calls_acquire(stream *st, const char *id)
     while (e != NULL && strcmp(e->id, id) != 0)
         e = e->next;
     if (e != NULL && e->n >= st->s->cfg.max_calls_per_session) {
-        moat_log_limited(&calls_refused_log, MOAT_LOG_WARN, "calls_refused",
+        moat_log_limited(&st->s->logs.calls_refused, MOAT_LOG_WARN, "calls_refused",
                          "session_id=%s peer=%s limit=%u", id, st->c != NULL ? st->c->peer : "-",
                          st->s->cfg.max_calls_per_session);
         moat_status status;
@@ -200,50 +196,45 @@ void moat__handlers_stream_gone(stream *st)
     free(e);
 }
 
-/* Sessions the reaper ended, handed from its thread to the loop. */
-static pthread_mutex_t gone_mu = PTHREAD_MUTEX_INITIALIZER;
-#define GONE_MAX 4096
-static char gone_ids[GONE_MAX][MOAT_UUID_STR_LEN];
-static size_t gone_count;
-static bool gone_overflow;
-
 static void on_gone_async(uv_async_t *a)
 {
     srv *s = a->data;
-    pthread_mutex_lock(&gone_mu);
-    if (gone_overflow) {
+    gone_queue *q = s->gone;
+    pthread_mutex_lock(&q->mu);
+    if (q->overflow) {
         cache_free(s);
         s->sessions = calloc(1, sizeof(cache));
     } else {
-        for (size_t i = 0; i < gone_count; i++) {
-            cache_drop(s, gone_ids[i]);
-            moat_bridge_drop_scope(s->bridge, gone_ids[i]);
+        for (size_t i = 0; i < q->count; i++) {
+            cache_drop(s, q->ids[i]);
+            moat_bridge_drop_scope(s->bridge, q->ids[i]);
         }
     }
-    gone_count = 0;
-    gone_overflow = false;
-    pthread_mutex_unlock(&gone_mu);
+    q->count = 0;
+    q->overflow = false;
+    pthread_mutex_unlock(&q->mu);
 }
 
+/* The runtime's hook, on its threads. */
 static void rt_session_event(void *ctx, const char *event, const char *session_id, moat_code code,
                              uint64_t duration_ns)
 {
-    (void)ctx;
     (void)duration_ns;
     (void)code;
+    srv *s = ctx;
     if (strcmp(event, "expired") == 0 || strcmp(event, "gone") == 0 ||
         strcmp(event, "adopted") == 0)
-        moat__metrics_reaper(event);
+        moat__metrics_reaper(s->metrics, event);
     if (strcmp(event, "expired") == 0 || strcmp(event, "gone") == 0) {
-        moat__metrics_session_delta(-1);
-        pthread_mutex_lock(&gone_mu);
-        if (gone_count < GONE_MAX)
-            snprintf(gone_ids[gone_count++], MOAT_UUID_STR_LEN, "%s", session_id);
+        moat__metrics_session_delta(s->metrics, -1);
+        gone_queue *q = s->gone;
+        pthread_mutex_lock(&q->mu);
+        if (q->count < GONE_MAX)
+            snprintf(q->ids[q->count++], MOAT_UUID_STR_LEN, "%s", session_id);
         else
-            gone_overflow = true;
-        pthread_mutex_unlock(&gone_mu);
-        if (S != NULL)
-            uv_async_send(&S->gone_async);
+            q->overflow = true;
+        pthread_mutex_unlock(&q->mu);
+        uv_async_send(&s->gone_async);
     }
 }
 
@@ -570,8 +561,6 @@ static void create_run(job *j)
                                   &j->status);
 }
 
-static moat_log_limit create_failed_log = MOAT_LOG_LIMIT_INIT;
-
 static void create_done(job *j)
 {
     srv *s = j->s;
@@ -579,8 +568,8 @@ static void create_done(job *j)
     if (j->code == MOAT_CODE_OK) {
         cache_put(s, &j->one);
         if (j->count == 0) {
-            moat__metrics_create_latency(moat_time_mono_ns() - j->t0);
-            moat__metrics_session_delta(1);
+            moat__metrics_create_latency(s->metrics, moat_time_mono_ns() - j->t0);
+            moat__metrics_session_delta(s->metrics, 1);
             moat_log(MOAT_LOG_INFO, "session_created", "session_id=%s chat_id=%s duration_ms=%llu",
                      j->one.session_id, j->chat,
                      (unsigned long long)((moat_time_mono_ns() - j->t0) / 1000000u));
@@ -588,7 +577,7 @@ static void create_done(job *j)
         if (running(j->st))
             reply_session(j->st, &j->one);
     } else {
-        moat_log_limited(&create_failed_log, MOAT_LOG_WARN, "session_create_failed",
+        moat_log_limited(&s->logs.create_failed, MOAT_LOG_WARN, "session_create_failed",
                          "chat_id=%s code=%s reason=%s msg=\"%s\"", j->chat,
                          moat_code_name(j->status.code), j->status.reason, j->status.message);
         if (j->status.code == MOAT_CODE_OK)
@@ -614,8 +603,6 @@ static void create_done(job *j)
     free(w);
 }
 
-static moat_log_limit ttl_refused_log = MOAT_LOG_LIMIT_INIT;
-
 /* A ttl past max_ttl_seconds is refused rather than clamped: the client learns
  * at once that its session would not live as long as it asked. */
 static bool ttl_ok(stream *st, uint32_t ttl_seconds)
@@ -623,7 +610,7 @@ static bool ttl_ok(stream *st, uint32_t ttl_seconds)
     uint32_t max = st->s->cfg.max_ttl_seconds;
     if (ttl_seconds <= max)
         return true;
-    moat_log_limited(&ttl_refused_log, MOAT_LOG_INFO, "ttl_refused",
+    moat_log_limited(&st->s->logs.ttl_refused, MOAT_LOG_INFO, "ttl_refused",
                      "peer=%s ttl_seconds=%u max=%u", st->c != NULL ? st->c->peer : "-",
                      ttl_seconds, max);
     moat_status status;
@@ -688,7 +675,7 @@ static void list_done(job *j)
         fail_status(j->st, &j->status);
         return;
     }
-    moat__metrics_sessions_set((int64_t)j->count);
+    moat__metrics_sessions_set(j->s->metrics, (int64_t)j->count);
     size_t n = 0;
     Moat__V1__SandboxSession *items = calloc(j->count + 1, sizeof(*items));
     Moat__V1__SandboxSession **ptrs = calloc(j->count + 1, sizeof(*ptrs));
@@ -748,7 +735,7 @@ static void stop_done(job *j)
     /* Its retained replay can no longer be wanted: memory goes back now. */
     moat_bridge_drop_scope(j->s->bridge, j->id);
     if (j->flag) {
-        moat__metrics_session_delta(-1);
+        moat__metrics_session_delta(j->s->metrics, -1);
         moat_log(MOAT_LOG_INFO, "session_stopped", "session_id=%s", j->id);
     }
     Moat__V1__StopSessionResponse resp = MOAT__V1__STOP_SESSION_RESPONSE__INIT;
@@ -771,7 +758,7 @@ static void health_check(stream *st)
                       : MOAT__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
     resp.server_version = (char *)"moatd/" MOAT_VERSION;
     resp.docker_reachable = up;
-    int64_t live = moat__metrics_sessions();
+    int64_t live = moat__metrics_sessions(st->s->metrics);
     resp.live_sessions = live > 0 ? (uint32_t)live : 0;
     moat_rpc_call_reply(st->call, &resp.base);
 }
@@ -857,16 +844,22 @@ static void exec_ctx_free(exec_ctx *x)
     free(x);
 }
 
+/* An interrupt of an abandoned command, in flight. */
+typedef struct abandoned_interrupt {
+    srv *s;
+    char execution_id[];
+} abandoned_interrupt;
+
 static void interrupt_done(void *ud, const moat_status *st)
 {
-    char *id = ud;
+    abandoned_interrupt *ai = ud;
     moat_log(st->code == MOAT_CODE_OK ? MOAT_LOG_DEBUG : MOAT_LOG_WARN, "interrupt",
-             "execution_id=%s code=%s msg=\"%s\"", id, moat_code_name(st->code), st->message);
-    free(id);
+             "execution_id=%s code=%s msg=\"%s\"", ai->execution_id, moat_code_name(st->code),
+             st->message);
     /* A drain waits for interrupts in flight, so a cancelled command is
      * really stopped before moatd exits. */
-    if (S != NULL)
-        moat__srv_job(S, -1);
+    moat__srv_job(ai->s, -1);
+    free(ai);
 }
 
 /* Interrupts the command and lets go of its stream (it stays attachable). */
@@ -875,13 +868,15 @@ static void exec_abandon(exec_ctx *x)
     const char *eid = moat_bridge_exec_id(x->ex);
     session_addr addr = {x->sock, x->token};
     moat_bridge_endpoint ep = endpoint(x->session_id, &addr);
-    char *copy = strdup(eid);
+    abandoned_interrupt *ai = malloc(sizeof(*ai) + strlen(eid) + 1);
     moat_status st;
-    if (copy != NULL) {
-        if (moat_bridge_interrupt(x->bridge, &ep, eid, interrupt_done, copy, &st) == MOAT_OK)
-            moat__srv_job(x->st->s, 1);
+    if (ai != NULL) {
+        ai->s = x->st->s;
+        strcpy(ai->execution_id, eid);
+        if (moat_bridge_interrupt(x->bridge, &ep, eid, interrupt_done, ai, &st) == MOAT_OK)
+            moat__srv_job(ai->s, 1);
         else
-            free(copy);
+            free(ai);
     }
     moat_bridge_exec_detach(x->ex);
     exec_ctx_free(x);
@@ -1032,14 +1027,12 @@ static void exec_on_cancel(moat_rpc_call *call, moat_code code, void *arg)
     moat_bridge_exec_credit(x->ex, MOAT_BRIDGE_MAX_EVENT_COST);
 }
 
-static moat_log_limit budget_refused_log = MOAT_LOG_LIMIT_INIT;
-
 static void log_budget_refusal(stream *st, const moat_status *status)
 {
     if (strcmp(status->reason, "memory_budget_exhausted") != 0)
         return;
     const moat_bridge_budget *bg = &st->s->budget;
-    moat_log_limited(&budget_refused_log, MOAT_LOG_WARN, "memory_budget_refused",
+    moat_log_limited(&st->s->logs.budget_refused, MOAT_LOG_WARN, "memory_budget_refused",
                      "peer=%s used=%zu pinned=%zu cap=%zu conn_pinned=%zu conn_limit=%zu",
                      st->c != NULL ? st->c->peer : "-", bg->used, bg->pinned, bg->cap,
                      st->c != NULL ? st->c->account.pinned : 0,
@@ -1777,14 +1770,14 @@ static void reconcile_done(job *j)
                  moat_code_name(j->status.code), j->status.message);
         return;
     }
-    moat__metrics_sessions_set((int64_t)j->count);
+    moat__metrics_sessions_set(j->s->metrics, (int64_t)j->count);
     moat_log(MOAT_LOG_INFO, "reconciled", "adopted=%zu reaped=%lld gone=%lld", j->count,
              (long long)j->when_ms, (long long)j->ttl_ms);
 }
 
 /* The runtime's view of moatd's configuration. Strings point into c and into
  * the returned buffer (free it), which holds the split allowed_images. */
-static char *runtime_config(const moat_server_config *c, moat_runtime_config *out,
+static char *runtime_config(const moat_server_config *c, srv *ctx, moat_runtime_config *out,
                             const char *list[64])
 {
     moat_runtime_config rc;
@@ -1823,6 +1816,7 @@ static char *runtime_config(const moat_server_config *c, moat_runtime_config *ou
     rc.workspace_size_bytes = (int64_t)c->workspace_size_bytes;
     rc.workspace_inodes = c->workspace_inodes;
     rc.metrics.session_event = rt_session_event;
+    rc.metrics.ctx = ctx;
     /* allowed_images: a comma-separated list, split into a local copy. */
     char *imgs = strdup(c->allowed_images);
     size_t n = 0;
@@ -1838,11 +1832,11 @@ static char *runtime_config(const moat_server_config *c, moat_runtime_config *ou
     return imgs;
 }
 
-moat_code moat__check_runtime(const moat_server_config *c, moat_status *st)
+moat_code moat_server_check_runtime(const moat_server_config *c, moat_status *st)
 {
     moat_runtime_config rc;
     const char *list[64];
-    char *imgs = runtime_config(c, &rc, list);
+    char *imgs = runtime_config(c, NULL, &rc, list);
     /* moatd creates these at start; their absence is not an error yet. */
     struct stat sb;
     if (stat(rc.dependencies_host_path, &sb) != 0)
@@ -1855,12 +1849,35 @@ moat_code moat__check_runtime(const moat_server_config *c, moat_status *st)
     return code;
 }
 
+static void gone_free(srv *s)
+{
+    if (s->gone == NULL)
+        return;
+    pthread_mutex_destroy(&s->gone->mu);
+    free(s->gone);
+    s->gone = NULL;
+}
+
+/* What handlers_init made, apart from the runtime and the bridge. */
+static void tables_free(srv *s)
+{
+    calls_free(s);
+    cache_free(s);
+    gone_free(s);
+}
+
 moat_err moat__handlers_init(srv *s)
 {
-    S = s;
     s->sessions = calloc(1, sizeof(cache));
-    if (s->sessions == NULL)
+    s->call_counts = calloc(1, sizeof(call_counts));
+    s->gone = calloc(1, sizeof(gone_queue));
+    if (s->sessions == NULL || s->call_counts == NULL || s->gone == NULL) {
+        free(s->gone);
+        s->gone = NULL;
+        tables_free(s);
         return MOAT_E_NOMEM;
+    }
+    pthread_mutex_init(&s->gone->mu, NULL);
     const moat_server_config *c = &s->cfg;
     /* The default layout under state_dir is ours to create; the runtime
      * insists the read-only mount sources exist. */
@@ -1873,7 +1890,7 @@ moat_err moat__handlers_init(srv *s)
     }
     moat_runtime_config rc;
     const char *list[64];
-    char *imgs = runtime_config(c, &rc, list);
+    char *imgs = runtime_config(c, s, &rc, list);
     moat_status st;
     moat_status_clear(&st);
     s->rt = moat_runtime_open(&rc, &st);
@@ -1882,14 +1899,8 @@ moat_err moat__handlers_init(srv *s)
         moat_log(MOAT_LOG_ERROR, "runtime_open_failed", "code=%s reason=%s msg=\"%s\"",
                  moat_code_name(st.code), st.reason, st.message);
         fprintf(stderr, "moatd: %s\n", st.message);
-        cache_free(s);
+        tables_free(s);
         return MOAT_E_INVAL;
-    }
-    s->call_counts = calloc(1, sizeof(call_counts));
-    if (s->call_counts == NULL) {
-        moat_runtime_close(s->rt);
-        cache_free(s);
-        return MOAT_E_NOMEM;
     }
     moat_bridge_config bc;
     moat_bridge_config_default(&bc);
@@ -1900,9 +1911,10 @@ moat_err moat__handlers_init(srv *s)
         moat_log(MOAT_LOG_ERROR, "bridge_init_failed", "%s", "");
         if (s->bridge != NULL)
             moat_bridge_free(s->bridge);
+        s->bridge = NULL;
         moat_runtime_close(s->rt);
-        calls_free(s);
-        cache_free(s);
+        s->rt = NULL;
+        tables_free(s);
         return MOAT_E_IO;
     }
     uv_async_init(s->loop, &s->gone_async, on_gone_async);
@@ -1928,8 +1940,6 @@ void moat__handlers_close(srv *s)
         moat_runtime_close(s->rt);
     }
     s->rt = NULL;
-    S = NULL;
     uv_close((uv_handle_t *)&s->gone_async, NULL);
-    calls_free(s);
-    cache_free(s);
+    tables_free(s);
 }

@@ -1,4 +1,4 @@
-/* moat server: moatd's configuration and its server object.
+/* moat server: moatd's configuration and its server handle.
  *
  * Configuration comes from, in increasing precedence: built-in defaults, one
  * file of `key = value` lines (docs/CONFIG.md lists every key), environment
@@ -111,8 +111,6 @@ bool moat_server_is_loopback(const char *hostport);
 moat_err moat_server_split_hostport(const char *hostport, char *host, size_t hostlen,
                                     uint16_t *port);
 
-/* Constant-time comparison of a presented token with the configured one: the
- * time taken depends only on the configured token's length. */
 /* sandbox_user, parsed. */
 typedef struct moat_sandbox_user {
     bool root;
@@ -121,12 +119,51 @@ typedef struct moat_sandbox_user {
 /* "root", or "UID:GID" with both decimal, above 0 and below 2^32-1; MOAT_E_INVAL otherwise. */
 moat_err moat_server_parse_sandbox_user(const char *text, moat_sandbox_user *out);
 
+/* Constant-time comparison of a presented token with the configured one: the
+ * time taken depends only on the configured token's length. */
 bool moat_server_token_equal(const uint8_t *given, size_t given_len, const char *want);
 
-/* Runs moatd until it has drained after SIGTERM/SIGINT. argv is kept for
- * SIGHUP reloads (file, env and flags are re-applied). Returns the process
- * exit status. */
-int moat_server_main(int argc, char **argv);
+/* Checks the runtime part of cfg (paths, limits, images) without touching Docker, as
+ * --check-config does. */
+moat_code moat_server_check_runtime(const moat_server_config *cfg, moat_status *st);
+
+/* ---- the server ------------------------------------------------------------------------------
+ *
+ * A server is a handle with its own event loop; the caller owns it:
+ *
+ *   moat_server_init(&s, &cfg)        takes cfg over, opens the runtime and the bridge
+ *   moat_server_handle_signals(s, …)  optional: SIGTERM/SIGINT drain, SIGHUP reloads
+ *   moat_server_listen(s)             binds the configured listeners and the metrics endpoint
+ *   moat_server_run(s)                serves until it has drained after a close or a signal
+ *   moat_server_free(s)               once run has returned
+ *
+ * Every function but moat_server_close must be called on the thread that runs the server. */
+typedef struct moat_server moat_server;
+
+/* Called once, on the loop thread, when the server has drained: no connection and no job left.
+ * moat_server_run returns soon after. */
+typedef void (*moat_server_close_cb)(moat_server *s, void *ud);
+/* Fills *next with the configuration to reload on SIGHUP (the server frees it). Returns false,
+ * keeping the current one, when it is not valid. */
+typedef bool (*moat_server_reload_fn)(moat_server_config *next, void *ud);
+
+/* Takes cfg over (its strings become the server's and *cfg is zeroed) and opens the Docker
+ * runtime and the bridge. On failure returns an error, logs why and frees cfg's strings. */
+moat_err moat_server_init(moat_server **out, moat_server_config *cfg);
+/* SIGTERM and SIGINT start the drain; SIGHUP calls reload and applies what may change under a
+ * running server. Attach before listening: a signal sent as soon as a client can connect must
+ * drain, not kill. */
+moat_err moat_server_handle_signals(moat_server *s, moat_server_reload_fn reload, void *ud);
+/* Binds the TCP and Unix listeners and the metrics endpoint of the configuration. On failure
+ * logs why and returns MOAT_E_IO; close, run and free the server then. */
+moat_err moat_server_listen(moat_server *s);
+/* Runs the loop until the server has drained and closed. Returns 0, or 1 after a failed listen. */
+int moat_server_run(moat_server *s);
+/* Starts the graceful drain (GoAway, calls finish, drain_grace_seconds at most); cb (may be NULL)
+ * runs once it is over. Safe from any thread; later calls do nothing. */
+void moat_server_close(moat_server *s, moat_server_close_cb cb, void *ud);
+/* Frees a server whose run has returned, or one never run. */
+void moat_server_free(moat_server *s);
 
 #ifdef __cplusplus
 }
