@@ -2,12 +2,10 @@
  * libuv's thread pool), Exec and Files through the bridge (on the loop). They
  * translate between protobuf-c messages and the modules' C structs; the
  * decisions belong to the runtime and the bridge. */
-#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
@@ -524,7 +522,7 @@ static void create_run(job *j)
     srv *s = j->s;
     moat_session *all = NULL;
     size_t n = 0;
-    if (moat_runtime_list_active(s->rt, &all, &n, &j->status) != MOAT_CODE_OK) {
+    if (s->rt_ops->list_active(s->rt, &all, &n, &j->status) != MOAT_CODE_OK) {
         j->code = j->status.code;
         return;
     }
@@ -557,8 +555,8 @@ static void create_run(job *j)
     moat_uuid_generate(id);
     int64_t now = moat_time_now_ms();
     moat_status_clear(&j->status);
-    j->code = moat_runtime_create(s->rt, id, j->chat, now, now + j->ttl_ms, &j->opts, &j->one,
-                                  &j->status);
+    j->code =
+        s->rt_ops->create(s->rt, id, j->chat, now, now + j->ttl_ms, &j->opts, &j->one, &j->status);
 }
 
 static void create_done(job *j)
@@ -647,7 +645,7 @@ static void handle_create(stream *st, const Moat__V1__CreateSessionRequest *req)
 
 static void get_run(job *j)
 {
-    j->code = moat_runtime_get(j->s->rt, j->id, &j->one, &j->status);
+    j->code = j->s->rt_ops->get(j->s->rt, j->id, &j->one, &j->status);
 }
 
 static void get_done(job *j)
@@ -666,7 +664,7 @@ static void get_done(job *j)
 
 static void list_run(job *j)
 {
-    j->code = moat_runtime_list_active(j->s->rt, &j->many, &j->count, &j->status);
+    j->code = j->s->rt_ops->list_active(j->s->rt, &j->many, &j->count, &j->status);
 }
 
 static void list_done(job *j)
@@ -708,20 +706,20 @@ static void list_done(job *j)
 static void renew_run(job *j)
 {
     int64_t at = moat_time_now_ms() + j->ttl_ms;
-    j->code = moat_runtime_renew(j->s->rt, j->id, at, &j->one, &j->status);
+    j->code = j->s->rt_ops->renew(j->s->rt, j->id, at, &j->one, &j->status);
 }
 
 static void stop_run(job *j)
 {
     moat_session cur;
-    j->code = moat_runtime_get(j->s->rt, j->id, &cur, &j->status);
+    j->code = j->s->rt_ops->get(j->s->rt, j->id, &cur, &j->status);
     if (j->code != MOAT_CODE_OK)
         return;
     if (cur.state != MOAT_SESSION_RUNNING) {
         j->flag = false;
         return;
     }
-    j->code = moat_runtime_stop(j->s->rt, j->id, &j->status);
+    j->code = j->s->rt_ops->stop(j->s->rt, j->id, &j->status);
     j->flag = j->code == MOAT_CODE_OK;
 }
 
@@ -767,7 +765,7 @@ static void health_check(stream *st)
 
 static void lookup_run(job *j)
 {
-    j->code = moat_runtime_get(j->s->rt, j->id, &j->one, &j->status);
+    j->code = j->s->rt_ops->get(j->s->rt, j->id, &j->one, &j->status);
 }
 
 static void lookup_done(job *j)
@@ -1731,25 +1729,10 @@ void moat__dispatch(stream *st, const ProtobufCMessage *req)
 
 /* ------------------------------------------------------------ start and stop */
 
-static int mkdir_p(const char *path)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    }
-    return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
-
 static void reconcile_run(job *j)
 {
     moat_reconcile_report rep = {0};
-    j->code = moat_runtime_reconcile(j->s->rt, moat_time_now_ms(), &rep, &j->status);
+    j->code = j->s->rt_ops->reconcile(j->s->rt, moat_time_now_ms(), &rep, &j->status);
     j->count = rep.adopted;
     j->when_ms = (int64_t)rep.reaped;
     j->ttl_ms = (int64_t)rep.gone;
@@ -1757,9 +1740,9 @@ static void reconcile_run(job *j)
      * engine answers, and the watcher's stream tells it when an engine restart stopped the
      * sandboxes while moatd keeps running. */
     moat_status st2;
-    if (moat_runtime_start_reaper(j->s->rt, &st2) != MOAT_CODE_OK)
+    if (j->s->rt_ops->start_reaper(j->s->rt, &st2) != MOAT_CODE_OK)
         moat_log(MOAT_LOG_WARN, "reaper_not_started", "msg=\"%s\"", st2.message);
-    if (moat_runtime_start_watcher(j->s->rt, &st2) != MOAT_CODE_OK)
+    if (j->s->rt_ops->start_watcher(j->s->rt, &st2) != MOAT_CODE_OK)
         moat_log(MOAT_LOG_WARN, "watcher_not_started", "msg=\"%s\"", st2.message);
 }
 
@@ -1773,80 +1756,6 @@ static void reconcile_done(job *j)
     moat__metrics_sessions_set(j->s->metrics, (int64_t)j->count);
     moat_log(MOAT_LOG_INFO, "reconciled", "adopted=%zu reaped=%lld gone=%lld", j->count,
              (long long)j->when_ms, (long long)j->ttl_ms);
-}
-
-/* The runtime's view of moatd's configuration. Strings point into c and into
- * the returned buffer (free it), which holds the split allowed_images. */
-static char *runtime_config(const moat_server_config *c, srv *ctx, moat_runtime_config *out,
-                            const char *list[64])
-{
-    moat_runtime_config rc;
-    moat_runtime_config_defaults(&rc);
-    rc.image = c->image;
-    rc.ttl_seconds = c->ttl_seconds;
-    rc.cleanup_interval_seconds = c->cleanup_interval_seconds;
-    rc.chats_root = c->chats_root;
-    rc.dependencies_host_path = c->dependencies_host_path;
-    rc.lambda_tools_host_path = c->lambda_tools_host_path;
-    rc.chat_mount_path = c->chat_mount_path;
-    rc.dependencies_mount_path = c->dependencies_mount_path;
-    rc.lambda_tools_mount_path = c->lambda_tools_mount_path;
-    rc.docker_host = c->docker_host;
-    rc.docker_tls_cert = c->docker_tls_cert[0] ? c->docker_tls_cert : NULL;
-    rc.docker_tls_key = c->docker_tls_key[0] ? c->docker_tls_key : NULL;
-    rc.docker_tls_ca = c->docker_tls_ca[0] ? c->docker_tls_ca : NULL;
-    rc.docker_timeout_ms = (long)c->docker_timeout_ms;
-    rc.state_dir = c->state_dir;
-    rc.execd_bundle_dir = c->execd_bundle;
-    rc.store_path = c->store_path;
-    rc.container_name_prefix = c->container_name_prefix;
-    rc.instance = c->instance[0] != '\0' ? c->instance : NULL;
-    rc.runtime = c->runtime;
-    rc.readiness_timeout_ms = (long)c->readiness_timeout_ms;
-    moat_sandbox_user user;
-    if (moat_server_parse_sandbox_user(c->sandbox_user, &user) == MOAT_OK) {
-        rc.sandbox_user_root = user.root;
-        rc.sandbox_uid = user.uid;
-        rc.sandbox_gid = user.gid;
-    }
-    rc.read_only_rootfs = c->read_only_rootfs;
-    rc.tmpfs_size_bytes = (int64_t)c->tmpfs_size_bytes;
-    rc.workspace_quota = c->workspace_quota;
-    rc.workspace_images_dir = c->workspace_images_dir[0] ? c->workspace_images_dir : NULL;
-    rc.workspace_size_bytes = (int64_t)c->workspace_size_bytes;
-    rc.workspace_inodes = c->workspace_inodes;
-    rc.metrics.session_event = rt_session_event;
-    rc.metrics.ctx = ctx;
-    /* allowed_images: a comma-separated list, split into a local copy. */
-    char *imgs = strdup(c->allowed_images);
-    size_t n = 0;
-    if (imgs != NULL) {
-        char *save = NULL;
-        for (char *t = strtok_r(imgs, ", ", &save); t != NULL && n < 64;
-             t = strtok_r(NULL, ", ", &save))
-            list[n++] = t;
-    }
-    rc.allowed_images = list;
-    rc.allowed_image_count = n;
-    *out = rc;
-    return imgs;
-}
-
-moat_code moat_server_check_runtime(const moat_server_config *c, moat_status *st)
-{
-    moat_runtime_config rc;
-    const char *list[64];
-    char *imgs = runtime_config(c, NULL, &rc, list);
-    /* moatd creates these at start; their absence is not an error yet. */
-    struct stat sb;
-    if (stat(rc.dependencies_host_path, &sb) != 0)
-        rc.dependencies_host_path = "/";
-    if (stat(rc.lambda_tools_host_path, &sb) != 0)
-        rc.lambda_tools_host_path = "/";
-    moat_status_clear(st);
-    moat_code code = moat_runtime_config_validate(&rc, st);
-    free(imgs);
-    return code;
 }
 
 static void gone_free(srv *s)
@@ -1879,22 +1788,12 @@ moat_err moat__handlers_init(srv *s)
     }
     pthread_mutex_init(&s->gone->mu, NULL);
     const moat_server_config *c = &s->cfg;
-    /* The default layout under state_dir is ours to create; the runtime
-     * insists the read-only mount sources exist. */
-    const char *dirs[] = {c->state_dir, c->chats_root, c->dependencies_host_path,
-                          c->lambda_tools_host_path};
-    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-        if (mkdir_p(dirs[i]) != 0)
-            moat_log(MOAT_LOG_WARN, "mkdir_failed", "path=%s error=\"%s\"", dirs[i],
-                     strerror(errno));
-    }
-    moat_runtime_config rc;
-    const char *list[64];
-    char *imgs = runtime_config(c, s, &rc, list);
+    moat_runtime_metrics hooks = {0};
+    hooks.ctx = s;
+    hooks.session_event = rt_session_event;
     moat_status st;
     moat_status_clear(&st);
-    s->rt = moat_runtime_open(&rc, &st);
-    free(imgs);
+    s->rt = s->rt_ops->open(c, &hooks, &st);
     if (s->rt == NULL) {
         moat_log(MOAT_LOG_ERROR, "runtime_open_failed", "code=%s reason=%s msg=\"%s\"",
                  moat_code_name(st.code), st.reason, st.message);
@@ -1912,7 +1811,7 @@ moat_err moat__handlers_init(srv *s)
         if (s->bridge != NULL)
             moat_bridge_free(s->bridge);
         s->bridge = NULL;
-        moat_runtime_close(s->rt);
+        s->rt_ops->close(s->rt);
         s->rt = NULL;
         tables_free(s);
         return MOAT_E_IO;
@@ -1935,10 +1834,8 @@ void moat__handlers_close(srv *s)
     if (s->bridge != NULL)
         moat_bridge_free(s->bridge);
     s->bridge = NULL;
-    if (s->rt != NULL) {
-        moat_runtime_stop_reaper(s->rt);
-        moat_runtime_close(s->rt);
-    }
+    if (s->rt != NULL)
+        s->rt_ops->close(s->rt);
     s->rt = NULL;
     uv_close((uv_handle_t *)&s->gone_async, NULL);
     tables_free(s);

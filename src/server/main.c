@@ -142,7 +142,7 @@ static void raise_nofile(void)
 static int serve(moat_server_config *cfg, cmdline *cl)
 {
     moat_server *s;
-    if (moat_server_init(&s, cfg) != MOAT_OK)
+    if (moat_server_init(&s, cfg, &moat_server_docker_runtime) != MOAT_OK)
         return 1;
     moat_server_handle_signals(s, reload, cl);
     if (moat_server_listen(s) != MOAT_OK)

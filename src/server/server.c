@@ -1209,7 +1209,8 @@ static int listen_all(srv *s)
     return 0;
 }
 
-moat_err moat_server_init(moat_server **out, moat_server_config *cfg)
+moat_err moat_server_init(moat_server **out, moat_server_config *cfg,
+                          const moat_server_runtime_ops *runtime)
 {
     *out = NULL;
     srv *s = calloc(1, sizeof(*s));
@@ -1219,6 +1220,7 @@ moat_err moat_server_init(moat_server **out, moat_server_config *cfg)
     }
     s->cfg = *cfg;
     memset(cfg, 0, sizeof(*cfg));
+    s->rt_ops = runtime != NULL ? runtime : &moat_server_docker_runtime;
     uint64_t seed = 0;
     if (getrandom(&seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
         seed = moat_time_mono_ns() ^ (uint64_t)getpid();

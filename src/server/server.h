@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/common.h"
+#include "runtime/runtime.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -123,6 +124,41 @@ moat_err moat_server_parse_sandbox_user(const char *text, moat_sandbox_user *out
  * time taken depends only on the configured token's length. */
 bool moat_server_token_equal(const uint8_t *given, size_t given_len, const char *want);
 
+/* ---- the runtime the server drives -------------------------------------------------------
+ *
+ * Everything the handlers ask of a sandbox runtime, so tests can put a fake in Docker's place.
+ * Every operation but open gets the pointer open returned. open and close run on the loop
+ * thread; the others on libuv's thread pool or the health probe's thread, so they must be
+ * thread-safe and may block. Sessions are returned by value; *list_active's array is malloc'd
+ * (the server frees it). The meaning of each operation is the moat_runtime_* function of the
+ * same name (runtime/runtime.h). */
+typedef struct moat_server_runtime_ops {
+    /* hooks carries the server's session_event hook (sessions the reaper ended), to be called
+     * on any thread. NULL with st set on failure. */
+    void *(*open)(const moat_server_config *cfg, const moat_runtime_metrics *hooks,
+                  moat_status *st);
+    /* Stops its threads and frees it; sandboxes keep running. */
+    void (*close)(void *rt);
+    moat_code (*create)(void *rt, const char *session_id, const char *chat_id,
+                        int64_t created_at_ms, int64_t expires_at_ms,
+                        const moat_session_options *opts, moat_session *out, moat_status *st);
+    moat_code (*get)(void *rt, const char *session_id, moat_session *out, moat_status *st);
+    moat_code (*list_active)(void *rt, moat_session **out, size_t *count, moat_status *st);
+    moat_code (*renew)(void *rt, const char *session_id, int64_t new_expires_at_ms,
+                       moat_session *out, moat_status *st);
+    moat_code (*stop)(void *rt, const char *session_id, moat_status *st);
+    moat_code (*reconcile)(void *rt, int64_t now_ms, moat_reconcile_report *report,
+                           moat_status *st);
+    /* The TTL reaper and the event watcher that keeps list_active's snapshot. */
+    moat_code (*start_reaper)(void *rt, moat_status *st);
+    moat_code (*start_watcher)(void *rt, moat_status *st);
+    /* Whether the engine answers now, within timeout_ms. */
+    moat_code (*ping)(void *rt, long timeout_ms, moat_status *st);
+} moat_server_runtime_ops;
+
+/* Sandboxes on the Docker engine of the configuration (runtime_docker.c). */
+extern const moat_server_runtime_ops moat_server_docker_runtime;
+
 /* Checks the runtime part of cfg (paths, limits, images) without touching Docker, as
  * --check-config does. */
 moat_code moat_server_check_runtime(const moat_server_config *cfg, moat_status *st);
@@ -131,7 +167,7 @@ moat_code moat_server_check_runtime(const moat_server_config *cfg, moat_status *
  *
  * A server is a handle with its own event loop; the caller owns it:
  *
- *   moat_server_init(&s, &cfg)        takes cfg over, opens the runtime and the bridge
+ *   moat_server_init(&s, &cfg, ops)   takes cfg over, opens the runtime and the bridge
  *   moat_server_handle_signals(s, …)  optional: SIGTERM/SIGINT drain, SIGHUP reloads
  *   moat_server_listen(s)             binds the configured listeners and the metrics endpoint
  *   moat_server_run(s)                serves until it has drained after a close or a signal
@@ -147,9 +183,11 @@ typedef void (*moat_server_close_cb)(moat_server *s, void *ud);
  * keeping the current one, when it is not valid. */
 typedef bool (*moat_server_reload_fn)(moat_server_config *next, void *ud);
 
-/* Takes cfg over (its strings become the server's and *cfg is zeroed) and opens the Docker
- * runtime and the bridge. On failure returns an error, logs why and frees cfg's strings. */
-moat_err moat_server_init(moat_server **out, moat_server_config *cfg);
+/* Takes cfg over (its strings become the server's and *cfg is zeroed) and opens the runtime
+ * (runtime: a static table; NULL = moat_server_docker_runtime) and the bridge. On failure
+ * returns an error, logs why and frees cfg's strings. */
+moat_err moat_server_init(moat_server **out, moat_server_config *cfg,
+                          const moat_server_runtime_ops *runtime);
 /* SIGTERM and SIGINT start the drain; SIGHUP calls reload and applies what may change under a
  * running server. Attach before listening: a signal sent as soon as a client can connect must
  * drain, not kill. */

@@ -174,7 +174,8 @@ struct moat_server {
     moat_metrics *metrics;
     conn *dirty;       /* connections with frames to flush at the end of this iteration */
     uint32_t inflight; /* thread-pool jobs not yet completed */
-    moat_runtime *rt;
+    const moat_server_runtime_ops *rt_ops;
+    void *rt; /* what rt_ops->open returned */
     moat_bridge *bridge;
     moat_health *health;
     void *engine_jobs;         /* thread-pool jobs of calls waiting on the engine, see handlers.c */
