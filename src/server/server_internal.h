@@ -50,7 +50,7 @@ struct stream {
     void *hctx;
     void (*on_credit)(stream *st, uint32_t increment);
     bool wants_credit;   /* call on_credit(st, 0) after the next write completes */
-    void *session_calls; /* the per-session call count it holds (handlers.c), or NULL */
+    void *session_calls; /* the per-session call count it holds (session_calls.c), or NULL */
     stream *next, *prev; /* in the connection's list */
 };
 
@@ -123,14 +123,8 @@ typedef struct srv_log_limits {
     moat_log_limit budget_refused; /* memory_budget_exhausted refusals */
 } srv_log_limits;
 
-/* Sessions the reaper ended, handed from its thread to the loop (handlers.c). */
-#define GONE_MAX 4096
-typedef struct gone_queue {
-    pthread_mutex_t mu;
-    char ids[GONE_MAX][MOAT_UUID_STR_LEN];
-    size_t count;
-    bool overflow; /* more than GONE_MAX: the loop drops its whole session cache */
-} gone_queue;
+/* Sessions the reaper ended, on their way from its thread to the loop (reaper_events.c). */
+typedef struct gone_queue gone_queue;
 
 #define READ_BUF_SIZE (64 * 1024)
 
@@ -178,12 +172,11 @@ struct moat_server {
     void *rt; /* what rt_ops->open returned */
     moat_bridge *bridge;
     moat_health *health;
-    void *engine_jobs;         /* thread-pool jobs of calls waiting on the engine, see handlers.c */
+    void *engine_jobs; /* thread-pool jobs of calls waiting on the engine, see engine_jobs.c */
     moat_bridge_budget budget; /* memory_budget_bytes over all output held */
     gone_queue *gone;          /* filled by the reaper's thread, emptied on the loop */
-    uv_async_t gone_async;     /* the reaper removed sessions: refresh the cache */
-    void *sessions;            /* session cache, see handlers.c */
-    void *call_counts;         /* open calls per session, see handlers.c */
+    void *sessions;            /* session cache, see session_cache.c */
+    void *call_counts;         /* open calls per session, see session_calls.c */
     uint32_t creates_inflight; /* CreateSession jobs that may add a session */
     void *create_waiters;
 };
