@@ -44,7 +44,7 @@ static void *probe_main(void *arg)
         pthread_mutex_unlock(&h->mu);
         moat_status st;
         moat_status_clear(&st);
-        bool up = moat_runtime_docker_ping(h->s->rt, timeout_ms, &st) == MOAT_CODE_OK;
+        bool up = h->s->rt_ops->ping(h->s->rt, timeout_ms, &st) == MOAT_CODE_OK;
         pthread_mutex_lock(&h->mu);
         if (!up)
             snprintf(h->why, sizeof(h->why), "%s", st.message);

@@ -1,4 +1,4 @@
-/* Prometheus text metrics on a loopback port, served by libmicrohttpd on its
+/* Prometheus text metrics of one server on a loopback port, served by libmicrohttpd on its
  * own thread with epoll or poll, never select: moatd holds thousands of descriptors, and
  * select cannot watch one numbered past FD_SETSIZE (1024). Counters are C11 atomics updated from
  * the loop and from the runtime's threads. */
@@ -13,129 +13,143 @@
 static const double create_buckets[] = {0.1, 0.25, 0.5, 1, 2, 5, 10, 30};
 #define NBUCKETS (sizeof(create_buckets) / sizeof(create_buckets[0]))
 
-static atomic_int_fast64_t connections;
-static atomic_int_fast64_t pending_hellos;
-static atomic_uint_fast64_t hello_failed, hello_throttled, hello_evicted, hello_timeout;
-static atomic_int_fast64_t active_streams;
-static atomic_uint_fast64_t bytes_streamed;
-static atomic_uint_fast64_t status_count[MOAT_CODE_COUNT];
-static atomic_int_fast64_t live_sessions;
-static atomic_uint_fast64_t create_bucket[NBUCKETS + 1];
-static atomic_uint_fast64_t create_sum_us;
-static atomic_uint_fast64_t create_count;
-static atomic_uint_fast64_t reaper_expired, reaper_gone, reaper_adopted;
-/* The memory budget, copied from the loop (which alone touches the budget). */
-static atomic_uint_fast64_t budget_cap, budget_used, budget_pinned, budget_peak, budget_dropped,
-    budget_refused;
-static struct MHD_Daemon *daemon_handle;
+struct moat_metrics {
+    atomic_int_fast64_t connections;
+    atomic_int_fast64_t pending_hellos;
+    atomic_uint_fast64_t hello_failed, hello_throttled, hello_evicted, hello_timeout;
+    atomic_int_fast64_t active_streams;
+    atomic_uint_fast64_t bytes_streamed;
+    atomic_uint_fast64_t status_count[MOAT_CODE_COUNT];
+    atomic_int_fast64_t live_sessions;
+    atomic_uint_fast64_t create_bucket[NBUCKETS + 1];
+    atomic_uint_fast64_t create_sum_us;
+    atomic_uint_fast64_t create_count;
+    atomic_uint_fast64_t reaper_expired, reaper_gone, reaper_adopted;
+    /* The memory budget, copied from the loop (which alone touches the budget). */
+    atomic_uint_fast64_t budget_cap, budget_used, budget_pinned, budget_peak, budget_dropped,
+        budget_refused;
+    struct MHD_Daemon *daemon;
+};
 
-void moat__metrics_init(void)
+moat_metrics *moat__metrics_new(void)
 {
-    atomic_store(&connections, 0);
-    atomic_store(&pending_hellos, 0);
-    atomic_store(&active_streams, 0);
+    moat_metrics *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return NULL;
+    atomic_init(&m->connections, 0);
+    atomic_init(&m->pending_hellos, 0);
+    atomic_init(&m->active_streams, 0);
+    return m;
 }
 
-void moat__metrics_conn(int delta)
+void moat__metrics_free(moat_metrics *m)
 {
-    atomic_fetch_add(&connections, delta);
+    if (m == NULL)
+        return;
+    moat__metrics_stop(m);
+    free(m);
 }
 
-void moat__metrics_pending_hello(int delta)
+void moat__metrics_conn(moat_metrics *m, int delta)
 {
-    atomic_fetch_add(&pending_hellos, delta);
+    atomic_fetch_add(&m->connections, delta);
 }
 
-void moat__metrics_hello_refused(const char *why)
+void moat__metrics_pending_hello(moat_metrics *m, int delta)
+{
+    atomic_fetch_add(&m->pending_hellos, delta);
+}
+
+void moat__metrics_hello_refused(moat_metrics *m, const char *why)
 {
     if (strcmp(why, "failed") == 0)
-        atomic_fetch_add(&hello_failed, 1);
+        atomic_fetch_add(&m->hello_failed, 1);
     else if (strcmp(why, "throttled") == 0)
-        atomic_fetch_add(&hello_throttled, 1);
+        atomic_fetch_add(&m->hello_throttled, 1);
     else if (strcmp(why, "evicted") == 0)
-        atomic_fetch_add(&hello_evicted, 1);
+        atomic_fetch_add(&m->hello_evicted, 1);
     else if (strcmp(why, "timeout") == 0)
-        atomic_fetch_add(&hello_timeout, 1);
+        atomic_fetch_add(&m->hello_timeout, 1);
 }
 
-void moat__metrics_stream(int delta)
+void moat__metrics_stream(moat_metrics *m, int delta)
 {
-    atomic_fetch_add(&active_streams, delta);
+    atomic_fetch_add(&m->active_streams, delta);
 }
 
-void moat__metrics_status(moat_code code)
+void moat__metrics_status(moat_metrics *m, moat_code code)
 {
     if ((unsigned)code < MOAT_CODE_COUNT)
-        atomic_fetch_add(&status_count[code], 1);
+        atomic_fetch_add(&m->status_count[code], 1);
 }
 
-void moat__metrics_bytes(uint64_t n)
+void moat__metrics_bytes(moat_metrics *m, uint64_t n)
 {
-    atomic_fetch_add(&bytes_streamed, n);
+    atomic_fetch_add(&m->bytes_streamed, n);
 }
 
-void moat__metrics_sessions_set(int64_t n)
+void moat__metrics_sessions_set(moat_metrics *m, int64_t n)
 {
-    atomic_store(&live_sessions, n);
+    atomic_store(&m->live_sessions, n);
 }
 
-void moat__metrics_session_delta(int delta)
+void moat__metrics_session_delta(moat_metrics *m, int delta)
 {
-    if (atomic_fetch_add(&live_sessions, delta) + delta < 0)
-        atomic_store(&live_sessions, 0);
+    if (atomic_fetch_add(&m->live_sessions, delta) + delta < 0)
+        atomic_store(&m->live_sessions, 0);
 }
 
-int64_t moat__metrics_sessions(void)
+int64_t moat__metrics_sessions(moat_metrics *m)
 {
-    return atomic_load(&live_sessions);
+    return atomic_load(&m->live_sessions);
 }
 
-void moat__metrics_create_latency(uint64_t ns)
+void moat__metrics_create_latency(moat_metrics *m, uint64_t ns)
 {
     double s = (double)ns / 1e9;
     size_t i = 0;
     while (i < NBUCKETS && s > create_buckets[i])
         i++;
-    atomic_fetch_add(&create_bucket[i], 1);
-    atomic_fetch_add(&create_sum_us, ns / 1000u);
-    atomic_fetch_add(&create_count, 1);
+    atomic_fetch_add(&m->create_bucket[i], 1);
+    atomic_fetch_add(&m->create_sum_us, ns / 1000u);
+    atomic_fetch_add(&m->create_count, 1);
 }
 
-void moat__metrics_reaper(const char *action)
+void moat__metrics_reaper(moat_metrics *m, const char *action)
 {
     if (strcmp(action, "expired") == 0)
-        atomic_fetch_add(&reaper_expired, 1);
+        atomic_fetch_add(&m->reaper_expired, 1);
     else if (strcmp(action, "gone") == 0)
-        atomic_fetch_add(&reaper_gone, 1);
+        atomic_fetch_add(&m->reaper_gone, 1);
     else if (strcmp(action, "adopted") == 0)
-        atomic_fetch_add(&reaper_adopted, 1);
+        atomic_fetch_add(&m->reaper_adopted, 1);
 }
 
-void moat__metrics_budget(const moat_bridge_budget *b)
+void moat__metrics_budget(moat_metrics *m, const moat_bridge_budget *b)
 {
-    atomic_store(&budget_cap, b->cap);
-    atomic_store(&budget_used, b->used);
-    atomic_store(&budget_pinned, b->pinned);
-    atomic_store(&budget_peak, b->peak);
-    atomic_store(&budget_dropped, b->dropped_bytes);
-    atomic_store(&budget_refused, b->refused);
+    atomic_store(&m->budget_cap, b->cap);
+    atomic_store(&m->budget_used, b->used);
+    atomic_store(&m->budget_pinned, b->pinned);
+    atomic_store(&m->budget_peak, b->peak);
+    atomic_store(&m->budget_dropped, b->dropped_bytes);
+    atomic_store(&m->budget_refused, b->refused);
 }
 
 /* Writes the page to f (an open_memstream per scrape). */
-static void render(FILE *f)
+static void render(moat_metrics *m, FILE *f)
 {
     fprintf(f,
             "# HELP moat_live_sessions Sandbox sessions with a running container.\n"
             "# TYPE moat_live_sessions gauge\nmoat_live_sessions %lld\n",
-            (long long)atomic_load(&live_sessions));
+            (long long)atomic_load(&m->live_sessions));
     fprintf(f,
             "# HELP moat_connections Open client connections.\n"
             "# TYPE moat_connections gauge\nmoat_connections %lld\n",
-            (long long)atomic_load(&connections));
+            (long long)atomic_load(&m->connections));
     fprintf(f,
             "# HELP moat_pending_hellos Connections that have not completed their hello.\n"
             "# TYPE moat_pending_hellos gauge\nmoat_pending_hellos %lld\n",
-            (long long)atomic_load(&pending_hellos));
+            (long long)atomic_load(&m->pending_hellos));
     fprintf(f,
             "# HELP moat_hellos_refused_total Connections closed before their hello succeeded.\n"
             "# TYPE moat_hellos_refused_total counter\n"
@@ -143,45 +157,46 @@ static void render(FILE *f)
             "moat_hellos_refused_total{reason=\"throttled\"} %llu\n"
             "moat_hellos_refused_total{reason=\"evicted\"} %llu\n"
             "moat_hellos_refused_total{reason=\"timeout\"} %llu\n",
-            (unsigned long long)atomic_load(&hello_failed),
-            (unsigned long long)atomic_load(&hello_throttled),
-            (unsigned long long)atomic_load(&hello_evicted),
-            (unsigned long long)atomic_load(&hello_timeout));
+            (unsigned long long)atomic_load(&m->hello_failed),
+            (unsigned long long)atomic_load(&m->hello_throttled),
+            (unsigned long long)atomic_load(&m->hello_evicted),
+            (unsigned long long)atomic_load(&m->hello_timeout));
     fprintf(f,
             "# HELP moat_active_streams Calls in progress.\n"
             "# TYPE moat_active_streams gauge\nmoat_active_streams %lld\n",
-            (long long)atomic_load(&active_streams));
+            (long long)atomic_load(&m->active_streams));
     fprintf(f,
             "# HELP moat_streamed_bytes_total Response message bytes sent to clients.\n"
             "# TYPE moat_streamed_bytes_total counter\nmoat_streamed_bytes_total %llu\n",
-            (unsigned long long)atomic_load(&bytes_streamed));
+            (unsigned long long)atomic_load(&m->bytes_streamed));
     fprintf(f, "# HELP moat_calls_total Calls ended, by status code.\n"
                "# TYPE moat_calls_total counter\n");
     for (int i = 0; i < MOAT_CODE_COUNT; i++)
         fprintf(f, "moat_calls_total{code=\"%s\"} %llu\n", moat_code_name((moat_code)i),
-                (unsigned long long)atomic_load(&status_count[i]));
+                (unsigned long long)atomic_load(&m->status_count[i]));
     fprintf(f,
             "# HELP moat_create_session_seconds Time CreateSession took to get a ready sandbox.\n"
             "# TYPE moat_create_session_seconds histogram\n");
     unsigned long long cum = 0;
     for (size_t i = 0; i < NBUCKETS; i++) {
-        cum += atomic_load(&create_bucket[i]);
+        cum += atomic_load(&m->create_bucket[i]);
         fprintf(f, "moat_create_session_seconds_bucket{le=\"%g\"} %llu\n", create_buckets[i], cum);
     }
-    cum += atomic_load(&create_bucket[NBUCKETS]);
+    cum += atomic_load(&m->create_bucket[NBUCKETS]);
     fprintf(f, "moat_create_session_seconds_bucket{le=\"+Inf\"} %llu\n", cum);
-    fprintf(f, "moat_create_session_seconds_sum %.6f\n", (double)atomic_load(&create_sum_us) / 1e6);
+    fprintf(f, "moat_create_session_seconds_sum %.6f\n",
+            (double)atomic_load(&m->create_sum_us) / 1e6);
     fprintf(f, "moat_create_session_seconds_count %llu\n",
-            (unsigned long long)atomic_load(&create_count));
+            (unsigned long long)atomic_load(&m->create_count));
     fprintf(f,
             "# HELP moat_reaper_actions_total Sessions the reaper and reconciliation acted on.\n"
             "# TYPE moat_reaper_actions_total counter\n"
             "moat_reaper_actions_total{action=\"expired\"} %llu\n"
             "moat_reaper_actions_total{action=\"gone\"} %llu\n"
             "moat_reaper_actions_total{action=\"adopted\"} %llu\n",
-            (unsigned long long)atomic_load(&reaper_expired),
-            (unsigned long long)atomic_load(&reaper_gone),
-            (unsigned long long)atomic_load(&reaper_adopted));
+            (unsigned long long)atomic_load(&m->reaper_expired),
+            (unsigned long long)atomic_load(&m->reaper_gone),
+            (unsigned long long)atomic_load(&m->reaper_adopted));
     fprintf(f,
             "# HELP moat_memory_budget_bytes memory_budget_bytes: the cap on output held.\n"
             "# TYPE moat_memory_budget_bytes gauge\nmoat_memory_budget_bytes %llu\n"
@@ -197,19 +212,18 @@ static void render(FILE *f)
             "%llu\n"
             "# HELP moat_memory_refused_total Streams refused with memory_budget_exhausted.\n"
             "# TYPE moat_memory_refused_total counter\nmoat_memory_refused_total %llu\n",
-            (unsigned long long)atomic_load(&budget_cap),
-            (unsigned long long)atomic_load(&budget_used),
-            (unsigned long long)atomic_load(&budget_pinned),
-            (unsigned long long)atomic_load(&budget_peak),
-            (unsigned long long)atomic_load(&budget_dropped),
-            (unsigned long long)atomic_load(&budget_refused));
+            (unsigned long long)atomic_load(&m->budget_cap),
+            (unsigned long long)atomic_load(&m->budget_used),
+            (unsigned long long)atomic_load(&m->budget_pinned),
+            (unsigned long long)atomic_load(&m->budget_peak),
+            (unsigned long long)atomic_load(&m->budget_dropped),
+            (unsigned long long)atomic_load(&m->budget_refused));
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload,
                                   size_t *upload_size, void **req_cls)
 {
-    (void)cls;
     (void)version;
     (void)upload;
     (void)upload_size;
@@ -226,7 +240,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         FILE *f = open_memstream(&page, &n);
         if (f == NULL)
             return MHD_NO;
-        render(f);
+        render(cls, f);
         fclose(f);
         resp = MHD_create_response_from_buffer(n, page, MHD_RESPMEM_MUST_FREE);
         MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
@@ -238,7 +252,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return r;
 }
 
-moat_err moat__metrics_start(const char *hostport)
+moat_err moat__metrics_start(moat_metrics *m, const char *hostport)
 {
     char host[256];
     uint16_t port;
@@ -256,19 +270,18 @@ moat_err moat__metrics_start(const char *hostport)
     } else {
         return MOAT_E_INVAL;
     }
-    daemon_handle =
-        MHD_start_daemon(flags, port, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, sa,
-                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)16, MHD_OPTION_CONNECTION_TIMEOUT,
-                         (unsigned)10, MHD_OPTION_END);
-    if (daemon_handle == NULL)
+    m->daemon = MHD_start_daemon(flags, port, NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR, sa,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    if (m->daemon == NULL)
         return MOAT_E_IO;
     moat_log(MOAT_LOG_INFO, "metrics_listening", "addr=%s", hostport);
     return MOAT_OK;
 }
 
-void moat__metrics_stop(void)
+void moat__metrics_stop(moat_metrics *m)
 {
-    if (daemon_handle != NULL)
-        MHD_stop_daemon(daemon_handle);
-    daemon_handle = NULL;
+    if (m->daemon != NULL)
+        MHD_stop_daemon(m->daemon);
+    m->daemon = NULL;
 }

@@ -18,13 +18,6 @@
 
 #include "server_internal.h"
 
-#define READ_BUF_SIZE (64 * 1024)
-
-/* One loop thread: a single read buffer serves every connection, since the
- * decoder copies what it has to keep. */
-static char read_buf[READ_BUF_SIZE];
-static bool read_buf_busy;
-
 static void conn_close(conn *c, moat_code code, const char *why);
 static void conn_pump(conn *c);
 static void stream_finish(stream *st);
@@ -227,7 +220,7 @@ static void send_end_raw(conn *c, uint32_t id, const moat_status *st)
     }
     f.u.end.detail_count = st->detail_count;
     conn_send(c, &f);
-    moat__metrics_status(st->code);
+    moat__metrics_status(c->s->metrics, st->code);
 }
 
 /* ------------------------------------------------------------ streams */
@@ -290,7 +283,7 @@ static void stream_flush(stream *st)
         stream_queued(st, -(int64_t)f->len);
         conn_write_raw(c, f->data, f->len);
         if (f->payload > 0)
-            moat__metrics_bytes(f->payload);
+            moat__metrics_bytes(st->s->metrics, f->payload);
         free(f);
     }
     if (st->qhead == NULL && st->end_queued)
@@ -361,7 +354,7 @@ static moat_err sink_message(moat_rpc_call *call, const ProtobufCMessage *msg, s
         return MOAT_OK;
     }
     moat_window_consume(&st->window, (uint32_t)len);
-    moat__metrics_bytes(len);
+    moat__metrics_bytes(st->s->metrics, len);
     return conn_queue_block(st->c, frame, hlen + len);
 }
 
@@ -398,7 +391,7 @@ static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
         f.u.end.details[i].value = moat_slice_str(status->details[i].value);
     }
     f.u.end.detail_count = status->detail_count;
-    moat__metrics_status(status->code);
+    moat__metrics_status(st->s->metrics, status->code);
     if (st->qhead == NULL) {
         conn_send(st->c, &f);
         st->end_queued = true;
@@ -427,7 +420,7 @@ static bool stream_unlink(stream *st)
         st->next->prev = st->prev;
     st->next = st->prev = NULL;
     st->c = NULL;
-    moat__metrics_stream(-1);
+    moat__metrics_stream(st->s->metrics, -1);
     if (st->deadline != NULL)
         uv_timer_stop(st->deadline);
     return true;
@@ -477,7 +470,7 @@ static void pending_push(conn *c)
         s->pending_head = c;
     s->pending_tail = c;
     s->npending++;
-    moat__metrics_pending_hello(1);
+    moat__metrics_pending_hello(s->metrics, 1);
 }
 
 static void pending_unlink(conn *c)
@@ -493,7 +486,7 @@ static void pending_unlink(conn *c)
         s->pending_tail = c->pending_prev;
     c->pending_next = c->pending_prev = NULL;
     s->npending--;
-    moat__metrics_pending_hello(-1);
+    moat__metrics_pending_hello(s->metrics, -1);
 }
 
 /* How far past the oldest hello the eviction looks for a silent connection. */
@@ -552,7 +545,7 @@ static void conn_close(conn *c, moat_code code, const char *why)
         code == MOAT_CODE_OK || code == MOAT_CODE_UNAVAILABLE ? MOAT_LOG_INFO : MOAT_LOG_WARN;
     if (c->state == CONN_PREHELLO) {
         /* Anyone who can connect can make these as fast as they like. */
-        moat_log_limited(&s->prehello_log, level, "conn_close",
+        moat_log_limited(&s->logs.prehello, level, "conn_close",
                          "peer=%s code=%s reason=\"%s\" authenticated=0", c->peer,
                          moat_code_name(code), why);
         pending_unlink(c);
@@ -572,7 +565,7 @@ static void conn_close(conn *c, moat_code code, const char *why)
     if (c->next != NULL)
         c->next->prev = c->prev;
     s->nconns--;
-    moat__metrics_conn(-1);
+    moat__metrics_conn(s->metrics, -1);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     if (c->reading)
@@ -602,7 +595,7 @@ static void on_conn_timer(uv_timer_t *t)
 {
     conn *c = t->data;
     if (c->state == CONN_PREHELLO) {
-        moat__metrics_hello_refused("timeout");
+        moat__metrics_hello_refused(c->s->metrics, "timeout");
         conn_fail(c, MOAT_CODE_DEADLINE_EXCEEDED, "hello not completed in time");
         return;
     }
@@ -627,8 +620,8 @@ static void auth_fail(conn *c, const char *why)
 {
     if (c->has_addr)
         moat_throttle_charge(c->s->failed_hellos, &c->addr, now_ms());
-    moat__metrics_status(MOAT_CODE_UNAUTHENTICATED);
-    moat__metrics_hello_refused("failed");
+    moat__metrics_status(c->s->metrics, MOAT_CODE_UNAUTHENTICATED);
+    moat__metrics_hello_refused(c->s->metrics, "failed");
     conn_fail(c, MOAT_CODE_UNAUTHENTICATED, why);
 }
 
@@ -752,7 +745,7 @@ static void handle_call(conn *c, const moat_frame *f)
     if (c->streams != NULL)
         c->streams->prev = st;
     c->streams = st;
-    moat__metrics_stream(1);
+    moat__metrics_stream(s->metrics, 1);
     if (f->u.call.deadline_ms > 0) {
         st->deadline = malloc(sizeof(uv_timer_t));
         if (st->deadline != NULL) {
@@ -833,21 +826,21 @@ static void handle_frame(conn *c, const moat_frame *f)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    (void)h;
     (void)suggested;
-    if (read_buf_busy) {
+    srv *s = ((conn *)h->data)->s;
+    if (s->read_buf_busy) {
         *buf = uv_buf_init(NULL, 0);
         return;
     }
-    read_buf_busy = true;
-    *buf = uv_buf_init(read_buf, sizeof(read_buf));
+    s->read_buf_busy = true;
+    *buf = uv_buf_init(s->read_buf, READ_BUF_SIZE);
 }
 
 static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
 {
     conn *c = h->data;
-    if (buf->base == read_buf)
-        read_buf_busy = false;
+    if (buf->base == c->s->read_buf)
+        c->s->read_buf_busy = false;
     if (nread == 0 || nread == UV_ENOBUFS)
         return;
     if (nread < 0) {
@@ -983,7 +976,7 @@ static void accept_one(uv_stream_t *server)
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    moat__metrics_conn(1);
+    moat__metrics_conn(s->metrics, 1);
     uint64_t retry_ms =
         c->has_addr ? moat_throttle_retry_ms(s->failed_hellos, &c->addr, now_ms()) : 0;
     /* Over budget, the oldest SILENT hello goes: a client that sends its hello right after
@@ -992,7 +985,7 @@ static void accept_one(uv_stream_t *server)
      * hold the door shut until their hello_timeout. A throttled newcomer makes no room: it is
      * closed at once. */
     if (retry_ms == 0 && s->npending >= s->cfg.max_pending_hellos) {
-        moat__metrics_hello_refused("evicted");
+        moat__metrics_hello_refused(s->metrics, "evicted");
         conn_fail(pending_victim(s), MOAT_CODE_RESOURCE_EXHAUSTED,
                   "too_many_pending_hellos: closed to make room for a newer connection");
     }
@@ -1003,7 +996,7 @@ static void accept_one(uv_stream_t *server)
                  "too_many_failed_hellos: too many failed hellos from this address; retry in "
                  "%llu ms",
                  (unsigned long long)retry_ms);
-        moat__metrics_hello_refused("throttled");
+        moat__metrics_hello_refused(s->metrics, "throttled");
         conn_fail(c, MOAT_CODE_RESOURCE_EXHAUSTED, why);
         return;
     }
@@ -1033,6 +1026,11 @@ static void close_listeners(srv *s)
     }
 }
 
+static void on_handles_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
 static void finish_shutdown(srv *s)
 {
     if (s->finished)
@@ -1040,10 +1038,17 @@ static void finish_shutdown(srv *s)
     s->finished = true;
     uv_timer_stop(&s->grace);
     uv_close((uv_handle_t *)&s->grace, NULL);
-    uv_close((uv_handle_t *)&s->sig_term, NULL);
-    uv_close((uv_handle_t *)&s->sig_int, NULL);
-    uv_close((uv_handle_t *)&s->sig_hup, NULL);
+    if (s->signals_on) {
+        uv_close((uv_handle_t *)&s->sig_term, NULL);
+        uv_close((uv_handle_t *)&s->sig_int, NULL);
+        uv_close((uv_handle_t *)&s->sig_hup, NULL);
+    }
+    uv_close((uv_handle_t *)&s->close_async, NULL);
+    uv_close((uv_handle_t *)&s->check, on_handles_closed);
     moat__handlers_close(s);
+    moat__metrics_stop(s->metrics);
+    if (s->close_cb != NULL)
+        s->close_cb(s, s->close_ud);
 }
 
 static void on_grace(uv_timer_t *t)
@@ -1084,49 +1089,56 @@ static void on_drain_check(srv *s)
         finish_shutdown(s);
 }
 
-static int load_config(moat_server_config *cfg, int argc, char **argv, bool *check_only,
-                       bool quiet);
+/* Only what can change under a running server: listeners, Docker and paths stay as they were
+ * at start-up. Takes next's token. */
+static void apply_reload(srv *s, moat_server_config *next)
+{
+    s->cfg.log_level = next->log_level;
+    moat_log_set_level(next->log_level);
+    free(s->cfg.token);
+    s->cfg.token = next->token;
+    next->token = NULL;
+    s->cfg.max_connections = next->max_connections;
+    s->cfg.max_pending_hellos = next->max_pending_hellos;
+    s->cfg.max_streams_per_connection = next->max_streams_per_connection;
+    s->cfg.max_frame_size = next->max_frame_size;
+    s->cfg.initial_window = next->initial_window;
+    s->cfg.idle_timeout_seconds = next->idle_timeout_seconds;
+    s->cfg.hello_timeout_seconds = next->hello_timeout_seconds;
+    s->cfg.drain_grace_seconds = next->drain_grace_seconds;
+    s->cfg.max_pending_bytes = next->max_pending_bytes;
+    s->cfg.max_ttl_seconds = next->max_ttl_seconds;
+    s->cfg.max_sessions = next->max_sessions;
+    s->cfg.max_sessions_per_chat = next->max_sessions_per_chat;
+    s->cfg.max_calls_per_session = next->max_calls_per_session;
+    s->cfg.memory_budget_bytes = next->memory_budget_bytes;
+    s->budget.cap = (size_t)next->memory_budget_bytes;
+    moat_log(MOAT_LOG_INFO, "reloaded",
+             "log_level=%d max_connections=%u max_streams_per_connection=%u "
+             "max_frame_size=%u token_set=%d",
+             (int)s->cfg.log_level, s->cfg.max_connections, s->cfg.max_streams_per_connection,
+             s->cfg.max_frame_size, s->cfg.token[0] != '\0');
+}
 
 static void on_signal(uv_signal_t *h, int signum)
 {
     srv *s = h->data;
     if (signum == SIGHUP) {
         moat_server_config next;
-        if (load_config(&next, s->argc, s->argv, NULL, true) != 0) {
+        if (s->reload == NULL || !s->reload(&next, s->reload_ud)) {
             moat_log(MOAT_LOG_ERROR, "reload_failed", "keeping=current");
             return;
         }
-        /* Only what can change under a running server: listeners, Docker and
-         * paths stay as they were at start-up. */
-        s->cfg.log_level = next.log_level;
-        moat_log_set_level(next.log_level);
-        free(s->cfg.token);
-        s->cfg.token = next.token;
-        next.token = NULL;
-        s->cfg.max_connections = next.max_connections;
-        s->cfg.max_pending_hellos = next.max_pending_hellos;
-        s->cfg.max_streams_per_connection = next.max_streams_per_connection;
-        s->cfg.max_frame_size = next.max_frame_size;
-        s->cfg.initial_window = next.initial_window;
-        s->cfg.idle_timeout_seconds = next.idle_timeout_seconds;
-        s->cfg.hello_timeout_seconds = next.hello_timeout_seconds;
-        s->cfg.drain_grace_seconds = next.drain_grace_seconds;
-        s->cfg.max_pending_bytes = next.max_pending_bytes;
-        s->cfg.max_ttl_seconds = next.max_ttl_seconds;
-        s->cfg.max_sessions = next.max_sessions;
-        s->cfg.max_sessions_per_chat = next.max_sessions_per_chat;
-        s->cfg.max_calls_per_session = next.max_calls_per_session;
-        s->cfg.memory_budget_bytes = next.memory_budget_bytes;
-        s->budget.cap = (size_t)next.memory_budget_bytes;
+        apply_reload(s, &next);
         moat_server_config_free(&next);
-        moat_log(MOAT_LOG_INFO, "reloaded",
-                 "log_level=%d max_connections=%u max_streams_per_connection=%u "
-                 "max_frame_size=%u token_set=%d",
-                 (int)s->cfg.log_level, s->cfg.max_connections, s->cfg.max_streams_per_connection,
-                 s->cfg.max_frame_size, s->cfg.token[0] != '\0');
         return;
     }
     start_drain(s, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void on_close_async(uv_async_t *a)
+{
+    start_drain(a->data, "close");
 }
 
 static void on_idle_check(uv_check_t *h)
@@ -1144,116 +1156,11 @@ static void on_idle_check(uv_check_t *h)
     s->tcp_deferred = s->pipe_deferred = false;
     while (s->dirty != NULL)
         conn_flush(s->dirty);
-    moat__metrics_budget(&s->budget);
+    moat__metrics_budget(s->metrics, &s->budget);
     on_drain_check(s);
 }
 
-/* ------------------------------------------------------------ start-up */
-
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: moatd [-c FILE] [--KEY=VALUE]... [--check-config] [--help] [--version]\n"
-               "\n"
-               "moatd serves moat's framed protobuf protocol: sandbox sessions on Docker and\n"
-               "commands streamed from their moat-execd.\n"
-               "\n"
-               "  -c, --config FILE   read FILE (also MOAT_CONFIG); see docs/CONFIG.md\n"
-               "  --check-config      validate the configuration and exit (0 when valid)\n"
-               "  --help              this text\n"
-               "  --version           print the version\n"
-               "\n"
-               "Every key below may be set in the file as `key = value`, in the environment\n"
-               "as MOAT_<KEY>, or as a flag; flags win over the environment, which wins over\n"
-               "the file.\n\n");
-    moat_server_config_print_keys(f);
-}
-
-static char bindir_buf[4096];
-
-static const char *find_bindir(void)
-{
-    ssize_t n = readlink("/proc/self/exe", bindir_buf, sizeof(bindir_buf) - 1);
-    if (n <= 0)
-        return NULL;
-    bindir_buf[n] = '\0';
-    char *slash = strrchr(bindir_buf, '/');
-    if (slash == NULL)
-        return NULL;
-    *slash = '\0';
-    return bindir_buf;
-}
-
-/* Defaults, then the file, the environment and the flags. Returns 0, or 2
- * after printing why. check_only (may be NULL) reports --check-config. */
-static int load_config(moat_server_config *cfg, int argc, char **argv, bool *check_only, bool quiet)
-{
-    moat_server_config_defaults(cfg);
-    char err[600];
-    const char *file = getenv("MOAT_CONFIG");
-    for (int i = 1; i < argc; i++) {
-        if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc)
-            file = argv[++i];
-        else if (strncmp(argv[i], "--config=", 9) == 0)
-            file = argv[i] + 9;
-    }
-    if (file != NULL && file[0] != '\0' &&
-        moat_server_config_load_file(cfg, file, err, sizeof(err)) != MOAT_OK)
-        goto fail;
-    if (moat_server_config_apply_env(cfg, err, sizeof(err)) != MOAT_OK)
-        goto fail;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
-            i++;
-            continue;
-        }
-        if (strncmp(a, "--config=", 9) == 0)
-            continue;
-        if (strcmp(a, "--check-config") == 0) {
-            if (check_only != NULL)
-                *check_only = true;
-            continue;
-        }
-        if (strncmp(a, "--", 2) != 0) {
-            snprintf(err, sizeof(err), "unexpected argument \"%s\" (see --help)", a);
-            goto fail;
-        }
-        char key[80];
-        const char *value;
-        const char *eq = strchr(a + 2, '=');
-        if (eq != NULL) {
-            size_t kl = (size_t)(eq - (a + 2));
-            if (kl >= sizeof(key))
-                kl = sizeof(key) - 1;
-            memcpy(key, a + 2, kl);
-            key[kl] = '\0';
-            value = eq + 1;
-        } else {
-            snprintf(key, sizeof(key), "%s", a + 2);
-            if (i + 1 >= argc) {
-                snprintf(err, sizeof(err), "--%s needs a value", key);
-                goto fail;
-            }
-            value = argv[++i];
-        }
-        char why[400];
-        moat_err e = moat_server_config_set(cfg, key, value, why, sizeof(why));
-        if (e != MOAT_OK) {
-            snprintf(err, sizeof(err), "--%s: %s", key, why);
-            goto fail;
-        }
-    }
-    if (moat_server_config_finish(cfg, find_bindir(), err, sizeof(err)) != MOAT_OK)
-        goto fail;
-    return 0;
-fail:
-    if (!quiet)
-        fprintf(stderr, "moatd: %s\n", err);
-    else
-        moat_log(MOAT_LOG_ERROR, "config_invalid", "error=\"%s\"", err);
-    moat_server_config_free(cfg);
-    return 2;
-}
+/* ------------------------------------------------------------ the handle */
 
 static int listen_all(srv *s)
 {
@@ -1302,117 +1209,117 @@ static int listen_all(srv *s)
     return 0;
 }
 
-int moat_server_main(int argc, char **argv)
+moat_err moat_server_init(moat_server **out, moat_server_config *cfg,
+                          const moat_server_runtime_ops *runtime)
 {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
-            return 0;
-        }
-        if (strcmp(argv[i], "--version") == 0) {
-            printf("moatd %s\n", MOAT_VERSION);
-            return 0;
-        }
+    *out = NULL;
+    srv *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        moat_server_config_free(cfg);
+        return MOAT_E_NOMEM;
     }
-    static srv s;
-    bool check_only = false;
-    if (load_config(&s.cfg, argc, argv, &check_only, false) != 0)
-        return 2;
-    if (check_only) {
-        moat_status rst;
-        if (moat__check_runtime(&s.cfg, &rst) != MOAT_CODE_OK) {
-            fprintf(stderr, "moatd: %s\n", rst.message);
-            moat_server_config_free(&s.cfg);
-            return 2;
-        }
-        printf("moatd: configuration is valid (file: %s)\n",
-               s.cfg.config_file[0] ? s.cfg.config_file : "none");
-        moat_server_config_free(&s.cfg);
-        return 0;
-    }
-    s.argc = argc;
-    s.argv = argv;
-    moat_log_set_level(s.cfg.log_level);
-    signal(SIGPIPE, SIG_IGN);
-    /* One descriptor per connection: allow as many as the hard limit does. */
-    struct rlimit nofile;
-    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-        nofile.rlim_cur = nofile.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &nofile);
-    }
-    char pool[16];
-    snprintf(pool, sizeof(pool), "%u", s.cfg.threadpool_size);
-    setenv("UV_THREADPOOL_SIZE", pool, 1);
-
-    /* moatd reaches Docker and execd over Unix sockets: skip loading the TLS
-     * library's tables up front (OpenSSL initialises itself if a tcp:// Docker
-     * host with TLS ever needs it). The first global init decides; later
-     * ones by the runtime and the bridge only count references. */
-    curl_global_init(CURL_GLOBAL_NOTHING);
-    s.loop = uv_default_loop();
-    moat__metrics_init();
-    pthread_mutex_init(&s.prehello_log.mu, NULL);
+    s->cfg = *cfg;
+    memset(cfg, 0, sizeof(*cfg));
+    s->rt_ops = runtime != NULL ? runtime : &moat_server_docker_runtime;
     uint64_t seed = 0;
     if (getrandom(&seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
         seed = moat_time_mono_ns() ^ (uint64_t)getpid();
-    s.failed_hellos = moat_throttle_new(seed);
-    if (s.failed_hellos == NULL) {
+    s->failed_hellos = moat_throttle_new(seed);
+    s->metrics = moat__metrics_new();
+    s->read_buf = malloc(READ_BUF_SIZE);
+    if (s->failed_hellos == NULL || s->metrics == NULL || s->read_buf == NULL ||
+        uv_loop_init(&s->loop_storage) != 0) {
         moat_log(MOAT_LOG_ERROR, "start_failed", "error=\"out of memory\"");
-        moat_server_config_free(&s.cfg);
-        curl_global_cleanup();
-        return 1;
+        moat_throttle_free(s->failed_hellos);
+        moat__metrics_free(s->metrics);
+        free(s->read_buf);
+        moat_server_config_free(&s->cfg);
+        free(s);
+        return MOAT_E_NOMEM;
     }
-    if (moat__handlers_init(&s) != MOAT_OK) {
-        moat_throttle_free(s.failed_hellos);
-        moat_server_config_free(&s.cfg);
-        curl_global_cleanup();
-        return 1;
+    s->loop = &s->loop_storage;
+    moat_log_limit *limits[] = {&s->logs.prehello, &s->logs.calls_refused, &s->logs.create_failed,
+                                &s->logs.ttl_refused, &s->logs.budget_refused};
+    for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
+        pthread_mutex_init(&limits[i]->mu, NULL);
+    uv_async_init(s->loop, &s->close_async, on_close_async);
+    s->close_async.data = s;
+    uv_timer_init(s->loop, &s->grace);
+    s->grace.data = s;
+    uv_unref((uv_handle_t *)&s->grace);
+    uv_check_init(s->loop, &s->check);
+    s->check.data = s;
+    uv_check_start(&s->check, on_idle_check);
+    uv_unref((uv_handle_t *)&s->check);
+    if (moat__handlers_init(s) != MOAT_OK) {
+        s->finished = true;
+        uv_close((uv_handle_t *)&s->close_async, NULL);
+        uv_close((uv_handle_t *)&s->grace, NULL);
+        uv_close((uv_handle_t *)&s->check, NULL);
+        uv_run(s->loop, UV_RUN_DEFAULT);
+        moat_server_free(s);
+        return MOAT_E_INVAL;
     }
-    /* Before the listeners: a SIGTERM sent as soon as a client can connect must drain moatd,
-     * not kill it. */
-    uv_signal_init(s.loop, &s.sig_term);
-    uv_signal_init(s.loop, &s.sig_int);
-    uv_signal_init(s.loop, &s.sig_hup);
-    s.sig_term.data = s.sig_int.data = s.sig_hup.data = &s;
-    uv_signal_start(&s.sig_term, on_signal, SIGTERM);
-    uv_signal_start(&s.sig_int, on_signal, SIGINT);
-    uv_signal_start(&s.sig_hup, on_signal, SIGHUP);
-    int rc = 0;
-    if (listen_all(&s) != 0) {
-        rc = 1;
-        close_listeners(&s);
-        uv_close((uv_handle_t *)&s.sig_term, NULL);
-        uv_close((uv_handle_t *)&s.sig_int, NULL);
-        uv_close((uv_handle_t *)&s.sig_hup, NULL);
-        moat__handlers_close(&s);
-        uv_run(s.loop, UV_RUN_DEFAULT);
-        uv_loop_close(s.loop);
-        moat_throttle_free(s.failed_hellos);
-        moat_server_config_free(&s.cfg);
-        curl_global_cleanup();
-        return rc;
+    *out = s;
+    return MOAT_OK;
+}
+
+moat_err moat_server_handle_signals(moat_server *s, moat_server_reload_fn reload, void *ud)
+{
+    s->reload = reload;
+    s->reload_ud = ud;
+    uv_signal_init(s->loop, &s->sig_term);
+    uv_signal_init(s->loop, &s->sig_int);
+    uv_signal_init(s->loop, &s->sig_hup);
+    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+    s->signals_on = true;
+    if (uv_signal_start(&s->sig_term, on_signal, SIGTERM) != 0 ||
+        uv_signal_start(&s->sig_int, on_signal, SIGINT) != 0 ||
+        uv_signal_start(&s->sig_hup, on_signal, SIGHUP) != 0)
+        return MOAT_E_IO;
+    return MOAT_OK;
+}
+
+moat_err moat_server_listen(moat_server *s)
+{
+    if (listen_all(s) != 0) {
+        s->exit_status = 1;
+        return MOAT_E_IO;
     }
-    if (s.cfg.metrics_listen[0] != '\0' && moat__metrics_start(s.cfg.metrics_listen) != MOAT_OK)
-        moat_log(MOAT_LOG_WARN, "metrics_unavailable", "addr=%s", s.cfg.metrics_listen);
-    uv_timer_init(s.loop, &s.grace);
-    s.grace.data = &s;
-    uv_unref((uv_handle_t *)&s.grace);
-    static uv_check_t check;
-    uv_check_init(s.loop, &check);
-    check.data = &s;
-    uv_check_start(&check, on_idle_check);
-    uv_unref((uv_handle_t *)&check);
+    if (s->cfg.metrics_listen[0] != '\0' &&
+        moat__metrics_start(s->metrics, s->cfg.metrics_listen) != MOAT_OK)
+        moat_log(MOAT_LOG_WARN, "metrics_unavailable", "addr=%s", s->cfg.metrics_listen);
     moat_log(MOAT_LOG_INFO, "started", "version=%s pid=%d state_dir=%s image=%s", MOAT_VERSION,
-             (int)getpid(), s.cfg.state_dir, s.cfg.image);
-    uv_run(s.loop, UV_RUN_DEFAULT);
-    uv_close((uv_handle_t *)&check, NULL);
-    uv_run(s.loop, UV_RUN_DEFAULT);
-    moat__metrics_stop();
-    if (uv_loop_close(s.loop) != 0)
+             (int)getpid(), s->cfg.state_dir, s->cfg.image);
+    return MOAT_OK;
+}
+
+int moat_server_run(moat_server *s)
+{
+    uv_run(s->loop, UV_RUN_DEFAULT);
+    return s->exit_status;
+}
+
+void moat_server_close(moat_server *s, moat_server_close_cb cb, void *ud)
+{
+    s->close_cb = cb;
+    s->close_ud = ud;
+    uv_async_send(&s->close_async);
+}
+
+void moat_server_free(moat_server *s)
+{
+    if (s == NULL)
+        return;
+    if (uv_loop_close(s->loop) != 0)
         moat_log(MOAT_LOG_WARN, "loop_not_empty", "at=exit");
-    moat_log(MOAT_LOG_INFO, "stopped", "pid=%d", (int)getpid());
-    moat_throttle_free(s.failed_hellos);
-    moat_server_config_free(&s.cfg);
-    curl_global_cleanup();
-    return rc;
+    moat__metrics_free(s->metrics);
+    moat_log_limit *limits[] = {&s->logs.prehello, &s->logs.calls_refused, &s->logs.create_failed,
+                                &s->logs.ttl_refused, &s->logs.budget_refused};
+    for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
+        pthread_mutex_destroy(&limits[i]->mu);
+    moat_throttle_free(s->failed_hellos);
+    moat_server_config_free(&s->cfg);
+    free(s->read_buf);
+    free(s);
 }

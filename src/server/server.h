@@ -1,4 +1,4 @@
-/* moat server: moatd's configuration and its server object.
+/* moat server: moatd's configuration and its server handle.
  *
  * Configuration comes from, in increasing precedence: built-in defaults, one
  * file of `key = value` lines (docs/CONFIG.md lists every key), environment
@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/common.h"
+#include "runtime/runtime.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -119,8 +120,6 @@ bool moat_server_is_loopback(const char *hostport);
 moat_err moat_server_split_hostport(const char *hostport, char *host, size_t hostlen,
                                     uint16_t *port);
 
-/* Constant-time comparison of a presented token with the configured one: the
- * time taken depends only on the configured token's length. */
 /* sandbox_user, parsed. */
 typedef struct moat_sandbox_user {
     bool root;
@@ -129,12 +128,90 @@ typedef struct moat_sandbox_user {
 /* "root", or "UID:GID" with both decimal, above 0 and below 2^32-1; MOAT_E_INVAL otherwise. */
 moat_err moat_server_parse_sandbox_user(const char *text, moat_sandbox_user *out);
 
+/* Constant-time comparison of a presented token with the configured one: the
+ * time taken depends only on the configured token's length. */
 bool moat_server_token_equal(const uint8_t *given, size_t given_len, const char *want);
 
-/* Runs moatd until it has drained after SIGTERM/SIGINT. argv is kept for
- * SIGHUP reloads (file, env and flags are re-applied). Returns the process
- * exit status. */
-int moat_server_main(int argc, char **argv);
+/* ---- the runtime the server drives -------------------------------------------------------
+ *
+ * Everything the handlers ask of a sandbox runtime, so tests can put a fake in Docker's place.
+ * Every operation but open gets the pointer open returned. open and close run on the loop
+ * thread; the others on libuv's thread pool or the health probe's thread, so they must be
+ * thread-safe and may block. Sessions are returned by value; *list_active's array is malloc'd
+ * (the server frees it). The meaning of each operation is the moat_runtime_* function of the
+ * same name (runtime/runtime.h). */
+typedef struct moat_server_runtime_ops {
+    /* hooks carries the server's session_event hook (sessions the reaper ended), to be called
+     * on any thread. NULL with st set on failure. */
+    void *(*open)(const moat_server_config *cfg, const moat_runtime_metrics *hooks,
+                  moat_status *st);
+    /* Stops its threads and frees it; sandboxes keep running. */
+    void (*close)(void *rt);
+    moat_code (*create)(void *rt, const char *session_id, const char *chat_id,
+                        int64_t created_at_ms, int64_t expires_at_ms,
+                        const moat_session_options *opts, moat_session *out, moat_status *st);
+    moat_code (*get)(void *rt, const char *session_id, moat_session *out, moat_status *st);
+    moat_code (*list_active)(void *rt, moat_session **out, size_t *count, moat_status *st);
+    moat_code (*renew)(void *rt, const char *session_id, int64_t new_expires_at_ms,
+                       moat_session *out, moat_status *st);
+    moat_code (*stop)(void *rt, const char *session_id, moat_status *st);
+    moat_code (*reconcile)(void *rt, int64_t now_ms, moat_reconcile_report *report,
+                           moat_status *st);
+    /* The TTL reaper and the event watcher that keeps list_active's snapshot. */
+    moat_code (*start_reaper)(void *rt, moat_status *st);
+    moat_code (*start_watcher)(void *rt, moat_status *st);
+    /* Whether the engine answers now, within timeout_ms. */
+    moat_code (*ping)(void *rt, long timeout_ms, moat_status *st);
+    /* Whether a session may ask for this image (allowed_images). */
+    moat_code (*check_image)(void *rt, const char *image, moat_status *st);
+} moat_server_runtime_ops;
+
+/* Sandboxes on the Docker engine of the configuration (runtime_docker.c). */
+extern const moat_server_runtime_ops moat_server_docker_runtime;
+
+/* Checks the runtime part of cfg (paths, limits, images) without touching Docker, as
+ * --check-config does. */
+moat_code moat_server_check_runtime(const moat_server_config *cfg, moat_status *st);
+
+/* ---- the server ------------------------------------------------------------------------------
+ *
+ * A server is a handle with its own event loop; the caller owns it:
+ *
+ *   moat_server_init(&s, &cfg, ops)   takes cfg over, opens the runtime and the bridge
+ *   moat_server_handle_signals(s, …)  optional: SIGTERM/SIGINT drain, SIGHUP reloads
+ *   moat_server_listen(s)             binds the configured listeners and the metrics endpoint
+ *   moat_server_run(s)                serves until it has drained after a close or a signal
+ *   moat_server_free(s)               once run has returned
+ *
+ * Every function but moat_server_close must be called on the thread that runs the server. */
+typedef struct moat_server moat_server;
+
+/* Called once, on the loop thread, when the server has drained: no connection and no job left.
+ * moat_server_run returns soon after. */
+typedef void (*moat_server_close_cb)(moat_server *s, void *ud);
+/* Fills *next with the configuration to reload on SIGHUP (the server frees it). Returns false,
+ * keeping the current one, when it is not valid. */
+typedef bool (*moat_server_reload_fn)(moat_server_config *next, void *ud);
+
+/* Takes cfg over (its strings become the server's and *cfg is zeroed) and opens the runtime
+ * (runtime: a static table; NULL = moat_server_docker_runtime) and the bridge. On failure
+ * returns an error, logs why and frees cfg's strings. */
+moat_err moat_server_init(moat_server **out, moat_server_config *cfg,
+                          const moat_server_runtime_ops *runtime);
+/* SIGTERM and SIGINT start the drain; SIGHUP calls reload and applies what may change under a
+ * running server. Attach before listening: a signal sent as soon as a client can connect must
+ * drain, not kill. */
+moat_err moat_server_handle_signals(moat_server *s, moat_server_reload_fn reload, void *ud);
+/* Binds the TCP and Unix listeners and the metrics endpoint of the configuration. On failure
+ * logs why and returns MOAT_E_IO; close, run and free the server then. */
+moat_err moat_server_listen(moat_server *s);
+/* Runs the loop until the server has drained and closed. Returns 0, or 1 after a failed listen. */
+int moat_server_run(moat_server *s);
+/* Starts the graceful drain (GoAway, calls finish, drain_grace_seconds at most); cb (may be NULL)
+ * runs once it is over. Safe from any thread; later calls do nothing. */
+void moat_server_close(moat_server *s, moat_server_close_cb cb, void *ud);
+/* Frees a server whose run has returned, or one never run. */
+void moat_server_free(moat_server *s);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
 #define MOAT_SERVER_INTERNAL_H
 
 #include <stdbool.h>
+#include <pthread.h>
 #include <stdint.h>
 
 #include <uv.h>
@@ -14,7 +15,7 @@
 #include "wire/wire.h"
 #include "throttle.h"
 
-typedef struct srv srv;
+typedef struct moat_server srv;
 typedef struct conn conn;
 typedef struct stream stream;
 typedef struct moat_health moat_health;
@@ -49,7 +50,7 @@ struct stream {
     void *hctx;
     void (*on_credit)(stream *st, uint32_t increment);
     bool wants_credit;   /* call on_credit(st, 0) after the next write completes */
-    void *session_calls; /* the per-session call count it holds (handlers.c), or NULL */
+    void *session_calls; /* the per-session call count it holds (session_calls.c), or NULL */
     stream *next, *prev; /* in the connection's list */
 };
 
@@ -91,29 +92,50 @@ struct conn {
     conn *pending_next, *pending_prev; /* in the server's queue of hellos, oldest first */
 };
 
-/* Process-wide counters for /metrics; updated with atomics from any thread. */
-void moat__metrics_init(void);
-moat_err moat__metrics_start(const char *hostport);
-void moat__metrics_stop(void);
-void moat__metrics_conn(int delta);
-void moat__metrics_pending_hello(int delta);
-void moat__metrics_hello_refused(const char *why);
-void moat__metrics_stream(int delta);
-void moat__metrics_status(moat_code code);
-void moat__metrics_bytes(uint64_t n);
-void moat__metrics_sessions_set(int64_t n);
-void moat__metrics_session_delta(int delta);
-void moat__metrics_create_latency(uint64_t ns);
-void moat__metrics_reaper(const char *action);
-int64_t moat__metrics_sessions(void);
+/* One server's counters for /metrics (metrics.c); updated with atomics from any thread. */
+typedef struct moat_metrics moat_metrics;
+/* NULL when out of memory. Free with moat__metrics_free (which stops its endpoint). */
+moat_metrics *moat__metrics_new(void);
+void moat__metrics_free(moat_metrics *m);
+/* Serves GET /metrics on hostport from a thread of libmicrohttpd's. */
+moat_err moat__metrics_start(moat_metrics *m, const char *hostport);
+void moat__metrics_stop(moat_metrics *m);
+void moat__metrics_conn(moat_metrics *m, int delta);
+void moat__metrics_pending_hello(moat_metrics *m, int delta);
+void moat__metrics_hello_refused(moat_metrics *m, const char *why);
+void moat__metrics_stream(moat_metrics *m, int delta);
+void moat__metrics_status(moat_metrics *m, moat_code code);
+void moat__metrics_bytes(moat_metrics *m, uint64_t n);
+void moat__metrics_sessions_set(moat_metrics *m, int64_t n);
+void moat__metrics_session_delta(moat_metrics *m, int delta);
+void moat__metrics_create_latency(moat_metrics *m, uint64_t ns);
+void moat__metrics_reaper(moat_metrics *m, const char *action);
+int64_t moat__metrics_sessions(moat_metrics *m);
 /* Publishes the budget's figures (call on the loop). */
-void moat__metrics_budget(const moat_bridge_budget *b);
+void moat__metrics_budget(moat_metrics *m, const moat_bridge_budget *b);
 
-struct srv {
-    uv_loop_t *loop;
+/* Log lines anyone can make moatd write at will, each limited to a few a second. */
+typedef struct srv_log_limits {
+    moat_log_limit prehello;       /* closes of connections still in their hello */
+    moat_log_limit calls_refused;  /* max_calls_per_session reached */
+    moat_log_limit create_failed;  /* CreateSession failures */
+    moat_log_limit ttl_refused;    /* ttl_seconds past max_ttl_seconds */
+    moat_log_limit budget_refused; /* memory_budget_exhausted refusals */
+} srv_log_limits;
+
+/* Sessions the reaper ended, on their way from its thread to the loop (reaper_events.c). */
+typedef struct gone_queue gone_queue;
+
+#define READ_BUF_SIZE (64 * 1024)
+
+/* A server: everything moatd keeps, owned by its handle. Loop thread only, except where a
+ * field says otherwise. */
+struct moat_server {
+    uv_loop_t loop_storage;
+    uv_loop_t *loop; /* &loop_storage */
     moat_server_config cfg;
-    int argc;
-    char **argv;
+    moat_server_reload_fn reload; /* NULL until signals are attached */
+    void *reload_ud;
     uv_tcp_t tcp;
     uv_pipe_t pipe;
     bool tcp_on, pipe_on;
@@ -121,9 +143,19 @@ struct srv {
     bool tcp_deferred, pipe_deferred;
     unsigned accepted_this_turn;
     uv_signal_t sig_term, sig_int, sig_hup;
+    bool signals_on;
+    uv_check_t check;       /* flushes writes and checks the drain after each iteration */
+    uv_async_t close_async; /* moat_server_close from any thread */
+    moat_server_close_cb close_cb;
+    void *close_ud;
     uv_timer_t grace;
     bool draining;
     bool finished;
+    int exit_status; /* what moat_server_run returns */
+    /* The loop thread's one read buffer serves every connection, since the decoder copies what
+     * it has to keep. */
+    char *read_buf;
+    bool read_buf_busy;
     conn *conns;
     uint32_t nconns; /* every open connection */
     uint32_t nready; /* authenticated ones, bounded by max_connections */
@@ -132,17 +164,19 @@ struct srv {
     conn *pending_head, *pending_tail;
     uint32_t npending;
     moat_throttle *failed_hellos;
-    moat_log_limit prehello_log; /* closes of connections an attacker can repeat at will */
-    conn *dirty;                 /* connections with frames to flush at the end of this iteration */
-    uint32_t inflight;           /* thread-pool jobs not yet completed */
-    moat_runtime *rt;
+    srv_log_limits logs; /* thread-safe */
+    moat_metrics *metrics;
+    conn *dirty;       /* connections with frames to flush at the end of this iteration */
+    uint32_t inflight; /* thread-pool jobs not yet completed */
+    const moat_server_runtime_ops *rt_ops;
+    void *rt; /* what rt_ops->open returned */
     moat_bridge *bridge;
     moat_health *health;
-    void *engine_jobs;         /* thread-pool jobs of calls waiting on the engine, see handlers.c */
+    void *engine_jobs; /* thread-pool jobs of calls waiting on the engine, see engine_jobs.c */
     moat_bridge_budget budget; /* memory_budget_bytes over all output held */
-    uv_async_t gone_async;     /* the reaper removed sessions: refresh the cache */
-    void *sessions;            /* session cache, see handlers.c */
-    void *call_counts;         /* open calls per session, see handlers.c */
+    gone_queue *gone;          /* filled by the reaper's thread, emptied on the loop */
+    void *sessions;            /* session cache, see session_cache.c */
+    void *call_counts;         /* open calls per session, see session_calls.c */
     uint32_t creates_inflight; /* CreateSession jobs that may add a session */
     void *create_waiters;
 };
@@ -173,8 +207,6 @@ void moat__srv_job(srv *s, int delta);
 /* Handlers (handlers.c). */
 moat_err moat__handlers_init(srv *s);
 void moat__handlers_close(srv *s);
-/* Validates the runtime part of cfg without touching Docker. */
-moat_code moat__check_runtime(const moat_server_config *cfg, moat_status *st);
 /* The stream is being freed: releases what handlers counted for it. */
 void moat__handlers_stream_gone(stream *st);
 /* The request has been decoded; the handler owns the call from here. */

@@ -406,6 +406,19 @@ int raw_hello(raw_conn *c, const char *token, moat_frame *ack)
     return raw_recv(c, ack, 10000);
 }
 
+raw_conn *raw_connect_ready(int port, const char *token)
+{
+    raw_conn *c = raw_connect(port);
+    if (c == NULL)
+        return NULL;
+    moat_frame ack;
+    if (raw_hello(c, token, &ack) != 1 || ack.kind != MOAT_FRAME_HELLO_ACK) {
+        raw_close(c);
+        return NULL;
+    }
+    return c;
+}
+
 uint32_t raw_call(raw_conn *c, const char *method, uint64_t deadline_ms,
                   const ProtobufCMessage *req)
 {

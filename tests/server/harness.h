@@ -80,6 +80,8 @@ int raw_recv(raw_conn *c, moat_frame *f, int timeout_ms);
 int raw_recv_stream(raw_conn *c, uint32_t stream_id, moat_frame *f, int timeout_ms);
 /* Sends Hello with token (NULL = none) and reads the answer into *ack. */
 int raw_hello(raw_conn *c, const char *token, moat_frame *ack);
+/* raw_connect and a hello with token (NULL = none) that got its HelloAck; NULL otherwise. */
+raw_conn *raw_connect_ready(int port, const char *token);
 /* Opens a call on a new stream id and sends req (packed); returns the id. */
 uint32_t raw_call(raw_conn *c, const char *method, uint64_t deadline_ms,
                   const ProtobufCMessage *req);

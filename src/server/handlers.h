@@ -1,0 +1,121 @@
+/* What moatd's service handlers share: the session cache and lookup, the per-session call limit,
+ * the reaper's events, jobs on libuv's thread pool, and the helpers of one-answer calls. The
+ * services themselves are svc_sessions.c, svc_exec.c and svc_files.c; handlers.c dispatches to
+ * them. Loop thread only, except where a function says otherwise. */
+#ifndef MOAT_SERVER_HANDLERS_H
+#define MOAT_SERVER_HANDLERS_H
+
+#include "server_internal.h"
+
+/* ---- session cache (session_cache.c) ---------------------------------------------------------
+ * Sessions known to be running, so a command does not need a Docker round trip first. */
+
+/* FNV-1a of a session id, for the tables keyed by session. */
+unsigned moat__session_hash(const char *session_id);
+moat_err moat__session_cache_init(srv *s);
+void moat__session_cache_free(srv *s);
+/* Forgets every session (the reaper ended more than it could name). */
+void moat__session_cache_clear(srv *s);
+/* Remembers a running session's execd socket and token (copied). */
+void moat__session_cache_put(srv *s, const moat_session *session);
+void moat__session_cache_drop(srv *s, const char *session_id);
+
+/* What an Exec or Files call does once its session's execd is known. ep's strings are valid only
+ * during the call. */
+typedef void (*session_then_fn)(stream *st, const moat_bridge_endpoint *ep);
+/* Canonicalises session_id, counts the call against max_calls_per_session and runs then with
+ * the session's execd, from the cache or the runtime; or ends the call saying why not. */
+void moat__with_session(stream *st, const char *session_id, session_then_fn then);
+
+/* ---- calls per session (session_calls.c) ---------------------------------------------------- */
+
+moat_err moat__calls_init(srv *s);
+void moat__calls_free(srv *s);
+/* Counts one more call to session id for st; false (the call ended RESOURCE_EXHAUSTED) at the
+ * limit. The stream gives it back when it goes (moat__handlers_stream_gone). */
+bool moat__calls_acquire(stream *st, const char *session_id);
+
+/* ---- the reaper's events (reaper_events.c) -------------------------------------------------- */
+
+moat_err moat__reaper_events_init(srv *s);
+/* Closes the loop's handle; the runtime must be closed already. */
+void moat__reaper_events_close(srv *s);
+/* The runtime's session_event hook (ctx is the server), on any thread: sessions the reaper ended
+ * leave the cache on the loop. */
+void moat__reaper_session_event(void *ctx, const char *event, const char *session_id,
+                                moat_code code, uint64_t duration_ns);
+
+/* ---- jobs on the thread pool (engine_jobs.c) ------------------------------------------------ */
+
+typedef struct engine_job engine_job;
+typedef void (*engine_job_fn)(engine_job *j);
+
+/* The first member of each operation's job. run works on a pool thread, done on the loop. */
+struct engine_job {
+    uv_work_t req;
+    srv *s;
+    stream *st; /* the call it answers (referenced while it runs); NULL for the server's own */
+    engine_job_fn run, done;
+    moat_status status; /* cleared before run */
+    moat_code code;
+    uint64_t started_ns;
+    engine_job *next, *prev; /* in s->engine_jobs while a call waits on it */
+};
+
+/* A zeroed job of size bytes (the operation's struct) for a call that needs the engine; NULL (the
+ * call ended) when it cannot run: with the engine down the call fails at once rather than hold a
+ * worker for docker_timeout_ms. The job frees itself after done. */
+void *moat__job_new(stream *st, size_t size);
+/* The same for work of the server's own, with no call. NULL when out of memory. */
+void *moat__job_new_unattached(srv *s, size_t size);
+void moat__job_start(engine_job *j, engine_job_fn run, engine_job_fn done);
+
+/* ---- services ---------------------------------------------------------------------------------
+ * Each takes the call's decoded request (owned by the call). */
+
+void moat__sandboxes_create(stream *st, const ProtobufCMessage *req);
+void moat__sandboxes_get(stream *st, const ProtobufCMessage *req);
+void moat__sandboxes_list(stream *st, const ProtobufCMessage *req);
+void moat__sandboxes_renew(stream *st, const ProtobufCMessage *req);
+void moat__sandboxes_stop(stream *st, const ProtobufCMessage *req);
+void moat__health_check(stream *st, const ProtobufCMessage *req);
+/* Reconciles with the runtime, then starts its reaper and watcher (svc_sessions.c). */
+void moat__sessions_start(srv *s);
+
+/* Exec (svc_exec.c) and Files (svc_files.c), once the session's execd is known. */
+void moat__exec_run_command(stream *st, const moat_bridge_endpoint *ep);
+void moat__exec_run_in_shell(stream *st, const moat_bridge_endpoint *ep);
+void moat__exec_attach(stream *st, const moat_bridge_endpoint *ep);
+void moat__exec_create_shell(stream *st, const moat_bridge_endpoint *ep);
+void moat__exec_delete_shell(stream *st, const moat_bridge_endpoint *ep);
+void moat__exec_interrupt(stream *st, const moat_bridge_endpoint *ep);
+void moat__exec_command_status(stream *st, const moat_bridge_endpoint *ep);
+void moat__exec_command_logs(stream *st, const moat_bridge_endpoint *ep);
+void moat__files_stat(stream *st, const moat_bridge_endpoint *ep);
+void moat__files_list(stream *st, const moat_bridge_endpoint *ep);
+void moat__files_read(stream *st, const moat_bridge_endpoint *ep);
+void moat__files_write(stream *st, const moat_bridge_endpoint *ep);
+void moat__files_remove(stream *st, const moat_bridge_endpoint *ep);
+void moat__files_move(stream *st, const moat_bridge_endpoint *ep);
+void moat__files_mkdir(stream *st, const moat_bridge_endpoint *ep);
+void moat__files_chmod(stream *st, const moat_bridge_endpoint *ep);
+
+/* ---- helpers (handlers.c) ------------------------------------------------------------------- */
+
+/* Whether the call still runs (no cancel, deadline or failure ended it). */
+bool moat__running(const stream *st);
+/* Canonicalises a UUID field ("chat_id" or "session_id") into out, or ends the call
+ * INVALID_ARGUMENT invalid_<field>. */
+bool moat__canon(stream *st, const char *in, const char *field, char out[MOAT_UUID_STR_LEN]);
+/* For a call answered by one bridge callback: the stream's reference the callback gives back. */
+stream *moat__hold(stream *st);
+/* The bridge call was started (err MOAT_OK, hold's reference now the callback's) or refused
+ * (the reference is given back and the call ends with status). */
+void moat__bridge_started(stream *st, moat_err err, const moat_status *status);
+/* In a bridge callback: whether the call still runs and the answer is OK; a failed answer ends
+ * the call. */
+bool moat__answer_ok(stream *st, const moat_status *status);
+/* A bridge callback for calls answered by an empty message of the method's response type. */
+void moat__empty_answer(void *ud, const moat_status *status);
+
+#endif
