@@ -325,19 +325,6 @@ static outcome classify(const run_out *r, const char *own_container)
     return OUTCOME_ELSEWHERE;
 }
 
-static bool log_contains(const moatd_proc *p, const char *needle)
-{
-    FILE *f = fopen(p->log_path, "r");
-    if (f == NULL)
-        return false;
-    char line[4096];
-    bool found = false;
-    while (!found && fgets(line, sizeof(line), f) != NULL)
-        found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
-}
-
 typedef struct tally {
     int own, refused, elsewhere;
 } tally;
@@ -415,7 +402,7 @@ static void test_planted_socket_never_redirects_moatd(void **state)
         run_on(p, attacker, "hostname", &r);
         assert_int_equal(classify(&r, attacker_cid), OUTCOME_OWN);
     }
-    assert_true(log_contains(p, "execd_socket_refused"));
+    assert_true(moatd_log_contains(p, "execd_socket_refused"));
 
     /* Swapped continuously, between and during calls. */
     snprintf(cmd, sizeof(cmd),

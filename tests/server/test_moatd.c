@@ -580,11 +580,7 @@ static void test_pending_hello_budget(void **state)
     assert_true(frame_is_go_away(&f, MOAT_CODE_RESOURCE_EXHAUSTED));
     char page[16384];
     assert_true(http_get(p.metrics_port, "/metrics", page, sizeof(page)));
-    /* Six of ours, and maybe the harness's own probe if its close was not yet seen. */
-    const char *ev = strstr(page, "moat_hellos_refused_total{reason=\"evicted\"} ");
-    assert_non_null(ev);
-    long evicted = strtol(strchr(ev, '}') + 2, NULL, 10);
-    assert_true(evicted == 6 || evicted == 7);
+    assert_non_null(strstr(page, "moat_hellos_refused_total{reason=\"evicted\"} 6\n"));
     assert_non_null(strstr(page, "moat_pending_hellos 2\n"));
     for (int i = 0; i < 10; i++)
         raw_close(silent[i]);
