@@ -27,22 +27,11 @@ static char moat_bin[512];
 static char session[64];
 static char out_path[300], err_path[300];
 
-static void cleanup_containers(void)
-{
-    char cmd[200];
-    snprintf(cmd, sizeof(cmd),
-             "ids=$(/usr/bin/docker ps -aq --filter name=%s); "
-             "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1",
-             prefix);
-    int rc = system(cmd);
-    (void)rc;
-}
-
 static int setup(void **state)
 {
     (void)state;
     snprintf(prefix, sizeof(prefix), "moat-e2ecli%d-", (int)getpid());
-    cleanup_containers();
+    docker_remove_prefixed(prefix);
     const char *build = getenv("MOAT_BUILD_DIR");
     snprintf(moat_bin, sizeof(moat_bin), "%s/src/client/moat", build != NULL ? build : ".");
     /* MOAT_SANDBOX_IMAGE: the image scripts/build-sandbox-image.sh built (default: moatd's) */
@@ -66,7 +55,7 @@ static int teardown(void **state)
 {
     (void)state;
     moatd_stop(&P);
-    cleanup_containers();
+    docker_remove_prefixed(prefix);
     moatd_remove_dir(P.state_dir);
     return 0;
 }

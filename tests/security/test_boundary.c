@@ -31,17 +31,6 @@ static moatd_proc root_moatd;         /* sandbox_user=root: a sandbox that can r
 static char *extra_default[8], *extra_root[8];
 static char arg_prefix_default[96], arg_prefix_root[96];
 
-static void remove_containers(const char *prefix)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof(cmd),
-             "ids=$(/usr/bin/docker ps -aq --filter name=%s); "
-             "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1",
-             prefix);
-    int rc = system(cmd);
-    (void)rc;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -66,8 +55,8 @@ static int teardown(void **state)
     (void)state;
     int rc1 = moatd_stop(&unprivileged_moatd);
     int rc2 = moatd_stop(&root_moatd);
-    remove_containers(prefix_default);
-    remove_containers(prefix_root);
+    docker_remove_prefixed(prefix_default);
+    docker_remove_prefixed(prefix_root);
     moatd_remove_dir(unprivileged_moatd.state_dir);
     moatd_remove_dir(root_moatd.state_dir);
     return rc1 == 0 && rc2 == 0 ? 0 : -1;

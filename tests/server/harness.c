@@ -311,6 +311,17 @@ void moatd_remove_dir(const char *dir)
     (void)rc;
 }
 
+void docker_remove_prefixed(const char *prefix)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd),
+             "ids=$(/usr/bin/docker ps -aq --filter name=%s); "
+             "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1",
+             prefix);
+    int rc = system(cmd);
+    (void)rc;
+}
+
 raw_conn *raw_connect(int port)
 {
     raw_conn *c = calloc(1, sizeof(*c));
