@@ -257,8 +257,8 @@ int main(int argc, char **argv)
     char what[64];
     snprintf(what, sizeof(what), "throughput %ld MiB (median of %d)", mib, rounds);
     verdict(what, mb_ex, mb_dk, "MB/s", mb_ex / mb_dk, ">= 4x", mb_ex / mb_dk >= 4);
-    printf("ceiling: producer alone %.1f MB/s (%.2fx docker exec), producer into cat %.1f MB/s "
-           "(%.2fx); execd reaches %.0f%% of the cat ceiling\n",
+    printf("producer rate in the sandbox: alone %.1f MB/s (%.2fx docker exec), into cat %.1f MB/s "
+           "(%.2fx); execd reaches %.0f%% of the rate into cat\n",
            mb_alone, mb_alone / mb_dk, mb_cat, mb_cat / mb_dk, 100 * mb_ex / mb_cat);
 
     /* Supplementary: `dd` of /dev/zero in 64 KiB blocks costs its producer far less than
