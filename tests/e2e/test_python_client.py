@@ -54,7 +54,8 @@ def start_moatd(args, state, log):
         moatd = subprocess.Popen(
             [args.moatd, "--listen=127.0.0.1:%d" % port,
              "--metrics_listen=127.0.0.1:%d" % free_port(), "--state_dir=" + state,
-             "--token=" + TOKEN, "--container_name_prefix=" + PREFIX, "--log_level=warn"],
+             "--token=" + TOKEN, "--container_name_prefix=" + PREFIX,
+             "--image=moat-sandbox:latest", "--log_level=warn"],
             stdout=log, stderr=log)
         for _ in range(200):
             if listens_on(moatd.pid, port):
