@@ -3,7 +3,7 @@
  *     (target: >= 50% of memcpy's rate), also with the copy into the replay
  *     ring that a live stream adds;
  *  2. line mode, 80-byte output events (target: >= 1 000 000 events/s),
- *     against moat_json_parse alone on the same line (the ceiling: the
+ *     against moat_json_parse alone on the same line (a bound: the
  *     decoder parses each line once with it).
  * The input is fed in 64 KiB pieces, as curl's write callback hands it over.
  * The machine may be shared: each figure and its baseline are measured in
@@ -142,7 +142,7 @@ int main(int argc, char **argv)
     for (int r = 0; r < ROUNDS; r++) {
         run_decoder(lines, (size_t)NLINE * (size_t)ll, false, NULL, round, &b, &e);
         eps = e > eps ? e : eps;
-        /* moat_json_parse alone on the same line: the ceiling of this design */
+        /* moat_json_parse alone on the same line: a bound on this design's rate */
         uint64_t loads = 0;
         double t0 = now_s(), t = t0;
         while (t - t0 < round) {

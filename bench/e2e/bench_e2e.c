@@ -298,8 +298,8 @@ static void bench_stream(moatd_proc *p, const char *sid, const char *cid, const 
         return;
     }
     double cm = (double)bytes / tc / 1048576.0;
-    printf("ceiling: yes | head | cat inside the sandbox %.0f MiB/s (%.2fx docker exec); moatd "
-           "delivers %.0f%% of it to the client\n",
+    printf("producer rate: yes | head | cat inside the sandbox %.0f MiB/s (%.2fx docker exec); "
+           "moatd delivers %.0f%% of it to the client\n",
            cm, cm / dm, 100.0 * mm / cm);
 }
 

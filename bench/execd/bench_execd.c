@@ -1,6 +1,8 @@
 /* bench_execd: moat-execd against `docker exec`, both in one container of the local image
  * (moat-sandbox:latest with the bundle of <build-dir>), measured in the same run.
- *  1. `echo hi` round trip p50: execd over its Unix socket vs `docker exec` (target <= 0.05x)
+ *  1. `echo hi` round trip p50: execd over its Unix socket vs `docker exec` (target <= 0.05x);
+ *     alternated with it, as uid 1000 and through moat-execd-fork (this execd built to start
+ *     commands with fork + exec, as it did before posix_spawn) in a second container alike
  *  2. throughput of `yes | head -c SIZE`: execd binary-safe mode vs `docker exec` streaming
  *     the same bytes (target >= 4x), ROUNDS runs of each, interleaved, medians compared
  *     (the 2-core host is shared, so one run of each is at the mercy of its neighbours);
@@ -8,6 +10,7 @@
  *     leaving the sandbox: what the producer costs on this host without any transport.
  *     Defaults: 3 rounds of 256 MiB (1 GiB through `docker exec` takes about a minute
  *     here); `bench_execd <build-dir> 1024 1` is the issue's single 1 GiB run.
+ * The image is built only when missing; the bundles are made from the build's binaries.
  * usage: bench_execd [build-dir] [size-MiB] [rounds] */
 #include <curl/curl.h>
 #include <stdbool.h>
@@ -21,7 +24,7 @@
 
 #define ROUNDS 50
 
-static char sock[256];
+static char sock[128], sock_fork[128];
 
 static double now_s(void)
 {
@@ -58,9 +61,10 @@ static size_t sink_write(char *p, size_t size, size_t n, void *ud)
     return len;
 }
 
-/* One POST /command (as uid:gid 1000 when as_user, as moatd's sandboxes run commands); returns
- * false unless the stream ended with execution_complete. */
-static bool execd_run_as(CURL *c, const char *cmd, bool binary, bool as_user, sink *s)
+/* One POST /command to the execd at path (as uid:gid 1000 when as_user, as moatd's sandboxes run
+ * commands); returns false unless the stream ended with execution_complete. */
+static bool execd_run_at(CURL *c, const char *path, const char *cmd, bool binary, bool as_user,
+                         sink *s)
 {
     char body[512];
     snprintf(body, sizeof(body), "{\"command\":\"%s\"%s}", cmd,
@@ -69,7 +73,7 @@ static bool execd_run_as(CURL *c, const char *cmd, bool binary, bool as_user, si
     if (binary)
         h = curl_slist_append(h, "X-Moat-Output: binary");
     curl_easy_setopt(c, CURLOPT_URL, "http://localhost/command");
-    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, sock);
+    curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, path);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink_write);
@@ -83,7 +87,32 @@ static bool execd_run_as(CURL *c, const char *cmd, bool binary, bool as_user, si
 
 static bool execd_run(CURL *c, const char *cmd, bool binary, sink *s)
 {
-    return execd_run_as(c, cmd, binary, false, s);
+    return execd_run_at(c, sock, cmd, binary, false, s);
+}
+
+/* The bench's sandbox: bundle at /opt/moat, run_dir at /run/moat, as moatd's are started;
+ * sock_path gets the path of its execd's socket. */
+static bool start_container(const char *name, const char *bundle, const char *run_dir,
+                            char *sock_path, size_t cap)
+{
+    snprintf(sock_path, cap, "%s/execd.sock", run_dir);
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd),
+             "/usr/bin/docker run -d --name %s --network none -v %s:/opt/moat:ro "
+             "-v %s:/run/moat moat-sandbox:latest >/dev/null",
+             name, bundle, run_dir);
+    return system(cmd) == 0;
+}
+
+static bool wait_up(CURL *c, const char *path)
+{
+    for (int i = 0; i < 100; i++) {
+        sink s = {0};
+        if (execd_run_at(c, path, "true", false, false, &s))
+            return true;
+        usleep(100000);
+    }
+    return false;
 }
 
 /* `docker exec name bash -c cmd`, reading and counting its stdout. */
@@ -130,57 +159,65 @@ int main(int argc, char **argv)
         mib = 256;
     if (rounds <= 0 || rounds > 9)
         rounds = 3;
-    char name[64], dir[] = "/tmp/moat-execd-bench-XXXXXX", cmd[2048];
+    char name[64], name_fork[80], dir[] = "/tmp/moat-execd-bench-XXXXXX", cmd[4096];
     snprintf(name, sizeof(name), "moat-execd-bench-%d", (int)getpid());
+    snprintf(name_fork, sizeof(name_fork), "%s-fork", name);
     if (mkdtemp(dir) == NULL)
         return 1;
-    snprintf(cmd, sizeof(cmd), "%s/scripts/build-sandbox-image.sh %s >/dev/null",
-             MOAT_BENCH_SOURCE_DIR, bdir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "bench_execd: building the sandbox image failed\n");
-        rmdir(dir);
-        return 1;
-    }
-    snprintf(cmd, sizeof(cmd),
-             "/usr/bin/docker run -d --name %s --network none -v %s/execd-bundle:/opt/moat:ro "
-             "-v %s:/run/moat moat-sandbox:latest >/dev/null",
-             name, bdir, dir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "bench_execd: docker run failed\n");
-        rmdir(dir);
-        return 1;
-    }
-    snprintf(sock, sizeof(sock), "%s/execd.sock", dir);
+    /* dir: run/ and run-fork/ (the containers' /run/moat), fork-bundle/ */
+    snprintf(
+        cmd, sizeof(cmd),
+        "mkdir %s/run %s/run-fork && "
+        "%s/scripts/build-execd-bundle.sh %s/src/execd/moat-execd %s/execd-bundle >/dev/null && "
+        "%s/scripts/build-execd-bundle.sh %s/bench/execd/moat-execd-fork %s/fork-bundle "
+        ">/dev/null && { /usr/bin/docker image inspect moat-sandbox:latest >/dev/null 2>&1 || "
+        "%s/scripts/build-sandbox-image.sh %s >/dev/null; }",
+        dir, dir, MOAT_BENCH_SOURCE_DIR, bdir, bdir, MOAT_BENCH_SOURCE_DIR, bdir, dir,
+        MOAT_BENCH_SOURCE_DIR, bdir);
     curl_global_init(CURL_GLOBAL_ALL);
-    CURL *c = curl_easy_init();
+    CURL *c = curl_easy_init(), *cf = curl_easy_init();
     int rc = 1;
-    bool up = false;
-    for (int i = 0; i < 100 && !up; i++) {
-        sink s = {0};
-        up = execd_run(c, "true", false, &s);
-        if (!up)
-            usleep(100000);
-    }
-    if (!up) {
-        fprintf(stderr, "bench_execd: execd did not answer in the container\n");
+    char bundle[600], run_dir[64], fork_bundle[64], run_fork[64];
+    snprintf(bundle, sizeof(bundle), "%s/execd-bundle", bdir);
+    snprintf(run_dir, sizeof(run_dir), "%s/run", dir);
+    snprintf(fork_bundle, sizeof(fork_bundle), "%s/fork-bundle", dir);
+    snprintf(run_fork, sizeof(run_fork), "%s/run-fork", dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "bench_execd: making the bundles or the sandbox image failed\n");
         goto out;
     }
-    printf("bench_execd: container %s (moat-sandbox:latest, --network none), 2-core host\n", name);
+    if (!start_container(name, bundle, run_dir, sock, sizeof(sock)) ||
+        !start_container(name_fork, fork_bundle, run_fork, sock_fork, sizeof(sock_fork))) {
+        fprintf(stderr, "bench_execd: docker run failed\n");
+        goto out;
+    }
+    if (!wait_up(c, sock) || !wait_up(cf, sock_fork)) {
+        fprintf(stderr, "bench_execd: execd did not answer in the containers\n");
+        goto out;
+    }
+    printf("bench_execd: containers %s and %s (moat-sandbox:latest, --network none), 2-core "
+           "host\n",
+           name, name_fork);
 
     /* 1. round trip */
-    /* execd's own user (posix_spawn) and another user (clone + raw setresuid, as every command
-     * of a sandbox with sandbox_user starts), alternated so both see the same host. */
-    double ex[ROUNDS], ex_user[ROUNDS], ex_fresh[ROUNDS], dk[ROUNDS];
+    /* execd's own user (posix_spawn), another user (clone + raw setresuid, as every command
+     * of a sandbox with sandbox_user starts) and the fork + exec build, alternated so all three
+     * see the same host. */
+    double ex[ROUNDS], ex_user[ROUNDS], ex_fork[ROUNDS], ex_fresh[ROUNDS], dk[ROUNDS];
     for (int i = 0; i < ROUNDS; i++) {
-        sink s = {0}, u = {0};
+        sink s = {0}, u = {0}, f = {0};
         double t0 = now_s();
         if (!execd_run(c, "echo hi", false, &s))
             goto out;
         double t1 = now_s();
-        if (!execd_run_as(c, "echo hi", false, true, &u))
+        if (!execd_run_at(c, sock, "echo hi", false, true, &u))
+            goto out;
+        double t2 = now_s();
+        if (!execd_run_at(cf, sock_fork, "echo hi", false, false, &f))
             goto out;
         ex[i] = t1 - t0;
-        ex_user[i] = now_s() - t1;
+        ex_user[i] = t2 - t1;
+        ex_fork[i] = now_s() - t2;
     }
     for (int i = 0; i < ROUNDS; i++) {
         CURL *f = curl_easy_init();
@@ -199,10 +236,14 @@ int main(int argc, char **argv)
         dk[i] = now_s() - t0;
     }
     double p_ex = median(ex, ROUNDS) * 1e3, p_user = median(ex_user, ROUNDS) * 1e3,
-           p_fresh = median(ex_fresh, ROUNDS) * 1e3, p_dk = median(dk, ROUNDS) * 1e3;
+           p_fork = median(ex_fork, ROUNDS) * 1e3, p_fresh = median(ex_fresh, ROUNDS) * 1e3,
+           p_dk = median(dk, ROUNDS) * 1e3;
     printf("echo hi round trip, %d rounds each: execd p50 %.3f ms (keep-alive), %.3f ms (new "
            "connection each), %.3f ms (keep-alive, as uid 1000); docker exec p50 %.3f ms\n",
            ROUNDS, p_ex, p_fresh, p_user, p_dk);
+    printf("fork mode, alternated with posix_spawn: moat-execd-fork p50 %.3f ms (%.4fx docker "
+           "exec), %.2fx execd's posix_spawn (%.3f ms)\n",
+           p_fork, p_fork / p_dk, p_fork / p_ex, p_ex);
     verdict("echo hi p50 (as uid 1000)", p_user, p_dk, "ms", p_user / p_dk, "<= 0.05x",
             p_user / p_dk <= 0.05);
     verdict("echo hi p50 (new connection)", p_fresh, p_dk, "ms", p_fresh / p_dk, "<= 0.05x",
@@ -257,8 +298,8 @@ int main(int argc, char **argv)
     char what[64];
     snprintf(what, sizeof(what), "throughput %ld MiB (median of %d)", mib, rounds);
     verdict(what, mb_ex, mb_dk, "MB/s", mb_ex / mb_dk, ">= 4x", mb_ex / mb_dk >= 4);
-    printf("ceiling: producer alone %.1f MB/s (%.2fx docker exec), producer into cat %.1f MB/s "
-           "(%.2fx); execd reaches %.0f%% of the cat ceiling\n",
+    printf("producer rate in the sandbox: alone %.1f MB/s (%.2fx docker exec), into cat %.1f MB/s "
+           "(%.2fx); execd reaches %.0f%% of the rate into cat\n",
            mb_alone, mb_alone / mb_dk, mb_cat, mb_cat / mb_dk, 100 * mb_ex / mb_cat);
 
     /* Supplementary: `dd` of /dev/zero in 64 KiB blocks costs its producer far less than
@@ -284,8 +325,10 @@ out:
     if (rc != 0)
         fprintf(stderr, "bench_execd: a run failed\n");
     curl_easy_cleanup(c);
+    curl_easy_cleanup(cf);
     curl_global_cleanup();
-    snprintf(cmd, sizeof(cmd), "/usr/bin/docker rm -f %s >/dev/null 2>&1; rm -rf %s", name, dir);
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker rm -f %s %s >/dev/null 2>&1; rm -rf %s", name,
+             name_fork, dir);
     if (system(cmd) != 0)
         fprintf(stderr, "bench_execd: cleanup failed\n");
     return rc;

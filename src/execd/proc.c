@@ -254,6 +254,34 @@ static int spawn_as_user(const xd_spawn *sp, pid_t *pid)
     return err;
 }
 
+#ifdef MOAT_EXECD_SPAWN_FORK
+/* bench/execd's comparison build only: fork + exec, what posix_spawn replaced here, so that a
+ * benchmark can put the two side by side in one run. Only async-signal-safe calls in the child. */
+static int spawn_plain(const xd_spawn *sp, pid_t *pid)
+{
+    *pid = fork();
+    if (*pid < 0)
+        return errno;
+    if (*pid == 0) {
+        struct sigaction dfl = {.sa_handler = SIG_DFL};
+        for (int s = 1; s < NSIG; s++)
+            sigaction(s, &dfl, NULL);
+        setpgid(0, 0);
+        int devnull = open("/dev/null", O_RDWR);
+        if (devnull < 0 || dup2(devnull, 0) < 0 ||
+            dup2(sp->out_fd >= 0 ? sp->out_fd : devnull, 1) < 0 ||
+            dup2(sp->err_fd >= 0 ? sp->err_fd : devnull, 2) < 0 ||
+            (sp->cwd != NULL && chdir(sp->cwd) != 0))
+            _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execve(sp->argv[0], sp->argv, sp->envp);
+        _exit(127);
+    }
+    return 0;
+}
+#else
 /* posix_spawn cannot change the user or groups: commands that keep execd's ids
  * start here, the others in spawn_as_user. Returns 0 or an errno. */
 static int spawn_plain(const xd_spawn *sp, pid_t *pid)
@@ -293,6 +321,7 @@ static int spawn_plain(const xd_spawn *sp, pid_t *pid)
     posix_spawn_file_actions_destroy(&fa);
     return err;
 }
+#endif
 
 /* Under the table lock: the command runs as pid from now on. */
 static void mark_started(xd_cmd *c, pid_t pid, uint64_t timeout_ms)

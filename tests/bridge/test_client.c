@@ -600,9 +600,11 @@ static void test_liveness(void **state)
     col_free(&c);
     env_down(&e);
 
-    /* nobody listening at all */
+    /* nobody listening at all: beside this run's fake's socket, a path nothing makes */
     env_up(&e, false, &cfg);
-    e.ep.unix_socket = "/tmp/moat-bridge-test-nobody.sock";
+    char nobody[sizeof(e.f.sock_path) + 8];
+    snprintf(nobody, sizeof(nobody), "%s.nobody", e.f.sock_path);
+    e.ep.unix_socket = nobody;
     run_to_end(&e, "echo hi", &c);
     assert_int_equal(c.end.code, MOAT_CODE_UNAVAILABLE);
     assert_string_equal(c.end.reason, "execd_unreachable");

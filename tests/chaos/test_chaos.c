@@ -31,17 +31,6 @@ static char chat_c[] = "5d1c2b0e-8a51-4c1e-9d7b-1f2e3d4c5b03";
 static char chat_d[] = "5d1c2b0e-8a51-4c1e-9d7b-1f2e3d4c5b04";
 static char attack_sid[64], legit_sid[64];
 
-static void cleanup_containers(void)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof(cmd),
-             "ids=$(/usr/bin/docker ps -aq --filter name=%s); "
-             "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1",
-             prefix);
-    int rc = system(cmd);
-    (void)rc;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -49,7 +38,7 @@ static int setup(void **state)
     snprintf(prefix, sizeof(prefix), "moat-chaos-%d-", pid);
     snprintf(prefix_arg, sizeof(prefix_arg), "--container_name_prefix=%s", prefix);
     snprintf(instance_arg, sizeof(instance_arg), "--instance=chaos%d", pid);
-    cleanup_containers();
+    docker_remove_prefixed(prefix);
     const char *extra[] = {prefix_arg,
                            instance_arg,
                            "--log_level=info",
@@ -67,7 +56,7 @@ static int teardown(void **state)
 {
     (void)state;
     int rc = moatd_stop(&P);
-    cleanup_containers();
+    docker_remove_prefixed(prefix);
     moatd_remove_dir(P.state_dir);
     return rc == 0 ? 0 : -1;
 }

@@ -23,17 +23,6 @@ static moatd_proc P;
 static attack A;
 static char prefix[64];
 
-static void remove_containers(void)
-{
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd),
-             "ids=$(/usr/bin/docker ps -aq --filter name=%s); [ -z \"$ids\" ] || "
-             "/usr/bin/docker rm -f $ids >/dev/null 2>&1",
-             prefix);
-    int rc = system(cmd);
-    (void)rc;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -50,7 +39,7 @@ static int teardown(void **state)
     (void)state;
     attack_stop(&A);
     int rc = moatd_stop(&P);
-    remove_containers();
+    docker_remove_prefixed(prefix);
     moatd_remove_dir(P.state_dir);
     return rc == 0 ? 0 : -1;
 }

@@ -17,33 +17,31 @@
 #include "harness.h"
 #include "moat/client.h"
 
-#define PREFIX "moat-e2ecli-"
-#define TOKEN  "e2e-secret-token"
+#define TOKEN "e2e-secret-token"
 
 static moatd_proc P;
+/* This run's own ("moat-e2ecli<pid>-"), so that runs at the same time on one engine never
+ * remove each other's sandboxes. */
+static char prefix[48];
 static char moat_bin[512];
 static char session[64];
 static char out_path[300], err_path[300];
 
-static void cleanup_containers(void)
-{
-    int rc = system("ids=$(/usr/bin/docker ps -aq --filter name=" PREFIX "); "
-                    "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1");
-    (void)rc;
-}
-
 static int setup(void **state)
 {
     (void)state;
-    cleanup_containers();
+    snprintf(prefix, sizeof(prefix), "moat-e2ecli%d-", (int)getpid());
+    docker_remove_prefixed(prefix);
     const char *build = getenv("MOAT_BUILD_DIR");
     snprintf(moat_bin, sizeof(moat_bin), "%s/src/client/moat", build != NULL ? build : ".");
     /* MOAT_SANDBOX_IMAGE: the image scripts/build-sandbox-image.sh built (default: moatd's) */
     static char image[300];
     const char *img = getenv("MOAT_SANDBOX_IMAGE");
     snprintf(image, sizeof(image), "--image=%s", img != NULL ? img : "");
-    const char *extra[] = {"--container_name_prefix=" PREFIX, "--token=" TOKEN,
-                           img != NULL && img[0] ? image : NULL, NULL};
+    char prefix_arg[96];
+    snprintf(prefix_arg, sizeof(prefix_arg), "--container_name_prefix=%s", prefix);
+    const char *extra[] = {prefix_arg, "--token=" TOKEN, img != NULL && img[0] ? image : NULL,
+                           NULL};
     if (!moatd_start(&P, true, extra))
         return -1;
     snprintf(out_path, sizeof(out_path), "%s/cli.out", P.state_dir);
@@ -57,7 +55,7 @@ static int teardown(void **state)
 {
     (void)state;
     moatd_stop(&P);
-    cleanup_containers();
+    docker_remove_prefixed(prefix);
     moatd_remove_dir(P.state_dir);
     return 0;
 }

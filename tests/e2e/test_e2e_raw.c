@@ -221,6 +221,8 @@ static void grant(raw_conn *c, uint32_t id, uint32_t n)
 }
 
 static bool collect_without_grants;
+/* When set, runs after every output event collect() takes, with what came so far. */
+static void (*after_output)(const run_result *r);
 
 /* Reads one stream to its End, granting window as messages are consumed. */
 static void collect(raw_conn *c, uint32_t id, run_result *r, bool keep, int pause_ms_at_start)
@@ -241,6 +243,8 @@ static void collect(raw_conn *c, uint32_t id, run_result *r, bool keep, int paus
             if (!collect_without_grants)
                 grant(c, id, (uint32_t)f.u.message.payload.len);
             on_event(r, ev, keep);
+            if (after_output != NULL && ev->kind_case == MOAT__V1__EXEC_EVENT__KIND_OUTPUT)
+                after_output(r);
             moat__v1__exec_event__free_unpacked(ev, NULL);
         } else if (f.kind == MOAT_FRAME_END) {
             r->end_code = (int)f.u.end.code;
@@ -347,12 +351,32 @@ static void test_create_is_idempotent_per_chat(void **state)
     raw_close(c);
 }
 
+static raw_conn *releaser;
+
+/* Lets the command of test_exec_output_and_exit_codes make its next write: the output event
+ * number n makes /tmp/go<n> in the sandbox, from another connection. */
+static void release_next_write(const run_result *r)
+{
+    char cmd[64];
+    snprintf(cmd, sizeof(cmd), "touch /tmp/go%zu", r->norder);
+    assert_int_equal(raw_run_many(releaser, session_a, cmd, 1, 1, NULL, NULL), 1);
+}
+
 static void test_exec_output_and_exit_codes(void **state)
 {
     (void)state;
     raw_conn *c = conn();
     run_result r;
-    run(c, session_a, "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3", &r);
+    /* Each write waits until the test has seen the one before, so execd read it before the
+     * next one was made: two pipes keep no order between writes that are both pending. */
+    releaser = conn();
+    after_output = release_next_write;
+    run(c, session_a,
+        "echo out1; until [ -e /tmp/go1 ]; do sleep 0.01; done; echo err1 >&2; "
+        "until [ -e /tmp/go2 ]; do sleep 0.01; done; echo out2; exit 3",
+        &r);
+    after_output = NULL;
+    raw_close(releaser);
     assert_int_equal(r.end_code, MOAT_CODE_OK);
     assert_true(r.seq_ok);
     assert_true(r.has_exit);

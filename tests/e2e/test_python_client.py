@@ -16,7 +16,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "docs", "examples"))
 import moat_client  # noqa: E402
 
-PREFIX = "moat-pytest-"
+# This run's own, so that runs at the same time on one engine never remove each other's sandboxes.
+PREFIX = "moat-pytest%d-" % os.getpid()
 CHAT = "0f0e0d0c-0b0a-4908-8706-050403020100"
 TOKEN = "python-client-token"
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
@@ -26,6 +27,49 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listens_on(pid, port):
+    """Whether pid itself holds the socket listening on port (someone else may have taken the
+    port between free_port() and moatd's bind, and would answer a connect)."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for fields in (line.split() for line in f.readlines()[1:]):
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    fds = "/proc/%d/fd" % pid
+    try:
+        held = {os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds)}
+    except OSError:
+        return False
+    return any("socket:[%s]" % inode in held for inode in inodes)
+
+
+def start_moatd(args, state, log):
+    """moatd on a free port, started again on another (a few times) when the port was taken."""
+    for _ in range(5):
+        port = free_port()
+        log.seek(0)
+        log.truncate()
+        moatd = subprocess.Popen(
+            [args.moatd, "--listen=127.0.0.1:%d" % port,
+             "--metrics_listen=127.0.0.1:%d" % free_port(), "--state_dir=" + state,
+             "--token=" + TOKEN, "--container_name_prefix=" + PREFIX,
+             "--image=moat-sandbox:latest", "--log_level=warn"],
+            stdout=log, stderr=log)
+        for _ in range(200):
+            if listens_on(moatd.pid, port):
+                return moatd, port
+            if moatd.poll() is not None:
+                break
+            time.sleep(0.05)
+        if moatd.poll() is None:
+            moatd.kill()
+            moatd.wait()
+        with open(log.name, "rb") as f:
+            if b"address already in use" not in f.read():
+                break
+    raise RuntimeError("moatd did not start; its log is %s" % log.name)
 
 
 def expect_error(name, fn, *args):
@@ -57,21 +101,12 @@ def main():
     pb = moat_client.load_stubs(args.proto_dir, args.protoc)
 
     state = tempfile.mkdtemp(prefix="moat-pytest-state-")
-    port = free_port()
     log = open(os.path.join(state, "moatd.log"), "wb")
-    moatd = subprocess.Popen(
-        [args.moatd, "--listen=127.0.0.1:%d" % port, "--metrics_listen=127.0.0.1:%d" % free_port(),
-         "--state_dir=" + state, "--token=" + TOKEN, "--container_name_prefix=" + PREFIX,
-         "--image=moat-sandbox:latest", "--log_level=warn"], stdout=log, stderr=log)
-    addr = "127.0.0.1:%d" % port
+    moatd = None
     step = "start"
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        moatd, port = start_moatd(args, state, log)
+        addr = "127.0.0.1:%d" % port
 
         step = "tokens"
         expect_error("UNAUTHENTICATED", moat_client.Client, pb, addr, "wrong")
@@ -137,11 +172,12 @@ def main():
             sys.stderr.write(f.read().decode(errors="replace")[-4000:])
         return 1
     finally:
-        moatd.send_signal(signal.SIGTERM)
-        try:
-            moatd.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            moatd.kill()
+        if moatd is not None:
+            moatd.send_signal(signal.SIGTERM)
+            try:
+                moatd.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                moatd.kill()
         ids = subprocess.run([DOCKER, "ps", "-aq", "--filter", "name=" + PREFIX],
                              capture_output=True, text=True).stdout.split()
         if ids:

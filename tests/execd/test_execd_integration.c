@@ -397,8 +397,11 @@ static void test_bad_input(void **state)
 static void test_request_json(void **state)
 {
     (void)state;
-    char ran[256], body[512], path[128];
+    char ran[256], body[512], path[128], never[160], never_body[200];
     snprintf(ran, sizeof(ran), "%s/nul-ran", xp.dir);
+    /* A path in this run's own dir that nothing makes, so only execd could have made it. */
+    snprintf(never, sizeof(never), "%s/never", xp.dir);
+    snprintf(never_body, sizeof(never_body), "{\"%s\":{\"mode\":755.5}}", never);
     snprintf(body, sizeof(body), "{\"command\":\"touch %s\\u0000/y\"}", ran);
     xd_resp r = xd_http(&xp.unix_t, "POST", "/command", body, NULL);
     assert_int_equal(r.status, 400);
@@ -434,7 +437,7 @@ static void test_request_json(void **state)
         {"/command", "{\"command\":\"echo \xff\"}"},
         {"/command", "{\"command\":\"true\",\"timeout\":30000.5}"},
         {"/command", "{\"command\":\"true\",\"uid\":1e30}"},
-        {"/directories", "{\"/tmp/moat-never\":{\"mode\":755.5}}"},
+        {"/directories", never_body},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         r = xd_http(&xp.unix_t, "POST", cases[i].path, cases[i].body, NULL);
@@ -442,7 +445,7 @@ static void test_request_json(void **state)
         assert_string_equal(xd_error_code(&r), "INVALID_REQUEST_BODY");
         xd_resp_free(&r);
     }
-    assert_int_not_equal(access("/tmp/moat-never", F_OK), 0);
+    assert_int_not_equal(access(never, F_OK), 0);
     snprintf(path, sizeof(path), "/session/%s", sid);
     r = xd_http(&xp.unix_t, "DELETE", path, NULL, NULL);
     assert_int_equal(r.status, 200);
@@ -805,7 +808,9 @@ static void test_download_lines(void **state)
 static void test_upload_raw(void **state)
 {
     (void)state;
-    char req[8192], resp[4096], parts[4096];
+    char req[8192], resp[4096], parts[4096], never[160];
+    /* A path in this run's own dir that nothing makes, so only execd could have made it. */
+    snprintf(never, sizeof(never), "%s/never", xp.dir);
     /* a valid pair sent one byte at a time: MHD's parser sees every split point */
     snprintf(parts, sizeof(parts),
              "--BOUND\r\nContent-Disposition: form-data; name=\"metadata\"; filename=\"m\"\r\n"
@@ -849,15 +854,16 @@ static void test_upload_raw(void **state)
     /* no closing boundary: the body ends inside a part */
     snprintf(parts, sizeof(parts),
              "--BOUND\r\nContent-Disposition: form-data; name=\"metadata\"; filename=\"m\"\r\n"
-             "\r\n{\"path\":\"/tmp/moat-never\"}\r\n--BOUND\r\nContent-Disposition: form-data; "
-             "name=\"file\"; filename=\"f\"\r\n\r\ntruncated");
+             "\r\n{\"path\":\"%s\"}\r\n--BOUND\r\nContent-Disposition: form-data; "
+             "name=\"file\"; filename=\"f\"\r\n\r\ntruncated",
+             never);
     n = multipart(req, sizeof(req), parts, false);
     assert_int_equal(raw_request(req, n, 4096, resp, sizeof(resp)), 400);
-    assert_int_not_equal(access("/tmp/moat-never", F_OK), 0);
+    assert_int_not_equal(access(never, F_OK), 0);
     /* Content-Length larger than what is sent: the connection ends early, no file written */
     n = multipart(req, sizeof(req), parts, true);
     raw_request(req, n, 4096, resp, sizeof(resp));
-    assert_int_not_equal(access("/tmp/moat-never", F_OK), 0);
+    assert_int_not_equal(access(never, F_OK), 0);
     /* not multipart at all */
     const char plain[] = "POST /files/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                          "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";

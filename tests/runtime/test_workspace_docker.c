@@ -1,7 +1,8 @@
 /* Workspace quotas with real sandboxes (labels integration;docker; root, for the mounts): the
  * runtime with its defaults (workspace images, a tmpfs /run/moat, a read-only root) against the
- * real dockerd and moat-sandbox:latest. Containers are named moat-wstest-* and labelled
- * moat.instance=wstest; everything on the host lives under /tmp/moat-wsdocker-<pid>-XXXXXX, and
+ * real dockerd and moat-sandbox:latest. Containers are named moat-wstest<pid>-* and labelled
+ * moat.instance=wstest<pid>, so that runs at the same time on one engine never touch each
+ * other's; everything on the host lives under /tmp/moat-wsdocker-<pid>-XXXXXX, and
  * the teardown removes the containers, unmounts what is left there and removes it, even when a
  * test failed. Runs scripts/build-sandbox-image.sh when the image or the bundle is missing. */
 #define _XOPEN_SOURCE 700
@@ -22,7 +23,6 @@
 #include "host_mounts.h"
 #include "internal.h"
 
-#define PREFIX     "moat-wstest-"
 #define IMAGE      "moat-sandbox:latest"
 #define QUOTA      (64ll * 1024 * 1024)
 #define TMPFS_SIZE (16ll * 1024 * 1024)
@@ -55,10 +55,16 @@ static char *capture(const char *cmd)
     return out;
 }
 
+static char prefix[48], instance[48];
+
 static void remove_test_containers(void)
 {
-    run("/usr/bin/docker ps -aq --filter name=" PREFIX " | xargs -r /usr/bin/docker rm -f "
-        ">/dev/null 2>&1");
+    char cmd[200];
+    snprintf(cmd, sizeof(cmd),
+             "/usr/bin/docker ps -aq --filter name=%s | xargs -r /usr/bin/docker rm -f "
+             ">/dev/null 2>&1",
+             prefix);
+    run(cmd);
 }
 
 static int group_setup(void **state)
@@ -83,6 +89,8 @@ static int group_setup(void **state)
         fprintf(stderr, "cannot build the sandbox image and execd bundle: %s\n", cmd);
         return -1;
     }
+    snprintf(prefix, sizeof(prefix), "moat-wstest%d-", (int)getpid());
+    snprintf(instance, sizeof(instance), "wstest%d", (int)getpid());
     remove_test_containers();
     return 0;
 }
@@ -119,8 +127,8 @@ static int setup(void **state)
     f->cfg.execd_bundle_dir = f->bundle;
     f->cfg.state_dir = f->state;
     f->cfg.store_path = f->store;
-    f->cfg.container_name_prefix = PREFIX;
-    f->cfg.instance = "wstest";
+    f->cfg.container_name_prefix = prefix;
+    f->cfg.instance = instance;
     /* Small, so that filling them is quick; tmpfs pages count against the memory limit. */
     f->cfg.workspace_size_bytes = QUOTA;
     f->cfg.workspace_inodes = 4096;

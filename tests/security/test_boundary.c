@@ -31,17 +31,6 @@ static moatd_proc root_moatd;         /* sandbox_user=root: a sandbox that can r
 static char *extra_default[8], *extra_root[8];
 static char arg_prefix_default[96], arg_prefix_root[96];
 
-static void remove_containers(const char *prefix)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof(cmd),
-             "ids=$(/usr/bin/docker ps -aq --filter name=%s); "
-             "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1",
-             prefix);
-    int rc = system(cmd);
-    (void)rc;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -66,8 +55,8 @@ static int teardown(void **state)
     (void)state;
     int rc1 = moatd_stop(&unprivileged_moatd);
     int rc2 = moatd_stop(&root_moatd);
-    remove_containers(prefix_default);
-    remove_containers(prefix_root);
+    docker_remove_prefixed(prefix_default);
+    docker_remove_prefixed(prefix_root);
     moatd_remove_dir(unprivileged_moatd.state_dir);
     moatd_remove_dir(root_moatd.state_dir);
     return rc1 == 0 && rc2 == 0 ? 0 : -1;
@@ -325,19 +314,6 @@ static outcome classify(const run_out *r, const char *own_container)
     return OUTCOME_ELSEWHERE;
 }
 
-static bool log_contains(const moatd_proc *p, const char *needle)
-{
-    FILE *f = fopen(p->log_path, "r");
-    if (f == NULL)
-        return false;
-    char line[4096];
-    bool found = false;
-    while (!found && fgets(line, sizeof(line), f) != NULL)
-        found = strstr(line, needle) != NULL;
-    fclose(f);
-    return found;
-}
-
 typedef struct tally {
     int own, refused, elsewhere;
 } tally;
@@ -415,7 +391,7 @@ static void test_planted_socket_never_redirects_moatd(void **state)
         run_on(p, attacker, "hostname", &r);
         assert_int_equal(classify(&r, attacker_cid), OUTCOME_OWN);
     }
-    assert_true(log_contains(p, "execd_socket_refused"));
+    assert_true(moatd_log_contains(p, "execd_socket_refused"));
 
     /* Swapped continuously, between and during calls. */
     snprintf(cmd, sizeof(cmd),

@@ -4,6 +4,7 @@
 #include "moat/v1/exec.pb-c.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -101,13 +102,75 @@ bool moatd_start(moatd_proc *p, bool docker, const char *const *extra)
     return moatd_start_bin(p, bin, docker, extra);
 }
 
-bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *const *extra)
+/* The inode of the TCP socket listening on port (any address), from /proc/net/tcp, or 0. */
+static unsigned long listener_inode(int port)
 {
-    memset(p, 0, sizeof(*p));
-    snprintf(p->state_dir, sizeof(p->state_dir), "/tmp/moat-srvtest-XXXXXX");
-    if (mkdtemp(p->state_dir) == NULL)
+    FILE *f = fopen("/proc/net/tcp", "r");
+    if (f == NULL)
+        return 0;
+    char line[512];
+    unsigned long found = 0;
+    while (found == 0 && fgets(line, sizeof(line), f) != NULL) {
+        unsigned lport, state;
+        unsigned long inode;
+        if (sscanf(line, " %*u: %*x:%x %*x:%*x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &lport, &state,
+                   &inode) == 3 &&
+            (int)lport == port && state == 0x0A /* TCP_LISTEN */)
+            found = inode;
+    }
+    fclose(f);
+    return found;
+}
+
+/* Whether pid holds the socket with this inode. */
+static bool holds_socket(pid_t pid, unsigned long inode)
+{
+    char want[64], dir[64], path[400], target[64];
+    snprintf(want, sizeof(want), "socket:[%lu]", inode);
+    snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(dir);
+    if (d == NULL)
         return false;
-    snprintf(p->log_path, sizeof(p->log_path), "%s/moatd.log", p->state_dir);
+    bool held = false;
+    struct dirent *de;
+    while (!held && (de = readdir(d)) != NULL) {
+        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+        ssize_t n = readlink(path, target, sizeof(target) - 1);
+        if (n > 0) {
+            target[n] = '\0';
+            held = strcmp(target, want) == 0;
+        }
+    }
+    closedir(d);
+    return held;
+}
+
+/* Whether pid itself listens on port: a connect could reach whoever took the port between
+ * free_port() and moatd's bind. */
+static bool listens_on(pid_t pid, int port)
+{
+    unsigned long inode = listener_inode(port);
+    return inode != 0 && holds_socket(pid, inode);
+}
+
+bool moatd_log_contains(const moatd_proc *p, const char *needle)
+{
+    FILE *f = fopen(p->log_path, "r");
+    if (f == NULL)
+        return false;
+    char line[4096];
+    bool found = false;
+    while (!found && fgets(line, sizeof(line), f) != NULL)
+        found = strstr(line, needle) != NULL;
+    fclose(f);
+    return found;
+}
+
+typedef enum { STARTED, PORT_TAKEN, FAILED } start_result;
+
+static start_result start_once(moatd_proc *p, const char *bin, bool docker,
+                               const char *const *extra)
+{
     p->port = free_port();
     p->metrics_port = free_port();
     char bundle[320];
@@ -142,7 +205,7 @@ bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *co
 
     pid_t pid = fork();
     if (pid < 0)
-        return false;
+        return FAILED;
     if (pid == 0) {
         /* A failed assertion must not leave moatd (or its wrapper) running. */
         prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -164,21 +227,44 @@ bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *co
     }
     p->pid = pid;
     for (int i = 0; i < 200 * moatd_slowdown(); i++) {
-        int fd = tcp_connect(p->port);
-        if (fd >= 0) {
-            close(fd);
-            return true;
-        }
+        /* moatd binds its listener first and /metrics after it. */
+        if (listens_on(pid, p->port) && listens_on(pid, p->metrics_port))
+            return STARTED;
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             p->pid = 0;
-            moatd_dump_log(p);
-            return false;
+            return moatd_log_contains(p, "address already in use") ? PORT_TAKEN : FAILED;
+        }
+        /* moatd carries on without /metrics, which the tests read. */
+        if (moatd_log_contains(p, "metrics_unavailable")) {
+            moatd_stop(p);
+            return PORT_TAKEN;
         }
         sleep_ms(50);
     }
-    moatd_dump_log(p);
     moatd_stop(p);
+    return FAILED;
+}
+
+bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *const *extra)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->state_dir, sizeof(p->state_dir), "/tmp/moat-srvtest-XXXXXX");
+    if (mkdtemp(p->state_dir) == NULL)
+        return false;
+    snprintf(p->log_path, sizeof(p->log_path), "%s/moatd.log", p->state_dir);
+    /* free_port() only finds a port that was free: another process may take it before moatd
+     * binds it. Then moatd runs again on other ports, a few times. */
+    for (int attempt = 0; attempt < 5; attempt++) {
+        start_result r = start_once(p, bin, docker, extra);
+        if (r == STARTED)
+            return true;
+        if (r == FAILED)
+            break;
+        fprintf(stderr, "moatd_start: port %d or %d was taken; trying others\n", p->port,
+                p->metrics_port);
+    }
+    moatd_dump_log(p);
     return false;
 }
 
@@ -237,6 +323,17 @@ void moatd_remove_dir(const char *dir)
     host_unmount_under(dir);
     char cmd[400];
     snprintf(cmd, sizeof(cmd), "rm -rf --one-file-system '%s'", dir);
+    int rc = system(cmd);
+    (void)rc;
+}
+
+void docker_remove_prefixed(const char *prefix)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd),
+             "ids=$(/usr/bin/docker ps -aq --filter name=%s); "
+             "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1",
+             prefix);
     int rc = system(cmd);
     (void)rc;
 }

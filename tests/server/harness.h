@@ -52,6 +52,11 @@ void moatd_remove_dir(const char *dir);
  * its exit status, 128 + signal, or -1 on timeout. */
 int moatd_wait(moatd_proc *p, int timeout_ms);
 void moatd_dump_log(const moatd_proc *p);
+/* Whether a line of its log contains needle. */
+bool moatd_log_contains(const moatd_proc *p, const char *needle);
+
+/* Removes (docker rm -f) every container whose name contains prefix, on the default engine. */
+void docker_remove_prefixed(const char *prefix);
 
 /* A raw client connection. */
 typedef struct raw_conn {
