@@ -20,6 +20,7 @@
 #define LABEL_VERSION   "moat.version"
 #define LABEL_INSTANCE  "moat.instance"
 #define LABEL_FORCE_NEW "moat.force_new"
+#define LABEL_POOL      "moat.pool"
 
 void moat__metric_session(moat_runtime *rt, const char *event, const char *session_id,
                           moat_code code, uint64_t started_ns)
@@ -140,6 +141,8 @@ bool moat__parse_listed(const cJSON *entry, moat__listed *out)
     out->never_started = status != NULL && strcmp(status, "created") == 0;
     const char *force_new = moat__json_str(labels, LABEL_FORCE_NEW);
     out->force_new = force_new != NULL && strcmp(force_new, "true") == 0;
+    const char *pool = moat__json_str(labels, LABEL_POOL);
+    out->pool = pool != NULL && strcmp(pool, "true") == 0;
     const char *managed = moat__json_str(labels, LABEL_MANAGED);
     out->managed = managed != NULL && strcmp(managed, "true") == 0;
     out->has_instance = moat__json_get(labels, LABEL_INSTANCE) != NULL;
@@ -215,8 +218,22 @@ static bool owned(moat_runtime *rt, const moat__listed *c)
     return why == NULL;
 }
 
-moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_count, bool all,
-                     moat__listed **out, size_t *count, size_t *skipped, moat_status *st)
+/* A pool slot's labels say nothing of its chat: its store row, written by the claim, does. */
+static void bind_slot_to_chat(moat_runtime *rt, moat__listed *c)
+{
+    moat__row row;
+    if (moat__store_get(rt->store, c->session_id, &row) != MOAT_OK) {
+        c->unclaimed_slot = true;
+        return;
+    }
+    memcpy(c->chat_id, row.chat_id, sizeof(c->chat_id));
+    c->created_at_ms = row.created_at_ms;
+    c->label_expires_at_ms = row.label_expires_at_ms;
+}
+
+static moat_code list_containers(moat_runtime *rt, const char *const *labels, size_t label_count,
+                                 bool all, bool with_slots, moat__listed **out, size_t *count,
+                                 size_t *skipped, moat_status *st)
 {
     *out = NULL;
     *count = 0;
@@ -275,10 +292,15 @@ moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_c
     const cJSON *entry;
     cJSON_ArrayForEach(entry, doc)
     {
-        if (moat__parse_listed(entry, &items[kept]) && owned(rt, &items[kept]))
+        if (!moat__parse_listed(entry, &items[kept]) || !owned(rt, &items[kept])) {
+            if (skipped)
+                (*skipped)++;
+            continue;
+        }
+        if (items[kept].pool)
+            bind_slot_to_chat(rt, &items[kept]);
+        if (with_slots || !items[kept].unclaimed_slot)
             kept++;
-        else if (skipped)
-            (*skipped)++;
     }
     moat_runtime_docker_response_free(&resp);
     if (kept == 0) {
@@ -288,6 +310,19 @@ moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_c
     *out = items;
     *count = kept;
     return MOAT_CODE_OK;
+}
+
+moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_count, bool all,
+                     moat__listed **out, size_t *count, size_t *skipped, moat_status *st)
+{
+    return list_containers(rt, labels, label_count, all, false, out, count, skipped, st);
+}
+
+moat_code moat__list_with_slots(moat_runtime *rt, const char *const *labels, size_t label_count,
+                                bool all, moat__listed **out, size_t *count, size_t *skipped,
+                                moat_status *st)
+{
+    return list_containers(rt, labels, label_count, all, true, out, count, skipped, st);
 }
 
 /* ---- helpers -------------------------------------------------------------------------------- */
@@ -304,9 +339,10 @@ void moat__session_dir_remove(moat_runtime *rt, const char *session_id)
     unlink(path);
     snprintf(path, sizeof(path), "%s/sessions/%s", rt->cfg.state_dir, session_id);
     moat__rundir_detach(path);
+    moat__pool_slot_unbind(rt, session_id);
 }
 
-static void fill_from_row(moat_runtime *rt, const moat__row *row, moat_session *out)
+void moat__session_from_row(moat_runtime *rt, const moat__row *row, moat_session *out)
 {
     memset(out, 0, sizeof(*out));
     memcpy(out->session_id, row->session_id, sizeof(out->session_id));
@@ -401,8 +437,7 @@ static int give_workspace(const char *chat_dir, uid_t uid, gid_t gid)
     return (sb.st_mode & 07777) == 0700 ? 0 : chmod(chat_dir, 0700);
 }
 
-/* 32 random bytes as 64 hex digits. */
-static int new_execd_token(char out[MOAT_EXECD_TOKEN_MAX])
+int moat__new_execd_token(char out[MOAT_EXECD_TOKEN_MAX])
 {
     unsigned char bytes[32];
     size_t got = 0;
@@ -422,15 +457,19 @@ static int new_execd_token(char out[MOAT_EXECD_TOKEN_MAX])
     return 0;
 }
 
-static bool add_bind_mount(cJSON *mounts, const char *source, const char *target, bool read_only)
+/* propagation NULL: Docker's default (rprivate). */
+static bool add_bind_mount(cJSON *mounts, const char *source, const char *target, bool read_only,
+                           const char *propagation)
 {
     cJSON *m = cJSON_CreateObject();
     if (!append(mounts, m))
         return false;
+    cJSON *options = propagation != NULL ? cJSON_AddObjectToObject(m, "BindOptions") : NULL;
     return cJSON_AddStringToObject(m, "Target", target) &&
            cJSON_AddStringToObject(m, "Source", source) &&
            cJSON_AddStringToObject(m, "Type", "bind") &&
-           cJSON_AddBoolToObject(m, "ReadOnly", read_only);
+           cJSON_AddBoolToObject(m, "ReadOnly", read_only) &&
+           (propagation == NULL || cJSON_AddStringToObject(options, "Propagation", propagation));
 }
 
 static bool add_string_array(cJSON *obj, const char *key, const char *const *items, size_t n)
@@ -444,18 +483,16 @@ static bool add_string_array(cJSON *obj, const char *key, const char *const *ite
 
 /* The container spec, or NULL when out of memory. Every host path comes from the config or
  * from canonical UUIDs, never from a request. */
-static cJSON *container_spec(moat_runtime *rt, const char *session_id, const char *chat_id,
-                             const char *image, int64_t expires_at_ms, int64_t memory,
-                             int64_t nano_cpus, int64_t pids, bool force_new, const char *paths[5],
-                             const char *execd_token)
+static cJSON *container_spec(moat_runtime *rt, const moat__sandbox_request *req,
+                             const char *paths[5])
 {
     char expires[MOAT_TIME_ISO_MAX];
-    moat_time_format_iso8601(expires_at_ms, expires);
+    moat_time_format_iso8601(req->expires_at_ms, expires);
     char run_as[32], token_env[96], home_env[MOAT_RUNTIME_PATH_MAX + 8];
     snprintf(run_as, sizeof(run_as), "%u:%u", rt->cfg.sandbox_uid, rt->cfg.sandbox_gid);
     /* In the environment, not on the command line: /proc/1/cmdline is readable by every
      * process in the sandbox, /proc/1/environ only by execd's own user. */
-    snprintf(token_env, sizeof(token_env), "EXECD_ACCESS_TOKEN=%s", execd_token);
+    snprintf(token_env, sizeof(token_env), "EXECD_ACCESS_TOKEN=%s", req->execd_token);
     snprintf(home_env, sizeof(home_env), "HOME=%s", rt->cfg.chat_mount_path);
     const char *const entrypoint[] = {"/opt/moat/run", "--listen", "unix:/run/moat/execd.sock",
                                       "--run-as", run_as};
@@ -470,7 +507,7 @@ static cJSON *container_spec(moat_runtime *rt, const char *session_id, const cha
     /* Every cJSON_Add* takes a NULL parent and then fails, so one check at the end covers
      * every allocation; whatever was attached goes with spec. */
     cJSON *spec = cJSON_CreateObject();
-    bool ok = cJSON_AddStringToObject(spec, "Image", image) &&
+    bool ok = cJSON_AddStringToObject(spec, "Image", req->image) &&
               add_string_array(spec, "Entrypoint", entrypoint, unprivileged ? 5 : 3) &&
               add_string_array(spec, "Env", env, unprivileged ? 2 : 1);
     cJSON *labels = ok ? cJSON_AddObjectToObject(spec, "Labels") : NULL;
@@ -478,28 +515,33 @@ static cJSON *container_spec(moat_runtime *rt, const char *session_id, const cha
     ok = cJSON_AddTrueToObject(spec, "NetworkDisabled") &&
          cJSON_AddFalseToObject(spec, "AttachStdout") &&
          cJSON_AddFalseToObject(spec, "AttachStderr") &&
-         cJSON_AddStringToObject(labels, LABEL_SESSION, session_id) &&
-         cJSON_AddStringToObject(labels, LABEL_CHAT, chat_id) &&
+         cJSON_AddStringToObject(labels, LABEL_SESSION, req->session_id) &&
+         cJSON_AddStringToObject(labels, LABEL_CHAT, req->chat_label) &&
          cJSON_AddStringToObject(labels, LABEL_EXPIRES, expires) &&
          cJSON_AddStringToObject(labels, LABEL_MANAGED, "true") &&
          cJSON_AddStringToObject(labels, LABEL_VERSION, MOAT_VERSION) &&
          (rt->cfg.instance == NULL ||
           cJSON_AddStringToObject(labels, "moat.instance", rt->cfg.instance)) &&
-         (!force_new || cJSON_AddStringToObject(labels, LABEL_FORCE_NEW, "true")) &&
+         (!req->force_new || cJSON_AddStringToObject(labels, LABEL_FORCE_NEW, "true")) &&
+         (!req->pool_slot || cJSON_AddStringToObject(labels, LABEL_POOL, "true")) &&
          cJSON_AddStringToObject(host, "NetworkMode", "none");
     cJSON *mounts = ok ? cJSON_AddArrayToObject(host, "Mounts") : NULL;
-    ok = mounts != NULL && add_bind_mount(mounts, paths[0], rt->cfg.chat_mount_path, false) &&
-         add_bind_mount(mounts, paths[1], rt->cfg.dependencies_mount_path, true) &&
-         add_bind_mount(mounts, paths[2], rt->cfg.lambda_tools_mount_path, true) &&
-         add_bind_mount(mounts, paths[3], "/opt/moat", true) &&
-         add_bind_mount(mounts, paths[4], "/run/moat", false) &&
+    /* A pool slot's workspace is mounted into its directory after the sandbox started: only a
+     * slave of that directory's mount sees it. */
+    ok = mounts != NULL &&
+         add_bind_mount(mounts, paths[0], rt->cfg.chat_mount_path, false,
+                        req->pool_slot ? "rslave" : NULL) &&
+         add_bind_mount(mounts, paths[1], rt->cfg.dependencies_mount_path, true, NULL) &&
+         add_bind_mount(mounts, paths[2], rt->cfg.lambda_tools_mount_path, true, NULL) &&
+         add_bind_mount(mounts, paths[3], "/opt/moat", true, NULL) &&
+         add_bind_mount(mounts, paths[4], "/run/moat", false, NULL) &&
          add_string_array(host, "CapDrop", cap_drop, 1) &&
          (!unprivileged || add_string_array(host, "CapAdd", cap_add, 4)) &&
          add_string_array(host, "SecurityOpt", security, 1) &&
-         moat__json_add_int(host, "PidsLimit", pids) &&
-         moat__json_add_int(host, "Memory", memory) &&
-         moat__json_add_int(host, "MemorySwap", memory) &&
-         moat__json_add_int(host, "NanoCpus", nano_cpus) &&
+         moat__json_add_int(host, "PidsLimit", req->pids) &&
+         moat__json_add_int(host, "Memory", req->memory) &&
+         moat__json_add_int(host, "MemorySwap", req->memory) &&
+         moat__json_add_int(host, "NanoCpus", req->nano_cpus) &&
          cJSON_AddBoolToObject(host, "ReadonlyRootfs", rt->cfg.read_only_rootfs) &&
          (rt->cfg.runtime == NULL || cJSON_AddStringToObject(host, "Runtime", rt->cfg.runtime));
     if (ok && rt->cfg.read_only_rootfs) {
@@ -537,8 +579,8 @@ static void release_workspace(moat_runtime *rt, moat__workspace *ws, const char 
  * and its user (map, from moat__userns_map): the chat's workspace (locked in *ws until
  * moat__workspace_release) and the session's socket dir. On failure nothing is left attached
  * or locked, and st says why. */
-static moat_code prepare_host_dirs(moat_runtime *rt, const char *chat_id, const char *session_dir,
-                                   const moat__idmap *map, moat__workspace *ws, moat_status *st)
+static moat_code workspace_prepare(moat_runtime *rt, const char *chat_id, const moat__idmap *map,
+                                   moat__workspace *ws, moat_status *st)
 {
     uint32_t user_uid = map->uid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_uid);
     uint32_t user_gid = map->gid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_gid);
@@ -551,6 +593,26 @@ static moat_code prepare_host_dirs(moat_runtime *rt, const char *chat_id, const 
         release_workspace(rt, ws, chat_id);
         return st->code;
     }
+    return MOAT_CODE_OK;
+}
+
+moat_code moat__chat_workspace_prepare(moat_runtime *rt, const char *chat_id, moat__workspace *ws,
+                                       moat_status *st)
+{
+    moat__idmap map;
+    if (moat__userns_map(rt, &map, st) != MOAT_CODE_OK) {
+        if (strcmp(st->reason, "userns_unmapped") == 0)
+            moat_status_add_detail(st, "why", "userns_unmapped");
+        return st->code;
+    }
+    return workspace_prepare(rt, chat_id, &map, ws, st);
+}
+
+static moat_code prepare_host_dirs(moat_runtime *rt, const char *chat_id, const char *session_dir,
+                                   const moat__idmap *map, moat__workspace *ws, moat_status *st)
+{
+    if (workspace_prepare(rt, chat_id, map, ws, st) != MOAT_CODE_OK)
+        return st->code;
     if (moat__rundir_attach(&rt->ws, session_dir, map->uid_base, map->gid_base, st) !=
         MOAT_CODE_OK) {
         release_workspace(rt, ws, chat_id);
@@ -699,7 +761,7 @@ static moat_code create_session(moat_runtime *rt, const char *session_id_in, con
         return span_end(rt, span, st);
     }
     char execd_token[MOAT_EXECD_TOKEN_MAX];
-    if (new_execd_token(execd_token) != 0) {
+    if (moat__new_execd_token(execd_token) != 0) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
                         "no random bytes for the execd token: %s", strerror(errno));
         moat_status_add_detail(st, "chat_id", chat_id);
@@ -707,63 +769,20 @@ static moat_code create_session(moat_runtime *rt, const char *session_id_in, con
         release_workspace(rt, &ws, chat_id);
         return span_end(rt, span, st);
     }
-    char resolved[5][PATH_MAX];
-    const char *sources[5] = {ws.dir, rt->cfg.dependencies_host_path,
-                              rt->cfg.lambda_tools_host_path, rt->cfg.execd_bundle_dir,
-                              session_dir};
-    const char *paths[5];
-    for (int i = 0; i < 5; i++) {
-        if (realpath(sources[i], resolved[i]) == NULL) {
-            moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "sandbox_start_failed",
-                            "mount source '%.200s': %s", sources[i], strerror(errno));
-            moat_status_add_detail(st, "chat_id", chat_id);
-            moat__session_dir_remove(rt, session_id);
-            release_workspace(rt, &ws, chat_id);
-            return span_end(rt, span, st);
-        }
-        paths[i] = resolved[i];
-    }
-    char socket_path[MOAT_RUNTIME_PATH_MAX];
-    session_socket(rt, session_id, socket_path, sizeof(socket_path));
-    unlink(socket_path); /* a stale socket would answer nothing and look like a live one */
-
-    cJSON *spec = container_spec(rt, session_id, chat_id, image, expires_at_ms, memory, cpus, pids,
-                                 opts->force_new, paths, execd_token);
-    char *body = spec ? cJSON_PrintUnformatted(spec) : NULL;
-    cJSON_Delete(spec);
-    if (body == NULL) {
-        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
-        moat__session_dir_remove(rt, session_id);
-        release_workspace(rt, &ws, chat_id);
-        return span_end(rt, span, st);
-    }
-    char path[256];
-    snprintf(path, sizeof(path), "/containers/create?name=%s%s", rt->cfg.container_name_prefix,
-             session_id);
-    moat_docker_response resp;
-    moat_code code = moat_runtime_docker_call(rt, "create", "POST", path, body, &resp, st);
-    cJSON_free(body);
-    char container_id[MOAT_CONTAINER_ID_MAX] = "";
-    if (code == MOAT_CODE_OK) {
-        const char *id = moat__json_str(resp.json, "Id");
-        if (id != NULL && strlen(id) < sizeof(container_id))
-            snprintf(container_id, sizeof(container_id), "%s", id);
-    } else if (resp.http_status == 409) {
-        st->code = MOAT_CODE_ALREADY_EXISTS;
-    }
-    moat_runtime_docker_response_free(&resp);
-    if (code == MOAT_CODE_OK && container_id[0] == '\0') {
-        moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
-                        "docker created no container id for chat %s", chat_id);
-    }
-    if (st->code != MOAT_CODE_OK)
-        goto fail;
-
-    snprintf(path, sizeof(path), "/containers/%s/start", container_id);
-    if (moat_runtime_docker_call(rt, "start", "POST", path, NULL, NULL, st) != MOAT_CODE_OK)
-        goto fail;
-    moat__workspace_release(&ws); /* the container's own mount of it holds it now */
-    if (wait_ready(rt, container_id, socket_path, execd_token, st) != MOAT_CODE_OK)
+    moat__sandbox_request req = {
+        .session_id = session_id,
+        .chat_label = chat_id,
+        .workspace_dir = ws.dir,
+        .image = image,
+        .expires_at_ms = expires_at_ms,
+        .memory = memory,
+        .nano_cpus = cpus,
+        .pids = pids,
+        .force_new = opts->force_new,
+        .execd_token = execd_token,
+    };
+    char container_id[MOAT_CONTAINER_ID_MAX];
+    if (moat__sandbox_start(rt, &req, &ws, container_id, st) != MOAT_CODE_OK)
         goto fail;
 
     moat__row row;
@@ -780,9 +799,10 @@ static moat_code create_session(moat_runtime *rt, const char *session_id_in, con
     if (moat__store_put(rt->store, &row) != MOAT_OK) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
                         "session store write failed");
+        remove_quietly(rt, container_id);
         goto fail;
     }
-    fill_from_row(rt, &row, out);
+    moat__session_from_row(rt, &row, out);
     out->force_new = opts->force_new;
     moat__cache_invalidate(rt);
     moat__metric_session(rt, "created", session_id, MOAT_CODE_OK, t0);
@@ -790,8 +810,6 @@ static moat_code create_session(moat_runtime *rt, const char *session_id_in, con
 
 fail:
     start_failed(st, chat_id);
-    if (container_id[0] != '\0')
-        remove_quietly(rt, container_id);
     /* On a name conflict the container (and socket dir) belong to someone else's create. */
     if (st->code != MOAT_CODE_ALREADY_EXISTS)
         moat__session_dir_remove(rt, session_id);
@@ -800,6 +818,68 @@ fail:
              session_id, chat_id, moat_code_name(st->code), st->message);
     moat__metric_session(rt, "create_failed", session_id, st->code, t0);
     return span_end(rt, span, st);
+}
+
+moat_code moat__sandbox_start(moat_runtime *rt, const moat__sandbox_request *req,
+                              moat__workspace *ws, char container_id[MOAT_CONTAINER_ID_MAX],
+                              moat_status *st)
+{
+    container_id[0] = '\0';
+    char session_dir[MOAT_RUNTIME_PATH_MAX];
+    snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", rt->cfg.state_dir,
+             req->session_id);
+    char resolved[5][PATH_MAX];
+    const char *sources[5] = {req->workspace_dir, rt->cfg.dependencies_host_path,
+                              rt->cfg.lambda_tools_host_path, rt->cfg.execd_bundle_dir,
+                              session_dir};
+    const char *paths[5];
+    for (int i = 0; i < 5; i++) {
+        if (realpath(sources[i], resolved[i]) == NULL) {
+            moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "sandbox_start_failed",
+                            "mount source '%.200s': %s", sources[i], strerror(errno));
+            return st->code;
+        }
+        paths[i] = resolved[i];
+    }
+    char socket_path[MOAT_RUNTIME_PATH_MAX];
+    session_socket(rt, req->session_id, socket_path, sizeof(socket_path));
+    unlink(socket_path); /* a stale socket would answer nothing and look like a live one */
+
+    cJSON *spec = container_spec(rt, req, paths);
+    char *body = spec ? cJSON_PrintUnformatted(spec) : NULL;
+    cJSON_Delete(spec);
+    if (body == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return st->code;
+    }
+    char path[256];
+    snprintf(path, sizeof(path), "/containers/create?name=%s%s", rt->cfg.container_name_prefix,
+             req->session_id);
+    moat_docker_response resp;
+    moat_code code = moat_runtime_docker_call(rt, "create", "POST", path, body, &resp, st);
+    cJSON_free(body);
+    if (code == MOAT_CODE_OK) {
+        const char *id = moat__json_str(resp.json, "Id");
+        if (id != NULL && strlen(id) < MOAT_CONTAINER_ID_MAX)
+            snprintf(container_id, MOAT_CONTAINER_ID_MAX, "%s", id);
+    } else if (resp.http_status == 409) {
+        st->code = MOAT_CODE_ALREADY_EXISTS;
+    }
+    moat_runtime_docker_response_free(&resp);
+    if (code == MOAT_CODE_OK && container_id[0] == '\0')
+        moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
+                        "docker created no container id for session %s", req->session_id);
+    if (st->code != MOAT_CODE_OK)
+        return st->code;
+    snprintf(path, sizeof(path), "/containers/%s/start", container_id);
+    if (moat_runtime_docker_call(rt, "start", "POST", path, NULL, NULL, st) == MOAT_CODE_OK) {
+        if (ws != NULL)
+            moat__workspace_release(ws); /* the container's own mount of it holds it now */
+        if (wait_ready(rt, container_id, socket_path, req->execd_token, st) == MOAT_CODE_OK)
+            return MOAT_CODE_OK;
+    }
+    remove_quietly(rt, container_id);
+    return st->code;
 }
 
 moat_code moat__session_restart_begin(moat_runtime *rt, const moat__listed *c, moat_status *st)
@@ -819,6 +899,11 @@ moat_code moat__session_restart_begin(moat_runtime *rt, const moat__listed *c, m
     moat__workspace ws;
     if (prepare_host_dirs(rt, c->chat_id, session_dir, &map, &ws, st) != MOAT_CODE_OK)
         return st->code;
+    /* A claimed pool slot sees its workspace through its slot directory's mount. */
+    if (c->pool && moat__pool_slot_bind(rt, c->session_id, ws.dir, st) != MOAT_CODE_OK) {
+        release_workspace(rt, &ws, c->chat_id);
+        return st->code;
+    }
     char socket_path[MOAT_RUNTIME_PATH_MAX];
     session_socket(rt, c->session_id, socket_path, sizeof(socket_path));
     unlink(socket_path); /* the old execd's socket answers nothing */
@@ -963,7 +1048,7 @@ moat_code moat_runtime_get(moat_runtime *rt, const char *session_id_in, moat_ses
     if (!have_row)
         return code;
     moat_status_clear(st);
-    fill_from_row(rt, &row, out);
+    moat__session_from_row(rt, &row, out);
     if (out->state == MOAT_SESSION_RUNNING) {
         /* The store says running but Docker has no container: it vanished. */
         out->state = MOAT_SESSION_GONE;
