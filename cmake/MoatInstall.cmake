@@ -16,3 +16,16 @@ configure_file(cmake/install-daemon.cmake.in ${PROJECT_BINARY_DIR}/install-daemo
 file(GENERATE OUTPUT ${PROJECT_BINARY_DIR}/install-daemon.cmake
      INPUT ${PROJECT_BINARY_DIR}/install-daemon.cmake.in)
 install(SCRIPT ${PROJECT_BINARY_DIR}/install-daemon.cmake)
+
+# <build>/execd-bundle, which moatd mounts into sandboxes when run from the build tree (tests,
+# benches), follows moat-execd on every build: a stale bundle made every sandbox exit at once.
+# Sanitizer builds cannot run from the bundle's library path.
+if(NOT MOAT_SANITIZE AND NOT MOAT_FUZZ)
+  add_custom_command(
+    OUTPUT ${PROJECT_BINARY_DIR}/execd-bundle/moat-execd
+    COMMAND ${PROJECT_SOURCE_DIR}/scripts/build-execd-bundle.sh $<TARGET_FILE:moat-execd>
+            ${PROJECT_BINARY_DIR}/execd-bundle >/dev/null
+    DEPENDS moat-execd ${PROJECT_SOURCE_DIR}/scripts/build-execd-bundle.sh
+    COMMENT "execd bundle")
+  add_custom_target(execd_bundle ALL DEPENDS ${PROJECT_BINARY_DIR}/execd-bundle/moat-execd)
+endif()

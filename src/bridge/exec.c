@@ -190,11 +190,13 @@ static void budget_evict(moat_bridge *b)
  * budget or its consumer's account. */
 static bool budget_blocks(const moat_bridge_exec *ex)
 {
+    /* Not counting what curl keeps for this transfer: resuming hands those bytes back to it,
+     * and counting them could keep a paused transfer waiting on itself forever. */
     const moat_bridge_budget *bg = ex->b->cfg.budget;
-    if (bg != NULL && bg->cap > 0 && bg->pinned >= bg->cap)
+    if (bg != NULL && bg->cap > 0 && bg->pinned - ex->held >= bg->cap)
         return true;
     return ex->has_consumer && ex->account != NULL && ex->account->limit > 0 &&
-           ex->account->pinned >= ex->account->limit;
+           ex->account->pinned - ex->held >= ex->account->limit;
 }
 
 static moat_bridge_str put(uint8_t **w, moat_bridge_str s)

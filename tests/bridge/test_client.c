@@ -948,6 +948,44 @@ static void test_attach(void **state)
  * as twice the 128 KiB receive buffer), and the event it completes. */
 #define ONE_WRITE ((2u * 128u + 64u) << 10)
 
+/* A share smaller than what a pause makes curl keep: once the consumer reads, the transfer
+ * resumes and ends (its own held bytes never keep it waiting on itself). */
+static void test_paused_transfer_resumes_past_small_share(void **state)
+{
+    (void)state;
+    moat_bridge_budget bg = {.cap = 64u << 20};
+    moat_bridge_config cfg;
+    moat_bridge_config_default(&cfg);
+    cfg.budget = &bg;
+    env e;
+    env_up(&e, false, &cfg);
+    moat_bridge_account acct = {.limit = 64u << 10};
+    collect c;
+    col_init(&c);
+    c.keep_events = false;
+    moat_bridge_consumer k = col_consumer(&c);
+    k.account = &acct;
+    moat_bridge_run_opts o = {.command = "count 20000"};
+    moat_bridge_exec *ex = NULL;
+    moat_status st;
+    assert_int_equal(moat_bridge_run(e.b, &e.ep, &o, &k, 0, &ex, &st), MOAT_OK);
+    moat_bridge_exec_stats s;
+    for (int i = 0; i < 2000; i++) {
+        run_for_ms(&e, 5);
+        moat_bridge_exec_get_stats(ex, &s);
+        if (s.paused)
+            break;
+    }
+    assert_true(s.paused);
+    assert_true(acct.pinned >= acct.limit);
+    moat_bridge_exec_credit(ex, UINT64_MAX);
+    run_until(&e, &c.ended);
+    assert_int_equal(c.end.code, MOAT_CODE_OK);
+    assert_int_equal(acct.pinned, 0);
+    col_free(&c);
+    env_down(&e);
+}
+
 static void test_memory_budget(void **state)
 {
     (void)state;
@@ -1585,6 +1623,7 @@ int main(void)
         cmocka_unit_test(test_many_concurrent),
         cmocka_unit_test(test_attach),
         cmocka_unit_test(test_memory_budget),
+        cmocka_unit_test(test_paused_transfer_resumes_past_small_share),
         cmocka_unit_test(test_retention),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_calls),

@@ -408,7 +408,15 @@ static void test_concurrent_attach(void **state)
     }
     assert_int_equal(host_mounts_at(r[0].dir), 1);
     assert_int_equal(host_loops_under(f->images), 1);
-    assert_int_equal(entries(f->images), 2); /* the image and its lock */
+    /* the image, its lock, and the formatted template new chats' images are copied from */
+    assert_int_equal(entries(f->images), 3);
+    /* another new chat copies the same template: its image and lock, nothing more */
+    char other[MOAT_UUID_STR_LEN];
+    new_chat(other);
+    racer second = {.f = f, .chat = other};
+    race_attach(&second);
+    assert_int_equal(second.code, MOAT_CODE_OK);
+    assert_int_equal(entries(f->images), 5);
 }
 
 static void expect_failure(fx *f, const moat__workspace_config *cfg, const char *chat,
