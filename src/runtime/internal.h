@@ -234,7 +234,32 @@ typedef struct moat__listed {
     char instance[64]; /* its value when it is a string that fits, else "" */
 } moat__listed;
 
+/* The labels of a sandbox's container: Docker's filters and the ownership rule read them. */
+#define LABEL_SESSION   "session_id"
+#define LABEL_CHAT      "chat_id"
+#define LABEL_EXPIRES   "expires_at"
+#define LABEL_MANAGED   "moat.managed"
+#define LABEL_VERSION   "moat.version"
+#define LABEL_INSTANCE  "moat.instance"
+#define LABEL_FORCE_NEW "moat.force_new"
+#define LABEL_POOL      "moat.pool"
+
 /* session.c */
+/* The tracer's span around one operation (the tracer may be unset); span_end returns
+ * st->code. */
+void *moat__span_start(moat_runtime *rt, const char *name, const char *session_id);
+moat_code moat__span_end(moat_runtime *rt, void *span, moat_status *st);
+/* INVALID_ARGUMENT naming the field that is not a UUID. */
+moat_code moat__bad_uuid(moat_status *st, const char *field, const char *value);
+/* Appends item to arr; frees item when that fails (item NULL: an allocation already failed). */
+bool moat__json_append(cJSON *arr, cJSON *item);
+/* <state_dir>/sessions/<id>/execd.sock */
+void moat__session_socket(moat_runtime *rt, const char *session_id, char *out, size_t cap);
+/* Puts a create's or a stop's session in the busy set (session_id gets the canonical id), so no
+ * sweep takes its container for an orphan or a duplicate meanwhile; a malformed id goes through
+ * unmarked (session_id "") for the operation to refuse. false (st set) when out of memory. */
+bool moat__mark_busy(moat_runtime *rt, const char *session_id_in, char *session_id,
+                     moat_status *st);
 /* Reads one entry of GET /containers/json or /containers/{id}/json. false when any of the
  * three labels is missing or malformed (the entry must then be skipped). Says nothing about
  * whose container it is: moat__list and the stop paths check that. */
@@ -255,6 +280,7 @@ moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_c
 moat_code moat__list_with_slots(moat_runtime *rt, const char *const *labels, size_t label_count,
                                 bool all, moat__listed **out, size_t *count, size_t *skipped,
                                 moat_status *st);
+/* session_create.c */
 /* What a new sandbox is made of (moat__sandbox_start). */
 typedef struct moat__sandbox_request {
     const char *session_id;    /* canonical */
@@ -280,10 +306,6 @@ int moat__new_execd_token(char out[MOAT_EXECD_TOKEN_MAX]);
  * *ws until moat__workspace_release). */
 moat_code moat__chat_workspace_prepare(moat_runtime *rt, const char *chat_id, moat__workspace *ws,
                                        moat_status *st);
-/* Stop + remove, tolerant of a container already gone. Reason sandbox_stop_failed. */
-moat_code moat__stop_remove(moat_runtime *rt, const char *container_id, moat_status *st);
-/* Removes <state_dir>/sessions/<id>/ (execd's socket dir), best effort. */
-void moat__session_dir_remove(moat_runtime *rt, const char *session_id);
 /* Starting again a session whose container the engine stopped (docs/runtime.md, "TTL, store and
  * recovery"): begin mounts its workspace and execd directory again (the host may have lost
  * them) and starts the container; finish waits until its execd answers /ping with the
@@ -291,6 +313,11 @@ void moat__session_dir_remove(moat_runtime *rt, const char *session_id);
 moat_code moat__session_restart_begin(moat_runtime *rt, const moat__listed *c, moat_status *st);
 moat_code moat__session_restart_finish(moat_runtime *rt, const moat__listed *c,
                                        const moat__row *row, moat_status *st);
+/* session.c */
+/* Stop + remove, tolerant of a container already gone. Reason sandbox_stop_failed. */
+moat_code moat__stop_remove(moat_runtime *rt, const char *container_id, moat_status *st);
+/* Removes <state_dir>/sessions/<id>/ (execd's socket dir), best effort. */
+void moat__session_dir_remove(moat_runtime *rt, const char *session_id);
 /* pool.c */
 /* Whether this runtime's pool holds the unclaimed slot session_id (ready, starting or being
  * claimed): a sweep leaves such a slot alone, and removes the others (moat__pool_slot_remove). */

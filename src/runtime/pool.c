@@ -380,8 +380,7 @@ static bool take_slot(moat_runtime *rt, moat__slot *slot)
         if (!got)
             return false;
         char socket_path[MOAT_RUNTIME_PATH_MAX];
-        snprintf(socket_path, sizeof(socket_path), "%s/sessions/%s/execd.sock", rt->cfg.state_dir,
-                 slot->session_id);
+        moat__session_socket(rt, slot->session_id, socket_path, sizeof(socket_path));
         if (moat__execd_ping(socket_path, slot->execd_token, 1000))
             return true;
         remove_slot(rt, slot->session_id, slot->container_id, "execd_not_answering");
