@@ -407,9 +407,13 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
                         "no pool sandbox ready for this request");
         return st->code;
     }
+    /* Where a claim's time goes, logged with it: execd's ping, the workspace's attach, its
+     * mount into the slot, the store's write. */
+    uint64_t t_taken = moat_time_mono_ns();
     moat__workspace ws;
     if (moat__chat_workspace_prepare(rt, chat_id, &ws, st) != MOAT_CODE_OK)
         goto fail;
+    uint64_t t_attached = moat_time_mono_ns();
     moat__row row;
     memset(&row, 0, sizeof(row));
     memcpy(row.session_id, slot.session_id, sizeof(row.session_id));
@@ -426,6 +430,7 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
         moat__workspace_release(&ws);
         goto fail;
     }
+    uint64_t t_bound = moat_time_mono_ns();
     /* The durable half of "handed out once": a slot whose row exists is a session. The row is
      * in before the chat's lock goes, so no detach takes the workspace from under it. */
     if (moat__store_insert_new(rt->store, &row, &inserted) != MOAT_OK || !inserted) {
@@ -435,12 +440,18 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
         moat__workspace_release(&ws);
         goto fail;
     }
+    uint64_t t_stored = moat_time_mono_ns();
     moat__workspace_release(&ws);
     moat__busy_leave(rt, slot.session_id);
     moat__cache_invalidate(rt);
     moat__session_from_row(rt, &row, out);
-    moat_log(MOAT_LOG_INFO, "pool_slot_claimed", "session_id=%s chat_id=%s container_id=%.12s",
-             slot.session_id, chat_id, slot.container_id);
+    moat_log(MOAT_LOG_INFO, "pool_slot_claimed",
+             "session_id=%s chat_id=%s container_id=%.12s take_us=%llu attach_us=%llu "
+             "bind_us=%llu store_us=%llu",
+             slot.session_id, chat_id, slot.container_id, (unsigned long long)(t_taken - t0) / 1000,
+             (unsigned long long)(t_attached - t_taken) / 1000,
+             (unsigned long long)(t_bound - t_attached) / 1000,
+             (unsigned long long)(t_stored - t_bound) / 1000);
     moat__metric_session(rt, "created", slot.session_id, MOAT_CODE_OK, t0);
     return MOAT_CODE_OK;
 
