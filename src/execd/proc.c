@@ -197,12 +197,28 @@ static void reap_all(void)
  * execd's memory until it execs: only system calls here, no locks and no allocation. The ids
  * change through syscall() because glibc's set*id wrappers would make every thread of execd
  * (whose memory the child shares) change its ids too. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define XD_ASAN 1
+#endif
+#elif defined(__SANITIZE_ADDRESS__)
+#define XD_ASAN 1
+#endif
+#ifdef XD_ASAN
+#include <sanitizer/asan_interface.h>
+/* ASan would poison the shadow of the child's stack frames and nobody would unpoison it: the
+ * child never returns, and memory mapped there later (a thread's stack) read as poisoned. */
+#define XD_CHILD_NO_ASAN __attribute__((no_sanitize("address")))
+#else
+#define XD_CHILD_NO_ASAN
+#endif
+
 typedef struct spawn_as_user_args {
     const xd_spawn *sp;
     int err; /* set by the child when it fails before exec */
 } spawn_as_user_args;
 
-static int child_as_user(void *arg)
+XD_CHILD_NO_ASAN static int child_as_user(void *arg)
 {
     spawn_as_user_args *a = arg;
     const xd_spawn *sp = a->sp;
@@ -250,6 +266,9 @@ static int spawn_as_user(const xd_spawn *sp, pid_t *pid)
     *pid = clone(child_as_user, (char *)stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
     int err = *pid < 0 ? errno : a.err;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+#ifdef XD_ASAN
+    __asan_unpoison_memory_region(stack, CHILD_STACK);
+#endif
     munmap(stack, CHILD_STACK);
     return err;
 }
