@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -455,6 +456,72 @@ static void test_delete_kills(void **state)
     delete_session(id, 404);
 }
 
+typedef struct sender {
+    xd_ws *ws;
+    size_t total;
+    _Atomic size_t sent;
+    bool ok;
+} sender;
+
+static void *send_stdin(void *arg)
+{
+    sender *sd = arg;
+    static uint8_t frame[1 + 64 * 1024];
+    memset(frame, 'x', sizeof(frame));
+    frame[0] = 0x00;
+    sd->ok = true;
+    while (sd->ok && sd->sent < sd->total) {
+        sd->ok = xd_ws_send(sd->ws, 2, frame, sizeof(frame));
+        sd->sent += sizeof(frame) - 1;
+    }
+    return NULL;
+}
+
+/* 64 MiB of stdin to a process that does not read it yet: execd stops reading the socket
+ * (the client's send blocks) and its memory stays within a bound far below the stdin's. */
+static void test_stdin_back_pressure(void **state)
+{
+    (void)state;
+    char go[160], body[512];
+    snprintf(go, sizeof(go), "%s/go", xp.dir);
+    snprintf(body, sizeof(body),
+             "{\"command\":\"while [ ! -e %s ]; do sleep 0.05; done; head -c 67108864 | wc -c\"}",
+             go);
+    const char *id = create(&unix_t, body);
+    xd_ws *ws = attach(&unix_t, id, "?pty=0");
+    expect_connected(ws, id, "pipe");
+    long rss_before = xd_rss_kb(xp.pid);
+    sender sd = {.ws = ws, .total = 64u << 20};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, send_stdin, &sd), 0);
+    /* Wait until the sender makes no progress for a while: it is held. */
+    size_t last = (size_t)-1;
+    long rss_max = 0;
+    for (int still = 0; still < 20 && sd.sent < sd.total;) {
+        nap_ms(50);
+        long rss = xd_rss_kb(xp.pid);
+        rss_max = rss > rss_max ? rss : rss_max;
+        still = sd.sent == last ? still + 1 : 0;
+        last = sd.sent;
+    }
+    assert_true(sd.sent < sd.total);
+    if (!xd_wrapped())
+        assert_true(rss_max - rss_before < 16 * 1024);
+    FILE *f = fopen(go, "w");
+    assert_non_null(f);
+    fclose(f);
+    pthread_join(t, NULL);
+    assert_true(sd.ok);
+    char want[32];
+    snprintf(want, sizeof(want), "%zu\n", sd.sent);
+    assert_non_null(xd_ws_wait_output(ws, want, WAIT_MS * 4));
+    if (!xd_wrapped())
+        assert_true(xd_rss_kb(xp.pid) - rss_before < 16 * 1024);
+    xd_ws_close(ws);
+    unlink(go);
+    delete_session(id, 200);
+}
+
 static void test_bad_requests(void **state)
 {
     (void)state;
@@ -519,6 +586,7 @@ int main(void)
         cmocka_unit_test(test_conflict_and_takeover),
         cmocka_unit_test(test_malformed_frames),
         cmocka_unit_test(test_delete_kills),
+        cmocka_unit_test(test_stdin_back_pressure),
         cmocka_unit_test(test_bad_requests),
     };
     return moat_run_group_tests("test_execd_pty", tests, setup, teardown);
