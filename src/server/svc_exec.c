@@ -231,8 +231,9 @@ static void log_budget_refusal(stream *st, const moat_status *status)
 
 /* A connection whose undelivered output fills its share of the budget (a
  * client that does not read) gets no new stream: it could only add to what
- * already waits for it. Its streams are paused meanwhile, so the share bounds
- * it whatever their number. */
+ * already waits for it. Its streams are paused meanwhile, so whatever their
+ * number it holds at most twice its share (undelivered events up to the share,
+ * then frames it has not taken up to the share again) and one write per stream. */
 static bool refuse_unread_connection(stream *st)
 {
     conn *c = st->c;
