@@ -495,9 +495,10 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
     uint64_t t_stored = moat_time_mono_ns();
     moat__workspace_release(&ws);
     moat__busy_leave(rt, slot.session_id);
-    moat__cache_invalidate(rt);
     moat__prepared_discard(rt, slot.session_id); /* unused when the chat had a workspace */
     moat__session_from_row(rt, &row, out);
+    /* No Docker event says a slot became a session: the list is told here, and stays cached. */
+    moat__cache_add(rt, out);
     moat_log(MOAT_LOG_INFO, "pool_slot_claimed",
              "session_id=%s chat_id=%s container_id=%.12s take_us=%llu attach_us=%llu "
              "bind_us=%llu store_us=%llu",

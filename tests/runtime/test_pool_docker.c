@@ -405,6 +405,81 @@ static void test_reconcile_after_restart(void **state)
     assert_int_equal(moat_runtime_stop(f->rt, s.session_id, &st), MOAT_CODE_OK);
 }
 
+static bool snapshot_usable(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->cache_mu);
+    bool usable = rt->watch_connected && rt->cache_valid && rt->cache_snapshot_gen == rt->cache_gen;
+    pthread_mutex_unlock(&rt->cache_mu);
+    return usable;
+}
+
+/* The session session_id as list_active has it; false when it is not listed. */
+static bool listed_as(moat_runtime *rt, const char *session_id, moat_session *out)
+{
+    moat_session *all = NULL;
+    size_t n = 0;
+    moat_status st;
+    assert_int_equal(moat_runtime_list_active(rt, &all, &n, &st), MOAT_CODE_OK);
+    bool found = false;
+    for (size_t i = 0; i < n && !found; i++) {
+        found = strcmp(all[i].session_id, session_id) == 0;
+        if (found)
+            *out = all[i];
+    }
+    free(all);
+    return found;
+}
+
+/* With the event watcher, the list snapshot stays in use through a claim (which adds its
+ * session), the slot's refill (whose events are an unclaimed slot's) and the session's stop
+ * (which takes it out), and agrees with Docker's own list. */
+static void test_list_snapshot_follows_claims(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_start_watcher(f->rt, &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 1);
+    bool connected = false;
+    for (int i = 0; i < 1200 && !connected; i++) {
+        pthread_mutex_lock(&f->rt->cache_mu);
+        connected = f->rt->watch_connected;
+        pthread_mutex_unlock(&f->rt->cache_mu);
+        struct timespec ts = {0, 50000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(connected);
+    char chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    moat_session s, cached, fresh, *all = NULL;
+    size_t n = 0;
+    assert_int_equal(moat_runtime_list_active(f->rt, &all, &n, &st), MOAT_CODE_OK);
+    free(all);
+    assert_true(snapshot_usable(f->rt));
+    claim(f->rt, chat, 600000, &s);
+    assert_true(snapshot_usable(f->rt));
+    assert_true(listed_as(f->rt, s.session_id, &cached));
+    wait_ready(f->rt, 1);
+    assert_true(snapshot_usable(f->rt));
+    moat__cache_invalidate(f->rt);
+    assert_true(listed_as(f->rt, s.session_id, &fresh));
+    assert_string_equal(cached.chat_id, chat);
+    assert_string_equal(cached.chat_id, fresh.chat_id);
+    assert_string_equal(cached.container_id, fresh.container_id);
+    assert_string_equal(cached.image, fresh.image);
+    assert_string_equal(cached.execd_token, fresh.execd_token);
+    assert_string_equal(cached.execd_socket, fresh.execd_socket);
+    assert_int_equal(cached.state, fresh.state);
+    assert_true(cached.created_at_ms == fresh.created_at_ms);
+    assert_true(cached.expires_at_ms == fresh.expires_at_ms);
+    assert_int_equal(cached.force_new, fresh.force_new);
+
+    assert_int_equal(moat_runtime_stop(f->rt, s.session_id, &st), MOAT_CODE_OK);
+    assert_true(snapshot_usable(f->rt));
+    assert_false(listed_as(f->rt, s.session_id, &cached));
+    moat_runtime_stop_watcher(f->rt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -412,6 +487,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_claim_races, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reaper_expires_a_claim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile_after_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_snapshot_follows_claims, setup, teardown),
     };
     return moat_run_group_tests("test_pool_docker", tests, group_setup, NULL);
 }
