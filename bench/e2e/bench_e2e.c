@@ -10,7 +10,8 @@
  *     without a pool (no target; peers publish this figure); with a warm pool of 20 (own moatd,
  *     --pool_size), 100 sequential new chats, the pool refilling between them without being
  *     waited for (p50 < 15 ms, p95 < 30 ms), then 20 at once on a full pool (median < 50 ms);
- *     and with the pool empty (a pool of 1 whose sandbox each round claims first, untimed)
+ *     and with the pool empty (a pool of 1 whose sandbox each round claims first, untimed),
+ *     each round also timing a create on the moatd without a pool, side by side
  *  7. memory under attack (#12), its own moatd with the default memory budget: 251 finished runs
  *     of 4 MB, then 100 streams on one connection that reads nothing: peak RSS <= budget + 32 MB
  *     during each, and RSS within 2x the idle RSS (measured first, in the same run) 10 s after
@@ -485,9 +486,9 @@ static int claims_logged(const moatd_proc *p)
     return n;
 }
 
-/* Where moatd's claims spent their time, from its pool_slot_claimed lines after the first skip:
- * p50 and p95 of each step (docs/runtime.md, "Warm pool"). */
-static void claim_steps(const moatd_proc *p, int skip)
+/* Where moatd's claims spent their time, from its pool_slot_claimed lines after the first skip
+ * (then every stride-th): p50 and p95 of each step (docs/runtime.md, "Warm pool"). */
+static void claim_steps(const moatd_proc *p, int skip, int stride)
 {
     static const char *steps[] = {"take_us=", "attach_us=", "bind_us=", "store_us="};
     double v[4][256];
@@ -495,7 +496,8 @@ static void claim_steps(const moatd_proc *p, int skip)
     char *log = slurp_file(p->log_path);
     for (const char *at = log; (at = strstr(at, "event=pool_slot_claimed")) != NULL && n < 256;
          at++) {
-        if (seen++ < skip)
+        int k = seen++ - skip;
+        if (k < 0 || k % stride != 0)
             continue;
         for (int k = 0; k < 4; k++) {
             const char *f = strstr(at, steps[k]);
@@ -590,7 +592,7 @@ static void bench_tti(moatd_proc *p, int n, int burst)
         snprintf(what, sizeof(what), "tti, warm pool of %d", burst);
         tti_sequential(&pp, 2, n, what, 15, 30);
         printf("  (%d of %d sequential creates claimed a pool sandbox)\n", claims_logged(&pp), n);
-        claim_steps(&pp, 0);
+        claim_steps(&pp, 0, 1);
         int before = claims_logged(&pp);
         if (wait_pool_ready(rc, burst)) {
             double mv[64], dv[64];
@@ -599,7 +601,7 @@ static void bench_tti(moatd_proc *p, int n, int burst)
             tti_report(what, mv, dv, burst, bad, 50, 0);
             printf("  (%d of %d burst creates claimed a pool sandbox)\n",
                    claims_logged(&pp) - before, burst);
-            claim_steps(&pp, before);
+            claim_steps(&pp, before, 1);
         }
     }
     raw_close(rc);
@@ -610,39 +612,58 @@ static void bench_tti(moatd_proc *p, int n, int burst)
         failures++;
         return;
     }
-    char addr[64];
+    /* Each round also times a create on the moatd without a pool, so "no worse than without a
+     * pool" compares rounds made side by side. */
+    char addr[64], main_addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", pp.port);
-    moat_client *c = NULL;
+    snprintf(main_addr, sizeof(main_addr), "127.0.0.1:%d", p->port);
+    moat_client *c = NULL, *mc = NULL;
     moat_status st;
     rc = raw_connect_ready(pp.port, NULL);
-    if (rc != NULL && moat_client_connect(addr, NULL, &c, &st) == MOAT_OK) {
+    raw_conn *mrc = raw_connect_ready(p->port, NULL);
+    if (rc != NULL && mrc != NULL && moat_client_connect(addr, NULL, &c, &st) == MOAT_OK &&
+        moat_client_connect(main_addr, NULL, &mc, &st) == MOAT_OK) {
         int rounds = n < 30 ? n : 30, bad = 0;
         double *mv = calloc((size_t)rounds, sizeof(double));
+        double *nv = calloc((size_t)rounds, sizeof(double));
         double *dv = calloc((size_t)rounds, sizeof(double));
         for (int i = 0; i < rounds; i++) {
-            char first[40], chat[40], sid[64], name[96];
+            char first[40], chat[40], cold_chat[40], sid[64], name[96];
             chat_id(first, 4, i);
             chat_id(chat, 5, i);
-            char timed_sid[64];
+            chat_id(cold_chat, 6, i);
+            char timed_sid[64], cold_sid[64];
             bool claimed = wait_pool_ready(rc, 1) && create_session(rc, first, NULL, sid, NULL);
             mv[i] = claimed ? tti_once(rc, c, chat, timed_sid, NULL) : -1;
             bad += !claimed || !stop_session(rc, sid) || mv[i] < 0 ||
                    (timed_sid[0] != '\0' && !stop_session(rc, timed_sid));
+            nv[i] = tti_once(mrc, mc, cold_chat, cold_sid, NULL);
+            bad += nv[i] < 0 || (cold_sid[0] != '\0' && !stop_session(mrc, cold_sid));
             snprintf(name, sizeof(name), PREFIX "tti-%d-5-%d", (int)getpid(), i);
             dv[i] = docker_tti(name);
             bad += dv[i] < 0 || !docker_tti_remove(name);
         }
         tti_report("tti, pool empty (refilling)", mv, dv, rounds, bad, 0, 0);
+        tti_report("tti, no pool, alternated with it", nv, dv, rounds, bad, 0, 0);
+        if (bad == 0)
+            printf("  (pool empty / no pool: p50 %.3f, p95 %.3f)\n",
+                   percentile(mv, rounds, 0.5) / percentile(nv, rounds, 0.5),
+                   percentile(mv, rounds, 0.95) / percentile(nv, rounds, 0.95));
         printf("  (%d creates of %d claimed a pool sandbox: one per round is the untimed one)\n",
                claims_logged(&pp), 2 * rounds);
+        claim_steps(&pp, 1, 2);
         free(mv);
+        free(nv);
         free(dv);
     } else {
         failures++;
     }
     if (c != NULL)
         moat_client_close(c);
+    if (mc != NULL)
+        moat_client_close(mc);
     raw_close(rc);
+    raw_close(mrc);
     moatd_stop(&pp);
     moatd_remove_dir(pp.state_dir);
 }
