@@ -168,6 +168,17 @@ static void claim(moat_runtime *rt, const char *chat, int64_t ttl_ms, moat_sessi
         fail_msg("claim: %s (%s)", st.message, st.reason);
 }
 
+/* A cold session for chat (CreateSession's way when the pool cannot serve); its id in sid. */
+static void cold_create(moat_runtime *rt, const char *chat, char sid[MOAT_UUID_STR_LEN],
+                        moat_session *s)
+{
+    moat_status st;
+    moat_uuid_generate(sid);
+    int64_t now = moat_time_now_ms();
+    if (moat_runtime_create(rt, sid, chat, now, now + 600000, NULL, s, &st) != MOAT_CODE_OK)
+        fail_msg("create: %s (%s)", st.message, st.reason);
+}
+
 static void expect_contains(const char *text, const char *want)
 {
     if (strstr(text, want) == NULL)
@@ -252,11 +263,8 @@ static void test_claim_behaves_as_a_session(void **state)
     moat__pool_slot_dir(f->rt, s.session_id, slot_dir, sizeof(slot_dir));
     assert_int_equal(access(slot_dir, F_OK), -1);
     char sid[MOAT_UUID_STR_LEN];
-    moat_uuid_generate(sid);
     moat_session cold;
-    int64_t now = moat_time_now_ms();
-    assert_int_equal(moat_runtime_create(f->rt, sid, chat, now, now + 600000, NULL, &cold, &st),
-                     MOAT_CODE_OK);
+    cold_create(f->rt, chat, sid, &cold);
     out = in_sandbox(&cold, "cat /workspace/chat/note");
     assert_string_equal(out, "pooled\n");
     free(out);
@@ -405,6 +413,78 @@ static void test_reconcile_after_restart(void **state)
     assert_int_equal(moat_runtime_stop(f->rt, s.session_id, &st), MOAT_CODE_OK);
 }
 
+/* Waits (up to a minute) until the pool has nothing ready and a slot starting. */
+static void wait_starting(moat_runtime *rt)
+{
+    moat_pool_stats ps;
+    for (int i = 0; i < 1200; i++) {
+        moat_runtime_pool_stats(rt, &ps);
+        if (ps.ready == 0 && ps.starting > 0)
+            return;
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
+    fail_msg("pool: no slot starting after a minute (%u ready); last error: %s", ps.ready,
+             ps.last_error);
+}
+
+/* Whether the chat's workspace in the sandbox is its own ext4 image, empty and writable. */
+static void expect_new_workspace(const fx *f, const moat_session *s, const char *chat)
+{
+    char *out =
+        in_sandbox(s, "grep \" /workspace/chat \" /proc/self/mountinfo | tail -n 1; "
+                      "ls -A /workspace/chat | wc -l; echo x > /workspace/chat/f && echo w");
+    expect_contains(out, "ext4");
+    expect_contains(out, "\n0\nw");
+    free(out);
+    char image[MOAT_RUNTIME_PATH_MAX];
+    snprintf(image, sizeof(image), "%s/%s.ext4", f->rt->ws.images_dir, chat);
+    assert_int_equal(access(image, F_OK), 0);
+}
+
+/* A claim that finds the pool empty: with a slot starting it waits for that one (its chat's
+ * workspace attached meanwhile); with none starting it is told at once, leaves nothing of the
+ * chat mounted, and a cold create serves the chat. */
+static void test_claim_on_an_empty_pool(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 1);
+    char first[MOAT_UUID_STR_LEN], waiting[MOAT_UUID_STR_LEN], cold_chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(first);
+    moat_uuid_generate(waiting);
+    moat_uuid_generate(cold_chat);
+    moat_session a, b;
+    claim(f->rt, first, 600000, &a);
+    wait_starting(f->rt);
+    claim(f->rt, waiting, 600000, &b);
+    assert_string_not_equal(a.session_id, b.session_id);
+    assert_string_equal(b.chat_id, waiting);
+    expect_new_workspace(f, &b, waiting);
+    assert_false(prepared_left(f->rt, b.session_id));
+    pthread_mutex_lock(&f->rt->pool_mu);
+    assert_int_equal(f->rt->pool_claims_waiting, 0);
+    pthread_mutex_unlock(&f->rt->pool_mu);
+
+    /* No pool at all: nothing to wait for. */
+    moat_runtime_stop_pool(f->rt);
+    moat_session c;
+    int64_t now = moat_time_now_ms();
+    assert_int_equal(moat_runtime_claim(f->rt, cold_chat, now, now + 600000, NULL, &c, &st),
+                     MOAT_CODE_NOT_FOUND);
+    assert_string_equal(st.reason, "pool_empty");
+    char chat_dir[256];
+    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, cold_chat);
+    assert_int_equal(host_mounts_at(chat_dir), 0);
+    char sid[MOAT_UUID_STR_LEN];
+    cold_create(f->rt, cold_chat, sid, &c);
+    expect_new_workspace(f, &c, cold_chat);
+    assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_stop(f->rt, a.session_id, &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_stop(f->rt, b.session_id, &st), MOAT_CODE_OK);
+}
+
 static bool snapshot_usable(moat_runtime *rt)
 {
     pthread_mutex_lock(&rt->cache_mu);
@@ -488,6 +568,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reaper_expires_a_claim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile_after_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_snapshot_follows_claims, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_on_an_empty_pool, setup, teardown),
     };
     return moat_run_group_tests("test_pool_docker", tests, group_setup, NULL);
 }
