@@ -481,9 +481,8 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
         return st->code;
     }
     uint64_t t_early = moat_time_mono_ns();
-    bool taken = take_slot(rt, &slot, waits);
-    moat__pool_create_end(rt);
-    if (!taken) {
+    if (!take_slot(rt, &slot, waits)) {
+        moat__pool_create_end(rt);
         if (waits) {
             moat__workspace_release(&ws);
             moat__workspace_detach_idle(rt, chat_id);
@@ -534,6 +533,9 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
     moat__session_from_row(rt, &row, out);
     /* No Docker event says a slot became a session: the list is told here, and stays cached. */
     moat__cache_add(rt, out);
+    /* Only now may refills start: until the claim is whole, a container start would compete
+     * with it for the CPU, and in a burst with every claim after it. */
+    moat__pool_create_end(rt);
     moat_log(MOAT_LOG_INFO, "pool_slot_claimed",
              "session_id=%s chat_id=%s container_id=%.12s take_us=%llu attach_us=%llu "
              "bind_us=%llu store_us=%llu",
@@ -549,6 +551,7 @@ fail:
     remove_slot(rt, slot.session_id, slot.container_id, "claim_failed");
     moat__workspace_detach_idle(rt, chat_id);
     moat__busy_leave(rt, slot.session_id);
+    moat__pool_create_end(rt);
     moat_log(MOAT_LOG_WARN, "pool_claim_failed", "session_id=%s chat_id=%s code=%s msg=\"%s\"",
              slot.session_id, chat_id, moat_code_name(st->code), st->message);
     return st->code;
