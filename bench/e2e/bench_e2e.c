@@ -486,6 +486,23 @@ static int claims_logged(const moatd_proc *p)
     return n;
 }
 
+/* moatd's warnings and errors (the first five), which say why a round failed or a create did
+ * not come from the pool. */
+static void log_warnings(const moatd_proc *p)
+{
+    char *log = slurp_file(p->log_path);
+    int n = 0;
+    for (char *line = strtok(log, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        if (strstr(line, "level=warn") == NULL && strstr(line, "level=error") == NULL)
+            continue;
+        if (n++ < 5)
+            printf("  moatd: %.300s\n", line);
+    }
+    if (n > 5)
+        printf("  moatd: ... %d warnings and errors in all\n", n);
+    free(log);
+}
+
 /* Where moatd's claims spent their time, from its pool_slot_claimed lines after the first skip
  * (then every stride-th): p50 and p95 of each step (docs/runtime.md, "Warm pool"). */
 static void claim_steps(const moatd_proc *p, int skip, int stride)
@@ -606,6 +623,7 @@ static void bench_tti(moatd_proc *p, int n, int burst)
     }
     raw_close(rc);
     moatd_stop(&pp);
+    log_warnings(&pp);
     moatd_remove_dir(pp.state_dir);
 
     if (!pool_moatd_start(&pp, 1)) {
@@ -665,6 +683,7 @@ static void bench_tti(moatd_proc *p, int n, int burst)
     raw_close(rc);
     raw_close(mrc);
     moatd_stop(&pp);
+    log_warnings(&pp);
     moatd_remove_dir(pp.state_dir);
 }
 
