@@ -485,6 +485,60 @@ static void test_claim_on_an_empty_pool(void **state)
     assert_int_equal(moat_runtime_stop(f->rt, b.session_id, &st), MOAT_CODE_OK);
 }
 
+/* A crash in a claim between the rename of the slot's prepared workspace to the chat's and the
+ * move of its mount: the restart's reconcile removes the slot (it has no row, so no chat has
+ * it) and its staging mount; the chat keeps a whole, empty image that its next session mounts,
+ * and no mount or loop device of the slot is left. */
+static void test_crash_between_rename_and_move(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    moat_runtime *crashed = f->rt;
+    assert_int_equal(moat_runtime_start_pool(crashed, &st), MOAT_CODE_OK);
+    wait_ready(crashed, 1);
+    char slot[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+    ready_slot(crashed, slot);
+    moat_uuid_generate(chat);
+    /* The claim's first step, as moat__prepared_claim takes it; the process dies after it. */
+    char prepared[MOAT_RUNTIME_PATH_MAX], image[MOAT_RUNTIME_PATH_MAX];
+    snprintf(prepared, sizeof(prepared), "%s/%s.prepared.ext4", crashed->ws.images_dir, slot);
+    snprintf(image, sizeof(image), "%s/%s.ext4", crashed->ws.images_dir, chat);
+    assert_int_equal(rename(prepared, image), 0);
+    char container[MOAT_CONTAINER_ID_MAX];
+    pthread_mutex_lock(&crashed->pool_mu);
+    memcpy(container, crashed->pool_ready[0].container_id, sizeof(container));
+    pthread_mutex_unlock(&crashed->pool_mu);
+
+    f->cfg.pool_size = 0;
+    f->rt = open_runtime(f);
+    moat_reconcile_report rep;
+    assert_int_equal(moat_runtime_reconcile(f->rt, moat_time_now_ms(), &rep, &st), MOAT_CODE_OK);
+    assert_int_equal(rep.pool_slots_removed, 1);
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker inspect %s >/dev/null 2>&1", container);
+    assert_int_not_equal(run(cmd), 0);
+    moat_session got;
+    assert_true(moat_runtime_get(f->rt, slot, &got, &st) != MOAT_CODE_OK ||
+                got.state != MOAT_SESSION_RUNNING);
+    char staging[MOAT_RUNTIME_PATH_MAX], slot_dir[MOAT_RUNTIME_PATH_MAX], chat_dir[256];
+    snprintf(staging, sizeof(staging), "%s/pool-staging/%s", f->state, slot);
+    moat__pool_slot_dir(f->rt, slot, slot_dir, sizeof(slot_dir));
+    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, chat);
+    assert_int_equal(host_mounts_at(staging), 0);
+    assert_int_equal(host_mounts_at(slot_dir), 0);
+    assert_int_equal(host_mounts_at(chat_dir), 0);
+    assert_int_equal(host_loops_under(image), 0);
+    assert_false(prepared_left(f->rt, slot));
+
+    char sid[MOAT_UUID_STR_LEN];
+    moat_session s;
+    cold_create(f->rt, chat, sid, &s);
+    expect_new_workspace(f, &s, chat);
+    assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);
+    assert_int_equal(host_mounts_at(chat_dir), 0);
+    moat_runtime_close(crashed);
+}
+
 static bool snapshot_usable(moat_runtime *rt)
 {
     pthread_mutex_lock(&rt->cache_mu);
@@ -569,6 +623,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reconcile_after_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_snapshot_follows_claims, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_on_an_empty_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crash_between_rename_and_move, setup, teardown),
     };
     return moat_run_group_tests("test_pool_docker", tests, group_setup, NULL);
 }
