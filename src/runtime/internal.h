@@ -141,7 +141,8 @@ struct moat_runtime {
     /* Creates (claims and cold ones) in flight: no refill starts meanwhile, so none competes
      * with a chat waiting for its sandbox. */
     size_t pool_creates_in_flight;
-    size_t pool_claims_waiting; /* claims waiting for a starting slot, one each */
+    int64_t pool_quiet_until_ms; /* nor for REFILL_PAUSE_MS after the last one ended */
+    size_t pool_claims_waiting;  /* claims waiting for a starting slot, one each */
     uint32_t pool_failures_in_row;
     int64_t pool_retry_at_ms; /* after failures, no new start before this */
     char pool_last_error[160];

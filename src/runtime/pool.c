@@ -19,6 +19,10 @@
  * an image that cannot run execd costs a start every half minute, not a loop of them. */
 #define RETRY_FIRST_MS 250
 #define RETRY_MAX_MS   30000
+/* A create's first command follows it within milliseconds (a burst's, all of them): no refill
+ * starts until this long after the last create ended, so no container start competes with
+ * them for the CPU. */
+#define REFILL_PAUSE_MS 50
 
 void moat__pool_init(moat_runtime *rt)
 {
@@ -217,8 +221,9 @@ static moat_code slot_start(moat_runtime *rt, moat__slot *slot, moat_status *st)
 static bool wants_slot(moat_runtime *rt)
 {
     size_t held = rt->pool_ready_count + rt->pool_starting;
+    int64_t now = moat_time_now_ms();
     if (rt->pool_stop || held >= (size_t)rt->cfg.pool_size || rt->pool_creates_in_flight > 0 ||
-        moat_time_now_ms() < rt->pool_retry_at_ms)
+        now < rt->pool_quiet_until_ms || now < rt->pool_retry_at_ms)
         return false;
     if (rt->cfg.pool_max_sandboxes <= 0)
         return true;
@@ -250,10 +255,13 @@ static void *fill_main(void *arg)
     pthread_mutex_lock(&rt->pool_mu);
     while (!rt->pool_stop) {
         if (!wants_slot(rt)) {
-            /* Woken by a claim or a stop; the timeout rechecks the budget and any backoff. */
+            /* Woken by a claim or a stop; the timeout rechecks the budget and any backoff, and
+             * ends the pause after the last create. */
+            int64_t quiet_ms = rt->pool_quiet_until_ms - moat_time_now_ms();
+            long wait_ns = quiet_ms > 0 && quiet_ms < 200 ? (long)quiet_ms * 1000000 : 200000000;
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 200000000;
+            until.tv_nsec += wait_ns;
             if (until.tv_nsec >= 1000000000) {
                 until.tv_sec++;
                 until.tv_nsec -= 1000000000;
@@ -386,8 +394,9 @@ void moat__pool_create_begin(moat_runtime *rt)
 void moat__pool_create_end(moat_runtime *rt)
 {
     pthread_mutex_lock(&rt->pool_mu);
-    rt->pool_creates_in_flight--;
-    pthread_cond_broadcast(&rt->pool_cv); /* a refill may start now */
+    if (--rt->pool_creates_in_flight == 0)
+        rt->pool_quiet_until_ms = moat_time_now_ms() + REFILL_PAUSE_MS;
+    pthread_cond_broadcast(&rt->pool_cv); /* the fillers wait out the pause from now */
     pthread_mutex_unlock(&rt->pool_mu);
 }
 
