@@ -418,10 +418,16 @@ static void tti_sequential(moatd_proc *p, int phase, int n, const char *what, do
         chat_id(chat, phase, i);
         mv[i] = tti_once(rc, c, chat, sid, &cv[i]);
         ev[i] = mv[i] - cv[i];
-        bad += mv[i] < 0 || (sid[0] != '\0' && !stop_session(rc, sid));
+        bool stopped = sid[0] == '\0' || stop_session(rc, sid);
         snprintf(name, sizeof(name), PREFIX "tti-%d-%d-%d", (int)getpid(), phase, i);
         dv[i] = docker_tti(name);
-        bad += dv[i] < 0 || !docker_tti_remove(name);
+        bool removed = docker_tti_remove(name);
+        if (mv[i] < 0 || !stopped || dv[i] < 0 || !removed) {
+            printf("  round %d failed:%s%s%s%s\n", i, mv[i] < 0 ? " moat's create or echo" : "",
+                   stopped ? "" : " moat's stop", dv[i] < 0 ? " docker run or exec" : "",
+                   removed ? "" : " docker rm");
+            bad++;
+        }
     }
     tti_report(what, mv, dv, n, bad, p50_max, p95_max);
     if (bad == 0)
