@@ -76,8 +76,8 @@ void moat__cache_put(moat_runtime *rt, uint64_t gen, const moat_session *session
     free(copy);
 }
 
-/* Under cache_mu: the generation moves on; a snapshot usable before stays usable only when the
- * caller makes it match the change (keep). */
+/* Under cache_mu: moves the generation on. True when the snapshot was usable: it stays so at the
+ * new generation, and the caller makes the change to it; false leaves it invalid. */
 static bool cache_bump(moat_runtime *rt)
 {
     bool usable = rt->watch_connected && rt->cache_valid && rt->cache_snapshot_gen == rt->cache_gen;
@@ -100,7 +100,7 @@ static bool seen_dead(const moat_runtime *rt, const char *container_id)
 void moat__cache_add(moat_runtime *rt, const moat_session *session)
 {
     pthread_mutex_lock(&rt->cache_mu);
-    bool usable = !seen_dead(rt, session->container_id) && cache_bump(rt);
+    bool usable = cache_bump(rt) && !seen_dead(rt, session->container_id);
     moat_session *grown =
         usable ? realloc(rt->cache, (rt->cache_count + 1) * sizeof(*rt->cache)) : NULL;
     if (grown != NULL) {
