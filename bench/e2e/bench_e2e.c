@@ -363,18 +363,6 @@ static bool docker_tti_remove(const char *name)
     return system(cmd) == 0;
 }
 
-/* This run's containers, whatever is left of them. */
-static void remove_containers(void)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof(cmd),
-             "ids=$(/usr/bin/docker ps -aq --filter name=%s); "
-             "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1",
-             prefix);
-    int rc = system(cmd);
-    (void)rc;
-}
-
 static void chat_id(char out[40], int phase, int i)
 {
     snprintf(out, 40, "%08x-%04x-4000-8000-%012x", (unsigned)getpid(), (unsigned)phase,
@@ -1061,7 +1049,7 @@ int main(int argc, char **argv)
     snprintf(moat_bin, sizeof(moat_bin), "%s/src/client/moat", build);
     snprintf(prefix, sizeof(prefix), "moat-bench-%d-", (int)getpid());
     snprintf(prefix_arg, sizeof(prefix_arg), "--container_name_prefix=%s", prefix);
-    remove_containers();
+    docker_remove_prefixed(prefix);
 
     if (want("idle"))
         bench_idle(quick ? 1000 : 10000);
@@ -1112,7 +1100,7 @@ int main(int argc, char **argv)
         bench_tti(&p, quick ? 5 : 100, quick ? 5 : 20);
     moatd_stop(&p);
     moatd_remove_dir(p.state_dir);
-    remove_containers();
+    docker_remove_prefixed(prefix);
     printf("bench_e2e: %s\n", failures == 0 ? "all targets met" : "some targets missed");
     return failures == 0 ? 0 : 1;
 }
