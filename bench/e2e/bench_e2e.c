@@ -10,7 +10,8 @@
  *     without a pool (no target; peers publish this figure); with a warm pool of 20 (own moatd,
  *     --pool_size), 100 sequential new chats, the pool refilling between them without being
  *     waited for (p50 < 15 ms, p95 < 30 ms), then 20 at once on a full pool (median < 50 ms);
- *     and with the pool empty (a pool of 1 whose sandbox each round claims first, untimed)
+ *     and with the pool empty (a pool of 1 whose sandbox each round claims first, untimed),
+ *     each round also timing a create on the moatd without a pool, side by side
  *  7. memory under attack (#12), its own moatd with the default memory budget: 251 finished runs
  *     of 4 MB, then 100 streams on one connection that reads nothing: peak RSS <= budget + 32 MB
  *     during each, and RSS within 2x the idle RSS (measured first, in the same run) 10 s after
@@ -44,7 +45,9 @@
 #include "moat/v1/health.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
 
-#define PREFIX "moat-bench-"
+/* Every container and sandbox of this run is named with "moat-bench-<pid>-", so runs at the same
+ * time (other engineers' too) never remove each other's. */
+static char prefix[48], prefix_arg[96];
 
 int failures;
 static char moat_bin[512];
@@ -417,10 +420,16 @@ static void tti_sequential(moatd_proc *p, int phase, int n, const char *what, do
         chat_id(chat, phase, i);
         mv[i] = tti_once(rc, c, chat, sid, &cv[i]);
         ev[i] = mv[i] - cv[i];
-        bad += mv[i] < 0 || (sid[0] != '\0' && !stop_session(rc, sid));
-        snprintf(name, sizeof(name), PREFIX "tti-%d-%d-%d", (int)getpid(), phase, i);
+        bool stopped = sid[0] == '\0' || stop_session(rc, sid);
+        snprintf(name, sizeof(name), "%stti-%d-%d", prefix, phase, i);
         dv[i] = docker_tti(name);
-        bad += dv[i] < 0 || !docker_tti_remove(name);
+        bool removed = docker_tti_remove(name);
+        if (mv[i] < 0 || !stopped || dv[i] < 0 || !removed) {
+            printf("  round %d failed:%s%s%s%s\n", i, mv[i] < 0 ? " moat's create or echo" : "",
+                   stopped ? "" : " moat's stop", dv[i] < 0 ? " docker run or exec" : "",
+                   removed ? "" : " docker rm");
+            bad++;
+        }
     }
     tti_report(what, mv, dv, n, bad, p50_max, p95_max);
     if (bad == 0)
@@ -466,11 +475,11 @@ static bool wait_pool_ready(raw_conn *rc, int want)
  * every create, saying whether it came from the pool. */
 static bool pool_moatd_start(moatd_proc *p, int pool_size)
 {
-    char a_pool[40], a_instance[64];
+    char a_pool[40], a_instance[64], a_prefix[128];
     snprintf(a_pool, sizeof(a_pool), "--pool_size=%d", pool_size);
+    snprintf(a_prefix, sizeof(a_prefix), "%spool-", prefix_arg);
     snprintf(a_instance, sizeof(a_instance), "--instance=bench-pool-%d", (int)getpid());
-    const char *extra[] = {"--container_name_prefix=" PREFIX "pool-", a_instance, a_pool,
-                           "--log_level=info", NULL};
+    const char *extra[] = {a_prefix, a_instance, a_pool, "--log_level=info", NULL};
     return moatd_start(p, true, extra);
 }
 
@@ -485,9 +494,26 @@ static int claims_logged(const moatd_proc *p)
     return n;
 }
 
-/* Where moatd's claims spent their time, from its pool_slot_claimed lines after the first skip:
- * p50 and p95 of each step (docs/runtime.md, "Warm pool"). */
-static void claim_steps(const moatd_proc *p, int skip)
+/* moatd's warnings and errors (the first five), which say why a round failed or a create did
+ * not come from the pool. */
+static void log_warnings(const moatd_proc *p)
+{
+    char *log = slurp_file(p->log_path);
+    int n = 0;
+    for (char *line = strtok(log, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        if (strstr(line, "level=warn") == NULL && strstr(line, "level=error") == NULL)
+            continue;
+        if (n++ < 5)
+            printf("  moatd: %.300s\n", line);
+    }
+    if (n > 5)
+        printf("  moatd: ... %d warnings and errors in all\n", n);
+    free(log);
+}
+
+/* Where moatd's claims spent their time, from its pool_slot_claimed lines after the first skip
+ * (then every stride-th): p50 and p95 of each step (docs/runtime.md, "Warm pool"). */
+static void claim_steps(const moatd_proc *p, int skip, int stride)
 {
     static const char *steps[] = {"take_us=", "attach_us=", "bind_us=", "store_us="};
     double v[4][256];
@@ -495,7 +521,8 @@ static void claim_steps(const moatd_proc *p, int skip)
     char *log = slurp_file(p->log_path);
     for (const char *at = log; (at = strstr(at, "event=pool_slot_claimed")) != NULL && n < 256;
          at++) {
-        if (seen++ < skip)
+        int k = seen++ - skip;
+        if (k < 0 || k % stride != 0)
             continue;
         for (int k = 0; k < 4; k++) {
             const char *f = strstr(at, steps[k]);
@@ -518,7 +545,7 @@ typedef struct burst_arg {
     int phase, index;
     bool docker;
     pthread_barrier_t *go, *done;
-    double took;
+    double took, create_took;
 } burst_arg;
 
 static void *burst_thread(void *arg)
@@ -527,14 +554,16 @@ static void *burst_thread(void *arg)
     char addr[64], chat[40], sid[64] = "", name[96];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", a->port);
     chat_id(chat, a->phase, a->index);
-    snprintf(name, sizeof(name), PREFIX "burst-%d-%d", (int)getpid(), a->index);
+    snprintf(name, sizeof(name), "%sburst-%d", prefix, a->index);
     moat_client *c = NULL;
     moat_status st;
     raw_conn *rc = a->docker ? NULL : raw_connect_ready(a->port, NULL);
     bool ready = a->docker || (rc != NULL && moat_client_connect(addr, NULL, &c, &st) == MOAT_OK);
     /* Connected first, so the burst times creates, not handshakes. */
     pthread_barrier_wait(a->go);
-    a->took = !ready ? -1 : a->docker ? docker_tti(name) : tti_once(rc, c, chat, sid, NULL);
+    a->took = !ready      ? -1
+              : a->docker ? docker_tti(name)
+                          : tti_once(rc, c, chat, sid, &a->create_took);
     /* Cleaned up once every one is timed, so no removal competes with a create. */
     pthread_barrier_wait(a->done);
     if ((a->docker && !docker_tti_remove(name)) || (sid[0] != '\0' && !stop_session(rc, sid)))
@@ -545,8 +574,9 @@ static void *burst_thread(void *arg)
     return NULL;
 }
 
-/* n concurrent new chats (moat's, then n concurrent baselines); their times into mv and dv. */
-static int tti_burst(const moatd_proc *p, int phase, int n, double *mv, double *dv)
+/* n concurrent new chats (moat's, then n concurrent baselines); their times into mv and dv,
+ * CreateSession's part of moat's into cv. */
+static int tti_burst(const moatd_proc *p, int phase, int n, double *mv, double *dv, double *cv)
 {
     pthread_t th[64];
     burst_arg args[64];
@@ -556,12 +586,14 @@ static int tti_burst(const moatd_proc *p, int phase, int n, double *mv, double *
         pthread_barrier_init(&go, NULL, (unsigned)n);
         pthread_barrier_init(&done, NULL, (unsigned)n);
         for (int i = 0; i < n; i++) {
-            args[i] = (burst_arg){p->port, phase, i, round == 1, &go, &done, -1};
+            args[i] = (burst_arg){p->port, phase, i, round == 1, &go, &done, -1, -1};
             pthread_create(&th[i], NULL, burst_thread, &args[i]);
         }
         for (int i = 0; i < n; i++) {
             pthread_join(th[i], NULL);
             (round == 0 ? mv : dv)[i] = args[i].took;
+            if (round == 0)
+                cv[i] = args[i].create_took;
             bad += args[i].took < 0;
         }
         pthread_barrier_destroy(&go);
@@ -590,60 +622,85 @@ static void bench_tti(moatd_proc *p, int n, int burst)
         snprintf(what, sizeof(what), "tti, warm pool of %d", burst);
         tti_sequential(&pp, 2, n, what, 15, 30);
         printf("  (%d of %d sequential creates claimed a pool sandbox)\n", claims_logged(&pp), n);
-        claim_steps(&pp, 0);
+        claim_steps(&pp, 0, 1);
         int before = claims_logged(&pp);
         if (wait_pool_ready(rc, burst)) {
-            double mv[64], dv[64];
-            int bad = tti_burst(&pp, 3, burst, mv, dv);
+            double mv[64], dv[64], cv[64];
+            int bad = tti_burst(&pp, 3, burst, mv, dv, cv);
             snprintf(what, sizeof(what), "tti, burst of %d on a full pool, median", burst);
             tti_report(what, mv, dv, burst, bad, 50, 0);
+            if (bad == 0)
+                printf("  (CreateSession p50 %.1f ms p95 %.1f ms)\n",
+                       percentile(cv, burst, 0.5) * 1000, percentile(cv, burst, 0.95) * 1000);
             printf("  (%d of %d burst creates claimed a pool sandbox)\n",
                    claims_logged(&pp) - before, burst);
-            claim_steps(&pp, before);
+            claim_steps(&pp, before, 1);
         }
     }
     raw_close(rc);
     moatd_stop(&pp);
+    log_warnings(&pp);
     moatd_remove_dir(pp.state_dir);
 
     if (!pool_moatd_start(&pp, 1)) {
         failures++;
         return;
     }
-    char addr[64];
+    /* Each round also times a create on the moatd without a pool, so "no worse than without a
+     * pool" compares rounds made side by side. */
+    char addr[64], main_addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", pp.port);
-    moat_client *c = NULL;
+    snprintf(main_addr, sizeof(main_addr), "127.0.0.1:%d", p->port);
+    moat_client *c = NULL, *mc = NULL;
     moat_status st;
     rc = raw_connect_ready(pp.port, NULL);
-    if (rc != NULL && moat_client_connect(addr, NULL, &c, &st) == MOAT_OK) {
+    raw_conn *mrc = raw_connect_ready(p->port, NULL);
+    if (rc != NULL && mrc != NULL && moat_client_connect(addr, NULL, &c, &st) == MOAT_OK &&
+        moat_client_connect(main_addr, NULL, &mc, &st) == MOAT_OK) {
         int rounds = n < 30 ? n : 30, bad = 0;
         double *mv = calloc((size_t)rounds, sizeof(double));
+        double *nv = calloc((size_t)rounds, sizeof(double));
         double *dv = calloc((size_t)rounds, sizeof(double));
         for (int i = 0; i < rounds; i++) {
-            char first[40], chat[40], sid[64], name[96];
+            char first[40], chat[40], cold_chat[40], sid[64], name[96];
             chat_id(first, 4, i);
             chat_id(chat, 5, i);
-            char timed_sid[64];
+            chat_id(cold_chat, 6, i);
+            char timed_sid[64], cold_sid[64];
             bool claimed = wait_pool_ready(rc, 1) && create_session(rc, first, NULL, sid, NULL);
             mv[i] = claimed ? tti_once(rc, c, chat, timed_sid, NULL) : -1;
             bad += !claimed || !stop_session(rc, sid) || mv[i] < 0 ||
                    (timed_sid[0] != '\0' && !stop_session(rc, timed_sid));
-            snprintf(name, sizeof(name), PREFIX "tti-%d-5-%d", (int)getpid(), i);
+            nv[i] = tti_once(mrc, mc, cold_chat, cold_sid, NULL);
+            bad += nv[i] < 0 || (cold_sid[0] != '\0' && !stop_session(mrc, cold_sid));
+            snprintf(name, sizeof(name), "%stti-5-%d", prefix, i);
             dv[i] = docker_tti(name);
             bad += dv[i] < 0 || !docker_tti_remove(name);
         }
         tti_report("tti, pool empty (refilling)", mv, dv, rounds, bad, 0, 0);
+        tti_report("tti, no pool, alternated with it", nv, dv, rounds, bad, 0, 0);
+        if (bad == 0)
+            printf("  (pool empty / no pool: p50 %.3f, p95 %.3f)\n",
+                   percentile(mv, rounds, 0.5) / percentile(nv, rounds, 0.5),
+                   percentile(mv, rounds, 0.95) / percentile(nv, rounds, 0.95));
         printf("  (%d creates of %d claimed a pool sandbox: one per round is the untimed one)\n",
                claims_logged(&pp), 2 * rounds);
+        if (claims_logged(&pp) == 2 * rounds) /* else timed and untimed ones do not alternate */
+            claim_steps(&pp, 1, 2);
         free(mv);
+        free(nv);
         free(dv);
     } else {
         failures++;
     }
     if (c != NULL)
         moat_client_close(c);
+    if (mc != NULL)
+        moat_client_close(mc);
     raw_close(rc);
+    raw_close(mrc);
     moatd_stop(&pp);
+    log_warnings(&pp);
     moatd_remove_dir(pp.state_dir);
 }
 
@@ -782,8 +839,8 @@ static void rss_sample(void *ud)
 static void bench_memory(bool quick)
 {
     moatd_proc p;
-    const char *extra[] = {"--container_name_prefix=" PREFIX, "--log_level=warn",
-                           "--max_streams_per_connection=200", NULL};
+    const char *extra[] = {prefix_arg, "--log_level=warn", "--max_streams_per_connection=200",
+                           NULL};
     if (!moatd_start(&p, true, extra)) {
         failures++;
         return;
@@ -907,7 +964,7 @@ static void bench_idle(int nconns)
     moatd_proc p;
     char maxc[64];
     snprintf(maxc, sizeof(maxc), "--max_connections=%d", nconns + 100);
-    const char *extra[] = {maxc, "--container_name_prefix=" PREFIX, "--log_level=warn", NULL};
+    const char *extra[] = {maxc, prefix_arg, "--log_level=warn", NULL};
     if (!moatd_start(&p, true, extra)) {
         failures++;
         return;
@@ -990,9 +1047,9 @@ int main(int argc, char **argv)
         return 2;
     }
     snprintf(moat_bin, sizeof(moat_bin), "%s/src/client/moat", build);
-    int rc0 = system("ids=$(/usr/bin/docker ps -aq --filter name=" PREFIX "); "
-                     "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1");
-    (void)rc0;
+    snprintf(prefix, sizeof(prefix), "moat-bench-%d-", (int)getpid());
+    snprintf(prefix_arg, sizeof(prefix_arg), "--container_name_prefix=%s", prefix);
+    docker_remove_prefixed(prefix);
 
     if (want("idle"))
         bench_idle(quick ? 1000 : 10000);
@@ -1004,8 +1061,7 @@ int main(int argc, char **argv)
         return failures == 0 ? 0 : 1;
 
     moatd_proc p;
-    const char *extra[] = {"--container_name_prefix=" PREFIX, "--log_level=warn",
-                           "--max_connections=4096", NULL};
+    const char *extra[] = {prefix_arg, "--log_level=warn", "--max_connections=4096", NULL};
     if (!moatd_start(&p, true, extra))
         return 1;
     raw_conn *rc = raw_connect(p.port);
@@ -1044,9 +1100,7 @@ int main(int argc, char **argv)
         bench_tti(&p, quick ? 5 : 100, quick ? 5 : 20);
     moatd_stop(&p);
     moatd_remove_dir(p.state_dir);
-    int rc1 = system("ids=$(/usr/bin/docker ps -aq --filter name=" PREFIX "); "
-                     "[ -z \"$ids\" ] || /usr/bin/docker rm -f $ids >/dev/null 2>&1");
-    (void)rc1;
+    docker_remove_prefixed(prefix);
     printf("bench_e2e: %s\n", failures == 0 ? "all targets met" : "some targets missed");
     return failures == 0 ? 0 : 1;
 }

@@ -104,6 +104,10 @@ struct moat_runtime {
     uint64_t cache_snapshot_gen;
     moat_session *cache;
     size_t cache_count;
+    /* Containers the event stream saw die lately, so a session added after its container's
+     * death was seen is not cached as running (moat__cache_add). */
+    char cache_dead[16][MOAT_CONTAINER_ID_MAX];
+    size_t cache_dead_next;
     pthread_t watch_thread;
     bool watch_running;
     bool watch_stop;
@@ -137,7 +141,8 @@ struct moat_runtime {
     /* Creates (claims and cold ones) in flight: no refill starts meanwhile, so none competes
      * with a chat waiting for its sandbox. */
     size_t pool_creates_in_flight;
-    size_t pool_claims_waiting; /* claims waiting for a starting slot, one each */
+    int64_t pool_quiet_until_ms; /* nor for REFILL_PAUSE_MS after the last one ended */
+    size_t pool_claims_waiting;  /* claims waiting for a starting slot, one each */
     uint32_t pool_failures_in_row;
     int64_t pool_retry_at_ms; /* after failures, no new start before this */
     char pool_last_error[160];
@@ -362,6 +367,12 @@ void moat__cache_invalidate(moat_runtime *rt);
 bool moat__cache_get(moat_runtime *rt, moat_session **out, size_t *count, uint64_t *gen);
 /* Stores a snapshot taken at gen (copied), if nothing changed meanwhile. */
 void moat__cache_put(moat_runtime *rt, uint64_t gen, const moat_session *sessions, size_t count);
+/* A running session that now exists (a claim): added to a usable snapshot, which stays usable,
+ * instead of invalidating it. */
+void moat__cache_add(moat_runtime *rt, const moat_session *session);
+/* A container that no longer runs (stopped, removed or dead; either id may be NULL): taken out
+ * of a usable snapshot, which stays usable. */
+void moat__cache_forget(moat_runtime *rt, const char *session_id, const char *container_id);
 
 /* mountinfo.c: an incremental reader of /proc/<pid>/mountinfo. No I/O: feed it bytes. */
 typedef struct moat__mount_entry {

@@ -19,6 +19,10 @@
  * an image that cannot run execd costs a start every half minute, not a loop of them. */
 #define RETRY_FIRST_MS 250
 #define RETRY_MAX_MS   30000
+/* A create's first command follows it within milliseconds (a burst's, all of them): no refill
+ * starts until this long after the last create ended, so no container start competes with
+ * them for the CPU. */
+#define REFILL_PAUSE_MS 50
 
 void moat__pool_init(moat_runtime *rt)
 {
@@ -202,10 +206,14 @@ static moat_code slot_start(moat_runtime *rt, moat__slot *slot, moat_status *st)
         return st->code;
     }
     /* Without it the slot still serves: its claim attaches the chat's workspace as a create
-     * does. */
+     * does. A claim already waiting for a slot has attached its chat's workspace while it
+     * waited, so none is made for it to wait for. */
+    pthread_mutex_lock(&rt->pool_mu);
+    bool claim_waits = rt->pool_claims_waiting > 0;
+    pthread_mutex_unlock(&rt->pool_mu);
     moat_status prep_st;
-    slot->prepared =
-        rt->ws.quota && moat__prepared_make(rt, slot->session_id, &prep_st) == MOAT_CODE_OK;
+    slot->prepared = rt->ws.quota && !claim_waits &&
+                     moat__prepared_make(rt, slot->session_id, &prep_st) == MOAT_CODE_OK;
     return MOAT_CODE_OK;
 }
 
@@ -213,8 +221,9 @@ static moat_code slot_start(moat_runtime *rt, moat__slot *slot, moat_status *st)
 static bool wants_slot(moat_runtime *rt)
 {
     size_t held = rt->pool_ready_count + rt->pool_starting;
+    int64_t now = moat_time_now_ms();
     if (rt->pool_stop || held >= (size_t)rt->cfg.pool_size || rt->pool_creates_in_flight > 0 ||
-        moat_time_now_ms() < rt->pool_retry_at_ms)
+        now < rt->pool_quiet_until_ms || now < rt->pool_retry_at_ms)
         return false;
     if (rt->cfg.pool_max_sandboxes <= 0)
         return true;
@@ -246,10 +255,13 @@ static void *fill_main(void *arg)
     pthread_mutex_lock(&rt->pool_mu);
     while (!rt->pool_stop) {
         if (!wants_slot(rt)) {
-            /* Woken by a claim or a stop; the timeout rechecks the budget and any backoff. */
+            /* Woken by a claim or a stop; the timeout rechecks the budget and any backoff, and
+             * ends the pause after the last create. */
+            int64_t quiet_ms = rt->pool_quiet_until_ms - moat_time_now_ms();
+            long wait_ns = quiet_ms > 0 && quiet_ms < 200 ? (long)quiet_ms * 1000000 : 200000000;
             struct timespec until;
             clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 200000000;
+            until.tv_nsec += wait_ns;
             if (until.tv_nsec >= 1000000000) {
                 until.tv_sec++;
                 until.tv_nsec -= 1000000000;
@@ -382,19 +394,31 @@ void moat__pool_create_begin(moat_runtime *rt)
 void moat__pool_create_end(moat_runtime *rt)
 {
     pthread_mutex_lock(&rt->pool_mu);
-    rt->pool_creates_in_flight--;
-    pthread_cond_broadcast(&rt->pool_cv); /* a refill may start now */
+    if (--rt->pool_creates_in_flight == 0)
+        rt->pool_quiet_until_ms = moat_time_now_ms() + REFILL_PAUSE_MS;
+    pthread_cond_broadcast(&rt->pool_cv); /* the fillers wait out the pause from now */
     pthread_mutex_unlock(&rt->pool_mu);
 }
 
-/* Under pool_mu, with none ready: waits for a slot already starting, unless as many claims wait
- * as slots start. It started before this claim, so it is ready sooner than a cold create would
- * be, and the claim starts no second container to compete with it. */
+/* With none ready, whether this claim is to wait for a slot already starting, counted among the
+ * waiting claims if so: one claim per starting slot. That slot started before the claim, so it
+ * is ready sooner than a cold create would be, and the claim starts no second container to
+ * compete with it. Any other claim is told at once that the pool is empty, and a cold create
+ * follows. */
+static bool will_wait(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->pool_mu);
+    bool waits = rt->pool_ready_count == 0 && rt->pool_starting > rt->pool_claims_waiting;
+    if (waits)
+        rt->pool_claims_waiting++;
+    pthread_mutex_unlock(&rt->pool_mu);
+    return waits;
+}
+
+/* Under pool_mu, for a claim will_wait counted: waits (at most the readiness timeout) until a
+ * slot is ready or none is starting any more. */
 static void wait_for_starting(moat_runtime *rt)
 {
-    if (rt->pool_starting <= rt->pool_claims_waiting)
-        return;
-    rt->pool_claims_waiting++;
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += rt->cfg.readiness_timeout_ms / 1000 + 1;
@@ -404,14 +428,16 @@ static void wait_for_starting(moat_runtime *rt)
     rt->pool_claims_waiting--;
 }
 
-/* Takes the oldest ready slot whose execd still answers (or one that was starting); false when
- * none is left. The slot is in the busy set from the moment it leaves the pool. */
-static bool take_slot(moat_runtime *rt, moat__slot *slot)
+/* Takes the oldest ready slot whose execd still answers (after waiting, when will_wait said
+ * so); false when none is left. The slot is in the busy set from the moment it leaves the
+ * pool. */
+static bool take_slot(moat_runtime *rt, moat__slot *slot, bool waits)
 {
     for (;;) {
         pthread_mutex_lock(&rt->pool_mu);
-        if (rt->pool_ready_count == 0)
+        if (waits)
             wait_for_starting(rt);
+        waits = false;
         bool got = rt->pool_ready_count > 0 && moat__busy_enter(rt, rt->pool_ready[0].session_id);
         if (got) {
             *slot = rt->pool_ready[0];
@@ -451,21 +477,38 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
         return st->code;
     }
     moat__pool_create_begin(rt);
-    bool taken = take_slot(rt, &slot);
-    moat__pool_create_end(rt);
-    if (!taken) {
+    /* A claim that waits attaches its chat's workspace meanwhile, while the slot's container
+     * starts, rather than after it. */
+    bool waits = will_wait(rt);
+    moat__workspace ws;
+    if (waits && moat__chat_workspace_prepare(rt, chat_id, NULL, &ws, st) != MOAT_CODE_OK) {
+        pthread_mutex_lock(&rt->pool_mu);
+        rt->pool_claims_waiting--;
+        pthread_mutex_unlock(&rt->pool_mu);
+        moat__pool_create_end(rt);
+        moat_status_add_detail(st, "chat_id", chat_id);
+        return st->code;
+    }
+    uint64_t t_early = moat_time_mono_ns();
+    if (!take_slot(rt, &slot, waits)) {
+        moat__pool_create_end(rt);
+        if (waits) {
+            moat__workspace_release(&ws);
+            moat__workspace_detach_idle(rt, chat_id);
+        }
         moat_status_set(st, MOAT_CODE_NOT_FOUND, "pool_empty",
                         "no pool sandbox ready for this request");
         return st->code;
     }
-    /* Where a claim's time goes, logged with it: execd's ping, the workspace's attach, its
-     * mount into the slot, the store's write. */
+    /* Where a claim's time goes, logged with it: out of the pool (with any wait) and execd's
+     * ping, the workspace's attach (before the wait, when it waited), its mount into the slot,
+     * the store's write. */
     uint64_t t_taken = moat_time_mono_ns();
-    moat__workspace ws;
-    if (moat__chat_workspace_prepare(rt, chat_id, slot.prepared ? slot.session_id : NULL, &ws,
-                                     st) != MOAT_CODE_OK)
+    if (!waits && moat__chat_workspace_prepare(rt, chat_id, slot.prepared ? slot.session_id : NULL,
+                                               &ws, st) != MOAT_CODE_OK)
         goto fail;
     uint64_t t_attached = moat_time_mono_ns();
+    uint64_t take_ns = t_taken - t_early, attach_ns = t_attached - t_taken + (t_early - t0);
     moat__row row;
     memset(&row, 0, sizeof(row));
     memcpy(row.session_id, slot.session_id, sizeof(row.session_id));
@@ -495,14 +538,18 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
     uint64_t t_stored = moat_time_mono_ns();
     moat__workspace_release(&ws);
     moat__busy_leave(rt, slot.session_id);
-    moat__cache_invalidate(rt);
     moat__prepared_discard(rt, slot.session_id); /* unused when the chat had a workspace */
     moat__session_from_row(rt, &row, out);
+    /* No Docker event says a slot became a session: the list is told here, and stays cached. */
+    moat__cache_add(rt, out);
+    /* Only now may refills start: until the claim is whole, a container start would compete
+     * with it for the CPU, and in a burst with every claim after it. */
+    moat__pool_create_end(rt);
     moat_log(MOAT_LOG_INFO, "pool_slot_claimed",
              "session_id=%s chat_id=%s container_id=%.12s take_us=%llu attach_us=%llu "
              "bind_us=%llu store_us=%llu",
-             slot.session_id, chat_id, slot.container_id, (unsigned long long)(t_taken - t0) / 1000,
-             (unsigned long long)(t_attached - t_taken) / 1000,
+             slot.session_id, chat_id, slot.container_id, (unsigned long long)take_ns / 1000,
+             (unsigned long long)attach_ns / 1000,
              (unsigned long long)(t_bound - t_attached) / 1000,
              (unsigned long long)(t_stored - t_bound) / 1000);
     moat__metric_session(rt, "created", slot.session_id, MOAT_CODE_OK, t0);
@@ -513,6 +560,7 @@ fail:
     remove_slot(rt, slot.session_id, slot.container_id, "claim_failed");
     moat__workspace_detach_idle(rt, chat_id);
     moat__busy_leave(rt, slot.session_id);
+    moat__pool_create_end(rt);
     moat_log(MOAT_LOG_WARN, "pool_claim_failed", "session_id=%s chat_id=%s code=%s msg=\"%s\"",
              slot.session_id, chat_id, moat_code_name(st->code), st->message);
     return st->code;

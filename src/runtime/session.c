@@ -622,7 +622,7 @@ failed:
     moat_status_add_detail(st, "container_id", container_id);
     return st->code;
 gone:
-    moat__cache_invalidate(rt);
+    moat__cache_forget(rt, NULL, container_id);
     moat_status_clear(st);
     return MOAT_CODE_OK;
 }
@@ -719,7 +719,7 @@ static moat_code stop_session(moat_runtime *rt, const char *session_id_in, moat_
     const char *chat_id = have_row ? row.chat_id : c.chat_id; /* "" when neither knows it */
     if (chat_id[0] != '\0')
         moat__workspace_detach_idle(rt, chat_id);
-    moat__cache_invalidate(rt);
+    moat__cache_forget(rt, session_id, NULL);
     moat__metric_session(rt, "stopped", session_id, MOAT_CODE_OK, t0);
     return moat__span_end(rt, span, st);
 }

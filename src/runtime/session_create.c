@@ -2,9 +2,11 @@
  * and the restart of a session's stopped container. The rest of a session's life is session.c. */
 #include <errno.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -260,8 +262,28 @@ static void start_failed(moat_status *st, const char *chat_id)
     moat_status_add_detail(st, "chat_id", chat_id);
 }
 
-/* Polls execd's /ping with backoff; between polls checks (now and then) that the container
- * still runs, so a crashed entrypoint fails fast instead of waiting out the timeout. */
+/* An inotify descriptor that wakes on anything made in the socket's directory, or -1 (then
+ * wait_ready only polls). */
+static int watch_socket_dir(const char *socket_path)
+{
+    char dir[MOAT_RUNTIME_PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", socket_path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        return -1;
+    *slash = '\0';
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd >= 0 && inotify_add_watch(fd, dir, IN_CREATE | IN_MOVED_TO) < 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* Polls execd's /ping with backoff, woken early when its socket appears (the backoff grows to
+ * 50 ms, which would otherwise be what a sandbox waits past its execd's start, on average half
+ * of it); between polls checks (now and then) that the container still runs, so a crashed
+ * entrypoint fails fast instead of waiting out the timeout. */
 static moat_code wait_ready(moat_runtime *rt, const char *container_id, const char *socket_path,
                             const char *execd_token, moat_status *st)
 {
@@ -269,12 +291,16 @@ static moat_code wait_ready(moat_runtime *rt, const char *container_id, const ch
     uint64_t deadline = start + (uint64_t)rt->cfg.readiness_timeout_ms * 1000000u;
     long sleep_us = 2000;
     uint64_t next_inspect = start + 200000000u;
+    struct pollfd created = {watch_socket_dir(socket_path), POLLIN, 0};
     for (;;) {
         uint64_t now = moat_time_mono_ns();
         long left_ms = now < deadline ? (long)((deadline - now) / 1000000u) + 1 : 1;
         if (access(socket_path, F_OK) == 0 &&
-            moat__execd_ping(socket_path, execd_token, left_ms < 1000 ? left_ms : 1000))
+            moat__execd_ping(socket_path, execd_token, left_ms < 1000 ? left_ms : 1000)) {
+            if (created.fd >= 0)
+                close(created.fd);
             return MOAT_CODE_OK;
+        }
         now = moat_time_mono_ns();
         if (now >= deadline)
             break;
@@ -291,6 +317,8 @@ static moat_code wait_ready(moat_runtime *rt, const char *container_id, const ch
                     int64_t exit_code = 0; /* stays 0 when ExitCode is missing or not integral */
                     moat_json_int(state, "ExitCode", &exit_code);
                     moat_runtime_docker_response_free(&resp);
+                    if (created.fd >= 0)
+                        close(created.fd);
                     moat_status_set(st, MOAT_CODE_UNAVAILABLE, "sandbox_start_failed",
                                     "sandbox container %.12s exited (code %lld) before execd "
                                     "answered /ping",
@@ -300,11 +328,18 @@ static moat_code wait_ready(moat_runtime *rt, const char *container_id, const ch
             }
             moat_runtime_docker_response_free(&resp);
         }
-        struct timespec ts = {0, sleep_us * 1000};
-        nanosleep(&ts, NULL);
-        if (sleep_us < 50000)
+        if (poll(&created, 1, (int)(sleep_us / 1000)) > 0) {
+            char events[4096];
+            while (read(created.fd, events, sizeof(events)) > 0) {
+            }
+            /* The socket exists; execd listens on it a moment later. */
+            sleep_us = 1000;
+        } else if (sleep_us < 50000) {
             sleep_us *= 2;
+        }
     }
+    if (created.fd >= 0)
+        close(created.fd);
     moat_status_set(st, MOAT_CODE_DEADLINE_EXCEEDED, "sandbox_start_failed",
                     "execd did not answer /ping on %s within %ld ms", socket_path,
                     rt->cfg.readiness_timeout_ms);

@@ -76,6 +76,68 @@ void moat__cache_put(moat_runtime *rt, uint64_t gen, const moat_session *session
     free(copy);
 }
 
+/* Under cache_mu: moves the generation on. True when the snapshot was usable: it stays so at the
+ * new generation, and the caller makes the change to it; false leaves it invalid. */
+static bool cache_bump(moat_runtime *rt)
+{
+    bool usable = rt->watch_connected && rt->cache_valid && rt->cache_snapshot_gen == rt->cache_gen;
+    rt->cache_gen++;
+    if (usable)
+        rt->cache_snapshot_gen = rt->cache_gen;
+    else
+        rt->cache_valid = false;
+    return usable;
+}
+
+static bool seen_dead(const moat_runtime *rt, const char *container_id)
+{
+    for (size_t i = 0; i < sizeof(rt->cache_dead) / sizeof(rt->cache_dead[0]); i++)
+        if (strcmp(rt->cache_dead[i], container_id) == 0)
+            return true;
+    return false;
+}
+
+void moat__cache_add(moat_runtime *rt, const moat_session *session)
+{
+    pthread_mutex_lock(&rt->cache_mu);
+    bool usable = cache_bump(rt) && !seen_dead(rt, session->container_id);
+    moat_session *grown =
+        usable ? realloc(rt->cache, (rt->cache_count + 1) * sizeof(*rt->cache)) : NULL;
+    if (grown != NULL) {
+        rt->cache = grown;
+        rt->cache[rt->cache_count++] = *session;
+    } else {
+        rt->cache_valid = false;
+    }
+    pthread_mutex_unlock(&rt->cache_mu);
+}
+
+void moat__cache_forget(moat_runtime *rt, const char *session_id, const char *container_id)
+{
+    pthread_mutex_lock(&rt->cache_mu);
+    if (cache_bump(rt)) {
+        size_t kept = 0;
+        for (size_t i = 0; i < rt->cache_count; i++) {
+            const moat_session *s = &rt->cache[i];
+            if ((session_id == NULL || strcmp(s->session_id, session_id) != 0) &&
+                (container_id == NULL || strcmp(s->container_id, container_id) != 0))
+                rt->cache[kept++] = *s;
+        }
+        rt->cache_count = kept;
+    }
+    pthread_mutex_unlock(&rt->cache_mu);
+}
+
+/* A container died: out of the snapshot, and remembered for moat__cache_add. */
+static void cache_dead(moat_runtime *rt, const char *container_id)
+{
+    pthread_mutex_lock(&rt->cache_mu);
+    size_t n = sizeof(rt->cache_dead) / sizeof(rt->cache_dead[0]);
+    snprintf(rt->cache_dead[rt->cache_dead_next++ % n], MOAT_CONTAINER_ID_MAX, "%s", container_id);
+    pthread_mutex_unlock(&rt->cache_mu);
+    moat__cache_forget(rt, NULL, container_id);
+}
+
 static void set_connected(moat_runtime *rt, bool connected)
 {
     pthread_mutex_lock(&rt->cache_mu);
@@ -97,9 +159,14 @@ static void wake_pending_reconcile(moat_runtime *rt)
     pthread_mutex_unlock(&rt->reaper_mu);
 }
 
+/* An event stream's partial line: events are JSON objects, one per line, in chunks of any size. */
+#define EVENT_LINE_MAX 65536
+
 typedef struct watch_conn {
     moat_runtime *rt;
     long status;
+    char *line;
+    size_t len;
 } watch_conn;
 
 static size_t on_header(char *data, size_t size, size_t nmemb, void *user)
@@ -119,17 +186,53 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *user)
     return n;
 }
 
+/* What one event does to the snapshot of running sessions. A death takes its container out; a
+ * create, or a kill, stop or exec that is no death, changes nothing listed; neither does the
+ * start of a pool slot no claim has made a session (a claim adds its session itself). Anything
+ * else, or an event that does not parse, invalidates. timeNano (past 2^53, not exact as a cJSON
+ * double) is never read. */
+static void apply_event(moat_runtime *rt, const char *text, size_t len)
+{
+    cJSON *ev = cJSON_ParseWithLength(text, len);
+    const char *action = moat__json_str(ev, "Action");
+    const cJSON *actor = moat__json_get(ev, "Actor");
+    const char *id = moat__json_str(actor, "ID");
+    const cJSON *attrs = moat__json_get(actor, "Attributes");
+    const char *pool = moat__json_str(attrs, LABEL_POOL);
+    const char *session_id = moat__json_str(attrs, LABEL_SESSION);
+    if (action == NULL || id == NULL) {
+        moat__cache_invalidate(rt);
+    } else if (strcmp(action, "die") == 0 || strcmp(action, "destroy") == 0) {
+        cache_dead(rt, id);
+    } else if (strcmp(action, "create") == 0 || strcmp(action, "kill") == 0 ||
+               strcmp(action, "stop") == 0 || strncmp(action, "exec_", 5) == 0) {
+        /* nothing listed changes */
+    } else if (!(strcmp(action, "start") == 0 && pool != NULL && strcmp(pool, "true") == 0 &&
+                 session_id != NULL && !moat__store_has(rt->store, session_id))) {
+        moat__cache_invalidate(rt);
+    }
+    cJSON_Delete(ev);
+}
+
 static size_t on_event(char *data, size_t size, size_t nmemb, void *user)
 {
-    (void)data;
     watch_conn *wc = user;
+    size_t n = size * nmemb;
     if (wc->status != 200)
-        return size * nmemb;
-    /* Any event for a labelled container (create, start, die, destroy, …) invalidates, so the
-     * events are not parsed: no field of theirs is read, timeNano (past 2^53, not exact as a
-     * cJSON double) included. */
-    moat__cache_invalidate(wc->rt);
-    return size * nmemb;
+        return n;
+    for (size_t i = 0; i < n; i++) {
+        if (data[i] == '\n') {
+            if (wc->len > 0)
+                apply_event(wc->rt, wc->line, wc->len);
+            wc->len = 0;
+        } else if (wc->len < EVENT_LINE_MAX) {
+            wc->line[wc->len++] = data[i];
+        } else {
+            /* Longer than any event: whatever it was, the snapshot is not trusted. */
+            moat__cache_invalidate(wc->rt);
+        }
+    }
+    return n;
 }
 
 static bool should_stop(moat_runtime *rt)
@@ -143,10 +246,12 @@ static bool should_stop(moat_runtime *rt)
 /* One event-stream connection, until it ends or we are told to stop. */
 static void follow_events(moat_runtime *rt, CURLM *multi, const char *url)
 {
-    watch_conn wc = {rt, 0};
-    CURL *h = curl_easy_init();
-    if (h == NULL)
+    watch_conn wc = {rt, 0, malloc(EVENT_LINE_MAX), 0};
+    CURL *h = wc.line != NULL ? curl_easy_init() : NULL;
+    if (h == NULL) {
+        free(wc.line);
         return;
+    }
     moat__docker_setup_endpoint(rt, h);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -165,6 +270,7 @@ static void follow_events(moat_runtime *rt, CURLM *multi, const char *url)
     }
     curl_multi_remove_handle(multi, h);
     curl_easy_cleanup(h);
+    free(wc.line);
     set_connected(rt, false);
     /* Docker ends the stream only when it shuts down (or the connection breaks): either way
      * its sandboxes may have stopped, so the reaper reconciles once it answers again. */

@@ -168,6 +168,17 @@ static void claim(moat_runtime *rt, const char *chat, int64_t ttl_ms, moat_sessi
         fail_msg("claim: %s (%s)", st.message, st.reason);
 }
 
+/* A cold session for chat (CreateSession's way when the pool cannot serve); its id in sid. */
+static void cold_create(moat_runtime *rt, const char *chat, char sid[MOAT_UUID_STR_LEN],
+                        moat_session *s)
+{
+    moat_status st;
+    moat_uuid_generate(sid);
+    int64_t now = moat_time_now_ms();
+    if (moat_runtime_create(rt, sid, chat, now, now + 600000, NULL, s, &st) != MOAT_CODE_OK)
+        fail_msg("create: %s (%s)", st.message, st.reason);
+}
+
 static void expect_contains(const char *text, const char *want)
 {
     if (strstr(text, want) == NULL)
@@ -252,11 +263,8 @@ static void test_claim_behaves_as_a_session(void **state)
     moat__pool_slot_dir(f->rt, s.session_id, slot_dir, sizeof(slot_dir));
     assert_int_equal(access(slot_dir, F_OK), -1);
     char sid[MOAT_UUID_STR_LEN];
-    moat_uuid_generate(sid);
     moat_session cold;
-    int64_t now = moat_time_now_ms();
-    assert_int_equal(moat_runtime_create(f->rt, sid, chat, now, now + 600000, NULL, &cold, &st),
-                     MOAT_CODE_OK);
+    cold_create(f->rt, chat, sid, &cold);
     out = in_sandbox(&cold, "cat /workspace/chat/note");
     assert_string_equal(out, "pooled\n");
     free(out);
@@ -405,6 +413,207 @@ static void test_reconcile_after_restart(void **state)
     assert_int_equal(moat_runtime_stop(f->rt, s.session_id, &st), MOAT_CODE_OK);
 }
 
+/* Waits (up to a minute) until the pool has nothing ready and a slot starting. */
+static void wait_starting(moat_runtime *rt)
+{
+    moat_pool_stats ps;
+    for (int i = 0; i < 1200; i++) {
+        moat_runtime_pool_stats(rt, &ps);
+        if (ps.ready == 0 && ps.starting > 0)
+            return;
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+    }
+    fail_msg("pool: no slot starting after a minute (%u ready); last error: %s", ps.ready,
+             ps.last_error);
+}
+
+/* Whether the chat's workspace in the sandbox is its own ext4 image, empty and writable. */
+static void expect_new_workspace(const fx *f, const moat_session *s, const char *chat)
+{
+    char *out =
+        in_sandbox(s, "grep \" /workspace/chat \" /proc/self/mountinfo | tail -n 1; "
+                      "ls -A /workspace/chat | wc -l; echo x > /workspace/chat/f && echo w");
+    expect_contains(out, "ext4");
+    expect_contains(out, "\n0\nw");
+    free(out);
+    char image[MOAT_RUNTIME_PATH_MAX];
+    snprintf(image, sizeof(image), "%s/%s.ext4", f->rt->ws.images_dir, chat);
+    assert_int_equal(access(image, F_OK), 0);
+}
+
+/* A claim that finds the pool empty: with a slot starting it waits for that one (its chat's
+ * workspace attached meanwhile); with none starting it is told at once, leaves nothing of the
+ * chat mounted, and a cold create serves the chat. */
+static void test_claim_on_an_empty_pool(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 1);
+    char first[MOAT_UUID_STR_LEN], waiting[MOAT_UUID_STR_LEN], cold_chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(first);
+    moat_uuid_generate(waiting);
+    moat_uuid_generate(cold_chat);
+    moat_session a, b;
+    claim(f->rt, first, 600000, &a);
+    wait_starting(f->rt);
+    claim(f->rt, waiting, 600000, &b);
+    assert_string_not_equal(a.session_id, b.session_id);
+    assert_string_equal(b.chat_id, waiting);
+    expect_new_workspace(f, &b, waiting);
+    assert_false(prepared_left(f->rt, b.session_id));
+    pthread_mutex_lock(&f->rt->pool_mu);
+    assert_int_equal(f->rt->pool_claims_waiting, 0);
+    pthread_mutex_unlock(&f->rt->pool_mu);
+
+    /* No pool at all: nothing to wait for. */
+    moat_runtime_stop_pool(f->rt);
+    moat_session c;
+    int64_t now = moat_time_now_ms();
+    assert_int_equal(moat_runtime_claim(f->rt, cold_chat, now, now + 600000, NULL, &c, &st),
+                     MOAT_CODE_NOT_FOUND);
+    assert_string_equal(st.reason, "pool_empty");
+    char chat_dir[256];
+    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, cold_chat);
+    assert_int_equal(host_mounts_at(chat_dir), 0);
+    char sid[MOAT_UUID_STR_LEN];
+    cold_create(f->rt, cold_chat, sid, &c);
+    expect_new_workspace(f, &c, cold_chat);
+    assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_stop(f->rt, a.session_id, &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_stop(f->rt, b.session_id, &st), MOAT_CODE_OK);
+}
+
+/* A crash in a claim between the rename of the slot's prepared workspace to the chat's and the
+ * move of its mount: the restart's reconcile removes the slot (it has no row, so no chat has
+ * it) and its staging mount; the chat keeps a whole, empty image that its next session mounts,
+ * and no mount or loop device of the slot is left. */
+static void test_crash_between_rename_and_move(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    moat_runtime *crashed = f->rt;
+    assert_int_equal(moat_runtime_start_pool(crashed, &st), MOAT_CODE_OK);
+    wait_ready(crashed, 1);
+    char slot[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+    ready_slot(crashed, slot);
+    moat_uuid_generate(chat);
+    /* The claim's first step, as moat__prepared_claim takes it; the process dies after it. */
+    char prepared[MOAT_RUNTIME_PATH_MAX], image[MOAT_RUNTIME_PATH_MAX];
+    snprintf(prepared, sizeof(prepared), "%s/%s.prepared.ext4", crashed->ws.images_dir, slot);
+    snprintf(image, sizeof(image), "%s/%s.ext4", crashed->ws.images_dir, chat);
+    assert_int_equal(rename(prepared, image), 0);
+    char container[MOAT_CONTAINER_ID_MAX];
+    pthread_mutex_lock(&crashed->pool_mu);
+    memcpy(container, crashed->pool_ready[0].container_id, sizeof(container));
+    pthread_mutex_unlock(&crashed->pool_mu);
+
+    f->cfg.pool_size = 0;
+    f->rt = open_runtime(f);
+    moat_reconcile_report rep;
+    assert_int_equal(moat_runtime_reconcile(f->rt, moat_time_now_ms(), &rep, &st), MOAT_CODE_OK);
+    assert_int_equal(rep.pool_slots_removed, 1);
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker inspect %s >/dev/null 2>&1", container);
+    assert_int_not_equal(run(cmd), 0);
+    moat_session got;
+    assert_true(moat_runtime_get(f->rt, slot, &got, &st) != MOAT_CODE_OK ||
+                got.state != MOAT_SESSION_RUNNING);
+    char staging[MOAT_RUNTIME_PATH_MAX], slot_dir[MOAT_RUNTIME_PATH_MAX], chat_dir[256];
+    snprintf(staging, sizeof(staging), "%s/pool-staging/%s", f->state, slot);
+    moat__pool_slot_dir(f->rt, slot, slot_dir, sizeof(slot_dir));
+    snprintf(chat_dir, sizeof(chat_dir), "%s/%s", f->chats, chat);
+    assert_int_equal(host_mounts_at(staging), 0);
+    assert_int_equal(host_mounts_at(slot_dir), 0);
+    assert_int_equal(host_mounts_at(chat_dir), 0);
+    assert_int_equal(host_loops_under(image), 0);
+    assert_false(prepared_left(f->rt, slot));
+
+    char sid[MOAT_UUID_STR_LEN];
+    moat_session s;
+    cold_create(f->rt, chat, sid, &s);
+    expect_new_workspace(f, &s, chat);
+    assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);
+    assert_int_equal(host_mounts_at(chat_dir), 0);
+    moat_runtime_close(crashed);
+}
+
+static bool snapshot_usable(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->cache_mu);
+    bool usable = rt->watch_connected && rt->cache_valid && rt->cache_snapshot_gen == rt->cache_gen;
+    pthread_mutex_unlock(&rt->cache_mu);
+    return usable;
+}
+
+/* The session session_id as list_active has it; false when it is not listed. */
+static bool listed_as(moat_runtime *rt, const char *session_id, moat_session *out)
+{
+    moat_session *all = NULL;
+    size_t n = 0;
+    moat_status st;
+    assert_int_equal(moat_runtime_list_active(rt, &all, &n, &st), MOAT_CODE_OK);
+    bool found = false;
+    for (size_t i = 0; i < n && !found; i++) {
+        found = strcmp(all[i].session_id, session_id) == 0;
+        if (found)
+            *out = all[i];
+    }
+    free(all);
+    return found;
+}
+
+/* With the event watcher, the list snapshot stays in use through a claim (which adds its
+ * session), the slot's refill (whose events are an unclaimed slot's) and the session's stop
+ * (which takes it out), and agrees with Docker's own list. */
+static void test_list_snapshot_follows_claims(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_start_watcher(f->rt, &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 1);
+    bool connected = false;
+    for (int i = 0; i < 1200 && !connected; i++) {
+        pthread_mutex_lock(&f->rt->cache_mu);
+        connected = f->rt->watch_connected;
+        pthread_mutex_unlock(&f->rt->cache_mu);
+        struct timespec ts = {0, 50000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(connected);
+    char chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    moat_session s, cached, fresh, *all = NULL;
+    size_t n = 0;
+    assert_int_equal(moat_runtime_list_active(f->rt, &all, &n, &st), MOAT_CODE_OK);
+    free(all);
+    assert_true(snapshot_usable(f->rt));
+    claim(f->rt, chat, 600000, &s);
+    assert_true(snapshot_usable(f->rt));
+    assert_true(listed_as(f->rt, s.session_id, &cached));
+    wait_ready(f->rt, 1);
+    assert_true(snapshot_usable(f->rt));
+    moat__cache_invalidate(f->rt);
+    assert_true(listed_as(f->rt, s.session_id, &fresh));
+    assert_string_equal(cached.chat_id, chat);
+    assert_string_equal(cached.chat_id, fresh.chat_id);
+    assert_string_equal(cached.container_id, fresh.container_id);
+    assert_string_equal(cached.image, fresh.image);
+    assert_string_equal(cached.execd_token, fresh.execd_token);
+    assert_string_equal(cached.execd_socket, fresh.execd_socket);
+    assert_int_equal(cached.state, fresh.state);
+    assert_true(cached.created_at_ms == fresh.created_at_ms);
+    assert_true(cached.expires_at_ms == fresh.expires_at_ms);
+    assert_int_equal(cached.force_new, fresh.force_new);
+
+    assert_int_equal(moat_runtime_stop(f->rt, s.session_id, &st), MOAT_CODE_OK);
+    assert_true(snapshot_usable(f->rt));
+    assert_false(listed_as(f->rt, s.session_id, &cached));
+    moat_runtime_stop_watcher(f->rt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -412,6 +621,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_claim_races, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reaper_expires_a_claim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile_after_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_snapshot_follows_claims, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_on_an_empty_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crash_between_rename_and_move, setup, teardown),
     };
     return moat_run_group_tests("test_pool_docker", tests, group_setup, NULL);
 }
