@@ -47,6 +47,8 @@ static const moat_rpc_method methods[MOAT_RPC_METHOD_COUNT] = {
       moat__v1__get_command_logs_request__descriptor, moat__v1__command_logs__descriptor, false),
     M(MOAT_RPC_EXEC_ATTACH, "Exec", moat__v1__exec__descriptor, 7, "Attach",
       moat__v1__attach_request__descriptor, moat__v1__exec_event__descriptor, true),
+    M(MOAT_RPC_EXEC_INTERACTIVE, "Exec", moat__v1__exec__descriptor, 8, "Interactive",
+      moat__v1__interactive_request__descriptor, moat__v1__exec_event__descriptor, true),
     M(MOAT_RPC_FILES_STAT, "Files", moat__v1__files__descriptor, 0, "Stat",
       moat__v1__stat_request__descriptor, moat__v1__file_info__descriptor, false),
     M(MOAT_RPC_FILES_LIST, "Files", moat__v1__files__descriptor, 1, "List",

@@ -154,6 +154,7 @@ void moat__dispatch(stream *st, const ProtobufCMessage *req)
         moat__with_session(st, ((const Moat__V1__ChmodRequest *)req)->session_id,
                            moat__files_chmod);
         return;
+    case MOAT_RPC_EXEC_INTERACTIVE: /* in the schema, not served yet (docs/PROTOCOL.md) */
     case MOAT_RPC_METHOD_COUNT:
         break;
     }

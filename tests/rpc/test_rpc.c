@@ -82,8 +82,9 @@ static void test_streaming_methods(void **state)
         if (m->server_streaming)
             streaming++;
     }
-    assert_int_equal(streaming, 4);
+    assert_int_equal(streaming, 5);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND)->server_streaming);
+    assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_INTERACTIVE)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_IN_SHELL)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_ATTACH)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_FILES_READ)->server_streaming);
