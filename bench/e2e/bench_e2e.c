@@ -13,8 +13,11 @@
  *     during each, and RSS within 2x the idle RSS (measured first, in the same run) 10 s after
  *     the load ends (its connections closed, its sessions stopped); RSS 10 s after the runs with
  *     their replay still retained is printed too
+ *  8. ListSessions of 200 live sessions (busybox, smallest resources, made 4 at a time by its own
+ *     moatd), p50 and p95 over 50 calls, vs Docker's own filtered list of the same containers
+ *     (< 20 ms; bench_list.c)
  *
- * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|memory]...   (needs dockerd,
+ * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|memory|list]...   (needs dockerd,
  * moat-sandbox:latest and the execd bundle from scripts/build-sandbox-image.sh <build-dir>; env
  * MOAT_BUILD_DIR = that build dir)
  * --quick shrinks counts (the figures are then indicative only); naming phases runs only
@@ -31,16 +34,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_e2e.h"
 #include "harness.h"
 #include "moat/client.h"
 #include "moat/v1/sandbox.pb-c.h"
 
 #define PREFIX "moat-bench-"
 
-static int failures;
+int failures;
 static char moat_bin[512];
 
-static double now_s(void)
+double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -53,10 +57,16 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static double p50(double *v, int n)
+double percentile(double *v, int n, double q)
 {
     qsort(v, (size_t)n, sizeof(double), cmp_d);
-    return v[n / 2];
+    int i = (int)(q * n);
+    return v[i < n ? i : n - 1];
+}
+
+static double p50(double *v, int n)
+{
+    return percentile(v, n, 0.5);
 }
 
 static void verdict(const char *what, double value, double baseline, const char *unit, double ratio,
@@ -93,18 +103,13 @@ static double timed_system(const char *cmd)
     return WIFEXITED(rc) && WEXITSTATUS(rc) == 0 ? t : -1;
 }
 
-/* cpu_millis 0: the server's default limit. */
-static bool create_session(raw_conn *c, const char *chat, uint32_t cpu_millis, char sid[64],
-                           char cid[80])
+bool create_session(raw_conn *c, const char *chat, Moat__V1__Resources *res, char sid[64],
+                    char cid[80])
 {
     Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
-    Moat__V1__Resources res = MOAT__V1__RESOURCES__INIT;
     req.chat_id = (char *)chat;
     req.ttl_seconds = 1800;
-    if (cpu_millis > 0) {
-        res.cpu_millis = cpu_millis;
-        req.resources = &res;
-    }
+    req.resources = res;
     ProtobufCMessage *resp = NULL;
     int code = raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
                          &moat__v1__sandbox_session__descriptor, &resp, NULL, 0);
@@ -336,8 +341,8 @@ static void bench_tti(moatd_proc *p, int n)
         snprintf(chat, sizeof(chat), "%08x-0000-4000-8000-%012x", (unsigned)getpid(), (unsigned)i);
         int code = -1;
         double t0 = now_s();
-        bool ok = create_session(rc, chat, 0, sid, cid) && lib_run(c, sid, "echo hi", &code) == 3 &&
-                  code == 0;
+        bool ok = create_session(rc, chat, NULL, sid, cid) &&
+                  lib_run(c, sid, "echo hi", &code) == 3 && code == 0;
         mv[i] = now_s() - t0;
         if (!ok || !stop_session(rc, sid))
             bad++;
@@ -449,7 +454,7 @@ static void bench_concurrent(moatd_proc *p, int nsessions, int total)
     for (int i = 0; i < nsessions; i++) {
         char chat[40];
         snprintf(chat, sizeof(chat), "00000000-0000-4000-8000-%012d", i + 1);
-        if (!create_session(rc, chat, 0, sids[i], NULL)) {
+        if (!create_session(rc, chat, NULL, sids[i], NULL)) {
             printf("create session %d failed\n", i);
             failures++;
             raw_close(rc);
@@ -527,8 +532,8 @@ static void bench_memory(bool quick)
     moat_frame ack;
     raw_hello(rc, NULL, &ack);
     char sa[64], sb[64];
-    if (!create_session(rc, "11111111-2222-4333-8444-777777777771", 0, sa, NULL) ||
-        !create_session(rc, "11111111-2222-4333-8444-777777777772", 0, sb, NULL)) {
+    if (!create_session(rc, "11111111-2222-4333-8444-777777777771", NULL, sa, NULL) ||
+        !create_session(rc, "11111111-2222-4333-8444-777777777772", NULL, sb, NULL)) {
         printf("create failed\n");
         moatd_dump_log(&p);
         failures++;
@@ -722,6 +727,8 @@ int main(int argc, char **argv)
         bench_idle(quick ? 1000 : 10000);
     if (want("memory"))
         bench_memory(quick);
+    if (want("list"))
+        bench_list(quick ? 20 : 200, quick ? 10 : 50);
     if (!want("latency") && !want("stream") && !want("concurrent") && !want("tti"))
         return failures == 0 ? 0 : 1;
 
@@ -734,7 +741,7 @@ int main(int argc, char **argv)
     moat_frame ack;
     raw_hello(rc, NULL, &ack);
     char sid[64], cid[80];
-    if (!create_session(rc, "11111111-2222-4333-8444-555555555555", 0, sid, cid)) {
+    if (!create_session(rc, "11111111-2222-4333-8444-555555555555", NULL, sid, cid)) {
         fprintf(stderr, "cannot create a session\n");
         moatd_dump_log(&p);
         moatd_stop(&p);
@@ -752,7 +759,9 @@ int main(int argc, char **argv)
         char sid2[64], cid2[80];
         rc = raw_connect(p.port);
         raw_hello(rc, NULL, &ack);
-        if (create_session(rc, "11111111-2222-4333-8444-666666666666", 2000, sid2, cid2))
+        Moat__V1__Resources two_cpus = MOAT__V1__RESOURCES__INIT;
+        two_cpus.cpu_millis = 2000;
+        if (create_session(rc, "11111111-2222-4333-8444-666666666666", &two_cpus, sid2, cid2))
             bench_stream(&p, sid2, cid2, "2 CPUs", bytes);
         else
             failures++;

@@ -1,5 +1,6 @@
 #include "rpc/rpc.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,70 +11,54 @@
 #include "moat/v1/health.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
 
-#define M(ID, SVC, SVCDESC, IDX, METHOD, REQ, RESP, STREAM)                                        \
-    [ID] = {ID, "/moat.v1." SVC "/" METHOD, &SVCDESC, IDX, &REQ, &RESP, STREAM}
+/* What methods.h gives for each method; the rest comes from its service descriptor. */
+typedef struct method_line {
+    const ProtobufCServiceDescriptor *service;
+    const char *name;
+    bool server_streaming;
+} method_line;
 
-static const moat_rpc_method methods[MOAT_RPC_METHOD_COUNT] = {
-    M(MOAT_RPC_SANDBOXES_CREATE_SESSION, "Sandboxes", moat__v1__sandboxes__descriptor, 0,
-      "CreateSession", moat__v1__create_session_request__descriptor,
-      moat__v1__sandbox_session__descriptor, false),
-    M(MOAT_RPC_SANDBOXES_GET_SESSION, "Sandboxes", moat__v1__sandboxes__descriptor, 1, "GetSession",
-      moat__v1__get_session_request__descriptor, moat__v1__sandbox_session__descriptor, false),
-    M(MOAT_RPC_SANDBOXES_LIST_SESSIONS, "Sandboxes", moat__v1__sandboxes__descriptor, 2,
-      "ListSessions", moat__v1__list_sessions_request__descriptor,
-      moat__v1__list_sessions_response__descriptor, false),
-    M(MOAT_RPC_SANDBOXES_RENEW_SESSION, "Sandboxes", moat__v1__sandboxes__descriptor, 3,
-      "RenewSession", moat__v1__renew_session_request__descriptor,
-      moat__v1__sandbox_session__descriptor, false),
-    M(MOAT_RPC_SANDBOXES_STOP_SESSION, "Sandboxes", moat__v1__sandboxes__descriptor, 4,
-      "StopSession", moat__v1__stop_session_request__descriptor,
-      moat__v1__stop_session_response__descriptor, false),
-    M(MOAT_RPC_EXEC_RUN_COMMAND, "Exec", moat__v1__exec__descriptor, 0, "RunCommand",
-      moat__v1__run_command_request__descriptor, moat__v1__exec_event__descriptor, true),
-    M(MOAT_RPC_EXEC_RUN_IN_SHELL, "Exec", moat__v1__exec__descriptor, 1, "RunInShell",
-      moat__v1__run_in_shell_request__descriptor, moat__v1__exec_event__descriptor, true),
-    M(MOAT_RPC_EXEC_CREATE_SHELL, "Exec", moat__v1__exec__descriptor, 2, "CreateShell",
-      moat__v1__create_shell_request__descriptor, moat__v1__create_shell_response__descriptor,
-      false),
-    M(MOAT_RPC_EXEC_DELETE_SHELL, "Exec", moat__v1__exec__descriptor, 3, "DeleteShell",
-      moat__v1__delete_shell_request__descriptor, moat__v1__delete_shell_response__descriptor,
-      false),
-    M(MOAT_RPC_EXEC_INTERRUPT, "Exec", moat__v1__exec__descriptor, 4, "Interrupt",
-      moat__v1__interrupt_request__descriptor, moat__v1__interrupt_response__descriptor, false),
-    M(MOAT_RPC_EXEC_GET_COMMAND_STATUS, "Exec", moat__v1__exec__descriptor, 5, "GetCommandStatus",
-      moat__v1__get_command_status_request__descriptor, moat__v1__command_status__descriptor,
-      false),
-    M(MOAT_RPC_EXEC_GET_COMMAND_LOGS, "Exec", moat__v1__exec__descriptor, 6, "GetCommandLogs",
-      moat__v1__get_command_logs_request__descriptor, moat__v1__command_logs__descriptor, false),
-    M(MOAT_RPC_EXEC_ATTACH, "Exec", moat__v1__exec__descriptor, 7, "Attach",
-      moat__v1__attach_request__descriptor, moat__v1__exec_event__descriptor, true),
-    M(MOAT_RPC_EXEC_INTERACTIVE, "Exec", moat__v1__exec__descriptor, 8, "Interactive",
-      moat__v1__interactive_request__descriptor, moat__v1__exec_event__descriptor, true),
-    M(MOAT_RPC_FILES_STAT, "Files", moat__v1__files__descriptor, 0, "Stat",
-      moat__v1__stat_request__descriptor, moat__v1__file_info__descriptor, false),
-    M(MOAT_RPC_FILES_LIST, "Files", moat__v1__files__descriptor, 1, "List",
-      moat__v1__list_request__descriptor, moat__v1__list_response__descriptor, false),
-    M(MOAT_RPC_FILES_READ, "Files", moat__v1__files__descriptor, 2, "Read",
-      moat__v1__read_request__descriptor, moat__v1__file_chunk__descriptor, true),
-    M(MOAT_RPC_FILES_WRITE, "Files", moat__v1__files__descriptor, 3, "Write",
-      moat__v1__write_request__descriptor, moat__v1__write_response__descriptor, false),
-    M(MOAT_RPC_FILES_REMOVE, "Files", moat__v1__files__descriptor, 4, "Remove",
-      moat__v1__remove_request__descriptor, moat__v1__files_empty__descriptor, false),
-    M(MOAT_RPC_FILES_MOVE, "Files", moat__v1__files__descriptor, 5, "Move",
-      moat__v1__move_request__descriptor, moat__v1__files_empty__descriptor, false),
-    M(MOAT_RPC_FILES_MKDIR, "Files", moat__v1__files__descriptor, 6, "Mkdir",
-      moat__v1__mkdir_request__descriptor, moat__v1__files_empty__descriptor, false),
-    M(MOAT_RPC_FILES_CHMOD, "Files", moat__v1__files__descriptor, 7, "Chmod",
-      moat__v1__chmod_request__descriptor, moat__v1__files_empty__descriptor, false),
-    M(MOAT_RPC_HEALTH_CHECK, "Health", moat__v1__health__descriptor, 0, "Check",
-      moat__v1__health_check_request__descriptor, moat__v1__health_check_response__descriptor,
-      false),
-};
+#define METHOD_LINE(id, service, name, streaming, handler)                                         \
+    [MOAT_RPC_##id] = {&moat__v1__##service##__descriptor, name, streaming},
+static const method_line method_lines[MOAT_RPC_METHOD_COUNT] = {MOAT_RPC_METHODS(METHOD_LINE)};
+#undef METHOD_LINE
+
+/* "/moat.v1.Files/Chmod": package, service and method names are short. */
+#define FULL_NAME_MAX 96
+
+static moat_rpc_method methods[MOAT_RPC_METHOD_COUNT];
+static char full_names[MOAT_RPC_METHOD_COUNT][FULL_NAME_MAX];
+static pthread_once_t methods_once = PTHREAD_ONCE_INIT;
+
+static void methods_fill(void)
+{
+    for (size_t i = 0; i < MOAT_RPC_METHOD_COUNT; i++) {
+        const method_line *l = &method_lines[i];
+        const ProtobufCMethodDescriptor *d =
+            protobuf_c_service_descriptor_get_method_by_name(l->service, l->name);
+        int n = d != NULL
+                    ? snprintf(full_names[i], FULL_NAME_MAX, "/%s/%s", l->service->name, d->name)
+                    : -1;
+        if (n < 0 || n >= FULL_NAME_MAX) {
+            /* methods.h names a method the schema does not have: a build that cannot serve. */
+            fprintf(stderr, "moat rpc: no method %s in service %s\n", l->name, l->service->name);
+            abort();
+        }
+        methods[i] = (moat_rpc_method){(moat_rpc_method_id)i,
+                                       full_names[i],
+                                       l->service,
+                                       (unsigned)(d - l->service->methods),
+                                       d->input,
+                                       d->output,
+                                       l->server_streaming};
+    }
+}
 
 const moat_rpc_method *moat_rpc_method_lookup(const char *name, size_t len)
 {
     if (name == NULL)
         return NULL;
+    pthread_once(&methods_once, methods_fill);
     for (size_t i = 0; i < MOAT_RPC_METHOD_COUNT; i++) {
         const char *n = methods[i].name;
         if (strlen(n) == len && memcmp(n, name, len) == 0)
@@ -86,6 +71,7 @@ const moat_rpc_method *moat_rpc_method_get(moat_rpc_method_id id)
 {
     if ((int)id < 0 || id >= MOAT_RPC_METHOD_COUNT)
         return NULL;
+    pthread_once(&methods_once, methods_fill);
     return &methods[id];
 }
 

@@ -16,38 +16,18 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "common/common.h"
+#include "rpc/methods.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Every method of every v1 service, in schema order. */
+/* Every method of every v1 service, in schema order (methods.h). */
+#define MOAT_RPC_METHOD_ID(id, service, name, streaming, handler) MOAT_RPC_##id,
 typedef enum moat_rpc_method_id {
-    MOAT_RPC_SANDBOXES_CREATE_SESSION = 0,
-    MOAT_RPC_SANDBOXES_GET_SESSION,
-    MOAT_RPC_SANDBOXES_LIST_SESSIONS,
-    MOAT_RPC_SANDBOXES_RENEW_SESSION,
-    MOAT_RPC_SANDBOXES_STOP_SESSION,
-    MOAT_RPC_EXEC_RUN_COMMAND,
-    MOAT_RPC_EXEC_RUN_IN_SHELL,
-    MOAT_RPC_EXEC_CREATE_SHELL,
-    MOAT_RPC_EXEC_DELETE_SHELL,
-    MOAT_RPC_EXEC_INTERRUPT,
-    MOAT_RPC_EXEC_GET_COMMAND_STATUS,
-    MOAT_RPC_EXEC_GET_COMMAND_LOGS,
-    MOAT_RPC_EXEC_ATTACH,
-    MOAT_RPC_EXEC_INTERACTIVE,
-    MOAT_RPC_FILES_STAT,
-    MOAT_RPC_FILES_LIST,
-    MOAT_RPC_FILES_READ,
-    MOAT_RPC_FILES_WRITE,
-    MOAT_RPC_FILES_REMOVE,
-    MOAT_RPC_FILES_MOVE,
-    MOAT_RPC_FILES_MKDIR,
-    MOAT_RPC_FILES_CHMOD,
-    MOAT_RPC_HEALTH_CHECK,
-    MOAT_RPC_METHOD_COUNT
+    MOAT_RPC_METHODS(MOAT_RPC_METHOD_ID) MOAT_RPC_METHOD_COUNT
 } moat_rpc_method_id;
+#undef MOAT_RPC_METHOD_ID
 
 typedef struct moat_rpc_method {
     moat_rpc_method_id id;
@@ -62,7 +42,8 @@ typedef struct moat_rpc_method {
     bool server_streaming;
 } moat_rpc_method;
 
-/* The method called `name` (not NUL-terminated), or NULL. Static storage. */
+/* The method called `name` (not NUL-terminated), or NULL. Static storage, filled from the service
+ * descriptors on first use (from any thread). */
 const moat_rpc_method *moat_rpc_method_lookup(const char *name, size_t len);
 /* The method with that id, or NULL when out of range. Static storage. */
 const moat_rpc_method *moat_rpc_method_get(moat_rpc_method_id id);

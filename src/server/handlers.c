@@ -7,8 +7,6 @@
 #include <stdlib.h>
 
 #include "handlers.h"
-#include "moat/v1/exec.pb-c.h"
-#include "moat/v1/files.pb-c.h"
 
 bool moat__running(const stream *st)
 {
@@ -26,22 +24,6 @@ bool moat__canon(stream *st, const char *in, const char *field, char out[MOAT_UU
     moat_status_add_detail(&status, field, in);
     moat_rpc_call_end(st->call, &status);
     return false;
-}
-
-/* The stream stays referenced until the bridge answers; a call cancelled in
- * the meantime has ended and the answer is dropped. */
-stream *moat__hold(stream *st)
-{
-    moat__stream_ref(st);
-    return st;
-}
-
-void moat__bridge_started(stream *st, moat_err err, const moat_status *status)
-{
-    if (err == MOAT_OK)
-        return;
-    moat__stream_unref(st);
-    moat_rpc_call_end(st->call, status);
 }
 
 bool moat__answer_ok(stream *st, const moat_status *status)
@@ -70,99 +52,95 @@ void moat__empty_answer(void *ud, const moat_status *status)
     moat__stream_unref(st);
 }
 
+/* How moatd serves each method: the last column of rpc's method list (rpc/methods.h). */
+typedef struct method_handler {
+    /* Sandboxes and Health: runs with the decoded request. */
+    void (*direct)(stream *st, const ProtobufCMessage *req);
+    /* Exec and Files: runs once the request's session_id names a running session... */
+    session_then_fn in_session;
+    /* ...or, for a call with one answer, starts the bridge call whose callback gives it. */
+    bridge_call_fn bridge;
+    bool uncounted; /* not counted against max_calls_per_session */
+} method_handler;
+
+/* clang-format off */
+#define DIRECT(fn)           {.direct = fn}
+#define SESSION(fn)          {.in_session = fn}
+#define BRIDGE(fn)           {.bridge = fn}
+/* Interrupt is how a client frees its slots: never refused, never counted. */
+#define BRIDGE_UNCOUNTED(fn) {.bridge = fn, .uncounted = true}
+/* clang-format on */
+#define METHOD_HANDLER(id, service, name, streaming, handler) [MOAT_RPC_##id] = handler,
+static const method_handler method_handlers[MOAT_RPC_METHOD_COUNT] = {
+    MOAT_RPC_METHODS(METHOD_HANDLER)};
+
+static const method_handler *handler_of(const stream *st)
+{
+    return &method_handlers[moat_rpc_call_method(st->call)->id];
+}
+
+bool moat__counted_call(const stream *st)
+{
+    return !handler_of(st)->uncounted;
+}
+
+static const ProtobufCFieldDescriptor *session_id_field(const ProtobufCMessageDescriptor *request)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(request, "session_id");
+    return f != NULL && f->type == PROTOBUF_C_TYPE_STRING && f->label != PROTOBUF_C_LABEL_REPEATED
+               ? f
+               : NULL;
+}
+
+/* Whether every method served in a session has a session_id to look up (checked once, so
+ * dispatch can read it without asking again). */
+static bool session_methods_name_their_session(void)
+{
+    for (size_t i = 0; i < MOAT_RPC_METHOD_COUNT; i++) {
+        const moat_rpc_method *m = moat_rpc_method_get((moat_rpc_method_id)i);
+        if (method_handlers[i].direct == NULL && session_id_field(m->request) == NULL) {
+            moat_log(MOAT_LOG_ERROR, "method_without_session_id", "method=%s", m->name);
+            return false;
+        }
+    }
+    return true;
+}
+
+static const char *request_session_id(const ProtobufCMessage *req)
+{
+    const ProtobufCFieldDescriptor *f = session_id_field(req->descriptor);
+    return *(const char *const *)(const void *)((const char *)req + f->offset);
+}
+
+/* The reference taken here is the bridge callback's to give back. */
+static void bridge_in_session(stream *st, const moat_bridge_endpoint *ep)
+{
+    moat_status status;
+    moat__stream_ref(st);
+    if (handler_of(st)->bridge(st, ep, &status) != MOAT_OK) {
+        moat_rpc_call_end(st->call, &status);
+        moat__stream_unref(st);
+    }
+}
+
 void moat__dispatch(stream *st, const ProtobufCMessage *req)
 {
     if (req != NULL)
         moat_rpc_call_set_data(st->call, (void *)req);
     req = moat_rpc_call_get_data(st->call);
-    switch (moat_rpc_call_method(st->call)->id) {
-    case MOAT_RPC_SANDBOXES_CREATE_SESSION:
-        moat__sandboxes_create(st, req);
-        return;
-    case MOAT_RPC_SANDBOXES_GET_SESSION:
-        moat__sandboxes_get(st, req);
-        return;
-    case MOAT_RPC_SANDBOXES_LIST_SESSIONS:
-        moat__sandboxes_list(st, req);
-        return;
-    case MOAT_RPC_SANDBOXES_RENEW_SESSION:
-        moat__sandboxes_renew(st, req);
-        return;
-    case MOAT_RPC_SANDBOXES_STOP_SESSION:
-        moat__sandboxes_stop(st, req);
-        return;
-    case MOAT_RPC_HEALTH_CHECK:
-        moat__health_check(st, req);
-        return;
-    case MOAT_RPC_EXEC_RUN_COMMAND:
-        moat__with_session(st, ((const Moat__V1__RunCommandRequest *)req)->session_id,
-                           moat__exec_run_command);
-        return;
-    case MOAT_RPC_EXEC_RUN_IN_SHELL:
-        moat__with_session(st, ((const Moat__V1__RunInShellRequest *)req)->session_id,
-                           moat__exec_run_in_shell);
-        return;
-    case MOAT_RPC_EXEC_CREATE_SHELL:
-        moat__with_session(st, ((const Moat__V1__CreateShellRequest *)req)->session_id,
-                           moat__exec_create_shell);
-        return;
-    case MOAT_RPC_EXEC_DELETE_SHELL:
-        moat__with_session(st, ((const Moat__V1__DeleteShellRequest *)req)->session_id,
-                           moat__exec_delete_shell);
-        return;
-    case MOAT_RPC_EXEC_INTERRUPT:
-        moat__with_session(st, ((const Moat__V1__InterruptRequest *)req)->session_id,
-                           moat__exec_interrupt);
-        return;
-    case MOAT_RPC_EXEC_GET_COMMAND_STATUS:
-        moat__with_session(st, ((const Moat__V1__GetCommandStatusRequest *)req)->session_id,
-                           moat__exec_command_status);
-        return;
-    case MOAT_RPC_EXEC_GET_COMMAND_LOGS:
-        moat__with_session(st, ((const Moat__V1__GetCommandLogsRequest *)req)->session_id,
-                           moat__exec_command_logs);
-        return;
-    case MOAT_RPC_EXEC_ATTACH:
-        moat__with_session(st, ((const Moat__V1__AttachRequest *)req)->session_id,
-                           moat__exec_attach);
-        return;
-    case MOAT_RPC_FILES_STAT:
-        moat__with_session(st, ((const Moat__V1__StatRequest *)req)->session_id, moat__files_stat);
-        return;
-    case MOAT_RPC_FILES_LIST:
-        moat__with_session(st, ((const Moat__V1__ListRequest *)req)->session_id, moat__files_list);
-        return;
-    case MOAT_RPC_FILES_READ:
-        moat__with_session(st, ((const Moat__V1__ReadRequest *)req)->session_id, moat__files_read);
-        return;
-    case MOAT_RPC_FILES_WRITE:
-        moat__with_session(st, ((const Moat__V1__WriteRequest *)req)->session_id,
-                           moat__files_write);
-        return;
-    case MOAT_RPC_FILES_REMOVE:
-        moat__with_session(st, ((const Moat__V1__RemoveRequest *)req)->session_id,
-                           moat__files_remove);
-        return;
-    case MOAT_RPC_FILES_MOVE:
-        moat__with_session(st, ((const Moat__V1__MoveRequest *)req)->session_id, moat__files_move);
-        return;
-    case MOAT_RPC_FILES_MKDIR:
-        moat__with_session(st, ((const Moat__V1__MkdirRequest *)req)->session_id,
-                           moat__files_mkdir);
-        return;
-    case MOAT_RPC_FILES_CHMOD:
-        moat__with_session(st, ((const Moat__V1__ChmodRequest *)req)->session_id,
-                           moat__files_chmod);
-        return;
-    case MOAT_RPC_EXEC_INTERACTIVE: /* in the schema, not served yet (docs/PROTOCOL.md) */
-    case MOAT_RPC_METHOD_COUNT:
-        break;
-    }
-    moat_rpc_call_fail(st->call, MOAT_CODE_UNIMPLEMENTED, "unknown_method", "no handler");
+    const method_handler *h = handler_of(st);
+    if (h->direct != NULL)
+        h->direct(st, req);
+    else
+        moat__with_session(st, request_session_id(req),
+                           h->bridge != NULL ? bridge_in_session : h->in_session);
 }
 
 moat_err moat__handlers_init(srv *s)
 {
+    if (!session_methods_name_their_session())
+        return MOAT_E_INVAL;
     if (moat__session_cache_init(s) != MOAT_OK || moat__calls_init(s) != MOAT_OK ||
         moat__reaper_events_init(s) != MOAT_OK) {
         moat__calls_free(s);

@@ -70,6 +70,11 @@ void *moat__job_new(stream *st, size_t size);
 void *moat__job_new_unattached(srv *s, size_t size);
 void moat__job_start(engine_job *j, engine_job_fn run, engine_job_fn done);
 
+/* ---- the method table (handlers.c) ---------------------------------------------------------- */
+
+/* Whether st's method counts against max_calls_per_session. */
+bool moat__counted_call(const stream *st);
+
 /* ---- services ---------------------------------------------------------------------------------
  * Each takes the call's decoded request (owned by the call). */
 
@@ -79,26 +84,34 @@ void moat__sandboxes_list(stream *st, const ProtobufCMessage *req);
 void moat__sandboxes_renew(stream *st, const ProtobufCMessage *req);
 void moat__sandboxes_stop(stream *st, const ProtobufCMessage *req);
 void moat__health_check(stream *st, const ProtobufCMessage *req);
+/* Exec/Interactive: in the schema, not served yet (docs/PROTOCOL.md, "Interactive calls"). */
+void moat__exec_interactive(stream *st, const ProtobufCMessage *req);
 /* Reconciles with the runtime, then starts its reaper and watcher (svc_sessions.c). */
 void moat__sessions_start(srv *s);
 
-/* Exec (svc_exec.c) and Files (svc_files.c), once the session's execd is known. */
+/* Exec (svc_exec.c) and Files (svc_files.c), once the session's execd is known. Calls that stream,
+ * or hold a transfer, take what they need themselves: */
 void moat__exec_run_command(stream *st, const moat_bridge_endpoint *ep);
 void moat__exec_run_in_shell(stream *st, const moat_bridge_endpoint *ep);
 void moat__exec_attach(stream *st, const moat_bridge_endpoint *ep);
-void moat__exec_create_shell(stream *st, const moat_bridge_endpoint *ep);
-void moat__exec_delete_shell(stream *st, const moat_bridge_endpoint *ep);
-void moat__exec_interrupt(stream *st, const moat_bridge_endpoint *ep);
-void moat__exec_command_status(stream *st, const moat_bridge_endpoint *ep);
-void moat__exec_command_logs(stream *st, const moat_bridge_endpoint *ep);
-void moat__files_stat(stream *st, const moat_bridge_endpoint *ep);
-void moat__files_list(stream *st, const moat_bridge_endpoint *ep);
 void moat__files_read(stream *st, const moat_bridge_endpoint *ep);
 void moat__files_write(stream *st, const moat_bridge_endpoint *ep);
-void moat__files_remove(stream *st, const moat_bridge_endpoint *ep);
-void moat__files_move(stream *st, const moat_bridge_endpoint *ep);
-void moat__files_mkdir(stream *st, const moat_bridge_endpoint *ep);
-void moat__files_chmod(stream *st, const moat_bridge_endpoint *ep);
+
+/* Calls with one answer start a bridge call whose callback gives it, with st as the callback's ud
+ * and a reference on it that the callback gives back. MOAT_OK, or the refusal in *status (the
+ * dispatch then ends the call). */
+typedef moat_err (*bridge_call_fn)(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__exec_create_shell(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__exec_delete_shell(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__exec_interrupt(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__exec_command_status(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__exec_command_logs(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__files_stat(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__files_list(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__files_remove(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__files_move(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__files_mkdir(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+moat_err moat__files_chmod(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
 
 /* ---- helpers (handlers.c) ------------------------------------------------------------------- */
 
@@ -107,11 +120,6 @@ bool moat__running(const stream *st);
 /* Canonicalises a UUID field ("chat_id" or "session_id") into out, or ends the call
  * INVALID_ARGUMENT invalid_<field>. */
 bool moat__canon(stream *st, const char *in, const char *field, char out[MOAT_UUID_STR_LEN]);
-/* For a call answered by one bridge callback: the stream's reference the callback gives back. */
-stream *moat__hold(stream *st);
-/* The bridge call was started (err MOAT_OK, hold's reference now the callback's) or refused
- * (the reference is given back and the call ends with status). */
-void moat__bridge_started(stream *st, moat_err err, const moat_status *status);
 /* In a bridge callback: whether the call still runs and the answer is OK; a failed answer ends
  * the call. */
 bool moat__answer_ok(stream *st, const moat_status *status);

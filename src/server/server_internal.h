@@ -196,6 +196,52 @@ moat_engine_state moat__health_state(moat_health *h, uint64_t *age_ms);
 /* Loop: the verdict changed (handlers.c ends calls stuck on an engine that went down). */
 void moat__engine_changed(srv *s, int state);
 
+static inline uint64_t moat__now_ms(void)
+{
+    return moat_time_mono_ns() / 1000000u;
+}
+
+/* ---- writing (conn_write.c) ------------------------------------------------------------------
+ * Each queues bytes on the connection's batch for this loop iteration. */
+
+/* Takes ownership of block (len bytes, from malloc). */
+moat_err moat__conn_queue_block(conn *c, uint8_t *block, size_t len);
+moat_err moat__conn_write_raw(conn *c, const uint8_t *data, size_t len);
+/* Encodes a frame straight into its block: one allocation, one copy. */
+moat_err moat__conn_send(conn *c, const moat_frame *f);
+void moat__conn_send_go_away(conn *c, moat_code code, const char *msg);
+/* An End for a call that has no stream (refused before it started). */
+void moat__conn_send_end(conn *c, uint32_t id, const moat_status *st);
+/* Hands the connection's current batch to libuv. */
+void moat__conn_flush(conn *c);
+
+/* ---- connections (conn.c) ---------------------------------------------------------------------
+ */
+
+/* Accepts one connection from the listener server into the queue of pending hellos. */
+void moat__conn_accept(uv_stream_t *server);
+/* Starts or resumes reading. */
+void moat__conn_pump(conn *c);
+/* Closes after flushing what is queued; every open call ends CANCELLED connection_closed. */
+void moat__conn_close(conn *c, moat_code code, const char *why);
+/* The same at once with a GoAway, after the open calls' Ends. */
+void moat__conn_fail(conn *c, moat_code code, const char *why);
+
+/* ---- streams (stream.c) -----------------------------------------------------------------------
+ */
+
+/* Opens the call of method m on the stream st (zeroed, id already taken in c's table) and lists
+ * it on c; false when out of memory. */
+bool moat__stream_start(stream *st, conn *c, uint32_t id, const moat_rpc_method *m,
+                        uint64_t deadline_ms);
+/* Writes queued frames while the window allows; closes the stream once its End has gone out. */
+void moat__stream_flush(stream *st);
+/* The stream leaves its connection, keeping the reference the connection held: returns whether
+ * it was attached (the caller then owns that reference). */
+bool moat__stream_unlink(stream *st);
+/* Drops n references at once (the last frees the stream). */
+void moat__stream_release(stream *st, int n);
+
 /* Server core used by handlers. */
 void moat__stream_ref(stream *st);
 void moat__stream_unref(stream *st);

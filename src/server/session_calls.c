@@ -31,8 +31,7 @@ bool moat__calls_acquire(stream *st, const char *id)
     call_counts *t = st->s->call_counts;
     if (t == NULL)
         return true; /* handlers not started: nothing reaches a session */
-    /* Interrupt is how a client frees its slots: never refused, never counted. */
-    if (moat_rpc_call_method(st->call)->id == MOAT_RPC_EXEC_INTERRUPT)
+    if (!moat__counted_call(st))
         return true;
     call_count *e = t->b[bucket(id)];
     while (e != NULL && strcmp(e->id, id) != 0)

@@ -356,6 +356,13 @@ void moat__exec_attach(stream *st, const moat_bridge_endpoint *ep)
     exec_start(st, ep, &src);
 }
 
+void moat__exec_interactive(stream *st, const ProtobufCMessage *req)
+{
+    (void)req;
+    moat_rpc_call_fail(st->call, MOAT_CODE_UNIMPLEMENTED, "unknown_method",
+                       "Exec/Interactive is not served yet");
+}
+
 /* ------------------------------------------------------------ one-answer calls */
 
 static void create_shell_cb(void *ud, const moat_status *status, const char *shell_id)
@@ -369,34 +376,24 @@ static void create_shell_cb(void *ud, const moat_status *status, const char *she
     moat__stream_unref(st);
 }
 
-void moat__exec_create_shell(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__exec_create_shell(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__CreateShellRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_create_session(st->s->bridge, ep, req->cwd, create_shell_cb,
-                                                    moat__hold(st), &status),
-                         &status);
+    return moat_bridge_create_session(st->s->bridge, ep, req->cwd, create_shell_cb, st, status);
 }
 
-void moat__exec_delete_shell(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__exec_delete_shell(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__DeleteShellRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_delete_session(st->s->bridge, ep, req->shell_id,
-                                                    moat__empty_answer, moat__hold(st), &status),
-                         &status);
+    return moat_bridge_delete_session(st->s->bridge, ep, req->shell_id, moat__empty_answer, st,
+                                      status);
 }
 
-void moat__exec_interrupt(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__exec_interrupt(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__InterruptRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_interrupt(st->s->bridge, ep, req->execution_id,
-                                               moat__empty_answer, moat__hold(st), &status),
-                         &status);
+    return moat_bridge_interrupt(st->s->bridge, ep, req->execution_id, moat__empty_answer, st,
+                                 status);
 }
 
 static void status_cb(void *ud, const moat_status *status, const moat_bridge_cmd_status *cs)
@@ -426,14 +423,10 @@ static void status_cb(void *ud, const moat_status *status, const moat_bridge_cmd
     moat__stream_unref(st);
 }
 
-void moat__exec_command_status(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__exec_command_status(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__GetCommandStatusRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_command_status(st->s->bridge, ep, req->execution_id, status_cb,
-                                                    moat__hold(st), &status),
-                         &status);
+    return moat_bridge_command_status(st->s->bridge, ep, req->execution_id, status_cb, st, status);
 }
 
 static void logs_cb(void *ud, const moat_status *status, const uint8_t *data, size_t len,
@@ -458,12 +451,9 @@ static void logs_cb(void *ud, const moat_status *status, const uint8_t *data, si
     moat__stream_unref(st);
 }
 
-void moat__exec_command_logs(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__exec_command_logs(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__GetCommandLogsRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_command_logs(st->s->bridge, ep, req->execution_id, req->cursor,
-                                                  logs_cb, moat__hold(st), &status),
-                         &status);
+    return moat_bridge_command_logs(st->s->bridge, ep, req->execution_id, req->cursor, logs_cb, st,
+                                    status);
 }

@@ -29,13 +29,10 @@ static void stat_cb(void *ud, const moat_status *status, const moat_bridge_file_
     moat__stream_unref(st);
 }
 
-void moat__files_stat(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__files_stat(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__StatRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(
-        st, moat_bridge_stat(st->s->bridge, ep, req->path, stat_cb, moat__hold(st), &status),
-        &status);
+    return moat_bridge_stat(st->s->bridge, ep, req->path, stat_cb, st, status);
 }
 
 static void list_cb(void *ud, const moat_status *status, const moat_bridge_file_info *entries,
@@ -69,54 +66,37 @@ static void list_cb(void *ud, const moat_status *status, const moat_bridge_file_
     moat__stream_unref(st);
 }
 
-void moat__files_list(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__files_list(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__ListRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_list(st->s->bridge, ep, req->path, req->depth, list_cb,
-                                          moat__hold(st), &status),
-                         &status);
+    return moat_bridge_list(st->s->bridge, ep, req->path, req->depth, list_cb, st, status);
 }
 
-void moat__files_remove(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__files_remove(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__RemoveRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_remove(st->s->bridge, ep, req->path, req->recursive,
-                                            moat__empty_answer, moat__hold(st), &status),
-                         &status);
+    return moat_bridge_remove(st->s->bridge, ep, req->path, req->recursive, moat__empty_answer, st,
+                              status);
 }
 
-void moat__files_move(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__files_move(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__MoveRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_move(st->s->bridge, ep, req->src, req->dest,
-                                          moat__empty_answer, moat__hold(st), &status),
-                         &status);
+    return moat_bridge_move(st->s->bridge, ep, req->src, req->dest, moat__empty_answer, st, status);
 }
 
-void moat__files_mkdir(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__files_mkdir(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__MkdirRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_mkdir(st->s->bridge, ep, req->path, req->mode,
-                                           moat__empty_answer, moat__hold(st), &status),
-                         &status);
+    return moat_bridge_mkdir(st->s->bridge, ep, req->path, req->mode, moat__empty_answer, st,
+                             status);
 }
 
-void moat__files_chmod(stream *st, const moat_bridge_endpoint *ep)
+moat_err moat__files_chmod(stream *st, const moat_bridge_endpoint *ep, moat_status *status)
 {
     const Moat__V1__ChmodRequest *req = moat_rpc_call_get_data(st->call);
-    moat_status status;
-    moat__bridge_started(st,
-                         moat_bridge_chmod(st->s->bridge, ep, req->path, req->mode, req->owner,
-                                           req->group, moat__empty_answer, moat__hold(st), &status),
-                         &status);
+    return moat_bridge_chmod(st->s->bridge, ep, req->path, req->mode, req->owner, req->group,
+                             moat__empty_answer, st, status);
 }
 
 /* Read: chunks go out only within the client's window; otherwise the

@@ -1,5 +1,6 @@
 #include "xd_client.h"
 #include "moat_test.h"
+#include "ports.h"
 
 #include <curl/curl.h>
 #include <netinet/in.h>
@@ -262,18 +263,6 @@ int xd_exit_code(const xd_run *r)
     return -1000;
 }
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof(sa);
-    bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-    getsockname(fd, (struct sockaddr *)&sa, &sl);
-    int port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
 bool xd_wrapped(void)
 {
     const char *w = getenv("MOAT_DAEMON_WRAPPER");
@@ -285,12 +274,10 @@ int xd_slowdown(void)
     return xd_wrapped() ? 10 : 1;
 }
 
-bool xd_start(xd_proc *p, const char *const *extra_args)
+typedef enum { XD_STARTED, XD_PORT_TAKEN, XD_FAILED } xd_start_result;
+
+static xd_start_result start_once(xd_proc *p, const char *const *extra_args)
 {
-    memset(p, 0, sizeof(*p));
-    snprintf(p->dir, sizeof(p->dir), "/tmp/moat-execd-test-XXXXXX");
-    if (mkdtemp(p->dir) == NULL)
-        return false;
     const char *bdir = getenv("MOAT_BUILD_DIR");
     char bin[512], lsock[300], ltcp[64], state[200];
     snprintf(bin, sizeof(bin), "%s/src/execd/moat-execd", bdir ? bdir : ".");
@@ -327,10 +314,33 @@ bool xd_start(xd_proc *p, const char *const *extra_args)
         xd_resp r = xd_http(&p->unix_t, "GET", "/ping", NULL, NULL);
         long st = r.status;
         xd_resp_free(&r);
-        if (st == 200 || st == 401)
-            return true;
+        /* The Unix socket answers before the TCP listener exists, or fails to. */
+        if ((st == 200 || st == 401) && listens_on(p->pid, port))
+            return XD_STARTED;
+        int status;
+        if (waitpid(p->pid, &status, WNOHANG) == p->pid) {
+            p->pid = 0;
+            return listener_inode(port) != 0 ? XD_PORT_TAKEN : XD_FAILED;
+        }
         struct timespec ts = {0, 50 * 1000000L};
         nanosleep(&ts, NULL);
+    }
+    return XD_FAILED;
+}
+
+bool xd_start(xd_proc *p, const char *const *extra_args)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->dir, sizeof(p->dir), "/tmp/moat-execd-test-XXXXXX");
+    if (mkdtemp(p->dir) == NULL)
+        return false;
+    /* free_port() only finds a port that was free: another process may take it before execd
+     * binds it, and execd then exits. It runs again on another port, a few times. */
+    for (int attempt = 0; attempt < 5; attempt++) {
+        xd_start_result r = start_once(p, extra_args);
+        if (r != XD_PORT_TAKEN)
+            return r == XD_STARTED;
+        fprintf(stderr, "xd_start: port %s was taken; trying another\n", p->tcp_t.base);
     }
     return false;
 }

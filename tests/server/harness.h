@@ -10,6 +10,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "ports.h"
 #include "wire/wire.h"
 
 typedef struct moatd_proc {
@@ -100,8 +101,6 @@ int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
 /* The first MiB of a file as a NUL-terminated string (free it); "" when it cannot be read. */
 char *slurp_file(const char *path);
 
-/* A free loopback TCP port. */
-int free_port(void);
 /* GET path from 127.0.0.1:port; body copied into out (NUL-terminated). */
 bool http_get(int port, const char *path, char *out, size_t cap);
 

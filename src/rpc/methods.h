@@ -1,0 +1,38 @@
+/* The one list of the v1 methods (the services in proto/moat/v1), one line each, in schema order.
+ * Owned by rpc: rpc.h makes the method ids of it and rpc.c its method table, whose names and
+ * message types come from protobuf-c's service descriptors. The last column is how moatd serves
+ * the method (src/server/handlers.c); rpc ignores it, so that adding a method is this one line.
+ *
+ * Columns: id (MOAT_RPC_<id>), service (moat__v1__<service>__descriptor), the method's name in
+ * the schema, whether it returns a stream (protobuf-c does not record it), moatd's handler. */
+#ifndef MOAT_RPC_METHODS_H
+#define MOAT_RPC_METHODS_H
+
+/* clang-format off */
+#define MOAT_RPC_METHODS(X)                                                                                   \
+    X(SANDBOXES_CREATE_SESSION, sandboxes, "CreateSession",    false, DIRECT(moat__sandboxes_create))         \
+    X(SANDBOXES_GET_SESSION,    sandboxes, "GetSession",       false, DIRECT(moat__sandboxes_get))            \
+    X(SANDBOXES_LIST_SESSIONS,  sandboxes, "ListSessions",     false, DIRECT(moat__sandboxes_list))           \
+    X(SANDBOXES_RENEW_SESSION,  sandboxes, "RenewSession",     false, DIRECT(moat__sandboxes_renew))          \
+    X(SANDBOXES_STOP_SESSION,   sandboxes, "StopSession",      false, DIRECT(moat__sandboxes_stop))           \
+    X(EXEC_RUN_COMMAND,         exec,      "RunCommand",       true,  SESSION(moat__exec_run_command))        \
+    X(EXEC_RUN_IN_SHELL,        exec,      "RunInShell",       true,  SESSION(moat__exec_run_in_shell))       \
+    X(EXEC_CREATE_SHELL,        exec,      "CreateShell",      false, BRIDGE(moat__exec_create_shell))        \
+    X(EXEC_DELETE_SHELL,        exec,      "DeleteShell",      false, BRIDGE(moat__exec_delete_shell))        \
+    X(EXEC_INTERRUPT,           exec,      "Interrupt",        false, BRIDGE_UNCOUNTED(moat__exec_interrupt)) \
+    X(EXEC_GET_COMMAND_STATUS,  exec,      "GetCommandStatus", false, BRIDGE(moat__exec_command_status))      \
+    X(EXEC_GET_COMMAND_LOGS,    exec,      "GetCommandLogs",   false, BRIDGE(moat__exec_command_logs))        \
+    X(EXEC_ATTACH,              exec,      "Attach",           true,  SESSION(moat__exec_attach))             \
+    X(EXEC_INTERACTIVE,         exec,      "Interactive",      true,  DIRECT(moat__exec_interactive))         \
+    X(FILES_STAT,               files,     "Stat",             false, BRIDGE(moat__files_stat))               \
+    X(FILES_LIST,               files,     "List",             false, BRIDGE(moat__files_list))               \
+    X(FILES_READ,               files,     "Read",             true,  SESSION(moat__files_read))              \
+    X(FILES_WRITE,              files,     "Write",            false, SESSION(moat__files_write))             \
+    X(FILES_REMOVE,             files,     "Remove",           false, BRIDGE(moat__files_remove))             \
+    X(FILES_MOVE,               files,     "Move",             false, BRIDGE(moat__files_move))               \
+    X(FILES_MKDIR,              files,     "Mkdir",            false, BRIDGE(moat__files_mkdir))              \
+    X(FILES_CHMOD,              files,     "Chmod",            false, BRIDGE(moat__files_chmod))              \
+    X(HEALTH_CHECK,             health,    "Check",            false, DIRECT(moat__health_check))
+/* clang-format on */
+
+#endif

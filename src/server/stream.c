@@ -1,0 +1,270 @@
+/* Streams: one call each on a connection, the rpc sink that frames its messages and End, the
+ * client's flow-control window and the queue of frames waiting for it, and the call's deadline.
+ * Loop thread only. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "server_internal.h"
+
+static void stream_finish(stream *st);
+
+/* A stream's queue counts in the budget too (not in the connection's share: a
+ * stream may outlive its connection). */
+static void stream_queued(stream *st, int64_t delta)
+{
+    st->queued = (size_t)((int64_t)st->queued + delta);
+    if (st->s->bridge != NULL)
+        moat_bridge_budget_charge(st->s->bridge, NULL, delta);
+}
+
+void moat__stream_ref(stream *st)
+{
+    st->refs++;
+}
+
+static void free_timer(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* Drops n references at once: a caller holding two releases them in one step, so the stream
+ * is freed in one place (and gcc's -Wuse-after-free can see that). */
+void moat__stream_release(stream *st, int n)
+{
+    st->refs -= n;
+    if (st->refs > 0)
+        return;
+    moat_rpc_call_unref(st->call);
+    out_frame *f = st->qhead;
+    while (f != NULL) {
+        out_frame *n = f->next;
+        free(f);
+        f = n;
+    }
+    stream_queued(st, -(int64_t)st->queued);
+    moat__handlers_stream_gone(st);
+    if (st->deadline != NULL)
+        uv_close((uv_handle_t *)st->deadline, free_timer);
+    free(st);
+}
+
+void moat__stream_unref(stream *st)
+{
+    moat__stream_release(st, 1);
+}
+
+uint32_t moat__stream_credit(const stream *st)
+{
+    if (st->c == NULL || st->qhead != NULL)
+        return 0;
+    return st->window.available;
+}
+
+/* Writes queued frames while the window allows; closes the stream once its
+ * End has gone out. */
+void moat__stream_flush(stream *st)
+{
+    conn *c = st->c;
+    while (st->qhead != NULL && c != NULL) {
+        out_frame *f = st->qhead;
+        if (f->payload > 0 && moat_window_consume(&st->window, f->payload) != MOAT_OK)
+            return;
+        st->qhead = f->next;
+        if (st->qhead == NULL)
+            st->qtail = NULL;
+        stream_queued(st, -(int64_t)f->len);
+        moat__conn_write_raw(c, f->data, f->len);
+        if (f->payload > 0)
+            moat__metrics_bytes(st->s->metrics, f->payload);
+        free(f);
+    }
+    if (st->qhead == NULL && st->end_queued)
+        stream_finish(st);
+}
+
+static void stream_append(stream *st, out_frame *q)
+{
+    q->next = NULL;
+    if (st->qtail != NULL)
+        st->qtail->next = q;
+    else
+        st->qhead = q;
+    st->qtail = q;
+    stream_queued(st, (int64_t)q->len);
+}
+
+static moat_err stream_enqueue(stream *st, const moat_frame *f, uint32_t payload)
+{
+    size_t n = moat_wire_encoded_size(f);
+    if (n == 0)
+        return MOAT_E_INVAL;
+    out_frame *q = malloc(sizeof(*q) + n);
+    if (q == NULL)
+        return MOAT_E_NOMEM;
+    size_t w = 0;
+    moat_err err = moat_wire_encode(f, q->data, n, &w);
+    if (err != MOAT_OK) {
+        free(q);
+        return err;
+    }
+    q->payload = payload;
+    q->len = w;
+    stream_append(st, q);
+    return MOAT_OK;
+}
+
+/* A response message is packed straight into its frame, after the envelope's
+ * prefix: one allocation and one copy of the payload on the way out. */
+static moat_err sink_message(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len,
+                             void *user)
+{
+    (void)call;
+    stream *st = user;
+    if (st->c == NULL)
+        return MOAT_E_CLOSED;
+    if (len > st->max_frame_size - 64)
+        return MOAT_E_TOO_BIG;
+    uint8_t head[MOAT_WIRE_MESSAGE_PREFIX_MAX];
+    size_t hlen = 0;
+    moat_err err = moat_wire_encode_message_prefix(st->id, len, head, sizeof(head), &hlen);
+    if (err != MOAT_OK)
+        return err;
+    /* Past the window the frame waits in the stream's queue until the client
+     * grants more. Handlers only produce within the credit they are given, so
+     * this stays bounded. */
+    bool now = st->qhead == NULL && st->window.available >= len;
+    out_frame *q = now ? NULL : malloc(sizeof(*q) + hlen + len);
+    uint8_t *frame = now ? malloc(hlen + len) : q != NULL ? q->data : NULL;
+    if (frame == NULL)
+        return MOAT_E_NOMEM;
+    memcpy(frame, head, hlen);
+    protobuf_c_message_pack(msg, frame + hlen);
+    if (!now) {
+        q->payload = (uint32_t)len;
+        q->len = hlen + len;
+        stream_append(st, q);
+        return MOAT_OK;
+    }
+    moat_window_consume(&st->window, (uint32_t)len);
+    moat__metrics_bytes(st->s->metrics, len);
+    return moat__conn_queue_block(st->c, frame, hlen + len);
+}
+
+static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
+{
+    stream *st = user;
+    const moat_rpc_method *m = moat_rpc_call_method(call);
+    uint64_t ms = (moat_time_mono_ns() - st->started_ns) / 1000000u;
+    moat_log(status->code == MOAT_CODE_OK ? MOAT_LOG_DEBUG : MOAT_LOG_INFO, "call_end",
+             "peer=%s stream=%u method=%s code=%s reason=%s duration_ms=%llu msg=\"%s\"",
+             st->c != NULL ? st->c->peer : "-", st->id, m->name, moat_code_name(status->code),
+             status->reason[0] ? status->reason : "-", (unsigned long long)ms, status->message);
+    if (st->c == NULL)
+        return;
+    /* A cancelled or expired call's unread messages are of no use to anyone. */
+    if (status->code == MOAT_CODE_CANCELLED || status->code == MOAT_CODE_DEADLINE_EXCEEDED) {
+        out_frame *f = st->qhead;
+        while (f != NULL) {
+            out_frame *n = f->next;
+            free(f);
+            f = n;
+        }
+        st->qhead = st->qtail = NULL;
+        stream_queued(st, -(int64_t)st->queued);
+    }
+    moat_frame f = {0};
+    f.stream_id = st->id;
+    f.kind = MOAT_FRAME_END;
+    f.u.end.code = status->code;
+    f.u.end.message = moat_slice_str(status->message);
+    f.u.end.reason = moat_slice_str(status->reason);
+    for (size_t i = 0; i < status->detail_count; i++) {
+        f.u.end.details[i].key = moat_slice_str(status->details[i].key);
+        f.u.end.details[i].value = moat_slice_str(status->details[i].value);
+    }
+    f.u.end.detail_count = status->detail_count;
+    moat__metrics_status(st->s->metrics, status->code);
+    if (st->qhead == NULL) {
+        moat__conn_send(st->c, &f);
+        st->end_queued = true;
+        stream_finish(st);
+        return;
+    }
+    stream_enqueue(st, &f, 0);
+    st->end_queued = true;
+}
+
+static const moat_rpc_sink sink = {sink_message, sink_end};
+
+/* The stream leaves its connection, keeping the reference the connection held: returns
+ * whether it was attached (the caller then owns that reference). */
+bool moat__stream_unlink(stream *st)
+{
+    conn *c = st->c;
+    if (c == NULL)
+        return false;
+    moat_stream_table_close(c->table, st->id);
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        c->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    st->next = st->prev = NULL;
+    st->c = NULL;
+    moat__metrics_stream(st->s->metrics, -1);
+    if (st->deadline != NULL)
+        uv_timer_stop(st->deadline);
+    return true;
+}
+
+/* The stream leaves its connection (End written or connection gone). */
+static void stream_detach(stream *st)
+{
+    if (moat__stream_unlink(st))
+        moat__stream_unref(st);
+}
+
+static void stream_finish(stream *st)
+{
+    conn *c = st->c;
+    stream_detach(st);
+    if (c != NULL && c->s->draining && c->streams == NULL && !c->closing)
+        moat__conn_close(c, MOAT_CODE_UNAVAILABLE, "drained");
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    stream *st = t->data;
+    moat_rpc_call_check_deadline(st->call, moat__now_ms() + 1);
+}
+
+bool moat__stream_start(stream *st, conn *c, uint32_t id, const moat_rpc_method *m,
+                        uint64_t deadline_ms)
+{
+    st->c = c;
+    st->s = c->s;
+    st->id = id;
+    st->refs = 1;
+    st->started_ns = moat_time_mono_ns();
+    st->max_frame_size = c->max_frame_size;
+    st->initial_window = c->initial_window;
+    moat_window_init(&st->window, st->initial_window);
+    st->call = moat_rpc_call_new(m, id, deadline_ms, moat__now_ms(), &sink, st);
+    if (st->call == NULL)
+        return false;
+    st->next = c->streams;
+    if (c->streams != NULL)
+        c->streams->prev = st;
+    c->streams = st;
+    moat__metrics_stream(st->s->metrics, 1);
+    if (deadline_ms > 0) {
+        st->deadline = malloc(sizeof(uv_timer_t));
+        if (st->deadline != NULL) {
+            uv_timer_init(st->s->loop, st->deadline);
+            st->deadline->data = st;
+            uv_timer_start(st->deadline, on_deadline, deadline_ms, 0);
+        }
+    }
+    return true;
+}
