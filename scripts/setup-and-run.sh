@@ -24,8 +24,9 @@ if "$moat" health >/dev/null 2>&1; then
   echo "setup-and-run: moatd already answering on $MOAT_ADDR"
 else
   echo "setup-and-run: starting moatd (log: $MOAT_STATE_DIR/moatd.log)"
+  # Two warm sandboxes for new chats (deploy/moatd.conf.sample does the same).
   nohup "$moatd" --state_dir="$MOAT_STATE_DIR" --execd_bundle="$root/build/execd-bundle" \
-    >>"$MOAT_STATE_DIR/moatd.log" 2>&1 &
+    --pool_size=2 >>"$MOAT_STATE_DIR/moatd.log" 2>&1 &
   echo $! >"$MOAT_STATE_DIR/moatd.pid"
   for _ in $(seq 1 100); do
     "$moat" health >/dev/null 2>&1 && break

@@ -6,8 +6,11 @@
  *  4. 1,000 concurrent streaming commands over 100 sessions     all complete, RSS <= 200 MB
  *  5. moatd idle RSS (<= 10 MB) and RSS per idle authenticated connection over 10,000 (<= 16 KiB)
  *  6. time to interactive: CreateSession for a new chat, then its first command (`echo hi`) to
- *     its exit, p50, vs `docker run -d` of the same image then `docker exec echo hi` (no target;
- *     peers publish this figure)
+ *     its exit, p50 and p95, vs `docker run -d` of the same image then `docker exec echo hi`:
+ *     without a pool (no target; peers publish this figure); with a warm pool of 20 (own moatd,
+ *     --pool_size), 100 sequential new chats, the pool refilling between them without being
+ *     waited for (p50 < 15 ms, p95 < 30 ms), then 20 at once on a full pool (median < 50 ms);
+ *     and with the pool empty (a pool of 1 whose sandbox each round claims first, untimed)
  *  7. memory under attack (#12), its own moatd with the default memory budget: 251 finished runs
  *     of 4 MB, then 100 streams on one connection that reads nothing: peak RSS <= budget + 32 MB
  *     during each, and RSS within 2x the idle RSS (measured first, in the same run) 10 s after
@@ -24,6 +27,7 @@
  * those. Every phase is bounded. */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,6 +41,7 @@
 #include "bench_e2e.h"
 #include "harness.h"
 #include "moat/client.h"
+#include "moat/v1/health.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
 
 #define PREFIX "moat-bench-"
@@ -320,58 +325,326 @@ static bool stop_session(raw_conn *c, const char *sid)
     return code == 0;
 }
 
-/* Time to interactive over n new sandboxes, each stopped afterwards (untimed). */
-static void bench_tti(moatd_proc *p, int n)
+/* Time to interactive: CreateSession for a new chat, then `echo hi` to its exit. Returns seconds,
+ * or -1 on failure; *create_took (may be NULL) gets CreateSession's part, and sid the session
+ * ("" when none) for the caller to stop, untimed. */
+static double tti_once(raw_conn *rc, moat_client *c, const char *chat, char sid[64],
+                       double *create_took)
+{
+    sid[0] = '\0';
+    int code = -1;
+    double t0 = now_s();
+    bool ok = create_session(rc, chat, NULL, sid, NULL);
+    if (create_took != NULL)
+        *create_took = now_s() - t0;
+    ok = ok && lib_run(c, sid, "echo hi", &code) == 3 && code == 0;
+    return ok ? now_s() - t0 : -1;
+}
+
+/* The baseline: `docker run -d` of the same image then `docker exec echo hi`. Returns seconds,
+ * or -1 on failure; docker_tti_remove removes the container, untimed. */
+static double docker_tti(const char *name)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "id=$(/usr/bin/docker run -d --network none --name %s moat-sandbox:latest sleep 60) "
+             "&& /usr/bin/docker exec \"$id\" echo hi >/dev/null",
+             name);
+    return timed_system(cmd);
+}
+
+static bool docker_tti_remove(const char *name)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker rm -f %s >/dev/null 2>&1", name);
+    return system(cmd) == 0;
+}
+
+static void chat_id(char out[40], int phase, int i)
+{
+    snprintf(out, 40, "%08x-%04x-4000-8000-%012x", (unsigned)getpid(), (unsigned)phase,
+             (unsigned)i);
+}
+
+/* One quantile of moat's times against the baseline's (both sorted by it); with a target (ms,
+ * 0 = none) it is a verdict. */
+static void tti_row(const char *what, const char *which, double q, double *mv, double *dv, int n,
+                    double max_ms)
+{
+    double m = percentile(mv, n, q) * 1000, d = percentile(dv, n, q) * 1000;
+    char row[96], target[32];
+    snprintf(row, sizeof(row), "%s %s", what, which);
+    snprintf(target, sizeof(target), "< %.0f ms", max_ms);
+    if (max_ms > 0)
+        verdict(row, m, d, "ms", m / d, m < max_ms, target);
+    else
+        printf("%-44s value %10.3f ms   baseline %10.3f ms   ratio %7.3f\n", row, m, d, m / d);
+}
+
+/* p50 and (over 20 rounds or more) p95 of moat's times against the baseline's. */
+static void tti_report(const char *what, double *mv, double *dv, int n, int bad, double p50_max,
+                       double p95_max)
+{
+    if (bad > 0) {
+        printf("%-44s %d of %d rounds failed  FAIL\n", what, bad, n);
+        failures++;
+        return;
+    }
+    tti_row(what, "p50", 0.5, mv, dv, n, p50_max);
+    if (n >= 20)
+        tti_row(what, "p95", 0.95, mv, dv, n, p95_max);
+}
+
+/* n sequential rounds on p, each followed by a baseline round; phase keeps chats apart. */
+static void tti_sequential(moatd_proc *p, int phase, int n, const char *what, double p50_max,
+                           double p95_max)
 {
     char addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", p->port);
     moat_client *c = NULL;
     moat_status st;
-    raw_conn *rc = raw_connect(p->port);
-    moat_frame ack;
-    if (rc == NULL || raw_hello(rc, NULL, &ack) != 1 ||
-        moat_client_connect(addr, NULL, &c, &st) != MOAT_OK) {
+    raw_conn *rc = raw_connect_ready(p->port, NULL);
+    if (rc == NULL || moat_client_connect(addr, NULL, &c, &st) != MOAT_OK) {
         failures++;
+        raw_close(rc);
         return;
     }
     double *mv = calloc((size_t)n, sizeof(double)), *dv = calloc((size_t)n, sizeof(double));
+    double *cv = calloc((size_t)n, sizeof(double)), *ev = calloc((size_t)n, sizeof(double));
     int bad = 0;
     for (int i = 0; i < n; i++) {
-        char chat[40], sid[64], cid[80], cmd[512];
-        snprintf(chat, sizeof(chat), "%08x-0000-4000-8000-%012x", (unsigned)getpid(), (unsigned)i);
-        int code = -1;
-        double t0 = now_s();
-        bool ok = create_session(rc, chat, NULL, sid, cid) &&
-                  lib_run(c, sid, "echo hi", &code) == 3 && code == 0;
-        mv[i] = now_s() - t0;
-        if (!ok || !stop_session(rc, sid))
-            bad++;
-        snprintf(cmd, sizeof(cmd),
-                 "id=$(/usr/bin/docker run -d --network none --name " PREFIX "tti-%d-%d "
-                 "moat-sandbox:latest sleep 60) && /usr/bin/docker exec \"$id\" echo hi >/dev/null",
-                 (int)getpid(), i);
-        dv[i] = timed_system(cmd);
-        if (dv[i] < 0)
-            bad++;
-        snprintf(cmd, sizeof(cmd), "/usr/bin/docker rm -f " PREFIX "tti-%d-%d >/dev/null 2>&1",
-                 (int)getpid(), i);
-        if (system(cmd) != 0)
-            bad++;
+        char chat[40], sid[64], name[96];
+        chat_id(chat, phase, i);
+        mv[i] = tti_once(rc, c, chat, sid, &cv[i]);
+        ev[i] = mv[i] - cv[i];
+        bad += mv[i] < 0 || (sid[0] != '\0' && !stop_session(rc, sid));
+        snprintf(name, sizeof(name), PREFIX "tti-%d-%d-%d", (int)getpid(), phase, i);
+        dv[i] = docker_tti(name);
+        bad += dv[i] < 0 || !docker_tti_remove(name);
     }
-    if (bad > 0) {
-        printf("%-44s %d of %d rounds failed  FAIL\n", "time to interactive", bad, n);
-        failures++;
-    } else {
-        double m = p50(mv, n) * 1000, d = p50(dv, n) * 1000;
-        printf(
-            "%-44s value %10.3f ms   baseline %10.3f ms   ratio %7.3f  (no target; docker run -d "
-            "+ docker exec as baseline)\n",
-            "time to interactive p50 (create + echo hi)", m, d, m / d);
-    }
+    tti_report(what, mv, dv, n, bad, p50_max, p95_max);
+    if (bad == 0)
+        printf("  (CreateSession p50 %.1f ms p95 %.1f ms; then echo hi p50 %.1f ms p95 %.1f ms)\n",
+               percentile(cv, n, 0.5) * 1000, percentile(cv, n, 0.95) * 1000,
+               percentile(ev, n, 0.5) * 1000, percentile(ev, n, 0.95) * 1000);
     free(mv);
     free(dv);
+    free(cv);
+    free(ev);
     moat_client_close(c);
     raw_close(rc);
+}
+
+/* Health's pool_ready, or -1 when Health fails. */
+static int pool_ready(raw_conn *rc)
+{
+    Moat__V1__HealthCheckRequest req = MOAT__V1__HEALTH_CHECK_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    int code = raw_unary(rc, "/moat.v1.Health/Check", &req.base,
+                         &moat__v1__health_check_response__descriptor, &resp, NULL, 0);
+    int ready =
+        code == 0 && resp != NULL ? (int)((Moat__V1__HealthCheckResponse *)resp)->pool_ready : -1;
+    if (resp != NULL)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    return ready;
+}
+
+/* Waits (at most two minutes) until Health reports want sandboxes ready in the pool. */
+static bool wait_pool_ready(raw_conn *rc, int want)
+{
+    for (int i = 0; i < 6000; i++) {
+        if (pool_ready(rc) >= want)
+            return true;
+        usleep(20000);
+    }
+    printf("the pool did not reach %d ready sandboxes in 120 s\n", want);
+    failures++;
+    return false;
+}
+
+/* A moatd with a warm pool of pool_size, its sandboxes apart from the main moatd's; it logs
+ * every create, saying whether it came from the pool. */
+static bool pool_moatd_start(moatd_proc *p, int pool_size)
+{
+    char a_pool[40], a_instance[64];
+    snprintf(a_pool, sizeof(a_pool), "--pool_size=%d", pool_size);
+    snprintf(a_instance, sizeof(a_instance), "--instance=bench-pool-%d", (int)getpid());
+    const char *extra[] = {"--container_name_prefix=" PREFIX "pool-", a_instance, a_pool,
+                           "--log_level=info", NULL};
+    return moatd_start(p, true, extra);
+}
+
+/* Sessions moatd has made from its pool so far (its log's session_created lines). */
+static int claims_logged(const moatd_proc *p)
+{
+    char *log = slurp_file(p->log_path);
+    int n = 0;
+    for (const char *at = log; (at = strstr(at, "from_pool=true")) != NULL; at++)
+        n++;
+    free(log);
+    return n;
+}
+
+/* Where moatd's claims spent their time, from its pool_slot_claimed lines after the first skip:
+ * p50 and p95 of each step (docs/runtime.md, "Warm pool"). */
+static void claim_steps(const moatd_proc *p, int skip)
+{
+    static const char *steps[] = {"take_us=", "attach_us=", "bind_us=", "store_us="};
+    double v[4][256];
+    int n = 0, seen = 0;
+    char *log = slurp_file(p->log_path);
+    for (const char *at = log; (at = strstr(at, "event=pool_slot_claimed")) != NULL && n < 256;
+         at++) {
+        if (seen++ < skip)
+            continue;
+        for (int k = 0; k < 4; k++) {
+            const char *f = strstr(at, steps[k]);
+            v[k][n] = f != NULL ? atof(f + strlen(steps[k])) / 1000 : -1;
+        }
+        n++;
+    }
+    free(log);
+    if (n == 0)
+        return;
+    printf("  (claims inside moatd, p50/p95 ms over %d:", n);
+    for (int k = 0; k < 4; k++)
+        printf(" %.*s %.1f/%.1f", (int)(strchr(steps[k], '_') - steps[k]), steps[k],
+               percentile(v[k], n, 0.5), percentile(v[k], n, 0.95));
+    printf(")\n");
+}
+
+typedef struct burst_arg {
+    int port;
+    int phase, index;
+    bool docker;
+    pthread_barrier_t *go, *done;
+    double took;
+} burst_arg;
+
+static void *burst_thread(void *arg)
+{
+    burst_arg *a = arg;
+    char addr[64], chat[40], sid[64] = "", name[96];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", a->port);
+    chat_id(chat, a->phase, a->index);
+    snprintf(name, sizeof(name), PREFIX "burst-%d-%d", (int)getpid(), a->index);
+    moat_client *c = NULL;
+    moat_status st;
+    raw_conn *rc = a->docker ? NULL : raw_connect_ready(a->port, NULL);
+    bool ready = a->docker || (rc != NULL && moat_client_connect(addr, NULL, &c, &st) == MOAT_OK);
+    /* Connected first, so the burst times creates, not handshakes. */
+    pthread_barrier_wait(a->go);
+    a->took = !ready ? -1 : a->docker ? docker_tti(name) : tti_once(rc, c, chat, sid, NULL);
+    /* Cleaned up once every one is timed, so no removal competes with a create. */
+    pthread_barrier_wait(a->done);
+    if ((a->docker && !docker_tti_remove(name)) || (sid[0] != '\0' && !stop_session(rc, sid)))
+        a->took = -1;
+    if (c != NULL)
+        moat_client_close(c);
+    raw_close(rc);
+    return NULL;
+}
+
+/* n concurrent new chats (moat's, then n concurrent baselines); their times into mv and dv. */
+static int tti_burst(const moatd_proc *p, int phase, int n, double *mv, double *dv)
+{
+    pthread_t th[64];
+    burst_arg args[64];
+    pthread_barrier_t go, done;
+    int bad = 0;
+    for (int round = 0; round < 2; round++) {
+        pthread_barrier_init(&go, NULL, (unsigned)n);
+        pthread_barrier_init(&done, NULL, (unsigned)n);
+        for (int i = 0; i < n; i++) {
+            args[i] = (burst_arg){p->port, phase, i, round == 1, &go, &done, -1};
+            pthread_create(&th[i], NULL, burst_thread, &args[i]);
+        }
+        for (int i = 0; i < n; i++) {
+            pthread_join(th[i], NULL);
+            (round == 0 ? mv : dv)[i] = args[i].took;
+            bad += args[i].took < 0;
+        }
+        pthread_barrier_destroy(&go);
+        pthread_barrier_destroy(&done);
+    }
+    return bad;
+}
+
+/* Time to interactive: a moatd without a pool (the main one), then one with a pool of 20 (100
+ * sequential new chats without waiting for the pool between them, as use would not; then a
+ * burst of 20 concurrent ones on a full pool), then one with a pool of 1 whose slot each round
+ * claims first, so the timed create finds it empty while it refills. Each against the baseline
+ * in the same run. */
+static void bench_tti(moatd_proc *p, int n, int burst)
+{
+    tti_sequential(p, 1, n, "tti, no pool (create + echo hi)", 0, 0);
+
+    moatd_proc pp;
+    if (!pool_moatd_start(&pp, burst)) {
+        failures++;
+        return;
+    }
+    raw_conn *rc = raw_connect_ready(pp.port, NULL);
+    if (rc != NULL && wait_pool_ready(rc, burst)) {
+        char what[64];
+        snprintf(what, sizeof(what), "tti, warm pool of %d", burst);
+        tti_sequential(&pp, 2, n, what, 15, 30);
+        printf("  (%d of %d sequential creates claimed a pool sandbox)\n", claims_logged(&pp), n);
+        claim_steps(&pp, 0);
+        int before = claims_logged(&pp);
+        if (wait_pool_ready(rc, burst)) {
+            double mv[64], dv[64];
+            int bad = tti_burst(&pp, 3, burst, mv, dv);
+            snprintf(what, sizeof(what), "tti, burst of %d on a full pool, median", burst);
+            tti_report(what, mv, dv, burst, bad, 50, 0);
+            printf("  (%d of %d burst creates claimed a pool sandbox)\n",
+                   claims_logged(&pp) - before, burst);
+            claim_steps(&pp, before);
+        }
+    }
+    raw_close(rc);
+    moatd_stop(&pp);
+    moatd_remove_dir(pp.state_dir);
+
+    if (!pool_moatd_start(&pp, 1)) {
+        failures++;
+        return;
+    }
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", pp.port);
+    moat_client *c = NULL;
+    moat_status st;
+    rc = raw_connect_ready(pp.port, NULL);
+    if (rc != NULL && moat_client_connect(addr, NULL, &c, &st) == MOAT_OK) {
+        int rounds = n < 30 ? n : 30, bad = 0;
+        double *mv = calloc((size_t)rounds, sizeof(double));
+        double *dv = calloc((size_t)rounds, sizeof(double));
+        for (int i = 0; i < rounds; i++) {
+            char first[40], chat[40], sid[64], name[96];
+            chat_id(first, 4, i);
+            chat_id(chat, 5, i);
+            char timed_sid[64];
+            bool claimed = wait_pool_ready(rc, 1) && create_session(rc, first, NULL, sid, NULL);
+            mv[i] = claimed ? tti_once(rc, c, chat, timed_sid, NULL) : -1;
+            bad += !claimed || !stop_session(rc, sid) || mv[i] < 0 ||
+                   (timed_sid[0] != '\0' && !stop_session(rc, timed_sid));
+            snprintf(name, sizeof(name), PREFIX "tti-%d-5-%d", (int)getpid(), i);
+            dv[i] = docker_tti(name);
+            bad += dv[i] < 0 || !docker_tti_remove(name);
+        }
+        tti_report("tti, pool empty (refilling)", mv, dv, rounds, bad, 0, 0);
+        printf("  (%d creates of %d claimed a pool sandbox: one per round is the untimed one)\n",
+               claims_logged(&pp), 2 * rounds);
+        free(mv);
+        free(dv);
+    } else {
+        failures++;
+    }
+    if (c != NULL)
+        moat_client_close(c);
+    raw_close(rc);
+    moatd_stop(&pp);
+    moatd_remove_dir(pp.state_dir);
 }
 
 /* Many streams at once: nconn libmoat connections, each running `per` commands
@@ -385,8 +658,6 @@ typedef struct conc_arg {
     long *peak;
     pid_t pid;
 } conc_arg;
-
-#include <pthread.h>
 
 static void *conc_thread(void *p)
 {
@@ -770,7 +1041,7 @@ int main(int argc, char **argv)
     if (want("concurrent"))
         bench_concurrent(&p, quick ? 10 : 100, quick ? 100 : 1000);
     if (want("tti"))
-        bench_tti(&p, quick ? 5 : 30);
+        bench_tti(&p, quick ? 5 : 100, quick ? 5 : 20);
     moatd_stop(&p);
     moatd_remove_dir(p.state_dir);
     int rc1 = system("ids=$(/usr/bin/docker ps -aq --filter name=" PREFIX "); "

@@ -381,6 +381,9 @@ typedef struct moat_health {
     moat_slice server_version;
     bool docker_reachable; /* the engine answered its last probe */
     uint32_t live_sessions;
+    uint32_t pool_size;  /* warm sandboxes moatd keeps for new chats (0: no pool) */
+    uint32_t pool_ready; /* of those, ready to claim now */
+    bool pool_failing;   /* the pool's last starts failed (moatd's log says why) */
 } moat_health;
 
 moat_err moat_health_check(moat_client *c, uint64_t deadline_ms, moat_health *out, moat_status *st);

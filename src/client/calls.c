@@ -616,5 +616,8 @@ moat_err moat_health_check(moat_client *c, uint64_t deadline_ms, moat_health *ou
     out->status = (moat_serving_status)resp.status;
     out->docker_reachable = resp.docker_reachable;
     out->live_sessions = resp.live_sessions;
+    out->pool_size = resp.pool_size;
+    out->pool_ready = resp.pool_ready;
+    out->pool_failing = resp.pool_failing;
     return err;
 }

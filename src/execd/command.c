@@ -50,9 +50,7 @@ static bool want_binary(struct MHD_Connection *conn)
     return v != NULL && strcasecmp(v, "binary") == 0;
 }
 
-/* Parses the request body as a JSON object; answers 400 and returns NULL otherwise. */
-static cJSON *parse_body(struct MHD_Connection *conn, xd_req *r, bool allow_empty,
-                         enum MHD_Result *ret)
+cJSON *xd_parse_body(struct MHD_Connection *conn, xd_req *r, bool allow_empty, enum MHD_Result *ret)
 {
     if (r->body_too_big) {
         *ret = xd_respond_error(conn, 413, "INVALID_REQUEST_BODY", "request body too large");
@@ -81,12 +79,8 @@ static cJSON *parse_body(struct MHD_Connection *conn, xd_req *r, bool allow_empt
     return root;
 }
 
-typedef enum field_type { F_OBJECT, F_STRING, F_INTEGER, F_BOOLEAN } field_type;
-
-/* Optional field of a given JSON type; null counts as absent. Answers 400 on a type
- * mismatch. */
-static bool field(struct MHD_Connection *conn, const cJSON *obj, const char *key, field_type type,
-                  const cJSON **out, enum MHD_Result *ret)
+bool xd_field(struct MHD_Connection *conn, const cJSON *obj, const char *key, xd_field_type type,
+              const cJSON **out, enum MHD_Result *ret)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
     int64_t i;
@@ -107,7 +101,7 @@ static bool field(struct MHD_Connection *conn, const cJSON *obj, const char *key
     return true;
 }
 
-/* The value of an integer field that field() accepted (0 when absent). */
+/* The value of an integer field that xd_field() accepted (0 when absent). */
 static int64_t int_of(const cJSON *v)
 {
     int64_t i = 0;
@@ -116,8 +110,7 @@ static int64_t int_of(const cJSON *v)
     return i;
 }
 
-/* A string field that field() accepted, or NULL when absent or empty. */
-static const char *nonempty(const cJSON *v)
+const char *xd_nonempty(const cJSON *v)
 {
     return v != NULL && v->valuestring[0] != '\0' ? v->valuestring : NULL;
 }
@@ -259,12 +252,12 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
 {
     enum MHD_Result ret = MHD_NO;
     const cJSON *jcwd, *jbg, *jtimeout, *juid, *jgid, *jenvs;
-    if (!field(conn, root, "cwd", F_STRING, &jcwd, &ret) ||
-        !field(conn, root, "background", F_BOOLEAN, &jbg, &ret) ||
-        !field(conn, root, "timeout", F_INTEGER, &jtimeout, &ret) ||
-        !field(conn, root, "uid", F_INTEGER, &juid, &ret) ||
-        !field(conn, root, "gid", F_INTEGER, &jgid, &ret) ||
-        !field(conn, root, "envs", F_OBJECT, &jenvs, &ret))
+    if (!xd_field(conn, root, "cwd", F_STRING, &jcwd, &ret) ||
+        !xd_field(conn, root, "background", F_BOOLEAN, &jbg, &ret) ||
+        !xd_field(conn, root, "timeout", F_INTEGER, &jtimeout, &ret) ||
+        !xd_field(conn, root, "uid", F_INTEGER, &juid, &ret) ||
+        !xd_field(conn, root, "gid", F_INTEGER, &jgid, &ret) ||
+        !xd_field(conn, root, "envs", F_OBJECT, &jenvs, &ret))
         return ret;
     const cJSON *v;
     cJSON_ArrayForEach(v, jenvs)
@@ -281,8 +274,8 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
     if (!resolve_ids(conn, juid, jgid, &sp, &ret))
         return ret;
     char *cwd = NULL;
-    if (nonempty(jcwd) != NULL) {
-        cwd = check_cwd(conn, nonempty(jcwd), &ret);
+    if (xd_nonempty(jcwd) != NULL) {
+        cwd = check_cwd(conn, xd_nonempty(jcwd), &ret);
         if (cwd == NULL) {
             free(sp.groups);
             return ret;
@@ -373,20 +366,20 @@ out:
 static enum MHD_Result post_command(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    cJSON *root = parse_body(conn, r, false, &ret);
+    cJSON *root = xd_parse_body(conn, r, false, &ret);
     if (root == NULL)
         return ret;
     const cJSON *jcmd;
-    if (!field(conn, root, "command", F_STRING, &jcmd, &ret)) {
+    if (!xd_field(conn, root, "command", F_STRING, &jcmd, &ret)) {
         cJSON_Delete(root);
         return ret;
     }
-    if (nonempty(jcmd) == NULL) {
+    if (xd_nonempty(jcmd) == NULL) {
         cJSON_Delete(root);
         return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                 "field command is required and must not be empty");
     }
-    ret = run_command(conn, root, nonempty(jcmd));
+    ret = run_command(conn, root, xd_nonempty(jcmd));
     cJSON_Delete(root);
     return ret;
 }
@@ -394,26 +387,26 @@ static enum MHD_Result post_command(struct MHD_Connection *conn, xd_req *r)
 static enum MHD_Result post_code(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    cJSON *root = parse_body(conn, r, false, &ret);
+    cJSON *root = xd_parse_body(conn, r, false, &ret);
     if (root == NULL)
         return ret;
     const cJSON *jcode, *jctx, *jlang = NULL;
-    if (!field(conn, root, "code", F_STRING, &jcode, &ret) ||
-        !field(conn, root, "context", F_OBJECT, &jctx, &ret) ||
-        (jctx != NULL && !field(conn, jctx, "language", F_STRING, &jlang, &ret))) {
+    if (!xd_field(conn, root, "code", F_STRING, &jcode, &ret) ||
+        !xd_field(conn, root, "context", F_OBJECT, &jctx, &ret) ||
+        (jctx != NULL && !xd_field(conn, jctx, "language", F_STRING, &jlang, &ret))) {
         cJSON_Delete(root);
         return ret;
     }
-    if (nonempty(jlang) != NULL) {
+    if (xd_nonempty(jlang) != NULL) {
         ret = xd_respond_error(conn, 501, "NOT_SUPPORTED",
                                "language %s is not supported: moat-execd has no code "
                                "interpreter; omit context.language to run code as a shell command",
-                               nonempty(jlang));
-    } else if (nonempty(jcode) == NULL) {
+                               xd_nonempty(jlang));
+    } else if (xd_nonempty(jcode) == NULL) {
         ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                "field code is required and must not be empty");
     } else {
-        ret = run_command(conn, root, nonempty(jcode));
+        ret = run_command(conn, root, xd_nonempty(jcode));
     }
     cJSON_Delete(root);
     return ret;
@@ -458,33 +451,23 @@ static void session_remove(xd_session *s)
 static enum MHD_Result post_session(struct MHD_Connection *conn, xd_req *r)
 {
     enum MHD_Result ret = MHD_NO;
-    cJSON *root = parse_body(conn, r, true, &ret);
+    cJSON *root = xd_parse_body(conn, r, true, &ret);
     if (root == NULL)
         return ret;
     const cJSON *jcwd;
-    if (!field(conn, root, "cwd", F_STRING, &jcwd, &ret)) {
+    if (!xd_field(conn, root, "cwd", F_STRING, &jcwd, &ret)) {
         cJSON_Delete(root);
         return ret;
     }
     char *cwd = NULL;
     char err[256];
-    if (nonempty(jcwd) != NULL) {
-        cwd = xd_expand(nonempty(jcwd), err, sizeof(err));
+    if (xd_nonempty(jcwd) != NULL) {
+        cwd = xd_expand(xd_nonempty(jcwd), err, sizeof(err));
         if (cwd == NULL) {
             cJSON_Delete(root);
             return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid cwd: %s", err);
         }
-        /* mkdir -p */
-        for (char *p = cwd + 1;; p++) {
-            if (*p == '/' || *p == '\0') {
-                char c = *p;
-                *p = '\0';
-                mkdir(cwd, 0755);
-                *p = c;
-                if (c == '\0')
-                    break;
-            }
-        }
+        xd_mkdir_p(cwd, 0755);
     } else {
         cwd = getcwd(NULL, 0);
     }
@@ -634,17 +617,17 @@ static bool write_script(const char *path, const char *dump, const char *command
 static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, const char *sid)
 {
     enum MHD_Result ret = MHD_NO;
-    cJSON *root = parse_body(conn, r, false, &ret);
+    cJSON *root = xd_parse_body(conn, r, false, &ret);
     if (root == NULL)
         return ret;
     const cJSON *jcmd, *jcwd, *jtimeout;
-    if (!field(conn, root, "command", F_STRING, &jcmd, &ret) ||
-        !field(conn, root, "cwd", F_STRING, &jcwd, &ret) ||
-        !field(conn, root, "timeout", F_INTEGER, &jtimeout, &ret)) {
+    if (!xd_field(conn, root, "command", F_STRING, &jcmd, &ret) ||
+        !xd_field(conn, root, "cwd", F_STRING, &jcwd, &ret) ||
+        !xd_field(conn, root, "timeout", F_INTEGER, &jtimeout, &ret)) {
         cJSON_Delete(root);
         return ret;
     }
-    if (nonempty(jcmd) == NULL) {
+    if (xd_nonempty(jcmd) == NULL) {
         cJSON_Delete(root);
         return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                 "field command is required and must not be empty");
@@ -657,8 +640,8 @@ static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, 
     if (timeout == 0)
         timeout = 24LL * 3600 * 1000;
     char *cwd_override = NULL;
-    if (nonempty(jcwd) != NULL) {
-        cwd_override = check_cwd(conn, nonempty(jcwd), &ret);
+    if (xd_nonempty(jcwd) != NULL) {
+        cwd_override = check_cwd(conn, xd_nonempty(jcwd), &ret);
         if (cwd_override == NULL) {
             cJSON_Delete(root);
             return ret;
@@ -679,7 +662,7 @@ static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, 
     char *cwd = cwd_override ? cwd_override : strdup(s->cwd);
     pthread_mutex_unlock(&xd.lock);
 
-    const char *command = nonempty(jcmd);
+    const char *command = xd_nonempty(jcmd);
     session_run *run = calloc(1, sizeof(*run));
     xd_cmd *c = xd_cmd_new(command, false, NULL);
     int po[2], pe[2];

@@ -65,6 +65,7 @@ typedef struct xd_config {
     uint64_t retention_ns;
     size_t max_commands;
     uint64_t ping_ns;
+    uint64_t pty_idle_ns; /* a PTY session without a client is closed after this */
 } xd_config;
 
 typedef struct xd_globals {
@@ -83,8 +84,12 @@ extern xd_globals xd;
 typedef struct xd_spawn {
     char *const *argv;
     char *const *envp;
-    const char *cwd;    /* NULL: inherit */
+    const char *cwd; /* NULL: inherit */
+    bool with_stdin; /* in_fd is the child's stdin (else /dev/null) */
+    int in_fd;
     int out_fd, err_fd; /* child's stdout/stderr; -1 → /dev/null */
+    /* in_fd is a terminal: the child leads a new session with it as controlling terminal. */
+    bool controlling_tty;
     bool set_ids;
     uid_t uid;
     gid_t gid;
@@ -145,6 +150,7 @@ typedef struct xd_req {
     moat_execd_upload *upload;
     bool upload_bad; /* not multipart/form-data, or MHD's parser rejected the body */
     xd_write write;
+    struct xd_pty_attach *pty_attach; /* GET /pty/{id}/ws until the upgrade (pty.c) */
     bool handled;
 } xd_req;
 
@@ -153,10 +159,22 @@ enum MHD_Result xd_respond_error(struct MHD_Connection *conn, unsigned status, c
 /* Sends body (taken over and freed) compact; a NULL body (a failed build) is a 500. */
 enum MHD_Result xd_respond_json(struct MHD_Connection *conn, unsigned status, cJSON *body);
 enum MHD_Result xd_respond_empty(struct MHD_Connection *conn, unsigned status);
+/* The router's answer to a path it does not know (the reference's text 404). */
+enum MHD_Result xd_respond_not_found(struct MHD_Connection *conn);
 /* Expands a path with execd's environment; on failure answers 400/404 and returns NULL. */
 char *xd_expand(const char *in, char *err, size_t errlen);
 
 /* ---- command.c ---- */
+/* Parses the request body as a JSON object; answers 400 and returns NULL otherwise. */
+cJSON *xd_parse_body(struct MHD_Connection *conn, xd_req *r, bool allow_empty,
+                     enum MHD_Result *ret);
+typedef enum xd_field_type { F_OBJECT, F_STRING, F_INTEGER, F_BOOLEAN } xd_field_type;
+/* Optional field of a given JSON type; null counts as absent. Answers 400 on a type
+ * mismatch. */
+bool xd_field(struct MHD_Connection *conn, const cJSON *obj, const char *key, xd_field_type type,
+              const cJSON **out, enum MHD_Result *ret);
+/* A string field that xd_field() accepted, or NULL when absent or empty. */
+const char *xd_nonempty(const cJSON *v);
 enum MHD_Result xd_command_route(struct MHD_Connection *conn, xd_req *r, const char *url,
                                  const char *method, bool *matched);
 /* RFC 3339 with nanoseconds, trailing zeros trimmed, local offset ("Z" for UTC). */
@@ -178,7 +196,17 @@ void xd_files_write_end(xd_req *r);
 /* ---- metrics.c ---- */
 enum MHD_Result xd_metrics(struct MHD_Connection *conn, bool watch);
 
+/* ---- pty.c: OpenSandbox's /pty API (PTY and pipe sessions over a WebSocket) ---- */
+enum MHD_Result xd_pty_route(struct MHD_Connection *conn, xd_req *r, const char *url,
+                             const char *method, bool *matched);
+/* The end of a GET /pty/{id}/ws request, upgraded or not. */
+void xd_pty_request_done(xd_req *r);
+/* Closes every session and joins their threads (shutdown, after xd_terminate_all). */
+void xd_pty_shutdown(void);
+
 /* ---- main.c ---- */
+/* mkdir -p; errors are left for the caller's later use of the path to report. */
+void xd_mkdir_p(char *path, mode_t mode);
 enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *url,
                           const char *method, const char *version, const char *upload_data,
                           size_t *upload_data_size, void **con_cls);

@@ -73,6 +73,11 @@ enum MHD_Result xd_respond_error(struct MHD_Connection *conn, unsigned status, c
     return xd_respond_json(conn, status, o);
 }
 
+enum MHD_Result xd_respond_not_found(struct MHD_Connection *conn)
+{
+    return respond_bytes(conn, 404, "text/plain", "404 page not found", 18);
+}
+
 enum MHD_Result xd_respond_empty(struct MHD_Connection *conn, unsigned status)
 {
     return respond_bytes(conn, status, NULL, "", 0);
@@ -162,10 +167,13 @@ enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *ur
     enum MHD_Result ret = xd_command_route(conn, r, url, method, &matched);
     if (matched)
         return ret;
+    ret = xd_pty_route(conn, r, url, method, &matched);
+    if (matched)
+        return ret;
     ret = xd_files_route(conn, r, url, method, &matched);
     if (matched)
         return ret;
-    return respond_bytes(conn, 404, "text/plain", "404 page not found", 18);
+    return xd_respond_not_found(conn);
 }
 
 void xd_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -181,6 +189,7 @@ void xd_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
         MHD_destroy_post_processor(r->pp);
     moat_execd_upload_free(r->upload);
     xd_files_write_end(r);
+    xd_pty_request_done(r);
     moat_buf_free(&r->body);
     free(r);
     *con_cls = NULL;
@@ -283,16 +292,18 @@ static void usage(FILE *f)
             "$TMPDIR/moat-execd)\n"
             "  --retention-seconds N            keep finished commands N s (default 600)\n"
             "  --max-commands N                 command table bound (default 1024)\n"
+            "  --pty-idle-timeout N             close a PTY session N s after its client left "
+            "(default 1800)\n"
             "  --help, --version\n");
 }
 
-static void mkdir_p(char *path)
+void xd_mkdir_p(char *path, mode_t mode)
 {
     for (char *p = path + 1;; p++) {
         if (*p == '/' || *p == '\0') {
             char c = *p;
             *p = '\0';
-            mkdir(path, 0700);
+            mkdir(path, mode);
             *p = c;
             if (c == '\0')
                 break;
@@ -349,7 +360,7 @@ static bool prepare_state_dirs(void)
     char *slash = strrchr(parent, '/');
     if (slash != NULL && slash != parent) {
         *slash = '\0';
-        mkdir_p(parent);
+        xd_mkdir_p(parent, 0700);
     }
     if (!own_private_dir(xd.cfg.state_dir, geteuid(), getegid()))
         return false;
@@ -408,6 +419,7 @@ int main(int argc, char **argv)
         {"state-dir", required_argument, NULL, 's'},
         {"retention-seconds", required_argument, NULL, 'r'},
         {"max-commands", required_argument, NULL, 'm'},
+        {"pty-idle-timeout", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -425,6 +437,7 @@ int main(int argc, char **argv)
     xd.cfg.retention_ns = 600ull * 1000000000ull;
     xd.cfg.max_commands = 1024;
     xd.cfg.ping_ns = 3000000000ull;
+    xd.cfg.pty_idle_ns = 1800ull * 1000000000ull;
     const char *tmp = getenv("TMPDIR");
     snprintf(xd.cfg.state_dir, sizeof(xd.cfg.state_dir), "%s/moat-execd",
              tmp && tmp[0] ? tmp : "/tmp");
@@ -475,6 +488,9 @@ int main(int argc, char **argv)
             xd.cfg.max_commands = strtoul(optarg, NULL, 10);
             if (xd.cfg.max_commands < 1)
                 xd.cfg.max_commands = 1;
+            break;
+        case 'p':
+            xd.cfg.pty_idle_ns = strtoull(optarg, NULL, 10) * 1000000000ull;
             break;
         case 'h':
             usage(stdout);
@@ -535,7 +551,7 @@ int main(int argc, char **argv)
             return 1;
         ls[i].daemon = MHD_start_daemon(
             MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
-                MHD_USE_ITC,
+                MHD_USE_ITC | MHD_ALLOW_UPGRADE,
             0, NULL, NULL, xd_handle, NULL, MHD_OPTION_LISTEN_SOCKET, ls[i].fd,
             MHD_OPTION_NOTIFY_COMPLETED, xd_request_done, NULL, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
             (size_t)(256 * 1024), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0, MHD_OPTION_END);
@@ -556,6 +572,8 @@ int main(int argc, char **argv)
         returned[i] = MHD_quiesce_daemon(ls[i].daemon);
     /* Commands get SIGTERM and 3 s, then SIGKILL; their streams then end normally. */
     xd_terminate_all(3000);
+    /* Upgraded connections are execd's, not libmicrohttpd's: closed before it stops. */
+    xd_pty_shutdown();
     for (int i = 0; i < nlisten; i++) {
         MHD_stop_daemon(ls[i].daemon);
         if (returned[i] != MHD_INVALID_SOCKET)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -197,29 +198,50 @@ static void reap_all(void)
  * execd's memory until it execs: only system calls here, no locks and no allocation. The ids
  * change through syscall() because glibc's set*id wrappers would make every thread of execd
  * (whose memory the child shares) change its ids too. */
-typedef struct spawn_as_user_args {
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define XD_ASAN 1
+#endif
+#elif defined(__SANITIZE_ADDRESS__)
+#define XD_ASAN 1
+#endif
+#ifdef XD_ASAN
+#include <sanitizer/asan_interface.h>
+/* ASan would poison the shadow of the child's stack frames and nobody would unpoison it: the
+ * child never returns, and memory mapped there later (a thread's stack) read as poisoned. */
+#define XD_CHILD_NO_ASAN __attribute__((no_sanitize("address")))
+#else
+#define XD_CHILD_NO_ASAN
+#endif
+
+typedef struct spawn_clone_args {
     const xd_spawn *sp;
     int err; /* set by the child when it fails before exec */
-} spawn_as_user_args;
+} spawn_clone_args;
 
-static int child_as_user(void *arg)
+XD_CHILD_NO_ASAN static int child_of_clone(void *arg)
 {
-    spawn_as_user_args *a = arg;
+    spawn_clone_args *a = arg;
     const xd_spawn *sp = a->sp;
     struct sigaction dfl = {.sa_handler = SIG_DFL};
     for (int s = 1; s < NSIG; s++)
         sigaction(s, &dfl, NULL);
-    setpgid(0, 0);
+    if (sp->controlling_tty)
+        setsid();
+    else
+        setpgid(0, 0);
     int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     /* A request thread runs with the user's effective id (xd_become_run_as_fs): take root's
      * back first, which restores the capabilities the id changes below need. */
-    if (syscall(SYS_setresuid, -1, 0, -1) != 0 || devnull < 0 || dup2(devnull, 0) < 0 ||
+    if ((sp->set_ids && syscall(SYS_setresuid, -1, 0, -1) != 0) || devnull < 0 ||
+        dup2(sp->with_stdin ? sp->in_fd : devnull, 0) < 0 ||
         dup2(sp->out_fd >= 0 ? sp->out_fd : devnull, 1) < 0 ||
         dup2(sp->err_fd >= 0 ? sp->err_fd : devnull, 2) < 0 ||
+        (sp->controlling_tty && ioctl(0, TIOCSCTTY, 0) != 0) ||
         (sp->cwd != NULL && chdir(sp->cwd) != 0) ||
-        syscall(SYS_setgroups, (size_t)sp->ngroups, sp->groups) != 0 ||
-        syscall(SYS_setresgid, sp->gid, sp->gid, sp->gid) != 0 ||
-        syscall(SYS_setresuid, sp->uid, sp->uid, sp->uid) != 0) {
+        (sp->set_ids && (syscall(SYS_setgroups, (size_t)sp->ngroups, sp->groups) != 0 ||
+                         syscall(SYS_setresgid, sp->gid, sp->gid, sp->gid) != 0 ||
+                         syscall(SYS_setresuid, sp->uid, sp->uid, sp->uid) != 0))) {
         a->err = errno;
         _exit(127);
     }
@@ -231,10 +253,10 @@ static int child_as_user(void *arg)
     _exit(127);
 }
 
-/* Starts a command under other ids without copying execd's page tables (fork would, half a
- * millisecond of every start on a small VM). *pid > 0 when a child exists, even on failure.
- * Returns 0 or the errno of the step that failed. */
-static int spawn_as_user(const xd_spawn *sp, pid_t *pid)
+/* Starts a command under other ids, or on a terminal, without copying execd's page tables
+ * (fork would, half a millisecond of every start on a small VM). *pid > 0 when a child
+ * exists, even on failure. Returns 0 or the errno of the step that failed. */
+static int spawn_clone(const xd_spawn *sp, pid_t *pid)
 {
     enum { CHILD_STACK = 64 * 1024 };
     *pid = -1;
@@ -245,11 +267,14 @@ static int spawn_as_user(const xd_spawn *sp, pid_t *pid)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    spawn_as_user_args a = {.sp = sp, .err = 0};
+    spawn_clone_args a = {.sp = sp, .err = 0};
     /* CLONE_VFORK: this thread resumes once the child has exec'd or exited. */
-    *pid = clone(child_as_user, (char *)stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+    *pid = clone(child_of_clone, (char *)stack + CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
     int err = *pid < 0 ? errno : a.err;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+#ifdef XD_ASAN
+    __asan_unpoison_memory_region(stack, CHILD_STACK);
+#endif
     munmap(stack, CHILD_STACK);
     return err;
 }
@@ -268,7 +293,7 @@ static int spawn_plain(const xd_spawn *sp, pid_t *pid)
             sigaction(s, &dfl, NULL);
         setpgid(0, 0);
         int devnull = open("/dev/null", O_RDWR);
-        if (devnull < 0 || dup2(devnull, 0) < 0 ||
+        if (devnull < 0 || dup2(sp->with_stdin ? sp->in_fd : devnull, 0) < 0 ||
             dup2(sp->out_fd >= 0 ? sp->out_fd : devnull, 1) < 0 ||
             dup2(sp->err_fd >= 0 ? sp->err_fd : devnull, 2) < 0 ||
             (sp->cwd != NULL && chdir(sp->cwd) != 0))
@@ -282,8 +307,9 @@ static int spawn_plain(const xd_spawn *sp, pid_t *pid)
     return 0;
 }
 #else
-/* posix_spawn cannot change the user or groups: commands that keep execd's ids
- * start here, the others in spawn_as_user. Returns 0 or an errno. */
+/* posix_spawn cannot change the user or groups, nor give a controlling terminal: commands
+ * that keep execd's ids and need no terminal start here, the others in spawn_clone. Returns 0
+ * or an errno. */
 static int spawn_plain(const xd_spawn *sp, pid_t *pid)
 {
     posix_spawn_file_actions_t fa;
@@ -308,7 +334,8 @@ static int spawn_plain(const xd_spawn *sp, pid_t *pid)
     if (err == 0)
         err = posix_spawnattr_setsigdefault(&at, &all);
     if (err == 0)
-        err = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDWR, 0);
+        err = sp->with_stdin ? posix_spawn_file_actions_adddup2(&fa, sp->in_fd, 0)
+                             : posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDWR, 0);
     const int outs[2] = {sp->out_fd, sp->err_fd};
     for (int i = 0; i < 2 && err == 0; i++)
         err = outs[i] >= 0 ? posix_spawn_file_actions_adddup2(&fa, outs[i], i + 1)
@@ -362,7 +389,7 @@ int xd_cmd_start(xd_cmd *c, const xd_spawn *sp_in, uint64_t timeout_ms, char *er
     pthread_mutex_lock(&xd.lock);
     pid_t pid = -1;
     int e;
-    e = sp->set_ids ? spawn_as_user(sp, &pid) : spawn_plain(sp, &pid);
+    e = sp->set_ids || sp->controlling_tty ? spawn_clone(sp, &pid) : spawn_plain(sp, &pid);
     if (pid > 0)
         mark_started(c, pid, timeout_ms);
     if (e == 0) {

@@ -47,6 +47,9 @@ void moat_runtime_config_defaults(moat_runtime_config *cfg)
     cfg->workspace_inodes = 65536;
     cfg->readiness_timeout_ms = 10000;
     cfg->stop_timeout_seconds = 2;
+    cfg->pool_size = 0;
+    cfg->pool_fill_concurrency = 2;
+    cfg->pool_max_sandboxes = 0;
 }
 
 const char *moat_session_state_name(moat_session_state state)
@@ -147,6 +150,31 @@ static moat_code validate_quota(const moat_runtime_config *cfg, moat_status *st)
                    "%s is missing (apt-get install e2fsprogs); or set workspace_quota = false "
                    "for plain, unbounded directories",
                    MOAT__MKFS_EXT4);
+    return MOAT_CODE_OK;
+}
+
+/* A slot is part of the session budget, and a claim mounts a workspace into it. */
+static moat_code validate_pool(const moat_runtime_config *cfg, moat_status *st)
+{
+    if (cfg->pool_size < 0 || cfg->pool_size > 1024)
+        return bad(st, "pool_size", "must be 0 (no pool) to 1024%s", "");
+    if (cfg->pool_size == 0)
+        return MOAT_CODE_OK;
+    if (cfg->pool_max_sandboxes > 0 && cfg->pool_size > cfg->pool_max_sandboxes) {
+        char why[160];
+        snprintf(why, sizeof(why),
+                 "is %lld, more than the %lld sessions allowed at once (max_sessions), which "
+                 "pool slots count against",
+                 (long long)cfg->pool_size, (long long)cfg->pool_max_sandboxes);
+        return bad(st, "pool_size", "%s", why);
+    }
+    if (cfg->pool_fill_concurrency < 1 || cfg->pool_fill_concurrency > 16)
+        return bad(st, "pool_fill_concurrency", "must be 1 to 16%s", "");
+    if (!moat__can_mount())
+        return bad(st, "pool_size",
+                   "needs CAP_SYS_ADMIN to mount a chat's workspace into a pool sandbox (or set "
+                   "pool_size = 0)%s",
+                   "");
     return MOAT_CODE_OK;
 }
 
@@ -280,6 +308,8 @@ moat_code moat_runtime_config_validate(const moat_runtime_config *cfg, moat_stat
         if (cfg->allowed_images[i] == NULL || !image_name_ok(cfg->allowed_images[i]))
             return bad(st, "allowed_images", "entries must be image references, got '%s'",
                        cfg->allowed_images[i]);
+    if (validate_pool(cfg, st) != MOAT_CODE_OK)
+        return st->code;
     return cfg->workspace_quota ? validate_quota(cfg, st) : MOAT_CODE_OK;
 }
 
@@ -363,6 +393,7 @@ moat_runtime *moat_runtime_open(const moat_runtime_config *cfg, moat_status *st)
     pthread_mutex_init(&rt->reaper_mu, NULL);
     pthread_cond_init(&rt->reaper_cv, NULL);
     pthread_mutex_init(&rt->busy_mu, NULL);
+    moat__pool_init(rt);
     moat__cache_init(rt);
     rt->cfg = *cfg;
     moat_runtime_config *c = &rt->cfg;
@@ -463,6 +494,7 @@ void moat_runtime_close(moat_runtime *rt)
 {
     if (rt == NULL)
         return;
+    moat_runtime_stop_pool(rt);
     moat_runtime_stop_reaper(rt);
     moat_runtime_stop_watcher(rt);
     moat__store_close(rt->store);
@@ -471,6 +503,7 @@ void moat_runtime_close(moat_runtime *rt)
     pthread_mutex_destroy(&rt->foreign_mu);
     pthread_mutex_destroy(&rt->reaper_mu);
     pthread_cond_destroy(&rt->reaper_cv);
+    moat__pool_destroy(rt);
     pthread_mutex_destroy(&rt->busy_mu);
     free(rt->busy);
     for (size_t i = 0; i < rt->owned_count; i++)

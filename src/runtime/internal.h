@@ -23,6 +23,23 @@
 
 typedef struct moat__store moat__store;
 
+/* A chat's workspace between attach and release. */
+typedef struct moat__workspace {
+    char dir[MOAT_RUNTIME_PATH_MAX]; /* the real host path to bind-mount into the sandbox */
+    int lock_fd;                     /* the chat's lock while held, else -1 */
+} moat__workspace;
+
+/* A warm pool slot: a started sandbox bound to no chat yet. */
+typedef struct moat__slot {
+    char session_id[MOAT_UUID_STR_LEN]; /* the session id it will have once claimed */
+    char container_id[MOAT_CONTAINER_ID_MAX];
+    char execd_token[MOAT_EXECD_TOKEN_MAX];
+} moat__slot;
+
+/* A pool slot's chat_id label: a slot is made before it has a chat, and labels never change, so
+ * a claimed slot's chat lives in its store row (pool.c). */
+#define MOAT__POOL_CHAT_LABEL "00000000-0000-0000-0000-000000000000"
+
 /* workspace.c: the host-side mounts that bound what a sandbox writes (docs/runtime.md,
  * "Workspaces"). The strings are borrowed: whoever fills this keeps them alive while it is used
  * (the runtime points them at its own copies). */
@@ -106,6 +123,19 @@ struct moat_runtime {
     pthread_mutex_t busy_mu;
     char (*busy)[MOAT_UUID_STR_LEN];
     size_t busy_count, busy_cap;
+
+    /* Warm pool (pool.c), under pool_mu (taken before busy_mu, never after). */
+    pthread_mutex_t pool_mu;
+    pthread_cond_t pool_cv;
+    pthread_t *pool_threads;
+    size_t pool_thread_count;
+    bool pool_stop;
+    moat__slot *pool_ready; /* slots ready to claim, oldest first */
+    size_t pool_ready_count;
+    size_t pool_starting;
+    uint32_t pool_failures_in_row;
+    int64_t pool_retry_at_ms; /* after failures, no new start before this */
+    char pool_last_error[160];
 };
 
 /* A store row; fixed-size strings so rows can be copied. */
@@ -134,6 +164,9 @@ moat_err moat__store_put(moat__store *store, const moat__row *row);
 /* Inserts only when no row exists; *inserted tells which. */
 moat_err moat__store_insert_new(moat__store *store, const moat__row *row, bool *inserted);
 moat_err moat__store_get(moat__store *store, const char *session_id, moat__row *row);
+/* Whether a row exists for session_id (any state), or the store cannot tell: only a row known
+ * to be missing is false. */
+bool moat__store_has(moat__store *store, const char *session_id);
 /* Sets the expiry and renewed=1 for a RUNNING unclaimed row. MOAT_E_NOT_FOUND without a row,
  * MOAT_E_STATE when the row is not running or is claimed by the reaper. */
 moat_err moat__store_renew(moat__store *store, const char *session_id, int64_t expires_at_ms);
@@ -194,14 +227,45 @@ typedef struct moat__listed {
     bool force_new;     /* moat.force_new=true */
     bool managed;       /* moat.managed=true */
     bool has_instance;  /* a moat.instance label, whatever its value */
-    char instance[64];  /* its value when it is a string that fits, else "" */
+    /* moat.pool=true: started as a warm pool slot. Its chat, created_at and expiry come from
+     * its store row (moat__list fills them in); without a row it is an unclaimed slot. */
+    bool pool;
+    bool unclaimed_slot;
+    char instance[64]; /* its value when it is a string that fits, else "" */
 } moat__listed;
 
+/* The labels of a sandbox's container: Docker's filters and the ownership rule read them. */
+#define LABEL_SESSION   "session_id"
+#define LABEL_CHAT      "chat_id"
+#define LABEL_EXPIRES   "expires_at"
+#define LABEL_MANAGED   "moat.managed"
+#define LABEL_VERSION   "moat.version"
+#define LABEL_INSTANCE  "moat.instance"
+#define LABEL_FORCE_NEW "moat.force_new"
+#define LABEL_POOL      "moat.pool"
+
 /* session.c */
+/* The tracer's span around one operation (the tracer may be unset); span_end returns
+ * st->code. */
+void *moat__span_start(moat_runtime *rt, const char *name, const char *session_id);
+moat_code moat__span_end(moat_runtime *rt, void *span, moat_status *st);
+/* INVALID_ARGUMENT naming the field that is not a UUID. */
+moat_code moat__bad_uuid(moat_status *st, const char *field, const char *value);
+/* Appends item to arr; frees item when that fails (item NULL: an allocation already failed). */
+bool moat__json_append(cJSON *arr, cJSON *item);
+/* <state_dir>/sessions/<id>/execd.sock */
+void moat__session_socket(moat_runtime *rt, const char *session_id, char *out, size_t cap);
+/* Puts a create's or a stop's session in the busy set (session_id gets the canonical id), so no
+ * sweep takes its container for an orphan or a duplicate meanwhile; a malformed id goes through
+ * unmarked (session_id "") for the operation to refuse. false (st set) when out of memory. */
+bool moat__mark_busy(moat_runtime *rt, const char *session_id_in, char *session_id,
+                     moat_status *st);
 /* Reads one entry of GET /containers/json or /containers/{id}/json. false when any of the
  * three labels is missing or malformed (the entry must then be skipped). Says nothing about
  * whose container it is: moat__list and the stop paths check that. */
 bool moat__parse_listed(const cJSON *entry, moat__listed *out);
+/* The session a store row describes, its execd socket path filled in. */
+void moat__session_from_row(moat_runtime *rt, const moat__row *row, moat_session *out);
 /* A fresh RUNNING store row for a listed container, expiry from its label. */
 void moat__row_from_listed(const moat__listed *c, moat__row *row);
 /* Lists this runtime's containers that also carry every label filter given (e.g. "session_id",
@@ -211,10 +275,37 @@ void moat__row_from_listed(const moat__listed *c, moat__row *row);
  * containers. Malformed and foreign entries are counted in *skipped (may be NULL). */
 moat_code moat__list(moat_runtime *rt, const char *const *labels, size_t label_count, bool all,
                      moat__listed **out, size_t *count, size_t *skipped, moat_status *st);
-/* Stop + remove, tolerant of a container already gone. Reason sandbox_stop_failed. */
-moat_code moat__stop_remove(moat_runtime *rt, const char *container_id, moat_status *st);
-/* Removes <state_dir>/sessions/<id>/ (execd's socket dir), best effort. */
-void moat__session_dir_remove(moat_runtime *rt, const char *session_id);
+/* moat__list, also returning unclaimed pool slots (unclaimed_slot set): only the sweeps, which
+ * remove those no pool of this runtime holds, want them. */
+moat_code moat__list_with_slots(moat_runtime *rt, const char *const *labels, size_t label_count,
+                                bool all, moat__listed **out, size_t *count, size_t *skipped,
+                                moat_status *st);
+/* session_create.c */
+/* What a new sandbox is made of (moat__sandbox_start). */
+typedef struct moat__sandbox_request {
+    const char *session_id;    /* canonical */
+    const char *chat_label;    /* the chat_id label: the chat, or MOAT__POOL_CHAT_LABEL */
+    const char *workspace_dir; /* host source of chat_mount_path */
+    bool pool_slot;            /* label moat.pool=true, workspace mount propagation rslave */
+    const char *image;
+    int64_t expires_at_ms; /* the expires_at label */
+    int64_t memory, nano_cpus, pids;
+    bool force_new;
+    const char *execd_token;
+} moat__sandbox_request;
+/* Creates and starts the container of an already prepared session (its execd directory
+ * attached) and waits for its execd; ws (may be NULL) is released once the container holds its
+ * own mount. On failure the container is removed, container_id is "" unless Docker made one
+ * (then it is gone again), and st says why (ALREADY_EXISTS on a name conflict). */
+moat_code moat__sandbox_start(moat_runtime *rt, const moat__sandbox_request *req,
+                              moat__workspace *ws, char container_id[MOAT_CONTAINER_ID_MAX],
+                              moat_status *st);
+/* 32 random bytes as 64 hex digits; 0, or -1 with errno. */
+int moat__new_execd_token(char out[MOAT_EXECD_TOKEN_MAX]);
+/* The chat's workspace made ready and owned by the sandbox user, as a create does (locked in
+ * *ws until moat__workspace_release). */
+moat_code moat__chat_workspace_prepare(moat_runtime *rt, const char *chat_id, moat__workspace *ws,
+                                       moat_status *st);
 /* Starting again a session whose container the engine stopped (docs/runtime.md, "TTL, store and
  * recovery"): begin mounts its workspace and execd directory again (the host may have lost
  * them) and starts the container; finish waits until its execd answers /ping with the
@@ -222,6 +313,30 @@ void moat__session_dir_remove(moat_runtime *rt, const char *session_id);
 moat_code moat__session_restart_begin(moat_runtime *rt, const moat__listed *c, moat_status *st);
 moat_code moat__session_restart_finish(moat_runtime *rt, const moat__listed *c,
                                        const moat__row *row, moat_status *st);
+/* session.c */
+/* Stop + remove, tolerant of a container already gone. Reason sandbox_stop_failed. */
+moat_code moat__stop_remove(moat_runtime *rt, const char *container_id, moat_status *st);
+/* Removes <state_dir>/sessions/<id>/ (execd's socket dir), best effort. */
+void moat__session_dir_remove(moat_runtime *rt, const char *session_id);
+/* pool.c */
+/* Whether this runtime's pool holds the unclaimed slot session_id (ready, starting or being
+ * claimed): a sweep leaves such a slot alone, and removes the others (moat__pool_slot_remove). */
+bool moat__pool_holds(moat_runtime *rt, const char *session_id);
+/* Removes an unclaimed slot no pool holds: its container, execd directory and slot directory. */
+void moat__pool_slot_remove(moat_runtime *rt, const moat__listed *c);
+/* The host directory a pool slot mounts at chat_mount_path: <state_dir>/pool/<session_id>. */
+void moat__pool_slot_dir(const moat_runtime *rt, const char *session_id, char *out, size_t cap);
+/* Mounts the chat's workspace (ws_dir) into the slot's directory unless it already is there,
+ * making the directory a shared mount of its own first, so the mount propagates into the slot's
+ * running sandbox. UNAVAILABLE reason "workspace_unavailable" detail why=pool_mount. */
+moat_code moat__pool_slot_bind(moat_runtime *rt, const char *session_id, const char *ws_dir,
+                               moat_status *st);
+/* Unmounts a slot's directory (the chat's workspace, then its own mount) and removes it; a no-op
+ * when there is none. */
+void moat__pool_slot_unbind(moat_runtime *rt, const char *session_id);
+void moat__pool_init(moat_runtime *rt);
+void moat__pool_destroy(moat_runtime *rt);
+
 /* The busy set (see struct moat_runtime). enter fails only when out of memory. */
 bool moat__busy_enter(moat_runtime *rt, const char *session_id);
 void moat__busy_leave(moat_runtime *rt, const char *session_id);
@@ -266,11 +381,6 @@ void moat__mountinfo_feed(moat__mountinfo_reader *r, const char *data, size_t le
                           void (*on_entry)(void *ctx, const moat__mount_entry *entry), void *ctx);
 
 /* workspace.c */
-/* A chat's workspace between attach and release. */
-typedef struct moat__workspace {
-    char dir[MOAT_RUNTIME_PATH_MAX]; /* the real host path to bind-mount into the sandbox */
-    int lock_fd;                     /* the chat's lock while held, else -1 */
-} moat__workspace;
 
 /* "<dir>/<chat_id><suffix>" into out. false when chat_id is not a canonical UUID (so no path
  * built from it can climb out of dir) or the result does not fit. */

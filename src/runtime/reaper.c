@@ -185,7 +185,7 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
 {
     moat__listed *items;
     size_t n, skipped = 0;
-    moat_code code = moat__list(rt, SESSION_LABELS, 3, true, &items, &n, &skipped, st);
+    moat_code code = moat__list_with_slots(rt, SESSION_LABELS, 3, true, &items, &n, &skipped, st);
     if (code != MOAT_CODE_OK)
         return code;
     rep->skipped += skipped;
@@ -200,6 +200,16 @@ static moat_code sweep(moat_runtime *rt, int64_t now_ms, bool reconcile, moat_re
     for (size_t i = 0; i < n; i++) {
         const moat__listed *c = &items[i];
         disp[i] = LEFT_ALONE;
+        if (c->unclaimed_slot) {
+            /* Held by this runtime's pool, or claimed since the list (the pool is asked first,
+             * then the store, so a claim in between is seen by one of them). */
+            if (!moat__pool_holds(rt, c->session_id) &&
+                !moat__store_has(rt->store, c->session_id)) {
+                moat__pool_slot_remove(rt, c);
+                rep->pool_slots_removed++;
+            }
+            continue;
+        }
         if (moat__busy_has(rt, c->session_id))
             continue;
         moat__row row, fresh;
@@ -313,9 +323,9 @@ moat_code moat_runtime_reconcile(moat_runtime *rt, int64_t now_ms, moat_reconcil
     }
     moat_log(MOAT_LOG_INFO, "runtime_reconciled",
              "adopted=%zu reaped=%zu gone=%zu skipped=%zu restarted=%zu restart_failed=%zu "
-             "duplicates=%zu orphans=%zu code=%s",
+             "duplicates=%zu orphans=%zu pool_slots_removed=%zu code=%s",
              rep.adopted, rep.reaped, rep.gone, rep.skipped, rep.restarted, rep.restart_failed,
-             rep.duplicates, rep.orphans, moat_code_name(code));
+             rep.duplicates, rep.orphans, rep.pool_slots_removed, moat_code_name(code));
     return code;
 }
 

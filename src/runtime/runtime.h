@@ -119,7 +119,14 @@ typedef struct moat_runtime_config {
     int64_t workspace_size_bytes;     /* 16 MiB .. 16 TiB */
     int64_t workspace_inodes;         /* 64 .. 2^32-1, at most one per KiB of the size */
     long readiness_timeout_ms;        /* create waits this long for execd's GET /ping */
-    int stop_timeout_seconds;         /* grace period of Docker's stop before SIGKILL */
+    /* Warm pool of the default image (docs/runtime.md, "Warm pool"): sandboxes started ahead of
+     * any chat, claimed by moat_runtime_claim. 0: none. Needs this process able to mount. */
+    int64_t pool_size;
+    int64_t pool_fill_concurrency; /* slots started at once by the refill threads, >= 1 */
+    /* The pool refills only while running sessions + pool slots stay below this (moatd's
+     * max_sessions); 0: no bound. pool_size must not exceed it. */
+    int64_t pool_max_sandboxes;
+    int stop_timeout_seconds; /* grace period of Docker's stop before SIGKILL */
 
     moat_runtime_metrics metrics;
     moat_runtime_tracer tracer;
@@ -311,6 +318,7 @@ typedef struct moat_reconcile_report {
     size_t restart_failed; /* could not be started again: removed, GONE engine_restart_failed */
     size_t duplicates;     /* a second live session of a chat: stopped, STOPPED duplicate */
     size_t orphans;        /* left in Created by an interrupted create: removed, FAILED */
+    size_t pool_slots_removed; /* unclaimed pool slots no pool of this runtime holds: removed */
 } moat_reconcile_report;
 
 /* Recovery, at start-up and whenever the engine was unreachable and answers again (the reaper
@@ -324,6 +332,42 @@ typedef struct moat_reconcile_report {
  * GONE. report may be NULL. A failed reconcile is retried by the reaper thread. */
 moat_code moat_runtime_reconcile(moat_runtime *rt, int64_t now_ms, moat_reconcile_report *report,
                                  moat_status *st);
+
+/* ---- warm pool ------------------------------------------------------------------------------ */
+
+/* Starts the pool's refill threads (pool_fill_concurrency of them), which keep pool_size
+ * sandboxes of the default image started, execd answering, bound to no chat. Call after the
+ * start-up reconcile, which removes the unclaimed slots an earlier run left. OK and nothing
+ * started when pool_size is 0; FAILED_PRECONDITION if already started. */
+moat_code moat_runtime_start_pool(moat_runtime *rt, moat_status *st);
+/* Stops and joins the refill threads and removes the unclaimed slots (their execd tokens live
+ * only in this process). No-op when not running. moat_runtime_close calls it. */
+void moat_runtime_stop_pool(moat_runtime *rt);
+
+/* Hands a ready pool slot to chat_id as a new session, exactly as moat_runtime_create would
+ * make one: the chat's workspace is mounted into the slot (propagating into the running
+ * sandbox at chat_mount_path), and the store row (chat, times, execd token) is written, so
+ * every other call treats it as any session. The session's id is the slot's (out->session_id),
+ * not one the caller picks. A slot is handed out once: the claim takes it out of the pool under
+ * the pool's lock and its store row is inserted only if none exists. NOT_FOUND, reason
+ * "pool_empty", when no slot is ready or the request is not the pool's kind (another image,
+ * limits other than the defaults, force_new): the caller then creates cold. Other failures
+ * remove the slot and carry the reason of the step that failed. */
+moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id, int64_t created_at_ms,
+                             int64_t expires_at_ms, const moat_session_options *opts,
+                             moat_session *out, moat_status *st);
+
+typedef struct moat_pool_stats {
+    uint32_t size;     /* pool_size */
+    uint32_t ready;    /* slots ready to claim */
+    uint32_t starting; /* slots being started */
+    /* Slot starts that failed in a row (0 once one succeeds): the image may not run execd. */
+    uint32_t failures_in_row;
+    char last_error[160]; /* the last failure's message, "" when none */
+} moat_pool_stats;
+
+/* A snapshot of the pool; all zero when it has none. */
+void moat_runtime_pool_stats(moat_runtime *rt, moat_pool_stats *out);
 
 /* ---- list cache ------------------------------------------------------------------------------ */
 

@@ -189,6 +189,12 @@ out:
     return err;
 }
 
+bool moat__store_has(moat__store *store, const char *session_id)
+{
+    moat__row row;
+    return moat__store_get(store, session_id, &row) != MOAT_E_NOT_FOUND;
+}
+
 struct renew_args {
     const char *session_id;
     int64_t expires_at_ms;

@@ -123,6 +123,11 @@ static const key_def keys[] = {
      17592186044416ull, "size of a new chat's workspace image"},
     {"workspace_inodes", K_U32, OFF(workspace_inodes), "65536", 64, 4294967295u,
      "files and directories a new chat's workspace can hold (about; at most one per KiB)"},
+    {"pool_size", K_U32, OFF(pool_size), "0", 0, 1024,
+     "warm sandboxes of the default image kept ready for new chats' sessions (counted in "
+     "max_sessions); 0: none"},
+    {"pool_fill_concurrency", K_U32, OFF(pool_fill_concurrency), "2", 1, 16,
+     "pool sandboxes started at once while the pool refills"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -568,6 +573,12 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
     }
     if (e != MOAT_OK)
         return e;
+    if (cfg->pool_size > cfg->max_sessions) {
+        errf(err, errlen,
+             "pool_size: %u is more than max_sessions (%u), which pool sandboxes count against",
+             cfg->pool_size, cfg->max_sessions);
+        return MOAT_E_INVAL;
+    }
     if (cfg->ttl_seconds > cfg->max_ttl_seconds) {
         errf(err, errlen, "ttl_seconds: %u is longer than max_ttl_seconds (%u)", cfg->ttl_seconds,
              cfg->max_ttl_seconds);

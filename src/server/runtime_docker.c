@@ -63,6 +63,9 @@ static char *runtime_config(const moat_server_config *c, const moat_runtime_metr
     rc.workspace_images_dir = c->workspace_images_dir[0] ? c->workspace_images_dir : NULL;
     rc.workspace_size_bytes = (int64_t)c->workspace_size_bytes;
     rc.workspace_inodes = c->workspace_inodes;
+    rc.pool_size = c->pool_size;
+    rc.pool_fill_concurrency = c->pool_fill_concurrency;
+    rc.pool_max_sandboxes = c->max_sessions;
     if (hooks != NULL)
         rc.metrics = *hooks;
     /* Its count was checked at config time; without memory, only image is allowed. */
@@ -173,6 +176,23 @@ static moat_code docker_check_image(void *rt, const char *image, moat_status *st
     return moat_runtime_check_image(rt, image, st);
 }
 
+static moat_code docker_claim(void *rt, const char *chat_id, int64_t created_at_ms,
+                              int64_t expires_at_ms, const moat_session_options *opts,
+                              moat_session *out, moat_status *st)
+{
+    return moat_runtime_claim(rt, chat_id, created_at_ms, expires_at_ms, opts, out, st);
+}
+
+static moat_code docker_start_pool(void *rt, moat_status *st)
+{
+    return moat_runtime_start_pool(rt, st);
+}
+
+static void docker_pool_stats(void *rt, moat_pool_stats *out)
+{
+    moat_runtime_pool_stats(rt, out);
+}
+
 const moat_server_runtime_ops moat_server_docker_runtime = {
     .open = docker_open,
     .close = docker_close,
@@ -184,6 +204,9 @@ const moat_server_runtime_ops moat_server_docker_runtime = {
     .reconcile = docker_reconcile,
     .start_reaper = docker_start_reaper,
     .start_watcher = docker_start_watcher,
+    .claim = docker_claim,
+    .start_pool = docker_start_pool,
+    .pool_stats = docker_pool_stats,
     .ping = docker_ping,
     .check_image = docker_check_image,
 };

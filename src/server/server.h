@@ -72,6 +72,8 @@ typedef struct moat_server_config {
     char *workspace_images_dir; /* "" = <chats_root>/.images */
     uint64_t workspace_size_bytes;
     uint32_t workspace_inodes;
+    uint32_t pool_size; /* warm sandboxes of the default image; at most max_sessions */
+    uint32_t pool_fill_concurrency;
     /* Path of the file that was read ("" when none); not a key. */
     char *config_file;
 } moat_server_config;
@@ -164,6 +166,13 @@ typedef struct moat_server_runtime_ops {
     moat_code (*ping)(void *rt, long timeout_ms, moat_status *st);
     /* Whether a session may ask for this image (allowed_images). */
     moat_code (*check_image)(void *rt, const char *image, moat_status *st);
+    /* The warm pool (NULL in a runtime without one): claim hands a ready sandbox to a new
+     * session of the chat (NOT_FOUND "pool_empty" when there is none: create cold);
+     * start_pool starts its refill after the start-up reconcile; pool_stats reads it. */
+    moat_code (*claim)(void *rt, const char *chat_id, int64_t created_at_ms, int64_t expires_at_ms,
+                       const moat_session_options *opts, moat_session *out, moat_status *st);
+    moat_code (*start_pool)(void *rt, moat_status *st);
+    void (*pool_stats)(void *rt, moat_pool_stats *out);
 } moat_server_runtime_ops;
 
 /* Sandboxes on the Docker engine of the configuration (runtime_docker.c). */

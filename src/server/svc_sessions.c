@@ -109,6 +109,7 @@ typedef struct create_job {
     uint32_t max_total, max_chat;
     moat_session session;
     bool found_existing; /* the chat's live session, not a new one */
+    bool claimed;        /* a warm pool sandbox */
 } create_job;
 
 static create_wait *wait_find(srv *s, const char *chat)
@@ -122,17 +123,21 @@ static create_wait *wait_find(srv *s, const char *chat)
 
 /* Whether one more session fits max_sessions and max_sessions_per_chat, counting
  * the sessions there are and the creates in flight; else sets c's refusal. */
-static bool create_fits(create_job *c, const moat_session *all, size_t n)
+static bool create_fits(create_job *c, const moat_session *all, size_t n,
+                        const moat_pool_stats *pool)
 {
     engine_job *j = &c->base;
     size_t of_chat = 0;
     for (size_t i = 0; i < n; i++)
         of_chat += strcmp(all[i].chat_id, c->chat) == 0;
-    if (n + c->others_total >= c->max_total) {
+    /* Pool sandboxes count; a claim turns one into this session instead of adding one. */
+    size_t held = n + c->others_total + pool->ready + pool->starting - (pool->ready > 0);
+    if (held >= c->max_total) {
         j->code = MOAT_CODE_RESOURCE_EXHAUSTED;
         moat_status_set(&j->status, j->code, "too_many_sessions",
-                        "%zu sessions exist or are being made (max_sessions %u); stop one first",
-                        n + c->others_total, c->max_total);
+                        "%zu sessions exist, are being made or wait in the pool (max_sessions "
+                        "%u); stop one first",
+                        held, c->max_total);
         return false;
     }
     if (of_chat + c->others_chat >= c->max_chat) {
@@ -200,16 +205,31 @@ static void create_run(engine_job *j)
         free(all);
         return;
     }
-    bool fits = create_fits(c, all, n);
+    moat_pool_stats pool = {0};
+    if (s->rt_ops->pool_stats != NULL)
+        s->rt_ops->pool_stats(s->rt, &pool);
+    bool fits = create_fits(c, all, n, &pool);
     free(all);
     if (!fits)
         return;
-    char id[MOAT_UUID_STR_LEN];
-    moat_uuid_generate(id);
     int64_t now = moat_time_now_ms();
     moat_status_clear(&j->status);
+    if (s->rt_ops->claim != NULL) {
+        j->code = s->rt_ops->claim(s->rt, c->chat, now, now + c->ttl_ms, &c->opts, &c->session,
+                                   &j->status);
+        c->claimed = j->code == MOAT_CODE_OK;
+        /* A claim that failed has logged why and removed its sandbox: a cold create follows. */
+        if (c->claimed || j->code == MOAT_CODE_INVALID_ARGUMENT)
+            return;
+        moat_status_clear(&j->status);
+    }
+    char id[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(id);
     j->code = s->rt_ops->create(s->rt, id, c->chat, now, now + c->ttl_ms, &c->opts, &c->session,
                                 &j->status);
+    /* Say when the pool could not help because its sandboxes do not start. */
+    if (j->code != MOAT_CODE_OK && pool.size > 0 && pool.failures_in_row > 0)
+        moat_status_add_detail(&j->status, "pool", "failing");
 }
 
 /* Wakes the calls that waited for this chat; they now see its session. */
@@ -243,8 +263,10 @@ static void create_done(engine_job *j)
             uint64_t took_ns = moat_time_mono_ns() - j->started_ns;
             moat__metrics_create_latency(s->metrics, took_ns);
             moat__metrics_session_delta(s->metrics, 1);
-            moat_log(MOAT_LOG_INFO, "session_created", "session_id=%s chat_id=%s duration_ms=%llu",
-                     c->session.session_id, c->chat, (unsigned long long)(took_ns / 1000000u));
+            moat_log(MOAT_LOG_INFO, "session_created",
+                     "session_id=%s chat_id=%s duration_ms=%llu from_pool=%s",
+                     c->session.session_id, c->chat, (unsigned long long)(took_ns / 1000000u),
+                     c->claimed ? "true" : "false");
         }
         if (moat__running(j->st))
             reply_session(j->st, &c->session);
@@ -535,6 +557,13 @@ void moat__health_check(stream *st, const ProtobufCMessage *req)
     resp.docker_reachable = up;
     int64_t live = moat__metrics_sessions(st->s->metrics);
     resp.live_sessions = live > 0 ? (uint32_t)live : 0;
+    /* Read under the pool's own lock: no engine call, so the loop never waits on Docker. */
+    moat_pool_stats pool = {0};
+    if (st->s->rt_ops->pool_stats != NULL)
+        st->s->rt_ops->pool_stats(st->s->rt, &pool);
+    resp.pool_size = pool.size;
+    resp.pool_ready = pool.ready;
+    resp.pool_failing = pool.failures_in_row > 0;
     moat_rpc_call_reply(st->call, &resp.base);
 }
 
@@ -557,6 +586,10 @@ static void reconcile_run(engine_job *j)
         moat_log(MOAT_LOG_WARN, "reaper_not_started", "msg=\"%s\"", why.message);
     if (j->s->rt_ops->start_watcher(j->s->rt, &why) != MOAT_CODE_OK)
         moat_log(MOAT_LOG_WARN, "watcher_not_started", "msg=\"%s\"", why.message);
+    /* After the reconcile, which removed the unclaimed sandboxes an earlier run left. */
+    if (j->s->rt_ops->start_pool != NULL &&
+        j->s->rt_ops->start_pool(j->s->rt, &why) != MOAT_CODE_OK)
+        moat_log(MOAT_LOG_WARN, "pool_not_started", "msg=\"%s\"", why.message);
 }
 
 static void reconcile_done(engine_job *j)

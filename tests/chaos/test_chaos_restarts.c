@@ -330,6 +330,29 @@ static void test_engine_restart_under_running_runtime(void **state)
     moat_runtime_close(rt);
 }
 
+/* Closes rt (as moatd's exit), restarts dockerd while the host loses every mount under the rig (a
+ * reboot), then opens a runtime whose start-up reconcile must bring s, the one session, back
+ * with its note. Returns that runtime. */
+static moat_runtime *reboot_and_reconcile(rig *r, moat_runtime *rt, const moat_session *s)
+{
+    moat_runtime_close(rt);
+    engine_stop();
+    assert_true(host_unmount_under(r->chats) > 0);
+    assert_true(host_unmount_under(r->state) > 0);
+    assert_int_equal(engine_start(), 0);
+
+    rt = rig_open(r);
+    moat_reconcile_report rep;
+    moat_status st;
+    assert_int_equal(moat_runtime_reconcile(rt, moat_time_now_ms(), &rep, &st), MOAT_CODE_OK);
+    assert_int_equal(rep.restarted, 1);
+    assert_int_equal(rep.restart_failed, 0);
+    assert_int_equal(rep.pool_slots_removed, 0);
+    assert_true(running_and_ready(rt, s));
+    assert_true(sandbox_has_note(r, s));
+    return rt;
+}
+
 /* moatd is down while dockerd restarts and the host loses every mount (a reboot): the next
  * runtime's start-up reconcile brings the session back with its files. */
 static void test_moatd_starts_after_engine_restart(void **state)
@@ -343,21 +366,43 @@ static void test_moatd_starts_after_engine_restart(void **state)
     moat_session s;
     create(rt, chat, false, &s);
     write_note(&r, &s);
-    moat_runtime_close(rt);
-
-    engine_stop();
-    assert_true(host_unmount_under(r.chats) > 0);
-    assert_true(host_unmount_under(r.state) > 0);
-    assert_int_equal(engine_start(), 0);
-
-    rt = rig_open(&r);
-    moat_reconcile_report rep;
+    rt = reboot_and_reconcile(&r, rt, &s);
     moat_status st;
-    assert_int_equal(moat_runtime_reconcile(rt, moat_time_now_ms(), &rep, &st), MOAT_CODE_OK);
-    assert_int_equal(rep.restarted, 1);
-    assert_int_equal(rep.restart_failed, 0);
-    assert_true(running_and_ready(rt, &s));
+    assert_int_equal(moat_runtime_stop(rt, s.session_id, &st), MOAT_CODE_OK);
+    moat_runtime_close(rt);
+}
+
+/* A session claimed from the warm pool sees its workspace through its slot directory
+ * (<state_dir>/pool/<id>, shared, mounted rslave into the sandbox). After dockerd restarts while
+ * moatd is down and the host loses every mount, the next runtime's reconcile mounts the chat's
+ * workspace onto that directory again before it starts the container: the note is back. */
+static void test_claimed_sandbox_after_engine_restart(void **state)
+{
+    (void)state;
+    rig r;
+    rig_init(&r, "pool");
+    r.cfg.pool_size = 1;
+    r.cfg.pool_fill_concurrency = 1;
+    moat_runtime *rt = rig_open(&r);
+    moat_status st;
+    assert_int_equal(moat_runtime_start_pool(rt, &st), MOAT_CODE_OK);
+    moat_pool_stats pool = {0};
+    for (int i = 0; i < 600 && pool.ready == 0; i++) { /* bounded: 60 s */
+        moat_runtime_pool_stats(rt, &pool);
+        if (pool.ready == 0)
+            usleep(100000);
+    }
+    assert_int_equal(pool.ready, 1);
+    char chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    moat_session s;
+    int64_t now = moat_time_now_ms();
+    assert_int_equal(moat_runtime_claim(rt, chat, now, now + 600000, NULL, &s, &st), MOAT_CODE_OK);
+    write_note(&r, &s);
     assert_true(sandbox_has_note(&r, &s));
+    /* Closing removes the slot started in the claimed one's place. */
+    rt = reboot_and_reconcile(&r, rt, &s);
+    assert_string_equal(get(rt, s.session_id).chat_id, chat);
     assert_int_equal(moat_runtime_stop(rt, s.session_id, &st), MOAT_CODE_OK);
     moat_runtime_close(rt);
 }
@@ -466,6 +511,7 @@ int main(void)
         cmocka_unit_test(test_duplicate_chat_resolved),
         cmocka_unit_test(test_moatd_starts_after_engine_restart),
         cmocka_unit_test(test_engine_restart_under_running_runtime),
+        cmocka_unit_test(test_claimed_sandbox_after_engine_restart),
     };
     return moat_run_group_tests("test_chaos_restarts", tests, group_setup, group_teardown);
 }

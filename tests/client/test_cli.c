@@ -203,6 +203,8 @@ static void handler(fake *s, uint32_t id, const char *method, moat_slice req)
         resp.server_version = "fake/1";
         resp.docker_reachable = true;
         resp.live_sessions = 2;
+        resp.pool_size = 2;
+        resp.pool_ready = 1;
         fake_reply(s, id, &resp.base);
     } else {
         fake_send_end(s, id, MOAT_CODE_UNIMPLEMENTED, "no such method", "", NULL);
@@ -498,11 +500,13 @@ static void test_cp_and_health(void **state)
 
     moat(&r, "health", NULL);
     assert_int_equal(r.status, 0);
-    assert_string_equal(r.out, "SERVING fake/1 docker_reachable=true live_sessions=2\n");
+    assert_string_equal(r.out, "SERVING fake/1 docker_reachable=true live_sessions=2 pool_size=2 "
+                               "pool_ready=1 pool_failing=false\n");
     moat(&r, "health", "--json", NULL);
     assert_int_equal(r.status, 0);
     assert_string_equal(r.out, "{\"status\":\"SERVING\",\"server_version\":\"fake/"
-                               "1\",\"docker_reachable\":true,\"live_sessions\":2}\n");
+                               "1\",\"docker_reachable\":true,\"live_sessions\":2,\"pool_size\":"
+                               "2,\"pool_ready\":1,\"pool_failing\":false}\n");
 }
 
 /* The last test: no request the CLI sent broke a check on the fake server's thread. */

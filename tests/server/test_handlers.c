@@ -17,6 +17,7 @@
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
+#include "moat/v1/health.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
 #include "server/server.h"
 
@@ -29,6 +30,11 @@ typedef struct fake_runtime {
     moat_session sessions[FAKE_MAX_SESSIONS];
     size_t count;
     char execd_socket[MOAT_RUNTIME_PATH_MAX];
+    /* A warm pool of the default image: stats as Health and the budget see them; a claim takes
+     * a ready sandbox, or fails with claim_fails (the server then creates cold). */
+    moat_pool_stats pool;
+    moat_code claim_fails;
+    unsigned claims;
 } fake_runtime;
 
 /* The one the test's server opens; set before moat_server_init. */
@@ -57,14 +63,12 @@ static moat_session *rt_find(fake_runtime *f, const char *session_id)
     return NULL;
 }
 
-static moat_code rt_create(void *rt, const char *session_id, const char *chat_id,
-                           int64_t created_at_ms, int64_t expires_at_ms,
-                           const moat_session_options *opts, moat_session *out, moat_status *st)
+/* Under f->mu: a new running session in a container named kind-<session id>. */
+static moat_code add_session(fake_runtime *f, const char *kind, const char *session_id,
+                             const char *chat_id, int64_t created_at_ms, int64_t expires_at_ms,
+                             const moat_session_options *opts, moat_session *out, moat_status *st)
 {
-    fake_runtime *f = rt;
-    pthread_mutex_lock(&f->mu);
     if (f->count == FAKE_MAX_SESSIONS) {
-        pthread_mutex_unlock(&f->mu);
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "sandbox_start_failed", "fake is full");
         return st->code;
     }
@@ -72,7 +76,7 @@ static moat_code rt_create(void *rt, const char *session_id, const char *chat_id
     memset(s, 0, sizeof(*s));
     snprintf(s->session_id, sizeof(s->session_id), "%s", session_id);
     snprintf(s->chat_id, sizeof(s->chat_id), "%s", chat_id);
-    snprintf(s->container_id, sizeof(s->container_id), "fake-%s", session_id);
+    snprintf(s->container_id, sizeof(s->container_id), "%s-%s", kind, session_id);
     snprintf(s->image, sizeof(s->image), "%s", opts->image != NULL ? opts->image : "fake:latest");
     snprintf(s->execd_socket, sizeof(s->execd_socket), "%s", f->execd_socket);
     s->state = MOAT_SESSION_RUNNING;
@@ -80,8 +84,63 @@ static moat_code rt_create(void *rt, const char *session_id, const char *chat_id
     s->expires_at_ms = expires_at_ms;
     s->force_new = opts->force_new;
     *out = *s;
-    pthread_mutex_unlock(&f->mu);
     return MOAT_CODE_OK;
+}
+
+static moat_code rt_create(void *rt, const char *session_id, const char *chat_id,
+                           int64_t created_at_ms, int64_t expires_at_ms,
+                           const moat_session_options *opts, moat_session *out, moat_status *st)
+{
+    fake_runtime *f = rt;
+    pthread_mutex_lock(&f->mu);
+    moat_code code =
+        add_session(f, "fake", session_id, chat_id, created_at_ms, expires_at_ms, opts, out, st);
+    pthread_mutex_unlock(&f->mu);
+    return code;
+}
+
+/* Claims only for the default image, as the real pool does; the claimed sandbox's container is
+ * named pool-<session id>. */
+static moat_code rt_claim(void *rt, const char *chat_id, int64_t created_at_ms,
+                          int64_t expires_at_ms, const moat_session_options *opts,
+                          moat_session *out, moat_status *st)
+{
+    fake_runtime *f = rt;
+    pthread_mutex_lock(&f->mu);
+    moat_code code = f->claim_fails;
+    if (code != MOAT_CODE_OK) {
+        moat_status_set(st, code, "sandbox_start_failed", "the fake's claim fails");
+    } else if (f->pool.ready == 0 || opts->force_new || opts->image != NULL) {
+        code = MOAT_CODE_NOT_FOUND;
+        moat_status_set(st, code, "pool_empty", "no pool sandbox ready");
+    } else {
+        char session_id[MOAT_UUID_STR_LEN];
+        moat_uuid_generate(session_id);
+        code = add_session(f, "pool", session_id, chat_id, created_at_ms, expires_at_ms, opts, out,
+                           st);
+        f->pool.ready--;
+        f->claims++;
+    }
+    pthread_mutex_unlock(&f->mu);
+    return code;
+}
+
+static void rt_pool_stats(void *rt, moat_pool_stats *out)
+{
+    fake_runtime *f = rt;
+    pthread_mutex_lock(&f->mu);
+    *out = f->pool;
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void fake_pool_set(uint32_t size, uint32_t ready, uint32_t starting,
+                          uint32_t failures_in_row, moat_code claim_fails)
+{
+    pthread_mutex_lock(&fake_rt.mu);
+    fake_rt.pool = (moat_pool_stats){
+        .size = size, .ready = ready, .starting = starting, .failures_in_row = failures_in_row};
+    fake_rt.claim_fails = claim_fails;
+    pthread_mutex_unlock(&fake_rt.mu);
 }
 
 static moat_code rt_get(void *rt, const char *session_id, moat_session *out, moat_status *st)
@@ -198,6 +257,9 @@ static const moat_server_runtime_ops fake_ops = {
     .start_watcher = rt_no_thread,
     .ping = rt_ping,
     .check_image = rt_check_image,
+    .claim = rt_claim,
+    .start_pool = rt_no_thread,
+    .pool_stats = rt_pool_stats,
 };
 
 /* ------------------------------------------------------------ fake execd */
@@ -251,6 +313,8 @@ static int setup(void **state)
     snprintf(listen, sizeof(listen), "127.0.0.1:%d", F.port);
     if (moat_server_config_set(&cfg, "listen", listen, err, sizeof(err)) != MOAT_OK ||
         moat_server_config_set(&cfg, "state_dir", F.state_dir, err, sizeof(err)) != MOAT_OK ||
+        /* Small enough for test_create_claims_from_pool to reach with pool sandboxes. */
+        moat_server_config_set(&cfg, "max_sessions", "4", err, sizeof(err)) != MOAT_OK ||
         moat_server_config_finish(&cfg, NULL, err, sizeof(err)) != MOAT_OK) {
         fprintf(stderr, "config: %s\n", err);
         moat_server_config_free(&cfg);
@@ -305,12 +369,17 @@ static ProtobufCMessage *call_ok(raw_conn *c, const char *method, const Protobuf
     return resp;
 }
 
-static Moat__V1__SandboxSession *create_session(raw_conn *c)
+static Moat__V1__SandboxSession *create_session_of(raw_conn *c, const char *chat)
 {
     Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
-    req.chat_id = (char *)CHAT;
+    req.chat_id = (char *)chat;
     return (Moat__V1__SandboxSession *)call_ok(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
                                                &moat__v1__sandbox_session__descriptor);
+}
+
+static Moat__V1__SandboxSession *create_session(raw_conn *c)
+{
+    return create_session_of(c, CHAT);
 }
 
 static size_t list_count(raw_conn *c)
@@ -473,6 +542,86 @@ static void test_files_stat(void **state)
     raw_close(c);
 }
 
+static Moat__V1__HealthCheckResponse *health(raw_conn *c)
+{
+    Moat__V1__HealthCheckRequest req = MOAT__V1__HEALTH_CHECK_REQUEST__INIT;
+    return (Moat__V1__HealthCheckResponse *)call_ok(c, "/moat.v1.Health/Check", &req.base,
+                                                    &moat__v1__health_check_response__descriptor);
+}
+
+/* The session's container was claimed from the fake's pool (pool-…), not made cold (fake-…). */
+static bool from_pool(const Moat__V1__SandboxSession *s)
+{
+    return strncmp(s->container_id, "pool-", 5) == 0;
+}
+
+static void test_create_claims_from_pool(void **state)
+{
+    (void)state;
+    raw_conn *c = connected();
+    fake_pool_set(3, 2, 1, 0, MOAT_CODE_OK);
+    Moat__V1__HealthCheckResponse *h = health(c);
+    assert_int_equal(h->pool_size, 3);
+    assert_int_equal(h->pool_ready, 2);
+    assert_false(h->pool_failing);
+    protobuf_c_message_free_unpacked(&h->base, NULL);
+
+    /* A new chat gets a pool sandbox; its chat's next create finds that session. */
+    Moat__V1__SandboxSession *a = create_session_of(c, "00000000-0000-4000-8000-00000000000a");
+    assert_true(from_pool(a));
+    Moat__V1__SandboxSession *again = create_session_of(c, "00000000-0000-4000-8000-00000000000a");
+    assert_string_equal(again->session_id, a->session_id);
+    protobuf_c_message_free_unpacked(&again->base, NULL);
+    Moat__V1__SandboxSession *got = get_session(c, a->session_id);
+    assert_string_equal(got->chat_id, "00000000-0000-4000-8000-00000000000a");
+    protobuf_c_message_free_unpacked(&got->base, NULL);
+
+    /* Another image, or a claim that fails, is created cold. */
+    Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
+    req.chat_id = (char *)"00000000-0000-4000-8000-00000000000b";
+    req.image = (char *)"other:1";
+    Moat__V1__SandboxSession *b = (Moat__V1__SandboxSession *)call_ok(
+        c, "/moat.v1.Sandboxes/CreateSession", &req.base, &moat__v1__sandbox_session__descriptor);
+    assert_false(from_pool(b));
+    assert_true(stop_session(c, b->session_id));
+    protobuf_c_message_free_unpacked(&b->base, NULL);
+    fake_pool_set(3, 1, 0, 0, MOAT_CODE_INTERNAL);
+    b = create_session_of(c, "00000000-0000-4000-8000-00000000000b");
+    assert_false(from_pool(b));
+
+    /* Ready and starting pool sandboxes count against max_sessions (4), less the one a claim
+     * turns into the session: 2 running + 1 ready + 2 starting - 1 leave no room. */
+    fake_pool_set(3, 1, 2, 0, MOAT_CODE_OK);
+    req.image = NULL;
+    req.chat_id = (char *)"00000000-0000-4000-8000-00000000000c";
+    char reason[64];
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base, NULL, NULL, reason,
+                               sizeof(reason)),
+                     MOAT_CODE_RESOURCE_EXHAUSTED);
+    assert_string_equal(reason, "too_many_sessions");
+    fake_pool_set(3, 1, 1, 0, MOAT_CODE_OK);
+    Moat__V1__SandboxSession *d = create_session_of(c, "00000000-0000-4000-8000-00000000000c");
+    assert_true(from_pool(d));
+
+    /* An empty pool whose starts fail: Health says so, and a create is cold. */
+    fake_pool_set(3, 0, 0, 4, MOAT_CODE_OK);
+    h = health(c);
+    assert_int_equal(h->pool_ready, 0);
+    assert_true(h->pool_failing);
+    protobuf_c_message_free_unpacked(&h->base, NULL);
+    pthread_mutex_lock(&fake_rt.mu);
+    assert_int_equal(fake_rt.claims, 2);
+    pthread_mutex_unlock(&fake_rt.mu);
+
+    Moat__V1__SandboxSession *made[] = {a, b, d};
+    for (size_t i = 0; i < 3; i++) {
+        assert_true(stop_session(c, made[i]->session_id));
+        protobuf_c_message_free_unpacked(&made[i]->base, NULL);
+    }
+    fake_pool_set(0, 0, 0, 0, MOAT_CODE_OK);
+    raw_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -480,6 +629,7 @@ int main(void)
         cmocka_unit_test(test_create_images),
         cmocka_unit_test(test_exec_errors),
         cmocka_unit_test(test_files_stat),
+        cmocka_unit_test(test_create_claims_from_pool),
     };
     return moat_run_group_tests("handlers", tests, setup, teardown);
 }

@@ -272,13 +272,19 @@ static int cmd_health(cli *c)
         bool ok = o != NULL && cJSON_AddStringToObject(o, "status", status) != NULL &&
                   add_text(o, moat_slice_str("server_version"), version) &&
                   cJSON_AddBoolToObject(o, "docker_reachable", h.docker_reachable) != NULL &&
-                  cJSON_AddNumberToObject(o, "live_sessions", h.live_sessions) != NULL;
+                  cJSON_AddNumberToObject(o, "live_sessions", h.live_sessions) != NULL &&
+                  cJSON_AddNumberToObject(o, "pool_size", h.pool_size) != NULL &&
+                  cJSON_AddNumberToObject(o, "pool_ready", h.pool_ready) != NULL &&
+                  cJSON_AddBoolToObject(o, "pool_failing", h.pool_failing) != NULL;
         int rc = print_json(o, ok);
         if (rc)
             return rc;
     } else {
-        printf("%s %.*s docker_reachable=%s live_sessions=%u\n", status, (int)version.len,
-               (const char *)version.data, h.docker_reachable ? "true" : "false", h.live_sessions);
+        printf("%s %.*s docker_reachable=%s live_sessions=%u pool_size=%u pool_ready=%u "
+               "pool_failing=%s\n",
+               status, (int)version.len, (const char *)version.data,
+               h.docker_reachable ? "true" : "false", h.live_sessions, h.pool_size, h.pool_ready,
+               h.pool_failing ? "true" : "false");
     }
     return h.status == MOAT_SERVING ? 0 : 1;
 }

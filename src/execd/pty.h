@@ -1,0 +1,77 @@
+/* PTY sessions (internal): shared by the REST side (pty.c) and each session's thread
+ * (pty_session.c). */
+#ifndef MOAT_EXECD_PTY_H
+#define MOAT_EXECD_PTY_H
+
+#include "internal.h"
+#include "pty_proto.h"
+
+#define XD_PTY_TERM_MAX 64
+
+/* A WebSocket handed over by libmicrohttpd after the 101. */
+typedef struct xd_pty_client {
+    int fd;
+    struct MHD_UpgradeResponseHandle *urh;
+    uint8_t *early; /* bytes libmicrohttpd read past the request: the first frames */
+    size_t early_len, early_off;
+    bool has_since;
+    uint64_t since;
+    /* The rest belongs to the session's thread. */
+    moat_execd_ws *ws;
+    moat_execd_ws_replay replay;
+    uint64_t last_recv_ns, next_ping_ns;
+    uint64_t close_deadline_ns; /* 0 until a close is queued */
+    /* wslay sends control frames ahead of queued messages: a close that must follow them
+     * waits here until they are out. */
+    uint16_t close_code;
+    const char *close_reason;
+    bool exit_sent;
+    struct xd_pty *session;
+    void *owner; /* the session thread's state */
+} xd_pty_client;
+
+typedef struct xd_pty {
+    char id[MOAT_UUID_STR_LEN];
+    char *cwd;     /* NULL: execd's own */
+    char *command; /* NULL: an interactive shell */
+    uint64_t created_ns;
+    /* Guarded by mu. */
+    pthread_mutex_t mu;
+    int refs;   /* the table, the session's thread, pending attach requests */
+    int claims; /* attach requests under way plus the client attached: > 0 answers 409 */
+    bool started, closing, listed;
+    bool pipe_mode;
+    char term[XD_PTY_TERM_MAX + 1];
+    xd_pty_client *pending; /* upgraded, not yet taken by the thread */
+    /* Read by GET /pty/{id} without the lock. */
+    atomic_bool running;
+    _Atomic uint64_t output_offset;
+    int wake_r, wake_w;
+    struct xd_pty *next;
+} xd_pty;
+
+/* An attach request between its headers and the upgrade (xd_req.pty_attach). */
+typedef struct xd_pty_attach {
+    xd_pty *session; /* a reference */
+    bool upgraded;
+    bool pipe_mode;
+    char term[XD_PTY_TERM_MAX + 1];
+    bool has_since;
+    uint64_t since;
+} xd_pty_attach;
+
+/* pty.c */
+void xd_pty_unref(xd_pty *s);
+/* Takes the session off the table (DELETE, idle timeout); false if it was off already. */
+bool xd_pty_unlist(xd_pty *s);
+void xd_pty_wake(xd_pty *s);
+/* Gives the socket back to libmicrohttpd and frees the client; its claim ends. */
+void xd_pty_client_drop(xd_pty_client *c);
+/* The last thing a session's thread does. */
+void xd_pty_thread_exit(void);
+
+/* pty_session.c: the thread that starts the process and serves the session's clients; it
+ * holds a reference. */
+void *xd_pty_session_main(void *arg);
+
+#endif

@@ -1,0 +1,370 @@
+/* The warm pool with real sandboxes (labels integration;docker; root, for the mounts): claims
+ * against the real dockerd and moat-sandbox:latest, with workspace quotas. Containers are named
+ * moat-pooltest<pid>-* and labelled moat.instance=pooltest<pid>, so runs at the same time never
+ * touch each other's; the host side lives under /tmp/moat-pool-<pid>-XXXXXX, and the teardown
+ * removes the containers, unmounts what is left there and removes it, even when a test failed.
+ * The sandbox image and execd bundle must exist (test_workspace_docker builds them). */
+#define _XOPEN_SOURCE 700
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "moat_test.h"
+
+#include "host_mounts.h"
+#include "internal.h"
+
+#define IMAGE "moat-sandbox:latest"
+
+typedef struct fx {
+    char dir[96], deps[128], lambda[128], chats[128], state[128], store[160];
+    char bundle[1024];
+    moat_runtime_config cfg;
+    moat_runtime *rt;
+} fx;
+
+static char prefix[48], instance[48];
+
+static int run(const char *cmd)
+{
+    int rc = system(cmd);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+/* Runs sh -c script as the sandbox user in the session's container; its output (malloc'd). */
+static char *in_sandbox(const moat_session *s, const char *script)
+{
+    char cmd[1536];
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker exec --user 1000:1000 %s sh -c '%s' 2>&1",
+             s->container_id, script);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char *out = calloc(1, 65536);
+    size_t len = 0, n;
+    while ((n = fread(out + len, 1, 65535 - len, p)) > 0)
+        len += n;
+    pclose(p);
+    return out;
+}
+
+static void remove_test_containers(void)
+{
+    char cmd[200];
+    snprintf(cmd, sizeof(cmd),
+             "/usr/bin/docker ps -aq --filter name=%s | xargs -r /usr/bin/docker rm -f "
+             ">/dev/null 2>&1",
+             prefix);
+    run(cmd);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (getenv("MOAT_BUILD_DIR") == NULL || !moat__can_mount()) {
+        fprintf(stderr, "needs MOAT_BUILD_DIR (ctest sets it) and root to mount workspaces\n");
+        return -1;
+    }
+    snprintf(prefix, sizeof(prefix), "moat-pooltest%d-", (int)getpid());
+    snprintf(instance, sizeof(instance), "pooltest%d", (int)getpid());
+    remove_test_containers();
+    return 0;
+}
+
+static moat_runtime *open_runtime(const fx *f)
+{
+    moat_status st;
+    moat_runtime *rt = moat_runtime_open(&f->cfg, &st);
+    if (rt == NULL)
+        fail_msg("open: %s", st.message);
+    return rt;
+}
+
+static int setup(void **state)
+{
+    fx *f = calloc(1, sizeof(*f));
+    snprintf(f->dir, sizeof(f->dir), "/tmp/moat-pool-%d-XXXXXX", (int)getpid());
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->deps, sizeof(f->deps), "%s/dependencies", f->dir);
+    snprintf(f->lambda, sizeof(f->lambda), "%s/lambda-tools", f->dir);
+    snprintf(f->chats, sizeof(f->chats), "%s/chats", f->dir);
+    snprintf(f->state, sizeof(f->state), "%s/state", f->dir);
+    snprintf(f->store, sizeof(f->store), "%s/state.db", f->dir);
+    const char *bundle = getenv("MOAT_EXECD_BUNDLE");
+    if (bundle != NULL)
+        snprintf(f->bundle, sizeof(f->bundle), "%s", bundle);
+    else
+        snprintf(f->bundle, sizeof(f->bundle), "%s/execd-bundle", getenv("MOAT_BUILD_DIR"));
+    mkdir(f->deps, 0755);
+    mkdir(f->lambda, 0755);
+    moat_runtime_config_defaults(&f->cfg);
+    f->cfg.image = IMAGE;
+    f->cfg.chats_root = f->chats;
+    f->cfg.dependencies_host_path = f->deps;
+    f->cfg.lambda_tools_host_path = f->lambda;
+    f->cfg.execd_bundle_dir = f->bundle;
+    f->cfg.state_dir = f->state;
+    f->cfg.store_path = f->store;
+    f->cfg.container_name_prefix = prefix;
+    f->cfg.instance = instance;
+    f->cfg.workspace_size_bytes = 32ll * 1024 * 1024;
+    f->cfg.workspace_inodes = 4096;
+    f->cfg.default_memory_bytes = 128ll * 1024 * 1024;
+    f->cfg.default_pids_limit = 64;
+    f->cfg.readiness_timeout_ms = 20000;
+    f->cfg.stop_timeout_seconds = 1;
+    f->cfg.pool_size = 1;
+    f->cfg.pool_fill_concurrency = 1;
+    f->rt = open_runtime(f);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx *f = *state;
+    moat_runtime_close(f->rt);
+    remove_test_containers();
+    host_remove_tree(f->dir);
+    size_t loops = host_loops_under(f->dir);
+    struct stat sb;
+    bool gone = stat(f->dir, &sb) != 0;
+    free(f);
+    if (loops != 0 || !gone) {
+        fprintf(stderr, "teardown: %zu loop devices left, dir %s\n", loops,
+                gone ? "removed" : "left");
+        return -1;
+    }
+    return 0;
+}
+
+/* Waits (up to a minute: the host is shared) until the pool has want slots ready. */
+static void wait_ready(moat_runtime *rt, uint32_t want)
+{
+    moat_pool_stats ps;
+    for (int i = 0; i < 1200; i++) {
+        moat_runtime_pool_stats(rt, &ps);
+        if (ps.ready >= want)
+            return;
+        struct timespec ts = {0, 50000000};
+        nanosleep(&ts, NULL);
+    }
+    fail_msg("pool: %u of %u ready after a minute; last error: %s", ps.ready, want, ps.last_error);
+}
+
+static void claim(moat_runtime *rt, const char *chat, int64_t ttl_ms, moat_session *s)
+{
+    moat_status st;
+    int64_t now = moat_time_now_ms();
+    if (moat_runtime_claim(rt, chat, now, now + ttl_ms, NULL, s, &st) != MOAT_CODE_OK)
+        fail_msg("claim: %s (%s)", st.message, st.reason);
+}
+
+static void expect_contains(const char *text, const char *want)
+{
+    if (strstr(text, want) == NULL)
+        fail_msg("expected \"%s\" in:\n%s", want, text);
+}
+
+/* A claimed slot is the chat's session: its workspace, its records, its end. */
+static void test_claim_behaves_as_a_session(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 1);
+    char chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    moat_session s;
+    claim(f->rt, chat, 600000, &s);
+    assert_string_equal(s.chat_id, chat);
+    assert_int_equal(s.state, MOAT_SESSION_RUNNING);
+
+    /* The chat's ext4 workspace, read-write for the sandbox user, hardened as a cold one. */
+    char *out = in_sandbox(&s, "grep \" /workspace/chat \" /proc/self/mountinfo | tail -n 1; "
+                               "echo pooled > /workspace/chat/note && echo wrote");
+    expect_contains(out, "ext4");
+    expect_contains(out, "nosuid");
+    expect_contains(out, "wrote");
+    free(out);
+    char host_note[256];
+    snprintf(host_note, sizeof(host_note), "%s/%s/note", f->chats, chat);
+    assert_int_equal(access(host_note, F_OK), 0);
+
+    /* Listed with its chat, found, renewed. */
+    moat_session *all = NULL;
+    size_t n = 0;
+    assert_int_equal(moat_runtime_list_active(f->rt, &all, &n, &st), MOAT_CODE_OK);
+    bool listed = false;
+    for (size_t i = 0; i < n; i++)
+        listed |= strcmp(all[i].session_id, s.session_id) == 0 && strcmp(all[i].chat_id, chat) == 0;
+    free(all);
+    assert_true(listed);
+    moat_session got;
+    assert_int_equal(moat_runtime_get(f->rt, s.session_id, &got, &st), MOAT_CODE_OK);
+    assert_string_equal(got.chat_id, chat);
+    int64_t later = moat_time_now_ms() + 900000;
+    assert_int_equal(moat_runtime_renew(f->rt, s.session_id, later, &got, &st), MOAT_CODE_OK);
+    assert_int_equal(moat_runtime_get(f->rt, s.session_id, &got, &st), MOAT_CODE_OK);
+    assert_true(got.expires_at_ms == later);
+
+    /* Stop: the slot's mounts go; the chat's next (cold) session finds the file. */
+    assert_int_equal(moat_runtime_stop(f->rt, s.session_id, &st), MOAT_CODE_OK);
+    char slot_dir[MOAT_RUNTIME_PATH_MAX];
+    moat__pool_slot_dir(f->rt, s.session_id, slot_dir, sizeof(slot_dir));
+    assert_int_equal(access(slot_dir, F_OK), -1);
+    char sid[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(sid);
+    moat_session cold;
+    int64_t now = moat_time_now_ms();
+    assert_int_equal(moat_runtime_create(f->rt, sid, chat, now, now + 600000, NULL, &cold, &st),
+                     MOAT_CODE_OK);
+    out = in_sandbox(&cold, "cat /workspace/chat/note");
+    assert_string_equal(out, "pooled\n");
+    free(out);
+    assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);
+}
+
+typedef struct claimer {
+    moat_runtime *rt;
+    char chat[MOAT_UUID_STR_LEN];
+    moat_session s;
+    moat_code code;
+} claimer;
+
+static void *claim_main(void *arg)
+{
+    claimer *c = arg;
+    moat_status st;
+    int64_t now = moat_time_now_ms();
+    c->code = moat_runtime_claim(c->rt, c->chat, now, now + 600000, NULL, &c->s, &st);
+    return NULL;
+}
+
+static void *reap_main(void *arg)
+{
+    moat_status st;
+    moat_runtime_reap(arg, moat_time_now_ms(), NULL, &st);
+    return NULL;
+}
+
+/* Two chats race for one slot: one gets it, the other is told the pool is empty; a claim racing
+ * a reaper sweep keeps its sandbox. */
+static void test_claim_races(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 1);
+    claimer c[2] = {{.rt = f->rt}, {.rt = f->rt}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        moat_uuid_generate(c[i].chat);
+        pthread_create(&t[i], NULL, claim_main, &c[i]);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    int won = (c[0].code == MOAT_CODE_OK) + (c[1].code == MOAT_CODE_OK);
+    assert_int_equal(won, 1);
+    claimer *loser = c[0].code == MOAT_CODE_OK ? &c[1] : &c[0];
+    assert_int_equal(loser->code, MOAT_CODE_NOT_FOUND);
+
+    wait_ready(f->rt, 1);
+    claimer during = {.rt = f->rt};
+    moat_uuid_generate(during.chat);
+    pthread_t reaper;
+    pthread_create(&reaper, NULL, reap_main, f->rt);
+    pthread_create(&t[0], NULL, claim_main, &during);
+    pthread_join(t[0], NULL);
+    pthread_join(reaper, NULL);
+    assert_int_equal(during.code, MOAT_CODE_OK);
+    assert_string_not_equal(during.s.session_id,
+                            c[0].code == MOAT_CODE_OK ? c[0].s.session_id : c[1].s.session_id);
+    moat_runtime_reap(f->rt, moat_time_now_ms(), NULL, &st);
+    moat_session got;
+    assert_int_equal(moat_runtime_get(f->rt, during.s.session_id, &got, &st), MOAT_CODE_OK);
+    assert_int_equal(got.state, MOAT_SESSION_RUNNING);
+    assert_string_equal(got.chat_id, during.chat);
+}
+
+/* The reaper ends a claimed session at its expiry, as any other. */
+static void test_reaper_expires_a_claim(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 1);
+    char chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    moat_session s;
+    claim(f->rt, chat, 1000, &s);
+    size_t reaped = 0;
+    assert_int_equal(moat_runtime_reap(f->rt, moat_time_now_ms() + 2000, &reaped, &st),
+                     MOAT_CODE_OK);
+    assert_true(reaped >= 1);
+    moat_session got;
+    assert_int_equal(moat_runtime_get(f->rt, s.session_id, &got, &st), MOAT_CODE_OK);
+    assert_int_equal(got.state, MOAT_SESSION_EXPIRED);
+    char host_dir[256];
+    snprintf(host_dir, sizeof(host_dir), "%s/%s", f->chats, chat);
+    assert_int_equal(host_mounts_at(host_dir), 0);
+}
+
+/* A restart: the next runtime (nothing of the first in its memory) adopts the claimed session
+ * and removes the slot nobody claimed. */
+static void test_reconcile_after_restart(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    f->cfg.pool_size = 2;
+    moat_runtime_close(f->rt);
+    f->rt = open_runtime(f);
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 2);
+    char chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    moat_session s;
+    claim(f->rt, chat, 600000, &s);
+    moat_runtime_stop_pool(f->rt);
+    /* The first runtime's pool is stopped: start one whose slots the next runtime never knew. */
+    f->cfg.pool_size = 1;
+    moat_runtime *first = f->rt;
+    f->rt = NULL;
+    moat_runtime *older = open_runtime(f);
+    assert_int_equal(moat_runtime_start_pool(older, &st), MOAT_CODE_OK);
+    wait_ready(older, 1);
+    f->cfg.pool_size = 0;
+    f->rt = open_runtime(f);
+    moat_reconcile_report rep;
+    assert_int_equal(moat_runtime_reconcile(f->rt, moat_time_now_ms(), &rep, &st), MOAT_CODE_OK);
+    assert_int_equal(rep.pool_slots_removed, 1);
+    moat_session got;
+    assert_int_equal(moat_runtime_get(f->rt, s.session_id, &got, &st), MOAT_CODE_OK);
+    assert_int_equal(got.state, MOAT_SESSION_RUNNING);
+    assert_string_equal(got.chat_id, chat);
+    char *out = in_sandbox(&got, "echo again > /workspace/chat/after && echo ok");
+    assert_string_equal(out, "ok\n");
+    free(out);
+    moat_runtime_close(older);
+    moat_runtime_close(first);
+    assert_int_equal(moat_runtime_stop(f->rt, s.session_id, &st), MOAT_CODE_OK);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_claim_behaves_as_a_session, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_claim_races, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reaper_expires_a_claim, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reconcile_after_restart, setup, teardown),
+    };
+    return moat_run_group_tests("test_pool_docker", tests, group_setup, NULL);
+}
