@@ -42,6 +42,7 @@ typedef struct session_io {
     uint64_t quiet_until_ns;
     moat_execd_ring ring;
     moat_buf stdin_buf;
+    bool stdin_closed; /* close_stdin came: the pipe closes once stdin_buf is written */
     xd_pty_client *client;
     uint64_t detached_since_ns;
     uint8_t chunk[1 + CHUNK_MAX];
@@ -242,10 +243,38 @@ static ssize_t client_send(void *ud, const uint8_t *buf, size_t len)
 
 static void stdin_append(session_io *io, xd_pty_client *c, const void *data, size_t len)
 {
+    if (io->stdin_closed) {
+        send_error(c, "INVALID_FRAME", "stdin was closed");
+        return;
+    }
     if (io->in_fd < 0)
         return;
     if (moat_buf_append(&io->stdin_buf, data, len) != MOAT_OK)
         send_error(c, "STDIN_WRITE_FAILED", "stdin buffer full");
+}
+
+/* Pipe mode: the process reads EOF once what it was sent is written. */
+static void end_stdin_when_written(session_io *io)
+{
+    if (io->stdin_closed && io->pty_master < 0 && io->in_fd >= 0 && io->stdin_buf.len == 0) {
+        close(io->in_fd);
+        io->in_fd = -1;
+    }
+}
+
+/* A terminal has no end of input but its VEOF character (^D), read as EOF by a program in
+ * canonical mode at the start of a line. */
+static void close_stdin(session_io *io, xd_pty_client *c)
+{
+    if (io->stdin_closed)
+        return;
+    if (io->pty_master >= 0) {
+        struct termios tio;
+        char veof = tcgetattr(io->pty_master, &tio) == 0 ? (char)tio.c_cc[VEOF] : 0x04;
+        stdin_append(io, c, &veof, 1);
+    }
+    io->stdin_closed = true;
+    end_stdin_when_written(io);
 }
 
 static void on_frame(session_io *io, xd_pty_client *c, const moat_execd_pty_frame *f)
@@ -267,6 +296,9 @@ static void on_frame(session_io *io, xd_pty_client *c, const moat_execd_pty_fram
         break;
     case MOAT_EXECD_PTY_PING:
         queue_text(c, "{\"type\":\"pong\"}");
+        break;
+    case MOAT_EXECD_PTY_CLOSE_STDIN:
+        close_stdin(io, c);
         break;
     case MOAT_EXECD_PTY_INVALID:
         send_error(c, "INVALID_FRAME", f->why);
@@ -557,8 +589,10 @@ static void run(session_io *io)
             read_output(io, &io->out_fd, 0x01, now);
         if (ready(&ps, ps.err))
             read_output(io, &io->err_fd, 0x02, now);
-        if (ready(&ps, ps.in))
+        if (ready(&ps, ps.in)) {
             write_stdin(io);
+            end_stdin_when_written(io);
+        }
         if (io->client != NULL && !serve_client(io, &ps, now))
             client_end(io, now);
     }

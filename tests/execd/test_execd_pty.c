@@ -316,6 +316,42 @@ static void test_pipe_mode_separates_stderr(void **state)
     delete_session(id, 200);
 }
 
+/* moat's close_stdin: in pipe mode the pipe closes once what was sent is written, so wc sees
+ * EOF while the shell goes on; later stdin is refused. In pty mode it is ^D. */
+static void test_close_stdin(void **state)
+{
+    (void)state;
+    const char *id = create(&unix_t, "{\"command\":\"wc -l; while :; do sleep 1; done\"}");
+    xd_ws *ws = attach(&unix_t, id, "?pty=0");
+    expect_connected(ws, id, "pipe");
+    type_line(ws, "a\nb\n");
+    send_json(ws, "{\"type\":\"close_stdin\"}");
+    send_json(ws, "{\"type\":\"close_stdin\"}"); /* a second one changes nothing */
+    type_line(ws, "c\n");
+    assert_non_null(xd_ws_wait_output(ws, "2\n", WAIT_MS));
+    expect_type(ws, "error", "INVALID_FRAME");
+    send_json(ws, "{\"type\":\"signal\",\"signal\":\"SIGKILL\"}");
+    cJSON *j = next_json(ws);
+    assert_string_equal(moat_json_str(j, "type", NULL), "exit");
+    cJSON_Delete(j);
+    assert_int_equal(expect_close(ws, NULL, 0), 1000);
+    xd_ws_close(ws);
+    delete_session(id, 200);
+
+    id = create(&unix_t, "{\"command\":\"wc -l\"}");
+    ws = attach(&unix_t, id, "?pty=1");
+    expect_connected(ws, id, "pty");
+    type_line(ws, "a\nb\n");
+    send_json(ws, "{\"type\":\"close_stdin\"}");
+    assert_non_null(xd_ws_wait_output(ws, "2\r\n", WAIT_MS));
+    j = next_json(ws);
+    assert_string_equal(moat_json_str(j, "type", NULL), "exit");
+    assert_int_equal(xd_json_i64(j, "exit_code"), 0);
+    cJSON_Delete(j);
+    xd_ws_close(ws);
+    delete_session(id, 200);
+}
+
 /* The replay frame: 0x03, the big-endian offset of its first byte, the bytes. */
 static void expect_replay(xd_ws *ws, uint64_t offset, const char *bytes, size_t len)
 {
@@ -582,6 +618,7 @@ int main(void)
         cmocka_unit_test(test_resize_and_term),
         cmocka_unit_test(test_sigint_stops_foreground_job),
         cmocka_unit_test(test_pipe_mode_separates_stderr),
+        cmocka_unit_test(test_close_stdin),
         cmocka_unit_test(test_replay_since),
         cmocka_unit_test(test_conflict_and_takeover),
         cmocka_unit_test(test_malformed_frames),
