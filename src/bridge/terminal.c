@@ -40,19 +40,19 @@ struct moat_bridge_terminal {
     char *command, *cwd, *term;
     moat_bridge_terminal_consumer c;
     char session_id[64];
-    bridge_req *req;  /* the WebSocket transfer, once started */
-    bool creating;    /* POST /pty in flight */
+    bridge_req *req; /* the WebSocket transfer, once started */
+    bool creating;   /* POST /pty in flight */
     wslay_event_context_ptr ws;
-    int fd;           /* curl's socket, from its sockopt callback; -1 before */
-    int wfd;          /* dup of fd that the loop watches for writability; -1 when not */
-    bool upgraded;    /* the 101 came: our frames may go out */
+    int fd;            /* curl's socket, from its sockopt callback; -1 before */
+    int wfd;           /* dup of fd that the loop watches for writability; -1 when not */
+    bool upgraded;     /* the 101 came: our frames may go out */
     const uint8_t *in; /* bytes being fed to wslay from curl's write callback */
     size_t in_len;
-    int64_t credit;   /* output bytes the consumer takes; may go one read below 0 */
+    int64_t credit; /* output bytes the consumer takes; may go one read below 0 */
     bool paused;
     bool stdin_closed;
     bool exited;
-    bool closing;     /* moat_bridge_terminal_close was called */
+    bool closing; /* moat_bridge_terminal_close was called */
     uint16_t close_code;
     bool ended;
     moat_bridge_terminal *next, *prev; /* the bridge's terminals */
@@ -130,8 +130,9 @@ static int ws_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, voi
     return getrandom(buf, len, 0) == (ssize_t)len ? 0 : -1;
 }
 
-/* Writes what wslay holds; watches the socket for room when execd is not reading. */
-static void flush_output(moat_bridge_terminal *t)
+/* Writes what wslay holds; watches the socket for room when execd is not reading. on_writable
+ * is told only when the socket's readiness drove the write, never from inside an input call. */
+static void flush_output(moat_bridge_terminal *t, bool notify)
 {
     if (!t->upgraded || t->ended)
         return;
@@ -148,7 +149,7 @@ static void flush_output(moat_bridge_terminal *t)
         close(t->wfd);
         t->wfd = -1;
     }
-    if (wslay_event_get_queued_msg_length(t->ws) < before && t->c.on_writable != NULL)
+    if (notify && wslay_event_get_queued_msg_length(t->ws) < before && t->c.on_writable != NULL)
         t->c.on_writable(t->c.ud, t);
 }
 
@@ -156,7 +157,7 @@ bool moat__terminal_socket_action(moat_bridge *b, int fd)
 {
     for (moat_bridge_terminal *t = b->terminals; t != NULL; t = t->next) {
         if (t->wfd == fd) {
-            flush_output(t);
+            flush_output(t, true);
             return true;
         }
     }
@@ -250,7 +251,7 @@ static size_t ws_write(bridge_req *r, const char *p, size_t n)
     t->in_len = 0;
     if (rc != 0 || t->ended)
         return 0;
-    flush_output(t);
+    flush_output(t, true);
     return n;
 }
 
@@ -273,11 +274,12 @@ static void ws_done(bridge_req *r, CURLcode rc)
                         "another client attached to this terminal");
     } else if (!t->upgraded && rc == CURLE_HTTP_RETURNED_ERROR) {
         moat__req_fail_status(r, CURLE_OK, &st);
+    } else if (t->upgraded && !t->closing) {
+        /* the 101 made the transfer a success to curl, however it ended */
+        moat_status_set(&st, MOAT_CODE_UNAVAILABLE, "execd_reset",
+                        "execd closed the terminal's connection before the process exited");
     } else {
         moat__req_fail_status(r, rc, &st);
-        if (st.code == MOAT_CODE_OK)
-            moat_status_set(&st, MOAT_CODE_UNAVAILABLE, "execd_reset",
-                            "execd closed the terminal's connection before the process exited");
     }
     terminal_end(t, &st);
 }
@@ -303,6 +305,9 @@ static moat_err connect_ws(moat_bridge_terminal *t, moat_status *st)
     curl_easy_setopt(r->easy, CURLOPT_URL, url);
     curl_easy_setopt(r->easy, CURLOPT_WS_OPTIONS, (long)CURLWS_RAW_MODE);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    /* A connection of its own: take_socket must see it, and it is never handed back. */
+    curl_easy_setopt(r->easy, CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_FORBID_REUSE, 1L);
     curl_easy_setopt(r->easy, CURLOPT_SOCKOPTFUNCTION, take_socket);
     curl_easy_setopt(r->easy, CURLOPT_SOCKOPTDATA, t);
     r->write = ws_write;
@@ -356,8 +361,8 @@ static bool term_name_ok(const char *term)
     if (n == 0 || n > 64)
         return false;
     for (size_t i = 0; i < n; i++)
-        if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-",
-                   term[i]) == NULL)
+        if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-", term[i]) ==
+            NULL)
             return false;
     return true;
 }
@@ -390,8 +395,8 @@ moat_err moat_bridge_terminal_open(moat_bridge *b, const moat_bridge_endpoint *e
         t->ep.base_url = t->base_url;
         t->ep.access_token = t->token;
         t->ep.scope = ep->scope;
-        struct wslay_event_callbacks cbs = {ws_recv, ws_send,       ws_genmask, NULL,
-                                            NULL,    NULL,          ws_on_message};
+        struct wslay_event_callbacks cbs = {ws_recv, ws_send, ws_genmask,   NULL,
+                                            NULL,    NULL,    ws_on_message};
         if (!failed && wslay_event_context_client_init(&t->ws, &cbs, t) != 0)
             failed = true;
     }
@@ -423,7 +428,7 @@ static moat_err queue_message(moat_bridge_terminal *t, uint8_t opcode, const uin
     struct wslay_event_msg m = {opcode, msg, len};
     if (wslay_event_queue_msg(t->ws, &m) != 0)
         return MOAT_E_NOMEM;
-    flush_output(t);
+    flush_output(t, false);
     return MOAT_OK;
 }
 
