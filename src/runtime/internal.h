@@ -34,6 +34,7 @@ typedef struct moat__slot {
     char session_id[MOAT_UUID_STR_LEN]; /* the session id it will have once claimed */
     char container_id[MOAT_CONTAINER_ID_MAX];
     char execd_token[MOAT_EXECD_TOKEN_MAX];
+    bool prepared; /* a new chat's workspace waits for it (workspace_prepared.c) */
 } moat__slot;
 
 /* A pool slot's chat_id label: a slot is made before it has a chat, and labels never change, so
@@ -133,6 +134,10 @@ struct moat_runtime {
     moat__slot *pool_ready; /* slots ready to claim, oldest first */
     size_t pool_ready_count;
     size_t pool_starting;
+    /* Creates (claims and cold ones) in flight: no refill starts meanwhile, so none competes
+     * with a chat waiting for its sandbox. */
+    size_t pool_creates_in_flight;
+    size_t pool_claims_waiting; /* claims waiting for a starting slot, one each */
     uint32_t pool_failures_in_row;
     int64_t pool_retry_at_ms; /* after failures, no new start before this */
     char pool_last_error[160];
@@ -303,8 +308,10 @@ moat_code moat__sandbox_start(moat_runtime *rt, const moat__sandbox_request *req
 /* 32 random bytes as 64 hex digits; 0, or -1 with errno. */
 int moat__new_execd_token(char out[MOAT_EXECD_TOKEN_MAX]);
 /* The chat's workspace made ready and owned by the sandbox user, as a create does (locked in
- * *ws until moat__workspace_release). */
-moat_code moat__chat_workspace_prepare(moat_runtime *rt, const char *chat_id, moat__workspace *ws,
+ * *ws until moat__workspace_release); a new chat's is the pool slot's prepared one when
+ * prepared_slot_id is not NULL and the slot has one. */
+moat_code moat__chat_workspace_prepare(moat_runtime *rt, const char *chat_id,
+                                       const char *prepared_slot_id, moat__workspace *ws,
                                        moat_status *st);
 /* Starting again a session whose container the engine stopped (docs/runtime.md, "TTL, store and
  * recovery"): begin mounts its workspace and execd directory again (the host may have lost
@@ -334,6 +341,9 @@ moat_code moat__pool_slot_bind(moat_runtime *rt, const char *session_id, const c
 /* Unmounts a slot's directory (the chat's workspace, then its own mount) and removes it; a no-op
  * when there is none. */
 void moat__pool_slot_unbind(moat_runtime *rt, const char *session_id);
+/* A cold create's start and end: refills give way meanwhile. */
+void moat__pool_create_begin(moat_runtime *rt);
+void moat__pool_create_end(moat_runtime *rt);
 void moat__pool_init(moat_runtime *rt);
 void moat__pool_destroy(moat_runtime *rt);
 
@@ -400,6 +410,40 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
                                  moat_status *st);
 /* Releases the chat's lock taken by attach; a no-op when not held. */
 void moat__workspace_release(moat__workspace *ws);
+/* The parts of attach that workspace_prepared.c shares. make_image: a whole, fsynced copy of the
+ * formatted template at image (name: a canonical UUID, for its temporary's name). mount_image:
+ * image on a loop device, mounted nosuid,nodev,noatime on dir. Failures as attach's. */
+moat_code moat__workspace_make_image(const moat__workspace_config *cfg, const char *name,
+                                     uint32_t owner_uid, uint32_t owner_gid, const char *image,
+                                     moat_status *st);
+moat_code moat__workspace_mount_image(const moat__workspace_config *cfg, const char *name,
+                                      const char *image, const char *dir, moat_status *st);
+/* Opens (creating, if create) and takes a chat's lock file. -1 with errno on failure. */
+int moat__workspace_lock(const char *lock_path, bool create);
+/* The workspace's root directory belongs to the owner asked for, whatever owner it was made for
+ * (the sandbox user, or the engine's id mapping, may have changed since). */
+void moat__workspace_set_owner(const char *chat_id, const char *dir, uint32_t uid, uint32_t gid);
+bool moat__is_empty_dir(const char *dir);
+
+/* workspace_prepared.c: a new chat's workspace made ahead of time for a pool slot
+ * (docs/runtime.md, "Warm pool"): <images_dir>/<slot_id>.prepared.ext4, mounted on
+ * <state_dir>/pool-staging/<slot_id>; a claim for a chat without a workspace renames and moves
+ * it instead of making one. */
+
+/* Makes the slot's prepared workspace. Failures as attach's; nothing is left behind. */
+moat_code moat__prepared_make(moat_runtime *rt, const char *slot_id, moat_status *st);
+/* Hands the slot's prepared workspace to chat_id, returning as attach does (*ws locked, the
+ * image <chat_id>.ext4 mounted on chats_root/<chat_id>), when the chat has no workspace yet.
+ * NOT_FOUND when the chat has one (or its directory is not empty): attach it as usual; the
+ * prepared one stays for moat__prepared_discard. Other failures as attach's. */
+moat_code moat__prepared_claim(moat_runtime *rt, const char *slot_id, const char *chat_id,
+                               uint32_t owner_uid, uint32_t owner_gid, moat__workspace *ws,
+                               moat_status *st);
+/* Unmounts and deletes whatever is left of the slot's prepared workspace; a no-op when none. */
+void moat__prepared_discard(moat_runtime *rt, const char *slot_id);
+/* Unmounts the staging directory's own mount when nothing is staged there (EBUSY otherwise: left
+ * for the runtime still using it). */
+void moat__prepared_staging_release(moat_runtime *rt);
 /* Answers whether a session still uses the chat's workspace. */
 typedef bool (*moat__chat_in_use_fn)(void *ctx, const char *chat_id);
 /* Under the chat's lock, unmounts chats_root/<chat_id> when it is the chat's image and in_use

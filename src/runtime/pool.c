@@ -135,6 +135,7 @@ static void remove_slot(moat_runtime *rt, const char *session_id, const char *co
         return;
     }
     moat__session_dir_remove(rt, session_id);
+    moat__prepared_discard(rt, session_id);
     moat_log(MOAT_LOG_INFO, "pool_slot_removed", "session_id=%s container_id=%.12s why=%s",
              session_id, container_id, why);
 }
@@ -196,16 +197,23 @@ static moat_code slot_start(moat_runtime *rt, moat__slot *slot, moat_status *st)
         };
         moat__sandbox_start(rt, &req, NULL, slot->container_id, st);
     }
-    if (st->code != MOAT_CODE_OK)
+    if (st->code != MOAT_CODE_OK) {
         moat__session_dir_remove(rt, slot->session_id);
-    return st->code;
+        return st->code;
+    }
+    /* Without it the slot still serves: its claim attaches the chat's workspace as a create
+     * does. */
+    moat_status prep_st;
+    slot->prepared =
+        rt->ws.quota && moat__prepared_make(rt, slot->session_id, &prep_st) == MOAT_CODE_OK;
+    return MOAT_CODE_OK;
 }
 
 /* Under pool_mu: whether a filler should start a slot now. */
 static bool wants_slot(moat_runtime *rt)
 {
     size_t held = rt->pool_ready_count + rt->pool_starting;
-    if (rt->pool_stop || held >= (size_t)rt->cfg.pool_size ||
+    if (rt->pool_stop || held >= (size_t)rt->cfg.pool_size || rt->pool_creates_in_flight > 0 ||
         moat_time_now_ms() < rt->pool_retry_at_ms)
         return false;
     if (rt->cfg.pool_max_sandboxes <= 0)
@@ -336,6 +344,7 @@ void moat_runtime_stop_pool(moat_runtime *rt)
         remove_slot(rt, rt->pool_ready[i].session_id, rt->pool_ready[i].container_id,
                     "pool_stopped");
     rt->pool_ready_count = 0;
+    moat__prepared_staging_release(rt);
 }
 
 void moat_runtime_pool_stats(moat_runtime *rt, moat_pool_stats *out)
@@ -363,12 +372,46 @@ static bool pool_kind(const moat_runtime *rt, const moat_session_options *opts)
            (opts->pids_limit == 0 || opts->pids_limit == rt->cfg.default_pids_limit);
 }
 
-/* Takes the oldest ready slot whose execd still answers; false when none is left. The slot is
- * in the busy set from the moment it leaves the pool. */
+void moat__pool_create_begin(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->pool_mu);
+    rt->pool_creates_in_flight++;
+    pthread_mutex_unlock(&rt->pool_mu);
+}
+
+void moat__pool_create_end(moat_runtime *rt)
+{
+    pthread_mutex_lock(&rt->pool_mu);
+    rt->pool_creates_in_flight--;
+    pthread_cond_broadcast(&rt->pool_cv); /* a refill may start now */
+    pthread_mutex_unlock(&rt->pool_mu);
+}
+
+/* Under pool_mu, with none ready: waits for a slot already starting, unless as many claims wait
+ * as slots start. It started before this claim, so it is ready sooner than a cold create would
+ * be, and the claim starts no second container to compete with it. */
+static void wait_for_starting(moat_runtime *rt)
+{
+    if (rt->pool_starting <= rt->pool_claims_waiting)
+        return;
+    rt->pool_claims_waiting++;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += rt->cfg.readiness_timeout_ms / 1000 + 1;
+    while (!rt->pool_stop && rt->pool_ready_count == 0 && rt->pool_starting > 0 &&
+           pthread_cond_timedwait(&rt->pool_cv, &rt->pool_mu, &until) == 0) {
+    }
+    rt->pool_claims_waiting--;
+}
+
+/* Takes the oldest ready slot whose execd still answers (or one that was starting); false when
+ * none is left. The slot is in the busy set from the moment it leaves the pool. */
 static bool take_slot(moat_runtime *rt, moat__slot *slot)
 {
     for (;;) {
         pthread_mutex_lock(&rt->pool_mu);
+        if (rt->pool_ready_count == 0)
+            wait_for_starting(rt);
         bool got = rt->pool_ready_count > 0 && moat__busy_enter(rt, rt->pool_ready[0].session_id);
         if (got) {
             *slot = rt->pool_ready[0];
@@ -402,7 +445,15 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
         return st->code;
     }
     moat__slot slot;
-    if (expires_at_ms <= created_at_ms || !pool_kind(rt, opts) || !take_slot(rt, &slot)) {
+    if (expires_at_ms <= created_at_ms || !pool_kind(rt, opts)) {
+        moat_status_set(st, MOAT_CODE_NOT_FOUND, "pool_empty",
+                        "no pool sandbox ready for this request");
+        return st->code;
+    }
+    moat__pool_create_begin(rt);
+    bool taken = take_slot(rt, &slot);
+    moat__pool_create_end(rt);
+    if (!taken) {
         moat_status_set(st, MOAT_CODE_NOT_FOUND, "pool_empty",
                         "no pool sandbox ready for this request");
         return st->code;
@@ -411,7 +462,8 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
      * mount into the slot, the store's write. */
     uint64_t t_taken = moat_time_mono_ns();
     moat__workspace ws;
-    if (moat__chat_workspace_prepare(rt, chat_id, &ws, st) != MOAT_CODE_OK)
+    if (moat__chat_workspace_prepare(rt, chat_id, slot.prepared ? slot.session_id : NULL, &ws,
+                                     st) != MOAT_CODE_OK)
         goto fail;
     uint64_t t_attached = moat_time_mono_ns();
     moat__row row;
@@ -444,6 +496,7 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
     moat__workspace_release(&ws);
     moat__busy_leave(rt, slot.session_id);
     moat__cache_invalidate(rt);
+    moat__prepared_discard(rt, slot.session_id); /* unused when the chat had a workspace */
     moat__session_from_row(rt, &row, out);
     moat_log(MOAT_LOG_INFO, "pool_slot_claimed",
              "session_id=%s chat_id=%s container_id=%.12s take_us=%llu attach_us=%llu "

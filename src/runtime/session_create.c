@@ -196,12 +196,18 @@ static void release_workspace(moat_runtime *rt, moat__workspace *ws, const char 
  * and its user (map, from moat__userns_map): the chat's workspace (locked in *ws until
  * moat__workspace_release) and the session's socket dir. On failure nothing is left attached
  * or locked, and st says why. */
-static moat_code workspace_prepare(moat_runtime *rt, const char *chat_id, const moat__idmap *map,
+static moat_code workspace_prepare(moat_runtime *rt, const char *chat_id,
+                                   const char *prepared_slot_id, const moat__idmap *map,
                                    moat__workspace *ws, moat_status *st)
 {
     uint32_t user_uid = map->uid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_uid);
     uint32_t user_gid = map->gid_base + (rt->cfg.sandbox_user_root ? 0 : rt->cfg.sandbox_gid);
-    if (moat__workspace_attach(&rt->ws, chat_id, user_uid, user_gid, ws, st) != MOAT_CODE_OK)
+    moat_code code = prepared_slot_id == NULL ? MOAT_CODE_NOT_FOUND
+                                              : moat__prepared_claim(rt, prepared_slot_id, chat_id,
+                                                                     user_uid, user_gid, ws, st);
+    if (code == MOAT_CODE_NOT_FOUND)
+        code = moat__workspace_attach(&rt->ws, chat_id, user_uid, user_gid, ws, st);
+    if (code != MOAT_CODE_OK)
         return st->code;
     if (give_workspace(ws->dir, user_uid, user_gid) != 0) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "workspace_unavailable",
@@ -213,7 +219,8 @@ static moat_code workspace_prepare(moat_runtime *rt, const char *chat_id, const 
     return MOAT_CODE_OK;
 }
 
-moat_code moat__chat_workspace_prepare(moat_runtime *rt, const char *chat_id, moat__workspace *ws,
+moat_code moat__chat_workspace_prepare(moat_runtime *rt, const char *chat_id,
+                                       const char *prepared_slot_id, moat__workspace *ws,
                                        moat_status *st)
 {
     moat__idmap map;
@@ -222,13 +229,13 @@ moat_code moat__chat_workspace_prepare(moat_runtime *rt, const char *chat_id, mo
             moat_status_add_detail(st, "why", "userns_unmapped");
         return st->code;
     }
-    return workspace_prepare(rt, chat_id, &map, ws, st);
+    return workspace_prepare(rt, chat_id, prepared_slot_id, &map, ws, st);
 }
 
 static moat_code prepare_host_dirs(moat_runtime *rt, const char *chat_id, const char *session_dir,
                                    const moat__idmap *map, moat__workspace *ws, moat_status *st)
 {
-    if (workspace_prepare(rt, chat_id, map, ws, st) != MOAT_CODE_OK)
+    if (workspace_prepare(rt, chat_id, NULL, map, ws, st) != MOAT_CODE_OK)
         return st->code;
     if (moat__rundir_attach(&rt->ws, session_dir, map->uid_base, map->gid_base, st) !=
         MOAT_CODE_OK) {
@@ -553,8 +560,10 @@ moat_code moat_runtime_create(moat_runtime *rt, const char *session_id_in, const
     moat_status_clear(st);
     if (!moat__mark_busy(rt, session_id_in, session_id, st))
         return st->code;
+    moat__pool_create_begin(rt);
     moat_code code =
         create_session(rt, session_id_in, chat_id_in, created_at_ms, expires_at_ms, opts, out, st);
+    moat__pool_create_end(rt);
     if (session_id[0] != '\0')
         moat__busy_leave(rt, session_id);
     return code;

@@ -311,9 +311,9 @@ static bool copy_sparse(int src, int dst, off_t size)
 /* Makes the chat's image as a copy of a formatted template (one per size, inodes and owner, made
  * once under images_dir), under a temporary name then renamed. The copies share the template's
  * file-system UUID, which nothing on the host looks up (each is mounted by its loop device). */
-static moat_code make_image(const moat__workspace_config *cfg, const char *chat_id,
-                            uint32_t owner_uid, uint32_t owner_gid, const char *image,
-                            moat_status *st)
+moat_code moat__workspace_make_image(const moat__workspace_config *cfg, const char *chat_id,
+                                     uint32_t owner_uid, uint32_t owner_gid, const char *image,
+                                     moat_status *st)
 {
     char template[MOAT_RUNTIME_PATH_MAX], tmp[MOAT_RUNTIME_PATH_MAX];
     int n =
@@ -375,10 +375,15 @@ static int find_bound_loop(const struct stat *image, char dev[32])
     return fd;
 }
 
+/* Every thread that asks LOOP_CTL_GET_FREE at once is told the same device and all but one lose
+ * CONFIGURE: a burst of 19 attaches ran out of LOOP_ATTEMPTS. Taken in turn here, the retries
+ * are left for other processes. */
+static pthread_mutex_t loop_bind_mu = PTHREAD_MUTEX_INITIALIZER;
+
 /* Binds a free loop device to image_fd, auto-clearing: it goes away with its last mount. Returns
  * its open descriptor (closing it before mounting clears it), or -1 with st set. */
-static int bind_free_loop(const moat__workspace_config *cfg, const char *chat_id, int image_fd,
-                          const char *image, char dev[32], moat_status *st)
+static int bind_free_loop_locked(const moat__workspace_config *cfg, const char *chat_id,
+                                 int image_fd, const char *image, char dev[32], moat_status *st)
 {
     int ctl = open(cfg->loop_control, O_RDWR | O_CLOEXEC);
     if (ctl < 0) {
@@ -420,8 +425,17 @@ static int bind_free_loop(const moat__workspace_config *cfg, const char *chat_id
     return fd;
 }
 
-static moat_code mount_image(const moat__workspace_config *cfg, const char *chat_id,
-                             const char *image, const char *dir, moat_status *st)
+static int bind_free_loop(const moat__workspace_config *cfg, const char *chat_id, int image_fd,
+                          const char *image, char dev[32], moat_status *st)
+{
+    pthread_mutex_lock(&loop_bind_mu);
+    int fd = bind_free_loop_locked(cfg, chat_id, image_fd, image, dev, st);
+    pthread_mutex_unlock(&loop_bind_mu);
+    return fd;
+}
+
+moat_code moat__workspace_mount_image(const moat__workspace_config *cfg, const char *chat_id,
+                                      const char *image, const char *dir, moat_status *st)
 {
     int image_fd = open(image, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
     struct stat sb;
@@ -450,7 +464,7 @@ static moat_code mount_image(const moat__workspace_config *cfg, const char *chat
 
 /* ---- attach and detach ---------------------------------------------------------------------- */
 
-static bool is_empty_dir(const char *dir)
+bool moat__is_empty_dir(const char *dir)
 {
     DIR *d = opendir(dir);
     if (d == NULL)
@@ -481,8 +495,7 @@ int moat__mkdir_p(const char *path, mode_t mode)
     return mkdir(buf, mode) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-/* Opens (creating) and takes the chat's lock. -1 with errno on failure. */
-static int lock_chat(const char *lock_path, bool create)
+int moat__workspace_lock(const char *lock_path, bool create)
 {
     int fd = open(lock_path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0), 0600);
     if (fd < 0)
@@ -498,9 +511,7 @@ static int lock_chat(const char *lock_path, bool create)
     return fd;
 }
 
-/* The workspace's root directory belongs to the owner asked for, whatever owner it was made for
- * (the sandbox user, or the engine's id mapping, may have changed since). */
-static void set_owner(const char *chat_id, const char *dir, uint32_t uid, uint32_t gid)
+void moat__workspace_set_owner(const char *chat_id, const char *dir, uint32_t uid, uint32_t gid)
 {
     struct stat sb;
     if (lstat(dir, &sb) == 0 && (sb.st_uid != uid || sb.st_gid != gid) &&
@@ -533,7 +544,7 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
                     "%s is not a directory", ws->dir);
     if (!cfg->quota) {
         if (created)
-            set_owner(chat_id, ws->dir, owner_uid, owner_gid);
+            moat__workspace_set_owner(chat_id, ws->dir, owner_uid, owner_gid);
         return MOAT_CODE_OK;
     }
 
@@ -544,7 +555,7 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
     if (moat__mkdir_p(cfg->images_dir, 0700) != 0)
         return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "io_error", "mkdir %s: %s", cfg->images_dir,
                     strerror(errno));
-    int lock_fd = lock_chat(lock_path, true);
+    int lock_fd = moat__workspace_lock(lock_path, true);
     if (lock_fd < 0)
         return fail(st, MOAT_CODE_UNAVAILABLE, chat_id, "io_error", "lock %s: %s", lock_path,
                     strerror(errno));
@@ -560,7 +571,7 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
     if (state == NOT_MOUNTED) {
         bool fresh = false;
         if (lstat(image, &sb) != 0) {
-            if (!is_empty_dir(ws->dir)) {
+            if (!moat__is_empty_dir(ws->dir)) {
                 close(lock_fd);
                 return fail(st, MOAT_CODE_FAILED_PRECONDITION, chat_id, "legacy_directory",
                             "%s holds files from before workspace quotas and has no image; "
@@ -568,13 +579,14 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
                             "workspace_quota = false",
                             ws->dir);
             }
-            if (make_image(cfg, chat_id, owner_uid, owner_gid, image, st) != MOAT_CODE_OK) {
+            if (moat__workspace_make_image(cfg, chat_id, owner_uid, owner_gid, image, st) !=
+                MOAT_CODE_OK) {
                 close(lock_fd);
                 return st->code;
             }
             fresh = true;
         }
-        if (mount_image(cfg, chat_id, image, ws->dir, st) != MOAT_CODE_OK) {
+        if (moat__workspace_mount_image(cfg, chat_id, image, ws->dir, st) != MOAT_CODE_OK) {
             close(lock_fd);
             return st->code;
         }
@@ -587,7 +599,7 @@ moat_code moat__workspace_attach(const moat__workspace_config *cfg, const char *
         }
         moat_log(MOAT_LOG_DEBUG, "workspace_mounted", "chat_id=%s dir=%s", chat_id, ws->dir);
     }
-    set_owner(chat_id, ws->dir, owner_uid, owner_gid);
+    moat__workspace_set_owner(chat_id, ws->dir, owner_uid, owner_gid);
     ws->lock_fd = lock_fd;
     return MOAT_CODE_OK;
 }
@@ -615,7 +627,7 @@ moat_code moat__workspace_detach(const moat__workspace_config *cfg, const char *
                         "workspace paths of chat %s: %s", chat_id, strerror(errno));
         return st->code;
     }
-    int lock_fd = lock_chat(lock_path, false);
+    int lock_fd = moat__workspace_lock(lock_path, false);
     if (lock_fd < 0 && errno == ENOENT)
         return MOAT_CODE_OK; /* never attached */
     if (lock_fd < 0) {

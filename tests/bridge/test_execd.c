@@ -22,18 +22,6 @@
 /* The running moat-execd, killed by the teardown when a test fails half-way. */
 static pid_t g_child;
 
-/* ASan's quarantine keeps freed memory resident, so RSS says nothing there. */
-#if defined(__SANITIZE_ADDRESS__)
-#define RSS_MEANINGFUL 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define RSS_MEANINGFUL 0
-#endif
-#endif
-#ifndef RSS_MEANINGFUL
-#define RSS_MEANINGFUL 1
-#endif
-
 typedef struct env {
     uv_loop_t loop;
     moat_bridge *b;
@@ -341,7 +329,7 @@ static void test_paused_1gb_stream(void **state)
     assert_false(s.finished);
     assert_int_equal(y.c.events, 0);
     assert_true(s.ring_bytes <= (4u << 20) + 2 * MOAT_BRIDGE_MAX_EVENT_COST);
-    if (RSS_MEANINGFUL)
+    if (MOAT_TEST_RSS_MEANINGFUL)
         assert_true(rss1 - rss0 < 16 * 1024);
     else
         moat_skip_note("RSS bounds not checked under ASan (its quarantine keeps freed memory)");
@@ -366,7 +354,7 @@ static void test_paused_1gb_stream(void **state)
     assert_int_equal(x->kind, MOAT_BRIDGE_EV_EXIT);
     assert_true(x->known);
     assert_int_equal(x->code, 0);
-    if (RSS_MEANINGFUL)
+    if (MOAT_TEST_RSS_MEANINGFUL)
         assert_true(rss_max - rss0 < 32 * 1024);
     print_message("1 GB stream: rss before %ld KiB, paused %ld KiB, max while draining %ld KiB\n",
                   rss0, rss1, rss_max);

@@ -19,110 +19,19 @@
 
 #include "chaos_client.h"
 #include "host_mounts.h"
+#include "private_dockerd.h"
 #include "moat/v1/sandbox.pb-c.h"
 
 #define IMAGE             "moat-sandbox:latest"
 #define DOCKER_TIMEOUT_MS 3000
 
-typedef struct engine {
-    char dir[64];
-    char sock[128];
-    pid_t pid;
-    bool stopped; /* SIGSTOPped by us */
-} engine;
-
-static engine E;
+static private_dockerd E;
 static moatd_proc P;
 
 static int run(const char *cmd)
 {
     int rc = system(cmd);
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-static bool engine_answers(void)
-{
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "/usr/bin/docker -H unix://%s version >/dev/null 2>&1", E.sock);
-    return run(cmd) == 0;
-}
-
-static int engine_start(void)
-{
-    char log[160], data[128], exec_root[128], pidfile[128], host[160];
-    snprintf(log, sizeof(log), "%s/dockerd.log", E.dir);
-    snprintf(data, sizeof(data), "--data-root=%s/data", E.dir);
-    snprintf(exec_root, sizeof(exec_root), "--exec-root=%s/exec", E.dir);
-    snprintf(pidfile, sizeof(pidfile), "--pidfile=%s/dockerd.pid", E.dir);
-    snprintf(host, sizeof(host), "unix://%s", E.sock);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        if (freopen(log, "a", stdout) == NULL || freopen(log, "a", stderr) == NULL)
-            _exit(127);
-        execlp("dockerd", "dockerd", data, exec_root, pidfile, "-H", host, "--bridge=none",
-               "--iptables=false", "--ip6tables=false", (char *)NULL);
-        _exit(127);
-    }
-    E.pid = pid;
-    for (int i = 0; i < 300; i++) { /* bounded: 30 s */
-        if (engine_answers())
-            return 0;
-        usleep(100000);
-    }
-    return -1;
-}
-
-/* The containerd our dockerd started outlives a SIGKILLed dockerd: end it by the pid it wrote,
- * once its command line shows it is ours. */
-static void engine_kill_containerd(void)
-{
-    char path[160], cmdline[1024] = "";
-    snprintf(path, sizeof(path), "%s/exec/containerd/containerd.pid", E.dir);
-    FILE *f = fopen(path, "r");
-    int pid = 0;
-    if (f == NULL)
-        return;
-    if (fscanf(f, "%d", &pid) != 1)
-        pid = 0;
-    fclose(f);
-    if (pid <= 1)
-        return;
-    snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
-    f = fopen(path, "r");
-    if (f == NULL)
-        return;
-    size_t n = fread(cmdline, 1, sizeof(cmdline) - 1, f);
-    fclose(f);
-    for (size_t i = 0; i < n; i++)
-        cmdline[i] = cmdline[i] == '\0' ? ' ' : cmdline[i];
-    if (strstr(cmdline, E.dir) == NULL)
-        return;
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 100 && kill(pid, 0) == 0; i++) /* bounded: 10 s */
-        usleep(100000);
-    kill(pid, SIGKILL);
-}
-
-static void engine_stop(void)
-{
-    if (E.pid <= 0)
-        return;
-    if (E.stopped)
-        kill(E.pid, SIGCONT);
-    E.stopped = false;
-    kill(E.pid, SIGTERM);
-    for (int i = 0; i < 600; i++) { /* bounded: 60 s, then SIGKILL */
-        if (waitpid(E.pid, NULL, WNOHANG) == E.pid) {
-            E.pid = 0;
-            return;
-        }
-        usleep(100000);
-    }
-    kill(E.pid, SIGKILL);
-    waitpid(E.pid, NULL, 0);
-    E.pid = 0;
 }
 
 static int group_setup(void **state)
@@ -143,7 +52,7 @@ static int group_setup(void **state)
     if (mkdtemp(E.dir) == NULL)
         return -1;
     snprintf(E.sock, sizeof(E.sock), "%s/docker.sock", E.dir);
-    if (engine_start() != 0) {
+    if (private_dockerd_start(&E, 30) != 0) {
         fprintf(stderr, "private dockerd did not start; see %s/dockerd.log\n", E.dir);
         return -1;
     }
@@ -152,7 +61,7 @@ static int group_setup(void **state)
              E.sock);
     if (run(cmd) != 0)
         return -1;
-    char a_docker[160], a_prefix[96], a_instance[64], a_timeout[64];
+    char a_docker[192], a_prefix[96], a_instance[64], a_timeout[64];
     snprintf(a_docker, sizeof(a_docker), "--docker_host=%s", E.sock);
     snprintf(a_prefix, sizeof(a_prefix), "--container_name_prefix=moat-chaosdd-%d-", (int)getpid());
     snprintf(a_instance, sizeof(a_instance), "--instance=chaosdd-%d", (int)getpid());
@@ -175,15 +84,15 @@ static int group_teardown(void **state)
     E.stopped = false;
     moatd_stop(&P);
     if (E.pid > 0) {
-        char cmd[400];
+        char cmd[512];
         snprintf(cmd, sizeof(cmd),
                  "/usr/bin/docker -H unix://%s ps -aq | xargs -r /usr/bin/docker -H unix://%s rm "
                  "-f >/dev/null 2>&1",
                  E.sock, E.sock);
         run(cmd);
     }
-    engine_stop();
-    engine_kill_containerd();
+    private_dockerd_stop(&E, 60);
+    private_dockerd_kill_containerd(&E);
     if (P.state_dir[0] != '\0')
         moatd_remove_dir(P.state_dir);
     if (E.dir[0] != '\0') {
@@ -273,7 +182,7 @@ static void test_hung_then_killed_engine(void **state)
 
     /* Killed: NOT_SERVING within a few seconds, not a cached SERVING. Its containers go first:
      * nothing would be left to remove them once the engine is dead. */
-    char cmd[400];
+    char cmd[512];
     snprintf(cmd, sizeof(cmd),
              "/usr/bin/docker -H unix://%s ps -aq | xargs -r /usr/bin/docker -H unix://%s rm -f "
              ">/dev/null 2>&1",

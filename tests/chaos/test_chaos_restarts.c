@@ -21,76 +21,19 @@
 #include "moat_test.h"
 
 #include "host_mounts.h"
+#include "private_dockerd.h"
 #include "runtime/runtime.h"
 
 #define IMAGE "moat-sandbox:latest"
 
-static struct {
-    char dir[96];
-    char sock[160];
-    char prefix[64];
-    char bundle[1024];
-    pid_t pid;
-} eng;
+static private_dockerd eng;
+static char name_prefix[64]; /* of this run's containers */
+static char execd_bundle[1024];
 
 static int run(const char *cmd)
 {
     int rc = system(cmd);
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-static bool engine_answers(void)
-{
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "/usr/bin/docker -H unix://%s version >/dev/null 2>&1", eng.sock);
-    return run(cmd) == 0;
-}
-
-static int engine_start(void)
-{
-    char log[192], data[160], exec_root[160], pidfile[160], host[192];
-    snprintf(log, sizeof(log), "%s/dockerd.log", eng.dir);
-    snprintf(data, sizeof(data), "--data-root=%s/data", eng.dir);
-    snprintf(exec_root, sizeof(exec_root), "--exec-root=%s/exec", eng.dir);
-    snprintf(pidfile, sizeof(pidfile), "--pidfile=%s/dockerd.pid", eng.dir);
-    snprintf(host, sizeof(host), "unix://%s", eng.sock);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        FILE *out = freopen(log, "a", stdout);
-        FILE *err = freopen(log, "a", stderr);
-        (void)out;
-        (void)err;
-        execlp("dockerd", "dockerd", data, exec_root, pidfile, "-H", host, "--bridge=none",
-               "--iptables=false", "--ip6tables=false", (char *)NULL);
-        _exit(127);
-    }
-    eng.pid = pid;
-    for (int i = 0; i < 600; i++) { /* bounded: 60 s */
-        if (engine_answers())
-            return 0;
-        usleep(100000);
-    }
-    return -1;
-}
-
-/* SIGTERM, as an operator's restart does: the engine stops its containers on the way out. */
-static void engine_stop(void)
-{
-    if (eng.pid <= 0)
-        return;
-    kill(eng.pid, SIGTERM);
-    for (int i = 0; i < 900; i++) { /* bounded: 90 s, then SIGKILL */
-        if (waitpid(eng.pid, NULL, WNOHANG) == eng.pid) {
-            eng.pid = 0;
-            return;
-        }
-        usleep(100000);
-    }
-    kill(eng.pid, SIGKILL);
-    waitpid(eng.pid, NULL, 0);
-    eng.pid = 0;
 }
 
 static int group_setup(void **state)
@@ -104,16 +47,16 @@ static int group_setup(void **state)
     }
     char cmd[2400];
     if (getenv("MOAT_EXECD_BUNDLE") != NULL) { /* sanitizer builds borrow a normal build's */
-        snprintf(eng.bundle, sizeof(eng.bundle), "%s", getenv("MOAT_EXECD_BUNDLE"));
+        snprintf(execd_bundle, sizeof(execd_bundle), "%s", getenv("MOAT_EXECD_BUNDLE"));
         snprintf(cmd, sizeof(cmd),
                  "test -x %s/run && /usr/bin/docker image inspect " IMAGE " >/dev/null 2>&1",
-                 eng.bundle);
+                 execd_bundle);
     } else {
-        snprintf(eng.bundle, sizeof(eng.bundle), "%s/execd-bundle", build);
+        snprintf(execd_bundle, sizeof(execd_bundle), "%s/execd-bundle", build);
         snprintf(cmd, sizeof(cmd),
                  "test -x %s/run && /usr/bin/docker image inspect " IMAGE
                  " >/dev/null 2>&1 || %s/scripts/build-sandbox-image.sh %s >/dev/null",
-                 eng.bundle, src, build);
+                 execd_bundle, src, build);
     }
     if (run(cmd) != 0)
         return -1;
@@ -121,8 +64,8 @@ static int group_setup(void **state)
     if (mkdtemp(eng.dir) == NULL)
         return -1;
     snprintf(eng.sock, sizeof(eng.sock), "%s/docker.sock", eng.dir);
-    snprintf(eng.prefix, sizeof(eng.prefix), "moat-chaos-%d-", (int)getpid());
-    if (engine_start() != 0) {
+    snprintf(name_prefix, sizeof(name_prefix), "moat-chaos-%d-", (int)getpid());
+    if (private_dockerd_start(&eng, 60) != 0) {
         fprintf(stderr, "private dockerd did not start; see %s/dockerd.log\n", eng.dir);
         return -1;
     }
@@ -143,7 +86,7 @@ static int group_teardown(void **state)
                  eng.sock, eng.sock);
         run(cmd);
     }
-    engine_stop();
+    private_dockerd_stop(&eng, 90);
     if (eng.dir[0] != '\0')
         host_remove_tree(eng.dir);
     return 0;
@@ -163,7 +106,7 @@ static void rig_init(rig *r, const char *name)
     snprintf(r->chats, sizeof(r->chats), "%s/%s-chats", eng.dir, name);
     snprintf(r->state, sizeof(r->state), "%s/%s-state", eng.dir, name);
     snprintf(r->store, sizeof(r->store), "%s/%s-state.db", eng.dir, name);
-    snprintf(r->prefix, sizeof(r->prefix), "%s%s-", eng.prefix, name);
+    snprintf(r->prefix, sizeof(r->prefix), "%s%s-", name_prefix, name);
     mkdir(r->deps, 0755);
     mkdir(r->lambda, 0755);
     moat_runtime_config *c = &r->cfg;
@@ -174,7 +117,7 @@ static void rig_init(rig *r, const char *name)
     c->chats_root = r->chats;
     c->dependencies_host_path = r->deps;
     c->lambda_tools_host_path = r->lambda;
-    c->execd_bundle_dir = eng.bundle;
+    c->execd_bundle_dir = execd_bundle;
     c->state_dir = r->state;
     c->store_path = r->store;
     c->container_name_prefix = r->prefix;
@@ -291,7 +234,7 @@ static void test_engine_restart_under_running_runtime(void **state)
         write_note(&r, &s[i]);
     }
 
-    engine_stop();
+    private_dockerd_stop(&eng, 90);
     char path[256];
     snprintf(path, sizeof(path), "%s/%s", r.chats, chat[1]);
     assert_int_equal(umount2(path, 0), 0);
@@ -300,7 +243,7 @@ static void test_engine_restart_under_running_runtime(void **state)
     char foreign[256];
     snprintf(foreign, sizeof(foreign), "%s/%s", r.chats, chat[2]);
     assert_int_equal(mount("tmpfs", foreign, "tmpfs", 0, "size=1m"), 0);
-    assert_int_equal(engine_start(), 0);
+    assert_int_equal(private_dockerd_start(&eng, 60), 0);
 
     bool back = false;
     for (int i = 0; i < 1200 && !back; i++) { /* bounded: 120 s */
@@ -336,10 +279,10 @@ static void test_engine_restart_under_running_runtime(void **state)
 static moat_runtime *reboot_and_reconcile(rig *r, moat_runtime *rt, const moat_session *s)
 {
     moat_runtime_close(rt);
-    engine_stop();
+    private_dockerd_stop(&eng, 90);
     assert_true(host_unmount_under(r->chats) > 0);
     assert_true(host_unmount_under(r->state) > 0);
-    assert_int_equal(engine_start(), 0);
+    assert_int_equal(private_dockerd_start(&eng, 60), 0);
 
     rt = rig_open(r);
     moat_reconcile_report rep;

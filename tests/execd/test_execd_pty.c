@@ -541,8 +541,11 @@ static void test_stdin_back_pressure(void **state)
         last = sd.sent;
     }
     assert_true(sd.sent < sd.total);
-    if (!xd_wrapped())
+    bool rss_checked = !xd_wrapped() && MOAT_TEST_RSS_MEANINGFUL;
+    if (rss_checked)
         assert_true(rss_max - rss_before < 16 * 1024);
+    else
+        moat_skip_note("execd's RSS bound not checked under valgrind or ASan");
     FILE *f = fopen(go, "w");
     assert_non_null(f);
     fclose(f);
@@ -551,7 +554,7 @@ static void test_stdin_back_pressure(void **state)
     char want[32];
     snprintf(want, sizeof(want), "%zu\n", sd.sent);
     assert_non_null(xd_ws_wait_output(ws, want, WAIT_MS * 4));
-    if (!xd_wrapped())
+    if (rss_checked)
         assert_true(xd_rss_kb(xp.pid) - rss_before < 16 * 1024);
     xd_ws_close(ws);
     unlink(go);

@@ -109,7 +109,12 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
     m->opcode = arg->opcode;
     m->len = arg->msg_length;
     m->data = malloc(arg->msg_length + 1);
-    memcpy(m->data, arg->msg, arg->msg_length);
+    if (m->data == NULL) {
+        ws->count--;
+        return;
+    }
+    if (arg->msg_length > 0) /* an empty message may come with no buffer */
+        memcpy(m->data, arg->msg, arg->msg_length);
     m->data[m->len] = '\0';
     m->close_code = arg->status_code;
 }

@@ -174,6 +174,25 @@ static void expect_contains(const char *text, const char *want)
         fail_msg("expected \"%s\" in:\n%s", want, text);
 }
 
+/* Whether anything is left of slot_id's prepared workspace: its image or its staging mount. */
+static bool prepared_left(const moat_runtime *rt, const char *slot_id)
+{
+    char image[MOAT_RUNTIME_PATH_MAX], staging[MOAT_RUNTIME_PATH_MAX];
+    snprintf(image, sizeof(image), "%s/%s.prepared.ext4", rt->ws.images_dir, slot_id);
+    snprintf(staging, sizeof(staging), "%s/pool-staging/%s", rt->cfg.state_dir, slot_id);
+    return access(image, F_OK) == 0 || access(staging, F_OK) == 0;
+}
+
+/* The id of the oldest ready slot. */
+static void ready_slot(moat_runtime *rt, char out[MOAT_UUID_STR_LEN])
+{
+    pthread_mutex_lock(&rt->pool_mu);
+    assert_true(rt->pool_ready_count > 0);
+    memcpy(out, rt->pool_ready[0].session_id, MOAT_UUID_STR_LEN);
+    assert_true(rt->pool_ready[0].prepared);
+    pthread_mutex_unlock(&rt->pool_mu);
+}
+
 /* A claimed slot is the chat's session: its workspace, its records, its end. */
 static void test_claim_behaves_as_a_session(void **state)
 {
@@ -181,19 +200,30 @@ static void test_claim_behaves_as_a_session(void **state)
     moat_status st;
     assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
     wait_ready(f->rt, 1);
-    char chat[MOAT_UUID_STR_LEN];
+    char chat[MOAT_UUID_STR_LEN], slot[MOAT_UUID_STR_LEN];
     moat_uuid_generate(chat);
+    ready_slot(f->rt, slot);
+    assert_true(prepared_left(f->rt, slot));
     moat_session s;
     claim(f->rt, chat, 600000, &s);
     assert_string_equal(s.chat_id, chat);
+    assert_string_equal(s.session_id, slot);
     assert_int_equal(s.state, MOAT_SESSION_RUNNING);
+    /* The prepared workspace became the chat's: renamed, moved, nothing of it left behind. */
+    assert_false(prepared_left(f->rt, slot));
+    char image[MOAT_RUNTIME_PATH_MAX];
+    snprintf(image, sizeof(image), "%s/%s.ext4", f->rt->ws.images_dir, chat);
+    assert_int_equal(access(image, F_OK), 0);
 
-    /* The chat's ext4 workspace, read-write for the sandbox user, hardened as a cold one. */
+    /* The chat's ext4 workspace, empty, read-write for the sandbox user, hardened as a cold one. */
     char *out = in_sandbox(&s, "grep \" /workspace/chat \" /proc/self/mountinfo | tail -n 1; "
+                               "ls -A /workspace/chat | wc -l; stat -c %a /workspace/chat; "
                                "echo pooled > /workspace/chat/note && echo wrote");
     expect_contains(out, "ext4");
     expect_contains(out, "nosuid");
-    expect_contains(out, "wrote");
+    expect_contains(out, "nodev");
+    expect_contains(out, "noatime");
+    expect_contains(out, "\n0\n700\nwrote");
     free(out);
     char host_note[256];
     snprintf(host_note, sizeof(host_note), "%s/%s/note", f->chats, chat);
@@ -231,6 +261,16 @@ static void test_claim_behaves_as_a_session(void **state)
     assert_string_equal(out, "pooled\n");
     free(out);
     assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);
+
+    /* A chat with a workspace: the claim attaches that one, and the prepared one goes. */
+    wait_ready(f->rt, 1);
+    ready_slot(f->rt, slot);
+    claim(f->rt, chat, 600000, &s);
+    assert_false(prepared_left(f->rt, slot));
+    out = in_sandbox(&s, "cat /workspace/chat/note");
+    assert_string_equal(out, "pooled\n");
+    free(out);
+    assert_int_equal(moat_runtime_stop(f->rt, s.session_id, &st), MOAT_CODE_OK);
 }
 
 typedef struct claimer {
@@ -256,8 +296,8 @@ static void *reap_main(void *arg)
     return NULL;
 }
 
-/* Two chats race for one slot: one gets it, the other is told the pool is empty; a claim racing
- * a reaper sweep keeps its sandbox. */
+/* Two chats race for one slot: one gets it, the other waits for its refill or is told the pool is
+ * empty, never handed the same sandbox; a claim racing a reaper sweep keeps its sandbox. */
 static void test_claim_races(void **state)
 {
     fx *f = *state;
@@ -273,9 +313,11 @@ static void test_claim_races(void **state)
     for (int i = 0; i < 2; i++)
         pthread_join(t[i], NULL);
     int won = (c[0].code == MOAT_CODE_OK) + (c[1].code == MOAT_CODE_OK);
-    assert_int_equal(won, 1);
-    claimer *loser = c[0].code == MOAT_CODE_OK ? &c[1] : &c[0];
-    assert_int_equal(loser->code, MOAT_CODE_NOT_FOUND);
+    assert_true(won >= 1);
+    if (won == 2)
+        assert_string_not_equal(c[0].s.session_id, c[1].s.session_id);
+    else
+        assert_int_equal((c[0].code == MOAT_CODE_OK ? &c[1] : &c[0])->code, MOAT_CODE_NOT_FOUND);
 
     wait_ready(f->rt, 1);
     claimer during = {.rt = f->rt};
@@ -286,8 +328,9 @@ static void test_claim_races(void **state)
     pthread_join(t[0], NULL);
     pthread_join(reaper, NULL);
     assert_int_equal(during.code, MOAT_CODE_OK);
-    assert_string_not_equal(during.s.session_id,
-                            c[0].code == MOAT_CODE_OK ? c[0].s.session_id : c[1].s.session_id);
+    for (int i = 0; i < 2; i++)
+        if (c[i].code == MOAT_CODE_OK)
+            assert_string_not_equal(during.s.session_id, c[i].s.session_id);
     moat_runtime_reap(f->rt, moat_time_now_ms(), NULL, &st);
     moat_session got;
     assert_int_equal(moat_runtime_get(f->rt, during.s.session_id, &got, &st), MOAT_CODE_OK);
@@ -319,7 +362,7 @@ static void test_reaper_expires_a_claim(void **state)
 }
 
 /* A restart: the next runtime (nothing of the first in its memory) adopts the claimed session
- * and removes the slot nobody claimed. */
+ * and removes the slot nobody claimed, with its prepared workspace. */
 static void test_reconcile_after_restart(void **state)
 {
     fx *f = *state;
@@ -341,11 +384,15 @@ static void test_reconcile_after_restart(void **state)
     moat_runtime *older = open_runtime(f);
     assert_int_equal(moat_runtime_start_pool(older, &st), MOAT_CODE_OK);
     wait_ready(older, 1);
+    char unclaimed[MOAT_UUID_STR_LEN];
+    ready_slot(older, unclaimed);
+    assert_true(prepared_left(older, unclaimed));
     f->cfg.pool_size = 0;
     f->rt = open_runtime(f);
     moat_reconcile_report rep;
     assert_int_equal(moat_runtime_reconcile(f->rt, moat_time_now_ms(), &rep, &st), MOAT_CODE_OK);
     assert_int_equal(rep.pool_slots_removed, 1);
+    assert_false(prepared_left(f->rt, unclaimed));
     moat_session got;
     assert_int_equal(moat_runtime_get(f->rt, s.session_id, &got, &st), MOAT_CODE_OK);
     assert_int_equal(got.state, MOAT_SESSION_RUNNING);

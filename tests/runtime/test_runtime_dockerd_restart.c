@@ -19,75 +19,16 @@
 
 #include "runtime/runtime.h"
 #include "host_mounts.h"
+#include "private_dockerd.h"
 
 #define IMAGE "moat-sandbox:latest"
 
-typedef struct engine {
-    char dir[64];
-    char sock[128];
-    pid_t pid;
-} engine;
-
-static engine eng;
+static private_dockerd eng;
 
 static int run(const char *cmd)
 {
     int rc = system(cmd);
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
-
-static int engine_answers(void)
-{
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "/usr/bin/docker -H unix://%s version >/dev/null 2>&1", eng.sock);
-    return run(cmd) == 0;
-}
-
-static int engine_start(void)
-{
-    char log[160], data[128], exec_root[128], pidfile[128];
-    snprintf(log, sizeof(log), "%s/dockerd.log", eng.dir);
-    snprintf(data, sizeof(data), "--data-root=%s/data", eng.dir);
-    snprintf(exec_root, sizeof(exec_root), "--exec-root=%s/exec", eng.dir);
-    snprintf(pidfile, sizeof(pidfile), "--pidfile=%s/dockerd.pid", eng.dir);
-    char host[160];
-    snprintf(host, sizeof(host), "unix://%s", eng.sock);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        FILE *out = freopen(log, "a", stdout);
-        FILE *err = freopen(log, "a", stderr);
-        (void)out;
-        (void)err;
-        execlp("dockerd", "dockerd", data, exec_root, pidfile, "-H", host, "--bridge=none",
-               "--iptables=false", "--ip6tables=false", (char *)NULL);
-        _exit(127);
-    }
-    eng.pid = pid;
-    for (int i = 0; i < 300; i++) { /* bounded: 30 s */
-        if (engine_answers())
-            return 0;
-        usleep(100000);
-    }
-    return -1;
-}
-
-static void engine_stop(void)
-{
-    if (eng.pid <= 0)
-        return;
-    kill(eng.pid, SIGTERM);
-    for (int i = 0; i < 600; i++) { /* bounded: 60 s, then SIGKILL */
-        if (waitpid(eng.pid, NULL, WNOHANG) == eng.pid) {
-            eng.pid = 0;
-            return;
-        }
-        usleep(100000);
-    }
-    kill(eng.pid, SIGKILL);
-    waitpid(eng.pid, NULL, 0);
-    eng.pid = 0;
 }
 
 static int group_setup(void **state)
@@ -113,9 +54,9 @@ static int group_setup(void **state)
     if (mkdtemp(eng.dir) == NULL)
         return -1;
     snprintf(eng.sock, sizeof(eng.sock), "%s/docker.sock", eng.dir);
-    if (engine_start() != 0) {
+    if (private_dockerd_start(&eng, 30) != 0) {
         fprintf(stderr, "private dockerd did not start; see %s/dockerd.log\n", eng.dir);
-        engine_stop();
+        private_dockerd_stop(&eng, 60);
         return -1;
     }
     snprintf(cmd, sizeof(cmd),
@@ -150,7 +91,7 @@ static int group_teardown(void **state)
              eng.sock, eng.sock);
     if (eng.pid > 0)
         run(cmd);
-    engine_stop();
+    private_dockerd_stop(&eng, 60);
     host_unmount_under(eng.dir);
     snprintf(cmd, sizeof(cmd), "rm -rf %s", eng.dir);
     run(cmd);
@@ -222,7 +163,7 @@ static void test_engine_down_then_back(void **state)
     free(list);
 
     /* The engine goes down under the running reaper and watcher. */
-    engine_stop();
+    private_dockerd_stop(&eng, 60);
     assert_int_equal(moat_runtime_list_active(rt, &list, &n, &st), MOAT_CODE_UNAVAILABLE);
     assert_string_equal(st.reason, "docker_unavailable");
     now = moat_time_now_ms();
@@ -236,7 +177,7 @@ static void test_engine_down_then_back(void **state)
 
     /* Back: the same runtime object works again; reconcile restarts the session the engine
      * stopped on shutdown, and its execd answers again. */
-    assert_int_equal(engine_start(), 0);
+    assert_int_equal(private_dockerd_start(&eng, 30), 0);
     moat_reconcile_report rep;
     assert_int_equal(moat_runtime_reconcile(rt, moat_time_now_ms(), &rep, &st), MOAT_CODE_OK);
     assert_int_equal(rep.adopted, 1);

@@ -28,6 +28,18 @@ int moat__run_group_tests(const char *name, const struct CMUnitTest *tests, size
     moat__run_group_tests(name, tests, sizeof(tests) / sizeof((tests)[0]), group_setup,            \
                           group_teardown)
 
+/* ASan's quarantine keeps freed memory resident, so an RSS bound says nothing in its builds. */
+#if defined(__SANITIZE_ADDRESS__)
+#define MOAT_TEST_RSS_MEANINGFUL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOAT_TEST_RSS_MEANINGFUL 0
+#endif
+#endif
+#ifndef MOAT_TEST_RSS_MEANINGFUL
+#define MOAT_TEST_RSS_MEANINGFUL 1
+#endif
+
 /* A line "SKIP: <test>: <reason>" on stdout, which scripts/test.sh lists at the end of a run. */
 #define moat_skip_note(reason)                                                                     \
     do {                                                                                           \
