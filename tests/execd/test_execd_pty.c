@@ -232,6 +232,19 @@ static void test_resize_and_term(void **state)
     assert_non_null(xd_ws_wait_output(ws, "43 132\r\n", WAIT_MS));
     xd_ws_close(ws);
     delete_session(id, 200);
+
+    /* rows= and cols= (moat's extension): the size the command sees from its start; values out
+     * of 1..65535 leave the default. */
+    static const char *const sizes[][2] = {{"?rows=50&cols=170", "50 170\r\n"},
+                                           {"?rows=0&cols=65536", "24 80\r\n"}};
+    for (size_t i = 0; i < 2; i++) {
+        id = create(&unix_t, "{\"command\":\"stty size\"}");
+        ws = attach(&unix_t, id, sizes[i][0]);
+        expect_connected(ws, id, "pty");
+        assert_non_null(xd_ws_wait_output(ws, sizes[i][1], WAIT_MS));
+        xd_ws_close(ws);
+        delete_session(id, 200);
+    }
 }
 
 /* Whether a process with exactly this command line exists. */
