@@ -1000,6 +1000,8 @@ int main(int argc, char **argv)
         bench_memory(quick);
     if (want("list"))
         bench_list(quick ? 20 : 200, quick ? 10 : 50);
+    if (want("terminals"))
+        bench_terminals(quick ? 20 : 100);
     if (!want("latency") && !want("stream") && !want("concurrent") && !want("tti"))
         return failures == 0 ? 0 : 1;
 

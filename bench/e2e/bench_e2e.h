@@ -25,4 +25,8 @@ bool create_session(raw_conn *c, const char *chat, Moat__V1__Resources *res, cha
  * against Docker's own filtered list of the same containers in the same run (bench_list.c). */
 void bench_list(int nsessions, int runs);
 
+/* What n idle terminal sessions (Exec/Interactive, bash in a tty) cost moatd's RSS, through its
+ * own moatd (bench_terminals.c). */
+void bench_terminals(int n);
+
 #endif

@@ -177,7 +177,9 @@ static enum MHD_Result pty_create(struct MHD_Connection *conn, xd_req *r)
     pthread_mutex_unlock(&table_lock);
     if (full) {
         session_free(s);
-        return xd_respond_error(conn, 500, "RUNTIME_ERROR", "too many pty sessions (%d)",
+        /* A limit, not a fault: 429 tells a client to close one first (moatd:
+         * RESOURCE_EXHAUSTED). */
+        return xd_respond_error(conn, 429, "TOO_MANY_SESSIONS", "too many pty sessions (%d)",
                                 XD_PTY_SESSIONS_MAX);
     }
     cJSON *body = cJSON_CreateObject();

@@ -148,7 +148,7 @@ static cJSON *status_of(const char *id, long want)
 static void delete_session(const char *id, long want)
 {
     char path[128];
-    snprintf(path, sizeof(path), "/pty/%s", id);
+    snprintf(path, sizeof(path), "/pty/%.64s", id);
     xd_resp r = xd_http(&unix_t, "DELETE", path, NULL, NULL);
     assert_int_equal(r.status, want);
     if (want == 404)
@@ -605,6 +605,16 @@ static void test_bad_requests(void **state)
     assert_int_equal(r.status, 401);
     xd_resp_free(&r);
     delete_session(id, 200);
+
+    /* Sessions are bounded (64): one more is 429, a limit the client can act on. */
+    char ids[64][40];
+    for (int i = 0; i < 64; i++)
+        snprintf(ids[i], sizeof(ids[i]), "%s", create(&unix_t, NULL));
+    r = xd_http(&unix_t, "POST", "/pty", NULL, NULL);
+    assert_int_equal(r.status, 429);
+    xd_resp_free(&r);
+    for (int i = 0; i < 64; i++)
+        delete_session(ids[i], 200);
 }
 
 static int setup(void **state)
