@@ -23,10 +23,11 @@
  *     (<= 0.75x) with a local pty as the floor, and 256 MiB of stdin into `cat >/dev/null`
  *     through `moat exec -i` vs `docker exec -i` (>= 2x) (bench_interactive.c)
  *
- * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|memory|list|interactive]...
- * (needs dockerd,
- * moat-sandbox:latest and the execd bundle from scripts/build-sandbox-image.sh <build-dir>; env
- * MOAT_BUILD_DIR = that build dir)
+ * 10. terminals: moatd's RSS for idle terminal sessions (bench_terminals.c)
+ *
+ * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|memory|list|interactive|
+ * terminals]... (needs dockerd, moat-sandbox:latest and the execd bundle from
+ * scripts/build-sandbox-image.sh <build-dir>; env MOAT_BUILD_DIR = that build dir)
  * --quick shrinks counts (the figures are then indicative only); naming phases runs only
  * those. Every phase is bounded. */
 #include <errno.h>
@@ -1003,6 +1004,8 @@ int main(int argc, char **argv)
         bench_memory(quick);
     if (want("list"))
         bench_list(quick ? 20 : 200, quick ? 10 : 50);
+    if (want("terminals"))
+        bench_terminals(quick ? 20 : 100);
     if (!want("latency") && !want("stream") && !want("concurrent") && !want("tti") &&
         !want("interactive"))
         return failures == 0 ? 0 : 1;

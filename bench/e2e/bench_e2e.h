@@ -36,4 +36,8 @@ void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *si
  * against Docker's own filtered list of the same containers in the same run (bench_list.c). */
 void bench_list(int nsessions, int runs);
 
+/* What n idle terminal sessions (Exec/Interactive, bash in a tty) cost moatd's RSS, through its
+ * own moatd (bench_terminals.c). */
+void bench_terminals(int n);
+
 #endif

@@ -27,8 +27,6 @@
 #define PTY_REPLAY 0x03
 /* A replay is the 1 MiB ring at most, with its code and 8-byte offset. */
 #define PTY_MAX_MESSAGE ((1u << 20) + 64u)
-/* What an output delivery costs the consumer's credit, as an exec event does. */
-#define OUTPUT_OVERHEAD 16u
 /* Close code of a client that another attach took over. */
 #define WS_TAKEN_OVER 4001
 
@@ -42,6 +40,7 @@ struct moat_bridge_terminal {
     char session_id[64];
     bridge_req *req; /* the WebSocket transfer, once started */
     bool creating;   /* POST /pty in flight */
+    bool attaching;  /* opts.attach_id: a session made earlier */
     wslay_event_context_ptr ws;
     int fd;            /* curl's socket, from its sockopt callback; -1 before */
     int wfd;           /* dup of fd that the loop watches for writability; -1 when not */
@@ -171,7 +170,7 @@ static void deliver_output(moat_bridge_terminal *t, moat_bridge_stream stream, c
 {
     while (len > 0 && !t->ended) {
         size_t n = len < MOAT_BRIDGE_MAX_BINARY ? len : MOAT_BRIDGE_MAX_BINARY;
-        t->credit -= (int64_t)(n + OUTPUT_OVERHEAD);
+        t->credit -= (int64_t)(n + MOAT_BRIDGE_TERMINAL_OUTPUT_OVERHEAD);
         t->c.on_output(t->c.ud, t, stream, p, n);
         p += n;
         len -= n;
@@ -286,9 +285,18 @@ static void ws_done(bridge_req *r, CURLcode rc)
 
 static moat_err connect_ws(moat_bridge_terminal *t, moat_status *st)
 {
-    char path[256];
-    snprintf(path, sizeof(path), "/pty/%s/ws?pty=%d%s%s", t->session_id, t->opts.tty ? 1 : 0,
-             t->term != NULL ? "&term=" : "", t->term != NULL ? t->term : "");
+    char path[320];
+    int len = snprintf(path, sizeof(path), "/pty/%s/ws?pty=%d", t->session_id, t->opts.tty ? 1 : 0);
+    if (t->term != NULL)
+        len += snprintf(path + len, sizeof(path) - (size_t)len, "&term=%s", t->term);
+    if (t->opts.rows > 0 && t->opts.cols > 0)
+        len += snprintf(path + len, sizeof(path) - (size_t)len, "&rows=%u&cols=%u", t->opts.rows,
+                        t->opts.cols);
+    if (t->attaching)
+        len += snprintf(path + len, sizeof(path) - (size_t)len, "&takeover=1");
+    if (t->attaching && t->opts.replay)
+        snprintf(path + len, sizeof(path) - (size_t)len, "&since=%llu",
+                 (unsigned long long)t->opts.since);
     bridge_req *r = moat__req_new(t->b, &t->ep, "GET", path, NULL, st);
     if (r == NULL)
         return MOAT_E_NOMEM;
@@ -305,6 +313,8 @@ static moat_err connect_ws(moat_bridge_terminal *t, moat_status *st)
     curl_easy_setopt(r->easy, CURLOPT_URL, url);
     curl_easy_setopt(r->easy, CURLOPT_WS_OPTIONS, (long)CURLWS_RAW_MODE);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    /* Keystrokes and screens, not bulk: a small receive buffer keeps an idle terminal cheap. */
+    curl_easy_setopt(r->easy, CURLOPT_BUFFERSIZE, (long)MOAT_BRIDGE_TERMINAL_RECV_BUFFER);
     /* A connection of its own: take_socket must see it, and it is never handed back. */
     curl_easy_setopt(r->easy, CURLOPT_FRESH_CONNECT, 1L);
     curl_easy_setopt(r->easy, CURLOPT_FORBID_REUSE, 1L);
@@ -377,6 +387,18 @@ moat_err moat_bridge_terminal_open(moat_bridge *b, const moat_bridge_endpoint *e
                         "term must be 1 to 64 letters, digits or ._+-");
         return MOAT_E_INVAL;
     }
+    if (opts->rows > UINT16_MAX || opts->cols > UINT16_MAX) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "bad_terminal_size",
+                        "rows and cols are at most 65535");
+        return MOAT_E_INVAL;
+    }
+    bool attaching = opts->attach_id != NULL && *opts->attach_id;
+    char attach_id[MOAT_UUID_STR_LEN];
+    if (attaching && moat_uuid_canonicalize(opts->attach_id, attach_id) != MOAT_OK) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_attach_id",
+                        "attach_id is not a terminal session's id");
+        return MOAT_E_INVAL;
+    }
     moat_bridge_terminal *t = calloc(1, sizeof(*t));
     bool failed = t == NULL;
     if (t != NULL) {
@@ -385,6 +407,7 @@ moat_err moat_bridge_terminal_open(moat_bridge *b, const moat_bridge_endpoint *e
         t->credit = credit > INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)credit;
         t->c = *consumer;
         t->opts = *opts;
+        t->attaching = attaching;
         t->unix_socket = dup_or_null(ep->unix_socket, &failed);
         t->base_url = dup_or_null(ep->base_url, &failed);
         t->token = dup_or_null(ep->access_token, &failed);
@@ -407,12 +430,18 @@ moat_err moat_bridge_terminal_open(moat_bridge *b, const moat_bridge_endpoint *e
         return MOAT_E_NOMEM;
     }
     wslay_event_config_set_max_recv_msg_length(t->ws, PTY_MAX_MESSAGE);
-    moat_err err = moat_bridge_create_pty(b, &t->ep, t->command, t->cwd, created, t, st);
+    moat_err err;
+    if (t->attaching) {
+        snprintf(t->session_id, sizeof(t->session_id), "%s", attach_id);
+        err = connect_ws(t, st);
+    } else {
+        err = moat_bridge_create_pty(b, &t->ep, t->command, t->cwd, created, t, st);
+        t->creating = err == MOAT_OK;
+    }
     if (err != MOAT_OK) {
         terminal_free(t);
         return err;
     }
-    t->creating = true;
     moat__terminal_link(b, t);
     *out = t;
     return MOAT_OK;

@@ -14,6 +14,11 @@ extern "C" {
 
 typedef struct moat_bridge_terminal moat_bridge_terminal;
 
+/* What an output delivery costs the consumer's credit beyond its bytes, as an exec event does. */
+#define MOAT_BRIDGE_TERMINAL_OUTPUT_OVERHEAD 16u
+/* curl's receive buffer for a terminal's WebSocket: what one delivery may run past credit. */
+#define MOAT_BRIDGE_TERMINAL_RECV_BUFFER (16u * 1024)
+
 /* What the terminal's owner hears. Pointers are valid during the callback only. */
 typedef struct moat_bridge_terminal_consumer {
     /* The WebSocket is up; session_id is execd's id of the terminal session. */
@@ -36,13 +41,20 @@ typedef struct moat_bridge_terminal_opts {
     const char *cwd;     /* NULL or "" = execd's default */
     bool tty;            /* a pty (one output stream); false: pipes (stdout and stderr apart) */
     const char *term;    /* TERM, tty only; NULL or "" = execd's default */
+    uint32_t rows, cols; /* tty only: the size it starts with (1 to 65535); 0 = execd's default */
+    /* Reattach to this running terminal session instead of making one (command, cwd and tty
+     * are then its own); a client still attached to it is taken over. */
+    const char *attach_id;
+    bool replay;    /* with attach_id: first the output execd still holds from... */
+    uint64_t since; /* ...this byte offset on */
 } moat_bridge_terminal_opts;
 
-/* Creates a terminal session in execd and connects to it. credit is the output bytes the
- * consumer takes before it calls moat_bridge_terminal_credit (an output costs its length +
- * 16; a terminal delivers at most one receive buffer, 64 KiB, past its credit before it
- * pauses). *out stays valid until on_end returns. On error nothing was started, *st says why
- * and no callback runs. */
+/* Creates a terminal session in execd (or takes opts->attach_id) and connects to it. credit is the
+ * output bytes the consumer takes before it calls moat_bridge_terminal_credit (an output costs its
+ * length + MOAT_BRIDGE_TERMINAL_OUTPUT_OVERHEAD; a terminal delivers at most what one receive
+ * buffer completes past its credit before it pauses: MOAT_BRIDGE_TERMINAL_RECV_BUFFER, or a replay
+ * of execd's ring, 1 MiB at most). *out stays valid until on_end returns. On error nothing was
+ * started, *st says why and no callback runs. */
 moat_err moat_bridge_terminal_open(moat_bridge *b, const moat_bridge_endpoint *ep,
                                    const moat_bridge_terminal_opts *opts,
                                    const moat_bridge_terminal_consumer *consumer, uint64_t credit,

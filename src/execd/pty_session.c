@@ -27,8 +27,6 @@
 /* After the process ended, output still arriving (a pty hands it over asynchronously, and
  * children may hold the terminal) is taken until this long passes without any. */
 #define DRAIN_QUIET_NS (100ull * NS_PER_MS)
-#define DEFAULT_COLS   80
-#define DEFAULT_ROWS   24
 
 typedef struct session_io {
     xd_pty *s;
@@ -97,7 +95,7 @@ static bool open_pty(session_io *io, int *slave)
             close(m);
         return false;
     }
-    struct winsize size = {.ws_row = DEFAULT_ROWS, .ws_col = DEFAULT_COLS};
+    struct winsize size = {.ws_row = io->s->rows, .ws_col = io->s->cols};
     ioctl(m, TIOCSWINSZ, &size);
     fcntl(m, F_SETFL, O_NONBLOCK);
     io->pty_master = io->in_fd = io->out_fd = m;

@@ -84,7 +84,7 @@ void moat__sandboxes_list(stream *st, const ProtobufCMessage *req);
 void moat__sandboxes_renew(stream *st, const ProtobufCMessage *req);
 void moat__sandboxes_stop(stream *st, const ProtobufCMessage *req);
 void moat__health_check(stream *st, const ProtobufCMessage *req);
-/* Exec/Interactive: in the schema, not served yet (docs/PROTOCOL.md, "Interactive calls"). */
+/* Exec/Interactive: a command with its stdin, or a terminal (svc_interactive.c). */
 void moat__exec_interactive(stream *st, const ProtobufCMessage *req);
 /* Reconciles with the runtime, then starts its reaper and watcher (svc_sessions.c). */
 void moat__sessions_start(srv *s);
@@ -112,6 +112,12 @@ moat_err moat__files_remove(stream *st, const moat_bridge_endpoint *ep, moat_sta
 moat_err moat__files_move(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
 moat_err moat__files_mkdir(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
 moat_err moat__files_chmod(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+
+/* A connection whose undelivered output fills its share of the budget (a client that does not
+ * read) gets no new output stream: it could only add to what already waits for it. Its streams
+ * are paused meanwhile, so the share bounds it whatever their number. Ends the call
+ * RESOURCE_EXHAUSTED and returns true in that case (svc_exec.c). */
+bool moat__refuse_unread_connection(stream *st);
 
 /* ---- helpers (handlers.c) ------------------------------------------------------------------- */
 
