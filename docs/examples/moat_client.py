@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 
+# What Client._next returns for a WindowUpdate on the call's stream.
+CREDIT = object()
 PROTO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto")
 PREHELLO_MAX_FRAME = 4096
 
@@ -123,8 +125,8 @@ class Client:
         self._send(msg)
 
     def _next(self, call):
-        """Reads frames until the call's next response payload, or None at its End; raises
-        MoatError for an End other than OK. WindowUpdates on its stream add to its credit."""
+        """Reads frames until the call's next response payload, None at its End, or CREDIT when a
+        WindowUpdate added to its credit; raises MoatError for an End other than OK."""
         while True:
             f = self._recv()
             kind = f.WhichOneof("kind")
@@ -139,6 +141,7 @@ class Client:
                 continue  # frames of other calls
             elif kind == "window_update":
                 call.credit += f.window_update.increment
+                return CREDIT
             elif kind == "message":
                 call.consumed += len(f.message.payload)
                 # Credit goes back once half the window has been consumed, as libmoat does.
@@ -160,6 +163,8 @@ class Client:
             payload = self._next(call)
             if payload is None:
                 return
+            if payload is CREDIT:
+                continue
             resp = response_cls()
             resp.ParseFromString(payload)
             yield resp
@@ -223,6 +228,7 @@ class Client:
         def handle(payload):
             if payload is None:
                 outcome["ended"] = True
+            if payload is None or payload is CREDIT:
                 return
             ev = e.ExecEvent()
             ev.ParseFromString(payload)
@@ -232,8 +238,9 @@ class Client:
             elif kind == "exit" and ev.exit.exit_code.WhichOneof("value") == "code":
                 outcome["code"] = ev.exit.exit_code.code
 
-        # Pieces that fit a frame and the window, each wrapped in an InteractiveRequest.
-        piece = max(1, min(self.max_frame - 4096, self.ack.initial_window) - 16)
+        # 64 KiB pieces, each wrapped in an InteractiveRequest: far below a frame and the window,
+        # and what a terminal's reader takes at once.
+        piece = 64 * 1024
         inputs = (e.InteractiveRequest(stdin=stdin[i:i + piece]) for i in range(0, len(stdin), piece))
         for r in itertools.chain(inputs, [e.InteractiveRequest(close_stdin=True)]):
             payload = r.SerializeToString()

@@ -24,6 +24,8 @@
 /* How long a screen may take to show what is awaited: only a bound that turns a hang into a
  * failure, never a measure of speed. */
 #define SCREEN_WAIT_S 60
+/* The pane's own shell: bash without rc files, with a prompt of its own. */
+#define LOCAL_SHELL "env PS1='local$ ' TERM=xterm bash --norc --noprofile"
 
 static moatd_proc P;
 /* This run's own container prefix and tmux socket, so that runs at the same time on one host
@@ -234,6 +236,20 @@ static int setup(void **state)
     return tmux("set-option", "-g", "window-size", "manual", NULL, NULL) == 0 ? 0 : -1;
 }
 
+/* Each test starts at a fresh local prompt in a 100 x 30 window with nothing on the screen:
+ * the pane's bash is started again (which ends a CLI a failed test left running). */
+static int fresh_pane(void **state)
+{
+    (void)state;
+    const char *respawn[] = {"tmux", "-L",        tmux_socket, "respawn-pane", "-k", "-t",
+                             "main", LOCAL_SHELL, NULL};
+    const char *size[] = {"tmux", "-L", tmux_socket, "resize-window", "-t", "main", "-x", "100",
+                          "-y",   "30", NULL};
+    bool ok = run_argv(respawn, NULL) == 0 && run_argv(size, NULL) == 0 &&
+              tmux("clear-history", "-t", "main", NULL, NULL, NULL) == 0;
+    return ok ? 0 : -1;
+}
+
 /* The last test stops moatd and checks how it exited; here it runs only when a failure came
  * first. The tmux server goes in any case. */
 static int teardown(void **state)
@@ -272,8 +288,9 @@ static void test_shell_in_tmux(void **state)
 
     type_line("stty size");
     await_screen("30 100", true);
-    assert_int_equal(tmux("resize-window", "-t", "main", "-x", "120", NULL), 0);
-    assert_int_equal(tmux("resize-window", "-t", "main", "-y", "40", NULL), 0);
+    const char *resize[] = {"tmux", "-L", tmux_socket, "resize-window", "-t", "main", "-x", "120",
+                            "-y",   "40", NULL};
+    assert_int_equal(run_argv(resize, NULL), 0);
     type_line("stty size");
     await_screen("40 120", true);
 
@@ -288,13 +305,17 @@ static void test_shell_in_tmux(void **state)
     type_line("vi /tmp/from-vi.txt");
     await_screen("~", true);
     assert_int_equal(tmux("send-keys", "-t", "main", "-l", "ihello-from-vi", NULL), 0);
+    await_screen("hello-from-vi", true);
+    await_screen("I /tmp/from-vi.txt", false);
+    /* an Escape alone, not the start of a key's sequence: the next keys wait for command mode */
     assert_int_equal(tmux("send-keys", "-t", "main", "Escape", NULL, NULL), 0);
+    await_screen("- /tmp/from-vi.txt", false);
     type_line(":wq");
     type_line("cat /tmp/from-vi.txt");
     await_screen("hello-from-vi", true);
 
     type_line("exit 3");
-    await_screen("cli-exit=3", true);
+    await_screen("cli-exit=3", false);
     assert_terminal_cooked();
 }
 
@@ -326,7 +347,7 @@ static void test_terminal_restored_on_sigterm(void **state)
     pid_t pid = read_pid(pid_path);
     assert_true(pid > 0);
     assert_int_equal(kill(pid, SIGTERM), 0);
-    await_screen("cli-exit=143", true);
+    await_screen("cli-exit=143", false);
     assert_terminal_cooked();
 }
 
@@ -345,7 +366,7 @@ static void test_terminal_restored_when_moatd_dies(void **state)
     snprintf(pid_path, sizeof(pid_path), "%s/cli-kill.pid", P.state_dir);
     start_shell(doomed.port, own, pid_path, "doomed");
     doomed_remove();
-    await_screen("cli-exit=1", true);
+    await_screen("cli-exit=1", false);
     await_screen("moat: UNAVAILABLE: ", false);
     assert_terminal_cooked();
 }
@@ -355,11 +376,12 @@ int main(void)
     if (run_argv((const char *const[]){"tmux", "-V", NULL}, "/dev/null") != 0)
         return moat_skip_all("tmux is not installed", true);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_shell_in_tmux),
+        cmocka_unit_test_setup(test_shell_in_tmux, fresh_pane),
         cmocka_unit_test(test_exec_stdin_pipe),
-        cmocka_unit_test(test_terminal_restored_on_sigterm),
-        cmocka_unit_test(test_terminal_restored_when_moatd_dies),
-        cmocka_unit_test_prestate(test_moatd_exits_0_on_sigterm, &P),
+        cmocka_unit_test_setup(test_terminal_restored_on_sigterm, fresh_pane),
+        cmocka_unit_test_setup(test_terminal_restored_when_moatd_dies, fresh_pane),
+        cmocka_unit_test_prestate_setup_teardown(test_moatd_exits_0_on_sigterm, fresh_pane, NULL,
+                                                 &P),
     };
     return moat_run_group_tests("moat_shell_e2e", tests, setup, teardown);
 }
