@@ -161,6 +161,10 @@ static void interactive_exit(fake *s, uint32_t id, int code)
 static void interactive_start(fake *s, uint32_t id, const Moat__V1__InteractiveStart *st)
 {
     memset(&term, 0, sizeof term);
+    if (strcmp(st->session_id, "nope") == 0) {
+        fake_send_end(s, id, MOAT_CODE_NOT_FOUND, "no such session", "session_not_found", NULL);
+        return;
+    }
     term.tty = st->tty;
     snprintf(term.command, sizeof term.command, "%s", st->command);
     char text[160];
@@ -683,6 +687,11 @@ static void test_exec_stdin(void **state)
     moat(&r, "exec", "-i", "sess-1", "--", "wc", "-l", NULL);
     assert_int_equal(r.status, 0);
     assert_string_equal(r.out, "0\n");
+    /* the server's refusal, as any call's */
+    cli_input = "x\n";
+    moat(&r, "exec", "-i", "nope", "--", "cat", NULL);
+    assert_int_equal(r.status, 1);
+    assert_string_equal(r.err, "moat: NOT_FOUND: no such session (reason=session_not_found)\n");
     /* a terminal needs one at this end, as docker exec -it does */
     moat(&r, "exec", "-it", "sess-1", "--", "cat", NULL);
     assert_int_equal(r.status, 1);
