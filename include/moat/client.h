@@ -101,7 +101,10 @@ void moat_call_free(moat_call *call);
  * ended or the connection is gone (moat_call_status says why once
  * moat_call_recv returned MOAT_E_CLOSED). payload is read only during the call. */
 moat_err moat_call_send(moat_call *call, moat_slice payload, int timeout_ms);
-/* The credit left: the payload bytes moat_call_send can send now without waiting. */
+/* The credit left: the payload bytes moat_call_send can send now without waiting.
+ * Credit comes in WindowUpdates, for which moat_call_recv does not return: a
+ * program that must not block waits on moat_client_fd and then reads with
+ * moat_call_recv(call, 0, …), which takes them in. */
 uint32_t moat_call_send_window(const moat_call *call);
 
 /* Unary helper: start, one response copied into resp[0..cap) (*resp_len),
