@@ -272,15 +272,22 @@ static void test_cp_large_and_empty(void **state)
     unlink(empty_back);
 }
 
-static void test_libmoat_run_command(void **state)
+/* A libmoat connection to this run's moatd, with its token. */
+static moat_client *connect_lib(void)
 {
-    (void)state;
     char addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", P.port);
     moat_client_options o = {.token = TOKEN};
     moat_client *c = NULL;
     moat_status st;
     assert_int_equal(moat_client_connect(addr, &o, &c, &st), MOAT_OK);
+    return c;
+}
+
+static void test_libmoat_run_command(void **state)
+{
+    (void)state;
+    moat_client *c = connect_lib();
     for (int round = 0; round < 3; round++) {
         moat_run_command_req req = {.session_id = session, .command = "echo lib; exit 5"};
         uint8_t buf[512];
@@ -341,12 +348,8 @@ static void gather(const moat_exec_event *ev, gathered *g)
 static void test_libmoat_interactive(void **state)
 {
     (void)state;
-    char addr[64];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", P.port);
-    moat_client_options o = {.token = TOKEN};
-    moat_client *c = NULL;
+    moat_client *c = connect_lib();
     moat_status st;
-    assert_int_equal(moat_client_connect(addr, &o, &c, &st), MOAT_OK);
     moat_interactive_req req = {.session_id = session, .command = "wc -c"};
     moat_call *call = NULL;
     assert_int_equal(moat_exec_interactive(c, &req, 0, &call, &st), MOAT_OK);
