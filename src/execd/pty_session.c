@@ -504,6 +504,11 @@ static bool serve_client(session_io *io, const poll_set *ps, uint64_t now)
     }
     if (moat_execd_ws_want_write(c->ws) && !moat_execd_ws_send(c->ws))
         return false;
+    /* Both closes went: the handshake is over, and a client waiting for the socket to end (as
+     * moatd's bridge does before it ends the call) should not wait for the grace period. */
+    if (moat_execd_ws_close_sent(c->ws) != 0 && moat_execd_ws_close_received(c->ws) &&
+        !moat_execd_ws_want_write(c->ws))
+        return false;
     /* Malformed input made wslay queue a close (1002, 1007, 1009). */
     if (!moat_execd_ws_want_read(c->ws) && c->close_deadline_ns == 0)
         c->close_deadline_ns = now + CLOSE_GRACE_NS;
@@ -518,6 +523,9 @@ static int poll_timeout_ms(const session_io *io, bool closing, uint64_t now)
         at = earliest(at, io->client->last_recv_ns + READ_DEADLINE_NS);
         at = earliest(at, io->client->close_deadline_ns);
         if (io->client->early_off < io->client->early_len && !stdin_full(io))
+            at = now;
+        /* A close waiting only for what was queued before it, which has gone: send it now. */
+        if (io->client->close_code != 0 && moat_execd_ws_queued(io->client->ws) == 0)
             at = now;
     } else if (!closing) {
         at = earliest(at, io->detached_since_ns + xd.cfg.pty_idle_ns);

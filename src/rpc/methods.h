@@ -7,7 +7,7 @@
  * the schema, its shape (protobuf-c does not record which side streams): UNARY, SERVER_STREAM
  * (`returns (stream …)`) or BIDI_STREAM (a stream both ways), and moatd's handler. */
 #ifndef MOAT_RPC_METHODS_H
-#define MOAT_RPC_METHODS_                                                                                             \
+#define MOAT_RPC_METHODS_H
 
 /* clang-format off */
 #define MOAT_RPC_METHODS(X)                                                                                           \

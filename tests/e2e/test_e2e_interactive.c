@@ -508,9 +508,17 @@ static void test_input_past_the_window_is_a_protocol_error(void **state)
     while (k.credit >= sizeof(chunk) + 16)
         send_stdin(&k, chunk, sizeof(chunk));
     pump(&k, "never", 500);
-    k.credit = UINT32_MAX; /* pretend */
-    for (int i = 0; i < 64 && !k.ended; i++)
-        send_stdin(&k, chunk, sizeof(chunk));
+    /* Past the credit; moatd may close the socket while these are still going out. */
+    Moat__V1__InteractiveRequest in = MOAT__V1__INTERACTIVE_REQUEST__INIT;
+    in.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_STDIN;
+    in.stdin = (ProtobufCBinaryData){sizeof(chunk), chunk};
+    static uint8_t buf[sizeof(chunk) + 16];
+    moat_frame m = {0};
+    m.stream_id = k.id;
+    m.kind = MOAT_FRAME_MESSAGE;
+    m.u.message.payload = (moat_slice){buf, moat__v1__interactive_request__pack(&in, buf)};
+    for (int i = 0; i < 64 && raw_send(c, &m); i++)
+        ;
     bool go_away = false;
     for (;;) {
         moat_frame f;
