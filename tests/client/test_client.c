@@ -763,6 +763,16 @@ static void test_interactive_inputs(void **state)
     bad.cols = 0;
     assert_int_equal(moat_exec_interactive(c, &bad, 0, &call, &st), MOAT_E_INVAL);
     assert_null(call);
+    /* a start larger than a frame, and one within a frame but past the window */
+    static char command[3 * WINDOW];
+    memset(command, 'x', sizeof command - 1);
+    moat_interactive_req huge = {.session_id = "sess-1", .command = command};
+    assert_int_equal(moat_exec_interactive(c, &huge, 0, &call, &st), MOAT_E_TOO_BIG);
+    assert_string_equal(st.reason, "request_too_big");
+    command[WINDOW + 10] = '\0';
+    assert_int_equal(moat_exec_interactive(c, &huge, 0, &call, &st), MOAT_E_TOO_BIG);
+    assert_int_equal(st.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_null(call);
     moat_interactive_req r = {.session_id = "sess-1",
                               .command = "echo",
                               .cwd = "/w",
