@@ -626,6 +626,10 @@ static int cmd_interactive(cli *c, const char *session, const char *cwd, bool fo
         st = *moat_call_status(io.call);
     moat_call_free(io.call);
     free(io.buf);
+    /* No handler may write to the pipe's descriptors once they are closed (and reused). */
+    sa.sa_handler = SIG_DFL;
+    for (size_t i = 0; i < sizeof handled / sizeof handled[0]; i++)
+        sigaction(handled[i], &sa, NULL);
     close(signal_pipe[0]);
     close(signal_pipe[1]);
     if (io.ended_by != 0)
