@@ -465,13 +465,22 @@ moat_err moat_bridge_terminal_stdin(moat_bridge_terminal *t, const uint8_t *data
 {
     if (t->stdin_closed)
         return MOAT_E_STATE;
-    uint8_t *msg = malloc(len + 1);
+    size_t first =
+        len < MOAT_BRIDGE_TERMINAL_STDIN_MESSAGE ? len : MOAT_BRIDGE_TERMINAL_STDIN_MESSAGE;
+    uint8_t *msg = malloc(first + 1);
     if (msg == NULL)
         return MOAT_E_NOMEM;
-    msg[0] = PTY_STDIN;
-    if (len > 0)
-        memcpy(msg + 1, data, len);
-    moat_err err = queue_message(t, WSLAY_BINARY_FRAME, msg, len + 1);
+    /* In messages execd takes (it closes the WebSocket on one past 256 KiB). */
+    moat_err err = MOAT_OK;
+    size_t off = 0;
+    do {
+        size_t n = len - off < first ? len - off : first;
+        msg[0] = PTY_STDIN;
+        if (n > 0)
+            memcpy(msg + 1, data + off, n);
+        err = queue_message(t, WSLAY_BINARY_FRAME, msg, n + 1);
+        off += n;
+    } while (err == MOAT_OK && off < len);
     free(msg);
     return err;
 }

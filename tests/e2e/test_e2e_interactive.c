@@ -94,9 +94,9 @@ static raw_conn *connect_ready(void)
 
 static void send_request(icall *k, const Moat__V1__InteractiveRequest *in)
 {
-    uint8_t buf[70000];
     size_t n = moat__v1__interactive_request__get_packed_size(in);
-    assert_true(n <= sizeof(buf));
+    uint8_t *buf = malloc(n);
+    assert_non_null(buf);
     moat__v1__interactive_request__pack(in, buf);
     assert_true(n <= k->credit);
     k->credit -= (uint32_t)n;
@@ -104,7 +104,9 @@ static void send_request(icall *k, const Moat__V1__InteractiveRequest *in)
     m.stream_id = k->id;
     m.kind = MOAT_FRAME_MESSAGE;
     m.u.message.payload = (moat_slice){buf, n};
-    assert_true(raw_send(k->c, &m));
+    bool sent = raw_send(k->c, &m);
+    free(buf);
+    assert_true(sent);
 }
 
 static void start_call(icall *k, raw_conn *c, const Moat__V1__InteractiveStart *start)
@@ -288,6 +290,33 @@ static void test_stdin_in_pipe_mode(void **state)
     assert_int_equal(k.exit_code, 4);
     assert_string_equal(k.out, "2\n");
     assert_int_equal(strlen(k.execution_id), 36);
+    raw_close(c);
+}
+
+/* One stdin message as large as the window allows reaches the process whole (moatd splits it
+ * into messages execd takes). */
+static void test_large_stdin_message(void **state)
+{
+    (void)state;
+    raw_conn *c = connect_ready();
+    Moat__V1__InteractiveStart start = MOAT__V1__INTERACTIVE_START__INIT;
+    start.session_id = session_id;
+    start.command = (char *)"wc -c";
+    icall k;
+    start_call(&k, c, &start);
+    size_t n = k.credit - 64;
+    uint8_t *big = malloc(n);
+    assert_non_null(big);
+    memset(big, 'y', n);
+    send_stdin(&k, big, n);
+    free(big);
+    while (k.credit < 64 && !k.ended)
+        pump(&k, "never", 200);
+    send_close_stdin(&k);
+    expect_end(&k, MOAT_CODE_OK, "");
+    char want[32];
+    snprintf(want, sizeof(want), "%zu\n", n);
+    assert_string_equal(k.out, want);
     raw_close(c);
 }
 
@@ -538,6 +567,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stdin_in_pipe_mode),
+        cmocka_unit_test(test_large_stdin_message),
         cmocka_unit_test(test_terminal),
         cmocka_unit_test(test_reattach_replays_and_takes_over),
         cmocka_unit_test(test_bad_input),
