@@ -23,7 +23,9 @@ try_start() {
   echo "start-dockerd: starting dockerd with storage driver $driver"
   # A stale pid file from a killed engine blocks a new start.
   rm -f /var/run/docker.pid
-  nohup dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver="$driver" \
+  # A session of its own: the engine outlives whoever started it (a terminal, a CI step, a
+  # tool whose process group is killed when it ends) and serves the runs that come after.
+  setsid nohup dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver="$driver" \
     -H "unix://$sock" >>"$state_dir/dockerd.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 60); do

@@ -65,7 +65,8 @@ typedef struct moat_bridge_budget {
  * consumer names it (moat_bridge_consumer.account) and its charges. */
 typedef struct moat_bridge_account {
     size_t pinned;
-    size_t limit; /* 0 = only the global cap */
+    size_t charged; /* of pinned, the owner's charges (moatd: frames its client has not taken) */
+    size_t limit;   /* 0 = only the global cap */
 } moat_bridge_account;
 
 typedef struct moat_bridge_config {
@@ -295,7 +296,8 @@ typedef struct moat_bridge_consumer {
     void (*on_end)(void *ud, moat_bridge_exec *ex, const moat_status *st);
     void *ud;
     /* The party whose share its undelivered events count against, or NULL.
-     * A consumer whose account is at its limit pauses its transfer. */
+     * A consumer whose account is at its limit pauses its transfer; one that
+     * has had every event only while the owner's charges alone fill it. */
     moat_bridge_account *account;
 } moat_bridge_consumer;
 

@@ -195,8 +195,16 @@ static bool budget_blocks(const moat_bridge_exec *ex)
     const moat_bridge_budget *bg = ex->b->cfg.budget;
     if (bg != NULL && bg->cap > 0 && bg->pinned - ex->held >= bg->cap)
         return true;
-    return ex->has_consumer && ex->account != NULL && ex->account->limit > 0 &&
-           ex->account->pinned - ex->held >= ex->account->limit;
+    const moat_bridge_account *ac = ex->account;
+    if (!ex->has_consumer || ac == NULL || ac->limit == 0)
+        return false;
+    /* A transfer whose consumer has had everything holds nothing of the other transfers'
+     * undelivered or held bytes: waiting on them would starve a stream that is read behind
+     * others that are not. What it hands over goes to the owner's queues, so those alone
+     * hold it back. */
+    if (ex->pending_bytes == 0)
+        return ac->charged >= ac->limit;
+    return ac->pinned - ex->held >= ac->limit;
 }
 
 static moat_bridge_str put(uint8_t **w, moat_bridge_str s)
@@ -558,15 +566,19 @@ void moat_bridge_budget_charge(moat_bridge *b, moat_bridge_account *account, int
         bg->pinned += n;
         if (bg->used > bg->peak)
             bg->peak = bg->used;
-        if (account != NULL)
+        if (account != NULL) {
             account->pinned += n;
+            account->charged += n;
+        }
         budget_evict(b);
         return;
     }
     bg->used -= n;
     bg->pinned -= n;
-    if (account != NULL)
+    if (account != NULL) {
         account->pinned -= n;
+        account->charged -= n;
+    }
     budget_released(b);
 }
 

@@ -164,6 +164,17 @@ moat_err moat__handlers_init(srv *s)
     moat_bridge_config bc;
     moat_bridge_config_default(&bc);
     s->budget.cap = (size_t)c->memory_budget_bytes;
+    /* One connection holds at most twice its share (a quarter of the budget) and each of its
+     * streams' transfer overshoot (docs/bridge.md): past half the budget, it alone could fill
+     * the budget and turn everyone's new streams away. */
+    uint64_t one_conn =
+        (uint64_t)c->max_streams_per_connection * MOAT_BRIDGE_TRANSFER_OVERSHOOT_MAX;
+    if (one_conn >= c->memory_budget_bytes / 2)
+        moat_log(MOAT_LOG_WARN, "memory_budget_small",
+                 "memory_budget_bytes=%llu max_streams_per_connection=%u: one connection's %u "
+                 "streams may hold %llu bytes beyond its share, enough to fill the budget",
+                 (unsigned long long)c->memory_budget_bytes, c->max_streams_per_connection,
+                 c->max_streams_per_connection, (unsigned long long)one_conn);
     bc.budget = &s->budget;
     if (moat_bridge_new(&bc, &s->bridge) != MOAT_OK ||
         moat_bridge_attach_uv(s->bridge, s->loop) != MOAT_OK) {

@@ -115,8 +115,9 @@ moat_err moat__files_chmod(stream *st, const moat_bridge_endpoint *ep, moat_stat
 
 /* A connection whose undelivered output fills its share of the budget (a client that does not
  * read) gets no new output stream: it could only add to what already waits for it. Its streams
- * are paused meanwhile, so the share bounds it whatever their number. Ends the call
- * RESOURCE_EXHAUSTED and returns true in that case (svc_exec.c). */
+ * are paused meanwhile, so whatever their number it holds at most twice its share (undelivered
+ * events up to the share, then frames it has not taken up to the share again) and one write per
+ * stream. Ends the call RESOURCE_EXHAUSTED and returns true in that case (svc_exec.c). */
 bool moat__refuse_unread_connection(stream *st);
 
 /* ---- helpers (handlers.c) ------------------------------------------------------------------- */

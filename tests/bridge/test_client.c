@@ -290,6 +290,17 @@ static void run_until(env *e, const bool *flag)
     }
 }
 
+/* Runs the loop until ex's transfer is paused, bounded as run_until is; its stats in *s. */
+static void run_until_paused(env *e, moat_bridge_exec *ex, moat_bridge_exec_stats *s)
+{
+    uint64_t until = moat_time_mono_ns() + 60ull * 1000000000ull;
+    for (moat_bridge_exec_get_stats(ex, s); !s->paused; moat_bridge_exec_get_stats(ex, s)) {
+        assert_true(moat_time_mono_ns() < until);
+        if (uv_run(&e->loop, UV_RUN_ONCE) == 0)
+            usleep(1000);
+    }
+}
+
 static void run_for_ms(env *e, int ms)
 {
     uint64_t until = moat_time_mono_ns() + (uint64_t)ms * 1000000ull;
@@ -970,13 +981,7 @@ static void test_paused_transfer_resumes_past_small_share(void **state)
     moat_status st;
     assert_int_equal(moat_bridge_run(e.b, &e.ep, &o, &k, 0, &ex, &st), MOAT_OK);
     moat_bridge_exec_stats s;
-    for (int i = 0; i < 2000; i++) {
-        run_for_ms(&e, 5);
-        moat_bridge_exec_get_stats(ex, &s);
-        if (s.paused)
-            break;
-    }
-    assert_true(s.paused);
+    run_until_paused(&e, ex, &s);
     assert_true(acct.pinned >= acct.limit);
     moat_bridge_exec_credit(ex, UINT64_MAX);
     run_until(&e, &c.ended);
@@ -1038,13 +1043,7 @@ static void test_memory_budget(void **state)
     moat_bridge_exec *big = NULL;
     assert_int_equal(moat_bridge_run(e.b, &e.ep, &ob, &k, 0, &big, &st), MOAT_OK);
     moat_bridge_exec_stats s;
-    for (int i = 0; i < 2000; i++) {
-        run_for_ms(&e, 5);
-        moat_bridge_exec_get_stats(big, &s);
-        if (s.paused)
-            break;
-    }
-    assert_true(s.paused);
+    run_until_paused(&e, big, &s);
     /* curl's receive buffer as the writes so far filled it, and the decoder's buffers,
      * count as used until the transfer ends */
     assert_true(s.transfer_buffer_bytes > 0);
@@ -1054,28 +1053,54 @@ static void test_memory_budget(void **state)
     assert_true(acct.pinned <= acct.limit + ONE_WRITE);
     assert_int_equal(bg.pinned, acct.pinned);
     assert_true(bg.used <= bg.cap + ONE_WRITE);
-    /* the bridge does not refuse the party (its owner knows whether it reads): its new
-     * stream waits too, and other parties' streams flow */
+    /* the bridge does not refuse the party (its owner knows whether it reads) */
+    assert_true(moat_bridge_budget_exhausted(e.b, &acct));
+    assert_false(moat_bridge_budget_exhausted(e.b, NULL));
+    /* its stream that is read is not held back by the share its unread one fills: it ends
+     * while the share is still full, as other parties' streams do */
     collect r;
     col_init(&r);
     moat_bridge_consumer kr = col_consumer(&r);
     kr.account = &acct;
     moat_bridge_run_opts o1 = {.command = "count 1"};
-    moat_bridge_exec *waits = NULL;
-    assert_int_equal(moat_bridge_run(e.b, &e.ep, &o1, &kr, UINT64_MAX, &waits, &st), MOAT_OK);
+    moat_bridge_exec *read = NULL;
+    assert_int_equal(moat_bridge_run(e.b, &e.ep, &o1, &kr, UINT64_MAX, &read, &st), MOAT_OK);
+    run_until(&e, &r.ended);
+    assert_int_equal(r.end.code, MOAT_CODE_OK);
     assert_true(moat_bridge_budget_exhausted(e.b, &acct));
-    assert_false(moat_bridge_budget_exhausted(e.b, NULL));
+    col_free(&r);
+    /* but by what the owner still queues for the party: with its charges at the share, that
+     * stream waits until they drain */
+    moat_bridge_budget_charge(e.b, &acct, (int64_t)acct.limit);
+    col_init(&r);
+    kr = col_consumer(&r);
+    kr.account = &acct;
+    assert_int_equal(moat_bridge_run(e.b, &e.ep, &o1, &kr, UINT64_MAX, &read, &st), MOAT_OK);
+    run_until_paused(&e, read, &s);
+    assert_false(r.ended);
+    moat_bridge_budget_charge(e.b, &acct, -(int64_t)acct.limit);
+    run_until(&e, &r.ended);
+    assert_int_equal(r.end.code, MOAT_CODE_OK);
+    col_free(&r);
     collect r2;
     col_init(&r2);
     run_cmd(&e, &o1, &r2, UINT64_MAX);
     run_until(&e, &r2.ended);
     assert_int_equal(r2.end.code, MOAT_CODE_OK);
     col_free(&r2);
+    /* its new stream that is not read takes one write past the share, then waits */
+    col_init(&r);
+    kr = col_consumer(&r);
+    kr.account = &acct;
+    moat_bridge_run_opts o2 = {.command = "big 4194304"};
+    moat_bridge_exec *waits = NULL;
+    assert_int_equal(moat_bridge_run(e.b, &e.ep, &o2, &kr, 0, &waits, &st), MOAT_OK);
+    run_until_paused(&e, waits, &s);
+    assert_true(acct.pinned <= acct.limit + 2 * ONE_WRITE);
     assert_false(r.ended);
-    /* the party's share frees up: the waiting stream resumes (at the next sweep) and ends */
+    /* the party's share frees up and the waiting stream is read: it resumes and ends */
     moat_bridge_exec_set_account(big, NULL);
-    /* what the waiting stream's paused transfer holds, as counted */
-    assert_true(acct.pinned <= 2u * (128u << 10));
+    moat_bridge_exec_credit(waits, UINT64_MAX);
     run_until(&e, &r.ended);
     assert_int_equal(acct.pinned, 0);
     assert_int_equal(r.end.code, MOAT_CODE_OK);
