@@ -54,6 +54,12 @@ moat_pkg(CMOCKA cmocka libcmocka-dev)
 moat_pkg(LIBUV libuv libuv1-dev)
 moat_pkg(CJSON libcjson libcjson-dev)
 moat_pkg(MHD libmicrohttpd libmicrohttpd-dev)
+# WebSocket framing (no I/O): execd's terminals and the bridge's side of them; Debian ships no
+# pkg-config file for it
+find_package(wslay CONFIG QUIET)
+if(NOT TARGET wslay)
+  message(FATAL_ERROR "libwslay not found: apt-get install libwslay-dev (or run scripts/install-deps.sh)")
+endif()
 moat_pkg(SQLITE sqlite3 libsqlite3-dev)
 
 find_package(nanopb CONFIG QUIET)

@@ -14,7 +14,7 @@ options=(
   --disable-shared --enable-static --with-pic --with-gnutls
   --disable-ldap --disable-ldaps --disable-rtsp --disable-dict --disable-telnet
   --disable-tftp --disable-pop3 --disable-imap --disable-smb --disable-smtp
-  --disable-gopher --disable-mqtt --disable-ftp --disable-file --disable-manual
+  --enable-websockets --disable-gopher --disable-mqtt --disable-ftp --disable-file --disable-manual
   --disable-ntlm --disable-alt-svc --disable-hsts --disable-cookies --disable-netrc
   --disable-doh --without-libpsl --without-brotli --without-zstd --without-nghttp2
   --without-libidn2 --without-librtmp --without-libssh2 --without-zlib --without-libgsasl

@@ -20,10 +20,15 @@
  *  8. ListSessions of 200 live sessions (busybox, smallest resources, made 4 at a time by its own
  *     moatd), p50 and p95 over 50 calls, vs Docker's own filtered list of the same containers
  *     (< 20 ms; bench_list.c)
+ *  9. interactive (#14): keystroke round trip p50 through `moat exec -it` vs `docker exec -it`
+ *     (<= 0.75x) with a local pty as the floor, and 256 MiB of stdin into `cat >/dev/null`
+ *     through `moat exec -i` vs `docker exec -i` (>= 2x) (bench_interactive.c)
  *
- * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|memory|list]...   (needs dockerd,
- * moat-sandbox:latest and the execd bundle from scripts/build-sandbox-image.sh <build-dir>; env
- * MOAT_BUILD_DIR = that build dir)
+ * 10. terminals: moatd's RSS for idle terminal sessions (bench_terminals.c)
+ *
+ * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|memory|list|interactive|
+ * terminals]... (needs dockerd, moat-sandbox:latest and the execd bundle from
+ * scripts/build-sandbox-image.sh <build-dir>; env MOAT_BUILD_DIR = that build dir)
  * --quick shrinks counts (the figures are then indicative only); naming phases runs only
  * those. Every phase is bounded. */
 #include <errno.h>
@@ -77,8 +82,8 @@ static double p50(double *v, int n)
     return percentile(v, n, 0.5);
 }
 
-static void verdict(const char *what, double value, double baseline, const char *unit, double ratio,
-                    bool pass, const char *target)
+void verdict(const char *what, double value, double baseline, const char *unit, double ratio,
+             bool pass, const char *target)
 {
     printf("%-44s value %10.3f %-4s baseline %10.3f %-4s ratio %7.3f  %s (target %s)\n", what,
            value, unit, baseline, unit, ratio, pass ? "PASS" : "FAIL", target);
@@ -102,8 +107,7 @@ static long rss_kb(pid_t pid)
     return kb;
 }
 
-/* Runs a shell command, output discarded; returns its wall time or -1 on failure. */
-static double timed_system(const char *cmd)
+double timed_system(const char *cmd)
 {
     double t0 = now_s();
     int rc = system(cmd);
@@ -1057,7 +1061,10 @@ int main(int argc, char **argv)
         bench_memory(quick);
     if (want("list"))
         bench_list(quick ? 20 : 200, quick ? 10 : 50);
-    if (!want("latency") && !want("stream") && !want("concurrent") && !want("tti"))
+    if (want("terminals"))
+        bench_terminals(quick ? 20 : 100);
+    if (!want("latency") && !want("stream") && !want("concurrent") && !want("tti") &&
+        !want("interactive"))
         return failures == 0 ? 0 : 1;
 
     moatd_proc p;
@@ -1094,6 +1101,9 @@ int main(int argc, char **argv)
             failures++;
         raw_close(rc);
     }
+    if (want("interactive"))
+        bench_interactive(&p, moat_bin, sid, cid, quick ? 100 : 1000,
+                          quick ? (32ll << 20) : (256ll << 20));
     if (want("concurrent"))
         bench_concurrent(&p, quick ? 10 : 100, quick ? 100 : 1000);
     if (want("tti"))

@@ -21,8 +21,23 @@ double percentile(double *v, int n, double q);
 bool create_session(raw_conn *c, const char *chat, Moat__V1__Resources *res, char sid[64],
                     char cid[80]);
 
+/* Runs a shell command, output discarded; returns its wall time or -1 on failure. */
+double timed_system(const char *cmd);
+/* Prints one figure against its baseline and counts a miss in failures. */
+void verdict(const char *what, double value, double baseline, const char *unit, double ratio,
+             bool pass, const char *target);
+/* Keystroke round trip through moat exec -it, docker exec -it and a local pty, keystrokes
+ * samples each, and stdin_bytes piped through moat exec -i and docker exec -i, into session sid
+ * (container cid) of p (bench_interactive.c). */
+void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *sid, const char *cid,
+                       int keystrokes, long long stdin_bytes);
+
 /* ListSessions of nsessions live sessions through its own moatd, p50 and p95 over runs calls,
  * against Docker's own filtered list of the same containers in the same run (bench_list.c). */
 void bench_list(int nsessions, int runs);
+
+/* What n idle terminal sessions (Exec/Interactive, bash in a tty) cost moatd's RSS, through its
+ * own moatd (bench_terminals.c). */
+void bench_terminals(int n);
 
 #endif

@@ -7,6 +7,7 @@ Python modules at start-up, in a temporary directory.
     python3 moat_client.py [--addr HOST:PORT] [--token T] health
     python3 moat_client.py create CHAT_UUID
     python3 moat_client.py exec SESSION 'echo out; echo err >&2; exit 3'   # exits 3
+    printf 'a\nb\n' | python3 moat_client.py exec --stdin SESSION 'wc -l'   # 2
     python3 moat_client.py stop SESSION
 
 MOAT_ADDR and MOAT_TOKEN are read as the moat CLI reads them. One call runs at a time on a
@@ -14,6 +15,7 @@ connection here; the protocol allows many (odd stream ids, interleaved frames).
 """
 import argparse
 import importlib
+import itertools
 import os
 import socket
 import struct
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 
+# What Client._next returns for a WindowUpdate on the call's stream.
+CREDIT = object()
 PROTO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto")
 PREHELLO_MAX_FRAME = 4096
 
@@ -100,19 +104,29 @@ class Client:
             return MoatError(st.code, name, st.message, reason)
         return MoatError(13, "INTERNAL", "unexpected %s frame" % kind)
 
-    def call(self, method, request, response_cls, deadline_ms=0):
-        """Opens a call and yields its response messages; raises MoatError unless it ends OK."""
+    def _open(self, method, request, deadline_ms=0):
+        """Sends Call and the request's Message on a new stream; returns the call's state."""
         sid = self.next_id
         self.next_id += 2
         start = self.frame_pb.Frame(stream_id=sid)
         start.call.method = method
         start.call.deadline_ms = deadline_ms
         self._send(start)
-        msg = self.frame_pb.Frame(stream_id=sid)
-        msg.message.payload = request.SerializeToString()
+        call = _Call(sid, self.ack.initial_window)
+        self._send_message(call, request.SerializeToString())
+        return call
+
+    def _send_message(self, call, payload):
+        """A request Message; its payload counts against the credit the server granted."""
+        assert len(payload) <= call.credit
+        call.credit -= len(payload)
+        msg = self.frame_pb.Frame(stream_id=call.sid)
+        msg.message.payload = payload
         self._send(msg)
-        window = self.ack.initial_window
-        consumed = 0
+
+    def _next(self, call):
+        """Reads frames until the call's next response payload, None at its End, or CREDIT when a
+        WindowUpdate added to its credit; raises MoatError for an End other than OK."""
         while True:
             f = self._recv()
             kind = f.WhichOneof("kind")
@@ -121,25 +135,39 @@ class Client:
                 pong.pong.payload = f.ping.payload
                 self._send(pong)
             elif kind == "go_away":
-                if f.go_away.last_stream_id < sid:
+                if f.go_away.last_stream_id < call.sid:
                     raise self._refusal(f)
-            elif f.stream_id != sid or kind == "window_update":
-                continue  # frames of other calls, or credit for requests this client does not stream
+            elif f.stream_id != call.sid:
+                continue  # frames of other calls
+            elif kind == "window_update":
+                call.credit += f.window_update.increment
+                return CREDIT
             elif kind == "message":
-                consumed += len(f.message.payload)
+                call.consumed += len(f.message.payload)
                 # Credit goes back once half the window has been consumed, as libmoat does.
-                if consumed >= window // 2:
-                    wu = self.frame_pb.Frame(stream_id=sid)
-                    wu.window_update.increment = consumed
+                if call.consumed >= self.ack.initial_window // 2:
+                    wu = self.frame_pb.Frame(stream_id=call.sid)
+                    wu.window_update.increment = call.consumed
                     self._send(wu)
-                    consumed = 0
-                resp = response_cls()
-                resp.ParseFromString(f.message.payload)
-                yield resp
+                    call.consumed = 0
+                return f.message.payload
             elif kind == "end":
                 if f.end.code != 0:
                     raise self._refusal(f)
+                return None
+
+    def call(self, method, request, response_cls, deadline_ms=0):
+        """Opens a call and yields its response messages; raises MoatError unless it ends OK."""
+        call = self._open(method, request, deadline_ms)
+        while True:
+            payload = self._next(call)
+            if payload is None:
                 return
+            if payload is CREDIT:
+                continue
+            resp = response_cls()
+            resp.ParseFromString(payload)
+            yield resp
 
     def unary(self, method, request, response_cls):
         out = list(self.call(method, request, response_cls))
@@ -182,6 +210,59 @@ class Client:
         return code, timed_out
 
 
+    def interactive(self, session_id, command, stdin=b"", on_output=None, tty=False, rows=0, cols=0):
+        """Exec/Interactive: runs command (empty: an interactive bash; tty: in a terminal of rows x
+        cols) with stdin as its input, sent in Messages as fast as the stream's window lets them go,
+        then close_stdin; on_output(stream, data) gets the output as it arrives. Returns the exit
+        code, or None when it is unknown."""
+        e = self.pb["exec"]
+        req = e.InteractiveRequest()
+        req.start.session_id = session_id
+        req.start.command = command
+        req.start.tty = tty
+        if rows or cols:
+            req.start.size.rows, req.start.size.cols = rows, cols
+        call = self._open("/moat.v1.Exec/Interactive", req)
+        outcome = {"code": None, "ended": False}
+
+        def handle(payload):
+            if payload is None:
+                outcome["ended"] = True
+            if payload is None or payload is CREDIT:
+                return
+            ev = e.ExecEvent()
+            ev.ParseFromString(payload)
+            kind = ev.WhichOneof("kind")
+            if kind == "output" and on_output is not None:
+                on_output(ev.output.stream, ev.output.data)
+            elif kind == "exit" and ev.exit.exit_code.WhichOneof("value") == "code":
+                outcome["code"] = ev.exit.exit_code.code
+
+        # 64 KiB pieces, each wrapped in an InteractiveRequest: far below a frame and the window,
+        # and what a terminal's reader takes at once.
+        piece = 64 * 1024
+        inputs = (e.InteractiveRequest(stdin=stdin[i:i + piece]) for i in range(0, len(stdin), piece))
+        for r in itertools.chain(inputs, [e.InteractiveRequest(close_stdin=True)]):
+            payload = r.SerializeToString()
+            # The server grants credit back as it hands input to the process; until then, read.
+            while call.credit < len(payload) and not outcome["ended"]:
+                handle(self._next(call))
+            if outcome["ended"]:
+                break
+            self._send_message(call, payload)
+        while not outcome["ended"]:
+            handle(self._next(call))
+        return outcome["code"]
+
+
+class _Call:
+    """One call: its stream id, the credit left for its request messages, and how much of its
+    responses' window has been consumed since the last WindowUpdate."""
+
+    def __init__(self, sid, credit):
+        self.sid, self.credit, self.consumed = sid, credit, 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--addr", default=os.environ.get("MOAT_ADDR", "127.0.0.1:7070"))
@@ -192,6 +273,7 @@ def main():
     ex = sub.add_parser("exec")
     ex.add_argument("session")
     ex.add_argument("command")
+    ex.add_argument("--stdin", action="store_true", help="send this program's stdin to the command")
     sub.add_parser("stop").add_argument("session")
     args = ap.parse_args()
 
@@ -212,7 +294,10 @@ def main():
                 out[stream].write(data)
                 out[stream].flush()
 
-            code, timed_out = c.run(args.session, args.command, write)
+            if args.stdin:
+                code, timed_out = c.interactive(args.session, args.command, sys.stdin.buffer.read(), write), False
+            else:
+                code, timed_out = c.run(args.session, args.command, write)
             return 124 if timed_out else (code if code is not None and code >= 0 else 1)
         return 0
     except MoatError as err:

@@ -57,6 +57,14 @@ moat_err moat_client_connect(const char *addr, const moat_client_options *opts, 
 void moat_client_close(moat_client *c);
 /* Valid as long as c is. */
 const moat_client_limits *moat_client_get_limits(const moat_client *c);
+/* The connection's socket, for a program that waits on its own descriptors
+ * too (a terminal, stdin) with poll(): readable means moat_call_recv has
+ * something to read. libmoat reads ahead, so wait on it only after
+ * moat_call_recv(call, 0, …) said MOAT_E_TIMEOUT, and after any other call
+ * into libmoat on this client ask moat_call_recv(call, 0, …) again first.
+ * Keepalive pings go out from within libmoat's calls: wait at most half of
+ * idle_timeout_seconds between them. Owned by c: never read, write or close it. */
+int moat_client_fd(const moat_client *c);
 /* Sends a Ping and waits for its Pong, answering other traffic meanwhile.
  * MOAT_E_TIMEOUT if none came within timeout_ms (< 0: forever). */
 moat_err moat_client_ping(moat_client *c, int timeout_ms);
@@ -71,7 +79,8 @@ moat_err moat_call_start(moat_client *c, const char *method, uint64_t deadline_m
                          const moat_kv *metadata, size_t metadata_count, moat_slice request,
                          moat_call **out);
 /* Next response message of the call. MOAT_OK: *msg is valid until the next
- * moat_call_recv, moat_client_ping or moat_call_free on this client;
+ * moat_call_recv, moat_call_send, moat_client_ping or moat_call_free on this
+ * client;
  * MOAT_E_CLOSED: the call has ended, see moat_call_status (EOF without End is
  * UNAVAILABLE; a deadline passed locally is DEADLINE_EXCEEDED);
  * MOAT_E_TIMEOUT: nothing within timeout_ms (< 0: wait forever). */
@@ -82,6 +91,21 @@ const moat_status *moat_call_status(const moat_call *call);
 moat_err moat_call_cancel(moat_call *call, const char *reason);
 /* Forgets the call (cancelling it first if it has not ended). */
 void moat_call_free(moat_call *call);
+/* One more request Message on an open call, for methods that take a stream of
+ * requests (Exec/Interactive). Its payload counts against the call's send
+ * window: when the credit left is short, this waits up to timeout_ms (< 0:
+ * forever, 0: not at all) for the server's WindowUpdates, reading and keeping
+ * every other frame meanwhile (moat_call_recv returns them later, in order).
+ * MOAT_E_TIMEOUT: no credit in time, nothing sent; MOAT_E_TOO_BIG: the payload
+ * can never fit a frame or the initial window; MOAT_E_CLOSED: the call has
+ * ended or the connection is gone (moat_call_status says why once
+ * moat_call_recv returned MOAT_E_CLOSED). payload is read only during the call. */
+moat_err moat_call_send(moat_call *call, moat_slice payload, int timeout_ms);
+/* The credit left: the payload bytes moat_call_send can send now without waiting.
+ * Credit comes in WindowUpdates, for which moat_call_recv does not return: a
+ * program that must not block waits on moat_client_fd and then reads with
+ * moat_call_recv(call, 0, …), which takes them in. */
+uint32_t moat_call_send_window(const moat_call *call);
 
 /* Unary helper: start, one response copied into resp[0..cap) (*resp_len),
  * then the End. Returns MOAT_OK when the status is OK; MOAT_E_REMOTE with st
@@ -261,6 +285,41 @@ moat_err moat_exec_attach(moat_client *c, const char *session_id, const char *ex
  * the call has ended; MOAT_E_PROTO or MOAT_E_UNKNOWN_KIND for an event that
  * does not decode, after which the stream may still be read. */
 moat_err moat_exec_next(moat_call *call, int timeout_ms, moat_exec_event *ev);
+
+/* Exec/Interactive: a command with its stdin, or a terminal (a pty, as
+ * `docker exec -it` makes). Its events come from moat_exec_next as for
+ * moat_exec_run: init (execution_id: the terminal session's id, for
+ * attach_id), output (with tty every byte is MOAT_EXEC_STDOUT), exit. Input
+ * goes with the moat_exec_stdin family below, each one request Message that
+ * waits for send window as moat_call_send does. */
+typedef struct moat_interactive_req {
+    const char *session_id;
+    const char *command; /* run by bash -c; NULL or "": an interactive bash */
+    const char *cwd;     /* NULL: the image's default */
+    bool tty;
+    uint32_t rows, cols;   /* the terminal's first size (1..65535); 0, 0: execd's default */
+    const char *term;      /* TERM for a tty; NULL: execd's default */
+    const char *attach_id; /* reattach to this running terminal session instead */
+    uint64_t after_offset; /* with attach_id: replay its output from this byte on */
+} moat_interactive_req;
+
+/* MOAT_E_INVAL (st INVALID_ARGUMENT, reason bad_terminal_size) for a size
+ * out of range, before anything is sent. *out as for moat_exec_run. */
+moat_err moat_exec_interactive(moat_client *c, const moat_interactive_req *req,
+                               uint64_t deadline_ms, moat_call **out, moat_status *st);
+/* The most bytes one moat_exec_stdin may carry on c (a frame and the initial
+ * window, less the request's envelope). */
+size_t moat_exec_stdin_max(const moat_client *c);
+/* Bytes for the process's stdin; at most moat_exec_stdin_max (MOAT_E_TOO_BIG
+ * otherwise). Errors as moat_call_send's. */
+moat_err moat_exec_stdin(moat_call *call, moat_slice data, int timeout_ms);
+/* End of input: the process reads EOF (in a tty, execd sends VEOF). */
+moat_err moat_exec_close_stdin(moat_call *call, int timeout_ms);
+/* The terminal's new size; MOAT_E_INVAL for 0 or past 65535, nothing sent. */
+moat_err moat_exec_resize(moat_call *call, uint32_t rows, uint32_t cols, int timeout_ms);
+/* A signal to the process group by name: "SIGINT", "SIGTERM", "SIGKILL",
+ * "SIGQUIT" or "SIGHUP" (the server ends the call INVALID_ARGUMENT for others). */
+moat_err moat_exec_signal(moat_call *call, const char *name, int timeout_ms);
 
 /* *shell_id points into the client's buffer (see above). */
 moat_err moat_shell_create(moat_client *c, const char *session_id, const char *cwd,

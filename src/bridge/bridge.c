@@ -162,6 +162,8 @@ static void check_done(moat_bridge *b)
 void moat_bridge_socket_action(moat_bridge *b, int fd, int events)
 {
     int mask = 0, running = 0;
+    if (moat__terminal_socket_action(b, fd))
+        return;
     if (events & MOAT_BRIDGE_POLL_IN)
         mask |= CURL_CSELECT_IN;
     if (events & MOAT_BRIDGE_POLL_OUT)
@@ -252,7 +254,8 @@ static size_t write_cb(char *p, size_t sz, size_t nm, void *ud)
         return 0;
     if (r->http_status == 0)
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->http_status);
-    bool ok = r->http_status >= 200 && r->http_status < 300;
+    /* 101: a WebSocket's frames (terminal.c) */
+    bool ok = (r->http_status >= 200 && r->http_status < 300) || r->http_status == 101;
     if (ok && r->write != NULL)
         return r->write(r, p, n);
     size_t room = r->body.max - r->body.len;

@@ -308,6 +308,26 @@ moat_err moat_bridge_create_session(moat_bridge *b, const moat_bridge_endpoint *
     return err;
 }
 
+moat_err moat_bridge_create_pty(moat_bridge *b, const moat_bridge_endpoint *ep, const char *command,
+                                const char *cwd, moat_bridge_session_fn cb, void *ud,
+                                moat_status *st)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (command != NULL && *command)
+        o = with_string(o, "command", command);
+    if (cwd != NULL && *cwd)
+        o = with_string(o, "cwd", cwd);
+    char *body = dump(o);
+    if (body == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return MOAT_E_NOMEM;
+    }
+    moat_err err =
+        start_call(b, ep, "POST", strdup("/pty"), body, CALL_SESSION, (any_fn)cb, ud, 0, st);
+    cJSON_free(body);
+    return err;
+}
+
 moat_err moat_bridge_delete_session(moat_bridge *b, const moat_bridge_endpoint *ep,
                                     const char *session_id, moat_bridge_done_fn cb, void *ud,
                                     moat_status *st)

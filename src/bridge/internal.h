@@ -65,6 +65,7 @@ struct moat_bridge {
     bridge_req *reqs;
     bridge_req *reap;
     struct moat_bridge_exec *execs;
+    struct moat_bridge_terminal *terminals;
     uint64_t last_sweep_ns;
     bool freeing;
     bool unpause_pending;  /* a credit came while inside curl: resume after it */
@@ -100,6 +101,16 @@ void moat__exec_trim(moat_bridge *b);
 void moat__exec_sweep(moat_bridge *b, bool force);
 /* Resumes the paused executions that may go on now. */
 void moat__exec_unpause_all(moat_bridge *b);
+
+/* Terminals (terminal.c): the bridge's list, and a socket event for one's write side (true
+ * when fd was one). */
+void moat__terminal_link(moat_bridge *b, struct moat_bridge_terminal *t);
+void moat__terminal_unlink(moat_bridge *b, struct moat_bridge_terminal *t);
+bool moat__terminal_socket_action(moat_bridge *b, int fd);
+/* POST /pty {"command"?, "cwd"?}: session_id is the new terminal session's. */
+moat_err moat_bridge_create_pty(moat_bridge *b, const moat_bridge_endpoint *ep, const char *command,
+                                const char *cwd, moat_bridge_session_fn cb, void *ud,
+                                moat_status *st);
 
 moat_err moat__uv_set(moat_bridge *b, struct uv_loop_s *loop);
 void moat__uv_release(moat_bridge *b);

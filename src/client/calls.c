@@ -11,6 +11,9 @@
 #include "moat/v1/sandbox.pb.h"
 #include "wire/wire_pb.h"
 
+/* Room for the envelope around a request in its frame. */
+#define WRITE_FRAME_SLACK 4096u
+
 static moat_err scratch_of(moat_client *c, moat__scratch *buf, moat_status *st)
 {
     *buf = moat__client_scratch(c);
@@ -353,6 +356,109 @@ moat_err moat_exec_next(moat_call *call, int timeout_ms, moat_exec_event *ev)
     return err != MOAT_OK ? err : moat_exec_event_decode(msg, ev);
 }
 
+/* A terminal's rows and columns are 16-bit (struct winsize), and 0 is no size. */
+#define TERMINAL_SIZE_MAX 65535u
+
+static bool terminal_size_ok(uint32_t rows, uint32_t cols)
+{
+    return rows >= 1 && rows <= TERMINAL_SIZE_MAX && cols >= 1 && cols <= TERMINAL_SIZE_MAX;
+}
+
+moat_err moat_exec_interactive(moat_client *c, const moat_interactive_req *req,
+                               uint64_t deadline_ms, moat_call **out, moat_status *st)
+{
+    moat_status scratch;
+    if (st == NULL)
+        st = &scratch;
+    bool sized = req->rows != 0 || req->cols != 0;
+    if (sized && !terminal_size_ok(req->rows, req->cols)) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "bad_terminal_size",
+                        "a terminal is 1 to %u rows and columns, not %u x %u", TERMINAL_SIZE_MAX,
+                        req->rows, req->cols);
+        return MOAT_E_INVAL;
+    }
+    moat_v1_InteractiveRequest r = moat_v1_InteractiveRequest_init_zero;
+    r.which_input = moat_v1_InteractiveRequest_start_tag;
+    moat_v1_InteractiveStart *start = &r.input.start;
+    moat_slice session = moat_slice_str(req->session_id), command = moat_slice_str(req->command),
+               cwd = moat_slice_str(req->cwd), term = moat_slice_str(req->term),
+               attach = moat_slice_str(req->attach_id);
+    moat__pb_encode_slice(&start->session_id, &session);
+    moat__pb_encode_slice(&start->command, &command);
+    moat__pb_encode_slice(&start->cwd, &cwd);
+    moat__pb_encode_slice(&start->term, &term);
+    moat__pb_encode_slice(&start->attach_id, &attach);
+    start->tty = req->tty;
+    start->has_size = sized;
+    start->size.rows = req->rows;
+    start->size.cols = req->cols;
+    start->after_offset = req->after_offset;
+    return stream(c, "/moat.v1.Exec/Interactive", deadline_ms, moat_v1_InteractiveRequest_fields,
+                  &r, out, st);
+}
+
+/* A stdin request's envelope: the field's tag and a length of up to five bytes. */
+#define STDIN_ENVELOPE 6u
+
+size_t moat_exec_stdin_max(const moat_client *c)
+{
+    const moat_client_limits *l = moat_client_get_limits(c);
+    size_t room = l->max_frame_size > WRITE_FRAME_SLACK ? l->max_frame_size - WRITE_FRAME_SLACK : 0;
+    if (room > l->initial_window)
+        room = l->initial_window;
+    return room > STDIN_ENVELOPE ? room - STDIN_ENVELOPE : 0;
+}
+
+/* Encodes one input request into the client's request buffer and sends it. */
+static moat_err send_input(moat_call *call, const moat_v1_InteractiveRequest *r, int timeout_ms)
+{
+    moat__scratch buf = moat__client_scratch(moat__call_client(call));
+    if (buf.request == NULL)
+        return MOAT_E_NOMEM;
+    pb_ostream_t os = pb_ostream_from_buffer(buf.request, buf.cap);
+    if (!pb_encode(&os, moat_v1_InteractiveRequest_fields, r))
+        return MOAT_E_TOO_BIG;
+    return moat_call_send(call, (moat_slice){buf.request, os.bytes_written}, timeout_ms);
+}
+
+moat_err moat_exec_stdin(moat_call *call, moat_slice data, int timeout_ms)
+{
+    if (data.len > moat_exec_stdin_max(moat__call_client(call)))
+        return MOAT_E_TOO_BIG;
+    moat_v1_InteractiveRequest r = moat_v1_InteractiveRequest_init_zero;
+    r.which_input = moat_v1_InteractiveRequest_stdin_tag;
+    moat__pb_encode_slice(&r.input.stdin, &data);
+    return send_input(call, &r, timeout_ms);
+}
+
+moat_err moat_exec_close_stdin(moat_call *call, int timeout_ms)
+{
+    moat_v1_InteractiveRequest r = moat_v1_InteractiveRequest_init_zero;
+    r.which_input = moat_v1_InteractiveRequest_close_stdin_tag;
+    r.input.close_stdin = true;
+    return send_input(call, &r, timeout_ms);
+}
+
+moat_err moat_exec_resize(moat_call *call, uint32_t rows, uint32_t cols, int timeout_ms)
+{
+    if (!terminal_size_ok(rows, cols))
+        return MOAT_E_INVAL;
+    moat_v1_InteractiveRequest r = moat_v1_InteractiveRequest_init_zero;
+    r.which_input = moat_v1_InteractiveRequest_resize_tag;
+    r.input.resize.rows = rows;
+    r.input.resize.cols = cols;
+    return send_input(call, &r, timeout_ms);
+}
+
+moat_err moat_exec_signal(moat_call *call, const char *name, int timeout_ms)
+{
+    moat_v1_InteractiveRequest r = moat_v1_InteractiveRequest_init_zero;
+    r.which_input = moat_v1_InteractiveRequest_signal_tag;
+    moat_slice signal = moat_slice_str(name);
+    moat__pb_encode_slice(&r.input.signal, &signal);
+    return send_input(call, &r, timeout_ms);
+}
+
 moat_err moat_shell_create(moat_client *c, const char *session_id, const char *cwd,
                            uint64_t deadline_ms, moat_slice *shell_id, moat_status *st)
 {
@@ -511,8 +617,6 @@ moat_err moat_file_next(moat_call *call, int timeout_ms, moat_file_chunk *chunk)
     return MOAT_OK;
 }
 
-/* Room for the envelope around a request in its frame. */
-#define WRITE_FRAME_SLACK 4096u
 /* Tags and varints of a WriteRequest besides its strings' bytes: five tags, three
  * length prefixes, mode and offset at their longest. */
 #define WRITE_FIELDS_MAX 40u

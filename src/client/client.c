@@ -25,7 +25,9 @@ struct moat_call {
     moat_client *client;
     uint32_t id;
     moat_window recv_window;
-    uint32_t unreleased; /* size of the last delivered message, released on the next recv */
+    moat_window send_window; /* credit for request messages (moat_call_send) */
+    uint32_t send_need;      /* what a waiting moat_call_send needs of it */
+    uint32_t unreleased;     /* size of the last delivered message, released on the next recv */
     moat_buf queue; /* [u32 len][payload]… messages that arrived while reading another call */
     size_t queue_head;
     bool ended;
@@ -181,7 +183,8 @@ static moat_err queue_message(moat_call *call, moat_slice payload)
 }
 
 /* Handles one frame. If it is a message for `want` with nothing queued ahead
- * of it, it is handed out in *deliver (zero copy) and true is returned. */
+ * of it and deliver is not NULL, it is handed out in *deliver (zero copy) and
+ * true is returned; with deliver NULL every message is queued. */
 static bool dispatch(moat_client *c, const moat_frame *f, moat_call *want, moat_slice *deliver)
 {
     switch (f->kind) {
@@ -192,10 +195,17 @@ static bool dispatch(moat_client *c, const moat_frame *f, moat_call *want, moat_
         if (f->u.pong.payload == c->ping_seq)
             c->pong_seen = true;
         return false;
-    case MOAT_FRAME_WINDOW_UPDATE:
-        /* The client sends only one request message per call; its credit is
-         * checked at start, so grants need no bookkeeping here. */
+    case MOAT_FRAME_WINDOW_UPDATE: {
+        /* Stream 0 carries no window in version 1, and a late update for a
+         * call already forgotten is harmless: both are ignored. */
+        moat_call *call =
+            f->stream_id != 0 ? moat_stream_table_get(c->streams, f->stream_id) : NULL;
+        if (call != NULL &&
+            moat_window_grant(&call->send_window, f->u.window_update.increment) != MOAT_OK)
+            fail_all(c, MOAT_CODE_INTERNAL, "flow_control_error",
+                     "server granted a window past the limit");
         return false;
+    }
     case MOAT_FRAME_GO_AWAY: {
         c->go_away = true;
         c->go_away_last = f->u.go_away.last_stream_id;
@@ -231,7 +241,7 @@ static bool dispatch(moat_client *c, const moat_frame *f, moat_call *want, moat_
                  "server exceeded the stream's window");
         return false;
     }
-    if (call == want && call->queue_head == call->queue.len) {
+    if (deliver != NULL && call == want && call->queue_head == call->queue.len) {
         *deliver = payload;
         return true;
     }
@@ -241,7 +251,7 @@ static bool dispatch(moat_client *c, const moat_frame *f, moat_call *want, moat_
 }
 
 /* Reads and dispatches frames until `done` says stop, a message for want is
- * delivered, or the timeout passes. */
+ * delivered (unless deliver is NULL), or the timeout passes. */
 static moat_err pump(moat_client *c, moat_call *want, moat_slice *deliver, int timeout_ms,
                      bool (*done)(moat_client *c, moat_call *want))
 {
@@ -580,8 +590,22 @@ moat_err moat_client_ping(moat_client *c, int timeout_ms)
     moat_err err = send_small(c, MOAT_FRAME_PING, 0, ++c->ping_seq);
     if (err != MOAT_OK)
         return err;
-    moat_slice unused;
-    return pump(c, NULL, &unused, timeout_ms, pong_done);
+    return pump(c, NULL, NULL, timeout_ms, pong_done);
+}
+
+/* Whether payload fits one Message frame and the stream's initial window:
+ * what could ever be sent as one request message. */
+static bool message_fits(const moat_client *c, uint32_t stream, moat_slice payload)
+{
+    if (payload.len > c->limits.initial_window)
+        return false;
+    moat_frame probe;
+    memset(&probe, 0, sizeof probe);
+    probe.kind = MOAT_FRAME_MESSAGE;
+    probe.stream_id = stream;
+    probe.u.message.payload = payload;
+    size_t need = moat_wire_encoded_size(&probe);
+    return need > 0 && need <= c->wcap;
 }
 
 moat_err moat_call_start(moat_client *c, const char *method, uint64_t deadline_ms,
@@ -590,16 +614,8 @@ moat_err moat_call_start(moat_client *c, const char *method, uint64_t deadline_m
 {
     if (c->broken || c->go_away)
         return MOAT_E_CLOSED;
-    if (metadata_count > MOAT_WIRE_MAX_KV || request.len > c->limits.initial_window)
-        return MOAT_E_TOO_BIG;
     /* Refuse before anything is sent: a Call without its request would hang. */
-    moat_frame probe;
-    memset(&probe, 0, sizeof probe);
-    probe.kind = MOAT_FRAME_MESSAGE;
-    probe.stream_id = c->next_id;
-    probe.u.message.payload = request;
-    size_t need = moat_wire_encoded_size(&probe);
-    if (need == 0 || need > c->wcap)
+    if (metadata_count > MOAT_WIRE_MAX_KV || !message_fits(c, c->next_id, request))
         return MOAT_E_TOO_BIG;
     moat_call *call = calloc(1, sizeof *call);
     if (call == NULL)
@@ -607,6 +623,8 @@ moat_err moat_call_start(moat_client *c, const char *method, uint64_t deadline_m
     call->client = c;
     call->id = c->next_id;
     moat_window_init(&call->recv_window, c->limits.initial_window);
+    moat_window_init(&call->send_window, c->limits.initial_window);
+    moat_window_consume(&call->send_window, (uint32_t)request.len); /* fits: checked above */
     /* Room for a full window of queued messages with their prefixes. */
     moat_buf_init(&call->queue, (size_t)c->limits.initial_window * 2 + 64 * 1024);
     moat_status_clear(&call->status);
@@ -706,6 +724,51 @@ moat_err moat_call_recv(moat_call *call, int timeout_ms, moat_slice *msg)
         if (err == MOAT_E_TIMEOUT && wait == timeout_ms)
             return MOAT_E_TIMEOUT;
     }
+}
+
+static bool credit_done(moat_client *c, moat_call *want)
+{
+    (void)c;
+    return want->ended || want->send_window.available >= want->send_need;
+}
+
+moat_err moat_call_send(moat_call *call, moat_slice payload, int timeout_ms)
+{
+    moat_client *c = call->client;
+    if (call->ended || c->broken)
+        return MOAT_E_CLOSED;
+    if (!message_fits(c, call->id, payload))
+        return MOAT_E_TOO_BIG;
+    call->send_need = (uint32_t)payload.len;
+    /* Frames that come meanwhile are queued, not delivered: the caller reads
+     * them with moat_call_recv, and keeps granting the server credit. */
+    moat_err err = pump(c, call, NULL, timeout_ms, credit_done);
+    if (err != MOAT_OK)
+        return err;
+    if (call->ended)
+        return MOAT_E_CLOSED;
+    moat_window_consume(&call->send_window, (uint32_t)payload.len);
+    moat_frame f;
+    memset(&f, 0, sizeof f);
+    f.kind = MOAT_FRAME_MESSAGE;
+    f.stream_id = call->id;
+    f.u.message.payload = payload;
+    return send_frame(c, &f) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
+}
+
+uint32_t moat_call_send_window(const moat_call *call)
+{
+    return call->send_window.available;
+}
+
+int moat_client_fd(const moat_client *c)
+{
+    return c->fd;
+}
+
+moat_client *moat__call_client(const moat_call *call)
+{
+    return call->client;
 }
 
 const moat_status *moat_call_status(const moat_call *call)

@@ -25,6 +25,8 @@ typedef struct moat__scratch {
 } moat__scratch;
 
 moat__scratch moat__client_scratch(moat_client *c);
+/* The client a call belongs to. */
+moat_client *moat__call_client(const moat_call *call);
 
 /* moat_call_start that fills st (not NULL) when the call cannot start. */
 moat_err moat__call_start(moat_client *c, const char *method, uint64_t deadline_ms,

@@ -177,7 +177,9 @@ static enum MHD_Result pty_create(struct MHD_Connection *conn, xd_req *r)
     pthread_mutex_unlock(&table_lock);
     if (full) {
         session_free(s);
-        return xd_respond_error(conn, 500, "RUNTIME_ERROR", "too many pty sessions (%d)",
+        /* A limit, not a fault: 429 tells a client to close one first (moatd:
+         * RESOURCE_EXHAUSTED). */
+        return xd_respond_error(conn, 429, "TOO_MANY_SESSIONS", "too many pty sessions (%d)",
                                 XD_PTY_SESSIONS_MAX);
     }
     cJSON *body = cJSON_CreateObject();
@@ -278,6 +280,8 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
             s->started = start = true;
             s->pipe_mode = at->pipe_mode;
             memcpy(s->term, at->term, sizeof(s->term));
+            s->rows = at->rows;
+            s->cols = at->cols;
             s->refs++;
         }
     }
@@ -323,8 +327,9 @@ static bool valid_term(const char *t)
     return true;
 }
 
-/* since=: decimal digits below 2^63; anything else is ignored, as the reference does. */
-static bool parse_since(const char *v, uint64_t *out)
+/* Decimal digits below 2^63; anything else is not a number (since= is then ignored, as the
+ * reference does). */
+static bool parse_decimal(const char *v, uint64_t *out)
 {
     if (v == NULL || v[0] == '\0' || strlen(v) > 18)
         return false;
@@ -336,6 +341,14 @@ static bool parse_since(const char *v, uint64_t *out)
     }
     *out = x;
     return true;
+}
+
+/* rows= and cols= (moat's extension: the size the terminal starts with, so a command sees it
+ * from its first instruction): 1 to 65535, else the default. */
+static uint16_t parse_dimension(const char *v, uint16_t fallback)
+{
+    uint64_t x = 0;
+    return parse_decimal(v, &x) && x >= 1 && x <= UINT16_MAX ? (uint16_t)x : fallback;
 }
 
 static enum MHD_Result pty_attach(struct MHD_Connection *conn, xd_req *r, xd_pty *s)
@@ -375,8 +388,12 @@ static enum MHD_Result pty_attach(struct MHD_Connection *conn, xd_req *r, xd_pty
     at->session = s;
     at->pipe_mode = mode != NULL && strcmp(mode, "0") == 0;
     snprintf(at->term, sizeof(at->term), "%s", term != NULL ? term : "xterm-256color");
-    at->has_since =
-        parse_since(MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "since"), &at->since);
+    at->rows = parse_dimension(MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "rows"),
+                               XD_PTY_DEFAULT_ROWS);
+    at->cols = parse_dimension(MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "cols"),
+                               XD_PTY_DEFAULT_COLS);
+    at->has_since = parse_decimal(MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "since"),
+                                  &at->since);
     r->pty_attach = at;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
     MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept);

@@ -7,6 +7,9 @@
 #include "pty_proto.h"
 
 #define XD_PTY_TERM_MAX 64
+/* OpenSandbox's terminal size when the client names none. */
+#define XD_PTY_DEFAULT_ROWS 24
+#define XD_PTY_DEFAULT_COLS 80
 
 /* A WebSocket handed over by libmicrohttpd after the 101. */
 typedef struct xd_pty_client {
@@ -42,6 +45,7 @@ typedef struct xd_pty {
     bool started, closing, listed;
     bool pipe_mode;
     char term[XD_PTY_TERM_MAX + 1];
+    uint16_t rows, cols;    /* the terminal's first size */
     xd_pty_client *pending; /* upgraded, not yet taken by the thread */
     /* Read by GET /pty/{id} without the lock. */
     atomic_bool running;
@@ -56,6 +60,7 @@ typedef struct xd_pty_attach {
     bool upgraded;
     bool pipe_mode;
     char term[XD_PTY_TERM_MAX + 1];
+    uint16_t rows, cols;
     bool has_since;
     uint64_t since;
 } xd_pty_attach;

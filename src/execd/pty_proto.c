@@ -110,6 +110,8 @@ static void parse_object(const cJSON *root, moat_execd_pty_frame *out)
             out->why = "signal must be SIGINT, SIGTERM, SIGKILL, SIGQUIT or SIGHUP";
     } else if (strcmp(type, "ping") == 0) {
         out->type = MOAT_EXECD_PTY_PING;
+    } else if (strcmp(type, "close_stdin") == 0) {
+        out->type = MOAT_EXECD_PTY_CLOSE_STDIN;
     } else {
         out->why = "unknown frame type";
     }

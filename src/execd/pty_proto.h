@@ -40,6 +40,7 @@ typedef enum moat_execd_pty_frame_type {
     MOAT_EXECD_PTY_RESIZE,
     MOAT_EXECD_PTY_SIGNAL,
     MOAT_EXECD_PTY_PING,
+    MOAT_EXECD_PTY_CLOSE_STDIN, /* moat's extension: end of input */
 } moat_execd_pty_frame_type;
 
 typedef struct moat_execd_pty_frame {
@@ -52,7 +53,8 @@ typedef struct moat_execd_pty_frame {
 } moat_execd_pty_frame;
 
 /* Parses one text frame: {"type":"stdin","data"}, {"type":"resize","cols","rows"},
- * {"type":"signal","signal":"SIGINT|SIGTERM|SIGKILL|SIGQUIT|SIGHUP"}, {"type":"ping"}.
+ * {"type":"signal","signal":"SIGINT|SIGTERM|SIGKILL|SIGQUIT|SIGHUP"}, {"type":"ping"},
+ * {"type":"close_stdin"}.
  * Anything else (not JSON, unknown type, bad field) is MOAT_EXECD_PTY_INVALID. */
 void moat_execd_pty_parse_frame(const char *text, size_t len, moat_execd_pty_frame *out);
 

@@ -27,8 +27,6 @@
 /* After the process ended, output still arriving (a pty hands it over asynchronously, and
  * children may hold the terminal) is taken until this long passes without any. */
 #define DRAIN_QUIET_NS (100ull * NS_PER_MS)
-#define DEFAULT_COLS   80
-#define DEFAULT_ROWS   24
 
 typedef struct session_io {
     xd_pty *s;
@@ -42,6 +40,7 @@ typedef struct session_io {
     uint64_t quiet_until_ns;
     moat_execd_ring ring;
     moat_buf stdin_buf;
+    bool stdin_closed; /* close_stdin came: the pipe closes once stdin_buf is written */
     xd_pty_client *client;
     uint64_t detached_since_ns;
     uint8_t chunk[1 + CHUNK_MAX];
@@ -96,7 +95,7 @@ static bool open_pty(session_io *io, int *slave)
             close(m);
         return false;
     }
-    struct winsize size = {.ws_row = DEFAULT_ROWS, .ws_col = DEFAULT_COLS};
+    struct winsize size = {.ws_row = io->s->rows, .ws_col = io->s->cols};
     ioctl(m, TIOCSWINSZ, &size);
     fcntl(m, F_SETFL, O_NONBLOCK);
     io->pty_master = io->in_fd = io->out_fd = m;
@@ -242,10 +241,38 @@ static ssize_t client_send(void *ud, const uint8_t *buf, size_t len)
 
 static void stdin_append(session_io *io, xd_pty_client *c, const void *data, size_t len)
 {
+    if (io->stdin_closed) {
+        send_error(c, "INVALID_FRAME", "stdin was closed");
+        return;
+    }
     if (io->in_fd < 0)
         return;
     if (moat_buf_append(&io->stdin_buf, data, len) != MOAT_OK)
         send_error(c, "STDIN_WRITE_FAILED", "stdin buffer full");
+}
+
+/* Pipe mode: the process reads EOF once what it was sent is written. */
+static void end_stdin_when_written(session_io *io)
+{
+    if (io->stdin_closed && io->pty_master < 0 && io->in_fd >= 0 && io->stdin_buf.len == 0) {
+        close(io->in_fd);
+        io->in_fd = -1;
+    }
+}
+
+/* A terminal has no end of input but its VEOF character (^D), read as EOF by a program in
+ * canonical mode at the start of a line. */
+static void close_stdin(session_io *io, xd_pty_client *c)
+{
+    if (io->stdin_closed)
+        return;
+    if (io->pty_master >= 0) {
+        struct termios tio;
+        char veof = tcgetattr(io->pty_master, &tio) == 0 ? (char)tio.c_cc[VEOF] : 0x04;
+        stdin_append(io, c, &veof, 1);
+    }
+    io->stdin_closed = true;
+    end_stdin_when_written(io);
 }
 
 static void on_frame(session_io *io, xd_pty_client *c, const moat_execd_pty_frame *f)
@@ -267,6 +294,9 @@ static void on_frame(session_io *io, xd_pty_client *c, const moat_execd_pty_fram
         break;
     case MOAT_EXECD_PTY_PING:
         queue_text(c, "{\"type\":\"pong\"}");
+        break;
+    case MOAT_EXECD_PTY_CLOSE_STDIN:
+        close_stdin(io, c);
         break;
     case MOAT_EXECD_PTY_INVALID:
         send_error(c, "INVALID_FRAME", f->why);
@@ -474,6 +504,11 @@ static bool serve_client(session_io *io, const poll_set *ps, uint64_t now)
     }
     if (moat_execd_ws_want_write(c->ws) && !moat_execd_ws_send(c->ws))
         return false;
+    /* Both closes went: the handshake is over, and a client waiting for the socket to end (as
+     * moatd's bridge does before it ends the call) should not wait for the grace period. */
+    if (moat_execd_ws_close_sent(c->ws) != 0 && moat_execd_ws_close_received(c->ws) &&
+        !moat_execd_ws_want_write(c->ws))
+        return false;
     /* Malformed input made wslay queue a close (1002, 1007, 1009). */
     if (!moat_execd_ws_want_read(c->ws) && c->close_deadline_ns == 0)
         c->close_deadline_ns = now + CLOSE_GRACE_NS;
@@ -488,6 +523,9 @@ static int poll_timeout_ms(const session_io *io, bool closing, uint64_t now)
         at = earliest(at, io->client->last_recv_ns + READ_DEADLINE_NS);
         at = earliest(at, io->client->close_deadline_ns);
         if (io->client->early_off < io->client->early_len && !stdin_full(io))
+            at = now;
+        /* A close waiting only for what was queued before it, which has gone: send it now. */
+        if (io->client->close_code != 0 && moat_execd_ws_queued(io->client->ws) == 0)
             at = now;
     } else if (!closing) {
         at = earliest(at, io->detached_since_ns + xd.cfg.pty_idle_ns);
@@ -557,8 +595,10 @@ static void run(session_io *io)
             read_output(io, &io->out_fd, 0x01, now);
         if (ready(&ps, ps.err))
             read_output(io, &io->err_fd, 0x02, now);
-        if (ready(&ps, ps.in))
+        if (ready(&ps, ps.in)) {
             write_stdin(io);
+            end_stdin_when_written(io);
+        }
         if (io->client != NULL && !serve_client(io, &ps, now))
             client_end(io, now);
     }

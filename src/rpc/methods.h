@@ -4,34 +4,36 @@
  * the method (src/server/handlers.c); rpc ignores it, so that adding a method is this one line.
  *
  * Columns: id (MOAT_RPC_<id>), service (moat__v1__<service>__descriptor), the method's name in
- * the schema, whether it returns a stream (protobuf-c does not record it), moatd's handler. */
+ * the schema, its shape (protobuf-c does not record which side streams): UNARY, SERVER_STREAM
+ * (`returns (stream …)`) or BIDI_STREAM (a stream both ways), and moatd's handler. */
 #ifndef MOAT_RPC_METHODS_H
 #define MOAT_RPC_METHODS_H
 
 /* clang-format off */
-#define MOAT_RPC_METHODS(X)                                                                                   \
-    X(SANDBOXES_CREATE_SESSION, sandboxes, "CreateSession",    false, DIRECT(moat__sandboxes_create))         \
-    X(SANDBOXES_GET_SESSION,    sandboxes, "GetSession",       false, DIRECT(moat__sandboxes_get))            \
-    X(SANDBOXES_LIST_SESSIONS,  sandboxes, "ListSessions",     false, DIRECT(moat__sandboxes_list))           \
-    X(SANDBOXES_RENEW_SESSION,  sandboxes, "RenewSession",     false, DIRECT(moat__sandboxes_renew))          \
-    X(SANDBOXES_STOP_SESSION,   sandboxes, "StopSession",      false, DIRECT(moat__sandboxes_stop))           \
-    X(EXEC_RUN_COMMAND,         exec,      "RunCommand",       true,  SESSION(moat__exec_run_command))        \
-    X(EXEC_RUN_IN_SHELL,        exec,      "RunInShell",       true,  SESSION(moat__exec_run_in_shell))       \
-    X(EXEC_CREATE_SHELL,        exec,      "CreateShell",      false, BRIDGE(moat__exec_create_shell))        \
-    X(EXEC_DELETE_SHELL,        exec,      "DeleteShell",      false, BRIDGE(moat__exec_delete_shell))        \
-    X(EXEC_INTERRUPT,           exec,      "Interrupt",        false, BRIDGE_UNCOUNTED(moat__exec_interrupt)) \
-    X(EXEC_GET_COMMAND_STATUS,  exec,      "GetCommandStatus", false, BRIDGE(moat__exec_command_status))      \
-    X(EXEC_GET_COMMAND_LOGS,    exec,      "GetCommandLogs",   false, BRIDGE(moat__exec_command_logs))        \
-    X(EXEC_ATTACH,              exec,      "Attach",           true,  SESSION(moat__exec_attach))             \
-    X(FILES_STAT,               files,     "Stat",             false, BRIDGE(moat__files_stat))               \
-    X(FILES_LIST,               files,     "List",             false, BRIDGE(moat__files_list))               \
-    X(FILES_READ,               files,     "Read",             true,  SESSION(moat__files_read))              \
-    X(FILES_WRITE,              files,     "Write",            false, SESSION(moat__files_write))             \
-    X(FILES_REMOVE,             files,     "Remove",           false, BRIDGE(moat__files_remove))             \
-    X(FILES_MOVE,               files,     "Move",             false, BRIDGE(moat__files_move))               \
-    X(FILES_MKDIR,              files,     "Mkdir",            false, BRIDGE(moat__files_mkdir))              \
-    X(FILES_CHMOD,              files,     "Chmod",            false, BRIDGE(moat__files_chmod))              \
-    X(HEALTH_CHECK,             health,    "Check",            false, DIRECT(moat__health_check))
+#define MOAT_RPC_METHODS(X)                                                                                           \
+    X(SANDBOXES_CREATE_SESSION, sandboxes, "CreateSession",    UNARY,         DIRECT(moat__sandboxes_create))         \
+    X(SANDBOXES_GET_SESSION,    sandboxes, "GetSession",       UNARY,         DIRECT(moat__sandboxes_get))            \
+    X(SANDBOXES_LIST_SESSIONS,  sandboxes, "ListSessions",     UNARY,         DIRECT(moat__sandboxes_list))           \
+    X(SANDBOXES_RENEW_SESSION,  sandboxes, "RenewSession",     UNARY,         DIRECT(moat__sandboxes_renew))          \
+    X(SANDBOXES_STOP_SESSION,   sandboxes, "StopSession",      UNARY,         DIRECT(moat__sandboxes_stop))           \
+    X(EXEC_RUN_COMMAND,         exec,      "RunCommand",       SERVER_STREAM, SESSION(moat__exec_run_command))        \
+    X(EXEC_RUN_IN_SHELL,        exec,      "RunInShell",       SERVER_STREAM, SESSION(moat__exec_run_in_shell))       \
+    X(EXEC_CREATE_SHELL,        exec,      "CreateShell",      UNARY,         BRIDGE(moat__exec_create_shell))        \
+    X(EXEC_DELETE_SHELL,        exec,      "DeleteShell",      UNARY,         BRIDGE(moat__exec_delete_shell))        \
+    X(EXEC_INTERRUPT,           exec,      "Interrupt",        UNARY,         BRIDGE_UNCOUNTED(moat__exec_interrupt)) \
+    X(EXEC_GET_COMMAND_STATUS,  exec,      "GetCommandStatus", UNARY,         BRIDGE(moat__exec_command_status))      \
+    X(EXEC_GET_COMMAND_LOGS,    exec,      "GetCommandLogs",   UNARY,         BRIDGE(moat__exec_command_logs))        \
+    X(EXEC_ATTACH,              exec,      "Attach",           SERVER_STREAM, SESSION(moat__exec_attach))             \
+    X(EXEC_INTERACTIVE,         exec,      "Interactive",      BIDI_STREAM,   DIRECT(moat__exec_interactive))         \
+    X(FILES_STAT,               files,     "Stat",             UNARY,         BRIDGE(moat__files_stat))               \
+    X(FILES_LIST,               files,     "List",             UNARY,         BRIDGE(moat__files_list))               \
+    X(FILES_READ,               files,     "Read",             SERVER_STREAM, SESSION(moat__files_read))              \
+    X(FILES_WRITE,              files,     "Write",            UNARY,         SESSION(moat__files_write))             \
+    X(FILES_REMOVE,             files,     "Remove",           UNARY,         BRIDGE(moat__files_remove))             \
+    X(FILES_MOVE,               files,     "Move",             UNARY,         BRIDGE(moat__files_move))               \
+    X(FILES_MKDIR,              files,     "Mkdir",            UNARY,         BRIDGE(moat__files_mkdir))              \
+    X(FILES_CHMOD,              files,     "Chmod",            UNARY,         BRIDGE(moat__files_chmod))              \
+    X(HEALTH_CHECK,             health,    "Check",            UNARY,         DIRECT(moat__health_check))
 /* clang-format on */
 
 #endif

@@ -15,11 +15,15 @@
 typedef struct method_line {
     const ProtobufCServiceDescriptor *service;
     const char *name;
-    bool server_streaming;
+    bool server_streaming, client_streaming;
 } method_line;
 
-#define METHOD_LINE(id, service, name, streaming, handler)                                         \
-    [MOAT_RPC_##id] = {&moat__v1__##service##__descriptor, name, streaming},
+/* methods.h's shapes: which sides stream. */
+#define SHAPE_UNARY         false, false
+#define SHAPE_SERVER_STREAM true, false
+#define SHAPE_BIDI_STREAM   true, true
+#define METHOD_LINE(id, service, name, shape, handler)                                             \
+    [MOAT_RPC_##id] = {&moat__v1__##service##__descriptor, name, SHAPE_##shape},
 static const method_line method_lines[MOAT_RPC_METHOD_COUNT] = {MOAT_RPC_METHODS(METHOD_LINE)};
 #undef METHOD_LINE
 
@@ -50,7 +54,8 @@ static void methods_fill(void)
                                        (unsigned)(d - l->service->methods),
                                        d->input,
                                        d->output,
-                                       l->server_streaming};
+                                       l->server_streaming,
+                                       l->client_streaming};
     }
 }
 
@@ -75,6 +80,14 @@ const moat_rpc_method *moat_rpc_method_get(moat_rpc_method_id id)
     return &methods[id];
 }
 
+typedef struct held_input {
+    struct held_input *next;
+    ProtobufCMessage *msg;
+    size_t len;
+} held_input;
+
+static void held_drop(moat_rpc_call *call);
+
 struct moat_rpc_call {
     const moat_rpc_method *method;
     uint32_t stream_id;
@@ -85,6 +98,10 @@ struct moat_rpc_call {
     const moat_rpc_sink *sink;
     void *sink_user;
     ProtobufCMessage *request;
+    /* Input that came before the handler set its hook, oldest first. */
+    struct held_input *held, *held_tail;
+    moat_rpc_input_fn input_fn;
+    void *input_arg;
     moat_rpc_cancel_fn cancel_fn;
     void *cancel_arg;
     void *data;
@@ -129,6 +146,7 @@ void moat_rpc_call_unref(moat_rpc_call *call)
         moat_rpc_call_cancel(call, MOAT_CODE_CANCELLED, "call abandoned");
     if (call->request != NULL)
         protobuf_c_message_free_unpacked(call->request, NULL);
+    held_drop(call);
     free(call);
 }
 
@@ -227,16 +245,17 @@ static const char *find_nul_string(const ProtobufCMessageDescriptor *d, const ui
     return NULL;
 }
 
-moat_err moat_rpc_call_request(moat_rpc_call *call, const uint8_t *payload, size_t len,
-                               const ProtobufCMessage **out)
+/* A request message decoded and checked; NULL (the call ended INVALID_ARGUMENT, *err says how)
+ * when it is not one. */
+static ProtobufCMessage *request_decode(moat_rpc_call *call, const uint8_t *payload, size_t len,
+                                        moat_err *err)
 {
-    if (call->state != MOAT_RPC_AWAIT_REQUEST)
-        return MOAT_E_STATE;
     ProtobufCMessage *m = protobuf_c_message_unpack(call->method->request, NULL, len, payload);
     if (m == NULL) {
         moat_rpc_call_fail(call, MOAT_CODE_INVALID_ARGUMENT, "bad_request",
                            "request is not a valid %s", call->method->request->name);
-        return MOAT_E_PROTO;
+        *err = MOAT_E_PROTO;
+        return NULL;
     }
     const char *field = find_nul_string(call->method->request, payload, len, 8);
     if (field != NULL) {
@@ -246,13 +265,95 @@ moat_err moat_rpc_call_request(moat_rpc_call *call, const uint8_t *payload, size
                         "%s holds a NUL byte, which no command, path or name can carry", field);
         moat_status_add_detail(&st, "field", field);
         moat_rpc_call_end(call, &st);
-        return MOAT_E_INVAL;
+        *err = MOAT_E_INVAL;
+        return NULL;
     }
+    return m;
+}
+
+moat_err moat_rpc_call_request(moat_rpc_call *call, const uint8_t *payload, size_t len,
+                               const ProtobufCMessage **out)
+{
+    if (call->state != MOAT_RPC_AWAIT_REQUEST)
+        return MOAT_E_STATE;
+    moat_err err = MOAT_OK;
+    ProtobufCMessage *m = request_decode(call, payload, len, &err);
+    if (m == NULL)
+        return err;
     call->request = m;
     call->state = MOAT_RPC_RUNNING;
     if (out != NULL)
         *out = m;
     return MOAT_OK;
+}
+
+static void held_drop(moat_rpc_call *call)
+{
+    while (call->held != NULL) {
+        held_input *h = call->held;
+        call->held = h->next;
+        protobuf_c_message_free_unpacked(h->msg, NULL);
+        free(h);
+    }
+    call->held_tail = NULL;
+}
+
+/* Hands held input to the hook, in order, while the call runs and has a hook. */
+static void held_deliver(moat_rpc_call *call)
+{
+    while (call->held != NULL && call->input_fn != NULL && call->state == MOAT_RPC_RUNNING) {
+        held_input *h = call->held;
+        call->held = h->next;
+        if (call->held == NULL)
+            call->held_tail = NULL;
+        call->input_fn(call, h->msg, h->len, call->input_arg);
+        protobuf_c_message_free_unpacked(h->msg, NULL);
+        free(h);
+    }
+    if (call->state == MOAT_RPC_ENDED)
+        held_drop(call);
+}
+
+moat_err moat_rpc_call_input(moat_rpc_call *call, const uint8_t *payload, size_t len)
+{
+    if (!call->method->client_streaming || call->state == MOAT_RPC_AWAIT_REQUEST)
+        return MOAT_E_STATE;
+    if (call->state == MOAT_RPC_ENDED)
+        return MOAT_OK;
+    moat_err err = MOAT_OK;
+    ProtobufCMessage *m = request_decode(call, payload, len, &err);
+    if (m == NULL)
+        return err;
+    held_input *h = malloc(sizeof(*h));
+    if (h == NULL) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return MOAT_E_NOMEM;
+    }
+    *h = (held_input){NULL, m, len};
+    if (call->held_tail != NULL)
+        call->held_tail->next = h;
+    else
+        call->held = h;
+    call->held_tail = h;
+    moat_rpc_call_ref(call);
+    held_deliver(call);
+    moat_rpc_call_unref(call);
+    return MOAT_OK;
+}
+
+void moat_rpc_call_on_input(moat_rpc_call *call, moat_rpc_input_fn fn, void *arg)
+{
+    call->input_fn = fn;
+    call->input_arg = arg;
+    moat_rpc_call_ref(call);
+    held_deliver(call);
+    moat_rpc_call_unref(call);
+}
+
+void moat_rpc_call_input_done(moat_rpc_call *call, size_t len)
+{
+    if (len > 0 && call->sink->input_done != NULL)
+        call->sink->input_done(call, len, call->sink_user);
 }
 
 moat_err moat_rpc_call_send(moat_rpc_call *call, const ProtobufCMessage *msg)

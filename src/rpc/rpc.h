@@ -23,7 +23,7 @@ extern "C" {
 #endif
 
 /* Every method of every v1 service, in schema order (methods.h). */
-#define MOAT_RPC_METHOD_ID(id, service, name, streaming, handler) MOAT_RPC_##id,
+#define MOAT_RPC_METHOD_ID(id, service, name, shape, handler) MOAT_RPC_##id,
 typedef enum moat_rpc_method_id {
     MOAT_RPC_METHODS(MOAT_RPC_METHOD_ID) MOAT_RPC_METHOD_COUNT
 } moat_rpc_method_id;
@@ -40,6 +40,9 @@ typedef struct moat_rpc_method {
     const ProtobufCMessageDescriptor *response;
     /* True for `returns (stream …)`: zero or more responses; otherwise exactly one. */
     bool server_streaming;
+    /* True for `rpc M(stream …)`: further request messages follow the first one
+     * (moat_rpc_call_input); otherwise the first is the only one. */
+    bool client_streaming;
 } moat_rpc_method;
 
 /* The method called `name` (not NUL-terminated), or NULL. Static storage, filled from the service
@@ -65,6 +68,9 @@ typedef struct moat_rpc_sink {
     moat_err (*message)(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len, void *user);
     /* The call's final status; called exactly once per call. */
     void (*end)(moat_rpc_call *call, const moat_status *status, void *user);
+    /* The handler is done with len bytes of input (moat_rpc_call_input_done): the transport
+     * gives the client that much credit back. */
+    void (*input_done)(moat_rpc_call *call, size_t len, void *user);
 } moat_rpc_sink;
 
 /* Called once when a call is cancelled by the client or by its deadline,
@@ -101,6 +107,25 @@ void *moat_rpc_call_get_data(const moat_rpc_call *call);
  * then ended INVALID_ARGUMENT). */
 moat_err moat_rpc_call_request(moat_rpc_call *call, const uint8_t *payload, size_t len,
                                const ProtobufCMessage **out);
+
+/* A further request message of a client-streaming call: msg (the method's request type) is
+ * owned by the call and freed when the hook returns; len is its encoded size, which the handler
+ * gives back with moat_rpc_call_input_done once it has used the input. */
+typedef void (*moat_rpc_input_fn)(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len,
+                                  void *arg);
+
+/* A request message after the first, of a client-streaming method. It is decoded and checked
+ * like the first (a bad one ends the call INVALID_ARGUMENT: MOAT_E_PROTO or MOAT_E_INVAL), then
+ * handed to the input hook, or held in order until the handler sets one: what the transport's
+ * window lets a client send bounds what is held. MOAT_OK, also when the call has ended (the
+ * message is dropped); MOAT_E_STATE when the method takes one request or the first has not come;
+ * MOAT_E_NOMEM. */
+moat_err moat_rpc_call_input(moat_rpc_call *call, const uint8_t *payload, size_t len);
+/* Sets the input hook (NULL: hold what comes) and hands it what was held, in order, until the
+ * call ends (what is left then is dropped). */
+void moat_rpc_call_on_input(moat_rpc_call *call, moat_rpc_input_fn fn, void *arg);
+/* The handler has used len bytes of input: the sink's input_done returns the credit. */
+void moat_rpc_call_input_done(moat_rpc_call *call, size_t len);
 
 /* Packs msg (must be of the method's response type) and hands it to the sink.
  * MOAT_E_STATE once the call has ended, when it is not RUNNING, or for a second

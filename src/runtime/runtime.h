@@ -101,6 +101,9 @@ typedef struct moat_runtime_config {
      * cannot signal, trace or read it; the chat workspace belongs to this user. */
     bool sandbox_user_root;
     uint32_t sandbox_uid, sandbox_gid;
+    /* execd closes a terminal session no client has been attached to for this long; 0: execd's
+     * default (30 minutes). */
+    uint32_t terminal_idle_seconds;
     /* A read-only root file system, with writable tmpfs mounts of tmpfs_size_bytes each on /tmp,
      * /var/tmp and /root, so the container's writable layer on the host disk stays empty. */
     bool read_only_rootfs;

@@ -107,14 +107,17 @@ static cJSON *container_spec(moat_runtime *rt, const moat__sandbox_request *req,
 {
     char expires[MOAT_TIME_ISO_MAX];
     moat_time_format_iso8601(req->expires_at_ms, expires);
-    char run_as[32], token_env[96], home_env[MOAT_RUNTIME_PATH_MAX + 8];
+    char run_as[32], idle[16], token_env[96], home_env[MOAT_RUNTIME_PATH_MAX + 8];
     snprintf(run_as, sizeof(run_as), "%u:%u", rt->cfg.sandbox_uid, rt->cfg.sandbox_gid);
+    snprintf(idle, sizeof(idle), "%u",
+             rt->cfg.terminal_idle_seconds > 0 ? rt->cfg.terminal_idle_seconds : 1800u);
     /* In the environment, not on the command line: /proc/1/cmdline is readable by every
      * process in the sandbox, /proc/1/environ only by execd's own user. */
     snprintf(token_env, sizeof(token_env), "EXECD_ACCESS_TOKEN=%s", req->execd_token);
     snprintf(home_env, sizeof(home_env), "HOME=%s", rt->cfg.chat_mount_path);
-    const char *const entrypoint[] = {"/opt/moat/run", "--listen", "unix:/run/moat/execd.sock",
-                                      "--run-as", run_as};
+    const char *const entrypoint[] = {
+        "/opt/moat/run", "--listen", "unix:/run/moat/execd.sock", "--pty-idle-timeout", idle,
+        "--run-as",      run_as};
     const char *const env[] = {token_env, home_env};
     static const char *const cap_drop[] = {"ALL"};
     /* What execd, root in the container, needs to start commands as the sandbox user, signal
@@ -127,7 +130,7 @@ static cJSON *container_spec(moat_runtime *rt, const moat__sandbox_request *req,
      * every allocation; whatever was attached goes with spec. */
     cJSON *spec = cJSON_CreateObject();
     bool ok = cJSON_AddStringToObject(spec, "Image", req->image) &&
-              add_string_array(spec, "Entrypoint", entrypoint, unprivileged ? 5 : 3) &&
+              add_string_array(spec, "Entrypoint", entrypoint, unprivileged ? 7 : 5) &&
               add_string_array(spec, "Env", env, unprivileged ? 2 : 1);
     cJSON *labels = ok ? cJSON_AddObjectToObject(spec, "Labels") : NULL;
     cJSON *host = ok ? cJSON_AddObjectToObject(spec, "HostConfig") : NULL;

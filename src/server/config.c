@@ -100,6 +100,8 @@ static const key_def keys[] = {
     {"runtime", K_STR, OFF(runtime), "", 0, 0,
      "OCI runtime of the sandboxes, as registered with dockerd (runsc: gVisor); empty = the "
      "engine's default (runc)"},
+    {"terminal_idle_timeout_seconds", K_U32, OFF(terminal_idle_timeout_seconds), "1800", 1, 604800,
+     "a terminal session (Exec/Interactive) with no client attached is closed after this"},
     {"readiness_timeout_ms", K_U32, OFF(readiness_timeout_ms), "10000", 100, 600000,
      "CreateSession waits this long for execd to answer"},
     {"docker_timeout_ms", K_U32, OFF(docker_timeout_ms), "30000", 100, 600000,

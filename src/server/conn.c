@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "moat/v1/exec.pb-c.h"
 #include "server_internal.h"
 
 static void on_handle_closed(uv_handle_t *h)
@@ -295,6 +296,32 @@ static void handle_call(conn *c, const moat_frame *f)
              id, m->name, (unsigned long long)f->u.call.deadline_ms);
 }
 
+/* The request, or input after it: a call that takes one request gets one. */
+static void handle_message(stream *st, const uint8_t *payload, size_t len)
+{
+    if (moat_rpc_call_state(st->call) != MOAT_RPC_AWAIT_REQUEST) {
+        moat_err err = moat_rpc_call_input(st->call, payload, len);
+        if (err == MOAT_E_NOMEM)
+            moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
+                               "out of memory");
+        if (err != MOAT_E_STATE)
+            return;
+        const moat_rpc_method *m = moat_rpc_call_method(st->call);
+        moat_status extra;
+        if (m->service == &moat__v1__exec__descriptor && m->server_streaming)
+            moat_status_set(&extra, MOAT_CODE_FAILED_PRECONDITION, "stdin_not_requested",
+                            "%s takes no input after its request: Exec/Interactive does", m->name);
+        else
+            moat_status_set(&extra, MOAT_CODE_INVALID_ARGUMENT, "extra_request_message",
+                            "a call takes exactly one request message");
+        moat_rpc_call_cancel_with(st->call, &extra);
+        return;
+    }
+    const ProtobufCMessage *req = NULL;
+    if (moat_rpc_call_request(st->call, payload, len, &req) == MOAT_OK)
+        moat__dispatch(st, req);
+}
+
 static void handle_frame(conn *c, const moat_frame *f)
 {
     if (c->state == CONN_PREHELLO) {
@@ -306,25 +333,17 @@ static void handle_frame(conn *c, const moat_frame *f)
     case MOAT_FRAME_CALL:
         handle_call(c, f);
         return;
-    case MOAT_FRAME_MESSAGE: {
+    case MOAT_FRAME_MESSAGE:
         st = moat_stream_table_get(c->table, f->stream_id);
         if (st == NULL)
             return; /* a late message for a call that already ended */
-        const ProtobufCMessage *req = NULL;
-        moat_err err = moat_rpc_call_request(st->call, f->u.message.payload.data,
-                                             f->u.message.payload.len, &req);
-        if (err == MOAT_E_STATE) {
-            moat_status extra;
-            moat_status_set(&extra, MOAT_CODE_INVALID_ARGUMENT, "extra_request_message",
-                            "a call takes exactly one request message");
-            moat_rpc_call_cancel_with(st->call, &extra);
+        if (moat_window_consume(&st->in_window, (uint32_t)f->u.message.payload.len) != MOAT_OK) {
+            moat__conn_fail(c, MOAT_CODE_INVALID_ARGUMENT,
+                            "flow_control_error: a Message past the stream's window");
             return;
         }
-        if (err != MOAT_OK)
-            return; /* the call has ended INVALID_ARGUMENT */
-        moat__dispatch(st, req);
+        handle_message(st, f->u.message.payload.data, f->u.message.payload.len);
         return;
-    }
     case MOAT_FRAME_CANCEL:
         st = moat_stream_table_get(c->table, f->stream_id);
         if (st != NULL)

@@ -84,6 +84,8 @@ void moat__sandboxes_list(stream *st, const ProtobufCMessage *req);
 void moat__sandboxes_renew(stream *st, const ProtobufCMessage *req);
 void moat__sandboxes_stop(stream *st, const ProtobufCMessage *req);
 void moat__health_check(stream *st, const ProtobufCMessage *req);
+/* Exec/Interactive: a command with its stdin, or a terminal (svc_interactive.c). */
+void moat__exec_interactive(stream *st, const ProtobufCMessage *req);
 /* Reconciles with the runtime, then starts its reaper and watcher (svc_sessions.c). */
 void moat__sessions_start(srv *s);
 
@@ -110,6 +112,13 @@ moat_err moat__files_remove(stream *st, const moat_bridge_endpoint *ep, moat_sta
 moat_err moat__files_move(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
 moat_err moat__files_mkdir(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
 moat_err moat__files_chmod(stream *st, const moat_bridge_endpoint *ep, moat_status *status);
+
+/* A connection whose undelivered output fills its share of the budget (a client that does not
+ * read) gets no new output stream: it could only add to what already waits for it. Its streams
+ * are paused meanwhile, so whatever their number it holds at most twice its share (undelivered
+ * events up to the share, then frames it has not taken up to the share again) and one write per
+ * stream. Ends the call RESOURCE_EXHAUSTED and returns true in that case (svc_exec.c). */
+bool moat__refuse_unread_connection(stream *st);
 
 /* ---- helpers (handlers.c) ------------------------------------------------------------------- */
 

@@ -51,6 +51,7 @@ static char *runtime_config(const moat_server_config *c, const moat_runtime_metr
     rc.instance = c->instance[0] != '\0' ? c->instance : NULL;
     rc.runtime = c->runtime;
     rc.readiness_timeout_ms = (long)c->readiness_timeout_ms;
+    rc.terminal_idle_seconds = c->terminal_idle_timeout_seconds;
     moat_sandbox_user user;
     if (moat_server_parse_sandbox_user(c->sandbox_user, &user) == MOAT_OK) {
         rc.sandbox_user_root = user.root;

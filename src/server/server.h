@@ -74,6 +74,8 @@ typedef struct moat_server_config {
     uint32_t workspace_inodes;
     uint32_t pool_size; /* warm sandboxes of the default image; at most max_sessions */
     uint32_t pool_fill_concurrency;
+    /* A terminal session with no client is closed after this (execd's --pty-idle-timeout). */
+    uint32_t terminal_idle_timeout_seconds;
     /* Path of the file that was read ("" when none); not a key. */
     char *config_file;
 } moat_server_config;

@@ -40,7 +40,8 @@ struct stream {
     uint32_t id;
     unsigned refs;
     moat_rpc_call *call;
-    moat_window window; /* the client's credit for our Message payloads */
+    moat_window window;    /* the client's credit for our Message payloads */
+    moat_window in_window; /* our credit for the client's Message payloads */
     out_frame *qhead, *qtail;
     size_t queued; /* bytes of frames in the queue */
     bool end_queued;
@@ -247,6 +248,14 @@ void moat__stream_ref(stream *st);
 void moat__stream_unref(stream *st);
 /* Credit the client still grants this stream, minus what is already queued. */
 uint32_t moat__stream_credit(const stream *st);
+/* How much output credit a producer (a bridge execution or terminal) may hold for this stream
+ * now: at most min(the client's window left, initial_window), so however large a window a
+ * client grants one stream never has more than initial_window in flight inside moatd; nothing
+ * while the connection's socket is backed up (the server asks again as writes drain). */
+uint64_t moat__stream_credit_target(const stream *st);
+/* A producer holding `outstanding` credit used some: when it runs low, on_credit(st, 0) runs
+ * once this iteration's writes are out (never from inside a bridge callback). */
+void moat__stream_want_credit(stream *st, uint64_t outstanding);
 /* A thread-pool job starts / ends (keeps the drain waiting for it). */
 void moat__srv_job(srv *s, int delta);
 

@@ -53,6 +53,22 @@ void moat__stream_unref(stream *st)
     moat__stream_release(st, 1);
 }
 
+uint64_t moat__stream_credit_target(const stream *st)
+{
+    if (st->c == NULL || st->c->pending_write > st->s->cfg.max_pending_bytes)
+        return 0;
+    uint64_t want = moat__stream_credit(st);
+    return want < st->initial_window ? want : st->initial_window;
+}
+
+void moat__stream_want_credit(stream *st, uint64_t outstanding)
+{
+    if (outstanding < st->initial_window / 2 && st->c != NULL) {
+        st->wants_credit = true;
+        st->c->credit_wanted = true;
+    }
+}
+
 uint32_t moat__stream_credit(const stream *st)
 {
     if (st->c == NULL || st->qhead != NULL)
@@ -194,7 +210,23 @@ static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
     st->end_queued = true;
 }
 
-static const moat_rpc_sink sink = {sink_message, sink_end};
+/* Input the handler has used goes back to the client, in WindowUpdates of at least half the
+ * window as libmoat sends them (moat_window_release). */
+static void sink_input_done(moat_rpc_call *call, size_t len, void *user)
+{
+    (void)call;
+    stream *st = user;
+    uint32_t inc = moat_window_release(&st->in_window, (uint32_t)len);
+    if (inc == 0 || st->c == NULL)
+        return;
+    moat_frame f = {0};
+    f.stream_id = st->id;
+    f.kind = MOAT_FRAME_WINDOW_UPDATE;
+    f.u.window_update.increment = inc;
+    moat__conn_send(st->c, &f);
+}
+
+static const moat_rpc_sink sink = {sink_message, sink_end, sink_input_done};
 
 /* The stream leaves its connection, keeping the reference the connection held: returns
  * whether it was attached (the caller then owns that reference). */
@@ -250,6 +282,7 @@ bool moat__stream_start(stream *st, conn *c, uint32_t id, const moat_rpc_method 
     st->max_frame_size = c->max_frame_size;
     st->initial_window = c->initial_window;
     moat_window_init(&st->window, st->initial_window);
+    moat_window_init(&st->in_window, st->initial_window);
     st->call = moat_rpc_call_new(m, id, deadline_ms, moat__now_ms(), &sink, st);
     if (st->call == NULL)
         return false;

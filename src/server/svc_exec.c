@@ -151,12 +151,7 @@ static void exec_on_event(void *ud, moat_bridge_exec *ex, const moat_bridge_even
     }
     size_t cost = moat_bridge_event_cost(ev);
     x->outstanding -= cost < x->outstanding ? cost : x->outstanding;
-    /* Running low: top up once this event has been written (not from inside
-     * the bridge's callback). */
-    if (x->outstanding < x->st->initial_window / 2 && x->st->c != NULL) {
-        x->st->wants_credit = true;
-        x->st->c->credit_wanted = true;
-    }
+    moat__stream_want_credit(x->st, x->outstanding);
     moat_err rc = moat_rpc_call_send(x->st->call, &e.base);
     free(tb);
     if (rc != MOAT_OK && moat__running(x->st))
@@ -173,16 +168,6 @@ static void exec_on_end(void *ud, moat_bridge_exec *ex, const moat_status *statu
     exec_ctx_free(x);
 }
 
-/* How much credit the bridge may hold for this stream now. Nothing while the
- * connection's socket is backed up; the server asks again as writes drain. */
-static uint64_t exec_credit_target(const stream *st)
-{
-    if (st->c == NULL || st->c->pending_write > st->s->cfg.max_pending_bytes)
-        return 0;
-    uint64_t want = moat__stream_credit(st);
-    return want < st->initial_window ? want : st->initial_window;
-}
-
 /* Runs on WindowUpdates (inc > 0) and when the connection's writes drain
  * (inc == 0); never from inside a bridge callback. */
 static void exec_on_credit(stream *st, uint32_t inc)
@@ -191,7 +176,7 @@ static void exec_on_credit(stream *st, uint32_t inc)
     exec_ctx *x = st->hctx;
     if (x == NULL || x->cancelled || x->ex == NULL)
         return;
-    uint64_t want = exec_credit_target(st);
+    uint64_t want = moat__stream_credit_target(st);
     if (want > x->outstanding) {
         uint64_t give = want - x->outstanding;
         x->outstanding = want;
@@ -229,12 +214,7 @@ static void log_budget_refusal(stream *st, const moat_status *status)
                      st->c != NULL ? st->c->account.limit : 0);
 }
 
-/* A connection whose undelivered output fills its share of the budget (a
- * client that does not read) gets no new stream: it could only add to what
- * already waits for it. Its streams are paused meanwhile, so whatever their
- * number it holds at most twice its share (undelivered events up to the share,
- * then frames it has not taken up to the share again) and one write per stream. */
-static bool refuse_unread_connection(stream *st)
+bool moat__refuse_unread_connection(stream *st)
 {
     conn *c = st->c;
     if (c == NULL || c->account.limit == 0 || c->account.pinned < c->account.limit)
@@ -276,7 +256,7 @@ typedef struct exec_source {
 
 static void exec_start(stream *st, const moat_bridge_endpoint *ep, const exec_source *src)
 {
-    if (refuse_unread_connection(st))
+    if (moat__refuse_unread_connection(st))
         return;
     exec_ctx *x = exec_ctx_new(st, ep);
     if (x == NULL) {
@@ -293,7 +273,7 @@ static void exec_start(stream *st, const moat_bridge_endpoint *ep, const exec_so
     st->hctx = x;
     st->on_credit = exec_on_credit;
     moat_rpc_call_on_cancel(st->call, exec_on_cancel, x);
-    x->outstanding = exec_credit_target(st);
+    x->outstanding = moat__stream_credit_target(st);
     /* Callbacks (replayed events, the end) may run before the bridge returns and end the call:
      * keep the stream alive until we have looked. */
     moat__stream_ref(st);

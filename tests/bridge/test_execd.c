@@ -1,7 +1,7 @@
 /* The bridge against the real moat-execd binary (label integration): output
  * order, stderr apart, exit codes, binary bytes, interrupt, a paused consumer
  * holding a 1 GB stream with flat memory, Attach after a dropped consumer,
- * bash sessions, background status and logs, and the file calls. */
+ * bash sessions, background status and logs, the file calls, and a terminal's stdin EOF. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "bridge/terminal.h"
 #include "collect.h"
 
 /* One test's moat-execd, its directory and the bridge talking to it. It lives outside the
@@ -763,6 +764,65 @@ static void test_files(void **state)
     env_down(e);
 }
 
+/* A terminal in pipe mode: stdin, then close_stdin, and wc reads EOF (execd's WebSocket, with
+ * curl's upgrade on libmicrohttpd's). */
+typedef struct term_out {
+    char out[64];
+    int code;
+    bool ended;
+    moat_status end;
+} term_out;
+
+static void t_ready(void *ud, moat_bridge_terminal *t, const char *id)
+{
+    (void)ud;
+    assert_true(strlen(id) > 0);
+    assert_int_equal(moat_bridge_terminal_stdin(t, (const uint8_t *)"a\nb\n", 4), MOAT_OK);
+    assert_int_equal(moat_bridge_terminal_close_stdin(t), MOAT_OK);
+}
+
+static void t_output(void *ud, moat_bridge_terminal *t, moat_bridge_stream s, const uint8_t *d,
+                     size_t n)
+{
+    (void)t;
+    (void)s;
+    term_out *o = ud;
+    size_t used = strlen(o->out);
+    snprintf(o->out + used, sizeof(o->out) - used, "%.*s", (int)n, (const char *)d);
+}
+
+static void t_exit(void *ud, moat_bridge_terminal *t, int code)
+{
+    (void)t;
+    ((term_out *)ud)->code = code;
+}
+
+static void t_end(void *ud, moat_bridge_terminal *t, const moat_status *st)
+{
+    (void)t;
+    term_out *o = ud;
+    o->end = *st;
+    o->ended = true;
+}
+
+static void test_terminal_stdin_eof(void **state)
+{
+    (void)state;
+    env *e = env_up(NULL);
+    term_out o = {.code = -1000};
+    moat_bridge_terminal_consumer c = {t_ready, t_output, t_exit, NULL, t_end, &o};
+    moat_bridge_terminal_opts opts = {.command = "wc -l"};
+    moat_bridge_terminal *t;
+    moat_status st;
+    assert_int_equal(moat_bridge_terminal_open(e->b, &e->ep, &opts, &c, 1u << 20, &t, &st),
+                     MOAT_OK);
+    run_until(e, &o.ended);
+    assert_int_equal(o.end.code, MOAT_CODE_OK);
+    assert_string_equal(o.out, "2\n");
+    assert_int_equal(o.code, 0);
+    env_down(e);
+}
+
 /* After a failed assertion too: no execd, command or directory outlives the test. */
 static int teardown(void **state)
 {
@@ -784,6 +844,7 @@ int main(void)
         cmocka_unit_test_teardown(test_attach_after_drop, teardown),
         cmocka_unit_test_teardown(test_sessions_background, teardown),
         cmocka_unit_test_teardown(test_files, teardown),
+        cmocka_unit_test_teardown(test_terminal_stdin_eof, teardown),
     };
     return moat_run_group_tests("test_execd", tests, NULL, NULL);
 }

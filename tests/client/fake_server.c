@@ -44,6 +44,12 @@ static bool read_frame(fake *s, moat_frame *f)
                     s->failed = true;
                     return false;
                 }
+                if (f->kind == MOAT_FRAME_MESSAGE &&
+                    moat_window_consume(&s->client_window[f->stream_id % 64],
+                                        (uint32_t)f->u.message.payload.len) != MOAT_OK) {
+                    s->window_violations++;
+                    s->failed = true;
+                }
                 if (f->kind == MOAT_FRAME_WINDOW_UPDATE) {
                     s->updates_seen++;
                     check(s, moat_window_grant(&s->send_window[f->stream_id % 64],
@@ -99,6 +105,17 @@ void fake_send_message(fake *s, uint32_t stream, const uint8_t *p, size_t len)
     send_frame(s, &f);
 }
 
+void fake_grant(fake *s, uint32_t stream, uint32_t increment)
+{
+    check(s, moat_window_grant(&s->client_window[stream % 64], increment) == MOAT_OK);
+    moat_frame f;
+    memset(&f, 0, sizeof f);
+    f.kind = MOAT_FRAME_WINDOW_UPDATE;
+    f.stream_id = stream;
+    f.u.window_update.increment = increment;
+    send_frame(s, &f);
+}
+
 static void serve_connection(fake *s)
 {
     s->rpos = s->rlen = 0;
@@ -141,6 +158,7 @@ static void serve_connection(fake *s)
                      (const char *)f.u.call.method.data);
             s->call_stream = id;
             moat_window_init(&s->send_window[id % 64], FAKE_WINDOW);
+            moat_window_init(&s->client_window[id % 64], FAKE_WINDOW);
             break;
         case MOAT_FRAME_MESSAGE:
             check(s, id == s->call_stream);

@@ -1,6 +1,7 @@
 /* A fake moatd for unit tests: a real Unix or TCP socket served by a thread,
  * speaking frames through moat_wire. Each accepted connection gets Hello/
- * HelloAck, then every call's request is passed to the handler. */
+ * HelloAck, then every Message of a call (its request, and for streaming
+ * requests each one after it) is passed to the handler. */
 #ifndef MOAT_TEST_FAKE_SERVER_H
 #define MOAT_TEST_FAKE_SERVER_H
 
@@ -35,6 +36,10 @@ struct fake {
     uint32_t call_stream;
     char method[128];
     moat_window send_window[64];
+    /* Credit the fake has granted the client per stream: every client Message
+     * is counted against it, as moatd counts it (fake_grant gives more). */
+    moat_window client_window[64];
+    uint32_t window_violations; /* client Messages past that credit */
     uint32_t updates_seen;
     uint32_t pongs_seen; /* Pongs with payload 77 */
 };
@@ -45,8 +50,12 @@ void fake_start_tcp(fake *s, fake_handler handler, void *user);
  * call only returns that again. */
 bool fake_stop(fake *s);
 
-/* Handler helpers. send_message waits for window credit like a real server. */
+/* Handler helpers. send_message waits for window credit like a real server;
+ * client Messages read meanwhile are counted against the client's window but
+ * not handed to the handler. */
 void fake_send_message(fake *s, uint32_t stream, const uint8_t *p, size_t len);
+/* A WindowUpdate of increment on stream: more credit for the client's Messages. */
+void fake_grant(fake *s, uint32_t stream, uint32_t increment);
 void fake_send_end(fake *s, uint32_t stream, moat_code code, const char *msg, const char *reason,
                    const char *chat);
 void fake_send_raw(fake *s, const uint8_t *p, size_t len);

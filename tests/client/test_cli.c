@@ -1,6 +1,9 @@
 /* The moat CLI (the real binary, run as a child process) against the fake
  * server, whose handlers answer with protobuf-c: the server side's library. */
 #include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,8 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "moat_test.h"
@@ -104,9 +109,149 @@ static void run_command(fake *s, uint32_t id, Moat__V1__RunCommandRequest *r)
     fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
 }
 
+/* The fake's Exec/Interactive. Pipe mode runs "wc -l" (counts the newlines of
+ * stdin, prints the count at close_stdin, exits 0) or "cat" (echoes stdin,
+ * exits 3 at close_stdin after a line on stderr). A tty echoes what it gets
+ * and reports resizes and signals; the byte 'q' ends it with exit 5, 'd'
+ * drops the connection, and close_stdin ends it with exit 0. Every input is
+ * granted back once handled, as moatd grants it. */
+typedef struct interactive_state {
+    bool tty;
+    char command[32];
+    uint64_t sequence;
+    uint64_t newlines;
+    bool stdin_closed;
+} interactive_state;
+static interactive_state term;
+
+static void send_output(fake *s, uint32_t id, Moat__V1__OutputStream stream, const void *data,
+                        size_t len)
+{
+    Moat__V1__ExecEvent ev = MOAT__V1__EXEC_EVENT__INIT;
+    Moat__V1__ExecEvent__Output out = MOAT__V1__EXEC_EVENT__OUTPUT__INIT;
+    ev.sequence = ++term.sequence;
+    ev.kind_case = MOAT__V1__EXEC_EVENT__KIND_OUTPUT;
+    ev.output = &out;
+    out.stream = stream;
+    out.data.data = (uint8_t *)data;
+    out.data.len = len;
+    send_event(s, id, &ev);
+}
+
+static void send_text(fake *s, uint32_t id, const char *text)
+{
+    send_output(s, id, MOAT__V1__OUTPUT_STREAM__STDOUT, text, strlen(text));
+}
+
+static void interactive_exit(fake *s, uint32_t id, int code)
+{
+    Moat__V1__ExecEvent ev = MOAT__V1__EXEC_EVENT__INIT;
+    Moat__V1__ExecEvent__Exit exit_ev = MOAT__V1__EXEC_EVENT__EXIT__INIT;
+    Moat__V1__ExitCode exit_code = MOAT__V1__EXIT_CODE__INIT;
+    exit_code.value_case = MOAT__V1__EXIT_CODE__VALUE_CODE;
+    exit_code.code = code;
+    exit_ev.exit_code = &exit_code;
+    ev.sequence = ++term.sequence;
+    ev.kind_case = MOAT__V1__EXEC_EVENT__KIND_EXIT;
+    ev.exit = &exit_ev;
+    send_event(s, id, &ev);
+    fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
+}
+
+static void interactive_start(fake *s, uint32_t id, const Moat__V1__InteractiveStart *st)
+{
+    memset(&term, 0, sizeof term);
+    if (strcmp(st->session_id, "nope") == 0) {
+        fake_send_end(s, id, MOAT_CODE_NOT_FOUND, "no such session", "session_not_found", NULL);
+        return;
+    }
+    term.tty = st->tty;
+    snprintf(term.command, sizeof term.command, "%s", st->command);
+    char text[160];
+    snprintf(text, sizeof text, "%s rows=%u cols=%u term=%s command=%s\r\n",
+             st->tty ? "tty" : "pipe", st->size ? st->size->rows : 0, st->size ? st->size->cols : 0,
+             st->term, st->command);
+    if (st->tty)
+        send_text(s, id, text);
+}
+
+static void interactive_stdin(fake *s, uint32_t id, ProtobufCBinaryData in)
+{
+    if (!term.tty) {
+        for (size_t i = 0; i < in.len; i++)
+            term.newlines += in.data[i] == '\n';
+        if (strcmp(term.command, "cat") == 0)
+            send_output(s, id, MOAT__V1__OUTPUT_STREAM__STDOUT, in.data, in.len);
+        return;
+    }
+    for (size_t i = 0; i < in.len; i++) {
+        if (in.data[i] == 'q') {
+            interactive_exit(s, id, 5);
+            return;
+        }
+        if (in.data[i] == 'd') {
+            s->drop = true;
+            return;
+        }
+        if (in.data[i] == 3)
+            send_text(s, id, "^C");
+        else
+            send_output(s, id, MOAT__V1__OUTPUT_STREAM__STDOUT, in.data + i, 1);
+    }
+}
+
+static void interactive(fake *s, uint32_t id, moat_slice req)
+{
+    Moat__V1__InteractiveRequest *r =
+        moat__v1__interactive_request__unpack(NULL, req.len, req.data);
+    if (r == NULL ||
+        (term.stdin_closed && r->input_case == MOAT__V1__INTERACTIVE_REQUEST__INPUT_STDIN)) {
+        s->failed = true;
+        moat__v1__interactive_request__free_unpacked(r, NULL);
+        return;
+    }
+    char text[64];
+    switch (r->input_case) {
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_START:
+        interactive_start(s, id, r->start);
+        break;
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_STDIN:
+        interactive_stdin(s, id, r->stdin);
+        break;
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_RESIZE:
+        snprintf(text, sizeof text, "resize %ux%u\r\n", r->resize->rows, r->resize->cols);
+        send_text(s, id, text);
+        break;
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_SIGNAL:
+        snprintf(text, sizeof text, "signal %s\r\n", r->signal);
+        send_text(s, id, text);
+        break;
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_CLOSE_STDIN:
+        term.stdin_closed = true;
+        if (strcmp(term.command, "'wc' '-l'") == 0) {
+            snprintf(text, sizeof text, "%llu\n", (unsigned long long)term.newlines);
+            send_text(s, id, text);
+            interactive_exit(s, id, 0);
+        } else if (strcmp(term.command, "cat") == 0) {
+            send_output(s, id, MOAT__V1__OUTPUT_STREAM__STDERR, "bye\n", 4);
+            interactive_exit(s, id, 3);
+        } else if (term.tty) {
+            interactive_exit(s, id, 0);
+        }
+        break;
+    default:
+        s->failed = true;
+    }
+    if (!s->drop)
+        fake_grant(s, id, (uint32_t)req.len);
+    moat__v1__interactive_request__free_unpacked(r, NULL);
+}
+
 static void handler(fake *s, uint32_t id, const char *method, moat_slice req)
 {
-    if (strcmp(method, "/moat.v1.Sandboxes/CreateSession") == 0) {
+    if (strcmp(method, "/moat.v1.Exec/Interactive") == 0) {
+        interactive(s, id, req);
+    } else if (strcmp(method, "/moat.v1.Sandboxes/CreateSession") == 0) {
         Moat__V1__CreateSessionRequest *r =
             moat__v1__create_session_request__unpack(NULL, req.len, req.data);
         if (r == NULL || strcmp(r->chat_id, CHAT) != 0)
@@ -231,6 +376,9 @@ static void slurp(int fd, char *buf, size_t cap, size_t *len)
     buf[*len] = '\0';
 }
 
+/* When set, the next moat() reads its stdin from a file holding this text. */
+static const char *cli_input;
+
 /* Runs moat with args (NULL-terminated) against the fake; stdout and stderr
  * go to temp files so large outputs cannot block the child. */
 static void moat(run *r, const char *a0, ...)
@@ -244,12 +392,21 @@ static void moat(run *r, const char *a0, ...)
         argv[argc++] = a;
     va_end(ap);
     argv[argc] = NULL;
-    FILE *out = tmpfile(), *err = tmpfile();
+    FILE *out = tmpfile(), *err = tmpfile(), *in = NULL;
     assert_non_null(out);
     assert_non_null(err);
+    if (cli_input != NULL) {
+        in = tmpfile();
+        assert_non_null(in);
+        assert_int_equal(fwrite(cli_input, 1, strlen(cli_input), in), strlen(cli_input));
+        fflush(in);
+        lseek(fileno(in), 0, SEEK_SET);
+    }
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
+        if (in != NULL)
+            dup2(fileno(in), 0);
         dup2(fileno(out), 1);
         dup2(fileno(err), 2);
         setenv("MOAT_ADDR", addr, 1);
@@ -267,6 +424,8 @@ static void moat(run *r, const char *a0, ...)
     slurp(fileno(err), r->err, sizeof r->err, &r->err_len);
     fclose(out);
     fclose(err);
+    if (in != NULL)
+        fclose(in);
 }
 
 static int setup(void **state)
@@ -509,6 +668,196 @@ static void test_cp_and_health(void **state)
                                "2,\"pool_ready\":1,\"pool_failing\":false}\n");
 }
 
+static void test_exec_stdin(void **state)
+{
+    (void)state;
+    static run r;
+    cli_input = "a\nb\n";
+    moat(&r, "exec", "-i", "sess-1", "--", "wc", "-l", NULL);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, "2\n");
+    /* stdout and stderr apart, the remote exit code as the CLI's */
+    cli_input = "hello\n";
+    moat(&r, "exec", "sess-1", "--interactive", "--", "cat", NULL);
+    assert_int_equal(r.status, 3);
+    assert_string_equal(r.out, "hello\n");
+    assert_string_equal(r.err, "bye\n");
+    /* nothing to read at all: close_stdin at once */
+    cli_input = "";
+    moat(&r, "exec", "-i", "sess-1", "--", "wc", "-l", NULL);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.out, "0\n");
+    /* the server's refusal, as any call's */
+    cli_input = "x\n";
+    moat(&r, "exec", "-i", "nope", "--", "cat", NULL);
+    assert_int_equal(r.status, 1);
+    assert_string_equal(r.err, "moat: NOT_FOUND: no such session (reason=session_not_found)\n");
+    /* a terminal needs one at this end, as docker exec -it does */
+    moat(&r, "exec", "-it", "sess-1", "--", "cat", NULL);
+    assert_int_equal(r.status, 1);
+    assert_string_equal(r.err, "moat: INVALID_ARGUMENT: the input device is not a TTY "
+                               "(reason=not_a_tty)\n");
+    cli_input = NULL;
+    /* an interactive call has no environment or timeout; -i is exec's */
+    moat(&r, "exec", "-i", "sess-1", "--env", "A=1", "--", "cat", NULL);
+    assert_int_equal(r.status, 2);
+    moat(&r, "exec", "-i", "sess-1", "--timeout", "5", "--", "cat", NULL);
+    assert_int_equal(r.status, 2);
+    moat(&r, "ls", "-i", NULL);
+    assert_int_equal(r.status, 2);
+    moat(&r, "shell", NULL);
+    assert_int_equal(r.status, 2);
+}
+
+/* The CLI on a pty of its own (its controlling terminal, 30 x 100,
+ * TERM=xterm-test), as a person's terminal runs it; the test types on the
+ * master side. A failed test's CLI is killed by the teardown. */
+typedef struct pty_run {
+    int master, slave;
+    pid_t pid;
+    FILE *err;
+    char seen[8192];
+    size_t seen_len;
+} pty_run;
+static pty_run pty = {.master = -1, .slave = -1};
+
+static void pty_start(const char *const *args)
+{
+    const char *argv[16] = {MOAT_CLI_PATH};
+    for (int i = 0; args[i] != NULL && i < 14; i++)
+        argv[i + 1] = args[i];
+    struct winsize ws = {.ws_row = 30, .ws_col = 100};
+    assert_int_equal(openpty(&pty.master, &pty.slave, NULL, NULL, &ws), 0);
+    pty.err = tmpfile();
+    assert_non_null(pty.err);
+    pty.seen_len = 0;
+    pty.pid = fork();
+    assert_true(pty.pid >= 0);
+    if (pty.pid == 0) {
+        setsid();
+        ioctl(pty.slave, TIOCSCTTY, 0);
+        dup2(pty.slave, 0);
+        dup2(pty.slave, 1);
+        dup2(fileno(pty.err), 2);
+        close(pty.master);
+        setenv("MOAT_ADDR", addr, 1);
+        setenv("MOAT_TOKEN", "tok", 1);
+        setenv("TERM", "xterm-test", 1);
+        execv(MOAT_CLI_PATH, (char *const *)argv);
+        _exit(127);
+    }
+}
+
+/* Reads the terminal's output until text has appeared in it. */
+static void pty_expect(const char *text)
+{
+    while (memmem(pty.seen, pty.seen_len, text, strlen(text)) == NULL) {
+        struct pollfd pfd = {pty.master, POLLIN, 0};
+        /* bounded only so that a broken CLI fails the test instead of hanging it */
+        assert_int_equal(poll(&pfd, 1, 30000), 1);
+        ssize_t n = read(pty.master, pty.seen + pty.seen_len, sizeof pty.seen - 1 - pty.seen_len);
+        assert_true(n > 0);
+        pty.seen_len += (size_t)n;
+    }
+}
+
+static void pty_type(const char *bytes)
+{
+    assert_int_equal(write(pty.master, bytes, strlen(bytes)), (ssize_t)strlen(bytes));
+}
+
+/* Whether the terminal is in the cooked mode it started in (line editing, echo). */
+static bool pty_cooked(void)
+{
+    struct termios t;
+    assert_int_equal(tcgetattr(pty.slave, &t), 0);
+    return (t.c_lflag & ICANON) && (t.c_lflag & ECHO) && (t.c_lflag & ISIG) && (t.c_oflag & OPOST);
+}
+
+/* The CLI's exit status; the terminal is closed after. */
+static int pty_finish(char *err, size_t cap)
+{
+    int st;
+    assert_int_equal(waitpid(pty.pid, &st, 0), pty.pid);
+    pty.pid = 0;
+    size_t len;
+    lseek(fileno(pty.err), 0, SEEK_SET);
+    slurp(fileno(pty.err), err, cap, &len);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int pty_teardown(void **state)
+{
+    (void)state;
+    if (pty.pid > 0) {
+        kill(pty.pid, SIGKILL);
+        waitpid(pty.pid, NULL, 0);
+        pty.pid = 0;
+    }
+    if (pty.master >= 0)
+        close(pty.master);
+    if (pty.slave >= 0)
+        close(pty.slave);
+    if (pty.err != NULL)
+        fclose(pty.err);
+    pty.master = pty.slave = -1;
+    pty.err = NULL;
+    return 0;
+}
+
+/* `moat shell`: raw mode while it runs (Ctrl-C travels as a byte), the first
+ * size and TERM in the start, SIGWINCH as a resize, the remote exit code, and
+ * cooked mode again after. */
+static void test_shell_terminal(void **state)
+{
+    (void)state;
+    static char err[4096];
+    const char *args[] = {"shell", "sess-1", NULL};
+    pty_start(args);
+    pty_expect("tty rows=30 cols=100 term=xterm-test command=\r\n");
+    assert_false(pty_cooked());
+    pty_type("hi\x03");
+    pty_expect("hi^C");
+    struct winsize ws = {.ws_row = 50, .ws_col = 132};
+    assert_int_equal(ioctl(pty.master, TIOCSWINSZ, &ws), 0);
+    pty_expect("resize 50x132\r\n");
+    /* signals that reach the CLI itself go to the remote process group */
+    kill(pty.pid, SIGINT);
+    pty_expect("signal SIGINT\r\n");
+    pty_type("q");
+    assert_int_equal(pty_finish(err, sizeof err), 5);
+    assert_true(pty_cooked());
+    assert_string_equal(err, "");
+}
+
+/* The terminal is restored however the session ends: SIGTERM and SIGHUP to the
+ * CLI (128 + the signal, as a shell reports it), and the connection dropping
+ * (an error with its status). */
+static void test_terminal_restored_on_every_exit(void **state)
+{
+    (void)state;
+    static char err[4096];
+    const char *exec_args[] = {"exec", "-it", "sess-1", "--", "cat", NULL};
+    const char *shell_args[] = {"shell", "sess-1", NULL};
+    static const int signals[] = {SIGTERM, SIGHUP};
+    for (size_t i = 0; i < 2; i++) {
+        pty_start(exec_args);
+        pty_expect("tty rows=30 cols=100 term=xterm-test command=cat\r\n");
+        assert_false(pty_cooked());
+        kill(pty.pid, signals[i]);
+        assert_int_equal(pty_finish(err, sizeof err), 128 + signals[i]);
+        assert_true(pty_cooked());
+        pty_teardown(NULL);
+    }
+    pty_start(shell_args);
+    pty_expect("command=\r\n");
+    assert_false(pty_cooked());
+    pty_type("d");
+    assert_int_equal(pty_finish(err, sizeof err), 1);
+    assert_true(pty_cooked());
+    assert_non_null(strstr(err, "moat: UNAVAILABLE: "));
+}
+
 /* The last test: no request the CLI sent broke a check on the fake server's thread. */
 static void test_server_saw_no_protocol_violation(void **state)
 {
@@ -525,6 +874,9 @@ int main(void)
         cmocka_unit_test(test_ls_get_renew_stop),
         cmocka_unit_test(test_exec),
         cmocka_unit_test(test_cp_and_health),
+        cmocka_unit_test(test_exec_stdin),
+        cmocka_unit_test_teardown(test_shell_terminal, pty_teardown),
+        cmocka_unit_test_teardown(test_terminal_restored_on_every_exit, pty_teardown),
         cmocka_unit_test(test_server_saw_no_protocol_violation),
     };
     return moat_run_group_tests("test_cli", tests, setup, teardown);

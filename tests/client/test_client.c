@@ -1,5 +1,6 @@
 /* libmoat against a fake moatd: a real Unix/TCP socket served by a thread in
  * this process, speaking frames through moat_wire. */
+#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -141,8 +142,141 @@ static void list_sessions(fake *s, uint32_t id)
     fake_reply(s, id, &l.base);
 }
 
+/* What the fake's Exec/Interactive saw. It answers by the start's command:
+ * "echo" echoes stdin, reports resizes and signals as output and exits 0 at
+ * close_stdin, granting credit back for each message; "slow" grants only once
+ * the client has no room for another message like its last, after an output
+ * "full"; "hold" never grants; "drop" closes the connection at the first stdin;
+ * "overgrant" grants past the window's limit at once. */
+typedef struct interactive_seen {
+    char command[32], session[64], cwd[64], term[32], attach[32];
+    bool tty, has_size;
+    uint32_t rows, cols;
+    uint64_t after_offset;
+    uint64_t stdin_bytes; /* "slow" and "hold" check them against stdin_byte() */
+    bool stdin_pattern_ok;
+    uint64_t sequence;
+} interactive_seen;
+static interactive_seen iseen;
+
+static uint8_t stdin_byte(uint64_t i)
+{
+    return (uint8_t)(i * 7 + 3);
+}
+
+static void send_output(fake *s, uint32_t id, const char *text, size_t len)
+{
+    moat_exec_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.sequence = ++iseen.sequence;
+    ev.kind = MOAT_EXEC_OUTPUT;
+    ev.stream = MOAT_EXEC_STDOUT;
+    ev.data = (moat_slice){(const uint8_t *)text, len};
+    send_event(s, id, &ev);
+}
+
+static void interactive_start(fake *s, uint32_t id, const Moat__V1__InteractiveStart *st)
+{
+    memset(&iseen, 0, sizeof iseen);
+    iseen.stdin_pattern_ok = true;
+    snprintf(iseen.command, sizeof iseen.command, "%s", st->command);
+    snprintf(iseen.session, sizeof iseen.session, "%s", st->session_id);
+    snprintf(iseen.cwd, sizeof iseen.cwd, "%s", st->cwd);
+    snprintf(iseen.term, sizeof iseen.term, "%s", st->term);
+    snprintf(iseen.attach, sizeof iseen.attach, "%s", st->attach_id);
+    iseen.tty = st->tty;
+    iseen.has_size = st->size != NULL;
+    iseen.rows = st->size ? st->size->rows : 0;
+    iseen.cols = st->size ? st->size->cols : 0;
+    iseen.after_offset = st->after_offset;
+    moat_exec_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.sequence = ++iseen.sequence;
+    ev.kind = MOAT_EXEC_INIT;
+    ev.execution_id = moat_slice_str("term-1");
+    send_event(s, id, &ev);
+    if (strcmp(iseen.command, "overgrant") == 0) {
+        moat_frame g = {.kind = MOAT_FRAME_WINDOW_UPDATE, .stream_id = id};
+        g.u.window_update.increment = MOAT_WIRE_MAX_WINDOW;
+        uint8_t buf[32];
+        size_t n;
+        if (moat_wire_encode(&g, buf, sizeof buf, &n) == MOAT_OK)
+            fake_send_raw(s, buf, n);
+    }
+}
+
+static void interactive_stdin(fake *s, uint32_t id, ProtobufCBinaryData data, size_t msg_len)
+{
+    const char *cmd = iseen.command;
+    if (strcmp(cmd, "echo") == 0) {
+        send_output(s, id, (const char *)data.data, data.len);
+        fake_grant(s, id, (uint32_t)msg_len);
+        return;
+    }
+    if (strcmp(cmd, "drop") == 0) {
+        s->drop = true;
+        return;
+    }
+    for (size_t i = 0; i < data.len; i++)
+        if (data.data[i] != stdin_byte(iseen.stdin_bytes + i))
+            iseen.stdin_pattern_ok = false;
+    iseen.stdin_bytes += data.len;
+    moat_window *w = &s->client_window[id % 64];
+    if (strcmp(cmd, "slow") == 0 && w->available < msg_len) {
+        send_output(s, id, "full", 4);
+        fake_grant(s, id, FAKE_WINDOW - w->available);
+    }
+}
+
+static void interactive(fake *s, uint32_t id, moat_slice request)
+{
+    Moat__V1__InteractiveRequest *r =
+        moat__v1__interactive_request__unpack(NULL, request.len, request.data);
+    if (r == NULL) {
+        s->failed = true;
+        return;
+    }
+    char text[64];
+    int n = 0;
+    switch (r->input_case) {
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_START:
+        interactive_start(s, id, r->start);
+        break;
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_STDIN:
+        interactive_stdin(s, id, r->stdin, request.len);
+        break;
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_RESIZE:
+        n = snprintf(text, sizeof text, "resize %ux%u", r->resize->rows, r->resize->cols);
+        break;
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_SIGNAL:
+        n = snprintf(text, sizeof text, "signal %s", r->signal);
+        break;
+    case MOAT__V1__INTERACTIVE_REQUEST__INPUT_CLOSE_STDIN: {
+        moat_exec_event ev;
+        memset(&ev, 0, sizeof ev);
+        ev.sequence = ++iseen.sequence;
+        ev.kind = MOAT_EXEC_EXIT;
+        ev.exit_known = true;
+        send_event(s, id, &ev);
+        fake_send_end(s, id, MOAT_CODE_OK, "", "", NULL);
+        break;
+    }
+    default:
+        s->failed = true;
+    }
+    if (n > 0) {
+        send_output(s, id, text, (size_t)n);
+        fake_grant(s, id, (uint32_t)request.len);
+    }
+    moat__v1__interactive_request__free_unpacked(r, NULL);
+}
+
 static void handler(fake *s, uint32_t id, const char *method, moat_slice request)
 {
+    if (strcmp(method, "/moat.v1.Exec/Interactive") == 0) {
+        interactive(s, id, request);
+        return;
+    }
     if (strcmp(method, "/moat.v1.Exec/GetCommandStatus") == 0) {
         command_status(s, id);
     } else if (strcmp(method, "/moat.v1.Sandboxes/ListSessions") == 0) {
@@ -588,6 +722,246 @@ static void test_typed_calls(void **state)
     stop(&s);
 }
 
+static moat_call *interactive_call(moat_client *c, const moat_interactive_req *r)
+{
+    moat_call *call = NULL;
+    moat_status st;
+    assert_int_equal(moat_exec_interactive(c, r, 0, &call, &st), MOAT_OK);
+    static moat_exec_event ev;
+    assert_int_equal(moat_exec_next(call, 10000, &ev), MOAT_OK);
+    assert_int_equal(ev.kind, MOAT_EXEC_INIT);
+    assert_true(moat_slice_eq_str(ev.execution_id, "term-1"));
+    return call;
+}
+
+static void expect_output(moat_call *call, int timeout_ms, const char *text)
+{
+    static moat_exec_event ev;
+    assert_int_equal(moat_exec_next(call, timeout_ms, &ev), MOAT_OK);
+    assert_int_equal(ev.kind, MOAT_EXEC_OUTPUT);
+    assert_int_equal(ev.stream, MOAT_EXEC_STDOUT);
+    assert_int_equal(ev.data.len, strlen(text));
+    assert_memory_equal(ev.data.data, text, ev.data.len);
+}
+
+/* The start carries every field; stdin, resize and signal each go as one
+ * request Message; the connection's fd polls readable for the answers once
+ * libmoat has nothing read ahead; close_stdin ends it. */
+static void test_interactive_inputs(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_status st;
+    moat_call *call = NULL;
+    moat_interactive_req bad = {.session_id = "sess-1", .tty = true, .rows = 70000, .cols = 80};
+    assert_int_equal(moat_exec_interactive(c, &bad, 0, &call, &st), MOAT_E_INVAL);
+    assert_int_equal(st.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(st.reason, "bad_terminal_size");
+    bad.rows = 24;
+    bad.cols = 0;
+    assert_int_equal(moat_exec_interactive(c, &bad, 0, &call, &st), MOAT_E_INVAL);
+    assert_null(call);
+    /* a start larger than a frame, and one within a frame but past the window */
+    static char command[3 * WINDOW];
+    memset(command, 'x', sizeof command - 1);
+    moat_interactive_req huge = {.session_id = "sess-1", .command = command};
+    assert_int_equal(moat_exec_interactive(c, &huge, 0, &call, &st), MOAT_E_TOO_BIG);
+    assert_string_equal(st.reason, "request_too_big");
+    command[WINDOW + 10] = '\0';
+    assert_int_equal(moat_exec_interactive(c, &huge, 0, &call, &st), MOAT_E_TOO_BIG);
+    assert_int_equal(st.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_null(call);
+    moat_interactive_req r = {.session_id = "sess-1",
+                              .command = "echo",
+                              .cwd = "/w",
+                              .tty = true,
+                              .rows = 24,
+                              .cols = 80,
+                              .term = "xterm-256color",
+                              .attach_id = "term-0",
+                              .after_offset = 5};
+    call = interactive_call(c, &r);
+    assert_string_equal(iseen.session, "sess-1");
+    assert_string_equal(iseen.cwd, "/w");
+    assert_true(iseen.tty);
+    assert_true(iseen.has_size);
+    assert_int_equal(iseen.rows, 24);
+    assert_int_equal(iseen.cols, 80);
+    assert_string_equal(iseen.term, "xterm-256color");
+    assert_string_equal(iseen.attach, "term-0");
+    assert_int_equal(iseen.after_offset, 5);
+
+    static moat_exec_event ev;
+    assert_int_equal(moat_exec_next(call, 0, &ev), MOAT_E_TIMEOUT);
+    assert_int_equal(moat_exec_stdin(call, moat_slice_str("hello"), 0), MOAT_OK);
+    struct pollfd pfd = {moat_client_fd(c), POLLIN, 0};
+    assert_int_equal(poll(&pfd, 1, 10000), 1);
+    expect_output(call, 0, "hello");
+    assert_int_equal(moat_exec_resize(call, 50, 132, 0), MOAT_OK);
+    expect_output(call, 10000, "resize 50x132");
+    assert_int_equal(moat_exec_resize(call, 0, 80, 0), MOAT_E_INVAL);
+    assert_int_equal(moat_exec_resize(call, 24, 65536, 0), MOAT_E_INVAL);
+    assert_int_equal(moat_exec_signal(call, "SIGINT", 0), MOAT_OK);
+    expect_output(call, 10000, "signal SIGINT");
+    /* More than one message may carry: refused before anything is sent. */
+    size_t max = moat_exec_stdin_max(c);
+    assert_int_equal(max, WINDOW - 6);
+    uint8_t *big = calloc(1, max + 1);
+    assert_non_null(big);
+    assert_int_equal(moat_exec_stdin(call, (moat_slice){big, max + 1}, 0), MOAT_E_TOO_BIG);
+    assert_int_equal(moat_call_send(call, (moat_slice){big, WINDOW + 1}, 0), MOAT_E_TOO_BIG);
+    free(big);
+    assert_int_equal(moat_exec_close_stdin(call, 0), MOAT_OK);
+    assert_int_equal(moat_exec_next(call, 10000, &ev), MOAT_OK);
+    assert_int_equal(ev.kind, MOAT_EXEC_EXIT);
+    assert_true(ev.exit_known);
+    assert_int_equal(ev.exit_code, 0);
+    assert_int_equal(moat_exec_next(call, 10000, &ev), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    /* An ended call takes no more input. */
+    assert_int_equal(moat_exec_stdin(call, moat_slice_str("late"), 0), MOAT_E_CLOSED);
+    moat_call_free(call);
+    moat_client_close(c);
+    stop(&s);
+    assert_int_equal(s.window_violations, 0);
+}
+
+static void fill_stdin(uint8_t *chunk, size_t len, uint64_t from)
+{
+    for (size_t i = 0; i < len; i++)
+        chunk[i] = stdin_byte(from + i);
+}
+
+/* Ends the test: the fake got exactly the sent bytes, in order, each within
+ * the credit it had granted. */
+static void close_and_check_stdin(fake *s, moat_client *c, moat_call *call, uint64_t sent)
+{
+    moat_call_free(call);
+    moat_client_close(c);
+    stop(s);
+    assert_int_equal(iseen.stdin_bytes, sent);
+    assert_true(iseen.stdin_pattern_ok);
+    assert_int_equal(s->window_violations, 0);
+}
+
+/* A stdin request of CHUNK bytes: its field's tag and a 3-byte length. */
+#define CHUNK_MESSAGE (CHUNK + 4u)
+
+/* 1 MiB of stdin through a 64 KiB window that the server refills only once the
+ * client has no room left: each send that finds the window short waits for
+ * the grant, keeping the output that arrives meanwhile for moat_exec_next. */
+static void test_interactive_send_waits_for_window(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_interactive_req r = {.session_id = "sess-1", .command = "slow"};
+    moat_call *call = interactive_call(c, &r);
+    static uint8_t chunk[CHUNK];
+    uint64_t sent = 0;
+    size_t waits = 0;
+    while (sent < (1u << 20)) {
+        if (moat_call_send_window(call) < CHUNK_MESSAGE)
+            waits++; /* the credit left cannot take it: this send must wait */
+        fill_stdin(chunk, CHUNK, sent);
+        assert_int_equal(moat_exec_stdin(call, (moat_slice){chunk, CHUNK}, -1), MOAT_OK);
+        sent += CHUNK;
+    }
+    assert_true(waits >= 15);
+    assert_int_equal(moat_exec_close_stdin(call, -1), MOAT_OK);
+    static moat_exec_event ev;
+    size_t fulls = 0;
+    moat_err err;
+    while ((err = moat_exec_next(call, 10000, &ev)) == MOAT_OK) {
+        if (ev.kind == MOAT_EXEC_OUTPUT) {
+            assert_true(ev.data.len == 4 && memcmp(ev.data.data, "full", 4) == 0);
+            fulls++;
+        }
+    }
+    assert_int_equal(err, MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    /* one grant, announced by one "full", for every send that had to wait */
+    assert_int_equal(fulls, waits);
+    close_and_check_stdin(&s, c, call, sent);
+}
+
+/* A server that never grants: sends go while the first window lasts, then a
+ * send times out with nothing sent, and the server never got more than its
+ * window. */
+static void test_interactive_never_granted(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_interactive_req r = {.session_id = "sess-1", .command = "hold"};
+    moat_call *call = interactive_call(c, &r);
+    static uint8_t chunk[CHUNK];
+    uint64_t sent = 0;
+    moat_err err;
+    for (;;) {
+        fill_stdin(chunk, CHUNK, sent);
+        if ((err = moat_exec_stdin(call, (moat_slice){chunk, CHUNK}, 0)) != MOAT_OK)
+            break;
+        sent += CHUNK;
+    }
+    assert_int_equal(err, MOAT_E_TIMEOUT);
+    assert_true(moat_call_send_window(call) < CHUNK_MESSAGE);
+    assert_int_equal(sent, (WINDOW / CHUNK_MESSAGE) * CHUNK);
+    assert_int_equal(moat_exec_stdin(call, (moat_slice){chunk, CHUNK}, 50), MOAT_E_TIMEOUT);
+    /* Small messages still go while they fit. */
+    uint32_t left = moat_call_send_window(call);
+    assert_int_equal(moat_exec_stdin(call, (moat_slice){chunk, 1}, 0), MOAT_OK);
+    assert_int_equal(moat_call_send_window(call), left - 3);
+    sent += 1;
+    close_and_check_stdin(&s, c, call, sent);
+}
+
+/* The connection drops while stdin is going out: the send fails CLOSED, the
+ * call ends UNAVAILABLE, and later sends and calls are refused. */
+static void test_interactive_connection_drops(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_interactive_req r = {.session_id = "sess-1", .command = "drop"};
+    moat_call *call = interactive_call(c, &r);
+    static uint8_t chunk[CHUNK];
+    moat_err err;
+    int sends = 0;
+    while ((err = moat_exec_stdin(call, (moat_slice){chunk, CHUNK}, -1)) == MOAT_OK)
+        assert_true(++sends < 100000);
+    assert_int_equal(err, MOAT_E_CLOSED);
+    static moat_exec_event ev;
+    assert_int_equal(moat_exec_next(call, 10000, &ev), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_UNAVAILABLE);
+    assert_int_equal(moat_exec_close_stdin(call, -1), MOAT_E_CLOSED);
+    moat_call *other;
+    moat_status st;
+    assert_int_equal(moat_exec_interactive(c, &r, 0, &other, &st), MOAT_E_CLOSED);
+    assert_int_equal(st.code, MOAT_CODE_UNAVAILABLE);
+    moat_call_free(call);
+    moat_client_close(c);
+    stop(&s);
+
+    /* A grant past the window's limit breaks the protocol: the connection ends. */
+    start_unix(&s);
+    c = connect_unix(&s);
+    moat_interactive_req over = {.session_id = "sess-1", .command = "overgrant"};
+    call = interactive_call(c, &over);
+    assert_int_equal(moat_exec_next(call, 10000, &ev), MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_INTERNAL);
+    assert_string_equal(moat_call_status(call)->reason, "flow_control_error");
+    assert_int_equal(moat_exec_stdin(call, moat_slice_str("x"), 0), MOAT_E_CLOSED);
+    moat_call_free(call);
+    moat_client_close(c);
+    stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -601,6 +975,10 @@ int main(void)
         cmocka_unit_test(test_limits_ping_goaway),
         cmocka_unit_test(test_write_pieces),
         cmocka_unit_test(test_typed_calls),
+        cmocka_unit_test(test_interactive_inputs),
+        cmocka_unit_test(test_interactive_send_waits_for_window),
+        cmocka_unit_test(test_interactive_never_granted),
+        cmocka_unit_test(test_interactive_connection_drops),
     };
     return moat_run_group_tests("test_client", tests, NULL, NULL);
 }

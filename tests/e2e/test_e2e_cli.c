@@ -1,5 +1,6 @@
 /* End to end through the `moat` CLI and libmoat: real dockerd, moatd (with a
  * token) and moat-execd. */
+#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -271,15 +272,22 @@ static void test_cp_large_and_empty(void **state)
     unlink(empty_back);
 }
 
-static void test_libmoat_run_command(void **state)
+/* A libmoat connection to this run's moatd, with its token. */
+static moat_client *connect_lib(void)
 {
-    (void)state;
     char addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", P.port);
     moat_client_options o = {.token = TOKEN};
     moat_client *c = NULL;
     moat_status st;
     assert_int_equal(moat_client_connect(addr, &o, &c, &st), MOAT_OK);
+    return c;
+}
+
+static void test_libmoat_run_command(void **state)
+{
+    (void)state;
+    moat_client *c = connect_lib();
     for (int round = 0; round < 3; round++) {
         moat_run_command_req req = {.session_id = session, .command = "echo lib; exit 5"};
         uint8_t buf[512];
@@ -314,6 +322,89 @@ static void test_libmoat_run_command(void **state)
     moat_client_close(c);
 }
 
+/* Output of an interactive call gathered into out (cut at cap); its exit code. */
+typedef struct gathered {
+    char out[256];
+    size_t len;
+    int code;
+} gathered;
+
+static void gather(const moat_exec_event *ev, gathered *g)
+{
+    if (ev->kind == MOAT_EXEC_OUTPUT) {
+        size_t n =
+            ev->data.len < sizeof(g->out) - 1 - g->len ? ev->data.len : sizeof(g->out) - 1 - g->len;
+        memcpy(g->out + g->len, ev->data.data, n);
+        g->len += n;
+        g->out[g->len] = '\0';
+    } else if (ev->kind == MOAT_EXEC_EXIT && ev->exit_known) {
+        g->code = ev->exit_code;
+    }
+}
+
+/* libmoat's interactive calls against moatd: 4 MiB of stdin (four of moatd's windows) sent
+ * without waiting, only as the credit moatd returns allows, while the output is read; then a
+ * terminal whose size follows a resize. */
+static void test_libmoat_interactive(void **state)
+{
+    (void)state;
+    moat_client *c = connect_lib();
+    moat_status st;
+    moat_interactive_req req = {.session_id = session, .command = "wc -c"};
+    moat_call *call = NULL;
+    assert_int_equal(moat_exec_interactive(c, &req, 0, &call, &st), MOAT_OK);
+    static uint8_t chunk[100000];
+    memset(chunk, 'z', sizeof(chunk));
+    const size_t total = 4u << 20;
+    size_t sent = 0;
+    bool closed = false;
+    gathered g = {.code = -1};
+    static moat_exec_event ev;
+    moat_err err = MOAT_OK;
+    while (err != MOAT_E_CLOSED) {
+        if (sent < total) {
+            size_t n = total - sent < sizeof(chunk) ? total - sent : sizeof(chunk);
+            moat_err sent_err = moat_exec_stdin(call, (moat_slice){chunk, n}, 0);
+            assert_true(sent_err == MOAT_OK || sent_err == MOAT_E_TIMEOUT);
+            sent += sent_err == MOAT_OK ? n : 0;
+        } else if (!closed) {
+            assert_int_equal(moat_exec_close_stdin(call, -1), MOAT_OK);
+            closed = true;
+        }
+        /* read what has come; then, without credit, wait on the connection's fd for the
+         * server's next frames (a WindowUpdate, which moat_exec_next does not return) */
+        while ((err = moat_exec_next(call, 0, &ev)) != MOAT_E_TIMEOUT && err != MOAT_E_CLOSED)
+            if (err == MOAT_OK)
+                gather(&ev, &g);
+        if (err == MOAT_E_TIMEOUT && (closed || moat_call_send_window(call) < sizeof(chunk))) {
+            struct pollfd pfd = {moat_client_fd(c), POLLIN, 0};
+            assert_int_equal(poll(&pfd, 1, 30000), 1);
+        }
+    }
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    assert_string_equal(g.out, "4194304\n");
+    assert_int_equal(g.code, 0);
+    moat_call_free(call);
+
+    moat_interactive_req tty = {.session_id = session,
+                                .command = "read line; stty size; exit 6",
+                                .tty = true,
+                                .rows = 30,
+                                .cols = 90};
+    assert_int_equal(moat_exec_interactive(c, &tty, 0, &call, &st), MOAT_OK);
+    assert_int_equal(moat_exec_resize(call, 41, 123, -1), MOAT_OK);
+    assert_int_equal(moat_exec_stdin(call, moat_slice_str("go\r"), -1), MOAT_OK);
+    g = (gathered){.code = -1};
+    while ((err = moat_exec_next(call, 30000, &ev)) != MOAT_E_CLOSED)
+        if (err == MOAT_OK)
+            gather(&ev, &g);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    assert_non_null(strstr(g.out, "41 123\r\n"));
+    assert_int_equal(g.code, 6);
+    moat_call_free(call);
+    moat_client_close(c);
+}
+
 static void test_stop(void **state)
 {
     (void)state;
@@ -334,6 +425,7 @@ int main(void)
         cmocka_unit_test(test_renew_get_cp),
         cmocka_unit_test(test_cp_large_and_empty),
         cmocka_unit_test(test_libmoat_run_command),
+        cmocka_unit_test(test_libmoat_interactive),
         cmocka_unit_test(test_stop),
         cmocka_unit_test_prestate(test_moatd_exits_0_on_sigterm, &P),
     };

@@ -798,7 +798,8 @@ static void test_deadline_interrupts_command(void **state)
     raw_close(c);
 }
 
-/* A call takes one request: a second Message ends it INVALID_ARGUMENT, and stops its command. */
+/* RunCommand takes one request and no input: a second Message ends it FAILED_PRECONDITION
+ * (Exec/Interactive is the call that takes stdin), and stops its command. */
 static void test_second_request_message_ends_the_call(void **state)
 {
     (void)state;
@@ -815,8 +816,8 @@ static void test_second_request_message_ends_the_call(void **state)
     assert_true(raw_send(c, &m));
     run_result r;
     collect(c, id, &r, true, 0);
-    assert_int_equal(r.end_code, MOAT_CODE_INVALID_ARGUMENT);
-    assert_string_equal(r.end_reason, "extra_request_message");
+    assert_int_equal(r.end_code, MOAT_CODE_FAILED_PRECONDITION);
+    assert_string_equal(r.end_reason, "stdin_not_requested");
     assert_false(r.has_exit);
     result_free(&r);
     raw_close(c);

@@ -150,6 +150,30 @@ def main():
         code, timed_out = c.run(s.session_id, "sleep 20", timeout_ms=300)
         assert timed_out and time.monotonic() - t0 < 15, (code, timed_out)
 
+        step = "interactive: stdin, then close_stdin"
+        got = {1: b"", 2: b""}
+        try:
+            code = c.interactive(s.session_id, "wc -l", b"a\nb\n", collect)
+            served = True
+        except moat_client.MoatError as err:
+            if err.name != "UNIMPLEMENTED":
+                raise
+            print("SKIP: test_python_client: interactive steps: moatd does not serve Exec/Interactive yet")
+            served = False
+        if served:
+            assert code == 0 and got[1].strip() == b"2", (code, got)
+
+            step = "interactive: 4 MiB of stdin, four windows' worth, through flow control"
+            got = {1: b"", 2: b""}
+            code = c.interactive(s.session_id, "wc -c; echo err >&2; exit 4", b"y" * (4 << 20), collect)
+            assert code == 4 and got == {1: b"4194304\n", 2: b"err\n"}, (code, got)
+
+            step = "interactive: a terminal"
+            got = {1: b"", 2: b""}
+            code = c.interactive(s.session_id, "", b"echo $((6*7))\nexit 3\n", collect, tty=True, rows=24,
+                                 cols=80)
+            assert code == 3 and b"42\r\n" in got[1] and got[2] == b"", (code, got)
+
         step = "errors are statuses, and the connection carries on"
         expect_error("UNIMPLEMENTED", c.unary, "/moat.v1.Nope/Nothing", pb["health"].HealthCheckRequest(),
                      pb["health"].HealthCheckResponse)

@@ -148,7 +148,7 @@ static cJSON *status_of(const char *id, long want)
 static void delete_session(const char *id, long want)
 {
     char path[128];
-    snprintf(path, sizeof(path), "/pty/%s", id);
+    snprintf(path, sizeof(path), "/pty/%.64s", id);
     xd_resp r = xd_http(&unix_t, "DELETE", path, NULL, NULL);
     assert_int_equal(r.status, want);
     if (want == 404)
@@ -232,6 +232,19 @@ static void test_resize_and_term(void **state)
     assert_non_null(xd_ws_wait_output(ws, "43 132\r\n", WAIT_MS));
     xd_ws_close(ws);
     delete_session(id, 200);
+
+    /* rows= and cols= (moat's extension): the size the command sees from its start; values out
+     * of 1..65535 leave the default. */
+    static const char *const sizes[][2] = {{"?rows=50&cols=170", "50 170\r\n"},
+                                           {"?rows=0&cols=65536", "24 80\r\n"}};
+    for (size_t i = 0; i < 2; i++) {
+        id = create(&unix_t, "{\"command\":\"stty size\"}");
+        ws = attach(&unix_t, id, sizes[i][0]);
+        expect_connected(ws, id, "pty");
+        assert_non_null(xd_ws_wait_output(ws, sizes[i][1], WAIT_MS));
+        xd_ws_close(ws);
+        delete_session(id, 200);
+    }
 }
 
 /* Whether a process with exactly this command line exists. */
@@ -312,6 +325,42 @@ static void test_pipe_mode_separates_stderr(void **state)
     assert_string_equal(out, "out-v\n");
     assert_string_equal(err, "err-v\n");
     assert_int_equal(exit_code, 0);
+    xd_ws_close(ws);
+    delete_session(id, 200);
+}
+
+/* moat's close_stdin: in pipe mode the pipe closes once what was sent is written, so wc sees
+ * EOF while the shell goes on; later stdin is refused. In pty mode it is ^D. */
+static void test_close_stdin(void **state)
+{
+    (void)state;
+    const char *id = create(&unix_t, "{\"command\":\"wc -l; while :; do sleep 1; done\"}");
+    xd_ws *ws = attach(&unix_t, id, "?pty=0");
+    expect_connected(ws, id, "pipe");
+    type_line(ws, "a\nb\n");
+    send_json(ws, "{\"type\":\"close_stdin\"}");
+    send_json(ws, "{\"type\":\"close_stdin\"}"); /* a second one changes nothing */
+    type_line(ws, "c\n");
+    assert_non_null(xd_ws_wait_output(ws, "2\n", WAIT_MS));
+    expect_type(ws, "error", "INVALID_FRAME");
+    send_json(ws, "{\"type\":\"signal\",\"signal\":\"SIGKILL\"}");
+    cJSON *j = next_json(ws);
+    assert_string_equal(moat_json_str(j, "type", NULL), "exit");
+    cJSON_Delete(j);
+    assert_int_equal(expect_close(ws, NULL, 0), 1000);
+    xd_ws_close(ws);
+    delete_session(id, 200);
+
+    id = create(&unix_t, "{\"command\":\"wc -l\"}");
+    ws = attach(&unix_t, id, "?pty=1");
+    expect_connected(ws, id, "pty");
+    type_line(ws, "a\nb\n");
+    send_json(ws, "{\"type\":\"close_stdin\"}");
+    assert_non_null(xd_ws_wait_output(ws, "2\r\n", WAIT_MS));
+    j = next_json(ws);
+    assert_string_equal(moat_json_str(j, "type", NULL), "exit");
+    assert_int_equal(xd_json_i64(j, "exit_code"), 0);
+    cJSON_Delete(j);
     xd_ws_close(ws);
     delete_session(id, 200);
 }
@@ -556,6 +605,16 @@ static void test_bad_requests(void **state)
     assert_int_equal(r.status, 401);
     xd_resp_free(&r);
     delete_session(id, 200);
+
+    /* Sessions are bounded (64): one more is 429, a limit the client can act on. */
+    char ids[64][40];
+    for (int i = 0; i < 64; i++)
+        snprintf(ids[i], sizeof(ids[i]), "%s", create(&unix_t, NULL));
+    r = xd_http(&unix_t, "POST", "/pty", NULL, NULL);
+    assert_int_equal(r.status, 429);
+    xd_resp_free(&r);
+    for (int i = 0; i < 64; i++)
+        delete_session(ids[i], 200);
 }
 
 static int setup(void **state)
@@ -585,6 +644,7 @@ int main(void)
         cmocka_unit_test(test_resize_and_term),
         cmocka_unit_test(test_sigint_stops_foreground_job),
         cmocka_unit_test(test_pipe_mode_separates_stderr),
+        cmocka_unit_test(test_close_stdin),
         cmocka_unit_test(test_replay_since),
         cmocka_unit_test(test_conflict_and_takeover),
         cmocka_unit_test(test_malformed_frames),

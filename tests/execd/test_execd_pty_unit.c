@@ -62,6 +62,7 @@ static void test_frames(void **state)
     assert_int_equal(f.rows, 1);
     assert_int_equal(parse("{\"type\":\"signal\",\"signal\":\"SIGQUIT\"}").signo, SIGQUIT);
     assert_int_equal(parse("{\"type\":\"ping\"}").type, MOAT_EXECD_PTY_PING);
+    assert_int_equal(parse("{\"type\":\"close_stdin\"}").type, MOAT_EXECD_PTY_CLOSE_STDIN);
     static const char *const invalid[] = {
         "{\"type\":\"resize\",\"cols\":0,\"rows\":0}",
         "{\"type\":\"resize\",\"cols\":80,\"rows\":65536}",

@@ -22,6 +22,7 @@ typedef struct rec {
     int ends;
     moat_status end;
     moat_err fail_with;
+    size_t input_done; /* input bytes the handler gave back */
 } rec;
 
 static moat_err rec_message(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len,
@@ -46,7 +47,13 @@ static void rec_end(moat_rpc_call *call, const moat_status *st, void *user)
     r->end = *st;
 }
 
-static const moat_rpc_sink sink = {rec_message, rec_end};
+static void rec_input_done(moat_rpc_call *call, size_t len, void *user)
+{
+    (void)call;
+    ((rec *)user)->input_done += len;
+}
+
+static const moat_rpc_sink sink = {rec_message, rec_end, rec_input_done};
 
 static void test_every_schema_method_is_in_the_table(void **state)
 {
@@ -76,14 +83,19 @@ static void test_every_schema_method_is_in_the_table(void **state)
 static void test_streaming_methods(void **state)
 {
     (void)state;
-    size_t streaming = 0;
+    size_t streaming = 0, client_streaming = 0;
     for (int i = 0; i < MOAT_RPC_METHOD_COUNT; i++) {
         const moat_rpc_method *m = moat_rpc_method_get((moat_rpc_method_id)i);
         if (m->server_streaming)
             streaming++;
+        if (m->client_streaming)
+            client_streaming++;
     }
-    assert_int_equal(streaming, 4);
+    assert_int_equal(streaming, 5);
+    assert_int_equal(client_streaming, 1);
+    assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_INTERACTIVE)->client_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND)->server_streaming);
+    assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_INTERACTIVE)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_IN_SHELL)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_ATTACH)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_FILES_READ)->server_streaming);
@@ -429,6 +441,149 @@ static void test_reply_that_cannot_be_sent_still_ends(void **state)
     moat_rpc_call_unref(c);
 }
 
+/* An interactive call's input message, packed into buf. */
+static size_t pack_input(Moat__V1__InteractiveRequest *in, uint8_t *buf, size_t cap)
+{
+    size_t n = moat__v1__interactive_request__get_packed_size(in);
+    assert_true(n <= cap);
+    return moat__v1__interactive_request__pack(in, buf);
+}
+
+static size_t pack_stdin(const char *text, uint8_t *buf, size_t cap)
+{
+    Moat__V1__InteractiveRequest in = MOAT__V1__INTERACTIVE_REQUEST__INIT;
+    in.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_STDIN;
+    in.stdin = (ProtobufCBinaryData){strlen(text), (uint8_t *)text};
+    return pack_input(&in, buf, cap);
+}
+
+static moat_rpc_call *interactive_call(rec *r)
+{
+    moat_rpc_call *c =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_INTERACTIVE), 7, 0, 0, &sink, r);
+    Moat__V1__InteractiveStart start = MOAT__V1__INTERACTIVE_START__INIT;
+    start.session_id = (char *)"9f1c0b7e-0000-4000-8000-000000000000";
+    Moat__V1__InteractiveRequest first = MOAT__V1__INTERACTIVE_REQUEST__INIT;
+    first.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_START;
+    first.start = &start;
+    uint8_t buf[128];
+    size_t n = pack_input(&first, buf, sizeof(buf));
+    const ProtobufCMessage *req = NULL;
+    assert_int_equal(moat_rpc_call_request(c, buf, n, &req), MOAT_OK);
+    assert_int_equal(((const Moat__V1__InteractiveRequest *)req)->input_case,
+                     MOAT__V1__INTERACTIVE_REQUEST__INPUT_START);
+    return c;
+}
+
+/* What an input hook saw, in order. */
+typedef struct seen_input {
+    char text[64];
+    size_t bytes;
+    int count;
+    moat_rpc_call *end_after; /* ends this call after the first input */
+} seen_input;
+
+static void on_input(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len, void *arg)
+{
+    seen_input *s = arg;
+    const Moat__V1__InteractiveRequest *in = (const Moat__V1__InteractiveRequest *)msg;
+    assert_int_equal(in->input_case, MOAT__V1__INTERACTIVE_REQUEST__INPUT_STDIN);
+    strncat(s->text, (const char *)in->stdin.data, in->stdin.len);
+    s->bytes += len;
+    s->count++;
+    moat_rpc_call_input_done(call, len);
+    if (s->end_after != NULL)
+        moat_rpc_call_fail(s->end_after, MOAT_CODE_ABORTED, "test", "enough");
+}
+
+/* Input before the handler is ready waits, in order; then it flows straight through, and the
+ * credit it used goes back through the sink. */
+static void test_input_is_held_until_a_hook_takes_it(void **state)
+{
+    (void)state;
+    rec r = {0};
+    moat_rpc_call *c = interactive_call(&r);
+    uint8_t buf[64];
+    size_t n1 = pack_stdin("ab", buf, sizeof(buf));
+    assert_int_equal(moat_rpc_call_input(c, buf, n1), MOAT_OK);
+    size_t n2 = pack_stdin("cd", buf, sizeof(buf));
+    assert_int_equal(moat_rpc_call_input(c, buf, n2), MOAT_OK);
+    seen_input seen = {0};
+    moat_rpc_call_on_input(c, on_input, &seen);
+    assert_string_equal(seen.text, "abcd");
+    assert_int_equal(seen.count, 2);
+    size_t n3 = pack_stdin("e", buf, sizeof(buf));
+    assert_int_equal(moat_rpc_call_input(c, buf, n3), MOAT_OK);
+    assert_string_equal(seen.text, "abcde");
+    assert_int_equal(r.input_done, n1 + n2 + n3);
+    assert_int_equal(r.ends, 0);
+    moat_rpc_call_unref(c);
+    assert_int_equal(r.ends, 1);
+}
+
+/* A hook that ends the call: what was held after it is dropped, later input too, and nothing
+ * leaks (ASan's run checks that). */
+static void test_input_after_the_end_is_dropped(void **state)
+{
+    (void)state;
+    rec r = {0};
+    moat_rpc_call *c = interactive_call(&r);
+    uint8_t buf[64];
+    for (int i = 0; i < 3; i++) {
+        size_t n = pack_stdin("x", buf, sizeof(buf));
+        assert_int_equal(moat_rpc_call_input(c, buf, n), MOAT_OK);
+    }
+    seen_input seen = {.end_after = c};
+    moat_rpc_call_on_input(c, on_input, &seen);
+    assert_int_equal(seen.count, 1);
+    assert_int_equal(r.ends, 1);
+    assert_int_equal(r.end.code, MOAT_CODE_ABORTED);
+    size_t n = pack_stdin("y", buf, sizeof(buf));
+    assert_int_equal(moat_rpc_call_input(c, buf, n), MOAT_OK);
+    assert_int_equal(seen.count, 1);
+    moat_rpc_call_unref(c);
+}
+
+/* Input is decoded and checked like a request; methods that take one request take no input. */
+static void test_bad_input(void **state)
+{
+    (void)state;
+    rec r = {0};
+    moat_rpc_call *c = interactive_call(&r);
+    const uint8_t junk[] = {0xff, 0xff, 0xff};
+    assert_int_equal(moat_rpc_call_input(c, junk, sizeof(junk)), MOAT_E_PROTO);
+    assert_int_equal(r.end.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(r.end.reason, "bad_request");
+    moat_rpc_call_unref(c);
+
+    rec r2 = {0};
+    c = interactive_call(&r2);
+    Moat__V1__InteractiveRequest in = MOAT__V1__INTERACTIVE_REQUEST__INIT;
+    in.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_SIGNAL;
+    in.signal = (char *)"SIGINT";
+    uint8_t buf[64];
+    size_t n = pack_input(&in, buf, sizeof(buf));
+    buf[n - 1] = 0; /* "SIGIN\0" */
+    assert_int_equal(moat_rpc_call_input(c, buf, n), MOAT_E_INVAL);
+    assert_string_equal(r2.end.reason, "nul_in_argument");
+    moat_rpc_call_unref(c);
+
+    rec r3 = {0};
+    moat_rpc_call *run =
+        moat_rpc_call_new(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND), 9, 0, 0, &sink, &r3);
+    n = pack_stdin("x", buf, sizeof(buf));
+    assert_int_equal(moat_rpc_call_input(run, buf, n), MOAT_E_STATE); /* before its request */
+    Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+    req.command = (char *)"true";
+    uint8_t rb[64];
+    assert_int_equal(
+        moat_rpc_call_request(run, rb, moat__v1__run_command_request__pack(&req, rb), NULL),
+        MOAT_OK);
+    assert_int_equal(moat_rpc_call_input(run, rb, moat__v1__run_command_request__pack(&req, rb)),
+                     MOAT_E_STATE);
+    moat_rpc_call_unref(run);
+}
+
 static void test_data_pointer(void **state)
 {
     (void)state;
@@ -463,6 +618,9 @@ int main(void)
         cmocka_unit_test(test_cancel_hook_may_end_the_call),
         cmocka_unit_test(test_abandoned_call_still_gets_an_end),
         cmocka_unit_test(test_reply_that_cannot_be_sent_still_ends),
+        cmocka_unit_test(test_input_is_held_until_a_hook_takes_it),
+        cmocka_unit_test(test_input_after_the_end_is_dropped),
+        cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_data_pointer),
     };
     return moat_run_group_tests("test_rpc", tests, NULL, NULL);

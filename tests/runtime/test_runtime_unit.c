@@ -192,12 +192,14 @@ static void test_create_mount_policy_and_labels(void **state)
     assert_non_null(jsv(jget(labels, "moat.version")));
 
     cJSON *ep = jget(spec, "Entrypoint");
-    assert_int_equal(cJSON_GetArraySize(ep), 5);
+    assert_int_equal(cJSON_GetArraySize(ep), 7);
     assert_string_equal(jsv(cJSON_GetArrayItem(ep, 0)), "/opt/moat/run");
     assert_string_equal(jsv(cJSON_GetArrayItem(ep, 1)), "--listen");
     assert_string_equal(jsv(cJSON_GetArrayItem(ep, 2)), "unix:/run/moat/execd.sock");
-    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 3)), "--run-as");
-    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 4)), "1000:1000");
+    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 3)), "--pty-idle-timeout");
+    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 4)), "1800");
+    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 5)), "--run-as");
+    assert_string_equal(jsv(cJSON_GetArrayItem(ep, 6)), "1000:1000");
     /* The session's own execd token, only in the environment; HOME is the workspace. */
     cJSON *env = jget(spec, "Env");
     assert_int_equal(cJSON_GetArraySize(env), 2);
@@ -579,7 +581,7 @@ static void test_create_as_root_when_asked(void **state)
     moat_status st;
     assert_int_equal(create_default(f, CHAT_ID, &s, &st), MOAT_CODE_OK);
     cJSON *spec = body_of(fake_docker_find(&f->fd, "POST", "/containers/create"));
-    assert_int_equal(cJSON_GetArraySize(jget(spec, "Entrypoint")), 3);
+    assert_int_equal(cJSON_GetArraySize(jget(spec, "Entrypoint")), 5);
     cJSON *env = jget(spec, "Env");
     assert_int_equal(cJSON_GetArraySize(env), 1);
     assert_int_equal(strncmp(jsv(cJSON_GetArrayItem(env, 0)), "EXECD_ACCESS_TOKEN=", 19), 0);

@@ -114,6 +114,24 @@ def main():
     assert f.ping.payload == 42
     checked += 1
 
+    f = frame("interactive_start", 5, "message")
+    r = payload(f, exec_pb2.InteractiveRequest, "interactive_start")
+    assert r.WhichOneof("input") == "start"
+    s = r.start
+    assert (s.session_id, s.command, s.cwd, s.tty, s.size.rows, s.size.cols, s.term, s.attach_id,
+            s.after_offset) == (SESSION, "", "/workspace", True, 24, 80, "xterm-256color", "", 0)
+    checked += 1
+
+    f = frame("interactive_stdin", 5, "message")
+    r = payload(f, exec_pb2.InteractiveRequest, "interactive_stdin")
+    assert r.WhichOneof("input") == "stdin" and r.stdin == b"ls\r"
+    checked += 1
+
+    f = frame("interactive_resize", 5, "message")
+    r = payload(f, exec_pb2.InteractiveRequest, "interactive_resize")
+    assert r.WhichOneof("input") == "resize" and (r.resize.rows, r.resize.cols) == (50, 132)
+    checked += 1
+
     print("python protobuf: %d vectors decode and re-encode identically" % checked)
 
 

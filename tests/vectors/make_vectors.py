@@ -76,6 +76,18 @@ def main():
                             exit=exec_pb2.ExecEvent.Exit(exit_code=exec_pb2.ExitCode(code=3)))
     vectors["exec_exit"] = ("ExecEvent exit with code 3 on stream 3",
                             F(stream_id=3, message=frame_pb2.Message(payload=ev.SerializeToString())))
+    start = exec_pb2.InteractiveRequest(start=exec_pb2.InteractiveStart(
+        session_id=SESSION, cwd="/workspace", tty=True, size=exec_pb2.TerminalSize(rows=24, cols=80),
+        term="xterm-256color"))
+    vectors["interactive_start"] = ("Message on stream 5 opening an Interactive terminal (bash, 24x80)",
+                                    F(stream_id=5, message=frame_pb2.Message(
+                                        payload=start.SerializeToString(deterministic=True))))
+    vectors["interactive_stdin"] = ("Message on stream 5: stdin 'ls\\r' for the terminal",
+                                    F(stream_id=5, message=frame_pb2.Message(payload=exec_pb2.InteractiveRequest(
+                                        stdin=b"ls\r").SerializeToString())))
+    vectors["interactive_resize"] = ("Message on stream 5: resize to 50 rows, 132 columns",
+                                     F(stream_id=5, message=frame_pb2.Message(payload=exec_pb2.InteractiveRequest(
+                                         resize=exec_pb2.TerminalSize(rows=50, cols=132)).SerializeToString())))
     end = F(stream_id=1, end=frame_pb2.End(code=frame_pb2.UNAVAILABLE,
                                            message="sandbox container did not start",
                                            details=frame_pb2.ErrorDetails(reason="sandbox_start_failed")))

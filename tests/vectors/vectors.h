@@ -22,6 +22,9 @@ static const char *const moat_vector_names[] = {
     "end_error",
     "window_update",
     "ping",
+    "interactive_start",
+    "interactive_stdin",
+    "interactive_resize",
 };
 #define MOAT_VECTOR_COUNT (sizeof moat_vector_names / sizeof moat_vector_names[0])
 

@@ -6,7 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -24,6 +27,10 @@ static const char *usage_text =
     "  stop SESSION\n"
     "  exec SESSION [--cwd DIR] [--timeout MS] [--env K=V]... -- COMMAND...\n"
     "       (one word runs as a bash command line; several are quoted as separate arguments)\n"
+    "  exec -i [-t] SESSION [--cwd DIR] -- COMMAND...\n"
+    "       -i: stdin goes to the command (EOF closes it); -t: in a terminal, as\n"
+    "       docker exec -it: raw mode, window size, Ctrl-C to the remote side\n"
+    "  shell SESSION [--cwd DIR]   (an interactive bash: exec -it SESSION with no command)\n"
     "  cp LOCAL SESSION:PATH | cp SESSION:PATH LOCAL\n"
     "  health [--json]\n"
     "Address from --addr or MOAT_ADDR (default " MOAT_CLIENT_DEFAULT_ADDR
@@ -335,14 +342,17 @@ static void on_signal(int sig)
     interrupted = 1;
 }
 
-static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeout_ms,
-                    const moat_kv *env, size_t env_count, int argc, char **argv)
+/* The command line for bash -c, in a buffer of max_frame bytes the caller
+ * frees: one word is a shell command as written ('ls | wc'); several are an
+ * argument vector, quoted so bash -c sees the same words; none is "". NULL
+ * (reported, *rc set) when it does not fit or memory is short. */
+static char *command_line(cli *c, int argc, char **argv, int *rc)
 {
-    /* One word is a shell command as written ('ls | wc'); several are an
-     * argument vector, quoted so bash -c sees the same words. */
     char *command = malloc(c->max_frame);
-    if (command == NULL)
-        return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+    if (command == NULL) {
+        *rc = fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return NULL;
+    }
     size_t len = 0;
     command[0] = '\0';
     bool fits = true;
@@ -356,14 +366,63 @@ static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeo
             command[len++] = ' ';
         fits = shell_quote(command, c->max_frame, &len, argv[i]);
     }
+    if (!fits) {
+        free(command);
+        *rc = fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
+                   "the command does not fit in a frame");
+        return NULL;
+    }
+    return command;
+}
+
+/* How an Exec stream ended: the remote exit code, kept from its exit event. */
+typedef struct exec_outcome {
+    int exit_status;   /* -1 until an exit event with a code (124: timed out) */
+    char unknown[512]; /* why the code is unknown, from such an exit event */
+} exec_outcome;
+
+/* Writes an output event where it belongs, or keeps an exit event's code. */
+static void exec_event_apply(const moat_exec_event *ev, exec_outcome *out)
+{
+    if (ev->kind == MOAT_EXEC_OUTPUT) {
+        write_fd(ev->stream == MOAT_EXEC_STDERR ? STDERR_FILENO : STDOUT_FILENO, ev->data.data,
+                 ev->data.len);
+    } else if (ev->kind == MOAT_EXEC_EXIT) {
+        if (ev->timed_out)
+            out->exit_status = 124;
+        else if (ev->exit_known)
+            out->exit_status = ev->exit_code >= 0 && ev->exit_code <= 255 ? ev->exit_code : 255;
+        else
+            snprintf(out->unknown, sizeof out->unknown, "%.*s", (int)ev->exit_unknown_reason.len,
+                     ev->exit_unknown_reason.len ? (const char *)ev->exit_unknown_reason.data
+                                                 : "no reason given");
+    }
+}
+
+/* The CLI's exit status once the stream ended with st. */
+static int exec_exit(const moat_status *st, const exec_outcome *out)
+{
+    if (st->code != MOAT_CODE_OK)
+        return report(st);
+    if (out->exit_status >= 0)
+        return out->exit_status;
+    fprintf(stderr, "moat: exit code unknown: %s\n",
+            out->unknown[0] ? out->unknown : "the command ended without an exit event");
+    return 255;
+}
+
+static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeout_ms,
+                    const moat_kv *env, size_t env_count, int argc, char **argv)
+{
+    int rc;
+    char *command = command_line(c, argc, argv, &rc);
+    if (command == NULL)
+        return rc;
     moat_run_command_req r = {session, command, cwd, timeout_ms, env, env_count, false};
     moat_call *call;
     moat_status st;
-    moat_err err = fits ? moat_exec_run(c->client, &r, 0, &call, &st) : MOAT_E_TOO_BIG;
+    moat_err err = moat_exec_run(c->client, &r, 0, &call, &st);
     free(command);
-    if (!fits)
-        return fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
-                    "the command does not fit in a frame");
     if (err != MOAT_OK)
         return report(&st);
     /* Ctrl-C cancels the remote command instead of abandoning it. */
@@ -373,9 +432,8 @@ static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeo
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     static moat_exec_event ev;
-    int exit_status = -1;
+    exec_outcome outcome = {.exit_status = -1};
     bool cancelled = false;
-    char unknown[512] = "";
     for (;;) {
         err = moat_exec_next(call, 200, &ev);
         if (err == MOAT_E_TIMEOUT) {
@@ -387,33 +445,196 @@ static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeo
         }
         if (err == MOAT_E_CLOSED)
             break;
-        if (err != MOAT_OK)
-            continue; /* an event that does not decode */
-        if (ev.kind == MOAT_EXEC_OUTPUT) {
-            write_fd(ev.stream == MOAT_EXEC_STDERR ? STDERR_FILENO : STDOUT_FILENO, ev.data.data,
-                     ev.data.len);
-        } else if (ev.kind == MOAT_EXEC_EXIT) {
-            if (ev.timed_out)
-                exit_status = 124;
-            else if (ev.exit_known)
-                exit_status = ev.exit_code >= 0 && ev.exit_code <= 255 ? ev.exit_code : 255;
-            else
-                snprintf(unknown, sizeof unknown, "%.*s", (int)ev.exit_unknown_reason.len,
-                         ev.exit_unknown_reason.len ? (const char *)ev.exit_unknown_reason.data
-                                                    : "no reason given");
-        }
+        if (err == MOAT_OK) /* else an event that does not decode */
+            exec_event_apply(&ev, &outcome);
     }
     st = *moat_call_status(call);
     moat_call_free(call);
     if (st.code == MOAT_CODE_CANCELLED && cancelled)
         return 130;
-    if (st.code != MOAT_CODE_OK)
-        return report(&st);
-    if (exit_status >= 0)
-        return exit_status;
-    fprintf(stderr, "moat: exit code unknown: %s\n",
-            unknown[0] ? unknown : "the command ended without an exit event");
-    return 255;
+    return exec_exit(&st, &outcome);
+}
+
+/* Signals an interactive session handles in its loop: the handler only
+ * writes the signal's number to this pipe, which the loop polls. */
+static int signal_pipe[2] = {-1, -1};
+
+static void on_session_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    (void)!write(signal_pipe[1], &b, 1);
+    errno = saved;
+}
+
+/* Stdin is read only while the send window has room for a read and this
+ * much more, so that a resize, signal or close_stdin never waits for credit
+ * (waiting would stop the output, which the process may be blocked on). */
+#define CONTROL_RESERVE 256u
+/* The largest stdin read: bigger ones bring fewer messages and no more speed. */
+#define STDIN_CHUNK (128u * 1024u)
+
+/* The local terminal while a session has it in raw mode. */
+typedef struct local_terminal {
+    bool raw;
+    struct termios saved;
+} local_terminal;
+
+/* Raw mode as `docker exec -it` sets it: every byte, Ctrl-C included, goes to
+ * the remote pty, whose line discipline does the signals and the echo. */
+static bool terminal_make_raw(local_terminal *t)
+{
+    if (tcgetattr(STDIN_FILENO, &t->saved) != 0)
+        return false;
+    struct termios raw = t->saved;
+    cfmakeraw(&raw);
+    if (tcsetattr(STDIN_FILENO, TCSANOW, &raw) != 0)
+        return false;
+    t->raw = true;
+    return true;
+}
+
+static void terminal_restore(local_terminal *t)
+{
+    if (t->raw)
+        tcsetattr(STDIN_FILENO, TCSANOW, &t->saved);
+    t->raw = false;
+}
+
+/* The local terminal's size, false when it has none. */
+static bool terminal_size(uint32_t *rows, uint32_t *cols)
+{
+    struct winsize ws;
+    if (ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) != 0 || ws.ws_row == 0 || ws.ws_col == 0)
+        return false;
+    *rows = ws.ws_row;
+    *cols = ws.ws_col;
+    return true;
+}
+
+/* One interactive call in progress. */
+typedef struct session_io {
+    moat_call *call;
+    bool tty;
+    bool stdin_open;     /* stdin is forwarded and has not ended */
+    bool resize_pending; /* SIGWINCH came; the size goes when there is credit */
+    int ended_by;        /* SIGTERM or SIGHUP to the CLI: the session is left */
+    uint8_t *buf;
+    size_t buf_cap;
+} session_io;
+
+/* Handles the signals the pipe holds. */
+static void session_signals(session_io *io)
+{
+    unsigned char sigs[32];
+    ssize_t n = read(signal_pipe[0], sigs, sizeof sigs);
+    for (ssize_t i = 0; i < n; i++) {
+        if (sigs[i] == SIGWINCH)
+            io->resize_pending = io->tty;
+        else if (sigs[i] == SIGINT)
+            moat_exec_signal(io->call, "SIGINT", 0);
+        else if (sigs[i] == SIGQUIT)
+            moat_exec_signal(io->call, "SIGQUIT", 0);
+        else
+            io->ended_by = sigs[i];
+    }
+}
+
+/* Reads what stdin has, as much as the credit takes, and sends it; EOF sends close_stdin. */
+static void session_stdin(session_io *io)
+{
+    uint32_t credit = moat_call_send_window(io->call) - CONTROL_RESERVE;
+    size_t want = credit < io->buf_cap ? credit : io->buf_cap;
+    ssize_t n = read(STDIN_FILENO, io->buf, want);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return;
+    if (n > 0) {
+        moat_exec_stdin(io->call, (moat_slice){io->buf, (size_t)n}, -1);
+        return;
+    }
+    /* EOF, or a read error, which ends the input as EOF would */
+    io->stdin_open = false;
+    moat_exec_close_stdin(io->call, -1);
+}
+
+/* `exec -i`/`-t` and `shell`: stdin and the terminal go to the remote process
+ * while its output comes back; the exit code is the remote's. Every way out
+ * passes the terminal's restore. */
+static int cmd_interactive(cli *c, const char *session, const char *cwd, bool forward_stdin,
+                           bool tty, const char *command)
+{
+    bool raw_wanted = tty && forward_stdin;
+    if (raw_wanted && !isatty(STDIN_FILENO))
+        return fail(MOAT_CODE_INVALID_ARGUMENT, "not_a_tty", "the input device is not a TTY");
+    moat_interactive_req r = {.session_id = session, .command = command, .cwd = cwd, .tty = tty};
+    if (tty) {
+        terminal_size(&r.rows, &r.cols);
+        r.term = getenv("TERM");
+    }
+    session_io io = {.tty = tty, .stdin_open = forward_stdin};
+    io.buf_cap = moat_exec_stdin_max(c->client);
+    if (io.buf_cap > STDIN_CHUNK)
+        io.buf_cap = STDIN_CHUNK;
+    io.buf = malloc(io.buf_cap);
+    if (io.buf == NULL || pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        free(io.buf);
+        return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory or descriptors");
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_session_signal;
+    static const int handled[] = {SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGWINCH};
+    for (size_t i = 0; i < sizeof handled / sizeof handled[0]; i++)
+        sigaction(handled[i], &sa, NULL);
+    /* A closed stdout must end the session through the restore, not kill it. */
+    signal(SIGPIPE, SIG_IGN);
+
+    moat_status st;
+    moat_err err = moat_exec_interactive(c->client, &r, 0, &io.call, &st);
+    local_terminal term = {0};
+    if (err == MOAT_OK && raw_wanted && !terminal_make_raw(&term)) {
+        moat_status_set(&st, MOAT_CODE_FAILED_PRECONDITION, "terminal", "cannot set raw mode: %s",
+                        strerror(errno));
+        err = MOAT_E_IO;
+    }
+    static moat_exec_event ev;
+    exec_outcome outcome = {.exit_status = -1};
+    int keepalive_ms = (int)moat_client_get_limits(c->client)->idle_timeout_seconds * 500;
+    while (err == MOAT_OK && io.ended_by == 0) {
+        moat_err next;
+        while ((next = moat_exec_next(io.call, 0, &ev)) != MOAT_E_TIMEOUT && next != MOAT_E_CLOSED)
+            if (next == MOAT_OK)
+                exec_event_apply(&ev, &outcome);
+        if (next == MOAT_E_CLOSED)
+            break;
+        if (io.resize_pending && terminal_size(&r.rows, &r.cols))
+            io.resize_pending = moat_exec_resize(io.call, r.rows, r.cols, 0) == MOAT_E_TIMEOUT;
+        struct pollfd pfd[3] = {{moat_client_fd(c->client), POLLIN, 0},
+                                {signal_pipe[0], POLLIN, 0},
+                                {STDIN_FILENO, POLLIN, 0}};
+        bool read_stdin = io.stdin_open && moat_call_send_window(io.call) > CONTROL_RESERVE;
+        if (poll(pfd, read_stdin ? 3 : 2, keepalive_ms > 0 ? keepalive_ms : -1) < 0 &&
+            errno != EINTR)
+            break;
+        if (pfd[1].revents)
+            session_signals(&io);
+        if (read_stdin && pfd[2].revents && io.ended_by == 0)
+            session_stdin(&io);
+    }
+    terminal_restore(&term);
+    if (err == MOAT_OK)
+        st = *moat_call_status(io.call);
+    moat_call_free(io.call);
+    free(io.buf);
+    /* No handler may write to the pipe's descriptors once they are closed (and reused). */
+    sa.sa_handler = SIG_DFL;
+    for (size_t i = 0; i < sizeof handled / sizeof handled[0]; i++)
+        sigaction(handled[i], &sa, NULL);
+    close(signal_pipe[0]);
+    close(signal_pipe[1]);
+    if (io.ended_by != 0)
+        return 128 + io.ended_by;
+    return err != MOAT_OK ? report(&st) : exec_exit(&st, &outcome);
 }
 
 /* Fills buf with up to cap bytes of fd; *eof when the file ended. -1 on a read error. */
@@ -547,8 +768,10 @@ int main(int argc, char **argv)
     /* Options may come anywhere after the command; "--" ends them (exec's command follows). */
     static const struct option opts[] = {
         {"chat", required_argument, NULL, 'c'},
-        {"ttl", required_argument, NULL, 't'},
-        {"image", required_argument, NULL, 'i'}, /* create's; empty: the server's default */
+        {"ttl", required_argument, NULL, 'L'},
+        {"image", required_argument, NULL, 'm'}, /* create's; empty: the server's default */
+        {"interactive", no_argument, NULL, 'i'},
+        {"tty", no_argument, NULL, 't'},
         {"new", no_argument, NULL, 'n'},
         {"json", no_argument, NULL, 'j'},
         {"cwd", required_argument, NULL, 'd'},
@@ -559,19 +782,19 @@ int main(int argc, char **argv)
     };
     const char *chat = NULL, *cwd = NULL, *image = NULL;
     uint64_t ttl = 0, timeout_ms = 0;
-    bool force_new = false, json = false, have_ttl = false;
+    bool force_new = false, json = false, have_ttl = false, forward_stdin = false, tty = false;
     moat_kv env[MAX_ENV];
     size_t env_count = 0;
     int sub_argc = argc - i;
     char **sub_argv = argv + i;
     optind = 1;
     int o;
-    while ((o = getopt_long(sub_argc, sub_argv, "", opts, NULL)) != -1) {
+    while ((o = getopt_long(sub_argc, sub_argv, "it", opts, NULL)) != -1) {
         switch (o) {
         case 'c':
             chat = optarg;
             break;
-        case 't':
+        case 'L':
             if (!parse_u64(optarg, &ttl) || ttl > UINT32_MAX)
                 return fail(MOAT_CODE_INVALID_ARGUMENT, "bad_ttl", "--ttl takes seconds");
             have_ttl = true;
@@ -579,8 +802,14 @@ int main(int argc, char **argv)
         case 'n':
             force_new = true;
             break;
-        case 'i':
+        case 'm':
             image = optarg;
+            break;
+        case 'i':
+            forward_stdin = true;
+            break;
+        case 't':
+            tty = true;
             break;
         case 'j':
             json = true;
@@ -614,13 +843,19 @@ int main(int argc, char **argv)
 
     bool known = strcmp(cmd, "create") == 0 || strcmp(cmd, "ls") == 0 || strcmp(cmd, "get") == 0 ||
                  strcmp(cmd, "renew") == 0 || strcmp(cmd, "stop") == 0 ||
-                 strcmp(cmd, "exec") == 0 || strcmp(cmd, "cp") == 0 || strcmp(cmd, "health") == 0;
+                 strcmp(cmd, "exec") == 0 || strcmp(cmd, "cp") == 0 || strcmp(cmd, "health") == 0 ||
+                 strcmp(cmd, "shell") == 0;
     if (!known)
+        return usage();
+    bool interactive = forward_stdin || tty;
+    /* An interactive call has no environment or timeout of its own. */
+    if (interactive && (strcmp(cmd, "exec") != 0 || env_count > 0 || timeout_ms > 0))
         return usage();
     if ((strcmp(cmd, "create") == 0 && !chat) ||
         (strcmp(cmd, "renew") == 0 && (!have_ttl || nrest != 1)) ||
         ((strcmp(cmd, "get") == 0 || strcmp(cmd, "stop") == 0) && nrest != 1) ||
-        (strcmp(cmd, "exec") == 0 && nrest < 2) || (strcmp(cmd, "cp") == 0 && nrest != 2))
+        (strcmp(cmd, "exec") == 0 && nrest < 2) || (strcmp(cmd, "cp") == 0 && nrest != 2) ||
+        (strcmp(cmd, "shell") == 0 && nrest != 1))
         return usage();
 
     moat_client_options copts = {.token = getenv("MOAT_TOKEN"),
@@ -642,8 +877,15 @@ int main(int argc, char **argv)
         rc = cmd_renew(&c, rest[0], (uint32_t)ttl);
     else if (strcmp(cmd, "stop") == 0)
         rc = cmd_stop(&c, rest[0]);
-    else if (strcmp(cmd, "exec") == 0)
+    else if (strcmp(cmd, "exec") == 0 && interactive) {
+        char *command = command_line(&c, nrest - 1, rest + 1, &rc);
+        if (command != NULL)
+            rc = cmd_interactive(&c, rest[0], cwd, forward_stdin, tty, command);
+        free(command);
+    } else if (strcmp(cmd, "exec") == 0)
         rc = cmd_exec(&c, rest[0], cwd, timeout_ms, env, env_count, nrest - 1, rest + 1);
+    else if (strcmp(cmd, "shell") == 0)
+        rc = cmd_interactive(&c, rest[0], cwd, true, true, "");
     else if (strcmp(cmd, "health") == 0)
         rc = cmd_health(&c);
     else {

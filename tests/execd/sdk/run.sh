@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs sdk_compat.mjs: OpenSandbox's TypeScript SDK, installed from npm at the versions
-# package-lock.json pins, against the moat-execd given. Exits 77 (ctest: skipped, with the
+# Runs sdk_compat.mjs (OpenSandbox's TypeScript SDK) and pty_ws.mjs (its PTY API over npm's ws,
+# since the SDK has no PTY calls), installed from npm at the versions package-lock.json pins,
+# against the moat-execd given. Exits 77 (ctest: skipped, with the
 # reason printed) only when the npm registry does not answer, or, outside CI (CI=true), without
 # Node.js 20 or newer. Any other failure of npm ci (a bad lock file, say) fails the test.
 # usage: run.sh <moat-execd> <work-dir>
@@ -32,11 +33,12 @@ if ! npm ping --fetch-timeout=30000 --fetch-retries=1 >/dev/null 2>&1; then
 fi
 mkdir -p "$work"
 # The script is copied next to node_modules: ES modules resolve packages from their own path.
-cp "$here/package.json" "$here/package-lock.json" "$here/sdk_compat.mjs" "$work/"
+cp "$here/package.json" "$here/package-lock.json" "$here/sdk_compat.mjs" "$here/pty_ws.mjs" "$work/"
 cd "$work"
 if ! npm ci --no-audit --no-fund --fetch-timeout=30000 --fetch-retries=1 >npm.log 2>&1; then
   cat npm.log
   echo "sdk_compat: npm ci failed with the registry answering (above)"
   exit 1
 fi
-exec node sdk_compat.mjs "$execd"
+node sdk_compat.mjs "$execd"
+exec node pty_ws.mjs "$execd"

@@ -1,0 +1,161 @@
+/* bench_e2e's interactive phase (#14), each figure against docker exec in the same run:
+ *  - keystroke round trip p50: one byte written to the local terminal (the master of a pty this
+ *    program opens, the client running on its slave) until its echo comes back, the remote side
+ *    running `cat` in a pty of its own (`stty raw -echo`, so the echo is cat's), through
+ *    `moat exec -it` and `docker exec -it` into the same container, and a local pty running the
+ *    same command as the floor (target: moat <= 0.75x docker);
+ *  - stdin throughput: N MiB of /dev/zero piped into `cat >/dev/null` through `moat exec -i` and
+ *    `docker exec -i`, whole client processes timed (target: moat >= 2x docker). */
+#include <errno.h>
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "bench_e2e.h"
+
+/* What runs on the far side: a pty whose echo is cat's, ISIG kept so that Ctrl-C ends it, and
+ * a marker once that is so. */
+#define REMOTE_CAT "stty raw -echo isig; printf READY; exec cat"
+/* A bound on each wait, so that a stuck client fails the phase instead of hanging it. */
+#define WAIT_MS 30000
+
+/* Reads the master until needle has come (earlier bytes are dropped). */
+static bool await_bytes(int master, const char *needle, size_t len)
+{
+    char window[64] = {0};
+    size_t have = 0;
+    for (;;) {
+        struct pollfd pfd = {master, POLLIN, 0};
+        if (poll(&pfd, 1, WAIT_MS) != 1)
+            return false;
+        char buf[256];
+        ssize_t n = read(master, buf, sizeof(buf));
+        if (n <= 0)
+            return false;
+        for (ssize_t i = 0; i < n; i++) {
+            if (have == len)
+                memmove(window, window + 1, --have);
+            window[have++] = buf[i];
+            if (have == len && memcmp(window, needle, len) == 0)
+                return true;
+        }
+    }
+}
+
+/* Runs argv on the slave of a new 24 x 80 pty; *master gets its master. */
+static pid_t spawn_on_pty(char *const argv[], int *master)
+{
+    struct winsize ws = {.ws_row = 24, .ws_col = 80};
+    pid_t pid = forkpty(master, NULL, NULL, &ws);
+    if (pid == 0) {
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* p50 in ms of n single-byte round trips through the client argv runs, after 20 unmeasured;
+ * -1 when the client failed. */
+static double keystroke_p50(char *const argv[], int n)
+{
+    int master;
+    pid_t pid = spawn_on_pty(argv, &master);
+    if (pid < 0)
+        return -1;
+    double *v = calloc((size_t)n, sizeof(double));
+    bool ok = v != NULL && await_bytes(master, "READY", 5);
+    for (int i = -20; ok && i < n; i++) {
+        char b = (char)('a' + (i + 20) % 26);
+        double t0 = now_s();
+        ok = write(master, &b, 1) == 1 && await_bytes(master, &b, 1);
+        if (i >= 0)
+            v[i] = (now_s() - t0) * 1000;
+    }
+    /* Ctrl-C: the far pty's line discipline ends cat, and the client exits with it, which
+     * the master sees as the end of its output. */
+    if (write(master, "\x03", 1) == 1) {
+        char sink[256];
+        struct pollfd pfd = {master, POLLIN, 0};
+        while (poll(&pfd, 1, WAIT_MS) == 1 && read(master, sink, sizeof(sink)) > 0)
+            ;
+    }
+    close(master);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    double p = ok ? percentile(v, n, 0.5) : -1;
+    free(v);
+    return p;
+}
+
+/* Wall time of `head -c bytes /dev/zero` piped through moat exec -i (or docker exec -i) into
+ * cat >/dev/null, the whole client process; -1 when it failed. */
+static double stdin_run(const char *addr, const char *moat_bin, const char *sid, const char *cid,
+                        long long bytes, bool moat)
+{
+    char cmd[1400];
+    if (moat)
+        snprintf(cmd, sizeof(cmd),
+                 "head -c %lld /dev/zero | %s %s exec -i %s -- 'cat >/dev/null' >/dev/null", bytes,
+                 addr, moat_bin, sid);
+    else
+        snprintf(cmd, sizeof(cmd),
+                 "head -c %lld /dev/zero | /usr/bin/docker exec -i %s sh -c 'cat >/dev/null'",
+                 bytes, cid);
+    return timed_system(cmd);
+}
+
+void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *sid, const char *cid,
+                       int keystrokes, long long stdin_bytes)
+{
+    char addr[64];
+    snprintf(addr, sizeof(addr), "MOAT_ADDR=127.0.0.1:%d", p->port);
+    char moat_path[600];
+    snprintf(moat_path, sizeof(moat_path), "%s", moat_bin);
+    char *moat_argv[] = {"env",       addr, moat_path,  "exec", "-it",
+                         (char *)sid, "--", REMOTE_CAT, NULL};
+    char *docker_argv[] = {"/usr/bin/docker", "exec", "-it", (char *)cid, "sh", "-c",
+                           REMOTE_CAT,        NULL};
+    char *local_argv[] = {"sh", "-c", REMOTE_CAT, NULL};
+    /* alternated, so that the host's load weighs on each alike */
+    double m[2], d[2], l[2];
+    for (int round = 0; round < 2; round++) {
+        m[round] = keystroke_p50(moat_argv, keystrokes / 2);
+        d[round] = keystroke_p50(docker_argv, keystrokes / 2);
+        l[round] = keystroke_p50(local_argv, keystrokes / 2);
+    }
+    if (m[0] < 0 || m[1] < 0 || d[0] < 0 || d[1] < 0 || l[0] < 0 || l[1] < 0) {
+        printf("%-44s a client failed (moat %.3f/%.3f, docker %.3f/%.3f, local %.3f/%.3f)  FAIL\n",
+               "keystroke round trip p50", m[0], m[1], d[0], d[1], l[0], l[1]);
+        failures++;
+    } else {
+        double mm = (m[0] + m[1]) / 2, dd = (d[0] + d[1]) / 2, ll = (l[0] + l[1]) / 2;
+        printf("keystroke p50 per round: moat %.3f / %.3f ms, docker %.3f / %.3f ms, local pty "
+               "%.3f / %.3f ms\n",
+               m[0], m[1], d[0], d[1], l[0], l[1]);
+        verdict("keystroke round trip p50, moat -it vs docker", mm, dd, "ms", mm / dd,
+                mm / dd <= 0.75, "<= 0.75x");
+        printf("local pty (the floor) %.3f ms: moat adds %.3f ms, docker %.3f ms\n", ll, mm - ll,
+               dd - ll);
+    }
+
+    double tm = stdin_run(addr, moat_bin, sid, cid, stdin_bytes, true);
+    double td = stdin_run(addr, moat_bin, sid, cid, stdin_bytes, false);
+    double mr = (double)stdin_bytes / tm / 1048576.0, dr = (double)stdin_bytes / td / 1048576.0;
+    char what[80];
+    snprintf(what, sizeof(what), "stdin %lld MiB into cat (MiB/s)", stdin_bytes >> 20);
+    verdict(what, mr, dr, "MiB/s", mr / dr, tm > 0 && td > 0 && mr / dr >= 2.0, ">= 2x");
+    /* What each client costs with no input at all (start, EOF, exit): the rate net of it says
+     * how fast the bytes themselves go. */
+    double m0 = stdin_run(addr, moat_bin, sid, cid, 0, true);
+    double d0 = stdin_run(addr, moat_bin, sid, cid, 0, false);
+    printf("with no input: moat exec -i %.3f s, docker exec -i %.3f s; net of that, moat %.0f "
+           "MiB/s, docker %.0f MiB/s (%.2fx)\n",
+           m0, d0, (double)stdin_bytes / (tm - m0) / 1048576.0,
+           (double)stdin_bytes / (td - d0) / 1048576.0, (td - d0) / (tm - m0));
+}

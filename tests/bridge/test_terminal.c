@@ -1,0 +1,306 @@
+/* The bridge's terminals against a fake execd: POST /pty, the WebSocket upgrade, then frames
+ * that the fake (libwslay's server side) writes a few bytes at a time, so every frame header
+ * and payload arrives split across reads; stdin in bulk against a fake that reads slowly. */
+#include "moat_test.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uv.h>
+#include <wslay/wslay.h>
+
+#include "bridge/terminal.h"
+#include "fake_execd.h"
+#include "pty_proto.h"
+
+#define STDIN_TOTAL (4u << 20)
+#define STDIN_PIECE (60u * 1024)
+/* The consumer stops feeding while this much waits for execd's socket. */
+#define QUEUE_HIGH (256u * 1024)
+
+/* ------------------------------------------------------------ the fake's WebSocket */
+
+typedef struct fake_ws {
+    int fd;
+    size_t piece; /* bytes per send, so the client reads split frames */
+    uint64_t stdin_bytes, stdin_sum, newlines;
+    bool stdin_closed, close_queued;
+    char texts[512]; /* the text frames other than close_stdin, one per line */
+} fake_ws;
+
+static void nap_us(long us)
+{
+    struct timespec ts = {0, us * 1000};
+    nanosleep(&ts, NULL);
+}
+
+static ssize_t fake_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *ud)
+{
+    (void)flags;
+    fake_ws *w = ud;
+    /* a slow reader: the client's socket fills and its stdin must wait */
+    ssize_t n = recv(w->fd, buf, len < 4096 ? len : 4096, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    if (n <= 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return n;
+}
+
+static ssize_t fake_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                         void *ud)
+{
+    (void)flags;
+    fake_ws *w = ud;
+    ssize_t n = send(w->fd, data, len < w->piece ? len : w->piece, MSG_NOSIGNAL);
+    if (n < 0) {
+        wslay_event_set_error(ctx,
+                              errno == EAGAIN ? WSLAY_ERR_WOULDBLOCK : WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    nap_us(100);
+    return n;
+}
+
+static void queue(wslay_event_context_ptr ctx, uint8_t opcode, const void *data, size_t len)
+{
+    struct wslay_event_msg m = {opcode, data, len};
+    wslay_event_queue_msg(ctx, &m);
+}
+
+static void fake_message(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *m,
+                         void *ud)
+{
+    fake_ws *w = ud;
+    if (m->opcode == WSLAY_BINARY_FRAME && m->msg_length > 0 && m->msg[0] == 0x00) {
+        for (size_t i = 1; i < m->msg_length; i++) {
+            w->stdin_sum = w->stdin_sum * 31 + m->msg[i];
+            w->newlines += m->msg[i] == '\n';
+        }
+        w->stdin_bytes += m->msg_length - 1;
+    } else if (m->opcode == WSLAY_TEXT_FRAME) {
+        moat_execd_pty_frame f;
+        moat_execd_pty_parse_frame((const char *)m->msg, m->msg_length, &f);
+        free(f.data);
+        if (f.type == MOAT_EXECD_PTY_CLOSE_STDIN && !w->stdin_closed) {
+            w->stdin_closed = true;
+            char out[64];
+            int n =
+                snprintf(out, sizeof(out), "%c%llu lines", 0x01, (unsigned long long)w->newlines);
+            queue(ctx, WSLAY_BINARY_FRAME, out, (size_t)n);
+            queue(ctx, WSLAY_BINARY_FRAME,
+                  "\x02"
+                  "err",
+                  4);
+            const char exit_json[] = "{\"type\":\"exit\",\"exit_code\":3}";
+            queue(ctx, WSLAY_TEXT_FRAME, exit_json, sizeof(exit_json) - 1);
+        } else {
+            size_t used = strlen(w->texts);
+            snprintf(w->texts + used, sizeof(w->texts) - used, "%.*s\n", (int)m->msg_length,
+                     (const char *)m->msg);
+        }
+    }
+}
+
+static fake_ws last_ws;
+
+static void serve_ws(int fd, const fake_req *req)
+{
+    char key[64] = "", accept[MOAT_EXECD_WS_ACCEPT_LEN];
+    const char *k = strcasestr(req->headers, "\r\nSec-WebSocket-Key: ");
+    assert_non_null(k);
+    sscanf(k + 21, "%63[^\r]", key);
+    assert_true(moat_execd_ws_accept_key(key, accept));
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                     accept);
+    fake_write_all(fd, head, (size_t)n);
+    fake_ws *w = &last_ws;
+    memset(w, 0, sizeof(*w));
+    w->fd = fd;
+    w->piece = 3;
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    struct wslay_event_callbacks cbs = {fake_recv, fake_send, NULL, NULL, NULL, NULL, fake_message};
+    wslay_event_context_ptr ctx;
+    assert_int_equal(wslay_event_context_server_init(&ctx, &cbs, w), 0);
+    const char connected[] = "{\"type\":\"connected\",\"session_id\":\"t1\",\"mode\":\"pipe\"}";
+    queue(ctx, WSLAY_TEXT_FRAME, connected, sizeof(connected) - 1);
+    while (wslay_event_want_read(ctx) || wslay_event_want_write(ctx)) {
+        struct pollfd p = {fd,
+                           (short)((wslay_event_want_read(ctx) ? POLLIN : 0) |
+                                   (wslay_event_want_write(ctx) ? POLLOUT : 0)),
+                           0};
+        if (poll(&p, 1, 10000) <= 0)
+            break;
+        if ((p.revents & POLLIN) && wslay_event_recv(ctx) != 0)
+            break;
+        if ((p.revents & POLLOUT) && wslay_event_send(ctx) != 0)
+            break;
+        /* wslay sends control frames first: the close waits for the exit to have gone */
+        if (w->stdin_closed && wslay_event_get_queued_msg_count(ctx) == 0 && !w->close_queued) {
+            w->close_queued = true;
+            wslay_event_queue_close(ctx, 1000, (const uint8_t *)"process exited", 14);
+        }
+        if (p.revents & (POLLERR | POLLHUP))
+            break;
+        /* slow: execd's socket fills while stdin pours in */
+        if (!w->stdin_closed)
+            nap_us(200);
+    }
+    wslay_event_context_free(ctx);
+}
+
+static void handler(fake_execd *f, int fd, const fake_req *req)
+{
+    (void)f;
+    if (strcmp(req->method, "POST") == 0 && strcmp(req->path, "/pty") == 0) {
+        const char b[] = "{\"session_id\":\"t1\"}";
+        fake_reply(fd, 201, "Content-Type: application/json\r\n", b, sizeof(b) - 1);
+    } else if (strncmp(req->path, "/pty/t1/ws?pty=0", 16) == 0) {
+        serve_ws(fd, req);
+    } else {
+        fake_reply(fd, 404, NULL, "{\"code\":\"CONTEXT_NOT_FOUND\"}", 28);
+    }
+}
+
+/* ------------------------------------------------------------ the consumer */
+
+typedef struct term_run {
+    moat_bridge_terminal *t;
+    char session_id[64];
+    char out[2][256];
+    int exit_code;
+    bool exited, ended;
+    moat_status end;
+    uint64_t sent, sum;
+    size_t queued_max;
+    uint8_t piece[STDIN_PIECE];
+} term_run;
+
+/* Feeds stdin while execd's socket keeps up; on_writable brings it back. */
+static void feed(term_run *r)
+{
+    while (r->sent < STDIN_TOTAL && moat_bridge_terminal_queued(r->t) < QUEUE_HIGH) {
+        size_t n = STDIN_TOTAL - r->sent < STDIN_PIECE ? STDIN_TOTAL - r->sent : STDIN_PIECE;
+        for (size_t i = 0; i < n; i++) {
+            r->piece[i] = (uint8_t)((r->sent + i) % 64 == 63 ? '\n' : 'a' + (r->sent + i) % 26);
+            r->sum = r->sum * 31 + r->piece[i];
+        }
+        assert_int_equal(moat_bridge_terminal_stdin(r->t, r->piece, n), MOAT_OK);
+        r->sent += n;
+        size_t q = moat_bridge_terminal_queued(r->t);
+        if (q > r->queued_max)
+            r->queued_max = q;
+    }
+    if (r->sent == STDIN_TOTAL && moat_bridge_terminal_close_stdin(r->t) == MOAT_OK)
+        assert_int_equal(moat_bridge_terminal_stdin(r->t, (const uint8_t *)"x", 1), MOAT_E_STATE);
+}
+
+static void on_ready(void *ud, moat_bridge_terminal *t, const char *session_id)
+{
+    term_run *r = ud;
+    r->t = t;
+    snprintf(r->session_id, sizeof(r->session_id), "%s", session_id);
+    assert_int_equal(moat_bridge_terminal_resize(t, 30, 100), MOAT_OK);
+    assert_int_equal(moat_bridge_terminal_signal(t, "SIGINT"), MOAT_OK);
+    assert_int_equal(moat_bridge_terminal_signal(t, "SIGSTOP"), MOAT_E_INVAL);
+    feed(r);
+}
+
+static void on_output(void *ud, moat_bridge_terminal *t, moat_bridge_stream stream,
+                      const uint8_t *data, size_t len)
+{
+    (void)t;
+    term_run *r = ud;
+    char *o = r->out[stream == MOAT_BRIDGE_STDERR];
+    size_t used = strlen(o);
+    snprintf(o + used, 256 - used, "%.*s", (int)len, (const char *)data);
+}
+
+static void on_exit_code(void *ud, moat_bridge_terminal *t, int code)
+{
+    (void)t;
+    term_run *r = ud;
+    r->exited = true;
+    r->exit_code = code;
+}
+
+static void on_writable(void *ud, moat_bridge_terminal *t)
+{
+    (void)t;
+    feed(ud);
+}
+
+static void on_end(void *ud, moat_bridge_terminal *t, const moat_status *st)
+{
+    (void)t;
+    term_run *r = ud;
+    r->ended = true;
+    r->end = *st;
+}
+
+static void test_terminal_pipe_mode(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    fake_execd f;
+    fake_start(&f, handler, NULL, false);
+    moat_bridge_config cfg = {0};
+    moat_bridge *b;
+    assert_int_equal(moat_bridge_new(&cfg, &b), MOAT_OK);
+    assert_int_equal(moat_bridge_attach_uv(b, &loop), MOAT_OK);
+    moat_bridge_endpoint ep = {.unix_socket = f.sock_path, .scope = "sandbox-1"};
+
+    static term_run r;
+    memset(&r, 0, sizeof(r));
+    moat_bridge_terminal_consumer c = {on_ready, on_output, on_exit_code, on_writable, on_end, &r};
+    moat_bridge_terminal_opts o = {.command = "wc -l", .tty = false};
+    moat_bridge_terminal *t;
+    moat_status st;
+    assert_int_equal(moat_bridge_terminal_open(b, &ep, &o, &c, 1u << 30, &t, &st), MOAT_OK);
+    uint64_t until = moat_time_mono_ns() + 120ull * 1000000000ull;
+    while (!r.ended) {
+        assert_true(moat_time_mono_ns() < until);
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    if (r.end.code != MOAT_CODE_OK)
+        fail_msg("ended %s %s: %s", moat_code_name(r.end.code), r.end.reason, r.end.message);
+    assert_string_equal(r.session_id, "t1");
+    assert_true(r.exited);
+    assert_int_equal(r.exit_code, 3);
+    char want[64];
+    snprintf(want, sizeof(want), "%u lines", STDIN_TOTAL / 64);
+    assert_string_equal(r.out[0], want);
+    assert_string_equal(r.out[1], "err");
+    /* stdin waited for the socket rather than piling up */
+    assert_true(r.queued_max < QUEUE_HIGH + STDIN_PIECE + 16);
+
+    moat_bridge_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    fake_stop(&f);
+    assert_int_equal(last_ws.stdin_bytes, STDIN_TOTAL);
+    assert_true(last_ws.stdin_sum == r.sum);
+    assert_string_equal(last_ws.texts, "{\"type\":\"resize\",\"cols\":100,\"rows\":30}\n"
+                                       "{\"type\":\"signal\",\"signal\":\"SIGINT\"}\n");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_terminal_pipe_mode),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
