@@ -125,8 +125,10 @@ static void await_screen(const char *what, bool exact)
             free(text);
             return;
         }
-        if (i == SCREEN_WAIT_S * 10 - 1)
+        if (i == SCREEN_WAIT_S * 10 - 1) {
+            moatd_dump_log(&P); /* what moatd saw of the terminal, for the failure's cause */
             fail_msg("the screen never showed \"%s\"; it shows:\n%s", what, text);
+        }
         free(text);
         nanosleep(&(struct timespec){0, 100 * 1000 * 1000}, NULL);
     }
@@ -207,7 +209,7 @@ static int setup(void **state)
     snprintf(moat_bin, sizeof(moat_bin), "%s/src/client/moat", build != NULL ? build : ".");
     char prefix_arg[96];
     snprintf(prefix_arg, sizeof(prefix_arg), "--container_name_prefix=%s", prefix);
-    const char *extra[] = {prefix_arg, "--token=" TOKEN, NULL};
+    const char *extra[] = {prefix_arg, "--token=" TOKEN, "--log_level=debug", NULL};
     if (!moatd_start(&P, true, extra) || !create_session(P.port, session, sizeof(session)))
         return -1;
     /* A local bash without rc files in a 100 x 30 window that only the test resizes. */
