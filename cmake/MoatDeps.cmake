@@ -55,6 +55,7 @@ moat_pkg(LIBUV libuv libuv1-dev)
 moat_pkg(CJSON libcjson libcjson-dev)
 moat_pkg(MHD libmicrohttpd libmicrohttpd-dev)
 moat_pkg(SQLITE sqlite3 libsqlite3-dev)
+moat_pkg(NGHTTP2 libnghttp2 libnghttp2-dev)
 
 find_package(nanopb CONFIG QUIET)
 if(NOT nanopb_FOUND)

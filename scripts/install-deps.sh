@@ -8,7 +8,7 @@ packages=(
   protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
   nanopb libnanopb-dev python3-protobuf
   uuid-dev libcmocka-dev libuv1-dev libcjson-dev
-  libmicrohttpd-dev libwslay-dev libwslay1 libsqlite3-dev dpkg-dev nettle-dev
+  libmicrohttpd-dev libwslay-dev libwslay1 libsqlite3-dev dpkg-dev nettle-dev libnghttp2-dev
   clang libclang-rt-14-dev valgrind openssl libgnutls28-dev
   docker.io busybox-static bash-static iproute2 procps runsc mmdebstrap
 )
