@@ -97,8 +97,9 @@ static void start_drain(srv *s, const char *why)
     if (s->draining)
         return;
     s->draining = true;
-    moat_log(MOAT_LOG_INFO, "drain_start", "signal=%s grace_seconds=%u connections=%u", why,
-             s->cfg.drain_grace_seconds, s->nconns);
+    moat_log(MOAT_LOG_INFO, "drain_start",
+             "signal=%s grace_seconds=%u connections=%u grpc_connections=%u", why,
+             s->cfg.drain_grace_seconds, s->nconns, s->ngrpc);
     close_listeners(s);
     conn *c = s->conns;
     while (c != NULL) {

@@ -1,0 +1,236 @@
+/* moatd's gRPC listener against bad input, from an nghttp2 client and raw bytes: each request
+ * gets the status gRPC's spec names (or the connection a GOAWAY), and a call left open on the
+ * same connection, and the connection itself, carry on. No Docker: Health answers without it. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "moat_test.h"
+
+#include "grpc/grpc.h"
+#include "h2_client.h"
+#include "harness.h"
+
+#define TOKEN "grpc-hostile-token"
+#define CHECK "/moat.v1.Health/Check"
+
+static moatd_proc moatd;
+static const uint8_t empty_message[5] = {0, 0, 0, 0, 0};
+
+static int setup(void **state)
+{
+    (void)state;
+    static const char *const extra[] = {"--token=" TOKEN, "--max_frame_size=65536",
+                                        "--max_streams_per_connection=16", NULL};
+    return moatd_start(&moatd, false, extra) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return moatd_stop(&moatd) == 0 ? 0 : -1;
+}
+
+/* A Health check that must succeed: the connection still serves. */
+static void check_serves(h2c *c)
+{
+    h2c_stream *st = h2c_request(c, CHECK, TOKEN, NULL, empty_message, sizeof(empty_message));
+    assert_non_null(st);
+    assert_true(h2c_wait(c, st, 10000));
+    assert_int_equal(st->http_status, 200);
+    assert_int_equal(st->grpc_status, 0);
+    assert_int_equal(st->messages, 1);
+}
+
+/* Runs one request to its end and checks its gRPC status and reason. */
+static void expect_grpc(h2c *c, h2c_stream *st, moat_code code, const char *reason)
+{
+    assert_non_null(st);
+    assert_true(h2c_wait(c, st, 10000));
+    assert_int_equal(st->http_status, 200);
+    assert_int_equal(st->grpc_status, code);
+    assert_int_equal(st->details.code, code);
+    assert_string_equal(st->details.reason, reason);
+}
+
+static void test_refusals_leave_other_calls_running(void **state)
+{
+    (void)state;
+    h2c *c = h2c_connect(moatd.grpc_port, 0);
+    assert_non_null(c);
+    /* A call that has its headers and waits for its request message meanwhile. */
+    h2c_stream *open = h2c_request(c, CHECK, TOKEN, NULL, NULL, 0);
+    assert_non_null(open);
+
+    expect_grpc(c, h2c_request(c, CHECK, NULL, NULL, empty_message, 5), MOAT_CODE_UNAUTHENTICATED,
+                "missing_token");
+    expect_grpc(c, h2c_request(c, CHECK, "wrong", NULL, empty_message, 5),
+                MOAT_CODE_UNAUTHENTICATED, "invalid_token");
+    h2c_stream *st = h2c_request(c, "/moat.v1.Nope/Nothing", TOKEN, NULL, empty_message, 5);
+    expect_grpc(c, st, MOAT_CODE_UNIMPLEMENTED, "unknown_method");
+    assert_string_equal(st->grpc_message, "unknown method \"/moat.v1.Nope/Nothing\"");
+    const h2c_header gzip[] = {{"grpc-encoding", "gzip"}, {NULL, NULL}};
+    expect_grpc(c, h2c_request(c, CHECK, TOKEN, gzip, empty_message, 5), MOAT_CODE_UNIMPLEMENTED,
+                "unsupported_encoding");
+
+    /* A compressed message with no encoding negotiated. */
+    static const uint8_t compressed[6] = {1, 0, 0, 0, 1, 'x'};
+    expect_grpc(c, h2c_request(c, CHECK, TOKEN, NULL, compressed, sizeof(compressed)),
+                MOAT_CODE_INTERNAL, "compressed_without_encoding");
+    /* A message declared past max_frame_size: refused from its prefix alone. */
+    static const uint8_t huge[5] = {0, 0x7f, 0xff, 0xff, 0xff};
+    expect_grpc(c, h2c_request(c, CHECK, TOKEN, NULL, huge, sizeof(huge)),
+                MOAT_CODE_RESOURCE_EXHAUSTED, "message_too_large");
+    /* A request that ends inside a message, and one with no message. */
+    static const uint8_t cut[3] = {0, 0, 0};
+    expect_grpc(c, h2c_request(c, CHECK, TOKEN, NULL, cut, sizeof(cut)), MOAT_CODE_INTERNAL,
+                "truncated_message");
+    expect_grpc(c, h2c_request(c, CHECK, TOKEN, NULL, (const uint8_t *)"", 0), MOAT_CODE_INTERNAL,
+                "missing_request");
+    /* A header list past 16 KiB. */
+    char *filler = malloc(20000);
+    memset(filler, 'a', 19999);
+    filler[19999] = '\0';
+    const h2c_header big[] = {{"x-filler", filler}, {NULL, NULL}};
+    expect_grpc(c, h2c_request(c, CHECK, TOKEN, big, empty_message, 5),
+                MOAT_CODE_RESOURCE_EXHAUSTED, "headers_too_large");
+    free(filler);
+    /* grpc-timeout: an expired one, and one that is not a timeout. */
+    const h2c_header soon[] = {{"grpc-timeout", "1m"}, {NULL, NULL}};
+    h2c_stream *late = h2c_request(c, CHECK, TOKEN, soon, NULL, 0);
+    assert_non_null(late);
+    assert_true(h2c_wait(c, late, 10000));
+    assert_int_equal(late->grpc_status, MOAT_CODE_DEADLINE_EXCEEDED);
+    const h2c_header bad_timeout[] = {{"grpc-timeout", "12x"}, {NULL, NULL}};
+    expect_grpc(c, h2c_request(c, CHECK, TOKEN, bad_timeout, empty_message, 5), MOAT_CODE_INTERNAL,
+                "bad_timeout");
+
+    /* Not gRPC at all: HTTP statuses, no gRPC status. */
+    const h2c_header json[] = {{":method", "POST"},
+                               {":scheme", "http"},
+                               {":authority", "x"},
+                               {":path", CHECK},
+                               {"content-type", "application/json"},
+                               {"authorization", "Bearer " TOKEN},
+                               {NULL, NULL}};
+    st = h2c_request_raw(c, json, empty_message, 5);
+    assert_true(h2c_wait(c, st, 10000));
+    assert_int_equal(st->http_status, 415);
+    assert_int_equal(st->grpc_status, -1);
+    const h2c_header get[] = {{":method", "GET"},
+                              {":scheme", "http"},
+                              {":authority", "x"},
+                              {":path", CHECK},
+                              {"content-type", "application/grpc"},
+                              {NULL, NULL}};
+    st = h2c_request_raw(c, get, NULL, 0);
+    assert_true(h2c_wait(c, st, 10000));
+    assert_int_equal(st->http_status, 405);
+
+    /* The waiting call was untouched by all of that. */
+    assert_false(open->closed);
+    assert_true(h2c_send_body(c, open, empty_message, sizeof(empty_message)));
+    assert_true(h2c_wait(c, open, 10000));
+    assert_int_equal(open->grpc_status, 0);
+    assert_int_equal(open->messages, 1);
+    check_serves(c);
+    assert_false(h2c_dead(c));
+    h2c_close(c);
+}
+
+/* RST_STREAM of an open call cancels it; the connection goes on. */
+static void test_reset_cancels_one_call(void **state)
+{
+    (void)state;
+    h2c *c = h2c_connect(moatd.grpc_port, 0);
+    h2c_stream *st = h2c_request(c, CHECK, TOKEN, NULL, NULL, 0);
+    assert_non_null(st);
+    check_serves(c);
+    h2c_cancel(c, st);
+    check_serves(c);
+    assert_true(st->closed);
+    assert_true(moatd_log_contains(&moatd, "stream reset by the client"));
+    h2c_close(c);
+}
+
+/* More streams than max_streams_per_connection (SETTINGS_MAX_CONCURRENT_STREAMS), sent before
+ * the client could read the server's SETTINGS: the extra one is refused (REFUSED_STREAM), the
+ * connection and the others go on. */
+static void test_stream_limit(void **state)
+{
+    (void)state;
+    h2c *c = h2c_connect(moatd.grpc_port, 0);
+    h2c_stream *held[16];
+    for (int i = 0; i < 16; i++)
+        held[i] = h2c_request(c, CHECK, TOKEN, NULL, NULL, 0);
+    h2c_stream *extra = h2c_request(c, CHECK, TOKEN, NULL, empty_message, 5);
+    assert_non_null(extra);
+    assert_true(h2c_wait(c, extra, 10000));
+    assert_int_equal(extra->grpc_status, -1);
+    assert_int_equal(extra->rst_code, 7 /* REFUSED_STREAM */);
+    for (int i = 0; i < 16; i++) {
+        assert_true(h2c_send_body(c, held[i], empty_message, 5));
+        assert_true(h2c_wait(c, held[i], 10000));
+        assert_int_equal(held[i]->grpc_status, 0);
+    }
+    check_serves(c);
+    h2c_close(c);
+}
+
+static bool dead(h2c *c, void *ud)
+{
+    (void)ud;
+    return h2c_dead(c);
+}
+
+/* Protocol errors end their own connection with a GOAWAY (or at once, for a peer that does not
+ * speak HTTP/2); a connection beside it is untouched. */
+static void test_protocol_errors_end_only_their_connection(void **state)
+{
+    (void)state;
+    h2c *good = h2c_connect(moatd.grpc_port, 0);
+    h2c_stream *open = h2c_request(good, CHECK, TOKEN, NULL, NULL, 0);
+    check_serves(good);
+
+    /* HTTP/1.1 on the HTTP/2 port: closed at once. */
+    int fd = h2c_raw_connect(moatd.grpc_port);
+    static const char get[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(write(fd, get, sizeof(get) - 1), (ssize_t)(sizeof(get) - 1));
+    assert_true(h2c_raw_wait_eof(fd, 10000));
+    close(fd);
+
+    /* DATA on stream 0, after a valid preface: PROTOCOL_ERROR. */
+    h2c *broken = h2c_connect(moatd.grpc_port, 0);
+    check_serves(broken);
+    static const uint8_t data0[] = {0, 0, 1, 0, 0, 0, 0, 0, 0, 'x'};
+    assert_true(h2c_send_raw(broken, data0, sizeof(data0)));
+    assert_true(h2c_run(broken, dead, NULL, 10000));
+    assert_int_equal(h2c_goaway_code(broken), 1 /* PROTOCOL_ERROR */);
+    h2c_close(broken);
+
+    /* A frame header declaring more than SETTINGS_MAX_FRAME_SIZE (16 KiB): FRAME_SIZE_ERROR. */
+    broken = h2c_connect(moatd.grpc_port, 0);
+    check_serves(broken);
+    static const uint8_t huge[] = {0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1};
+    assert_true(h2c_send_raw(broken, huge, sizeof(huge)));
+    assert_true(h2c_run(broken, dead, NULL, 10000));
+    assert_int_equal(h2c_goaway_code(broken), 6 /* FRAME_SIZE_ERROR */);
+    h2c_close(broken);
+
+    assert_false(open->closed);
+    assert_true(h2c_send_body(good, open, empty_message, 5));
+    assert_true(h2c_wait(good, open, 10000));
+    assert_int_equal(open->grpc_status, 0);
+    h2c_close(good);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refusals_leave_other_calls_running),
+        cmocka_unit_test(test_reset_cancels_one_call),
+        cmocka_unit_test(test_stream_limit),
+        cmocka_unit_test(test_protocol_errors_end_only_their_connection),
+    };
+    return moat_run_group_tests("grpc_hostile", tests, setup, teardown);
+}
