@@ -103,9 +103,16 @@ static void grpc_end(stream *st, const moat_status *status)
     mark_dirty(g);
 }
 
+/* The windows left, less what waits. Handlers produce whole events (a 64 KiB chunk of output,
+ * MOAT_BRIDGE_MAX_EVENT_COST at most) only within credit, and HTTP/2's default window is 64 KiB:
+ * so while the window has room beyond what waits, a stream may take one such event past it,
+ * which its queue holds until the window moves (a queue stays under window + one event). */
 static uint32_t grpc_credit(const stream *st)
 {
-    return st->g != NULL ? moat_grpc_h2_credit(st->g->h2, (int32_t)st->id) : 0;
+    if (st->g == NULL)
+        return 0;
+    uint32_t credit = moat_grpc_h2_credit(st->g->h2, (int32_t)st->id);
+    return credit > 0 && credit < MOAT_BRIDGE_MAX_EVENT_COST ? MOAT_BRIDGE_MAX_EVENT_COST : credit;
 }
 
 static moat_bridge_account *grpc_account(stream *st)

@@ -60,6 +60,8 @@ static void take_message_bytes(stream_node *n, const uint8_t *p, size_t len)
         }
         if (st->head_len == 5 && st->msg_left == 0) {
             st->messages++;
+            if (st->on_message != NULL)
+                st->on_message(st, n->buf, st->msg_len, st->ud);
             st->last = n->buf;
             st->last_len = st->msg_len;
             st->head_len = 0;

@@ -33,6 +33,9 @@ typedef struct h2c_stream {
     size_t head_len, msg_left, msg_len;
     /* When false, received DATA is never acknowledged: the server's window runs out. */
     bool reading;
+    /* Called with each complete message (may be NULL). */
+    void (*on_message)(struct h2c_stream *st, const uint8_t *msg, size_t len, void *ud);
+    void *ud;
 } h2c_stream;
 
 /* Connects to 127.0.0.1:port and sends the preface and SETTINGS (a stream window of
