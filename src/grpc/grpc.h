@@ -80,6 +80,7 @@ typedef struct moat_grpc_request {
     bool encoding_unsupported; /* grpc-encoding other than identity */
     bool has_auth, auth_malformed;
     const moat_rpc_method *method; /* the :path's method, NULL when unknown */
+    bool reflection;               /* the :path is server reflection's stream (reflection.h) */
     char path[128];                /* the :path, cut to fit (for messages) */
     uint64_t timeout_ms;
     uint8_t token[MOAT_GRPC_TOKEN_MAX];
@@ -97,8 +98,8 @@ typedef bool (*moat_grpc_token_check)(const uint8_t *token, size_t len, void *ud
 
 /* Decides once the headers are in: the HTTP checks (POST, content-type application/grpc or
  * application/grpc+proto, else 415), then the header list size, then the token (when
- * token_required: check says whether it matches), then the method, grpc-encoding, te and
- * grpc-timeout. Fills *http_status (200 unless MOAT_GRPC_HTTP_ERROR) and, for a gRPC error, st
+ * token_required, except for grpc.health.v1, which probes call without one: check says whether
+ * it matches), then the method, grpc-encoding, te and grpc-timeout. Fills *http_status (200 unless MOAT_GRPC_HTTP_ERROR) and, for a gRPC error, st
  * with its code and reason. */
 moat_grpc_verdict moat_grpc_request_finish(const moat_grpc_request *r, bool token_required,
                                            moat_grpc_token_check check, void *ud, int *http_status,

@@ -343,14 +343,15 @@ static void headers_done(h2_stream *s)
         refuse(s, v, http, &st);
 }
 
-/* The client half-closed: a request cut inside a message, or with none, cannot run. */
+/* The client half-closed: a request cut inside a message cannot run; otherwise the owner
+ * hears how many it sent. */
 static void request_complete(h2_stream *s)
 {
     if (moat_grpc_decoder_partial(&s->dec))
         stream_abort(s, MOAT_CODE_INTERNAL, "truncated_message",
                      "the request ended inside a message");
-    else if (s->messages == 0)
-        stream_abort(s, MOAT_CODE_INTERNAL, "missing_request", "the request has no message");
+    else if (s->call != NULL && !s->ended)
+        s->h->cbs.half_closed(s->h->ud, s->call, s->messages);
 }
 
 static void all_writable(moat_grpc_h2 *h)

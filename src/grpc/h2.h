@@ -42,7 +42,9 @@ typedef struct moat_grpc_h2_callbacks {
     void (*refused)(void *ud, int32_t stream_id, const moat_status *status, int http_status);
     /* One complete request message, valid during the callback. */
     void (*message)(void *ud, void *call, const uint8_t *data, size_t len);
-    /* The call cannot go on (a malformed or oversized message, a request cut mid-message, the
+    /* The client ended its request stream after `messages` whole messages. */
+    void (*half_closed)(void *ud, void *call, uint64_t messages);
+    /* The call cannot go on (a malformed or oversized message, a request cut inside a message, the
      * client's RST_STREAM, the connection ending): the owner ends it with status, which it
      * does through moat_grpc_h2_end as usual. */
     void (*abort)(void *ud, void *call, const moat_status *status);

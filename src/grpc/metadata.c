@@ -7,6 +7,7 @@
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 #include "grpc/grpc.h"
+#include "grpc/reflection.h"
 
 /* HTTP/2's accounting of a header list (RFC 9113 6.5.2): name, value and 32 per field. */
 #define HEADER_OVERHEAD 32
@@ -63,6 +64,7 @@ void moat_grpc_request_header(moat_grpc_request *r, const uint8_t *name, size_t 
         r->post = is(value, vlen, "POST");
     } else if (is(name, nlen, ":path")) {
         r->method = moat_rpc_method_lookup((const char *)value, vlen);
+        r->reflection = is(value, vlen, MOAT_GRPC_REFLECTION_PATH);
         size_t n = vlen < sizeof(r->path) - 1 ? vlen : sizeof(r->path) - 1;
         memcpy(r->path, value, n);
         r->path[n] = '\0';
@@ -112,7 +114,11 @@ moat_grpc_verdict moat_grpc_request_finish(const moat_grpc_request *r, bool toke
     if (r->too_big)
         return grpc_error(st, MOAT_CODE_RESOURCE_EXHAUSTED, "headers_too_large",
                           "the request's header list is over the limit", NULL);
-    if (token_required) {
+    /* Probes (Kubernetes' among them) send no headers of their own, and health says nothing
+     * but SERVING or not. */
+    bool health = r->method != NULL && (r->method->id == MOAT_RPC_GRPC_HEALTH_CHECK ||
+                                        r->method->id == MOAT_RPC_GRPC_HEALTH_WATCH);
+    if (token_required && !health) {
         if (!r->has_auth)
             return grpc_error(st, MOAT_CODE_UNAUTHENTICATED, "missing_token",
                               "authorization: Bearer <token> is required", NULL);
@@ -120,7 +126,7 @@ moat_grpc_verdict moat_grpc_request_finish(const moat_grpc_request *r, bool toke
             return grpc_error(st, MOAT_CODE_UNAUTHENTICATED, "invalid_token", "invalid token",
                               NULL);
     }
-    if (r->method == NULL) {
+    if (r->method == NULL && !r->reflection) {
         char msg[200];
         snprintf(msg, sizeof(msg), "unknown method \"%s\"", r->path);
         return grpc_error(st, MOAT_CODE_UNIMPLEMENTED, "unknown_method", msg, r->path);

@@ -3,8 +3,8 @@
  * message types come from protobuf-c's service descriptors. The last column is how moatd serves
  * the method (src/server/handlers.c); rpc ignores it, so that adding a method is this one line.
  *
- * Columns: id (MOAT_RPC_<id>), service (moat__v1__<service>__descriptor), the method's name in
- * the schema, whether it returns a stream (protobuf-c does not record it), moatd's handler. */
+ * Columns: id (MOAT_RPC_<id>), service (moat__v1__<service>__descriptor; grpc_health is
+ * grpc.health.v1.Health, the standard health service, rpc.c), the method's name in the schema, whether it returns a stream (protobuf-c does not record it), moatd's handler. */
 #ifndef MOAT_RPC_METHODS_H
 #define MOAT_RPC_METHODS_H
 
@@ -31,7 +31,9 @@
     X(FILES_MOVE,               files,     "Move",             false, BRIDGE(moat__files_move))               \
     X(FILES_MKDIR,              files,     "Mkdir",            false, BRIDGE(moat__files_mkdir))              \
     X(FILES_CHMOD,              files,     "Chmod",            false, BRIDGE(moat__files_chmod))              \
-    X(HEALTH_CHECK,             health,    "Check",            false, DIRECT(moat__health_check))
+    X(HEALTH_CHECK,             health,    "Check",            false, DIRECT(moat__health_check))            \
+    X(GRPC_HEALTH_CHECK,        grpc_health, "Check",          false, DIRECT(moat__grpc_health_check))       \
+    X(GRPC_HEALTH_WATCH,        grpc_health, "Watch",          true,  DIRECT(moat__grpc_health_watch))
 /* clang-format on */
 
 #endif

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grpc/health/v1/health.pb-c.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
 #include "moat/v1/health.pb-c.h"
@@ -17,6 +18,9 @@ typedef struct method_line {
     const char *name;
     bool server_streaming;
 } method_line;
+
+/* gRPC's standard health service, under the name methods.h's column pastes together. */
+#define moat__v1__grpc_health__descriptor grpc__health__v1__health__descriptor
 
 #define METHOD_LINE(id, service, name, streaming, handler)                                         \
     [MOAT_RPC_##id] = {&moat__v1__##service##__descriptor, name, streaming},

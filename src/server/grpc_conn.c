@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "grpc/h2.h"
+#include "grpc/reflection.h"
 #include "server_internal.h"
 
 /* A request's header list past this gets RESOURCE_EXHAUSTED (advertised in SETTINGS). */
@@ -162,8 +163,20 @@ static void *cb_open(void *ud, int32_t stream_id, const moat_grpc_request *req,
     stream *st = calloc(1, sizeof(*st));
     /* grpc-timeout 0 is a deadline already past; the rpc layer reads 0 as none. */
     uint64_t deadline = req->has_timeout ? (req->timeout_ms > 0 ? req->timeout_ms : 1) : 0;
-    if (st == NULL ||
-        !moat__stream_open(st, s, (uint32_t)stream_id, &grpc_transport, req->method, deadline)) {
+    bool opened = false;
+    if (st != NULL && req->method == NULL) {
+        /* Server reflection: answered here, one answer per request message (no rpc call). */
+        st->s = s;
+        st->id = (uint32_t)stream_id;
+        st->tx = &grpc_transport;
+        st->refs = 1;
+        moat__metrics_stream(s->metrics, 1);
+        opened = true;
+    } else if (st != NULL) {
+        opened =
+            moat__stream_open(st, s, (uint32_t)stream_id, &grpc_transport, req->method, deadline);
+    }
+    if (!opened) {
         free(st);
         moat_status_set(refusal, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
         return NULL;
@@ -174,7 +187,9 @@ static void *cb_open(void *ud, int32_t stream_id, const moat_grpc_request *req,
         g->streams->prev = st;
     g->streams = st;
     moat_log(MOAT_LOG_DEBUG, "call_start", "peer=%s grpc_stream=%d method=%s deadline_ms=%llu",
-             g->peer, stream_id, req->method->name, (unsigned long long)deadline);
+             g->peer, stream_id,
+             req->method != NULL ? req->method->name : MOAT_GRPC_REFLECTION_PATH,
+             (unsigned long long)deadline);
     return st;
 }
 
@@ -198,17 +213,63 @@ static void cb_refused(void *ud, int32_t stream_id, const moat_status *status, i
     }
 }
 
+/* One reflection request answered; its answers are small (the schema's descriptors), so they
+ * go out without waiting for credit. */
+static void reflection_message(stream *st, const uint8_t *data, size_t len)
+{
+    uint8_t *answer = NULL;
+    size_t n = 0;
+    moat_err err = moat_grpc_reflection_answer(data, len, &answer, &n);
+    if (err != MOAT_OK) {
+        moat_status status;
+        moat_status_set(&status, MOAT_CODE_INVALID_ARGUMENT, "bad_request",
+                        "request is not a valid grpc.reflection.v1alpha.ServerReflectionRequest");
+        grpc_end(st, &status);
+        return;
+    }
+    uint8_t *block = malloc(MOAT_GRPC_PREFIX_SIZE + n);
+    if (block != NULL) {
+        moat_grpc_message_prefix(block, (uint32_t)n);
+        memcpy(block + MOAT_GRPC_PREFIX_SIZE, answer, n);
+        moat_grpc_h2_send(st->g->h2, (int32_t)st->id, block, MOAT_GRPC_PREFIX_SIZE + n);
+        mark_dirty(st->g);
+    }
+    free(answer);
+}
+
 static void cb_message(void *ud, void *call, const uint8_t *data, size_t len)
 {
     (void)ud;
-    moat__stream_request(call, data, len);
+    stream *st = call;
+    if (st->call == NULL)
+        reflection_message(st, data, len);
+    else
+        moat__stream_request(st, data, len);
+}
+
+static void cb_half_closed(void *ud, void *call, uint64_t messages)
+{
+    (void)ud;
+    stream *st = call;
+    moat_status status;
+    if (st->call == NULL) {
+        moat_status_clear(&status);
+        grpc_end(st, &status);
+    } else if (messages == 0) {
+        moat_status_set(&status, MOAT_CODE_INTERNAL, "missing_request",
+                        "the request has no message");
+        moat_rpc_call_cancel_with(st->call, &status);
+    }
 }
 
 static void cb_abort(void *ud, void *call, const moat_status *status)
 {
     (void)ud;
     stream *st = call;
-    moat_rpc_call_cancel_with(st->call, status);
+    if (st->call == NULL)
+        grpc_end(st, status);
+    else
+        moat_rpc_call_cancel_with(st->call, status);
 }
 
 static void cb_writable(void *ud, void *call)
@@ -242,7 +303,7 @@ static void cb_closed(void *ud, void *call)
 }
 
 static const moat_grpc_h2_callbacks h2_callbacks = {
-    cb_token_ok, cb_open, cb_refused, cb_message, cb_abort, cb_writable, cb_closed};
+    cb_token_ok, cb_open, cb_refused, cb_message, cb_half_closed, cb_abort, cb_writable, cb_closed};
 
 /* ---- the socket ----------------------------------------------------------------------------- */
 

@@ -101,6 +101,7 @@ static void start_drain(srv *s, const char *why)
              "signal=%s grace_seconds=%u connections=%u grpc_connections=%u", why,
              s->cfg.drain_grace_seconds, s->nconns, s->ngrpc);
     close_listeners(s);
+    moat__grpc_health_changed(s);
     conn *c = s->conns;
     while (c != NULL) {
         conn *next = c->next;

@@ -212,6 +212,7 @@ struct moat_server {
     void *call_counts;         /* open calls per session, see session_calls.c */
     uint32_t creates_inflight; /* CreateSession jobs that may add a session */
     void *create_waiters;
+    struct health_watch *health_watches; /* grpc.health.v1 Watch calls (svc_grpc_health.c) */
 };
 
 /* The engine as the background probe last saw it (health.c). */
@@ -228,6 +229,9 @@ void moat__health_stop(moat_health *h);
 moat_engine_state moat__health_state(moat_health *h, uint64_t *age_ms);
 /* Loop: the verdict changed (handlers.c ends calls stuck on an engine that went down). */
 void moat__engine_changed(srv *s, int state);
+/* Loop: the engine's verdict or the drain changed what grpc.health.v1 says: Watch calls hear
+ * it, and end once moatd drains (svc_grpc_health.c). */
+void moat__grpc_health_changed(srv *s);
 
 static inline uint64_t moat__now_ms(void)
 {

@@ -6,6 +6,8 @@
 #include "moat_test.h"
 
 #include "grpc/grpc.h"
+#include "grpc/reflection.h"
+#include "grpc/reflection/v1alpha/reflection.pb-c.h"
 
 /* Feeds in pieces of `step` bytes; collects every message's bytes into out. */
 static moat_err feed_all(moat_grpc_decoder *d, const uint8_t *p, size_t len, size_t step,
@@ -269,6 +271,117 @@ static void test_request_refusals(void **state)
     assert_int_equal(st.code, MOAT_CODE_UNAUTHENTICATED);
 }
 
+/* Probes call grpc.health.v1 without a token; nothing else goes without one. */
+static void test_health_needs_no_token(void **state)
+{
+    (void)state;
+    moat_grpc_request r;
+    moat_grpc_request_init(&r, 8192);
+    header(&r, ":method", "POST");
+    header(&r, ":path", "/grpc.health.v1.Health/Watch");
+    header(&r, "content-type", "application/grpc");
+    header(&r, "te", "trailers");
+    int http;
+    moat_status st;
+    assert_int_equal(finish(&r, &http, &st), MOAT_GRPC_ACCEPT);
+    header(&r, ":path", MOAT_GRPC_REFLECTION_PATH);
+    assert_int_equal(finish(&r, &http, &st), MOAT_GRPC_GRPC_ERROR);
+    assert_string_equal(st.reason, "missing_token");
+    header(&r, "authorization", "Bearer secret");
+    assert_int_equal(finish(&r, &http, &st), MOAT_GRPC_ACCEPT);
+    assert_true(r.reflection);
+    assert_null(r.method);
+}
+
+typedef Grpc__Reflection__V1alpha__ServerReflectionResponse reflection_response;
+
+/* Asks one reflection question; the answer is freed by the caller. */
+static reflection_response *ask(Grpc__Reflection__V1alpha__ServerReflectionRequest *q)
+{
+    uint8_t in[256];
+    size_t n = grpc__reflection__v1alpha__server_reflection_request__pack(q, in);
+    uint8_t *out = NULL;
+    size_t out_len = 0;
+    assert_int_equal(moat_grpc_reflection_answer(in, n, &out, &out_len), MOAT_OK);
+    reflection_response *r =
+        grpc__reflection__v1alpha__server_reflection_response__unpack(NULL, out_len, out);
+    free(out);
+    assert_non_null(r);
+    return r;
+}
+
+/* The first file of a FileDescriptorResponse is the one asked for: its name is field 1. */
+static void assert_first_file(const reflection_response *r, const char *name)
+{
+    assert_int_equal(
+        r->message_response_case,
+        GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE);
+    const ProtobufCBinaryData *f = &r->file_descriptor_response->file_descriptor_proto[0];
+    assert_true(f->len > 2 + strlen(name));
+    assert_int_equal(f->data[0], 0x0a);
+    assert_int_equal(f->data[1], strlen(name));
+    assert_memory_equal(f->data + 2, name, strlen(name));
+}
+
+static void test_reflection(void **state)
+{
+    (void)state;
+    Grpc__Reflection__V1alpha__ServerReflectionRequest q =
+        GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_REQUEST__INIT;
+    q.message_request_case =
+        GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES;
+    q.list_services = "";
+    reflection_response *r = ask(&q);
+    assert_int_equal(r->list_services_response->n_service, 6);
+    assert_string_equal(r->list_services_response->service[0]->name, "grpc.health.v1.Health");
+    assert_string_equal(r->list_services_response->service[5]->name, "moat.v1.Sandboxes");
+    grpc__reflection__v1alpha__server_reflection_response__free_unpacked(r, NULL);
+
+    q.message_request_case =
+        GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL;
+    const char *symbols[][2] = {{"moat.v1.Exec", "moat/v1/exec.proto"},
+                                {"moat.v1.Exec.RunCommand", "moat/v1/exec.proto"},
+                                {"moat.v1.ExecEvent.Output", "moat/v1/exec.proto"},
+                                {"moat.v1.OutputStream", "moat/v1/exec.proto"},
+                                {"grpc.health.v1.Health", "grpc/health/v1/health.proto"}};
+    for (size_t i = 0; i < sizeof(symbols) / sizeof(symbols[0]); i++) {
+        q.file_containing_symbol = (char *)symbols[i][0];
+        r = ask(&q);
+        assert_first_file(r, symbols[i][1]);
+        grpc__reflection__v1alpha__server_reflection_response__free_unpacked(r, NULL);
+    }
+    /* A file comes with what it imports. */
+    q.message_request_case =
+        GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME;
+    q.file_by_filename = "moat/v1/sandbox.proto";
+    r = ask(&q);
+    assert_first_file(r, "moat/v1/sandbox.proto");
+    grpc__reflection__v1alpha__server_reflection_response__free_unpacked(r, NULL);
+
+    q.file_by_filename = "nope.proto";
+    r = ask(&q);
+    assert_int_equal(
+        r->message_response_case,
+        GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE);
+    assert_int_equal(r->error_response->error_code, MOAT_CODE_NOT_FOUND);
+    assert_string_equal(r->original_request->file_by_filename, "nope.proto");
+    grpc__reflection__v1alpha__server_reflection_response__free_unpacked(r, NULL);
+
+    q.message_request_case =
+        GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_ALL_EXTENSION_NUMBERS_OF_TYPE;
+    q.all_extension_numbers_of_type = "moat.v1.ExecEvent";
+    r = ask(&q);
+    assert_int_equal(r->error_response->error_code, MOAT_CODE_UNIMPLEMENTED);
+    grpc__reflection__v1alpha__server_reflection_response__free_unpacked(r, NULL);
+
+    /* Not a request at all. */
+    static const uint8_t junk[] = {0xff, 0xff, 0xff};
+    uint8_t *out = NULL;
+    size_t out_len = 0;
+    assert_int_equal(moat_grpc_reflection_answer(junk, sizeof(junk), &out, &out_len), MOAT_E_INVAL);
+    assert_null(out);
+}
+
 static void test_header_list_limit(void **state)
 {
     (void)state;
@@ -390,6 +503,8 @@ int main(void)
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_request_accepted),
         cmocka_unit_test(test_request_refusals),
+        cmocka_unit_test(test_health_needs_no_token),
+        cmocka_unit_test(test_reflection),
         cmocka_unit_test(test_header_list_limit),
         cmocka_unit_test(test_percent_encoding),
         cmocka_unit_test(test_base64),

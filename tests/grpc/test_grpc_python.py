@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -23,15 +24,26 @@ STDOUT, STDERR = 1, 2
 
 
 def generate_stubs(proto_dir, out):
-    """The stubs any user would generate: grpc_tools' protoc with the grpc plugin."""
+    """The stubs any user would generate: grpc_tools' protoc with the grpc plugin. gRPC's own
+    services go where grpcio-health-checking and grpcio-reflection put theirs (grpc_health,
+    grpc_reflection), since grpcio owns the Python package `grpc`."""
     from grpc_tools import protoc
-    os.makedirs(out, exist_ok=True)
+    standard = os.path.join(out, "proto")
+    for src, dst in (("grpc/health/v1/health.proto", "grpc_health/v1/health.proto"),
+                     ("grpc/reflection/v1alpha/reflection.proto",
+                      "grpc_reflection/v1alpha/reflection.proto")):
+        os.makedirs(os.path.dirname(os.path.join(standard, dst)), exist_ok=True)
+        shutil.copy(os.path.join(proto_dir, src), os.path.join(standard, dst))
     files = [os.path.join(root, f) for root, _, names in os.walk(proto_dir) for f in names
-             if f.endswith(".proto") and not f.startswith("any.")]
-    rc = protoc.main(["protoc", "-I" + proto_dir, "--python_out=" + out, "--grpc_python_out=" + out]
-                     + files)
-    if rc != 0:
-        raise RuntimeError("grpc_tools.protoc failed: %d" % rc)
+             if f.endswith(".proto") and f != "any.proto" and "/grpc/" not in root + "/"]
+    for include, protos in ((proto_dir, files),
+                            (standard, [os.path.join(standard, "grpc_health/v1/health.proto"),
+                                        os.path.join(standard,
+                                                     "grpc_reflection/v1alpha/reflection.proto")])):
+        rc = protoc.main(["protoc", "-I" + include, "--python_out=" + out,
+                          "--grpc_python_out=" + out] + protos)
+        if rc != 0:
+            raise RuntimeError("grpc_tools.protoc failed: %d" % rc)
     sys.path.insert(0, out)
 
 
@@ -111,6 +123,36 @@ def main():
         assert error_info(err)[1].reason == "invalid_token", err
         h = health.Check(health_pb2.HealthCheckRequest(), metadata=AUTH, timeout=10)
         assert h.status == health_pb2.HealthCheckResponse.SERVING and h.docker_reachable, h
+
+        step = "grpc.health.v1, without a token as probes call it"
+        from grpc_health.v1 import health_pb2 as std_health, health_pb2_grpc as std_health_grpc
+        probe = std_health_grpc.HealthStub(channel)
+        assert probe.Check(std_health.HealthCheckRequest(), timeout=10).status == \
+            std_health.HealthCheckResponse.SERVING
+        assert probe.Check(std_health.HealthCheckRequest(service="moat.v1.Exec"), timeout=10).status \
+            == std_health.HealthCheckResponse.SERVING
+        expect_status(grpc.StatusCode.NOT_FOUND,
+                      lambda: probe.Check(std_health.HealthCheckRequest(service="nope"), timeout=10))
+        watch = probe.Watch(std_health.HealthCheckRequest(), timeout=30)
+        assert next(watch).status == std_health.HealthCheckResponse.SERVING
+        watch.cancel()
+
+        step = "server reflection"
+        from google.protobuf import descriptor_pb2
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+        asks = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol="moat.v1.Exec"),
+                reflection_pb2.ServerReflectionRequest(file_by_filename="no/such.proto")]
+        answers = list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter(asks), metadata=AUTH, timeout=10))
+        assert {s.name for s in answers[0].list_services_response.service} >= \
+            {"moat.v1.Sandboxes", "moat.v1.Exec", "moat.v1.Files", "grpc.health.v1.Health"}, answers[0]
+        exec_file = descriptor_pb2.FileDescriptorProto.FromString(
+            answers[1].file_descriptor_response.file_descriptor_proto[0])
+        run_command = [m for s in exec_file.service if s.name == "Exec" for m in s.method
+                       if m.name == "RunCommand"]
+        assert run_command and run_command[0].server_streaming, exec_file.service
+        assert answers[2].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0], answers[2]
 
         step = "unknown method"
         nope = channel.unary_unary("/moat.v1.Nope/Nothing")
