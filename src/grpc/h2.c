@@ -442,6 +442,22 @@ static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_
     return 0;
 }
 
+/* DATA frames as large as the client's SETTINGS_MAX_FRAME_SIZE and the windows allow (nghttp2
+ * sends 16 KiB otherwise): fewer frames for a stream of output. */
+static ssize_t data_length(nghttp2_session *session, uint8_t frame_type, int32_t stream_id,
+                           int32_t session_window, int32_t stream_window, uint32_t max_frame,
+                           void *ud)
+{
+    (void)session;
+    (void)frame_type;
+    (void)stream_id;
+    (void)ud;
+    int64_t n = session_window < stream_window ? session_window : stream_window;
+    if (n > (int64_t)max_frame)
+        n = max_frame;
+    return n > 0 ? (ssize_t)n : 1;
+}
+
 /* Once its End has gone out, a call whose client is still sending is told to stop, as gRPC
  * servers do (RST_STREAM NO_ERROR). */
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *ud)
@@ -473,6 +489,7 @@ moat_grpc_h2 *moat_grpc_h2_new(const moat_grpc_h2_limits *limits, const moat_grp
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, on_frame_send);
+    nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks, data_length);
     int rv = nghttp2_session_server_new(&h->session, callbacks, h);
     nghttp2_session_callbacks_del(callbacks);
     if (rv != 0) {
