@@ -44,6 +44,7 @@ struct moat_grpc_h2 {
     void *ud;
     h2_stream *streams;
     size_t calls;
+    size_t queued; /* over every stream's queue */
 };
 
 static h2_stream *stream_get(moat_grpc_h2 *h, int32_t id)
@@ -66,6 +67,7 @@ static void stream_free(h2_stream *s)
         free(b->data);
         free(b);
     }
+    h->queued -= s->queued;
     moat_grpc_decoder_free(&s->dec);
     free(s->req);
     free(s->tail);
@@ -155,6 +157,7 @@ static ssize_t read_queue(nghttp2_session *session, int32_t id, uint8_t *buf, si
         }
     }
     s->queued -= n;
+    s->h->queued -= n;
     if (s->qhead == NULL && s->tail != NULL) {
         /* Trailers end the stream; the DATA does not. */
         *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
@@ -194,6 +197,7 @@ moat_err moat_grpc_h2_send(moat_grpc_h2 *h, int32_t stream_id, uint8_t *block, s
         s->qhead = b;
     s->qtail = b;
     s->queued += len;
+    h->queued += len;
     if (!s->headers_sent) {
         if (submit_headers(s) != 0)
             return MOAT_E_NOMEM;
@@ -220,6 +224,7 @@ void moat_grpc_h2_end(moat_grpc_h2 *h, int32_t stream_id, const moat_status *st)
             free(b);
         }
         s->qtail = NULL;
+        h->queued -= s->queued;
         s->queued = 0;
     }
     trailers *t = malloc(sizeof(*t));
@@ -259,6 +264,11 @@ size_t moat_grpc_h2_queued(moat_grpc_h2 *h, int32_t stream_id)
 {
     h2_stream *s = stream_get(h, stream_id);
     return s != NULL ? s->queued : 0;
+}
+
+size_t moat_grpc_h2_queued_total(const moat_grpc_h2 *h)
+{
+    return h->queued;
 }
 
 size_t moat_grpc_h2_calls(const moat_grpc_h2 *h)

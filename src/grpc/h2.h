@@ -82,6 +82,8 @@ void moat_grpc_h2_end(moat_grpc_h2 *h, int32_t stream_id, const moat_status *st)
 uint32_t moat_grpc_h2_credit(moat_grpc_h2 *h, int32_t stream_id);
 /* Bytes waiting in the call's queue. */
 size_t moat_grpc_h2_queued(moat_grpc_h2 *h, int32_t stream_id);
+/* Bytes waiting in every call's queue. */
+size_t moat_grpc_h2_queued_total(const moat_grpc_h2 *h);
 /* HTTP/2 error codes a GOAWAY may carry (RFC 9113 7). */
 #define MOAT_GRPC_H2_NO_ERROR          0x0
 #define MOAT_GRPC_H2_ENHANCE_YOUR_CALM 0xb

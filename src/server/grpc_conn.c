@@ -26,6 +26,7 @@ struct grpc_conn {
     moat_code fail_code;
     moat_grpc_h2 *h2;
     size_t pending_write;        /* bytes handed to libuv, not yet written */
+    size_t charged_queues;       /* its calls' queued messages, as last charged to the budget */
     moat_bridge_account account; /* its share of the memory budget */
     stream *streams;
     uint64_t last_active_ms;
@@ -44,6 +45,16 @@ typedef struct grpc_write {
 } grpc_write;
 
 static void grpc_close(grpc_conn *g, moat_code code, const char *why);
+
+/* Messages waiting in the calls' queues count in the memory budget, as a framed stream's queue
+ * does (not in the connection's share). */
+static void charge_queues(grpc_conn *g)
+{
+    size_t now = g->h2 != NULL ? moat_grpc_h2_queued_total(g->h2) : 0;
+    if (g->s->bridge != NULL && now != g->charged_queues)
+        moat_bridge_budget_charge(g->s->bridge, NULL, (int64_t)now - (int64_t)g->charged_queues);
+    g->charged_queues = now;
+}
 
 static void mark_dirty(grpc_conn *g)
 {
@@ -90,6 +101,7 @@ static moat_err grpc_message(stream *st, const ProtobufCMessage *msg, size_t len
     moat_err err = moat_grpc_h2_send(g->h2, (int32_t)st->id, block, MOAT_GRPC_PREFIX_SIZE + len);
     if (err == MOAT_OK) {
         moat__metrics_bytes(st->s->metrics, len);
+        charge_queues(g);
         mark_dirty(g);
     }
     return err;
@@ -415,6 +427,7 @@ static void grpc_flush(grpc_conn *g)
         return;
     size_t max = g->s->cfg.max_pending_bytes;
     const char *broken = write_output(g, max);
+    charge_queues(g);
     if (broken != NULL) {
         grpc_close(g, MOAT_CODE_UNAVAILABLE, broken);
         return;
@@ -507,6 +520,7 @@ static void grpc_close(grpc_conn *g, moat_code code, const char *why)
     dirty_unlink(g);
     moat_grpc_h2_free(g->h2);
     g->h2 = NULL;
+    charge_queues(g);
     if (g->prev != NULL)
         g->prev->next = g->next;
     else
