@@ -21,6 +21,10 @@ struct grpc_conn {
     uv_timer_t timer; /* idle checks */
     int open_handles;
     bool closing, reading, throttled, credit_wanted, dirty;
+    /* No call proved the token yet: counted in grpc_pending (bounded by max_pending_hellos, and
+     * closed after hello_timeout_seconds) rather than in max_connections, as a framed connection
+     * is before its hello, so silent peers cannot crowd out those with the token. */
+    bool pending;
     /* Set inside nghttp2's callbacks, acted on once it has returned. */
     const char *fail_why;
     moat_code fail_code;
@@ -45,6 +49,7 @@ typedef struct grpc_write {
 } grpc_write;
 
 static void grpc_close(grpc_conn *g, moat_code code, const char *why);
+static void on_idle_timer(uv_timer_t *t);
 
 /* Messages waiting in the calls' queues count in the memory budget, as a framed stream's queue
  * does (not in the connection's share). */
@@ -172,6 +177,27 @@ static void *cb_open(void *ud, int32_t stream_id, const moat_grpc_request *req,
         moat_status_set(refusal, MOAT_CODE_UNAVAILABLE, "shutting_down", "server is shutting down");
         return NULL;
     }
+    /* grpc.health.v1 needs no token, so it proves nothing. */
+    bool proves = s->cfg.token[0] == '\0' ||
+                  (req->method != NULL && req->method->id != MOAT_RPC_GRPC_HEALTH_CHECK &&
+                   req->method->id != MOAT_RPC_GRPC_HEALTH_WATCH) ||
+                  req->reflection;
+    if (g->pending && proves) {
+        if (s->nready + s->ngrpc >= s->cfg.max_connections) {
+            moat_status_set(refusal, MOAT_CODE_RESOURCE_EXHAUSTED, "too_many_connections",
+                            "too many connections");
+            g->fail_why = "too many connections";
+            g->fail_code = MOAT_CODE_RESOURCE_EXHAUSTED;
+            return NULL;
+        }
+        g->pending = false;
+        s->grpc_pending--;
+        s->ngrpc++;
+        uv_timer_stop(&g->timer);
+        if (s->cfg.idle_timeout_seconds > 0)
+            uv_timer_start(&g->timer, on_idle_timer, (uint64_t)s->cfg.idle_timeout_seconds * 1000u,
+                           0);
+    }
     stream *st = calloc(1, sizeof(*st));
     /* grpc-timeout 0 is a deadline already past; the rpc layer reads 0 as none. */
     uint64_t deadline = req->has_timeout ? (req->timeout_ms > 0 ? req->timeout_ms : 1) : 0;
@@ -213,7 +239,10 @@ static void cb_refused(void *ud, int32_t stream_id, const moat_status *status, i
     moat_log_limited(&s->logs.grpc_refused, MOAT_LOG_INFO, "grpc_refused",
                      "peer=%s grpc_stream=%d http=%d code=%s reason=%s", g->peer, stream_id,
                      http_status, moat_code_name(status->code), status->reason);
-    if (status->code != MOAT_CODE_UNAUTHENTICATED || !g->has_addr)
+    if (status->code != MOAT_CODE_UNAUTHENTICATED)
+        return;
+    moat__metrics_hello_refused(s->metrics, "failed");
+    if (!g->has_addr)
         return;
     /* A wrong token costs its address, as a failed hello does; past the budget the connection
      * goes, so one address cannot guess tokens at the rate it can open streams. */
@@ -527,7 +556,10 @@ static void grpc_close(grpc_conn *g, moat_code code, const char *why)
         s->grpc_conns = g->next;
     if (g->next != NULL)
         g->next->prev = g->prev;
-    s->ngrpc--;
+    if (g->pending)
+        s->grpc_pending--;
+    else
+        s->ngrpc--;
     moat__metrics_conn(s->metrics, -1);
     uv_timer_stop(&g->timer);
     uv_close((uv_handle_t *)&g->timer, on_handle_closed);
@@ -547,6 +579,13 @@ static void grpc_close(grpc_conn *g, moat_code code, const char *why)
 static void on_idle_timer(uv_timer_t *t)
 {
     grpc_conn *g = t->data;
+    if (g->pending) {
+        moat__metrics_hello_refused(g->s->metrics, "timeout");
+        g->fail_why = "no call with the token in time";
+        g->fail_code = MOAT_CODE_DEADLINE_EXCEEDED;
+        grpc_flush(g);
+        return;
+    }
     uint64_t idle_ms = (uint64_t)g->s->cfg.idle_timeout_seconds * 1000u;
     if (idle_ms == 0)
         return;
@@ -581,10 +620,10 @@ void moat__grpc_accept(uv_stream_t *server)
     const char *refuse = NULL;
     if (s->draining)
         refuse = "server is shutting down";
-    else if (s->nready + s->ngrpc >= s->cfg.max_connections)
-        refuse = "too many connections";
-    else if (g->has_addr && moat_throttle_retry_ms(s->failed_hellos, &g->addr, now) > 0)
+    else if (g->has_addr && moat_throttle_retry_ms(s->failed_hellos, &g->addr, now) > 0) {
         refuse = "too many failed tokens from this address";
+        moat__metrics_hello_refused(s->metrics, "throttled");
+    }
     moat_grpc_h2_limits limits = {
         .max_concurrent_streams = s->cfg.max_streams_per_connection,
         .max_message = s->cfg.max_frame_size,
@@ -600,6 +639,20 @@ void moat__grpc_accept(uv_stream_t *server)
         uv_close((uv_handle_t *)&g->tcp, on_handle_closed);
         return;
     }
+    /* Over budget, the oldest connection still without its call goes, as the oldest silent hello
+     * does on the framed listener: refusing the newest would let a few silent peers hold the
+     * door shut until their timeout. */
+    if (s->grpc_pending >= s->cfg.max_pending_hellos) {
+        grpc_conn *oldest = NULL;
+        for (grpc_conn *o = s->grpc_conns; o != NULL; o = o->next)
+            if (o->pending)
+                oldest = o;
+        if (oldest != NULL) {
+            moat__metrics_hello_refused(s->metrics, "evicted");
+            grpc_close(oldest, MOAT_CODE_RESOURCE_EXHAUSTED,
+                       "closed to make room for a newer connection");
+        }
+    }
     uv_timer_init(s->loop, &g->timer);
     g->timer.data = g;
     g->open_handles = 2;
@@ -608,11 +661,11 @@ void moat__grpc_accept(uv_stream_t *server)
     if (s->grpc_conns != NULL)
         s->grpc_conns->prev = g;
     s->grpc_conns = g;
-    s->ngrpc++;
+    g->pending = true;
+    s->grpc_pending++;
     moat__metrics_conn(s->metrics, 1);
     moat_log(MOAT_LOG_DEBUG, "grpc_open", "peer=%s", g->peer);
-    if (s->cfg.idle_timeout_seconds > 0)
-        uv_timer_start(&g->timer, on_idle_timer, (uint64_t)s->cfg.idle_timeout_seconds * 1000u, 0);
+    uv_timer_start(&g->timer, on_idle_timer, (uint64_t)s->cfg.hello_timeout_seconds * 1000u, 0);
     /* The server's SETTINGS go first. */
     grpc_flush(g);
     grpc_pump(g);

@@ -99,7 +99,7 @@ static void start_drain(srv *s, const char *why)
     s->draining = true;
     moat_log(MOAT_LOG_INFO, "drain_start",
              "signal=%s grace_seconds=%u connections=%u grpc_connections=%u", why,
-             s->cfg.drain_grace_seconds, s->nconns, s->ngrpc);
+             s->cfg.drain_grace_seconds, s->nconns, s->ngrpc + s->grpc_pending);
     close_listeners(s);
     moat__grpc_health_changed(s);
     conn *c = s->conns;

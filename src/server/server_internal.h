@@ -190,7 +190,9 @@ struct moat_server {
     uint32_t nconns; /* every open connection */
     uint32_t nready; /* authenticated ones, bounded by max_connections with the gRPC ones */
     grpc_conn *grpc_conns;
-    uint32_t ngrpc;        /* gRPC connections (each counts in max_connections) */
+    uint32_t ngrpc;        /* gRPC connections past their first call with the token (each counts
+                              in max_connections) */
+    uint32_t grpc_pending; /* gRPC connections before it (bounded by max_pending_hellos) */
     grpc_conn *grpc_dirty; /* gRPC connections with output to write this iteration */
     /* Connections still in their hello, oldest first: bounded by max_pending_hellos apart from
      * the authenticated ones, so unauthenticated peers cannot crowd out token holders. */

@@ -20,8 +20,9 @@ static const uint8_t empty_message[5] = {0, 0, 0, 0, 0};
 static int setup(void **state)
 {
     (void)state;
-    static const char *const extra[] = {"--token=" TOKEN, "--max_frame_size=65536",
-                                        "--max_streams_per_connection=16", NULL};
+    static const char *const extra[] = {
+        "--token=" TOKEN,         "--max_frame_size=65536",    "--max_streams_per_connection=16",
+        "--max_pending_hellos=4", "--hello_timeout_seconds=2", NULL};
     return moatd_start(&moatd, false, extra) ? 0 : -1;
 }
 
@@ -224,6 +225,44 @@ static void test_protocol_errors_end_only_their_connection(void **state)
     h2c_close(good);
 }
 
+static long long refused(const char *reason)
+{
+    char name[96];
+    snprintf(name, sizeof(name), "moat_hellos_refused_total{reason=\"%s\"}", reason);
+    return metric_value(moatd.metrics_port, name);
+}
+
+/* Connections that make no call with the token are bounded as framed ones before their hello:
+ * max_pending_hellos of them at once (one more closes the oldest), each closed after
+ * hello_timeout_seconds; a connection that made its call is touched by neither. */
+static void test_silent_connections_are_bounded(void **state)
+{
+    (void)state;
+    h2c *good = h2c_connect(moatd.grpc_port, 0);
+    check_serves(good);
+    long long evicted = refused("evicted"), timeouts = refused("timeout");
+    h2c *silent[5];
+    for (int i = 0; i < 5; i++) {
+        silent[i] = h2c_connect(moatd.grpc_port, 0);
+        assert_non_null(silent[i]);
+        /* Only a wrong token, which proves nothing. */
+        expect_grpc(silent[i], h2c_request(silent[i], CHECK, "wrong", NULL, empty_message, 5),
+                    MOAT_CODE_UNAUTHENTICATED, "invalid_token");
+    }
+    /* The fifth made the first go. */
+    assert_true(h2c_run(silent[0], dead, NULL, 10000));
+    assert_int_equal(refused("evicted"), evicted + 1);
+    for (int i = 1; i < 5; i++) {
+        assert_true(h2c_run(silent[i], dead, NULL, 10000));
+        assert_int_equal(h2c_goaway_code(silent[i]), 0 /* NO_ERROR */);
+    }
+    assert_int_equal(refused("timeout"), timeouts + 4);
+    for (int i = 0; i < 5; i++)
+        h2c_close(silent[i]);
+    check_serves(good);
+    h2c_close(good);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -231,6 +270,7 @@ int main(void)
         cmocka_unit_test(test_reset_cancels_one_call),
         cmocka_unit_test(test_stream_limit),
         cmocka_unit_test(test_protocol_errors_end_only_their_connection),
+        cmocka_unit_test(test_silent_connections_are_bounded),
     };
     return moat_run_group_tests("grpc_hostile", tests, setup, teardown);
 }
