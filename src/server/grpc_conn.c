@@ -579,6 +579,13 @@ static void grpc_close(grpc_conn *g, moat_code code, const char *why)
 static void on_idle_timer(uv_timer_t *t)
 {
     grpc_conn *g = t->data;
+    if (g->pending && g->streams != NULL) {
+        /* A probe's health Watch, which needs no token: it stays while it runs (the pending
+         * budget still bounds how many such connections there are). */
+        uv_timer_start(&g->timer, on_idle_timer, (uint64_t)g->s->cfg.hello_timeout_seconds * 1000u,
+                       0);
+        return;
+    }
     if (g->pending) {
         moat__metrics_hello_refused(g->s->metrics, "timeout");
         g->fail_why = "no call with the token in time";

@@ -263,6 +263,33 @@ static void test_silent_connections_are_bounded(void **state)
     h2c_close(good);
 }
 
+static bool never(h2c *c, void *ud)
+{
+    (void)c;
+    (void)ud;
+    return false;
+}
+
+/* A probe's grpc.health.v1 Watch needs no token, and its connection stays past
+ * hello_timeout_seconds while the watch runs. */
+static void test_health_watch_without_token(void **state)
+{
+    (void)state;
+    h2c *probe = h2c_connect(moatd.grpc_port, 0);
+    h2c_stream *w = h2c_request(probe, "/grpc.health.v1.Health/Watch", NULL, NULL, empty_message,
+                                sizeof(empty_message));
+    assert_non_null(w);
+    h2c_run(probe, never, NULL, 3000); /* past the 2 s hello timeout */
+    assert_false(w->closed);
+    assert_false(h2c_dead(probe));
+    assert_int_equal(w->messages, 1); /* NOT_SERVING: this moatd has no Docker */
+    assert_int_equal(w->last_len, 2);
+    assert_int_equal(w->last[1], 2);
+    h2c_cancel(probe, w);
+    check_serves(probe);
+    h2c_close(probe);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -271,6 +298,7 @@ int main(void)
         cmocka_unit_test(test_stream_limit),
         cmocka_unit_test(test_protocol_errors_end_only_their_connection),
         cmocka_unit_test(test_silent_connections_are_bounded),
+        cmocka_unit_test(test_health_watch_without_token),
     };
     return moat_run_group_tests("grpc_hostile", tests, setup, teardown);
 }
