@@ -12,6 +12,9 @@
 
 /* A request's header list past this gets RESOURCE_EXHAUSTED (advertised in SETTINGS). */
 #define GRPC_MAX_HEADER_LIST (16 * 1024)
+/* Reflection answers a stream may have waiting for its reader (the largest answer, a file with
+ * its imports, is a few KiB). */
+#define REFLECTION_QUEUE_MAX (1024u * 1024u)
 /* Bytes nghttp2 produced are gathered into writes of about this size. */
 #define GRPC_WRITE_CHUNK (256 * 1024)
 
@@ -258,6 +261,15 @@ static void cb_refused(void *ud, int32_t stream_id, const moat_status *status, i
  * go out without waiting for credit. */
 static void reflection_message(stream *st, const uint8_t *data, size_t len)
 {
+    if (moat_grpc_h2_queued(st->g->h2, (int32_t)st->id) > REFLECTION_QUEUE_MAX) {
+        /* A client asking faster than it reads would have moatd queue without bound. */
+        moat_status status;
+        moat_status_set(&status, MOAT_CODE_RESOURCE_EXHAUSTED, "answers_not_read",
+                        "over %u bytes of reflection answers wait to be read",
+                        (unsigned)REFLECTION_QUEUE_MAX);
+        grpc_end(st, &status);
+        return;
+    }
     uint8_t *answer = NULL;
     size_t n = 0;
     moat_err err = moat_grpc_reflection_answer(data, len, &answer, &n);

@@ -290,6 +290,39 @@ static void test_health_watch_without_token(void **state)
     h2c_close(probe);
 }
 
+/* Reflection questions asked faster than the answers are read: the stream ends
+ * RESOURCE_EXHAUSTED once 1 MiB of answers wait, instead of moatd queueing on. */
+static void test_reflection_reader_that_does_not_read(void **state)
+{
+    (void)state;
+    /* ServerReflectionRequest{file_containing_symbol: "moat.v1.Sandboxes"}, 2000 times. */
+    static const char symbol[] = "moat.v1.Sandboxes";
+    uint8_t one[5 + 2 + sizeof(symbol) - 1];
+    uint8_t q[2 + sizeof(symbol) - 1] = {0x22, sizeof(symbol) - 1};
+    memcpy(q + 2, symbol, sizeof(symbol) - 1);
+    h2c_frame_message(one, q, sizeof(q));
+    size_t n = 2000;
+    uint8_t *body = malloc(n * sizeof(one));
+    for (size_t i = 0; i < n; i++)
+        memcpy(body + i * sizeof(one), one, sizeof(one));
+    h2c *c = h2c_connect(moatd.grpc_port, 0);
+    h2c_stream *st =
+        h2c_request(c, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", TOKEN,
+                    NULL, body, n * sizeof(one));
+    assert_non_null(st);
+    st->reading = false;
+    h2c_run(c, never, NULL, 2000);
+    assert_false(st->closed);
+    h2c_resume_reading(c, st);
+    assert_true(h2c_wait(c, st, 30000));
+    assert_int_equal(st->grpc_status, MOAT_CODE_RESOURCE_EXHAUSTED);
+    assert_string_equal(st->details.reason, "answers_not_read");
+    assert_true(st->messages > 0 && st->messages < n);
+    check_serves(c);
+    h2c_close(c);
+    free(body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -299,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_protocol_errors_end_only_their_connection),
         cmocka_unit_test(test_silent_connections_are_bounded),
         cmocka_unit_test(test_health_watch_without_token),
+        cmocka_unit_test(test_reflection_reader_that_does_not_read),
     };
     return moat_run_group_tests("grpc_hostile", tests, setup, teardown);
 }
