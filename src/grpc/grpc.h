@@ -99,8 +99,8 @@ typedef bool (*moat_grpc_token_check)(const uint8_t *token, size_t len, void *ud
 /* Decides once the headers are in: the HTTP checks (POST, content-type application/grpc or
  * application/grpc+proto, else 415), then the header list size, then the token (when
  * token_required, except for grpc.health.v1, which probes call without one: check says whether
- * it matches), then the method, grpc-encoding, te and grpc-timeout. Fills *http_status (200 unless MOAT_GRPC_HTTP_ERROR) and, for a gRPC error, st
- * with its code and reason. */
+ * it matches), then the method, grpc-encoding, te and grpc-timeout. Fills *http_status (200
+ * unless MOAT_GRPC_HTTP_ERROR) and, for a gRPC error, st with its code and reason. */
 moat_grpc_verdict moat_grpc_request_finish(const moat_grpc_request *r, bool token_required,
                                            moat_grpc_token_check check, void *ud, int *http_status,
                                            moat_status *st);
