@@ -1,10 +1,12 @@
-/* The one list of the v1 methods (the services in proto/moat/v1), one line each, in schema order.
+/* The one list of the v1 methods (the services in proto/moat/v1, then grpc.health.v1), one line
+ * each, in schema order.
  * Owned by rpc: rpc.h makes the method ids of it and rpc.c its method table, whose names and
  * message types come from protobuf-c's service descriptors. The last column is how moatd serves
  * the method (src/server/handlers.c); rpc ignores it, so that adding a method is this one line.
  *
  * Columns: id (MOAT_RPC_<id>), service (moat__v1__<service>__descriptor; grpc_health is
- * grpc.health.v1.Health, the standard health service, rpc.c), the method's name in the schema, whether it returns a stream (protobuf-c does not record it), moatd's handler. */
+ * grpc.health.v1.Health, the standard health service, rpc.c), the method's name in the schema,
+ * whether it returns a stream (protobuf-c does not record it), moatd's handler. */
 #ifndef MOAT_RPC_METHODS_H
 #define MOAT_RPC_METHODS_H
 
