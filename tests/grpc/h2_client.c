@@ -162,6 +162,11 @@ bool h2c_raw_wait_eof(int fd, int timeout_ms)
 
 h2c *h2c_connect(int port, uint32_t window)
 {
+    return h2c_connect_frames(port, window, 1u << 20);
+}
+
+h2c *h2c_connect_frames(int port, uint32_t window, uint32_t max_frame)
+{
     h2c *c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
@@ -186,7 +191,7 @@ h2c *h2c_connect(int port, uint32_t window)
     nghttp2_session_callbacks_del(cbs);
     nghttp2_settings_entry s[] = {
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window > 0 ? window : NGHTTP2_INITIAL_WINDOW_SIZE},
-        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, 1 << 20}};
+        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, max_frame}};
     nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, s, 2);
     nghttp2_session_set_local_window_size(c->session, NGHTTP2_FLAG_NONE, 0, 1 << 30);
     return c;
@@ -326,7 +331,8 @@ static bool flush_out(h2c *c)
         if (n == 0)
             return true;
         while (n > 0) {
-            ssize_t w = write(c->fd, p, (size_t)n);
+            /* A server that closed the connection is an error here, not a SIGPIPE. */
+            ssize_t w = send(c->fd, p, (size_t)n, MSG_NOSIGNAL);
             if (w < 0 && errno == EINTR)
                 continue;
             if (w <= 0)
@@ -374,7 +380,7 @@ bool h2c_wait(h2c *c, h2c_stream *st, int timeout_ms)
 
 bool h2c_send_raw(h2c *c, const void *data, size_t len)
 {
-    return flush_out(c) && write(c->fd, data, len) == (ssize_t)len;
+    return flush_out(c) && send(c->fd, data, len, MSG_NOSIGNAL) == (ssize_t)len;
 }
 
 bool h2c_dead(const h2c *c)

@@ -39,8 +39,11 @@ typedef struct h2c_stream {
 } h2c_stream;
 
 /* Connects to 127.0.0.1:port and sends the preface and SETTINGS (a stream window of
- * window bytes; 0 = nghttp2's default). NULL on failure. */
+ * window bytes; 0 = nghttp2's default) taking DATA frames of up to 1 MiB. NULL on failure. */
 h2c *h2c_connect(int port, uint32_t window);
+/* The same with SETTINGS_MAX_FRAME_SIZE max_frame (16384, HTTP/2's default, is what gRPC's own
+ * libraries keep). */
+h2c *h2c_connect_frames(int port, uint32_t window, uint32_t max_frame);
 void h2c_close(h2c *c);
 
 /* One header of a request: name and value as given. */
