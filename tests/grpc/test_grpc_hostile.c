@@ -3,6 +3,7 @@
  * same connection, and the connection itself, carry on. No Docker: Health answers without it. */
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include "moat_test.h"
@@ -26,10 +27,12 @@ static int setup(void **state)
     return moatd_start(&moatd, false, extra) ? 0 : -1;
 }
 
+/* The last test stops moatd itself and checks how it exited; here it is stopped only when a
+ * failure came first. */
 static int teardown(void **state)
 {
     (void)state;
-    return moatd_stop(&moatd) == 0 ? 0 : -1;
+    return moatd.pid <= 0 || moatd_stop(&moatd) == 0 ? 0 : -1;
 }
 
 /* A Health check that must succeed: the connection still serves. */
@@ -323,6 +326,43 @@ static void test_reflection_reader_that_does_not_read(void **state)
     free(body);
 }
 
+static bool first_message(h2c *c, void *ud)
+{
+    (void)c;
+    return ((h2c_stream *)ud)->messages > 0;
+}
+
+static bool goaway_seen(h2c *c, void *ud)
+{
+    (void)ud;
+    return h2c_goaway_code(c) >= 0;
+}
+
+/* SIGTERM: a graceful GOAWAY, a running health Watch ends OK, a call already open still
+ * completes, the connection closes once it is done, and moatd exits 0. Stops moatd: last. */
+static void test_drain(void **state)
+{
+    (void)state;
+    h2c *c = h2c_connect(moatd.grpc_port, 0);
+    check_serves(c);
+    h2c_stream *open = h2c_request(c, CHECK, TOKEN, NULL, NULL, 0);
+    h2c_stream *watch = h2c_request(c, "/grpc.health.v1.Health/Watch", NULL, NULL, empty_message,
+                                    sizeof(empty_message));
+    assert_true(h2c_run(c, first_message, watch, 10000));
+    assert_int_equal(kill(moatd.pid, SIGTERM), 0);
+    assert_true(h2c_run(c, goaway_seen, NULL, 10000));
+    assert_int_equal(h2c_goaway_code(c), 0 /* NO_ERROR */);
+    assert_true(h2c_wait(c, watch, 10000));
+    assert_int_equal(watch->grpc_status, 0);
+    assert_false(open->closed);
+    assert_true(h2c_send_body(c, open, empty_message, sizeof(empty_message)));
+    assert_true(h2c_wait(c, open, 10000));
+    assert_int_equal(open->grpc_status, 0);
+    assert_true(h2c_run(c, dead, NULL, 10000));
+    h2c_close(c);
+    assert_int_equal(moatd_wait(&moatd, 20000), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_silent_connections_are_bounded),
         cmocka_unit_test(test_health_watch_without_token),
         cmocka_unit_test(test_reflection_reader_that_does_not_read),
+        cmocka_unit_test(test_drain),
     };
     return moat_run_group_tests("grpc_hostile", tests, setup, teardown);
 }
