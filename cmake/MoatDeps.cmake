@@ -61,6 +61,7 @@ if(NOT TARGET wslay)
   message(FATAL_ERROR "libwslay not found: apt-get install libwslay-dev (or run scripts/install-deps.sh)")
 endif()
 moat_pkg(SQLITE sqlite3 libsqlite3-dev)
+moat_pkg(NGHTTP2 libnghttp2 libnghttp2-dev)
 
 find_package(nanopb CONFIG QUIET)
 if(NOT nanopb_FOUND)

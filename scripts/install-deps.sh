@@ -6,9 +6,10 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git ca-certificates curl
   protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
-  nanopb libnanopb-dev python3-protobuf
+  nanopb libnanopb-dev python3-protobuf python3-grpcio python3-grpc-tools
+  libgrpc++-dev libprotobuf-dev protobuf-compiler-grpc
   uuid-dev libcmocka-dev libuv1-dev libcjson-dev
-  libmicrohttpd-dev libwslay-dev libwslay1 libsqlite3-dev dpkg-dev nettle-dev
+  libmicrohttpd-dev libwslay-dev libwslay1 libsqlite3-dev dpkg-dev nettle-dev libnghttp2-dev
   clang libclang-rt-14-dev valgrind openssl libgnutls28-dev
   docker.io busybox-static bash-static iproute2 procps runsc mmdebstrap tmux
 )

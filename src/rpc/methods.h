@@ -1,10 +1,12 @@
-/* The one list of the v1 methods (the services in proto/moat/v1), one line each, in schema order.
+/* The one list of the v1 methods (the services in proto/moat/v1, then grpc.health.v1), one line
+ * each, in schema order.
  * Owned by rpc: rpc.h makes the method ids of it and rpc.c its method table, whose names and
  * message types come from protobuf-c's service descriptors. The last column is how moatd serves
  * the method (src/server/handlers.c); rpc ignores it, so that adding a method is this one line.
  *
- * Columns: id (MOAT_RPC_<id>), service (moat__v1__<service>__descriptor), the method's name in
- * the schema, its shape (protobuf-c does not record which side streams): UNARY, SERVER_STREAM
+ * Columns: id (MOAT_RPC_<id>), service (moat__v1__<service>__descriptor; grpc_health is
+ * grpc.health.v1.Health, the standard health service, rpc.c), the method's name in the schema,
+ * its shape (protobuf-c does not record which side streams): UNARY, SERVER_STREAM
  * (`returns (stream …)`) or BIDI_STREAM (a stream both ways), and moatd's handler. */
 #ifndef MOAT_RPC_METHODS_H
 #define MOAT_RPC_METHODS_H
@@ -33,7 +35,9 @@
     X(FILES_MOVE,               files,     "Move",             UNARY,         BRIDGE(moat__files_move))               \
     X(FILES_MKDIR,              files,     "Mkdir",            UNARY,         BRIDGE(moat__files_mkdir))              \
     X(FILES_CHMOD,              files,     "Chmod",            UNARY,         BRIDGE(moat__files_chmod))              \
-    X(HEALTH_CHECK,             health,    "Check",            UNARY,         DIRECT(moat__health_check))
+    X(HEALTH_CHECK,             health,    "Check",            UNARY,         DIRECT(moat__health_check))             \
+    X(GRPC_HEALTH_CHECK,        grpc_health, "Check",          UNARY,         DIRECT(moat__grpc_health_check))        \
+    X(GRPC_HEALTH_WATCH,        grpc_health, "Watch",          SERVER_STREAM, DIRECT(moat__grpc_health_watch))
 /* clang-format on */
 
 #endif

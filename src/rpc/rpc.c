@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "grpc/health/v1/health.pb-c.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
 #include "moat/v1/health.pb-c.h"
@@ -17,6 +18,9 @@ typedef struct method_line {
     const char *name;
     bool server_streaming, client_streaming;
 } method_line;
+
+/* gRPC's standard health service, under the name methods.h's column pastes together. */
+#define moat__v1__grpc_health__descriptor grpc__health__v1__health__descriptor
 
 /* methods.h's shapes: which sides stream. */
 #define SHAPE_UNARY         false, false

@@ -29,6 +29,8 @@ static const key_def keys[] = {
     {"listen", K_STR, OFF(listen), "127.0.0.1:7070", 0, 0,
      "TCP listener host:port; empty disables"},
     {"unix_socket", K_STR, OFF(unix_socket), "", 0, 0, "Unix socket listener path; empty disables"},
+    {"grpc_listen", K_STR, OFF(grpc_listen), "127.0.0.1:7072", 0, 0,
+     "gRPC listener host:port (HTTP/2 cleartext, the same services and token); empty disables"},
     {"token", K_STR, OFF(token), "", 0, 0,
      "shared secret every client must present; required unless listening on loopback only"},
     {"metrics_listen", K_STR, OFF(metrics_listen), "127.0.0.1:7071", 0, 0,
@@ -542,6 +544,18 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
         errf(err, errlen,
              "listen: %s is not loopback and no token is set (set token or MOAT_TOKEN)",
              cfg->listen);
+        return MOAT_E_INVAL;
+    }
+    if (cfg->grpc_listen[0] != '\0' &&
+        moat_server_split_hostport(cfg->grpc_listen, host, sizeof(host), &port) != MOAT_OK) {
+        errf(err, errlen, "grpc_listen: expected host:port, got \"%s\"", cfg->grpc_listen);
+        return MOAT_E_INVAL;
+    }
+    if (cfg->grpc_listen[0] != '\0' && !moat_server_is_loopback(cfg->grpc_listen) &&
+        cfg->token[0] == '\0') {
+        errf(err, errlen,
+             "grpc_listen: %s is not loopback and no token is set (set token or MOAT_TOKEN)",
+             cfg->grpc_listen);
         return MOAT_E_INVAL;
     }
     if (cfg->metrics_listen[0] != '\0') {

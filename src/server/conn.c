@@ -5,7 +5,6 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
-#include "moat/v1/exec.pb-c.h"
 #include "server_internal.h"
 
 static void on_handle_closed(uv_handle_t *h)
@@ -206,7 +205,7 @@ static void handle_hello(conn *c, const moat_frame *f)
             return;
         }
     }
-    if (s->nready >= s->cfg.max_connections) {
+    if (s->nready + s->ngrpc >= s->cfg.max_connections) {
         moat__conn_fail(c, MOAT_CODE_RESOURCE_EXHAUSTED, "too many connections");
         return;
     }
@@ -296,32 +295,6 @@ static void handle_call(conn *c, const moat_frame *f)
              id, m->name, (unsigned long long)f->u.call.deadline_ms);
 }
 
-/* The request, or input after it: a call that takes one request gets one. */
-static void handle_message(stream *st, const uint8_t *payload, size_t len)
-{
-    if (moat_rpc_call_state(st->call) != MOAT_RPC_AWAIT_REQUEST) {
-        moat_err err = moat_rpc_call_input(st->call, payload, len);
-        if (err == MOAT_E_NOMEM)
-            moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
-                               "out of memory");
-        if (err != MOAT_E_STATE)
-            return;
-        const moat_rpc_method *m = moat_rpc_call_method(st->call);
-        moat_status extra;
-        if (m->service == &moat__v1__exec__descriptor && m->server_streaming)
-            moat_status_set(&extra, MOAT_CODE_FAILED_PRECONDITION, "stdin_not_requested",
-                            "%s takes no input after its request: Exec/Interactive does", m->name);
-        else
-            moat_status_set(&extra, MOAT_CODE_INVALID_ARGUMENT, "extra_request_message",
-                            "a call takes exactly one request message");
-        moat_rpc_call_cancel_with(st->call, &extra);
-        return;
-    }
-    const ProtobufCMessage *req = NULL;
-    if (moat_rpc_call_request(st->call, payload, len, &req) == MOAT_OK)
-        moat__dispatch(st, req);
-}
-
 static void handle_frame(conn *c, const moat_frame *f)
 {
     if (c->state == CONN_PREHELLO) {
@@ -342,7 +315,7 @@ static void handle_frame(conn *c, const moat_frame *f)
                             "flow_control_error: a Message past the stream's window");
             return;
         }
-        handle_message(st, f->u.message.payload.data, f->u.message.payload.len);
+        moat__stream_request(st, f->u.message.payload.data, f->u.message.payload.len);
         return;
     case MOAT_FRAME_CANCEL:
         st = moat_stream_table_get(c->table, f->stream_id);
@@ -444,14 +417,16 @@ void moat__conn_pump(conn *c)
         c->reading = true;
 }
 
-static void peer_name(conn *c, bool is_tcp)
+void moat__peer_address(uv_tcp_t *tcp, char *peer, size_t cap, moat_throttle_addr *addr,
+                        bool *has_addr)
 {
-    snprintf(c->peer, sizeof(c->peer), "unix");
-    if (!is_tcp)
+    snprintf(peer, cap, "unix");
+    *has_addr = false;
+    if (tcp == NULL)
         return;
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) != 0)
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) != 0)
         return;
     char ip[48] = "?";
     int port = 0;
@@ -459,18 +434,18 @@ static void peer_name(conn *c, bool is_tcp)
         struct sockaddr_in *a = (struct sockaddr_in *)&ss;
         uv_ip4_name(a, ip, sizeof(ip));
         port = ntohs(a->sin_port);
-        memset(c->addr.b, 0, 10);
-        c->addr.b[10] = c->addr.b[11] = 0xff;
-        memcpy(c->addr.b + 12, &a->sin_addr, 4);
-        c->has_addr = true;
+        memset(addr->b, 0, 10);
+        addr->b[10] = addr->b[11] = 0xff;
+        memcpy(addr->b + 12, &a->sin_addr, 4);
+        *has_addr = true;
     } else if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
         uv_ip6_name(a, ip, sizeof(ip));
         port = ntohs(a->sin6_port);
-        memcpy(c->addr.b, &a->sin6_addr, 16);
-        c->has_addr = true;
+        memcpy(addr->b, &a->sin6_addr, 16);
+        *has_addr = true;
     }
-    snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+    snprintf(peer, cap, "%s:%d", ip, port);
 }
 
 void moat__conn_accept(uv_stream_t *server)
@@ -499,7 +474,7 @@ void moat__conn_accept(uv_stream_t *server)
     c->open_handles = 2;
     if (is_tcp)
         uv_tcp_nodelay(&c->h.tcp, 1);
-    peer_name(c, is_tcp);
+    moat__peer_address(is_tcp ? &c->h.tcp : NULL, c->peer, sizeof(c->peer), &c->addr, &c->has_addr);
     moat_wire_decoder_init(&c->dec, MOAT_WIRE_PREHELLO_MAX_FRAME);
     c->state = CONN_PREHELLO;
     c->last_active_ms = moat__now_ms();

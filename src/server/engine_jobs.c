@@ -89,6 +89,7 @@ void moat__job_start(engine_job *j, engine_job_fn run, engine_job_fn done)
 
 void moat__engine_changed(srv *s, int state)
 {
+    moat__grpc_health_changed(s);
     if (state != MOAT_ENGINE_DOWN)
         return;
     /* Their workers stay blocked until docker_timeout_ms; the calls need not. A job's after-work

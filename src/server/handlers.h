@@ -86,6 +86,9 @@ void moat__sandboxes_stop(stream *st, const ProtobufCMessage *req);
 void moat__health_check(stream *st, const ProtobufCMessage *req);
 /* Exec/Interactive: a command with its stdin, or a terminal (svc_interactive.c). */
 void moat__exec_interactive(stream *st, const ProtobufCMessage *req);
+/* grpc.health.v1.Health (svc_grpc_health.c). */
+void moat__grpc_health_check(stream *st, const ProtobufCMessage *req);
+void moat__grpc_health_watch(stream *st, const ProtobufCMessage *req);
 /* Reconciles with the runtime, then starts its reaper and watcher (svc_sessions.c). */
 void moat__sessions_start(srv *s);
 

@@ -23,14 +23,20 @@ static void on_connection(uv_stream_t *server, int status)
         moat_log(MOAT_LOG_WARN, "accept_failed", "error=\"%s\"", uv_strerror(status));
         return;
     }
+    bool grpc = server == (uv_stream_t *)&s->grpc_tcp;
     if (++s->accepted_this_turn > ACCEPT_BATCH) {
-        if (server == (uv_stream_t *)&s->tcp)
+        if (grpc)
+            s->grpc_deferred = true;
+        else if (server == (uv_stream_t *)&s->tcp)
             s->tcp_deferred = true;
         else
             s->pipe_deferred = true;
         return;
     }
-    moat__conn_accept(server);
+    if (grpc)
+        moat__grpc_accept(server);
+    else
+        moat__conn_accept(server);
 }
 
 /* ------------------------------------------------------------ drain, signals */
@@ -48,6 +54,8 @@ static void close_listeners(srv *s)
         uv_close((uv_handle_t *)&s->pipe, NULL);
         unlink(s->cfg.unix_socket);
     }
+    if (s->grpc_on && !uv_is_closing((uv_handle_t *)&s->grpc_tcp))
+        uv_close((uv_handle_t *)&s->grpc_tcp, NULL);
 }
 
 static void on_handles_closed(uv_handle_t *h)
@@ -81,6 +89,7 @@ static void on_grace(uv_timer_t *t)
     moat_log(MOAT_LOG_INFO, "drain_grace_over", "connections=%u", s->nconns);
     while (s->conns != NULL)
         moat__conn_fail(s->conns, MOAT_CODE_UNAVAILABLE, "server shut down");
+    moat__grpc_close_all(s);
 }
 
 static void start_drain(srv *s, const char *why)
@@ -88,9 +97,11 @@ static void start_drain(srv *s, const char *why)
     if (s->draining)
         return;
     s->draining = true;
-    moat_log(MOAT_LOG_INFO, "drain_start", "signal=%s grace_seconds=%u connections=%u", why,
-             s->cfg.drain_grace_seconds, s->nconns);
+    moat_log(MOAT_LOG_INFO, "drain_start",
+             "signal=%s grace_seconds=%u connections=%u grpc_connections=%u", why,
+             s->cfg.drain_grace_seconds, s->nconns, s->ngrpc + s->grpc_pending);
     close_listeners(s);
+    moat__grpc_health_changed(s);
     conn *c = s->conns;
     while (c != NULL) {
         conn *next = c->next;
@@ -103,13 +114,14 @@ static void start_drain(srv *s, const char *why)
             moat__conn_close(c, MOAT_CODE_UNAVAILABLE, "server is shutting down");
         c = next;
     }
+    moat__grpc_drain(s);
     uv_timer_start(&s->grace, on_grace, (uint64_t)s->cfg.drain_grace_seconds * 1000u, 0);
 }
 
 static void on_drain_check(srv *s)
 {
     /* Thread-pool jobs still use the runtime: wait for them before closing it. */
-    if (s->draining && s->conns == NULL && s->inflight == 0)
+    if (s->draining && s->conns == NULL && s->grpc_conns == NULL && s->inflight == 0)
         finish_shutdown(s);
 }
 
@@ -177,44 +189,60 @@ static void on_idle_check(uv_check_t *h)
         s->accepted_this_turn++;
         moat__conn_accept((uv_stream_t *)&s->pipe);
     }
-    s->tcp_deferred = s->pipe_deferred = false;
+    if (s->grpc_deferred && !uv_is_closing((uv_handle_t *)&s->grpc_tcp)) {
+        s->accepted_this_turn++;
+        moat__grpc_accept((uv_stream_t *)&s->grpc_tcp);
+    }
+    s->tcp_deferred = s->pipe_deferred = s->grpc_deferred = false;
     while (s->dirty != NULL)
         moat__conn_flush(s->dirty);
+    moat__grpc_flush_all(s);
     moat__metrics_budget(s->metrics, &s->budget);
     on_drain_check(s);
 }
 
 /* ------------------------------------------------------------ the handle */
 
+/* Binds a TCP listener on hostport ("localhost" is 127.0.0.1). */
+static int listen_tcp(srv *s, uv_tcp_t *tcp, bool *on, const char *hostport, const char *what)
+{
+    char host[256];
+    uint16_t port;
+    moat_server_split_hostport(hostport, host, sizeof(host), &port);
+    struct sockaddr_storage addr;
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr) != 0) {
+        if (strcmp(host, "localhost") != 0) {
+            moat_log(MOAT_LOG_ERROR, "listen_failed", "addr=%s error=\"not an IP address\"",
+                     hostport);
+            return -1;
+        }
+        uv_ip4_addr("127.0.0.1", port, (struct sockaddr_in *)&addr);
+    }
+    uv_tcp_init(s->loop, tcp);
+    tcp->data = s;
+    *on = true;
+    int rc;
+    if ((rc = uv_tcp_bind(tcp, (struct sockaddr *)&addr, 0)) != 0 ||
+        (rc = uv_listen((uv_stream_t *)tcp, 1024, on_connection)) != 0) {
+        moat_log(MOAT_LOG_ERROR, "listen_failed", "addr=%s error=\"%s\"", hostport,
+                 uv_strerror(rc));
+        return -1;
+    }
+    moat_log(MOAT_LOG_INFO, "listening", "addr=%s protocol=%s token_required=%d", hostport, what,
+             s->cfg.token[0] != '\0');
+    return 0;
+}
+
 static int listen_all(srv *s)
 {
     int rc;
-    if (s->cfg.listen[0] != '\0') {
-        char host[256];
-        uint16_t port;
-        moat_server_split_hostport(s->cfg.listen, host, sizeof(host), &port);
-        struct sockaddr_storage addr;
-        if (uv_ip4_addr(host, port, (struct sockaddr_in *)&addr) != 0 &&
-            uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr) != 0) {
-            if (strcmp(host, "localhost") != 0) {
-                moat_log(MOAT_LOG_ERROR, "listen_failed", "addr=%s error=\"not an IP address\"",
-                         s->cfg.listen);
-                return -1;
-            }
-            uv_ip4_addr("127.0.0.1", port, (struct sockaddr_in *)&addr);
-        }
-        uv_tcp_init(s->loop, &s->tcp);
-        s->tcp.data = s;
-        s->tcp_on = true;
-        if ((rc = uv_tcp_bind(&s->tcp, (struct sockaddr *)&addr, 0)) != 0 ||
-            (rc = uv_listen((uv_stream_t *)&s->tcp, 1024, on_connection)) != 0) {
-            moat_log(MOAT_LOG_ERROR, "listen_failed", "addr=%s error=\"%s\"", s->cfg.listen,
-                     uv_strerror(rc));
-            return -1;
-        }
-        moat_log(MOAT_LOG_INFO, "listening", "addr=%s token_required=%d", s->cfg.listen,
-                 s->cfg.token[0] != '\0');
-    }
+    if (s->cfg.listen[0] != '\0' &&
+        listen_tcp(s, &s->tcp, &s->tcp_on, s->cfg.listen, "framed") != 0)
+        return -1;
+    if (s->cfg.grpc_listen[0] != '\0' &&
+        listen_tcp(s, &s->grpc_tcp, &s->grpc_on, s->cfg.grpc_listen, "grpc+h2c") != 0)
+        return -1;
     if (s->cfg.unix_socket[0] != '\0') {
         uv_pipe_init(s->loop, &s->pipe, 0);
         s->pipe.data = s;
@@ -262,8 +290,9 @@ moat_err moat_server_init(moat_server **out, moat_server_config *cfg,
         return MOAT_E_NOMEM;
     }
     s->loop = &s->loop_storage;
-    moat_log_limit *limits[] = {&s->logs.prehello, &s->logs.calls_refused, &s->logs.create_failed,
-                                &s->logs.ttl_refused, &s->logs.budget_refused};
+    moat_log_limit *limits[] = {&s->logs.prehello,       &s->logs.calls_refused,
+                                &s->logs.create_failed,  &s->logs.ttl_refused,
+                                &s->logs.budget_refused, &s->logs.grpc_refused};
     for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
         pthread_mutex_init(&limits[i]->mu, NULL);
     uv_async_init(s->loop, &s->close_async, on_close_async);
@@ -338,8 +367,9 @@ void moat_server_free(moat_server *s)
     if (uv_loop_close(s->loop) != 0)
         moat_log(MOAT_LOG_WARN, "loop_not_empty", "at=exit");
     moat__metrics_free(s->metrics);
-    moat_log_limit *limits[] = {&s->logs.prehello, &s->logs.calls_refused, &s->logs.create_failed,
-                                &s->logs.ttl_refused, &s->logs.budget_refused};
+    moat_log_limit *limits[] = {&s->logs.prehello,       &s->logs.calls_refused,
+                                &s->logs.create_failed,  &s->logs.ttl_refused,
+                                &s->logs.budget_refused, &s->logs.grpc_refused};
     for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++)
         pthread_mutex_destroy(&limits[i]->mu);
     moat_throttle_free(s->failed_hellos);

@@ -22,6 +22,7 @@ typedef struct moat_server_config {
     /* Network. */
     char *listen;         /* host:port of the TCP listener; "" disables it */
     char *unix_socket;    /* path of a Unix socket listener; "" disables it */
+    char *grpc_listen;    /* host:port of the gRPC (HTTP/2 cleartext) listener; "" disables it */
     char *token;          /* shared secret; "" = none (only allowed on loopback) */
     char *metrics_listen; /* loopback host:port of the Prometheus endpoint; "" disables */
     moat_log_level log_level;

@@ -29,10 +29,42 @@ typedef struct out_frame {
     uint8_t data[];
 } out_frame;
 
+typedef struct grpc_conn grpc_conn;
+
+/* How a stream's call reaches its client: the framed protocol (stream.c, on a conn) or gRPC over
+ * HTTP/2 (grpc_conn.c, on a grpc_conn). Handlers see only moat__stream_* below, so one handler
+ * serves both, with the same limits, budget accounts and credit rules.
+ * When client-streaming calls arrive, request messages after the first come in through
+ * moat__stream_request like the first, and an "input consumed" op here gives their flow-control
+ * window back (HTTP/2: nghttp2_session_consume in src/grpc/h2.c). */
+typedef struct stream_transport {
+    /* The rpc sink's halves (rpc.h): one response message, len bytes once packed; the End. */
+    moat_err (*message)(stream *st, const ProtobufCMessage *msg, size_t len);
+    void (*end)(stream *st, const moat_status *status);
+    /* Payload bytes the client lets this stream send now, less what already waits; 0 once the
+     * stream has left its connection. */
+    uint32_t (*credit)(const stream *st);
+    /* Its connection's share of the memory budget; NULL once the stream has left it. */
+    moat_bridge_account *(*account)(stream *st);
+    /* The peer's address for logs; "-" once the stream has left its connection. */
+    const char *(*peer)(const stream *st);
+    /* Whether its connection's socket holds more than max_pending_bytes unwritten (true once
+     * gone): producers wait for on_credit. */
+    bool (*backlogged)(const stream *st);
+    /* Asks for on_credit(st, 0) once the connection's writes complete. */
+    void (*want_credit)(stream *st);
+    /* The handler has used len bytes of the client's input (a client-streaming call): credit
+     * goes back to the client. NULL: the transport does not pace input, and moatd takes no
+     * input on it. */
+    void (*input_done)(stream *st, size_t len);
+} stream_transport;
+
 /* One call on one connection. Lives while the connection lists it or its
  * handler holds it (refs). */
 struct stream {
-    conn *c; /* NULL once the connection is gone */
+    const stream_transport *tx;
+    conn *c;      /* framed: its connection; NULL once gone, and on gRPC */
+    grpc_conn *g; /* gRPC: its connection; NULL once gone, and on the framed protocol */
     /* Its connection's limits, kept after the connection is gone. */
     uint32_t max_frame_size;
     uint32_t initial_window;
@@ -40,10 +72,10 @@ struct stream {
     uint32_t id;
     unsigned refs;
     moat_rpc_call *call;
-    moat_window window;    /* the client's credit for our Message payloads */
-    moat_window in_window; /* our credit for the client's Message payloads */
-    out_frame *qhead, *qtail;
-    size_t queued; /* bytes of frames in the queue */
+    moat_window window;       /* framed: the client's credit for our Message payloads */
+    moat_window in_window;    /* framed: our credit for the client's Message payloads */
+    out_frame *qhead, *qtail; /* framed: frames waiting for that credit */
+    size_t queued;            /* bytes of frames in the queue */
     bool end_queued;
     uv_timer_t *deadline;
     uint64_t started_ns;
@@ -52,7 +84,7 @@ struct stream {
     void (*on_credit)(stream *st, uint32_t increment);
     bool wants_credit;   /* call on_credit(st, 0) after the next write completes */
     void *session_calls; /* the per-session call count it holds (session_calls.c), or NULL */
-    stream *next, *prev; /* in the connection's list */
+    stream *next, *prev; /* in its connection's list */
 };
 
 typedef enum conn_state { CONN_PREHELLO, CONN_READY, CONN_CLOSING } conn_state;
@@ -122,6 +154,7 @@ typedef struct srv_log_limits {
     moat_log_limit create_failed;  /* CreateSession failures */
     moat_log_limit ttl_refused;    /* ttl_seconds past max_ttl_seconds */
     moat_log_limit budget_refused; /* memory_budget_exhausted refusals */
+    moat_log_limit grpc_refused;   /* gRPC requests refused and connections closed */
 } srv_log_limits;
 
 /* Sessions the reaper ended, on their way from its thread to the loop (reaper_events.c). */
@@ -139,9 +172,10 @@ struct moat_server {
     void *reload_ud;
     uv_tcp_t tcp;
     uv_pipe_t pipe;
-    bool tcp_on, pipe_on;
+    uv_tcp_t grpc_tcp; /* gRPC's listener (grpc_conn.c) */
+    bool tcp_on, pipe_on, grpc_on;
     /* A listener whose connection waits for the check phase (ACCEPT_BATCH, server.c). */
-    bool tcp_deferred, pipe_deferred;
+    bool tcp_deferred, pipe_deferred, grpc_deferred;
     unsigned accepted_this_turn;
     uv_signal_t sig_term, sig_int, sig_hup;
     bool signals_on;
@@ -159,7 +193,12 @@ struct moat_server {
     bool read_buf_busy;
     conn *conns;
     uint32_t nconns; /* every open connection */
-    uint32_t nready; /* authenticated ones, bounded by max_connections */
+    uint32_t nready; /* authenticated ones, bounded by max_connections with the gRPC ones */
+    grpc_conn *grpc_conns;
+    uint32_t ngrpc;        /* gRPC connections past their first call with the token (each counts
+                              in max_connections) */
+    uint32_t grpc_pending; /* gRPC connections before it (bounded by max_pending_hellos) */
+    grpc_conn *grpc_dirty; /* gRPC connections with output to write this iteration */
     /* Connections still in their hello, oldest first: bounded by max_pending_hellos apart from
      * the authenticated ones, so unauthenticated peers cannot crowd out token holders. */
     conn *pending_head, *pending_tail;
@@ -180,6 +219,7 @@ struct moat_server {
     void *call_counts;         /* open calls per session, see session_calls.c */
     uint32_t creates_inflight; /* CreateSession jobs that may add a session */
     void *create_waiters;
+    struct health_watch *health_watches; /* grpc.health.v1 Watch calls (svc_grpc_health.c) */
 };
 
 /* The engine as the background probe last saw it (health.c). */
@@ -196,6 +236,9 @@ void moat__health_stop(moat_health *h);
 moat_engine_state moat__health_state(moat_health *h, uint64_t *age_ms);
 /* Loop: the verdict changed (handlers.c ends calls stuck on an engine that went down). */
 void moat__engine_changed(srv *s, int state);
+/* Loop: the engine's verdict or the drain changed what grpc.health.v1 says: Watch calls hear
+ * it, and end once moatd drains (svc_grpc_health.c). */
+void moat__grpc_health_changed(srv *s);
 
 static inline uint64_t moat__now_ms(void)
 {
@@ -219,6 +262,10 @@ void moat__conn_flush(conn *c);
 /* ---- connections (conn.c) ---------------------------------------------------------------------
  */
 
+/* The peer's "ip:port" for logs and its address for the failed-hello throttle (*has_addr false
+ * when it has none: a Unix socket, tcp NULL). */
+void moat__peer_address(uv_tcp_t *tcp, char *peer, size_t cap, moat_throttle_addr *addr,
+                        bool *has_addr);
 /* Accepts one connection from the listener server into the queue of pending hellos. */
 void moat__conn_accept(uv_stream_t *server);
 /* Starts or resumes reading. */
@@ -228,6 +275,18 @@ void moat__conn_close(conn *c, moat_code code, const char *why);
 /* The same at once with a GoAway, after the open calls' Ends. */
 void moat__conn_fail(conn *c, moat_code code, const char *why);
 
+/* ---- gRPC connections (grpc_conn.c) ----------------------------------------------------------
+ */
+
+/* Accepts one connection from the gRPC listener. */
+void moat__grpc_accept(uv_stream_t *server);
+/* Writes what the gRPC connections produced in this loop iteration (the check phase). */
+void moat__grpc_flush_all(srv *s);
+/* The drain: a GOAWAY on each; each closes once its calls are over. */
+void moat__grpc_drain(srv *s);
+/* Closes every gRPC connection now, cancelling its calls (the drain's grace is over). */
+void moat__grpc_close_all(srv *s);
+
 /* ---- streams (stream.c) -----------------------------------------------------------------------
  */
 
@@ -235,6 +294,13 @@ void moat__conn_fail(conn *c, moat_code code, const char *why);
  * it on c; false when out of memory. */
 bool moat__stream_start(stream *st, conn *c, uint32_t id, const moat_rpc_method *m,
                         uint64_t deadline_ms);
+/* What every transport does to open a call on st (zeroed): its server, id, transport, limits,
+ * call and deadline timer. The caller holds the one reference. false when out of memory. */
+bool moat__stream_open(stream *st, srv *s, uint32_t id, const stream_transport *tx,
+                       const moat_rpc_method *m, uint64_t deadline_ms);
+/* A request message of the call arrived (any transport): the first is decoded and dispatched;
+ * a call takes no other (the call ends INVALID_ARGUMENT extra_request_message). */
+void moat__stream_request(stream *st, const uint8_t *payload, size_t len);
 /* Writes queued frames while the window allows; closes the stream once its End has gone out. */
 void moat__stream_flush(stream *st);
 /* The stream leaves its connection, keeping the reference the connection held: returns whether
@@ -243,7 +309,7 @@ bool moat__stream_unlink(stream *st);
 /* Drops n references at once (the last frees the stream). */
 void moat__stream_release(stream *st, int n);
 
-/* Server core used by handlers. */
+/* Server core used by handlers, whatever the transport. */
 void moat__stream_ref(stream *st);
 void moat__stream_unref(stream *st);
 /* Credit the client still grants this stream, minus what is already queued. */
@@ -253,9 +319,13 @@ uint32_t moat__stream_credit(const stream *st);
  * client grants one stream never has more than initial_window in flight inside moatd; nothing
  * while the connection's socket is backed up (the server asks again as writes drain). */
 uint64_t moat__stream_credit_target(const stream *st);
-/* A producer holding `outstanding` credit used some: when it runs low, on_credit(st, 0) runs
- * once this iteration's writes are out (never from inside a bridge callback). */
-void moat__stream_want_credit(stream *st, uint64_t outstanding);
+/* Its connection's share of the memory budget; NULL once the stream has left it. */
+moat_bridge_account *moat__stream_account(stream *st);
+const char *moat__stream_peer(const stream *st);
+/* Its connection's socket is backed up (or gone): produce nothing until on_credit. */
+bool moat__stream_backlogged(const stream *st);
+/* on_credit(st, 0) once the connection's writes complete. */
+void moat__stream_want_credit(stream *st);
 /* A thread-pool job starts / ends (keeps the drain waiting for it). */
 void moat__srv_job(srv *s, int delta);
 

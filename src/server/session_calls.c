@@ -38,7 +38,7 @@ bool moat__calls_acquire(stream *st, const char *id)
         e = e->next;
     if (e != NULL && e->n >= st->s->cfg.max_calls_per_session) {
         moat_log_limited(&st->s->logs.calls_refused, MOAT_LOG_WARN, "calls_refused",
-                         "session_id=%s peer=%s limit=%u", id, st->c != NULL ? st->c->peer : "-",
+                         "session_id=%s peer=%s limit=%u", id, moat__stream_peer(st),
                          st->s->cfg.max_calls_per_session);
         moat_status status;
         moat_status_set(&status, MOAT_CODE_RESOURCE_EXHAUSTED, "too_many_calls",

@@ -1,9 +1,11 @@
-/* Streams: one call each on a connection, the rpc sink that frames its messages and End, the
- * client's flow-control window and the queue of frames waiting for it, and the call's deadline.
+/* Streams: one call each on a connection, whatever its transport: the rpc sink that hands its
+ * messages and End to the transport, its deadline, its request message. And the framed
+ * transport: the client's flow-control window and the queue of frames waiting for it.
  * Loop thread only. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "moat/v1/exec.pb-c.h"
 #include "server_internal.h"
 
 static void stream_finish(stream *st);
@@ -55,25 +57,65 @@ void moat__stream_unref(stream *st)
 
 uint64_t moat__stream_credit_target(const stream *st)
 {
-    if (st->c == NULL || st->c->pending_write > st->s->cfg.max_pending_bytes)
+    if (moat__stream_backlogged(st))
         return 0;
     uint64_t want = moat__stream_credit(st);
     return want < st->initial_window ? want : st->initial_window;
 }
 
-void moat__stream_want_credit(stream *st, uint64_t outstanding)
+uint32_t moat__stream_credit(const stream *st)
 {
-    if (outstanding < st->initial_window / 2 && st->c != NULL) {
-        st->wants_credit = true;
-        st->c->credit_wanted = true;
-    }
+    return st->tx->credit(st);
 }
 
-uint32_t moat__stream_credit(const stream *st)
+moat_bridge_account *moat__stream_account(stream *st)
+{
+    return st->tx->account(st);
+}
+
+const char *moat__stream_peer(const stream *st)
+{
+    return st->tx->peer(st);
+}
+
+bool moat__stream_backlogged(const stream *st)
+{
+    return st->tx->backlogged(st);
+}
+
+void moat__stream_want_credit(stream *st)
+{
+    st->tx->want_credit(st);
+}
+
+static uint32_t framed_credit(const stream *st)
 {
     if (st->c == NULL || st->qhead != NULL)
         return 0;
     return st->window.available;
+}
+
+static moat_bridge_account *framed_account(stream *st)
+{
+    return st->c != NULL ? &st->c->account : NULL;
+}
+
+static const char *framed_peer(const stream *st)
+{
+    return st->c != NULL ? st->c->peer : "-";
+}
+
+static bool framed_backlogged(const stream *st)
+{
+    return st->c == NULL || st->c->pending_write > st->s->cfg.max_pending_bytes;
+}
+
+static void framed_want_credit(stream *st)
+{
+    if (st->c == NULL)
+        return;
+    st->wants_credit = true;
+    st->c->credit_wanted = true;
 }
 
 /* Writes queued frames while the window allows; closes the stream once its
@@ -131,11 +173,8 @@ static moat_err stream_enqueue(stream *st, const moat_frame *f, uint32_t payload
 
 /* A response message is packed straight into its frame, after the envelope's
  * prefix: one allocation and one copy of the payload on the way out. */
-static moat_err sink_message(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len,
-                             void *user)
+static moat_err framed_message(stream *st, const ProtobufCMessage *msg, size_t len)
 {
-    (void)call;
-    stream *st = user;
     if (st->c == NULL)
         return MOAT_E_CLOSED;
     if (len > st->max_frame_size - 64)
@@ -166,15 +205,8 @@ static moat_err sink_message(moat_rpc_call *call, const ProtobufCMessage *msg, s
     return moat__conn_queue_block(st->c, frame, hlen + len);
 }
 
-static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
+static void framed_end(stream *st, const moat_status *status)
 {
-    stream *st = user;
-    const moat_rpc_method *m = moat_rpc_call_method(call);
-    uint64_t ms = (moat_time_mono_ns() - st->started_ns) / 1000000u;
-    moat_log(status->code == MOAT_CODE_OK ? MOAT_LOG_DEBUG : MOAT_LOG_INFO, "call_end",
-             "peer=%s stream=%u method=%s code=%s reason=%s duration_ms=%llu msg=\"%s\"",
-             st->c != NULL ? st->c->peer : "-", st->id, m->name, moat_code_name(status->code),
-             status->reason[0] ? status->reason : "-", (unsigned long long)ms, status->message);
     if (st->c == NULL)
         return;
     /* A cancelled or expired call's unread messages are of no use to anyone. */
@@ -199,7 +231,6 @@ static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
         f.u.end.details[i].value = moat_slice_str(status->details[i].value);
     }
     f.u.end.detail_count = status->detail_count;
-    moat__metrics_status(st->s->metrics, status->code);
     if (st->qhead == NULL) {
         moat__conn_send(st->c, &f);
         st->end_queued = true;
@@ -212,10 +243,8 @@ static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
 
 /* Input the handler has used goes back to the client, in WindowUpdates of at least half the
  * window as libmoat sends them (moat_window_release). */
-static void sink_input_done(moat_rpc_call *call, size_t len, void *user)
+static void framed_input_done(stream *st, size_t len)
 {
-    (void)call;
-    stream *st = user;
     uint32_t inc = moat_window_release(&st->in_window, (uint32_t)len);
     if (inc == 0 || st->c == NULL)
         return;
@@ -224,6 +253,41 @@ static void sink_input_done(moat_rpc_call *call, size_t len, void *user)
     f.kind = MOAT_FRAME_WINDOW_UPDATE;
     f.u.window_update.increment = inc;
     moat__conn_send(st->c, &f);
+}
+
+static const stream_transport framed = {framed_message,     framed_end,       framed_credit,
+                                        framed_account,     framed_peer,      framed_backlogged,
+                                        framed_want_credit, framed_input_done};
+
+static moat_err sink_message(moat_rpc_call *call, const ProtobufCMessage *msg, size_t len,
+                             void *user)
+{
+    (void)call;
+    stream *st = user;
+    return st->tx->message(st, msg, len);
+}
+
+static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
+{
+    stream *st = user;
+    const moat_rpc_method *m = moat_rpc_call_method(call);
+    uint64_t ms = (moat_time_mono_ns() - st->started_ns) / 1000000u;
+    moat_log(status->code == MOAT_CODE_OK ? MOAT_LOG_DEBUG : MOAT_LOG_INFO, "call_end",
+             "peer=%s stream=%u method=%s code=%s reason=%s duration_ms=%llu msg=\"%s\"",
+             moat__stream_peer(st), st->id, m->name, moat_code_name(status->code),
+             status->reason[0] ? status->reason : "-", (unsigned long long)ms, status->message);
+    if (moat__stream_account(st) != NULL)
+        moat__metrics_status(st->s->metrics, status->code);
+    st->tx->end(st, status);
+}
+
+/* Input the handler has used goes back to the client, if its transport paces input. */
+static void sink_input_done(moat_rpc_call *call, size_t len, void *user)
+{
+    (void)call;
+    stream *st = user;
+    if (st->tx->input_done != NULL)
+        st->tx->input_done(st, len);
 }
 
 static const moat_rpc_sink sink = {sink_message, sink_end, sink_input_done};
@@ -271,33 +335,79 @@ static void on_deadline(uv_timer_t *t)
     moat_rpc_call_check_deadline(st->call, moat__now_ms() + 1);
 }
 
-bool moat__stream_start(stream *st, conn *c, uint32_t id, const moat_rpc_method *m,
-                        uint64_t deadline_ms)
+bool moat__stream_open(stream *st, srv *s, uint32_t id, const stream_transport *tx,
+                       const moat_rpc_method *m, uint64_t deadline_ms)
 {
-    st->c = c;
-    st->s = c->s;
+    st->s = s;
     st->id = id;
+    st->tx = tx;
     st->refs = 1;
     st->started_ns = moat_time_mono_ns();
-    st->max_frame_size = c->max_frame_size;
-    st->initial_window = c->initial_window;
-    moat_window_init(&st->window, st->initial_window);
-    moat_window_init(&st->in_window, st->initial_window);
+    st->max_frame_size = s->cfg.max_frame_size;
+    st->initial_window = s->cfg.initial_window;
     st->call = moat_rpc_call_new(m, id, deadline_ms, moat__now_ms(), &sink, st);
     if (st->call == NULL)
         return false;
-    st->next = c->streams;
-    if (c->streams != NULL)
-        c->streams->prev = st;
-    c->streams = st;
-    moat__metrics_stream(st->s->metrics, 1);
+    moat__metrics_stream(s->metrics, 1);
     if (deadline_ms > 0) {
         st->deadline = malloc(sizeof(uv_timer_t));
         if (st->deadline != NULL) {
-            uv_timer_init(st->s->loop, st->deadline);
+            uv_timer_init(s->loop, st->deadline);
             st->deadline->data = st;
             uv_timer_start(st->deadline, on_deadline, deadline_ms, 0);
         }
     }
     return true;
+}
+
+bool moat__stream_start(stream *st, conn *c, uint32_t id, const moat_rpc_method *m,
+                        uint64_t deadline_ms)
+{
+    st->c = c;
+    if (!moat__stream_open(st, c->s, id, &framed, m, deadline_ms))
+        return false;
+    /* What its connection's HelloAck announced, which a reload does not change. */
+    st->max_frame_size = c->max_frame_size;
+    st->initial_window = c->initial_window;
+    moat_window_init(&st->window, st->initial_window);
+    moat_window_init(&st->in_window, st->initial_window);
+    st->next = c->streams;
+    if (c->streams != NULL)
+        c->streams->prev = st;
+    c->streams = st;
+    return true;
+}
+
+void moat__stream_request(stream *st, const uint8_t *payload, size_t len)
+{
+    if (moat_rpc_call_state(st->call) != MOAT_RPC_AWAIT_REQUEST) {
+        moat_err err = moat_rpc_call_input(st->call, payload, len);
+        if (err == MOAT_E_NOMEM)
+            moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
+                               "out of memory");
+        if (err != MOAT_E_STATE)
+            return;
+        const moat_rpc_method *m = moat_rpc_call_method(st->call);
+        moat_status extra;
+        if (m->service == &moat__v1__exec__descriptor && m->server_streaming)
+            moat_status_set(&extra, MOAT_CODE_FAILED_PRECONDITION, "stdin_not_requested",
+                            "%s takes no input after its request: Exec/Interactive does", m->name);
+        else
+            moat_status_set(&extra, MOAT_CODE_INVALID_ARGUMENT, "extra_request_message",
+                            "a call takes exactly one request message");
+        moat_rpc_call_cancel_with(st->call, &extra);
+        return;
+    }
+    const moat_rpc_method *m = moat_rpc_call_method(st->call);
+    if (m->client_streaming && st->tx->input_done == NULL) {
+        /* Input could not be paced on this transport: refused before anything starts. */
+        moat_rpc_call_fail(st->call, MOAT_CODE_UNIMPLEMENTED, "input_not_paced",
+                           "%s takes input, which this listener does not pace yet: use the framed "
+                           "protocol",
+                           m->name);
+        return;
+    }
+    const ProtobufCMessage *req = NULL;
+    if (moat_rpc_call_request(st->call, payload, len, &req) == MOAT_OK)
+        moat__dispatch(st, req);
 }

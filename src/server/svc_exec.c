@@ -151,7 +151,10 @@ static void exec_on_event(void *ud, moat_bridge_exec *ex, const moat_bridge_even
     }
     size_t cost = moat_bridge_event_cost(ev);
     x->outstanding -= cost < x->outstanding ? cost : x->outstanding;
-    moat__stream_want_credit(x->st, x->outstanding);
+    /* Running low: top up once this event has been written (not from inside
+     * the bridge's callback). */
+    if (x->outstanding < x->st->initial_window / 2)
+        moat__stream_want_credit(x->st);
     moat_err rc = moat_rpc_call_send(x->st->call, &e.base);
     free(tb);
     if (rc != MOAT_OK && moat__running(x->st))
@@ -207,23 +210,23 @@ static void log_budget_refusal(stream *st, const moat_status *status)
     if (strcmp(status->reason, "memory_budget_exhausted") != 0)
         return;
     const moat_bridge_budget *bg = &st->s->budget;
+    const moat_bridge_account *a = moat__stream_account(st);
     moat_log_limited(&st->s->logs.budget_refused, MOAT_LOG_WARN, "memory_budget_refused",
                      "peer=%s used=%zu pinned=%zu cap=%zu conn_pinned=%zu conn_limit=%zu",
-                     st->c != NULL ? st->c->peer : "-", bg->used, bg->pinned, bg->cap,
-                     st->c != NULL ? st->c->account.pinned : 0,
-                     st->c != NULL ? st->c->account.limit : 0);
+                     moat__stream_peer(st), bg->used, bg->pinned, bg->cap,
+                     a != NULL ? a->pinned : 0, a != NULL ? a->limit : 0);
 }
 
 bool moat__refuse_unread_connection(stream *st)
 {
-    conn *c = st->c;
-    if (c == NULL || c->account.limit == 0 || c->account.pinned < c->account.limit)
+    const moat_bridge_account *a = moat__stream_account(st);
+    if (a == NULL || a->limit == 0 || a->pinned < a->limit)
         return false;
     moat_status status;
     moat_status_set(&status, MOAT_CODE_RESOURCE_EXHAUSTED, "memory_budget_exhausted",
                     "this connection has %zu bytes of output waiting to be read, its share of the "
                     "memory budget; read or cancel its streams, then retry",
-                    c->account.pinned);
+                    a->pinned);
     moat_status_add_detail(&status, "scope", "connection");
     st->s->budget.refused++;
     log_budget_refusal(st, &status);
@@ -264,7 +267,7 @@ static void exec_start(stream *st, const moat_bridge_endpoint *ep, const exec_so
                            "out of memory");
         return;
     }
-    moat_bridge_consumer c = {exec_on_event, exec_on_end, x, &st->c->account};
+    moat_bridge_consumer c = {exec_on_event, exec_on_end, x, moat__stream_account(st)};
     moat_bridge_exec *ex = NULL;
     moat_status status;
     moat_status_clear(&status);

@@ -68,7 +68,10 @@ static void on_output(void *ud, moat_bridge_terminal *t, moat_bridge_stream stre
     e.output = &out;
     size_t cost = len + MOAT_BRIDGE_TERMINAL_OUTPUT_OVERHEAD;
     x->outstanding -= cost < x->outstanding ? cost : x->outstanding;
-    moat__stream_want_credit(x->st, x->outstanding);
+    /* Running low: top up once this output has been written (not from inside the bridge's
+     * callback). */
+    if (x->outstanding < x->st->initial_window / 2)
+        moat__stream_want_credit(x->st);
     send_event(x, &e);
 }
 

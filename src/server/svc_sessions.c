@@ -68,8 +68,7 @@ static bool ttl_ok(stream *st, uint32_t ttl_seconds)
     if (ttl_seconds <= max)
         return true;
     moat_log_limited(&st->s->logs.ttl_refused, MOAT_LOG_INFO, "ttl_refused",
-                     "peer=%s ttl_seconds=%u max=%u", st->c != NULL ? st->c->peer : "-",
-                     ttl_seconds, max);
+                     "peer=%s ttl_seconds=%u max=%u", moat__stream_peer(st), ttl_seconds, max);
     moat_status status;
     moat_status_set(&status, MOAT_CODE_INVALID_ARGUMENT, "ttl_too_long",
                     "ttl_seconds %u is longer than this server allows (max_ttl_seconds %u)",

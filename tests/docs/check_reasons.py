@@ -4,14 +4,14 @@
 A reason is a snake_case string literal passed as the `reason` argument that follows a
 `moat_code` one (moat_status_set, moat_rpc_call_fail and the modules' own wrappers, found by
 their parameter lists), or written with snprintf into a status's reason. Sources are moatd's: src/server,
-src/rpc, src/bridge, src/runtime, src/common and src/wire.
+src/rpc, src/grpc, src/bridge, src/runtime, src/common and src/wire.
 """
 import argparse
 import pathlib
 import re
 import sys
 
-MOATD_DIRS = ["server", "rpc", "bridge", "runtime", "common", "wire"]
+MOATD_DIRS = ["server", "rpc", "grpc", "bridge", "runtime", "common", "wire"]
 FUNCTION = re.compile(r"\b([a-z_][a-z0-9_]*)\s*\(([^;{}()]*)\)\s*(?:__attribute__\s*\(\(.*?\)\)\s*)?[;{]",
                       re.S)
 CALL = re.compile(r"\b([a-z_][a-z0-9_]*)\s*\(")

@@ -45,21 +45,24 @@ def listens_on(pid, port):
     return any("socket:[%s]" % inode in held for inode in inodes)
 
 
-def start_moatd(args, state, log):
-    """moatd on a free port, started again on another (a few times) when the port was taken."""
+def start_moatd(args, state, log, grpc=False):
+    """moatd on a free port, started again on another (a few times) when the port was taken.
+    Returns it, its framed port and its gRPC port (None unless grpc)."""
     for _ in range(5):
         port = free_port()
+        grpc_port = free_port() if grpc else None
         log.seek(0)
         log.truncate()
         moatd = subprocess.Popen(
             [args.moatd, "--listen=127.0.0.1:%d" % port,
-             "--metrics_listen=127.0.0.1:%d" % free_port(), "--state_dir=" + state,
-             "--token=" + TOKEN, "--container_name_prefix=" + PREFIX,
+             "--metrics_listen=127.0.0.1:%d" % free_port(),
+             "--grpc_listen=" + ("127.0.0.1:%d" % grpc_port if grpc else ""),
+             "--state_dir=" + state, "--token=" + TOKEN, "--container_name_prefix=" + PREFIX,
              "--image=moat-sandbox:latest", "--log_level=warn"],
             stdout=log, stderr=log)
         for _ in range(200):
-            if listens_on(moatd.pid, port):
-                return moatd, port
+            if listens_on(moatd.pid, port) and (not grpc or listens_on(moatd.pid, grpc_port)):
+                return moatd, port, grpc_port
             if moatd.poll() is not None:
                 break
             time.sleep(0.05)
@@ -92,6 +95,30 @@ def unmount_under(path):
             libc.umount2(point.encode(), 0)
 
 
+def report_failure(test, step, err, state, log):
+    """What failed, and the end of moatd's log."""
+    print("%s: failed at %r: %r" % (test, step, err), file=sys.stderr)
+    log.flush()
+    with open(os.path.join(state, "moatd.log"), "rb") as f:
+        sys.stderr.write(f.read().decode(errors="replace")[-4000:])
+
+
+def clean_up(moatd, state):
+    """Stops moatd (may be None), removes this run's sandboxes, its mounts and its state."""
+    if moatd is not None:
+        moatd.send_signal(signal.SIGTERM)
+        try:
+            moatd.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            moatd.kill()
+    ids = subprocess.run([DOCKER, "ps", "-aq", "--filter", "name=" + PREFIX],
+                         capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run([DOCKER, "rm", "-f"] + ids, capture_output=True)
+    unmount_under(state)
+    subprocess.run(["rm", "-rf", "--one-file-system", state])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--moatd", required=True)
@@ -105,7 +132,7 @@ def main():
     moatd = None
     step = "start"
     try:
-        moatd, port = start_moatd(args, state, log)
+        moatd, port, _ = start_moatd(args, state, log)
         addr = "127.0.0.1:%d" % port
 
         step = "tokens"
@@ -190,24 +217,10 @@ def main():
         print("test_python_client: the Python client drove moatd through every step")
         return 0
     except Exception as err:
-        print("test_python_client: failed at %r: %r" % (step, err), file=sys.stderr)
-        log.flush()
-        with open(os.path.join(state, "moatd.log"), "rb") as f:
-            sys.stderr.write(f.read().decode(errors="replace")[-4000:])
+        report_failure("test_python_client", step, err, state, log)
         return 1
     finally:
-        if moatd is not None:
-            moatd.send_signal(signal.SIGTERM)
-            try:
-                moatd.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                moatd.kill()
-        ids = subprocess.run([DOCKER, "ps", "-aq", "--filter", "name=" + PREFIX],
-                             capture_output=True, text=True).stdout.split()
-        if ids:
-            subprocess.run([DOCKER, "rm", "-f"] + ids, capture_output=True)
-        unmount_under(state)
-        subprocess.run(["rm", "-rf", "--one-file-system", state])
+        clean_up(moatd, state)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 #include "moat_test.h"
 
 #include "rpc/rpc.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
 #include "moat/v1/health.pb-c.h"
@@ -60,9 +61,9 @@ static void test_every_schema_method_is_in_the_table(void **state)
     (void)state;
     const ProtobufCServiceDescriptor *svcs[] = {
         &moat__v1__sandboxes__descriptor, &moat__v1__exec__descriptor, &moat__v1__files__descriptor,
-        &moat__v1__health__descriptor};
+        &moat__v1__health__descriptor, &grpc__health__v1__health__descriptor};
     size_t total = 0;
-    for (size_t s = 0; s < 4; s++) {
+    for (size_t s = 0; s < sizeof(svcs) / sizeof(svcs[0]); s++) {
         for (unsigned i = 0; i < svcs[s]->n_methods; i++) {
             char name[128];
             snprintf(name, sizeof(name), "/%s/%s", svcs[s]->name, svcs[s]->methods[i].name);
@@ -91,11 +92,12 @@ static void test_streaming_methods(void **state)
         if (m->client_streaming)
             client_streaming++;
     }
-    assert_int_equal(streaming, 5);
+    assert_int_equal(streaming, 6);
     assert_int_equal(client_streaming, 1);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_INTERACTIVE)->client_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_COMMAND)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_INTERACTIVE)->server_streaming);
+    assert_true(moat_rpc_method_get(MOAT_RPC_GRPC_HEALTH_WATCH)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_RUN_IN_SHELL)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_EXEC_ATTACH)->server_streaming);
     assert_true(moat_rpc_method_get(MOAT_RPC_FILES_READ)->server_streaming);

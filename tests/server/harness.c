@@ -109,13 +109,15 @@ static start_result start_once(moatd_proc *p, const char *bin, bool docker,
 {
     p->port = free_port();
     p->metrics_port = free_port();
+    p->grpc_port = free_port();
     char bundle[320];
     snprintf(bundle, sizeof(bundle), "%s/bundle", p->state_dir);
     mkdir(bundle, 0755);
 
-    char a_listen[64], a_metrics[64], a_state[300], a_docker[320], a_bundle[340];
+    char a_listen[64], a_metrics[64], a_grpc[64], a_state[300], a_docker[320], a_bundle[340];
     snprintf(a_listen, sizeof(a_listen), "--listen=127.0.0.1:%d", p->port);
     snprintf(a_metrics, sizeof(a_metrics), "--metrics_listen=127.0.0.1:%d", p->metrics_port);
+    snprintf(a_grpc, sizeof(a_grpc), "--grpc_listen=127.0.0.1:%d", p->grpc_port);
     snprintf(a_state, sizeof(a_state), "--state_dir=%s", p->state_dir);
     snprintf(a_docker, sizeof(a_docker), "--docker_host=%s/no-docker.sock", p->state_dir);
     snprintf(a_bundle, sizeof(a_bundle), "--execd_bundle=%s", bundle);
@@ -126,6 +128,7 @@ static start_result start_once(moatd_proc *p, const char *bin, bool docker,
     argv[n++] = bin;
     argv[n++] = a_listen;
     argv[n++] = a_metrics;
+    argv[n++] = a_grpc;
     argv[n++] = a_state;
     if (!docker) {
         argv[n++] = a_docker;
@@ -163,8 +166,9 @@ static start_result start_once(moatd_proc *p, const char *bin, bool docker,
     }
     p->pid = pid;
     for (int i = 0; i < 200 * moatd_slowdown(); i++) {
-        /* moatd binds its listener first and /metrics after it. */
-        if (listens_on(pid, p->port) && listens_on(pid, p->metrics_port))
+        /* moatd binds its listeners first and /metrics after them. */
+        if (listens_on(pid, p->port) && listens_on(pid, p->grpc_port) &&
+            listens_on(pid, p->metrics_port))
             return STARTED;
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
@@ -197,8 +201,8 @@ bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *co
             return true;
         if (r == FAILED)
             break;
-        fprintf(stderr, "moatd_start: port %d or %d was taken; trying others\n", p->port,
-                p->metrics_port);
+        fprintf(stderr, "moatd_start: port %d, %d or %d was taken; trying others\n", p->port,
+                p->grpc_port, p->metrics_port);
     }
     moatd_dump_log(p);
     return false;

@@ -17,6 +17,7 @@ typedef struct moatd_proc {
     pid_t pid;
     int port;
     int metrics_port;
+    int grpc_port;
     char state_dir[256];
     char log_path[300];
 } moatd_proc;
