@@ -34,6 +34,9 @@ typedef struct h2_stream {
     size_t queued;
     trailers *tail; /* set by its End when messages still wait */
     bool headers_sent, ended, deferred, closed, broken;
+    /* A client-streaming call: its request window comes back as the owner uses its input
+     * (moat_grpc_h2_consume), not as bytes are decoded. */
+    bool paced;
     struct h2_stream *next, *prev;
 } h2_stream;
 
@@ -346,6 +349,7 @@ static void headers_done(h2_stream *s)
             v = MOAT_GRPC_GRPC_ERROR;
         else
             h->calls++;
+        s->paced = s->call != NULL && s->req->method != NULL && s->req->method->client_streaming;
     }
     free(s->req);
     s->req = NULL;
@@ -408,6 +412,13 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
     (void)flags;
     moat_grpc_h2 *h = ud;
     h2_stream *s = nghttp2_session_get_stream_user_data(session, id);
+    /* Windows come back by hand (no automatic updates): the connection's at once, so one call's
+     * slow input holds no other; a stream's at once unless its input is paced, where only the
+     * messages' prefixes are given back here and their payloads as the owner uses them. */
+    nghttp2_session_consume_connection(session, len);
+    bool paced = s != NULL && s->paced && s->call != NULL && !s->ended && !s->broken;
+    if (!paced)
+        nghttp2_session_consume_stream(session, id, len);
     while (s != NULL && len > 0 && s->call != NULL && !s->ended && !s->broken) {
         size_t used = 0;
         moat_slice msg;
@@ -428,9 +439,20 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, co
             break;
         }
         s->messages++;
+        if (paced)
+            nghttp2_session_consume_stream(session, id, MOAT_GRPC_PREFIX_SIZE);
         h->cbs.message(h->ud, s->call, msg.data, msg.len);
     }
+    /* The rest of a paced stream that broke or ended is nobody's input. */
+    if (paced && len > 0 && (s->ended || s->broken))
+        nghttp2_session_consume_stream(session, id, len);
     return 0;
+}
+
+void moat_grpc_h2_consume(moat_grpc_h2 *h, int32_t stream_id, size_t n)
+{
+    if (n > 0 && nghttp2_session_find_stream(h->session, stream_id) != NULL)
+        nghttp2_session_consume_stream(h->session, stream_id, n);
 }
 
 static int on_stream_close(nghttp2_session *session, int32_t id, uint32_t error_code, void *ud)
@@ -500,7 +522,13 @@ moat_grpc_h2 *moat_grpc_h2_new(const moat_grpc_h2_limits *limits, const moat_grp
     nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
     nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, on_frame_send);
     nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks, data_length);
-    int rv = nghttp2_session_server_new(&h->session, callbacks, h);
+    nghttp2_option *option = NULL;
+    int rv = nghttp2_option_new(&option);
+    if (rv == 0) {
+        nghttp2_option_set_no_auto_window_update(option, 1);
+        rv = nghttp2_session_server_new2(&h->session, callbacks, h, option);
+        nghttp2_option_del(option);
+    }
     nghttp2_session_callbacks_del(callbacks);
     if (rv != 0) {
         free(h);

@@ -77,6 +77,11 @@ moat_err moat_grpc_h2_send(moat_grpc_h2 *h, int32_t stream_id, uint8_t *block, s
 /* Ends the call with st: trailers after the queued messages, or trailers-only. Nothing for a
  * call that has already ended or is gone. */
 void moat_grpc_h2_end(moat_grpc_h2 *h, int32_t stream_id, const moat_status *st);
+/* The owner has used n payload bytes of a client-streaming call's request messages (its first
+ * included): that much of the stream's window goes back to the client (a WINDOW_UPDATE comes out
+ * of moat_grpc_h2_pull when nghttp2 judges it worth one). Other calls' windows come back as
+ * their bytes are decoded. */
+void moat_grpc_h2_consume(moat_grpc_h2 *h, int32_t stream_id, size_t n);
 /* Bytes the call may still send now: the smaller of its stream's and the connection's send
  * windows, less what its queue holds; 0 once it has ended or is gone. */
 uint32_t moat_grpc_h2_credit(moat_grpc_h2 *h, int32_t stream_id);

@@ -159,11 +159,18 @@ static void grpc_want_credit(stream *st)
     st->g->credit_wanted = true;
 }
 
-/* No input_done: nghttp2 hands request windows back as it decodes, so a client-streaming call
- * could not be paced by its process here yet, and the listener refuses one. */
-static const stream_transport grpc_transport = {grpc_message,     grpc_end,  grpc_credit,
-                                                grpc_account,     grpc_peer, grpc_backlogged,
-                                                grpc_want_credit, NULL};
+/* A client-streaming call's input, used: its stream's window goes back to the client. */
+static void grpc_input_done(stream *st, size_t len)
+{
+    if (st->g == NULL)
+        return;
+    moat_grpc_h2_consume(st->g->h2, (int32_t)st->id, len);
+    mark_dirty(st->g);
+}
+
+static const stream_transport grpc_transport = {grpc_message,     grpc_end,       grpc_credit,
+                                                grpc_account,     grpc_peer,      grpc_backlogged,
+                                                grpc_want_credit, grpc_input_done};
 
 /* ---- h2's callbacks ------------------------------------------------------------------------- */
 
@@ -296,10 +303,16 @@ static void cb_message(void *ud, void *call, const uint8_t *data, size_t len)
 {
     (void)ud;
     stream *st = call;
-    if (st->call == NULL)
+    if (st->call == NULL) {
         reflection_message(st, data, len);
-    else
-        moat__stream_request(st, data, len);
+        return;
+    }
+    /* A client-streaming call's first message is no input the handler gives back: its window
+     * returns at once. */
+    if (moat_rpc_call_state(st->call) == MOAT_RPC_AWAIT_REQUEST &&
+        moat_rpc_call_method(st->call)->client_streaming)
+        grpc_input_done(st, len);
+    moat__stream_request(st, data, len);
 }
 
 static void cb_half_closed(void *ud, void *call, uint64_t messages)

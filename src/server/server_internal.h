@@ -54,8 +54,7 @@ typedef struct stream_transport {
     /* Asks for on_credit(st, 0) once the connection's writes complete. */
     void (*want_credit)(stream *st);
     /* The handler has used len bytes of the client's input (a client-streaming call): credit
-     * goes back to the client. NULL: the transport does not pace input, and moatd takes no
-     * input on it. */
+     * goes back to the client, so a client is held to what the process takes. */
     void (*input_done)(stream *st, size_t len);
 } stream_transport;
 

@@ -281,13 +281,12 @@ static void sink_end(moat_rpc_call *call, const moat_status *status, void *user)
     st->tx->end(st, status);
 }
 
-/* Input the handler has used goes back to the client, if its transport paces input. */
+/* Input the handler has used goes back to the client. */
 static void sink_input_done(moat_rpc_call *call, size_t len, void *user)
 {
     (void)call;
     stream *st = user;
-    if (st->tx->input_done != NULL)
-        st->tx->input_done(st, len);
+    st->tx->input_done(st, len);
 }
 
 static const moat_rpc_sink sink = {sink_message, sink_end, sink_input_done};
@@ -396,15 +395,6 @@ void moat__stream_request(stream *st, const uint8_t *payload, size_t len)
             moat_status_set(&extra, MOAT_CODE_INVALID_ARGUMENT, "extra_request_message",
                             "a call takes exactly one request message");
         moat_rpc_call_cancel_with(st->call, &extra);
-        return;
-    }
-    const moat_rpc_method *m = moat_rpc_call_method(st->call);
-    if (m->client_streaming && st->tx->input_done == NULL) {
-        /* Input could not be paced on this transport: refused before anything starts. */
-        moat_rpc_call_fail(st->call, MOAT_CODE_UNIMPLEMENTED, "input_not_paced",
-                           "%s takes input, which this listener does not pace yet: use the framed "
-                           "protocol",
-                           m->name);
         return;
     }
     const ProtobufCMessage *req = NULL;

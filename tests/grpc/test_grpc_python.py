@@ -63,6 +63,14 @@ def run(exec_stub, session_id, command, timeout=60, **kw):
     return bytes(out[STDOUT]), bytes(out[STDERR]), code
 
 
+def moatd_rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for moatd (pid %d)" % pid)
+
+
 def expect_status(code, fn):
     import grpc
     try:
@@ -177,14 +185,49 @@ def main():
         assert (info.reason, info.domain) == ("session_not_found", "moat"), info
         assert info.metadata["session_id"] == MISSING, info
 
-        step = "Interactive is refused here before anything starts"
+        step = "Interactive: stdin, close_stdin, a terminal"
         from moat.v1 import exec_pb2 as xpb
-        start = xpb.InteractiveRequest(start=xpb.InteractiveStart(session_id=s.session_id,
-                                                                  command="echo never"))
-        err = expect_status(grpc.StatusCode.UNIMPLEMENTED,
-                            lambda: list(execs.Interactive(iter([start]), metadata=AUTH,
-                                                           timeout=30)))
-        assert error_info(err)[1].reason == "input_not_paced", error_info(err)[1]
+
+        def interactive(requests):
+            out, code = bytearray(), None
+            for ev in execs.Interactive(iter(requests), metadata=AUTH, timeout=120):
+                kind = ev.WhichOneof("kind")
+                if kind == "output":
+                    out += ev.output.data
+                elif kind == "exit":
+                    code = ev.exit.exit_code.code
+            return bytes(out), code
+
+        def start(**kw):
+            return xpb.InteractiveRequest(start=xpb.InteractiveStart(session_id=s.session_id, **kw))
+
+        out, code = interactive([start(command="wc -l; exit 4"),
+                                 xpb.InteractiveRequest(stdin=b"a\n"),
+                                 xpb.InteractiveRequest(stdin=b"b\n"),
+                                 xpb.InteractiveRequest(close_stdin=True)])
+        assert (out, code) == (b"2\n", 4), (out, code)
+        out, code = interactive([start(command="stty size", tty=True,
+                                       size=xpb.TerminalSize(rows=33, cols=111))])
+        assert (out, code) == (b"33 111\r\n", 0), (out, code)
+
+        step = "Interactive: 32 MiB of stdin paced by HTTP/2's windows, moatd's memory flat"
+        piece, pieces = b"z" * 65536, 512
+        rss_before = moatd_rss_kb(moatd.pid)
+        peak = [rss_before]
+
+        def flood():
+            yield start(command="sleep 2; wc -c")
+            for i in range(pieces):
+                if i % 64 == 0:
+                    peak[0] = max(peak[0], moatd_rss_kb(moatd.pid))
+                yield xpb.InteractiveRequest(stdin=piece)
+            yield xpb.InteractiveRequest(close_stdin=True)
+
+        out, code = interactive(flood())
+        assert (out, code) == (b"%d\n" % (len(piece) * pieces), 0), (out, code)
+        # The process read nothing for 2 s while the client had 32 MiB to send: what moatd held
+        # of it was one stream window and the sockets' buffers, not the 32 MiB.
+        assert peak[0] - rss_before < 24 * 1024, (rss_before, peak[0])
 
         step = "deadline"
         t0 = time.monotonic()
