@@ -10,7 +10,7 @@ packages=(
   uuid-dev libcmocka-dev libuv1-dev libcjson-dev
   libmicrohttpd-dev libwslay-dev libwslay1 libsqlite3-dev dpkg-dev nettle-dev
   clang libclang-rt-14-dev valgrind openssl libgnutls28-dev
-  docker.io busybox-static bash-static iproute2 procps runsc mmdebstrap
+  docker.io busybox-static bash-static iproute2 procps runsc mmdebstrap etcd-server
 )
 if [ "${MOAT_SKIP_DOCKER:-0}" = 1 ]; then
   packages=("${packages[@]/docker.io/}")
