@@ -1,0 +1,265 @@
+/* Membership against a real three-member etcd on loopback (started here): nodes register and
+ * are listed with their load, a duplicate id is refused, a stopped node leaves at once, a
+ * killed one (another process, SIGKILLed) drops out when its lease expires and can register
+ * again, and a node fences itself while etcd is down and comes back when etcd does. Leases are
+ * 2 s here; every wait is for a condition, bounded generously, never a measured time. */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "moat_test.h"
+
+#include "cluster/membership.h"
+#include "etcd_cluster.h"
+
+#define WAIT_S 60
+#define TTL_S  2
+
+static etcd_cluster cl;
+static moat_etcd *etcd;
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static moat_etcd *open_client(const char *const *urls)
+{
+    moat_etcd_config cfg = {urls, ETCD_CLUSTER_MEMBERS, 500, 1000, NULL, NULL, NULL};
+    moat_status st;
+    return moat_etcd_open(&cfg, &st);
+}
+
+static moat_membership *start_node(const char *id, const char *address, int64_t slots_used,
+                                   moat_status *st)
+{
+    moat_membership_config cfg = {etcd, id, address, TTL_S, {100, slots_used, 1 << 30, 0}};
+    return moat_membership_start(&cfg, st);
+}
+
+/* The listed node with this id, or false. */
+static bool listed(const char *id, moat_node *out)
+{
+    moat_node *nodes;
+    size_t count, skipped;
+    moat_status st;
+    bool found = false;
+    if (moat_cluster_nodes(etcd, &nodes, &count, &skipped, &st) != MOAT_CODE_OK)
+        return false;
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(nodes[i].id, id) == 0) {
+            found = true;
+            if (out != NULL)
+                *out = nodes[i];
+        }
+    }
+    free(nodes);
+    return found;
+}
+
+#define WAIT_FOR(cond)                                                                             \
+    do {                                                                                           \
+        for (int tick_ = 0; !(cond) && tick_ < WAIT_S * 20; tick_++)                               \
+            sleep_ms(50);                                                                          \
+        assert_true(cond);                                                                         \
+    } while (0)
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (!etcd_cluster_available())
+        return 0;
+    if (etcd_cluster_start(&cl, WAIT_S) != 0)
+        return -1;
+    etcd = open_client(cl.urls);
+    return etcd != NULL ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    moat_etcd_close(etcd);
+    etcd_cluster_stop(&cl);
+    return 0;
+}
+
+static void require_etcd(void)
+{
+    moat_require(etcd_cluster_available(), "etcd is not installed (apt-get install etcd-server)");
+}
+
+static void test_register_list_leave(void **state)
+{
+    (void)state;
+    require_etcd();
+    moat_status st;
+    moat_membership *a = start_node("node-a", "127.0.0.1:7071", 3, &st);
+    assert_non_null(a);
+    moat_membership *b = start_node("node-b", "127.0.0.1:7072", 0, &st);
+    assert_non_null(b);
+    assert_true(moat_membership_live(a));
+    moat_node n;
+    assert_true(listed("node-a", &n));
+    assert_string_equal(n.address, "127.0.0.1:7071");
+    assert_int_equal(n.load.slots_total, 100);
+    assert_int_equal(n.load.slots_used, 3);
+    assert_true(n.lease != 0);
+    assert_true(listed("node-b", NULL));
+
+    /* The load is republished by the keepalive thread. */
+    moat_node_load load = {100, 42, 1 << 30, 1 << 20};
+    moat_membership_set_load(a, &load);
+    WAIT_FOR(listed("node-a", &n) && n.load.slots_used == 42);
+    assert_int_equal(n.load.memory_used_bytes, 1 << 20);
+
+    /* Another live node with the same id is refused (after two TTLs of waiting for it). */
+    moat_membership *dup = start_node("node-a", "127.0.0.1:7079", 0, &st);
+    assert_null(dup);
+    assert_int_equal(st.code, MOAT_CODE_ALREADY_EXISTS);
+    assert_string_equal(st.reason, "node_id_taken");
+    assert_true(listed("node-a", &n));
+    assert_string_equal(n.address, "127.0.0.1:7071");
+
+    /* A stopped node's lease is revoked: it is gone at once. */
+    moat_membership_stop(b);
+    assert_false(listed("node-b", NULL));
+    assert_true(listed("node-a", NULL));
+    moat_membership_stop(a);
+    assert_false(listed("node-a", NULL));
+
+    assert_null(start_node("bad/id", "127.0.0.1:1", 0, &st));
+    assert_string_equal(st.reason, "invalid_config");
+    assert_null(start_node("ok", "no-port", 0, &st));
+    assert_null(start_node("ok", "127.0.0.1:1", -1, &st));
+}
+
+/* The child: a node in a process of its own, which the parent SIGKILLs. */
+static int run_child_node(char **argv)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    const char *urls[ETCD_CLUSTER_MEMBERS] = {argv[3], argv[4], argv[5]};
+    etcd = open_client(urls);
+    moat_status st;
+    moat_membership *m = etcd != NULL ? start_node(argv[1], argv[2], 0, &st) : NULL;
+    if (m == NULL)
+        return 1;
+    printf("ready\n");
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+
+static pid_t spawn_child_node(const char *id, const char *address)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives the test */
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execl("/proc/self/exe", "test_membership_real", "--node", id, address, cl.urls[0],
+              cl.urls[1], cl.urls[2], (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[16] = "";
+    ssize_t n = read(fds[0], line, sizeof(line) - 1);
+    close(fds[0]);
+    if (n <= 0 || strncmp(line, "ready", 5) != 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        fail_msg("the child node did not register");
+    }
+    return pid;
+}
+
+static void test_killed_node_drops_out(void **state)
+{
+    (void)state;
+    require_etcd();
+    pid_t pid = spawn_child_node("node-c", "127.0.0.1:7073");
+    moat_node before;
+    assert_true(listed("node-c", &before));
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    /* Nobody revoked its lease: it drops out when the lease expires. */
+    WAIT_FOR(!listed("node-c", NULL));
+
+    /* Killed and restarted at once: the new process waits out the old record, then joins. */
+    pid = spawn_child_node("node-c", "127.0.0.1:7073");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    moat_status st;
+    moat_membership *c = start_node("node-c", "127.0.0.1:7074", 0, &st);
+    assert_non_null(c);
+    moat_node after;
+    assert_true(listed("node-c", &after));
+    assert_string_equal(after.address, "127.0.0.1:7074");
+    assert_true(after.lease != before.lease);
+    moat_membership_stop(c);
+}
+
+static void kill_etcd(void)
+{
+    for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
+        etcd_cluster_kill(&cl, m);
+}
+
+static void restart_etcd(void)
+{
+    for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
+        assert_int_equal(etcd_cluster_restart(&cl, m), 0);
+}
+
+/* etcd gone: a node stops claiming to be live (fenced) within its TTL, and a node that starts
+ * meanwhile starts fenced; both are members again once etcd is back. */
+static void test_fenced_while_etcd_down(void **state)
+{
+    (void)state;
+    require_etcd();
+    moat_status st;
+    moat_membership *a = start_node("node-e", "127.0.0.1:7075", 0, &st);
+    assert_non_null(a);
+    assert_true(moat_membership_live(a));
+    kill_etcd();
+    WAIT_FOR(!moat_membership_live(a));
+    moat_membership *d = start_node("node-f", "127.0.0.1:7076", 0, &st);
+    assert_non_null(d);
+    assert_false(moat_membership_live(d));
+    restart_etcd();
+    WAIT_FOR(moat_membership_live(a) && moat_membership_live(d));
+    WAIT_FOR(listed("node-e", NULL) && listed("node-f", NULL));
+    moat_membership_stop(a);
+    moat_membership_stop(d);
+    assert_false(listed("node-e", NULL));
+    assert_false(listed("node-f", NULL));
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 7 && strcmp(argv[1], "--node") == 0)
+        return run_child_node(argv + 1);
+    curl_global_init(CURL_GLOBAL_ALL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_register_list_leave),
+        cmocka_unit_test(test_killed_node_drops_out),
+        cmocka_unit_test(test_fenced_while_etcd_down),
+    };
+    int rc = moat_run_group_tests("test_membership_real", tests, group_setup, group_teardown);
+    curl_global_cleanup();
+    return rc;
+}
