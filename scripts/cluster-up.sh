@@ -5,7 +5,8 @@
 #     (client port 2379, peer port 2380);
 #   - N nodes, each a network namespace <prefix>-n<i> at <net>.<10+i> with its own dockerd
 #     (private socket, data-root and exec-root; --iptables=false --bridge=none, as
-#     scripts/start-dockerd.sh) and its own moatd listening on <net>.<10+i>:7070;
+#     scripts/start-dockerd.sh) and its own moatd listening on <net>.<10+i>:7070, a member of
+#     the cluster as node n<i> (its record in etcd under /moat/v1/nodes/n<i>);
 #   each namespace joined to the bridge by a veth pair <prefix>-h<x> (host side) / eth0.
 # Prints the client addresses, the token and the etcd endpoints.
 #
@@ -160,7 +161,11 @@ for k in 1 2 3; do
   wait_for "etcd member e$k" "$dir/e$k/etcd.pid" etcd_put "$(etcd_addr "$k")"
 done
 
-# Nodes: a dockerd and a moatd each.
+# Nodes: a dockerd and a moatd each, the moatd a member of the cluster (docs/CLUSTER.md).
+etcd_endpoints=""
+for k in 1 2 3; do
+  etcd_endpoints+="${etcd_endpoints:+,}http://$(etcd_addr "$k"):2379"
+done
 for i in $(seq 1 "$n"); do
   ns="$prefix-n$i"
   a="$(node_addr "$i")"
@@ -181,7 +186,9 @@ for i in $(seq 1 "$n"); do
   start_in "$ns" "$d/moatd.pid" "$d/moatd.log" "$moatd" --listen="$a:7070" \
     --token="$(cat "$token_file")" --docker_host="$d/docker.sock" --state_dir="$d/state" \
     --image="$image" --allowed_images="$image" --instance="$prefix-n$i" \
-    --container_name_prefix="$prefix-n$i-" --workspace_quota=false
+    --container_name_prefix="$prefix-n$i-" --workspace_quota=false \
+    --cluster_etcd_endpoints="$etcd_endpoints" --cluster_node_id="n$i" \
+    --cluster_advertise="$a:7070"
   wait_for "moatd of node $i" "$d/moatd.pid" \
     env MOAT_ADDR="$a:7070" MOAT_TOKEN="$(cat "$token_file")" "$build/src/client/moat" health
 done

@@ -69,7 +69,7 @@ int main(void)
         etcd_cluster_stop(&c);
         return 1;
     }
-    moat_etcd_config cfg = {c.urls, ETCD_CLUSTER_MEMBERS, 500, 3000, NULL, NULL, NULL};
+    moat_etcd_config cfg = {c.urls, ETCD_CLUSTER_MEMBERS, 500, 3000};
     moat_status st;
     moat_etcd *e = moat_etcd_open(&cfg, &st);
     static uint64_t ns[ROUNDS];

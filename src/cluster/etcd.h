@@ -161,17 +161,15 @@ moat_code moat_etcd_parse(moat_etcd_call call, long http_status, const char *bod
 
 /* ---- client ------------------------------------------------------------------------------ */
 
-/* The caller owns every string; moat_etcd_open copies what it keeps. */
+/* The caller owns every string; moat_etcd_open copies what it keeps. TLS (https:// with a CA
+ * and a client certificate) is not taken yet: docs/CLUSTER.md, "What is built, what is next". */
 typedef struct moat_etcd_config {
-    /* The members' client URLs, "http://host:port" or "https://host:port", tried in turn. */
+    /* The members' client URLs, "http://host:port" or "https://host:port" (verified against
+     * the system's CAs), tried in turn. */
     const char *const *endpoints;
     size_t endpoint_count;
     long connect_timeout_ms; /* per member tried; 0: 1000 */
     long request_timeout_ms; /* whole exchange with one member; 0: 3000 */
-    /* Optional TLS: tls_ca verifies the members, tls_cert/tls_key authenticate moat. */
-    const char *tls_ca;
-    const char *tls_cert;
-    const char *tls_key;
 } moat_etcd_config;
 
 typedef struct moat_etcd moat_etcd;

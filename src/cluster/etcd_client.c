@@ -15,9 +15,6 @@ struct moat_etcd {
     size_t url_count;
     long connect_timeout_ms;
     long request_timeout_ms;
-    char *tls_ca;
-    char *tls_cert;
-    char *tls_key;
     /* Keeps connections to the members open between calls (curl's connection cache). */
     CURLSH *share;
     pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
@@ -37,15 +34,6 @@ static void share_unlock(CURL *h, curl_lock_data data, void *user)
     (void)h;
     moat_etcd *e = user;
     pthread_mutex_unlock(&e->share_mu[data]);
-}
-
-static bool dup_opt(const char *in, char **out)
-{
-    *out = NULL;
-    if (in == NULL)
-        return true;
-    *out = strdup(in);
-    return *out != NULL;
 }
 
 moat_etcd *moat_etcd_open(const moat_etcd_config *cfg, moat_status *st)
@@ -84,8 +72,7 @@ moat_etcd *moat_etcd_open(const moat_etcd_config *cfg, moat_status *st)
             e->urls[i][len - 1] = '\0';
     }
     e->share = curl_share_init();
-    if (e->share == NULL || !dup_opt(cfg->tls_ca, &e->tls_ca) ||
-        !dup_opt(cfg->tls_cert, &e->tls_cert) || !dup_opt(cfg->tls_key, &e->tls_key))
+    if (e->share == NULL)
         goto nomem;
     curl_share_setopt(e->share, CURLSHOPT_LOCKFUNC, share_lock);
     curl_share_setopt(e->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
@@ -107,9 +94,6 @@ void moat_etcd_close(moat_etcd *e)
         curl_share_cleanup(e->share);
     for (size_t i = 0; i < e->url_count; i++)
         free(e->urls[i]);
-    free(e->tls_ca);
-    free(e->tls_cert);
-    free(e->tls_key);
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_destroy(&e->share_mu[i]);
     free(e);
@@ -162,12 +146,6 @@ static attempt_outcome attempt(moat_etcd *e, const char *url, moat_etcd_call cal
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &buf);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-    if (e->tls_ca != NULL)
-        curl_easy_setopt(h, CURLOPT_CAINFO, e->tls_ca);
-    if (e->tls_cert != NULL)
-        curl_easy_setopt(h, CURLOPT_SSLCERT, e->tls_cert);
-    if (e->tls_key != NULL)
-        curl_easy_setopt(h, CURLOPT_SSLKEY, e->tls_key);
     CURLcode rc = curl_easy_perform(h);
     long http_status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &http_status);

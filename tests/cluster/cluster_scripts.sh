@@ -2,7 +2,7 @@
 # scripts/cluster-up.sh and scripts/cluster-down.sh, for real: a cluster of two nodes under a
 # prefix and a /24 of this test's own (moat-clt, 10.214.0), so a developer's moat-cl cluster is
 # never touched. Each node's moatd answers Health from the host, runs a command in a sandbox on
-# its own dockerd, etcd takes a write on every member; a second cluster-up is a no-op;
+# its own dockerd and is listed as a member in etcd, which takes a write on every member; a second cluster-up is a no-op;
 # cluster-down leaves no namespace, link, process, mount or directory behind, and a second one
 # is a no-op; a cluster-up that fails half way (etcd cannot start) is removed as cleanly.
 # Whatever happens, the trap removes the cluster. Skipped (77) without root, dockerd or etcd,
@@ -82,6 +82,15 @@ for e in 10.214.0.2 10.214.0.3 10.214.0.4; do
   curl -sf -m 5 -X POST "http://$e:2379/v3/kv/put" -d '{"key":"dA==","value":"MQ=="}' >/dev/null ||
     fail "etcd member $e takes no write"
 done
+
+# Each moatd is a member: etcd lists n1 and n2 with their addresses.
+members="$(curl -sf -m 5 -X POST http://10.214.0.2:2379/v3/kv/range \
+  -d "{\"key\":\"$(printf /moat/v1/nodes/ | base64)\",\"range_end\":\"$(printf /moat/v1/nodes0 | base64)\"}" |
+  python3 -c 'import base64, json, sys
+for kv in json.load(sys.stdin).get("kvs", []):
+    print(base64.b64decode(kv["key"]).decode(), json.loads(base64.b64decode(kv["value"]))["address"])')"
+[ "$members" = "/moat/v1/nodes/n1 10.214.0.11:7070
+/moat/v1/nodes/n2 10.214.0.12:7070" ] || fail "members listed: $members"
 
 # Twice in a row: the same processes, untouched.
 pids="$(cat "$MOAT_CLUSTER_DIR"/*/*.pid)"

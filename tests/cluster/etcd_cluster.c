@@ -18,10 +18,29 @@ bool etcd_cluster_available(void)
     return access(ETCD_BINARY, X_OK) == 0;
 }
 
-static void sleep_ms(long ms)
+void etcd_cluster_sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
+}
+
+bool etcd_cluster_lists_node(moat_etcd *etcd, const char *id, moat_node *out)
+{
+    moat_node *nodes;
+    size_t count;
+    moat_status st;
+    bool found = false;
+    if (moat_cluster_nodes(etcd, &nodes, &count, NULL, &st) != MOAT_CODE_OK)
+        return false;
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(nodes[i].id, id) == 0) {
+            found = true;
+            if (out != NULL)
+                *out = nodes[i];
+        }
+    }
+    free(nodes);
+    return found;
 }
 
 static pid_t spawn(const etcd_cluster *c, int m)
@@ -61,7 +80,7 @@ static pid_t spawn(const etcd_cluster *c, int m)
 static bool member_writes(const etcd_cluster *c, int m)
 {
     const char *url[] = {c->url[m]};
-    moat_etcd_config cfg = {url, 1, 200, 1000, NULL, NULL, NULL};
+    moat_etcd_config cfg = {url, 1, 200, 1000};
     moat_status st;
     moat_etcd *e = moat_etcd_open(&cfg, &st);
     if (e == NULL)
@@ -113,7 +132,7 @@ int etcd_cluster_start(etcd_cluster *c, int wait_s)
             }
             if (all)
                 return 0;
-            sleep_ms(100);
+            etcd_cluster_sleep_ms(100);
         }
         kill_all(c);
         if (!died)
@@ -153,4 +172,25 @@ void etcd_cluster_stop(etcd_cluster *c)
             fprintf(stderr, "etcd_cluster: could not remove %s\n", c->dir);
         c->dir[0] = '\0';
     }
+}
+
+int etcd_cluster_open(etcd_cluster *c, moat_etcd **etcd, long request_timeout_ms, int wait_s)
+{
+    *etcd = NULL;
+    if (!etcd_cluster_available())
+        return 0;
+    if (etcd_cluster_start(c, wait_s) != 0) {
+        fprintf(stderr, "etcd cluster did not start; logs in %s\n", c->dir);
+        return -1;
+    }
+    moat_etcd_config cfg = {c->urls, ETCD_CLUSTER_MEMBERS, 500, request_timeout_ms};
+    moat_status st;
+    *etcd = moat_etcd_open(&cfg, &st);
+    return *etcd != NULL ? 0 : -1;
+}
+
+void etcd_cluster_close(etcd_cluster *c, moat_etcd *etcd)
+{
+    moat_etcd_close(etcd);
+    etcd_cluster_stop(c);
 }

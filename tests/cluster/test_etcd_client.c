@@ -43,7 +43,7 @@ static int teardown(void **state)
 
 static moat_etcd *client(const char *const *urls, size_t n)
 {
-    moat_etcd_config cfg = {urls, n, 0, 2000, NULL, NULL, NULL};
+    moat_etcd_config cfg = {urls, n, 0, 2000};
     moat_status st;
     moat_etcd *e = moat_etcd_open(&cfg, &st);
     assert_non_null(e);
@@ -209,7 +209,7 @@ static void test_hung_member(void **state)
     fake_etcd_set(&fx->b, FAKE_ETCD_ANSWER, 200,
                   "{\"result\":{" HDR ",\"ID\":\"9\",\"TTL\":\"3\"}}");
     const char *urls[] = {fx->a.url, fx->b.url};
-    moat_etcd_config cfg = {urls, 2, 0, 300, NULL, NULL, NULL};
+    moat_etcd_config cfg = {urls, 2, 0, 300};
     moat_etcd *e = moat_etcd_open(&cfg, &st);
     assert_non_null(e);
     assert_int_equal(moat_etcd_put(e, moat_slice_str("k"), moat_slice_str("v"), 0, &r, &st),
@@ -240,19 +240,19 @@ static void test_config(void **state)
 {
     (void)state;
     moat_status st;
-    moat_etcd_config cfg = {NULL, 0, 0, 0, NULL, NULL, NULL};
+    moat_etcd_config cfg = {NULL, 0, 0, 0};
     assert_null(moat_etcd_open(&cfg, &st));
     assert_string_equal(st.reason, "invalid_config");
     const char *bad[] = {"127.0.0.1:2379"};
-    cfg = (moat_etcd_config){bad, 1, 0, 0, NULL, NULL, NULL};
+    cfg = (moat_etcd_config){bad, 1, 0, 0};
     assert_null(moat_etcd_open(&cfg, &st));
     const char *nul[] = {NULL};
-    cfg = (moat_etcd_config){nul, 1, 0, 0, NULL, NULL, NULL};
+    cfg = (moat_etcd_config){nul, 1, 0, 0};
     assert_null(moat_etcd_open(&cfg, &st));
     const char *many[MOAT_ETCD_ENDPOINTS_MAX + 1];
     for (size_t i = 0; i < MOAT_ETCD_ENDPOINTS_MAX + 1; i++)
         many[i] = "http://127.0.0.1:1";
-    cfg = (moat_etcd_config){many, MOAT_ETCD_ENDPOINTS_MAX + 1, 0, 0, NULL, NULL, NULL};
+    cfg = (moat_etcd_config){many, MOAT_ETCD_ENDPOINTS_MAX + 1, 0, 0};
     assert_null(moat_etcd_open(&cfg, &st));
     cfg.endpoint_count = MOAT_ETCD_ENDPOINTS_MAX;
     moat_etcd *e = moat_etcd_open(&cfg, &st);

@@ -25,44 +25,23 @@ typedef struct fixture {
 
 static fixture fx;
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    if (!etcd_cluster_available())
-        return 0;
-    if (etcd_cluster_start(&fx.c, WAIT_S) != 0) {
-        fprintf(stderr, "etcd cluster did not start; logs in %s\n", fx.c.dir);
-        return -1;
-    }
-    moat_etcd_config cfg = {fx.c.urls, ETCD_CLUSTER_MEMBERS, 500, 2000, NULL, NULL, NULL};
-    moat_status st;
-    fx.e = moat_etcd_open(&cfg, &st);
-    return fx.e != NULL ? 0 : -1;
+    return etcd_cluster_open(&fx.c, &fx.e, 2000, WAIT_S);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    moat_etcd_close(fx.e);
-    etcd_cluster_stop(&fx.c);
+    etcd_cluster_close(&fx.c, fx.e);
     return 0;
-}
-
-static void require_etcd(void)
-{
-    moat_require(etcd_cluster_available(), "etcd is not installed (apt-get install etcd-server)");
 }
 
 static void test_kv(void **state)
 {
     (void)state;
-    require_etcd();
+    ETCD_REQUIRE();
     moat_etcd_result r;
     moat_status st;
     assert_int_equal(
@@ -95,7 +74,7 @@ static void test_kv(void **state)
 static void test_compare_and_swap(void **state)
 {
     (void)state;
-    require_etcd();
+    ETCD_REQUIRE();
     moat_etcd_result r;
     moat_status st;
     moat_slice key = moat_slice_str("/t/chats/c1");
@@ -138,7 +117,7 @@ static bool key_present(const char *key)
 static void test_leases(void **state)
 {
     (void)state;
-    require_etcd();
+    ETCD_REQUIRE();
     moat_etcd_result r;
     moat_status st;
     /* Revoked: its keys go at once. */
@@ -168,7 +147,7 @@ static void test_leases(void **state)
         0);
     int waited = 0;
     while (key_present("/t/lease/b") && waited++ < WAIT_S * 10)
-        sleep_ms(100);
+        etcd_cluster_sleep_ms(100);
     assert_false(key_present("/t/lease/b"));
 }
 
@@ -201,7 +180,7 @@ static void wait_for_quorum(void)
         code = moat_etcd_put(fx.e, moat_slice_str("/t/quorum"), moat_slice_str("1"), 0, &r, &st);
         if (code != MOAT_CODE_OK) {
             assert_int_equal(code, MOAT_CODE_UNAVAILABLE);
-            sleep_ms(100);
+            etcd_cluster_sleep_ms(100);
         }
     }
     assert_int_equal(code, MOAT_CODE_OK);
@@ -210,7 +189,7 @@ static void wait_for_quorum(void)
 static void test_member_killed(void **state)
 {
     (void)state;
-    require_etcd();
+    ETCD_REQUIRE();
     exercise("/t/member/warm");
     /* Every member in turn, the one the client uses first (it answered last) included. */
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++) {
@@ -224,7 +203,7 @@ static void test_member_killed(void **state)
 static void test_quorum_lost(void **state)
 {
     (void)state;
-    require_etcd();
+    ETCD_REQUIRE();
     wait_for_quorum();
     etcd_cluster_kill(&fx.c, 1);
     etcd_cluster_kill(&fx.c, 2);

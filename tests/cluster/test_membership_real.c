@@ -29,15 +29,9 @@
 static etcd_cluster cl;
 static moat_etcd *etcd;
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static moat_etcd *open_client(const char *const *urls)
 {
-    moat_etcd_config cfg = {urls, ETCD_CLUSTER_MEMBERS, 500, 1000, NULL, NULL, NULL};
+    moat_etcd_config cfg = {urls, ETCD_CLUSTER_MEMBERS, 500, 1000};
     moat_status st;
     return moat_etcd_open(&cfg, &st);
 }
@@ -49,61 +43,23 @@ static moat_membership *start_node(const char *id, const char *address, int64_t 
     return moat_membership_start(&cfg, st);
 }
 
-/* The listed node with this id, or false. */
-static bool listed(const char *id, moat_node *out)
-{
-    moat_node *nodes;
-    size_t count, skipped;
-    moat_status st;
-    bool found = false;
-    if (moat_cluster_nodes(etcd, &nodes, &count, &skipped, &st) != MOAT_CODE_OK)
-        return false;
-    for (size_t i = 0; i < count; i++) {
-        if (strcmp(nodes[i].id, id) == 0) {
-            found = true;
-            if (out != NULL)
-                *out = nodes[i];
-        }
-    }
-    free(nodes);
-    return found;
-}
-
-#define WAIT_FOR(cond)                                                                             \
-    do {                                                                                           \
-        for (int tick_ = 0; !(cond) && tick_ < WAIT_S * 20; tick_++)                               \
-            sleep_ms(50);                                                                          \
-        assert_true(cond);                                                                         \
-    } while (0)
-
 static int group_setup(void **state)
 {
     (void)state;
-    if (!etcd_cluster_available())
-        return 0;
-    if (etcd_cluster_start(&cl, WAIT_S) != 0)
-        return -1;
-    etcd = open_client(cl.urls);
-    return etcd != NULL ? 0 : -1;
+    return etcd_cluster_open(&cl, &etcd, 1000, WAIT_S);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    moat_etcd_close(etcd);
-    etcd_cluster_stop(&cl);
+    etcd_cluster_close(&cl, etcd);
     return 0;
-}
-
-static void require_etcd(void)
-{
-    moat_require(etcd_cluster_available(), "etcd is not installed (apt-get install etcd-server)");
 }
 
 static void test_register_list_leave(void **state)
 {
     (void)state;
-    require_etcd();
+    ETCD_REQUIRE();
     moat_status st;
     moat_membership *a = start_node("node-a", "127.0.0.1:7071", 3, &st);
     assert_non_null(a);
@@ -111,17 +67,17 @@ static void test_register_list_leave(void **state)
     assert_non_null(b);
     assert_true(moat_membership_live(a));
     moat_node n;
-    assert_true(listed("node-a", &n));
+    assert_true(etcd_cluster_lists_node(etcd, "node-a", &n));
     assert_string_equal(n.address, "127.0.0.1:7071");
     assert_int_equal(n.load.slots_total, 100);
     assert_int_equal(n.load.slots_used, 3);
     assert_true(n.lease != 0);
-    assert_true(listed("node-b", NULL));
+    assert_true(etcd_cluster_lists_node(etcd, "node-b", NULL));
 
     /* The load is republished by the keepalive thread. */
     moat_node_load load = {100, 42, 1 << 30, 1 << 20};
     moat_membership_set_load(a, &load);
-    WAIT_FOR(listed("node-a", &n) && n.load.slots_used == 42);
+    ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, "node-a", &n) && n.load.slots_used == 42, WAIT_S);
     assert_int_equal(n.load.memory_used_bytes, 1 << 20);
 
     /* Another live node with the same id is refused (after two TTLs of waiting for it). */
@@ -129,15 +85,15 @@ static void test_register_list_leave(void **state)
     assert_null(dup);
     assert_int_equal(st.code, MOAT_CODE_ALREADY_EXISTS);
     assert_string_equal(st.reason, "node_id_taken");
-    assert_true(listed("node-a", &n));
+    assert_true(etcd_cluster_lists_node(etcd, "node-a", &n));
     assert_string_equal(n.address, "127.0.0.1:7071");
 
     /* A stopped node's lease is revoked: it is gone at once. */
     moat_membership_stop(b);
-    assert_false(listed("node-b", NULL));
-    assert_true(listed("node-a", NULL));
+    assert_false(etcd_cluster_lists_node(etcd, "node-b", NULL));
+    assert_true(etcd_cluster_lists_node(etcd, "node-a", NULL));
     moat_membership_stop(a);
-    assert_false(listed("node-a", NULL));
+    assert_false(etcd_cluster_lists_node(etcd, "node-a", NULL));
 
     assert_null(start_node("bad/id", "127.0.0.1:1", 0, &st));
     assert_string_equal(st.reason, "invalid_config");
@@ -190,14 +146,14 @@ static pid_t spawn_child_node(const char *id, const char *address)
 static void test_killed_node_drops_out(void **state)
 {
     (void)state;
-    require_etcd();
+    ETCD_REQUIRE();
     pid_t pid = spawn_child_node("node-c", "127.0.0.1:7073");
     moat_node before;
-    assert_true(listed("node-c", &before));
+    assert_true(etcd_cluster_lists_node(etcd, "node-c", &before));
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     /* Nobody revoked its lease: it drops out when the lease expires. */
-    WAIT_FOR(!listed("node-c", NULL));
+    ETCD_WAIT_FOR(!etcd_cluster_lists_node(etcd, "node-c", NULL), WAIT_S);
 
     /* Killed and restarted at once: the new process waits out the old record, then joins. */
     pid = spawn_child_node("node-c", "127.0.0.1:7073");
@@ -207,7 +163,7 @@ static void test_killed_node_drops_out(void **state)
     moat_membership *c = start_node("node-c", "127.0.0.1:7074", 0, &st);
     assert_non_null(c);
     moat_node after;
-    assert_true(listed("node-c", &after));
+    assert_true(etcd_cluster_lists_node(etcd, "node-c", &after));
     assert_string_equal(after.address, "127.0.0.1:7074");
     assert_true(after.lease != before.lease);
     moat_membership_stop(c);
@@ -230,23 +186,25 @@ static void restart_etcd(void)
 static void test_fenced_while_etcd_down(void **state)
 {
     (void)state;
-    require_etcd();
+    ETCD_REQUIRE();
     moat_status st;
     moat_membership *a = start_node("node-e", "127.0.0.1:7075", 0, &st);
     assert_non_null(a);
     assert_true(moat_membership_live(a));
     kill_etcd();
-    WAIT_FOR(!moat_membership_live(a));
+    ETCD_WAIT_FOR(!moat_membership_live(a), WAIT_S);
     moat_membership *d = start_node("node-f", "127.0.0.1:7076", 0, &st);
     assert_non_null(d);
     assert_false(moat_membership_live(d));
     restart_etcd();
-    WAIT_FOR(moat_membership_live(a) && moat_membership_live(d));
-    WAIT_FOR(listed("node-e", NULL) && listed("node-f", NULL));
+    ETCD_WAIT_FOR(moat_membership_live(a) && moat_membership_live(d), WAIT_S);
+    ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, "node-e", NULL) &&
+                      etcd_cluster_lists_node(etcd, "node-f", NULL),
+                  WAIT_S);
     moat_membership_stop(a);
     moat_membership_stop(d);
-    assert_false(listed("node-e", NULL));
-    assert_false(listed("node-f", NULL));
+    assert_false(etcd_cluster_lists_node(etcd, "node-e", NULL));
+    assert_false(etcd_cluster_lists_node(etcd, "node-f", NULL));
 }
 
 int main(int argc, char **argv)
