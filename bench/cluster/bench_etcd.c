@@ -1,13 +1,18 @@
 /* bench/cluster: what moat's cluster mode asks of etcd, through its JSON gateway, on a
  * three-member etcd on loopback started here (data under /tmp): the latency (p50, p99) of one
  * call of each kind moat makes, one at a time from one thread, of listing 100 node
- * records, and puts per second from 8 threads at once. docs/CLUSTER.md's capacity model uses these
+ * records, puts per second from 8 threads at once, and how long after a node is SIGKILLed
+ * it drops out of the member list. docs/CLUSTER.md's capacity model uses these
  * figures. */
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -54,6 +59,32 @@ static void *writer(void *arg)
         must(moat_etcd_put(shared, moat_slice_str(key), moat_slice_str("v"), 0, &r, &st), &st);
     }
     return NULL;
+}
+
+/* A node in a child process, SIGKILLed once listed: how long after the kill its record goes,
+ * which is when the cluster counts it out (its lease's TTL, plus etcd's expiry sweep). */
+static double drop_out_s(moat_etcd *e, const etcd_cluster *c, int64_t ttl_s)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        moat_etcd_config cfg = {c->urls, ETCD_CLUSTER_MEMBERS, 500, 1000};
+        moat_status st;
+        moat_etcd *own = moat_etcd_open(&cfg, &st);
+        moat_membership_config mcfg = {own, "doomed", "127.0.0.1:1", ttl_s, {1, 0, 1, 0}};
+        if (own == NULL || moat_membership_start(&mcfg, &st) == NULL)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    while (!etcd_cluster_lists_node(e, "doomed", NULL))
+        etcd_cluster_sleep_ms(10);
+    uint64_t t0 = moat_time_mono_ns();
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    while (etcd_cluster_lists_node(e, "doomed", NULL))
+        etcd_cluster_sleep_ms(10);
+    return (double)(moat_time_mono_ns() - t0) / 1e9;
 }
 
 int main(void)
@@ -159,6 +190,10 @@ int main(void)
     double s = (double)(moat_time_mono_ns() - t0) / 1e9;
     printf("puts from %d threads at once: %.0f a second (%d in %.2f s)\n", THREADS,
            THREADS * PER_THREAD / s, THREADS * PER_THREAD, s);
+
+    for (int i = 0; i < 3; i++)
+        printf("a SIGKILLed node (lease TTL 5 s) out of the list after %.2f s\n",
+               drop_out_s(e, &c, 5));
 
     moat_etcd_close(e);
     etcd_cluster_stop(&c);
