@@ -71,7 +71,7 @@ static double drop_out_s(moat_etcd *e, const etcd_cluster *c, int64_t ttl_s)
         moat_etcd_config cfg = {c->urls, ETCD_CLUSTER_MEMBERS, 500, 1000};
         moat_status st;
         moat_etcd *own = moat_etcd_open(&cfg, &st);
-        moat_membership_config mcfg = {own, "doomed", "127.0.0.1:1", ttl_s, {1, 0, 1, 0}};
+        moat_membership_config mcfg = {own, "doomed", "127.0.0.1:1", ttl_s, {1, 0, 1, 0}, 0};
         if (own == NULL || moat_membership_start(&mcfg, &st) == NULL)
             _exit(1);
         for (;;)

@@ -21,8 +21,10 @@ struct moat_membership {
     bool stopping;
     moat_node_load load; /* the one to publish */
     uint64_t live_until_ns;
+    int64_t lease_now; /* lease, for moat_membership_lease */
     /* The thread's alone once it runs. */
-    int64_t lease; /* 0: not registered */
+    int64_t lease;        /* 0: not registered */
+    int64_t resume_lease; /* the previous run's, until the node holds a lease */
     bool fenced_logged;
 };
 
@@ -38,6 +40,7 @@ static void set_live_until(moat_membership *m, uint64_t until_ns)
 {
     pthread_mutex_lock(&m->mu);
     m->live_until_ns = until_ns;
+    m->lease_now = m->lease;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -72,6 +75,31 @@ static moat_code publish(moat_membership *m, bool create, moat_status *st)
     return code;
 }
 
+/* Carries on with a lease of this node's previous run, if etcd still has it and the node's key
+ * is absent or under it (so no other node holds the id). false: register anew. */
+static bool resume(moat_membership *m, int64_t lease)
+{
+    moat_etcd_result r;
+    moat_status st;
+    uint64_t sent = moat_time_mono_ns();
+    if (moat_etcd_lease_keepalive(m->etcd, lease, &r, &st) != MOAT_CODE_OK)
+        return false;
+    uint64_t until = sent + (uint64_t)r.ttl * 1000000000u;
+    if (moat_etcd_range(m->etcd, moat_slice_str(m->key), false, 0, &r, &st) != MOAT_CODE_OK)
+        return false;
+    bool absent = r.kv_count == 0, ours = r.kv_count == 1 && r.kvs[0].lease == lease;
+    moat_etcd_result_free(&r);
+    if (!absent && !ours)
+        return false;
+    m->lease = lease;
+    if (publish(m, absent, &st) != MOAT_CODE_OK) {
+        m->lease = 0;
+        return false;
+    }
+    set_live_until(m, until);
+    return true;
+}
+
 /* A new lease and the record under it. On failure no lease is left behind. */
 static moat_code register_node(moat_membership *m, moat_status *st)
 {
@@ -87,6 +115,7 @@ static moat_code register_node(moat_membership *m, moat_status *st)
         moat_status revoke_st;
         moat_etcd_lease_revoke(m->etcd, m->lease, &r, &revoke_st);
         m->lease = 0;
+        set_live_until(m, 0);
         return code;
     }
     set_live_until(m, until);
@@ -104,9 +133,13 @@ static void tick(moat_membership *m)
 {
     moat_status st;
     if (m->lease == 0) {
-        if (register_node(m, &st) == MOAT_CODE_OK)
-            moat_log(MOAT_LOG_INFO, "cluster_registered", "node=%s lease=%" PRId64, m->node.id,
-                     m->lease);
+        /* Started while etcd was down: the previous run's lease may have outlived the outage. */
+        bool resumed = m->resume_lease != 0 && resume(m, m->resume_lease);
+        if (resumed || register_node(m, &st) == MOAT_CODE_OK) {
+            m->resume_lease = 0;
+            moat_log(MOAT_LOG_INFO, resumed ? "cluster_resumed" : "cluster_registered",
+                     "node=%s lease=%" PRId64, m->node.id, m->lease);
+        }
         return;
     }
     moat_etcd_result r;
@@ -124,10 +157,10 @@ static void tick(moat_membership *m)
     }
     if (code == MOAT_CODE_NOT_FOUND) {
         /* The lease expired: the cluster has seen this node leave. Join again as new. */
-        set_live_until(m, 0);
         moat_log(MOAT_LOG_WARN, "cluster_lease_lost", "node=%s lease=%" PRId64, m->node.id,
                  m->lease);
         m->lease = 0;
+        set_live_until(m, 0);
         tick(m);
         return;
     }
@@ -201,8 +234,10 @@ moat_membership *moat_membership_start(const moat_membership_config *cfg, moat_s
      * to expire, up to two TTLs and a second (etcd revokes expired leases in a periodic sweep,
      * a little after the TTL). Past that, another node holds the id. */
     uint64_t give_up = moat_time_mono_ns() + ((uint64_t)m->ttl_s * 2 + 1) * 1000000000u;
-    moat_code code;
-    while ((code = register_node(m, st)) == MOAT_CODE_ALREADY_EXISTS &&
+    moat_code code = MOAT_CODE_OK;
+    m->resume_lease = cfg->resume_lease;
+    bool resumed = m->resume_lease != 0 && resume(m, m->resume_lease);
+    while (!resumed && (code = register_node(m, st)) == MOAT_CODE_ALREADY_EXISTS &&
            moat_time_mono_ns() < give_up) {
         struct timespec pause = {0, 250 * 1000000L};
         nanosleep(&pause, NULL);
@@ -215,6 +250,12 @@ moat_membership *moat_membership_start(const moat_membership_config *cfg, moat_s
         m->fenced_logged = true;
         code = MOAT_CODE_OK;
     }
+    if (code == MOAT_CODE_OK && m->lease != 0) {
+        m->resume_lease = 0;
+        moat_log(MOAT_LOG_INFO, resumed ? "cluster_resumed" : "cluster_registered",
+                 "node=%s lease=%" PRId64, m->node.id, m->lease);
+    }
+    /* From here on, lease and resume_lease are the thread's. */
     if (code == MOAT_CODE_OK && pthread_create(&m->thread, NULL, keepalive_thread, m) != 0) {
         moat_etcd_result r;
         moat_status revoke_st;
@@ -228,10 +269,15 @@ moat_membership *moat_membership_start(const moat_membership_config *cfg, moat_s
         free(m);
         return NULL;
     }
-    if (m->lease != 0)
-        moat_log(MOAT_LOG_INFO, "cluster_registered", "node=%s lease=%" PRId64, m->node.id,
-                 m->lease);
     return m;
+}
+
+int64_t moat_membership_lease(moat_membership *m)
+{
+    pthread_mutex_lock(&m->mu);
+    int64_t lease = m->lease_now;
+    pthread_mutex_unlock(&m->mu);
+    return lease;
 }
 
 void moat_membership_set_load(moat_membership *m, const moat_node_load *load)

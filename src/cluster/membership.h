@@ -66,6 +66,10 @@ typedef struct moat_membership_config {
     const char *address; /* what clients and other nodes dial */
     int64_t lease_ttl_s; /* the lease's TTL; 0: 5 s. Keepalives go every third of it. */
     moat_node_load load; /* the first record's */
+    /* The lease this node held in its previous run (moat_membership_lease, kept by the caller
+     * across a restart), or 0. When etcd still has it and the node's key is absent or under
+     * it, the node carries on with it at once: a restart within the TTL is not a departure. */
+    int64_t resume_lease;
 } moat_membership_config;
 
 typedef struct moat_membership moat_membership;
@@ -81,6 +85,10 @@ moat_membership *moat_membership_start(const moat_membership_config *cfg, moat_s
 
 /* The load the next keepalive round publishes (a put only when it changed). Thread-safe. */
 void moat_membership_set_load(moat_membership *m, const moat_node_load *load);
+
+/* The lease the node holds now, or 0 while it holds none (fenced before its first registration,
+ * or between a lost lease and the next). It changes when the node registers anew. Thread-safe. */
+int64_t moat_membership_lease(moat_membership *m);
 
 /* Whether the node may act as a member: its lease is provably held, i.e. the last keepalive
  * that etcd answered was SENT less than the TTL it granted ago. Past that, another node may

@@ -39,7 +39,7 @@ static moat_etcd *open_client(const char *const *urls)
 static moat_membership *start_node(const char *id, const char *address, int64_t slots_used,
                                    moat_status *st)
 {
-    moat_membership_config cfg = {etcd, id, address, TTL_S, {100, slots_used, 1 << 30, 0}};
+    moat_membership_config cfg = {etcd, id, address, TTL_S, {100, slots_used, 1 << 30, 0}, 0};
     return moat_membership_start(&cfg, st);
 }
 
@@ -111,13 +111,14 @@ static int run_child_node(char **argv)
     moat_membership *m = etcd != NULL ? start_node(argv[1], argv[2], 0, &st) : NULL;
     if (m == NULL)
         return 1;
-    printf("ready\n");
+    printf("ready %lld\n", (long long)moat_membership_lease(m));
     fflush(stdout);
     for (;;)
         pause();
 }
 
-static pid_t spawn_child_node(const char *id, const char *address)
+/* The child's pid; *lease (may be NULL) gets the lease it registered under. */
+static pid_t spawn_child_node(const char *id, const char *address, int64_t *lease)
 {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
@@ -132,14 +133,17 @@ static pid_t spawn_child_node(const char *id, const char *address)
         _exit(127);
     }
     close(fds[1]);
-    char line[16] = "";
+    char line[64] = "";
     ssize_t n = read(fds[0], line, sizeof(line) - 1);
     close(fds[0]);
-    if (n <= 0 || strncmp(line, "ready", 5) != 0) {
+    long long got = 0;
+    if (n <= 0 || sscanf(line, "ready %lld", &got) != 1 || got == 0) {
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         fail_msg("the child node did not register");
     }
+    if (lease != NULL)
+        *lease = got;
     return pid;
 }
 
@@ -147,7 +151,7 @@ static void test_killed_node_drops_out(void **state)
 {
     (void)state;
     ETCD_REQUIRE();
-    pid_t pid = spawn_child_node("node-c", "127.0.0.1:7073");
+    pid_t pid = spawn_child_node("node-c", "127.0.0.1:7073", NULL);
     moat_node before;
     assert_true(etcd_cluster_lists_node(etcd, "node-c", &before));
     kill(pid, SIGKILL);
@@ -156,7 +160,7 @@ static void test_killed_node_drops_out(void **state)
     ETCD_WAIT_FOR(!etcd_cluster_lists_node(etcd, "node-c", NULL), WAIT_S);
 
     /* Killed and restarted at once: the new process waits out the old record, then joins. */
-    pid = spawn_child_node("node-c", "127.0.0.1:7073");
+    pid = spawn_child_node("node-c", "127.0.0.1:7073", NULL);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
     moat_status st;
@@ -167,6 +171,36 @@ static void test_killed_node_drops_out(void **state)
     assert_string_equal(after.address, "127.0.0.1:7074");
     assert_true(after.lease != before.lease);
     moat_membership_stop(c);
+}
+
+/* A node killed and restarted with the lease it held (as moatd keeps it in its state dir)
+ * carries on under that lease, at once; a lease that is gone is not resumed. */
+static void test_restart_resumes_lease(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    int64_t lease;
+    pid_t pid = spawn_child_node("node-r", "127.0.0.1:7077", &lease);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    moat_membership_config cfg = {etcd, "node-r", "127.0.0.1:7078", TTL_S, {1, 0, 1, 0}, lease};
+    moat_status st;
+    moat_membership *m = moat_membership_start(&cfg, &st);
+    assert_non_null(m);
+    assert_int_equal(moat_membership_lease(m), lease);
+    assert_true(moat_membership_live(m));
+    moat_node n;
+    assert_true(etcd_cluster_lists_node(etcd, "node-r", &n));
+    assert_int_equal(n.lease, lease);
+    assert_string_equal(n.address, "127.0.0.1:7078");
+    moat_membership_stop(m); /* revokes it */
+    assert_false(etcd_cluster_lists_node(etcd, "node-r", NULL));
+
+    m = moat_membership_start(&cfg, &st);
+    assert_non_null(m);
+    assert_true(moat_membership_lease(m) != 0);
+    assert_true(moat_membership_lease(m) != lease);
+    moat_membership_stop(m);
 }
 
 static void kill_etcd(void)
@@ -215,6 +249,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_register_list_leave),
         cmocka_unit_test(test_killed_node_drops_out),
+        cmocka_unit_test(test_restart_resumes_lease),
         cmocka_unit_test(test_fenced_while_etcd_down),
     };
     int rc = moat_run_group_tests("test_membership_real", tests, group_setup, group_teardown);

@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
+#include <signal.h>
 
 #include <curl/curl.h>
 
@@ -100,12 +103,52 @@ static void test_join_fence_leave(void **state)
     moatd_remove_dir(p.state_dir);
 }
 
+/* moatd SIGKILLed and started again on its state dir resumes its lease at once (kept in
+ * <state_dir>/cluster.lease), so the restart is not a departure; SIGTERM then leaves. */
+static void test_restart_resumes(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    char eps_flag[300], state_flag[300];
+    snprintf(eps_flag, sizeof(eps_flag), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0],
+             cl.urls[1], cl.urls[2]);
+    const char *extra[] = {eps_flag,
+                           "--cluster_node_id=moatd-r",
+                           "--cluster_advertise=127.0.0.1:7070",
+                           "--cluster_lease_ttl_seconds=2",
+                           NULL,
+                           NULL};
+    moatd_proc first, second;
+    assert_true(moatd_start(&first, false, extra));
+    moat_node n;
+    ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, "moatd-r", &n), WAIT_S);
+    int64_t lease = n.lease;
+    char path[400];
+    snprintf(path, sizeof(path), "%s/cluster.lease", first.state_dir);
+    ETCD_WAIT_FOR(access(path, F_OK) == 0, WAIT_S);
+    kill(first.pid, SIGKILL);
+    waitpid(first.pid, NULL, 0);
+    first.pid = 0;
+
+    snprintf(state_flag, sizeof(state_flag), "--state_dir=%s", first.state_dir);
+    extra[4] = state_flag;
+    assert_true(moatd_start(&second, false, extra));
+    ETCD_WAIT_FOR(moatd_log_contains(&second, "cluster_resumed"), WAIT_S);
+    assert_true(etcd_cluster_lists_node(etcd, "moatd-r", &n));
+    assert_int_equal(n.lease, lease);
+    assert_int_equal(moatd_stop(&second), 0);
+    assert_false(etcd_cluster_lists_node(etcd, "moatd-r", NULL));
+    assert_int_not_equal(access(path, F_OK), 0);
+    moatd_remove_dir(second.state_dir);
+    moatd_remove_dir(first.state_dir);
+}
+
 /* A node id another live node holds: moatd does not start (after waiting out two TTLs). */
 static void test_duplicate_node_id(void **state)
 {
     (void)state;
     ETCD_REQUIRE();
-    moat_membership_config cfg = {etcd, "taken", "127.0.0.1:1", 2, {1, 0, 1, 0}};
+    moat_membership_config cfg = {etcd, "taken", "127.0.0.1:1", 2, {1, 0, 1, 0}, 0};
     moat_status st;
     moat_membership *holder = moat_membership_start(&cfg, &st);
     assert_non_null(holder);
@@ -127,6 +170,7 @@ int main(void)
     curl_global_init(CURL_GLOBAL_ALL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_join_fence_leave),
+        cmocka_unit_test(test_restart_resumes),
         cmocka_unit_test(test_duplicate_node_id),
     };
     int rc = moat_run_group_tests("test_moatd_cluster", tests, group_setup, group_teardown);
