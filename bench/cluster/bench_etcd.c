@@ -46,6 +46,12 @@ static void must(moat_code code, const moat_status *st)
 #define PER_THREAD 500
 
 static moat_etcd *shared;
+static etcd_cluster c;
+
+static void stop_cluster(void)
+{
+    etcd_cluster_stop(&c);
+}
 
 /* Distinct keys, as distinct chats' creates are. */
 static void *writer(void *arg)
@@ -63,12 +69,12 @@ static void *writer(void *arg)
 
 /* A node in a child process, SIGKILLed once listed: how long after the kill its record goes,
  * which is when the cluster counts it out (its lease's TTL, plus etcd's expiry sweep). */
-static double drop_out_s(moat_etcd *e, const etcd_cluster *c, int64_t ttl_s)
+static double drop_out_s(moat_etcd *e, const etcd_cluster *cluster, int64_t ttl_s)
 {
     pid_t pid = fork();
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        moat_etcd_config cfg = {c->urls, ETCD_CLUSTER_MEMBERS, 500, 1000};
+        moat_etcd_config cfg = {cluster->urls, ETCD_CLUSTER_MEMBERS, 500, 1000};
         moat_status st;
         moat_etcd *own = moat_etcd_open(&cfg, &st);
         moat_membership_config mcfg = {own, "doomed", "127.0.0.1:1", ttl_s, {1, 0, 1, 0}, 0};
@@ -94,10 +100,10 @@ int main(void)
         fprintf(stderr, "bench_etcd: etcd is not installed (apt-get install etcd-server)\n");
         return 1;
     }
-    etcd_cluster c;
+    /* Every way out, a failed call's exit included, removes the cluster's directory. */
+    atexit(stop_cluster);
     if (etcd_cluster_start(&c, 60) != 0) {
         fprintf(stderr, "bench_etcd: etcd did not start\n");
-        etcd_cluster_stop(&c);
         return 1;
     }
     moat_etcd_config cfg = {c.urls, ETCD_CLUSTER_MEMBERS, 500, 3000};
@@ -196,7 +202,6 @@ int main(void)
                drop_out_s(e, &c, 5));
 
     moat_etcd_close(e);
-    etcd_cluster_stop(&c);
     curl_global_cleanup();
     return 0;
 }

@@ -180,7 +180,15 @@ int etcd_cluster_open(etcd_cluster *c, moat_etcd **etcd, long request_timeout_ms
     if (!etcd_cluster_available())
         return 0;
     if (etcd_cluster_start(c, wait_s) != 0) {
-        fprintf(stderr, "etcd cluster did not start; logs in %s\n", c->dir);
+        /* Its logs say why; then nothing of it is left behind. */
+        fprintf(stderr, "etcd cluster did not start; its members' logs:\n");
+        for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++) {
+            char cmd[160];
+            snprintf(cmd, sizeof(cmd), "tail -n 20 %s/m%d.log >&2", c->dir, m);
+            if (system(cmd) != 0)
+                fprintf(stderr, "(no log for member %d)\n", m);
+        }
+        etcd_cluster_stop(c);
         return -1;
     }
     moat_etcd_config cfg = {c->urls, ETCD_CLUSTER_MEMBERS, 500, request_timeout_ms};

@@ -23,8 +23,8 @@ typedef struct etcd_cluster {
 
 /* Whether the etcd binary is installed. */
 bool etcd_cluster_available(void);
-/* Starts the three members and waits (bounded by wait_s) until a write through any of them
- * commits. 0, or -1 (the members' logs are in dir). */
+/* Starts the three members and waits (bounded by wait_s) until a write through each of them
+ * commits. 0, or -1 (the members' logs are in dir, which etcd_cluster_stop removes). */
 int etcd_cluster_start(etcd_cluster *c, int wait_s);
 /* SIGKILL to one member. */
 void etcd_cluster_kill(etcd_cluster *c, int member);
@@ -35,7 +35,7 @@ void etcd_cluster_stop(etcd_cluster *c);
 
 /* What the tests' group setups share: a started cluster and a client for all its members
  * (500 ms to connect, request_timeout_ms an exchange). 0, also when etcd is not installed (each
- * test then skips, saying so), or -1. */
+ * test then skips, saying so), or -1 after printing the members' logs and removing the rest. */
 int etcd_cluster_open(etcd_cluster *c, moat_etcd **etcd, long request_timeout_ms, int wait_s);
 void etcd_cluster_close(etcd_cluster *c, moat_etcd *etcd);
 /* In a test: skips it (fails it under CI=true) when etcd is not installed. */
