@@ -11,7 +11,7 @@ packages=(
   uuid-dev libcmocka-dev libuv1-dev libcjson-dev
   libmicrohttpd-dev libwslay-dev libwslay1 libsqlite3-dev dpkg-dev nettle-dev libnghttp2-dev
   clang libclang-rt-14-dev valgrind openssl libgnutls28-dev
-  docker.io busybox-static bash-static iproute2 procps runsc mmdebstrap tmux
+  docker.io busybox-static bash-static iproute2 procps runsc mmdebstrap tmux etcd-server
 )
 if [ "${MOAT_SKIP_DOCKER:-0}" = 1 ]; then
   packages=("${packages[@]/docker.io/}")

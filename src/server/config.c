@@ -2,6 +2,8 @@
  * environment overrides, flags and --help. */
 #include "server/server.h"
 
+#include "cluster/membership.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 typedef enum key_type { K_STR, K_U32, K_U64, K_BOOL, K_LEVEL } key_type;
 
@@ -132,6 +135,14 @@ static const key_def keys[] = {
      "max_sessions); 0: none"},
     {"pool_fill_concurrency", K_U32, OFF(pool_fill_concurrency), "2", 1, 16,
      "pool sandboxes started at once while the pool refills"},
+    {"cluster_etcd_endpoints", K_STR, OFF(cluster_etcd_endpoints), "", 0, 0,
+     "comma-separated http(s)://host:port of the etcd members; empty: no cluster"},
+    {"cluster_node_id", K_STR, OFF(cluster_node_id), "", 0, 0,
+     "this node's id in the cluster ([A-Za-z0-9_.-]); empty: the host name"},
+    {"cluster_advertise", K_STR, OFF(cluster_advertise), "", 0, 0,
+     "host:port clients and other nodes dial for this node; required in a cluster"},
+    {"cluster_lease_ttl_seconds", K_U32, OFF(cluster_lease_ttl_seconds), "5", 2, 60,
+     "the node's etcd lease; a node gone this long is out of the cluster"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -516,6 +527,47 @@ static moat_err find_bundle(moat_server_config *cfg, const char *bindir)
     return set_derived(&cfg->execd_bundle, bindir, "execd-bundle");
 }
 
+/* Cluster settings, when there are etcd endpoints: each an http(s) URL, at most
+ * MOAT_ETCD_ENDPOINTS_MAX; an advertised address; a node id (the host name by default). */
+static moat_err finish_cluster(moat_server_config *cfg, char *err, size_t errlen)
+{
+    const char *eps[MOAT_SERVER_MAX_IMAGES];
+    size_t n;
+    char *buf;
+    moat_err e = moat_server_split_images(cfg->cluster_etcd_endpoints, eps, &n, &buf);
+    bool ok = e == MOAT_OK && n > 0 && n <= MOAT_ETCD_ENDPOINTS_MAX;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = strncmp(eps[i], "http://", 7) == 0 || strncmp(eps[i], "https://", 8) == 0;
+    free(buf);
+    if (e == MOAT_E_NOMEM)
+        return e;
+    if (!ok) {
+        errf(err, errlen, "cluster_etcd_endpoints: 1 to %d http:// or https:// URLs, got \"%s\"",
+             MOAT_ETCD_ENDPOINTS_MAX, cfg->cluster_etcd_endpoints);
+        return MOAT_E_INVAL;
+    }
+    if (!moat_node_address_valid(cfg->cluster_advertise)) {
+        errf(err, errlen, "cluster_advertise: expected the host:port clients dial, got \"%s\"",
+             cfg->cluster_advertise);
+        return MOAT_E_INVAL;
+    }
+    if (cfg->cluster_node_id[0] == '\0') {
+        char host[256] = "";
+        gethostname(host, sizeof(host) - 1);
+        char *id = strdup(host);
+        if (id == NULL)
+            return MOAT_E_NOMEM;
+        free(cfg->cluster_node_id);
+        cfg->cluster_node_id = id;
+    }
+    if (!moat_node_id_valid(cfg->cluster_node_id)) {
+        errf(err, errlen, "cluster_node_id: 1-63 of [A-Za-z0-9_.-], got \"%s\"",
+             cfg->cluster_node_id);
+        return MOAT_E_INVAL;
+    }
+    return MOAT_OK;
+}
+
 moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, char *err,
                                    size_t errlen)
 {
@@ -606,7 +658,7 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
              cfg->sandbox_user);
         return MOAT_E_INVAL;
     }
-    return MOAT_OK;
+    return cfg->cluster_etcd_endpoints[0] != '\0' ? finish_cluster(cfg, err, errlen) : MOAT_OK;
 }
 
 moat_err moat_server_split_images(const char *text, const char *list[MOAT_SERVER_MAX_IMAGES],

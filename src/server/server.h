@@ -77,6 +77,11 @@ typedef struct moat_server_config {
     uint32_t pool_fill_concurrency;
     /* A terminal session with no client is closed after this (execd's --pty-idle-timeout). */
     uint32_t terminal_idle_timeout_seconds;
+    /* Cluster mode (docs/CLUSTER.md); no endpoints: none, and moatd runs alone. */
+    char *cluster_etcd_endpoints; /* comma-separated http(s)://host:port of etcd's members */
+    char *cluster_node_id;        /* "" = the host name */
+    char *cluster_advertise;      /* host:port clients and peers dial for this node */
+    uint32_t cluster_lease_ttl_seconds;
     /* Path of the file that was read ("" when none); not a key. */
     char *config_file;
 } moat_server_config;
@@ -106,7 +111,8 @@ moat_err moat_server_config_apply_env(moat_server_config *cfg, char *err, size_t
 moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, char *err,
                                    size_t errlen);
 
-/* Splits allowed_images (entries separated by commas, spaces or tabs) into list[0..*n), which
+/* Splits a list setting (allowed_images, cluster_etcd_endpoints: entries separated by commas,
+ * spaces or tabs) into list[0..*n), which
  * points into *buf: a copy the caller frees, also on failure. MOAT_E_TOO_BIG past
  * MOAT_SERVER_MAX_IMAGES entries, MOAT_E_NOMEM. Whether each is an image reference is the
  * runtime's check (moat_runtime_config_validate). */

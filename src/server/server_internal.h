@@ -156,6 +156,8 @@ typedef struct srv_log_limits {
     moat_log_limit grpc_refused;   /* gRPC requests refused and connections closed */
 } srv_log_limits;
 
+typedef struct srv_cluster srv_cluster;
+
 /* Sessions the reaper ended, on their way from its thread to the loop (reaper_events.c). */
 typedef struct gone_queue gone_queue;
 
@@ -219,7 +221,16 @@ struct moat_server {
     uint32_t creates_inflight; /* CreateSession jobs that may add a session */
     void *create_waiters;
     struct health_watch *health_watches; /* grpc.health.v1 Watch calls (svc_grpc_health.c) */
+    srv_cluster *cluster; /* NULL unless in a cluster (cluster.c) */
 };
+
+/* Cluster mode (cluster.c): joins the cluster when cluster_etcd_endpoints is set (a no-op
+ * otherwise); MOAT_E_REMOTE when it cannot (logged). Loop thread; blocks on etcd. */
+moat_err moat__cluster_start(srv *s);
+/* In a cluster, whether the node cannot prove its lease held, and so accepts no create. */
+bool moat__cluster_fenced(srv *s);
+/* Leaves the cluster (revokes the lease) and frees what start made. */
+void moat__cluster_stop(srv *s);
 
 /* The engine as the background probe last saw it (health.c). */
 typedef enum moat_engine_state {

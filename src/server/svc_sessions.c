@@ -328,6 +328,14 @@ void moat__sandboxes_create(stream *st, const ProtobufCMessage *msg)
         moat_rpc_call_end(st->call, &status);
         return;
     }
+    if (moat__cluster_fenced(st->s)) {
+        moat_status status;
+        moat_status_set(&status, MOAT_CODE_UNAVAILABLE, "node_fenced",
+                        "this node cannot reach etcd to prove it is still a cluster member; it "
+                        "accepts no create until it can");
+        moat_rpc_call_end(st->call, &status);
+        return;
+    }
     create_wait *w = wait_find(st->s, chat);
     if (w != NULL && !req->force_new) {
         stream **n = realloc(w->waiting, (w->nwaiting + 1) * sizeof(*n));

@@ -300,6 +300,59 @@ static void test_finish_rules(void **state)
     assert_int_equal(finish_with("image", "", NULL, NULL, err, sizeof(err)), MOAT_E_INVAL);
 }
 
+/* Cluster mode: nothing without endpoints; with them, URLs, an advertised address and a node id
+ * (the host name by default). */
+static void test_cluster_keys(void **state)
+{
+    (void)state;
+    char err[512];
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    assert_string_equal(c.cluster_etcd_endpoints, "");
+    assert_int_equal(c.cluster_lease_ttl_seconds, 5);
+    assert_int_equal(moat_server_config_finish(&c, NULL, err, sizeof(err)), MOAT_OK);
+    assert_string_equal(c.cluster_node_id, "");
+    assert_int_equal(moat_server_config_set(&c, "cluster_etcd_endpoints",
+                                            "http://10.0.0.1:2379, https://10.0.0.2:2379", err,
+                                            sizeof(err)),
+                     MOAT_OK);
+    assert_int_equal(moat_server_config_finish(&c, NULL, err, sizeof(err)), MOAT_E_INVAL);
+    assert_non_null(strstr(err, "cluster_advertise"));
+    assert_int_equal(
+        moat_server_config_set(&c, "cluster_advertise", "10.0.0.9:7070", err, sizeof(err)),
+        MOAT_OK);
+    assert_int_equal(moat_server_config_finish(&c, NULL, err, sizeof(err)), MOAT_OK);
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    assert_string_equal(c.cluster_node_id, host);
+    moat_server_config_free(&c);
+
+    const char *eps = "cluster_etcd_endpoints";
+    assert_int_equal(
+        finish_with(eps, "10.0.0.1:2379", "cluster_advertise", "h:1", err, sizeof(err)),
+        MOAT_E_INVAL);
+    assert_non_null(strstr(err, "cluster_etcd_endpoints"));
+    assert_int_equal(finish_with(eps, " , ", "cluster_advertise", "h:1", err, sizeof(err)),
+                     MOAT_E_INVAL);
+    char many[1024] = "";
+    for (int i = 0; i < 17; i++)
+        strcat(many, "http://h:1,");
+    assert_int_equal(finish_with(eps, many, "cluster_advertise", "h:1", err, sizeof(err)),
+                     MOAT_E_INVAL);
+    assert_int_equal(
+        finish_with(eps, "http://h:1", "cluster_advertise", "no-port", err, sizeof(err)),
+        MOAT_E_INVAL);
+    moat_server_config_defaults(&c);
+    moat_server_config_set(&c, eps, "http://h:1", err, sizeof(err));
+    moat_server_config_set(&c, "cluster_advertise", "h:1", err, sizeof(err));
+    moat_server_config_set(&c, "cluster_node_id", "a/b", err, sizeof(err));
+    assert_int_equal(moat_server_config_finish(&c, NULL, err, sizeof(err)), MOAT_E_INVAL);
+    assert_non_null(strstr(err, "cluster_node_id"));
+    assert_int_equal(moat_server_config_set(&c, "cluster_lease_ttl_seconds", "1", err, sizeof(err)),
+                     MOAT_E_INVAL);
+    moat_server_config_free(&c);
+}
+
 static void test_allowed_images(void **state)
 {
     (void)state;
@@ -399,6 +452,7 @@ int main(void)
         cmocka_unit_test(test_instance_from_file_env_and_flag),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_finish_rules),
+        cmocka_unit_test(test_cluster_keys),
         cmocka_unit_test(test_allowed_images),
         cmocka_unit_test(test_loopback_and_hostport),
         cmocka_unit_test(test_token_equal),

@@ -1,0 +1,264 @@
+/* etcd client: one curl easy handle per call, connections shared across calls and threads,
+ * failover across members. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "cluster/etcd.h"
+
+struct moat_etcd {
+    char *urls[MOAT_ETCD_ENDPOINTS_MAX];
+    size_t url_count;
+    long connect_timeout_ms;
+    long request_timeout_ms;
+    /* Keeps connections to the members open between calls (curl's connection cache). */
+    CURLSH *share;
+    pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
+    atomic_size_t preferred; /* the member that answered last */
+};
+
+static void share_lock(CURL *h, curl_lock_data data, curl_lock_access access, void *user)
+{
+    (void)h;
+    (void)access;
+    moat_etcd *e = user;
+    pthread_mutex_lock(&e->share_mu[data]);
+}
+
+static void share_unlock(CURL *h, curl_lock_data data, void *user)
+{
+    (void)h;
+    moat_etcd *e = user;
+    pthread_mutex_unlock(&e->share_mu[data]);
+}
+
+moat_etcd *moat_etcd_open(const moat_etcd_config *cfg, moat_status *st)
+{
+    if (cfg->endpoint_count == 0 || cfg->endpoint_count > MOAT_ETCD_ENDPOINTS_MAX) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_config",
+                        "etcd endpoints: between 1 and %d, not %zu", MOAT_ETCD_ENDPOINTS_MAX,
+                        cfg->endpoint_count);
+        moat_status_add_detail(st, "setting", "etcd_endpoints");
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->endpoint_count; i++) {
+        const char *u = cfg->endpoints[i];
+        if (u == NULL || (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0) ||
+            strlen(u) > 256) {
+            moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_config",
+                            "etcd endpoint %zu is not an http:// or https:// URL", i);
+            moat_status_add_detail(st, "setting", "etcd_endpoints");
+            return NULL;
+        }
+    }
+    moat_etcd *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        goto nomem;
+    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_init(&e->share_mu[i], NULL);
+    e->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 1000;
+    e->request_timeout_ms = cfg->request_timeout_ms > 0 ? cfg->request_timeout_ms : 3000;
+    for (size_t i = 0; i < cfg->endpoint_count; i++) {
+        size_t len = strlen(cfg->endpoints[i]);
+        e->urls[i] = strdup(cfg->endpoints[i]);
+        if (e->urls[i] == NULL)
+            goto nomem;
+        e->url_count++;
+        if (len > 0 && e->urls[i][len - 1] == '/')
+            e->urls[i][len - 1] = '\0';
+    }
+    e->share = curl_share_init();
+    if (e->share == NULL)
+        goto nomem;
+    curl_share_setopt(e->share, CURLSHOPT_LOCKFUNC, share_lock);
+    curl_share_setopt(e->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
+    curl_share_setopt(e->share, CURLSHOPT_USERDATA, e);
+    curl_share_setopt(e->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    curl_share_setopt(e->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    return e;
+nomem:
+    moat_etcd_close(e);
+    moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+    return NULL;
+}
+
+void moat_etcd_close(moat_etcd *e)
+{
+    if (e == NULL)
+        return;
+    if (e->share != NULL)
+        curl_share_cleanup(e->share);
+    for (size_t i = 0; i < e->url_count; i++)
+        free(e->urls[i]);
+    for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
+        pthread_mutex_destroy(&e->share_mu[i]);
+    free(e);
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *user)
+{
+    size_t n = size * nmemb;
+    return moat_buf_append(user, data, n) == MOAT_OK ? n : 0;
+}
+
+/* Whether a call may go to the next member after one that may have received it. */
+static bool repeatable(moat_etcd_call call)
+{
+    return call == MOAT_ETCD_CALL_RANGE || call == MOAT_ETCD_CALL_LEASE_GRANT ||
+           call == MOAT_ETCD_CALL_LEASE_KEEPALIVE || call == MOAT_ETCD_CALL_LEASE_REVOKE;
+}
+
+typedef enum attempt_outcome {
+    ATTEMPT_ANSWERED,  /* *code holds the parsed answer's */
+    ATTEMPT_NOT_SENT,  /* no connection: the next member may have it */
+    ATTEMPT_NO_ANSWER, /* sent, but no full answer in time */
+} attempt_outcome;
+
+static attempt_outcome attempt(moat_etcd *e, const char *url, moat_etcd_call call, const char *body,
+                               moat_etcd_result *res, moat_code *code, moat_status *st)
+{
+    char full[300];
+    snprintf(full, sizeof(full), "%s%s", url, moat_etcd_call_path(call));
+    moat_buf buf;
+    moat_buf_init(&buf, MOAT_ETCD_ANSWER_MAX);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    CURL *h = curl_easy_init();
+    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    if (h == NULL || headers == NULL) {
+        curl_slist_free_all(headers);
+        curl_easy_cleanup(h);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "curl_easy_init");
+        *code = st->code;
+        return ATTEMPT_ANSWERED;
+    }
+    curl_easy_setopt(h, CURLOPT_URL, full);
+    curl_easy_setopt(h, CURLOPT_SHARE, e->share);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, e->connect_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, e->request_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &buf);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode rc = curl_easy_perform(h);
+    long http_status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &http_status);
+    curl_slist_free_all(headers);
+    curl_easy_cleanup(h);
+    attempt_outcome out = ATTEMPT_ANSWERED;
+    if (rc == CURLE_WRITE_ERROR) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "etcd_bad_answer",
+                        "etcd member %s answered %s with over %u bytes", url,
+                        moat_etcd_call_path(call), MOAT_ETCD_ANSWER_MAX);
+        *code = st->code;
+    } else if (rc != CURLE_OK) {
+        moat_status_set(st, MOAT_CODE_UNAVAILABLE, "etcd_unavailable", "etcd member %s, %s: %s",
+                        url, moat_etcd_call_path(call),
+                        errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc));
+        moat_status_add_detail(st, "etcd_endpoint", url);
+        *code = st->code;
+        out = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ? ATTEMPT_NOT_SENT
+                                                                              : ATTEMPT_NO_ANSWER;
+    } else {
+        *code = moat_etcd_parse(call, http_status, (const char *)buf.data, buf.len, res, st);
+    }
+    moat_buf_free(&buf);
+    return out;
+}
+
+static moat_code perform(moat_etcd *e, moat_etcd_call call, char *body, moat_err build_err,
+                         moat_etcd_result *res, moat_status *st)
+{
+    memset(res, 0, sizeof(*res));
+    if (body == NULL) {
+        if (build_err == MOAT_E_NOMEM)
+            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        else
+            moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "etcd_bad_request",
+                            "etcd %s: a key, value or operation count out of bounds",
+                            moat_etcd_call_path(call));
+        return st->code;
+    }
+    size_t first = atomic_load(&e->preferred) % e->url_count;
+    moat_code code = MOAT_CODE_UNAVAILABLE;
+    for (size_t k = 0; k < e->url_count; k++) {
+        size_t i = (first + k) % e->url_count;
+        moat_etcd_result_free(res);
+        attempt_outcome out = attempt(e, e->urls[i], call, body, res, &code, st);
+        bool next =
+            out == ATTEMPT_NOT_SENT ||
+            (repeatable(call) && (out == ATTEMPT_NO_ANSWER || code == MOAT_CODE_UNAVAILABLE));
+        if (out == ATTEMPT_ANSWERED && code != MOAT_CODE_UNAVAILABLE)
+            atomic_store(&e->preferred, i);
+        if (!next)
+            break;
+    }
+    free(body);
+    return code;
+}
+
+moat_code moat_etcd_put(moat_etcd *e, moat_slice key, moat_slice value, int64_t lease,
+                        moat_etcd_result *res, moat_status *st)
+{
+    moat_err err;
+    char *body = moat_etcd_req_put(key, value, lease, &err);
+    return perform(e, MOAT_ETCD_CALL_PUT, body, err, res, st);
+}
+
+moat_code moat_etcd_range(moat_etcd *e, moat_slice key, bool prefix, int64_t limit,
+                          moat_etcd_result *res, moat_status *st)
+{
+    moat_err err;
+    char *body = moat_etcd_req_range(key, prefix, limit, &err);
+    return perform(e, MOAT_ETCD_CALL_RANGE, body, err, res, st);
+}
+
+moat_code moat_etcd_delete(moat_etcd *e, moat_slice key, bool prefix, moat_etcd_result *res,
+                           moat_status *st)
+{
+    moat_err err;
+    char *body = moat_etcd_req_delete(key, prefix, &err);
+    return perform(e, MOAT_ETCD_CALL_DELETE, body, err, res, st);
+}
+
+moat_code moat_etcd_txn(moat_etcd *e, const moat_etcd_txn_spec *txn, moat_etcd_result *res,
+                        moat_status *st)
+{
+    moat_err err;
+    char *body = moat_etcd_req_txn(txn, &err);
+    return perform(e, MOAT_ETCD_CALL_TXN, body, err, res, st);
+}
+
+moat_code moat_etcd_lease_grant(moat_etcd *e, int64_t ttl_seconds, moat_etcd_result *res,
+                                moat_status *st)
+{
+    moat_err err;
+    char *body = moat_etcd_req_lease_grant(ttl_seconds, &err);
+    return perform(e, MOAT_ETCD_CALL_LEASE_GRANT, body, err, res, st);
+}
+
+static moat_code lease_call(moat_etcd *e, moat_etcd_call call, int64_t lease, moat_etcd_result *res,
+                            moat_status *st)
+{
+    moat_err err;
+    char *body = moat_etcd_req_lease_id(lease, &err);
+    return perform(e, call, body, err, res, st);
+}
+
+moat_code moat_etcd_lease_keepalive(moat_etcd *e, int64_t lease, moat_etcd_result *res,
+                                    moat_status *st)
+{
+    return lease_call(e, MOAT_ETCD_CALL_LEASE_KEEPALIVE, lease, res, st);
+}
+
+moat_code moat_etcd_lease_revoke(moat_etcd *e, int64_t lease, moat_etcd_result *res,
+                                 moat_status *st)
+{
+    return lease_call(e, MOAT_ETCD_CALL_LEASE_REVOKE, lease, res, st);
+}

@@ -1,0 +1,170 @@
+/* Cluster mode's part of moatd (docs/CLUSTER.md): the node's membership, its load published from
+ * the loop every second, and whether the node may accept a create. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cluster/membership.h"
+#include "server_internal.h"
+
+struct srv_cluster {
+    moat_etcd *etcd;
+    moat_membership *m;
+    uv_timer_t load_timer;
+    int64_t lease_saved; /* what <state_dir>/cluster.lease holds */
+};
+
+/* <state_dir>/cluster.lease, "<node id> <lease>": the lease this node held last, so that a
+ * moatd restarted within the TTL carries on with it (moat_membership_config.resume_lease). */
+static void lease_path(const srv *s, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s/cluster.lease", s->cfg.state_dir);
+}
+
+/* The saved lease when it was this node id's, else 0. */
+static int64_t lease_load(const srv *s)
+{
+    char path[4200], id[MOAT_NODE_ID_MAX];
+    lease_path(s, path, sizeof(path));
+    FILE *f = fopen(path, "r");
+    long long lease = 0;
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%63s %lld", id, &lease) != 2 || strcmp(id, s->cfg.cluster_node_id) != 0)
+        lease = 0;
+    fclose(f);
+    return lease;
+}
+
+/* Replaced whole (a new file renamed over it); 0 removes it. */
+static void lease_save(srv *s, int64_t lease)
+{
+    char path[4200], tmp[4210];
+    lease_path(s, path, sizeof(path));
+    s->cluster->lease_saved = lease;
+    if (lease == 0) {
+        unlink(path);
+        return;
+    }
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    bool ok = f != NULL && fprintf(f, "%s %lld\n", s->cfg.cluster_node_id, (long long)lease) > 0;
+    if (f != NULL && fclose(f) != 0)
+        ok = false;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        moat_log(MOAT_LOG_WARN, "cluster_lease_not_saved", "path=%s", path);
+    }
+}
+
+/* The host's memory from /proc/meminfo: all of it, and what is in use (all but MemAvailable),
+ * i.e. what a placement can still count on, whatever the sandboxes' limits say. */
+static void host_memory(int64_t *total, int64_t *used)
+{
+    *total = *used = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f == NULL)
+        return;
+    char line[128];
+    long long kb, total_kb = -1, avail_kb = -1;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (sscanf(line, "MemTotal: %lld kB", &kb) == 1)
+            total_kb = kb;
+        else if (sscanf(line, "MemAvailable: %lld kB", &kb) == 1)
+            avail_kb = kb;
+    }
+    fclose(f);
+    if (total_kb > 0 && avail_kb >= 0 && avail_kb <= total_kb) {
+        *total = total_kb * 1024;
+        *used = (total_kb - avail_kb) * 1024;
+    }
+}
+
+static void current_load(srv *s, moat_node_load *load)
+{
+    load->slots_total = s->cfg.max_sessions;
+    int64_t sessions = moat__metrics_sessions(s->metrics);
+    load->slots_used = sessions > 0 ? sessions : 0;
+    host_memory(&load->memory_total_bytes, &load->memory_used_bytes);
+}
+
+static void on_load_timer(uv_timer_t *t)
+{
+    srv *s = t->data;
+    moat_node_load load;
+    current_load(s, &load);
+    moat_membership_set_load(s->cluster->m, &load);
+    int64_t lease = moat_membership_lease(s->cluster->m);
+    if (lease != 0 && lease != s->cluster->lease_saved)
+        lease_save(s, lease);
+}
+
+moat_err moat__cluster_start(srv *s)
+{
+    if (s->cfg.cluster_etcd_endpoints[0] == '\0')
+        return MOAT_OK;
+    const char *eps[MOAT_SERVER_MAX_IMAGES];
+    size_t n;
+    char *buf;
+    moat_status st;
+    moat_status_clear(&st);
+    srv_cluster *c = calloc(1, sizeof(*c));
+    if (c == NULL ||
+        moat_server_split_images(s->cfg.cluster_etcd_endpoints, eps, &n, &buf) != MOAT_OK) {
+        free(c);
+        return MOAT_E_NOMEM;
+    }
+    moat_etcd_config ecfg = {eps, n, 0, 0};
+    c->etcd = moat_etcd_open(&ecfg, &st);
+    free(buf);
+    moat_membership_config mcfg = {c->etcd,
+                                   s->cfg.cluster_node_id,
+                                   s->cfg.cluster_advertise,
+                                   s->cfg.cluster_lease_ttl_seconds,
+                                   {0},
+                                   0};
+    current_load(s, &mcfg.load);
+    mcfg.resume_lease = lease_load(s);
+    c->m = c->etcd != NULL ? moat_membership_start(&mcfg, &st) : NULL;
+    if (c->m == NULL) {
+        moat_log(MOAT_LOG_ERROR, "cluster_join_failed", "node=%s code=%s reason=%s msg=\"%s\"",
+                 s->cfg.cluster_node_id, moat_code_name(st.code), st.reason, st.message);
+        moat_etcd_close(c->etcd);
+        free(c);
+        return MOAT_E_REMOTE;
+    }
+    uv_timer_init(s->loop, &c->load_timer);
+    c->load_timer.data = s;
+    uv_timer_start(&c->load_timer, on_load_timer, 1000, 1000);
+    uv_unref((uv_handle_t *)&c->load_timer);
+    s->cluster = c;
+    /* Started fenced (etcd unreachable), it has none yet: the saved one may still be resumed. */
+    if (moat_membership_lease(c->m) != 0)
+        lease_save(s, moat_membership_lease(c->m));
+    return MOAT_OK;
+}
+
+bool moat__cluster_fenced(srv *s)
+{
+    return s->cluster != NULL && !moat_membership_live(s->cluster->m);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void moat__cluster_stop(srv *s)
+{
+    srv_cluster *c = s->cluster;
+    if (c == NULL)
+        return;
+    /* Revoking the lease takes the node out of the cluster at once; nothing is left to resume. */
+    moat_membership_stop(c->m);
+    lease_save(s, 0);
+    s->cluster = NULL;
+    moat_etcd_close(c->etcd);
+    c->load_timer.data = c;
+    uv_close((uv_handle_t *)&c->load_timer, on_timer_closed);
+}

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# scripts/cluster-up.sh and scripts/cluster-down.sh, for real: a cluster of two nodes under a
+# prefix and a /24 of this test's own (moat-clt, 10.214.0), so a developer's moat-cl cluster is
+# never touched. Each node's moatd answers Health from the host, runs a command in a sandbox on
+# its own dockerd and is listed as a member in etcd, which takes a write on every member. A
+# second cluster-up is a no-op. The faults: a node cut off from etcd fences itself (creates
+# refused, its session still serving, its lease expired) and comes back; one etcd member killed
+# leaves both nodes members and creating. cluster-down leaves no namespace, link, process, mount
+# or directory behind, and a second one is a no-op; a cluster-up that fails half way (etcd
+# cannot start) is removed as cleanly. Whatever happens, the trap removes the cluster. Skipped
+# (77) without root, dockerd or etcd, except under CI=true, whose machine has them.
+# usage: cluster_scripts.sh   (env: MOAT_BUILD_DIR, MOAT_SOURCE_DIR)
+set -euo pipefail
+
+src="${MOAT_SOURCE_DIR:?set MOAT_SOURCE_DIR}"
+build="${MOAT_BUILD_DIR:?set MOAT_BUILD_DIR}"
+export MOAT_CLUSTER_PREFIX=moat-clt MOAT_CLUSTER_NET=10.214.0 MOAT_BUILD_DIR="$build"
+export MOAT_CLUSTER_DIR="/tmp/moat-clt"
+up="$src/scripts/cluster-up.sh"
+down="$src/scripts/cluster-down.sh"
+moat="$build/src/client/moat"
+
+skip() {
+  if [ "${CI:-}" = true ]; then
+    echo "cluster_scripts: CI can run this test, but: $1"
+    exit 1
+  fi
+  echo "SKIP: $1"
+  exit 77
+}
+[ "$(id -u)" -eq 0 ] || skip "needs root (network namespaces)"
+command -v dockerd >/dev/null || skip "dockerd is not installed"
+[ -x /usr/bin/etcd ] || skip "etcd is not installed (apt-get install etcd-server)"
+docker version >/dev/null 2>&1 || skip "no Docker engine answers (scripts/start-dockerd.sh)"
+
+fail() {
+  echo "cluster_scripts: FAIL: $*" >&2
+  exit 1
+}
+
+finish() {
+  local status=$?
+  if [ "$status" -ne 0 ] && [ -d "$MOAT_CLUSTER_DIR" ]; then
+    for log in "$MOAT_CLUSTER_DIR"/*/*.log; do
+      echo "---- last lines of $log" >&2
+      tail -n 10 "$log" >&2
+    done
+  fi
+  "$down" >/dev/null || status=1
+  exit "$status"
+}
+trap finish EXIT
+
+# Nothing of this cluster is left: namespaces, links, processes, mounts, directory.
+assert_gone() {
+  ! ip netns list | grep -q "^moat-clt-" || fail "namespaces left: $(ip netns list)"
+  ! ip -br link | grep -q "^moat-clt-" || fail "links left"
+  ! grep -qF "$MOAT_CLUSTER_DIR/" /proc/self/mountinfo || fail "mounts left"
+  ! pgrep -f "$MOAT_CLUSTER_DIR/" >/dev/null || fail "processes left: $(pgrep -af "$MOAT_CLUSTER_DIR/")"
+  [ ! -e "$MOAT_CLUSTER_DIR" ] || fail "$MOAT_CLUSTER_DIR left"
+}
+
+"$src/scripts/build-sandbox-image.sh" "$build" minimal >/dev/null
+
+# A cluster this test did not make, under its name, is not ours to remove.
+[ ! -e "$MOAT_CLUSTER_DIR" ] || fail "$MOAT_CLUSTER_DIR exists before the test"
+
+out="$("$up" 2)"
+echo "$out"
+token="$(sed -n 's/^MOAT_TOKEN=//p' <<<"$out")"
+[ -n "$token" ] || fail "no token printed"
+for a in 10.214.0.11 10.214.0.12; do
+  grep -q "MOAT_ADDR=$a:7070" <<<"$out" || fail "node $a not printed"
+  MOAT_ADDR="$a:7070" MOAT_TOKEN="$token" "$moat" health | grep -q '^SERVING' ||
+    fail "moatd at $a does not serve"
+  sid="$(MOAT_ADDR="$a:7070" MOAT_TOKEN="$token" "$moat" create \
+    --chat 6f1c2f7e-0000-4000-8000-0000000000${a##*.} --json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["session_id"])')"
+  got="$(MOAT_ADDR="$a:7070" MOAT_TOKEN="$token" "$moat" exec "$sid" -- 'echo ok')"
+  [ "$got" = ok ] || fail "a command on node $a printed '$got'"
+  [ "$a" != 10.214.0.11 ] || sid1="$sid"
+done
+for e in 10.214.0.2 10.214.0.3 10.214.0.4; do
+  grep -q "http://$e:2379" <<<"$out" || fail "etcd member $e not printed"
+  curl -sf -m 5 -X POST "http://$e:2379/v3/kv/put" -d '{"key":"dA==","value":"MQ=="}' >/dev/null ||
+    fail "etcd member $e takes no write"
+done
+
+# The member list read through etcd member $1: "id address" lines; fails when it does not answer
+# (as during an election).
+members() {
+  curl -sf -m 2 -X POST "http://$1:2379/v3/kv/range" \
+    -d "{\"key\":\"$(printf /moat/v1/nodes/ | base64)\",\"range_end\":\"$(printf /moat/v1/nodes0 | base64)\"}" |
+    python3 -c 'import base64, json, sys
+for kv in json.load(sys.stdin).get("kvs", []):
+    print(base64.b64decode(kv["key"]).decode()[len("/moat/v1/nodes/"):],
+          json.loads(base64.b64decode(kv["value"]))["address"])'
+}
+# Each moatd is a member: etcd lists n1 and n2 with their addresses.
+list="$(members 10.214.0.2)" || fail "etcd does not answer"
+[ "$list" = "n1 10.214.0.11:7070
+n2 10.214.0.12:7070" ] || fail "members listed: $list"
+
+# Twice in a row: the same processes, untouched.
+pids="$(cat "$MOAT_CLUSTER_DIR"/*/*.pid)"
+"$up" 2 >/dev/null
+[ "$(cat "$MOAT_CLUSTER_DIR"/*/*.pid)" = "$pids" ] || fail "a second cluster-up restarted things"
+
+# Faults, on the cluster the scripts made (docs/CLUSTER.md, "Faults"). Waits are for
+# conditions, bounded generously (a lease TTL is 5 s); none measures anything.
+wait_until() {
+  local what="$1"
+  shift
+  for _ in $(seq 1 240); do
+    if "$@"; then return 0; fi
+    sleep 0.25
+  done
+  fail "$what"
+}
+on() { MOAT_ADDR="$1:7070" MOAT_TOKEN="$token" "$moat" "${@:2}"; }
+listed() { members "$1" | grep -q "^$2 "; }
+create_reason() { on "$1" create --chat "$2" --json 2>&1 >/dev/null | sed -n 's/.*reason=\([a-z_]*\).*/\1/p'; }
+fenced() { [ "$(create_reason 10.214.0.11 6f1c2f7e-0000-4000-8000-000000000101)" = node_fenced ]; }
+not_fenced() { ! fenced; }
+not_listed() {
+  local list
+  list="$(members "$1")" && ! grep -q "^$2 " <<<"$list"
+}
+
+# Node 1 cut off from etcd (its routes to the members prohibited; clients still reach it): it
+# fences itself and refuses creates, its running session still runs commands, the cluster sees
+# its lease expire, and node 2 goes on creating.
+for e in 2 3 4; do ip -n moat-clt-n1 route add prohibit "10.214.0.$e/32"; done
+wait_until "node 1 never fenced itself" fenced
+[ "$(on 10.214.0.11 exec "$sid1" -- 'echo still')" = still ] || fail "node 1's session stopped"
+wait_until "node 1 stayed listed" not_listed 10.214.0.2 n1
+on 10.214.0.12 create --chat 6f1c2f7e-0000-4000-8000-000000000102 --json >/dev/null ||
+  fail "node 2 could not create while node 1 was cut off"
+# Back: node 1 registers again and accepts creates.
+for e in 2 3 4; do ip -n moat-clt-n1 route del prohibit "10.214.0.$e/32"; done
+wait_until "node 1 did not rejoin" listed 10.214.0.2 n1
+wait_until "node 1 stayed fenced" not_fenced
+
+# One etcd member of three killed: both nodes stay members and accept creates.
+kill -KILL "$(cat "$MOAT_CLUSTER_DIR/e1/etcd.pid")"
+on 10.214.0.12 create --chat 6f1c2f7e-0000-4000-8000-000000000103 --json >/dev/null ||
+  fail "node 2 could not create with one etcd member down"
+# Ten answers from a surviving member, at least a second apart (two lease TTLs): every one lists
+# both nodes. A read during the election that follows the kill gets no answer, and is not counted.
+answers=0
+for _ in $(seq 1 120); do
+  if list="$(members 10.214.0.3)"; then
+    [ "$(cut -d' ' -f1 <<<"$list" | tr '\n' ' ')" = "n1 n2 " ] ||
+      fail "a node dropped out with one etcd member down: $list"
+    answers=$((answers + 1))
+    [ "$answers" -lt 10 ] || break
+  fi
+  sleep 1
+done
+[ "$answers" -ge 10 ] || fail "the surviving etcd members did not answer"
+
+"$down"
+assert_gone
+"$down" | grep -q "no cluster" || fail "a second cluster-down did something"
+
+# Half way: etcd cannot start, so cluster-up fails after making namespaces and links.
+if MOAT_ETCD=/bin/false "$up" 1 >/dev/null 2>&1; then
+  fail "cluster-up succeeded without etcd"
+fi
+[ -f "$MOAT_CLUSTER_DIR/manifest" ] || fail "the failed cluster-up left no manifest"
+"$down" >/dev/null
+assert_gone
+echo "cluster_scripts: ok"
