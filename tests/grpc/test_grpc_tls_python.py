@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """grpcio's generated stubs over the gRPC listener's TLS (grpc_tls_cert, grpc_tls_key), against a
 real moatd and real Docker: a certificate made here by openssl, grpc.secure_channel trusting it,
-a session created and `echo hi` streamed with its exit code; a cleartext channel to the same port
-gets no answer, and the TLS one still works after it."""
+a session created and `echo hi` streamed with its exit code, 32 MiB with exact bytes; a cleartext
+channel to the same port gets no answer, and the TLS one still works after it."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -58,6 +59,14 @@ def main():
         step = "echo hi over TLS"
         got = grpc_test.run(execs, s.session_id, "echo hi; exit 5")
         assert got == (b"hi\n", b"", 5), got
+
+        step = "32 MiB over TLS, exact bytes"
+        size = 32 << 20
+        out, errout, code = grpc_test.run(execs, s.session_id,
+                                          "yes 0123456789abcdef | head -c %d" % size, timeout=300)
+        want = (b"0123456789abcdef\n" * (size // 17 + 1))[:size]
+        assert (len(out), errout, code) == (size, b"", 0), (len(out), errout, code)
+        assert hashlib.sha256(out).digest() == hashlib.sha256(want).digest()
 
         step = "a cleartext channel to the TLS port"
         plain = grpc.insecure_channel("127.0.0.1:%d" % grpc_port)
