@@ -221,7 +221,8 @@ static void test_garbage_before_and_inside_handshake(void **state)
 }
 
 /* A connection that never handshakes is pending as one before its first call with the token:
- * closed after hello_timeout_seconds, and one past max_pending_hellos closes the oldest. */
+ * closed after hello_timeout_seconds, and one past max_pending_hellos closes the oldest; one
+ * that handshakes but makes no call is closed at the same timeout. */
 static void test_silent_tcp_is_bounded(void **state)
 {
     (void)state;
@@ -241,6 +242,12 @@ static void test_silent_tcp_is_bounded(void **state)
         close(fds[i]);
     assert_int_equal(moatd_hellos_refused(&moatd, "evicted"), evicted + 1);
     assert_int_equal(moatd_hellos_refused(&moatd, "timeout"), timeouts + 4);
+    /* Handshaken, its preface sent, no call: the same timeout, its GOAWAY inside TLS. */
+    h2c *idle = connect_good();
+    assert_true(h2c_run(idle, h2c_until_dead, NULL, 10000));
+    assert_int_equal(h2c_goaway_code(idle), 0 /* NO_ERROR */);
+    h2c_close(idle);
+    assert_int_equal(moatd_hellos_refused(&moatd, "timeout"), timeouts + 5);
     beside_finish(&b);
 }
 
