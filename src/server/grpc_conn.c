@@ -490,8 +490,11 @@ static const char *write_output(grpc_conn *g, size_t max)
            g->pending_write + (g->gather != NULL ? g->gather->len : 0) <= max) {
         const uint8_t *p;
         size_t n;
-        if (moat_grpc_h2_pull(g->h2, &p, &n) != MOAT_OK)
+        if (moat_grpc_h2_pull(g->h2, &p, &n) != MOAT_OK) {
+            /* What was gathered is whole frames: it goes out with the close. */
+            gather_submit(g);
             return "HTTP/2 session failed";
+        }
         if (n == 0)
             break;
         if (!(g->tls != NULL ? moat_grpc_tls_send(g->tls, p, n) : gather(g, p, n)))
