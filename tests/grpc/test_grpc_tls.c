@@ -2,10 +2,12 @@
  * speak it right: plaintext HTTP/2, no ALPN or another protocol, garbage before and inside the
  * handshake, a TCP connection that never starts one. Each is refused or closed, and a good TLS
  * call beside it completes. No Docker: Health answers without it. */
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <gnutls/gnutls.h>
@@ -251,6 +253,36 @@ static void test_silent_tcp_is_bounded(void **state)
     beside_finish(&b);
 }
 
+/* Whether a line of moatd's log contains needle within about timeout_ms. */
+static bool log_shows(const char *needle, int timeout_ms)
+{
+    struct timespec tick = {0, 50 * 1000 * 1000};
+    for (int waited = 0; waited < timeout_ms; waited += 50) {
+        if (moatd_log_contains(&moatd, needle))
+            return true;
+        nanosleep(&tick, NULL);
+    }
+    return moatd_log_contains(&moatd, needle);
+}
+
+/* A SIGHUP checks the files again: with the certificate gone the reload fails, naming the key,
+ * and the listener goes on with what it loaded at start (restart to rotate). */
+static void test_reload_checks_files_keeps_listener(void **state)
+{
+    (void)state;
+    beside b = beside_start();
+    char moved[128];
+    snprintf(moved, sizeof(moved), "%s.moved", files.cert);
+    assert_int_equal(rename(files.cert, moved), 0);
+    assert_int_equal(kill(moatd.pid, SIGHUP), 0);
+    bool failed = log_shows("reload_failed", 10000);
+    bool named = moatd_log_contains(&moatd, "grpc_tls_cert: ");
+    assert_int_equal(rename(moved, files.cert), 0);
+    assert_true(failed);
+    assert_true(named);
+    beside_finish(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -259,6 +291,7 @@ int main(void)
         cmocka_unit_test(test_alpn_other_than_h2_refused),
         cmocka_unit_test(test_garbage_before_and_inside_handshake),
         cmocka_unit_test(test_silent_tcp_is_bounded),
+        cmocka_unit_test(test_reload_checks_files_keeps_listener),
         cmocka_unit_test_prestate(test_moatd_exits_0_on_sigterm, &moatd),
     };
     return moat_run_group_tests("grpc_tls", tests, setup, teardown);
