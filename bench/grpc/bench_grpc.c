@@ -7,8 +7,9 @@
  *  3. 1,000 concurrent RunCommand streams on one gRPC connection over 50 sessions: all complete,
  *     moatd's peak RSS and its budget's peak within memory_budget_bytes
  *  4. `echo hi` round trip p50 over the listener's TLS (a second moatd with grpc_tls_cert, its
- *     own session) vs h2c (the first), one connection each made beforehand, alternated: what
- *     TLS costs a call once connected (no target; the figure for the README)
+ *     own session) vs h2c (the first), alternated: on one connection each made beforehand (what
+ *     TLS costs a call once connected), then on a new connection per call (what a handshake
+ *     costs). No target: the figures for the README
  *
  * usage: bench_grpc [--quick] [latency|stream|concurrent|tls]...   (naming phases runs only those;
  * needs dockerd, moat-sandbox:latest and the execd bundle from
@@ -321,6 +322,47 @@ static void bench_concurrent(moatd_proc *p, raw_conn *rc, int nsessions, int tot
     h2c_close(c);
 }
 
+/* Where phase 4's calls go: h2c on the first moatd, TLS on the second. */
+typedef struct tls_ends {
+    int plain_port, tls_port;
+    const char *cafile, *plain_sid, *tls_sid;
+    h2c *plain, *tls; /* connections made beforehand */
+} tls_ends;
+
+/* n rounds of `echo hi`, h2c then TLS, each timed into pv and tv (ms): on the connections made
+ * beforehand, or (fresh) each on a connection of its own, its connect and handshake timed too.
+ * Returns the calls that failed. */
+static int tls_rounds(const tls_ends *e, int n, bool fresh, double *pv, double *tv)
+{
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        double t0 = now_s();
+        h2c *c = fresh ? h2c_connect(e->plain_port, WINDOW) : e->plain;
+        bad += c == NULL || grpc_run_one(c, e->plain_sid, "echo hi") != 3;
+        if (fresh)
+            h2c_close(c);
+        double t1 = now_s();
+        c = fresh ? h2c_connect_tls(e->tls_port, e->cafile) : e->tls;
+        bad += c == NULL || grpc_run_one(c, e->tls_sid, "echo hi") != 3;
+        if (fresh)
+            h2c_close(c);
+        double t2 = now_s();
+        pv[i] = (t1 - t0) * 1e3;
+        tv[i] = (t2 - t1) * 1e3;
+    }
+    return bad;
+}
+
+static void report_tls(const char *what, const char *figure, int n, int bad, double *pv, double *tv)
+{
+    double h = p50(pv, n), t = p50(tv, n);
+    printf("%s over %d calls each: gRPC h2c p50 %.3f ms, gRPC TLS p50 %.3f ms (%d failed)\n", what,
+           n, h, t, bad);
+    char line[96];
+    snprintf(line, sizeof(line), "%s %s", what, figure);
+    verdict(line, t, h, "ms", t / h, bad == 0, "none");
+}
+
 static void bench_tls(int grpc_port, const char *sid, int n)
 {
     tls_files files;
@@ -342,34 +384,21 @@ static void bench_tls(int grpc_port, const char *sid, int n)
     char tls_sid[64];
     h2c *plain = h2c_connect(grpc_port, WINDOW);
     h2c *tls = h2c_connect_tls(p.grpc_port, files.cert);
-    int bad = 0;
     double *pv = calloc((size_t)n, sizeof(double)), *tv = calloc((size_t)n, sizeof(double));
+    tls_ends ends = {grpc_port, p.grpc_port, files.cert, sid, tls_sid, plain, tls};
     if (rc == NULL || !create_session(rc, "11111111-2222-4333-8444-888888888888", tls_sid) ||
         plain == NULL || tls == NULL) {
-        bad = n;
-        n = 0;
-    } else {
-        bad += grpc_run_one(plain, sid, "echo hi") != 3;
-        bad += grpc_run_one(tls, tls_sid, "echo hi") != 3;
-    }
-    for (int i = 0; i < n; i++) {
-        double t0 = now_s();
-        bad += grpc_run_one(plain, sid, "echo hi") != 3;
-        double t1 = now_s();
-        bad += grpc_run_one(tls, tls_sid, "echo hi") != 3;
-        double t2 = now_s();
-        pv[i] = (t1 - t0) * 1e3;
-        tv[i] = (t2 - t1) * 1e3;
-    }
-    if (n > 0) {
-        double h = p50(pv, n), t = p50(tv, n);
-        printf("echo hi over %d calls each: gRPC h2c p50 %.3f ms, gRPC TLS p50 %.3f ms (%d "
-               "failed)\n",
-               n, h, t, bad);
-        verdict("echo hi round trip p50, gRPC TLS vs h2c (ms)", t, h, "ms", t / h, bad == 0,
-                "none");
-    } else {
         failures++;
+    } else {
+        /* Warm-up of both. */
+        int bad = (grpc_run_one(plain, sid, "echo hi") != 3) +
+                  (grpc_run_one(tls, tls_sid, "echo hi") != 3);
+        bad += tls_rounds(&ends, n, false, pv, tv);
+        report_tls("echo hi", "round trip p50, gRPC TLS vs h2c (ms)", n, bad, pv, tv);
+        /* A connection of its own per call: its connect and handshake in the time. */
+        bad = tls_rounds(&ends, n / 4, true, pv, tv);
+        report_tls("connect + echo hi", "new connection per call, p50, TLS vs h2c (ms)", n / 4, bad,
+                   pv, tv);
     }
     free(pv);
     free(tv);
