@@ -28,11 +28,13 @@ static int setup(void **state)
 }
 
 /* The last test stops moatd itself and checks how it exited; here it is stopped only when a
- * failure came first. */
+ * failure came first. Its state dir goes either way. */
 static int teardown(void **state)
 {
     (void)state;
-    return moatd.pid <= 0 || moatd_stop(&moatd) == 0 ? 0 : -1;
+    int rc = moatd.pid <= 0 || moatd_stop(&moatd) == 0 ? 0 : -1;
+    moatd_remove_dir(moatd.state_dir);
+    return rc;
 }
 
 /* A Health check that must succeed: the connection still serves. */

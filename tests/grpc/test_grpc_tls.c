@@ -42,6 +42,7 @@ static int teardown(void **state)
 {
     (void)state;
     int rc = moatd.pid <= 0 || moatd_stop(&moatd) == 0 ? 0 : -1;
+    moatd_remove_dir(moatd.state_dir);
     tls_files_remove(&files);
     return rc;
 }
