@@ -22,6 +22,8 @@ endfunction()
 
 find_package(Threads REQUIRED)
 moat_pkg(PROTOBUF_C libprotobuf-c libprotobuf-c-dev)
+# TLS: the gRPC listener's (src/grpc/tls.c), and libcurl's when scripts/build-curl.sh builds it
+moat_pkg(GNUTLS gnutls libgnutls28-dev)
 
 # moat_curl: the libcurl moat's modules link. By default the HTTP(S)-only static
 # build of scripts/build-curl.sh (Debian's curl source and patches), run here
@@ -40,7 +42,6 @@ else()
     message(FATAL_ERROR "scripts/build-curl.sh failed: run scripts/install-deps.sh, "
                         "or configure with -DMOAT_SYSTEM_CURL=ON")
   endif()
-  moat_pkg(GNUTLS gnutls libgnutls28-dev)
   moat_pkg(NETTLE nettle nettle-dev)
   add_library(moat_curl STATIC IMPORTED GLOBAL)
   set_target_properties(moat_curl PROPERTIES

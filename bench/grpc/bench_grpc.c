@@ -6,8 +6,12 @@
  *     both (the framed default): the median of the rounds' gRPC/framed ratios (>= 0.8x)
  *  3. 1,000 concurrent RunCommand streams on one gRPC connection over 50 sessions: all complete,
  *     moatd's peak RSS and its budget's peak within memory_budget_bytes
+ *  4. `echo hi` round trip p50 over the listener's TLS (a second moatd with grpc_tls_cert, its
+ *     own session) vs h2c (the first), alternated: on one connection each made beforehand (what
+ *     TLS costs a call once connected), then on a new connection per call (what a handshake
+ *     costs). No target: the figures for the README
  *
- * usage: bench_grpc [--quick] [latency|stream|concurrent]...   (naming phases runs only those;
+ * usage: bench_grpc [--quick] [latency|stream|concurrent|tls]...   (naming phases runs only those;
  * needs dockerd, moat-sandbox:latest and the execd bundle from
  * scripts/build-sandbox-image.sh <build-dir>; env MOAT_BUILD_DIR = that build dir) */
 #include <stdio.h>
@@ -21,6 +25,7 @@
 #include "moat/client.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
+#include "tls_files.h"
 
 #define PREFIX "moat-benchgrpc-"
 #define WINDOW (1u << 20)
@@ -317,6 +322,94 @@ static void bench_concurrent(moatd_proc *p, raw_conn *rc, int nsessions, int tot
     h2c_close(c);
 }
 
+/* Where phase 4's calls go: h2c on the first moatd, TLS on the second. */
+typedef struct tls_ends {
+    int plain_port, tls_port;
+    const char *cafile, *plain_sid, *tls_sid;
+    h2c *plain, *tls; /* connections made beforehand */
+} tls_ends;
+
+/* n rounds of `echo hi`, h2c then TLS, each timed into pv and tv (ms): on the connections made
+ * beforehand, or (fresh) each on a connection of its own, its connect and handshake timed too.
+ * Returns the calls that failed. */
+static int tls_rounds(const tls_ends *e, int n, bool fresh, double *pv, double *tv)
+{
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        double t0 = now_s();
+        h2c *c = fresh ? h2c_connect(e->plain_port, WINDOW) : e->plain;
+        bad += c == NULL || grpc_run_one(c, e->plain_sid, "echo hi") != 3;
+        if (fresh)
+            h2c_close(c);
+        double t1 = now_s();
+        c = fresh ? h2c_connect_tls(e->tls_port, e->cafile) : e->tls;
+        bad += c == NULL || grpc_run_one(c, e->tls_sid, "echo hi") != 3;
+        if (fresh)
+            h2c_close(c);
+        double t2 = now_s();
+        pv[i] = (t1 - t0) * 1e3;
+        tv[i] = (t2 - t1) * 1e3;
+    }
+    return bad;
+}
+
+static void report_tls(const char *what, const char *figure, int n, int bad, double *pv, double *tv)
+{
+    double h = p50(pv, n), t = p50(tv, n);
+    printf("%s over %d calls each: gRPC h2c p50 %.3f ms, gRPC TLS p50 %.3f ms (%d failed)\n", what,
+           n, h, t, bad);
+    char line[96];
+    snprintf(line, sizeof(line), "%s %s", what, figure);
+    verdict(line, t, h, "ms", t / h, bad == 0, "none");
+}
+
+static void bench_tls(int grpc_port, const char *sid, int n)
+{
+    tls_files files;
+    if (!tls_files_make(&files)) {
+        failures++;
+        return;
+    }
+    char cert[128], key[128];
+    snprintf(cert, sizeof(cert), "--grpc_tls_cert=%s", files.cert);
+    snprintf(key, sizeof(key), "--grpc_tls_key=%s", files.key);
+    const char *extra[] = {"--container_name_prefix=" PREFIX, cert, key, NULL};
+    moatd_proc p;
+    if (!moatd_start(&p, true, extra)) {
+        tls_files_remove(&files);
+        failures++;
+        return;
+    }
+    raw_conn *rc = raw_connect_ready(p.port, NULL);
+    char tls_sid[64];
+    h2c *plain = h2c_connect(grpc_port, WINDOW);
+    h2c *tls = h2c_connect_tls(p.grpc_port, files.cert);
+    double *pv = calloc((size_t)n, sizeof(double)), *tv = calloc((size_t)n, sizeof(double));
+    tls_ends ends = {grpc_port, p.grpc_port, files.cert, sid, tls_sid, plain, tls};
+    if (rc == NULL || !create_session(rc, "11111111-2222-4333-8444-888888888888", tls_sid) ||
+        plain == NULL || tls == NULL) {
+        failures++;
+    } else {
+        /* Warm-up of both. */
+        int bad = (grpc_run_one(plain, sid, "echo hi") != 3) +
+                  (grpc_run_one(tls, tls_sid, "echo hi") != 3);
+        bad += tls_rounds(&ends, n, false, pv, tv);
+        report_tls("echo hi", "round trip p50, gRPC TLS vs h2c (ms)", n, bad, pv, tv);
+        /* A connection of its own per call: its connect and handshake in the time. */
+        bad = tls_rounds(&ends, n / 4, true, pv, tv);
+        report_tls("connect + echo hi", "new connection per call, p50, TLS vs h2c (ms)", n / 4, bad,
+                   pv, tv);
+    }
+    free(pv);
+    free(tv);
+    h2c_close(plain);
+    h2c_close(tls);
+    raw_close(rc);
+    moatd_stop(&p);
+    moatd_remove_dir(p.state_dir);
+    tls_files_remove(&files);
+}
+
 static bool phase(int argc, char **argv, const char *name)
 {
     bool named = false;
@@ -352,6 +445,8 @@ int main(int argc, char **argv)
         bench_stream(p.port, p.grpc_port, sid, quick ? 256ll << 20 : 1ll << 30, quick ? 1 : 5);
     if (phase(argc, argv, "concurrent"))
         bench_concurrent(&p, rc, quick ? 5 : 50, quick ? 100 : 1000);
+    if (phase(argc, argv, "tls"))
+        bench_tls(p.grpc_port, sid, quick ? 20 : 200);
     raw_close(rc);
     moatd_stop(&p);
     docker_remove_prefixed(PREFIX);

@@ -3,6 +3,7 @@
 #include "server/server.h"
 
 #include "cluster/membership.h"
+#include "grpc/tls.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -33,7 +34,11 @@ static const key_def keys[] = {
      "TCP listener host:port; empty disables"},
     {"unix_socket", K_STR, OFF(unix_socket), "", 0, 0, "Unix socket listener path; empty disables"},
     {"grpc_listen", K_STR, OFF(grpc_listen), "127.0.0.1:7072", 0, 0,
-     "gRPC listener host:port (HTTP/2 cleartext, the same services and token); empty disables"},
+     "gRPC listener host:port (HTTP/2, the same services and token); empty disables"},
+    {"grpc_tls_cert", K_STR, OFF(grpc_tls_cert), "", 0, 0,
+     "certificate chain (PEM) of the gRPC listener's TLS; empty, with grpc_tls_key: cleartext "
+     "(h2c)"},
+    {"grpc_tls_key", K_STR, OFF(grpc_tls_key), "", 0, 0, "its private key (PEM, unencrypted)"},
     {"token", K_STR, OFF(token), "", 0, 0,
      "shared secret every client must present; required unless listening on loopback only"},
     {"metrics_listen", K_STR, OFF(metrics_listen), "127.0.0.1:7071", 0, 0,
@@ -254,6 +259,8 @@ void moat_server_config_free(moat_server_config *cfg)
     }
     free(cfg->config_file);
     cfg->config_file = NULL;
+    moat_grpc_tls_creds_free(cfg->grpc_tls);
+    cfg->grpc_tls = NULL;
 }
 
 moat_err moat_server_config_set(moat_server_config *cfg, const char *key, const char *value,
@@ -568,6 +575,34 @@ static moat_err finish_cluster(moat_server_config *cfg, char *err, size_t errlen
     return MOAT_OK;
 }
 
+/* The gRPC listener's TLS: certificate and key together, loaded here so that a file that is
+ * missing, unreadable or not what it should be stops moatd at start (and a reload) with the key
+ * named. */
+static moat_err finish_grpc_tls(moat_server_config *cfg, char *err, size_t errlen)
+{
+    moat_grpc_tls_creds_free(cfg->grpc_tls);
+    cfg->grpc_tls = NULL;
+    bool cert = cfg->grpc_tls_cert[0] != '\0', key = cfg->grpc_tls_key[0] != '\0';
+    if (!cert && !key)
+        return MOAT_OK;
+    if (cert != key) {
+        errf(err, errlen, "%s: must be set with %s (both empty: cleartext h2c)",
+             cert ? "grpc_tls_key" : "grpc_tls_cert", cert ? "grpc_tls_cert" : "grpc_tls_key");
+        return MOAT_E_INVAL;
+    }
+    char why[512];
+    bool key_at_fault = false;
+    moat_err e = moat_grpc_tls_creds_load(cfg->grpc_tls_cert, cfg->grpc_tls_key, &cfg->grpc_tls,
+                                          &key_at_fault, why, sizeof(why));
+    if (e == MOAT_E_NOMEM)
+        return e;
+    if (e != MOAT_OK) {
+        errf(err, errlen, "%s: %s", key_at_fault ? "grpc_tls_key" : "grpc_tls_cert", why);
+        return MOAT_E_INVAL;
+    }
+    return MOAT_OK;
+}
+
 moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, char *err,
                                    size_t errlen)
 {
@@ -610,6 +645,9 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
              cfg->grpc_listen);
         return MOAT_E_INVAL;
     }
+    moat_err e = finish_grpc_tls(cfg, err, errlen);
+    if (e != MOAT_OK)
+        return e;
     if (cfg->metrics_listen[0] != '\0') {
         if (moat_server_split_hostport(cfg->metrics_listen, host, sizeof(host), &port) != MOAT_OK) {
             errf(err, errlen, "metrics_listen: expected host:port, got \"%s\"",
@@ -633,7 +671,7 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
     const char *images[MOAT_SERVER_MAX_IMAGES];
     size_t nimages;
     char *buf;
-    moat_err e = moat_server_split_images(cfg->allowed_images, images, &nimages, &buf);
+    e = moat_server_split_images(cfg->allowed_images, images, &nimages, &buf);
     free(buf);
     if (e == MOAT_E_TOO_BIG) {
         errf(err, errlen, "allowed_images: more than %d images", MOAT_SERVER_MAX_IMAGES);

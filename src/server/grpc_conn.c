@@ -1,6 +1,7 @@
-/* gRPC connections: HTTP/2 on one socket (src/grpc/h2.h on libnghttp2), its calls as streams
- * with the gRPC transport, so the same handlers, limits and budget accounts serve them as serve
- * the framed protocol. Loop thread only. */
+/* gRPC connections: HTTP/2 on one socket (src/grpc/h2.h on libnghttp2), inside TLS when the
+ * listener has a certificate (src/grpc/tls.h on GnuTLS), its calls as streams with the gRPC
+ * transport, so the same handlers, limits and budget accounts serve them as serve the framed
+ * protocol. Loop thread only. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,7 @@
 
 #include "grpc/h2.h"
 #include "grpc/reflection.h"
+#include "grpc/tls.h"
 #include "server_internal.h"
 
 /* A request's header list past this gets RESOURCE_EXHAUSTED (advertised in SETTINGS). */
@@ -32,6 +34,8 @@ struct grpc_conn {
     const char *fail_why;
     moat_code fail_code;
     moat_grpc_h2 *h2;
+    moat_grpc_tls *tls;          /* NULL on h2c */
+    struct grpc_write *gather;   /* bytes to write, gathered into one uv_write */
     size_t pending_write;        /* bytes handed to libuv, not yet written */
     size_t charged_queues;       /* its calls' queued messages, as last charged to the budget */
     moat_bridge_account account; /* its share of the memory budget */
@@ -438,40 +442,65 @@ static bool submit(grpc_conn *g, grpc_write *w)
     return false;
 }
 
-/* Hands what nghttp2 has to send to libuv while the socket is not backed up (up to limit
- * bytes pending). The reason when the connection cannot go on, else NULL. */
+/* Adds bytes to the write being gathered, handing it to libuv first when they would not fit. */
+static bool gather(grpc_conn *g, const uint8_t *p, size_t n)
+{
+    grpc_write *w = g->gather;
+    if (w != NULL && w->len + n > w->cap) {
+        g->gather = NULL;
+        if (!submit(g, w))
+            return false;
+        w = NULL;
+    }
+    if (w == NULL) {
+        size_t cap = n > GRPC_WRITE_CHUNK ? n : GRPC_WRITE_CHUNK;
+        w = malloc(sizeof(*w) + cap);
+        if (w == NULL)
+            return false;
+        w->g = g;
+        w->len = 0;
+        w->cap = cap;
+        g->gather = w;
+    }
+    memcpy(w->data + w->len, p, n);
+    w->len += n;
+    return true;
+}
+
+static bool gather_submit(grpc_conn *g)
+{
+    grpc_write *w = g->gather;
+    g->gather = NULL;
+    return w == NULL || submit(g, w);
+}
+
+/* What TLS has to write: gathered like HTTP/2's bytes on h2c. */
+static bool tls_out(void *ud, const uint8_t *data, size_t len)
+{
+    return gather(ud, data, len);
+}
+
+/* Hands what nghttp2 has to send (encrypted on TLS, where the handshake's bytes may already
+ * wait) to libuv while the socket is not backed up (up to max bytes pending). The reason when
+ * the connection cannot go on, else NULL. */
 static const char *write_output(grpc_conn *g, size_t max)
 {
-    grpc_write *w = NULL;
-    while (g->pending_write + (w != NULL ? w->len : 0) <= max) {
+    /* Before the handshake is done, HTTP/2's bytes (the server's SETTINGS) wait in nghttp2. */
+    while ((g->tls == NULL || moat_grpc_tls_ready(g->tls)) &&
+           g->pending_write + (g->gather != NULL ? g->gather->len : 0) <= max) {
         const uint8_t *p;
         size_t n;
         if (moat_grpc_h2_pull(g->h2, &p, &n) != MOAT_OK) {
-            free(w);
+            /* What was gathered is whole frames: it goes out with the close. */
+            gather_submit(g);
             return "HTTP/2 session failed";
         }
         if (n == 0)
             break;
-        if (w != NULL && w->len + n > w->cap) {
-            if (!submit(g, w))
-                return "write failed";
-            w = NULL;
-        }
-        if (w == NULL) {
-            size_t cap = n > GRPC_WRITE_CHUNK ? n : GRPC_WRITE_CHUNK;
-            w = malloc(sizeof(*w) + cap);
-            if (w == NULL)
-                return "out of memory";
-            w->g = g;
-            w->len = 0;
-            w->cap = cap;
-        }
-        memcpy(w->data + w->len, p, n);
-        w->len += n;
+        if (!(g->tls != NULL ? moat_grpc_tls_send(g->tls, p, n) : gather(g, p, n)))
+            return "write failed";
     }
-    if (w != NULL && !submit(g, w))
-        return "write failed";
-    return NULL;
+    return gather_submit(g) ? NULL : "write failed";
 }
 
 /* Writes what nghttp2 has to send; stops reading while the socket is backed up; closes the
@@ -517,6 +546,20 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(s->read_buf, READ_BUF_SIZE);
 }
 
+/* Bytes from the client (decrypted, on TLS) to nghttp2; false once it failed. */
+static bool h2_recv(void *ud, const uint8_t *data, size_t len)
+{
+    grpc_conn *g = ud;
+    const char *why = NULL;
+    if (moat_grpc_h2_recv(g->h2, data, len, &why) == MOAT_OK)
+        return true;
+    if (g->fail_why == NULL) {
+        g->fail_why = why;
+        g->fail_code = MOAT_CODE_INVALID_ARGUMENT;
+    }
+    return false;
+}
+
 static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
 {
     grpc_conn *g = h->data;
@@ -531,10 +574,15 @@ static void on_read(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf)
     }
     g->last_active_ms = moat__now_ms();
     const char *why = NULL;
-    if (moat_grpc_h2_recv(g->h2, (const uint8_t *)buf->base, (size_t)nread, &why) != MOAT_OK &&
-        g->fail_why == NULL) {
-        g->fail_why = why;
-        g->fail_code = MOAT_CODE_INVALID_ARGUMENT;
+    if (g->tls != NULL) {
+        moat_err err =
+            moat_grpc_tls_recv(g->tls, (const uint8_t *)buf->base, (size_t)nread, h2_recv, g, &why);
+        if (err != MOAT_OK && g->fail_why == NULL) {
+            g->fail_why = why;
+            g->fail_code = err == MOAT_E_CLOSED ? MOAT_CODE_OK : MOAT_CODE_INVALID_ARGUMENT;
+        }
+    } else {
+        h2_recv(g, (const uint8_t *)buf->base, (size_t)nread);
     }
     grpc_flush(g);
 }
@@ -572,6 +620,12 @@ static void grpc_close(grpc_conn *g, moat_code code, const char *why)
                                     ? MOAT_GRPC_H2_ENHANCE_YOUR_CALM
                                     : MOAT_GRPC_H2_NO_ERROR);
     write_output(g, SIZE_MAX);
+    if (g->tls != NULL) {
+        moat_grpc_tls_bye(g->tls);
+        gather_submit(g);
+        moat_grpc_tls_free(g->tls);
+        g->tls = NULL;
+    }
     g->closing = true;
     dirty_unlink(g);
     moat_grpc_h2_free(g->h2);
@@ -666,6 +720,11 @@ void moat__grpc_accept(uv_stream_t *server)
         .token_required = s->cfg.token[0] != '\0',
     };
     g->h2 = refuse == NULL ? moat_grpc_h2_new(&limits, &h2_callbacks, g) : NULL;
+    if (g->h2 != NULL && s->cfg.grpc_tls != NULL &&
+        (g->tls = moat_grpc_tls_new(s->cfg.grpc_tls, tls_out, g)) == NULL) {
+        moat_grpc_h2_free(g->h2);
+        g->h2 = NULL;
+    }
     if (g->h2 == NULL) {
         moat_log_limited(&s->logs.grpc_refused, MOAT_LOG_INFO, "grpc_refused",
                          "peer=%s reason=\"%s\"", g->peer,
@@ -700,7 +759,7 @@ void moat__grpc_accept(uv_stream_t *server)
     moat__metrics_conn(s->metrics, 1);
     moat_log(MOAT_LOG_DEBUG, "grpc_open", "peer=%s", g->peer);
     uv_timer_start(&g->timer, on_idle_timer, (uint64_t)s->cfg.hello_timeout_seconds * 1000u, 0);
-    /* The server's SETTINGS go first. */
+    /* The server's SETTINGS go first (on TLS, once the handshake is done). */
     grpc_flush(g);
     grpc_pump(g);
 }

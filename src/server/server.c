@@ -242,7 +242,8 @@ static int listen_all(srv *s)
         listen_tcp(s, &s->tcp, &s->tcp_on, s->cfg.listen, "framed") != 0)
         return -1;
     if (s->cfg.grpc_listen[0] != '\0' &&
-        listen_tcp(s, &s->grpc_tcp, &s->grpc_on, s->cfg.grpc_listen, "grpc+h2c") != 0)
+        listen_tcp(s, &s->grpc_tcp, &s->grpc_on, s->cfg.grpc_listen,
+                   s->cfg.grpc_tls != NULL ? "grpc+h2+tls" : "grpc+h2c") != 0)
         return -1;
     if (s->cfg.unix_socket[0] != '\0') {
         uv_pipe_init(s->loop, &s->pipe, 0);

@@ -22,7 +22,9 @@ typedef struct moat_server_config {
     /* Network. */
     char *listen;         /* host:port of the TCP listener; "" disables it */
     char *unix_socket;    /* path of a Unix socket listener; "" disables it */
-    char *grpc_listen;    /* host:port of the gRPC (HTTP/2 cleartext) listener; "" disables it */
+    char *grpc_listen;    /* host:port of the gRPC (HTTP/2) listener; "" disables it */
+    char *grpc_tls_cert;  /* PEM certificate chain of its TLS; "" with grpc_tls_key: h2c */
+    char *grpc_tls_key;   /* its PEM private key */
     char *token;          /* shared secret; "" = none (only allowed on loopback) */
     char *metrics_listen; /* loopback host:port of the Prometheus endpoint; "" disables */
     moat_log_level log_level;
@@ -84,6 +86,9 @@ typedef struct moat_server_config {
     uint32_t cluster_lease_ttl_seconds;
     /* Path of the file that was read ("" when none); not a key. */
     char *config_file;
+    /* grpc_tls_cert and grpc_tls_key as moat_server_config_finish loaded them; NULL: h2c. Not a
+     * key. */
+    struct moat_grpc_tls_creds *grpc_tls;
 } moat_server_config;
 
 /* Sets every key to its default. Derived paths (chats_root, store_path, …) are

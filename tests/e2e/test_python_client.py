@@ -45,9 +45,10 @@ def listens_on(pid, port):
     return any("socket:[%s]" % inode in held for inode in inodes)
 
 
-def start_moatd(args, state, log, grpc=False):
-    """moatd on a free port, started again on another (a few times) when the port was taken.
-    Returns it, its framed port and its gRPC port (None unless grpc)."""
+def start_moatd(args, state, log, grpc=False, extra=()):
+    """moatd on a free port (with extra "--key=value" flags), started again on another (a few
+    times) when the port was taken. Returns it, its framed port and its gRPC port (None unless
+    grpc)."""
     for _ in range(5):
         port = free_port()
         grpc_port = free_port() if grpc else None
@@ -58,7 +59,7 @@ def start_moatd(args, state, log, grpc=False):
              "--metrics_listen=127.0.0.1:%d" % free_port(),
              "--grpc_listen=" + ("127.0.0.1:%d" % grpc_port if grpc else ""),
              "--state_dir=" + state, "--token=" + TOKEN, "--container_name_prefix=" + PREFIX,
-             "--image=moat-sandbox:latest", "--log_level=warn"],
+             "--image=moat-sandbox:latest", "--log_level=warn"] + list(extra),
             stdout=log, stderr=log)
         for _ in range(200):
             if listens_on(moatd.pid, port) and (not grpc or listens_on(moatd.pid, grpc_port)):

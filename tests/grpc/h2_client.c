@@ -26,6 +26,8 @@ typedef struct stream_node {
 
 struct h2c {
     int fd;
+    gnutls_session_t tls; /* NULL on h2c */
+    gnutls_certificate_credentials_t cred;
     nghttp2_session *session;
     stream_node *streams;
     bool dead;
@@ -165,19 +167,27 @@ h2c *h2c_connect(int port, uint32_t window)
     return h2c_connect_frames(port, window, 1u << 20);
 }
 
-h2c *h2c_connect_frames(int port, uint32_t window, uint32_t max_frame)
+/* A new client on fd (taken), over tls when not NULL (taken with cred). */
+static h2c *client_new(int fd, gnutls_session_t tls, gnutls_certificate_credentials_t cred,
+                       uint32_t window, uint32_t max_frame)
 {
     h2c *c = calloc(1, sizeof(*c));
-    if (c == NULL)
+    if (c == NULL) {
+        if (tls != NULL) {
+            gnutls_deinit(tls);
+            gnutls_certificate_free_credentials(cred);
+        }
+        close(fd);
         return NULL;
+    }
     c->goaway = -1;
-    c->fd = h2c_raw_connect(port);
+    c->fd = fd;
+    c->tls = tls;
+    c->cred = cred;
     nghttp2_session_callbacks *cbs;
     nghttp2_option *opt;
-    if (c->fd < 0 || nghttp2_session_callbacks_new(&cbs) != 0) {
-        if (c->fd >= 0)
-            close(c->fd);
-        free(c);
+    if (nghttp2_session_callbacks_new(&cbs) != 0) {
+        h2c_close(c);
         return NULL;
     }
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data);
@@ -197,11 +207,62 @@ h2c *h2c_connect_frames(int port, uint32_t window, uint32_t max_frame)
     return c;
 }
 
+h2c *h2c_connect_frames(int port, uint32_t window, uint32_t max_frame)
+{
+    int fd = h2c_raw_connect(port);
+    return fd >= 0 ? client_new(fd, NULL, NULL, window, max_frame) : NULL;
+}
+
+gnutls_session_t h2c_tls_session(int fd, const char *cafile, const char *alpn,
+                                 gnutls_certificate_credentials_t *cred)
+{
+    gnutls_session_t s;
+    gnutls_certificate_allocate_credentials(cred);
+    gnutls_certificate_set_x509_trust_file(*cred, cafile, GNUTLS_X509_FMT_PEM);
+    /* A server that closed the connection is an error here, not a SIGPIPE. */
+    gnutls_init(&s, GNUTLS_CLIENT | GNUTLS_NO_SIGNAL);
+    gnutls_set_default_priority(s);
+    gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, *cred);
+    gnutls_server_name_set(s, GNUTLS_NAME_DNS, "localhost", 9);
+    gnutls_session_set_verify_cert(s, "localhost", 0);
+    if (alpn != NULL) {
+        gnutls_datum_t p = {(unsigned char *)alpn, (unsigned)strlen(alpn)};
+        gnutls_alpn_set_protocols(s, &p, 1, 0);
+    }
+    gnutls_transport_set_int(s, fd);
+    gnutls_handshake_set_timeout(s, 10000);
+    return s;
+}
+
+h2c *h2c_connect_tls(int port, const char *cafile)
+{
+    int fd = h2c_raw_connect(port);
+    if (fd < 0)
+        return NULL;
+    gnutls_certificate_credentials_t cred;
+    gnutls_session_t s = h2c_tls_session(fd, cafile, "h2", &cred);
+    int rc;
+    do
+        rc = gnutls_handshake(s);
+    while (rc < 0 && !gnutls_error_is_fatal(rc));
+    if (rc < 0) {
+        gnutls_deinit(s);
+        gnutls_certificate_free_credentials(cred);
+        close(fd);
+        return NULL;
+    }
+    return client_new(fd, s, cred, 0, 1u << 20);
+}
+
 void h2c_close(h2c *c)
 {
     if (c == NULL)
         return;
     nghttp2_session_del(c->session);
+    if (c->tls != NULL) {
+        gnutls_deinit(c->tls);
+        gnutls_certificate_free_credentials(c->cred);
+    }
     close(c->fd);
     while (c->streams != NULL) {
         stream_node *n = c->streams;
@@ -332,7 +393,8 @@ static bool flush_out(h2c *c)
             return true;
         while (n > 0) {
             /* A server that closed the connection is an error here, not a SIGPIPE. */
-            ssize_t w = send(c->fd, p, (size_t)n, MSG_NOSIGNAL);
+            ssize_t w = c->tls != NULL ? gnutls_record_send(c->tls, p, (size_t)n)
+                                       : send(c->fd, p, (size_t)n, MSG_NOSIGNAL);
             if (w < 0 && errno == EINTR)
                 continue;
             if (w <= 0)
@@ -356,10 +418,14 @@ bool h2c_run(h2c *c, bool (*done)(h2c *c, void *ud), void *ud, int timeout_ms)
         if (now >= end)
             return false;
         struct pollfd pfd = {c->fd, POLLIN, 0};
-        int r = poll(&pfd, 1, (int)(end - now < 100 ? end - now : 100));
-        if (r <= 0)
+        /* GnuTLS may hold decrypted bytes the socket no longer shows. */
+        bool held = c->tls != NULL && gnutls_record_check_pending(c->tls) > 0;
+        if (!held && poll(&pfd, 1, (int)(end - now < 100 ? end - now : 100)) <= 0)
             continue;
-        ssize_t n = read(c->fd, buf, sizeof(buf));
+        ssize_t n = c->tls != NULL ? gnutls_record_recv(c->tls, buf, sizeof(buf))
+                                   : read(c->fd, buf, sizeof(buf));
+        if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
+            continue;
         if (n <= 0 || nghttp2_session_mem_recv(c->session, buf, (size_t)n) < 0)
             c->dead = true;
     }
@@ -373,6 +439,12 @@ static bool stream_closed(h2c *c, void *ud)
     return ((h2c_stream *)ud)->closed;
 }
 
+bool h2c_until_dead(h2c *c, void *ud)
+{
+    (void)ud;
+    return c->dead;
+}
+
 bool h2c_wait(h2c *c, h2c_stream *st, int timeout_ms)
 {
     return h2c_run(c, stream_closed, st, timeout_ms);
@@ -380,7 +452,10 @@ bool h2c_wait(h2c *c, h2c_stream *st, int timeout_ms)
 
 bool h2c_send_raw(h2c *c, const void *data, size_t len)
 {
-    return flush_out(c) && send(c->fd, data, len, MSG_NOSIGNAL) == (ssize_t)len;
+    if (!flush_out(c))
+        return false;
+    return (c->tls != NULL ? gnutls_record_send(c->tls, data, len)
+                           : send(c->fd, data, len, MSG_NOSIGNAL)) == (ssize_t)len;
 }
 
 bool h2c_dead(const h2c *c)

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <gnutls/gnutls.h>
+
 #include "common/common.h"
 
 typedef struct h2c h2c;
@@ -44,6 +46,13 @@ h2c *h2c_connect(int port, uint32_t window);
 /* The same with SETTINGS_MAX_FRAME_SIZE max_frame (16384, HTTP/2's default, is what gRPC's own
  * libraries keep). */
 h2c *h2c_connect_frames(int port, uint32_t window, uint32_t max_frame);
+/* h2c_connect over TLS (the listener's grpc_tls_cert): trusts cafile, checks the name
+ * localhost, offers ALPN h2. NULL when the connection or the handshake failed. */
+h2c *h2c_connect_tls(int port, const char *cafile);
+/* A GnuTLS client session on fd for the listener's TLS: trusts cafile, checks the name
+ * localhost, offers ALPN alpn (NULL: no ALPN extension at all); *cred goes with it. */
+gnutls_session_t h2c_tls_session(int fd, const char *cafile, const char *alpn,
+                                 gnutls_certificate_credentials_t *cred);
 void h2c_close(h2c *c);
 
 /* One header of a request: name and value as given. */
@@ -69,6 +78,8 @@ void h2c_resume_reading(h2c *c, h2c_stream *st);
 /* Runs the connection until done(c, ud) is true, the connection ends or timeout_ms passes.
  * Returns done's last answer. */
 bool h2c_run(h2c *c, bool (*done)(h2c *c, void *ud), void *ud, int timeout_ms);
+/* A done for h2c_run: the connection is over. */
+bool h2c_until_dead(h2c *c, void *ud);
 /* Runs until st is closed. */
 bool h2c_wait(h2c *c, h2c_stream *st, int timeout_ms);
 /* Writes bytes on the socket as they are, past the session (for broken frames). */

@@ -183,12 +183,6 @@ static void test_stream_limit(void **state)
     h2c_close(c);
 }
 
-static bool dead(h2c *c, void *ud)
-{
-    (void)ud;
-    return h2c_dead(c);
-}
-
 /* Protocol errors end their own connection with a GOAWAY (or at once, for a peer that does not
  * speak HTTP/2); a connection beside it is untouched. */
 static void test_protocol_errors_end_only_their_connection(void **state)
@@ -210,7 +204,7 @@ static void test_protocol_errors_end_only_their_connection(void **state)
     check_serves(broken);
     static const uint8_t data0[] = {0, 0, 1, 0, 0, 0, 0, 0, 0, 'x'};
     assert_true(h2c_send_raw(broken, data0, sizeof(data0)));
-    assert_true(h2c_run(broken, dead, NULL, 10000));
+    assert_true(h2c_run(broken, h2c_until_dead, NULL, 10000));
     assert_int_equal(h2c_goaway_code(broken), 1 /* PROTOCOL_ERROR */);
     h2c_close(broken);
 
@@ -219,7 +213,7 @@ static void test_protocol_errors_end_only_their_connection(void **state)
     check_serves(broken);
     static const uint8_t huge[] = {0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1};
     assert_true(h2c_send_raw(broken, huge, sizeof(huge)));
-    assert_true(h2c_run(broken, dead, NULL, 10000));
+    assert_true(h2c_run(broken, h2c_until_dead, NULL, 10000));
     assert_int_equal(h2c_goaway_code(broken), 6 /* FRAME_SIZE_ERROR */);
     h2c_close(broken);
 
@@ -230,13 +224,6 @@ static void test_protocol_errors_end_only_their_connection(void **state)
     h2c_close(good);
 }
 
-static long long refused(const char *reason)
-{
-    char name[96];
-    snprintf(name, sizeof(name), "moat_hellos_refused_total{reason=\"%s\"}", reason);
-    return metric_value(moatd.metrics_port, name);
-}
-
 /* Connections that make no call with the token are bounded as framed ones before their hello:
  * max_pending_hellos of them at once (one more closes the oldest), each closed after
  * hello_timeout_seconds; a connection that made its call is touched by neither. */
@@ -245,7 +232,8 @@ static void test_silent_connections_are_bounded(void **state)
     (void)state;
     h2c *good = h2c_connect(moatd.grpc_port, 0);
     check_serves(good);
-    long long evicted = refused("evicted"), timeouts = refused("timeout");
+    long long evicted = moatd_hellos_refused(&moatd, "evicted"),
+              timeouts = moatd_hellos_refused(&moatd, "timeout");
     h2c *silent[5];
     for (int i = 0; i < 5; i++) {
         silent[i] = h2c_connect(moatd.grpc_port, 0);
@@ -255,13 +243,13 @@ static void test_silent_connections_are_bounded(void **state)
                     MOAT_CODE_UNAUTHENTICATED, "invalid_token");
     }
     /* The fifth made the first go. */
-    assert_true(h2c_run(silent[0], dead, NULL, 10000));
-    assert_int_equal(refused("evicted"), evicted + 1);
+    assert_true(h2c_run(silent[0], h2c_until_dead, NULL, 10000));
+    assert_int_equal(moatd_hellos_refused(&moatd, "evicted"), evicted + 1);
     for (int i = 1; i < 5; i++) {
-        assert_true(h2c_run(silent[i], dead, NULL, 10000));
+        assert_true(h2c_run(silent[i], h2c_until_dead, NULL, 10000));
         assert_int_equal(h2c_goaway_code(silent[i]), 0 /* NO_ERROR */);
     }
-    assert_int_equal(refused("timeout"), timeouts + 4);
+    assert_int_equal(moatd_hellos_refused(&moatd, "timeout"), timeouts + 4);
     for (int i = 0; i < 5; i++)
         h2c_close(silent[i]);
     check_serves(good);
@@ -360,7 +348,7 @@ static void test_drain(void **state)
     assert_true(h2c_send_body(c, open, empty_message, sizeof(empty_message)));
     assert_true(h2c_wait(c, open, 10000));
     assert_int_equal(open->grpc_status, 0);
-    assert_true(h2c_run(c, dead, NULL, 10000));
+    assert_true(h2c_run(c, h2c_until_dead, NULL, 10000));
     h2c_close(c);
     assert_int_equal(moatd_wait(&moatd, 20000), 0);
 }

@@ -92,20 +92,29 @@ def error_info(err):
     return status, info
 
 
-def main():
+def arguments(test):
+    """The command line, and the exit status when grpcio is not there (77: skip; 1 under CI,
+    whose machine has it), else None."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--moatd", required=True)
     ap.add_argument("--protoc", required=True)
     ap.add_argument("--proto-dir", required=True)
     args = ap.parse_args()
     missing = [m for m in ("grpc", "grpc_tools") if importlib.util.find_spec(m) is None]
+    if missing and os.environ.get("CI") == "true":
+        print("%s: CI has python3-grpcio and python3-grpc-tools, but not %s" % (test, missing),
+              file=sys.stderr)
+        return args, 1
     if missing:
-        if os.environ.get("CI") == "true":
-            print("test_grpc_python: CI has python3-grpcio and python3-grpc-tools, but not %s"
-                  % missing, file=sys.stderr)
-            return 1
-        print("SKIP: test_grpc_python: python3-grpcio and python3-grpc-tools are not installed")
-        return 77
+        print("SKIP: %s: python3-grpcio and python3-grpc-tools are not installed" % test)
+        return args, 77
+    return args, None
+
+
+def main():
+    args, status = arguments("test_grpc_python")
+    if status is not None:
+        return status
     import grpc
 
     state = tempfile.mkdtemp(prefix="moat-grpcpy-state-")

@@ -555,6 +555,13 @@ long long metric_value(int metrics_port, const char *name)
     return -1;
 }
 
+long long moatd_hellos_refused(const moatd_proc *p, const char *reason)
+{
+    char name[96];
+    snprintf(name, sizeof(name), "moat_hellos_refused_total{reason=\"%s\"}", reason);
+    return metric_value(p->metrics_port, name);
+}
+
 long proc_rss_kb(pid_t pid)
 {
     char path[64], line[256];

@@ -107,6 +107,8 @@ bool http_get(int port, const char *path, char *out, size_t cap);
 
 /* The value of the metric line `name value` on moatd's /metrics, or -1. */
 long long metric_value(int metrics_port, const char *name);
+/* moat_hellos_refused_total{reason="<reason>"} on its /metrics, or -1. */
+long long moatd_hellos_refused(const moatd_proc *p, const char *reason);
 /* VmRSS of pid in KiB, or -1. */
 long proc_rss_kb(pid_t pid);
 /* Starts RunCommand(cmd) in session sid on a new stream; returns its id (0 on failure). */

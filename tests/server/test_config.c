@@ -11,6 +11,7 @@
 #include "moat_test.h"
 
 #include "server/server.h"
+#include "tls_files.h"
 
 static void test_defaults(void **state)
 {
@@ -440,6 +441,73 @@ static void test_token_equal(void **state)
     assert_false(moat_server_token_equal((const uint8_t *)"correct horse\0x", 15, want));
 }
 
+static tls_files tls_a, tls_b;
+
+static int make_tls_files(void **state)
+{
+    (void)state;
+    return tls_files_make(&tls_a) && tls_files_make(&tls_b) ? 0 : -1;
+}
+
+static int remove_tls_files(void **state)
+{
+    (void)state;
+    tls_files_remove(&tls_a);
+    tls_files_remove(&tls_b);
+    return 0;
+}
+
+/* finish with grpc_tls_cert and grpc_tls_key: the error must start with the key to blame
+ * (NULL: no error) and contain what. */
+static void expect_tls(const char *cert, const char *key, const char *blame, const char *what)
+{
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    char err[512] = "";
+    assert_int_equal(moat_server_config_set(&c, "grpc_tls_cert", cert, err, sizeof(err)), MOAT_OK);
+    assert_int_equal(moat_server_config_set(&c, "grpc_tls_key", key, err, sizeof(err)), MOAT_OK);
+    moat_err e = moat_server_config_finish(&c, NULL, err, sizeof(err));
+    if (blame == NULL) {
+        assert_int_equal(e, MOAT_OK);
+        assert_int_equal(c.grpc_tls != NULL, cert[0] != '\0');
+    } else {
+        assert_int_equal(e, MOAT_E_INVAL);
+        assert_null(c.grpc_tls);
+        assert_int_equal(strncmp(err, blame, strlen(blame)), 0);
+        assert_non_null(strstr(err, what));
+    }
+    moat_server_config_free(&c);
+}
+
+/* The gRPC listener's TLS: both files or neither; each file readable and what it should be. */
+static void test_grpc_tls_keys(void **state)
+{
+    (void)state;
+    expect_tls("", "", NULL, NULL);
+    expect_tls(tls_a.cert, tls_a.key, NULL, NULL);
+    expect_tls(tls_a.cert, "", "grpc_tls_key: must be set with grpc_tls_cert", "");
+    expect_tls("", tls_a.key, "grpc_tls_cert: must be set with grpc_tls_key", "");
+    expect_tls("/nonexistent/cert.pem", tls_a.key, "grpc_tls_cert: /nonexistent/cert.pem",
+               "No such file");
+    expect_tls(tls_a.cert, "/nonexistent/key.pem", "grpc_tls_key: /nonexistent/key.pem",
+               "No such file");
+    expect_tls(tls_a.key, tls_a.key, "grpc_tls_cert:", "not a PEM certificate");
+    expect_tls(tls_a.cert, tls_a.cert, "grpc_tls_key:", "not an unencrypted PEM private key");
+    expect_tls(tls_a.cert, tls_b.key, "grpc_tls_key:", "does not match the certificate");
+    /* Through the environment as well, as every key. */
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    char err[512] = "";
+    setenv("MOAT_GRPC_TLS_CERT", tls_b.cert, 1);
+    setenv("MOAT_GRPC_TLS_KEY", tls_b.key, 1);
+    assert_int_equal(moat_server_config_apply_env(&c, err, sizeof(err)), MOAT_OK);
+    unsetenv("MOAT_GRPC_TLS_CERT");
+    unsetenv("MOAT_GRPC_TLS_KEY");
+    assert_int_equal(moat_server_config_finish(&c, NULL, err, sizeof(err)), MOAT_OK);
+    assert_non_null(c.grpc_tls);
+    moat_server_config_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -456,6 +524,7 @@ int main(void)
         cmocka_unit_test(test_allowed_images),
         cmocka_unit_test(test_loopback_and_hostport),
         cmocka_unit_test(test_token_equal),
+        cmocka_unit_test_setup_teardown(test_grpc_tls_keys, make_tls_files, remove_tls_files),
     };
     return moat_run_group_tests("test_config", tests, NULL, NULL);
 }
