@@ -20,7 +20,7 @@ fi
 # A pid that is alive and whose command line names this cluster's directory, or nothing.
 ours() {
   local pid="$1"
-  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir/" &&
+  [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$dir/" &&
     echo "$pid"
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/cluster-up.sh and scripts/cluster-down.sh, for real: a cluster of two nodes under a
-# prefix and a /24 of this test's own (moat-clt, 10.214.0), so a developer's moat-cl cluster is
-# never touched. Each node's moatd answers Health from the host, runs a command in a sandbox on
+# prefix and a /24 of this run's own (mc<pid>, 10.214.<free>), so neither a developer's moat-cl
+# cluster nor another run of this test at the same time is touched. Each node's moatd answers Health from the host, runs a command in a sandbox on
 # its own dockerd and is listed as a member in etcd, which takes a write on every member. A
 # second cluster-up is a no-op. The faults: a node cut off from etcd fences itself (creates
 # refused, its session still serving, its lease expired) and comes back; one etcd member killed
@@ -14,8 +14,20 @@ set -euo pipefail
 
 src="${MOAT_SOURCE_DIR:?set MOAT_SOURCE_DIR}"
 build="${MOAT_BUILD_DIR:?set MOAT_BUILD_DIR}"
-export MOAT_CLUSTER_PREFIX=moat-clt MOAT_CLUSTER_NET=10.214.0 MOAT_BUILD_DIR="$build"
-export MOAT_CLUSTER_DIR="/tmp/moat-clt"
+# Namespaces, links and routes are the host's: a name and a /24 no other run uses (an octet
+# below 200 that nothing routes yet, starting from this run's pid).
+prefix="mc$(( $$ % 1000000 ))"
+net=""
+for i in $(seq 0 199); do
+  candidate="10.214.$(( ($$ + i) % 200 ))"
+  if ! ip route | grep -q "^$candidate\."; then
+    net="$candidate"
+    break
+  fi
+done
+[ -n "$net" ] || { echo "cluster_scripts: no free /24 under 10.214"; exit 1; }
+export MOAT_CLUSTER_PREFIX="$prefix" MOAT_CLUSTER_NET="$net" MOAT_BUILD_DIR="$build"
+export MOAT_CLUSTER_DIR="/tmp/moat-$prefix"
 up="$src/scripts/cluster-up.sh"
 down="$src/scripts/cluster-down.sh"
 moat="$build/src/client/moat"
@@ -53,8 +65,8 @@ trap finish EXIT
 
 # Nothing of this cluster is left: namespaces, links, processes, mounts, directory.
 assert_gone() {
-  ! ip netns list | grep -q "^moat-clt-" || fail "namespaces left: $(ip netns list)"
-  ! ip -br link | grep -q "^moat-clt-" || fail "links left"
+  ! ip netns list | grep -q "^$prefix-" || fail "namespaces left: $(ip netns list)"
+  ! ip -br link | grep -q "^$prefix-" || fail "links left"
   ! grep -qF "$MOAT_CLUSTER_DIR/" /proc/self/mountinfo || fail "mounts left"
   ! pgrep -f "$MOAT_CLUSTER_DIR/" >/dev/null || fail "processes left: $(pgrep -af "$MOAT_CLUSTER_DIR/")"
   [ ! -e "$MOAT_CLUSTER_DIR" ] || fail "$MOAT_CLUSTER_DIR left"
@@ -69,7 +81,7 @@ out="$("$up" 2)"
 echo "$out"
 token="$(sed -n 's/^MOAT_TOKEN=//p' <<<"$out")"
 [ -n "$token" ] || fail "no token printed"
-for a in 10.214.0.11 10.214.0.12; do
+for a in $net.11 $net.12; do
   grep -q "MOAT_ADDR=$a:7070" <<<"$out" || fail "node $a not printed"
   MOAT_ADDR="$a:7070" MOAT_TOKEN="$token" "$moat" health | grep -q '^SERVING' ||
     fail "moatd at $a does not serve"
@@ -78,9 +90,9 @@ for a in 10.214.0.11 10.214.0.12; do
     python3 -c 'import json, sys; print(json.load(sys.stdin)["session_id"])')"
   got="$(MOAT_ADDR="$a:7070" MOAT_TOKEN="$token" "$moat" exec "$sid" -- 'echo ok')"
   [ "$got" = ok ] || fail "a command on node $a printed '$got'"
-  [ "$a" != 10.214.0.11 ] || sid1="$sid"
+  [ "$a" != $net.11 ] || sid1="$sid"
 done
-for e in 10.214.0.2 10.214.0.3 10.214.0.4; do
+for e in $net.2 $net.3 $net.4; do
   grep -q "http://$e:2379" <<<"$out" || fail "etcd member $e not printed"
   curl -sf -m 5 -X POST "http://$e:2379/v3/kv/put" -d '{"key":"dA==","value":"MQ=="}' >/dev/null ||
     fail "etcd member $e takes no write"
@@ -97,9 +109,9 @@ for kv in json.load(sys.stdin).get("kvs", []):
           json.loads(base64.b64decode(kv["value"]))["address"])'
 }
 # Each moatd is a member: etcd lists n1 and n2 with their addresses.
-list="$(members 10.214.0.2)" || fail "etcd does not answer"
-[ "$list" = "n1 10.214.0.11:7070
-n2 10.214.0.12:7070" ] || fail "members listed: $list"
+list="$(members $net.2)" || fail "etcd does not answer"
+[ "$list" = "n1 $net.11:7070
+n2 $net.12:7070" ] || fail "members listed: $list"
 
 # Twice in a row: the same processes, untouched.
 pids="$(cat "$MOAT_CLUSTER_DIR"/*/*.pid)"
@@ -120,7 +132,7 @@ wait_until() {
 on() { MOAT_ADDR="$1:7070" MOAT_TOKEN="$token" "$moat" "${@:2}"; }
 listed() { members "$1" | grep -q "^$2 "; }
 create_reason() { on "$1" create --chat "$2" --json 2>&1 >/dev/null | sed -n 's/.*reason=\([a-z_]*\).*/\1/p'; }
-fenced() { [ "$(create_reason 10.214.0.11 6f1c2f7e-0000-4000-8000-000000000101)" = node_fenced ]; }
+fenced() { [ "$(create_reason $net.11 6f1c2f7e-0000-4000-8000-000000000101)" = node_fenced ]; }
 not_fenced() { ! fenced; }
 not_listed() {
   local list
@@ -130,26 +142,26 @@ not_listed() {
 # Node 1 cut off from etcd (its routes to the members prohibited; clients still reach it): it
 # fences itself and refuses creates, its running session still runs commands, the cluster sees
 # its lease expire, and node 2 goes on creating.
-for e in 2 3 4; do ip -n moat-clt-n1 route add prohibit "10.214.0.$e/32"; done
+for e in 2 3 4; do ip -n "$prefix-n1" route add prohibit "$net.$e/32"; done
 wait_until "node 1 never fenced itself" fenced
-[ "$(on 10.214.0.11 exec "$sid1" -- 'echo still')" = still ] || fail "node 1's session stopped"
-wait_until "node 1 stayed listed" not_listed 10.214.0.2 n1
-on 10.214.0.12 create --chat 6f1c2f7e-0000-4000-8000-000000000102 --json >/dev/null ||
+[ "$(on $net.11 exec "$sid1" -- 'echo still')" = still ] || fail "node 1's session stopped"
+wait_until "node 1 stayed listed" not_listed $net.2 n1
+on $net.12 create --chat 6f1c2f7e-0000-4000-8000-000000000102 --json >/dev/null ||
   fail "node 2 could not create while node 1 was cut off"
 # Back: node 1 registers again and accepts creates.
-for e in 2 3 4; do ip -n moat-clt-n1 route del prohibit "10.214.0.$e/32"; done
-wait_until "node 1 did not rejoin" listed 10.214.0.2 n1
+for e in 2 3 4; do ip -n "$prefix-n1" route del prohibit "$net.$e/32"; done
+wait_until "node 1 did not rejoin" listed $net.2 n1
 wait_until "node 1 stayed fenced" not_fenced
 
 # One etcd member of three killed: both nodes stay members and accept creates.
 kill -KILL "$(cat "$MOAT_CLUSTER_DIR/e1/etcd.pid")"
-on 10.214.0.12 create --chat 6f1c2f7e-0000-4000-8000-000000000103 --json >/dev/null ||
+on $net.12 create --chat 6f1c2f7e-0000-4000-8000-000000000103 --json >/dev/null ||
   fail "node 2 could not create with one etcd member down"
 # Ten answers from a surviving member, at least a second apart (two lease TTLs): every one lists
 # both nodes. A read during the election that follows the kill gets no answer, and is not counted.
 answers=0
 for _ in $(seq 1 120); do
-  if list="$(members 10.214.0.3)"; then
+  if list="$(members $net.3)"; then
     [ "$(cut -d' ' -f1 <<<"$list" | tr '\n' ' ')" = "n1 n2 " ] ||
       fail "a node dropped out with one etcd member down: $list"
     answers=$((answers + 1))
