@@ -121,3 +121,15 @@ void host_remove_tree(const char *dir)
     host_unmount_under(dir);
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
 }
+
+int host_remove_tree_checked(const char *dir)
+{
+    host_remove_tree(dir);
+    size_t loops = host_loops_under(dir);
+    struct stat sb;
+    bool gone = stat(dir, &sb) != 0;
+    if (loops == 0 && gone)
+        return 0;
+    fprintf(stderr, "teardown: %zu loop devices left, dir %s\n", loops, gone ? "removed" : "left");
+    return -1;
+}

@@ -15,5 +15,8 @@ size_t host_unmount_under(const char *dir);
 size_t host_loops_under(const char *path);
 /* Unmounts what lies under dir, then removes dir and everything in it. */
 void host_remove_tree(const char *dir);
+/* host_remove_tree, then checks that it worked: 0, or -1 (saying on stderr what was left) when a
+ * loop device still backs a file under dir or dir is still there. For a test's teardown. */
+int host_remove_tree_checked(const char *dir);
 
 #endif
