@@ -311,11 +311,6 @@ static void cb_message(void *ud, void *call, const uint8_t *data, size_t len)
         reflection_message(st, data, len);
         return;
     }
-    /* A client-streaming call's first message is no input the handler gives back: its window
-     * returns at once. */
-    if (moat_rpc_call_state(st->call) == MOAT_RPC_AWAIT_REQUEST &&
-        moat_rpc_call_method(st->call)->client_streaming)
-        grpc_input_done(st, len);
     moat__stream_request(st, data, len);
 }
 

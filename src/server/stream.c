@@ -397,6 +397,10 @@ void moat__stream_request(stream *st, const uint8_t *payload, size_t len)
         moat_rpc_call_cancel_with(st->call, &extra);
         return;
     }
+    /* A client-streaming call's first message is no input its handler gives back: on any
+     * transport, its credit returns at once. */
+    if (moat_rpc_call_method(st->call)->client_streaming)
+        st->tx->input_done(st, len);
     const ProtobufCMessage *req = NULL;
     if (moat_rpc_call_request(st->call, payload, len, &req) == MOAT_OK)
         moat__dispatch(st, req);
