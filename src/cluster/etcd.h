@@ -101,6 +101,9 @@ typedef struct moat_etcd_txn_spec {
 char *moat_etcd_req_put(moat_slice key, moat_slice value, int64_t lease, moat_err *err);
 /* limit 0: no limit. */
 char *moat_etcd_req_range(moat_slice key, bool prefix, int64_t limit, moat_err *err);
+/* The keys in [key, end): what paging through a prefix needs (the next page starts past the
+ * last key seen). Both non-empty. */
+char *moat_etcd_req_range_to(moat_slice key, moat_slice end, int64_t limit, moat_err *err);
 char *moat_etcd_req_delete(moat_slice key, bool prefix, moat_err *err);
 char *moat_etcd_req_txn(const moat_etcd_txn_spec *txn, moat_err *err);
 char *moat_etcd_req_lease_grant(int64_t ttl_seconds, moat_err *err);
@@ -193,6 +196,9 @@ moat_code moat_etcd_put(moat_etcd *etcd, moat_slice key, moat_slice value, int64
                         moat_etcd_result *res, moat_status *st);
 moat_code moat_etcd_range(moat_etcd *etcd, moat_slice key, bool prefix, int64_t limit,
                           moat_etcd_result *res, moat_status *st);
+/* The keys in [key, end), at most limit of them (0: all); res->more says some were left out. */
+moat_code moat_etcd_range_to(moat_etcd *etcd, moat_slice key, moat_slice end, int64_t limit,
+                             moat_etcd_result *res, moat_status *st);
 moat_code moat_etcd_delete(moat_etcd *etcd, moat_slice key, bool prefix, moat_etcd_result *res,
                            moat_status *st);
 moat_code moat_etcd_txn(moat_etcd *etcd, const moat_etcd_txn_spec *txn, moat_etcd_result *res,

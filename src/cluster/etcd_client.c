@@ -219,6 +219,14 @@ moat_code moat_etcd_range(moat_etcd *e, moat_slice key, bool prefix, int64_t lim
     return perform(e, MOAT_ETCD_CALL_RANGE, body, err, res, st);
 }
 
+moat_code moat_etcd_range_to(moat_etcd *e, moat_slice key, moat_slice end, int64_t limit,
+                             moat_etcd_result *res, moat_status *st)
+{
+    moat_err err;
+    char *body = moat_etcd_req_range_to(key, end, limit, &err);
+    return perform(e, MOAT_ETCD_CALL_RANGE, body, err, res, st);
+}
+
 moat_code moat_etcd_delete(moat_etcd *e, moat_slice key, bool prefix, moat_etcd_result *res,
                            moat_status *st)
 {

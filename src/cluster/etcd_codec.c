@@ -172,6 +172,20 @@ char *moat_etcd_req_range(moat_slice key, bool prefix, int64_t limit, moat_err *
     return finish(obj, ok, err);
 }
 
+char *moat_etcd_req_range_to(moat_slice key, moat_slice end, int64_t limit, moat_err *err)
+{
+    *err = MOAT_OK;
+    if (!key_ok(key) || !key_ok(end) || limit < 0) {
+        *err = MOAT_E_INVAL;
+        return NULL;
+    }
+    cJSON *obj = cJSON_CreateObject();
+    bool ok = obj != NULL && add_bytes(obj, "key", key.data, key.len) &&
+              add_bytes(obj, "range_end", end.data, end.len) &&
+              (limit == 0 || add_i64(obj, "limit", limit));
+    return finish(obj, ok, err);
+}
+
 char *moat_etcd_req_delete(moat_slice key, bool prefix, moat_err *err)
 {
     *err = MOAT_OK;

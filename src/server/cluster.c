@@ -150,6 +150,11 @@ bool moat__cluster_fenced(srv *s)
     return s->cluster != NULL && !moat_membership_live(s->cluster->m);
 }
 
+moat_etcd *moat__cluster_etcd(srv *s)
+{
+    return s->cluster != NULL ? s->cluster->etcd : NULL;
+}
+
 static void on_timer_closed(uv_handle_t *h)
 {
     free(h->data);

@@ -70,6 +70,26 @@ void *moat__job_new(stream *st, size_t size)
     return j;
 }
 
+void *moat__job_new_routed(stream *st, size_t size)
+{
+    uint64_t age_ms;
+    if (moat__cluster_etcd(st->s) == NULL ||
+        moat__health_state(st->s->health, &age_ms) != MOAT_ENGINE_DOWN)
+        return moat__job_new(st, size);
+    engine_job *j = moat__job_new_unattached(st->s, size);
+    if (j == NULL) {
+        moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
+                           "out of memory");
+        return NULL;
+    }
+    j->st = st;
+    j->engine_down = true;
+    moat_status_set(&j->engine_status, MOAT_CODE_UNAVAILABLE, "docker_unreachable",
+                    "the docker engine did not answer its health probe %llu ms ago",
+                    (unsigned long long)age_ms);
+    return j;
+}
+
 void moat__job_start(engine_job *j, engine_job_fn run, engine_job_fn done)
 {
     j->run = run;

@@ -5,6 +5,7 @@
 #ifndef MOAT_SERVER_HANDLERS_H
 #define MOAT_SERVER_HANDLERS_H
 
+#include "cluster/directory.h"
 #include "server_internal.h"
 
 /* ---- session cache (session_cache.c) ---------------------------------------------------------
@@ -60,15 +61,73 @@ struct engine_job {
     moat_code code;
     uint64_t started_ns;
     engine_job *next, *prev; /* in s->engine_jobs while a call waits on it */
+    /* moat__job_new_routed: the engine was down, so only the cluster's directory is asked, and
+     * engine_status is the answer for a session it does not place elsewhere. */
+    bool engine_down;
+    moat_status engine_status;
 };
 
 /* A zeroed job of size bytes (the operation's struct) for a call that needs the engine; NULL (the
  * call ended) when it cannot run: with the engine down the call fails at once rather than hold a
  * worker for docker_timeout_ms. The job frees itself after done. */
 void *moat__job_new(stream *st, size_t size);
+/* The same for a call that names a session, or lists them: in a cluster, with the engine down,
+ * the job still runs, for the directory may place the session on another node
+ * (moat__engine_skipped). */
+void *moat__job_new_routed(stream *st, size_t size);
 /* The same for work of the server's own, with no call. NULL when out of memory. */
 void *moat__job_new_unattached(srv *s, size_t size);
 void moat__job_start(engine_job *j, engine_job_fn run, engine_job_fn done);
+
+/* ---- routing in a cluster (cluster_route.c) ------------------------------------------------- */
+
+/* Where the directory says a session is that this node's runtime does not know. */
+typedef enum route_verdict {
+    ROUTE_LOCAL = 0, /* not a cluster, no record, or this node's own: the runtime's answer stands */
+    ROUTE_MOVED,     /* a live node other than this one holds it */
+    ROUTE_LOST,      /* its node left the cluster: the session is gone */
+    ROUTE_ENDED,     /* its record says it ended */
+} route_verdict;
+
+typedef struct session_route {
+    route_verdict verdict;
+    moat_dir_entry entry; /* the record, unless ROUTE_LOCAL */
+} session_route;
+
+/* A worker thread, once the runtime answered NOT_FOUND for session_id (canonical): asks the
+ * directory. OK with the verdict (ROUTE_LOCAL outside a cluster), or the directory's failure in
+ * *st (UNAVAILABLE etcd_unavailable, INTERNAL session_record_invalid, …). */
+moat_code moat__cluster_route(srv *s, const char *session_id, session_route *out, moat_status *st);
+/* A routed job's worker, before asking the runtime: true when it must not (the engine is down),
+ * with j->code NOT_FOUND so that moat__directory_knows asks the directory. */
+bool moat__engine_skipped(engine_job *j);
+/* A job's worker, once the runtime answered: for a session it does not know (j->code NOT_FOUND)
+ * in a cluster, whether the directory knows it (true, with *r). A directory that cannot answer
+ * sets j's code and status to its failure, and a session it does not know with the engine
+ * skipped ends docker_unreachable (false). */
+bool moat__directory_knows(engine_job *j, const char *session_id, session_route *r);
+/* Sets *st for a session held elsewhere (FAILED_PRECONDITION session_moved with details
+ * owner_address, owner_node and session_id) or whose node is gone (FAILED_PRECONDITION
+ * node_lost); false, *st untouched, for the other verdicts. */
+bool moat__route_status(const session_route *r, moat_status *st);
+/* The session's state by its record: ended as recorded, GONE when its node is gone, else
+ * running. */
+moat_session_state moat__route_state(const moat_dir_entry *e);
+/* The session as its record has it, for GetSession: no container id and no execd. */
+void moat__route_session(const moat_dir_entry *e, moat_session *out);
+
+/* What a SandboxSession is made of, pointing into its source (a local session or a record). */
+typedef struct session_view {
+    const char *session_id, *chat_id, *container_id, *image;
+    moat_session_state state;
+    int64_t created_at_ms, expires_at_ms;
+} session_view;
+/* Points into e, which must outlive it. */
+void moat__route_view(const moat_dir_entry *e, session_view *out);
+/* A worker thread: the sessions of chat (canonical, or "" for all) not ended, over the whole
+ * cluster from the directory; *out (free()) gets *count of them. */
+moat_code moat__cluster_list(srv *s, const char *chat, moat_dir_entry **out, size_t *count,
+                             moat_status *st);
 
 /* ---- the method table (handlers.c) ---------------------------------------------------------- */
 

@@ -221,7 +221,7 @@ struct moat_server {
     uint32_t creates_inflight; /* CreateSession jobs that may add a session */
     void *create_waiters;
     struct health_watch *health_watches; /* grpc.health.v1 Watch calls (svc_grpc_health.c) */
-    srv_cluster *cluster; /* NULL unless in a cluster (cluster.c) */
+    srv_cluster *cluster;                /* NULL unless in a cluster (cluster.c) */
 };
 
 /* Cluster mode (cluster.c): joins the cluster when cluster_etcd_endpoints is set (a no-op
@@ -231,6 +231,8 @@ moat_err moat__cluster_start(srv *s);
 bool moat__cluster_fenced(srv *s);
 /* Leaves the cluster (revokes the lease) and frees what start made. */
 void moat__cluster_stop(srv *s);
+/* The cluster's etcd client, or NULL when not in a cluster. Any thread while the server runs. */
+struct moat_etcd *moat__cluster_etcd(srv *s);
 
 /* The engine as the background probe last saw it (health.c). */
 typedef enum moat_engine_state {

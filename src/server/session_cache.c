@@ -46,7 +46,8 @@ static cache_entry *cache_find(srv *s, const char *id)
 void moat__session_cache_put(srv *s, const moat_session *session)
 {
     const char *id = session->session_id;
-    if (cache_find(s, id) != NULL)
+    /* Another node's session (from the cluster's directory) has no execd here. */
+    if (session->execd_socket[0] == '\0' || cache_find(s, id) != NULL)
         return;
     cache *c = s->sessions;
     cache_entry *e = malloc(sizeof(*e) + strlen(session->execd_socket) + 1);
@@ -116,7 +117,18 @@ typedef struct lookup_job {
 static void lookup_run(engine_job *j)
 {
     lookup_job *l = (lookup_job *)j;
-    j->code = j->s->rt_ops->get(j->s->rt, l->session_id, &l->found, &j->status);
+    if (!moat__engine_skipped(j))
+        j->code = j->s->rt_ops->get(j->s->rt, l->session_id, &l->found, &j->status);
+    /* Not here: in a cluster, the directory knows where. */
+    session_route r;
+    if (!moat__directory_knows(j, l->session_id, &r))
+        return;
+    if (moat__route_status(&r, &j->status)) {
+        j->code = j->status.code;
+    } else {
+        j->code = MOAT_CODE_OK;
+        l->found.state = moat__route_state(&r.entry); /* ended: session_not_running */
+    }
 }
 
 static void lookup_done(engine_job *j)
@@ -156,7 +168,7 @@ void moat__with_session(stream *st, const char *session_id, session_then_fn then
         then(st, &ep);
         return;
     }
-    lookup_job *l = moat__job_new(st, sizeof(*l));
+    lookup_job *l = moat__job_new_routed(st, sizeof(*l));
     if (l == NULL)
         return;
     snprintf(l->session_id, sizeof(l->session_id), "%s", id);

@@ -24,8 +24,19 @@ static Moat__V1__SessionStatus proto_status(moat_session_state s)
     return MOAT__V1__SESSION_STATUS__SESSION_STATUS_UNSPECIFIED;
 }
 
-/* Fills a SandboxSession pointing into *in and *labels (which must outlive it). */
-static void to_proto(const moat_session *in, Moat__V1__SandboxSession *out,
+static void local_view(const moat_session *in, session_view *out)
+{
+    out->session_id = in->session_id;
+    out->chat_id = in->chat_id;
+    out->container_id = in->container_id;
+    out->image = in->image;
+    out->state = in->state;
+    out->created_at_ms = in->created_at_ms;
+    out->expires_at_ms = in->expires_at_ms;
+}
+
+/* Fills a SandboxSession pointing into what *in points to and *labels (which must outlive it). */
+static void to_proto(const session_view *in, Moat__V1__SandboxSession *out,
                      Moat__V1__SandboxSession__LabelsEntry lab[3],
                      Moat__V1__SandboxSession__LabelsEntry *labp[3])
 {
@@ -56,7 +67,9 @@ static void reply_session(stream *st, const moat_session *sess)
     Moat__V1__SandboxSession msg;
     Moat__V1__SandboxSession__LabelsEntry lab[3];
     Moat__V1__SandboxSession__LabelsEntry *labp[3];
-    to_proto(sess, &msg, lab, labp);
+    session_view v;
+    local_view(sess, &v);
+    to_proto(&v, &msg, lab, labp);
     moat_rpc_call_reply(st->call, &msg.base);
 }
 
@@ -365,14 +378,26 @@ typedef struct session_job {
 static void get_run(engine_job *j)
 {
     session_job *g = (session_job *)j;
-    j->code = j->s->rt_ops->get(j->s->rt, g->session_id, &g->session, &j->status);
+    if (!moat__engine_skipped(j))
+        j->code = j->s->rt_ops->get(j->s->rt, g->session_id, &g->session, &j->status);
+    /* Another node's session, live or not, is answered from its record. */
+    session_route r;
+    if (moat__directory_knows(j, g->session_id, &r)) {
+        moat__route_session(&r.entry, &g->session);
+        j->code = MOAT_CODE_OK;
+    }
 }
 
 static void renew_run(engine_job *j)
 {
     session_job *g = (session_job *)j;
     int64_t at = moat_time_now_ms() + g->ttl_ms;
-    j->code = j->s->rt_ops->renew(j->s->rt, g->session_id, at, &g->session, &j->status);
+    if (!moat__engine_skipped(j))
+        j->code = j->s->rt_ops->renew(j->s->rt, g->session_id, at, &g->session, &j->status);
+    /* Renewed by its owner only (ended: session_not_found, as here). */
+    session_route r;
+    if (moat__directory_knows(j, g->session_id, &r) && moat__route_status(&r, &j->status))
+        j->code = j->status.code;
 }
 
 static void session_done(engine_job *j)
@@ -396,7 +421,7 @@ static session_job *session_job_new(stream *st, const char *session_id)
     char id[MOAT_UUID_STR_LEN];
     if (!moat__canon(st, session_id, "session_id", id))
         return NULL;
-    session_job *g = moat__job_new(st, sizeof(*g));
+    session_job *g = moat__job_new_routed(st, sizeof(*g));
     if (g != NULL)
         snprintf(g->session_id, sizeof(g->session_id), "%s", id);
     return g;
@@ -429,13 +454,19 @@ typedef struct list_job {
     engine_job base;
     char chat[MOAT_UUID_STR_LEN]; /* "" = every chat */
     moat_session *sessions;       /* from list_active: freed by list_done */
+    moat_dir_entry *records;      /* in a cluster, from the directory instead: freed too */
     size_t count;
+    bool cluster; /* records, not sessions */
 } list_job;
 
 static void list_run(engine_job *j)
 {
     list_job *l = (list_job *)j;
-    j->code = j->s->rt_ops->list_active(j->s->rt, &l->sessions, &l->count, &j->status);
+    l->cluster = moat__cluster_etcd(j->s) != NULL;
+    if (l->cluster)
+        j->code = moat__cluster_list(j->s, l->chat, &l->records, &l->count, &j->status);
+    else
+        j->code = j->s->rt_ops->list_active(j->s->rt, &l->sessions, &l->count, &j->status);
 }
 
 static void list_reply(list_job *l)
@@ -450,11 +481,18 @@ static void list_reply(list_job *l)
         moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
                            "out of memory");
     } else {
+        /* The directory's listing is filtered already, and holds no execd to cache. */
         for (size_t i = 0; i < l->count; i++) {
-            if (l->chat[0] != '\0' && strcmp(l->sessions[i].chat_id, l->chat) != 0)
+            session_view v;
+            if (l->cluster) {
+                moat__route_view(&l->records[i], &v);
+            } else if (l->chat[0] != '\0' && strcmp(l->sessions[i].chat_id, l->chat) != 0) {
                 continue;
-            moat__session_cache_put(st->s, &l->sessions[i]);
-            to_proto(&l->sessions[i], &items[n], lab[n], labp[n]);
+            } else {
+                moat__session_cache_put(st->s, &l->sessions[i]);
+                local_view(&l->sessions[i], &v);
+            }
+            to_proto(&v, &items[n], lab[n], labp[n]);
             ptrs[n] = &items[n];
             n++;
         }
@@ -476,10 +514,13 @@ static void list_done(engine_job *j)
     if (j->code != MOAT_CODE_OK) {
         moat_rpc_call_end(j->st->call, &j->status);
     } else {
-        moat__metrics_sessions_set(j->s->metrics, (int64_t)l->count);
+        /* Only this node's own listing counts its sessions. */
+        if (!l->cluster)
+            moat__metrics_sessions_set(j->s->metrics, (int64_t)l->count);
         list_reply(l);
     }
     free(l->sessions);
+    free(l->records);
 }
 
 void moat__sandboxes_list(stream *st, const ProtobufCMessage *msg)
@@ -488,7 +529,7 @@ void moat__sandboxes_list(stream *st, const ProtobufCMessage *msg)
     char chat[MOAT_UUID_STR_LEN] = "";
     if (req->chat_id[0] != '\0' && !moat__canon(st, req->chat_id, "chat_id", chat))
         return;
-    list_job *l = moat__job_new(st, sizeof(*l));
+    list_job *l = moat__job_new_routed(st, sizeof(*l));
     if (l == NULL)
         return;
     snprintf(l->chat, sizeof(l->chat), "%s", chat);
@@ -507,7 +548,16 @@ static void stop_run(engine_job *j)
 {
     stop_job *p = (stop_job *)j;
     moat_session cur;
-    j->code = j->s->rt_ops->get(j->s->rt, p->session_id, &cur, &j->status);
+    if (!moat__engine_skipped(j))
+        j->code = j->s->rt_ops->get(j->s->rt, p->session_id, &cur, &j->status);
+    /* Another node's session is stopped by its owner; one whose node is gone or that ended is
+     * not running, and stop is idempotent. */
+    session_route r;
+    if (moat__directory_knows(j, p->session_id, &r)) {
+        bool moved = r.verdict == ROUTE_MOVED && moat__route_status(&r, &j->status);
+        j->code = moved ? j->status.code : MOAT_CODE_OK;
+        return;
+    }
     if (j->code != MOAT_CODE_OK || cur.state != MOAT_SESSION_RUNNING)
         return;
     j->code = j->s->rt_ops->stop(j->s->rt, p->session_id, &j->status);
@@ -540,7 +590,7 @@ void moat__sandboxes_stop(stream *st, const ProtobufCMessage *msg)
     char id[MOAT_UUID_STR_LEN];
     if (!moat__canon(st, req->session_id, "session_id", id))
         return;
-    stop_job *p = moat__job_new(st, sizeof(*p));
+    stop_job *p = moat__job_new_routed(st, sizeof(*p));
     if (p == NULL)
         return;
     snprintf(p->session_id, sizeof(p->session_id), "%s", id);

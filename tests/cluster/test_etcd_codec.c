@@ -110,6 +110,11 @@ static void test_requests(void **state)
     s = moat_etcd_req_range(moat_slice_str("a/"), true, 10, &err);
     assert_string_equal(s, "{\"key\":\"YS8=\",\"range_end\":\"YTA=\",\"limit\":\"10\"}");
     free(s);
+    /* A page that starts past "a/x" (its key with a 0 byte) and ends at the prefix's end. */
+    s = moat_etcd_req_range_to((moat_slice){(const uint8_t *)"a/x", 4}, moat_slice_str("a0"), 2,
+                               &err);
+    assert_string_equal(s, "{\"key\":\"YS94AA==\",\"range_end\":\"YTA=\",\"limit\":\"2\"}");
+    free(s);
     s = moat_etcd_req_delete(moat_slice_str("a"), false, &err);
     assert_string_equal(s, "{\"key\":\"YQ==\"}");
     free(s);
@@ -154,6 +159,8 @@ static void test_requests_refused(void **state)
     assert_null(moat_etcd_req_put(long_key, moat_slice_str("v"), 0, &err));
     assert_null(moat_etcd_req_put(moat_slice_str("k"), long_value, 0, &err));
     assert_null(moat_etcd_req_range(moat_slice_str("k"), false, -1, &err));
+    assert_null(moat_etcd_req_range_to(moat_slice_str("k"), (moat_slice){NULL, 0}, 0, &err));
+    assert_null(moat_etcd_req_range_to(long_key, moat_slice_str("z"), 0, &err));
     assert_null(moat_etcd_req_delete(long_key, true, &err));
     assert_null(moat_etcd_req_lease_grant(0, &err));
     assert_null(moat_etcd_req_lease_id(0, &err));
