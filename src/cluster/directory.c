@@ -47,53 +47,45 @@ moat_code moat_directory_get(moat_etcd *etcd, const char *session_id, moat_dir_f
     return code;
 }
 
-/* Appends r's records that match into the growing *out. false (st set) when past max or out
- * of memory. */
-static bool take_page(const moat_etcd_result *r, const char *chat_id, const moat_node *nodes,
-                      size_t nnodes, size_t max, moat_dir_entry **out, size_t *count, size_t *cap,
-                      size_t *skipped, moat_status *st)
+bool moat__dir_take(moat_dir_acc *a, const uint8_t *key, size_t key_len, const uint8_t *value,
+                    size_t value_len, moat_status *st)
 {
-    for (size_t i = 0; i < r->kv_count; i++) {
-        const moat_etcd_kv *kv = &r->kvs[i];
-        moat_session_record rec;
-        if (moat_session_record_decode(kv->key, kv->key_len, kv->value, kv->value_len, &rec) !=
-            MOAT_OK) {
-            (*skipped)++;
-            continue;
-        }
-        if (rec.state == MOAT_RECORD_ENDED || (chat_id[0] != '\0' && strcmp(rec.chat_id, chat_id)))
-            continue;
-        if (*count == max) {
-            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "listing_too_large",
-                            "more than %zu sessions match; list one chat's", max);
+    moat_session_record rec;
+    if (moat_session_record_decode(key, key_len, value, value_len, &rec) != MOAT_OK) {
+        a->skipped++;
+        return true;
+    }
+    if (rec.state == MOAT_RECORD_ENDED ||
+        (a->chat_id[0] != '\0' && strcmp(rec.chat_id, a->chat_id)))
+        return true;
+    if (a->count == a->max) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "listing_too_large",
+                        "more than %zu sessions match; list one chat's", a->max);
+        return false;
+    }
+    if (a->count == a->cap) {
+        size_t ncap = a->cap != 0 ? a->cap * 2 : 64;
+        moat_dir_entry *grown = realloc(a->out, ncap * sizeof(*a->out));
+        if (grown == NULL) {
+            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
             return false;
         }
-        if (*count == *cap) {
-            size_t ncap = *cap != 0 ? *cap * 2 : 64;
-            moat_dir_entry *grown = realloc(*out, ncap * sizeof(**out));
-            if (grown == NULL) {
-                moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
-                return false;
-            }
-            *out = grown;
-            *cap = ncap;
-        }
-        (*out)[*count].rec = rec;
-        (*out)[*count].owner_live = moat_session_record_owner(&rec, nodes, nnodes) != NULL;
-        (*count)++;
+        a->out = grown;
+        a->cap = ncap;
     }
+    a->out[a->count].rec = rec;
+    a->out[a->count].owner_live = moat_session_record_owner(&rec, a->nodes, a->nnodes) != NULL;
+    a->count++;
     return true;
 }
 
 moat_code moat_directory_list(moat_etcd *etcd, const char *chat_id, size_t max,
                               moat_dir_entry **out, size_t *count, size_t *skipped, moat_status *st)
 {
-    *out = NULL;
-    *count = 0;
-    *skipped = 0;
     moat_node *nodes = NULL;
-    size_t nnodes = 0, cap = 0;
+    size_t nnodes = 0;
     moat_code code = moat_cluster_nodes(etcd, &nodes, &nnodes, NULL, st);
+    moat_dir_acc a = {chat_id, nodes, nnodes, max, NULL, 0, 0, 0};
     const moat_slice prefix = moat_slice_str(MOAT_SESSIONS_PREFIX);
     uint8_t end[sizeof(MOAT_SESSIONS_PREFIX)];
     moat_slice end_s = {end, moat_etcd_prefix_end(prefix, end)};
@@ -105,9 +97,11 @@ moat_code moat_directory_list(moat_etcd *etcd, const char *chat_id, size_t max,
     while (code == MOAT_CODE_OK && more) {
         moat_etcd_result r;
         code = moat_etcd_range_to(etcd, from_s, end_s, MOAT_DIRECTORY_PAGE, &r, st);
-        if (code == MOAT_CODE_OK &&
-            !take_page(&r, chat_id, nodes, nnodes, max, out, count, &cap, skipped, st))
-            code = st->code;
+        for (size_t i = 0; code == MOAT_CODE_OK && i < r.kv_count; i++) {
+            const moat_etcd_kv *kv = &r.kvs[i];
+            if (!moat__dir_take(&a, kv->key, kv->key_len, kv->value, kv->value_len, st))
+                code = st->code;
+        }
         more = code == MOAT_CODE_OK && r.more && r.kv_count > 0;
         if (more) {
             const moat_etcd_kv *last = &r.kvs[r.kv_count - 1];
@@ -120,10 +114,19 @@ moat_code moat_directory_list(moat_etcd *etcd, const char *chat_id, size_t max,
         moat_etcd_result_free(&r);
     }
     free(nodes);
+    return moat__dir_finish(&a, code, out, count, skipped);
+}
+
+moat_code moat__dir_finish(moat_dir_acc *a, moat_code code, moat_dir_entry **out, size_t *count,
+                           size_t *skipped)
+{
     if (code != MOAT_CODE_OK) {
-        free(*out);
-        *out = NULL;
-        *count = 0;
+        free(a->out);
+        a->out = NULL;
+        a->count = 0;
     }
+    *out = a->out;
+    *count = a->count;
+    *skipped = a->skipped;
     return code;
 }

@@ -44,4 +44,24 @@ moat_code moat_directory_list(moat_etcd *etcd, const char *chat_id, size_t max,
                               moat_dir_entry **out, size_t *count, size_t *skipped,
                               moat_status *st);
 
+/* ---- internal: what moat_directory_list and the cache's listing share ---------------------- */
+
+/* A listing as it grows. */
+typedef struct moat_dir_acc {
+    const char *chat_id; /* "" for all */
+    const moat_node *nodes;
+    size_t nnodes;
+    size_t max;
+    moat_dir_entry *out;
+    size_t count, cap, skipped;
+} moat_dir_acc;
+
+/* Adds a record that matches (not ended, of the chat) to a; one that does not decode is counted
+ * as skipped. false (st set) past max or out of memory. */
+bool moat__dir_take(moat_dir_acc *a, const uint8_t *key, size_t key_len, const uint8_t *value,
+                    size_t value_len, moat_status *st);
+/* Hands a's entries to the caller (none after a failure, code) and returns code. */
+moat_code moat__dir_finish(moat_dir_acc *a, moat_code code, moat_dir_entry **out, size_t *count,
+                           size_t *skipped);
+
 #endif

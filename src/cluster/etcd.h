@@ -15,6 +15,7 @@
 #ifndef MOAT_CLUSTER_ETCD_H
 #define MOAT_CLUSTER_ETCD_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -146,6 +147,7 @@ typedef enum moat_etcd_call {
     MOAT_ETCD_CALL_LEASE_GRANT = 4,
     MOAT_ETCD_CALL_LEASE_KEEPALIVE = 5,
     MOAT_ETCD_CALL_LEASE_REVOKE = 6,
+    MOAT_ETCD_CALL_WATCH = 7, /* a stream: moat_etcd_parse_watch reads its messages */
 } moat_etcd_call;
 
 /* The gateway's path for a call ("/v3/kv/put", …). Static. */
@@ -161,6 +163,32 @@ const char *moat_etcd_call_path(moat_etcd_call call);
  * refused before it is decoded. */
 moat_code moat_etcd_parse(moat_etcd_call call, long http_status, const char *body, size_t len,
                           moat_etcd_result *res, moat_status *st);
+
+/* ---- watch (POST /v3/watch: one request, then a stream of messages, one JSON object a line) */
+
+/* The watch's one request: every change to the keys in [key, end) from start_revision on. */
+char *moat_etcd_req_watch(moat_slice key, moat_slice end, int64_t start_revision, moat_err *err);
+
+/* One message of the stream. The caller owns it (zeroed first) and frees what it holds with
+ * moat_etcd_watch_msg_free. */
+typedef struct moat_etcd_watch_msg {
+    int64_t revision; /* the header's */
+    bool created;     /* the first message: the watch is in place */
+    bool canceled;    /* etcd ended the watch (see compact_revision) */
+    /* Canceled because start_revision was compacted away: the oldest revision there is. */
+    int64_t compact_revision;
+    /* Each event's key as etcd sent it, in order; a DELETE has version 0 and no value (a key
+     * that exists has version 1 or more). */
+    moat_etcd_kv *events;
+    size_t event_count;
+} moat_etcd_watch_msg;
+
+void moat_etcd_watch_msg_free(moat_etcd_watch_msg *m);
+
+/* Reads one line of the stream (no newline needed), bounded as moat_etcd_parse is. An error
+ * object: etcd's code, "etcd_error"; anything else unexpected: INTERNAL "etcd_bad_answer". */
+moat_code moat_etcd_parse_watch(const char *line, size_t len, moat_etcd_watch_msg *m,
+                                moat_status *st);
 
 /* ---- client ------------------------------------------------------------------------------ */
 
@@ -211,5 +239,18 @@ moat_code moat_etcd_lease_keepalive(moat_etcd *etcd, int64_t lease, moat_etcd_re
                                     moat_status *st);
 moat_code moat_etcd_lease_revoke(moat_etcd *etcd, int64_t lease, moat_etcd_result *res,
                                  moat_status *st);
+
+/* Called with each message of a watch stream (valid during the call); false ends the watch. */
+typedef bool (*moat_etcd_watch_fn)(void *ud, const moat_etcd_watch_msg *m);
+
+/* Watches [key, end) from start_revision on, through the first member that takes the
+ * connection (in the order calls use), calling fn with each message, until the stream ends, fn
+ * returns false, or *stop is true (looked at about once a second). Blocking: it returns when
+ * the stream is over, with UNAVAILABLE "etcd_unavailable" when the member went away or no
+ * member could be reached, OK when fn or *stop ended it, or the status of a message that could
+ * not be read. No request timeout: a watch lasts. */
+moat_code moat_etcd_watch(moat_etcd *etcd, moat_slice key, moat_slice end, int64_t start_revision,
+                          moat_etcd_watch_fn fn, void *ud, const atomic_bool *stop,
+                          moat_status *st);
 
 #endif

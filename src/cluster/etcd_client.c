@@ -270,3 +270,121 @@ moat_code moat_etcd_lease_revoke(moat_etcd *e, int64_t lease, moat_etcd_result *
 {
     return lease_call(e, MOAT_ETCD_CALL_LEASE_REVOKE, lease, res, st);
 }
+
+/* A watch stream as it arrives: whole lines go to fn. */
+typedef struct watch_ctx {
+    moat_buf buf;
+    moat_etcd_watch_fn fn;
+    void *ud;
+    const atomic_bool *stop;
+    bool ended;      /* fn said so, or a message could not be read */
+    moat_code code;  /* of that message */
+    moat_status *st; /* its status */
+} watch_ctx;
+
+static size_t on_watch_body(char *data, size_t size, size_t nmemb, void *user)
+{
+    watch_ctx *w = user;
+    size_t n = size * nmemb;
+    if (moat_buf_append(&w->buf, data, n) != MOAT_OK) {
+        moat_status_set(w->st, MOAT_CODE_INTERNAL, "etcd_bad_answer",
+                        "etcd's watch stream sent a message over %u bytes", MOAT_ETCD_ANSWER_MAX);
+        w->code = w->st->code;
+        w->ended = true;
+        return 0;
+    }
+    for (;;) {
+        uint8_t *nl = memchr(w->buf.data, '\n', w->buf.len);
+        if (nl == NULL)
+            return n;
+        size_t line = (size_t)(nl - w->buf.data);
+        moat_etcd_watch_msg m;
+        memset(&m, 0, sizeof(m));
+        w->code = moat_etcd_parse_watch((const char *)w->buf.data, line, &m, w->st);
+        bool go_on = w->code == MOAT_CODE_OK && w->fn(w->ud, &m);
+        moat_etcd_watch_msg_free(&m);
+        moat_buf_consume(&w->buf, line + 1);
+        if (!go_on) {
+            w->ended = true;
+            return 0;
+        }
+    }
+}
+
+static int on_watch_progress(void *user, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                             curl_off_t ulnow)
+{
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    watch_ctx *w = user;
+    return atomic_load(w->stop) ? 1 : 0;
+}
+
+moat_code moat_etcd_watch(moat_etcd *e, moat_slice key, moat_slice end, int64_t start_revision,
+                          moat_etcd_watch_fn fn, void *ud, const atomic_bool *stop, moat_status *st)
+{
+    moat_err err;
+    char *body = moat_etcd_req_watch(key, end, start_revision, &err);
+    if (body == NULL) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "etcd_bad_request",
+                        "etcd /v3/watch: a key out of bounds");
+        return st->code;
+    }
+    watch_ctx w = {{0}, fn, ud, stop, false, MOAT_CODE_OK, st};
+    moat_code code = MOAT_CODE_UNAVAILABLE;
+    size_t first = atomic_load(&e->preferred) % e->url_count;
+    for (size_t k = 0; k < e->url_count && !atomic_load(stop); k++) {
+        const char *url = e->urls[(first + k) % e->url_count];
+        char full[300], errbuf[CURL_ERROR_SIZE] = "";
+        snprintf(full, sizeof(full), "%s/v3/watch", url);
+        moat_buf_init(&w.buf, MOAT_ETCD_ANSWER_MAX);
+        CURL *h = curl_easy_init();
+        struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+        if (h == NULL || headers == NULL) {
+            curl_slist_free_all(headers);
+            curl_easy_cleanup(h);
+            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "curl_easy_init");
+            code = st->code;
+            break;
+        }
+        curl_easy_setopt(h, CURLOPT_URL, full);
+        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, e->connect_timeout_ms);
+        /* A member whose host vanished sends no FIN: keepalives find out within seconds. */
+        curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 2L);
+        curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 1L);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_watch_body);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, &w);
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_watch_progress);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, &w);
+        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+        CURLcode rc = curl_easy_perform(h);
+        curl_slist_free_all(headers);
+        curl_easy_cleanup(h);
+        moat_buf_free(&w.buf);
+        if (w.ended || rc == CURLE_ABORTED_BY_CALLBACK) {
+            code = w.ended ? w.code : MOAT_CODE_OK;
+            if (code == MOAT_CODE_OK)
+                moat_status_clear(st);
+            break;
+        }
+        moat_status_set(st, MOAT_CODE_UNAVAILABLE, "etcd_unavailable",
+                        "etcd member %s, /v3/watch: %s", url,
+                        rc != CURLE_OK ? (errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc))
+                                       : "the stream ended");
+        moat_status_add_detail(st, "etcd_endpoint", url);
+        code = st->code;
+        /* Only a member that never took the request is worth skipping for the next. */
+        if (rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST)
+            break;
+    }
+    free(body);
+    return code;
+}

@@ -186,6 +186,21 @@ char *moat_etcd_req_range_to(moat_slice key, moat_slice end, int64_t limit, moat
     return finish(obj, ok, err);
 }
 
+char *moat_etcd_req_watch(moat_slice key, moat_slice end, int64_t start_revision, moat_err *err)
+{
+    *err = MOAT_OK;
+    if (!key_ok(key) || !key_ok(end) || start_revision < 0) {
+        *err = MOAT_E_INVAL;
+        return NULL;
+    }
+    cJSON *obj = cJSON_CreateObject();
+    cJSON *create = cJSON_AddObjectToObject(obj, "create_request");
+    bool ok = create != NULL && add_bytes(create, "key", key.data, key.len) &&
+              add_bytes(create, "range_end", end.data, end.len) &&
+              (start_revision == 0 || add_i64(create, "start_revision", start_revision));
+    return finish(obj, ok, err);
+}
+
 char *moat_etcd_req_delete(moat_slice key, bool prefix, moat_err *err)
 {
     *err = MOAT_OK;
@@ -298,7 +313,7 @@ const char *moat_etcd_call_path(moat_etcd_call call)
 {
     static const char *const paths[] = {
         "/v3/kv/put",      "/v3/kv/range",        "/v3/kv/deleterange", "/v3/kv/txn",
-        "/v3/lease/grant", "/v3/lease/keepalive", "/v3/lease/revoke",
+        "/v3/lease/grant", "/v3/lease/keepalive", "/v3/lease/revoke",   "/v3/watch",
     };
     return (unsigned)call < sizeof(paths) / sizeof(paths[0]) ? paths[call] : "/";
 }
@@ -561,6 +576,7 @@ moat_code moat_etcd_parse(moat_etcd_call call, long http_status, const char *bod
         break;
     case MOAT_ETCD_CALL_PUT:
     case MOAT_ETCD_CALL_LEASE_REVOKE:
+    case MOAT_ETCD_CALL_WATCH: /* refused above: moat_etcd_parse_watch reads its messages */
         break;
     }
     cJSON_Delete(root);
@@ -573,4 +589,75 @@ moat_code moat_etcd_parse(moat_etcd_call call, long http_status, const char *bod
     }
     moat_status_clear(st);
     return MOAT_CODE_OK;
+}
+
+void moat_etcd_watch_msg_free(moat_etcd_watch_msg *m)
+{
+    for (size_t i = 0; i < m->event_count; i++) {
+        free(m->events[i].key);
+        free(m->events[i].value);
+    }
+    free(m->events);
+    memset(m, 0, sizeof(*m));
+}
+
+/* One event: its kv, and DELETE (version 0) or PUT. */
+static bool parse_event(const cJSON *ev, moat_etcd_kv *kv)
+{
+    /* PUT is the enum's zero value, which the gateway leaves out. */
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(ev, "type");
+    const char *type = t == NULL ? "PUT" : moat_json_str(ev, "type", NULL);
+    bool del = type != NULL && strcmp(type, "DELETE") == 0;
+    if (!cJSON_IsObject(ev) || type == NULL || (!del && strcmp(type, "PUT") != 0) ||
+        !parse_kv(cJSON_GetObjectItemCaseSensitive(ev, "kv"), kv))
+        return false;
+    if (del)
+        kv->version = 0;
+    return del || kv->version > 0;
+}
+
+moat_code moat_etcd_parse_watch(const char *line, size_t len, moat_etcd_watch_msg *m,
+                                moat_status *st)
+{
+    const moat_etcd_call call = MOAT_ETCD_CALL_WATCH;
+    if (len > MOAT_ETCD_ANSWER_MAX)
+        return bad_answer(st, call, "an answer over its size limit");
+    cJSON *root = moat_json_parse(line, len, MOAT_JSON_NUL_REJECT);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return bad_answer(st, call, "text that is not a JSON object");
+    }
+    moat_code code = error_answer(root, call, 200, st);
+    const cJSON *obj = cJSON_GetObjectItemCaseSensitive(root, "result");
+    const cJSON *header = cJSON_GetObjectItemCaseSensitive(obj, "header");
+    const cJSON *events = cJSON_GetObjectItemCaseSensitive(obj, "events");
+    if (code == MOAT_CODE_OK &&
+        (!cJSON_IsObject(obj) || !cJSON_IsObject(header) ||
+         !get_i64(header, "revision", &m->revision) || !get_bool(obj, "created", &m->created) ||
+         !get_bool(obj, "canceled", &m->canceled) ||
+         !get_i64(obj, "compact_revision", &m->compact_revision) ||
+         (events != NULL && !cJSON_IsArray(events))))
+        code = bad_answer(st, call, "no header, or fields of the wrong type");
+    size_t n = code == MOAT_CODE_OK && events != NULL ? (size_t)cJSON_GetArraySize(events) : 0;
+    if (n > 0) {
+        m->events = calloc(n, sizeof(*m->events));
+        if (m->events == NULL) {
+            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+            code = st->code;
+        }
+    }
+    const cJSON *ev;
+    const cJSON *each = n > 0 && code == MOAT_CODE_OK ? events : NULL;
+    cJSON_ArrayForEach(ev, each)
+    {
+        /* Counted first, so a half-parsed one is freed with the message. */
+        if (!parse_event(ev, &m->events[m->event_count++])) {
+            code = bad_answer(st, call, "an event of the wrong shape");
+            break;
+        }
+    }
+    cJSON_Delete(root);
+    if (code == MOAT_CODE_OK)
+        moat_status_clear(st);
+    return code;
 }

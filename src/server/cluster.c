@@ -5,12 +5,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cluster/dircache.h"
 #include "cluster/membership.h"
 #include "server_internal.h"
 
 struct srv_cluster {
     moat_etcd *etcd;
     moat_membership *m;
+    moat_dircache *dir; /* ListSessions' copy of the directory (cluster_route.c) */
     uv_timer_t load_timer;
     int64_t lease_saved; /* what <state_dir>/cluster.lease holds */
 };
@@ -134,6 +136,10 @@ moat_err moat__cluster_start(srv *s)
         free(c);
         return MOAT_E_REMOTE;
     }
+    /* Without it ListSessions asks etcd every time, which still works, more slowly. */
+    c->dir = moat_dircache_start(c->etcd);
+    if (c->dir == NULL)
+        moat_log(MOAT_LOG_WARN, "directory_cache_not_started", "%s", "");
     uv_timer_init(s->loop, &c->load_timer);
     c->load_timer.data = s;
     uv_timer_start(&c->load_timer, on_load_timer, 1000, 1000);
@@ -155,6 +161,11 @@ moat_etcd *moat__cluster_etcd(srv *s)
     return s->cluster != NULL ? s->cluster->etcd : NULL;
 }
 
+moat_dircache *moat__cluster_dircache(srv *s)
+{
+    return s->cluster != NULL ? s->cluster->dir : NULL;
+}
+
 static void on_timer_closed(uv_handle_t *h)
 {
     free(h->data);
@@ -167,6 +178,7 @@ void moat__cluster_stop(srv *s)
         return;
     /* Revoking the lease takes the node out of the cluster at once; nothing is left to resume. */
     moat_membership_stop(c->m);
+    moat_dircache_stop(c->dir);
     lease_save(s, 0);
     s->cluster = NULL;
     moat_etcd_close(c->etcd);

@@ -4,15 +4,17 @@
  * Cluster's clients follow MOVED); its node gone: node_lost; ended: as an ended local session.
  * ListSessions and GetSession answer from the directory for the whole cluster.
  *
- * The lookup is one range on a miss, from the worker the call's job already runs on, with the
- * etcd client's timeouts, never on the loop. No watch of sessions/ is kept: a client that
- * followed a redirect calls the owner directly from then on, so a non-owner sees a session's
- * calls once per client, and a range (about 1 ms, bench/cluster) costs less than keeping
- * 30 MB of directory per node up to date (docs/CLUSTER.md, "Capacity"). */
+ * Routing reads the one record it needs (a range of sessions/<sid>, then one of its node's key:
+ * about 2 ms, bench/cluster bench_route) on the worker the call's job already runs on, with the
+ * etcd client's timeouts, never on the loop: exact, and paid once per client, which calls the
+ * owner directly after a redirect. ListSessions reads the node's copy of the directory, kept by
+ * a watch on sessions/ (src/cluster/dircache.h), since a range of every record costs 20-30 ms of
+ * the gateway's JSON for 900 of them. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster/dircache.h"
 #include "cluster/directory.h"
 #include "handlers.h"
 
@@ -152,8 +154,11 @@ moat_code moat__cluster_list(srv *s, const char *chat, moat_dir_entry **out, siz
     size_t skipped = 0;
     /* The answer is one frame, and a session takes at least 150 bytes of it. */
     size_t max = s->cfg.max_frame_size / 150;
+    moat_dircache *dir = moat__cluster_dircache(s);
     moat_code code =
-        moat_directory_list(moat__cluster_etcd(s), chat, max, out, count, &skipped, st);
+        dir != NULL
+            ? moat_dircache_list(dir, chat, max, out, count, &skipped, NULL, st)
+            : moat_directory_list(moat__cluster_etcd(s), chat, max, out, count, &skipped, st);
     if (code == MOAT_CODE_OK && skipped > 0)
         moat_log(MOAT_LOG_WARN, "session_records_invalid", "skipped=%zu", skipped);
     return code;

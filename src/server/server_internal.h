@@ -233,6 +233,8 @@ bool moat__cluster_fenced(srv *s);
 void moat__cluster_stop(srv *s);
 /* The cluster's etcd client, or NULL when not in a cluster. Any thread while the server runs. */
 struct moat_etcd *moat__cluster_etcd(srv *s);
+/* Its copy of the directory, for ListSessions; NULL when not in a cluster or not started. */
+struct moat_dircache *moat__cluster_dircache(srv *s);
 
 /* The engine as the background probe last saw it (health.c). */
 typedef enum moat_engine_state {

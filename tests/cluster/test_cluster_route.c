@@ -147,6 +147,18 @@ static end_status list(raw_conn *c, const char *chat)
                 &moat__v1__list_sessions_response__descriptor);
 }
 
+/* How many sessions ListSessions lists, or -1. A listing comes from the node's copy of the
+ * directory, which follows etcd by its watch: tests wait for what they put to show. */
+static long list_count(raw_conn *c, const char *chat)
+{
+    end_status e = list(c, chat);
+    long n = e.code == MOAT_CODE_OK && e.resp != NULL
+                 ? (long)((Moat__V1__ListSessionsResponse *)e.resp)->n_sessions
+                 : -1;
+    end_free(&e);
+    return n;
+}
+
 static bool is(const end_status *e, int code, const char *reason)
 {
     return e->code == code && strcmp(e->reason, reason) == 0;
@@ -410,6 +422,7 @@ static void test_garbage(void **state)
             WAIT_S);
         e = get(conn[i], bad);
         assert_true(is(&e, MOAT_CODE_INTERNAL, "session_record_invalid"));
+        ETCD_WAIT_FOR(list_count(conn[i], "") == 1, WAIT_S);
         e = list(conn[i], "");
         assert_int_equal(e.code, MOAT_CODE_OK);
         Moat__V1__ListSessionsResponse *r = (Moat__V1__ListSessionsResponse *)e.resp;
@@ -446,7 +459,8 @@ static void test_list_cluster(void **state)
     put_record(sid, chat, "lost-node", 9, "127.0.0.1:1", MOAT_RECORD_RUNNING, "");
     for (int i = 0; i < NODES; i++) {
         end_status e;
-        ETCD_WAIT_FOR((e = list(conn[i], ""), e.code == MOAT_CODE_OK), WAIT_S);
+        ETCD_WAIT_FOR(list_count(conn[i], "") == NODES * PER_NODE + 1, WAIT_S);
+        e = list(conn[i], "");
         Moat__V1__ListSessionsResponse *r = (Moat__V1__ListSessionsResponse *)e.resp;
         assert_int_equal(r->n_sessions, NODES * PER_NODE + 1);
         size_t gone = 0;
@@ -507,6 +521,7 @@ static void test_list_pages(void **state)
         moat_etcd_result_free(&res);
         done += n;
     }
+    ETCD_WAIT_FOR(list_count(conn[1], "") == TOTAL, WAIT_S);
     end_status e = list(conn[1], "");
     assert_int_equal(e.code, MOAT_CODE_OK);
     Moat__V1__ListSessionsResponse *r = (Moat__V1__ListSessionsResponse *)e.resp;
@@ -547,7 +562,15 @@ static void test_etcd_down(void **state)
     ETCD_WAIT_FOR(
         (e = run_command(conn[0], sid), is(&e, MOAT_CODE_FAILED_PRECONDITION, "session_moved")),
         WAIT_S);
+    /* Each node's copy of the directory loads again and follows what changes from then on. */
+    char later[MOAT_UUID_STR_LEN];
+    new_uuid(later);
+    put_record(later, chat, node_id[1], node_lease(1), addr, MOAT_RECORD_RUNNING, "");
+    for (int i = 0; i < NODES; i++)
+        ETCD_WAIT_FOR(list_count(conn[i], chat) == 2, WAIT_S);
     clear_records();
+    for (int i = 0; i < NODES; i++)
+        ETCD_WAIT_FOR(list_count(conn[i], "") == 0, WAIT_S);
 }
 
 int main(void)

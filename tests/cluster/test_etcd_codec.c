@@ -443,6 +443,82 @@ static void test_mutations(void **state)
     }
 }
 
+/* The watch stream's messages: its start, a put and a delete, a cancel past a compaction, an
+ * error; and every byte of the put message mutated: a status either way. */
+static void test_watch_messages(void **state)
+{
+    (void)state;
+    char *req = NULL;
+    moat_err err;
+    req = moat_etcd_req_watch(moat_slice_str("a/"), moat_slice_str("a0"), 7, &err);
+    assert_string_equal(req, "{\"create_request\":{\"key\":\"YS8=\",\"range_end\":\"YTA=\","
+                             "\"start_revision\":\"7\"}}");
+    free(req);
+    assert_null(moat_etcd_req_watch(moat_slice_str("a/"), (moat_slice){NULL, 0}, 7, &err));
+
+    moat_etcd_watch_msg m;
+    moat_status st;
+    const char *created = "{\"result\":{\"header\":{\"revision\":\"9\"},\"created\":true}}";
+    memset(&m, 0, sizeof(m));
+    assert_int_equal(moat_etcd_parse_watch(created, strlen(created), &m, &st), MOAT_CODE_OK);
+    assert_true(m.created);
+    assert_int_equal(m.revision, 9);
+    assert_int_equal(m.event_count, 0);
+    moat_etcd_watch_msg_free(&m);
+
+    const char *events =
+        "{\"result\":{\"header\":{\"revision\":\"11\"},\"events\":[{\"kv\":{\"key\":\"YQ==\","
+        "\"create_revision\":\"10\",\"mod_revision\":\"10\",\"version\":\"1\",\"value\":\"eA==\"}},"
+        "{\"type\":\"DELETE\",\"kv\":{\"key\":\"Yg==\",\"mod_revision\":\"11\"}}]}}";
+    assert_int_equal(moat_etcd_parse_watch(events, strlen(events), &m, &st), MOAT_CODE_OK);
+    assert_int_equal(m.event_count, 2);
+    assert_int_equal(m.events[0].version, 1);
+    assert_memory_equal(m.events[0].value, "x", 1);
+    assert_int_equal(m.events[1].version, 0);
+    assert_memory_equal(m.events[1].key, "b", 1);
+    moat_etcd_watch_msg_free(&m);
+
+    const char *canceled = "{\"result\":{\"header\":{\"revision\":\"20\"},\"canceled\":true,"
+                           "\"compact_revision\":\"15\"}}";
+    assert_int_equal(moat_etcd_parse_watch(canceled, strlen(canceled), &m, &st), MOAT_CODE_OK);
+    assert_true(m.canceled);
+    assert_int_equal(m.compact_revision, 15);
+    moat_etcd_watch_msg_free(&m);
+
+    const char *error = "{\"error\":{\"grpc_code\":14,\"message\":\"no leader\"}}";
+    assert_int_equal(moat_etcd_parse_watch(error, strlen(error), &m, &st), MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.reason, "etcd_error");
+    moat_etcd_watch_msg_free(&m);
+    /* A PUT that says it is one, a key that exists (version 0 is a delete's), an unknown type. */
+    const char *bad[] = {"[]", "{\"result\":{}}",
+                         "{\"result\":{\"header\":{\"revision\":\"1\"},\"events\":[{\"kv\":{"
+                         "\"key\":\"YQ==\"}}]}}",
+                         "{\"result\":{\"header\":{\"revision\":\"1\"},\"events\":[{\"type\":"
+                         "\"MOVE\",\"kv\":{\"key\":\"YQ==\",\"version\":\"1\"}}]}}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(moat_etcd_parse_watch(bad[i], strlen(bad[i]), &m, &st),
+                         MOAT_CODE_INTERNAL);
+        assert_string_equal(st.reason, "etcd_bad_answer");
+        moat_etcd_watch_msg_free(&m);
+    }
+
+    static const char hostile[] = {'\0', '"', '}', ']', 'x', '9', '\\', (char)0xff, '-', '='};
+    size_t len = strlen(events);
+    char *copy = malloc(len);
+    assert_non_null(copy);
+    for (size_t i = 0; i < len; i++) {
+        for (size_t h = 0; h < sizeof(hostile); h++) {
+            memcpy(copy, events, len);
+            copy[i] = hostile[h];
+            moat_code c = moat_etcd_parse_watch(copy, len, &m, &st);
+            if (c != MOAT_CODE_OK)
+                assert_true(st.reason[0] != '\0');
+            moat_etcd_watch_msg_free(&m);
+        }
+    }
+    free(copy);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -456,6 +532,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_one_byte_at_a_time),
         cmocka_unit_test(test_mutations),
+        cmocka_unit_test(test_watch_messages),
     };
     return moat_run_group_tests("test_etcd_codec", tests, NULL, NULL);
 }

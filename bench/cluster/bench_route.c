@@ -1,0 +1,227 @@
+/* bench/cluster bench_route: the read path of a cluster (issue #16's "ListSessions over 3 nodes
+ * × 300 sessions p50 < 20 ms"). A three-member etcd on loopback and three moatd nodes (no
+ * engine needed: the directory answers), 300 session records per node put here as their
+ * owners would put them; then ListSessions through each node in turn, and a call to a
+ * non-owner answered session_moved. Baselines in the same run: one range of the same 900
+ * records straight through the gateway (the floor any directory listing pays), and
+ * ListSessions on a moatd that is in no cluster (its own empty list on the shared dockerd: the
+ * call's own cost). Prints p50 and p99 of each. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "cluster/records.h"
+#include "etcd_cluster.h"
+#include "harness.h"
+#include "moat/v1/exec.pb-c.h"
+#include "moat/v1/sandbox.pb-c.h"
+
+#define NODES    3
+#define PER_NODE 300
+#define ROUNDS   200
+
+static etcd_cluster cl;
+static moat_etcd *etcd;
+static moatd_proc node[NODES + 1]; /* the last: the baseline, alone */
+static bool started[NODES + 1];
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void report(const char *what, uint64_t *ns, size_t n)
+{
+    qsort(ns, n, sizeof(*ns), cmp_u64);
+    printf("%-52s p50 %7.3f ms  p99 %7.3f ms  (%zu calls)\n", what, (double)ns[n / 2] / 1e6,
+           (double)ns[n * 99 / 100] / 1e6, n);
+}
+
+static void cleanup(void)
+{
+    for (int i = 0; i <= NODES; i++) {
+        if (started[i]) {
+            moatd_stop(&node[i]);
+            moatd_remove_dir(node[i].state_dir);
+        }
+    }
+    etcd_cluster_close(&cl, etcd);
+}
+
+static void fail(const char *what)
+{
+    fprintf(stderr, "bench_route: %s\n", what);
+    cleanup();
+    exit(1);
+}
+
+/* 300 running records owned by node i, in transactions of 100 puts. */
+static void put_records(const char *id, int64_t lease, const char *address)
+{
+    enum { BATCH = 100 };
+    static char keys[BATCH][MOAT_RECORD_KEY_MAX], values[BATCH][MOAT_RECORD_VALUE_MAX];
+    moat_etcd_op ops[BATCH];
+    for (int done = 0; done < PER_NODE; done += BATCH) {
+        for (int k = 0; k < BATCH; k++) {
+            moat_session_record r;
+            memset(&r, 0, sizeof(r));
+            moat_uuid_generate(r.session_id);
+            moat_uuid_generate(r.chat_id);
+            snprintf(r.node_id, sizeof(r.node_id), "%.31s", id);
+            r.node_lease = lease;
+            snprintf(r.address, sizeof(r.address), "%s", address);
+            r.state = MOAT_RECORD_RUNNING;
+            snprintf(r.image, sizeof(r.image), "moat-sandbox:latest");
+            r.created_at_ms = moat_time_now_ms();
+            r.expires_at_ms = r.created_at_ms + 3600000;
+            size_t kn = moat_session_record_key(r.session_id, keys[k], sizeof(keys[k]));
+            size_t vn = moat_session_record_encode(&r, values[k], sizeof(values[k]));
+            ops[k] = (moat_etcd_op){MOAT_ETCD_OP_PUT,
+                                    {(const uint8_t *)keys[k], kn},
+                                    {(const uint8_t *)values[k], vn},
+                                    0,
+                                    false};
+        }
+        moat_etcd_txn_spec txn = {NULL, 0, ops, BATCH, NULL, 0};
+        moat_etcd_result res;
+        moat_status st;
+        moat_code code = moat_etcd_txn(etcd, &txn, &res, &st);
+        moat_etcd_result_free(&res);
+        if (code != MOAT_CODE_OK)
+            fail(st.message);
+    }
+}
+
+/* One ListSessions; its session count, or -1. */
+static long list_once(raw_conn *c)
+{
+    Moat__V1__ListSessionsRequest req = MOAT__V1__LIST_SESSIONS_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    int code = raw_unary(c, "/moat.v1.Sandboxes/ListSessions", &req.base,
+                         &moat__v1__list_sessions_response__descriptor, &resp, NULL, 0);
+    long n =
+        code == 0 && resp != NULL ? (long)((Moat__V1__ListSessionsResponse *)resp)->n_sessions : -1;
+    if (resp != NULL)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    return n;
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    if (!etcd_cluster_available() || etcd_cluster_open(&cl, &etcd, 3000, 60) != 0)
+        fail("no etcd cluster (apt-get install etcd-server)");
+    char eps[300];
+    snprintf(eps, sizeof(eps), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
+             cl.urls[2]);
+    char ids[NODES][32];
+    for (int i = 0; i < NODES; i++) {
+        char id_arg[64];
+        snprintf(ids[i], sizeof(ids[i]), "bench%d-n%d", (int)getpid(), i + 1);
+        snprintf(id_arg, sizeof(id_arg), "--cluster_node_id=%.31s", ids[i]);
+        const char *extra[] = {eps, id_arg, "--cluster_advertise=127.0.0.1:1", NULL};
+        if (!moatd_start(&node[i], false, extra))
+            fail("moatd did not start");
+        started[i] = true;
+    }
+    char inst[64];
+    snprintf(inst, sizeof(inst), "--instance=bench-route%d", (int)getpid());
+    const char *alone[] = {inst, NULL};
+    if (!moatd_start(&node[NODES], true, alone))
+        fail("the baseline moatd did not start");
+    started[NODES] = true;
+
+    for (int i = 0; i < NODES; i++) {
+        moat_node n;
+        for (int t = 0; t < 200 && !etcd_cluster_lists_node(etcd, ids[i], &n); t++)
+            etcd_cluster_sleep_ms(50);
+        if (!etcd_cluster_lists_node(etcd, ids[i], &n))
+            fail("a node did not join");
+        char addr[64];
+        snprintf(addr, sizeof(addr), "127.0.0.1:%d", node[i].port);
+        put_records(ids[i], n.lease, addr);
+    }
+
+    raw_conn *c[NODES + 1];
+    for (int i = 0; i <= NODES; i++) {
+        c[i] = raw_connect_ready(node[i].port, NULL);
+        if (c[i] == NULL)
+            fail("cannot connect");
+    }
+    static uint64_t ns[ROUNDS];
+    /* Warm each connection and check the count once. */
+    for (int i = 0; i < NODES; i++)
+        if (list_once(c[i]) != NODES * PER_NODE)
+            fail("ListSessions did not list every record");
+    for (int r = 0; r < ROUNDS; r++) {
+        uint64_t t0 = moat_time_mono_ns();
+        long n = list_once(c[r % NODES]);
+        ns[r] = moat_time_mono_ns() - t0;
+        if (n != NODES * PER_NODE)
+            fail("ListSessions failed");
+    }
+    report("ListSessions, 3 nodes x 300 records (cluster)", ns, ROUNDS);
+
+    for (int r = 0; r < ROUNDS; r++) {
+        moat_etcd_result res;
+        moat_status st;
+        uint64_t t0 = moat_time_mono_ns();
+        moat_code code =
+            moat_etcd_range(etcd, moat_slice_str(MOAT_SESSIONS_PREFIX), true, 0, &res, &st);
+        ns[r] = moat_time_mono_ns() - t0;
+        bool ok = code == MOAT_CODE_OK && res.kv_count == NODES * PER_NODE;
+        moat_etcd_result_free(&res);
+        if (!ok)
+            fail("range failed");
+    }
+    report("baseline: one gateway range of the 900 records", ns, ROUNDS);
+
+    list_once(c[NODES]);
+    for (int r = 0; r < ROUNDS; r++) {
+        uint64_t t0 = moat_time_mono_ns();
+        long n = list_once(c[NODES]);
+        ns[r] = moat_time_mono_ns() - t0;
+        if (n < 0)
+            fail("the baseline's ListSessions failed");
+    }
+    report("baseline: ListSessions, one moatd in no cluster", ns, ROUNDS);
+
+    /* A session of node 2 asked of node 1: the redirect's lookup (record + node key). */
+    moat_etcd_result res;
+    moat_status st;
+    if (moat_etcd_range(etcd, moat_slice_str(MOAT_SESSIONS_PREFIX), true, 0, &res, &st) !=
+        MOAT_CODE_OK)
+        fail("range failed");
+    moat_session_record rec;
+    char sid[MOAT_UUID_STR_LEN] = "";
+    for (size_t k = 0; k < res.kv_count && sid[0] == '\0'; k++) {
+        if (moat_session_record_decode(res.kvs[k].key, res.kvs[k].key_len, res.kvs[k].value,
+                                       res.kvs[k].value_len, &rec) == MOAT_OK &&
+            strcmp(rec.node_id, ids[1]) == 0)
+            snprintf(sid, sizeof(sid), "%s", rec.session_id);
+    }
+    moat_etcd_result_free(&res);
+    for (int r = 0; r < ROUNDS; r++) {
+        Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+        req.session_id = sid;
+        req.command = (char *)"true";
+        char reason[64] = "";
+        uint64_t t0 = moat_time_mono_ns();
+        raw_unary(c[0], "/moat.v1.Exec/RunCommand", &req.base, NULL, NULL, reason, sizeof(reason));
+        ns[r] = moat_time_mono_ns() - t0;
+        if (strcmp(reason, "session_moved") != 0)
+            fail("no session_moved");
+    }
+    report("RunCommand on a non-owner: session_moved", ns, ROUNDS);
+
+    for (int i = 0; i <= NODES; i++)
+        raw_close(c[i]);
+    cleanup();
+    curl_global_cleanup();
+    return 0;
+}
