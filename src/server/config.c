@@ -148,6 +148,8 @@ static const key_def keys[] = {
      "host:port clients and other nodes dial for this node; required in a cluster"},
     {"cluster_lease_ttl_seconds", K_U32, OFF(cluster_lease_ttl_seconds), "5", 2, 60,
      "the node's etcd lease; a node gone this long is out of the cluster"},
+    {"cluster_route", K_STR, OFF(cluster_route), "redirect", 0, 0,
+     "a call for another node's session: redirect (session_moved) or proxy (relayed there)"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -570,6 +572,10 @@ static moat_err finish_cluster(moat_server_config *cfg, char *err, size_t errlen
     if (!moat_node_id_valid(cfg->cluster_node_id)) {
         errf(err, errlen, "cluster_node_id: 1-63 of [A-Za-z0-9_.-], got \"%s\"",
              cfg->cluster_node_id);
+        return MOAT_E_INVAL;
+    }
+    if (strcmp(cfg->cluster_route, "redirect") != 0 && strcmp(cfg->cluster_route, "proxy") != 0) {
+        errf(err, errlen, "cluster_route: redirect or proxy, got \"%s\"", cfg->cluster_route);
         return MOAT_E_INVAL;
     }
     return MOAT_OK;

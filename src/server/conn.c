@@ -230,6 +230,7 @@ static void handle_hello(conn *c, const moat_frame *f)
     pending_unlink(c);
     c->state = CONN_READY;
     s->nready++;
+    c->from_proxy = moat_slice_eq_str(f->u.hello.client_name, MOAT__PROXY_CLIENT_NAME);
     int nlen = (int)(f->u.hello.client_name.len > 64 ? 64 : f->u.hello.client_name.len);
     moat_log(MOAT_LOG_DEBUG, "hello", "peer=%s client=\"%.*s\"", c->peer, nlen,
              (const char *)f->u.hello.client_name.data);

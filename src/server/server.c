@@ -77,6 +77,7 @@ static void finish_shutdown(srv *s)
     }
     uv_close((uv_handle_t *)&s->close_async, NULL);
     uv_close((uv_handle_t *)&s->check, on_handles_closed);
+    moat__proxy_close(s);
     moat__cluster_stop(s);
     moat__handlers_close(s);
     moat__metrics_stop(s->metrics);
@@ -344,6 +345,10 @@ moat_err moat_server_listen(moat_server *s)
     if (moat__cluster_start(s) != MOAT_OK) {
         s->exit_status = 1;
         return MOAT_E_REMOTE;
+    }
+    if (moat__proxy_init(s) != MOAT_OK) {
+        s->exit_status = 1;
+        return MOAT_E_NOMEM;
     }
     if (s->cfg.metrics_listen[0] != '\0' &&
         moat__metrics_start(s->metrics, s->cfg.metrics_listen) != MOAT_OK)

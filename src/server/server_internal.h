@@ -120,6 +120,7 @@ struct conn {
     char peer[64];
     moat_throttle_addr addr; /* the peer's address, for TCP connections */
     bool has_addr;
+    bool from_proxy; /* another node relaying a call (MOAT__PROXY_CLIENT_NAME): never relayed on */
     conn *next, *prev;
     conn *pending_next, *pending_prev; /* in the server's queue of hellos, oldest first */
 };
@@ -222,6 +223,7 @@ struct moat_server {
     void *create_waiters;
     struct health_watch *health_watches; /* grpc.health.v1 Watch calls (svc_grpc_health.c) */
     srv_cluster *cluster;                /* NULL unless in a cluster (cluster.c) */
+    void *proxy;                         /* connections to other nodes, cluster_route = proxy */
 };
 
 /* Cluster mode (cluster.c): joins the cluster when cluster_etcd_endpoints is set (a no-op
@@ -235,6 +237,17 @@ void moat__cluster_stop(srv *s);
 struct moat_etcd *moat__cluster_etcd(srv *s);
 /* Its copy of the directory, for ListSessions; NULL when not in a cluster or not started. */
 struct moat_dircache *moat__cluster_dircache(srv *s);
+
+/* Proxy mode (cluster_proxy.c). The client name of its Hello, by which the owner knows a relayed
+ * call and never relays it again. */
+#define MOAT__PROXY_CLIENT_NAME "moatd-proxy"
+/* The pool of connections to other nodes, with cluster_route = proxy in a cluster (a no-op
+ * otherwise); closed with the server. */
+moat_err moat__proxy_init(srv *s);
+void moat__proxy_close(srv *s);
+/* A call that was to end with status: when it is session_moved and this node proxies, the call
+ * is relayed to the owner instead (true: the proxy has it, ended or not). */
+bool moat__proxy_route(stream *st, const moat_status *status);
 
 /* The engine as the background probe last saw it (health.c). */
 typedef enum moat_engine_state {

@@ -137,7 +137,8 @@ static void lookup_done(engine_job *j)
     if (!moat__running(j->st))
         return;
     if (j->code != MOAT_CODE_OK) {
-        moat_rpc_call_end(j->st->call, &j->status);
+        if (!moat__proxy_route(j->st, &j->status))
+            moat_rpc_call_end(j->st->call, &j->status);
         return;
     }
     if (l->found.state != MOAT_SESSION_RUNNING) {

@@ -404,7 +404,8 @@ static void session_done(engine_job *j)
 {
     session_job *g = (session_job *)j;
     if (j->code != MOAT_CODE_OK) {
-        moat_rpc_call_end(j->st->call, &j->status);
+        if (!moat__proxy_route(j->st, &j->status))
+            moat_rpc_call_end(j->st->call, &j->status);
         return;
     }
     if (g->session.state == MOAT_SESSION_RUNNING)
@@ -568,7 +569,8 @@ static void stop_done(engine_job *j)
 {
     stop_job *p = (stop_job *)j;
     if (j->code != MOAT_CODE_OK) {
-        moat_rpc_call_end(j->st->call, &j->status);
+        if (!moat__proxy_route(j->st, &j->status))
+            moat_rpc_call_end(j->st->call, &j->status);
         return;
     }
     moat__session_cache_drop(j->s, p->session_id);

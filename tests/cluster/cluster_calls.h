@@ -1,0 +1,51 @@
+/* What the cluster tests share: calls on a raw connection that keep their End's reason and
+ * the details routing adds, and session records put into etcd as their owner would put them
+ * (records.h's encoder). */
+#ifndef MOAT_TEST_CLUSTER_CALLS_H
+#define MOAT_TEST_CLUSTER_CALLS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cluster/records.h"
+#include "harness.h"
+
+/* A call's End: code, reason and the details the test looks at. */
+typedef struct rc_end {
+    int code; /* -1: no End (transport failure) */
+    char reason[64];
+    char owner_address[MOAT_NODE_ADDRESS_MAX];
+    char owner_node[MOAT_NODE_ID_MAX];
+    ProtobufCMessage *resp; /* the response message, when resp_desc was given */
+} rc_end;
+
+/* Runs a call to its End; the first response message is unpacked with resp_desc (may be NULL)
+ * into e.resp (rc_free frees it). */
+rc_end rc_call(raw_conn *c, const char *method, const ProtobufCMessage *req,
+               const ProtobufCMessageDescriptor *resp_desc);
+void rc_free(rc_end *e);
+bool rc_is(const rc_end *e, int code, const char *reason);
+
+/* One call of each kind that names a session (rc_run_command runs `echo hi`, rc_stat stats
+ * /tmp, rc_interactive starts `cat`), GetSession and StopSession with their responses, and
+ * ListSessions (chat "" for all). */
+rc_end rc_run_command(raw_conn *c, const char *sid);
+rc_end rc_stat(raw_conn *c, const char *sid);
+rc_end rc_interactive(raw_conn *c, const char *sid);
+rc_end rc_renew(raw_conn *c, const char *sid);
+rc_end rc_stop(raw_conn *c, const char *sid);
+rc_end rc_get(raw_conn *c, const char *sid);
+rc_end rc_list(raw_conn *c, const char *chat);
+/* How many sessions ListSessions lists, or -1. A listing comes from the node's copy of the
+ * directory, which follows etcd by its watch: tests wait for what they put to show. */
+long rc_list_count(raw_conn *c, const char *chat);
+
+/* Puts sessions/<sid> (a 10-minute session of moat-sandbox:latest; end_reason for an ended one)
+ * as its owner would; asserts (cmocka) that etcd took it. */
+void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
+                   int64_t lease, const char *address, moat_record_state state,
+                   const char *end_reason);
+/* Puts any value at sessions/<sid>. */
+void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value);
+
+#endif

@@ -1,0 +1,377 @@
+/* Proxy mode (cluster_route = proxy) with real parts: a three-member etcd started here, and two
+ * real moatd nodes on the shared dockerd (own instances and name prefixes) sharing a token. A
+ * real session lives on the owner; its record is put here as the owner would. Through the
+ * other node: a command's stdout, stderr and exit code come back exactly, 64 MiB of output
+ * arrive byte for byte while the proxy's RSS stays flat (a client that stops reading holds the
+ * owner, not the proxy), a cancel reaches the owner's command, stdin goes through, and the
+ * one-answer calls relay; an owner that cannot be reached is UNAVAILABLE owner_unreachable. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "moat_test.h"
+
+#include "cluster_calls.h"
+#include "etcd_cluster.h"
+#include "harness.h"
+#include "moat/v1/exec.pb-c.h"
+#include "moat/v1/files.pb-c.h"
+#include "moat/v1/sandbox.pb-c.h"
+
+#define WAIT_S 60
+#define TOKEN  "cluster-proxy-test-token"
+
+enum { OWNER = 0, PROXY = 1, NODES = 2 };
+
+static etcd_cluster cl;
+static moat_etcd *etcd;
+static moatd_proc node[NODES];
+static bool started[NODES];
+static char node_id[NODES][32];
+static char prefix[64];
+static raw_conn *conn[NODES];
+static char sid[MOAT_UUID_STR_LEN];
+
+/* What an Exec stream carried, read to its End with the window given back as it goes. */
+typedef struct exec_result {
+    int code; /* the End's; -1 on a transport failure */
+    char reason[64];
+    char stdout_head[256];
+    size_t stdout_len, stderr_len;
+    char stderr_head[256];
+    int exit_code; /* -1 when none came */
+    char execution_id[128];
+    long rss_peak_kb; /* the proxy's RSS, sampled every 64 messages */
+} exec_result;
+
+static void keep_head(char *head, size_t cap, size_t have, const uint8_t *data, size_t len)
+{
+    if (have + 1 >= cap)
+        return;
+    size_t n = len < cap - 1 - have ? len : cap - 1 - have;
+    memcpy(head + have, data, n);
+    head[have + n] = '\0';
+}
+
+/* Reads stream id of c to its End. pause_after: after that many stdout bytes, stops reading for
+ * a while once (a slow client), sampling the proxy's RSS meanwhile. */
+static exec_result read_exec(raw_conn *c, uint32_t id, size_t pause_after)
+{
+    exec_result r;
+    memset(&r, 0, sizeof(r));
+    r.code = -1;
+    r.exit_code = -1;
+    bool paused = false;
+    for (unsigned n = 0;; n++) {
+        moat_frame f;
+        if (raw_recv_stream(c, id, &f, 120000) != 1)
+            return r;
+        if (f.kind == MOAT_FRAME_END) {
+            r.code = (int)f.u.end.code;
+            size_t k = f.u.end.reason.len < sizeof(r.reason) - 1 ? f.u.end.reason.len
+                                                                 : sizeof(r.reason) - 1;
+            memcpy(r.reason, f.u.end.reason.data, k);
+            return r;
+        }
+        if (f.kind != MOAT_FRAME_MESSAGE)
+            continue;
+        Moat__V1__ExecEvent *e =
+            moat__v1__exec_event__unpack(NULL, f.u.message.payload.len, f.u.message.payload.data);
+        assert_non_null(e);
+        moat_frame w = {0};
+        w.stream_id = id;
+        w.kind = MOAT_FRAME_WINDOW_UPDATE;
+        w.u.window_update.increment = (uint32_t)f.u.message.payload.len;
+        if (w.u.window_update.increment > 0)
+            assert_true(raw_send(c, &w));
+        if (e->kind_case == MOAT__V1__EXEC_EVENT__KIND_INIT)
+            snprintf(r.execution_id, sizeof(r.execution_id), "%s", e->init->execution_id);
+        if (e->kind_case == MOAT__V1__EXEC_EVENT__KIND_OUTPUT) {
+            bool err = e->output->stream == MOAT__V1__OUTPUT_STREAM__STDERR;
+            keep_head(err ? r.stderr_head : r.stdout_head, sizeof(r.stdout_head),
+                      err ? r.stderr_len : r.stdout_len, e->output->data.data, e->output->data.len);
+            *(err ? &r.stderr_len : &r.stdout_len) += e->output->data.len;
+        }
+        if (e->kind_case == MOAT__V1__EXEC_EVENT__KIND_EXIT &&
+            e->exit->exit_code->value_case == MOAT__V1__EXIT_CODE__VALUE_CODE)
+            r.exit_code = e->exit->exit_code->code;
+        moat__v1__exec_event__free_unpacked(e, NULL);
+        if (n % 64 == 0) {
+            long rss = proc_rss_kb(node[PROXY].pid);
+            if (rss > r.rss_peak_kb)
+                r.rss_peak_kb = rss;
+        }
+        if (pause_after > 0 && !paused && r.stdout_len >= pause_after) {
+            paused = true;
+            /* The owner keeps producing; only a window's worth may pile up at the proxy. */
+            for (int k = 0; k < 10; k++) {
+                etcd_cluster_sleep_ms(100);
+                long rss = proc_rss_kb(node[PROXY].pid);
+                if (rss > r.rss_peak_kb)
+                    r.rss_peak_kb = rss;
+            }
+        }
+    }
+}
+
+static uint32_t start_run(raw_conn *c, const char *command)
+{
+    Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+    req.session_id = sid;
+    req.command = (char *)command;
+    return raw_call(c, "/moat.v1.Exec/RunCommand", 0, &req.base);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (etcd_cluster_open(&cl, &etcd, 1000, WAIT_S) != 0)
+        return -1;
+    if (!etcd_cluster_available())
+        return 0;
+    snprintf(prefix, sizeof(prefix), "moat-proxy%d-", (int)getpid());
+    char eps[300], prefix_arg[100];
+    snprintf(eps, sizeof(eps), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
+             cl.urls[2]);
+    snprintf(prefix_arg, sizeof(prefix_arg), "--container_name_prefix=%s", prefix);
+    for (int i = 0; i < NODES; i++) {
+        char id_arg[64], inst[64];
+        snprintf(node_id[i], sizeof(node_id[i]), "proxy%d-n%d", (int)getpid(), i + 1);
+        snprintf(id_arg, sizeof(id_arg), "--cluster_node_id=%s", node_id[i]);
+        snprintf(inst, sizeof(inst), "--instance=proxy%d-n%d", (int)getpid(), i + 1);
+        const char *extra[] = {eps,
+                               id_arg,
+                               "--cluster_advertise=127.0.0.1:1",
+                               "--cluster_lease_ttl_seconds=2",
+                               "--token=" TOKEN,
+                               inst,
+                               prefix_arg,
+                               i == PROXY ? "--cluster_route=proxy" : "--cluster_route=redirect",
+                               NULL};
+        if (!moatd_start(&node[i], true, extra))
+            return -1;
+        started[i] = true;
+        conn[i] = raw_connect_ready(node[i].port, TOKEN);
+        if (conn[i] == NULL)
+            return -1;
+    }
+    moat_node owner;
+    for (int t = 0; t < WAIT_S * 20 && !etcd_cluster_lists_node(etcd, node_id[OWNER], &owner); t++)
+        etcd_cluster_sleep_ms(50);
+    if (!etcd_cluster_lists_node(etcd, node_id[OWNER], &owner))
+        return -1;
+    /* A real session on the owner, and its record as the owner would write it. */
+    char chat[MOAT_UUID_STR_LEN], addr[64];
+    moat_uuid_generate(chat);
+    Moat__V1__CreateSessionRequest cr = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
+    cr.chat_id = chat;
+    rc_end e = rc_call(conn[OWNER], "/moat.v1.Sandboxes/CreateSession", &cr.base,
+                       &moat__v1__sandbox_session__descriptor);
+    if (e.code != 0 || e.resp == NULL) {
+        fprintf(stderr, "CreateSession on the owner: %d %s\n", e.code, e.reason);
+        rc_free(&e);
+        return -1;
+    }
+    snprintf(sid, sizeof(sid), "%s", ((Moat__V1__SandboxSession *)e.resp)->session_id);
+    rc_free(&e);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node[OWNER].port);
+    rc_put_record(etcd, sid, chat, node_id[OWNER], owner.lease, addr, MOAT_RECORD_RUNNING, "");
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < NODES; i++) {
+        if (conn[i] != NULL)
+            raw_close(conn[i]);
+        if (started[i]) {
+            moatd_stop(&node[i]);
+            moatd_remove_dir(node[i].state_dir);
+        }
+    }
+    if (prefix[0] != '\0')
+        docker_remove_prefixed(prefix);
+    etcd_cluster_close(&cl, etcd);
+    return 0;
+}
+
+static void test_exec_exact(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    uint32_t id = start_run(conn[PROXY], "printf 'out\\n'; printf 'err\\n' >&2; exit 3");
+    exec_result r = read_exec(conn[PROXY], id, 0);
+    assert_int_equal(r.code, MOAT_CODE_OK);
+    assert_string_equal(r.stdout_head, "out\n");
+    assert_string_equal(r.stderr_head, "err\n");
+    assert_int_equal(r.exit_code, 3);
+}
+
+/* 64 MiB through the proxy, exact, with a client that stops reading for a second on the way:
+ * the proxy holds about a window, not what the owner could send. */
+static void test_large_output_flat(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    enum { TOTAL = 64 << 20 };
+    long before = proc_rss_kb(node[PROXY].pid);
+    uint32_t id = start_run(conn[PROXY], "head -c 67108864 /dev/zero");
+    exec_result r = read_exec(conn[PROXY], id, 8 << 20);
+    assert_int_equal(r.code, MOAT_CODE_OK);
+    assert_int_equal(r.stdout_len, TOTAL);
+    assert_int_equal(r.stderr_len, 0);
+    assert_int_equal(r.exit_code, 0);
+    print_message("proxy RSS %ld KiB before, %ld KiB at most during 64 MiB\n", before,
+                  r.rss_peak_kb);
+    /* Two windows (1 MiB each) and the allocator's slack, far below what went through. */
+    assert_true(r.rss_peak_kb - before < 16 * 1024);
+}
+
+/* The client's Cancel reaches the owner: the command there stops. */
+static void test_cancel_reaches_owner(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    uint32_t id = start_run(conn[PROXY], "sleep 600");
+    char eid[128] = "";
+    while (eid[0] == '\0') {
+        moat_frame f;
+        assert_int_equal(raw_recv_stream(conn[PROXY], id, &f, 60000), 1);
+        assert_int_equal(f.kind, MOAT_FRAME_MESSAGE);
+        Moat__V1__ExecEvent *e =
+            moat__v1__exec_event__unpack(NULL, f.u.message.payload.len, f.u.message.payload.data);
+        assert_non_null(e);
+        if (e->kind_case == MOAT__V1__EXEC_EVENT__KIND_INIT)
+            snprintf(eid, sizeof(eid), "%s", e->init->execution_id);
+        moat__v1__exec_event__free_unpacked(e, NULL);
+    }
+    moat_frame cancel = {0};
+    cancel.stream_id = id;
+    cancel.kind = MOAT_FRAME_CANCEL;
+    cancel.u.cancel.reason = moat_slice_str("test");
+    assert_true(raw_send(conn[PROXY], &cancel));
+    exec_result r = read_exec(conn[PROXY], id, 0);
+    assert_int_equal(r.code, MOAT_CODE_CANCELLED);
+    Moat__V1__GetCommandStatusRequest q = MOAT__V1__GET_COMMAND_STATUS_REQUEST__INIT;
+    q.session_id = sid;
+    q.execution_id = eid;
+    rc_end e;
+    bool stopped = false;
+    for (int t = 0; t < WAIT_S * 20 && !stopped; t++) {
+        e = rc_call(conn[OWNER], "/moat.v1.Exec/GetCommandStatus", &q.base,
+                    &moat__v1__command_status__descriptor);
+        stopped = e.code == 0 && e.resp != NULL && !((Moat__V1__CommandStatus *)e.resp)->running;
+        rc_free(&e);
+        if (!stopped)
+            etcd_cluster_sleep_ms(50);
+    }
+    assert_true(stopped);
+}
+
+/* Interactive: stdin through the proxy (wc -l counts two lines), then close_stdin. */
+static void test_interactive_stdin(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    Moat__V1__InteractiveRequest r = MOAT__V1__INTERACTIVE_REQUEST__INIT;
+    Moat__V1__InteractiveStart s = MOAT__V1__INTERACTIVE_START__INIT;
+    s.session_id = sid;
+    s.command = (char *)"wc -l";
+    r.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_START;
+    r.start = &s;
+    uint32_t id = raw_call(conn[PROXY], "/moat.v1.Exec/Interactive", 0, &r.base);
+    Moat__V1__InteractiveRequest in = MOAT__V1__INTERACTIVE_REQUEST__INIT;
+    in.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_STDIN;
+    in.stdin = (ProtobufCBinaryData){4, (uint8_t *)"a\nb\n"};
+    Moat__V1__InteractiveRequest close = MOAT__V1__INTERACTIVE_REQUEST__INIT;
+    close.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_CLOSE_STDIN;
+    close.close_stdin = true;
+    const Moat__V1__InteractiveRequest *msgs[] = {&in, &close};
+    for (size_t k = 0; k < 2; k++) {
+        uint8_t buf[64];
+        size_t n = protobuf_c_message_pack(&msgs[k]->base, buf);
+        moat_frame f = {0};
+        f.stream_id = id;
+        f.kind = MOAT_FRAME_MESSAGE;
+        f.u.message.payload = (moat_slice){buf, n};
+        assert_true(raw_send(conn[PROXY], &f));
+    }
+    exec_result res = read_exec(conn[PROXY], id, 0);
+    assert_int_equal(res.code, MOAT_CODE_OK);
+    assert_string_equal(res.stdout_head, "2\n");
+    assert_int_equal(res.exit_code, 0);
+}
+
+/* One-answer calls relay their answer; GetSession answers from the directory. */
+static void test_unary_calls(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    rc_end e = rc_stat(conn[PROXY], sid);
+    assert_int_equal(e.code, MOAT_CODE_OK);
+    Moat__V1__RenewSessionRequest renew = MOAT__V1__RENEW_SESSION_REQUEST__INIT;
+    renew.session_id = sid;
+    renew.ttl_seconds = 300;
+    e = rc_call(conn[PROXY], "/moat.v1.Sandboxes/RenewSession", &renew.base,
+                &moat__v1__sandbox_session__descriptor);
+    assert_int_equal(e.code, MOAT_CODE_OK);
+    assert_string_equal(((Moat__V1__SandboxSession *)e.resp)->session_id, sid);
+    /* Renewed by the owner, which answers with its container. */
+    assert_true(((Moat__V1__SandboxSession *)e.resp)->container_id[0] != '\0');
+    rc_free(&e);
+    e = rc_get(conn[PROXY], sid);
+    assert_int_equal(e.code, MOAT_CODE_OK);
+    assert_int_equal(((Moat__V1__SandboxSession *)e.resp)->status,
+                     MOAT__V1__SESSION_STATUS__RUNNING);
+    rc_free(&e);
+}
+
+/* A record whose owner is live but whose address answers nothing. */
+static void test_owner_unreachable(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    moat_node owner;
+    assert_true(etcd_cluster_lists_node(etcd, node_id[OWNER], &owner));
+    char other[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(other);
+    moat_uuid_generate(chat);
+    rc_put_record(etcd, other, chat, node_id[OWNER], owner.lease, "127.0.0.1:1",
+                  MOAT_RECORD_RUNNING, "");
+    rc_end e = rc_run_command(conn[PROXY], other);
+    assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "owner_unreachable"));
+    assert_string_equal(e.owner_address, "127.0.0.1:1");
+}
+
+/* Last: StopSession through the proxy stops the owner's session. */
+static void test_stop_through_proxy(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    rc_end e = rc_stop(conn[PROXY], sid);
+    assert_int_equal(e.code, MOAT_CODE_OK);
+    assert_true(((Moat__V1__StopSessionResponse *)e.resp)->stopped);
+    rc_free(&e);
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exec_exact),           cmocka_unit_test(test_large_output_flat),
+        cmocka_unit_test(test_cancel_reaches_owner), cmocka_unit_test(test_interactive_stdin),
+        cmocka_unit_test(test_unary_calls),          cmocka_unit_test(test_owner_unreachable),
+        cmocka_unit_test(test_stop_through_proxy),
+    };
+    int rc = moat_run_group_tests("test_cluster_proxy", tests, group_setup, group_teardown);
+    curl_global_cleanup();
+    return rc;
+}
