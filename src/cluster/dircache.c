@@ -3,9 +3,9 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cluster/dircache.h"
+#include "cluster/stopper.h"
 
 /* One key and its value as etcd has them. */
 typedef struct dc_item {
@@ -24,9 +24,8 @@ typedef struct dc_set {
 struct moat_dircache {
     moat_etcd *etcd;
     pthread_t thread;
-    atomic_bool stop;
-    pthread_mutex_t mu; /* guards what follows, and wakes the thread's waits (cond) */
-    pthread_cond_t cond;
+    moat_stopper stopper;
+    pthread_mutex_t mu; /* guards what follows */
     dc_set set;
     bool synced; /* the watch is in place: set is etcd's, up to the watch's delay */
 };
@@ -121,24 +120,6 @@ static bool set_apply(dc_set *s, const moat_etcd_kv *kv)
     return true;
 }
 
-/* Waits ms, or less when stopped; false once stopping. */
-static bool wait_ms(moat_dircache *d, long ms)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += ms / 1000;
-    until.tv_nsec += (ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&d->mu);
-    while (!atomic_load(&d->stop) && pthread_cond_timedwait(&d->cond, &d->mu, &until) == 0) {
-    }
-    pthread_mutex_unlock(&d->mu);
-    return !atomic_load(&d->stop);
-}
-
 static const moat_slice prefix = {(const uint8_t *)MOAT_SESSIONS_PREFIX,
                                   sizeof(MOAT_SESSIONS_PREFIX) - 1};
 
@@ -212,14 +193,14 @@ static void *run(void *arg)
         set_free(&d->set);
         d->set = fresh;
         pthread_mutex_unlock(&d->mu);
-        moat_etcd_watch(d->etcd, prefix, end_s, revision + 1, on_message, d, &d->stop, &st);
+        moat_etcd_watch(d->etcd, prefix, end_s, revision + 1, on_message, d, &d->stopper.stop, &st);
         pthread_mutex_lock(&d->mu);
         d->synced = false;
         pthread_mutex_unlock(&d->mu);
-        if (!atomic_load(&d->stop))
+        if (!atomic_load(&d->stopper.stop))
             moat_log(MOAT_LOG_INFO, "directory_watch_ended", "code=%s reason=%s msg=\"%s\"",
                      moat_code_name(st.code), st.reason, st.message);
-    } while (wait_ms(d, 500));
+    } while (moat__stopper_wait_ms(&d->stopper, 500));
     return NULL;
 }
 
@@ -229,11 +210,10 @@ moat_dircache *moat_dircache_start(moat_etcd *etcd)
     if (d == NULL)
         return NULL;
     d->etcd = etcd;
-    atomic_init(&d->stop, false);
+    moat__stopper_init(&d->stopper);
     pthread_mutex_init(&d->mu, NULL);
-    pthread_cond_init(&d->cond, NULL);
     if (pthread_create(&d->thread, NULL, run, d) != 0) {
-        pthread_cond_destroy(&d->cond);
+        moat__stopper_destroy(&d->stopper);
         pthread_mutex_destroy(&d->mu);
         free(d);
         return NULL;
@@ -245,13 +225,10 @@ void moat_dircache_stop(moat_dircache *d)
 {
     if (d == NULL)
         return;
-    pthread_mutex_lock(&d->mu);
-    atomic_store(&d->stop, true);
-    pthread_cond_broadcast(&d->cond);
-    pthread_mutex_unlock(&d->mu);
+    moat__stopper_stop(&d->stopper);
     pthread_join(d->thread, NULL);
     set_free(&d->set);
-    pthread_cond_destroy(&d->cond);
+    moat__stopper_destroy(&d->stopper);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }

@@ -25,7 +25,7 @@ void moat_dircache_stop(moat_dircache *d);
 /* What moat_directory_list answers, from the copy while it is in step with etcd (loaded and
  * watched), else through etcd. *from_cache (may be NULL) says which. Thread-safe. */
 moat_code moat_dircache_list(moat_dircache *d, const char *chat_id, size_t max,
-                             moat_dir_entry **out, size_t *count, size_t *skipped,
-                             bool *from_cache, moat_status *st);
+                             moat_dir_entry **out, size_t *count, size_t *skipped, bool *from_cache,
+                             moat_status *st);
 
 #endif

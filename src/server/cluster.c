@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cluster/dircache.h"
+#include "cluster/janitor.h"
 #include "cluster/membership.h"
 #include "server_internal.h"
 
@@ -13,6 +14,7 @@ struct srv_cluster {
     moat_etcd *etcd;
     moat_membership *m;
     moat_dircache *dir; /* ListSessions' copy of the directory (cluster_route.c) */
+    moat_janitor *janitor;
     uv_timer_t load_timer;
     int64_t lease_saved; /* what <state_dir>/cluster.lease holds */
 };
@@ -140,6 +142,11 @@ moat_err moat__cluster_start(srv *s)
     c->dir = moat_dircache_start(c->etcd);
     if (c->dir == NULL)
         moat_log(MOAT_LOG_WARN, "directory_cache_not_started", "%s", "");
+    moat_janitor_config jcfg = {c->etcd, c->m, s->cfg.cluster_node_id,
+                                (int64_t)s->cfg.cluster_janitor_grace_seconds * 1000};
+    c->janitor = moat_janitor_start(&jcfg);
+    if (c->janitor == NULL)
+        moat_log(MOAT_LOG_WARN, "janitor_not_started", "%s", "");
     uv_timer_init(s->loop, &c->load_timer);
     c->load_timer.data = s;
     uv_timer_start(&c->load_timer, on_load_timer, 1000, 1000);
@@ -177,6 +184,7 @@ void moat__cluster_stop(srv *s)
     if (c == NULL)
         return;
     /* Revoking the lease takes the node out of the cluster at once; nothing is left to resume. */
+    moat_janitor_stop(c->janitor); /* before the membership it stands for election with */
     moat_membership_stop(c->m);
     moat_dircache_stop(c->dir);
     lease_save(s, 0);

@@ -148,6 +148,8 @@ static const key_def keys[] = {
      "host:port clients and other nodes dial for this node; required in a cluster"},
     {"cluster_lease_ttl_seconds", K_U32, OFF(cluster_lease_ttl_seconds), "5", 2, 60,
      "the node's etcd lease; a node gone this long is out of the cluster"},
+    {"cluster_janitor_grace_seconds", K_U32, OFF(cluster_janitor_grace_seconds), "3600", 1, 604800,
+     "how long a node is gone before the janitor removes its session records"},
     {"cluster_route", K_STR, OFF(cluster_route), "redirect", 0, 0,
      "a call for another node's session: redirect (session_moved) or proxy (relayed there)"},
 };

@@ -84,6 +84,7 @@ typedef struct moat_server_config {
     char *cluster_node_id;        /* "" = the host name */
     char *cluster_advertise;      /* host:port clients and peers dial for this node */
     uint32_t cluster_lease_ttl_seconds;
+    uint32_t cluster_janitor_grace_seconds; /* a gone node's records stay GONE this long */
     char *cluster_route; /* "redirect" (session_moved) or "proxy" (the call relayed to its owner) */
     /* Path of the file that was read ("" when none); not a key. */
     char *config_file;

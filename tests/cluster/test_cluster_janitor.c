@@ -1,0 +1,181 @@
+/* The janitor with real parts: a three-member etcd started here and two real moatd nodes (no
+ * engine needed) with a grace of 2 s. One of them holds the janitor key under its lease; the
+ * records of an incarnation that is not a member go after the grace, and only those (a live
+ * node's record and one that does not decode stay); the janitor SIGKILLed, the other node takes
+ * the key, and the dead node's records go in their turn. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+#include <signal.h>
+
+#include <curl/curl.h>
+
+#include "moat_test.h"
+
+#include "cluster/janitor.h"
+#include "cluster_calls.h"
+#include "etcd_cluster.h"
+#include "harness.h"
+
+#define WAIT_S 60
+#define NODES  2
+
+static etcd_cluster cl;
+static moat_etcd *etcd;
+static moatd_proc node[NODES];
+static bool started[NODES];
+static char node_id[NODES][32];
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (etcd_cluster_open(&cl, &etcd, 1000, WAIT_S) != 0)
+        return -1;
+    if (!etcd_cluster_available())
+        return 0;
+    char eps[300];
+    snprintf(eps, sizeof(eps), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
+             cl.urls[2]);
+    for (int i = 0; i < NODES; i++) {
+        char id_arg[64];
+        snprintf(node_id[i], sizeof(node_id[i]), "jan%d-n%d", (int)getpid(), i + 1);
+        snprintf(id_arg, sizeof(id_arg), "--cluster_node_id=%s", node_id[i]);
+        const char *extra[] = {eps,
+                               id_arg,
+                               "--cluster_advertise=127.0.0.1:1",
+                               "--cluster_lease_ttl_seconds=2",
+                               "--cluster_janitor_grace_seconds=2",
+                               NULL};
+        if (!moatd_start(&node[i], false, extra))
+            return -1;
+        started[i] = true;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    for (int i = 0; i < NODES; i++) {
+        if (started[i]) {
+            if (node[i].pid > 0)
+                moatd_stop(&node[i]);
+            moatd_remove_dir(node[i].state_dir);
+        }
+    }
+    etcd_cluster_close(&cl, etcd);
+    return 0;
+}
+
+/* The janitor key's holder: the node index, or -1 when none holds it. */
+static int janitor_holder(void)
+{
+    moat_etcd_result r;
+    moat_status st;
+    int who = -1;
+    if (moat_etcd_range(etcd, moat_slice_str(MOAT_JANITOR_KEY), false, 1, &r, &st) ==
+            MOAT_CODE_OK &&
+        r.kv_count == 1) {
+        for (int i = 0; i < NODES; i++) {
+            moat_node n;
+            if (r.kvs[0].value_len == strlen(node_id[i]) &&
+                memcmp(r.kvs[0].value, node_id[i], r.kvs[0].value_len) == 0 &&
+                etcd_cluster_lists_node(etcd, node_id[i], &n) && n.lease == r.kvs[0].lease)
+                who = i;
+        }
+    }
+    moat_etcd_result_free(&r);
+    return who;
+}
+
+static bool record_exists(const char *sid)
+{
+    char key[MOAT_RECORD_KEY_MAX];
+    size_t n = moat_session_record_key(sid, key, sizeof(key));
+    moat_etcd_result r;
+    moat_status st;
+    bool there = moat_etcd_range(etcd, (moat_slice){(const uint8_t *)key, n}, false, 1, &r, &st) ==
+                     MOAT_CODE_OK &&
+                 r.kv_count == 1;
+    moat_etcd_result_free(&r);
+    return there;
+}
+
+static int64_t lease_of(int i)
+{
+    moat_node n;
+    assert_true(etcd_cluster_lists_node(etcd, node_id[i], &n));
+    return n.lease;
+}
+
+static void test_gone_records_removed(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    for (int i = 0; i < NODES; i++)
+        ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, node_id[i], NULL), WAIT_S);
+    ETCD_WAIT_FOR(janitor_holder() >= 0, WAIT_S);
+    char gone[2][MOAT_UUID_STR_LEN], live[MOAT_UUID_STR_LEN], bad[MOAT_UUID_STR_LEN];
+    char chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    for (int k = 0; k < 2; k++) {
+        moat_uuid_generate(gone[k]);
+        rc_put_record(etcd, gone[k], chat, "gone-node", 5, "127.0.0.1:1",
+                      k == 0 ? MOAT_RECORD_RUNNING : MOAT_RECORD_ENDED, "node_lost");
+    }
+    /* The same node id as a live one, but an older incarnation's lease. */
+    char old[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(old);
+    rc_put_record(etcd, old, chat, node_id[0], lease_of(0) + 1, "127.0.0.1:1", MOAT_RECORD_RUNNING,
+                  "");
+    moat_uuid_generate(live);
+    rc_put_record(etcd, live, chat, node_id[1], lease_of(1), "127.0.0.1:1", MOAT_RECORD_RUNNING,
+                  "");
+    moat_uuid_generate(bad);
+    rc_put_raw(etcd, bad, "not a record");
+    ETCD_WAIT_FOR(!record_exists(gone[0]) && !record_exists(gone[1]) && !record_exists(old),
+                  WAIT_S);
+    assert_true(record_exists(live));
+    assert_true(record_exists(bad));
+    int who = janitor_holder();
+    assert_true(who >= 0);
+    assert_true(moatd_log_contains(&node[who], "janitor_removed"));
+}
+
+/* The janitor killed: the other node takes the key within the lease's TTL, and removes the dead
+ * node's records after the grace. */
+static void test_failover(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    ETCD_WAIT_FOR(janitor_holder() >= 0, WAIT_S);
+    int who = janitor_holder(), other = 1 - who;
+    char sid[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(sid);
+    moat_uuid_generate(chat);
+    rc_put_record(etcd, sid, chat, node_id[who], lease_of(who), "127.0.0.1:1", MOAT_RECORD_RUNNING,
+                  "");
+    kill(node[who].pid, SIGKILL);
+    waitpid(node[who].pid, NULL, 0);
+    node[who].pid = 0;
+    ETCD_WAIT_FOR(janitor_holder() == other, WAIT_S);
+    ETCD_WAIT_FOR(!record_exists(sid), WAIT_S);
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gone_records_removed),
+        cmocka_unit_test(test_failover),
+    };
+    int rc = moat_run_group_tests("test_cluster_janitor", tests, group_setup, group_teardown);
+    curl_global_cleanup();
+    return rc;
+}
