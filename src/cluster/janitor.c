@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cluster/directory.h"
+#include "cluster/records.h"
 #include "cluster/janitor.h"
 #include "cluster/stopper.h"
 
@@ -43,17 +44,21 @@ static bool elect(moat_janitor *j)
     if (lease == 0 || !moat_membership_live(j->member))
         return false;
     moat_slice key = moat_slice_str(MOAT_JANITOR_KEY);
+    /* The value is {"node_id": …}, as a home record's (docs/CLUSTER.md, "Keys"). */
+    char value[MOAT_NODE_ID_MAX + 32], holder[MOAT_NODE_ID_MAX];
+    size_t vlen = moat_home_record_encode(j->node_id, value, sizeof(value));
     moat_etcd_cmp cmp = {key, MOAT_ETCD_CREATE_REVISION, MOAT_ETCD_EQUAL, 0};
-    moat_etcd_op put = {MOAT_ETCD_OP_PUT, key, moat_slice_str(j->node_id), lease, false};
+    moat_etcd_op put = {MOAT_ETCD_OP_PUT, key, {(const uint8_t *)value, vlen}, lease, false};
     moat_etcd_op get = {MOAT_ETCD_OP_RANGE, key, {NULL, 0}, 0, false};
     moat_etcd_txn_spec txn = {&cmp, 1, &put, 1, &get, 1};
     moat_etcd_result r;
     moat_status st;
     bool won = false;
-    if (moat_etcd_txn(j->etcd, &txn, &r, &st) == MOAT_CODE_OK) {
-        won = r.succeeded || (r.kv_count == 1 && r.kvs[0].lease == lease &&
-                              r.kvs[0].value_len == strlen(j->node_id) &&
-                              memcmp(r.kvs[0].value, j->node_id, r.kvs[0].value_len) == 0);
+    if (vlen > 0 && moat_etcd_txn(j->etcd, &txn, &r, &st) == MOAT_CODE_OK) {
+        won = r.succeeded ||
+              (r.kv_count == 1 && r.kvs[0].lease == lease &&
+               moat_home_record_decode(r.kvs[0].value, r.kvs[0].value_len, holder) == MOAT_OK &&
+               strcmp(holder, j->node_id) == 0);
     }
     moat_etcd_result_free(&r);
     if (won != j->elected)

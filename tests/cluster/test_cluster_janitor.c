@@ -82,11 +82,12 @@ static int janitor_holder(void)
     if (moat_etcd_range(etcd, moat_slice_str(MOAT_JANITOR_KEY), false, 1, &r, &st) ==
             MOAT_CODE_OK &&
         r.kv_count == 1) {
+        char holder[MOAT_NODE_ID_MAX] = "";
+        moat_home_record_decode(r.kvs[0].value, r.kvs[0].value_len, holder);
         for (int i = 0; i < NODES; i++) {
             moat_node n;
-            if (r.kvs[0].value_len == strlen(node_id[i]) &&
-                memcmp(r.kvs[0].value, node_id[i], r.kvs[0].value_len) == 0 &&
-                etcd_cluster_lists_node(etcd, node_id[i], &n) && n.lease == r.kvs[0].lease)
+            if (strcmp(holder, node_id[i]) == 0 && etcd_cluster_lists_node(etcd, node_id[i], &n) &&
+                n.lease == r.kvs[0].lease)
                 who = i;
         }
     }

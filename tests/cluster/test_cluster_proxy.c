@@ -231,8 +231,10 @@ static void test_large_output_flat(void **state)
     assert_int_equal(r.exit_code, 0);
     print_message("proxy RSS %ld KiB before, %ld KiB at most during 64 MiB\n", before,
                   r.rss_peak_kb);
-    /* Two windows (1 MiB each) and the allocator's slack, far below what went through. */
-    assert_true(r.rss_peak_kb - before < 16 * 1024);
+    /* Two windows (1 MiB each) and the allocator's slack, far below what went through; under
+     * valgrind (MOAT_DAEMON_WRAPPER) the RSS is valgrind's own. */
+    if (moatd_wrapper()[0] == '\0')
+        assert_true(r.rss_peak_kb - before < 16 * 1024);
 }
 
 /* The client's Cancel reaches the owner: the command there stops. */
