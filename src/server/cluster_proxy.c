@@ -48,6 +48,10 @@ struct peer {
     uv_connect_t connect;
     uv_tcp_t tcp;
     bool tcp_open;
+    /* A peer that takes the connection and never answers its Hello must not hold calls that
+     * have no deadline: hello_timeout_seconds, as a client of ours gets. */
+    uv_timer_t hello_timer;
+    bool timer_open;
     moat_wire_decoder dec;
     char read_buf[64 * 1024];
     uint32_t next_id;        /* odd, increasing, as a client's are */
@@ -328,9 +332,16 @@ static void call_end(proxy_call *pc, const moat_frame *f)
 
 /* ------------------------------------------------------------ the connection */
 
+/* Freed once both of its handles have closed. */
 static void peer_free(uv_handle_t *h)
 {
     peer *p = h->data;
+    if (h == (uv_handle_t *)&p->tcp)
+        p->tcp_open = false;
+    else
+        p->timer_open = false;
+    if (p->tcp_open || p->timer_open)
+        return;
     moat_wire_decoder_free(&p->dec);
     free(p);
 }
@@ -353,6 +364,8 @@ static void peer_close(peer *p, const char *why)
     if (p->tcp_open) {
         p->tcp.data = p;
         uv_close((uv_handle_t *)&p->tcp, peer_free);
+        if (p->timer_open)
+            uv_close((uv_handle_t *)&p->hello_timer, peer_free);
     } else if (p->resolving) {
         uv_cancel((uv_req_t *)&p->gai);
     } else {
@@ -371,6 +384,7 @@ static void peer_frame(peer *p, const moat_frame *f)
             return;
         }
         p->state = PEER_READY;
+        uv_timer_stop(&p->hello_timer);
         p->initial_window = f->u.hello_ack.initial_window;
         moat_wire_decoder_set_max(&p->dec, f->u.hello_ack.max_frame_size);
         for (proxy_call *c = p->calls, *next; c != NULL; c = next) {
@@ -457,6 +471,11 @@ static void on_connected(uv_connect_t *req, int status)
         peer_close(p, "cannot start the connection");
 }
 
+static void on_hello_timeout(uv_timer_t *t)
+{
+    peer_close(t->data, "no answer to its hello in time");
+}
+
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     peer *p = req->data;
@@ -475,6 +494,13 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     uv_tcp_init(p->s->loop, &p->tcp);
     p->tcp.data = p;
     p->tcp_open = true;
+    /* A peer whose host vanished sends no FIN: keepalives find out. */
+    uv_tcp_keepalive(&p->tcp, 1, 5);
+    uv_timer_init(p->s->loop, &p->hello_timer);
+    p->hello_timer.data = p;
+    p->timer_open = true;
+    uv_timer_start(&p->hello_timer, on_hello_timeout,
+                   (uint64_t)p->s->cfg.hello_timeout_seconds * 1000, 0);
     p->connect.data = p;
     if (uv_tcp_connect(&p->connect, &p->tcp, res->ai_addr, on_connected) != 0)
         peer_close(p, "cannot connect");

@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <curl/curl.h>
 
@@ -151,6 +154,7 @@ static int group_setup(void **state)
                                "--cluster_advertise=127.0.0.1:1",
                                "--cluster_lease_ttl_seconds=2",
                                "--token=" TOKEN,
+                               "--hello_timeout_seconds=2",
                                inst,
                                prefix_arg,
                                i == PROXY ? "--cluster_route=proxy" : "--cluster_route=redirect",
@@ -351,6 +355,25 @@ static void test_owner_unreachable(void **state)
     rc_end e = rc_run_command(conn[PROXY], other);
     assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "owner_unreachable"));
     assert_string_equal(e.owner_address, "127.0.0.1:1");
+
+    /* An address that takes the connection (the kernel's backlog) and never answers the Hello:
+     * the call, which has no deadline, ends at the proxy's hello_timeout_seconds. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t salen = sizeof(sa);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, salen), 0);
+    assert_int_equal(listen(fd, 8), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &salen), 0);
+    char silent[64];
+    snprintf(silent, sizeof(silent), "127.0.0.1:%d", ntohs(sa.sin_port));
+    moat_uuid_generate(other);
+    rc_put_record(etcd, other, chat, node_id[OWNER], owner.lease, silent, MOAT_RECORD_RUNNING, "");
+    e = rc_run_command(conn[PROXY], other);
+    close(fd);
+    assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "owner_unreachable"));
+    assert_string_equal(e.owner_address, silent);
 }
 
 /* Last: StopSession through the proxy stops the owner's session. */
