@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 
 #include "cluster/records.h"
+#include "cluster_calls.h"
 #include "etcd_cluster.h"
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
@@ -58,43 +59,6 @@ static void fail(const char *what)
     fprintf(stderr, "bench_route: %s\n", what);
     cleanup();
     exit(1);
-}
-
-/* 300 running records owned by node i, in transactions of 100 puts. */
-static void put_records(const char *id, int64_t lease, const char *address)
-{
-    enum { BATCH = 100 };
-    static char keys[BATCH][MOAT_RECORD_KEY_MAX], values[BATCH][MOAT_RECORD_VALUE_MAX];
-    moat_etcd_op ops[BATCH];
-    for (int done = 0; done < PER_NODE; done += BATCH) {
-        for (int k = 0; k < BATCH; k++) {
-            moat_session_record r;
-            memset(&r, 0, sizeof(r));
-            moat_uuid_generate(r.session_id);
-            moat_uuid_generate(r.chat_id);
-            snprintf(r.node_id, sizeof(r.node_id), "%.31s", id);
-            r.node_lease = lease;
-            snprintf(r.address, sizeof(r.address), "%s", address);
-            r.state = MOAT_RECORD_RUNNING;
-            snprintf(r.image, sizeof(r.image), "moat-sandbox:latest");
-            r.created_at_ms = moat_time_now_ms();
-            r.expires_at_ms = r.created_at_ms + 3600000;
-            size_t kn = moat_session_record_key(r.session_id, keys[k], sizeof(keys[k]));
-            size_t vn = moat_session_record_encode(&r, values[k], sizeof(values[k]));
-            ops[k] = (moat_etcd_op){MOAT_ETCD_OP_PUT,
-                                    {(const uint8_t *)keys[k], kn},
-                                    {(const uint8_t *)values[k], vn},
-                                    0,
-                                    false};
-        }
-        moat_etcd_txn_spec txn = {NULL, 0, ops, BATCH, NULL, 0};
-        moat_etcd_result res;
-        moat_status st;
-        moat_code code = moat_etcd_txn(etcd, &txn, &res, &st);
-        moat_etcd_result_free(&res);
-        if (code != MOAT_CODE_OK)
-            fail(st.message);
-    }
 }
 
 /* One ListSessions; its session count, or -1. */
@@ -144,7 +108,8 @@ int main(void)
             fail("a node did not join");
         char addr[64];
         snprintf(addr, sizeof(addr), "127.0.0.1:%d", node[i].port);
-        put_records(ids[i], n.lease, addr);
+        if (!rc_put_records(etcd, PER_NODE, NULL, ids[i], n.lease, addr))
+            fail("etcd refused the records");
     }
 
     raw_conn *c[NODES + 1];

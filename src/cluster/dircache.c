@@ -123,39 +123,12 @@ static bool set_apply(dc_set *s, const moat_etcd_kv *kv)
 static const moat_slice prefix = {(const uint8_t *)MOAT_SESSIONS_PREFIX,
                                   sizeof(MOAT_SESSIONS_PREFIX) - 1};
 
-/* Every record into *into, by ranges of MOAT_DIRECTORY_PAGE; *revision is the first range's.
- * A later range may see more recent changes: the watch from *revision + 1 replays them all, and
- * a change applied twice leaves the key as its last one did. */
-static moat_code load(moat_dircache *d, dc_set *into, int64_t *revision, moat_status *st)
+static bool load_kv(void *ud, const moat_etcd_kv *kv, moat_status *st)
 {
-    uint8_t end[sizeof(MOAT_SESSIONS_PREFIX)];
-    moat_slice end_s = {end, moat_etcd_prefix_end(prefix, end)};
-    uint8_t from[MOAT_ETCD_KEY_MAX + 1];
-    memcpy(from, prefix.data, prefix.len);
-    moat_slice from_s = {from, prefix.len};
-    *revision = 0;
-    for (;;) {
-        moat_etcd_result r;
-        moat_code code = moat_etcd_range_to(d->etcd, from_s, end_s, MOAT_DIRECTORY_PAGE, &r, st);
-        if (code == MOAT_CODE_OK && *revision == 0)
-            *revision = r.revision;
-        for (size_t i = 0; code == MOAT_CODE_OK && i < r.kv_count; i++) {
-            if (!set_apply(into, &r.kvs[i])) {
-                moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
-                code = st->code;
-            }
-        }
-        bool more = code == MOAT_CODE_OK && r.more && r.kv_count > 0;
-        if (more) {
-            const moat_etcd_kv *last = &r.kvs[r.kv_count - 1];
-            memcpy(from, last->key, last->key_len);
-            from[last->key_len] = 0;
-            from_s.len = last->key_len + 1;
-        }
-        moat_etcd_result_free(&r);
-        if (!more)
-            return code;
-    }
+    if (set_apply(ud, kv))
+        return true;
+    moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+    return false;
 }
 
 static bool on_message(void *ud, const moat_etcd_watch_msg *m)
@@ -185,7 +158,9 @@ static void *run(void *arg)
         int64_t revision;
         moat_status st;
         moat_status_clear(&st);
-        if (load(d, &fresh, &revision, &st) != MOAT_CODE_OK) {
+        /* The ranges may see changes after the first one's revision: the watch from it replays
+         * them all, and a change applied twice leaves the key as its last one did. */
+        if (moat_directory_scan(d->etcd, load_kv, &fresh, &revision, &st) != MOAT_CODE_OK) {
             set_free(&fresh);
             continue;
         }

@@ -79,13 +79,9 @@ bool moat__dir_take(moat_dir_acc *a, const uint8_t *key, size_t key_len, const u
     return true;
 }
 
-moat_code moat_directory_list(moat_etcd *etcd, const char *chat_id, size_t max,
-                              moat_dir_entry **out, size_t *count, size_t *skipped, moat_status *st)
+moat_code moat_directory_scan(moat_etcd *etcd, moat_directory_fn fn, void *ud, int64_t *revision,
+                              moat_status *st)
 {
-    moat_node *nodes = NULL;
-    size_t nnodes = 0;
-    moat_code code = moat_cluster_nodes(etcd, &nodes, &nnodes, NULL, st);
-    moat_dir_acc a = {chat_id, nodes, nnodes, max, NULL, 0, 0, 0};
     const moat_slice prefix = moat_slice_str(MOAT_SESSIONS_PREFIX);
     uint8_t end[sizeof(MOAT_SESSIONS_PREFIX)];
     moat_slice end_s = {end, moat_etcd_prefix_end(prefix, end)};
@@ -93,13 +89,17 @@ moat_code moat_directory_list(moat_etcd *etcd, const char *chat_id, size_t max,
     uint8_t from[MOAT_ETCD_KEY_MAX + 1];
     memcpy(from, prefix.data, prefix.len);
     moat_slice from_s = {from, prefix.len};
+    if (revision != NULL)
+        *revision = 0;
+    moat_code code = MOAT_CODE_OK;
     bool more = true;
     while (code == MOAT_CODE_OK && more) {
         moat_etcd_result r;
         code = moat_etcd_range_to(etcd, from_s, end_s, MOAT_DIRECTORY_PAGE, &r, st);
+        if (code == MOAT_CODE_OK && revision != NULL && *revision == 0)
+            *revision = r.revision;
         for (size_t i = 0; code == MOAT_CODE_OK && i < r.kv_count; i++) {
-            const moat_etcd_kv *kv = &r.kvs[i];
-            if (!moat__dir_take(&a, kv->key, kv->key_len, kv->value, kv->value_len, st))
+            if (!fn(ud, &r.kvs[i], st))
                 code = st->code;
         }
         more = code == MOAT_CODE_OK && r.more && r.kv_count > 0;
@@ -113,6 +113,23 @@ moat_code moat_directory_list(moat_etcd *etcd, const char *chat_id, size_t max,
         }
         moat_etcd_result_free(&r);
     }
+    return code;
+}
+
+static bool take_kv(void *ud, const moat_etcd_kv *kv, moat_status *st)
+{
+    return moat__dir_take(ud, kv->key, kv->key_len, kv->value, kv->value_len, st);
+}
+
+moat_code moat_directory_list(moat_etcd *etcd, const char *chat_id, size_t max,
+                              moat_dir_entry **out, size_t *count, size_t *skipped, moat_status *st)
+{
+    moat_node *nodes = NULL;
+    size_t nnodes = 0;
+    moat_code code = moat_cluster_nodes(etcd, &nodes, &nnodes, NULL, st);
+    moat_dir_acc a = {chat_id, nodes, nnodes, max, NULL, 0, 0, 0};
+    if (code == MOAT_CODE_OK)
+        code = moat_directory_scan(etcd, take_kv, &a, NULL, st);
     free(nodes);
     return moat__dir_finish(&a, code, out, count, skipped);
 }

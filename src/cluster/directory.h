@@ -44,6 +44,15 @@ moat_code moat_directory_list(moat_etcd *etcd, const char *chat_id, size_t max,
                               moat_dir_entry **out, size_t *count, size_t *skipped,
                               moat_status *st);
 
+/* Called with each key of sessions/ in order (valid during the call); false (st set) stops the
+ * scan with st's code. */
+typedef bool (*moat_directory_fn)(void *ud, const moat_etcd_kv *kv, moat_status *st);
+/* Every key of sessions/, through ranges of MOAT_DIRECTORY_PAGE keys: each range starts past the
+ * last key of the one before, so a key is seen once; the ranges are not one snapshot (a key
+ * changed meanwhile may show either way). *revision (may be NULL) gets the first range's. */
+moat_code moat_directory_scan(moat_etcd *etcd, moat_directory_fn fn, void *ud, int64_t *revision,
+                              moat_status *st);
+
 /* ---- internal: what moat_directory_list and the cache's listing share ---------------------- */
 
 /* A listing as it grows. */

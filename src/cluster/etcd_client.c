@@ -112,6 +112,32 @@ static bool repeatable(moat_etcd_call call)
            call == MOAT_ETCD_CALL_LEASE_KEEPALIVE || call == MOAT_ETCD_CALL_LEASE_REVOKE;
 }
 
+/* A POST of body (JSON) to url with what every call to a member sets: the shared connection
+ * cache, the connect timeout, the error text into errbuf. NULL (st set) when out of memory;
+ * the caller frees *headers and cleans the handle up. */
+static CURL *easy_post(moat_etcd *e, const char *url, const char *body, struct curl_slist **headers,
+                       char *errbuf, moat_status *st)
+{
+    CURL *h = curl_easy_init();
+    *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    if (h == NULL || *headers == NULL) {
+        curl_slist_free_all(*headers);
+        *headers = NULL;
+        curl_easy_cleanup(h);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "curl_easy_init");
+        return NULL;
+    }
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_SHARE, e->share);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, *headers);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, e->connect_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    return h;
+}
+
 typedef enum attempt_outcome {
     ATTEMPT_ANSWERED,  /* *code holds the parsed answer's */
     ATTEMPT_NOT_SENT,  /* no connection: the next member may have it */
@@ -126,26 +152,15 @@ static attempt_outcome attempt(moat_etcd *e, const char *url, moat_etcd_call cal
     moat_buf buf;
     moat_buf_init(&buf, MOAT_ETCD_ANSWER_MAX);
     char errbuf[CURL_ERROR_SIZE] = "";
-    CURL *h = curl_easy_init();
-    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
-    if (h == NULL || headers == NULL) {
-        curl_slist_free_all(headers);
-        curl_easy_cleanup(h);
-        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "curl_easy_init");
+    struct curl_slist *headers = NULL;
+    CURL *h = easy_post(e, full, body, &headers, errbuf, st);
+    if (h == NULL) {
         *code = st->code;
         return ATTEMPT_ANSWERED;
     }
-    curl_easy_setopt(h, CURLOPT_URL, full);
-    curl_easy_setopt(h, CURLOPT_SHARE, e->share);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, e->connect_timeout_ms);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, e->request_timeout_ms);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &buf);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
     CURLcode rc = curl_easy_perform(h);
     long http_status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &http_status);
@@ -339,22 +354,13 @@ moat_code moat_etcd_watch(moat_etcd *e, moat_slice key, moat_slice end, int64_t 
         const char *url = e->urls[(first + k) % e->url_count];
         char full[300], errbuf[CURL_ERROR_SIZE] = "";
         snprintf(full, sizeof(full), "%s/v3/watch", url);
-        moat_buf_init(&w.buf, MOAT_ETCD_ANSWER_MAX);
-        CURL *h = curl_easy_init();
-        struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
-        if (h == NULL || headers == NULL) {
-            curl_slist_free_all(headers);
-            curl_easy_cleanup(h);
-            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "curl_easy_init");
+        struct curl_slist *headers = NULL;
+        CURL *h = easy_post(e, full, body, &headers, errbuf, st);
+        if (h == NULL) {
             code = st->code;
             break;
         }
-        curl_easy_setopt(h, CURLOPT_URL, full);
-        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, e->connect_timeout_ms);
+        moat_buf_init(&w.buf, MOAT_ETCD_ANSWER_MAX);
         /* A member whose host vanished sends no FIN: keepalives find out within seconds. */
         curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
         curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 2L);
@@ -364,7 +370,6 @@ moat_code moat_etcd_watch(moat_etcd *e, moat_slice key, moat_slice end, int64_t 
         curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_watch_progress);
         curl_easy_setopt(h, CURLOPT_XFERINFODATA, &w);
-        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
         CURLcode rc = curl_easy_perform(h);
         curl_slist_free_all(headers);
         curl_easy_cleanup(h);

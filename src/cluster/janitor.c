@@ -103,6 +103,36 @@ static bool remove_if_unchanged(moat_janitor *j, const moat_etcd_kv *kv)
     return done;
 }
 
+typedef struct sweep_pass {
+    moat_janitor *j;
+    const moat_node *nodes;
+    size_t nnodes;
+    int64_t now;
+    size_t removed;
+} sweep_pass;
+
+static bool sweep_kv(void *ud, const moat_etcd_kv *kv, moat_status *st)
+{
+    sweep_pass *p = ud;
+    moat_session_record rec;
+    if (atomic_load(&p->j->stopper.stop)) {
+        moat_status_set(st, MOAT_CODE_CANCELLED, "cancelled", "the janitor is stopping");
+        return false;
+    }
+    /* Records that do not decode are not the janitor's to judge. */
+    if (moat_session_record_decode(kv->key, kv->key_len, kv->value, kv->value_len, &rec) !=
+            MOAT_OK ||
+        moat_session_record_owner(&rec, p->nodes, p->nnodes) != NULL)
+        return true;
+    gone_incarnation *g = sighting(p->j, &rec, p->now);
+    if (g == NULL)
+        return true;
+    g->seen = true;
+    if (p->now - g->first_seen_ms >= p->j->grace_ms && remove_if_unchanged(p->j, kv))
+        p->removed++;
+    return true;
+}
+
 /* One pass over sessions/: records whose incarnation has been gone for the grace period go. */
 static void sweep(moat_janitor *j)
 {
@@ -113,42 +143,8 @@ static void sweep(moat_janitor *j)
         return;
     for (size_t i = 0; i < j->ngone; i++)
         j->gone[i].seen = false;
-    int64_t now = mono_ms();
-    size_t removed = 0;
-    const moat_slice prefix = moat_slice_str(MOAT_SESSIONS_PREFIX);
-    uint8_t end[sizeof(MOAT_SESSIONS_PREFIX)], from[MOAT_ETCD_KEY_MAX + 1];
-    moat_slice end_s = {end, moat_etcd_prefix_end(prefix, end)};
-    memcpy(from, prefix.data, prefix.len);
-    moat_slice from_s = {from, prefix.len};
-    bool more = true, ok = true;
-    while (more && ok && !atomic_load(&j->stopper.stop)) {
-        moat_etcd_result r;
-        ok = moat_etcd_range_to(j->etcd, from_s, end_s, MOAT_DIRECTORY_PAGE, &r, &st) ==
-             MOAT_CODE_OK;
-        for (size_t i = 0; ok && i < r.kv_count; i++) {
-            moat_session_record rec;
-            const moat_etcd_kv *kv = &r.kvs[i];
-            /* Records that do not decode are not the janitor's to judge. */
-            if (moat_session_record_decode(kv->key, kv->key_len, kv->value, kv->value_len, &rec) !=
-                    MOAT_OK ||
-                moat_session_record_owner(&rec, nodes, nnodes) != NULL)
-                continue;
-            gone_incarnation *g = sighting(j, &rec, now);
-            if (g == NULL)
-                continue;
-            g->seen = true;
-            if (now - g->first_seen_ms >= j->grace_ms && remove_if_unchanged(j, kv))
-                removed++;
-        }
-        more = ok && r.more && r.kv_count > 0;
-        if (more) {
-            const moat_etcd_kv *last = &r.kvs[r.kv_count - 1];
-            memcpy(from, last->key, last->key_len);
-            from[last->key_len] = 0;
-            from_s.len = last->key_len + 1;
-        }
-        moat_etcd_result_free(&r);
-    }
+    sweep_pass pass = {j, nodes, nnodes, mono_ms(), 0};
+    bool ok = moat_directory_scan(j->etcd, sweep_kv, &pass, NULL, &st) == MOAT_CODE_OK;
     free(nodes);
     /* Incarnations none of whose records are left are forgotten (after a whole pass only). */
     size_t k = 0;
@@ -157,8 +153,8 @@ static void sweep(moat_janitor *j)
             j->gone[k++] = j->gone[i];
     }
     j->ngone = k;
-    if (removed > 0)
-        moat_log(MOAT_LOG_INFO, "janitor_removed", "records=%zu", removed);
+    if (pass.removed > 0)
+        moat_log(MOAT_LOG_INFO, "janitor_removed", "records=%zu", pass.removed);
 }
 
 static void *run(void *arg)

@@ -53,13 +53,9 @@ void *moat__job_new_unattached(srv *s, size_t size)
     return j;
 }
 
-void *moat__job_new(stream *st, size_t size)
+/* A job for st's call, or NULL with the call ended out_of_memory. */
+static engine_job *job_for(stream *st, size_t size)
 {
-    uint64_t age_ms;
-    if (moat__health_state(st->s->health, &age_ms) == MOAT_ENGINE_DOWN) {
-        fail_engine_down(st, age_ms);
-        return NULL;
-    }
     engine_job *j = moat__job_new_unattached(st->s, size);
     if (j == NULL) {
         moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
@@ -70,19 +66,25 @@ void *moat__job_new(stream *st, size_t size)
     return j;
 }
 
+void *moat__job_new(stream *st, size_t size)
+{
+    uint64_t age_ms;
+    if (moat__health_state(st->s->health, &age_ms) == MOAT_ENGINE_DOWN) {
+        fail_engine_down(st, age_ms);
+        return NULL;
+    }
+    return job_for(st, size);
+}
+
 void *moat__job_new_routed(stream *st, size_t size)
 {
     uint64_t age_ms;
     if (moat__cluster_etcd(st->s) == NULL ||
         moat__health_state(st->s->health, &age_ms) != MOAT_ENGINE_DOWN)
         return moat__job_new(st, size);
-    engine_job *j = moat__job_new_unattached(st->s, size);
-    if (j == NULL) {
-        moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
-                           "out of memory");
+    engine_job *j = job_for(st, size);
+    if (j == NULL)
         return NULL;
-    }
-    j->st = st;
     j->engine_down = true;
     moat_status_set(&j->engine_status, MOAT_CODE_UNAVAILABLE, "docker_unreachable",
                     "the docker engine did not answer its health probe %llu ms ago",

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -128,25 +129,32 @@ bool rc_is(const rc_end *e, int code, const char *reason)
 }
 
 /* Puts sessions/<sid> as its owner would. */
+static void fill_record(moat_session_record *r, const char *sid, const char *chat,
+                        const char *owner, int64_t lease, const char *address,
+                        moat_record_state state, const char *end_reason)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->session_id, sizeof(r->session_id), "%s", sid);
+    snprintf(r->chat_id, sizeof(r->chat_id), "%s", chat);
+    snprintf(r->node_id, sizeof(r->node_id), "%.63s", owner);
+    r->node_lease = lease;
+    snprintf(r->address, sizeof(r->address), "%s", address);
+    r->state = state;
+    snprintf(r->image, sizeof(r->image), "moat-sandbox:latest");
+    r->created_at_ms = moat_time_now_ms();
+    r->expires_at_ms = r->created_at_ms + 600000;
+    if (state == MOAT_RECORD_ENDED) {
+        r->ended_at_ms = r->created_at_ms + 1;
+        snprintf(r->end_reason, sizeof(r->end_reason), "%s", end_reason);
+    }
+}
+
 void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
                    int64_t lease, const char *address, moat_record_state state,
                    const char *end_reason)
 {
     moat_session_record r;
-    memset(&r, 0, sizeof(r));
-    snprintf(r.session_id, sizeof(r.session_id), "%s", sid);
-    snprintf(r.chat_id, sizeof(r.chat_id), "%s", chat);
-    snprintf(r.node_id, sizeof(r.node_id), "%s", owner);
-    r.node_lease = lease;
-    snprintf(r.address, sizeof(r.address), "%s", address);
-    r.state = state;
-    snprintf(r.image, sizeof(r.image), "moat-sandbox:latest");
-    r.created_at_ms = moat_time_now_ms();
-    r.expires_at_ms = r.created_at_ms + 600000;
-    if (state == MOAT_RECORD_ENDED) {
-        r.ended_at_ms = r.created_at_ms + 1;
-        snprintf(r.end_reason, sizeof(r.end_reason), "%s", end_reason);
-    }
+    fill_record(&r, sid, chat, owner, lease, address, state, end_reason);
     char key[MOAT_RECORD_KEY_MAX], value[MOAT_RECORD_VALUE_MAX];
     size_t kn = moat_session_record_key(sid, key, sizeof(key));
     size_t vn = moat_session_record_encode(&r, value, sizeof(value));
@@ -159,6 +167,41 @@ void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const cha
     moat_etcd_result_free(&res);
 }
 
+bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *owner, int64_t lease,
+                    const char *address)
+{
+    enum { BATCH = 100 };
+    static char keys[BATCH][MOAT_RECORD_KEY_MAX], values[BATCH][MOAT_RECORD_VALUE_MAX];
+    moat_etcd_op ops[BATCH];
+    for (size_t done = 0; done < n;) {
+        size_t k = 0;
+        for (; k < BATCH && done + k < n; k++) {
+            char sid[MOAT_UUID_STR_LEN], own_chat[MOAT_UUID_STR_LEN];
+            moat_uuid_generate(sid);
+            moat_uuid_generate(own_chat);
+            moat_session_record r;
+            fill_record(&r, sid, chat != NULL ? chat : own_chat, owner, lease, address,
+                        MOAT_RECORD_RUNNING, "");
+            size_t kn = moat_session_record_key(sid, keys[k], sizeof(keys[k]));
+            size_t vn = moat_session_record_encode(&r, values[k], sizeof(values[k]));
+            ops[k] = (moat_etcd_op){MOAT_ETCD_OP_PUT,
+                                    {(const uint8_t *)keys[k], kn},
+                                    {(const uint8_t *)values[k], vn},
+                                    0,
+                                    false};
+        }
+        moat_etcd_txn_spec txn = {NULL, 0, ops, k, NULL, 0};
+        moat_etcd_result res;
+        moat_status st;
+        bool ok = moat_etcd_txn(etcd, &txn, &res, &st) == MOAT_CODE_OK;
+        moat_etcd_result_free(&res);
+        if (!ok)
+            return false;
+        done += k;
+    }
+    return true;
+}
+
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value)
 {
     char key[MOAT_RECORD_KEY_MAX];
@@ -169,4 +212,43 @@ void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value)
                                    moat_slice_str(value), 0, &res, &st),
                      MOAT_CODE_OK);
     moat_etcd_result_free(&res);
+}
+
+bool rc_node_start(rc_node *n, const etcd_cluster *cl, const char *tag, int i, bool docker,
+                   const char *const *extra, bool connect, const char *token)
+{
+    char eps[300], id_arg[64], inst[64], prefix[80];
+    snprintf(n->id, sizeof(n->id), "%.12s%d-n%d", tag, (int)getpid(), i + 1);
+    snprintf(eps, sizeof(eps), "--cluster_etcd_endpoints=%s,%s,%s", cl->urls[0], cl->urls[1],
+             cl->urls[2]);
+    snprintf(id_arg, sizeof(id_arg), "--cluster_node_id=%s", n->id);
+    snprintf(inst, sizeof(inst), "--instance=%s", n->id);
+    snprintf(prefix, sizeof(prefix), "--container_name_prefix=moat-%s-", n->id);
+    /* Records carry the address clients dial, which the tests write into them themselves. */
+    const char *args[40] = {
+        eps,  id_arg, "--cluster_advertise=127.0.0.1:1", "--cluster_lease_ttl_seconds=2",
+        inst, prefix};
+    size_t k = 6;
+    for (size_t e = 0; extra != NULL && extra[e] != NULL && k < 39; e++)
+        args[k++] = extra[e];
+    args[k] = NULL;
+    if (!moatd_start(&n->p, docker, args))
+        return false;
+    n->started = true;
+    if (connect)
+        n->conn = raw_connect_ready(n->p.port, token);
+    return !connect || n->conn != NULL;
+}
+
+void rc_node_stop(rc_node *n)
+{
+    if (n->conn != NULL)
+        raw_close(n->conn);
+    n->conn = NULL;
+    if (!n->started)
+        return;
+    if (n->p.pid > 0)
+        moatd_stop(&n->p);
+    moatd_remove_dir(n->p.state_dir);
+    n->started = false;
 }

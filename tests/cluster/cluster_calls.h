@@ -8,7 +8,26 @@
 #include <stdint.h>
 
 #include "cluster/records.h"
+#include "etcd_cluster.h"
 #include "harness.h"
+
+/* A moatd node of a test's cluster. */
+typedef struct rc_node {
+    moatd_proc p;
+    bool started;
+    char id[32];    /* <tag><pid>-n<i+1> */
+    raw_conn *conn; /* with the token given at start; NULL unless asked for */
+} rc_node;
+
+/* Starts node i as a member of cl's etcd with a 2 s lease, its id <tag><pid>-n<i+1>; with
+ * docker, on the shared dockerd with an instance and container names of its own
+ * (moat-<tag><pid>-n<i+1>-; docker_remove_prefixed("moat-<tag><pid>-") removes them all), else
+ * with a dead engine; extra flags after those (NULL-terminated, may be NULL). connect: a
+ * connection with token (NULL: none) in n->conn. false on failure (after printing the log). */
+bool rc_node_start(rc_node *n, const etcd_cluster *cl, const char *tag, int i, bool docker,
+                   const char *const *extra, bool connect, const char *token);
+/* Closes its connection, stops it (unless a test killed it: p.pid 0) and removes its state. */
+void rc_node_stop(rc_node *n);
 
 /* A call's End: code, reason and the details the test looks at. */
 typedef struct rc_end {
@@ -45,6 +64,10 @@ long rc_list_count(raw_conn *c, const char *chat);
 void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
                    int64_t lease, const char *address, moat_record_state state,
                    const char *end_reason);
+/* Puts n running records of owner (each of its own chat when chat is NULL), 100 to a
+ * transaction; false when etcd refused one. No cmocka: benches use it too. */
+bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *owner, int64_t lease,
+                    const char *address);
 /* Puts any value at sessions/<sid>. */
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value);
 

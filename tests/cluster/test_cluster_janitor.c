@@ -28,9 +28,7 @@
 
 static etcd_cluster cl;
 static moat_etcd *etcd;
-static moatd_proc node[NODES];
-static bool started[NODES];
-static char node_id[NODES][32];
+static rc_node nodes[NODES];
 
 static int group_setup(void **state)
 {
@@ -39,36 +37,18 @@ static int group_setup(void **state)
         return -1;
     if (!etcd_cluster_available())
         return 0;
-    char eps[300];
-    snprintf(eps, sizeof(eps), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
-             cl.urls[2]);
-    for (int i = 0; i < NODES; i++) {
-        char id_arg[64];
-        snprintf(node_id[i], sizeof(node_id[i]), "jan%d-n%d", (int)getpid(), i + 1);
-        snprintf(id_arg, sizeof(id_arg), "--cluster_node_id=%s", node_id[i]);
-        const char *extra[] = {eps,
-                               id_arg,
-                               "--cluster_advertise=127.0.0.1:1",
-                               "--cluster_lease_ttl_seconds=2",
-                               "--cluster_janitor_grace_seconds=2",
-                               NULL};
-        if (!moatd_start(&node[i], false, extra))
+    const char *extra[] = {"--cluster_janitor_grace_seconds=2", NULL};
+    for (int i = 0; i < NODES; i++)
+        if (!rc_node_start(&nodes[i], &cl, "jan", i, false, extra, false, NULL))
             return -1;
-        started[i] = true;
-    }
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < NODES; i++) {
-        if (started[i]) {
-            if (node[i].pid > 0)
-                moatd_stop(&node[i]);
-            moatd_remove_dir(node[i].state_dir);
-        }
-    }
+    for (int i = 0; i < NODES; i++)
+        rc_node_stop(&nodes[i]);
     etcd_cluster_close(&cl, etcd);
     return 0;
 }
@@ -86,8 +66,8 @@ static int janitor_holder(void)
         moat_home_record_decode(r.kvs[0].value, r.kvs[0].value_len, holder);
         for (int i = 0; i < NODES; i++) {
             moat_node n;
-            if (strcmp(holder, node_id[i]) == 0 && etcd_cluster_lists_node(etcd, node_id[i], &n) &&
-                n.lease == r.kvs[0].lease)
+            if (strcmp(holder, nodes[i].id) == 0 &&
+                etcd_cluster_lists_node(etcd, nodes[i].id, &n) && n.lease == r.kvs[0].lease)
                 who = i;
         }
     }
@@ -111,7 +91,7 @@ static bool record_exists(const char *sid)
 static int64_t lease_of(int i)
 {
     moat_node n;
-    assert_true(etcd_cluster_lists_node(etcd, node_id[i], &n));
+    assert_true(etcd_cluster_lists_node(etcd, nodes[i].id, &n));
     return n.lease;
 }
 
@@ -120,7 +100,7 @@ static void test_gone_records_removed(void **state)
     (void)state;
     ETCD_REQUIRE();
     for (int i = 0; i < NODES; i++)
-        ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, node_id[i], NULL), WAIT_S);
+        ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, nodes[i].id, NULL), WAIT_S);
     ETCD_WAIT_FOR(janitor_holder() >= 0, WAIT_S);
     char gone[2][MOAT_UUID_STR_LEN], live[MOAT_UUID_STR_LEN], bad[MOAT_UUID_STR_LEN];
     char chat[MOAT_UUID_STR_LEN];
@@ -133,10 +113,10 @@ static void test_gone_records_removed(void **state)
     /* The same node id as a live one, but an older incarnation's lease. */
     char old[MOAT_UUID_STR_LEN];
     moat_uuid_generate(old);
-    rc_put_record(etcd, old, chat, node_id[0], lease_of(0) + 1, "127.0.0.1:1", MOAT_RECORD_RUNNING,
+    rc_put_record(etcd, old, chat, nodes[0].id, lease_of(0) + 1, "127.0.0.1:1", MOAT_RECORD_RUNNING,
                   "");
     moat_uuid_generate(live);
-    rc_put_record(etcd, live, chat, node_id[1], lease_of(1), "127.0.0.1:1", MOAT_RECORD_RUNNING,
+    rc_put_record(etcd, live, chat, nodes[1].id, lease_of(1), "127.0.0.1:1", MOAT_RECORD_RUNNING,
                   "");
     moat_uuid_generate(bad);
     rc_put_raw(etcd, bad, "not a record");
@@ -146,7 +126,7 @@ static void test_gone_records_removed(void **state)
     assert_true(record_exists(bad));
     int who = janitor_holder();
     assert_true(who >= 0);
-    assert_true(moatd_log_contains(&node[who], "janitor_removed"));
+    assert_true(moatd_log_contains(&nodes[who].p, "janitor_removed"));
 }
 
 /* The janitor killed: the other node takes the key within the lease's TTL, and removes the dead
@@ -160,11 +140,11 @@ static void test_failover(void **state)
     char sid[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
     moat_uuid_generate(sid);
     moat_uuid_generate(chat);
-    rc_put_record(etcd, sid, chat, node_id[who], lease_of(who), "127.0.0.1:1", MOAT_RECORD_RUNNING,
+    rc_put_record(etcd, sid, chat, nodes[who].id, lease_of(who), "127.0.0.1:1", MOAT_RECORD_RUNNING,
                   "");
-    kill(node[who].pid, SIGKILL);
-    waitpid(node[who].pid, NULL, 0);
-    node[who].pid = 0;
+    kill(nodes[who].p.pid, SIGKILL);
+    waitpid(nodes[who].p.pid, NULL, 0);
+    nodes[who].p.pid = 0;
     ETCD_WAIT_FOR(janitor_holder() == other, WAIT_S);
     ETCD_WAIT_FOR(!record_exists(sid), WAIT_S);
 }

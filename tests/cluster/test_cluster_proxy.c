@@ -35,11 +35,8 @@ enum { OWNER = 0, PROXY = 1, NODES = 2 };
 
 static etcd_cluster cl;
 static moat_etcd *etcd;
-static moatd_proc node[NODES];
-static bool started[NODES];
-static char node_id[NODES][32];
+static rc_node nodes[NODES];
 static char prefix[64];
-static raw_conn *conn[NODES];
 static char sid[MOAT_UUID_STR_LEN];
 
 /* What an Exec stream carried, read to its End with the window given back as it goes. */
@@ -107,7 +104,7 @@ static exec_result read_exec(raw_conn *c, uint32_t id, size_t pause_after)
             r.exit_code = e->exit->exit_code->code;
         moat__v1__exec_event__free_unpacked(e, NULL);
         if (n % 64 == 0) {
-            long rss = proc_rss_kb(node[PROXY].pid);
+            long rss = proc_rss_kb(nodes[PROXY].p.pid);
             if (rss > r.rss_peak_kb)
                 r.rss_peak_kb = rss;
         }
@@ -116,7 +113,7 @@ static exec_result read_exec(raw_conn *c, uint32_t id, size_t pause_after)
             /* The owner keeps producing; only a window's worth may pile up at the proxy. */
             for (int k = 0; k < 10; k++) {
                 etcd_cluster_sleep_ms(100);
-                long rss = proc_rss_kb(node[PROXY].pid);
+                long rss = proc_rss_kb(nodes[PROXY].p.pid);
                 if (rss > r.rss_peak_kb)
                     r.rss_peak_kb = rss;
             }
@@ -140,43 +137,24 @@ static int group_setup(void **state)
     if (!etcd_cluster_available())
         return 0;
     snprintf(prefix, sizeof(prefix), "moat-proxy%d-", (int)getpid());
-    char eps[300], prefix_arg[100];
-    snprintf(eps, sizeof(eps), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
-             cl.urls[2]);
-    snprintf(prefix_arg, sizeof(prefix_arg), "--container_name_prefix=%s", prefix);
     for (int i = 0; i < NODES; i++) {
-        char id_arg[64], inst[64];
-        snprintf(node_id[i], sizeof(node_id[i]), "proxy%d-n%d", (int)getpid(), i + 1);
-        snprintf(id_arg, sizeof(id_arg), "--cluster_node_id=%s", node_id[i]);
-        snprintf(inst, sizeof(inst), "--instance=proxy%d-n%d", (int)getpid(), i + 1);
-        const char *extra[] = {eps,
-                               id_arg,
-                               "--cluster_advertise=127.0.0.1:1",
-                               "--cluster_lease_ttl_seconds=2",
-                               "--token=" TOKEN,
-                               "--hello_timeout_seconds=2",
-                               inst,
-                               prefix_arg,
+        const char *extra[] = {"--token=" TOKEN, "--hello_timeout_seconds=2",
                                i == PROXY ? "--cluster_route=proxy" : "--cluster_route=redirect",
                                NULL};
-        if (!moatd_start(&node[i], true, extra))
-            return -1;
-        started[i] = true;
-        conn[i] = raw_connect_ready(node[i].port, TOKEN);
-        if (conn[i] == NULL)
+        if (!rc_node_start(&nodes[i], &cl, "proxy", i, true, extra, true, TOKEN))
             return -1;
     }
     moat_node owner;
-    for (int t = 0; t < WAIT_S * 20 && !etcd_cluster_lists_node(etcd, node_id[OWNER], &owner); t++)
+    for (int t = 0; t < WAIT_S * 20 && !etcd_cluster_lists_node(etcd, nodes[OWNER].id, &owner); t++)
         etcd_cluster_sleep_ms(50);
-    if (!etcd_cluster_lists_node(etcd, node_id[OWNER], &owner))
+    if (!etcd_cluster_lists_node(etcd, nodes[OWNER].id, &owner))
         return -1;
     /* A real session on the owner, and its record as the owner would write it. */
     char chat[MOAT_UUID_STR_LEN], addr[64];
     moat_uuid_generate(chat);
     Moat__V1__CreateSessionRequest cr = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
     cr.chat_id = chat;
-    rc_end e = rc_call(conn[OWNER], "/moat.v1.Sandboxes/CreateSession", &cr.base,
+    rc_end e = rc_call(nodes[OWNER].conn, "/moat.v1.Sandboxes/CreateSession", &cr.base,
                        &moat__v1__sandbox_session__descriptor);
     if (e.code != 0 || e.resp == NULL) {
         fprintf(stderr, "CreateSession on the owner: %d %s\n", e.code, e.reason);
@@ -185,22 +163,16 @@ static int group_setup(void **state)
     }
     snprintf(sid, sizeof(sid), "%s", ((Moat__V1__SandboxSession *)e.resp)->session_id);
     rc_free(&e);
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node[OWNER].port);
-    rc_put_record(etcd, sid, chat, node_id[OWNER], owner.lease, addr, MOAT_RECORD_RUNNING, "");
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", nodes[OWNER].p.port);
+    rc_put_record(etcd, sid, chat, nodes[OWNER].id, owner.lease, addr, MOAT_RECORD_RUNNING, "");
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < NODES; i++) {
-        if (conn[i] != NULL)
-            raw_close(conn[i]);
-        if (started[i]) {
-            moatd_stop(&node[i]);
-            moatd_remove_dir(node[i].state_dir);
-        }
-    }
+    for (int i = 0; i < NODES; i++)
+        rc_node_stop(&nodes[i]);
     if (prefix[0] != '\0')
         docker_remove_prefixed(prefix);
     etcd_cluster_close(&cl, etcd);
@@ -211,8 +183,8 @@ static void test_exec_exact(void **state)
 {
     (void)state;
     ETCD_REQUIRE();
-    uint32_t id = start_run(conn[PROXY], "printf 'out\\n'; printf 'err\\n' >&2; exit 3");
-    exec_result r = read_exec(conn[PROXY], id, 0);
+    uint32_t id = start_run(nodes[PROXY].conn, "printf 'out\\n'; printf 'err\\n' >&2; exit 3");
+    exec_result r = read_exec(nodes[PROXY].conn, id, 0);
     assert_int_equal(r.code, MOAT_CODE_OK);
     assert_string_equal(r.stdout_head, "out\n");
     assert_string_equal(r.stderr_head, "err\n");
@@ -226,9 +198,9 @@ static void test_large_output_flat(void **state)
     (void)state;
     ETCD_REQUIRE();
     enum { TOTAL = 64 << 20 };
-    long before = proc_rss_kb(node[PROXY].pid);
-    uint32_t id = start_run(conn[PROXY], "head -c 67108864 /dev/zero");
-    exec_result r = read_exec(conn[PROXY], id, 8 << 20);
+    long before = proc_rss_kb(nodes[PROXY].p.pid);
+    uint32_t id = start_run(nodes[PROXY].conn, "head -c 67108864 /dev/zero");
+    exec_result r = read_exec(nodes[PROXY].conn, id, 8 << 20);
     assert_int_equal(r.code, MOAT_CODE_OK);
     assert_int_equal(r.stdout_len, TOTAL);
     assert_int_equal(r.stderr_len, 0);
@@ -246,11 +218,11 @@ static void test_cancel_reaches_owner(void **state)
 {
     (void)state;
     ETCD_REQUIRE();
-    uint32_t id = start_run(conn[PROXY], "sleep 600");
+    uint32_t id = start_run(nodes[PROXY].conn, "sleep 600");
     char eid[128] = "";
     while (eid[0] == '\0') {
         moat_frame f;
-        assert_int_equal(raw_recv_stream(conn[PROXY], id, &f, 60000), 1);
+        assert_int_equal(raw_recv_stream(nodes[PROXY].conn, id, &f, 60000), 1);
         assert_int_equal(f.kind, MOAT_FRAME_MESSAGE);
         Moat__V1__ExecEvent *e =
             moat__v1__exec_event__unpack(NULL, f.u.message.payload.len, f.u.message.payload.data);
@@ -263,8 +235,8 @@ static void test_cancel_reaches_owner(void **state)
     cancel.stream_id = id;
     cancel.kind = MOAT_FRAME_CANCEL;
     cancel.u.cancel.reason = moat_slice_str("test");
-    assert_true(raw_send(conn[PROXY], &cancel));
-    exec_result r = read_exec(conn[PROXY], id, 0);
+    assert_true(raw_send(nodes[PROXY].conn, &cancel));
+    exec_result r = read_exec(nodes[PROXY].conn, id, 0);
     assert_int_equal(r.code, MOAT_CODE_CANCELLED);
     Moat__V1__GetCommandStatusRequest q = MOAT__V1__GET_COMMAND_STATUS_REQUEST__INIT;
     q.session_id = sid;
@@ -272,7 +244,7 @@ static void test_cancel_reaches_owner(void **state)
     rc_end e;
     bool stopped = false;
     for (int t = 0; t < WAIT_S * 20 && !stopped; t++) {
-        e = rc_call(conn[OWNER], "/moat.v1.Exec/GetCommandStatus", &q.base,
+        e = rc_call(nodes[OWNER].conn, "/moat.v1.Exec/GetCommandStatus", &q.base,
                     &moat__v1__command_status__descriptor);
         stopped = e.code == 0 && e.resp != NULL && !((Moat__V1__CommandStatus *)e.resp)->running;
         rc_free(&e);
@@ -293,7 +265,7 @@ static void test_interactive_stdin(void **state)
     s.command = (char *)"wc -l";
     r.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_START;
     r.start = &s;
-    uint32_t id = raw_call(conn[PROXY], "/moat.v1.Exec/Interactive", 0, &r.base);
+    uint32_t id = raw_call(nodes[PROXY].conn, "/moat.v1.Exec/Interactive", 0, &r.base);
     Moat__V1__InteractiveRequest in = MOAT__V1__INTERACTIVE_REQUEST__INIT;
     in.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_STDIN;
     in.stdin = (ProtobufCBinaryData){4, (uint8_t *)"a\nb\n"};
@@ -308,9 +280,9 @@ static void test_interactive_stdin(void **state)
         f.stream_id = id;
         f.kind = MOAT_FRAME_MESSAGE;
         f.u.message.payload = (moat_slice){buf, n};
-        assert_true(raw_send(conn[PROXY], &f));
+        assert_true(raw_send(nodes[PROXY].conn, &f));
     }
-    exec_result res = read_exec(conn[PROXY], id, 0);
+    exec_result res = read_exec(nodes[PROXY].conn, id, 0);
     assert_int_equal(res.code, MOAT_CODE_OK);
     assert_string_equal(res.stdout_head, "2\n");
     assert_int_equal(res.exit_code, 0);
@@ -321,19 +293,19 @@ static void test_unary_calls(void **state)
 {
     (void)state;
     ETCD_REQUIRE();
-    rc_end e = rc_stat(conn[PROXY], sid);
+    rc_end e = rc_stat(nodes[PROXY].conn, sid);
     assert_int_equal(e.code, MOAT_CODE_OK);
     Moat__V1__RenewSessionRequest renew = MOAT__V1__RENEW_SESSION_REQUEST__INIT;
     renew.session_id = sid;
     renew.ttl_seconds = 300;
-    e = rc_call(conn[PROXY], "/moat.v1.Sandboxes/RenewSession", &renew.base,
+    e = rc_call(nodes[PROXY].conn, "/moat.v1.Sandboxes/RenewSession", &renew.base,
                 &moat__v1__sandbox_session__descriptor);
     assert_int_equal(e.code, MOAT_CODE_OK);
     assert_string_equal(((Moat__V1__SandboxSession *)e.resp)->session_id, sid);
     /* Renewed by the owner, which answers with its container. */
     assert_true(((Moat__V1__SandboxSession *)e.resp)->container_id[0] != '\0');
     rc_free(&e);
-    e = rc_get(conn[PROXY], sid);
+    e = rc_get(nodes[PROXY].conn, sid);
     assert_int_equal(e.code, MOAT_CODE_OK);
     assert_int_equal(((Moat__V1__SandboxSession *)e.resp)->status,
                      MOAT__V1__SESSION_STATUS__RUNNING);
@@ -346,13 +318,13 @@ static void test_owner_unreachable(void **state)
     (void)state;
     ETCD_REQUIRE();
     moat_node owner;
-    assert_true(etcd_cluster_lists_node(etcd, node_id[OWNER], &owner));
+    assert_true(etcd_cluster_lists_node(etcd, nodes[OWNER].id, &owner));
     char other[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
     moat_uuid_generate(other);
     moat_uuid_generate(chat);
-    rc_put_record(etcd, other, chat, node_id[OWNER], owner.lease, "127.0.0.1:1",
+    rc_put_record(etcd, other, chat, nodes[OWNER].id, owner.lease, "127.0.0.1:1",
                   MOAT_RECORD_RUNNING, "");
-    rc_end e = rc_run_command(conn[PROXY], other);
+    rc_end e = rc_run_command(nodes[PROXY].conn, other);
     assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "owner_unreachable"));
     assert_string_equal(e.owner_address, "127.0.0.1:1");
 
@@ -369,8 +341,8 @@ static void test_owner_unreachable(void **state)
     char silent[64];
     snprintf(silent, sizeof(silent), "127.0.0.1:%d", ntohs(sa.sin_port));
     moat_uuid_generate(other);
-    rc_put_record(etcd, other, chat, node_id[OWNER], owner.lease, silent, MOAT_RECORD_RUNNING, "");
-    e = rc_run_command(conn[PROXY], other);
+    rc_put_record(etcd, other, chat, nodes[OWNER].id, owner.lease, silent, MOAT_RECORD_RUNNING, "");
+    e = rc_run_command(nodes[PROXY].conn, other);
     close(fd);
     assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "owner_unreachable"));
     assert_string_equal(e.owner_address, silent);
@@ -381,7 +353,7 @@ static void test_stop_through_proxy(void **state)
 {
     (void)state;
     ETCD_REQUIRE();
-    rc_end e = rc_stop(conn[PROXY], sid);
+    rc_end e = rc_stop(nodes[PROXY].conn, sid);
     assert_int_equal(e.code, MOAT_CODE_OK);
     assert_true(((Moat__V1__StopSessionResponse *)e.resp)->stopped);
     rc_free(&e);

@@ -35,21 +35,18 @@
 
 static etcd_cluster cl;
 static moat_etcd *etcd;
-static moatd_proc node[NODES];
-static bool started[NODES];
-static char node_id[NODES][32];
-static raw_conn *conn[NODES];
+static rc_node nodes[NODES];
 
 /* The address the test writes in a record for node i: its real listener. */
 static void node_address(int i, char *out, size_t cap)
 {
-    snprintf(out, cap, "127.0.0.1:%d", node[i].port);
+    snprintf(out, cap, "127.0.0.1:%d", nodes[i].p.port);
 }
 
 static int64_t node_lease(int i)
 {
     moat_node n;
-    assert_true(etcd_cluster_lists_node(etcd, node_id[i], &n));
+    assert_true(etcd_cluster_lists_node(etcd, nodes[i].id, &n));
     return n.lease;
 }
 
@@ -70,42 +67,18 @@ static int group_setup(void **state)
         return -1;
     if (!etcd_cluster_available())
         return 0;
-    char eps[300];
-    snprintf(eps, sizeof(eps), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
-             cl.urls[2]);
-    for (int i = 0; i < NODES; i++) {
-        char id_arg[64], adv[64], inst[64], prefix[64];
-        snprintf(node_id[i], sizeof(node_id[i]), "route%d-n%d", (int)getpid(), i + 1);
-        snprintf(id_arg, sizeof(id_arg), "--cluster_node_id=%s", node_id[i]);
-        /* Records carry the address clients dial; the test writes the real one into them. */
-        snprintf(adv, sizeof(adv), "--cluster_advertise=127.0.0.1:%d", 20000 + i);
-        snprintf(inst, sizeof(inst), "--instance=route%d-n%d", (int)getpid(), i + 1);
-        snprintf(prefix, sizeof(prefix), "--container_name_prefix=moat-route%d-n%d-", (int)getpid(),
-                 i + 1);
-        const char *extra[] = {eps,  id_arg, adv, "--cluster_lease_ttl_seconds=2",
-                               inst, prefix, NULL};
-        /* The third node's engine is dead: it routes from the directory alone. */
-        if (!moatd_start(&node[i], i < 2, extra))
+    /* The third node's engine is dead: it routes from the directory alone. */
+    for (int i = 0; i < NODES; i++)
+        if (!rc_node_start(&nodes[i], &cl, "route", i, i < 2, NULL, true, NULL))
             return -1;
-        started[i] = true;
-        conn[i] = raw_connect_ready(node[i].port, NULL);
-        if (conn[i] == NULL)
-            return -1;
-    }
     return 0;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < NODES; i++) {
-        if (conn[i] != NULL)
-            raw_close(conn[i]);
-        if (started[i]) {
-            moatd_stop(&node[i]);
-            moatd_remove_dir(node[i].state_dir);
-        }
-    }
+    for (int i = 0; i < NODES; i++)
+        rc_node_stop(&nodes[i]);
     etcd_cluster_close(&cl, etcd);
     return 0;
 }
@@ -113,7 +86,7 @@ static int group_teardown(void **state)
 static void wait_members(void)
 {
     for (int i = 0; i < NODES; i++)
-        ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, node_id[i], NULL), WAIT_S);
+        ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, nodes[i].id, NULL), WAIT_S);
 }
 
 /* Every call naming a session held by node 2 ends session_moved with its address on nodes 1
@@ -127,23 +100,23 @@ static void test_moved(void **state)
     moat_uuid_generate(sid);
     moat_uuid_generate(chat);
     node_address(1, addr, sizeof(addr));
-    rc_put_record(etcd, sid, chat, node_id[1], node_lease(1), addr, MOAT_RECORD_RUNNING, "");
+    rc_put_record(etcd, sid, chat, nodes[1].id, node_lease(1), addr, MOAT_RECORD_RUNNING, "");
     const int asked[] = {0, 2};
     for (size_t k = 0; k < 2; k++) {
-        raw_conn *c = conn[asked[k]];
+        raw_conn *c = nodes[asked[k]].conn;
         rc_end e;
         /* The dead engine's node routes once its probe has called the engine down. */
         ETCD_WAIT_FOR(
             (e = rc_run_command(c, sid), rc_is(&e, MOAT_CODE_FAILED_PRECONDITION, "session_moved")),
             WAIT_S);
         assert_string_equal(e.owner_address, addr);
-        assert_string_equal(e.owner_node, node_id[1]);
+        assert_string_equal(e.owner_node, nodes[1].id);
         rc_end calls[] = {rc_stat(c, sid), rc_interactive(c, sid), rc_renew(c, sid),
                           rc_stop(c, sid)};
         for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++) {
             assert_true(rc_is(&calls[i], MOAT_CODE_FAILED_PRECONDITION, "session_moved"));
             assert_string_equal(calls[i].owner_address, addr);
-            assert_string_equal(calls[i].owner_node, node_id[1]);
+            assert_string_equal(calls[i].owner_node, nodes[1].id);
             rc_free(&calls[i]);
         }
         e = rc_get(c, sid);
@@ -170,23 +143,23 @@ static void test_node_lost(void **state)
     moat_uuid_generate(old);
     moat_uuid_generate(chat);
     rc_put_record(etcd, gone, chat, "never-a-member", 7, "127.0.0.1:1", MOAT_RECORD_RUNNING, "");
-    rc_put_record(etcd, old, chat, node_id[1], node_lease(1) + 1, "127.0.0.1:1",
+    rc_put_record(etcd, old, chat, nodes[1].id, node_lease(1) + 1, "127.0.0.1:1",
                   MOAT_RECORD_RUNNING, "");
     const char *sids[] = {gone, old};
     for (int i = 0; i < NODES; i++) {
         for (size_t k = 0; k < 2; k++) {
             rc_end e;
-            ETCD_WAIT_FOR((e = rc_run_command(conn[i], sids[k]),
+            ETCD_WAIT_FOR((e = rc_run_command(nodes[i].conn, sids[k]),
                            rc_is(&e, MOAT_CODE_FAILED_PRECONDITION, "node_lost")),
                           WAIT_S);
-            e = rc_renew(conn[i], sids[k]);
+            e = rc_renew(nodes[i].conn, sids[k]);
             assert_true(rc_is(&e, MOAT_CODE_FAILED_PRECONDITION, "node_lost"));
-            e = rc_get(conn[i], sids[k]);
+            e = rc_get(nodes[i].conn, sids[k]);
             assert_int_equal(e.code, MOAT_CODE_OK);
             assert_int_equal(((Moat__V1__SandboxSession *)e.resp)->status,
                              MOAT__V1__SESSION_STATUS__GONE);
             rc_free(&e);
-            e = rc_stop(conn[i], sids[k]);
+            e = rc_stop(nodes[i].conn, sids[k]);
             assert_int_equal(e.code, MOAT_CODE_OK);
             assert_false(((Moat__V1__StopSessionResponse *)e.resp)->stopped);
             rc_free(&e);
@@ -206,29 +179,29 @@ static void test_ended_and_absent(void **state)
     moat_uuid_generate(sid);
     moat_uuid_generate(chat);
     moat_uuid_generate(none);
-    rc_put_record(etcd, sid, chat, node_id[1], node_lease(1), "127.0.0.1:1", MOAT_RECORD_ENDED,
+    rc_put_record(etcd, sid, chat, nodes[1].id, node_lease(1), "127.0.0.1:1", MOAT_RECORD_ENDED,
                   "stopped");
     for (int i = 0; i < NODES; i++) {
         rc_end e;
-        ETCD_WAIT_FOR((e = rc_run_command(conn[i], sid),
+        ETCD_WAIT_FOR((e = rc_run_command(nodes[i].conn, sid),
                        rc_is(&e, MOAT_CODE_FAILED_PRECONDITION, "session_not_running")),
                       WAIT_S);
-        e = rc_renew(conn[i], sid);
+        e = rc_renew(nodes[i].conn, sid);
         assert_true(rc_is(&e, MOAT_CODE_NOT_FOUND, "session_not_found"));
-        e = rc_get(conn[i], sid);
+        e = rc_get(nodes[i].conn, sid);
         assert_int_equal(e.code, MOAT_CODE_OK);
         assert_int_equal(((Moat__V1__SandboxSession *)e.resp)->status,
                          MOAT__V1__SESSION_STATUS__STOPPED);
         rc_free(&e);
     }
     for (int i = 0; i < 2; i++) {
-        rc_end e = rc_run_command(conn[i], none);
+        rc_end e = rc_run_command(nodes[i].conn, none);
         assert_true(rc_is(&e, MOAT_CODE_NOT_FOUND, "session_not_found"));
-        e = rc_get(conn[i], none);
+        e = rc_get(nodes[i].conn, none);
         assert_true(rc_is(&e, MOAT_CODE_NOT_FOUND, "session_not_found"));
     }
     /* The node without an engine cannot tell an unrecorded session of its own from none. */
-    rc_end e = rc_run_command(conn[2], none);
+    rc_end e = rc_run_command(nodes[2].conn, none);
     assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "docker_unreachable"));
     clear_records();
 }
@@ -245,16 +218,16 @@ static void test_garbage(void **state)
     moat_uuid_generate(chat);
     node_address(0, addr, sizeof(addr));
     rc_put_raw(etcd, bad, "{\"node_id\": 12, not json");
-    rc_put_record(etcd, good, chat, node_id[0], node_lease(0), addr, MOAT_RECORD_RUNNING, "");
+    rc_put_record(etcd, good, chat, nodes[0].id, node_lease(0), addr, MOAT_RECORD_RUNNING, "");
     for (int i = 0; i < NODES; i++) {
         rc_end e;
-        ETCD_WAIT_FOR((e = rc_run_command(conn[i], bad),
+        ETCD_WAIT_FOR((e = rc_run_command(nodes[i].conn, bad),
                        rc_is(&e, MOAT_CODE_INTERNAL, "session_record_invalid")),
                       WAIT_S);
-        e = rc_get(conn[i], bad);
+        e = rc_get(nodes[i].conn, bad);
         assert_true(rc_is(&e, MOAT_CODE_INTERNAL, "session_record_invalid"));
-        ETCD_WAIT_FOR(rc_list_count(conn[i], "") == 1, WAIT_S);
-        e = rc_list(conn[i], "");
+        ETCD_WAIT_FOR(rc_list_count(nodes[i].conn, "") == 1, WAIT_S);
+        e = rc_list(nodes[i].conn, "");
         assert_int_equal(e.code, MOAT_CODE_OK);
         Moat__V1__ListSessionsResponse *r = (Moat__V1__ListSessionsResponse *)e.resp;
         assert_int_equal(r->n_sessions, 1);
@@ -280,19 +253,19 @@ static void test_list_cluster(void **state)
         node_address(i, addr, sizeof(addr));
         for (int k = 0; k < PER_NODE; k++) {
             moat_uuid_generate(sid);
-            rc_put_record(etcd, sid, k == 0 ? chat : other, node_id[i], node_lease(i), addr,
+            rc_put_record(etcd, sid, k == 0 ? chat : other, nodes[i].id, node_lease(i), addr,
                           MOAT_RECORD_RUNNING, "");
         }
         moat_uuid_generate(sid);
-        rc_put_record(etcd, sid, chat, node_id[i], node_lease(i), addr, MOAT_RECORD_ENDED,
+        rc_put_record(etcd, sid, chat, nodes[i].id, node_lease(i), addr, MOAT_RECORD_ENDED,
                       "expired");
     }
     moat_uuid_generate(sid);
     rc_put_record(etcd, sid, chat, "lost-node", 9, "127.0.0.1:1", MOAT_RECORD_RUNNING, "");
     for (int i = 0; i < NODES; i++) {
         rc_end e;
-        ETCD_WAIT_FOR(rc_list_count(conn[i], "") == NODES * PER_NODE + 1, WAIT_S);
-        e = rc_list(conn[i], "");
+        ETCD_WAIT_FOR(rc_list_count(nodes[i].conn, "") == NODES * PER_NODE + 1, WAIT_S);
+        e = rc_list(nodes[i].conn, "");
         Moat__V1__ListSessionsResponse *r = (Moat__V1__ListSessionsResponse *)e.resp;
         assert_int_equal(r->n_sessions, NODES * PER_NODE + 1);
         size_t gone = 0;
@@ -300,7 +273,7 @@ static void test_list_cluster(void **state)
             gone += r->sessions[k]->status == MOAT__V1__SESSION_STATUS__GONE;
         assert_int_equal(gone, 1);
         rc_free(&e);
-        e = rc_list(conn[i], chat);
+        e = rc_list(nodes[i].conn, chat);
         r = (Moat__V1__ListSessionsResponse *)e.resp;
         assert_int_equal(e.code, MOAT_CODE_OK);
         assert_int_equal(r->n_sessions, NODES + 1);
@@ -317,44 +290,13 @@ static void test_list_pages(void **state)
     (void)state;
     ETCD_REQUIRE();
     wait_members();
-    enum { TOTAL = 2 * MOAT_DIRECTORY_PAGE + 3, BATCH = 100 };
+    enum { TOTAL = 2 * MOAT_DIRECTORY_PAGE + 3 };
     char chat[MOAT_UUID_STR_LEN], addr[64];
     moat_uuid_generate(chat);
     node_address(0, addr, sizeof(addr));
-    int64_t lease = node_lease(0);
-    static char keys[BATCH][MOAT_RECORD_KEY_MAX], values[BATCH][MOAT_RECORD_VALUE_MAX];
-    moat_etcd_op ops[BATCH];
-    for (int done = 0; done < TOTAL;) {
-        int n = TOTAL - done < BATCH ? TOTAL - done : BATCH;
-        for (int k = 0; k < n; k++) {
-            moat_session_record r;
-            memset(&r, 0, sizeof(r));
-            moat_uuid_generate(r.session_id);
-            snprintf(r.chat_id, sizeof(r.chat_id), "%s", chat);
-            snprintf(r.node_id, sizeof(r.node_id), "%s", node_id[0]);
-            r.node_lease = lease;
-            snprintf(r.address, sizeof(r.address), "%s", addr);
-            r.state = MOAT_RECORD_RUNNING;
-            snprintf(r.image, sizeof(r.image), "moat-sandbox:latest");
-            r.created_at_ms = moat_time_now_ms();
-            r.expires_at_ms = r.created_at_ms + 600000;
-            size_t kn = moat_session_record_key(r.session_id, keys[k], sizeof(keys[k]));
-            size_t vn = moat_session_record_encode(&r, values[k], sizeof(values[k]));
-            ops[k] = (moat_etcd_op){MOAT_ETCD_OP_PUT,
-                                    {(const uint8_t *)keys[k], kn},
-                                    {(const uint8_t *)values[k], vn},
-                                    0,
-                                    false};
-        }
-        moat_etcd_txn_spec txn = {NULL, 0, ops, (size_t)n, NULL, 0};
-        moat_etcd_result res;
-        moat_status st;
-        assert_int_equal(moat_etcd_txn(etcd, &txn, &res, &st), MOAT_CODE_OK);
-        moat_etcd_result_free(&res);
-        done += n;
-    }
-    ETCD_WAIT_FOR(rc_list_count(conn[1], "") == TOTAL, WAIT_S);
-    rc_end e = rc_list(conn[1], "");
+    assert_true(rc_put_records(etcd, TOTAL, chat, nodes[0].id, node_lease(0), addr));
+    ETCD_WAIT_FOR(rc_list_count(nodes[1].conn, "") == TOTAL, WAIT_S);
+    rc_end e = rc_list(nodes[1].conn, "");
     assert_int_equal(e.code, MOAT_CODE_OK);
     Moat__V1__ListSessionsResponse *r = (Moat__V1__ListSessionsResponse *)e.resp;
     assert_int_equal(r->n_sessions, TOTAL);
@@ -376,33 +318,33 @@ static void test_etcd_down(void **state)
     moat_uuid_generate(sid);
     moat_uuid_generate(chat);
     node_address(1, addr, sizeof(addr));
-    rc_put_record(etcd, sid, chat, node_id[1], node_lease(1), addr, MOAT_RECORD_RUNNING, "");
+    rc_put_record(etcd, sid, chat, nodes[1].id, node_lease(1), addr, MOAT_RECORD_RUNNING, "");
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
         etcd_cluster_kill(&cl, m);
     for (int i = 0; i < NODES; i++) {
-        rc_end e = rc_run_command(conn[i], sid);
+        rc_end e = rc_run_command(nodes[i].conn, sid);
         assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "etcd_unavailable"));
-        e = rc_get(conn[i], sid);
+        e = rc_get(nodes[i].conn, sid);
         assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "etcd_unavailable"));
-        e = rc_list(conn[i], "");
+        e = rc_list(nodes[i].conn, "");
         assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "etcd_unavailable"));
     }
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
         assert_int_equal(etcd_cluster_restart(&cl, m), 0);
     wait_members();
     rc_end e;
-    ETCD_WAIT_FOR((e = rc_run_command(conn[0], sid),
+    ETCD_WAIT_FOR((e = rc_run_command(nodes[0].conn, sid),
                    rc_is(&e, MOAT_CODE_FAILED_PRECONDITION, "session_moved")),
                   WAIT_S);
     /* Each node's copy of the directory loads again and follows what changes from then on. */
     char later[MOAT_UUID_STR_LEN];
     moat_uuid_generate(later);
-    rc_put_record(etcd, later, chat, node_id[1], node_lease(1), addr, MOAT_RECORD_RUNNING, "");
+    rc_put_record(etcd, later, chat, nodes[1].id, node_lease(1), addr, MOAT_RECORD_RUNNING, "");
     for (int i = 0; i < NODES; i++)
-        ETCD_WAIT_FOR(rc_list_count(conn[i], chat) == 2, WAIT_S);
+        ETCD_WAIT_FOR(rc_list_count(nodes[i].conn, chat) == 2, WAIT_S);
     clear_records();
     for (int i = 0; i < NODES; i++)
-        ETCD_WAIT_FOR(rc_list_count(conn[i], "") == 0, WAIT_S);
+        ETCD_WAIT_FOR(rc_list_count(nodes[i].conn, "") == 0, WAIT_S);
 }
 
 int main(void)
