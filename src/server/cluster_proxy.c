@@ -547,8 +547,8 @@ bool moat__proxy_route(stream *st, const moat_status *status)
 {
     srv *s = st->s;
     const char *address = moat_status_detail_get(status, "owner_address");
-    if (s->proxy == NULL || strcmp(status->reason, "session_moved") != 0 || address == NULL ||
-        (st->c != NULL && st->c->from_proxy))
+    if (s->proxy == NULL || !moat__running(st) || strcmp(status->reason, "session_moved") != 0 ||
+        address == NULL || (st->c != NULL && st->c->from_proxy))
         return false;
     peer *p = peer_get(s, address);
     proxy_call *pc = p != NULL ? calloc(1, sizeof(*pc)) : NULL;

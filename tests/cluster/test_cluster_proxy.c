@@ -23,6 +23,7 @@
 
 #include "cluster_calls.h"
 #include "etcd_cluster.h"
+#include "h2_client.h"
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
@@ -213,6 +214,61 @@ static void test_large_output_flat(void **state)
         assert_true(r.rss_peak_kb - before < 16 * 1024);
 }
 
+typedef struct grpc_events {
+    char out[64], err[64];
+    size_t out_len, err_len;
+    int exit_code;
+} grpc_events;
+
+static void on_grpc_event(h2c_stream *st, const uint8_t *msg, size_t len, void *ud)
+{
+    (void)st;
+    grpc_events *g = ud;
+    Moat__V1__ExecEvent *e = moat__v1__exec_event__unpack(NULL, len, msg);
+    if (e == NULL)
+        return;
+    if (e->kind_case == MOAT__V1__EXEC_EVENT__KIND_OUTPUT) {
+        bool err = e->output->stream == MOAT__V1__OUTPUT_STREAM__STDERR;
+        keep_head(err ? g->err : g->out, sizeof(g->out), err ? g->err_len : g->out_len,
+                  e->output->data.data, e->output->data.len);
+        *(err ? &g->err_len : &g->out_len) += e->output->data.len;
+    }
+    if (e->kind_case == MOAT__V1__EXEC_EVENT__KIND_EXIT &&
+        e->exit->exit_code->value_case == MOAT__V1__EXIT_CODE__VALUE_CODE)
+        g->exit_code = e->exit->exit_code->code;
+    moat__v1__exec_event__free_unpacked(e, NULL);
+}
+
+/* A gRPC client (which cannot follow a redirect) through the proxy: the same exact stream. */
+static void test_grpc_through_proxy(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    h2c *c = h2c_connect(nodes[PROXY].p.grpc_port, 0);
+    assert_non_null(c);
+    Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+    req.session_id = sid;
+    req.command = (char *)"printf 'out\\n'; printf 'err\\n' >&2; exit 3";
+    size_t n = protobuf_c_message_get_packed_size(&req.base);
+    uint8_t *msg = malloc(n), *body = malloc(5 + n);
+    assert_true(msg != NULL && body != NULL);
+    protobuf_c_message_pack(&req.base, msg);
+    h2c_frame_message(body, msg, n);
+    grpc_events g = {"", "", 0, 0, -1};
+    h2c_stream *st = h2c_request(c, "/moat.v1.Exec/RunCommand", TOKEN, NULL, body, 5 + n);
+    assert_non_null(st);
+    st->on_message = on_grpc_event;
+    st->ud = &g;
+    assert_true(h2c_wait(c, st, 60000));
+    assert_int_equal(st->grpc_status, 0);
+    assert_string_equal(g.out, "out\n");
+    assert_string_equal(g.err, "err\n");
+    assert_int_equal(g.exit_code, 3);
+    h2c_close(c);
+    free(msg);
+    free(body);
+}
+
 /* The client's Cancel reaches the owner: the command there stops. */
 static void test_cancel_reaches_owner(void **state)
 {
@@ -363,10 +419,10 @@ int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_exec_exact),           cmocka_unit_test(test_large_output_flat),
-        cmocka_unit_test(test_cancel_reaches_owner), cmocka_unit_test(test_interactive_stdin),
-        cmocka_unit_test(test_unary_calls),          cmocka_unit_test(test_owner_unreachable),
-        cmocka_unit_test(test_stop_through_proxy),
+        cmocka_unit_test(test_exec_exact),        cmocka_unit_test(test_grpc_through_proxy),
+        cmocka_unit_test(test_large_output_flat), cmocka_unit_test(test_cancel_reaches_owner),
+        cmocka_unit_test(test_interactive_stdin), cmocka_unit_test(test_unary_calls),
+        cmocka_unit_test(test_owner_unreachable), cmocka_unit_test(test_stop_through_proxy),
     };
     int rc = moat_run_group_tests("test_cluster_proxy", tests, group_setup, group_teardown);
     curl_global_cleanup();

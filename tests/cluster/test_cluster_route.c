@@ -25,6 +25,7 @@
 #include "cluster/records.h"
 #include "etcd_cluster.h"
 #include "cluster_calls.h"
+#include "h2_client.h"
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
@@ -128,6 +129,23 @@ static void test_moved(void **state)
         assert_int_equal(s->status, MOAT__V1__SESSION_STATUS__RUNNING);
         rc_free(&e);
     }
+    /* Over gRPC the redirect is the status and its details (grpc-status-details-bin). */
+    h2c *g = h2c_connect(nodes[0].p.grpc_port, 0);
+    assert_non_null(g);
+    Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+    req.session_id = sid;
+    req.command = (char *)"true";
+    uint8_t msg[256], body[261];
+    size_t n = protobuf_c_message_pack(&req.base, msg);
+    h2c_frame_message(body, msg, n);
+    h2c_stream *st = h2c_request(g, "/moat.v1.Exec/RunCommand", NULL, NULL, body, 5 + n);
+    assert_non_null(st);
+    assert_true(h2c_wait(g, st, 60000));
+    assert_int_equal(st->grpc_status, MOAT_CODE_FAILED_PRECONDITION);
+    assert_string_equal(st->details.reason, "session_moved");
+    assert_string_equal(moat_status_detail_get(&st->details, "owner_address"), addr);
+    assert_string_equal(moat_status_detail_get(&st->details, "owner_node"), nodes[1].id);
+    h2c_close(g);
     clear_records();
 }
 
