@@ -19,7 +19,8 @@ typedef struct peer peer;
 /* Input of an Interactive call waiting for the owner's window. */
 typedef struct held_input {
     struct held_input *next;
-    size_t len;
+    size_t len;    /* packed again for the owner */
+    size_t credit; /* what the client was charged for it, given back as it leaves */
     uint8_t data[];
 } held_input;
 
@@ -167,7 +168,7 @@ static void call_flush_input(proxy_call *pc)
         pc->held = h->next;
         if (pc->held == NULL)
             pc->held_tail = NULL;
-        moat_rpc_call_input_done(pc->st->call, h->len);
+        moat_rpc_call_input_done(pc->st->call, h->credit);
         free(h);
     }
 }
@@ -183,6 +184,7 @@ static void on_input(moat_rpc_call *call, const ProtobufCMessage *msg, size_t le
         return;
     }
     h->next = NULL;
+    h->credit = len;
     h->len = protobuf_c_message_pack(msg, h->data);
     if (pc->held_tail != NULL)
         pc->held_tail->next = h;
@@ -192,21 +194,25 @@ static void on_input(moat_rpc_call *call, const ProtobufCMessage *msg, size_t le
     call_flush_input(pc);
 }
 
-/* The client went: the owner's call is cancelled too, so its command stops there. */
-static void on_cancel(moat_rpc_call *call, moat_code code, void *arg)
+/* The call is over here before the owner's End: the owner's call is cancelled too, so its
+ * command stops there. */
+static void call_abandon(proxy_call *pc, const char *why)
 {
-    (void)call;
-    proxy_call *pc = arg;
     if (pc->id != 0) {
         moat_frame f = {0};
         f.stream_id = pc->id;
         f.kind = MOAT_FRAME_CANCEL;
-        f.u.cancel.reason =
-            moat_slice_str(code == MOAT_CODE_DEADLINE_EXCEEDED ? "deadline exceeded at the proxy"
-                                                               : "cancelled by the client");
+        f.u.cancel.reason = moat_slice_str(why);
         peer_send(pc->p, &f);
     }
     call_detach(pc);
+}
+
+static void on_cancel(moat_rpc_call *call, moat_code code, void *arg)
+{
+    (void)call;
+    call_abandon(arg, code == MOAT_CODE_DEADLINE_EXCEEDED ? "deadline exceeded at the proxy"
+                                                          : "cancelled by the client");
 }
 
 /* The call leaves its peer and its stream: no more relaying either way. */
@@ -240,7 +246,7 @@ static void call_fail(proxy_call *pc, const char *why)
     moat_status_add_detail(&status, "owner_address", pc->p->address);
     stream *st = pc->st;
     moat__stream_ref(st);
-    call_detach(pc);
+    call_abandon(pc, "the proxy ended the call");
     moat_rpc_call_end(st->call, &status);
     moat__stream_unref(st);
 }
@@ -294,9 +300,15 @@ static void call_message(proxy_call *pc, moat_slice payload)
     }
     moat_err rc = moat_rpc_call_send(st->call, msg);
     protobuf_c_message_free_unpacked(msg, NULL);
-    if (rc != MOAT_OK && moat__running(st))
-        moat_rpc_call_fail(st->call, MOAT_CODE_INTERNAL, "send_failed", "cannot relay: %s",
-                           moat_strerror(rc));
+    if (rc != MOAT_OK) {
+        moat__stream_ref(st);
+        call_abandon(pc, "the proxy could not relay a message");
+        if (moat__running(st))
+            moat_rpc_call_fail(st->call, MOAT_CODE_INTERNAL, "send_failed", "cannot relay: %s",
+                               moat_strerror(rc));
+        moat__stream_unref(st);
+        return;
+    }
     /* Running low: top up once this has been written. */
     if (pc->granted < (int64_t)st->initial_window / 2)
         moat__stream_want_credit(st);
