@@ -317,7 +317,8 @@ static void call_message(proxy_call *pc, moat_slice payload)
 static void copy_text(moat_slice s, char *out, size_t cap)
 {
     size_t n = s.len < cap - 1 ? s.len : cap - 1;
-    memcpy(out, s.data, n);
+    if (n > 0) /* an empty field decodes to no data at all */
+        memcpy(out, s.data, n);
     out[n] = '\0';
 }
 
