@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "cluster/directory.h"
+#include "cluster/dir_read.h"
 
 typedef struct moat_dircache moat_dircache;
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluster/directory.h"
+#include "cluster/dir_read.h"
 #include "cluster/records.h"
 #include "cluster/janitor.h"
 #include "cluster/stopper.h"

@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "cluster/dircache.h"
-#include "cluster/directory.h"
+#include "cluster/dir_read.h"
 #include "handlers.h"
 
 moat_code moat__cluster_route(srv *s, const char *session_id, session_route *out, moat_status *st)

@@ -5,7 +5,7 @@
 #ifndef MOAT_SERVER_HANDLERS_H
 #define MOAT_SERVER_HANDLERS_H
 
-#include "cluster/directory.h"
+#include "cluster/dir_read.h"
 #include "server_internal.h"
 
 /* ---- session cache (session_cache.c) ---------------------------------------------------------

@@ -21,7 +21,7 @@
 
 #include "moat_test.h"
 
-#include "cluster/directory.h"
+#include "cluster/dir_read.h"
 #include "cluster/records.h"
 #include "etcd_cluster.h"
 #include "cluster_calls.h"

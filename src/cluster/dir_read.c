@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cluster/directory.h"
+#include "cluster/dir_read.h"
 
 /* Whether node_id is a member under lease now: its key's lease is the record's. */
 static moat_code node_holds(moat_etcd *etcd, const char *node_id, int64_t lease, bool *live,

@@ -2,8 +2,8 @@
  * with whether its owner still holds it, and every record, page by page. The writers (create,
  * renew, end) put the records; this only reads them. Blocking, as the etcd client is: call it
  * from a worker thread, never from moatd's loop. */
-#ifndef MOAT_CLUSTER_DIRECTORY_H
-#define MOAT_CLUSTER_DIRECTORY_H
+#ifndef MOAT_CLUSTER_DIR_READ_H
+#define MOAT_CLUSTER_DIR_READ_H
 
 #include <stdbool.h>
 #include <stddef.h>
