@@ -115,7 +115,7 @@ moat_err moat__cluster_start(srv *s)
         free(c);
         return MOAT_E_NOMEM;
     }
-    moat_etcd_config ecfg = {eps, n, 0, 0};
+    moat_etcd_config ecfg = {.endpoints = eps, .endpoint_count = n};
     c->etcd = moat_etcd_open(&ecfg, &st);
     free(buf);
     moat_membership_config mcfg = {c->etcd,

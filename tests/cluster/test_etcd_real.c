@@ -28,7 +28,7 @@ static fixture fx;
 static int group_setup(void **state)
 {
     (void)state;
-    return etcd_cluster_open(&fx.c, &fx.e, 2000, WAIT_S);
+    return etcd_cluster_open(&fx.c, NULL, &fx.e, 2000, WAIT_S);
 }
 
 static int group_teardown(void **state)
