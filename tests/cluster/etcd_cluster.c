@@ -24,6 +24,17 @@ void etcd_cluster_sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
+long etcd_cluster_key_count(moat_etcd *etcd, const char *key)
+{
+    moat_etcd_result r;
+    moat_status st;
+    long count = moat_etcd_range(etcd, moat_slice_str(key), false, 0, &r, &st) == MOAT_CODE_OK
+                     ? (long)r.kv_count
+                     : -1;
+    moat_etcd_result_free(&r);
+    return count;
+}
+
 bool etcd_cluster_lists_node(moat_etcd *etcd, const char *id, moat_node *out)
 {
     moat_node *nodes;

@@ -61,6 +61,8 @@ void etcd_cluster_close(etcd_cluster *c, moat_etcd *etcd);
 
 /* For the tests' waits. */
 void etcd_cluster_sleep_ms(long ms);
+/* How many keys etcd holds at key (0 or 1), or -1 when it did not answer. */
+long etcd_cluster_key_count(moat_etcd *etcd, const char *key);
 /* Whether the member list (read through etcd) has the node id; *out (may be NULL) gets it. */
 bool etcd_cluster_lists_node(moat_etcd *etcd, const char *id, moat_node *out);
 

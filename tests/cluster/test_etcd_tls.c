@@ -1,10 +1,9 @@
 /* TLS to etcd, for real: a three-member etcd (Debian's) serving https:// on loopback with
- * --client-cert-auth, its CA and certificates made at start by make_test_certs.sh (openssl) in a
- * temp dir. The client's calls over TLS; hostile members and clients, each refused with a status
- * and a reason (no client certificate, one from another CA, a wrong CA, a member certified for
- * another host, plain http:// to a TLS member); and the real moatd joining over TLS, fenced with
- * a wrong CA, and a SIGHUP that finds a TLS file gone. */
-#define _XOPEN_SOURCE 700
+ * --client-cert-auth, its CA and certificates made at start by make_test_certs.sh (openssl,
+ * test_pki_make) in a temp dir. The client's calls over TLS; hostile members and clients, each
+ * refused with a status and a reason (no client certificate, one from another CA, a wrong CA, a
+ * member certified for another host, plain http:// to a TLS member); and the real moatd joining
+ * over TLS, fenced with a wrong CA, and a SIGHUP that finds a TLS file gone. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,8 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <ftw.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,6 +22,7 @@
 #include "cluster/etcd.h"
 #include "etcd_cluster.h"
 #include "harness.h"
+#include "tls_files.h"
 
 /* Generous bound on waiting for a condition (a member up, a node listed): never a measurement. */
 #define WAIT_S 60
@@ -42,21 +40,6 @@ static etcd_cluster_tls tls;
 static etcd_cluster cl;
 static moat_etcd *etcd; /* the cluster's own client: its CA and client certificate */
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void pki_remove(void)
-{
-    if (pki.dir[0] != '\0')
-        nftw(pki.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-    pki.dir[0] = '\0';
-}
-
 static void pki_path(char out[128], const char *name)
 {
     snprintf(out, 128, "%s/%s", pki.dir, name);
@@ -67,19 +50,8 @@ static int group_setup(void **state)
     (void)state;
     if (!etcd_cluster_available())
         return 0; /* each test skips, saying why */
-    snprintf(pki.dir, sizeof(pki.dir), "/tmp/moat-etcd-pki-XXXXXX");
-    if (mkdtemp(pki.dir) == NULL) {
-        pki.dir[0] = '\0';
+    if (!test_pki_make(pki.dir))
         return -1;
-    }
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "OPENSSL='%s' sh '%s' '%s'", MOAT_TEST_OPENSSL,
-             MOAT_TEST_CERT_SCRIPT, pki.dir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "could not make the test certificates: %s\n", cmd);
-        pki_remove();
-        return -1;
-    }
     pki_path(pki.ca, "ca.pem");
     pki_path(pki.other_ca, "other-ca.pem");
     pki_path(pki.member_cert, "member.pem");
@@ -93,7 +65,7 @@ static int group_setup(void **state)
     tls = (etcd_cluster_tls){pki.ca, pki.member_cert, pki.member_key,
                              (moat_etcd_tls){pki.ca, pki.client_cert, pki.client_key}};
     if (etcd_cluster_open(&cl, &tls, &etcd, 2000, WAIT_S) != 0) {
-        pki_remove();
+        test_pki_remove(pki.dir);
         return -1;
     }
     return 0;
@@ -103,7 +75,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     etcd_cluster_close(&cl, etcd);
-    pki_remove();
+    test_pki_remove(pki.dir);
     return 0;
 }
 
@@ -122,16 +94,6 @@ static moat_etcd *client_with(const char *const *urls, size_t n, moat_etcd_tls t
     if (e == NULL)
         fail_msg("moat_etcd_open: %s", st.message);
     return e;
-}
-
-static bool key_present(const char *key)
-{
-    moat_etcd_result r;
-    moat_status st;
-    assert_int_equal(moat_etcd_range(etcd, moat_slice_str(key), false, 0, &r, &st), 0);
-    bool present = r.kv_count > 0;
-    moat_etcd_result_free(&r);
-    return present;
 }
 
 /* Every kind of call over TLS with a client certificate. */
@@ -170,7 +132,7 @@ static void test_calls_over_tls(void **state)
         assert_int_equal(r.ttl, 30);
     }
     assert_int_equal(moat_etcd_lease_revoke(etcd, lease, &r, &st), 0);
-    assert_false(key_present("/t/tls/leased"));
+    assert_int_equal(etcd_cluster_key_count(etcd, "/t/tls/leased"), 0);
     assert_int_equal(moat_etcd_delete(etcd, moat_slice_str("/t/tls/"), true, &r, &st), 0);
     assert_int_equal(r.deleted, 2);
 }
@@ -199,7 +161,7 @@ static void expect_client_refused(moat_etcd_tls t)
     assert_true(refused(moat_etcd_range(e, key, false, 0, &r, &st), &st));
     assert_true(refused(moat_etcd_lease_grant(e, 5, &r, &st), &st));
     moat_etcd_close(e);
-    assert_false(key_present("/t/tls/refused"));
+    assert_int_equal(etcd_cluster_key_count(etcd, "/t/tls/refused"), 0);
 }
 
 static void test_client_without_certificate(void **state)
@@ -236,7 +198,7 @@ static void test_wrong_ca(void **state)
         assert_string_equal(st.reason, "etcd_tls_failed");
         moat_etcd_close(e);
     }
-    assert_false(key_present("/t/tls/wrong-ca"));
+    assert_int_equal(etcd_cluster_key_count(etcd, "/t/tls/wrong-ca"), 0);
 }
 
 /* A plain http:// endpoint for a member that serves TLS: UNAVAILABLE, saying what it may be. */
@@ -258,7 +220,7 @@ static void test_plain_http_to_tls_member(void **state)
     assert_int_equal(moat_etcd_range(e, moat_slice_str("/t/tls/plain"), false, 0, &r, &st),
                      MOAT_CODE_UNAVAILABLE);
     moat_etcd_close(e);
-    assert_false(key_present("/t/tls/plain"));
+    assert_int_equal(etcd_cluster_key_count(etcd, "/t/tls/plain"), 0);
 }
 
 /* Whether a range through e ends OK (reason NULL) or UNAVAILABLE with reason. */
@@ -298,7 +260,7 @@ static void test_member_certified_for_another_host(void **state)
     assert_string_equal(moat_status_detail_get(&st, "etcd_endpoint"), cl.urls[2]);
     assert_int_equal(
         moat_etcd_put(both, moat_slice_str("/t/tls/host"), moat_slice_str("2"), 0, &r, &st), 0);
-    assert_true(key_present("/t/tls/host"));
+    assert_int_equal(etcd_cluster_key_count(etcd, "/t/tls/host"), 1);
 
     etcd_cluster_kill(&cl, 2);
     cl.cert[2] = pki.member_cert;
@@ -326,19 +288,26 @@ static int node_teardown(void **state)
     return 0;
 }
 
-/* moatd's flags for the cluster's https:// endpoints, its node id and its TLS files. */
-typedef struct moatd_flags {
-    char eps[300], id[64], ca[200], cert[200], key[200];
-} moatd_flags;
-
-static void flags_for(moatd_flags *f, const char *id, const char *ca)
+/* Starts node: moatd with the cluster's https:// endpoints, node id id, and TLS to etcd with ca
+ * and the test's client certificate. */
+static bool node_start(const char *id, const char *ca)
 {
-    snprintf(f->eps, sizeof(f->eps), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
+    char eps[300], id_flag[64], ca_flag[200], cert[200], key[200];
+    snprintf(eps, sizeof(eps), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
              cl.urls[2]);
-    snprintf(f->id, sizeof(f->id), "--cluster_node_id=%s", id);
-    snprintf(f->ca, sizeof(f->ca), "--cluster_etcd_tls_ca=%s", ca);
-    snprintf(f->cert, sizeof(f->cert), "--cluster_etcd_tls_cert=%s", pki.client_cert);
-    snprintf(f->key, sizeof(f->key), "--cluster_etcd_tls_key=%s", pki.client_key);
+    snprintf(id_flag, sizeof(id_flag), "--cluster_node_id=%s", id);
+    snprintf(ca_flag, sizeof(ca_flag), "--cluster_etcd_tls_ca=%s", ca);
+    snprintf(cert, sizeof(cert), "--cluster_etcd_tls_cert=%s", pki.client_cert);
+    snprintf(key, sizeof(key), "--cluster_etcd_tls_key=%s", pki.client_key);
+    const char *extra[] = {eps,
+                           id_flag,
+                           ca_flag,
+                           cert,
+                           key,
+                           "--cluster_advertise=127.0.0.1:7070",
+                           "--cluster_lease_ttl_seconds=2",
+                           NULL};
+    return moatd_start(&node, false, extra);
 }
 
 /* moatd joins over TLS; a SIGHUP that finds its CA gone fails, naming the key, and the node
@@ -353,17 +322,7 @@ static void test_moatd_joins_over_tls(void **state)
     snprintf(moved, sizeof(moved), "%s.moved", ca);
     snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", pki.ca, ca);
     assert_int_equal(system(cmd), 0);
-    moatd_flags f;
-    flags_for(&f, "tls-1", ca);
-    const char *extra[] = {f.eps,
-                           f.id,
-                           f.ca,
-                           f.cert,
-                           f.key,
-                           "--cluster_advertise=127.0.0.1:7070",
-                           "--cluster_lease_ttl_seconds=2",
-                           NULL};
-    assert_true(moatd_start(&node, false, extra));
+    assert_true(node_start("tls-1", ca));
     moat_node n;
     ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, "tls-1", &n), WAIT_S);
     int64_t lease = n.lease;
@@ -389,17 +348,7 @@ static void test_moatd_wrong_ca_fenced(void **state)
 {
     (void)state;
     ETCD_REQUIRE();
-    moatd_flags f;
-    flags_for(&f, "tls-wrong-ca", pki.other_ca);
-    const char *extra[] = {f.eps,
-                           f.id,
-                           f.ca,
-                           f.cert,
-                           f.key,
-                           "--cluster_advertise=127.0.0.1:7070",
-                           "--cluster_lease_ttl_seconds=2",
-                           NULL};
-    assert_true(moatd_start(&node, false, extra));
+    assert_true(node_start("tls-wrong-ca", pki.other_ca));
     ETCD_WAIT_FOR(moatd_log_contains(&node, "reason=etcd_tls_failed"), WAIT_S);
     assert_true(moatd_log_contains(&node, "cluster_fenced"));
     assert_false(etcd_cluster_lists_node(etcd, "tls-wrong-ca", NULL));
