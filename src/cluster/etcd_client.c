@@ -164,7 +164,7 @@ static bool tls_failed(CURLcode rc)
 
 typedef enum attempt_outcome {
     ATTEMPT_ANSWERED,  /* *code holds the parsed answer's */
-    ATTEMPT_NOT_SENT,  /* no connection: the next member may have it */
+    ATTEMPT_NOT_SENT,  /* no connection or no TLS session: the next member may have it */
     ATTEMPT_NO_ANSWER, /* sent, but no full answer in time */
 } attempt_outcome;
 
