@@ -1,0 +1,338 @@
+/* libmoat following session_moved (docs/CLUSTER.md, "Routing") against fake
+ * cluster nodes: real loopback listeners served by a thread of this process. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "moat_test.h"
+
+#include "fake_cluster.h"
+#include "moat/client.h"
+
+#define SESSION "9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f"
+
+typedef struct fixture {
+    fake_cluster *f;
+    moat_client *c;
+    int redirects; /* seen by the redirect callback */
+    char last_to[64];
+} fixture;
+
+static fake_node *node(fixture *x, int i)
+{
+    return fake_cluster_node(x->f, i);
+}
+
+/* Node i's counters, read under the lock. */
+static int calls(fixture *x, int i)
+{
+    fake_cluster_lock(x->f);
+    int n = node(x, i)->calls;
+    fake_cluster_unlock(x->f);
+    return n;
+}
+
+static int conns(fixture *x, int i)
+{
+    fake_cluster_lock(x->f);
+    int n = node(x, i)->connections;
+    fake_cluster_unlock(x->f);
+    return n;
+}
+
+static void moved(fixture *x, int i, const char *to)
+{
+    fake_cluster_lock(x->f);
+    snprintf(node(x, i)->moved_to, sizeof node(x, i)->moved_to, "%s", to);
+    fake_cluster_unlock(x->f);
+}
+
+static void on_redirect(const char *session, const char *from, const char *to, void *arg)
+{
+    fixture *x = arg;
+    (void)from;
+    if (strcmp(session, SESSION) == 0)
+        x->redirects++;
+    snprintf(x->last_to, sizeof x->last_to, "%s", to);
+}
+
+static int setup(void **state)
+{
+    static fixture x;
+    memset(&x, 0, sizeof x);
+    x.f = fake_cluster_start(4);
+    if (x.f == NULL)
+        return -1;
+    moat_client_options o = {.token = "tok", .client_name = "test-route"};
+    moat_status st;
+    if (moat_client_connect(node(&x, 0)->addr, &o, &x.c, &st) != MOAT_OK)
+        return -1;
+    moat_client_on_redirect(x.c, on_redirect, &x);
+    *state = &x;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *x = *state;
+    moat_client_close(x->c);
+    return fake_cluster_stop(x->f) ? 0 : -1;
+}
+
+/* Stat answers with the answering node's address as the path. */
+static moat_err stat(fixture *x, char *who, size_t cap, moat_status *st)
+{
+    moat_file_info fi;
+    moat_err err = moat_file_stat(x->c, SESSION, "/f", 5000, &fi, st);
+    if (err == MOAT_OK)
+        moat_slice_copy(fi.path, who, cap);
+    return err;
+}
+
+static void test_one_redirect_followed_and_cached(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    char who[64];
+    moat_status st;
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, 1)->addr);
+    assert_int_equal(x->redirects, 1);
+    /* The second call goes straight to the owner, on the same connection. */
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, 1)->addr);
+    assert_int_equal(calls(x, 0), 1);
+    assert_int_equal(calls(x, 1), 2);
+    assert_int_equal(conns(x, 0), 1);
+    assert_int_equal(conns(x, 1), 1);
+    assert_int_equal(x->redirects, 1);
+    /* Calls that name no session stay on the seed. */
+    moat_health h;
+    assert_int_equal(moat_health_check(x->c, 5000, &h, &st), MOAT_E_REMOTE);
+    assert_int_equal(calls(x, 0), 2);
+}
+
+static void test_two_redirects_followed(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    moved(x, 1, node(x, 2)->addr);
+    char who[64];
+    moat_status st;
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, 2)->addr);
+    assert_int_equal(x->redirects, 2);
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_int_equal(calls(x, 0), 1);
+    assert_int_equal(calls(x, 1), 1);
+    assert_int_equal(calls(x, 2), 2);
+}
+
+static void test_stale_cache_meets_a_move(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    char who[64];
+    moat_status st;
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    /* The session moves on: the cached owner redirects, and that is followed. */
+    moved(x, 1, node(x, 2)->addr);
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, 2)->addr);
+    assert_int_equal(calls(x, 0), 1);
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_int_equal(calls(x, 1), 2);
+    assert_int_equal(calls(x, 2), 2);
+}
+
+static void test_third_redirect_is_a_loop(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    moved(x, 1, node(x, 0)->addr);
+    char who[64];
+    moat_status st;
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
+    assert_int_equal(st.code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.reason, "redirect_loop");
+    assert_int_equal(calls(x, 0), 2);
+    assert_int_equal(calls(x, 1), 1);
+    /* Three distinct nodes, a fourth never asked. */
+    moved(x, 1, node(x, 2)->addr);
+    moved(x, 2, node(x, 3)->addr);
+    moved(x, 0, node(x, 1)->addr);
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
+    assert_string_equal(st.reason, "redirect_loop");
+    assert_int_equal(calls(x, 3), 0);
+}
+
+static void test_owner_refusing_is_dropped(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    char who[64];
+    moat_status st;
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, 1)->addr);
+    fake_cluster_down(x->f, 1);
+    moved(x, 0, ""); /* the seed holds it now */
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, 0)->addr);
+    assert_int_equal(calls(x, 0), 2);
+    /* Dropped from the cache: the next call goes to the seed without trying the owner. */
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_int_equal(calls(x, 0), 3);
+    assert_int_equal(conns(x, 0), 1);
+    /* A redirect to an owner that refuses: the call fails with why, nothing is cached. */
+    moved(x, 0, node(x, 1)->addr);
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
+    assert_int_equal(st.code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(st.reason, "connect_failed");
+    moved(x, 0, "");
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, 0)->addr);
+}
+
+static void test_garbage_owner_address(void **state)
+{
+    fixture *x = *state;
+    static const char *bad[] = {
+        "no-port",   "127.0.0.1:", "127.0.0.1:0",    "127.0.0.1:65536",
+        ":7070",     "host:70x",   "a b:7070",       "unix:/tmp/sock",
+        "[::1:7070", "h\x01:1",    "1.2.3.4:123456",
+    };
+    char who[64];
+    moat_status st;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        moved(x, 0, bad[i]);
+        assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
+        assert_int_equal(st.code, MOAT_CODE_INTERNAL);
+        assert_string_equal(st.reason, "bad_redirect");
+    }
+    /* Too long: 300 bytes of a host name. */
+    char longer[320];
+    memset(longer, 'a', 300);
+    memcpy(longer + 300, ":7070", 6);
+    moved(x, 0, longer);
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
+    assert_string_equal(st.reason, "bad_redirect");
+    assert_int_equal(x->redirects, 0);
+    /* The client is whole: the next call works. */
+    moved(x, 0, "");
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+}
+
+static void test_exec_stream_redirected(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    moat_run_command_req r = {.session_id = SESSION, .command = "hostname"};
+    moat_call *call;
+    moat_status st;
+    assert_int_equal(moat_exec_run(x->c, &r, 5000, &call, &st), MOAT_OK);
+    /* Another typed call between start and read: the stream's request was copied. */
+    char who[64];
+    moved(x, 0, "");
+    assert_int_equal(moat_file_stat(x->c, "other-session", "/f", 5000, &(moat_file_info){0}, &st),
+                     MOAT_OK);
+    moat_exec_event ev;
+    char out[64] = "";
+    int events = 0;
+    moat_err err;
+    while ((err = moat_exec_next(call, 5000, &ev)) == MOAT_OK) {
+        events++;
+        if (ev.kind == MOAT_EXEC_OUTPUT)
+            moat_slice_copy(ev.data, out, sizeof out);
+    }
+    assert_int_equal(err, MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    assert_int_equal(events, 3);
+    assert_string_equal(out, node(x, 1)->addr);
+    assert_int_not_equal(moat_call_fd(call), moat_client_fd(x->c));
+    moat_call_free(call);
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, 1)->addr);
+}
+
+static void test_interactive_input_follows(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    moat_interactive_req r = {.session_id = SESSION, .command = "cat"};
+    moat_call *call;
+    moat_status st;
+    assert_int_equal(moat_exec_interactive(x->c, &r, 5000, &call, &st), MOAT_OK);
+    /* Sent before the redirect is read: it goes to the owner with the start. */
+    assert_int_equal(moat_exec_stdin(call, moat_slice_str("typed early"), 5000), MOAT_OK);
+    moat_exec_event ev;
+    char out[64] = "";
+    moat_err err;
+    while ((err = moat_exec_next(call, 5000, &ev)) == MOAT_OK)
+        if (ev.kind == MOAT_EXEC_OUTPUT)
+            moat_slice_copy(ev.data, out, sizeof out);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    assert_string_equal(out, "typed early");
+    moat_call_free(call);
+    fake_cluster_lock(x->f);
+    assert_int_equal(node(x, 1)->messages, 2);
+    assert_string_equal(node(x, 1)->last_stdin, "typed early");
+    fake_cluster_unlock(x->f);
+}
+
+static void test_create_names_the_owner(void **state)
+{
+    fixture *x = *state;
+    fake_cluster_lock(x->f);
+    snprintf(node(x, 0)->create_owner, sizeof node(x, 0)->create_owner, "%s", node(x, 2)->addr);
+    fake_cluster_unlock(x->f);
+    moat_session_create_req r = {.chat_id = "123e4567-e89b-12d3-a456-426614174000"};
+    moat_session s;
+    moat_status st;
+    assert_int_equal(moat_session_create(x->c, &r, 5000, &s, &st), MOAT_OK);
+    char who[64];
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, 2)->addr);
+    assert_int_equal(calls(x, 0), 1);
+    assert_int_equal(calls(x, 2), 1);
+    assert_int_equal(x->redirects, 0);
+}
+
+static void test_deadline_covers_the_hops(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    fake_cluster_lock(x->f);
+    node(x, 1)->hang = true;
+    fake_cluster_unlock(x->f);
+    moat_file_info fi;
+    moat_status st;
+    assert_int_equal(moat_file_stat(x->c, SESSION, "/f", 300, &fi, &st), MOAT_E_REMOTE);
+    assert_int_equal(st.code, MOAT_CODE_DEADLINE_EXCEEDED);
+    fake_cluster_lock(x->f);
+    uint64_t second = node(x, 1)->last_deadline_ms;
+    uint64_t first = node(x, 0)->last_deadline_ms;
+    fake_cluster_unlock(x->f);
+    /* The owner got what was left of the call's one deadline, not a new one. */
+    assert_int_equal(first, 300);
+    assert_true(second > 0 && second <= first);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_one_redirect_followed_and_cached, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_redirects_followed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stale_cache_meets_a_move, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_third_redirect_is_a_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_owner_refusing_is_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_garbage_owner_address, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exec_stream_redirected, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_interactive_input_follows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_names_the_owner, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_covers_the_hops, setup, teardown),
+    };
+    return moat_run_group_tests("route", tests, NULL, NULL);
+}
