@@ -5,7 +5,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "moat_test.h"
 
@@ -15,6 +17,7 @@
 #define SESSION "9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f"
 
 typedef struct fixture {
+    char dir[64]; /* the CLI's output files; removed by teardown */
     fake_cluster *f;
     moat_client *c;
     int redirects; /* seen by the redirect callback */
@@ -63,6 +66,9 @@ static int setup(void **state)
 {
     static fixture x;
     memset(&x, 0, sizeof x);
+    snprintf(x.dir, sizeof x.dir, "/tmp/moat-route-XXXXXX");
+    if (mkdtemp(x.dir) == NULL)
+        return -1;
     x.f = fake_cluster_start(4);
     if (x.f == NULL)
         return -1;
@@ -79,7 +85,10 @@ static int teardown(void **state)
 {
     fixture *x = *state;
     moat_client_close(x->c);
-    return fake_cluster_stop(x->f) ? 0 : -1;
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", x->dir);
+    bool removed = system(cmd) == 0;
+    return fake_cluster_stop(x->f) && removed ? 0 : -1;
 }
 
 /* Stat answers with the answering node's address as the path. */
@@ -233,9 +242,9 @@ static void test_exec_stream_redirected(void **state)
     moat_call *call;
     moat_status st;
     assert_int_equal(moat_exec_run(x->c, &r, 5000, &call, &st), MOAT_OK);
-    /* Another typed call between start and read: the stream's request was copied. */
+    /* Another typed call between start and read (redirected too): the stream's
+     * request, which that call's encoding overwrote, was copied. */
     char who[64];
-    moved(x, 0, "");
     assert_int_equal(moat_file_stat(x->c, "other-session", "/f", 5000, &(moat_file_info){0}, &st),
                      MOAT_OK);
     moat_exec_event ev;
@@ -320,6 +329,51 @@ static void test_deadline_covers_the_hops(void **state)
     assert_true(second > 0 && second <= first);
 }
 
+/* Runs the CLI through sh, input on its stdin; its stdout and stderr in out and err. */
+static int cli(fixture *x, const char *input, const char *args, char *out, char *err, size_t cap)
+{
+    char cmd[1024], path[2][128];
+    snprintf(path[0], sizeof path[0], "%s/out", x->dir);
+    snprintf(path[1], sizeof path[1], "%s/err", x->dir);
+    snprintf(cmd, sizeof cmd, "printf '%s' | MOAT_TOKEN=tok %s %s >'%s' 2>'%s'", input,
+             MOAT_CLI_PATH, args, path[0], path[1]);
+    int rc = system(cmd);
+    char *bufs[2] = {out, err};
+    for (int i = 0; i < 2; i++) {
+        FILE *fp = fopen(path[i], "r");
+        size_t n = fp ? fread(bufs[i], 1, cap - 1, fp) : 0;
+        bufs[i][n] = '\0';
+        if (fp)
+            fclose(fp);
+    }
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static void test_cli_follows(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    char args[256], out[512], err[512];
+    snprintf(args, sizeof args, "--addr %s exec " SESSION " -- hostname", node(x, 0)->addr);
+    assert_int_equal(cli(x, "", args, out, err, sizeof out), 0);
+    assert_string_equal(out, node(x, 1)->addr);
+    assert_string_equal(err, ""); /* nothing extra without --verbose */
+    snprintf(args, sizeof args, "--addr %s --verbose exec " SESSION " -- hostname",
+             node(x, 0)->addr);
+    assert_int_equal(cli(x, "", args, out, err, sizeof out), 0);
+    assert_string_equal(out, node(x, 1)->addr);
+    assert_non_null(strstr(err, "is at"));
+    assert_non_null(strstr(err, node(x, 1)->addr));
+    /* -i: input read before the redirect goes to the owner, and its output comes back. */
+    snprintf(args, sizeof args, "--addr %s exec -i " SESSION " -- cat", node(x, 0)->addr);
+    assert_int_equal(cli(x, "typed\n", args, out, err, sizeof out), 0);
+    assert_string_equal(out, "typed\n");
+    fake_cluster_lock(x->f);
+    int owner_calls = node(x, 1)->calls;
+    fake_cluster_unlock(x->f);
+    assert_int_equal(owner_calls, 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +387,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_interactive_input_follows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_names_the_owner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_covers_the_hops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cli_follows, setup, teardown),
     };
     return moat_run_group_tests("route", tests, NULL, NULL);
 }
