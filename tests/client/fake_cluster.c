@@ -1,6 +1,7 @@
 #include "fake_cluster.h"
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -311,6 +312,9 @@ static void *serve(void *arg)
                     f->failed = true;
                     continue;
                 }
+                /* As moatd does: a Message and its End go out at once, not after an ACK. */
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
                 memset(slot, 0, offsetof(fconn, rbuf));
                 slot->fd = fd;
                 slot->node = n;
