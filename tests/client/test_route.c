@@ -329,6 +329,27 @@ static void test_deadline_covers_the_hops(void **state)
     assert_true(second > 0 && second <= first);
 }
 
+static void test_cache_is_bounded(void **state)
+{
+    fixture *x = *state;
+    moved(x, 0, node(x, 1)->addr);
+    moat_file_info fi;
+    moat_status st;
+    char id[32];
+    /* 1,100 sessions followed: more than the 1,024 owners a client keeps. */
+    for (int i = 0; i < 1100; i++) {
+        snprintf(id, sizeof id, "sess-%04d", i);
+        assert_int_equal(moat_file_stat(x->c, id, "/f", 5000, &fi, &st), MOAT_OK);
+    }
+    assert_int_equal(calls(x, 0), 1100);
+    /* The newest is still known; the oldest was evicted, and asks the seed again. */
+    assert_int_equal(moat_file_stat(x->c, "sess-1099", "/f", 5000, &fi, &st), MOAT_OK);
+    assert_int_equal(calls(x, 0), 1100);
+    assert_int_equal(moat_file_stat(x->c, "sess-0000", "/f", 5000, &fi, &st), MOAT_OK);
+    assert_int_equal(calls(x, 0), 1101);
+    assert_int_equal(conns(x, 1), 1);
+}
+
 /* Runs the CLI through sh, input on its stdin; its stdout and stderr in out and err. */
 static int cli(fixture *x, const char *input, const char *args, char *out, char *err, size_t cap)
 {
@@ -387,6 +408,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_interactive_input_follows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_names_the_owner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_covers_the_hops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_follows, setup, teardown),
     };
     return moat_run_group_tests("route", tests, NULL, NULL);
