@@ -101,27 +101,50 @@ static moat_err stat(fixture *x, char *who, size_t cap, moat_status *st)
     return err;
 }
 
+/* A Stat for SESSION, answered by node i. */
+static void answered_by(fixture *x, int i)
+{
+    char who[64];
+    moat_status st;
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    assert_string_equal(who, node(x, i)->addr);
+}
+
+/* The calls nodes 0, 1 and 2 have had. */
+static void calls_were(fixture *x, int n0, int n1, int n2)
+{
+    assert_int_equal(calls(x, 0), n0);
+    assert_int_equal(calls(x, 1), n1);
+    assert_int_equal(calls(x, 2), n2);
+}
+
+/* A Stat for SESSION that fails with reason. */
+static void fails(fixture *x, moat_code code, const char *reason)
+{
+    char who[64];
+    moat_status st;
+    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
+    assert_int_equal(st.code, code);
+    assert_string_equal(st.reason, reason);
+}
+
 static void test_one_redirect_followed_and_cached(void **state)
 {
     fixture *x = *state;
     moved(x, 0, node(x, 1)->addr);
-    char who[64];
-    moat_status st;
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_string_equal(who, node(x, 1)->addr);
+    answered_by(x, 1);
     assert_int_equal(x->redirects, 1);
     /* The second call goes straight to the owner, on the same connection. */
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_string_equal(who, node(x, 1)->addr);
-    assert_int_equal(calls(x, 0), 1);
-    assert_int_equal(calls(x, 1), 2);
+    answered_by(x, 1);
+    calls_were(x, 1, 2, 0);
     assert_int_equal(conns(x, 0), 1);
     assert_int_equal(conns(x, 1), 1);
     assert_int_equal(x->redirects, 1);
     /* Calls that name no session stay on the seed. */
     moat_health h;
+    moat_status st;
     assert_int_equal(moat_health_check(x->c, 5000, &h, &st), MOAT_E_REMOTE);
-    assert_int_equal(calls(x, 0), 2);
+    calls_were(x, 2, 2, 0);
 }
 
 static void test_two_redirects_followed(void **state)
@@ -129,32 +152,22 @@ static void test_two_redirects_followed(void **state)
     fixture *x = *state;
     moved(x, 0, node(x, 1)->addr);
     moved(x, 1, node(x, 2)->addr);
-    char who[64];
-    moat_status st;
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_string_equal(who, node(x, 2)->addr);
+    answered_by(x, 2);
     assert_int_equal(x->redirects, 2);
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_int_equal(calls(x, 0), 1);
-    assert_int_equal(calls(x, 1), 1);
-    assert_int_equal(calls(x, 2), 2);
+    answered_by(x, 2);
+    calls_were(x, 1, 1, 2);
 }
 
 static void test_stale_cache_meets_a_move(void **state)
 {
     fixture *x = *state;
     moved(x, 0, node(x, 1)->addr);
-    char who[64];
-    moat_status st;
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    answered_by(x, 1);
     /* The session moves on: the cached owner redirects, and that is followed. */
     moved(x, 1, node(x, 2)->addr);
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_string_equal(who, node(x, 2)->addr);
-    assert_int_equal(calls(x, 0), 1);
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_int_equal(calls(x, 1), 2);
-    assert_int_equal(calls(x, 2), 2);
+    answered_by(x, 2);
+    answered_by(x, 2);
+    calls_were(x, 1, 2, 2);
 }
 
 static void test_third_redirect_is_a_loop(void **state)
@@ -162,19 +175,12 @@ static void test_third_redirect_is_a_loop(void **state)
     fixture *x = *state;
     moved(x, 0, node(x, 1)->addr);
     moved(x, 1, node(x, 0)->addr);
-    char who[64];
-    moat_status st;
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
-    assert_int_equal(st.code, MOAT_CODE_UNAVAILABLE);
-    assert_string_equal(st.reason, "redirect_loop");
-    assert_int_equal(calls(x, 0), 2);
-    assert_int_equal(calls(x, 1), 1);
+    fails(x, MOAT_CODE_UNAVAILABLE, "redirect_loop");
+    calls_were(x, 2, 1, 0);
     /* Three distinct nodes, a fourth never asked. */
     moved(x, 1, node(x, 2)->addr);
     moved(x, 2, node(x, 3)->addr);
-    moved(x, 0, node(x, 1)->addr);
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
-    assert_string_equal(st.reason, "redirect_loop");
+    fails(x, MOAT_CODE_UNAVAILABLE, "redirect_loop");
     assert_int_equal(calls(x, 3), 0);
 }
 
@@ -182,56 +188,60 @@ static void test_owner_refusing_is_dropped(void **state)
 {
     fixture *x = *state;
     moved(x, 0, node(x, 1)->addr);
-    char who[64];
-    moat_status st;
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_string_equal(who, node(x, 1)->addr);
+    answered_by(x, 1);
     fake_cluster_down(x->f, 1);
     moved(x, 0, ""); /* the seed holds it now */
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_string_equal(who, node(x, 0)->addr);
-    assert_int_equal(calls(x, 0), 2);
+    answered_by(x, 0);
+    calls_were(x, 2, 1, 0);
     /* Dropped from the cache: the next call goes to the seed without trying the owner. */
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_int_equal(calls(x, 0), 3);
+    answered_by(x, 0);
+    calls_were(x, 3, 1, 0);
     assert_int_equal(conns(x, 0), 1);
     /* A redirect to an owner that refuses: the call fails with why, nothing is cached. */
     moved(x, 0, node(x, 1)->addr);
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
-    assert_int_equal(st.code, MOAT_CODE_UNAVAILABLE);
-    assert_string_equal(st.reason, "connect_failed");
+    fails(x, MOAT_CODE_UNAVAILABLE, "connect_failed");
     moved(x, 0, "");
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_string_equal(who, node(x, 0)->addr);
+    answered_by(x, 0);
 }
 
 static void test_garbage_owner_address(void **state)
 {
     fixture *x = *state;
-    static const char *bad[] = {
-        "no-port",   "127.0.0.1:", "127.0.0.1:0",    "127.0.0.1:65536",
-        ":7070",     "host:70x",   "a b:7070",       "unix:/tmp/sock",
-        "[::1:7070", "h\x01:1",    "1.2.3.4:123456",
-    };
-    char who[64];
-    moat_status st;
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        moved(x, 0, bad[i]);
-        assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
-        assert_int_equal(st.code, MOAT_CODE_INTERNAL);
-        assert_string_equal(st.reason, "bad_redirect");
-    }
-    /* Too long: 300 bytes of a host name. */
-    char longer[320];
+    /* The last one too long: 300 bytes of a host name. */
+    static char longer[320];
     memset(longer, 'a', 300);
     memcpy(longer + 300, ":7070", 6);
-    moved(x, 0, longer);
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_E_REMOTE);
-    assert_string_equal(st.reason, "bad_redirect");
+    const char *bad[] = {
+        "no-port",   "127.0.0.1:", "127.0.0.1:0",    "127.0.0.1:65536",
+        ":7070",     "host:70x",   "a b:7070",       "unix:/tmp/sock",
+        "[::1:7070", "h\x01:1",    "1.2.3.4:123456", longer,
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        moved(x, 0, bad[i]);
+        fails(x, MOAT_CODE_INTERNAL, "bad_redirect");
+    }
     assert_int_equal(x->redirects, 0);
     /* The client is whole: the next call works. */
     moved(x, 0, "");
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
+    answered_by(x, 0);
+}
+
+/* Reads an Exec stream to its End, which must be OK: its output (the last
+ * output event's) into out; returns the number of events. */
+static int read_to_end(moat_call *call, char *out, size_t cap)
+{
+    moat_exec_event ev;
+    moat_err err;
+    int events = 0;
+    out[0] = '\0';
+    while ((err = moat_exec_next(call, 5000, &ev)) == MOAT_OK) {
+        events++;
+        if (ev.kind == MOAT_EXEC_OUTPUT)
+            moat_slice_copy(ev.data, out, cap);
+    }
+    assert_int_equal(err, MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    return events;
 }
 
 static void test_exec_stream_redirected(void **state)
@@ -244,26 +254,14 @@ static void test_exec_stream_redirected(void **state)
     assert_int_equal(moat_exec_run(x->c, &r, 5000, &call, &st), MOAT_OK);
     /* Another typed call between start and read (redirected too): the stream's
      * request, which that call's encoding overwrote, was copied. */
-    char who[64];
     assert_int_equal(moat_file_stat(x->c, "other-session", "/f", 5000, &(moat_file_info){0}, &st),
                      MOAT_OK);
-    moat_exec_event ev;
-    char out[64] = "";
-    int events = 0;
-    moat_err err;
-    while ((err = moat_exec_next(call, 5000, &ev)) == MOAT_OK) {
-        events++;
-        if (ev.kind == MOAT_EXEC_OUTPUT)
-            moat_slice_copy(ev.data, out, sizeof out);
-    }
-    assert_int_equal(err, MOAT_E_CLOSED);
-    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
-    assert_int_equal(events, 3);
+    char out[64];
+    assert_int_equal(read_to_end(call, out, sizeof out), 3);
     assert_string_equal(out, node(x, 1)->addr);
     assert_int_not_equal(moat_call_fd(call), moat_client_fd(x->c));
     moat_call_free(call);
-    assert_int_equal(stat(x, who, sizeof who, &st), MOAT_OK);
-    assert_string_equal(who, node(x, 1)->addr);
+    answered_by(x, 1);
 }
 
 static void test_interactive_input_follows(void **state)
@@ -276,13 +274,8 @@ static void test_interactive_input_follows(void **state)
     assert_int_equal(moat_exec_interactive(x->c, &r, 5000, &call, &st), MOAT_OK);
     /* Sent before the redirect is read: it goes to the owner with the start. */
     assert_int_equal(moat_exec_stdin(call, moat_slice_str("typed early"), 5000), MOAT_OK);
-    moat_exec_event ev;
-    char out[64] = "";
-    moat_err err;
-    while ((err = moat_exec_next(call, 5000, &ev)) == MOAT_OK)
-        if (ev.kind == MOAT_EXEC_OUTPUT)
-            moat_slice_copy(ev.data, out, sizeof out);
-    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    char out[64];
+    assert_int_equal(read_to_end(call, out, sizeof out), 3);
     assert_string_equal(out, "typed early");
     moat_call_free(call);
     fake_cluster_lock(x->f);
