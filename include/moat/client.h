@@ -82,7 +82,9 @@ const moat_client_limits *moat_client_get_limits(const moat_client *c);
  * moat_call_recv(call, 0, …) said MOAT_E_TIMEOUT, and after any other call
  * into libmoat on this client ask moat_call_recv(call, 0, …) again first.
  * Keepalive pings go out from within libmoat's calls: wait at most half of
- * idle_timeout_seconds between them. Owned by c: never read, write or close it. */
+ * idle_timeout_seconds between them. Owned by c: never read, write or close it.
+ * This is the seed connection's: a call that followed its session to another
+ * node is on that node's connection (moat_call_fd). */
 int moat_client_fd(const moat_client *c);
 /* The socket of the connection that carries call: moat_client_fd's, or,
  * once the call followed its session to another node, that node's

@@ -886,9 +886,12 @@ static bool follow(moat_call *call)
     call->moved = false;
     moat_client *from = call->client;
     moat_client *top = from->top;
-    if (call->hops >= MOVES_FOLLOWED)
-        return reopen_failed(call, MOAT_CODE_UNAVAILABLE, "redirect_loop",
-                             "the session moved three times in a row; last to its owner_address");
+    if (call->hops >= MOVES_FOLLOWED) {
+        char msg[MOAT_STATUS_MESSAGE_MAX];
+        snprintf(msg, sizeof msg, "session %s moved %u times in a row (last to %.128s)",
+                 call->session, call->hops + 1u, call->moved_to);
+        return reopen_failed(call, MOAT_CODE_UNAVAILABLE, "redirect_loop", msg);
+    }
     if (call->moved_too_long || !moat__addr_ok(moat_slice_str(call->moved_to)))
         return reopen_failed(call, MOAT_CODE_INTERNAL, "bad_redirect",
                              "session_moved without an owner_address that is host:port");
