@@ -784,13 +784,19 @@ int main(int argc, char **argv)
     }
     /* Options may come anywhere after the command; "--" ends them (exec's command follows). */
     static const struct option opts[] = {
-        {"chat", required_argument, NULL, 'c'},  {"ttl", required_argument, NULL, 'L'},
+        {"chat", required_argument, NULL, 'c'},
+        {"ttl", required_argument, NULL, 'L'},
         {"image", required_argument, NULL, 'm'}, /* create's; empty: the server's default */
-        {"interactive", no_argument, NULL, 'i'}, {"tty", no_argument, NULL, 't'},
-        {"new", no_argument, NULL, 'n'},         {"json", no_argument, NULL, 'j'},
-        {"cwd", required_argument, NULL, 'd'},   {"timeout", required_argument, NULL, 'T'},
-        {"env", required_argument, NULL, 'e'},   {"addr", required_argument, NULL, 'a'},
-        {"verbose", no_argument, NULL, 'v'},     {NULL, 0, NULL, 0},
+        {"interactive", no_argument, NULL, 'i'},
+        {"tty", no_argument, NULL, 't'},
+        {"new", no_argument, NULL, 'n'},
+        {"json", no_argument, NULL, 'j'},
+        {"cwd", required_argument, NULL, 'd'},
+        {"timeout", required_argument, NULL, 'T'},
+        {"env", required_argument, NULL, 'e'},
+        {"addr", required_argument, NULL, 'a'},
+        {"verbose", no_argument, NULL, 'v'}, /* also before the command */
+        {NULL, 0, NULL, 0},
     };
     const char *chat = NULL, *cwd = NULL, *image = NULL;
     uint64_t ttl = 0, timeout_ms = 0;
