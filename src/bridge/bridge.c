@@ -139,6 +139,10 @@ static void process_reap(moat_bridge *b)
         b->unpause_pending = false;
         moat__exec_unpause_all(b);
     }
+    if (b->in_curl == 0 && b->uploads_pending) {
+        b->uploads_pending = false;
+        moat__terminal_start_uploads(b);
+    }
 }
 
 static void check_done(moat_bridge *b)
