@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -754,6 +755,63 @@ moat_err moat_call_send(moat_call *call, moat_slice payload, int timeout_ms)
     f.stream_id = call->id;
     f.u.message.payload = payload;
     return send_frame(c, &f) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
+}
+
+moat_err moat__call_send_parts(moat_call *call, moat_slice head, moat_slice data, int timeout_ms)
+{
+    moat_client *c = call->client;
+    if (call->ended || c->broken)
+        return MOAT_E_CLOSED;
+    size_t len = head.len + data.len;
+    if (!message_fits(c, call->id, (moat_slice){NULL, len}))
+        return MOAT_E_TOO_BIG;
+    call->send_need = (uint32_t)len;
+    moat_err err = pump(c, call, NULL, timeout_ms, credit_done);
+    if (err != MOAT_OK)
+        return err;
+    if (call->ended)
+        return MOAT_E_CLOSED;
+    uint8_t prefix[MOAT_WIRE_MESSAGE_PREFIX_MAX + 16];
+    size_t n;
+    if (head.len > sizeof(prefix) - MOAT_WIRE_MESSAGE_PREFIX_MAX ||
+        moat_wire_encode_message_prefix(call->id, len, prefix, MOAT_WIRE_MESSAGE_PREFIX_MAX, &n) !=
+            MOAT_OK)
+        return MOAT_E_TOO_BIG;
+    memcpy(prefix + n, head.data, head.len);
+    moat_window_consume(&call->send_window, (uint32_t)len);
+    struct iovec iov[2] = {{prefix, n + head.len}, {(void *)data.data, data.len}};
+    int cnt = 2;
+    struct iovec *v = iov;
+    while (cnt > 0) {
+        struct msghdr mh = {.msg_iov = v, .msg_iovlen = (size_t)cnt};
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pfd = {c->fd, POLLOUT, 0};
+            if (poll(&pfd, 1, 30000) <= 0) {
+                fail_all(c, MOAT_CODE_UNAVAILABLE, "write_timeout", "cannot write to the server");
+                return MOAT_E_CLOSED;
+            }
+            continue;
+        }
+        if (w < 0) {
+            fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost", strerror(errno));
+            return MOAT_E_CLOSED;
+        }
+        size_t done = (size_t)w;
+        while (cnt > 0 && done >= v->iov_len) {
+            done -= v->iov_len;
+            v++;
+            cnt--;
+        }
+        if (cnt > 0) {
+            v->iov_base = (uint8_t *)v->iov_base + done;
+            v->iov_len -= done;
+        }
+    }
+    c->last_send_ms = mono_ms();
+    return MOAT_OK;
 }
 
 uint32_t moat_call_send_window(const moat_call *call)
