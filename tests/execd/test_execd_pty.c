@@ -691,6 +691,27 @@ static void test_stdin_upload(void **state)
     assert_string_equal(moat_json_str(j, "type", NULL), "exit");
     assert_int_equal(xd_json_i64(j, "exit_code"), 0);
     cJSON_Delete(j);
+    xd_ws_close(ws);
+    delete_session(sid, 200);
+
+    /* Chunks larger than execd's receive buffer, as moatd's curl sends them (256 KiB). */
+    snprintf(sid, sizeof(sid), "%s", create(&unix_t, "{\"command\":\"wc -c\"}"));
+    ws = attach(&unix_t, sid, "?pty=0");
+    expect_connected(ws, sid, "pipe");
+    char path[160];
+    snprintf(path, sizeof(path), "/pty/%s/stdin", sid);
+    int fd = upload_hold(path, "Transfer-Encoding: chunked\r\n");
+    size_t big = 256u * 1024;
+    char *chunk = malloc(big);
+    assert_non_null(chunk);
+    memset(chunk, 'q', big);
+    for (int i = 0; i < 4; i++)
+        assert_true(send_chunk(fd, chunk, big));
+    free(chunk);
+    assert_true(send_all(fd, "0\r\n\r\n", 5));
+    assert_int_equal(upload_answer(fd, code, sizeof(code)), 200);
+    close(fd);
+    assert_non_null(xd_ws_wait_output(ws, "1048576\n", WAIT_MS));
     /* A finished command's stdin takes no upload. */
     assert_int_equal(upload(sid, "c\n", code, sizeof(code)), 409);
     assert_string_equal(code, "STDIN_CLOSED");
