@@ -415,6 +415,18 @@ bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const 
     return r;
 }
 
+void moat__req_chunked_body(bridge_req *r, curl_read_callback read, void *ud)
+{
+    r->hdrs = curl_slist_append(r->hdrs, "Content-Type: application/octet-stream");
+    r->hdrs = curl_slist_append(r->hdrs, "Transfer-Encoding: chunked");
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+    curl_easy_setopt(r->easy, CURLOPT_READFUNCTION, read);
+    curl_easy_setopt(r->easy, CURLOPT_READDATA, ud);
+}
+
 moat_err moat__req_start(bridge_req *r, moat_status *st)
 {
     moat_bridge *b = r->b;

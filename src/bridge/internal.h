@@ -79,6 +79,9 @@ struct moat_bridge {
  * query). json_body is copied. Returns NULL with *st set. */
 bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const char *method,
                           const char *path, const char *json_body, moat_status *st);
+/* Makes r a POST of raw bytes (application/octet-stream), chunked: its body is what read
+ * gives (with ud) until it returns 0. */
+void moat__req_chunked_body(bridge_req *r, curl_read_callback read, void *ud);
 /* Adds it to the multi handle. On failure frees it and sets *st. */
 moat_err moat__req_start(bridge_req *r, moat_status *st);
 /* Frees a request that was never started. */

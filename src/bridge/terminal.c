@@ -622,15 +622,8 @@ static moat_err start_upload(moat_bridge_terminal *t, moat_status *st)
             hdrs = curl_slist_append(hdrs, h->data);
     curl_slist_free_all(r->hdrs);
     r->hdrs = curl_slist_append(hdrs, "Expect: 100-continue");
-    r->hdrs = curl_slist_append(r->hdrs, "Content-Type: application/octet-stream");
-    r->hdrs = curl_slist_append(r->hdrs, "Transfer-Encoding: chunked");
     curl_easy_setopt(r->easy, CURLOPT_EXPECT_100_TIMEOUT_MS, 60000L);
-    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, NULL);
-    curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, NULL);
-    curl_easy_setopt(r->easy, CURLOPT_POST, 1L);
-    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
-    curl_easy_setopt(r->easy, CURLOPT_READFUNCTION, up_read);
-    curl_easy_setopt(r->easy, CURLOPT_READDATA, r);
+    moat__req_chunked_body(r, up_read, r);
     curl_easy_setopt(r->easy, CURLOPT_UPLOAD_BUFFERSIZE, (long)MOAT_BRIDGE_TERMINAL_UPLOAD_BUFFER);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
     r->done = up_done;

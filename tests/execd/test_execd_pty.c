@@ -528,6 +528,26 @@ static void *send_stdin(void *arg)
     return NULL;
 }
 
+/* Waits until a sender makes no progress for a while (it is held), and checks that execd's RSS
+ * stayed within 16 MiB of rss_before meanwhile; false when RSS is not meaningful here. */
+static bool wait_held(const _Atomic size_t *sent, size_t total, long rss_before)
+{
+    size_t last = (size_t)-1;
+    long rss_max = 0;
+    for (int still = 0; still < 20 && *sent < total;) {
+        nap_ms(50);
+        long rss = xd_rss_kb(xp.pid);
+        rss_max = rss > rss_max ? rss : rss_max;
+        still = *sent == last ? still + 1 : 0;
+        last = *sent;
+    }
+    assert_true(*sent < total);
+    bool rss_checked = !xd_wrapped() && MOAT_TEST_RSS_MEANINGFUL;
+    if (rss_checked)
+        assert_true(rss_max - rss_before < 16 * 1024);
+    return rss_checked;
+}
+
 /* 64 MiB of stdin to a process that does not read it yet: execd stops reading the socket
  * (the client's send blocks) and its memory stays within a bound far below the stdin's. */
 static void test_stdin_back_pressure(void **state)
@@ -545,21 +565,9 @@ static void test_stdin_back_pressure(void **state)
     sender sd = {.ws = ws, .total = 64u << 20};
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, send_stdin, &sd), 0);
-    /* Wait until the sender makes no progress for a while: it is held. */
-    size_t last = (size_t)-1;
-    long rss_max = 0;
-    for (int still = 0; still < 20 && sd.sent < sd.total;) {
-        nap_ms(50);
-        long rss = xd_rss_kb(xp.pid);
-        rss_max = rss > rss_max ? rss : rss_max;
-        still = sd.sent == last ? still + 1 : 0;
-        last = sd.sent;
-    }
-    assert_true(sd.sent < sd.total);
-    bool rss_checked = !xd_wrapped() && MOAT_TEST_RSS_MEANINGFUL;
-    if (rss_checked)
-        assert_true(rss_max - rss_before < 16 * 1024);
-    else
+    /* the sender is held */
+    bool rss_checked = wait_held(&sd.sent, sd.total, rss_before);
+    if (!rss_checked)
         moat_skip_note("execd's RSS bound not checked under valgrind or ASan");
     FILE *f = fopen(go, "w");
     assert_non_null(f);
@@ -851,19 +859,7 @@ static void test_stdin_upload_back_pressure(void **state)
     up_sender sd = {.fd = upload_hold(path, "Transfer-Encoding: chunked\r\n"), .total = 64u << 20};
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, send_upload, &sd), 0);
-    size_t last = (size_t)-1;
-    long rss_max = 0;
-    for (int still = 0; still < 20 && sd.sent < sd.total;) {
-        nap_ms(50);
-        long rss = xd_rss_kb(xp.pid);
-        rss_max = rss > rss_max ? rss : rss_max;
-        still = sd.sent == last ? still + 1 : 0;
-        last = sd.sent;
-    }
-    assert_true(sd.sent < sd.total);
-    bool rss_checked = !xd_wrapped() && MOAT_TEST_RSS_MEANINGFUL;
-    if (rss_checked)
-        assert_true(rss_max - rss_before < 16 * 1024);
+    wait_held(&sd.sent, sd.total, rss_before);
     FILE *f = fopen(go, "w");
     assert_non_null(f);
     fclose(f);
@@ -887,13 +883,7 @@ static void test_stdin_upload_back_pressure(void **state)
     up_sender held = {.fd = upload_hold(path, "Transfer-Encoding: chunked\r\n"),
                       .total = 64u << 20};
     assert_int_equal(pthread_create(&t, NULL, send_upload, &held), 0);
-    last = (size_t)-1;
-    for (int still = 0; still < 20 && held.sent < held.total;) {
-        nap_ms(50);
-        still = held.sent == last ? still + 1 : 0;
-        last = held.sent;
-    }
-    assert_true(held.sent < held.total);
+    wait_held(&held.sent, held.total, xd_rss_kb(xp.pid));
     delete_session(sid, 200);
     /* execd reads (and drops) the rest of the body, then answers */
     pthread_join(t, NULL);
