@@ -181,6 +181,7 @@ struct moat_server {
     uv_signal_t sig_term, sig_int, sig_hup;
     bool signals_on;
     uv_check_t check;       /* flushes writes and checks the drain after each iteration */
+    uv_prepare_t prepare;   /* flushes writes timer callbacks made, before the loop blocks */
     uv_async_t close_async; /* moat_server_close from any thread */
     moat_server_close_cb close_cb;
     void *close_ud;
@@ -221,7 +222,7 @@ struct moat_server {
     uint32_t creates_inflight; /* CreateSession jobs that may add a session */
     void *create_waiters;
     struct health_watch *health_watches; /* grpc.health.v1 Watch calls (svc_grpc_health.c) */
-    srv_cluster *cluster; /* NULL unless in a cluster (cluster.c) */
+    srv_cluster *cluster;                /* NULL unless in a cluster (cluster.c) */
 };
 
 /* Cluster mode (cluster.c): joins the cluster when cluster_etcd_endpoints is set (a no-op
