@@ -123,6 +123,22 @@ static void finish_req(bridge_req *r, CURLcode rc)
     if (r->next != NULL)
         r->next->prev = r->prev;
     r->next = r->prev = NULL;
+    if (moat_log_get_level() <= MOAT_LOG_DEBUG) {
+        /* Where a slow call's time went: connecting to execd, its first byte, the rest. */
+        curl_off_t conn_us = 0, start_us = 0, total_us = 0;
+        long connects = 0;
+        char *url = NULL;
+        curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME_T, &conn_us);
+        curl_easy_getinfo(r->easy, CURLINFO_STARTTRANSFER_TIME_T, &start_us);
+        curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME_T, &total_us);
+        curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &connects);
+        curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &url);
+        moat_log(MOAT_LOG_DEBUG, "execd_call_done",
+                 "url=\"%s\" curl_code=%d new_connections=%ld connect_us=%lld first_byte_us=%lld "
+                 "total_us=%lld",
+                 url != NULL ? url : "", (int)rc, connects, (long long)conn_us, (long long)start_us,
+                 (long long)total_us);
+    }
     if (r->done != NULL)
         r->done(r, r->cancelled ? CURLE_ABORTED_BY_CALLBACK : rc);
     moat__req_discard(r);
