@@ -804,14 +804,17 @@ moat_err moat_call_start(moat_client *c, const char *method, uint64_t deadline_m
     return MOAT_OK;
 }
 
-/* Keeps a request message for a re-issue; past the window's worth (all a
- * server that has not answered can have let through) the call stops following. */
-static void record(moat_call *call, moat_slice payload)
+/* Keeps a request message, head then data, for a re-issue; past the window's
+ * worth (all a server that has not answered can have let through) the call
+ * stops following. */
+static void record(moat_call *call, moat_slice head, moat_slice data)
 {
-    uint8_t hdr[QUEUE_PREFIX] = {(uint8_t)(payload.len >> 24), (uint8_t)(payload.len >> 16),
-                                 (uint8_t)(payload.len >> 8), (uint8_t)payload.len};
+    size_t len = head.len + data.len;
+    uint8_t hdr[QUEUE_PREFIX] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
+                                 (uint8_t)len};
     if (moat_buf_append(&call->replay, hdr, sizeof hdr) != MOAT_OK ||
-        moat_buf_append(&call->replay, payload.data, payload.len) != MOAT_OK)
+        moat_buf_append(&call->replay, head.data, head.len) != MOAT_OK ||
+        moat_buf_append(&call->replay, data.data, data.len) != MOAT_OK)
         stop_following(call);
 }
 
@@ -957,7 +960,7 @@ moat_err moat__routed_start(moat_client *c, const char *session_id, const char *
         call->request_ref = request;
     } else {
         moat_buf_init(&call->replay, conn->limits.initial_window + 64 * 1024);
-        record(call, request);
+        record(call, request, (moat_slice){NULL, 0});
     }
     return MOAT_OK;
 }
@@ -1034,63 +1037,65 @@ static bool credit_done(moat_client *c, moat_call *want)
     return want->ended || want->send_window.available >= want->send_need;
 }
 
-moat_err moat_call_send(moat_call *call, moat_slice payload, int timeout_ms)
+/* Waits for len bytes of the call's send window. A session_moved End read
+ * meanwhile makes the call follow, and the message goes to the owner. */
+static moat_err await_credit(moat_call *call, size_t len, int timeout_ms)
 {
-    moat_client *c;
     for (;;) {
-        /* A session_moved End read meanwhile: the call follows, this message
-         * with it. */
         if (call->ended && call->moved && follow(call))
             continue;
-        c = call->client;
+        moat_client *c = call->client;
         if (call->ended || c->broken)
             return MOAT_E_CLOSED;
-        if (!message_fits(c, call->id, payload))
+        if (!message_fits(c, call->id, (moat_slice){NULL, len}))
             return MOAT_E_TOO_BIG;
-        call->send_need = (uint32_t)payload.len;
+        call->send_need = (uint32_t)len;
         /* Frames that come meanwhile are queued, not delivered: the caller reads
          * them with moat_call_recv, and keeps granting the server credit. */
         moat_err err = pump(c, call, NULL, timeout_ms, credit_done);
         if (err != MOAT_OK)
             return err;
         if (!call->ended)
-            break;
+            return MOAT_OK;
     }
+}
+
+moat_err moat_call_send(moat_call *call, moat_slice payload, int timeout_ms)
+{
+    moat_err err = await_credit(call, payload.len, timeout_ms);
+    if (err != MOAT_OK)
+        return err;
     moat_window_consume(&call->send_window, (uint32_t)payload.len);
     if (call->follow)
-        record(call, payload);
+        record(call, payload, (moat_slice){NULL, 0});
     moat_frame f;
     memset(&f, 0, sizeof f);
     f.kind = MOAT_FRAME_MESSAGE;
     f.stream_id = call->id;
     f.u.message.payload = payload;
-    return send_frame(c, &f) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
+    return send_frame(call->client, &f) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
 }
 
 moat_err moat__call_send_parts(moat_call *call, moat_slice head, moat_slice data, int timeout_ms)
 {
-    moat_client *c = call->client;
-    if (call->ended || c->broken)
-        return MOAT_E_CLOSED;
     size_t len = head.len + data.len;
-    if (!message_fits(c, call->id, (moat_slice){NULL, len}))
+    uint8_t prefix[MOAT_WIRE_MESSAGE_PREFIX_MAX + 16];
+    if (head.len > sizeof(prefix) - MOAT_WIRE_MESSAGE_PREFIX_MAX)
         return MOAT_E_TOO_BIG;
-    call->send_need = (uint32_t)len;
-    moat_err err = pump(c, call, NULL, timeout_ms, credit_done);
+    moat_err err = await_credit(call, len, timeout_ms);
     if (err != MOAT_OK)
         return err;
-    if (call->ended)
-        return MOAT_E_CLOSED;
-    uint8_t prefix[MOAT_WIRE_MESSAGE_PREFIX_MAX + 16];
     size_t n;
-    if (head.len > sizeof(prefix) - MOAT_WIRE_MESSAGE_PREFIX_MAX ||
-        moat_wire_encode_message_prefix(call->id, len, prefix, MOAT_WIRE_MESSAGE_PREFIX_MAX, &n) !=
-            MOAT_OK)
+    /* the stream id is the owner's after a follow: encoded only now */
+    if (moat_wire_encode_message_prefix(call->id, len, prefix, MOAT_WIRE_MESSAGE_PREFIX_MAX, &n) !=
+        MOAT_OK)
         return MOAT_E_TOO_BIG;
     memcpy(prefix + n, head.data, head.len);
     moat_window_consume(&call->send_window, (uint32_t)len);
+    if (call->follow)
+        record(call, head, data);
     struct iovec iov[2] = {{prefix, n + head.len}, {(void *)data.data, data.len}};
-    return write_iov(c, iov, 2) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
+    return write_iov(call->client, iov, 2) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
 }
 
 uint32_t moat_call_send_window(const moat_call *call)
