@@ -138,8 +138,20 @@ static start_result start_once(moatd_proc *p, const char *bin, bool docker,
          * passes --image (or --allowed_images) in extra, which comes later and wins. */
         argv[n++] = "--image=moat-sandbox:latest";
     }
-    for (int i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
-        argv[n++] = extra[i];
+    /* "%PORT%" in an extra argument becomes the listener's port (a cluster node's advertised
+     * address names it before it is chosen). */
+    char subst[8][256];
+    int nsubst = 0;
+    for (int i = 0; extra != NULL && extra[i] != NULL && n < 62; i++) {
+        const char *at = strstr(extra[i], "%PORT%");
+        if (at != NULL && nsubst < 8) {
+            snprintf(subst[nsubst], sizeof(subst[nsubst]), "%.*s%d%s", (int)(at - extra[i]),
+                     extra[i], p->port, at + 6);
+            argv[n++] = subst[nsubst++];
+        } else {
+            argv[n++] = extra[i];
+        }
+    }
     argv[n] = NULL;
 
     pid_t pid = fork();

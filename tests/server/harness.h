@@ -36,7 +36,8 @@ int moatd_slowdown(void);
  * arguments (NULL-terminated), on a free loopback port, and waits until it
  * accepts connections. With docker false it points at a dead Docker socket and
  * an empty bundle dir; with docker true its image is the minimal moat-sandbox:latest
- * unless extra says otherwise. Returns false (after printing its log) on failure. */
+ * unless extra says otherwise; "%PORT%" in an extra argument is replaced by the port it
+ * listens on. Returns false (after printing its log) on failure. */
 bool moatd_start(moatd_proc *p, bool docker, const char *const *extra);
 /* moatd_start with another moatd binary (an installed one) instead of the build's. */
 bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *const *extra);
