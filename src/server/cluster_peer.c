@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include "cluster_place.h"
@@ -67,6 +69,11 @@ static int connect_to(const char *addr, peer *p)
         close(fd);
         fd = -1;
     }
+    /* The call and its message go as two small writes: without this the second waits for the
+     * peer's delayed ACK of the first (40 ms on Linux). */
+    int one = 1;
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     return fd;
 }
 

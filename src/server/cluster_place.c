@@ -290,9 +290,10 @@ moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t
     rec->expires_at_ms = expires_at_ms;
     /* A lost claim whose holder then goes (ended, or its key freed) is tried again; twice is
      * enough unless creates of this chat keep racing, and then the caller retries. */
+    bool take_chat = true;
     for (int attempt = 0; attempt < 3; attempt++) {
         moat_dir_claim_result claim;
-        moat_code code = moat_dir_claim(etcd, rec, lease, !opts->force_new, &claim, st);
+        moat_code code = moat_dir_claim(etcd, rec, lease, take_chat, &claim, st);
         if (code != MOAT_CODE_OK)
             return code;
         if (claim.won) {
@@ -300,6 +301,11 @@ moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t
             cc->record_rev = claim.record_mod_revision;
             cc->chat_rev = claim.chat_mod_revision;
             return MOAT_CODE_OK;
+        }
+        if (strcmp(claim.holder.node_id, s->cfg.cluster_node_id) == 0 && opts->force_new) {
+            /* A second session beside the chat's, which keeps the key. */
+            take_chat = false;
+            continue;
         }
         if (strcmp(claim.holder.node_id, s->cfg.cluster_node_id) == 0) {
             /* This node found no live session of the chat, yet holds its key: an end whose

@@ -40,8 +40,9 @@ typedef struct cluster_claim {
     bool lost; /* another node's session holds the chat: answer with rec */
 } cluster_claim;
 
-/* Before the container of session sid exists: writes its record (creating) and, unless
- * force_new, takes the chat key (docs/CLUSTER.md, "Placement"). OK with cc->lost when another
+/* Before the container of session sid exists: writes its record (creating) and takes the chat
+ * key, or with force_new beside this node's key for the chat, the record alone
+ * (docs/CLUSTER.md, "Placement"). OK with cc->lost when another
  * node's session holds the chat (cc->rec is it, once running); a key this node holds for a
  * session that is no longer live here is given up first. Other codes: the create fails with
  * st. Outside a cluster: OK, nothing done. */

@@ -257,6 +257,33 @@ static void test_create_places_and_forwards(void **state)
     stop_on(owner, first.session_id);
 }
 
+/* force_new through a non-owner: a second session on the chat's owner, with a record of its
+ * own; the chat key keeps naming the first. On a free chat it takes the key. */
+static void test_force_new_on_owner(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    new_chat(chat);
+    created first = create_on(0, chat, true);
+    assert_int_equal(first.code, 0);
+    int owner = node_of(first.owner);
+    moat_chat_record held;
+    assert_true(chat_held(chat, &held));
+    assert_string_equal(held.session_id, first.session_id);
+    created second = create_on((owner + 1) % NODES, chat, true);
+    assert_int_equal(second.code, 0);
+    assert_string_not_equal(second.session_id, first.session_id);
+    assert_string_equal(second.owner, first.owner);
+    assert_int_equal(record_of(second.session_id).state, MOAT_RECORD_RUNNING);
+    assert_true(chat_held(chat, &held));
+    assert_string_equal(held.session_id, first.session_id);
+    assert_int_equal(containers_of(chat), 2);
+    stop_on(owner, second.session_id);
+    stop_on(owner, first.session_id);
+    assert_int_equal(containers_of(chat), 0);
+}
+
 typedef struct racer {
     int node;
     const char *chat;
@@ -460,6 +487,7 @@ int main(void)
     curl_global_init(CURL_GLOBAL_ALL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_places_and_forwards),
+        cmocka_unit_test(test_force_new_on_owner),
         cmocka_unit_test(test_concurrent_creates_one_container),
         cmocka_unit_test(test_renew_and_stop_written),
         cmocka_unit_test(test_garbage_in_directory),
