@@ -105,34 +105,11 @@ static void start(moatd_proc *p, const char *name, const char *state_dir)
     }
 }
 
-typedef struct created {
-    int code;
-    char session_id[64];
-    char owner[300];
-} created;
+typedef raw_created created;
 
 static created create(const moatd_proc *p, const char *chat, uint64_t *took_ns)
 {
-    created out = {-1, "", ""};
-    raw_conn *c = raw_connect_ready(p->port, TOKEN);
-    if (c == NULL)
-        return out;
-    Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
-    req.chat_id = (char *)chat;
-    ProtobufCMessage *resp = NULL;
-    uint64_t t0 = moat_time_mono_ns();
-    out.code = raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
-                         &moat__v1__sandbox_session__descriptor, &resp, NULL, 0);
-    if (took_ns != NULL)
-        *took_ns = moat_time_mono_ns() - t0;
-    if (resp != NULL) {
-        Moat__V1__SandboxSession *s = (Moat__V1__SandboxSession *)resp;
-        snprintf(out.session_id, sizeof(out.session_id), "%s", s->session_id);
-        snprintf(out.owner, sizeof(out.owner), "%s", s->owner_address);
-        protobuf_c_message_free_unpacked(resp, NULL);
-    }
-    raw_close(c);
-    return out;
+    return raw_create(p->port, TOKEN, chat, false, took_ns);
 }
 
 static void stop(const moatd_proc *p, const char *sid)
@@ -190,7 +167,7 @@ static void bench_deaths(void)
 {
     for (int round = 0; round < DEATHS; round++) {
         char chat[MOAT_UUID_STR_LEN];
-        created c = {-1, "", ""};
+        created c = {-1, "", "", ""};
         for (int tries = 0; tries < 50 && !owned_by(&c, &b); tries++) {
             if (c.code == 0)
                 stop(&a, c.session_id);
@@ -209,7 +186,7 @@ static void bench_deaths(void)
         kill(b.pid, SIGKILL);
         waitpid(b.pid, NULL, 0);
         b.pid = 0;
-        created again = {-1, "", ""};
+        created again = {-1, "", "", ""};
         while (again.code != 0 && moat_time_mono_ns() - t0 < 60ull * 1000000000u) {
             again = create(&a, chat, NULL);
             if (again.code != 0) {

@@ -114,35 +114,11 @@ static int group_teardown(void **state)
         moat_require(docker_present(), "no Docker engine at /var/run/docker.sock");                \
     } while (0)
 
-/* What a CreateSession answered. */
-typedef struct created {
-    int code;
-    char reason[64];
-    char session_id[64];
-    char owner[300];
-} created;
+typedef raw_created created;
 
 static created create_on(int i, const char *chat, bool force_new)
 {
-    created out = {-1, "", "", ""};
-    raw_conn *c = raw_connect_ready(node[i].port, TOKEN);
-    if (c == NULL)
-        return out;
-    Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
-    req.chat_id = (char *)chat;
-    req.force_new = force_new;
-    ProtobufCMessage *resp = NULL;
-    out.code =
-        raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
-                  &moat__v1__sandbox_session__descriptor, &resp, out.reason, sizeof(out.reason));
-    if (resp != NULL) {
-        Moat__V1__SandboxSession *s = (Moat__V1__SandboxSession *)resp;
-        snprintf(out.session_id, sizeof(out.session_id), "%s", s->session_id);
-        snprintf(out.owner, sizeof(out.owner), "%s", s->owner_address);
-        protobuf_c_message_free_unpacked(resp, NULL);
-    }
-    raw_close(c);
-    return out;
+    return raw_create(node[i].port, TOKEN, chat, force_new, NULL);
 }
 
 /* The node whose advertised address is addr, or -1. */

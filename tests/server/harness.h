@@ -100,6 +100,19 @@ int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
               const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, char *reason,
               size_t reason_len);
 
+/* What a CreateSession answered: its End's code (-1 for a transport failure) and reason, and
+ * the session's id and owner_address. */
+typedef struct raw_created {
+    int code;
+    char reason[64];
+    char session_id[64];
+    char owner[300];
+} raw_created;
+/* One CreateSession for chat on a new connection to port with token (NULL = none); *took_ns
+ * (may be NULL) gets the call's time, connection excluded. */
+raw_created raw_create(int port, const char *token, const char *chat, bool force_new,
+                       uint64_t *took_ns);
+
 /* The first MiB of a file as a NUL-terminated string (free it); "" when it cannot be read. */
 char *slurp_file(const char *path);
 
