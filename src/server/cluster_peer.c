@@ -18,6 +18,8 @@
 #include "cluster_place.h"
 #include "wire/wire.h"
 
+#define PEER_HELLO_MS 3000u
+
 typedef struct peer {
     int fd;
     uint64_t deadline_ns; /* monotonic */
@@ -152,7 +154,12 @@ moat_code moat__peer_unary(const char *addr, const char *token, const char *meth
 {
     *response = NULL;
     *response_len = 0;
-    peer p = {.deadline_ns = moat_time_mono_ns() + timeout_ms * 1000000u};
+    /* A node that is alive but stuck (stopped, swapping, its loop blocked) accepts connections
+     * in its kernel and answers nothing: the connect and the hello get a few seconds of the
+     * deadline, so such a node is unavailable at once rather than at the create's deadline. */
+    uint64_t start = moat_time_mono_ns();
+    uint64_t hello_ms = timeout_ms < PEER_HELLO_MS ? timeout_ms : PEER_HELLO_MS;
+    peer p = {.deadline_ns = start + hello_ms * 1000000u};
     moat_wire_decoder_init(&p.dec, MOAT_WIRE_PREHELLO_MAX_FRAME);
     p.fd = connect_to(addr, &p);
     if (p.fd < 0) {
@@ -175,6 +182,7 @@ moat_code moat__peer_unary(const char *addr, const char *token, const char *meth
         goto out;
     }
     moat_wire_decoder_set_max(&p.dec, f.u.hello_ack.max_frame_size);
+    p.deadline_ns = start + timeout_ms * 1000000u;
     moat_frame call = {0};
     call.stream_id = 1;
     call.kind = MOAT_FRAME_CALL;

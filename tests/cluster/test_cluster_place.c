@@ -379,6 +379,46 @@ static void test_node_killed_chat_placed_elsewhere(void **state)
     stop_on(node_of(again.owner), again.session_id);
 }
 
+/* The owner stopped (SIGSTOP) past its lease, as a node cut off from etcd: its chat is placed
+ * elsewhere meanwhile (a stuck node answers no hello and is passed over); let go again (SIGCONT),
+ * it hears its lease is gone, registers as a new incarnation and stops its old session, whose
+ * record it writes ended node_lost. */
+static void test_node_cut_off_learns_lease_lost(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    new_chat(chat);
+    created c = create_on(0, chat, false);
+    assert_int_equal(c.code, 0);
+    int cut = node_of(c.owner);
+    int other = (cut + 1) % NODES;
+    moat_node before;
+    assert_true(etcd_cluster_lists_node(etcd, node_id[cut], &before));
+    assert_int_equal(kill(node[cut].pid, SIGSTOP), 0);
+    ETCD_WAIT_FOR(!etcd_cluster_lists_node(etcd, node_id[cut], NULL), WAIT_S);
+    created again = {0};
+    for (int tick = 0; tick < WAIT_S * 20; tick++) {
+        again = create_on(other, chat, false);
+        if (again.code == 0)
+            break;
+        etcd_cluster_sleep_ms(50);
+    }
+    assert_int_equal(kill(node[cut].pid, SIGCONT), 0);
+    assert_int_equal(again.code, 0);
+    assert_string_not_equal(again.session_id, c.session_id);
+    assert_int_not_equal(node_of(again.owner), cut);
+
+    moat_node after;
+    ETCD_WAIT_FOR(
+        etcd_cluster_lists_node(etcd, node_id[cut], &after) && after.lease != before.lease, WAIT_S);
+    ETCD_WAIT_FOR(record_of(c.session_id).state == MOAT_RECORD_ENDED, WAIT_S);
+    assert_string_equal(record_of(c.session_id).end_reason, "node_lost");
+    ETCD_WAIT_FOR(containers_of(chat) == 1, WAIT_S);
+    assert_true(moatd_log_contains(&node[cut], "cluster_swept"));
+    stop_on(node_of(again.owner), again.session_id);
+}
+
 /* All of etcd down: creates fail UNAVAILABLE with a reason, a running session still runs
  * commands; etcd back, creates work. */
 static void test_etcd_down(void **state)
@@ -468,6 +508,7 @@ int main(void)
         cmocka_unit_test(test_renew_and_stop_written),
         cmocka_unit_test(test_garbage_in_directory),
         cmocka_unit_test(test_etcd_down),
+        cmocka_unit_test(test_node_cut_off_learns_lease_lost),
         cmocka_unit_test(test_node_killed_chat_placed_elsewhere),
     };
     int rc = moat_run_group_tests("test_cluster_place", tests, group_setup, group_teardown);
