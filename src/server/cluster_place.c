@@ -109,8 +109,8 @@ static moat_code forward(place_job *p, const char *addr)
 }
 
 /* A free chat: the power of two choices over the members (the chat's home first), and the
- * create where it lands. A chosen node that cannot be reached is left out and another chosen,
- * once: it may have died since the member list was read. */
+ * create where it lands. A chosen node that cannot be reached, or is fenced, is left out and
+ * another chosen, once: it may have died or lost etcd since the member list was read. */
 static void place_free(place_job *p)
 {
     engine_job *j = &p->base;
@@ -139,7 +139,9 @@ static void place_free(place_job *p)
             break;
         }
         j->code = forward(p, nodes[i].address);
-        if (j->code != MOAT_CODE_UNAVAILABLE || strcmp(j->status.reason, "peer_unavailable") != 0)
+        if (j->code != MOAT_CODE_UNAVAILABLE ||
+            (strcmp(j->status.reason, "peer_unavailable") != 0 &&
+             strcmp(j->status.reason, "node_fenced") != 0))
             break;
         nodes[i] = nodes[--n];
         home[0] = '\0';
@@ -190,7 +192,7 @@ static void place_done(engine_job *j)
         Moat__V1__SandboxSession *sess =
             moat__v1__sandbox_session__unpack(NULL, p->resp_len, p->resp);
         if (sess == NULL) {
-            moat_status_set(&j->status, MOAT_CODE_INTERNAL, "peer_unavailable",
+            moat_status_set(&j->status, MOAT_CODE_UNAVAILABLE, "peer_unavailable",
                             "node %s answered the create with a message that does not decode",
                             p->target);
             moat_rpc_call_end(st->call, &j->status);
@@ -320,6 +322,16 @@ moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t
         }
         moat_session_record held;
         code = wait_running(s, claim.holder.session_id, &held, st);
+        if (code == MOAT_CODE_OK && opts->image != NULL && strcmp(held.image, opts->image) != 0) {
+            /* As on one node: the chat's session is not handed to a request for another image. */
+            moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "session_image_differs",
+                            "chat %s has session %s running image '%s'; stop it or create with "
+                            "force_new",
+                            chat, held.session_id, held.image);
+            moat_status_add_detail(st, "session_id", held.session_id);
+            moat_status_add_detail(st, "image", held.image);
+            return MOAT_CODE_FAILED_PRECONDITION;
+        }
         if (code == MOAT_CODE_OK) {
             cc->lost = true;
             cc->rec = held;
