@@ -26,13 +26,13 @@
 #define WAIT_S 60
 #define NODES  3
 #define TOKEN  "cluster-place-token"
-#define TTL_S  2
+#define TTL_S  2 /* times moatd_slowdown(): under valgrind keepalives run ten times slower */
 
 static etcd_cluster cl;
 static moat_etcd *etcd;
 static moatd_proc node[NODES];
 static char node_id[NODES][32];
-static char args[NODES][6][300];
+static char args[NODES][7][300];
 static char restarted_dir[256]; /* a killed node's state dir, run again on it */
 
 static void remove_containers(void)
@@ -61,12 +61,13 @@ static bool start_node(int i, const char *state_dir)
     snprintf(a[2], sizeof(a[2]), "--instance=mcp%dn%d", (int)getpid(), i);
     snprintf(a[3], sizeof(a[3]), "--container_name_prefix=mcp%dn%d-", (int)getpid(), i);
     snprintf(a[4], sizeof(a[4]), "--state_dir=%s", state_dir != NULL ? state_dir : "");
+    snprintf(a[5], sizeof(a[5]), "--cluster_lease_ttl_seconds=%d", TTL_S * moatd_slowdown());
     const char *extra[] = {a[0],
                            a[1],
                            a[2],
                            a[3],
                            "--cluster_advertise=127.0.0.1:%PORT%",
-                           "--cluster_lease_ttl_seconds=2",
+                           a[5],
                            "--token=" TOKEN,
                            "--workspace_quota=false",
                            state_dir != NULL ? a[4] : NULL,
@@ -367,9 +368,20 @@ static void test_node_killed_chat_placed_elsewhere(void **state)
     assert_string_not_equal(again.session_id, c.session_id);
     assert_int_not_equal(node_of(again.owner), dead);
     printf("death to create elsewhere: %llu ms (lease TTL %d s)\n", (unsigned long long)took_ms,
-           TTL_S);
+           TTL_S * moatd_slowdown());
 
     /* The old container still runs (its moatd died, the engine did not). */
+    if (containers_of(chat) != 2) {
+        char dbg[700];
+        snprintf(dbg, sizeof(dbg),
+                 "docker ps -a --filter label=chat_id=%s --format '{{.Names}} {{.Status}}'; "
+                 "grep -h cluster_ %s/moatd.log %s/moatd.log",
+                 chat, state_dir, node[other].state_dir);
+        if (system(dbg) != 0)
+            printf("no docker\n");
+        printf("old record: %d %s\n", record_of(c.session_id).state,
+               record_of(c.session_id).end_reason);
+    }
     assert_int_equal(containers_of(chat), 2);
     snprintf(restarted_dir, sizeof(restarted_dir), "%s", state_dir);
     assert_true(start_node(dead, restarted_dir));
