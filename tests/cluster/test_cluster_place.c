@@ -163,6 +163,15 @@ static void new_chat(char out[MOAT_UUID_STR_LEN])
     moat_uuid_generate(out);
 }
 
+/* A session of a new chat (its id into chat) created through node via. */
+static created fresh_session(int via, char chat[MOAT_UUID_STR_LEN], bool force_new)
+{
+    new_chat(chat);
+    created c = create_on(via, chat, force_new);
+    assert_int_equal(c.code, 0);
+    return c;
+}
+
 static moat_session_record record_of(const char *sid)
 {
     moat_session_record rec;
@@ -241,9 +250,7 @@ static void test_force_new_on_owner(void **state)
     (void)state;
     REQUIRE();
     char chat[MOAT_UUID_STR_LEN];
-    new_chat(chat);
-    created first = create_on(0, chat, true);
-    assert_int_equal(first.code, 0);
+    created first = fresh_session(0, chat, true);
     int owner = node_of(first.owner);
     moat_chat_record held;
     assert_true(chat_held(chat, &held));
@@ -307,9 +314,7 @@ static void test_renew_and_stop_written(void **state)
     (void)state;
     REQUIRE();
     char chat[MOAT_UUID_STR_LEN];
-    new_chat(chat);
-    created c = create_on(1, chat, false);
-    assert_int_equal(c.code, 0);
+    created c = fresh_session(1, chat, false);
     int owner = node_of(c.owner);
     raw_conn *conn = raw_connect_ready(node[owner].port, TOKEN);
     assert_non_null(conn);
@@ -337,6 +342,31 @@ static void test_renew_and_stop_written(void **state)
     assert_string_equal(home, node_id[owner]);
 }
 
+/* Creates of chat through node via until one makes a session other than old_sid: the chat's
+ * node is dead or stuck, and its chat free once its lease expires. */
+static created placed_again(int via, const char *chat, const char *old_sid)
+{
+    created again = {0};
+    for (int tick = 0; tick < WAIT_S * 20; tick++) {
+        again = create_on(via, chat, false);
+        if (again.code == 0 && strcmp(again.session_id, old_sid) != 0)
+            break;
+        etcd_cluster_sleep_ms(50);
+    }
+    assert_int_equal(again.code, 0);
+    assert_string_not_equal(again.session_id, old_sid);
+    return again;
+}
+
+/* The old incarnation's session of chat is ended node_lost and its container gone, leaving the
+ * chat's new one. */
+static void wait_node_lost(const char *sid, const char *chat)
+{
+    ETCD_WAIT_FOR(record_of(sid).state == MOAT_RECORD_ENDED, WAIT_S);
+    assert_string_equal(record_of(sid).end_reason, "node_lost");
+    ETCD_WAIT_FOR(containers_of(chat) == 1, WAIT_S);
+}
+
 /* The owner SIGKILLed: once its lease expires a create on another node places the chat again
  * (the time from the kill is printed, not judged); restarted on its state dir as a new
  * incarnation, it stops its old session and writes it ended node_lost. */
@@ -345,9 +375,7 @@ static void test_node_killed_chat_placed_elsewhere(void **state)
     (void)state;
     REQUIRE();
     char chat[MOAT_UUID_STR_LEN];
-    new_chat(chat);
-    created c = create_on(0, chat, false);
-    assert_int_equal(c.code, 0);
+    created c = fresh_session(0, chat, false);
     int dead = node_of(c.owner);
     int other = (dead + 1) % NODES;
     char state_dir[256];
@@ -356,16 +384,8 @@ static void test_node_killed_chat_placed_elsewhere(void **state)
     kill(node[dead].pid, SIGKILL);
     waitpid(node[dead].pid, NULL, 0);
     node[dead].pid = 0;
-    created again = {0};
-    for (int tick = 0; tick < WAIT_S * 20; tick++) {
-        again = create_on(other, chat, false);
-        if (again.code == 0 && strcmp(again.session_id, c.session_id) != 0)
-            break;
-        etcd_cluster_sleep_ms(50);
-    }
+    created again = placed_again(other, chat, c.session_id);
     uint64_t took_ms = (moat_time_mono_ns() - t0) / 1000000u;
-    assert_int_equal(again.code, 0);
-    assert_string_not_equal(again.session_id, c.session_id);
     assert_int_not_equal(node_of(again.owner), dead);
     printf("death to create elsewhere: %llu ms (lease TTL %d s)\n", (unsigned long long)took_ms,
            TTL_S * moatd_slowdown());
@@ -385,9 +405,7 @@ static void test_node_killed_chat_placed_elsewhere(void **state)
     assert_int_equal(containers_of(chat), 2);
     snprintf(restarted_dir, sizeof(restarted_dir), "%s", state_dir);
     assert_true(start_node(dead, restarted_dir));
-    ETCD_WAIT_FOR(record_of(c.session_id).state == MOAT_RECORD_ENDED, WAIT_S);
-    assert_string_equal(record_of(c.session_id).end_reason, "node_lost");
-    ETCD_WAIT_FOR(containers_of(chat) == 1, WAIT_S);
+    wait_node_lost(c.session_id, chat);
     stop_on(node_of(again.owner), again.session_id);
 }
 
@@ -400,33 +418,21 @@ static void test_node_cut_off_learns_lease_lost(void **state)
     (void)state;
     REQUIRE();
     char chat[MOAT_UUID_STR_LEN];
-    new_chat(chat);
-    created c = create_on(0, chat, false);
-    assert_int_equal(c.code, 0);
+    created c = fresh_session(0, chat, false);
     int cut = node_of(c.owner);
     int other = (cut + 1) % NODES;
     moat_node before;
     assert_true(etcd_cluster_lists_node(etcd, node_id[cut], &before));
     assert_int_equal(kill(node[cut].pid, SIGSTOP), 0);
     ETCD_WAIT_FOR(!etcd_cluster_lists_node(etcd, node_id[cut], NULL), WAIT_S);
-    created again = {0};
-    for (int tick = 0; tick < WAIT_S * 20; tick++) {
-        again = create_on(other, chat, false);
-        if (again.code == 0)
-            break;
-        etcd_cluster_sleep_ms(50);
-    }
+    created again = placed_again(other, chat, c.session_id);
     assert_int_equal(kill(node[cut].pid, SIGCONT), 0);
-    assert_int_equal(again.code, 0);
-    assert_string_not_equal(again.session_id, c.session_id);
     assert_int_not_equal(node_of(again.owner), cut);
 
     moat_node after;
     ETCD_WAIT_FOR(
         etcd_cluster_lists_node(etcd, node_id[cut], &after) && after.lease != before.lease, WAIT_S);
-    ETCD_WAIT_FOR(record_of(c.session_id).state == MOAT_RECORD_ENDED, WAIT_S);
-    assert_string_equal(record_of(c.session_id).end_reason, "node_lost");
-    ETCD_WAIT_FOR(containers_of(chat) == 1, WAIT_S);
+    wait_node_lost(c.session_id, chat);
     assert_true(moatd_log_contains(&node[cut], "cluster_swept"));
     stop_on(node_of(again.owner), again.session_id);
 }
@@ -438,9 +444,7 @@ static void test_etcd_down(void **state)
     (void)state;
     REQUIRE();
     char chat[MOAT_UUID_STR_LEN];
-    new_chat(chat);
-    created c = create_on(2, chat, false);
-    assert_int_equal(c.code, 0);
+    created c = fresh_session(2, chat, false);
     int owner = node_of(c.owner);
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
         etcd_cluster_kill(&cl, m);
