@@ -356,16 +356,26 @@ void moat__cluster_created(srv *s, cluster_claim *cc, const moat_session *sess, 
         return;
     moat_etcd *etcd = moat__cluster_etcd(s);
     moat_status st;
-    moat_code code;
+    moat_code code = MOAT_CODE_UNAVAILABLE;
     if (ok) {
         cc->rec.state = MOAT_RECORD_RUNNING;
         cc->rec.created_at_ms = sess->created_at_ms;
         cc->rec.expires_at_ms = sess->expires_at_ms;
         snprintf(cc->rec.image, sizeof(cc->rec.image), "%s", sess->image);
-        code = moat_dir_update(etcd, &cc->rec, cc->record_rev, NULL, &st);
-    } else {
-        code = moat_dir_abort(etcd, cc->rec.session_id, cc->rec.chat_id, cc->record_rev,
-                              cc->chat_rev, &st);
+    }
+    /* Both compare the revisions the claim wrote, so a write whose answer was lost is safe to
+     * send again (a repeat that finds them moved has nothing left to do); creates of the chat
+     * elsewhere wait for this record to be running. */
+    for (int i = 0; i < 3 && code == MOAT_CODE_UNAVAILABLE; i++) {
+        if (ok) {
+            code = moat_dir_update(etcd, &cc->rec, cc->record_rev, NULL, &st);
+            /* A repeat that finds the revision moved: the write before it went through. */
+            if (i > 0 && code == MOAT_CODE_FAILED_PRECONDITION)
+                code = MOAT_CODE_OK;
+        } else {
+            code = moat_dir_abort(etcd, cc->rec.session_id, cc->rec.chat_id, cc->record_rev,
+                                  cc->chat_rev, &st);
+        }
     }
     if (code != MOAT_CODE_OK)
         moat_log(MOAT_LOG_WARN, "cluster_record_not_written",

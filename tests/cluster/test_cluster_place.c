@@ -195,6 +195,26 @@ static bool chat_held(const char *chat, moat_chat_record *out)
     return found;
 }
 
+/* RenewSession on node i: its code, reason into reason[64] and the new expiry into *expires
+ * (both may be NULL). */
+static int renew_on(int i, const char *sid, uint32_t ttl_seconds, char *reason, int64_t *expires)
+{
+    raw_conn *c = raw_connect_ready(node[i].port, TOKEN);
+    assert_non_null(c);
+    Moat__V1__RenewSessionRequest req = MOAT__V1__RENEW_SESSION_REQUEST__INIT;
+    req.session_id = (char *)sid;
+    req.ttl_seconds = ttl_seconds;
+    ProtobufCMessage *resp = NULL;
+    int code = raw_unary(c, "/moat.v1.Sandboxes/RenewSession", &req.base,
+                         &moat__v1__sandbox_session__descriptor, &resp, reason, 64);
+    if (resp != NULL && expires != NULL)
+        *expires = ((Moat__V1__SandboxSession *)resp)->expires_at_ms;
+    if (resp != NULL)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    raw_close(c);
+    return code;
+}
+
 static void stop_on(int i, const char *sid)
 {
     raw_conn *c = raw_connect_ready(node[i].port, TOKEN);
@@ -316,18 +336,9 @@ static void test_renew_and_stop_written(void **state)
     char chat[MOAT_UUID_STR_LEN];
     created c = fresh_session(1, chat, false);
     int owner = node_of(c.owner);
-    raw_conn *conn = raw_connect_ready(node[owner].port, TOKEN);
-    assert_non_null(conn);
-    Moat__V1__RenewSessionRequest rr = MOAT__V1__RENEW_SESSION_REQUEST__INIT;
-    rr.session_id = c.session_id;
-    rr.ttl_seconds = 900;
-    ProtobufCMessage *resp = NULL;
-    assert_int_equal(raw_unary(conn, "/moat.v1.Sandboxes/RenewSession", &rr.base,
-                               &moat__v1__sandbox_session__descriptor, &resp, NULL, 0),
-                     0);
-    int64_t expires = ((Moat__V1__SandboxSession *)resp)->expires_at_ms;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    raw_close(conn);
+    int64_t expires = 0;
+    char reason[64];
+    assert_int_equal(renew_on(owner, c.session_id, 900, reason, &expires), 0);
     moat_session_record rec = record_of(c.session_id);
     assert_true(rec.expires_at_ms >= expires - 1000 && rec.expires_at_ms <= expires);
 
@@ -446,6 +457,7 @@ static void test_etcd_down(void **state)
     char chat[MOAT_UUID_STR_LEN];
     created c = fresh_session(2, chat, false);
     int owner = node_of(c.owner);
+    int64_t expiry_before = record_of(c.session_id).expires_at_ms;
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
         etcd_cluster_kill(&cl, m);
     char other[MOAT_UUID_STR_LEN];
@@ -457,8 +469,15 @@ static void test_etcd_down(void **state)
                     strcmp(refused.reason, "node_fenced") == 0);
     }
     assert_true(runs_echo(owner, c.session_id));
+    /* A renewal must be durable: none while etcd cannot take it. */
+    int64_t before = expiry_before;
+    char reason[64];
+    assert_int_equal(renew_on(owner, c.session_id, 900, reason, NULL), MOAT_CODE_UNAVAILABLE);
+    assert_true(strcmp(reason, "etcd_unavailable") == 0 || strcmp(reason, "node_fenced") == 0);
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
         assert_int_equal(etcd_cluster_restart(&cl, m), 0);
+    ETCD_WAIT_FOR(renew_on(owner, c.session_id, 900, reason, NULL) == 0, WAIT_S);
+    assert_true(record_of(c.session_id).expires_at_ms > before);
     ETCD_WAIT_FOR(create_on(0, other, false).code == 0, WAIT_S);
     created o = create_on(0, other, false);
     stop_on(node_of(o.owner), o.session_id);
@@ -499,16 +518,9 @@ static void test_garbage_in_directory(void **state)
     int owner = node_of(c.owner);
     moat_session_record_key(c.session_id, key, sizeof(key));
     put_raw(key, "[1,2,3]");
-    raw_conn *conn = raw_connect_ready(node[owner].port, TOKEN);
-    assert_non_null(conn);
-    Moat__V1__RenewSessionRequest rr = MOAT__V1__RENEW_SESSION_REQUEST__INIT;
-    rr.session_id = c.session_id;
     char reason[64];
-    assert_int_equal(raw_unary(conn, "/moat.v1.Sandboxes/RenewSession", &rr.base, NULL, NULL,
-                               reason, sizeof(reason)),
-                     MOAT_CODE_INTERNAL);
+    assert_int_equal(renew_on(owner, c.session_id, 0, reason, NULL), MOAT_CODE_INTERNAL);
     assert_string_equal(reason, "cluster_record_invalid");
-    raw_close(conn);
     stop_on(owner, c.session_id);
     for (int i = 0; i < NODES; i++)
         assert_true(kill(node[i].pid, 0) == 0);
