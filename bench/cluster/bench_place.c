@@ -107,9 +107,13 @@ static void start(moatd_proc *p, const char *name, const char *state_dir)
 
 typedef raw_created created;
 
+/* An empty owner_address is the node that answered: it holds the session. */
 static created create(const moatd_proc *p, const char *chat, uint64_t *took_ns)
 {
-    return raw_create(p->port, TOKEN, chat, false, took_ns);
+    created c = raw_create(p->port, TOKEN, chat, false, took_ns);
+    if (c.code == 0 && c.owner[0] == '\0')
+        snprintf(c.owner, sizeof(c.owner), "127.0.0.1:%d", p->port);
+    return c;
 }
 
 static void stop(const moatd_proc *p, const char *sid)
@@ -212,7 +216,7 @@ int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     curl_global_init(CURL_GLOBAL_ALL);
-    if (etcd_cluster_open(&cl, &etcd, 1000, 60) != 0 || etcd == NULL)
+    if (etcd_cluster_open(&cl, NULL, &etcd, 1000, 60) != 0 || etcd == NULL)
         die("etcd did not start (is etcd-server installed?)");
     start(&lone, "l", NULL);
     start(&a, "a", NULL);

@@ -174,7 +174,10 @@ moat_err moat__cluster_start(srv *s)
         free(c);
         return MOAT_E_NOMEM;
     }
-    moat_etcd_config ecfg = {eps, n, 0, 0};
+    moat_etcd_config ecfg = {.endpoints = eps,
+                             .endpoint_count = n,
+                             .tls = {s->cfg.cluster_etcd_tls_ca, s->cfg.cluster_etcd_tls_cert,
+                                     s->cfg.cluster_etcd_tls_key}};
     c->etcd = moat_etcd_open(&ecfg, &st);
     free(buf);
     moat_membership_config mcfg = {c->etcd,

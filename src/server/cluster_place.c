@@ -68,6 +68,7 @@ typedef struct place_job {
     uint8_t *resp; /* the chosen node's SandboxSession */
     size_t resp_len;
     char target[MOAT_NODE_ID_MAX];
+    char target_addr[MOAT_NODE_ADDRESS_MAX]; /* where it was forwarded */
     uint64_t rng;
 } place_job;
 
@@ -104,6 +105,7 @@ static moat_code forward(place_job *p, const char *addr)
     srv *s = p->base.s;
     free(p->resp);
     p->resp = NULL;
+    snprintf(p->target_addr, sizeof(p->target_addr), "%s", addr);
     return moat__peer_unary(addr, p->token, "/moat.v1.Sandboxes/CreateSession",
                             (moat_slice){p->fwd, p->fwd_len}, forward_timeout_ms(s), &p->resp,
                             &p->resp_len, &p->base.status);
@@ -198,7 +200,13 @@ static void place_done(engine_job *j)
                             p->target);
             moat_rpc_call_end(st->call, &j->status);
         } else if (moat__running(st)) {
+            /* The node that made it answered for its own session, with no owner_address; this
+             * node does not hold it, so the client learns where it lives. */
+            char *given = sess->owner_address;
+            if (given == NULL || given[0] == '\0')
+                sess->owner_address = p->target_addr;
             moat_rpc_call_reply(st->call, &sess->base);
+            sess->owner_address = given;
         }
         if (sess != NULL)
             moat__v1__sandbox_session__free_unpacked(sess, NULL);
@@ -381,12 +389,6 @@ void moat__cluster_created(srv *s, cluster_claim *cc, const moat_session *sess, 
         moat_log(MOAT_LOG_WARN, "cluster_record_not_written",
                  "session_id=%s state=%s code=%s reason=%s msg=\"%s\"", cc->rec.session_id,
                  ok ? "running" : "aborted", moat_code_name(st.code), st.reason, st.message);
-}
-
-void moat__cluster_fill(srv *s, Moat__V1__SandboxSession *out)
-{
-    if (in_cluster(s))
-        out->owner_address = s->cfg.cluster_advertise;
 }
 
 void moat__cluster_reply_record(stream *st, const moat_session_record *rec)

@@ -52,9 +52,8 @@ moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t
 /* After the create (worker): the record becomes running, or on a failed start both keys go. */
 void moat__cluster_created(srv *s, cluster_claim *cc, const moat_session *sess, bool ok);
 
-/* The session this node answers with, owner_address filled in a cluster. */
-void moat__cluster_fill(srv *s, Moat__V1__SandboxSession *out);
-/* Loop: answers a create with another node's session from its record. */
+/* Loop: answers a create with another node's session from its record, its owner_address the
+ * owner's. */
 void moat__cluster_reply_record(stream *st, const moat_session_record *rec);
 
 /* ---- renew and end (worker or the reaper's thread) ---------------------------------------- */

@@ -84,6 +84,9 @@ typedef struct moat_server_config {
     char *cluster_node_id;        /* "" = the host name */
     char *cluster_advertise;      /* host:port clients and peers dial for this node */
     uint32_t cluster_lease_ttl_seconds;
+    char *cluster_etcd_tls_ca;   /* PEM CA bundle verifying the members; "" = the system's */
+    char *cluster_etcd_tls_cert; /* PEM client certificate; "" with cluster_etcd_tls_key: none */
+    char *cluster_etcd_tls_key;  /* its unencrypted PEM private key */
     /* Path of the file that was read ("" when none); not a key. */
     char *config_file;
     /* grpc_tls_cert and grpc_tls_key as moat_server_config_finish loaded them; NULL: h2c. Not a

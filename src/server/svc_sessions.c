@@ -58,7 +58,6 @@ static void reply_session(stream *st, const moat_session *sess)
     Moat__V1__SandboxSession__LabelsEntry lab[3];
     Moat__V1__SandboxSession__LabelsEntry *labp[3];
     to_proto(sess, &msg, lab, labp);
-    moat__cluster_fill(st->s, &msg);
     moat_rpc_call_reply(st->call, &msg.base);
 }
 
@@ -478,7 +477,6 @@ static void list_reply(list_job *l)
                 continue;
             moat__session_cache_put(st->s, &l->sessions[i]);
             to_proto(&l->sessions[i], &items[n], lab[n], labp[n]);
-            moat__cluster_fill(st->s, &items[n]);
             ptrs[n] = &items[n];
             n++;
         }

@@ -83,7 +83,7 @@ static int group_setup(void **state)
     (void)state;
     if (!docker_present() || !etcd_cluster_available())
         return 0;
-    if (etcd_cluster_open(&cl, &etcd, 1000, WAIT_S) != 0)
+    if (etcd_cluster_open(&cl, NULL, &etcd, 1000, WAIT_S) != 0)
         return -1;
     remove_containers();
     for (int i = 0; i < NODES; i++)
@@ -117,9 +117,13 @@ static int group_teardown(void **state)
 
 typedef raw_created created;
 
+/* An empty owner_address is the node that answered: it holds the session. */
 static created create_on(int i, const char *chat, bool force_new)
 {
-    return raw_create(node[i].port, TOKEN, chat, force_new, NULL);
+    created c = raw_create(node[i].port, TOKEN, chat, force_new, NULL);
+    if (c.code == 0 && c.owner[0] == '\0')
+        snprintf(c.owner, sizeof(c.owner), "127.0.0.1:%d", node[i].port);
+    return c;
 }
 
 /* The node whose advertised address is addr, or -1. */
@@ -252,6 +256,8 @@ static void test_create_places_and_forwards(void **state)
         assert_string_equal(again.session_id, first.session_id);
         assert_string_equal(again.owner, first.owner);
     }
+    /* The owner names no other node: the session is its own. */
+    assert_string_equal(raw_create(node[owner].port, TOKEN, chat, false, NULL).owner, "");
     assert_int_equal(containers_of(chat), 1);
     assert_true(runs_echo(owner, first.session_id));
     moat_session_record rec = record_of(first.session_id);

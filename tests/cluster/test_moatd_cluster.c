@@ -52,7 +52,7 @@ static bool create_not_fenced(raw_conn *c)
 static int group_setup(void **state)
 {
     (void)state;
-    return etcd_cluster_open(&cl, &etcd, 1000, WAIT_S);
+    return etcd_cluster_open(&cl, NULL, &etcd, 1000, WAIT_S);
 }
 
 static int group_teardown(void **state)
