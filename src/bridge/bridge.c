@@ -139,6 +139,10 @@ static void process_reap(moat_bridge *b)
         b->unpause_pending = false;
         moat__exec_unpause_all(b);
     }
+    if (b->in_curl == 0 && b->uploads_pending) {
+        b->uploads_pending = false;
+        moat__terminal_start_uploads(b);
+    }
 }
 
 static void check_done(moat_bridge *b)
@@ -409,6 +413,18 @@ bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const 
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
     }
     return r;
+}
+
+void moat__req_chunked_body(bridge_req *r, curl_read_callback read, void *ud)
+{
+    r->hdrs = curl_slist_append(r->hdrs, "Content-Type: application/octet-stream");
+    r->hdrs = curl_slist_append(r->hdrs, "Transfer-Encoding: chunked");
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+    curl_easy_setopt(r->easy, CURLOPT_READFUNCTION, read);
+    curl_easy_setopt(r->easy, CURLOPT_READDATA, ud);
 }
 
 moat_err moat__req_start(bridge_req *r, moat_status *st)

@@ -436,10 +436,14 @@ moat_err moat_exec_stdin(moat_call *call, moat_slice data, int timeout_ms)
 {
     if (data.len > moat_exec_stdin_max(moat__call_client(call)))
         return MOAT_E_TOO_BIG;
-    moat_v1_InteractiveRequest r = moat_v1_InteractiveRequest_init_zero;
-    r.which_input = moat_v1_InteractiveRequest_stdin_tag;
-    moat__pb_encode_slice(&r.input.stdin, &data);
-    return send_input(call, &r, timeout_ms);
+    /* An InteractiveRequest holding only stdin is its field's tag and length, then the bytes:
+     * those go to the socket from the caller's buffer, not through two encodings. */
+    uint8_t head[16];
+    pb_ostream_t os = pb_ostream_from_buffer(head, sizeof head);
+    if (!pb_encode_tag(&os, PB_WT_STRING, moat_v1_InteractiveRequest_stdin_tag) ||
+        !pb_encode_varint(&os, data.len))
+        return MOAT_E_TOO_BIG;
+    return moat__call_send_parts(call, (moat_slice){head, os.bytes_written}, data, timeout_ms);
 }
 
 moat_err moat_exec_close_stdin(moat_call *call, int timeout_ms)

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -96,15 +97,19 @@ static int remaining_ms(int64_t until, int timeout_ms)
 
 static void fail_all(moat_client *c, moat_code code, const char *reason, const char *msg);
 
-static moat_err write_all(moat_client *c, const uint8_t *p, size_t n)
+/* Writes every byte of v[0..cnt), which it advances; MOAT_E_IO (and every call failed) when
+ * the connection breaks. */
+static moat_err write_iov(moat_client *c, struct iovec *v, int cnt)
 {
-    while (n > 0) {
-        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-        if (w > 0) {
-            p += w;
-            n -= (size_t)w;
-            continue;
+    for (;;) {
+        while (cnt > 0 && v->iov_len == 0) {
+            v++;
+            cnt--;
         }
+        if (cnt == 0)
+            break;
+        struct msghdr mh = {.msg_iov = v, .msg_iovlen = (size_t)cnt};
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -115,11 +120,28 @@ static moat_err write_all(moat_client *c, const uint8_t *p, size_t n)
             }
             continue;
         }
-        fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost", strerror(errno));
-        return MOAT_E_IO;
+        if (w <= 0) {
+            fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost",
+                     w < 0 ? strerror(errno) : "nothing written");
+            return MOAT_E_IO;
+        }
+        for (size_t done = (size_t)w; done > 0; v++, cnt--) {
+            size_t take = done < v->iov_len ? done : v->iov_len;
+            v->iov_base = (uint8_t *)v->iov_base + take;
+            v->iov_len -= take;
+            done -= take;
+            if (v->iov_len > 0)
+                break;
+        }
     }
     c->last_send_ms = mono_ms();
     return MOAT_OK;
+}
+
+static moat_err write_all(moat_client *c, const uint8_t *p, size_t n)
+{
+    struct iovec v = {(void *)p, n};
+    return write_iov(c, &v, 1);
 }
 
 static moat_err send_frame(moat_client *c, const moat_frame *f)
@@ -1043,6 +1065,32 @@ moat_err moat_call_send(moat_call *call, moat_slice payload, int timeout_ms)
     f.stream_id = call->id;
     f.u.message.payload = payload;
     return send_frame(c, &f) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
+}
+
+moat_err moat__call_send_parts(moat_call *call, moat_slice head, moat_slice data, int timeout_ms)
+{
+    moat_client *c = call->client;
+    if (call->ended || c->broken)
+        return MOAT_E_CLOSED;
+    size_t len = head.len + data.len;
+    if (!message_fits(c, call->id, (moat_slice){NULL, len}))
+        return MOAT_E_TOO_BIG;
+    call->send_need = (uint32_t)len;
+    moat_err err = pump(c, call, NULL, timeout_ms, credit_done);
+    if (err != MOAT_OK)
+        return err;
+    if (call->ended)
+        return MOAT_E_CLOSED;
+    uint8_t prefix[MOAT_WIRE_MESSAGE_PREFIX_MAX + 16];
+    size_t n;
+    if (head.len > sizeof(prefix) - MOAT_WIRE_MESSAGE_PREFIX_MAX ||
+        moat_wire_encode_message_prefix(call->id, len, prefix, MOAT_WIRE_MESSAGE_PREFIX_MAX, &n) !=
+            MOAT_OK)
+        return MOAT_E_TOO_BIG;
+    memcpy(prefix + n, head.data, head.len);
+    moat_window_consume(&call->send_window, (uint32_t)len);
+    struct iovec iov[2] = {{prefix, n + head.len}, {(void *)data.data, data.len}};
+    return write_iov(c, iov, 2) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
 }
 
 uint32_t moat_call_send_window(const moat_call *call)

@@ -28,6 +28,11 @@ moat__scratch moat__client_scratch(moat_client *c);
 /* The client a call belongs to. */
 moat_client *moat__call_client(const moat_call *call);
 
+/* moat_call_send of a payload that is head (a few bytes of encoding) followed by data, written
+ * with one sendmsg from where they are: a bulk payload (stdin) is not copied into an encoded
+ * request and then into a frame. */
+moat_err moat__call_send_parts(moat_call *call, moat_slice head, moat_slice data, int timeout_ms);
+
 /* moat_call_start that fills st (not NULL) when the call cannot start. */
 moat_err moat__call_start(moat_client *c, const char *method, uint64_t deadline_ms,
                           moat_slice request, moat_call **out, moat_status *st);

@@ -578,6 +578,12 @@ static int cmd_interactive(cli *c, const char *session, const char *cwd, bool fo
     if (io.buf_cap > STDIN_CHUNK)
         io.buf_cap = STDIN_CHUNK;
     io.buf = malloc(io.buf_cap);
+    /* A pipe holds 64 KiB by default, so each read would bring at most that: a larger one
+     * (best effort, capped by the kernel's pipe-max-size) halves the reads and wake-ups of a
+     * bulk copy, and leaves the producer's side of the pipe no different. */
+    struct stat in_st;
+    if (forward_stdin && !tty && fstat(STDIN_FILENO, &in_st) == 0 && S_ISFIFO(in_st.st_mode))
+        (void)fcntl(STDIN_FILENO, F_SETPIPE_SZ, 1 << 20);
     if (io.buf == NULL || pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         free(io.buf);
         return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory or descriptors");
