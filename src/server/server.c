@@ -78,8 +78,9 @@ static void finish_shutdown(srv *s)
     uv_close((uv_handle_t *)&s->close_async, NULL);
     uv_close((uv_handle_t *)&s->check, on_handles_closed);
     uv_close((uv_handle_t *)&s->prepare, NULL);
-    moat__cluster_stop(s);
+    /* The runtime first: its reaper writes ends to the directory through the cluster's client. */
     moat__handlers_close(s);
+    moat__cluster_stop(s);
     moat__metrics_stop(s->metrics);
     if (s->close_cb != NULL)
         s->close_cb(s, s->close_ud);
