@@ -74,7 +74,10 @@ static double drop_out_s(moat_etcd *e, const etcd_cluster *cluster, int64_t ttl_
     pid_t pid = fork();
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        moat_etcd_config cfg = {cluster->urls, ETCD_CLUSTER_MEMBERS, 500, 1000};
+        moat_etcd_config cfg = {.endpoints = cluster->urls,
+                                .endpoint_count = ETCD_CLUSTER_MEMBERS,
+                                .connect_timeout_ms = 500,
+                                .request_timeout_ms = 1000};
         moat_status st;
         moat_etcd *own = moat_etcd_open(&cfg, &st);
         moat_membership_config mcfg = {own, "doomed", "127.0.0.1:1", ttl_s, {1, 0, 1, 0}, 0};
@@ -102,11 +105,14 @@ int main(void)
     }
     /* Every way out, a failed call's exit included, removes the cluster's directory. */
     atexit(stop_cluster);
-    if (etcd_cluster_start(&c, 60) != 0) {
+    if (etcd_cluster_start(&c, NULL, 60) != 0) {
         fprintf(stderr, "bench_etcd: etcd did not start\n");
         return 1;
     }
-    moat_etcd_config cfg = {c.urls, ETCD_CLUSTER_MEMBERS, 500, 3000};
+    moat_etcd_config cfg = {.endpoints = c.urls,
+                            .endpoint_count = ETCD_CLUSTER_MEMBERS,
+                            .connect_timeout_ms = 500,
+                            .request_timeout_ms = 3000};
     moat_status st;
     moat_etcd *e = moat_etcd_open(&cfg, &st);
     static uint64_t ns[ROUNDS];

@@ -78,7 +78,7 @@ static long list_once(raw_conn *c)
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
-    if (!etcd_cluster_available() || etcd_cluster_open(&cl, &etcd, 3000, 60) != 0)
+    if (!etcd_cluster_available() || etcd_cluster_open(&cl, NULL, &etcd, 3000, 60) != 0)
         fail("no etcd cluster (apt-get install etcd-server)");
     char eps[300];
     snprintf(eps, sizeof(eps), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],

@@ -30,7 +30,9 @@
  * terminals]... (needs dockerd, moat-sandbox:latest and the execd bundle from
  * scripts/build-sandbox-image.sh <build-dir>; env MOAT_BUILD_DIR = that build dir)
  * --quick shrinks counts (the figures are then indicative only); naming phases runs only
- * those. Every phase is bounded. */
+ * those. Every phase is bounded. With MOAT_BENCH_LOG_DIR set, tti runs its moatds at debug level,
+ * keeps their logs there and prints every round over 30 ms with its wall-clock start and how
+ * long the bench and moatd's loop thread waited for a CPU meanwhile. */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -367,6 +369,71 @@ static bool docker_tti_remove(const char *name)
     return system(cmd) == 0;
 }
 
+/* MOAT_BENCH_LOG_DIR: where the tti phases keep their moatds' logs (at debug level) and whose
+ * presence has them print each slow round with its wall-clock start, to be matched with those
+ * logs and with `docker events`; NULL when unset. */
+static const char *log_dir(void)
+{
+    const char *d = getenv("MOAT_BENCH_LOG_DIR");
+    return d != NULL && d[0] != '\0' ? d : NULL;
+}
+
+static void keep_log(const moatd_proc *p, const char *name)
+{
+    if (log_dir() == NULL)
+        return;
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "cp '%s' '%s/%s-%d.log'", p->log_path, log_dir(), name,
+             (int)getpid());
+    if (system(cmd) != 0)
+        printf("  (could not keep %s's log)\n", name);
+}
+
+/* How long a thread has waited for a CPU while runnable, in ns (/proc's schedstat); 0 when
+ * unknown. */
+static unsigned long long run_delay_ns(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/schedstat", pid);
+    FILE *f = fopen(path, "r");
+    unsigned long long on_cpu = 0, waited = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%llu %llu", &on_cpu, &waited) != 2)
+            waited = 0;
+        fclose(f);
+    }
+    return waited;
+}
+
+/* When a round started, and how long the bench and moatd's loop thread had waited for a CPU
+ * by then, to tell a slow round's own work from a busy host's. */
+typedef struct {
+    struct timespec wall;
+    unsigned long long bench_wait_ns, moatd_wait_ns;
+} round_mark;
+
+static void round_begin(round_mark *m, const moatd_proc *p)
+{
+    clock_gettime(CLOCK_REALTIME, &m->wall);
+    m->bench_wait_ns = run_delay_ns((int)getpid());
+    m->moatd_wait_ns = run_delay_ns((int)p->pid);
+}
+
+/* A round over 30 ms (the warm pool's p95 target), with when it started, for the logs. */
+static void print_slow_round(int i, const round_mark *m, const moatd_proc *p, double took,
+                             double create)
+{
+    if (log_dir() == NULL || took * 1000 < 30)
+        return;
+    struct tm tm;
+    gmtime_r(&m->wall.tv_sec, &tm);
+    printf("  slow round %d at %02d:%02d:%02d.%03ld: %.1f ms (CreateSession %.1f ms); waited "
+           "for a CPU: bench %.1f ms, moatd's loop %.1f ms\n",
+           i, tm.tm_hour, tm.tm_min, tm.tm_sec, m->wall.tv_nsec / 1000000, took * 1000,
+           create * 1000, (double)(run_delay_ns((int)getpid()) - m->bench_wait_ns) / 1e6,
+           (double)(run_delay_ns((int)p->pid) - m->moatd_wait_ns) / 1e6);
+}
+
 static void chat_id(char out[40], int phase, int i)
 {
     snprintf(out, 40, "%08x-%04x-4000-8000-%012x", (unsigned)getpid(), (unsigned)phase,
@@ -422,8 +489,11 @@ static void tti_sequential(moatd_proc *p, int phase, int n, const char *what, do
     for (int i = 0; i < n; i++) {
         char chat[40], sid[64], name[96];
         chat_id(chat, phase, i);
+        round_mark mark;
+        round_begin(&mark, p);
         mv[i] = tti_once(rc, c, chat, sid, &cv[i]);
         ev[i] = mv[i] - cv[i];
+        print_slow_round(i, &mark, p, mv[i], cv[i]);
         bool stopped = sid[0] == '\0' || stop_session(rc, sid);
         snprintf(name, sizeof(name), "%stti-%d-%d", prefix, phase, i);
         dv[i] = docker_tti(name);
@@ -483,7 +553,8 @@ static bool pool_moatd_start(moatd_proc *p, int pool_size)
     snprintf(a_pool, sizeof(a_pool), "--pool_size=%d", pool_size);
     snprintf(a_prefix, sizeof(a_prefix), "%spool-", prefix_arg);
     snprintf(a_instance, sizeof(a_instance), "--instance=bench-pool-%d", (int)getpid());
-    const char *extra[] = {a_prefix, a_instance, a_pool, "--log_level=info", NULL};
+    const char *extra[] = {a_prefix, a_instance, a_pool,
+                           log_dir() != NULL ? "--log_level=debug" : "--log_level=info", NULL};
     return moatd_start(p, true, extra);
 }
 
@@ -644,6 +715,7 @@ static void bench_tti(moatd_proc *p, int n, int burst)
     raw_close(rc);
     moatd_stop(&pp);
     log_warnings(&pp);
+    keep_log(&pp, "tti-pool");
     moatd_remove_dir(pp.state_dir);
 
     if (!pool_moatd_start(&pp, 1)) {
@@ -672,10 +744,16 @@ static void bench_tti(moatd_proc *p, int n, int burst)
             chat_id(cold_chat, 6, i);
             char timed_sid[64], cold_sid[64];
             bool claimed = wait_pool_ready(rc, 1) && create_session(rc, first, NULL, sid, NULL);
-            mv[i] = claimed ? tti_once(rc, c, chat, timed_sid, NULL) : -1;
+            round_mark mark, cold_mark;
+            double create_took = 0, cold_create_took = 0;
+            round_begin(&mark, &pp);
+            mv[i] = claimed ? tti_once(rc, c, chat, timed_sid, &create_took) : -1;
+            print_slow_round(i, &mark, &pp, mv[i], create_took);
             bad += !claimed || !stop_session(rc, sid) || mv[i] < 0 ||
                    (timed_sid[0] != '\0' && !stop_session(rc, timed_sid));
-            nv[i] = tti_once(mrc, mc, cold_chat, cold_sid, NULL);
+            round_begin(&cold_mark, p);
+            nv[i] = tti_once(mrc, mc, cold_chat, cold_sid, &cold_create_took);
+            print_slow_round(i, &cold_mark, p, nv[i], cold_create_took);
             bad += nv[i] < 0 || (cold_sid[0] != '\0' && !stop_session(mrc, cold_sid));
             snprintf(name, sizeof(name), "%stti-5-%d", prefix, i);
             dv[i] = docker_tti(name);
@@ -705,6 +783,8 @@ static void bench_tti(moatd_proc *p, int n, int burst)
     raw_close(mrc);
     moatd_stop(&pp);
     log_warnings(&pp);
+    keep_log(&pp, "tti-empty");
+    keep_log(p, "tti-main");
     moatd_remove_dir(pp.state_dir);
 }
 
@@ -1068,7 +1148,8 @@ int main(int argc, char **argv)
         return failures == 0 ? 0 : 1;
 
     moatd_proc p;
-    const char *extra[] = {prefix_arg, "--log_level=warn", "--max_connections=4096", NULL};
+    const char *extra[] = {prefix_arg, log_dir() != NULL ? "--log_level=debug" : "--log_level=warn",
+                           "--max_connections=4096", NULL};
     if (!moatd_start(&p, true, extra))
         return 1;
     raw_conn *rc = raw_connect(p.port);

@@ -5,7 +5,9 @@
  *    `moat exec -it` and `docker exec -it` into the same container, and a local pty running the
  *    same command as the floor (target: moat <= 0.75x docker);
  *  - stdin throughput: N MiB of /dev/zero piped into `cat >/dev/null` through `moat exec -i` and
- *    `docker exec -i`, whole client processes timed (target: moat >= 2x docker). */
+ *    `docker exec -i`, whole client processes timed, rounds alternated (target: moat >= 2x
+ *    docker), with the bound of any transport beside them: the same bytes piped into the same
+ *    cat inside the sandbox, no transport at all. */
 #include <errno.h>
 #include <poll.h>
 #include <pty.h>
@@ -144,18 +146,45 @@ void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *si
                dd - ll);
     }
 
-    double tm = stdin_run(addr, moat_bin, sid, cid, stdin_bytes, true);
-    double td = stdin_run(addr, moat_bin, sid, cid, stdin_bytes, false);
-    double mr = (double)stdin_bytes / tm / 1048576.0, dr = (double)stdin_bytes / td / 1048576.0;
+    /* rounds alternated, so that the host's load weighs on each alike; medians compared */
+    enum { ROUNDS = 3 };
+    double tm[ROUNDS], td[ROUNDS], tp[ROUNDS], rm[ROUNDS], rd[ROUNDS], rp[ROUNDS], ratio[ROUNDS];
+    char pipe_cmd[600];
+    snprintf(pipe_cmd, sizeof(pipe_cmd),
+             "/usr/bin/docker exec %s bash -c 'head -c %lld /dev/zero | cat >/dev/null'", cid,
+             stdin_bytes);
+    bool ok = true;
+    for (int i = 0; i < ROUNDS; i++) {
+        tm[i] = stdin_run(addr, moat_bin, sid, cid, stdin_bytes, true);
+        td[i] = stdin_run(addr, moat_bin, sid, cid, stdin_bytes, false);
+        tp[i] = timed_system(pipe_cmd);
+        ok = ok && tm[i] > 0 && td[i] > 0 && tp[i] > 0;
+        rm[i] = (double)stdin_bytes / tm[i] / 1048576.0;
+        rd[i] = (double)stdin_bytes / td[i] / 1048576.0;
+        rp[i] = (double)stdin_bytes / tp[i] / 1048576.0;
+        ratio[i] = rm[i] / rd[i];
+        printf("stdin round %d: moat exec -i %.0f MiB/s, docker exec -i %.0f MiB/s (%.2fx), "
+               "in-sandbox pipe %.0f MiB/s\n",
+               i + 1, rm[i], rd[i], ratio[i], rp[i]);
+    }
+    double mr = percentile(rm, ROUNDS, 0.5), dr = percentile(rd, ROUNDS, 0.5);
+    double tpm = percentile(tp, ROUNDS, 0.5), med = percentile(ratio, ROUNDS, 0.5);
     char what[80];
     snprintf(what, sizeof(what), "stdin %lld MiB into cat (MiB/s)", stdin_bytes >> 20);
-    verdict(what, mr, dr, "MiB/s", mr / dr, tm > 0 && td > 0 && mr / dr >= 2.0, ">= 2x");
+    verdict(what, mr, dr, "MiB/s", med, ok && med >= 2.0, ">= 2x");
+    double tmm = percentile(tm, ROUNDS, 0.5), tdm = percentile(td, ROUNDS, 0.5);
     /* What each client costs with no input at all (start, EOF, exit): the rate net of it says
      * how fast the bytes themselves go. */
     double m0 = stdin_run(addr, moat_bin, sid, cid, 0, true);
     double d0 = stdin_run(addr, moat_bin, sid, cid, 0, false);
     printf("with no input: moat exec -i %.3f s, docker exec -i %.3f s; net of that, moat %.0f "
            "MiB/s, docker %.0f MiB/s (%.2fx)\n",
-           m0, d0, (double)stdin_bytes / (tm - m0) / 1048576.0,
-           (double)stdin_bytes / (td - d0) / 1048576.0, (td - d0) / (tm - m0));
+           m0, d0, (double)stdin_bytes / (tmm - m0) / 1048576.0,
+           (double)stdin_bytes / (tdm - d0) / 1048576.0, (tdm - d0) / (tmm - m0));
+    /* No transport can beat the sandbox's own pipe into the same cat: net of docker exec's
+     * start, it is the bound, and 2x docker needs that share of it. */
+    double pr = (double)stdin_bytes / (tpm - d0) / 1048576.0;
+    printf("bound: in-sandbox pipe into the same cat %.0f MiB/s (median, net of docker exec's "
+           "start) = %.2fx docker exec -i; 2x docker is %.0f%% of it, moat reaches %.0f%%\n",
+           pr, pr / dr, 200.0 * dr / pr, 100.0 * mr / pr);
 }

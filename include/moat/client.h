@@ -12,7 +12,26 @@
  * moat::moat (moat::moat_static for libmoat.a). libmoat needs nothing else:
  * its protobuf runtime is inside it.
  *
- * A moat_client is not thread-safe: use one per thread, or lock around it. */
+ * A moat_client is not thread-safe: use one per thread, or lock around it.
+ *
+ * In a moat cluster (docs/CLUSTER.md, "Routing") a call for a session that
+ * another node holds ends FAILED_PRECONDITION, reason session_moved, naming
+ * the owner's address. The typed calls that name a session follow it: the
+ * call is sent again to the owner, on a connection the client opens to it
+ * (same token and client name), within the call's one deadline, and the
+ * session's owner is remembered (at most 1024 sessions; SandboxSession
+ * answers naming an owner count too), so its later calls go straight there.
+ * A second move in a row is followed too; a third ends UNAVAILABLE, reason
+ * redirect_loop; an owner_address that is not host:port ends INTERNAL,
+ * reason bad_redirect; a remembered owner that cannot be reached is forgotten
+ * and the call goes to the address given to moat_client_connect (the seed).
+ * A call is followed only while it has had no answer (a redirect is always a
+ * call's first and only answer), so nothing is ever received twice.
+ * The client holds at most 16 connections to other nodes, closes those idle
+ * for a minute, and closes them all with moat_client_close. Raw calls
+ * (moat_call_start, moat_client_unary), ListSessions and Health go to the
+ * seed and are never redirected. Against a single moatd none of this
+ * happens and a moat_client is one connection, as it always was. */
 #ifndef MOAT_CLIENT_H
 #define MOAT_CLIENT_H
 
@@ -63,8 +82,23 @@ const moat_client_limits *moat_client_get_limits(const moat_client *c);
  * moat_call_recv(call, 0, …) said MOAT_E_TIMEOUT, and after any other call
  * into libmoat on this client ask moat_call_recv(call, 0, …) again first.
  * Keepalive pings go out from within libmoat's calls: wait at most half of
- * idle_timeout_seconds between them. Owned by c: never read, write or close it. */
+ * idle_timeout_seconds between them. Owned by c: never read, write or close it.
+ * This is the seed connection's: a call that followed its session to another
+ * node is on that node's connection (moat_call_fd). */
 int moat_client_fd(const moat_client *c);
+/* The socket of the connection that carries call: moat_client_fd's, or,
+ * once the call followed its session to another node, that node's
+ * connection. A program that polls waits on this one for the call, with the
+ * rules of moat_client_fd. Owned by the client. */
+int moat_call_fd(const moat_call *call);
+
+/* Called, when set, each time a call follows session_moved: session_id and
+ * the addresses it went from and to, valid only during the call. For
+ * logging (the CLI's --verbose); it must not call into c. fn NULL: none. */
+typedef void (*moat_redirect_fn)(const char *session_id, const char *from_addr, const char *to_addr,
+                                 void *arg);
+void moat_client_on_redirect(moat_client *c, moat_redirect_fn fn, void *arg);
+
 /* Sends a Ping and waits for its Pong, answering other traffic meanwhile.
  * MOAT_E_TIMEOUT if none came within timeout_ms (< 0: forever). */
 moat_err moat_client_ping(moat_client *c, int timeout_ms);

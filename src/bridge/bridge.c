@@ -123,6 +123,22 @@ static void finish_req(bridge_req *r, CURLcode rc)
     if (r->next != NULL)
         r->next->prev = r->prev;
     r->next = r->prev = NULL;
+    if (moat_log_get_level() <= MOAT_LOG_DEBUG) {
+        /* Where a slow call's time went: connecting to execd, its first byte, the rest. */
+        curl_off_t conn_us = 0, start_us = 0, total_us = 0;
+        long connects = 0;
+        char *url = NULL;
+        curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME_T, &conn_us);
+        curl_easy_getinfo(r->easy, CURLINFO_STARTTRANSFER_TIME_T, &start_us);
+        curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME_T, &total_us);
+        curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &connects);
+        curl_easy_getinfo(r->easy, CURLINFO_EFFECTIVE_URL, &url);
+        moat_log(MOAT_LOG_DEBUG, "execd_call_done",
+                 "url=\"%s\" curl_code=%d new_connections=%ld connect_us=%lld first_byte_us=%lld "
+                 "total_us=%lld",
+                 url != NULL ? url : "", (int)rc, connects, (long long)conn_us, (long long)start_us,
+                 (long long)total_us);
+    }
     if (r->done != NULL)
         r->done(r, r->cancelled ? CURLE_ABORTED_BY_CALLBACK : rc);
     moat__req_discard(r);
@@ -138,6 +154,10 @@ static void process_reap(moat_bridge *b)
     if (b->in_curl == 0 && b->unpause_pending) {
         b->unpause_pending = false;
         moat__exec_unpause_all(b);
+    }
+    if (b->in_curl == 0 && b->uploads_pending) {
+        b->uploads_pending = false;
+        moat__terminal_start_uploads(b);
     }
 }
 
@@ -409,6 +429,18 @@ bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const 
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
     }
     return r;
+}
+
+void moat__req_chunked_body(bridge_req *r, curl_read_callback read, void *ud)
+{
+    r->hdrs = curl_slist_append(r->hdrs, "Content-Type: application/octet-stream");
+    r->hdrs = curl_slist_append(r->hdrs, "Transfer-Encoding: chunked");
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(r->easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+    curl_easy_setopt(r->easy, CURLOPT_READFUNCTION, read);
+    curl_easy_setopt(r->easy, CURLOPT_READDATA, ud);
 }
 
 moat_err moat__req_start(bridge_req *r, moat_status *st)

@@ -678,14 +678,7 @@ moat_err moat_bridge_write_at(moat_bridge *b, const moat_bridge_endpoint *ep, co
     x->write_at = true;
     x->ul = *cbs;
     /* The raw bytes, chunked: the length is whatever on_read gives until it returns 0. */
-    r->hdrs = curl_slist_append(r->hdrs, "Content-Type: application/octet-stream");
-    r->hdrs = curl_slist_append(r->hdrs, "Transfer-Encoding: chunked");
-    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, NULL);
-    curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, NULL);
-    curl_easy_setopt(r->easy, CURLOPT_POST, 1L);
-    curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
-    curl_easy_setopt(r->easy, CURLOPT_READFUNCTION, ul_read);
-    curl_easy_setopt(r->easy, CURLOPT_READDATA, x);
+    moat__req_chunked_body(r, ul_read, x);
     return xfer_start(b, x, out, st);
 }
 

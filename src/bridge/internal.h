@@ -70,6 +70,7 @@ struct moat_bridge {
     bool freeing;
     bool unpause_pending;  /* a credit came while inside curl: resume after it */
     bool budget_waiters;   /* some transfer waits for the budget to have room */
+    bool uploads_pending;  /* a terminal wants its stdin upload started (outside curl) */
     uint64_t rec_stamp;    /* next replay record's arrival number */
     size_t released_bytes; /* replay freed since the last malloc_trim */
 };
@@ -78,6 +79,9 @@ struct moat_bridge {
  * query). json_body is copied. Returns NULL with *st set. */
 bridge_req *moat__req_new(moat_bridge *b, const moat_bridge_endpoint *ep, const char *method,
                           const char *path, const char *json_body, moat_status *st);
+/* Makes r a POST of raw bytes (application/octet-stream), chunked: its body is what read
+ * gives (with ud) until it returns 0. */
+void moat__req_chunked_body(bridge_req *r, curl_read_callback read, void *ud);
 /* Adds it to the multi handle. On failure frees it and sets *st. */
 moat_err moat__req_start(bridge_req *r, moat_status *st);
 /* Frees a request that was never started. */
@@ -107,6 +111,8 @@ void moat__exec_unpause_all(moat_bridge *b);
 void moat__terminal_link(moat_bridge *b, struct moat_bridge_terminal *t);
 void moat__terminal_unlink(moat_bridge *b, struct moat_bridge_terminal *t);
 bool moat__terminal_socket_action(moat_bridge *b, int fd);
+/* Starts the stdin uploads terminals asked for from inside curl's callbacks. */
+void moat__terminal_start_uploads(moat_bridge *b);
 /* POST /pty {"command"?, "cwd"?}: session_id is the new terminal session's. */
 moat_err moat_bridge_create_pty(moat_bridge *b, const moat_bridge_endpoint *ep, const char *command,
                                 const char *cwd, moat_bridge_session_fn cb, void *ud,

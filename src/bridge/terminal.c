@@ -4,7 +4,14 @@
  * pauses it like any transfer. libwslay frames both directions: curl 7.88's own framing stalls
  * on a frame header split across reads and loses framing on a partial write. Our frames go out
  * through a duplicate of curl's socket (curl writes nothing after its request), watched through
- * the loop's socket function while execd's socket is full. */
+ * the loop's socket function while execd's socket is full.
+ *
+ * A pipe-mode command's stdin does not take the WebSocket: wslay masks every byte a client
+ * sends and execd unmasks it, which capped bulk input at a third of docker exec's rate. It
+ * goes as one chunked POST /pty/{id}/stdin (moat's extension, docs/execd.md), fed from curl's
+ * read callback and paused when nothing is queued; its end is close_stdin. An execd without
+ * the endpoint refuses it before any byte of the body (Expect: 100-continue), and stdin then
+ * takes the WebSocket. */
 #include "bridge/terminal.h"
 
 #include "internal.h"
@@ -51,7 +58,20 @@ struct moat_bridge_terminal {
     bool paused;
     bool stdin_closed;
     bool exited;
-    bool closing; /* moat_bridge_terminal_close was called */
+    bool closing;    /* moat_bridge_terminal_close was called */
+    bool mode_known; /* pty or pipe: from the options, or from execd's connected message */
+    bool pipe_mode;
+    /* Stdin that waits for the upload (and, before the mode is known, for either path). */
+    moat_buf stdin_q;
+    size_t stdin_head; /* bytes of stdin_q already given to curl */
+    bridge_req *up;    /* the upload while it runs */
+    bool up_begun;     /* execd's connected came: the upload was asked for, or not needed */
+    bool up_wanted;    /* to be started once curl has returned */
+    bool up_paused;
+    bool up_sent;     /* the upload's body has begun */
+    bool up_over;     /* it ended: later stdin is dropped, as a closed pipe would */
+    bool up_fallback; /* execd refused it before its body: stdin takes the WebSocket */
+    bool in_input;    /* inside moat_bridge_terminal_stdin or _close_stdin */
     uint16_t close_code;
     bool ended;
     moat_bridge_terminal *next, *prev; /* the bridge's terminals */
@@ -68,6 +88,7 @@ static void terminal_free(moat_bridge_terminal *t)
     }
     if (t->ws != NULL)
         wslay_event_context_free(t->ws);
+    moat_buf_free(&t->stdin_q);
     free(t->unix_socket);
     free(t->base_url);
     free(t->token);
@@ -82,6 +103,12 @@ static void terminal_end(moat_bridge_terminal *t, const moat_status *st)
     if (t->ended)
         return;
     t->ended = true;
+    if (t->up != NULL) {
+        bridge_req *up = t->up;
+        t->up = NULL;
+        up->owner = NULL;
+        moat__req_cancel(up);
+    }
     moat__terminal_unlink(t->b, t);
     t->c.on_end(t->c.ud, t, st);
     terminal_free(t);
@@ -177,12 +204,16 @@ static void deliver_output(moat_bridge_terminal *t, moat_bridge_stream stream, c
     }
 }
 
+static void on_connected(moat_bridge_terminal *t, const char *mode);
+
 static void on_text(moat_bridge_terminal *t, const uint8_t *msg, size_t len)
 {
     cJSON *j = moat_json_parse((const char *)msg, len, MOAT_JSON_NUL_REJECT);
     const char *type = j != NULL ? cJSON_GetStringValue(cJSON_GetObjectItem(j, "type")) : NULL;
     int64_t code = 0;
-    if (type != NULL && strcmp(type, "exit") == 0 && moat_json_int(j, "exit_code", &code)) {
+    if (type != NULL && strcmp(type, "connected") == 0) {
+        on_connected(t, cJSON_GetStringValue(cJSON_GetObjectItem(j, "mode")));
+    } else if (type != NULL && strcmp(type, "exit") == 0 && moat_json_int(j, "exit_code", &code)) {
         if (!t->exited) {
             t->exited = true;
             t->c.on_exit(t->c.ud, t, code < INT32_MIN || code > INT32_MAX ? -1 : (int)code);
@@ -193,7 +224,7 @@ static void on_text(moat_bridge_terminal *t, const uint8_t *msg, size_t len)
                  t->session_id, cJSON_GetStringValue(cJSON_GetObjectItem(j, "code")),
                  why != NULL ? why : "");
     }
-    /* connected and pong need nothing; anything else is ignored as newer execd's news. */
+    /* pong needs nothing; anything else is ignored as newer execd's news. */
     cJSON_Delete(j);
 }
 
@@ -408,6 +439,11 @@ moat_err moat_bridge_terminal_open(moat_bridge *b, const moat_bridge_endpoint *e
         t->c = *consumer;
         t->opts = *opts;
         t->attaching = attaching;
+        /* A new session's mode is ours; a reattached one's comes with execd's connected. */
+        t->mode_known = !attaching;
+        t->pipe_mode = !opts->tty;
+        /* bounded in practice by the consumer's flow control (a call's window) */
+        moat_buf_init(&t->stdin_q, INT32_MAX);
         t->unix_socket = dup_or_null(ep->unix_socket, &failed);
         t->base_url = dup_or_null(ep->base_url, &failed);
         t->token = dup_or_null(ep->access_token, &failed);
@@ -461,16 +497,15 @@ static moat_err queue_message(moat_bridge_terminal *t, uint8_t opcode, const uin
     return MOAT_OK;
 }
 
-moat_err moat_bridge_terminal_stdin(moat_bridge_terminal *t, const uint8_t *data, size_t len)
+/* Stdin as WebSocket messages of a size execd takes (it closes the WebSocket on one past
+ * 256 KiB). */
+static moat_err ws_stdin(moat_bridge_terminal *t, const uint8_t *data, size_t len)
 {
-    if (t->stdin_closed)
-        return MOAT_E_STATE;
     size_t first =
         len < MOAT_BRIDGE_TERMINAL_STDIN_MESSAGE ? len : MOAT_BRIDGE_TERMINAL_STDIN_MESSAGE;
     uint8_t *msg = malloc(first + 1);
     if (msg == NULL)
         return MOAT_E_NOMEM;
-    /* In messages execd takes (it closes the WebSocket on one past 256 KiB). */
     moat_err err = MOAT_OK;
     size_t off = 0;
     do {
@@ -490,14 +525,185 @@ static moat_err queue_text(moat_bridge_terminal *t, const char *text)
     return queue_message(t, WSLAY_TEXT_FRAME, (const uint8_t *)text, strlen(text));
 }
 
+static bool stdin_over_ws(const moat_bridge_terminal *t)
+{
+    return t->mode_known && (!t->pipe_mode || t->up_fallback);
+}
+
+/* What waited in stdin_q goes over the WebSocket, and close_stdin after it if it came. */
+static void stdin_queue_to_ws(moat_bridge_terminal *t)
+{
+    size_t n = t->stdin_q.len - t->stdin_head;
+    if (n > 0 && ws_stdin(t, t->stdin_q.data + t->stdin_head, n) != MOAT_OK)
+        moat_log(MOAT_LOG_WARN, "terminal_stdin_lost", "session_id=%s bytes=%zu", t->session_id, n);
+    moat_buf_reset(&t->stdin_q);
+    t->stdin_head = 0;
+    if (t->stdin_closed)
+        queue_text(t, "{\"type\":\"close_stdin\"}");
+    /* what went out at once frees the consumer's input as a drained socket would */
+    if (n > 0 && !t->in_input && t->c.on_writable != NULL)
+        t->c.on_writable(t->c.ud, t);
+}
+
+static void stdin_unpause(moat_bridge_terminal *t)
+{
+    if (t->up != NULL && t->up_paused) {
+        t->up_paused = false;
+        moat__req_unpause(t->up);
+    }
+}
+
+/* curl's read callback of the upload: queued stdin, a pause when there is none, the body's end
+ * after close_stdin. */
+static size_t up_read(char *buf, size_t size, size_t nitems, void *ud)
+{
+    bridge_req *r = ud;
+    moat_bridge_terminal *t = r->owner;
+    if (t == NULL || r->cancelled)
+        return CURL_READFUNC_ABORT;
+    size_t avail = t->stdin_q.len - t->stdin_head;
+    if (avail == 0) {
+        if (t->stdin_closed)
+            return 0;
+        t->up_paused = true;
+        return CURL_READFUNC_PAUSE;
+    }
+    size_t n = avail < size * nitems ? avail : size * nitems;
+    memcpy(buf, t->stdin_q.data + t->stdin_head, n);
+    t->stdin_head += n;
+    if (t->stdin_head == t->stdin_q.len) {
+        moat_buf_reset(&t->stdin_q);
+        t->stdin_head = 0;
+    }
+    t->up_sent = true;
+    if (!t->in_input && t->c.on_writable != NULL)
+        t->c.on_writable(t->c.ud, t);
+    return n;
+}
+
+static void up_done(bridge_req *r, CURLcode rc)
+{
+    moat_bridge_terminal *t = r->owner;
+    if (t == NULL)
+        return;
+    t->up = NULL;
+    long status = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    bool ok = rc == CURLE_OK && status >= 200 && status < 300;
+    if (!ok && !t->up_sent && !t->ended) {
+        moat_log(MOAT_LOG_INFO, "terminal_stdin_websocket", "session_id=%s status=%ld",
+                 t->session_id, status);
+        t->up_fallback = true;
+        stdin_queue_to_ws(t);
+        return;
+    }
+    if (!ok)
+        moat_log(MOAT_LOG_INFO, "terminal_stdin_ended", "session_id=%s status=%ld curl=%d",
+                 t->session_id, status, (int)rc);
+    t->up_over = true;
+    moat_buf_reset(&t->stdin_q);
+    t->stdin_head = 0;
+    if (t->c.on_writable != NULL && !t->ended)
+        t->c.on_writable(t->c.ud, t);
+}
+
+static moat_err start_upload(moat_bridge_terminal *t, moat_status *st)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/pty/%s/stdin", t->session_id);
+    bridge_req *r = moat__req_new(t->b, &t->ep, "POST", path, NULL, st);
+    if (r == NULL)
+        return MOAT_E_NOMEM;
+    /* execd answers a refusal before the body, so no stdin is lost to it: every request's
+     * "Expect:" (none) is replaced, as curl heeds the first Expect header it finds */
+    struct curl_slist *hdrs = NULL;
+    for (struct curl_slist *h = r->hdrs; h != NULL; h = h->next)
+        if (strcmp(h->data, "Expect:") != 0)
+            hdrs = curl_slist_append(hdrs, h->data);
+    curl_slist_free_all(r->hdrs);
+    r->hdrs = curl_slist_append(hdrs, "Expect: 100-continue");
+    curl_easy_setopt(r->easy, CURLOPT_EXPECT_100_TIMEOUT_MS, 60000L);
+    moat__req_chunked_body(r, up_read, r);
+    curl_easy_setopt(r->easy, CURLOPT_UPLOAD_BUFFERSIZE, (long)MOAT_BRIDGE_TERMINAL_UPLOAD_BUFFER);
+    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    r->done = up_done;
+    r->owner = t;
+    t->up = r;
+    moat_err err = moat__req_start(r, st);
+    if (err != MOAT_OK)
+        t->up = NULL;
+    return err;
+}
+
+/* The process has started: the upload can take its stdin. */
+static void on_connected(moat_bridge_terminal *t, const char *mode)
+{
+    if (t->up_begun)
+        return;
+    t->up_begun = true;
+    if (!t->mode_known) {
+        t->mode_known = true;
+        t->pipe_mode = mode != NULL && strcmp(mode, "pipe") == 0;
+    }
+    if (t->pipe_mode) {
+        /* curl takes no new transfer from inside its callbacks */
+        t->up_wanted = true;
+        t->b->uploads_pending = true;
+    } else {
+        stdin_queue_to_ws(t);
+    }
+}
+
+void moat__terminal_start_uploads(moat_bridge *b)
+{
+    for (moat_bridge_terminal *t = b->terminals; t != NULL; t = t->next) {
+        if (!t->up_wanted || t->ended)
+            continue;
+        t->up_wanted = false;
+        moat_status st;
+        if (start_upload(t, &st) != MOAT_OK) {
+            moat_log(MOAT_LOG_WARN, "terminal_stdin_websocket", "session_id=%s why=\"%s\"",
+                     t->session_id, st.message);
+            t->up_fallback = true;
+            stdin_queue_to_ws(t);
+        }
+    }
+}
+
+moat_err moat_bridge_terminal_stdin(moat_bridge_terminal *t, const uint8_t *data, size_t len)
+{
+    if (t->stdin_closed || t->ended || t->closing)
+        return MOAT_E_STATE;
+    if (stdin_over_ws(t))
+        return ws_stdin(t, data, len);
+    if (t->up_over)
+        return MOAT_OK;
+    if (moat_buf_append(&t->stdin_q, data, len) != MOAT_OK)
+        return MOAT_E_NOMEM;
+    t->in_input = true;
+    stdin_unpause(t);
+    t->in_input = false;
+    return MOAT_OK;
+}
+
 moat_err moat_bridge_terminal_close_stdin(moat_bridge_terminal *t)
 {
     if (t->stdin_closed)
         return MOAT_E_STATE;
-    moat_err err = queue_text(t, "{\"type\":\"close_stdin\"}");
-    if (err == MOAT_OK)
-        t->stdin_closed = true;
-    return err;
+    if (stdin_over_ws(t)) {
+        moat_err err = queue_text(t, "{\"type\":\"close_stdin\"}");
+        if (err == MOAT_OK)
+            t->stdin_closed = true;
+        return err;
+    }
+    if (t->ended || t->closing)
+        return MOAT_E_STATE;
+    /* the upload's body ends once what is queued has gone */
+    t->stdin_closed = true;
+    t->in_input = true;
+    stdin_unpause(t);
+    t->in_input = false;
+    return MOAT_OK;
 }
 
 moat_err moat_bridge_terminal_resize(moat_bridge_terminal *t, uint32_t rows, uint32_t cols)
@@ -522,7 +728,7 @@ moat_err moat_bridge_terminal_signal(moat_bridge_terminal *t, const char *name)
 
 size_t moat_bridge_terminal_queued(const moat_bridge_terminal *t)
 {
-    return wslay_event_get_queued_msg_length(t->ws);
+    return wslay_event_get_queued_msg_length(t->ws) + (t->stdin_q.len - t->stdin_head);
 }
 
 void moat_bridge_terminal_credit(moat_bridge_terminal *t, uint64_t bytes)

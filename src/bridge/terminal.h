@@ -18,6 +18,8 @@ typedef struct moat_bridge_terminal moat_bridge_terminal;
 #define MOAT_BRIDGE_TERMINAL_OUTPUT_OVERHEAD 16u
 /* Stdin goes to execd in WebSocket messages of at most this many bytes. */
 #define MOAT_BRIDGE_TERMINAL_STDIN_MESSAGE (128u * 1024)
+/* curl's upload buffer of a pipe-mode command's stdin: what one read callback takes. */
+#define MOAT_BRIDGE_TERMINAL_UPLOAD_BUFFER (256u * 1024)
 /* curl's receive buffer for a terminal's WebSocket: what one delivery may run past credit. */
 #define MOAT_BRIDGE_TERMINAL_RECV_BUFFER (16u * 1024)
 

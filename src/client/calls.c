@@ -53,8 +53,9 @@ static moat_err decode(moat_slice payload, const pb_msgdesc_t *fields, void *msg
     return MOAT_E_PROTO;
 }
 
-/* A unary call: *answer is the response message in the client's buffer. */
-static moat_err unary(moat_client *c, const char *method, uint64_t deadline_ms,
+/* A unary call: *answer is the response message in the client's buffer. A
+ * call that names session (NULL: none) goes to its owner (route.c). */
+static moat_err unary(moat_client *c, const char *session, const char *method, uint64_t deadline_ms,
                       const pb_msgdesc_t *fields, const void *msg, moat_slice *answer,
                       moat_status *st)
 {
@@ -64,12 +65,12 @@ static moat_err unary(moat_client *c, const char *method, uint64_t deadline_ms,
         return err;
     moat__scratch buf = moat__client_scratch(c);
     answer->data = buf.response;
-    return moat_client_unary(c, method, deadline_ms, request, buf.response, buf.cap, &answer->len,
-                             st);
+    return moat__routed_unary(c, session, method, deadline_ms, request, buf.response, buf.cap,
+                              &answer->len, st);
 }
 
 /* A unary call whose answer is decoded into resp (its callbacks set by the caller). */
-static moat_err call(moat_client *c, const char *method, uint64_t deadline_ms,
+static moat_err call(moat_client *c, const char *session, const char *method, uint64_t deadline_ms,
                      const pb_msgdesc_t *req_fields, const void *req,
                      const pb_msgdesc_t *resp_fields, void *resp, moat_status *st)
 {
@@ -77,20 +78,22 @@ static moat_err call(moat_client *c, const char *method, uint64_t deadline_ms,
     if (st == NULL)
         st = &scratch;
     moat_slice answer;
-    moat_err err = unary(c, method, deadline_ms, req_fields, req, &answer, st);
+    moat_err err = unary(c, session, method, deadline_ms, req_fields, req, &answer, st);
     return err != MOAT_OK ? err : decode(answer, resp_fields, resp, st);
 }
 
-static moat_err stream(moat_client *c, const char *method, uint64_t deadline_ms,
-                       const pb_msgdesc_t *fields, const void *msg, moat_call **out,
-                       moat_status *st)
+static moat_err stream(moat_client *c, const char *session, const char *method,
+                       uint64_t deadline_ms, const pb_msgdesc_t *fields, const void *msg,
+                       moat_call **out, moat_status *st)
 {
     moat_status scratch;
     if (st == NULL)
         st = &scratch;
     moat_slice request;
     moat_err err = encode(c, method, fields, msg, &request, st);
-    return err != MOAT_OK ? err : moat__call_start(c, method, deadline_ms, request, out, st);
+    return err != MOAT_OK
+               ? err
+               : moat__routed_start(c, session, method, deadline_ms, request, false, out, st);
 }
 
 /* Requests made of session_id (field 1) and one more string (field 2): their
@@ -122,12 +125,12 @@ static void pair_init(pair_req *r, const char *session_id, const char *other)
 
 /* A call whose answer is an empty message (DeleteShellResponse, InterruptResponse,
  * FilesEmpty): any of them decodes into a FilesEmpty, which has no field either. */
-static moat_err empty_call(moat_client *c, const char *method, uint64_t deadline_ms,
-                           const pb_msgdesc_t *req_fields, const void *req,
+static moat_err empty_call(moat_client *c, const char *session, const char *method,
+                           uint64_t deadline_ms, const pb_msgdesc_t *req_fields, const void *req,
                            const pb_msgdesc_t *empty_fields, moat_status *st)
 {
     moat_v1_FilesEmpty resp = moat_v1_FilesEmpty_init_zero;
-    return call(c, method, deadline_ms, req_fields, req, empty_fields, &resp, st);
+    return call(c, session, method, deadline_ms, req_fields, req, empty_fields, &resp, st);
 }
 
 /* --- Sandboxes --- */
@@ -153,6 +156,7 @@ const char *moat_session_status_name(moat_session_status status)
 typedef struct session_msg {
     moat_v1_SandboxSession msg;
     moat__pb_kvs labels;
+    moat_slice owner_address; /* kept by the client, not given to the caller */
 } session_msg;
 
 static void session_prepare(session_msg *m, moat_session *out)
@@ -163,6 +167,8 @@ static void session_prepare(session_msg *m, moat_session *out)
     moat__pb_decode_slice(&m->msg.chat_id, &out->chat_id);
     moat__pb_decode_slice(&m->msg.container_id, &out->container_id);
     moat__pb_decode_slice(&m->msg.image, &out->image);
+    m->owner_address = (moat_slice){NULL, 0};
+    moat__pb_decode_slice(&m->msg.owner_address, &m->owner_address);
     m->labels.items = out->labels;
     m->labels.max = MOAT_SESSION_MAX_LABELS;
     m->labels.entry_fields = moat_v1_SandboxSession_LabelsEntry_fields;
@@ -178,16 +184,20 @@ static void session_finish(const session_msg *m, moat_session *out)
     out->labels_truncated = m->labels.overflow;
 }
 
-static moat_err session_call(moat_client *c, const char *method, uint64_t deadline_ms,
-                             const pb_msgdesc_t *fields, const void *req, moat_session *out,
-                             moat_status *st)
+/* A call answered by a SandboxSession; one that names its owner (in a
+ * cluster, a session another node holds) teaches the client where it is. */
+static moat_err session_call(moat_client *c, const char *session, const char *method,
+                             uint64_t deadline_ms, const pb_msgdesc_t *fields, const void *req,
+                             moat_session *out, moat_status *st)
 {
     session_msg m;
     session_prepare(&m, out);
-    moat_err err =
-        call(c, method, deadline_ms, fields, req, moat_v1_SandboxSession_fields, &m.msg, st);
+    moat_err err = call(c, session, method, deadline_ms, fields, req, moat_v1_SandboxSession_fields,
+                        &m.msg, st);
     if (err == MOAT_OK)
         session_finish(&m, out);
+    if (err == MOAT_OK && m.owner_address.len > 0)
+        moat__route_learn(c, out->session_id, m.owner_address);
     return err;
 }
 
@@ -204,7 +214,7 @@ moat_err moat_session_create(moat_client *c, const moat_session_create_req *req,
     r.resources.memory_bytes = req->memory_bytes;
     r.resources.cpu_millis = req->cpu_millis;
     r.resources.pids_limit = req->pids_limit;
-    return session_call(c, "/moat.v1.Sandboxes/CreateSession", deadline_ms,
+    return session_call(c, NULL, "/moat.v1.Sandboxes/CreateSession", deadline_ms,
                         moat_v1_CreateSessionRequest_fields, &r, out, st);
 }
 
@@ -214,7 +224,7 @@ moat_err moat_session_get(moat_client *c, const char *session_id, uint64_t deadl
     moat_v1_GetSessionRequest r = moat_v1_GetSessionRequest_init_zero;
     moat_slice session = moat_slice_str(session_id);
     moat__pb_encode_slice(&r.session_id, &session);
-    return session_call(c, "/moat.v1.Sandboxes/GetSession", deadline_ms,
+    return session_call(c, session_id, "/moat.v1.Sandboxes/GetSession", deadline_ms,
                         moat_v1_GetSessionRequest_fields, &r, out, st);
 }
 
@@ -225,7 +235,7 @@ moat_err moat_session_renew(moat_client *c, const char *session_id, uint32_t ttl
     moat_slice session = moat_slice_str(session_id);
     moat__pb_encode_slice(&r.session_id, &session);
     r.ttl_seconds = ttl_seconds;
-    return session_call(c, "/moat.v1.Sandboxes/RenewSession", deadline_ms,
+    return session_call(c, session_id, "/moat.v1.Sandboxes/RenewSession", deadline_ms,
                         moat_v1_RenewSessionRequest_fields, &r, out, st);
 }
 
@@ -237,8 +247,8 @@ moat_err moat_session_stop(moat_client *c, const char *session_id, uint64_t dead
     moat__pb_encode_slice(&r.session_id, &session);
     moat_v1_StopSessionResponse resp = moat_v1_StopSessionResponse_init_zero;
     moat_err err =
-        call(c, "/moat.v1.Sandboxes/StopSession", deadline_ms, moat_v1_StopSessionRequest_fields,
-             &r, moat_v1_StopSessionResponse_fields, &resp, st);
+        call(c, session_id, "/moat.v1.Sandboxes/StopSession", deadline_ms,
+             moat_v1_StopSessionRequest_fields, &r, moat_v1_StopSessionResponse_fields, &resp, st);
     if (err == MOAT_OK && stopped)
         *stopped = resp.stopped;
     return err;
@@ -296,9 +306,9 @@ moat_err moat_session_list(moat_client *c, const char *chat_id, uint64_t deadlin
     moat_v1_ListSessionsResponse resp = moat_v1_ListSessionsResponse_init_zero;
     resp.sessions.funcs.decode = session_entry_cb;
     resp.sessions.arg = &l;
-    moat_err err =
-        call(c, "/moat.v1.Sandboxes/ListSessions", deadline_ms, moat_v1_ListSessionsRequest_fields,
-             &r, moat_v1_ListSessionsResponse_fields, &resp, st);
+    moat_err err = call(c, NULL, "/moat.v1.Sandboxes/ListSessions", deadline_ms,
+                        moat_v1_ListSessionsRequest_fields, &r, moat_v1_ListSessionsResponse_fields,
+                        &resp, st);
     return listing_end(&l, err, st);
 }
 
@@ -318,7 +328,8 @@ moat_err moat_exec_run(moat_client *c, const moat_run_command_req *req, uint64_t
         return err;
     if (moat_run_command_req_encode(req, buf.request, buf.cap, &len) != MOAT_OK)
         return too_big(method, st);
-    return moat__call_start(c, method, deadline_ms, (moat_slice){buf.request, len}, out, st);
+    return moat__routed_start(c, req->session_id, method, deadline_ms,
+                              (moat_slice){buf.request, len}, false, out, st);
 }
 
 moat_err moat_exec_run_in_shell(moat_client *c, const moat_run_in_shell_req *req,
@@ -332,8 +343,8 @@ moat_err moat_exec_run_in_shell(moat_client *c, const moat_run_in_shell_req *req
     moat__pb_encode_slice(&r.command, &command);
     moat__pb_encode_slice(&r.cwd, &cwd);
     r.timeout_ms = req->timeout_ms;
-    return stream(c, "/moat.v1.Exec/RunInShell", deadline_ms, moat_v1_RunInShellRequest_fields, &r,
-                  out, st);
+    return stream(c, req->session_id, "/moat.v1.Exec/RunInShell", deadline_ms,
+                  moat_v1_RunInShellRequest_fields, &r, out, st);
 }
 
 moat_err moat_exec_attach(moat_client *c, const char *session_id, const char *execution_id,
@@ -345,8 +356,8 @@ moat_err moat_exec_attach(moat_client *c, const char *session_id, const char *ex
     moat__pb_encode_slice(&r.session_id, &session);
     moat__pb_encode_slice(&r.execution_id, &execution);
     r.after_sequence = after_sequence;
-    return stream(c, "/moat.v1.Exec/Attach", deadline_ms, moat_v1_AttachRequest_fields, &r, out,
-                  st);
+    return stream(c, session_id, "/moat.v1.Exec/Attach", deadline_ms, moat_v1_AttachRequest_fields,
+                  &r, out, st);
 }
 
 moat_err moat_exec_next(moat_call *call, int timeout_ms, moat_exec_event *ev)
@@ -393,8 +404,8 @@ moat_err moat_exec_interactive(moat_client *c, const moat_interactive_req *req,
     start->size.rows = req->rows;
     start->size.cols = req->cols;
     start->after_offset = req->after_offset;
-    return stream(c, "/moat.v1.Exec/Interactive", deadline_ms, moat_v1_InteractiveRequest_fields,
-                  &r, out, st);
+    return stream(c, req->session_id, "/moat.v1.Exec/Interactive", deadline_ms,
+                  moat_v1_InteractiveRequest_fields, &r, out, st);
 }
 
 /* A stdin request's envelope: the field's tag and a length of up to five bytes. */
@@ -425,10 +436,14 @@ moat_err moat_exec_stdin(moat_call *call, moat_slice data, int timeout_ms)
 {
     if (data.len > moat_exec_stdin_max(moat__call_client(call)))
         return MOAT_E_TOO_BIG;
-    moat_v1_InteractiveRequest r = moat_v1_InteractiveRequest_init_zero;
-    r.which_input = moat_v1_InteractiveRequest_stdin_tag;
-    moat__pb_encode_slice(&r.input.stdin, &data);
-    return send_input(call, &r, timeout_ms);
+    /* An InteractiveRequest holding only stdin is its field's tag and length, then the bytes:
+     * those go to the socket from the caller's buffer, not through two encodings. */
+    uint8_t head[16];
+    pb_ostream_t os = pb_ostream_from_buffer(head, sizeof head);
+    if (!pb_encode_tag(&os, PB_WT_STRING, moat_v1_InteractiveRequest_stdin_tag) ||
+        !pb_encode_varint(&os, data.len))
+        return MOAT_E_TOO_BIG;
+    return moat__call_send_parts(call, (moat_slice){head, os.bytes_written}, data, timeout_ms);
 }
 
 moat_err moat_exec_close_stdin(moat_call *call, int timeout_ms)
@@ -466,8 +481,9 @@ moat_err moat_shell_create(moat_client *c, const char *session_id, const char *c
     pair_init(&r, session_id, cwd);
     moat_v1_CreateShellResponse resp = moat_v1_CreateShellResponse_init_zero;
     moat__pb_decode_slice(&resp.shell_id, shell_id);
-    return call(c, "/moat.v1.Exec/CreateShell", deadline_ms, moat_v1_CreateShellRequest_fields, &r,
-                moat_v1_CreateShellResponse_fields, &resp, st);
+    return call(c, session_id, "/moat.v1.Exec/CreateShell", deadline_ms,
+                moat_v1_CreateShellRequest_fields, &r, moat_v1_CreateShellResponse_fields, &resp,
+                st);
 }
 
 moat_err moat_shell_delete(moat_client *c, const char *session_id, const char *shell_id,
@@ -475,7 +491,7 @@ moat_err moat_shell_delete(moat_client *c, const char *session_id, const char *s
 {
     pair_req r;
     pair_init(&r, session_id, shell_id);
-    return empty_call(c, "/moat.v1.Exec/DeleteShell", deadline_ms,
+    return empty_call(c, session_id, "/moat.v1.Exec/DeleteShell", deadline_ms,
                       moat_v1_DeleteShellRequest_fields, &r, moat_v1_DeleteShellResponse_fields,
                       st);
 }
@@ -485,8 +501,8 @@ moat_err moat_exec_interrupt(moat_client *c, const char *session_id, const char 
 {
     pair_req r;
     pair_init(&r, session_id, execution_id);
-    return empty_call(c, "/moat.v1.Exec/Interrupt", deadline_ms, moat_v1_InterruptRequest_fields,
-                      &r, moat_v1_InterruptResponse_fields, st);
+    return empty_call(c, session_id, "/moat.v1.Exec/Interrupt", deadline_ms,
+                      moat_v1_InterruptRequest_fields, &r, moat_v1_InterruptResponse_fields, st);
 }
 
 moat_err moat_exec_status(moat_client *c, const char *session_id, const char *execution_id,
@@ -498,7 +514,7 @@ moat_err moat_exec_status(moat_client *c, const char *session_id, const char *ex
     pair_req r;
     pair_init(&r, session_id, execution_id);
     moat_slice answer;
-    moat_err err = unary(c, "/moat.v1.Exec/GetCommandStatus", deadline_ms,
+    moat_err err = unary(c, session_id, "/moat.v1.Exec/GetCommandStatus", deadline_ms,
                          moat_v1_GetCommandStatusRequest_fields, &r, &answer, st);
     if (err == MOAT_OK && moat__command_status_decode(answer, out) != MOAT_OK) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "bad_response", "cannot decode CommandStatus");
@@ -519,8 +535,8 @@ moat_err moat_exec_logs(moat_client *c, const char *session_id, const char *exec
     moat_v1_CommandLogs resp = moat_v1_CommandLogs_init_zero;
     moat__pb_decode_slice(&resp.data, &out->data);
     moat_err err =
-        call(c, "/moat.v1.Exec/GetCommandLogs", deadline_ms, moat_v1_GetCommandLogsRequest_fields,
-             &r, moat_v1_CommandLogs_fields, &resp, st);
+        call(c, session_id, "/moat.v1.Exec/GetCommandLogs", deadline_ms,
+             moat_v1_GetCommandLogsRequest_fields, &r, moat_v1_CommandLogs_fields, &resp, st);
     out->next_cursor = resp.next_cursor;
     return err;
 }
@@ -551,8 +567,8 @@ moat_err moat_file_stat(moat_client *c, const char *session_id, const char *path
     pair_init(&r, session_id, path);
     moat_v1_FileInfo resp;
     file_info_prepare(&resp, out);
-    moat_err err = call(c, "/moat.v1.Files/Stat", deadline_ms, moat_v1_StatRequest_fields, &r,
-                        moat_v1_FileInfo_fields, &resp, st);
+    moat_err err = call(c, session_id, "/moat.v1.Files/Stat", deadline_ms,
+                        moat_v1_StatRequest_fields, &r, moat_v1_FileInfo_fields, &resp, st);
     file_info_finish(&resp, out);
     return err;
 }
@@ -585,8 +601,8 @@ moat_err moat_file_list(moat_client *c, const char *session_id, const char *path
     moat_v1_ListResponse resp = moat_v1_ListResponse_init_zero;
     resp.entries.funcs.decode = file_entry_cb;
     resp.entries.arg = &l;
-    moat_err err = call(c, "/moat.v1.Files/List", deadline_ms, moat_v1_ListRequest_fields, &r,
-                        moat_v1_ListResponse_fields, &resp, st);
+    moat_err err = call(c, session_id, "/moat.v1.Files/List", deadline_ms,
+                        moat_v1_ListRequest_fields, &r, moat_v1_ListResponse_fields, &resp, st);
     return listing_end(&l, err, st);
 }
 
@@ -599,7 +615,8 @@ moat_err moat_file_read(moat_client *c, const char *session_id, const char *path
     moat__pb_encode_slice(&r.path, &file);
     r.offset = offset;
     r.length = length;
-    return stream(c, "/moat.v1.Files/Read", deadline_ms, moat_v1_ReadRequest_fields, &r, out, st);
+    return stream(c, session_id, "/moat.v1.Files/Read", deadline_ms, moat_v1_ReadRequest_fields, &r,
+                  out, st);
 }
 
 moat_err moat_file_next(moat_call *call, int timeout_ms, moat_file_chunk *chunk)
@@ -646,8 +663,8 @@ moat_err moat_file_write(moat_client *c, const moat_write_req *req, uint64_t dea
         return err;
     if (moat_write_req_encode(req, buf.request, buf.cap, &len) != MOAT_OK)
         return too_big(method, st);
-    err = moat_client_unary(c, method, deadline_ms, (moat_slice){buf.request, len}, buf.response,
-                            buf.cap, &n, st);
+    err = moat__routed_unary(c, req->session_id, method, deadline_ms,
+                             (moat_slice){buf.request, len}, buf.response, buf.cap, &n, st);
     moat_v1_WriteResponse resp = moat_v1_WriteResponse_init_zero;
     if (err == MOAT_OK)
         err = decode((moat_slice){buf.response, n}, moat_v1_WriteResponse_fields, &resp, st);
@@ -664,8 +681,8 @@ moat_err moat_file_remove(moat_client *c, const char *session_id, const char *pa
     moat__pb_encode_slice(&r.session_id, &session);
     moat__pb_encode_slice(&r.path, &file);
     r.recursive = recursive;
-    return empty_call(c, "/moat.v1.Files/Remove", deadline_ms, moat_v1_RemoveRequest_fields, &r,
-                      moat_v1_FilesEmpty_fields, st);
+    return empty_call(c, session_id, "/moat.v1.Files/Remove", deadline_ms,
+                      moat_v1_RemoveRequest_fields, &r, moat_v1_FilesEmpty_fields, st);
 }
 
 moat_err moat_file_move(moat_client *c, const char *session_id, const char *src, const char *dest,
@@ -677,8 +694,8 @@ moat_err moat_file_move(moat_client *c, const char *session_id, const char *src,
     moat__pb_encode_slice(&r.session_id, &session);
     moat__pb_encode_slice(&r.src, &from);
     moat__pb_encode_slice(&r.dest, &to);
-    return empty_call(c, "/moat.v1.Files/Move", deadline_ms, moat_v1_MoveRequest_fields, &r,
-                      moat_v1_FilesEmpty_fields, st);
+    return empty_call(c, session_id, "/moat.v1.Files/Move", deadline_ms, moat_v1_MoveRequest_fields,
+                      &r, moat_v1_FilesEmpty_fields, st);
 }
 
 moat_err moat_file_mkdir(moat_client *c, const char *session_id, const char *path, uint32_t mode,
@@ -689,8 +706,8 @@ moat_err moat_file_mkdir(moat_client *c, const char *session_id, const char *pat
     moat__pb_encode_slice(&r.session_id, &session);
     moat__pb_encode_slice(&r.path, &dir);
     r.mode = mode;
-    return empty_call(c, "/moat.v1.Files/Mkdir", deadline_ms, moat_v1_MkdirRequest_fields, &r,
-                      moat_v1_FilesEmpty_fields, st);
+    return empty_call(c, session_id, "/moat.v1.Files/Mkdir", deadline_ms,
+                      moat_v1_MkdirRequest_fields, &r, moat_v1_FilesEmpty_fields, st);
 }
 
 moat_err moat_file_chmod(moat_client *c, const moat_chmod_req *req, uint64_t deadline_ms,
@@ -704,8 +721,8 @@ moat_err moat_file_chmod(moat_client *c, const moat_chmod_req *req, uint64_t dea
     moat__pb_encode_slice(&r.owner, &owner);
     moat__pb_encode_slice(&r.group, &group);
     r.mode = req->mode;
-    return empty_call(c, "/moat.v1.Files/Chmod", deadline_ms, moat_v1_ChmodRequest_fields, &r,
-                      moat_v1_FilesEmpty_fields, st);
+    return empty_call(c, req->session_id, "/moat.v1.Files/Chmod", deadline_ms,
+                      moat_v1_ChmodRequest_fields, &r, moat_v1_FilesEmpty_fields, st);
 }
 
 /* --- Health --- */
@@ -715,8 +732,9 @@ moat_err moat_health_check(moat_client *c, uint64_t deadline_ms, moat_health *ou
     moat_v1_HealthCheckRequest r = moat_v1_HealthCheckRequest_init_zero;
     moat_v1_HealthCheckResponse resp = moat_v1_HealthCheckResponse_init_zero;
     moat__pb_decode_slice(&resp.server_version, &out->server_version);
-    moat_err err = call(c, "/moat.v1.Health/Check", deadline_ms, moat_v1_HealthCheckRequest_fields,
-                        &r, moat_v1_HealthCheckResponse_fields, &resp, st);
+    moat_err err =
+        call(c, NULL, "/moat.v1.Health/Check", deadline_ms, moat_v1_HealthCheckRequest_fields, &r,
+             moat_v1_HealthCheckResponse_fields, &resp, st);
     out->status = (moat_serving_status)resp.status;
     out->docker_reachable = resp.docker_reachable;
     out->live_sessions = resp.live_sessions;

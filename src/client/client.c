@@ -1,6 +1,7 @@
 /* libmoat connection and calls: blocking, poll-based, fixed buffers. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -20,6 +22,10 @@
 #define READ_CHUNK (256u * 1024u)
 /* A queued message costs its payload plus this length prefix. */
 #define QUEUE_PREFIX 4u
+/* session_moved answers a call follows; the next one is redirect_loop. */
+#define MOVES_FOLLOWED 2u
+/* Method names a followed call keeps ("/moat.v1.Sandboxes/RenewSession" is 32). */
+#define METHOD_MAX 64u
 
 struct moat_call {
     moat_client *client;
@@ -35,6 +41,17 @@ struct moat_call {
     int64_t deadline_at_ms; /* 0: none */
     moat_status status;
     moat_call *next; /* all calls of the client */
+    /* Following session_moved (docs/CLUSTER.md, "Routing"): only typed calls
+     * that name a session follow, and only until their first answer. */
+    bool follow;
+    bool moved;          /* ended session_moved before any answer */
+    bool moved_too_long; /* its owner_address did not fit moved_to */
+    uint8_t hops;        /* session_moved answers followed so far */
+    char moved_to[MOAT__ADDR_MAX + 1];
+    char session[MOAT__SESSION_MAX]; /* "" when the id did not fit: followed, not cached */
+    char method[METHOD_MAX];
+    moat_slice request_ref; /* the request, borrowed from a unary call's caller */
+    moat_buf replay; /* or copied: [u32 len][payload]…, the request and what moat_call_send sent */
 };
 
 struct moat_client {
@@ -57,6 +74,12 @@ struct moat_client {
     uint64_t ping_seq;
     bool pong_seen;
     int64_t last_send_ms;
+    /* Routing: the address this connection was opened to, and the client the
+     * caller holds (itself on the connection moat_client_connect made, which
+     * alone has a router: its connections to other nodes and the owner cache). */
+    char *addr;
+    moat_client *top;
+    moat__router *router;
 };
 
 static int64_t mono_ms(void)
@@ -74,15 +97,19 @@ static int remaining_ms(int64_t until, int timeout_ms)
 
 static void fail_all(moat_client *c, moat_code code, const char *reason, const char *msg);
 
-static moat_err write_all(moat_client *c, const uint8_t *p, size_t n)
+/* Writes every byte of v[0..cnt), which it advances; MOAT_E_IO (and every call failed) when
+ * the connection breaks. */
+static moat_err write_iov(moat_client *c, struct iovec *v, int cnt)
 {
-    while (n > 0) {
-        ssize_t w = send(c->fd, p, n, MSG_NOSIGNAL);
-        if (w > 0) {
-            p += w;
-            n -= (size_t)w;
-            continue;
+    for (;;) {
+        while (cnt > 0 && v->iov_len == 0) {
+            v++;
+            cnt--;
         }
+        if (cnt == 0)
+            break;
+        struct msghdr mh = {.msg_iov = v, .msg_iovlen = (size_t)cnt};
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -93,11 +120,28 @@ static moat_err write_all(moat_client *c, const uint8_t *p, size_t n)
             }
             continue;
         }
-        fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost", strerror(errno));
-        return MOAT_E_IO;
+        if (w <= 0) {
+            fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost",
+                     w < 0 ? strerror(errno) : "nothing written");
+            return MOAT_E_IO;
+        }
+        for (size_t done = (size_t)w; done > 0; v++, cnt--) {
+            size_t take = done < v->iov_len ? done : v->iov_len;
+            v->iov_base = (uint8_t *)v->iov_base + take;
+            v->iov_len -= take;
+            done -= take;
+            if (v->iov_len > 0)
+                break;
+        }
     }
     c->last_send_ms = mono_ms();
     return MOAT_OK;
+}
+
+static moat_err write_all(moat_client *c, const uint8_t *p, size_t n)
+{
+    struct iovec v = {(void *)p, n};
+    return write_iov(c, &v, 1);
 }
 
 static moat_err send_frame(moat_client *c, const moat_frame *f)
@@ -182,6 +226,27 @@ static moat_err queue_message(moat_call *call, moat_slice payload)
     return err;
 }
 
+static void stop_following(moat_call *call)
+{
+    call->follow = false;
+    call->request_ref = (moat_slice){NULL, 0};
+    moat_buf_free(&call->replay);
+}
+
+/* Keeps where a session_moved End sends the call; the address is checked
+ * when the call follows it (follow()). */
+static void note_move(moat_call *call, const moat_frame *f)
+{
+    call->moved = true;
+    call->moved_to[0] = '\0';
+    for (size_t i = 0; i < f->u.end.detail_count; i++) {
+        if (!moat_slice_eq_str(f->u.end.details[i].key, "owner_address"))
+            continue;
+        call->moved_too_long = moat_slice_copy(f->u.end.details[i].value, call->moved_to,
+                                               sizeof call->moved_to) >= sizeof call->moved_to;
+    }
+}
+
 /* Handles one frame. If it is a message for `want` with nothing queued ahead
  * of it and deliver is not NULL, it is handed out in *deliver (zero copy) and
  * true is returned; with deliver NULL every message is queued. */
@@ -230,10 +295,14 @@ static bool dispatch(moat_client *c, const moat_frame *f, moat_call *want, moat_
     if (f->kind == MOAT_FRAME_END) {
         status_from_frame(&call->status, f->u.end.code, f->u.end.message, f->u.end.reason,
                           f->u.end.details, f->u.end.detail_count);
+        if (call->follow && f->u.end.code == MOAT_CODE_FAILED_PRECONDITION &&
+            moat_slice_eq_str(f->u.end.reason, "session_moved"))
+            note_move(call, f);
         call->ended = true;
         moat_stream_table_close(c->streams, call->id);
         return false;
     }
+    stop_following(call); /* the call has answered: it is never re-issued now */
     moat_slice payload = f->u.message.payload;
     if (payload.len > UINT32_MAX ||
         moat_window_consume(&call->recv_window, (uint32_t)payload.len) != MOAT_OK) {
@@ -498,8 +567,8 @@ static moat_err read_hello_ack(moat_client *c, int timeout_ms, moat_status *st)
     }
 }
 
-moat_err moat_client_connect(const char *addr, const moat_client_options *opts, moat_client **out,
-                             moat_status *st)
+moat_err moat__connect(const char *addr, const moat_client_options *opts, moat_client **out,
+                       moat_status *st)
 {
     moat_status scratch;
     if (st == NULL)
@@ -513,10 +582,12 @@ moat_err moat_client_connect(const char *addr, const moat_client_options *opts, 
     }
     c->fd = -1;
     c->next_id = 1;
+    c->top = c;
+    c->addr = strdup(addr);
     moat_wire_decoder_init(&c->decoder, MOAT_WIRE_MAX_FRAME_LIMIT);
     c->rbuf = malloc(READ_CHUNK);
     c->limits.max_frame_size = MOAT_WIRE_PREHELLO_MAX_FRAME;
-    moat_err err = c->rbuf ? alloc_buffers(c) : MOAT_E_NOMEM;
+    moat_err err = c->rbuf && c->addr ? alloc_buffers(c) : MOAT_E_NOMEM;
     if (err != MOAT_OK)
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
     if (err == MOAT_OK)
@@ -551,15 +622,42 @@ moat_err moat_client_connect(const char *addr, const moat_client_options *opts, 
     return MOAT_OK;
 }
 
+moat_err moat_client_connect(const char *addr, const moat_client_options *opts, moat_client **out,
+                             moat_status *st)
+{
+    moat_status scratch;
+    if (st == NULL)
+        st = &scratch;
+    moat_client *c;
+    moat_err err = moat__connect(addr, opts, &c, st);
+    if (err != MOAT_OK)
+        return err;
+    c->router = moat__router_new(addr, opts);
+    if (c->router == NULL) {
+        moat_client_close(c);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return MOAT_E_NOMEM;
+    }
+    *out = c;
+    return MOAT_OK;
+}
+
+static void call_free_buffers(moat_call *call)
+{
+    moat_buf_free(&call->queue);
+    moat_buf_free(&call->replay);
+}
+
 void moat_client_close(moat_client *c)
 {
     if (c == NULL)
         return;
+    moat__router_free(c->router);
     if (c->fd >= 0)
         close(c->fd);
     while (c->calls) {
         moat_call *next = c->calls->next;
-        moat_buf_free(&c->calls->queue);
+        call_free_buffers(c->calls);
         free(c->calls);
         c->calls = next;
     }
@@ -570,7 +668,51 @@ void moat_client_close(moat_client *c)
     free(c->mbuf);
     free(c->scratch.request);
     free(c->scratch.response);
+    free(c->addr);
     free(c);
+}
+
+static bool never_done(moat_client *c, moat_call *want)
+{
+    (void)c;
+    (void)want;
+    return false;
+}
+
+void moat__client_poll(moat_client *c)
+{
+    if (!c->broken)
+        pump(c, NULL, NULL, 0, never_done);
+}
+
+moat__router *moat__client_router(const moat_client *c)
+{
+    return c->router;
+}
+
+moat_client *moat__client_top(const moat_client *c)
+{
+    return c->top;
+}
+
+bool moat__client_usable(const moat_client *c)
+{
+    return !c->broken && !c->go_away;
+}
+
+bool moat__client_busy(const moat_client *c)
+{
+    return c->calls != NULL;
+}
+
+void moat__client_adopt(moat_client *c, moat_client *top)
+{
+    c->top = top;
+}
+
+const char *moat__client_addr(const moat_client *c)
+{
+    return c->addr;
 }
 
 const moat_client_limits *moat_client_get_limits(const moat_client *c)
@@ -662,6 +804,167 @@ moat_err moat_call_start(moat_client *c, const char *method, uint64_t deadline_m
     return MOAT_OK;
 }
 
+/* Keeps a request message, head then data, for a re-issue; past the window's
+ * worth (all a server that has not answered can have let through) the call
+ * stops following. */
+static void record(moat_call *call, moat_slice head, moat_slice data)
+{
+    size_t len = head.len + data.len;
+    uint8_t hdr[QUEUE_PREFIX] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16), (uint8_t)(len >> 8),
+                                 (uint8_t)len};
+    if (moat_buf_append(&call->replay, hdr, sizeof hdr) != MOAT_OK ||
+        moat_buf_append(&call->replay, head.data, head.len) != MOAT_OK ||
+        moat_buf_append(&call->replay, data.data, data.len) != MOAT_OK)
+        stop_following(call);
+}
+
+/* The i-th recorded request message from *pos on; false after the last. */
+static bool replayed(const moat_call *call, size_t *pos, moat_slice *msg)
+{
+    if (call->request_ref.data != NULL) {
+        if (*pos > 0)
+            return false;
+        *msg = call->request_ref;
+        *pos = 1;
+        return true;
+    }
+    if (*pos + QUEUE_PREFIX > call->replay.len)
+        return false;
+    const uint8_t *p = call->replay.data + *pos;
+    size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+    *msg = (moat_slice){p + QUEUE_PREFIX, len};
+    *pos += QUEUE_PREFIX + len;
+    return true;
+}
+
+/* A re-issue that could not be made: the call ends here (its id was never
+ * opened on the new connection, so the stream table is not touched). */
+static bool reopen_failed(moat_call *call, moat_code code, const char *reason, const char *msg)
+{
+    moat_status_set(&call->status, code, reason, "%s", msg);
+    call->ended = true;
+    return false;
+}
+
+/* Moves an ended call to connection `to` and sends it again there: its Call
+ * with the deadline left, then every request message it had sent. */
+static bool reopen(moat_call *call, moat_client *to, uint64_t deadline_ms)
+{
+    moat_client *from = call->client;
+    for (moat_call **p = &from->calls; *p; p = &(*p)->next) {
+        if (*p == call) {
+            *p = call->next;
+            break;
+        }
+    }
+    call->client = to;
+    call->next = to->calls;
+    to->calls = call;
+    call->ended = false;
+    call->unreleased = 0;
+    call->queue_head = 0;
+    moat_buf_free(&call->queue);
+    moat_buf_init(&call->queue, (size_t)to->limits.initial_window * 2 + 64 * 1024);
+    moat_status_clear(&call->status);
+    moat_window_init(&call->recv_window, to->limits.initial_window);
+    moat_window_init(&call->send_window, to->limits.initial_window);
+    if (!moat__client_usable(to))
+        return reopen_failed(
+            call, to->broken_status.code ? to->broken_status.code : MOAT_CODE_UNAVAILABLE,
+            to->broken ? to->broken_status.reason : "go_away", "the owner's connection is closing");
+    size_t pos = 0;
+    moat_slice msg;
+    while (replayed(call, &pos, &msg)) {
+        if (!message_fits(to, to->next_id, msg) || msg.len > call->send_window.available)
+            return reopen_failed(call, MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
+                                 "the request does not fit the owner's limits");
+        moat_window_consume(&call->send_window, (uint32_t)msg.len);
+    }
+    call->id = to->next_id;
+    if (moat_stream_table_open(to->streams, call->id, call) != MOAT_OK)
+        return reopen_failed(call, MOAT_CODE_RESOURCE_EXHAUSTED, "too_many_streams",
+                             "the owner's connection has max_concurrent_streams calls open");
+    to->next_id += 2;
+    moat_frame f;
+    memset(&f, 0, sizeof f);
+    f.stream_id = call->id;
+    f.kind = MOAT_FRAME_CALL;
+    f.u.call.method = moat_slice_str(call->method);
+    f.u.call.deadline_ms = deadline_ms;
+    moat_err err = send_frame(to, &f);
+    pos = 0;
+    while (err == MOAT_OK && replayed(call, &pos, &msg)) {
+        f.kind = MOAT_FRAME_MESSAGE;
+        f.u.message.payload = msg;
+        err = send_frame(to, &f);
+    }
+    if (err != MOAT_OK)
+        end_call(call, to->broken_status.code, to->broken_status.reason, to->broken_status.message);
+    return err == MOAT_OK;
+}
+
+/* A call that ended session_moved before any answer goes to the owner the
+ * End named (docs/CLUSTER.md, "Routing"), within the call's first deadline.
+ * false: the call stays ended, its status saying why. */
+static bool follow(moat_call *call)
+{
+    call->moved = false;
+    moat_client *from = call->client;
+    moat_client *top = from->top;
+    if (call->hops >= MOVES_FOLLOWED) {
+        char msg[MOAT_STATUS_MESSAGE_MAX];
+        snprintf(msg, sizeof msg, "session %s moved %u times in a row (last to %.128s)",
+                 call->session, call->hops + 1u, call->moved_to);
+        return reopen_failed(call, MOAT_CODE_UNAVAILABLE, "redirect_loop", msg);
+    }
+    if (call->moved_too_long || !moat__addr_ok(moat_slice_str(call->moved_to)))
+        return reopen_failed(call, MOAT_CODE_INTERNAL, "bad_redirect",
+                             "session_moved without an owner_address that is host:port");
+    call->hops++;
+    uint64_t deadline_ms = 0;
+    if (call->deadline_at_ms) {
+        int64_t left = call->deadline_at_ms - mono_ms();
+        if (left <= 0)
+            return reopen_failed(call, MOAT_CODE_DEADLINE_EXCEEDED, "deadline_exceeded",
+                                 "the call's deadline passed while it followed its session");
+        deadline_ms = (uint64_t)left;
+    }
+    moat__route_learn(top, moat_slice_str(call->session), moat_slice_str(call->moved_to));
+    moat__route_notify(top, call->session, from->addr, call->moved_to);
+    moat_status st;
+    int connect_ms = deadline_ms > INT_MAX ? INT_MAX : (int)deadline_ms;
+    moat_client *to = moat__route_conn(top, call->moved_to, connect_ms, &st);
+    if (to == NULL) {
+        moat__route_forget(top, call->session);
+        call->status = st;
+        return false;
+    }
+    return reopen(call, to, deadline_ms);
+}
+
+moat_err moat__routed_start(moat_client *c, const char *session_id, const char *method,
+                            uint64_t deadline_ms, moat_slice request, bool borrow, moat_call **out,
+                            moat_status *st)
+{
+    bool routed = session_id != NULL && session_id[0] != '\0';
+    moat_client *conn = routed ? moat__route(c, session_id, deadline_ms) : c;
+    moat_err err = moat__call_start(conn, method, deadline_ms, request, out, st);
+    if (err != MOAT_OK || !routed || strlen(method) >= METHOD_MAX)
+        return err;
+    moat_call *call = *out;
+    memcpy(call->method, method, strlen(method) + 1);
+    if (strlen(session_id) < sizeof call->session)
+        memcpy(call->session, session_id, strlen(session_id) + 1);
+    call->follow = true;
+    if (borrow) {
+        call->request_ref = request;
+    } else {
+        moat_buf_init(&call->replay, conn->limits.initial_window + 64 * 1024);
+        record(call, request, (moat_slice){NULL, 0});
+    }
+    return MOAT_OK;
+}
+
 static bool call_done(moat_client *c, moat_call *want)
 {
     (void)c;
@@ -670,14 +973,14 @@ static bool call_done(moat_client *c, moat_call *want)
 
 moat_err moat_call_recv(moat_call *call, int timeout_ms, moat_slice *msg)
 {
-    moat_client *c = call->client;
     if (call->unreleased > 0) {
         uint32_t inc = moat_window_release(&call->recv_window, call->unreleased);
         call->unreleased = 0;
         if (inc > 0 && !call->ended)
-            send_small(c, MOAT_FRAME_WINDOW_UPDATE, call->id, inc);
+            send_small(call->client, MOAT_FRAME_WINDOW_UPDATE, call->id, inc);
     }
     for (;;) {
+        moat_client *c = call->client; /* a followed call changes connection */
         if (call->queue_head < call->queue.len) {
             const uint8_t *p = call->queue.data + call->queue_head;
             size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
@@ -692,6 +995,8 @@ moat_err moat_call_recv(moat_call *call, int timeout_ms, moat_slice *msg)
             return MOAT_OK;
         }
         if (call->ended) {
+            if (call->moved && follow(call))
+                continue;
             call->end_reported = true;
             return MOAT_E_CLOSED;
         }
@@ -732,28 +1037,65 @@ static bool credit_done(moat_client *c, moat_call *want)
     return want->ended || want->send_window.available >= want->send_need;
 }
 
+/* Waits for len bytes of the call's send window. A session_moved End read
+ * meanwhile makes the call follow, and the message goes to the owner. */
+static moat_err await_credit(moat_call *call, size_t len, int timeout_ms)
+{
+    for (;;) {
+        if (call->ended && call->moved && follow(call))
+            continue;
+        moat_client *c = call->client;
+        if (call->ended || c->broken)
+            return MOAT_E_CLOSED;
+        if (!message_fits(c, call->id, (moat_slice){NULL, len}))
+            return MOAT_E_TOO_BIG;
+        call->send_need = (uint32_t)len;
+        /* Frames that come meanwhile are queued, not delivered: the caller reads
+         * them with moat_call_recv, and keeps granting the server credit. */
+        moat_err err = pump(c, call, NULL, timeout_ms, credit_done);
+        if (err != MOAT_OK)
+            return err;
+        if (!call->ended)
+            return MOAT_OK;
+    }
+}
+
 moat_err moat_call_send(moat_call *call, moat_slice payload, int timeout_ms)
 {
-    moat_client *c = call->client;
-    if (call->ended || c->broken)
-        return MOAT_E_CLOSED;
-    if (!message_fits(c, call->id, payload))
-        return MOAT_E_TOO_BIG;
-    call->send_need = (uint32_t)payload.len;
-    /* Frames that come meanwhile are queued, not delivered: the caller reads
-     * them with moat_call_recv, and keeps granting the server credit. */
-    moat_err err = pump(c, call, NULL, timeout_ms, credit_done);
+    moat_err err = await_credit(call, payload.len, timeout_ms);
     if (err != MOAT_OK)
         return err;
-    if (call->ended)
-        return MOAT_E_CLOSED;
     moat_window_consume(&call->send_window, (uint32_t)payload.len);
+    if (call->follow)
+        record(call, payload, (moat_slice){NULL, 0});
     moat_frame f;
     memset(&f, 0, sizeof f);
     f.kind = MOAT_FRAME_MESSAGE;
     f.stream_id = call->id;
     f.u.message.payload = payload;
-    return send_frame(c, &f) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
+    return send_frame(call->client, &f) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
+}
+
+moat_err moat__call_send_parts(moat_call *call, moat_slice head, moat_slice data, int timeout_ms)
+{
+    size_t len = head.len + data.len;
+    uint8_t prefix[MOAT_WIRE_MESSAGE_PREFIX_MAX + 16];
+    if (head.len > sizeof(prefix) - MOAT_WIRE_MESSAGE_PREFIX_MAX)
+        return MOAT_E_TOO_BIG;
+    moat_err err = await_credit(call, len, timeout_ms);
+    if (err != MOAT_OK)
+        return err;
+    size_t n;
+    /* the stream id is the owner's after a follow: encoded only now */
+    if (moat_wire_encode_message_prefix(call->id, len, prefix, MOAT_WIRE_MESSAGE_PREFIX_MAX, &n) !=
+        MOAT_OK)
+        return MOAT_E_TOO_BIG;
+    memcpy(prefix + n, head.data, head.len);
+    moat_window_consume(&call->send_window, (uint32_t)len);
+    if (call->follow)
+        record(call, head, data);
+    struct iovec iov[2] = {{prefix, n + head.len}, {(void *)data.data, data.len}};
+    return write_iov(call->client, iov, 2) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
 }
 
 uint32_t moat_call_send_window(const moat_call *call)
@@ -764,6 +1106,11 @@ uint32_t moat_call_send_window(const moat_call *call)
 int moat_client_fd(const moat_client *c)
 {
     return c->fd;
+}
+
+int moat_call_fd(const moat_call *call)
+{
+    return call->client->fd;
 }
 
 moat_client *moat__call_client(const moat_call *call)
@@ -803,7 +1150,7 @@ void moat_call_free(moat_call *call)
             break;
         }
     }
-    moat_buf_free(&call->queue);
+    call_free_buffers(call);
     free(call);
 }
 
@@ -836,15 +1183,11 @@ moat__scratch moat__client_scratch(moat_client *c)
     return c->scratch;
 }
 
-moat_err moat_client_unary(moat_client *c, const char *method, uint64_t deadline_ms,
-                           moat_slice request, uint8_t *resp, size_t cap, size_t *resp_len,
-                           moat_status *st)
+/* The rest of a unary call once started: its one answer into resp, then its End. */
+static moat_err unary_finish(moat_call *call, const char *method, uint8_t *resp, size_t cap,
+                             size_t *resp_len, moat_status *st)
 {
-    moat_call *call;
-    *resp_len = 0;
-    moat_err err = moat__call_start(c, method, deadline_ms, request, &call, st);
-    if (err != MOAT_OK)
-        return err;
+    moat_err err;
     bool got = false;
     moat_slice msg;
     while ((err = moat_call_recv(call, -1, &msg)) == MOAT_OK) {
@@ -864,4 +1207,24 @@ moat_err moat_client_unary(moat_client *c, const char *method, uint64_t deadline
     if (st->code != MOAT_CODE_OK)
         return MOAT_E_REMOTE;
     return MOAT_OK;
+}
+
+moat_err moat_client_unary(moat_client *c, const char *method, uint64_t deadline_ms,
+                           moat_slice request, uint8_t *resp, size_t cap, size_t *resp_len,
+                           moat_status *st)
+{
+    moat_call *call;
+    *resp_len = 0;
+    moat_err err = moat__call_start(c, method, deadline_ms, request, &call, st);
+    return err != MOAT_OK ? err : unary_finish(call, method, resp, cap, resp_len, st);
+}
+
+moat_err moat__routed_unary(moat_client *c, const char *session_id, const char *method,
+                            uint64_t deadline_ms, moat_slice request, uint8_t *resp, size_t cap,
+                            size_t *resp_len, moat_status *st)
+{
+    moat_call *call;
+    *resp_len = 0;
+    moat_err err = moat__routed_start(c, session_id, method, deadline_ms, request, true, &call, st);
+    return err != MOAT_OK ? err : unary_finish(call, method, resp, cap, resp_len, st);
 }

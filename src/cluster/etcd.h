@@ -10,8 +10,9 @@
  *
  * Errors are a moat_code with a moat_status (caller-owned, never NULL): etcd's own errors keep
  * their gRPC code (the numbering is the same) with reason "etcd_error"; no member reachable or
- * none answering in time is UNAVAILABLE "etcd_unavailable"; an answer that is not what the
- * gateway sends is INTERNAL "etcd_bad_answer". */
+ * none answering in time is UNAVAILABLE "etcd_unavailable", or "etcd_tls_failed" when the last
+ * member tried failed the TLS handshake; an answer that is not what the gateway sends is INTERNAL
+ * "etcd_bad_answer". */
 #ifndef MOAT_CLUSTER_ETCD_H
 #define MOAT_CLUSTER_ETCD_H
 
@@ -192,31 +193,45 @@ moat_code moat_etcd_parse_watch(const char *line, size_t len, moat_etcd_watch_ms
 
 /* ---- client ------------------------------------------------------------------------------ */
 
-/* The caller owns every string; moat_etcd_open copies what it keeps. TLS (https:// with a CA
- * and a client certificate) is not taken yet: docs/CLUSTER.md, "What is built, what is next". */
+/* TLS to the members, for https:// endpoints: paths of PEM files, each NULL or "" for none. curl
+ * reads them at each new connection (connections are kept between calls). The member's
+ * certificate and host name are always verified. */
+typedef struct moat_etcd_tls {
+    const char *ca;   /* CA bundle that verifies the members; none: the system's CAs */
+    const char *cert; /* client certificate for etcd's --client-cert-auth; set with key */
+    const char *key;  /* its private key, unencrypted */
+} moat_etcd_tls;
+
+/* The caller owns every string; moat_etcd_open copies what it keeps. */
 typedef struct moat_etcd_config {
-    /* The members' client URLs, "http://host:port" or "https://host:port" (verified against
-     * the system's CAs), tried in turn. */
+    /* The members' client URLs, "http://host:port" or "https://host:port", tried in turn. */
     const char *const *endpoints;
     size_t endpoint_count;
     long connect_timeout_ms; /* per member tried; 0: 1000 */
     long request_timeout_ms; /* whole exchange with one member; 0: 3000 */
+    moat_etcd_tls tls;       /* any file set: every endpoint must be https:// */
 } moat_etcd_config;
 
 typedef struct moat_etcd moat_etcd;
 
-/* A client for one etcd cluster; no connection is made yet. NULL with st set
- * (INVALID_ARGUMENT "invalid_config" for no endpoints, too many, or one that is not an http(s)
- * URL). The caller frees it with moat_etcd_close once no call is running. */
+/* A client for one etcd cluster; no connection is made yet, and the TLS files are not read
+ * (moatd checks them when it loads its configuration). NULL with st set (INVALID_ARGUMENT
+ * "invalid_config", detail "setting", for no endpoints, too many, one that is not an http(s)
+ * URL, a TLS file with an http:// endpoint, or tls.cert without tls.key or the reverse). The
+ * caller frees it with moat_etcd_close once no call is running. */
 moat_etcd *moat_etcd_open(const moat_etcd_config *cfg, moat_status *st);
 void moat_etcd_close(moat_etcd *etcd);
 
-/* Failover. A member that cannot be connected to is skipped for the next one, for every call:
- * the request never reached it. A member that timed out or answered UNAVAILABLE (it has no
- * leader, or lost quorum) is skipped for reads, lease keepalives and grants (a spare lease
- * expires by itself) but not for writes, whose effect is then unknown: those return
- * UNAVAILABLE "etcd_unavailable" and the caller decides (etcd's own client does the same). The
- * member that last answered is tried first by the next call.
+/* Failover. A member that cannot be connected to, or whose TLS handshake fails (UNAVAILABLE
+ * "etcd_tls_failed": its certificate did not verify, or it refused the handshake), is skipped for
+ * the next one, for every call: the request never reached it. A member that timed out or
+ * answered UNAVAILABLE (it has no leader, or lost quorum) is skipped for reads, lease keepalives
+ * and grants (a spare lease expires by itself) but not for writes, whose effect is then unknown:
+ * those return UNAVAILABLE "etcd_unavailable" and the caller decides (etcd's own client does the
+ * same). A member that refuses our client certificate under TLS 1.3 does so with an alert once it
+ * has read our side of the handshake: met within the handshake it is "etcd_tls_failed", met in
+ * place of the answer "etcd_unavailable" (which of the two is a race). The member that last
+ * answered is tried first by the next call.
  *
  * Each call fills *res (zeroed here; the caller frees it with moat_etcd_result_free, also after
  * an error) and returns its code. */

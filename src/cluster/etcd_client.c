@@ -15,6 +15,7 @@ struct moat_etcd {
     size_t url_count;
     long connect_timeout_ms;
     long request_timeout_ms;
+    char *tls_ca, *tls_cert, *tls_key; /* NULL: none */
     /* Keeps connections to the members open between calls (curl's connection cache). */
     CURLSH *share;
     pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
@@ -36,8 +37,28 @@ static void share_unlock(CURL *h, curl_lock_data data, void *user)
     pthread_mutex_unlock(&e->share_mu[data]);
 }
 
+static bool is_set(const char *path)
+{
+    return path != NULL && path[0] != '\0';
+}
+
+/* A copy of an optional path (NULL for none); false when out of memory. */
+static bool copy_path(const char *path, char **out)
+{
+    *out = is_set(path) ? strdup(path) : NULL;
+    return *out != NULL || !is_set(path);
+}
+
 moat_etcd *moat_etcd_open(const moat_etcd_config *cfg, moat_status *st)
 {
+    const moat_etcd_tls *tls = &cfg->tls;
+    if (is_set(tls->cert) != is_set(tls->key)) {
+        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_config",
+                        "etcd TLS: a client certificate and its key go together");
+        moat_status_add_detail(st, "setting", is_set(tls->cert) ? "tls_key" : "tls_cert");
+        return NULL;
+    }
+    bool any_tls = is_set(tls->ca) || is_set(tls->cert);
     if (cfg->endpoint_count == 0 || cfg->endpoint_count > MOAT_ETCD_ENDPOINTS_MAX) {
         moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_config",
                         "etcd endpoints: between 1 and %d, not %zu", MOAT_ETCD_ENDPOINTS_MAX,
@@ -54,6 +75,13 @@ moat_etcd *moat_etcd_open(const moat_etcd_config *cfg, moat_status *st)
             moat_status_add_detail(st, "setting", "etcd_endpoints");
             return NULL;
         }
+        /* TLS files would go unused with a plain member: a mistake, not a choice. */
+        if (any_tls && strncmp(u, "https://", 8) != 0) {
+            moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_config",
+                            "etcd endpoint %zu is http://, but TLS files are set", i);
+            moat_status_add_detail(st, "setting", "etcd_endpoints");
+            return NULL;
+        }
     }
     moat_etcd *e = calloc(1, sizeof(*e));
     if (e == NULL)
@@ -62,6 +90,9 @@ moat_etcd *moat_etcd_open(const moat_etcd_config *cfg, moat_status *st)
         pthread_mutex_init(&e->share_mu[i], NULL);
     e->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 1000;
     e->request_timeout_ms = cfg->request_timeout_ms > 0 ? cfg->request_timeout_ms : 3000;
+    if (!copy_path(tls->ca, &e->tls_ca) || !copy_path(tls->cert, &e->tls_cert) ||
+        !copy_path(tls->key, &e->tls_key))
+        goto nomem;
     for (size_t i = 0; i < cfg->endpoint_count; i++) {
         size_t len = strlen(cfg->endpoints[i]);
         e->urls[i] = strdup(cfg->endpoints[i]);
@@ -94,6 +125,9 @@ void moat_etcd_close(moat_etcd *e)
         curl_share_cleanup(e->share);
     for (size_t i = 0; i < e->url_count; i++)
         free(e->urls[i]);
+    free(e->tls_ca);
+    free(e->tls_cert);
+    free(e->tls_key);
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_destroy(&e->share_mu[i]);
     free(e);
@@ -112,8 +146,9 @@ static bool repeatable(moat_etcd_call call)
            call == MOAT_ETCD_CALL_LEASE_KEEPALIVE || call == MOAT_ETCD_CALL_LEASE_REVOKE;
 }
 
-/* A POST of body (JSON) to url with what every call to a member sets: the shared connection
- * cache, the connect timeout, the error text into errbuf. NULL (st set) when out of memory;
+/* A POST of body (JSON) to url with what every call to a member sets, the watch's stream too:
+ * the shared connection cache, the connect timeout, the error text into errbuf, the TLS settings
+ * (verification, the CA bundle, the client certificate). NULL (st set) when out of memory;
  * the caller frees *headers and cleans the handle up. */
 static CURL *easy_post(moat_etcd *e, const char *url, const char *body, struct curl_slist **headers,
                        char *errbuf, moat_status *st)
@@ -135,12 +170,37 @@ static CURL *easy_post(moat_etcd *e, const char *url, const char *body, struct c
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, e->connect_timeout_ms);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+    /* curl's defaults, set so that no build or later change can turn them off. */
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (e->tls_ca != NULL)
+        curl_easy_setopt(h, CURLOPT_CAINFO, e->tls_ca);
+    if (e->tls_cert != NULL) {
+        curl_easy_setopt(h, CURLOPT_SSLCERT, e->tls_cert);
+        curl_easy_setopt(h, CURLOPT_SSLKEY, e->tls_key);
+    }
     return h;
+}
+
+/* curl's codes for a TLS handshake that failed, which ends before the request is sent. */
+static bool tls_failed(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+        return true;
+    default:
+        return false;
+    }
 }
 
 typedef enum attempt_outcome {
     ATTEMPT_ANSWERED,  /* *code holds the parsed answer's */
-    ATTEMPT_NOT_SENT,  /* no connection: the next member may have it */
+    ATTEMPT_NOT_SENT,  /* no connection or no TLS session: the next member may have it */
     ATTEMPT_NO_ANSWER, /* sent, but no full answer in time */
 } attempt_outcome;
 
@@ -173,13 +233,19 @@ static attempt_outcome attempt(moat_etcd *e, const char *url, moat_etcd_call cal
                         moat_etcd_call_path(call), MOAT_ETCD_ANSWER_MAX);
         *code = st->code;
     } else if (rc != CURLE_OK) {
-        moat_status_set(st, MOAT_CODE_UNAVAILABLE, "etcd_unavailable", "etcd member %s, %s: %s",
-                        url, moat_etcd_call_path(call),
-                        errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc));
+        bool tls = tls_failed(rc);
+        /* What a member serving TLS answers a plain request with: say so. */
+        const char *hint = rc == CURLE_GOT_NOTHING && strncmp(url, "http://", 7) == 0
+                               ? " (a member that serves https:// answers http:// so)"
+                               : "";
+        moat_status_set(st, MOAT_CODE_UNAVAILABLE, tls ? "etcd_tls_failed" : "etcd_unavailable",
+                        "etcd member %s, %s: %s%s", url, moat_etcd_call_path(call),
+                        errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc), hint);
         moat_status_add_detail(st, "etcd_endpoint", url);
         *code = st->code;
-        out = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ? ATTEMPT_NOT_SENT
-                                                                              : ATTEMPT_NO_ANSWER;
+        out = tls || rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST
+                  ? ATTEMPT_NOT_SENT
+                  : ATTEMPT_NO_ANSWER;
     } else {
         *code = moat_etcd_parse(call, http_status, (const char *)buf.data, buf.len, res, st);
     }
@@ -380,14 +446,15 @@ moat_code moat_etcd_watch(moat_etcd *e, moat_slice key, moat_slice end, int64_t 
                 moat_status_clear(st);
             break;
         }
-        moat_status_set(st, MOAT_CODE_UNAVAILABLE, "etcd_unavailable",
+        bool tls = tls_failed(rc);
+        moat_status_set(st, MOAT_CODE_UNAVAILABLE, tls ? "etcd_tls_failed" : "etcd_unavailable",
                         "etcd member %s, /v3/watch: %s", url,
                         rc != CURLE_OK ? (errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc))
                                        : "the stream ended");
         moat_status_add_detail(st, "etcd_endpoint", url);
         code = st->code;
         /* Only a member that never took the request is worth skipping for the next. */
-        if (rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST)
+        if (!tls && rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST)
             break;
     }
     free(body);

@@ -151,6 +151,7 @@ typedef struct xd_req {
     bool upload_bad; /* not multipart/form-data, or MHD's parser rejected the body */
     xd_write write;
     struct xd_pty_attach *pty_attach; /* GET /pty/{id}/ws until the upgrade (pty.c) */
+    struct xd_pty_upload *pty_stdin;  /* POST /pty/{id}/stdin holding the pipe (pty_stdin.c) */
     bool handled;
 } xd_req;
 
@@ -203,6 +204,17 @@ enum MHD_Result xd_pty_route(struct MHD_Connection *conn, xd_req *r, const char 
 void xd_pty_request_done(xd_req *r);
 /* Closes every session and joins their threads (shutdown, after xd_terminate_all). */
 void xd_pty_shutdown(void);
+/* POST /pty/{id}/stdin (moat extension, pty_stdin.c): a pipe-mode session's stdin as a
+ * streamed body. begin runs once the headers are in and may answer at once (unknown session,
+ * not pipe mode, another uploader, stdin closed); data writes each piece into the pipe,
+ * waiting while it is full; done answers at the body's end; end gives the pipe back to the
+ * session when the body was cut short. */
+bool xd_pty_is_stdin(const char *url, const char *method);
+enum MHD_Result xd_pty_stdin_begin(struct MHD_Connection *conn, xd_req *r, const char *url);
+enum MHD_Result xd_pty_stdin_data(struct MHD_Connection *conn, xd_req *r, const char *data,
+                                  size_t len);
+enum MHD_Result xd_pty_stdin_done(struct MHD_Connection *conn, xd_req *r);
+void xd_pty_stdin_end(xd_req *r);
 
 /* ---- main.c ---- */
 /* mkdir -p; errors are left for the caller's later use of the path to report. */

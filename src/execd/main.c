@@ -139,6 +139,9 @@ enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *ur
             return respond_bytes(conn, 401, "application/json; charset=utf-8", unauthorized_body,
                                  sizeof(unauthorized_body) - 1);
         }
+        /* Its refusals go before the body, which is then never read. */
+        if (xd_pty_is_stdin(url, method))
+            return xd_pty_stdin_begin(conn, r, url);
         return MHD_YES;
     }
     if (r->handled) {
@@ -152,6 +155,8 @@ enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *ur
             return xd_files_upload_data(conn, r, upload_data, len);
         if (xd_files_is_write(url, method))
             return xd_files_write_data(conn, r, upload_data, len);
+        if (xd_pty_is_stdin(url, method))
+            return xd_pty_stdin_data(conn, r, upload_data, len);
         if (moat_buf_append(&r->body, upload_data, len) != MOAT_OK)
             r->body_too_big = true;
         return MHD_YES;
@@ -190,6 +195,7 @@ void xd_request_done(void *cls, struct MHD_Connection *conn, void **con_cls,
     moat_execd_upload_free(r->upload);
     xd_files_write_end(r);
     xd_pty_request_done(r);
+    xd_pty_stdin_end(r);
     moat_buf_free(&r->body);
     free(r);
     *con_cls = NULL;

@@ -48,6 +48,12 @@ static void session_free(xd_pty *s)
 {
     close(s->wake_r);
     close(s->wake_w);
+    close(s->gone_r);
+    if (s->gone_w >= 0)
+        close(s->gone_w);
+    if (s->stdin_fd >= 0)
+        close(s->stdin_fd);
+    pthread_cond_destroy(&s->stdin_cv);
     pthread_mutex_destroy(&s->mu);
     free(s->cwd);
     free(s->command);
@@ -81,6 +87,10 @@ bool xd_pty_unlist(xd_pty *s)
     pthread_mutex_lock(&s->mu);
     s->listed = false;
     s->closing = true;
+    if (s->gone_w >= 0)
+        close(s->gone_w);
+    s->gone_w = -1;
+    pthread_cond_broadcast(&s->stdin_cv);
     pthread_mutex_unlock(&s->mu);
     xd_pty_wake(s);
     xd_pty_unref(s);
@@ -93,9 +103,9 @@ void xd_pty_wake(xd_pty *s)
     (void)w;
 }
 
-/* With a reference, or NULL. Sessions never attached are dropped here once idle for the
- * timeout (no thread watches them). */
-static xd_pty *session_find(const char *id)
+/* Sessions never attached are dropped here once idle for the timeout (no thread watches
+ * them). */
+xd_pty *xd_pty_find(const char *id)
 {
     uint64_t now = moat_time_mono_ns();
     xd_pty *found = NULL, *expired = NULL;
@@ -133,15 +143,23 @@ static enum MHD_Result pty_create(struct MHD_Connection *conn, xd_req *r)
         return ret;
     }
     xd_pty *s = calloc(1, sizeof(*s));
-    int wake[2] = {-1, -1};
-    if (s == NULL || pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+    int wake[2] = {-1, -1}, gone[2] = {-1, -1};
+    if (s == NULL || pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0 || pipe2(gone, O_CLOEXEC) != 0) {
+        if (wake[0] >= 0) {
+            close(wake[0]);
+            close(wake[1]);
+        }
         free(s);
         cJSON_Delete(root);
         return xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
     }
     pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->stdin_cv, NULL);
     s->wake_r = wake[0];
     s->wake_w = wake[1];
+    s->gone_r = gone[0];
+    s->gone_w = gone[1];
+    s->stdin_fd = -1;
     s->refs = 1;
     s->listed = true;
     s->created_ns = moat_time_mono_ns();
@@ -291,6 +309,7 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
     if (start && !thread_start(s)) {
         pthread_mutex_lock(&s->mu);
         s->started = false;
+        pthread_cond_broadcast(&s->stdin_cv);
         replaced = s->pending;
         s->pending = NULL;
         s->refs--;
@@ -445,7 +464,7 @@ enum MHD_Result xd_pty_route(struct MHD_Connection *conn, xd_req *r, const char 
     memcpy(id, rest, n);
     id[n] = '\0';
     rest += n;
-    xd_pty *s = session_find(id);
+    xd_pty *s = xd_pty_find(id);
     if (s == NULL)
         return xd_respond_error(conn, 404, "CONTEXT_NOT_FOUND", "pty session %s not found", id);
     enum MHD_Result ret;
@@ -455,6 +474,8 @@ enum MHD_Result xd_pty_route(struct MHD_Connection *conn, xd_req *r, const char 
         ret = pty_delete(conn, s);
     else if (get && strcmp(rest, "/ws") == 0)
         ret = pty_attach(conn, r, s);
+    else if (xd_pty_is_stdin(url, method) && r->pty_stdin != NULL)
+        ret = xd_pty_stdin_done(conn, r);
     else
         ret = xd_respond_not_found(conn);
     xd_pty_unref(s);

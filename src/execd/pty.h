@@ -33,6 +33,15 @@ typedef struct xd_pty_client {
     void *owner; /* the session thread's state */
 } xd_pty_client;
 
+/* Who holds a pipe-mode session's stdin pipe (POST /pty/{id}/stdin, pty_stdin.c). */
+typedef enum xd_pty_stdin_state {
+    XD_STDIN_OWN,      /* the session's thread, which writes WebSocket stdin into it */
+    XD_STDIN_WANTED,   /* an uploader waits for it (once the WebSocket stdin is written) */
+    XD_STDIN_LENT,     /* the uploader writes into stdin_fd */
+    XD_STDIN_RETURNED, /* an upload cut short gave stdin_fd back */
+    XD_STDIN_CLOSED    /* stdin has ended (or the process has): no uploader gets it */
+} xd_pty_stdin_state;
+
 typedef struct xd_pty {
     char id[MOAT_UUID_STR_LEN];
     char *cwd;     /* NULL: execd's own */
@@ -47,6 +56,11 @@ typedef struct xd_pty {
     char term[XD_PTY_TERM_MAX + 1];
     uint16_t rows, cols;    /* the terminal's first size */
     xd_pty_client *pending; /* upgraded, not yet taken by the thread */
+    xd_pty_stdin_state stdin_state;
+    int stdin_fd;            /* the pipe's write end while lent or returned; -1 otherwise */
+    pthread_cond_t stdin_cv; /* stdin_state left XD_STDIN_WANTED, or the session closes */
+    /* Unlisting closes gone_w: an uploader waiting for the pipe to take more polls gone_r. */
+    int gone_r, gone_w;
     /* Read by GET /pty/{id} without the lock. */
     atomic_bool running;
     _Atomic uint64_t output_offset;
@@ -66,6 +80,8 @@ typedef struct xd_pty_attach {
 } xd_pty_attach;
 
 /* pty.c */
+/* With a reference, or NULL. */
+xd_pty *xd_pty_find(const char *id);
 void xd_pty_unref(xd_pty *s);
 /* Takes the session off the table (DELETE, idle timeout); false if it was off already. */
 bool xd_pty_unlist(xd_pty *s);

@@ -41,6 +41,7 @@ typedef struct session_io {
     moat_execd_ring ring;
     moat_buf stdin_buf;
     bool stdin_closed; /* close_stdin came: the pipe closes once stdin_buf is written */
+    bool stdin_lent;   /* in_fd is an uploader's (pty_stdin.c) */
     xd_pty_client *client;
     uint64_t detached_since_ns;
     uint8_t chunk[1 + CHUNK_MAX];
@@ -245,6 +246,10 @@ static void stdin_append(session_io *io, xd_pty_client *c, const void *data, siz
         send_error(c, "INVALID_FRAME", "stdin was closed");
         return;
     }
+    if (io->stdin_lent) {
+        send_error(c, "STDIN_WRITE_FAILED", "stdin is being uploaded (POST /pty/{id}/stdin)");
+        return;
+    }
     if (io->in_fd < 0)
         return;
     if (moat_buf_append(&io->stdin_buf, data, len) != MOAT_OK)
@@ -433,6 +438,46 @@ static void update_output_done(session_io *io, bool closing, uint64_t now)
     io->output_done = io->start_failed || (io->exited && drained);
 }
 
+/* ---- stdin lent to an upload (pty_stdin.c) ---- */
+
+/* Answers an uploader's request for the pipe and takes back what it gives back or ends. */
+static void stdin_handover(session_io *io)
+{
+    xd_pty *s = io->s;
+    pthread_mutex_lock(&s->mu);
+    switch (s->stdin_state) {
+    case XD_STDIN_WANTED:
+        if (io->in_fd < 0 || io->stdin_closed || io->exited || io->pty_master >= 0) {
+            s->stdin_state = XD_STDIN_CLOSED;
+            pthread_cond_broadcast(&s->stdin_cv);
+        } else if (io->stdin_buf.len == 0) {
+            /* stdin that came over the WebSocket is written first: the order stays */
+            s->stdin_fd = io->in_fd;
+            io->in_fd = -1;
+            io->stdin_lent = true;
+            s->stdin_state = XD_STDIN_LENT;
+            pthread_cond_broadcast(&s->stdin_cv);
+        }
+        break;
+    case XD_STDIN_RETURNED:
+        io->in_fd = s->stdin_fd;
+        s->stdin_fd = -1;
+        io->stdin_lent = false;
+        s->stdin_state = XD_STDIN_OWN;
+        end_stdin_when_written(io);
+        break;
+    case XD_STDIN_CLOSED:
+        if (io->stdin_lent) {
+            io->stdin_lent = false;
+            io->stdin_closed = true;
+        }
+        break;
+    default:
+        break;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* ---- the loop ---- */
 
 typedef struct poll_set {
@@ -552,6 +597,7 @@ static void run(session_io *io)
         }
         if (closing && !io->killed)
             kill_everything(io);
+        stdin_handover(io);
         if (io->client == NULL && !closing && now - io->detached_since_ns >= xd.cfg.pty_idle_ns) {
             xd_pty_unlist(s);
             continue;

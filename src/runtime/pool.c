@@ -168,6 +168,7 @@ bool moat__pool_holds(moat_runtime *rt, const char *session_id)
 /* Starts one slot; it stays in the busy set until the caller puts it in the pool. */
 static moat_code slot_start(moat_runtime *rt, moat__slot *slot, moat_status *st)
 {
+    uint64_t t0 = moat_time_mono_ns();
     moat_status_clear(st);
     memset(slot, 0, sizeof(*slot));
     moat_uuid_generate(slot->session_id);
@@ -208,12 +209,16 @@ static moat_code slot_start(moat_runtime *rt, moat__slot *slot, moat_status *st)
     /* Without it the slot still serves: its claim attaches the chat's workspace as a create
      * does. A claim already waiting for a slot has attached its chat's workspace while it
      * waited, so none is made for it to wait for. */
+    uint64_t t_started = moat_time_mono_ns();
     pthread_mutex_lock(&rt->pool_mu);
     bool claim_waits = rt->pool_claims_waiting > 0;
     pthread_mutex_unlock(&rt->pool_mu);
     moat_status prep_st;
     slot->prepared = rt->ws.quota && !claim_waits &&
                      moat__prepared_make(rt, slot->session_id, &prep_st) == MOAT_CODE_OK;
+    moat_log(MOAT_LOG_DEBUG, "pool_slot_ready", "session_id=%s start_us=%llu prepare_us=%llu",
+             slot->session_id, (unsigned long long)(t_started - t0) / 1000,
+             (unsigned long long)(moat_time_mono_ns() - t_started) / 1000);
     return MOAT_CODE_OK;
 }
 

@@ -8,6 +8,7 @@
 #include "cluster/dircache.h"
 #include "cluster/janitor.h"
 #include "cluster/membership.h"
+#include "cluster_place.h"
 #include "server_internal.h"
 
 struct srv_cluster {
@@ -17,6 +18,12 @@ struct srv_cluster {
     moat_janitor *janitor;
     uv_timer_t load_timer;
     int64_t lease_saved; /* what <state_dir>/cluster.lease holds */
+    int64_t lease_swept; /* the lease the last sweep of older incarnations ran for (loop) */
+    /* The member list placement reads, kept a second at most (docs/CLUSTER.md, "Placement"). */
+    pthread_mutex_t members_mu;
+    moat_node *members; /* under members_mu */
+    size_t nmembers;
+    uint64_t members_at_ms; /* monotonic; 0: none yet */
 };
 
 /* <state_dir>/cluster.lease, "<node id> <lease>": the lease this node held last, so that a
@@ -93,6 +100,16 @@ static void current_load(srv *s, moat_node_load *load)
     host_memory(&load->memory_total_bytes, &load->memory_used_bytes);
 }
 
+/* A lease not yet swept for: the node's first, or a new incarnation after its lease was lost;
+ * the sessions of older ones stop (docs/CLUSTER.md, "Faults"). */
+static void sweep_if_new(srv *s, int64_t lease)
+{
+    if (lease != 0 && lease != s->cluster->lease_swept) {
+        s->cluster->lease_swept = lease;
+        moat__cluster_sweep(s, lease);
+    }
+}
+
 static void on_load_timer(uv_timer_t *t)
 {
     srv *s = t->data;
@@ -102,6 +119,48 @@ static void on_load_timer(uv_timer_t *t)
     int64_t lease = moat_membership_lease(s->cluster->m);
     if (lease != 0 && lease != s->cluster->lease_saved)
         lease_save(s, lease);
+    sweep_if_new(s, lease);
+}
+
+moat_etcd *moat__cluster_etcd(srv *s)
+{
+    return s->cluster != NULL ? s->cluster->etcd : NULL;
+}
+
+int64_t moat__cluster_lease(srv *s)
+{
+    return s->cluster != NULL ? moat_membership_lease(s->cluster->m) : 0;
+}
+
+moat_code moat__cluster_members(srv *s, moat_node **nodes, size_t *count, moat_status *st)
+{
+    srv_cluster *c = s->cluster;
+    *nodes = NULL;
+    *count = 0;
+    pthread_mutex_lock(&c->members_mu);
+    bool fresh = c->members_at_ms != 0 && moat__now_ms() - c->members_at_ms < 1000;
+    if (fresh && c->nmembers > 0 && (*nodes = malloc(c->nmembers * sizeof(**nodes))) != NULL) {
+        memcpy(*nodes, c->members, c->nmembers * sizeof(**nodes));
+        *count = c->nmembers;
+    }
+    pthread_mutex_unlock(&c->members_mu);
+    if (*nodes != NULL)
+        return MOAT_CODE_OK;
+    size_t skipped;
+    moat_code code = moat_cluster_nodes(c->etcd, nodes, count, &skipped, st);
+    if (code != MOAT_CODE_OK || *count == 0)
+        return code;
+    moat_node *copy = malloc(*count * sizeof(*copy));
+    if (copy == NULL)
+        return MOAT_CODE_OK;
+    memcpy(copy, *nodes, *count * sizeof(*copy));
+    pthread_mutex_lock(&c->members_mu);
+    free(c->members);
+    c->members = copy;
+    c->nmembers = *count;
+    c->members_at_ms = moat__now_ms();
+    pthread_mutex_unlock(&c->members_mu);
+    return MOAT_CODE_OK;
 }
 
 moat_err moat__cluster_start(srv *s)
@@ -119,7 +178,10 @@ moat_err moat__cluster_start(srv *s)
         free(c);
         return MOAT_E_NOMEM;
     }
-    moat_etcd_config ecfg = {eps, n, 0, 0};
+    moat_etcd_config ecfg = {.endpoints = eps,
+                             .endpoint_count = n,
+                             .tls = {s->cfg.cluster_etcd_tls_ca, s->cfg.cluster_etcd_tls_cert,
+                                     s->cfg.cluster_etcd_tls_key}};
     c->etcd = moat_etcd_open(&ecfg, &st);
     free(buf);
     moat_membership_config mcfg = {c->etcd,
@@ -138,6 +200,7 @@ moat_err moat__cluster_start(srv *s)
         free(c);
         return MOAT_E_REMOTE;
     }
+    pthread_mutex_init(&c->members_mu, NULL);
     /* Without it ListSessions asks etcd every time, which still works, more slowly. */
     c->dir = moat_dircache_start(c->etcd);
     if (c->dir == NULL)
@@ -155,17 +218,13 @@ moat_err moat__cluster_start(srv *s)
     /* Started fenced (etcd unreachable), it has none yet: the saved one may still be resumed. */
     if (moat_membership_lease(c->m) != 0)
         lease_save(s, moat_membership_lease(c->m));
+    sweep_if_new(s, moat_membership_lease(c->m));
     return MOAT_OK;
 }
 
 bool moat__cluster_fenced(srv *s)
 {
     return s->cluster != NULL && !moat_membership_live(s->cluster->m);
-}
-
-moat_etcd *moat__cluster_etcd(srv *s)
-{
-    return s->cluster != NULL ? s->cluster->etcd : NULL;
 }
 
 moat_dircache *moat__cluster_dircache(srv *s)
@@ -175,7 +234,10 @@ moat_dircache *moat__cluster_dircache(srv *s)
 
 static void on_timer_closed(uv_handle_t *h)
 {
-    free(h->data);
+    srv_cluster *c = h->data;
+    pthread_mutex_destroy(&c->members_mu);
+    free(c->members);
+    free(c);
 }
 
 void moat__cluster_stop(srv *s)

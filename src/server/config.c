@@ -5,6 +5,8 @@
 #include "cluster/membership.h"
 #include "grpc/tls.h"
 
+#include <gnutls/gnutls.h>
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -152,6 +154,13 @@ static const key_def keys[] = {
      "how long a node is gone before the janitor removes its session records"},
     {"cluster_route", K_STR, OFF(cluster_route), "redirect", 0, 0,
      "a call for another node's session: redirect (session_moved) or proxy (relayed there)"},
+    {"cluster_etcd_tls_ca", K_STR, OFF(cluster_etcd_tls_ca), "", 0, 0,
+     "CA bundle (PEM) that verifies the etcd members (https:// endpoints); empty: the system's"},
+    {"cluster_etcd_tls_cert", K_STR, OFF(cluster_etcd_tls_cert), "", 0, 0,
+     "client certificate (PEM) for etcd's --client-cert-auth; empty, with cluster_etcd_tls_key: "
+     "none"},
+    {"cluster_etcd_tls_key", K_STR, OFF(cluster_etcd_tls_key), "", 0, 0,
+     "its private key (PEM, unencrypted)"},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -583,6 +592,85 @@ static moat_err finish_cluster(moat_server_config *cfg, char *err, size_t errlen
     return MOAT_OK;
 }
 
+/* A CA bundle as curl will load it: a readable file with at least one PEM certificate. */
+static bool ca_bundle_ok(const char *path, char *why, size_t cap)
+{
+    gnutls_datum_t pem = {NULL, 0};
+    int rc = gnutls_load_file(path, &pem);
+    if (rc < 0) {
+        snprintf(why, cap, "%s: %s", path,
+                 rc == GNUTLS_E_FILE_ERROR ? strerror(errno) : gnutls_strerror(rc));
+        return false;
+    }
+    gnutls_certificate_credentials_t creds;
+    rc = gnutls_certificate_allocate_credentials(&creds);
+    if (rc == 0) {
+        rc = gnutls_certificate_set_x509_trust_mem(creds, &pem, GNUTLS_X509_FMT_PEM);
+        gnutls_certificate_free_credentials(creds);
+    }
+    gnutls_free(pem.data);
+    if (rc <= 0)
+        snprintf(why, cap, "%s: %s", path,
+                 rc == 0 ? "holds no PEM certificate" : gnutls_strerror(rc));
+    return rc > 0;
+}
+
+/* TLS to etcd: checked here, as the gRPC listener's files are, so that a file missing,
+ * unreadable or not what it should be stops moatd at start (and a reload) with the key named,
+ * rather than fencing the node with a TLS error on every call. */
+static moat_err finish_cluster_tls(moat_server_config *cfg, char *err, size_t errlen)
+{
+    const char *ca = cfg->cluster_etcd_tls_ca, *cert = cfg->cluster_etcd_tls_cert,
+               *key = cfg->cluster_etcd_tls_key;
+    if (ca[0] == '\0' && cert[0] == '\0' && key[0] == '\0')
+        return MOAT_OK;
+    const char *set = ca[0] != '\0'     ? "cluster_etcd_tls_ca"
+                      : cert[0] != '\0' ? "cluster_etcd_tls_cert"
+                                        : "cluster_etcd_tls_key";
+    const char *eps[MOAT_SERVER_MAX_IMAGES];
+    size_t n;
+    char *buf;
+    moat_err e = moat_server_split_images(cfg->cluster_etcd_endpoints, eps, &n, &buf);
+    bool https = e == MOAT_OK && n > 0;
+    for (size_t i = 0; https && i < n; i++)
+        https = strncmp(eps[i], "https://", 8) == 0;
+    free(buf);
+    if (e == MOAT_E_NOMEM)
+        return e;
+    if (!https) {
+        errf(err, errlen, "%s: needs cluster_etcd_endpoints, every one https://, got \"%s\"", set,
+             cfg->cluster_etcd_endpoints);
+        return MOAT_E_INVAL;
+    }
+    if ((cert[0] != '\0') != (key[0] != '\0')) {
+        errf(err, errlen, "%s: must be set with %s (both empty: no client certificate)",
+             cert[0] != '\0' ? "cluster_etcd_tls_key" : "cluster_etcd_tls_cert",
+             cert[0] != '\0' ? "cluster_etcd_tls_cert" : "cluster_etcd_tls_key");
+        return MOAT_E_INVAL;
+    }
+    char why[512];
+    if (ca[0] != '\0' && !ca_bundle_ok(ca, why, sizeof(why))) {
+        errf(err, errlen, "cluster_etcd_tls_ca: %s", why);
+        return MOAT_E_INVAL;
+    }
+    if (cert[0] == '\0')
+        return MOAT_OK;
+    /* What the gRPC listener's pair must be, this pair must be too: a PEM chain and its
+     * unencrypted key, matching. */
+    struct moat_grpc_tls_creds *pair;
+    bool key_at_fault = false;
+    e = moat_grpc_tls_creds_load(cert, key, &pair, &key_at_fault, why, sizeof(why));
+    if (e == MOAT_E_NOMEM)
+        return e;
+    if (e != MOAT_OK) {
+        errf(err, errlen, "%s: %s", key_at_fault ? "cluster_etcd_tls_key" : "cluster_etcd_tls_cert",
+             why);
+        return MOAT_E_INVAL;
+    }
+    moat_grpc_tls_creds_free(pair);
+    return MOAT_OK;
+}
+
 /* The gRPC listener's TLS: certificate and key together, loaded here so that a file that is
  * missing, unreadable or not what it should be stops moatd at start (and a reload) with the key
  * named. */
@@ -704,7 +792,12 @@ moat_err moat_server_config_finish(moat_server_config *cfg, const char *bindir, 
              cfg->sandbox_user);
         return MOAT_E_INVAL;
     }
-    return cfg->cluster_etcd_endpoints[0] != '\0' ? finish_cluster(cfg, err, errlen) : MOAT_OK;
+    if (cfg->cluster_etcd_endpoints[0] != '\0') {
+        e = finish_cluster(cfg, err, errlen);
+        if (e != MOAT_OK)
+            return e;
+    }
+    return finish_cluster_tls(cfg, err, errlen);
 }
 
 moat_err moat_server_split_images(const char *text, const char *list[MOAT_SERVER_MAX_IMAGES],

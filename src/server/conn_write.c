@@ -8,7 +8,8 @@
 
 /* Frames produced during one loop iteration are written together: each
  * frame is its own block, and a batch hands up to BATCH_MAX of them to one
- * uv_write (one writev), submitted from the loop's check phase. */
+ * uv_write (one writev), submitted from the loop's check phase (after I/O
+ * callbacks) or prepare phase (after timer callbacks, before the loop blocks). */
 #define BATCH_MAX 64
 
 typedef struct wbatch {

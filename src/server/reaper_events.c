@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster_place.h"
 #include "handlers.h"
 
 #define GONE_MAX 4096
@@ -47,6 +48,8 @@ void moat__reaper_session_event(void *ctx, const char *event, const char *sessio
         moat__metrics_reaper(s->metrics, event);
     if (strcmp(event, "expired") != 0 && strcmp(event, "gone") != 0)
         return;
+    /* The owner reaps, and says so in the directory (here, on the reaper's thread). */
+    moat__cluster_ended(s, session_id, strcmp(event, "expired") == 0 ? "ttl" : "gone");
     moat__metrics_session_delta(s->metrics, -1);
     gone_queue *q = s->gone;
     pthread_mutex_lock(&q->mu);

@@ -1,5 +1,5 @@
-/* moatd's server handle: init, listeners, the loop's check phase, signals and reload, the
- * graceful drain and close. Connections are conn.c, streams stream.c, writing conn_write.c;
+/* moatd's server handle: init, listeners, the loop's prepare and check phases, signals and reload,
+ * the graceful drain and close. Connections are conn.c, streams stream.c, writing conn_write.c;
  * business logic lives in handlers.c. */
 #include <signal.h>
 #include <stdio.h>
@@ -77,9 +77,11 @@ static void finish_shutdown(srv *s)
     }
     uv_close((uv_handle_t *)&s->close_async, NULL);
     uv_close((uv_handle_t *)&s->check, on_handles_closed);
+    uv_close((uv_handle_t *)&s->prepare, NULL);
     moat__proxy_close(s);
-    moat__cluster_stop(s);
+    /* The runtime first: its reaper writes ends to the directory through the cluster's client. */
     moat__handlers_close(s);
+    moat__cluster_stop(s);
     moat__metrics_stop(s->metrics);
     if (s->close_cb != NULL)
         s->close_cb(s, s->close_ud);
@@ -179,6 +181,14 @@ static void on_close_async(uv_async_t *a)
     start_drain(a->data, "close");
 }
 
+/* Hands every connection's batch of frames, framed and gRPC, to libuv. */
+static void flush_all(srv *s)
+{
+    while (s->dirty != NULL)
+        moat__conn_flush(s->dirty);
+    moat__grpc_flush_all(s);
+}
+
 static void on_idle_check(uv_check_t *h)
 {
     srv *s = h->data;
@@ -196,11 +206,18 @@ static void on_idle_check(uv_check_t *h)
         moat__grpc_accept((uv_stream_t *)&s->grpc_tcp);
     }
     s->tcp_deferred = s->pipe_deferred = s->grpc_deferred = false;
-    while (s->dirty != NULL)
-        moat__conn_flush(s->dirty);
-    moat__grpc_flush_all(s);
+    flush_all(s);
     moat__metrics_budget(s->metrics, &s->budget);
     on_drain_check(s);
+}
+
+/* The prepare phase comes after the timers and before the loop blocks for I/O, which the check
+ * phase does not: frames a timer callback produced (curl's timer runs a whole execd request
+ * when execd answers at once, a fresh sandbox's first command among them) would otherwise wait
+ * for whatever woke the loop next, up to the next timer a second later. */
+static void on_prepare(uv_prepare_t *h)
+{
+    flush_all(h->data);
 }
 
 /* ------------------------------------------------------------ the handle */
@@ -307,11 +324,16 @@ moat_err moat_server_init(moat_server **out, moat_server_config *cfg,
     s->check.data = s;
     uv_check_start(&s->check, on_idle_check);
     uv_unref((uv_handle_t *)&s->check);
+    uv_prepare_init(s->loop, &s->prepare);
+    s->prepare.data = s;
+    uv_prepare_start(&s->prepare, on_prepare);
+    uv_unref((uv_handle_t *)&s->prepare);
     if (moat__handlers_init(s) != MOAT_OK) {
         s->finished = true;
         uv_close((uv_handle_t *)&s->close_async, NULL);
         uv_close((uv_handle_t *)&s->grace, NULL);
         uv_close((uv_handle_t *)&s->check, NULL);
+        uv_close((uv_handle_t *)&s->prepare, NULL);
         uv_run(s->loop, UV_RUN_DEFAULT);
         moat_server_free(s);
         return MOAT_E_INVAL;

@@ -86,6 +86,9 @@ typedef struct moat_server_config {
     uint32_t cluster_lease_ttl_seconds;
     uint32_t cluster_janitor_grace_seconds; /* a gone node's records stay GONE this long */
     char *cluster_route; /* "redirect" (session_moved) or "proxy" (the call relayed to its owner) */
+    char *cluster_etcd_tls_ca;   /* PEM CA bundle verifying the members; "" = the system's */
+    char *cluster_etcd_tls_cert; /* PEM client certificate; "" with cluster_etcd_tls_key: none */
+    char *cluster_etcd_tls_key;  /* its unencrypted PEM private key */
     /* Path of the file that was read ("" when none); not a key. */
     char *config_file;
     /* grpc_tls_cert and grpc_tls_key as moat_server_config_finish loaded them; NULL: h2c. Not a

@@ -182,6 +182,7 @@ struct moat_server {
     uv_signal_t sig_term, sig_int, sig_hup;
     bool signals_on;
     uv_check_t check;       /* flushes writes and checks the drain after each iteration */
+    uv_prepare_t prepare;   /* flushes writes timer callbacks made, before the loop blocks */
     uv_async_t close_async; /* moat_server_close from any thread */
     moat_server_close_cb close_cb;
     void *close_ud;

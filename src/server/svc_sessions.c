@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster_place.h"
 #include "handlers.h"
 #include "moat/v1/health.pb-c.h"
 #include "moat/v1/sandbox.pb-c.h"
@@ -120,8 +121,9 @@ typedef struct create_job {
     uint32_t others_total, others_chat;
     uint32_t max_total, max_chat;
     moat_session session;
-    bool found_existing; /* the chat's live session, not a new one */
-    bool claimed;        /* a warm pool sandbox */
+    bool found_existing;   /* the chat's live session, not a new one */
+    bool claimed;          /* a warm pool sandbox */
+    cluster_claim cluster; /* in a cluster: the chat key and the record (cluster_place.c) */
 } create_job;
 
 static create_wait *wait_find(srv *s, const char *chat)
@@ -226,7 +228,9 @@ static void create_run(engine_job *j)
         return;
     int64_t now = moat_time_now_ms();
     moat_status_clear(&j->status);
-    if (s->rt_ops->claim != NULL) {
+    /* In a cluster the chat key is taken before a sandbox is the chat's, and a pool sandbox
+     * comes with its own id: creates there are cold (docs/CLUSTER.md, "What is built"). */
+    if (s->rt_ops->claim != NULL && s->cluster == NULL) {
         j->code = s->rt_ops->claim(s->rt, c->chat, now, now + c->ttl_ms, &c->opts, &c->session,
                                    &j->status);
         c->claimed = j->code == MOAT_CODE_OK;
@@ -237,8 +241,13 @@ static void create_run(engine_job *j)
     }
     char id[MOAT_UUID_STR_LEN];
     moat_uuid_generate(id);
+    j->code = moat__cluster_claim(s, c->chat, id, now, now + c->ttl_ms, &c->opts, &c->cluster,
+                                  &j->status);
+    if (j->code != MOAT_CODE_OK || c->cluster.lost)
+        return;
     j->code = s->rt_ops->create(s->rt, id, c->chat, now, now + c->ttl_ms, &c->opts, &c->session,
                                 &j->status);
+    moat__cluster_created(s, &c->cluster, &c->session, j->code == MOAT_CODE_OK);
     /* Say when the pool could not help because its sandboxes do not start. */
     if (j->code != MOAT_CODE_OK && pool.size > 0 && pool.failures_in_row > 0)
         moat_status_add_detail(&j->status, "pool", "failing");
@@ -269,7 +278,10 @@ static void create_done(engine_job *j)
     create_job *c = (create_job *)j;
     srv *s = j->s;
     s->creates_inflight--;
-    if (j->code == MOAT_CODE_OK) {
+    if (j->code == MOAT_CODE_OK && c->cluster.lost) {
+        if (moat__running(j->st))
+            moat__cluster_reply_record(j->st, &c->cluster.rec);
+    } else if (j->code == MOAT_CODE_OK) {
         moat__session_cache_put(s, &c->session);
         if (!c->found_existing) {
             uint64_t took_ns = moat_time_mono_ns() - j->started_ns;
@@ -349,6 +361,12 @@ void moat__sandboxes_create(stream *st, const ProtobufCMessage *msg)
         moat_rpc_call_end(st->call, &status);
         return;
     }
+    if (!moat__cluster_create(st, req, chat))
+        moat__create_local(st, req, chat);
+}
+
+void moat__create_local(stream *st, const Moat__V1__CreateSessionRequest *req, const char *chat)
+{
     create_wait *w = wait_find(st->s, chat);
     if (w != NULL && !req->force_new) {
         stream **n = realloc(w->waiting, (w->nwaiting + 1) * sizeof(*n));
@@ -392,6 +410,11 @@ static void renew_run(engine_job *j)
 {
     session_job *g = (session_job *)j;
     int64_t at = moat_time_now_ms() + g->ttl_ms;
+    /* Durable in the directory first: a renewal etcd did not take is not one. Another node's
+     * session has no record of this node's to move, and is routed below. */
+    j->code = moat__cluster_renew(j->s, g->session_id, at, &j->status);
+    if (j->code != MOAT_CODE_OK)
+        return;
     if (!moat__engine_skipped(j))
         j->code = j->s->rt_ops->renew(j->s->rt, g->session_id, at, &g->session, &j->status);
     /* Renewed by its owner only (ended: session_not_found, as here). */
@@ -559,10 +582,13 @@ static void stop_run(engine_job *j)
         j->code = moved ? j->status.code : MOAT_CODE_OK;
         return;
     }
-    if (j->code != MOAT_CODE_OK || cur.state != MOAT_SESSION_RUNNING)
-        return;
-    j->code = j->s->rt_ops->stop(j->s->rt, p->session_id, &j->status);
-    p->stopped = j->code == MOAT_CODE_OK;
+    if (j->code == MOAT_CODE_OK && cur.state == MOAT_SESSION_RUNNING) {
+        j->code = j->s->rt_ops->stop(j->s->rt, p->session_id, &j->status);
+        p->stopped = j->code == MOAT_CODE_OK;
+    }
+    /* Also for one already over here: a record an earlier end could not write. */
+    if (j->code == MOAT_CODE_OK)
+        moat__cluster_ended(j->s, p->session_id, "stopped");
 }
 
 static void stop_done(engine_job *j)

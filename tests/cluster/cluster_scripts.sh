@@ -81,6 +81,7 @@ out="$("$up" 2)"
 echo "$out"
 token="$(sed -n 's/^MOAT_TOKEN=//p' <<<"$out")"
 [ -n "$token" ] || fail "no token printed"
+sids=""
 for a in $net.11 $net.12; do
   grep -q "MOAT_ADDR=$a:7070" <<<"$out" || fail "node $a not printed"
   MOAT_ADDR="$a:7070" MOAT_TOKEN="$token" "$moat" health | grep -q '^SERVING' ||
@@ -88,9 +89,10 @@ for a in $net.11 $net.12; do
   sid="$(MOAT_ADDR="$a:7070" MOAT_TOKEN="$token" "$moat" create \
     --chat 6f1c2f7e-0000-4000-8000-0000000000${a##*.} --json |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["session_id"])')"
+  # The session may have been placed on the other node: the CLI follows its session_moved.
   got="$(MOAT_ADDR="$a:7070" MOAT_TOKEN="$token" "$moat" exec "$sid" -- 'echo ok')"
-  [ "$got" = ok ] || fail "a command on node $a printed '$got'"
-  [ "$a" != $net.11 ] || sid1="$sid"
+  [ "$got" = ok ] || fail "a command through node $a printed '$got'"
+  sids="$sids $sid"
 done
 for e in $net.2 $net.3 $net.4; do
   grep -q "http://$e:2379" <<<"$out" || fail "etcd member $e not printed"
@@ -117,6 +119,27 @@ n2 $net.12:7070" ] || fail "members listed: $list"
 pids="$(cat "$MOAT_CLUSTER_DIR"/*/*.pid)"
 "$up" 2 >/dev/null
 [ "$(cat "$MOAT_CLUSTER_DIR"/*/*.pid)" = "$pids" ] || fail "a second cluster-up restarted things"
+
+# The node a session's record in etcd names (docs/CLUSTER.md, "Keys").
+owner_of() {
+  curl -sf -m 2 -X POST "http://$net.2:2379/v3/kv/range" \
+    -d "{\"key\":\"$(printf "/moat/v1/sessions/%s" "$1" | base64 -w0)\"}" |
+    python3 -c 'import base64, json, sys
+kvs = json.load(sys.stdin).get("kvs", [])
+print(json.loads(base64.b64decode(kvs[0]["value"]))["node_id"] if kvs else "")'
+}
+# A session on node 1 for the fault below. Placement chooses the node, preferring the one with
+# fewer sessions, so creating through node 1 lands there within a try or two.
+sid1=""
+for s in $sids; do [ "$(owner_of "$s")" != n1 ] || sid1="$s"; done
+for i in 1 2 3 4 5 6 7 8; do
+  [ -z "$sid1" ] || break
+  s="$(MOAT_ADDR="$net.11:7070" MOAT_TOKEN="$token" "$moat" create \
+    --chat "6f1c2f7e-0000-4000-8000-00000000020$i" --json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["session_id"])')"
+  [ "$(owner_of "$s")" != n1 ] || sid1="$s"
+done
+[ -n "$sid1" ] || fail "no create placed a session on node 1"
 
 # Faults, on the cluster the scripts made (docs/CLUSTER.md, "Faults"). Waits are for
 # conditions, bounded generously (a lease TTL is 5 s); none measures anything.

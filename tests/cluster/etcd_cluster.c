@@ -24,6 +24,17 @@ void etcd_cluster_sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
+long etcd_cluster_key_count(moat_etcd *etcd, const char *key)
+{
+    moat_etcd_result r;
+    moat_status st;
+    long count = moat_etcd_range(etcd, moat_slice_str(key), false, 0, &r, &st) == MOAT_CODE_OK
+                     ? (long)r.kv_count
+                     : -1;
+    moat_etcd_result_free(&r);
+    return count;
+}
+
 bool etcd_cluster_lists_node(moat_etcd *etcd, const char *id, moat_node *out)
 {
     moat_node *nodes;
@@ -45,16 +56,41 @@ bool etcd_cluster_lists_node(moat_etcd *etcd, const char *id, moat_node *out)
 
 static pid_t spawn(const etcd_cluster *c, int m)
 {
-    char name[16], data[128], log[128], client[64], peer[64], initial[512];
+    char name[16], data[128], log[128], peer[64], initial[512];
     snprintf(name, sizeof(name), "m%d", m);
     snprintf(data, sizeof(data), "%s/%s.data", c->dir, name);
     snprintf(log, sizeof(log), "%s/%s.log", c->dir, name);
-    snprintf(client, sizeof(client), "http://127.0.0.1:%d", c->client_port[m]);
     snprintf(peer, sizeof(peer), "http://127.0.0.1:%d", c->peer_port[m]);
     size_t off = 0;
     for (int i = 0; i < ETCD_CLUSTER_MEMBERS; i++)
         off += (size_t)snprintf(initial + off, sizeof(initial) - off, "%sm%d=http://127.0.0.1:%d",
                                 i > 0 ? "," : "", i, c->peer_port[i]);
+    const char *plain[] = {ETCD_BINARY, "--name",
+                           name,        "--data-dir",
+                           data,        "--listen-client-urls",
+                           c->url[m],   "--advertise-client-urls",
+                           c->url[m],   "--listen-peer-urls",
+                           peer,        "--initial-advertise-peer-urls",
+                           peer,        "--initial-cluster",
+                           initial,     "--initial-cluster-token",
+                           c->dir,      "--initial-cluster-state",
+                           "new",       "--heartbeat-interval",
+                           "50",        "--election-timeout",
+                           "500"};
+    const char *tls[] = {"--cert-file",
+                         c->cert[m],
+                         "--key-file",
+                         c->key[m],
+                         "--client-cert-auth",
+                         "--trusted-ca-file",
+                         c->tls != NULL ? c->tls->ca : NULL};
+    const char *argv[sizeof(plain) / sizeof(plain[0]) + sizeof(tls) / sizeof(tls[0]) + 1];
+    size_t argc = 0;
+    for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++)
+        argv[argc++] = plain[i];
+    for (size_t i = 0; c->tls != NULL && i < sizeof(tls) / sizeof(tls[0]); i++)
+        argv[argc++] = tls[i];
+    argv[argc] = NULL;
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid != 0)
@@ -68,23 +104,32 @@ static pid_t spawn(const etcd_cluster *c, int m)
         dup2(fd, 1);
         dup2(fd, 2);
     }
-    execl(ETCD_BINARY, ETCD_BINARY, "--name", name, "--data-dir", data, "--listen-client-urls",
-          client, "--advertise-client-urls", client, "--listen-peer-urls", peer,
-          "--initial-advertise-peer-urls", peer, "--initial-cluster", initial,
-          "--initial-cluster-token", c->dir, "--initial-cluster-state", "new",
-          "--heartbeat-interval", "50", "--election-timeout", "500", (char *)NULL);
+    execv(ETCD_BINARY, (char *const *)argv);
     _exit(127);
+}
+
+/* The harness's own clients: plain, or with the cluster's client certificate. */
+static moat_etcd *harness_client(const etcd_cluster *c, const char *const *urls, size_t n,
+                                 long connect_timeout_ms, long request_timeout_ms)
+{
+    moat_etcd_config cfg = {.endpoints = urls,
+                            .endpoint_count = n,
+                            .connect_timeout_ms = connect_timeout_ms,
+                            .request_timeout_ms = request_timeout_ms};
+    if (c->tls != NULL)
+        cfg.tls = c->tls->client;
+    moat_status st;
+    return moat_etcd_open(&cfg, &st);
 }
 
 /* A write through member m alone commits. */
 static bool member_writes(const etcd_cluster *c, int m)
 {
     const char *url[] = {c->url[m]};
-    moat_etcd_config cfg = {url, 1, 200, 1000};
-    moat_status st;
-    moat_etcd *e = moat_etcd_open(&cfg, &st);
+    moat_etcd *e = harness_client(c, url, 1, 200, 1000);
     if (e == NULL)
         return false;
+    moat_status st;
     moat_etcd_result r;
     bool ok = moat_etcd_put(e, moat_slice_str("/test/ready"), moat_slice_str("1"), 0, &r, &st) ==
               MOAT_CODE_OK;
@@ -104,9 +149,14 @@ static void kill_all(etcd_cluster *c)
         etcd_cluster_kill(c, m);
 }
 
-int etcd_cluster_start(etcd_cluster *c, int wait_s)
+int etcd_cluster_start(etcd_cluster *c, const etcd_cluster_tls *tls, int wait_s)
 {
     memset(c, 0, sizeof(*c));
+    c->tls = tls;
+    for (int m = 0; tls != NULL && m < ETCD_CLUSTER_MEMBERS; m++) {
+        c->cert[m] = tls->cert;
+        c->key[m] = tls->key;
+    }
     snprintf(c->dir, sizeof(c->dir), "/tmp/moat-etcd-XXXXXX");
     if (mkdtemp(c->dir) == NULL)
         return -1;
@@ -115,7 +165,8 @@ int etcd_cluster_start(etcd_cluster *c, int wait_s)
         for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++) {
             c->client_port[m] = free_port();
             c->peer_port[m] = free_port();
-            snprintf(c->url[m], sizeof(c->url[m]), "http://127.0.0.1:%d", c->client_port[m]);
+            snprintf(c->url[m], sizeof(c->url[m]), "%s://127.0.0.1:%d",
+                     tls != NULL ? "https" : "http", c->client_port[m]);
             c->urls[m] = c->url[m];
         }
         for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
@@ -174,12 +225,13 @@ void etcd_cluster_stop(etcd_cluster *c)
     }
 }
 
-int etcd_cluster_open(etcd_cluster *c, moat_etcd **etcd, long request_timeout_ms, int wait_s)
+int etcd_cluster_open(etcd_cluster *c, const etcd_cluster_tls *tls, moat_etcd **etcd,
+                      long request_timeout_ms, int wait_s)
 {
     *etcd = NULL;
     if (!etcd_cluster_available())
         return 0;
-    if (etcd_cluster_start(c, wait_s) != 0) {
+    if (etcd_cluster_start(c, tls, wait_s) != 0) {
         /* Its logs say why; then nothing of it is left behind. */
         fprintf(stderr, "etcd cluster did not start; its members' logs:\n");
         for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++) {
@@ -191,9 +243,7 @@ int etcd_cluster_open(etcd_cluster *c, moat_etcd **etcd, long request_timeout_ms
         etcd_cluster_stop(c);
         return -1;
     }
-    moat_etcd_config cfg = {c->urls, ETCD_CLUSTER_MEMBERS, 500, request_timeout_ms};
-    moat_status st;
-    *etcd = moat_etcd_open(&cfg, &st);
+    *etcd = harness_client(c, c->urls, ETCD_CLUSTER_MEMBERS, 500, request_timeout_ms);
     return *etcd != NULL ? 0 : -1;
 }
 

@@ -33,7 +33,7 @@ static rc_node nodes[NODES];
 static int group_setup(void **state)
 {
     (void)state;
-    if (etcd_cluster_open(&cl, &etcd, 1000, WAIT_S) != 0)
+    if (etcd_cluster_open(&cl, NULL, &etcd, 1000, WAIT_S) != 0)
         return -1;
     if (!etcd_cluster_available())
         return 0;

@@ -64,7 +64,7 @@ static void clear_records(void)
 static int group_setup(void **state)
 {
     (void)state;
-    if (etcd_cluster_open(&cl, &etcd, 1000, WAIT_S) != 0)
+    if (etcd_cluster_open(&cl, NULL, &etcd, 1000, WAIT_S) != 0)
         return -1;
     if (!etcd_cluster_available())
         return 0;

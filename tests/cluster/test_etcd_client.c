@@ -43,7 +43,7 @@ static int teardown(void **state)
 
 static moat_etcd *client(const char *const *urls, size_t n)
 {
-    moat_etcd_config cfg = {urls, n, 0, 2000};
+    moat_etcd_config cfg = {.endpoints = urls, .endpoint_count = n, .request_timeout_ms = 2000};
     moat_status st;
     moat_etcd *e = moat_etcd_open(&cfg, &st);
     assert_non_null(e);
@@ -209,7 +209,7 @@ static void test_hung_member(void **state)
     fake_etcd_set(&fx->b, FAKE_ETCD_ANSWER, 200,
                   "{\"result\":{" HDR ",\"ID\":\"9\",\"TTL\":\"3\"}}");
     const char *urls[] = {fx->a.url, fx->b.url};
-    moat_etcd_config cfg = {urls, 2, 0, 300};
+    moat_etcd_config cfg = {.endpoints = urls, .endpoint_count = 2, .request_timeout_ms = 300};
     moat_etcd *e = moat_etcd_open(&cfg, &st);
     assert_non_null(e);
     assert_int_equal(moat_etcd_put(e, moat_slice_str("k"), moat_slice_str("v"), 0, &r, &st),
@@ -240,22 +240,50 @@ static void test_config(void **state)
 {
     (void)state;
     moat_status st;
-    moat_etcd_config cfg = {NULL, 0, 0, 0};
+    moat_etcd_config cfg = {.endpoints = NULL, .endpoint_count = 0};
     assert_null(moat_etcd_open(&cfg, &st));
     assert_string_equal(st.reason, "invalid_config");
     const char *bad[] = {"127.0.0.1:2379"};
-    cfg = (moat_etcd_config){bad, 1, 0, 0};
+    cfg = (moat_etcd_config){.endpoints = bad, .endpoint_count = 1};
     assert_null(moat_etcd_open(&cfg, &st));
     const char *nul[] = {NULL};
-    cfg = (moat_etcd_config){nul, 1, 0, 0};
+    cfg = (moat_etcd_config){.endpoints = nul, .endpoint_count = 1};
     assert_null(moat_etcd_open(&cfg, &st));
     const char *many[MOAT_ETCD_ENDPOINTS_MAX + 1];
     for (size_t i = 0; i < MOAT_ETCD_ENDPOINTS_MAX + 1; i++)
         many[i] = "http://127.0.0.1:1";
-    cfg = (moat_etcd_config){many, MOAT_ETCD_ENDPOINTS_MAX + 1, 0, 0};
+    cfg = (moat_etcd_config){.endpoints = many, .endpoint_count = MOAT_ETCD_ENDPOINTS_MAX + 1};
     assert_null(moat_etcd_open(&cfg, &st));
     cfg.endpoint_count = MOAT_ETCD_ENDPOINTS_MAX;
     moat_etcd *e = moat_etcd_open(&cfg, &st);
+    assert_non_null(e);
+    moat_etcd_close(e);
+
+    /* TLS: certificate and key together, and only with https:// members (the files are read
+     * when a connection is made, not here). */
+    const char *https[] = {"https://127.0.0.1:1", "https://127.0.0.1:2"};
+    cfg = (moat_etcd_config){.endpoints = https, .endpoint_count = 2};
+    cfg.tls = (moat_etcd_tls){"/ca.pem", "/cert.pem", NULL};
+    assert_null(moat_etcd_open(&cfg, &st));
+    assert_string_equal(st.reason, "invalid_config");
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "tls_key");
+    cfg.tls = (moat_etcd_tls){NULL, "", "/key.pem"};
+    assert_null(moat_etcd_open(&cfg, &st));
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "tls_cert");
+    const char *mixed[] = {"https://127.0.0.1:1", "http://127.0.0.1:2"};
+    cfg.endpoints = mixed;
+    cfg.tls = (moat_etcd_tls){"/ca.pem", NULL, NULL};
+    assert_null(moat_etcd_open(&cfg, &st));
+    assert_string_equal(moat_status_detail_get(&st, "setting"), "etcd_endpoints");
+    cfg.endpoints = https;
+    cfg.tls = (moat_etcd_tls){"/ca.pem", "/cert.pem", "/key.pem"};
+    e = moat_etcd_open(&cfg, &st);
+    assert_non_null(e);
+    moat_etcd_close(e);
+    /* Without files, https:// and http:// members may mix (the system's CAs verify). */
+    cfg.endpoints = mixed;
+    cfg.tls = (moat_etcd_tls){NULL, "", ""};
+    e = moat_etcd_open(&cfg, &st);
     assert_non_null(e);
     moat_etcd_close(e);
 }

@@ -31,7 +31,10 @@ static moat_etcd *etcd;
 
 static moat_etcd *open_client(const char *const *urls)
 {
-    moat_etcd_config cfg = {urls, ETCD_CLUSTER_MEMBERS, 500, 1000};
+    moat_etcd_config cfg = {.endpoints = urls,
+                            .endpoint_count = ETCD_CLUSTER_MEMBERS,
+                            .connect_timeout_ms = 500,
+                            .request_timeout_ms = 1000};
     moat_status st;
     return moat_etcd_open(&cfg, &st);
 }
@@ -46,7 +49,7 @@ static moat_membership *start_node(const char *id, const char *address, int64_t 
 static int group_setup(void **state)
 {
     (void)state;
-    return etcd_cluster_open(&cl, &etcd, 1000, WAIT_S);
+    return etcd_cluster_open(&cl, NULL, &etcd, 1000, WAIT_S);
 }
 
 static int group_teardown(void **state)

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Fails when docs/PROTOCOL.md's table of reasons ("### Reasons") and moatd's sources disagree.
+"""Fails when docs/PROTOCOL.md's tables of reasons and the sources disagree: "### Reasons" against
+moatd's, "### Reasons the clients set" against libmoat's and the CLI's (src/client).
 
 A reason is a snake_case string literal passed as the `reason` argument that follows a
 `moat_code` one (moat_status_set, moat_rpc_call_fail and the modules' own wrappers, found by
-their parameter lists), or written with snprintf into a status's reason. Sources are moatd's: src/server,
-src/rpc, src/grpc, src/bridge, src/runtime, src/common and src/wire.
+their parameter lists), or written with snprintf into a status's reason. moatd's sources are
+src/server, src/rpc, src/grpc, src/bridge, src/runtime, src/common and src/wire.
 """
 import argparse
 import pathlib
@@ -12,6 +13,7 @@ import re
 import sys
 
 MOATD_DIRS = ["server", "rpc", "grpc", "bridge", "runtime", "common", "wire"]
+CLIENT_DIRS = ["client", "client/cli"]
 FUNCTION = re.compile(r"\b([a-z_][a-z0-9_]*)\s*\(([^;{}()]*)\)\s*(?:__attribute__\s*\(\(.*?\)\)\s*)?[;{]",
                       re.S)
 CALL = re.compile(r"\b([a-z_][a-z0-9_]*)\s*\(")
@@ -69,8 +71,8 @@ def reason_parameters(texts):
     return found
 
 
-def source_reasons(root):
-    files = sorted(f for d in MOATD_DIRS for f in (root / "src" / d).glob("*.c"))
+def source_reasons(root, dirs):
+    files = sorted(f for d in dirs for f in (root / "src" / d).glob("*.c"))
     texts = {f: blank_comments(f.read_text()) for f in files}
     headers = [blank_comments(h.read_text()) for h in (root / "include" / "moat").glob("*.h")]
     takes_reason = reason_parameters(list(texts.values()) + headers)
@@ -91,38 +93,50 @@ def source_reasons(root):
     return reasons
 
 
-def documented_reasons(protocol):
+def documented_reasons(protocol, heading):
+    """The reasons in the first column of the table under heading; a cell may name several."""
     reasons, inside = set(), False
     for line in protocol.read_text().splitlines():
         if line.startswith("#"):
-            inside = line.strip() == "### Reasons"
+            inside = line.strip() == heading
             continue
-        m = re.match(r"\|\s*`([a-z0-9_]+)`\s*\|", line)
+        m = re.match(r"\|([^|]*)\|", line)
         if inside and m:
-            reasons.add(m.group(1))
+            reasons.update(re.findall(r"`([a-z0-9_]+)`", m.group(1)))
     return reasons
+
+
+def compare(in_code, in_docs, heading):
+    """Prints each disagreement; returns how many there were."""
+    if not in_code or not in_docs:
+        print(f"check_reasons: found no reasons for '{heading}' (sources or table moved?)",
+              file=sys.stderr)
+        return 1
+    missing = sorted(set(in_code) - in_docs)
+    stale = sorted(in_docs - set(in_code))
+    for r in missing:
+        print(f"{in_code[r]}: reason '{r}' is not in docs/PROTOCOL.md's '{heading}'",
+              file=sys.stderr)
+    for r in stale:
+        print(f"docs/PROTOCOL.md: reason '{r}' is in '{heading}' but no source sets it",
+              file=sys.stderr)
+    return len(missing) + len(stale)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--source-dir", required=True, type=pathlib.Path)
     root = ap.parse_args().source_dir.resolve()
-    in_code = source_reasons(root)
-    in_docs = documented_reasons(root / "docs" / "PROTOCOL.md")
-    if not in_code or not in_docs:
-        print("check_reasons: found no reasons (sources or table moved?)", file=sys.stderr)
+    protocol = root / "docs" / "PROTOCOL.md"
+    server = source_reasons(root, MOATD_DIRS)
+    client = source_reasons(root, CLIENT_DIRS)
+    wrong = compare(server, documented_reasons(protocol, "### Reasons"), "### Reasons")
+    wrong += compare(client, documented_reasons(protocol, "### Reasons the clients set"),
+                     "### Reasons the clients set")
+    if wrong:
         return 1
-    missing = sorted(set(in_code) - in_docs)
-    stale = sorted(in_docs - set(in_code))
-    for r in missing:
-        print(f"{in_code[r]}: reason '{r}' is not in docs/PROTOCOL.md's table of reasons",
-              file=sys.stderr)
-    for r in stale:
-        print(f"docs/PROTOCOL.md: reason '{r}' is in the table but no source sets it",
-              file=sys.stderr)
-    if missing or stale:
-        return 1
-    print(f"check_reasons: {len(in_code)} reasons, all in docs/PROTOCOL.md")
+    print(f"check_reasons: {len(server)} server and {len(client)} client reasons, all in "
+          "docs/PROTOCOL.md")
     return 0
 
 

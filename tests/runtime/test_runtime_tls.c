@@ -1,7 +1,7 @@
 /* The runtime on a tcp:// engine address with TLS client certificates, against the fake engine
  * serving HTTPS on 127.0.0.1 and requiring a client certificate from the test CA (as dockerd
  * --tlsverify does). The CA and certificates are made at start by make_test_certs.sh with
- * openssl in a temp dir and deleted at the end. */
+ * openssl in a temp dir (test_pki_make) and deleted at the end. */
 #define _XOPEN_SOURCE 700
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +19,7 @@
 #include "fake_docker.h"
 #include "runtime/runtime.h"
 #include "host_mounts.h"
+#include "tls_files.h"
 
 #define CHAT_ID    "123e4567-e89b-12d3-a456-426614174000"
 #define SESSION_ID "00000000-0000-0000-0000-000000000010"
@@ -74,18 +75,8 @@ static char *slurp(const char *path)
 static int group_setup(void **state)
 {
     (void)state;
-    snprintf(pki.dir, sizeof(pki.dir), "/tmp/moat-tls-XXXXXX");
-    if (mkdtemp(pki.dir) == NULL) {
-        fprintf(stderr, "mkdtemp failed\n");
+    if (!test_pki_make(pki.dir))
         return -1;
-    }
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "OPENSSL='%s' sh '%s' '%s'", MOAT_TEST_OPENSSL,
-             MOAT_TEST_CERT_SCRIPT, pki.dir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "could not make the test certificates: %s\n", cmd);
-        return -1;
-    }
     snprintf(pki.ca, sizeof(pki.ca), "%s/ca.pem", pki.dir);
     snprintf(pki.other_ca, sizeof(pki.other_ca), "%s/other-ca.pem", pki.dir);
     snprintf(pki.client_cert, sizeof(pki.client_cert), "%s/client.pem", pki.dir);
@@ -111,7 +102,7 @@ static int group_teardown(void **state)
     free(pki.server_cert_pem);
     free(pki.server_key_pem);
     free(pki.ca_pem);
-    nftw(pki.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    test_pki_remove(pki.dir);
     return 0;
 }
 

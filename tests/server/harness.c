@@ -2,6 +2,7 @@
 #include "host_mounts.h"
 #include "moat_test.h"
 #include "moat/v1/exec.pb-c.h"
+#include "moat/v1/sandbox.pb-c.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -138,8 +139,20 @@ static start_result start_once(moatd_proc *p, const char *bin, bool docker,
          * passes --image (or --allowed_images) in extra, which comes later and wins. */
         argv[n++] = "--image=moat-sandbox:latest";
     }
-    for (int i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
-        argv[n++] = extra[i];
+    /* "%PORT%" in an extra argument becomes the listener's port (a cluster node's advertised
+     * address names it before it is chosen). */
+    char subst[8][256];
+    int nsubst = 0;
+    for (int i = 0; extra != NULL && extra[i] != NULL && n < 62; i++) {
+        const char *at = strstr(extra[i], "%PORT%");
+        if (at != NULL && nsubst < 8) {
+            snprintf(subst[nsubst], sizeof(subst[nsubst]), "%.*s%d%s", (int)(at - extra[i]),
+                     extra[i], p->port, at + 6);
+            argv[n++] = subst[nsubst++];
+        } else {
+            argv[n++] = extra[i];
+        }
+    }
     argv[n] = NULL;
 
     pid_t pid = fork();
@@ -511,6 +524,33 @@ int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
             return (int)f.u.end.code;
         }
     }
+}
+
+raw_created raw_create(int port, const char *token, const char *chat, bool force_new,
+                       uint64_t *took_ns)
+{
+    raw_created out = {-1, "", "", ""};
+    raw_conn *c = raw_connect_ready(port, token);
+    if (c == NULL)
+        return out;
+    Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
+    req.chat_id = (char *)chat;
+    req.force_new = force_new;
+    ProtobufCMessage *resp = NULL;
+    uint64_t t0 = moat_time_mono_ns();
+    out.code =
+        raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
+                  &moat__v1__sandbox_session__descriptor, &resp, out.reason, sizeof(out.reason));
+    if (took_ns != NULL)
+        *took_ns = moat_time_mono_ns() - t0;
+    if (resp != NULL) {
+        Moat__V1__SandboxSession *s = (Moat__V1__SandboxSession *)resp;
+        snprintf(out.session_id, sizeof(out.session_id), "%s", s->session_id);
+        snprintf(out.owner, sizeof(out.owner), "%s", s->owner_address);
+        protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    raw_close(c);
+    return out;
 }
 
 bool http_get(int port, const char *path, char *out, size_t cap)

@@ -36,7 +36,8 @@ int moatd_slowdown(void);
  * arguments (NULL-terminated), on a free loopback port, and waits until it
  * accepts connections. With docker false it points at a dead Docker socket and
  * an empty bundle dir; with docker true its image is the minimal moat-sandbox:latest
- * unless extra says otherwise. Returns false (after printing its log) on failure. */
+ * unless extra says otherwise; "%PORT%" in an extra argument is replaced by the port it
+ * listens on. Returns false (after printing its log) on failure. */
 bool moatd_start(moatd_proc *p, bool docker, const char *const *extra);
 /* moatd_start with another moatd binary (an installed one) instead of the build's. */
 bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *const *extra);
@@ -98,6 +99,19 @@ uint32_t raw_call(raw_conn *c, const char *method, uint64_t deadline_ms,
 int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
               const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, char *reason,
               size_t reason_len);
+
+/* What a CreateSession answered: its End's code (-1 for a transport failure) and reason, and
+ * the session's id and owner_address. */
+typedef struct raw_created {
+    int code;
+    char reason[64];
+    char session_id[64];
+    char owner[300];
+} raw_created;
+/* One CreateSession for chat on a new connection to port with token (NULL = none); *took_ns
+ * (may be NULL) gets the call's time, connection excluded. */
+raw_created raw_create(int port, const char *token, const char *chat, bool force_new,
+                       uint64_t *took_ns);
 
 /* The first MiB of a file as a NUL-terminated string (free it); "" when it cannot be read. */
 char *slurp_file(const char *path);

@@ -508,6 +508,66 @@ static void test_grpc_tls_keys(void **state)
     moat_server_config_free(&c);
 }
 
+/* finish in a cluster of endpoints eps with the etcd TLS files ca, cert and key: the error must
+ * start with the key to blame (NULL: no error) and contain what. */
+static void expect_etcd_tls(const char *eps, const char *ca, const char *cert, const char *key,
+                            const char *blame, const char *what)
+{
+    moat_server_config c;
+    moat_server_config_defaults(&c);
+    char err[512] = "";
+    const char *set[][2] = {{"cluster_etcd_endpoints", eps},
+                            {"cluster_advertise", "10.0.0.9:7070"},
+                            {"cluster_etcd_tls_ca", ca},
+                            {"cluster_etcd_tls_cert", cert},
+                            {"cluster_etcd_tls_key", key}};
+    for (size_t i = 0; i < sizeof(set) / sizeof(set[0]); i++)
+        assert_int_equal(moat_server_config_set(&c, set[i][0], set[i][1], err, sizeof(err)),
+                         MOAT_OK);
+    moat_err e = moat_server_config_finish(&c, NULL, err, sizeof(err));
+    if (blame == NULL) {
+        assert_int_equal(e, MOAT_OK);
+    } else {
+        assert_int_equal(e, MOAT_E_INVAL);
+        assert_int_equal(strncmp(err, blame, strlen(blame)), 0);
+        assert_non_null(strstr(err, what));
+    }
+    moat_server_config_free(&c);
+}
+
+/* TLS to etcd: https:// endpoints only, certificate and key together, each file readable and
+ * what it should be (a self-signed certificate is a CA bundle of one). */
+static void test_cluster_etcd_tls_keys(void **state)
+{
+    (void)state;
+    const char *https = "https://10.0.0.1:2379,https://10.0.0.2:2379";
+    expect_etcd_tls(https, "", "", "", NULL, NULL);
+    expect_etcd_tls(https, tls_a.cert, "", "", NULL, NULL);
+    expect_etcd_tls(https, "", tls_a.cert, tls_a.key, NULL, NULL);
+    expect_etcd_tls(https, tls_b.cert, tls_a.cert, tls_a.key, NULL, NULL);
+    expect_etcd_tls("", tls_a.cert, "", "", "cluster_etcd_tls_ca: needs cluster_etcd_endpoints",
+                    "");
+    expect_etcd_tls("https://10.0.0.1:2379,http://10.0.0.2:2379", "", tls_a.cert, tls_a.key,
+                    "cluster_etcd_tls_cert: needs cluster_etcd_endpoints, every one https://",
+                    "http://10.0.0.2:2379");
+    expect_etcd_tls(https, "", tls_a.cert, "",
+                    "cluster_etcd_tls_key: must be set with cluster_etcd_tls_cert", "");
+    expect_etcd_tls(https, tls_a.cert, "", tls_a.key,
+                    "cluster_etcd_tls_cert: must be set with cluster_etcd_tls_key", "");
+    expect_etcd_tls(https, "/nonexistent/ca.pem", "", "",
+                    "cluster_etcd_tls_ca: /nonexistent/ca.pem", "No such file");
+    expect_etcd_tls(https, tls_a.dir, "", "", "cluster_etcd_tls_ca:", tls_a.dir);
+    expect_etcd_tls(https, tls_a.key, "", "", "cluster_etcd_tls_ca:", "holds no PEM certificate");
+    expect_etcd_tls(https, "", "/nonexistent/cert.pem", tls_a.key,
+                    "cluster_etcd_tls_cert: /nonexistent/cert.pem", "No such file");
+    expect_etcd_tls(https, "", tls_a.cert, "/nonexistent/key.pem",
+                    "cluster_etcd_tls_key: /nonexistent/key.pem", "No such file");
+    expect_etcd_tls(https, "", tls_a.key, tls_a.key,
+                    "cluster_etcd_tls_cert:", "not a PEM certificate");
+    expect_etcd_tls(https, "", tls_a.cert, tls_b.key,
+                    "cluster_etcd_tls_key:", "does not match the certificate");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -525,6 +585,8 @@ int main(void)
         cmocka_unit_test(test_loopback_and_hostport),
         cmocka_unit_test(test_token_equal),
         cmocka_unit_test_setup_teardown(test_grpc_tls_keys, make_tls_files, remove_tls_files),
+        cmocka_unit_test_setup_teardown(test_cluster_etcd_tls_keys, make_tls_files,
+                                        remove_tls_files),
     };
     return moat_run_group_tests("test_config", tests, NULL, NULL);
 }

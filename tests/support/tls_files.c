@@ -1,8 +1,11 @@
 /* Test certificates from the openssl command (see tls_files.h). */
+#define _XOPEN_SOURCE 700
 #include "tls_files.h"
 
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 bool tls_files_make(tls_files *f)
@@ -35,4 +38,37 @@ void tls_files_remove(tls_files *f)
     unlink(f->key);
     rmdir(f->dir);
     f->dir[0] = '\0';
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+bool test_pki_make(char dir[64])
+{
+    snprintf(dir, 64, "/tmp/moat-pki-XXXXXX");
+    if (mkdtemp(dir) == NULL) {
+        dir[0] = '\0';
+        return false;
+    }
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "OPENSSL='%s' sh '%s' '%s'", MOAT_TEST_OPENSSL,
+             MOAT_TEST_CERT_SCRIPT, dir);
+    if (system(cmd) == 0)
+        return true;
+    fprintf(stderr, "could not make the test certificates: %s\n", cmd);
+    test_pki_remove(dir);
+    return false;
+}
+
+void test_pki_remove(char dir[64])
+{
+    if (dir[0] == '\0')
+        return;
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    dir[0] = '\0';
 }

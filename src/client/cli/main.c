@@ -19,7 +19,7 @@
 #define MAX_ENV 64
 
 static const char *usage_text =
-    "usage: moat [--addr HOST:PORT|unix:PATH] COMMAND ...\n"
+    "usage: moat [--addr HOST:PORT|unix:PATH] [-v|--verbose] COMMAND ...\n"
     "  create --chat UUID [--ttl SECONDS] [--image IMAGE] [--new] [--json]\n"
     "  ls [--chat UUID] [--json]\n"
     "  get SESSION [--json]\n"
@@ -34,7 +34,9 @@ static const char *usage_text =
     "  cp LOCAL SESSION:PATH | cp SESSION:PATH LOCAL\n"
     "  health [--json]\n"
     "Address from --addr or MOAT_ADDR (default " MOAT_CLIENT_DEFAULT_ADDR
-    "), token from MOAT_TOKEN.\n";
+    "), token from MOAT_TOKEN.\n"
+    "In a cluster, calls for a session follow it to the node that holds it;\n"
+    "--verbose says so on stderr.\n";
 
 static int usage(void)
 {
@@ -576,6 +578,12 @@ static int cmd_interactive(cli *c, const char *session, const char *cwd, bool fo
     if (io.buf_cap > STDIN_CHUNK)
         io.buf_cap = STDIN_CHUNK;
     io.buf = malloc(io.buf_cap);
+    /* A pipe holds 64 KiB by default, so each read would bring at most that: a larger one
+     * (best effort, capped by the kernel's pipe-max-size) halves the reads and wake-ups of a
+     * bulk copy, and leaves the producer's side of the pipe no different. */
+    struct stat in_st;
+    if (forward_stdin && !tty && fstat(STDIN_FILENO, &in_st) == 0 && S_ISFIFO(in_st.st_mode))
+        (void)fcntl(STDIN_FILENO, F_SETPIPE_SZ, 1 << 20);
     if (io.buf == NULL || pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         free(io.buf);
         return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory or descriptors");
@@ -609,7 +617,7 @@ static int cmd_interactive(cli *c, const char *session, const char *cwd, bool fo
             break;
         if (io.resize_pending && terminal_size(&r.rows, &r.cols))
             io.resize_pending = moat_exec_resize(io.call, r.rows, r.cols, 0) == MOAT_E_TIMEOUT;
-        struct pollfd pfd[3] = {{moat_client_fd(c->client), POLLIN, 0},
+        struct pollfd pfd[3] = {{moat_call_fd(io.call), POLLIN, 0},
                                 {signal_pipe[0], POLLIN, 0},
                                 {STDIN_FILENO, POLLIN, 0}};
         bool read_stdin = io.stdin_open && moat_call_send_window(io.call) > CONTROL_RESERVE;
@@ -739,6 +747,13 @@ static int cp_from_sandbox(cli *c, const char *session, const char *path, const 
     return ok ? 0 : fail(MOAT_CODE_DATA_LOSS, "local_file", "cannot write the local file");
 }
 
+/* --verbose: each redirect a call follows, on stderr. */
+static void on_redirect(const char *session, const char *from, const char *to, void *arg)
+{
+    (void)arg;
+    fprintf(stderr, "moat: session %s is at %s (redirected by %s)\n", session, to, from);
+}
+
 static bool parse_u64(const char *s, uint64_t *out)
 {
     char *end;
@@ -754,9 +769,17 @@ int main(int argc, char **argv)
 {
     const char *addr = getenv("MOAT_ADDR");
     int i = 1;
-    if (i + 1 < argc && strcmp(argv[i], "--addr") == 0) {
-        addr = argv[i + 1];
-        i += 2;
+    bool verbose = false;
+    for (;;) {
+        if (i + 1 < argc && strcmp(argv[i], "--addr") == 0) {
+            addr = argv[i + 1];
+            i += 2;
+        } else if (i < argc && (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--verbose") == 0)) {
+            verbose = true;
+            i++;
+        } else {
+            break;
+        }
     }
     if (i >= argc)
         return usage();
@@ -778,6 +801,7 @@ int main(int argc, char **argv)
         {"timeout", required_argument, NULL, 'T'},
         {"env", required_argument, NULL, 'e'},
         {"addr", required_argument, NULL, 'a'},
+        {"verbose", no_argument, NULL, 'v'}, /* also before the command */
         {NULL, 0, NULL, 0},
     };
     const char *chat = NULL, *cwd = NULL, *image = NULL;
@@ -789,7 +813,7 @@ int main(int argc, char **argv)
     char **sub_argv = argv + i;
     optind = 1;
     int o;
-    while ((o = getopt_long(sub_argc, sub_argv, "it", opts, NULL)) != -1) {
+    while ((o = getopt_long(sub_argc, sub_argv, "itv", opts, NULL)) != -1) {
         switch (o) {
         case 'c':
             chat = optarg;
@@ -834,6 +858,9 @@ int main(int argc, char **argv)
         case 'a':
             addr = optarg;
             break;
+        case 'v':
+            verbose = true;
+            break;
         default:
             return usage();
         }
@@ -866,6 +893,8 @@ int main(int argc, char **argv)
                             &st) != MOAT_OK)
         return report(&st);
     c.max_frame = moat_client_get_limits(c.client)->max_frame_size;
+    if (verbose)
+        moat_client_on_redirect(c.client, on_redirect, NULL);
     int rc;
     if (strcmp(cmd, "create") == 0)
         rc = cmd_create(&c, chat, (uint32_t)ttl, image, force_new);

@@ -1,10 +1,15 @@
 #!/bin/sh
-# Writes a throwaway PKI for the TLS tests of the fake Docker engine into DIR (which must exist):
+# Writes a throwaway PKI for the TLS tests of the fake Docker engine and of etcd into DIR (which
+# must exist):
 #   ca.pem                 the test CA
 #   server.pem/.key        the engine, subjectAltName IP:127.0.0.1 only, signed by the CA
 #   client.pem/.key        moat's client certificate, signed by the CA
 #   other-ca.pem           an unrelated CA (the "wrong CA")
 #   rogue-client.pem/.key  a client certificate signed by the unrelated CA
+#   member.pem/.key        an etcd member, IP:127.0.0.1, for server and client use: etcd's JSON
+#                          gateway dials its own member's gRPC with it, which --client-cert-auth
+#                          checks as a client certificate
+#   other-host.pem/.key    the same for another host (DNS:etcd.other.invalid), signed by the CA
 # P-256 keys (fast to make), one day of validity. Uses only its own openssl config, so the host's
 # /etc/ssl/openssl.cnf cannot add or change extensions. $OPENSSL names the binary (default: openssl).
 set -eu
@@ -27,6 +32,20 @@ basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth
 subjectAltName = IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[member]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[other_host]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = DNS:etcd.other.invalid
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 [client]
@@ -63,3 +82,5 @@ make_leaf server "127.0.0.1" ca server
 make_leaf client "moat-test-client" ca client
 make_ca other-ca "moat unrelated CA"
 make_leaf rogue-client "moat-rogue-client" other-ca client
+make_leaf member "127.0.0.1" ca member
+make_leaf other-host "etcd.other.invalid" ca other_host

@@ -1,0 +1,561 @@
+/* Cluster mode's write path for real: three moatd processes on loopback (their own ports, state
+ * dirs, instances and container name prefixes on the shared dockerd) and a three-member etcd of
+ * this run's own. A create through any node places the session and answers with its owner's
+ * address; concurrent creates of one chat on different nodes make one container; renewals and
+ * stops are written to etcd; a SIGKILLed node's chats are placed elsewhere once its lease
+ * expires, and restarted it stops its old incarnation's sessions; with all of etcd down creates
+ * fail UNAVAILABLE while commands in a running session go on; garbage in the directory is a
+ * status with a reason. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+#include <curl/curl.h>
+
+#include "moat_test.h"
+
+#include "cluster/directory.h"
+#include "etcd_cluster.h"
+#include "harness.h"
+#include "moat/v1/sandbox.pb-c.h"
+
+#define WAIT_S 60
+#define NODES  3
+#define TOKEN  "cluster-place-token"
+#define TTL_S  2 /* times moatd_slowdown(): under valgrind keepalives run ten times slower */
+
+static etcd_cluster cl;
+static moat_etcd *etcd;
+static moatd_proc node[NODES];
+static char node_id[NODES][32];
+static char args[NODES][7][300];
+static char restarted_dir[256]; /* a killed node's state dir, run again on it */
+
+static void remove_containers(void)
+{
+    for (int i = 0; i < NODES; i++) {
+        char prefix[64];
+        snprintf(prefix, sizeof(prefix), "mcp%dn%d-", (int)getpid(), i);
+        docker_remove_prefixed(prefix);
+    }
+}
+
+static bool docker_present(void)
+{
+    return access("/var/run/docker.sock", F_OK) == 0 &&
+           system("/usr/bin/docker info >/dev/null 2>&1") == 0;
+}
+
+/* Node i started (again, on state_dir when not NULL). */
+static bool start_node(int i, const char *state_dir)
+{
+    char(*a)[300] = args[i];
+    snprintf(node_id[i], sizeof(node_id[i]), "mcp%d-n%d", (int)getpid(), i);
+    snprintf(a[0], sizeof(a[0]), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
+             cl.urls[2]);
+    snprintf(a[1], sizeof(a[1]), "--cluster_node_id=%s", node_id[i]);
+    snprintf(a[2], sizeof(a[2]), "--instance=mcp%dn%d", (int)getpid(), i);
+    snprintf(a[3], sizeof(a[3]), "--container_name_prefix=mcp%dn%d-", (int)getpid(), i);
+    snprintf(a[4], sizeof(a[4]), "--state_dir=%s", state_dir != NULL ? state_dir : "");
+    snprintf(a[5], sizeof(a[5]), "--cluster_lease_ttl_seconds=%d", TTL_S * moatd_slowdown());
+    const char *extra[] = {a[0],
+                           a[1],
+                           a[2],
+                           a[3],
+                           "--cluster_advertise=127.0.0.1:%PORT%",
+                           a[5],
+                           "--token=" TOKEN,
+                           "--workspace_quota=false",
+                           state_dir != NULL ? a[4] : NULL,
+                           NULL};
+    if (!moatd_start(&node[i], true, extra))
+        return false;
+    for (int tick = 0; tick < WAIT_S * 20 && !etcd_cluster_lists_node(etcd, node_id[i], NULL);
+         tick++)
+        etcd_cluster_sleep_ms(50);
+    return etcd_cluster_lists_node(etcd, node_id[i], NULL);
+}
+
+static int group_teardown(void **state);
+
+static int group_setup(void **state)
+{
+    if (!docker_present() || !etcd_cluster_available())
+        return 0;
+    if (etcd_cluster_open(&cl, NULL, &etcd, 1000, WAIT_S) != 0)
+        return -1;
+    remove_containers();
+    for (int i = 0; i < NODES; i++) {
+        /* cmocka runs no group teardown after a failed setup: what started goes here. */
+        if (!start_node(i, NULL)) {
+            group_teardown(state);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    int rc = 0;
+    for (int i = 0; i < NODES; i++) {
+        /* A node a failed case left stopped (SIGSTOP) must run to drain. */
+        if (node[i].pid != 0)
+            kill(node[i].pid, SIGCONT);
+        if (node[i].pid != 0 && moatd_stop(&node[i]) != 0)
+            rc = -1;
+        if (node[i].state_dir[0] != '\0')
+            moatd_remove_dir(node[i].state_dir);
+    }
+    if (restarted_dir[0] != '\0')
+        moatd_remove_dir(restarted_dir);
+    remove_containers();
+    etcd_cluster_close(&cl, etcd);
+    return rc;
+}
+
+#define REQUIRE()                                                                                  \
+    do {                                                                                           \
+        ETCD_REQUIRE();                                                                            \
+        moat_require(docker_present(), "no Docker engine at /var/run/docker.sock");                \
+    } while (0)
+
+typedef raw_created created;
+
+/* An empty owner_address is the node that answered: it holds the session. */
+static created create_on(int i, const char *chat, bool force_new)
+{
+    created c = raw_create(node[i].port, TOKEN, chat, force_new, NULL);
+    if (c.code == 0 && c.owner[0] == '\0')
+        snprintf(c.owner, sizeof(c.owner), "127.0.0.1:%d", node[i].port);
+    return c;
+}
+
+/* The node whose advertised address is addr, or -1. */
+static int node_of(const char *addr)
+{
+    for (int i = 0; i < NODES; i++) {
+        char want[64];
+        snprintf(want, sizeof(want), "127.0.0.1:%d", node[i].port);
+        if (node[i].pid != 0 && strcmp(addr, want) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static bool runs_echo(int i, const char *sid)
+{
+    raw_conn *c = raw_connect_ready(node[i].port, TOKEN);
+    if (c == NULL)
+        return false;
+    int ok = raw_run_many(c, sid, "echo hi", 1, 1, NULL, NULL);
+    raw_close(c);
+    return ok == 1;
+}
+
+/* Containers on the engine labelled with this chat, over every node's instance. */
+static int containers_of(const char *chat)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "/usr/bin/docker ps -q --filter label=chat_id=%s | wc -l", chat);
+    FILE *f = popen(cmd, "r");
+    int n = -1;
+    if (f != NULL && fscanf(f, "%d", &n) != 1)
+        n = -1;
+    if (f != NULL)
+        pclose(f);
+    return n;
+}
+
+static void new_chat(char out[MOAT_UUID_STR_LEN])
+{
+    moat_uuid_generate(out);
+}
+
+/* A session of a new chat (its id into chat) created through node via. */
+static created fresh_session(int via, char chat[MOAT_UUID_STR_LEN], bool force_new)
+{
+    new_chat(chat);
+    created c = create_on(via, chat, force_new);
+    assert_int_equal(c.code, 0);
+    return c;
+}
+
+static moat_session_record record_of(const char *sid)
+{
+    moat_session_record rec;
+    memset(&rec, 0, sizeof(rec));
+    bool found = false;
+    int64_t rev;
+    moat_status st;
+    assert_int_equal(moat_dir_record(etcd, sid, &found, &rec, &rev, &st), MOAT_CODE_OK);
+    assert_true(found);
+    return rec;
+}
+
+static bool chat_held(const char *chat, moat_chat_record *out)
+{
+    bool found = false;
+    int64_t rev;
+    moat_status st;
+    moat_chat_record tmp;
+    assert_int_equal(moat_dir_chat(etcd, chat, &found, out != NULL ? out : &tmp, &rev, &st),
+                     MOAT_CODE_OK);
+    return found;
+}
+
+/* RenewSession on node i: its code, reason into reason[64] and the new expiry into *expires
+ * (both may be NULL). */
+static int renew_on(int i, const char *sid, uint32_t ttl_seconds, char *reason, int64_t *expires)
+{
+    raw_conn *c = raw_connect_ready(node[i].port, TOKEN);
+    assert_non_null(c);
+    Moat__V1__RenewSessionRequest req = MOAT__V1__RENEW_SESSION_REQUEST__INIT;
+    req.session_id = (char *)sid;
+    req.ttl_seconds = ttl_seconds;
+    ProtobufCMessage *resp = NULL;
+    int code = raw_unary(c, "/moat.v1.Sandboxes/RenewSession", &req.base,
+                         &moat__v1__sandbox_session__descriptor, &resp, reason, 64);
+    if (resp != NULL && expires != NULL)
+        *expires = ((Moat__V1__SandboxSession *)resp)->expires_at_ms;
+    if (resp != NULL)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    raw_close(c);
+    return code;
+}
+
+static void stop_on(int i, const char *sid)
+{
+    raw_conn *c = raw_connect_ready(node[i].port, TOKEN);
+    assert_non_null(c);
+    Moat__V1__StopSessionRequest req = MOAT__V1__STOP_SESSION_REQUEST__INIT;
+    req.session_id = (char *)sid;
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/StopSession", &req.base, NULL, NULL, NULL, 0),
+                     0);
+    raw_close(c);
+}
+
+/* Through every node the same session, with its owner's address; one container; the records in
+ * etcd say running on the owner. New chats created through node 0 until one lands elsewhere:
+ * the power of two choices over three nodes picks node 0 a third of the time. */
+static void test_create_places_and_forwards(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    created first = {0};
+    int owner = 0;
+    for (int attempt = 0; attempt < 12 && owner == 0; attempt++) {
+        if (first.session_id[0] != '\0')
+            stop_on(0, first.session_id);
+        new_chat(chat);
+        first = create_on(0, chat, false);
+        assert_int_equal(first.code, 0);
+        owner = node_of(first.owner);
+        assert_true(owner >= 0);
+    }
+    assert_int_not_equal(owner, 0);
+    for (int i = 0; i < NODES; i++) {
+        created again = create_on(i, chat, false);
+        assert_int_equal(again.code, 0);
+        assert_string_equal(again.session_id, first.session_id);
+        assert_string_equal(again.owner, first.owner);
+    }
+    /* The owner names no other node: the session is its own. */
+    assert_string_equal(raw_create(node[owner].port, TOKEN, chat, false, NULL).owner, "");
+    assert_int_equal(containers_of(chat), 1);
+    assert_true(runs_echo(owner, first.session_id));
+    moat_session_record rec = record_of(first.session_id);
+    assert_int_equal(rec.state, MOAT_RECORD_RUNNING);
+    assert_string_equal(rec.node_id, node_id[owner]);
+    moat_chat_record held;
+    assert_true(chat_held(chat, &held));
+    assert_string_equal(held.session_id, first.session_id);
+    stop_on(owner, first.session_id);
+}
+
+/* force_new through a non-owner: a second session on the chat's owner, with a record of its
+ * own; the chat key keeps naming the first. On a free chat it takes the key. */
+static void test_force_new_on_owner(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    created first = fresh_session(0, chat, true);
+    int owner = node_of(first.owner);
+    moat_chat_record held;
+    assert_true(chat_held(chat, &held));
+    assert_string_equal(held.session_id, first.session_id);
+    created second = create_on((owner + 1) % NODES, chat, true);
+    assert_int_equal(second.code, 0);
+    assert_string_not_equal(second.session_id, first.session_id);
+    assert_string_equal(second.owner, first.owner);
+    assert_int_equal(record_of(second.session_id).state, MOAT_RECORD_RUNNING);
+    assert_true(chat_held(chat, &held));
+    assert_string_equal(held.session_id, first.session_id);
+    assert_int_equal(containers_of(chat), 2);
+    stop_on(owner, second.session_id);
+    stop_on(owner, first.session_id);
+    assert_int_equal(containers_of(chat), 0);
+}
+
+typedef struct racer {
+    int node;
+    const char *chat;
+    created got;
+} racer;
+
+static void *race(void *arg)
+{
+    racer *r = arg;
+    r->got = create_on(r->node, r->chat, false);
+    return NULL;
+}
+
+/* Creates of one chat on every node at once: one session, one container. */
+static void test_concurrent_creates_one_container(void **state)
+{
+    (void)state;
+    REQUIRE();
+    for (int round = 0; round < 3; round++) {
+        char chat[MOAT_UUID_STR_LEN];
+        new_chat(chat);
+        racer r[NODES * 2];
+        pthread_t t[NODES * 2];
+        for (int i = 0; i < NODES * 2; i++) {
+            r[i] = (racer){i % NODES, chat, {0}};
+            assert_int_equal(pthread_create(&t[i], NULL, race, &r[i]), 0);
+        }
+        for (int i = 0; i < NODES * 2; i++)
+            pthread_join(t[i], NULL);
+        for (int i = 0; i < NODES * 2; i++) {
+            assert_int_equal(r[i].got.code, 0);
+            assert_string_equal(r[i].got.session_id, r[0].got.session_id);
+        }
+        assert_int_equal(containers_of(chat), 1);
+        stop_on(node_of(r[0].got.owner), r[0].got.session_id);
+        assert_int_equal(containers_of(chat), 0);
+    }
+}
+
+/* A renewal moves the record's expiry in etcd; a stop writes it ended, frees the chat key and
+ * leaves the chat's home. */
+static void test_renew_and_stop_written(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    created c = fresh_session(1, chat, false);
+    int owner = node_of(c.owner);
+    int64_t expires = 0;
+    char reason[64];
+    assert_int_equal(renew_on(owner, c.session_id, 900, reason, &expires), 0);
+    moat_session_record rec = record_of(c.session_id);
+    assert_true(rec.expires_at_ms >= expires - 1000 && rec.expires_at_ms <= expires);
+
+    stop_on(owner, c.session_id);
+    rec = record_of(c.session_id);
+    assert_int_equal(rec.state, MOAT_RECORD_ENDED);
+    assert_string_equal(rec.end_reason, "stopped");
+    assert_true(rec.ended_at_ms > 0);
+    assert_false(chat_held(chat, NULL));
+    char home[MOAT_NODE_ID_MAX];
+    moat_dir_home(etcd, chat, home);
+    assert_string_equal(home, node_id[owner]);
+}
+
+/* Creates of chat through node via until one makes a session other than old_sid: the chat's
+ * node is dead or stuck, and its chat free once its lease expires. */
+static created placed_again(int via, const char *chat, const char *old_sid)
+{
+    created again = {0};
+    for (int tick = 0; tick < WAIT_S * 20; tick++) {
+        again = create_on(via, chat, false);
+        if (again.code == 0 && strcmp(again.session_id, old_sid) != 0)
+            break;
+        etcd_cluster_sleep_ms(50);
+    }
+    assert_int_equal(again.code, 0);
+    assert_string_not_equal(again.session_id, old_sid);
+    return again;
+}
+
+/* The old incarnation's session of chat is ended node_lost and its container gone, leaving the
+ * chat's new one. */
+static void wait_node_lost(const char *sid, const char *chat)
+{
+    ETCD_WAIT_FOR(record_of(sid).state == MOAT_RECORD_ENDED, WAIT_S);
+    assert_string_equal(record_of(sid).end_reason, "node_lost");
+    ETCD_WAIT_FOR(containers_of(chat) == 1, WAIT_S);
+}
+
+/* The owner SIGKILLed: once its lease expires a create on another node places the chat again
+ * (the time from the kill is printed, not judged); restarted on its state dir as a new
+ * incarnation, it stops its old session and writes it ended node_lost. */
+static void test_node_killed_chat_placed_elsewhere(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    created c = fresh_session(0, chat, false);
+    int dead = node_of(c.owner);
+    int other = (dead + 1) % NODES;
+    char state_dir[256];
+    snprintf(state_dir, sizeof(state_dir), "%s", node[dead].state_dir);
+    uint64_t t0 = moat_time_mono_ns();
+    kill(node[dead].pid, SIGKILL);
+    waitpid(node[dead].pid, NULL, 0);
+    node[dead].pid = 0;
+    created again = placed_again(other, chat, c.session_id);
+    uint64_t took_ms = (moat_time_mono_ns() - t0) / 1000000u;
+    assert_int_not_equal(node_of(again.owner), dead);
+    printf("death to create elsewhere: %llu ms (lease TTL %d s)\n", (unsigned long long)took_ms,
+           TTL_S * moatd_slowdown());
+
+    /* The old container still runs (its moatd died, the engine did not). */
+    if (containers_of(chat) != 2) {
+        char dbg[700];
+        snprintf(dbg, sizeof(dbg),
+                 "docker ps -a --filter label=chat_id=%s --format '{{.Names}} {{.Status}}'; "
+                 "grep -h cluster_ %s/moatd.log %s/moatd.log",
+                 chat, state_dir, node[other].state_dir);
+        if (system(dbg) != 0)
+            printf("no docker\n");
+        printf("old record: %d %s\n", record_of(c.session_id).state,
+               record_of(c.session_id).end_reason);
+    }
+    assert_int_equal(containers_of(chat), 2);
+    snprintf(restarted_dir, sizeof(restarted_dir), "%s", state_dir);
+    assert_true(start_node(dead, restarted_dir));
+    wait_node_lost(c.session_id, chat);
+    stop_on(node_of(again.owner), again.session_id);
+}
+
+/* The owner stopped (SIGSTOP) past its lease, as a node cut off from etcd: its chat is placed
+ * elsewhere meanwhile (a stuck node answers no hello and is passed over); let go again (SIGCONT),
+ * it hears its lease is gone, registers as a new incarnation and stops its old session, whose
+ * record it writes ended node_lost. */
+static void test_node_cut_off_learns_lease_lost(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    created c = fresh_session(0, chat, false);
+    int cut = node_of(c.owner);
+    int other = (cut + 1) % NODES;
+    moat_node before;
+    assert_true(etcd_cluster_lists_node(etcd, node_id[cut], &before));
+    assert_int_equal(kill(node[cut].pid, SIGSTOP), 0);
+    ETCD_WAIT_FOR(!etcd_cluster_lists_node(etcd, node_id[cut], NULL), WAIT_S);
+    created again = placed_again(other, chat, c.session_id);
+    assert_int_equal(kill(node[cut].pid, SIGCONT), 0);
+    assert_int_not_equal(node_of(again.owner), cut);
+
+    moat_node after;
+    ETCD_WAIT_FOR(
+        etcd_cluster_lists_node(etcd, node_id[cut], &after) && after.lease != before.lease, WAIT_S);
+    wait_node_lost(c.session_id, chat);
+    assert_true(moatd_log_contains(&node[cut], "cluster_swept"));
+    stop_on(node_of(again.owner), again.session_id);
+}
+
+/* All of etcd down: creates fail UNAVAILABLE with a reason, a running session still runs
+ * commands; etcd back, creates work. */
+static void test_etcd_down(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    created c = fresh_session(2, chat, false);
+    int owner = node_of(c.owner);
+    int64_t expiry_before = record_of(c.session_id).expires_at_ms;
+    for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
+        etcd_cluster_kill(&cl, m);
+    char other[MOAT_UUID_STR_LEN];
+    new_chat(other);
+    for (int i = 0; i < NODES; i++) {
+        created refused = create_on(i, other, false);
+        assert_int_equal(refused.code, MOAT_CODE_UNAVAILABLE);
+        assert_true(strcmp(refused.reason, "etcd_unavailable") == 0 ||
+                    strcmp(refused.reason, "node_fenced") == 0);
+    }
+    assert_true(runs_echo(owner, c.session_id));
+    /* A renewal must be durable: none while etcd cannot take it. */
+    int64_t before = expiry_before;
+    char reason[64];
+    assert_int_equal(renew_on(owner, c.session_id, 900, reason, NULL), MOAT_CODE_UNAVAILABLE);
+    assert_true(strcmp(reason, "etcd_unavailable") == 0 || strcmp(reason, "node_fenced") == 0);
+    for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
+        assert_int_equal(etcd_cluster_restart(&cl, m), 0);
+    ETCD_WAIT_FOR(renew_on(owner, c.session_id, 900, reason, NULL) == 0, WAIT_S);
+    assert_true(record_of(c.session_id).expires_at_ms > before);
+    ETCD_WAIT_FOR(create_on(0, other, false).code == 0, WAIT_S);
+    created o = create_on(0, other, false);
+    stop_on(node_of(o.owner), o.session_id);
+    stop_on(owner, c.session_id);
+}
+
+static void put_raw(const char *key, const char *value)
+{
+    moat_etcd_result res;
+    moat_status st;
+    assert_int_equal(moat_etcd_put(etcd, moat_slice_str(key), moat_slice_str(value), 0, &res, &st),
+                     MOAT_CODE_OK);
+    moat_etcd_result_free(&res);
+}
+
+/* Garbage in chats/ and sessions/: a status with a reason, and the nodes serve on. */
+static void test_garbage_in_directory(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN], key[MOAT_RECORD_KEY_MAX];
+    new_chat(chat);
+    moat_chat_record_key(chat, key, sizeof(key));
+    put_raw(key, "{not json");
+    for (int i = 0; i < NODES; i++) {
+        created g = create_on(i, chat, false);
+        assert_int_equal(g.code, MOAT_CODE_INTERNAL);
+        assert_string_equal(g.reason, "cluster_record_invalid");
+    }
+    put_raw(key, "{\"session_id\":\"x\",\"node_id\":\"\"}");
+    assert_string_equal(create_on(0, chat, false).reason, "cluster_record_invalid");
+
+    /* A session's record turned to garbage under it: its renewal says so. */
+    char chat2[MOAT_UUID_STR_LEN];
+    new_chat(chat2);
+    created c = create_on(0, chat2, false);
+    assert_int_equal(c.code, 0);
+    int owner = node_of(c.owner);
+    moat_session_record_key(c.session_id, key, sizeof(key));
+    put_raw(key, "[1,2,3]");
+    char reason[64];
+    assert_int_equal(renew_on(owner, c.session_id, 0, reason, NULL), MOAT_CODE_INTERNAL);
+    assert_string_equal(reason, "cluster_record_invalid");
+    stop_on(owner, c.session_id);
+    for (int i = 0; i < NODES; i++)
+        assert_true(kill(node[i].pid, 0) == 0);
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_create_places_and_forwards),
+        cmocka_unit_test(test_force_new_on_owner),
+        cmocka_unit_test(test_concurrent_creates_one_container),
+        cmocka_unit_test(test_renew_and_stop_written),
+        cmocka_unit_test(test_garbage_in_directory),
+        cmocka_unit_test(test_etcd_down),
+        cmocka_unit_test(test_node_cut_off_learns_lease_lost),
+        cmocka_unit_test(test_node_killed_chat_placed_elsewhere),
+    };
+    int rc = moat_run_group_tests("test_cluster_place", tests, group_setup, group_teardown);
+    curl_global_cleanup();
+    return rc;
+}
