@@ -137,7 +137,7 @@ void moat__route_session(const moat_dir_entry *e, moat_session *out)
      * keeps sessions without an execd socket out of the cache). */
 }
 
-void moat__route_view(const moat_dir_entry *e, session_view *out)
+void moat__route_view(const moat_dir_entry *e, const char *self, session_view *out)
 {
     out->session_id = e->rec.session_id;
     out->chat_id = e->rec.chat_id;
@@ -146,6 +146,7 @@ void moat__route_view(const moat_dir_entry *e, session_view *out)
     out->state = moat__route_state(e);
     out->created_at_ms = e->rec.created_at_ms;
     out->expires_at_ms = e->rec.expires_at_ms;
+    out->owner_address = strcmp(e->rec.node_id, self) != 0 ? e->rec.address : "";
 }
 
 moat_code moat__cluster_list(srv *s, const char *chat, moat_dir_entry **out, size_t *count,

@@ -121,9 +121,10 @@ typedef struct session_view {
     const char *session_id, *chat_id, *container_id, *image;
     moat_session_state state;
     int64_t created_at_ms, expires_at_ms;
+    const char *owner_address; /* "" for a session of this node's (SandboxSession field 9) */
 } session_view;
-/* Points into e, which must outlive it. */
-void moat__route_view(const moat_dir_entry *e, session_view *out);
+/* Points into e, which must outlive it; self is this node's id. */
+void moat__route_view(const moat_dir_entry *e, const char *self, session_view *out);
 /* A worker thread: the sessions of chat (canonical, or "" for all) not ended, over the whole
  * cluster from the directory; *out (free()) gets *count of them. */
 moat_code moat__cluster_list(srv *s, const char *chat, moat_dir_entry **out, size_t *count,

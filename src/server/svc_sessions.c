@@ -34,6 +34,7 @@ static void local_view(const moat_session *in, session_view *out)
     out->state = in->state;
     out->created_at_ms = in->created_at_ms;
     out->expires_at_ms = in->expires_at_ms;
+    out->owner_address = "";
 }
 
 /* Fills a SandboxSession pointing into what *in points to and *labels (which must outlive it). */
@@ -49,6 +50,7 @@ static void to_proto(const session_view *in, Moat__V1__SandboxSession *out,
     out->created_at_ms = in->created_at_ms;
     out->expires_at_ms = in->expires_at_ms;
     out->image = (char *)in->image;
+    out->owner_address = (char *)in->owner_address;
     /* The labels moat itself put on the container (its expiry label is the
      * original one; expires_at_ms above is the authoritative expiry). */
     static const char *keys[3] = {"session_id", "chat_id", "moat.managed"};
@@ -63,13 +65,16 @@ static void to_proto(const session_view *in, Moat__V1__SandboxSession *out,
     out->labels = labp;
 }
 
-static void reply_session(stream *st, const moat_session *sess)
+/* owner: "" for this node's own session, else the owner's host:port (SandboxSession's
+ * owner_address, how a client learns where to call it). */
+static void reply_session(stream *st, const moat_session *sess, const char *owner)
 {
     Moat__V1__SandboxSession msg;
     Moat__V1__SandboxSession__LabelsEntry lab[3];
     Moat__V1__SandboxSession__LabelsEntry *labp[3];
     session_view v;
     local_view(sess, &v);
+    v.owner_address = owner;
     to_proto(&v, &msg, lab, labp);
     moat_rpc_call_reply(st->call, &msg.base);
 }
@@ -293,7 +298,7 @@ static void create_done(engine_job *j)
                      c->claimed ? "true" : "false");
         }
         if (moat__running(j->st))
-            reply_session(j->st, &c->session);
+            reply_session(j->st, &c->session, "");
     } else {
         moat_log_limited(&s->logs.create_failed, MOAT_LOG_WARN, "session_create_failed",
                          "chat_id=%s code=%s reason=%s msg=\"%s\"", c->chat,
@@ -391,6 +396,7 @@ typedef struct session_job {
     char session_id[MOAT_UUID_STR_LEN];
     int64_t ttl_ms; /* RenewSession */
     moat_session session;
+    char owner[MOAT_NODE_ADDRESS_MAX]; /* GetSession of another node's session: its address */
 } session_job;
 
 static void get_run(engine_job *j)
@@ -402,6 +408,8 @@ static void get_run(engine_job *j)
     session_route r;
     if (moat__directory_knows(j, g->session_id, &r)) {
         moat__route_session(&r.entry, &g->session);
+        if (strcmp(r.entry.rec.node_id, j->s->cfg.cluster_node_id) != 0)
+            snprintf(g->owner, sizeof(g->owner), "%s", r.entry.rec.address);
         j->code = MOAT_CODE_OK;
     }
 }
@@ -436,7 +444,7 @@ static void session_done(engine_job *j)
     else
         moat__session_cache_drop(j->s, g->session.session_id);
     if (moat__running(j->st))
-        reply_session(j->st, &g->session);
+        reply_session(j->st, &g->session, g->owner);
 }
 
 /* A session_job for the session the call names; NULL when the call ended. */
@@ -509,7 +517,7 @@ static void list_reply(list_job *l)
         for (size_t i = 0; i < l->count; i++) {
             session_view v;
             if (l->cluster) {
-                moat__route_view(&l->records[i], &v);
+                moat__route_view(&l->records[i], st->s->cfg.cluster_node_id, &v);
             } else if (l->chat[0] != '\0' && strcmp(l->sessions[i].chat_id, l->chat) != 0) {
                 continue;
             } else {

@@ -16,9 +16,12 @@
 
 #include <curl/curl.h>
 
+#include "moat/client.h"
+
 #include "moat_test.h"
 
 #include "cluster/directory.h"
+#include "cluster_calls.h"
 #include "etcd_cluster.h"
 #include "harness.h"
 #include "moat/v1/sandbox.pb-c.h"
@@ -277,6 +280,99 @@ static void test_create_places_and_forwards(void **state)
     assert_true(chat_held(chat, &held));
     assert_string_equal(held.session_id, first.session_id);
     stop_on(owner, first.session_id);
+}
+
+/* The two halves of the cluster meet: a session the write path made on its owner (placed and
+ * forwarded by CreateSession, its record written by the owner) is routed by the read path. Through
+ * a non-owner, CreateSession's answer names the owner, an Exec call ends session_moved with the
+ * owner's address and node, and GetSession answers from the record with the owner's address. */
+static void test_created_session_routed(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    created c = fresh_session(0, chat, false);
+    int owner = node_of(c.owner);
+    assert_true(owner >= 0);
+    int other = (owner + 1) % NODES;
+    created via_other = raw_create(node[other].port, TOKEN, chat, false, NULL);
+    assert_int_equal(via_other.code, 0);
+    assert_string_equal(via_other.session_id, c.session_id);
+    assert_string_equal(via_other.owner, c.owner);
+    raw_conn *conn = raw_connect_ready(node[other].port, TOKEN);
+    assert_non_null(conn);
+    rc_end e = rc_run_command(conn, c.session_id);
+    assert_true(rc_is(&e, MOAT_CODE_FAILED_PRECONDITION, "session_moved"));
+    assert_string_equal(e.owner_address, c.owner);
+    assert_string_equal(e.owner_node, node_id[owner]);
+    rc_free(&e);
+    e = rc_get(conn, c.session_id);
+    assert_int_equal(e.code, 0);
+    assert_non_null(e.resp);
+    Moat__V1__SandboxSession *got = (Moat__V1__SandboxSession *)e.resp;
+    assert_string_equal(got->session_id, c.session_id);
+    assert_string_equal(got->owner_address, c.owner);
+    assert_int_equal(got->status, MOAT__V1__SESSION_STATUS__RUNNING);
+    rc_free(&e);
+    raw_close(conn);
+    stop_on(owner, c.session_id);
+}
+
+static void record_redirect(const char *sid, const char *from, const char *to, void *arg)
+{
+    (void)sid;
+    (void)from;
+    char *last = arg;
+    snprintf(last, 64, "%s", to);
+}
+
+/* libmoat connected to a non-owner only: `echo hi` on a session another node holds runs there,
+ * the client following the node's session_moved (libmoat's side and moatd's side of routing,
+ * end to end). */
+static void test_libmoat_follows_to_owner(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    created c = fresh_session(0, chat, false);
+    int owner = node_of(c.owner);
+    assert_true(owner >= 0);
+    int other = (owner + 1) % NODES;
+    char addr[64], followed[64] = "";
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", node[other].port);
+    moat_client_options opts = {TOKEN, NULL, 10000};
+    moat_client *mc = NULL;
+    moat_status st;
+    assert_int_equal(moat_client_connect(addr, &opts, &mc, &st), MOAT_OK);
+    moat_client_on_redirect(mc, record_redirect, followed);
+    moat_run_command_req req = {0};
+    req.session_id = c.session_id;
+    req.command = "echo hi";
+    moat_call *call = NULL;
+    assert_int_equal(moat_exec_run(mc, &req, 30000, &call, &st), MOAT_OK);
+    char out[64] = "";
+    size_t len = 0;
+    bool exited = false;
+    int32_t code = -1;
+    moat_exec_event ev;
+    while (moat_exec_next(call, 30000, &ev) == MOAT_OK) {
+        if (ev.kind == MOAT_EXEC_OUTPUT && ev.stream == MOAT_EXEC_STDOUT &&
+            len + ev.data.len < sizeof(out)) {
+            memcpy(out + len, ev.data.data, ev.data.len);
+            len += ev.data.len;
+        }
+        if (ev.kind == MOAT_EXEC_EXIT && ev.exit_known) {
+            exited = true;
+            code = ev.exit_code;
+        }
+    }
+    moat_call_free(call);
+    moat_client_close(mc);
+    assert_string_equal(out, "hi\n");
+    assert_true(exited);
+    assert_int_equal(code, 0);
+    assert_string_equal(followed, c.owner);
+    stop_on(owner, c.session_id);
 }
 
 /* force_new through a non-owner: a second session on the chat's owner, with a record of its
@@ -547,6 +643,8 @@ int main(void)
     curl_global_init(CURL_GLOBAL_ALL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_places_and_forwards),
+        cmocka_unit_test(test_created_session_routed),
+        cmocka_unit_test(test_libmoat_follows_to_owner),
         cmocka_unit_test(test_force_new_on_owner),
         cmocka_unit_test(test_concurrent_creates_one_container),
         cmocka_unit_test(test_renew_and_stop_written),
