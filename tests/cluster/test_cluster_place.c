@@ -282,6 +282,17 @@ static void test_create_places_and_forwards(void **state)
     stop_on(owner, first.session_id);
 }
 
+/* A session of a new chat created through node 0, wherever placement put it: its owner and a
+ * node that does not hold it. */
+static created session_and_other(char chat[MOAT_UUID_STR_LEN], int *owner, int *other)
+{
+    created c = fresh_session(0, chat, false);
+    *owner = node_of(c.owner);
+    assert_true(*owner >= 0);
+    *other = (*owner + 1) % NODES;
+    return c;
+}
+
 /* The two halves of the cluster meet: a session the write path made on its owner (placed and
  * forwarded by CreateSession, its record written by the owner) is routed by the read path. Through
  * a non-owner, CreateSession's answer names the owner, an Exec call ends session_moved with the
@@ -291,10 +302,8 @@ static void test_created_session_routed(void **state)
     (void)state;
     REQUIRE();
     char chat[MOAT_UUID_STR_LEN];
-    created c = fresh_session(0, chat, false);
-    int owner = node_of(c.owner);
-    assert_true(owner >= 0);
-    int other = (owner + 1) % NODES;
+    int owner, other;
+    created c = session_and_other(chat, &owner, &other);
     created via_other = raw_create(node[other].port, TOKEN, chat, false, NULL);
     assert_int_equal(via_other.code, 0);
     assert_string_equal(via_other.session_id, c.session_id);
@@ -334,10 +343,8 @@ static void test_libmoat_follows_to_owner(void **state)
     (void)state;
     REQUIRE();
     char chat[MOAT_UUID_STR_LEN];
-    created c = fresh_session(0, chat, false);
-    int owner = node_of(c.owner);
-    assert_true(owner >= 0);
-    int other = (owner + 1) % NODES;
+    int owner, other;
+    created c = session_and_other(chat, &owner, &other);
     char addr[64], followed[64] = "";
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", node[other].port);
     moat_client_options opts = {TOKEN, NULL, 10000};
