@@ -288,9 +288,18 @@ static size_t fill_binary(xd_stream *st, uint8_t *buf, size_t max)
     bool progress = true, waited = false, full = false;
     while (progress && !full) {
         progress = false;
+        /* A pass reads only the pipes that held output (or their end) before the first read,
+         * as line mode's poll does: output the second pipe got after the first was read waits
+         * for the next pass, behind whatever the first got meanwhile. Without it, `echo out;
+         * echo err >&2` landing between the two reads came out err first. */
+        struct pollfd ready[2];
+        for (int i = 0; i < 2; i++)
+            ready[i] = (struct pollfd){.fd = st->fds[i], .events = POLLIN};
+        if (poll(ready, 2, 0) < 0)
+            break;
         for (int k = 0; k < 2; k++) {
             int i = (st->first + k) & 1;
-            if (st->fds[i] < 0)
+            if (st->fds[i] < 0 || ready[i].revents == 0)
                 continue;
             char head[MOAT_EXECD_BINARY_HEADER_MAX];
             int64_t ts = moat_time_now_ms();
