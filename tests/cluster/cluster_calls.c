@@ -252,3 +252,10 @@ void rc_node_stop(rc_node *n)
     moatd_remove_dir(n->p.state_dir);
     n->started = false;
 }
+
+void rc_cluster_close(rc_node *nodes, int count, etcd_cluster *cl, moat_etcd *etcd)
+{
+    for (int i = 0; i < count; i++)
+        rc_node_stop(&nodes[i]);
+    etcd_cluster_close(cl, etcd);
+}

@@ -28,6 +28,9 @@ bool rc_node_start(rc_node *n, const etcd_cluster *cl, const char *tag, int i, b
                    const char *const *extra, bool connect, const char *token);
 /* Closes its connection, stops it (unless a test killed it: p.pid 0) and removes its state. */
 void rc_node_stop(rc_node *n);
+/* Stops nodes[0..count) and closes the test's etcd: a group's teardown, and what a group setup
+ * that failed half way runs itself, since cmocka runs no group teardown after it. */
+void rc_cluster_close(rc_node *nodes, int count, etcd_cluster *cl, moat_etcd *etcd);
 
 /* A call's End: code, reason and the details the test looks at. */
 typedef struct rc_end {

@@ -30,6 +30,8 @@ static etcd_cluster cl;
 static moat_etcd *etcd;
 static rc_node nodes[NODES];
 
+static int group_teardown(void **state);
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -40,16 +42,17 @@ static int group_setup(void **state)
     const char *extra[] = {"--cluster_janitor_grace_seconds=2", NULL};
     for (int i = 0; i < NODES; i++)
         if (!rc_node_start(&nodes[i], &cl, "jan", i, false, extra, false, NULL))
-            return -1;
+            goto failed;
     return 0;
+failed:
+    group_teardown(state);
+    return -1;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < NODES; i++)
-        rc_node_stop(&nodes[i]);
-    etcd_cluster_close(&cl, etcd);
+    rc_cluster_close(nodes, NODES, &cl, etcd);
     return 0;
 }
 

@@ -143,6 +143,8 @@ static uint32_t start_run(raw_conn *c, const char *command)
     return raw_call(c, "/moat.v1.Exec/RunCommand", 0, &req.base);
 }
 
+static int group_teardown(void **state);
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -156,13 +158,13 @@ static int group_setup(void **state)
                                i == PROXY ? "--cluster_route=proxy" : "--cluster_route=redirect",
                                NULL};
         if (!rc_node_start(&nodes[i], &cl, "proxy", i, true, extra, true, TOKEN))
-            return -1;
+            goto failed;
     }
     moat_node owner;
     for (int t = 0; t < WAIT_S * 20 && !etcd_cluster_lists_node(etcd, nodes[OWNER].id, &owner); t++)
         etcd_cluster_sleep_ms(50);
     if (!etcd_cluster_lists_node(etcd, nodes[OWNER].id, &owner))
-        return -1;
+        goto failed;
     /* A real session on the owner, and its record as the owner would write it. */
     char chat[MOAT_UUID_STR_LEN], addr[64];
     moat_uuid_generate(chat);
@@ -173,23 +175,24 @@ static int group_setup(void **state)
     if (e.code != 0 || e.resp == NULL) {
         fprintf(stderr, "CreateSession on the owner: %d %s\n", e.code, e.reason);
         rc_free(&e);
-        return -1;
+        goto failed;
     }
     snprintf(sid, sizeof(sid), "%s", ((Moat__V1__SandboxSession *)e.resp)->session_id);
     rc_free(&e);
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", nodes[OWNER].p.port);
     rc_put_record(etcd, sid, chat, nodes[OWNER].id, owner.lease, addr, MOAT_RECORD_RUNNING, "");
     return 0;
+failed:
+    group_teardown(state);
+    return -1;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < NODES; i++)
-        rc_node_stop(&nodes[i]);
+    rc_cluster_close(nodes, NODES, &cl, etcd);
     if (prefix[0] != '\0')
         docker_remove_prefixed(prefix);
-    etcd_cluster_close(&cl, etcd);
     return 0;
 }
 

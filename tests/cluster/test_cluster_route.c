@@ -61,6 +61,8 @@ static void clear_records(void)
     moat_etcd_result_free(&res);
 }
 
+static int group_teardown(void **state);
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -71,16 +73,17 @@ static int group_setup(void **state)
     /* The third node's engine is dead: it routes from the directory alone. */
     for (int i = 0; i < NODES; i++)
         if (!rc_node_start(&nodes[i], &cl, "route", i, i < 2, NULL, true, NULL))
-            return -1;
+            goto failed;
     return 0;
+failed:
+    group_teardown(state);
+    return -1;
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    for (int i = 0; i < NODES; i++)
-        rc_node_stop(&nodes[i]);
-    etcd_cluster_close(&cl, etcd);
+    rc_cluster_close(nodes, NODES, &cl, etcd);
     return 0;
 }
 
