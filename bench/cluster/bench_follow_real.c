@@ -5,15 +5,19 @@
  * real session created through the first node. O is the node that holds it, N the other; the
  * call is Files/Stat of /tmp, which reaches the session's execd on O.
  *
- * Series, interleaved call by call so that the machine's noise falls on each alike:
+ * Series, interleaved call by call, each iteration starting with the next series in turn, so
+ * that the machine's noise and a call's wake-up after another node's work fall on each alike:
  *   direct     a libmoat client seeded at O: one Stat
  *   followed   a client seeded at N that has followed once: one Stat (it goes straight to O)
  *   moved      a raw Stat on a client seeded at N (raw calls are never followed): N's
- *              session_moved answer, the "one extra round trip"
- * and, per new client, alternated:
- *   connect    connect + Hello to O (the "plus a connection")
+ *              session_moved answer, which reads the record from etcd
+ * and then, per new client, the redirected call and its budget's parts, in turn likewise:
  *   redirected a new client seeded at N, its first Stat (N, a connection to O, the Stat at O)
- * with the budget for redirected: moved + connect + direct, all from this run.
+ *   moved      a new client seeded at N, its first call raw: the "one extra round trip"
+ *   connect    connect + Hello to O: the "plus a connection"
+ *   direct     a Stat on the client seeded at O: the call itself
+ * with the budget for redirected the sum of the last three's p50s. The redirected call's hop at
+ * N is a new connection's first call, so the budget's round trip is one too.
  *
  * SIGINT, SIGTERM and SIGHUP stop the series at the next call; the nodes, their containers, the
  * etcd members and the temp dirs are removed on every way out but SIGKILL. */
@@ -221,8 +225,10 @@ int main(int argc, char **argv)
     double *followed = calloc((size_t)n, sizeof(double));
     double *moved = calloc((size_t)n, sizeof(double));
     double *redirected = calloc((size_t)fresh, sizeof(double));
+    double *fresh_moved = calloc((size_t)fresh, sizeof(double));
     double *connect = calloc((size_t)fresh, sizeof(double));
-    if (!direct || !followed || !moved || !redirected || !connect)
+    double *fresh_direct = calloc((size_t)fresh, sizeof(double));
+    if (!direct || !followed || !moved || !redirected || !fresh_moved || !connect || !fresh_direct)
         die("out of memory");
     uint8_t req[128];
     size_t req_len = stat_request(req, s.session_id);
@@ -234,24 +240,50 @@ int main(int argc, char **argv)
     one_moved(raw_n, req, req_len);
     for (int i = 0; i < n; i++) {
         check_signal();
-        direct[i] = one_stat(to_o, s.session_id);
-        followed[i] = one_stat(via_n, s.session_id);
-        moved[i] = one_moved(raw_n, req, req_len);
+        for (int k = 0; k < 3; k++) {
+            switch ((i + k) % 3) {
+            case 0:
+                direct[i] = one_stat(to_o, s.session_id);
+                break;
+            case 1:
+                followed[i] = one_stat(via_n, s.session_id);
+                break;
+            default:
+                moved[i] = one_moved(raw_n, req, req_len);
+            }
+        }
     }
     for (int i = 0; i < fresh; i++) {
         check_signal();
-        moat_client *c = connect_to(owner->port, &connect[i]);
-        moat_client_close(c);
-        c = connect_to(other->port, NULL);
-        redirected[i] = one_stat(c, s.session_id);
-        moat_client_close(c);
+        for (int k = 0; k < 4; k++) {
+            moat_client *c;
+            switch ((i + k) % 4) {
+            case 0:
+                c = connect_to(other->port, NULL);
+                redirected[i] = one_stat(c, s.session_id);
+                moat_client_close(c);
+                break;
+            case 1:
+                c = connect_to(other->port, NULL);
+                fresh_moved[i] = one_moved(c, req, req_len);
+                moat_client_close(c);
+                break;
+            case 2:
+                moat_client_close(connect_to(owner->port, &connect[i]));
+                break;
+            default:
+                fresh_direct[i] = one_stat(to_o, s.session_id);
+            }
+        }
     }
     moat_client_close(to_o);
     moat_client_close(via_n);
     moat_client_close(raw_n);
 
     double d50 = pct(direct, n, 0.5), f50 = pct(followed, n, 0.5), m50 = pct(moved, n, 0.5);
-    double r50 = pct(redirected, fresh, 0.5), c50 = pct(connect, fresh, 0.5);
+    double r50 = pct(redirected, fresh, 0.5), fm50 = pct(fresh_moved, fresh, 0.5);
+    double c50 = pct(connect, fresh, 0.5), fd50 = pct(fresh_direct, fresh, 0.5);
+    double budget = fm50 + c50 + fd50;
     double load[3] = {0, 0, 0};
     FILE *la = fopen("/proc/loadavg", "r");
     if (la != NULL) {
@@ -264,19 +296,25 @@ int main(int argc, char **argv)
     printf("  after following (seeded elsewhere) %8.1f us (%8.1f)   difference %+.1f us\n", f50,
            pct(followed, n, 0.99), f50 - d50);
     printf("  session_moved from the non-owner  %8.1f us (%8.1f)\n", m50, pct(moved, n, 0.99));
-    printf("a new client's first call, p50 (p99), %d each:\n", fresh);
+    printf("a new client's first call, p50 (p99), %d each, in turn:\n", fresh);
     printf("  redirected (N, connect O, O)       %8.1f us (%8.1f)\n", r50,
            pct(redirected, fresh, 0.99));
+    printf("  session_moved, a new client at N   %8.1f us (%8.1f)\n", fm50,
+           pct(fresh_moved, fresh, 0.99));
     printf("  connect + Hello to O               %8.1f us (%8.1f)\n", c50,
            pct(connect, fresh, 0.99));
-    printf("  budget: moved + connect + direct   %8.1f us   redirected / budget %.2f\n",
-           m50 + c50 + d50, r50 / (m50 + c50 + d50));
+    printf("  a Stat at O                        %8.1f us (%8.1f)\n", fd50,
+           pct(fresh_direct, fresh, 0.99));
+    printf("  budget: the three above            %8.1f us   redirected / budget %.2f (%+.1f us)\n",
+           budget, r50 / budget, r50 - budget);
     printf("host load average %.2f %.2f %.2f\n", load[0], load[1], load[2]);
     free(direct);
     free(followed);
     free(moved);
     free(redirected);
+    free(fresh_moved);
     free(connect);
+    free(fresh_direct);
     cleanup();
     curl_global_cleanup();
     return 0;
