@@ -16,28 +16,10 @@
 #include <time.h>
 
 #include "fake_cluster.h"
+#include "bench_stats.h"
 #include "moat/client.h"
 
 #define SESSION "9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f"
-
-static double now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return v[(int)(p * (n - 1))];
-}
 
 static const moat_client_options opts = {.token = "tok", .client_name = "bench-follow"};
 
@@ -45,25 +27,25 @@ static double one_stat(moat_client *c)
 {
     moat_file_info fi;
     moat_status st;
-    double t0 = now_us();
+    double t0 = bench_now_us();
     if (moat_file_stat(c, SESSION, "/f", 5000, &fi, &st) != MOAT_OK) {
         fprintf(stderr, "bench_follow: stat: %s (%s)\n", st.message, st.reason);
         exit(1);
     }
-    return now_us() - t0;
+    return bench_now_us() - t0;
 }
 
 static moat_client *connect_to(const char *addr, double *took)
 {
     moat_client *c;
     moat_status st;
-    double t0 = now_us();
+    double t0 = bench_now_us();
     if (moat_client_connect(addr, &opts, &c, &st) != MOAT_OK) {
         fprintf(stderr, "bench_follow: connect %s: %s\n", addr, st.message);
         exit(1);
     }
     if (took)
-        *took = now_us() - t0;
+        *took = bench_now_us() - t0;
     return c;
 }
 
@@ -102,16 +84,19 @@ int main(int argc, char **argv)
         redirected[i] = one_stat(c);
         moat_client_close(c);
     }
-    double d50 = pct(direct, n, 0.5), f50 = pct(followed, n, 0.5);
-    double r50 = pct(redirected, fresh, 0.5), c50 = pct(connect, fresh, 0.5);
+    double d50 = bench_percentile(direct, n, 0.5), f50 = bench_percentile(followed, n, 0.5);
+    double r50 = bench_percentile(redirected, fresh, 0.5),
+           c50 = bench_percentile(connect, fresh, 0.5);
     printf("calls to the owner, p50 (p99), %d each, interleaved:\n", n);
-    printf("  direct (seeded at the owner)    %7.1f us (%7.1f)\n", d50, pct(direct, n, 0.99));
+    printf("  direct (seeded at the owner)    %7.1f us (%7.1f)\n", d50,
+           bench_percentile(direct, n, 0.99));
     printf("  after following (seeded at A)   %7.1f us (%7.1f)   difference %+.1f us\n", f50,
-           pct(followed, n, 0.99), f50 - d50);
+           bench_percentile(followed, n, 0.99), f50 - d50);
     printf("a new client's first call, p50 (p99), %d each:\n", fresh);
     printf("  redirected (A, connect B, B)    %7.1f us (%7.1f)\n", r50,
-           pct(redirected, fresh, 0.99));
-    printf("  connect + Hello to B            %7.1f us (%7.1f)\n", c50, pct(connect, fresh, 0.99));
+           bench_percentile(redirected, fresh, 0.99));
+    printf("  connect + Hello to B            %7.1f us (%7.1f)\n", c50,
+           bench_percentile(connect, fresh, 0.99));
     printf("  budget: connect + 2 x direct    %7.1f us   redirected / budget %.2f\n", c50 + 2 * d50,
            r50 / (c50 + 2 * d50));
     moat_client_close(to_b);

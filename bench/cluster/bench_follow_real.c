@@ -37,6 +37,7 @@
 
 #include "etcd_cluster.h"
 #include "harness.h"
+#include "bench_stats.h"
 #include "moat/client.h"
 
 #define TOKEN "bench-follow-token"
@@ -84,25 +85,6 @@ static void check_signal(void)
         die("interrupted; cleaned up");
 }
 
-static double now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(double *v, int n, double p)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return v[(int)(p * (n - 1))];
-}
-
 /* The records carry the address clients dial, so each node advertises the port it listens on. */
 static void start(int i)
 {
@@ -140,13 +122,13 @@ static moat_client *connect_to(int port, double *took)
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
     moat_client *c;
     moat_status st;
-    double t0 = now_us();
+    double t0 = bench_now_us();
     if (moat_client_connect(addr, &opts, &c, &st) != MOAT_OK) {
         fprintf(stderr, "bench_follow_real: connect %s: %s\n", addr, st.message);
         die("a connect failed");
     }
     if (took)
-        *took = now_us() - t0;
+        *took = bench_now_us() - t0;
     return c;
 }
 
@@ -154,12 +136,12 @@ static double one_stat(moat_client *c, const char *sid)
 {
     moat_file_info fi;
     moat_status st;
-    double t0 = now_us();
+    double t0 = bench_now_us();
     if (moat_file_stat(c, sid, PATH, 10000, &fi, &st) != MOAT_OK) {
         fprintf(stderr, "bench_follow_real: stat: %s (%s)\n", st.message, st.reason);
         die("a stat failed");
     }
-    return now_us() - t0;
+    return bench_now_us() - t0;
 }
 
 /* StatRequest{session_id = 1, path = 2}, encoded by hand: the raw call takes protobuf bytes. */
@@ -182,10 +164,10 @@ static double one_moved(moat_client *c, const uint8_t *req, size_t len)
     uint8_t resp[256];
     size_t got;
     moat_status st;
-    double t0 = now_us();
+    double t0 = bench_now_us();
     moat_err e = moat_client_unary(c, "/moat.v1.Files/Stat", 10000, (moat_slice){req, len}, resp,
                                    sizeof(resp), &got, &st);
-    double took = now_us() - t0;
+    double took = bench_now_us() - t0;
     if (e != MOAT_E_REMOTE || strcmp(st.reason, "session_moved") != 0)
         die("the non-owner did not answer session_moved");
     return took;
@@ -296,11 +278,14 @@ int main(int argc, char **argv)
     /* Before pct sorts the parts: each client's own three. */
     for (int i = 0; i < fresh; i++)
         parts[i] = fresh_moved[i] + connect[i] + first[i];
-    double d50 = pct(direct, n, 0.5), f50 = pct(followed, n, 0.5), m50 = pct(moved, n, 0.5);
-    double r50 = pct(redirected, fresh, 0.5), fm50 = pct(fresh_moved, fresh, 0.5);
-    double c50 = pct(connect, fresh, 0.5), fd50 = pct(fresh_direct, fresh, 0.5);
-    double parts50 = pct(parts, fresh, 0.5);
-    double first50 = pct(first, fresh, 0.5);
+    double d50 = bench_percentile(direct, n, 0.5), f50 = bench_percentile(followed, n, 0.5),
+           m50 = bench_percentile(moved, n, 0.5);
+    double r50 = bench_percentile(redirected, fresh, 0.5),
+           fm50 = bench_percentile(fresh_moved, fresh, 0.5);
+    double c50 = bench_percentile(connect, fresh, 0.5),
+           fd50 = bench_percentile(fresh_direct, fresh, 0.5);
+    double parts50 = bench_percentile(parts, fresh, 0.5);
+    double first50 = bench_percentile(first, fresh, 0.5);
     double budget = fm50 + c50 + first50, warm = fm50 + c50 + fd50;
     double load[3] = {0, 0, 0};
     FILE *la = fopen("/proc/loadavg", "r");
@@ -310,21 +295,23 @@ int main(int argc, char **argv)
         fclose(la);
     }
     printf("Files/Stat %s on a real session, p50 (p99), %d each, interleaved:\n", PATH, n);
-    printf("  direct (seeded at the owner)       %8.1f us (%8.1f)\n", d50, pct(direct, n, 0.99));
+    printf("  direct (seeded at the owner)       %8.1f us (%8.1f)\n", d50,
+           bench_percentile(direct, n, 0.99));
     printf("  after following (seeded elsewhere) %8.1f us (%8.1f)   difference %+.1f us\n", f50,
-           pct(followed, n, 0.99), f50 - d50);
-    printf("  session_moved from the non-owner  %8.1f us (%8.1f)\n", m50, pct(moved, n, 0.99));
+           bench_percentile(followed, n, 0.99), f50 - d50);
+    printf("  session_moved from the non-owner  %8.1f us (%8.1f)\n", m50,
+           bench_percentile(moved, n, 0.99));
     printf("a new client's first call, p50 (p99), %d each, in turn:\n", fresh);
     printf("  redirected (N, connect O, O)       %8.1f us (%8.1f)\n", r50,
-           pct(redirected, fresh, 0.99));
+           bench_percentile(redirected, fresh, 0.99));
     printf("  session_moved, a new client at N   %8.1f us (%8.1f)\n", fm50,
-           pct(fresh_moved, fresh, 0.99));
+           bench_percentile(fresh_moved, fresh, 0.99));
     printf("  connect + Hello to O               %8.1f us (%8.1f)\n", c50,
-           pct(connect, fresh, 0.99));
+           bench_percentile(connect, fresh, 0.99));
     printf("  first Stat of a new client at O    %8.1f us (%8.1f)\n", first50,
-           pct(first, fresh, 0.99));
+           bench_percentile(first, fresh, 0.99));
     printf("  a Stat at O, connection in use     %8.1f us (%8.1f)\n", fd50,
-           pct(fresh_direct, fresh, 0.99));
+           bench_percentile(fresh_direct, fresh, 0.99));
     printf("  budget: moved + connect + first    %8.1f us   redirected / budget %.2f (%+.1f us)\n",
            budget, r50 / budget, r50 - budget);
     printf("  with the call in use instead       %8.1f us   redirected / that   %.2f (%+.1f us)\n",
