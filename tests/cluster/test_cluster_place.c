@@ -421,6 +421,35 @@ static void *race(void *arg)
 }
 
 /* Creates of one chat on every node at once: one session, one container. */
+/* A client that sets placed_by itself (as a forwarding node would) only skips placement: the
+ * node it called still has to take the chat's key, so for a chat another node holds it answers
+ * the live session there, and no second container starts. */
+static void test_client_placed_by_changes_nothing(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    int owner, other;
+    created first = session_and_other(chat, &owner, &other);
+    raw_conn *c = raw_connect_ready(node[other].port, TOKEN);
+    assert_non_null(c);
+    Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
+    req.chat_id = chat;
+    req.placed_by = (char *)node_id[owner];
+    ProtobufCMessage *resp = NULL;
+    char reason[64] = "";
+    int code = raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
+                         &moat__v1__sandbox_session__descriptor, &resp, reason, sizeof(reason));
+    raw_close(c);
+    assert_int_equal(code, 0);
+    assert_non_null(resp);
+    assert_string_equal(((Moat__V1__SandboxSession *)resp)->session_id, first.session_id);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    assert_int_equal(containers_of(chat), 1);
+    assert_true(runs_echo(owner, first.session_id));
+    stop_on(owner, first.session_id);
+}
+
 static void test_concurrent_creates_one_container(void **state)
 {
     (void)state;
@@ -654,6 +683,7 @@ int main(void)
         cmocka_unit_test(test_libmoat_follows_to_owner),
         cmocka_unit_test(test_force_new_on_owner),
         cmocka_unit_test(test_concurrent_creates_one_container),
+        cmocka_unit_test(test_client_placed_by_changes_nothing),
         cmocka_unit_test(test_renew_and_stop_written),
         cmocka_unit_test(test_garbage_in_directory),
         cmocka_unit_test(test_etcd_down),
