@@ -49,7 +49,7 @@ manifest="$dir/manifest"
 
 die() { echo "cluster-up: $*" >&2; exit 1; }
 
-if ! [[ "$n" =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 32 ]; then
+if [ "$#" -ne 1 ] || ! [[ "$n" =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 32 ]; then
   die "usage: $0 [--tls] N (1..32 nodes)"
 fi
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, dockerd)"
@@ -194,12 +194,14 @@ start_in() {
 }
 
 # Waits (bounded) for a condition; $1 what, $2 the pid file of the process that must stay up.
+# Alive is enough here, not ours: until the child start_in forked has exec'd (which a loaded
+# host can delay past the first check), its command line is still this script's.
 wait_for() {
   local what="$1" pidfile="$2"
   shift 2
   for _ in $(seq 1 120); do
     if "$@" >/dev/null 2>&1; then return 0; fi
-    ours "$pidfile" || die "$what exited; see its log in $dir"
+    kill -0 "$(cat "$pidfile")" 2>/dev/null || die "$what exited; see its log in $dir"
     sleep 0.5
   done
   die "$what did not come up; see its log in $dir"

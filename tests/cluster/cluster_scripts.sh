@@ -93,6 +93,14 @@ assert_gone() {
 # A cluster this test did not make, under its name, is not ours to remove.
 [ ! -e "$MOAT_CLUSTER_DIR" ] || fail "$MOAT_CLUSTER_DIR exists before the test"
 
+# Arguments other than [--tls] N are refused before anything is made (an option after N is not
+# silently dropped).
+for args in "" "--tls" "2 --tls" "--bogus 2" "--tls --tls 2" "0" "33" "2x"; do
+  said="$("$up" $args 2>&1)" && fail "cluster-up $args succeeded"
+  grep -q "usage" <<<"$said" || fail "cluster-up $args: $said"
+  [ ! -e "$MOAT_CLUSTER_DIR" ] || fail "cluster-up $args made $MOAT_CLUSTER_DIR"
+done
+
 out="$("$up" "${up_flags[@]}" 2)"
 echo "$out"
 token="$(sed -n 's/^MOAT_TOKEN=//p' <<<"$out")"
