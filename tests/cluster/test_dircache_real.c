@@ -4,7 +4,9 @@
  * its records' owner lost through the copy, in listings too, and a new incarnation of the node
  * does not revive them; a record the copy does not hold yet is read from etcd. That last one is
  * made deterministic by stopping (SIGSTOP) the one member the copy watches through, so the
- * copy stays in step as far as it knows while the other two commit a record it cannot see.
+ * copy stays in step as far as it knows while the other two commit a record it cannot see; and
+ * that member cut off from the other two (they are stopped) ends the copy's watch, so it stops
+ * answering.
  * Every wait is for a condition, bounded generously, never a measured time. */
 #include <setjmp.h>
 #include <signal.h>
@@ -241,6 +243,26 @@ static void test_not_in_copy_yet(void **state)
     rc_clear_records(etcd);
 }
 
+/* The copy's member cut off from the two others (they are stopped): it loses its leader, etcd
+ * ends the watch (the copy asked it to), and the copy, no longer in step, reads etcd (which
+ * cannot answer) instead of answering from a view that no longer moves. */
+static void test_member_cut_off(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    first = open_members(0, 1);
+    moat_dircache *d = dc = moat_dircache_start(first);
+    assert_non_null(d);
+    ETCD_WAIT_FOR(in_step(d), WAIT_S);
+    assert_int_equal(kill(cl.pid[1], SIGSTOP), 0);
+    assert_int_equal(kill(cl.pid[2], SIGSTOP), 0);
+    ETCD_WAIT_FOR(!in_step(d), WAIT_S);
+    assert_int_equal(kill(cl.pid[1], SIGCONT), 0);
+    assert_int_equal(kill(cl.pid[2], SIGCONT), 0);
+    ETCD_WAIT_FOR(in_step(d), WAIT_S);
+    stop_all();
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
@@ -248,6 +270,7 @@ int main(void)
         cmocka_unit_test(test_lookup),
         cmocka_unit_test(test_node_death),
         cmocka_unit_test(test_not_in_copy_yet),
+        cmocka_unit_test(test_member_cut_off),
     };
     int rc = moat_run_group_tests("test_dircache_real", tests, group_setup, group_teardown);
     curl_global_cleanup();
