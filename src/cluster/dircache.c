@@ -279,19 +279,25 @@ static bool copy_get(moat_dircache *d, const char *key, size_t key_len, moat_dir
     return true;
 }
 
+bool moat_dircache_peek(moat_dircache *d, const char *session_id, moat_dir_found *found,
+                        moat_dir_entry *out)
+{
+    char key[MOAT_RECORD_KEY_MAX];
+    size_t n = moat_session_record_key(session_id, key, sizeof(key));
+    if (n == 0)
+        return false;
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&d->mu);
+    bool copied = copy_get(d, key, n, found, out);
+    pthread_mutex_unlock(&d->mu);
+    return copied;
+}
+
 moat_code moat_dircache_get(moat_dircache *d, moat_etcd *etcd, const char *session_id,
                             moat_dir_found *found, moat_dir_entry *out, bool *from_copy,
                             moat_status *st)
 {
-    char key[MOAT_RECORD_KEY_MAX];
-    size_t n = moat_session_record_key(session_id, key, sizeof(key));
-    bool copied = false;
-    if (n != 0) {
-        memset(out, 0, sizeof(*out));
-        pthread_mutex_lock(&d->mu);
-        copied = copy_get(d, key, n, found, out);
-        pthread_mutex_unlock(&d->mu);
-    }
+    bool copied = moat_dircache_peek(d, session_id, found, out);
     if (from_copy != NULL)
         *from_copy = copied;
     /* Not a canonical id: moat_directory_get says so. */

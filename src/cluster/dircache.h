@@ -33,6 +33,12 @@ moat_dircache *moat_dircache_start(moat_etcd *etcd);
  * frees d. NULL is fine. */
 void moat_dircache_stop(moat_dircache *d);
 
+/* session_id's record as the copy holds it, with its owner's standing (below): false while the
+ * copy is not in step, for an id that is not canonical, or a record the copy does not hold.
+ * Never asks etcd: a loop may call it. Thread-safe. */
+bool moat_dircache_peek(moat_dircache *d, const char *session_id, moat_dir_found *found,
+                        moat_dir_entry *out);
+
 /* What moat_directory_get answers: from the copy while it is in step and holds the record (the
  * owner's standing from the copied member list, by the rule moat_directory_get reads from etcd:
  * the node's key present under the record's lease); else from etcd through `etcd` (moatd passes

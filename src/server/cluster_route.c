@@ -53,6 +53,19 @@ moat_code moat__cluster_route(srv *s, const char *session_id, session_route *out
     return MOAT_CODE_OK;
 }
 
+bool moat__cluster_moved(srv *s, const char *session_id, moat_status *st)
+{
+    moat_dircache *dir = moat__cluster_dircache(s);
+    session_route r = {.verdict = ROUTE_MOVED};
+    moat_dir_found found;
+    if (dir == NULL || !moat_dircache_peek(dir, session_id, &found, &r.entry) ||
+        found != MOAT_DIR_FOUND || r.entry.rec.state == MOAT_RECORD_ENDED || !r.entry.owner_live ||
+        strcmp(r.entry.rec.node_id, s->cfg.cluster_node_id) == 0)
+        return false;
+    moat_status_clear(st);
+    return moat__route_status(&r, st);
+}
+
 bool moat__engine_skipped(engine_job *j)
 {
     /* What the runtime says of a session it does not have, which the directory then explains. */
