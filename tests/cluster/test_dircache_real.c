@@ -1,13 +1,13 @@
 /* The node's copy of the directory (src/cluster/dircache.h) against a real three-member etcd on
  * loopback (started here), with no moatd: a record looked up in the copy with its owner's
- * standing from the copied member list; a member whose lease is revoked (a node's death) makes
- * its records' owner lost through the copy, in listings too, and a new incarnation of the node
- * does not revive them; a record the copy does not hold yet is read from etcd. That last one is
- * made deterministic by stopping (SIGSTOP) the one member the copy watches through, so the
- * copy stays in step as far as it knows while the other two commit a record it cannot see; and
- * that member cut off from the other two (they are stopped) ends the copy's watch, so it stops
- * answering.
- * Every wait is for a condition, bounded generously, never a measured time. */
+ * standing from the copied member list, garbage members judged as etcd's reads judge them; a
+ * member whose lease is revoked (a node's death) makes its records' owner lost through the copy,
+ * in listings too, and a new incarnation of the node does not revive them; a record the copy
+ * does not hold yet is read from etcd. That one is made deterministic by stopping (SIGSTOP) the
+ * one member the copy watches through, so the copy stays in step as far as it knows while the
+ * other two commit a record it cannot see; and that member cut off from the other two (they are
+ * stopped) ends the copy's watch, so it stops answering. Every wait is for a condition, bounded
+ * generously, never a measured time. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -167,6 +167,61 @@ static void test_lookup(void **state)
     rc_clear_records(etcd);
 }
 
+static void put_raw_key(const char *key, const char *value, int64_t lease)
+{
+    moat_etcd_result res;
+    moat_status st;
+    assert_int_equal(
+        moat_etcd_put(etcd, moat_slice_str(key), moat_slice_str(value), lease, &res, &st),
+        MOAT_CODE_OK);
+    moat_etcd_result_free(&res);
+}
+
+/* Garbage in the watched range: a member whose value is not a node record is judged by the copy
+ * as etcd's reads judge it (a lookup by its key and lease, as moat_directory_get; a listing
+ * leaves it out of the members, as moat_directory_list), and a key between the two prefixes is
+ * not the copy's and stops nothing. */
+static void test_garbage_member(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    int64_t lease;
+    moat_dircache *d = start_with_member("dc-g", &lease);
+    put_raw_key(MOAT_NODES_PREFIX "dc-g", "{\"address\": 7, not json", lease);
+    put_raw_key("/moat/v1/other", "whatever", 0);
+    char sid[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(sid);
+    moat_uuid_generate(chat);
+    rc_put_record(etcd, sid, chat, "dc-g", lease, "127.0.0.1:7999", MOAT_RECORD_RUNNING, "");
+    lookup l;
+    ETCD_WAIT_FOR((l = get(d, etcd, sid), l.from_copy), WAIT_S);
+    moat_dir_found found;
+    moat_dir_entry e;
+    moat_status st;
+    assert_int_equal(moat_directory_get(etcd, sid, &found, &e, &st), MOAT_CODE_OK);
+    assert_int_equal(l.found, found);
+    assert_int_equal(l.e.owner_live, e.owner_live);
+    moat_dir_entry *copied = NULL, *read = NULL;
+    size_t ncopied = 0, nread = 0, skipped = 0;
+    bool from_cache = false;
+    assert_int_equal(moat_dircache_list(d, chat, 10, &copied, &ncopied, &skipped, &from_cache, &st),
+                     MOAT_CODE_OK);
+    assert_true(from_cache);
+    assert_int_equal(moat_directory_list(etcd, chat, 10, &read, &nread, &skipped, &st),
+                     MOAT_CODE_OK);
+    assert_int_equal(ncopied, 1);
+    assert_int_equal(nread, 1);
+    assert_int_equal(copied[0].owner_live, read[0].owner_live);
+    free(copied);
+    free(read);
+    stop_all();
+    rc_revoke(etcd, lease);
+    moat_etcd_result res;
+    moat_etcd_delete(etcd, moat_slice_str("/moat/v1/other"), false, &res, &st);
+    moat_etcd_result_free(&res);
+    rc_clear_records(etcd);
+}
+
 /* A member's lease revoked (what its expiry does): its records' owner is lost through the copy,
  * in a listing too; the node back under a new lease does not revive the old incarnation's
  * records, and its new ones are live. */
@@ -267,9 +322,8 @@ int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lookup),
-        cmocka_unit_test(test_node_death),
-        cmocka_unit_test(test_not_in_copy_yet),
+        cmocka_unit_test(test_lookup),         cmocka_unit_test(test_garbage_member),
+        cmocka_unit_test(test_node_death),     cmocka_unit_test(test_not_in_copy_yet),
         cmocka_unit_test(test_member_cut_off),
     };
     int rc = moat_run_group_tests("test_dircache_real", tests, group_setup, group_teardown);
