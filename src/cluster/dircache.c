@@ -31,11 +31,14 @@ struct moat_dircache {
     moat_etcd *etcd;
     pthread_t thread;
     moat_stopper stopper;
-    pthread_mutex_t mu; /* guards what follows */
-    dc_set sessions;    /* sessions/ */
-    dc_set nodes;       /* nodes/ */
-    bool synced;        /* the watch is in place: both sets are etcd's, up to the watch's delay */
+    /* Guards what follows. Readers (lookups, on moatd's loop too, and listings, which decode
+     * every record) share it; only the watch's thread writes. */
+    pthread_rwlock_t mu;
+    dc_set sessions; /* sessions/ */
+    dc_set nodes;    /* nodes/ */
+    bool synced;     /* the watch is in place: both sets are etcd's, up to the watch's delay */
 };
+
 static void set_free(dc_set *s)
 {
     for (size_t i = 0; i < s->count; i++) {
@@ -170,7 +173,7 @@ static bool on_message(void *ud, const moat_etcd_watch_msg *m)
         return false; /* compacted past, or ended by etcd: load again */
     bool ok = true;
     /* A message's changes go in together, so a reader sees both prefixes at one revision. */
-    pthread_mutex_lock(&d->mu);
+    pthread_rwlock_wrlock(&d->mu);
     if (m->created)
         d->synced = true;
     for (size_t i = 0; ok && i < m->event_count; i++) {
@@ -184,7 +187,7 @@ static bool on_message(void *ud, const moat_etcd_watch_msg *m)
     }
     if (!ok)
         d->synced = false;
-    pthread_mutex_unlock(&d->mu);
+    pthread_rwlock_unlock(&d->mu);
     return ok;
 }
 
@@ -208,17 +211,19 @@ static void *run(void *arg)
             continue;
         }
         sessions.floor = revision;
-        pthread_mutex_lock(&d->mu);
-        set_free(&d->sessions);
-        set_free(&d->nodes);
+        /* Swapped under the lock, the old sets freed after it: moatd's loop reads the copy. */
+        pthread_rwlock_wrlock(&d->mu);
+        dc_set old_sessions = d->sessions, old_nodes = d->nodes;
         d->sessions = sessions;
         d->nodes = nodes;
-        pthread_mutex_unlock(&d->mu);
+        pthread_rwlock_unlock(&d->mu);
+        set_free(&old_sessions);
+        set_free(&old_nodes);
         moat_etcd_watch(d->etcd, nodes_prefix, end_s, revision + 1, on_message, d, &d->stopper.stop,
                         &st);
-        pthread_mutex_lock(&d->mu);
+        pthread_rwlock_wrlock(&d->mu);
         d->synced = false;
-        pthread_mutex_unlock(&d->mu);
+        pthread_rwlock_unlock(&d->mu);
         if (!atomic_load(&d->stopper.stop))
             moat_log(MOAT_LOG_INFO, "directory_watch_ended", "code=%s reason=%s msg=\"%s\"",
                      moat_code_name(st.code), st.reason, st.message);
@@ -233,10 +238,10 @@ moat_dircache *moat_dircache_start(moat_etcd *etcd)
         return NULL;
     d->etcd = etcd;
     moat__stopper_init(&d->stopper);
-    pthread_mutex_init(&d->mu, NULL);
+    pthread_rwlock_init(&d->mu, NULL);
     if (pthread_create(&d->thread, NULL, run, d) != 0) {
         moat__stopper_destroy(&d->stopper);
-        pthread_mutex_destroy(&d->mu);
+        pthread_rwlock_destroy(&d->mu);
         free(d);
         return NULL;
     }
@@ -252,12 +257,12 @@ void moat_dircache_stop(moat_dircache *d)
     set_free(&d->sessions);
     set_free(&d->nodes);
     moat__stopper_destroy(&d->stopper);
-    pthread_mutex_destroy(&d->mu);
+    pthread_rwlock_destroy(&d->mu);
     free(d);
 }
 
 /* Whether the copy could answer (in step, holding the record): then *found and *out. Called with
- * d->mu held, so the record and its owner's key are read at one revision. */
+ * d->mu held (to read), so the record and its owner's key are read at one revision. */
 static bool copy_get(moat_dircache *d, const char *key, size_t key_len, moat_dir_found *found,
                      moat_dir_entry *out)
 {
@@ -287,9 +292,9 @@ bool moat_dircache_peek(moat_dircache *d, const char *session_id, moat_dir_found
     if (n == 0)
         return false;
     memset(out, 0, sizeof(*out));
-    pthread_mutex_lock(&d->mu);
+    pthread_rwlock_rdlock(&d->mu);
     bool copied = copy_get(d, key, n, found, out);
-    pthread_mutex_unlock(&d->mu);
+    pthread_rwlock_unlock(&d->mu);
     return copied;
 }
 
@@ -327,7 +332,7 @@ moat_code moat_dircache_list(moat_dircache *d, const char *chat_id, size_t max,
         *from_cache = false;
     moat_code code = MOAT_CODE_OK;
     moat_dir_acc a = {chat_id, NULL, 0, max, NULL, 0, 0, 0};
-    pthread_mutex_lock(&d->mu);
+    pthread_rwlock_rdlock(&d->mu);
     bool synced = d->synced;
     moat_node *nodes = synced ? copy_nodes(d, &a.nnodes) : NULL;
     if (synced && nodes == NULL && d->nodes.count > 0) {
@@ -340,7 +345,7 @@ moat_code moat_dircache_list(moat_dircache *d, const char *chat_id, size_t max,
         if (!moat__dir_take(&a, it->key, it->key_len, it->value, it->value_len, st))
             code = st->code;
     }
-    pthread_mutex_unlock(&d->mu);
+    pthread_rwlock_unlock(&d->mu);
     free(nodes);
     if (!synced)
         return moat_directory_list(d->etcd, chat_id, max, out, count, skipped, st);
