@@ -9,7 +9,8 @@
  * owner's key from etcd costs two ranges (2-3 ms through the gateway) on every redirect, and a
  * listing of 900 records 20-30 ms of JSON. A record the copy does not have yet, or a copy not in
  * step, is read from etcd, on the worker the call's job already runs on, with the etcd client's
- * timeouts, never on the loop. */
+ * timeouts, never on the loop. A session the copy says another live node holds is not even
+ * asked of the runtime (moat__cluster_moved, on the loop: the copy alone, no I/O). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
