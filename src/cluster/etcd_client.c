@@ -457,6 +457,14 @@ moat_code moat_etcd_watch(moat_etcd *e, moat_slice key, moat_slice end, int64_t 
             code = st->code;
             break;
         }
+        /* A member cut off from its peers keeps a watch open and silent; asked to (etcd's own
+         * client's WithRequireLeader, as gRPC metadata the gateway passes on from this header),
+         * etcd ends the watch once the member has lost its leader. */
+        struct curl_slist *more = curl_slist_append(headers, "Grpc-Metadata-hasleader: true");
+        if (more != NULL) {
+            headers = more;
+            curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+        }
         moat_buf_init(&w.buf, MOAT_ETCD_ANSWER_MAX);
         /* A member whose host vanished sends no FIN: keepalives find out within seconds. */
         curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);

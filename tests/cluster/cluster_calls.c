@@ -214,6 +214,44 @@ void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value)
     moat_etcd_result_free(&res);
 }
 
+int64_t rc_put_member(moat_etcd *etcd, const char *id, const char *address)
+{
+    moat_etcd_result res;
+    moat_status st;
+    int64_t lease = 0;
+    if (moat_etcd_lease_grant(etcd, 60, &res, &st) == MOAT_CODE_OK)
+        lease = res.lease_id;
+    moat_etcd_result_free(&res);
+    moat_node n = {.load = {10, 0, 1 << 30, 0}, .lease = lease};
+    snprintf(n.id, sizeof(n.id), "%s", id);
+    snprintf(n.address, sizeof(n.address), "%s", address);
+    char key[sizeof(MOAT_NODES_PREFIX) + MOAT_NODE_ID_MAX], value[MOAT_NODE_VALUE_MAX];
+    size_t kn = moat_node_key(id, key, sizeof(key));
+    size_t vn = moat_node_encode(&n, value, sizeof(value));
+    if (lease == 0 || kn == 0 || vn == 0)
+        return 0;
+    moat_code code = moat_etcd_put(etcd, (moat_slice){(const uint8_t *)key, kn},
+                                   (moat_slice){(const uint8_t *)value, vn}, lease, &res, &st);
+    moat_etcd_result_free(&res);
+    return code == MOAT_CODE_OK ? lease : 0;
+}
+
+void rc_clear_records(moat_etcd *etcd)
+{
+    moat_etcd_result res;
+    moat_status st;
+    moat_etcd_delete(etcd, moat_slice_str(MOAT_SESSIONS_PREFIX), true, &res, &st);
+    moat_etcd_result_free(&res);
+}
+
+void rc_revoke(moat_etcd *etcd, int64_t lease)
+{
+    moat_etcd_result res;
+    moat_status st;
+    assert_int_equal(moat_etcd_lease_revoke(etcd, lease, &res, &st), MOAT_CODE_OK);
+    moat_etcd_result_free(&res);
+}
+
 bool rc_node_start(rc_node *n, const etcd_cluster *cl, const char *tag, int i, bool docker,
                    const char *const *extra, bool connect, const char *token)
 {

@@ -73,5 +73,13 @@ bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *own
                     const char *address);
 /* Puts any value at sessions/<sid>. */
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value);
+/* A member as membership registers one: nodes/<id> with address under a lease of its own
+ * (granted here, a minute long: only a revoke ends it within a test). The lease, or 0 when etcd
+ * did not take it (no cmocka: callers may try again). */
+int64_t rc_put_member(moat_etcd *etcd, const char *id, const char *address);
+/* Deletes every session record (tests that list must not see another test's). */
+void rc_clear_records(moat_etcd *etcd);
+/* Revokes lease (a member's death, as its expiry would be); asserts (cmocka) that etcd did. */
+void rc_revoke(moat_etcd *etcd, int64_t lease);
 
 #endif
