@@ -309,8 +309,10 @@ moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t
     for (int attempt = 0; attempt < 3; attempt++) {
         moat_dir_claim_result claim;
         moat_code code = moat_dir_claim(etcd, rec, lease, take_chat, &claim, st);
-        if (code != MOAT_CODE_OK)
+        if (code != MOAT_CODE_OK) {
+            cc->unsure = true;
             return code;
+        }
         if (claim.won) {
             cc->active = true;
             cc->record_rev = claim.record_mod_revision;
@@ -435,9 +437,38 @@ void moat__cluster_ended(srv *s, const char *sid, const char *reason)
 
 typedef struct sweep_job {
     engine_job base;
-    int64_t lease;
-    size_t lost, ended;
+    int64_t lease, started_ms;
+    size_t lost, ended, finished;
 } sweep_job;
+
+/* A creating record of an earlier process of this node under the lease this one resumed: that
+ * process died between the chat key's transaction and moat__cluster_created. A session that
+ * lives here (its sandbox was made or bound) is written running; else (never made, or a
+ * reserved pool sandbox, which the start-up reconcile removed as no pool holds it) the record
+ * is ended, which frees the chat key. */
+static void sweep_creating(sweep_job *w, const moat_session_record *r)
+{
+    srv *s = w->base.s;
+    moat_session cur;
+    moat_status why;
+    moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
+    if (got == MOAT_CODE_OK && cur.state == MOAT_SESSION_RUNNING) {
+        moat_session_record fresh;
+        bool found;
+        int64_t rev;
+        if (moat_dir_record(moat__cluster_etcd(s), r->session_id, &found, &fresh, &rev, &why) ==
+                MOAT_CODE_OK &&
+            found && fresh.state == MOAT_RECORD_CREATING) {
+            fresh.state = MOAT_RECORD_RUNNING;
+            fresh.expires_at_ms = cur.expires_at_ms;
+            if (moat_dir_update(moat__cluster_etcd(s), &fresh, rev, NULL, &why) == MOAT_CODE_OK)
+                w->finished++;
+        }
+    } else if (got == MOAT_CODE_NOT_FOUND || got == MOAT_CODE_OK) {
+        moat__cluster_ended(s, r->session_id, "gone");
+        w->ended++;
+    }
+}
 
 static void sweep_run(engine_job *j)
 {
@@ -463,7 +494,10 @@ static void sweep_run(engine_job *j)
         moat_session cur;
         moat_status why;
         /* This incarnation's running record of a session that is over here: an end whose
-         * write failed. A creating one is a create in flight. */
+         * write failed. A creating one is a create in flight, unless it is older than this
+         * process. */
+        if (r->state == MOAT_RECORD_CREATING && r->created_at_ms < w->started_ms)
+            sweep_creating(w, r);
         if (r->state != MOAT_RECORD_RUNNING)
             continue;
         moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
@@ -485,15 +519,17 @@ static void sweep_done(engine_job *j)
         moat_log(MOAT_LOG_WARN, "cluster_sweep_failed", "code=%s reason=%s msg=\"%s\"",
                  moat_code_name(j->status.code), j->status.reason, j->status.message);
     else
-        moat_log(MOAT_LOG_INFO, "cluster_swept", "lease=%lld node_lost=%zu ended=%zu",
-                 (long long)w->lease, w->lost, w->ended);
+        moat_log(MOAT_LOG_INFO, "cluster_swept",
+                 "lease=%lld node_lost=%zu ended=%zu creating_finished=%zu", (long long)w->lease,
+                 w->lost, w->ended, w->finished);
 }
 
-void moat__cluster_sweep(srv *s, int64_t lease)
+void moat__cluster_sweep(srv *s, int64_t lease, int64_t started_ms)
 {
     sweep_job *w = moat__job_new_unattached(s, sizeof(*w));
     if (w == NULL)
         return;
     w->lease = lease;
+    w->started_ms = started_ms;
     moat__job_start(&w->base, sweep_run, sweep_done);
 }
