@@ -15,7 +15,8 @@
  *   one homed on W created through W (placed there, from the pool), and one homed on W created
  *   through A (forwarded to W, from the pool). The home (homes/<chat>, which placement prefers)
  *   is written before each create, untimed; each session is stopped after its round, untimed,
- *   so W's pool refills between rounds as it would in use. */
+ *   so W's pool refills between rounds as it would in use. With MOAT_BENCH_LOG_DIR set, A's and
+ *   W's logs are copied there. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -323,6 +324,14 @@ static void bench_tti(void)
     }
     raw_close(conns[0]);
     raw_close(conns[1]);
+    /* Where a create's time went, from the nodes' own log lines (session_created, and
+     * pool_slot_claimed's parts), for whoever asks. */
+    const char *keep = getenv("MOAT_BENCH_LOG_DIR");
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "cp %s %s/bench_place_a.log && cp %s %s/bench_place_w.log",
+             a.log_path, keep, w.log_path, keep);
+    if (keep != NULL && system(cmd) != 0)
+        printf("the logs were not copied to %s\n", keep);
 }
 
 int main(int argc, char **argv)
