@@ -5,8 +5,9 @@
  * sandbox: the session's id is the sandbox's, its record in etcd carries it, and the pool
  * refills. A chat live on node 1 gets that session from node 0, whatever placed_by a client
  * forges, and node 0's reserved sandbox goes back to its pool, still unclaimed; racing creates
- * of one chat make one session; a node restarted between a chat key's transaction and the
- * bind (its lease resumed) ends the record it left and removes the sandbox. */
+ * of one chat make one session; with etcd down a sandbox whose id a lost transaction may have
+ * written is removed, not given back; a node restarted between a chat key's transaction and
+ * the bind (its lease resumed) ends the record it left and removes the sandbox. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -381,6 +382,50 @@ static void test_restart_between_key_and_bind(void **state)
     stop_on(0, c.session_id);
 }
 
+/* All of etcd down while node 0 holds a ready pool sandbox: a create placed there fails
+ * UNAVAILABLE. Fenced already, it never reached etcd and the sandbox is back in the pool; else
+ * the chat key's transaction got no answer, its keys may name the sandbox's id, and the
+ * sandbox is removed, never to be any chat's. etcd back, the chat's create works, with another
+ * id in the second case. */
+static void test_etcd_down_during_a_pool_create(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char pooled[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+    ready_id(pooled, NULL, 0);
+    moat_uuid_generate(chat);
+    for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
+        etcd_cluster_kill(&cl, m);
+    created refused = create_on(0, chat, node_id[1]);
+    assert_int_equal(refused.code, MOAT_CODE_UNAVAILABLE);
+    bool fenced = strcmp(refused.reason, "node_fenced") == 0;
+    assert_true(fenced || strcmp(refused.reason, "etcd_unavailable") == 0);
+    char ids[8][MOAT_UUID_STR_LEN];
+    int n = pool_ids(ids, NULL, 0);
+    bool kept = false;
+    for (int i = 0; i < n; i++)
+        kept = kept || strcmp(ids[i], pooled) == 0;
+    printf("etcd down: %s, the pool sandbox %s\n", refused.reason, kept ? "kept" : "removed");
+    assert_true(kept == fenced);
+    for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
+        assert_int_equal(etcd_cluster_restart(&cl, m), 0);
+    created c = {.code = -1};
+    for (int tick = 0; tick < WAIT_S * 20 && c.code != 0; tick++) {
+        c = create_on(0, chat, node_id[1]);
+        if (c.code != 0)
+            etcd_cluster_sleep_ms(50);
+    }
+    assert_int_equal(c.code, 0);
+    if (!kept)
+        assert_string_not_equal(c.session_id, pooled);
+    bool found = false;
+    moat_session_record rec = rc_record_of(etcd, c.session_id, &found);
+    assert_true(found);
+    assert_int_equal(rec.state, MOAT_RECORD_RUNNING);
+    assert_int_equal(live_records_of(chat), 1);
+    stop_on(0, c.session_id);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
@@ -388,6 +433,7 @@ int main(void)
         cmocka_unit_test(test_create_claims_pool_sandbox),
         cmocka_unit_test(test_chat_live_elsewhere_gives_it_back),
         cmocka_unit_test(test_racing_creates_one_session),
+        cmocka_unit_test(test_etcd_down_during_a_pool_create),
         cmocka_unit_test(test_restart_between_key_and_bind),
     };
     int rc = moat_run_group_tests("test_cluster_pool", tests, group_setup, group_teardown);
