@@ -157,6 +157,17 @@ static void ready_id(char out[MOAT_UUID_STR_LEN], const char (*skip)[MOAT_UUID_S
     memcpy(out, ids[0], MOAT_UUID_STR_LEN);
 }
 
+/* Whether sid is one of node 0's pool containers (claimed or not). */
+static bool in_pool(const char *sid)
+{
+    char ids[8][MOAT_UUID_STR_LEN];
+    int n = pool_ids(ids, NULL, 0);
+    bool found = false;
+    for (int i = 0; i < n; i++)
+        found = found || strcmp(ids[i], sid) == 0;
+    return found;
+}
+
 /* The records of chat that are not ended. */
 static int live_records_of(const char *chat)
 {
@@ -250,10 +261,9 @@ static void test_chat_live_elsewhere_gives_it_back(void **state)
         assert_int_equal(via0.code, 0);
         assert_string_equal(via0.session_id, there.session_id);
         assert_int_equal(node_of(via0.owner), 1);
-        ETCD_WAIT_FOR(pool_ready(0) == 1, WAIT_S);
-        char ids[8][MOAT_UUID_STR_LEN];
-        assert_int_equal(pool_ids(ids, NULL, 0), 1);
-        assert_string_equal(ids[0], pooled);
+        char back[MOAT_UUID_STR_LEN];
+        ready_id(back, NULL, 0);
+        assert_string_equal(back, pooled);
         bool found = true;
         rc_record_of(etcd, pooled, &found);
         assert_false(found);
@@ -312,11 +322,9 @@ static void test_racing_creates_one_session(void **state)
         bool won_by_pool = strcmp(r[0].got.session_id, pooled) == 0;
         assert_true(!won_by_pool || owner == 0);
         if (!won_by_pool) {
-            ETCD_WAIT_FOR(pool_ready(0) == 1, WAIT_S);
-            char ids[8][MOAT_UUID_STR_LEN];
-            assert_int_equal(
-                pool_ids(ids, (const char(*)[MOAT_UUID_STR_LEN])r[0].got.session_id, 1), 1);
-            assert_string_equal(ids[0], pooled);
+            char back[MOAT_UUID_STR_LEN];
+            ready_id(back, (const char(*)[MOAT_UUID_STR_LEN])r[0].got.session_id, 1);
+            assert_string_equal(back, pooled);
         }
         printf("round %d: node %d won, from the pool: %s\n", round, owner,
                won_by_pool ? "yes" : "no");
@@ -370,11 +378,8 @@ static void test_restart_between_key_and_bind(void **state)
     assert_string_equal(rc_record_of(etcd, pooled, &found).end_reason, "gone");
     moat_chat_record held;
     assert_false(rc_chat_held(etcd, chat, &held));
-    char ids[8][MOAT_UUID_STR_LEN];
     ETCD_WAIT_FOR(pool_ready(0) == 1, WAIT_S);
-    int n = pool_ids(ids, NULL, 0);
-    for (int i = 0; i < n; i++)
-        assert_string_not_equal(ids[i], pooled);
+    assert_false(in_pool(pooled));
     created c = create_on(0, chat, node_id[1]);
     assert_int_equal(c.code, 0);
     assert_string_not_equal(c.session_id, pooled);
@@ -400,11 +405,7 @@ static void test_etcd_down_during_a_pool_create(void **state)
     assert_int_equal(refused.code, MOAT_CODE_UNAVAILABLE);
     bool fenced = strcmp(refused.reason, "node_fenced") == 0;
     assert_true(fenced || strcmp(refused.reason, "etcd_unavailable") == 0);
-    char ids[8][MOAT_UUID_STR_LEN];
-    int n = pool_ids(ids, NULL, 0);
-    bool kept = false;
-    for (int i = 0; i < n; i++)
-        kept = kept || strcmp(ids[i], pooled) == 0;
+    bool kept = in_pool(pooled);
     printf("etcd down: %s, the pool sandbox %s\n", refused.reason, kept ? "kept" : "removed");
     assert_true(kept == fenced);
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
