@@ -99,6 +99,11 @@ static void current_load(srv *s, moat_node_load *load)
     int64_t sessions = moat__metrics_sessions(s->metrics);
     load->slots_used = sessions > 0 ? sessions : 0;
     host_memory(&load->memory_total_bytes, &load->memory_used_bytes);
+    /* Read under the pool's own lock, as Health does: no engine call on the loop. */
+    moat_pool_stats pool = {0};
+    if (s->rt != NULL && s->rt_ops->pool_stats != NULL)
+        s->rt_ops->pool_stats(s->rt, &pool);
+    load->pool_ready = pool.ready;
 }
 
 /* A lease not yet swept for: the node's first, or a new incarnation after its lease was lost;

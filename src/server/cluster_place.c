@@ -60,6 +60,7 @@ typedef struct place_job {
     const Moat__V1__CreateSessionRequest *req; /* the call's, read on the loop only */
     char chat[MOAT_UUID_STR_LEN];
     bool force_new;
+    bool warm; /* a warm pool can serve it: placement prefers a node with a ready sandbox */
     int64_t memory_bytes;
     uint8_t *fwd; /* the request with placed_by set, packed on the loop */
     size_t fwd_len;
@@ -126,7 +127,7 @@ static void place_free(place_job *p)
     char home[MOAT_NODE_ID_MAX];
     moat_dir_home(moat__cluster_etcd(s), p->chat, home);
     for (int attempt = 0; attempt < 2; attempt++) {
-        long i = moat_place_choose(nodes, n, p->memory_bytes, home, splitmix, &p->rng);
+        long i = moat_place_choose(nodes, n, p->memory_bytes, home, p->warm, splitmix, &p->rng);
         if (i < 0) {
             j->code = MOAT_CODE_RESOURCE_EXHAUSTED;
             moat_status_set(&j->status, j->code, "no_node_available",
@@ -232,6 +233,11 @@ bool moat__cluster_create(stream *st, const Moat__V1__CreateSessionRequest *req,
     p->req = req;
     snprintf(p->chat, sizeof(p->chat), "%s", chat);
     p->force_new = req->force_new;
+    /* What a pool holds (the default image and limits, no force_new; pool.c's pool_kind), as far
+     * as this node can tell: limits given at all are taken as not the defaults. */
+    p->warm =
+        !req->force_new && req->resources == NULL &&
+        (req->image == NULL || req->image[0] == '\0' || strcmp(req->image, s->cfg.image) == 0);
     p->memory_bytes = req->resources != NULL && req->resources->memory_bytes > 0
                           ? (int64_t)req->resources->memory_bytes
                           : default_memory();

@@ -282,6 +282,25 @@ static void test_chat_live_elsewhere_gives_it_back(void **state)
     stop_on(1, there.session_id);
 }
 
+/* Node 0 publishes its ready sandbox in its record; a new chat created through node 1 (no
+ * pool, placement over both nodes) then lands on node 0 and takes it. */
+static void test_placement_prefers_warm(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char pooled[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+    ready_id(pooled, NULL, 0);
+    moat_node me;
+    ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, node_id[0], &me) && me.load.pool_ready == 1,
+                  WAIT_S);
+    moat_uuid_generate(chat);
+    created c = create_on(1, chat, NULL);
+    assert_int_equal(c.code, 0);
+    assert_int_equal(node_of(c.owner), 0);
+    assert_string_equal(c.session_id, pooled);
+    stop_on(0, c.session_id);
+}
+
 typedef struct racer {
     int node;
     const char *chat;
@@ -433,6 +452,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_claims_pool_sandbox),
         cmocka_unit_test(test_chat_live_elsewhere_gives_it_back),
+        cmocka_unit_test(test_placement_prefers_warm),
         cmocka_unit_test(test_racing_creates_one_session),
         cmocka_unit_test(test_etcd_down_during_a_pool_create),
         cmocka_unit_test(test_restart_between_key_and_bind),
