@@ -338,20 +338,9 @@ static void test_client_placed_by_changes_nothing(void **state)
     char chat[MOAT_UUID_STR_LEN];
     int owner, other;
     created first = session_and_other(chat, &owner, &other);
-    raw_conn *c = raw_connect_ready(node[other].port, TOKEN);
-    assert_non_null(c);
-    Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
-    req.chat_id = chat;
-    req.placed_by = (char *)node_id[owner];
-    ProtobufCMessage *resp = NULL;
-    char reason[64] = "";
-    int code = raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
-                         &moat__v1__sandbox_session__descriptor, &resp, reason, sizeof(reason));
-    raw_close(c);
-    assert_int_equal(code, 0);
-    assert_non_null(resp);
-    assert_string_equal(((Moat__V1__SandboxSession *)resp)->session_id, first.session_id);
-    protobuf_c_message_free_unpacked(resp, NULL);
+    created c = raw_create_placed(node[other].port, TOKEN, chat, false, node_id[owner], NULL);
+    assert_int_equal(c.code, 0);
+    assert_string_equal(c.session_id, first.session_id);
     assert_int_equal(containers_of(chat), 1);
     assert_true(runs_echo(owner, first.session_id));
     stop_on(owner, first.session_id);

@@ -73,23 +73,7 @@ typedef raw_created created;
  * empty owner_address is the node that answered. */
 static created create_on(int i, const char *chat, const char *placed_by)
 {
-    created out = {.code = -1};
-    raw_conn *c = raw_connect_ready(node[i].port, TOKEN);
-    assert_non_null(c);
-    Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
-    req.chat_id = (char *)chat;
-    req.placed_by = (char *)placed_by;
-    ProtobufCMessage *resp = NULL;
-    out.code =
-        raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
-                  &moat__v1__sandbox_session__descriptor, &resp, out.reason, sizeof(out.reason));
-    raw_close(c);
-    if (resp != NULL) {
-        Moat__V1__SandboxSession *s = (Moat__V1__SandboxSession *)resp;
-        snprintf(out.session_id, sizeof(out.session_id), "%s", s->session_id);
-        snprintf(out.owner, sizeof(out.owner), "%s", s->owner_address);
-        protobuf_c_message_free_unpacked(resp, NULL);
-    }
+    created out = raw_create_placed(node[i].port, TOKEN, chat, false, placed_by, NULL);
     if (out.code == 0 && out.owner[0] == '\0')
         snprintf(out.owner, sizeof(out.owner), "127.0.0.1:%d", node[i].port);
     return out;
