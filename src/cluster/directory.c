@@ -30,9 +30,12 @@ bool moat_place_fits(const moat_node *n, int64_t memory_bytes)
            n->load.memory_total_bytes - n->load.memory_used_bytes >= memory_bytes;
 }
 
-/* Whether a is the better of two: more free slots, then more free memory. */
-static bool better(const moat_node *a, const moat_node *b)
+/* Whether a is the better of two: with warm, a ready pool sandbox (a create there starts no
+ * container), then more free slots, then more free memory. */
+static bool better(const moat_node *a, const moat_node *b, bool warm)
 {
+    if (warm && (a->load.pool_ready > 0) != (b->load.pool_ready > 0))
+        return a->load.pool_ready > 0;
     int64_t sa = a->load.slots_total - a->load.slots_used;
     int64_t sb = b->load.slots_total - b->load.slots_used;
     if (sa != sb)
@@ -42,7 +45,7 @@ static bool better(const moat_node *a, const moat_node *b)
 }
 
 long moat_place_choose(const moat_node *nodes, size_t count, int64_t memory_bytes, const char *home,
-                       uint64_t (*rnd)(void *), void *rnd_ctx)
+                       bool warm, uint64_t (*rnd)(void *), void *rnd_ctx)
 {
     size_t fit = 0;
     for (size_t i = 0; i < count; i++) {
@@ -71,7 +74,7 @@ long moat_place_choose(const moat_node *nodes, size_t count, int64_t memory_byte
             ib = (long)i;
         k++;
     }
-    return better(&nodes[ib], &nodes[ia]) ? ib : ia;
+    return better(&nodes[ib], &nodes[ia], warm) ? ib : ia;
 }
 
 /* ---- reads -------------------------------------------------------------------------------- */

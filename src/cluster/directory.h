@@ -23,11 +23,12 @@
 bool moat_place_fits(const moat_node *n, int64_t memory_bytes);
 
 /* The power of two choices over nodes[0..count): two distinct nodes drawn with rnd (any
- * uniform 64-bit source; called at most twice) from those that fit memory_bytes, the one with
- * more free slots, then more free memory. The node named home (may be NULL or "") wins when it
- * fits (its workspace is there). The index, or -1 when no node fits. */
+ * uniform 64-bit source; called at most twice) from those that fit memory_bytes; with warm (a
+ * request a warm pool can serve) the one with a ready pool sandbox if only one has, then the one
+ * with more free slots, then more free memory. The node named home (may be NULL or "") wins when
+ * it fits (its workspace is there). The index, or -1 when no node fits. */
 long moat_place_choose(const moat_node *nodes, size_t count, int64_t memory_bytes, const char *home,
-                       uint64_t (*rnd)(void *), void *rnd_ctx);
+                       bool warm, uint64_t (*rnd)(void *), void *rnd_ctx);
 
 /* ---- the directory (blocking) -------------------------------------------------------------- */
 

@@ -19,6 +19,7 @@ struct srv_cluster {
     uv_timer_t load_timer;
     int64_t lease_saved; /* what <state_dir>/cluster.lease holds */
     int64_t lease_swept; /* the lease the last sweep of older incarnations ran for (loop) */
+    int64_t started_ms;  /* wall clock when this process joined: older creates are not its own */
     /* The member list placement reads, kept a second at most (docs/CLUSTER.md, "Placement"). */
     pthread_mutex_t members_mu;
     moat_node *members; /* under members_mu */
@@ -98,6 +99,11 @@ static void current_load(srv *s, moat_node_load *load)
     int64_t sessions = moat__metrics_sessions(s->metrics);
     load->slots_used = sessions > 0 ? sessions : 0;
     host_memory(&load->memory_total_bytes, &load->memory_used_bytes);
+    /* Read under the pool's own lock, as Health does: no engine call on the loop. */
+    moat_pool_stats pool = {0};
+    if (s->rt != NULL && s->rt_ops->pool_stats != NULL)
+        s->rt_ops->pool_stats(s->rt, &pool);
+    load->pool_ready = pool.ready;
 }
 
 /* A lease not yet swept for: the node's first, or a new incarnation after its lease was lost;
@@ -105,8 +111,9 @@ static void current_load(srv *s, moat_node_load *load)
 static void sweep_if_new(srv *s, int64_t lease)
 {
     if (lease != 0 && lease != s->cluster->lease_swept) {
+        bool first = s->cluster->lease_swept == 0;
         s->cluster->lease_swept = lease;
-        moat__cluster_sweep(s, lease);
+        moat__cluster_sweep(s, lease, first ? s->cluster->started_ms : 0);
     }
 }
 
@@ -192,6 +199,7 @@ moat_err moat__cluster_start(srv *s)
                                    0};
     current_load(s, &mcfg.load);
     mcfg.resume_lease = lease_load(s);
+    c->started_ms = moat_time_now_ms();
     c->m = c->etcd != NULL ? moat_membership_start(&mcfg, &st) : NULL;
     if (c->m == NULL) {
         moat_log(MOAT_LOG_ERROR, "cluster_join_failed", "node=%s code=%s reason=%s msg=\"%s\"",

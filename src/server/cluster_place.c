@@ -60,6 +60,7 @@ typedef struct place_job {
     const Moat__V1__CreateSessionRequest *req; /* the call's, read on the loop only */
     char chat[MOAT_UUID_STR_LEN];
     bool force_new;
+    bool warm; /* a warm pool can serve it: placement prefers a node with a ready sandbox */
     int64_t memory_bytes;
     uint8_t *fwd; /* the request with placed_by set, packed on the loop */
     size_t fwd_len;
@@ -126,7 +127,7 @@ static void place_free(place_job *p)
     char home[MOAT_NODE_ID_MAX];
     moat_dir_home(moat__cluster_etcd(s), p->chat, home);
     for (int attempt = 0; attempt < 2; attempt++) {
-        long i = moat_place_choose(nodes, n, p->memory_bytes, home, splitmix, &p->rng);
+        long i = moat_place_choose(nodes, n, p->memory_bytes, home, p->warm, splitmix, &p->rng);
         if (i < 0) {
             j->code = MOAT_CODE_RESOURCE_EXHAUSTED;
             moat_status_set(&j->status, j->code, "no_node_available",
@@ -232,6 +233,11 @@ bool moat__cluster_create(stream *st, const Moat__V1__CreateSessionRequest *req,
     p->req = req;
     snprintf(p->chat, sizeof(p->chat), "%s", chat);
     p->force_new = req->force_new;
+    /* What a pool holds (the default image and limits, no force_new; pool.c's pool_kind), as far
+     * as this node can tell: limits given at all are taken as not the defaults. */
+    p->warm =
+        !req->force_new && req->resources == NULL &&
+        (req->image == NULL || req->image[0] == '\0' || strcmp(req->image, s->cfg.image) == 0);
     p->memory_bytes = req->resources != NULL && req->resources->memory_bytes > 0
                           ? (int64_t)req->resources->memory_bytes
                           : default_memory();
@@ -309,8 +315,10 @@ moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t
     for (int attempt = 0; attempt < 3; attempt++) {
         moat_dir_claim_result claim;
         moat_code code = moat_dir_claim(etcd, rec, lease, take_chat, &claim, st);
-        if (code != MOAT_CODE_OK)
+        if (code != MOAT_CODE_OK) {
+            cc->unsure = true;
             return code;
+        }
         if (claim.won) {
             cc->active = true;
             cc->record_rev = claim.record_mod_revision;
@@ -435,9 +443,38 @@ void moat__cluster_ended(srv *s, const char *sid, const char *reason)
 
 typedef struct sweep_job {
     engine_job base;
-    int64_t lease;
-    size_t lost, ended;
+    int64_t lease, started_ms;
+    size_t lost, ended, finished;
 } sweep_job;
+
+/* A creating record of an earlier process of this node under the lease this one resumed: that
+ * process died between the chat key's transaction and moat__cluster_created. A session that
+ * lives here (its sandbox was made or bound) is written running; else (never made, or a
+ * reserved pool sandbox, which the start-up reconcile removed as no pool holds it) the record
+ * is ended, which frees the chat key. */
+static void sweep_creating(sweep_job *w, const moat_session_record *r)
+{
+    srv *s = w->base.s;
+    moat_session cur;
+    moat_status why;
+    moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
+    if (got == MOAT_CODE_OK && cur.state == MOAT_SESSION_RUNNING) {
+        moat_session_record fresh;
+        bool found;
+        int64_t rev;
+        if (moat_dir_record(moat__cluster_etcd(s), r->session_id, &found, &fresh, &rev, &why) ==
+                MOAT_CODE_OK &&
+            found && fresh.state == MOAT_RECORD_CREATING) {
+            fresh.state = MOAT_RECORD_RUNNING;
+            fresh.expires_at_ms = cur.expires_at_ms;
+            if (moat_dir_update(moat__cluster_etcd(s), &fresh, rev, NULL, &why) == MOAT_CODE_OK)
+                w->finished++;
+        }
+    } else if (got == MOAT_CODE_NOT_FOUND || got == MOAT_CODE_OK) {
+        moat__cluster_ended(s, r->session_id, "gone");
+        w->ended++;
+    }
+}
 
 static void sweep_run(engine_job *j)
 {
@@ -463,7 +500,10 @@ static void sweep_run(engine_job *j)
         moat_session cur;
         moat_status why;
         /* This incarnation's running record of a session that is over here: an end whose
-         * write failed. A creating one is a create in flight. */
+         * write failed. A creating one is a create in flight, unless it is older than this
+         * process. */
+        if (r->state == MOAT_RECORD_CREATING && r->created_at_ms < w->started_ms)
+            sweep_creating(w, r);
         if (r->state != MOAT_RECORD_RUNNING)
             continue;
         moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
@@ -485,15 +525,17 @@ static void sweep_done(engine_job *j)
         moat_log(MOAT_LOG_WARN, "cluster_sweep_failed", "code=%s reason=%s msg=\"%s\"",
                  moat_code_name(j->status.code), j->status.reason, j->status.message);
     else
-        moat_log(MOAT_LOG_INFO, "cluster_swept", "lease=%lld node_lost=%zu ended=%zu",
-                 (long long)w->lease, w->lost, w->ended);
+        moat_log(MOAT_LOG_INFO, "cluster_swept",
+                 "lease=%lld node_lost=%zu ended=%zu creating_finished=%zu", (long long)w->lease,
+                 w->lost, w->ended, w->finished);
 }
 
-void moat__cluster_sweep(srv *s, int64_t lease)
+void moat__cluster_sweep(srv *s, int64_t lease, int64_t started_ms)
 {
     sweep_job *w = moat__job_new_unattached(s, sizeof(*w));
     if (w == NULL)
         return;
     w->lease = lease;
+    w->started_ms = started_ms;
     moat__job_start(&w->base, sweep_run, sweep_done);
 }

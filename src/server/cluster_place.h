@@ -37,6 +37,10 @@ typedef struct cluster_claim {
     moat_session_record rec;
     int64_t record_rev, chat_rev;
     bool lost; /* another node's session holds the chat: answer with rec */
+    /* A claim transaction got no clear answer: the keys may name this session id though the
+     * claim failed, so the id must never serve another chat (a reserved pool sandbox is
+     * removed, not given back). */
+    bool unsure;
 } cluster_claim;
 
 /* Before the container of session sid exists: writes its record (creating) and takes the chat
@@ -69,8 +73,11 @@ void moat__cluster_ended(srv *s, const char *sid, const char *reason);
 
 /* The node holds lease now, a new one or its first: its sessions under any older lease are
  * stopped (end reason node_lost) and their records written ended; records of its own that
- * name ended local sessions are ended too. On a worker. */
-void moat__cluster_sweep(srv *s, int64_t lease);
+ * name ended local sessions are ended too. started_ms: on the first sweep of this process, when
+ * it joined (else 0): its creating records under lease (resumed after a restart) made before
+ * then are a dead process's creates, written running when the session lives here and ended
+ * otherwise. On a worker. */
+void moat__cluster_sweep(srv *s, int64_t lease, int64_t started_ms);
 
 /* ---- between nodes (cluster_peer.c) --------------------------------------------------------- */
 

@@ -192,6 +192,14 @@ typedef struct moat_server_runtime_ops {
                        const moat_session_options *opts, moat_session *out, moat_status *st);
     moat_code (*start_pool)(void *rt, moat_status *st);
     void (*pool_stats)(void *rt, moat_pool_stats *out);
+    /* A claim in two steps around a cluster create's chat key (NULL in a runtime without a
+     * pool; moat_runtime_pool_reserve and the two after it). */
+    moat_code (*pool_reserve)(void *rt, const moat_session_options *opts,
+                              char session_id[MOAT_UUID_STR_LEN], moat_status *st);
+    moat_code (*pool_bind)(void *rt, const char *session_id, const char *chat_id,
+                           int64_t created_at_ms, int64_t expires_at_ms, moat_session *out,
+                           moat_status *st);
+    void (*pool_unreserve)(void *rt, const char *session_id, bool reuse);
 } moat_server_runtime_ops;
 
 /* Sandboxes on the Docker engine of the configuration (runtime_docker.c). */
