@@ -36,7 +36,8 @@ struct moat_dircache {
     pthread_rwlock_t mu;
     dc_set sessions; /* sessions/ */
     dc_set nodes;    /* nodes/ */
-    bool synced;     /* the watch is in place: both sets are etcd's, up to the watch's delay */
+    /* synced: both sets are etcd's, up to the watch's delay */
+    moat_dircache_sync sync;
 };
 
 static void set_free(dc_set *s)
@@ -174,8 +175,6 @@ static bool on_message(void *ud, const moat_etcd_watch_msg *m)
     bool ok = true;
     /* A message's changes go in together, so a reader sees both prefixes at one revision. */
     pthread_rwlock_wrlock(&d->mu);
-    if (m->created)
-        d->synced = true;
     for (size_t i = 0; ok && i < m->event_count; i++) {
         const moat_etcd_kv *kv = &m->events[i];
         /* The watched range, nodes/ to the end of sessions/, holds only these two today; a key
@@ -185,8 +184,9 @@ static bool on_message(void *ud, const moat_etcd_watch_msg *m)
         else if (has_prefix(kv, nodes_prefix))
             ok = set_apply(&d->nodes, kv);
     }
+    moat_dircache_sync_message(&d->sync, m->created, m->revision);
     if (!ok)
-        d->synced = false;
+        d->sync.synced = false;
     pthread_rwlock_unlock(&d->mu);
     return ok;
 }
@@ -216,19 +216,36 @@ static void *run(void *arg)
         dc_set old_sessions = d->sessions, old_nodes = d->nodes;
         d->sessions = sessions;
         d->nodes = nodes;
+        moat_dircache_sync_loaded(&d->sync, revision);
         pthread_rwlock_unlock(&d->mu);
         set_free(&old_sessions);
         set_free(&old_nodes);
         moat_etcd_watch(d->etcd, nodes_prefix, end_s, revision + 1, on_message, d, &d->stopper.stop,
                         &st);
         pthread_rwlock_wrlock(&d->mu);
-        d->synced = false;
+        d->sync.synced = false;
         pthread_rwlock_unlock(&d->mu);
         if (!atomic_load(&d->stopper.stop))
             moat_log(MOAT_LOG_INFO, "directory_watch_ended", "code=%s reason=%s msg=\"%s\"",
                      moat_code_name(st.code), st.reason, st.message);
     } while (moat__stopper_wait_ms(&d->stopper, 500));
     return NULL;
+}
+
+void moat_dircache_sync_loaded(moat_dircache_sync *s, int64_t loaded)
+{
+    *s = (moat_dircache_sync){.loaded = loaded};
+}
+
+bool moat_dircache_sync_message(moat_dircache_sync *s, bool created, int64_t revision)
+{
+    if (created) {
+        s->target = revision;
+        s->synced = revision <= s->loaded;
+    } else if (s->target != 0 && revision >= s->target) {
+        s->synced = true; /* the changes since the load have all arrived */
+    }
+    return s->synced;
 }
 
 moat_dircache *moat_dircache_start(moat_etcd *etcd)
@@ -268,7 +285,7 @@ static bool copy_get(moat_dircache *d, const char *key, size_t key_len, moat_dir
 {
     bool present;
     size_t at = set_find(&d->sessions, (const uint8_t *)key, key_len, &present);
-    if (!d->synced || !present)
+    if (!d->sync.synced || !present)
         return false;
     const dc_item *it = d->sessions.items[at];
     if (moat_session_record_decode(it->key, it->key_len, it->value, it->value_len, &out->rec) !=
@@ -333,7 +350,7 @@ moat_code moat_dircache_list(moat_dircache *d, const char *chat_id, size_t max,
     moat_code code = MOAT_CODE_OK;
     moat_dir_acc a = {chat_id, NULL, 0, max, NULL, 0, 0, 0};
     pthread_rwlock_rdlock(&d->mu);
-    bool synced = d->synced;
+    bool synced = d->sync.synced;
     moat_node *nodes = synced ? copy_nodes(d, &a.nnodes) : NULL;
     if (synced && nodes == NULL && d->nodes.count > 0) {
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");

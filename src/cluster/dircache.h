@@ -20,6 +20,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cluster/dir_read.h"
 
@@ -52,5 +53,26 @@ moat_code moat_dircache_get(moat_dircache *d, moat_etcd *etcd, const char *sessi
 moat_code moat_dircache_list(moat_dircache *d, const char *chat_id, size_t max,
                              moat_dir_entry **out, size_t *count, size_t *skipped, bool *from_cache,
                              moat_status *st);
+
+/* ---- internal: when the copy is in step (pure, for the tests) -------------------------------
+ *
+ * The copy is loaded at revision `loaded` (the load's first range), then watched from loaded + 1.
+ * The watch's first message says it is in place, with etcd's revision then; the changes between
+ * the load and that revision come after it, in one message or more (etcd replays them to a watch
+ * that starts in the past), and none come when none of them were in the watched range. So the copy
+ * is in step only once a message at or past that revision has arrived, or at once when nothing was
+ * written meanwhile; until then listings go to etcd, so a listing never goes back in time across
+ * a reload. */
+typedef struct moat_dircache_sync {
+    int64_t loaded; /* the load's revision */
+    int64_t target; /* the revision the watch began at; 0 before its first message */
+    bool synced;
+} moat_dircache_sync;
+
+/* A load at revision `loaded` is in place (not in step yet). */
+void moat_dircache_sync_loaded(moat_dircache_sync *s, int64_t loaded);
+/* A message of the watch: created (its first) or not, with its header's revision. Returns
+ * whether the copy is now in step. */
+bool moat_dircache_sync_message(moat_dircache_sync *s, bool created, int64_t revision);
 
 #endif
