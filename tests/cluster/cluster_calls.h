@@ -73,5 +73,13 @@ bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *own
                     const char *address);
 /* Puts any value at sessions/<sid>. */
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value);
+/* Puts value at key (under lease, 0 for none); asserts (cmocka) that etcd took it. */
+void rc_put_key(moat_etcd *etcd, const char *key, const char *value, size_t value_len,
+                int64_t lease);
+/* Puts chats/<chat> naming sid on owner, under lease, as the owner's claim writes it. */
+void rc_put_chat(moat_etcd *etcd, const char *chat, const char *sid, const char *owner,
+                 int64_t lease);
+/* sessions/<sid> read through etcd; asserts (cmocka) that it is there and decodes. */
+moat_session_record rc_record_of(moat_etcd *etcd, const char *sid);
 
 #endif

@@ -191,14 +191,7 @@ static created fresh_session(int via, char chat[MOAT_UUID_STR_LEN], bool force_n
 
 static moat_session_record record_of(const char *sid)
 {
-    moat_session_record rec;
-    memset(&rec, 0, sizeof(rec));
-    bool found = false;
-    int64_t rev;
-    moat_status st;
-    assert_int_equal(moat_dir_record(etcd, sid, &found, &rec, &rev, &st), MOAT_CODE_OK);
-    assert_true(found);
-    return rec;
+    return rc_record_of(etcd, sid);
 }
 
 static bool chat_held(const char *chat, moat_chat_record *out)
