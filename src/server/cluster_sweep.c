@@ -54,7 +54,9 @@ static void keep_locked(cluster_upkeep *u, const char *sid, const char *reason, 
     it->ended_at_ms = at_ms;
     moat_log(MOAT_LOG_INFO, "cluster_end_kept", "session_id=%s reason=%s tried=%d kept=%zu", sid,
              reason, tried ? 1 : 0, u->nkept);
-    pthread_cond_signal(&u->wake);
+    /* The writer waits for the first; after that it tries again on its own time. */
+    if (u->nkept == 1)
+        pthread_cond_signal(&u->wake);
 }
 
 void moat__cluster_ended(srv *s, const char *sid, const char *reason)
@@ -209,18 +211,22 @@ typedef struct sweep_job {
     size_t lost, ended, creating;
 } sweep_job;
 
-/* One record as the sweep judges it. */
-static void sweep_record(sweep_job *w, const moat_session_record *r)
+/* One record as the sweep judges it. false: the node's lease changed since the sweep began,
+ * and the sweep stops (the next one judges by the new lease; this one would take the new
+ * incarnation's records for an older one's). */
+static bool sweep_record(sweep_job *w, const moat_session_record *r)
 {
     srv *s = w->base.s;
     if (strcmp(r->node_id, s->cfg.cluster_node_id) != 0 || r->state == MOAT_RECORD_ENDED)
-        return;
+        return true;
+    if (moat__cluster_lease(s) != w->lease)
+        return false;
     /* Asked before the runtime: a create that ends after this has left the runtime with its
      * final word by then (it leaves the set only after), so the runtime's answer below is not
      * one from before its sandbox existed. */
     if (creating(moat__cluster_upkeep(s), r->session_id)) {
         w->creating++;
-        return;
+        return true;
     }
     moat_status why;
     if (r->node_lease != w->lease) {
@@ -230,20 +236,20 @@ static void sweep_record(sweep_job *w, const moat_session_record *r)
         moat__cluster_ended(s, r->session_id, "node_lost");
         moat__reaper_session_event(s, "gone", r->session_id, MOAT_CODE_OK, 0);
         w->lost++;
-        return;
+        return true;
     }
     /* This incarnation's record of a session that is over here (an end whose write failed),
      * or of a create that ended without taking its keys back. An engine that does not answer
      * says nothing either way. */
     moat_session cur;
     moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
-    if (got == MOAT_CODE_OK && cur.state == MOAT_SESSION_RUNNING)
-        return;
-    if (got != MOAT_CODE_OK && got != MOAT_CODE_NOT_FOUND)
-        return;
+    if ((got == MOAT_CODE_OK && cur.state == MOAT_SESSION_RUNNING) ||
+        (got != MOAT_CODE_OK && got != MOAT_CODE_NOT_FOUND))
+        return true;
     moat__cluster_ended(s, r->session_id,
                         got == MOAT_CODE_OK && cur.end_reason[0] != '\0' ? cur.end_reason : "gone");
     w->ended++;
+    return true;
 }
 
 static void sweep_run(engine_job *j)
@@ -256,16 +262,18 @@ static void sweep_run(engine_job *j)
         moat_dir_entry *entries = NULL;
         size_t n = 0, skipped = 0;
         j->code = moat_dircache_list(dir, "", SIZE_MAX, &entries, &n, &skipped, NULL, &j->status);
-        for (size_t i = 0; j->code == MOAT_CODE_OK && i < n; i++)
-            sweep_record(w, &entries[i].rec);
+        bool go = j->code == MOAT_CODE_OK;
+        for (size_t i = 0; go && i < n; i++)
+            go = sweep_record(w, &entries[i].rec);
         free(entries);
         return;
     }
     moat_session_record *recs = NULL;
     size_t n = 0, skipped = 0;
     j->code = moat_dir_records(moat__cluster_etcd(s), &recs, &n, &skipped, &j->status);
-    for (size_t i = 0; j->code == MOAT_CODE_OK && i < n; i++)
-        sweep_record(w, &recs[i]);
+    bool go = j->code == MOAT_CODE_OK;
+    for (size_t i = 0; go && i < n; i++)
+        go = sweep_record(w, &recs[i]);
     free(recs);
 }
 
