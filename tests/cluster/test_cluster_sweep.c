@@ -382,7 +382,9 @@ static void test_ends_kept_while_etcd_down(void **state)
 }
 
 /* Records of the sweep node's own that no session backs: this incarnation's is ended "gone"
- * and its chat freed, an older incarnation's "node_lost"; another node's stays running. */
+ * and its chat freed, one left creating by a create long over too, one of a session stopped
+ * here with the runtime's reason ("stopped"), an older incarnation's "node_lost"; another
+ * node's stays running. */
 static void test_sweep_ends_orphans(void **state)
 {
     (void)state;
@@ -400,10 +402,34 @@ static void test_sweep_ends_orphans(void **state)
     moat_uuid_generate(old_chat);
     rc_put_record(etcd, old_sid, old_chat, n->id, lease + 1, "127.0.0.1:1", MOAT_RECORD_RUNNING,
                   "");
+    /* A create whose start failed and whose keys could not be taken back. */
+    char stuck_sid[MOAT_UUID_STR_LEN], stuck_chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(stuck_sid);
+    moat_uuid_generate(stuck_chat);
+    rc_put_record(etcd, stuck_sid, stuck_chat, n->id, lease, "127.0.0.1:1", MOAT_RECORD_CREATING,
+                  "");
+    /* A real session stopped here whose end did not reach etcd: its record says running. */
+    char stopped_chat[MOAT_UUID_STR_LEN], stopped_sid[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(stopped_chat);
+    put_home(stopped_chat, n->id);
+    raw_created c = raw_create(n->p.port, TOKEN, stopped_chat, false, NULL);
+    assert_int_equal(c.code, 0);
+    snprintf(stopped_sid, sizeof(stopped_sid), "%.36s", c.session_id);
+    raw_conn *conn = raw_connect_ready(n->p.port, TOKEN);
+    assert_non_null(conn);
+    rc_end e = rc_stop(conn, stopped_sid);
+    raw_close(conn);
+    assert_int_equal(e.code, 0);
+    rc_free(&e);
+    rc_put_record(etcd, stopped_sid, stopped_chat, n->id, lease, "127.0.0.1:1", MOAT_RECORD_RUNNING,
+                  "");
     put_orphan(n, lease, sid, chat);
-    ETCD_WAIT_FOR(ended(sid) && ended(old_sid), WAIT_S);
+    ETCD_WAIT_FOR(ended(sid) && ended(old_sid) && ended(stuck_sid) && ended(stopped_sid), WAIT_S);
     assert_string_equal(record_of(sid).end_reason, "gone");
     assert_string_equal(record_of(old_sid).end_reason, "node_lost");
+    assert_string_equal(record_of(stuck_sid).end_reason, "gone");
+    /* The runtime's own reason for it. */
+    assert_string_equal(record_of(stopped_sid).end_reason, "stopped");
     assert_true(chat_free(chat));
     char home[MOAT_NODE_ID_MAX];
     moat_dir_home(etcd, chat, home);
