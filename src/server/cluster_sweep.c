@@ -229,25 +229,26 @@ static bool sweep_record(sweep_job *w, const moat_session_record *r)
         return true;
     }
     moat_status why;
-    if (r->node_lease != w->lease) {
+    moat_session cur;
+    moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
+    bool ended_here = got == MOAT_CODE_OK && cur.state != MOAT_SESSION_RUNNING;
+    bool has_reason = ended_here && cur.end_reason[0] != '\0';
+    if (r->node_lease != w->lease && !has_reason) {
         /* An older incarnation's: the cluster counted it out with its lease, and its chat may
-         * live elsewhere now. */
+         * live elsewhere now. One that had ended here before (an end the old incarnation kept
+         * and gave up at its stop) keeps its own reason, below. */
         s->rt_ops->stop(s->rt, r->session_id, &why);
         moat__cluster_ended(s, r->session_id, "node_lost");
         moat__reaper_session_event(s, "gone", r->session_id, MOAT_CODE_OK, 0);
         w->lost++;
         return true;
     }
-    /* This incarnation's record of a session that is over here (an end whose write failed),
-     * or of a create that ended without taking its keys back. An engine that does not answer
-     * says nothing either way. */
-    moat_session cur;
-    moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
-    if ((got == MOAT_CODE_OK && cur.state == MOAT_SESSION_RUNNING) ||
-        (got != MOAT_CODE_OK && got != MOAT_CODE_NOT_FOUND))
+    /* A record of a session that is over here (an end whose write failed), or of a create
+     * that ended without taking its keys back. An engine that does not answer says nothing
+     * either way. */
+    if (!ended_here && got != MOAT_CODE_NOT_FOUND)
         return true;
-    moat__cluster_ended(s, r->session_id,
-                        got == MOAT_CODE_OK && cur.end_reason[0] != '\0' ? cur.end_reason : "gone");
+    moat__cluster_ended(s, r->session_id, has_reason ? cur.end_reason : "gone");
     w->ended++;
     return true;
 }

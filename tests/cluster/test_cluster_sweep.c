@@ -42,6 +42,7 @@ enum { ENDS = 0, SWEEP = 1, NODES = 2 };
 static etcd_cluster cl;
 static moat_etcd *etcd;
 static rc_node nodes[NODES];
+static char stopped_dir[256]; /* the ends node's state dir, run again on it */
 
 /* ---- an engine proxy that can hold a container's create ---------------------------------- */
 
@@ -173,6 +174,23 @@ static void remove_containers(void)
     docker_remove_prefixed(prefix);
 }
 
+/* The ends node started (again, on state_dir when not NULL). A lease long enough that the node
+ * is not fenced while etcd is down in its cases: each end decides by the ends kept before it,
+ * not by the fence. */
+static bool start_ends(const char *state_dir)
+{
+    char dir_arg[300];
+    snprintf(dir_arg, sizeof(dir_arg), "--state_dir=%s", state_dir != NULL ? state_dir : "");
+    const char *ends[] = {"--token=" TOKEN,
+                          "--workspace_quota=false",
+                          "--cleanup_interval_seconds=1",
+                          "--cluster_sweep_interval_seconds=3600",
+                          "--cluster_lease_ttl_seconds=60",
+                          state_dir != NULL ? dir_arg : NULL,
+                          NULL};
+    return rc_node_start(&nodes[ENDS], &cl, "mcs", ENDS, true, ends, false, NULL);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -185,16 +203,10 @@ static int group_setup(void **state)
     snprintf(engine, sizeof(engine), "--docker_host=%s", proxy.path);
     /* A lease long enough that the node is not fenced while etcd is down in its case: each end
      * decides by the ends kept before it, not by the fence. */
-    const char *ends[] = {"--token=" TOKEN,
-                          "--workspace_quota=false",
-                          "--cleanup_interval_seconds=1",
-                          "--cluster_sweep_interval_seconds=3600",
-                          "--cluster_lease_ttl_seconds=60",
-                          NULL};
     const char *sweep[] = {"--token=" TOKEN, "--workspace_quota=false",
                            "--cluster_sweep_interval_seconds=1", engine, NULL};
     /* cmocka runs no group teardown after a failed setup: what started goes here. */
-    if (!proxied || !rc_node_start(&nodes[ENDS], &cl, "mcs", ENDS, true, ends, false, NULL) ||
+    if (!proxied || !start_ends(NULL) ||
         !rc_node_start(&nodes[SWEEP], &cl, "mcs", SWEEP, true, sweep, false, NULL)) {
         rc_cluster_close(nodes, NODES, &cl, etcd);
         proxy_stop();
@@ -212,6 +224,8 @@ static int group_teardown(void **state)
     rc_cluster_close(nodes, NODES, &cl, etcd);
     proxy_stop();
     remove_containers();
+    if (stopped_dir[0] != '\0')
+        moatd_remove_dir(stopped_dir);
     return 0;
 }
 
@@ -332,13 +346,12 @@ static int64_t create_for(const rc_node *n, const char *chat, uint32_t ttl_secon
  * tries etcd, the others are kept without trying; etcd back, every end lands (written by the batch
  * writer: no sweep runs on this node and its lease is the same) and frees its chat. The times are
  * printed, not judged. */
-static void test_ends_kept_while_etcd_down(void **state)
+/* SESSIONS sessions of new chats on node n (their ids and chats into sids and chats), reaped
+ * when their TTL is over with all of etcd down and the node not yet fenced: the first end
+ * tries etcd, the others are kept without trying. etcd stays down. */
+static void reap_with_etcd_down(rc_node *n, char (*sids)[MOAT_UUID_STR_LEN],
+                                char (*chats)[MOAT_UUID_STR_LEN])
 {
-    (void)state;
-    REQUIRE();
-    rc_node *n = &nodes[ENDS];
-    int64_t lease = lease_of(n);
-    char sids[SESSIONS][MOAT_UUID_STR_LEN], chats[SESSIONS][MOAT_UUID_STR_LEN];
     int64_t first_expiry = INT64_MAX;
     for (int i = 0; i < SESSIONS; i++) {
         moat_uuid_generate(chats[i]);
@@ -363,6 +376,16 @@ static void test_ends_kept_while_etcd_down(void **state)
      * of a member that hangs); the others joined it. */
     assert_false(moatd_log_contains(&n->p, "cluster_fenced"));
     assert_int_equal(log_count(n, "tried=1") - tried_before, 1);
+}
+
+static void test_ends_kept_while_etcd_down(void **state)
+{
+    (void)state;
+    REQUIRE();
+    rc_node *n = &nodes[ENDS];
+    int64_t lease = lease_of(n);
+    char sids[SESSIONS][MOAT_UUID_STR_LEN], chats[SESSIONS][MOAT_UUID_STR_LEN];
+    reap_with_etcd_down(n, sids, chats);
 
     int written_before = log_count(n, "cluster_ends_written");
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
@@ -579,6 +602,49 @@ static void test_sweep_leaves_creating(void **state)
     assert_int_equal(record_of(sid).state, MOAT_RECORD_RUNNING);
 }
 
+/* Whether etcd took the delete of key. */
+static bool delete_key(const char *key)
+{
+    moat_etcd_result res;
+    moat_status st;
+    moat_code code = moat_etcd_delete(etcd, moat_slice_str(key), false, &res, &st);
+    moat_etcd_result_free(&res);
+    return code == MOAT_CODE_OK;
+}
+
+/* Ends kept with etcd down and given up when moatd stops (SIGTERM) before etcd is back: the
+ * node started again on its state dir, etcd back, the sweep at its registration ends their
+ * records with the reason its runtime's store kept (ttl), not node_lost, though its old lease
+ * went with its stop. */
+static void test_ends_given_up_swept_at_start(void **state)
+{
+    (void)state;
+    REQUIRE();
+    rc_node *n = &nodes[ENDS];
+    char sids[SESSIONS][MOAT_UUID_STR_LEN], chats[SESSIONS][MOAT_UUID_STR_LEN];
+    reap_with_etcd_down(n, sids, chats);
+    snprintf(stopped_dir, sizeof(stopped_dir), "%s", n->p.state_dir);
+    moatd_stop(&n->p);
+    n->p.pid = 0;
+    assert_true(moatd_log_contains(&n->p, "cluster_ends_given_up"));
+    for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
+        assert_int_equal(etcd_cluster_restart(&cl, m), 0);
+    /* Its stop could not revoke its lease, which etcd's new leader renewed: its key goes as it
+     * would when the lease expires, so that the node registers at once rather than after two
+     * lease TTLs (a minute each here). */
+    char key[128];
+    snprintf(key, sizeof(key), "%s%s", MOAT_NODES_PREFIX, n->id);
+    ETCD_WAIT_FOR(delete_key(key), WAIT_S);
+    assert_true(start_ends(stopped_dir));
+    for (int i = 0; i < SESSIONS; i++)
+        ETCD_WAIT_FOR(ended(sids[i]), WAIT_S);
+    for (int i = 0; i < SESSIONS; i++) {
+        assert_string_equal(record_of(sids[i]).end_reason, "ttl");
+        assert_true(chat_free(chats[i]));
+    }
+    assert_true(moatd_log_contains(&n->p, "cluster_swept"));
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
@@ -587,6 +653,7 @@ int main(void)
         cmocka_unit_test(test_sweep_ends_orphans),
         cmocka_unit_test(test_sweep_leaves_creating),
         cmocka_unit_test(test_ends_kept_while_etcd_down),
+        cmocka_unit_test(test_ends_given_up_swept_at_start),
     };
     int rc = moat_run_group_tests("test_cluster_sweep", tests, group_setup, group_teardown);
     curl_global_cleanup();
