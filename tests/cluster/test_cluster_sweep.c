@@ -602,6 +602,43 @@ static void test_sweep_leaves_creating(void **state)
     assert_int_equal(record_of(sid).state, MOAT_RECORD_RUNNING);
 }
 
+/* A session stopped on a node fenced by etcd's absence: its end is kept without trying etcd
+ * (the stop does not wait for the client), and written once etcd is back. */
+static void test_stop_while_fenced(void **state)
+{
+    (void)state;
+    REQUIRE();
+    rc_node *n = &nodes[SWEEP];
+    char chat[MOAT_UUID_STR_LEN], sid[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    put_home(chat, n->id);
+    raw_created c = raw_create(n->p.port, TOKEN, chat, false, NULL);
+    assert_int_equal(c.code, 0);
+    snprintf(sid, sizeof(sid), "%.36s", c.session_id);
+    int fenced_before = log_count(n, "cluster_fenced");
+    int untried_before = log_count(n, "tried=0");
+    int tried_before = log_count(n, "tried=1");
+    for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
+        etcd_cluster_kill(&cl, m);
+    ETCD_WAIT_FOR(log_count(n, "cluster_fenced") > fenced_before, WAIT_S);
+    raw_conn *conn = raw_connect_ready(n->p.port, TOKEN);
+    assert_non_null(conn);
+    rc_end e = rc_stop(conn, sid);
+    raw_close(conn);
+    int stop_code = e.code;
+    rc_free(&e);
+    int untried = log_count(n, "tried=0") - untried_before;
+    int tried = log_count(n, "tried=1") - tried_before;
+    for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
+        assert_int_equal(etcd_cluster_restart(&cl, m), 0);
+    assert_int_equal(stop_code, 0);
+    assert_int_equal(untried, 1);
+    assert_int_equal(tried, 0);
+    ETCD_WAIT_FOR(ended(sid), WAIT_S);
+    assert_string_equal(record_of(sid).end_reason, "stopped");
+    ETCD_WAIT_FOR(chat_free(chat), WAIT_S);
+}
+
 /* Whether etcd took the delete of key. */
 static bool delete_key(const char *key)
 {
@@ -652,6 +689,7 @@ int main(void)
         cmocka_unit_test(test_end_batch),
         cmocka_unit_test(test_sweep_ends_orphans),
         cmocka_unit_test(test_sweep_leaves_creating),
+        cmocka_unit_test(test_stop_while_fenced),
         cmocka_unit_test(test_ends_kept_while_etcd_down),
         cmocka_unit_test(test_ends_given_up_swept_at_start),
     };
