@@ -86,6 +86,28 @@ moat_code moat_dir_renew(moat_etcd *etcd, const char *session_id, const char *no
 moat_code moat_dir_end(moat_etcd *etcd, const char *session_id, const char *node_id,
                        int64_t ended_at_ms, const char *reason, bool *ended, moat_status *st);
 
+/* One end for moat_dir_end_batch. By value. */
+typedef struct moat_dir_end_item {
+    char session_id[MOAT_UUID_STR_LEN];
+    char reason[MOAT_RECORD_END_REASON_MAX];
+    int64_t ended_at_ms;
+} moat_dir_end_item;
+
+/* Ends per batch: each takes up to three operations of a transaction (the record, the home, the
+ * chat key), and etcd takes at most MOAT_ETCD_TXN_OPS_MAX. */
+#define MOAT_DIR_END_BATCH 40
+
+/* moat_dir_end for up to MOAT_DIR_END_BATCH sessions of node_id at once, in three etcd calls
+ * (the records read in one transaction, their chat keys in another, the ends written in a
+ * third that compares every revision read), again from the reads if something moved
+ * meanwhile. done[i] is set for each item that needs nothing more: written now, or found
+ * absent, ended, another node's or undecodable (those are nothing for an end to repair). An
+ * item whose chat another item of the batch already ends is left for a later batch (done[i]
+ * false), since a transaction may not write a key twice. On failure (etcd's status) nothing
+ * was marked done. */
+moat_code moat_dir_end_batch(moat_etcd *etcd, const char *node_id, const moat_dir_end_item *items,
+                             size_t n, bool *done, moat_status *st);
+
 /* The records of every session (all of sessions/, one range): *out (free()) gets *count of
  * them; records that do not decode are counted in *skipped. */
 moat_code moat_dir_records(moat_etcd *etcd, moat_session_record **out, size_t *count,

@@ -16,10 +16,10 @@ struct srv_cluster {
     moat_membership *m;
     moat_dircache *dir; /* ListSessions' copy of the directory (cluster_route.c) */
     moat_janitor *janitor;
+    cluster_upkeep *upkeep; /* ends kept, creates in flight, the sweep (cluster_sweep.c) */
     uv_timer_t load_timer;
     int64_t lease_saved; /* what <state_dir>/cluster.lease holds */
     int64_t lease_swept; /* the lease the last sweep of older incarnations ran for (loop) */
-    int64_t started_ms;  /* wall clock when this process joined: older creates are not its own */
     /* The member list placement reads, kept a second at most (docs/CLUSTER.md, "Placement"). */
     pthread_mutex_t members_mu;
     moat_node *members; /* under members_mu */
@@ -111,9 +111,8 @@ static void current_load(srv *s, moat_node_load *load)
 static void sweep_if_new(srv *s, int64_t lease)
 {
     if (lease != 0 && lease != s->cluster->lease_swept) {
-        bool first = s->cluster->lease_swept == 0;
         s->cluster->lease_swept = lease;
-        moat__cluster_sweep(s, lease, first ? s->cluster->started_ms : 0);
+        moat__cluster_sweep(s, lease);
     }
 }
 
@@ -199,7 +198,6 @@ moat_err moat__cluster_start(srv *s)
                                    0};
     current_load(s, &mcfg.load);
     mcfg.resume_lease = lease_load(s);
-    c->started_ms = moat_time_now_ms();
     c->m = c->etcd != NULL ? moat_membership_start(&mcfg, &st) : NULL;
     if (c->m == NULL) {
         moat_log(MOAT_LOG_ERROR, "cluster_join_failed", "node=%s code=%s reason=%s msg=\"%s\"",
@@ -218,6 +216,9 @@ moat_err moat__cluster_start(srv *s)
     c->janitor = moat_janitor_start(&jcfg);
     if (c->janitor == NULL)
         moat_log(MOAT_LOG_WARN, "janitor_not_started", "%s", "");
+    c->upkeep = moat__upkeep_start(s, c->etcd);
+    if (c->upkeep == NULL)
+        moat_log(MOAT_LOG_WARN, "cluster_upkeep_not_started", "%s", "");
     uv_timer_init(s->loop, &c->load_timer);
     c->load_timer.data = s;
     uv_timer_start(&c->load_timer, on_load_timer, 1000, 1000);
@@ -233,6 +234,11 @@ moat_err moat__cluster_start(srv *s)
 bool moat__cluster_fenced(srv *s)
 {
     return s->cluster != NULL && !moat_membership_live(s->cluster->m);
+}
+
+cluster_upkeep *moat__cluster_upkeep(srv *s)
+{
+    return s->cluster != NULL ? s->cluster->upkeep : NULL;
 }
 
 moat_dircache *moat__cluster_dircache(srv *s)
@@ -255,6 +261,7 @@ void moat__cluster_stop(srv *s)
         return;
     /* Revoking the lease takes the node out of the cluster at once; nothing is left to resume. */
     moat_janitor_stop(c->janitor); /* before the membership it stands for election with */
+    moat__upkeep_stop(c->upkeep);  /* its writer uses etcd */
     moat_membership_stop(c->m);
     moat_dircache_stop(c->dir);
     lease_save(s, 0);

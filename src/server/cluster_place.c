@@ -287,14 +287,11 @@ static moat_code wait_running(srv *s, const char *sid, moat_session_record *rec,
     }
 }
 
-moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t created_at_ms,
-                              int64_t expires_at_ms, const moat_session_options *opts,
-                              cluster_claim *cc, moat_status *st)
+/* moat__cluster_claim in a cluster, sid counted as creating. */
+static moat_code claim_keys(srv *s, moat_etcd *etcd, const char *chat, const char *sid,
+                            int64_t created_at_ms, int64_t expires_at_ms,
+                            const moat_session_options *opts, cluster_claim *cc, moat_status *st)
 {
-    memset(cc, 0, sizeof(*cc));
-    moat_etcd *etcd = moat__cluster_etcd(s);
-    if (etcd == NULL)
-        return MOAT_CODE_OK;
     int64_t lease = moat__cluster_lease(s);
     if (lease == 0 || moat__cluster_fenced(s))
         return fenced(st);
@@ -366,6 +363,25 @@ moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t
     return MOAT_CODE_ABORTED;
 }
 
+moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t created_at_ms,
+                              int64_t expires_at_ms, const moat_session_options *opts,
+                              cluster_claim *cc, moat_status *st)
+{
+    memset(cc, 0, sizeof(*cc));
+    moat_etcd *etcd = moat__cluster_etcd(s);
+    if (etcd == NULL)
+        return MOAT_CODE_OK;
+    /* Before the record exists, so that no sweep can see it without seeing the create. */
+    if (!moat__cluster_creating_begin(s, sid)) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return MOAT_CODE_RESOURCE_EXHAUSTED;
+    }
+    moat_code code = claim_keys(s, etcd, chat, sid, created_at_ms, expires_at_ms, opts, cc, st);
+    if (!cc->active)
+        moat__cluster_creating_end(s, sid);
+    return code;
+}
+
 void moat__cluster_created(srv *s, cluster_claim *cc, const moat_session *sess, bool ok)
 {
     if (!cc->active)
@@ -397,6 +413,8 @@ void moat__cluster_created(srv *s, cluster_claim *cc, const moat_session *sess, 
         moat_log(MOAT_LOG_WARN, "cluster_record_not_written",
                  "session_id=%s state=%s code=%s reason=%s msg=\"%s\"", cc->rec.session_id,
                  ok ? "running" : "aborted", moat_code_name(st.code), st.reason, st.message);
+    /* The runtime has its final word on the session now: the sweep may judge its record. */
+    moat__cluster_creating_end(s, cc->rec.session_id);
 }
 
 void moat__cluster_reply_record(stream *st, const moat_session_record *rec)
@@ -423,119 +441,4 @@ moat_code moat__cluster_renew(srv *s, const char *sid, int64_t expires_at_ms, mo
         return fenced(st);
     bool owned;
     return moat_dir_renew(etcd, sid, s->cfg.cluster_node_id, expires_at_ms, &owned, st);
-}
-
-void moat__cluster_ended(srv *s, const char *sid, const char *reason)
-{
-    moat_etcd *etcd = moat__cluster_etcd(s);
-    if (etcd == NULL)
-        return;
-    moat_status st;
-    bool ended;
-    if (moat_dir_end(etcd, sid, s->cfg.cluster_node_id, moat_time_now_ms(), reason, &ended, &st) !=
-        MOAT_CODE_OK)
-        moat_log(MOAT_LOG_WARN, "cluster_record_not_written",
-                 "session_id=%s state=ended code=%s reason=%s msg=\"%s\"", sid,
-                 moat_code_name(st.code), st.reason, st.message);
-}
-
-/* ------------------------------------------------------------ the sweep */
-
-typedef struct sweep_job {
-    engine_job base;
-    int64_t lease, started_ms;
-    size_t lost, ended, finished;
-} sweep_job;
-
-/* A creating record of an earlier process of this node under the lease this one resumed: that
- * process died between the chat key's transaction and moat__cluster_created. A session that
- * lives here (its sandbox was made or bound) is written running; else (never made, or a
- * reserved pool sandbox, which the start-up reconcile removed as no pool holds it) the record
- * is ended, which frees the chat key. */
-static void sweep_creating(sweep_job *w, const moat_session_record *r)
-{
-    srv *s = w->base.s;
-    moat_session cur;
-    moat_status why;
-    moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
-    if (got == MOAT_CODE_OK && cur.state == MOAT_SESSION_RUNNING) {
-        moat_session_record fresh;
-        bool found;
-        int64_t rev;
-        if (moat_dir_record(moat__cluster_etcd(s), r->session_id, &found, &fresh, &rev, &why) ==
-                MOAT_CODE_OK &&
-            found && fresh.state == MOAT_RECORD_CREATING) {
-            fresh.state = MOAT_RECORD_RUNNING;
-            fresh.expires_at_ms = cur.expires_at_ms;
-            if (moat_dir_update(moat__cluster_etcd(s), &fresh, rev, NULL, &why) == MOAT_CODE_OK)
-                w->finished++;
-        }
-    } else if (got == MOAT_CODE_NOT_FOUND || got == MOAT_CODE_OK) {
-        moat__cluster_ended(s, r->session_id, "gone");
-        w->ended++;
-    }
-}
-
-static void sweep_run(engine_job *j)
-{
-    sweep_job *w = (sweep_job *)j;
-    srv *s = j->s;
-    moat_session_record *recs = NULL;
-    size_t n = 0, skipped = 0;
-    j->code = moat_dir_records(moat__cluster_etcd(s), &recs, &n, &skipped, &j->status);
-    for (size_t i = 0; j->code == MOAT_CODE_OK && i < n; i++) {
-        const moat_session_record *r = &recs[i];
-        if (strcmp(r->node_id, s->cfg.cluster_node_id) != 0 || r->state == MOAT_RECORD_ENDED)
-            continue;
-        if (r->node_lease != w->lease) {
-            /* An older incarnation's: the cluster counted it out with its lease, and its chat
-             * may live elsewhere now. */
-            moat_status why;
-            s->rt_ops->stop(s->rt, r->session_id, &why);
-            moat__cluster_ended(s, r->session_id, "node_lost");
-            moat__reaper_session_event(s, "gone", r->session_id, MOAT_CODE_OK, 0);
-            w->lost++;
-            continue;
-        }
-        moat_session cur;
-        moat_status why;
-        /* This incarnation's running record of a session that is over here: an end whose
-         * write failed. A creating one is a create in flight, unless it is older than this
-         * process. */
-        if (r->state == MOAT_RECORD_CREATING && r->created_at_ms < w->started_ms)
-            sweep_creating(w, r);
-        if (r->state != MOAT_RECORD_RUNNING)
-            continue;
-        moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
-        if (got == MOAT_CODE_NOT_FOUND ||
-            (got == MOAT_CODE_OK && cur.state != MOAT_SESSION_RUNNING)) {
-            moat__cluster_ended(s, r->session_id,
-                                got == MOAT_CODE_OK && cur.end_reason[0] != '\0' ? cur.end_reason
-                                                                                 : "gone");
-            w->ended++;
-        }
-    }
-    free(recs);
-}
-
-static void sweep_done(engine_job *j)
-{
-    sweep_job *w = (sweep_job *)j;
-    if (j->code != MOAT_CODE_OK)
-        moat_log(MOAT_LOG_WARN, "cluster_sweep_failed", "code=%s reason=%s msg=\"%s\"",
-                 moat_code_name(j->status.code), j->status.reason, j->status.message);
-    else
-        moat_log(MOAT_LOG_INFO, "cluster_swept",
-                 "lease=%lld node_lost=%zu ended=%zu creating_finished=%zu", (long long)w->lease,
-                 w->lost, w->ended, w->finished);
-}
-
-void moat__cluster_sweep(srv *s, int64_t lease, int64_t started_ms)
-{
-    sweep_job *w = moat__job_new_unattached(s, sizeof(*w));
-    if (w == NULL)
-        return;
-    w->lease = lease;
-    w->started_ms = started_ms;
-    moat__job_start(&w->base, sweep_run, sweep_done);
 }

@@ -84,7 +84,8 @@ typedef struct moat_server_config {
     char *cluster_node_id;        /* "" = the host name */
     char *cluster_advertise;      /* host:port clients and peers dial for this node */
     uint32_t cluster_lease_ttl_seconds;
-    uint32_t cluster_janitor_grace_seconds; /* a gone node's records stay GONE this long */
+    uint32_t cluster_janitor_grace_seconds;  /* a gone node's records stay GONE this long */
+    uint32_t cluster_sweep_interval_seconds; /* the owner's sweep of its own records */
     char *cluster_route; /* "redirect" (session_moved) or "proxy" (the call relayed to its owner) */
     char *cluster_etcd_tls_ca;   /* PEM CA bundle verifying the members; "" = the system's */
     char *cluster_etcd_tls_cert; /* PEM client certificate; "" with cluster_etcd_tls_key: none */

@@ -151,6 +151,19 @@ static void fill_record(moat_session_record *r, const char *sid, const char *cha
     }
 }
 
+void rc_put_key(moat_etcd *etcd, const char *key, const char *value, size_t value_len,
+                int64_t lease)
+{
+    moat_etcd_result res;
+    moat_status st;
+    assert_true(key[0] != '\0');
+    assert_int_equal(moat_etcd_put(etcd, moat_slice_str(key),
+                                   (moat_slice){(const uint8_t *)value, value_len}, lease, &res,
+                                   &st),
+                     MOAT_CODE_OK);
+    moat_etcd_result_free(&res);
+}
+
 void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
                    int64_t lease, const char *address, moat_record_state state,
                    const char *end_reason)
@@ -161,12 +174,22 @@ void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const cha
     size_t kn = moat_session_record_key(sid, key, sizeof(key));
     size_t vn = moat_session_record_encode(&r, value, sizeof(value));
     assert_true(kn > 0 && vn > 0);
-    moat_etcd_result res;
-    moat_status st;
-    assert_int_equal(moat_etcd_put(etcd, (moat_slice){(const uint8_t *)key, kn},
-                                   (moat_slice){(const uint8_t *)value, vn}, 0, &res, &st),
-                     MOAT_CODE_OK);
-    moat_etcd_result_free(&res);
+    rc_put_key(etcd, key, value, vn, 0);
+}
+
+void rc_put_chat(moat_etcd *etcd, const char *chat, const char *sid, const char *owner,
+                 int64_t lease)
+{
+    moat_chat_record c;
+    memset(&c, 0, sizeof(c));
+    snprintf(c.chat_id, sizeof(c.chat_id), "%.36s", chat);
+    snprintf(c.session_id, sizeof(c.session_id), "%.36s", sid);
+    snprintf(c.node_id, sizeof(c.node_id), "%s", owner);
+    char key[MOAT_RECORD_KEY_MAX], value[MOAT_RECORD_VALUE_MAX];
+    size_t kn = moat_chat_record_key(chat, key, sizeof(key));
+    size_t vn = moat_chat_record_encode(&c, value, sizeof(value));
+    assert_true(kn > 0 && vn > 0);
+    rc_put_key(etcd, key, value, vn, lease);
 }
 
 bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *owner, int64_t lease,
@@ -207,13 +230,9 @@ bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *own
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value)
 {
     char key[MOAT_RECORD_KEY_MAX];
-    size_t kn = moat_session_record_key(sid, key, sizeof(key));
-    moat_etcd_result res;
-    moat_status st;
-    assert_int_equal(moat_etcd_put(etcd, (moat_slice){(const uint8_t *)key, kn},
-                                   moat_slice_str(value), 0, &res, &st),
-                     MOAT_CODE_OK);
-    moat_etcd_result_free(&res);
+    if (moat_session_record_key(sid, key, sizeof(key)) == 0)
+        key[0] = '\0';
+    rc_put_key(etcd, key, value, strlen(value), 0);
 }
 
 int64_t rc_put_member(moat_etcd *etcd, const char *id, const char *address)

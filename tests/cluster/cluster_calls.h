@@ -73,6 +73,12 @@ bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *own
                     const char *address);
 /* Puts any value at sessions/<sid>. */
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value);
+/* Puts value at key (under lease, 0 for none); asserts (cmocka) that etcd took it. */
+void rc_put_key(moat_etcd *etcd, const char *key, const char *value, size_t value_len,
+                int64_t lease);
+/* Puts chats/<chat> naming sid on owner, under lease, as the owner's claim writes it. */
+void rc_put_chat(moat_etcd *etcd, const char *chat, const char *sid, const char *owner,
+                 int64_t lease);
 /* A member as membership registers one: nodes/<id> with address under a lease of its own
  * (granted here, a minute long: only a revoke ends it within a test). The lease, or 0 when etcd
  * did not take it (no cmocka: callers may try again). */
