@@ -473,6 +473,41 @@ static void test_sweep_ends_orphans(void **state)
     assert_true(moatd_log_contains(&n->p, "periodic=1"));
 }
 
+/* Whether sid's record says running. */
+static bool running(const char *sid)
+{
+    moat_session_record rec;
+    bool found = false;
+    int64_t rev;
+    moat_status st;
+    return moat_dir_record(etcd, sid, &found, &rec, &rev, &st) == MOAT_CODE_OK && found &&
+           rec.state == MOAT_RECORD_RUNNING;
+}
+
+/* A session that runs here but whose record still says creating (its create's running write was
+ * lost: etcd did not take it, or the process died after the bind): the sweep writes it running,
+ * and the session goes on. */
+static void test_sweep_finishes_creating(void **state)
+{
+    (void)state;
+    REQUIRE();
+    rc_node *n = &nodes[SWEEP];
+    int64_t lease = lease_of(n);
+    char chat[MOAT_UUID_STR_LEN], sid[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    put_home(chat, n->id);
+    raw_created c = raw_create(n->p.port, TOKEN, chat, false, NULL);
+    assert_int_equal(c.code, 0);
+    snprintf(sid, sizeof(sid), "%.36s", c.session_id);
+    rc_put_record(etcd, sid, chat, n->id, lease, "127.0.0.1:1", MOAT_RECORD_CREATING, "");
+    ETCD_WAIT_FOR(running(sid), WAIT_S);
+    assert_true(moatd_log_contains(&n->p, "creating_finished=1"));
+    assert_true(rc_runs_echo(n->p.port, TOKEN, sid));
+    char held[MOAT_UUID_STR_LEN];
+    chat_session(chat, held);
+    assert_string_equal(held, sid);
+}
+
 /* The item's record ended as the batch says, its chat key gone and its home written. */
 static void assert_ended_by_batch(const moat_dir_end_item *it, const char *chat, const char *node)
 {
@@ -707,6 +742,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_end_batch),
         cmocka_unit_test(test_sweep_ends_orphans),
+        cmocka_unit_test(test_sweep_finishes_creating),
         cmocka_unit_test(test_sweep_leaves_creating),
         cmocka_unit_test(test_stop_while_fenced),
         cmocka_unit_test(test_ends_kept_while_etcd_down),
