@@ -678,6 +678,12 @@ moat_err moat_bridge_terminal_stdin(moat_bridge_terminal *t, const uint8_t *data
         return ws_stdin(t, data, len);
     if (t->up_over)
         return MOAT_OK;
+    /* What curl took goes before the queue would grow: else, as long as curl never drained it
+     * whole, the queue grew with the stream (tens of MiB, and moatd's CPU in page faults). */
+    if (t->stdin_head > 0 && t->stdin_q.len + len > t->stdin_q.cap) {
+        moat_buf_consume(&t->stdin_q, t->stdin_head);
+        t->stdin_head = 0;
+    }
     if (moat_buf_append(&t->stdin_q, data, len) != MOAT_OK)
         return MOAT_E_NOMEM;
     t->in_input = true;
