@@ -351,8 +351,8 @@ moat_err moat_exec_stdin(moat_call *call, moat_slice data, int timeout_ms);
  * says how many went, 0 with MOAT_OK at fd's end. From a pipe or a file the bytes go by
  * splice, the kernel handing their pages to the connection without a copy through the
  * caller (but through a buffer while a routed call still keeps what it sends); from anything
- * else by read. MOAT_E_AGAIN: nothing to read now (fd is non-blocking); MOAT_E_IO: reading
- * failed (errno says why); others as moat_exec_stdin's. */
+ * else (a terminal) by read. MOAT_E_AGAIN: nothing to read now (fd is non-blocking); MOAT_E_IO:
+ * reading failed (errno says why); others as moat_exec_stdin's. */
 moat_err moat_exec_stdin_from_fd(moat_call *call, int fd, size_t max, size_t *moved,
                                  int timeout_ms);
 /* End of input: the process reads EOF (in a tty, execd sends VEOF). */

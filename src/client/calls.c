@@ -471,7 +471,7 @@ moat_err moat_exec_stdin_from_fd(moat_call *call, int fd, size_t max, size_t *mo
     uint8_t head[16];
     size_t hn;
     int read_end;
-    int pipe_w = moat__call_records(call) ? -1 : moat__client_splice_pipe(c, &read_end);
+    int pipe_w = moat__call_records(call) ? -1 : moat__client_splice_pipe(c, fd, &read_end);
     if (pipe_w >= 0) {
         /* Into our pipe first, which holds exactly what the message then carries. */
         ssize_t n = splice(fd, NULL, pipe_w, NULL, max, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -487,6 +487,7 @@ moat_err moat_exec_stdin_from_fd(moat_call *call, int fd, size_t max, size_t *mo
                                            timeout_ms);
         }
         /* EINVAL and the like: fd is not something splice reads (a terminal); read it */
+        moat__client_splice_refused(c, fd);
     }
     moat__scratch buf = moat__client_scratch(c);
     if (buf.request == NULL)

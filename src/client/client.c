@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -72,6 +73,8 @@ struct moat_client {
     moat__scratch scratch; /* typed calls' buffers, made on the first one */
     int splice_pipe[2];    /* moat__client_splice_pipe's; valid when splice_made */
     bool splice_made;
+    int splice_from; /* the descriptor last asked about, or -1, and whether it splices */
+    bool splice_ok;
     moat_call *calls;
     uint64_t ping_seq;
     bool pong_seen;
@@ -603,6 +606,7 @@ moat_err moat__connect(const char *addr, const moat_client_options *opts, moat_c
         return MOAT_E_NOMEM;
     }
     c->fd = -1;
+    c->splice_from = -1;
     c->next_id = 1;
     c->top = c;
     c->addr = strdup(addr);
@@ -1141,8 +1145,15 @@ bool moat__call_records(const moat_call *call)
     return call->follow;
 }
 
-int moat__client_splice_pipe(moat_client *c, int *read_end)
+int moat__client_splice_pipe(moat_client *c, int from, int *read_end)
 {
+    if (from != c->splice_from) {
+        struct stat st;
+        c->splice_from = from;
+        c->splice_ok = fstat(from, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISREG(st.st_mode));
+    }
+    if (!c->splice_ok)
+        return -1;
     if (!c->splice_made) {
         if (pipe2(c->splice_pipe, O_CLOEXEC) != 0)
             return -1;
@@ -1152,6 +1163,12 @@ int moat__client_splice_pipe(moat_client *c, int *read_end)
     }
     *read_end = c->splice_pipe[0];
     return c->splice_pipe[1];
+}
+
+void moat__client_splice_refused(moat_client *c, int from)
+{
+    c->splice_from = from;
+    c->splice_ok = false;
 }
 
 moat_err moat__call_send_spliced(moat_call *call, moat_slice head, int pipe_fd, size_t len,

@@ -36,9 +36,13 @@ moat_err moat__call_send_parts(moat_call *call, moat_slice head, moat_slice data
 /* Whether the call keeps what it sends, to send it again where its session moves (then every
  * byte must pass through a buffer of ours). */
 bool moat__call_records(const moat_call *call);
-/* The client's own pipe for splicing (made on the first use, closed with the client; empty
- * between messages): its write end, and its read end in *read_end; -1 if it cannot be made. */
-int moat__client_splice_pipe(moat_client *c, int *read_end);
+/* The client's own pipe for splicing from `from` (made on the first use, closed with the
+ * client; empty between messages): its write end, and its read end in *read_end; -1 if it
+ * cannot be made, or `from` is neither a pipe nor a file (a terminal's keystrokes are read,
+ * one syscall each, as before), or splice refused it (moat__client_splice_refused). What
+ * `from` is is looked up once, while it is the descriptor asked about. */
+int moat__client_splice_pipe(moat_client *c, int from, int *read_end);
+void moat__client_splice_refused(moat_client *c, int from);
 /* moat__call_send_parts of head and the len bytes that wait in pipe_fd (a pipe holding at
  * least len), which splice moves to the connection: the kernel hands over the pipe's pages
  * instead of copying them through a buffer. Not for a call that records. */

@@ -892,8 +892,8 @@ static void test_interactive_send_waits_for_window(void **state)
 }
 
 /* moat_exec_stdin_from_fd from a file and a pipe (spliced once the routed call stops keeping
- * what it sends) and from a terminal, which splice cannot read: the server gets every byte in
- * order within its credit; an empty non-blocking pipe is MOAT_E_AGAIN and its end 0 bytes. */
+ * what it sends) and from a terminal (read): the server gets every byte in order within its
+ * credit; an empty non-blocking pipe is MOAT_E_AGAIN and its end 0 bytes. */
 static void test_interactive_stdin_from_fd(void **state)
 {
     (void)state;
