@@ -663,6 +663,17 @@ static void up_done(bridge_req *r, CURLcode rc)
         t->c.on_writable(t->c.ud, t);
 }
 
+/* The upload's socket holds up to 1 MiB in flight (best effort, as wmem_max allows): execd
+ * then takes more per wake-up, and moatd writes more per turn of its loop. */
+static curl_socket_t upload_socket(void *ud, curl_socket_t fd, curlsocktype purpose)
+{
+    (void)ud;
+    (void)purpose;
+    int bytes = 1 << 20;
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    return CURL_SOCKOPT_OK;
+}
+
 static moat_err start_upload(moat_bridge_terminal *t, moat_status *st)
 {
     char path[128];
@@ -682,6 +693,10 @@ static moat_err start_upload(moat_bridge_terminal *t, moat_status *st)
     moat__req_chunked_body(r, up_read, r);
     curl_easy_setopt(r->easy, CURLOPT_UPLOAD_BUFFERSIZE, (long)MOAT_BRIDGE_TERMINAL_UPLOAD_BUFFER);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    /* a connection of its own, which upload_socket sees made */
+    curl_easy_setopt(r->easy, CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_SOCKOPTFUNCTION, upload_socket);
     r->done = up_done;
     r->owner = t;
     t->up = r;
