@@ -470,7 +470,7 @@ moat_err moat_exec_stdin_from_fd(moat_call *call, int fd, size_t max, size_t *mo
         return MOAT_E_INVAL;
     uint8_t head[16];
     size_t hn;
-    int read_end;
+    int read_end = -1;
     int pipe_w = moat__call_records(call) ? -1 : moat__client_splice_pipe(c, fd, &read_end);
     if (pipe_w >= 0) {
         /* Into our pipe first, which holds exactly what the message then carries. */
