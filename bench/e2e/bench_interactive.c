@@ -183,6 +183,12 @@ void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *si
            (double)stdin_bytes / (tdm - d0) / 1048576.0, (tdm - d0) / (tmm - m0));
     /* No transport can beat the sandbox's own pipe into the same cat: net of docker exec's
      * start, it is the bound, and 2x docker needs that share of it. */
+    if (tpm <= d0) {
+        printf("bound: not measured (the in-sandbox pipe's median %.3f s is within docker exec's "
+               "start, %.3f s, this run)\n",
+               tpm, d0);
+        return;
+    }
     double pr = (double)stdin_bytes / (tpm - d0) / 1048576.0;
     printf("bound: in-sandbox pipe into the same cat %.0f MiB/s (median, net of docker exec's "
            "start) = %.2fx docker exec -i; 2x docker is %.0f%% of it, moat reaches %.0f%%\n",

@@ -347,6 +347,14 @@ size_t moat_exec_stdin_max(const moat_client *c);
 /* Bytes for the process's stdin; at most moat_exec_stdin_max (MOAT_E_TOO_BIG
  * otherwise). Errors as moat_call_send's. */
 moat_err moat_exec_stdin(moat_call *call, moat_slice data, int timeout_ms);
+/* moat_exec_stdin of what fd has now, at most max bytes (and moat_exec_stdin_max): *moved
+ * says how many went, 0 with MOAT_OK at fd's end. From a pipe or a file the bytes go by
+ * splice, the kernel handing their pages to the connection without a copy through the
+ * caller (but through a buffer while a routed call still keeps what it sends); from anything
+ * else (a terminal) by read. MOAT_E_AGAIN: nothing to read now (fd is non-blocking); MOAT_E_IO:
+ * reading failed (errno says why); others as moat_exec_stdin's. */
+moat_err moat_exec_stdin_from_fd(moat_call *call, int fd, size_t max, size_t *moved,
+                                 int timeout_ms);
 /* End of input: the process reads EOF (in a tty, execd sends VEOF). */
 moat_err moat_exec_close_stdin(moat_call *call, int timeout_ms);
 /* The terminal's new size; MOAT_E_INVAL for 0 or past 65535, nothing sent. */

@@ -37,6 +37,66 @@
 /* Close code of a client that another attach took over. */
 #define WS_TAKEN_OVER 4001
 
+/* Stdin waiting for the upload's read callback (or the WebSocket): a ring, so that taking
+ * bytes from its front never moves the rest; it grows, made straight, only when what waits
+ * and what comes would not fit, so it stays near the owner's window (a linear queue that
+ * dropped taken bytes only once drained whole grew with the stream: 43 MB after 256 MiB). */
+typedef struct stdin_ring {
+    uint8_t *data; /* owned */
+    size_t cap, start, len;
+} stdin_ring;
+
+/* Drops n <= len bytes from the ring's front. */
+static void ring_drop(stdin_ring *r, size_t n)
+{
+    r->len -= n;
+    r->start = r->len == 0 ? 0 : (r->start + n) % r->cap;
+}
+
+/* Copies up to n bytes from the ring's front to out and drops them; how many. */
+static size_t ring_take(stdin_ring *r, uint8_t *out, size_t n)
+{
+    if (n > r->len)
+        n = r->len;
+    size_t first = n < r->cap - r->start ? n : r->cap - r->start;
+    if (n > 0) {
+        memcpy(out, r->data + r->start, first);
+        memcpy(out + first, r->data, n - first);
+    }
+    ring_drop(r, n);
+    return n;
+}
+
+/* The ring's first straight run of bytes; *n how many. */
+static const uint8_t *ring_front(const stdin_ring *r, size_t *n)
+{
+    *n = r->len < r->cap - r->start ? r->len : r->cap - r->start;
+    return r->data + r->start;
+}
+
+static moat_err ring_put(stdin_ring *r, const uint8_t *p, size_t n)
+{
+    if (n > INT32_MAX - r->len)
+        return MOAT_E_TOO_BIG;
+    if (r->len + n > r->cap) {
+        size_t cap = r->cap > 0 ? r->cap : 64 * 1024;
+        while (cap < r->len + n)
+            cap *= 2;
+        uint8_t *d = malloc(cap);
+        if (d == NULL)
+            return MOAT_E_NOMEM;
+        size_t kept = ring_take(r, d, r->len);
+        free(r->data);
+        *r = (stdin_ring){d, cap, 0, kept};
+    }
+    size_t end = (r->start + r->len) % r->cap;
+    size_t first = n < r->cap - end ? n : r->cap - end;
+    memcpy(r->data + end, p, first);
+    memcpy(r->data, p + first, n - first);
+    r->len += n;
+    return MOAT_OK;
+}
+
 struct moat_bridge_terminal {
     moat_bridge *b;
     moat_bridge_endpoint ep; /* strings below */
@@ -62,11 +122,10 @@ struct moat_bridge_terminal {
     bool mode_known; /* pty or pipe: from the options, or from execd's connected message */
     bool pipe_mode;
     /* Stdin that waits for the upload (and, before the mode is known, for either path). */
-    moat_buf stdin_q;
-    size_t stdin_head; /* bytes of stdin_q already given to curl */
-    bridge_req *up;    /* the upload while it runs */
-    bool up_begun;     /* execd's connected came: the upload was asked for, or not needed */
-    bool up_wanted;    /* to be started once curl has returned */
+    stdin_ring stdin_q;
+    bridge_req *up; /* the upload while it runs */
+    bool up_begun;  /* execd's connected came: the upload was asked for, or not needed */
+    bool up_wanted; /* to be started once curl has returned */
     bool up_paused;
     bool up_sent;     /* the upload's body has begun */
     bool up_over;     /* it ended: later stdin is dropped, as a closed pipe would */
@@ -88,7 +147,7 @@ static void terminal_free(moat_bridge_terminal *t)
     }
     if (t->ws != NULL)
         wslay_event_context_free(t->ws);
-    moat_buf_free(&t->stdin_q);
+    free(t->stdin_q.data);
     free(t->unix_socket);
     free(t->base_url);
     free(t->token);
@@ -442,8 +501,6 @@ moat_err moat_bridge_terminal_open(moat_bridge *b, const moat_bridge_endpoint *e
         /* A new session's mode is ours; a reattached one's comes with execd's connected. */
         t->mode_known = !attaching;
         t->pipe_mode = !opts->tty;
-        /* bounded in practice by the consumer's flow control (a call's window) */
-        moat_buf_init(&t->stdin_q, INT32_MAX);
         t->unix_socket = dup_or_null(ep->unix_socket, &failed);
         t->base_url = dup_or_null(ep->base_url, &failed);
         t->token = dup_or_null(ep->access_token, &failed);
@@ -533,11 +590,18 @@ static bool stdin_over_ws(const moat_bridge_terminal *t)
 /* What waited in stdin_q goes over the WebSocket, and close_stdin after it if it came. */
 static void stdin_queue_to_ws(moat_bridge_terminal *t)
 {
-    size_t n = t->stdin_q.len - t->stdin_head;
-    if (n > 0 && ws_stdin(t, t->stdin_q.data + t->stdin_head, n) != MOAT_OK)
-        moat_log(MOAT_LOG_WARN, "terminal_stdin_lost", "session_id=%s bytes=%zu", t->session_id, n);
-    moat_buf_reset(&t->stdin_q);
-    t->stdin_head = 0;
+    size_t n = t->stdin_q.len;
+    while (t->stdin_q.len > 0) {
+        size_t run;
+        const uint8_t *front = ring_front(&t->stdin_q, &run);
+        if (ws_stdin(t, front, run) != MOAT_OK) {
+            moat_log(MOAT_LOG_WARN, "terminal_stdin_lost", "session_id=%s bytes=%zu", t->session_id,
+                     t->stdin_q.len);
+            break;
+        }
+        ring_drop(&t->stdin_q, run);
+    }
+    t->stdin_q.len = t->stdin_q.start = 0;
     if (t->stdin_closed)
         queue_text(t, "{\"type\":\"close_stdin\"}");
     /* what went out at once frees the consumer's input as a drained socket would */
@@ -561,20 +625,13 @@ static size_t up_read(char *buf, size_t size, size_t nitems, void *ud)
     moat_bridge_terminal *t = r->owner;
     if (t == NULL || r->cancelled)
         return CURL_READFUNC_ABORT;
-    size_t avail = t->stdin_q.len - t->stdin_head;
-    if (avail == 0) {
+    if (t->stdin_q.len == 0) {
         if (t->stdin_closed)
             return 0;
         t->up_paused = true;
         return CURL_READFUNC_PAUSE;
     }
-    size_t n = avail < size * nitems ? avail : size * nitems;
-    memcpy(buf, t->stdin_q.data + t->stdin_head, n);
-    t->stdin_head += n;
-    if (t->stdin_head == t->stdin_q.len) {
-        moat_buf_reset(&t->stdin_q);
-        t->stdin_head = 0;
-    }
+    size_t n = ring_take(&t->stdin_q, (uint8_t *)buf, size * nitems);
     t->up_sent = true;
     if (!t->in_input && t->c.on_writable != NULL)
         t->c.on_writable(t->c.ud, t);
@@ -601,10 +658,20 @@ static void up_done(bridge_req *r, CURLcode rc)
         moat_log(MOAT_LOG_INFO, "terminal_stdin_ended", "session_id=%s status=%ld curl=%d",
                  t->session_id, status, (int)rc);
     t->up_over = true;
-    moat_buf_reset(&t->stdin_q);
-    t->stdin_head = 0;
+    t->stdin_q.len = t->stdin_q.start = 0;
     if (t->c.on_writable != NULL && !t->ended)
         t->c.on_writable(t->c.ud, t);
+}
+
+/* The upload's socket holds up to 1 MiB in flight (best effort, as wmem_max allows): execd
+ * then takes more per wake-up, and moatd writes more per turn of its loop. */
+static curl_socket_t upload_socket(void *ud, curl_socket_t fd, curlsocktype purpose)
+{
+    (void)ud;
+    (void)purpose;
+    int bytes = 1 << 20;
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    return CURL_SOCKOPT_OK;
 }
 
 static moat_err start_upload(moat_bridge_terminal *t, moat_status *st)
@@ -626,6 +693,10 @@ static moat_err start_upload(moat_bridge_terminal *t, moat_status *st)
     moat__req_chunked_body(r, up_read, r);
     curl_easy_setopt(r->easy, CURLOPT_UPLOAD_BUFFERSIZE, (long)MOAT_BRIDGE_TERMINAL_UPLOAD_BUFFER);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, 0L);
+    /* a connection of its own, which upload_socket sees made */
+    curl_easy_setopt(r->easy, CURLOPT_FRESH_CONNECT, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_SOCKOPTFUNCTION, upload_socket);
     r->done = up_done;
     r->owner = t;
     t->up = r;
@@ -678,7 +749,7 @@ moat_err moat_bridge_terminal_stdin(moat_bridge_terminal *t, const uint8_t *data
         return ws_stdin(t, data, len);
     if (t->up_over)
         return MOAT_OK;
-    if (moat_buf_append(&t->stdin_q, data, len) != MOAT_OK)
+    if (ring_put(&t->stdin_q, data, len) != MOAT_OK)
         return MOAT_E_NOMEM;
     t->in_input = true;
     stdin_unpause(t);
@@ -728,7 +799,7 @@ moat_err moat_bridge_terminal_signal(moat_bridge_terminal *t, const char *name)
 
 size_t moat_bridge_terminal_queued(const moat_bridge_terminal *t)
 {
-    return wslay_event_get_queued_msg_length(t->ws) + (t->stdin_q.len - t->stdin_head);
+    return wslay_event_get_queued_msg_length(t->ws) + t->stdin_q.len;
 }
 
 void moat_bridge_terminal_credit(moat_bridge_terminal *t, uint64_t bytes)

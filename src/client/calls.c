@@ -2,7 +2,10 @@
  * client's request buffer, runs it (unary, or starts the stream) and decodes
  * the answer into moat's own types, strings as slices of the client's
  * response buffer. */
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "client.h"
 #include "moat/v1/exec.pb.h"
@@ -432,6 +435,17 @@ static moat_err send_input(moat_call *call, const moat_v1_InteractiveRequest *r,
     return moat_call_send(call, (moat_slice){buf.request, os.bytes_written}, timeout_ms);
 }
 
+/* A stdin request's tag and length for len bytes into head[0..16); false if they cannot be. */
+static bool stdin_envelope(size_t len, uint8_t *head, size_t *n)
+{
+    pb_ostream_t os = pb_ostream_from_buffer(head, 16);
+    if (!pb_encode_tag(&os, PB_WT_STRING, moat_v1_InteractiveRequest_stdin_tag) ||
+        !pb_encode_varint(&os, len))
+        return false;
+    *n = os.bytes_written;
+    return true;
+}
+
 moat_err moat_exec_stdin(moat_call *call, moat_slice data, int timeout_ms)
 {
     if (data.len > moat_exec_stdin_max(moat__call_client(call)))
@@ -439,11 +453,54 @@ moat_err moat_exec_stdin(moat_call *call, moat_slice data, int timeout_ms)
     /* An InteractiveRequest holding only stdin is its field's tag and length, then the bytes:
      * those go to the socket from the caller's buffer, not through two encodings. */
     uint8_t head[16];
-    pb_ostream_t os = pb_ostream_from_buffer(head, sizeof head);
-    if (!pb_encode_tag(&os, PB_WT_STRING, moat_v1_InteractiveRequest_stdin_tag) ||
-        !pb_encode_varint(&os, data.len))
+    size_t hn;
+    if (!stdin_envelope(data.len, head, &hn))
         return MOAT_E_TOO_BIG;
-    return moat__call_send_parts(call, (moat_slice){head, os.bytes_written}, data, timeout_ms);
+    return moat__call_send_parts(call, (moat_slice){head, hn}, data, timeout_ms);
+}
+
+moat_err moat_exec_stdin_from_fd(moat_call *call, int fd, size_t max, size_t *moved, int timeout_ms)
+{
+    *moved = 0;
+    moat_client *c = moat__call_client(call);
+    size_t most = moat_exec_stdin_max(c);
+    if (max > most)
+        max = most;
+    if (max == 0)
+        return MOAT_E_INVAL;
+    uint8_t head[16];
+    size_t hn;
+    int read_end = -1;
+    int pipe_w = moat__call_records(call) ? -1 : moat__client_splice_pipe(c, fd, &read_end);
+    if (pipe_w >= 0) {
+        /* Into our pipe first, which holds exactly what the message then carries. */
+        ssize_t n = splice(fd, NULL, pipe_w, NULL, max, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n == 0)
+            return MOAT_OK;
+        if (n < 0 && errno == EAGAIN)
+            return MOAT_E_AGAIN;
+        if (n > 0) {
+            if (!stdin_envelope((size_t)n, head, &hn))
+                return MOAT_E_TOO_BIG;
+            *moved = (size_t)n;
+            return moat__call_send_spliced(call, (moat_slice){head, hn}, read_end, (size_t)n,
+                                           timeout_ms);
+        }
+        /* EINVAL and the like: fd is not something splice reads (a terminal); read it */
+        moat__client_splice_refused(c, fd);
+    }
+    moat__scratch buf = moat__client_scratch(c);
+    if (buf.request == NULL)
+        return MOAT_E_NOMEM;
+    if (max > buf.cap)
+        max = buf.cap;
+    ssize_t n = read(fd, buf.request, max);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? MOAT_E_AGAIN : MOAT_E_IO;
+    if (n == 0)
+        return MOAT_OK;
+    *moved = (size_t)n;
+    return moat_exec_stdin(call, (moat_slice){buf.request, (size_t)n}, timeout_ms);
 }
 
 moat_err moat_exec_close_stdin(moat_call *call, int timeout_ms)

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -70,6 +71,10 @@ struct moat_client {
     size_t wcap;
     uint8_t *mbuf;         /* a queued message copied out for delivery */
     moat__scratch scratch; /* typed calls' buffers, made on the first one */
+    int splice_pipe[2];    /* moat__client_splice_pipe's; valid when splice_made */
+    bool splice_made;
+    int splice_from; /* the descriptor last asked about, or -1, and whether it splices */
+    bool splice_ok;
     moat_call *calls;
     uint64_t ping_seq;
     bool pong_seen;
@@ -97,9 +102,34 @@ static int remaining_ms(int64_t until, int timeout_ms)
 
 static void fail_all(moat_client *c, moat_code code, const char *reason, const char *msg);
 
-/* Writes every byte of v[0..cnt), which it advances; MOAT_E_IO (and every call failed) when
- * the connection breaks. */
-static moat_err write_iov(moat_client *c, struct iovec *v, int cnt)
+/* Waits until the connection takes more; false (every call failed) after 30 s. */
+static bool wait_writable(moat_client *c)
+{
+    struct pollfd pfd = {c->fd, POLLOUT, 0};
+    if (poll(&pfd, 1, 30000) > 0)
+        return true;
+    fail_all(c, MOAT_CODE_UNAVAILABLE, "write_timeout", "cannot write to the server");
+    return false;
+}
+
+/* What a write that returned w means: 1 when w bytes went, 0 to try again (interrupted, or the
+ * connection was full and now takes more), -1 when the connection broke (every call failed). */
+static int write_outcome(moat_client *c, ssize_t w)
+{
+    if (w > 0)
+        return 1;
+    if (w < 0 && errno == EINTR)
+        return 0;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return wait_writable(c) ? 0 : -1;
+    fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost",
+             w < 0 ? strerror(errno) : "nothing written");
+    return -1;
+}
+
+/* Writes every byte of v[0..cnt), which it advances, with sendmsg's flags; MOAT_E_IO (and every
+ * call failed) when the connection breaks. */
+static moat_err write_iov_flags(moat_client *c, struct iovec *v, int cnt, int flags)
 {
     for (;;) {
         while (cnt > 0 && v->iov_len == 0) {
@@ -109,22 +139,12 @@ static moat_err write_iov(moat_client *c, struct iovec *v, int cnt)
         if (cnt == 0)
             break;
         struct msghdr mh = {.msg_iov = v, .msg_iovlen = (size_t)cnt};
-        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            struct pollfd pfd = {c->fd, POLLOUT, 0};
-            if (poll(&pfd, 1, 30000) <= 0) {
-                fail_all(c, MOAT_CODE_UNAVAILABLE, "write_timeout", "cannot write to the server");
-                return MOAT_E_IO;
-            }
-            continue;
-        }
-        if (w <= 0) {
-            fail_all(c, MOAT_CODE_UNAVAILABLE, "connection_lost",
-                     w < 0 ? strerror(errno) : "nothing written");
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | flags);
+        int went = write_outcome(c, w);
+        if (went < 0)
             return MOAT_E_IO;
-        }
+        if (went == 0)
+            continue;
         for (size_t done = (size_t)w; done > 0; v++, cnt--) {
             size_t take = done < v->iov_len ? done : v->iov_len;
             v->iov_base = (uint8_t *)v->iov_base + take;
@@ -136,6 +156,11 @@ static moat_err write_iov(moat_client *c, struct iovec *v, int cnt)
     }
     c->last_send_ms = mono_ms();
     return MOAT_OK;
+}
+
+static moat_err write_iov(moat_client *c, struct iovec *v, int cnt)
+{
+    return write_iov_flags(c, v, cnt, 0);
 }
 
 static moat_err write_all(moat_client *c, const uint8_t *p, size_t n)
@@ -581,6 +606,7 @@ moat_err moat__connect(const char *addr, const moat_client_options *opts, moat_c
         return MOAT_E_NOMEM;
     }
     c->fd = -1;
+    c->splice_from = -1;
     c->next_id = 1;
     c->top = c;
     c->addr = strdup(addr);
@@ -655,6 +681,10 @@ void moat_client_close(moat_client *c)
     moat__router_free(c->router);
     if (c->fd >= 0)
         close(c->fd);
+    if (c->splice_made) {
+        close(c->splice_pipe[0]);
+        close(c->splice_pipe[1]);
+    }
     while (c->calls) {
         moat_call *next = c->calls->next;
         call_free_buffers(c->calls);
@@ -1076,26 +1106,94 @@ moat_err moat_call_send(moat_call *call, moat_slice payload, int timeout_ms)
     return send_frame(call->client, &f) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
 }
 
-moat_err moat__call_send_parts(moat_call *call, moat_slice head, moat_slice data, int timeout_ms)
+/* Waits for the credit of a message of head and len more bytes, takes it and encodes the
+ * frame's prefix and head into prefix (*n bytes). */
+static moat_err message_start(moat_call *call, moat_slice head, size_t len, int timeout_ms,
+                              uint8_t *prefix, size_t cap, size_t *n)
 {
-    size_t len = head.len + data.len;
-    uint8_t prefix[MOAT_WIRE_MESSAGE_PREFIX_MAX + 16];
-    if (head.len > sizeof(prefix) - MOAT_WIRE_MESSAGE_PREFIX_MAX)
+    len += head.len;
+    if (head.len > cap - MOAT_WIRE_MESSAGE_PREFIX_MAX)
         return MOAT_E_TOO_BIG;
     moat_err err = await_credit(call, len, timeout_ms);
     if (err != MOAT_OK)
         return err;
-    size_t n;
     /* the stream id is the owner's after a follow: encoded only now */
-    if (moat_wire_encode_message_prefix(call->id, len, prefix, MOAT_WIRE_MESSAGE_PREFIX_MAX, &n) !=
+    if (moat_wire_encode_message_prefix(call->id, len, prefix, MOAT_WIRE_MESSAGE_PREFIX_MAX, n) !=
         MOAT_OK)
         return MOAT_E_TOO_BIG;
-    memcpy(prefix + n, head.data, head.len);
+    memcpy(prefix + *n, head.data, head.len);
+    *n += head.len;
     moat_window_consume(&call->send_window, (uint32_t)len);
+    return MOAT_OK;
+}
+
+moat_err moat__call_send_parts(moat_call *call, moat_slice head, moat_slice data, int timeout_ms)
+{
+    uint8_t prefix[MOAT_WIRE_MESSAGE_PREFIX_MAX + 16];
+    size_t n;
+    moat_err err = message_start(call, head, data.len, timeout_ms, prefix, sizeof prefix, &n);
+    if (err != MOAT_OK)
+        return err;
     if (call->follow)
         record(call, head, data);
-    struct iovec iov[2] = {{prefix, n + head.len}, {(void *)data.data, data.len}};
+    struct iovec iov[2] = {{prefix, n}, {(void *)data.data, data.len}};
     return write_iov(call->client, iov, 2) == MOAT_OK ? MOAT_OK : MOAT_E_CLOSED;
+}
+
+bool moat__call_records(const moat_call *call)
+{
+    return call->follow;
+}
+
+int moat__client_splice_pipe(moat_client *c, int from, int *read_end)
+{
+    if (from != c->splice_from) {
+        struct stat st;
+        c->splice_from = from;
+        c->splice_ok = fstat(from, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISREG(st.st_mode));
+    }
+    if (!c->splice_ok)
+        return -1;
+    if (!c->splice_made) {
+        if (pipe2(c->splice_pipe, O_CLOEXEC) != 0)
+            return -1;
+        c->splice_made = true;
+        /* a message's worth in one splice (best effort, as pipe-max-size allows) */
+        (void)fcntl(c->splice_pipe[1], F_SETPIPE_SZ, 1 << 20);
+    }
+    *read_end = c->splice_pipe[0];
+    return c->splice_pipe[1];
+}
+
+void moat__client_splice_refused(moat_client *c, int from)
+{
+    c->splice_from = from;
+    c->splice_ok = false;
+}
+
+moat_err moat__call_send_spliced(moat_call *call, moat_slice head, int pipe_fd, size_t len,
+                                 int timeout_ms)
+{
+    uint8_t prefix[MOAT_WIRE_MESSAGE_PREFIX_MAX + 16];
+    size_t n;
+    moat_err err = message_start(call, head, len, timeout_ms, prefix, sizeof prefix, &n);
+    if (err != MOAT_OK)
+        return err;
+    moat_client *c = call->client;
+    struct iovec iov = {prefix, n};
+    if (write_iov_flags(c, &iov, 1, MSG_MORE) != MOAT_OK)
+        return MOAT_E_CLOSED;
+    while (len > 0) {
+        ssize_t w = splice(pipe_fd, NULL, c->fd, NULL, len, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        /* a failure leaves the frame cut: the connection cannot go on */
+        int went = write_outcome(c, w);
+        if (went < 0)
+            return MOAT_E_CLOSED;
+        if (went > 0)
+            len -= (size_t)w;
+    }
+    c->last_send_ms = mono_ms();
+    return MOAT_OK;
 }
 
 uint32_t moat_call_send_window(const moat_call *call)

@@ -2,6 +2,7 @@
 #ifndef MOAT_CLIENT_INTERNAL_H
 #define MOAT_CLIENT_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,6 +33,21 @@ moat_client *moat__call_client(const moat_call *call);
  * with one sendmsg from where they are: a bulk payload (stdin) is not copied into an encoded
  * request and then into a frame. */
 moat_err moat__call_send_parts(moat_call *call, moat_slice head, moat_slice data, int timeout_ms);
+/* Whether the call keeps what it sends, to send it again where its session moves (then every
+ * byte must pass through a buffer of ours). */
+bool moat__call_records(const moat_call *call);
+/* The client's own pipe for splicing from `from` (made on the first use, closed with the
+ * client; empty between messages): its write end, and its read end in *read_end; -1 if it
+ * cannot be made, or `from` is neither a pipe nor a file (a terminal's keystrokes are read,
+ * one syscall each, as before), or splice refused it (moat__client_splice_refused). What
+ * `from` is is looked up once, while it is the descriptor asked about. */
+int moat__client_splice_pipe(moat_client *c, int from, int *read_end);
+void moat__client_splice_refused(moat_client *c, int from);
+/* moat__call_send_parts of head and the len bytes that wait in pipe_fd (a pipe holding at
+ * least len), which splice moves to the connection: the kernel hands over the pipe's pages
+ * instead of copying them through a buffer. Not for a call that records. */
+moat_err moat__call_send_spliced(moat_call *call, moat_slice head, int pipe_fd, size_t len,
+                                 int timeout_ms);
 
 /* moat_call_start that fills st (not NULL) when the call cannot start. */
 moat_err moat__call_start(moat_client *c, const char *method, uint64_t deadline_ms,

@@ -1,5 +1,6 @@
 /* libmoat against a fake moatd: a real Unix/TCP socket served by a thread in
  * this process, speaking frames through moat_wire. */
+#include <fcntl.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
+#include <unistd.h>
 
 #include "moat_test.h"
 
@@ -888,6 +891,84 @@ static void test_interactive_send_waits_for_window(void **state)
     close_and_check_stdin(&s, c, call, sent);
 }
 
+/* moat_exec_stdin_from_fd from a file and a pipe (spliced once the routed call stops keeping
+ * what it sends) and from a terminal (read): the server gets every byte in order within its
+ * credit; an empty non-blocking pipe is MOAT_E_AGAIN and its end 0 bytes. */
+static void test_interactive_stdin_from_fd(void **state)
+{
+    (void)state;
+    fake s;
+    start_unix(&s);
+    moat_client *c = connect_unix(&s);
+    moat_interactive_req r = {.session_id = "sess-1", .command = "slow"};
+    moat_call *call = interactive_call(c, &r);
+    static uint8_t chunk[CHUNK];
+    uint64_t sent = 0;
+    size_t moved;
+    moat_err err;
+
+    char path[] = "/tmp/moat-stdin-XXXXXX";
+    int f = mkstemp(path);
+    assert_true(f >= 0);
+    unlink(path);
+    const uint64_t file_bytes = 64u * CHUNK;
+    for (uint64_t at = 0; at < file_bytes; at += CHUNK) {
+        fill_stdin(chunk, CHUNK, at);
+        assert_int_equal(write(f, chunk, CHUNK), CHUNK);
+    }
+    assert_int_equal(lseek(f, 0, SEEK_SET), 0);
+    while ((err = moat_exec_stdin_from_fd(call, f, CHUNK + 100, &moved, -1)) == MOAT_OK &&
+           moved > 0)
+        sent += moved;
+    assert_int_equal(err, MOAT_OK);
+    assert_int_equal(sent, file_bytes);
+    close(f);
+    /* past a window's worth, the routed call keeps nothing and the bytes went by splice */
+    assert_false(moat__call_records(call));
+
+    int p[2];
+    assert_int_equal(pipe2(p, O_NONBLOCK), 0);
+    fill_stdin(chunk, CHUNK, sent);
+    assert_int_equal(write(p[1], chunk, CHUNK), CHUNK);
+    assert_int_equal(moat_exec_stdin_from_fd(call, p[0], 2 * CHUNK, &moved, -1), MOAT_OK);
+    assert_int_equal(moved, CHUNK);
+    sent += moved;
+    assert_int_equal(moat_exec_stdin_from_fd(call, p[0], CHUNK, &moved, -1), MOAT_E_AGAIN);
+    assert_int_equal(moved, 0);
+    close(p[1]);
+    assert_int_equal(moat_exec_stdin_from_fd(call, p[0], CHUNK, &moved, -1), MOAT_OK);
+    assert_int_equal(moved, 0);
+    close(p[0]);
+
+    int master = posix_openpt(O_RDWR | O_NOCTTY);
+    assert_true(master >= 0);
+    assert_int_equal(grantpt(master), 0);
+    assert_int_equal(unlockpt(master), 0);
+    int tty = open(ptsname(master), O_RDWR | O_NOCTTY);
+    assert_true(tty >= 0);
+    struct termios raw;
+    assert_int_equal(tcgetattr(tty, &raw), 0);
+    cfmakeraw(&raw);
+    assert_int_equal(tcsetattr(tty, TCSANOW, &raw), 0);
+    fill_stdin(chunk, 1000, sent);
+    assert_int_equal(write(master, chunk, 1000), 1000);
+    for (uint64_t got = 0; got < 1000; got += moved) {
+        assert_int_equal(moat_exec_stdin_from_fd(call, tty, CHUNK, &moved, -1), MOAT_OK);
+        assert_true(moved > 0);
+    }
+    sent += 1000;
+    close(tty);
+    close(master);
+
+    assert_int_equal(moat_exec_close_stdin(call, -1), MOAT_OK);
+    static moat_exec_event ev;
+    while ((err = moat_exec_next(call, 10000, &ev)) == MOAT_OK)
+        ;
+    assert_int_equal(err, MOAT_E_CLOSED);
+    assert_int_equal(moat_call_status(call)->code, MOAT_CODE_OK);
+    close_and_check_stdin(&s, c, call, sent);
+}
+
 /* A server that never grants: sends go while the first window lasts, then a
  * send times out with nothing sent, and the server never got more than its
  * window. */
@@ -977,6 +1058,7 @@ int main(void)
         cmocka_unit_test(test_typed_calls),
         cmocka_unit_test(test_interactive_inputs),
         cmocka_unit_test(test_interactive_send_waits_for_window),
+        cmocka_unit_test(test_interactive_stdin_from_fd),
         cmocka_unit_test(test_interactive_never_granted),
         cmocka_unit_test(test_interactive_connection_drops),
     };

@@ -521,8 +521,6 @@ typedef struct session_io {
     bool stdin_open;     /* stdin is forwarded and has not ended */
     bool resize_pending; /* SIGWINCH came; the size goes when there is credit */
     int ended_by;        /* SIGTERM or SIGHUP to the CLI: the session is left */
-    uint8_t *buf;
-    size_t buf_cap;
 } session_io;
 
 /* Handles the signals the pipe holds. */
@@ -546,14 +544,11 @@ static void session_signals(session_io *io)
 static void session_stdin(session_io *io)
 {
     uint32_t credit = moat_call_send_window(io->call) - CONTROL_RESERVE;
-    size_t want = credit < io->buf_cap ? credit : io->buf_cap;
-    ssize_t n = read(STDIN_FILENO, io->buf, want);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+    size_t moved;
+    moat_err err = moat_exec_stdin_from_fd(io->call, STDIN_FILENO,
+                                           credit < STDIN_CHUNK ? credit : STDIN_CHUNK, &moved, -1);
+    if (err == MOAT_E_AGAIN || moved > 0)
         return;
-    if (n > 0) {
-        moat_exec_stdin(io->call, (moat_slice){io->buf, (size_t)n}, -1);
-        return;
-    }
     /* EOF, or a read error, which ends the input as EOF would */
     io->stdin_open = false;
     moat_exec_close_stdin(io->call, -1);
@@ -574,20 +569,14 @@ static int cmd_interactive(cli *c, const char *session, const char *cwd, bool fo
         r.term = getenv("TERM");
     }
     session_io io = {.tty = tty, .stdin_open = forward_stdin};
-    io.buf_cap = moat_exec_stdin_max(c->client);
-    if (io.buf_cap > STDIN_CHUNK)
-        io.buf_cap = STDIN_CHUNK;
-    io.buf = malloc(io.buf_cap);
     /* A pipe holds 64 KiB by default, so each read would bring at most that: a larger one
      * (best effort, capped by the kernel's pipe-max-size) halves the reads and wake-ups of a
      * bulk copy, and leaves the producer's side of the pipe no different. */
     struct stat in_st;
     if (forward_stdin && !tty && fstat(STDIN_FILENO, &in_st) == 0 && S_ISFIFO(in_st.st_mode))
         (void)fcntl(STDIN_FILENO, F_SETPIPE_SZ, 1 << 20);
-    if (io.buf == NULL || pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
-        free(io.buf);
+    if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
         return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory or descriptors");
-    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_session_signal;
@@ -633,7 +622,6 @@ static int cmd_interactive(cli *c, const char *session, const char *cwd, bool fo
     if (err == MOAT_OK)
         st = *moat_call_status(io.call);
     moat_call_free(io.call);
-    free(io.buf);
     /* No handler may write to the pipe's descriptors once they are closed (and reused). */
     sa.sa_handler = SIG_DFL;
     for (size_t i = 0; i < sizeof handled / sizeof handled[0]; i++)
