@@ -361,9 +361,10 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id, int64_t crea
                              moat_session *out, moat_status *st);
 
 typedef struct moat_pool_stats {
-    uint32_t size;     /* pool_size */
-    uint32_t ready;    /* slots ready to claim */
-    uint32_t starting; /* slots being started */
+    uint32_t size;       /* pool_size */
+    uint32_t ready;      /* slots ready to claim */
+    uint32_t starting;   /* slots being started */
+    uint32_t giving_way; /* of those, waiting for a create to end before their next step */
     /* Slot starts that failed in a row (0 once one succeeds): the image may not run execd. */
     uint32_t failures_in_row;
     char last_error[160]; /* the last failure's message, "" when none */
