@@ -11,7 +11,8 @@
  *     --pool_size), 100 sequential new chats, the pool refilling between them without being
  *     waited for (p50 < 15 ms, p95 < 30 ms), then 20 at once on a full pool (median < 50 ms);
  *     and with the pool empty (a pool of 1 whose sandbox each round claims first, untimed),
- *     each round also timing a create on the moatd without a pool, side by side
+ *     each round also timing a create on the moatd without a pool, side by side: the two in
+ *     turn, which goes first alternating, the pool's refill over before the other's create
  *  7. memory under attack (#12), its own moatd with the default memory budget: 251 finished runs
  *     of 4 MB, then 100 streams on one connection that reads nothing: peak RSS <= budget + 32 MB
  *     during each, and RSS within 2x the idle RSS (measured first, in the same run) 10 s after
@@ -26,8 +27,8 @@
  *
  * 10. terminals: moatd's RSS for idle terminal sessions (bench_terminals.c)
  *
- * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|memory|list|interactive|
- * terminals]... (needs dockerd, moat-sandbox:latest and the execd bundle from
+ * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|tti-burst|tti-empty|memory|
+ * list|interactive|terminals]... (needs dockerd, moat-sandbox:latest and the execd bundle from
  * scripts/build-sandbox-image.sh <build-dir>; env MOAT_BUILD_DIR = that build dir)
  * --quick shrinks counts (the figures are then indicative only); naming phases runs only
  * those. Every phase is bounded. With MOAT_BENCH_LOG_DIR set, tti runs its moatds at debug level,
@@ -677,47 +678,99 @@ static int tti_burst(const moatd_proc *p, int phase, int n, double *mv, double *
     return bad;
 }
 
-/* Time to interactive: a moatd without a pool (the main one), then one with a pool of 20 (100
- * sequential new chats without waiting for the pool between them, as use would not; then a
- * burst of 20 concurrent ones on a full pool), then one with a pool of 1 whose slot each round
- * claims first, so the timed create finds it empty while it refills. Each against the baseline
- * in the same run. */
-static void bench_tti(moatd_proc *p, int n, int burst)
+/* The burst: n concurrent new chats on a full pool of n, against n concurrent baselines. */
+static void tti_burst_report(moatd_proc *pp, raw_conn *rc, int n)
 {
-    tti_sequential(p, 1, n, "tti, no pool (create + echo hi)", 0, 0);
+    int before = claims_logged(pp);
+    if (!wait_pool_ready(rc, n))
+        return;
+    double mv[64], dv[64], cv[64];
+    int bad = tti_burst(pp, 3, n, mv, dv, cv);
+    char what[64];
+    snprintf(what, sizeof(what), "tti, burst of %d on a full pool, median", n);
+    tti_report(what, mv, dv, n, bad, 50, 0);
+    if (bad == 0)
+        printf("  (CreateSession p50 %.1f ms p95 %.1f ms)\n", percentile(cv, n, 0.5) * 1000,
+               percentile(cv, n, 0.95) * 1000);
+    printf("  (%d of %d burst creates claimed a pool sandbox)\n", claims_logged(pp) - before, n);
+    claim_steps(pp, before, 1);
+}
 
+/* A moatd with a pool of 20: 100 sequential new chats without waiting for the pool between
+ * them, as use would not (when sequential); then a burst of 20 concurrent ones on a full pool
+ * (when burst). */
+static void tti_warm(int n, int burst_n, bool sequential, bool burst)
+{
     moatd_proc pp;
-    if (!pool_moatd_start(&pp, burst)) {
+    if (!pool_moatd_start(&pp, burst_n)) {
         failures++;
         return;
     }
     raw_conn *rc = raw_connect_ready(pp.port, NULL);
-    if (rc != NULL && wait_pool_ready(rc, burst)) {
-        char what[64];
-        snprintf(what, sizeof(what), "tti, warm pool of %d", burst);
-        tti_sequential(&pp, 2, n, what, 15, 30);
-        printf("  (%d of %d sequential creates claimed a pool sandbox)\n", claims_logged(&pp), n);
-        claim_steps(&pp, 0, 1);
-        int before = claims_logged(&pp);
-        if (wait_pool_ready(rc, burst)) {
-            double mv[64], dv[64], cv[64];
-            int bad = tti_burst(&pp, 3, burst, mv, dv, cv);
-            snprintf(what, sizeof(what), "tti, burst of %d on a full pool, median", burst);
-            tti_report(what, mv, dv, burst, bad, 50, 0);
-            if (bad == 0)
-                printf("  (CreateSession p50 %.1f ms p95 %.1f ms)\n",
-                       percentile(cv, burst, 0.5) * 1000, percentile(cv, burst, 0.95) * 1000);
-            printf("  (%d of %d burst creates claimed a pool sandbox)\n",
-                   claims_logged(&pp) - before, burst);
-            claim_steps(&pp, before, 1);
+    if (rc != NULL && wait_pool_ready(rc, burst_n)) {
+        if (sequential) {
+            char what[64];
+            snprintf(what, sizeof(what), "tti, warm pool of %d", burst_n);
+            tti_sequential(&pp, 2, n, what, 15, 30);
+            printf("  (%d of %d sequential creates claimed a pool sandbox)\n", claims_logged(&pp),
+                   n);
+            claim_steps(&pp, 0, 1);
         }
+        /* Alone, one create first, as the sequential rounds would have made: moatd's first
+         * create fills its session list from the engine, which a burst would otherwise do 20
+         * times at once. */
+        char warm_chat[40], warm_sid[64];
+        chat_id(warm_chat, 7, 0);
+        bool warm = sequential || (create_session(rc, warm_chat, NULL, warm_sid, NULL) &&
+                                   stop_session(rc, warm_sid));
+        if (!warm)
+            failures++;
+        if (burst && warm)
+            tti_burst_report(&pp, rc, burst_n);
     }
     raw_close(rc);
     moatd_stop(&pp);
     log_warnings(&pp);
     keep_log(&pp, "tti-pool");
     moatd_remove_dir(pp.state_dir);
+}
 
+/* One timed create on the pool moatd pp just after its only slot was claimed (untimed), into
+ * *took; its sessions stopped, then its refill waited for, so that refill competes with no
+ * create of the other side. False when a step failed. */
+static bool empty_round(moatd_proc *pp, raw_conn *rc, moat_client *c, int i, double *took)
+{
+    char first[40], chat[40], sid[64], timed_sid[64] = "";
+    chat_id(first, 4, i);
+    chat_id(chat, 5, i);
+    bool claimed = wait_pool_ready(rc, 1) && create_session(rc, first, NULL, sid, NULL);
+    round_mark mark;
+    double create_took = 0;
+    round_begin(&mark, pp);
+    *took = claimed ? tti_once(rc, c, chat, timed_sid, &create_took) : -1;
+    print_slow_round(i, &mark, pp, *took, create_took);
+    return claimed && stop_session(rc, sid) && *took >= 0 &&
+           (timed_sid[0] == '\0' || stop_session(rc, timed_sid)) && wait_pool_ready(rc, 1);
+}
+
+/* One timed create on p, the moatd without a pool, into *took; its session stopped. */
+static bool cold_round(moatd_proc *p, raw_conn *rc, moat_client *c, int i, double *took)
+{
+    char chat[40], sid[64] = "";
+    chat_id(chat, 6, i);
+    round_mark mark;
+    double create_took = 0;
+    round_begin(&mark, p);
+    *took = tti_once(rc, c, chat, sid, &create_took);
+    print_slow_round(i, &mark, p, *took, create_took);
+    return *took >= 0 && (sid[0] == '\0' || stop_session(rc, sid));
+}
+
+/* A moatd with a pool of 1 whose slot each round claims first, so the timed create finds it
+ * empty, against a create on p, the moatd without a pool, in the same round. */
+static void tti_empty(moatd_proc *p, int n)
+{
+    moatd_proc pp;
     if (!pool_moatd_start(&pp, 1)) {
         failures++;
         return;
@@ -729,7 +782,7 @@ static void bench_tti(moatd_proc *p, int n, int burst)
     snprintf(main_addr, sizeof(main_addr), "127.0.0.1:%d", p->port);
     moat_client *c = NULL, *mc = NULL;
     moat_status st;
-    rc = raw_connect_ready(pp.port, NULL);
+    raw_conn *rc = raw_connect_ready(pp.port, NULL);
     raw_conn *mrc = raw_connect_ready(p->port, NULL);
     if (rc != NULL && mrc != NULL && moat_client_connect(addr, NULL, &c, &st) == MOAT_OK &&
         moat_client_connect(main_addr, NULL, &mc, &st) == MOAT_OK) {
@@ -738,23 +791,15 @@ static void bench_tti(moatd_proc *p, int n, int burst)
         double *nv = calloc((size_t)rounds, sizeof(double));
         double *dv = calloc((size_t)rounds, sizeof(double));
         for (int i = 0; i < rounds; i++) {
-            char first[40], chat[40], cold_chat[40], sid[64], name[96];
-            chat_id(first, 4, i);
-            chat_id(chat, 5, i);
-            chat_id(cold_chat, 6, i);
-            char timed_sid[64], cold_sid[64];
-            bool claimed = wait_pool_ready(rc, 1) && create_session(rc, first, NULL, sid, NULL);
-            round_mark mark, cold_mark;
-            double create_took = 0, cold_create_took = 0;
-            round_begin(&mark, &pp);
-            mv[i] = claimed ? tti_once(rc, c, chat, timed_sid, &create_took) : -1;
-            print_slow_round(i, &mark, &pp, mv[i], create_took);
-            bad += !claimed || !stop_session(rc, sid) || mv[i] < 0 ||
-                   (timed_sid[0] != '\0' && !stop_session(rc, timed_sid));
-            round_begin(&cold_mark, p);
-            nv[i] = tti_once(mrc, mc, cold_chat, cold_sid, &cold_create_took);
-            print_slow_round(i, &cold_mark, p, nv[i], cold_create_took);
-            bad += nv[i] < 0 || (cold_sid[0] != '\0' && !stop_session(mrc, cold_sid));
+            /* Which side goes first alternates, so neither always follows the baseline's
+             * removal or the other side's stops. */
+            for (int k = 0; k < 2; k++) {
+                if ((k == 0) == (i % 2 == 0))
+                    bad += !empty_round(&pp, rc, c, i, &mv[i]);
+                else
+                    bad += !cold_round(p, mrc, mc, i, &nv[i]);
+            }
+            char name[96];
             snprintf(name, sizeof(name), "%stti-5-%d", prefix, i);
             dv[i] = docker_tti(name);
             bad += dv[i] < 0 || !docker_tti_remove(name);
@@ -786,6 +831,19 @@ static void bench_tti(moatd_proc *p, int n, int burst)
     keep_log(&pp, "tti-empty");
     keep_log(p, "tti-main");
     moatd_remove_dir(pp.state_dir);
+}
+
+/* Time to interactive (tti: every part; tti-burst, tti-empty: that part alone): a moatd without
+ * a pool (the main one), then one with a pool of 20 (tti_warm), then the pool empty
+ * (tti_empty). Each against the baseline in the same run. */
+static void bench_tti(moatd_proc *p, int n, int burst, bool all, bool burst_only, bool empty_only)
+{
+    if (all)
+        tti_sequential(p, 1, n, "tti, no pool (create + echo hi)", 0, 0);
+    if (all || burst_only)
+        tti_warm(n, burst, all, true);
+    if (all || empty_only)
+        tti_empty(p, n);
 }
 
 /* Many streams at once: nconn libmoat connections, each running `per` commands
@@ -1143,8 +1201,10 @@ int main(int argc, char **argv)
         bench_list(quick ? 20 : 200, quick ? 10 : 50);
     if (want("terminals"))
         bench_terminals(quick ? 20 : 100);
-    if (!want("latency") && !want("stream") && !want("concurrent") && !want("tti") &&
-        !want("interactive"))
+    bool tti_all = want("tti"), tti_burst_only = want("tti-burst"),
+         tti_empty_only = want("tti-empty");
+    if (!want("latency") && !want("stream") && !want("concurrent") && !tti_all && !tti_burst_only &&
+        !tti_empty_only && !want("interactive"))
         return failures == 0 ? 0 : 1;
 
     moatd_proc p;
@@ -1187,8 +1247,8 @@ int main(int argc, char **argv)
                           quick ? (32ll << 20) : (256ll << 20));
     if (want("concurrent"))
         bench_concurrent(&p, quick ? 10 : 100, quick ? 100 : 1000);
-    if (want("tti"))
-        bench_tti(&p, quick ? 5 : 100, quick ? 5 : 20);
+    if (tti_all || tti_burst_only || tti_empty_only)
+        bench_tti(&p, quick ? 5 : 100, quick ? 5 : 20, tti_all, tti_burst_only, tti_empty_only);
     moatd_stop(&p);
     moatd_remove_dir(p.state_dir);
     docker_remove_prefixed(prefix);

@@ -152,6 +152,7 @@ struct moat_runtime {
     /* Slots reserved by cluster creates (in the busy set meanwhile, so no sweep removes them). */
     moat__reserved *pool_reserved;
     size_t pool_reserved_count;
+    size_t pool_giving_way; /* refills started before a create, waiting for it to end */
     uint32_t pool_failures_in_row;
     int64_t pool_retry_at_ms; /* after failures, no new start before this */
     char pool_last_error[160];
@@ -358,6 +359,10 @@ void moat__pool_slot_unbind(moat_runtime *rt, const char *session_id);
 /* A cold create's start and end: refills give way meanwhile. */
 void moat__pool_create_begin(moat_runtime *rt);
 void moat__pool_create_end(moat_runtime *rt);
+/* Called by a refill before each of its heavy steps (the engine's start of its container, its
+ * prepared workspace): waits while a create is in flight or just ended, unless a claim waits
+ * for a starting slot. */
+void moat__pool_give_way(moat_runtime *rt);
 void moat__pool_init(moat_runtime *rt);
 void moat__pool_destroy(moat_runtime *rt);
 

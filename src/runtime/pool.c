@@ -88,10 +88,10 @@ static moat_code slot_dir_make(moat_runtime *rt, const char *session_id, moat_st
         return mount_failed(st, "mkdir", dir);
     if (is_mount_point(dir))
         return MOAT_CODE_OK;
-    if (mount(dir, dir, NULL, MS_BIND, NULL) != 0)
+    if (mount(dir, dir, "none", MS_BIND, NULL) != 0)
         return mount_failed(st, "bind", dir);
-    if (mount(NULL, dir, NULL, MS_PRIVATE, NULL) != 0 ||
-        mount(NULL, dir, NULL, MS_SHARED, NULL) != 0) {
+    if (mount("none", dir, "none", MS_PRIVATE, NULL) != 0 ||
+        mount("none", dir, "none", MS_SHARED, NULL) != 0) {
         mount_failed(st, "make shared", dir);
         umount2(dir, UMOUNT_NOFOLLOW);
         return st->code;
@@ -109,7 +109,7 @@ moat_code moat__pool_slot_bind(moat_runtime *rt, const char *session_id, const c
     if (same_dir(dir, ws_dir))
         return MOAT_CODE_OK;
     /* A bind keeps the workspace's own flags (nosuid,nodev; its quota is its file system's). */
-    if (mount(ws_dir, dir, NULL, MS_BIND, NULL) != 0)
+    if (mount(ws_dir, dir, "none", MS_BIND, NULL) != 0)
         return mount_failed(st, "bind the workspace on", dir);
     return MOAT_CODE_OK;
 }
@@ -211,6 +211,8 @@ static moat_code slot_start(moat_runtime *rt, moat__slot *slot, moat_status *st)
      * does. A claim already waiting for a slot has attached its chat's workspace while it
      * waited, so none is made for it to wait for. */
     uint64_t t_started = moat_time_mono_ns();
+    if (rt->ws.quota)
+        moat__pool_give_way(rt);
     pthread_mutex_lock(&rt->pool_mu);
     bool claim_waits = rt->pool_claims_waiting > 0;
     pthread_mutex_unlock(&rt->pool_mu);
@@ -255,24 +257,48 @@ static void slot_failed(moat_runtime *rt, const moat_status *st)
              rt->pool_failures_in_row, (long long)wait, moat_code_name(st->code), st->message);
 }
 
+/* Under pool_mu: waits to be woken by a create's end, a claim or a stop, at most until the
+ * pause after the last create ends or 200 ms (to recheck the budget and any backoff). */
+static void wait_quiet(moat_runtime *rt)
+{
+    int64_t quiet_ms = rt->pool_quiet_until_ms - moat_time_now_ms();
+    long wait_ns = quiet_ms > 0 && quiet_ms < 200 ? (long)quiet_ms * 1000000 : 200000000;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += wait_ns;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&rt->pool_cv, &rt->pool_mu, &until);
+}
+
+void moat__pool_give_way(moat_runtime *rt)
+{
+    uint64_t t0 = moat_time_mono_ns();
+    pthread_mutex_lock(&rt->pool_mu);
+    bool waited = false;
+    /* A claim waiting for a slot makes this refill that chat's: it goes on at once. */
+    while (!rt->pool_stop && rt->pool_claims_waiting == 0 &&
+           (rt->pool_creates_in_flight > 0 || moat_time_now_ms() < rt->pool_quiet_until_ms)) {
+        rt->pool_giving_way += !waited;
+        waited = true;
+        wait_quiet(rt);
+    }
+    rt->pool_giving_way -= waited;
+    pthread_mutex_unlock(&rt->pool_mu);
+    if (waited)
+        moat_log(MOAT_LOG_DEBUG, "pool_refill_gave_way", "waited_us=%llu",
+                 (unsigned long long)(moat_time_mono_ns() - t0) / 1000);
+}
+
 static void *fill_main(void *arg)
 {
     moat_runtime *rt = arg;
     pthread_mutex_lock(&rt->pool_mu);
     while (!rt->pool_stop) {
         if (!wants_slot(rt)) {
-            /* Woken by a claim or a stop; the timeout rechecks the budget and any backoff, and
-             * ends the pause after the last create. */
-            int64_t quiet_ms = rt->pool_quiet_until_ms - moat_time_now_ms();
-            long wait_ns = quiet_ms > 0 && quiet_ms < 200 ? (long)quiet_ms * 1000000 : 200000000;
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += wait_ns;
-            if (until.tv_nsec >= 1000000000) {
-                until.tv_sec++;
-                until.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&rt->pool_cv, &rt->pool_mu, &until);
+            wait_quiet(rt);
             continue;
         }
         rt->pool_starting++;
@@ -373,6 +399,7 @@ void moat_runtime_pool_stats(moat_runtime *rt, moat_pool_stats *out)
     out->ready = (uint32_t)rt->pool_ready_count;
     out->starting = (uint32_t)rt->pool_starting;
     out->reserved = (uint32_t)rt->pool_reserved_count;
+    out->giving_way = (uint32_t)rt->pool_giving_way;
     out->failures_in_row = rt->pool_failures_in_row;
     snprintf(out->last_error, sizeof(out->last_error), "%s", rt->pool_last_error);
     pthread_mutex_unlock(&rt->pool_mu);
@@ -416,8 +443,10 @@ static bool will_wait(moat_runtime *rt)
 {
     pthread_mutex_lock(&rt->pool_mu);
     bool waits = rt->pool_ready_count == 0 && rt->pool_starting > rt->pool_claims_waiting;
-    if (waits)
+    if (waits) {
         rt->pool_claims_waiting++;
+        pthread_cond_broadcast(&rt->pool_cv); /* a refill giving way is this claim's now */
+    }
     pthread_mutex_unlock(&rt->pool_mu);
     return waits;
 }

@@ -379,10 +379,11 @@ moat_code moat_runtime_pool_bind(moat_runtime *rt, const char *session_id, const
 void moat_runtime_pool_unreserve(moat_runtime *rt, const char *session_id, bool reuse);
 
 typedef struct moat_pool_stats {
-    uint32_t size;     /* pool_size */
-    uint32_t ready;    /* slots ready to claim */
-    uint32_t starting; /* slots being started */
-    uint32_t reserved; /* slots reserved by cluster creates, neither bound nor given back yet */
+    uint32_t size;       /* pool_size */
+    uint32_t ready;      /* slots ready to claim */
+    uint32_t starting;   /* slots being started */
+    uint32_t giving_way; /* of those, waiting for a create to end before their next step */
+    uint32_t reserved;   /* slots reserved by cluster creates, neither bound nor given back yet */
     /* Slot starts that failed in a row (0 once one succeeds): the image may not run execd. */
     uint32_t failures_in_row;
     char last_error[160]; /* the last failure's message, "" when none */

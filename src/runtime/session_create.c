@@ -486,6 +486,7 @@ moat_code moat__sandbox_start(moat_runtime *rt, const moat__sandbox_request *req
                               moat__workspace *ws, char container_id[MOAT_CONTAINER_ID_MAX],
                               moat_status *st)
 {
+    uint64_t t0 = moat_time_mono_ns();
     container_id[0] = '\0';
     char session_dir[MOAT_RUNTIME_PATH_MAX];
     snprintf(session_dir, sizeof(session_dir), "%s/sessions/%s", rt->cfg.state_dir,
@@ -533,12 +534,26 @@ moat_code moat__sandbox_start(moat_runtime *rt, const moat__sandbox_request *req
                         "docker created no container id for session %s", req->session_id);
     if (st->code != MOAT_CODE_OK)
         return st->code;
+    uint64_t t_created = moat_time_mono_ns();
+    /* A refill's start, the costliest step, waits for a user's create that began meanwhile. */
+    if (req->pool_slot)
+        moat__pool_give_way(rt);
+    uint64_t t_start = moat_time_mono_ns();
     snprintf(path, sizeof(path), "/containers/%s/start", container_id);
     if (moat_runtime_docker_call(rt, "start", "POST", path, NULL, NULL, st) == MOAT_CODE_OK) {
+        uint64_t t_started = moat_time_mono_ns();
         if (ws != NULL)
             moat__workspace_release(ws); /* the container's own mount of it holds it now */
-        if (wait_ready(rt, container_id, socket_path, req->execd_token, st) == MOAT_CODE_OK)
+        if (wait_ready(rt, container_id, socket_path, req->execd_token, st) == MOAT_CODE_OK) {
+            /* Where a sandbox's start goes: the engine's create and start, then execd. */
+            moat_log(MOAT_LOG_DEBUG, "sandbox_started",
+                     "session_id=%s pool_slot=%s create_us=%llu start_us=%llu ready_us=%llu",
+                     req->session_id, req->pool_slot ? "true" : "false",
+                     (unsigned long long)(t_created - t0) / 1000,
+                     (unsigned long long)(t_started - t_start) / 1000,
+                     (unsigned long long)(moat_time_mono_ns() - t_started) / 1000);
             return MOAT_CODE_OK;
+        }
     }
     remove_quietly(rt, container_id);
     return st->code;

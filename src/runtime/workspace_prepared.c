@@ -63,9 +63,9 @@ static moat_code staging_root_make(moat_runtime *rt, const char *slot_id, moat_s
         return staging_failed(st, slot_id, "mkdir", root);
     if (is_mount_point(root))
         return MOAT_CODE_OK;
-    if (mount(root, root, NULL, MS_BIND, NULL) != 0)
+    if (mount(root, root, "none", MS_BIND, NULL) != 0)
         return staging_failed(st, slot_id, "bind", root);
-    if (mount(NULL, root, NULL, MS_PRIVATE, NULL) != 0) {
+    if (mount("none", root, "none", MS_PRIVATE, NULL) != 0) {
         staging_failed(st, slot_id, "make private", root);
         umount2(root, UMOUNT_NOFOLLOW);
         return st->code;
@@ -175,7 +175,7 @@ moat_code moat__prepared_claim(moat_runtime *rt, const char *slot_id, const char
         moat_status_add_detail(st, "why", "io_error");
         return st->code;
     }
-    if (mount(staging, ws->dir, NULL, MS_MOVE, NULL) != 0) {
+    if (mount(staging, ws->dir, "none", MS_MOVE, NULL) != 0) {
         int err = errno;
         rename(image, prepared);
         close(lock_fd);

@@ -335,6 +335,7 @@ static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, co
     } else {
         answer = default_answer(fd, method, path, &status, scratch, sizeof(scratch));
     }
+    unsigned gen = fd->release_gen;
     bool is_start = strcmp(method, "POST") == 0 && strstr(path, "/start") && status < 300;
     if (is_start && fd->start_execd)
         launch_execd(fd);
@@ -342,7 +343,7 @@ static enum MHD_Result engine_handler(void *cls, struct MHD_Connection *conn, co
 
     if (routed && route.held) {
         pthread_mutex_lock(&fd->mu);
-        while (!fd->released_all)
+        while (!fd->released_all && fd->release_gen == gen)
             pthread_cond_wait(&fd->released, &fd->mu);
         pthread_mutex_unlock(&fd->mu);
     }
@@ -505,6 +506,14 @@ void fake_docker_route_hold(fake_docker *fd, const char *method, const char *url
     fake_route *r = add_route(fd, method, url_contains);
     if (r != NULL)
         r->held = true;
+}
+
+void fake_docker_release(fake_docker *fd)
+{
+    pthread_mutex_lock(&fd->mu);
+    fd->release_gen++;
+    pthread_cond_broadcast(&fd->released);
+    pthread_mutex_unlock(&fd->mu);
 }
 
 void fake_docker_route_cut(fake_docker *fd, const char *method, const char *url_contains)

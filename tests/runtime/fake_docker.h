@@ -37,8 +37,9 @@ typedef struct fake_docker {
     char socket_path[108];
     char api_version[16];
     pthread_mutex_t mu;
-    pthread_cond_t released; /* with released_all: held answers go out */
+    pthread_cond_t released; /* with released_all or a new release_gen: held answers go out */
     bool released_all;
+    unsigned release_gen; /* moved on by fake_docker_release */
     fake_request requests[FAKE_MAX_REQUESTS];
     size_t request_count;
     fake_route routes[FAKE_MAX_ROUTES];
@@ -72,6 +73,8 @@ void fake_docker_route(fake_docker *fd, const char *method, const char *url_cont
 /* Requests that match are answered only when fake_docker_stop runs: the client must give up
  * first, whatever the machine's speed. */
 void fake_docker_route_hold(fake_docker *fd, const char *method, const char *url_contains);
+/* Answers the requests held so far; later ones that match a held route wait again. */
+void fake_docker_release(fake_docker *fd);
 void fake_docker_route_cut(fake_docker *fd, const char *method, const char *url_contains);
 /* Number of recorded requests matching method and URL substring. */
 size_t fake_docker_count(fake_docker *fd, const char *method, const char *url_contains);

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "moat_test.h"
@@ -1887,6 +1888,113 @@ static void test_gvisor_pids_limits(void **state)
     assert_int_equal(moat_runtime_config_validate(&c, &st), MOAT_CODE_INVALID_ARGUMENT);
 }
 
+/* ---- the warm pool's refills give way to creates (issue #15) ---- */
+
+typedef struct cold_create {
+    fx *f;
+    moat_code code;
+} cold_create;
+
+static void *cold_create_main(void *arg)
+{
+    cold_create *c = arg;
+    moat_session s;
+    moat_status st;
+    c->code = create_default(c->f, CHAT_ID, &s, &st);
+    return NULL;
+}
+
+/* An inspect answer: the container has exited. */
+#define EXITED(id) "{\"Id\":\"" id "\",\"State\":{\"Running\":false,\"ExitCode\":1}}"
+
+/* Waits (at most 10 s, a bound for a stalled machine, not a measure) until the pool reports
+ * a refill giving way; false if it never does. */
+static bool pool_gives_way(fx *f)
+{
+    for (int i = 0; i < 10000; i++) {
+        moat_pool_stats ps;
+        moat_runtime_pool_stats(f->rt, &ps);
+        if (ps.giving_way == 1)
+            return true;
+        usleep(1000);
+    }
+    return false;
+}
+
+/* The index of the first recorded request matching method and url_contains, or -1. */
+static long request_index(fx *f, const char *method, const char *url_contains)
+{
+    long at = -1;
+    pthread_mutex_lock(&f->fd.mu);
+    for (size_t i = 0; i < f->fd.request_count && at < 0; i++)
+        if (strcmp(f->fd.requests[i].method, method) == 0 &&
+            strstr(f->fd.requests[i].url, url_contains) != NULL)
+            at = (long)i;
+    pthread_mutex_unlock(&f->fd.mu);
+    return at;
+}
+
+/* A refill under way when a user's create begins does not start its container until that
+ * create has ended: the user's create has the engine and the CPU to itself. */
+static void test_pool_refill_gives_way_to_create(void **state)
+{
+    fx *f = *state;
+    moat_require(geteuid() == 0, "a pool slot's directory is a bind mount: needs root");
+    moat_runtime_close(f->rt);
+    f->cfg.pool_size = 1;
+    f->cfg.pool_fill_concurrency = 1;
+    /* The cold create ends when the test says its container exited, not on a timer. */
+    f->cfg.readiness_timeout_ms = 60000;
+    open_runtime(f);
+    /* The refill's engine create is held, so the refill is under way when the create begins;
+     * the cold create's own is answered at once (the newer route wins) and its execd never
+     * answers. */
+    fake_docker_route_hold(&f->fd, "POST", "/containers/create");
+    fake_docker_route(&f->fd, "POST", "name=" PREFIX SESSION_ID, 201, "{\"Id\":\"cold-container\"}",
+                      1);
+    f->fd.start_execd = false; /* no request yet: the engine's threads do not read it */
+    moat_status st;
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    for (int i = 0; i < 10000 && fake_docker_count(&f->fd, "POST", "/containers/create") == 0; i++)
+        usleep(1000);
+    assert_int_equal(fake_docker_count(&f->fd, "POST", "/containers/create"), 1);
+
+    cold_create c = {f, MOAT_CODE_OK};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, cold_create_main, &c), 0);
+    for (int i = 0; i < 10000 && fake_docker_count(&f->fd, "POST", "cold-container/start") == 0;
+         i++)
+        usleep(1000);
+    bool cold_started = fake_docker_count(&f->fd, "POST", "cold-container/start") == 1;
+    /* The refill's create answers now, while the cold create waits for its execd. */
+    fake_docker_release(&f->fd);
+    bool gave_way = cold_started && pool_gives_way(f);
+    size_t early_starts = fake_docker_count(&f->fd, "POST", "container-123/start");
+    /* The cold container exits: the create fails and ends. */
+    fake_docker_route(&f->fd, "GET", "/containers/cold-container/json", 200,
+                      EXITED("cold-container"), -1);
+    pthread_join(th, NULL);
+    /* No execd answers for the slot either: its container exits too once started, and the
+     * engine answers the next refill's create at once, so the pool stops (or a failed test
+     * ends) without waiting out a timeout. */
+    fake_docker_route(&f->fd, "GET", "/containers/container-123/json", 200, EXITED("container-123"),
+                      -1);
+    fake_docker_route(&f->fd, "POST", "/containers/create", 201, "{\"Id\":\"container-123\"}", -1);
+    assert_true(cold_started);
+    assert_true(gave_way);
+    assert_int_equal(early_starts, 0);
+    assert_int_not_equal(c.code, MOAT_CODE_OK);
+
+    /* Then the refill goes on, its start after everything the cold create asked of the engine. */
+    for (int i = 0; i < 10000 && fake_docker_count(&f->fd, "POST", "container-123/start") == 0; i++)
+        usleep(1000);
+    long cold_removed = request_index(f, "DELETE", "/containers/cold-container");
+    long refill_start = request_index(f, "POST", "container-123/start");
+    moat_runtime_stop_pool(f->rt);
+    assert_true(cold_removed >= 0);
+    assert_true(refill_start > cold_removed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1895,6 +2003,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_create_as_root_when_asked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_runtime_setting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gvisor_pids_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_refill_gives_way_to_create, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens_differ, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_ignores_missing_container, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_wraps_docker_errors, setup, teardown),
