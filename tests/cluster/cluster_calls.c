@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "cluster/directory.h"
 #include "cluster_calls.h"
 #include "moat/v1/exec.pb-c.h"
 #include "moat/v1/files.pb-c.h"
@@ -165,6 +166,17 @@ void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const cha
                                    (moat_slice){(const uint8_t *)value, vn}, 0, &res, &st),
                      MOAT_CODE_OK);
     moat_etcd_result_free(&res);
+}
+
+void rc_claim_chat(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
+                   int64_t lease, const char *address)
+{
+    moat_session_record r;
+    fill_record(&r, sid, chat, owner, lease, address, MOAT_RECORD_CREATING, "");
+    moat_dir_claim_result res;
+    moat_status st;
+    assert_int_equal(moat_dir_claim(etcd, &r, lease, true, &res, &st), MOAT_CODE_OK);
+    assert_true(res.won);
 }
 
 bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *owner, int64_t lease,

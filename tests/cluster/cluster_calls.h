@@ -71,6 +71,10 @@ void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const cha
  * transaction; false when etcd refused one. No cmocka: benches use it too. */
 bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *owner, int64_t lease,
                     const char *address);
+/* Takes chats/<chat> for a new creating record sid of owner under lease, as owner's create
+ * would; asserts (cmocka) that it won. */
+void rc_claim_chat(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
+                   int64_t lease, const char *address);
 /* Puts any value at sessions/<sid>. */
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value);
 

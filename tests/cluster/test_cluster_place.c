@@ -5,7 +5,8 @@
  * stops are written to etcd; a SIGKILLed node's chats are placed elsewhere once its lease
  * expires, and restarted it stops its old incarnation's sessions; with all of etcd down creates
  * fail UNAVAILABLE while commands in a running session go on; garbage in the directory is a
- * status with a reason. */
+ * status with a reason; a chat held by a node that never answers its Hello, or that closes the
+ * connection once it has the create, is UNAVAILABLE peer_unavailable. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include "cluster/directory.h"
 #include "cluster_calls.h"
 #include "etcd_cluster.h"
+#include "fake_peer.h"
 #include "harness.h"
 #include "moat/v1/sandbox.pb-c.h"
 
@@ -241,6 +243,43 @@ static void stop_on(int i, const char *sid)
     assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/StopSession", &req.base, NULL, NULL, NULL, 0),
                      0);
     raw_close(c);
+}
+
+/* A chat held by a node (not a member: its address comes from the record) whose address is
+ * hostile: the create forwarded there is UNAVAILABLE peer_unavailable naming it. */
+static created create_held_by(const char *address)
+{
+    moat_node n0;
+    assert_true(etcd_cluster_lists_node(etcd, node_id[0], &n0));
+    char chat[MOAT_UUID_STR_LEN], sid[MOAT_UUID_STR_LEN];
+    new_chat(chat);
+    moat_uuid_generate(sid);
+    rc_claim_chat(etcd, sid, chat, "ghost-node", n0.lease, address);
+    return raw_create(node[0].port, TOKEN, chat, false, NULL);
+}
+
+static void test_forward_to_hostile_owner(void **state)
+{
+    (void)state;
+    REQUIRE();
+    fake_peer f;
+    assert_true(fake_peer_start(&f));
+    atomic_store(&f.close_mid_call, true);
+    created mid = create_held_by(f.address);
+    int calls = atomic_load(&f.calls);
+    fake_peer_stop(&f);
+    assert_int_equal(mid.code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(mid.reason, "peer_unavailable");
+    assert_int_equal(calls, 1);
+
+    /* Takes the connection in its kernel's backlog and never answers the Hello. */
+    char silent[32];
+    int fd = silent_peer_open(silent);
+    assert_true(fd >= 0);
+    created quiet = create_held_by(silent);
+    close(fd);
+    assert_int_equal(quiet.code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(quiet.reason, "peer_unavailable");
 }
 
 /* Through every node the same session, with its owner's address; one container; the records in
@@ -684,6 +723,7 @@ int main(void)
         cmocka_unit_test(test_force_new_on_owner),
         cmocka_unit_test(test_concurrent_creates_one_container),
         cmocka_unit_test(test_client_placed_by_changes_nothing),
+        cmocka_unit_test(test_forward_to_hostile_owner),
         cmocka_unit_test(test_renew_and_stop_written),
         cmocka_unit_test(test_garbage_in_directory),
         cmocka_unit_test(test_etcd_down),
