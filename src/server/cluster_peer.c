@@ -1,8 +1,6 @@
 /* Calls to other nodes of the cluster over pooled framed-protocol connections (cluster_peer.h,
  * docs/CLUSTER.md "Between nodes"). The pool, its connections and their calls belong to the
- * loop; a worker's unary call reaches it through an async handle and waits on its own condition
- * variable, which the loop signals once it is done with the call. */
-#include <pthread.h>
+ * loop; a worker's unary call reaches it through cluster_peer_unary.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,14 +13,11 @@
 #define PEER_ID_DRAIN 0x80000000u
 
 typedef struct peer_conn peer_conn;
-typedef struct unary unary;
 
 typedef struct peer_pool {
     srv *s;
     peer_conn *conns;
-    uv_async_t async; /* a worker queued a unary call */
-    pthread_mutex_t mu;
-    unary *inbox; /* under mu */
+    peer_inbox *inbox; /* workers' unary calls (cluster_peer_unary.c) */
 } peer_pool;
 
 typedef enum peer_state { PEER_DIALING, PEER_HELLO, PEER_READY, PEER_CLOSING } peer_state;
@@ -68,6 +63,7 @@ struct peer_conn {
     uint32_t max_streams;    /* the HelloAck's, this node's own until then */
     uint32_t nwaiting, nactive;
     call_list waiting, active;
+    uint64_t pong_max; /* the highest call id a Pong came back for */
 };
 
 typedef struct write_req {
@@ -218,6 +214,11 @@ static void call_start(peer_call *c)
     free(c->req);
     c->req = NULL;
     c->method = NULL;
+    /* Its Pong says the peer's loop has read the call (moat__peer_call_heard). */
+    moat_frame ping = {0};
+    ping.kind = MOAT_FRAME_PING;
+    ping.u.ping.payload = c->id;
+    conn_send(pc, &ping);
     c->ops->started(c, c->ud, pc->initial_window);
 }
 
@@ -235,6 +236,11 @@ static peer_call *call_find(peer_conn *pc, uint32_t id)
         if (c->id == id)
             return c;
     return NULL;
+}
+
+bool moat__peer_call_heard(const peer_call *c)
+{
+    return c->id != 0 && c->conn->pong_max >= c->id;
 }
 
 bool moat__peer_call_send(peer_call *c, moat_slice payload)
@@ -398,6 +404,10 @@ static void conn_frame(peer_conn *pc, const moat_frame *f)
         conn_send(pc, &pong);
         return;
     }
+    case MOAT_FRAME_PONG:
+        if (f->u.pong.payload > pc->pong_max)
+            pc->pong_max = f->u.pong.payload;
+        return;
     case MOAT_FRAME_GO_AWAY:
         /* It finishes the calls it has and refuses new ones: those waiting here cannot go. */
         pc->draining = true;
@@ -582,185 +592,6 @@ peer_call *moat__peer_call_open(srv *s, const char *address, const char *method,
     return c;
 }
 
-/* ------------------------------------------------------------ a worker's unary call */
-
-struct unary {
-    /* The worker's, read on the loop. */
-    const char *address, *method;
-    moat_slice request;
-    uint64_t timeout_ms, deadline_at;
-    /* The loop's until done. */
-    peer_pool *pool;
-    peer_call *call;
-    uv_timer_t timer; /* PEER_CONNECT_MS to start, then the deadline */
-    bool finished, oom;
-    moat_code code;
-    moat_status *st;
-    uint8_t *resp;
-    size_t resp_len;
-    /* Under the pool's mu: the loop is done with it, and the worker may read and go. */
-    bool done;
-    pthread_cond_t cv;
-    unary *next;
-};
-
-static void unary_fail(unary *u, const char *why)
-{
-    moat_status_set(u->st, MOAT_CODE_UNAVAILABLE, "peer_unavailable",
-                    "node %s could not be reached for %s: %s", u->address, u->method, why);
-    moat_status_add_detail(u->st, "owner_address", u->address);
-    u->code = MOAT_CODE_UNAVAILABLE;
-}
-
-static void unary_done(unary *u)
-{
-    pthread_mutex_lock(&u->pool->mu);
-    u->done = true;
-    pthread_cond_signal(&u->cv);
-    pthread_mutex_unlock(&u->pool->mu);
-}
-
-static void on_unary_timer_closed(uv_handle_t *h)
-{
-    unary_done(h->data);
-}
-
-/* Records the outcome once, and lets the worker go once the timer has closed. */
-static void unary_finish(unary *u, const moat_status *end, const char *failed)
-{
-    if (u->finished)
-        return;
-    u->finished = true;
-    if (u->call != NULL && failed != NULL)
-        moat__peer_call_cancel(u->call, failed);
-    u->call = NULL;
-    if (end == NULL) {
-        unary_fail(u, failed);
-    } else if (u->oom) {
-        moat_status_set(u->st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
-        u->code = MOAT_CODE_RESOURCE_EXHAUSTED;
-    } else {
-        *u->st = *end;
-        u->code = end->code;
-    }
-    if (u->code != MOAT_CODE_OK) {
-        free(u->resp);
-        u->resp = NULL;
-        u->resp_len = 0;
-    }
-    uv_close((uv_handle_t *)&u->timer, on_unary_timer_closed);
-}
-
-static void on_unary_timer(uv_timer_t *t)
-{
-    unary *u = t->data;
-    unary_finish(u, NULL,
-                 u->call != NULL && moat__now_ms() < u->deadline_at
-                     ? "it did not take the call in time"
-                     : "no answer before the deadline");
-}
-
-static void unary_started(peer_call *c, void *ud, uint32_t window)
-{
-    (void)c;
-    (void)window;
-    unary *u = ud;
-    uint64_t now = moat__now_ms();
-    uv_timer_start(&u->timer, on_unary_timer, u->deadline_at > now ? u->deadline_at - now : 0, 0);
-}
-
-static void unary_message(peer_call *c, void *ud, moat_slice payload)
-{
-    (void)c;
-    unary *u = ud;
-    if (u->resp != NULL || u->oom)
-        return;
-    u->resp = malloc(payload.len + 1);
-    u->oom = u->resp == NULL;
-    if (u->resp != NULL && payload.len > 0)
-        memcpy(u->resp, payload.data, payload.len);
-    u->resp_len = payload.len;
-}
-
-static void unary_window(peer_call *c, void *ud, uint32_t increment)
-{
-    (void)c;
-    (void)ud;
-    (void)increment;
-}
-
-static void unary_ended(peer_call *c, void *ud, const moat_status *end, const char *failed)
-{
-    (void)c;
-    unary *u = ud;
-    u->call = NULL;
-    unary_finish(u, end, failed);
-}
-
-static const peer_call_ops unary_ops = {unary_started, unary_message, unary_window, unary_ended};
-
-static void unary_begin(peer_pool *pool, unary *u)
-{
-    u->pool = pool;
-    uv_timer_init(pool->s->loop, &u->timer);
-    u->timer.data = u;
-    /* A node that is alive but stuck (stopped, swapping, its loop blocked) accepts connections
-     * in its kernel and answers nothing: the call gets a few seconds of its deadline to be
-     * taken, so such a node is passed over at once rather than at the deadline. */
-    uint64_t connect_ms = u->timeout_ms < PEER_CONNECT_MS ? u->timeout_ms : PEER_CONNECT_MS;
-    uv_timer_start(&u->timer, on_unary_timer, connect_ms, 0);
-    u->call = moat__peer_call_open(pool->s, u->address, u->method, u->request, u->deadline_at,
-                                   &unary_ops, u);
-    if (u->call == NULL)
-        unary_finish(u, NULL, "the call could not be opened");
-}
-
-static void on_async(uv_async_t *a)
-{
-    peer_pool *pool = a->data;
-    pthread_mutex_lock(&pool->mu);
-    unary *u = pool->inbox;
-    pool->inbox = NULL;
-    pthread_mutex_unlock(&pool->mu);
-    while (u != NULL) {
-        unary *next = u->next;
-        unary_begin(pool, u);
-        u = next;
-    }
-}
-
-moat_code moat__peer_unary(srv *s, const char *address, const char *method, moat_slice request,
-                           uint64_t timeout_ms, uint8_t **response, size_t *response_len,
-                           moat_status *st)
-{
-    peer_pool *pool = s->peers;
-    unary u = {.address = address, .method = method, .request = request, .st = st};
-    u.timeout_ms = timeout_ms;
-    u.deadline_at = moat__now_ms() + timeout_ms;
-    *response = NULL;
-    *response_len = 0;
-    if (pool == NULL) {
-        unary_fail(&u, "this node is not in a cluster");
-        return u.code;
-    }
-    pthread_cond_init(&u.cv, NULL);
-    pthread_mutex_lock(&pool->mu);
-    u.next = pool->inbox;
-    pool->inbox = &u;
-    pthread_mutex_unlock(&pool->mu);
-    uv_async_send(&pool->async);
-    /* The loop always finishes it: the timer bounds it, and the pool is closed only once no
-     * job runs. */
-    pthread_mutex_lock(&pool->mu);
-    while (!u.done)
-        pthread_cond_wait(&u.cv, &pool->mu);
-    pthread_mutex_unlock(&pool->mu);
-    pthread_cond_destroy(&u.cv);
-    *response = u.resp;
-    *response_len = u.resp_len;
-    return u.code;
-}
-
 /* ------------------------------------------------------------ the pool */
 
 moat_err moat__peers_init(srv *s)
@@ -771,20 +602,19 @@ moat_err moat__peers_init(srv *s)
     if (pool == NULL)
         return MOAT_E_NOMEM;
     pool->s = s;
-    pthread_mutex_init(&pool->mu, NULL);
-    uv_async_init(s->loop, &pool->async, on_async);
-    pool->async.data = pool;
-    /* It keeps the loop alive no more than a connection would. */
-    uv_unref((uv_handle_t *)&pool->async);
+    pool->inbox = moat__peer_inbox_new(s);
+    if (pool->inbox == NULL) {
+        free(pool);
+        return MOAT_E_NOMEM;
+    }
     s->peers = pool;
     return MOAT_OK;
 }
 
-static void on_pool_closed(uv_handle_t *h)
+peer_inbox *moat__peers_inbox(srv *s)
 {
-    peer_pool *pool = h->data;
-    pthread_mutex_destroy(&pool->mu);
-    free(pool);
+    peer_pool *pool = s->peers;
+    return pool != NULL ? pool->inbox : NULL;
 }
 
 void moat__peers_close(srv *s)
@@ -795,5 +625,6 @@ void moat__peers_close(srv *s)
     s->peers = NULL;
     while (pool->conns != NULL)
         conn_close(pool->conns, "moatd is shutting down");
-    uv_close((uv_handle_t *)&pool->async, on_pool_closed);
+    moat__peer_inbox_close(pool->inbox);
+    free(pool);
 }

@@ -41,6 +41,9 @@ typedef struct peer_call_ops {
  * then. */
 peer_call *moat__peer_call_open(srv *s, const char *address, const char *method, moat_slice request,
                                 uint64_t deadline_at, const peer_call_ops *ops, void *ud);
+/* Whether the peer answered the Ping sent after c's Call: its loop has read the call, where a
+ * stuck node's kernel takes it alone. */
+bool moat__peer_call_heard(const peer_call *c);
 /* One more input message (client streaming), within the credit the peer gave. */
 bool moat__peer_call_send(peer_call *c, moat_slice payload);
 /* Lets the peer send increment more bytes of responses. A no-op before started. */
@@ -51,8 +54,9 @@ void moat__peer_call_cancel(peer_call *c, const char *why);
 
 /* One unary call from a worker thread, through the loop's pool: *response (free()) gets the
  * answer's message. The peer's status as it ended the call, or UNAVAILABLE "peer_unavailable"
- * (detail owner_address) when it could not be reached, took more than the smaller of
- * timeout_ms and PEER_CONNECT_MS to take the call, or did not answer within timeout_ms.
+ * (detail owner_address) when it could not be reached, had not taken the call (read it, by
+ * its Pong) within the smaller of timeout_ms and PEER_CONNECT_MS, or did not answer within
+ * timeout_ms.
  * Blocking; not on the loop. */
 #define PEER_CONNECT_MS 3000u
 moat_code moat__peer_unary(srv *s, const char *address, const char *method, moat_slice request,
@@ -62,5 +66,12 @@ moat_code moat__peer_unary(srv *s, const char *address, const char *method, moat
 /* The pool in cluster mode (nothing otherwise); closed with the server, after its jobs. */
 moat_err moat__peers_init(srv *s);
 void moat__peers_close(srv *s);
+
+/* Between the pool and cluster_peer_unary.c: the workers' inbox, made and closed with the pool
+ * (NULL when out of memory), and the pool's (NULL outside a cluster). */
+typedef struct peer_inbox peer_inbox;
+peer_inbox *moat__peer_inbox_new(srv *s);
+void moat__peer_inbox_close(peer_inbox *in);
+peer_inbox *moat__peers_inbox(srv *s);
 
 #endif

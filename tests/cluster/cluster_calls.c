@@ -26,7 +26,7 @@ static void rc_copy(moat_slice s, char *out, size_t cap)
 rc_end rc_call(raw_conn *c, const char *method, const ProtobufCMessage *req,
                const ProtobufCMessageDescriptor *resp_desc)
 {
-    rc_end e = {-1, "", "", "", NULL};
+    rc_end e = {-1, "", "", "", "", NULL};
     uint32_t id = raw_call(c, method, 0, req);
     for (;;) {
         moat_frame f;
@@ -38,6 +38,7 @@ rc_end rc_call(raw_conn *c, const char *method, const ProtobufCMessage *req,
         } else if (f.kind == MOAT_FRAME_END) {
             e.code = (int)f.u.end.code;
             rc_copy(f.u.end.reason, e.reason, sizeof(e.reason));
+            rc_copy(f.u.end.message, e.message, sizeof(e.message));
             for (size_t i = 0; i < f.u.end.detail_count; i++) {
                 if (moat_slice_eq_str(f.u.end.details[i].key, "owner_address"))
                     rc_copy(f.u.end.details[i].value, e.owner_address, sizeof(e.owner_address));

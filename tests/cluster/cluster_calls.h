@@ -36,6 +36,7 @@ void rc_cluster_close(rc_node *nodes, int count, etcd_cluster *cl, moat_etcd *et
 typedef struct rc_end {
     int code; /* -1: no End (transport failure) */
     char reason[64];
+    char message[160];
     char owner_address[MOAT_NODE_ADDRESS_MAX];
     char owner_node[MOAT_NODE_ID_MAX];
     ProtobufCMessage *resp; /* the response message, when resp_desc was given */

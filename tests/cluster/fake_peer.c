@@ -81,12 +81,22 @@ static bool serve(fake_peer *f, fake_state *fs, int i)
                 return false;
         } else if (fr.kind == MOAT_FRAME_CALL) {
             atomic_fetch_add(&f->calls, 1);
+            if (atomic_load(&f->mute))
+                continue;
             if (atomic_load(&f->close_mid_call))
                 return false;
             /* As moatd refuses a call past the streams its HelloAck allowed. */
             if (fs->open[i] >= (uint32_t)atomic_load(&f->max_streams))
                 atomic_fetch_add(&f->refused, 1);
             fs->open[i]++;
+        } else if (atomic_load(&f->mute)) {
+            continue;
+        } else if (fr.kind == MOAT_FRAME_PING) {
+            moat_frame pong = {0};
+            pong.kind = MOAT_FRAME_PONG;
+            pong.u.pong.payload = fr.u.ping.payload;
+            if (!raw_send(c, &pong))
+                return false;
         } else if (fr.kind == MOAT_FRAME_MESSAGE && fs->nheld < HELD) {
             fs->held_conn[fs->nheld] = i;
             fs->held_id[fs->nheld++] = fr.stream_id;

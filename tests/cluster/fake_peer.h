@@ -1,9 +1,10 @@
 /* A fake cluster node on loopback for the hostile cases of calls between nodes (cluster_peer.c):
  * it serves up to 8 connections at once on its own thread, answers each Hello with a HelloAck
  * announcing max_streams, and then either closes a connection as soon as a call arrives on it,
- * or ends every call with its own status (NOT_FOUND "fake_end", detail fake_key=fake_value),
- * once it has seen hold_until calls in all, and keeps the connection open for the next, as a
- * pooled one. A call past max_streams open on one connection is counted in refused. */
+ * or answers nothing more (mute), or ends every call with its own status (NOT_FOUND "fake_end",
+ * detail fake_key=fake_value), once it has seen hold_until calls in all, and keeps the connection
+ * open for the next, as a pooled one. A call past max_streams open on one connection is counted in
+ * refused. */
 #ifndef MOAT_TEST_FAKE_PEER_H
 #define MOAT_TEST_FAKE_PEER_H
 
@@ -16,6 +17,7 @@ typedef struct fake_peer {
     char address[32]; /* 127.0.0.1:<port> */
     pthread_t thread;
     atomic_bool close_mid_call; /* the next calls get the connection closed on them */
+    atomic_bool mute;           /* past Hellos, it answers nothing: a stuck node's kernel */
     atomic_int max_streams;     /* in its HelloAck; 8 unless set before the first connection */
     atomic_int hold_until;      /* calls are ended once this many came (0: at once) */
     atomic_int refused;         /* calls that came past max_streams on their connection */

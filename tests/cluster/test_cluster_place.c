@@ -6,7 +6,8 @@
  * expires, and restarted it stops its old incarnation's sessions; with all of etcd down creates
  * fail UNAVAILABLE while commands in a running session go on; garbage in the directory is a
  * status with a reason; a chat held by a node that never answers its Hello, or that closes the
- * connection once it has the create, is UNAVAILABLE peer_unavailable. */
+ * connection once it has the create, or that stops answering on a pooled connection, is
+ * UNAVAILABLE peer_unavailable. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -280,6 +281,39 @@ static void test_forward_to_hostile_owner(void **state)
     close(fd);
     assert_int_equal(quiet.code, MOAT_CODE_UNAVAILABLE);
     assert_string_equal(quiet.reason, "peer_unavailable");
+}
+
+/* A node that took a forward over a pooled connection and then stopped answering (its kernel
+ * still takes what is sent): the next create is passed over after PEER_CONNECT_MS, not held
+ * to the forward's deadline. The first shows the owner's End relayed as it came. */
+static void test_forward_to_stuck_pooled_owner(void **state)
+{
+    (void)state;
+    REQUIRE();
+    fake_peer f;
+    assert_true(fake_peer_start(&f));
+    moat_node n0;
+    assert_true(etcd_cluster_lists_node(etcd, node_id[0], &n0));
+    raw_conn *c = raw_connect_ready(node[0].port, TOKEN);
+    assert_non_null(c);
+    rc_end e[2];
+    for (int i = 0; i < 2; i++) {
+        char chat[MOAT_UUID_STR_LEN], sid[MOAT_UUID_STR_LEN];
+        new_chat(chat);
+        moat_uuid_generate(sid);
+        rc_claim_chat(etcd, sid, chat, "ghost-node", n0.lease, f.address);
+        atomic_store(&f.mute, i == 1);
+        Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
+        req.chat_id = chat;
+        e[i] = rc_call(c, "/moat.v1.Sandboxes/CreateSession", &req.base, NULL);
+    }
+    raw_close(c);
+    int accepted = atomic_load(&f.accepted);
+    fake_peer_stop(&f);
+    assert_true(rc_is(&e[0], MOAT_CODE_NOT_FOUND, "fake_end"));
+    assert_true(rc_is(&e[1], MOAT_CODE_UNAVAILABLE, "peer_unavailable"));
+    assert_non_null(strstr(e[1].message, "did not take the call in time"));
+    assert_int_equal(accepted, 1);
 }
 
 /* Through every node the same session, with its owner's address; one container; the records in
@@ -724,6 +758,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_creates_one_container),
         cmocka_unit_test(test_client_placed_by_changes_nothing),
         cmocka_unit_test(test_forward_to_hostile_owner),
+        cmocka_unit_test(test_forward_to_stuck_pooled_owner),
         cmocka_unit_test(test_renew_and_stop_written),
         cmocka_unit_test(test_garbage_in_directory),
         cmocka_unit_test(test_etcd_down),
