@@ -7,7 +7,8 @@
  *
  * The pool (srv's peers, made by moat__peers_init in cluster mode, freed by moat__peers_close
  * once no job runs) keeps at most PEER_CONNS_MAX connections per peer address, each carrying
- * up to the peer's max_concurrent_streams calls at once; a call beyond them waits for a slot. A
+ * up to the peer's max_concurrent_streams calls at once: a call goes on the first with room,
+ * else on a new one while there are fewer, else waits for a slot on the least busy. A
  * connection that fails, closes, does not answer its Hello within hello_timeout_seconds, or
  * sends what does not decode leaves the pool at once and fails its calls; one that sent GoAway
  * finishes its calls and takes no new one. Loop thread only, except moat__peer_unary. */
@@ -56,8 +57,7 @@ void moat__peer_call_cancel(peer_call *c, const char *why);
  * answer's message. The peer's status as it ended the call, or UNAVAILABLE "peer_unavailable"
  * (detail owner_address) when it could not be reached, had not taken the call (read it, by
  * its Pong) within the smaller of timeout_ms and PEER_CONNECT_MS, or did not answer within
- * timeout_ms.
- * Blocking; not on the loop. */
+ * timeout_ms. Blocking; not on the loop. */
 #define PEER_CONNECT_MS 3000u
 moat_code moat__peer_unary(srv *s, const char *address, const char *method, moat_slice request,
                            uint64_t timeout_ms, uint8_t **response, size_t *response_len,
