@@ -2,7 +2,8 @@
 # Removes exactly what scripts/cluster-up.sh made, as its manifest records it (also after a
 # cluster-up that failed half way), newest first: its processes (SIGTERM, SIGKILL after 20 s,
 # and a dockerd's containerd), the mounts under its directory, its links and namespaces, then
-# the directory. Anything the manifest does not name is left alone. Idempotent.
+# the directory (with the token, the logs, the data, and the keys and certificates of --tls).
+# Anything the manifest does not name is left alone. Idempotent.
 #
 # Usage: scripts/cluster-down.sh   (as root; MOAT_CLUSTER_PREFIX / MOAT_CLUSTER_DIR as for up)
 set -euo pipefail

@@ -80,7 +80,7 @@ static double drop_out_s(moat_etcd *e, const etcd_cluster *cluster, int64_t ttl_
                                 .request_timeout_ms = 1000};
         moat_status st;
         moat_etcd *own = moat_etcd_open(&cfg, &st);
-        moat_membership_config mcfg = {own, "doomed", "127.0.0.1:1", ttl_s, {1, 0, 1, 0}, 0};
+        moat_membership_config mcfg = {own, "doomed", "127.0.0.1:1", ttl_s, {1, 0, 1, 0, 0}, 0};
         if (own == NULL || moat_membership_start(&mcfg, &st) == NULL)
             _exit(1);
         for (;;)
@@ -171,7 +171,7 @@ int main(void)
         moat_node n = {0};
         snprintf(n.id, sizeof(n.id), "node-%03d", i);
         snprintf(n.address, sizeof(n.address), "10.0.%d.%d:7070", i / 250, i % 250 + 1);
-        n.load = (moat_node_load){1000, i * 7, 64LL << 30, (int64_t)i << 28};
+        n.load = (moat_node_load){1000, i * 7, 64LL << 30, (int64_t)i << 28, 0};
         moat_node_key(n.id, key, sizeof(key));
         size_t len = moat_node_encode(&n, value, sizeof(value));
         must(moat_etcd_put(e, moat_slice_str(key), (moat_slice){(uint8_t *)value, len}, 0, &r, &st),

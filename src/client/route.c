@@ -14,11 +14,15 @@
 #define PEERS_MAX 16u
 /* A connection to another node with no call for this long is closed. */
 #define PEER_IDLE_MS 60000
-/* Sessions whose owner is remembered, and the hash buckets they are found by. */
+/* Sessions whose owner is remembered (the hash buckets they are found by are twice as many). */
 #define CACHE_ENTRIES 1024u
-#define CACHE_BUCKETS 2048u
 /* Distinct owner addresses the cache refers to (a cluster's nodes). */
 #define OWNERS_MAX 128u
+/* What the cache starts with, on a client's first redirect; it doubles up to the bounds above.
+ * All of it at once (116 KB) cost a new client's redirected call about 70 us of page faults
+ * (bench/cluster/bench_follow_real). */
+#define CACHE_FIRST  16u
+#define OWNERS_FIRST 4u
 
 typedef struct peer {
     moat_client *conn; /* NULL: a free slot */
@@ -47,9 +51,10 @@ struct moat__router {
     void *notify_arg;
     peer peers[PEERS_MAX];
     /* Made when the first owner is learnt: a single-node client never needs them. */
-    cache_entry *entries;
-    int32_t *buckets;
-    owner *owners;
+    cache_entry *entries; /* cap of them, made of them handed out (the others unset) */
+    int32_t *buckets;     /* 2 * cap */
+    owner *owners;        /* owners_cap */
+    uint32_t cap, made, owners_cap;
     uint32_t hand;
 };
 
@@ -153,39 +158,62 @@ bool moat__addr_ok(moat_slice addr)
 }
 
 /* FNV-1a: session ids are server-made UUIDs, spread well enough by it. */
-static uint32_t bucket_of(const char *session)
+static uint32_t bucket_of(const moat__router *r, const char *session)
 {
     uint32_t h = 2166136261u;
     for (const char *p = session; *p; p++)
         h = (h ^ (uint8_t)*p) * 16777619u;
-    return h & (CACHE_BUCKETS - 1);
+    return h & (2 * r->cap - 1);
+}
+
+static void cache_link(moat__router *r, int32_t i)
+{
+    int32_t *head = &r->buckets[bucket_of(r, r->entries[i].session)];
+    r->entries[i].next = *head;
+    *head = i;
+}
+
+/* Room for cap entries (a power of two, more than now), the buckets made again for it. */
+static bool cache_grow(moat__router *r, uint32_t cap)
+{
+    cache_entry *entries = realloc(r->entries, cap * sizeof *entries);
+    if (entries == NULL)
+        return false;
+    r->entries = entries;
+    int32_t *buckets = malloc(2 * cap * sizeof *buckets);
+    if (buckets == NULL)
+        return false; /* the entries stay as they were: the larger array is unused */
+    free(r->buckets);
+    r->buckets = buckets;
+    r->cap = cap;
+    for (size_t i = 0; i < 2 * cap; i++)
+        r->buckets[i] = -1;
+    for (uint32_t i = 0; i < r->made; i++)
+        if (r->entries[i].used)
+            cache_link(r, (int32_t)i);
+    return true;
 }
 
 static bool cache_made(moat__router *r)
 {
     if (r->entries != NULL)
         return true;
-    r->entries = calloc(CACHE_ENTRIES, sizeof *r->entries);
-    r->buckets = malloc(CACHE_BUCKETS * sizeof *r->buckets);
-    r->owners = calloc(OWNERS_MAX, sizeof *r->owners);
-    if (r->entries == NULL || r->buckets == NULL || r->owners == NULL) {
+    r->owners = calloc(OWNERS_FIRST, sizeof *r->owners);
+    if (r->owners == NULL || !cache_grow(r, CACHE_FIRST)) {
         free(r->entries);
-        free(r->buckets);
         free(r->owners);
         r->entries = NULL;
-        r->buckets = NULL;
         r->owners = NULL;
         return false;
     }
-    for (size_t i = 0; i < CACHE_BUCKETS; i++)
-        r->buckets[i] = -1;
+    r->owners_cap = OWNERS_FIRST;
     return true;
 }
 
 /* The entry of session, or -1; *link is where it is linked from. */
 static int32_t cache_find(moat__router *r, const char *session, int32_t **link)
 {
-    int32_t *l = &r->buckets[bucket_of(session)];
+    int32_t *l = &r->buckets[bucket_of(r, session)];
     while (*l >= 0 && strcmp(r->entries[*l].session, session) != 0)
         l = &r->entries[*l].next;
     if (link)
@@ -227,24 +255,38 @@ void moat__route_forget(moat_client *top, const char *session_id)
 static int owner_slot(moat__router *r, moat_slice addr)
 {
     int free_slot = -1;
-    for (size_t i = 0; i < OWNERS_MAX; i++) {
+    for (size_t i = 0; i < r->owners_cap; i++) {
         if (r->owners[i].refs > 0 && moat_slice_eq_str(addr, r->owners[i].addr))
             return (int)i;
         if (r->owners[i].refs == 0 && free_slot < 0)
             free_slot = (int)i;
+    }
+    owner *grown = free_slot < 0 && r->owners_cap < OWNERS_MAX
+                       ? realloc(r->owners, 2 * r->owners_cap * sizeof *grown)
+                       : NULL;
+    if (grown != NULL) {
+        memset(&grown[r->owners_cap], 0, r->owners_cap * sizeof *grown);
+        r->owners = grown;
+        free_slot = (int)r->owners_cap;
+        r->owners_cap *= 2;
     }
     if (free_slot >= 0)
         moat_slice_copy(addr, r->owners[free_slot].addr, sizeof r->owners[free_slot].addr);
     return free_slot;
 }
 
-/* A free entry: the clock hand passes entries looked up since its last turn
- * (clearing their mark) and takes the first one that was not. */
+/* A free entry: one never handed out, the cache grown for it while it may; then
+ * the clock hand passes entries looked up since its last turn (clearing their
+ * mark) and takes the first one that was not. */
 static int32_t cache_victim(moat__router *r)
 {
+    if (r->made == r->cap && r->cap < CACHE_ENTRIES)
+        cache_grow(r, 2 * r->cap); /* out of memory: the clock takes one, as when full */
+    if (r->made < r->cap)
+        return (int32_t)r->made++;
     for (;;) {
         uint32_t i = r->hand;
-        r->hand = (r->hand + 1) % CACHE_ENTRIES;
+        r->hand = (r->hand + 1) % r->cap;
         cache_entry *e = &r->entries[i];
         if (e->used && e->ref) {
             e->ref = false;
@@ -284,9 +326,7 @@ void moat__route_learn(moat_client *top, moat_slice session_id, moat_slice addr)
     e->owner = (uint16_t)slot;
     e->used = true;
     e->ref = false;
-    int32_t *head = &r->buckets[bucket_of(session)];
-    e->next = *head;
-    *head = i;
+    cache_link(r, i);
     r->owners[slot].refs++;
 }
 

@@ -1,4 +1,5 @@
 /* The cluster directory's reads and writes through etcd, and the power of two choices. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,9 +31,12 @@ bool moat_place_fits(const moat_node *n, int64_t memory_bytes)
            n->load.memory_total_bytes - n->load.memory_used_bytes >= memory_bytes;
 }
 
-/* Whether a is the better of two: more free slots, then more free memory. */
-static bool better(const moat_node *a, const moat_node *b)
+/* Whether a is the better of two: with warm, a ready pool sandbox (a create there starts no
+ * container), then more free slots, then more free memory. */
+static bool better(const moat_node *a, const moat_node *b, bool warm)
 {
+    if (warm && (a->load.pool_ready > 0) != (b->load.pool_ready > 0))
+        return a->load.pool_ready > 0;
     int64_t sa = a->load.slots_total - a->load.slots_used;
     int64_t sb = b->load.slots_total - b->load.slots_used;
     if (sa != sb)
@@ -42,7 +46,7 @@ static bool better(const moat_node *a, const moat_node *b)
 }
 
 long moat_place_choose(const moat_node *nodes, size_t count, int64_t memory_bytes, const char *home,
-                       uint64_t (*rnd)(void *), void *rnd_ctx)
+                       bool warm, uint64_t (*rnd)(void *), void *rnd_ctx)
 {
     size_t fit = 0;
     for (size_t i = 0; i < count; i++) {
@@ -71,7 +75,7 @@ long moat_place_choose(const moat_node *nodes, size_t count, int64_t memory_byte
             ib = (long)i;
         k++;
     }
-    return better(&nodes[ib], &nodes[ia]) ? ib : ia;
+    return better(&nodes[ib], &nodes[ia], warm) ? ib : ia;
 }
 
 /* ---- reads -------------------------------------------------------------------------------- */
@@ -301,17 +305,69 @@ moat_code moat_dir_renew(moat_etcd *etcd, const char *session_id, const char *no
     return code;
 }
 
+/* What one end writes: the keys and values its transaction points into, so they outlive it. */
+typedef struct end_write {
+    char rkey[MOAT_RECORD_KEY_MAX], ckey[MOAT_RECORD_KEY_MAX], hkey[MOAT_RECORD_KEY_MAX];
+    char rval[MOAT_RECORD_VALUE_MAX], hval[MOAT_RECORD_VALUE_MAX];
+    size_t rlen, hlen;
+} end_write;
+
+/* The keys of rec's session: false when they cannot be made. */
+static bool end_keys(end_write *w, const char *session_id, const char *chat_id)
+{
+    return moat_session_record_key(session_id, w->rkey, sizeof(w->rkey)) != 0 &&
+           moat_chat_record_key(chat_id, w->ckey, sizeof(w->ckey)) != 0 &&
+           moat_home_record_key(chat_id, w->hkey, sizeof(w->hkey)) != 0;
+}
+
+/* rec (node_id's, read at rrev) written ended at ended_at_ms with reason, and the chat's home:
+ * w's keys (end_keys) and values, and the compares and operations appended to cmp and ops; the
+ * chat key (at crev) compared and deleted only when ours (it names this session). false when a
+ * value cannot be made. */
+static bool end_prepare(end_write *w, moat_session_record *rec, const char *node_id,
+                        int64_t ended_at_ms, const char *reason, int64_t rrev, bool ours,
+                        int64_t crev, moat_etcd_cmp *cmp, size_t *ncmp, moat_etcd_op *ops,
+                        size_t *nops)
+{
+    rec->state = MOAT_RECORD_ENDED;
+    rec->ended_at_ms = ended_at_ms;
+    snprintf(rec->end_reason, sizeof(rec->end_reason), "%s", reason);
+    w->rlen = moat_session_record_encode(rec, w->rval, sizeof(w->rval));
+    w->hlen = moat_home_record_encode(node_id, w->hval, sizeof(w->hval));
+    if (w->rlen == 0 || w->hlen == 0)
+        return false;
+    cmp[(*ncmp)++] =
+        (moat_etcd_cmp){key_slice(w->rkey), MOAT_ETCD_MOD_REVISION, MOAT_ETCD_EQUAL, rrev};
+    ops[(*nops)++] = (moat_etcd_op){
+        MOAT_ETCD_OP_PUT, key_slice(w->rkey), {(const uint8_t *)w->rval, w->rlen}, 0, false};
+    ops[(*nops)++] = (moat_etcd_op){
+        MOAT_ETCD_OP_PUT, key_slice(w->hkey), {(const uint8_t *)w->hval, w->hlen}, 0, false};
+    if (ours) {
+        cmp[(*ncmp)++] =
+            (moat_etcd_cmp){key_slice(w->ckey), MOAT_ETCD_MOD_REVISION, MOAT_ETCD_EQUAL, crev};
+        ops[(*nops)++] =
+            (moat_etcd_op){MOAT_ETCD_OP_DELETE, key_slice(w->ckey), {NULL, 0}, 0, false};
+    }
+    return true;
+}
+
+static moat_code record_changed(moat_status *st, const char *what)
+{
+    moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "record_changed",
+                    "%s's record kept changing under its end", what);
+    return MOAT_CODE_FAILED_PRECONDITION;
+}
+
 moat_code moat_dir_end(moat_etcd *etcd, const char *session_id, const char *node_id,
                        int64_t ended_at_ms, const char *reason, bool *ended, moat_status *st)
 {
     *ended = false;
-    moat_code code = MOAT_CODE_OK;
     for (int i = 0; i < DIR_TRIES; i++) {
         moat_session_record rec;
         moat_chat_record chat;
         int64_t rrev = 0, crev = 0;
         bool found, chat_found;
-        code = moat_dir_record(etcd, session_id, &found, &rec, &rrev, st);
+        moat_code code = moat_dir_record(etcd, session_id, &found, &rec, &rrev, st);
         if (code != MOAT_CODE_OK || !found || rec.state == MOAT_RECORD_ENDED ||
             strcmp(rec.node_id, node_id) != 0)
             return code;
@@ -322,28 +378,15 @@ moat_code moat_dir_end(moat_etcd *etcd, const char *session_id, const char *node
         else if (code != MOAT_CODE_OK)
             return code;
         bool ours = chat_found && strcmp(chat.session_id, session_id) == 0;
-        rec.state = MOAT_RECORD_ENDED;
-        rec.ended_at_ms = ended_at_ms;
-        snprintf(rec.end_reason, sizeof(rec.end_reason), "%s", reason);
-        char rkey[MOAT_RECORD_KEY_MAX], ckey[MOAT_RECORD_KEY_MAX], hkey[MOAT_RECORD_KEY_MAX];
-        char rval[MOAT_RECORD_VALUE_MAX], hval[MOAT_RECORD_VALUE_MAX];
-        size_t rlen = moat_session_record_encode(&rec, rval, sizeof(rval));
-        size_t hlen = moat_home_record_encode(node_id, hval, sizeof(hval));
-        if (rlen == 0 || hlen == 0 ||
-            moat_session_record_key(session_id, rkey, sizeof(rkey)) == 0 ||
-            moat_chat_record_key(rec.chat_id, ckey, sizeof(ckey)) == 0 ||
-            moat_home_record_key(rec.chat_id, hkey, sizeof(hkey)) == 0)
+        end_write w;
+        moat_etcd_cmp cmp[2];
+        moat_etcd_op ops[3];
+        size_t ncmp = 0, nops = 0;
+        if (!end_keys(&w, session_id, rec.chat_id) ||
+            !end_prepare(&w, &rec, node_id, ended_at_ms, reason, rrev, ours, crev, cmp, &ncmp, ops,
+                         &nops))
             return invalid(st, session_id);
-        moat_etcd_cmp cmp[2] = {
-            {key_slice(rkey), MOAT_ETCD_MOD_REVISION, MOAT_ETCD_EQUAL, rrev},
-            {key_slice(ckey), MOAT_ETCD_MOD_REVISION, MOAT_ETCD_EQUAL, crev},
-        };
-        moat_etcd_op ops[3] = {
-            {MOAT_ETCD_OP_PUT, key_slice(rkey), {(const uint8_t *)rval, rlen}, 0, false},
-            {MOAT_ETCD_OP_PUT, key_slice(hkey), {(const uint8_t *)hval, hlen}, 0, false},
-            {MOAT_ETCD_OP_DELETE, key_slice(ckey), {NULL, 0}, 0, false},
-        };
-        moat_etcd_txn_spec txn = {cmp, ours ? 2 : 1, ops, ours ? 3 : 2, NULL, 0};
+        moat_etcd_txn_spec txn = {cmp, ncmp, ops, nops, NULL, 0};
         moat_etcd_result res;
         code = moat_etcd_txn(etcd, &txn, &res, st);
         bool done = code == MOAT_CODE_OK && res.succeeded;
@@ -355,7 +398,138 @@ moat_code moat_dir_end(moat_etcd *etcd, const char *session_id, const char *node
             return MOAT_CODE_OK;
         }
     }
-    moat_status_set(st, MOAT_CODE_FAILED_PRECONDITION, "record_changed",
-                    "session %s's record kept changing under its end", session_id);
-    return MOAT_CODE_FAILED_PRECONDITION;
+    return record_changed(st, session_id);
+}
+
+/* The kv of res whose key is key, or NULL. */
+static const moat_etcd_kv *kv_of(const moat_etcd_result *res, const char *key)
+{
+    size_t len = strlen(key);
+    for (size_t i = 0; i < res->kv_count; i++) {
+        if (res->kvs[i].key_len == len && memcmp(res->kvs[i].key, key, len) == 0)
+            return &res->kvs[i];
+    }
+    return NULL;
+}
+
+/* One transaction of ranges, one key each: the keys of the items want[i] selects, at offset
+ * off (rkey or ckey) in w. */
+static moat_code read_keys(moat_etcd *etcd, const end_write *w, size_t off, const bool *want,
+                           size_t n, moat_etcd_result *res, moat_status *st)
+{
+    moat_etcd_op ops[MOAT_DIR_END_BATCH];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (want[i])
+            ops[k++] = (moat_etcd_op){
+                MOAT_ETCD_OP_RANGE, key_slice((const char *)&w[i] + off), {NULL, 0}, 0, false};
+    }
+    moat_etcd_txn_spec txn = {NULL, 0, ops, k, NULL, 0};
+    return moat_etcd_txn(etcd, &txn, res, st);
+}
+
+static bool any(const bool *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (b[i])
+            return true;
+    }
+    return false;
+}
+
+/* One round of a batch: reads, then the ends of the live records in one transaction. *again:
+ * it did not hold (something moved between the reads and the write). */
+static moat_code end_round(moat_etcd *etcd, const char *node_id, const moat_dir_end_item *items,
+                           size_t n, bool *done, end_write *w, bool *again, moat_status *st)
+{
+    moat_session_record recs[MOAT_DIR_END_BATCH];
+    int64_t rrev[MOAT_DIR_END_BATCH];
+    bool live[MOAT_DIR_END_BATCH];
+    *again = false;
+    for (size_t i = 0; i < n; i++) {
+        /* A session id that makes no key has no record to end. */
+        if (!done[i] &&
+            moat_session_record_key(items[i].session_id, w[i].rkey, sizeof(w[i].rkey)) == 0)
+            done[i] = true;
+        live[i] = !done[i];
+    }
+    if (!any(live, n))
+        return MOAT_CODE_OK;
+    moat_etcd_result res;
+    moat_code code = read_keys(etcd, w, offsetof(end_write, rkey), live, n, &res, st);
+    for (size_t i = 0; code == MOAT_CODE_OK && i < n; i++) {
+        if (!live[i])
+            continue;
+        const moat_etcd_kv *kv = kv_of(&res, w[i].rkey);
+        bool mine = kv != NULL &&
+                    moat_session_record_decode(kv->key, kv->key_len, kv->value, kv->value_len,
+                                               &recs[i]) == MOAT_OK &&
+                    recs[i].state != MOAT_RECORD_ENDED && strcmp(recs[i].node_id, node_id) == 0 &&
+                    end_keys(&w[i], items[i].session_id, recs[i].chat_id);
+        /* Absent, ended, another node's or garbage: nothing for an end to repair. */
+        if (!mine) {
+            live[i] = false;
+            done[i] = true;
+            continue;
+        }
+        rrev[i] = kv->mod_revision;
+        /* A transaction may write a key once: a second end of one chat waits a round. */
+        for (size_t j = 0; j < i && live[i]; j++)
+            live[i] = !(live[j] && strcmp(recs[j].chat_id, recs[i].chat_id) == 0);
+    }
+    moat_etcd_result_free(&res);
+    if (code != MOAT_CODE_OK || !any(live, n))
+        return code;
+    code = read_keys(etcd, w, offsetof(end_write, ckey), live, n, &res, st);
+    moat_etcd_cmp cmp[2 * MOAT_DIR_END_BATCH];
+    moat_etcd_op ops[3 * MOAT_DIR_END_BATCH];
+    size_t ncmp = 0, nops = 0;
+    for (size_t i = 0; code == MOAT_CODE_OK && i < n; i++) {
+        if (!live[i])
+            continue;
+        const moat_etcd_kv *kv = kv_of(&res, w[i].ckey);
+        moat_chat_record chat;
+        /* Garbage in the chat key is not this session's, as in moat_dir_end. */
+        bool ours = kv != NULL &&
+                    moat_chat_record_decode(kv->key, kv->key_len, kv->value, kv->value_len,
+                                            &chat) == MOAT_OK &&
+                    strcmp(chat.session_id, items[i].session_id) == 0;
+        if (!end_prepare(&w[i], &recs[i], node_id, items[i].ended_at_ms, items[i].reason, rrev[i],
+                         ours, ours ? kv->mod_revision : 0, cmp, &ncmp, ops, &nops)) {
+            live[i] = false;
+            done[i] = true;
+        }
+    }
+    moat_etcd_result_free(&res);
+    if (code != MOAT_CODE_OK || nops == 0)
+        return code;
+    moat_etcd_txn_spec txn = {cmp, ncmp, ops, nops, NULL, 0};
+    code = moat_etcd_txn(etcd, &txn, &res, st);
+    *again = code == MOAT_CODE_OK && !res.succeeded;
+    for (size_t i = 0; code == MOAT_CODE_OK && !*again && i < n; i++)
+        done[i] = done[i] || live[i];
+    moat_etcd_result_free(&res);
+    return code;
+}
+
+moat_code moat_dir_end_batch(moat_etcd *etcd, const char *node_id, const moat_dir_end_item *items,
+                             size_t n, bool *done, moat_status *st)
+{
+    if (n > MOAT_DIR_END_BATCH)
+        n = MOAT_DIR_END_BATCH;
+    for (size_t i = 0; i < n; i++)
+        done[i] = false;
+    end_write *w = calloc(n > 0 ? n : 1, sizeof(*w));
+    if (w == NULL) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return MOAT_CODE_RESOURCE_EXHAUSTED;
+    }
+    moat_code code = MOAT_CODE_OK;
+    bool again = true;
+    for (int i = 0; i < DIR_TRIES && again && code == MOAT_CODE_OK; i++)
+        code = end_round(etcd, node_id, items, n, done, w, &again, st);
+    free(w);
+    if (code == MOAT_CODE_OK && again)
+        return record_changed(st, "a batch of sessions");
+    return code;
 }

@@ -23,11 +23,12 @@
 bool moat_place_fits(const moat_node *n, int64_t memory_bytes);
 
 /* The power of two choices over nodes[0..count): two distinct nodes drawn with rnd (any
- * uniform 64-bit source; called at most twice) from those that fit memory_bytes, the one with
- * more free slots, then more free memory. The node named home (may be NULL or "") wins when it
- * fits (its workspace is there). The index, or -1 when no node fits. */
+ * uniform 64-bit source; called at most twice) from those that fit memory_bytes; with warm (a
+ * request a warm pool can serve) the one with a ready pool sandbox if only one has, then the one
+ * with more free slots, then more free memory. The node named home (may be NULL or "") wins when
+ * it fits (its workspace is there). The index, or -1 when no node fits. */
 long moat_place_choose(const moat_node *nodes, size_t count, int64_t memory_bytes, const char *home,
-                       uint64_t (*rnd)(void *), void *rnd_ctx);
+                       bool warm, uint64_t (*rnd)(void *), void *rnd_ctx);
 
 /* ---- the directory (blocking) -------------------------------------------------------------- */
 
@@ -84,6 +85,28 @@ moat_code moat_dir_renew(moat_etcd *etcd, const char *session_id, const char *no
  * for node_id's record, and when it is not ended already (*ended false then, OK). */
 moat_code moat_dir_end(moat_etcd *etcd, const char *session_id, const char *node_id,
                        int64_t ended_at_ms, const char *reason, bool *ended, moat_status *st);
+
+/* One end for moat_dir_end_batch. By value. */
+typedef struct moat_dir_end_item {
+    char session_id[MOAT_UUID_STR_LEN];
+    char reason[MOAT_RECORD_END_REASON_MAX];
+    int64_t ended_at_ms;
+} moat_dir_end_item;
+
+/* Ends per batch: each takes up to three operations of a transaction (the record, the home, the
+ * chat key), and etcd takes at most MOAT_ETCD_TXN_OPS_MAX. */
+#define MOAT_DIR_END_BATCH 40
+
+/* moat_dir_end for up to MOAT_DIR_END_BATCH sessions of node_id at once, in three etcd calls
+ * (the records read in one transaction, their chat keys in another, the ends written in a
+ * third that compares every revision read), again from the reads if something moved
+ * meanwhile. done[i] is set for each item that needs nothing more: written now, or found
+ * absent, ended, another node's or undecodable (those are nothing for an end to repair). An
+ * item whose chat another item of the batch already ends is left for a later batch (done[i]
+ * false), since a transaction may not write a key twice. On failure (etcd's status) nothing
+ * was marked done. */
+moat_code moat_dir_end_batch(moat_etcd *etcd, const char *node_id, const moat_dir_end_item *items,
+                             size_t n, bool *done, moat_status *st);
 
 /* The records of every session (all of sessions/, one range): *out (free()) gets *count of
  * them; records that do not decode are counted in *skipped. */

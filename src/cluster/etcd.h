@@ -263,7 +263,8 @@ typedef bool (*moat_etcd_watch_fn)(void *ud, const moat_etcd_watch_msg *m);
  * returns false, or *stop is true (looked at about once a second). Blocking: it returns when
  * the stream is over, with UNAVAILABLE "etcd_unavailable" when the member went away or no
  * member could be reached, OK when fn or *stop ended it, or the status of a message that could
- * not be read. No request timeout: a watch lasts. */
+ * not be read. No request timeout: a watch lasts, but not on a member that has lost its leader
+ * (cut off from its peers, it would stay open and silent): etcd is asked to end it then. */
 moat_code moat_etcd_watch(moat_etcd *etcd, moat_slice key, moat_slice end, int64_t start_revision,
                           moat_etcd_watch_fn fn, void *ud, const atomic_bool *stop,
                           moat_status *st);

@@ -198,6 +198,36 @@ static bool tls_failed(CURLcode rc)
     }
 }
 
+/* Under TLS 1.3 a member refuses our client certificate (or its absence) once our side of the
+ * handshake is done, with an alert and a close. On the connection the call has just made, curl
+ * then fails sending the request, or meets the alert in place of the answer, or fails reading
+ * one after a send that failed (its first error, in errbuf, says which). Either way the member
+ * acted on no request. h: the call's handle, before its cleanup. */
+static bool refused_after_handshake(CURL *h, CURLcode rc, const char *errbuf)
+{
+    long made = 0;
+    curl_off_t handshake_us = 0;
+    if (rc != CURLE_SEND_ERROR && rc != CURLE_RECV_ERROR)
+        return false;
+    if (curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &made) != CURLE_OK || made == 0 ||
+        curl_easy_getinfo(h, CURLINFO_APPCONNECT_TIME_T, &handshake_us) != CURLE_OK ||
+        handshake_us == 0)
+        return false;
+    return rc == CURLE_SEND_ERROR || strstr(errbuf, "alert") != NULL ||
+           strstr(errbuf, "Failed sending") != NULL;
+}
+
+/* What a refusal of our client certificate looks like, for a status's message: curl's own words
+ * may be about the socket. "" for any other failure. */
+static const char *refusal_hint(const moat_etcd *e, CURLcode rc, bool refused)
+{
+    if (e->tls_cert == NULL && (refused || rc == CURLE_SSL_CONNECT_ERROR))
+        return " (no client certificate given, which a member with --client-cert-auth refuses)";
+    return refused ? " (the member ended the connection after the TLS handshake: it refuses our "
+                     "client certificate)"
+                   : "";
+}
+
 typedef enum attempt_outcome {
     ATTEMPT_ANSWERED,  /* *code holds the parsed answer's */
     ATTEMPT_NOT_SENT,  /* no connection or no TLS session: the next member may have it */
@@ -224,6 +254,7 @@ static attempt_outcome attempt(moat_etcd *e, const char *url, moat_etcd_call cal
     CURLcode rc = curl_easy_perform(h);
     long http_status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &http_status);
+    bool refused = refused_after_handshake(h, rc, errbuf);
     curl_slist_free_all(headers);
     curl_easy_cleanup(h);
     attempt_outcome out = ATTEMPT_ANSWERED;
@@ -233,11 +264,11 @@ static attempt_outcome attempt(moat_etcd *e, const char *url, moat_etcd_call cal
                         moat_etcd_call_path(call), MOAT_ETCD_ANSWER_MAX);
         *code = st->code;
     } else if (rc != CURLE_OK) {
-        bool tls = tls_failed(rc);
+        bool tls = tls_failed(rc) || refused;
         /* What a member serving TLS answers a plain request with: say so. */
         const char *hint = rc == CURLE_GOT_NOTHING && strncmp(url, "http://", 7) == 0
                                ? " (a member that serves https:// answers http:// so)"
-                               : "";
+                               : refusal_hint(e, rc, refused);
         moat_status_set(st, MOAT_CODE_UNAVAILABLE, tls ? "etcd_tls_failed" : "etcd_unavailable",
                         "etcd member %s, %s: %s%s", url, moat_etcd_call_path(call),
                         errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc), hint);
@@ -426,6 +457,14 @@ moat_code moat_etcd_watch(moat_etcd *e, moat_slice key, moat_slice end, int64_t 
             code = st->code;
             break;
         }
+        /* A member cut off from its peers keeps a watch open and silent; asked to (etcd's own
+         * client's WithRequireLeader, as gRPC metadata the gateway passes on from this header),
+         * etcd ends the watch once the member has lost its leader. */
+        struct curl_slist *more = curl_slist_append(headers, "Grpc-Metadata-hasleader: true");
+        if (more != NULL) {
+            headers = more;
+            curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+        }
         moat_buf_init(&w.buf, MOAT_ETCD_ANSWER_MAX);
         /* A member whose host vanished sends no FIN: keepalives find out within seconds. */
         curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -437,6 +476,7 @@ moat_code moat_etcd_watch(moat_etcd *e, moat_slice key, moat_slice end, int64_t 
         curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_watch_progress);
         curl_easy_setopt(h, CURLOPT_XFERINFODATA, &w);
         CURLcode rc = curl_easy_perform(h);
+        bool refused = refused_after_handshake(h, rc, errbuf);
         curl_slist_free_all(headers);
         curl_easy_cleanup(h);
         moat_buf_free(&w.buf);
@@ -446,11 +486,12 @@ moat_code moat_etcd_watch(moat_etcd *e, moat_slice key, moat_slice end, int64_t 
                 moat_status_clear(st);
             break;
         }
-        bool tls = tls_failed(rc);
+        bool tls = tls_failed(rc) || refused;
         moat_status_set(st, MOAT_CODE_UNAVAILABLE, tls ? "etcd_tls_failed" : "etcd_unavailable",
-                        "etcd member %s, /v3/watch: %s", url,
+                        "etcd member %s, /v3/watch: %s%s", url,
                         rc != CURLE_OK ? (errbuf[0] != '\0' ? errbuf : curl_easy_strerror(rc))
-                                       : "the stream ended");
+                                       : "the stream ended",
+                        refusal_hint(e, rc, refused));
         moat_status_add_detail(st, "etcd_endpoint", url);
         code = st->code;
         /* Only a member that never took the request is worth skipping for the next. */

@@ -27,6 +27,8 @@ typedef struct moat_node_load {
     int64_t slots_used;
     int64_t memory_total_bytes; /* what its sandboxes may use together */
     int64_t memory_used_bytes;  /* the limits of the sandboxes it holds */
+    /* Warm pool sandboxes ready for a create (0 without a pool; absent from the record then). */
+    int64_t pool_ready;
 } moat_node_load;
 
 /* A node as listed. By value; no pointers inside. */

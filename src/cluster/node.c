@@ -53,7 +53,7 @@ size_t moat_node_key(const char *id, char *out, size_t cap)
 static bool load_valid(const moat_node_load *l)
 {
     return l->slots_total >= 0 && l->slots_used >= 0 && l->memory_total_bytes >= 0 &&
-           l->memory_used_bytes >= 0;
+           l->memory_used_bytes >= 0 && l->pool_ready >= 0;
 }
 
 size_t moat_node_encode(const moat_node *n, char *out, size_t cap)
@@ -61,11 +61,15 @@ size_t moat_node_encode(const moat_node *n, char *out, size_t cap)
     if (!moat_node_id_valid(n->id) || !moat_node_address_valid(n->address) || !load_valid(&n->load))
         return 0;
     /* The address has no character JSON must escape (moat_node_address_valid). */
+    /* pool_ready only when there is one: a node without a pool writes what it always wrote. */
+    char pool[40] = "";
+    if (n->load.pool_ready > 0)
+        snprintf(pool, sizeof(pool), ",\"pool_ready\":%" PRId64, n->load.pool_ready);
     int len = snprintf(out, cap,
                        "{\"address\":\"%s\",\"slots_total\":%" PRId64 ",\"slots_used\":%" PRId64
-                       ",\"memory_total_bytes\":%" PRId64 ",\"memory_used_bytes\":%" PRId64 "}",
+                       ",\"memory_total_bytes\":%" PRId64 ",\"memory_used_bytes\":%" PRId64 "%s}",
                        n->address, n->load.slots_total, n->load.slots_used,
-                       n->load.memory_total_bytes, n->load.memory_used_bytes);
+                       n->load.memory_total_bytes, n->load.memory_used_bytes, pool);
     return len > 0 && (size_t)len < cap ? (size_t)len : 0;
 }
 
@@ -87,7 +91,9 @@ moat_err moat_node_decode(const uint8_t *key, size_t key_len, const uint8_t *val
               moat_json_int(root, "slots_total", &out->load.slots_total) &&
               moat_json_int(root, "slots_used", &out->load.slots_used) &&
               moat_json_int(root, "memory_total_bytes", &out->load.memory_total_bytes) &&
-              moat_json_int(root, "memory_used_bytes", &out->load.memory_used_bytes);
+              moat_json_int(root, "memory_used_bytes", &out->load.memory_used_bytes) &&
+              (cJSON_GetObjectItemCaseSensitive(root, "pool_ready") == NULL ||
+               moat_json_int(root, "pool_ready", &out->load.pool_ready));
     if (ok) {
         memcpy(out->address, address, alen);
         ok = strlen(out->address) == alen && moat_node_address_valid(out->address) &&

@@ -37,6 +37,12 @@ typedef struct moat__slot {
     bool prepared; /* a new chat's workspace waits for it (workspace_prepared.c) */
 } moat__slot;
 
+/* A slot taken out of the pool by moat_runtime_pool_reserve, until it is bound or given back. */
+typedef struct moat__reserved {
+    moat__slot slot;
+    uint64_t t0_ns, take_ns; /* when the reservation began, and how long the take took */
+} moat__reserved;
+
 /* A pool slot's chat_id label: a slot is made before it has a chat, and labels never change, so
  * a claimed slot's chat lives in its store row (pool.c). */
 #define MOAT__POOL_CHAT_LABEL "00000000-0000-0000-0000-000000000000"
@@ -143,6 +149,9 @@ struct moat_runtime {
     size_t pool_creates_in_flight;
     int64_t pool_quiet_until_ms; /* nor for REFILL_PAUSE_MS after the last one ended */
     size_t pool_claims_waiting;  /* claims waiting for a starting slot, one each */
+    /* Slots reserved by cluster creates (in the busy set meanwhile, so no sweep removes them). */
+    moat__reserved *pool_reserved;
+    size_t pool_reserved_count;
     uint32_t pool_failures_in_row;
     int64_t pool_retry_at_ms; /* after failures, no new start before this */
     char pool_last_error[160];

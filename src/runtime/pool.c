@@ -35,6 +35,7 @@ void moat__pool_destroy(moat_runtime *rt)
     pthread_mutex_destroy(&rt->pool_mu);
     pthread_cond_destroy(&rt->pool_cv);
     free(rt->pool_ready);
+    free(rt->pool_reserved);
 }
 
 void moat__pool_slot_dir(const moat_runtime *rt, const char *session_id, char *out, size_t cap)
@@ -371,6 +372,7 @@ void moat_runtime_pool_stats(moat_runtime *rt, moat_pool_stats *out)
     out->size = (uint32_t)rt->cfg.pool_size;
     out->ready = (uint32_t)rt->pool_ready_count;
     out->starting = (uint32_t)rt->pool_starting;
+    out->reserved = (uint32_t)rt->pool_reserved_count;
     out->failures_in_row = rt->pool_failures_in_row;
     snprintf(out->last_error, sizeof(out->last_error), "%s", rt->pool_last_error);
     pthread_mutex_unlock(&rt->pool_mu);
@@ -462,6 +464,93 @@ static bool take_slot(moat_runtime *rt, moat__slot *slot, bool waits)
     }
 }
 
+/* The claim's second half, for a slot out of the pool and in the busy set: the chat's workspace
+ * (attached already when ws_ready: the claim waited) mounted into the slot and its store row
+ * written. Any failure removes the slot. Ends the create its take began. t0: the claim's start;
+ * take_ns and early_ns: how long the take and an early attach took. */
+static moat_code bind_slot(moat_runtime *rt, const moat__slot *slot, const char *chat_id,
+                           moat__workspace *ws, bool ws_ready, int64_t created_at_ms,
+                           int64_t expires_at_ms, uint64_t t0, uint64_t take_ns, uint64_t early_ns,
+                           moat_session *out, moat_status *st)
+{
+    uint64_t t_taken = moat_time_mono_ns();
+    if (!ws_ready &&
+        moat__chat_workspace_prepare(rt, chat_id, slot->prepared ? slot->session_id : NULL, ws,
+                                     st) != MOAT_CODE_OK)
+        goto fail;
+    uint64_t t_attached = moat_time_mono_ns();
+    uint64_t attach_ns = t_attached - t_taken + early_ns;
+    moat__row row;
+    memset(&row, 0, sizeof(row));
+    memcpy(row.session_id, slot->session_id, sizeof(row.session_id));
+    memcpy(row.chat_id, chat_id, sizeof(row.chat_id));
+    memcpy(row.container_id, slot->container_id, sizeof(row.container_id));
+    snprintf(row.image, sizeof(row.image), "%s", rt->cfg.image);
+    row.created_at_ms = created_at_ms;
+    row.label_expires_at_ms = expires_at_ms;
+    row.expires_at_ms = expires_at_ms;
+    row.state = MOAT_SESSION_RUNNING;
+    memcpy(row.execd_token, slot->execd_token, sizeof(row.execd_token));
+    bool inserted = false;
+    if (moat__pool_slot_bind(rt, slot->session_id, ws->dir, st) != MOAT_CODE_OK) {
+        moat__workspace_release(ws);
+        goto fail;
+    }
+    uint64_t t_bound = moat_time_mono_ns();
+    /* The durable half of "handed out once": a slot whose row exists is a session. The row is
+     * in before the chat's lock goes, so no detach takes the workspace from under it. */
+    if (moat__store_insert_new(rt->store, &row, &inserted) != MOAT_OK || !inserted) {
+        moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
+                        "pool slot %s: session store write failed or it was claimed already",
+                        slot->session_id);
+        moat__workspace_release(ws);
+        goto fail;
+    }
+    uint64_t t_stored = moat_time_mono_ns();
+    moat__workspace_release(ws);
+    moat__busy_leave(rt, slot->session_id);
+    moat__prepared_discard(rt, slot->session_id); /* unused when the chat had a workspace */
+    moat__session_from_row(rt, &row, out);
+    /* No Docker event says a slot became a session: the list is told here, and stays cached. */
+    moat__cache_add(rt, out);
+    /* Only now may refills start: until the claim is whole, a container start would compete
+     * with it for the CPU, and in a burst with every claim after it. */
+    moat__pool_create_end(rt);
+    moat_log(MOAT_LOG_INFO, "pool_slot_claimed",
+             "session_id=%s chat_id=%s container_id=%.12s take_us=%llu attach_us=%llu "
+             "bind_us=%llu store_us=%llu",
+             slot->session_id, chat_id, slot->container_id, (unsigned long long)take_ns / 1000,
+             (unsigned long long)attach_ns / 1000,
+             (unsigned long long)(t_bound - t_attached) / 1000,
+             (unsigned long long)(t_stored - t_bound) / 1000);
+    moat__metric_session(rt, "created", slot->session_id, MOAT_CODE_OK, t0);
+    return MOAT_CODE_OK;
+
+fail:
+    moat_status_add_detail(st, "chat_id", chat_id);
+    remove_slot(rt, slot->session_id, slot->container_id, "claim_failed");
+    moat__workspace_detach_idle(rt, chat_id);
+    moat__busy_leave(rt, slot->session_id);
+    moat__pool_create_end(rt);
+    moat_log(MOAT_LOG_WARN, "pool_claim_failed", "session_id=%s chat_id=%s code=%s msg=\"%s\"",
+             slot->session_id, chat_id, moat_code_name(st->code), st->message);
+    return st->code;
+}
+
+static moat_code chat_invalid(moat_status *st)
+{
+    moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_argument", "chat_id is not a UUID");
+    moat_status_add_detail(st, "field", "chat_id");
+    return st->code;
+}
+
+static moat_code pool_empty(moat_status *st)
+{
+    moat_status_set(st, MOAT_CODE_NOT_FOUND, "pool_empty",
+                    "no pool sandbox ready for this request");
+    return st->code;
+}
+
 moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t created_at_ms,
                              int64_t expires_at_ms, const moat_session_options *opts,
                              moat_session *out, moat_status *st)
@@ -469,18 +558,10 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
     uint64_t t0 = moat_time_mono_ns();
     moat_status_clear(st);
     char chat_id[MOAT_UUID_STR_LEN];
-    if (chat_id_in == NULL || moat_uuid_canonicalize(chat_id_in, chat_id) != MOAT_OK) {
-        moat_status_set(st, MOAT_CODE_INVALID_ARGUMENT, "invalid_argument",
-                        "chat_id is not a UUID");
-        moat_status_add_detail(st, "field", "chat_id");
-        return st->code;
-    }
-    moat__slot slot;
-    if (expires_at_ms <= created_at_ms || !pool_kind(rt, opts)) {
-        moat_status_set(st, MOAT_CODE_NOT_FOUND, "pool_empty",
-                        "no pool sandbox ready for this request");
-        return st->code;
-    }
+    if (chat_id_in == NULL || moat_uuid_canonicalize(chat_id_in, chat_id) != MOAT_OK)
+        return chat_invalid(st);
+    if (expires_at_ms <= created_at_ms || !pool_kind(rt, opts))
+        return pool_empty(st);
     moat__pool_create_begin(rt);
     /* A claim that waits attaches its chat's workspace meanwhile, while the slot's container
      * starts, rather than after it. */
@@ -495,78 +576,128 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id_in, int64_t c
         return st->code;
     }
     uint64_t t_early = moat_time_mono_ns();
+    moat__slot slot;
     if (!take_slot(rt, &slot, waits)) {
         moat__pool_create_end(rt);
         if (waits) {
             moat__workspace_release(&ws);
             moat__workspace_detach_idle(rt, chat_id);
         }
-        moat_status_set(st, MOAT_CODE_NOT_FOUND, "pool_empty",
-                        "no pool sandbox ready for this request");
-        return st->code;
+        return pool_empty(st);
     }
     /* Where a claim's time goes, logged with it: out of the pool (with any wait) and execd's
      * ping, the workspace's attach (before the wait, when it waited), its mount into the slot,
      * the store's write. */
-    uint64_t t_taken = moat_time_mono_ns();
-    if (!waits && moat__chat_workspace_prepare(rt, chat_id, slot.prepared ? slot.session_id : NULL,
-                                               &ws, st) != MOAT_CODE_OK)
-        goto fail;
-    uint64_t t_attached = moat_time_mono_ns();
-    uint64_t take_ns = t_taken - t_early, attach_ns = t_attached - t_taken + (t_early - t0);
-    moat__row row;
-    memset(&row, 0, sizeof(row));
-    memcpy(row.session_id, slot.session_id, sizeof(row.session_id));
-    memcpy(row.chat_id, chat_id, sizeof(row.chat_id));
-    memcpy(row.container_id, slot.container_id, sizeof(row.container_id));
-    snprintf(row.image, sizeof(row.image), "%s", rt->cfg.image);
-    row.created_at_ms = created_at_ms;
-    row.label_expires_at_ms = expires_at_ms;
-    row.expires_at_ms = expires_at_ms;
-    row.state = MOAT_SESSION_RUNNING;
-    memcpy(row.execd_token, slot.execd_token, sizeof(row.execd_token));
-    bool inserted = false;
-    if (moat__pool_slot_bind(rt, slot.session_id, ws.dir, st) != MOAT_CODE_OK) {
-        moat__workspace_release(&ws);
-        goto fail;
-    }
-    uint64_t t_bound = moat_time_mono_ns();
-    /* The durable half of "handed out once": a slot whose row exists is a session. The row is
-     * in before the chat's lock goes, so no detach takes the workspace from under it. */
-    if (moat__store_insert_new(rt->store, &row, &inserted) != MOAT_OK || !inserted) {
-        moat_status_set(st, MOAT_CODE_INTERNAL, "sandbox_start_failed",
-                        "pool slot %s: session store write failed or it was claimed already",
-                        slot.session_id);
-        moat__workspace_release(&ws);
-        goto fail;
-    }
-    uint64_t t_stored = moat_time_mono_ns();
-    moat__workspace_release(&ws);
-    moat__busy_leave(rt, slot.session_id);
-    moat__prepared_discard(rt, slot.session_id); /* unused when the chat had a workspace */
-    moat__session_from_row(rt, &row, out);
-    /* No Docker event says a slot became a session: the list is told here, and stays cached. */
-    moat__cache_add(rt, out);
-    /* Only now may refills start: until the claim is whole, a container start would compete
-     * with it for the CPU, and in a burst with every claim after it. */
-    moat__pool_create_end(rt);
-    moat_log(MOAT_LOG_INFO, "pool_slot_claimed",
-             "session_id=%s chat_id=%s container_id=%.12s take_us=%llu attach_us=%llu "
-             "bind_us=%llu store_us=%llu",
-             slot.session_id, chat_id, slot.container_id, (unsigned long long)take_ns / 1000,
-             (unsigned long long)attach_ns / 1000,
-             (unsigned long long)(t_bound - t_attached) / 1000,
-             (unsigned long long)(t_stored - t_bound) / 1000);
-    moat__metric_session(rt, "created", slot.session_id, MOAT_CODE_OK, t0);
-    return MOAT_CODE_OK;
+    return bind_slot(rt, &slot, chat_id, &ws, waits, created_at_ms, expires_at_ms, t0,
+                     moat_time_mono_ns() - t_early, t_early - t0, out, st);
+}
 
-fail:
-    moat_status_add_detail(st, "chat_id", chat_id);
-    remove_slot(rt, slot.session_id, slot.container_id, "claim_failed");
-    moat__workspace_detach_idle(rt, chat_id);
-    moat__busy_leave(rt, slot.session_id);
+moat_code moat_runtime_pool_reserve(moat_runtime *rt, const moat_session_options *opts,
+                                    char session_id[MOAT_UUID_STR_LEN], moat_status *st)
+{
+    uint64_t t0 = moat_time_mono_ns();
+    moat_status_clear(st);
+    if (!pool_kind(rt, opts))
+        return pool_empty(st);
+    moat__pool_create_begin(rt);
+    moat__slot slot;
+    if (!take_slot(rt, &slot, false)) {
+        moat__pool_create_end(rt);
+        return pool_empty(st);
+    }
+    pthread_mutex_lock(&rt->pool_mu);
+    moat__reserved *grown =
+        realloc(rt->pool_reserved, (rt->pool_reserved_count + 1) * sizeof(*grown));
+    if (grown != NULL) {
+        rt->pool_reserved = grown;
+        grown[rt->pool_reserved_count++] =
+            (moat__reserved){.slot = slot, .t0_ns = t0, .take_ns = moat_time_mono_ns() - t0};
+    }
+    pthread_mutex_unlock(&rt->pool_mu);
+    if (grown == NULL) {
+        remove_slot(rt, slot.session_id, slot.container_id, "out_of_memory");
+        moat__busy_leave(rt, slot.session_id);
+        moat__pool_create_end(rt);
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return st->code;
+    }
+    memcpy(session_id, slot.session_id, MOAT_UUID_STR_LEN);
+    moat_log(MOAT_LOG_DEBUG, "pool_slot_reserved", "session_id=%s", slot.session_id);
+    return MOAT_CODE_OK;
+}
+
+/* Under pool_mu: takes session_id's reservation out of the list into *out; false when there is
+ * none (never reserved, or bound or given back already). */
+static bool reservation_take(moat_runtime *rt, const char *session_id, moat__reserved *out)
+{
+    for (size_t i = 0; i < rt->pool_reserved_count; i++) {
+        if (strcmp(rt->pool_reserved[i].slot.session_id, session_id) == 0) {
+            *out = rt->pool_reserved[i];
+            rt->pool_reserved[i] = rt->pool_reserved[--rt->pool_reserved_count];
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The end of a reservation without a bind: the slot back at the head of the pool (it is its
+ * oldest) with reuse and while the pool runs, else removed. Ends the create its take began. */
+static void give_back(moat_runtime *rt, const moat__slot *slot, bool reuse)
+{
+    pthread_mutex_lock(&rt->pool_mu);
+    moat__slot *grown = NULL;
+    if (reuse && !rt->pool_stop)
+        grown = realloc(rt->pool_ready, (rt->pool_ready_count + 1) * sizeof(*grown));
+    if (grown != NULL) {
+        rt->pool_ready = grown;
+        memmove(grown + 1, grown, rt->pool_ready_count++ * sizeof(*grown));
+        grown[0] = *slot;
+        /* In the pool before it leaves the busy set: a sweep sees one or the other. */
+        moat__busy_leave(rt, slot->session_id);
+        pthread_cond_broadcast(&rt->pool_cv);
+    }
+    pthread_mutex_unlock(&rt->pool_mu);
+    if (grown == NULL) {
+        remove_slot(rt, slot->session_id, slot->container_id, "reservation_dropped");
+        moat__busy_leave(rt, slot->session_id);
+    }
+    moat_log(MOAT_LOG_DEBUG, "pool_slot_given_back", "session_id=%s reused=%s", slot->session_id,
+             grown != NULL ? "true" : "false");
     moat__pool_create_end(rt);
-    moat_log(MOAT_LOG_WARN, "pool_claim_failed", "session_id=%s chat_id=%s code=%s msg=\"%s\"",
-             slot.session_id, chat_id, moat_code_name(st->code), st->message);
-    return st->code;
+}
+
+void moat_runtime_pool_unreserve(moat_runtime *rt, const char *session_id, bool reuse)
+{
+    moat__reserved r;
+    pthread_mutex_lock(&rt->pool_mu);
+    bool found = session_id != NULL && reservation_take(rt, session_id, &r);
+    pthread_mutex_unlock(&rt->pool_mu);
+    if (found)
+        give_back(rt, &r.slot, reuse);
+}
+
+moat_code moat_runtime_pool_bind(moat_runtime *rt, const char *session_id, const char *chat_id_in,
+                                 int64_t created_at_ms, int64_t expires_at_ms, moat_session *out,
+                                 moat_status *st)
+{
+    moat_status_clear(st);
+    moat__reserved r;
+    pthread_mutex_lock(&rt->pool_mu);
+    bool found = session_id != NULL && reservation_take(rt, session_id, &r);
+    pthread_mutex_unlock(&rt->pool_mu);
+    if (!found)
+        return pool_empty(st);
+    char chat_id[MOAT_UUID_STR_LEN];
+    moat__workspace ws;
+    /* Nothing of a chat was touched: the slot goes back as it came. */
+    if (chat_id_in == NULL || moat_uuid_canonicalize(chat_id_in, chat_id) != MOAT_OK) {
+        give_back(rt, &r.slot, true);
+        return chat_invalid(st);
+    }
+    if (expires_at_ms <= created_at_ms) {
+        give_back(rt, &r.slot, true);
+        return pool_empty(st);
+    }
+    return bind_slot(rt, &r.slot, chat_id, &ws, false, created_at_ms, expires_at_ms, r.t0_ns,
+                     r.take_ns, 0, out, st);
 }

@@ -360,10 +360,29 @@ moat_code moat_runtime_claim(moat_runtime *rt, const char *chat_id, int64_t crea
                              int64_t expires_at_ms, const moat_session_options *opts,
                              moat_session *out, moat_status *st);
 
+/* A claim in two steps, for a cluster create whose chat key must be taken with the session id
+ * before the sandbox is the chat's (docs/runtime.md, "Reservations"). pool_reserve takes the
+ * oldest ready slot whose execd answers out of the pool (into the busy set, so no sweep removes
+ * it and no other claim or reservation takes it) and gives its session id: NOT_FOUND
+ * "pool_empty" as moat_runtime_claim (it never waits for a starting slot). pool_bind then hands
+ * it to chat_id exactly as moat_runtime_claim would (any failure removes the slot; NOT_FOUND
+ * "pool_empty" when session_id is not reserved), or pool_unreserve ends the reservation: with
+ * reuse the slot goes back to the head of the pool untouched (nothing outside this process
+ * learnt its id), else it is removed (its id may be known: a chat key's transaction whose
+ * answer was lost). Refills wait while a reservation is open. A reservation lives in this
+ * process only: after a restart its slot is an unclaimed one, which the reconcile removes. */
+moat_code moat_runtime_pool_reserve(moat_runtime *rt, const moat_session_options *opts,
+                                    char session_id[MOAT_UUID_STR_LEN], moat_status *st);
+moat_code moat_runtime_pool_bind(moat_runtime *rt, const char *session_id, const char *chat_id,
+                                 int64_t created_at_ms, int64_t expires_at_ms, moat_session *out,
+                                 moat_status *st);
+void moat_runtime_pool_unreserve(moat_runtime *rt, const char *session_id, bool reuse);
+
 typedef struct moat_pool_stats {
     uint32_t size;     /* pool_size */
     uint32_t ready;    /* slots ready to claim */
     uint32_t starting; /* slots being started */
+    uint32_t reserved; /* slots reserved by cluster creates, neither bound nor given back yet */
     /* Slot starts that failed in a row (0 once one succeeds): the image may not run execd. */
     uint32_t failures_in_row;
     char last_error[160]; /* the last failure's message, "" when none */

@@ -16,6 +16,7 @@ struct srv_cluster {
     moat_membership *m;
     moat_dircache *dir; /* ListSessions' copy of the directory (cluster_route.c) */
     moat_janitor *janitor;
+    cluster_upkeep *upkeep; /* ends kept, creates in flight, the sweep (cluster_sweep.c) */
     uv_timer_t load_timer;
     int64_t lease_saved; /* what <state_dir>/cluster.lease holds */
     int64_t lease_swept; /* the lease the last sweep of older incarnations ran for (loop) */
@@ -98,6 +99,11 @@ static void current_load(srv *s, moat_node_load *load)
     int64_t sessions = moat__metrics_sessions(s->metrics);
     load->slots_used = sessions > 0 ? sessions : 0;
     host_memory(&load->memory_total_bytes, &load->memory_used_bytes);
+    /* Read under the pool's own lock, as Health does: no engine call on the loop. */
+    moat_pool_stats pool = {0};
+    if (s->rt != NULL && s->rt_ops->pool_stats != NULL)
+        s->rt_ops->pool_stats(s->rt, &pool);
+    load->pool_ready = pool.ready;
 }
 
 /* A lease not yet swept for: the node's first, or a new incarnation after its lease was lost;
@@ -210,6 +216,9 @@ moat_err moat__cluster_start(srv *s)
     c->janitor = moat_janitor_start(&jcfg);
     if (c->janitor == NULL)
         moat_log(MOAT_LOG_WARN, "janitor_not_started", "%s", "");
+    c->upkeep = moat__upkeep_start(s, c->etcd);
+    if (c->upkeep == NULL)
+        moat_log(MOAT_LOG_WARN, "cluster_upkeep_not_started", "%s", "");
     uv_timer_init(s->loop, &c->load_timer);
     c->load_timer.data = s;
     uv_timer_start(&c->load_timer, on_load_timer, 1000, 1000);
@@ -225,6 +234,11 @@ moat_err moat__cluster_start(srv *s)
 bool moat__cluster_fenced(srv *s)
 {
     return s->cluster != NULL && !moat_membership_live(s->cluster->m);
+}
+
+cluster_upkeep *moat__cluster_upkeep(srv *s)
+{
+    return s->cluster != NULL ? s->cluster->upkeep : NULL;
 }
 
 moat_dircache *moat__cluster_dircache(srv *s)
@@ -247,6 +261,7 @@ void moat__cluster_stop(srv *s)
         return;
     /* Revoking the lease takes the node out of the cluster at once; nothing is left to resume. */
     moat_janitor_stop(c->janitor); /* before the membership it stands for election with */
+    moat__upkeep_stop(c->upkeep);  /* its writer uses etcd */
     moat_membership_stop(c->m);
     moat_dircache_stop(c->dir);
     lease_save(s, 0);

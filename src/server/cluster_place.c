@@ -61,6 +61,7 @@ typedef struct place_job {
     const Moat__V1__CreateSessionRequest *req; /* the call's, read on the loop only */
     char chat[MOAT_UUID_STR_LEN];
     bool force_new;
+    bool warm; /* a warm pool can serve it: placement prefers a node with a ready sandbox */
     int64_t memory_bytes;
     uint8_t *fwd; /* the request with placed_by set, packed on the loop */
     size_t fwd_len;
@@ -126,7 +127,7 @@ static void place_free(place_job *p)
     char home[MOAT_NODE_ID_MAX];
     moat_dir_home(moat__cluster_etcd(s), p->chat, home);
     for (int attempt = 0; attempt < 2; attempt++) {
-        long i = moat_place_choose(nodes, n, p->memory_bytes, home, splitmix, &p->rng);
+        long i = moat_place_choose(nodes, n, p->memory_bytes, home, p->warm, splitmix, &p->rng);
         if (i < 0) {
             j->code = MOAT_CODE_RESOURCE_EXHAUSTED;
             moat_status_set(&j->status, j->code, "no_node_available",
@@ -231,6 +232,11 @@ bool moat__cluster_create(stream *st, const Moat__V1__CreateSessionRequest *req,
     p->req = req;
     snprintf(p->chat, sizeof(p->chat), "%s", chat);
     p->force_new = req->force_new;
+    /* What a pool holds (the default image and limits, no force_new; pool.c's pool_kind), as far
+     * as this node can tell: limits given at all are taken as not the defaults. */
+    p->warm =
+        !req->force_new && req->resources == NULL &&
+        (req->image == NULL || req->image[0] == '\0' || strcmp(req->image, s->cfg.image) == 0);
     p->memory_bytes = req->resources != NULL && req->resources->memory_bytes > 0
                           ? (int64_t)req->resources->memory_bytes
                           : default_memory();
@@ -277,14 +283,11 @@ static moat_code wait_running(srv *s, const char *sid, moat_session_record *rec,
     }
 }
 
-moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t created_at_ms,
-                              int64_t expires_at_ms, const moat_session_options *opts,
-                              cluster_claim *cc, moat_status *st)
+/* moat__cluster_claim in a cluster, sid counted as creating. */
+static moat_code claim_keys(srv *s, moat_etcd *etcd, const char *chat, const char *sid,
+                            int64_t created_at_ms, int64_t expires_at_ms,
+                            const moat_session_options *opts, cluster_claim *cc, moat_status *st)
 {
-    memset(cc, 0, sizeof(*cc));
-    moat_etcd *etcd = moat__cluster_etcd(s);
-    if (etcd == NULL)
-        return MOAT_CODE_OK;
     int64_t lease = moat__cluster_lease(s);
     if (lease == 0 || moat__cluster_fenced(s))
         return fenced(st);
@@ -305,8 +308,10 @@ moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t
     for (int attempt = 0; attempt < 3; attempt++) {
         moat_dir_claim_result claim;
         moat_code code = moat_dir_claim(etcd, rec, lease, take_chat, &claim, st);
-        if (code != MOAT_CODE_OK)
+        if (code != MOAT_CODE_OK) {
+            cc->unsure = true;
             return code;
+        }
         if (claim.won) {
             cc->active = true;
             cc->record_rev = claim.record_mod_revision;
@@ -354,6 +359,25 @@ moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t
     return MOAT_CODE_ABORTED;
 }
 
+moat_code moat__cluster_claim(srv *s, const char *chat, const char *sid, int64_t created_at_ms,
+                              int64_t expires_at_ms, const moat_session_options *opts,
+                              cluster_claim *cc, moat_status *st)
+{
+    memset(cc, 0, sizeof(*cc));
+    moat_etcd *etcd = moat__cluster_etcd(s);
+    if (etcd == NULL)
+        return MOAT_CODE_OK;
+    /* Before the record exists, so that no sweep can see it without seeing the create. */
+    if (!moat__cluster_creating_begin(s, sid)) {
+        moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        return MOAT_CODE_RESOURCE_EXHAUSTED;
+    }
+    moat_code code = claim_keys(s, etcd, chat, sid, created_at_ms, expires_at_ms, opts, cc, st);
+    if (!cc->active)
+        moat__cluster_creating_end(s, sid);
+    return code;
+}
+
 void moat__cluster_created(srv *s, cluster_claim *cc, const moat_session *sess, bool ok)
 {
     if (!cc->active)
@@ -385,6 +409,8 @@ void moat__cluster_created(srv *s, cluster_claim *cc, const moat_session *sess, 
         moat_log(MOAT_LOG_WARN, "cluster_record_not_written",
                  "session_id=%s state=%s code=%s reason=%s msg=\"%s\"", cc->rec.session_id,
                  ok ? "running" : "aborted", moat_code_name(st.code), st.reason, st.message);
+    /* The runtime has its final word on the session now: the sweep may judge its record. */
+    moat__cluster_creating_end(s, cc->rec.session_id);
 }
 
 void moat__cluster_reply_record(stream *st, const moat_session_record *rec)
@@ -411,85 +437,4 @@ moat_code moat__cluster_renew(srv *s, const char *sid, int64_t expires_at_ms, mo
         return fenced(st);
     bool owned;
     return moat_dir_renew(etcd, sid, s->cfg.cluster_node_id, expires_at_ms, &owned, st);
-}
-
-void moat__cluster_ended(srv *s, const char *sid, const char *reason)
-{
-    moat_etcd *etcd = moat__cluster_etcd(s);
-    if (etcd == NULL)
-        return;
-    moat_status st;
-    bool ended;
-    if (moat_dir_end(etcd, sid, s->cfg.cluster_node_id, moat_time_now_ms(), reason, &ended, &st) !=
-        MOAT_CODE_OK)
-        moat_log(MOAT_LOG_WARN, "cluster_record_not_written",
-                 "session_id=%s state=ended code=%s reason=%s msg=\"%s\"", sid,
-                 moat_code_name(st.code), st.reason, st.message);
-}
-
-/* ------------------------------------------------------------ the sweep */
-
-typedef struct sweep_job {
-    engine_job base;
-    int64_t lease;
-    size_t lost, ended;
-} sweep_job;
-
-static void sweep_run(engine_job *j)
-{
-    sweep_job *w = (sweep_job *)j;
-    srv *s = j->s;
-    moat_session_record *recs = NULL;
-    size_t n = 0, skipped = 0;
-    j->code = moat_dir_records(moat__cluster_etcd(s), &recs, &n, &skipped, &j->status);
-    for (size_t i = 0; j->code == MOAT_CODE_OK && i < n; i++) {
-        const moat_session_record *r = &recs[i];
-        if (strcmp(r->node_id, s->cfg.cluster_node_id) != 0 || r->state == MOAT_RECORD_ENDED)
-            continue;
-        if (r->node_lease != w->lease) {
-            /* An older incarnation's: the cluster counted it out with its lease, and its chat
-             * may live elsewhere now. */
-            moat_status why;
-            s->rt_ops->stop(s->rt, r->session_id, &why);
-            moat__cluster_ended(s, r->session_id, "node_lost");
-            moat__reaper_session_event(s, "gone", r->session_id, MOAT_CODE_OK, 0);
-            w->lost++;
-            continue;
-        }
-        moat_session cur;
-        moat_status why;
-        /* This incarnation's running record of a session that is over here: an end whose
-         * write failed. A creating one is a create in flight. */
-        if (r->state != MOAT_RECORD_RUNNING)
-            continue;
-        moat_code got = s->rt_ops->get(s->rt, r->session_id, &cur, &why);
-        if (got == MOAT_CODE_NOT_FOUND ||
-            (got == MOAT_CODE_OK && cur.state != MOAT_SESSION_RUNNING)) {
-            moat__cluster_ended(s, r->session_id,
-                                got == MOAT_CODE_OK && cur.end_reason[0] != '\0' ? cur.end_reason
-                                                                                 : "gone");
-            w->ended++;
-        }
-    }
-    free(recs);
-}
-
-static void sweep_done(engine_job *j)
-{
-    sweep_job *w = (sweep_job *)j;
-    if (j->code != MOAT_CODE_OK)
-        moat_log(MOAT_LOG_WARN, "cluster_sweep_failed", "code=%s reason=%s msg=\"%s\"",
-                 moat_code_name(j->status.code), j->status.reason, j->status.message);
-    else
-        moat_log(MOAT_LOG_INFO, "cluster_swept", "lease=%lld node_lost=%zu ended=%zu",
-                 (long long)w->lease, w->lost, w->ended);
-}
-
-void moat__cluster_sweep(srv *s, int64_t lease)
-{
-    sweep_job *w = moat__job_new_unattached(s, sizeof(*w));
-    if (w == NULL)
-        return;
-    w->lease = lease;
-    moat__job_start(&w->base, sweep_run, sweep_done);
 }

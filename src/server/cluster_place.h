@@ -37,6 +37,10 @@ typedef struct cluster_claim {
     moat_session_record rec;
     int64_t record_rev, chat_rev;
     bool lost; /* another node's session holds the chat: answer with rec */
+    /* A claim transaction got no clear answer: the keys may name this session id though the
+     * claim failed, so the id must never serve another chat (a reserved pool sandbox is
+     * removed, not given back). */
+    bool unsure;
 } cluster_claim;
 
 /* Before the container of session sid exists: writes its record (creating) and takes the chat
@@ -61,15 +65,43 @@ void moat__cluster_reply_record(stream *st, const moat_session_record *rec);
  * node_fenced or the etcd client's status). OK without a write outside a cluster or for a
  * session this node's directory does not own. */
 moat_code moat__cluster_renew(srv *s, const char *sid, int64_t expires_at_ms, moat_status *st);
-/* After the local end of sid (stop, reap, gone): the record ended with reason, the chat key
- * freed, the home written. Failures are logged; the owner's sweep retries them. */
+
+/* ---- ends kept for later, creates in flight, the sweep (cluster_sweep.c) ------------------- */
+
+typedef struct cluster_upkeep cluster_upkeep;
+/* cluster.c's, while the node is in a cluster; NULL otherwise. */
+cluster_upkeep *moat__cluster_upkeep(srv *s);
+
+/* Loop, from moat__cluster_start: the thread that writes the ends etcd could not take, and the
+ * periodic sweep's timer. NULL when out of memory or threads (ends are then written as they
+ * come, and only the sweep at registration repairs what failed). */
+cluster_upkeep *moat__upkeep_start(srv *s, moat_etcd *etcd);
+/* Loop, before etcd is closed: joins the thread (ends still kept are given up, and logged: the
+ * sweep at the next start ends their records) and closes the timer, which frees u. */
+void moat__upkeep_stop(cluster_upkeep *u);
+
+/* After the local end of sid (stop, reap, gone), any thread: the record ended with reason, the
+ * chat key freed, the home written (moat_dir_end). When etcd does not answer, the end is kept
+ * (at most MOAT_CLUSTER_ENDS_KEPT) and written with the others kept, in batches, once it does;
+ * while ends are kept, or the node is fenced, a new one joins them without trying etcd, so a
+ * reaper ending many sessions during an outage waits for no timeout after the first. Past the
+ * bound an end is dropped (logged cluster_end_dropped) and the periodic sweep ends its record. */
 void moat__cluster_ended(srv *s, const char *sid, const char *reason);
+#define MOAT_CLUSTER_ENDS_KEPT 4096
 
-/* ---- faults (loop) ---------------------------------------------------------------------- */
+/* Around a local create (worker): sid's record may exist while its sandbox does not yet, and
+ * the sweep must leave it. begin before the claim writes the record (false: out of memory, and
+ * the create must not go on); end once the runtime has its final word on the session (created
+ * or not) and the record says so. */
+bool moat__cluster_creating_begin(srv *s, const char *sid);
+void moat__cluster_creating_end(srv *s, const char *sid);
 
-/* The node holds lease now, a new one or its first: its sessions under any older lease are
- * stopped (end reason node_lost) and their records written ended; records of its own that
- * name ended local sessions are ended too. On a worker. */
+/* Loop. The node holds lease now, a new one or its first: a sweep through etcd (one range of
+ * sessions/): its sessions under any older lease are stopped (end reason node_lost) and their
+ * records written ended; records of this incarnation that say running or creating for a
+ * session the runtime no longer has, and that no create here holds, are ended too. The
+ * periodic sweep (every cluster_sweep_interval_seconds while the node is live) does the same
+ * from the node's copy of the directory. On a worker. */
 void moat__cluster_sweep(srv *s, int64_t lease);
 
 #endif

@@ -4,12 +4,13 @@
  * Cluster's clients follow MOVED); its node gone: node_lost; ended: as an ended local session.
  * ListSessions and GetSession answer from the directory for the whole cluster.
  *
- * Routing reads the one record it needs (a range of sessions/<sid>, then one of its node's key:
- * about 2 ms, bench/cluster bench_route) on the worker the call's job already runs on, with the
- * etcd client's timeouts, never on the loop: exact, and paid once per client, which calls the
- * owner directly after a redirect. ListSessions reads the node's copy of the directory, kept by
- * a watch on sessions/ (src/cluster/dircache.h), since a range of every record costs 20-30 ms of
- * the gateway's JSON for 900 of them. */
+ * Routing and ListSessions read the node's copy of the directory, records and members, kept by a
+ * watch (src/cluster/dircache.h, which argues why its verdicts hold): reading the record and its
+ * owner's key from etcd costs two ranges (2-3 ms through the gateway) on every redirect, and a
+ * listing of 900 records 20-30 ms of JSON. A record the copy does not have yet, or a copy not in
+ * step, is read from etcd, on the worker the call's job already runs on, with the etcd client's
+ * timeouts, never on the loop. A session the copy says another live node holds is not even
+ * asked of the runtime (moat__cluster_moved, on the loop: the copy alone, no I/O). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,10 @@ moat_code moat__cluster_route(srv *s, const char *session_id, session_route *out
     if (etcd == NULL)
         return MOAT_CODE_OK;
     moat_dir_found found;
-    moat_code code = moat_directory_get(etcd, session_id, &found, &out->entry, st);
+    moat_dircache *dir = moat__cluster_dircache(s);
+    moat_code code = dir != NULL
+                         ? moat_dircache_get(dir, etcd, session_id, &found, &out->entry, NULL, st)
+                         : moat_directory_get(etcd, session_id, &found, &out->entry, st);
     if (code == MOAT_CODE_OK && found == MOAT_DIR_INVALID) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "session_record_invalid",
                         "the cluster directory's record of session %s cannot be read", session_id);
@@ -48,6 +52,19 @@ moat_code moat__cluster_route(srv *s, const char *session_id, session_route *out
     else
         out->verdict = ROUTE_MOVED;
     return MOAT_CODE_OK;
+}
+
+bool moat__cluster_moved(srv *s, const char *session_id, moat_status *st)
+{
+    moat_dircache *dir = moat__cluster_dircache(s);
+    session_route r = {.verdict = ROUTE_MOVED};
+    moat_dir_found found;
+    if (dir == NULL || !moat_dircache_peek(dir, session_id, &found, &r.entry) ||
+        found != MOAT_DIR_FOUND || r.entry.rec.state == MOAT_RECORD_ENDED || !r.entry.owner_live ||
+        strcmp(r.entry.rec.node_id, s->cfg.cluster_node_id) == 0)
+        return false;
+    moat_status_clear(st);
+    return moat__route_status(&r, st);
 }
 
 bool moat__engine_skipped(engine_job *j)

@@ -152,6 +152,8 @@ static const key_def keys[] = {
      "the node's etcd lease; a node gone this long is out of the cluster"},
     {"cluster_janitor_grace_seconds", K_U32, OFF(cluster_janitor_grace_seconds), "3600", 1, 604800,
      "how long a node is gone before the janitor removes its session records"},
+    {"cluster_sweep_interval_seconds", K_U32, OFF(cluster_sweep_interval_seconds), "30", 1, 3600,
+     "how often the node ends its records that say running for sessions it no longer has"},
     {"cluster_route", K_STR, OFF(cluster_route), "redirect", 0, 0,
      "a call for another node's session: redirect (session_moved) or proxy (relayed there)"},
     {"cluster_etcd_tls_ca", K_STR, OFF(cluster_etcd_tls_ca), "", 0, 0,

@@ -98,6 +98,11 @@ typedef struct session_route {
  * directory. OK with the verdict (ROUTE_LOCAL outside a cluster), or the directory's failure in
  * *st (UNAVAILABLE etcd_unavailable, INTERNAL session_record_invalid, …). */
 moat_code moat__cluster_route(srv *s, const char *session_id, session_route *out, moat_status *st);
+/* The loop, before a call's runtime lookup: true, with *st session_moved, when this node's copy
+ * of the directory says another live node holds session_id (canonical). Reads only the copy:
+ * anything else (no record there, this node's own, ended, lost, a copy not in step) is false,
+ * and the runtime and moat__cluster_route decide. */
+bool moat__cluster_moved(srv *s, const char *session_id, moat_status *st);
 /* A routed job's worker, before asking the runtime: true when it must not (the engine is down),
  * with j->code NOT_FOUND so that moat__directory_knows asks the directory. */
 bool moat__engine_skipped(engine_job *j);

@@ -194,6 +194,24 @@ static void docker_pool_stats(void *rt, moat_pool_stats *out)
     moat_runtime_pool_stats(rt, out);
 }
 
+static moat_code docker_pool_reserve(void *rt, const moat_session_options *opts,
+                                     char session_id[MOAT_UUID_STR_LEN], moat_status *st)
+{
+    return moat_runtime_pool_reserve(rt, opts, session_id, st);
+}
+
+static moat_code docker_pool_bind(void *rt, const char *session_id, const char *chat_id,
+                                  int64_t created_at_ms, int64_t expires_at_ms, moat_session *out,
+                                  moat_status *st)
+{
+    return moat_runtime_pool_bind(rt, session_id, chat_id, created_at_ms, expires_at_ms, out, st);
+}
+
+static void docker_pool_unreserve(void *rt, const char *session_id, bool reuse)
+{
+    moat_runtime_pool_unreserve(rt, session_id, reuse);
+}
+
 const moat_server_runtime_ops moat_server_docker_runtime = {
     .open = docker_open,
     .close = docker_close,
@@ -208,6 +226,9 @@ const moat_server_runtime_ops moat_server_docker_runtime = {
     .claim = docker_claim,
     .start_pool = docker_start_pool,
     .pool_stats = docker_pool_stats,
+    .pool_reserve = docker_pool_reserve,
+    .pool_bind = docker_pool_bind,
+    .pool_unreserve = docker_pool_unreserve,
     .ping = docker_ping,
     .check_image = docker_check_image,
 };

@@ -84,7 +84,8 @@ typedef struct moat_server_config {
     char *cluster_node_id;        /* "" = the host name */
     char *cluster_advertise;      /* host:port clients and peers dial for this node */
     uint32_t cluster_lease_ttl_seconds;
-    uint32_t cluster_janitor_grace_seconds; /* a gone node's records stay GONE this long */
+    uint32_t cluster_janitor_grace_seconds;  /* a gone node's records stay GONE this long */
+    uint32_t cluster_sweep_interval_seconds; /* the owner's sweep of its own records */
     char *cluster_route; /* "redirect" (session_moved) or "proxy" (the call relayed to its owner) */
     char *cluster_etcd_tls_ca;   /* PEM CA bundle verifying the members; "" = the system's */
     char *cluster_etcd_tls_cert; /* PEM client certificate; "" with cluster_etcd_tls_key: none */
@@ -192,6 +193,14 @@ typedef struct moat_server_runtime_ops {
                        const moat_session_options *opts, moat_session *out, moat_status *st);
     moat_code (*start_pool)(void *rt, moat_status *st);
     void (*pool_stats)(void *rt, moat_pool_stats *out);
+    /* A claim in two steps around a cluster create's chat key (NULL in a runtime without a
+     * pool; moat_runtime_pool_reserve and the two after it). */
+    moat_code (*pool_reserve)(void *rt, const moat_session_options *opts,
+                              char session_id[MOAT_UUID_STR_LEN], moat_status *st);
+    moat_code (*pool_bind)(void *rt, const char *session_id, const char *chat_id,
+                           int64_t created_at_ms, int64_t expires_at_ms, moat_session *out,
+                           moat_status *st);
+    void (*pool_unreserve)(void *rt, const char *session_id, bool reuse);
 } moat_server_runtime_ops;
 
 /* Sandboxes on the Docker engine of the configuration (runtime_docker.c). */

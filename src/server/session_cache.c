@@ -169,6 +169,15 @@ void moat__with_session(stream *st, const char *session_id, session_then_fn then
         then(st, &ep);
         return;
     }
+    /* Another live node's, by this node's copy of the directory: its container is there (the
+     * node a record names made it), so the engine's lookup here, a worker's Docker round trip
+     * of about half a millisecond, would only say NOT_FOUND. */
+    moat_status moved;
+    if (moat__cluster_moved(st->s, id, &moved)) {
+        if (!moat__proxy_route(st, &moved))
+            moat_rpc_call_end(st->call, &moved);
+        return;
+    }
     lookup_job *l = moat__job_new_routed(st, sizeof(*l));
     if (l == NULL)
         return;

@@ -187,6 +187,40 @@ static const moat_session *live_session_of(const char *chat, const moat_session 
     return best;
 }
 
+/* The create under the chat key (a no-op outside a cluster): the key is taken with the
+ * session's id before the sandbox is the chat's, so from_pool reserves a pool sandbox first, for
+ * its id, and binds it only once the key is this node's; a chat held elsewhere, or a claim that
+ * failed, gives it back (removed instead when the claim's transaction got no clear answer and
+ * the id may be in etcd). docs/CLUSTER.md, "Warm pool sandboxes". false: a reserved sandbox
+ * could not be bound (removed, keys given up), and a cold create may follow. */
+static bool keyed_create(create_job *c, int64_t now, bool from_pool)
+{
+    engine_job *j = &c->base;
+    srv *s = j->s;
+    char id[MOAT_UUID_STR_LEN];
+    bool reserved =
+        from_pool && s->rt_ops->pool_reserve(s->rt, &c->opts, id, &j->status) == MOAT_CODE_OK;
+    moat_status_clear(&j->status);
+    if (!reserved)
+        moat_uuid_generate(id);
+    j->code = moat__cluster_claim(s, c->chat, id, now, now + c->ttl_ms, &c->opts, &c->cluster,
+                                  &j->status);
+    if (j->code != MOAT_CODE_OK || c->cluster.lost) {
+        if (reserved)
+            s->rt_ops->pool_unreserve(s->rt, id, !c->cluster.unsure);
+        return true;
+    }
+    if (reserved)
+        j->code =
+            s->rt_ops->pool_bind(s->rt, id, c->chat, now, now + c->ttl_ms, &c->session, &j->status);
+    else
+        j->code = s->rt_ops->create(s->rt, id, c->chat, now, now + c->ttl_ms, &c->opts, &c->session,
+                                    &j->status);
+    c->claimed = reserved && j->code == MOAT_CODE_OK;
+    moat__cluster_created(s, &c->cluster, &c->session, j->code == MOAT_CODE_OK);
+    return !reserved || c->claimed;
+}
+
 static void create_run(engine_job *j)
 {
     create_job *c = (create_job *)j;
@@ -233,8 +267,6 @@ static void create_run(engine_job *j)
         return;
     int64_t now = moat_time_now_ms();
     moat_status_clear(&j->status);
-    /* In a cluster the chat key is taken before a sandbox is the chat's, and a pool sandbox
-     * comes with its own id: creates there are cold (docs/CLUSTER.md, "What is built"). */
     if (s->rt_ops->claim != NULL && s->cluster == NULL) {
         j->code = s->rt_ops->claim(s->rt, c->chat, now, now + c->ttl_ms, &c->opts, &c->session,
                                    &j->status);
@@ -244,15 +276,10 @@ static void create_run(engine_job *j)
             return;
         moat_status_clear(&j->status);
     }
-    char id[MOAT_UUID_STR_LEN];
-    moat_uuid_generate(id);
-    j->code = moat__cluster_claim(s, c->chat, id, now, now + c->ttl_ms, &c->opts, &c->cluster,
-                                  &j->status);
-    if (j->code != MOAT_CODE_OK || c->cluster.lost)
-        return;
-    j->code = s->rt_ops->create(s->rt, id, c->chat, now, now + c->ttl_ms, &c->opts, &c->session,
-                                &j->status);
-    moat__cluster_created(s, &c->cluster, &c->session, j->code == MOAT_CODE_OK);
+    /* A pool sandbox whose bind failed has been removed and its keys given up: cold then. */
+    bool from_pool = s->cluster != NULL && s->rt_ops->pool_reserve != NULL;
+    if (!keyed_create(c, now, from_pool))
+        keyed_create(c, now, false);
     /* Say when the pool could not help because its sandboxes do not start. */
     if (j->code != MOAT_CODE_OK && pool.size > 0 && pool.failures_in_row > 0)
         moat_status_add_detail(&j->status, "pool", "failing");

@@ -343,6 +343,33 @@ static void test_cache_is_bounded(void **state)
     assert_int_equal(conns(x, 1), 1);
 }
 
+/* Nine owners (three nodes, each by three spellings of 127.0.0.1), more than the cache's first
+ * four slots and its next eight: each session's owner is kept as the cache grows, and the
+ * session's next call goes straight to it. */
+static void test_cache_grows(void **state)
+{
+    fixture *x = *state;
+    const char *hosts[] = {"127.0.0.1", "127.1", "127.0.1"};
+    enum { OWNERS = 9 };
+    char id[OWNERS][32];
+    moat_file_info fi;
+    moat_status st;
+    for (int k = 0; k < OWNERS; k++) {
+        snprintf(id[k], sizeof id[k], "grow-%d", k);
+        char to[64];
+        snprintf(to, sizeof to, "%s:%d", hosts[k / 3], node(x, 1 + k % 3)->port);
+        moved(x, 0, to);
+        assert_int_equal(moat_file_stat(x->c, id[k], "/f", 5000, &fi, &st), MOAT_OK);
+        assert_string_equal(x->last_to, to);
+    }
+    moved(x, 0, "");
+    int seed = calls(x, 0), owners = calls(x, 1) + calls(x, 2) + calls(x, 3);
+    for (int k = 0; k < OWNERS; k++)
+        assert_int_equal(moat_file_stat(x->c, id[k], "/f", 5000, &fi, &st), MOAT_OK);
+    assert_int_equal(calls(x, 0), seed);
+    assert_int_equal(calls(x, 1) + calls(x, 2) + calls(x, 3), owners + OWNERS);
+}
+
 /* Runs the CLI through sh, input on its stdin; its stdout and stderr in out and err. */
 static int cli(fixture *x, const char *input, const char *args, char *out, char *err, size_t cap)
 {
@@ -401,6 +428,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_interactive_input_follows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_names_the_owner, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_covers_the_hops, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_grows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cli_follows, setup, teardown),
     };

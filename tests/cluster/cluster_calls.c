@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <signal.h>
 
 #include <cmocka.h>
 
@@ -151,6 +152,19 @@ static void fill_record(moat_session_record *r, const char *sid, const char *cha
     }
 }
 
+void rc_put_key(moat_etcd *etcd, const char *key, const char *value, size_t value_len,
+                int64_t lease)
+{
+    moat_etcd_result res;
+    moat_status st;
+    assert_true(key[0] != '\0');
+    assert_int_equal(moat_etcd_put(etcd, moat_slice_str(key),
+                                   (moat_slice){(const uint8_t *)value, value_len}, lease, &res,
+                                   &st),
+                     MOAT_CODE_OK);
+    moat_etcd_result_free(&res);
+}
+
 void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
                    int64_t lease, const char *address, moat_record_state state,
                    const char *end_reason)
@@ -161,12 +175,22 @@ void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const cha
     size_t kn = moat_session_record_key(sid, key, sizeof(key));
     size_t vn = moat_session_record_encode(&r, value, sizeof(value));
     assert_true(kn > 0 && vn > 0);
-    moat_etcd_result res;
-    moat_status st;
-    assert_int_equal(moat_etcd_put(etcd, (moat_slice){(const uint8_t *)key, kn},
-                                   (moat_slice){(const uint8_t *)value, vn}, 0, &res, &st),
-                     MOAT_CODE_OK);
-    moat_etcd_result_free(&res);
+    rc_put_key(etcd, key, value, vn, 0);
+}
+
+void rc_put_chat(moat_etcd *etcd, const char *chat, const char *sid, const char *owner,
+                 int64_t lease)
+{
+    moat_chat_record c;
+    memset(&c, 0, sizeof(c));
+    snprintf(c.chat_id, sizeof(c.chat_id), "%.36s", chat);
+    snprintf(c.session_id, sizeof(c.session_id), "%.36s", sid);
+    snprintf(c.node_id, sizeof(c.node_id), "%s", owner);
+    char key[MOAT_RECORD_KEY_MAX], value[MOAT_RECORD_VALUE_MAX];
+    size_t kn = moat_chat_record_key(chat, key, sizeof(key));
+    size_t vn = moat_chat_record_encode(&c, value, sizeof(value));
+    assert_true(kn > 0 && vn > 0);
+    rc_put_key(etcd, key, value, vn, lease);
 }
 
 void rc_claim_chat(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
@@ -218,12 +242,46 @@ bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *own
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value)
 {
     char key[MOAT_RECORD_KEY_MAX];
-    size_t kn = moat_session_record_key(sid, key, sizeof(key));
+    if (moat_session_record_key(sid, key, sizeof(key)) == 0)
+        key[0] = '\0';
+    rc_put_key(etcd, key, value, strlen(value), 0);
+}
+
+int64_t rc_put_member(moat_etcd *etcd, const char *id, const char *address)
+{
     moat_etcd_result res;
     moat_status st;
-    assert_int_equal(moat_etcd_put(etcd, (moat_slice){(const uint8_t *)key, kn},
-                                   moat_slice_str(value), 0, &res, &st),
-                     MOAT_CODE_OK);
+    int64_t lease = 0;
+    if (moat_etcd_lease_grant(etcd, 60, &res, &st) == MOAT_CODE_OK)
+        lease = res.lease_id;
+    moat_etcd_result_free(&res);
+    moat_node n = {.load = {10, 0, 1 << 30, 0, 0}, .lease = lease};
+    snprintf(n.id, sizeof(n.id), "%s", id);
+    snprintf(n.address, sizeof(n.address), "%s", address);
+    char key[sizeof(MOAT_NODES_PREFIX) + MOAT_NODE_ID_MAX], value[MOAT_NODE_VALUE_MAX];
+    size_t kn = moat_node_key(id, key, sizeof(key));
+    size_t vn = moat_node_encode(&n, value, sizeof(value));
+    if (lease == 0 || kn == 0 || vn == 0)
+        return 0;
+    moat_code code = moat_etcd_put(etcd, (moat_slice){(const uint8_t *)key, kn},
+                                   (moat_slice){(const uint8_t *)value, vn}, lease, &res, &st);
+    moat_etcd_result_free(&res);
+    return code == MOAT_CODE_OK ? lease : 0;
+}
+
+void rc_clear_records(moat_etcd *etcd)
+{
+    moat_etcd_result res;
+    moat_status st;
+    moat_etcd_delete(etcd, moat_slice_str(MOAT_SESSIONS_PREFIX), true, &res, &st);
+    moat_etcd_result_free(&res);
+}
+
+void rc_revoke(moat_etcd *etcd, int64_t lease)
+{
+    moat_etcd_result res;
+    moat_status st;
+    assert_int_equal(moat_etcd_lease_revoke(etcd, lease, &res, &st), MOAT_CODE_OK);
     moat_etcd_result_free(&res);
 }
 
@@ -271,4 +329,142 @@ void rc_cluster_close(rc_node *nodes, int count, etcd_cluster *cl, moat_etcd *et
     for (int i = 0; i < count; i++)
         rc_node_stop(&nodes[i]);
     etcd_cluster_close(cl, etcd);
+}
+
+bool rc_docker_present(void)
+{
+    return access("/var/run/docker.sock", F_OK) == 0 &&
+           system("/usr/bin/docker info >/dev/null 2>&1") == 0;
+}
+
+bool rc_member_start(moatd_proc *p, char id[32], const etcd_cluster *cl, moat_etcd *etcd,
+                     const char *tag, int i, int ttl_s, const char *token, const char *state_dir,
+                     const char *const *extra, int wait_s)
+{
+    char a[7][300];
+    snprintf(id, 32, "%.12s%d-n%d", tag, (int)getpid(), i);
+    snprintf(a[0], sizeof(a[0]), "--cluster_etcd_endpoints=%s,%s,%s", cl->urls[0], cl->urls[1],
+             cl->urls[2]);
+    snprintf(a[1], sizeof(a[1]), "--cluster_node_id=%s", id);
+    snprintf(a[2], sizeof(a[2]), "--instance=%.12s%dn%d", tag, (int)getpid(), i);
+    snprintf(a[3], sizeof(a[3]), "--container_name_prefix=%.12s%dn%d-", tag, (int)getpid(), i);
+    snprintf(a[4], sizeof(a[4]), "--cluster_lease_ttl_seconds=%d", ttl_s);
+    snprintf(a[5], sizeof(a[5]), "--token=%s", token);
+    snprintf(a[6], sizeof(a[6]), "--state_dir=%s", state_dir != NULL ? state_dir : "");
+    const char *args[24] = {a[0],
+                            a[1],
+                            a[2],
+                            a[3],
+                            "--cluster_advertise=127.0.0.1:%PORT%",
+                            a[4],
+                            a[5],
+                            "--workspace_quota=false"};
+    size_t k = 8;
+    if (state_dir != NULL)
+        args[k++] = a[6];
+    for (size_t e = 0; extra != NULL && extra[e] != NULL && k < 23; e++)
+        args[k++] = extra[e];
+    args[k] = NULL;
+    if (!moatd_start(p, true, args))
+        return false;
+    for (int tick = 0; tick < wait_s * 20 && !etcd_cluster_lists_node(etcd, id, NULL); tick++)
+        etcd_cluster_sleep_ms(50);
+    return etcd_cluster_lists_node(etcd, id, NULL);
+}
+
+void rc_members_remove_containers(const char *tag)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "%.12s%dn", tag, (int)getpid());
+    docker_remove_prefixed(prefix);
+}
+
+int rc_members_teardown(etcd_cluster *cl, moat_etcd *etcd, const char *tag, moatd_proc *nodes,
+                        int count, const char *extra_dir)
+{
+    int rc = 0;
+    for (int i = 0; i < count; i++) {
+        if (nodes[i].pid != 0)
+            kill(nodes[i].pid, SIGCONT);
+        if (nodes[i].pid != 0 && moatd_stop(&nodes[i]) != 0)
+            rc = -1;
+        if (nodes[i].state_dir[0] != '\0')
+            moatd_remove_dir(nodes[i].state_dir);
+    }
+    if (extra_dir[0] != '\0')
+        moatd_remove_dir(extra_dir);
+    rc_members_remove_containers(tag);
+    etcd_cluster_close(cl, etcd);
+    return rc;
+}
+
+int rc_members_setup(etcd_cluster *cl, moat_etcd **etcd, const char *tag, int count,
+                     bool (*start)(int i, const char *state_dir), moatd_proc *nodes,
+                     const char *extra_dir, int wait_s)
+{
+    if (!rc_docker_present() || !etcd_cluster_available())
+        return 0;
+    if (etcd_cluster_open(cl, NULL, etcd, 1000, wait_s) != 0)
+        return -1;
+    rc_members_remove_containers(tag);
+    for (int i = 0; i < count; i++) {
+        if (!start(i, NULL)) {
+            rc_members_teardown(cl, *etcd, tag, nodes, count, extra_dir);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int rc_member_of(const moatd_proc *nodes, int count, const char *addr)
+{
+    for (int i = 0; i < count; i++) {
+        char want[64];
+        snprintf(want, sizeof(want), "127.0.0.1:%d", nodes[i].port);
+        if (nodes[i].pid != 0 && strcmp(addr, want) == 0)
+            return i;
+    }
+    return -1;
+}
+
+bool rc_runs_echo(int port, const char *token, const char *sid)
+{
+    raw_conn *c = raw_connect_ready(port, token);
+    if (c == NULL)
+        return false;
+    int ok = raw_run_many(c, sid, "echo hi", 1, 1, NULL, NULL);
+    raw_close(c);
+    return ok == 1;
+}
+
+void rc_stop_session(int port, const char *token, const char *sid)
+{
+    raw_conn *c = raw_connect_ready(port, token);
+    assert_non_null(c);
+    Moat__V1__StopSessionRequest req = MOAT__V1__STOP_SESSION_REQUEST__INIT;
+    req.session_id = (char *)sid;
+    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/StopSession", &req.base, NULL, NULL, NULL, 0),
+                     0);
+    raw_close(c);
+}
+
+moat_session_record rc_record_of(moat_etcd *etcd, const char *sid, bool *found)
+{
+    moat_session_record rec;
+    memset(&rec, 0, sizeof(rec));
+    int64_t rev;
+    moat_status st;
+    assert_int_equal(moat_dir_record(etcd, sid, found, &rec, &rev, &st), MOAT_CODE_OK);
+    return rec;
+}
+
+bool rc_chat_held(moat_etcd *etcd, const char *chat, moat_chat_record *out)
+{
+    bool found = false;
+    int64_t rev;
+    moat_status st;
+    moat_chat_record tmp;
+    assert_int_equal(moat_dir_chat(etcd, chat, &found, out != NULL ? out : &tmp, &rev, &st),
+                     MOAT_CODE_OK);
+    return found;
 }

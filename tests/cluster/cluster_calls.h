@@ -78,5 +78,57 @@ void rc_claim_chat(moat_etcd *etcd, const char *sid, const char *chat, const cha
                    int64_t lease, const char *address);
 /* Puts any value at sessions/<sid>. */
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value);
+/* Puts value at key (under lease, 0 for none); asserts (cmocka) that etcd took it. */
+void rc_put_key(moat_etcd *etcd, const char *key, const char *value, size_t value_len,
+                int64_t lease);
+/* Puts chats/<chat> naming sid on owner, under lease, as the owner's claim writes it. */
+void rc_put_chat(moat_etcd *etcd, const char *chat, const char *sid, const char *owner,
+                 int64_t lease);
+/* A member as membership registers one: nodes/<id> with address under a lease of its own
+ * (granted here, a minute long: only a revoke ends it within a test). The lease, or 0 when etcd
+ * did not take it (no cmocka: callers may try again). */
+int64_t rc_put_member(moat_etcd *etcd, const char *id, const char *address);
+/* Deletes every session record (tests that list must not see another test's). */
+void rc_clear_records(moat_etcd *etcd);
+/* Revokes lease (a member's death, as its expiry would be); asserts (cmocka) that etcd did. */
+void rc_revoke(moat_etcd *etcd, int64_t lease);
+
+/* ---- nodes on the shared dockerd (test_cluster_place, test_cluster_pool) ------------------ */
+
+/* Whether the shared dockerd answers at /var/run/docker.sock. */
+bool rc_docker_present(void);
+/* Node i of a test's cluster on the shared dockerd, a member of cl's etcd: id <tag><pid>-n<i>
+ * (into id), instance <tag><pid>n<i>, containers named <tag><pid>n<i>-, advertising
+ * 127.0.0.1:<its port>, a lease TTL of ttl_s, the token, workspace quotas off, on state_dir when
+ * not NULL (a killed node run again); extra flags after those (NULL-terminated, may be NULL).
+ * false unless it starts and is listed in nodes/ within wait_s. */
+bool rc_member_start(moatd_proc *p, char id[32], const etcd_cluster *cl, moat_etcd *etcd,
+                     const char *tag, int i, int ttl_s, const char *token, const char *state_dir,
+                     const char *const *extra, int wait_s);
+/* Removes the containers of every node rc_member_start started with tag. */
+void rc_members_remove_containers(const char *tag);
+/* A group setup's: without Docker or etcd, 0 and nothing started (the cases skip); else the
+ * test's etcd opened into cl and *etcd, the containers of tag's nodes removed and start(i, NULL)
+ * run for each of count nodes. One that fails: -1 after rc_members_teardown (cmocka runs no
+ * group teardown after a failed setup). */
+int rc_members_setup(etcd_cluster *cl, moat_etcd **etcd, const char *tag, int count,
+                     bool (*start)(int i, const char *state_dir), moatd_proc *nodes,
+                     const char *extra_dir, int wait_s);
+/* A group teardown's: stops nodes[0..count) still running (SIGCONT first: a failed case may have
+ * left one SIGSTOPped), removes their state dirs and extra_dir (a killed node's, run again; may
+ * be ""), tag's containers, and the test's etcd. -1 when a node did not exit cleanly. */
+int rc_members_teardown(etcd_cluster *cl, moat_etcd *etcd, const char *tag, moatd_proc *nodes,
+                        int count, const char *extra_dir);
+/* The index of the running node among nodes[0..count) whose address is addr
+ * ("127.0.0.1:<port>"), or -1. */
+int rc_member_of(const moatd_proc *nodes, int count, const char *addr);
+/* Whether `echo hi` runs in session sid through the node on port. */
+bool rc_runs_echo(int port, const char *token, const char *sid);
+/* StopSession of sid through the node on port; asserts (cmocka) that it ends OK. */
+void rc_stop_session(int port, const char *token, const char *sid);
+/* sessions/<sid> read from etcd (asserts it answered): *found whether it is there. */
+moat_session_record rc_record_of(moat_etcd *etcd, const char *sid, bool *found);
+/* Whether chats/<chat> is there, into *out (may be NULL); asserts etcd answered. */
+bool rc_chat_held(moat_etcd *etcd, const char *chat, moat_chat_record *out);
 
 #endif

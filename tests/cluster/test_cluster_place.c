@@ -38,97 +38,31 @@ static etcd_cluster cl;
 static moat_etcd *etcd;
 static moatd_proc node[NODES];
 static char node_id[NODES][32];
-static char args[NODES][7][300];
 static char restarted_dir[256]; /* a killed node's state dir, run again on it */
-
-static void remove_containers(void)
-{
-    for (int i = 0; i < NODES; i++) {
-        char prefix[64];
-        snprintf(prefix, sizeof(prefix), "mcp%dn%d-", (int)getpid(), i);
-        docker_remove_prefixed(prefix);
-    }
-}
-
-static bool docker_present(void)
-{
-    return access("/var/run/docker.sock", F_OK) == 0 &&
-           system("/usr/bin/docker info >/dev/null 2>&1") == 0;
-}
 
 /* Node i started (again, on state_dir when not NULL). */
 static bool start_node(int i, const char *state_dir)
 {
-    char(*a)[300] = args[i];
-    snprintf(node_id[i], sizeof(node_id[i]), "mcp%d-n%d", (int)getpid(), i);
-    snprintf(a[0], sizeof(a[0]), "--cluster_etcd_endpoints=%s,%s,%s", cl.urls[0], cl.urls[1],
-             cl.urls[2]);
-    snprintf(a[1], sizeof(a[1]), "--cluster_node_id=%s", node_id[i]);
-    snprintf(a[2], sizeof(a[2]), "--instance=mcp%dn%d", (int)getpid(), i);
-    snprintf(a[3], sizeof(a[3]), "--container_name_prefix=mcp%dn%d-", (int)getpid(), i);
-    snprintf(a[4], sizeof(a[4]), "--state_dir=%s", state_dir != NULL ? state_dir : "");
-    snprintf(a[5], sizeof(a[5]), "--cluster_lease_ttl_seconds=%d", TTL_S * moatd_slowdown());
-    const char *extra[] = {a[0],
-                           a[1],
-                           a[2],
-                           a[3],
-                           "--cluster_advertise=127.0.0.1:%PORT%",
-                           a[5],
-                           "--token=" TOKEN,
-                           "--workspace_quota=false",
-                           state_dir != NULL ? a[4] : NULL,
-                           NULL};
-    if (!moatd_start(&node[i], true, extra))
-        return false;
-    for (int tick = 0; tick < WAIT_S * 20 && !etcd_cluster_lists_node(etcd, node_id[i], NULL);
-         tick++)
-        etcd_cluster_sleep_ms(50);
-    return etcd_cluster_lists_node(etcd, node_id[i], NULL);
+    return rc_member_start(&node[i], node_id[i], &cl, etcd, "mcp", i, TTL_S * moatd_slowdown(),
+                           TOKEN, state_dir, NULL, WAIT_S);
 }
-
-static int group_teardown(void **state);
 
 static int group_setup(void **state)
 {
-    if (!docker_present() || !etcd_cluster_available())
-        return 0;
-    if (etcd_cluster_open(&cl, NULL, &etcd, 1000, WAIT_S) != 0)
-        return -1;
-    remove_containers();
-    for (int i = 0; i < NODES; i++) {
-        /* cmocka runs no group teardown after a failed setup: what started goes here. */
-        if (!start_node(i, NULL)) {
-            group_teardown(state);
-            return -1;
-        }
-    }
-    return 0;
+    (void)state;
+    return rc_members_setup(&cl, &etcd, "mcp", NODES, start_node, node, restarted_dir, WAIT_S);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    int rc = 0;
-    for (int i = 0; i < NODES; i++) {
-        /* A node a failed case left stopped (SIGSTOP) must run to drain. */
-        if (node[i].pid != 0)
-            kill(node[i].pid, SIGCONT);
-        if (node[i].pid != 0 && moatd_stop(&node[i]) != 0)
-            rc = -1;
-        if (node[i].state_dir[0] != '\0')
-            moatd_remove_dir(node[i].state_dir);
-    }
-    if (restarted_dir[0] != '\0')
-        moatd_remove_dir(restarted_dir);
-    remove_containers();
-    etcd_cluster_close(&cl, etcd);
-    return rc;
+    return rc_members_teardown(&cl, etcd, "mcp", node, NODES, restarted_dir);
 }
 
 #define REQUIRE()                                                                                  \
     do {                                                                                           \
         ETCD_REQUIRE();                                                                            \
-        moat_require(docker_present(), "no Docker engine at /var/run/docker.sock");                \
+        moat_require(rc_docker_present(), "no Docker engine at /var/run/docker.sock");             \
     } while (0)
 
 typedef raw_created created;
@@ -145,23 +79,12 @@ static created create_on(int i, const char *chat, bool force_new)
 /* The node whose advertised address is addr, or -1. */
 static int node_of(const char *addr)
 {
-    for (int i = 0; i < NODES; i++) {
-        char want[64];
-        snprintf(want, sizeof(want), "127.0.0.1:%d", node[i].port);
-        if (node[i].pid != 0 && strcmp(addr, want) == 0)
-            return i;
-    }
-    return -1;
+    return rc_member_of(node, NODES, addr);
 }
 
 static bool runs_echo(int i, const char *sid)
 {
-    raw_conn *c = raw_connect_ready(node[i].port, TOKEN);
-    if (c == NULL)
-        return false;
-    int ok = raw_run_many(c, sid, "echo hi", 1, 1, NULL, NULL);
-    raw_close(c);
-    return ok == 1;
+    return rc_runs_echo(node[i].port, TOKEN, sid);
 }
 
 /* Containers on the engine labelled with this chat, over every node's instance. */
@@ -194,25 +117,15 @@ static created fresh_session(int via, char chat[MOAT_UUID_STR_LEN], bool force_n
 
 static moat_session_record record_of(const char *sid)
 {
-    moat_session_record rec;
-    memset(&rec, 0, sizeof(rec));
     bool found = false;
-    int64_t rev;
-    moat_status st;
-    assert_int_equal(moat_dir_record(etcd, sid, &found, &rec, &rev, &st), MOAT_CODE_OK);
+    moat_session_record rec = rc_record_of(etcd, sid, &found);
     assert_true(found);
     return rec;
 }
 
 static bool chat_held(const char *chat, moat_chat_record *out)
 {
-    bool found = false;
-    int64_t rev;
-    moat_status st;
-    moat_chat_record tmp;
-    assert_int_equal(moat_dir_chat(etcd, chat, &found, out != NULL ? out : &tmp, &rev, &st),
-                     MOAT_CODE_OK);
-    return found;
+    return rc_chat_held(etcd, chat, out);
 }
 
 /* RenewSession on node i: its code, reason into reason[64] and the new expiry into *expires
@@ -237,13 +150,7 @@ static int renew_on(int i, const char *sid, uint32_t ttl_seconds, char *reason, 
 
 static void stop_on(int i, const char *sid)
 {
-    raw_conn *c = raw_connect_ready(node[i].port, TOKEN);
-    assert_non_null(c);
-    Moat__V1__StopSessionRequest req = MOAT__V1__STOP_SESSION_REQUEST__INIT;
-    req.session_id = (char *)sid;
-    assert_int_equal(raw_unary(c, "/moat.v1.Sandboxes/StopSession", &req.base, NULL, NULL, NULL, 0),
-                     0);
-    raw_close(c);
+    rc_stop_session(node[i].port, TOKEN, sid);
 }
 
 /* A chat held by a node (not a member: its address comes from the record) whose address is
@@ -504,20 +411,9 @@ static void test_client_placed_by_changes_nothing(void **state)
     char chat[MOAT_UUID_STR_LEN];
     int owner, other;
     created first = session_and_other(chat, &owner, &other);
-    raw_conn *c = raw_connect_ready(node[other].port, TOKEN);
-    assert_non_null(c);
-    Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
-    req.chat_id = chat;
-    req.placed_by = (char *)node_id[owner];
-    ProtobufCMessage *resp = NULL;
-    char reason[64] = "";
-    int code = raw_unary(c, "/moat.v1.Sandboxes/CreateSession", &req.base,
-                         &moat__v1__sandbox_session__descriptor, &resp, reason, sizeof(reason));
-    raw_close(c);
-    assert_int_equal(code, 0);
-    assert_non_null(resp);
-    assert_string_equal(((Moat__V1__SandboxSession *)resp)->session_id, first.session_id);
-    protobuf_c_message_free_unpacked(resp, NULL);
+    created c = raw_create_placed(node[other].port, TOKEN, chat, false, node_id[owner], NULL);
+    assert_int_equal(c.code, 0);
+    assert_string_equal(c.session_id, first.session_id);
     assert_int_equal(containers_of(chat), 1);
     assert_true(runs_echo(owner, first.session_id));
     stop_on(owner, first.session_id);

@@ -4,9 +4,10 @@
  * ways of routing run: after the runtime's NOT_FOUND, and from the directory alone while the
  * engine is down. The session records are put here as their owner would put them
  * (records.h's encoder): calls to a non-owner end session_moved with the owner's address, a
- * record whose node is gone is node_lost from any node, an ended one answers as an ended local
- * session, garbage is a status with a reason, ListSessions and GetSession answer for the whole
- * cluster, and with etcd down every call ends UNAVAILABLE with a reason instead of hanging. */
+ * record whose node is gone is node_lost from any node (also once a member dies under it), an ended
+ * one answers as an ended local session, garbage is a status with a reason, ListSessions and
+ * GetSession answer for the whole cluster, and with etcd down every call ends UNAVAILABLE with a
+ * reason instead of hanging. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,16 +50,6 @@ static int64_t node_lease(int i)
     moat_node n;
     assert_true(etcd_cluster_lists_node(etcd, nodes[i].id, &n));
     return n.lease;
-}
-
-/* Removes every record this run put (the records live in the run's own etcd, but tests that
- * list must not see another test's). */
-static void clear_records(void)
-{
-    moat_etcd_result res;
-    moat_status st;
-    moat_etcd_delete(etcd, moat_slice_str(MOAT_SESSIONS_PREFIX), true, &res, &st);
-    moat_etcd_result_free(&res);
 }
 
 static int group_teardown(void **state);
@@ -149,7 +140,7 @@ static void test_moved(void **state)
     assert_string_equal(moat_status_detail_get(&st->details, "owner_address"), addr);
     assert_string_equal(moat_status_detail_get(&st->details, "owner_node"), nodes[1].id);
     h2c_close(g);
-    clear_records();
+    rc_clear_records(etcd);
 }
 
 /* A record whose node is not a member, or is under another lease (a restarted node): node_lost
@@ -186,7 +177,45 @@ static void test_node_lost(void **state)
             rc_free(&e);
         }
     }
-    clear_records();
+    rc_clear_records(etcd);
+}
+
+/* A member dies (its lease revoked, what its expiry does): every node, answering from its copy
+ * of the directory, turns session_moved into node_lost for its sessions once the watch brings
+ * the deletion. A record put just before the call, which a node's copy may not have yet, routes
+ * at once all the same (read from etcd then): no wait before the first call. */
+static void test_member_death(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    wait_members();
+    int64_t lease = rc_put_member(etcd, "route-mortal", "127.0.0.1:7999");
+    assert_true(lease != 0);
+    char sid[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(sid);
+    moat_uuid_generate(chat);
+    rc_put_record(etcd, sid, chat, "route-mortal", lease, "127.0.0.1:7999", MOAT_RECORD_RUNNING,
+                  "");
+    /* The nodes whose engine answers route after its NOT_FOUND, without waiting. */
+    for (int i = 0; i < 2; i++) {
+        rc_end e = rc_run_command(nodes[i].conn, sid);
+        assert_true(rc_is(&e, MOAT_CODE_FAILED_PRECONDITION, "session_moved"));
+        assert_string_equal(e.owner_address, "127.0.0.1:7999");
+    }
+    rc_revoke(etcd, lease);
+    for (int i = 0; i < NODES; i++) {
+        rc_end e;
+        ETCD_WAIT_FOR((e = rc_run_command(nodes[i].conn, sid),
+                       rc_is(&e, MOAT_CODE_FAILED_PRECONDITION, "node_lost")),
+                      WAIT_S);
+        assert_string_equal(e.owner_node, "route-mortal");
+        e = rc_get(nodes[i].conn, sid);
+        assert_int_equal(e.code, MOAT_CODE_OK);
+        assert_int_equal(((Moat__V1__SandboxSession *)e.resp)->status,
+                         MOAT__V1__SESSION_STATUS__GONE);
+        rc_free(&e);
+    }
+    rc_clear_records(etcd);
 }
 
 /* An ended record answers as an ended local session; no record is NOT_FOUND as today (from the
@@ -224,7 +253,7 @@ static void test_ended_and_absent(void **state)
     /* The node without an engine cannot tell an unrecorded session of its own from none. */
     rc_end e = rc_run_command(nodes[2].conn, none);
     assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "docker_unreachable"));
-    clear_records();
+    rc_clear_records(etcd);
 }
 
 /* A record that is not one: a status with a reason; ListSessions leaves it out. */
@@ -255,7 +284,7 @@ static void test_garbage(void **state)
         assert_string_equal(r->sessions[0]->session_id, good);
         rc_free(&e);
     }
-    clear_records();
+    rc_clear_records(etcd);
 }
 
 /* Records on all three nodes, a lost node's and ended ones: every node lists the same live and
@@ -302,7 +331,7 @@ static void test_list_cluster(void **state)
             assert_string_equal(r->sessions[k]->chat_id, chat);
         rc_free(&e);
     }
-    clear_records();
+    rc_clear_records(etcd);
 }
 
 /* More records than one range takes: ListSessions pages through them all, each once. */
@@ -325,7 +354,7 @@ static void test_list_pages(void **state)
     for (size_t k = 1; k < r->n_sessions; k++)
         assert_true(strcmp(r->sessions[k - 1]->session_id, r->sessions[k]->session_id) < 0);
     rc_free(&e);
-    clear_records();
+    rc_clear_records(etcd);
 }
 
 /* etcd down: calls that need the directory end UNAVAILABLE etcd_unavailable, none hangs; when
@@ -363,7 +392,7 @@ static void test_etcd_down(void **state)
     rc_put_record(etcd, later, chat, nodes[1].id, node_lease(1), addr, MOAT_RECORD_RUNNING, "");
     for (int i = 0; i < NODES; i++)
         ETCD_WAIT_FOR(rc_list_count(nodes[i].conn, chat) == 2, WAIT_S);
-    clear_records();
+    rc_clear_records(etcd);
     for (int i = 0; i < NODES; i++)
         ETCD_WAIT_FOR(rc_list_count(nodes[i].conn, "") == 0, WAIT_S);
 }
@@ -372,13 +401,10 @@ int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_moved),
-        cmocka_unit_test(test_node_lost),
-        cmocka_unit_test(test_ended_and_absent),
-        cmocka_unit_test(test_garbage),
-        cmocka_unit_test(test_list_cluster),
-        cmocka_unit_test(test_list_pages),
-        cmocka_unit_test(test_etcd_down),
+        cmocka_unit_test(test_moved),        cmocka_unit_test(test_node_lost),
+        cmocka_unit_test(test_member_death), cmocka_unit_test(test_ended_and_absent),
+        cmocka_unit_test(test_garbage),      cmocka_unit_test(test_list_cluster),
+        cmocka_unit_test(test_list_pages),   cmocka_unit_test(test_etcd_down),
     };
     int rc = moat_run_group_tests("test_cluster_route", tests, group_setup, group_teardown);
     curl_global_cleanup();

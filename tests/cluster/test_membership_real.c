@@ -42,7 +42,7 @@ static moat_etcd *open_client(const char *const *urls)
 static moat_membership *start_node(const char *id, const char *address, int64_t slots_used,
                                    moat_status *st)
 {
-    moat_membership_config cfg = {etcd, id, address, TTL_S, {100, slots_used, 1 << 30, 0}, 0};
+    moat_membership_config cfg = {etcd, id, address, TTL_S, {100, slots_used, 1 << 30, 0, 0}, 0};
     return moat_membership_start(&cfg, st);
 }
 
@@ -78,7 +78,7 @@ static void test_register_list_leave(void **state)
     assert_true(etcd_cluster_lists_node(etcd, "node-b", NULL));
 
     /* The load is republished by the keepalive thread. */
-    moat_node_load load = {100, 42, 1 << 30, 1 << 20};
+    moat_node_load load = {100, 42, 1 << 30, 1 << 20, 0};
     moat_membership_set_load(a, &load);
     ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, "node-a", &n) && n.load.slots_used == 42, WAIT_S);
     assert_int_equal(n.load.memory_used_bytes, 1 << 20);
@@ -186,7 +186,7 @@ static void test_restart_resumes_lease(void **state)
     pid_t pid = spawn_child_node("node-r", "127.0.0.1:7077", &lease);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
-    moat_membership_config cfg = {etcd, "node-r", "127.0.0.1:7078", TTL_S, {1, 0, 1, 0}, lease};
+    moat_membership_config cfg = {etcd, "node-r", "127.0.0.1:7078", TTL_S, {1, 0, 1, 0, 0}, lease};
     moat_status st;
     moat_membership *m = moat_membership_start(&cfg, &st);
     assert_non_null(m);

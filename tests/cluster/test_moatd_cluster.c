@@ -147,7 +147,7 @@ static void test_duplicate_node_id(void **state)
 {
     (void)state;
     ETCD_REQUIRE();
-    moat_membership_config cfg = {etcd, "taken", "127.0.0.1:1", 2, {1, 0, 1, 0}, 0};
+    moat_membership_config cfg = {etcd, "taken", "127.0.0.1:1", 2, {1, 0, 1, 0, 0}, 0};
     moat_status st;
     moat_membership *holder = moat_membership_start(&cfg, &st);
     assert_non_null(holder);

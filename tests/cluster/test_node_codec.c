@@ -79,6 +79,17 @@ static void test_round_trip(void **state)
     n.load.slots_used = -1;
     assert_int_equal(moat_node_encode(&n, out, sizeof(out)), 0);
     n.load.slots_used = 0;
+    /* A ready pool is written, and read back; none is left out (a node without a pool writes
+     * what it always wrote). */
+    n.load.pool_ready = 3;
+    size_t len = moat_node_encode(&n, out, sizeof(out));
+    assert_non_null(strstr(out, ",\"pool_ready\":3}"));
+    moat_node back;
+    assert_int_equal(decode(KEY, out, len, &back), MOAT_OK);
+    assert_int_equal(back.load.pool_ready, 3);
+    n.load.pool_ready = -1;
+    assert_int_equal(moat_node_encode(&n, out, sizeof(out)), 0);
+    n.load.pool_ready = 0;
     strcpy(n.address, "no port");
     assert_int_equal(moat_node_encode(&n, out, sizeof(out)), 0);
 }
@@ -110,6 +121,14 @@ static void test_rejects(void **state)
         "\"memory_used_bytes\":0}",
         "{\"address\":\"a:1\",\"slots_total\":1,\"slots_used\":0,\"memory_total_bytes\":1,"
         "\"memory_used_bytes\":1e300}",
+        "{\"address\":\"a:1\",\"slots_total\":1,\"slots_used\":0,\"memory_total_bytes\":1,"
+        "\"memory_used_bytes\":0,\"pool_ready\":-1}",
+        "{\"address\":\"a:1\",\"slots_total\":1,\"slots_used\":0,\"memory_total_bytes\":1,"
+        "\"memory_used_bytes\":0,\"pool_ready\":1.5}",
+        "{\"address\":\"a:1\",\"slots_total\":1,\"slots_used\":0,\"memory_total_bytes\":1,"
+        "\"memory_used_bytes\":0,\"pool_ready\":\"2\"}",
+        "{\"address\":\"a:1\",\"slots_total\":1,\"slots_used\":0,\"memory_total_bytes\":1,"
+        "\"memory_used_bytes\":0,\"pool_ready\":null}",
     };
     for (size_t i = 0; i < sizeof(bad_values) / sizeof(bad_values[0]); i++)
         assert_int_equal(decode(KEY, bad_values[i], strlen(bad_values[i]), &n), MOAT_E_INVAL);

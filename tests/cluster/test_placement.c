@@ -56,8 +56,8 @@ static void test_none_fits(void **state)
     (void)state;
     moat_node nodes[2] = {node("a", 1, 1, 8 * GiB), node("b", 4, 0, GiB / 4)};
     draws d = {{0, 0}, 0};
-    assert_int_equal(moat_place_choose(nodes, 2, GiB, NULL, from_list, &d), -1);
-    assert_int_equal(moat_place_choose(NULL, 0, GiB, NULL, from_list, &d), -1);
+    assert_int_equal(moat_place_choose(nodes, 2, GiB, NULL, false, from_list, &d), -1);
+    assert_int_equal(moat_place_choose(NULL, 0, GiB, NULL, false, from_list, &d), -1);
 }
 
 static void test_home_first(void **state)
@@ -66,11 +66,11 @@ static void test_home_first(void **state)
     moat_node nodes[3] = {node("a", 100, 0, 60 * GiB), node("home", 4, 3, GiB),
                           node("c", 100, 0, 60 * GiB)};
     draws d = {{0, 0}, 0};
-    assert_int_equal(moat_place_choose(nodes, 3, GiB, "home", from_list, &d), 1);
+    assert_int_equal(moat_place_choose(nodes, 3, GiB, "home", false, from_list, &d), 1);
     assert_int_equal(d.next, 0);
     /* A home without room is no better than any other node. */
     nodes[1].load.slots_used = 4;
-    long i = moat_place_choose(nodes, 3, GiB, "home", from_list, &d);
+    long i = moat_place_choose(nodes, 3, GiB, "home", false, from_list, &d);
     assert_true(i == 0 || i == 2);
 }
 
@@ -81,16 +81,41 @@ static void test_better_of_two(void **state)
     moat_node nodes[4] = {node("a", 10, 8, 8 * GiB), node("b", 10, 2, 8 * GiB),
                           node("c", 10, 10, 8 * GiB), node("d", 10, 2, 9 * GiB)};
     draws d = {{0, 0}, 0}; /* a, then the first of the others: b */
-    assert_int_equal(moat_place_choose(nodes, 4, GiB, NULL, from_list, &d), 1);
+    assert_int_equal(moat_place_choose(nodes, 4, GiB, NULL, false, from_list, &d), 1);
     d = (draws){{1, 1}, 0}; /* b, then the second of the others (a, d): d, more free memory */
-    assert_int_equal(moat_place_choose(nodes, 4, GiB, NULL, from_list, &d), 3);
+    assert_int_equal(moat_place_choose(nodes, 4, GiB, NULL, false, from_list, &d), 3);
     d = (draws){{2, 0}, 0}; /* d, then a: d has more free slots */
-    assert_int_equal(moat_place_choose(nodes, 4, GiB, NULL, from_list, &d), 3);
+    assert_int_equal(moat_place_choose(nodes, 4, GiB, NULL, false, from_list, &d), 3);
     /* One node that fits: it, after one draw. */
     moat_node one[2] = {node("x", 1, 1, 8 * GiB), node("y", 1, 0, 8 * GiB)};
     d = (draws){{7, 7}, 0};
-    assert_int_equal(moat_place_choose(one, 2, GiB, NULL, from_list, &d), 1);
+    assert_int_equal(moat_place_choose(one, 2, GiB, NULL, false, from_list, &d), 1);
     assert_int_equal(d.next, 1);
+}
+
+/* For a request a warm pool can serve, of the two drawn the one with a ready pool sandbox wins
+ * whatever their free slots; two with one (or none) compare as before; the home still comes
+ * first; a request no pool serves ignores the pools. */
+static void test_warm_first(void **state)
+{
+    (void)state;
+    moat_node nodes[3] = {node("a", 10, 1, 8 * GiB), node("b", 10, 8, 8 * GiB),
+                          node("c", 10, 5, 8 * GiB)};
+    nodes[1].load.pool_ready = 2;
+    draws d = {{0, 0}, 0}; /* a, then b */
+    assert_int_equal(moat_place_choose(nodes, 3, GiB, NULL, true, from_list, &d), 1);
+    d = (draws){{0, 0}, 0};
+    assert_int_equal(moat_place_choose(nodes, 3, GiB, NULL, false, from_list, &d), 0);
+    nodes[0].load.pool_ready = 1; /* both warm: more free slots */
+    d = (draws){{0, 0}, 0};
+    assert_int_equal(moat_place_choose(nodes, 3, GiB, NULL, true, from_list, &d), 0);
+    nodes[0].load.pool_ready = 0;
+    d = (draws){{0, 0}, 0};
+    assert_int_equal(moat_place_choose(nodes, 3, GiB, "c", true, from_list, &d), 2);
+    /* A warm node without a free slot does not fit at all. */
+    nodes[1].load.slots_used = 10;
+    d = (draws){{0, 0}, 0}; /* a, then c */
+    assert_int_equal(moat_place_choose(nodes, 3, GiB, NULL, true, from_list, &d), 0);
 }
 
 /* Two draws are always two distinct nodes: over every pair of draws, never the same one. */
@@ -103,7 +128,7 @@ static void test_distinct(void **state)
     for (uint64_t x = 0; x < 3; x++) {
         for (uint64_t y = 0; y < 2; y++) {
             draws d = {{x, y}, 0};
-            long i = moat_place_choose(nodes, 3, GiB, NULL, from_list, &d);
+            long i = moat_place_choose(nodes, 3, GiB, NULL, false, from_list, &d);
             assert_true(i >= 0 && i < 3);
             chosen[i]++;
             assert_int_equal(d.next, 2);
@@ -120,7 +145,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fits),       cmocka_unit_test(test_none_fits),
         cmocka_unit_test(test_home_first), cmocka_unit_test(test_better_of_two),
-        cmocka_unit_test(test_distinct),
+        cmocka_unit_test(test_distinct),   cmocka_unit_test(test_warm_first),
     };
     return moat_run_group_tests("test_placement", tests, NULL, NULL);
 }

@@ -606,6 +606,157 @@ static void test_list_snapshot_follows_claims(void **state)
     moat_runtime_stop_watcher(f->rt);
 }
 
+/* Containers of this run labelled session_id=sid. */
+static int containers_of_session(const char *sid)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd),
+             "/usr/bin/docker ps -aq --filter name=%s --filter label=session_id=%s | wc -l", prefix,
+             sid);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    if (p != NULL && fscanf(p, "%d", &n) != 1)
+        n = -1;
+    if (p != NULL)
+        pclose(p);
+    return n;
+}
+
+static void reserve(moat_runtime *rt, char sid[MOAT_UUID_STR_LEN])
+{
+    moat_status st;
+    if (moat_runtime_pool_reserve(rt, NULL, sid, &st) != MOAT_CODE_OK)
+        fail_msg("reserve: %s (%s)", st.message, st.reason);
+}
+
+/* A cluster create's reservation: the oldest ready slot out of the pool (no second reservation
+ * or claim gets it, no sweep removes it), given back to the head of the pool unchanged, or
+ * bound to a chat once and only once, or removed when its id may be known elsewhere. */
+static void test_reservation(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 1);
+    char oldest[MOAT_UUID_STR_LEN], sid[MOAT_UUID_STR_LEN], other[MOAT_UUID_STR_LEN];
+    ready_slot(f->rt, oldest);
+    reserve(f->rt, sid);
+    assert_string_equal(sid, oldest);
+    moat_pool_stats ps;
+    moat_runtime_pool_stats(f->rt, &ps);
+    assert_int_equal(ps.reserved, 1);
+    assert_int_equal(ps.ready, 0);
+    /* No refill while a reservation is open: the pool is empty to everyone else. */
+    assert_int_equal(moat_runtime_pool_reserve(f->rt, NULL, other, &st), MOAT_CODE_NOT_FOUND);
+    assert_string_equal(st.reason, "pool_empty");
+    char chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(chat);
+    moat_session s;
+    int64_t now = moat_time_now_ms();
+    assert_int_equal(moat_runtime_claim(f->rt, chat, now, now + 600000, NULL, &s, &st),
+                     MOAT_CODE_NOT_FOUND);
+    moat_reconcile_report rep;
+    assert_int_equal(moat_runtime_reconcile(f->rt, moat_time_now_ms(), &rep, &st), MOAT_CODE_OK);
+    assert_int_equal(rep.pool_slots_removed, 0);
+    assert_int_equal(containers_of_session(sid), 1);
+
+    moat_runtime_pool_unreserve(f->rt, sid, true);
+    moat_runtime_pool_stats(f->rt, &ps);
+    assert_int_equal(ps.reserved, 0);
+    ready_slot(f->rt, oldest);
+    assert_string_equal(oldest, sid);
+    /* Given back once: a second give-back or a bind of it finds no reservation. */
+    moat_runtime_pool_unreserve(f->rt, sid, false);
+    assert_int_equal(containers_of_session(sid), 1);
+    assert_int_equal(moat_runtime_pool_bind(f->rt, sid, chat, now, now + 600000, &s, &st),
+                     MOAT_CODE_NOT_FOUND);
+
+    reserve(f->rt, sid);
+    assert_string_equal(sid, oldest);
+    assert_int_equal(moat_runtime_pool_bind(f->rt, sid, "not-a-uuid", now, now + 600000, &s, &st),
+                     MOAT_CODE_INVALID_ARGUMENT);
+    ready_slot(f->rt, oldest);
+    assert_string_equal(oldest, sid);
+    reserve(f->rt, sid);
+    assert_int_equal(moat_runtime_pool_bind(f->rt, sid, chat, now, now + 600000, &s, &st),
+                     MOAT_CODE_OK);
+    assert_string_equal(s.session_id, sid);
+    assert_string_equal(s.chat_id, chat);
+    char *out = in_sandbox(&s, "echo bound > /workspace/chat/note && cat /workspace/chat/note");
+    assert_string_equal(out, "bound\n");
+    free(out);
+    char other_chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(other_chat);
+    moat_session again;
+    assert_int_equal(moat_runtime_pool_bind(f->rt, sid, other_chat, now, now + 600000, &again, &st),
+                     MOAT_CODE_NOT_FOUND);
+    moat_runtime_pool_unreserve(f->rt, sid, true);
+    moat_session got;
+    assert_int_equal(moat_runtime_get(f->rt, sid, &got, &st), MOAT_CODE_OK);
+    assert_string_equal(got.chat_id, chat);
+    assert_int_equal(got.state, MOAT_SESSION_RUNNING);
+
+    /* The refill follows; a reservation dropped without reuse takes its sandbox with it. */
+    wait_ready(f->rt, 1);
+    reserve(f->rt, other);
+    moat_runtime_pool_unreserve(f->rt, other, false);
+    assert_int_equal(containers_of_session(other), 0);
+    assert_int_equal(moat_runtime_stop(f->rt, sid, &st), MOAT_CODE_OK);
+}
+
+typedef struct reserver {
+    moat_runtime *rt;
+    char sid[MOAT_UUID_STR_LEN];
+    moat_code code;
+} reserver;
+
+static void *reserve_main(void *arg)
+{
+    reserver *r = arg;
+    moat_status st;
+    r->code = moat_runtime_pool_reserve(r->rt, NULL, r->sid, &st);
+    return NULL;
+}
+
+/* A reservation racing a claim for one ready slot: never both get it. A reservation left open
+ * when its process dies: the next runtime's reconcile removes the slot, so its id is never a
+ * session there. */
+static void test_reservation_races_and_restart(void **state)
+{
+    fx *f = *state;
+    moat_status st;
+    assert_int_equal(moat_runtime_start_pool(f->rt, &st), MOAT_CODE_OK);
+    wait_ready(f->rt, 1);
+    reserver r = {.rt = f->rt};
+    claimer c = {.rt = f->rt};
+    moat_uuid_generate(c.chat);
+    pthread_t t[2];
+    pthread_create(&t[0], NULL, reserve_main, &r);
+    pthread_create(&t[1], NULL, claim_main, &c);
+    pthread_join(t[0], NULL);
+    pthread_join(t[1], NULL);
+    assert_true(r.code == MOAT_CODE_OK || c.code == MOAT_CODE_OK);
+    if (r.code == MOAT_CODE_OK && c.code == MOAT_CODE_OK)
+        assert_string_not_equal(r.sid, c.s.session_id);
+    if (c.code == MOAT_CODE_OK)
+        assert_int_equal(moat_runtime_stop(f->rt, c.s.session_id, &st), MOAT_CODE_OK);
+    if (r.code != MOAT_CODE_OK) {
+        wait_ready(f->rt, 1);
+        reserve(f->rt, r.sid);
+    }
+    /* A restart with the reservation open: nothing of the first runtime in the next's memory. */
+    moat_runtime *first = f->rt;
+    f->cfg.pool_size = 0;
+    f->rt = open_runtime(f);
+    moat_reconcile_report rep;
+    assert_int_equal(moat_runtime_reconcile(f->rt, moat_time_now_ms(), &rep, &st), MOAT_CODE_OK);
+    assert_true(rep.pool_slots_removed >= 1);
+    assert_int_equal(containers_of_session(r.sid), 0);
+    moat_session got;
+    assert_int_equal(moat_runtime_get(f->rt, r.sid, &got, &st), MOAT_CODE_NOT_FOUND);
+    moat_runtime_close(first);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -616,6 +767,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_list_snapshot_follows_claims, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_on_an_empty_pool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_between_rename_and_move, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reservation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reservation_races_and_restart, setup, teardown),
     };
     return moat_run_group_tests("test_pool_docker", tests, group_setup, NULL);
 }

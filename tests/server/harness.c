@@ -529,6 +529,12 @@ int raw_unary(raw_conn *c, const char *method, const ProtobufCMessage *req,
 raw_created raw_create(int port, const char *token, const char *chat, bool force_new,
                        uint64_t *took_ns)
 {
+    return raw_create_placed(port, token, chat, force_new, NULL, took_ns);
+}
+
+raw_created raw_create_placed(int port, const char *token, const char *chat, bool force_new,
+                              const char *placed_by, uint64_t *took_ns)
+{
     raw_created out = {-1, "", "", ""};
     raw_conn *c = raw_connect_ready(port, token);
     if (c == NULL)
@@ -536,6 +542,7 @@ raw_created raw_create(int port, const char *token, const char *chat, bool force
     Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
     req.chat_id = (char *)chat;
     req.force_new = force_new;
+    req.placed_by = (char *)placed_by;
     ProtobufCMessage *resp = NULL;
     uint64_t t0 = moat_time_mono_ns();
     out.code =

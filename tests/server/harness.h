@@ -112,6 +112,9 @@ typedef struct raw_created {
  * (may be NULL) gets the call's time, connection excluded. */
 raw_created raw_create(int port, const char *token, const char *chat, bool force_new,
                        uint64_t *took_ns);
+/* The same with placed_by (NULL: none), as a forwarding node, or a client, sets it. */
+raw_created raw_create_placed(int port, const char *token, const char *chat, bool force_new,
+                              const char *placed_by, uint64_t *took_ns);
 
 /* The first MiB of a file as a NUL-terminated string (free it); "" when it cannot be read. */
 char *slurp_file(const char *path);
