@@ -476,6 +476,21 @@ static void on_hello_timeout(uv_timer_t *t)
     conn_close(t->data, "no answer to its hello in time");
 }
 
+static void conn_connect(peer_conn *pc, const struct sockaddr *addr)
+{
+    uv_tcp_init(pc->pool->s->loop, &pc->tcp);
+    pc->tcp.data = pc;
+    pc->tcp_open = true;
+    /* A peer whose host vanished sends no FIN: keepalives find out. The Call and its request
+     * go as two small writes: without TCP_NODELAY the second waits for the peer's delayed ACK
+     * of the first (40 ms on Linux). */
+    uv_tcp_keepalive(&pc->tcp, 1, 5);
+    uv_tcp_nodelay(&pc->tcp, 1);
+    pc->connect.data = pc;
+    if (uv_tcp_connect(&pc->connect, &pc->tcp, addr, on_connected) != 0)
+        conn_close(pc, "cannot connect");
+}
+
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     peer_conn *pc = req->data;
@@ -490,17 +505,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         conn_close(pc, status != 0 ? uv_strerror(status) : "no address");
         return;
     }
-    uv_tcp_init(pc->pool->s->loop, &pc->tcp);
-    pc->tcp.data = pc;
-    pc->tcp_open = true;
-    /* A peer whose host vanished sends no FIN: keepalives find out. The Call and its request
-     * go as two small writes: without TCP_NODELAY the second waits for the peer's delayed ACK
-     * of the first (40 ms on Linux). */
-    uv_tcp_keepalive(&pc->tcp, 1, 5);
-    uv_tcp_nodelay(&pc->tcp, 1);
-    pc->connect.data = pc;
-    if (uv_tcp_connect(&pc->connect, &pc->tcp, res->ai_addr, on_connected) != 0)
-        conn_close(pc, "cannot connect");
+    conn_connect(pc, res->ai_addr);
     uv_freeaddrinfo(res);
 }
 
@@ -520,16 +525,23 @@ static peer_conn *conn_dial(peer_pool *pool, const char *address)
     pc->next_id = 1;
     pc->max_streams = s->cfg.max_streams_per_connection;
     moat_wire_decoder_init(&pc->dec, MOAT_WIRE_PREHELLO_MAX_FRAME);
-    pc->gai.data = pc;
-    snprintf(port, sizeof(port), "%u", port_n);
-    struct addrinfo hints = {0};
-    hints.ai_socktype = SOCK_STREAM;
-    if (uv_getaddrinfo(s->loop, &pc->gai, on_resolved, host, port, &hints) != 0) {
-        moat_wire_decoder_free(&pc->dec);
-        free(pc);
-        return NULL;
+    /* A numeric address (cluster_advertise is one as a rule) is connected to at once: the
+     * resolver runs on the thread pool, whose workers may all be forwards waiting on this loop. */
+    struct sockaddr_storage sa;
+    bool numeric = uv_ip4_addr(host, port_n, (struct sockaddr_in *)&sa) == 0 ||
+                   uv_ip6_addr(host, port_n, (struct sockaddr_in6 *)&sa) == 0;
+    if (!numeric) {
+        pc->gai.data = pc;
+        snprintf(port, sizeof(port), "%u", port_n);
+        struct addrinfo hints = {0};
+        hints.ai_socktype = SOCK_STREAM;
+        if (uv_getaddrinfo(s->loop, &pc->gai, on_resolved, host, port, &hints) != 0) {
+            moat_wire_decoder_free(&pc->dec);
+            free(pc);
+            return NULL;
+        }
+        pc->resolving = true;
     }
-    pc->resolving = true;
     uv_timer_init(s->loop, &pc->hello_timer);
     pc->hello_timer.data = pc;
     pc->timer_open = true;
@@ -537,7 +549,9 @@ static peer_conn *conn_dial(peer_pool *pool, const char *address)
                    (uint64_t)s->cfg.hello_timeout_seconds * 1000, 0);
     pc->next = pool->conns;
     pool->conns = pc;
-    return pc;
+    if (numeric)
+        conn_connect(pc, (const struct sockaddr *)&sa);
+    return pc->state != PEER_CLOSING ? pc : NULL;
 }
 
 /* The connection a new call to address goes on: the first with room, else a new one while
