@@ -805,6 +805,40 @@ static void test_download_lines(void **state)
     unlink(path);
 }
 
+/* Headers larger than a connection's memory (libmicrohttpd's pool, 256 KiB: src/execd/main.c)
+ * are refused with 431 before they are all read, and execd goes on serving. */
+static void test_headers_past_connection_memory(void **state)
+{
+    (void)state;
+    size_t len = 2u << 20;
+    char *req = malloc(len);
+    assert_non_null(req);
+    int head = snprintf(req, len, "GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    memset(req + head, 'a', len - (size_t)head);
+    int fd = connect_unix();
+    /* execd answers and closes once its buffer is full: the rest of the send then fails */
+    for (size_t sent = 0; sent < len;) {
+        ssize_t n = send(fd, req + sent, len - sent, MSG_NOSIGNAL);
+        if (n <= 0)
+            break;
+        sent += (size_t)n;
+    }
+    free(req);
+    char resp[512];
+    size_t got = 0;
+    ssize_t n;
+    while (got + 1 < sizeof(resp) && (n = read(fd, resp + got, sizeof(resp) - 1 - got)) > 0)
+        got += (size_t)n;
+    resp[got] = '\0';
+    close(fd);
+    long status = 0;
+    sscanf(resp, "HTTP/1.1 %ld", &status);
+    assert_int_equal(status, 431);
+    xd_resp r = xd_http(&xp.unix_t, "GET", "/ping", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    xd_resp_free(&r);
+}
+
 static void test_upload_raw(void **state)
 {
     (void)state;
@@ -1764,6 +1798,7 @@ int main(void)
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_download_lines),
         cmocka_unit_test(test_upload_raw),
+        cmocka_unit_test(test_headers_past_connection_memory),
         cmocka_unit_test(test_files_write),
         cmocka_unit_test(test_files_write_streamed),
         cmocka_unit_test(test_token),
