@@ -436,8 +436,8 @@ static void created(void *ud, const moat_status *st, const char *session_id)
         /* A limit the client can act on, not execd failing: a reason of its own. */
         moat_status_set(&err, MOAT_CODE_RESOURCE_EXHAUSTED, "too_many_terminals",
                         "the sandbox has as many live terminal sessions as execd keeps (running, "
-                        "or detached and waiting for a reattach); end one, or wait for a detached "
-                        "one's idle timeout (%s)",
+                        "or detached and waiting for a reattach); end one, or wait for the idle "
+                        "timeout of a detached one (%s)",
                         st->message);
         terminal_end(t, &err);
         return;

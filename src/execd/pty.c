@@ -47,13 +47,20 @@ static bool thread_start(xd_pty *s)
     return false;
 }
 
+/* Closes *fd if open and marks it closed. */
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
 static void session_free(xd_pty *s)
 {
-    close(s->wake_r);
-    close(s->wake_w);
-    close(s->gone_r);
-    if (s->gone_w >= 0)
-        close(s->gone_w);
+    close_fd(&s->wake_r);
+    close_fd(&s->wake_w);
+    close_fd(&s->gone_r);
+    close_fd(&s->gone_w);
     if (s->stdin_fd >= 0)
         close(s->stdin_fd);
     pthread_cond_destroy(&s->stdin_cv);
@@ -96,9 +103,7 @@ bool xd_pty_unlist(xd_pty *s)
         return false;
     pthread_mutex_lock(&s->mu);
     s->closing = true;
-    if (s->gone_w >= 0)
-        close(s->gone_w);
-    s->gone_w = -1;
+    close_fd(&s->gone_w);
     pthread_cond_broadcast(&s->stdin_cv);
     pthread_mutex_unlock(&s->mu);
     xd_pty_wake(s);
@@ -108,8 +113,13 @@ bool xd_pty_unlist(xd_pty *s)
 
 void xd_pty_wake(xd_pty *s)
 {
-    ssize_t w = write(s->wake_w, "x", 1);
-    (void)w;
+    /* Under the lock: a release closes the pipe, an attach after it opens another. */
+    pthread_mutex_lock(&s->mu);
+    if (s->wake_w >= 0) {
+        ssize_t w = write(s->wake_w, "x", 1);
+        (void)w;
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* Sessions never attached, and released ones no client is on, are dropped here once idle for
@@ -179,6 +189,15 @@ bool xd_pty_release(xd_pty *s, int exit_code, const char *start_error)
         s->idle_since_ns = moat_time_mono_ns();
         s->stdin_state = XD_STDIN_CLOSED;
         pthread_cond_broadcast(&s->stdin_cv);
+        /* What is kept holds no descriptor (256 released sessions would take a thousand) and
+         * no request text; an upload needs none of it, as stdin is closed. */
+        close_fd(&s->wake_r);
+        close_fd(&s->wake_w);
+        close_fd(&s->gone_r);
+        close_fd(&s->gone_w);
+        free(s->cwd);
+        free(s->command);
+        s->cwd = s->command = NULL;
     }
     pthread_mutex_unlock(&s->mu);
     xd_pty *evict = can && finished_count > XD_PTY_FINISHED_MAX ? oldest_finished() : NULL;
@@ -315,6 +334,20 @@ static bool upgrade_requested(struct MHD_Connection *conn, char accept[MOAT_EXEC
            strcmp(version, "13") == 0 && key != NULL && moat_execd_ws_accept_key(key, accept);
 }
 
+/* A released session's wake pipe went with its thread: the next thread gets a new one. Under
+ * s->mu. */
+static bool wake_open(xd_pty *s)
+{
+    int wake[2];
+    if (s->wake_w >= 0)
+        return true;
+    if (pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0)
+        return false;
+    s->wake_r = wake[0];
+    s->wake_w = wake[1];
+    return true;
+}
+
 static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
                         size_t extra_in_size, MHD_socket sock,
                         struct MHD_UpgradeResponseHandle *urh)
@@ -351,7 +384,7 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
     xd_pty_client *replaced = NULL;
     bool start = false;
     pthread_mutex_lock(&s->mu);
-    if (s->closing) {
+    if (s->closing || !wake_open(s)) {
         replaced = c;
     } else {
         replaced = s->pending;

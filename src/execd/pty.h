@@ -65,11 +65,13 @@ typedef struct xd_pty {
     xd_pty_stdin_state stdin_state;
     int stdin_fd;            /* the pipe's write end while lent or returned; -1 otherwise */
     pthread_cond_t stdin_cv; /* stdin_state left XD_STDIN_WANTED, or the session closes */
-    /* Unlisting closes gone_w: an uploader waiting for the pipe to take more polls gone_r. */
+    /* Unlisting closes gone_w: an uploader waiting for the pipe to take more polls gone_r.
+     * Both -1 once released. */
     int gone_r, gone_w;
     /* Read by GET /pty/{id} without the lock. */
     atomic_bool running;
     _Atomic uint64_t output_offset;
+    /* Guarded by mu (the thread reads wake_r alone): -1 from a release until a new attach. */
     int wake_r, wake_w;
     struct xd_pty *next;
 } xd_pty;
