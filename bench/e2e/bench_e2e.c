@@ -23,13 +23,15 @@
  *     (< 20 ms; bench_list.c)
  *  9. interactive (#14): keystroke round trip p50 through `moat exec -it` vs `docker exec -it`
  *     (<= 0.75x) with a local pty as the floor, and 256 MiB of stdin into `cat >/dev/null`
- *     through `moat exec -i` vs `docker exec -i` (>= 2x) (bench_interactive.c)
+ *     through `moat exec -i` vs `docker exec -i` (>= 2x) (bench_interactive.c); sequential
+ *     (issue 14): 200 `exec -i` calls one after another in one sandbox, all must succeed, p50
+ *     against `docker exec -i`'s
  *
  * 10. terminals: moatd's RSS for idle terminal sessions (bench_terminals.c)
  *
  * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|tti-burst|tti-empty|memory|
- * list|interactive|terminals]... (needs dockerd, moat-sandbox:latest and the execd bundle from
- * scripts/build-sandbox-image.sh <build-dir>; env MOAT_BUILD_DIR = that build dir)
+ * list|interactive|sequential|terminals]... (needs dockerd, moat-sandbox:latest and the execd
+ * bundle from scripts/build-sandbox-image.sh <build-dir>; env MOAT_BUILD_DIR = that build dir)
  * --quick shrinks counts (the figures are then indicative only); naming phases runs only
  * those. Every phase is bounded. With MOAT_BENCH_LOG_DIR set, tti runs its moatds at debug level,
  * keeps their logs there and prints every round over 30 ms with its wall-clock start and how
@@ -1204,7 +1206,7 @@ int main(int argc, char **argv)
     bool tti_all = want("tti"), tti_burst_only = want("tti-burst"),
          tti_empty_only = want("tti-empty");
     if (!want("latency") && !want("stream") && !want("concurrent") && !tti_all && !tti_burst_only &&
-        !tti_empty_only && !want("interactive"))
+        !tti_empty_only && !want("interactive") && !want("sequential"))
         return failures == 0 ? 0 : 1;
 
     moatd_proc p;
@@ -1245,6 +1247,8 @@ int main(int argc, char **argv)
     if (want("interactive"))
         bench_interactive(&p, moat_bin, sid, cid, quick ? 100 : 1000,
                           quick ? (32ll << 20) : (256ll << 20));
+    if (want("sequential"))
+        bench_interactive_sequential(&p, moat_bin, sid, cid, quick ? 70 : 200);
     if (want("concurrent"))
         bench_concurrent(&p, quick ? 10 : 100, quick ? 100 : 1000);
     if (tti_all || tti_burst_only || tti_empty_only)

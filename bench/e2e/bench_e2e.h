@@ -31,6 +31,9 @@ void verdict(const char *what, double value, double baseline, const char *unit, 
  * (container cid) of p (bench_interactive.c). */
 void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *sid, const char *cid,
                        int keystrokes, long long stdin_bytes);
+/* N sequential `exec -i` calls in one sandbox against docker exec -i (bench_interactive.c). */
+void bench_interactive_sequential(const moatd_proc *p, const char *moat_bin, const char *sid,
+                                  const char *cid, int n);
 
 /* ListSessions of nsessions live sessions through its own moatd, p50 and p95 over runs calls,
  * against Docker's own filtered list of the same containers in the same run (bench_list.c). */

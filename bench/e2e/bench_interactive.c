@@ -7,7 +7,10 @@
  *  - stdin throughput: N MiB of /dev/zero piped into `cat >/dev/null` through `moat exec -i` and
  *    `docker exec -i`, whole client processes timed, rounds alternated (target: moat >= 2x
  *    docker), with the bound of any transport beside them: the same bytes piped into the same
- *    cat inside the sandbox, no transport at all. */
+ *    cat inside the sandbox, no transport at all;
+ *  - sequential (issue 14): N `moat exec -i` calls one after another in one sandbox, each a
+ *    short stdin into `wc -l`, alternated with `docker exec -i`: every one must succeed (execd
+ *    used to refuse the 65th within its idle timeout), and the p50 of each. */
 #include <errno.h>
 #include <poll.h>
 #include <pty.h>
@@ -193,4 +196,51 @@ void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *si
     printf("bound: in-sandbox pipe into the same cat %.0f MiB/s (median, net of docker exec's "
            "start) = %.2fx docker exec -i; 2x docker is %.0f%% of it, moat reaches %.0f%%\n",
            pr, pr / dr, 200.0 * dr / pr, 100.0 * mr / pr);
+}
+
+/* One `printf 'a\nb\n' | ... wc -l` through moat exec -i (or docker exec -i); its wall time, -1
+ * when it failed or printed anything but 2. */
+static double sequential_run(const char *addr, const char *moat_bin, const char *sid,
+                             const char *cid, bool moat)
+{
+    char cmd[1400];
+    if (moat)
+        snprintf(cmd, sizeof(cmd), "test \"$(printf 'a\\nb\\n' | %s %s exec -i %s -- wc -l)\" = 2",
+                 addr, moat_bin, sid);
+    else
+        snprintf(cmd, sizeof(cmd),
+                 "test \"$(printf 'a\\nb\\n' | /usr/bin/docker exec -i %s wc -l)\" = 2", cid);
+    return timed_system(cmd);
+}
+
+void bench_interactive_sequential(const moatd_proc *p, const char *moat_bin, const char *sid,
+                                  const char *cid, int n)
+{
+    char addr[64];
+    snprintf(addr, sizeof(addr), "MOAT_ADDR=127.0.0.1:%d", p->port);
+    double *tm = calloc((size_t)n, sizeof(double)), *td = calloc((size_t)n, sizeof(double));
+    if (tm == NULL || td == NULL) {
+        free(tm);
+        free(td);
+        failures++;
+        return;
+    }
+    int mfail = 0, dfail = 0, first_fail = -1;
+    /* alternated, so that the host's load weighs on each alike */
+    for (int i = 0; i < n; i++) {
+        tm[i] = sequential_run(addr, moat_bin, sid, cid, true);
+        td[i] = sequential_run(addr, moat_bin, sid, cid, false);
+        if (tm[i] < 0 && first_fail < 0)
+            first_fail = i + 1;
+        mfail += tm[i] < 0;
+        dfail += td[i] < 0;
+    }
+    double mp = percentile(tm, n, 0.5) * 1000, dp = percentile(td, n, 0.5) * 1000;
+    printf("sequential exec -i: moat %d of %d ok (first failure: call %d), docker %d of %d ok\n",
+           n - mfail, n, first_fail, n - dfail, n);
+    char what[80];
+    snprintf(what, sizeof(what), "%d sequential exec -i, p50 per call (ms)", n);
+    verdict(what, mp, dp, "ms", mp / dp, mfail == 0, "all succeed");
+    free(tm);
+    free(td);
 }

@@ -430,6 +430,18 @@ static void created(void *ud, const moat_status *st, const char *session_id)
         terminal_end(t, &err);
         return;
     }
+    const char *execd_code = moat_status_detail_get(st, "execd_code");
+    if (st->code == MOAT_CODE_RESOURCE_EXHAUSTED && execd_code != NULL &&
+        strcmp(execd_code, "TOO_MANY_SESSIONS") == 0) {
+        /* A limit the client can act on, not execd failing: a reason of its own. */
+        moat_status_set(&err, MOAT_CODE_RESOURCE_EXHAUSTED, "too_many_terminals",
+                        "the sandbox has as many live terminal sessions as execd keeps (running, "
+                        "or detached and waiting for a reattach); end one, or wait for the idle "
+                        "timeout of a detached one (%s)",
+                        st->message);
+        terminal_end(t, &err);
+        return;
+    }
     if (st->code != MOAT_CODE_OK) {
         terminal_end(t, st);
         return;

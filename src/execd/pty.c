@@ -12,12 +12,15 @@
 #include <strings.h>
 #include <unistd.h>
 
-/* Each started session holds a 1 MiB ring and a thread. */
+/* Each live session holds (once started) a 1 MiB ring and a thread. */
 #define XD_PTY_SESSIONS_MAX 64
+/* Released sessions keep a few hundred bytes each for GET /pty/{id} and a late attach; past
+ * this many the oldest is dropped, so running commands to their end never fills memory. */
+#define XD_PTY_FINISHED_MAX 256
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static xd_pty *table;
-static size_t table_count;
+static size_t table_count, finished_count; /* listed sessions, and the released ones of them */
 /* Session threads are detached; shutdown waits for this count to reach 0. */
 static pthread_cond_t threads_done = PTHREAD_COND_INITIALIZER;
 static size_t threads_live;
@@ -44,17 +47,25 @@ static bool thread_start(xd_pty *s)
     return false;
 }
 
+/* Closes *fd if open and marks it closed. */
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
 static void session_free(xd_pty *s)
 {
-    close(s->wake_r);
-    close(s->wake_w);
-    close(s->gone_r);
-    if (s->gone_w >= 0)
-        close(s->gone_w);
+    close_fd(&s->wake_r);
+    close_fd(&s->wake_w);
+    close_fd(&s->gone_r);
+    close_fd(&s->gone_w);
     if (s->stdin_fd >= 0)
         close(s->stdin_fd);
     pthread_cond_destroy(&s->stdin_cv);
     pthread_mutex_destroy(&s->mu);
+    free(s->start_error);
     free(s->cwd);
     free(s->command);
     free(s);
@@ -77,6 +88,12 @@ bool xd_pty_unlist(xd_pty *s)
         if (*pp == s) {
             *pp = s->next;
             table_count--;
+            pthread_mutex_lock(&s->mu);
+            if (s->finished)
+                finished_count--;
+            /* under table_lock too, so that a release counts only sessions still listed */
+            s->listed = false;
+            pthread_mutex_unlock(&s->mu);
             was = true;
             break;
         }
@@ -85,11 +102,8 @@ bool xd_pty_unlist(xd_pty *s)
     if (!was)
         return false;
     pthread_mutex_lock(&s->mu);
-    s->listed = false;
     s->closing = true;
-    if (s->gone_w >= 0)
-        close(s->gone_w);
-    s->gone_w = -1;
+    close_fd(&s->gone_w);
     pthread_cond_broadcast(&s->stdin_cv);
     pthread_mutex_unlock(&s->mu);
     xd_pty_wake(s);
@@ -99,12 +113,17 @@ bool xd_pty_unlist(xd_pty *s)
 
 void xd_pty_wake(xd_pty *s)
 {
-    ssize_t w = write(s->wake_w, "x", 1);
-    (void)w;
+    /* Under the lock: a release closes the pipe, an attach after it opens another. */
+    pthread_mutex_lock(&s->mu);
+    if (s->wake_w >= 0) {
+        ssize_t w = write(s->wake_w, "x", 1);
+        (void)w;
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
-/* Sessions never attached are dropped here once idle for the timeout (no thread watches
- * them). */
+/* Sessions never attached, and released ones no client is on, are dropped here once idle for
+ * the timeout (no thread watches them). */
 xd_pty *xd_pty_find(const char *id)
 {
     uint64_t now = moat_time_mono_ns();
@@ -115,8 +134,8 @@ xd_pty *xd_pty_find(const char *id)
         if (strcmp(s->id, id) == 0) {
             found = s;
             s->refs++;
-        } else if (expired == NULL && !s->started && s->claims == 0 &&
-                   now - s->created_ns >= xd.cfg.pty_idle_ns) {
+        } else if (expired == NULL && (!s->started || (s->finished && !s->serving)) &&
+                   s->claims == 0 && now - s->idle_since_ns >= xd.cfg.pty_idle_ns) {
             expired = s;
             s->refs++;
         }
@@ -128,6 +147,67 @@ xd_pty *xd_pty_find(const char *id)
         xd_pty_unref(expired);
     }
     return found;
+}
+
+/* The released session idle the longest, with a reference, or NULL. Under table_lock. */
+static xd_pty *oldest_finished(void)
+{
+    xd_pty *oldest = NULL;
+    for (xd_pty *s = table; s != NULL; s = s->next) {
+        pthread_mutex_lock(&s->mu);
+        if (s->finished && !s->serving && s->claims == 0 &&
+            (oldest == NULL || s->idle_since_ns < oldest->idle_since_ns))
+            oldest = s;
+        pthread_mutex_unlock(&s->mu);
+    }
+    if (oldest != NULL) {
+        pthread_mutex_lock(&oldest->mu);
+        oldest->refs++;
+        pthread_mutex_unlock(&oldest->mu);
+    }
+    return oldest;
+}
+
+bool xd_pty_release(xd_pty *s, int exit_code, const char *start_error)
+{
+    char *error = start_error != NULL ? strdup(start_error) : NULL;
+    pthread_mutex_lock(&table_lock);
+    pthread_mutex_lock(&s->mu);
+    /* A lent pipe comes back to the thread first; a pending client is served first. */
+    bool can =
+        s->pending == NULL && (s->stdin_state == XD_STDIN_OWN || s->stdin_state == XD_STDIN_CLOSED);
+    if (can) {
+        if (!s->finished) {
+            s->finished = true;
+            s->exit_code = exit_code;
+            s->start_error = error;
+            error = NULL;
+            if (s->listed)
+                finished_count++;
+        }
+        s->serving = false;
+        s->idle_since_ns = moat_time_mono_ns();
+        s->stdin_state = XD_STDIN_CLOSED;
+        pthread_cond_broadcast(&s->stdin_cv);
+        /* What is kept holds no descriptor (256 released sessions would take a thousand) and
+         * no request text; an upload needs none of it, as stdin is closed. */
+        close_fd(&s->wake_r);
+        close_fd(&s->wake_w);
+        close_fd(&s->gone_r);
+        close_fd(&s->gone_w);
+        free(s->cwd);
+        free(s->command);
+        s->cwd = s->command = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    xd_pty *evict = can && finished_count > XD_PTY_FINISHED_MAX ? oldest_finished() : NULL;
+    pthread_mutex_unlock(&table_lock);
+    free(error);
+    if (evict != NULL) {
+        xd_pty_unlist(evict);
+        xd_pty_unref(evict);
+    }
+    return can;
 }
 
 static enum MHD_Result pty_create(struct MHD_Connection *conn, xd_req *r)
@@ -162,7 +242,7 @@ static enum MHD_Result pty_create(struct MHD_Connection *conn, xd_req *r)
     s->stdin_fd = -1;
     s->refs = 1;
     s->listed = true;
-    s->created_ns = moat_time_mono_ns();
+    s->idle_since_ns = moat_time_mono_ns();
     char err[256];
     bool ok = true;
     if (xd_nonempty(jcwd) != NULL) {
@@ -186,7 +266,7 @@ static enum MHD_Result pty_create(struct MHD_Connection *conn, xd_req *r)
     }
     moat_uuid_generate(s->id);
     pthread_mutex_lock(&table_lock);
-    bool full = table_count >= XD_PTY_SESSIONS_MAX;
+    bool full = table_count - finished_count >= XD_PTY_SESSIONS_MAX;
     if (!full) {
         s->next = table;
         table = s;
@@ -195,9 +275,10 @@ static enum MHD_Result pty_create(struct MHD_Connection *conn, xd_req *r)
     pthread_mutex_unlock(&table_lock);
     if (full) {
         session_free(s);
-        /* A limit, not a fault: 429 tells a client to close one first (moatd:
+        /* A limit, not a fault: 429 tells a client to end or delete one first (moatd:
          * RESOURCE_EXHAUSTED). */
-        return xd_respond_error(conn, 429, "TOO_MANY_SESSIONS", "too many pty sessions (%d)",
+        return xd_respond_error(conn, 429, "TOO_MANY_SESSIONS",
+                                "too many live pty sessions (%d): end or DELETE one first",
                                 XD_PTY_SESSIONS_MAX);
     }
     cJSON *body = cJSON_CreateObject();
@@ -253,6 +334,20 @@ static bool upgrade_requested(struct MHD_Connection *conn, char accept[MOAT_EXEC
            strcmp(version, "13") == 0 && key != NULL && moat_execd_ws_accept_key(key, accept);
 }
 
+/* A released session's wake pipe went with its thread: the next thread gets a new one. Under
+ * s->mu. */
+static bool wake_open(xd_pty *s)
+{
+    int wake[2];
+    if (s->wake_w >= 0)
+        return true;
+    if (pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0)
+        return false;
+    s->wake_r = wake[0];
+    s->wake_w = wake[1];
+    return true;
+}
+
 static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
                         size_t extra_in_size, MHD_socket sock,
                         struct MHD_UpgradeResponseHandle *urh)
@@ -289,17 +384,21 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
     xd_pty_client *replaced = NULL;
     bool start = false;
     pthread_mutex_lock(&s->mu);
-    if (s->closing) {
+    if (s->closing || !wake_open(s)) {
         replaced = c;
     } else {
         replaced = s->pending;
         s->pending = c;
         if (!s->started) {
-            s->started = start = true;
+            s->started = true;
             s->pipe_mode = at->pipe_mode;
             memcpy(s->term, at->term, sizeof(s->term));
             s->rows = at->rows;
             s->cols = at->cols;
+        }
+        /* A released session's thread has ended: a new one tells this client the exit. */
+        if (!s->serving) {
+            s->serving = start = true;
             s->refs++;
         }
     }
@@ -308,7 +407,8 @@ static void on_upgraded(void *cls, struct MHD_Connection *conn, void *con_cls, c
         xd_pty_client_drop(replaced);
     if (start && !thread_start(s)) {
         pthread_mutex_lock(&s->mu);
-        s->started = false;
+        s->started = s->finished;
+        s->serving = false;
         pthread_cond_broadcast(&s->stdin_cv);
         replaced = s->pending;
         s->pending = NULL;

@@ -46,12 +46,18 @@ typedef struct xd_pty {
     char id[MOAT_UUID_STR_LEN];
     char *cwd;     /* NULL: execd's own */
     char *command; /* NULL: an interactive shell */
-    uint64_t created_ns;
     /* Guarded by mu. */
     pthread_mutex_t mu;
     int refs;   /* the table, the session's thread, pending attach requests */
     int claims; /* attach requests under way plus the client attached: > 0 answers 409 */
     bool started, closing, listed;
+    bool serving; /* a thread runs for the session */
+    /* Released (xd_pty_release): the process has ended and a client was given its exit; the
+     * session no longer counts against the live limit. Written holding table_lock and mu. */
+    bool finished;
+    int exit_code;          /* once finished */
+    char *start_error;      /* once finished, when the process never started; owned */
+    uint64_t idle_since_ns; /* created, or released: the idle timeout counts from it */
     bool pipe_mode;
     char term[XD_PTY_TERM_MAX + 1];
     uint16_t rows, cols;    /* the terminal's first size */
@@ -59,11 +65,13 @@ typedef struct xd_pty {
     xd_pty_stdin_state stdin_state;
     int stdin_fd;            /* the pipe's write end while lent or returned; -1 otherwise */
     pthread_cond_t stdin_cv; /* stdin_state left XD_STDIN_WANTED, or the session closes */
-    /* Unlisting closes gone_w: an uploader waiting for the pipe to take more polls gone_r. */
+    /* Unlisting closes gone_w: an uploader waiting for the pipe to take more polls gone_r.
+     * Both -1 once released. */
     int gone_r, gone_w;
     /* Read by GET /pty/{id} without the lock. */
     atomic_bool running;
     _Atomic uint64_t output_offset;
+    /* Guarded by mu (the thread reads wake_r alone): -1 from a release until a new attach. */
     int wake_r, wake_w;
     struct xd_pty *next;
 } xd_pty;
@@ -85,6 +93,11 @@ xd_pty *xd_pty_find(const char *id);
 void xd_pty_unref(xd_pty *s);
 /* Takes the session off the table (DELETE, idle timeout); false if it was off already. */
 bool xd_pty_unlist(xd_pty *s);
+/* Called by the session's thread when the process has ended and a client has taken its exit:
+ * the session stops counting against the live limit, keeps what GET /pty/{id} and a later
+ * attach need (exit_code, start_error: copied) and the thread may end. false (nothing done)
+ * while an attach is pending or stdin is lent to an upload. */
+bool xd_pty_release(xd_pty *s, int exit_code, const char *start_error);
 void xd_pty_wake(xd_pty *s);
 /* Gives the socket back to libmicrohttpd and frees the client; its claim ends. */
 void xd_pty_client_drop(xd_pty_client *c);

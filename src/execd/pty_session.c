@@ -36,6 +36,7 @@ typedef struct session_io {
     bool start_failed;
     char start_error[512];
     bool exited, output_done, killed;
+    bool exit_delivered; /* a client took the exit (or START_FAILED): the session may go */
     int exit_code;
     uint64_t quiet_until_ns;
     moat_execd_ring ring;
@@ -342,7 +343,7 @@ static void client_begin(session_io *io, xd_pty_client *c, uint64_t now)
         moat_execd_ws_queue_replay(c->ws, &c->replay, &io->ring, c->since);
     char json[160];
     snprintf(json, sizeof(json), "{\"type\":\"connected\",\"session_id\":\"%s\",\"mode\":\"%s\"}",
-             io->s->id, io->pty_master >= 0 ? "pty" : "pipe");
+             io->s->id, io->s->pipe_mode ? "pipe" : "pty");
     queue_text(c, json);
     if (io->start_failed) {
         send_error(c, "START_FAILED", io->start_error);
@@ -355,7 +356,13 @@ static void client_begin(session_io *io, xd_pty_client *c, uint64_t now)
 
 static void client_end(session_io *io, uint64_t now)
 {
-    xd_pty_client_drop(io->client);
+    xd_pty_client *c = io->client;
+    /* Written out whole (its close follows it), so a client that hangs up at once after the
+     * exit, without waiting for the close, has still had it. */
+    if ((c->exit_sent || io->start_failed) &&
+        (moat_execd_ws_close_sent(c->ws) != 0 || !moat_execd_ws_want_write(c->ws)))
+        io->exit_delivered = true;
+    xd_pty_client_drop(c);
     io->client = NULL;
     io->detached_since_ns = now;
 }
@@ -580,7 +587,8 @@ static int poll_timeout_ms(const session_io *io, bool closing, uint64_t now)
     return at <= now ? 0 : (int)((at - now + NS_PER_MS - 1) / NS_PER_MS);
 }
 
-static void run(session_io *io)
+/* true when the session was released (xd_pty_release) rather than closed. */
+static bool run(session_io *io)
 {
     xd_pty *s = io->s;
     for (;;) {
@@ -609,7 +617,10 @@ static void run(session_io *io)
             !moat_execd_ws_send(io->client->ws))
             client_end(io, now);
         if (closing && io->output_done && io->client == NULL)
-            return;
+            return false;
+        if (io->output_done && io->client == NULL && io->exit_delivered &&
+            xd_pty_release(s, io->exit_code, io->start_failed ? io->start_error : NULL))
+            return true;
 
         poll_set ps = {.n = 0};
         ps.wake = add_fd(&ps, s->wake_r, POLLIN);
@@ -628,7 +639,7 @@ static void run(session_io *io)
         }
         int rc = poll(ps.fds, (nfds_t)ps.n, poll_timeout_ms(io, closing, now));
         if (rc < 0 && errno != EINTR)
-            return;
+            return false;
         now = moat_time_mono_ns();
         char drain[64];
         if (ready(&ps, ps.wake))
@@ -671,13 +682,28 @@ void *xd_pty_session_main(void *arg)
     io->pty_master = io->in_fd = io->out_fd = io->err_fd = -1;
     moat_buf_init(&io->stdin_buf, STDIN_MAX);
     io->detached_since_ns = moat_time_mono_ns();
-    start_process(io);
-    run(io);
+    pthread_mutex_lock(&s->mu);
+    bool finished = s->finished;
+    if (finished) {
+        /* A released session attached again: its exit (no replay: the ring went with the
+         * release), and the thread ends once that client does. */
+        io->exited = io->exit_delivered = true;
+        io->exit_code = s->exit_code;
+        io->start_failed = s->start_error != NULL;
+        if (io->start_failed)
+            snprintf(io->start_error, sizeof(io->start_error), "%s", s->start_error);
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!finished)
+        start_process(io);
+    bool released = run(io);
     if (io->client != NULL)
         client_end(io, 0);
+    /* Once released, a pending client belongs to the next thread. */
     pthread_mutex_lock(&s->mu);
-    xd_pty_client *pending = s->pending;
-    s->pending = NULL;
+    xd_pty_client *pending = released ? NULL : s->pending;
+    if (!released)
+        s->pending = NULL;
     pthread_mutex_unlock(&s->mu);
     xd_pty_client_drop(pending);
     kill_everything(io);
@@ -694,7 +720,8 @@ void *xd_pty_session_main(void *arg)
     moat_execd_ring_free(&io->ring);
     moat_buf_free(&io->stdin_buf);
     free(io);
-    xd_pty_unlist(s);
+    if (!released)
+        xd_pty_unlist(s);
     xd_pty_unref(s);
     xd_pty_thread_exit();
     return NULL;

@@ -293,6 +293,33 @@ static void test_stdin_in_pipe_mode(void **state)
     raw_close(c);
 }
 
+/* Issue 14: calls run one after another in one sandbox never run out of execd's terminal
+ * sessions (a finished one no longer counts once its exit was delivered; the 65th used to end
+ * RESOURCE_EXHAUSTED for the idle timeout's 30 minutes). */
+static void test_sequential_calls_never_run_out(void **state)
+{
+    (void)state;
+    raw_conn *c = connect_ready();
+    for (int i = 0; i < 150; i++) {
+        bool tty = i % 5 == 4;
+        Moat__V1__InteractiveStart start = MOAT__V1__INTERACTIVE_START__INIT;
+        start.session_id = session_id;
+        start.command = tty ? (char *)"printf tty-ok; exit 3" : (char *)"wc -l; exit 4";
+        start.tty = tty;
+        icall k;
+        start_call(&k, c, &start);
+        if (!tty) {
+            send_text(&k, "a\nb\n");
+            send_close_stdin(&k);
+        }
+        expect_end(&k, MOAT_CODE_OK, "");
+        assert_true(k.has_exit);
+        assert_int_equal(k.exit_code, tty ? 3 : 4);
+        assert_string_equal(k.out, tty ? "tty-ok" : "2\n");
+    }
+    raw_close(c);
+}
+
 /* One stdin message as large as the window allows reaches the process whole (moatd splits it
  * into messages execd takes). */
 static void test_large_stdin_message(void **state)
@@ -563,16 +590,76 @@ static void test_input_past_the_window_is_a_protocol_error(void **state)
     raw_close(c);
 }
 
+/* A terminal started and left (its call's connection gone), waiting for a reattach; its id. */
+static void hold_terminal(char id[64])
+{
+    raw_conn *c = connect_ready();
+    icall k;
+    start_terminal(&k, c, "echo held; cat", 0, 0);
+    if (!pump(&k, "held", 30000)) {
+        raw_close(c);
+        id[0] = '\0';
+        return;
+    }
+    snprintf(id, 64, "%s", k.execution_id);
+    raw_close(c);
+}
+
+/* The limit stays for a client that keeps terminals waiting for a reattach: past execd's 64
+ * live ones the call ends RESOURCE_EXHAUSTED `too_many_terminals`; one of them reattached and
+ * ended lets the next one in. (Earlier tests may have left terminals: they count too.) */
+static void test_held_terminals_keep_the_limit(void **state)
+{
+    (void)state;
+    char ids[65][64];
+    int held = 0;
+    for (; held < 65; held++) {
+        hold_terminal(ids[held]);
+        if (ids[held][0] == '\0')
+            break;
+    }
+    assert_true(held >= 1 && held < 65);
+
+    raw_conn *c = connect_ready();
+    icall k;
+    start_terminal(&k, c, "echo never", 0, 0);
+    expect_end(&k, MOAT_CODE_RESOURCE_EXHAUSTED, "too_many_terminals");
+
+    Moat__V1__InteractiveStart start = MOAT__V1__INTERACTIVE_START__INIT;
+    start.session_id = session_id;
+    start.attach_id = ids[0];
+    start_call(&k, c, &start);
+    expect_output(&k, "held");
+    send_close_stdin(&k); /* ^D: cat ends, and the terminal with it */
+    expect_end(&k, MOAT_CODE_OK, "");
+    assert_true(k.has_exit);
+
+    /* execd frees the slot once its session thread has seen the call's socket go: a bound
+     * against a hang, not a measure */
+    for (int i = 0; i < 1500; i++) {
+        start_terminal(&k, c, "printf in; exit 0", 0, 0);
+        pump(&k, NULL, 30000);
+        if (strcmp(k.end_reason, "too_many_terminals") != 0)
+            break;
+        usleep(20000);
+    }
+    assert_int_equal(k.end_code, MOAT_CODE_OK);
+    assert_string_equal(k.out, "in");
+    raw_close(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stdin_in_pipe_mode),
+        cmocka_unit_test(test_sequential_calls_never_run_out),
         cmocka_unit_test(test_large_stdin_message),
         cmocka_unit_test(test_terminal),
         cmocka_unit_test(test_reattach_replays_and_takes_over),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_stdin_flood_is_held_by_flow_control),
         cmocka_unit_test(test_input_past_the_window_is_a_protocol_error),
+        cmocka_unit_test(test_held_terminals_keep_the_limit),
     };
     return moat_run_group_tests("e2e_interactive", tests, setup, teardown);
 }
