@@ -29,9 +29,10 @@
  *
  * 10. terminals: moatd's RSS for idle terminal sessions (bench_terminals.c)
  *
- * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|tti-burst|tti-empty|memory|
- * list|interactive|sequential|terminals]... (needs dockerd, moat-sandbox:latest and the execd
- * bundle from scripts/build-sandbox-image.sh <build-dir>; env MOAT_BUILD_DIR = that build dir)
+ * usage: bench_e2e [--quick] [idle|latency|stream|concurrent|tti|tti-burst|tti-burst-fresh|
+ * tti-empty|memory|list|interactive|sequential|terminals]... (needs dockerd, moat-sandbox:latest
+ * and the execd bundle from scripts/build-sandbox-image.sh <build-dir>; env MOAT_BUILD_DIR = that
+ * build dir)
  * --quick shrinks counts (the figures are then indicative only); naming phases runs only
  * those. Every phase is bounded. With MOAT_BENCH_LOG_DIR set, tti runs its moatds at debug level,
  * keeps their logs there and prints every round over 30 ms with its wall-clock start and how
@@ -700,8 +701,8 @@ static void tti_burst_report(moatd_proc *pp, raw_conn *rc, int n)
 
 /* A moatd with a pool of 20: 100 sequential new chats without waiting for the pool between
  * them, as use would not (when sequential); then a burst of 20 concurrent ones on a full pool
- * (when burst). */
-static void tti_warm(int n, int burst_n, bool sequential, bool burst)
+ * (when burst), on a moatd that has listed its sessions already unless fresh. */
+static void tti_warm(int n, int burst_n, bool sequential, bool burst, bool fresh)
 {
     moatd_proc pp;
     if (!pool_moatd_start(&pp, burst_n)) {
@@ -723,8 +724,9 @@ static void tti_warm(int n, int burst_n, bool sequential, bool burst)
          * times at once. */
         char warm_chat[40], warm_sid[64];
         chat_id(warm_chat, 7, 0);
-        bool warm = sequential || (create_session(rc, warm_chat, NULL, warm_sid, NULL) &&
-                                   stop_session(rc, warm_sid));
+        bool warm =
+            sequential || fresh ||
+            (create_session(rc, warm_chat, NULL, warm_sid, NULL) && stop_session(rc, warm_sid));
         if (!warm)
             failures++;
         if (burst && warm)
@@ -733,7 +735,7 @@ static void tti_warm(int n, int burst_n, bool sequential, bool burst)
     raw_close(rc);
     moatd_stop(&pp);
     log_warnings(&pp);
-    keep_log(&pp, "tti-pool");
+    keep_log(&pp, fresh ? "tti-burst-fresh" : "tti-pool");
     moatd_remove_dir(pp.state_dir);
 }
 
@@ -837,13 +839,17 @@ static void tti_empty(moatd_proc *p, int n)
 
 /* Time to interactive (tti: every part; tti-burst, tti-empty: that part alone): a moatd without
  * a pool (the main one), then one with a pool of 20 (tti_warm), then the pool empty
- * (tti_empty). Each against the baseline in the same run. */
-static void bench_tti(moatd_proc *p, int n, int burst, bool all, bool burst_only, bool empty_only)
+ * (tti_empty). Each against the baseline in the same run. tti-burst-fresh, only when named: the
+ * burst as a fresh moatd's first creates, which find no session list to share. */
+static void bench_tti(moatd_proc *p, int n, int burst, bool all, bool burst_only, bool fresh_only,
+                      bool empty_only)
 {
     if (all)
         tti_sequential(p, 1, n, "tti, no pool (create + echo hi)", 0, 0);
     if (all || burst_only)
-        tti_warm(n, burst, all, true);
+        tti_warm(n, burst, all, true, false);
+    if (fresh_only)
+        tti_warm(n, burst, false, true, true);
     if (all || empty_only)
         tti_empty(p, n);
 }
@@ -1204,9 +1210,10 @@ int main(int argc, char **argv)
     if (want("terminals"))
         bench_terminals(quick ? 20 : 100);
     bool tti_all = want("tti"), tti_burst_only = want("tti-burst"),
-         tti_empty_only = want("tti-empty");
+         tti_empty_only = want("tti-empty"),
+         tti_fresh_only = nphases > 0 && want("tti-burst-fresh");
     if (!want("latency") && !want("stream") && !want("concurrent") && !tti_all && !tti_burst_only &&
-        !tti_empty_only && !want("interactive") && !want("sequential"))
+        !tti_fresh_only && !tti_empty_only && !want("interactive") && !want("sequential"))
         return failures == 0 ? 0 : 1;
 
     moatd_proc p;
@@ -1251,8 +1258,9 @@ int main(int argc, char **argv)
         bench_interactive_sequential(&p, moat_bin, sid, cid, quick ? 70 : 200);
     if (want("concurrent"))
         bench_concurrent(&p, quick ? 10 : 100, quick ? 100 : 1000);
-    if (tti_all || tti_burst_only || tti_empty_only)
-        bench_tti(&p, quick ? 5 : 100, quick ? 5 : 20, tti_all, tti_burst_only, tti_empty_only);
+    if (tti_all || tti_burst_only || tti_fresh_only || tti_empty_only)
+        bench_tti(&p, quick ? 5 : 100, quick ? 5 : 20, tti_all, tti_burst_only, tti_fresh_only,
+                  tti_empty_only);
     moatd_stop(&p);
     moatd_remove_dir(p.state_dir);
     docker_remove_prefixed(prefix);

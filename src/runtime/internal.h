@@ -114,6 +114,11 @@ struct moat_runtime {
      * death was seen is not cached as running (moat__cache_add). */
     char cache_dead[16][MOAT_CONTAINER_ID_MAX];
     size_t cache_dead_next;
+    /* The Docker list under way for a missed snapshot, which callers at its generation join
+     * instead of listing too (under cache_mu; owned by the flight's references). */
+    struct moat__list_flight *list_flight;
+    pthread_cond_t list_done; /* broadcast when any flight ends */
+    size_t list_joined;       /* callers that have joined a flight so far, for tests */
     pthread_t watch_thread;
     bool watch_running;
     bool watch_stop;
@@ -381,6 +386,17 @@ void moat__cache_invalidate(moat_runtime *rt);
 bool moat__cache_get(moat_runtime *rt, moat_session **out, size_t *count, uint64_t *gen);
 /* Stores a snapshot taken at gen (copied), if nothing changed meanwhile. */
 void moat__cache_put(moat_runtime *rt, uint64_t gen, const moat_session *sessions, size_t count);
+/* A missed snapshot's Docker list, shared: the first caller at a generation makes it (*lead set,
+ * which it ends with moat__list_end), and those that miss at the same generation meanwhile wait
+ * for its outcome (true: *code, *st and on OK *out, a copy the caller frees). A list begun before
+ * an invalidation is never joined after it: the generation has moved on, so the next caller
+ * leads a new one. */
+typedef struct moat__list_flight moat__list_flight;
+bool moat__list_join(moat_runtime *rt, moat__list_flight **lead, moat_code *code,
+                     moat_session **out, size_t *count, moat_status *st);
+/* The lead's outcome (sessions copied) to every caller that joined; drops the lead's reference. */
+void moat__list_end(moat_runtime *rt, moat__list_flight *f, moat_code code, const moat_status *st,
+                    const moat_session *sessions, size_t count);
 /* A running session that now exists (a claim): added to a usable snapshot, which stays usable,
  * instead of invalidating it. */
 void moat__cache_add(moat_runtime *rt, const moat_session *session);

@@ -502,15 +502,10 @@ static int find_row(const moat__row *rows, size_t n, const char *session_id)
     return -1;
 }
 
-moat_code moat_runtime_list_active(moat_runtime *rt, moat_session **out, size_t *count,
-                                   moat_status *st)
+/* The running sessions from Docker's list and the store's rows, taken at generation gen. */
+static moat_code list_from_engine(moat_runtime *rt, uint64_t gen, moat_session **out, size_t *count,
+                                  moat_status *st)
 {
-    moat_status_clear(st);
-    *out = NULL;
-    *count = 0;
-    uint64_t gen;
-    if (moat__cache_get(rt, out, count, &gen))
-        return MOAT_CODE_OK;
     const char *labels[] = {LABEL_SESSION, LABEL_CHAT, LABEL_EXPIRES};
     moat__listed *items;
     size_t n;
@@ -541,6 +536,30 @@ moat_code moat_runtime_list_active(moat_runtime *rt, moat_session **out, size_t 
     *out = sessions;
     *count = n;
     return MOAT_CODE_OK;
+}
+
+moat_code moat_runtime_list_active(moat_runtime *rt, moat_session **out, size_t *count,
+                                   moat_status *st)
+{
+    moat_status_clear(st);
+    *out = NULL;
+    *count = 0;
+    uint64_t gen;
+    if (moat__cache_get(rt, out, count, &gen))
+        return MOAT_CODE_OK;
+    /* A burst of creates after the snapshot was dropped asks Docker once, not once each. */
+    uint64_t t0 = moat_time_mono_ns();
+    moat__list_flight *lead;
+    moat_code code;
+    bool joined = moat__list_join(rt, &lead, &code, out, count, st);
+    if (!joined) {
+        code = list_from_engine(rt, gen, out, count, st);
+        moat__list_end(rt, lead, code, st, *out, *count);
+    }
+    moat_log(MOAT_LOG_DEBUG, "session_list", "joined=%s count=%zu code=%s list_us=%llu",
+             joined ? "true" : "false", *count, moat_code_name(code),
+             (unsigned long long)(moat_time_mono_ns() - t0) / 1000);
+    return code;
 }
 
 moat_code moat_runtime_renew(moat_runtime *rt, const char *session_id_in, int64_t new_expires_at_ms,

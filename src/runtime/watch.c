@@ -10,9 +10,22 @@
 
 #include "internal.h"
 
+/* A missed snapshot's Docker list and its outcome, kept until the last caller that joined it
+ * has copied that (refs). */
+struct moat__list_flight {
+    uint64_t gen; /* cache_gen when it began */
+    size_t refs;  /* the lead and the callers waiting */
+    bool done;
+    moat_code code;
+    moat_status status;
+    moat_session *sessions; /* owned */
+    size_t count;
+};
+
 void moat__cache_init(moat_runtime *rt)
 {
     pthread_mutex_init(&rt->cache_mu, NULL);
+    pthread_cond_init(&rt->list_done, NULL);
     rt->cache_gen = 1;
 }
 
@@ -20,6 +33,7 @@ void moat__cache_destroy(moat_runtime *rt)
 {
     free(rt->cache);
     rt->cache = NULL;
+    pthread_cond_destroy(&rt->list_done);
     pthread_mutex_destroy(&rt->cache_mu);
 }
 
@@ -31,25 +45,102 @@ void moat__cache_invalidate(moat_runtime *rt)
     pthread_mutex_unlock(&rt->cache_mu);
 }
 
+/* Under cache_mu: a copy of count sessions into *out (NULL for none); false when out of
+ * memory. */
+static bool copy_sessions(const moat_session *from, size_t count, moat_session **out)
+{
+    *out = NULL;
+    if (count == 0)
+        return true;
+    *out = malloc(count * sizeof(moat_session));
+    if (*out == NULL)
+        return false;
+    memcpy(*out, from, count * sizeof(moat_session));
+    return true;
+}
+
+static void flight_unref(moat__list_flight *f)
+{
+    if (--f->refs > 0)
+        return;
+    free(f->sessions);
+    free(f);
+}
+
 bool moat__cache_get(moat_runtime *rt, moat_session **out, size_t *count, uint64_t *gen)
 {
     bool hit = false;
     pthread_mutex_lock(&rt->cache_mu);
     *gen = rt->watch_connected ? rt->cache_gen : 0;
     if (rt->watch_connected && rt->cache_valid && rt->cache_snapshot_gen == rt->cache_gen) {
-        *count = rt->cache_count;
-        *out = NULL;
-        hit = true;
-        if (rt->cache_count > 0) {
-            *out = malloc(rt->cache_count * sizeof(moat_session));
-            if (*out != NULL)
-                memcpy(*out, rt->cache, rt->cache_count * sizeof(moat_session));
-            else
-                hit = false;
-        }
+        hit = copy_sessions(rt->cache, rt->cache_count, out);
+        if (hit)
+            *count = rt->cache_count;
     }
     pthread_mutex_unlock(&rt->cache_mu);
     return hit;
+}
+
+bool moat__list_join(moat_runtime *rt, moat__list_flight **lead, moat_code *code,
+                     moat_session **out, size_t *count, moat_status *st)
+{
+    *lead = NULL;
+    pthread_mutex_lock(&rt->cache_mu);
+    moat__list_flight *f = rt->list_flight;
+    /* Watcher or not, every change moatd makes moves the generation on: a list begun before
+     * one is not this caller's answer. */
+    if (f == NULL || f->gen != rt->cache_gen) {
+        f = calloc(1, sizeof(*f));
+        if (f != NULL) {
+            f->gen = rt->cache_gen;
+            f->refs = 1;
+            rt->list_flight = f;
+        }
+        pthread_mutex_unlock(&rt->cache_mu);
+        *lead = f; /* NULL: out of memory, the caller lists alone */
+        return false;
+    }
+    f->refs++;
+    rt->list_joined++;
+    while (!f->done)
+        pthread_cond_wait(&rt->list_done, &rt->cache_mu);
+    *code = f->code;
+    *st = f->status;
+    *count = 0;
+    *out = NULL;
+    if (f->code == MOAT_CODE_OK) {
+        if (copy_sessions(f->sessions, f->count, out)) {
+            *count = f->count;
+        } else {
+            moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+            *code = st->code;
+        }
+    }
+    flight_unref(f);
+    pthread_mutex_unlock(&rt->cache_mu);
+    return true;
+}
+
+void moat__list_end(moat_runtime *rt, moat__list_flight *f, moat_code code, const moat_status *st,
+                    const moat_session *sessions, size_t count)
+{
+    if (f == NULL)
+        return;
+    pthread_mutex_lock(&rt->cache_mu);
+    f->done = true;
+    f->code = code;
+    f->status = *st;
+    if (code == MOAT_CODE_OK && copy_sessions(sessions, count, &f->sessions)) {
+        f->count = count;
+    } else if (code == MOAT_CODE_OK) {
+        moat_status_set(&f->status, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "out of memory");
+        f->code = f->status.code;
+    }
+    if (rt->list_flight == f)
+        rt->list_flight = NULL;
+    pthread_cond_broadcast(&rt->list_done);
+    flight_unref(f);
+    pthread_mutex_unlock(&rt->cache_mu);
 }
 
 void moat__cache_put(moat_runtime *rt, uint64_t gen, const moat_session *sessions, size_t count)

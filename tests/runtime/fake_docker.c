@@ -508,6 +508,17 @@ void fake_docker_route_hold(fake_docker *fd, const char *method, const char *url
         r->held = true;
 }
 
+void fake_docker_route_held(fake_docker *fd, const char *method, const char *url_contains,
+                            int status, const char *body)
+{
+    fake_route *r = add_route(fd, method, url_contains);
+    if (r == NULL)
+        return;
+    r->status = status;
+    r->body = strdup(body);
+    r->held = true;
+}
+
 void fake_docker_release(fake_docker *fd)
 {
     pthread_mutex_lock(&fd->mu);

@@ -73,6 +73,9 @@ void fake_docker_route(fake_docker *fd, const char *method, const char *url_cont
 /* Requests that match are answered only when fake_docker_stop runs: the client must give up
  * first, whatever the machine's speed. */
 void fake_docker_route_hold(fake_docker *fd, const char *method, const char *url_contains);
+/* A scripted answer (as fake_docker_route, forever) that is held like fake_docker_route_hold's. */
+void fake_docker_route_held(fake_docker *fd, const char *method, const char *url_contains,
+                            int status, const char *body);
 /* Answers the requests held so far; later ones that match a held route wait again. */
 void fake_docker_release(fake_docker *fd);
 void fake_docker_route_cut(fake_docker *fd, const char *method, const char *url_contains);

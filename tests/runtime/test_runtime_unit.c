@@ -22,6 +22,7 @@
 #include "json_readers.h"
 #include "runtime/runtime.h"
 #include "host_mounts.h"
+#include "internal.h"
 
 #define CHAT_ID               "123e4567-e89b-12d3-a456-426614174000"
 #define NON_CANONICAL_CHAT_ID "123E4567E89B12D3A456426614174000"
@@ -1904,6 +1905,118 @@ static void *cold_create_main(void *arg)
     return NULL;
 }
 
+/* A create's session list, on a thread of its own as a burst's creates are. */
+typedef struct lister {
+    fx *f;
+    pthread_t th;
+    moat_code code;
+    size_t count;
+    char reason[MOAT_STATUS_REASON_MAX];
+} lister;
+
+static void *lister_main(void *arg)
+{
+    lister *l = arg;
+    moat_session *all = NULL;
+    moat_status st;
+    l->code = moat_runtime_list_active(l->f->rt, &all, &l->count, &st);
+    snprintf(l->reason, sizeof(l->reason), "%s", st.reason);
+    free(all);
+    return NULL;
+}
+
+static size_t lists_joined(fx *f)
+{
+    pthread_mutex_lock(&f->rt->cache_mu);
+    size_t n = f->rt->list_joined;
+    pthread_mutex_unlock(&f->rt->cache_mu);
+    return n;
+}
+
+/* Waits (at most 60 s, a bound for a stalled machine, not a measure) until Docker's list calls
+ * and the callers that joined one add up to n: every caller has either listed or joined. */
+static void wait_listed_or_joined(fx *f, size_t n)
+{
+    for (int i = 0;
+         i < 10000 && fake_docker_count(&f->fd, "GET", "/containers/json") + lists_joined(f) < n;
+         i++)
+        usleep(1000);
+}
+
+/* The held list answers when the test releases it: no client timeout may end it first, however
+ * slowly the callers start (valgrind, a loaded host). */
+static void reopen_patient(fx *f)
+{
+    moat_runtime_close(f->rt);
+    f->cfg.docker_timeout_ms = 120000;
+    open_runtime(f);
+}
+
+#define BURST 20
+
+/* Twenty creates that miss the snapshot at once (no event stream here, so every list misses)
+ * ask Docker once between them, and all get its answer: a session, or its failure. */
+static void burst_lists_once(fx *f, int status, const char *body, moat_code want, size_t want_count)
+{
+    reopen_patient(f);
+    fake_docker_route_held(&f->fd, "GET", "/containers/json", status, body);
+    lister l[BURST];
+    for (size_t i = 0; i < BURST; i++) {
+        l[i] = (lister){.f = f};
+        assert_int_equal(pthread_create(&l[i].th, NULL, lister_main, &l[i]), 0);
+    }
+    wait_listed_or_joined(f, BURST);
+    fake_docker_release(&f->fd);
+    for (size_t i = 0; i < BURST; i++)
+        pthread_join(l[i].th, NULL);
+    assert_int_equal(fake_docker_count(&f->fd, "GET", "/containers/json"), 1);
+    assert_int_equal(lists_joined(f), BURST - 1);
+    for (size_t i = 0; i < BURST; i++) {
+        assert_int_equal(l[i].code, want);
+        assert_int_equal(l[i].count, want_count);
+        assert_string_equal(l[i].reason, l[0].reason);
+    }
+}
+
+static void test_list_shared_by_a_burst(void **state)
+{
+    fx *f = *state;
+    char *item = container_json("container-123", SESSION_ID, CHAT_ID, "2026-04-02T12:05:00+00:00",
+                                "2026-04-02T12:00:00Z", true, "running");
+    char body[4096];
+    snprintf(body, sizeof(body), "[%s]", item);
+    free(item);
+    burst_lists_once(f, 200, body, MOAT_CODE_OK, 1);
+}
+
+static void test_list_failure_shared_by_a_burst(void **state)
+{
+    fx *f = *state;
+    burst_lists_once(f, 500, "{\"message\":\"engine broke\"}", MOAT_CODE_INTERNAL, 0);
+}
+
+/* A change while a list is under way: a create that begins after it does not take that list's
+ * answer, it asks Docker again. */
+static void test_list_after_invalidation_lists_again(void **state)
+{
+    fx *f = *state;
+    reopen_patient(f);
+    fake_docker_route_held(&f->fd, "GET", "/containers/json", 200, "[]");
+    lister first = {.f = f}, second = {.f = f};
+    assert_int_equal(pthread_create(&first.th, NULL, lister_main, &first), 0);
+    wait_listed_or_joined(f, 1);
+    moat__cache_invalidate(f->rt);
+    assert_int_equal(pthread_create(&second.th, NULL, lister_main, &second), 0);
+    wait_listed_or_joined(f, 2);
+    fake_docker_release(&f->fd);
+    pthread_join(first.th, NULL);
+    pthread_join(second.th, NULL);
+    assert_int_equal(fake_docker_count(&f->fd, "GET", "/containers/json"), 2);
+    assert_int_equal(lists_joined(f), 0);
+    assert_int_equal(first.code, MOAT_CODE_OK);
+    assert_int_equal(second.code, MOAT_CODE_OK);
+}
+
 /* An inspect answer: the container has exited. */
 #define EXITED(id) "{\"Id\":\"" id "\",\"State\":{\"Running\":false,\"ExitCode\":1}}"
 
@@ -1911,7 +2024,7 @@ static void *cold_create_main(void *arg)
  * a refill giving way; false if it never does. */
 static bool pool_gives_way(fx *f)
 {
-    for (int i = 0; i < 10000; i++) {
+    for (int i = 0; i < 60000; i++) {
         moat_pool_stats ps;
         moat_runtime_pool_stats(f->rt, &ps);
         if (ps.giving_way == 1)
@@ -2049,6 +2162,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tcp_endpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(test_engine_restart_recovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kill, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_shared_by_a_burst, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_failure_shared_by_a_burst, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_after_invalidation_lists_again, setup, teardown),
     };
     return moat_run_group_tests("test_runtime_unit", tests, NULL, NULL);
 }
