@@ -5,7 +5,12 @@
  * (moat_dir_end_batch: how kept ends are written once etcd answers again), the two series in
  * turn, each round starting with the other. Then, with every member stopped (SIGSTOP: a
  * connection is accepted and nothing answers), how long one moat_dir_end takes to fail: what
- * each end of a reaper cost before ends were kept. */
+ * each end of a reaper cost before ends were kept.
+ *
+ * Renewals (docs/CLUSTER.md, "Renewals"): N threads at once each renew RENEWS records of their
+ * own one after another, every renewal its own read and transaction (moat_dir_renew: what a node
+ * did before renewals were batched) and through one batcher (moat_renewals: what moatd's workers
+ * do now), the two in turn in each round: renewals a second and etcd calls a second. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,12 +18,19 @@
 
 #include <curl/curl.h>
 
+#include <pthread.h>
+
 #include "cluster/directory.h"
+#include "cluster/renewals.h"
 #include "etcd_cluster.h"
 
 #define ENDS   200
 #define ROUNDS 5
 #define NODE   "bench-ends"
+/* Renewals: each thread's, and the thread counts measured. */
+#define RENEWS       20
+#define RENEWERS_MAX 64
+static const int renewers[] = {1, 8, 64};
 
 static etcd_cluster c;
 static moat_etcd *etcd;
@@ -121,6 +133,88 @@ static double batched(char (*sids)[MOAT_UUID_STR_LEN], size_t n)
     return (double)(moat_time_mono_ns() - t0) / 1e9;
 }
 
+/* One renewing thread: RENEWS renewals of its own records, directly or through ren. */
+typedef struct renewer {
+    pthread_t t;
+    char (*sids)[MOAT_UUID_STR_LEN];
+    moat_renewals *ren; /* NULL: moat_dir_renew */
+    bool failed;
+} renewer;
+
+static void *renew_thread(void *arg)
+{
+    renewer *w = arg;
+    for (size_t i = 0; i < RENEWS && !w->failed; i++) {
+        bool owned = false, ended;
+        moat_status st;
+        int64_t at = moat_time_now_ms() + 600000;
+        moat_code code = w->ren != NULL
+                             ? moat_renewals_renew(w->ren, w->sids[i], at, &owned, &ended, &st)
+                             : moat_dir_renew(etcd, w->sids[i], NODE, at, &owned, &st);
+        w->failed = code != MOAT_CODE_OK || !owned;
+    }
+    return NULL;
+}
+
+/* Seconds for n threads to renew RENEWS records each (sids holds n * RENEWS), through ren or
+ * (NULL) one at a time. */
+static double renew_series(char (*sids)[MOAT_UUID_STR_LEN], int n, moat_renewals *ren)
+{
+    renewer w[RENEWERS_MAX];
+    uint64_t t0 = moat_time_mono_ns();
+    for (int i = 0; i < n; i++) {
+        w[i] = (renewer){.sids = &sids[(size_t)i * RENEWS], .ren = ren};
+        if (pthread_create(&w[i].t, NULL, renew_thread, &w[i]) != 0) {
+            moat_status st = {.reason = "pthread_create"};
+            die("renewer", &st);
+        }
+    }
+    bool failed = false;
+    for (int i = 0; i < n; i++) {
+        pthread_join(w[i].t, NULL);
+        failed = failed || w[i].failed;
+    }
+    double secs = (double)(moat_time_mono_ns() - t0) / 1e9;
+    if (failed) {
+        moat_status st = {.reason = "a renewal failed"};
+        die("renew", &st);
+    }
+    return secs;
+}
+
+/* Each thread count in turn: one at a time (2 etcd calls a renewal: the read and the txn)
+ * against batched, in the order the round gives. */
+static void renewals(int round)
+{
+    static char sids[RENEWERS_MAX * RENEWS][MOAT_UUID_STR_LEN];
+    for (size_t k = 0; k < sizeof(renewers) / sizeof(renewers[0]); k++) {
+        int n = renewers[k];
+        size_t total = (size_t)n * RENEWS;
+        put_sessions(sids, total);
+        moat_renewals *ren = moat_renewals_open(etcd, NODE);
+        if (ren == NULL) {
+            moat_status st = {.reason = "out_of_memory"};
+            die("renewals", &st);
+        }
+        double single, batch;
+        if (round % 2 == 0) {
+            single = renew_series(sids, n, NULL);
+            batch = renew_series(sids, n, ren);
+        } else {
+            batch = renew_series(sids, n, ren);
+            single = renew_series(sids, n, NULL);
+        }
+        moat_renewals_stats s = moat_renewals_stats_get(ren);
+        moat_renewals_close(ren);
+        printf("round %d, %2d renewers: one at a time %6.0f renewals/s (%6.0f etcd calls/s, %6.0f "
+               "writes/s); batched %6.0f renewals/s (%6.0f etcd calls/s, %5.0f batches/s, %.1f a "
+               "batch) %.2fx\n",
+               round + 1, n, (double)total / single, 2.0 * (double)total / single,
+               (double)total / single, (double)total / batch, (double)s.etcd_calls / batch,
+               (double)s.batches / batch, (double)s.renewals / (double)s.batches, single / batch);
+    }
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
@@ -147,6 +241,8 @@ int main(void)
         printf("round %d: one at a time %.3f ms an end, batched %.3f ms an end (%.3fx)\n", r + 1,
                single * 1e3 / ENDS, batch * 1e3 / ENDS, batch / single);
     }
+    for (int r = 0; r < ROUNDS; r++)
+        renewals(r);
     /* Every member stopped: the time one end takes to fail. */
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
         kill(c.pid[m], SIGSTOP);

@@ -283,26 +283,188 @@ moat_code moat_dir_free_chat(moat_etcd *etcd, const char *chat_id, int64_t mod_r
     return code;
 }
 
-moat_code moat_dir_renew(moat_etcd *etcd, const char *session_id, const char *node_id,
-                         int64_t expires_at_ms, bool *owned, moat_status *st)
+static const moat_etcd_kv *kv_of(const moat_etcd_result *res, const char *key);
+
+/* moat_dir_renew, *ended set when the record is node_id's and ended. */
+static moat_code renew_one(moat_etcd *etcd, const char *session_id, const char *node_id,
+                           int64_t expires_at_ms, bool *owned, bool *ended, size_t *calls,
+                           moat_status *st)
 {
-    *owned = false;
+    *owned = *ended = false;
     moat_code code = MOAT_CODE_OK;
     for (int i = 0; i < DIR_TRIES; i++) {
         moat_session_record rec;
         int64_t rev = 0;
         bool found;
         code = moat_dir_record(etcd, session_id, &found, &rec, &rev, st);
-        if (code != MOAT_CODE_OK || !found || rec.state == MOAT_RECORD_ENDED ||
-            strcmp(rec.node_id, node_id) != 0)
+        (*calls)++;
+        if (code != MOAT_CODE_OK || !found || strcmp(rec.node_id, node_id) != 0)
             return code;
+        if (rec.state == MOAT_RECORD_ENDED) {
+            *ended = true;
+            return code;
+        }
         *owned = true;
         rec.expires_at_ms = expires_at_ms;
         code = moat_dir_update(etcd, &rec, rev, NULL, st);
+        (*calls)++;
         if (code != MOAT_CODE_FAILED_PRECONDITION)
             return code;
     }
     return code;
+}
+
+moat_code moat_dir_renew(moat_etcd *etcd, const char *session_id, const char *node_id,
+                         int64_t expires_at_ms, bool *owned, moat_status *st)
+{
+    bool ended;
+    size_t calls = 0;
+    return renew_one(etcd, session_id, node_id, expires_at_ms, owned, &ended, &calls, st);
+}
+
+static void renewal_answer(moat_dir_renewal *r, moat_code code, const moat_status *st)
+{
+    r->code = code;
+    if (code != MOAT_CODE_OK)
+        r->status = *st;
+    else
+        moat_status_clear(&r->status);
+    r->done = true;
+}
+
+size_t moat_dir_renew_read(moat_etcd *etcd, const char *node_id, moat_dir_renewal *r, size_t n)
+{
+    moat_etcd_op ops[MOAT_DIR_RENEW_BATCH];
+    size_t k = 0;
+    if (n > MOAT_DIR_RENEW_BATCH)
+        n = MOAT_DIR_RENEW_BATCH;
+    for (size_t i = 0; i < n; i++) {
+        r[i].done = r[i].alone = r[i].written = r[i].ended = false;
+        moat_status st;
+        if (moat_session_record_key(r[i].session_id, r[i].rkey, sizeof(r[i].rkey)) == 0) {
+            renewal_answer(&r[i], invalid(&st, r[i].session_id), &st);
+            continue;
+        }
+        /* A transaction may write a key once. */
+        for (size_t j = 0; j < i && !r[i].alone; j++)
+            r[i].alone = !r[j].done && strcmp(r[j].session_id, r[i].session_id) == 0;
+        if (!r[i].alone)
+            ops[k++] =
+                (moat_etcd_op){MOAT_ETCD_OP_RANGE, key_slice(r[i].rkey), {NULL, 0}, 0, false};
+    }
+    if (k == 0)
+        return 0;
+    moat_etcd_txn_spec txn = {NULL, 0, ops, k, NULL, 0};
+    moat_etcd_result res;
+    moat_status st;
+    moat_code code = moat_etcd_txn(etcd, &txn, &res, &st);
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].done || r[i].alone)
+            continue;
+        if (code != MOAT_CODE_OK) {
+            renewal_answer(&r[i], code, &st);
+            continue;
+        }
+        const moat_etcd_kv *kv = kv_of(&res, r[i].rkey);
+        moat_session_record rec;
+        if (kv == NULL) {
+            renewal_answer(&r[i], MOAT_CODE_OK, &st);
+        } else if (moat_session_record_decode(kv->key, kv->key_len, kv->value, kv->value_len,
+                                              &rec) != MOAT_OK) {
+            renewal_answer(&r[i], invalid(&st, r[i].rkey), &st);
+        } else if (strcmp(rec.node_id, node_id) != 0 || rec.state == MOAT_RECORD_ENDED) {
+            r[i].ended = strcmp(rec.node_id, node_id) == 0;
+            renewal_answer(&r[i], MOAT_CODE_OK, &st);
+        } else {
+            rec.expires_at_ms = r[i].expires_at_ms;
+            r[i].mod_revision = kv->mod_revision;
+            r[i].rlen = moat_session_record_encode(&rec, r[i].rval, sizeof(r[i].rval));
+            if (r[i].rlen == 0)
+                renewal_answer(&r[i], invalid(&st, r[i].rkey), &st);
+        }
+    }
+    moat_etcd_result_free(&res);
+    return 1;
+}
+
+/* One write of the items read and not answered: *moved whether a compare failed (those whose
+ * record moved are marked alone). Returns the etcd calls made (0 with nothing to write). */
+static size_t renew_round(moat_etcd *etcd, moat_dir_renewal *r, size_t n, bool *moved)
+{
+    moat_etcd_cmp cmp[MOAT_DIR_RENEW_BATCH];
+    moat_etcd_op put[MOAT_DIR_RENEW_BATCH], get[MOAT_DIR_RENEW_BATCH];
+    size_t k = 0;
+    *moved = false;
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].done || r[i].alone)
+            continue;
+        cmp[k] = (moat_etcd_cmp){key_slice(r[i].rkey), MOAT_ETCD_MOD_REVISION, MOAT_ETCD_EQUAL,
+                                 r[i].mod_revision};
+        put[k] = (moat_etcd_op){MOAT_ETCD_OP_PUT,
+                                key_slice(r[i].rkey),
+                                {(const uint8_t *)r[i].rval, r[i].rlen},
+                                0,
+                                false};
+        get[k++] = (moat_etcd_op){MOAT_ETCD_OP_RANGE, key_slice(r[i].rkey), {NULL, 0}, 0, false};
+    }
+    if (k == 0)
+        return 0;
+    moat_etcd_txn_spec txn = {cmp, k, put, k, get, k};
+    moat_etcd_result res;
+    moat_status st;
+    moat_code code = moat_etcd_txn(etcd, &txn, &res, &st);
+    *moved = code == MOAT_CODE_OK && !res.succeeded;
+    bool any_moved = false;
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].done || r[i].alone)
+            continue;
+        if (!*moved) {
+            r[i].written = code == MOAT_CODE_OK;
+            renewal_answer(&r[i], code, &st);
+            continue;
+        }
+        const moat_etcd_kv *kv = kv_of(&res, r[i].rkey);
+        r[i].alone = kv == NULL || kv->mod_revision != r[i].mod_revision;
+        any_moved = any_moved || r[i].alone;
+    }
+    /* A failed compare whose record did not move (etcd's answer and its reads disagree): none
+     * is trusted to go together again. */
+    for (size_t i = 0; *moved && !any_moved && i < n; i++)
+        r[i].alone = !r[i].done;
+    moat_etcd_result_free(&res);
+    return 1;
+}
+
+size_t moat_dir_renew_write(moat_etcd *etcd, const char *node_id, moat_dir_renewal *r, size_t n)
+{
+    size_t calls = 0;
+    if (n > MOAT_DIR_RENEW_BATCH)
+        n = MOAT_DIR_RENEW_BATCH;
+    /* Each failed round sends at least one item alone, so the rest end within n rounds; the
+     * bound sends them all alone if records keep moving. */
+    bool moved = true;
+    for (int t = 0; t < DIR_TRIES && moved; t++) {
+        calls += renew_round(etcd, r, n, &moved);
+        for (size_t i = 0; moved && t == DIR_TRIES - 1 && i < n; i++)
+            r[i].alone = !r[i].done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (r[i].done)
+            continue;
+        moat_status st;
+        bool owned;
+        moat_code code = renew_one(etcd, r[i].session_id, node_id, r[i].expires_at_ms, &owned,
+                                   &r[i].ended, &calls, &st);
+        r[i].written = code == MOAT_CODE_OK && owned;
+        renewal_answer(&r[i], code, &st);
+    }
+    return calls;
+}
+
+size_t moat_dir_renew_batch(moat_etcd *etcd, const char *node_id, moat_dir_renewal *r, size_t n)
+{
+    size_t calls = moat_dir_renew_read(etcd, node_id, r, n);
+    return calls + moat_dir_renew_write(etcd, node_id, r, n);
 }
 
 /* What one end writes: the keys and values its transaction points into, so they outlive it. */

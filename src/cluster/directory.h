@@ -80,6 +80,45 @@ moat_code moat_dir_abort(moat_etcd *etcd, const char *session_id, const char *ch
 moat_code moat_dir_renew(moat_etcd *etcd, const char *session_id, const char *node_id,
                          int64_t expires_at_ms, bool *owned, moat_status *st);
 
+/* One renewal of a batch (moat_dir_renew_batch). The caller sets session_id and expires_at_ms;
+ * the rest is the batch's: the answer (code and status, OK also when nothing was written),
+ * written (the record's expiry moved), ended (the record is node_id's and ended), and what the
+ * read found for the write. By value. */
+typedef struct moat_dir_renewal {
+    char session_id[MOAT_UUID_STR_LEN];
+    int64_t expires_at_ms;
+    moat_code code;
+    moat_status status;
+    bool written, ended;
+    bool done;  /* answered */
+    bool alone; /* renewed by itself after the batch (its record moved, or a repeated id) */
+    int64_t mod_revision;
+    char rkey[MOAT_RECORD_KEY_MAX];
+    char rval[MOAT_RECORD_VALUE_MAX];
+    size_t rlen;
+} moat_dir_renewal;
+
+/* Renewals per batch: the write compares each record (one compare), puts it (one operation)
+ * and, when a compare fails, reads it back (one failure operation), and etcd takes
+ * MOAT_ETCD_TXN_OPS_MAX of each. */
+#define MOAT_DIR_RENEW_BATCH MOAT_ETCD_TXN_OPS_MAX
+
+/* moat_dir_renew for up to MOAT_DIR_RENEW_BATCH sessions of node_id with distinct ids:
+ * moat_dir_renew_read, then moat_dir_renew_write. Every item is answered. Returns the etcd calls
+ * made. */
+size_t moat_dir_renew_batch(moat_etcd *etcd, const char *node_id, moat_dir_renewal *r, size_t n);
+/* The records of r[0..n) in one transaction of ranges: an item whose record is absent, another
+ * node's or ended (ended set) is answered OK, one that does not decode INTERNAL
+ * "cluster_record_invalid"; etcd's error answers every item; a session id that repeats an
+ * earlier one is left for moat_dir_renew_write to renew alone. Returns the etcd calls made. */
+size_t moat_dir_renew_read(moat_etcd *etcd, const char *node_id, moat_dir_renewal *r, size_t n);
+/* The items read and not answered, in one transaction comparing each record's mod revision and
+ * putting it with its new expiry; when a compare fails, its failure branch reads the records
+ * back, and those that moved are renewed alone (moat_dir_renew), the others together again, so
+ * one record changed behind the batch's back fails none of the others. Returns the etcd calls
+ * made. */
+size_t moat_dir_renew_write(moat_etcd *etcd, const char *node_id, moat_dir_renewal *r, size_t n);
+
 /* The end by its owner: in one transaction, the record written ended (ended_at_ms, reason),
  * the chat key deleted if it still names this session, and homes/<chat> set to node_id. Only
  * for node_id's record, and when it is not ended already (*ended false then, OK). */

@@ -8,6 +8,7 @@
 #include "cluster/dircache.h"
 #include "cluster/janitor.h"
 #include "cluster/membership.h"
+#include "cluster/renewals.h"
 #include "cluster_place.h"
 #include "server_internal.h"
 
@@ -16,7 +17,8 @@ struct srv_cluster {
     moat_membership *m;
     moat_dircache *dir; /* ListSessions' copy of the directory (cluster_route.c) */
     moat_janitor *janitor;
-    cluster_upkeep *upkeep; /* ends kept, creates in flight, the sweep (cluster_sweep.c) */
+    cluster_upkeep *upkeep;  /* ends kept, creates in flight, the sweep (cluster_sweep.c) */
+    moat_renewals *renewals; /* renewals in batches (cluster_place.c); NULL: one at a time */
     uv_timer_t load_timer;
     int64_t lease_saved; /* what <state_dir>/cluster.lease holds */
     int64_t lease_swept; /* the lease the last sweep of older incarnations ran for (loop) */
@@ -219,6 +221,7 @@ moat_err moat__cluster_start(srv *s)
     c->upkeep = moat__upkeep_start(s, c->etcd);
     if (c->upkeep == NULL)
         moat_log(MOAT_LOG_WARN, "cluster_upkeep_not_started", "%s", "");
+    c->renewals = moat_renewals_open(c->etcd, s->cfg.cluster_node_id);
     uv_timer_init(s->loop, &c->load_timer);
     c->load_timer.data = s;
     uv_timer_start(&c->load_timer, on_load_timer, 1000, 1000);
@@ -239,6 +242,11 @@ bool moat__cluster_fenced(srv *s)
 cluster_upkeep *moat__cluster_upkeep(srv *s)
 {
     return s->cluster != NULL ? s->cluster->upkeep : NULL;
+}
+
+moat_renewals *moat__cluster_renewals(srv *s)
+{
+    return s->cluster != NULL ? s->cluster->renewals : NULL;
 }
 
 moat_dircache *moat__cluster_dircache(srv *s)
@@ -266,6 +274,7 @@ void moat__cluster_stop(srv *s)
     moat_dircache_stop(c->dir);
     lease_save(s, 0);
     s->cluster = NULL;
+    moat_renewals_close(c->renewals);
     moat_etcd_close(c->etcd);
     c->load_timer.data = c;
     uv_close((uv_handle_t *)&c->load_timer, on_timer_closed);

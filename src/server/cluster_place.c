@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cluster/renewals.h"
 #include "cluster_peer.h"
 #include "cluster_place.h"
 
@@ -435,6 +436,16 @@ moat_code moat__cluster_renew(srv *s, const char *sid, int64_t expires_at_ms, mo
         return MOAT_CODE_OK;
     if (moat__cluster_fenced(s))
         return fenced(st);
-    bool owned;
-    return moat_dir_renew(etcd, sid, s->cfg.cluster_node_id, expires_at_ms, &owned, st);
+    bool owned, ended = false;
+    moat_renewals *r = moat__cluster_renewals(s);
+    moat_code code =
+        r != NULL ? moat_renewals_renew(r, sid, expires_at_ms, &owned, &ended, st)
+                  : moat_dir_renew(etcd, sid, s->cfg.cluster_node_id, expires_at_ms, &owned, st);
+    /* Ended by this node or for it (the sweep, an old incarnation's end): what a single node
+     * answers for an ended session, whatever the local store still says. */
+    if (code == MOAT_CODE_OK && ended) {
+        moat_status_set(st, MOAT_CODE_NOT_FOUND, "session_not_found", "session %s has ended", sid);
+        code = MOAT_CODE_NOT_FOUND;
+    }
+    return code;
 }

@@ -61,10 +61,14 @@ void moat__cluster_reply_record(stream *st, const moat_session_record *rec);
 
 /* ---- renew and end (worker or the reaper's thread) ---------------------------------------- */
 
-/* Before a local renewal: the record's expiry moved durably (FAILED unless OK; UNAVAILABLE
- * node_fenced or the etcd client's status). OK without a write outside a cluster or for a
- * session this node's directory does not own. */
+/* Before a local renewal: the record's expiry moved durably, in a batch with the renewals made
+ * meanwhile on other workers (FAILED unless OK; UNAVAILABLE node_fenced or the etcd client's
+ * status; NOT_FOUND session_not_found when the record is this node's and ended). OK without a
+ * write outside a cluster or for a session this node's directory does not own. */
 moat_code moat__cluster_renew(srv *s, const char *sid, int64_t expires_at_ms, moat_status *st);
+/* cluster.c's batcher of renewals (docs/CLUSTER.md, "Renewals"); NULL out of a cluster or out
+ * of memory (renewals then go one at a time). */
+struct moat_renewals *moat__cluster_renewals(srv *s);
 
 /* ---- ends kept for later, creates in flight, the sweep (cluster_sweep.c) ------------------- */
 

@@ -2,12 +2,12 @@
  * dirs, instances and container name prefixes on the shared dockerd) and a three-member etcd of
  * this run's own. A create through any node places the session and answers with its owner's
  * address; concurrent creates of one chat on different nodes make one container; renewals and
- * stops are written to etcd; a SIGKILLed node's chats are placed elsewhere once its lease
- * expires, and restarted it stops its old incarnation's sessions; with all of etcd down creates
- * fail UNAVAILABLE while commands in a running session go on; garbage in the directory is a
- * status with a reason; a chat held by a node that never answers its Hello, or that closes the
- * connection once it has the create, or that stops answering on a pooled connection, is
- * UNAVAILABLE peer_unavailable. */
+ * stops are written to etcd (renewals made at once in batches); a SIGKILLed node's chats are
+ * placed elsewhere once its lease expires, and restarted it stops its old incarnation's sessions;
+ * with all of etcd down creates fail UNAVAILABLE while commands in a running session go on;
+ * garbage in the directory is a status with a reason; a chat held by a node that never answers its
+ * Hello, or that closes the connection once it has the create, or that stops answering on a
+ * pooled connection, is UNAVAILABLE peer_unavailable. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -43,8 +43,11 @@ static char restarted_dir[256]; /* a killed node's state dir, run again on it */
 /* Node i started (again, on state_dir when not NULL). */
 static bool start_node(int i, const char *state_dir)
 {
+    /* For test_renewals_batched: the renewal batches' log lines, and its force_new sessions of
+     * one chat. */
+    const char *extra[] = {"--log_level=debug", "--max_sessions_per_chat=16", NULL};
     return rc_member_start(&node[i], node_id[i], &cl, etcd, "mcp", i, TTL_S * moatd_slowdown(),
-                           TOKEN, state_dir, NULL, WAIT_S);
+                           TOKEN, state_dir, extra, WAIT_S);
 }
 
 static int group_setup(void **state)
@@ -470,6 +473,94 @@ static void test_renew_and_stop_written(void **state)
     assert_string_equal(home, node_id[owner]);
 }
 
+#define BATCHED 8 /* sessions renewed at once, a thread each */
+#define ROUNDS  4 /* renewals of each */
+
+/* The renewal batches in node i's log so far: *batches lines, *renewals their sizes summed. */
+static void batches_logged(int i, int *batches, int *renewals)
+{
+    char *log = slurp_file(node[i].log_path);
+    *batches = *renewals = 0;
+    for (const char *at = log; at != NULL && (at = strstr(at, "cluster_renew_batch")) != NULL;
+         at++) {
+        const char *size = strstr(at, "size=");
+        (*batches)++;
+        *renewals += size != NULL ? atoi(size + 5) : 0;
+    }
+    free(log);
+}
+
+typedef struct batch_renewer {
+    pthread_t t;
+    pthread_barrier_t *go;
+    int node;
+    const char *sid;
+    int code[ROUNDS];
+} batch_renewer;
+
+static void *batch_renew_thread(void *arg)
+{
+    batch_renewer *w = arg;
+    pthread_barrier_wait(w->go);
+    for (int r = 0; r < ROUNDS; r++) {
+        char reason[64];
+        w->code[r] = renew_on(w->node, w->sid, 900, reason, NULL);
+    }
+    return NULL;
+}
+
+/* BATCHED sessions of one node (force_new: all on the chat's owner) renewed ROUNDS times each
+ * from a thread each at once: every renewal answered OK and its record's expiry moved, in fewer
+ * etcd batches than renewals (the node's debug log). A session whose record was ended behind
+ * the node's back (as another incarnation's end writes it) is refused session_not_found. */
+static void test_renewals_batched(void **state)
+{
+    (void)state;
+    REQUIRE();
+    char chat[MOAT_UUID_STR_LEN];
+    created c[BATCHED];
+    c[0] = fresh_session(0, chat, false);
+    int owner = node_of(c[0].owner);
+    assert_true(owner >= 0);
+    for (int i = 1; i < BATCHED; i++) {
+        c[i] = create_on(owner, chat, true);
+        assert_int_equal(c[i].code, 0);
+        assert_int_equal(node_of(c[i].owner), owner);
+    }
+    int batches0, renewals0;
+    batches_logged(owner, &batches0, &renewals0);
+    int64_t before = moat_time_now_ms();
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, BATCHED);
+    batch_renewer w[BATCHED];
+    for (int i = 0; i < BATCHED; i++) {
+        w[i] = (batch_renewer){.go = &go, .node = owner, .sid = c[i].session_id};
+        assert_int_equal(pthread_create(&w[i].t, NULL, batch_renew_thread, &w[i]), 0);
+    }
+    for (int i = 0; i < BATCHED; i++)
+        pthread_join(w[i].t, NULL);
+    pthread_barrier_destroy(&go);
+    for (int i = 0; i < BATCHED; i++) {
+        for (int r = 0; r < ROUNDS; r++)
+            assert_int_equal(w[i].code[r], 0);
+        assert_true(record_of(c[i].session_id).expires_at_ms >= before + 900000);
+    }
+    int batches, renewals;
+    batches_logged(owner, &batches, &renewals);
+    printf("# %d renewals in %d batches\n", renewals - renewals0, batches - batches0);
+    assert_int_equal(renewals - renewals0, BATCHED * ROUNDS);
+    assert_true(batches - batches0 < BATCHED * ROUNDS);
+
+    moat_session_record ended = record_of(c[0].session_id);
+    rc_put_record(etcd, ended.session_id, ended.chat_id, ended.node_id, ended.node_lease,
+                  ended.address, MOAT_RECORD_ENDED, "node_lost");
+    char reason[64];
+    assert_int_equal(renew_on(owner, c[0].session_id, 900, reason, NULL), MOAT_CODE_NOT_FOUND);
+    assert_string_equal(reason, "session_not_found");
+    for (int i = 0; i < BATCHED; i++)
+        stop_on(owner, c[i].session_id);
+}
+
 /* Creates of chat through node via until one makes a session other than old_sid: the chat's
  * node is dead or stuck, and its chat free once its lease expires. */
 static created placed_again(int via, const char *chat, const char *old_sid)
@@ -656,6 +747,7 @@ int main(void)
         cmocka_unit_test(test_forward_to_hostile_owner),
         cmocka_unit_test(test_forward_to_stuck_pooled_owner),
         cmocka_unit_test(test_renew_and_stop_written),
+        cmocka_unit_test(test_renewals_batched),
         cmocka_unit_test(test_garbage_in_directory),
         cmocka_unit_test(test_etcd_down),
         cmocka_unit_test(test_node_cut_off_learns_lease_lost),
