@@ -1,5 +1,5 @@
-/* etcd client: one curl easy handle per call, connections shared across calls and threads,
- * failover across members. */
+/* etcd client: a curl easy handle per call at a time, taken from a pool of idle ones that keep
+ * their connections open between calls, failover across members. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -10,15 +10,24 @@
 
 #include "cluster/etcd.h"
 
+/* Idle handles kept; more callers at once get handles of their own, cleaned up after. */
+#define MOAT_ETCD_IDLE_HANDLES 16
+
 struct moat_etcd {
     char *urls[MOAT_ETCD_ENDPOINTS_MAX];
     size_t url_count;
     long connect_timeout_ms;
     long request_timeout_ms;
     char *tls_ca, *tls_cert, *tls_key; /* NULL: none */
-    /* Keeps connections to the members open between calls (curl's connection cache). */
+    /* Shares resolved names between the handles. Not connections: curl's connection cache is not
+     * safe to share between threads (libcurl's known bug 11.11; a heap corruption was seen with
+     * 64 threads calling at once), so each handle keeps its own, and a call takes a whole idle
+     * handle instead. */
     CURLSH *share;
     pthread_mutex_t share_mu[CURL_LOCK_DATA_LAST];
+    pthread_mutex_t idle_mu;
+    CURL *idle[MOAT_ETCD_IDLE_HANDLES]; /* under idle_mu */
+    size_t idle_count;
     atomic_size_t preferred; /* the member that answered last */
 };
 
@@ -88,6 +97,7 @@ moat_etcd *moat_etcd_open(const moat_etcd_config *cfg, moat_status *st)
         goto nomem;
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_init(&e->share_mu[i], NULL);
+    pthread_mutex_init(&e->idle_mu, NULL);
     e->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 1000;
     e->request_timeout_ms = cfg->request_timeout_ms > 0 ? cfg->request_timeout_ms : 3000;
     if (!copy_path(tls->ca, &e->tls_ca) || !copy_path(tls->cert, &e->tls_cert) ||
@@ -108,7 +118,6 @@ moat_etcd *moat_etcd_open(const moat_etcd_config *cfg, moat_status *st)
     curl_share_setopt(e->share, CURLSHOPT_LOCKFUNC, share_lock);
     curl_share_setopt(e->share, CURLSHOPT_UNLOCKFUNC, share_unlock);
     curl_share_setopt(e->share, CURLSHOPT_USERDATA, e);
-    curl_share_setopt(e->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
     curl_share_setopt(e->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
     return e;
 nomem:
@@ -121,6 +130,8 @@ void moat_etcd_close(moat_etcd *e)
 {
     if (e == NULL)
         return;
+    for (size_t i = 0; i < e->idle_count; i++)
+        curl_easy_cleanup(e->idle[i]);
     if (e->share != NULL)
         curl_share_cleanup(e->share);
     for (size_t i = 0; i < e->url_count; i++)
@@ -130,6 +141,7 @@ void moat_etcd_close(moat_etcd *e)
     free(e->tls_key);
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_destroy(&e->share_mu[i]);
+    pthread_mutex_destroy(&e->idle_mu);
     free(e);
 }
 
@@ -146,19 +158,48 @@ static bool repeatable(moat_etcd_call call)
            call == MOAT_ETCD_CALL_LEASE_KEEPALIVE || call == MOAT_ETCD_CALL_LEASE_REVOKE;
 }
 
+/* An idle handle (its options reset, its connections kept) or a new one; NULL when out of
+ * memory. */
+static CURL *take_handle(moat_etcd *e)
+{
+    CURL *h = NULL;
+    pthread_mutex_lock(&e->idle_mu);
+    if (e->idle_count > 0)
+        h = e->idle[--e->idle_count];
+    pthread_mutex_unlock(&e->idle_mu);
+    return h != NULL ? h : curl_easy_init();
+}
+
+/* A call's handle back to the idle ones, or cleaned up when enough are idle. NULL is fine. Its
+ * options are reset at once: they point into the call's buffers. */
+static void give_back(moat_etcd *e, CURL *h)
+{
+    if (h == NULL)
+        return;
+    curl_easy_reset(h);
+    pthread_mutex_lock(&e->idle_mu);
+    bool kept = e->idle_count < MOAT_ETCD_IDLE_HANDLES;
+    if (kept)
+        e->idle[e->idle_count++] = h;
+    pthread_mutex_unlock(&e->idle_mu);
+    if (!kept)
+        curl_easy_cleanup(h);
+}
+
 /* A POST of body (JSON) to url with what every call to a member sets, the watch's stream too:
- * the shared connection cache, the connect timeout, the error text into errbuf, the TLS settings
- * (verification, the CA bundle, the client certificate). NULL (st set) when out of memory;
- * the caller frees *headers and cleans the handle up. */
+ * the shared name cache, the connect timeout, the error text into errbuf, the TLS settings
+ * (verification, the CA bundle, the client certificate), on an idle handle's connections when
+ * one is idle. NULL (st set) when out of memory; the caller gives the handle back (give_back)
+ * before it frees *headers. */
 static CURL *easy_post(moat_etcd *e, const char *url, const char *body, struct curl_slist **headers,
                        char *errbuf, moat_status *st)
 {
-    CURL *h = curl_easy_init();
+    CURL *h = take_handle(e);
     *headers = curl_slist_append(NULL, "Content-Type: application/json");
     if (h == NULL || *headers == NULL) {
         curl_slist_free_all(*headers);
         *headers = NULL;
-        curl_easy_cleanup(h);
+        give_back(e, h);
         moat_status_set(st, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory", "curl_easy_init");
         return NULL;
     }
@@ -255,8 +296,8 @@ static attempt_outcome attempt(moat_etcd *e, const char *url, moat_etcd_call cal
     long http_status = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &http_status);
     bool refused = refused_after_handshake(h, rc, errbuf);
+    give_back(e, h);
     curl_slist_free_all(headers);
-    curl_easy_cleanup(h);
     attempt_outcome out = ATTEMPT_ANSWERED;
     if (rc == CURLE_WRITE_ERROR) {
         moat_status_set(st, MOAT_CODE_INTERNAL, "etcd_bad_answer",
@@ -477,8 +518,8 @@ moat_code moat_etcd_watch(moat_etcd *e, moat_slice key, moat_slice end, int64_t 
         curl_easy_setopt(h, CURLOPT_XFERINFODATA, &w);
         CURLcode rc = curl_easy_perform(h);
         bool refused = refused_after_handshake(h, rc, errbuf);
+        give_back(e, h);
         curl_slist_free_all(headers);
-        curl_easy_cleanup(h);
         moat_buf_free(&w.buf);
         if (w.ended || rc == CURLE_ABORTED_BY_CALLBACK) {
             code = w.ended ? w.code : MOAT_CODE_OK;
