@@ -51,7 +51,7 @@ static void cleanup(void)
             moatd_remove_dir(node[i].state_dir);
         }
     }
-    etcd_cluster_close(&cl, etcd);
+    etcd_cluster_close(&cl, &etcd);
 }
 
 static void fail(const char *what)
