@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cluster_peer.h"
 #include "cluster_place.h"
 
 /* How long a creating record is waited for, in steps of POLL_MS, by a create that lost the
@@ -64,7 +65,6 @@ typedef struct place_job {
     int64_t memory_bytes;
     uint8_t *fwd; /* the request with placed_by set, packed on the loop */
     size_t fwd_len;
-    char *token;   /* the cluster's, copied on the loop: a SIGHUP may replace the config's */
     bool local;    /* this node creates */
     uint8_t *resp; /* the chosen node's SandboxSession */
     size_t resp_len;
@@ -107,7 +107,7 @@ static moat_code forward(place_job *p, const char *addr)
     free(p->resp);
     p->resp = NULL;
     snprintf(p->target_addr, sizeof(p->target_addr), "%s", addr);
-    return moat__peer_unary(addr, p->token, "/moat.v1.Sandboxes/CreateSession",
+    return moat__peer_unary(s, addr, "/moat.v1.Sandboxes/CreateSession",
                             (moat_slice){p->fwd, p->fwd_len}, forward_timeout_ms(s), &p->resp,
                             &p->resp_len, &p->base.status);
 }
@@ -219,7 +219,6 @@ static void place_done(engine_job *j)
     }
     free(p->fwd);
     free(p->resp);
-    free(p->token);
 }
 
 bool moat__cluster_create(stream *st, const Moat__V1__CreateSessionRequest *req, const char *chat)
@@ -245,10 +244,7 @@ bool moat__cluster_create(stream *st, const Moat__V1__CreateSessionRequest *req,
     fwd.placed_by = s->cfg.cluster_node_id;
     p->fwd_len = moat__v1__create_session_request__get_packed_size(&fwd);
     p->fwd = malloc(p->fwd_len + 1);
-    p->token = strdup(s->cfg.token);
-    if (p->fwd == NULL || p->token == NULL) {
-        free(p->fwd);
-        free(p->token);
+    if (p->fwd == NULL) {
         free(p);
         moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
                            "out of memory");

@@ -104,14 +104,4 @@ void moat__cluster_creating_end(srv *s, const char *sid);
  * from the node's copy of the directory. On a worker. */
 void moat__cluster_sweep(srv *s, int64_t lease);
 
-/* ---- between nodes (cluster_peer.c) --------------------------------------------------------- */
-
-/* One unary call to the moatd at addr ("host:port") with the cluster's token: *response
- * (free()) gets the answer's message. The peer's status as it ended the call, or UNAVAILABLE
- * "peer_unavailable" (detail owner_address) when it could not be reached or did not answer in
- * timeout_ms. Blocking. */
-moat_code moat__peer_unary(const char *addr, const char *token, const char *method,
-                           moat_slice request, uint64_t timeout_ms, uint8_t **response,
-                           size_t *response_len, moat_status *st);
-
 #endif

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cluster_peer.h"
 #include "server_internal.h"
 
 /* Connections accepted in one loop iteration at most: libuv accepts the whole backlog in one go
@@ -78,7 +79,7 @@ static void finish_shutdown(srv *s)
     uv_close((uv_handle_t *)&s->close_async, NULL);
     uv_close((uv_handle_t *)&s->check, on_handles_closed);
     uv_close((uv_handle_t *)&s->prepare, NULL);
-    moat__proxy_close(s);
+    moat__peers_close(s);
     /* The runtime first: its reaper writes ends to the directory through the cluster's client. */
     moat__handlers_close(s);
     moat__cluster_stop(s);
@@ -368,7 +369,7 @@ moat_err moat_server_listen(moat_server *s)
         s->exit_status = 1;
         return MOAT_E_REMOTE;
     }
-    if (moat__proxy_init(s) != MOAT_OK) {
+    if (moat__peers_init(s) != MOAT_OK) {
         s->exit_status = 1;
         return MOAT_E_NOMEM;
     }

@@ -224,7 +224,7 @@ struct moat_server {
     void *create_waiters;
     struct health_watch *health_watches; /* grpc.health.v1 Watch calls (svc_grpc_health.c) */
     srv_cluster *cluster;                /* NULL unless in a cluster (cluster.c) */
-    void *proxy;                         /* connections to other nodes, cluster_route = proxy */
+    void *peers; /* connections to other nodes in cluster mode (cluster_peer.h) */
 };
 
 /* Cluster mode (cluster.c): joins the cluster when cluster_etcd_endpoints is set (a no-op
@@ -239,13 +239,10 @@ struct moat_etcd *moat__cluster_etcd(srv *s);
 /* Its copy of the directory, for ListSessions; NULL when not in a cluster or not started. */
 struct moat_dircache *moat__cluster_dircache(srv *s);
 
-/* Proxy mode (cluster_proxy.c). The client name of its Hello, by which the owner knows a relayed
- * call and never relays it again. */
+/* The client name of the Hello of every connection to another node (cluster_peer.c), by which
+ * the node knows a relayed call and never relays it again. */
 #define MOAT__PROXY_CLIENT_NAME "moatd-proxy"
-/* The pool of connections to other nodes, with cluster_route = proxy in a cluster (a no-op
- * otherwise); closed with the server. */
-moat_err moat__proxy_init(srv *s);
-void moat__proxy_close(srv *s);
+/* Proxy mode (cluster_proxy.c). */
 /* A call that was to end with status: when it is session_moved and this node proxies, the call
  * is relayed to the owner instead (true: the proxy has it, ended or not). */
 bool moat__proxy_route(stream *st, const moat_status *status);

@@ -27,7 +27,7 @@ static void rc_copy(moat_slice s, char *out, size_t cap)
 rc_end rc_call(raw_conn *c, const char *method, const ProtobufCMessage *req,
                const ProtobufCMessageDescriptor *resp_desc)
 {
-    rc_end e = {-1, "", "", "", NULL};
+    rc_end e = {-1, "", "", "", "", NULL};
     uint32_t id = raw_call(c, method, 0, req);
     for (;;) {
         moat_frame f;
@@ -39,6 +39,7 @@ rc_end rc_call(raw_conn *c, const char *method, const ProtobufCMessage *req,
         } else if (f.kind == MOAT_FRAME_END) {
             e.code = (int)f.u.end.code;
             rc_copy(f.u.end.reason, e.reason, sizeof(e.reason));
+            rc_copy(f.u.end.message, e.message, sizeof(e.message));
             for (size_t i = 0; i < f.u.end.detail_count; i++) {
                 if (moat_slice_eq_str(f.u.end.details[i].key, "owner_address"))
                     rc_copy(f.u.end.details[i].value, e.owner_address, sizeof(e.owner_address));
@@ -192,6 +193,17 @@ void rc_put_chat(moat_etcd *etcd, const char *chat, const char *sid, const char 
     rc_put_key(etcd, key, value, vn, lease);
 }
 
+void rc_claim_chat(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
+                   int64_t lease, const char *address)
+{
+    moat_session_record r;
+    fill_record(&r, sid, chat, owner, lease, address, MOAT_RECORD_CREATING, "");
+    moat_dir_claim_result res;
+    moat_status st;
+    assert_int_equal(moat_dir_claim(etcd, &r, lease, true, &res, &st), MOAT_CODE_OK);
+    assert_true(res.won);
+}
+
 bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *owner, int64_t lease,
                     const char *address)
 {
@@ -243,7 +255,7 @@ int64_t rc_put_member(moat_etcd *etcd, const char *id, const char *address)
     if (moat_etcd_lease_grant(etcd, 60, &res, &st) == MOAT_CODE_OK)
         lease = res.lease_id;
     moat_etcd_result_free(&res);
-    moat_node n = {.load = {10, 0, 1 << 30, 0}, .lease = lease};
+    moat_node n = {.load = {10, 0, 1 << 30, 0, 0}, .lease = lease};
     snprintf(n.id, sizeof(n.id), "%s", id);
     snprintf(n.address, sizeof(n.address), "%s", address);
     char key[sizeof(MOAT_NODES_PREFIX) + MOAT_NODE_ID_MAX], value[MOAT_NODE_VALUE_MAX];

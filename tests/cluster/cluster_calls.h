@@ -38,6 +38,7 @@ void rc_cluster_close(rc_node *nodes, int count, etcd_cluster *cl, moat_etcd **e
 typedef struct rc_end {
     int code; /* -1: no End (transport failure) */
     char reason[64];
+    char message[160];
     char owner_address[MOAT_NODE_ADDRESS_MAX];
     char owner_node[MOAT_NODE_ID_MAX];
     ProtobufCMessage *resp; /* the response message, when resp_desc was given */
@@ -73,6 +74,10 @@ void rc_put_record(moat_etcd *etcd, const char *sid, const char *chat, const cha
  * transaction; false when etcd refused one. No cmocka: benches use it too. */
 bool rc_put_records(moat_etcd *etcd, size_t n, const char *chat, const char *owner, int64_t lease,
                     const char *address);
+/* Takes chats/<chat> for a new creating record sid of owner under lease, as owner's create
+ * would; asserts (cmocka) that it won. */
+void rc_claim_chat(moat_etcd *etcd, const char *sid, const char *chat, const char *owner,
+                   int64_t lease, const char *address);
 /* Puts any value at sessions/<sid>. */
 void rc_put_raw(moat_etcd *etcd, const char *sid, const char *value);
 /* Puts value at key (under lease, 0 for none); asserts (cmocka) that etcd took it. */

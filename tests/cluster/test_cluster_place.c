@@ -5,7 +5,9 @@
  * stops are written to etcd; a SIGKILLed node's chats are placed elsewhere once its lease
  * expires, and restarted it stops its old incarnation's sessions; with all of etcd down creates
  * fail UNAVAILABLE while commands in a running session go on; garbage in the directory is a
- * status with a reason. */
+ * status with a reason; a chat held by a node that never answers its Hello, or that closes the
+ * connection once it has the create, or that stops answering on a pooled connection, is
+ * UNAVAILABLE peer_unavailable. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,6 +25,7 @@
 #include "cluster/directory.h"
 #include "cluster_calls.h"
 #include "etcd_cluster.h"
+#include "fake_peer.h"
 #include "harness.h"
 #include "moat/v1/sandbox.pb-c.h"
 
@@ -148,6 +151,76 @@ static int renew_on(int i, const char *sid, uint32_t ttl_seconds, char *reason, 
 static void stop_on(int i, const char *sid)
 {
     rc_stop_session(node[i].port, TOKEN, sid);
+}
+
+/* A chat held by a node (not a member: its address comes from the record) whose address is
+ * hostile: the create forwarded there is UNAVAILABLE peer_unavailable naming it. */
+static created create_held_by(const char *address)
+{
+    moat_node n0;
+    assert_true(etcd_cluster_lists_node(etcd, node_id[0], &n0));
+    char chat[MOAT_UUID_STR_LEN], sid[MOAT_UUID_STR_LEN];
+    new_chat(chat);
+    moat_uuid_generate(sid);
+    rc_claim_chat(etcd, sid, chat, "ghost-node", n0.lease, address);
+    return raw_create(node[0].port, TOKEN, chat, false, NULL);
+}
+
+static void test_forward_to_hostile_owner(void **state)
+{
+    (void)state;
+    REQUIRE();
+    fake_peer f;
+    assert_true(fake_peer_start(&f));
+    atomic_store(&f.close_mid_call, true);
+    created mid = create_held_by(f.address);
+    int calls = atomic_load(&f.calls);
+    fake_peer_stop(&f);
+    assert_int_equal(mid.code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(mid.reason, "peer_unavailable");
+    assert_int_equal(calls, 1);
+
+    /* Takes the connection in its kernel's backlog and never answers the Hello. */
+    char silent[32];
+    int fd = silent_peer_open(silent);
+    assert_true(fd >= 0);
+    created quiet = create_held_by(silent);
+    close(fd);
+    assert_int_equal(quiet.code, MOAT_CODE_UNAVAILABLE);
+    assert_string_equal(quiet.reason, "peer_unavailable");
+}
+
+/* A node that took a forward over a pooled connection and then stopped answering (its kernel
+ * still takes what is sent): the next create is passed over after PEER_CONNECT_MS, not held
+ * to the forward's deadline. The first shows the owner's End relayed as it came. */
+static void test_forward_to_stuck_pooled_owner(void **state)
+{
+    (void)state;
+    REQUIRE();
+    fake_peer f;
+    assert_true(fake_peer_start(&f));
+    moat_node n0;
+    assert_true(etcd_cluster_lists_node(etcd, node_id[0], &n0));
+    raw_conn *c = raw_connect_ready(node[0].port, TOKEN);
+    assert_non_null(c);
+    rc_end e[2];
+    for (int i = 0; i < 2; i++) {
+        char chat[MOAT_UUID_STR_LEN], sid[MOAT_UUID_STR_LEN];
+        new_chat(chat);
+        moat_uuid_generate(sid);
+        rc_claim_chat(etcd, sid, chat, "ghost-node", n0.lease, f.address);
+        atomic_store(&f.mute, i == 1);
+        Moat__V1__CreateSessionRequest req = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
+        req.chat_id = chat;
+        e[i] = rc_call(c, "/moat.v1.Sandboxes/CreateSession", &req.base, NULL);
+    }
+    raw_close(c);
+    int accepted = atomic_load(&f.accepted);
+    fake_peer_stop(&f);
+    assert_true(rc_is(&e[0], MOAT_CODE_NOT_FOUND, "fake_end"));
+    assert_true(rc_is(&e[1], MOAT_CODE_UNAVAILABLE, "peer_unavailable"));
+    assert_non_null(strstr(e[1].message, "did not take the call in time"));
+    assert_int_equal(accepted, 1);
 }
 
 /* Through every node the same session, with its owner's address; one container; the records in
@@ -580,6 +653,8 @@ int main(void)
         cmocka_unit_test(test_force_new_on_owner),
         cmocka_unit_test(test_concurrent_creates_one_container),
         cmocka_unit_test(test_client_placed_by_changes_nothing),
+        cmocka_unit_test(test_forward_to_hostile_owner),
+        cmocka_unit_test(test_forward_to_stuck_pooled_owner),
         cmocka_unit_test(test_renew_and_stop_written),
         cmocka_unit_test(test_garbage_in_directory),
         cmocka_unit_test(test_etcd_down),

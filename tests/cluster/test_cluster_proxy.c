@@ -4,7 +4,10 @@
  * other node: a command's stdout, stderr and exit code come back exactly, 64 MiB of output
  * arrive byte for byte while the proxy's RSS stays flat (a client that stops reading holds the
  * owner, not the proxy), a cancel reaches the owner's command, stdin goes through, and the
- * one-answer calls relay; an owner that cannot be reached is UNAVAILABLE owner_unreachable. */
+ * one-answer calls relay; an owner that cannot be reached is UNAVAILABLE owner_unreachable, as
+ * is one that closes the connection mid-call, a pooled connection whose peer restarted is
+ * replaced, and calls past the streams an owner takes on one connection go on others (a fake
+ * node for those). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,9 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <curl/curl.h>
 
@@ -23,6 +23,7 @@
 
 #include "cluster_calls.h"
 #include "etcd_cluster.h"
+#include "fake_peer.h"
 #include "h2_client.h"
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
@@ -403,22 +404,120 @@ static void test_owner_unreachable(void **state)
 
     /* An address that takes the connection (the kernel's backlog) and never answers the Hello:
      * the call, which has no deadline, ends at the proxy's hello_timeout_seconds. */
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t salen = sizeof(sa);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, salen), 0);
-    assert_int_equal(listen(fd, 8), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &salen), 0);
-    char silent[64];
-    snprintf(silent, sizeof(silent), "127.0.0.1:%d", ntohs(sa.sin_port));
+    char silent[32];
+    int fd = silent_peer_open(silent);
+    assert_true(fd >= 0);
     moat_uuid_generate(other);
     rc_put_record(etcd, other, chat, nodes[OWNER].id, owner.lease, silent, MOAT_RECORD_RUNNING, "");
     e = rc_run_command(nodes[PROXY].conn, other);
     close(fd);
     assert_true(rc_is(&e, MOAT_CODE_UNAVAILABLE, "owner_unreachable"));
     assert_string_equal(e.owner_address, silent);
+}
+
+/* A record of the owner's naming the fake node's address, and RunCommand on it through the
+ * proxy. */
+static rc_end run_on_fake(const fake_peer *f)
+{
+    moat_node owner;
+    assert_true(etcd_cluster_lists_node(etcd, nodes[OWNER].id, &owner));
+    char other[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(other);
+    moat_uuid_generate(chat);
+    rc_put_record(etcd, other, chat, nodes[OWNER].id, owner.lease, f->address, MOAT_RECORD_RUNNING,
+                  "");
+    return rc_run_command(nodes[PROXY].conn, other);
+}
+
+/* The owner closes the connection once it has the call: owner_unreachable, and the next call
+ * gets a new connection rather than the dead one, and the fake's End as it sent it. */
+static void test_owner_closes_mid_call(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    fake_peer f;
+    assert_true(fake_peer_start(&f));
+    atomic_store(&f.close_mid_call, true);
+    rc_end e = run_on_fake(&f);
+    atomic_store(&f.close_mid_call, false);
+    bool closed = rc_is(&e, MOAT_CODE_UNAVAILABLE, "owner_unreachable") &&
+                  strcmp(e.owner_address, f.address) == 0 && atomic_load(&f.calls) == 1;
+    rc_end again = run_on_fake(&f);
+    int accepted = atomic_load(&f.accepted);
+    fake_peer_stop(&f);
+    assert_true(closed);
+    assert_true(rc_is(&again, MOAT_CODE_NOT_FOUND, "fake_end"));
+    assert_int_equal(accepted, 2);
+}
+
+/* Calls share one pooled connection; once the peer restarted (its connection closed), at most
+ * the first call after it can meet the dead connection, and the next goes on a new one. */
+static void test_pooled_peer_restarted(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    fake_peer f;
+    assert_true(fake_peer_start(&f));
+    rc_end first = run_on_fake(&f), second = run_on_fake(&f);
+    int pooled = atomic_load(&f.accepted);
+    fake_peer_restart(&f);
+    rc_end third = run_on_fake(&f), fourth = run_on_fake(&f);
+    int accepted = atomic_load(&f.accepted);
+    fake_peer_stop(&f);
+    assert_true(rc_is(&first, MOAT_CODE_NOT_FOUND, "fake_end"));
+    assert_true(rc_is(&second, MOAT_CODE_NOT_FOUND, "fake_end"));
+    assert_int_equal(pooled, 1);
+    assert_true(rc_is(&third, MOAT_CODE_NOT_FOUND, "fake_end") ||
+                rc_is(&third, MOAT_CODE_UNAVAILABLE, "owner_unreachable"));
+    assert_true(rc_is(&fourth, MOAT_CODE_NOT_FOUND, "fake_end"));
+    assert_int_equal(accepted, 2);
+}
+
+/* An owner that takes one call at a time per connection (its HelloAck) and ends none until it
+ * has three: three calls at once go on three connections, none past the limit on one. */
+static void test_owner_stream_limit(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    fake_peer f;
+    assert_true(fake_peer_start(&f));
+    atomic_store(&f.max_streams, 1);
+    atomic_store(&f.hold_until, 3);
+    moat_node owner;
+    assert_true(etcd_cluster_lists_node(etcd, nodes[OWNER].id, &owner));
+    uint32_t ids[3];
+    for (int i = 0; i < 3; i++) {
+        char other[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
+        moat_uuid_generate(other);
+        moat_uuid_generate(chat);
+        rc_put_record(etcd, other, chat, nodes[OWNER].id, owner.lease, f.address,
+                      MOAT_RECORD_RUNNING, "");
+        Moat__V1__RunCommandRequest req = MOAT__V1__RUN_COMMAND_REQUEST__INIT;
+        req.session_id = other;
+        req.command = "echo hi";
+        ids[i] = raw_call(nodes[PROXY].conn, "/moat.v1.Exec/RunCommand", 0, &req.base);
+    }
+    /* The Ends come in any order: each on its own connection to the owner. */
+    int ended = 0, done = 0;
+    moat_frame fr;
+    while (done < 3 && raw_recv(nodes[PROXY].conn, &fr, 60000) == 1) {
+        if (fr.kind != MOAT_FRAME_END ||
+            (fr.stream_id != ids[0] && fr.stream_id != ids[1] && fr.stream_id != ids[2]))
+            continue;
+        done++;
+        bool fake =
+            fr.u.end.code == MOAT_CODE_NOT_FOUND && moat_slice_eq_str(fr.u.end.reason, "fake_end");
+        if (!fake)
+            fprintf(stderr, "a call ended %d %.*s: %.*s\n", (int)fr.u.end.code,
+                    (int)fr.u.end.reason.len, (const char *)fr.u.end.reason.data,
+                    (int)fr.u.end.message.len, (const char *)fr.u.end.message.data);
+        ended += fake;
+    }
+    int refused = atomic_load(&f.refused), accepted = atomic_load(&f.accepted);
+    fake_peer_stop(&f);
+    assert_int_equal(ended, 3);
+    assert_int_equal(refused, 0);
+    assert_int_equal(accepted, 3);
 }
 
 /* Last: StopSession through the proxy stops the owner's session. */
@@ -436,10 +535,17 @@ int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_exec_exact),        cmocka_unit_test(test_grpc_through_proxy),
-        cmocka_unit_test(test_large_output_flat), cmocka_unit_test(test_cancel_reaches_owner),
-        cmocka_unit_test(test_interactive_stdin), cmocka_unit_test(test_unary_calls),
-        cmocka_unit_test(test_owner_unreachable), cmocka_unit_test(test_stop_through_proxy),
+        cmocka_unit_test(test_exec_exact),
+        cmocka_unit_test(test_grpc_through_proxy),
+        cmocka_unit_test(test_large_output_flat),
+        cmocka_unit_test(test_cancel_reaches_owner),
+        cmocka_unit_test(test_interactive_stdin),
+        cmocka_unit_test(test_unary_calls),
+        cmocka_unit_test(test_owner_unreachable),
+        cmocka_unit_test(test_owner_closes_mid_call),
+        cmocka_unit_test(test_pooled_peer_restarted),
+        cmocka_unit_test(test_owner_stream_limit),
+        cmocka_unit_test(test_stop_through_proxy),
     };
     int rc = moat_run_group_tests("test_cluster_proxy", tests, group_setup, group_teardown);
     curl_global_cleanup();

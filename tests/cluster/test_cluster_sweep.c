@@ -264,16 +264,21 @@ static moat_session_record record_of(const char *sid)
     return rec;
 }
 
-/* Whether sid's record says ended; false too while etcd does not answer (its members just
+/* Whether sid's record is in state; false too while etcd does not answer (its members just
  * started again). */
-static bool ended(const char *sid)
+static bool record_is(const char *sid, moat_record_state state)
 {
     moat_session_record rec;
     bool found = false;
     int64_t rev;
     moat_status st;
     return moat_dir_record(etcd, sid, &found, &rec, &rev, &st) == MOAT_CODE_OK && found &&
-           rec.state == MOAT_RECORD_ENDED;
+           rec.state == state;
+}
+
+static bool ended(const char *sid)
+{
+    return record_is(sid, MOAT_RECORD_ENDED);
 }
 
 /* The chat key's session ("" when the chat is free). */
@@ -474,17 +479,6 @@ static void test_sweep_ends_orphans(void **state)
     assert_true(moatd_log_contains(&n->p, "periodic=1"));
 }
 
-/* Whether sid's record says running. */
-static bool running(const char *sid)
-{
-    moat_session_record rec;
-    bool found = false;
-    int64_t rev;
-    moat_status st;
-    return moat_dir_record(etcd, sid, &found, &rec, &rev, &st) == MOAT_CODE_OK && found &&
-           rec.state == MOAT_RECORD_RUNNING;
-}
-
 /* A session that runs here but whose record still says creating (its create's running write was
  * lost: etcd did not take it, or the process died after the bind): the sweep writes it running,
  * and the session goes on. */
@@ -501,7 +495,7 @@ static void test_sweep_finishes_creating(void **state)
     assert_int_equal(c.code, 0);
     snprintf(sid, sizeof(sid), "%.36s", c.session_id);
     rc_put_record(etcd, sid, chat, n->id, lease, "127.0.0.1:1", MOAT_RECORD_CREATING, "");
-    ETCD_WAIT_FOR(running(sid), WAIT_S);
+    ETCD_WAIT_FOR(record_is(sid, MOAT_RECORD_RUNNING), WAIT_S);
     assert_true(moatd_log_contains(&n->p, "creating_finished=1"));
     assert_true(rc_runs_echo(n->p.port, TOKEN, sid));
     char held[MOAT_UUID_STR_LEN];
