@@ -38,7 +38,7 @@ static moat_etcd *etcd;
 static void die(const char *what, const moat_status *st)
 {
     fprintf(stderr, "bench_ends: %s: %s %s\n", what, st->reason, st->message);
-    etcd_cluster_close(&c, etcd);
+    etcd_cluster_close(&c, &etcd);
     exit(1);
 }
 
@@ -257,7 +257,7 @@ int main(void)
         kill(c.pid[m], SIGCONT);
     printf("members stopped: one end failed %s (%s) after %.2f s\n", moat_code_name(code),
            st.reason, hung);
-    etcd_cluster_close(&c, etcd);
+    etcd_cluster_close(&c, &etcd);
     curl_global_cleanup();
     return 0;
 }

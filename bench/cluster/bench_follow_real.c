@@ -68,7 +68,7 @@ static void cleanup(void)
         snprintf(prefix, sizeof(prefix), "mbf%d%s-", (int)getpid(), names[i]);
         docker_remove_prefixed(prefix);
     }
-    etcd_cluster_close(&cl, etcd);
+    etcd_cluster_close(&cl, &etcd);
     etcd = NULL;
 }
 

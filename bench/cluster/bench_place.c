@@ -77,7 +77,7 @@ static void cleanup(void)
         snprintf(prefix, sizeof(prefix), "mbp%d%s-", (int)getpid(), names[i]);
         docker_remove_prefixed(prefix);
     }
-    etcd_cluster_close(&cl, etcd);
+    etcd_cluster_close(&cl, &etcd);
 }
 
 static void die(const char *why)

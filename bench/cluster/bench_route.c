@@ -7,7 +7,12 @@
  * ListSessions on a moatd that is in no cluster (its own empty list on the shared dockerd: the
  * call's own cost). Node 3 proxies (cluster_route = proxy): a call on it for node 2's session is
  * relayed there over the pooled connections between nodes (cluster_peer.c), against the same
- * call made on node 2 itself. Prints p50 and p99 of each. */
+ * call made on node 2 itself. Node 1 has an engine (the shared dockerd, an instance of its own):
+ * GetSession, RenewSession, StopSession and RunCommand on it for node 2's session, answered from
+ * its copy of the directory before any engine lookup, against the same calls for an ended session
+ * of node 2's, which node 1 still asks its engine about (and etcd, for a renewal) before its copy
+ * answers: what the former cost when they too asked the engine first. Prints p50 and p99 of
+ * each. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +21,7 @@
 
 #include <curl/curl.h>
 
+#include "cluster/directory.h"
 #include "cluster/records.h"
 #include "cluster_calls.h"
 #include "etcd_cluster.h"
@@ -53,7 +59,7 @@ static void cleanup(void)
             moatd_remove_dir(node[i].state_dir);
         }
     }
-    etcd_cluster_close(&cl, etcd);
+    etcd_cluster_close(&cl, &etcd);
 }
 
 static void fail(const char *what)
@@ -61,6 +67,36 @@ static void fail(const char *what)
     fprintf(stderr, "bench_route: %s\n", what);
     cleanup();
     exit(1);
+}
+
+/* The calls that name a session, measured on node 1 for a session held elsewhere and for an ended
+ * one; what each must end with (its reason, "" for OK), for the one and the other. */
+enum { KINDS = 4 };
+static const char *const kind_method[KINDS] = {
+    "/moat.v1.Sandboxes/GetSession", "/moat.v1.Sandboxes/RenewSession",
+    "/moat.v1.Sandboxes/StopSession", "/moat.v1.Exec/RunCommand"};
+static const char *const kind_moved[KINDS] = {"", "session_moved", "session_moved",
+                                              "session_moved"};
+static const char *const kind_ended[KINDS] = {"", "session_not_found", "", "session_not_running"};
+
+typedef struct kind_reqs {
+    Moat__V1__GetSessionRequest get;
+    Moat__V1__RenewSessionRequest renew;
+    Moat__V1__StopSessionRequest stop;
+    Moat__V1__RunCommandRequest run;
+} kind_reqs;
+
+/* The four requests for sid (kept by the caller); their messages into msg[KINDS]. */
+static void kind_reqs_init(kind_reqs *q, char *sid, const ProtobufCMessage *msg[KINDS])
+{
+    *q = (kind_reqs){MOAT__V1__GET_SESSION_REQUEST__INIT, MOAT__V1__RENEW_SESSION_REQUEST__INIT,
+                     MOAT__V1__STOP_SESSION_REQUEST__INIT, MOAT__V1__RUN_COMMAND_REQUEST__INIT};
+    q->get.session_id = q->renew.session_id = q->stop.session_id = q->run.session_id = sid;
+    q->run.command = (char *)"true";
+    msg[0] = &q->get.base;
+    msg[1] = &q->renew.base;
+    msg[2] = &q->stop.base;
+    msg[3] = &q->run.base;
 }
 
 /* One ListSessions; its session count, or -1. */
@@ -90,9 +126,14 @@ int main(void)
         char id_arg[64];
         snprintf(ids[i], sizeof(ids[i]), "bench%d-n%d", (int)getpid(), i + 1);
         snprintf(id_arg, sizeof(id_arg), "--cluster_node_id=%.31s", ids[i]);
+        char own_inst[64];
+        snprintf(own_inst, sizeof(own_inst), "--instance=bench-route%d-n1", (int)getpid());
         const char *extra[] = {eps, id_arg, "--cluster_advertise=127.0.0.1:1",
-                               i == NODES - 1 ? "--cluster_route=proxy" : NULL, NULL};
-        if (!moatd_start(&node[i], false, extra))
+                               i == 0           ? own_inst
+                               : i == NODES - 1 ? "--cluster_route=proxy"
+                                                : NULL,
+                               NULL};
+        if (!moatd_start(&node[i], i == 0, extra))
             fail("moatd did not start");
         started[i] = true;
     }
@@ -170,12 +211,12 @@ int main(void)
         MOAT_CODE_OK)
         fail("range failed");
     moat_session_record rec;
-    char sid[MOAT_UUID_STR_LEN] = "";
-    for (size_t k = 0; k < res.kv_count && sid[0] == '\0'; k++) {
+    char sid[MOAT_UUID_STR_LEN] = "", ended[MOAT_UUID_STR_LEN] = "";
+    for (size_t k = 0; k < res.kv_count && ended[0] == '\0'; k++) {
         if (moat_session_record_decode(res.kvs[k].key, res.kvs[k].key_len, res.kvs[k].value,
                                        res.kvs[k].value_len, &rec) == MOAT_OK &&
             strcmp(rec.node_id, ids[1]) == 0)
-            snprintf(sid, sizeof(sid), "%s", rec.session_id);
+            snprintf(sid[0] == '\0' ? sid : ended, MOAT_UUID_STR_LEN, "%s", rec.session_id);
     }
     moat_etcd_result_free(&res);
     for (int r = 0; r < ROUNDS; r++) {
@@ -213,6 +254,42 @@ int main(void)
     }
     report("baseline: RunCommand on its owner", ns, ROUNDS);
     report("RunCommand relayed by a proxying node", relayed, ROUNDS);
+
+    bool was_running = false;
+    if (moat_dir_end(etcd, ended, ids[1], moat_time_now_ms(), "stopped", &was_running, &st) !=
+            MOAT_CODE_OK ||
+        !was_running)
+        fail("etcd did not take the end");
+    for (int t = 0; t < 200 && list_once(c[0]) != NODES * PER_NODE - 1; t++)
+        etcd_cluster_sleep_ms(50);
+    if (list_once(c[0]) != NODES * PER_NODE - 1)
+        fail("node 1's copy did not see the end");
+    kind_reqs moved_q, ended_q;
+    const ProtobufCMessage *moved_msg[KINDS], *ended_msg[KINDS];
+    kind_reqs_init(&moved_q, sid, moved_msg);
+    kind_reqs_init(&ended_q, ended, ended_msg);
+    static uint64_t kind_ns[KINDS][2][ROUNDS];
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int k = 0; k < KINDS; k++) {
+            for (int e = 0; e < 2; e++) {
+                char reason[64] = "";
+                uint64_t t0 = moat_time_mono_ns();
+                raw_unary(c[0], kind_method[k], e ? ended_msg[k] : moved_msg[k], NULL, NULL, reason,
+                          sizeof(reason));
+                kind_ns[k][e][r] = moat_time_mono_ns() - t0;
+                if (strcmp(reason, e ? kind_ended[k] : kind_moved[k]) != 0)
+                    fail(kind_method[k]);
+            }
+        }
+    }
+    for (int k = 0; k < KINDS; k++) {
+        char what[2][96];
+        const char *name = strrchr(kind_method[k], '/') + 1;
+        snprintf(what[0], sizeof(what[0]), "%s, non-owner: from its copy", name);
+        snprintf(what[1], sizeof(what[1]), "baseline: %s, ended: engine first", name);
+        for (int e = 0; e < 2; e++)
+            report(what[e], kind_ns[k][e], ROUNDS);
+    }
 
     for (int i = 0; i <= NODES; i++)
         raw_close(c[i]);

@@ -10,7 +10,7 @@
  * listing of 900 records 20-30 ms of JSON. A record the copy does not have yet, or a copy not in
  * step, is read from etcd, on the worker the call's job already runs on, with the etcd client's
  * timeouts, never on the loop. A session the copy says another live node holds is not even
- * asked of the runtime (moat__cluster_moved, on the loop: the copy alone, no I/O). */
+ * asked of the runtime (moat__cluster_elsewhere, on the loop: the copy alone, no I/O). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,17 +54,27 @@ moat_code moat__cluster_route(srv *s, const char *session_id, session_route *out
     return MOAT_CODE_OK;
 }
 
-bool moat__cluster_moved(srv *s, const char *session_id, moat_status *st)
+bool moat__cluster_elsewhere(srv *s, const char *session_id, moat_dir_entry *out)
 {
     moat_dircache *dir = moat__cluster_dircache(s);
-    session_route r = {.verdict = ROUTE_MOVED};
     moat_dir_found found;
-    if (dir == NULL || !moat_dircache_peek(dir, session_id, &found, &r.entry) ||
-        found != MOAT_DIR_FOUND || r.entry.rec.state == MOAT_RECORD_ENDED || !r.entry.owner_live ||
-        strcmp(r.entry.rec.node_id, s->cfg.cluster_node_id) == 0)
+    return dir != NULL && !moat__session_cached(s, session_id) &&
+           moat_dircache_peek(dir, session_id, &found, out) && found == MOAT_DIR_FOUND &&
+           out->rec.state != MOAT_RECORD_ENDED && out->owner_live &&
+           strcmp(out->rec.node_id, s->cfg.cluster_node_id) != 0;
+}
+
+bool moat__cluster_moved(stream *st, const char *session_id)
+{
+    session_route r = {.verdict = ROUTE_MOVED};
+    if (!moat__cluster_elsewhere(st->s, session_id, &r.entry))
         return false;
-    moat_status_clear(st);
-    return moat__route_status(&r, st);
+    moat_status moved;
+    moat_status_clear(&moved);
+    moat__route_status(&r, &moved);
+    if (!moat__proxy_route(st, &moved))
+        moat_rpc_call_end(st->call, &moved);
+    return true;
 }
 
 bool moat__engine_skipped(engine_job *j)

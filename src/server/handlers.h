@@ -20,6 +20,8 @@ void moat__session_cache_clear(srv *s);
 /* Remembers a running session's execd socket and token (copied). */
 void moat__session_cache_put(srv *s, const moat_session *session);
 void moat__session_cache_drop(srv *s, const char *session_id);
+/* Whether the cache holds session_id (canonical): a session this node's runtime answered for. */
+bool moat__session_cached(srv *s, const char *session_id);
 
 /* What an Exec or Files call does once its session's execd is known. ep's strings are valid only
  * during the call. */
@@ -98,11 +100,17 @@ typedef struct session_route {
  * directory. OK with the verdict (ROUTE_LOCAL outside a cluster), or the directory's failure in
  * *st (UNAVAILABLE etcd_unavailable, INTERNAL session_record_invalid, …). */
 moat_code moat__cluster_route(srv *s, const char *session_id, session_route *out, moat_status *st);
-/* The loop, before a call's runtime lookup: true, with *st session_moved, when this node's copy
- * of the directory says another live node holds session_id (canonical). Reads only the copy:
- * anything else (no record there, this node's own, ended, lost, a copy not in step) is false,
- * and the runtime and moat__cluster_route decide. */
-bool moat__cluster_moved(srv *s, const char *session_id, moat_status *st);
+/* The loop, before a call's runtime lookup: true, with the record in *out, when this node's copy
+ * of the directory says another live node holds session_id (canonical), and the session is not
+ * in this node's session cache. Reads only the copy: anything else (no record there, this
+ * node's own, ended, lost, a copy not in step) is false, and the runtime and
+ * moat__cluster_route decide. A record names the node that made the session's container and
+ * never another, so a session this node's runtime holds is never called elsewhere. */
+bool moat__cluster_elsewhere(srv *s, const char *session_id, moat_dir_entry *out);
+/* The loop, before the runtime lookup of a call that another node's session redirects (Exec,
+ * Files, Interactive, RenewSession, StopSession): when moat__cluster_elsewhere, ends the call
+ * session_moved (or relays it, in proxy mode) and returns true. */
+bool moat__cluster_moved(stream *st, const char *session_id);
 /* A routed job's worker, before asking the runtime: true when it must not (the engine is down),
  * with j->code NOT_FOUND so that moat__directory_knows asks the directory. */
 bool moat__engine_skipped(engine_job *j);

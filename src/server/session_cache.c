@@ -61,6 +61,11 @@ void moat__session_cache_put(srv *s, const moat_session *session)
     c->b[h] = e;
 }
 
+bool moat__session_cached(srv *s, const char *id)
+{
+    return cache_find(s, id) != NULL;
+}
+
 void moat__session_cache_drop(srv *s, const char *id)
 {
     cache *c = s->sessions;
@@ -172,12 +177,8 @@ void moat__with_session(stream *st, const char *session_id, session_then_fn then
     /* Another live node's, by this node's copy of the directory: its container is there (the
      * node a record names made it), so the engine's lookup here, a worker's Docker round trip
      * of about half a millisecond, would only say NOT_FOUND. */
-    moat_status moved;
-    if (moat__cluster_moved(st->s, id, &moved)) {
-        if (!moat__proxy_route(st, &moved))
-            moat_rpc_call_end(st->call, &moved);
+    if (moat__cluster_moved(st, id))
         return;
-    }
     lookup_job *l = moat__job_new_routed(st, sizeof(*l));
     if (l == NULL)
         return;

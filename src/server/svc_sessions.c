@@ -489,7 +489,19 @@ static session_job *session_job_new(stream *st, const char *session_id)
 void moat__sandboxes_get(stream *st, const ProtobufCMessage *msg)
 {
     const Moat__V1__GetSessionRequest *req = (const Moat__V1__GetSessionRequest *)msg;
-    session_job *g = session_job_new(st, req->session_id);
+    char id[MOAT_UUID_STR_LEN];
+    if (!moat__canon(st, req->session_id, "session_id", id))
+        return;
+    /* Another live node's, by the copy: answered from its record, as get_run would after the
+     * engine's NOT_FOUND, without that round trip (moat__cluster_elsewhere says why it holds). */
+    moat_dir_entry e;
+    if (moat__cluster_elsewhere(st->s, id, &e)) {
+        moat_session session;
+        moat__route_session(&e, &session);
+        reply_session(st, &session, e.rec.address);
+        return;
+    }
+    session_job *g = session_job_new(st, id);
     if (g != NULL)
         moat__job_start(&g->base, get_run, session_done);
 }
@@ -498,7 +510,10 @@ void moat__sandboxes_renew(stream *st, const ProtobufCMessage *msg)
 {
     const Moat__V1__RenewSessionRequest *req = (const Moat__V1__RenewSessionRequest *)msg;
     char id[MOAT_UUID_STR_LEN];
-    if (!moat__canon(st, req->session_id, "session_id", id) || !ttl_ok(st, req->ttl_seconds))
+    /* Another live node's session is renewed by its owner: neither this node's etcd read of its
+     * record nor its engine's lookup can say more than the copy. */
+    if (!moat__canon(st, req->session_id, "session_id", id) || !ttl_ok(st, req->ttl_seconds) ||
+        moat__cluster_moved(st, id))
         return;
     session_job *g = session_job_new(st, id);
     if (g == NULL)
@@ -651,7 +666,8 @@ void moat__sandboxes_stop(stream *st, const ProtobufCMessage *msg)
 {
     const Moat__V1__StopSessionRequest *req = (const Moat__V1__StopSessionRequest *)msg;
     char id[MOAT_UUID_STR_LEN];
-    if (!moat__canon(st, req->session_id, "session_id", id))
+    /* Another live node's session is stopped by its owner. */
+    if (!moat__canon(st, req->session_id, "session_id", id) || moat__cluster_moved(st, id))
         return;
     stop_job *p = moat__job_new_routed(st, sizeof(*p));
     if (p == NULL)

@@ -316,15 +316,15 @@ void rc_node_stop(rc_node *n)
     if (n->conn != NULL)
         raw_close(n->conn);
     n->conn = NULL;
-    if (!n->started)
-        return;
-    if (n->p.pid > 0)
+    if (n->started && n->p.pid > 0)
         moatd_stop(&n->p);
+    /* A moatd that did not start leaves its state dir (its log) too. */
     moatd_remove_dir(n->p.state_dir);
+    n->p.state_dir[0] = '\0';
     n->started = false;
 }
 
-void rc_cluster_close(rc_node *nodes, int count, etcd_cluster *cl, moat_etcd *etcd)
+void rc_cluster_close(rc_node *nodes, int count, etcd_cluster *cl, moat_etcd **etcd)
 {
     for (int i = 0; i < count; i++)
         rc_node_stop(&nodes[i]);
@@ -379,8 +379,8 @@ void rc_members_remove_containers(const char *tag)
     docker_remove_prefixed(prefix);
 }
 
-int rc_members_teardown(etcd_cluster *cl, moat_etcd *etcd, const char *tag, moatd_proc *nodes,
-                        int count, const char *extra_dir)
+int rc_members_teardown(etcd_cluster *cl, moat_etcd **etcd, const char *tag, moatd_proc *nodes,
+                        int count, char extra_dir[256])
 {
     int rc = 0;
     for (int i = 0; i < count; i++) {
@@ -390,9 +390,11 @@ int rc_members_teardown(etcd_cluster *cl, moat_etcd *etcd, const char *tag, moat
             rc = -1;
         if (nodes[i].state_dir[0] != '\0')
             moatd_remove_dir(nodes[i].state_dir);
+        nodes[i].state_dir[0] = '\0';
     }
     if (extra_dir[0] != '\0')
         moatd_remove_dir(extra_dir);
+    extra_dir[0] = '\0';
     rc_members_remove_containers(tag);
     etcd_cluster_close(cl, etcd);
     return rc;
@@ -400,7 +402,7 @@ int rc_members_teardown(etcd_cluster *cl, moat_etcd *etcd, const char *tag, moat
 
 int rc_members_setup(etcd_cluster *cl, moat_etcd **etcd, const char *tag, int count,
                      bool (*start)(int i, const char *state_dir), moatd_proc *nodes,
-                     const char *extra_dir, int wait_s)
+                     char extra_dir[256], int wait_s)
 {
     if (!rc_docker_present() || !etcd_cluster_available())
         return 0;
@@ -409,7 +411,7 @@ int rc_members_setup(etcd_cluster *cl, moat_etcd **etcd, const char *tag, int co
     rc_members_remove_containers(tag);
     for (int i = 0; i < count; i++) {
         if (!start(i, NULL)) {
-            rc_members_teardown(cl, *etcd, tag, nodes, count, extra_dir);
+            rc_members_teardown(cl, etcd, tag, nodes, count, extra_dir);
             return -1;
         }
     }

@@ -26,11 +26,13 @@ typedef struct rc_node {
  * connection with token (NULL: none) in n->conn. false on failure (after printing the log). */
 bool rc_node_start(rc_node *n, const etcd_cluster *cl, const char *tag, int i, bool docker,
                    const char *const *extra, bool connect, const char *token);
-/* Closes its connection, stops it (unless a test killed it: p.pid 0) and removes its state. */
+/* Closes its connection, stops it (unless a test killed it: p.pid 0) and removes its state
+ * dir, also one a failed start left; a second call does nothing. */
 void rc_node_stop(rc_node *n);
-/* Stops nodes[0..count) and closes the test's etcd: a group's teardown, and what a group setup
- * that failed half way runs itself, since cmocka runs no group teardown after it. */
-void rc_cluster_close(rc_node *nodes, int count, etcd_cluster *cl, moat_etcd *etcd);
+/* Stops nodes[0..count) and closes the test's etcd (*etcd becomes NULL): a group's teardown,
+ * and what a group setup that failed half way runs itself. cmocka 1.1.5 then runs the group
+ * teardown as well (some versions do not), which finds nothing left to do. */
+void rc_cluster_close(rc_node *nodes, int count, etcd_cluster *cl, moat_etcd **etcd);
 
 /* A call's End: code, reason and the details the test looks at. */
 typedef struct rc_end {
@@ -109,16 +111,17 @@ bool rc_member_start(moatd_proc *p, char id[32], const etcd_cluster *cl, moat_et
 void rc_members_remove_containers(const char *tag);
 /* A group setup's: without Docker or etcd, 0 and nothing started (the cases skip); else the
  * test's etcd opened into cl and *etcd, the containers of tag's nodes removed and start(i, NULL)
- * run for each of count nodes. One that fails: -1 after rc_members_teardown (cmocka runs no
- * group teardown after a failed setup). */
+ * run for each of count nodes. One that fails: -1 after rc_members_teardown, so that nothing is
+ * left whether or not cmocka runs the group teardown after a failed setup (1.1.5 does). */
 int rc_members_setup(etcd_cluster *cl, moat_etcd **etcd, const char *tag, int count,
                      bool (*start)(int i, const char *state_dir), moatd_proc *nodes,
-                     const char *extra_dir, int wait_s);
+                     char extra_dir[256], int wait_s);
 /* A group teardown's: stops nodes[0..count) still running (SIGCONT first: a failed case may have
  * left one SIGSTOPped), removes their state dirs and extra_dir (a killed node's, run again; may
- * be ""), tag's containers, and the test's etcd. -1 when a node did not exit cleanly. */
-int rc_members_teardown(etcd_cluster *cl, moat_etcd *etcd, const char *tag, moatd_proc *nodes,
-                        int count, const char *extra_dir);
+ * be ""), tag's containers, and the test's etcd. Every path it removed becomes "" and *etcd
+ * NULL, so a second call does nothing more. -1 when a node did not exit cleanly. */
+int rc_members_teardown(etcd_cluster *cl, moat_etcd **etcd, const char *tag, moatd_proc *nodes,
+                        int count, char extra_dir[256]);
 /* The index of the running node among nodes[0..count) whose address is addr
  * ("127.0.0.1:<port>"), or -1. */
 int rc_member_of(const moatd_proc *nodes, int count, const char *addr);

@@ -15,7 +15,8 @@
 # or directory behind, and a second one is a no-op; a cluster-up that fails half way (etcd
 # cannot start; with --tls, its keys made) is removed as cleanly. Whatever happens, the trap removes the cluster. Skipped
 # (77) without root, dockerd or etcd, except under CI=true, whose machine has them.
-# usage: cluster_scripts.sh [plain|tls]   (env: MOAT_BUILD_DIR, MOAT_SOURCE_DIR)
+# usage: cluster_scripts.sh [plain|tls]   (env: MOAT_SOURCE_DIR, by default the checkout this
+# script is in; MOAT_BUILD_DIR, by default its build/, as scripts/cluster-up.sh takes it)
 set -euo pipefail
 
 mode="${1:-plain}"
@@ -25,8 +26,10 @@ case "$mode" in
   *) echo "usage: $0 [plain|tls]" >&2; exit 2 ;;
 esac
 
-src="${MOAT_SOURCE_DIR:?set MOAT_SOURCE_DIR}"
-build="${MOAT_BUILD_DIR:?set MOAT_BUILD_DIR}"
+src="${MOAT_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}"
+build="${MOAT_BUILD_DIR:-$src/build}"
+[ -x "$build/src/server/moatd" ] ||
+  { echo "cluster_scripts.sh: no moatd at $build/src/server/moatd: build it, or set MOAT_BUILD_DIR" >&2; exit 1; }
 # Namespaces, links and routes are the host's: a name and a /24 no other run uses (an octet
 # below 200 that nothing routes yet, starting from this run's pid).
 prefix="mc$(( $$ % 1000000 ))"

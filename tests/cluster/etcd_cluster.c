@@ -244,11 +244,17 @@ int etcd_cluster_open(etcd_cluster *c, const etcd_cluster_tls *tls, moat_etcd **
         return -1;
     }
     *etcd = harness_client(c, c->urls, ETCD_CLUSTER_MEMBERS, 500, request_timeout_ms);
-    return *etcd != NULL ? 0 : -1;
+    if (*etcd == NULL) {
+        fprintf(stderr, "etcd cluster started, but no client for it could be made\n");
+        etcd_cluster_stop(c);
+        return -1;
+    }
+    return 0;
 }
 
-void etcd_cluster_close(etcd_cluster *c, moat_etcd *etcd)
+void etcd_cluster_close(etcd_cluster *c, moat_etcd **etcd)
 {
-    moat_etcd_close(etcd);
+    moat_etcd_close(*etcd);
+    *etcd = NULL;
     etcd_cluster_stop(c);
 }

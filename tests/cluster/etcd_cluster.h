@@ -54,7 +54,9 @@ void etcd_cluster_stop(etcd_cluster *c);
  * members' logs and removing the rest. */
 int etcd_cluster_open(etcd_cluster *c, const etcd_cluster_tls *tls, moat_etcd **etcd,
                       long request_timeout_ms, int wait_s);
-void etcd_cluster_close(etcd_cluster *c, moat_etcd *etcd);
+/* Closes *etcd (may be NULL), which becomes NULL, and stops the cluster: safe to call again, and
+ * on what etcd_cluster_open did not start (a group teardown after a failed setup). */
+void etcd_cluster_close(etcd_cluster *c, moat_etcd **etcd);
 /* In a test: skips it (fails it under CI=true) when etcd is not installed. */
 #define ETCD_REQUIRE()                                                                             \
     moat_require(etcd_cluster_available(), "etcd is not installed (apt-get install etcd-server)")

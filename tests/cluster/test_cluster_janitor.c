@@ -52,7 +52,7 @@ failed:
 static int group_teardown(void **state)
 {
     (void)state;
-    rc_cluster_close(nodes, NODES, &cl, etcd);
+    rc_cluster_close(nodes, NODES, &cl, &etcd);
     return 0;
 }
 

@@ -59,7 +59,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    return rc_members_teardown(&cl, etcd, "mcp", node, NODES, restarted_dir);
+    return rc_members_teardown(&cl, &etcd, "mcp", node, NODES, restarted_dir);
 }
 
 #define REQUIRE()                                                                                  \

@@ -191,7 +191,7 @@ failed:
 static int group_teardown(void **state)
 {
     (void)state;
-    rc_cluster_close(nodes, NODES, &cl, etcd);
+    rc_cluster_close(nodes, NODES, &cl, &etcd);
     if (prefix[0] != '\0')
         docker_remove_prefixed(prefix);
     return 0;

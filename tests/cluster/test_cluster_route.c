@@ -7,7 +7,9 @@
  * record whose node is gone is node_lost from any node (also once a member dies under it), an ended
  * one answers as an ended local session, garbage is a status with a reason, ListSessions and
  * GetSession answer for the whole cluster, and with etcd down every call ends UNAVAILABLE with a
- * reason instead of hanging. */
+ * reason instead of hanging. A fourth node, on a fake engine that records its requests, shows
+ * which calls its copy of the directory answers without the engine; a real session on the first
+ * node shows that a session its runtime holds is never sent elsewhere. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,6 +28,7 @@
 #include "cluster/records.h"
 #include "etcd_cluster.h"
 #include "cluster_calls.h"
+#include "fake_docker.h"
 #include "h2_client.h"
 #include "harness.h"
 #include "moat/v1/exec.pb-c.h"
@@ -38,6 +41,10 @@
 static etcd_cluster cl;
 static moat_etcd *etcd;
 static rc_node nodes[NODES];
+/* test_moved_from_copy's node and its engine (stopped by the group teardown if the test fails). */
+static rc_node counted;
+static fake_docker engine;
+static bool engine_started;
 
 /* The address the test writes in a record for node i: its real listener. */
 static void node_address(int i, char *out, size_t cap)
@@ -71,10 +78,23 @@ failed:
     return -1;
 }
 
+static void counted_stop(void)
+{
+    rc_node_stop(&counted);
+    if (engine_started)
+        fake_docker_stop(&engine);
+    engine_started = false;
+}
+
 static int group_teardown(void **state)
 {
     (void)state;
-    rc_cluster_close(nodes, NODES, &cl, etcd);
+    counted_stop();
+    rc_cluster_close(nodes, NODES, &cl, &etcd);
+    /* test_local_never_moved's session, if it failed before stopping it. */
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "moat-route%d-", (int)getpid());
+    docker_remove_prefixed(prefix);
     return 0;
 }
 
@@ -140,6 +160,153 @@ static void test_moved(void **state)
     assert_string_equal(moat_status_detail_get(&st->details, "owner_address"), addr);
     assert_string_equal(moat_status_detail_get(&st->details, "owner_node"), nodes[1].id);
     h2c_close(g);
+    rc_clear_records(etcd);
+}
+
+/* How many requests the counted node's engine had that name sid: its runtime's lookups of a
+ * session name it in their label filter. */
+static size_t engine_asked(const char *sid)
+{
+    return fake_docker_count(&engine, "GET", sid);
+}
+
+/* call(sid) on the counted node, again until one is answered without a request to its engine
+ * about sid (its copy of the directory follows a put by the watch's delay); that call's End. A
+ * node that asks its engine every time fails the test. */
+static rc_end answered_from_copy(rc_end (*call)(raw_conn *, const char *), const char *sid)
+{
+    rc_end e = {.code = -1};
+    bool quiet = false;
+    for (int tick = 0; tick < WAIT_S * 20 && !quiet; tick++) {
+        if (tick > 0)
+            etcd_cluster_sleep_ms(50);
+        rc_free(&e);
+        size_t before = engine_asked(sid);
+        e = call(counted.conn, sid);
+        quiet = engine_asked(sid) == before;
+    }
+    /* A full request log counts nothing more, and would prove nothing. */
+    assert_true(fake_docker_count(&engine, "GET", "") < FAKE_MAX_REQUESTS);
+    assert_true(quiet);
+    return e;
+}
+
+/* Every call naming another live node's session, by the node's copy of the directory, is
+ * answered without asking the engine: Exec, Files and Interactive end session_moved, and so do
+ * RenewSession and StopSession; GetSession answers from the record. The same node asks its
+ * engine about a session no record names (so the count is not blind). */
+static void test_moved_from_copy(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    wait_members();
+    char sock[64], engine_arg[96];
+    snprintf(sock, sizeof(sock), "/tmp/mrt%d-engine.sock", (int)getpid());
+    assert_int_equal(fake_docker_start(&engine, sock), 0);
+    engine_started = true;
+    /* Up by its health probe: the runtime is asked, not skipped. */
+    fake_docker_route(&engine, "GET", "/_ping", 200, "OK", -1);
+    snprintf(engine_arg, sizeof(engine_arg), "--docker_host=%s", sock);
+    const char *extra[] = {engine_arg, NULL};
+    assert_true(rc_node_start(&counted, &cl, "route", NODES, true, extra, true, NULL));
+    ETCD_WAIT_FOR(etcd_cluster_lists_node(etcd, counted.id, NULL), WAIT_S);
+
+    char none[MOAT_UUID_STR_LEN];
+    moat_uuid_generate(none);
+    rc_end e;
+    ETCD_WAIT_FOR((e = rc_get(counted.conn, none), rc_free(&e),
+                   rc_is(&e, MOAT_CODE_NOT_FOUND, "session_not_found")),
+                  WAIT_S);
+    assert_true(engine_asked(none) > 0);
+
+    char sid[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN], addr[64];
+    moat_uuid_generate(sid);
+    moat_uuid_generate(chat);
+    node_address(1, addr, sizeof(addr));
+    rc_put_record(etcd, sid, chat, nodes[1].id, node_lease(1), addr, MOAT_RECORD_RUNNING, "");
+    e = answered_from_copy(rc_get, sid);
+    assert_int_equal(e.code, MOAT_CODE_OK);
+    Moat__V1__SandboxSession *s = (Moat__V1__SandboxSession *)e.resp;
+    assert_non_null(s);
+    assert_string_equal(s->session_id, sid);
+    assert_int_equal(s->status, MOAT__V1__SESSION_STATUS__RUNNING);
+    assert_string_equal(s->owner_address, addr);
+    rc_free(&e);
+    rc_end (*const moved[])(raw_conn *, const char *) = {rc_renew, rc_stop, rc_run_command, rc_stat,
+                                                         rc_interactive};
+    for (size_t k = 0; k < sizeof(moved) / sizeof(moved[0]); k++) {
+        e = answered_from_copy(moved[k], sid);
+        assert_true(rc_is(&e, MOAT_CODE_FAILED_PRECONDITION, "session_moved"));
+        assert_string_equal(e.owner_address, addr);
+        assert_string_equal(e.owner_node, nodes[1].id);
+        rc_free(&e);
+    }
+    counted_stop();
+    rc_clear_records(etcd);
+}
+
+/* SandboxSession.owner_address of sid in node i's listing, "" when it names none, "-" when sid
+ * is not listed; into out[64]. */
+static void listed_owner(int i, const char *chat, const char *sid, char out[64])
+{
+    snprintf(out, 64, "-");
+    rc_end e = rc_list(nodes[i].conn, chat);
+    Moat__V1__ListSessionsResponse *r = (Moat__V1__ListSessionsResponse *)e.resp;
+    for (size_t k = 0; r != NULL && k < r->n_sessions; k++)
+        if (strcmp(r->sessions[k]->session_id, sid) == 0)
+            snprintf(out, 64, "%s", r->sessions[k]->owner_address);
+    rc_free(&e);
+}
+
+/* A session node 1's runtime holds is answered there, never sent elsewhere: by its own record,
+ * and even under a record that names another live node (which no create writes: a record names
+ * the node that made its container), since the node's session cache knows it. */
+static void test_local_never_moved(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    moat_require(rc_docker_present(), "no Docker engine at /var/run/docker.sock");
+    wait_members();
+    /* The chat's home on node 1: its create is placed there. */
+    char chat[MOAT_UUID_STR_LEN], key[MOAT_RECORD_KEY_MAX], home[MOAT_RECORD_VALUE_MAX];
+    moat_uuid_generate(chat);
+    size_t hn = moat_home_record_encode(nodes[0].id, home, sizeof(home));
+    assert_true(moat_home_record_key(chat, key, sizeof(key)) > 0 && hn > 0);
+    rc_put_key(etcd, key, home, hn, 0);
+    Moat__V1__CreateSessionRequest cr = MOAT__V1__CREATE_SESSION_REQUEST__INIT;
+    cr.chat_id = chat;
+    rc_end e = rc_call(nodes[0].conn, "/moat.v1.Sandboxes/CreateSession", &cr.base,
+                       &moat__v1__sandbox_session__descriptor);
+    assert_int_equal(e.code, MOAT_CODE_OK);
+    assert_non_null(e.resp);
+    char sid[MOAT_UUID_STR_LEN];
+    snprintf(sid, sizeof(sid), "%s", ((Moat__V1__SandboxSession *)e.resp)->session_id);
+    assert_string_equal(((Moat__V1__SandboxSession *)e.resp)->owner_address, "");
+    rc_free(&e);
+
+    char other[64], seen[64];
+    node_address(1, other, sizeof(other));
+    for (int round = 0; round < 2; round++) {
+        if (round == 1) {
+            rc_put_record(etcd, sid, chat, nodes[1].id, node_lease(1), other, MOAT_RECORD_RUNNING,
+                          "");
+            ETCD_WAIT_FOR((listed_owner(0, chat, sid, seen), strcmp(seen, other) == 0), WAIT_S);
+        }
+        e = rc_get(nodes[0].conn, sid);
+        assert_int_equal(e.code, MOAT_CODE_OK);
+        assert_string_equal(((Moat__V1__SandboxSession *)e.resp)->owner_address, "");
+        assert_int_equal(((Moat__V1__SandboxSession *)e.resp)->status,
+                         MOAT__V1__SESSION_STATUS__RUNNING);
+        rc_free(&e);
+        e = rc_renew(nodes[0].conn, sid);
+        assert_int_equal(e.code, MOAT_CODE_OK);
+        e = rc_run_command(nodes[0].conn, sid);
+        assert_int_equal(e.code, MOAT_CODE_OK);
+    }
+    e = rc_stop(nodes[0].conn, sid);
+    assert_int_equal(e.code, MOAT_CODE_OK);
+    assert_true(((Moat__V1__StopSessionResponse *)e.resp)->stopped);
+    rc_free(&e);
     rc_clear_records(etcd);
 }
 
@@ -401,10 +568,16 @@ int main(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_moved),        cmocka_unit_test(test_node_lost),
-        cmocka_unit_test(test_member_death), cmocka_unit_test(test_ended_and_absent),
-        cmocka_unit_test(test_garbage),      cmocka_unit_test(test_list_cluster),
-        cmocka_unit_test(test_list_pages),   cmocka_unit_test(test_etcd_down),
+        cmocka_unit_test(test_moved),
+        cmocka_unit_test(test_node_lost),
+        cmocka_unit_test(test_member_death),
+        cmocka_unit_test(test_ended_and_absent),
+        cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_list_cluster),
+        cmocka_unit_test(test_list_pages),
+        cmocka_unit_test(test_moved_from_copy),
+        cmocka_unit_test(test_local_never_moved),
+        cmocka_unit_test(test_etcd_down),
     };
     int rc = moat_run_group_tests("test_cluster_route", tests, group_setup, group_teardown);
     curl_global_cleanup();

@@ -25,8 +25,18 @@ typedef struct fixture {
 static int setup(void **state)
 {
     fixture *fx = calloc(1, sizeof(*fx));
-    if (fx == NULL || fake_etcd_start(&fx->a) != 0 || fake_etcd_start(&fx->b) != 0)
+    if (fx == NULL)
         return -1;
+    /* cmocka runs no test's teardown after its setup failed: what started stops here (a
+     * fake_etcd_start that failed is stopped too, which frees what it made). */
+    bool a = fake_etcd_start(&fx->a) == 0;
+    if (!a || fake_etcd_start(&fx->b) != 0) {
+        fake_etcd_stop(&fx->a);
+        if (a)
+            fake_etcd_stop(&fx->b);
+        free(fx);
+        return -1;
+    }
     snprintf(fx->dead, sizeof(fx->dead), "http://127.0.0.1:%d", free_port());
     *state = fx;
     return 0;

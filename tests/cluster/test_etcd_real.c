@@ -34,7 +34,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    etcd_cluster_close(&fx.c, fx.e);
+    etcd_cluster_close(&fx.c, &fx.e);
     return 0;
 }
 

@@ -74,7 +74,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    etcd_cluster_close(&cl, etcd);
+    etcd_cluster_close(&cl, &etcd);
     test_pki_remove(pki.dir);
     return 0;
 }

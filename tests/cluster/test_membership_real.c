@@ -55,7 +55,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    etcd_cluster_close(&cl, etcd);
+    etcd_cluster_close(&cl, &etcd);
     return 0;
 }
 

@@ -82,11 +82,16 @@ void moatd_dump_log(const moatd_proc *p)
     fclose(f);
 }
 
-bool moatd_start(moatd_proc *p, bool docker, const char *const *extra)
+const char *moatd_build_dir(void)
 {
     const char *build = getenv("MOAT_BUILD_DIR");
+    return build != NULL && build[0] != '\0' ? build : MOAT_TEST_BUILD_DIR;
+}
+
+bool moatd_start(moatd_proc *p, bool docker, const char *const *extra)
+{
     char bin[512];
-    snprintf(bin, sizeof(bin), "%s/src/server/moatd", build != NULL ? build : ".");
+    snprintf(bin, sizeof(bin), "%s/src/server/moatd", moatd_build_dir());
     return moatd_start_bin(p, bin, docker, extra);
 }
 
@@ -202,6 +207,14 @@ static start_result start_once(moatd_proc *p, const char *bin, bool docker,
 bool moatd_start_bin(moatd_proc *p, const char *bin, bool docker, const char *const *extra)
 {
     memset(p, 0, sizeof(*p));
+    /* Said here, since a child whose exec fails leaves only an empty log behind. */
+    if (access(bin, X_OK) != 0) {
+        fprintf(stderr,
+                "moatd_start: no moatd at %s (build the moatd target, or set "
+                "MOAT_BUILD_DIR to the build directory that has it)\n",
+                bin);
+        return false;
+    }
     snprintf(p->state_dir, sizeof(p->state_dir), "/tmp/moat-srvtest-XXXXXX");
     if (mkdtemp(p->state_dir) == NULL)
         return false;

@@ -32,7 +32,10 @@ const char *moatd_wrapper(void);
 /* 1 normally, 10 when wrapped: multiplies the harness's waits. */
 int moatd_slowdown(void);
 
-/* Starts moatd from $MOAT_BUILD_DIR/src/server/moatd with extra "--key=value"
+/* The build directory whose moatd the harness runs: $MOAT_BUILD_DIR (ctest sets it), else the
+ * one this harness was built in, so that a test binary also runs by itself, from anywhere. */
+const char *moatd_build_dir(void);
+/* Starts moatd from moatd_build_dir()'s src/server/moatd with extra "--key=value"
  * arguments (NULL-terminated), on a free loopback port, and waits until it
  * accepts connections. With docker false it points at a dead Docker socket and
  * an empty bundle dir; with docker true its image is the minimal moat-sandbox:latest
