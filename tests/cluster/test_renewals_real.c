@@ -60,7 +60,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     stop_all();
-    etcd_cluster_close(&cl, etcd);
+    etcd_cluster_close(&cl, &etcd);
     return 0;
 }
 
