@@ -99,6 +99,13 @@ void rc_revoke(moat_etcd *etcd, int64_t lease);
 
 /* Whether the shared dockerd answers at /var/run/docker.sock. */
 bool rc_docker_present(void);
+/* A case's first line in tests of nodes on the shared dockerd: skipped (cmocka) without etcd or
+ * Docker. Needs moat_test.h. */
+#define RC_REQUIRE_MEMBERS()                                                                       \
+    do {                                                                                           \
+        ETCD_REQUIRE();                                                                            \
+        moat_require(rc_docker_present(), "no Docker engine at /var/run/docker.sock");             \
+    } while (0)
 /* Node i of a test's cluster on the shared dockerd, a member of cl's etcd: id <tag><pid>-n<i>
  * (into id), instance <tag><pid>n<i>, containers named <tag><pid>n<i>-, advertising
  * 127.0.0.1:<its port>, a lease TTL of ttl_s, the token, workspace quotas off, on state_dir when

@@ -62,12 +62,6 @@ static int group_teardown(void **state)
     return rc_members_teardown(&cl, &etcd, "mcp", node, NODES, restarted_dir);
 }
 
-#define REQUIRE()                                                                                  \
-    do {                                                                                           \
-        ETCD_REQUIRE();                                                                            \
-        moat_require(rc_docker_present(), "no Docker engine at /var/run/docker.sock");             \
-    } while (0)
-
 typedef raw_created created;
 
 /* An empty owner_address is the node that answered: it holds the session. */
@@ -172,7 +166,7 @@ static created create_held_by(const char *address)
 static void test_forward_to_hostile_owner(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     fake_peer f;
     assert_true(fake_peer_start(&f));
     atomic_store(&f.close_mid_call, true);
@@ -199,7 +193,7 @@ static void test_forward_to_hostile_owner(void **state)
 static void test_forward_to_stuck_pooled_owner(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     fake_peer f;
     assert_true(fake_peer_start(&f));
     moat_node n0;
@@ -232,7 +226,7 @@ static void test_forward_to_stuck_pooled_owner(void **state)
 static void test_create_places_and_forwards(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     created first = {0};
     int owner = 0;
@@ -283,7 +277,7 @@ static created session_and_other(char chat[MOAT_UUID_STR_LEN], int *owner, int *
 static void test_created_session_routed(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     int owner, other;
     created c = session_and_other(chat, &owner, &other);
@@ -324,7 +318,7 @@ static void record_redirect(const char *sid, const char *from, const char *to, v
 static void test_libmoat_follows_to_owner(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     int owner, other;
     created c = session_and_other(chat, &owner, &other);
@@ -370,7 +364,7 @@ static void test_libmoat_follows_to_owner(void **state)
 static void test_force_new_on_owner(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     created first = fresh_session(0, chat, true);
     int owner = node_of(first.owner);
@@ -410,7 +404,7 @@ static void *race(void *arg)
 static void test_client_placed_by_changes_nothing(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     int owner, other;
     created first = session_and_other(chat, &owner, &other);
@@ -425,7 +419,7 @@ static void test_client_placed_by_changes_nothing(void **state)
 static void test_concurrent_creates_one_container(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     for (int round = 0; round < 3; round++) {
         char chat[MOAT_UUID_STR_LEN];
         new_chat(chat);
@@ -452,7 +446,7 @@ static void test_concurrent_creates_one_container(void **state)
 static void test_renew_and_stop_written(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     created c = fresh_session(1, chat, false);
     int owner = node_of(c.owner);
@@ -516,7 +510,7 @@ static void *batch_renew_thread(void *arg)
 static void test_renewals_batched(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     created c[BATCHED];
     c[0] = fresh_session(0, chat, false);
@@ -592,7 +586,7 @@ static void wait_node_lost(const char *sid, const char *chat)
 static void test_node_killed_chat_placed_elsewhere(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     created c = fresh_session(0, chat, false);
     int dead = node_of(c.owner);
@@ -635,7 +629,7 @@ static void test_node_killed_chat_placed_elsewhere(void **state)
 static void test_node_cut_off_learns_lease_lost(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     created c = fresh_session(0, chat, false);
     int cut = node_of(c.owner);
@@ -661,7 +655,7 @@ static void test_node_cut_off_learns_lease_lost(void **state)
 static void test_etcd_down(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN];
     created c = fresh_session(2, chat, false);
     int owner = node_of(c.owner);
@@ -705,7 +699,7 @@ static void put_raw(const char *key, const char *value)
 static void test_garbage_in_directory(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char chat[MOAT_UUID_STR_LEN], key[MOAT_RECORD_KEY_MAX];
     new_chat(chat);
     moat_chat_record_key(chat, key, sizeof(key));

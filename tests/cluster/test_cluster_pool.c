@@ -61,12 +61,6 @@ static int group_teardown(void **state)
     return rc_members_teardown(&cl, &etcd, "mcl", node, NODES, restarted_dir);
 }
 
-#define REQUIRE()                                                                                  \
-    do {                                                                                           \
-        ETCD_REQUIRE();                                                                            \
-        moat_require(rc_docker_present(), "no Docker engine at /var/run/docker.sock");             \
-    } while (0)
-
 typedef raw_created created;
 
 /* CreateSession on node i; placed_by (NULL: none) as a forwarding node, or a client, sets it. An
@@ -180,7 +174,7 @@ static bool claimed_in_log(const char *sid)
 static void test_create_claims_pool_sandbox(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char pooled[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
     ready_id(pooled, NULL, 0);
     moat_uuid_generate(chat);
@@ -232,7 +226,7 @@ static void test_create_claims_pool_sandbox(void **state)
 static void test_chat_live_elsewhere_gives_it_back(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char pooled[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
     ready_id(pooled, NULL, 0);
     moat_uuid_generate(chat);
@@ -271,7 +265,7 @@ static void test_chat_live_elsewhere_gives_it_back(void **state)
 static void test_placement_prefers_warm(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char pooled[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
     ready_id(pooled, NULL, 0);
     moat_node me;
@@ -303,7 +297,7 @@ static void *race(void *arg)
 static void test_racing_creates_one_session(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     for (int round = 0; round < 3; round++) {
         char pooled[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
         ready_id(pooled, NULL, 0);
@@ -343,7 +337,7 @@ static void test_racing_creates_one_session(void **state)
 static void test_restart_between_key_and_bind(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char pooled[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
     ready_id(pooled, NULL, 0);
     moat_uuid_generate(chat);
@@ -398,7 +392,7 @@ static void test_restart_between_key_and_bind(void **state)
 static void test_etcd_down_during_a_pool_create(void **state)
 {
     (void)state;
-    REQUIRE();
+    RC_REQUIRE_MEMBERS();
     char pooled[MOAT_UUID_STR_LEN], chat[MOAT_UUID_STR_LEN];
     ready_id(pooled, NULL, 0);
     moat_uuid_generate(chat);
