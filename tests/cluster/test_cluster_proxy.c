@@ -56,6 +56,7 @@ static char sid[MOAT_UUID_STR_LEN];
 typedef struct exec_result {
     int code; /* the End's; -1 on a transport failure */
     char reason[64];
+    char message[256];
     char stdout_head[256];
     size_t stdout_len, stderr_len;
     char stderr_head[256];
@@ -93,6 +94,10 @@ static exec_result read_exec(raw_conn *c, uint32_t id, size_t pause_after)
                                                                  : sizeof(r.reason) - 1;
             if (k > 0)
                 memcpy(r.reason, f.u.end.reason.data, k);
+            k = f.u.end.message.len < sizeof(r.message) - 1 ? f.u.end.message.len
+                                                            : sizeof(r.message) - 1;
+            if (k > 0)
+                memcpy(r.message, f.u.end.message.data, k);
             return r;
         }
         if (f.kind != MOAT_FRAME_MESSAGE)
@@ -182,6 +187,22 @@ static int group_setup(void **state)
     rc_free(&e);
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", nodes[OWNER].p.port);
     rc_put_record(etcd, sid, chat, nodes[OWNER].id, owner.lease, addr, MOAT_RECORD_RUNNING, "");
+    /* The proxy routes from its copy of the directory, which follows etcd by its watch: until
+     * the put shows there it holds the record the owner wrote (the owner advertises
+     * 127.0.0.1:1 here), so the tests start once a call goes through. */
+    rc_end ran = {.code = -1};
+    for (int t = 0; t < WAIT_S * 10 && ran.code != MOAT_CODE_OK; t++) {
+        if (t > 0)
+            etcd_cluster_sleep_ms(100);
+        rc_free(&ran);
+        ran = rc_run_command(nodes[PROXY].conn, sid);
+    }
+    if (ran.code != MOAT_CODE_OK) {
+        fprintf(stderr, "a call through the proxy: %d %s %s\n", ran.code, ran.reason, ran.message);
+        rc_free(&ran);
+        goto failed;
+    }
+    rc_free(&ran);
     return 0;
 failed:
     group_teardown(state);
@@ -203,6 +224,8 @@ static void test_exec_exact(void **state)
     ETCD_REQUIRE();
     uint32_t id = start_run(nodes[PROXY].conn, "printf 'out\\n'; printf 'err\\n' >&2; exit 3");
     exec_result r = read_exec(nodes[PROXY].conn, id, 0);
+    if (r.code != MOAT_CODE_OK)
+        print_message("the call ended %d %s: %s\n", r.code, r.reason, r.message);
     assert_int_equal(r.code, MOAT_CODE_OK);
     assert_string_equal(r.stdout_head, "out\n");
     assert_string_equal(r.stderr_head, "err\n");
