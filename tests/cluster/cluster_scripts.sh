@@ -10,11 +10,21 @@
 # client port as on the peer port), and a moatd given the CA but no client certificate starts
 # fenced, logging etcd_tls_failed, and is never listed; a plain cluster-up over it starts the
 # cluster again plain, its keys gone. The faults: a node cut off from etcd fences itself (creates
-# refused, its session still serving, its lease expired) and comes back; one etcd member killed
-# leaves both nodes members and creating. cluster-down leaves no namespace, link, process, mount
-# or directory behind, and a second one is a no-op; a cluster-up that fails half way (etcd
-# cannot start; with --tls, its keys made) is removed as cleanly. Whatever happens, the trap removes the cluster. Skipped
-# (77) without root, dockerd or etcd, except under CI=true, whose machine has them.
+# refused, its session still serving, its lease expired) and comes back as a new incarnation,
+# which ends that session node_lost; one etcd member killed leaves both nodes members and
+# creating. Then, plain only (the TLS run stays short): that member started again; a node's moatd
+# SIGKILLed, after which, asked through the other node, its session is GONE to GetSession and
+# ListSessions, a command for it ends node_lost and a create for its chat lands on the other node
+# and runs there; the node started again on its state dir is a member again and stops the old
+# container, its record ended node_lost; all three etcd members killed: a running session still
+# runs commands on its node, creates end UNAVAILABLE (etcd_unavailable, node_fenced once fenced),
+# and with etcd started again both nodes are members under their leases and create. The times
+# from each fault are printed, never judged; a CLI call that outlives its deadline fails the
+# test. cluster-down leaves no namespace, link, process, mount or directory behind (the
+# processes started again included), and a second one is a no-op; a cluster-up that fails half
+# way (etcd cannot start; with --tls, its keys made) is removed as cleanly. Whatever happens, the
+# trap removes the cluster. Skipped (77) without root, dockerd or etcd, except under CI=true,
+# whose machine has them.
 # usage: cluster_scripts.sh [plain|tls]   (env: MOAT_SOURCE_DIR, by default the checkout this
 # script is in; MOAT_BUILD_DIR, by default its build/, as scripts/cluster-up.sh takes it)
 set -euo pipefail
@@ -122,13 +132,23 @@ if [ "$mode" = tls ]; then
 fi
 # A POST to etcd member $1's JSON gateway: $2 the path, $3 the body.
 etcd_call() { curl -sf -m 5 "${etcd_tls[@]}" -X POST "$scheme://$1:2379$2" -d "$3"; }
-# The node a session's record in etcd names (docs/CLUSTER.md, "Keys").
-owner_of() {
-  etcd_call "$net.2" /v3/kv/range "{\"key\":\"$(printf "/moat/v1/sessions/%s" "$1" | base64 -w0)\"}" |
+# Field $2 of session $1's record in etcd (docs/CLUSTER.md, "Keys"), read through the first
+# member that answers; empty without a record.
+record_field() {
+  local e answer
+  for e in $net.2 $net.3 $net.4; do
+    answer="$(etcd_call "$e" /v3/kv/range \
+      "{\"key\":\"$(printf "/moat/v1/sessions/%s" "$1" | base64 -w0)\"}")" || continue
     python3 -c 'import base64, json, sys
-kvs = json.load(sys.stdin).get("kvs", [])
-print(json.loads(base64.b64decode(kvs[0]["value"]))["node_id"] if kvs else "")'
+kvs = json.loads(sys.argv[1]).get("kvs", [])
+print(json.loads(base64.b64decode(kvs[0]["value"])).get(sys.argv[2], "") if kvs else "")' \
+      "$answer" "$2"
+    return 0
+  done
+  return 1
 }
+# The node a session's record names.
+owner_of() { record_field "$1" node_id; }
 # The containers of session $2 on node $1's dockerd.
 containers_of() {
   docker -H "unix://$MOAT_CLUSTER_DIR/n$1/docker.sock" ps -q --filter "label=session_id=$2"
@@ -190,9 +210,24 @@ wait_until() {
   done
   fail "$what"
 }
-on() { MOAT_ADDR="$1" MOAT_TOKEN="$token" "$moat" "${@:2}"; }
+# A CLI call to node address $1. Its unary calls have a deadline of 60 s, so one still going
+# after 75 s is hung: timeout ends it, and it is written down for no_hangs (a call may run in a
+# subshell, whose exit would not end the test).
+on() {
+  local rc=0
+  timeout 75 env MOAT_ADDR="$1" MOAT_TOKEN="$token" "$moat" "${@:2}" || rc=$?
+  [ "$rc" -ne 124 ] || echo "moat ${*:2} through $1" >>"$hung"
+  return "$rc"
+}
+hung="$MOAT_CLUSTER_DIR/hung"
+no_hangs() { [ ! -e "$hung" ] || fail "calls hung: $(cat "$hung")"; }
 listed() { members "$1" | grep -q "^$2 "; }
 create_reason() { on "$1" create --chat "$2" --json 2>&1 >/dev/null | sed -n 's/.*reason=\([a-z_]*\).*/\1/p'; }
+# The session id, or the status, of the session --json printed.
+sid_of() { python3 -c 'import json, sys; print(json.load(sys.stdin)["session_id"])'; }
+status_of() { python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])'; }
+# The framed address of node n<i>.
+addr_of() { echo "$net.$((10 + ${1#n})):7070"; }
 
 if [ "$mode" = tls ]; then
   # Only the cluster's client certificate over TLS is answered, on the client port as on the
@@ -231,21 +266,33 @@ if [ "$mode" = tls ]; then
   wait_until "the moatd without a client certificate did not exit on SIGTERM" gone
 fi
 
-# A session on node 1 for the fault below. Placement chooses the node, preferring the one with
-# fewer sessions, so creating through node 1 lands there within a try or two.
+# A session on node $1 (n1, n2): "<session> <chat>", created through it for chats $2<i>.
+# Placement chooses the node, preferring the one with fewer sessions, so a create through the
+# node lands there within a try or two.
+place_on() {
+  local i s
+  for i in 1 2 3 4 5 6 7 8; do
+    s="$(on "$(addr_of "$1")" create --chat "$2$i" --json | sid_of)" || return 1
+    if [ "$(owner_of "$s")" = "$1" ]; then
+      echo "$s $2$i"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# A session on node 1 for the fault below.
 sid1=""
 for s in $sids; do [ "$(owner_of "$s")" != n1 ] || sid1="$s"; done
-for i in 1 2 3 4 5 6 7 8; do
-  [ -z "$sid1" ] || break
-  s="$(MOAT_ADDR="$net.11:7070" MOAT_TOKEN="$token" "$moat" create \
-    --chat "6f1c2f7e-0000-4000-8000-00000000020$i" --json |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["session_id"])')"
-  [ "$(owner_of "$s")" != n1 ] || sid1="$s"
-done
-[ -n "$sid1" ] || fail "no create placed a session on node 1"
+if [ -z "$sid1" ]; then
+  placed="$(place_on n1 6f1c2f7e-0000-4000-8000-00000000020)" ||
+    fail "no create placed a session on node 1"
+  sid1="${placed% *}"
+fi
 
 # Faults, on the cluster the scripts made (docs/CLUSTER.md, "Faults").
-fenced() { [ "$(create_reason $net.11:7070 6f1c2f7e-0000-4000-8000-000000000101)" = node_fenced ]; }
+fenced_at() { [ "$(create_reason "$1" 6f1c2f7e-0000-4000-8000-000000000101)" = node_fenced ]; }
+fenced() { fenced_at $net.11:7070; }
 not_fenced() { ! fenced; }
 not_listed() {
   local list
@@ -265,8 +312,27 @@ on $net.12:7070 create --chat 6f1c2f7e-0000-4000-8000-000000000102 --json >/dev/
 for e in 2 3 4; do ip -n "$prefix-n1" route del prohibit "$net.$e/32"; done
 wait_until "node 1 did not rejoin" listed $net.2 n1
 wait_until "node 1 stayed fenced" not_fenced
+# Its lease had expired, so it came back as a new incarnation, which stops what the old one ran:
+# the session it held while cut off is ended node_lost, its container stopped.
+ended_lost() { [ "$(record_field "$1" end_reason)" = node_lost ]; }
+no_container() { [ -z "$(containers_of "$1" "$2")" ]; }
+wait_until "node 1 did not end its cut-off session node_lost" ended_lost "$sid1"
+wait_until "node 1's cut-off session still runs" no_container 1 "$sid1"
+
+# A process of the cluster killed and started again as cluster-up started it: save_cmd keeps
+# the command line of the process in pid file $1 beside it; start_again starts it again in
+# namespace $1 (pid file $2, log $3) as cluster-up's start_in does, into the pid file the
+# manifest names, so cluster-down stops it.
+save_cmd() { cat "/proc/$(cat "$1")/cmdline" >"$1.cmdline"; }
+start_again() {
+  local cmd
+  mapfile -d '' cmd <"$2.cmdline"
+  setsid nsenter --net="/var/run/netns/$1" "${cmd[@]}" >>"$3" 2>&1 </dev/null &
+  echo $! >"$2"
+}
 
 # One etcd member of three killed: both nodes stay members and accept creates.
+save_cmd "$MOAT_CLUSTER_DIR/e1/etcd.pid"
 kill -KILL "$(cat "$MOAT_CLUSTER_DIR/e1/etcd.pid")"
 on $net.12:7070 create --chat 6f1c2f7e-0000-4000-8000-000000000103 --json >/dev/null ||
   fail "node 2 could not create with one etcd member down"
@@ -283,6 +349,161 @@ for _ in $(seq 1 120); do
   sleep 1
 done
 [ "$answers" -ge 10 ] || fail "the surviving etcd members did not answer"
+no_hangs
+
+# The faults below run on the plain cluster only (the TLS one is checked as far as above).
+if [ "$mode" = plain ]; then
+  # Times from a fault to what it should bring, printed, never judged.
+  now() { date +%s.%N; }
+  since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+  # The process of pid file $1 has exited (a child of this shell's may wait to be reaped).
+  dead() {
+    local st
+    st="$(ps -o stat= -p "$(cat "$1")")" || return 0
+    [[ "$st" == Z* ]]
+  }
+  # "CODE reason" of a create through $1 for chat $2 that failed, or OK.
+  create_outcome() {
+    local said
+    if said="$(on "$1" create --chat "$2" --json 2>&1)"; then
+      echo OK
+      return 0
+    fi
+    sed -n 's/^moat: \([A-Z_]*\): .*reason=\([a-z_]*\).*/\1 \2/p' <<<"$said"
+  }
+  creates() { [ "$(create_outcome "$1" "$2")" = OK ]; }
+  # The status ListSessions through $1 gives session $2.
+  listed_as() {
+    on "$1" ls --json | python3 -c 'import json, sys
+for line in sys.stdin:
+    s = json.loads(line)
+    if s["session_id"] == sys.argv[1]:
+        print(s["status"])' "$2"
+  }
+  got_as() { [ "$(on "$1" get "$2" --json 2>/dev/null | status_of 2>/dev/null)" = "$3" ]; }
+  # The lease node $1's key is under.
+  lease_of() {
+    etcd_call $net.2 /v3/kv/range "{\"key\":\"$(printf /moat/v1/nodes/%s "$1" | base64 -w0)\"}" |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["kvs"][0]["lease"])'
+  }
+  takes_write() { etcd_call "$1" /v3/kv/put '{"key":"dA==","value":"Mg=="}' >/dev/null; }
+
+  # The member killed above, started again: it takes writes, and all three are up for what
+  # follows.
+  start_again "$prefix-e1" "$MOAT_CLUSTER_DIR/e1/etcd.pid" "$MOAT_CLUSTER_DIR/e1/etcd.log"
+  wait_until "etcd member e1 did not come back" takes_write $net.2
+
+  # Node 1 killed (its moatd SIGKILLed; its dockerd, and so its session's container, left
+  # running). Asked through node 2, within its lease TTL its session is GONE to GetSession and
+  # ListSessions, a command for it ends node_lost, and a create for its chat places a new session
+  # on node 2 that runs commands; node 1's address refuses at once. Nothing hangs (on's timeout).
+  placed="$(place_on n1 6f1c2f7e-0000-4000-8000-00000000040)" ||
+    fail "no create placed a session on node 1"
+  sid_k="${placed% *}"
+  chat_k="${placed#* }"
+  n1pid="$MOAT_CLUSTER_DIR/n1/moatd.pid"
+  save_cmd "$n1pid"
+  killed_at="$(now)"
+  kill -KILL "$(cat "$n1pid")"
+  gone_after="" placed_after="" sid_k2="" refusals=""
+  for _ in $(seq 1 240); do
+    if [ -z "$gone_after" ] && got_as $net.12:7070 "$sid_k" GONE; then
+      gone_after="$(since "$killed_at")"
+    fi
+    if [ -z "$placed_after" ]; then
+      if said="$(on $net.12:7070 create --chat "$chat_k" --json 2>"$MOAT_CLUSTER_DIR/said")"; then
+        placed_after="$(since "$killed_at")"
+        sid_k2="$(sid_of <<<"$said")"
+      else
+        refusals+=" $(sed -n 's/.*reason=\([a-z_]*\).*/\1/p' "$MOAT_CLUSTER_DIR/said")"
+      fi
+    fi
+    [ -z "$gone_after" ] || [ -z "$placed_after" ] || break
+    sleep 0.25
+  done
+  [ -n "$gone_after" ] || fail "killed node 1's session $sid_k never GONE through node 2"
+  [ -n "$placed_after" ] || fail "no create of killed node 1's chat through node 2:$refusals"
+  echo "node 1 killed: its session GONE through node 2 after $gone_after s, its chat placed" \
+    "on node 2 after $placed_after s (lease TTL 5 s); creates refused meanwhile:" \
+    "$(tr ' ' '\n' <<<"$refusals" | sed '/^$/d' | sort | uniq -c | xargs)"
+  [ "$sid_k2" != "$sid_k" ] || fail "the create answered with killed node 1's session"
+  [ "$(owner_of "$sid_k2")" = n2 ] || fail "the chat's new session is on '$(owner_of "$sid_k2")'"
+  [ "$(on $net.12:7070 exec "$sid_k2" -- 'echo hi')" = hi ] ||
+    fail "the chat's new session runs nothing"
+  got="$(listed_as $net.12:7070 "$sid_k")"
+  [ "$got" = GONE ] || fail "ListSessions through node 2 lists killed node 1's session as '$got'"
+  said="$(on $net.12:7070 exec "$sid_k" -- 'echo hi' 2>&1)" &&
+    fail "killed node 1's session ran a command"
+  grep -q '^moat: FAILED_PRECONDITION: .*reason=node_lost' <<<"$said" ||
+    fail "a command for killed node 1's session: $said"
+  ! on $net.11:7070 health >/dev/null 2>&1 || fail "killed node 1 still answers"
+  [ -n "$(containers_of 1 "$sid_k")" ] ||
+    fail "killed node 1's dockerd lost the session's container"
+  no_hangs
+
+  # Node 1 started again on its state dir, its lease long gone: a member again as a new
+  # incarnation, which stops the old session's container and ends its record node_lost.
+  restarted_at="$(now)"
+  start_again "$prefix-n1" "$n1pid" "$MOAT_CLUSTER_DIR/n1/moatd.log"
+  wait_until "restarted node 1 is not a member" listed $net.2 n1
+  member_after="$(since "$restarted_at")"
+  wait_until "restarted node 1 did not end its old session node_lost" ended_lost "$sid_k"
+  wait_until "restarted node 1 left its old session's container running" no_container 1 "$sid_k"
+  got_as $net.12:7070 "$sid_k" GONE || fail "node 1's old session is not GONE once it is back"
+  echo "node 1 restarted: a member again after $member_after s"
+  no_hangs
+
+  # All of etcd down (its three members killed) with node 2's session running: the session runs
+  # commands through its node before and after both nodes fence themselves; creates through
+  # either node end UNAVAILABLE, etcd_unavailable or (fenced) node_fenced; a GetSession node 1
+  # must ask etcd about ends etcd_unavailable. Nothing hangs. The members started again, both
+  # nodes are members under the same leases (node 2's session still runs) and creates succeed.
+  leases="$(lease_of n1) $(lease_of n2)"
+  for k in 1 2 3; do
+    save_cmd "$MOAT_CLUSTER_DIR/e$k/etcd.pid"
+    kill -KILL "$(cat "$MOAT_CLUSTER_DIR/e$k/etcd.pid")"
+  done
+  down_at="$(now)"
+  for k in 1 2 3; do
+    wait_until "etcd member e$k outlived SIGKILL" dead "$MOAT_CLUSTER_DIR/e$k/etcd.pid"
+  done
+  [ "$(on $net.12:7070 exec "$sid_k2" -- 'echo hi')" = hi ] ||
+    fail "node 2's session stopped running commands with etcd down"
+  for a in $net.11:7070 $net.12:7070; do
+    got="$(create_outcome "$a" 6f1c2f7e-0000-4000-8000-000000000501)"
+    [[ "$got" =~ ^UNAVAILABLE\ (etcd_unavailable|node_fenced)$ ]] ||
+      fail "a create through $a with etcd down: '$got'"
+    echo "etcd down: a create through $a: $got"
+  done
+  wait_until "node 1 did not fence itself with etcd down" fenced_at $net.11:7070
+  wait_until "node 2 did not fence itself with etcd down" fenced_at $net.12:7070
+  fenced_after="$(since "$down_at")"
+  [ "$(on $net.12:7070 exec "$sid_k2" -- 'echo hi')" = hi ] ||
+    fail "node 2's session stopped running commands once fenced"
+  said="$(on $net.11:7070 get "$sid_k2" 2>&1)" &&
+    fail "node 1 answered for node 2's session with etcd down"
+  grep -q '^moat: UNAVAILABLE: .*reason=etcd_unavailable' <<<"$said" ||
+    fail "GetSession through node 1 with etcd down: $said"
+  back_at="$(now)"
+  for k in 1 2 3; do
+    start_again "$prefix-e$k" "$MOAT_CLUSTER_DIR/e$k/etcd.pid" "$MOAT_CLUSTER_DIR/e$k/etcd.log"
+  done
+  wait_until "no create succeeded once etcd was back" creates $net.11:7070 \
+    6f1c2f7e-0000-4000-8000-000000000502
+  create_after="$(since "$back_at")"
+  wait_until "node 1 is not a member once etcd is back" listed $net.2 n1
+  wait_until "node 2 is not a member once etcd is back" listed $net.2 n2
+  members_after="$(since "$back_at")"
+  [ "$(lease_of n1) $(lease_of n2)" = "$leases" ] ||
+    fail "a node lost its lease while etcd was down"
+  creates $net.12:7070 6f1c2f7e-0000-4000-8000-000000000503 ||
+    fail "node 2 refused a create once etcd was back"
+  [ "$(on $net.12:7070 exec "$sid_k2" -- 'echo hi')" = hi ] ||
+    fail "node 2's session did not outlive etcd's absence"
+  echo "etcd down: both nodes fenced after $fenced_after s; etcd back: first create OK after" \
+    "$create_after s, both nodes members after $members_after s"
+  no_hangs
+fi
 
 if [ "$mode" = tls ]; then
   # The same cluster asked for plain is not up: it starts again (one node, to be quick) plain,
