@@ -401,6 +401,11 @@ moat_err moat_bridge_create_session(moat_bridge *b, const moat_bridge_endpoint *
 moat_err moat_bridge_delete_session(moat_bridge *b, const moat_bridge_endpoint *ep,
                                     const char *session_id, moat_bridge_done_fn cb, void *ud,
                                     moat_status *st);
+/* DELETE /pty/{id}: ends a terminal session (its process group is killed) and frees its slot
+ * among execd's live sessions. */
+moat_err moat_bridge_delete_pty(moat_bridge *b, const moat_bridge_endpoint *ep,
+                                const char *session_id, moat_bridge_done_fn cb, void *ud,
+                                moat_status *st);
 /* DELETE /command?id=: stops a running command (or closes a bash session). */
 moat_err moat_bridge_interrupt(moat_bridge *b, const moat_bridge_endpoint *ep,
                                const char *execution_id, moat_bridge_done_fn cb, void *ud,

@@ -328,24 +328,36 @@ moat_err moat_bridge_create_pty(moat_bridge *b, const moat_bridge_endpoint *ep, 
     return err;
 }
 
+/* DELETE <prefix><id>, id named what in a refusal. */
+static moat_err delete_by_id(moat_bridge *b, const moat_bridge_endpoint *ep, const char *what,
+                             const char *prefix, const char *id, moat_bridge_done_fn cb, void *ud,
+                             moat_status *st)
+{
+    if (need(what, id, st) != MOAT_OK)
+        return MOAT_E_INVAL;
+    return start_call(b, ep, "DELETE", build_path(prefix, id, NULL, NULL, NULL), NULL, CALL_DONE,
+                      (any_fn)cb, ud, 0, st);
+}
+
 moat_err moat_bridge_delete_session(moat_bridge *b, const moat_bridge_endpoint *ep,
                                     const char *session_id, moat_bridge_done_fn cb, void *ud,
                                     moat_status *st)
 {
-    if (need("session_id", session_id, st) != MOAT_OK)
-        return MOAT_E_INVAL;
-    return start_call(b, ep, "DELETE", build_path("/session/", session_id, NULL, NULL, NULL), NULL,
-                      CALL_DONE, (any_fn)cb, ud, 0, st);
+    return delete_by_id(b, ep, "session_id", "/session/", session_id, cb, ud, st);
+}
+
+moat_err moat_bridge_delete_pty(moat_bridge *b, const moat_bridge_endpoint *ep,
+                                const char *session_id, moat_bridge_done_fn cb, void *ud,
+                                moat_status *st)
+{
+    return delete_by_id(b, ep, "session_id", "/pty/", session_id, cb, ud, st);
 }
 
 moat_err moat_bridge_interrupt(moat_bridge *b, const moat_bridge_endpoint *ep,
                                const char *execution_id, moat_bridge_done_fn cb, void *ud,
                                moat_status *st)
 {
-    if (need("execution_id", execution_id, st) != MOAT_OK)
-        return MOAT_E_INVAL;
-    return start_call(b, ep, "DELETE", build_path("/command?id=", execution_id, NULL, NULL, NULL),
-                      NULL, CALL_DONE, (any_fn)cb, ud, 0, st);
+    return delete_by_id(b, ep, "execution_id", "/command?id=", execution_id, cb, ud, st);
 }
 
 moat_err moat_bridge_command_status(moat_bridge *b, const moat_bridge_endpoint *ep,

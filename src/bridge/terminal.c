@@ -426,6 +426,9 @@ static void created(void *ud, const moat_status *st, const char *session_id)
     t->creating = false;
     moat_status err;
     if (t->closing) {
+        /* for a consumer that ends the session it closed (moat_bridge_terminal_session_id) */
+        if (st->code == MOAT_CODE_OK && strlen(session_id) < sizeof(t->session_id))
+            snprintf(t->session_id, sizeof(t->session_id), "%s", session_id);
         moat_status_set(&err, MOAT_CODE_CANCELLED, "cancelled", "the terminal was closed");
         terminal_end(t, &err);
         return;
@@ -836,6 +839,16 @@ void moat_bridge_terminal_close(moat_bridge_terminal *t)
     if (t->req != NULL)
         moat__req_cancel(t->req);
     /* while POST /pty is in flight, its answer ends the terminal */
+}
+
+const char *moat_bridge_terminal_session_id(const moat_bridge_terminal *t)
+{
+    return t->session_id;
+}
+
+bool moat_bridge_terminal_pipe_mode(const moat_bridge_terminal *t)
+{
+    return t->mode_known && t->pipe_mode;
 }
 
 void moat__terminal_link(moat_bridge *b, moat_bridge_terminal *t)

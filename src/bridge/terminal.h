@@ -75,6 +75,12 @@ moat_err moat_bridge_terminal_signal(moat_bridge_terminal *t, const char *name);
 size_t moat_bridge_terminal_queued(const moat_bridge_terminal *t);
 /* The consumer took more output. */
 void moat_bridge_terminal_credit(moat_bridge_terminal *t, uint64_t bytes);
+/* execd's id of the terminal session: opts->attach_id's, or POST /pty's once it answered (also
+ * when the terminal was closed meanwhile); "" before. Valid until on_end returns. */
+const char *moat_bridge_terminal_session_id(const moat_bridge_terminal *t);
+/* Whether its process runs with pipes (no tty): known from the start for a new session, from
+ * execd's first message for a reattached one (false until then). */
+bool moat_bridge_terminal_pipe_mode(const moat_bridge_terminal *t);
 /* Closes the WebSocket; execd keeps the session. on_end runs (CANCELLED) before it returns,
  * or right after the bridge callback it is called from, or when POST /pty answers. */
 void moat_bridge_terminal_close(moat_bridge_terminal *t);

@@ -22,6 +22,8 @@ struct moat_renewals {
     waiter *queue, **tail; /* under mu */
     bool in_flight;        /* under mu */
     moat_renewals_stats stats;
+    moat_renewals_observer observer; /* set before any renewal */
+    void *observer_arg;
     moat_dir_renewal batch[MOAT_DIR_RENEW_BATCH]; /* the batch in flight's */
 };
 
@@ -93,6 +95,8 @@ moat_code moat_renewals_renew(moat_renewals *r, const char *session_id, int64_t 
         pthread_mutex_unlock(&r->mu);
         size_t calls = moat_dir_renew_batch(r->etcd, r->node_id, r->batch, n);
         moat_log(MOAT_LOG_DEBUG, "cluster_renew_batch", "size=%zu etcd_calls=%zu", n, calls);
+        if (r->observer != NULL)
+            r->observer(r->observer_arg, n, calls);
         pthread_mutex_lock(&r->mu);
         r->in_flight = false;
         r->stats.renewals += n;
@@ -110,6 +114,12 @@ moat_code moat_renewals_renew(moat_renewals *r, const char *session_id, int64_t 
     if (me.item.code != MOAT_CODE_OK)
         *st = me.item.status;
     return me.item.code;
+}
+
+void moat_renewals_observe(moat_renewals *r, moat_renewals_observer fn, void *arg)
+{
+    r->observer = fn;
+    r->observer_arg = arg;
 }
 
 moat_renewals_stats moat_renewals_stats_get(moat_renewals *r)

@@ -8,6 +8,7 @@
 #define MOAT_CLUSTER_RENEWALS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "cluster/directory.h"
@@ -30,5 +31,11 @@ typedef struct moat_renewals_stats {
     uint64_t renewals, batches, etcd_calls;
 } moat_renewals_stats;
 moat_renewals_stats moat_renewals_stats_get(moat_renewals *r);
+
+/* Told of each batch on the thread that made it, outside r's lock, before its callers return:
+ * the renewals it answered and the etcd calls it made (moatd's /metrics counts them). */
+typedef void (*moat_renewals_observer)(void *arg, size_t renewals, size_t etcd_calls);
+/* Before any renewal (fn NULL: none); arg (the caller's) outlives r. */
+void moat_renewals_observe(moat_renewals *r, moat_renewals_observer fn, void *arg);
 
 #endif

@@ -440,7 +440,7 @@ bool moat_rpc_call_cancel_with(moat_rpc_call *call, const moat_status *st)
     moat_rpc_cancel_fn fn = call->cancel_fn;
     call->cancel_fn = NULL;
     if (fn != NULL)
-        fn(call, st->code, call->cancel_arg);
+        fn(call, st, call->cancel_arg);
     call->cancelling = false;
     if (call->state == MOAT_RPC_ENDED)
         return true;

@@ -75,8 +75,10 @@ typedef struct moat_rpc_sink {
 
 /* Called once when a call is cancelled by the client or by its deadline,
  * before the End goes out, so the handler can stop its work (interrupt a
- * command, abandon a request). `code` is CANCELLED or DEADLINE_EXCEEDED. */
-typedef void (*moat_rpc_cancel_fn)(moat_rpc_call *call, moat_code code, void *arg);
+ * command, abandon a request). `why` is the End it gets (valid during the call): CANCELLED
+ * (reason `cancelled` for the client's Cancel, `connection_closed` for a connection that went)
+ * or DEADLINE_EXCEEDED, or the server's own reason (moat_rpc_call_cancel_with). */
+typedef void (*moat_rpc_cancel_fn)(moat_rpc_call *call, const moat_status *why, void *arg);
 
 /* Opens a call of `method` on stream_id. deadline_ms is the Call frame's
  * relative deadline (0 = none), counted from now_ms (a monotonic clock in ms).

@@ -222,6 +222,8 @@ moat_err moat__cluster_start(srv *s)
     if (c->upkeep == NULL)
         moat_log(MOAT_LOG_WARN, "cluster_upkeep_not_started", "%s", "");
     c->renewals = moat_renewals_open(c->etcd, s->cfg.cluster_node_id);
+    if (c->renewals != NULL)
+        moat_renewals_observe(c->renewals, moat__metrics_renew_batch, s->metrics);
     uv_timer_init(s->loop, &c->load_timer);
     c->load_timer.data = s;
     uv_timer_start(&c->load_timer, on_load_timer, 1000, 1000);

@@ -119,11 +119,11 @@ static void call_abandon(proxy_call *pc, const char *why)
     call_detach(pc);
 }
 
-static void on_cancel(moat_rpc_call *call, moat_code code, void *arg)
+static void on_cancel(moat_rpc_call *call, const moat_status *why, void *arg)
 {
     (void)call;
-    call_abandon(arg, code == MOAT_CODE_DEADLINE_EXCEEDED ? "deadline exceeded at the proxy"
-                                                          : "cancelled by the client");
+    call_abandon(arg, why->code == MOAT_CODE_DEADLINE_EXCEEDED ? "deadline exceeded at the proxy"
+                                                               : "cancelled by the client");
 }
 
 /* Ends the client's call with status once the call has left it (call_detach). */

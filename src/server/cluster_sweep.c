@@ -43,6 +43,7 @@ static void keep_locked(cluster_upkeep *u, const char *sid, const char *reason, 
 {
     if (u->nkept == MOAT_CLUSTER_ENDS_KEPT) {
         u->dropped++;
+        moat__metrics_end_dropped(u->s->metrics);
         moat_log_limited(&dropped_log, MOAT_LOG_WARN, "cluster_end_dropped",
                          "session_id=%s reason=%s kept=%zu dropped=%llu", sid, reason, u->nkept,
                          (unsigned long long)u->dropped);
@@ -52,6 +53,7 @@ static void keep_locked(cluster_upkeep *u, const char *sid, const char *reason, 
     snprintf(it->session_id, sizeof(it->session_id), "%s", sid);
     snprintf(it->reason, sizeof(it->reason), "%s", reason);
     it->ended_at_ms = at_ms;
+    moat__metrics_ends_kept(u->s->metrics, u->nkept);
     moat_log(MOAT_LOG_INFO, "cluster_end_kept", "session_id=%s reason=%s tried=%d kept=%zu", sid,
              reason, tried ? 1 : 0, u->nkept);
     /* The writer waits for the first; after that it tries again on its own time. */
@@ -105,6 +107,7 @@ static size_t forget_done(cluster_upkeep *u, const bool *done, size_t n)
     size_t gone = n - w;
     memmove(&u->kept[w], &u->kept[n], (u->nkept - n) * sizeof(u->kept[0]));
     u->nkept -= gone;
+    moat__metrics_ends_kept(u->s->metrics, u->nkept);
     return gone;
 }
 
@@ -129,6 +132,7 @@ static void *writer_main(void *arg)
         pthread_mutex_lock(&u->mu);
         if (code == MOAT_CODE_OK) {
             size_t gone = forget_done(u, done, n);
+            moat__metrics_ends_written(u->s->metrics, gone);
             moat_log(MOAT_LOG_INFO, "cluster_ends_written", "count=%zu kept=%zu", gone, u->nkept);
         } else if (code == MOAT_CODE_UNAVAILABLE) {
             struct timespec until;

@@ -26,6 +26,11 @@ struct moat_metrics {
     atomic_uint_fast64_t create_count;
     atomic_uint_fast64_t reaper_expired, reaper_gone, reaper_adopted;
     /* The memory budget, copied from the loop (which alone touches the budget). */
+    /* Cluster mode: renewal batches (cluster/renewals.h) and the ends cluster_sweep.c keeps
+     * while etcd does not answer. */
+    atomic_uint_fast64_t renewals, renewal_batches, renewal_etcd_calls;
+    atomic_int_fast64_t ends_kept;
+    atomic_uint_fast64_t ends_written, ends_dropped;
     atomic_uint_fast64_t budget_cap, budget_used, budget_pinned, budget_peak, budget_dropped,
         budget_refused;
     struct MHD_Daemon *daemon;
@@ -39,6 +44,7 @@ moat_metrics *moat__metrics_new(void)
     atomic_init(&m->connections, 0);
     atomic_init(&m->pending_hellos, 0);
     atomic_init(&m->active_streams, 0);
+    atomic_init(&m->ends_kept, 0);
     return m;
 }
 
@@ -125,6 +131,29 @@ void moat__metrics_reaper(moat_metrics *m, const char *action)
         atomic_fetch_add(&m->reaper_adopted, 1);
 }
 
+void moat__metrics_renew_batch(void *m, size_t renewals, size_t etcd_calls)
+{
+    moat_metrics *mm = m;
+    atomic_fetch_add(&mm->renewals, renewals);
+    atomic_fetch_add(&mm->renewal_batches, 1);
+    atomic_fetch_add(&mm->renewal_etcd_calls, etcd_calls);
+}
+
+void moat__metrics_ends_kept(moat_metrics *m, size_t kept)
+{
+    atomic_store(&m->ends_kept, (int_fast64_t)kept);
+}
+
+void moat__metrics_ends_written(moat_metrics *m, size_t n)
+{
+    atomic_fetch_add(&m->ends_written, n);
+}
+
+void moat__metrics_end_dropped(moat_metrics *m)
+{
+    atomic_fetch_add(&m->ends_dropped, 1);
+}
+
 void moat__metrics_budget(moat_metrics *m, const moat_bridge_budget *b)
 {
     atomic_store(&m->budget_cap, b->cap);
@@ -197,6 +226,34 @@ static void render(moat_metrics *m, FILE *f)
             (unsigned long long)atomic_load(&m->reaper_expired),
             (unsigned long long)atomic_load(&m->reaper_gone),
             (unsigned long long)atomic_load(&m->reaper_adopted));
+    fprintf(f,
+            "# HELP moat_cluster_renewals_total Renewals written to etcd in batches (cluster "
+            "mode).\n"
+            "# TYPE moat_cluster_renewals_total counter\nmoat_cluster_renewals_total %llu\n"
+            "# HELP moat_cluster_renewal_batches_total Batches they went in: each one etcd write "
+            "unless a record moved.\n"
+            "# TYPE moat_cluster_renewal_batches_total counter\n"
+            "moat_cluster_renewal_batches_total %llu\n"
+            "# HELP moat_cluster_renewal_etcd_calls_total etcd calls the batches made, reads "
+            "included.\n"
+            "# TYPE moat_cluster_renewal_etcd_calls_total counter\n"
+            "moat_cluster_renewal_etcd_calls_total %llu\n"
+            "# HELP moat_cluster_ends_kept Session ends kept while etcd does not answer.\n"
+            "# TYPE moat_cluster_ends_kept gauge\nmoat_cluster_ends_kept %lld\n"
+            "# HELP moat_cluster_ends_written_total Kept ends the batch writer settled in etcd "
+            "(written, or found needing none).\n"
+            "# TYPE moat_cluster_ends_written_total counter\n"
+            "moat_cluster_ends_written_total %llu\n"
+            "# HELP moat_cluster_ends_dropped_total Ends past the bound of those kept, left to "
+            "the sweep.\n"
+            "# TYPE moat_cluster_ends_dropped_total counter\nmoat_cluster_ends_dropped_total "
+            "%llu\n",
+            (unsigned long long)atomic_load(&m->renewals),
+            (unsigned long long)atomic_load(&m->renewal_batches),
+            (unsigned long long)atomic_load(&m->renewal_etcd_calls),
+            (long long)atomic_load(&m->ends_kept),
+            (unsigned long long)atomic_load(&m->ends_written),
+            (unsigned long long)atomic_load(&m->ends_dropped));
     fprintf(f,
             "# HELP moat_memory_budget_bytes memory_budget_bytes: the cap on output held.\n"
             "# TYPE moat_memory_budget_bytes gauge\nmoat_memory_budget_bytes %llu\n"

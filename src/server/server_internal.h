@@ -144,6 +144,12 @@ void moat__metrics_session_delta(moat_metrics *m, int delta);
 void moat__metrics_create_latency(moat_metrics *m, uint64_t ns);
 void moat__metrics_reaper(moat_metrics *m, const char *action);
 int64_t moat__metrics_sessions(moat_metrics *m);
+/* A renewal batch (a moat_renewals_observer; m is the moat_metrics). */
+void moat__metrics_renew_batch(void *m, size_t renewals, size_t etcd_calls);
+/* Ends kept now (cluster_sweep.c, under its lock), kept ends written, one dropped. */
+void moat__metrics_ends_kept(moat_metrics *m, size_t kept);
+void moat__metrics_ends_written(moat_metrics *m, size_t n);
+void moat__metrics_end_dropped(moat_metrics *m);
 /* Publishes the budget's figures (call on the loop). */
 void moat__metrics_budget(moat_metrics *m, const moat_bridge_budget *b);
 

@@ -187,10 +187,10 @@ static void exec_on_credit(stream *st, uint32_t inc)
     }
 }
 
-static void exec_on_cancel(moat_rpc_call *call, moat_code code, void *arg)
+static void exec_on_cancel(moat_rpc_call *call, const moat_status *why, void *arg)
 {
     (void)call;
-    (void)code;
+    (void)why;
     exec_ctx *x = arg;
     x->cancelled = true;
     x->st->on_credit = NULL;

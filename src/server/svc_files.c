@@ -159,10 +159,10 @@ static void xfer_on_credit(stream *st, uint32_t inc)
     }
 }
 
-static void xfer_on_cancel(moat_rpc_call *call, moat_code code, void *arg)
+static void xfer_on_cancel(moat_rpc_call *call, const moat_status *why, void *arg)
 {
     (void)call;
-    (void)code;
+    (void)why;
     xfer_ctx *x = arg;
     x->cancelled = true;
     if (x->x != NULL)

@@ -74,10 +74,10 @@ static void watch_free(health_watch *w)
     free(w);
 }
 
-static void watch_on_cancel(moat_rpc_call *call, moat_code code, void *arg)
+static void watch_on_cancel(moat_rpc_call *call, const moat_status *why, void *arg)
 {
     (void)call;
-    (void)code;
+    (void)why;
     watch_free(arg);
 }
 

@@ -2,7 +2,9 @@
  * bridge's terminals). Output goes out within the client's window as Exec streams do; input
  * the client sends waits in the terminal's queue until execd's socket takes it, and only then
  * goes back to the client as window, so a client that types faster than the process reads is
- * held by flow control and moatd holds at most one window of it per call. On the loop. */
+ * held by flow control and moatd holds at most one window of it per call. A pipe-mode call the
+ * client cancels, or whose deadline passes, ends its process (as RunCommand's does); one whose
+ * connection drops, and every terminal, leaves it to execd for a reattach. On the loop. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +21,58 @@ typedef struct interactive_ctx {
     size_t input_held;       /* input bytes not yet given back to the client as window */
     bool stdin_closed;
     bool cancelled; /* the call ended first: the terminal's end is not the call's */
+    bool kill;      /* ...and its session is to be ended in execd once the terminal is closed */
+    /* The sandbox's execd, for that DELETE (the endpoint's strings are the caller's). */
+    char *sock;
+    char token[MOAT_EXECD_TOKEN_MAX];
+    char scope[MOAT_UUID_STR_LEN];
 } interactive_ctx;
+
+static void ctx_free(interactive_ctx *x)
+{
+    free(x->sock);
+    free(x);
+}
+
+/* A DELETE /pty/{id} in flight. */
+typedef struct pty_kill {
+    srv *s;
+    char id[64];
+} pty_kill;
+
+static void killed(void *ud, const moat_status *st)
+{
+    pty_kill *k = ud;
+    moat_log(st->code == MOAT_CODE_OK ? MOAT_LOG_DEBUG : MOAT_LOG_WARN, "terminal_ended",
+             "terminal_id=%s code=%s msg=\"%s\"", k->id, moat_code_name(st->code), st->message);
+    /* A drain waits for these, as for a cancelled command's interrupt. */
+    moat__srv_job(k->s, -1);
+    free(k);
+}
+
+/* Ends the call's session in execd: its process group is killed and its slot freed. */
+static void kill_session(interactive_ctx *x, const char *id)
+{
+    if (id[0] == '\0')
+        return; /* POST /pty never answered with one: there is no session */
+    pty_kill *k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return;
+    k->s = x->st->s;
+    snprintf(k->id, sizeof(k->id), "%s", id);
+    moat_bridge_endpoint ep = {0};
+    ep.unix_socket = x->sock;
+    ep.access_token = x->token;
+    ep.scope = x->scope;
+    moat_status st;
+    if (moat_bridge_delete_pty(x->st->s->bridge, &ep, id, killed, k, &st) == MOAT_OK) {
+        moat__srv_job(k->s, 1);
+    } else {
+        moat_log(MOAT_LOG_WARN, "terminal_ended", "terminal_id=%s code=%s msg=\"%s\"", id,
+                 moat_code_name(st.code), st.message);
+        free(k);
+    }
+}
 
 static void send_event(interactive_ctx *x, Moat__V1__ExecEvent *e)
 {
@@ -103,9 +156,10 @@ static void on_writable(void *ud, moat_bridge_terminal *t)
 
 static void on_end(void *ud, moat_bridge_terminal *t, const moat_status *status)
 {
-    (void)t;
     interactive_ctx *x = ud;
     x->t = NULL;
+    if (x->kill)
+        kill_session(x, moat_bridge_terminal_session_id(t));
     stream *st = x->st;
     st->on_credit = NULL;
     st->hctx = NULL;
@@ -113,7 +167,7 @@ static void on_end(void *ud, moat_bridge_terminal *t, const moat_status *status)
     moat_rpc_call_on_input(st->call, NULL, NULL);
     if (!x->cancelled)
         moat_rpc_call_end(st->call, status);
-    free(x);
+    ctx_free(x);
     moat__stream_unref(st);
 }
 
@@ -132,16 +186,21 @@ static void on_credit(stream *st, uint32_t increment)
     }
 }
 
-/* The client went (cancel, deadline, closed connection): execd keeps the terminal session for
- * a later reattach, until its idle timeout. */
-static void on_cancel(moat_rpc_call *call, moat_code code, void *arg)
+/* The call ended before the terminal. A Cancel of the client's or a passed deadline says the
+ * call is over: a pipe-mode command goes with it, as RunCommand's does. A connection that
+ * dropped (the client may come back with attach_id), the server's own refusals of bad input, and
+ * terminals leave the session to execd for a reattach, until its idle timeout. */
+static void on_cancel(moat_rpc_call *call, const moat_status *why, void *arg)
 {
     (void)call;
-    (void)code;
     interactive_ctx *x = arg;
     x->cancelled = true;
-    if (x->t != NULL)
-        moat_bridge_terminal_close(x->t);
+    if (x->t == NULL)
+        return;
+    bool over = why->code == MOAT_CODE_DEADLINE_EXCEEDED ||
+                (why->code == MOAT_CODE_CANCELLED && strcmp(why->reason, "cancelled") == 0);
+    x->kill = over && moat_bridge_terminal_pipe_mode(x->t);
+    moat_bridge_terminal_close(x->t);
 }
 
 static bool size_ok(const Moat__V1__TerminalSize *size)
@@ -225,12 +284,18 @@ static void interactive_in_session(stream *st, const moat_bridge_endpoint *ep)
     if (moat__refuse_unread_connection(st))
         return;
     interactive_ctx *x = calloc(1, sizeof(*x));
+    if (x != NULL && ep->unix_socket != NULL && (x->sock = strdup(ep->unix_socket)) == NULL) {
+        free(x);
+        x = NULL;
+    }
     if (x == NULL) {
         moat_rpc_call_fail(st->call, MOAT_CODE_RESOURCE_EXHAUSTED, "out_of_memory",
                            "out of memory");
         return;
     }
     x->st = st;
+    snprintf(x->token, sizeof(x->token), "%s", ep->access_token != NULL ? ep->access_token : "");
+    snprintf(x->scope, sizeof(x->scope), "%s", ep->scope != NULL ? ep->scope : "");
     moat_bridge_terminal_opts o = {0};
     o.command = start->command;
     o.cwd = start->cwd;
@@ -250,7 +315,7 @@ static void interactive_in_session(stream *st, const moat_bridge_endpoint *ep)
     moat_err err =
         moat_bridge_terminal_open(st->s->bridge, ep, &o, &c, x->outstanding, &x->t, &status);
     if (err != MOAT_OK) {
-        free(x);
+        ctx_free(x);
         moat_rpc_call_end(st->call, &status);
         return;
     }

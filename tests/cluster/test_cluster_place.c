@@ -470,18 +470,35 @@ static void test_renew_and_stop_written(void **state)
 #define BATCHED 8 /* sessions renewed at once, a thread each */
 #define ROUNDS  4 /* renewals of each */
 
-/* The renewal batches in node i's log so far: *batches lines, *renewals their sizes summed. */
-static void batches_logged(int i, int *batches, int *renewals)
+/* The renewal batches in node i's log so far: *batches lines, *renewals their sizes summed,
+ * *calls their etcd calls summed. */
+static void batches_logged(int i, int *batches, int *renewals, int *calls)
 {
     char *log = slurp_file(node[i].log_path);
-    *batches = *renewals = 0;
+    *batches = *renewals = *calls = 0;
     for (const char *at = log; at != NULL && (at = strstr(at, "cluster_renew_batch")) != NULL;
          at++) {
         const char *size = strstr(at, "size=");
+        const char *made = strstr(at, "etcd_calls=");
         (*batches)++;
         *renewals += size != NULL ? atoi(size + 5) : 0;
+        *calls += made != NULL ? atoi(made + 11) : 0;
     }
     free(log);
+}
+
+/* Node i's renewal counters on its /metrics. */
+typedef struct renew_metrics {
+    long long renewals, batches, calls;
+} renew_metrics;
+
+static renew_metrics renew_metrics_of(int i)
+{
+    renew_metrics m = {metric_value(node[i].metrics_port, "moat_cluster_renewals_total"),
+                       metric_value(node[i].metrics_port, "moat_cluster_renewal_batches_total"),
+                       metric_value(node[i].metrics_port, "moat_cluster_renewal_etcd_calls_total")};
+    assert_true(m.renewals >= 0 && m.batches >= 0 && m.calls >= 0);
+    return m;
 }
 
 typedef struct batch_renewer {
@@ -505,7 +522,8 @@ static void *batch_renew_thread(void *arg)
 
 /* BATCHED sessions of one node (force_new: all on the chat's owner) renewed ROUNDS times each
  * from a thread each at once: every renewal answered OK and its record's expiry moved, in fewer
- * etcd batches than renewals (the node's debug log). A session whose record was ended behind
+ * etcd batches than renewals (the node's debug log), which /metrics counts as the log does. A
+ * session whose record was ended behind
  * the node's back (as another incarnation's end writes it) is refused session_not_found. */
 static void test_renewals_batched(void **state)
 {
@@ -521,8 +539,9 @@ static void test_renewals_batched(void **state)
         assert_int_equal(c[i].code, 0);
         assert_int_equal(node_of(c[i].owner), owner);
     }
-    int batches0, renewals0;
-    batches_logged(owner, &batches0, &renewals0);
+    int batches0, renewals0, calls0;
+    batches_logged(owner, &batches0, &renewals0, &calls0);
+    renew_metrics m0 = renew_metrics_of(owner);
     int64_t before = moat_time_now_ms();
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, BATCHED);
@@ -539,11 +558,18 @@ static void test_renewals_batched(void **state)
             assert_int_equal(w[i].code[r], 0);
         assert_true(record_of(c[i].session_id).expires_at_ms >= before + 900000);
     }
-    int batches, renewals;
-    batches_logged(owner, &batches, &renewals);
+    int batches, renewals, calls;
+    batches_logged(owner, &batches, &renewals, &calls);
     printf("# %d renewals in %d batches\n", renewals - renewals0, batches - batches0);
     assert_int_equal(renewals - renewals0, BATCHED * ROUNDS);
     assert_true(batches - batches0 < BATCHED * ROUNDS);
+    /* Counted before each batch's callers are answered, so all of them show by now. */
+    renew_metrics m = renew_metrics_of(owner);
+    assert_int_equal(m.renewals - m0.renewals, BATCHED * ROUNDS);
+    assert_int_equal(m.batches - m0.batches, batches - batches0);
+    assert_int_equal(m.calls - m0.calls, calls - calls0);
+    /* A batch reads, then writes: at least two calls each. */
+    assert_true(m.calls - m0.calls >= 2 * (m.batches - m0.batches));
 
     moat_session_record ended = record_of(c[0].session_id);
     rc_put_record(etcd, ended.session_id, ended.chat_id, ended.node_id, ended.node_lease,

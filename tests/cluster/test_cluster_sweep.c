@@ -1,7 +1,8 @@
 /* The owner's upkeep of its records, for real: a three-member etcd of this run's own and two
  * moatd nodes on the shared dockerd. Node "ends" (no periodic sweep to speak of) reaps sessions
  * while all of etcd is down: the first end that finds etcd gone keeps it, every later one is
- * kept without trying etcd, and once etcd is back every end lands, written by the batch writer.
+ * kept without trying etcd, and once etcd is back every end lands, written by the batch writer
+ * (/metrics' moat_cluster_ends_kept counts them meanwhile, and drains).
  * Node "sweep" (a sweep every second, its engine reached through a proxy of the test's that can
  * hold a container's create): a running record of its own for a session it does not have is
  * ended, an older incarnation's is ended node_lost, another node's is left; and the record of a
@@ -402,11 +403,18 @@ static void test_ends_kept_while_etcd_down(void **state)
     rc_node *n = &nodes[ENDS];
     int64_t lease = lease_of(n);
     char sids[SESSIONS][MOAT_UUID_STR_LEN], chats[SESSIONS][MOAT_UUID_STR_LEN];
+    long long kept_before = metric_value(n->p.metrics_port, "moat_cluster_ends_kept");
     reap_with_etcd_down(n, sids, chats);
+    /* /metrics while they wait: the gauge counts them, none written yet. */
+    long long kept = metric_value(n->p.metrics_port, "moat_cluster_ends_kept");
+    long long written0 = metric_value(n->p.metrics_port, "moat_cluster_ends_written_total");
 
     int written_before = log_count(n, "cluster_ends_written");
     for (int m = 0; m < ETCD_CLUSTER_MEMBERS; m++)
         assert_int_equal(etcd_cluster_restart(&cl, m), 0);
+    assert_int_equal(kept_before, 0);
+    assert_int_equal(kept, SESSIONS);
+    assert_true(written0 >= 0);
     uint64_t t1 = moat_time_mono_ns();
     for (int i = 0; i < SESSIONS; i++)
         ETCD_WAIT_FOR(ended(sids[i]), WAIT_S);
@@ -417,6 +425,10 @@ static void test_ends_kept_while_etcd_down(void **state)
         assert_true(chat_free(chats[i]));
     }
     assert_true(log_count(n, "cluster_ends_written") > written_before);
+    /* The gauge drains as the writer forgets what it wrote, after the writes show in etcd. */
+    ETCD_WAIT_FOR(metric_value(n->p.metrics_port, "moat_cluster_ends_kept") == 0, WAIT_S);
+    assert_int_equal(metric_value(n->p.metrics_port, "moat_cluster_ends_written_total") - written0,
+                     SESSIONS);
     assert_int_equal(lease_of(n), lease);
     assert_int_equal(log_count(n, "periodic=1"), 0);
 }

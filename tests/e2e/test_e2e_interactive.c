@@ -1,7 +1,9 @@
 /* Exec/Interactive end to end over raw frames: the real moatd, dockerd and moat-execd in
  * moat-sandbox:latest. Stdin in pipe mode, terminals (size, resize, Ctrl-C, exit codes),
- * reattaching with a replay, bad input, and a client that floods stdin at a process that does not
- * read: held by flow control, with moatd's memory flat. */
+ * reattaching with a replay, bad input, a client that floods stdin at a process that does not
+ * read (held by flow control, with moatd's memory flat), and what a call's end does to its
+ * process: a Cancel or a passed deadline ends a pipe-mode one, a dropped connection leaves it for
+ * a reattach, and a terminal outlives both. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -109,7 +111,9 @@ static void send_request(icall *k, const Moat__V1__InteractiveRequest *in)
     assert_true(sent);
 }
 
-static void start_call(icall *k, raw_conn *c, const Moat__V1__InteractiveStart *start)
+/* deadline_ms: the Call frame's (0: none). */
+static void start_call_by(icall *k, raw_conn *c, const Moat__V1__InteractiveStart *start,
+                          uint64_t deadline_ms)
 {
     memset(k, 0, sizeof(*k));
     k->c = c;
@@ -121,11 +125,17 @@ static void start_call(icall *k, raw_conn *c, const Moat__V1__InteractiveStart *
     call.stream_id = k->id;
     call.kind = MOAT_FRAME_CALL;
     call.u.call.method = moat_slice_str("/moat.v1.Exec/Interactive");
+    call.u.call.deadline_ms = deadline_ms;
     assert_true(raw_send(c, &call));
     Moat__V1__InteractiveRequest in = MOAT__V1__INTERACTIVE_REQUEST__INIT;
     in.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_START;
     in.start = (Moat__V1__InteractiveStart *)start;
     send_request(k, &in);
+}
+
+static void start_call(icall *k, raw_conn *c, const Moat__V1__InteractiveStart *start)
+{
+    start_call_by(k, c, start, 0);
 }
 
 static void start_terminal(icall *k, raw_conn *c, const char *command, uint32_t rows, uint32_t cols)
@@ -590,6 +600,184 @@ static void test_input_past_the_window_is_a_protocol_error(void **state)
     raw_close(c);
 }
 
+/* ---- the end of a call that takes its process with it, or leaves it ---------------------- */
+
+/* A pipe-mode `cat` under a shell whose command line holds name (the shell waits for cat, so
+ * that the command can be told from every other process of the sandbox), started by a call on c
+ * with deadline_ms (0: none); not awaited. */
+static void start_named_cat_by(icall *k, raw_conn *c, const char *name, uint64_t deadline_ms)
+{
+    char command[160];
+    snprintf(command, sizeof(command), "echo up; cat; : %s", name);
+    Moat__V1__InteractiveStart start = MOAT__V1__INTERACTIVE_START__INIT;
+    start.session_id = session_id;
+    start.command = command;
+    start_call_by(k, c, &start, deadline_ms);
+}
+
+/* The same without a deadline, its "up" seen. */
+static void start_named_cat(icall *k, raw_conn *c, const char *name)
+{
+    start_named_cat_by(k, c, name, 0);
+    expect_output(k, "up\n");
+    assert_int_equal(strlen(k->execution_id), 36);
+}
+
+/* How many of the sandbox's processes have name in their command line, asked through a call of
+ * its own (whose pattern, name with its last character in brackets, does not match itself). */
+static int processes_named(const char *name)
+{
+    char command[256];
+    size_t len = strlen(name);
+    snprintf(command, sizeof(command),
+             "grep -l '%.*s[%c]' /proc/[0-9]*/cmdline 2>/dev/null | sed 's/^/found /'; "
+             "echo counted",
+             (int)len - 1, name, name[len - 1]);
+    raw_conn *c = connect_ready();
+    Moat__V1__InteractiveStart start = MOAT__V1__INTERACTIVE_START__INIT;
+    start.session_id = session_id;
+    start.command = command;
+    icall k;
+    start_call(&k, c, &start);
+    send_close_stdin(&k);
+    expect_end(&k, MOAT_CODE_OK, "");
+    raw_close(c);
+    assert_non_null(strstr(k.out, "counted"));
+    int n = 0;
+    for (const char *at = k.out; (at = strstr(at, "found")) != NULL; at += 5)
+        n++;
+    return n;
+}
+
+/* Waits until no process is named name: a bound against a hang (execd kills the process group
+ * from the session's thread once DELETE has unlisted it), not a measure. */
+static bool process_gone(const char *name)
+{
+    for (int i = 0; i < 300; i++) {
+        if (processes_named(name) == 0)
+            return true;
+        usleep(100000);
+    }
+    return false;
+}
+
+/* A call on c that attaches to id, replaying from offset; started, not awaited. */
+static void attach_to(icall *k, raw_conn *c, const char *id, uint64_t offset)
+{
+    Moat__V1__InteractiveStart start = MOAT__V1__INTERACTIVE_START__INIT;
+    start.session_id = session_id;
+    start.attach_id = (char *)id;
+    start.after_offset = offset;
+    start_call(k, c, &start);
+}
+
+static void send_cancel(icall *k)
+{
+    moat_frame cancel = {0};
+    cancel.stream_id = k->id;
+    cancel.kind = MOAT_FRAME_CANCEL;
+    assert_true(raw_send(k->c, &cancel));
+}
+
+/* execd no longer has the session id: an attach to it ends with execd's 404. */
+static void expect_no_session(raw_conn *c, const char *id)
+{
+    icall again;
+    attach_to(&again, c, id, 0);
+    pump(&again, NULL, 30000);
+    assert_true(again.ended);
+    assert_int_equal(again.end_code, MOAT_CODE_NOT_FOUND);
+    assert_string_equal(again.end_reason, "execd_api_error");
+    assert_false(again.has_exit);
+}
+
+/* Issue 14: a Cancel says the call is over. A pipe-mode command goes with it, as RunCommand's
+ * does: its process ends and execd no longer has its session (an attach to it fails), so it
+ * holds none of execd's 64 slots. */
+static void test_cancel_ends_a_pipe_command(void **state)
+{
+    (void)state;
+    char name[64];
+    snprintf(name, sizeof(name), "moat-cancelled-%d", (int)getpid());
+    raw_conn *c = connect_ready();
+    icall k;
+    start_named_cat(&k, c, name);
+    assert_int_equal(processes_named(name), 1);
+    send_cancel(&k);
+    expect_end(&k, MOAT_CODE_CANCELLED, "cancelled");
+    assert_true(process_gone(name));
+    expect_no_session(c, k.execution_id);
+    raw_close(c);
+}
+
+/* The same when the call's deadline passes first (one that passes before the process has
+ * started ends its session as well: then only the session's absence shows it). */
+static void test_deadline_ends_a_pipe_command(void **state)
+{
+    (void)state;
+    char name[64];
+    snprintf(name, sizeof(name), "moat-deadline-%d", (int)getpid());
+    raw_conn *c = connect_ready();
+    icall k;
+    start_named_cat_by(&k, c, name, 5000);
+    expect_end(&k, MOAT_CODE_DEADLINE_EXCEEDED, "deadline_exceeded");
+    printf("# before the deadline: init %s, \"up\" %s\n", k.execution_id[0] ? "seen" : "not seen",
+           strstr(k.out, "up") != NULL ? "seen" : "not seen");
+    assert_true(process_gone(name));
+    if (k.execution_id[0] != '\0')
+        expect_no_session(c, k.execution_id);
+    raw_close(c);
+}
+
+/* A connection that drops sent no Cancel: the pipe-mode command keeps running, and a call with
+ * its id reattaches, takes its stdin and gets its exit. */
+static void test_dropped_pipe_call_reattaches(void **state)
+{
+    (void)state;
+    char name[64];
+    snprintf(name, sizeof(name), "moat-dropped-%d", (int)getpid());
+    raw_conn *c = connect_ready();
+    icall k;
+    start_named_cat(&k, c, name);
+    char id[64];
+    snprintf(id, sizeof(id), "%s", k.execution_id);
+    raw_close(c);
+    assert_int_equal(processes_named(name), 1);
+
+    c = connect_ready();
+    icall again;
+    attach_to(&again, c, id, 3); /* after "up\n" */
+    send_text(&again, "still-here\n");
+    expect_output(&again, "still-here\n");
+    send_close_stdin(&again);
+    expect_end(&again, MOAT_CODE_OK, "");
+    assert_true(again.has_exit);
+    assert_int_equal(again.exit_code, 0);
+    assert_null(strstr(again.out, "up"));
+    raw_close(c);
+}
+
+/* A terminal (tty) outlives a Cancel as it does a dropped connection: the next call reattaches
+ * and gets what it missed. */
+static void test_cancelled_terminal_stays(void **state)
+{
+    (void)state;
+    raw_conn *c = connect_ready();
+    icall k;
+    start_terminal(&k, c, "echo kept-$((3*3)); cat", 0, 0);
+    expect_output(&k, "kept-9");
+    send_cancel(&k);
+    expect_end(&k, MOAT_CODE_CANCELLED, "cancelled");
+
+    icall again;
+    attach_to(&again, c, k.execution_id, 0);
+    expect_output(&again, "kept-9"); /* replayed */
+    send_close_stdin(&again);        /* ^D: cat ends, and the terminal with it */
+    expect_end(&again, MOAT_CODE_OK, "");
+    assert_true(again.has_exit);
+    raw_close(c);
+}
+
 /* A terminal started and left (its call's connection gone), waiting for a reattach; its id. */
 static void hold_terminal(char id[64])
 {
@@ -659,6 +847,10 @@ int main(void)
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_stdin_flood_is_held_by_flow_control),
         cmocka_unit_test(test_input_past_the_window_is_a_protocol_error),
+        cmocka_unit_test(test_cancel_ends_a_pipe_command),
+        cmocka_unit_test(test_deadline_ends_a_pipe_command),
+        cmocka_unit_test(test_dropped_pipe_call_reattaches),
+        cmocka_unit_test(test_cancelled_terminal_stays),
         cmocka_unit_test(test_held_terminals_keep_the_limit),
     };
     return moat_run_group_tests("e2e_interactive", tests, setup, teardown);

@@ -287,14 +287,16 @@ static void test_streaming_sends_many(void **state)
 typedef struct hook {
     int calls;
     moat_code code;
+    char reason[64]; /* the End's, as the hook saw it */
     bool end_itself;
 } hook;
 
-static void on_cancel(moat_rpc_call *call, moat_code code, void *arg)
+static void on_cancel(moat_rpc_call *call, const moat_status *why, void *arg)
 {
     hook *h = arg;
     h->calls++;
-    h->code = code;
+    h->code = why->code;
+    snprintf(h->reason, sizeof(h->reason), "%s", why->reason);
     /* Re-entering cancel from the hook has no effect. */
     assert_false(moat_rpc_call_cancel(call, MOAT_CODE_CANCELLED, "again"));
     if (h->end_itself)
@@ -326,6 +328,7 @@ static void test_deadline(void **state)
     assert_true(moat_rpc_call_check_deadline(c, 10250));
     assert_int_equal(h.calls, 1);
     assert_int_equal(h.code, MOAT_CODE_DEADLINE_EXCEEDED);
+    assert_string_equal(h.reason, "deadline_exceeded");
     assert_int_equal(r.ends, 1);
     assert_int_equal(r.end.code, MOAT_CODE_DEADLINE_EXCEEDED);
     assert_false(moat_rpc_call_check_deadline(c, 20000));
@@ -358,6 +361,7 @@ static void test_cancel(void **state)
     assert_true(moat_rpc_call_cancel(c, MOAT_CODE_CANCELLED, "client said so"));
     assert_int_equal(h.calls, 1);
     assert_int_equal(h.code, MOAT_CODE_CANCELLED);
+    assert_string_equal(h.reason, "cancelled");
     assert_int_equal(r.end.code, MOAT_CODE_CANCELLED);
     assert_string_equal(r.end.message, "client said so");
     /* The handler finishing later changes nothing. */
@@ -385,6 +389,7 @@ static void test_cancel_with_status(void **state)
     assert_true(moat_rpc_call_cancel_with(c, &st));
     assert_int_equal(h.calls, 1);
     assert_int_equal(h.code, MOAT_CODE_INVALID_ARGUMENT);
+    assert_string_equal(h.reason, "extra_request_message");
     assert_int_equal(r.ends, 1);
     assert_int_equal(r.end.code, MOAT_CODE_INVALID_ARGUMENT);
     assert_string_equal(r.end.reason, "extra_request_message");

@@ -520,7 +520,7 @@ typedef struct session_io {
     bool tty;
     bool stdin_open;     /* stdin is forwarded and has not ended */
     bool resize_pending; /* SIGWINCH came; the size goes when there is credit */
-    int ended_by;        /* SIGTERM or SIGHUP to the CLI: the session is left */
+    int ended_by;        /* SIGTERM or SIGHUP to the CLI: the call is cancelled */
 } session_io;
 
 /* Handles the signals the pipe holds. */
