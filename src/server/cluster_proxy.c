@@ -122,8 +122,12 @@ static void call_abandon(proxy_call *pc, const char *why)
 static void on_cancel(moat_rpc_call *call, const moat_status *why, void *arg)
 {
     (void)call;
-    call_abandon(arg, why->code == MOAT_CODE_DEADLINE_EXCEEDED ? "deadline exceeded at the proxy"
-                                                               : "cancelled by the client");
+    const char *reason = "cancelled by the client";
+    if (why->code == MOAT_CODE_DEADLINE_EXCEEDED)
+        reason = "deadline exceeded at the proxy";
+    else if (strcmp(why->reason, MOAT__CONNECTION_CLOSED) == 0)
+        reason = MOAT__CONNECTION_CLOSED; /* the owner treats the call as dropped, not cancelled */
+    call_abandon(arg, reason);
 }
 
 /* Ends the client's call with status once the call has left it (call_detach). */

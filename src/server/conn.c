@@ -83,7 +83,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 static void conn_cancel_calls(conn *c, const char *why)
 {
     moat_status closed;
-    moat_status_set(&closed, MOAT_CODE_CANCELLED, "connection_closed", "connection closed: %s",
+    moat_status_set(&closed, MOAT_CODE_CANCELLED, MOAT__CONNECTION_CLOSED, "connection closed: %s",
                     why);
     while (c->streams != NULL) {
         stream *st = c->streams;
@@ -320,8 +320,17 @@ static void handle_frame(conn *c, const moat_frame *f)
         return;
     case MOAT_FRAME_CANCEL:
         st = moat_stream_table_get(c->table, f->stream_id);
-        if (st != NULL)
+        if (st == NULL)
+            return;
+        /* A proxying node's client went: for the call, that is a dropped connection. */
+        if (c->from_proxy && moat_slice_eq_str(f->u.cancel.reason, MOAT__CONNECTION_CLOSED)) {
+            moat_status dropped;
+            moat_status_set(&dropped, MOAT_CODE_CANCELLED, MOAT__CONNECTION_CLOSED,
+                            "the proxying node's client connection closed");
+            moat_rpc_call_cancel_with(st->call, &dropped);
+        } else {
             moat_rpc_call_cancel(st->call, MOAT_CODE_CANCELLED, "cancelled by the client");
+        }
         return;
     case MOAT_FRAME_WINDOW_UPDATE:
         if (f->stream_id == 0)

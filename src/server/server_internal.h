@@ -248,6 +248,10 @@ struct moat_dircache *moat__cluster_dircache(srv *s);
 /* The client name of the Hello of every connection to another node (cluster_peer.c), by which
  * the node knows a relayed call and never relays it again. */
 #define MOAT__PROXY_CLIENT_NAME "moatd-proxy"
+/* The reason of a call's End when its connection went, and of the Cancel a proxying node sends
+ * the owner when its own client's connection went: the owner treats that call as dropped, not
+ * cancelled (an interactive command waits for a reattach). */
+#define MOAT__CONNECTION_CLOSED "connection_closed"
 /* Proxy mode (cluster_proxy.c). */
 /* A call that was to end with status: when it is session_moved and this node proxies, the call
  * is relayed to the owner instead (true: the proxy has it, ended or not). */

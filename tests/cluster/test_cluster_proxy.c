@@ -3,7 +3,8 @@
  * real session lives on the owner; its record is put here as the owner would. Through the
  * other node: a command's stdout, stderr and exit code come back exactly, 64 MiB of output
  * arrive byte for byte while the proxy's RSS stays flat (a client that stops reading holds the
- * owner, not the proxy), a cancel reaches the owner's command, stdin goes through, and the
+ * owner, not the proxy), a cancel reaches the owner's command, stdin goes through (a client's
+ * dropped connection leaves an interactive command for a reattach, a Cancel ends it), and the
  * one-answer calls relay; an owner that cannot be reached is UNAVAILABLE owner_unreachable, as
  * is one that closes the connection mid-call, a pooled connection whose peer restarted is
  * replaced, and calls past the streams an owner takes on one connection go on others (a fake
@@ -385,6 +386,112 @@ static void test_interactive_stdin(void **state)
     assert_int_equal(res.exit_code, 0);
 }
 
+/* Starts an Interactive call on c in pipe mode: `command`, or an attach to attach_id after
+ * after_offset output bytes when attach_id is not NULL. */
+static uint32_t start_interactive(raw_conn *c, const char *command, const char *attach_id,
+                                  uint64_t after_offset)
+{
+    Moat__V1__InteractiveRequest r = MOAT__V1__INTERACTIVE_REQUEST__INIT;
+    Moat__V1__InteractiveStart s = MOAT__V1__INTERACTIVE_START__INIT;
+    s.session_id = sid;
+    s.command = (char *)command;
+    s.attach_id = (char *)attach_id;
+    s.after_offset = after_offset;
+    r.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_START;
+    r.start = &s;
+    return raw_call(c, "/moat.v1.Exec/Interactive", 0, &r.base);
+}
+
+static void send_input(raw_conn *c, uint32_t id, const char *text)
+{
+    Moat__V1__InteractiveRequest in = MOAT__V1__INTERACTIVE_REQUEST__INIT;
+    if (text != NULL) {
+        in.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_STDIN;
+        in.stdin = (ProtobufCBinaryData){strlen(text), (uint8_t *)text};
+    } else {
+        in.input_case = MOAT__V1__INTERACTIVE_REQUEST__INPUT_CLOSE_STDIN;
+        in.close_stdin = true;
+    }
+    uint8_t buf[256];
+    assert_true(protobuf_c_message_get_packed_size(&in.base) <= sizeof(buf));
+    size_t n = protobuf_c_message_pack(&in.base, buf);
+    moat_frame f = {0};
+    f.stream_id = id;
+    f.kind = MOAT_FRAME_MESSAGE;
+    f.u.message.payload = (moat_slice){buf, n};
+    assert_true(raw_send(c, &f));
+}
+
+/* Reads stream id until its init and an output of "up\n" came: the command runs. Its
+ * execution id into exec_id. */
+static void read_until_up(raw_conn *c, uint32_t id, char exec_id[128])
+{
+    exec_id[0] = '\0';
+    bool up = false;
+    while (!up || exec_id[0] == '\0') {
+        moat_frame f;
+        assert_int_equal(raw_recv_stream(c, id, &f, 60000), 1);
+        assert_int_not_equal(f.kind, MOAT_FRAME_END);
+        if (f.kind != MOAT_FRAME_MESSAGE)
+            continue;
+        Moat__V1__ExecEvent *e =
+            moat__v1__exec_event__unpack(NULL, f.u.message.payload.len, f.u.message.payload.data);
+        assert_non_null(e);
+        if (e->kind_case == MOAT__V1__EXEC_EVENT__KIND_INIT)
+            snprintf(exec_id, 128, "%s", e->init->execution_id);
+        if (e->kind_case == MOAT__V1__EXEC_EVENT__KIND_OUTPUT && e->output->data.len == 3 &&
+            memcmp(e->output->data.data, "up\n", 3) == 0)
+            up = true;
+        moat__v1__exec_event__free_unpacked(e, NULL);
+    }
+}
+
+/* A pipe-mode call whose client's connection to the proxy drops is, at the owner, a dropped
+ * call and not a cancelled one: its command waits there for a reattach, as on a single node
+ * (docs/PROTOCOL.md, "Interactive calls"). A Cancel through the proxy still ends the command:
+ * an attach to it then ends NOT_FOUND. */
+static void test_interactive_drop_and_cancel(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    char exec_id[128];
+    raw_conn *gone = raw_connect_ready(nodes[PROXY].p.port, TOKEN);
+    assert_non_null(gone);
+    uint32_t id = start_interactive(gone, "echo up; cat", NULL, 0);
+    read_until_up(gone, id, exec_id);
+    raw_close(gone);
+
+    id = start_interactive(nodes[PROXY].conn, NULL, exec_id, 3);
+    send_input(nodes[PROXY].conn, id, "still-here\n");
+    send_input(nodes[PROXY].conn, id, NULL);
+    exec_result back = read_exec(nodes[PROXY].conn, id, 0);
+    if (back.code != MOAT_CODE_OK)
+        print_message("the reattach ended %d %s: %s\n", back.code, back.reason, back.message);
+    assert_int_equal(back.code, MOAT_CODE_OK);
+    assert_string_equal(back.stdout_head, "still-here\n");
+    assert_int_equal(back.exit_code, 0);
+
+    id = start_interactive(nodes[PROXY].conn, "echo up; cat", NULL, 0);
+    read_until_up(nodes[PROXY].conn, id, exec_id);
+    moat_frame cancel = {0};
+    cancel.stream_id = id;
+    cancel.kind = MOAT_FRAME_CANCEL;
+    assert_true(raw_send(nodes[PROXY].conn, &cancel));
+    exec_result cancelled = read_exec(nodes[PROXY].conn, id, 0);
+    assert_int_equal(cancelled.code, MOAT_CODE_CANCELLED);
+    /* The owner ends the command through execd after the call's End: an attach in between
+     * finds it still there and sees it end. */
+    exec_result after = {.code = MOAT_CODE_OK};
+    for (int t = 0; t < 50 && after.code == MOAT_CODE_OK; t++) {
+        if (t > 0)
+            etcd_cluster_sleep_ms(100);
+        after =
+            read_exec(nodes[PROXY].conn, start_interactive(nodes[PROXY].conn, NULL, exec_id, 0), 0);
+    }
+    assert_int_equal(after.code, MOAT_CODE_NOT_FOUND);
+    assert_string_equal(after.reason, "execd_api_error");
+}
+
 /* One-answer calls relay their answer; GetSession answers from the directory. */
 static void test_unary_calls(void **state)
 {
@@ -563,6 +670,7 @@ int main(void)
         cmocka_unit_test(test_large_output_flat),
         cmocka_unit_test(test_cancel_reaches_owner),
         cmocka_unit_test(test_interactive_stdin),
+        cmocka_unit_test(test_interactive_drop_and_cancel),
         cmocka_unit_test(test_unary_calls),
         cmocka_unit_test(test_owner_unreachable),
         cmocka_unit_test(test_owner_closes_mid_call),
