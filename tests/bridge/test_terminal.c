@@ -295,7 +295,7 @@ static struct {
     atomic_int accepted;
     bool close_byte; /* moatd said stdin has ended */
     char request[512];
-} lender;
+} lender = {.lfd = -1};
 
 static void send_fds(int fd, const int *fds, int n)
 {
