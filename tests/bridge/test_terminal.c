@@ -717,6 +717,54 @@ static void test_terminal_stdin_socket_silent_or_linked(void **state)
     assert_int_equal(lender.accepted, 0);
 }
 
+/* The terminal closed with stdin still open (a detach): moatd lets go of the pipe without the
+ * byte that would end stdin, so execd takes it back open for a reattach. */
+static void test_terminal_stdin_lent_detach(void **state)
+{
+    (void)state;
+    static term_run r;
+    int fds_before = open_fds();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    fake_execd f;
+    fake_start(&f, handler, NULL, false);
+    lender_start(f.sock_path, LEND_PIPE);
+    moat_bridge *b;
+    moat_bridge_config cfg = {0};
+    assert_int_equal(moat_bridge_new(&cfg, &b), MOAT_OK);
+    assert_int_equal(moat_bridge_attach_uv(b, &loop), MOAT_OK);
+    moat_bridge_endpoint ep = {.unix_socket = f.sock_path, .scope = "sandbox-1"};
+    memset(&r, 0, sizeof(r));
+    r.total = UINT64_MAX / 2; /* never all sent: stdin is never closed */
+    r.high = UPLOAD_QUEUE_HIGH;
+    upload_over = false;
+    upload_bytes = upload_sum = upload_newlines = 0;
+    moat_bridge_terminal_consumer c = {on_ready, on_output, on_exit_code, on_writable, on_end, &r};
+    moat_bridge_terminal_opts o = {.command = "wc -l", .tty = false};
+    moat_bridge_terminal *t;
+    moat_status st;
+    assert_int_equal(moat_bridge_terminal_open(b, &ep, &o, &c, 1u << 30, &t, &st), MOAT_OK);
+    uint64_t until = moat_time_mono_ns() + 120ull * 1000000000ull;
+    bool closed = false;
+    while (!r.ended || !upload_over) {
+        assert_true(moat_time_mono_ns() < until);
+        uv_run(&loop, UV_RUN_NOWAIT);
+        if (!closed && upload_bytes > 0) {
+            closed = true;
+            moat_bridge_terminal_close(t);
+        }
+        nap_us(100);
+    }
+    moat_bridge_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    fake_stop(&f);
+    lender_stop();
+    assert_int_equal(open_fds(), fds_before);
+    assert_true(upload_bytes > 0);
+    assert_false(lender.close_byte);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -733,6 +781,7 @@ int main(void)
         cmocka_unit_test(test_terminal_pipe_upload),
         cmocka_unit_test_teardown(test_terminal_stdin_lent, teardown),
         cmocka_unit_test_teardown(test_terminal_stdin_lent_made_blocking, teardown),
+        cmocka_unit_test_teardown(test_terminal_stdin_lent_detach, teardown),
         cmocka_unit_test_teardown(test_terminal_stdin_lent_hostile, teardown),
         cmocka_unit_test_teardown(test_terminal_stdin_socket_silent_or_linked, teardown),
     };
