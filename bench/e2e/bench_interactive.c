@@ -7,7 +7,8 @@
  *  - stdin throughput: N MiB of /dev/zero piped into `cat >/dev/null` through `moat exec -i` and
  *    `docker exec -i`, whole client processes timed, rounds alternated (target: moat >= 2x
  *    docker), with the bound of any transport beside them: the same bytes piped into the same
- *    cat inside the sandbox, no transport at all;
+ *    cat inside the sandbox, no transport at all; and the sandbox's CPU per round (its cgroup:
+ *    with moat, execd's work on stdin counts there; docker's copy is the shim's, outside);
  *  - sequential (issue 14): N `moat exec -i` calls one after another in one sandbox, each a
  *    short stdin into `wc -l`, alternated with `docker exec -i`: every one must succeed (execd
  *    used to refuse the 65th within its idle timeout), and the p50 of each. */
@@ -115,6 +116,44 @@ static double stdin_run(const char *addr, const char *moat_bin, const char *sid,
     return timed_system(cmd);
 }
 
+/* The sandbox container's CPU so far in ns, from its cgroup (v1 cpuacct, or v2 cpu.stat); -1
+ * when neither is found. */
+static long long sandbox_cpu_ns(const char *cid)
+{
+    char path[256];
+    long long v = -1;
+    snprintf(path, sizeof(path), "/sys/fs/cgroup/cpuacct/docker/%.80s/cpuacct.usage", cid);
+    FILE *f = fopen(path, "r");
+    if (f != NULL) {
+        if (fscanf(f, "%lld", &v) != 1)
+            v = -1;
+        fclose(f);
+        return v;
+    }
+    snprintf(path, sizeof(path), "/sys/fs/cgroup/system.slice/docker-%.80s.scope/cpu.stat", cid);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    char key[64];
+    long long n;
+    while (v < 0 && fscanf(f, "%63s %lld", key, &n) == 2)
+        if (strcmp(key, "usage_usec") == 0)
+            v = n * 1000;
+    fclose(f);
+    return v;
+}
+
+/* stdin_run with the sandbox's CPU meanwhile (ms) in *cpu_ms (-1 when unknown). */
+static double stdin_run_cpu(const char *addr, const char *moat_bin, const char *sid,
+                            const char *cid, long long bytes, bool moat, double *cpu_ms)
+{
+    long long before = sandbox_cpu_ns(cid);
+    double t = stdin_run(addr, moat_bin, sid, cid, bytes, moat);
+    long long after = sandbox_cpu_ns(cid);
+    *cpu_ms = before >= 0 && after >= before ? (double)(after - before) / 1e6 : -1;
+    return t;
+}
+
 void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *sid, const char *cid,
                        int keystrokes, long long stdin_bytes)
 {
@@ -152,14 +191,15 @@ void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *si
     /* rounds alternated, so that the host's load weighs on each alike; medians compared */
     enum { ROUNDS = 3 };
     double tm[ROUNDS], td[ROUNDS], tp[ROUNDS], rm[ROUNDS], rd[ROUNDS], rp[ROUNDS], ratio[ROUNDS];
+    double cm[ROUNDS], cd[ROUNDS];
     char pipe_cmd[600];
     snprintf(pipe_cmd, sizeof(pipe_cmd),
              "/usr/bin/docker exec %s bash -c 'head -c %lld /dev/zero | cat >/dev/null'", cid,
              stdin_bytes);
     bool ok = true;
     for (int i = 0; i < ROUNDS; i++) {
-        tm[i] = stdin_run(addr, moat_bin, sid, cid, stdin_bytes, true);
-        td[i] = stdin_run(addr, moat_bin, sid, cid, stdin_bytes, false);
+        tm[i] = stdin_run_cpu(addr, moat_bin, sid, cid, stdin_bytes, true, &cm[i]);
+        td[i] = stdin_run_cpu(addr, moat_bin, sid, cid, stdin_bytes, false, &cd[i]);
         tp[i] = timed_system(pipe_cmd);
         ok = ok && tm[i] > 0 && td[i] > 0 && tp[i] > 0;
         rm[i] = (double)stdin_bytes / tm[i] / 1048576.0;
@@ -167,11 +207,13 @@ void bench_interactive(const moatd_proc *p, const char *moat_bin, const char *si
         rp[i] = (double)stdin_bytes / tp[i] / 1048576.0;
         ratio[i] = rm[i] / rd[i];
         printf("stdin round %d: moat exec -i %.0f MiB/s, docker exec -i %.0f MiB/s (%.2fx), "
-               "in-sandbox pipe %.0f MiB/s\n",
-               i + 1, rm[i], rd[i], ratio[i], rp[i]);
+               "in-sandbox pipe %.0f MiB/s; the sandbox's CPU: moat %.0f ms, docker %.0f ms\n",
+               i + 1, rm[i], rd[i], ratio[i], rp[i], cm[i], cd[i]);
     }
     double mr = percentile(rm, ROUNDS, 0.5), dr = percentile(rd, ROUNDS, 0.5);
     double tpm = percentile(tp, ROUNDS, 0.5), med = percentile(ratio, ROUNDS, 0.5);
+    printf("the sandbox's CPU per round, median: moat %.0f ms, docker %.0f ms\n",
+           percentile(cm, ROUNDS, 0.5), percentile(cd, ROUNDS, 0.5));
     char what[80];
     snprintf(what, sizeof(what), "stdin %lld MiB into cat (MiB/s)", stdin_bytes >> 20);
     verdict(what, mr, dr, "MiB/s", med, ok && med >= 2.0, ">= 2x");

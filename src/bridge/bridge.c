@@ -203,6 +203,7 @@ void moat_bridge_timeout(moat_bridge *b)
     b->in_curl--;
     check_done(b);
     moat__exec_sweep(b, false);
+    moat__terminal_sweep(b);
 }
 
 void moat_bridge_free(moat_bridge *b)

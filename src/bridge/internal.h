@@ -111,6 +111,8 @@ void moat__exec_unpause_all(moat_bridge *b);
 void moat__terminal_link(moat_bridge *b, struct moat_bridge_terminal *t);
 void moat__terminal_unlink(moat_bridge *b, struct moat_bridge_terminal *t);
 bool moat__terminal_socket_action(moat_bridge *b, int fd);
+/* Gives up on a stdin socket that has not answered in time (the upload is asked instead). */
+void moat__terminal_sweep(moat_bridge *b);
 /* Starts the stdin uploads terminals asked for from inside curl's callbacks. */
 void moat__terminal_start_uploads(moat_bridge *b);
 /* POST /pty {"command"?, "cwd"?}: session_id is the new terminal session's. */

@@ -11,10 +11,19 @@
  * goes as one chunked POST /pty/{id}/stdin (moat's extension, docs/execd.md), fed from curl's
  * read callback and paused when nothing is queued; its end is close_stdin. An execd without
  * the endpoint refuses it before any byte of the body (Expect: 100-continue), and stdin then
- * takes the WebSocket. */
+ * takes the WebSocket.
+ *
+ * Before the upload, moatd asks execd's stdin socket ("<execd's socket>.stdin") for the write
+ * end of the process's stdin pipe and writes stdin into it itself: execd, which shares the
+ * sandbox's CPU with the process, then copies nothing. The descriptor comes from the sandbox:
+ * exactly one, a pipe, and never written through itself (the container shares its open file
+ * description and could make it blocking) but through moatd's own open of the same pipe.
+ * Writing to a pipe whose reader has gone raises SIGPIPE: moatd ignores it. */
 #include "bridge/terminal.h"
 
 #include "internal.h"
+
+#include "common/unix_socket.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +32,8 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <wslay/wslay.h>
@@ -36,6 +47,10 @@
 #define PTY_MAX_MESSAGE ((1u << 20) + 64u)
 /* Close code of a client that another attach took over. */
 #define WS_TAKEN_OVER 4001
+/* How long execd's stdin socket may take to answer before the upload is asked instead. */
+#define LEND_ANSWER_NS (5ull * 1000000000ull)
+/* The byte that tells execd stdin has ended (its own copy of the pipe is then closed). */
+#define LEND_CLOSE_STDIN "E"
 
 /* Stdin waiting for the upload's read callback (or the WebSocket): a ring, so that taking
  * bytes from its front never moves the rest; it grows, made straight, only when what waits
@@ -131,6 +146,11 @@ struct moat_bridge_terminal {
     bool up_over;     /* it ended: later stdin is dropped, as a closed pipe would */
     bool up_fallback; /* execd refused it before its body: stdin takes the WebSocket */
     bool in_input;    /* inside moat_bridge_terminal_stdin or _close_stdin */
+    /* Stdin written into the process's pipe by moatd itself (execd's stdin socket). */
+    int lend_fd;            /* the connection to the stdin socket, or -1 */
+    int pipe_fd;            /* moatd's own open of the lent pipe, or -1 */
+    bool pipe_watched;      /* the loop watches pipe_fd for room */
+    uint64_t lend_until_ns; /* execd's answer is awaited until then */
     uint16_t close_code;
     bool ended;
     moat_bridge_terminal *next, *prev; /* the bridge's terminals */
@@ -138,8 +158,35 @@ struct moat_bridge_terminal {
 
 static moat_log_limit bad_frame_log = MOAT_LOG_LIMIT_INIT;
 
+static void watch(moat_bridge_terminal *t, int fd, int what)
+{
+    if (t->b->sock_fn != NULL)
+        t->b->sock_fn(t->b->loop_ud, fd, what);
+}
+
+/* Ends the loan of the pipe: close_stdin tells execd to close its own copy (the process reads
+ * EOF); without it execd takes the pipe back with stdin open, as from an upload cut short. */
+static void lend_end(moat_bridge_terminal *t, bool close_stdin)
+{
+    if (t->pipe_fd >= 0) {
+        if (t->pipe_watched)
+            watch(t, t->pipe_fd, MOAT_BRIDGE_POLL_REMOVE);
+        close(t->pipe_fd);
+    }
+    t->pipe_fd = -1;
+    t->pipe_watched = false;
+    if (t->lend_fd >= 0) {
+        if (close_stdin)
+            (void)send(t->lend_fd, LEND_CLOSE_STDIN, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        watch(t, t->lend_fd, MOAT_BRIDGE_POLL_REMOVE);
+        close(t->lend_fd);
+    }
+    t->lend_fd = -1;
+}
+
 static void terminal_free(moat_bridge_terminal *t)
 {
+    lend_end(t, false);
     if (t->wfd >= 0) {
         if (t->b->sock_fn != NULL)
             t->b->sock_fn(t->b->loop_ud, t->wfd, MOAT_BRIDGE_POLL_REMOVE);
@@ -162,6 +209,7 @@ static void terminal_end(moat_bridge_terminal *t, const moat_status *st)
     if (t->ended)
         return;
     t->ended = true;
+    lend_end(t, false);
     if (t->up != NULL) {
         bridge_req *up = t->up;
         t->up = NULL;
@@ -238,11 +286,27 @@ static void flush_output(moat_bridge_terminal *t, bool notify)
         t->c.on_writable(t->c.ud, t);
 }
 
+static void lend_take(moat_bridge_terminal *t, bool timed_out);
+static void lend_flush(moat_bridge_terminal *t);
+static void lend_over(moat_bridge_terminal *t);
+
 bool moat__terminal_socket_action(moat_bridge *b, int fd)
 {
     for (moat_bridge_terminal *t = b->terminals; t != NULL; t = t->next) {
         if (t->wfd == fd) {
             flush_output(t, true);
+            return true;
+        }
+        if (t->lend_fd == fd) {
+            /* after the answer, execd ends the loan only by going (its session did) */
+            if (t->pipe_fd < 0)
+                lend_take(t, false);
+            else
+                lend_over(t);
+            return true;
+        }
+        if (t->pipe_fd == fd) {
+            lend_flush(t);
             return true;
         }
     }
@@ -508,7 +572,7 @@ moat_err moat_bridge_terminal_open(moat_bridge *b, const moat_bridge_endpoint *e
     bool failed = t == NULL;
     if (t != NULL) {
         t->b = b;
-        t->fd = t->wfd = -1;
+        t->fd = t->wfd = t->lend_fd = t->pipe_fd = -1;
         t->credit = credit > INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)credit;
         t->c = *consumer;
         t->opts = *opts;
@@ -721,6 +785,198 @@ static moat_err start_upload(moat_bridge_terminal *t, moat_status *st)
     return err;
 }
 
+/* ------------------------------------------------------------ stdin into the lent pipe */
+
+static moat_log_limit lend_log = MOAT_LOG_LIMIT_INIT;
+
+/* Asks execd's stdin socket for the pipe: false when there is none (an execd without it, or
+ * on TCP) or it cannot be reached, and the upload is asked instead. */
+static bool lend_start(moat_bridge_terminal *t)
+{
+    if (t->ep.unix_socket == NULL || t->b->sock_fn == NULL)
+        return false;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)], line[512], why[256] = "";
+    int n = snprintf(path, sizeof(path), "%s.stdin", t->ep.unix_socket);
+    if (n < 0 || (size_t)n >= sizeof(path))
+        return false;
+    struct sockaddr_un sa;
+    socklen_t len;
+    int pin = moat_unix_pin(path, &sa, &len, why, sizeof(why));
+    if (pin < 0) {
+        if (errno != ENOENT)
+            moat_log_limited(&lend_log, MOAT_LOG_WARN, "terminal_stdin_socket_refused",
+                             "session_id=%s why=\"%s\"", t->session_id, why);
+        return false;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, len) == 0;
+    close(pin);
+    n = snprintf(line, sizeof(line), "%s%s%s\n", t->session_id, t->token != NULL ? " " : "",
+                 t->token != NULL ? t->token : "");
+    ok = ok && n > 0 && (size_t)n < sizeof(line) &&
+         send(fd, line, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) == n;
+    if (!ok) {
+        if (fd >= 0)
+            close(fd);
+        return false;
+    }
+    t->lend_fd = fd;
+    t->lend_until_ns = moat_time_mono_ns() + LEND_ANSWER_NS;
+    watch(t, fd, MOAT_BRIDGE_POLL_IN);
+    return true;
+}
+
+/* execd's answer on fd: "OK\n" with exactly one descriptor, a pipe, which is reopened as
+ * moatd's own; or -1 with why set (-2: nothing to read yet). */
+static int lend_receive(int fd, char *why, size_t why_len)
+{
+    char line[64];
+    struct iovec iov = {.iov_base = line, .iov_len = sizeof(line) - 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct msghdr m = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl)};
+    ssize_t n;
+    do
+        n = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return -2;
+    /* the buffer's padding holds a second descriptor on 64-bit: any past the first is closed */
+    int lent = -1;
+    size_t count = 0;
+    for (struct cmsghdr *c = n >= 0 ? CMSG_FIRSTHDR(&m) : NULL; c != NULL; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++, count++) {
+            int got;
+            memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (lent < 0)
+                lent = got;
+            else
+                close(got);
+        }
+    }
+    if (n <= 0) {
+        snprintf(why, why_len, "no answer: %s", n < 0 ? strerror(errno) : "closed");
+    } else if (n != 3 || memcmp(line, "OK\n", 3) != 0) {
+        size_t k = 0;
+        while (k < (size_t)n && ((line[k] >= 'A' && line[k] <= 'Z') || line[k] == '_'))
+            k++;
+        snprintf(why, why_len, "refused: %.*s", (int)k, line);
+    } else if ((m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || count > 1) {
+        snprintf(why, why_len, "more than one descriptor");
+    } else if (lent < 0) {
+        snprintf(why, why_len, "no descriptor");
+    } else {
+        struct stat lst, own;
+        char proc[64];
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", lent);
+        int mine = -1;
+        if (fstat(lent, &lst) != 0 || !S_ISFIFO(lst.st_mode)) {
+            snprintf(why, why_len, "not a pipe");
+        } else if ((mine = open(proc, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)) < 0) {
+            snprintf(why, why_len, "reopening the pipe: %s", strerror(errno));
+        } else if (fstat(mine, &own) != 0 || !S_ISFIFO(own.st_mode) || own.st_ino != lst.st_ino ||
+                   own.st_dev != lst.st_dev) {
+            snprintf(why, why_len, "the reopened pipe is another file");
+            close(mine);
+            mine = -1;
+        }
+        close(lent);
+        return mine;
+    }
+    if (lent >= 0)
+        close(lent);
+    return -1;
+}
+
+static void start_post(moat_bridge_terminal *t);
+
+/* The stdin socket answered (or its time ran out: timed_out): the pipe, or the upload. */
+static void lend_take(moat_bridge_terminal *t, bool timed_out)
+{
+    char why[128] = "no answer in time";
+    int mine = timed_out ? -1 : lend_receive(t->lend_fd, why, sizeof(why));
+    if (mine == -2)
+        return;
+    if (mine < 0) {
+        moat_log(MOAT_LOG_INFO, "terminal_stdin_upload", "session_id=%s why=\"%s\"", t->session_id,
+                 why);
+        lend_end(t, false);
+        start_post(t);
+        return;
+    }
+    t->pipe_fd = mine;
+    lend_flush(t);
+}
+
+void moat__terminal_sweep(moat_bridge *b)
+{
+    uint64_t now = moat_time_mono_ns();
+    for (moat_bridge_terminal *t = b->terminals; t != NULL; t = t->next) {
+        if (t->lend_fd >= 0 && t->pipe_fd < 0 && now >= t->lend_until_ns) {
+            lend_take(t, true);
+            return; /* start_post may have ended a terminal: the list is walked again later */
+        }
+    }
+}
+
+/* Stdin can go no further (the process closed it, or execd ended the loan): what comes later
+ * is dropped, as after an upload's end. */
+static void lend_over(moat_bridge_terminal *t)
+{
+    lend_end(t, false);
+    t->up_over = true;
+    t->stdin_q.len = t->stdin_q.start = 0;
+    if (!t->in_input && t->c.on_writable != NULL && !t->ended)
+        t->c.on_writable(t->c.ud, t);
+}
+
+/* Writes what the pipe takes of p; how much, or -1 once stdin can go no further. */
+static ssize_t pipe_write(moat_bridge_terminal *t, const uint8_t *p, size_t n)
+{
+    ssize_t w;
+    do
+        w = write(t->pipe_fd, p, n);
+    while (w < 0 && errno == EINTR);
+    if (w < 0 && errno == EAGAIN)
+        return 0;
+    return w;
+}
+
+/* Writes what waits into the pipe, watches it for room while some is left, ends the loan with
+ * stdin's end once all went. The consumer hears of the room last (it may end the terminal). */
+static void lend_flush(moat_bridge_terminal *t)
+{
+    size_t before = t->stdin_q.len;
+    while (t->stdin_q.len > 0) {
+        size_t run;
+        const uint8_t *front = ring_front(&t->stdin_q, &run);
+        ssize_t w = pipe_write(t, front, run);
+        if (w < 0) {
+            lend_over(t);
+            return;
+        }
+        if (w == 0)
+            break;
+        ring_drop(&t->stdin_q, (size_t)w);
+    }
+    bool waiting = t->stdin_q.len > 0;
+    if (waiting != t->pipe_watched) {
+        t->pipe_watched = waiting;
+        watch(t, t->pipe_fd, waiting ? MOAT_BRIDGE_POLL_OUT : MOAT_BRIDGE_POLL_REMOVE);
+    }
+    if (!waiting && t->stdin_closed) {
+        lend_end(t, true);
+        t->up_over = true;
+    }
+    if (t->stdin_q.len < before && !t->in_input && t->c.on_writable != NULL)
+        t->c.on_writable(t->c.ud, t);
+}
+
 /* The process has started: the upload can take its stdin. */
 static void on_connected(moat_bridge_terminal *t, const char *mode)
 {
@@ -740,19 +996,25 @@ static void on_connected(moat_bridge_terminal *t, const char *mode)
     }
 }
 
+static void start_post(moat_bridge_terminal *t)
+{
+    moat_status st;
+    if (start_upload(t, &st) != MOAT_OK) {
+        moat_log(MOAT_LOG_WARN, "terminal_stdin_websocket", "session_id=%s why=\"%s\"",
+                 t->session_id, st.message);
+        t->up_fallback = true;
+        stdin_queue_to_ws(t);
+    }
+}
+
 void moat__terminal_start_uploads(moat_bridge *b)
 {
     for (moat_bridge_terminal *t = b->terminals; t != NULL; t = t->next) {
         if (!t->up_wanted || t->ended)
             continue;
         t->up_wanted = false;
-        moat_status st;
-        if (start_upload(t, &st) != MOAT_OK) {
-            moat_log(MOAT_LOG_WARN, "terminal_stdin_websocket", "session_id=%s why=\"%s\"",
-                     t->session_id, st.message);
-            t->up_fallback = true;
-            stdin_queue_to_ws(t);
-        }
+        if (!lend_start(t))
+            start_post(t);
     }
 }
 
@@ -764,10 +1026,25 @@ moat_err moat_bridge_terminal_stdin(moat_bridge_terminal *t, const uint8_t *data
         return ws_stdin(t, data, len);
     if (t->up_over)
         return MOAT_OK;
-    if (ring_put(&t->stdin_q, data, len) != MOAT_OK)
+    if (t->pipe_fd >= 0 && t->stdin_q.len == 0) {
+        /* straight into the pipe, without the ring's copy, as much as it takes */
+        ssize_t w = pipe_write(t, data, len);
+        if (w < 0) {
+            t->in_input = true;
+            lend_over(t);
+            t->in_input = false;
+            return MOAT_OK;
+        }
+        data += w;
+        len -= (size_t)w;
+    }
+    if (len > 0 && ring_put(&t->stdin_q, data, len) != MOAT_OK)
         return MOAT_E_NOMEM;
     t->in_input = true;
-    stdin_unpause(t);
+    if (t->pipe_fd >= 0)
+        lend_flush(t);
+    else
+        stdin_unpause(t);
     t->in_input = false;
     return MOAT_OK;
 }
@@ -784,10 +1061,13 @@ moat_err moat_bridge_terminal_close_stdin(moat_bridge_terminal *t)
     }
     if (t->ended || t->closing)
         return MOAT_E_STATE;
-    /* the upload's body ends once what is queued has gone */
+    /* the upload's body (or the loan) ends once what is queued has gone */
     t->stdin_closed = true;
     t->in_input = true;
-    stdin_unpause(t);
+    if (t->pipe_fd >= 0)
+        lend_flush(t);
+    else
+        stdin_unpause(t);
     t->in_input = false;
     return MOAT_OK;
 }

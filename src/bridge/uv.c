@@ -65,8 +65,10 @@ static void on_timer(uv_timer_t *t)
 static void on_sweep(uv_timer_t *t)
 {
     uv_adapter *a = t->data;
-    if (a->b != NULL)
+    if (a->b != NULL) {
         moat__exec_sweep(a->b, true);
+        moat__terminal_sweep(a->b);
+    }
 }
 
 static void close_sock(uv_adapter *a, uv_sock *s)

@@ -216,7 +216,16 @@ enum MHD_Result xd_pty_stdin_data(struct MHD_Connection *conn, xd_req *r, const 
 enum MHD_Result xd_pty_stdin_done(struct MHD_Connection *conn, xd_req *r);
 void xd_pty_stdin_end(xd_req *r);
 
+/* ---- pty_stdin_sock.c: the stdin socket (moat extension, docs/execd.md "Stdin as a
+ * descriptor"), beside the HTTP socket at http_path: "<http_path>.stdin". ---- */
+/* Listens and starts the thread that accepts; false (said on stderr) when it cannot. */
+bool xd_stdin_sock_start(const char *http_path);
+/* Stops accepting and removes the socket; loans under way end with their sessions. */
+void xd_stdin_sock_stop(void);
+
 /* ---- main.c ---- */
+/* got (NULL: none) is the access token execd was given, or execd was given none. */
+bool xd_token_ok(const char *got);
 /* mkdir -p; errors are left for the caller's later use of the path to report. */
 void xd_mkdir_p(char *path, mode_t mode);
 enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *url,

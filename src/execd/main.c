@@ -103,11 +103,10 @@ char *xd_expand(const char *in, char *err, size_t errlen)
     return out;
 }
 
-static bool token_ok(struct MHD_Connection *conn)
+bool xd_token_ok(const char *got)
 {
     if (xd.cfg.token == NULL || xd.cfg.token[0] == '\0')
         return true;
-    const char *got = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-EXECD-ACCESS-TOKEN");
     if (got == NULL)
         return false;
     size_t a = strlen(got), b = strlen(xd.cfg.token);
@@ -134,7 +133,8 @@ enum MHD_Result xd_handle(void *cls, struct MHD_Connection *conn, const char *ur
             return MHD_NO;
         moat_buf_init(&r->body, BODY_MAX);
         *con_cls = r;
-        if (!token_ok(conn)) {
+        if (!xd_token_ok(
+                MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-EXECD-ACCESS-TOKEN"))) {
             r->handled = true;
             return respond_bytes(conn, 401, "application/json; charset=utf-8", unauthorized_body,
                                  sizeof(unauthorized_body) - 1);
@@ -567,6 +567,15 @@ int main(int argc, char **argv)
         }
         moat_log(MOAT_LOG_INFO, "listening", "addr=%s shell=%s", listens[i], xd.cfg.shell);
     }
+    /* Beside the first Unix socket only: the client that reaches it there can take a
+     * descriptor, which a TCP client could not. */
+    for (int i = 0; i < nlisten; i++) {
+        if (ls[i].unix_path[0] != '\0') {
+            if (!xd_stdin_sock_start(ls[i].unix_path))
+                return 1;
+            break;
+        }
+    }
 
     struct pollfd pfd = {.fd = sp[0], .events = POLLIN};
     while (poll(&pfd, 1, -1) < 0 && errno == EINTR)
@@ -576,6 +585,7 @@ int main(int argc, char **argv)
     MHD_socket returned[MAX_LISTENERS];
     for (int i = 0; i < nlisten; i++)
         returned[i] = MHD_quiesce_daemon(ls[i].daemon);
+    xd_stdin_sock_stop();
     /* Commands get SIGTERM and 3 s, then SIGKILL; their streams then end normally. */
     xd_terminate_all(3000);
     /* Upgraded connections are execd's, not libmicrohttpd's: closed before it stops. */

@@ -104,6 +104,21 @@ void xd_pty_client_drop(xd_pty_client *c);
 /* The last thing a session's thread does. */
 void xd_pty_thread_exit(void);
 
+/* pty_stdin.c: lending a pipe-mode session's stdin pipe to one writer at a time (the upload,
+ * or the stdin socket's client: pty_stdin_sock.c). */
+/* A larger pipe means fewer wake-ups of the writer and of the reader at bulk rates (best
+ * effort: the kernel caps it at pipe-max-size). */
+#define XD_PTY_STDIN_PIPE_BYTES (1 << 20)
+typedef enum xd_pty_borrowed { XD_PTY_BORROWED, XD_PTY_BUSY, XD_PTY_ENDED } xd_pty_borrowed;
+/* Asks the session's thread for the pipe and waits for its answer (it lends the pipe once the
+ * stdin already received over a WebSocket is written, keeping the order). BORROWED: *fd is
+ * the caller's until xd_pty_give_back_stdin; BUSY: another writer holds it; ENDED: stdin or
+ * the session has ended. *pipe_mode false: a terminal, nothing lent. */
+xd_pty_borrowed xd_pty_borrow_stdin(xd_pty *s, int *fd, bool *pipe_mode);
+/* Ends a loan: done (or fd < 0) closes fd and stdin for good (the process reads EOF once no
+ * other writer holds the pipe); otherwise the session's thread takes fd back, stdin open. */
+void xd_pty_give_back_stdin(xd_pty *s, int fd, bool done);
+
 /* pty_session.c: the thread that starts the process and serves the session's clients; it
  * holds a reference. */
 void *xd_pty_session_main(void *arg);

@@ -14,10 +14,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* A larger pipe means fewer wake-ups of the writer and of the reader at bulk rates (best
- * effort: the kernel caps it at pipe-max-size). */
-#define STDIN_PIPE_BYTES (1 << 20)
-
 typedef struct xd_pty_upload {
     xd_pty *session; /* a reference */
     int fd;          /* the borrowed pipe; -1 once closed or given back */
@@ -47,17 +43,13 @@ static bool url_id(const char *url, char id[MOAT_UUID_STR_LEN])
     return true;
 }
 
-typedef enum borrowed { BORROWED, BUSY, ENDED } borrowed;
-
-/* Asks the session's thread for the pipe and waits for its answer (it lends the pipe once the
- * stdin already received over a WebSocket is written, keeping the order). */
-static borrowed borrow(xd_pty *s, int *fd, bool *pipe_mode)
+xd_pty_borrowed xd_pty_borrow_stdin(xd_pty *s, int *fd, bool *pipe_mode)
 {
     pthread_mutex_lock(&s->mu);
     *pipe_mode = s->pipe_mode;
-    borrowed got = BUSY;
+    xd_pty_borrowed got = XD_PTY_BUSY;
     if (!s->started || s->closing || s->stdin_state == XD_STDIN_CLOSED) {
-        got = ENDED;
+        got = XD_PTY_ENDED;
     } else if (s->pipe_mode && s->stdin_state == XD_STDIN_OWN) {
         s->stdin_state = XD_STDIN_WANTED;
         pthread_mutex_unlock(&s->mu);
@@ -68,11 +60,11 @@ static borrowed borrow(xd_pty *s, int *fd, bool *pipe_mode)
         if (s->stdin_state == XD_STDIN_LENT) {
             *fd = s->stdin_fd;
             s->stdin_fd = -1;
-            got = BORROWED;
+            got = XD_PTY_BORROWED;
         } else {
             /* refused, or the session closed (or its thread never started) meanwhile */
             s->stdin_state = XD_STDIN_CLOSED;
-            got = ENDED;
+            got = XD_PTY_ENDED;
         }
     }
     pthread_mutex_unlock(&s->mu);
@@ -103,14 +95,14 @@ enum MHD_Result xd_pty_stdin_begin(struct MHD_Connection *conn, xd_req *r, const
     u->session = s;
     u->fd = -1;
     bool pipe_mode = false;
-    borrowed got = borrow(s, &u->fd, &pipe_mode);
+    xd_pty_borrowed got = xd_pty_borrow_stdin(s, &u->fd, &pipe_mode);
     enum MHD_Result ret = MHD_YES;
     if (!pipe_mode)
         ret = xd_respond_error(conn, 409, "NOT_PIPE_MODE",
                                "a terminal's input goes over its WebSocket");
-    else if (got == BORROWED)
+    else if (got == XD_PTY_BORROWED)
         r->handled = false;
-    else if (got == ENDED)
+    else if (got == XD_PTY_ENDED)
         ret = xd_respond_error(conn, 409, "STDIN_CLOSED",
                                "stdin was closed, or the process has ended");
     else
@@ -123,7 +115,7 @@ enum MHD_Result xd_pty_stdin_begin(struct MHD_Connection *conn, xd_req *r, const
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     u->conn_fd = ci != NULL ? ci->connect_fd : -1;
-    (void)fcntl(u->fd, F_SETPIPE_SZ, STDIN_PIPE_BYTES);
+    (void)fcntl(u->fd, F_SETPIPE_SZ, XD_PTY_STDIN_PIPE_BYTES);
     r->pty_stdin = u;
     return MHD_YES;
 }
@@ -177,23 +169,25 @@ enum MHD_Result xd_pty_stdin_data(struct MHD_Connection *conn, xd_req *r, const 
     return MHD_YES;
 }
 
-/* The pipe's end: closed (the process reads EOF) after a whole body, given back to the
- * session otherwise. */
-static void give_back(xd_pty_upload *u, bool body_done)
+void xd_pty_give_back_stdin(xd_pty *s, int fd, bool done)
 {
-    xd_pty *s = u->session;
     pthread_mutex_lock(&s->mu);
-    if (body_done || u->fd < 0) {
-        if (u->fd >= 0)
-            close(u->fd);
+    if (done || fd < 0) {
+        if (fd >= 0)
+            close(fd);
         s->stdin_state = XD_STDIN_CLOSED;
     } else {
-        s->stdin_fd = u->fd;
+        s->stdin_fd = fd;
         s->stdin_state = XD_STDIN_RETURNED;
     }
-    u->fd = -1;
     pthread_mutex_unlock(&s->mu);
     xd_pty_wake(s);
+}
+
+static void give_back(xd_pty_upload *u, bool body_done)
+{
+    xd_pty_give_back_stdin(u->session, u->fd, body_done);
+    u->fd = -1;
 }
 
 enum MHD_Result xd_pty_stdin_done(struct MHD_Connection *conn, xd_req *r)

@@ -1,13 +1,20 @@
 /* The bridge's terminals against a fake execd: POST /pty, the WebSocket upgrade, then frames
  * that the fake (libwslay's server side) writes a few bytes at a time, so every frame header
  * and payload arrives split across reads; stdin in bulk against a fake that reads slowly, over
- * the WebSocket (a fake without POST /pty/{id}/stdin) and as that upload. */
+ * the WebSocket (a fake without POST /pty/{id}/stdin) and as that upload; and execd's stdin
+ * socket lending the pipe itself, against fakes that lend anything but one pipe, never
+ * answer, hide behind a link, or make the pipe blocking under moatd's feet. */
 #include "moat_test.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <malloc.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/un.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -101,6 +108,7 @@ static void queue_exit(wslay_event_context_ptr ctx, const fake_ws *w)
 static bool serve_upload;
 static volatile bool upload_over;
 static uint64_t upload_bytes, upload_sum, upload_newlines;
+static atomic_int upload_posts;
 
 static void fake_message(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *m,
                          void *ud)
@@ -194,6 +202,7 @@ static void serve_ws(int fd, const fake_req *req)
  * bytes as fake_message does; answers 200 at the body's end, which is stdin's. */
 static void serve_stdin_upload(int fd)
 {
+    upload_posts++;
     const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     fake_write_all(fd, cont, sizeof(cont) - 1);
     static uint8_t buf[64 * 1024];
@@ -261,6 +270,199 @@ static void handler(fake_execd *f, int fd, const fake_req *req)
     } else {
         fake_reply(fd, 404, NULL, "{\"code\":\"CONTEXT_NOT_FOUND\"}", 28);
     }
+}
+
+/* ------------------------------------------------------------ the fake's stdin socket */
+
+typedef enum lend_mode {
+    LEND_ABSENT,  /* no stdin socket: the upload */
+    LEND_PIPE,    /* a pipe, read as the process would */
+    LEND_FLIP,    /* a pipe made blocking (its description, shared) once moatd writes */
+    LEND_NO_FD,   /* "OK" and nothing with it */
+    LEND_TWO_FDS, /* two pipes */
+    LEND_FILE,    /* a regular file */
+    LEND_SOCKET,  /* a socket */
+    LEND_SILENT,  /* never answers */
+    LEND_SYMLINK, /* the socket's name is a link to a socket that would lend a pipe */
+} lend_mode;
+
+static struct {
+    lend_mode mode;
+    char path[128], target[128];
+    int lfd;
+    pthread_t thr;
+    atomic_bool stop, may_read, full;
+    atomic_int accepted;
+    bool close_byte; /* moatd said stdin has ended */
+    char request[512];
+} lender = {.lfd = -1};
+
+static void send_fds(int fd, const int *fds, int n)
+{
+    char ok[] = "OK\n";
+    struct iovec iov = {ok, 3};
+    union {
+        char buf[CMSG_SPACE(2 * sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    memset(&ctl, 0, sizeof(ctl));
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (n > 0) {
+        m.msg_control = ctl.buf;
+        m.msg_controllen = CMSG_SPACE(n * sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(n * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    }
+    assert_int_equal(sendmsg(fd, &m, MSG_NOSIGNAL), 3);
+}
+
+/* The process's side of a lent pipe: what it reads, summed as the fake's WebSocket does,
+ * until EOF; then the byte that ended stdin on conn. */
+static void lend_pipe(int conn, bool flip)
+{
+    int p[2];
+    assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+    fcntl(p[1], F_SETFL, O_NONBLOCK);
+    send_fds(conn, &p[1], 1);
+    if (flip) {
+        /* once moatd has written, the description it was sent turns blocking */
+        struct pollfd pf = {p[0], POLLIN, 0};
+        assert_int_equal(poll(&pf, 1, 30000), 1);
+        assert_int_equal(fcntl(p[1], F_SETFL, 0), 0);
+        lender.full = true;
+        while (!lender.may_read && !lender.stop)
+            nap_us(1000);
+    }
+    close(p[1]);
+    static uint8_t buf[64 * 1024];
+    ssize_t n;
+    while ((n = read(p[0], buf, sizeof(buf))) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            upload_sum = upload_sum * 31 + buf[i];
+            upload_newlines += buf[i] == '\n';
+        }
+        upload_bytes += (uint64_t)n;
+        /* slower than moatd: the pipe fills and stdin waits */
+        nap_us(300);
+    }
+    close(p[0]);
+    char c = 0;
+    lender.close_byte = recv(conn, &c, 1, 0) == 1 && c == 'E';
+    upload_over = true;
+}
+
+static void *lender_main(void *arg)
+{
+    (void)arg;
+    int conn = -1;
+    while (!lender.stop && conn < 0) {
+        struct pollfd pf = {lender.lfd, POLLIN, 0};
+        if (poll(&pf, 1, 20) == 1)
+            conn = accept(lender.lfd, NULL, NULL);
+    }
+    if (conn < 0)
+        return NULL;
+    lender.accepted++;
+    size_t have = 0;
+    while (have < sizeof(lender.request) - 1 && memchr(lender.request, '\n', have) == NULL) {
+        ssize_t n = recv(conn, lender.request + have, sizeof(lender.request) - 1 - have, 0);
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+    }
+    int p[2] = {-1, -1}, q[2] = {-1, -1}, file = -1;
+    switch (lender.mode) {
+    case LEND_PIPE:
+    case LEND_SYMLINK:
+        lend_pipe(conn, false);
+        break;
+    case LEND_FLIP:
+        lend_pipe(conn, true);
+        break;
+    case LEND_NO_FD:
+        send_fds(conn, NULL, 0);
+        break;
+    case LEND_TWO_FDS:
+        assert_int_equal(pipe(p), 0);
+        assert_int_equal(pipe(q), 0);
+        send_fds(conn, (int[]){p[1], q[1]}, 2);
+        break;
+    case LEND_FILE: {
+        char name[] = "/tmp/moat-bridge-lend-XXXXXX";
+        file = mkstemp(name);
+        assert_true(file >= 0);
+        unlink(name);
+        send_fds(conn, &file, 1);
+        break;
+    }
+    case LEND_SOCKET:
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, p), 0);
+        send_fds(conn, &p[1], 1);
+        break;
+    default: /* LEND_SILENT */
+        break;
+    }
+    /* held until moatd lets go (or the test ends) */
+    struct pollfd pf = {conn, POLLIN, 0};
+    while (!lender.stop && poll(&pf, 1, 20) == 0)
+        ;
+    int fds[] = {p[0], p[1], q[0], q[1], file, conn};
+    for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    return NULL;
+}
+
+static void lender_start(const char *execd_sock, lend_mode mode)
+{
+    memset(&lender, 0, sizeof(lender));
+    lender.mode = mode;
+    lender.lfd = -1;
+    if (mode == LEND_ABSENT)
+        return;
+    assert_true(strlen(execd_sock) < 100);
+    snprintf(lender.path, sizeof(lender.path), "%.100s.stdin", execd_sock);
+    snprintf(lender.target, sizeof(lender.target), "%.100s.target", execd_sock);
+    const char *listen_at = mode == LEND_SYMLINK ? lender.target : lender.path;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    memcpy(a.sun_path, listen_at, strlen(listen_at) + 1);
+    unlink(listen_at);
+    lender.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_int_equal(bind(lender.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(lender.lfd, 4), 0);
+    if (mode == LEND_SYMLINK) {
+        unlink(lender.path);
+        assert_int_equal(symlink(lender.target, lender.path), 0);
+    }
+    assert_int_equal(pthread_create(&lender.thr, NULL, lender_main, NULL), 0);
+}
+
+/* Idempotent: a failed test's teardown runs it again. */
+static void lender_stop(void)
+{
+    if (lender.lfd < 0)
+        return;
+    lender.stop = true;
+    pthread_join(lender.thr, NULL);
+    close(lender.lfd);
+    lender.lfd = -1;
+    unlink(lender.path);
+    if (lender.mode == LEND_SYMLINK)
+        unlink(lender.target);
+}
+
+static int open_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n;
 }
 
 /* ------------------------------------------------------------ the consumer */
@@ -347,13 +549,37 @@ static void on_end(void *ud, moat_bridge_terminal *t, const moat_status *st)
     r->end = *st;
 }
 
+static void answered(void *ud, const moat_status *st)
+{
+    *(moat_code *)ud = st->code;
+}
+
+/* While the lent pipe is full and blocking for whoever holds its shared description, another
+ * call on the same bridge goes through: moatd's loop is not stuck in a write. */
+static void call_meanwhile(moat_bridge *b, const moat_bridge_endpoint *ep, uv_loop_t *loop)
+{
+    moat_code done = (moat_code)-1;
+    moat_status st;
+    assert_int_equal(moat_bridge_delete_session(b, ep, "s1", answered, &done, &st), MOAT_OK);
+    uint64_t until = moat_time_mono_ns() + 60ull * 1000000000ull;
+    while (done == (moat_code)-1) {
+        assert_true(moat_time_mono_ns() < until);
+        uv_run(loop, UV_RUN_ONCE);
+    }
+    /* the fake knows no session: its answer is a 404 */
+    assert_int_equal(done, MOAT_CODE_NOT_FOUND);
+    lender.may_read = true;
+}
+
 /* Runs `wc -l` in pipe mode with total bytes of stdin, fed while less than high waits. */
 static void run_pipe(term_run *r, uint64_t total, size_t high)
 {
+    int fds_before = open_fds();
     uv_loop_t loop;
     uv_loop_init(&loop);
     fake_execd f;
     fake_start(&f, handler, NULL, false);
+    lender_start(f.sock_path, lender.mode);
     moat_bridge_config cfg = {0};
     moat_bridge *b;
     assert_int_equal(moat_bridge_new(&cfg, &b), MOAT_OK);
@@ -365,6 +591,8 @@ static void run_pipe(term_run *r, uint64_t total, size_t high)
     r->high = high;
     upload_over = false;
     upload_bytes = upload_sum = upload_newlines = 0;
+    upload_posts = 0;
+    bool called = false;
     moat_bridge_terminal_consumer c = {on_ready, on_output, on_exit_code, on_writable, on_end, r};
     moat_bridge_terminal_opts o = {.command = "wc -l", .tty = false};
     moat_bridge_terminal *t;
@@ -374,6 +602,10 @@ static void run_pipe(term_run *r, uint64_t total, size_t high)
     while (!r->ended) {
         assert_true(moat_time_mono_ns() < until);
         uv_run(&loop, UV_RUN_ONCE);
+        if (lender.full && !called) {
+            called = true;
+            call_meanwhile(b, &ep, &loop);
+        }
     }
     if (r->end.code != MOAT_CODE_OK)
         fail_msg("ended %s %s: %s", moat_code_name(r->end.code), r->end.reason, r->end.message);
@@ -391,6 +623,11 @@ static void run_pipe(term_run *r, uint64_t total, size_t high)
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&loop), 0);
     fake_stop(&f);
+    lender_stop();
+    /* every descriptor moatd was sent or opened is closed (libraries' own, opened at first
+     * use, are there by the lender's tests, which come later) */
+    if (lender.mode != LEND_ABSENT)
+        assert_int_equal(open_fds(), fds_before);
     assert_int_equal(last_ws.stdin_bytes, total);
     assert_true(last_ws.stdin_sum == r->sum);
     assert_string_equal(last_ws.texts, "{\"type\":\"resize\",\"cols\":100,\"rows\":30}\n"
@@ -403,6 +640,7 @@ static void test_terminal_pipe_mode(void **state)
     (void)state;
     static term_run r;
     serve_upload = false;
+    lender.mode = LEND_ABSENT;
     run_pipe(&r, STDIN_TOTAL, QUEUE_HIGH);
     assert_false(upload_over);
 }
@@ -414,6 +652,7 @@ static void test_terminal_pipe_upload(void **state)
     (void)state;
     static term_run r;
     serve_upload = true;
+    lender.mode = LEND_ABSENT;
     run_pipe(&r, UPLOAD_TOTAL, UPLOAD_QUEUE_HIGH);
     assert_true(upload_over);
     size_t grew = r.heap_max - r.heap_base;
@@ -425,11 +664,126 @@ static void test_terminal_pipe_upload(void **state)
         moat_skip_note("the heap's size is not checked under ASan or valgrind");
 }
 
+/* Runs the upload's test with the stdin socket in mode: the pipe lent (no upload), or a
+ * refusal (the upload); every byte arrives once either way. */
+static void run_lent(lend_mode mode, bool lent)
+{
+    static term_run r;
+    serve_upload = true;
+    lender.mode = mode;
+    run_pipe(&r, UPLOAD_TOTAL, UPLOAD_QUEUE_HIGH);
+    assert_true(upload_over);
+    assert_int_equal(upload_posts, lent ? 0 : 1);
+    assert_true(lender.close_byte == lent);
+    /* the other call went through while the pipe was full and blocking for the lender */
+    assert_true(lender.may_read == (mode == LEND_FLIP));
+    if (lent && MOAT_TEST_RSS_MEANINGFUL)
+        assert_true(r.heap_max - r.heap_base < 4 * UPLOAD_QUEUE_HIGH);
+    if (mode != LEND_SYMLINK)
+        assert_string_equal(lender.request, "t1\n");
+}
+
+/* The pipe lent: moatd writes stdin into it and ends it by closing its own descriptor and
+ * sending the byte that closes execd's. */
+static void test_terminal_stdin_lent(void **state)
+{
+    (void)state;
+    run_lent(LEND_PIPE, true);
+}
+
+/* The pipe's shared description made blocking while full: moatd writes through its own. */
+static void test_terminal_stdin_lent_made_blocking(void **state)
+{
+    (void)state;
+    run_lent(LEND_FLIP, true);
+}
+
+static void test_terminal_stdin_lent_hostile(void **state)
+{
+    (void)state;
+    run_lent(LEND_TWO_FDS, false);
+    run_lent(LEND_NO_FD, false);
+    run_lent(LEND_FILE, false);
+    run_lent(LEND_SOCKET, false);
+}
+
+/* A stdin socket that never answers is given up on (the upload), one that is a link is never
+ * connected to. */
+static void test_terminal_stdin_socket_silent_or_linked(void **state)
+{
+    (void)state;
+    run_lent(LEND_SILENT, false);
+    run_lent(LEND_SYMLINK, false);
+    assert_int_equal(lender.accepted, 0);
+}
+
+/* The terminal closed with stdin still open (a detach): moatd lets go of the pipe without the
+ * byte that would end stdin, so execd takes it back open for a reattach. */
+static void test_terminal_stdin_lent_detach(void **state)
+{
+    (void)state;
+    static term_run r;
+    int fds_before = open_fds();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    fake_execd f;
+    fake_start(&f, handler, NULL, false);
+    lender_start(f.sock_path, LEND_PIPE);
+    moat_bridge *b;
+    moat_bridge_config cfg = {0};
+    assert_int_equal(moat_bridge_new(&cfg, &b), MOAT_OK);
+    assert_int_equal(moat_bridge_attach_uv(b, &loop), MOAT_OK);
+    moat_bridge_endpoint ep = {.unix_socket = f.sock_path, .scope = "sandbox-1"};
+    memset(&r, 0, sizeof(r));
+    r.total = UINT64_MAX / 2; /* never all sent: stdin is never closed */
+    r.high = UPLOAD_QUEUE_HIGH;
+    upload_over = false;
+    upload_bytes = upload_sum = upload_newlines = 0;
+    moat_bridge_terminal_consumer c = {on_ready, on_output, on_exit_code, on_writable, on_end, &r};
+    moat_bridge_terminal_opts o = {.command = "wc -l", .tty = false};
+    moat_bridge_terminal *t;
+    moat_status st;
+    assert_int_equal(moat_bridge_terminal_open(b, &ep, &o, &c, 1u << 30, &t, &st), MOAT_OK);
+    uint64_t until = moat_time_mono_ns() + 120ull * 1000000000ull;
+    bool closed = false;
+    while (!r.ended || !upload_over) {
+        assert_true(moat_time_mono_ns() < until);
+        uv_run(&loop, UV_RUN_NOWAIT);
+        if (!closed && upload_bytes > 0) {
+            closed = true;
+            moat_bridge_terminal_close(t);
+        }
+        nap_us(100);
+    }
+    moat_bridge_free(b);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    fake_stop(&f);
+    lender_stop();
+    assert_int_equal(open_fds(), fds_before);
+    assert_true(upload_bytes > 0);
+    assert_false(lender.close_byte);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    lender_stop();
+    return 0;
+}
+
 int main(void)
 {
+    /* a lent pipe whose reader has gone raises it, as in moatd (which ignores it) */
+    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_terminal_pipe_mode),
         cmocka_unit_test(test_terminal_pipe_upload),
+        cmocka_unit_test_teardown(test_terminal_stdin_lent, teardown),
+        cmocka_unit_test_teardown(test_terminal_stdin_lent_made_blocking, teardown),
+        cmocka_unit_test_teardown(test_terminal_stdin_lent_detach, teardown),
+        cmocka_unit_test_teardown(test_terminal_stdin_lent_hostile, teardown),
+        cmocka_unit_test_teardown(test_terminal_stdin_socket_silent_or_linked, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, NULL, teardown);
 }

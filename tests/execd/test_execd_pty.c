@@ -11,6 +11,7 @@
 #include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <signal.h>
@@ -819,6 +820,149 @@ static void test_stdin_upload_hostile(void **state)
     delete_session(sid, 200);
 }
 
+/* ---- the stdin socket (docs/execd.md "Stdin as a descriptor") ---- */
+
+/* Sends line to the stdin socket; the answer's code (static), *pipe the descriptor sent with
+ * it (or -1), *conn the connection when it is wanted open (else it is closed). */
+static const char *lend_ask(const char *line, size_t len, int *pipe_fd, int *conn)
+{
+    static char code[64];
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%.100s.stdin", unix_t.unix_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    (void)send(fd, line, len, MSG_NOSIGNAL);
+    struct pollfd p = {fd, POLLIN, 0};
+    assert_int_equal(poll(&p, 1, WAIT_MS), 1);
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {code, sizeof(code) - 1};
+    struct msghdr m = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl)};
+    ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+    assert_true(n > 0);
+    code[n] = '\0';
+    char *nl = strchr(code, '\n');
+    assert_non_null(nl);
+    *nl = '\0';
+    *pipe_fd = -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    if (c != NULL && c->cmsg_type == SCM_RIGHTS)
+        memcpy(pipe_fd, CMSG_DATA(c), sizeof(int));
+    if (conn != NULL)
+        *conn = fd;
+    else
+        close(fd);
+    return code;
+}
+
+/* "<id> <token>\n", as moatd sends it. */
+static const char *lend_line(const char *id)
+{
+    static char line[160];
+    snprintf(line, sizeof(line), "%s %s\n", id, token);
+    return line;
+}
+
+/* The request refused, nothing lent. */
+static void lend_refused(const char *line, size_t len, const char *code)
+{
+    int fd;
+    assert_string_equal(lend_ask(line, len, &fd, NULL), code);
+    assert_int_equal(fd, -1);
+}
+
+/* The pipe lent over the stdin socket: after WebSocket stdin, in order; one borrower at a
+ * time (the upload too); a borrower that goes without ending stdin gives the pipe back; 'E'
+ * ends stdin; a deleted session ends the loan. Every refusal: a bad, unknown or too long id,
+ * a missing or wrong token, a request too long or cut short, a session not started, a
+ * terminal (its stdin stays the WebSocket's). */
+static void test_stdin_socket(void **state)
+{
+    (void)state;
+    char code[64], too_long[400];
+    lend_refused("00000000-0000-0000-0000-000000000000\n", 37, "UNAUTHORIZED");
+    lend_refused("00000000-0000-0000-0000-000000000000 nope\n", 42, "UNAUTHORIZED");
+    const char *l = lend_line("00000000-0000-0000-0000-000000000000");
+    lend_refused(l, strlen(l), "CONTEXT_NOT_FOUND");
+    l = lend_line("a-much-too-long-id-that-cannot-be-any-session-id-at-all-xxxx");
+    lend_refused(l, strlen(l), "CONTEXT_NOT_FOUND");
+    memset(too_long, 'a', sizeof(too_long));
+    lend_refused(too_long, sizeof(too_long), "BAD_REQUEST");
+    lend_refused("no-newline", 10, "BAD_REQUEST"); /* the socket's end comes first */
+    lend_refused("two\nlines\n", 11, "BAD_REQUEST");
+
+    char sid[64], tty_id[64];
+    snprintf(sid, sizeof(sid), "%s", create(&unix_t, "{\"command\":\"cat\"}"));
+    l = lend_line(sid);
+    lend_refused(l, strlen(l), "NOT_STARTED");
+    snprintf(tty_id, sizeof(tty_id), "%s", create(&unix_t, "{\"command\":\"cat\"}"));
+    xd_ws *tty = attach(&unix_t, tty_id, "?pty=1");
+    expect_connected(tty, tty_id, "pty");
+    l = lend_line(tty_id);
+    lend_refused(l, strlen(l), "NOT_PIPE_MODE");
+    xd_ws_close(tty);
+    delete_session(tty_id, 200);
+
+    xd_ws *ws = attach(&unix_t, sid, "?pty=0");
+    expect_connected(ws, sid, "pipe");
+    /* WebSocket stdin sent before the loan reaches the process before the loan's */
+    type_line(ws, "1");
+    int pipe_fd, conn;
+    l = lend_line(sid);
+    assert_string_equal(lend_ask(l, strlen(l), &pipe_fd, &conn), "OK");
+    struct stat st;
+    assert_int_equal(fstat(pipe_fd, &st), 0);
+    assert_true(S_ISFIFO(st.st_mode));
+    assert_int_equal(write(pipe_fd, "2", 1), 1);
+    assert_non_null(xd_ws_wait_output(ws, "12", WAIT_MS));
+    /* one writer at a time */
+    lend_refused(l, strlen(l), "ALREADY_CONNECTED");
+    assert_int_equal(upload(sid, "x", code, sizeof(code)), 409);
+    assert_string_equal(code, "ALREADY_CONNECTED");
+    /* going without 'E' (a detach) gives the pipe back, stdin open */
+    close(pipe_fd);
+    close(conn);
+    const char *got = "ALREADY_CONNECTED";
+    for (int i = 0; i < WAIT_MS / 20 && strcmp(got, "ALREADY_CONNECTED") == 0; i++) {
+        got = lend_ask(l, strlen(l), &pipe_fd, &conn);
+        if (strcmp(got, "ALREADY_CONNECTED") == 0)
+            nap_ms(20);
+    }
+    assert_string_equal(got, "OK");
+    assert_int_equal(write(pipe_fd, "3", 1), 1);
+    assert_non_null(xd_ws_wait_output(ws, "3", WAIT_MS));
+    /* 'E' and our copy closed: cat reads EOF and exits */
+    close(pipe_fd);
+    assert_int_equal(send(conn, "E", 1, MSG_NOSIGNAL), 1);
+    cJSON *j = next_json(ws);
+    assert_string_equal(moat_json_str(j, "type", NULL), "exit");
+    assert_int_equal(xd_json_i64(j, "exit_code"), 0);
+    cJSON_Delete(j);
+    close(conn);
+    lend_refused(l, strlen(l), "STDIN_CLOSED");
+    xd_ws_close(ws);
+    delete_session(sid, 200);
+
+    /* a session deleted while lent ends the loan: execd closes the connection */
+    snprintf(sid, sizeof(sid), "%s", create(&unix_t, "{\"command\":\"cat\"}"));
+    ws = attach(&unix_t, sid, "?pty=0");
+    expect_connected(ws, sid, "pipe");
+    l = lend_line(sid);
+    assert_string_equal(lend_ask(l, strlen(l), &pipe_fd, &conn), "OK");
+    delete_session(sid, 200);
+    struct pollfd p = {conn, POLLIN, 0};
+    assert_int_equal(poll(&p, 1, WAIT_MS), 1);
+    char c;
+    assert_int_equal(recv(conn, &c, 1, 0), 0);
+    close(conn);
+    close(pipe_fd);
+    xd_ws_close(ws);
+}
+
 typedef struct up_sender {
     int fd;
     size_t total;
@@ -1114,6 +1258,7 @@ int main(void)
         cmocka_unit_test(test_stdin_upload),
         cmocka_unit_test(test_stdin_upload_hostile),
         cmocka_unit_test(test_stdin_upload_back_pressure),
+        cmocka_unit_test(test_stdin_socket),
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_sequential_sessions_never_fill_the_table),
         cmocka_unit_test(test_held_sessions_keep_the_limit),
