@@ -106,12 +106,13 @@ void moat__exec_sweep(moat_bridge *b, bool force);
 /* Resumes the paused executions that may go on now. */
 void moat__exec_unpause_all(moat_bridge *b);
 
-/* Terminals (terminal.c): the bridge's list, and a socket event for one's write side (true
- * when fd was one). */
+/* Terminals (terminal.c): the bridge's list, and a socket event for one's write side, stdin
+ * socket or lent pipe (true when fd was one). */
 void moat__terminal_link(moat_bridge *b, struct moat_bridge_terminal *t);
 void moat__terminal_unlink(moat_bridge *b, struct moat_bridge_terminal *t);
 bool moat__terminal_socket_action(moat_bridge *b, int fd);
-/* Gives up on a stdin socket that has not answered in time (the upload is asked instead). */
+/* Stdin (terminal_stdin.c): gives up on a stdin socket that has not answered in time (the
+ * upload is asked instead). */
 void moat__terminal_sweep(moat_bridge *b);
 /* Starts the stdin uploads terminals asked for from inside curl's callbacks. */
 void moat__terminal_start_uploads(moat_bridge *b);
