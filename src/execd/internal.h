@@ -181,7 +181,7 @@ enum MHD_Result xd_command_route(struct MHD_Connection *conn, xd_req *r, const c
 /* RFC 3339 with nanoseconds, trailing zeros trimmed, local offset ("Z" for UTC). */
 void xd_format_time(int64_t sec, long nsec, char out[64]);
 
-/* ---- files.c ---- */
+/* ---- files.c and files_transfer.c (what they share with each other: files_internal.h) ---- */
 enum MHD_Result xd_files_route(struct MHD_Connection *conn, xd_req *r, const char *url,
                                const char *method, bool *matched);
 bool xd_files_is_upload(const char *url, const char *method);
