@@ -475,16 +475,20 @@ typedef struct term_run {
     bool exited, ended;
     moat_status end;
     uint64_t total, sent, sum;
-    size_t high; /* feeding stops while this much waits */
+    size_t high;       /* feeding stops while this much waits */
+    uint64_t turn_max; /* most bytes one call of feed sends; 0: no limit */
     size_t queued_max;
     size_t heap_base, heap_max; /* the process's heap in use: first, and most while feeding */
     uint8_t piece[STDIN_PIECE];
 } term_run;
 
-/* Feeds stdin while execd's socket keeps up; on_writable brings it back. */
+/* Feeds stdin while execd's socket keeps up; on_writable brings it back. With turn_max, a
+ * reader as fast as the feeding never fills the pipe, so the caller's loop feeds again. */
 static void feed(term_run *r)
 {
-    while (r->sent < r->total && moat_bridge_terminal_queued(r->t) < r->high) {
+    uint64_t turn_end = r->turn_max == 0 ? r->total : r->sent + r->turn_max;
+    while (r->sent < r->total && r->sent < turn_end &&
+           moat_bridge_terminal_queued(r->t) < r->high) {
         size_t n = r->total - r->sent < STDIN_PIECE ? r->total - r->sent : STDIN_PIECE;
         for (size_t i = 0; i < n; i++) {
             r->piece[i] = (uint8_t)((r->sent + i) % 64 == 63 ? '\n' : 'a' + (r->sent + i) % 26);
@@ -737,6 +741,7 @@ static void test_terminal_stdin_lent_detach(void **state)
     memset(&r, 0, sizeof(r));
     r.total = UINT64_MAX / 2; /* never all sent: stdin is never closed */
     r.high = UPLOAD_QUEUE_HIGH;
+    r.turn_max = 4 * STDIN_PIECE;
     upload_over = false;
     upload_bytes = upload_sum = upload_newlines = 0;
     moat_bridge_terminal_consumer c = {on_ready, on_output, on_exit_code, on_writable, on_end, &r};
@@ -752,6 +757,8 @@ static void test_terminal_stdin_lent_detach(void **state)
         if (!closed && upload_bytes > 0) {
             closed = true;
             moat_bridge_terminal_close(t);
+        } else if (!closed && r.t != NULL) {
+            feed(&r);
         }
         nap_us(100);
     }
