@@ -364,10 +364,18 @@ static void lend_take(moat_bridge_terminal *t, bool timed_out)
 void moat__terminal_sweep(moat_bridge *b)
 {
     uint64_t now = moat_time_mono_ns();
-    for (moat_bridge_terminal *t = b->terminals; t != NULL; t = t->next) {
-        if (t->lend_fd >= 0 && t->pipe_fd < 0 && now >= t->lend_until_ns) {
-            lend_take(t, true);
-            return; /* start_post may have ended a terminal: the list is walked again later */
+    /* start_post may end a terminal, so the walk starts over after each one given up on; a
+     * loan given up on no longer matches, so the walk ends (one per sweep let a sandbox's many
+     * silent sockets delay the others' by a second each) */
+    bool gave_up = true;
+    while (gave_up) {
+        gave_up = false;
+        for (moat_bridge_terminal *t = b->terminals; t != NULL; t = t->next) {
+            if (t->lend_fd >= 0 && t->pipe_fd < 0 && now >= t->lend_until_ns) {
+                lend_take(t, true);
+                gave_up = true;
+                break;
+            }
         }
     }
 }
