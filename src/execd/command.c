@@ -1,12 +1,13 @@
-/* /command, /code, /session: running commands and streaming their output. */
-#include "stream.h"
+/* /command and /code: running commands and streaming their output; their status, logs and
+ * interrupt; and the router of /command, /code and /session, whose bash sessions are
+ * session.c's. */
+#include "command_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
 #include <pwd.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +15,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#define DUMP_MAX (8u << 20)
 
 void xd_format_time(int64_t sec, long nsec, char out[64])
 {
@@ -44,7 +43,7 @@ static void format_ms(int64_t ms, char out[64])
     xd_format_time(ms / 1000, (long)(ms % 1000) * 1000000L, out);
 }
 
-static bool want_binary(struct MHD_Connection *conn)
+bool xd_want_binary(struct MHD_Connection *conn)
 {
     const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Moat-Output");
     return v != NULL && strcasecmp(v, "binary") == 0;
@@ -102,7 +101,7 @@ bool xd_field(struct MHD_Connection *conn, const cJSON *obj, const char *key, xd
 }
 
 /* The value of an integer field that xd_field() accepted (0 when absent). */
-static int64_t int_of(const cJSON *v)
+int64_t xd_int_of(const cJSON *v)
 {
     int64_t i = 0;
     if (v != NULL)
@@ -116,7 +115,7 @@ const char *xd_nonempty(const cJSON *v)
 }
 
 /* Expands and checks a cwd; answers 400 when it is not an existing directory. */
-static char *check_cwd(struct MHD_Connection *conn, const char *cwd, enum MHD_Result *ret)
+char *xd_check_cwd(struct MHD_Connection *conn, const char *cwd, enum MHD_Result *ret)
 {
     char err[256];
     char *path = xd_expand(cwd, err, sizeof(err));
@@ -134,14 +133,14 @@ static char *check_cwd(struct MHD_Connection *conn, const char *cwd, enum MHD_Re
     return path;
 }
 
-static void emit_init(xd_stream *st, const char *id)
+void xd_emit_init(xd_stream *st, const char *id)
 {
     moat_execd_event ev = {
         .type = "init", .text = id, .text_len = strlen(id), .timestamp = moat_time_now_ms()};
     xd_stream_emit(st, &ev);
 }
 
-static void emit_error(xd_stream *st, const char *evalue, const char *traceback, const char *cause)
+void xd_emit_error(xd_stream *st, const char *evalue, const char *traceback, const char *cause)
 {
     moat_execd_event ev = {.type = "error",
                            .error_ename = "CommandExecError",
@@ -153,7 +152,7 @@ static void emit_error(xd_stream *st, const char *evalue, const char *traceback,
 }
 
 /* The final event of a run: execution_complete on exit 0, else error with the code. */
-static void emit_outcome(xd_stream *st, xd_cmd *c, bool session)
+void xd_emit_outcome(xd_stream *st, xd_cmd *c, bool session)
 {
     pthread_mutex_lock(&xd.lock);
     int code = c->exit_code, sig = c->term_sig;
@@ -163,7 +162,7 @@ static void emit_outcome(xd_stream *st, xd_cmd *c, bool session)
     uint64_t elapsed_ms = (moat_time_mono_ns() - c->start_ns) / 1000000ull;
     pthread_mutex_unlock(&xd.lock);
     if (failed) {
-        emit_error(st, error, error, NULL);
+        xd_emit_error(st, error, error, NULL);
     } else if (code == 0 && sig == 0) {
         moat_execd_event ev = {.type = "execution_complete",
                                .execution_time = (int64_t)elapsed_ms,
@@ -176,7 +175,7 @@ static void emit_outcome(xd_stream *st, xd_cmd *c, bool session)
             snprintf(tb, sizeof(tb), "command exited with code %d", code);
         else
             snprintf(tb, sizeof(tb), "%s", error);
-        emit_error(st, evalue, tb, sig != 0 && timed_out ? "timeout" : NULL);
+        xd_emit_error(st, evalue, tb, sig != 0 && timed_out ? "timeout" : NULL);
     }
 }
 
@@ -184,7 +183,7 @@ static void command_finish(xd_stream *st, xd_cmd *c, void *ud)
 {
     (void)ud;
     if (c != NULL)
-        emit_outcome(st, c, false);
+        xd_emit_outcome(st, c, false);
 }
 
 /* uid/gid → the ids and groups the child takes. Answers 400 on bad input. */
@@ -198,8 +197,8 @@ static bool resolve_ids(struct MHD_Connection *conn, const cJSON *juid, const cJ
     }
     if (juid == NULL)
         return true;
-    int64_t uid = int_of(juid);
-    int64_t gid = jgid ? int_of(jgid) : -1;
+    int64_t uid = xd_int_of(juid);
+    int64_t gid = jgid ? xd_int_of(jgid) : -1;
     if (uid < 0 || uid > UINT32_MAX || (jgid && (gid < 0 || gid > UINT32_MAX))) {
         *ret = xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "uid/gid out of range");
         return false;
@@ -229,7 +228,7 @@ static bool resolve_ids(struct MHD_Connection *conn, const cJSON *juid, const cJ
     return true;
 }
 
-static bool make_pipes(int out[2], int err[2])
+bool xd_make_pipes(int out[2], int err[2])
 {
     if (pipe2(out, O_CLOEXEC) != 0)
         return false;
@@ -266,7 +265,7 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
             return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "envs.%s must be a string",
                                     v->string);
     }
-    int64_t timeout = int_of(jtimeout);
+    int64_t timeout = xd_int_of(jtimeout);
     if (timeout < 0)
         return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
                                 "timeout must be at least 1 (milliseconds)");
@@ -275,14 +274,14 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
         return ret;
     char *cwd = NULL;
     if (xd_nonempty(jcwd) != NULL) {
-        cwd = check_cwd(conn, xd_nonempty(jcwd), &ret);
+        cwd = xd_check_cwd(conn, xd_nonempty(jcwd), &ret);
         if (cwd == NULL) {
             free(sp.groups);
             return ret;
         }
     }
     bool background = cJSON_IsTrue(jbg);
-    bool binary = want_binary(conn);
+    bool binary = xd_want_binary(conn);
     char **env = xd_env_build(NULL, jenvs);
     char *argv[] = {(char *)xd.cfg.shell, "-c", (char *)command, NULL};
     sp.argv = argv;
@@ -308,15 +307,15 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
         }
         snprintf(c->log_path, plen, "%s/%s.output", xd.cfg.work_dir, c->id);
         int fd = open(c->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-        emit_init(st, c->id);
+        xd_emit_init(st, c->id);
         if (fd < 0) {
             snprintf(err, sizeof(err), "open %s: %s", c->log_path, strerror(errno));
             xd_cmd_fail(c, err);
-            emit_error(st, err, err, NULL);
+            xd_emit_error(st, err, err, NULL);
         } else {
             sp.out_fd = sp.err_fd = fd;
             if (xd_cmd_start(c, &sp, (uint64_t)timeout, err, sizeof(err)) != 0)
-                emit_error(st, err, err, NULL);
+                xd_emit_error(st, err, err, NULL);
             else {
                 moat_execd_event ev = {.type = "execution_complete",
                                        .timestamp = moat_time_now_ms()};
@@ -329,7 +328,7 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
         goto out;
     }
     int po[2], pe[2];
-    if (!make_pipes(po, pe)) {
+    if (!xd_make_pipes(po, pe)) {
         xd_cmd_unref(c);
         ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "pipe: %s", strerror(errno));
         goto out;
@@ -348,9 +347,9 @@ static enum MHD_Result run_command(struct MHD_Connection *conn, const cJSON *roo
         ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
         goto out;
     }
-    emit_init(st, c->id);
+    xd_emit_init(st, c->id);
     if (rc != 0) {
-        emit_error(st, err, err, NULL);
+        xd_emit_error(st, err, err, NULL);
         xd_stream_end(st);
     } else {
         xd_stream_on_finish(st, command_finish, NULL);
@@ -410,337 +409,6 @@ static enum MHD_Result post_code(struct MHD_Connection *conn, xd_req *r)
     }
     cJSON_Delete(root);
     return ret;
-}
-
-/* ---- sessions ---- */
-
-static xd_session *session_find(const char *id)
-{
-    for (xd_session *s = xd.sessions; s != NULL; s = s->next)
-        if (strcmp(s->id, id) == 0)
-            return s;
-    return NULL;
-}
-
-static void session_free(xd_session *s)
-{
-    xd_env_free(s->env);
-    free(s->cwd);
-    free(s);
-}
-
-/* Unlinks a session; frees it now, or marks it for the running stream to free. Lock held. */
-static void session_remove(xd_session *s)
-{
-    for (xd_session **pp = &xd.sessions; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == s) {
-            *pp = s->next;
-            break;
-        }
-    }
-    if (s->busy) {
-        /* A run is starting or streaming; it frees the session when it ends. */
-        s->deleted = true;
-        if (s->current != NULL && s->current->running && s->current->pid > 0)
-            kill(-s->current->pid, SIGKILL);
-    } else {
-        session_free(s);
-    }
-}
-
-static enum MHD_Result post_session(struct MHD_Connection *conn, xd_req *r)
-{
-    enum MHD_Result ret = MHD_NO;
-    cJSON *root = xd_parse_body(conn, r, true, &ret);
-    if (root == NULL)
-        return ret;
-    const cJSON *jcwd;
-    if (!xd_field(conn, root, "cwd", F_STRING, &jcwd, &ret)) {
-        cJSON_Delete(root);
-        return ret;
-    }
-    char *cwd = NULL;
-    char err[256];
-    if (xd_nonempty(jcwd) != NULL) {
-        cwd = xd_expand(xd_nonempty(jcwd), err, sizeof(err));
-        if (cwd == NULL) {
-            cJSON_Delete(root);
-            return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "invalid cwd: %s", err);
-        }
-        xd_mkdir_p(cwd, 0755);
-    } else {
-        cwd = getcwd(NULL, 0);
-    }
-    cJSON_Delete(root);
-    xd_session *s = calloc(1, sizeof(*s));
-    if (s == NULL || cwd == NULL) {
-        free(s);
-        free(cwd);
-        return xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
-    }
-    moat_uuid_generate(s->id);
-    s->cwd = cwd;
-    s->env = xd_env_build(NULL, NULL);
-    pthread_mutex_lock(&xd.lock);
-    s->next = xd.sessions;
-    xd.sessions = s;
-    pthread_mutex_unlock(&xd.lock);
-    cJSON *body = cJSON_CreateObject();
-    if (body != NULL && cJSON_AddStringToObject(body, "session_id", s->id) == NULL) {
-        cJSON_Delete(body);
-        body = NULL;
-    }
-    return xd_respond_json(conn, 200, body);
-}
-
-typedef struct session_run {
-    xd_session *session;
-    char *script_path, *dump_path;
-    bool keep_cwd; /* the run had a cwd override: it holds for this run only */
-} session_run;
-
-typedef struct dump_ctx {
-    char **env;
-    char *cwd;
-} dump_ctx;
-
-static void dump_env(void *ud, const char *name, size_t nlen, const char *value, size_t vlen)
-{
-    dump_ctx *d = ud;
-    d->env = xd_env_set(d->env, name, nlen, value, vlen);
-}
-
-static void dump_pwd(void *ud, const char *name, size_t nlen, const char *value, size_t vlen)
-{
-    (void)name;
-    (void)nlen;
-    dump_ctx *d = ud;
-    free(d->cwd);
-    d->cwd = strndup(value, vlen);
-}
-
-/* Reads the env/pwd dump the run's exit trap wrote; on success replaces the session's
- * exported environment and cwd. Lock held. */
-static void session_absorb(xd_session *s, const char *dump_path, bool keep_cwd)
-{
-    int fd = open(dump_path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    moat_buf b;
-    moat_buf_init(&b, DUMP_MAX);
-    char tmp[16384];
-    ssize_t n;
-    while ((n = read(fd, tmp, sizeof(tmp))) > 0)
-        if (moat_buf_append(&b, tmp, (size_t)n) != MOAT_OK)
-            break;
-    close(fd);
-    dump_ctx d = {calloc(1, sizeof(char *)), NULL};
-    if (b.len > 0 && d.env != NULL) {
-        moat_execd_parse_env_dump((const char *)b.data, b.len, dump_env, dump_pwd, &d);
-        xd_env_free(s->env);
-        s->env = d.env;
-        d.env = NULL;
-        if (d.cwd != NULL && !keep_cwd) {
-            free(s->cwd);
-            s->cwd = d.cwd;
-            d.cwd = NULL;
-        }
-    }
-    xd_env_free(d.env);
-    free(d.cwd);
-    moat_buf_free(&b);
-}
-
-static void session_finish(xd_stream *st, xd_cmd *c, void *ud)
-{
-    session_run *run = ud;
-    pthread_mutex_lock(&xd.lock);
-    xd_session *s = run->session;
-    if (c != NULL && !s->deleted)
-        session_absorb(s, run->dump_path, run->keep_cwd);
-    s->busy = false;
-    s->current = NULL;
-    if (s->deleted)
-        session_free(s);
-    pthread_mutex_unlock(&xd.lock);
-    if (c != NULL)
-        emit_outcome(st, c, true);
-    unlink(run->script_path);
-    unlink(run->dump_path);
-    free(run->script_path);
-    free(run->dump_path);
-    free(run);
-}
-
-/* Single-quotes s for the shell. */
-static void sh_quote(FILE *f, const char *s)
-{
-    fputc('\'', f);
-    for (; *s; s++) {
-        if (*s == '\'')
-            fputs("'\\''", f);
-        else
-            fputc(*s, f);
-    }
-    fputc('\'', f);
-}
-
-static bool write_script(const char *path, const char *dump, const char *command)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return false;
-    FILE *f = fdopen(fd, "w");
-    if (f == NULL) {
-        close(fd);
-        return false;
-    }
-    fputs("__moat_dump=", f);
-    sh_quote(f, dump);
-    fputc('\n', f);
-    /* The EXIT trap saves the exported environment and cwd even after `exit N`. */
-    if (xd.cfg.shell_is_bash)
-        fputs("__moat_save() { __moat_ec=$?; { printf '\\001PWD=%s\\0' \"$PWD\"; "
-              "for __moat_n in $(compgen -e); do printf '%s=%s\\0' \"$__moat_n\" "
-              "\"${!__moat_n}\"; done; } >\"$__moat_dump\" 2>/dev/null; exit $__moat_ec; }\n",
-              f);
-    else
-        fputs("__moat_save() { __moat_ec=$?; printf '\\001PWD=%s\\0' \"$PWD\" "
-              ">\"$__moat_dump\" 2>/dev/null; exit $__moat_ec; }\n",
-              f);
-    fputs("trap __moat_save EXIT\n", f);
-    fputs(command, f);
-    fputc('\n', f);
-    return fclose(f) == 0;
-}
-
-static enum MHD_Result session_run_post(struct MHD_Connection *conn, xd_req *r, const char *sid)
-{
-    enum MHD_Result ret = MHD_NO;
-    cJSON *root = xd_parse_body(conn, r, false, &ret);
-    if (root == NULL)
-        return ret;
-    const cJSON *jcmd, *jcwd, *jtimeout;
-    if (!xd_field(conn, root, "command", F_STRING, &jcmd, &ret) ||
-        !xd_field(conn, root, "cwd", F_STRING, &jcwd, &ret) ||
-        !xd_field(conn, root, "timeout", F_INTEGER, &jtimeout, &ret)) {
-        cJSON_Delete(root);
-        return ret;
-    }
-    if (xd_nonempty(jcmd) == NULL) {
-        cJSON_Delete(root);
-        return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY",
-                                "field command is required and must not be empty");
-    }
-    int64_t timeout = int_of(jtimeout);
-    if (timeout < 0) {
-        cJSON_Delete(root);
-        return xd_respond_error(conn, 400, "INVALID_REQUEST_BODY", "timeout must be >= 0");
-    }
-    if (timeout == 0)
-        timeout = 24LL * 3600 * 1000;
-    char *cwd_override = NULL;
-    if (xd_nonempty(jcwd) != NULL) {
-        cwd_override = check_cwd(conn, xd_nonempty(jcwd), &ret);
-        if (cwd_override == NULL) {
-            cJSON_Delete(root);
-            return ret;
-        }
-    }
-    pthread_mutex_lock(&xd.lock);
-    xd_session *s = session_find(sid);
-    if (s == NULL || s->busy) {
-        pthread_mutex_unlock(&xd.lock);
-        cJSON_Delete(root);
-        free(cwd_override);
-        if (s == NULL)
-            return xd_respond_error(conn, 500, "RUNTIME_ERROR", "session %s not found", sid);
-        return xd_respond_error(conn, 500, "RUNTIME_ERROR", "session %s is busy", sid);
-    }
-    s->busy = true;
-    char **env = xd_env_dup(s->env);
-    char *cwd = cwd_override ? cwd_override : strdup(s->cwd);
-    pthread_mutex_unlock(&xd.lock);
-
-    const char *command = xd_nonempty(jcmd);
-    session_run *run = calloc(1, sizeof(*run));
-    xd_cmd *c = xd_cmd_new(command, false, NULL);
-    int po[2], pe[2];
-    bool pipes = c != NULL && run != NULL && make_pipes(po, pe);
-    if (!pipes) {
-        pthread_mutex_lock(&xd.lock);
-        s->busy = false;
-        pthread_mutex_unlock(&xd.lock);
-        xd_cmd_unref(c);
-        free(run);
-        ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "cannot start a run");
-        goto out;
-    }
-    run->session = s;
-    run->keep_cwd = cwd_override != NULL;
-    size_t plen = strlen(xd.cfg.work_dir) + 64;
-    run->script_path = malloc(plen);
-    run->dump_path = malloc(plen);
-    snprintf(run->script_path, plen, "%s/%s.sh", xd.cfg.work_dir, c->id);
-    snprintf(run->dump_path, plen, "%s/%s.env", xd.cfg.work_dir, c->id);
-    pthread_mutex_lock(&xd.lock);
-    s->current = c;
-    c->session = s;
-    pthread_mutex_unlock(&xd.lock);
-    char err[512] = "";
-    int rc = -1;
-    if (!write_script(run->script_path, run->dump_path, command)) {
-        snprintf(err, sizeof(err), "cannot write run script: %s", strerror(errno));
-        xd_cmd_fail(c, err);
-    } else {
-        char *argv_bash[] = {(char *)xd.cfg.shell, "--noprofile", "--norc", run->script_path, NULL};
-        char *argv_sh[] = {(char *)xd.cfg.shell, run->script_path, NULL};
-        xd_spawn sp = {.argv = xd.cfg.shell_is_bash ? argv_bash : argv_sh,
-                       .envp = env,
-                       .cwd = cwd,
-                       .out_fd = po[1],
-                       .err_fd = pe[1]};
-        rc = xd_cmd_start(c, &sp, (uint64_t)timeout, err, sizeof(err));
-    }
-    close(po[1]);
-    close(pe[1]);
-    xd_stream *st = xd_stream_new(c, po[0], pe[0], want_binary(conn), MOAT_EXECD_LINES_SESSION);
-    if (st == NULL) {
-        xd_cmd_terminate(c, 0);
-        xd_cmd_unref(c);
-        close(po[0]);
-        close(pe[0]);
-        session_finish(NULL, NULL, run);
-        ret = xd_respond_error(conn, 500, "RUNTIME_ERROR", "out of memory");
-        goto out;
-    }
-    /* The reference's init carries the session id, not a per-run id. */
-    emit_init(st, sid);
-    xd_stream_on_finish(st, session_finish, run);
-    if (rc != 0) {
-        emit_error(st, err, err, NULL);
-        session_finish(st, NULL, run);
-        xd_stream_on_finish(st, NULL, NULL);
-        xd_stream_end(st);
-    }
-    ret = xd_stream_respond(conn, st);
-out:
-    cJSON_Delete(root);
-    xd_env_free(env);
-    free(cwd);
-    return ret;
-}
-
-static enum MHD_Result session_delete(struct MHD_Connection *conn, const char *sid)
-{
-    pthread_mutex_lock(&xd.lock);
-    xd_session *s = session_find(sid);
-    if (s != NULL)
-        session_remove(s);
-    pthread_mutex_unlock(&xd.lock);
-    if (s == NULL)
-        return xd_respond_error(conn, 404, "CONTEXT_NOT_FOUND", "session %s not found", sid);
-    return xd_respond_empty(conn, 200);
 }
 
 /* ---- status, logs, interrupt ---- */
@@ -838,9 +506,9 @@ static enum MHD_Result command_delete(struct MHD_Connection *conn)
         return xd_respond_empty(conn, 200);
     }
     pthread_mutex_lock(&xd.lock);
-    xd_session *s = session_find(id);
+    xd_session *s = xd_session_find(id);
     if (s != NULL)
-        session_remove(s);
+        xd_session_remove(s);
     pthread_mutex_unlock(&xd.lock);
     if (s != NULL)
         return xd_respond_empty(conn, 200);
@@ -888,12 +556,12 @@ enum MHD_Result xd_command_route(struct MHD_Connection *conn, xd_req *r, const c
     if (get && segment(url, "/command/", id, sizeof(id), &rest) && strcmp(rest, "/logs") == 0)
         return command_logs(conn, id);
     if (strcmp(url, "/session") == 0 && post)
-        return post_session(conn, r);
+        return xd_post_session(conn, r);
     if (segment(url, "/session/", id, sizeof(id), &rest)) {
         if (post && strcmp(rest, "/run") == 0)
-            return session_run_post(conn, r, id);
+            return xd_session_run_post(conn, r, id);
         if (del && *rest == '\0')
-            return session_delete(conn, id);
+            return xd_session_delete(conn, id);
     }
     *matched = false;
     return MHD_NO;

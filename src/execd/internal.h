@@ -165,7 +165,7 @@ enum MHD_Result xd_respond_not_found(struct MHD_Connection *conn);
 /* Expands a path with execd's environment; on failure answers 400/404 and returns NULL. */
 char *xd_expand(const char *in, char *err, size_t errlen);
 
-/* ---- command.c ---- */
+/* ---- command.c (what it shares with session.c, the bash sessions: command_internal.h) ---- */
 /* Parses the request body as a JSON object; answers 400 and returns NULL otherwise. */
 cJSON *xd_parse_body(struct MHD_Connection *conn, xd_req *r, bool allow_empty,
                      enum MHD_Result *ret);
