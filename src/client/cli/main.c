@@ -1,20 +1,19 @@
-/* moat: the command-line client for moatd, on libmoat's public API alone. */
+/* moat: the command-line client for moatd, on libmoat's public API alone. This file has the
+ * arguments and the dispatch to a command, and the commands that make one call each: sessions
+ * (create, ls, get, renew, stop, with their --json output), cp and health. Running commands
+ * (exec, exec -i/-t, shell) is exec.c's (cli.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
-#include "moat/client.h"
+#include "cli.h"
 
 #define MAX_ENV 64
 
@@ -44,7 +43,7 @@ static int usage(void)
     return 2;
 }
 
-static int report(const moat_status *st)
+int cli_report(const moat_status *st)
 {
     fprintf(stderr, "moat: %s: %s", moat_code_name(st->code),
             st->message[0] ? st->message : "(no message)");
@@ -57,21 +56,15 @@ static int report(const moat_status *st)
     return 1;
 }
 
-static int fail(moat_code code, const char *reason, const char *msg)
+int cli_fail(moat_code code, const char *reason, const char *msg)
 {
     moat_status st;
     moat_status_set(&st, code, reason, "%s", msg);
-    return report(&st);
+    return cli_report(&st);
 }
 
 /* Unary calls' deadline. */
 #define CALL_DEADLINE_MS 60000
-
-typedef struct cli {
-    moat_client *client;
-    bool json;
-    size_t max_frame; /* the server's max_frame_size */
-} cli;
 
 /* Length of the UTF-8 sequence at p (at most n bytes), or 0 when it is not
  * one (overlong, surrogate, past U+10FFFF, cut short). */
@@ -157,7 +150,7 @@ static int print_json(cJSON *obj, bool ok)
     char *text = ok && obj != NULL ? cJSON_PrintUnformatted(obj) : NULL;
     cJSON_Delete(obj);
     if (text == NULL)
-        return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return cli_fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
     puts(text);
     cJSON_free(text);
     return 0;
@@ -200,7 +193,7 @@ static int session_print(const moat_session *s, bool json)
 /* Prints a unary Sandboxes answer, or reports its failure. */
 static int session_reply(moat_err err, const moat_session *s, const moat_status *st, bool json)
 {
-    return err == MOAT_OK ? session_print(s, json) : report(st);
+    return err == MOAT_OK ? session_print(s, json) : cli_report(st);
 }
 
 static int cmd_create(cli *c, const char *chat, uint32_t ttl, const char *image, bool force_new)
@@ -246,7 +239,7 @@ static int cmd_ls(cli *c, const char *chat)
     list_ctx ctx = {c->json, 0};
     moat_status st;
     if (moat_session_list(c->client, chat, CALL_DEADLINE_MS, list_entry, &ctx, &st) != MOAT_OK)
-        return report(&st);
+        return cli_report(&st);
     return ctx.rc;
 }
 
@@ -255,7 +248,7 @@ static int cmd_stop(cli *c, const char *session)
     bool stopped;
     moat_status st;
     if (moat_session_stop(c->client, session, CALL_DEADLINE_MS, &stopped, &st) != MOAT_OK)
-        return report(&st);
+        return cli_report(&st);
     if (c->json) {
         cJSON *o = cJSON_CreateObject();
         return print_json(
@@ -271,7 +264,7 @@ static int cmd_health(cli *c)
     moat_health h;
     moat_status st;
     if (moat_health_check(c->client, CALL_DEADLINE_MS, &h, &st) != MOAT_OK)
-        return report(&st);
+        return cli_report(&st);
     const char *status = h.status == MOAT_SERVING       ? "SERVING"
                          : h.status == MOAT_NOT_SERVING ? "NOT_SERVING"
                                                         : "UNKNOWN";
@@ -297,342 +290,6 @@ static int cmd_health(cli *c)
     }
     return h.status == MOAT_SERVING ? 0 : 1;
 }
-
-static bool write_fd(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return false;
-        p += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
-
-/* Appends word to buf as one shell word, in single quotes. */
-static bool shell_quote(char *buf, size_t cap, size_t *len, const char *word)
-{
-    size_t n = *len;
-    if (n + 1 >= cap)
-        return false;
-    buf[n++] = '\'';
-    for (const char *p = word; *p; p++) {
-        const char *piece = *p == '\'' ? "'\\''" : NULL;
-        size_t plen = piece ? 4 : 1;
-        if (n + plen + 2 >= cap)
-            return false;
-        if (piece)
-            memcpy(buf + n, piece, plen);
-        else
-            buf[n] = *p;
-        n += plen;
-    }
-    buf[n++] = '\'';
-    buf[n] = '\0';
-    *len = n;
-    return true;
-}
-
-static volatile sig_atomic_t interrupted;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    interrupted = 1;
-}
-
-/* The command line for bash -c, in a buffer of max_frame bytes the caller
- * frees: one word is a shell command as written ('ls | wc'); several are an
- * argument vector, quoted so bash -c sees the same words; none is "". NULL
- * (reported, *rc set) when it does not fit or memory is short. */
-static char *command_line(cli *c, int argc, char **argv, int *rc)
-{
-    char *command = malloc(c->max_frame);
-    if (command == NULL) {
-        *rc = fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
-        return NULL;
-    }
-    size_t len = 0;
-    command[0] = '\0';
-    bool fits = true;
-    if (argc == 1) {
-        fits = strlen(argv[0]) < c->max_frame;
-        if (fits)
-            memcpy(command, argv[0], strlen(argv[0]) + 1);
-    }
-    for (int i = 0; argc > 1 && i < argc && fits; i++) {
-        if (i)
-            command[len++] = ' ';
-        fits = shell_quote(command, c->max_frame, &len, argv[i]);
-    }
-    if (!fits) {
-        free(command);
-        *rc = fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
-                   "the command does not fit in a frame");
-        return NULL;
-    }
-    return command;
-}
-
-/* How an Exec stream ended: the remote exit code, kept from its exit event. */
-typedef struct exec_outcome {
-    int exit_status;   /* -1 until an exit event with a code (124: timed out) */
-    char unknown[512]; /* why the code is unknown, from such an exit event */
-} exec_outcome;
-
-/* Writes an output event where it belongs, or keeps an exit event's code. */
-static void exec_event_apply(const moat_exec_event *ev, exec_outcome *out)
-{
-    if (ev->kind == MOAT_EXEC_OUTPUT) {
-        write_fd(ev->stream == MOAT_EXEC_STDERR ? STDERR_FILENO : STDOUT_FILENO, ev->data.data,
-                 ev->data.len);
-    } else if (ev->kind == MOAT_EXEC_EXIT) {
-        if (ev->timed_out)
-            out->exit_status = 124;
-        else if (ev->exit_known)
-            out->exit_status = ev->exit_code >= 0 && ev->exit_code <= 255 ? ev->exit_code : 255;
-        else
-            snprintf(out->unknown, sizeof out->unknown, "%.*s", (int)ev->exit_unknown_reason.len,
-                     ev->exit_unknown_reason.len ? (const char *)ev->exit_unknown_reason.data
-                                                 : "no reason given");
-    }
-}
-
-/* The CLI's exit status once the stream ended with st. */
-static int exec_exit(const moat_status *st, const exec_outcome *out)
-{
-    if (st->code != MOAT_CODE_OK)
-        return report(st);
-    if (out->exit_status >= 0)
-        return out->exit_status;
-    fprintf(stderr, "moat: exit code unknown: %s\n",
-            out->unknown[0] ? out->unknown : "the command ended without an exit event");
-    return 255;
-}
-
-static int cmd_exec(cli *c, const char *session, const char *cwd, uint64_t timeout_ms,
-                    const moat_kv *env, size_t env_count, int argc, char **argv)
-{
-    int rc;
-    char *command = command_line(c, argc, argv, &rc);
-    if (command == NULL)
-        return rc;
-    moat_run_command_req r = {session, command, cwd, timeout_ms, env, env_count, false};
-    moat_call *call;
-    moat_status st;
-    moat_err err = moat_exec_run(c->client, &r, 0, &call, &st);
-    free(command);
-    if (err != MOAT_OK)
-        return report(&st);
-    /* Ctrl-C cancels the remote command instead of abandoning it. */
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    static moat_exec_event ev;
-    exec_outcome outcome = {.exit_status = -1};
-    bool cancelled = false;
-    for (;;) {
-        err = moat_exec_next(call, 200, &ev);
-        if (err == MOAT_E_TIMEOUT) {
-            if (interrupted && !cancelled) {
-                moat_call_cancel(call, "interrupted");
-                cancelled = true;
-            }
-            continue;
-        }
-        if (err == MOAT_E_CLOSED)
-            break;
-        if (err == MOAT_OK) /* else an event that does not decode */
-            exec_event_apply(&ev, &outcome);
-    }
-    st = *moat_call_status(call);
-    moat_call_free(call);
-    if (st.code == MOAT_CODE_CANCELLED && cancelled)
-        return 130;
-    return exec_exit(&st, &outcome);
-}
-
-/* Signals an interactive session handles in its loop: the handler only
- * writes the signal's number to this pipe, which the loop polls. */
-static int signal_pipe[2] = {-1, -1};
-
-static void on_session_signal(int sig)
-{
-    int saved = errno;
-    unsigned char b = (unsigned char)sig;
-    (void)!write(signal_pipe[1], &b, 1);
-    errno = saved;
-}
-
-/* Stdin is read only while the send window has room for a read and this
- * much more, so that a resize, signal or close_stdin never waits for credit
- * (waiting would stop the output, which the process may be blocked on). */
-#define CONTROL_RESERVE 256u
-/* The largest stdin read: bigger ones bring fewer messages and no more speed. */
-#define STDIN_CHUNK (128u * 1024u)
-
-/* The local terminal while a session has it in raw mode. */
-typedef struct local_terminal {
-    bool raw;
-    struct termios saved;
-} local_terminal;
-
-/* Raw mode as `docker exec -it` sets it: every byte, Ctrl-C included, goes to
- * the remote pty, whose line discipline does the signals and the echo. */
-static bool terminal_make_raw(local_terminal *t)
-{
-    if (tcgetattr(STDIN_FILENO, &t->saved) != 0)
-        return false;
-    struct termios raw = t->saved;
-    cfmakeraw(&raw);
-    if (tcsetattr(STDIN_FILENO, TCSANOW, &raw) != 0)
-        return false;
-    t->raw = true;
-    return true;
-}
-
-static void terminal_restore(local_terminal *t)
-{
-    if (t->raw)
-        tcsetattr(STDIN_FILENO, TCSANOW, &t->saved);
-    t->raw = false;
-}
-
-/* The local terminal's size, false when it has none. */
-static bool terminal_size(uint32_t *rows, uint32_t *cols)
-{
-    struct winsize ws;
-    if (ioctl(STDIN_FILENO, TIOCGWINSZ, &ws) != 0 || ws.ws_row == 0 || ws.ws_col == 0)
-        return false;
-    *rows = ws.ws_row;
-    *cols = ws.ws_col;
-    return true;
-}
-
-/* One interactive call in progress. */
-typedef struct session_io {
-    moat_call *call;
-    bool tty;
-    bool stdin_open;     /* stdin is forwarded and has not ended */
-    bool resize_pending; /* SIGWINCH came; the size goes when there is credit */
-    int ended_by;        /* SIGTERM or SIGHUP to the CLI: the call is cancelled */
-} session_io;
-
-/* Handles the signals the pipe holds. */
-static void session_signals(session_io *io)
-{
-    unsigned char sigs[32];
-    ssize_t n = read(signal_pipe[0], sigs, sizeof sigs);
-    for (ssize_t i = 0; i < n; i++) {
-        if (sigs[i] == SIGWINCH)
-            io->resize_pending = io->tty;
-        else if (sigs[i] == SIGINT)
-            moat_exec_signal(io->call, "SIGINT", 0);
-        else if (sigs[i] == SIGQUIT)
-            moat_exec_signal(io->call, "SIGQUIT", 0);
-        else
-            io->ended_by = sigs[i];
-    }
-}
-
-/* Reads what stdin has, as much as the credit takes, and sends it; EOF sends close_stdin. */
-static void session_stdin(session_io *io)
-{
-    uint32_t credit = moat_call_send_window(io->call) - CONTROL_RESERVE;
-    size_t moved;
-    moat_err err = moat_exec_stdin_from_fd(io->call, STDIN_FILENO,
-                                           credit < STDIN_CHUNK ? credit : STDIN_CHUNK, &moved, -1);
-    if (err == MOAT_E_AGAIN || moved > 0)
-        return;
-    /* EOF, or a read error, which ends the input as EOF would */
-    io->stdin_open = false;
-    moat_exec_close_stdin(io->call, -1);
-}
-
-/* `exec -i`/`-t` and `shell`: stdin and the terminal go to the remote process
- * while its output comes back; the exit code is the remote's. Every way out
- * passes the terminal's restore. */
-static int cmd_interactive(cli *c, const char *session, const char *cwd, bool forward_stdin,
-                           bool tty, const char *command)
-{
-    bool raw_wanted = tty && forward_stdin;
-    if (raw_wanted && !isatty(STDIN_FILENO))
-        return fail(MOAT_CODE_INVALID_ARGUMENT, "not_a_tty", "the input device is not a TTY");
-    moat_interactive_req r = {.session_id = session, .command = command, .cwd = cwd, .tty = tty};
-    if (tty) {
-        terminal_size(&r.rows, &r.cols);
-        r.term = getenv("TERM");
-    }
-    session_io io = {.tty = tty, .stdin_open = forward_stdin};
-    /* A pipe holds 64 KiB by default, so each read would bring at most that: a larger one
-     * (best effort, capped by the kernel's pipe-max-size) halves the reads and wake-ups of a
-     * bulk copy, and leaves the producer's side of the pipe no different. */
-    struct stat in_st;
-    if (forward_stdin && !tty && fstat(STDIN_FILENO, &in_st) == 0 && S_ISFIFO(in_st.st_mode))
-        (void)fcntl(STDIN_FILENO, F_SETPIPE_SZ, 1 << 20);
-    if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
-        return fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory or descriptors");
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_session_signal;
-    static const int handled[] = {SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGWINCH};
-    for (size_t i = 0; i < sizeof handled / sizeof handled[0]; i++)
-        sigaction(handled[i], &sa, NULL);
-    /* A closed stdout must end the session through the restore, not kill it. */
-    signal(SIGPIPE, SIG_IGN);
-
-    moat_status st;
-    moat_err err = moat_exec_interactive(c->client, &r, 0, &io.call, &st);
-    local_terminal term = {0};
-    if (err == MOAT_OK && raw_wanted && !terminal_make_raw(&term)) {
-        moat_status_set(&st, MOAT_CODE_FAILED_PRECONDITION, "terminal", "cannot set raw mode: %s",
-                        strerror(errno));
-        err = MOAT_E_IO;
-    }
-    static moat_exec_event ev;
-    exec_outcome outcome = {.exit_status = -1};
-    int keepalive_ms = (int)moat_client_get_limits(c->client)->idle_timeout_seconds * 500;
-    while (err == MOAT_OK && io.ended_by == 0) {
-        moat_err next;
-        while ((next = moat_exec_next(io.call, 0, &ev)) != MOAT_E_TIMEOUT && next != MOAT_E_CLOSED)
-            if (next == MOAT_OK)
-                exec_event_apply(&ev, &outcome);
-        if (next == MOAT_E_CLOSED)
-            break;
-        if (io.resize_pending && terminal_size(&r.rows, &r.cols))
-            io.resize_pending = moat_exec_resize(io.call, r.rows, r.cols, 0) == MOAT_E_TIMEOUT;
-        struct pollfd pfd[3] = {{moat_call_fd(io.call), POLLIN, 0},
-                                {signal_pipe[0], POLLIN, 0},
-                                {STDIN_FILENO, POLLIN, 0}};
-        bool read_stdin = io.stdin_open && moat_call_send_window(io.call) > CONTROL_RESERVE;
-        if (poll(pfd, read_stdin ? 3 : 2, keepalive_ms > 0 ? keepalive_ms : -1) < 0 &&
-            errno != EINTR)
-            break;
-        if (pfd[1].revents)
-            session_signals(&io);
-        if (read_stdin && pfd[2].revents && io.ended_by == 0)
-            session_stdin(&io);
-    }
-    terminal_restore(&term);
-    if (err == MOAT_OK)
-        st = *moat_call_status(io.call);
-    moat_call_free(io.call);
-    /* No handler may write to the pipe's descriptors once they are closed (and reused). */
-    sa.sa_handler = SIG_DFL;
-    for (size_t i = 0; i < sizeof handled / sizeof handled[0]; i++)
-        sigaction(handled[i], &sa, NULL);
-    close(signal_pipe[0]);
-    close(signal_pipe[1]);
-    if (io.ended_by != 0)
-        return 128 + io.ended_by;
-    return err != MOAT_OK ? report(&st) : exec_exit(&st, &outcome);
-}
-
 /* Fills buf with up to cap bytes of fd; *eof when the file ended. -1 on a read error. */
 static ssize_t read_full(int fd, uint8_t *buf, size_t cap, bool *eof)
 {
@@ -664,15 +321,15 @@ static int cp_to_sandbox(cli *c, const char *local, const char *session, const c
         int e = errno;
         if (fd >= 0)
             close(fd);
-        return fail(MOAT_CODE_NOT_FOUND, "local_file", strerror(e));
+        return cli_fail(MOAT_CODE_NOT_FOUND, "local_file", strerror(e));
     }
     size_t max = moat_file_write_max(c->client, session, path);
     uint8_t *piece = max > 0 ? malloc(max) : NULL;
     if (piece == NULL) {
         close(fd);
-        return max == 0 ? fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
-                               "the path does not fit in a request")
-                        : fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
+        return max == 0 ? cli_fail(MOAT_CODE_INVALID_ARGUMENT, "request_too_big",
+                                   "the path does not fit in a request")
+                        : cli_fail(MOAT_CODE_RESOURCE_EXHAUSTED, "no_memory", "out of memory");
     }
     uint64_t offset = 0;
     bool eof = false;
@@ -680,7 +337,7 @@ static int cp_to_sandbox(cli *c, const char *local, const char *session, const c
     while (rc == 0 && !eof) {
         ssize_t n = read_full(fd, piece, max, &eof);
         if (n < 0) {
-            rc = fail(MOAT_CODE_DATA_LOSS, "local_file", strerror(errno));
+            rc = cli_fail(MOAT_CODE_DATA_LOSS, "local_file", strerror(errno));
             break;
         }
         /* the first Write goes even for an empty file, so that it is created */
@@ -691,12 +348,12 @@ static int cp_to_sandbox(cli *c, const char *local, const char *session, const c
         uint64_t written = 0;
         moat_status st;
         if (moat_file_write(c->client, &r, CALL_DEADLINE_MS, &written, &st) != MOAT_OK) {
-            rc = report(&st);
+            rc = cli_report(&st);
         } else if (written != (uint64_t)n) {
             moat_status_set(&st, MOAT_CODE_DATA_LOSS, "short_write",
                             "the server wrote %llu of %zd bytes at offset %llu",
                             (unsigned long long)written, n, (unsigned long long)offset);
-            rc = report(&st);
+            rc = cli_report(&st);
         }
         offset += (uint64_t)n;
     }
@@ -710,11 +367,11 @@ static int cp_from_sandbox(cli *c, const char *session, const char *path, const 
     moat_call *call;
     moat_status st;
     if (moat_file_read(c->client, session, path, 0, 0, 0, &call, &st) != MOAT_OK)
-        return report(&st);
+        return cli_report(&st);
     int fd = open(local, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         moat_call_free(call);
-        return fail(MOAT_CODE_PERMISSION_DENIED, "local_file", strerror(errno));
+        return cli_fail(MOAT_CODE_PERMISSION_DENIED, "local_file", strerror(errno));
     }
     moat_file_chunk chunk;
     moat_err err;
@@ -731,8 +388,8 @@ static int cp_from_sandbox(cli *c, const char *session, const char *path, const 
     moat_call_free(call);
     close(fd);
     if (st.code != MOAT_CODE_OK)
-        return report(&st);
-    return ok ? 0 : fail(MOAT_CODE_DATA_LOSS, "local_file", "cannot write the local file");
+        return cli_report(&st);
+    return ok ? 0 : cli_fail(MOAT_CODE_DATA_LOSS, "local_file", "cannot write the local file");
 }
 
 /* --verbose: each redirect a call follows, on stderr. */
@@ -808,7 +465,7 @@ int main(int argc, char **argv)
             break;
         case 'L':
             if (!parse_u64(optarg, &ttl) || ttl > UINT32_MAX)
-                return fail(MOAT_CODE_INVALID_ARGUMENT, "bad_ttl", "--ttl takes seconds");
+                return cli_fail(MOAT_CODE_INVALID_ARGUMENT, "bad_ttl", "--ttl takes seconds");
             have_ttl = true;
             break;
         case 'n':
@@ -831,13 +488,13 @@ int main(int argc, char **argv)
             break;
         case 'T':
             if (!parse_u64(optarg, &timeout_ms))
-                return fail(MOAT_CODE_INVALID_ARGUMENT, "bad_timeout",
-                            "--timeout takes milliseconds");
+                return cli_fail(MOAT_CODE_INVALID_ARGUMENT, "bad_timeout",
+                                "--timeout takes milliseconds");
             break;
         case 'e': {
             const char *eq = strchr(optarg, '=');
             if (eq == NULL || eq == optarg || env_count == MAX_ENV)
-                return fail(MOAT_CODE_INVALID_ARGUMENT, "bad_env", "--env takes K=V");
+                return cli_fail(MOAT_CODE_INVALID_ARGUMENT, "bad_env", "--env takes K=V");
             env[env_count].key = (moat_slice){(const uint8_t *)optarg, (size_t)(eq - optarg)};
             env[env_count].value = moat_slice_str(eq + 1);
             env_count++;
@@ -879,7 +536,7 @@ int main(int argc, char **argv)
     moat_status st;
     if (moat_client_connect(addr && addr[0] ? addr : MOAT_CLIENT_DEFAULT_ADDR, &copts, &c.client,
                             &st) != MOAT_OK)
-        return report(&st);
+        return cli_report(&st);
     c.max_frame = moat_client_get_limits(c.client)->max_frame_size;
     if (verbose)
         moat_client_on_redirect(c.client, on_redirect, NULL);
@@ -895,7 +552,7 @@ int main(int argc, char **argv)
     else if (strcmp(cmd, "stop") == 0)
         rc = cmd_stop(&c, rest[0]);
     else if (strcmp(cmd, "exec") == 0 && interactive) {
-        char *command = command_line(&c, nrest - 1, rest + 1, &rc);
+        char *command = cli_command_line(&c, nrest - 1, rest + 1, &rc);
         if (command != NULL)
             rc = cmd_interactive(&c, rest[0], cwd, forward_stdin, tty, command);
         free(command);
