@@ -58,8 +58,11 @@ plain)
   fi
   expect_daemon_check test_moatd test_moatd_exits_0_on_sigterm "0x89 != 0" \
     MOAT_TEST_INJECT=daemon_exit
-  expect_daemon_check test_execd_integration test_execd_exits_0_on_sigterm \
-    "FAILED  ] test_execd_exits_0_on_sigterm" MOAT_TEST_INJECT=daemon_exit
+  # Each execd integration program ends with the same check of the execd its group started.
+  for t in test_execd_command test_execd_files test_execd_session test_execd_lifecycle; do
+    expect_daemon_check "$t" test_execd_exits_0_on_sigterm \
+      "FAILED  ] test_execd_exits_0_on_sigterm" MOAT_TEST_INJECT=daemon_exit
+  done
   ;;
 docker)
   # The cluster tests run by themselves too (no ctest: no MOAT_BUILD_DIR, from /), on the build's
@@ -104,7 +107,10 @@ valgrind)
   expect green valgrind_test_rpc
   expect "$lost" valgrind_test_rpc "$leak"
   expect_daemon_check valgrind_moatd_daemon test_moatd_exits_0_on_sigterm "$lost" "$leak"
-  expect_daemon_check valgrind_execd_daemon test_execd_exits_0_on_sigterm "$lost" "$leak"
+  for t in valgrind_execd_command valgrind_execd_files valgrind_execd_session \
+    valgrind_execd_lifecycle; do
+    expect_daemon_check "$t" test_execd_exits_0_on_sigterm "$lost" "$leak"
+  done
   expect_daemon_check valgrind_e2e_daemon test_moatd_exits_0_on_sigterm "$lost" "$leak"
   ;;
 *)
