@@ -446,6 +446,24 @@ static void read_until_up(raw_conn *c, uint32_t id, char exec_id[128])
     }
 }
 
+/* Asserts that the cancelled command exec_id is gone: an attach to it ends NOT_FOUND. The owner
+ * ends the command through execd after the call's End: an attach in between finds it still there
+ * and sees it end (with its exit, or UNAVAILABLE as execd closes the WebSocket); one to a command
+ * left running would wait for stdin and time out (-1). */
+static void assert_command_gone(raw_conn *c, const char *exec_id)
+{
+    exec_result after = {.code = MOAT_CODE_OK};
+    for (int t = 0; t < 50 && after.code != MOAT_CODE_NOT_FOUND && after.code != -1; t++) {
+        if (t > 0) {
+            print_message("# an attach ended %d %s: %s\n", after.code, after.reason, after.message);
+            etcd_cluster_sleep_ms(100);
+        }
+        after = read_exec(c, start_interactive(c, NULL, exec_id, 0), 0);
+    }
+    assert_int_equal(after.code, MOAT_CODE_NOT_FOUND);
+    assert_string_equal(after.reason, "execd_api_error");
+}
+
 /* A pipe-mode call whose client's connection to the proxy drops is, at the owner, a dropped
  * call and not a cancelled one: its command waits there for a reattach, as on a single node
  * (docs/PROTOCOL.md, "Interactive calls"). A Cancel through the proxy still ends the command:
@@ -479,20 +497,27 @@ static void test_interactive_drop_and_cancel(void **state)
     assert_true(raw_send(nodes[PROXY].conn, &cancel));
     exec_result cancelled = read_exec(nodes[PROXY].conn, id, 0);
     assert_int_equal(cancelled.code, MOAT_CODE_CANCELLED);
-    /* The owner ends the command through execd after the call's End: an attach in between
-     * finds it still there and sees it end (with its exit, or UNAVAILABLE as execd closes the
-     * WebSocket); one to a command left running would wait for stdin and time out (-1). */
-    exec_result after = {.code = MOAT_CODE_OK};
-    for (int t = 0; t < 50 && after.code != MOAT_CODE_NOT_FOUND && after.code != -1; t++) {
-        if (t > 0) {
-            print_message("# an attach ended %d %s: %s\n", after.code, after.reason, after.message);
-            etcd_cluster_sleep_ms(100);
-        }
-        after =
-            read_exec(nodes[PROXY].conn, start_interactive(nodes[PROXY].conn, NULL, exec_id, 0), 0);
-    }
-    assert_int_equal(after.code, MOAT_CODE_NOT_FOUND);
-    assert_string_equal(after.reason, "execd_api_error");
+    assert_command_gone(nodes[PROXY].conn, exec_id);
+}
+
+/* A client that is not a relaying moatd cannot turn its Cancel into a dropped call by naming
+ * the proxy's reason: the call ends `cancelled` and its command with it. */
+static void test_cancel_naming_connection_closed(void **state)
+{
+    (void)state;
+    ETCD_REQUIRE();
+    char exec_id[128];
+    uint32_t id = start_interactive(nodes[OWNER].conn, "echo up; cat", NULL, 0);
+    read_until_up(nodes[OWNER].conn, id, exec_id);
+    moat_frame cancel = {0};
+    cancel.stream_id = id;
+    cancel.kind = MOAT_FRAME_CANCEL;
+    cancel.u.cancel.reason = (moat_slice){(const uint8_t *)"connection_closed", 17};
+    assert_true(raw_send(nodes[OWNER].conn, &cancel));
+    exec_result cancelled = read_exec(nodes[OWNER].conn, id, 0);
+    assert_int_equal(cancelled.code, MOAT_CODE_CANCELLED);
+    assert_string_equal(cancelled.reason, "cancelled");
+    assert_command_gone(nodes[OWNER].conn, exec_id);
 }
 
 /* One-answer calls relay their answer; GetSession answers from the directory. */
@@ -674,6 +699,7 @@ int main(void)
         cmocka_unit_test(test_cancel_reaches_owner),
         cmocka_unit_test(test_interactive_stdin),
         cmocka_unit_test(test_interactive_drop_and_cancel),
+        cmocka_unit_test(test_cancel_naming_connection_closed),
         cmocka_unit_test(test_unary_calls),
         cmocka_unit_test(test_owner_unreachable),
         cmocka_unit_test(test_owner_closes_mid_call),
