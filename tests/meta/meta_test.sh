@@ -56,8 +56,11 @@ plain)
   else
     echo "ok: test_common exits non-zero after a failed group teardown"
   fi
-  expect_daemon_check test_moatd test_moatd_exits_0_on_sigterm "0x89 != 0" \
-    MOAT_TEST_INJECT=daemon_exit
+  # Each moatd integration program ends its shared group with the same check of its moatd.
+  for t in test_moatd_hello test_moatd_frames test_moatd_ops; do
+    expect_daemon_check "$t" test_moatd_exits_0_on_sigterm "0x89 != 0" \
+      MOAT_TEST_INJECT=daemon_exit
+  done
   # Each execd integration program ends with the same check of the execd its group started.
   for t in test_execd_command test_execd_files test_execd_session test_execd_lifecycle; do
     expect_daemon_check "$t" test_execd_exits_0_on_sigterm \
@@ -106,7 +109,9 @@ valgrind)
   lost="64 bytes in 1 blocks are definitely lost"
   expect green valgrind_test_rpc
   expect "$lost" valgrind_test_rpc "$leak"
-  expect_daemon_check valgrind_moatd_daemon test_moatd_exits_0_on_sigterm "$lost" "$leak"
+  for t in valgrind_moatd_hello valgrind_moatd_frames valgrind_moatd_ops; do
+    expect_daemon_check "$t" test_moatd_exits_0_on_sigterm "$lost" "$leak"
+  done
   for t in valgrind_execd_command valgrind_execd_files valgrind_execd_session \
     valgrind_execd_lifecycle; do
     expect_daemon_check "$t" test_execd_exits_0_on_sigterm "$lost" "$leak"

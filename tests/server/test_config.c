@@ -126,7 +126,7 @@ static void test_set_and_env(void **state)
     unsetenv("MOAT_TOKEN");
     unsetenv("MOAT_MAX_CONNECTIONS");
     /* The runtime from each source; its value is checked by the runtime library
-     * (tests/runtime) and by moatd --check-config (tests/server/test_moatd.c). */
+     * (tests/runtime) and by moatd --check-config (tests/server/test_moatd_ops.c). */
     assert_int_equal(moat_server_config_parse(&c, "runtime = runsc\n", err, sizeof(err)), MOAT_OK);
     assert_string_equal(c.runtime, "runsc");
     setenv("MOAT_RUNTIME", "runsc-kvm", 1);
